@@ -1,0 +1,8 @@
+//! lab-core: the runtime every hotplug-lab process links.
+//!
+//! (The crate essay is written in full once the layers settle; see `../shared/ARCHITECTURE.md`.)
+
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod devargs;
