@@ -1,1 +1,1101 @@
 //! Device arguments (`bus:name,key=value`), parsed and validated against a driver's declared keys.
+//!
+//! Two steps, as DPDK's `rte_devargs` and `rte_kvargs`:
+//!
+//! 1. [`Devargs::parse`] checks the syntax only: an optional `pci:` / `vdev:` prefix, the device name
+//!    (a PCI address in any of its three forms, or a vdev name of `[A-Za-z0-9_]`, at most 63
+//!    characters), then `key=value` or bare `key` arguments separated by commas. A value that starts
+//!    with `[` runs to the next `]` and may hold commas (`corelist=[1,2]`).
+//! 2. [`Devargs::validate`] checks the arguments against the driver's [`KeySpec`] table and returns
+//!    typed [`Kvargs`]. Unknown keys, bad values, duplicates and missing required keys are errors that
+//!    name the driver, the key and the value; nothing falls back to a default silently.
+//!
+//! ```
+//! use lab_core::devargs::{Devargs, KeyKind, KeySpec};
+//! const KEYS: &[KeySpec] = &[
+//!     KeySpec::new("size", KeyKind::U64 { min: 1, max: 9600 }, "packet size in bytes"),
+//!     KeySpec::new("copy", KeyKind::Bool, "copy packet data"),
+//! ];
+//! let d = Devargs::parse("net_null0,size=128,copy").unwrap();
+//! let kv = d.validate("net_null", KEYS).unwrap();
+//! assert_eq!(kv.get_u64("size"), Some(128));
+//! assert_eq!(kv.get_bool("copy"), Some(true));
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use crate::bus::pci::PciAddr;
+
+/// Longest vdev name (DPDK's `RTE_DEV_NAME_MAX_LEN` is 64 including the terminator).
+pub const MAX_VDEV_NAME_LEN: usize = 63;
+
+/// Longest Linux interface name (`IFNAMSIZ` is 16 including the terminator).
+pub const MAX_IFACE_LEN: usize = 15;
+
+/// The bus a device lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BusKind {
+    /// A PCI function, named by its address.
+    Pci,
+    /// A virtual device, named `<driver><suffix>`.
+    Vdev,
+}
+
+impl BusKind {
+    /// The prefix word: `pci` or `vdev`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusKind::Pci => "pci",
+            BusKind::Vdev => "vdev",
+        }
+    }
+}
+
+impl fmt::Display for BusKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong with a devargs string: every variant names what a user needs to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DevargsError {
+    /// Nothing was given.
+    #[error("empty device arguments")]
+    Empty,
+    /// The string (or its canonical form) is longer than [`Devargs::MAX_LEN`].
+    #[error("device arguments are {len} bytes long, the limit is {max}")]
+    TooLong {
+        /// Length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The device name is not a PCI address or a valid vdev name.
+    #[error("bad device name {name:?}: {reason}")]
+    BadName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `xxx:` before the name is not a known bus.
+    #[error("unknown bus prefix {prefix:?}: expected \"pci:\" or \"vdev:\"")]
+    BadBusPrefix {
+        /// The prefix word as given.
+        prefix: String,
+    },
+    /// An argument has no key (`,=5` or `,,`).
+    #[error("device {device:?}: argument {position} ({arg:?}) has an empty key")]
+    EmptyKey {
+        /// The device name.
+        device: String,
+        /// 1-based position of the argument after the name.
+        position: usize,
+        /// The argument as given.
+        arg: String,
+    },
+    /// A key holds characters other than `[A-Za-z0-9_.-]`.
+    #[error("device {device:?}: bad key {key:?}: expected characters of [A-Za-z0-9_.-]")]
+    BadKey {
+        /// The device name.
+        device: String,
+        /// The key as given.
+        key: String,
+    },
+    /// A `[` opened a list value that is never closed.
+    #[error("device {device:?}: value of key {key:?} opens '[' without a closing ']'")]
+    UnclosedBracket {
+        /// The device name.
+        device: String,
+        /// The key.
+        key: String,
+    },
+    /// The driver declares no such key.
+    #[error("{driver}: unknown key {key:?}")]
+    UnknownKey {
+        /// The driver validating.
+        driver: String,
+        /// The key.
+        key: String,
+    },
+    /// The value does not fit the key's kind.
+    #[error("{driver}: bad value {value:?} for key {key:?}: expected {expected}")]
+    BadValue {
+        /// The driver validating.
+        driver: String,
+        /// The key.
+        key: String,
+        /// The value as given.
+        value: String,
+        /// What the key accepts.
+        expected: String,
+    },
+    /// A key that needs a value was given bare.
+    #[error("{driver}: key {key:?} needs a value: expected {expected}")]
+    MissingValue {
+        /// The driver validating.
+        driver: String,
+        /// The key.
+        key: String,
+        /// What the key accepts.
+        expected: String,
+    },
+    /// A required key is absent.
+    #[error("{driver}: missing required key {key:?}")]
+    MissingKey {
+        /// The driver validating.
+        driver: String,
+        /// The key.
+        key: String,
+    },
+    /// A non-repeatable key was given more than once.
+    #[error("{driver}: key {key:?} given more than once")]
+    DuplicateKey {
+        /// The driver validating.
+        driver: String,
+        /// The key.
+        key: String,
+    },
+}
+
+/// The type a driver argument accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An integer in `min..=max`, decimal or `0x` hex.
+    U64 {
+        /// Smallest accepted value.
+        min: u64,
+        /// Largest accepted value.
+        max: u64,
+    },
+    /// `0|1|true|false|yes|no|on|off` (any case); a bare key means true.
+    Bool,
+    /// A string of 1..=`max_len` bytes.
+    Str {
+        /// Longest accepted value in bytes.
+        max_len: usize,
+    },
+    /// A non-empty filesystem path.
+    Path,
+    /// A MAC address, six two-digit hex groups separated by `:` or `-`.
+    Mac,
+    /// A Linux interface name: 1..=15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
+    Iface,
+}
+
+impl fmt::Display for KeyKind {
+    /// What the kind accepts, as error messages say it ("an integer in 1..=9600").
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyKind::U64 { min, max } => write!(f, "an integer in {min}..={max}"),
+            KeyKind::Bool => f.write_str("a boolean (0|1|true|false|yes|no|on|off)"),
+            KeyKind::Str { max_len } => write!(f, "a string of 1..={max_len} bytes"),
+            KeyKind::Path => f.write_str("a non-empty path"),
+            KeyKind::Mac => f.write_str("a MAC address like aa:bb:cc:dd:ee:ff"),
+            KeyKind::Iface => write!(
+                f,
+                "an interface name of 1..={MAX_IFACE_LEN} bytes without '/', ':' or whitespace"
+            ),
+        }
+    }
+}
+
+/// One key a driver accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpec {
+    /// The key.
+    pub name: &'static str,
+    /// What values it takes.
+    pub kind: KeyKind,
+    /// The key must be given.
+    pub required: bool,
+    /// The key may be given more than once (read with [`Kvargs::get_all_str`] and friends).
+    pub repeatable: bool,
+    /// One line for `--help` style listings.
+    pub help: &'static str,
+}
+
+impl KeySpec {
+    /// An optional, non-repeatable key.
+    pub const fn new(name: &'static str, kind: KeyKind, help: &'static str) -> KeySpec {
+        KeySpec {
+            name,
+            kind,
+            required: false,
+            repeatable: false,
+            help,
+        }
+    }
+
+    /// The same key, required.
+    pub const fn required(mut self) -> KeySpec {
+        self.required = true;
+        self
+    }
+
+    /// The same key, repeatable.
+    pub const fn repeatable(mut self) -> KeySpec {
+        self.repeatable = true;
+        self
+    }
+}
+
+/// Parsed device arguments: the device name and its arguments in order, syntax-checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Devargs {
+    raw: String,
+    explicit_bus: Option<BusKind>,
+    bus: BusKind,
+    name: String,
+    pci: Option<PciAddr>,
+    args: Vec<(String, Option<String>)>,
+}
+
+/// Checks a device name; returns its bus, normalized name and PCI address.
+pub(crate) fn parse_device_name(
+    name: &str,
+    bus: Option<BusKind>,
+) -> Result<(BusKind, String, Option<PciAddr>), DevargsError> {
+    let bad = |reason: String| DevargsError::BadName {
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(bad("the name is empty".into()));
+    }
+    match bus {
+        Some(BusKind::Pci) => {
+            let addr = name.parse::<PciAddr>().map_err(|e| bad(e.to_string()))?;
+            Ok((BusKind::Pci, addr.to_string(), Some(addr)))
+        }
+        Some(BusKind::Vdev) => {
+            check_vdev_name(name).map_err(bad)?;
+            Ok((BusKind::Vdev, name.to_string(), None))
+        }
+        None => match name.parse::<PciAddr>() {
+            Ok(addr) => Ok((BusKind::Pci, addr.to_string(), Some(addr))),
+            Err(pci_err) => match check_vdev_name(name) {
+                Ok(()) => Ok((BusKind::Vdev, name.to_string(), None)),
+                // Looks like an address (has '.' or ':'): the PCI reason is the useful one.
+                Err(_) if name.contains(['.', ':']) => Err(bad(pci_err.to_string())),
+                Err(reason) => Err(bad(reason)),
+            },
+        },
+    }
+}
+
+fn check_vdev_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_VDEV_NAME_LEN {
+        return Err(format!(
+            "a vdev name is at most {MAX_VDEV_NAME_LEN} characters, this one is {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+    {
+        return Err(format!(
+            "character {c:?} is not allowed in a vdev name (expected [A-Za-z0-9_])"
+        ));
+    }
+    Ok(())
+}
+
+fn key_is_valid(key: &str) -> bool {
+    key.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Parses an unsigned integer: decimal or `0x` hex, nothing else (no sign, no spaces).
+pub(crate) fn parse_u64(s: &str) -> Option<u64> {
+    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => (h, 16),
+        None => (s, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+/// Splits the argument list after the name, honouring `[...]` values.
+fn split_args(device: &str, s: &str) -> Result<Vec<(String, Option<String>)>, DevargsError> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    let mut position = 0;
+    loop {
+        position += 1;
+        let (arg, value, next) = match rest.find([',', '=']) {
+            Some(i) if rest.as_bytes()[i] == b'=' => {
+                let key = &rest[..i];
+                let after = &rest[i + 1..];
+                let end = if after.starts_with('[') {
+                    match after.find(']') {
+                        Some(j) => j + 1,
+                        None => {
+                            return Err(DevargsError::UnclosedBracket {
+                                device: device.to_string(),
+                                key: key.to_string(),
+                            })
+                        }
+                    }
+                } else {
+                    after.find(',').unwrap_or(after.len())
+                };
+                let value = &after[..end];
+                let tail = &after[end..];
+                (key, Some(value), tail)
+            }
+            Some(i) => (&rest[..i], None, &rest[i..]),
+            None => (rest, None, ""),
+        };
+        if arg.is_empty() {
+            let whole = match value {
+                Some(v) => format!("={v}"),
+                None => String::new(),
+            };
+            return Err(DevargsError::EmptyKey {
+                device: device.to_string(),
+                position,
+                arg: whole,
+            });
+        }
+        if !key_is_valid(arg) {
+            return Err(DevargsError::BadKey {
+                device: device.to_string(),
+                key: arg.to_string(),
+            });
+        }
+        out.push((arg.to_string(), value.map(str::to_string)));
+        match next.strip_prefix(',') {
+            Some(n) => rest = n,
+            None if next.is_empty() => return Ok(out),
+            // A ']'-closed value followed by something other than ',' ("k=[a]b").
+            None => {
+                return Err(DevargsError::BadKey {
+                    device: device.to_string(),
+                    key: next.to_string(),
+                })
+            }
+        }
+    }
+}
+
+impl Devargs {
+    /// Longest devargs string accepted, in bytes (input and canonical form alike).
+    pub const MAX_LEN: usize = 4096;
+
+    /// Parses `[pci:|vdev:]name[,key[=value]]...`.
+    ///
+    /// The name is a PCI address (`0000:00:05.0`, `00:05.0`, `05.0`) or a vdev name; without a
+    /// prefix the bus is PCI when the name parses as an address, else vdev.
+    pub fn parse(s: &str) -> Result<Devargs, DevargsError> {
+        if s.len() > Self::MAX_LEN {
+            return Err(DevargsError::TooLong {
+                len: s.len(),
+                max: Self::MAX_LEN,
+            });
+        }
+        if s.is_empty() {
+            return Err(DevargsError::Empty);
+        }
+        let (head, rest) = match s.split_once(',') {
+            Some((h, r)) => (h, Some(r)),
+            None => (s, None),
+        };
+        let (explicit_bus, name) = match head.split_once(':') {
+            Some(("pci", n)) => (Some(BusKind::Pci), n),
+            Some(("vdev", n)) => (Some(BusKind::Vdev), n),
+            Some((prefix, _))
+                if head.parse::<PciAddr>().is_err()
+                    && !prefix.is_empty()
+                    && prefix.chars().all(|c| c.is_ascii_alphabetic())
+                    && !prefix.chars().all(|c| c.is_ascii_hexdigit()) =>
+            {
+                return Err(DevargsError::BadBusPrefix {
+                    prefix: prefix.to_string(),
+                })
+            }
+            _ => (None, head),
+        };
+        let (bus, name, pci) = parse_device_name(name, explicit_bus)?;
+        let args = match rest {
+            Some(r) => split_args(&name, r)?,
+            None => Vec::new(),
+        };
+        let mut raw = name.clone();
+        for (k, v) in &args {
+            raw.push(',');
+            raw.push_str(k);
+            if let Some(v) = v {
+                raw.push('=');
+                raw.push_str(v);
+            }
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(DevargsError::TooLong {
+                len: raw.len(),
+                max: Self::MAX_LEN,
+            });
+        }
+        Ok(Devargs {
+            raw,
+            explicit_bus,
+            bus,
+            name,
+            pci,
+            args,
+        })
+    }
+
+    /// The device name: `net_null0`, or a PCI address normalized to `0000:00:05.0`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bus: the explicit prefix if any, else PCI when the name is an address, else vdev.
+    pub fn bus(&self) -> BusKind {
+        self.bus
+    }
+
+    /// The bus prefix as written (`pci:` / `vdev:`), if any.
+    pub fn explicit_bus(&self) -> Option<BusKind> {
+        self.explicit_bus
+    }
+
+    /// The PCI address, for a PCI device.
+    pub fn pci_addr(&self) -> Option<PciAddr> {
+        self.pci
+    }
+
+    /// The arguments in order: `(key, Some(value))`, or `(key, None)` for a bare key.
+    pub fn args(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.args.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
+    }
+
+    /// The canonical text `name,k=v,...` (normalized name, no bus prefix); parses back to the same
+    /// name, bus and arguments.
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+
+    /// Checks the arguments against `keys` for `driver` and returns them typed.
+    ///
+    /// Errors, in this order: an unknown key, a repeated non-repeatable key or a bad value (the first
+    /// offending argument), then the first missing required key.
+    pub fn validate(&self, driver: &str, keys: &[KeySpec]) -> Result<Kvargs, DevargsError> {
+        let mut out = Kvargs::default();
+        for (key, value) in self.args() {
+            let Some(spec) = keys.iter().find(|s| s.name == key) else {
+                return Err(DevargsError::UnknownKey {
+                    driver: driver.to_string(),
+                    key: key.to_string(),
+                });
+            };
+            if !spec.repeatable && out.contains(key) {
+                return Err(DevargsError::DuplicateKey {
+                    driver: driver.to_string(),
+                    key: key.to_string(),
+                });
+            }
+            let typed = typed_value(driver, key, value, spec.kind)?;
+            out.values.push((spec.name.to_string(), typed));
+        }
+        if let Some(missing) = keys.iter().find(|s| s.required && !out.contains(s.name)) {
+            return Err(DevargsError::MissingKey {
+                driver: driver.to_string(),
+                key: missing.name.to_string(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Devargs {
+    /// Writes [`Devargs::raw`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl std::str::FromStr for Devargs {
+    type Err = DevargsError;
+
+    /// Same as [`Devargs::parse`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Devargs::parse(s)
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let sep = if s.contains(':') { ':' } else { '-' };
+    let mut out = [0u8; 6];
+    let mut groups = s.split(sep);
+    for byte in &mut out {
+        let g = groups.next()?;
+        if g.len() != 2 || !g.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(g, 16).ok()?;
+    }
+    groups.next().is_none().then_some(out)
+}
+
+fn iface_is_valid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_IFACE_LEN
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
+fn typed_value(
+    driver: &str,
+    key: &str,
+    value: Option<&str>,
+    kind: KeyKind,
+) -> Result<Value, DevargsError> {
+    let Some(v) = value else {
+        return match kind {
+            KeyKind::Bool => Ok(Value::Bool(true)),
+            _ => Err(DevargsError::MissingValue {
+                driver: driver.to_string(),
+                key: key.to_string(),
+                expected: kind.to_string(),
+            }),
+        };
+    };
+    let typed = match kind {
+        KeyKind::U64 { min, max } => parse_u64(v)
+            .filter(|n| (min..=max).contains(n))
+            .map(Value::U64),
+        KeyKind::Bool => parse_bool(v).map(Value::Bool),
+        KeyKind::Str { max_len } => {
+            (!v.is_empty() && v.len() <= max_len).then(|| Value::Str(v.to_string()))
+        }
+        KeyKind::Path => (!v.is_empty()).then(|| Value::Str(v.to_string())),
+        KeyKind::Mac => parse_mac(v).map(Value::Mac),
+        KeyKind::Iface => iface_is_valid(v).then(|| Value::Str(v.to_string())),
+    };
+    typed.ok_or_else(|| DevargsError::BadValue {
+        driver: driver.to_string(),
+        key: key.to_string(),
+        value: v.to_string(),
+        expected: kind.to_string(),
+    })
+}
+
+/// A validated argument value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// From [`KeyKind::U64`].
+    U64(u64),
+    /// From [`KeyKind::Bool`].
+    Bool(bool),
+    /// From [`KeyKind::Str`], [`KeyKind::Path`] and [`KeyKind::Iface`].
+    Str(String),
+    /// From [`KeyKind::Mac`].
+    Mac([u8; 6]),
+}
+
+/// Validated, typed driver arguments, in the order given.
+///
+/// Getters return `None` when the key is absent or was declared with another kind; for a
+/// repeatable key they return the first occurrence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kvargs {
+    values: Vec<(String, Value)>,
+}
+
+impl Kvargs {
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.values.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Every value of `key`, in order.
+    pub fn get_all(&self, key: &str) -> impl Iterator<Item = &Value> {
+        let key = key.to_string();
+        self.values
+            .iter()
+            .filter(move |(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// An integer key.
+    pub fn get_u64(&self, key: &str) -> Option<u64> {
+        match self.get(key)? {
+            Value::U64(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// A boolean key.
+    pub fn get_bool(&self, key: &str) -> Option<bool> {
+        match self.get(key)? {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// A string, path or interface key.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        match self.get(key)? {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Every value of a repeatable string, path or interface key, in order.
+    pub fn get_all_str(&self, key: &str) -> Vec<&str> {
+        self.get_all(key)
+            .filter_map(|v| match v {
+                Value::Str(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A MAC address key.
+    pub fn get_mac(&self, key: &str) -> Option<[u8; 6]> {
+        match self.get(key)? {
+            Value::Mac(m) => Some(*m),
+            _ => None,
+        }
+    }
+
+    /// True when `key` was given.
+    pub fn contains(&self, key: &str) -> bool {
+        self.values.iter().any(|(k, _)| k == key)
+    }
+
+    /// All `(key, value)` pairs in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of arguments.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True when no argument was given.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn args_of(d: &Devargs) -> Vec<(String, Option<String>)> {
+        d.args()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect()
+    }
+
+    fn kv(pairs: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect()
+    }
+
+    #[rstest]
+    #[case("net_null0", BusKind::Vdev, "net_null0", None, &[], "net_null0")]
+    #[case(
+        "net_null0,size=128,copy=1",
+        BusKind::Vdev,
+        "net_null0",
+        None,
+        &[("size", Some("128")), ("copy", Some("1"))],
+        "net_null0,size=128,copy=1"
+    )]
+    #[case("0000:00:05.0", BusKind::Pci, "0000:00:05.0", Some(BusKind::Pci), &[], "0000:00:05.0")]
+    #[case("05.0", BusKind::Pci, "0000:00:05.0", Some(BusKind::Pci), &[], "0000:00:05.0")]
+    #[case("00:05.0", BusKind::Pci, "0000:00:05.0", Some(BusKind::Pci), &[], "0000:00:05.0")]
+    #[case("0000:AB:05.1", BusKind::Pci, "0000:ab:05.1", Some(BusKind::Pci), &[], "0000:ab:05.1")]
+    #[case("ab:05.1", BusKind::Pci, "0000:ab:05.1", Some(BusKind::Pci), &[], "0000:ab:05.1")]
+    #[case("pci:0000:00:05.0", BusKind::Pci, "0000:00:05.0", Some(BusKind::Pci), &[], "0000:00:05.0")]
+    #[case("pci:05.0,a=b", BusKind::Pci, "0000:00:05.0", Some(BusKind::Pci), &[("a", Some("b"))], "0000:00:05.0,a=b")]
+    #[case("vdev:net_null0", BusKind::Vdev, "net_null0", None, &[], "net_null0")]
+    #[case(
+        "0000:00:05.0,key=v",
+        BusKind::Pci,
+        "0000:00:05.0",
+        Some(BusKind::Pci),
+        &[("key", Some("v"))],
+        "0000:00:05.0,key=v"
+    )]
+    #[case(
+        "net_tap0,iface=tap0,persist",
+        BusKind::Vdev,
+        "net_tap0",
+        None,
+        &[("iface", Some("tap0")), ("persist", None)],
+        "net_tap0,iface=tap0,persist"
+    )]
+    #[case(
+        "net_pcap0,rx_pcap=/tmp/a b.pcap,tx_pcap=/tmp/x=y.pcap",
+        BusKind::Vdev,
+        "net_pcap0",
+        None,
+        &[("rx_pcap", Some("/tmp/a b.pcap")), ("tx_pcap", Some("/tmp/x=y.pcap"))],
+        "net_pcap0,rx_pcap=/tmp/a b.pcap,tx_pcap=/tmp/x=y.pcap"
+    )]
+    #[case(
+        "net_x0,list=[1,2,3],k=",
+        BusKind::Vdev,
+        "net_x0",
+        None,
+        &[("list", Some("[1,2,3]")), ("k", Some(""))],
+        "net_x0,list=[1,2,3],k="
+    )]
+    #[case("net_ring0,nodeaction=r1:0:CREATE", BusKind::Vdev, "net_ring0", None, &[("nodeaction", Some("r1:0:CREATE"))], "net_ring0,nodeaction=r1:0:CREATE")]
+    fn parse_accepts_every_form(
+        #[case] text: &str,
+        #[case] bus: BusKind,
+        #[case] name: &str,
+        #[case] pci: Option<BusKind>,
+        #[case] args: &[(&str, Option<&str>)],
+        #[case] raw: &str,
+    ) {
+        let d = Devargs::parse(text).unwrap();
+        assert_eq!(d.bus(), bus);
+        assert_eq!(d.name(), name);
+        assert_eq!(d.pci_addr().is_some(), pci.is_some());
+        if let Some(addr) = d.pci_addr() {
+            assert_eq!(addr.to_string(), name);
+        }
+        assert_eq!(args_of(&d), kv(args));
+        assert_eq!(d.raw(), raw);
+        assert_eq!(d.to_string(), raw);
+        // Round trip through the canonical form.
+        let again = Devargs::parse(d.raw()).unwrap();
+        assert_eq!(again.raw(), d.raw());
+        assert_eq!(again.name(), d.name());
+        assert_eq!(again.bus(), d.bus());
+        assert_eq!(args_of(&again), args_of(&d));
+    }
+
+    #[test]
+    fn explicit_bus_is_remembered() {
+        assert_eq!(
+            Devargs::parse("vdev:net_null0").unwrap().explicit_bus(),
+            Some(BusKind::Vdev)
+        );
+        assert_eq!(Devargs::parse("net_null0").unwrap().explicit_bus(), None);
+    }
+
+    #[rstest]
+    #[case::empty("", DevargsError::Empty)]
+    #[case::empty_name(",a=1", DevargsError::BadName { name: "".into(), reason: "the name is empty".into() })]
+    #[case::unknown_prefix("usb:foo", DevargsError::BadBusPrefix { prefix: "usb".into() })]
+    #[case::unknown_prefix_caps("PCI:0000:00:05.0", DevargsError::BadBusPrefix { prefix: "PCI".into() })]
+    #[case::trailing_comma(
+        "net_null0,",
+        DevargsError::EmptyKey { device: "net_null0".into(), position: 1, arg: "".into() }
+    )]
+    #[case::double_comma(
+        "net_null0,a=1,,b=2",
+        DevargsError::EmptyKey { device: "net_null0".into(), position: 2, arg: "".into() }
+    )]
+    #[case::value_without_key(
+        "net_null0,=5",
+        DevargsError::EmptyKey { device: "net_null0".into(), position: 1, arg: "=5".into() }
+    )]
+    #[case::bad_key("net_null0,si ze=1", DevargsError::BadKey { device: "net_null0".into(), key: "si ze".into() })]
+    #[case::junk_after_bracket("net_x0,l=[1,2]x", DevargsError::BadKey { device: "net_x0".into(), key: "x".into() })]
+    #[case::unclosed_bracket("net_x0,l=[1,2", DevargsError::UnclosedBracket { device: "net_x0".into(), key: "l".into() })]
+    fn parse_refuses(#[case] text: &str, #[case] want: DevargsError) {
+        assert_eq!(Devargs::parse(text).unwrap_err(), want);
+    }
+
+    #[rstest]
+    #[case("net-null0")]
+    #[case("net null0")]
+    #[case("nét0")]
+    #[case("0000:00:20.0")]
+    #[case("0000:00:05.8")]
+    #[case("00:05")]
+    #[case("pci:net_null0")]
+    #[case("vdev:0000:00:05.0")]
+    #[case("pci:")]
+    #[case("vdev:")]
+    #[case("vdev:net/null")]
+    fn parse_refuses_bad_names(#[case] text: &str) {
+        let err = Devargs::parse(text).unwrap_err();
+        assert!(matches!(err, DevargsError::BadName { .. }), "{text}: {err}");
+    }
+
+    #[test]
+    fn vdev_names_are_limited_to_63_characters() {
+        let ok = "a".repeat(63);
+        assert_eq!(Devargs::parse(&ok).unwrap().name(), ok);
+        let long = "a".repeat(64);
+        let err = Devargs::parse(&long).unwrap_err();
+        assert!(matches!(&err, DevargsError::BadName { name, .. } if *name == long));
+        assert!(err.to_string().contains("63"), "{err}");
+    }
+
+    #[test]
+    fn length_limit_is_4096_bytes() {
+        let at_limit = format!("net_null0,k={}", "v".repeat(Devargs::MAX_LEN - 12));
+        assert_eq!(at_limit.len(), 4096);
+        let d = Devargs::parse(&at_limit).unwrap();
+        assert_eq!(d.raw(), at_limit);
+        let over = format!("{at_limit}v");
+        assert_eq!(
+            Devargs::parse(&over).unwrap_err(),
+            DevargsError::TooLong {
+                len: 4097,
+                max: 4096
+            }
+        );
+        // Huge inputs are refused by length, before any scan.
+        let huge = "x".repeat(1 << 20);
+        assert!(matches!(
+            Devargs::parse(&huge),
+            Err(DevargsError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn canonical_form_is_also_held_to_the_limit() {
+        // "05.0" grows to "0000:00:05.0" (8 more bytes) when normalized.
+        let text = format!("05.0,k={}", "v".repeat(Devargs::MAX_LEN - 7));
+        assert_eq!(text.len(), 4096);
+        assert_eq!(
+            Devargs::parse(&text).unwrap_err(),
+            DevargsError::TooLong {
+                len: 4104,
+                max: 4096
+            }
+        );
+    }
+
+    const NULL_KEYS: &[KeySpec] = &[
+        KeySpec::new("size", KeyKind::U64 { min: 1, max: 9600 }, "packet size"),
+        KeySpec::new("copy", KeyKind::Bool, "copy data"),
+        KeySpec::new("name", KeyKind::Str { max_len: 8 }, "a label"),
+        KeySpec::new("path", KeyKind::Path, "a file"),
+        KeySpec::new("mac", KeyKind::Mac, "MAC address"),
+        KeySpec::new("iface", KeyKind::Iface, "interface"),
+        KeySpec::new("rx", KeyKind::Path, "rx file").repeatable(),
+    ];
+
+    #[rstest]
+    #[case("size=1", "size", Value::U64(1))]
+    #[case("size=9600", "size", Value::U64(9600))]
+    #[case("size=0x80", "size", Value::U64(128))]
+    #[case("size=0X80", "size", Value::U64(128))]
+    #[case("copy", "copy", Value::Bool(true))]
+    #[case("copy=1", "copy", Value::Bool(true))]
+    #[case("copy=0", "copy", Value::Bool(false))]
+    #[case("copy=true", "copy", Value::Bool(true))]
+    #[case("copy=FALSE", "copy", Value::Bool(false))]
+    #[case("copy=yes", "copy", Value::Bool(true))]
+    #[case("copy=no", "copy", Value::Bool(false))]
+    #[case("copy=on", "copy", Value::Bool(true))]
+    #[case("copy=off", "copy", Value::Bool(false))]
+    #[case("name=a", "name", Value::Str("a".into()))]
+    #[case("name=12345678", "name", Value::Str("12345678".into()))]
+    #[case("path=/tmp/x.pcap", "path", Value::Str("/tmp/x.pcap".into()))]
+    #[case("mac=02:00:00:aa:BB:0f", "mac", Value::Mac([2, 0, 0, 0xaa, 0xbb, 0x0f]))]
+    #[case("mac=02-00-00-aa-bb-0f", "mac", Value::Mac([2, 0, 0, 0xaa, 0xbb, 0x0f]))]
+    #[case("iface=tap0", "iface", Value::Str("tap0".into()))]
+    #[case("iface=abcdefghijklmno", "iface", Value::Str("abcdefghijklmno".into()))]
+    fn validate_types_good_values(#[case] arg: &str, #[case] key: &str, #[case] want: Value) {
+        let d = Devargs::parse(&format!("net_null0,{arg}")).unwrap();
+        let kv = d.validate("net_null", NULL_KEYS).unwrap();
+        assert_eq!(kv.get(key), Some(&want));
+        assert_eq!(kv.len(), 1);
+        assert!(kv.contains(key));
+    }
+
+    #[rstest]
+    #[case("size=0", "size")]
+    #[case("size=9601", "size")]
+    #[case("size=abc", "size")]
+    #[case("size=-1", "size")]
+    #[case("size=+5", "size")]
+    #[case("size= 5", "size")]
+    #[case("size=0x", "size")]
+    #[case("size=1.5", "size")]
+    #[case("size=", "size")]
+    #[case("size=99999999999999999999999", "size")]
+    #[case("copy=2", "copy")]
+    #[case("copy=", "copy")]
+    #[case("copy=y", "copy")]
+    #[case("name=", "name")]
+    #[case("name=123456789", "name")]
+    #[case("path=", "path")]
+    #[case("mac=02:00:00:aa:bb", "mac")]
+    #[case("mac=02:00:00:aa:bb:0f:11", "mac")]
+    #[case("mac=02:00:00:aa:bb:0g", "mac")]
+    #[case("mac=2:00:00:aa:bb:0f", "mac")]
+    #[case("mac=02:00-00:aa:bb:0f", "mac")]
+    #[case("mac=0200.00aa.bb0f", "mac")]
+    #[case("iface=", "iface")]
+    #[case("iface=abcdefghijklmnop", "iface")]
+    #[case("iface=a/b", "iface")]
+    #[case("iface=a b", "iface")]
+    #[case("iface=a:1", "iface")]
+    #[case("iface=..", "iface")]
+    fn validate_refuses_bad_values_naming_driver_key_and_value(
+        #[case] arg: &str,
+        #[case] key: &str,
+    ) {
+        let d = Devargs::parse(&format!("net_null0,{arg}")).unwrap();
+        let value = arg.split_once('=').unwrap().1;
+        let err = d.validate("net_null", NULL_KEYS).unwrap_err();
+        match &err {
+            DevargsError::BadValue {
+                driver,
+                key: k,
+                value: v,
+                ..
+            } => {
+                assert_eq!(
+                    (driver.as_str(), k.as_str(), v.as_str()),
+                    ("net_null", key, value)
+                );
+            }
+            other => panic!("{arg}: unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_value_message_names_driver_key_value_and_range() {
+        let d = Devargs::parse("net_null0,size=abc").unwrap();
+        assert_eq!(
+            d.validate("net_null", NULL_KEYS).unwrap_err().to_string(),
+            r#"net_null: bad value "abc" for key "size": expected an integer in 1..=9600"#
+        );
+    }
+
+    #[rstest]
+    #[case("size")]
+    #[case("name")]
+    #[case("path")]
+    #[case("mac")]
+    #[case("iface")]
+    fn bare_key_needs_a_value_unless_bool(#[case] key: &str) {
+        let d = Devargs::parse(&format!("net_null0,{key}")).unwrap();
+        assert!(matches!(
+            d.validate("net_null", NULL_KEYS).unwrap_err(),
+            DevargsError::MissingValue { key: ref k, .. } if k == key
+        ));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let d = Devargs::parse("net_null0,size=64,bogus=1").unwrap();
+        let err = d.validate("net_null", NULL_KEYS).unwrap_err();
+        assert_eq!(
+            err,
+            DevargsError::UnknownKey {
+                driver: "net_null".into(),
+                key: "bogus".into()
+            }
+        );
+        assert_eq!(err.to_string(), r#"net_null: unknown key "bogus""#);
+    }
+
+    #[test]
+    fn repeated_key_is_refused_unless_repeatable() {
+        let d = Devargs::parse("net_null0,size=64,size=65").unwrap();
+        assert_eq!(
+            d.validate("net_null", NULL_KEYS).unwrap_err(),
+            DevargsError::DuplicateKey {
+                driver: "net_null".into(),
+                key: "size".into()
+            }
+        );
+        let d = Devargs::parse("net_null0,rx=/a,rx=/b,size=64").unwrap();
+        let kv = d.validate("net_null", NULL_KEYS).unwrap();
+        assert_eq!(kv.get_all_str("rx"), ["/a", "/b"]);
+        assert_eq!(kv.get_str("rx"), Some("/a"));
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        const KEYS: &[KeySpec] = &[
+            KeySpec::new("iface", KeyKind::Iface, "interface").required(),
+            KeySpec::new("persist", KeyKind::Bool, "keep it"),
+        ];
+        let d = Devargs::parse("net_tap0,persist").unwrap();
+        let err = d.validate("net_tap", KEYS).unwrap_err();
+        assert_eq!(
+            err,
+            DevargsError::MissingKey {
+                driver: "net_tap".into(),
+                key: "iface".into()
+            }
+        );
+        assert_eq!(err.to_string(), r#"net_tap: missing required key "iface""#);
+        let kv = Devargs::parse("net_tap0,iface=tap0")
+            .unwrap()
+            .validate("net_tap", KEYS)
+            .unwrap();
+        assert_eq!(kv.get_str("iface"), Some("tap0"));
+        assert_eq!(kv.get_bool("persist"), None);
+    }
+
+    #[test]
+    fn getters_of_another_kind_return_none() {
+        let kv = Devargs::parse("net_null0,size=5,copy,mac=02:00:00:00:00:01,name=x")
+            .unwrap()
+            .validate("net_null", NULL_KEYS)
+            .unwrap();
+        assert_eq!(kv.get_u64("size"), Some(5));
+        assert_eq!(kv.get_bool("size"), None);
+        assert_eq!(kv.get_str("size"), None);
+        assert_eq!(kv.get_mac("mac"), Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(kv.get_u64("mac"), None);
+        assert_eq!(kv.get_bool("copy"), Some(true));
+        assert_eq!(kv.get_str("name"), Some("x"));
+        assert_eq!(kv.get_all_str("size"), Vec::<&str>::new());
+        assert_eq!(kv.get_u64("absent"), None);
+        assert!(!kv.contains("absent"));
+        let keys: Vec<&str> = kv.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["size", "copy", "mac", "name"]);
+    }
+
+    #[test]
+    fn pci_devargs_validate_like_vdev_ones() {
+        const KEYS: &[KeySpec] = &[KeySpec::new(
+            "rxq",
+            KeyKind::U64 { min: 1, max: 64 },
+            "rx queues",
+        )];
+        let d = Devargs::parse("pci:00:05.0,rxq=0x10").unwrap();
+        assert_eq!(d.validate("ixgbe", KEYS).unwrap().get_u64("rxq"), Some(16));
+    }
+
+    #[test]
+    fn key_kind_describes_itself() {
+        assert_eq!(
+            KeyKind::U64 { min: 1, max: 9600 }.to_string(),
+            "an integer in 1..=9600"
+        );
+        assert_eq!(
+            KeyKind::Str { max_len: 8 }.to_string(),
+            "a string of 1..=8 bytes"
+        );
+    }
+}

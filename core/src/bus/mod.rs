@@ -1,3 +1,15 @@
-//! Buses: `pci` (sysfs scan) and `vdev` (virtual devices from devargs).
+//! Buses: where devices come from.
+//!
+//! - [`pci`]: physical (or emulated) PCI functions, found by scanning sysfs (`$SYSFS_PCI_DEVICES`),
+//!   addressed by [`PciAddr`] and filtered by `-a`/`-b`/`--no-pci` through [`pci::PciFilter`].
+//! - [`vdev`]: virtual devices named by `--vdev` devargs, matched to their driver by name prefix.
+//!
+//! Which bus a devargs string targets is decided in [`crate::devargs`] ([`BusKind`]).
+
+#![forbid(unsafe_code)]
+
 pub mod pci;
 pub mod vdev;
+
+pub use crate::devargs::BusKind;
+pub use pci::{PciAddr, PciDevice, PciId};
