@@ -6,3 +6,7 @@
 
 pub mod bus;
 pub mod devargs;
+pub mod mbuf;
+pub mod mem;
+pub mod ring;
+pub mod sys;

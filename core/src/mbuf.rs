@@ -1,0 +1,569 @@
+//! Packet buffers (`Mbuf`) and their pools (`Mempool`) in shared memory.
+//!
+//! A pool is one memzone: a [`PoolHdr`], a ring of free buffer offsets, then `n` elements, each a
+//! 64-byte [`MbufHdr`] followed by headroom and data room. Any process of the lab can allocate a
+//! buffer and any other can free it: the free list is the shared ring, and a buffer names its pool
+//! by offset. Each `Mempool` handle keeps a small local cache in front of the ring (DPDK's
+//! per-lcore cache), so a burst costs no shared-memory atomics in the common case.
+//!
+//! An [`Mbuf`] is an owned handle (a pointer into the mapping, which is never unmapped). Dropping
+//! one returns it to its pool's ring; data paths use `Mempool::free_bulk`, which goes through the
+//! local cache instead.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::mem::{Iova, MemError, Shm, ShmOffset, IOVA_BASE};
+use crate::ring::{RawRing, Ring, RingError, RingFlags, RingHdr};
+
+/// Default headroom before packet data.
+pub const HEADROOM: u16 = 128;
+/// Default data room: one standard frame plus slack.
+pub const DEFAULT_DATA_ROOM: u16 = 2048;
+/// Port value of a buffer not received on any port.
+pub const NO_PORT: u16 = u16::MAX;
+
+/// Header of every packet buffer, in shared memory.
+#[repr(C, align(64))]
+pub struct MbufHdr {
+    self_off: u64,
+    pool_off: u64,
+    buf_off: u64,
+    buf_len: u32,
+    data_off: u16,
+    data_len: u16,
+    pkt_len: u32,
+    port: u16,
+    _r: u16,
+    /// Offload flags (driver-defined bits).
+    pub ol_flags: u64,
+    /// RSS hash reported by the device.
+    pub rss_hash: u32,
+    _r2: u32,
+    /// Receive or transmit timestamp in nanoseconds (pcap uses it).
+    pub timestamp: u64,
+}
+const _: () = assert!(std::mem::size_of::<MbufHdr>() == 64);
+
+/// Header of a pool.
+#[repr(C, align(64))]
+pub struct PoolHdr {
+    magic: u64,
+    n: u32,
+    elt_size: u32,
+    data_room: u16,
+    headroom: u16,
+    _r: u32,
+    ring_off: u64,
+    elts_off: u64,
+    self_off: u64,
+}
+const POOL_MAGIC: u64 = 0x504f_4f4c_4d42_5546;
+
+/// Errors of pool creation or lookup.
+#[derive(Debug, thiserror::Error)]
+pub enum MbufError {
+    /// Parameters out of range.
+    #[error("mempool {name:?}: {what}")]
+    BadParam {
+        /// Pool name.
+        name: String,
+        /// What was wrong, with the limit.
+        what: String,
+    },
+    /// Zone exists but holds no pool.
+    #[error("memzone {name:?} holds no mempool")]
+    NotAPool {
+        /// Zone name.
+        name: String,
+    },
+    /// Memory layer failure.
+    #[error(transparent)]
+    Mem(#[from] MemError),
+    /// Ring failure.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
+/// An owned packet buffer. Dropping it returns it to its pool.
+pub struct Mbuf(NonNull<MbufHdr>);
+
+// SAFETY: an Mbuf is a unique owner of its buffer (allocation handed it out exactly once); the
+// memory is shared memory that outlives the process's use of it.
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    #[inline]
+    fn h(&self) -> &MbufHdr {
+        // SAFETY: self.0 points at a live header inside a mapping that is never unmapped.
+        unsafe { self.0.as_ref() }
+    }
+    #[inline]
+    fn hm(&mut self) -> &mut MbufHdr {
+        // SAFETY: as above, and this handle is the unique owner of the buffer.
+        unsafe { self.0.as_mut() }
+    }
+    #[inline]
+    fn buf(&self) -> *mut u8 {
+        // SAFETY: the data buffer starts right after the 64-byte header, inside the element.
+        unsafe { self.0.as_ptr().cast::<u8>().add(64) }
+    }
+    /// Packet bytes.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        let h = self.h();
+        // SAFETY: data_off + data_len <= buf_len is kept by every setter.
+        unsafe { std::slice::from_raw_parts(self.buf().add(h.data_off as usize), h.data_len as usize) }
+    }
+    /// Packet bytes, writable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let (off, len) = (self.h().data_off as usize, self.h().data_len as usize);
+        // SAFETY: as in `data`; &mut self makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.buf().add(off), len) }
+    }
+    /// Packet length.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.h().data_len as usize
+    }
+    /// Whether the packet is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.h().data_len == 0
+    }
+    /// Sets the packet length; false (nothing changed) when it does not fit the tailroom.
+    #[inline]
+    pub fn set_len(&mut self, len: usize) -> bool {
+        let h = self.hm();
+        if h.data_off as usize + len > h.buf_len as usize {
+            return false;
+        }
+        h.data_len = len as u16;
+        h.pkt_len = len as u32;
+        true
+    }
+    /// Grows the packet by `n` bytes at the end and returns them, or None if they do not fit.
+    pub fn append(&mut self, n: usize) -> Option<&mut [u8]> {
+        let old = self.len();
+        if !self.set_len(old + n) {
+            return None;
+        }
+        Some(&mut self.data_mut()[old..])
+    }
+    /// Replaces the content with `bytes`; false when they do not fit.
+    pub fn copy_from(&mut self, bytes: &[u8]) -> bool {
+        if !self.set_len(bytes.len()) {
+            return false;
+        }
+        self.data_mut().copy_from_slice(bytes);
+        true
+    }
+    /// Bytes free before the data.
+    pub fn headroom(&self) -> usize {
+        self.h().data_off as usize
+    }
+    /// Bytes free after the data.
+    pub fn tailroom(&self) -> usize {
+        let h = self.h();
+        h.buf_len as usize - h.data_off as usize - h.data_len as usize
+    }
+    /// Whole buffer size (headroom + data room).
+    pub fn buf_len(&self) -> usize {
+        self.h().buf_len as usize
+    }
+    /// Device address of the start of the buffer.
+    #[inline]
+    pub fn buf_iova(&self) -> Iova {
+        Iova(IOVA_BASE + self.h().buf_off)
+    }
+    /// Device address of the first packet byte.
+    #[inline]
+    pub fn data_iova(&self) -> Iova {
+        Iova(IOVA_BASE + self.h().buf_off + self.h().data_off as u64)
+    }
+    /// Port the packet arrived on, or `NO_PORT`.
+    pub fn port(&self) -> u16 {
+        self.h().port
+    }
+    /// Sets the arrival port.
+    pub fn set_port(&mut self, port: u16) {
+        self.hm().port = port;
+    }
+    /// Header fields drivers may set directly (offload flags, RSS hash, timestamp).
+    pub fn hdr_mut(&mut self) -> &mut MbufHdr {
+        self.hm()
+    }
+    /// Resets length, offsets and metadata as after allocation.
+    #[inline]
+    pub fn reset(&mut self) {
+        let h = self.hm();
+        h.data_off = HEADROOM.min(h.buf_len as u16);
+        h.data_len = 0;
+        h.pkt_len = 0;
+        h.port = NO_PORT;
+        h.ol_flags = 0;
+    }
+    /// Offset of the buffer in shared memory: the form in which buffers cross processes
+    /// through rings. Ownership goes with it; rebuild with `Mbuf::from_offset`.
+    pub fn into_offset(self) -> ShmOffset {
+        let off = ShmOffset(self.h().self_off);
+        std::mem::forget(self);
+        off
+    }
+    /// Offset of this buffer's header.
+    pub fn offset(&self) -> ShmOffset {
+        ShmOffset(self.h().self_off)
+    }
+    /// Takes ownership of the buffer at `off` (as produced by `into_offset`), after checking that
+    /// a buffer header really is there. `None` for anything else.
+    pub fn from_offset(shm: &Shm, off: ShmOffset) -> Option<Mbuf> {
+        let p = shm.ptr(off, 64)?;
+        if p.as_ptr() as usize % 64 != 0 {
+            return None;
+        }
+        let h = p.cast::<MbufHdr>();
+        // SAFETY: 64 bytes inside the mapping, 64-aligned; MbufHdr is plain data.
+        let hr = unsafe { h.as_ref() };
+        if hr.self_off != off.0 || hr.buf_off != off.0 + 64 || shm.ptr(off, 64 + hr.buf_len as u64).is_none() {
+            return None;
+        }
+        Some(Mbuf(h))
+    }
+    #[inline]
+    fn pool_ring(&self) -> RawRing<u64> {
+        let h = self.h();
+        let base = self.0.as_ptr() as usize - h.self_off as usize;
+        // SAFETY: the pool header sits at base + pool_off in the same mapping (written at pool
+        // creation and never changed); its ring header at base + ring_off.
+        unsafe {
+            let pool = &*((base + h.pool_off as usize) as *const PoolHdr);
+            RawRing::from_hdr(NonNull::new_unchecked((base + pool.ring_off as usize) as *mut RingHdr))
+        }
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        let off = self.h().self_off;
+        // The pool ring has room for every buffer of the pool, so this cannot fail.
+        let ok = self.pool_ring().enqueue_bulk(&[off]);
+        debug_assert!(ok, "pool ring full on free: a buffer was freed twice");
+    }
+}
+
+impl std::fmt::Debug for Mbuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mbuf(off={:#x}, len={})", self.h().self_off, self.len())
+    }
+}
+
+/// A process-local handle on a shared packet buffer pool, with its own cache.
+pub struct Mempool {
+    shm: Arc<Shm>,
+    pool_off: u64,
+    name: String,
+    n: u32,
+    ring: Ring<u64>,
+    cache: Box<[u64]>,
+    cache_len: usize,
+    cache_size: usize,
+}
+
+// SAFETY: the handle owns its cache; shared state is the ring (thread- and process-safe).
+unsafe impl Send for Mempool {}
+
+impl Mempool {
+    /// Creates pool `name` of `n` buffers with `data_room` bytes each (plus headroom), in a memzone
+    /// of the same name. `cache_size` is this handle's local cache (0 for none; at most 512).
+    pub fn create(shm: &Arc<Shm>, name: &str, n: u32, data_room: u16, cache_size: usize) -> Result<Mempool, MbufError> {
+        let bad = |what: String| MbufError::BadParam { name: name.into(), what };
+        if !(1..=1 << 22).contains(&n) {
+            return Err(bad(format!("{n} buffers is out of range 1..=4194304")));
+        }
+        if !(64..=16384).contains(&data_room) {
+            return Err(bad(format!("data room {data_room} is out of range 64..=16384")));
+        }
+        if cache_size > 512 {
+            return Err(bad(format!("cache size {cache_size} is over the limit 512")));
+        }
+        let ring_count = (n + 1).next_power_of_two();
+        let elt_size = (64 + HEADROOM as u64 + data_room as u64).div_ceil(64) * 64;
+        let ring_len = Ring::<u64>::mem_size(ring_count).div_ceil(64) * 64;
+        let total = 64 + ring_len + elt_size * n as u64;
+        let z = shm.reserve(name, total, 64)?;
+        let off = z.offset.0;
+        let ring_off = off + 64;
+        let elts_off = ring_off + ring_len;
+        Ring::<u64>::init_at(shm, ShmOffset(ring_off), ring_count, RingFlags::MPMC);
+        let ring = Ring::<u64>::attach(shm, name, ShmOffset(ring_off))?;
+        let p = shm.ptr(z.offset, total).ok_or_else(|| bad("zone outside the mapping".into()))?;
+        // SAFETY: the zone [off, off+total) is ours alone until the pool is published by name
+        // (creation holds no lock, but lookups check the magic written last).
+        unsafe {
+            for i in 0..n as u64 {
+                let e_off = elts_off + i * elt_size;
+                let h = p.as_ptr().add((e_off - off) as usize).cast::<MbufHdr>();
+                h.write(MbufHdr {
+                    self_off: e_off,
+                    pool_off: off,
+                    buf_off: e_off + 64,
+                    buf_len: (elt_size - 64) as u32,
+                    data_off: HEADROOM,
+                    data_len: 0,
+                    pkt_len: 0,
+                    port: NO_PORT,
+                    _r: 0,
+                    ol_flags: 0,
+                    rss_hash: 0,
+                    _r2: 0,
+                    timestamp: 0,
+                });
+            }
+            let ph = p.as_ptr().cast::<PoolHdr>();
+            ph.write(PoolHdr {
+                magic: 0,
+                n,
+                elt_size: elt_size as u32,
+                data_room,
+                headroom: HEADROOM,
+                _r: 0,
+                ring_off,
+                elts_off,
+                self_off: off,
+            });
+        }
+        let mut offs = Vec::with_capacity(n as usize);
+        offs.extend((0..n as u64).map(|i| elts_off + i * elt_size));
+        for c in offs.chunks(256) {
+            let ok = ring.enqueue_bulk(c);
+            debug_assert!(ok);
+        }
+        // SAFETY: publish: the header is complete.
+        unsafe {
+            let ph = p.as_ptr().cast::<PoolHdr>();
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            std::ptr::addr_of_mut!((*ph).magic).write_volatile(POOL_MAGIC);
+        }
+        Ok(Mempool::handle(shm, name, off, n, ring, cache_size))
+    }
+
+    /// A new handle (with its own empty cache) on the existing pool `name`.
+    pub fn lookup(shm: &Arc<Shm>, name: &str, cache_size: usize) -> Result<Mempool, MbufError> {
+        let z = shm.lookup(name)?;
+        let not = || MbufError::NotAPool { name: name.into() };
+        let p = shm.ptr(z.offset, 64).ok_or_else(not)?;
+        // SAFETY: 64 bytes inside the mapping; PoolHdr is plain data written before the magic.
+        let ph = unsafe { p.cast::<PoolHdr>().as_ref() };
+        // SAFETY: volatile read of the publish flag.
+        if unsafe { std::ptr::addr_of!(ph.magic).read_volatile() } != POOL_MAGIC || ph.self_off != z.offset.0 {
+            return Err(not());
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        let ring = Ring::<u64>::attach(shm, name, ShmOffset(ph.ring_off))?;
+        Ok(Mempool::handle(shm, name, z.offset.0, ph.n, ring, cache_size.min(512)))
+    }
+
+    fn handle(shm: &Arc<Shm>, name: &str, pool_off: u64, n: u32, ring: Ring<u64>, cache_size: usize) -> Mempool {
+        Mempool {
+            shm: shm.clone(),
+            pool_off,
+            name: name.into(),
+            n,
+            ring,
+            cache: vec![0u64; cache_size * 2 + 64].into_boxed_slice(),
+            cache_len: 0,
+            cache_size,
+        }
+    }
+
+    /// Another handle on the same pool, with its own cache.
+    pub fn new_handle(&self) -> Mempool {
+        Mempool::handle(&self.shm, &self.name, self.pool_off, self.n, self.ring.clone(), self.cache_size)
+    }
+
+    /// Pool name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of buffers in the pool.
+    pub fn size(&self) -> u32 {
+        self.n
+    }
+
+    /// Free buffers: in the shared ring plus this handle's cache (other handles' caches unseen).
+    pub fn avail_count(&self) -> u32 {
+        self.ring.count() + self.cache_len as u32
+    }
+
+    #[inline]
+    fn to_mbuf(&self, off: u64) -> Mbuf {
+        // SAFETY: offsets in the free ring and cache are element header offsets of this pool,
+        // written at creation; they lie inside the mapping.
+        Mbuf(unsafe { NonNull::new_unchecked(self.shm.base().add(off as usize).cast::<MbufHdr>()) })
+    }
+
+    /// Allocates one buffer (reset, empty).
+    #[inline]
+    pub fn alloc(&mut self) -> Option<Mbuf> {
+        if self.cache_len == 0 && self.refill(1) == 0 {
+            return None;
+        }
+        self.cache_len -= 1;
+        let mut m = self.to_mbuf(self.cache[self.cache_len]);
+        m.reset();
+        Some(m)
+    }
+
+    fn refill(&mut self, need: usize) -> usize {
+        let want = (need + self.cache_size).min(self.cache.len() - self.cache_len);
+        let got = self.ring.dequeue_burst(&mut self.cache[self.cache_len..self.cache_len + want]);
+        self.cache_len += got;
+        got
+    }
+
+    /// Fills every slot of `out` with a fresh buffer, or none of them (returns false).
+    #[inline]
+    pub fn alloc_bulk(&mut self, out: &mut [Option<Mbuf>]) -> bool {
+        let n = out.len();
+        if n > self.cache.len() {
+            let mut i = 0;
+            while i < n {
+                let k = (n - i).min(64);
+                if !self.alloc_bulk(&mut out[i..i + k]) {
+                    for s in &mut out[..i] {
+                        *s = None;
+                    }
+                    return false;
+                }
+                i += k;
+            }
+            return true;
+        }
+        if self.cache_len < n {
+            self.refill(n - self.cache_len);
+            if self.cache_len < n {
+                return false;
+            }
+        }
+        for slot in out.iter_mut() {
+            self.cache_len -= 1;
+            let mut m = self.to_mbuf(self.cache[self.cache_len]);
+            m.reset();
+            *slot = Some(m);
+        }
+        true
+    }
+
+    /// Returns a buffer: into this handle's cache when it belongs to this pool, else to its own
+    /// pool's ring.
+    #[inline]
+    pub fn free(&mut self, m: Mbuf) {
+        if m.h().pool_off != self.pool_off || self.cache_size == 0 {
+            drop(m);
+            return;
+        }
+        if self.cache_len == self.cache.len() {
+            self.flush(self.cache_size);
+        }
+        self.cache[self.cache_len] = m.into_offset().0;
+        self.cache_len += 1;
+        if self.cache_len > self.cache_size * 2 {
+            self.flush(self.cache_size);
+        }
+    }
+
+    /// Frees every buffer in `ms` (taking them out of the slice).
+    #[inline]
+    pub fn free_bulk(&mut self, ms: &mut [Option<Mbuf>]) {
+        for m in ms.iter_mut().filter_map(Option::take) {
+            self.free(m);
+        }
+    }
+
+    fn flush(&mut self, keep: usize) {
+        if self.cache_len > keep {
+            let n = self.ring.enqueue_burst(&self.cache[keep..self.cache_len]);
+            debug_assert_eq!(n, self.cache_len - keep);
+            self.cache_len = keep;
+        }
+    }
+}
+
+impl Drop for Mempool {
+    fn drop(&mut self) {
+        self.flush(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::ShmPlacement;
+
+    fn shm() -> (tempfile::TempDir, Arc<Shm>) {
+        let d = tempfile::tempdir().unwrap();
+        let p = ShmPlacement { path: d.path().join("mem"), hugepages: false, page_size: 4096 };
+        (d, Arc::new(Shm::create(p, 16).unwrap()))
+    }
+
+    #[test]
+    fn alloc_until_empty_then_free_brings_them_back() {
+        let (_d, shm) = shm();
+        let mut p = Mempool::create(&shm, "p", 100, 2048, 8).unwrap();
+        let mut v: Vec<Mbuf> = std::iter::from_fn(|| p.alloc()).collect();
+        assert_eq!(v.len(), 100);
+        assert!(p.alloc().is_none());
+        let m = &mut v[0];
+        assert!(m.copy_from(b"hello"));
+        assert_eq!(m.data(), b"hello");
+        assert_eq!(m.headroom(), HEADROOM as usize);
+        assert!(!m.set_len(100_000));
+        assert_eq!(m.data_iova().0, m.buf_iova().0 + HEADROOM as u64);
+        for m in v.drain(..50) {
+            p.free(m);
+        }
+        drop(v); // the rest through Drop, straight to the ring
+        assert_eq!(p.avail_count(), 100);
+    }
+
+    #[test]
+    fn bulk_allocation_is_all_or_nothing() {
+        let (_d, shm) = shm();
+        let mut p = Mempool::create(&shm, "b", 40, 256, 16).unwrap();
+        let mut a: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+        assert!(p.alloc_bulk(&mut a));
+        let mut b: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+        assert!(!p.alloc_bulk(&mut b));
+        assert!(b.iter().all(Option::is_none));
+        p.free_bulk(&mut a);
+        assert!(p.alloc_bulk(&mut b));
+    }
+
+    #[test]
+    fn a_buffer_survives_the_offset_round_trip_and_bad_offsets_are_refused() {
+        let (_d, shm) = shm();
+        let mut p = Mempool::create(&shm, "o", 4, 256, 0).unwrap();
+        let mut m = p.alloc().unwrap();
+        m.copy_from(&[7; 60]);
+        let off = m.into_offset();
+        let m2 = Mbuf::from_offset(&shm, off).unwrap();
+        assert_eq!(m2.data(), &[7; 60][..]);
+        assert!(Mbuf::from_offset(&shm, ShmOffset(off.0 + 64)).is_none());
+        assert!(Mbuf::from_offset(&shm, ShmOffset(u64::MAX - 8)).is_none());
+        drop(m2);
+        let other = Mempool::lookup(&shm, "o", 0).unwrap();
+        assert_eq!(other.avail_count(), 4);
+    }
+
+    #[test]
+    fn bad_parameters_name_the_limit() {
+        let (_d, shm) = shm();
+        let e = Mempool::create(&shm, "x", 0, 2048, 0).err().unwrap();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let e = Mempool::create(&shm, "y", 10, 2048, 9999).err().unwrap();
+        assert!(e.to_string().contains("512"), "{e}");
+        assert!(matches!(Mempool::lookup(&shm, "nope", 0), Err(MbufError::Mem(_))));
+    }
+}
