@@ -1,0 +1,1331 @@
+//! EAL-style options: one parser for every lab binary.
+//!
+//! A lab process is started as DPDK applications are, `app [EAL options] -- [application options]`.
+//! [`Options::parse`] reads the EAL part and hands back the rest. It accepts:
+//!
+//! - the options the lab uses (`--proc-type`, `--file-prefix`, `-m`, `--log-level`, `--vdev`,
+//!   `-a/--allow`, `-b/--block`, `--no-pci`, `--no-huge`, `--huge-dir`) and its own
+//!   (`--hotplug-timeout-ms`, `--ipc-spin-us`, `--lab-fault`);
+//! - the DPDK options a lab process has no use for (`-l`, `-n`, `--socket-mem`, ...), recorded in
+//!   [`Options::ignored`] and logged at debug, so real DPDK command lines run unchanged.
+//!
+//! Long options take `--opt=value` or `--opt value`; short ones `-m 64`, `-m64` or `-m=64`. Long
+//! options are matched exactly (no abbreviations). Parsing stops at `--` (dropped) or at the first
+//! argument that is not an option (kept, with everything after it, as application arguments).
+//! Every value is checked here, so a bad command line fails at start with the option, the value and
+//! what was expected, never later and never by falling back to a default.
+//!
+//! [`Options::to_args`] renders the options back, to start another process on the same runtime.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use tracing::debug;
+
+use crate::devargs::{self, BusKind, Devargs, DevargsError};
+
+/// Default `--file-prefix`.
+pub const DEFAULT_FILE_PREFIX: &str = "lab";
+/// Longest `--file-prefix`.
+pub const MAX_FILE_PREFIX_LEN: usize = 64;
+/// Largest `-m` in megabytes.
+pub const MAX_MEM_MB: u64 = 65536;
+/// Default `--hotplug-timeout-ms`.
+pub const DEFAULT_HOTPLUG_TIMEOUT_MS: u64 = 5000;
+/// Largest `--hotplug-timeout-ms` (ten minutes).
+pub const MAX_HOTPLUG_TIMEOUT_MS: u64 = 600_000;
+/// Largest `--ipc-spin-us`.
+pub const MAX_IPC_SPIN_US: u64 = 1000;
+
+/// What is wrong with a command line: every variant names the option as typed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// No such option.
+    #[error("unknown option {option:?} (see --help)")]
+    UnknownOption {
+        /// The option as typed.
+        option: String,
+    },
+    /// The option needs a value and none followed.
+    #[error("option {option} needs a value")]
+    MissingValue {
+        /// The option as typed.
+        option: String,
+    },
+    /// A flag was given a value (`--no-pci=1`).
+    #[error("option {option} takes no value, got {value:?}")]
+    UnexpectedValue {
+        /// The option as typed.
+        option: String,
+        /// The value given.
+        value: String,
+    },
+    /// The value is out of range or malformed.
+    #[error("{option}: bad value {value:?}: expected {expected}")]
+    BadValue {
+        /// The option as typed.
+        option: String,
+        /// The value given.
+        value: String,
+        /// What the option accepts.
+        expected: String,
+    },
+    /// A `--vdev`, `--allow` or `--block` value is not valid device arguments.
+    #[error("{option}: bad device arguments {value:?}: {source}")]
+    BadDevargs {
+        /// The option as typed.
+        option: String,
+        /// The value given.
+        value: String,
+        /// Why the devargs parser refused it.
+        #[source]
+        source: DevargsError,
+    },
+    /// A single-valued option was given twice.
+    #[error("option {option} given more than once")]
+    DuplicateOption {
+        /// The option as typed the second time.
+        option: String,
+    },
+    /// Two options that exclude each other were both given.
+    #[error("options {option} and {other} cannot be used together")]
+    Conflict {
+        /// The option as typed.
+        option: String,
+        /// The option it conflicts with.
+        other: String,
+    },
+    /// `-h` / `--help`: the caller prints [`usage`] and exits successfully.
+    #[error("help requested")]
+    HelpRequested,
+}
+
+fn bad_value(option: &str, value: &str, expected: impl Into<String>) -> OptionsError {
+    OptionsError::BadValue {
+        option: option.to_string(),
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+/// Which role the process takes in the multi-process runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ProcType {
+    /// Creates the runtime (shared memory, config lock) and serves hotplug requests.
+    Primary,
+    /// Attaches to a running primary's runtime.
+    Secondary,
+    /// Primary if no primary holds the config lock, else secondary.
+    #[default]
+    Auto,
+}
+
+impl ProcType {
+    /// The option word: `primary`, `secondary` or `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcType::Primary => "primary",
+            ProcType::Secondary => "secondary",
+            ProcType::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for ProcType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProcType {
+    type Err = OptionsError;
+
+    /// Parses `primary`, `secondary` or `auto`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "primary" => Ok(ProcType::Primary),
+            "secondary" => Ok(ProcType::Secondary),
+            "auto" => Ok(ProcType::Auto),
+            _ => Err(bad_value("--proc-type", s, "primary|secondary|auto")),
+        }
+    }
+}
+
+/// The hotplug step a fault is injected into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultOp {
+    /// Attaching the device.
+    Attach,
+    /// Detaching the device.
+    Detach,
+    /// The pre-detach check (each process may veto a detach).
+    PreDetach,
+}
+
+impl FaultOp {
+    /// The option word: `attach`, `detach` or `pre-detach`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultOp::Attach => "attach",
+            FaultOp::Detach => "detach",
+            FaultOp::PreDetach => "pre-detach",
+        }
+    }
+}
+
+impl fmt::Display for FaultOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FaultOp {
+    type Err = OptionsError;
+
+    /// Parses `attach`, `detach` or `pre-detach`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "attach" => Ok(FaultOp::Attach),
+            "detach" => Ok(FaultOp::Detach),
+            "pre-detach" => Ok(FaultOp::PreDetach),
+            _ => Err(bad_value("--lab-fault", s, "OP attach|detach|pre-detach")),
+        }
+    }
+}
+
+/// How the faulty process misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FaultMode {
+    /// Replies with a failure.
+    #[default]
+    Fail,
+    /// Never replies (the requester's timeout fires).
+    Hang,
+    /// Exits abruptly (the requester sees a dead peer).
+    Crash,
+}
+
+impl FaultMode {
+    /// The option word: `fail`, `hang` or `crash`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultMode::Fail => "fail",
+            FaultMode::Hang => "hang",
+            FaultMode::Crash => "crash",
+        }
+    }
+}
+
+impl fmt::Display for FaultMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FaultMode {
+    type Err = OptionsError;
+
+    /// Parses `fail`, `hang` or `crash`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail" => Ok(FaultMode::Fail),
+            "hang" => Ok(FaultMode::Hang),
+            "crash" => Ok(FaultMode::Crash),
+            _ => Err(bad_value("--lab-fault", s, "MODE fail|hang|crash")),
+        }
+    }
+}
+
+/// One injected fault: `--lab-fault=OP:DEVICE[:MODE]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FaultSpec {
+    /// The step that fails.
+    pub op: FaultOp,
+    /// The device name, normalized (`0000:00:05.0`, `net_null0`).
+    pub device: String,
+    /// How it fails.
+    pub mode: FaultMode,
+}
+
+const FAULT_FORM: &str =
+    "OP:DEVICE[:MODE] with OP attach|detach|pre-detach and MODE fail|hang|crash";
+
+impl FromStr for FaultSpec {
+    type Err = OptionsError;
+
+    /// Parses `OP:DEVICE[:MODE]`. DEVICE may contain `:` (a PCI address), so OP is taken from the
+    /// front and MODE from the back only when the last `:` field is a mode.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: String| bad_value("--lab-fault", s, format!("{FAULT_FORM}; {why}"));
+        let Some((op, rest)) = s.split_once(':') else {
+            return Err(bad("no ':' after OP".into()));
+        };
+        let op = op
+            .parse::<FaultOp>()
+            .map_err(|_| bad(format!("OP {op:?} is not attach|detach|pre-detach")))?;
+        let (device, mode, last) = match rest.rsplit_once(':') {
+            Some((d, m)) => match m.parse::<FaultMode>() {
+                Ok(mode) => (d, mode, None),
+                Err(_) => (rest, FaultMode::Fail, Some(m)),
+            },
+            None => (rest, FaultMode::Fail, None),
+        };
+        let (_, device, _) = devargs::parse_device_name(device, None).map_err(|e| match last {
+            Some(m) if m.parse::<crate::bus::pci::PciAddr>().is_err() && !m.contains('.') => {
+                bad(format!(
+                    "DEVICE {device:?} is not a device name, or MODE {m:?} is not fail|hang|crash"
+                ))
+            }
+            _ => bad(format!("DEVICE: {e}")),
+        })?;
+        Ok(FaultSpec { op, device, mode })
+    }
+}
+
+impl fmt::Display for FaultSpec {
+    /// Writes `op:device:mode` (the mode always explicit).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.op, self.device, self.mode)
+    }
+}
+
+/// The parsed EAL options of one lab process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// `--proc-type=primary|secondary|auto`, default auto.
+    pub proc_type: ProcType,
+    /// `--file-prefix=NAME`: names the runtime (its directory and shared memory), default `lab`.
+    pub file_prefix: String,
+    /// `-m MB`: shared memory size in megabytes, 1..=65536.
+    pub mem_mb: Option<u64>,
+    /// `--log-level`, normalized to a `tracing` level name: error, warn, info, debug or trace.
+    pub log_level: Option<String>,
+    /// `--vdev=ARGS`, in order, as given.
+    pub vdevs: Vec<String>,
+    /// `-a/--allow` (legacy `-w/--pci-whitelist`): the only PCI devices to probe, as given.
+    pub allow: Vec<String>,
+    /// `-b/--block` (legacy `--pci-blacklist`): PCI devices never to probe, as given.
+    pub block: Vec<String>,
+    /// `--no-pci`: probe no PCI device.
+    pub no_pci: bool,
+    /// `--no-huge`: never use hugetlbfs.
+    pub no_huge: bool,
+    /// `--huge-dir=DIR`: the hugetlbfs mount to use.
+    pub huge_dir: Option<PathBuf>,
+    /// `--hotplug-timeout-ms=N`: how long a hotplug request waits for every peer, default 5000.
+    pub hotplug_timeout_ms: u64,
+    /// `--ipc-spin-us=N`: bounded spin before blocking on IPC receive, 0 (off) to 1000.
+    pub ipc_spin_us: u64,
+    /// `--lab-fault=OP:DEVICE[:MODE]`, in order.
+    pub faults: Vec<FaultSpec>,
+    /// DPDK options accepted and ignored, one entry per occurrence as typed (`-l 0-3`,
+    /// `--lcores=0@1`, `--in-memory`; a value given as a separate argument follows a space).
+    pub ignored: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            proc_type: ProcType::Auto,
+            file_prefix: DEFAULT_FILE_PREFIX.to_string(),
+            mem_mb: None,
+            log_level: None,
+            vdevs: Vec::new(),
+            allow: Vec::new(),
+            block: Vec::new(),
+            no_pci: false,
+            no_huge: false,
+            huge_dir: None,
+            hotplug_timeout_ms: DEFAULT_HOTPLUG_TIMEOUT_MS,
+            ipc_spin_us: 0,
+            faults: Vec::new(),
+            ignored: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arity {
+    Flag,
+    Value,
+    /// `--opt` or `--opt=value`; a separate value is taken only when it is a known word.
+    Optional(&'static [&'static str]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Id {
+    ProcType,
+    FilePrefix,
+    Mem,
+    LogLevel,
+    Vdev,
+    Allow,
+    Block,
+    NoPci,
+    NoHuge,
+    HugeDir,
+    HotplugTimeout,
+    IpcSpin,
+    Fault,
+    Help,
+    Ignored,
+}
+
+/// Values `--syslog` may take as a separate argument: facilities (DPDK up to 23.11) and the
+/// `when` words of later releases.
+const SYSLOG_WORDS: &[&str] = &[
+    "auth", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "security", "syslog", "user",
+    "uucp", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7", "auto",
+    "always", "never",
+];
+
+/// Every option: name as typed (with dashes), arity, meaning.
+const TABLE: &[(&str, Arity, Id)] = &[
+    ("--proc-type", Arity::Value, Id::ProcType),
+    ("--file-prefix", Arity::Value, Id::FilePrefix),
+    ("-m", Arity::Value, Id::Mem),
+    ("--log-level", Arity::Value, Id::LogLevel),
+    ("--vdev", Arity::Value, Id::Vdev),
+    ("-a", Arity::Value, Id::Allow),
+    ("--allow", Arity::Value, Id::Allow),
+    ("-w", Arity::Value, Id::Allow),
+    ("--pci-whitelist", Arity::Value, Id::Allow),
+    ("-b", Arity::Value, Id::Block),
+    ("--block", Arity::Value, Id::Block),
+    ("--pci-blacklist", Arity::Value, Id::Block),
+    ("--no-pci", Arity::Flag, Id::NoPci),
+    ("--no-huge", Arity::Flag, Id::NoHuge),
+    ("--huge-dir", Arity::Value, Id::HugeDir),
+    ("--hotplug-timeout-ms", Arity::Value, Id::HotplugTimeout),
+    ("--ipc-spin-us", Arity::Value, Id::IpcSpin),
+    ("--lab-fault", Arity::Value, Id::Fault),
+    ("-h", Arity::Flag, Id::Help),
+    ("--help", Arity::Flag, Id::Help),
+    // DPDK options accepted and ignored, with DPDK's arity.
+    ("-l", Arity::Value, Id::Ignored),
+    ("-c", Arity::Value, Id::Ignored),
+    ("-n", Arity::Value, Id::Ignored),
+    ("-d", Arity::Value, Id::Ignored),
+    ("-r", Arity::Value, Id::Ignored),
+    ("-v", Arity::Flag, Id::Ignored),
+    ("--main-lcore", Arity::Value, Id::Ignored),
+    ("--master-lcore", Arity::Value, Id::Ignored),
+    ("--lcores", Arity::Value, Id::Ignored),
+    ("--socket-mem", Arity::Value, Id::Ignored),
+    ("--socket-limit", Arity::Value, Id::Ignored),
+    ("--in-memory", Arity::Flag, Id::Ignored),
+    ("--iova-mode", Arity::Value, Id::Ignored),
+    ("--base-virtaddr", Arity::Value, Id::Ignored),
+    ("--legacy-mem", Arity::Flag, Id::Ignored),
+    ("--single-file-segments", Arity::Flag, Id::Ignored),
+    ("--match-allocations", Arity::Flag, Id::Ignored),
+    ("--syslog", Arity::Optional(SYSLOG_WORDS), Id::Ignored),
+    ("--telemetry", Arity::Flag, Id::Ignored),
+    ("--no-telemetry", Arity::Flag, Id::Ignored),
+    ("--no-shconf", Arity::Flag, Id::Ignored),
+    ("--vfio-intr", Arity::Value, Id::Ignored),
+    ("--create-uio-dev", Arity::Flag, Id::Ignored),
+];
+
+const USAGE: &str = "\
+EAL options (app [EAL options] -- [application options]):
+  --proc-type=primary|secondary|auto
+                          role in the multi-process runtime (default auto)
+  --file-prefix=NAME      runtime name, 1..=64 of [A-Za-z0-9_.-] (default lab)
+  -m MB                   shared memory size in megabytes, 1..=65536
+  --log-level=LEVEL       error|warn|info|debug|trace, DPDK 1..8, or PATTERN:LEVEL
+  --vdev=DEVARGS          add a virtual device (net_null0,size=64); repeatable
+  -a, --allow=DEVARGS     probe only this PCI device (0000:00:05.0[,key=value]); repeatable
+                          (legacy -w, --pci-whitelist)
+  -b, --block=ADDR        never probe this PCI device; repeatable (legacy --pci-blacklist)
+  --no-pci                probe no PCI device
+  --no-huge               never use hugetlbfs
+  --huge-dir=DIR          hugetlbfs mount to use
+  --hotplug-timeout-ms=N  how long a hotplug request waits for peers, 1..=600000 (default 5000)
+  --ipc-spin-us=N         spin before blocking on IPC receive, 0..=1000 (default 0, off)
+  --lab-fault=OP:DEVICE[:MODE]
+                          inject a fault: OP attach|detach|pre-detach, MODE fail|hang|crash
+                          (default fail); repeatable
+  -h, --help              print this help
+DPDK options accepted and ignored:
+  -l LIST, -c MASK, -n N, -d LIB, -r N, -v, --main-lcore=ID, --master-lcore=ID, --lcores=MAP,
+  --socket-mem=LIST, --socket-limit=LIST, --in-memory, --iova-mode=MODE, --base-virtaddr=ADDR,
+  --legacy-mem, --single-file-segments, --match-allocations, --syslog[=WHEN], --telemetry,
+  --no-telemetry, --no-shconf, --vfio-intr=MODE, --create-uio-dev
+";
+
+/// The help text: every option, its values and default.
+pub fn usage() -> &'static str {
+    USAGE
+}
+
+fn parse_bounded(
+    option: &str,
+    value: &str,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> Result<u64, OptionsError> {
+    devargs::parse_u64(value)
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            bad_value(
+                option,
+                value,
+                format!("an integer in {min}..={max} ({unit})"),
+            )
+        })
+}
+
+fn check_file_prefix(option: &str, value: &str) -> Result<String, OptionsError> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_FILE_PREFIX_LEN
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(bad_value(
+            option,
+            value,
+            format!("1..={MAX_FILE_PREFIX_LEN} characters of [A-Za-z0-9_.-], not \".\" or \"..\""),
+        ))
+    }
+}
+
+/// Maps a level word or DPDK number to a `tracing` level name.
+fn level_name(s: &str) -> Option<&'static str> {
+    if let Ok(n) = s.parse::<u8>() {
+        return match n {
+            1..=4 => Some("error"),
+            5 => Some("warn"),
+            6 => Some("info"),
+            7 => Some("debug"),
+            8 => Some("trace"),
+            _ => None,
+        };
+    }
+    match s.to_ascii_lowercase().as_str() {
+        "error" | "err" | "emerg" | "alert" | "crit" => Some("error"),
+        "warn" | "warning" => Some("warn"),
+        "info" | "notice" => Some("info"),
+        "debug" => Some("debug"),
+        "trace" => Some("trace"),
+        _ => None,
+    }
+}
+
+/// Normalizes `--log-level`: a level, a DPDK number 1..8, or DPDK's `PATTERN:LEVEL` / `PATTERN,LEVEL`.
+fn normalize_log_level(option: &str, value: &str) -> Result<String, OptionsError> {
+    let level = match value.rfind([':', ',']) {
+        Some(i) if i > 0 => level_name(&value[i + 1..]),
+        Some(_) => None,
+        None => level_name(value),
+    };
+    level.map(str::to_string).ok_or_else(|| {
+        bad_value(
+            option,
+            value,
+            "error|warn|info|debug|trace, a DPDK level 1..8, or PATTERN:LEVEL",
+        )
+    })
+}
+
+fn check_devargs(option: &str, value: &str, bus: BusKind) -> Result<String, OptionsError> {
+    let d = Devargs::parse(value).map_err(|source| OptionsError::BadDevargs {
+        option: option.to_string(),
+        value: value.to_string(),
+        source,
+    })?;
+    if d.bus() != bus {
+        let expected = match bus {
+            BusKind::Vdev => "a virtual device (net_null0[,key=value...]), not a PCI address",
+            BusKind::Pci => "a PCI address (0000:00:05.0[,key=value...])",
+        };
+        return Err(bad_value(option, value, expected));
+    }
+    Ok(value.to_string())
+}
+
+impl Options {
+    /// Parses EAL arguments (without argv\[0\]). Stops at `--` (dropped) or at the first non-option
+    /// argument (kept); returns the remaining application arguments.
+    ///
+    /// `-h`/`--help` returns [`OptionsError::HelpRequested`]; the caller prints [`usage`].
+    pub fn parse<I, S>(args: I) -> Result<(Options, Vec<String>), OptionsError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut args = args.into_iter().map(Into::into).peekable();
+        let mut opts = Options::default();
+        let mut seen: HashSet<Id> = HashSet::new();
+        let mut first_name: Vec<(Id, String)> = Vec::new();
+        let mut app = Vec::new();
+
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                break;
+            }
+            if !arg.starts_with('-') || arg == "-" {
+                app.push(arg);
+                break;
+            }
+            // Split into the option name and an attached value, if any.
+            let (name, attached): (String, Option<String>) = if arg.starts_with("--") {
+                match arg.split_once('=') {
+                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                    None => (arg.clone(), None),
+                }
+            } else {
+                let mut chars = arg.char_indices().skip(1);
+                let end = match chars.next() {
+                    Some((i, c)) => i + c.len_utf8(),
+                    None => arg.len(),
+                };
+                let rest = &arg[end..];
+                let rest = rest.strip_prefix('=').unwrap_or(rest);
+                (
+                    arg[..end].to_string(),
+                    (end < arg.len()).then(|| rest.to_string()),
+                )
+            };
+            let Some(&(_, arity, id)) = TABLE.iter().find(|(n, _, _)| *n == name) else {
+                return Err(OptionsError::UnknownOption { option: name });
+            };
+            let mut separate = false;
+            let value = match (arity, attached) {
+                (Arity::Flag, Some(v)) => {
+                    return Err(OptionsError::UnexpectedValue {
+                        option: name,
+                        value: v,
+                    })
+                }
+                (Arity::Flag, None) => None,
+                (_, Some(v)) => Some(v),
+                (Arity::Value, None) => {
+                    separate = true;
+                    Some(args.next().ok_or_else(|| OptionsError::MissingValue {
+                        option: name.clone(),
+                    })?)
+                }
+                (Arity::Optional(words), None) => match args.peek() {
+                    Some(next) if words.contains(&next.as_str()) => {
+                        separate = true;
+                        args.next()
+                    }
+                    _ => None,
+                },
+            };
+            let v = value.as_deref().unwrap_or_default();
+
+            if matches!(
+                id,
+                Id::ProcType
+                    | Id::FilePrefix
+                    | Id::Mem
+                    | Id::HugeDir
+                    | Id::HotplugTimeout
+                    | Id::IpcSpin
+            ) && !seen.insert(id)
+            {
+                return Err(OptionsError::DuplicateOption { option: name });
+            }
+            if !first_name.iter().any(|(i, _)| *i == id) {
+                first_name.push((id, name.clone()));
+            }
+
+            match id {
+                Id::ProcType => {
+                    opts.proc_type = v
+                        .parse()
+                        .map_err(|_| bad_value(&name, v, "primary|secondary|auto"))?
+                }
+                Id::FilePrefix => opts.file_prefix = check_file_prefix(&name, v)?,
+                Id::Mem => opts.mem_mb = Some(parse_bounded(&name, v, 1, MAX_MEM_MB, "megabytes")?),
+                Id::LogLevel => opts.log_level = Some(normalize_log_level(&name, v)?),
+                Id::Vdev => opts.vdevs.push(check_devargs(&name, v, BusKind::Vdev)?),
+                Id::Allow => opts.allow.push(check_devargs(&name, v, BusKind::Pci)?),
+                Id::Block => opts.block.push(check_devargs(&name, v, BusKind::Pci)?),
+                Id::NoPci => opts.no_pci = true,
+                Id::NoHuge => opts.no_huge = true,
+                Id::HugeDir => {
+                    if v.is_empty() {
+                        return Err(bad_value(&name, v, "a non-empty directory path"));
+                    }
+                    opts.huge_dir = Some(PathBuf::from(v));
+                }
+                Id::HotplugTimeout => {
+                    opts.hotplug_timeout_ms =
+                        parse_bounded(&name, v, 1, MAX_HOTPLUG_TIMEOUT_MS, "milliseconds")?
+                }
+                Id::IpcSpin => {
+                    opts.ipc_spin_us = parse_bounded(&name, v, 0, MAX_IPC_SPIN_US, "microseconds")?
+                }
+                Id::Fault => opts.faults.push(v.parse().map_err(|e| match e {
+                    OptionsError::BadValue {
+                        value, expected, ..
+                    } => OptionsError::BadValue {
+                        option: name.clone(),
+                        value,
+                        expected,
+                    },
+                    other => other,
+                })?),
+                Id::Help => return Err(OptionsError::HelpRequested),
+                Id::Ignored => {
+                    let text = match (&value, separate) {
+                        (Some(v), true) => format!("{name} {v}"),
+                        _ => arg.clone(),
+                    };
+                    debug!(option = %text, "DPDK option accepted and ignored");
+                    opts.ignored.push(text);
+                }
+            }
+        }
+        app.extend(args);
+
+        if opts.no_huge && opts.huge_dir.is_some() {
+            let name_of = |id: Id| {
+                first_name
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default()
+            };
+            return Err(OptionsError::Conflict {
+                option: name_of(Id::HugeDir),
+                other: name_of(Id::NoHuge),
+            });
+        }
+        Ok((opts, app))
+    }
+
+    /// The options rendered back as arguments, suitable to start another lab process on the same
+    /// runtime. `--proc-type` and the ignored DPDK options are omitted; defaults are omitted except
+    /// `--file-prefix`, which names the runtime.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = vec![format!("--file-prefix={}", self.file_prefix)];
+        if let Some(mb) = self.mem_mb {
+            out.push("-m".into());
+            out.push(mb.to_string());
+        }
+        if let Some(level) = &self.log_level {
+            out.push(format!("--log-level={level}"));
+        }
+        out.extend(self.vdevs.iter().map(|v| format!("--vdev={v}")));
+        out.extend(self.allow.iter().map(|a| format!("--allow={a}")));
+        out.extend(self.block.iter().map(|b| format!("--block={b}")));
+        if self.no_pci {
+            out.push("--no-pci".into());
+        }
+        if self.no_huge {
+            out.push("--no-huge".into());
+        }
+        if let Some(dir) = &self.huge_dir {
+            out.push(format!("--huge-dir={}", dir.display()));
+        }
+        if self.hotplug_timeout_ms != DEFAULT_HOTPLUG_TIMEOUT_MS {
+            out.push(format!("--hotplug-timeout-ms={}", self.hotplug_timeout_ms));
+        }
+        if self.ipc_spin_us != 0 {
+            out.push(format!("--ipc-spin-us={}", self.ipc_spin_us));
+        }
+        out.extend(self.faults.iter().map(|f| format!("--lab-fault={f}")));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn parse(args: &[&str]) -> Result<(Options, Vec<String>), OptionsError> {
+        Options::parse(args.iter().copied())
+    }
+
+    fn opts(args: &[&str]) -> Options {
+        let (o, app) = parse(args).unwrap();
+        assert!(app.is_empty(), "{args:?} left {app:?}");
+        o
+    }
+
+    #[test]
+    fn no_arguments_give_the_defaults() {
+        let (o, app) = parse(&[]).unwrap();
+        assert_eq!(o, Options::default());
+        assert!(app.is_empty());
+        assert_eq!(o.proc_type, ProcType::Auto);
+        assert_eq!(o.file_prefix, "lab");
+        assert_eq!(o.hotplug_timeout_ms, 5000);
+        assert_eq!(o.ipc_spin_us, 0);
+    }
+
+    #[rstest]
+    #[case(&["--proc-type=primary"], ProcType::Primary)]
+    #[case(&["--proc-type", "secondary"], ProcType::Secondary)]
+    #[case(&["--proc-type=auto"], ProcType::Auto)]
+    fn proc_type_is_parsed(#[case] args: &[&str], #[case] want: ProcType) {
+        assert_eq!(opts(args).proc_type, want);
+    }
+
+    #[rstest]
+    #[case(&["--file-prefix=x"], "x")]
+    #[case(&["--file-prefix", "lab_1.test-a"], "lab_1.test-a")]
+    #[case(&["--file-prefix=..."], "...")]
+    fn file_prefix_is_parsed(#[case] args: &[&str], #[case] want: &str) {
+        assert_eq!(opts(args).file_prefix, want);
+    }
+
+    #[test]
+    fn file_prefix_of_64_characters_is_accepted() {
+        let p = "p".repeat(64);
+        assert_eq!(opts(&[&format!("--file-prefix={p}")]).file_prefix, p);
+    }
+
+    #[rstest]
+    #[case(&["-m", "64"], 64)]
+    #[case(&["-m64"], 64)]
+    #[case(&["-m=64"], 64)]
+    #[case(&["-m", "1"], 1)]
+    #[case(&["-m", "65536"], 65536)]
+    #[case(&["-m", "0x40"], 64)]
+    fn mem_is_parsed_in_every_form(#[case] args: &[&str], #[case] want: u64) {
+        assert_eq!(opts(args).mem_mb, Some(want));
+    }
+
+    #[rstest]
+    #[case("error", "error")]
+    #[case("warn", "warn")]
+    #[case("info", "info")]
+    #[case("debug", "debug")]
+    #[case("trace", "trace")]
+    #[case("DEBUG", "debug")]
+    #[case("warning", "warn")]
+    #[case("notice", "info")]
+    #[case("err", "error")]
+    #[case("1", "error")]
+    #[case("4", "error")]
+    #[case("5", "warn")]
+    #[case("6", "info")]
+    #[case("7", "debug")]
+    #[case("8", "trace")]
+    #[case("lib.eal:debug", "debug")]
+    #[case("lib.eal:8", "trace")]
+    #[case("pmd.net.*:info", "info")]
+    #[case("lib.eal,7", "debug")]
+    fn log_level_is_normalized(#[case] value: &str, #[case] want: &str) {
+        let o = opts(&[&format!("--log-level={value}")]);
+        assert_eq!(o.log_level.as_deref(), Some(want));
+        let o = opts(&["--log-level", value]);
+        assert_eq!(o.log_level.as_deref(), Some(want));
+    }
+
+    #[test]
+    fn later_log_level_wins() {
+        let o = opts(&["--log-level=info", "--log-level=lib.eal:debug"]);
+        assert_eq!(o.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn lists_keep_every_occurrence_in_order() {
+        let o = opts(&[
+            "--vdev=net_null0,size=64",
+            "--vdev",
+            "net_ring0",
+            "-a",
+            "0000:00:05.0,key=v",
+            "--allow=05.1",
+            "-w",
+            "00:06.0",
+            "--pci-whitelist=0000:00:07.0",
+            "-a0000:00:08.0",
+            "-b",
+            "0000:00:09.0",
+            "--block=0000:00:0a.0",
+            "--pci-blacklist",
+            "0b.0",
+        ]);
+        assert_eq!(o.vdevs, ["net_null0,size=64", "net_ring0"]);
+        assert_eq!(
+            o.allow,
+            [
+                "0000:00:05.0,key=v",
+                "05.1",
+                "00:06.0",
+                "0000:00:07.0",
+                "0000:00:08.0"
+            ]
+        );
+        assert_eq!(o.block, ["0000:00:09.0", "0000:00:0a.0", "0b.0"]);
+    }
+
+    #[test]
+    fn flags_and_paths_and_numbers_are_parsed() {
+        let o = opts(&[
+            "--no-pci",
+            "--no-huge",
+            "--hotplug-timeout-ms=250",
+            "--ipc-spin-us",
+            "1000",
+        ]);
+        assert!(o.no_pci && o.no_huge);
+        assert_eq!(o.hotplug_timeout_ms, 250);
+        assert_eq!(o.ipc_spin_us, 1000);
+        let o = opts(&["--huge-dir", "/mnt/huge", "--ipc-spin-us=0"]);
+        assert_eq!(o.huge_dir, Some(PathBuf::from("/mnt/huge")));
+        assert!(!o.no_huge);
+        assert_eq!(
+            opts(&["--hotplug-timeout-ms=600000"]).hotplug_timeout_ms,
+            600_000
+        );
+        assert_eq!(opts(&["--hotplug-timeout-ms=1"]).hotplug_timeout_ms, 1);
+    }
+
+    #[rstest]
+    #[case("attach:net_null0", FaultOp::Attach, "net_null0", FaultMode::Fail)]
+    #[case("detach:net_null0:hang", FaultOp::Detach, "net_null0", FaultMode::Hang)]
+    #[case(
+        "pre-detach:net_ring0:crash",
+        FaultOp::PreDetach,
+        "net_ring0",
+        FaultMode::Crash
+    )]
+    #[case(
+        "attach:0000:00:05.0",
+        FaultOp::Attach,
+        "0000:00:05.0",
+        FaultMode::Fail
+    )]
+    #[case(
+        "detach:0000:00:05.0:hang",
+        FaultOp::Detach,
+        "0000:00:05.0",
+        FaultMode::Hang
+    )]
+    #[case(
+        "detach:0000:00:05.0:fail",
+        FaultOp::Detach,
+        "0000:00:05.0",
+        FaultMode::Fail
+    )]
+    #[case("attach:05.1:crash", FaultOp::Attach, "0000:00:05.1", FaultMode::Crash)]
+    #[case("attach:00:05.1", FaultOp::Attach, "0000:00:05.1", FaultMode::Fail)]
+    fn fault_spec_takes_op_from_the_front_and_mode_from_the_back(
+        #[case] text: &str,
+        #[case] op: FaultOp,
+        #[case] device: &str,
+        #[case] mode: FaultMode,
+    ) {
+        let want = FaultSpec {
+            op,
+            device: device.to_string(),
+            mode,
+        };
+        assert_eq!(text.parse::<FaultSpec>().unwrap(), want);
+        assert_eq!(
+            opts(&[&format!("--lab-fault={text}")]).faults,
+            [want.clone()]
+        );
+        assert_eq!(want.to_string().parse::<FaultSpec>().unwrap(), want);
+    }
+
+    #[rstest]
+    #[case("")]
+    #[case("attach")]
+    #[case("attach:")]
+    #[case("attach::hang")]
+    #[case("plug:net_null0")]
+    #[case("Attach:net_null0")]
+    #[case("attach:net_null0:bogus")]
+    #[case("attach:net_null0:HANG")]
+    #[case("attach:0000:00:05.0:bogus")]
+    #[case("attach:0000:00:20.0")]
+    #[case("attach:net-null0")]
+    #[case("attach:net_null0,size=1")]
+    fn fault_spec_refuses(#[case] text: &str) {
+        let err = parse(&["--lab-fault", text]).unwrap_err();
+        match &err {
+            OptionsError::BadValue { option, value, .. } => {
+                assert_eq!((option.as_str(), value.as_str()), ("--lab-fault", text));
+            }
+            other => panic!("{text}: unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn fault_spec_error_names_the_bad_mode() {
+        let msg = "attach:net_null0:hnag"
+            .parse::<FaultSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("hnag") && msg.contains("fail|hang|crash"),
+            "{msg}"
+        );
+    }
+
+    #[rstest]
+    #[case::proc_type(&["--proc-type=master"], "--proc-type", "master")]
+    #[case::proc_type_case(&["--proc-type", "Primary"], "--proc-type", "Primary")]
+    #[case::proc_type_empty(&["--proc-type="], "--proc-type", "")]
+    #[case::prefix_empty(&["--file-prefix="], "--file-prefix", "")]
+    #[case::prefix_slash(&["--file-prefix=a/b"], "--file-prefix", "a/b")]
+    #[case::prefix_space(&["--file-prefix", "a b"], "--file-prefix", "a b")]
+    #[case::prefix_dot(&["--file-prefix=."], "--file-prefix", ".")]
+    #[case::prefix_dotdot(&["--file-prefix=.."], "--file-prefix", "..")]
+    #[case::prefix_unicode(&["--file-prefix=ü"], "--file-prefix", "ü")]
+    #[case::mem_zero(&["-m", "0"], "-m", "0")]
+    #[case::mem_too_big(&["-m65537"], "-m", "65537")]
+    #[case::mem_word(&["-m", "lots"], "-m", "lots")]
+    #[case::mem_negative(&["-m", "-1"], "-m", "-1")]
+    #[case::mem_suffix(&["-m=64M"], "-m", "64M")]
+    #[case::log_word(&["--log-level=loud"], "--log-level", "loud")]
+    #[case::log_zero(&["--log-level=0"], "--log-level", "0")]
+    #[case::log_nine(&["--log-level=9"], "--log-level", "9")]
+    #[case::log_pattern_bad(&["--log-level=lib.eal:loud"], "--log-level", "lib.eal:loud")]
+    #[case::log_no_pattern(&["--log-level=:debug"], "--log-level", ":debug")]
+    #[case::log_empty(&["--log-level="], "--log-level", "")]
+    #[case::vdev_is_pci(&["--vdev=0000:00:05.0"], "--vdev", "0000:00:05.0")]
+    #[case::allow_is_vdev(&["-a", "net_null0"], "-a", "net_null0")]
+    #[case::block_is_vdev(&["--block=net_null0"], "--block", "net_null0")]
+    #[case::huge_dir_empty(&["--huge-dir="], "--huge-dir", "")]
+    #[case::timeout_zero(&["--hotplug-timeout-ms=0"], "--hotplug-timeout-ms", "0")]
+    #[case::timeout_too_big(&["--hotplug-timeout-ms=600001"], "--hotplug-timeout-ms", "600001")]
+    #[case::timeout_unit(&["--hotplug-timeout-ms=5s"], "--hotplug-timeout-ms", "5s")]
+    #[case::spin_too_big(&["--ipc-spin-us=1001"], "--ipc-spin-us", "1001")]
+    #[case::spin_word(&["--ipc-spin-us=off"], "--ipc-spin-us", "off")]
+    #[case::spin_overflow(&["--ipc-spin-us=99999999999999999999"], "--ipc-spin-us", "99999999999999999999")]
+    fn bad_values_name_option_and_value(
+        #[case] args: &[&str],
+        #[case] option: &str,
+        #[case] value: &str,
+    ) {
+        let err = parse(args).unwrap_err();
+        match &err {
+            OptionsError::BadValue {
+                option: o,
+                value: v,
+                expected,
+            } => {
+                assert_eq!((o.as_str(), v.as_str()), (option, value));
+                assert!(!expected.is_empty());
+            }
+            other => panic!("{args:?}: unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_value_message_says_what_is_expected() {
+        assert_eq!(
+            parse(&["-m", "0"]).unwrap_err().to_string(),
+            r#"-m: bad value "0": expected an integer in 1..=65536 (megabytes)"#
+        );
+    }
+
+    #[rstest]
+    #[case(&["--vdev="], "--vdev")]
+    #[case(&["--vdev", "net-null0"], "--vdev")]
+    #[case(&["--vdev=net_null0,"], "--vdev")]
+    #[case(&["-a", "0000:00:20.0"], "-a")]
+    #[case(&["--allow=usb:1"], "--allow")]
+    #[case(&["-b", ""], "-b")]
+    fn bad_devargs_name_option_and_cause(#[case] args: &[&str], #[case] option: &str) {
+        let err = parse(args).unwrap_err();
+        assert!(
+            matches!(&err, OptionsError::BadDevargs { option: o, .. } if o == option),
+            "{err}"
+        );
+    }
+
+    #[rstest]
+    #[case(&["--bogus"], "--bogus")]
+    #[case(&["--bogus=1"], "--bogus")]
+    #[case(&["-x"], "-x")]
+    #[case(&["-p", "0x3"], "-p")]
+    #[case(&["--no-pcix"], "--no-pcix")]
+    #[case(&["--no"], "--no")]
+    #[case(&["---"], "---")]
+    #[case(&["-é"], "-é")]
+    fn unknown_options_are_named(#[case] args: &[&str], #[case] option: &str) {
+        assert_eq!(
+            parse(args).unwrap_err(),
+            OptionsError::UnknownOption {
+                option: option.into()
+            }
+        );
+    }
+
+    #[rstest]
+    #[case(&["--proc-type"], "--proc-type")]
+    #[case(&["--file-prefix"], "--file-prefix")]
+    #[case(&["-m"], "-m")]
+    #[case(&["--log-level"], "--log-level")]
+    #[case(&["--vdev"], "--vdev")]
+    #[case(&["-a"], "-a")]
+    #[case(&["--allow"], "--allow")]
+    #[case(&["-w"], "-w")]
+    #[case(&["-b"], "-b")]
+    #[case(&["--huge-dir"], "--huge-dir")]
+    #[case(&["--hotplug-timeout-ms"], "--hotplug-timeout-ms")]
+    #[case(&["--ipc-spin-us"], "--ipc-spin-us")]
+    #[case(&["--lab-fault"], "--lab-fault")]
+    #[case(&["--no-pci", "-l"], "-l")]
+    #[case(&["--lcores"], "--lcores")]
+    fn missing_values_are_named(#[case] args: &[&str], #[case] option: &str) {
+        assert_eq!(
+            parse(args).unwrap_err(),
+            OptionsError::MissingValue {
+                option: option.into()
+            }
+        );
+    }
+
+    #[rstest]
+    #[case("--no-pci=1", "--no-pci", "1")]
+    #[case("--no-huge=yes", "--no-huge", "yes")]
+    #[case("--in-memory=1", "--in-memory", "1")]
+    #[case("-vv", "-v", "v")]
+    #[case("--help=me", "--help", "me")]
+    fn flags_refuse_values(#[case] arg: &str, #[case] option: &str, #[case] value: &str) {
+        assert_eq!(
+            parse(&[arg]).unwrap_err(),
+            OptionsError::UnexpectedValue {
+                option: option.into(),
+                value: value.into()
+            }
+        );
+    }
+
+    #[rstest]
+    #[case(&["--proc-type=primary", "--proc-type=secondary"], "--proc-type")]
+    #[case(&["--file-prefix=a", "--file-prefix", "b"], "--file-prefix")]
+    #[case(&["-m", "64", "-m128"], "-m")]
+    #[case(&["--huge-dir=/a", "--huge-dir=/b"], "--huge-dir")]
+    #[case(&["--hotplug-timeout-ms=1", "--hotplug-timeout-ms=2"], "--hotplug-timeout-ms")]
+    #[case(&["--ipc-spin-us=1", "--ipc-spin-us=2"], "--ipc-spin-us")]
+    fn single_valued_options_given_twice_are_refused(#[case] args: &[&str], #[case] option: &str) {
+        assert_eq!(
+            parse(args).unwrap_err(),
+            OptionsError::DuplicateOption {
+                option: option.into()
+            }
+        );
+    }
+
+    #[test]
+    fn no_huge_conflicts_with_huge_dir() {
+        assert_eq!(
+            parse(&["--huge-dir", "/mnt/huge", "--no-huge"]).unwrap_err(),
+            OptionsError::Conflict {
+                option: "--huge-dir".into(),
+                other: "--no-huge".into()
+            }
+        );
+    }
+
+    #[rstest]
+    #[case(&["-h"])]
+    #[case(&["--help"])]
+    #[case(&["--no-pci", "--help", "--bogus"])]
+    fn help_is_reported(#[case] args: &[&str]) {
+        assert_eq!(parse(args).unwrap_err(), OptionsError::HelpRequested);
+    }
+
+    #[test]
+    fn usage_lists_every_option() {
+        for (name, _, _) in TABLE {
+            assert!(USAGE.contains(name), "usage misses {name}");
+        }
+    }
+
+    #[rstest]
+    #[case(&["-l", "0-3"], "-l 0-3")]
+    #[case(&["-l0-3"], "-l0-3")]
+    #[case(&["-c", "0xf"], "-c 0xf")]
+    #[case(&["-n", "4"], "-n 4")]
+    #[case(&["-d", "librte_net_ixgbe.so"], "-d librte_net_ixgbe.so")]
+    #[case(&["-r", "2"], "-r 2")]
+    #[case(&["-v"], "-v")]
+    #[case(&["--main-lcore=1"], "--main-lcore=1")]
+    #[case(&["--master-lcore", "1"], "--master-lcore 1")]
+    #[case(&["--lcores=0@1,1@2"], "--lcores=0@1,1@2")]
+    #[case(&["--socket-mem", "1024,1024"], "--socket-mem 1024,1024")]
+    #[case(&["--socket-limit=2048"], "--socket-limit=2048")]
+    #[case(&["--in-memory"], "--in-memory")]
+    #[case(&["--iova-mode=va"], "--iova-mode=va")]
+    #[case(&["--base-virtaddr", "0x100000000"], "--base-virtaddr 0x100000000")]
+    #[case(&["--legacy-mem"], "--legacy-mem")]
+    #[case(&["--single-file-segments"], "--single-file-segments")]
+    #[case(&["--match-allocations"], "--match-allocations")]
+    #[case(&["--syslog"], "--syslog")]
+    #[case(&["--syslog=daemon"], "--syslog=daemon")]
+    #[case(&["--syslog", "local0"], "--syslog local0")]
+    #[case(&["--telemetry"], "--telemetry")]
+    #[case(&["--no-telemetry"], "--no-telemetry")]
+    #[case(&["--no-shconf"], "--no-shconf")]
+    #[case(&["--vfio-intr", "msix"], "--vfio-intr msix")]
+    #[case(&["--create-uio-dev"], "--create-uio-dev")]
+    fn dpdk_options_are_accepted_and_recorded(#[case] args: &[&str], #[case] recorded: &str) {
+        let o = opts(args);
+        assert_eq!(o.ignored, [recorded]);
+        assert_eq!(
+            Options {
+                ignored: vec![],
+                ..o
+            },
+            Options::default()
+        );
+    }
+
+    #[test]
+    fn syslog_does_not_swallow_an_application_argument() {
+        let (o, app) = parse(&["--syslog", "app-arg"]).unwrap();
+        assert_eq!(o.ignored, ["--syslog"]);
+        assert_eq!(app, ["app-arg"]);
+    }
+
+    #[test]
+    fn real_dpdk_command_line_parses() {
+        let (o, app) = parse(&[
+            "-l",
+            "0-3",
+            "-n",
+            "4",
+            "--proc-type=secondary",
+            "--file-prefix=x",
+            "--",
+            "-p",
+            "0x3",
+        ])
+        .unwrap();
+        assert_eq!(o.proc_type, ProcType::Secondary);
+        assert_eq!(o.file_prefix, "x");
+        assert_eq!(o.ignored, ["-l 0-3", "-n 4"]);
+        assert_eq!(app, ["-p", "0x3"]);
+    }
+
+    #[rstest]
+    #[case(&["--no-pci", "--", "-p", "--", "x"], &["-p", "--", "x"])]
+    #[case(&["--no-pci", "--"], &[])]
+    #[case(&["--no-pci", "run", "--vdev=x", "--", "y"], &["run", "--vdev=x", "--", "y"])]
+    #[case(&["-", "--no-pci"], &["-", "--no-pci"])]
+    #[case(&["app_arg"], &["app_arg"])]
+    fn parsing_stops_at_double_dash_or_first_non_option(
+        #[case] args: &[&str],
+        #[case] want: &[&str],
+    ) {
+        let (_, app) = parse(args).unwrap();
+        assert_eq!(app, want);
+    }
+
+    #[test]
+    fn value_taken_as_separate_argument_may_start_with_a_dash() {
+        assert_eq!(opts(&["--file-prefix", "-x"]).file_prefix, "-x");
+    }
+
+    #[test]
+    fn parse_accepts_owned_strings() {
+        let args = vec![String::from("--no-pci")];
+        assert!(Options::parse(args).unwrap().0.no_pci);
+    }
+
+    #[test]
+    fn to_args_round_trips_without_proc_type_and_ignored_options() {
+        let (o, _) = parse(&[
+            "--proc-type=primary",
+            "--file-prefix=t1",
+            "-m",
+            "128",
+            "--log-level=lib.eal:7",
+            "--vdev=net_null0,size=64",
+            "--vdev=net_ring0",
+            "-a",
+            "0000:00:05.0,rxq=2",
+            "-b",
+            "06.0",
+            "--no-pci",
+            "--huge-dir=/mnt/huge",
+            "--hotplug-timeout-ms=1234",
+            "--ipc-spin-us=50",
+            "--lab-fault=detach:0000:00:05.0:hang",
+            "--lab-fault=attach:net_null0",
+            "-l",
+            "0-3",
+        ])
+        .unwrap();
+        let args = o.to_args();
+        assert_eq!(
+            args,
+            [
+                "--file-prefix=t1",
+                "-m",
+                "128",
+                "--log-level=debug",
+                "--vdev=net_null0,size=64",
+                "--vdev=net_ring0",
+                "--allow=0000:00:05.0,rxq=2",
+                "--block=06.0",
+                "--no-pci",
+                "--huge-dir=/mnt/huge",
+                "--hotplug-timeout-ms=1234",
+                "--ipc-spin-us=50",
+                "--lab-fault=detach:0000:00:05.0:hang",
+                "--lab-fault=attach:net_null0:fail",
+            ]
+        );
+        let (again, app) = Options::parse(args).unwrap();
+        assert!(app.is_empty());
+        assert_eq!(
+            again,
+            Options {
+                proc_type: ProcType::Auto,
+                ignored: vec![],
+                ..o
+            }
+        );
+    }
+
+    #[test]
+    fn to_args_of_defaults_names_only_the_runtime() {
+        assert_eq!(Options::default().to_args(), ["--file-prefix=lab"]);
+        let o = opts(&["--no-huge"]);
+        assert_eq!(Options::parse(o.to_args()).unwrap().0, o);
+    }
+
+    #[rstest]
+    #[case(ProcType::Primary, "primary")]
+    #[case(ProcType::Secondary, "secondary")]
+    #[case(ProcType::Auto, "auto")]
+    fn proc_type_displays_and_parses(#[case] p: ProcType, #[case] text: &str) {
+        assert_eq!(p.to_string(), text);
+        assert_eq!(text.parse::<ProcType>().unwrap(), p);
+    }
+
+    #[rstest]
+    #[case(FaultOp::Attach, "attach")]
+    #[case(FaultOp::Detach, "detach")]
+    #[case(FaultOp::PreDetach, "pre-detach")]
+    fn fault_op_displays_and_parses(#[case] op: FaultOp, #[case] text: &str) {
+        assert_eq!(op.to_string(), text);
+        assert_eq!(text.parse::<FaultOp>().unwrap(), op);
+    }
+
+    #[rstest]
+    #[case(FaultMode::Fail, "fail")]
+    #[case(FaultMode::Hang, "hang")]
+    #[case(FaultMode::Crash, "crash")]
+    fn fault_mode_displays_and_parses(#[case] m: FaultMode, #[case] text: &str) {
+        assert_eq!(m.to_string(), text);
+        assert_eq!(text.parse::<FaultMode>().unwrap(), m);
+        assert_eq!(FaultMode::default(), FaultMode::Fail);
+    }
+}
