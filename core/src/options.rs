@@ -83,7 +83,7 @@ pub enum OptionsError {
         value: String,
         /// Why the devargs parser refused it.
         #[source]
-        source: DevargsError,
+        source: Box<DevargsError>,
     },
     /// A single-valued option was given twice.
     #[error("option {option} given more than once")]
@@ -542,7 +542,7 @@ fn check_devargs(option: &str, value: &str, bus: BusKind) -> Result<String, Opti
     let d = Devargs::parse(value).map_err(|source| OptionsError::BadDevargs {
         option: option.to_string(),
         value: value.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     if d.bus() != bus {
         let expected = match bus {
@@ -933,7 +933,7 @@ mod tests {
         assert_eq!(text.parse::<FaultSpec>().unwrap(), want);
         assert_eq!(
             opts(&[&format!("--lab-fault={text}")]).faults,
-            [want.clone()]
+            std::slice::from_ref(&want)
         );
         assert_eq!(want.to_string().parse::<FaultSpec>().unwrap(), want);
     }
