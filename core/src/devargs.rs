@@ -105,13 +105,17 @@ pub enum DevargsError {
         /// The key as given.
         key: String,
     },
-    /// A `[` opened a list value that is never closed.
-    #[error("device {device:?}: value of key {key:?} opens '[' without a closing ']'")]
-    UnclosedBracket {
+    /// A `[...]` list value is not closed, or is followed by text other than `,`.
+    #[error("device {device:?}: bad list value {value:?} for key {key:?}: {reason}")]
+    BadList {
         /// The device name.
         device: String,
         /// The key.
         key: String,
+        /// The value as given (up to the end of the text, or the next ',' after the list).
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
     },
     /// The driver declares no such key.
     #[error("{driver}: unknown key {key:?}")]
@@ -337,9 +341,11 @@ fn split_args(device: &str, s: &str) -> Result<Vec<(String, Option<String>)>, De
                     match after.find(']') {
                         Some(j) => j + 1,
                         None => {
-                            return Err(DevargsError::UnclosedBracket {
+                            return Err(DevargsError::BadList {
                                 device: device.to_string(),
                                 key: key.to_string(),
+                                value: after.to_string(),
+                                reason: "'[' without a closing ']'",
                             })
                         }
                     }
@@ -348,6 +354,15 @@ fn split_args(device: &str, s: &str) -> Result<Vec<(String, Option<String>)>, De
                 };
                 let value = &after[..end];
                 let tail = &after[end..];
+                if !tail.is_empty() && !tail.starts_with(',') {
+                    let upto = tail.find(',').map_or(after.len(), |j| end + j);
+                    return Err(DevargsError::BadList {
+                        device: device.to_string(),
+                        key: key.to_string(),
+                        value: after[..upto].to_string(),
+                        reason: "text after the closing ']' (expected ',' or the end)",
+                    });
+                }
                 (key, Some(value), tail)
             }
             Some(i) => (&rest[..i], None, &rest[i..]),
@@ -373,14 +388,8 @@ fn split_args(device: &str, s: &str) -> Result<Vec<(String, Option<String>)>, De
         out.push((arg.to_string(), value.map(str::to_string)));
         match next.strip_prefix(',') {
             Some(n) => rest = n,
-            None if next.is_empty() => return Ok(out),
-            // A ']'-closed value followed by something other than ',' ("k=[a]b").
-            None => {
-                return Err(DevargsError::BadKey {
-                    device: device.to_string(),
-                    key: next.to_string(),
-                })
-            }
+            // `next` is empty or starts with ',' by construction.
+            None => return Ok(out),
         }
     }
 }
@@ -819,8 +828,24 @@ mod tests {
         DevargsError::EmptyKey { device: "net_null0".into(), position: 1, arg: "=5".into() }
     )]
     #[case::bad_key("net_null0,si ze=1", DevargsError::BadKey { device: "net_null0".into(), key: "si ze".into() })]
-    #[case::junk_after_bracket("net_x0,l=[1,2]x", DevargsError::BadKey { device: "net_x0".into(), key: "x".into() })]
-    #[case::unclosed_bracket("net_x0,l=[1,2", DevargsError::UnclosedBracket { device: "net_x0".into(), key: "l".into() })]
+    #[case::junk_after_bracket(
+        "net_x0,l=[1,2]x,k=1",
+        DevargsError::BadList {
+            device: "net_x0".into(),
+            key: "l".into(),
+            value: "[1,2]x".into(),
+            reason: "text after the closing ']' (expected ',' or the end)"
+        }
+    )]
+    #[case::unclosed_bracket(
+        "net_x0,l=[1,2",
+        DevargsError::BadList {
+            device: "net_x0".into(),
+            key: "l".into(),
+            value: "[1,2".into(),
+            reason: "'[' without a closing ']'"
+        }
+    )]
     fn parse_refuses(#[case] text: &str, #[case] want: DevargsError) {
         assert_eq!(Devargs::parse(text).unwrap_err(), want);
     }
