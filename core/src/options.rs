@@ -13,7 +13,11 @@
 //! options are matched exactly (no abbreviations). Parsing stops at `--` (dropped) or at the first
 //! argument that is not an option (kept, with everything after it, as application arguments).
 //! Every value is checked here, so a bad command line fails at start with the option, the value and
-//! what was expected, never later and never by falling back to a default.
+//! what was expected, never later and never by falling back to a default. Single-valued options
+//! (`--proc-type`, `--file-prefix`, `-m`, `--huge-dir`, `--hotplug-timeout-ms`, `--ipc-spin-us`)
+//! given twice are an error; `--log-level` may repeat (as in DPDK) and the last one wins; the list
+//! options (`--vdev`, `-a`, `-b`, `--lab-fault`) accumulate in order. `--no-huge` with `--huge-dir`
+//! is a conflict.
 //!
 //! [`Options::to_args`] renders the options back, to start another process on the same runtime.
 
@@ -303,6 +307,8 @@ pub struct Options {
     /// `-m MB`: shared memory size in megabytes, 1..=65536.
     pub mem_mb: Option<u64>,
     /// `--log-level`, normalized to a `tracing` level name: error, warn, info, debug or trace.
+    /// DPDK forms are accepted: numbers 1..8 and `PATTERN:LEVEL` (the level is kept). The last
+    /// `--log-level` given wins.
     pub log_level: Option<String>,
     /// `--vdev=ARGS`, in order, as given.
     pub vdevs: Vec<String>,
