@@ -1,0 +1,197 @@
+//! `Bar`: the one MMIO accessor drivers use.
+//!
+//! An offset inside an mmapped (sparse) area is a volatile load or store on the mapping: a
+//! doorbell write costs a memory write, as on hardware. Any other offset is trapped: a
+//! `region_read`/`region_write` through the transport (a socket round trip over vfio-user, a
+//! `pread`/`pwrite` with kernel VFIO). Every wait has a deadline.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::device::{DeviceIo, RegionMap};
+use crate::VfioError;
+
+/// MMIO access to one region (BAR) of a device.
+pub struct Bar {
+    dev: Arc<dyn DeviceIo>,
+    index: u32,
+    size: u64,
+    map: RegionMap,
+    dead_logged: AtomicBool,
+}
+
+impl std::fmt::Debug for Bar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bar")
+            .field("device", &self.dev.name())
+            .field("index", &self.index)
+            .field("size", &self.size)
+            .field("mapped", &self.map.areas().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Bar {
+    /// A BAR over region `index` of `dev`, using the areas already mapped in `map`.
+    pub fn new(dev: Arc<dyn DeviceIo>, index: u32, map: RegionMap) -> Result<Bar, VfioError> {
+        let size = dev
+            .regions()
+            .get(index as usize)
+            .map(|r| r.size)
+            .filter(|&s| s > 0)
+            .ok_or_else(|| VfioError::NoSuchRegion { device: dev.name().to_string(), index })?;
+        for area in map.areas() {
+            if !matches!(area.offset.checked_add(area.size), Some(end) if end <= size) {
+                return Err(VfioError::OutOfRange {
+                    device: dev.name().to_string(),
+                    index,
+                    offset: area.offset,
+                    len: area.size,
+                    size,
+                });
+            }
+        }
+        Ok(Bar { dev, index, size, map, dead_logged: AtomicBool::new(false) })
+    }
+
+    /// Map region `index` of `dev` (every mmap-able area) and build its `Bar`.
+    pub fn open(dev: Arc<dyn DeviceIo>, index: u32) -> Result<Bar, VfioError> {
+        let map = dev.map_region(index)?;
+        Bar::new(dev, index, map)
+    }
+
+    /// The device this BAR belongs to.
+    pub fn device(&self) -> &Arc<dyn DeviceIo> {
+        &self.dev
+    }
+
+    /// The region index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The region size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn check_aligned(&self, off: u64) -> Result<(), VfioError> {
+        if off % 4 != 0 {
+            return Err(VfioError::Misaligned {
+                device: self.dev.name().to_string(),
+                offset: off,
+                width: 4,
+            });
+        }
+        Ok(())
+    }
+
+    /// The address of the 32-bit register at `off` if it lies in an mmapped area, for drivers
+    /// that batch doorbell writes. Valid as long as this `Bar` lives; access it volatile.
+    pub fn mapped_ptr(&self, off: u64) -> Option<*mut u32> {
+        if off % 4 != 0 {
+            return None;
+        }
+        let (m, inner) = self.map.find(off, 4)?;
+        // `find` checked inner + 4 <= m.len(); mmap returns page-aligned bases, so base + inner
+        // is 4-byte aligned because `off` and the area offset (page-sized) are.
+        let base = m.as_ptr() as usize;
+        let addr = base.checked_add(inner)?;
+        (addr % 4 == 0).then_some(m.as_ptr().wrapping_add(inner).cast::<u32>())
+    }
+
+    /// Read the 32-bit register at `off`, reporting transport errors.
+    pub fn try_read32(&self, off: u64) -> Result<u32, VfioError> {
+        self.check_aligned(off)?;
+        if let Some(p) = self.mapped_ptr(off) {
+            // SAFETY: `mapped_ptr` returned a 4-byte aligned pointer with 4 bytes inside a live
+            // shared mapping owned by `self.map`; volatile because the device changes it.
+            return Ok(unsafe { p.read_volatile() });
+        }
+        let mut b = [0u8; 4];
+        self.dev.region_read(self.index, off, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Write the 32-bit register at `off`, reporting transport errors.
+    pub fn try_write32(&self, off: u64, value: u32) -> Result<(), VfioError> {
+        self.check_aligned(off)?;
+        if let Some(p) = self.mapped_ptr(off) {
+            // SAFETY: as in `try_read32`: aligned, in bounds, mapping alive; volatile so the store
+            // is neither elided nor merged.
+            unsafe { p.write_volatile(value) };
+            return Ok(());
+        }
+        self.dev.region_write(self.index, off, &value.to_le_bytes())
+    }
+
+    fn log_once(&self, what: &str, off: u64, e: &VfioError) {
+        if !self.dead_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(device = %self.dev.name(), bar = self.index, offset = off, error = %e,
+                "{what} failed; device treated as gone (reads return 0xffffffff)");
+        }
+    }
+
+    /// Read the register at `off`; a failed access reads `0xFFFF_FFFF`, as a PCI read from a
+    /// device that has gone away does, and is logged once.
+    pub fn read32(&self, off: u64) -> u32 {
+        match self.try_read32(off) {
+            Ok(v) => v,
+            Err(e) => {
+                self.log_once("register read", off, &e);
+                u32::MAX
+            }
+        }
+    }
+
+    /// Write the register at `off`; a failed access is dropped and logged once.
+    pub fn write32(&self, off: u64, value: u32) {
+        if let Err(e) = self.try_write32(off, value) {
+            self.log_once("register write", off, &e);
+        }
+    }
+
+    /// Read-modify-write: set `bits`.
+    pub fn set_bits(&self, off: u64, bits: u32) {
+        let v = self.read32(off);
+        self.write32(off, v | bits);
+    }
+
+    /// Read-modify-write: clear `bits`.
+    pub fn clear_bits(&self, off: u64, bits: u32) {
+        let v = self.read32(off);
+        self.write32(off, v & !bits);
+    }
+
+    /// Poll until `read32(off) & mask == value`, every `interval`, for at most `timeout`.
+    /// Returns the last value read; a transport error ends the wait at once.
+    pub fn poll_until(
+        &self,
+        off: u64,
+        mask: u32,
+        value: u32,
+        timeout: Duration,
+        interval: Duration,
+    ) -> Result<u32, VfioError> {
+        let start = Instant::now();
+        loop {
+            let v = self.try_read32(off)?;
+            if v & mask == value {
+                return Ok(v);
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(VfioError::PollTimeout {
+                    device: self.dev.name().to_string(),
+                    offset: off,
+                    mask,
+                    value,
+                    last: v,
+                    waited,
+                });
+            }
+            std::thread::sleep(interval.min(timeout - waited));
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! Kernel VFIO: container, group and device fd, in the DPDK shape.
+//!
+//! The primary opens the container (`/dev/vfio/vfio`) and the group (`/dev/vfio/<N>`), attaches
+//! the group and sets the IOMMU type. A group can be open only once system-wide, so secondaries
+//! receive both fds from the primary over the IPC channel and adopt them with
+//! [`Container::from_fd`] and [`Group::from_fd`], then ask for the device fd themselves. All
+//! syscalls go through [`VfioSys`], so this logic is tested against `FakeVfio`.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vfio_bindings::bindings::vfio as vb;
+
+use crate::device::{check_access, DmaTable, IrqInfo, RegionInfo, RegionMap};
+use crate::sys::{Mapping, RealVfio, VfioSys};
+use crate::wire::{RegionInfoRepr, MAX_INDEXES, MAX_REGION_INFO_LEN, REGION_INFO_LEN};
+use crate::{DeviceIo, DmaRegion, VfioError};
+
+/// A VFIO container: one IOMMU context, shared by the groups attached to it.
+#[derive(Debug)]
+pub struct Container {
+    sys: Arc<dyn VfioSys>,
+    fd: OwnedFd,
+    /// IOMMU type to set when the first group is attached; `None` once set (or adopted).
+    pending_iommu: Mutex<Option<u32>>,
+    dma: Mutex<DmaTable>,
+}
+
+impl Container {
+    /// Open `/dev/vfio/vfio` (primary).
+    pub fn open() -> Result<Container, VfioError> {
+        Self::open_with(Arc::new(RealVfio::new()))
+    }
+
+    /// Open a container through `sys`: check the API version and pick TYPE1v2 (else TYPE1).
+    pub fn open_with(sys: Arc<dyn VfioSys>) -> Result<Container, VfioError> {
+        let fd = sys.open_container()?;
+        let ioctl = |op, source| VfioError::Ioctl { op, device: "container".into(), source };
+        let version = sys.api_version(fd.as_fd()).map_err(|e| ioctl("VFIO_GET_API_VERSION", e))?;
+        if version != vb::VFIO_API_VERSION as i32 {
+            return Err(VfioError::ApiVersion { version, expected: vb::VFIO_API_VERSION as i32 });
+        }
+        let mut kind = None;
+        for candidate in [vb::VFIO_TYPE1v2_IOMMU, vb::VFIO_TYPE1_IOMMU] {
+            if sys
+                .check_extension(fd.as_fd(), candidate)
+                .map_err(|e| ioctl("VFIO_CHECK_EXTENSION", e))?
+            {
+                kind = Some(candidate);
+                break;
+            }
+        }
+        let kind = kind.ok_or(VfioError::NoIommuType)?;
+        tracing::debug!(iommu_type = kind, "VFIO container opened");
+        Ok(Container { sys, fd, pending_iommu: Mutex::new(Some(kind)), dma: Mutex::new(DmaTable::default()) })
+    }
+
+    /// Adopt a container fd received from the primary (IOMMU already set).
+    pub fn from_fd(fd: OwnedFd) -> Container {
+        Self::from_fd_with(Arc::new(RealVfio::new()), fd)
+    }
+
+    /// Adopt a container fd, issuing syscalls through `sys`.
+    pub fn from_fd_with(sys: Arc<dyn VfioSys>, fd: OwnedFd) -> Container {
+        Container { sys, fd, pending_iommu: Mutex::new(None), dma: Mutex::new(DmaTable::default()) }
+    }
+
+    /// The container fd, to send to secondaries.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Attach `group` to this container; the first attach sets the IOMMU type.
+    pub fn attach(&self, group: &Group) -> Result<(), VfioError> {
+        let dev = format!("group {}", group.number);
+        self.sys.group_set_container(group.as_fd(), self.fd.as_fd()).map_err(|source| {
+            VfioError::Ioctl { op: "VFIO_GROUP_SET_CONTAINER", device: dev.clone(), source }
+        })?;
+        let mut pending = self.pending_iommu.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kind) = *pending {
+            self.sys.set_iommu(self.fd.as_fd(), kind).map_err(|source| VfioError::Ioctl {
+                op: "VFIO_SET_IOMMU",
+                device: dev,
+                source,
+            })?;
+            *pending = None;
+        }
+        Ok(())
+    }
+
+    /// Map `size` bytes at `vaddr` (this process) to `iova` for every device in the container.
+    /// Refuses overlap with an existing map.
+    pub fn dma_map(&self, vaddr: u64, iova: u64, size: u64) -> Result<(), VfioError> {
+        let mut t = self.dma.lock().unwrap_or_else(|p| p.into_inner());
+        t.check_insert("container", iova, size)?;
+        self.sys.map_dma(self.fd.as_fd(), vaddr, iova, size).map_err(|source| VfioError::Ioctl {
+            op: "VFIO_IOMMU_MAP_DMA",
+            device: "container".into(),
+            source,
+        })?;
+        t.insert(iova, size);
+        Ok(())
+    }
+
+    /// Undo a `dma_map`; `iova` and `size` must match it exactly.
+    pub fn dma_unmap(&self, iova: u64, size: u64) -> Result<(), VfioError> {
+        let mut t = self.dma.lock().unwrap_or_else(|p| p.into_inner());
+        t.check_remove("container", iova, size)?;
+        self.sys.unmap_dma(self.fd.as_fd(), iova, size).map_err(|source| VfioError::Ioctl {
+            op: "VFIO_IOMMU_UNMAP_DMA",
+            device: "container".into(),
+            source,
+        })?;
+        t.remove(iova);
+        Ok(())
+    }
+}
+
+/// A VFIO group (`/dev/vfio/<N>`).
+#[derive(Debug)]
+pub struct Group {
+    sys: Arc<dyn VfioSys>,
+    fd: OwnedFd,
+    number: u32,
+}
+
+impl Group {
+    /// Open `/dev/vfio/<number>` and check that it is viable.
+    pub fn open(number: u32) -> Result<Group, VfioError> {
+        Self::open_with(Arc::new(RealVfio::new()), number)
+    }
+
+    /// Open a group through `sys` and check that it is viable.
+    pub fn open_with(sys: Arc<dyn VfioSys>, number: u32) -> Result<Group, VfioError> {
+        let fd = sys.open_group(number)?;
+        let flags = sys.group_status(fd.as_fd()).map_err(|source| VfioError::Ioctl {
+            op: "VFIO_GROUP_GET_STATUS",
+            device: format!("group {number}"),
+            source,
+        })?;
+        if flags & vb::VFIO_GROUP_FLAGS_VIABLE == 0 {
+            return Err(VfioError::GroupNotViable { group: number });
+        }
+        Ok(Group { sys, fd, number })
+    }
+
+    /// Adopt a group fd received from the primary (already attached to its container).
+    pub fn from_fd(fd: OwnedFd, number: u32) -> Group {
+        Self::from_fd_with(Arc::new(RealVfio::new()), fd, number)
+    }
+
+    /// Adopt a group fd, issuing syscalls through `sys`.
+    pub fn from_fd_with(sys: Arc<dyn VfioSys>, fd: OwnedFd, number: u32) -> Group {
+        Group { sys, fd, number }
+    }
+
+    /// The IOMMU group number.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The group fd, to send to secondaries.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// `VFIO_GROUP_GET_DEVICE_FD` for the device named `name` (its BDF).
+    pub fn device_fd(&self, name: &str) -> Result<OwnedFd, VfioError> {
+        self.sys.group_device_fd(self.fd.as_fd(), name).map_err(|source| VfioError::Ioctl {
+            op: "VFIO_GROUP_GET_DEVICE_FD",
+            device: name.to_string(),
+            source,
+        })
+    }
+}
+
+/// Container and group fds a secondary received from the primary.
+#[derive(Debug)]
+pub struct AdoptedFds {
+    /// The primary's container fd.
+    pub container: OwnedFd,
+    /// The primary's group fd.
+    pub group: OwnedFd,
+}
+
+impl AdoptedFds {
+    /// Duplicate both fds (the originals stay with their owner).
+    pub fn try_clone(&self) -> std::io::Result<AdoptedFds> {
+        Ok(AdoptedFds { container: self.container.try_clone()?, group: self.group.try_clone()? })
+    }
+}
+
+/// A PCI function bound to vfio-pci.
+#[derive(Debug)]
+pub struct KernelDevice {
+    name: String,
+    sys: Arc<dyn VfioSys>,
+    container: Arc<Container>,
+    group: Arc<Group>,
+    fd: OwnedFd,
+    flags: u32,
+    regions: Vec<RegionInfo>,
+    irqs: Vec<IrqInfo>,
+    alive: AtomicBool,
+}
+
+impl KernelDevice {
+    /// Open device `name` (its BDF) in IOMMU group `group` with a fresh container (primary).
+    pub fn open(name: &str, group: u32) -> Result<KernelDevice, VfioError> {
+        Self::open_with(Arc::new(RealVfio::new()), name, group, None)
+    }
+
+    /// Open device `name` of group `group_no` through `sys`. With `adopted` (a secondary), the
+    /// primary's container and group fds are used as they are; otherwise a container and the
+    /// group are opened and attached.
+    pub fn open_with(
+        sys: Arc<dyn VfioSys>,
+        name: &str,
+        group_no: u32,
+        adopted: Option<AdoptedFds>,
+    ) -> Result<KernelDevice, VfioError> {
+        let (container, group) = match adopted {
+            Some(fds) => (
+                Container::from_fd_with(sys.clone(), fds.container),
+                Group::from_fd_with(sys.clone(), fds.group, group_no),
+            ),
+            None => {
+                let container = Container::open_with(sys.clone())?;
+                let group = Group::open_with(sys.clone(), group_no)?;
+                container.attach(&group)?;
+                (container, group)
+            }
+        };
+        Self::from_group(name, Arc::new(container), Arc::new(group))
+    }
+
+    /// Open device `name` from an attached group (several devices may share one).
+    pub fn from_group(
+        name: &str,
+        container: Arc<Container>,
+        group: Arc<Group>,
+    ) -> Result<KernelDevice, VfioError> {
+        let sys = group.sys.clone();
+        let fd = group.device_fd(name)?;
+        let ioctl = |op, source| VfioError::Ioctl { op, device: name.to_string(), source };
+        let info = sys.device_info(fd.as_fd()).map_err(|e| ioctl("VFIO_DEVICE_GET_INFO", e))?;
+        if info.num_regions > MAX_INDEXES || info.num_irqs > MAX_INDEXES {
+            return Err(ioctl(
+                "VFIO_DEVICE_GET_INFO",
+                std::io::Error::other(format!(
+                    "implausible counts: {} regions, {} irqs",
+                    info.num_regions, info.num_irqs
+                )),
+            ));
+        }
+        let mut regions = Vec::with_capacity(info.num_regions as usize);
+        for index in 0..info.num_regions {
+            regions.push(region_info(sys.as_ref(), fd.as_fd(), name, index)?);
+        }
+        let mut irqs = Vec::with_capacity(info.num_irqs as usize);
+        for index in 0..info.num_irqs {
+            irqs.push(
+                sys.irq_info(fd.as_fd(), index).map_err(|e| ioctl("VFIO_DEVICE_GET_IRQ_INFO", e))?,
+            );
+        }
+        tracing::debug!(device = name, regions = regions.len(), irqs = irqs.len(), "VFIO device opened");
+        Ok(KernelDevice {
+            name: name.to_string(),
+            sys,
+            container,
+            group,
+            fd,
+            flags: info.flags,
+            regions,
+            irqs,
+            alive: AtomicBool::new(true),
+        })
+    }
+
+    /// The container (send `container().as_fd()` to secondaries).
+    pub fn container(&self) -> &Arc<Container> {
+        &self.container
+    }
+
+    /// The group (send `group().as_fd()` to secondaries).
+    pub fn group(&self) -> &Arc<Group> {
+        &self.group
+    }
+
+    /// `VFIO_DEVICE_FLAGS_*`.
+    pub fn device_flags(&self) -> u32 {
+        self.flags
+    }
+
+    fn io_err(&self, op: &'static str, e: std::io::Error) -> VfioError {
+        if e.raw_os_error() == Some(libc::ENODEV) {
+            self.alive.store(false, Ordering::Release);
+        }
+        VfioError::Ioctl { op, device: self.name.clone(), source: e }
+    }
+
+    fn file_offset(&self, index: u32, offset: u64) -> Result<libc::off_t, VfioError> {
+        let base = self.regions.get(index as usize).map(|r| r.offset).unwrap_or(0);
+        base.checked_add(offset)
+            .and_then(|o| libc::off_t::try_from(o).ok())
+            .ok_or_else(|| VfioError::OutOfRange {
+                device: self.name.clone(),
+                index,
+                offset,
+                len: 0,
+                size: 0,
+            })
+    }
+
+    fn irq(&self, index: u32) -> Result<&IrqInfo, VfioError> {
+        self.irqs
+            .get(index as usize)
+            .ok_or_else(|| VfioError::NoSuchIrq { device: self.name.clone(), index })
+    }
+}
+
+fn region_info(
+    sys: &dyn VfioSys,
+    fd: BorrowedFd<'_>,
+    name: &str,
+    index: u32,
+) -> Result<RegionInfo, VfioError> {
+    let bad = |e: String| VfioError::Ioctl {
+        op: "VFIO_DEVICE_GET_REGION_INFO",
+        device: name.to_string(),
+        source: std::io::Error::other(format!("region {index}: {e}")),
+    };
+    let mut argsz = REGION_INFO_LEN as u32;
+    for _ in 0..2 {
+        let raw = sys.region_info(fd, index, argsz).map_err(|source| VfioError::Ioctl {
+            op: "VFIO_DEVICE_GET_REGION_INFO",
+            device: name.to_string(),
+            source,
+        })?;
+        let parsed = RegionInfoRepr::parse(&raw, index).map_err(|e| bad(e.to_string()))?;
+        if parsed.caps_complete {
+            return Ok(parsed.info);
+        }
+        if parsed.argsz <= argsz || parsed.argsz > MAX_REGION_INFO_LEN {
+            return Err(bad(format!("capabilities missing with argsz {}", parsed.argsz)));
+        }
+        argsz = parsed.argsz;
+    }
+    Err(bad("capabilities still missing after re-ask".into()))
+}
+
+impl DeviceIo for KernelDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn regions(&self) -> &[RegionInfo] {
+        &self.regions
+    }
+
+    fn irqs(&self) -> &[IrqInfo] {
+        &self.irqs
+    }
+
+    fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), VfioError> {
+        check_access(&self.name, &self.regions, index, offset, buf.len())?;
+        let mut done = 0;
+        while done < buf.len() {
+            let at = self.file_offset(index, offset + done as u64)?;
+            match nix::sys::uio::pread(self.fd.as_fd(), &mut buf[done..], at) {
+                Ok(0) => return Err(self.io_err("pread", std::io::Error::from_raw_os_error(libc::EIO))),
+                Ok(n) => done += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(self.io_err("pread", e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), VfioError> {
+        check_access(&self.name, &self.regions, index, offset, data.len())?;
+        let mut done = 0;
+        while done < data.len() {
+            let at = self.file_offset(index, offset + done as u64)?;
+            match nix::sys::uio::pwrite(self.fd.as_fd(), &data[done..], at) {
+                Ok(0) => return Err(self.io_err("pwrite", std::io::Error::from_raw_os_error(libc::EIO))),
+                Ok(n) => done += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(self.io_err("pwrite", e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn map_region(&self, index: u32) -> Result<RegionMap, VfioError> {
+        let region = self
+            .regions
+            .get(index as usize)
+            .ok_or_else(|| VfioError::NoSuchRegion { device: self.name.clone(), index })?;
+        let mut map = RegionMap::empty();
+        for area in region.mmap_areas() {
+            let mmap_err = |source| VfioError::Mmap {
+                device: self.name.clone(),
+                index,
+                offset: area.offset,
+                size: area.size,
+                source,
+            };
+            let at = region
+                .offset
+                .checked_add(area.offset)
+                .ok_or_else(|| mmap_err(std::io::Error::from_raw_os_error(libc::EOVERFLOW)))?;
+            map.push(area, Mapping::map_shared(self.fd.as_fd(), at, area.size).map_err(mmap_err)?);
+        }
+        Ok(map)
+    }
+
+    fn dma_map(&self, region: &DmaRegion<'_>) -> Result<(), VfioError> {
+        self.container.dma_map(region.vaddr as u64, region.iova, region.size)
+    }
+
+    fn dma_unmap(&self, iova: u64, size: u64) -> Result<(), VfioError> {
+        self.container.dma_unmap(iova, size)
+    }
+
+    fn reset(&self) -> Result<(), VfioError> {
+        self.sys.reset(self.fd.as_fd()).map_err(|e| self.io_err("VFIO_DEVICE_RESET", e))
+    }
+
+    fn set_irq_eventfds(
+        &self,
+        index: u32,
+        start: u32,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), VfioError> {
+        let irq = self.irq(index)?;
+        let count = u32::try_from(fds.len()).ok();
+        let end = count.and_then(|n| start.checked_add(n));
+        if !matches!(end, Some(e) if e <= irq.count) {
+            return Err(VfioError::InvalidArgument {
+                device: self.name.clone(),
+                reason: format!("irq index {index} has {} vectors, asked {start}+{}", irq.count, fds.len()),
+            });
+        }
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let flags = vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
+        self.sys
+            .set_irqs(self.fd.as_fd(), index, flags, start, raw.len() as u32, &raw)
+            .map_err(|e| self.io_err("VFIO_DEVICE_SET_IRQS", e))
+    }
+
+    fn disable_irqs(&self, index: u32) -> Result<(), VfioError> {
+        self.irq(index)?;
+        let flags = vb::VFIO_IRQ_SET_DATA_NONE | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
+        self.sys
+            .set_irqs(self.fd.as_fd(), index, flags, 0, 0, &[])
+            .map_err(|e| self.io_err("VFIO_DEVICE_SET_IRQS", e))
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
