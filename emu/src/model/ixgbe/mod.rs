@@ -1,0 +1,604 @@
+//! Intel 82599 (8086:10FB) model: control path (config space, trapped registers, reset, link,
+//! interrupts). The data path (descriptor rings, wire) is in [`rxtx`]; offsets are in [`regs`].
+//!
+//! BAR0 (512 KiB) is trapped except the queue register pages 0x1000-0x1FFF (RX queues 0-63) and
+//! 0x6000-0x7FFF (TX queues 0-127): those live in a memfd the driver mmaps, and [`Ixgbe::poll`] reads
+//! them: ring configuration is latched on the RXDCTL/TXDCTL ENABLE 0->1 edge, RDT/TDT are doorbells,
+//! and the device writes RDH/TDH back there. The per-queue counters QPRC/QBRC/QPTC in those pages stay 0.
+//! BAR4 (16 KiB) holds the MSI-X table (64 vectors) at 0 and the PBA at 0x2000, trapped.
+
+pub mod regs;
+mod rxtx;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use self::regs::*;
+use super::pci::{BarDef, BarKind, ConfigSpace, PciIds};
+use super::{DeviceModel, ModelConfig, ModelError, PortStats};
+use crate::dma::Dma;
+use crate::fault::FaultLog;
+use crate::mem::Mapping;
+use crate::wire::Wire;
+
+/// Latched state of one descriptor ring.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ring {
+    enabled: bool,
+    base: u64,
+    count: u32,
+    /// Set after a fault that prevents progress; cleared when the tail register changes.
+    stalled_at_tail: Option<u32>,
+}
+
+/// Clear-on-read hardware counters (8.2.3.23).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    crcerrs: u32,
+    mpc: [u32; 8],
+    gprc: u32,
+    bprc: u32,
+    mprc: u32,
+    gptc: u32,
+    gorc: u64,
+    gotc: u64,
+    tor: u64,
+    tpr: u32,
+    tpt: u32,
+    mptc: u32,
+    bptc: u32,
+    gorc_latch: Option<u64>,
+    gotc_latch: Option<u64>,
+    tor_latch: Option<u64>,
+}
+
+/// The 82599 model.
+pub struct Ixgbe {
+    bdf: String,
+    function: u8,
+    mac: [u8; 6],
+    cfg: ConfigSpace,
+    bar0: Arc<Mapping>,
+    /// Plain storage registers (known ones and unknown writes).
+    regs: HashMap<u32, u32>,
+    unknown_logged: HashSet<u32>,
+    rar: [(u32, u32); RAR_ENTRIES as usize],
+    eicr: u32,
+    eims: u32,
+    link_cable: bool,
+    link_trained: bool,
+    link_reported: bool,
+    counters: Counters,
+    totals: PortStats,
+    rxq: Vec<Ring>,
+    txq: Vec<Ring>,
+    msix: Vec<u8>,
+    pba: u64,
+    pending_irqs: u64,
+    wire: Box<dyn Wire>,
+    faults: FaultLog,
+    tx_frame: Vec<u8>,
+    rx_frame: Vec<u8>,
+}
+
+impl std::fmt::Debug for Ixgbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ixgbe")
+            .field("bdf", &self.bdf)
+            .field("wire", &self.wire.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Identity of the emulated 82599 SFP+ (subsystem: Intel X520-DA2).
+pub const IDS: PciIds = PciIds {
+    vendor: 0x8086,
+    device: 0x10fb,
+    subsystem_vendor: 0x8086,
+    subsystem_device: 0x000c,
+    class: 0x020000,
+    revision: 0x01,
+};
+
+fn bar_defs(function: u8) -> [BarDef; 6] {
+    let base = 0xd000_0000u64 + u64::from(function) * 0x0010_0000;
+    let mut bars = [BarDef::UNUSED; 6];
+    bars[0] = BarDef {
+        kind: BarKind::Mem64 { prefetch: true },
+        size: BAR0_SIZE,
+        addr: base + 0x8_0000,
+    };
+    bars[4] = BarDef {
+        kind: BarKind::Mem64 { prefetch: true },
+        size: BAR4_SIZE,
+        addr: base + 0x0_4000,
+    };
+    bars
+}
+
+impl Ixgbe {
+    /// Builds a powered-on, reset 82599.
+    pub fn new(cfg: ModelConfig) -> Result<Self, ModelError> {
+        let bar0 = Arc::new(Mapping::memfd(&format!("lab-nic {} bar0", cfg.bdf), BAR0_SIZE as usize)?);
+        let mut space = ConfigSpace::new(IDS, &bar_defs(cfg.function));
+        space.add_pm_cap();
+        space.add_msix_cap(MSIX_VECTORS as u16, 4, MSIX_TABLE_OFFSET, MSIX_PBA_OFFSET);
+        space.add_pcie_cap();
+        let mut m = Self {
+            bdf: cfg.bdf,
+            function: cfg.function,
+            mac: cfg.mac,
+            cfg: space,
+            bar0,
+            regs: HashMap::new(),
+            unknown_logged: HashSet::new(),
+            rar: [(0, 0); RAR_ENTRIES as usize],
+            eicr: 0,
+            eims: 0,
+            link_cable: true,
+            link_trained: false,
+            link_reported: false,
+            counters: Counters::default(),
+            totals: PortStats::default(),
+            rxq: vec![Ring::default(); RX_QUEUES as usize],
+            txq: vec![Ring::default(); TX_QUEUES as usize],
+            msix: vec![0; (MSIX_VECTORS * 16) as usize],
+            pba: 0,
+            pending_irqs: 0,
+            wire: cfg.wire,
+            faults: FaultLog::default(),
+            tx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
+            rx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
+        };
+        m.reset_state();
+        // MSI-X vectors come out of reset masked (vector control bit 0).
+        for v in 0..MSIX_VECTORS as usize {
+            m.msix[v * 16 + 12] = 1;
+        }
+        Ok(m)
+    }
+
+    /// Global reset (CTRL.RST, CTRL.LNK_RST, DEVICE_RESET): registers, rings, queue pages, counters.
+    fn reset_state(&mut self) {
+        self.regs.clear();
+        self.regs.insert(HLREG0, HLREG0_DEFAULT);
+        for q in 0..SRRCTL_QUEUES {
+            self.regs.insert(srrctl(q), SRRCTL_DEFAULT);
+            self.regs.insert(dca_rxctrl(q), DCA_RXCTRL_DEFAULT);
+        }
+        self.regs.insert(rxpbsize(0), RXPBSIZE_DEFAULT);
+        self.regs.insert(txpbsize(0), TXPBSIZE_DEFAULT);
+        self.rar = [(0, 0); RAR_ENTRIES as usize];
+        let m = self.mac;
+        self.rar[0] = (
+            u32::from_le_bytes([m[0], m[1], m[2], m[3]]),
+            u32::from_le_bytes([m[4], m[5], 0, 0]) | RAH_AV,
+        );
+        self.eicr = 0;
+        self.eims = 0;
+        self.link_trained = false;
+        self.link_reported = false;
+        self.counters = Counters::default();
+        self.rxq.iter_mut().for_each(|r| *r = Ring::default());
+        self.txq.iter_mut().for_each(|r| *r = Ring::default());
+        self.bar0
+            .fill(RX_QUEUE_PAGE.0 as usize, RX_QUEUE_PAGE.1 as usize, 0);
+        self.bar0
+            .fill(TX_QUEUE_PAGES.0 as usize, TX_QUEUE_PAGES.1 as usize, 0);
+        self.pending_irqs = 0;
+        self.pba = 0;
+        self.tx_frame.clear();
+    }
+
+    fn link_up(&self) -> bool {
+        self.link_cable && self.link_trained
+    }
+
+    /// Raises LSC when the reported link state changes.
+    fn update_link(&mut self) {
+        let up = self.link_up();
+        if up != self.link_reported {
+            self.link_reported = up;
+            tracing::info!(bdf = %self.bdf, "link {}", if up { "up" } else { "down" });
+            self.set_cause(EICR_LSC);
+        }
+    }
+
+    fn in_queue_pages(off: u32) -> bool {
+        let o = u64::from(off);
+        (RX_QUEUE_PAGE.0..RX_QUEUE_PAGE.0 + RX_QUEUE_PAGE.1).contains(&o)
+            || (TX_QUEUE_PAGES.0..TX_QUEUE_PAGES.0 + TX_QUEUE_PAGES.1).contains(&o)
+    }
+
+    fn rar_index(off: u32) -> Option<(usize, bool)> {
+        let legacy_end = RAR_LEGACY_BASE + 8 * RAR_LEGACY_ENTRIES;
+        let end = ral(0) + 8 * RAR_ENTRIES;
+        let (base, o) = if (RAR_LEGACY_BASE..legacy_end).contains(&off) {
+            (RAR_LEGACY_BASE, off)
+        } else if (ral(0)..end).contains(&off) {
+            (ral(0), off)
+        } else {
+            return None;
+        };
+        let rel = o - base;
+        Some(((rel / 8) as usize, rel % 8 == 4))
+    }
+
+    fn is_storage(off: u32) -> bool {
+        matches!(
+            off,
+            CTRL_EXT | EIAC | EIAM | GPIE | IVAR_MISC | RDRXCTL | RXCTRL | HLREG0 | AUTOC2 | RTTDCS
+                | DMATXCTL | DTXMXSZRQ | FCTRL | EEC | AUTOC
+        ) || (eitr(0)..eitr(EITR_COUNT)).contains(&off)
+            || (ivar(0)..ivar(IVAR_COUNT)).contains(&off)
+            || (srrctl(0)..srrctl(SRRCTL_QUEUES)).contains(&off)
+            || (dca_rxctrl(0)..dca_rxctrl(SRRCTL_QUEUES)).contains(&off)
+            || (rxpbsize(0)..rxpbsize(8)).contains(&off)
+            || (txpbsize(0)..txpbsize(8)).contains(&off)
+    }
+
+    fn reg(&self, off: u32) -> u32 {
+        self.regs.get(&off).copied().unwrap_or(0)
+    }
+
+    fn take(v: &mut u32) -> u32 {
+        std::mem::take(v)
+    }
+
+    /// Reads a 36-bit octet counter half: the low read latches, the high read clears.
+    fn octets(value: &mut u64, latch: &mut Option<u64>, high: bool) -> u32 {
+        if high {
+            let v = latch.take().unwrap_or(*value);
+            *value = value.saturating_sub(v);
+            ((v >> 32) & 0xf) as u32
+        } else {
+            *latch = Some(*value);
+            *value as u32
+        }
+    }
+
+    /// One 32-bit register read of BAR0 at a 4-byte aligned offset.
+    fn read_reg(&mut self, off: u32) -> u32 {
+        if Self::in_queue_pages(off) {
+            return self.bar0.read32(off as usize).unwrap_or(0);
+        }
+        if let Some((n, high)) = Self::rar_index(off) {
+            return if high { self.rar[n].1 } else { self.rar[n].0 };
+        }
+        let c = &mut self.counters;
+        match off {
+            CTRL => self.reg(CTRL),
+            STATUS => {
+                (u32::from(self.function & 1) << STATUS_LAN_ID_SHIFT)
+                    | if self.link_up() { STATUS_LINK_UP } else { 0 }
+            }
+            EICR => Self::take(&mut self.eicr),
+            EICS => self.eicr,
+            EIMS => self.eims,
+            EIMC => 0,
+            RDRXCTL => self.reg(RDRXCTL) | RDRXCTL_DMAIDONE,
+            EEC => self.reg(EEC) | EEC_PRES | EEC_ARD,
+            AUTOC => self.reg(AUTOC) & !AUTOC_AN_RESTART,
+            LINKS => {
+                if self.link_up() {
+                    LINKS_UP | LINKS_SPEED_10G
+                } else {
+                    0
+                }
+            }
+            CRCERRS => Self::take(&mut c.crcerrs),
+            GPRC => Self::take(&mut c.gprc),
+            BPRC => Self::take(&mut c.bprc),
+            MPRC => Self::take(&mut c.mprc),
+            GPTC => Self::take(&mut c.gptc),
+            TPR => Self::take(&mut c.tpr),
+            TPT => Self::take(&mut c.tpt),
+            MPTC => Self::take(&mut c.mptc),
+            BPTC => Self::take(&mut c.bptc),
+            GORCL | GORCH => Self::octets(&mut c.gorc, &mut c.gorc_latch, off == GORCH),
+            GOTCL | GOTCH => Self::octets(&mut c.gotc, &mut c.gotc_latch, off == GOTCH),
+            TORL | TORH => Self::octets(&mut c.tor, &mut c.tor_latch, off == TORH),
+            o if (mpc(0)..mpc(8)).contains(&o) => Self::take(&mut c.mpc[((o - mpc(0)) / 4) as usize]),
+            o => self.reg(o),
+        }
+    }
+
+    /// One 32-bit register write of BAR0 at a 4-byte aligned offset.
+    fn write_reg(&mut self, off: u32, val: u32) {
+        if Self::in_queue_pages(off) {
+            self.bar0.write32(off as usize, val);
+            return;
+        }
+        if let Some((n, high)) = Self::rar_index(off) {
+            if high {
+                self.rar[n].1 = val;
+            } else {
+                self.rar[n].0 = val;
+            }
+            return;
+        }
+        match off {
+            CTRL => {
+                if val & (CTRL_RST | CTRL_LNK_RST) != 0 {
+                    tracing::info!(bdf = %self.bdf, "device reset (CTRL {val:#x})");
+                    self.reset_state();
+                    self.update_link();
+                }
+                self.regs.insert(CTRL, val & !(CTRL_RST | CTRL_LNK_RST));
+            }
+            STATUS | LINKS => {}
+            EICR => self.eicr &= !val,
+            EICS => self.set_cause(val),
+            EIMS => {
+                self.eims |= val & 0x7fff_ffff;
+                self.fire_enabled_causes(val);
+            }
+            EIMC => self.eims &= !val,
+            AUTOC => {
+                self.regs.insert(AUTOC, val & !AUTOC_AN_RESTART);
+                if val & AUTOC_AN_RESTART != 0 {
+                    self.link_trained = true;
+                    self.update_link();
+                }
+            }
+            o if (mpc(0)..mpc(8)).contains(&o) => {}
+            CRCERRS | GPRC | BPRC | MPRC | GPTC | GORCL | GORCH | GOTCL | GOTCH | TORL | TORH
+            | TPR | TPT | MPTC | BPTC => {}
+            o => {
+                if !Self::is_storage(o) && self.unknown_logged.insert(o) {
+                    tracing::debug!(bdf = %self.bdf, "write to unemulated register {o:#07x} = {val:#x} (kept)");
+                }
+                self.regs.insert(o, val);
+            }
+        }
+    }
+
+    /// Sets interrupt causes and schedules the vectors they map to.
+    fn set_cause(&mut self, causes: u32) {
+        self.eicr |= causes;
+        self.fire_enabled_causes(causes);
+    }
+
+    fn fire_enabled_causes(&mut self, causes: u32) {
+        let active = causes & self.eicr & self.eims;
+        for v in 0..16 {
+            if active & (1 << v) != 0 {
+                self.fire_vector(v);
+            }
+        }
+        if active & !EICR_RTXQ_MASK != 0 {
+            let misc = self.reg(IVAR_MISC) >> 8;
+            if misc & IVAR_VALID != 0 {
+                self.fire_vector(misc & 0x3f);
+            }
+        }
+    }
+
+    fn fire_vector(&mut self, v: u32) {
+        self.pending_irqs |= 1u64 << (v & 63);
+        if v < 16 && self.reg(EIAC) & (1 << v) != 0 {
+            self.eicr &= !(1 << v);
+        }
+    }
+
+    /// Queue completion interrupt through IVAR (7.3.4): byte 0/2 RX queue 2n/2n+1, byte 1/3 TX.
+    fn queue_interrupt(&mut self, q: u32, tx: bool) {
+        let shift = (q % 2) * 16 + if tx { 8 } else { 0 };
+        let entry = (self.reg(ivar(q / 2)) >> shift) & 0xff;
+        if entry & IVAR_VALID == 0 {
+            return;
+        }
+        let v = entry & 0x3f;
+        if v < 16 {
+            self.eicr |= 1 << v;
+            if self.eims & (1 << v) != 0 {
+                self.fire_vector(v);
+            }
+        } else {
+            self.fire_vector(v);
+        }
+    }
+
+    fn page32(&self, off: u32) -> u32 {
+        self.bar0.read32(off as usize).unwrap_or(0)
+    }
+
+    fn set_page32(&self, off: u32, v: u32) {
+        self.bar0.write32(off as usize, v);
+    }
+
+    fn msix_read(&mut self, off: u64, data: &mut [u8]) {
+        let table_end = u64::from(MSIX_VECTORS) * 16;
+        let pba = u64::from(MSIX_PBA_OFFSET);
+        for (i, b) in data.iter_mut().enumerate() {
+            let o = off + i as u64;
+            *b = if o < table_end {
+                self.msix[o as usize]
+            } else if (pba..pba + 8).contains(&o) {
+                (self.pba >> ((o - pba) * 8)) as u8
+            } else {
+                0
+            };
+        }
+    }
+
+    fn msix_write(&mut self, off: u64, data: &[u8]) {
+        let table_end = u64::from(MSIX_VECTORS) * 16;
+        for (i, b) in data.iter().enumerate() {
+            let o = off + i as u64;
+            if o < table_end {
+                self.msix[o as usize] = *b;
+                if o % 16 == 12 && b & 1 == 0 {
+                    // Unmasking a vector delivers its pending bit.
+                    let v = o / 16;
+                    if self.pba & (1 << v) != 0 {
+                        self.pba &= !(1 << v);
+                        self.pending_irqs |= 1 << v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl DeviceModel for Ixgbe {
+    fn name(&self) -> &'static str {
+        "ixgbe"
+    }
+
+    fn ids(&self) -> PciIds {
+        IDS
+    }
+
+    fn bars(&self) -> [BarDef; 6] {
+        bar_defs(self.function)
+    }
+
+    fn config_size(&self) -> u64 {
+        super::pci::CONFIG_SIZE as u64
+    }
+
+    fn config_read(&mut self, off: u64, data: &mut [u8]) {
+        if !self.cfg.read(off, data) {
+            self.faults.record(off, data.len() as u64, "config read out of range");
+        }
+    }
+
+    fn config_write(&mut self, off: u64, data: &[u8]) {
+        if !self.cfg.write(off, data) {
+            self.faults.record(off, data.len() as u64, "config write out of range");
+        }
+    }
+
+    fn bar_read(&mut self, bar: u32, off: u64, data: &mut [u8]) {
+        match bar {
+            0 => {
+                let ok = off % 4 == 0
+                    && data.len() % 4 == 0
+                    && !data.is_empty()
+                    && off
+                        .checked_add(data.len() as u64)
+                        .is_some_and(|e| e <= BAR0_SIZE);
+                if !ok {
+                    data.fill(0xff);
+                    self.faults.record(off, data.len() as u64, "bar0 read unaligned or out of range");
+                    return;
+                }
+                for (i, chunk) in data.chunks_exact_mut(4).enumerate() {
+                    let v = self.read_reg((off as u32) + 4 * i as u32);
+                    chunk.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            4 if off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR4_SIZE) => {
+                self.msix_read(off, data)
+            }
+            _ => {
+                data.fill(0xff);
+                self.faults.record(off, data.len() as u64, "read of unimplemented BAR or out of range");
+            }
+        }
+    }
+
+    fn bar_write(&mut self, bar: u32, off: u64, data: &[u8]) {
+        match bar {
+            0 => {
+                let ok = off % 4 == 0
+                    && data.len() % 4 == 0
+                    && !data.is_empty()
+                    && off
+                        .checked_add(data.len() as u64)
+                        .is_some_and(|e| e <= BAR0_SIZE);
+                if !ok {
+                    self.faults.record(off, data.len() as u64, "bar0 write unaligned or out of range");
+                    return;
+                }
+                for (i, chunk) in data.chunks_exact(4).enumerate() {
+                    let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                    self.write_reg((off as u32) + 4 * i as u32, v);
+                }
+            }
+            4 if off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR4_SIZE) => {
+                self.msix_write(off, data)
+            }
+            _ => self.faults.record(off, data.len() as u64, "write to unimplemented BAR or out of range"),
+        }
+    }
+
+    fn sparse_areas(&self, bar: u32) -> Vec<(u64, u64)> {
+        if bar == 0 {
+            vec![RX_QUEUE_PAGE, TX_QUEUE_PAGES]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn bar_memory(&self, bar: u32) -> Option<Arc<Mapping>> {
+        (bar == 0).then(|| self.bar0.clone())
+    }
+
+    fn msix_count(&self) -> u32 {
+        MSIX_VECTORS
+    }
+
+    fn poll(&mut self, dma: &mut dyn Dma) -> bool {
+        self.update_link();
+        let mut did = self.scan_queue_enables();
+        did |= self.process_tx(dma);
+        did |= self.process_rx(dma);
+        did
+    }
+
+    fn take_irqs(&mut self) -> u64 {
+        let pending = std::mem::take(&mut self.pending_irqs);
+        if pending == 0 {
+            return 0;
+        }
+        match self.cfg.msix_state() {
+            Some((true, false)) => {
+                let mut out = 0;
+                for v in 0..MSIX_VECTORS as usize {
+                    if pending & (1 << v) == 0 {
+                        continue;
+                    }
+                    if self.msix[v * 16 + 12] & 1 != 0 {
+                        self.pba |= 1 << v;
+                    } else {
+                        out |= 1 << v;
+                    }
+                }
+                out
+            }
+            Some((true, true)) => {
+                self.pba |= pending;
+                0
+            }
+            _ => 0,
+        }
+    }
+
+    fn reset(&mut self) {
+        tracing::info!(bdf = %self.bdf, "function reset");
+        self.reset_state();
+        self.update_link();
+    }
+
+    fn link_set(&mut self, up: bool) {
+        self.link_cable = up;
+        self.update_link();
+    }
+
+    fn stats(&self) -> PortStats {
+        self.totals
+    }
+
+    fn faults(&self) -> &FaultLog {
+        &self.faults
+    }
+
+    fn faults_mut(&mut self) -> &mut FaultLog {
+        &mut self.faults
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,349 @@
+//! Model unit tests: registers and rings against a `FakeDma`, no sockets.
+
+use super::*;
+use crate::dma::FakeDma;
+use crate::model::DeviceModel;
+use crate::wire::{Loopback, NullWire};
+
+const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const DMA_BASE: u64 = 0x1_0000_0000;
+const RX_RING: u64 = DMA_BASE;
+const TX_RING: u64 = DMA_BASE + 0x1000;
+const RX_BUFS: u64 = DMA_BASE + 0x10000;
+const TX_BUFS: u64 = DMA_BASE + 0x40000;
+const N: u32 = 8;
+
+fn nic(wire: Box<dyn Wire>) -> Ixgbe {
+    Ixgbe::new(ModelConfig {
+        bdf: "0000:00:05.0".into(),
+        function: 0,
+        mac: MAC,
+        wire,
+    })
+    .unwrap()
+}
+
+fn rd(m: &mut Ixgbe, off: u32) -> u32 {
+    let mut b = [0u8; 4];
+    m.bar_read(0, u64::from(off), &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn wr(m: &mut Ixgbe, off: u32, v: u32) {
+    m.bar_write(0, u64::from(off), &v.to_le_bytes());
+}
+
+fn put_u64(dma: &mut FakeDma, iova: u64, v: u64) {
+    dma.write(iova, &v.to_le_bytes()).unwrap();
+}
+
+fn get_u32(dma: &mut FakeDma, iova: u64) -> u32 {
+    let mut b = [0u8; 4];
+    dma.read(iova, &mut b).unwrap();
+    u32::from_le_bytes(b)
+}
+
+/// The ixy bring-up (datasheet 4.6.3 - 4.6.8), with one RX and one TX ring of N descriptors.
+fn bring_up(m: &mut Ixgbe, dma: &mut FakeDma) {
+    m.config_write(4, &0x0006u16.to_le_bytes()); // memory + bus master
+    wr(m, EIMC, 0x7fff_ffff);
+    wr(m, CTRL, CTRL_RST | CTRL_LNK_RST);
+    assert_eq!(rd(m, CTRL) & (CTRL_RST | CTRL_LNK_RST), 0);
+    assert_ne!(rd(m, EEC) & EEC_ARD, 0);
+    assert_ne!(rd(m, RDRXCTL) & RDRXCTL_DMAIDONE, 0);
+    wr(m, AUTOC, (3 << 13) | AUTOC_AN_RESTART);
+    let v = rd(m, HLREG0);
+    wr(m, HLREG0, v | HLREG0_RXCRCSTRP | HLREG0_TXCRCEN | HLREG0_TXPADEN);
+    wr(m, FCTRL, FCTRL_BAM);
+    let v = rd(m, srrctl(0));
+    wr(m, srrctl(0), (v & !SRRCTL_DESCTYPE_MASK) | (1 << SRRCTL_DESCTYPE_SHIFT));
+    wr(m, rdbal(0), RX_RING as u32);
+    wr(m, rdbah(0), (RX_RING >> 32) as u32);
+    wr(m, rdlen(0), N * 16);
+    wr(m, RXCTRL, RXCTRL_RXEN);
+    wr(m, tdbal(0), TX_RING as u32);
+    wr(m, tdbah(0), (TX_RING >> 32) as u32);
+    wr(m, tdlen(0), N * 16);
+    wr(m, DMATXCTL, DMATXCTL_TE);
+    for i in 0..u64::from(N) {
+        put_u64(dma, RX_RING + i * 16, RX_BUFS + i * 2048);
+        put_u64(dma, RX_RING + i * 16 + 8, 0);
+    }
+    wr(m, rxdctl(0), RXDCTL_ENABLE);
+    assert_ne!(rd(m, rxdctl(0)) & RXDCTL_ENABLE, 0);
+    wr(m, rdh(0), 0);
+    wr(m, rdt(0), N - 1);
+    wr(m, txdctl(0), TXDCTL_ENABLE);
+    wr(m, tdh(0), 0);
+    wr(m, tdt(0), 0);
+    m.poll(dma);
+    assert_ne!(rd(m, LINKS) & LINKS_UP, 0);
+}
+
+fn frame(dst: [u8; 6], len: usize, fill: u8) -> Vec<u8> {
+    let mut f = vec![fill; len];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f
+}
+
+/// Queues one frame on TX descriptor `idx` (advanced data descriptor with EOP|IFCS|RS).
+fn queue_tx(m: &mut Ixgbe, dma: &mut FakeDma, idx: u32, data: &[u8]) {
+    let buf = TX_BUFS + u64::from(idx) * 2048;
+    dma.write(buf, data).unwrap();
+    let d = TX_RING + u64::from(idx) * 16;
+    put_u64(dma, d, buf);
+    let ctl = data.len() as u32 | (0x3 << TXD_DTYP_SHIFT) | TXD_CMD_EOP | TXD_CMD_IFCS | TXD_CMD_RS | TXD_CMD_DEXT;
+    dma.write(d + 8, &ctl.to_le_bytes()).unwrap();
+    dma.write(d + 12, &((data.len() as u32) << 14).to_le_bytes()).unwrap();
+    wr(m, tdt(0), (idx + 1) % N);
+}
+
+#[test]
+fn reset_self_clears_and_done_bits_read_one() {
+    let mut m = nic(Box::new(NullWire::default()));
+    wr(&mut m, GPIE, 0x1234);
+    wr(&mut m, CTRL, CTRL_RST);
+    assert_eq!(rd(&mut m, CTRL) & CTRL_RST, 0);
+    assert_eq!(rd(&mut m, GPIE), 0, "reset clears registers");
+    assert_eq!(rd(&mut m, EEC) & (EEC_ARD | EEC_PRES), EEC_ARD | EEC_PRES);
+    assert_eq!(rd(&mut m, RDRXCTL) & RDRXCTL_DMAIDONE, RDRXCTL_DMAIDONE);
+    assert_eq!(rd(&mut m, ral(0)), 0x0000_0002);
+    assert_eq!(rd(&mut m, rah(0)), 0x0100 | RAH_AV);
+    assert_eq!(rd(&mut m, RAR_LEGACY_BASE + 4), 0x0100 | RAH_AV);
+}
+
+#[test]
+fn autoc_restart_brings_links_up_and_link_down_follows_control() {
+    let mut m = nic(Box::new(NullWire::default()));
+    assert_eq!(rd(&mut m, LINKS) & LINKS_UP, 0);
+    wr(&mut m, AUTOC, AUTOC_AN_RESTART);
+    assert_eq!(rd(&mut m, AUTOC) & AUTOC_AN_RESTART, 0, "AN_RESTART self-clears");
+    assert_eq!(rd(&mut m, LINKS), LINKS_UP | LINKS_SPEED_10G);
+    assert_ne!(rd(&mut m, STATUS) & STATUS_LINK_UP, 0);
+    m.link_set(false);
+    assert_eq!(rd(&mut m, LINKS) & LINKS_UP, 0);
+    assert_ne!(rd(&mut m, EICR) & EICR_LSC, 0, "link change sets LSC");
+    assert_eq!(rd(&mut m, EICR), 0, "EICR is read-clear");
+    m.link_set(true);
+    assert_ne!(rd(&mut m, LINKS) & LINKS_UP, 0);
+}
+
+#[test]
+fn eims_eimc_set_and_clear_the_mask() {
+    let mut m = nic(Box::new(NullWire::default()));
+    wr(&mut m, EIMS, 0x0000_00f0);
+    wr(&mut m, EIMS, 0x0010_0000);
+    assert_eq!(rd(&mut m, EIMS), 0x0010_00f0);
+    wr(&mut m, EIMC, 0x0000_0030);
+    assert_eq!(rd(&mut m, EIMS), 0x0010_00c0);
+    wr(&mut m, EICS, 0x0000_0041);
+    assert_eq!(rd(&mut m, EICR), 0x0000_0041);
+    assert_eq!(rd(&mut m, EICR), 0);
+}
+
+#[test]
+fn statistics_clear_on_read_and_octets_latch_low_clear_high() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    wr(&mut m, FCTRL, FCTRL_UPE | FCTRL_BAM);
+    for i in 0..3 {
+        queue_tx(&mut m, &mut dma, i, &frame(MAC, 100, 7));
+        m.poll(&mut dma);
+    }
+    assert_eq!(rd(&mut m, GPTC), 3);
+    assert_eq!(rd(&mut m, GPTC), 0);
+    assert_eq!(rd(&mut m, GOTCL), 3 * 104);
+    assert_eq!(rd(&mut m, GOTCH), 0);
+    assert_eq!(rd(&mut m, GOTCL), 0, "high read clears");
+    assert_eq!(rd(&mut m, GPRC), 3);
+    assert_eq!(rd(&mut m, GORCL), 3 * 104);
+    assert_eq!(rd(&mut m, GORCH), 0);
+    assert_eq!(rd(&mut m, GORCL), 0);
+    assert_eq!(rd(&mut m, TPT), 3);
+    assert_eq!(rd(&mut m, TPR), 3);
+}
+
+#[test]
+fn tx_writes_back_dd_and_advances_tdh() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    queue_tx(&mut m, &mut dma, 0, &frame([0xff; 6], 64, 1));
+    assert_eq!(get_u32(&mut dma, TX_RING + 12) & TXD_STAT_DD, 0);
+    assert!(m.poll(&mut dma));
+    assert_eq!(get_u32(&mut dma, TX_RING + 12) & TXD_STAT_DD, TXD_STAT_DD);
+    assert_eq!(rd(&mut m, tdh(0)), 1);
+    assert_eq!(m.stats().tx_packets, 1);
+    assert_eq!(rd(&mut m, BPTC), 1);
+}
+
+#[test]
+fn loopback_frames_arrive_byte_identical_with_dd_eop_and_length() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    let f0 = frame(MAC, 60, 0x5a);
+    let f1: Vec<u8> = (0..1514u32).map(|i| i as u8).collect::<Vec<_>>();
+    let mut f1 = f1;
+    f1[..6].copy_from_slice(&MAC);
+    queue_tx(&mut m, &mut dma, 0, &f0);
+    m.poll(&mut dma);
+    queue_tx(&mut m, &mut dma, 1, &f1);
+    m.poll(&mut dma);
+    for (i, f) in [f0, f1].iter().enumerate() {
+        let d = RX_RING + i as u64 * 16;
+        let st = get_u32(&mut dma, d + 8);
+        assert_eq!(st & (RXD_STAT_DD | RXD_STAT_EOP), RXD_STAT_DD | RXD_STAT_EOP);
+        let len = (get_u32(&mut dma, d + 12) & 0xffff) as usize;
+        assert_eq!(len, f.len());
+        let mut got = vec![0u8; len];
+        dma.read(RX_BUFS + i as u64 * 2048, &mut got).unwrap();
+        assert_eq!(&got, f);
+    }
+    assert_eq!(rd(&mut m, rdh(0)), 2);
+    let s = m.stats();
+    assert_eq!((s.rx_packets, s.tx_packets), (2, 2));
+    assert_eq!(s.rx_bytes, 60 + 1514);
+}
+
+#[test]
+fn frames_larger_than_one_buffer_span_descriptors_with_eop_on_last() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    let v = rd(&mut m, srrctl(0));
+    wr(&mut m, srrctl(0), (v & !SRRCTL_BSIZEPACKET_MASK) | 1); // 1 KiB
+    let f = frame(MAC, 1500, 3);
+    queue_tx(&mut m, &mut dma, 0, &f);
+    m.poll(&mut dma);
+    let st0 = get_u32(&mut dma, RX_RING + 8);
+    let st1 = get_u32(&mut dma, RX_RING + 16 + 8);
+    assert_eq!(st0 & (RXD_STAT_DD | RXD_STAT_EOP), RXD_STAT_DD);
+    assert_eq!(st1 & (RXD_STAT_DD | RXD_STAT_EOP), RXD_STAT_DD | RXD_STAT_EOP);
+    assert_eq!(get_u32(&mut dma, RX_RING + 12) & 0xffff, 1024);
+    assert_eq!(get_u32(&mut dma, RX_RING + 16 + 12) & 0xffff, 1500 - 1024);
+}
+
+#[test]
+fn unicast_filter_drops_foreign_mac_unless_promiscuous() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    queue_tx(&mut m, &mut dma, 0, &frame([0x02, 9, 9, 9, 9, 9], 64, 0));
+    m.poll(&mut dma);
+    assert_eq!(m.stats().rx_packets, 0);
+    assert_eq!(m.stats().rx_filtered, 1);
+    wr(&mut m, FCTRL, FCTRL_UPE);
+    queue_tx(&mut m, &mut dma, 1, &frame([0x02, 9, 9, 9, 9, 9], 64, 0));
+    m.poll(&mut dma);
+    assert_eq!(m.stats().rx_packets, 1);
+}
+
+#[test]
+fn full_rx_ring_counts_mpc() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    wr(&mut m, rdt(0), 1); // only descriptor 0 is free
+    for i in 0..3 {
+        queue_tx(&mut m, &mut dma, i, &frame(MAC, 64, 0));
+        m.poll(&mut dma);
+    }
+    assert_eq!(m.stats().rx_packets, 1);
+    assert_eq!(rd(&mut m, mpc(0)), 2);
+    assert_eq!(rd(&mut m, mpc(0)), 0);
+    assert_eq!(m.stats().rx_missed, 2);
+}
+
+#[test]
+fn descriptor_outside_dma_maps_is_a_fault_and_the_model_keeps_working() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    // TX descriptor 0 points at a buffer far outside the DMA window.
+    put_u64(&mut dma, TX_RING, 0xdead_0000_0000);
+    let ctl = 64 | (0x3 << TXD_DTYP_SHIFT) | TXD_CMD_EOP | TXD_CMD_RS | TXD_CMD_DEXT;
+    dma.write(TX_RING + 8, &ctl.to_le_bytes()).unwrap();
+    wr(&mut m, tdt(0), 1);
+    m.poll(&mut dma);
+    assert!(m.faults().has("tx buffer read"));
+    assert_eq!(m.faults().last(1)[0].iova, 0xdead_0000_0000);
+    // RX descriptor 0 points outside too: the frame is dropped with an error write-back.
+    put_u64(&mut dma, RX_RING, 0xbeef_0000_0000);
+    queue_tx(&mut m, &mut dma, 1, &frame(MAC, 64, 1));
+    m.poll(&mut dma);
+    assert!(m.faults().has("rx buffer write"));
+    assert_ne!(get_u32(&mut dma, RX_RING + 8) & RXD_ERR_RXE, 0);
+    // The next frame goes through normally.
+    let f = frame(MAC, 80, 2);
+    queue_tx(&mut m, &mut dma, 2, &f);
+    m.poll(&mut dma);
+    let mut got = vec![0u8; 80];
+    dma.read(RX_BUFS + 2048, &mut got).unwrap();
+    assert_eq!(got, f);
+    // A ring base outside every map stalls that queue with a fault, not a crash.
+    wr(&mut m, txdctl(0), 0);
+    m.poll(&mut dma);
+    wr(&mut m, tdbal(0), 0x7000_0000);
+    wr(&mut m, tdbah(0), 0);
+    wr(&mut m, txdctl(0), TXDCTL_ENABLE);
+    wr(&mut m, tdt(0), 1);
+    m.poll(&mut dma);
+    assert!(m.faults().has("tx descriptor read"));
+    assert!(m.faults().total() >= 3);
+}
+
+#[test]
+fn bad_accesses_read_all_ones_and_are_recorded() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut b = [0u8; 4];
+    m.bar_read(0, BAR0_SIZE, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    m.bar_read(0, 2, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    m.bar_write(0, u64::MAX - 1, &[0; 4]);
+    m.bar_read(2, 0, &mut b);
+    assert_eq!(m.faults().total(), 4);
+    m.bar_write(0, 0x0_1234 & !3, &7u32.to_le_bytes());
+    assert_eq!(rd(&mut m, 0x1234), 7, "unknown registers keep their value");
+}
+
+#[test]
+fn config_space_reports_82599_ids_and_msix() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut b = [0u8; 4];
+    m.config_read(0, &mut b);
+    assert_eq!(u32::from_le_bytes(b), 0x10fb_8086);
+    m.config_read(8, &mut b);
+    assert_eq!(u32::from_le_bytes(b) >> 8, 0x020000);
+    assert_eq!(m.msix_count(), 64);
+}
+
+#[test]
+fn msix_vector_fires_when_enabled_and_unmasked() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    // MSI-X enable in the capability (MSI-X is the first capability after PM at 0x40).
+    let mut cap = 0x40u64;
+    loop {
+        let mut id = [0u8; 2];
+        m.config_read(cap, &mut id);
+        if id[0] == 0x11 {
+            break;
+        }
+        cap = u64::from(id[1]);
+    }
+    m.config_write(cap + 3, &[0x80]);
+    m.bar_write(4, 3 * 16 + 12, &[0, 0, 0, 0]); // unmask vector 3
+    wr(&mut m, GPIE, 0x10);
+    wr(&mut m, ivar(0), IVAR_VALID | 3); // rx queue 0 -> vector 3
+    wr(&mut m, EIMS, 1 << 3);
+    m.take_irqs();
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 0));
+    m.poll(&mut dma);
+    assert_eq!(m.take_irqs(), 1 << 3);
+}
