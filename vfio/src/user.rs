@@ -533,9 +533,11 @@ impl DeviceIo for UserDevice {
         if !self.alive.load(Ordering::Acquire) {
             return false;
         }
-        let mut pfd = [PollFd::new(self.sock.as_fd(), PollFlags::from_bits_retain(libc::POLLRDHUP))];
+        // A unix stream whose peer has closed polls POLLHUP (both directions shut down).
+        // POLLRDHUP is not asked for: nix drops revents it has no name for.
+        let mut pfd = [PollFd::new(self.sock.as_fd(), PollFlags::empty())];
         if let Ok(n) = nix::poll::poll(&mut pfd, PollTimeout::ZERO) {
-            let gone = PollFlags::from_bits_retain(libc::POLLRDHUP) | PollFlags::POLLHUP | PollFlags::POLLERR;
+            let gone = PollFlags::POLLHUP | PollFlags::POLLERR;
             if n > 0 && pfd[0].revents().is_some_and(|r| r.intersects(gone)) {
                 self.mark_dead();
                 return false;
