@@ -219,7 +219,7 @@ impl Mbuf {
     /// a buffer header really is there. `None` for anything else.
     pub fn from_offset(shm: &Shm, off: ShmOffset) -> Option<Mbuf> {
         let p = shm.ptr(off, 64)?;
-        if p.as_ptr() as usize % 64 != 0 {
+        if !(p.as_ptr() as usize).is_multiple_of(64) {
             return None;
         }
         let h = p.cast::<MbufHdr>();

@@ -154,11 +154,13 @@ impl ShmLock {
                 if self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     return ShmLockGuard { lock: self };
                 }
-            } else if spins % 1024 == 1023 && cur != me && !sys::pid_alive(cur) {
-                if self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    tracing::warn!(dead_pid = cur, "took over a shared-memory lock held by a dead process");
-                    return ShmLockGuard { lock: self };
-                }
+            } else if spins % 1024 == 1023
+                && cur != me
+                && !sys::pid_alive(cur)
+                && self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                tracing::warn!(dead_pid = cur, "took over a shared-memory lock held by a dead process");
+                return ShmLockGuard { lock: self };
             }
             spins = spins.wrapping_add(1);
             if spins < 64 {
@@ -430,6 +432,23 @@ impl Shm {
         NonNull::new(unsafe { self.base.as_ptr().add(off.0 as usize) })
     }
 
+    /// Copies bytes out of shared memory at `off`; false when the range leaves the mapping.
+    pub fn read_at(&self, off: ShmOffset, buf: &mut [u8]) -> bool {
+        let Some(p) = self.ptr(off, buf.len() as u64) else { return false };
+        // SAFETY: the range is inside the mapping (checked); raw copy, as other processes may
+        // write the same bytes concurrently (no reference to shared memory is formed).
+        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), buf.as_mut_ptr(), buf.len()) };
+        true
+    }
+
+    /// Copies bytes into shared memory at `off`; false when the range leaves the mapping.
+    pub fn write_at(&self, off: ShmOffset, data: &[u8]) -> bool {
+        let Some(p) = self.ptr(off, data.len() as u64) else { return false };
+        // SAFETY: as in read_at.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr(), data.len()) };
+        true
+    }
+
     /// Offset of a local pointer into the mapping, if it points inside.
     pub fn offset_of(&self, p: *const u8) -> Option<ShmOffset> {
         let b = self.base.as_ptr() as usize;
@@ -464,7 +483,11 @@ impl Shm {
                     total: self.len,
                 });
             }
-            let slot = h.zones.iter().position(|z| z.state == 0).ok_or(MemError::NoSlot { name: name.into(), max: MAX_ZONES })?;
+            let slot = h
+                .zones
+                .iter()
+                .position(|z| z.state == 0)
+                .ok_or(MemError::NoSlot { name: name.into(), max: MAX_ZONES })?;
             h.next_free = off + len;
             (slot, off)
         };
@@ -525,7 +548,9 @@ fn zone_name(z: &ZoneEntry) -> String {
 }
 
 fn find(h: &ShmHeader, name: &str) -> Option<usize> {
-    h.zones.iter().position(|z| z.state == 1 && &z.name[..name.len()] == name.as_bytes() && (name.len() == 32 || z.name[name.len()] == 0))
+    h.zones.iter().position(|z| {
+        z.state == 1 && &z.name[..name.len()] == name.as_bytes() && (name.len() == 32 || z.name[name.len()] == 0)
+    })
 }
 
 fn check_name(name: &str) -> Result<(), MemError> {

@@ -267,7 +267,13 @@ impl<T: RingElem> RawRing<T> {
         let n = loop {
             let cons_tail = h.cons.tail.load(Ordering::Acquire);
             let free = self.size.wrapping_sub(head.wrapping_sub(cons_tail));
-            let n = if want <= free { want } else if fixed { 0 } else { free };
+            let n = if want <= free {
+                want
+            } else if fixed {
+                0
+            } else {
+                free
+            };
             if n == 0 {
                 return 0;
             }
@@ -312,7 +318,13 @@ impl<T: RingElem> RawRing<T> {
         let n = loop {
             let prod_tail = h.prod.tail.load(Ordering::Acquire);
             let avail = prod_tail.wrapping_sub(head);
-            let n = if want <= avail { want } else if fixed { 0 } else { avail };
+            let n = if want <= avail {
+                want
+            } else if fixed {
+                0
+            } else {
+                avail
+            };
             if n == 0 {
                 return 0;
             }

@@ -16,14 +16,7 @@ pub fn mmap_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
     // SAFETY: a fresh MAP_SHARED mapping chosen by the kernel (addr NULL) aliases no Rust object;
     // fd is a valid open descriptor for the duration of the call.
     let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
     };
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
@@ -244,7 +237,13 @@ pub const MAX_FDS: usize = 8;
 struct CmsgBuf([u8; 128]);
 
 /// Sends one datagram with optional descriptors (`SCM_RIGHTS`) to `to`.
-pub fn dgram_send(fd: BorrowedFd<'_>, to: &UnixAddr, bufs: &[&[u8]], fds: &[RawFd], nonblock: bool) -> io::Result<usize> {
+pub fn dgram_send(
+    fd: BorrowedFd<'_>,
+    to: &UnixAddr,
+    bufs: &[&[u8]],
+    fds: &[RawFd],
+    nonblock: bool,
+) -> io::Result<usize> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
     }

@@ -1,0 +1,249 @@
+//! The runtime: runtime dir, primary/secondary decision, shared memory, IPC channel, logging.
+//!
+//! `Runtime::init` does what DPDK's EAL init does for a multi-process application:
+//! 1. the runtime dir `$XDG_RUNTIME_DIR/hotplug-lab/<prefix>` (else `/var/run/hotplug-lab/<prefix>`
+//!    for root, else `/tmp/hotplug-lab-<uid>/<prefix>`), created 0700;
+//! 2. an fcntl write lock on `<dir>/config`: whoever holds it is the primary (`auto` takes it when
+//!    free); a secondary with no primary fails with one line naming the prefix;
+//! 3. the primary reclaims what a crashed primary left (sockets of dead processes, the memory
+//!    file) and creates the shared memory; a secondary maps it and checks it matches;
+//! 4. the IPC channel.
+//!
+//! Dropping the runtime closes the channel and, in the primary, removes the memory file and the
+//! config file; the runtime dir goes too once no other process has a socket in it.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use crate::ipc::{Channel, ChannelConfig, IpcError};
+use crate::mem::{self, MemError, Shm};
+use crate::options::{Options, ProcType};
+use crate::sys;
+
+/// What this process is in the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Owns the shared memory and the device resources.
+    Primary,
+    /// Attaches to the primary's memory.
+    Secondary,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        })
+    }
+}
+
+/// Errors of runtime start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// `--proc-type=secondary` (or auto finding a stale lock) with no primary.
+    #[error("no primary process is running with file prefix {prefix:?} (runtime dir {dir})")]
+    NoPrimary {
+        /// The prefix.
+        prefix: String,
+        /// The runtime dir.
+        dir: PathBuf,
+    },
+    /// `--proc-type=primary` while a primary holds the lock.
+    #[error("a primary process is already running with file prefix {prefix:?} (runtime dir {dir})")]
+    PrimaryExists {
+        /// The prefix.
+        prefix: String,
+        /// The runtime dir.
+        dir: PathBuf,
+    },
+    /// Runtime dir or config file trouble.
+    #[error("runtime dir {path}: {what}: {source}")]
+    Dir {
+        /// Path concerned.
+        path: PathBuf,
+        /// Step that failed.
+        what: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Shared memory trouble.
+    #[error(transparent)]
+    Mem(#[from] MemError),
+    /// IPC trouble.
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
+}
+
+/// The runtime dir for a file prefix, following the rules in the module docs.
+pub fn runtime_dir(prefix: &str) -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("hotplug-lab").join(prefix);
+    }
+    let uid = sys::euid();
+    if uid == 0 {
+        PathBuf::from("/var/run/hotplug-lab").join(prefix)
+    } else {
+        PathBuf::from(format!("/tmp/hotplug-lab-{uid}")).join(prefix)
+    }
+}
+
+/// Sets up `tracing` once per process: `RUST_LOG` wins when set, else `level`, else `warn`.
+/// `log` records (from crates that use it) are forwarded too. Logs go to stderr.
+pub fn init_logging(level: Option<&str>) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = match std::env::var("RUST_LOG") {
+            Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
+            _ => tracing_subscriber::EnvFilter::new(level.unwrap_or("warn")),
+        };
+        let _ = tracing_log::LogTracer::init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+    });
+}
+
+/// A process's runtime.
+pub struct Runtime {
+    opts: Options,
+    dir: PathBuf,
+    role: Role,
+    _config: File,
+    shm: Arc<Shm>,
+    ipc: Channel,
+}
+
+impl Runtime {
+    /// Starts the runtime described by `opts` (see the module docs).
+    pub fn init(opts: &Options) -> Result<Runtime, RuntimeError> {
+        let dir = runtime_dir(&opts.file_prefix);
+        let derr = |what, source, path: &Path| RuntimeError::Dir { path: path.into(), what, source };
+        create_dir_0700(&dir).map_err(|e| derr("create", e, &dir))?;
+        let cfg_path = dir.join("config");
+        let config = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&cfg_path)
+            .map_err(|e| derr("open config", e, &cfg_path))?;
+        let got_lock = sys::try_write_lock(config.as_fd()).map_err(|e| derr("lock config", e, &cfg_path))?;
+        let role = match (opts.proc_type, got_lock) {
+            (ProcType::Primary | ProcType::Auto, true) => Role::Primary,
+            (ProcType::Secondary | ProcType::Auto, false) => Role::Secondary,
+            (ProcType::Secondary, true) => {
+                drop(config);
+                let _ = std::fs::remove_file(&cfg_path);
+                let _ = std::fs::remove_dir(&dir);
+                return Err(RuntimeError::NoPrimary { prefix: opts.file_prefix.clone(), dir });
+            }
+            (ProcType::Primary, false) => {
+                return Err(RuntimeError::PrimaryExists { prefix: opts.file_prefix.clone(), dir })
+            }
+        };
+        let mb = opts.mem_mb.unwrap_or(mem::DEFAULT_MB);
+        let placement = mem::placement(&opts.file_prefix, mb << 20, opts.no_huge, opts.huge_dir.as_deref());
+        let shm = match role {
+            Role::Primary => {
+                reclaim_leftovers(&dir);
+                Shm::create(placement, mb)?
+            }
+            Role::Secondary => Shm::open(placement, Duration::from_secs(10))?,
+        };
+        let shm = Arc::new(shm);
+        let ipc = Channel::open(ChannelConfig {
+            dir: dir.clone(),
+            primary: role == Role::Primary,
+            primary_pid: shm.primary_pid(),
+            spin_us: opts.ipc_spin_us,
+        })?;
+        tracing::info!(role = %role, prefix = %opts.file_prefix, dir = %dir.display(), mem = %shm.placement().path.display(), hugepages = shm.placement().hugepages, "runtime up");
+        Ok(Runtime { opts: opts.clone(), dir, role, _config: config, shm, ipc })
+    }
+
+    /// Options the runtime was started with.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Primary or secondary.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether this is the primary.
+    pub fn is_primary(&self) -> bool {
+        self.role == Role::Primary
+    }
+
+    /// The runtime dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The shared memory.
+    pub fn shm(&self) -> &Arc<Shm> {
+        &self.shm
+    }
+
+    /// The IPC channel.
+    pub fn ipc(&self) -> &Channel {
+        &self.ipc
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ipc.close();
+        if self.role == Role::Primary {
+            self.shm.unlink();
+            let _ = std::fs::remove_file(self.dir.join("config"));
+            reclaim_leftovers(&self.dir);
+        }
+        // Succeeds only when no other process still has a socket here.
+        if std::fs::remove_dir(&self.dir).is_ok() {
+            tracing::debug!(dir = %self.dir.display(), "runtime dir removed");
+        }
+    }
+}
+
+fn create_dir_0700(dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Removes sockets of processes that are gone (left by a crash of the previous primary or of its
+/// secondaries). Sockets of live processes stay.
+fn reclaim_leftovers(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = if name == "mp_socket" {
+            true
+        } else if let Some(rest) = name.strip_prefix("mp_socket_").or_else(|| name.strip_prefix("mp_reply_")) {
+            rest.split('_').next().and_then(|p| p.parse::<u32>().ok()).is_none_or(|pid| !sys::pid_alive(pid))
+        } else {
+            false
+        };
+        if stale {
+            tracing::info!(file = %name, "reclaiming a socket left by a dead process");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
