@@ -77,12 +77,8 @@ impl Bar {
     }
 
     fn check_aligned(&self, off: u64) -> Result<(), VfioError> {
-        if off % 4 != 0 {
-            return Err(VfioError::Misaligned {
-                device: self.dev.name().to_string(),
-                offset: off,
-                width: 4,
-            });
+        if off & 3 != 0 {
+            return Err(VfioError::Misaligned { device: self.dev.name().to_string(), offset: off, width: 4 });
         }
         Ok(())
     }
@@ -90,7 +86,7 @@ impl Bar {
     /// The address of the 32-bit register at `off` if it lies in an mmapped area, for drivers
     /// that batch doorbell writes. Valid as long as this `Bar` lives; access it volatile.
     pub fn mapped_ptr(&self, off: u64) -> Option<*mut u32> {
-        if off % 4 != 0 {
+        if off & 3 != 0 {
             return None;
         }
         let (m, inner) = self.map.find(off, 4)?;
@@ -98,7 +94,7 @@ impl Bar {
         // is 4-byte aligned because `off` and the area offset (page-sized) are.
         let base = m.as_ptr() as usize;
         let addr = base.checked_add(inner)?;
-        (addr % 4 == 0).then_some(m.as_ptr().wrapping_add(inner).cast::<u32>())
+        (addr & 3 == 0).then_some(m.as_ptr().wrapping_add(inner).cast::<u32>())
     }
 
     /// Read the 32-bit register at `off`, reporting transport errors.

@@ -152,12 +152,7 @@ pub trait DeviceIo: Send + Sync {
     /// Reset the device.
     fn reset(&self) -> Result<(), VfioError>;
     /// Route vectors `start..start + fds.len()` of irq `index` to eventfds.
-    fn set_irq_eventfds(
-        &self,
-        index: u32,
-        start: u32,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(), VfioError>;
+    fn set_irq_eventfds(&self, index: u32, start: u32, fds: &[BorrowedFd<'_>]) -> Result<(), VfioError>;
     /// Disable every vector of irq `index`.
     fn disable_irqs(&self, index: u32) -> Result<(), VfioError>;
     /// False once the transport saw the device go away (surprise unplug).
@@ -180,13 +175,7 @@ pub(crate) fn check_access(
     let len64 = len as u64;
     match offset.checked_add(len64) {
         Some(end) if end <= region.size => Ok(()),
-        _ => Err(VfioError::OutOfRange {
-            device: device.to_string(),
-            index,
-            offset,
-            len: len64,
-            size: region.size,
-        }),
+        _ => Err(VfioError::OutOfRange { device: device.to_string(), index, offset, len: len64, size: region.size }),
     }
 }
 
@@ -200,11 +189,9 @@ impl DmaTable {
     /// Refuses a zero-sized, wrapping or overlapping range.
     pub(crate) fn check_insert(&self, device: &str, iova: u64, size: u64) -> Result<(), VfioError> {
         let overlap = || VfioError::DmaOverlap { device: device.to_string(), iova, size };
-        let end = iova.checked_add(size).filter(|_| size > 0).ok_or_else(|| {
-            VfioError::InvalidArgument {
-                device: device.to_string(),
-                reason: format!("DMA range iova {iova:#x} size {size:#x} is empty or wraps"),
-            }
+        let end = iova.checked_add(size).filter(|_| size > 0).ok_or_else(|| VfioError::InvalidArgument {
+            device: device.to_string(),
+            reason: format!("DMA range iova {iova:#x} size {size:#x} is empty or wraps"),
         })?;
         if let Some((&start, &len)) = self.maps.range(..end).next_back() {
             if start + len > iova {

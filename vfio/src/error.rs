@@ -240,7 +240,5 @@ fn errno_name(errno: u32) -> String {
     if errno == 0 {
         return "unspecified".to_string();
     }
-    i32::try_from(errno)
-        .map(|e| io::Error::from_raw_os_error(e).to_string())
-        .unwrap_or_else(|_| "unknown".to_string())
+    i32::try_from(errno).map(|e| io::Error::from_raw_os_error(e).to_string()).unwrap_or_else(|_| "unknown".to_string())
 }

@@ -54,7 +54,9 @@ impl FakeDevice {
             flags: REGION_READ | REGION_WRITE | REGION_MMAP,
             sparse: vec![SparseArea { offset: 0x1000, size: 0x1000 }],
         }];
-        regions.extend(std::iter::repeat(absent).take(6));
+        for _ in 0..6 {
+            regions.push(absent.clone());
+        }
         regions.push(FakeRegion { size: 256, flags: REGION_READ | REGION_WRITE, sparse: vec![] });
         let irq = |index, count| IrqInfo { index, flags: vb::VFIO_IRQ_INFO_EVENTFD, count };
         FakeDevice { name: name.to_string(), regions, irqs: vec![irq(0, 1), irq(1, 1), irq(2, 8)] }
@@ -177,10 +179,7 @@ impl FakeVfio {
     /// Current IOMMU mappings of every container: `(iova, size, vaddr)`.
     pub fn iommu_maps(&self) -> Vec<(u64, u64, u64)> {
         let st = self.st();
-        st.containers
-            .values()
-            .flat_map(|c| c.maps.iter().map(|(&iova, &(size, vaddr))| (iova, size, vaddr)))
-            .collect()
+        st.containers.values().flat_map(|c| c.maps.iter().map(|(&iova, &(size, vaddr))| (iova, size, vaddr))).collect()
     }
 
     /// The IOMMU type set on the containers (first one set).
@@ -195,12 +194,7 @@ impl FakeVfio {
 
     /// Every SET_IRQS issued on devices named `name`.
     pub fn irq_sets(&self, name: &str) -> Vec<IrqSetCall> {
-        self.st()
-            .devices
-            .values()
-            .filter(|d| d.device.name == name)
-            .flat_map(|d| d.irq_sets.clone())
-            .collect()
+        self.st().devices.values().filter(|d| d.device.name == name).flat_map(|d| d.irq_sets.clone()).collect()
     }
 
     /// The ioctls issued so far, by name, in order.
@@ -239,8 +233,7 @@ impl VfioSys for FakeVfio {
     fn open_container(&self) -> Result<OwnedFd, VfioError> {
         if !self.st().container_exists {
             return Err(VfioError::KernelUnavailable {
-                reason: "/dev/vfio/vfio does not exist (load vfio-pci and bind the device, see ci/real-nic.sh)"
-                    .into(),
+                reason: "/dev/vfio/vfio does not exist (load vfio-pci and bind the device, see ci/real-nic.sh)".into(),
             });
         }
         let open_err = |source| VfioError::OpenContainer { path: "/dev/vfio/vfio".into(), source };
@@ -298,11 +291,7 @@ impl VfioSys for FakeVfio {
         Ok(flags)
     }
 
-    fn group_set_container(
-        &self,
-        group: BorrowedFd<'_>,
-        container: BorrowedFd<'_>,
-    ) -> io::Result<()> {
+    fn group_set_container(&self, group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> io::Result<()> {
         let gid = file_id(group)?;
         let cid = file_id(container)?;
         let mut st = self.st();
@@ -407,13 +396,7 @@ impl VfioSys for FakeVfio {
         })
     }
 
-    fn map_dma(
-        &self,
-        container: BorrowedFd<'_>,
-        vaddr: u64,
-        iova: u64,
-        size: u64,
-    ) -> io::Result<()> {
+    fn map_dma(&self, container: BorrowedFd<'_>, vaddr: u64, iova: u64, size: u64) -> io::Result<()> {
         self.with_container(container, "IOMMU_MAP_DMA", |c| {
             if c.iommu.is_none() || size == 0 {
                 return Err(errno(libc::EINVAL));

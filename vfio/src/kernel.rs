@@ -43,10 +43,7 @@ impl Container {
         }
         let mut kind = None;
         for candidate in [vb::VFIO_TYPE1v2_IOMMU, vb::VFIO_TYPE1_IOMMU] {
-            if sys
-                .check_extension(fd.as_fd(), candidate)
-                .map_err(|e| ioctl("VFIO_CHECK_EXTENSION", e))?
-            {
+            if sys.check_extension(fd.as_fd(), candidate).map_err(|e| ioctl("VFIO_CHECK_EXTENSION", e))? {
                 kind = Some(candidate);
                 break;
             }
@@ -74,8 +71,10 @@ impl Container {
     /// Attach `group` to this container; the first attach sets the IOMMU type.
     pub fn attach(&self, group: &Group) -> Result<(), VfioError> {
         let dev = format!("group {}", group.number);
-        self.sys.group_set_container(group.as_fd(), self.fd.as_fd()).map_err(|source| {
-            VfioError::Ioctl { op: "VFIO_GROUP_SET_CONTAINER", device: dev.clone(), source }
+        self.sys.group_set_container(group.as_fd(), self.fd.as_fd()).map_err(|source| VfioError::Ioctl {
+            op: "VFIO_GROUP_SET_CONTAINER",
+            device: dev.clone(),
+            source,
         })?;
         let mut pending = self.pending_iommu.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(kind) = *pending {
@@ -236,11 +235,7 @@ impl KernelDevice {
     }
 
     /// Open device `name` from an attached group (several devices may share one).
-    pub fn from_group(
-        name: &str,
-        container: Arc<Container>,
-        group: Arc<Group>,
-    ) -> Result<KernelDevice, VfioError> {
+    pub fn from_group(name: &str, container: Arc<Container>, group: Arc<Group>) -> Result<KernelDevice, VfioError> {
         let sys = group.sys.clone();
         let fd = group.device_fd(name)?;
         let ioctl = |op, source| VfioError::Ioctl { op, device: name.to_string(), source };
@@ -260,9 +255,7 @@ impl KernelDevice {
         }
         let mut irqs = Vec::with_capacity(info.num_irqs as usize);
         for index in 0..info.num_irqs {
-            irqs.push(
-                sys.irq_info(fd.as_fd(), index).map_err(|e| ioctl("VFIO_DEVICE_GET_IRQ_INFO", e))?,
-            );
+            irqs.push(sys.irq_info(fd.as_fd(), index).map_err(|e| ioctl("VFIO_DEVICE_GET_IRQ_INFO", e))?);
         }
         tracing::debug!(device = name, regions = regions.len(), irqs = irqs.len(), "VFIO device opened");
         Ok(KernelDevice {
@@ -302,30 +295,21 @@ impl KernelDevice {
 
     fn file_offset(&self, index: u32, offset: u64) -> Result<libc::off_t, VfioError> {
         let base = self.regions.get(index as usize).map(|r| r.offset).unwrap_or(0);
-        base.checked_add(offset)
-            .and_then(|o| libc::off_t::try_from(o).ok())
-            .ok_or_else(|| VfioError::OutOfRange {
-                device: self.name.clone(),
-                index,
-                offset,
-                len: 0,
-                size: 0,
-            })
+        base.checked_add(offset).and_then(|o| libc::off_t::try_from(o).ok()).ok_or_else(|| VfioError::OutOfRange {
+            device: self.name.clone(),
+            index,
+            offset,
+            len: 0,
+            size: 0,
+        })
     }
 
     fn irq(&self, index: u32) -> Result<&IrqInfo, VfioError> {
-        self.irqs
-            .get(index as usize)
-            .ok_or_else(|| VfioError::NoSuchIrq { device: self.name.clone(), index })
+        self.irqs.get(index as usize).ok_or_else(|| VfioError::NoSuchIrq { device: self.name.clone(), index })
     }
 }
 
-fn region_info(
-    sys: &dyn VfioSys,
-    fd: BorrowedFd<'_>,
-    name: &str,
-    index: u32,
-) -> Result<RegionInfo, VfioError> {
+fn region_info(sys: &dyn VfioSys, fd: BorrowedFd<'_>, name: &str, index: u32) -> Result<RegionInfo, VfioError> {
     let bad = |e: String| VfioError::Ioctl {
         op: "VFIO_DEVICE_GET_REGION_INFO",
         device: name.to_string(),
@@ -428,12 +412,7 @@ impl DeviceIo for KernelDevice {
         self.sys.reset(self.fd.as_fd()).map_err(|e| self.io_err("VFIO_DEVICE_RESET", e))
     }
 
-    fn set_irq_eventfds(
-        &self,
-        index: u32,
-        start: u32,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(), VfioError> {
+    fn set_irq_eventfds(&self, index: u32, start: u32, fds: &[BorrowedFd<'_>]) -> Result<(), VfioError> {
         let irq = self.irq(index)?;
         let count = u32::try_from(fds.len()).ok();
         let end = count.and_then(|n| start.checked_add(n));
@@ -453,9 +432,7 @@ impl DeviceIo for KernelDevice {
     fn disable_irqs(&self, index: u32) -> Result<(), VfioError> {
         self.irq(index)?;
         let flags = vb::VFIO_IRQ_SET_DATA_NONE | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
-        self.sys
-            .set_irqs(self.fd.as_fd(), index, flags, 0, 0, &[])
-            .map_err(|e| self.io_err("VFIO_DEVICE_SET_IRQS", e))
+        self.sys.set_irqs(self.fd.as_fd(), index, flags, 0, 0, &[]).map_err(|e| self.io_err("VFIO_DEVICE_SET_IRQS", e))
     }
 
     fn is_alive(&self) -> bool {
@@ -496,11 +473,11 @@ mod tests {
 
     #[test]
     fn falls_back_to_type1_and_refuses_no_type1() {
-        let f = Arc::new(
-            FakeVfio::new()
-                .with_extensions(vec![vb::VFIO_TYPE1_IOMMU])
-                .with_group(12, true, vec![FakeDevice::nic(BDF)]),
-        );
+        let f = Arc::new(FakeVfio::new().with_extensions(vec![vb::VFIO_TYPE1_IOMMU]).with_group(
+            12,
+            true,
+            vec![FakeDevice::nic(BDF)],
+        ));
         open(&f);
         assert_eq!(f.iommu_type(), Some(vb::VFIO_TYPE1_IOMMU));
         let f = Arc::new(FakeVfio::new().with_extensions(vec![]));
@@ -594,9 +571,7 @@ mod tests {
             .unwrap();
         assert_eq!(v, 0x9234_5600);
         let t0 = std::time::Instant::now();
-        let e = bar
-            .poll_until(0x10, 0x1, 0x1, Duration::from_millis(30), Duration::from_millis(5))
-            .unwrap_err();
+        let e = bar.poll_until(0x10, 0x1, 0x1, Duration::from_millis(30), Duration::from_millis(5)).unwrap_err();
         assert!(matches!(e, VfioError::PollTimeout { last: 0x9234_5600, .. }), "{e}");
         assert!(t0.elapsed() < Duration::from_secs(1));
     }
@@ -607,15 +582,9 @@ mod tests {
     fn dma_bookkeeping_refuses_overlap_and_inexact_unmap() {
         let f = fake();
         let dev = open(&f);
-        let mem = nix::sys::memfd::memfd_create(c"dma", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
-            .unwrap();
-        let region = |iova, size| DmaRegion {
-            iova,
-            size,
-            fd: mem.as_fd(),
-            fd_offset: 0,
-            vaddr: 0x7000_0000usize as *mut u8,
-        };
+        let mem = nix::sys::memfd::memfd_create(c"dma", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let region =
+            |iova, size| DmaRegion { iova, size, fd: mem.as_fd(), fd_offset: 0, vaddr: 0x7000_0000usize as *mut u8 };
         dev.dma_map(&region(0x1_0000_0000, 0x20_0000)).unwrap();
         let e = dev.dma_map(&region(0x1_0010_0000, 0x1000)).unwrap_err();
         assert!(matches!(e, VfioError::DmaOverlap { .. }), "{e}");
@@ -663,10 +632,7 @@ mod tests {
         let sets = f.irq_sets(BDF);
         assert_eq!(sets.len(), 2);
         assert_eq!((sets[0].start, sets[0].count, sets[0].fds), (6, 2, 2));
-        assert_eq!(
-            sets[0].flags,
-            vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER
-        );
+        assert_eq!(sets[0].flags, vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER);
         assert_eq!((sets[1].count, sets[1].fds), (0, 0));
         assert_eq!(f.resets(BDF), 1);
     }

@@ -42,8 +42,8 @@ pub mod wire;
 
 pub use bar::Bar;
 pub use device::{
-    DeviceIo, DmaRegion, IrqInfo, RegionInfo, RegionMap, SparseArea, CONFIG_REGION_INDEX,
-    IRQ_INFO_EVENTFD, MSIX_IRQ_INDEX, REGION_CAPS, REGION_MMAP, REGION_READ, REGION_WRITE,
+    DeviceIo, DmaRegion, IrqInfo, RegionInfo, RegionMap, SparseArea, CONFIG_REGION_INDEX, IRQ_INFO_EVENTFD,
+    MSIX_IRQ_INDEX, REGION_CAPS, REGION_MMAP, REGION_READ, REGION_WRITE,
 };
 pub use error::VfioError;
 pub use kernel::{AdoptedFds, Container, Group, KernelDevice};

@@ -30,12 +30,7 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions {
-            timeout: DEFAULT_TIMEOUT,
-            adopted: None,
-            vfio_dir: PathBuf::from("/dev/vfio"),
-            sys: None,
-        }
+        OpenOptions { timeout: DEFAULT_TIMEOUT, adopted: None, vfio_dir: PathBuf::from("/dev/vfio"), sys: None }
     }
 }
 
@@ -166,8 +161,7 @@ mod tests {
     #[test]
     fn a_secondary_opens_kernel_vfio_with_the_primary_fds() {
         let s = sysfs(Some("vfio-pci"), Some(12), true);
-        let fake: Arc<dyn VfioSys> =
-            Arc::new(FakeVfio::new().with_group(12, true, vec![FakeDevice::nic(BDF)]));
+        let fake: Arc<dyn VfioSys> = Arc::new(FakeVfio::new().with_group(12, true, vec![FakeDevice::nic(BDF)]));
         let primary = KernelDevice::open_with(fake.clone(), BDF, 12, None).unwrap();
         let adopted = AdoptedFds {
             container: primary.container().as_fd().try_clone_to_owned().unwrap(),
@@ -237,9 +231,7 @@ mod tests {
             sparse_areas: vec![],
             mmap_fd: None,
         };
-        let server =
-            vfio_user::Server::new(&s.dev.join(VFIO_USER_SOCKET), false, vec![], vec![region])
-                .unwrap();
+        let server = vfio_user::Server::new(&s.dev.join(VFIO_USER_SOCKET), false, vec![], vec![region]).unwrap();
         let t = std::thread::spawn(move || {
             let _ = server.run(&mut NullBackend);
         });

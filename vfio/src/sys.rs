@@ -116,11 +116,7 @@ pub trait VfioSys: Send + Sync + fmt::Debug {
     /// `VFIO_GROUP_GET_STATUS`: the group flags.
     fn group_status(&self, group: BorrowedFd<'_>) -> io::Result<u32>;
     /// `VFIO_GROUP_SET_CONTAINER`.
-    fn group_set_container(
-        &self,
-        group: BorrowedFd<'_>,
-        container: BorrowedFd<'_>,
-    ) -> io::Result<()>;
+    fn group_set_container(&self, group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> io::Result<()>;
     /// `VFIO_GROUP_GET_DEVICE_FD` for the device named `name` (its BDF).
     fn group_device_fd(&self, group: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd>;
     /// `VFIO_DEVICE_GET_INFO`.
@@ -143,8 +139,7 @@ pub trait VfioSys: Send + Sync + fmt::Debug {
     /// `VFIO_DEVICE_RESET`.
     fn reset(&self, device: BorrowedFd<'_>) -> io::Result<()>;
     /// `VFIO_IOMMU_MAP_DMA` (read/write).
-    fn map_dma(&self, container: BorrowedFd<'_>, vaddr: u64, iova: u64, size: u64)
-        -> io::Result<()>;
+    fn map_dma(&self, container: BorrowedFd<'_>, vaddr: u64, iova: u64, size: u64) -> io::Result<()>;
     /// `VFIO_IOMMU_UNMAP_DMA`.
     fn unmap_dma(&self, container: BorrowedFd<'_>, iova: u64, size: u64) -> io::Result<()>;
 }
@@ -229,8 +224,7 @@ impl VfioSys for RealVfio {
     }
 
     fn open_group(&self, group: u32) -> Result<OwnedFd, VfioError> {
-        open_rw(&self.dir.join(group.to_string()))
-            .map_err(|source| VfioError::OpenGroup { group, source })
+        open_rw(&self.dir.join(group.to_string())).map_err(|source| VfioError::OpenGroup { group, source })
     }
 
     fn api_version(&self, container: BorrowedFd<'_>) -> io::Result<i32> {
@@ -240,9 +234,7 @@ impl VfioSys for RealVfio {
 
     fn check_extension(&self, container: BorrowedFd<'_>, ext: u32) -> io::Result<bool> {
         // SAFETY: VFIO_CHECK_EXTENSION takes the extension number by value, no pointer.
-        let r = check(unsafe {
-            libc::ioctl(container.as_raw_fd(), CHECK_EXTENSION as _, ext as libc::c_ulong)
-        })?;
+        let r = check(unsafe { libc::ioctl(container.as_raw_fd(), CHECK_EXTENSION as _, ext as libc::c_ulong) })?;
         Ok(r > 0)
     }
 
@@ -253,21 +245,14 @@ impl VfioSys for RealVfio {
     }
 
     fn group_status(&self, group: BorrowedFd<'_>) -> io::Result<u32> {
-        let mut st = vb::vfio_group_status {
-            argsz: std::mem::size_of::<vb::vfio_group_status>() as u32,
-            flags: 0,
-        };
+        let mut st = vb::vfio_group_status { argsz: std::mem::size_of::<vb::vfio_group_status>() as u32, flags: 0 };
         // SAFETY: the kernel writes at most argsz bytes into `st`, a live, properly sized and
         // aligned vfio_group_status on our stack.
         check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_GET_STATUS as _, &mut st) })?;
         Ok(st.flags)
     }
 
-    fn group_set_container(
-        &self,
-        group: BorrowedFd<'_>,
-        container: BorrowedFd<'_>,
-    ) -> io::Result<()> {
+    fn group_set_container(&self, group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> io::Result<()> {
         let fd: libc::c_int = container.as_raw_fd();
         // SAFETY: the kernel reads one c_int (the container fd) through the pointer, which points
         // at a live local.
@@ -279,18 +264,14 @@ impl VfioSys for RealVfio {
         let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: the kernel reads a NUL-terminated string through the pointer; `name` is a live
         // CString for the whole call.
-        let fd = check(unsafe {
-            libc::ioctl(group.as_raw_fd(), GROUP_GET_DEVICE_FD as _, name.as_ptr())
-        })?;
+        let fd = check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_GET_DEVICE_FD as _, name.as_ptr()) })?;
         // SAFETY: on success the ioctl returns a new fd that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     fn device_info(&self, device: BorrowedFd<'_>) -> io::Result<DeviceInfo> {
-        let mut info = vb::vfio_device_info {
-            argsz: std::mem::size_of::<vb::vfio_device_info>() as u32,
-            ..Default::default()
-        };
+        let mut info =
+            vb::vfio_device_info { argsz: std::mem::size_of::<vb::vfio_device_info>() as u32, ..Default::default() };
         // SAFETY: the kernel writes at most argsz bytes into `info`, a live local of that size.
         check(unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_GET_INFO as _, &mut info) })?;
         Ok(DeviceInfo { flags: info.flags, num_regions: info.num_regions, num_irqs: info.num_irqs })
@@ -312,11 +293,8 @@ impl VfioSys for RealVfio {
     }
 
     fn irq_info(&self, device: BorrowedFd<'_>, index: u32) -> io::Result<IrqInfo> {
-        let mut info = vb::vfio_irq_info {
-            argsz: std::mem::size_of::<vb::vfio_irq_info>() as u32,
-            index,
-            ..Default::default()
-        };
+        let mut info =
+            vb::vfio_irq_info { argsz: std::mem::size_of::<vb::vfio_irq_info>() as u32, index, ..Default::default() };
         // SAFETY: the kernel writes at most argsz bytes into `info`, a live local of that size.
         check(unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_GET_IRQ_INFO as _, &mut info) })?;
         Ok(IrqInfo { index: info.index, flags: info.flags, count: info.count })
@@ -348,13 +326,7 @@ impl VfioSys for RealVfio {
         Ok(())
     }
 
-    fn map_dma(
-        &self,
-        container: BorrowedFd<'_>,
-        vaddr: u64,
-        iova: u64,
-        size: u64,
-    ) -> io::Result<()> {
+    fn map_dma(&self, container: BorrowedFd<'_>, vaddr: u64, iova: u64, size: u64) -> io::Result<()> {
         let map = vb::vfio_iommu_type1_dma_map {
             argsz: std::mem::size_of::<vb::vfio_iommu_type1_dma_map>() as u32,
             flags: vb::VFIO_DMA_MAP_FLAG_READ | vb::VFIO_DMA_MAP_FLAG_WRITE,
@@ -401,21 +373,12 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> io::Re
 /// One `recvmsg` into `buf`; fds that arrive with the bytes are appended to `fds` (close-on-exec).
 /// Returns the bytes received, 0 at end of stream. A truncated control message (more than 16
 /// fds) is an error.
-pub fn recv_with_fds(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<usize> {
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut cmsg = nix::cmsg_space!([RawFd; 16]);
     loop {
         let mut iov = [io::IoSliceMut::new(buf)];
-        let msg = match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
+        let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
             Err(nix::errno::Errno::EINTR) => continue,
             r => r.map_err(io::Error::from)?,
         };
@@ -466,8 +429,7 @@ mod tests {
 
     #[test]
     fn mapping_shares_memory_with_the_file() {
-        let fd = nix::sys::memfd::memfd_create(c"m", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
-            .unwrap();
+        let fd = nix::sys::memfd::memfd_create(c"m", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
         nix::unistd::ftruncate(&fd, 8192).unwrap();
         let m = Mapping::map_shared(std::os::fd::AsFd::as_fd(&fd), 4096, 4096).unwrap();
         assert_eq!(m.len(), 4096);

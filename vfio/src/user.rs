@@ -47,10 +47,7 @@ pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     with_short_path(path, |p| UnixListener::bind(p))
 }
 
-fn with_short_path<T>(
-    path: &Path,
-    f: impl FnOnce(&Path) -> std::io::Result<T>,
-) -> std::io::Result<T> {
+fn with_short_path<T>(path: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
     if path.as_os_str().len() <= SUN_PATH_MAX {
         return f(path);
     }
@@ -58,11 +55,8 @@ fn with_short_path<T>(
         (Some(d), Some(n)) => (if d.as_os_str().is_empty() { Path::new(".") } else { d }, n),
         _ => return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG)),
     };
-    let dirfd: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(dir)?
-        .into();
+    let dirfd: OwnedFd =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY).open(dir)?.into();
     let short = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
     f(&short)
 }
@@ -101,8 +95,7 @@ impl UserDevice {
     /// tables. `name` is the device name used in errors (its PCI address); `timeout` bounds every
     /// reply.
     pub fn connect(path: &Path, name: &str, timeout: Duration) -> Result<UserDevice, VfioError> {
-        let sock = connect_socket(path)
-            .map_err(|source| VfioError::Connect { path: path.to_path_buf(), source })?;
+        let sock = connect_socket(path).map_err(|source| VfioError::Connect { path: path.to_path_buf(), source })?;
         // Bounds a send to a server that stopped reading; replies are bounded with poll.
         sock.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(|source| VfioError::Connect { path: path.to_path_buf(), source })?;
@@ -152,14 +145,11 @@ impl UserDevice {
         let ours = wire::VersionRepr {
             major: VERSION_MAJOR,
             minor: VERSION_MINOR,
-            caps: wire::Capabilities {
-                max_msg_fds: OUR_MAX_MSG_FDS,
-                max_data_xfer_size: OUR_MAX_XFER,
-            },
+            caps: wire::Capabilities { max_msg_fds: OUR_MAX_MSG_FDS, max_data_xfer_size: OUR_MAX_XFER },
         };
         let reply = self.transact(Command::Version, &ours.emit(), &[])?;
-        let theirs = wire::VersionRepr::parse(&reply.body)
-            .map_err(|e| self.bad_reply(Command::Version, e.to_string()))?;
+        let theirs =
+            wire::VersionRepr::parse(&reply.body).map_err(|e| self.bad_reply(Command::Version, e.to_string()))?;
         if theirs.major != VERSION_MAJOR || theirs.minor > VERSION_MINOR {
             return Err(VfioError::Version {
                 reason: format!(
@@ -170,10 +160,7 @@ impl UserDevice {
         }
         if theirs.caps.max_data_xfer_size < 8 {
             return Err(VfioError::Version {
-                reason: format!(
-                    "server max_data_xfer_size {} is too small",
-                    theirs.caps.max_data_xfer_size
-                ),
+                reason: format!("server max_data_xfer_size {} is too small", theirs.caps.max_data_xfer_size),
             });
         }
         self.max_xfer = theirs.caps.max_data_xfer_size.min(OUR_MAX_XFER) as usize;
@@ -192,8 +179,7 @@ impl UserDevice {
             self.region_fds.push(fd);
         }
         for index in 0..info.num_irqs {
-            let reply =
-                self.transact(Command::DeviceGetIrqInfo, &wire::irq_info_request(index), &[])?;
+            let reply = self.transact(Command::DeviceGetIrqInfo, &wire::irq_info_request(index), &[])?;
             let irq = wire::parse_irq_info(&reply.body, index)
                 .map_err(|e| self.bad_reply(Command::DeviceGetIrqInfo, e.to_string()))?;
             self.irqs.push(irq);
@@ -214,10 +200,9 @@ impl UserDevice {
                 return Ok((parsed.info, fd));
             }
             if parsed.argsz <= argsz || parsed.argsz > wire::MAX_REGION_INFO_LEN {
-                return Err(self.bad_reply(
-                    cmd,
-                    format!("region {index}: capabilities missing with argsz {}", parsed.argsz),
-                ));
+                return Err(
+                    self.bad_reply(cmd, format!("region {index}: capabilities missing with argsz {}", parsed.argsz))
+                );
             }
             argsz = parsed.argsz;
         }
@@ -300,8 +285,8 @@ impl UserDevice {
         let mut fds_in = Vec::new();
         let mut head = [0u8; HEADER_LEN];
         self.recv_exact(cmd, &mut head, &mut fds_in, deadline, started)?;
-        let h = HeaderRepr::parse(&head)
-            .map_err(|e| VfioError::BadReply { command: cmd.name(), reason: e.to_string() })?;
+        let h =
+            HeaderRepr::parse(&head).map_err(|e| VfioError::BadReply { command: cmd.name(), reason: e.to_string() })?;
         let bad = |reason: String| VfioError::BadReply { command: cmd.name(), reason };
         if h.id != id {
             return Err(bad(format!("reply id {} does not match request id {id}", h.id)));
@@ -363,15 +348,11 @@ impl UserDevice {
     }
 
     fn region(&self, index: u32) -> Result<&RegionInfo, VfioError> {
-        self.regions
-            .get(index as usize)
-            .ok_or_else(|| VfioError::NoSuchRegion { device: self.name.clone(), index })
+        self.regions.get(index as usize).ok_or_else(|| VfioError::NoSuchRegion { device: self.name.clone(), index })
     }
 
     fn irq(&self, index: u32) -> Result<&IrqInfo, VfioError> {
-        self.irqs
-            .get(index as usize)
-            .ok_or_else(|| VfioError::NoSuchIrq { device: self.name.clone(), index })
+        self.irqs.get(index as usize).ok_or_else(|| VfioError::NoSuchIrq { device: self.name.clone(), index })
     }
 
     fn set_irqs(&self, index: u32, flags: u32, start: u32, count: u32, fds: &[RawFd]) -> Result<(), VfioError> {
@@ -400,10 +381,8 @@ impl DeviceIo for UserDevice {
         for chunk in buf.chunks_mut(self.max_xfer) {
             let off = offset + done as u64;
             let count = chunk.len() as u32;
-            let reply =
-                self.transact(cmd, &wire::region_access_request(index, off, count, &[]), &[])?;
-            let r = wire::RegionAccessRepr::parse(&reply.body, true)
-                .map_err(|e| self.bad_reply(cmd, e.to_string()))?;
+            let reply = self.transact(cmd, &wire::region_access_request(index, off, count, &[]), &[])?;
+            let r = wire::RegionAccessRepr::parse(&reply.body, true).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
             if r.count != count || r.region != index || r.offset != off {
                 return Err(self.bad_reply(
                     cmd,
@@ -426,15 +405,11 @@ impl DeviceIo for UserDevice {
         for chunk in data.chunks(self.max_xfer) {
             let off = offset + done as u64;
             let count = chunk.len() as u32;
-            let reply =
-                self.transact(cmd, &wire::region_access_request(index, off, count, chunk), &[])?;
-            let r = wire::RegionAccessRepr::parse(&reply.body, false)
-                .map_err(|e| self.bad_reply(cmd, e.to_string()))?;
+            let reply = self.transact(cmd, &wire::region_access_request(index, off, count, chunk), &[])?;
+            let r =
+                wire::RegionAccessRepr::parse(&reply.body, false).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
             if r.count != count {
-                return Err(self.bad_reply(
-                    cmd,
-                    format!("wrote {count} bytes, reply says {}", r.count),
-                ));
+                return Err(self.bad_reply(cmd, format!("wrote {count} bytes, reply says {}", r.count)));
             }
             done += chunk.len();
         }
@@ -473,12 +448,7 @@ impl DeviceIo for UserDevice {
     fn dma_map(&self, region: &DmaRegion<'_>) -> Result<(), VfioError> {
         let mut table = self.dma.lock().unwrap_or_else(|p| p.into_inner());
         table.check_insert(&self.name, region.iova, region.size)?;
-        let body = wire::dma_map_request(
-            wire::DMA_READ | wire::DMA_WRITE,
-            region.fd_offset,
-            region.iova,
-            region.size,
-        );
+        let body = wire::dma_map_request(wire::DMA_READ | wire::DMA_WRITE, region.fd_offset, region.iova, region.size);
         self.transact(Command::DmaMap, &body, &[region.fd.as_raw_fd()])?;
         table.insert(region.iova, region.size);
         Ok(())
@@ -496,22 +466,13 @@ impl DeviceIo for UserDevice {
         self.transact(Command::DeviceReset, &[], &[]).map(drop)
     }
 
-    fn set_irq_eventfds(
-        &self,
-        index: u32,
-        start: u32,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(), VfioError> {
+    fn set_irq_eventfds(&self, index: u32, start: u32, fds: &[BorrowedFd<'_>]) -> Result<(), VfioError> {
         let irq = self.irq(index)?;
         let end = u32::try_from(fds.len()).ok().and_then(|n| start.checked_add(n));
         if !matches!(end, Some(e) if e <= irq.count) {
             return Err(VfioError::InvalidArgument {
                 device: self.name.clone(),
-                reason: format!(
-                    "irq index {index} has {} vectors, asked {start}+{}",
-                    irq.count,
-                    fds.len()
-                ),
+                reason: format!("irq index {index} has {} vectors, asked {start}+{}", irq.count, fds.len()),
             });
         }
         let flags = vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER;

@@ -225,8 +225,8 @@ impl VersionRepr {
         };
         let mut caps = Capabilities::default();
         if !json.is_empty() {
-            let v: serde_json::Value = serde_json::from_slice(json)
-                .map_err(|e| WireError(format!("capabilities are not JSON: {e}")))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(json).map_err(|e| WireError(format!("capabilities are not JSON: {e}")))?;
             let Some(obj) = v.as_object() else {
                 return err("capabilities JSON is not an object");
             };
@@ -274,11 +274,7 @@ pub const MAX_INDEXES: u32 = 64;
 impl DeviceInfoRepr {
     /// Parse `{argsz, flags, num_regions, num_irqs}`.
     pub fn parse(b: &[u8]) -> Result<DeviceInfoRepr, WireError> {
-        let r = DeviceInfoRepr {
-            flags: u32_at(b, 4)?,
-            num_regions: u32_at(b, 8)?,
-            num_irqs: u32_at(b, 12)?,
-        };
+        let r = DeviceInfoRepr { flags: u32_at(b, 4)?, num_regions: u32_at(b, 8)?, num_irqs: u32_at(b, 12)? };
         if r.num_regions > MAX_INDEXES || r.num_irqs > MAX_INDEXES {
             return err(format!("implausible counts: {} regions, {} irqs", r.num_regions, r.num_irqs));
         }
@@ -479,11 +475,7 @@ pub fn dma_unmap_request(iova: u64, size: u64) -> Vec<u8> {
 
 /// Build a region info buffer with a sparse-mmap capability (used by fakes and tests).
 #[cfg(any(test, feature = "testing"))]
-pub fn region_info_bytes(
-    info: &RegionInfo,
-    argsz_given: u32,
-    extra_cap_first: bool,
-) -> Vec<u8> {
+pub fn region_info_bytes(info: &RegionInfo, argsz_given: u32, extra_cap_first: bool) -> Vec<u8> {
     let mut caps = Vec::new();
     let base = REGION_INFO_LEN;
     if !info.sparse.is_empty() {
@@ -554,11 +546,7 @@ mod tests {
 
     #[test]
     fn version_round_trip_and_defaults() {
-        let v = VersionRepr {
-            major: 0,
-            minor: 1,
-            caps: Capabilities { max_msg_fds: 16, max_data_xfer_size: 4096 },
-        };
+        let v = VersionRepr { major: 0, minor: 1, caps: Capabilities { max_msg_fds: 16, max_data_xfer_size: 4096 } };
         assert_eq!(VersionRepr::parse(&v.emit()).unwrap(), v);
         // No JSON at all: defaults.
         let p = VersionRepr::parse(&[0, 0, 0, 0]).unwrap();
@@ -600,10 +588,7 @@ mod tests {
     #[case(false)]
     #[case(true)]
     fn region_info_with_sparse_cap_parses(#[case] extra_cap_first: bool) {
-        let r = region(vec![
-            SparseArea { offset: 0x1000, size: 0x1000 },
-            SparseArea { offset: 0x6000, size: 0x2000 },
-        ]);
+        let r = region(vec![SparseArea { offset: 0x1000, size: 0x1000 }, SparseArea { offset: 0x6000, size: 0x2000 }]);
         let b = region_info_bytes(&r, MAX_REGION_INFO_LEN, extra_cap_first);
         let p = RegionInfoRepr::parse(&b, 2).unwrap();
         assert!(p.caps_complete);

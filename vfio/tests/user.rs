@@ -111,14 +111,7 @@ impl ServerBackend for Backend {
         Ok(())
     }
 
-    fn set_irqs(
-        &mut self,
-        index: u32,
-        flags: u32,
-        start: u32,
-        count: u32,
-        fds: Vec<File>,
-    ) -> std::io::Result<()> {
+    fn set_irqs(&mut self, index: u32, flags: u32, start: u32, count: u32, fds: Vec<File>) -> std::io::Result<()> {
         let mut st = self.0.lock().unwrap();
         st.irq_calls.push((index, flags, start, count, fds.len()));
         for (i, f) in fds.into_iter().enumerate() {
@@ -138,14 +131,7 @@ struct TestServer {
 
 fn region(index: u32, flags: u32, size: u64, offset: u64) -> ServerRegion {
     ServerRegion {
-        region_info: vb::vfio_region_info {
-            argsz: 32,
-            flags,
-            index,
-            cap_offset: 0,
-            size,
-            offset,
-        },
+        region_info: vb::vfio_region_info { argsz: 32, flags, index, cap_offset: 0, size, offset },
         sparse_areas: vec![],
         mmap_fd: None,
     }
@@ -281,13 +267,7 @@ fn dma_map_hands_the_memory_to_the_server_and_unmap_must_match() {
     let mem = memfd_create(c"dma", MemFdCreateFlag::MFD_CLOEXEC).unwrap();
     nix::unistd::ftruncate(&mem, 0x20000).unwrap();
     nix::sys::uio::pwrite(&mem, b"written by client", 0x1000).unwrap();
-    let map = |iova, size| DmaRegion {
-        iova,
-        size,
-        fd: mem.as_fd(),
-        fd_offset: 0x1000,
-        vaddr: std::ptr::null_mut(),
-    };
+    let map = |iova, size| DmaRegion { iova, size, fd: mem.as_fd(), fd_offset: 0x1000, vaddr: std::ptr::null_mut() };
     dev.dma_map(&map(0x1_0000_0000, 0x10000)).unwrap();
     {
         let st = srv.state.lock().unwrap();
@@ -397,13 +377,8 @@ fn read_msg(s: &mut UnixStream) -> Option<(HeaderRepr, Vec<u8>)> {
 }
 
 fn reply(s: &mut UnixStream, h: &HeaderRepr, body: &[u8]) {
-    let r = HeaderRepr {
-        id: h.id,
-        command: h.command,
-        size: (16 + body.len()) as u32,
-        flags: wire::TYPE_REPLY,
-        error: 0,
-    };
+    let r =
+        HeaderRepr { id: h.id, command: h.command, size: (16 + body.len()) as u32, flags: wire::TYPE_REPLY, error: 0 };
     let _ = s.write_all(&r.emit());
     let _ = s.write_all(body);
 }
