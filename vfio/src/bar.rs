@@ -103,7 +103,7 @@ impl Bar {
         if let Some(p) = self.mapped_ptr(off) {
             // SAFETY: `mapped_ptr` returned a 4-byte aligned pointer with 4 bytes inside a live
             // shared mapping owned by `self.map`; volatile because the device changes it.
-            return Ok(unsafe { p.read_volatile() });
+            return Ok(u32::from_le(unsafe { p.read_volatile() }));
         }
         let mut b = [0u8; 4];
         self.dev.region_read(self.index, off, &mut b)?;
@@ -116,7 +116,7 @@ impl Bar {
         if let Some(p) = self.mapped_ptr(off) {
             // SAFETY: as in `try_read32`: aligned, in bounds, mapping alive; volatile so the store
             // is neither elided nor merged.
-            unsafe { p.write_volatile(value) };
+            unsafe { p.write_volatile(value.to_le()) };
             return Ok(());
         }
         self.dev.region_write(self.index, off, &value.to_le_bytes())

@@ -365,15 +365,29 @@ enum After {
     WrongId,
     /// Close the connection.
     Close,
+    /// Answer with `n` pseudo-random bytes from `seed`, then close.
+    Random(u64, usize),
+    /// Behave: a 64-byte trapped region and 8 MSI-X-like vectors, with small capabilities.
+    Device,
 }
 
-fn read_msg(s: &mut UnixStream) -> Option<(HeaderRepr, Vec<u8>)> {
+/// What a scripted peer saw: command, body length, fds received with it.
+type Log = Arc<Mutex<Vec<(u16, usize, usize)>>>;
+
+fn read_msg(s: &mut UnixStream) -> Option<(HeaderRepr, Vec<u8>, usize)> {
     let mut head = [0u8; 16];
-    s.read_exact(&mut head).ok()?;
+    let mut fds = Vec::new();
+    let mut got = 0;
+    while got < 16 {
+        match lab_vfio::sys::recv_with_fds(s.as_fd(), &mut head[got..], &mut fds) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got += n,
+        }
+    }
     let h = HeaderRepr::parse(&head).ok()?;
     let mut body = vec![0u8; h.size as usize - 16];
     s.read_exact(&mut body).ok()?;
-    Some((h, body))
+    Some((h, body, fds.len()))
 }
 
 fn reply(s: &mut UnixStream, h: &HeaderRepr, body: &[u8]) {
@@ -383,34 +397,72 @@ fn reply(s: &mut UnixStream, h: &HeaderRepr, body: &[u8]) {
     let _ = s.write_all(body);
 }
 
-/// Answers the handshake (one 4 KiB trapped region, no irqs), then misbehaves as told.
-fn scripted(after: After) -> (tempfile::TempDir, PathBuf, JoinHandle<()>) {
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Answers the handshake (one trapped region, 0 or 1 irq index), then behaves as told.
+fn scripted(after: After) -> (tempfile::TempDir, PathBuf, JoinHandle<()>, Log) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
     let l = UnixListener::bind(&path).unwrap();
+    let log: Log = Arc::default();
+    let seen = log.clone();
     let t = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
-        while let Some((h, body)) = read_msg(&mut s) {
+        let device = after == After::Device;
+        let mut mem = [0u8; 64];
+        while let Some((h, body, nfds)) = read_msg(&mut s) {
+            seen.lock().unwrap().push((h.command, body.len(), nfds));
             match h.command {
                 1 => {
-                    let v = wire::VersionRepr { major: 0, minor: 0, caps: Default::default() };
-                    reply(&mut s, &h, &v.emit());
+                    let caps = if device {
+                        wire::Capabilities { max_msg_fds: 2, max_data_xfer_size: 8 }
+                    } else {
+                        Default::default()
+                    };
+                    reply(&mut s, &h, &wire::VersionRepr { major: 0, minor: 0, caps }.emit());
                 }
                 4 => {
                     let mut b = vec![0u8; 16];
                     b[0..4].copy_from_slice(&16u32.to_ne_bytes());
                     b[8..12].copy_from_slice(&1u32.to_ne_bytes());
+                    b[12..16].copy_from_slice(&u32::from(device).to_ne_bytes());
                     reply(&mut s, &h, &b);
                 }
                 5 => {
                     let mut b = body.clone();
                     b[0..4].copy_from_slice(&32u32.to_ne_bytes());
                     b[4..8].copy_from_slice(&3u32.to_ne_bytes());
-                    b[16..24].copy_from_slice(&0x1000u64.to_ne_bytes());
+                    let size: u64 = if device { 64 } else { 0x1000 };
+                    b[16..24].copy_from_slice(&size.to_ne_bytes());
                     reply(&mut s, &h, &b);
                 }
+                7 if device => {
+                    let mut b = body.clone();
+                    b[4..8].copy_from_slice(&vb::VFIO_IRQ_INFO_EVENTFD.to_ne_bytes());
+                    b[12..16].copy_from_slice(&8u32.to_ne_bytes());
+                    reply(&mut s, &h, &b);
+                }
+                8 if device => reply(&mut s, &h, &[]),
+                9 if device => {
+                    let off = u64::from_ne_bytes(body[0..8].try_into().unwrap()) as usize;
+                    let n = u32::from_ne_bytes(body[12..16].try_into().unwrap()) as usize;
+                    let mut b = body[..16].to_vec();
+                    b.extend_from_slice(&mem[off..off + n]);
+                    reply(&mut s, &h, &b);
+                }
+                10 if device => {
+                    let off = u64::from_ne_bytes(body[0..8].try_into().unwrap()) as usize;
+                    let n = body.len() - 16;
+                    mem[off..off + n].copy_from_slice(&body[16..]);
+                    reply(&mut s, &h, &body[..16]);
+                }
                 _ => match after {
-                    After::Silent => {}
+                    After::Silent | After::Device => {}
                     After::Garbage => {
                         let _ = s.write_all(&[0xff; 16]);
                     }
@@ -419,11 +471,17 @@ fn scripted(after: After) -> (tempfile::TempDir, PathBuf, JoinHandle<()>) {
                         reply(&mut s, &wrong, &[0; 16]);
                     }
                     After::Close => return,
+                    After::Random(seed, n) => {
+                        let mut st = seed | 1;
+                        let bytes: Vec<u8> = (0..n).map(|_| xorshift(&mut st) as u8).collect();
+                        let _ = s.write_all(&bytes);
+                        return;
+                    }
                 },
             }
         }
     });
-    (dir, path, t)
+    (dir, path, t, log)
 }
 
 fn connect(path: &Path, timeout: Duration) -> Arc<UserDevice> {
@@ -450,7 +508,7 @@ fn a_server_that_never_answers_times_out_within_the_configured_timeout() {
 
 #[test]
 fn a_timeout_mid_session_poisons_the_connection() {
-    let (_dir, path, t) = scripted(After::Silent);
+    let (_dir, path, t, _) = scripted(After::Silent);
     let dev = connect(&path, Duration::from_millis(150));
     let e = dev.region_write(0, 0, &[1, 2, 3, 4]).unwrap_err();
     assert!(matches!(e, VfioError::Timeout { command: "REGION_WRITE", .. }), "{e}");
@@ -469,7 +527,7 @@ fn a_timeout_mid_session_poisons_the_connection() {
 #[test]
 fn garbage_replies_give_a_clean_error() {
     for after in [After::Garbage, After::WrongId] {
-        let (_dir, path, t) = scripted(after);
+        let (_dir, path, t, _) = scripted(after);
         let dev = connect(&path, Duration::from_secs(2));
         let mut b = [0u8; 4];
         let e = dev.region_read(0, 0, &mut b).unwrap_err();
@@ -495,7 +553,7 @@ fn garbage_replies_give_a_clean_error() {
 
 #[test]
 fn a_vanished_server_makes_is_alive_false() {
-    let (_dir, path, t) = scripted(After::Close);
+    let (_dir, path, t, _) = scripted(After::Close);
     let dev = connect(&path, Duration::from_secs(2));
     assert!(dev.is_alive());
     // The next command makes the server hang up; the client sees EOF.
@@ -514,7 +572,7 @@ fn a_server_that_closes_while_idle_is_detected_by_is_alive() {
     let t = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
         for _ in 0..3 {
-            let Some((h, body)) = read_msg(&mut s) else { return };
+            let Some((h, body, _)) = read_msg(&mut s) else { return };
             match h.command {
                 1 => reply(&mut s, &h, &wire::VersionRepr { major: 0, minor: 0, caps: Default::default() }.emit()),
                 4 => reply(&mut s, &h, &[0u8; 16]),
@@ -536,4 +594,71 @@ fn a_server_that_closes_while_idle_is_detected_by_is_alive() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!dev.is_alive());
+}
+
+#[test]
+fn transfers_and_fd_batches_follow_the_negotiated_capabilities() {
+    let (_dir, path, t, log) = scripted(After::Device);
+    let dev = connect(&path, Duration::from_secs(2));
+    assert_eq!((dev.max_data_xfer_size(), dev.max_msg_fds()), (8, 2));
+    let data: Vec<u8> = (0..20).collect();
+    dev.region_write(0, 4, &data).unwrap();
+    let mut back = [0u8; 20];
+    dev.region_read(0, 4, &mut back).unwrap();
+    assert_eq!(&back[..], &data[..]);
+    let efds: Vec<EventFd> = (0..5).map(|_| EventFd::new().unwrap()).collect();
+    let fds: Vec<_> = efds.iter().map(|e| e.as_fd()).collect();
+    dev.set_irq_eventfds(0, 3, &fds).unwrap();
+    let log = log.lock().unwrap().clone();
+    // Writes: 16-byte access header + 8, 8, 4 bytes of data; reads: three 16-byte requests.
+    let writes: Vec<usize> = log.iter().filter(|e| e.0 == 10).map(|e| e.1 - 16).collect();
+    let reads = log.iter().filter(|e| e.0 == 9).count();
+    assert_eq!((writes, reads), (vec![8, 8, 4], 3));
+    let irq_fds: Vec<usize> = log.iter().filter(|e| e.0 == 8).map(|e| e.2).collect();
+    assert_eq!(irq_fds, vec![2, 2, 1]);
+    drop(dev);
+    t.join().unwrap();
+}
+
+#[test]
+fn random_replies_never_panic_and_always_fail_cleanly() {
+    for seed in 1..=24u64 {
+        let n = [1, 15, 16, 17, 40, 200][seed as usize % 6];
+        let (_dir, path, t, _) = scripted(After::Random(seed * 0x9e37_79b9, n));
+        let dev = connect(&path, Duration::from_millis(300));
+        let mut b = [0u8; 4];
+        let e = dev.region_read(0, 0, &mut b).unwrap_err();
+        assert!(
+            matches!(e, VfioError::BadReply { .. } | VfioError::PeerClosed { .. } | VfioError::Timeout { .. }),
+            "seed {seed}: {e}"
+        );
+        assert!(dev.region_read(0, 0, &mut b).is_err());
+        drop(dev);
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn threads_share_one_connection() {
+    let srv = TestServer::start();
+    let dev = srv.connect();
+    let workers: Vec<_> = (0..4u64)
+        .map(|i| {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                let bar = Bar::open(dev, 0).unwrap();
+                for n in 0..50u32 {
+                    let off = 0x100 * i + 4 * u64::from(n % 8);
+                    let v = (i as u32) << 24 | n;
+                    bar.try_write32(off, v).unwrap();
+                    assert_eq!(bar.try_read32(off).unwrap(), v);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(dev.is_alive());
+    drop(dev);
 }
