@@ -331,10 +331,11 @@ impl RegionInfoRepr {
         let mut info = RegionInfo { index, flags, size, offset, sparse: Vec::new() };
         let has_caps = flags & crate::device::REGION_CAPS != 0;
         let fits = (argsz as usize) <= b.len();
-        let mut caps_complete = !has_caps;
+        // The chain is complete when there is none, or when everything the peer said it needs
+        // arrived (a zero cap_offset then means an empty chain).
+        let caps_complete = !has_caps || fits;
         if has_caps && fits && cap_offset != 0 {
             info.sparse = parse_caps(b, cap_offset as usize, size)?;
-            caps_complete = true;
         }
         Ok(RegionInfoRepr { argsz, info, caps_complete })
     }
