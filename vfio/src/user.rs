@@ -141,6 +141,11 @@ impl UserDevice {
         self.max_send_fds
     }
 
+    /// Why the connection is unusable, if an earlier timeout or malformed reply poisoned it.
+    pub fn poisoned(&self) -> Option<String> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).poisoned.clone()
+    }
+
     fn negotiate(&mut self) -> Result<(), VfioError> {
         let ours = wire::VersionRepr {
             major: VERSION_MAJOR,
@@ -291,7 +296,9 @@ impl UserDevice {
         if h.id != id {
             return Err(bad(format!("reply id {} does not match request id {id}", h.id)));
         }
-        if h.msg_type() != wire::TYPE_REPLY {
+        // Servers before rust-vmm/vfio#144 sent error replies with the command type; the Error
+        // flag alone identifies those.
+        if h.msg_type() != wire::TYPE_REPLY && !h.is_error() {
             return Err(bad(format!("message type {} is not a reply", h.msg_type())));
         }
         if h.command != cmd as u16 {

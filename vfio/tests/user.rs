@@ -516,6 +516,7 @@ fn a_timeout_mid_session_poisons_the_connection() {
     let e = dev.reset().unwrap_err();
     assert!(matches!(e, VfioError::Poisoned { .. }), "{e}");
     assert!(t0.elapsed() < Duration::from_millis(50));
+    assert!(dev.poisoned().unwrap().contains("REGION_WRITE"));
     // A Bar on a poisoned device reads all-ones, as a dead PCI device does.
     let bar = Bar::open(dev.clone(), 0).unwrap();
     assert_eq!(bar.read32(0), u32::MAX);
