@@ -180,9 +180,15 @@ pub(crate) fn check_access(
 }
 
 /// IOVA bookkeeping: maps never overlap, unmaps match a map exactly.
+///
+/// Each map carries a user count so that devices sharing one kernel VFIO container can each
+/// map the same memory: an identical map is shared (`share`), and only the last unmap reaches
+/// the IOMMU. vfio-user connections never share (every map is its own).
 #[derive(Debug, Default)]
 pub(crate) struct DmaTable {
-    maps: BTreeMap<u64, u64>,
+    /// iova -> (size, tag, users); the tag is the host address for kernel VFIO (a shared map
+    /// must be of the same memory), 0 for vfio-user.
+    maps: BTreeMap<u64, (u64, u64, u32)>,
 }
 
 impl DmaTable {
@@ -193,27 +199,46 @@ impl DmaTable {
             device: device.to_string(),
             reason: format!("DMA range iova {iova:#x} size {size:#x} is empty or wraps"),
         })?;
-        if let Some((&start, &len)) = self.maps.range(..end).next_back() {
-            if start + len > iova {
+        if let Some((&start, &(len, _, _))) = self.maps.range(..end).next_back() {
+            if start.saturating_add(len) > iova {
                 return Err(overlap());
             }
         }
         Ok(())
     }
 
-    pub(crate) fn insert(&mut self, iova: u64, size: u64) {
-        self.maps.insert(iova, size);
+    /// Record a new map with one user.
+    pub(crate) fn insert(&mut self, iova: u64, size: u64, tag: u64) {
+        self.maps.insert(iova, (size, tag, 1));
     }
 
-    pub(crate) fn check_remove(&self, device: &str, iova: u64, size: u64) -> Result<(), VfioError> {
+    /// If exactly this range is mapped (same tag), add a user and return true.
+    pub(crate) fn share(&mut self, iova: u64, size: u64, tag: u64) -> bool {
+        match self.maps.get_mut(&iova) {
+            Some((s, t, users)) if *s == size && *t == tag => {
+                *users = users.saturating_add(1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Refuses an unmap that does not match a map exactly; returns the map's user count.
+    pub(crate) fn check_remove(&self, device: &str, iova: u64, size: u64) -> Result<u32, VfioError> {
         match self.maps.get(&iova) {
-            Some(&s) if s == size => Ok(()),
+            Some(&(s, _, users)) if s == size => Ok(users),
             _ => Err(VfioError::DmaNotMapped { device: device.to_string(), iova, size }),
         }
     }
 
+    /// Drop one user of the map at `iova`; the entry goes with its last user.
     pub(crate) fn remove(&mut self, iova: u64) {
-        self.maps.remove(&iova);
+        if let Some((_, _, users)) = self.maps.get_mut(&iova) {
+            *users = users.saturating_sub(1);
+            if *users == 0 {
+                self.maps.remove(&iova);
+            }
+        }
     }
 
     #[cfg(test)]
@@ -236,7 +261,7 @@ mod tests {
     #[case(0x2000, 0x1000, false)] // just above
     fn dma_table_refuses_overlaps(#[case] iova: u64, #[case] size: u64, #[case] overlaps: bool) {
         let mut t = DmaTable::default();
-        t.insert(0x1000, 0x1000);
+        t.insert(0x1000, 0x1000, 0);
         let r = t.check_insert("d", iova, size);
         assert_eq!(matches!(r, Err(VfioError::DmaOverlap { .. })), overlaps, "{r:?}");
     }
@@ -251,10 +276,24 @@ mod tests {
     #[test]
     fn dma_unmap_must_match_exactly() {
         let mut t = DmaTable::default();
-        t.insert(0x1000, 0x2000);
+        t.insert(0x1000, 0x2000, 0);
         assert!(t.check_remove("d", 0x1000, 0x1000).is_err());
         assert!(t.check_remove("d", 0x2000, 0x1000).is_err());
-        assert!(t.check_remove("d", 0x1000, 0x2000).is_ok());
+        assert_eq!(t.check_remove("d", 0x1000, 0x2000).unwrap(), 1);
+        t.remove(0x1000);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn identical_maps_are_shared_until_the_last_unmap() {
+        let mut t = DmaTable::default();
+        t.insert(0x1000, 0x2000, 0);
+        assert!(!t.share(0x1000, 0x1000, 0));
+        assert!(!t.share(0x1000, 0x2000, 0x7000));
+        assert!(t.share(0x1000, 0x2000, 0));
+        assert_eq!(t.check_remove("d", 0x1000, 0x2000).unwrap(), 2);
+        t.remove(0x1000);
+        assert_eq!(t.check_remove("d", 0x1000, 0x2000).unwrap(), 1);
         t.remove(0x1000);
         assert_eq!(t.len(), 0);
     }

@@ -314,6 +314,24 @@ impl VfioSys for FakeVfio {
         Ok(())
     }
 
+    fn group_unset_container(&self, group: BorrowedFd<'_>) -> io::Result<()> {
+        let gid = file_id(group)?;
+        let mut st = self.st();
+        st.calls.push("GROUP_UNSET_CONTAINER");
+        let n = *st.group_files.get(&gid).ok_or_else(|| errno(libc::ENOTTY))?;
+        let g = st.groups.get_mut(&n).ok_or_else(|| errno(libc::ENODEV))?;
+        let cid = g.container.take().ok_or_else(|| errno(libc::EINVAL))?;
+        if let Some(c) = st.containers.get_mut(&cid) {
+            c.groups.retain(|&x| x != n);
+            if c.groups.is_empty() {
+                // As the kernel does: the last group takes the IOMMU and its mappings along.
+                c.iommu = None;
+                c.maps.clear();
+            }
+        }
+        Ok(())
+    }
+
     fn group_device_fd(&self, group: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
         let gid = file_id(group)?;
         let device = {

@@ -6,9 +6,10 @@
 //! [`Container::from_fd`] and [`Group::from_fd`], then ask for the device fd themselves. All
 //! syscalls go through [`VfioSys`], so this logic is tested against `FakeVfio`.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use vfio_bindings::bindings::vfio as vb;
 
@@ -22,8 +23,12 @@ use crate::{DeviceIo, DmaRegion, VfioError};
 pub struct Container {
     sys: Arc<dyn VfioSys>,
     fd: OwnedFd,
-    /// IOMMU type to set when the first group is attached; `None` once set (or adopted).
-    pending_iommu: Mutex<Option<u32>>,
+    /// IOMMU type to set whenever a group is attached to an empty container; `None` for an
+    /// adopted container (the primary owns its IOMMU setup).
+    kind: Option<u32>,
+    /// Groups this process attached and has not released. The kernel drops the IOMMU (and every
+    /// DMA map) when the last group leaves, so the next attach must set it again.
+    attached: Mutex<u32>,
     dma: Mutex<DmaTable>,
 }
 
@@ -50,7 +55,7 @@ impl Container {
         }
         let kind = kind.ok_or(VfioError::NoIommuType)?;
         tracing::debug!(iommu_type = kind, "VFIO container opened");
-        Ok(Container { sys, fd, pending_iommu: Mutex::new(Some(kind)), dma: Mutex::new(DmaTable::default()) })
+        Ok(Container { sys, fd, kind: Some(kind), attached: Mutex::new(0), dma: Mutex::new(DmaTable::default()) })
     }
 
     /// Adopt a container fd received from the primary (IOMMU already set).
@@ -60,7 +65,7 @@ impl Container {
 
     /// Adopt a container fd, issuing syscalls through `sys`.
     pub fn from_fd_with(sys: Arc<dyn VfioSys>, fd: OwnedFd) -> Container {
-        Container { sys, fd, pending_iommu: Mutex::new(None), dma: Mutex::new(DmaTable::default()) }
+        Container { sys, fd, kind: None, attached: Mutex::new(0), dma: Mutex::new(DmaTable::default()) }
     }
 
     /// The container fd, to send to secondaries.
@@ -68,44 +73,65 @@ impl Container {
         self.fd.as_fd()
     }
 
-    /// Attach `group` to this container; the first attach sets the IOMMU type.
-    pub fn attach(&self, group: &Group) -> Result<(), VfioError> {
+    /// Attach `group` to this container; attaching to an empty container sets the IOMMU type.
+    /// The group detaches itself (VFIO_GROUP_UNSET_CONTAINER) when dropped.
+    pub fn attach(self: &Arc<Self>, group: &Group) -> Result<(), VfioError> {
         let dev = format!("group {}", group.number);
+        let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
         self.sys.group_set_container(group.as_fd(), self.fd.as_fd()).map_err(|source| VfioError::Ioctl {
             op: "VFIO_GROUP_SET_CONTAINER",
             device: dev.clone(),
             source,
         })?;
-        let mut pending = self.pending_iommu.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(kind) = *pending {
-            self.sys.set_iommu(self.fd.as_fd(), kind).map_err(|source| VfioError::Ioctl {
-                op: "VFIO_SET_IOMMU",
-                device: dev,
-                source,
-            })?;
-            *pending = None;
+        if let (0, Some(kind)) = (*attached, self.kind) {
+            if let Err(source) = self.sys.set_iommu(self.fd.as_fd(), kind) {
+                // Undo the attach so the group is left as we found it.
+                let _ = self.sys.group_unset_container(group.as_fd());
+                return Err(VfioError::Ioctl { op: "VFIO_SET_IOMMU", device: dev, source });
+            }
         }
+        *attached += 1;
+        *group.attached_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(self));
         Ok(())
     }
 
+    /// A group this process attached was released.
+    fn detached(&self) {
+        let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        *attached = attached.saturating_sub(1);
+        if *attached == 0 && self.kind.is_some() {
+            // The kernel released the IOMMU with the last group, and every DMA map with it.
+            *self.dma.lock().unwrap_or_else(|p| p.into_inner()) = DmaTable::default();
+        }
+    }
+
     /// Map `size` bytes at `vaddr` (this process) to `iova` for every device in the container.
-    /// Refuses overlap with an existing map.
+    /// Mapping exactly the same memory at the same IOVA again (a second device of the container)
+    /// shares the map; any other overlap is refused.
     pub fn dma_map(&self, vaddr: u64, iova: u64, size: u64) -> Result<(), VfioError> {
         let mut t = self.dma.lock().unwrap_or_else(|p| p.into_inner());
+        if t.share(iova, size, vaddr) {
+            tracing::debug!(iova, size, "DMA map shared with another device of the container");
+            return Ok(());
+        }
         t.check_insert("container", iova, size)?;
         self.sys.map_dma(self.fd.as_fd(), vaddr, iova, size).map_err(|source| VfioError::Ioctl {
             op: "VFIO_IOMMU_MAP_DMA",
             device: "container".into(),
             source,
         })?;
-        t.insert(iova, size);
+        t.insert(iova, size, vaddr);
         Ok(())
     }
 
-    /// Undo a `dma_map`; `iova` and `size` must match it exactly.
+    /// Undo a `dma_map`; `iova` and `size` must match it exactly. The IOMMU mapping goes with
+    /// its last user.
     pub fn dma_unmap(&self, iova: u64, size: u64) -> Result<(), VfioError> {
         let mut t = self.dma.lock().unwrap_or_else(|p| p.into_inner());
-        t.check_remove("container", iova, size)?;
+        if t.check_remove("container", iova, size)? > 1 {
+            t.remove(iova);
+            return Ok(());
+        }
         self.sys.unmap_dma(self.fd.as_fd(), iova, size).map_err(|source| VfioError::Ioctl {
             op: "VFIO_IOMMU_UNMAP_DMA",
             device: "container".into(),
@@ -122,6 +148,22 @@ pub struct Group {
     sys: Arc<dyn VfioSys>,
     fd: OwnedFd,
     number: u32,
+    /// The container this process attached the group to (none for an adopted group).
+    attached_to: Mutex<Option<Weak<Container>>>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let attached = self.attached_to.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(container) = attached {
+            if let Err(e) = self.sys.group_unset_container(self.fd.as_fd()) {
+                tracing::warn!(group = self.number, error = %e, "VFIO_GROUP_UNSET_CONTAINER failed");
+            }
+            if let Some(c) = container.upgrade() {
+                c.detached();
+            }
+        }
+    }
 }
 
 impl Group {
@@ -141,7 +183,7 @@ impl Group {
         if flags & vb::VFIO_GROUP_FLAGS_VIABLE == 0 {
             return Err(VfioError::GroupNotViable { group: number });
         }
-        Ok(Group { sys, fd, number })
+        Ok(Group { sys, fd, number, attached_to: Mutex::new(None) })
     }
 
     /// Adopt a group fd received from the primary (already attached to its container).
@@ -151,7 +193,7 @@ impl Group {
 
     /// Adopt a group fd, issuing syscalls through `sys`.
     pub fn from_fd_with(sys: Arc<dyn VfioSys>, fd: OwnedFd, number: u32) -> Group {
-        Group { sys, fd, number }
+        Group { sys, fd, number, attached_to: Mutex::new(None) }
     }
 
     /// The IOMMU group number.
@@ -190,6 +232,96 @@ impl AdoptedFds {
     }
 }
 
+/// Kernel VFIO state of one process, as DPDK keeps it: one container, each group opened once
+/// and shared by every device in it (the functions of a dual-port NIC often share a group).
+///
+/// A primary lets the context open the container and groups on demand; a secondary first
+/// adopts the primary's container and group fds. Groups close when their last device goes.
+#[derive(Debug)]
+pub struct VfioContext {
+    sys: Arc<dyn VfioSys>,
+    container: Mutex<Option<Arc<Container>>>,
+    groups: Mutex<HashMap<u32, Weak<Group>>>,
+    /// Adopted groups are kept open for the life of the context (the primary owns them).
+    adopted: Mutex<Vec<Arc<Group>>>,
+}
+
+impl Default for VfioContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VfioContext {
+    /// A context over the real kernel (`/dev/vfio`).
+    pub fn new() -> Self {
+        Self::with_sys(Arc::new(RealVfio::new()))
+    }
+
+    /// A context issuing its syscalls through `sys`.
+    pub fn with_sys(sys: Arc<dyn VfioSys>) -> Self {
+        VfioContext {
+            sys,
+            container: Mutex::new(None),
+            groups: Mutex::new(HashMap::new()),
+            adopted: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Secondary: use the primary's container fd (its IOMMU is already set). Replaces nothing:
+    /// fails if this context already has a container.
+    pub fn adopt_container(&self, fd: OwnedFd) -> Result<Arc<Container>, VfioError> {
+        let mut c = self.container.lock().unwrap_or_else(|p| p.into_inner());
+        if c.is_some() {
+            return Err(VfioError::InvalidArgument {
+                device: "container".into(),
+                reason: "this process already has a VFIO container".into(),
+            });
+        }
+        let container = Arc::new(Container::from_fd_with(self.sys.clone(), fd));
+        *c = Some(container.clone());
+        Ok(container)
+    }
+
+    /// Secondary: use the primary's fd for group `number` (already attached to its container).
+    pub fn adopt_group(&self, number: u32, fd: OwnedFd) -> Arc<Group> {
+        let group = Arc::new(Group::from_fd_with(self.sys.clone(), fd, number));
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(number, Arc::downgrade(&group));
+        self.adopted.lock().unwrap_or_else(|p| p.into_inner()).push(group.clone());
+        group
+    }
+
+    /// The container, opened on first use.
+    pub fn container(&self) -> Result<Arc<Container>, VfioError> {
+        let mut c = self.container.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = c.as_ref() {
+            return Ok(c.clone());
+        }
+        let container = Arc::new(Container::open_with(self.sys.clone())?);
+        *c = Some(container.clone());
+        Ok(container)
+    }
+
+    /// Group `number`, opened and attached to the container on first use.
+    pub fn group(&self, number: u32) -> Result<Arc<Group>, VfioError> {
+        let container = self.container()?;
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = groups.get(&number).and_then(Weak::upgrade) {
+            return Ok(g);
+        }
+        let group = Arc::new(Group::open_with(self.sys.clone(), number)?);
+        container.attach(&group)?;
+        groups.insert(number, Arc::downgrade(&group));
+        Ok(group)
+    }
+
+    /// Open device `name` (its BDF) of group `number`.
+    pub fn open_device(&self, name: &str, number: u32) -> Result<KernelDevice, VfioError> {
+        let group = self.group(number)?;
+        KernelDevice::from_group(name, self.container()?, group)
+    }
+}
+
 /// A PCI function bound to vfio-pci.
 #[derive(Debug)]
 pub struct KernelDevice {
@@ -219,19 +351,12 @@ impl KernelDevice {
         group_no: u32,
         adopted: Option<AdoptedFds>,
     ) -> Result<KernelDevice, VfioError> {
-        let (container, group) = match adopted {
-            Some(fds) => (
-                Container::from_fd_with(sys.clone(), fds.container),
-                Group::from_fd_with(sys.clone(), fds.group, group_no),
-            ),
-            None => {
-                let container = Container::open_with(sys.clone())?;
-                let group = Group::open_with(sys.clone(), group_no)?;
-                container.attach(&group)?;
-                (container, group)
-            }
-        };
-        Self::from_group(name, Arc::new(container), Arc::new(group))
+        let ctx = VfioContext::with_sys(sys);
+        if let Some(fds) = adopted {
+            ctx.adopt_container(fds.container)?;
+            ctx.adopt_group(group_no, fds.group);
+        }
+        ctx.open_device(name, group_no)
     }
 
     /// Open device `name` from an attached group (several devices may share one).
@@ -478,7 +603,7 @@ mod tests {
             true,
             vec![FakeDevice::nic(BDF)],
         ));
-        open(&f);
+        let _dev = open(&f);
         assert_eq!(f.iommu_type(), Some(vb::VFIO_TYPE1_IOMMU));
         let f = Arc::new(FakeVfio::new().with_extensions(vec![]));
         assert!(matches!(Container::open_with(f), Err(VfioError::NoIommuType)));
@@ -635,5 +760,61 @@ mod tests {
         assert_eq!(sets[0].flags, vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER);
         assert_eq!((sets[1].count, sets[1].fds), (0, 0));
         assert_eq!(f.resets(BDF), 1);
+    }
+
+    #[test]
+    fn releasing_the_last_device_detaches_the_group_and_a_reattach_starts_afresh() {
+        let f = fake();
+        let ctx = VfioContext::with_sys(f.clone());
+        let mem = nix::sys::memfd::memfd_create(c"dma", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let r =
+            DmaRegion { iova: 0x1_0000_0000, size: 0x1000, fd: mem.as_fd(), fd_offset: 0, vaddr: std::ptr::null_mut() };
+        let dev = ctx.open_device(BDF, 12).unwrap();
+        dev.dma_map(&r).unwrap();
+        drop(dev);
+        // The group left the container: the kernel dropped the IOMMU and the map.
+        assert_eq!(f.iommu_type(), None);
+        assert!(f.iommu_maps().is_empty());
+        assert!(f.calls().contains(&"GROUP_UNSET_CONTAINER"));
+        // Hotplug the same device again: group re-opened, IOMMU set again, same map accepted.
+        let dev = ctx.open_device(BDF, 12).unwrap();
+        assert_eq!(f.calls().iter().filter(|&&c| c == "SET_IOMMU").count(), 2);
+        dev.dma_map(&r).unwrap();
+        assert_eq!(f.iommu_maps().len(), 1);
+    }
+
+    #[test]
+    fn a_second_device_of_an_open_group_reuses_it() {
+        const BDF2: &str = "0000:01:00.1";
+        let f = Arc::new(FakeVfio::new().with_group(12, true, vec![FakeDevice::nic(BDF), FakeDevice::nic(BDF2)]));
+        let ctx = VfioContext::with_sys(f.clone());
+        let a = ctx.open_device(BDF, 12).unwrap();
+        let b = ctx.open_device(BDF2, 12).unwrap();
+        assert!(Arc::ptr_eq(a.group(), b.group()));
+        drop(a);
+        // The group stays attached while b uses it.
+        assert!(!f.calls().contains(&"GROUP_UNSET_CONTAINER"));
+        assert_eq!(f.iommu_type(), Some(vb::VFIO_TYPE1v2_IOMMU));
+        drop(b);
+        assert!(f.calls().contains(&"GROUP_UNSET_CONTAINER"));
+    }
+
+    #[test]
+    fn adopted_groups_are_not_detached_by_the_secondary() {
+        let f = fake();
+        let primary = open(&f);
+        let secondary = KernelDevice::open_with(
+            f.clone(),
+            BDF,
+            12,
+            Some(AdoptedFds {
+                container: primary.container().as_fd().try_clone_to_owned().unwrap(),
+                group: primary.group().as_fd().try_clone_to_owned().unwrap(),
+            }),
+        )
+        .unwrap();
+        drop(secondary);
+        assert!(!f.calls().contains(&"GROUP_UNSET_CONTAINER"));
+        assert_eq!(f.iommu_type(), Some(vb::VFIO_TYPE1v2_IOMMU));
     }
 }

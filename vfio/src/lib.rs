@@ -46,7 +46,7 @@ pub use device::{
     MSIX_IRQ_INDEX, REGION_CAPS, REGION_MMAP, REGION_READ, REGION_WRITE,
 };
 pub use error::VfioError;
-pub use kernel::{AdoptedFds, Container, Group, KernelDevice};
+pub use kernel::{AdoptedFds, Container, Group, KernelDevice, VfioContext};
 pub use pci::{open_pci, OpenOptions, VFIO_USER_SOCKET};
 pub use sys::{RealVfio, VfioSys};
 pub use user::UserDevice;

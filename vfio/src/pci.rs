@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::kernel::{AdoptedFds, KernelDevice};
+use crate::kernel::{AdoptedFds, KernelDevice, VfioContext};
 use crate::sys::{RealVfio, VfioSys};
 use crate::user::{UserDevice, DEFAULT_TIMEOUT};
 use crate::{DeviceIo, VfioError};
@@ -26,11 +26,21 @@ pub struct OpenOptions {
     pub vfio_dir: PathBuf,
     /// The syscall layer for kernel VFIO (`None`: the real kernel under `vfio_dir`).
     pub sys: Option<Arc<dyn VfioSys>>,
+    /// The process's kernel VFIO context (one container, groups shared by their devices). With
+    /// it, `adopted` and `sys` are ignored: a secondary adopts into the context beforehand.
+    /// Without it, each kernel device gets a container of its own.
+    pub kernel: Option<Arc<VfioContext>>,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { timeout: DEFAULT_TIMEOUT, adopted: None, vfio_dir: PathBuf::from("/dev/vfio"), sys: None }
+        OpenOptions {
+            timeout: DEFAULT_TIMEOUT,
+            adopted: None,
+            vfio_dir: PathBuf::from("/dev/vfio"),
+            sys: None,
+            kernel: None,
+        }
     }
 }
 
@@ -67,6 +77,10 @@ pub fn open_pci(sysfs_dir: &Path, opts: &OpenOptions) -> Result<Box<dyn DeviceIo
     if node.symlink_metadata().is_err() {
         return Err(not_usable(format!("{} missing", node.display())));
     }
+    tracing::debug!(device = %addr, group, "using kernel VFIO");
+    if let Some(ctx) = &opts.kernel {
+        return Ok(Box::new(ctx.open_device(&addr, group)?));
+    }
     let sys: Arc<dyn VfioSys> = match &opts.sys {
         Some(s) => s.clone(),
         None => Arc::new(RealVfio::with_dir(&opts.vfio_dir)),
@@ -75,7 +89,6 @@ pub fn open_pci(sysfs_dir: &Path, opts: &OpenOptions) -> Result<Box<dyn DeviceIo
         Some(fds) => Some(fds.try_clone().map_err(|source| VfioError::OpenGroup { group, source })?),
         None => None,
     };
-    tracing::debug!(device = %addr, group, "using kernel VFIO");
     Ok(Box::new(KernelDevice::open_with(sys, &addr, group, adopted)?))
 }
 
@@ -172,6 +185,45 @@ mod tests {
         let o = OpenOptions { adopted: Some(adopted), ..opts(&s, Some(fake)) };
         let dev = open_pci(&s.dev, &o).unwrap();
         assert_eq!(dev.regions(), primary.regions());
+    }
+
+    #[test]
+    fn devices_of_one_group_share_the_process_context_and_its_dma_maps() {
+        const BDF2: &str = "0000:01:00.1";
+        let s = sysfs(Some("vfio-pci"), Some(12), true);
+        let root = s.dev.parent().unwrap().to_path_buf();
+        let dev2_dir = root.join(BDF2);
+        std::fs::create_dir_all(&dev2_dir).unwrap();
+        symlink("../../bus/pci/drivers/vfio-pci", dev2_dir.join("driver")).unwrap();
+        symlink("../../kernel/iommu_groups/12", dev2_dir.join("iommu_group")).unwrap();
+        let fake = Arc::new(FakeVfio::new().with_group(12, true, vec![FakeDevice::nic(BDF), FakeDevice::nic(BDF2)]));
+        let ctx = Arc::new(VfioContext::with_sys(fake.clone()));
+        let o = OpenOptions { kernel: Some(ctx), ..opts(&s, None) };
+        let a = open_pci(&s.dev, &o).unwrap();
+        let b = open_pci(&dev2_dir, &o).unwrap();
+        assert_eq!((a.name(), b.name()), (BDF, BDF2));
+        let count = |c: &str| fake.calls().iter().filter(|&&x| x == c).count();
+        assert_eq!((count("GROUP_SET_CONTAINER"), count("SET_IOMMU")), (1, 1));
+        // Both ports map the same shared memory: one IOMMU map, removed with its last user.
+        let mem = nix::sys::memfd::memfd_create(c"m", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let r = crate::DmaRegion {
+            iova: 0x1_0000_0000,
+            size: 0x20_0000,
+            fd: std::os::fd::AsFd::as_fd(&mem),
+            fd_offset: 0,
+            vaddr: 0x7f00_0000_0000usize as *mut u8,
+        };
+        a.dma_map(&r).unwrap();
+        b.dma_map(&r).unwrap();
+        assert_eq!(count("IOMMU_MAP_DMA"), 1);
+        let other = crate::DmaRegion { vaddr: 0x7e00_0000_0000usize as *mut u8, ..r };
+        assert!(matches!(b.dma_map(&other), Err(VfioError::DmaOverlap { .. })));
+        a.dma_unmap(r.iova, r.size).unwrap();
+        assert_eq!((count("IOMMU_UNMAP_DMA"), fake.iommu_maps().len()), (0, 1));
+        b.dma_unmap(r.iova, r.size).unwrap();
+        assert_eq!((count("IOMMU_UNMAP_DMA"), fake.iommu_maps().len()), (1, 0));
+        // Dropping every device of the group closes it; the next open re-opens and re-attaches.
+        drop((a, b));
     }
 
     #[test]

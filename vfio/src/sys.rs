@@ -117,6 +117,8 @@ pub trait VfioSys: Send + Sync + fmt::Debug {
     fn group_status(&self, group: BorrowedFd<'_>) -> io::Result<u32>;
     /// `VFIO_GROUP_SET_CONTAINER`.
     fn group_set_container(&self, group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> io::Result<()>;
+    /// `VFIO_GROUP_UNSET_CONTAINER`.
+    fn group_unset_container(&self, group: BorrowedFd<'_>) -> io::Result<()>;
     /// `VFIO_GROUP_GET_DEVICE_FD` for the device named `name` (its BDF).
     fn group_device_fd(&self, group: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd>;
     /// `VFIO_DEVICE_GET_INFO`.
@@ -157,6 +159,7 @@ const CHECK_EXTENSION: libc::c_ulong = vfio_io(1);
 const SET_IOMMU: libc::c_ulong = vfio_io(2);
 const GROUP_GET_STATUS: libc::c_ulong = vfio_io(3);
 const GROUP_SET_CONTAINER: libc::c_ulong = vfio_io(4);
+const GROUP_UNSET_CONTAINER: libc::c_ulong = vfio_io(5);
 const GROUP_GET_DEVICE_FD: libc::c_ulong = vfio_io(6);
 const DEVICE_GET_INFO: libc::c_ulong = vfio_io(7);
 const DEVICE_GET_REGION_INFO: libc::c_ulong = vfio_io(8);
@@ -257,6 +260,12 @@ impl VfioSys for RealVfio {
         // SAFETY: the kernel reads one c_int (the container fd) through the pointer, which points
         // at a live local.
         check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_SET_CONTAINER as _, &fd) })?;
+        Ok(())
+    }
+
+    fn group_unset_container(&self, group: BorrowedFd<'_>) -> io::Result<()> {
+        // SAFETY: VFIO_GROUP_UNSET_CONTAINER takes no argument.
+        check(unsafe { libc::ioctl(group.as_raw_fd(), GROUP_UNSET_CONTAINER as _) })?;
         Ok(())
     }
 

@@ -457,7 +457,7 @@ impl DeviceIo for UserDevice {
         table.check_insert(&self.name, region.iova, region.size)?;
         let body = wire::dma_map_request(wire::DMA_READ | wire::DMA_WRITE, region.fd_offset, region.iova, region.size);
         self.transact(Command::DmaMap, &body, &[region.fd.as_raw_fd()])?;
-        table.insert(region.iova, region.size);
+        table.insert(region.iova, region.size, 0);
         Ok(())
     }
 
