@@ -16,10 +16,11 @@
 //!      `docs/interop/vfio-user.rst`), with checked replies, a deadline on every reply and a
 //!      poisoned state after a desync. The message layouts it reads and writes are checked views
 //!      in `wire.rs`.
-//!    - [`KernelDevice`] (`kernel.rs`): container, group and device fd, in the DPDK shape where
-//!      secondaries adopt the primary's container and group fds. Its syscalls go through the
-//!      [`VfioSys`] seam (`sys.rs`), with `FakeVfio` (`fake.rs`, feature `testing`) standing in
-//!      for `/dev/vfio` in tests.
+//!    - [`KernelDevice`] (`kernel.rs`): container, group and device fd, in the DPDK shape: a
+//!      [`VfioContext`] per process holds one container and opens each group once (devices of
+//!      one group share it, and identical DMA maps are shared); secondaries adopt the primary's
+//!      container and group fds. Syscalls go through the [`VfioSys`] seam (`sys.rs`), with
+//!      `FakeVfio` (`fake.rs`, feature `testing`) standing in for `/dev/vfio` in tests.
 //! 4. [`open_pci`] (`pci.rs`): picks the transport from a sysfs device directory, or says in
 //!    one line why the device cannot be used.
 //!
