@@ -23,21 +23,24 @@ fn err<T>(msg: impl Into<String>) -> Result<T, WireError> {
 }
 
 fn u16_at(b: &[u8], off: usize) -> Result<u16, WireError> {
-    b.get(off..off + 2)
+    off.checked_add(2)
+        .and_then(|end| b.get(off..end))
         .and_then(|s| s.try_into().ok())
         .map(u16::from_ne_bytes)
         .ok_or_else(|| WireError(format!("truncated: need u16 at {off}, have {} bytes", b.len())))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, WireError> {
-    b.get(off..off + 4)
+    off.checked_add(4)
+        .and_then(|end| b.get(off..end))
         .and_then(|s| s.try_into().ok())
         .map(u32::from_ne_bytes)
         .ok_or_else(|| WireError(format!("truncated: need u32 at {off}, have {} bytes", b.len())))
 }
 
 fn u64_at(b: &[u8], off: usize) -> Result<u64, WireError> {
-    b.get(off..off + 8)
+    off.checked_add(8)
+        .and_then(|end| b.get(off..end))
         .and_then(|s| s.try_into().ok())
         .map(u64::from_ne_bytes)
         .ok_or_else(|| WireError(format!("truncated: need u64 at {off}, have {} bytes", b.len())))
@@ -348,6 +351,9 @@ fn parse_caps(b: &[u8], first: usize, region_size: u64) -> Result<Vec<SparseArea
     for _ in 0..MAX_CAPS {
         if at < REGION_INFO_LEN {
             return err(format!("capability at {at} overlaps the region info"));
+        }
+        if at >= b.len() {
+            return err(format!("capability at {at} is past the end ({} bytes)", b.len()));
         }
         let id = u16_at(b, at)?;
         let _version = u16_at(b, at + 2)?;
