@@ -325,15 +325,17 @@ impl VfioContext {
 /// A PCI function bound to vfio-pci.
 #[derive(Debug)]
 pub struct KernelDevice {
+    // Fields drop in declaration order: the device fd must close before the group may leave
+    // its container (the kernel refuses UNSET_CONTAINER while a device of the group is open).
+    fd: OwnedFd,
     name: String,
     sys: Arc<dyn VfioSys>,
-    container: Arc<Container>,
-    group: Arc<Group>,
-    fd: OwnedFd,
     flags: u32,
     regions: Vec<RegionInfo>,
     irqs: Vec<IrqInfo>,
     alive: AtomicBool,
+    group: Arc<Group>,
+    container: Arc<Container>,
 }
 
 impl KernelDevice {
