@@ -819,4 +819,16 @@ mod tests {
         assert!(!f.calls().contains(&"GROUP_UNSET_CONTAINER"));
         assert_eq!(f.iommu_type(), Some(vb::VFIO_TYPE1v2_IOMMU));
     }
+
+    #[test]
+    fn kernel_device_open_on_a_machine_without_vfio_says_so_in_one_line() {
+        if std::path::Path::new("/dev/vfio/vfio").exists() {
+            return; // a VFIO host: nothing to check here
+        }
+        let e = KernelDevice::open(BDF, 12).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kernel VFIO unavailable: /dev/vfio/vfio does not exist (load vfio-pci and bind the device, see ci/real-nic.sh)"
+        );
+    }
 }
