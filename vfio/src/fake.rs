@@ -438,3 +438,288 @@ impl VfioSys for FakeVfio {
         })
     }
 }
+
+/// Hook called on a trapped region access: `(region, offset, data)`. A read hook may rewrite
+/// `data` (what the driver reads); a write hook sees what the driver wrote after it is stored.
+/// Hooks run under a lock: use `MemDevice::poke`/`peek` inside them, never `region_read`/`write`.
+pub type AccessHook = Box<dyn Fn(u32, u64, &mut [u8]) + Send + Sync>;
+
+/// A `DeviceIo` whose registers are plain memory, for driver unit tests.
+///
+/// Regions live in one memfd (region `i` at `i << 20`), so trapped accesses (`pread`/`pwrite`)
+/// and mmapped sparse areas see the same bytes. Hooks add register behaviour (self-clearing
+/// bits, read-to-clear); `unplug` makes it behave like a device that vanished. DMA maps,
+/// resets and irq eventfds are recorded; `signal_irq` raises a vector.
+pub struct MemDevice {
+    name: String,
+    mem: OwnedFd,
+    regions: Vec<RegionInfo>,
+    irqs: Vec<IrqInfo>,
+    alive: std::sync::atomic::AtomicBool,
+    read_hook: Mutex<Option<AccessHook>>,
+    write_hook: Mutex<Option<AccessHook>>,
+    record: Mutex<MemRecord>,
+}
+
+#[derive(Default)]
+struct MemRecord {
+    dma: crate::device::DmaTable,
+    resets: u32,
+    irq_fds: BTreeMap<(u32, u32), OwnedFd>,
+}
+
+impl std::fmt::Debug for MemDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemDevice").field("name", &self.name).field("regions", &self.regions).finish()
+    }
+}
+
+impl MemDevice {
+    /// A device with `regions` (sizes up to `FAKE_REGION_STRIDE`; `offset` is assigned) and
+    /// `irqs`.
+    pub fn new(name: &str, regions: Vec<FakeRegion>, irqs: Vec<IrqInfo>) -> io::Result<MemDevice> {
+        let mem = memfd(c"mem-device")?;
+        nix::unistd::ftruncate(&mem, (regions.len() as u64 * FAKE_REGION_STRIDE) as i64)?;
+        let regions = regions
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| RegionInfo {
+                index: i as u32,
+                flags: r.flags,
+                size: r.size.min(FAKE_REGION_STRIDE),
+                offset: i as u64 * FAKE_REGION_STRIDE,
+                sparse: r.sparse,
+            })
+            .collect();
+        Ok(MemDevice {
+            name: name.to_string(),
+            mem,
+            regions,
+            irqs,
+            alive: std::sync::atomic::AtomicBool::new(true),
+            read_hook: Mutex::new(None),
+            write_hook: Mutex::new(None),
+            record: Mutex::new(MemRecord::default()),
+        })
+    }
+
+    /// A NIC-like device, as [`FakeDevice::nic`] describes it.
+    pub fn nic(name: &str) -> io::Result<MemDevice> {
+        let d = FakeDevice::nic(name);
+        MemDevice::new(name, d.regions, d.irqs)
+    }
+
+    /// Called on every trapped read, after the bytes are read from memory.
+    pub fn set_read_hook(&self, hook: AccessHook) {
+        *self.read_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// Called on every trapped write, after the bytes are stored.
+    pub fn set_write_hook(&self, hook: AccessHook) {
+        *self.write_hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// Store `data` in region `index` without going through the hooks (the device side).
+    pub fn poke(&self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        let at = self.file_offset(index, offset)?;
+        nix::sys::uio::pwrite(&self.mem, data, at)?;
+        Ok(())
+    }
+
+    /// Read region `index` without going through the hooks (the device side).
+    pub fn peek(&self, index: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let at = self.file_offset(index, offset)?;
+        nix::sys::uio::pread(&self.mem, buf, at)?;
+        Ok(())
+    }
+
+    /// From now on the device is gone: every call fails and `is_alive` is false.
+    pub fn unplug(&self) {
+        self.alive.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many times the device was reset.
+    pub fn resets(&self) -> u32 {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).resets
+    }
+
+    /// Raise vector `vector` of irq `index` if an eventfd is set for it; true if signalled.
+    pub fn signal_irq(&self, index: u32, vector: u32) -> bool {
+        let rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        match rec.irq_fds.get(&(index, vector)) {
+            Some(fd) => nix::unistd::write(fd, &1u64.to_ne_bytes()).is_ok(),
+            None => false,
+        }
+    }
+
+    fn file_offset(&self, index: u32, offset: u64) -> io::Result<i64> {
+        let r = self.regions.get(index as usize).ok_or_else(|| errno(libc::EINVAL))?;
+        r.offset.checked_add(offset).and_then(|o| i64::try_from(o).ok()).ok_or_else(|| errno(libc::EINVAL))
+    }
+
+    fn check_alive(&self, command: &'static str) -> Result<(), VfioError> {
+        if self.alive.load(std::sync::atomic::Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(VfioError::PeerClosed { command })
+        }
+    }
+
+    fn io(&self, command: &'static str, source: io::Error) -> VfioError {
+        VfioError::Transport { command, source }
+    }
+}
+
+impl crate::DeviceIo for MemDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn regions(&self) -> &[RegionInfo] {
+        &self.regions
+    }
+
+    fn irqs(&self) -> &[IrqInfo] {
+        &self.irqs
+    }
+
+    fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), VfioError> {
+        self.check_alive("REGION_READ")?;
+        crate::device::check_access(&self.name, &self.regions, index, offset, buf.len())?;
+        self.peek(index, offset, buf).map_err(|e| self.io("REGION_READ", e))?;
+        if let Some(h) = self.read_hook.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            h(index, offset, buf);
+        }
+        Ok(())
+    }
+
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), VfioError> {
+        self.check_alive("REGION_WRITE")?;
+        crate::device::check_access(&self.name, &self.regions, index, offset, data.len())?;
+        self.poke(index, offset, data).map_err(|e| self.io("REGION_WRITE", e))?;
+        if let Some(h) = self.write_hook.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let mut copy = data.to_vec();
+            h(index, offset, &mut copy);
+        }
+        Ok(())
+    }
+
+    fn map_region(&self, index: u32) -> Result<crate::RegionMap, VfioError> {
+        self.check_alive("map_region")?;
+        let region = self
+            .regions
+            .get(index as usize)
+            .ok_or_else(|| VfioError::NoSuchRegion { device: self.name.clone(), index })?;
+        let mut map = crate::RegionMap::empty();
+        for area in region.mmap_areas() {
+            let m = crate::sys::Mapping::map_shared(self.mem.as_fd(), region.offset + area.offset, area.size).map_err(
+                |source| VfioError::Mmap {
+                    device: self.name.clone(),
+                    index,
+                    offset: area.offset,
+                    size: area.size,
+                    source,
+                },
+            )?;
+            map.push(area, m);
+        }
+        Ok(map)
+    }
+
+    fn dma_map(&self, region: &crate::DmaRegion<'_>) -> Result<(), VfioError> {
+        self.check_alive("DMA_MAP")?;
+        let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        rec.dma.check_insert(&self.name, region.iova, region.size)?;
+        rec.dma.insert(region.iova, region.size, 0);
+        Ok(())
+    }
+
+    fn dma_unmap(&self, iova: u64, size: u64) -> Result<(), VfioError> {
+        self.check_alive("DMA_UNMAP")?;
+        let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        rec.dma.check_remove(&self.name, iova, size)?;
+        rec.dma.remove(iova);
+        Ok(())
+    }
+
+    fn reset(&self) -> Result<(), VfioError> {
+        self.check_alive("DEVICE_RESET")?;
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).resets += 1;
+        Ok(())
+    }
+
+    fn set_irq_eventfds(&self, index: u32, start: u32, fds: &[BorrowedFd<'_>]) -> Result<(), VfioError> {
+        self.check_alive("DEVICE_SET_IRQS")?;
+        let irq =
+            self.irqs.get(index as usize).ok_or_else(|| VfioError::NoSuchIrq { device: self.name.clone(), index })?;
+        let end = u32::try_from(fds.len()).ok().and_then(|n| start.checked_add(n));
+        if !matches!(end, Some(e) if e <= irq.count) {
+            return Err(VfioError::InvalidArgument {
+                device: self.name.clone(),
+                reason: format!("irq index {index} has {} vectors, asked {start}+{}", irq.count, fds.len()),
+            });
+        }
+        let mut rec = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, fd) in fds.iter().enumerate() {
+            let owned = fd.try_clone_to_owned().map_err(|e| self.io("DEVICE_SET_IRQS", e))?;
+            rec.irq_fds.insert((index, start + i as u32), owned);
+        }
+        Ok(())
+    }
+
+    fn disable_irqs(&self, index: u32) -> Result<(), VfioError> {
+        self.check_alive("DEVICE_SET_IRQS")?;
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).irq_fds.retain(|&(i, _), _| i != index);
+        Ok(())
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Bar, DeviceIo};
+    use std::sync::Arc;
+
+    #[test]
+    fn mem_device_backs_a_bar_with_hooks_irqs_and_unplug() {
+        let dev = Arc::new(MemDevice::nic("0000:00:05.0").unwrap());
+        // CTRL.RST (bit 26 at 0x0) self-clears, as the device side would make it.
+        let d2 = Arc::downgrade(&dev);
+        dev.set_write_hook(Box::new(move |region, offset, data| {
+            if region == 0 && offset == 0 && data.len() == 4 {
+                let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) & !(1 << 26);
+                if let Some(d) = d2.upgrade() {
+                    let _ = d.poke(0, 0, &v.to_le_bytes());
+                }
+            }
+        }));
+        let io: Arc<dyn DeviceIo> = dev.clone();
+        let bar = Bar::open(io, 0).unwrap();
+        bar.write32(0, (1 << 26) | 1);
+        assert_eq!(
+            bar.poll_until(0, 1 << 26, 0, std::time::Duration::from_millis(10), std::time::Duration::from_millis(1))
+                .unwrap(),
+            1
+        );
+        // Doorbell page is mapped and visible to the device side.
+        assert!(bar.mapped_ptr(0x1018).is_some());
+        bar.write32(0x1018, 42);
+        let mut b = [0u8; 4];
+        dev.peek(0, 0x1018, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 42);
+        // Interrupts.
+        let efd = nix::sys::eventfd::EventFd::new().unwrap();
+        dev.set_irq_eventfds(2, 3, &[efd.as_fd()]).unwrap();
+        assert!(dev.signal_irq(2, 3));
+        assert_eq!(efd.read().unwrap(), 1);
+        // Surprise unplug: trapped reads read all-ones, calls fail, is_alive is false.
+        dev.unplug();
+        assert!(!dev.is_alive());
+        assert_eq!(bar.read32(0), u32::MAX);
+        assert!(dev.reset().unwrap_err().is_gone());
+    }
+}

@@ -21,6 +21,7 @@
 //!      one group share it, and identical DMA maps are shared); secondaries adopt the primary's
 //!      container and group fds. Syscalls go through the [`VfioSys`] seam (`sys.rs`), with
 //!      `FakeVfio` (`fake.rs`, feature `testing`) standing in for `/dev/vfio` in tests.
+//!      The same module has `MemDevice`, a `DeviceIo` over plain memory for driver unit tests.
 //! 4. [`open_pci`] (`pci.rs`): picks the transport from a sysfs device directory, or says in
 //!    one line why the device cannot be used.
 //!
