@@ -199,10 +199,9 @@ impl fmt::Display for KeyKind {
             KeyKind::Str { max_len } => write!(f, "a string of 1..={max_len} bytes"),
             KeyKind::Path => f.write_str("a non-empty path"),
             KeyKind::Mac => f.write_str("a MAC address like aa:bb:cc:dd:ee:ff"),
-            KeyKind::Iface => write!(
-                f,
-                "an interface name of 1..={MAX_IFACE_LEN} bytes without '/', ':' or whitespace"
-            ),
+            KeyKind::Iface => {
+                write!(f, "an interface name of 1..={MAX_IFACE_LEN} bytes without '/', ':' or whitespace")
+            }
         }
     }
 }
@@ -225,13 +224,7 @@ pub struct KeySpec {
 impl KeySpec {
     /// An optional, non-repeatable key.
     pub const fn new(name: &'static str, kind: KeyKind, help: &'static str) -> KeySpec {
-        KeySpec {
-            name,
-            kind,
-            required: false,
-            repeatable: false,
-            help,
-        }
+        KeySpec { name, kind, required: false, repeatable: false, help }
     }
 
     /// The same key, required.
@@ -263,10 +256,7 @@ pub(crate) fn parse_device_name(
     name: &str,
     bus: Option<BusKind>,
 ) -> Result<(BusKind, String, Option<PciAddr>), DevargsError> {
-    let bad = |reason: String| DevargsError::BadName {
-        name: name.to_string(),
-        reason,
-    };
+    let bad = |reason: String| DevargsError::BadName { name: name.to_string(), reason };
     if name.is_empty() {
         return Err(bad("the name is empty".into()));
     }
@@ -293,25 +283,16 @@ pub(crate) fn parse_device_name(
 
 fn check_vdev_name(name: &str) -> Result<(), String> {
     if name.len() > MAX_VDEV_NAME_LEN {
-        return Err(format!(
-            "a vdev name is at most {MAX_VDEV_NAME_LEN} characters, this one is {}",
-            name.len()
-        ));
+        return Err(format!("a vdev name is at most {MAX_VDEV_NAME_LEN} characters, this one is {}", name.len()));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
-    {
-        return Err(format!(
-            "character {c:?} is not allowed in a vdev name (expected [A-Za-z0-9_])"
-        ));
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
+        return Err(format!("character {c:?} is not allowed in a vdev name (expected [A-Za-z0-9_])"));
     }
     Ok(())
 }
 
 fn key_is_valid(key: &str) -> bool {
-    key.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// Parses an unsigned integer: decimal or `0x` hex, nothing else (no sign, no spaces).
@@ -373,17 +354,10 @@ fn split_args(device: &str, s: &str) -> Result<Vec<(String, Option<String>)>, De
                 Some(v) => format!("={v}"),
                 None => String::new(),
             };
-            return Err(DevargsError::EmptyKey {
-                device: device.to_string(),
-                position,
-                arg: whole,
-            });
+            return Err(DevargsError::EmptyKey { device: device.to_string(), position, arg: whole });
         }
         if !key_is_valid(arg) {
-            return Err(DevargsError::BadKey {
-                device: device.to_string(),
-                key: arg.to_string(),
-            });
+            return Err(DevargsError::BadKey { device: device.to_string(), key: arg.to_string() });
         }
         out.push((arg.to_string(), value.map(str::to_string)));
         match next.strip_prefix(',') {
@@ -404,10 +378,7 @@ impl Devargs {
     /// prefix the bus is PCI when the name parses as an address, else vdev.
     pub fn parse(s: &str) -> Result<Devargs, DevargsError> {
         if s.len() > Self::MAX_LEN {
-            return Err(DevargsError::TooLong {
-                len: s.len(),
-                max: Self::MAX_LEN,
-            });
+            return Err(DevargsError::TooLong { len: s.len(), max: Self::MAX_LEN });
         }
         if s.is_empty() {
             return Err(DevargsError::Empty);
@@ -425,9 +396,7 @@ impl Devargs {
                     && prefix.chars().all(|c| c.is_ascii_alphabetic())
                     && !prefix.chars().all(|c| c.is_ascii_hexdigit()) =>
             {
-                return Err(DevargsError::BadBusPrefix {
-                    prefix: prefix.to_string(),
-                })
+                return Err(DevargsError::BadBusPrefix { prefix: prefix.to_string() })
             }
             _ => (None, head),
         };
@@ -446,19 +415,9 @@ impl Devargs {
             }
         }
         if raw.len() > Self::MAX_LEN {
-            return Err(DevargsError::TooLong {
-                len: raw.len(),
-                max: Self::MAX_LEN,
-            });
+            return Err(DevargsError::TooLong { len: raw.len(), max: Self::MAX_LEN });
         }
-        Ok(Devargs {
-            raw,
-            explicit_bus,
-            bus,
-            name,
-            pci,
-            args,
-        })
+        Ok(Devargs { raw, explicit_bus, bus, name, pci, args })
     }
 
     /// The device name: `net_null0`, or a PCI address normalized to `0000:00:05.0`.
@@ -500,25 +459,16 @@ impl Devargs {
         let mut out = Kvargs::default();
         for (key, value) in self.args() {
             let Some(spec) = keys.iter().find(|s| s.name == key) else {
-                return Err(DevargsError::UnknownKey {
-                    driver: driver.to_string(),
-                    key: key.to_string(),
-                });
+                return Err(DevargsError::UnknownKey { driver: driver.to_string(), key: key.to_string() });
             };
             if !spec.repeatable && out.contains(key) {
-                return Err(DevargsError::DuplicateKey {
-                    driver: driver.to_string(),
-                    key: key.to_string(),
-                });
+                return Err(DevargsError::DuplicateKey { driver: driver.to_string(), key: key.to_string() });
             }
             let typed = typed_value(driver, key, value, spec.kind)?;
             out.values.push((spec.name.to_string(), typed));
         }
         if let Some(missing) = keys.iter().find(|s| s.required && !out.contains(s.name)) {
-            return Err(DevargsError::MissingKey {
-                driver: driver.to_string(),
-                key: missing.name.to_string(),
-            });
+            return Err(DevargsError::MissingKey { driver: driver.to_string(), key: missing.name.to_string() });
         }
         Ok(out)
     }
@@ -570,12 +520,7 @@ fn iface_is_valid(s: &str) -> bool {
         && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
-fn typed_value(
-    driver: &str,
-    key: &str,
-    value: Option<&str>,
-    kind: KeyKind,
-) -> Result<Value, DevargsError> {
+fn typed_value(driver: &str, key: &str, value: Option<&str>, kind: KeyKind) -> Result<Value, DevargsError> {
     let Some(v) = value else {
         return match kind {
             KeyKind::Bool => Ok(Value::Bool(true)),
@@ -587,13 +532,9 @@ fn typed_value(
         };
     };
     let typed = match kind {
-        KeyKind::U64 { min, max } => parse_u64(v)
-            .filter(|n| (min..=max).contains(n))
-            .map(Value::U64),
+        KeyKind::U64 { min, max } => parse_u64(v).filter(|n| (min..=max).contains(n)).map(Value::U64),
         KeyKind::Bool => parse_bool(v).map(Value::Bool),
-        KeyKind::Str { max_len } => {
-            (!v.is_empty() && v.len() <= max_len).then(|| Value::Str(v.to_string()))
-        }
+        KeyKind::Str { max_len } => (!v.is_empty() && v.len() <= max_len).then(|| Value::Str(v.to_string())),
         KeyKind::Path => (!v.is_empty()).then(|| Value::Str(v.to_string())),
         KeyKind::Mac => parse_mac(v).map(Value::Mac),
         KeyKind::Iface => iface_is_valid(v).then(|| Value::Str(v.to_string())),
@@ -637,10 +578,7 @@ impl Kvargs {
     /// Every value of `key`, in order.
     pub fn get_all(&self, key: &str) -> impl Iterator<Item = &Value> {
         let key = key.to_string();
-        self.values
-            .iter()
-            .filter(move |(k, _)| *k == key)
-            .map(|(_, v)| v)
+        self.values.iter().filter(move |(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// An integer key.
@@ -712,16 +650,11 @@ mod tests {
     use rstest::rstest;
 
     fn args_of(d: &Devargs) -> Vec<(String, Option<String>)> {
-        d.args()
-            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
-            .collect()
+        d.args().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect()
     }
 
     fn kv(pairs: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect()
     }
 
     #[rstest]
@@ -803,10 +736,7 @@ mod tests {
 
     #[test]
     fn explicit_bus_is_remembered() {
-        assert_eq!(
-            Devargs::parse("vdev:net_null0").unwrap().explicit_bus(),
-            Some(BusKind::Vdev)
-        );
+        assert_eq!(Devargs::parse("vdev:net_null0").unwrap().explicit_bus(), Some(BusKind::Vdev));
         assert_eq!(Devargs::parse("net_null0").unwrap().explicit_bus(), None);
     }
 
@@ -884,19 +814,10 @@ mod tests {
         let d = Devargs::parse(&at_limit).unwrap();
         assert_eq!(d.raw(), at_limit);
         let over = format!("{at_limit}v");
-        assert_eq!(
-            Devargs::parse(&over).unwrap_err(),
-            DevargsError::TooLong {
-                len: 4097,
-                max: 4096
-            }
-        );
+        assert_eq!(Devargs::parse(&over).unwrap_err(), DevargsError::TooLong { len: 4097, max: 4096 });
         // Huge inputs are refused by length, before any scan.
         let huge = "x".repeat(1 << 20);
-        assert!(matches!(
-            Devargs::parse(&huge),
-            Err(DevargsError::TooLong { .. })
-        ));
+        assert!(matches!(Devargs::parse(&huge), Err(DevargsError::TooLong { .. })));
     }
 
     #[test]
@@ -904,13 +825,7 @@ mod tests {
         // "05.0" grows to "0000:00:05.0" (8 more bytes) when normalized.
         let text = format!("05.0,k={}", "v".repeat(Devargs::MAX_LEN - 7));
         assert_eq!(text.len(), 4096);
-        assert_eq!(
-            Devargs::parse(&text).unwrap_err(),
-            DevargsError::TooLong {
-                len: 4104,
-                max: 4096
-            }
-        );
+        assert_eq!(Devargs::parse(&text).unwrap_err(), DevargsError::TooLong { len: 4104, max: 4096 });
     }
 
     const NULL_KEYS: &[KeySpec] = &[
@@ -981,24 +896,13 @@ mod tests {
     #[case("iface=a b", "iface")]
     #[case("iface=a:1", "iface")]
     #[case("iface=..", "iface")]
-    fn validate_refuses_bad_values_naming_driver_key_and_value(
-        #[case] arg: &str,
-        #[case] key: &str,
-    ) {
+    fn validate_refuses_bad_values_naming_driver_key_and_value(#[case] arg: &str, #[case] key: &str) {
         let d = Devargs::parse(&format!("net_null0,{arg}")).unwrap();
         let value = arg.split_once('=').unwrap().1;
         let err = d.validate("net_null", NULL_KEYS).unwrap_err();
         match &err {
-            DevargsError::BadValue {
-                driver,
-                key: k,
-                value: v,
-                ..
-            } => {
-                assert_eq!(
-                    (driver.as_str(), k.as_str(), v.as_str()),
-                    ("net_null", key, value)
-                );
+            DevargsError::BadValue { driver, key: k, value: v, .. } => {
+                assert_eq!((driver.as_str(), k.as_str(), v.as_str()), ("net_null", key, value));
             }
             other => panic!("{arg}: unexpected {other}"),
         }
@@ -1031,13 +935,7 @@ mod tests {
     fn unknown_key_is_named() {
         let d = Devargs::parse("net_null0,size=64,bogus=1").unwrap();
         let err = d.validate("net_null", NULL_KEYS).unwrap_err();
-        assert_eq!(
-            err,
-            DevargsError::UnknownKey {
-                driver: "net_null".into(),
-                key: "bogus".into()
-            }
-        );
+        assert_eq!(err, DevargsError::UnknownKey { driver: "net_null".into(), key: "bogus".into() });
         assert_eq!(err.to_string(), r#"net_null: unknown key "bogus""#);
     }
 
@@ -1046,10 +944,7 @@ mod tests {
         let d = Devargs::parse("net_null0,size=64,size=65").unwrap();
         assert_eq!(
             d.validate("net_null", NULL_KEYS).unwrap_err(),
-            DevargsError::DuplicateKey {
-                driver: "net_null".into(),
-                key: "size".into()
-            }
+            DevargsError::DuplicateKey { driver: "net_null".into(), key: "size".into() }
         );
         let d = Devargs::parse("net_null0,rx=/a,rx=/b,size=64").unwrap();
         let kv = d.validate("net_null", NULL_KEYS).unwrap();
@@ -1065,18 +960,9 @@ mod tests {
         ];
         let d = Devargs::parse("net_tap0,persist").unwrap();
         let err = d.validate("net_tap", KEYS).unwrap_err();
-        assert_eq!(
-            err,
-            DevargsError::MissingKey {
-                driver: "net_tap".into(),
-                key: "iface".into()
-            }
-        );
+        assert_eq!(err, DevargsError::MissingKey { driver: "net_tap".into(), key: "iface".into() });
         assert_eq!(err.to_string(), r#"net_tap: missing required key "iface""#);
-        let kv = Devargs::parse("net_tap0,iface=tap0")
-            .unwrap()
-            .validate("net_tap", KEYS)
-            .unwrap();
+        let kv = Devargs::parse("net_tap0,iface=tap0").unwrap().validate("net_tap", KEYS).unwrap();
         assert_eq!(kv.get_str("iface"), Some("tap0"));
         assert_eq!(kv.get_bool("persist"), None);
     }
@@ -1103,24 +989,14 @@ mod tests {
 
     #[test]
     fn pci_devargs_validate_like_vdev_ones() {
-        const KEYS: &[KeySpec] = &[KeySpec::new(
-            "rxq",
-            KeyKind::U64 { min: 1, max: 64 },
-            "rx queues",
-        )];
+        const KEYS: &[KeySpec] = &[KeySpec::new("rxq", KeyKind::U64 { min: 1, max: 64 }, "rx queues")];
         let d = Devargs::parse("pci:00:05.0,rxq=0x10").unwrap();
         assert_eq!(d.validate("ixgbe", KEYS).unwrap().get_u64("rxq"), Some(16));
     }
 
     #[test]
     fn key_kind_describes_itself() {
-        assert_eq!(
-            KeyKind::U64 { min: 1, max: 9600 }.to_string(),
-            "an integer in 1..=9600"
-        );
-        assert_eq!(
-            KeyKind::Str { max_len: 8 }.to_string(),
-            "a string of 1..=8 bytes"
-        );
+        assert_eq!(KeyKind::U64 { min: 1, max: 9600 }.to_string(), "an integer in 1..=9600");
+        assert_eq!(KeyKind::Str { max_len: 8 }.to_string(), "a string of 1..=8 bytes");
     }
 }

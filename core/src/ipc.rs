@@ -264,9 +264,9 @@ struct Inner {
     actions: RwLock<HashMap<String, (Dispatch, Handler)>>,
     reply_socks: Mutex<Vec<ReplySock>>,
     reply_paths: Mutex<Vec<PathBuf>>,
+    peers_cache: Mutex<Option<(std::time::SystemTime, bool, Vec<PathBuf>)>>,
     next_id: AtomicU64,
     next_reply: AtomicU32,
-    stop: OwnedFd,
     stats: Stats,
     workers: Workers,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -300,7 +300,6 @@ impl Channel {
         }
         let sock = sys::dgram_bind(&path).map_err(serr)?;
         sys::set_send_timeout(sock.as_fd(), 1000).map_err(serr)?;
-        let stop = sys::eventfd().map_err(serr)?;
         let seed = (std::process::id() as u64) << 32 | (seq as u64) << 24;
         let inner = Arc::new(Inner {
             cfg: ChannelConfig { spin_us: cfg.spin_us.min(1000), ..cfg },
@@ -309,9 +308,9 @@ impl Channel {
             actions: RwLock::new(HashMap::new()),
             reply_socks: Mutex::new(Vec::new()),
             reply_paths: Mutex::new(Vec::new()),
+            peers_cache: Mutex::new(None),
             next_id: AtomicU64::new(seed | 1),
             next_reply: AtomicU32::new(0),
-            stop,
             stats: Stats::default(),
             workers: Workers::new(64),
             thread: Mutex::new(None),
@@ -390,7 +389,22 @@ impl Channel {
 
     fn targets(&self) -> Vec<PathBuf> {
         if self.inner.cfg.primary {
-            self.secondaries()
+            // Re-list the dir only when it changed. A listing taken while the dir's mtime is very
+            // recent is not reused: mtime granularity could hide a second change in that tick.
+            let mtime = std::fs::metadata(&self.inner.cfg.dir).and_then(|m| m.modified()).ok();
+            let mut cache = self.inner.peers_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let (Some(m), Some((cm, ok, list))) = (mtime, cache.as_ref()) {
+                if *ok && *cm == m {
+                    return list.clone();
+                }
+            }
+            let list = self.secondaries();
+            if let Some(m) = mtime {
+                let settled =
+                    std::time::SystemTime::now().duration_since(m).is_ok_and(|d| d > Duration::from_millis(100));
+                *cache = Some((m, settled, list.clone()));
+            }
+            list
         } else {
             vec![self.inner.cfg.dir.join(PRIMARY_SOCKET)]
         }
@@ -455,6 +469,7 @@ impl Channel {
         let _ = std::fs::remove_file(&path);
         let fd = sys::dgram_bind(&path).map_err(|source| IpcError::Socket { path: path.clone(), source })?;
         let _ = sys::set_send_timeout(fd.as_fd(), 1000);
+        let _ = sys::set_recv_timeout(fd.as_fd(), LIVENESS_POLL_MS as u64);
         self.inner.reply_paths.lock().unwrap_or_else(|e| e.into_inner()).push(path);
         Ok(ReplySock { fd, buf: vec![0u8; MAX_DGRAM + 1].into_boxed_slice() })
     }
@@ -525,11 +540,18 @@ impl Channel {
             }
             if !got {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let wait = (left.as_millis() as i32).clamp(1, LIVENESS_POLL_MS);
-                let (readable, _) = sys::poll2(rs.fd.as_raw_fd(), None, wait).unwrap_or((false, false));
-                if readable {
-                    if let Ok(info) = sys::dgram_recv(rs.fd.as_fd(), &mut rs.buf, &mut fds, true) {
+                if left >= Duration::from_millis(LIVENESS_POLL_MS as u64) {
+                    // Blocking receive; SO_RCVTIMEO wakes us for the liveness check.
+                    if let Ok(info) = sys::dgram_recv(rs.fd.as_fd(), &mut rs.buf, &mut fds, false) {
                         self.take_reply(&rs.buf, info, &mut fds, id, &mut pending, &mut out);
+                    }
+                } else {
+                    let wait = (left.as_millis() as i32).max(1);
+                    let (readable, _) = sys::poll2(rs.fd.as_raw_fd(), None, wait).unwrap_or((false, false));
+                    if readable {
+                        if let Ok(info) = sys::dgram_recv(rs.fd.as_fd(), &mut rs.buf, &mut fds, true) {
+                            self.take_reply(&rs.buf, info, &mut fds, id, &mut pending, &mut out);
+                        }
                     }
                 }
             }
@@ -608,7 +630,9 @@ impl Channel {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        sys::eventfd_signal(self.inner.stop.as_fd());
+        if let Ok(me) = UnixAddr::new(&self.inner.path) {
+            let _ = sys::dgram_send(self.inner.sock.as_fd(), &me, &[b"\0"], &[], false);
+        }
         if let Some(t) = self.inner.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
@@ -625,21 +649,19 @@ impl Channel {
     fn receive_loop(self) {
         let mut buf = vec![0u8; MAX_DGRAM + 1].into_boxed_slice();
         let mut fds: Vec<OwnedFd> = Vec::with_capacity(MAX_FDS);
-        let sock = self.inner.sock.as_raw_fd();
-        let stop = self.inner.stop.as_raw_fd();
         loop {
-            match sys::poll2(sock, Some(stop), -1) {
-                Ok((_, true)) => break,
-                Ok((false, false)) => continue,
-                Ok((true, false)) => {}
+            // One blocking receive per datagram; `close` wakes us with a datagram to ourselves.
+            let r = sys::dgram_recv(self.inner.sock.as_fd(), &mut buf, &mut fds, false);
+            if self.inner.closed.load(Ordering::Acquire) {
+                break;
+            }
+            let info = match r {
+                Ok(i) => i,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EAGAIN) => continue,
                 Err(e) => {
-                    tracing::error!(error = %e, "ipc poll failed; receive thread stops");
+                    tracing::error!(error = %e, "ipc receive failed; receive thread stops");
                     break;
                 }
-            }
-            let info = match sys::dgram_recv(self.inner.sock.as_fd(), &mut buf, &mut fds, true) {
-                Ok(i) => i,
-                Err(_) => continue,
             };
             self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
             self.dispatch(&buf, info, &mut fds);

@@ -6,10 +6,10 @@
 
 pub mod bus;
 pub mod devargs;
-pub mod options;
 pub mod ipc;
 pub mod mbuf;
 pub mod mem;
+pub mod options;
 pub mod ring;
 pub mod runtime;
 pub mod sys;

@@ -109,11 +109,7 @@ pub enum OptionsError {
 }
 
 fn bad_value(option: &str, value: &str, expected: impl Into<String>) -> OptionsError {
-    OptionsError::BadValue {
-        option: option.to_string(),
-        value: value.to_string(),
-        expected: expected.into(),
-    }
+    OptionsError::BadValue { option: option.to_string(), value: value.to_string(), expected: expected.into() }
 }
 
 /// Which role the process takes in the multi-process runtime.
@@ -255,8 +251,7 @@ pub struct FaultSpec {
     pub mode: FaultMode,
 }
 
-const FAULT_FORM: &str =
-    "OP:DEVICE[:MODE] with OP attach|detach|pre-detach and MODE fail|hang|crash";
+const FAULT_FORM: &str = "OP:DEVICE[:MODE] with OP attach|detach|pre-detach and MODE fail|hang|crash";
 
 impl FromStr for FaultSpec {
     type Err = OptionsError;
@@ -268,9 +263,7 @@ impl FromStr for FaultSpec {
         let Some((op, rest)) = s.split_once(':') else {
             return Err(bad("no ':' after OP".into()));
         };
-        let op = op
-            .parse::<FaultOp>()
-            .map_err(|_| bad(format!("OP {op:?} is not attach|detach|pre-detach")))?;
+        let op = op.parse::<FaultOp>().map_err(|_| bad(format!("OP {op:?} is not attach|detach|pre-detach")))?;
         let (device, mode, last) = match rest.rsplit_once(':') {
             Some((d, m)) => match m.parse::<FaultMode>() {
                 Ok(mode) => (d, mode, None),
@@ -280,9 +273,7 @@ impl FromStr for FaultSpec {
         };
         let (_, device, _) = devargs::parse_device_name(device, None).map_err(|e| match last {
             Some(m) if m.parse::<crate::bus::pci::PciAddr>().is_err() && !m.contains('.') => {
-                bad(format!(
-                    "DEVICE {device:?} is not a device name, or MODE {m:?} is not fail|hang|crash"
-                ))
+                bad(format!("DEVICE {device:?} is not a device name, or MODE {m:?} is not fail|hang|crash"))
             }
             _ => bad(format!("DEVICE: {e}")),
         })?;
@@ -384,9 +375,8 @@ enum Id {
 /// Values `--syslog` may take as a separate argument: facilities (DPDK up to 23.11) and the
 /// `when` words of later releases.
 const SYSLOG_WORDS: &[&str] = &[
-    "auth", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "security", "syslog", "user",
-    "uucp", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7", "auto",
-    "always", "never",
+    "auth", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "security", "syslog", "user", "uucp", "local0",
+    "local1", "local2", "local3", "local4", "local5", "local6", "local7", "auto", "always", "never",
 ];
 
 /// Every option: name as typed (with dashes), arity, meaning.
@@ -469,22 +459,10 @@ pub fn usage() -> &'static str {
     USAGE
 }
 
-fn parse_bounded(
-    option: &str,
-    value: &str,
-    min: u64,
-    max: u64,
-    unit: &str,
-) -> Result<u64, OptionsError> {
+fn parse_bounded(option: &str, value: &str, min: u64, max: u64, unit: &str) -> Result<u64, OptionsError> {
     devargs::parse_u64(value)
         .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| {
-            bad_value(
-                option,
-                value,
-                format!("an integer in {min}..={max} ({unit})"),
-            )
-        })
+        .ok_or_else(|| bad_value(option, value, format!("an integer in {min}..={max} ({unit})")))
 }
 
 fn check_file_prefix(option: &str, value: &str) -> Result<String, OptionsError> {
@@ -492,9 +470,7 @@ fn check_file_prefix(option: &str, value: &str) -> Result<String, OptionsError> 
         && value.len() <= MAX_FILE_PREFIX_LEN
         && value != "."
         && value != ".."
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if ok {
         Ok(value.to_string())
     } else {
@@ -535,13 +511,9 @@ fn normalize_log_level(option: &str, value: &str) -> Result<String, OptionsError
         Some(_) => None,
         None => level_name(value),
     };
-    level.map(str::to_string).ok_or_else(|| {
-        bad_value(
-            option,
-            value,
-            "error|warn|info|debug|trace, a DPDK level 1..8, or PATTERN:LEVEL",
-        )
-    })
+    level
+        .map(str::to_string)
+        .ok_or_else(|| bad_value(option, value, "error|warn|info|debug|trace, a DPDK level 1..8, or PATTERN:LEVEL"))
 }
 
 fn check_devargs(option: &str, value: &str, bus: BusKind) -> Result<String, OptionsError> {
@@ -598,29 +570,19 @@ impl Options {
                 };
                 let rest = &arg[end..];
                 let rest = rest.strip_prefix('=').unwrap_or(rest);
-                (
-                    arg[..end].to_string(),
-                    (end < arg.len()).then(|| rest.to_string()),
-                )
+                (arg[..end].to_string(), (end < arg.len()).then(|| rest.to_string()))
             };
             let Some(&(_, arity, id)) = TABLE.iter().find(|(n, _, _)| *n == name) else {
                 return Err(OptionsError::UnknownOption { option: name });
             };
             let mut separate = false;
             let value = match (arity, attached) {
-                (Arity::Flag, Some(v)) => {
-                    return Err(OptionsError::UnexpectedValue {
-                        option: name,
-                        value: v,
-                    })
-                }
+                (Arity::Flag, Some(v)) => return Err(OptionsError::UnexpectedValue { option: name, value: v }),
                 (Arity::Flag, None) => None,
                 (_, Some(v)) => Some(v),
                 (Arity::Value, None) => {
                     separate = true;
-                    Some(args.next().ok_or_else(|| OptionsError::MissingValue {
-                        option: name.clone(),
-                    })?)
+                    Some(args.next().ok_or_else(|| OptionsError::MissingValue { option: name.clone() })?)
                 }
                 (Arity::Optional(words), None) => match args.peek() {
                     Some(next) if words.contains(&next.as_str()) => {
@@ -632,15 +594,8 @@ impl Options {
             };
             let v = value.as_deref().unwrap_or_default();
 
-            if matches!(
-                id,
-                Id::ProcType
-                    | Id::FilePrefix
-                    | Id::Mem
-                    | Id::HugeDir
-                    | Id::HotplugTimeout
-                    | Id::IpcSpin
-            ) && !seen.insert(id)
+            if matches!(id, Id::ProcType | Id::FilePrefix | Id::Mem | Id::HugeDir | Id::HotplugTimeout | Id::IpcSpin)
+                && !seen.insert(id)
             {
                 return Err(OptionsError::DuplicateOption { option: name });
             }
@@ -650,9 +605,7 @@ impl Options {
 
             match id {
                 Id::ProcType => {
-                    opts.proc_type = v
-                        .parse()
-                        .map_err(|_| bad_value(&name, v, "primary|secondary|auto"))?
+                    opts.proc_type = v.parse().map_err(|_| bad_value(&name, v, "primary|secondary|auto"))?
                 }
                 Id::FilePrefix => opts.file_prefix = check_file_prefix(&name, v)?,
                 Id::Mem => opts.mem_mb = Some(parse_bounded(&name, v, 1, MAX_MEM_MB, "megabytes")?),
@@ -669,20 +622,13 @@ impl Options {
                     opts.huge_dir = Some(PathBuf::from(v));
                 }
                 Id::HotplugTimeout => {
-                    opts.hotplug_timeout_ms =
-                        parse_bounded(&name, v, 1, MAX_HOTPLUG_TIMEOUT_MS, "milliseconds")?
+                    opts.hotplug_timeout_ms = parse_bounded(&name, v, 1, MAX_HOTPLUG_TIMEOUT_MS, "milliseconds")?
                 }
-                Id::IpcSpin => {
-                    opts.ipc_spin_us = parse_bounded(&name, v, 0, MAX_IPC_SPIN_US, "microseconds")?
-                }
+                Id::IpcSpin => opts.ipc_spin_us = parse_bounded(&name, v, 0, MAX_IPC_SPIN_US, "microseconds")?,
                 Id::Fault => opts.faults.push(v.parse().map_err(|e| match e {
-                    OptionsError::BadValue {
-                        value, expected, ..
-                    } => OptionsError::BadValue {
-                        option: name.clone(),
-                        value,
-                        expected,
-                    },
+                    OptionsError::BadValue { value, expected, .. } => {
+                        OptionsError::BadValue { option: name.clone(), value, expected }
+                    }
                     other => other,
                 })?),
                 Id::Help => return Err(OptionsError::HelpRequested),
@@ -699,17 +645,9 @@ impl Options {
         app.extend(args);
 
         if opts.no_huge && opts.huge_dir.is_some() {
-            let name_of = |id: Id| {
-                first_name
-                    .iter()
-                    .find(|(i, _)| *i == id)
-                    .map(|(_, n)| n.clone())
-                    .unwrap_or_default()
-            };
-            return Err(OptionsError::Conflict {
-                option: name_of(Id::HugeDir),
-                other: name_of(Id::NoHuge),
-            });
+            let name_of =
+                |id: Id| first_name.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone()).unwrap_or_default();
+            return Err(OptionsError::Conflict { option: name_of(Id::HugeDir), other: name_of(Id::NoHuge) });
         }
         Ok((opts, app))
     }
@@ -861,68 +799,30 @@ mod tests {
             "0b.0",
         ]);
         assert_eq!(o.vdevs, ["net_null0,size=64", "net_ring0"]);
-        assert_eq!(
-            o.allow,
-            [
-                "0000:00:05.0,key=v",
-                "05.1",
-                "00:06.0",
-                "0000:00:07.0",
-                "0000:00:08.0"
-            ]
-        );
+        assert_eq!(o.allow, ["0000:00:05.0,key=v", "05.1", "00:06.0", "0000:00:07.0", "0000:00:08.0"]);
         assert_eq!(o.block, ["0000:00:09.0", "0000:00:0a.0", "0b.0"]);
     }
 
     #[test]
     fn flags_and_paths_and_numbers_are_parsed() {
-        let o = opts(&[
-            "--no-pci",
-            "--no-huge",
-            "--hotplug-timeout-ms=250",
-            "--ipc-spin-us",
-            "1000",
-        ]);
+        let o = opts(&["--no-pci", "--no-huge", "--hotplug-timeout-ms=250", "--ipc-spin-us", "1000"]);
         assert!(o.no_pci && o.no_huge);
         assert_eq!(o.hotplug_timeout_ms, 250);
         assert_eq!(o.ipc_spin_us, 1000);
         let o = opts(&["--huge-dir", "/mnt/huge", "--ipc-spin-us=0"]);
         assert_eq!(o.huge_dir, Some(PathBuf::from("/mnt/huge")));
         assert!(!o.no_huge);
-        assert_eq!(
-            opts(&["--hotplug-timeout-ms=600000"]).hotplug_timeout_ms,
-            600_000
-        );
+        assert_eq!(opts(&["--hotplug-timeout-ms=600000"]).hotplug_timeout_ms, 600_000);
         assert_eq!(opts(&["--hotplug-timeout-ms=1"]).hotplug_timeout_ms, 1);
     }
 
     #[rstest]
     #[case("attach:net_null0", FaultOp::Attach, "net_null0", FaultMode::Fail)]
     #[case("detach:net_null0:hang", FaultOp::Detach, "net_null0", FaultMode::Hang)]
-    #[case(
-        "pre-detach:net_ring0:crash",
-        FaultOp::PreDetach,
-        "net_ring0",
-        FaultMode::Crash
-    )]
-    #[case(
-        "attach:0000:00:05.0",
-        FaultOp::Attach,
-        "0000:00:05.0",
-        FaultMode::Fail
-    )]
-    #[case(
-        "detach:0000:00:05.0:hang",
-        FaultOp::Detach,
-        "0000:00:05.0",
-        FaultMode::Hang
-    )]
-    #[case(
-        "detach:0000:00:05.0:fail",
-        FaultOp::Detach,
-        "0000:00:05.0",
-        FaultMode::Fail
-    )]
+    #[case("pre-detach:net_ring0:crash", FaultOp::PreDetach, "net_ring0", FaultMode::Crash)]
+    #[case("attach:0000:00:05.0", FaultOp::Attach, "0000:00:05.0", FaultMode::Fail)]
+    #[case("detach:0000:00:05.0:hang", FaultOp::Detach, "0000:00:05.0", FaultMode::Hang)]
+    #[case("detach:0000:00:05.0:fail", FaultOp::Detach, "0000:00:05.0", FaultMode::Fail)]
     #[case("attach:05.1:crash", FaultOp::Attach, "0000:00:05.1", FaultMode::Crash)]
     #[case("attach:00:05.1", FaultOp::Attach, "0000:00:05.1", FaultMode::Fail)]
     fn fault_spec_takes_op_from_the_front_and_mode_from_the_back(
@@ -931,16 +831,9 @@ mod tests {
         #[case] device: &str,
         #[case] mode: FaultMode,
     ) {
-        let want = FaultSpec {
-            op,
-            device: device.to_string(),
-            mode,
-        };
+        let want = FaultSpec { op, device: device.to_string(), mode };
         assert_eq!(text.parse::<FaultSpec>().unwrap(), want);
-        assert_eq!(
-            opts(&[&format!("--lab-fault={text}")]).faults,
-            std::slice::from_ref(&want)
-        );
+        assert_eq!(opts(&[&format!("--lab-fault={text}")]).faults, std::slice::from_ref(&want));
         assert_eq!(want.to_string().parse::<FaultSpec>().unwrap(), want);
     }
 
@@ -969,14 +862,8 @@ mod tests {
 
     #[test]
     fn fault_spec_error_names_the_bad_mode() {
-        let msg = "attach:net_null0:hnag"
-            .parse::<FaultSpec>()
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("hnag") && msg.contains("fail|hang|crash"),
-            "{msg}"
-        );
+        let msg = "attach:net_null0:hnag".parse::<FaultSpec>().unwrap_err().to_string();
+        assert!(msg.contains("hnag") && msg.contains("fail|hang|crash"), "{msg}");
     }
 
     #[rstest]
@@ -1010,18 +897,10 @@ mod tests {
     #[case::spin_too_big(&["--ipc-spin-us=1001"], "--ipc-spin-us", "1001")]
     #[case::spin_word(&["--ipc-spin-us=off"], "--ipc-spin-us", "off")]
     #[case::spin_overflow(&["--ipc-spin-us=99999999999999999999"], "--ipc-spin-us", "99999999999999999999")]
-    fn bad_values_name_option_and_value(
-        #[case] args: &[&str],
-        #[case] option: &str,
-        #[case] value: &str,
-    ) {
+    fn bad_values_name_option_and_value(#[case] args: &[&str], #[case] option: &str, #[case] value: &str) {
         let err = parse(args).unwrap_err();
         match &err {
-            OptionsError::BadValue {
-                option: o,
-                value: v,
-                expected,
-            } => {
+            OptionsError::BadValue { option: o, value: v, expected } => {
                 assert_eq!((o.as_str(), v.as_str()), (option, value));
                 assert!(!expected.is_empty());
             }
@@ -1046,10 +925,7 @@ mod tests {
     #[case(&["-b", ""], "-b")]
     fn bad_devargs_name_option_and_cause(#[case] args: &[&str], #[case] option: &str) {
         let err = parse(args).unwrap_err();
-        assert!(
-            matches!(&err, OptionsError::BadDevargs { option: o, .. } if o == option),
-            "{err}"
-        );
+        assert!(matches!(&err, OptionsError::BadDevargs { option: o, .. } if o == option), "{err}");
     }
 
     #[rstest]
@@ -1062,12 +938,7 @@ mod tests {
     #[case(&["---"], "---")]
     #[case(&["-é"], "-é")]
     fn unknown_options_are_named(#[case] args: &[&str], #[case] option: &str) {
-        assert_eq!(
-            parse(args).unwrap_err(),
-            OptionsError::UnknownOption {
-                option: option.into()
-            }
-        );
+        assert_eq!(parse(args).unwrap_err(), OptionsError::UnknownOption { option: option.into() });
     }
 
     #[rstest]
@@ -1087,12 +958,7 @@ mod tests {
     #[case(&["--no-pci", "-l"], "-l")]
     #[case(&["--lcores"], "--lcores")]
     fn missing_values_are_named(#[case] args: &[&str], #[case] option: &str) {
-        assert_eq!(
-            parse(args).unwrap_err(),
-            OptionsError::MissingValue {
-                option: option.into()
-            }
-        );
+        assert_eq!(parse(args).unwrap_err(), OptionsError::MissingValue { option: option.into() });
     }
 
     #[rstest]
@@ -1104,10 +970,7 @@ mod tests {
     fn flags_refuse_values(#[case] arg: &str, #[case] option: &str, #[case] value: &str) {
         assert_eq!(
             parse(&[arg]).unwrap_err(),
-            OptionsError::UnexpectedValue {
-                option: option.into(),
-                value: value.into()
-            }
+            OptionsError::UnexpectedValue { option: option.into(), value: value.into() }
         );
     }
 
@@ -1119,22 +982,14 @@ mod tests {
     #[case(&["--hotplug-timeout-ms=1", "--hotplug-timeout-ms=2"], "--hotplug-timeout-ms")]
     #[case(&["--ipc-spin-us=1", "--ipc-spin-us=2"], "--ipc-spin-us")]
     fn single_valued_options_given_twice_are_refused(#[case] args: &[&str], #[case] option: &str) {
-        assert_eq!(
-            parse(args).unwrap_err(),
-            OptionsError::DuplicateOption {
-                option: option.into()
-            }
-        );
+        assert_eq!(parse(args).unwrap_err(), OptionsError::DuplicateOption { option: option.into() });
     }
 
     #[test]
     fn no_huge_conflicts_with_huge_dir() {
         assert_eq!(
             parse(&["--huge-dir", "/mnt/huge", "--no-huge"]).unwrap_err(),
-            OptionsError::Conflict {
-                option: "--huge-dir".into(),
-                other: "--no-huge".into()
-            }
+            OptionsError::Conflict { option: "--huge-dir".into(), other: "--no-huge".into() }
         );
     }
 
@@ -1183,13 +1038,7 @@ mod tests {
     fn dpdk_options_are_accepted_and_recorded(#[case] args: &[&str], #[case] recorded: &str) {
         let o = opts(args);
         assert_eq!(o.ignored, [recorded]);
-        assert_eq!(
-            Options {
-                ignored: vec![],
-                ..o
-            },
-            Options::default()
-        );
+        assert_eq!(Options { ignored: vec![], ..o }, Options::default());
     }
 
     #[test]
@@ -1201,18 +1050,8 @@ mod tests {
 
     #[test]
     fn real_dpdk_command_line_parses() {
-        let (o, app) = parse(&[
-            "-l",
-            "0-3",
-            "-n",
-            "4",
-            "--proc-type=secondary",
-            "--file-prefix=x",
-            "--",
-            "-p",
-            "0x3",
-        ])
-        .unwrap();
+        let (o, app) =
+            parse(&["-l", "0-3", "-n", "4", "--proc-type=secondary", "--file-prefix=x", "--", "-p", "0x3"]).unwrap();
         assert_eq!(o.proc_type, ProcType::Secondary);
         assert_eq!(o.file_prefix, "x");
         assert_eq!(o.ignored, ["-l 0-3", "-n 4"]);
@@ -1225,10 +1064,7 @@ mod tests {
     #[case(&["--no-pci", "run", "--vdev=x", "--", "y"], &["run", "--vdev=x", "--", "y"])]
     #[case(&["-", "--no-pci"], &["-", "--no-pci"])]
     #[case(&["app_arg"], &["app_arg"])]
-    fn parsing_stops_at_double_dash_or_first_non_option(
-        #[case] args: &[&str],
-        #[case] want: &[&str],
-    ) {
+    fn parsing_stops_at_double_dash_or_first_non_option(#[case] args: &[&str], #[case] want: &[&str]) {
         let (_, app) = parse(args).unwrap();
         assert_eq!(app, want);
     }
@@ -1290,14 +1126,7 @@ mod tests {
         );
         let (again, app) = Options::parse(args).unwrap();
         assert!(app.is_empty());
-        assert_eq!(
-            again,
-            Options {
-                proc_type: ProcType::Auto,
-                ignored: vec![],
-                ..o
-            }
-        );
+        assert_eq!(again, Options { proc_type: ProcType::Auto, ignored: vec![], ..o });
     }
 
     #[test]

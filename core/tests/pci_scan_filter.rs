@@ -62,11 +62,7 @@ fn options_filter_scan_and_devargs_agree_on_which_device_is_probed() {
     assert_eq!(app, ["--app-flag"]);
 
     let filter = PciFilter::from_options(&opts.allow, &opts.block, opts.no_pci).unwrap();
-    let probed: Vec<_> = scan(&sysfs_root())
-        .unwrap()
-        .into_iter()
-        .filter(|d| filter.permits(&d.addr))
-        .collect();
+    let probed: Vec<_> = scan(&sysfs_root()).unwrap().into_iter().filter(|d| filter.permits(&d.addr)).collect();
     assert_eq!(probed.len(), 1);
     let dev = &probed[0];
     assert_eq!(dev.addr.to_string(), "0000:00:05.1");
@@ -75,11 +71,7 @@ fn options_filter_scan_and_devargs_agree_on_which_device_is_probed() {
     assert_eq!(dev.driver.as_deref(), Some("vfio-pci"));
     assert_eq!(dev.iommu_group, Some(3));
 
-    const IXGBE_KEYS: &[KeySpec] = &[KeySpec::new(
-        "rxq",
-        KeyKind::U64 { min: 1, max: 64 },
-        "rx queues",
-    )];
+    const IXGBE_KEYS: &[KeySpec] = &[KeySpec::new("rxq", KeyKind::U64 { min: 1, max: 64 }, "rx queues")];
     let devargs = Devargs::parse(&opts.allow[0]).unwrap();
     assert_eq!(devargs.bus(), BusKind::Pci);
     assert_eq!(devargs.pci_addr(), Some(dev.addr));
@@ -89,8 +81,5 @@ fn options_filter_scan_and_devargs_agree_on_which_device_is_probed() {
     // With --no-pci nothing is probed, whatever the lists say.
     let (opts, _) = Options::parse(["--no-pci", "-a", "00:05.1"]).unwrap();
     let filter = PciFilter::from_options(&opts.allow, &opts.block, opts.no_pci).unwrap();
-    assert!(scan(&sysfs_root())
-        .unwrap()
-        .iter()
-        .all(|d| !filter.permits(&d.addr)));
+    assert!(scan(&sysfs_root()).unwrap().iter().all(|d| !filter.permits(&d.addr)));
 }

@@ -1,1 +1,82 @@
-fn main() {}
+//! The other process of the benches: a raw datagram echo server (the physical floor), a lab
+//! secondary answering `echo`, or a ring drain. Exits when its stdin closes (the bench ended).
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+
+use lab_core::ipc::{Dispatch, Msg};
+use lab_core::options::Options;
+use lab_core::ring::Ring;
+use lab_core::runtime::Runtime;
+
+fn exit_on_stdin_eof() {
+    std::thread::spawn(|| {
+        let mut b = [0u8; 64];
+        while let Ok(n) = std::io::stdin().read(&mut b) {
+            if n == 0 {
+                break;
+            }
+        }
+        std::process::exit(0);
+    });
+}
+
+fn ready() {
+    let mut o = std::io::stdout();
+    let _ = writeln!(o, "ready");
+    let _ = o.flush();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(cpu) = std::env::var("LAB_BENCH_CPU").ok().and_then(|c| c.parse().ok()) {
+        lab_benches::pin_to(cpu);
+    }
+    exit_on_stdin_eof();
+    match args.first().map(String::as_str) {
+        Some("raw-echo") => {
+            let path = &args[1];
+            let _ = std::fs::remove_file(path);
+            let s = UnixDatagram::bind(path).expect("bind raw echo socket");
+            ready();
+            let mut buf = [0u8; 8192];
+            loop {
+                let (n, from) = s.recv_from(&mut buf).expect("recv");
+                if let Some(p) = from.as_pathname() {
+                    let _ = s.send_to(&buf[..n], p);
+                }
+            }
+        }
+        Some("secondary") => {
+            let (opts, _) = Options::parse(args[1..].iter().cloned()).expect("options");
+            let rt = Runtime::init(&opts).expect("runtime");
+            rt.ipc()
+                .register_action("echo", Dispatch::Inline, |ch, req| {
+                    let _ = ch.reply(&req, &Msg::new("echo", req.msg.payload.clone()));
+                })
+                .expect("register");
+            ready();
+            loop {
+                std::thread::park();
+            }
+        }
+        Some("ring-drain") => {
+            let (opts, rest) = Options::parse(args[1..].iter().cloned()).expect("options");
+            let rt = Runtime::init(&opts).expect("runtime");
+            let name = rest.first().expect("ring name");
+            let r = Ring::<[u8; 64]>::lookup(rt.shm(), name).expect("ring");
+            ready();
+            let mut buf = [[0u8; 64]; 32];
+            loop {
+                if r.dequeue_burst(&mut buf) == 0 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        _ => {
+            eprintln!("usage: lab-bench-peer raw-echo PATH | secondary [EAL] | ring-drain [EAL] -- RING");
+            std::process::exit(2);
+        }
+    }
+}

@@ -114,12 +114,7 @@ pub struct PciAddr {
 impl PciAddr {
     /// Builds an address, refusing a device number above 31 or a function above 7.
     pub fn new(domain: u32, bus: u8, devid: u8, function: u8) -> Result<PciAddr, PciError> {
-        let addr = PciAddr {
-            domain,
-            bus,
-            devid,
-            function,
-        };
+        let addr = PciAddr { domain, bus, devid, function };
         if devid > MAX_DEVID {
             return Err(PciError::BadAddress {
                 addr: addr.to_string(),
@@ -146,19 +141,13 @@ impl PciAddr {
 }
 
 fn bad_addr(s: &str, reason: impl Into<String>) -> PciError {
-    PciError::BadAddress {
-        addr: s.to_string(),
-        reason: reason.into(),
-    }
+    PciError::BadAddress { addr: s.to_string(), reason: reason.into() }
 }
 
 /// Parses a hex field of 1..=`max_digits` digits.
 fn hex_field(s: &str, whole: &str, what: &str, max_digits: usize) -> Result<u32, PciError> {
     if s.is_empty() || s.len() > max_digits || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad_addr(
-            whole,
-            format!("{what} {s:?} is not 1 to {max_digits} hex digits"),
-        ));
+        return Err(bad_addr(whole, format!("{what} {s:?} is not 1 to {max_digits} hex digits")));
     }
     u32::from_str_radix(s, 16).map_err(|_| bad_addr(whole, format!("{what} {s:?} is not hex")))
 }
@@ -190,23 +179,12 @@ fn parse_addr(s: &str) -> Result<(PciAddr, bool), PciError> {
     };
     let dev_v = hex_field(dev, s, "device", 2)?;
     if dev_v > u32::from(MAX_DEVID) {
-        return Err(bad_addr(
-            s,
-            format!("device {dev:?} is above {MAX_DEVID:#x}"),
-        ));
+        return Err(bad_addr(s, format!("device {dev:?} is above {MAX_DEVID:#x}")));
     }
     // The fields were bounded to 2 hex digits above, so these conversions cannot fail.
     let bus_v = u8::try_from(bus_v).map_err(|_| bad_addr(s, "bus out of range"))?;
     let dev_v = u8::try_from(dev_v).map_err(|_| bad_addr(s, "device out of range"))?;
-    Ok((
-        PciAddr {
-            domain: domain_v,
-            bus: bus_v,
-            devid: dev_v,
-            function,
-        },
-        domain.is_some(),
-    ))
+    Ok((PciAddr { domain: domain_v, bus: bus_v, devid: dev_v, function }, domain.is_some()))
 }
 
 impl FromStr for PciAddr {
@@ -222,11 +200,7 @@ impl FromStr for PciAddr {
 impl fmt::Display for PciAddr {
     /// Writes the canonical form `0000:00:05.0` (lower-case hex).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{}",
-            self.domain, self.bus, self.devid, self.function
-        )
+        write!(f, "{:04x}:{:02x}:{:02x}.{}", self.domain, self.bus, self.devid, self.function)
     }
 }
 
@@ -305,10 +279,7 @@ pub struct PciDevice {
 impl PciDevice {
     /// Vendor and device id.
     pub fn id(&self) -> PciId {
-        PciId {
-            vendor: self.vendor,
-            device: self.device,
-        }
+        PciId { vendor: self.vendor, device: self.device }
     }
 
     /// Path of the vfio-user socket an emulated function has in its directory.
@@ -343,19 +314,11 @@ pub fn scan(root: &Path) -> Result<Vec<PciDevice>, PciError> {
             debug!(root = %root.display(), "PCI devices directory absent: no PCI devices");
             return Ok(Vec::new());
         }
-        Err(source) => {
-            return Err(PciError::ReadDir {
-                path: root.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(PciError::ReadDir { path: root.to_path_buf(), source }),
     };
     let mut devices = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| PciError::ReadDir {
-            path: root.to_path_buf(),
-            source,
-        })?;
+        let entry = entry.map_err(|source| PciError::ReadDir { path: root.to_path_buf(), source })?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
             debug!(root = %root.display(), "skipping non-UTF-8 entry");
@@ -386,31 +349,24 @@ pub fn scan_one(dir: &Path) -> Result<PciDevice, PciError> {
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| PciAddr::parse_full(n).ok())
-        .ok_or_else(|| PciError::BadDeviceDir {
-            path: dir.to_path_buf(),
-        })?;
+        .ok_or_else(|| PciError::BadDeviceDir { path: dir.to_path_buf() })?;
     let vendor = read_u16(dir, "vendor")?;
     let device = read_u16(dir, "device")?;
     let subsystem_vendor = read_u16(dir, "subsystem_vendor")?;
     let subsystem_device = read_u16(dir, "subsystem_device")?;
     let class = read_number(dir, "class").and_then(|(v, path, text)| {
-        u32::try_from(v)
-            .map(|c| c & 0x00ff_ffff)
-            .map_err(|_| malformed(path, text, "a 32-bit class code"))
+        u32::try_from(v).map(|c| c & 0x00ff_ffff).map_err(|_| malformed(path, text, "a 32-bit class code"))
     })?;
     let numa_node = read_numa_node(dir)?;
     let resources = read_resources(dir)?;
     let driver = read_link_basename(dir, "driver")?;
-    let iommu_group = match read_link_basename(dir, "iommu_group")? {
-        None => None,
-        Some(g) => Some(g.parse::<u32>().map_err(|_| {
-            malformed(
-                dir.join("iommu_group"),
-                g.clone(),
-                "a link whose basename is a group number",
-            )
-        })?),
-    };
+    let iommu_group =
+        match read_link_basename(dir, "iommu_group")? {
+            None => None,
+            Some(g) => Some(g.parse::<u32>().map_err(|_| {
+                malformed(dir.join("iommu_group"), g.clone(), "a link whose basename is a group number")
+            })?),
+        };
     Ok(PciDevice {
         addr,
         vendor,
@@ -427,11 +383,7 @@ pub fn scan_one(dir: &Path) -> Result<PciDevice, PciError> {
 }
 
 fn malformed(path: PathBuf, value: impl Into<String>, expected: &str) -> PciError {
-    PciError::Malformed {
-        path,
-        value: value.into(),
-        reason: format!("expected {expected}"),
-    }
+    PciError::Malformed { path, value: value.into(), reason: format!("expected {expected}") }
 }
 
 /// Reads a sysfs attribute (bounded), `Ok(None)` when the file does not exist.
@@ -439,20 +391,12 @@ fn read_attr(path: &Path) -> Result<Option<String>, PciError> {
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(PciError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(PciError::Read { path: path.to_path_buf(), source }),
     };
     let mut bytes = Vec::new();
     file.take(MAX_ATTR_LEN + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| PciError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| PciError::Read { path: path.to_path_buf(), source })?;
     if bytes.len() as u64 > MAX_ATTR_LEN {
         return Err(malformed(
             path.to_path_buf(),
@@ -460,9 +404,7 @@ fn read_attr(path: &Path) -> Result<Option<String>, PciError> {
             "a sysfs attribute of at most 64 KiB",
         ));
     }
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|e| malformed(path.to_path_buf(), format!("{e}"), "UTF-8 text"))
+    String::from_utf8(bytes).map(Some).map_err(|e| malformed(path.to_path_buf(), format!("{e}"), "UTF-8 text"))
 }
 
 /// Reads a required attribute.
@@ -470,10 +412,7 @@ fn read_required(dir: &Path, file: &str) -> Result<(String, PathBuf), PciError> 
     let path = dir.join(file);
     match read_attr(&path)? {
         Some(t) => Ok((t, path)),
-        None => Err(PciError::Read {
-            path,
-            source: io::Error::from(io::ErrorKind::NotFound),
-        }),
+        None => Err(PciError::Read { path, source: io::Error::from(io::ErrorKind::NotFound) }),
     }
 }
 
@@ -499,11 +438,7 @@ fn read_number(dir: &Path, file: &str) -> Result<(u64, PathBuf, String), PciErro
     let (text, path) = read_required(dir, file)?;
     match parse_c_u64(&text) {
         Some(v) => Ok((v, path, text)),
-        None => Err(malformed(
-            path,
-            text,
-            "a number (0x hex, 0 octal or decimal)",
-        )),
+        None => Err(malformed(path, text, "a number (0x hex, 0 octal or decimal)")),
     }
 }
 
@@ -540,12 +475,7 @@ fn read_resources(dir: &Path) -> Result<Vec<PciResource>, PciError> {
             });
         };
         if *flags != 0 {
-            out.push(PciResource {
-                index,
-                start: *start,
-                end: *end,
-                flags: *flags,
-            });
+            out.push(PciResource { index, start: *start, end: *end, flags: *flags });
         }
     }
     Ok(out)
@@ -561,11 +491,7 @@ fn read_link_basename(dir: &Path, link: &str) -> Result<Option<String>, PciError
     };
     match target.file_name().and_then(|n| n.to_str()) {
         Some(n) => Ok(Some(n.to_string())),
-        None => Err(malformed(
-            path,
-            target.display().to_string(),
-            "a link with a UTF-8 basename",
-        )),
+        None => Err(malformed(path, target.display().to_string(), "a link with a UTF-8 basename")),
     }
 }
 
@@ -580,33 +506,24 @@ pub struct PciFilter {
 impl PciFilter {
     /// Builds the filter from the option lists. Entries may carry devargs after a comma
     /// (`0000:00:05.0,key=v`) and an optional `pci:` prefix; only the address is kept.
-    pub fn from_options(
-        allow: &[String],
-        block: &[String],
-        no_pci: bool,
-    ) -> Result<PciFilter, PciError> {
+    pub fn from_options(allow: &[String], block: &[String], no_pci: bool) -> Result<PciFilter, PciError> {
         fn addrs(option: &'static str, list: &[String]) -> Result<Vec<PciAddr>, PciError> {
             list.iter()
                 .map(|entry| {
                     let head = entry.split(',').next().unwrap_or_default();
                     let head = head.strip_prefix("pci:").unwrap_or(head);
-                    head.parse::<PciAddr>()
-                        .map_err(|e| PciError::BadFilterEntry {
-                            option,
-                            entry: entry.clone(),
-                            reason: match e {
-                                PciError::BadAddress { reason, .. } => reason,
-                                other => other.to_string(),
-                            },
-                        })
+                    head.parse::<PciAddr>().map_err(|e| PciError::BadFilterEntry {
+                        option,
+                        entry: entry.clone(),
+                        reason: match e {
+                            PciError::BadAddress { reason, .. } => reason,
+                            other => other.to_string(),
+                        },
+                    })
                 })
                 .collect()
         }
-        Ok(PciFilter {
-            allow: addrs("allow", allow)?,
-            block: addrs("block", block)?,
-            no_pci,
-        })
+        Ok(PciFilter { allow: addrs("allow", allow)?, block: addrs("block", block)?, no_pci })
     }
 
     /// True when `addr` may be probed: nothing with `--no-pci`; only allowed addresses when the allow
@@ -644,12 +561,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn a(domain: u32, bus: u8, devid: u8, function: u8) -> PciAddr {
-        PciAddr {
-            domain,
-            bus,
-            devid,
-            function,
-        }
+        PciAddr { domain, bus, devid, function }
     }
 
     #[rstest]
@@ -685,10 +597,7 @@ mod tests {
     #[case("0000:00:05.00")]
     fn address_refuses_malformed_text(#[case] text: &str) {
         let err = text.parse::<PciAddr>().unwrap_err();
-        assert!(
-            matches!(&err, PciError::BadAddress { addr, .. } if addr == text),
-            "{err}"
-        );
+        assert!(matches!(&err, PciError::BadAddress { addr, .. } if addr == text), "{err}");
     }
 
     #[rstest]
@@ -710,12 +619,7 @@ mod tests {
     #[rstest]
     #[case(0, 0, 32, 0)]
     #[case(0, 0, 0, 8)]
-    fn new_refuses_out_of_range_fields(
-        #[case] d: u32,
-        #[case] b: u8,
-        #[case] dev: u8,
-        #[case] f: u8,
-    ) {
+    fn new_refuses_out_of_range_fields(#[case] d: u32, #[case] b: u8, #[case] dev: u8, #[case] f: u8) {
         assert!(PciAddr::new(d, b, dev, f).is_err());
     }
 
@@ -863,41 +767,19 @@ mod tests {
     #[test]
     fn scan_one_reads_every_attribute() {
         let root = tempfile::tempdir().unwrap();
-        let dir = FakeDev::new("0000:00:05.0")
-            .set("numa_node", "1\n")
-            .set("class", "0xff020000\n")
-            .write(root.path());
+        let dir = FakeDev::new("0000:00:05.0").set("numa_node", "1\n").set("class", "0xff020000\n").write(root.path());
         let dev = scan_one(&dir).unwrap();
         assert_eq!(dev.addr, a(0, 0, 5, 0));
-        assert_eq!(
-            dev.id(),
-            PciId {
-                vendor: 0x8086,
-                device: 0x10fb
-            }
-        );
+        assert_eq!(dev.id(), PciId { vendor: 0x8086, device: 0x10fb });
         assert_eq!(dev.id().to_string(), "8086:10fb");
-        assert_eq!(
-            (dev.subsystem_vendor, dev.subsystem_device),
-            (0x8086, 0x000c)
-        );
+        assert_eq!((dev.subsystem_vendor, dev.subsystem_device), (0x8086, 0x000c));
         assert_eq!(dev.class, 0x020000);
         assert_eq!(dev.numa_node, Some(1));
         assert_eq!(
             dev.resources,
             vec![
-                PciResource {
-                    index: 0,
-                    start: 0xfe00_0000,
-                    end: 0xfe07_ffff,
-                    flags: 0x0014_0204
-                },
-                PciResource {
-                    index: 2,
-                    start: 0xe000,
-                    end: 0xe01f,
-                    flags: 0x0004_0101
-                },
+                PciResource { index: 0, start: 0xfe00_0000, end: 0xfe07_ffff, flags: 0x0014_0204 },
+                PciResource { index: 2, start: 0xe000, end: 0xe01f, flags: 0x0004_0101 },
             ]
         );
         assert_eq!(dev.resources[0].len(), 0x8_0000);
@@ -969,9 +851,7 @@ mod tests {
     #[test]
     fn scan_one_error_names_the_content() {
         let root = tempfile::tempdir().unwrap();
-        let dir = FakeDev::new("0000:00:05.0")
-            .set("vendor", "intel\n")
-            .write(root.path());
+        let dir = FakeDev::new("0000:00:05.0").set("vendor", "intel\n").write(root.path());
         let msg = scan_one(&dir).unwrap_err().to_string();
         assert!(msg.contains("vendor") && msg.contains("intel"), "{msg}");
     }
@@ -990,10 +870,7 @@ mod tests {
         dev.group = Some("../../../kernel/iommu_groups/seven");
         let dir = dev.write(root.path());
         let msg = scan_one(&dir).unwrap_err().to_string();
-        assert!(
-            msg.contains("iommu_group") && msg.contains("seven"),
-            "{msg}"
-        );
+        assert!(msg.contains("iommu_group") && msg.contains("seven"), "{msg}");
     }
 
     #[test]
@@ -1005,26 +882,12 @@ mod tests {
         FakeDev::new("0001:00:00.0").write(r);
         FakeDev::new("0000:00:05.0").without("driver").write(r);
         FakeDev::new("0000:00:07.0").without("vendor").write(r);
-        FakeDev::new("0000:00:08.0")
-            .set("resource", "garbage\n")
-            .write(r);
+        FakeDev::new("0000:00:08.0").set("resource", "garbage\n").write(r);
         fs::create_dir(r.join(".hidden")).unwrap();
         fs::create_dir(r.join("00:09.0")).unwrap();
         fs::write(r.join("not-a-device"), "x").unwrap();
-        let found: Vec<String> = scan(r)
-            .unwrap()
-            .iter()
-            .map(|d| d.addr.to_string())
-            .collect();
-        assert_eq!(
-            found,
-            [
-                "0000:00:05.0",
-                "0000:00:05.1",
-                "0000:00:06.0",
-                "0001:00:00.0"
-            ]
-        );
+        let found: Vec<String> = scan(r).unwrap().iter().map(|d| d.addr.to_string()).collect();
+        assert_eq!(found, ["0000:00:05.0", "0000:00:05.1", "0000:00:06.0", "0001:00:00.0"]);
     }
 
     #[test]

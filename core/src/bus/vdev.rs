@@ -18,9 +18,7 @@ pub const NET_PREFIX: &str = "net_";
 /// `net_ring`); a driver that matches the name as written wins over an alias match of the same length.
 /// Empty driver names never match.
 pub fn driver_for<'a>(name: &str, drivers: &[&'a str]) -> Option<&'a str> {
-    let alias = name
-        .strip_prefix(LEGACY_PREFIX)
-        .map(|rest| format!("{NET_PREFIX}{rest}"));
+    let alias = name.strip_prefix(LEGACY_PREFIX).map(|rest| format!("{NET_PREFIX}{rest}"));
     drivers
         .iter()
         .copied()
@@ -43,14 +41,7 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
-    const DRIVERS: &[&str] = &[
-        "net_null",
-        "net_ring",
-        "net_pcap",
-        "net_tap",
-        "net_af_packet",
-        "net_ring_ext",
-    ];
+    const DRIVERS: &[&str] = &["net_null", "net_ring", "net_pcap", "net_tap", "net_af_packet", "net_ring_ext"];
 
     #[rstest]
     #[case("net_null0", Some("net_null"))]
@@ -74,14 +65,8 @@ mod tests {
 
     #[test]
     fn driver_matching_as_written_beats_an_alias_of_the_same_length() {
-        assert_eq!(
-            driver_for("eth_null0", &["net_null", "eth_null"]),
-            Some("eth_null")
-        );
-        assert_eq!(
-            driver_for("eth_null0", &["eth_", "net_null"]),
-            Some("net_null")
-        );
+        assert_eq!(driver_for("eth_null0", &["net_null", "eth_null"]), Some("eth_null"));
+        assert_eq!(driver_for("eth_null0", &["eth_", "net_null"]), Some("net_null"));
     }
 
     #[test]

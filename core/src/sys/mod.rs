@@ -210,15 +210,24 @@ pub fn dgram_bind(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Sets the receive timeout of a socket (a blocking receive then fails with EAGAIN after `ms`).
+pub fn set_recv_timeout(fd: BorrowedFd<'_>, ms: u64) -> io::Result<()> {
+    set_timeout(fd, libc::SO_RCVTIMEO, ms)
+}
+
 /// Sets the send timeout of a socket.
 pub fn set_send_timeout(fd: BorrowedFd<'_>, ms: u64) -> io::Result<()> {
+    set_timeout(fd, libc::SO_SNDTIMEO, ms)
+}
+
+fn set_timeout(fd: BorrowedFd<'_>, opt: libc::c_int, ms: u64) -> io::Result<()> {
     let tv = libc::timeval { tv_sec: (ms / 1000) as libc::time_t, tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t };
     // SAFETY: setsockopt reads one timeval we own.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
+            opt,
             (&tv as *const libc::timeval).cast(),
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )

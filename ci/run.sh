@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The project's checks, as CI runs them and as people run them: formatting, lints, docs, tests.
+# Needs only a Rust toolchain; tests that need root or kernel features set them up themselves
+# (or skip with one line saying why).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+echo "== cargo test"
+cargo test --workspace --locked
