@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod devargs;
+pub mod ethdev;
 pub mod ipc;
 pub mod mbuf;
 pub mod mem;
@@ -13,3 +14,5 @@ pub mod options;
 pub mod ring;
 pub mod runtime;
 pub mod sys;
+
+pub use lab_vfio as vfio;

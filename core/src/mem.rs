@@ -30,7 +30,7 @@ pub const VERSION: u32 = 1;
 /// Number of memzone slots.
 pub const MAX_ZONES: usize = 256;
 /// Longest memzone name, in bytes.
-pub const ZONE_NAME_MAX: usize = 31;
+pub const ZONE_NAME_MAX: usize = 63;
 /// Default size of the shared memory, in MiB, when `-m` is not given.
 pub const DEFAULT_MB: u64 = 64;
 
@@ -185,7 +185,7 @@ impl Drop for ShmLockGuard<'_> {
 
 #[repr(C)]
 struct ZoneEntry {
-    name: [u8; 32],
+    name: [u8; 64],
     offset: u64,
     len: u64,
     /// 0 free slot, 1 in use, 2 hole (freed, reusable space).
@@ -493,7 +493,7 @@ impl Shm {
         };
         let z = &mut h.zones[slot];
         let keep_len = if z.state == 2 { z.len } else { len };
-        z.name = [0; 32];
+        z.name = [0; 64];
         z.name[..name.len()].copy_from_slice(name.as_bytes());
         z.offset = off;
         z.len = keep_len;
@@ -521,7 +521,7 @@ impl Shm {
         let h = self.header_mut(&g);
         let i = find(h, name).ok_or_else(|| MemError::ZoneNotFound { name: name.into() })?;
         h.zones[i].state = 2;
-        h.zones[i].name = [0; 32];
+        h.zones[i].name = [0; 64];
         Ok(())
     }
 
@@ -543,13 +543,13 @@ impl Shm {
 }
 
 fn zone_name(z: &ZoneEntry) -> String {
-    let n = z.name.iter().position(|b| *b == 0).unwrap_or(32);
+    let n = z.name.iter().position(|b| *b == 0).unwrap_or(64);
     String::from_utf8_lossy(&z.name[..n]).into_owned()
 }
 
 fn find(h: &ShmHeader, name: &str) -> Option<usize> {
     h.zones.iter().position(|z| {
-        z.state == 1 && &z.name[..name.len()] == name.as_bytes() && (name.len() == 32 || z.name[name.len()] == 0)
+        z.state == 1 && &z.name[..name.len()] == name.as_bytes() && (name.len() == 64 || z.name[name.len()] == 0)
     })
 }
 
@@ -615,7 +615,7 @@ mod tests {
     fn bad_names_and_alignments_are_refused() {
         let (_d, shm) = tmp_shm(2);
         assert!(matches!(shm.reserve("", 1, 64), Err(MemError::BadZoneName { .. })));
-        assert!(matches!(shm.reserve(&"x".repeat(32), 1, 64), Err(MemError::BadZoneName { .. })));
+        assert!(matches!(shm.reserve(&"x".repeat(64), 1, 64), Err(MemError::BadZoneName { .. })));
         assert!(matches!(shm.reserve("x", 1, 3), Err(MemError::BadAlign { .. })));
     }
 

@@ -1,1 +1,25 @@
-//! lab-drivers
+//! lab-drivers: the poll-mode drivers of hotplug-lab.
+//!
+//! Each driver implements `lab_core::ethdev::Driver` (probe) and `EthDev` (its per-process port
+//! handle). Start reading at `null.rs`, the smallest one. [`register_all`] adds every driver to a
+//! registry; lab-core itself knows none of them.
+
+#![deny(missing_docs)]
+
+use std::sync::Arc;
+
+use lab_core::ethdev::Registry;
+
+pub mod null;
+
+/// Registers every driver of this crate.
+pub fn register_all(reg: &mut Registry) {
+    reg.register(Arc::new(null::NullDriver));
+}
+
+/// A registry with every driver of this crate.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    register_all(&mut r);
+    r
+}

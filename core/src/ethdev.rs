@@ -1,0 +1,592 @@
+//! Ethernet ports: the driver interface, the shared port table and this process's handles.
+//!
+//! * [`Driver`] is what a poll-mode driver registers (name, bus, keys, PCI ids, `probe`).
+//!   [`EthDev`] is a driver's per-process handle on one port: control operations and the
+//!   `rx_burst`/`tx_burst` data path. A driver probed in the primary creates the device; probed in a
+//!   secondary it attaches to what the primary created (its own connection, its own mappings).
+//! * The port table lives in a memzone: one [`PortSlot`] per port id (32 by default) with name,
+//!   devargs, state, driver, MAC, MTU, queue counts. Port ids are decided there, once, by the
+//!   primary, so every process uses the same id for the same device.
+//! * [`Ports`] holds this process's handles. Releasing a port is `release_port` in the primary
+//!   (the driver resets the device and the shared slot is cleared) and `release_port_local` in a
+//!   secondary (only its own handles: what the primary and the others use is left alone), the
+//!   distinction DPDK's series introduced.
+//!
+//! The table is changed only under the shared-memory lock and only by the primary; a sequence
+//! counter (odd while a hotplug operation runs) lets a late secondary take a consistent snapshot.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::bus::pci::{PciDevice, PciId};
+use crate::devargs::{BusKind, Devargs, KeySpec, Kvargs};
+use crate::mbuf::Mbuf;
+use crate::mem::{MemError, Shm};
+use crate::runtime::Runtime;
+
+/// Number of port slots.
+pub const MAX_PORTS: usize = 32;
+/// Longest device name.
+pub const NAME_MAX: usize = 63;
+/// Memzone of the port table.
+pub const PORTS_ZONE: &str = "lab_ethdev_ports";
+/// The default packet buffer pool every port receives into (created by the primary).
+pub const DEFAULT_POOL: &str = "lab_mbuf_pool";
+
+/// A port id, the same in every process of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortId(pub u16);
+
+impl std::fmt::Display for PortId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Link state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkStatus {
+    /// Link up.
+    pub up: bool,
+    /// Speed in Mb/s (0 when down or unknown).
+    pub speed_mbps: u32,
+}
+
+impl std::fmt::Display for LinkStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.up {
+            write!(f, "up {} Mbps", self.speed_mbps)
+        } else {
+            f.write_str("down")
+        }
+    }
+}
+
+/// Port counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortStats {
+    /// Packets received.
+    pub ipackets: u64,
+    /// Packets sent.
+    pub opackets: u64,
+    /// Bytes received.
+    pub ibytes: u64,
+    /// Bytes sent.
+    pub obytes: u64,
+    /// Packets the device dropped for lack of descriptors.
+    pub imissed: u64,
+    /// Receive errors.
+    pub ierrors: u64,
+    /// Transmit errors.
+    pub oerrors: u64,
+    /// Receive buffer allocation failures.
+    pub rx_nombuf: u64,
+}
+
+/// What a port is and can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevInfo {
+    /// Driver name.
+    pub driver: &'static str,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// Current MTU.
+    pub mtu: u16,
+    /// Receive queues configured.
+    pub nb_rxq: u16,
+    /// Transmit queues configured.
+    pub nb_txq: u16,
+    /// Receive queues the device has.
+    pub max_rxq: u16,
+    /// Transmit queues the device has.
+    pub max_txq: u16,
+}
+
+/// How a port is set up at attach (the lab configures and starts ports as it attaches them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConf {
+    /// Receive queues.
+    pub nb_rxq: u16,
+    /// Transmit queues.
+    pub nb_txq: u16,
+    /// Descriptors per queue.
+    pub nb_desc: u16,
+    /// Pool to receive into.
+    pub pool: String,
+}
+
+impl Default for PortConf {
+    fn default() -> PortConf {
+        PortConf { nb_rxq: 1, nb_txq: 1, nb_desc: 512, pool: DEFAULT_POOL.into() }
+    }
+}
+
+/// How a handle is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Primary: stop and reset the device, free shared driver state.
+    Shared,
+    /// Secondary (or rollback of a local attach): only this process's handles.
+    Local,
+}
+
+/// Errors of ports and drivers.
+#[derive(Debug, thiserror::Error)]
+pub enum EthError {
+    /// A driver could not probe a device.
+    #[error("{driver}: {device}: {reason}")]
+    Probe {
+        /// Driver.
+        driver: &'static str,
+        /// Device name.
+        device: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The operation is not supported by this driver.
+    #[error("{driver}: {op} is not supported")]
+    Unsupported {
+        /// Driver.
+        driver: &'static str,
+        /// Operation.
+        op: &'static str,
+    },
+    /// A parameter out of range.
+    #[error("{what}")]
+    Invalid {
+        /// What was wrong, with the limit.
+        what: String,
+    },
+    /// Device access failed.
+    #[error("{driver}: device error: {reason}")]
+    Device {
+        /// Driver.
+        driver: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No port with that id in this process.
+    #[error("port {port} is not attached")]
+    NoPort {
+        /// Port id.
+        port: u16,
+    },
+    /// All port slots are used.
+    #[error("no free port: all {max} port ids are in use")]
+    NoFreePort {
+        /// The limit.
+        max: usize,
+    },
+    /// Shared memory trouble.
+    #[error(transparent)]
+    Mem(#[from] MemError),
+}
+
+/// A driver's per-process handle on one port.
+pub trait EthDev: Send {
+    /// Static and configured properties.
+    fn info(&self) -> DevInfo;
+    /// Link state (may query the device).
+    fn link(&mut self) -> LinkStatus;
+    /// Counters.
+    fn stats(&mut self) -> PortStats;
+    /// Resets the counters.
+    fn stats_reset(&mut self) {}
+    /// Promiscuous mode on or off.
+    fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
+        let _ = on;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "promiscuous mode" })
+    }
+    /// Changes the MTU.
+    fn set_mtu(&mut self, mtu: u16) -> Result<(), EthError> {
+        let _ = mtu;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "MTU change" })
+    }
+    /// Receives up to `pkts.len()` packets from `queue` into the empty slots at the front of
+    /// `pkts`; returns how many. Never allocates, locks, logs or makes a syscall per packet.
+    fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize;
+    /// Sends packets from the front of `pkts` (taking them out of their slots); returns how many
+    /// were taken. The rest stay with the caller.
+    fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize;
+    /// Whether the device went away under us (surprise removal).
+    fn is_removed(&self) -> bool {
+        false
+    }
+    /// Releases this handle (see [`Release`]).
+    fn close(self: Box<Self>, how: Release);
+}
+
+/// What a driver gets to probe a device in this process.
+pub struct ProbeCtx<'a> {
+    /// The runtime (shared memory, IPC channel, role, options).
+    pub runtime: &'a Runtime,
+    /// Port id decided by the primary.
+    pub port: PortId,
+    /// Device name (`net_null0`, `0000:00:05.0`).
+    pub name: &'a str,
+    /// The devargs as given.
+    pub devargs: &'a Devargs,
+    /// The validated arguments.
+    pub kvargs: &'a Kvargs,
+    /// The PCI function, for PCI drivers.
+    pub pci: Option<&'a PciDevice>,
+    /// Queue and pool setup.
+    pub conf: &'a PortConf,
+}
+
+impl ProbeCtx<'_> {
+    /// Whether this process is the primary (creates the device) or a secondary (attaches).
+    pub fn is_primary(&self) -> bool {
+        self.runtime.is_primary()
+    }
+    /// A probe error for this device.
+    pub fn error(&self, driver: &'static str, reason: impl Into<String>) -> EthError {
+        EthError::Probe { driver, device: self.name.into(), reason: reason.into() }
+    }
+}
+
+/// A poll-mode driver.
+pub trait Driver: Send + Sync {
+    /// Driver name (`net_null`, `net_ixgbe`); vdev names start with it.
+    fn name(&self) -> &'static str;
+    /// Bus the driver's devices are on.
+    fn bus(&self) -> BusKind;
+    /// Keys its devargs accept.
+    fn keys(&self) -> &'static [KeySpec];
+    /// PCI ids it drives (PCI drivers).
+    fn pci_ids(&self) -> &'static [PciId] {
+        &[]
+    }
+    /// Probes the device in this process.
+    fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError>;
+}
+
+/// The drivers this process knows. Core hard-codes none: binaries register them.
+#[derive(Default, Clone)]
+pub struct Registry {
+    drivers: Vec<Arc<dyn Driver>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+    /// Adds a driver.
+    pub fn register(&mut self, d: Arc<dyn Driver>) {
+        self.drivers.push(d);
+    }
+    /// All drivers.
+    pub fn drivers(&self) -> &[Arc<dyn Driver>] {
+        &self.drivers
+    }
+    /// The vdev driver for a device name (longest prefix, `eth_` alias).
+    pub fn vdev_driver(&self, name: &str) -> Option<&Arc<dyn Driver>> {
+        let names: Vec<&str> = self.drivers.iter().filter(|d| d.bus() == BusKind::Vdev).map(|d| d.name()).collect();
+        let n = crate::bus::vdev::driver_for(name, &names)?;
+        self.drivers.iter().find(|d| d.name() == n)
+    }
+    /// The PCI driver for a vendor/device id.
+    pub fn pci_driver(&self, id: PciId) -> Option<&Arc<dyn Driver>> {
+        self.drivers.iter().find(|d| d.bus() == BusKind::Pci && d.pci_ids().contains(&id))
+    }
+}
+
+/// State of a port slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum PortState {
+    /// Free.
+    Unused = 0,
+    /// The primary reserved the id and is attaching everywhere.
+    Attaching = 1,
+    /// Attached in every process.
+    Attached = 2,
+    /// The primary is detaching it everywhere.
+    Detaching = 3,
+}
+
+impl PortState {
+    fn from_u32(v: u32) -> PortState {
+        match v {
+            1 => PortState::Attaching,
+            2 => PortState::Attached,
+            3 => PortState::Detaching,
+            _ => PortState::Unused,
+        }
+    }
+}
+
+/// One port in the shared table.
+#[repr(C)]
+pub struct PortSlot {
+    state: AtomicU32,
+    gen: AtomicU32,
+    name: [u8; 64],
+    driver: [u8; 32],
+    devargs_len: u32,
+    mtu: u16,
+    nb_rxq: u16,
+    nb_txq: u16,
+    mac: [u8; 6],
+    started: u32,
+    devargs: [u8; 4096],
+}
+
+/// Header of the port table.
+#[repr(C)]
+pub struct PortTableHdr {
+    magic: u64,
+    seq: AtomicU64,
+    slots: [PortSlot; MAX_PORTS],
+}
+const PORTS_MAGIC: u64 = 0x504f_5254_5441_424c;
+
+/// A snapshot of one shared port entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortEntry {
+    /// Id.
+    pub port: PortId,
+    /// State.
+    pub state: PortState,
+    /// Generation: changes at every attach of this id.
+    pub gen: u32,
+    /// Device name.
+    pub name: String,
+    /// Driver.
+    pub driver: String,
+    /// Devargs as attached (canonical form).
+    pub devargs: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u16,
+    /// Receive queues.
+    pub nb_rxq: u16,
+    /// Transmit queues.
+    pub nb_txq: u16,
+}
+
+/// The shared port table (a view of the memzone).
+pub struct PortTable {
+    shm: Arc<Shm>,
+    hdr: std::ptr::NonNull<PortTableHdr>,
+}
+
+// SAFETY: the table is shared memory: atomics for state and sequence, other fields written only
+// by the primary under the shared lock while the slot is not Attached.
+unsafe impl Send for PortTable {}
+// SAFETY: as above.
+unsafe impl Sync for PortTable {}
+
+fn cstr(b: &[u8]) -> String {
+    let n = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..n]).into_owned()
+}
+
+impl PortTable {
+    /// Creates (primary) or finds (secondary) the table.
+    pub fn open(shm: &Arc<Shm>, primary: bool) -> Result<PortTable, EthError> {
+        let len = std::mem::size_of::<PortTableHdr>() as u64;
+        let z = if primary { shm.reserve(PORTS_ZONE, len, 64)? } else { shm.lookup(PORTS_ZONE)? };
+        let p = shm.ptr(z.offset, len).ok_or(EthError::Invalid { what: "port table outside shared memory".into() })?;
+        let t = PortTable { shm: shm.clone(), hdr: p.cast() };
+        if primary {
+            let _g = shm.lock().lock();
+            // SAFETY: fresh zeroed zone; we hold the lock.
+            unsafe { (*t.hdr.as_ptr()).magic = PORTS_MAGIC };
+        } else if t.h().magic != PORTS_MAGIC {
+            return Err(EthError::Invalid { what: "memzone lab_ethdev_ports holds no port table".into() });
+        }
+        Ok(t)
+    }
+
+    fn h(&self) -> &PortTableHdr {
+        // SAFETY: hdr points at the table inside a mapping never unmapped.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn slot_mut(&self, i: usize, _g: &crate::mem::ShmLockGuard<'_>) -> &mut PortSlot {
+        // SAFETY: i < MAX_PORTS (callers index from the table); writers hold the shared lock.
+        unsafe { &mut (*self.hdr.as_ptr()).slots[i] }
+    }
+
+    /// Hotplug sequence counter: odd while an operation runs.
+    pub fn seq(&self) -> u64 {
+        self.h().seq.load(Ordering::Acquire)
+    }
+
+    /// Marks the start (odd) or end (even) of a hotplug operation. Primary only.
+    pub fn bump_seq(&self) {
+        self.h().seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A snapshot of slot `i`.
+    pub fn entry(&self, i: usize) -> Option<PortEntry> {
+        let s = self.h().slots.get(i)?;
+        let _g = self.shm.lock().lock();
+        let state = PortState::from_u32(s.state.load(Ordering::Acquire));
+        if state == PortState::Unused {
+            return None;
+        }
+        let dl = (s.devargs_len as usize).min(s.devargs.len());
+        Some(PortEntry {
+            port: PortId(i as u16),
+            state,
+            gen: s.gen.load(Ordering::Relaxed),
+            name: cstr(&s.name),
+            driver: cstr(&s.driver),
+            devargs: String::from_utf8_lossy(&s.devargs[..dl]).into_owned(),
+            mac: s.mac,
+            mtu: s.mtu,
+            nb_rxq: s.nb_rxq,
+            nb_txq: s.nb_txq,
+        })
+    }
+
+    /// Every used slot, in id order.
+    pub fn entries(&self) -> Vec<PortEntry> {
+        (0..MAX_PORTS).filter_map(|i| self.entry(i)).collect()
+    }
+
+    /// The slot holding device `name`, if any.
+    pub fn find(&self, name: &str) -> Option<PortEntry> {
+        self.entries().into_iter().find(|e| e.name == name)
+    }
+
+    /// Reserves the first free id for `name` in state Attaching. Primary only.
+    pub fn allocate(&self, name: &str, driver: &str, devargs: &str) -> Result<PortId, EthError> {
+        if name.len() > NAME_MAX || devargs.len() > 4096 {
+            return Err(EthError::Invalid { what: format!("device name {name:?} over {NAME_MAX} bytes") });
+        }
+        let g = self.shm.lock().lock();
+        let i = (0..MAX_PORTS)
+            .find(|i| self.h().slots[*i].state.load(Ordering::Acquire) == PortState::Unused as u32)
+            .ok_or(EthError::NoFreePort { max: MAX_PORTS })?;
+        let s = self.slot_mut(i, &g);
+        s.name = [0; 64];
+        s.name[..name.len()].copy_from_slice(name.as_bytes());
+        s.driver = [0; 32];
+        let d = &driver.as_bytes()[..driver.len().min(31)];
+        s.driver[..d.len()].copy_from_slice(d);
+        s.devargs[..devargs.len()].copy_from_slice(devargs.as_bytes());
+        s.devargs_len = devargs.len() as u32;
+        s.mac = [0; 6];
+        s.mtu = 0;
+        s.nb_rxq = 0;
+        s.nb_txq = 0;
+        s.started = 0;
+        s.gen.fetch_add(1, Ordering::Relaxed);
+        s.state.store(PortState::Attaching as u32, Ordering::Release);
+        Ok(PortId(i as u16))
+    }
+
+    /// Records what the driver reported at probe. Primary only.
+    pub fn set_info(&self, port: PortId, info: &DevInfo) {
+        let g = self.shm.lock().lock();
+        if let Some(i) = Some(port.0 as usize).filter(|i| *i < MAX_PORTS) {
+            let s = self.slot_mut(i, &g);
+            s.mac = info.mac;
+            s.mtu = info.mtu;
+            s.nb_rxq = info.nb_rxq;
+            s.nb_txq = info.nb_txq;
+            s.started = 1;
+        }
+    }
+
+    /// Moves a slot to `state` (Unused clears it). Primary only.
+    pub fn set_state(&self, port: PortId, state: PortState) {
+        let g = self.shm.lock().lock();
+        if (port.0 as usize) < MAX_PORTS {
+            let s = self.slot_mut(port.0 as usize, &g);
+            if state == PortState::Unused {
+                s.name = [0; 64];
+                s.devargs_len = 0;
+            }
+            s.state.store(state as u32, Ordering::Release);
+        }
+    }
+}
+
+/// Port events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortEvent {
+    /// A port appeared in this process.
+    New,
+    /// A port was removed from this process.
+    Destroy,
+}
+
+type EventCb = Arc<dyn Fn(PortId, PortEvent) + Send + Sync>;
+
+/// This process's handle on one port.
+pub struct LocalPort {
+    /// Id.
+    pub port: PortId,
+    /// Generation of the slot it was attached as.
+    pub gen: u32,
+    /// Device name.
+    pub name: String,
+    /// The driver's handle.
+    pub dev: Box<dyn EthDev>,
+    /// Lock count (`lock`/`unlock`): a locked port vetoes detach.
+    pub locks: u32,
+}
+
+/// This process's ports: one slot per id, each behind its own mutex (never shared with peers).
+pub struct Ports {
+    slots: Vec<Mutex<Option<LocalPort>>>,
+    callbacks: Mutex<Vec<EventCb>>,
+}
+
+impl Default for Ports {
+    fn default() -> Ports {
+        Ports { slots: (0..MAX_PORTS).map(|_| Mutex::new(None)).collect(), callbacks: Mutex::new(Vec::new()) }
+    }
+}
+
+impl Ports {
+    /// Locks one port's slot.
+    pub fn slot(&self, port: PortId) -> Option<MutexGuard<'_, Option<LocalPort>>> {
+        self.slots.get(port.0 as usize).map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Installs a handle and fires NEW.
+    pub fn insert(&self, lp: LocalPort) {
+        let port = lp.port;
+        if let Some(mut s) = self.slot(port) {
+            if let Some(old) = s.replace(lp) {
+                tracing::warn!(port = %port, "replacing a stale local port handle");
+                old.dev.close(Release::Local);
+            }
+        }
+        self.fire(port, PortEvent::New);
+    }
+
+    /// Removes the handle (returning it) and fires DESTROY.
+    pub fn take(&self, port: PortId) -> Option<LocalPort> {
+        let lp = self.slot(port)?.take();
+        if lp.is_some() {
+            self.fire(port, PortEvent::Destroy);
+        }
+        lp
+    }
+
+    /// Ids with a local handle, in order.
+    pub fn ids(&self) -> Vec<PortId> {
+        (0..MAX_PORTS as u16).map(PortId).filter(|p| self.slot(*p).is_some_and(|s| s.is_some())).collect()
+    }
+
+    /// Registers an event callback (called from whichever thread changes the port).
+    pub fn on_event(&self, cb: impl Fn(PortId, PortEvent) + Send + Sync + 'static) {
+        self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(cb));
+    }
+
+    fn fire(&self, port: PortId, ev: PortEvent) {
+        let cbs: Vec<EventCb> = self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for cb in cbs {
+            cb(port, ev);
+        }
+    }
+}
