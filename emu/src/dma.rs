@@ -7,7 +7,7 @@
 
 use std::fs::File;
 
-use crate::mem::{MemError, Mapping};
+use crate::mem::{Mapping, MemError};
 
 /// Identifies one client connection of a function.
 pub type ConnId = u64;
@@ -83,41 +83,20 @@ pub struct DmaTable {
 
 impl std::fmt::Debug for DmaTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.maps.iter().map(|m| (m.conn, m.iova, m.size)))
-            .finish()
+        f.debug_list().entries(self.maps.iter().map(|m| (m.conn, m.iova, m.size))).finish()
     }
 }
 
 impl DmaTable {
     /// Adds a map for `conn`: `size` bytes of `file` at `offset` appear at `iova`.
-    pub fn map(
-        &mut self,
-        conn: ConnId,
-        iova: u64,
-        size: u64,
-        file: Option<File>,
-        offset: u64,
-    ) -> Result<(), DmaError> {
-        let end = iova
-            .checked_add(size)
-            .filter(|_| size > 0)
-            .ok_or(DmaError::BadRange { iova, size })?;
+    pub fn map(&mut self, conn: ConnId, iova: u64, size: u64, file: Option<File>, offset: u64) -> Result<(), DmaError> {
+        let end = iova.checked_add(size).filter(|_| size > 0).ok_or(DmaError::BadRange { iova, size })?;
         let file = file.ok_or(DmaError::NoFd { iova, size })?;
-        if self
-            .maps
-            .iter()
-            .any(|m| m.conn == conn && iova < m.iova + m.size && m.iova < end)
-        {
+        if self.maps.iter().any(|m| m.conn == conn && iova < m.iova + m.size && m.iova < end) {
             return Err(DmaError::Overlap { iova, size });
         }
         let map = Mapping::map_file(&file, offset, size)?;
-        self.maps.push(DmaEntry {
-            conn,
-            iova,
-            size,
-            map,
-        });
+        self.maps.push(DmaEntry { conn, iova, size, map });
         Ok(())
     }
 
@@ -151,10 +130,7 @@ impl DmaTable {
 
     fn find(&self, iova: u64, len: usize) -> Option<(&Mapping, usize)> {
         let end = iova.checked_add(len as u64)?;
-        self.maps
-            .iter()
-            .find(|m| iova >= m.iova && end <= m.iova + m.size)
-            .map(|m| (&m.map, (iova - m.iova) as usize))
+        self.maps.iter().find(|m| iova >= m.iova && end <= m.iova + m.size).map(|m| (&m.map, (iova - m.iova) as usize))
     }
 }
 
@@ -162,20 +138,14 @@ impl Dma for DmaTable {
     fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         match self.find(iova, buf.len()) {
             Some((m, off)) if m.read(off, buf) => Ok(()),
-            _ => Err(DmaError::Unmapped {
-                iova,
-                len: buf.len() as u64,
-            }),
+            _ => Err(DmaError::Unmapped { iova, len: buf.len() as u64 }),
         }
     }
 
     fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
         match self.find(iova, data.len()) {
             Some((m, off)) if m.write(off, data) => Ok(()),
-            _ => Err(DmaError::Unmapped {
-                iova,
-                len: data.len() as u64,
-            }),
+            _ => Err(DmaError::Unmapped { iova, len: data.len() as u64 }),
         }
     }
 }
@@ -192,10 +162,7 @@ pub struct FakeDma {
 impl FakeDma {
     /// A zeroed window of `len` bytes at `base`.
     pub fn new(base: u64, len: usize) -> Self {
-        Self {
-            base,
-            mem: vec![0; len],
-        }
+        Self { base, mem: vec![0; len] }
     }
 
     fn range(&self, iova: u64, len: usize) -> Option<std::ops::Range<usize>> {
@@ -207,19 +174,13 @@ impl FakeDma {
 
 impl Dma for FakeDma {
     fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let r = self.range(iova, buf.len()).ok_or(DmaError::Unmapped {
-            iova,
-            len: buf.len() as u64,
-        })?;
+        let r = self.range(iova, buf.len()).ok_or(DmaError::Unmapped { iova, len: buf.len() as u64 })?;
         buf.copy_from_slice(&self.mem[r]);
         Ok(())
     }
 
     fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
-        let r = self.range(iova, data.len()).ok_or(DmaError::Unmapped {
-            iova,
-            len: data.len() as u64,
-        })?;
+        let r = self.range(iova, data.len()).ok_or(DmaError::Unmapped { iova, len: data.len() as u64 })?;
         self.mem[r].copy_from_slice(data);
         Ok(())
     }
@@ -233,11 +194,7 @@ mod tests {
         let m = Mapping::memfd("dma-test", len).unwrap();
         let fd = m.raw_fd().unwrap();
         // Re-open through /proc so the file outlives the mapping.
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .open(format!("/proc/self/fd/{fd}"))
-            .unwrap();
+        let f = File::options().read(true).write(true).open(format!("/proc/self/fd/{fd}")).unwrap();
         drop(m);
         f
     }
@@ -245,29 +202,16 @@ mod tests {
     #[test]
     fn table_translates_inside_maps_only() {
         let mut t = DmaTable::default();
-        t.map(1, 0x10_0000, 0x2000, Some(memfd_file(0x3000)), 0x1000)
-            .unwrap();
+        t.map(1, 0x10_0000, 0x2000, Some(memfd_file(0x3000)), 0x1000).unwrap();
         t.write(0x10_0ff0, &[7; 16]).unwrap();
         let mut b = [0u8; 16];
         t.read(0x10_0ff0, &mut b).unwrap();
         assert_eq!(b, [7; 16]);
-        assert!(matches!(
-            t.read(0x10_1ff8, &mut b),
-            Err(DmaError::Unmapped { .. })
-        ));
+        assert!(matches!(t.read(0x10_1ff8, &mut b), Err(DmaError::Unmapped { .. })));
         assert!(t.write(u64::MAX - 2, &[0; 8]).is_err());
-        assert!(matches!(
-            t.map(1, 0x10_1000, 0x1000, Some(memfd_file(0x1000)), 0),
-            Err(DmaError::Overlap { .. })
-        ));
-        assert!(matches!(
-            t.unmap(1, 0x10_0000, 0x1000),
-            Err(DmaError::NoSuchMap { .. })
-        ));
-        assert!(matches!(
-            t.map(2, 0, 0x1000, None, 0),
-            Err(DmaError::NoFd { .. })
-        ));
+        assert!(matches!(t.map(1, 0x10_1000, 0x1000, Some(memfd_file(0x1000)), 0), Err(DmaError::Overlap { .. })));
+        assert!(matches!(t.unmap(1, 0x10_0000, 0x1000), Err(DmaError::NoSuchMap { .. })));
+        assert!(matches!(t.map(2, 0, 0x1000, None, 0), Err(DmaError::NoFd { .. })));
         t.unmap(1, 0x10_0000, 0x2000).unwrap();
         assert!(t.is_empty());
     }

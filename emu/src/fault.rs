@@ -24,11 +24,7 @@ pub struct Fault {
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "time_us={} iova={:#x} len={} what=\"{}\"",
-            self.time_us, self.iova, self.len, self.what
-        )
+        write!(f, "time_us={} iova={:#x} len={} what=\"{}\"", self.time_us, self.iova, self.len, self.what)
     }
 }
 
@@ -43,22 +39,18 @@ pub struct FaultLog {
 impl FaultLog {
     /// Records a fault (logs the first one of each kind).
     pub fn record(&mut self, iova: u64, len: u64, what: &'static str) {
-        let time_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let time_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
         if self.logged.insert(what) {
-            tracing::warn!(iova = format_args!("{iova:#x}"), len, "device fault: {what} (further faults of this kind are counted, not logged)");
+            tracing::warn!(
+                iova = format_args!("{iova:#x}"),
+                len,
+                "device fault: {what} (further faults of this kind are counted, not logged)"
+            );
         }
         if self.records.len() == FAULT_HISTORY {
             self.records.pop_front();
         }
-        self.records.push_back(Fault {
-            time_us,
-            iova,
-            len,
-            what,
-        });
+        self.records.push_back(Fault { time_us, iova, len, what });
         self.total += 1;
     }
 

@@ -81,17 +81,10 @@ impl Mapping {
     /// Creates a memfd of `len` bytes (zero-filled) and maps it. The fd stays open in the mapping.
     pub fn memfd(name: &str, len: usize) -> Result<Self, MemError> {
         let cname = CString::new(name.replace('\0', "_")).unwrap_or_default();
-        let fd = memfd_create(&cname, MemFdCreateFlag::MFD_CLOEXEC).map_err(|source| {
-            MemError::Memfd {
-                name: name.to_owned(),
-                source,
-            }
-        })?;
+        let fd = memfd_create(&cname, MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(|source| MemError::Memfd { name: name.to_owned(), source })?;
         let flen = i64::try_from(len).map_err(|_| MemError::BadLength { len: len as u64 })?;
-        nix::unistd::ftruncate(&fd, flen).map_err(|source| MemError::Memfd {
-            name: name.to_owned(),
-            source,
-        })?;
+        nix::unistd::ftruncate(&fd, flen).map_err(|source| MemError::Memfd { name: name.to_owned(), source })?;
         let mut m = Self::map_fd(fd.as_fd(), 0, len as u64)?;
         m.fd = Some(fd);
         Ok(m)
@@ -107,36 +100,15 @@ impl Mapping {
         let aligned = offset - offset % page;
         let skew = (offset - aligned) as usize;
         let len_usize = usize::try_from(len).map_err(|_| MemError::BadLength { len })?;
-        let map_len = len_usize
-            .checked_add(skew)
-            .and_then(NonZeroUsize::new)
-            .ok_or(MemError::BadLength { len })?;
+        let map_len = len_usize.checked_add(skew).and_then(NonZeroUsize::new).ok_or(MemError::BadLength { len })?;
         let off = i64::try_from(aligned).map_err(|_| MemError::BadLength { len })?;
         // SAFETY: we map a fresh area chosen by the kernel (addr = None), so no existing Rust object is
         // aliased; the result is only accessed through the bounds-checked methods below and unmapped once
         // in Drop.
-        let ptr = unsafe {
-            mmap(
-                None,
-                map_len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                fd,
-                off,
-            )
-        }
-        .map_err(|source| MemError::Mmap {
-            len,
-            offset,
-            source,
-        })?;
-        Ok(Self {
-            base: ptr.cast(),
-            map_len: map_len.get(),
-            skew,
-            len: len_usize,
-            fd: None,
-        })
+        let ptr =
+            unsafe { mmap(None, map_len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, fd, off) }
+                .map_err(|source| MemError::Mmap { len, offset, source })?;
+        Ok(Self { base: ptr.cast(), map_len: map_len.get(), skew, len: len_usize, fd: None })
     }
 
     /// Length of the view in bytes.

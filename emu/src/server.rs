@@ -37,9 +37,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use vfio_bindings::bindings::vfio::{
     vfio_region_info, vfio_region_sparse_mmap_area, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion, SparseArea};
 
@@ -101,11 +101,7 @@ pub struct DeviceState {
 impl DeviceState {
     /// Wraps a model with no DMA maps and no interrupts.
     pub fn new(model: Box<dyn DeviceModel>) -> Self {
-        Self {
-            model,
-            dma: DmaTable::default(),
-            irqs: HashMap::new(),
-        }
+        Self { model, dma: DmaTable::default(), irqs: HashMap::new() }
     }
 
     /// Signals every eventfd registered for the vectors in `vectors` (bit n = vector n).
@@ -188,10 +184,7 @@ fn region(index: u32, size: u64, mmap: bool) -> vfio_region_info {
 
 fn random_u64() -> u64 {
     let mut b = [0u8; 8];
-    if File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_err()
-    {
+    if File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -221,10 +214,7 @@ impl Function {
             } else {
                 let m = model
                     .bar_memory(i as u32)
-                    .ok_or(ServerError::BarMemoryMissing {
-                        model: model.name(),
-                        bar: i as u32,
-                    })?;
+                    .ok_or(ServerError::BarMemoryMissing { model: model.name(), bar: i as u32 })?;
                 bar_memory.push(m.clone());
                 Some(m)
             };
@@ -233,60 +223,32 @@ impl Function {
                 sparse_areas: areas
                     .iter()
                     .map(|(offset, size)| SparseArea {
-                        area: vfio_region_sparse_mmap_area {
-                            offset: *offset,
-                            size: *size,
-                        },
+                        area: vfio_region_sparse_mmap_area { offset: *offset, size: *size },
                     })
                     .collect(),
                 mmap_fd: mem.and_then(|m| m.raw_fd()),
             });
         }
-        regions.push(ServerRegion {
-            region_info: region(6, 0, false),
-            sparse_areas: Vec::new(),
-            mmap_fd: None,
-        });
+        regions.push(ServerRegion { region_info: region(6, 0, false), sparse_areas: Vec::new(), mmap_fd: None });
         regions.push(ServerRegion {
             region_info: region(VFIO_PCI_CONFIG_REGION_INDEX, model.config_size(), false),
             sparse_areas: Vec::new(),
             mmap_fd: None,
         });
-        regions.push(ServerRegion {
-            region_info: region(8, 0, false),
-            sparse_areas: Vec::new(),
-            mmap_fd: None,
-        });
+        regions.push(ServerRegion { region_info: region(8, 0, false), sparse_areas: Vec::new(), mmap_fd: None });
         let irqs = (0..NUM_IRQS as u32)
             .map(|index| IrqInfo {
                 index,
                 flags: VFIO_IRQ_INFO_EVENTFD,
-                count: if index == VFIO_PCI_MSIX_IRQ_INDEX {
-                    model.msix_count()
-                } else {
-                    0
-                },
+                count: if index == VFIO_PCI_MSIX_IRQ_INDEX { model.msix_count() } else { 0 },
             })
             .collect();
 
-        let private = format!(
-            "lab-nic/{}/{}/{:016x}",
-            std::process::id(),
-            bdf,
-            random_u64()
-        );
-        let perr = |source| ServerError::PrivateSocket {
-            bdf: bdf.to_owned(),
-            source,
-        };
+        let private = format!("lab-nic/{}/{}/{:016x}", std::process::id(), bdf, random_u64());
+        let perr = |source| ServerError::PrivateSocket { bdf: bdf.to_owned(), source };
         let addr = SocketAddr::from_abstract_name(private.as_bytes()).map_err(perr)?;
         let private_listener = UnixListener::bind_addr(&addr).map_err(perr)?;
-        let server = Arc::new(Server::from_owned_fd(
-            OwnedFd::from(private_listener),
-            true,
-            irqs,
-            regions,
-        ));
+        let server = Arc::new(Server::from_owned_fd(OwnedFd::from(private_listener), true, irqs, regions));
         let shared = Arc::new(Shared {
             bdf: bdf.to_owned(),
             dev: Mutex::new(DeviceState::new(model)),
@@ -310,24 +272,16 @@ impl Function {
             std::thread::Builder::new()
                 .name(name)
                 .spawn(body)
-                .map_err(|source| ServerError::Spawn {
-                    bdf: bdf.to_owned(),
-                    source,
-                })
+                .map_err(|source| ServerError::Spawn { bdf: bdf.to_owned(), source })
         };
         for i in 0..pool {
             let (s, srv) = (shared.clone(), server.clone());
-            f.threads
-                .push(spawn(format!("vfu-{i}"), Box::new(move || worker(&s, &srv)))?);
+            f.threads.push(spawn(format!("vfu-{i}"), Box::new(move || worker(&s, &srv)))?);
         }
         let s = shared.clone();
-        f.threads
-            .push(spawn("device".into(), Box::new(move || device_loop(&s)))?);
+        f.threads.push(spawn("device".into(), Box::new(move || device_loop(&s)))?);
         let s = shared;
-        f.threads.push(spawn(
-            "gatekeeper".into(),
-            Box::new(move || gatekeeper(&s, &listener, &wake_rx)),
-        )?);
+        f.threads.push(spawn("gatekeeper".into(), Box::new(move || gatekeeper(&s, &listener, &wake_rx)))?);
         tracing::info!(bdf, pool, "function serving");
         Ok(f)
     }
@@ -349,10 +303,7 @@ impl Function {
 
     /// Ages of the live connections (for `connections BDF`).
     pub fn connection_ages(&self) -> Vec<(u64, Duration)> {
-        let mut v: Vec<_> = lock(&self.shared.conns)
-            .iter()
-            .map(|(id, c)| (*id, c.since.elapsed()))
-            .collect();
+        let mut v: Vec<_> = lock(&self.shared.conns).iter().map(|(id, c)| (*id, c.since.elapsed())).collect();
         v.sort();
         v
     }
@@ -415,10 +366,7 @@ impl Drop for Function {
 fn gatekeeper(s: &Arc<Shared>, listener: &UnixListener, wake: &UnixStream) {
     let mut relays: Vec<JoinHandle<()>> = Vec::new();
     loop {
-        let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN), PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
         if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
             if e == nix::errno::Errno::EINTR {
                 continue;
@@ -472,35 +420,24 @@ fn start_relay(s: &Arc<Shared>, client: UnixStream) -> std::io::Result<JoinHandl
     let addr = SocketAddr::from_abstract_name(s.private.as_bytes())?;
     let worker = UnixStream::connect_addr(&addr)?;
     let id = s.next_conn.fetch_add(1, Ordering::Relaxed);
-    lock(&s.conns).insert(
-        id,
-        ConnRecord {
-            client: client.try_clone()?,
-            worker: worker.try_clone()?,
-            since: Instant::now(),
-        },
-    );
+    lock(&s.conns)
+        .insert(id, ConnRecord { client: client.try_clone()?, worker: worker.try_clone()?, since: Instant::now() });
     tracing::info!(bdf = %s.bdf, conn = id, "client connected");
     let s2 = s.clone();
-    std::thread::Builder::new()
-        .name(format!("relay-{id}"))
-        .spawn(move || {
-            let reason = relay(&client, &worker);
-            let _ = client.shutdown(std::net::Shutdown::Both);
-            let _ = worker.shutdown(std::net::Shutdown::Both);
-            lock(&s2.conns).remove(&id);
-            tracing::info!(bdf = %s2.bdf, conn = id, "client disconnected ({reason})");
-        })
+    std::thread::Builder::new().name(format!("relay-{id}")).spawn(move || {
+        let reason = relay(&client, &worker);
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        let _ = worker.shutdown(std::net::Shutdown::Both);
+        lock(&s2.conns).remove(&id);
+        tracing::info!(bdf = %s2.bdf, conn = id, "client disconnected ({reason})");
+    })
 }
 
 /// A worker: serves one connection at a time through the crate's `Server::run`.
 fn worker(s: &Arc<Shared>, server: &Arc<Server>) {
     while !s.stop.load(Ordering::SeqCst) {
         let conn = s.next_conn.fetch_add(1, Ordering::Relaxed) | (1 << 63);
-        let mut backend = ConnBackend {
-            shared: s.clone(),
-            conn,
-        };
+        let mut backend = ConnBackend { shared: s.clone(), conn };
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run(&mut backend)));
         match res {
             Ok(Ok(())) => {}
@@ -562,9 +499,7 @@ impl ServerBackend for ConnBackend {
             VFIO_PCI_CONFIG_REGION_INDEX => d.model.config_read(offset, data),
             _ => {
                 data.fill(0xff);
-                d.model
-                    .faults_mut()
-                    .record(offset, data.len() as u64, "read of an empty region");
+                d.model.faults_mut().record(offset, data.len() as u64, "read of an empty region");
             }
         }
         Ok(())
@@ -575,10 +510,7 @@ impl ServerBackend for ConnBackend {
         match region {
             0..=5 => d.model.bar_write(region, offset, data),
             VFIO_PCI_CONFIG_REGION_INDEX => d.model.config_write(offset, data),
-            _ => d
-                .model
-                .faults_mut()
-                .record(offset, data.len() as u64, "write to an empty region"),
+            _ => d.model.faults_mut().record(offset, data.len() as u64, "write to an empty region"),
         }
         Ok(())
     }
@@ -620,14 +552,7 @@ impl ServerBackend for ConnBackend {
         Ok(())
     }
 
-    fn set_irqs(
-        &mut self,
-        index: u32,
-        flags: u32,
-        start: u32,
-        count: u32,
-        fds: Vec<File>,
-    ) -> std::io::Result<()> {
+    fn set_irqs(&mut self, index: u32, flags: u32, start: u32, count: u32, fds: Vec<File>) -> std::io::Result<()> {
         if index != VFIO_PCI_MSIX_IRQ_INDEX {
             return Ok(()); // INTx/MSI/ERR/REQ have no vectors here.
         }
@@ -709,10 +634,7 @@ enum Verdict {
 /// Checks a client request against the sizes the crate's server reads (vfio-user spec commands).
 fn check_request(h: &MsgHeader, body: &[u8]) -> Result<Verdict, String> {
     let size = h.size as usize;
-    let u32_at = |o: usize| {
-        body.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let u32_at = |o: usize| body.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let exact = |n: usize| {
         if size == n {
             Verdict::Forward
@@ -775,13 +697,8 @@ fn read_message(
     let got = {
         let mut iov = [IoSliceMut::new(&mut hdr)];
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let msg = recvmsg::<()>(
-            from.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
+        let msg = recvmsg::<()>(from.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(std::io::Error::from)?;
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(raw) = c {
@@ -804,10 +721,7 @@ fn read_message(
     let h = MsgHeader::parse(&hdr);
     let size = h.size as usize;
     if size < HEADER || size > max {
-        return Err(RelayEnd::Malformed(format!(
-            "command {} with message size {size}",
-            h.command
-        )));
+        return Err(RelayEnd::Malformed(format!("command {} with message size {size}", h.command)));
     }
     let mut buf = vec![0u8; size];
     buf[..HEADER].copy_from_slice(&hdr);
@@ -820,13 +734,7 @@ fn send_message(to: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> Result<(), Rela
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
     let sent = loop {
-        match sendmsg::<()>(
-            to.as_raw_fd(),
-            &[IoSlice::new(buf)],
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
+        match sendmsg::<()>(to.as_raw_fd(), &[IoSlice::new(buf)], cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) => break n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(std::io::Error::from(e).into()),
@@ -851,10 +759,7 @@ fn error_reply(h: &MsgHeader, errno: i32) -> [u8; HEADER] {
 fn relay(client: &UnixStream, worker: &UnixStream) -> RelayEnd {
     let max = HEADER + 16 + MAX_DATA_XFER as usize + 4096;
     loop {
-        let mut fds = [
-            PollFd::new(client.as_fd(), PollFlags::POLLIN),
-            PollFd::new(worker.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds = [PollFd::new(client.as_fd(), PollFlags::POLLIN), PollFd::new(worker.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -895,12 +800,7 @@ mod tests {
     use super::*;
 
     fn hdr(command: u16, size: u32) -> MsgHeader {
-        MsgHeader {
-            id: 1,
-            command,
-            size,
-            flags: 0,
-        }
+        MsgHeader { id: 1, command, size, flags: 0 }
     }
 
     #[test]

@@ -81,22 +81,13 @@ impl Bdf {
         if dev > 0x1f || func > 7 {
             return Err(bad());
         }
-        Ok(Self {
-            domain,
-            bus,
-            dev: dev as u8,
-            func,
-        })
+        Ok(Self { domain, bus, dev: dev as u8, func })
     }
 }
 
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{}",
-            self.domain, self.bus, self.dev, self.func
-        )
+        write!(f, "{:04x}:{:02x}:{:02x}.{}", self.domain, self.bus, self.dev, self.func)
     }
 }
 
@@ -130,10 +121,7 @@ pub struct SysfsFunction {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SysfsError + '_ {
-    move |source| SysfsError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| SysfsError::Io { path: path.to_owned(), source }
 }
 
 /// The 13 lines of a sysfs `resource` file: 6 BARs, ROM, 6 bridge windows (zero here).
@@ -150,12 +138,7 @@ pub fn resource_text(bdf: &Bdf, bars: &[(u64, u64); 6]) -> String {
         let align = size.next_power_of_two();
         let start = next.div_ceil(align) * align;
         next = start + size;
-        out.push_str(&format!(
-            "0x{:016x} 0x{:016x} 0x{:016x}\n",
-            start,
-            start + size - 1,
-            flags
-        ));
+        out.push_str(&format!("0x{:016x} 0x{:016x} 0x{:016x}\n", start, start + size - 1, flags));
     }
     for _ in 6..13 {
         out.push_str(&format!("0x{:016x} 0x{:016x} 0x{:016x}\n", 0, 0, 0));
@@ -171,16 +154,10 @@ impl SysfsFunction {
         let dir = root.join(bdf.to_string());
         match fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(SysfsError::Exists { path: dir })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(SysfsError::Exists { path: dir }),
             Err(e) => return Err(io(&dir)(e)),
         }
-        let mut me = Self {
-            dir,
-            bdf,
-            removed: false,
-        };
+        let mut me = Self { dir, bdf, removed: false };
         // On any error below, `me` is dropped and the half-written directory removed.
         me.write_all(spec)?;
         Ok(me)
@@ -225,10 +202,7 @@ impl SysfsFunction {
         }
         let links = [
             ("driver", "../../../bus/pci/drivers/vfio-pci".to_owned()),
-            (
-                "iommu_group",
-                format!("../../../kernel/iommu_groups/{}", spec.iommu_group),
-            ),
+            ("iommu_group", format!("../../../kernel/iommu_groups/{}", spec.iommu_group)),
         ];
         for (name, target) in links {
             let p = self.dir.join(name);
@@ -254,10 +228,7 @@ impl SysfsFunction {
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
             .open(&self.dir)
             .map_err(io(&self.dir))?;
-        let short = PathBuf::from(format!(
-            "/proc/self/fd/{}/{SOCKET_NAME}",
-            std::os::fd::AsRawFd::as_raw_fd(&dirf)
-        ));
+        let short = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET_NAME}", std::os::fd::AsRawFd::as_raw_fd(&dirf)));
         UnixListener::bind(&short).map_err(io(&path))
     }
 
@@ -345,23 +316,15 @@ mod tests {
             let res = rd("resource");
             let lines: Vec<&str> = res.lines().collect();
             assert_eq!(lines.len(), 13);
-            let f0: Vec<u64> = lines[0]
-                .split(' ')
-                .map(|t| u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap())
-                .collect();
+            let f0: Vec<u64> =
+                lines[0].split(' ').map(|t| u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap()).collect();
             assert_ne!(f0[0], 0);
             assert_eq!(f0[1] - f0[0] + 1, 512 * 1024);
             assert_eq!(f0[2], 0x14220c);
             assert_eq!(f0[0] % (512 * 1024), 0);
             assert_eq!(lines[1], format!("0x{:016x} 0x{:016x} 0x{:016x}", 0, 0, 0));
-            assert_eq!(
-                fs::read_link(dir.join("driver")).unwrap(),
-                Path::new("../../../bus/pci/drivers/vfio-pci")
-            );
-            assert_eq!(
-                fs::read_link(dir.join("iommu_group")).unwrap().file_name().unwrap(),
-                "7"
-            );
+            assert_eq!(fs::read_link(dir.join("driver")).unwrap(), Path::new("../../../bus/pci/drivers/vfio-pci"));
+            assert_eq!(fs::read_link(dir.join("iommu_group")).unwrap().file_name().unwrap(), "7");
             assert!(rd("uevent").contains("PCI_ID=8086:10FB\n"));
             assert!(rd("modalias").starts_with("pci:v00008086d000010FB"));
             let _l = f.bind_socket().unwrap();

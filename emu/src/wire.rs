@@ -114,16 +114,8 @@ pub fn peer_pair(a: &str, b: &str) -> (PeerEnd, PeerEnd) {
     let ab: FrameQueue = Arc::default();
     let ba: FrameQueue = Arc::default();
     (
-        PeerEnd {
-            to_peer: ab.clone(),
-            from_peer: ba.clone(),
-            peer: b.to_owned(),
-        },
-        PeerEnd {
-            to_peer: ba,
-            from_peer: ab,
-            peer: a.to_owned(),
-        },
+        PeerEnd { to_peer: ab.clone(), from_peer: ba.clone(), peer: b.to_owned() },
+        PeerEnd { to_peer: ba, from_peer: ab, peer: a.to_owned() },
     )
 }
 
@@ -175,23 +167,12 @@ impl TapWire {
     /// Opens (creating if needed) the TAP interface `name`. A TAP created here disappears when the
     /// wire is dropped (it is not made persistent).
     pub fn open(name: &str) -> Result<Self, WireError> {
-        let err = |source| WireError::Tap {
-            name: name.to_owned(),
-            source,
-        };
+        let err = |source| WireError::Tap { name: name.to_owned(), source };
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
             return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
         }
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .map_err(err)?;
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI,
-            _pad: [0; 22],
-        };
+        let file = File::options().read(true).write(true).open("/dev/net/tun").map_err(err)?;
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq` (40 bytes, our `IfReq` has that layout and
         // lives on the stack for the duration of the call); the fd is open.
@@ -200,15 +181,9 @@ impl TapWire {
             return Err(err(std::io::Error::last_os_error()));
         }
         let fd = OwnedFd::from(file);
-        nix::fcntl::fcntl(
-            fd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .map_err(|e| err(std::io::Error::from(e)))?;
-        Ok(Self {
-            fd,
-            name: name.to_owned(),
-        })
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(|e| err(std::io::Error::from(e)))?;
+        Ok(Self { fd, name: name.to_owned() })
     }
 }
 
@@ -258,14 +233,10 @@ impl PcapWire {
     /// Opens `rx` for replay (must be a classic pcap) and `tx` for appending (created with a header if
     /// missing or empty).
     pub fn open(rx: &Path, tx: &Path) -> Result<Self, WireError> {
-        let perr = |path: &Path, reason: String| WireError::Pcap {
-            path: path.to_owned(),
-            reason,
-        };
+        let perr = |path: &Path, reason: String| WireError::Pcap { path: path.to_owned(), reason };
         let mut r = BufReader::new(File::open(rx).map_err(|e| perr(rx, e.to_string()))?);
         let mut hdr = [0u8; 24];
-        r.read_exact(&mut hdr)
-            .map_err(|e| perr(rx, format!("cannot read header: {e}")))?;
+        r.read_exact(&mut hdr).map_err(|e| perr(rx, format!("cannot read header: {e}")))?;
         let magic = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
         let swapped = if magic == PCAP_MAGIC || magic == PCAP_MAGIC_NS {
             false
@@ -274,11 +245,7 @@ impl PcapWire {
         } else {
             return Err(perr(rx, format!("bad magic {magic:#x}")));
         };
-        let mut txf = File::options()
-            .create(true)
-            .append(true)
-            .open(tx)
-            .map_err(|e| perr(tx, e.to_string()))?;
+        let mut txf = File::options().create(true).append(true).open(tx).map_err(|e| perr(tx, e.to_string()))?;
         let len = txf.metadata().map(|m| m.len()).unwrap_or(0);
         if len == 0 {
             let mut h = Vec::with_capacity(24);
@@ -324,17 +291,13 @@ impl PcapWire {
 
 impl Wire for PcapWire {
     fn transmit(&mut self, frame: &[u8]) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let mut rec = [0u8; 16];
         rec[0..4].copy_from_slice(&(now.as_secs() as u32).to_le_bytes());
         rec[4..8].copy_from_slice(&now.subsec_micros().to_le_bytes());
         rec[8..12].copy_from_slice(&(frame.len() as u32).to_le_bytes());
         rec[12..16].copy_from_slice(&(frame.len() as u32).to_le_bytes());
-        let ok = self.tx.write_all(&rec).is_ok()
-            && self.tx.write_all(frame).is_ok()
-            && self.tx.flush().is_ok();
+        let ok = self.tx.write_all(&rec).is_ok() && self.tx.write_all(frame).is_ok() && self.tx.flush().is_ok();
         if !ok {
             tracing::warn!("cannot append to {}", self.tx_path.display());
         }
@@ -353,14 +316,9 @@ impl Wire for PcapWire {
         true
     }
     fn describe(&self) -> String {
-        format!(
-            "pcap={}:{}",
-            self.rx_path.display(),
-            self.tx_path.display()
-        )
+        format!("pcap={}:{}", self.rx_path.display(), self.tx_path.display())
     }
 }
-
 
 #[cfg(test)]
 mod tests {

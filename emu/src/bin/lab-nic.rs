@@ -1,1 +1,321 @@
-fn main() {}
+//! `lab-nic`: serves emulated NICs over vfio-user behind a fake sysfs tree.
+//!
+//! ```text
+//! lab-nic --sysfs-root DIR --dev 0000:00:05.0,model=ixgbe[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX]
+//!         [,mac=02:00:00:00:00:01][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK]
+//!         [--pool N] [--log-level LEVEL]
+//! ```
+//! Prints `lab-nic ready` once every socket listens; SIGTERM/SIGINT remove sockets, sysfs entries and
+//! TAP devices it created, then exit 0. Bad arguments: one error line, exit 2, nothing created.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use lab_emu::control::{ControlServer, Port, Ports};
+use lab_emu::model::{self, ModelConfig};
+use lab_emu::server::{Function, DEFAULT_POOL};
+use lab_emu::sysfs::{Bdf, FunctionSpec, SysfsFunction};
+use lab_emu::wire::{self, Wire};
+use nix::sys::signal::{SigSet, Signal};
+
+const USAGE: &str = "usage: lab-nic --sysfs-root DIR --dev BDF,model=ixgbe[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX][,mac=XX:XX:XX:XX:XX:XX][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK] [--pool N] [--log-level LEVEL]";
+
+#[derive(Debug, Clone, PartialEq)]
+enum WireSpec {
+    None,
+    Loopback,
+    Peer(String),
+    Tap(String),
+    Pcap(PathBuf, PathBuf),
+}
+
+#[derive(Debug, Clone)]
+struct DevSpec {
+    bdf: Bdf,
+    model: String,
+    wire: WireSpec,
+    mac: [u8; 6],
+    numa: i32,
+    iommu_group: u32,
+}
+
+#[derive(Debug)]
+struct Args {
+    root: PathBuf,
+    devs: Vec<DevSpec>,
+    control: Option<PathBuf>,
+    pool: usize,
+    log_level: String,
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return None;
+        }
+        m[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(m)
+}
+
+fn parse_wire(key: &str, value: &str) -> Result<WireSpec, String> {
+    let bad = || format!("invalid {key}={value}");
+    match (key, value) {
+        ("wire", "loopback") => Ok(WireSpec::Loopback),
+        ("wire", "none") => Ok(WireSpec::None),
+        ("wire", v) => match v.split_once(['=', ':']) {
+            Some((k @ ("peer" | "tap" | "pcap"), rest)) => parse_wire(k, rest),
+            _ => Err(format!("invalid wire={v} (expected loopback, none, peer=BDF, tap=NAME or pcap=RX:TX)")),
+        },
+        ("peer", v) => {
+            Bdf::parse(v).map(|b| WireSpec::Peer(b.to_string())).map_err(|e| format!("invalid peer={v}: {e}"))
+        }
+        ("tap", v) => {
+            if v.is_empty() || v.len() >= 16 || v.contains('/') || v.contains(char::is_whitespace) {
+                Err(format!("invalid tap={v} (an interface name of 1-15 characters)"))
+            } else {
+                Ok(WireSpec::Tap(v.to_owned()))
+            }
+        }
+        ("pcap", v) => match v.split_once(':') {
+            Some((rx, tx)) if !rx.is_empty() && !tx.is_empty() => Ok(WireSpec::Pcap(rx.into(), tx.into())),
+            _ => Err(format!("invalid pcap={v} (expected pcap=RX.pcap:TX.pcap)")),
+        },
+        _ => Err(bad()),
+    }
+}
+
+fn parse_dev(s: &str, index: usize) -> Result<DevSpec, String> {
+    let mut parts = s.split(',');
+    let bdf_s = parts.next().unwrap_or("");
+    let bdf = Bdf::parse(bdf_s).map_err(|e| format!("--dev {s}: {e}"))?;
+    let mut model = None;
+    let mut wire = None;
+    let mut mac = None;
+    let mut numa = -1;
+    let mut iommu_group = index as u32;
+    for kv in parts {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--dev {s}: \"{kv}\" is not key=value"))?;
+        match k {
+            "model" => {
+                if !model::KNOWN_MODELS.split(',').any(|m| m == v) {
+                    return Err(format!("--dev {s}: unknown model={v} (known: {})", model::KNOWN_MODELS));
+                }
+                model = Some(v.to_owned());
+            }
+            "wire" | "peer" | "tap" | "pcap" => {
+                if wire.is_some() {
+                    return Err(format!("--dev {s}: more than one wire given ({kv})"));
+                }
+                wire = Some(parse_wire(k, v).map_err(|e| format!("--dev {s}: {e}"))?);
+            }
+            "mac" => {
+                let m = parse_mac(v).ok_or_else(|| format!("--dev {s}: invalid mac={v}"))?;
+                if m[0] & 1 != 0 {
+                    return Err(format!("--dev {s}: mac={v} is a multicast address"));
+                }
+                mac = Some(m);
+            }
+            "numa" => numa = v.parse().map_err(|_| format!("--dev {s}: invalid numa={v}"))?,
+            "iommu_group" => iommu_group = v.parse().map_err(|_| format!("--dev {s}: invalid iommu_group={v}"))?,
+            _ => {
+                return Err(format!(
+                    "--dev {s}: unknown key \"{k}\" (keys: model, wire, peer, tap, pcap, mac, numa, iommu_group)"
+                ))
+            }
+        }
+    }
+    let model = model.ok_or_else(|| format!("--dev {s}: missing model= (known: {})", model::KNOWN_MODELS))?;
+    let mac = mac.unwrap_or([0x02, 0, 0, bdf.bus, bdf.dev, bdf.func]);
+    Ok(DevSpec { bdf, model, wire: wire.unwrap_or(WireSpec::None), mac, numa, iommu_group })
+}
+
+fn parse_args(argv: &[String]) -> Result<Args, String> {
+    let mut root = None;
+    let mut devs = Vec::new();
+    let mut control = None;
+    let mut pool = DEFAULT_POOL;
+    let mut log_level = "info".to_owned();
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| format!("{flag} needs a value"));
+        match flag {
+            "--sysfs-root" => root = Some(PathBuf::from(value()?)),
+            "--dev" => {
+                let v = value()?;
+                devs.push(parse_dev(&v, devs.len())?);
+            }
+            "--control" => control = Some(PathBuf::from(value()?)),
+            "--pool" => {
+                let v = value()?;
+                pool = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| format!("invalid --pool {v} (1-1024)"))?;
+            }
+            "--log-level" => log_level = value()?,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument \"{other}\"")),
+        }
+    }
+    let root = root.ok_or("missing --sysfs-root DIR")?;
+    if devs.is_empty() {
+        return Err("at least one --dev is required".into());
+    }
+    let mut seen = HashMap::new();
+    for d in &devs {
+        if seen.insert(d.bdf.to_string(), d.wire.clone()).is_some() {
+            return Err(format!("--dev {} given twice", d.bdf));
+        }
+    }
+    // Peers must exist and must not contradict each other.
+    for d in &devs {
+        if let WireSpec::Peer(p) = &d.wire {
+            let me = d.bdf.to_string();
+            match seen.get(p) {
+                None => return Err(format!("--dev {me}: peer={p} is not a --dev")),
+                Some(_) if *p == me => return Err(format!("--dev {me}: peer={p} is itself")),
+                Some(WireSpec::None) => {}
+                Some(WireSpec::Peer(q)) if *q == me => {}
+                Some(_) => return Err(format!("--dev {me}: peer={p} but {p} has a different wire")),
+            }
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| format!("invalid --log-level {log_level}: {e}"))?;
+    Ok(Args { root, devs, control, pool, log_level })
+}
+
+/// Builds the wires: peers are cabled in pairs (a function named as a peer gets the other end).
+fn make_wires(devs: &[DevSpec]) -> Result<BTreeMap<String, Box<dyn Wire>>, String> {
+    let mut wires: BTreeMap<String, Box<dyn Wire>> = BTreeMap::new();
+    for d in devs {
+        let me = d.bdf.to_string();
+        if wires.contains_key(&me) {
+            continue;
+        }
+        let w: Box<dyn Wire> = match &d.wire {
+            WireSpec::None => Box::new(wire::NullWire::default()),
+            WireSpec::Loopback => Box::new(wire::Loopback::default()),
+            WireSpec::Tap(name) => Box::new(wire::TapWire::open(name).map_err(|e| e.to_string())?),
+            WireSpec::Pcap(rx, tx) => Box::new(wire::PcapWire::open(rx, tx).map_err(|e| e.to_string())?),
+            WireSpec::Peer(p) => {
+                let (a, b) = wire::peer_pair(&me, p);
+                wires.insert(p.clone(), Box::new(b));
+                Box::new(a)
+            }
+        };
+        wires.insert(me, w);
+    }
+    Ok(wires)
+}
+
+fn start(args: &Args) -> Result<Ports, String> {
+    let ports: Ports = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut wires = make_wires(&args.devs)?;
+    for d in &args.devs {
+        let bdf = d.bdf.to_string();
+        let wire = wires.remove(&bdf).unwrap_or_else(|| Box::new(wire::NullWire::default()));
+        let describe = wire.describe();
+        let m = model::create(&d.model, ModelConfig { bdf: bdf.clone(), function: d.bdf.func, mac: d.mac, wire })
+            .map_err(|e| format!("{bdf}: {e}"))?;
+        let ids = m.ids();
+        let bars = m.bars().map(|b| (b.size, b.sysfs_flags()));
+        let spec = FunctionSpec {
+            vendor: ids.vendor,
+            device: ids.device,
+            subsystem_vendor: ids.subsystem_vendor,
+            subsystem_device: ids.subsystem_device,
+            class: ids.class,
+            numa_node: d.numa,
+            bars,
+            iommu_group: d.iommu_group,
+        };
+        let sysfs = SysfsFunction::create(&args.root, &bdf, &spec).map_err(|e| e.to_string())?;
+        let listener = sysfs.bind_socket().map_err(|e| e.to_string())?;
+        let function = Function::start(&bdf, m, listener, args.pool).map_err(|e| e.to_string())?;
+        tracing::info!(bdf, model = %d.model, wire = %describe, socket = %sysfs.socket_path().display(), "serving");
+        ports.lock().unwrap_or_else(|e| e.into_inner()).insert(bdf, Port { function, sysfs });
+    }
+    Ok(ports)
+}
+
+fn shutdown(ports: &Ports) {
+    let all = std::mem::take(&mut *ports.lock().unwrap_or_else(|e| e.into_inner()));
+    for (_, p) in all {
+        p.unplug();
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("lab-nic: error: {e}");
+            if e != USAGE {
+                eprintln!("{USAGE}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let _ = tracing_log::LogTracer::init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+
+    // Block the termination signals before any thread starts, so every thread inherits the mask and
+    // only `sigwait` below sees them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
+    if let Err(e) = signals.thread_block() {
+        eprintln!("lab-nic: error: cannot block signals: {e}");
+        return ExitCode::from(1);
+    }
+
+    let ports = match start(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("lab-nic: error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut control = match &args.control {
+        Some(path) => match ControlServer::start(path, ports.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("lab-nic: error: {e}");
+                shutdown(&ports);
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "lab-nic ready");
+    let _ = out.flush();
+    drop(out);
+
+    let sig = signals.wait();
+    tracing::info!("{} received, shutting down", sig.map(|s| s.as_str()).unwrap_or("signal"));
+    if let Some(c) = control.as_mut() {
+        c.stop();
+    }
+    shutdown(&ports);
+    ExitCode::SUCCESS
+}

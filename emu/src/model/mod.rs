@@ -111,9 +111,6 @@ pub trait DeviceModel: Send {
 pub fn create(name: &str, cfg: ModelConfig) -> Result<Box<dyn DeviceModel>, ModelError> {
     match name {
         "ixgbe" => Ok(Box::new(ixgbe::Ixgbe::new(cfg)?)),
-        other => Err(ModelError::UnknownModel {
-            name: other.to_owned(),
-            known: KNOWN_MODELS,
-        }),
+        other => Err(ModelError::UnknownModel { name: other.to_owned(), known: KNOWN_MODELS }),
     }
 }

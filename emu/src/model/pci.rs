@@ -50,11 +50,7 @@ pub struct BarDef {
 
 impl BarDef {
     /// An unused BAR.
-    pub const UNUSED: BarDef = BarDef {
-        kind: BarKind::Unused,
-        size: 0,
-        addr: 0,
-    };
+    pub const UNUSED: BarDef = BarDef { kind: BarKind::Unused, size: 0, addr: 0 };
 
     /// The flags Linux prints for this BAR in sysfs `resource` (IORESOURCE_* bits).
     pub fn sysfs_flags(&self) -> u64 {
@@ -113,7 +109,7 @@ impl ConfigSpace {
         c.set16(0x2c, ids.subsystem_vendor);
         c.set16(0x2e, ids.subsystem_device);
         c.set8(0x3d, 1); // interrupt pin INTA
-        // command: I/O, memory, bus master, parity, SERR, INTx disable
+                         // command: I/O, memory, bus master, parity, SERR, INTx disable
         c.wmask16(COMMAND, 0x0547);
         c.wmask16(0x0c, 0xffff); // cache line size, latency timer
         c.wmask16(0x3c, 0x00ff); // interrupt line
@@ -161,18 +157,12 @@ impl ConfigSpace {
 
     /// Reads a little-endian u16 (0 out of range).
     pub fn get16(&self, off: usize) -> u16 {
-        self.bytes
-            .get(off..off + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .unwrap_or(0)
+        self.bytes.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]])).unwrap_or(0)
     }
 
     /// Reads a little-endian u32 (0 out of range).
     pub fn get32(&self, off: usize) -> u32 {
-        self.bytes
-            .get(off..off + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .unwrap_or(0)
+        self.bytes.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0)
     }
 
     /// Appends a capability of `len` bytes (including its 2-byte header) and returns its offset.
@@ -236,10 +226,7 @@ impl ConfigSpace {
     pub fn read(&self, off: u64, data: &mut [u8]) -> bool {
         let mut ok = true;
         for (i, b) in data.iter_mut().enumerate() {
-            match off
-                .checked_add(i as u64)
-                .and_then(|o| self.bytes.get(o as usize))
-            {
+            match off.checked_add(i as u64).and_then(|o| self.bytes.get(o as usize)) {
                 Some(v) => *b = *v,
                 None => {
                     *b = 0xff;
@@ -272,11 +259,7 @@ mod tests {
 
     fn space() -> ConfigSpace {
         let mut bars = [BarDef::UNUSED; 6];
-        bars[0] = BarDef {
-            kind: BarKind::Mem64 { prefetch: true },
-            size: 512 * 1024,
-            addr: 0xd008_0000,
-        };
+        bars[0] = BarDef { kind: BarKind::Mem64 { prefetch: true }, size: 512 * 1024, addr: 0xd008_0000 };
         let mut c = ConfigSpace::new(
             PciIds {
                 vendor: 0x8086,

@@ -83,10 +83,7 @@ pub struct Ixgbe {
 
 impl std::fmt::Debug for Ixgbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ixgbe")
-            .field("bdf", &self.bdf)
-            .field("wire", &self.wire.describe())
-            .finish_non_exhaustive()
+        f.debug_struct("Ixgbe").field("bdf", &self.bdf).field("wire", &self.wire.describe()).finish_non_exhaustive()
     }
 }
 
@@ -103,16 +100,8 @@ pub const IDS: PciIds = PciIds {
 fn bar_defs(function: u8) -> [BarDef; 6] {
     let base = 0xd000_0000u64 + u64::from(function) * 0x0010_0000;
     let mut bars = [BarDef::UNUSED; 6];
-    bars[0] = BarDef {
-        kind: BarKind::Mem64 { prefetch: true },
-        size: BAR0_SIZE,
-        addr: base + 0x8_0000,
-    };
-    bars[4] = BarDef {
-        kind: BarKind::Mem64 { prefetch: true },
-        size: BAR4_SIZE,
-        addr: base + 0x0_4000,
-    };
+    bars[0] = BarDef { kind: BarKind::Mem64 { prefetch: true }, size: BAR0_SIZE, addr: base + 0x8_0000 };
+    bars[4] = BarDef { kind: BarKind::Mem64 { prefetch: true }, size: BAR4_SIZE, addr: base + 0x0_4000 };
     bars
 }
 
@@ -170,10 +159,7 @@ impl Ixgbe {
         self.regs.insert(txpbsize(0), TXPBSIZE_DEFAULT);
         self.rar = [(0, 0); RAR_ENTRIES as usize];
         let m = self.mac;
-        self.rar[0] = (
-            u32::from_le_bytes([m[0], m[1], m[2], m[3]]),
-            u32::from_le_bytes([m[4], m[5], 0, 0]) | RAH_AV,
-        );
+        self.rar[0] = (u32::from_le_bytes([m[0], m[1], m[2], m[3]]), u32::from_le_bytes([m[4], m[5], 0, 0]) | RAH_AV);
         self.eicr = 0;
         self.eims = 0;
         self.link_trained = false;
@@ -181,10 +167,8 @@ impl Ixgbe {
         self.counters = Counters::default();
         self.rxq.iter_mut().for_each(|r| *r = Ring::default());
         self.txq.iter_mut().for_each(|r| *r = Ring::default());
-        self.bar0
-            .fill(RX_QUEUE_PAGE.0 as usize, RX_QUEUE_PAGE.1 as usize, 0);
-        self.bar0
-            .fill(TX_QUEUE_PAGES.0 as usize, TX_QUEUE_PAGES.1 as usize, 0);
+        self.bar0.fill(RX_QUEUE_PAGE.0 as usize, RX_QUEUE_PAGE.1 as usize, 0);
+        self.bar0.fill(TX_QUEUE_PAGES.0 as usize, TX_QUEUE_PAGES.1 as usize, 0);
         self.pending_irqs = 0;
         self.pba = 0;
         self.tx_frame.clear();
@@ -227,8 +211,21 @@ impl Ixgbe {
     fn is_storage(off: u32) -> bool {
         matches!(
             off,
-            CTRL_EXT | EIAC | EIAM | GPIE | IVAR_MISC | RDRXCTL | RXCTRL | HLREG0 | AUTOC2 | RTTDCS
-                | DMATXCTL | DTXMXSZRQ | FCTRL | EEC | AUTOC
+            CTRL_EXT
+                | EIAC
+                | EIAM
+                | GPIE
+                | IVAR_MISC
+                | RDRXCTL
+                | RXCTRL
+                | HLREG0
+                | AUTOC2
+                | RTTDCS
+                | DMATXCTL
+                | DTXMXSZRQ
+                | FCTRL
+                | EEC
+                | AUTOC
         ) || (eitr(0)..eitr(EITR_COUNT)).contains(&off)
             || (ivar(0)..ivar(IVAR_COUNT)).contains(&off)
             || (srrctl(0)..srrctl(SRRCTL_QUEUES)).contains(&off)
@@ -269,8 +266,7 @@ impl Ixgbe {
         match off {
             CTRL => self.reg(CTRL),
             STATUS => {
-                (u32::from(self.function & 1) << STATUS_LAN_ID_SHIFT)
-                    | if self.link_up() { STATUS_LINK_UP } else { 0 }
+                (u32::from(self.function & 1) << STATUS_LAN_ID_SHIFT) | if self.link_up() { STATUS_LINK_UP } else { 0 }
             }
             EICR => Self::take(&mut self.eicr),
             EICS => self.eicr,
@@ -342,8 +338,8 @@ impl Ixgbe {
                 }
             }
             o if (mpc(0)..mpc(8)).contains(&o) => {}
-            CRCERRS | GPRC | BPRC | MPRC | GPTC | GORCL | GORCH | GOTCL | GOTCH | TORL | TORH
-            | TPR | TPT | MPTC | BPTC => {}
+            CRCERRS | GPRC | BPRC | MPRC | GPTC | GORCL | GORCH | GOTCL | GOTCH | TORL | TORH | TPR | TPT | MPTC
+            | BPTC => {}
             o => {
                 if !Self::is_storage(o) && self.unknown_logged.insert(o) {
                     tracing::debug!(bdf = %self.bdf, "write to unemulated register {o:#07x} = {val:#x} (kept)");
@@ -476,9 +472,7 @@ impl DeviceModel for Ixgbe {
                 let ok = off % 4 == 0
                     && data.len() % 4 == 0
                     && !data.is_empty()
-                    && off
-                        .checked_add(data.len() as u64)
-                        .is_some_and(|e| e <= BAR0_SIZE);
+                    && off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR0_SIZE);
                 if !ok {
                     data.fill(0xff);
                     self.faults.record(off, data.len() as u64, "bar0 read unaligned or out of range");
@@ -489,9 +483,7 @@ impl DeviceModel for Ixgbe {
                     chunk.copy_from_slice(&v.to_le_bytes());
                 }
             }
-            4 if off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR4_SIZE) => {
-                self.msix_read(off, data)
-            }
+            4 if off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR4_SIZE) => self.msix_read(off, data),
             _ => {
                 data.fill(0xff);
                 self.faults.record(off, data.len() as u64, "read of unimplemented BAR or out of range");
@@ -505,9 +497,7 @@ impl DeviceModel for Ixgbe {
                 let ok = off % 4 == 0
                     && data.len() % 4 == 0
                     && !data.is_empty()
-                    && off
-                        .checked_add(data.len() as u64)
-                        .is_some_and(|e| e <= BAR0_SIZE);
+                    && off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR0_SIZE);
                 if !ok {
                     self.faults.record(off, data.len() as u64, "bar0 write unaligned or out of range");
                     return;
@@ -517,9 +507,7 @@ impl DeviceModel for Ixgbe {
                     self.write_reg((off as u32) + 4 * i as u32, v);
                 }
             }
-            4 if off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR4_SIZE) => {
-                self.msix_write(off, data)
-            }
+            4 if off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR4_SIZE) => self.msix_write(off, data),
             _ => self.faults.record(off, data.len() as u64, "write to unimplemented BAR or out of range"),
         }
     }

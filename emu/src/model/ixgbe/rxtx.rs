@@ -22,11 +22,7 @@ pub fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
         }
     }
     !crc
@@ -75,12 +71,7 @@ impl Ixgbe {
         if bytes == 0 {
             self.faults.record(base, u64::from(self.page32(len)), what);
         }
-        Ring {
-            enabled: true,
-            base,
-            count: bytes / DESC as u32,
-            stalled_at_tail: None,
-        }
+        Ring { enabled: true, base, count: bytes / DESC as u32, stalled_at_tail: None }
     }
 
     fn check_dma_allowed(&mut self) {
@@ -277,9 +268,7 @@ impl Ixgbe {
         }
         let lo = u32::from_le_bytes([dst[0], dst[1], dst[2], dst[3]]);
         let hi = u32::from(u16::from_le_bytes([dst[4], dst[5]]));
-        self.rar
-            .iter()
-            .any(|(l, h)| h & RAH_AV != 0 && *l == lo && (h & 0xffff) == hi)
+        self.rar.iter().any(|(l, h)| h & RAH_AV != 0 && *l == lo && (h & 0xffff) == hi)
     }
 
     /// Writes one frame into queue 0's free buffers. Returns true if it was delivered.

@@ -14,13 +14,7 @@ const TX_BUFS: u64 = DMA_BASE + 0x40000;
 const N: u32 = 8;
 
 fn nic(wire: Box<dyn Wire>) -> Ixgbe {
-    Ixgbe::new(ModelConfig {
-        bdf: "0000:00:05.0".into(),
-        function: 0,
-        mac: MAC,
-        wire,
-    })
-    .unwrap()
+    Ixgbe::new(ModelConfig { bdf: "0000:00:05.0".into(), function: 0, mac: MAC, wire }).unwrap()
 }
 
 fn rd(m: &mut Ixgbe, off: u32) -> u32 {
