@@ -54,6 +54,8 @@ pub const DEFAULT_POOL: usize = 8;
 pub const MAX_DATA_XFER: u32 = 1 << 20;
 /// Longest idle sleep of the device thread.
 pub const MAX_IDLE_SLEEP: Duration = Duration::from_micros(200);
+/// Sleep of the device thread after a long idle period (no traffic, no register access).
+pub const DEEP_IDLE_SLEEP: Duration = Duration::from_millis(2);
 const HEADER: usize = 16;
 const NUM_REGIONS: usize = 9;
 const NUM_IRQS: usize = 5;
@@ -133,6 +135,8 @@ struct Shared {
     pool: usize,
     refused: AtomicU64,
     private: String,
+    kick: AtomicBool,
+    device_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,6 +146,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     fn dev(&self) -> MutexGuard<'_, DeviceState> {
         lock(&self.dev)
+    }
+
+    /// Wakes the device thread out of an idle sleep (a driver is active).
+    fn kick(&self) {
+        self.kick.store(true, Ordering::Release);
+        if let Some(t) = self.device_thread.get() {
+            t.unpark();
+        }
     }
 }
 
@@ -258,6 +270,8 @@ impl Function {
             pool,
             refused: AtomicU64::new(0),
             private,
+            kick: AtomicBool::new(false),
+            device_thread: std::sync::OnceLock::new(),
         });
         let (wake, wake_rx) = UnixStream::pair().map_err(perr)?;
         let mut f = Self {
@@ -311,6 +325,7 @@ impl Function {
     /// Sets the link (cable) state.
     pub fn link_set(&self, up: bool) {
         self.shared.dev().model.link_set(up);
+        self.shared.kick();
     }
 
     /// Lifetime port counters.
@@ -338,6 +353,7 @@ impl Function {
         self.stopped = true;
         let s = &self.shared;
         s.stop.store(true, Ordering::SeqCst);
+        s.kick();
         let _ = self.wake.write(&[1]);
         for c in lock(&s.conns).values() {
             let _ = c.client.shutdown(std::net::Shutdown::Both);
@@ -453,8 +469,27 @@ fn worker(s: &Arc<Shared>, server: &Arc<Server>) {
     }
 }
 
+/// Idle back-off of the device thread after `idle` empty polls: yield first, then sleeps growing to
+/// [`MAX_IDLE_SLEEP`]; after about 100 ms without work, deeper sleeps (1 ms, then [`DEEP_IDLE_SLEEP`])
+/// so an idle lab costs no CPU. Any trapped register access kicks the thread back to spinning.
+pub fn idle_sleep(idle: u32) -> Option<Duration> {
+    const YIELDS: u32 = 64;
+    const RAMP: u32 = YIELDS + 16 * 8;
+    const SHALLOW: u32 = RAMP + 500;
+    const MEDIUM: u32 = SHALLOW + 500;
+    let us = match idle {
+        i if i < YIELDS => return None,
+        i if i < RAMP => (10u64 << ((i - YIELDS) / 16)).min(MAX_IDLE_SLEEP.as_micros() as u64),
+        i if i < SHALLOW => MAX_IDLE_SLEEP.as_micros() as u64,
+        i if i < MEDIUM => 1000,
+        _ => DEEP_IDLE_SLEEP.as_micros() as u64,
+    };
+    Some(Duration::from_micros(us))
+}
+
 /// The device thread: polls the model, spins while there is work, backs off to sleeping when idle.
 fn device_loop(s: &Arc<Shared>) {
+    let _ = s.device_thread.set(std::thread::current());
     let mut idle: u32 = 0;
     while !s.stop.load(Ordering::Relaxed) {
         let did = {
@@ -467,16 +502,16 @@ fn device_loop(s: &Arc<Shared>) {
             }
             did
         };
-        if did {
+        if did || s.kick.swap(false, Ordering::AcqRel) {
             idle = 0;
-            continue;
+            if did {
+                continue;
+            }
         }
         idle = idle.saturating_add(1);
-        if idle < 64 {
-            std::thread::yield_now();
-        } else {
-            let us = (1u64 << ((idle - 64) / 16).min(8)).min(MAX_IDLE_SLEEP.as_micros() as u64);
-            std::thread::sleep(Duration::from_micros(us.max(10)));
+        match idle_sleep(idle) {
+            None => std::thread::yield_now(),
+            Some(d) => std::thread::park_timeout(d),
         }
     }
 }
@@ -493,6 +528,7 @@ fn invalid(msg: &str) -> std::io::Error {
 
 impl ServerBackend for ConnBackend {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        self.shared.kick();
         let mut d = self.shared.dev();
         match region {
             0..=5 => d.model.bar_read(region, offset, data),
@@ -506,6 +542,7 @@ impl ServerBackend for ConnBackend {
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.shared.kick();
         let mut d = self.shared.dev();
         match region {
             0..=5 => d.model.bar_write(region, offset, data),
@@ -801,6 +838,20 @@ mod tests {
 
     fn hdr(command: u16, size: u32) -> MsgHeader {
         MsgHeader { id: 1, command, size, flags: 0 }
+    }
+
+    #[test]
+    fn idle_back_off_yields_then_sleeps_longer() {
+        assert_eq!(idle_sleep(1), None);
+        assert_eq!(idle_sleep(64), Some(Duration::from_micros(10)));
+        assert_eq!(idle_sleep(190), Some(MAX_IDLE_SLEEP));
+        assert_eq!(idle_sleep(u32::MAX), Some(DEEP_IDLE_SLEEP));
+        let mut last = Duration::ZERO;
+        for i in 64..5000 {
+            let d = idle_sleep(i).unwrap();
+            assert!(d >= last);
+            last = d;
+        }
     }
 
     #[test]
