@@ -211,8 +211,10 @@ pub struct Replies {
     pub nb_received: usize,
     /// The replies.
     pub replies: Vec<Reply>,
-    /// Peers that got the request but did not answer (timed out or died), by socket name.
+    /// Live peers that got the request but did not answer in time, by socket name.
     pub missing: Vec<String>,
+    /// Peers that got the request and died before answering, by socket name.
+    pub dead: Vec<String>,
 }
 
 /// Where a handler runs.
@@ -271,6 +273,7 @@ struct Inner {
     workers: Workers,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: std::sync::atomic::AtomicBool,
+    gate: (Mutex<bool>, std::sync::Condvar),
 }
 
 struct ReplySock {
@@ -289,6 +292,21 @@ static CHANNEL_SEQ: AtomicU32 = AtomicU32::new(0);
 impl Channel {
     /// Binds this process's socket and starts the receive thread.
     pub fn open(cfg: ChannelConfig) -> Result<Channel, IpcError> {
+        let ch = Channel::open_paused(cfg)?;
+        ch.start();
+        Ok(ch)
+    }
+
+    /// Lets the receive thread of a channel opened with `open_paused` dispatch. Idempotent.
+    pub fn start(&self) {
+        let (m, cv) = &self.inner.gate;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    /// Binds the socket (peers can send at once) but dispatches nothing until `start`:
+    /// datagrams wait in the socket, so actions registered in between see every message.
+    pub fn open_paused(cfg: ChannelConfig) -> Result<Channel, IpcError> {
         let seq = CHANNEL_SEQ.fetch_add(1, Ordering::Relaxed);
         let name =
             if cfg.primary { PRIMARY_SOCKET.to_string() } else { format!("mp_socket_{}_{}", std::process::id(), seq) };
@@ -315,6 +333,7 @@ impl Channel {
             workers: Workers::new(64),
             thread: Mutex::new(None),
             closed: false.into(),
+            gate: (Mutex::new(false), std::sync::Condvar::new()),
         });
         let ch = Channel { inner };
         let rx = ch.clone();
@@ -561,15 +580,19 @@ impl Channel {
                     let alive = pid.is_none_or(sys::pid_alive);
                     if !alive {
                         tracing::debug!(peer = ?a, "peer died while a request was pending");
-                        out.missing.push(file_name(a));
+                        out.dead.push(file_name(a));
                     }
                     alive
                 });
             }
         }
-        for (a, _) in pending {
-            tracing::debug!(peer = ?a, action = %msg.name, "no reply before the timeout");
-            out.missing.push(file_name(&a));
+        for (a, pid) in pending {
+            if pid.is_none_or(sys::pid_alive) {
+                tracing::debug!(peer = ?a, action = %msg.name, "no reply before the timeout");
+                out.missing.push(file_name(&a));
+            } else {
+                out.dead.push(file_name(&a));
+            }
         }
         self.give_reply_sock(rs);
         Ok(out)
@@ -649,6 +672,13 @@ impl Channel {
     fn receive_loop(self) {
         let mut buf = vec![0u8; MAX_DGRAM + 1].into_boxed_slice();
         let mut fds: Vec<OwnedFd> = Vec::with_capacity(MAX_FDS);
+        {
+            let (m, cv) = &self.inner.gate;
+            let mut open = m.lock().unwrap_or_else(|e| e.into_inner());
+            while !*open && !self.inner.closed.load(Ordering::Acquire) {
+                open = cv.wait_timeout(open, Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+        }
         loop {
             // One blocking receive per datagram; `close` wakes us with a datagram to ourselves.
             let r = sys::dgram_recv(self.inner.sock.as_fd(), &mut buf, &mut fds, false);

@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod devargs;
 pub mod ethdev;
+pub mod hotplug;
 pub mod ipc;
 pub mod mbuf;
 pub mod mem;

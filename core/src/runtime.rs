@@ -123,6 +123,14 @@ pub struct Runtime {
 impl Runtime {
     /// Starts the runtime described by `opts` (see the module docs).
     pub fn init(opts: &Options) -> Result<Runtime, RuntimeError> {
+        let rt = Runtime::init_paused(opts)?;
+        rt.ipc.start();
+        Ok(rt)
+    }
+
+    /// Like `init`, but the IPC channel dispatches nothing until `ipc().start()`: register the
+    /// process's actions in between and no early message finds an unknown action.
+    pub fn init_paused(opts: &Options) -> Result<Runtime, RuntimeError> {
         let dir = runtime_dir(&opts.file_prefix);
         let derr = |what, source, path: &Path| RuntimeError::Dir { path: path.into(), what, source };
         create_dir_0700(&dir).map_err(|e| derr("create", e, &dir))?;
@@ -160,7 +168,7 @@ impl Runtime {
             Role::Secondary => Shm::open(placement, Duration::from_secs(10))?,
         };
         let shm = Arc::new(shm);
-        let ipc = Channel::open(ChannelConfig {
+        let ipc = Channel::open_paused(ChannelConfig {
             dir: dir.clone(),
             primary: role == Role::Primary,
             primary_pid: shm.primary_pid(),

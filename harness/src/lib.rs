@@ -1,1 +1,7 @@
-//! lab-harness
+//! lab-harness: the `hotplug_mp` sample app and the tools that drive lab processes.
+//!
+//! `proc` drives `hotplug_mp` processes over stdin/stdout; the scenario runner builds on it.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod proc;

@@ -1,1 +1,178 @@
-fn main() {}
+//! `hotplug_mp`: DPDK's multi-process hotplug example, command for command.
+//!
+//! ```text
+//! hotplug_mp [EAL options] [-- app options]
+//! example> attach net_null0,size=128
+//! attached device net_null0
+//! example> list
+//! list all etherdev
+//! 0	net_null0
+//! ```
+//! Start it in two terminals (the first becomes the primary with `--proc-type=auto`) and attach or
+//! detach from either: both lists agree. Besides DPDK's commands (help, list, attach, detach, quit)
+//! it has `lock`, `unlock`, `info`, and for traffic `send`, `recv`, `stats`.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use lab_core::devargs::Devargs;
+use lab_core::ethdev::PortId;
+use lab_core::hotplug::{Hotplug, HotplugError};
+use lab_core::options::{usage, Options, OptionsError};
+use lab_core::runtime::init_logging;
+
+const HELP: &str = "\
+help                                   show this help
+list                                   list all ports of this process
+attach <devargs>                       attach a device in every process
+detach <devargs | name | port id>      detach a device from every process
+lock <port id>                         lock a port here: its detach is vetoed
+unlock <port id>                       undo one lock
+info <port id>                         show a port
+send <port id> <count> [size]          send test frames on queue 0
+recv <port id> <count> [timeout ms]    receive frames on queue 0
+stats <port id>                        port counters in this process
+quit                                   exit (end of input too)";
+
+fn main() {
+    let (opts, _app) = match Options::parse(std::env::args().skip(1)) {
+        Ok(v) => v,
+        Err(OptionsError::HelpRequested) => {
+            println!("usage: hotplug_mp [EAL options] [-- ]\n{}", usage());
+            return;
+        }
+        Err(e) => {
+            eprintln!("hotplug_mp: {e}");
+            std::process::exit(2);
+        }
+    };
+    init_logging(opts.log_level.as_deref());
+    let hp = match Hotplug::init(&opts, lab_drivers::registry()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("hotplug_mp: {e}");
+            std::process::exit(1);
+        }
+    };
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    let mut line = String::new();
+    loop {
+        let _ = write!(out, "example> ");
+        let _ = out.flush();
+        line.clear();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let cmd = line.trim();
+        if cmd.is_empty() {
+            continue;
+        }
+        if cmd == "quit" {
+            break;
+        }
+        let text = run(&hp, cmd);
+        let _ = writeln!(out, "{text}");
+    }
+    let _ = writeln!(out);
+    hp.shutdown();
+}
+
+fn port_arg(s: Option<&str>) -> Result<PortId, String> {
+    let s = s.ok_or("missing port id")?;
+    s.parse::<u16>().map(PortId).map_err(|_| format!("bad port id {s:?}"))
+}
+
+fn run(hp: &Hotplug, cmd: &str) -> String {
+    let (verb, rest) = cmd.split_once(char::is_whitespace).map(|(a, b)| (a, b.trim())).unwrap_or((cmd, ""));
+    let mut args = rest.split_whitespace();
+    match verb {
+        "help" => HELP.to_string(),
+        "list" => {
+            let mut s = String::from("list all etherdev");
+            for (p, name) in hp.list() {
+                s.push_str(&format!("\n{p}\t{name}"));
+            }
+            s
+        }
+        "attach" => {
+            let da = match Devargs::parse(rest) {
+                Ok(d) => d,
+                Err(e) => return format!("cannot parse devargs: {e}"),
+            };
+            match hp.attach(rest) {
+                Ok(_) => format!("attached device {}", da.name()),
+                Err(HotplugError::Devargs(e)) => format!("cannot parse devargs: {e}"),
+                Err(e) => format!("failed to attach device {}: {e}", da.name()),
+            }
+        }
+        "detach" => {
+            if rest.is_empty() {
+                return "failed to detach device: missing devargs, name or port id".into();
+            }
+            let name = hp.find(rest).map(|e| e.name).unwrap_or_else(|| rest.to_string());
+            match hp.detach(rest) {
+                Ok((_, name)) => format!("detached device {name}"),
+                Err(e) => format!("failed to detach device {name}: {e}"),
+            }
+        }
+        "lock" | "unlock" => match port_arg(args.next()) {
+            Ok(p) => {
+                let r = if verb == "lock" { hp.lock(p) } else { hp.unlock(p) };
+                match r {
+                    Ok(_) => format!("{verb}ed port {p}"),
+                    Err(e) => format!("failed to {verb} port {p}: {e}"),
+                }
+            }
+            Err(e) => format!("failed to {verb} port: {e}"),
+        },
+        "info" => match port_arg(args.next()).and_then(|p| hp.info(p).map_err(|e| e.to_string())) {
+            Ok(i) => {
+                let m = i.dev.mac;
+                format!(
+                    "port: {}\nname: {}\ndriver: {}\nstate: {:?}\nmac: {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\nmtu: {}\nlink: {}\nrx queues: {}\ntx queues: {}\nlocks: {}",
+                    i.entry.port, i.entry.name, i.dev.driver, i.entry.state, m[0], m[1], m[2], m[3], m[4], m[5],
+                    i.dev.mtu, i.link, i.dev.nb_rxq, i.dev.nb_txq, i.locks
+                )
+            }
+            Err(e) => format!("failed to show port: {e}"),
+        },
+        "stats" => match port_arg(args.next()).and_then(|p| hp.info(p).map_err(|e| e.to_string())) {
+            Ok(i) => {
+                let s = i.stats;
+                format!(
+                    "rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} rx_missed={} rx_errors={} tx_errors={} rx_nombuf={}",
+                    s.ipackets, s.ibytes, s.opackets, s.obytes, s.imissed, s.ierrors, s.oerrors, s.rx_nombuf
+                )
+            }
+            Err(e) => format!("failed to show stats: {e}"),
+        },
+        "send" => {
+            let p = match port_arg(args.next()) {
+                Ok(p) => p,
+                Err(e) => return format!("failed to send: {e}"),
+            };
+            let count = args.next().and_then(|c| c.parse::<u64>().ok()).unwrap_or(1);
+            let size = args.next().and_then(|c| c.parse::<usize>().ok()).unwrap_or(64);
+            match hp.send_frames(p, count, size) {
+                Ok(n) => format!("sent {n} packets on port {p}"),
+                Err(e) => format!("failed to send on port {p}: {e}"),
+            }
+        }
+        "recv" => {
+            let p = match port_arg(args.next()) {
+                Ok(p) => p,
+                Err(e) => return format!("failed to receive: {e}"),
+            };
+            let count = args.next().and_then(|c| c.parse::<u64>().ok()).unwrap_or(1);
+            let ms = args.next().and_then(|c| c.parse::<u64>().ok()).unwrap_or(1000);
+            match hp.recv_frames(p, count, Duration::from_millis(ms)) {
+                Ok((n, b)) => format!("received {n} packets ({b} bytes) on port {p}"),
+                Err(e) => format!("failed to receive on port {p}: {e}"),
+            }
+        }
+        other => format!("unknown command {other:?}: try help"),
+    }
+}

@@ -1,0 +1,191 @@
+//! Driving `hotplug_mp` processes over their stdin/stdout, as a person at a terminal would.
+//!
+//! Output is split at the `example> ` prompt: everything between two prompts is the answer to
+//! the command sent in between. Every process is killed by pid and reaped on drop.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+/// The prompt `hotplug_mp` prints before reading each command.
+pub const PROMPT: &str = "example> ";
+
+/// Errors talking to an app process.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// Could not start it.
+    #[error("cannot start {bin}: {source}")]
+    Spawn {
+        /// Binary.
+        bin: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// It exited (or closed stdout) before answering.
+    #[error("process {pid} exited before answering; stderr: {stderr}")]
+    Exited {
+        /// Pid.
+        pid: u32,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// No answer in time.
+    #[error("process {pid} gave no answer within {waited:?}; stderr: {stderr}")]
+    Timeout {
+        /// Pid.
+        pid: u32,
+        /// Time waited.
+        waited: Duration,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// Writing the command failed.
+    #[error("process {pid}: cannot write command: {source}")]
+    Write {
+        /// Pid.
+        pid: u32,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A running `hotplug_mp` (or any program with the same prompt protocol).
+pub struct AppProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    answers: Receiver<String>,
+    errs: Receiver<String>,
+    /// How long `cmd` waits for an answer.
+    pub timeout: Duration,
+}
+
+impl AppProc {
+    /// Starts `cmd` (stdin/stdout/stderr are piped here) and waits for its first prompt.
+    pub fn spawn(mut cmd: Command) -> Result<AppProc, ProcError> {
+        let bin = format!("{:?}", cmd.get_program());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| ProcError::Spawn { bin, source })?;
+        let stdin = child.stdin.take();
+        let mut out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        let (tx, answers) = channel();
+        std::thread::spawn(move || {
+            let mut acc = String::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => acc.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+                while let Some(i) = acc.find(PROMPT) {
+                    let chunk = acc[..i].trim_end_matches('\n').to_string();
+                    acc.drain(..i + PROMPT.len());
+                    if tx.send(chunk).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let (etx, errs) = channel();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let mut err = err;
+            let _ = err.read_to_string(&mut s);
+            for l in s.lines() {
+                let _ = etx.send(l.to_string());
+            }
+        });
+        let mut p = AppProc { child, stdin, answers, errs, timeout: Duration::from_secs(60) };
+        p.answer()?; // text before the first prompt (start-up)
+        Ok(p)
+    }
+
+    /// Pid of the process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn answer(&mut self) -> Result<String, ProcError> {
+        match self.answers.recv_timeout(self.timeout) {
+            Ok(a) => Ok(a),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(ProcError::Timeout { pid: self.pid(), waited: self.timeout, stderr: self.stderr_now() })
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = self.child.wait();
+                Err(ProcError::Exited { pid: self.pid(), stderr: self.stderr_now() })
+            }
+        }
+    }
+
+    /// Sends one command line and returns its answer (without the prompt).
+    pub fn cmd(&mut self, line: &str) -> Result<String, ProcError> {
+        let pid = self.pid();
+        let s = self.stdin.as_mut().ok_or(ProcError::Exited { pid, stderr: String::new() })?;
+        writeln!(s, "{line}").and_then(|_| s.flush()).map_err(|source| ProcError::Write { pid, source })?;
+        self.answer()
+    }
+
+    /// Whatever the process wrote to stderr so far.
+    pub fn stderr_now(&self) -> String {
+        self.errs.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// `quit`, then waits (at most `wait`) for a clean exit; kills it otherwise.
+    pub fn quit(mut self, wait: Duration) -> Option<ExitStatus> {
+        if let Some(mut s) = self.stdin.take() {
+            let _ = writeln!(s, "quit");
+        }
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AppProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The port list an answer to `list` shows, as (id, name).
+pub fn parse_list(answer: &str) -> Vec<(u16, String)> {
+    answer
+        .lines()
+        .filter_map(|l| {
+            let (id, name) = l.split_once('\t')?;
+            Some((id.trim().parse().ok()?, name.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Number of open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Number of entries in a directory (0 if it does not exist).
+pub fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
