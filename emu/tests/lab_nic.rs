@@ -1,0 +1,411 @@
+//! Integration tests: the real `lab-nic` binary over real sockets, driven with the `vfio_user` client.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lab_emu::mem::Mapping;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vfio_user::Client;
+
+const BDF: &str = "0000:00:05.0";
+const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+/// Kills (SIGKILL, by pid) and reaps the child unless the test already did.
+struct Lab {
+    child: Option<Child>,
+    root: PathBuf,
+    control: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+fn lab_nic() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lab-nic"))
+}
+
+fn spawn(devs: &[&str], extra: &[&str]) -> Lab {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("devices");
+    let control = tmp.path().join("ctl.sock");
+    let mut cmd = lab_nic();
+    cmd.arg("--sysfs-root").arg(&root).arg("--control").arg(&control);
+    for d in devs {
+        cmd.arg("--dev").arg(d);
+    }
+    cmd.args(extra)
+        .arg("--log-level")
+        .arg("warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lab = Lab {
+        child: Some(child),
+        root,
+        control,
+        _tmp: tmp,
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
+    if line != "lab-nic ready\n" {
+        drop(lab.child.take().map(|mut c| {
+            let _ = c.kill();
+            c.wait()
+        }));
+        panic!("lab-nic did not become ready (got {line:?})");
+    }
+    lab
+}
+
+impl Lab {
+    fn sock(&self, bdf: &str) -> PathBuf {
+        self.root.join(bdf).join("vfio-user.sock")
+    }
+
+    fn ctl(&self, cmd: &str) -> String {
+        let mut s = UnixStream::connect(&self.control).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    }
+
+    fn stat(&self, bdf: &str, key: &str) -> u64 {
+        let r = self.ctl(&format!("stats {bdf}"));
+        r.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {r:?}"))
+    }
+}
+
+/// Runs `f` on another thread and fails the test if it takes longer than `limit`.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("operation hung")
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f()
+}
+
+// Register offsets, from the 82599 datasheet (8.2.3), written out here as a driver would.
+const CTRL: u64 = 0x0;
+const EIMC: u64 = 0x888;
+const EITR0: u64 = 0x820;
+const GPRC: u64 = 0x4074;
+const GPTC: u64 = 0x4080;
+const RXCTRL: u64 = 0x3000;
+const FCTRL: u64 = 0x5080;
+const AUTOC: u64 = 0x42a0;
+const LINKS: u64 = 0x42a4;
+const DMATXCTL: u64 = 0x4a80;
+const EEC: u64 = 0x10010;
+
+fn rd32(c: &mut Client, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    c.region_read(0, off, &mut b).unwrap();
+    u32::from_le_bytes(b)
+}
+
+fn wr32(c: &mut Client, off: u64, v: u32) {
+    c.region_write(0, off, &v.to_le_bytes()).unwrap();
+}
+
+#[test]
+fn sysfs_entry_has_linux_formats_and_a_socket() {
+    let lab = spawn(&[&format!("{BDF},model=ixgbe,wire=loopback")], &[]);
+    let dir = lab.root.join(BDF);
+    let rd = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    assert_eq!(rd("vendor"), "0x8086\n");
+    assert_eq!(rd("device"), "0x10fb\n");
+    assert_eq!(rd("class"), "0x020000\n");
+    let res = rd("resource");
+    assert_eq!(res.lines().count(), 13);
+    assert!(res.lines().next().unwrap().ends_with(" 0x000000000014220c"));
+    assert_eq!(
+        std::fs::read_link(dir.join("driver")).unwrap().file_name().unwrap(),
+        "vfio-pci"
+    );
+    assert!(lab.sock(BDF).exists());
+}
+
+#[test]
+fn loopback_frames_round_trip_through_mmapped_queue_pages_and_dma() {
+    let lab = spawn(
+        &[&format!("{BDF},model=ixgbe,wire=loopback,mac=02:00:00:00:00:01")],
+        &[],
+    );
+    let mut c = Client::new(&lab.sock(BDF)).unwrap();
+
+    // Region table: BAR0 512 KiB with two sparse areas in one fd, config space, BAR4.
+    let bar0 = c.region(0).unwrap();
+    assert_eq!(bar0.size, 512 * 1024);
+    let areas: Vec<(u64, u64)> = bar0.sparse_areas.iter().map(|a| (a.offset, a.size)).collect();
+    assert_eq!(areas, vec![(0x1000, 0x1000), (0x6000, 0x2000)]);
+    let fo = bar0.file_offset.as_ref().expect("BAR0 fd");
+    let rxp = Mapping::map_file(fo.file(), fo.start() + 0x1000, 0x1000).unwrap();
+    let txp = Mapping::map_file(fo.file(), fo.start() + 0x6000, 0x2000).unwrap();
+    assert_eq!(c.region(4).unwrap().size, 16 * 1024);
+    assert_eq!(c.region(7).unwrap().size, 4096);
+
+    // Config space ids; enable memory + bus master.
+    let mut id = [0u8; 4];
+    c.region_read(7, 0, &mut id).unwrap();
+    assert_eq!(u32::from_le_bytes(id), 0x10fb_8086);
+    c.region_write(7, 4, &6u16.to_le_bytes()).unwrap();
+
+    // Trapped register round trip and reset.
+    wr32(&mut c, EITR0, 0x0000_0c80);
+    assert_eq!(rd32(&mut c, EITR0), 0x0000_0c80);
+    wr32(&mut c, EIMC, 0x7fff_ffff);
+    wr32(&mut c, CTRL, 1 << 26);
+    assert_eq!(rd32(&mut c, CTRL) & (1 << 26), 0);
+    assert_ne!(rd32(&mut c, EEC) & (1 << 9), 0);
+    wr32(&mut c, AUTOC, 1 << 12);
+
+    // DMA memory: one memfd, mapped at IOVA 4 GiB.
+    const IOVA: u64 = 0x1_0000_0000;
+    const N: u32 = 16;
+    let mem = Mapping::memfd("test-dma", 1 << 20).unwrap();
+    c.dma_map(0, IOVA, 1 << 20, mem.raw_fd().unwrap()).unwrap();
+    let (rx_ring, tx_ring, rx_bufs, tx_bufs) = (0usize, 0x1000usize, 0x10000usize, 0x40000usize);
+    for i in 0..N as usize {
+        mem.write(rx_ring + i * 16, &(IOVA + (rx_bufs + i * 2048) as u64).to_le_bytes());
+    }
+
+    wr32(&mut c, FCTRL, 1 << 10); // BAM; unicast to our MAC only
+    wr32(&mut c, RXCTRL, 1);
+    wr32(&mut c, DMATXCTL, 1);
+    // Queue 0 registers live in the mmapped pages: RX page base 0x1000, TX page base 0x6000.
+    rxp.write32(0x00, IOVA as u32 + rx_ring as u32);
+    rxp.write32(0x04, (IOVA >> 32) as u32);
+    rxp.write32(0x08, N * 16);
+    rxp.write32(0x28, 1 << 25);
+    rxp.write32(0x10, 0);
+    rxp.write32(0x18, N - 1);
+    txp.write32(0x00, IOVA as u32 + tx_ring as u32);
+    txp.write32(0x04, (IOVA >> 32) as u32);
+    txp.write32(0x08, N * 16);
+    txp.write32(0x10, 0);
+    txp.write32(0x18, 0);
+    txp.write32(0x28, 1 << 25);
+    assert!(wait_until(Duration::from_secs(5), || rd32(&mut c, LINKS) & (1 << 30) != 0));
+
+    let frames: Vec<Vec<u8>> = (0..3u8)
+        .map(|k| {
+            let mut f: Vec<u8> = (0..(60 + 200 * k as usize)).map(|i| i as u8 ^ k).collect();
+            f[..6].copy_from_slice(&MAC);
+            f
+        })
+        .collect();
+    for (i, f) in frames.iter().enumerate() {
+        let buf = tx_bufs + i * 2048;
+        mem.write(buf, f);
+        let d = tx_ring + i * 16;
+        mem.write(d, &(IOVA + buf as u64).to_le_bytes());
+        let ctl = f.len() as u32 | (3 << 20) | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 29);
+        mem.write(d + 8, &ctl.to_le_bytes());
+        mem.write(d + 12, &((f.len() as u32) << 14).to_le_bytes());
+    }
+    txp.write32(0x18, frames.len() as u32); // doorbell: TDT
+
+    assert!(
+        wait_until(Duration::from_secs(5), || rxp.read32(0x10) == Some(3)),
+        "RDH did not advance"
+    );
+    assert_eq!(txp.read32(0x10), Some(3), "TDH");
+    for (i, f) in frames.iter().enumerate() {
+        let mut st = [0u8; 8];
+        mem.read(rx_ring + i * 16 + 8, &mut st);
+        let status = u32::from_le_bytes([st[0], st[1], st[2], st[3]]);
+        let len = u16::from_le_bytes([st[4], st[5]]) as usize;
+        assert_eq!(status & 3, 3, "DD|EOP");
+        assert_eq!(len, f.len());
+        let mut got = vec![0u8; len];
+        mem.read(rx_bufs + i * 2048, &mut got);
+        assert_eq!(&got, f, "frame {i} byte-identical");
+        let mut dd = [0u8; 4];
+        mem.read(tx_ring + i * 16 + 12, &mut dd);
+        assert_eq!(dd[0] & 1, 1, "TX DD");
+    }
+    assert_eq!(rd32(&mut c, GPRC), 3);
+    assert_eq!(rd32(&mut c, GPRC), 0, "clear on read");
+    assert_eq!(rd32(&mut c, GPTC), 3);
+    assert_eq!(lab.stat(BDF, "rx_packets"), 3);
+    assert_eq!(lab.stat(BDF, "tx_packets"), 3);
+    assert_eq!(lab.stat(BDF, "connections"), 1);
+
+    // Link down from the control socket: LINKS follows, and back up.
+    assert_eq!(lab.ctl(&format!("link down {BDF}")), "ok\n");
+    assert_eq!(rd32(&mut c, LINKS) & (1 << 30), 0);
+    assert_eq!(lab.ctl(&format!("link up {BDF}")), "ok\n");
+    assert_ne!(rd32(&mut c, LINKS) & (1 << 30), 0);
+
+    // A TX descriptor pointing outside the DMA map is a recorded fault; the device keeps working.
+    let d = tx_ring + 3 * 16;
+    mem.write(d, &0xdead_0000_0000u64.to_le_bytes());
+    mem.write(d + 8, &(64u32 | (3 << 20) | (1 << 24) | (1 << 27) | (1 << 29)).to_le_bytes());
+    txp.write32(0x18, 4);
+    assert!(wait_until(Duration::from_secs(5), || txp.read32(0x10) == Some(4)));
+    let faults = lab.ctl(&format!("faults {BDF}"));
+    assert!(faults.starts_with("ok count=1 "), "{faults}");
+    assert!(faults.contains("iova=0xdead00000000"), "{faults}");
+    // Out-of-range trapped accesses never hang the client: all-ones.
+    let mut b = [0u8; 4];
+    c.region_read(0, 0x10_0000, &mut b).unwrap();
+    assert_eq!(b, [0xff; 4]);
+    c.dma_unmap(IOVA, 1 << 20).unwrap();
+}
+
+#[test]
+fn ninth_client_is_refused_quickly_and_a_freed_slot_is_reused() {
+    let lab = spawn(&[&format!("{BDF},model=ixgbe")], &[]);
+    let sock = lab.sock(BDF);
+    let mut clients: Vec<Client> = (0..8).map(|_| Client::new(&sock).unwrap()).collect();
+    assert!(wait_until(Duration::from_secs(5), || lab.stat(BDF, "connections") == 8));
+    let s2 = sock.clone();
+    let ninth = within(Duration::from_secs(5), move || Client::new(&s2).is_err());
+    assert!(ninth, "the ninth client must be refused");
+    assert_eq!(lab.stat(BDF, "refused"), 1);
+    // Every admitted client is served concurrently.
+    for c in clients.iter_mut() {
+        let mut id = [0u8; 2];
+        c.region_read(7, 0, &mut id).unwrap();
+        assert_eq!(id, [0x86, 0x80]);
+    }
+    drop(clients.pop());
+    assert!(wait_until(Duration::from_secs(5), || lab.stat(BDF, "connections") == 7));
+    let s3 = sock.clone();
+    assert!(within(Duration::from_secs(5), move || Client::new(&s3).is_ok()));
+}
+
+#[test]
+fn unplug_closes_clients_and_removes_the_entry() {
+    let lab = spawn(
+        &[
+            &format!("{BDF},model=ixgbe,peer=0000:00:06.0"),
+            "0000:00:06.0,model=ixgbe",
+        ],
+        &[],
+    );
+    let mut c = Client::new(&lab.sock(BDF)).unwrap();
+    assert_eq!(rd32(&mut c, EEC) & (1 << 8), 1 << 8);
+    assert_eq!(lab.ctl(&format!("unplug {BDF}")), "ok\n");
+    assert!(!lab.root.join(BDF).exists());
+    assert!(lab.root.join("0000:00:06.0").exists());
+    let failed = within(Duration::from_secs(5), move || {
+        let mut b = [0u8; 4];
+        c.region_read(0, 0, &mut b).is_err()
+    });
+    assert!(failed, "a client of an unplugged function sees the connection closed");
+    assert!(lab.ctl(&format!("stats {BDF}")).starts_with("error: "));
+    assert!(lab.ctl("frobnicate").starts_with("error: unknown command"));
+}
+
+#[test]
+fn sigterm_removes_sockets_and_sysfs_entries() {
+    let mut lab = spawn(&[&format!("{BDF},model=ixgbe"), "0000:00:06.0,model=ixgbe,wire=loopback"], &[]);
+    let _c = Client::new(&lab.sock(BDF)).unwrap();
+    let mut child = lab.child.take().unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = within(Duration::from_secs(10), move || child.wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    assert!(!lab.root.join(BDF).exists());
+    assert!(!lab.root.join("0000:00:06.0").exists());
+    assert!(!lab.control.exists());
+}
+
+#[test]
+fn bad_arguments_exit_2_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("devices");
+    let cases: &[&[&str]] = &[
+        &["--dev", "0000:00:05.0,model=i40e"],
+        &["--dev", "0000:00:05.0,model=ixgbe,mac=zz"],
+        &["--dev", "0000:00:05.0,model=ixgbe,speed=10"],
+        &["--dev", "0000:00:05.0,model=ixgbe,peer=0000:00:09.0"],
+        &["--dev", "00:05.0,model=ixgbe"],
+        &["--dev", "0000:00:05.0"],
+        &["--bogus"],
+    ];
+    for args in cases {
+        let out = lab_nic()
+            .arg("--sysfs-root")
+            .arg(&root)
+            .args(*args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("lab-nic: error: "), "{err}");
+        assert!(!root.exists(), "{args:?} created {}", root.display());
+    }
+    let out = lab_nic()
+        .args(["--sysfs-root", "/nonexistent-dir-for-lab", "--dev", "0000:00:05.0,model=ixgbe,mac=zz"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mac=zz"));
+}
+
+#[test]
+fn long_sysfs_paths_are_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("d".repeat(80)).join("devices");
+    let mut child = lab_nic()
+        .arg("--sysfs-root")
+        .arg(&root)
+        .args(["--dev", "0000:00:05.0,model=ixgbe", "--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    let stdout = child.stdout.take().unwrap();
+    let line = within(Duration::from_secs(15), move || {
+        let mut l = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut l);
+        l
+    });
+    let sock = root.join(BDF).join("vfio-user.sock");
+    assert!(sock.as_os_str().len() > 107);
+    let ok = line == "lab-nic ready\n" && {
+        // Connect the same way: through an O_PATH descriptor of the directory.
+        let dir = std::fs::File::open(root.join(BDF)).unwrap();
+        let short = Path::new("/proc/self/fd")
+            .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+            .join("vfio-user.sock");
+        Client::new(&short).is_ok()
+    };
+    let _ = kill(pid, Signal::SIGTERM);
+    let _ = child.wait();
+    assert!(ok, "ready line {line:?}");
+}
