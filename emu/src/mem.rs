@@ -168,7 +168,7 @@ impl Mapping {
 
     /// Volatile little-endian 32-bit load at a 4-byte aligned `off`; `None` if out of range or unaligned.
     pub fn read32(&self, off: usize) -> Option<u32> {
-        if off % 4 != 0 || !self.range_ok(off, 4) {
+        if off & 3 != 0 || !self.range_ok(off, 4) {
             return None;
         }
         // SAFETY: in range; the mapping base is page aligned and `skew` is only non-zero for DMA views,
@@ -179,7 +179,7 @@ impl Mapping {
 
     /// Volatile little-endian 32-bit store at a 4-byte aligned `off`; false if out of range or unaligned.
     pub fn write32(&self, off: usize, val: u32) -> bool {
-        if off % 4 != 0 || !self.range_ok(off, 4) {
+        if off & 3 != 0 || !self.range_ok(off, 4) {
             return false;
         }
         // SAFETY: in range (checked above); a byte-array store has alignment 1.

@@ -45,19 +45,10 @@ fn spawn(devs: &[&str], extra: &[&str]) -> Lab {
     for d in devs {
         cmd.arg("--dev").arg(d);
     }
-    cmd.args(extra)
-        .arg("--log-level")
-        .arg("warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args(extra).arg("--log-level").arg("warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let mut lab = Lab {
-        child: Some(child),
-        root,
-        control,
-        _tmp: tmp,
-    };
+    let mut lab = Lab { child: Some(child), root, control, _tmp: tmp };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -152,19 +143,13 @@ fn sysfs_entry_has_linux_formats_and_a_socket() {
     let res = rd("resource");
     assert_eq!(res.lines().count(), 13);
     assert!(res.lines().next().unwrap().ends_with(" 0x000000000014220c"));
-    assert_eq!(
-        std::fs::read_link(dir.join("driver")).unwrap().file_name().unwrap(),
-        "vfio-pci"
-    );
+    assert_eq!(std::fs::read_link(dir.join("driver")).unwrap().file_name().unwrap(), "vfio-pci");
     assert!(lab.sock(BDF).exists());
 }
 
 #[test]
 fn loopback_frames_round_trip_through_mmapped_queue_pages_and_dma() {
-    let lab = spawn(
-        &[&format!("{BDF},model=ixgbe,wire=loopback,mac=02:00:00:00:00:01")],
-        &[],
-    );
+    let lab = spawn(&[&format!("{BDF},model=ixgbe,wire=loopback,mac=02:00:00:00:00:01")], &[]);
     let mut c = Client::new(&lab.sock(BDF)).unwrap();
 
     // Region table: BAR0 512 KiB with two sparse areas in one fd, config space, BAR4.
@@ -239,10 +224,7 @@ fn loopback_frames_round_trip_through_mmapped_queue_pages_and_dma() {
     }
     txp.write32(0x18, frames.len() as u32); // doorbell: TDT
 
-    assert!(
-        wait_until(Duration::from_secs(5), || rxp.read32(0x10) == Some(3)),
-        "RDH did not advance"
-    );
+    assert!(wait_until(Duration::from_secs(5), || rxp.read32(0x10) == Some(3)), "RDH did not advance");
     assert_eq!(txp.read32(0x10), Some(3), "TDH");
     for (i, f) in frames.iter().enumerate() {
         let mut st = [0u8; 8];
@@ -311,13 +293,7 @@ fn ninth_client_is_refused_quickly_and_a_freed_slot_is_reused() {
 
 #[test]
 fn unplug_closes_clients_and_removes_the_entry() {
-    let lab = spawn(
-        &[
-            &format!("{BDF},model=ixgbe,peer=0000:00:06.0"),
-            "0000:00:06.0,model=ixgbe",
-        ],
-        &[],
-    );
+    let lab = spawn(&[&format!("{BDF},model=ixgbe,peer=0000:00:06.0"), "0000:00:06.0,model=ixgbe"], &[]);
     let mut c = Client::new(&lab.sock(BDF)).unwrap();
     assert_eq!(rd32(&mut c, EEC) & (1 << 8), 1 << 8);
     assert_eq!(lab.ctl(&format!("unplug {BDF}")), "ok\n");
@@ -359,12 +335,7 @@ fn bad_arguments_exit_2_and_create_nothing() {
         &["--bogus"],
     ];
     for args in cases {
-        let out = lab_nic()
-            .arg("--sysfs-root")
-            .arg(&root)
-            .args(*args)
-            .output()
-            .unwrap();
+        let out = lab_nic().arg("--sysfs-root").arg(&root).args(*args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("lab-nic: error: "), "{err}");
@@ -400,9 +371,8 @@ fn long_sysfs_paths_are_served() {
     let ok = line == "lab-nic ready\n" && {
         // Connect the same way: through an O_PATH descriptor of the directory.
         let dir = std::fs::File::open(root.join(BDF)).unwrap();
-        let short = Path::new("/proc/self/fd")
-            .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
-            .join("vfio-user.sock");
+        let short =
+            Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string()).join("vfio-user.sock");
         Client::new(&short).is_ok()
     };
     let _ = kill(pid, Signal::SIGTERM);

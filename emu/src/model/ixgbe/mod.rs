@@ -469,8 +469,8 @@ impl DeviceModel for Ixgbe {
     fn bar_read(&mut self, bar: u32, off: u64, data: &mut [u8]) {
         match bar {
             0 => {
-                let ok = off % 4 == 0
-                    && data.len() % 4 == 0
+                let ok = off & 3 == 0
+                    && data.len() & 3 == 0
                     && !data.is_empty()
                     && off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR0_SIZE);
                 if !ok {
@@ -494,8 +494,8 @@ impl DeviceModel for Ixgbe {
     fn bar_write(&mut self, bar: u32, off: u64, data: &[u8]) {
         match bar {
             0 => {
-                let ok = off % 4 == 0
-                    && data.len() % 4 == 0
+                let ok = off & 3 == 0
+                    && data.len() & 3 == 0
                     && !data.is_empty()
                     && off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR0_SIZE);
                 if !ok {
