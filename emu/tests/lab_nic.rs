@@ -147,12 +147,24 @@ fn sysfs_entry_has_linux_formats_and_a_socket() {
     assert!(lab.sock(BDF).exists());
 }
 
-#[test]
-fn loopback_frames_round_trip_through_mmapped_queue_pages_and_dma() {
-    let lab = spawn(&[&format!("{BDF},model=ixgbe,wire=loopback,mac=02:00:00:00:00:01")], &[]);
-    let mut c = Client::new(&lab.sock(BDF)).unwrap();
+const IOVA: u64 = 0x1_0000_0000;
+const N: u32 = 16;
+const RX_RING: usize = 0;
+const TX_RING: usize = 0x1000;
+const RX_BUFS: usize = 0x10000;
+const TX_BUFS: usize = 0x40000;
 
-    // Region table: BAR0 512 KiB with two sparse areas in one fd, config space, BAR4.
+/// A driver's view of one port: the mmapped queue pages and its DMA memory.
+struct Port {
+    rxp: Mapping,
+    txp: Mapping,
+    mem: Mapping,
+    next_tx: u32,
+}
+
+/// Checks the region table, maps the queue pages and DMA memory, and runs the ixy-style bring-up
+/// with one RX and one TX ring of N descriptors.
+fn bring_up(c: &mut Client) -> Port {
     let bar0 = c.region(0).unwrap();
     assert_eq!(bar0.size, 512 * 1024);
     let areas: Vec<(u64, u64)> = bar0.sparse_areas.iter().map(|a| (a.offset, a.size)).collect();
@@ -160,84 +172,102 @@ fn loopback_frames_round_trip_through_mmapped_queue_pages_and_dma() {
     let fo = bar0.file_offset.as_ref().expect("BAR0 fd");
     let rxp = Mapping::map_file(fo.file(), fo.start() + 0x1000, 0x1000).unwrap();
     let txp = Mapping::map_file(fo.file(), fo.start() + 0x6000, 0x2000).unwrap();
-    assert_eq!(c.region(4).unwrap().size, 16 * 1024);
-    assert_eq!(c.region(7).unwrap().size, 4096);
 
-    // Config space ids; enable memory + bus master.
-    let mut id = [0u8; 4];
-    c.region_read(7, 0, &mut id).unwrap();
-    assert_eq!(u32::from_le_bytes(id), 0x10fb_8086);
-    c.region_write(7, 4, &6u16.to_le_bytes()).unwrap();
+    c.region_write(7, 4, &6u16.to_le_bytes()).unwrap(); // memory + bus master
+    wr32(c, EIMC, 0x7fff_ffff);
+    wr32(c, CTRL, 1 << 26);
+    assert_eq!(rd32(c, CTRL) & (1 << 26), 0);
+    assert_ne!(rd32(c, EEC) & (1 << 9), 0);
+    wr32(c, AUTOC, 1 << 12);
 
-    // Trapped register round trip and reset.
-    wr32(&mut c, EITR0, 0x0000_0c80);
-    assert_eq!(rd32(&mut c, EITR0), 0x0000_0c80);
-    wr32(&mut c, EIMC, 0x7fff_ffff);
-    wr32(&mut c, CTRL, 1 << 26);
-    assert_eq!(rd32(&mut c, CTRL) & (1 << 26), 0);
-    assert_ne!(rd32(&mut c, EEC) & (1 << 9), 0);
-    wr32(&mut c, AUTOC, 1 << 12);
-
-    // DMA memory: one memfd, mapped at IOVA 4 GiB.
-    const IOVA: u64 = 0x1_0000_0000;
-    const N: u32 = 16;
     let mem = Mapping::memfd("test-dma", 1 << 20).unwrap();
     c.dma_map(0, IOVA, 1 << 20, mem.raw_fd().unwrap()).unwrap();
-    let (rx_ring, tx_ring, rx_bufs, tx_bufs) = (0usize, 0x1000usize, 0x10000usize, 0x40000usize);
     for i in 0..N as usize {
-        mem.write(rx_ring + i * 16, &(IOVA + (rx_bufs + i * 2048) as u64).to_le_bytes());
+        mem.write(RX_RING + i * 16, &(IOVA + (RX_BUFS + i * 2048) as u64).to_le_bytes());
     }
-
-    wr32(&mut c, FCTRL, 1 << 10); // BAM; unicast to our MAC only
-    wr32(&mut c, RXCTRL, 1);
-    wr32(&mut c, DMATXCTL, 1);
+    wr32(c, FCTRL, 1 << 10); // BAM; unicast to our MAC only
+    wr32(c, RXCTRL, 1);
+    wr32(c, DMATXCTL, 1);
     // Queue 0 registers live in the mmapped pages: RX page base 0x1000, TX page base 0x6000.
-    rxp.write32(0x00, IOVA as u32 + rx_ring as u32);
+    rxp.write32(0x00, IOVA as u32 + RX_RING as u32);
     rxp.write32(0x04, (IOVA >> 32) as u32);
     rxp.write32(0x08, N * 16);
     rxp.write32(0x28, 1 << 25);
     rxp.write32(0x10, 0);
     rxp.write32(0x18, N - 1);
-    txp.write32(0x00, IOVA as u32 + tx_ring as u32);
+    txp.write32(0x00, IOVA as u32 + TX_RING as u32);
     txp.write32(0x04, (IOVA >> 32) as u32);
     txp.write32(0x08, N * 16);
     txp.write32(0x10, 0);
     txp.write32(0x18, 0);
     txp.write32(0x28, 1 << 25);
-    assert!(wait_until(Duration::from_secs(5), || rd32(&mut c, LINKS) & (1 << 30) != 0));
+    assert!(wait_until(Duration::from_secs(5), || rd32(c, LINKS) & (1 << 30) != 0));
+    Port { rxp, txp, mem, next_tx: 0 }
+}
 
-    let frames: Vec<Vec<u8>> = (0..3u8)
-        .map(|k| {
-            let mut f: Vec<u8> = (0..(60 + 200 * k as usize)).map(|i| i as u8 ^ k).collect();
-            f[..6].copy_from_slice(&MAC);
-            f
-        })
-        .collect();
-    for (i, f) in frames.iter().enumerate() {
-        let buf = tx_bufs + i * 2048;
-        mem.write(buf, f);
-        let d = tx_ring + i * 16;
-        mem.write(d, &(IOVA + buf as u64).to_le_bytes());
-        let ctl = f.len() as u32 | (3 << 20) | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 29);
-        mem.write(d + 8, &ctl.to_le_bytes());
-        mem.write(d + 12, &((f.len() as u32) << 14).to_le_bytes());
+impl Port {
+    /// Queues frames on the TX ring (EOP|IFCS|RS|DEXT) and rings the TDT doorbell.
+    fn send(&mut self, frames: &[Vec<u8>]) {
+        for f in frames {
+            let i = self.next_tx as usize;
+            let buf = TX_BUFS + i * 2048;
+            self.mem.write(buf, f);
+            let d = TX_RING + i * 16;
+            self.mem.write(d, &(IOVA + buf as u64).to_le_bytes());
+            let ctl = f.len() as u32 | (3 << 20) | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 29);
+            self.mem.write(d + 8, &ctl.to_le_bytes());
+            self.mem.write(d + 12, &((f.len() as u32) << 14).to_le_bytes());
+            self.next_tx = (self.next_tx + 1) % N;
+        }
+        self.txp.write32(0x18, self.next_tx);
     }
-    txp.write32(0x18, frames.len() as u32); // doorbell: TDT
 
-    assert!(wait_until(Duration::from_secs(5), || rxp.read32(0x10) == Some(3)), "RDH did not advance");
-    assert_eq!(txp.read32(0x10), Some(3), "TDH");
-    for (i, f) in frames.iter().enumerate() {
+    /// Reads back RX descriptor `i`: (status, length, data).
+    fn received(&self, i: usize) -> (u32, Vec<u8>) {
         let mut st = [0u8; 8];
-        mem.read(rx_ring + i * 16 + 8, &mut st);
+        self.mem.read(RX_RING + i * 16 + 8, &mut st);
         let status = u32::from_le_bytes([st[0], st[1], st[2], st[3]]);
         let len = u16::from_le_bytes([st[4], st[5]]) as usize;
-        assert_eq!(status & 3, 3, "DD|EOP");
-        assert_eq!(len, f.len());
         let mut got = vec![0u8; len];
-        mem.read(rx_bufs + i * 2048, &mut got);
+        self.mem.read(RX_BUFS + i * 2048, &mut got);
+        (status, got)
+    }
+}
+
+fn test_frames(dst: [u8; 6], n: u8) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|k| {
+            let mut f: Vec<u8> = (0..(60 + 200 * k as usize)).map(|i| i as u8 ^ k).collect();
+            f[..6].copy_from_slice(&dst);
+            f
+        })
+        .collect()
+}
+
+#[test]
+fn loopback_frames_round_trip_through_mmapped_queue_pages_and_dma() {
+    let lab = spawn(&[&format!("{BDF},model=ixgbe,wire=loopback,mac=02:00:00:00:00:01")], &[]);
+    let mut c = Client::new(&lab.sock(BDF)).unwrap();
+    assert_eq!(c.region(4).unwrap().size, 16 * 1024);
+    assert_eq!(c.region(7).unwrap().size, 4096);
+    let mut id = [0u8; 4];
+    c.region_read(7, 0, &mut id).unwrap();
+    assert_eq!(u32::from_le_bytes(id), 0x10fb_8086);
+    // Trapped register round trip.
+    wr32(&mut c, EITR0, 0x0000_0c80);
+    assert_eq!(rd32(&mut c, EITR0), 0x0000_0c80);
+
+    let mut port = bring_up(&mut c);
+    let frames = test_frames(MAC, 3);
+    port.send(&frames);
+    assert!(wait_until(Duration::from_secs(5), || port.rxp.read32(0x10) == Some(3)), "RDH did not advance");
+    assert_eq!(port.txp.read32(0x10), Some(3), "TDH");
+    for (i, f) in frames.iter().enumerate() {
+        let (status, got) = port.received(i);
+        assert_eq!(status & 3, 3, "DD|EOP");
         assert_eq!(&got, f, "frame {i} byte-identical");
         let mut dd = [0u8; 4];
-        mem.read(tx_ring + i * 16 + 12, &mut dd);
+        port.mem.read(TX_RING + i * 16 + 12, &mut dd);
         assert_eq!(dd[0] & 1, 1, "TX DD");
     }
     assert_eq!(rd32(&mut c, GPRC), 3);
@@ -254,19 +284,105 @@ fn loopback_frames_round_trip_through_mmapped_queue_pages_and_dma() {
     assert_ne!(rd32(&mut c, LINKS) & (1 << 30), 0);
 
     // A TX descriptor pointing outside the DMA map is a recorded fault; the device keeps working.
-    let d = tx_ring + 3 * 16;
-    mem.write(d, &0xdead_0000_0000u64.to_le_bytes());
-    mem.write(d + 8, &(64u32 | (3 << 20) | (1 << 24) | (1 << 27) | (1 << 29)).to_le_bytes());
-    txp.write32(0x18, 4);
-    assert!(wait_until(Duration::from_secs(5), || txp.read32(0x10) == Some(4)));
+    let d = TX_RING + 3 * 16;
+    port.mem.write(d, &0xdead_0000_0000u64.to_le_bytes());
+    port.mem.write(d + 8, &(64u32 | (3 << 20) | (1 << 24) | (1 << 27) | (1 << 29)).to_le_bytes());
+    port.txp.write32(0x18, 4);
+    assert!(wait_until(Duration::from_secs(5), || port.txp.read32(0x10) == Some(4)));
     let faults = lab.ctl(&format!("faults {BDF}"));
     assert!(faults.starts_with("ok count=1 "), "{faults}");
     assert!(faults.contains("iova=0xdead00000000"), "{faults}");
+    port.next_tx = 4;
+    port.send(&test_frames(MAC, 1));
+    assert!(wait_until(Duration::from_secs(5), || port.rxp.read32(0x10) == Some(4)));
     // Out-of-range trapped accesses never hang the client: all-ones.
     let mut b = [0u8; 4];
     c.region_read(0, 0x10_0000, &mut b).unwrap();
     assert_eq!(b, [0xff; 4]);
     c.dma_unmap(IOVA, 1 << 20).unwrap();
+}
+
+#[test]
+fn msix_vector_signals_the_registered_eventfd() {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::AsRawFd;
+    let lab = spawn(&[&format!("{BDF},model=ixgbe,wire=loopback,mac=02:00:00:00:00:01")], &[]);
+    let mut c = Client::new(&lab.sock(BDF)).unwrap();
+    let info = c.get_irq_info(2).unwrap();
+    assert_eq!(info.count, 64);
+    let mut port = bring_up(&mut c);
+    let efd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
+    // DATA_EVENTFD | ACTION_TRIGGER for vector 1.
+    c.set_irqs(2, 4 | 32, 1, 1, &[efd.as_raw_fd()]).unwrap();
+    // Find the MSI-X capability and set MSI-X enable; unmask vector 1 in the BAR4 table.
+    let mut p = [0u8; 1];
+    c.region_read(7, 0x34, &mut p).unwrap();
+    let mut cap = p[0] as u64;
+    loop {
+        let mut h = [0u8; 2];
+        c.region_read(7, cap, &mut h).unwrap();
+        if h[0] == 0x11 {
+            break;
+        }
+        assert_ne!(h[1], 0, "no MSI-X capability");
+        cap = h[1] as u64;
+    }
+    c.region_write(7, cap + 3, &[0x80]).unwrap();
+    c.region_write(4, 16 + 12, &0u32.to_le_bytes()).unwrap();
+    wr32(&mut c, 0x898, 1 << 4); // GPIE: multiple MSI-X
+    wr32(&mut c, 0x900, 0x80 | 1); // IVAR(0): RX queue 0 -> vector 1
+    wr32(&mut c, 0x880, 1 << 1); // EIMS: vector 1
+    port.send(&test_frames(MAC, 1));
+    assert!(wait_until(Duration::from_secs(5), || efd.read().is_ok()), "eventfd not signalled");
+}
+
+#[test]
+fn device_state_is_shared_and_a_closed_connection_loses_only_its_dma_maps() {
+    let lab = spawn(&[&format!("{BDF},model=ixgbe,wire=loopback,mac=02:00:00:00:00:01")], &[]);
+    let mut primary = Client::new(&lab.sock(BDF)).unwrap();
+    let mut secondary = Client::new(&lab.sock(BDF)).unwrap();
+    let mut port = bring_up(&mut primary);
+    wr32(&mut primary, EITR0, 0x111);
+    assert_eq!(rd32(&mut secondary, EITR0), 0x111, "one device behind both connections");
+    port.send(&test_frames(MAC, 1));
+    assert!(wait_until(Duration::from_secs(5), || lab.stat(BDF, "rx_packets") == 1));
+    assert_eq!(rd32(&mut secondary, GPRC), 1);
+    // The primary goes away: its DMA maps go with it, the device (and the secondary) stay.
+    drop(primary);
+    assert!(wait_until(Duration::from_secs(5), || lab.stat(BDF, "connections") == 1));
+    std::thread::sleep(Duration::from_millis(50));
+    port.send(&test_frames(MAC, 1));
+    assert!(wait_until(Duration::from_secs(5), || {
+        lab.ctl(&format!("faults {BDF}")).contains("tx descriptor read")
+    }));
+    assert_ne!(rd32(&mut secondary, LINKS) & (1 << 30), 0, "device state kept");
+}
+
+#[test]
+fn peer_ports_exchange_frames() {
+    let a = "0000:00:05.0";
+    let b = "0000:00:06.0";
+    let lab = spawn(
+        &[
+            &format!("{a},model=ixgbe,peer={b},mac=02:00:00:00:00:0a"),
+            &format!("{b},model=ixgbe,mac=02:00:00:00:00:0b"),
+        ],
+        &[],
+    );
+    let mut ca = Client::new(&lab.sock(a)).unwrap();
+    let mut cb = Client::new(&lab.sock(b)).unwrap();
+    let mut pa = bring_up(&mut ca);
+    let mut pb = bring_up(&mut cb);
+    let to_b = test_frames([0x02, 0, 0, 0, 0, 0x0b], 2);
+    pa.send(&to_b);
+    assert!(wait_until(Duration::from_secs(5), || pb.rxp.read32(0x10) == Some(2)));
+    assert_eq!(pb.received(1).1, to_b[1]);
+    let to_a = test_frames([0x02, 0, 0, 0, 0, 0x0a], 1);
+    pb.send(&to_a);
+    assert!(wait_until(Duration::from_secs(5), || pa.rxp.read32(0x10) == Some(1)));
+    assert_eq!(pa.received(0).1, to_a[0]);
+    assert_eq!(lab.stat(a, "tx_packets"), 2);
+    assert_eq!(lab.stat(b, "rx_packets"), 2);
 }
 
 #[test]
