@@ -79,6 +79,7 @@ pub struct Ixgbe {
     faults: FaultLog,
     tx_frame: Vec<u8>,
     rx_frame: Vec<u8>,
+    dma_without_bme_recorded: bool,
 }
 
 impl std::fmt::Debug for Ixgbe {
@@ -138,6 +139,7 @@ impl Ixgbe {
             faults: FaultLog::default(),
             tx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
             rx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
+            dma_without_bme_recorded: false,
         };
         m.reset_state();
         // MSI-X vectors come out of reset masked (vector control bit 0).
@@ -342,7 +344,7 @@ impl Ixgbe {
             | BPTC => {}
             o => {
                 if !Self::is_storage(o) && self.unknown_logged.insert(o) {
-                    tracing::debug!(bdf = %self.bdf, "write to unemulated register {o:#07x} = {val:#x} (kept)");
+                    tracing::info!(bdf = %self.bdf, "write to unemulated register {o:#07x} = {val:#x} (kept)");
                 }
                 self.regs.insert(o, val);
             }

@@ -7,7 +7,7 @@ use std::sync::atomic::{fence, Ordering};
 
 use super::regs::*;
 use super::{Ixgbe, Ring};
-use crate::dma::Dma;
+use crate::dma::{Dma, DmaError};
 use crate::wire::MAX_FRAME;
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -75,10 +75,13 @@ impl Ixgbe {
     }
 
     fn check_dma_allowed(&mut self) {
-        if !self.cfg.bus_master() {
-            // Lenient: the access still happens, but the driver's omission is on record.
+        let bme = self.cfg.bus_master();
+        if !bme && !self.dma_without_bme_recorded {
+            // Lenient: the access still happens, but the driver's omission is on record (once per
+            // stretch without bus master enable, so the history is not flooded).
             self.faults.record(0, 0, "dma without bus master enable");
         }
+        self.dma_without_bme_recorded = !bme;
     }
 
     /// Walks every enabled TX ring from TDH to TDT.
@@ -294,6 +297,7 @@ impl Ixgbe {
             data = std::borrow::Cow::Owned(v);
         }
         let bsize = self.buf_size();
+        let legacy = self.reg(srrctl(0)) & SRRCTL_DESCTYPE_MASK == 0;
         let need = data.len().div_ceil(bsize).max(1) as u32;
         if free < need {
             self.count_missed();
@@ -320,14 +324,12 @@ impl Ixgbe {
                 len = 0;
                 ok = false;
             }
-            // Write-back (7.1.6.2): info and length first, status with DD last.
-            let mut wb = [0u8; 16];
-            wb[12..14].copy_from_slice(&len.to_le_bytes());
-            let r1 = dma.write(addr, &wb[0..8]);
-            let r2 = dma.write(addr + 12, &wb[12..16]);
-            fence(Ordering::Release);
-            let r3 = dma.write(addr + 8, &status.to_le_bytes());
-            if r1.is_err() || r2.is_err() || r3.is_err() {
+            let wb = if legacy {
+                Self::rx_writeback_legacy(dma, addr, len, status)
+            } else {
+                Self::rx_writeback_adv(dma, addr, len, status)
+            };
+            if wb.is_err() {
                 self.faults.record(addr, DESC, "rx descriptor write-back");
             }
             head = (head + 1) % ring.count;
@@ -354,6 +356,30 @@ impl Ixgbe {
         self.totals.rx_packets += 1;
         self.totals.rx_bytes += len;
         true
+    }
+
+    /// Advanced one-buffer write-back (7.1.6.2): info and length first, status with DD last.
+    fn rx_writeback_adv(dma: &mut dyn Dma, addr: u64, len: u16, status: u32) -> Result<(), DmaError> {
+        let mut wb = [0u8; 16];
+        wb[12..14].copy_from_slice(&len.to_le_bytes());
+        dma.write(addr, &wb[0..8])?;
+        dma.write(addr + 12, &wb[12..16])?;
+        fence(Ordering::Release);
+        dma.write(addr + 8, &status.to_le_bytes())
+    }
+
+    /// Legacy write-back (7.1.5, SRRCTL.DESCTYPE = 0): length @8, checksum @10, status @12 (DD, EOP),
+    /// errors @13 (RXE bit 7), VLAN @14; the status byte with DD goes last.
+    fn rx_writeback_legacy(dma: &mut dyn Dma, addr: u64, len: u16, status: u32) -> Result<(), DmaError> {
+        let mut wb = [0u8; 8];
+        wb[0..2].copy_from_slice(&len.to_le_bytes());
+        if status & RXD_ERR_RXE != 0 {
+            wb[5] = 0x80;
+        }
+        dma.write(addr + 8, &wb[0..4])?;
+        dma.write(addr + 13, &wb[5..8])?;
+        fence(Ordering::Release);
+        dma.write(addr + 12, &[(status & 0x3) as u8])
     }
 
     fn count_missed(&mut self) {

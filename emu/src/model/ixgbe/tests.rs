@@ -341,3 +341,33 @@ fn msix_vector_fires_when_enabled_and_unmasked() {
     m.poll(&mut dma);
     assert_eq!(m.take_irqs(), 1 << 3);
 }
+
+#[test]
+fn legacy_descriptor_type_gets_legacy_write_back() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    let v = rd(&mut m, srrctl(0));
+    wr(&mut m, srrctl(0), v & !SRRCTL_DESCTYPE_MASK);
+    let f = frame(MAC, 70, 4);
+    queue_tx(&mut m, &mut dma, 0, &f);
+    m.poll(&mut dma);
+    let w = get_u32(&mut dma, RX_RING + 8);
+    assert_eq!(w & 0xffff, 70, "legacy length @8");
+    assert_eq!(get_u32(&mut dma, RX_RING + 12) & 0xff, 0x3, "legacy status DD|EOP @12");
+}
+
+#[test]
+fn dma_without_bus_master_is_recorded_once_per_stretch() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    m.config_write(4, &0x0002u16.to_le_bytes());
+    for i in 0..3 {
+        queue_tx(&mut m, &mut dma, i, &frame(MAC, 64, 0));
+        m.poll(&mut dma);
+    }
+    assert_eq!(m.stats().rx_packets, 3, "lenient: DMA still happens");
+    assert_eq!(m.faults().total(), 1);
+    assert!(m.faults().has("dma without bus master enable"));
+}
