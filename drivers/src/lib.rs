@@ -11,10 +11,14 @@ use std::sync::Arc;
 use lab_core::ethdev::Registry;
 
 pub mod null;
+pub mod ring;
+pub mod tap;
 
 /// Registers every driver of this crate.
 pub fn register_all(reg: &mut Registry) {
     reg.register(Arc::new(null::NullDriver));
+    reg.register(Arc::new(ring::RingDriver));
+    reg.register(Arc::new(tap::TapDriver));
 }
 
 /// A registry with every driver of this crate.
