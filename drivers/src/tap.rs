@@ -16,7 +16,7 @@
 //! This file also holds what the kernel-facing virtual PMDs share: [`netif`] (interface ioctls)
 //! and [`share`] (descriptors handed from the primary to secondaries).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
@@ -402,32 +402,31 @@ impl Driver for TapDriver {
             rx: fds
                 .iter()
                 .take(nrx as usize)
-                .map(|f| {
-                    Ok(RxQ {
-                        fd: f.try_clone()?,
-                        pool: pool.new_handle(),
-                        spare: None,
-                        port,
-                        pkts: 0,
-                        bytes: 0,
-                        nombuf: 0,
-                        errs: 0,
-                    })
+                .map(|f| RxQ {
+                    fd: f.as_raw_fd(),
+                    pool: pool.new_handle(),
+                    spare: None,
+                    port,
+                    pkts: 0,
+                    bytes: 0,
+                    nombuf: 0,
+                    errs: 0,
                 })
-                .collect::<std::io::Result<_>>()
-                .map_err(|e| ctx.error(NAME, format!("dup: {e}")))?,
-            tx: fds
-                .into_iter()
-                .take(ntx as usize)
-                .map(|fd| TxQ { fd, pool: pool.new_handle(), pkts: 0, bytes: 0, errs: 0 })
                 .collect(),
+            tx: fds
+                .iter()
+                .take(ntx as usize)
+                .map(|f| TxQ { fd: f.as_raw_fd(), pool: pool.new_handle(), pkts: 0, bytes: 0, errs: 0 })
+                .collect(),
+            _fds: fds,
             _published: published,
         }))
     }
 }
 
 struct RxQ {
-    fd: OwnedFd,
+    /// Owned by `TapPort::fds`, which outlives the queue.
+    fd: RawFd,
     pool: Mempool,
     spare: Option<Mbuf>,
     port: u16,
@@ -438,7 +437,8 @@ struct RxQ {
 }
 
 struct TxQ {
-    fd: OwnedFd,
+    /// Owned by `TapPort::fds`.
+    fd: RawFd,
     pool: Mempool,
     pkts: u64,
     bytes: u64,
@@ -450,17 +450,19 @@ struct TapPort {
     iface: String,
     rx: Vec<RxQ>,
     tx: Vec<TxQ>,
+    /// Queue descriptors (queue `i` reads and writes the `i`th), closed when the port drops.
+    _fds: Vec<OwnedFd>,
     _published: Option<share::Published>,
 }
 
 /// Reads one frame into `m` (its whole data room); the frame length, or None (nothing or error).
 #[inline]
-pub(crate) fn read_into(fd: &OwnedFd, m: &mut Mbuf) -> Result<usize, std::io::Error> {
+pub(crate) fn read_into(fd: RawFd, m: &mut Mbuf) -> Result<usize, std::io::Error> {
     let room = m.buf_len() - m.headroom();
     m.set_len(room);
     let b = m.data_mut();
     // SAFETY: reads at most b.len() bytes into the buffer we own mutably.
-    let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+    let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -509,7 +511,7 @@ impl EthDev for TapPort {
                 q.nombuf += 1;
                 break;
             };
-            match read_into(&q.fd, &mut m) {
+            match read_into(q.fd, &mut m) {
                 Ok(len) if len > 0 => {
                     m.set_len(len);
                     m.set_port(q.port);
@@ -540,7 +542,7 @@ impl EthDev for TapPort {
             let Some(m) = slot.as_ref() else { break };
             let d = m.data();
             // SAFETY: writes d.len() bytes from a buffer we own for the duration of the call.
-            let w = unsafe { libc::write(q.fd.as_raw_fd(), d.as_ptr().cast(), d.len()) };
+            let w = unsafe { libc::write(q.fd, d.as_ptr().cast(), d.len()) };
             if w < 0 {
                 let e = std::io::Error::last_os_error().raw_os_error();
                 if e == Some(libc::EAGAIN) || e == Some(libc::ENOBUFS) {
