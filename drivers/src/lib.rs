@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use lab_core::ethdev::Registry;
 
+pub mod ixgbe;
 pub mod null;
 pub mod ring;
 pub mod tap;
@@ -17,6 +18,7 @@ pub mod tap;
 /// Registers every driver of this crate.
 pub fn register_all(reg: &mut Registry) {
     reg.register(Arc::new(null::NullDriver));
+    reg.register(Arc::new(ixgbe::IxgbeDriver));
     reg.register(Arc::new(ring::RingDriver));
     reg.register(Arc::new(tap::TapDriver));
 }

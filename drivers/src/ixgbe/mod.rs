@@ -1,0 +1,647 @@
+//! `net_ixgbe`: the Intel 82599 poll-mode driver (8086:10fb and the other 82599 ids), over kernel
+//! VFIO on a real NIC or vfio-user against `lab-nic`.
+//!
+//! Control path here, data path in [`rxtx`], registers in [`regs`]. Read [`IxgbeDriver::probe`]
+//! top to bottom next to the datasheet (order no. 331520): the primary runs the initialisation of
+//! section 4.6.3 to 4.6.8 as ixy orders it; a secondary only attaches (its own transport
+//! connection, its own BAR mapping, its own DMA map of the lab's shared memory) and finds the
+//! queues the primary built.
+//!
+//! Shared state (memzones the primary reserves, secondaries look up):
+//! * `ixgbe_<port>_dev`: [`DevShared`]: MAC, MTU, queue counts, and the clear-on-read hardware
+//!   counters accumulated by whichever process last read them (under the shared-memory lock);
+//! * `ixgbe_<port>_rxq<q>` / `ixgbe_<port>_txq<q>`: one per queue, see [`rxtx`].
+//!
+//! Devargs keys: `promisc` (start in promiscuous mode, default off). Queue counts and ring size
+//! come from the port configuration (`PortConf`).
+
+pub mod regs;
+pub mod rxtx;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lab_core::bus::pci::PciId;
+use lab_core::devargs::{BusKind, KeyKind, KeySpec};
+use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
+use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mem::{Shm, IOVA_BASE};
+use lab_core::vfio::{open_pci, Bar, DeviceIo, DmaRegion, OpenOptions, VfioError};
+
+use self::regs::*;
+use self::rxtx::{RxQueue, TxQueue};
+
+const NAME: &str = "net_ixgbe";
+/// Queues this driver sets up at most (SRRCTL and DCA_RXCTRL are addressed through their
+/// queue 0..15 aliases).
+pub const MAX_QUEUES: u16 = 16;
+/// Smallest and largest ring (RDLEN/TDLEN: a multiple of 128 bytes, 8 descriptors).
+pub const MIN_DESC: u16 = 64;
+/// Largest ring.
+pub const MAX_DESC: u16 = 4096;
+/// Frame overhead over the MTU: Ethernet header and CRC.
+const FRAME_OVERHEAD: u32 = 14 + 4;
+const DEFAULT_MTU: u16 = 1500;
+const DEV_MAGIC: u64 = 0x4958_4742_4445_5601;
+
+/// Every wait on the device: short interval, bounded (a trapped read over vfio-user is a round trip).
+const POLL_INTERVAL: Duration = Duration::from_micros(500);
+const RESET_TIMEOUT: Duration = Duration::from_secs(2);
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+const LINK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// 82599 device ids (Intel, vendor 8086), as the datasheet and the Linux/DPDK id tables list them.
+static PCI_IDS: [PciId; 16] = [
+    PciId { vendor: 0x8086, device: 0x10f7 }, // 82599 KX4
+    PciId { vendor: 0x8086, device: 0x1514 }, // 82599 KX4 mezzanine
+    PciId { vendor: 0x8086, device: 0x1517 }, // 82599 KR
+    PciId { vendor: 0x8086, device: 0x10f8 }, // 82599 combo backplane
+    PciId { vendor: 0x8086, device: 0x10f9 }, // 82599 CX4
+    PciId { vendor: 0x8086, device: 0x10fb }, // 82599 SFP+ (X520)
+    PciId { vendor: 0x8086, device: 0x152a }, // 82599 backplane FCoE
+    PciId { vendor: 0x8086, device: 0x1529 }, // 82599 SFP+ FCoE
+    PciId { vendor: 0x8086, device: 0x1507 }, // 82599 SFP+ EM
+    PciId { vendor: 0x8086, device: 0x154d }, // 82599 SFP+ SF2
+    PciId { vendor: 0x8086, device: 0x154a }, // 82599 SFP+ SF_QP
+    PciId { vendor: 0x8086, device: 0x1558 }, // 82599 QSFP+ SF_QP
+    PciId { vendor: 0x8086, device: 0x1557 }, // 82599EN SFP+
+    PciId { vendor: 0x8086, device: 0x10fc }, // 82599 XAUI LOM
+    PciId { vendor: 0x8086, device: 0x151c }, // 82599 T3 LOM
+    PciId { vendor: 0x8086, device: 0x154f }, // 82599 LS
+];
+
+static KEYS: [KeySpec; 1] =
+    [KeySpec::new("promisc", KeyKind::Bool, "start in promiscuous mode: FCTRL.UPE|MPE (default 0)")];
+
+/// The net_ixgbe driver.
+pub struct IxgbeDriver;
+
+/// Device state shared by every process attached to the port (memzone `ixgbe_<port>_dev`).
+#[repr(C, align(64))]
+pub struct DevShared {
+    magic: AtomicU64,
+    mac_lo: AtomicU32,
+    mac_hi: AtomicU32,
+    mtu: AtomicU32,
+    nb_rxq: AtomicU32,
+    nb_txq: AtomicU32,
+    nb_desc: AtomicU32,
+    buf_size: AtomicU32,
+    _r: u32,
+    /// Accumulated clear-on-read counters (written under the shared-memory lock).
+    gprc: AtomicU64,
+    gptc: AtomicU64,
+    gorc: AtomicU64,
+    gotc: AtomicU64,
+    mpc: AtomicU64,
+}
+
+fn dev_zone(port: u16) -> String {
+    format!("ixgbe_{port}_dev")
+}
+
+impl Driver for IxgbeDriver {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn bus(&self) -> BusKind {
+        BusKind::Pci
+    }
+    fn keys(&self) -> &'static [KeySpec] {
+        &KEYS
+    }
+    fn pci_ids(&self) -> &'static [PciId] {
+        &PCI_IDS
+    }
+    fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError> {
+        let err = |r: String| ctx.error(NAME, r);
+        let pci = ctx.pci.ok_or_else(|| err("not a PCI device".into()))?;
+        let conf = ctx.conf;
+        if conf.nb_rxq == 0 || conf.nb_rxq > MAX_QUEUES || conf.nb_txq == 0 || conf.nb_txq > MAX_QUEUES {
+            return Err(err(format!("queue counts {}/{} out of range 1..={MAX_QUEUES}", conf.nb_rxq, conf.nb_txq)));
+        }
+        if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || conf.nb_desc % 8 != 0 {
+            return Err(err(format!("{} descriptors: a multiple of 8 in {MIN_DESC}..={MAX_DESC}", conf.nb_desc)));
+        }
+        let shm = ctx.runtime.shm();
+        let pool = Mempool::lookup(shm, &conf.pool, 256).map_err(|e| err(format!("buffer pool {}: {e}", conf.pool)))?;
+
+        // Transport: vfio-user when the sysfs dir has the socket, else kernel VFIO.
+        let dev: Arc<dyn DeviceIo> = Arc::from(
+            open_pci(&pci.path, &OpenOptions::default()).map_err(|e| err(format!("cannot open device: {e}")))?,
+        );
+        // This process's DMA map: the whole shared memory at IOVA_BASE (rings and buffers are in it).
+        let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
+        dev.dma_map(&region).map_err(|e| err(format!("DMA map of shared memory: {e}")))?;
+        let mut port = Port {
+            dev: dev.clone(),
+            bar: None,
+            shm: shm.clone(),
+            port: ctx.port.0,
+            primary: ctx.is_primary(),
+            shared: None,
+            rxq: Vec::new(),
+            txq: Vec::new(),
+            zones: Vec::new(),
+            mapped: true,
+        };
+        // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
+        let bar = Bar::open(dev.clone(), 0).map_err(|e| err(format!("BAR0: {e}")))?;
+        port.bar = Some(bar);
+        port.bus_master().map_err(|e| err(format!("PCI command register: {e}")))?;
+        if port.primary {
+            let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
+            port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, conf.nb_desc, promisc).map_err(err)?;
+        } else {
+            port.attach_secondary(&pool).map_err(err)?;
+        }
+        let info = port.info();
+        tracing::info!(device = %ctx.name, port = %ctx.port, role = if port.primary { "primary" } else { "secondary" },
+            mac = %fmt_mac(&info.mac), rxq = info.nb_rxq, txq = info.nb_txq, "ixgbe port ready");
+        Ok(Box::new(port))
+    }
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+/// This process's handle on one 82599 port.
+struct Port {
+    dev: Arc<dyn DeviceIo>,
+    bar: Option<Bar>,
+    shm: Arc<Shm>,
+    port: u16,
+    primary: bool,
+    shared: Option<std::ptr::NonNull<DevShared>>,
+    rxq: Vec<RxQueue>,
+    txq: Vec<TxQueue>,
+    /// Zones this (primary) process reserved, freed at shared release or failed probe.
+    zones: Vec<String>,
+    /// The DMA map is in place.
+    mapped: bool,
+}
+
+// SAFETY: `shared` points into the shared-memory mapping (never unmapped); its fields are atomics.
+unsafe impl Send for Port {}
+
+impl Port {
+    fn bar(&self) -> &Bar {
+        // Set right after the DMA map in probe, before anything calls this.
+        self.bar.as_ref().expect("BAR0 is mapped during probe")
+    }
+
+    fn sh(&self) -> Option<&DevShared> {
+        // SAFETY: points at a DevShared inside the mapping; all fields atomics.
+        self.shared.map(|p| unsafe { p.as_ref() })
+    }
+
+    fn poll(&self, off: u64, mask: u32, value: u32, timeout: Duration, what: &str) -> Result<u32, String> {
+        self.bar().poll_until(off, mask, value, timeout, POLL_INTERVAL).map_err(|e| format!("{what}: {e}"))
+    }
+
+    /// PCI command register: memory space and bus master (9.3.3.3), so the device may DMA.
+    fn bus_master(&self) -> Result<(), VfioError> {
+        let mut b = [0u8; 2];
+        self.dev.config_read(PCI_COMMAND, &mut b)?;
+        let cmd = u16::from_le_bytes(b) | PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY;
+        self.dev.config_write(PCI_COMMAND, &cmd.to_le_bytes())
+    }
+
+    fn map_shared(&mut self, create: bool) -> Result<(), String> {
+        let name = dev_zone(self.port);
+        let len = std::mem::size_of::<DevShared>() as u64;
+        let z = if create { self.shm.reserve(&name, len, 64) } else { self.shm.lookup(&name) }
+            .map_err(|e| e.to_string())?;
+        if create {
+            self.zones.push(name.clone());
+        }
+        if z.len < len {
+            return Err(format!("memzone {name} too small"));
+        }
+        let p = self.shm.ptr(z.offset, len).ok_or_else(|| format!("memzone {name} outside shared memory"))?;
+        self.shared = Some(p.cast());
+        Ok(())
+    }
+
+    /// Primary: full initialisation, as the datasheet orders it (4.6.3 .. 4.6.8).
+    fn init_primary(&mut self, pool: &Mempool, nrx: u16, ntx: u16, ndesc: u16, promisc: bool) -> Result<(), String> {
+        let bar = self.bar();
+
+        // 4.6.3.1 Interrupts during initialisation: mask all, clear pending causes (read EICR).
+        bar.write32(EIMC, EIMC_ALL);
+        let _ = bar.read32(EICR);
+
+        // 4.6.3.2 Global reset: CTRL.RST | CTRL.LNK_RST, wait until both clear, then 10 ms.
+        bar.write32(CTRL, bar.read32(CTRL) | CTRL_RST_MASK);
+        self.poll(CTRL, CTRL_RST_MASK, 0, RESET_TIMEOUT, "device reset")?;
+        std::thread::sleep(Duration::from_millis(10));
+        // 4.6.3.1 again: the reset re-enabled nothing, but a reset may leave causes pending.
+        bar.write32(EIMC, EIMC_ALL);
+        let _ = bar.read32(EICR);
+
+        // 4.6.3: wait for EEPROM auto-read (EEC.ARD) and DMA init done (RDRXCTL.DMAIDONE).
+        self.poll(EEC, EEC_ARD, EEC_ARD, RESET_TIMEOUT, "EEPROM auto-read")?;
+        self.poll(RDRXCTL, RDRXCTL_DMAIDONE, RDRXCTL_DMAIDONE, RESET_TIMEOUT, "DMA init")?;
+
+        // 4.6.4 Link setup: AUTOC.LMS = 10G serial, 10G PMA/PMD = XAUI, restart auto-negotiation.
+        // No wait here: link comes up while the queues are set up.
+        let autoc =
+            (bar.read32(AUTOC) & !AUTOC_LMS_MASK & !AUTOC_10G_PMA_PMD_MASK) | AUTOC_LMS_10G_SERIAL | AUTOC_10G_XAUI;
+        bar.write32(AUTOC, autoc);
+        bar.write32(AUTOC, autoc | AUTOC_AN_RESTART);
+
+        // 8.2.3.7.8 / 8.2.3.7.9: the MAC address the EEPROM loaded into receive address 0.
+        let (lo, hi) = (bar.read32(ral(0)), bar.read32(rah(0)));
+
+        // 4.6.5 Statistics: read the clear-on-read counters once.
+        for r in [GPRC, GPTC, GORCL, GORCH, GOTCL, GOTCH, mpc(0)] {
+            let _ = bar.read32(r);
+        }
+
+        // Buffer size the device may write per descriptor (SRRCTL.BSIZEPACKET, 1 KiB units).
+        let buf_size = {
+            let mut p = pool.new_handle();
+            let m = p.alloc().ok_or_else(|| format!("buffer pool {} is empty", pool.name()))?;
+            let room = m.buf_len() - m.headroom();
+            p.free(m);
+            (room / 1024).min(16) * 1024
+        };
+        if buf_size < 2048 {
+            return Err(format!("buffer pool {}: data room under 2 KiB cannot hold a frame", pool.name()));
+        }
+
+        self.map_shared(true)?;
+        let sh = self.sh().ok_or("no shared state")?;
+        sh.mac_lo.store(lo, Ordering::Relaxed);
+        sh.mac_hi.store(hi & 0xffff, Ordering::Relaxed);
+        sh.mtu.store(u32::from(DEFAULT_MTU), Ordering::Relaxed);
+        sh.nb_rxq.store(nrx.into(), Ordering::Relaxed);
+        sh.nb_txq.store(ntx.into(), Ordering::Relaxed);
+        sh.nb_desc.store(ndesc.into(), Ordering::Relaxed);
+        sh.buf_size.store(buf_size as u32, Ordering::Relaxed);
+        sh.magic.store(DEV_MAGIC, Ordering::Release);
+
+        // Queue memory: the primary reserves every ring.
+        self.open_queues(pool, nrx, ntx, ndesc.into(), buf_size, true)?;
+        let bar = self.bar();
+
+        // 4.6.7 Receive initialisation.
+        // 4.6.7.1: RX off while configuring; one packet buffer of 128 KiB (no DCB).
+        bar.clear_bits(RXCTRL, RXCTRL_RXEN);
+        bar.write32(rxpbsize(0), RXPBSIZE_128KB);
+        for i in 1..8 {
+            bar.write32(rxpbsize(i), 0);
+        }
+        // CRC strip in both places that control it (HLREG0.RXCRCSTRP and RDRXCTL.CRCSTRIP).
+        bar.set_bits(HLREG0, HLREG0_RXCRCSTRP);
+        bar.set_bits(RDRXCTL, RDRXCTL_CRCSTRIP);
+        // 8.2.3.7.1: accept broadcast; unicast to RAR[0]; promiscuous if asked.
+        let fctrl = FCTRL_BAM | if promisc { FCTRL_UPE | FCTRL_MPE } else { 0 };
+        bar.write32(FCTRL, (bar.read32(FCTRL) & !(FCTRL_UPE | FCTRL_MPE)) | fctrl);
+        // 8.2.3.22.13: largest frame accepted (MTU + header + CRC).
+        bar.write32(MAXFRS, (u32::from(DEFAULT_MTU) + FRAME_OVERHEAD) << MAXFRS_MFS_SHIFT);
+        // 4.6.7.1 per queue: advanced one-buffer descriptors, drop when no descriptor, ring address.
+        for (q, rx) in self.rxq.iter().enumerate() {
+            let q = q as u32;
+            let s = bar.read32(srrctl(q)) & !(SRRCTL_DESCTYPE_MASK | SRRCTL_BSIZEPACKET_MASK);
+            bar.write32(srrctl(q), s | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN | (buf_size / 1024) as u32);
+            let (iova, bytes) = rx.ring();
+            bar.write32(rdbal(q), iova as u32);
+            bar.write32(rdbah(q), (iova >> 32) as u32);
+            bar.write32(rdlen(q), bytes);
+            bar.write32(rdh(q), 0);
+            bar.write32(rdt(q), 0);
+        }
+        // 4.6.7: no-snoop disable (CTRL_EXT.NS_DIS); DCA_RXCTRL bit 12 cleared (must be 0).
+        bar.set_bits(CTRL_EXT, CTRL_EXT_NS_DIS);
+        for q in 0..u32::from(nrx) {
+            bar.clear_bits(dca_rxctrl(q), DCA_RXCTRL_BIT12);
+        }
+        // 8.2.3.8.8 RDRXCTL: RSCFRSTSIZE 0, RSCACKC and FCOE_WRFIX set (datasheet: must be set).
+        let rdrx = (bar.read32(RDRXCTL) & !RDRXCTL_RSCFRSTSIZE) | RDRXCTL_RSCACKC | RDRXCTL_FCOE_WRFIX;
+        bar.write32(RDRXCTL, rdrx);
+        // Receive on.
+        bar.set_bits(RXCTRL, RXCTRL_RXEN);
+
+        // 4.6.8 Transmit initialisation.
+        // CRC insertion and short-frame padding (HLREG0.TXCRCEN, TXPADEN).
+        bar.set_bits(HLREG0, HLREG0_TXCRCEN | HLREG0_TXPADEN);
+        // 4.6.11.3.4: one transmit packet buffer of 40 KiB (no DCB), DTXMXSZRQ max request size.
+        bar.write32(txpbsize(0), TXPBSIZE_40KB);
+        for i in 1..8 {
+            bar.write32(txpbsize(i), 0);
+        }
+        bar.write32(DTXMXSZRQ, 0xfff);
+        // 8.2.3.10.2: transmit arbiter on (RTTDCS.ARBDIS cleared) once the buffers are set.
+        bar.clear_bits(RTTDCS, RTTDCS_ARBDIS);
+        for (q, tx) in self.txq.iter().enumerate() {
+            let q = q as u32;
+            let (iova, bytes) = tx.ring();
+            bar.write32(tdbal(q), iova as u32);
+            bar.write32(tdbah(q), (iova >> 32) as u32);
+            bar.write32(tdlen(q), bytes);
+            // 8.2.3.9.10 thresholds as DPDK/ixy use them: PTHRESH 36, HTHRESH 8, WTHRESH 4.
+            let t = (36 << TXDCTL_PTHRESH_SHIFT) | (8 << TXDCTL_HTHRESH_SHIFT) | (4 << TXDCTL_WTHRESH_SHIFT);
+            bar.write32(txdctl(q), (bar.read32(txdctl(q)) & !0x7f7f7f) | t);
+        }
+        // 8.2.3.9.2: transmit DMA on.
+        bar.set_bits(DMATXCTL, DMATXCTL_TE);
+
+        // 4.6.7.1 (last steps) start each receive queue: buffers posted, ENABLE, wait, RDT = N-1.
+        for q in 0..self.rxq.len() {
+            self.rxq[q].fill()?;
+            let q32 = q as u32;
+            let bar = self.bar();
+            bar.set_bits(rxdctl(q32), RXDCTL_ENABLE);
+            self.poll(rxdctl(q32), RXDCTL_ENABLE, RXDCTL_ENABLE, QUEUE_TIMEOUT, "rx queue enable")?;
+            bar.write32(rdh(q32), 0);
+            bar.write32(rdt(q32), u32::from(ndesc) - 1);
+        }
+        // 4.6.8 (last steps) start each transmit queue: TDH = TDT = 0, ENABLE, wait.
+        for q in 0..self.txq.len() as u32 {
+            let bar = self.bar();
+            bar.write32(tdh(q), 0);
+            bar.write32(tdt(q), 0);
+            bar.set_bits(txdctl(q), TXDCTL_ENABLE);
+            self.poll(txdctl(q), TXDCTL_ENABLE, TXDCTL_ENABLE, QUEUE_TIMEOUT, "tx queue enable")?;
+        }
+
+        // 4.6.4: the link comes up after auto-negotiation; wait a bounded time, never fail on it.
+        if self.poll(LINKS, LINKS_UP, LINKS_UP, LINK_TIMEOUT, "link").is_err() {
+            tracing::warn!(
+                port = self.port,
+                "link still down after {LINK_TIMEOUT:?}; the port is usable when it comes up"
+            );
+        }
+        Ok(())
+    }
+
+    fn open_queues(
+        &mut self,
+        pool: &Mempool,
+        nrx: u16,
+        ntx: u16,
+        ndesc: u32,
+        buf_size: usize,
+        create: bool,
+    ) -> Result<(), String> {
+        let bar = self.bar.as_ref().ok_or("BAR0 not mapped")?;
+        for q in 0..nrx {
+            let r = RxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, ndesc, buf_size, create)?;
+            if create {
+                self.zones.push(r.zone().to_string());
+            }
+            self.rxq.push(r);
+        }
+        for q in 0..ntx {
+            let t = TxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, ndesc, create)?;
+            if create {
+                self.zones.push(t.zone().to_string());
+            }
+            self.txq.push(t);
+        }
+        Ok(())
+    }
+
+    /// Secondary: find what the primary built; no register is written.
+    fn attach_secondary(&mut self, pool: &Mempool) -> Result<(), String> {
+        self.map_shared(false)?;
+        let sh = self.sh().ok_or("no shared state")?;
+        if sh.magic.load(Ordering::Acquire) != DEV_MAGIC {
+            return Err(format!("memzone {} holds no ixgbe port (primary not done?)", dev_zone(self.port)));
+        }
+        let (nrx, ntx) = (sh.nb_rxq.load(Ordering::Relaxed), sh.nb_txq.load(Ordering::Relaxed));
+        let (ndesc, buf) = (sh.nb_desc.load(Ordering::Relaxed), sh.buf_size.load(Ordering::Relaxed));
+        if nrx > u32::from(MAX_QUEUES) || ntx > u32::from(MAX_QUEUES) {
+            return Err(format!("shared port state is corrupt ({nrx}/{ntx} queues)"));
+        }
+        self.open_queues(pool, nrx as u16, ntx as u16, ndesc, buf as usize, false)
+    }
+
+    /// Reads the clear-on-read counters into the shared accumulators (caller holds the lock).
+    fn accumulate(&self, sh: &DevShared) {
+        let bar = self.bar();
+        let add = |a: &AtomicU64, v: u64| a.store(a.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+        // A gone device reads all-ones: count nothing rather than garbage.
+        let rd = |off| match bar.read32(off) {
+            u32::MAX => 0u64,
+            v => u64::from(v),
+        };
+        add(&sh.gprc, rd(GPRC));
+        add(&sh.gptc, rd(GPTC));
+        // 36-bit octet counters: low then high (the high read clears the pair).
+        let gorc = rd(GORCL) | (rd(GORCH) & 0xf) << 32;
+        let gotc = rd(GOTCL) | (rd(GOTCH) & 0xf) << 32;
+        add(&sh.gorc, gorc);
+        add(&sh.gotc, gotc);
+        add(&sh.mpc, rd(mpc(0)));
+    }
+
+    /// Primary release: stop queues, reset the device, return buffers, free the zones.
+    fn release_shared(&mut self) {
+        if let Some(bar) = self.bar.as_ref() {
+            if self.dev.is_alive() {
+                // 4.6.7.1.2 / 4.6.8.1: disable queues, wait for the enable bits to read back clear.
+                for q in 0..self.rxq.len() as u32 {
+                    bar.clear_bits(rxdctl(q), RXDCTL_ENABLE);
+                    let _ = bar.poll_until(rxdctl(q), RXDCTL_ENABLE, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
+                }
+                for q in 0..self.txq.len() as u32 {
+                    bar.clear_bits(txdctl(q), TXDCTL_ENABLE);
+                    let _ = bar.poll_until(txdctl(q), TXDCTL_ENABLE, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
+                }
+                bar.clear_bits(RXCTRL, RXCTRL_RXEN);
+                bar.clear_bits(DMATXCTL, DMATXCTL_TE);
+                // 4.6.3.2 Global reset: the device forgets the rings before their memory is reused.
+                bar.write32(CTRL, bar.read32(CTRL) | CTRL_RST_MASK);
+                if let Err(e) = bar.poll_until(CTRL, CTRL_RST_MASK, 0, RESET_TIMEOUT, POLL_INTERVAL) {
+                    tracing::warn!(port = self.port, "reset at release: {e}");
+                }
+            }
+        }
+        for q in &mut self.rxq {
+            q.drain();
+        }
+        for q in &mut self.txq {
+            q.drain();
+        }
+        if let Some(sh) = self.sh() {
+            sh.magic.store(0, Ordering::Release);
+        }
+        self.rxq.clear();
+        self.txq.clear();
+        self.shared = None;
+        self.free_zones();
+    }
+
+    fn free_zones(&mut self) {
+        for z in self.zones.drain(..) {
+            if let Err(e) = self.shm.free(&z) {
+                tracing::warn!(zone = %z, "free: {e}");
+            }
+        }
+    }
+
+    fn unmap(&mut self) {
+        if std::mem::take(&mut self.mapped) && self.dev.is_alive() {
+            if let Err(e) = self.dev.dma_unmap(IOVA_BASE, self.shm.len()) {
+                tracing::debug!(port = self.port, "DMA unmap: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // Reached by close() after its work, or by a failed probe: in the latter case the primary
+        // gives back what it reserved. The transport goes with the last Arc (the Bar's and ours).
+        if !self.zones.is_empty() {
+            self.release_shared();
+        }
+        self.unmap();
+        self.bar = None;
+    }
+}
+
+impl EthDev for Port {
+    fn info(&self) -> DevInfo {
+        let (mut mac, mut mtu, mut nrx, mut ntx) = ([0u8; 6], DEFAULT_MTU, 0, 0);
+        if let Some(sh) = self.sh() {
+            let lo = sh.mac_lo.load(Ordering::Relaxed).to_le_bytes();
+            let hi = sh.mac_hi.load(Ordering::Relaxed).to_le_bytes();
+            mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+            mtu = sh.mtu.load(Ordering::Relaxed) as u16;
+            nrx = self.rxq.len() as u16;
+            ntx = self.txq.len() as u16;
+        }
+        DevInfo { driver: NAME, mac, mtu, nb_rxq: nrx, nb_txq: ntx, max_rxq: MAX_QUEUES, max_txq: MAX_QUEUES }
+    }
+
+    fn link(&mut self) -> LinkStatus {
+        // 8.2.3.22.20 LINKS: LINK_UP, speed 01 = 100 Mb/s, 10 = 1 Gb/s, 11 = 10 Gb/s.
+        let v = self.bar().read32(LINKS);
+        if v == u32::MAX || v & LINKS_UP == 0 {
+            return LinkStatus::default();
+        }
+        let speed_mbps = match (v & LINKS_SPEED_MASK) >> LINKS_SPEED_SHIFT {
+            1 => 100,
+            2 => 1000,
+            3 => 10_000,
+            _ => 0,
+        };
+        LinkStatus { up: true, speed_mbps }
+    }
+
+    fn stats(&mut self) -> PortStats {
+        let mut s = PortStats::default();
+        if let Some(sh) = self.sh() {
+            let _g = self.shm.lock().lock();
+            self.accumulate(sh);
+            let (gprc, gptc) = (sh.gprc.load(Ordering::Relaxed), sh.gptc.load(Ordering::Relaxed));
+            s.ipackets = gprc;
+            s.opackets = gptc;
+            // Octet counters include the 4-byte CRC of every frame (8.2.3.23.26); ports report payload.
+            s.ibytes = sh.gorc.load(Ordering::Relaxed).saturating_sub(4 * gprc);
+            s.obytes = sh.gotc.load(Ordering::Relaxed).saturating_sub(4 * gptc);
+            s.imissed = sh.mpc.load(Ordering::Relaxed);
+        }
+        for q in &self.rxq {
+            let c = q.counters();
+            s.ierrors += c.errors;
+            s.rx_nombuf += c.nombuf;
+        }
+        for q in &self.txq {
+            s.oerrors += q.counters().errors;
+        }
+        s
+    }
+
+    fn stats_reset(&mut self) {
+        if let Some(sh) = self.sh() {
+            let _g = self.shm.lock().lock();
+            self.accumulate(sh);
+            for a in [&sh.gprc, &sh.gptc, &sh.gorc, &sh.gotc, &sh.mpc] {
+                a.store(0, Ordering::Relaxed);
+            }
+        }
+        for q in &self.rxq {
+            q.reset_counters();
+        }
+        for q in &self.txq {
+            q.reset_counters();
+        }
+    }
+
+    fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
+        // 8.2.3.7.1 FCTRL: unicast and multicast promiscuous.
+        let bar = self.bar();
+        if on {
+            bar.set_bits(FCTRL, FCTRL_UPE | FCTRL_MPE);
+        } else {
+            bar.clear_bits(FCTRL, FCTRL_UPE | FCTRL_MPE);
+        }
+        Ok(())
+    }
+
+    fn set_mtu(&mut self, mtu: u16) -> Result<(), EthError> {
+        let sh = self.sh().ok_or(EthError::Device { driver: NAME, reason: "port released".into() })?;
+        // Frames are received into one buffer: the largest frame must fit it (CRC is stripped).
+        let buf = sh.buf_size.load(Ordering::Relaxed);
+        let max = buf.saturating_sub(14).min(9710) as u16;
+        if !(68..=max).contains(&mtu) {
+            return Err(EthError::Invalid {
+                what: format!("MTU {mtu} out of range 68..={max} (one {buf}-byte buffer)"),
+            });
+        }
+        let frame = u32::from(mtu) + FRAME_OVERHEAD;
+        let bar = self.bar();
+        // 8.2.3.22.13 MAXFRS.MFS; 8.2.3.22.8 HLREG0.JUMBOEN for frames over 1518 bytes.
+        bar.write32(MAXFRS, frame << MAXFRS_MFS_SHIFT);
+        if frame > 1518 {
+            bar.set_bits(HLREG0, HLREG0_JUMBOEN);
+        } else {
+            bar.clear_bits(HLREG0, HLREG0_JUMBOEN);
+        }
+        sh.mtu.store(mtu.into(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[inline]
+    fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        let Some(bar) = self.bar.as_ref() else { return 0 };
+        match self.rxq.get_mut(queue as usize) {
+            Some(q) => q.burst(bar, pkts),
+            None => 0,
+        }
+    }
+
+    #[inline]
+    fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        let Some(bar) = self.bar.as_ref() else { return 0 };
+        match self.txq.get_mut(queue as usize) {
+            Some(q) => q.burst(bar, pkts),
+            None => 0,
+        }
+    }
+
+    fn is_removed(&self) -> bool {
+        !self.dev.is_alive()
+    }
+
+    fn close(mut self: Box<Self>, how: Release) {
+        match how {
+            Release::Shared if self.primary => {
+                self.release_shared();
+                tracing::info!(port = self.port, "ixgbe port released (device reset, rings freed)");
+            }
+            _ => {
+                // Only this process's view: the device and the rings stay for the others.
+                self.zones.clear();
+                tracing::info!(port = self.port, "ixgbe port closed in this process");
+            }
+        }
+        // Drop: DMA unmap, BAR unmap, transport disconnect.
+    }
+}
