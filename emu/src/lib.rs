@@ -16,6 +16,26 @@
 //! 4. [`control`] is the text control socket (link up/down, unplug, stats, faults).
 //!
 //! Start reading at [`server::Function`], then [`model::ixgbe`].
+//!
+//! # How a driver uses an emulated function
+//!
+//! - Find `<sysfs-root>/<BDF>/vfio-user.sock` and connect (vfio-user VERSION, GET_INFO, region info);
+//!   at most `--pool` (default 8) processes at once; one more is refused (connection closed at once).
+//! - Regions: 0 = BAR0 (82599: 512 KiB), 4 = BAR4 (MSI-X table at 0, PBA at 0x2000), 7 = config space
+//!   (4 KiB, capability list PM -> MSI-X -> PCIe). Trapped accesses must be 4-byte aligned multiples of
+//!   4 bytes in BAR0; anything else reads all-ones and is recorded as a fault, never an error reply.
+//! - BAR0 carries the sparse-mmap capability and one fd: mmap `fd` at `region.offset + area.offset` for
+//!   each area (82599: 0x1000+0x1000 RX queues 0-63, 0x6000+0x2000 TX queues 0-127). Queue registers
+//!   (RDBAL..RXDCTL, TDBAL..TXDCTL, RDT/TDT doorbells) are written there; the device latches a ring on
+//!   the ENABLE 0->1 edge and writes RDH/TDH back into the page. Per-queue counters in those pages
+//!   stay 0; use the trapped port counters (GPRC, GORCL/H, ...).
+//! - DMA: DMA_MAP an fd (e.g. the runtime's shared memory file) with offset, IOVA and size; descriptors
+//!   and buffers use those IOVAs. Maps belong to the connection that made them and vanish when it
+//!   closes; the device uses the union of all live connections' maps. DMA outside them is a fault.
+//! - Interrupts: SET_IRQS on index 2 (MSI-X, 64 vectors) with DATA_EVENTFD|ACTION_TRIGGER, then
+//!   enable MSI-X in config space, unmask the vector in the BAR4 table, map causes with IVAR and EIMS.
+//! - Set SRRCTL.DESCTYPE to advanced one-buffer (001) for advanced RX write-back; DESCTYPE 0 (the
+//!   reset value) gets the legacy write-back.
 #![deny(missing_docs)]
 
 pub mod control;

@@ -56,6 +56,8 @@ pub const MAX_DATA_XFER: u32 = 1 << 20;
 pub const MAX_IDLE_SLEEP: Duration = Duration::from_micros(200);
 /// Sleep of the device thread after a long idle period (no traffic, no register access).
 pub const DEEP_IDLE_SLEEP: Duration = Duration::from_millis(2);
+/// Sleep of the device thread after several seconds without traffic or register access.
+pub const DEEPEST_IDLE_SLEEP: Duration = Duration::from_millis(10);
 const HEADER: usize = 16;
 const NUM_REGIONS: usize = 9;
 const NUM_IRQS: usize = 5;
@@ -470,19 +472,23 @@ fn worker(s: &Arc<Shared>, server: &Arc<Server>) {
 }
 
 /// Idle back-off of the device thread after `idle` empty polls: yield first, then sleeps growing to
-/// [`MAX_IDLE_SLEEP`]; after about 100 ms without work, deeper sleeps (1 ms, then [`DEEP_IDLE_SLEEP`])
-/// so an idle lab costs no CPU. Any trapped register access kicks the thread back to spinning.
+/// [`MAX_IDLE_SLEEP`]; after about 100 ms without work, 1 ms sleeps, after about 1.5 s
+/// [`DEEP_IDLE_SLEEP`], and after about 5 s more [`DEEPEST_IDLE_SLEEP`], so an idle lab costs no CPU.
+/// Any trapped register access (and `link up|down`) kicks the thread back to spinning; the only cost
+/// of a deep sleep is the latency of the first doorbell after a long silence.
 pub fn idle_sleep(idle: u32) -> Option<Duration> {
     const YIELDS: u32 = 64;
     const RAMP: u32 = YIELDS + 16 * 8;
     const SHALLOW: u32 = RAMP + 500;
-    const MEDIUM: u32 = SHALLOW + 500;
+    const MEDIUM: u32 = SHALLOW + 1500;
+    const DEEP: u32 = MEDIUM + 2500;
     let us = match idle {
         i if i < YIELDS => return None,
         i if i < RAMP => (10u64 << ((i - YIELDS) / 16)).min(MAX_IDLE_SLEEP.as_micros() as u64),
         i if i < SHALLOW => MAX_IDLE_SLEEP.as_micros() as u64,
         i if i < MEDIUM => 1000,
-        _ => DEEP_IDLE_SLEEP.as_micros() as u64,
+        i if i < DEEP => DEEP_IDLE_SLEEP.as_micros() as u64,
+        _ => DEEPEST_IDLE_SLEEP.as_micros() as u64,
     };
     Some(Duration::from_micros(us))
 }
@@ -845,7 +851,7 @@ mod tests {
         assert_eq!(idle_sleep(1), None);
         assert_eq!(idle_sleep(64), Some(Duration::from_micros(10)));
         assert_eq!(idle_sleep(190), Some(MAX_IDLE_SLEEP));
-        assert_eq!(idle_sleep(u32::MAX), Some(DEEP_IDLE_SLEEP));
+        assert_eq!(idle_sleep(u32::MAX), Some(DEEPEST_IDLE_SLEEP));
         let mut last = Duration::ZERO;
         for i in 64..5000 {
             let d = idle_sleep(i).unwrap();
