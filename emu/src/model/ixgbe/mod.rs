@@ -1,5 +1,5 @@
 //! Intel 82599 (8086:10FB) model: control path (config space, trapped registers, reset, link,
-//! interrupts). The data path (descriptor rings, wire) is in [`rxtx`]; offsets are in [`regs`].
+//! interrupts). The data path (descriptor rings, wire) is in `rxtx.rs`; offsets are in [`regs`].
 //!
 //! BAR0 (512 KiB) is trapped except the queue register pages 0x1000-0x1FFF (RX queues 0-63) and
 //! 0x6000-0x7FFF (TX queues 0-127): those live in a memfd the driver mmaps, and [`Ixgbe::poll`] reads
