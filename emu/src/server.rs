@@ -28,7 +28,7 @@ use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -138,6 +138,7 @@ struct Shared {
     refused: AtomicU64,
     private: String,
     kick: AtomicBool,
+    waiting: AtomicUsize,
     device_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
@@ -146,8 +147,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Locks the device state for a control-path access, telling the device thread someone waits
+    /// (it yields between polls while a waiter exists, so trapped accesses are not starved by traffic).
     fn dev(&self) -> MutexGuard<'_, DeviceState> {
-        lock(&self.dev)
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let g = lock(&self.dev);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        g
     }
 
     /// Wakes the device thread out of an idle sleep (a driver is active).
@@ -273,6 +279,7 @@ impl Function {
             refused: AtomicU64::new(0),
             private,
             kick: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
             device_thread: std::sync::OnceLock::new(),
         });
         let (wake, wake_rx) = UnixStream::pair().map_err(perr)?;
@@ -442,13 +449,21 @@ fn start_relay(s: &Arc<Shared>, client: UnixStream) -> std::io::Result<JoinHandl
         .insert(id, ConnRecord { client: client.try_clone()?, worker: worker.try_clone()?, since: Instant::now() });
     tracing::info!(bdf = %s.bdf, conn = id, "client connected");
     let s2 = s.clone();
-    std::thread::Builder::new().name(format!("relay-{id}")).spawn(move || {
+    let spawned = std::thread::Builder::new().name(format!("relay-{id}")).spawn(move || {
         let reason = relay(&client, &worker);
         let _ = client.shutdown(std::net::Shutdown::Both);
         let _ = worker.shutdown(std::net::Shutdown::Both);
         lock(&s2.conns).remove(&id);
         tracing::info!(bdf = %s2.bdf, conn = id, "client disconnected ({reason})");
-    })
+    });
+    if spawned.is_err() {
+        // Free the slot; dropping the record closes the connection.
+        if let Some(c) = lock(&s.conns).remove(&id) {
+            let _ = c.client.shutdown(std::net::Shutdown::Both);
+            let _ = c.worker.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    spawned
 }
 
 /// A worker: serves one connection at a time through the crate's `Server::run`.
@@ -499,7 +514,7 @@ fn device_loop(s: &Arc<Shared>) {
     let mut idle: u32 = 0;
     while !s.stop.load(Ordering::Relaxed) {
         let did = {
-            let mut guard = s.dev();
+            let mut guard = lock(&s.dev);
             let d = &mut *guard;
             let did = d.model.poll(&mut d.dma);
             let irqs = d.model.take_irqs();
@@ -511,6 +526,9 @@ fn device_loop(s: &Arc<Shared>) {
         if did || s.kick.swap(false, Ordering::AcqRel) {
             idle = 0;
             if did {
+                if s.waiting.load(Ordering::Acquire) > 0 {
+                    std::thread::yield_now();
+                }
                 continue;
             }
         }
