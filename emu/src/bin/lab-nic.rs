@@ -323,3 +323,68 @@ fn main() -> ExitCode {
     shutdown(&ports);
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, String> {
+        let mut a = vec!["--sysfs-root".to_owned(), "/tmp/x".to_owned()];
+        a.extend(v.iter().map(|s| s.to_string()));
+        parse_args(&a)
+    }
+
+    #[test]
+    fn wire_forms_are_accepted() {
+        let a = args(&[
+            "--dev",
+            "0000:00:05.0,model=ixgbe,wire=loopback,mac=02:00:00:00:00:01",
+            "--dev",
+            "0000:00:06.0,model=ixgbe,wire=peer=0000:00:07.0",
+            "--dev",
+            "0000:00:07.0,model=ixgbe,peer=0000:00:06.0",
+            "--dev",
+            "0000:00:08.0,model=ixgbe,pcap=a.pcap:b.pcap",
+            "--dev=0000:00:09.0,model=ixgbe,tap=lab0",
+            "--pool",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(a.pool, 4);
+        assert_eq!(a.devs[0].wire, WireSpec::Loopback);
+        assert_eq!(a.devs[0].mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(a.devs[1].wire, WireSpec::Peer("0000:00:07.0".into()));
+        assert_eq!(a.devs[3].wire, WireSpec::Pcap("a.pcap".into(), "b.pcap".into()));
+        assert_eq!(a.devs[4].wire, WireSpec::Tap("lab0".into()));
+        assert_eq!(a.devs[4].mac, [2, 0, 0, 0, 9, 0], "default MAC from the address");
+    }
+
+    #[test]
+    fn errors_name_the_offending_key_or_value() {
+        let cases = [
+            (vec!["--dev", "0000:00:05.0,model=e1000"], "model=e1000"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe,wire=fibre"], "wire=fibre"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe,mac=01:00:00:00:00:01"], "multicast"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe,wire=loopback,tap=x"], "more than one wire"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe,peer=0000:00:05.0"], "itself"),
+            (
+                vec![
+                    "--dev",
+                    "0000:00:05.0,model=ixgbe,peer=0000:00:06.0",
+                    "--dev",
+                    "0000:00:06.0,model=ixgbe,wire=loopback",
+                ],
+                "different wire",
+            ),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe", "--dev", "0000:00:05.0,model=ixgbe"], "twice"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe", "--pool", "0"], "--pool"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe", "--log-level", "[["], "--log-level"),
+            (vec![], "--dev"),
+        ];
+        for (v, want) in cases {
+            let e = args(&v).unwrap_err();
+            assert!(e.contains(want), "{v:?}: {e}");
+        }
+        assert!(parse_args(&["--dev".into(), "0000:00:05.0,model=ixgbe".into()]).unwrap_err().contains("--sysfs-root"));
+    }
+}
