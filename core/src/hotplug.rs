@@ -369,9 +369,18 @@ impl Hotplug {
     fn register_actions(&self) -> Result<(), IpcError> {
         let ch = self.inner.rt.ipc();
         let w = Arc::downgrade(&self.inner);
+        // The primary's handler of a secondary's request makes requests of its own and waits for
+        // them: it runs on a worker, so the primary's receive thread stays free (drivers answer
+        // descriptor requests there while a secondary probes). A secondary's handlers only probe or
+        // release a local handle; whatever they ask of the primary is answered on the primary's
+        // receive thread and comes back on a reply socket, so they run inline and save a thread
+        // hand-off per step. With injected faults they go to a worker, keeping a hang off the
+        // receive thread.
+        let secondary_mode = if self.inner.faults.is_empty() { Dispatch::Inline } else { Dispatch::Worker };
         let on = |name: &str, f: fn(&Inner, &Request) -> Result<String, HotplugError>| {
             let w = w.clone();
-            ch.register_action(name, Dispatch::Worker, move |ch, req| {
+            let mode = if name == A_REQ { Dispatch::Worker } else { secondary_mode };
+            ch.register_action(name, mode, move |ch, req| {
                 let Some(inner) = w.upgrade() else { return };
                 let text = match f(&inner, &req) {
                     Ok(s) => format!("ok:{s}"),
@@ -538,10 +547,7 @@ impl Inner {
         Hotplug { inner: self.me.upgrade().expect("hotplug layer alive while in use") }
     }
 
-    fn resolve(
-        &self,
-        da: &Devargs,
-    ) -> Result<Resolved, HotplugError> {
+    fn resolve(&self, da: &Devargs) -> Result<Resolved, HotplugError> {
         match da.bus() {
             BusKind::Vdev => {
                 let d = self

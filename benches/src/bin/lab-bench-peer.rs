@@ -61,6 +61,22 @@ fn main() {
                 std::thread::park();
             }
         }
+        Some("hotplug") => {
+            // A hotplug process (primary or secondary per --proc-type) with the lab's drivers, plus
+            // an inline `echo` action for the request_sync floor.
+            let (opts, _) = Options::parse(args[1..].iter().cloned()).expect("options");
+            let hp = lab_core::hotplug::Hotplug::init(&opts, lab_drivers::registry()).expect("hotplug init");
+            hp.runtime()
+                .ipc()
+                .register_action("echo", Dispatch::Inline, |ch, req| {
+                    let _ = ch.reply(&req, &Msg::new("echo", req.msg.payload.clone()));
+                })
+                .expect("register");
+            ready();
+            loop {
+                std::thread::park();
+            }
+        }
         Some("ring-drain") => {
             let (opts, rest) = Options::parse(args[1..].iter().cloned()).expect("options");
             let rt = Runtime::init(&opts).expect("runtime");
