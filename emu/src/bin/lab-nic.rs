@@ -3,7 +3,7 @@
 //! ```text
 //! lab-nic --sysfs-root DIR --dev 0000:00:05.0,model=ixgbe[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX]
 //!         [,mac=02:00:00:00:00:01][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK]
-//!         [--pool N] [--log-level LEVEL]
+//!         [--pool N] [--log-level LEVEL]   (LEVEL: a tracing filter, default "info,vfio_user=warn")
 //! ```
 //! Prints `lab-nic ready` once every socket listens; SIGTERM/SIGINT remove sockets, sysfs entries and
 //! TAP devices it created, then exit 0. Bad arguments: one error line, exit 2, nothing created.
@@ -143,7 +143,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut devs = Vec::new();
     let mut control = None;
     let mut pool = DEFAULT_POOL;
-    let mut log_level = "info".to_owned();
+    let mut log_level = "info,vfio_user=warn".to_owned();
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
