@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use lab_core::ethdev::Registry;
 
+pub mod af_packet;
 pub mod ixgbe;
 pub mod null;
 pub mod ring;
@@ -21,6 +22,7 @@ pub fn register_all(reg: &mut Registry) {
     reg.register(Arc::new(ixgbe::IxgbeDriver));
     reg.register(Arc::new(ring::RingDriver));
     reg.register(Arc::new(tap::TapDriver));
+    reg.register(Arc::new(af_packet::AfPacketDriver));
 }
 
 /// A registry with every driver of this crate.

@@ -119,6 +119,20 @@ pub(crate) mod netif {
         ioctl(libc::SIOCSIFFLAGS, &mut r)
     }
 
+    /// Turns IFF_PROMISC on or off.
+    pub(crate) fn set_promisc(iface: &str, on: bool) -> io::Result<()> {
+        let mut r = IfReq::new(iface)?;
+        ioctl(libc::SIOCGIFFLAGS, &mut r)?;
+        let mut flags = i16::from_ne_bytes([r.data[0], r.data[1]]);
+        if on {
+            flags |= libc::IFF_PROMISC as i16;
+        } else {
+            flags &= !(libc::IFF_PROMISC as i16);
+        }
+        r.data[..2].copy_from_slice(&flags.to_ne_bytes());
+        ioctl(libc::SIOCSIFFLAGS, &mut r)
+    }
+
     /// Whether the interface is up and running (carrier).
     pub(crate) fn is_running(iface: &str) -> bool {
         let Ok(mut r) = IfReq::new(iface) else { return false };
@@ -501,7 +515,7 @@ impl EthDev for TapPort {
         }
     }
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
-        netif::set_up(&self.iface, on).map_err(|e| EthError::Device { driver: NAME, reason: e.to_string() })
+        netif::set_promisc(&self.iface, on).map_err(|e| EthError::Device { driver: NAME, reason: e.to_string() })
     }
     fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
         let Some(q) = self.rx.get_mut(queue as usize) else { return 0 };

@@ -108,6 +108,15 @@ fn main() {
             (None, _) => continue,
             (Some("quit"), _) => break,
             (Some("fds"), _) => format!("fds={}", lab_core::sys::open_fd_count()),
+            (Some("fdlist"), _) => std::fs::read_dir("/proc/self/fd")
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| std::fs::read_link(e.path()).ok())
+                        .map(|l| l.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
             (Some("probe"), None) => match probe(&rt, &dev) {
                 Ok(p) => {
                     port = Some(p);

@@ -56,16 +56,24 @@ pub struct Lab {
     pub prefix: String,
     pub rt: Runtime,
     pub pool: Mempool,
+    /// Tests of one binary run one at a time: descriptor counts are per process.
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Lab {
     pub fn new(test: &str) -> Lab {
+        let serial = serial();
         let _ = xdg();
         let prefix = format!("vd{}-{}-{}", std::process::id(), test, COUNTER.fetch_add(1, Ordering::Relaxed));
         let (opts, _) = Options::parse([format!("--file-prefix={prefix}"), "--proc-type=primary".into()]).unwrap();
         let rt = Runtime::init(&opts).expect("primary runtime");
         let pool = Mempool::create(rt.shm(), DEFAULT_POOL, 4096, 2048, 0).expect("pool");
-        Lab { prefix, rt, pool }
+        Lab { prefix, rt, pool, _serial: serial }
     }
 
     pub fn probe(&self, drv: &dyn Driver, devargs: &str, port: u16, nq: u16) -> Result<Box<dyn EthDev>, EthError> {
@@ -336,6 +344,17 @@ impl RawSock {
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let big: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt reads one c_int (SO_RCVBUFFORCE: root may pass the rmem_max limit).
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&big as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
             )
         };
         RawSock(fd)
