@@ -444,9 +444,9 @@ impl Channel {
     /// Sends `msg` as a reply to `req`.
     pub fn reply(&self, req: &Request, msg: &Msg) -> Result<(), IpcError> {
         msg.check()?;
-        let fds: Vec<RawFd> = msg.fds.iter().map(|f| f.as_raw_fd()).collect();
-        let hdr = encode_header(2, &msg.name, msg.payload.len(), fds.len(), req.id);
-        match sys::dgram_send(self.inner.sock.as_fd(), &req.peer.addr, &[&hdr, &msg.payload], &fds, false) {
+        let (raw, n) = raw_fds(&msg.fds);
+        let hdr = encode_header(2, &msg.name, msg.payload.len(), n, req.id);
+        match sys::dgram_send(self.inner.sock.as_fd(), &req.peer.addr, &[&hdr, &msg.payload], &raw[..n], false) {
             Ok(_) => Ok(()),
             Err(e) if is_dead_peer(&e) => {
                 tracing::debug!(peer = ?req.peer, "reply to a peer that went away");
@@ -459,10 +459,10 @@ impl Channel {
     /// Sends to one socket path. Ok(false) for a dead peer (whose socket is then unlinked).
     fn send_to(&self, from: RawFd, to: &Path, kind: u8, id: u64, msg: &Msg) -> Result<bool, IpcError> {
         let addr = UnixAddr::new(to).map_err(|e| IpcError::Socket { path: to.into(), source: e })?;
-        let fds: Vec<RawFd> = msg.fds.iter().map(|f| f.as_raw_fd()).collect();
-        let hdr = encode_header(kind, &msg.name, msg.payload.len(), fds.len(), id);
+        let (raw, n) = raw_fds(&msg.fds);
+        let hdr = encode_header(kind, &msg.name, msg.payload.len(), n, id);
         let fromfd = unsafe_borrow(from);
-        match sys::dgram_send(fromfd, &addr, &[&hdr, &msg.payload], &fds, false) {
+        match sys::dgram_send(fromfd, &addr, &[&hdr, &msg.payload], &raw[..n], false) {
             Ok(_) => Ok(true),
             Err(e) if is_dead_peer(&e) => {
                 if e.raw_os_error() == Some(libc::ECONNREFUSED) && to.file_name().is_some_and(|n| n != PRIMARY_SOCKET) {
@@ -768,6 +768,16 @@ fn unsafe_borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
     // SAFETY: callers pass one of the channel's own sockets, which outlive the borrow (the
     // borrow is used for one sendmsg call while the owning ReplySock/Inner is held).
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// The raw descriptors of a checked message, without allocating.
+fn raw_fds(fds: &[OwnedFd]) -> ([RawFd; MAX_FDS], usize) {
+    let mut raw = [-1; MAX_FDS];
+    let n = fds.len().min(MAX_FDS);
+    for (r, f) in raw.iter_mut().zip(fds) {
+        *r = f.as_raw_fd();
+    }
+    (raw, n)
 }
 
 fn encode_header(kind: u8, name: &str, payload: usize, nfds: usize, id: u64) -> [u8; HDR_LEN] {
