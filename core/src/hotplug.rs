@@ -37,6 +37,8 @@
 //! then carry on) or crash (SIGKILL itself) at that step, so tests and the lab runner can check that
 //! every process still agrees.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
