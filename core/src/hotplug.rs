@@ -561,10 +561,12 @@ impl Inner {
             }
             BusKind::Pci => {
                 let addr = da.pci_addr().ok_or_else(|| HotplugError::NoDriver { name: da.name().into() })?;
-                if !self.filter.permits(&addr) {
+                // -a/-b choose what is probed at start; an explicit attach names its device, as
+                // DPDK's hotplug does. Only --no-pci turns the bus off.
+                if self.filter.no_pci() {
                     return Err(HotplugError::Pci {
                         name: da.name().into(),
-                        reason: "not permitted by -a/-b/--no-pci".into(),
+                        reason: "the PCI bus is off (--no-pci)".into(),
                     });
                 }
                 let dir = self.pci_root.join(addr.to_string());
