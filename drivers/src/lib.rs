@@ -13,6 +13,7 @@ use lab_core::ethdev::Registry;
 pub mod af_packet;
 pub mod ixgbe;
 pub mod null;
+pub mod pcap;
 pub mod ring;
 pub mod tap;
 
@@ -23,6 +24,7 @@ pub fn register_all(reg: &mut Registry) {
     reg.register(Arc::new(ring::RingDriver));
     reg.register(Arc::new(tap::TapDriver));
     reg.register(Arc::new(af_packet::AfPacketDriver));
+    reg.register(Arc::new(pcap::PcapDriver));
 }
 
 /// A registry with every driver of this crate.
