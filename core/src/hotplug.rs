@@ -389,7 +389,7 @@ impl Hotplug {
                     Err(e) => format!("err:{e}"),
                 };
                 if req.wants_reply() {
-                    let _ = ch.reply(&req, &Msg::new(req.msg.name.clone(), text.into_bytes()));
+                    let _ = ch.reply(req, &Msg::new(req.msg.name.clone(), text.into_bytes()));
                 }
             })
         };

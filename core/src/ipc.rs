@@ -13,8 +13,9 @@
 //!   exactly two thread wake-ups, like a raw socket ping-pong.
 //! * `request_async`: `request_sync` on a worker thread, then a callback.
 //! * One thread receives on the main socket and dispatches. Handlers registered `Inline` run on
-//!   it and must not block; handlers registered `Worker` run on a worker pool and may block or
-//!   make requests themselves.
+//!   it, on a request buffer the thread reuses (dispatch allocates nothing), and must not wait
+//!   for other messages to this process; handlers registered `Worker` run on a worker pool and may
+//!   block or make requests themselves.
 //!
 //! Input is untrusted: a short, oversized or malformed datagram, a sender of another uid, a reply
 //! nobody waits for, or an unknown action is dropped and counted; descriptors that came with a
@@ -227,7 +228,7 @@ pub enum Dispatch {
 }
 
 /// A registered action handler.
-pub type Handler = Arc<dyn Fn(&Channel, Request) + Send + Sync>;
+pub type Handler = Arc<dyn Fn(&Channel, &mut Request) + Send + Sync>;
 
 /// Counters of what the receive side dropped.
 #[derive(Debug, Default)]
@@ -267,6 +268,8 @@ struct Inner {
     reply_socks: Mutex<Vec<ReplySock>>,
     reply_paths: Mutex<Vec<PathBuf>>,
     peers_cache: Mutex<Option<(std::time::SystemTime, bool, Vec<PathBuf>)>>,
+    /// The receive thread's reusable request (only that thread locks it).
+    inline_req: Mutex<Option<Request>>,
     next_id: AtomicU64,
     next_reply: AtomicU32,
     stats: Stats,
@@ -327,6 +330,7 @@ impl Channel {
             reply_socks: Mutex::new(Vec::new()),
             reply_paths: Mutex::new(Vec::new()),
             peers_cache: Mutex::new(None),
+            inline_req: Mutex::new(None),
             next_id: AtomicU64::new(seed | 1),
             next_reply: AtomicU32::new(0),
             stats: Stats::default(),
@@ -371,7 +375,7 @@ impl Channel {
     /// Registers a handler for `name`.
     pub fn register_action<F>(&self, name: &str, dispatch: Dispatch, handler: F) -> Result<(), IpcError>
     where
-        F: Fn(&Channel, Request) + Send + Sync + 'static,
+        F: Fn(&Channel, &mut Request) + Send + Sync + 'static,
     {
         check_parts(name, 0, 0)?;
         let mut a = self.inner.actions.write().unwrap_or_else(|e| e.into_inner());
@@ -736,17 +740,41 @@ impl Channel {
             tracing::debug!(action = view.name(), "dropping a message for an unknown action");
             return;
         };
-        let req = Request {
-            msg: Msg { name: view.name().to_string(), payload: view.payload().to_vec(), fds: std::mem::take(fds) },
-            peer,
-            id: view.id(),
-            wants_reply: view.kind() == 1,
-        };
         match mode {
-            Dispatch::Inline => h(self, req),
+            Dispatch::Inline => {
+                // Reuse this thread's request buffers: no allocation per message.
+                let mut slot = self.inner.inline_req.lock().unwrap_or_else(|e| e.into_inner());
+                let req = slot.get_or_insert_with(|| Request {
+                    msg: Msg {
+                        name: String::with_capacity(MAX_NAME),
+                        payload: Vec::with_capacity(MAX_PAYLOAD),
+                        fds: Vec::with_capacity(MAX_FDS),
+                    },
+                    peer,
+                    id: 0,
+                    wants_reply: false,
+                });
+                req.msg.name.clear();
+                req.msg.name.push_str(view.name());
+                req.msg.payload.clear();
+                req.msg.payload.extend_from_slice(view.payload());
+                req.msg.fds.clear();
+                std::mem::swap(&mut req.msg.fds, fds);
+                req.peer = peer;
+                req.id = view.id();
+                req.wants_reply = view.kind() == 1;
+                h(self, req);
+                req.msg.fds.clear(); // descriptors the handler did not take are closed
+            }
             Dispatch::Worker => {
+                let mut req = Request {
+                    msg: Msg { name: view.name().to_string(), payload: view.payload().to_vec(), fds: std::mem::take(fds) },
+                    peer,
+                    id: view.id(),
+                    wants_reply: view.kind() == 1,
+                };
                 let ch = self.clone();
-                self.inner.workers.submit(Box::new(move || h(&ch, req)));
+                self.inner.workers.submit(Box::new(move || h(&ch, &mut req)));
             }
         }
     }
@@ -988,7 +1016,7 @@ mod tests {
         let (_d, p, s) = pair();
         s.register_action("echo", Dispatch::Inline, |ch, req| {
             let m = Msg::new("echo", req.msg.payload.clone());
-            ch.reply(&req, &m).unwrap();
+            ch.reply(req, &m).unwrap();
         })
         .unwrap();
         let r = p.request_sync(&Msg::new("echo", b"ping".to_vec()), Duration::from_secs(2)).unwrap();

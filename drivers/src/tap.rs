@@ -253,7 +253,7 @@ pub(crate) mod share {
                     None => Msg::new(action, format!("err device {dev} is not attached in the primary")),
                 }
             };
-            if let Err(e) = ch.reply(&req, &reply) {
+            if let Err(e) = ch.reply(req, &reply) {
                 tracing::warn!(action, error = %e, "could not answer a descriptor request");
             }
         }) {

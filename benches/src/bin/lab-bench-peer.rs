@@ -53,7 +53,7 @@ fn main() {
             let rt = Runtime::init(&opts).expect("runtime");
             rt.ipc()
                 .register_action("echo", Dispatch::Inline, |ch, req| {
-                    let _ = ch.reply(&req, &Msg::new("echo", req.msg.payload.clone()));
+                    let _ = ch.reply(req, &Msg::new("echo", req.msg.payload.clone()));
                 })
                 .expect("register");
             ready();
@@ -69,7 +69,7 @@ fn main() {
             hp.runtime()
                 .ipc()
                 .register_action("echo", Dispatch::Inline, |ch, req| {
-                    let _ = ch.reply(&req, &Msg::new("echo", req.msg.payload.clone()));
+                    let _ = ch.reply(req, &Msg::new("echo", req.msg.payload.clone()));
                 })
                 .expect("register");
             ready();

@@ -64,16 +64,16 @@ fn fmt_replies(r: &Replies) -> String {
 fn register(ch: &Channel) {
     let ok = |r: Result<(), lab_core::ipc::IpcError>| r.expect("register test action");
     ok(ch.register_action("echo", Dispatch::Inline, |ch, req| {
-        let _ = ch.reply(&req, &Msg::new("echo", req.msg.payload.clone()));
+        let _ = ch.reply(req, &Msg::new("echo", req.msg.payload.clone()));
     }));
     ok(ch.register_action("pid", Dispatch::Inline, |ch, req| {
-        let _ = ch.reply(&req, &Msg::new("pid", std::process::id().to_string()));
+        let _ = ch.reply(req, &Msg::new("pid", std::process::id().to_string()));
     }));
     ok(ch.register_action("hang", Dispatch::Inline, |_, _| {}));
     ok(ch.register_action("slow", Dispatch::Worker, |ch, req| {
         let ms: u64 = String::from_utf8_lossy(&req.msg.payload).parse().unwrap_or(0);
         std::thread::sleep(Duration::from_millis(ms));
-        let _ = ch.reply(&req, &Msg::new("slow", format!("slept{ms}")));
+        let _ = ch.reply(req, &Msg::new("slow", format!("slept{ms}")));
     }));
     ok(ch.register_action("nested", Dispatch::Worker, |ch, req| {
         let inner = ch.request_sync(&Msg::new("echo", req.msg.payload.clone()), Duration::from_secs(5));
@@ -81,7 +81,7 @@ fn register(ch: &Channel) {
             Ok(r) => format!("nested:{}:{}", r.nb_received, fmt_replies(&r)),
             Err(e) => format!("nested-error:{e}"),
         };
-        let _ = ch.reply(&req, &Msg::new("nested", text));
+        let _ = ch.reply(req, &Msg::new("nested", text));
     }));
     ok(ch.register_action("memfd-read", Dispatch::Inline, |ch, req| {
         let text = match req.msg.fds.first() {
@@ -95,7 +95,7 @@ fn register(ch: &Channel) {
             }
             None => "no-fd".into(),
         };
-        let _ = ch.reply(&req, &Msg::new("memfd-read", text));
+        let _ = ch.reply(req, &Msg::new("memfd-read", text));
     }));
 }
 
