@@ -999,6 +999,32 @@ mod tests {
     }
 
     #[test]
+    fn random_and_mutated_datagrams_never_panic_the_view() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut good = encode_header(1, "echo", 16, 0, 3).to_vec();
+        good.extend_from_slice(&[5u8; 16]);
+        for i in 0..20_000 {
+            let mut b = if i % 2 == 0 { good.clone() } else { vec![0u8; (next() % 5000) as usize] };
+            for _ in 0..(next() % 8) {
+                if !b.is_empty() {
+                    let at = (next() as usize) % b.len();
+                    b[at] = next() as u8;
+                }
+            }
+            if let Ok(v) = MsgView::new_checked(&b, false, (next() % 3) as usize) {
+                // Accessors are total once the view is checked.
+                let _ = (v.kind(), v.id(), v.name().len(), v.payload().len());
+            }
+        }
+    }
+
+    #[test]
     fn limits_are_errors_that_name_the_limit() {
         let (_d, p, _s) = pair();
         let e = p.request_sync(&Msg::new("x".repeat(65), vec![]), Duration::from_millis(10)).unwrap_err();
