@@ -305,3 +305,20 @@ fn ring_and_pool_work_across_processes() {
     assert_eq!(p.cmd("pool-avail pool"), "avail=512");
     finish(lab, p, secs);
 }
+
+#[test]
+fn a_secondary_refuses_a_mapping_that_is_not_the_primarys() {
+    use std::os::unix::fs::FileExt;
+    let (lab, p, secs) = lab_with("mismatch", 0);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(lab.shm_file()).unwrap();
+    let mut version = [0u8; 4];
+    f.read_exact_at(&mut version, 8).unwrap();
+    f.write_all_at(&99u32.to_le_bytes(), 8).unwrap();
+    let (st, err) = lab.spawn(PEER, &["--proc-type=secondary"]).exit_and_stderr();
+    assert!(!st.success());
+    assert!(err.contains("version is 0x63, expected 0x1"), "{err}");
+    f.write_all_at(&version, 8).unwrap();
+    let s = start(&lab, &["--proc-type=secondary"]);
+    finish(lab, p, vec![s]);
+    drop(secs);
+}
