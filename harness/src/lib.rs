@@ -4,4 +4,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod demo;
 pub mod proc;
+pub mod realnic;
+pub mod report;
+pub mod runner;
+pub mod scenario;

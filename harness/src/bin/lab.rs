@@ -1,0 +1,313 @@
+//! `lab`: the hotplug lab runner.
+//!
+//! ```text
+//! lab run [--real BDF[,BDF...]] [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO|DIR...
+//! lab sweep [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO...
+//! lab check SCENARIO|DIR...        parse only
+//! lab demo                         two cabled emulated 82599s, net_null0, the four scenarios
+//! ```
+//! Exit status: 0 when every case passed (skipped ones do not count), 1 when one failed, 2 on bad
+//! arguments or scenario files (nothing is started then), 77 when `--real` finds no /dev/vfio,
+//! 130 when interrupted (every process is stopped and its files removed first).
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lab_harness::report::{self, Totals};
+use lab_harness::runner::{self, CaseResult, Env, FaultCase, Outcome, StepReport};
+use lab_harness::scenario::{self, Scenario};
+use lab_harness::{demo, realnic};
+
+const USAGE: &str = "\
+usage: lab run [--real BDF[,BDF...]] [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO|DIR...
+       lab sweep [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO...
+       lab check SCENARIO|DIR...
+       lab demo";
+
+struct Args {
+    cmd: String,
+    paths: Vec<PathBuf>,
+    real: Option<Vec<String>>,
+    jobs: usize,
+    verbose: bool,
+    junit: Option<PathBuf>,
+    json: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let cmd = it.next().ok_or("missing command")?;
+    if !["run", "sweep", "check", "demo"].contains(&cmd.as_str()) {
+        if cmd == "-h" || cmd == "--help" || cmd == "help" {
+            return Err(String::new());
+        }
+        return Err(format!("unknown command {cmd:?}"));
+    }
+    let mut a = Args { cmd, paths: Vec::new(), real: None, jobs: 2, verbose: false, junit: None, json: None };
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| it.next()).ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--real" => a.real = Some(value()?.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()),
+            "-j" | "--jobs" => {
+                let v = value()?;
+                a.jobs = v.parse().ok().filter(|n| (1..=64).contains(n)).ok_or(format!("-j {v}: expected 1..64"))?
+            }
+            "-v" | "--verbose" => a.verbose = true,
+            "--junit" => a.junit = Some(value()?.into()),
+            "--json" => a.json = Some(value()?.into()),
+            "-h" | "--help" => return Err(String::new()),
+            f if f.starts_with('-') => return Err(format!("unknown option {f}")),
+            _ => a.paths.push(arg.into()),
+        }
+    }
+    if a.cmd == "demo" && !a.paths.is_empty() {
+        return Err("demo takes no scenario".into());
+    }
+    if a.cmd != "demo" && a.paths.is_empty() {
+        return Err(format!("{} needs at least one scenario file or directory", a.cmd));
+    }
+    if a.real.is_some() && a.cmd != "run" {
+        return Err("--real goes with lab run".into());
+    }
+    Ok(a)
+}
+
+/// Blocks SIGINT/SIGTERM in every thread (children get a clean mask from std) and turns them into
+/// a flag the runner checks between steps.
+fn install_stop_handler() -> Arc<AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if set.thread_block().is_ok() {
+        let flag = stop.clone();
+        let _ = std::thread::Builder::new().name("lab-signals".into()).spawn(move || loop {
+            if let Ok(sig) = set.wait() {
+                if !flag.swap(true, Ordering::SeqCst) {
+                    eprintln!("\nlab: {} received: stopping and cleaning up", sig.as_str());
+                }
+            }
+        });
+    }
+    stop
+}
+
+fn load_all(paths: &[PathBuf]) -> Result<Vec<Scenario>, Vec<String>> {
+    let files = scenario::collect(paths).map_err(|e| vec![e.to_string()])?;
+    if files.is_empty() {
+        return Err(vec!["no scenario files (*.toml) found".into()]);
+    }
+    let mut errs = Vec::new();
+    let mut out = Vec::new();
+    for f in files {
+        match Scenario::load(&f) {
+            Ok(s) => out.push(s),
+            Err(e) => errs.push(e.to_string()),
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+struct Progress {
+    tty: bool,
+    total: usize,
+    done: AtomicUsize,
+    lock: Mutex<()>,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress { tty: std::io::stderr().is_terminal(), total, done: AtomicUsize::new(0), lock: Mutex::new(()) }
+    }
+    fn started(&self, name: &str) {
+        if self.tty {
+            let _g = self.lock.lock();
+            let d = self.done.load(Ordering::Relaxed);
+            let n: String = name.chars().take(60).collect();
+            eprint!("\r\x1b[K[{d}/{}] {n}", self.total);
+        }
+    }
+    fn finished(&self, r: &CaseResult, verbose: bool) {
+        let d = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        let _g = self.lock.lock();
+        if self.tty {
+            eprint!("\r\x1b[K[{d}/{}] {}", self.total, r.name.chars().take(60).collect::<String>());
+            if d == self.total {
+                eprint!("\r\x1b[K");
+            }
+        }
+        if verbose {
+            let w = match &r.outcome {
+                Outcome::Passed => "passed".to_string(),
+                Outcome::Failed(f) => format!("FAILED: {f}"),
+                Outcome::Skipped(s) => format!("skipped: {s}"),
+                Outcome::Interrupted => "interrupted".into(),
+            };
+            if self.tty {
+                eprint!("\r\x1b[K");
+            }
+            println!("{}: {w}", r.name);
+        }
+    }
+}
+
+fn print_step(r: &StepReport) {
+    let mut line = format!("  {:>2}. {}", r.index, r.step);
+    if !r.answer.is_empty() {
+        line.push_str(&format!(" -> {}", r.answer.replace('\n', " | ")));
+    }
+    println!("{line}");
+    for n in &r.notes {
+        println!("      note: {n}");
+    }
+}
+
+fn finish(suite: &str, results: &[CaseResult], a: &Args, stop: &AtomicBool) -> ExitCode {
+    println!("{}", report::table(results));
+    if let Some(p) = &a.junit {
+        if let Err(e) = report::write(p, &report::junit(suite, results)) {
+            eprintln!("lab: {e}");
+        }
+    }
+    if let Some(p) = &a.json {
+        if let Err(e) = report::write(p, &report::json(suite, results)) {
+            eprintln!("lab: {e}");
+        }
+    }
+    let t = Totals::of(results);
+    if stop.load(Ordering::Relaxed) {
+        ExitCode::from(130)
+    } else if t.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn run_cases(env: &Env, cases: &[(Scenario, Option<FaultCase>)], a: &Args) -> Vec<CaseResult> {
+    let progress = Progress::new(cases.len());
+    let steps = |r: &StepReport| print_step(r);
+    let observer: Option<runner::Observer<'_>> = if a.verbose && a.jobs == 1 { Some(&steps) } else { None };
+    let results = runner::run_parallel(cases, a.jobs, &env.stop, |_, (sc, fault)| {
+        let label = match fault {
+            Some(f) => format!("{} [{f}]", sc.name),
+            None => sc.name.clone(),
+        };
+        progress.started(&label);
+        if observer.is_some() {
+            println!("{label}:");
+        }
+        let r = runner::run_case(env, sc, fault.clone(), observer);
+        progress.finished(&r, a.verbose);
+        r
+    });
+    results
+        .into_iter()
+        .zip(cases)
+        .map(|(r, (sc, f))| {
+            r.unwrap_or_else(|| CaseResult {
+                name: match f {
+                    Some(f) => format!("{} [{f}]", sc.name),
+                    None => sc.name.clone(),
+                },
+                file: sc.file.clone(),
+                outcome: Outcome::Interrupted,
+                elapsed: std::time::Duration::ZERO,
+                notes: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if e.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("lab: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = install_stop_handler();
+    let mut env = match Env::from_current_exe(stop.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("lab: cannot find my own executable: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = env.hotplug_mp() {
+        eprintln!("lab: {e}");
+        return ExitCode::from(2);
+    }
+    if a.cmd == "demo" {
+        return demo::run(&env);
+    }
+    let scenarios = match load_all(&a.paths) {
+        Ok(s) => s,
+        Err(errs) => {
+            for e in errs {
+                eprintln!("lab: {e}");
+            }
+            eprintln!("lab: nothing was started");
+            return ExitCode::from(2);
+        }
+    };
+    match a.cmd.as_str() {
+        "check" => {
+            for s in &scenarios {
+                let skip =
+                    runner::skip_reason(s, &env).map(|r| format!(" (would be skipped: {r})")).unwrap_or_default();
+                println!("{}: ok, {} steps{skip}", s.file.display(), s.steps.len());
+            }
+            ExitCode::SUCCESS
+        }
+        "run" => {
+            if let Some(real) = &a.real {
+                match realnic::check(real) {
+                    Ok(bdfs) => env.real = Some(bdfs),
+                    Err(realnic::RealNicError::NoVfio) => {
+                        println!("{}", realnic::NO_VFIO);
+                        return ExitCode::from(77);
+                    }
+                    Err(e) => {
+                        eprintln!("lab: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let cases: Vec<(Scenario, Option<FaultCase>)> = scenarios.into_iter().map(|s| (s, None)).collect();
+            let results = run_cases(&env, &cases, &a);
+            finish("lab run", &results, &a, &stop)
+        }
+        _ => {
+            let mut cases = Vec::new();
+            for s in scenarios {
+                for f in runner::sweep_cases(&s) {
+                    cases.push((s.clone(), Some(f)));
+                }
+            }
+            let results = run_cases(&env, &cases, &a);
+            finish("lab sweep", &results, &a, &stop)
+        }
+    }
+}

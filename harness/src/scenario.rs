@@ -1,0 +1,746 @@
+//! Scenario files: a lab (emulated NICs, vdevs, processes, EAL options, faults) and the steps
+//! to run in it, in TOML.
+//!
+//! A full example (every key; most have defaults):
+//!
+//! ```toml
+//! name = "attach from a secondary, traffic between two cabled NICs"   # default: file stem
+//! description = "what this checks"
+//!
+//! [lab]
+//! secondaries = 2                          # s1, s2 start after the primary (default 1)
+//! vdevs = ["net_null0"]                    # --vdev=... given to the primary at start
+//! eal = ["--hotplug-timeout-ms=500"]       # extra EAL options of every process
+//! answer_timeout_ms = 20000                # how long a command may take to answer (default 20000)
+//! settle_ms = 3000                         # how long the views may take to agree after a step (default 3000)
+//! taps = ["lt${run}"]                      # interfaces to delete at teardown (net_tap iface= are added)
+//! requires = ["net_ring"]                  # drivers needed beyond those the devices name
+//!
+//! [[lab.nic]]                              # one emulated function each, all served by one lab-nic
+//! bdf = "0000:00:05.0"
+//! model = "ixgbe"                          # default ixgbe
+//! wire = "peer=0000:00:06.0"               # loopback | none | peer=BDF | tap=NAME | pcap=RX:TX
+//! mac = "02:00:00:00:05:00"                # optional
+//!
+//! [[lab.nic]]
+//! bdf = "0000:00:06.0"
+//! wire = "peer=0000:00:05.0"
+//!
+//! [lab.process.s2]                         # per-process extras
+//! eal = ["--lab-fault=attach:net_null1:fail"]
+//!
+//! [lab.process.s3]
+//! late = true                              # not started with the lab: a `start = "s3"` step starts it
+//!
+//! [[step]]
+//! on = "s1"                                # primary (default) | s1 | s2 | ...
+//! attach = "0000:00:05.0"                  # hotplug_mp `attach <devargs>`
+//! ports = { 0 = "net_null0", 1 = "0000:00:05.0" }   # every live process lists exactly these
+//!
+//! [[step]]
+//! attach = "net_null1"
+//! failure = "injected fault"               # the answer must be a failure containing this
+//!
+//! [[step]]
+//! on = "s2"
+//! send = { port = 1, count = 32, size = 64 }        # `send 1 32 64`: all 32 must be sent
+//!
+//! [[step]]
+//! recv = { port = 2, count = 32, timeout_ms = 2000 } # `recv`: at least 32 (or `expect = N` exactly)
+//!
+//! [[step]]
+//! link_down = "0000:00:05.0"              # lab-nic control socket; also link_up, unplug
+//!
+//! [[step]]
+//! wait_ms = 500
+//!
+//! [[step]]
+//! kill = "s2"                              # SIGKILL; also quit, restart (same arguments), start (late ones)
+//! ```
+//!
+//! Every step has exactly one action key: `attach`, `detach`, `lock`, `unlock`, `send`, `recv`,
+//! `cmd` (any hotplug_mp command line), `link_down`, `link_up`, `unplug`, `kill`, `quit`, `restart`,
+//! `start`, `wait_ms`. Expectations: `expect = "ok"` (the default for process commands), `expect =
+//! "any"`, or `failure = "substring"`; `ports` checks every live process (port id and name); after
+//! every step the runner checks anyway that every live process lists the same ports with the same
+//! ids. `${run}` in any string becomes a short id unique to the run (for interface names), `${dir}`
+//! the run's own temporary directory.
+//!
+//! A file that does not parse, has an unknown key, a step with no or two actions, or a process not
+//! in the lab is refused with the file, the line and what was expected; nothing is started.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default time a command may take to answer.
+pub const DEFAULT_ANSWER_TIMEOUT_MS: u64 = 20_000;
+/// Default time the processes' views may take to agree after a step.
+pub const DEFAULT_SETTLE_MS: u64 = 3_000;
+/// Most secondaries a lab may have.
+pub const MAX_SECONDARIES: usize = 16;
+
+/// A scenario file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Could not read it.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Syntax or a value that does not fit.
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+}
+
+/// Which process a step runs in.
+pub type ProcName = String;
+
+/// One emulated PCI function.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// PCI address, `0000:00:05.0`.
+    pub bdf: String,
+    /// Emulated model (`ixgbe`, `i40e`).
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Wire: `loopback`, `none`, `peer=BDF`, `tap=NAME`, `pcap=RX:TX`.
+    #[serde(default)]
+    pub wire: Option<String>,
+    /// MAC address.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+fn default_model() -> String {
+    "ixgbe".into()
+}
+
+/// Per-process extras.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcSpec {
+    /// Extra EAL options (after the lab's).
+    #[serde(default)]
+    pub eal: Vec<String>,
+    /// Started by a `start` step, not with the lab.
+    #[serde(default)]
+    pub late: bool,
+}
+
+/// The lab a scenario runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSpec {
+    /// Emulated functions.
+    #[serde(default, rename = "nic")]
+    pub nics: Vec<NicSpec>,
+    /// `--vdev` of the primary.
+    #[serde(default)]
+    pub vdevs: Vec<String>,
+    /// Secondaries started with the lab (s1..sN).
+    #[serde(default = "one")]
+    pub secondaries: usize,
+    /// EAL options of every process.
+    #[serde(default)]
+    pub eal: Vec<String>,
+    /// Per-process extras.
+    #[serde(default)]
+    pub process: BTreeMap<String, ProcSpec>,
+    /// Answer timeout per command.
+    #[serde(default = "default_answer")]
+    pub answer_timeout_ms: u64,
+    /// How long views may take to agree after a step.
+    #[serde(default = "default_settle")]
+    pub settle_ms: u64,
+    /// Interfaces removed at teardown.
+    #[serde(default)]
+    pub taps: Vec<String>,
+    /// Drivers needed (beyond those named by the devices).
+    #[serde(default)]
+    pub requires: Vec<String>,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_answer() -> u64 {
+    DEFAULT_ANSWER_TIMEOUT_MS
+}
+fn default_settle() -> u64 {
+    DEFAULT_SETTLE_MS
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `attach <devargs>` in the step's process.
+    Attach(String),
+    /// `detach <target>`.
+    Detach(String),
+    /// `lock <port>`.
+    Lock(u16),
+    /// `unlock <port>`.
+    Unlock(u16),
+    /// `send <port> <count> <size>`.
+    Send {
+        /// Port.
+        port: u16,
+        /// Frames.
+        count: u64,
+        /// Frame size.
+        size: u64,
+    },
+    /// `recv <port> <count> <timeout>`.
+    Recv {
+        /// Port.
+        port: u16,
+        /// Frames waited for.
+        count: u64,
+        /// Wait.
+        timeout_ms: u64,
+        /// Exact number expected (default: at least `count`).
+        exact: Option<u64>,
+    },
+    /// Any command line.
+    Cmd(String),
+    /// Cable down (lab-nic control socket).
+    LinkDown(String),
+    /// Cable up.
+    LinkUp(String),
+    /// Surprise removal.
+    Unplug(String),
+    /// SIGKILL a process.
+    Kill(ProcName),
+    /// `quit` a process.
+    Quit(ProcName),
+    /// Start a stopped or dead process again with its arguments.
+    Restart(ProcName),
+    /// Start a late process.
+    Start(ProcName),
+    /// Pause.
+    Wait(u64),
+}
+
+impl Action {
+    /// The hotplug_mp command line, for actions run inside a process.
+    pub fn command(&self) -> Option<String> {
+        Some(match self {
+            Action::Attach(a) => format!("attach {a}"),
+            Action::Detach(a) => format!("detach {a}"),
+            Action::Lock(p) => format!("lock {p}"),
+            Action::Unlock(p) => format!("unlock {p}"),
+            Action::Send { port, count, size } => format!("send {port} {count} {size}"),
+            Action::Recv { port, count, timeout_ms, .. } => format!("recv {port} {count} {timeout_ms}"),
+            Action::Cmd(c) => c.clone(),
+            _ => return None,
+        })
+    }
+
+    /// Whether the action is a hotplug operation (attach or detach).
+    pub fn is_hotplug(&self) -> bool {
+        matches!(self, Action::Attach(_) | Action::Detach(_))
+    }
+
+    fn map_strings(&mut self, f: &dyn Fn(&str) -> String) {
+        match self {
+            Action::Attach(s)
+            | Action::Detach(s)
+            | Action::Cmd(s)
+            | Action::LinkDown(s)
+            | Action::LinkUp(s)
+            | Action::Unplug(s) => *s = f(s),
+            _ => {}
+        }
+    }
+}
+
+/// What the answer must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Not a failure.
+    Ok,
+    /// Anything.
+    Any,
+    /// A failure containing this text.
+    Failure(String),
+}
+
+/// One step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// 1-based line of the step in its file (0 when built in code).
+    pub line: usize,
+    /// The process it runs in.
+    pub on: ProcName,
+    /// What it does.
+    pub action: Action,
+    /// What the answer must be.
+    pub expect: Expect,
+    /// The ports every live process must list afterwards.
+    pub ports: Option<Vec<(u16, String)>>,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.action {
+            Action::LinkDown(b) => write!(f, "link down {b}"),
+            Action::LinkUp(b) => write!(f, "link up {b}"),
+            Action::Unplug(b) => write!(f, "unplug {b}"),
+            Action::Kill(p) => write!(f, "kill {p}"),
+            Action::Quit(p) => write!(f, "quit {p}"),
+            Action::Restart(p) => write!(f, "restart {p}"),
+            Action::Start(p) => write!(f, "start {p}"),
+            Action::Wait(ms) => write!(f, "wait {ms} ms"),
+            a => write!(f, "{}: {}", self.on, a.command().unwrap_or_default()),
+        }
+    }
+}
+
+/// A parsed, checked scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    /// Name (file stem by default).
+    pub name: String,
+    /// File it came from (empty when built in code).
+    pub file: PathBuf,
+    /// What it checks.
+    pub description: String,
+    /// The lab.
+    pub lab: LabSpec,
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: String,
+    lab: LabSpec,
+    #[serde(default)]
+    step: Vec<toml::Spanned<RawStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSend {
+    port: u16,
+    #[serde(default = "one_u64")]
+    count: u64,
+    #[serde(default = "sixty_four")]
+    size: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecv {
+    port: u16,
+    #[serde(default = "one_u64")]
+    count: u64,
+    #[serde(default = "two_seconds")]
+    timeout_ms: u64,
+    #[serde(default)]
+    expect: Option<u64>,
+}
+
+fn one_u64() -> u64 {
+    1
+}
+fn sixty_four() -> u64 {
+    64
+}
+fn two_seconds() -> u64 {
+    2000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    #[serde(default)]
+    on: Option<String>,
+    attach: Option<String>,
+    detach: Option<toml::Value>,
+    lock: Option<u16>,
+    unlock: Option<u16>,
+    send: Option<RawSend>,
+    recv: Option<RawRecv>,
+    cmd: Option<String>,
+    link_down: Option<String>,
+    link_up: Option<String>,
+    unplug: Option<String>,
+    kill: Option<String>,
+    quit: Option<String>,
+    restart: Option<String>,
+    start: Option<String>,
+    wait_ms: Option<u64>,
+    expect: Option<String>,
+    failure: Option<String>,
+    ports: Option<BTreeMap<String, String>>,
+}
+
+const ACTIONS: &str =
+    "attach, detach, lock, unlock, send, recv, cmd, link_down, link_up, unplug, kill, quit, restart, start or wait_ms";
+
+/// Line and column (1-based) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Process names a lab has: primary, s1..sN, and the late ones.
+pub fn process_names(lab: &LabSpec) -> Vec<String> {
+    let mut v = vec!["primary".to_string()];
+    v.extend((1..=lab.secondaries).map(|i| format!("s{i}")));
+    for (k, p) in &lab.process {
+        if p.late && !v.contains(k) {
+            v.push(k.clone());
+        }
+    }
+    v
+}
+
+fn is_proc_name(s: &str) -> bool {
+    s == "primary" || s.strip_prefix('s').is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n >= 1))
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(file: &Path) -> Result<Scenario, ScenarioError> {
+        let text =
+            std::fs::read_to_string(file).map_err(|source| ScenarioError::Read { file: file.to_path_buf(), source })?;
+        Scenario::parse(&text, file)
+    }
+
+    /// Parses and checks scenario text; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Scenario, ScenarioError> {
+        let err_at = |offset: usize, message: String| {
+            let (line, column) = line_col(text, offset);
+            ScenarioError::Invalid { file: file.to_path_buf(), line, column, message }
+        };
+        let raw: RawScenario = toml::from_str(text).map_err(|e| {
+            let off = e.span().map(|s| s.start).unwrap_or(0);
+            err_at(off, e.message().trim().to_string())
+        })?;
+        let lab_at = |what: &str| {
+            // Point at the [lab] table (or the line naming the value) for lab-level errors.
+            let off = text.find(what).or_else(|| text.find("[lab]")).unwrap_or(0);
+            off
+        };
+        let lab = raw.lab;
+        if lab.secondaries > MAX_SECONDARIES {
+            return Err(err_at(
+                lab_at("secondaries"),
+                format!("secondaries = {}: expected at most {MAX_SECONDARIES}", lab.secondaries),
+            ));
+        }
+        for k in lab.process.keys() {
+            if !is_proc_name(k) {
+                return Err(err_at(
+                    lab_at(&format!("process.{k}")),
+                    format!("process name {k:?}: expected primary or s1, s2, ..."),
+                ));
+            }
+        }
+        let mut bdfs = Vec::new();
+        for n in &lab.nics {
+            if n.bdf.parse::<lab_core::bus::pci::PciAddr>().is_err() {
+                return Err(err_at(
+                    lab_at(&n.bdf),
+                    format!("nic bdf {:?}: expected a PCI address such as 0000:00:05.0", n.bdf),
+                ));
+            }
+            if bdfs.contains(&n.bdf) {
+                return Err(err_at(lab_at(&n.bdf), format!("nic {} given twice", n.bdf)));
+            }
+            bdfs.push(n.bdf.clone());
+        }
+        let names = process_names(&lab);
+        let mut steps = Vec::new();
+        for s in raw.step {
+            let off = s.span().start;
+            let line = line_col(text, off).0;
+            let r = s.into_inner();
+            let bad = |m: String| err_at(off, m);
+            let mut actions: Vec<Action> = Vec::new();
+            if let Some(a) = r.attach {
+                actions.push(Action::Attach(a));
+            }
+            if let Some(d) = r.detach {
+                let t = match d {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) if (0..=u16::MAX as i64).contains(&i) => i.to_string(),
+                    other => return Err(bad(format!("detach = {other}: expected a port id, a name or devargs"))),
+                };
+                actions.push(Action::Detach(t));
+            }
+            if let Some(p) = r.lock {
+                actions.push(Action::Lock(p));
+            }
+            if let Some(p) = r.unlock {
+                actions.push(Action::Unlock(p));
+            }
+            if let Some(s) = r.send {
+                actions.push(Action::Send { port: s.port, count: s.count, size: s.size });
+            }
+            if let Some(s) = r.recv {
+                actions.push(Action::Recv { port: s.port, count: s.count, timeout_ms: s.timeout_ms, exact: s.expect });
+            }
+            if let Some(c) = r.cmd {
+                actions.push(Action::Cmd(c));
+            }
+            for (v, f) in [
+                (r.link_down, Action::LinkDown as fn(String) -> Action),
+                (r.link_up, Action::LinkUp),
+                (r.unplug, Action::Unplug),
+            ] {
+                if let Some(b) = v {
+                    if !bdfs.contains(&b) {
+                        return Err(bad(format!("{b:?} is not a [[lab.nic]] of this lab (expected one of {bdfs:?})")));
+                    }
+                    actions.push(f(b));
+                }
+            }
+            for (v, f) in [
+                (r.kill, Action::Kill as fn(String) -> Action),
+                (r.quit, Action::Quit),
+                (r.restart, Action::Restart),
+                (r.start, Action::Start),
+            ] {
+                if let Some(p) = v {
+                    if !names.contains(&p) {
+                        return Err(bad(format!("process {p:?} is not in the lab (expected one of {names:?})")));
+                    }
+                    actions.push(f(p));
+                }
+            }
+            if let Some(ms) = r.wait_ms {
+                actions.push(Action::Wait(ms));
+            }
+            let action = match actions.len() {
+                1 => actions.remove(0),
+                0 => return Err(bad(format!("step has no action: expected one of {ACTIONS}"))),
+                _ => return Err(bad(format!("step has {} actions: expected exactly one of {ACTIONS}", actions.len()))),
+            };
+            let on = r.on.unwrap_or_else(|| "primary".into());
+            if !names.contains(&on) {
+                return Err(bad(format!("on = {on:?}: expected one of {names:?}")));
+            }
+            let expect = match (r.expect.as_deref(), r.failure) {
+                (_, Some(f)) if r.expect.as_deref().is_some_and(|e| e != "failure") => {
+                    return Err(bad(format!(
+                        "expect = {:?} and failure = {f:?}: expected one of them",
+                        r.expect.unwrap_or_default()
+                    )))
+                }
+                (_, Some(f)) => Expect::Failure(f),
+                (None | Some("ok"), None) => Expect::Ok,
+                (Some("any"), None) => Expect::Any,
+                (Some(e), None) => {
+                    return Err(bad(format!("expect = {e:?}: expected \"ok\", \"any\" or failure = \"text\"")))
+                }
+            };
+            let ports = match r.ports {
+                None => None,
+                Some(m) => {
+                    let mut v = Vec::new();
+                    for (k, name) in m {
+                        let id = k
+                            .parse::<u16>()
+                            .map_err(|_| bad(format!("ports key {k:?}: expected a port id (0, 1, ...)")))?;
+                        v.push((id, name));
+                    }
+                    v.sort();
+                    Some(v)
+                }
+            };
+            steps.push(Step { line, on, action, expect, ports });
+        }
+        if steps.is_empty() {
+            return Err(err_at(text.len(), "no [[step]]: expected at least one".into()));
+        }
+        let name =
+            raw.name.unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        Ok(Scenario { name, file: file.to_path_buf(), description: raw.description, lab, steps })
+    }
+
+    /// Replaces `${run}` and `${dir}` everywhere, and maps emulated PCI addresses onto others
+    /// (real-NIC runs).
+    pub fn substitute(&mut self, run: &str, dir: &Path, bdf_map: &[(String, String)]) {
+        let dir = dir.display().to_string();
+        let f = |s: &str| {
+            let mut s = s.replace("${run}", run).replace("${dir}", &dir);
+            for (from, to) in bdf_map {
+                s = s.replace(from.as_str(), to);
+            }
+            s
+        };
+        let lab = &mut self.lab;
+        for v in lab.vdevs.iter_mut().chain(lab.eal.iter_mut()).chain(lab.taps.iter_mut()) {
+            *v = f(v);
+        }
+        for p in lab.process.values_mut() {
+            for v in p.eal.iter_mut() {
+                *v = f(v);
+            }
+        }
+        for n in lab.nics.iter_mut() {
+            n.wire = n.wire.as_deref().map(f);
+            n.bdf = f(&n.bdf);
+        }
+        for s in self.steps.iter_mut() {
+            s.action.map_strings(&f);
+            if let Some(p) = s.ports.as_mut() {
+                for (_, n) in p.iter_mut() {
+                    *n = f(n);
+                }
+            }
+        }
+    }
+
+    /// Device names (as hotplug_mp names them) that the steps attach or detach by devargs or
+    /// name, and the vdevs of the lab.
+    pub fn devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        let mut add = |s: &str| {
+            if let Ok(d) = lab_core::devargs::Devargs::parse(s) {
+                let n = d.name().to_string();
+                if !v.contains(&n) {
+                    v.push(n);
+                }
+            }
+        };
+        for d in &self.lab.vdevs {
+            add(d);
+        }
+        for s in &self.steps {
+            match &s.action {
+                Action::Attach(a) => add(a),
+                Action::Detach(a) if a.parse::<u16>().is_err() => add(a),
+                _ => {}
+            }
+        }
+        v
+    }
+
+    /// Interfaces the lab may create: `taps`, `iface=` of net_tap devices, `tap=` wires.
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut v = self.lab.taps.clone();
+        let mut add = |s: &str| {
+            if !v.iter().any(|x| x == s) {
+                v.push(s.to_string());
+            }
+        };
+        for d in self.lab.vdevs.iter().chain(self.steps.iter().filter_map(|s| match &s.action {
+            Action::Attach(a) => Some(a),
+            _ => None,
+        })) {
+            if d.starts_with("net_tap") || d.starts_with("eth_tap") {
+                for kv in d.split(',').skip(1) {
+                    if let Some(i) = kv.strip_prefix("iface=") {
+                        add(i);
+                    }
+                }
+            }
+        }
+        for n in &self.lab.nics {
+            if let Some(t) = n.wire.as_deref().and_then(|w| w.strip_prefix("tap=")) {
+                add(t);
+            }
+        }
+        v
+    }
+
+    /// Whether any step needs the emulator's control socket.
+    pub fn needs_emulator(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s.action, Action::LinkDown(_) | Action::LinkUp(_) | Action::Unplug(_)))
+    }
+}
+
+/// Every `*.toml` under a file or directory, sorted.
+pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let rd = std::fs::read_dir(p).map_err(|source| ScenarioError::Read { file: p.clone(), source })?;
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(t, Path::new("x.toml"))
+    }
+
+    #[test]
+    fn a_full_scenario_parses_with_lines() {
+        let s = parse(
+            "[lab]\nsecondaries = 2\nvdevs = [\"net_null0\"]\n[[lab.nic]]\nbdf = \"0000:00:05.0\"\nwire = \"loopback\"\n\
+             [lab.process.s3]\nlate = true\n\n[[step]]\non = \"s1\"\nattach = \"net_null1\"\nports = { 0 = \"net_null0\", 1 = \"net_null1\" }\n\
+             [[step]]\ndetach = 1\nfailure = \"locked\"\n[[step]]\nstart = \"s3\"\n[[step]]\nlink_down = \"0000:00:05.0\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.steps.len(), 4);
+        assert_eq!(s.steps[0].line, 10);
+        assert_eq!(s.steps[0].on, "s1");
+        assert_eq!(s.steps[0].ports.as_ref().unwrap()[1], (1, "net_null1".to_string()));
+        assert_eq!(s.steps[1].action, Action::Detach("1".into()));
+        assert_eq!(s.steps[1].expect, Expect::Failure("locked".into()));
+        assert_eq!(s.name, "x");
+        assert_eq!(s.devices(), vec!["net_null0".to_string(), "net_null1".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_what_was_expected() {
+        let cases = [
+            ("[lab]\n[[step]]\nattach = \"a\"\ndetach = \"b\"\n", 2, "exactly one"),
+            ("[lab]\n[[step]]\non = \"s5\"\nattach = \"a\"\n", 2, "expected one of"),
+            ("[lab]\n[[step]]\nattahc = \"a\"\n", 3, "unknown field"),
+            ("[lab]\n[[step]]\nattach = \n", 3, ""),
+            ("[lab]\n\n[[step]]\nwait_ms = 1\nports = { x = \"a\" }\n", 3, "port id"),
+            ("[lab]\n[[step]]\nexpect = \"maybe\"\nwait_ms = 1\n", 2, "\"ok\""),
+            ("[lab]\n[[step]]\nlink_down = \"0000:00:09.0\"\n", 2, "lab.nic"),
+            ("[lab]\n", 2, "at least one"),
+        ];
+        for (text, line, want) in cases {
+            match parse(text) {
+                Err(ScenarioError::Invalid { line: l, message, .. }) => {
+                    assert_eq!(l, line, "{text:?}: {message}");
+                    assert!(message.contains(want), "{text:?}: {message}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+}
