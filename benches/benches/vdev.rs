@@ -1,0 +1,326 @@
+//! Group `rxtx`, virtual devices:
+//!
+//! * `null_io_fwd/32`: testpmd's io-forward on one core: receive a burst of 32 from one net_null
+//!   port, send it on another. The figure to beat is DPDK 22.11 testpmd on this machine, 42.6 Mpps.
+//! * `ring_xproc/64`: net_ring between two processes (this one sends bursts of 64 freshly
+//!   allocated buffers, a secondary receives and frees them), beside its floor `ring_u64_xproc/64`:
+//!   a raw lab_core `Ring<u64>` of 64 offsets per burst between the same two processes.
+//! * `af_packet_veth/64`, `tap/64`: bursts of 64 60-byte frames sent into a veth pair / a TAP, for
+//!   reference (the kernel's cost). They need CAP_NET_ADMIN and are skipped with a line otherwise.
+//!
+//! The second process is this bench executable itself, started in a peer mode (`vdev-peer ...`),
+//! so the bench needs no binary of another crate.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use lab_benches::{pin_to, print_ratio, PeerProc, BENCH_CPU};
+use lab_core::devargs::Devargs;
+use lab_core::ethdev::{Driver, EthDev, PortConf, PortId, ProbeCtx, Release, DEFAULT_POOL};
+use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::options::Options;
+use lab_core::ring::{Ring, RingFlags};
+use lab_core::runtime::Runtime;
+use lab_drivers::af_packet::AfPacketDriver;
+use lab_drivers::null::NullDriver;
+use lab_drivers::ring::RingDriver;
+use lab_drivers::tap::TapDriver;
+
+fn probe(rt: &Runtime, drv: &dyn Driver, devargs: &str, port: u16) -> Box<dyn EthDev> {
+    let da = Devargs::parse(devargs).expect("devargs");
+    let kv = da.validate(drv.name(), drv.keys()).expect("keys");
+    let conf = PortConf::default();
+    let ctx = ProbeCtx {
+        runtime: rt,
+        port: PortId(port),
+        name: da.name(),
+        devargs: &da,
+        kvargs: &kv,
+        pci: None,
+        conf: &conf,
+    };
+    drv.probe(&ctx).unwrap_or_else(|e| panic!("probe {devargs}: {e}"))
+}
+
+fn burst(n: usize) -> Vec<Option<Mbuf>> {
+    (0..n).map(|_| None).collect()
+}
+
+fn runtime(prefix: &str, role: &str) -> Runtime {
+    let (opts, _) = Options::parse([format!("--file-prefix={prefix}"), format!("--proc-type={role}")]).expect("opts");
+    Runtime::init(&opts).expect("runtime")
+}
+
+/// Peer mode: `vdev-peer ring-sink|ring-fwd PREFIX DEVARGS PORT` or `vdev-peer u64-echo PREFIX RING_IN RING_OUT`.
+fn peer_main(args: &[String]) -> ! {
+    if let Some(cpu) = std::env::var("LAB_BENCH_CPU").ok().and_then(|c| c.parse().ok()) {
+        pin_to(cpu);
+    }
+    std::thread::spawn(|| {
+        let mut b = [0u8; 64];
+        while let Ok(n) = std::io::stdin().read(&mut b) {
+            if n == 0 {
+                break;
+            }
+        }
+        std::process::exit(0);
+    });
+    let ready = || {
+        let mut o = std::io::stdout();
+        let _ = writeln!(o, "ready");
+        let _ = o.flush();
+    };
+    let rt = runtime(&args[1], "secondary");
+    match args[0].as_str() {
+        "ring-sink" => {
+            let mut port = probe(&rt, &RingDriver, &args[2], args[3].parse().expect("port"));
+            let mut pool = Mempool::lookup(rt.shm(), DEFAULT_POOL, 256).expect("pool");
+            let mut b = burst(64);
+            ready();
+            loop {
+                let n = port.rx_burst(0, &mut b);
+                pool.free_bulk(&mut b[..n]);
+            }
+        }
+        "ring-fwd" => {
+            let mut port = probe(&rt, &RingDriver, &args[2], args[3].parse().expect("port"));
+            let mut b = burst(64);
+            ready();
+            loop {
+                let n = port.rx_burst(0, &mut b);
+                let mut sent = 0;
+                while sent < n {
+                    sent += port.tx_burst(0, &mut b[sent..n]);
+                }
+            }
+        }
+        "u64-echo" => {
+            let a = Ring::<u64>::lookup(rt.shm(), &args[2]).expect("ring");
+            let z = Ring::<u64>::lookup(rt.shm(), &args[3]).expect("ring");
+            let mut b = [0u64; 64];
+            ready();
+            loop {
+                let n = a.dequeue_burst(&mut b);
+                let mut sent = 0;
+                while sent < n {
+                    sent += z.enqueue_burst(&b[sent..n]);
+                }
+            }
+        }
+        m => panic!("unknown peer mode {m}"),
+    }
+}
+
+fn net_admin() -> bool {
+    lab_drivers::tap::has_net_admin() && std::path::Path::new("/dev/net/tun").exists()
+}
+
+fn sh(args: &[&str]) -> bool {
+    std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success())
+}
+
+/// Deletes a link on drop.
+struct Link(String);
+impl Drop for Link {
+    fn drop(&mut self) {
+        sh(&["link", "del", "dev", &self.0]);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("vdev-peer") {
+        peer_main(&args[1..]);
+    }
+    let me = std::env::current_exe().expect("current exe").display().to_string();
+    let xdg = tempfile::tempdir().expect("tempdir");
+    // Set before any thread starts: the runtime and the peers use it for their runtime dir.
+    std::env::set_var("XDG_RUNTIME_DIR", xdg.path());
+    pin_to(BENCH_CPU);
+    let prefix = format!("bench-vdev-{}", std::process::id());
+    let rt = runtime(&prefix, "primary");
+    let _pool = Mempool::create(rt.shm(), DEFAULT_POOL, 8192, 2048, 0).expect("pool");
+    let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(4));
+    let mut g = c.benchmark_group("rxtx");
+
+    // testpmd io-forward over two null ports, one core.
+    {
+        let mut p0 = probe(&rt, &NullDriver, "net_null0", 0);
+        let mut p1 = probe(&rt, &NullDriver, "net_null1", 1);
+        let mut b = burst(32);
+        g.throughput(Throughput::Elements(32));
+        g.bench_with_input(BenchmarkId::new("null_io_fwd", 32), &32, |bch, _| {
+            bch.iter(|| {
+                let n = p0.rx_burst(0, &mut b);
+                let mut sent = 0;
+                while sent < n {
+                    sent += p1.tx_burst(0, &mut b[sent..n]);
+                }
+                n
+            })
+        });
+        p0.close(Release::Shared);
+        p1.close(Release::Shared);
+    }
+
+    // Floor: 256 u64s circulating between two processes through two raw rings (the secondary
+    // echoes ring a into ring b); an iteration takes 64 back and sends them out again.
+    const WINDOW: usize = 4;
+    {
+        let a = Ring::<u64>::create(rt.shm(), "bench_a", 1024, RingFlags::MPMC).expect("ring");
+        let z = Ring::<u64>::create(rt.shm(), "bench_b", 1024, RingFlags::MPMC).expect("ring");
+        let args = vec!["vdev-peer".into(), "u64-echo".into(), prefix.clone(), "bench_a".into(), "bench_b".into()];
+        let _peer = PeerProc::spawn(&me, &args, xdg.path());
+        let mut objs: Vec<u64> = (0..64).collect();
+        for _ in 0..WINDOW {
+            assert!(a.enqueue_bulk(&objs));
+        }
+        g.throughput(Throughput::Elements(64));
+        g.bench_with_input(BenchmarkId::new("ring_u64_xproc", 64), &64, |bch, _| {
+            bch.iter(|| {
+                let mut got = 0;
+                while got < 64 {
+                    got += z.dequeue_burst(&mut objs[got..]);
+                }
+                let mut sent = 0;
+                while sent < 64 {
+                    sent += a.enqueue_burst(&objs[sent..]);
+                }
+            })
+        });
+    }
+
+    // net_ring, the same shape: 256 buffers circulating (net_ring0 here, net_ring1 forwarding in a
+    // secondary); zero copy, the pool is not involved.
+    {
+        let mut port = probe(&rt, &RingDriver, "net_ring0,peer=net_ring1", 2);
+        let other = probe(&rt, &RingDriver, "net_ring1,peer=net_ring0", 3);
+        let args =
+            vec!["vdev-peer".into(), "ring-fwd".into(), prefix.clone(), "net_ring1,peer=net_ring0".into(), "3".into()];
+        let peer = PeerProc::spawn(&me, &args, xdg.path());
+        let mut pool = Mempool::lookup(rt.shm(), DEFAULT_POOL, 256).expect("pool");
+        let mut b = burst(64);
+        for _ in 0..WINDOW {
+            assert!(pool.alloc_bulk(&mut b));
+            for m in b.iter_mut().flatten() {
+                m.set_len(60);
+            }
+            let mut sent = 0;
+            while sent < 64 {
+                sent += port.tx_burst(0, &mut b[sent..]);
+            }
+        }
+        g.throughput(Throughput::Elements(64));
+        g.bench_with_input(BenchmarkId::new("ring_xproc", 64), &64, |bch, _| {
+            bch.iter(|| {
+                let mut got = 0;
+                while got < 64 {
+                    got += port.rx_burst(0, &mut b[got..]);
+                }
+                let mut sent = 0;
+                while sent < 64 {
+                    sent += port.tx_burst(0, &mut b[sent..]);
+                }
+            })
+        });
+        drop(peer);
+        drop(pool);
+        port.close(Release::Shared);
+        other.close(Release::Shared);
+    }
+
+    // net_ring one way with the pool in the loop: this process allocates and sends, a secondary
+    // receives and frees (buffers return through the shared pool ring), for information.
+    {
+        let mut tx = probe(&rt, &RingDriver, "net_ring2,peer=net_ring3", 6);
+        let rx_local = probe(&rt, &RingDriver, "net_ring3,peer=net_ring2", 7);
+        let args =
+            vec!["vdev-peer".into(), "ring-sink".into(), prefix.clone(), "net_ring3,peer=net_ring2".into(), "7".into()];
+        let peer = PeerProc::spawn(&me, &args, xdg.path());
+        let mut pool = Mempool::lookup(rt.shm(), DEFAULT_POOL, 256).expect("pool");
+        let mut b = burst(64);
+        g.throughput(Throughput::Elements(64));
+        g.bench_with_input(BenchmarkId::new("ring_xproc_alloc_free", 64), &64, |bch, _| {
+            bch.iter(|| {
+                while !pool.alloc_bulk(&mut b) {
+                    std::hint::spin_loop();
+                }
+                for m in b.iter_mut().flatten() {
+                    m.set_len(60);
+                }
+                let mut sent = 0;
+                while sent < 64 {
+                    sent += tx.tx_burst(0, &mut b[sent..]);
+                }
+            })
+        });
+        drop(peer);
+        drop(pool);
+        tx.close(Release::Shared);
+        rx_local.close(Release::Shared);
+    }
+
+    // Kernel interfaces, for reference.
+    if net_admin() {
+        let tag = std::process::id() % 100_000;
+        let (a, bname) = (format!("lbva{tag}"), format!("lbvb{tag}"));
+        if sh(&["link", "add", &a, "type", "veth", "peer", "name", &bname]) {
+            let _l = Link(a.clone());
+            for n in [&a, &bname] {
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{n}/disable_ipv6"), "1");
+                sh(&["link", "set", "dev", n, "up"]);
+            }
+            let mut p = probe(&rt, &AfPacketDriver, &format!("net_af_packet0,iface={a},qdisc_bypass=1"), 4);
+            bench_tx(&mut g, "af_packet_veth", p.as_mut(), &rt);
+            p.close(Release::Shared);
+        }
+        let t = format!("lbt{tag}");
+        let _l = Link(t.clone());
+        let mut p = probe(&rt, &TapDriver, &format!("net_tap0,iface={t}"), 5);
+        bench_tx(&mut g, "tap", p.as_mut(), &rt);
+        p.close(Release::Shared);
+    } else {
+        println!("skipping rxtx/af_packet_veth and rxtx/tap: needs CAP_NET_ADMIN and /dev/net/tun");
+    }
+    g.finish();
+    drop(rt);
+    c.final_summary();
+    println!();
+    let mpps = lab_benches::mean_ns("rxtx", "null_io_fwd/32").map(|ns| 32.0 / ns * 1e3);
+    match mpps {
+        Some(m) => println!(
+            "null_io_fwd/32: {m:.1} Mpps (DPDK 22.11 testpmd io-fwd over two null ports here: 42.6 Mpps: {})",
+            if m >= 42.6 { "met" } else { "NOT met" }
+        ),
+        None => println!("null_io_fwd/32 not measured in this run"),
+    }
+    print_ratio("net_ring vs raw ring, two processes", "rxtx", "ring_xproc/64", "ring_u64_xproc/64", None);
+}
+
+/// Bursts of 64 60-byte frames sent on queue 0 (retrying while the device is full).
+fn bench_tx(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: &str,
+    p: &mut dyn EthDev,
+    rt: &Runtime,
+) {
+    let mut pool = Mempool::lookup(rt.shm(), DEFAULT_POOL, 256).expect("pool");
+    let mut b = burst(64);
+    g.throughput(Throughput::Elements(64));
+    g.bench_with_input(BenchmarkId::new(id, 64), &64, |bch, _| {
+        bch.iter(|| {
+            while !pool.alloc_bulk(&mut b) {
+                std::hint::spin_loop();
+            }
+            for m in b.iter_mut().flatten() {
+                m.set_len(60);
+                m.data_mut()[..6].fill(0xff);
+            }
+            let mut sent = 0;
+            while sent < 64 {
+                sent += p.tx_burst(0, &mut b[sent..]);
+            }
+        })
+    });
+}
