@@ -507,9 +507,9 @@ impl<'e> Lab<'e> {
             match app.cmd("list") {
                 Ok(a) if a.starts_with("list all etherdev") => out.push((name.clone(), Ok(parse_list(&a)))),
                 Ok(a) => out.push((name.clone(), Err(format!("unexpected answer to list: {a}")))),
-                Err(ProcError::Exited { stderr, .. }) => {
+                Err(e) if matches!(e, ProcError::Exited { .. }) || !app.is_running() => {
                     if !slot.may_die {
-                        died.push(format!("{name} (pid {}) died: {}", slot.pid, last_lines(&stderr)));
+                        died.push(format!("{name} (pid {}) died: {}", slot.pid, last_lines(&app.stderr_now())));
                     }
                     if let Some(a) = slot.app.take() {
                         a.kill();
@@ -543,7 +543,14 @@ impl<'e> Lab<'e> {
 
     /// Polls until every live process lists the same ports (and `want`, if given), at most `within`.
     fn settle(&mut self, want: Option<&View>, within: Duration) -> Result<View, String> {
-        let deadline = Instant::now() + within;
+        self.settle_stable(want, within, Duration::ZERO)
+    }
+
+    /// As `settle`, and the agreed view must stay the same for `stable` (an operation may still
+    /// run in the primary when the process that asked for it died).
+    fn settle_stable(&mut self, want: Option<&View>, within: Duration, stable: Duration) -> Result<View, String> {
+        let deadline = Instant::now() + within + stable;
+        let mut since: Option<(View, Instant)> = None;
         loop {
             let (views, died) = self.views();
             if let Some(d) = died.first() {
@@ -551,7 +558,25 @@ impl<'e> Lab<'e> {
             }
             let problem = check_views(&views, want);
             match problem {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    match &since {
+                        Some((sv, t)) if *sv == v => {
+                            if t.elapsed() >= stable {
+                                return Ok(v);
+                            }
+                        }
+                        _ => {
+                            if stable.is_zero() {
+                                return Ok(v);
+                            }
+                            since = Some((v, Instant::now()));
+                        }
+                    }
+                    if Instant::now() >= deadline {
+                        return Err("the processes' view kept changing".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 Err(e) if Instant::now() >= deadline || self.env.stopping() => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -564,7 +589,7 @@ impl<'e> Lab<'e> {
         match app.cmd(line) {
             Ok(a) => Ok(a),
             Err(e) => {
-                if matches!(e, ProcError::Exited { .. }) {
+                if matches!(e, ProcError::Exited { .. }) || !app.is_running() {
                     if let Some(a) = slot.app.take() {
                         a.kill();
                     }
@@ -941,7 +966,9 @@ fn drive(lab: &mut Lab<'_>, observer: Option<Observer<'_>>, notes: &mut Vec<Stri
                     Err(_) => None,
                 };
                 let within = settle + Duration::from_millis(SWEEP_HOTPLUG_TIMEOUT_MS * 4);
-                let after = match lab.settle(None, within) {
+                let stable =
+                    if may_fire || result.is_err() { Duration::from_millis(SWEEP_HOTPLUG_TIMEOUT_MS * 2) } else { Duration::ZERO };
+                let after = match lab.settle_stable(None, within, stable) {
                     Ok(v) => v,
                     Err(e) => return failed(lab, "every process", e),
                 };
