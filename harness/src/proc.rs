@@ -128,6 +128,21 @@ impl AppProc {
         self.answer()
     }
 
+    /// Sends one command line without waiting for its answer (collect it with [`AppProc::answer_within`]).
+    pub fn send_line(&mut self, line: &str) -> Result<(), ProcError> {
+        let pid = self.pid();
+        let s = self.stdin.as_mut().ok_or(ProcError::Exited { pid, stderr: String::new() })?;
+        writeln!(s, "{line}").and_then(|_| s.flush()).map_err(|source| ProcError::Write { pid, source })
+    }
+
+    /// The answer to a command sent with [`AppProc::send_line`], waiting at most `wait`.
+    pub fn answer_within(&mut self, wait: Duration) -> Result<String, ProcError> {
+        let t = std::mem::replace(&mut self.timeout, wait);
+        let r = self.answer();
+        self.timeout = t;
+        r
+    }
+
     /// Whatever the process wrote to stderr so far.
     pub fn stderr_now(&self) -> String {
         self.errs.try_iter().collect::<Vec<_>>().join("\n")

@@ -258,6 +258,8 @@ struct ProcSlot {
     pid: u32,
     /// May die: killed by a step, or has a crash fault.
     may_die: bool,
+    /// A background command whose answer is not collected yet.
+    pending: Option<Step>,
 }
 
 struct NicProc {
@@ -381,7 +383,7 @@ impl<'e> Lab<'e> {
         app.timeout = self.answer_timeout;
         let may_die = args.iter().any(|a| a.starts_with("--lab-fault") && a.ends_with(":crash"));
         tracing::debug!(process = name, pid = app.pid(), ?args, "started");
-        self.procs.insert(name.to_string(), ProcSlot { pid: app.pid(), args, app: Some(app), may_die });
+        self.procs.insert(name.to_string(), ProcSlot { pid: app.pid(), args, app: Some(app), may_die, pending: None });
         Ok(())
     }
 
@@ -504,6 +506,9 @@ impl<'e> Lab<'e> {
         let mut died = Vec::new();
         for (name, slot) in self.procs.iter_mut() {
             let Some(app) = slot.app.as_mut() else { continue };
+            if slot.pending.is_some() {
+                continue;
+            }
             match app.cmd("list") {
                 Ok(a) if a.starts_with("list all etherdev") => out.push((name.clone(), Ok(parse_list(&a)))),
                 Ok(a) => out.push((name.clone(), Err(format!("unexpected answer to list: {a}")))),
@@ -647,6 +652,23 @@ impl<'e> Lab<'e> {
                 };
                 self.spawn_proc(p, args).map_err(|f| f.message)?;
                 Ok(format!("started {p} (pid {})", self.procs.get(p).map(|s| s.pid).unwrap_or(0)))
+            }
+            Action::Join(p) => {
+                let wait = self.answer_timeout;
+                let slot = self.procs.get_mut(p).ok_or_else(|| format!("{p} was never started"))?;
+                let pending = slot.pending.take().ok_or_else(|| format!("{p} has no background command"))?;
+                let app = slot.app.as_mut().ok_or_else(|| format!("{p} is not running"))?;
+                let answer = app.answer_within(wait).map_err(|e| format!("{p} (pid {}): {e}", slot.pid))?;
+                check_answer(&pending, &answer).map_err(|e| format!("background step {pending}: {e}"))?;
+                Ok(answer)
+            }
+            a if s.background => {
+                let line = a.command().unwrap_or_default();
+                let slot = self.procs.get_mut(&s.on).ok_or_else(|| format!("{} is not running", s.on))?;
+                let app = slot.app.as_mut().ok_or_else(|| format!("{} is not running", s.on))?;
+                app.send_line(&line).map_err(|e| format!("{} (pid {}): {e}", s.on, slot.pid))?;
+                slot.pending = Some(s.clone());
+                Ok("running in the background".into())
             }
             a => {
                 let line = a.command().unwrap_or_default();
@@ -930,6 +952,7 @@ fn drive(lab: &mut Lab<'_>, observer: Option<Observer<'_>>, notes: &mut Vec<Stri
             None => {
                 let who = if s.action.command().is_some() { s.on.as_str() } else { "lab" };
                 match &result {
+                    Ok(_) if s.background || matches!(s.action, Action::Join(_)) => {}
                     Ok(a) => {
                         if let Err(e) = check_answer(s, a) {
                             return failed(lab, who, e);
@@ -966,8 +989,11 @@ fn drive(lab: &mut Lab<'_>, observer: Option<Observer<'_>>, notes: &mut Vec<Stri
                     Err(_) => None,
                 };
                 let within = settle + Duration::from_millis(SWEEP_HOTPLUG_TIMEOUT_MS * 4);
-                let stable =
-                    if may_fire || result.is_err() { Duration::from_millis(SWEEP_HOTPLUG_TIMEOUT_MS * 2) } else { Duration::ZERO };
+                let stable = if may_fire || result.is_err() {
+                    Duration::from_millis(SWEEP_HOTPLUG_TIMEOUT_MS * 2)
+                } else {
+                    Duration::ZERO
+                };
                 let after = match lab.settle_stable(None, within, stable) {
                     Ok(v) => v,
                     Err(e) => return failed(lab, "every process", e),
@@ -1087,7 +1113,8 @@ mod tests {
 
     #[test]
     fn answers_are_judged_by_the_expectation() {
-        let step = |action, expect| Step { line: 1, on: "primary".into(), action, expect, ports: None };
+        let step =
+            |action, expect| Step { line: 1, on: "primary".into(), action, expect, ports: None, background: false };
         let recv = Action::Recv { port: 0, count: 32, timeout_ms: 100, exact: None };
         assert!(check_answer(&step(recv.clone(), Expect::Ok), "received 32 packets (2048 bytes) on port 0").is_ok());
         assert!(check_answer(&step(recv, Expect::Ok), "received 3 packets (192 bytes) on port 0").is_err());

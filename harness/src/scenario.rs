@@ -60,7 +60,8 @@
 //!
 //! Every step has exactly one action key: `attach`, `detach`, `lock`, `unlock`, `send`, `recv`,
 //! `cmd` (any hotplug_mp command line), `link_down`, `link_up`, `unplug`, `kill`, `quit`, `restart`,
-//! `start`, `wait_ms`. Expectations: `expect = "ok"` (the default for process commands), `expect =
+//! `start`, `wait_ms`, `join`. `background = true` sends a process command without waiting (traffic
+//! during an unplug); a later `join = "s1"` step collects and checks its answer. Expectations: `expect = "ok"` (the default for process commands), `expect =
 //! "any"`, or `failure = "substring"`; `ports` checks every live process (port id and name); after
 //! every step the runner checks anyway that every live process lists the same ports with the same
 //! ids. `${run}` in any string becomes a short id unique to the run (for interface names), `${dir}`
@@ -235,6 +236,8 @@ pub enum Action {
     Start(ProcName),
     /// Pause.
     Wait(u64),
+    /// Wait for the answer of a process's background command and check it.
+    Join(ProcName),
 }
 
 impl Action {
@@ -294,6 +297,9 @@ pub struct Step {
     pub expect: Expect,
     /// The ports every live process must list afterwards.
     pub ports: Option<Vec<(u16, String)>>,
+    /// The command runs in the background: its answer is checked by a later `join` step, and
+    /// the process is left out of the checks until then.
+    pub background: bool,
 }
 
 impl fmt::Display for Step {
@@ -307,7 +313,14 @@ impl fmt::Display for Step {
             Action::Restart(p) => write!(f, "restart {p}"),
             Action::Start(p) => write!(f, "start {p}"),
             Action::Wait(ms) => write!(f, "wait {ms} ms"),
-            a => write!(f, "{}: {}", self.on, a.command().unwrap_or_default()),
+            Action::Join(p) => write!(f, "join {p}"),
+            a => {
+                write!(f, "{}: {}", self.on, a.command().unwrap_or_default())?;
+                if self.background {
+                    f.write_str(" (background)")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -391,13 +404,16 @@ struct RawStep {
     restart: Option<String>,
     start: Option<String>,
     wait_ms: Option<u64>,
+    join: Option<String>,
+    #[serde(default)]
+    background: bool,
     expect: Option<String>,
     failure: Option<String>,
     ports: Option<BTreeMap<String, String>>,
 }
 
 const ACTIONS: &str =
-    "attach, detach, lock, unlock, send, recv, cmd, link_down, link_up, unplug, kill, quit, restart, start or wait_ms";
+    "attach, detach, lock, unlock, send, recv, cmd, link_down, link_up, unplug, kill, quit, restart, start, join or wait_ms";
 
 /// Line and column (1-based) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -525,6 +541,7 @@ impl Scenario {
                 (r.quit, Action::Quit),
                 (r.restart, Action::Restart),
                 (r.start, Action::Start),
+                (r.join, Action::Join),
             ] {
                 if let Some(p) = v {
                     if !names.contains(&p) {
@@ -573,7 +590,12 @@ impl Scenario {
                     Some(v)
                 }
             };
-            steps.push(Step { line, on, action, expect, ports });
+            if r.background && action.command().is_none() {
+                return Err(bad(
+                    "background = true: expected a process command (attach, detach, send, recv, ...)".into()
+                ));
+            }
+            steps.push(Step { line, on, action, expect, ports, background: r.background });
         }
         if steps.is_empty() {
             return Err(err_at(text.len(), "no [[step]]: expected at least one".into()));
