@@ -1,0 +1,307 @@
+//! The virtual devices through the hotplug protocol, with real `hotplug_mp` processes: each
+//! device is attached from one secondary, used from the primary, detached from another secondary,
+//! 20 times; afterwards no process holds more descriptors than after the first cycle and no
+//! interface of the test is left. Devices that need a kernel interface (tap, af_packet, pcap on
+//! an interface) need CAP_NET_ADMIN and skip with one line without it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+const HOTPLUG_MP: &str = env!("CARGO_BIN_EXE_hotplug_mp");
+const CYCLES: usize = 20;
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(tag: &str) -> String {
+    format!("{tag}{}{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn skip_without_net_admin(test: &str) -> bool {
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| v.trim().to_string()))
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .unwrap_or(0);
+    if caps & (1 << 12) != 0 && Path::new("/dev/net/tun").exists() {
+        return false;
+    }
+    eprintln!("skipping {test}: needs CAP_NET_ADMIN and /dev/net/tun");
+    true
+}
+
+/// One `hotplug_mp` process; killed by pid and reaped on drop.
+struct App {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl App {
+    fn start(xdg: &Path, prefix: &str, role: &str) -> App {
+        let mut child = Command::new(HOTPLUG_MP)
+            .args([format!("--file-prefix={prefix}"), format!("--proc-type={role}"), "--no-pci".into()])
+            .env("XDG_RUNTIME_DIR", xdg)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn hotplug_mp");
+        let stdin = child.stdin.take().expect("stdin");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        App { child, stdin, lines }
+    }
+
+    /// Runs one command and returns its first output line (prompts stripped).
+    fn cmd(&mut self, c: &str) -> String {
+        let _ = writeln!(self.stdin, "{c}");
+        let _ = self.stdin.flush();
+        let l = self.lines.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| format!("<no answer to {c}>"));
+        l.trim_start_matches("example> ").to_string()
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deletes an interface on drop (a veth takes its peer with it).
+struct LinkGuard(String);
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", "dev", &self.0]).output();
+    }
+}
+
+fn link_exists(n: &str) -> bool {
+    Command::new("ip").args(["link", "show", "dev", n]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn veth(tag: &str) -> (String, String, LinkGuard) {
+    let (a, b) = (unique(&format!("{tag}a")), unique(&format!("{tag}b")));
+    let ok = Command::new("ip").args(["link", "add", &a, "type", "veth", "peer", "name", &b]).status().unwrap();
+    assert!(ok.success());
+    let g = LinkGuard(a.clone());
+    for n in [&a, &b] {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{n}/disable_ipv6"), "1");
+        assert!(Command::new("ip").args(["link", "set", "dev", n, "up"]).status().unwrap().success());
+    }
+    (a, b, g)
+}
+
+/// A raw AF_PACKET socket on one interface: counts test frames (EtherType 0x88b5) arriving.
+struct Raw(OwnedFd);
+
+impl Raw {
+    fn bind(iface: &str) -> Raw {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket call.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) };
+        assert!(fd >= 0);
+        // SAFETY: fresh descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(iface).unwrap();
+        // SAFETY: c is NUL-terminated.
+        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        // SAFETY: plain data.
+        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_protocol = proto;
+        sa.sll_ifindex = idx as i32;
+        // SAFETY: sa is a sockaddr_ll for the call.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(r, 0);
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+        let big: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt reads one timeval / one c_int.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                16,
+            );
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&big as *const libc::c_int).cast(),
+                4,
+            );
+        }
+        Raw(fd)
+    }
+
+    fn count(&self, want: usize, limit: Duration) -> usize {
+        let mut n = 0;
+        let mut buf = vec![0u8; 65536];
+        let end = Instant::now() + limit;
+        while n < want && Instant::now() < end {
+            // SAFETY: plain data.
+            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: buffer and address are ours, sized as passed.
+            let r = unsafe {
+                libc::recvfrom(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut sa as *mut libc::sockaddr_ll).cast(),
+                    &mut sl,
+                )
+            };
+            if r >= 14 && sa.sll_pkttype != libc::PACKET_OUTGOING as u8 && buf[12..14] == [0x88, 0xb5] {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn send(&self, count: usize) {
+        let mut f = [0u8; 80];
+        f[..6].fill(0xff);
+        f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x09]);
+        f[12..14].copy_from_slice(&[0x88, 0xb5]);
+        for _ in 0..count {
+            // SAFETY: sends 80 bytes from f.
+            let r = unsafe { libc::send(self.0.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            assert_eq!(r, 80);
+        }
+    }
+}
+
+fn field(s: &str, after: &str) -> u64 {
+    s.split(after).nth(1).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
+/// The scenario: `cycles` times attach from A, use from the primary, detach from B; then no
+/// process holds more descriptors than after the first cycle.
+fn scenario(test: &str, devargs: &str, name: &str, mut use_it: impl FnMut(&mut App, usize)) {
+    let xdg = tempfile::tempdir().unwrap();
+    let prefix = unique(&format!("hp{test}"));
+    let mut p = App::start(xdg.path(), &prefix, "primary");
+    p.cmd("stats 0"); // answers once the primary is up
+    let mut a = App::start(xdg.path(), &prefix, "secondary");
+    let mut b = App::start(xdg.path(), &prefix, "secondary");
+    a.cmd("stats 0");
+    b.cmd("stats 0");
+    let mut after_first = (0, 0, 0);
+    for i in 0..CYCLES {
+        assert_eq!(a.cmd(&format!("attach {devargs}")), format!("attached device {name}"), "cycle {i}");
+        use_it(&mut p, i);
+        assert_eq!(b.cmd(&format!("detach {name}")), format!("detached device {name}"), "cycle {i}");
+        if i == 0 {
+            after_first = (p.fds(), a.fds(), b.fds());
+        }
+    }
+    assert_eq!((p.fds(), a.fds(), b.fds()), after_first, "descriptors grew (primary, A, B)");
+}
+
+#[test]
+fn net_ring_attached_from_a_secondary_used_by_the_primary_detached_from_another() {
+    scenario("ring", "net_ring0", "net_ring0", |p, i| {
+        let s = p.cmd("send 0 100 64");
+        assert_eq!(s, "sent 100 packets on port 0", "cycle {i}");
+        let r = p.cmd("recv 0 100 5000");
+        assert_eq!(field(&r, "received"), 100, "cycle {i}: {r}");
+    });
+}
+
+#[test]
+fn net_pcap_attached_from_a_secondary_used_by_the_primary_detached_from_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let inp = dir.path().join("in.pcap");
+    let out = dir.path().join("out.pcap");
+    // Classic pcap: header, then 10 records of 60 bytes.
+    let mut f = Vec::new();
+    f.extend(0xa1b2_c3d4u32.to_le_bytes());
+    f.extend(2u16.to_le_bytes());
+    f.extend(4u16.to_le_bytes());
+    f.extend([0u8; 8]);
+    f.extend(65535u32.to_le_bytes());
+    f.extend(1u32.to_le_bytes());
+    for i in 0..10u32 {
+        f.extend(i.to_le_bytes());
+        f.extend(0u32.to_le_bytes());
+        f.extend(60u32.to_le_bytes());
+        f.extend(60u32.to_le_bytes());
+        f.extend([i as u8; 60]);
+    }
+    std::fs::write(&inp, f).unwrap();
+    let dev = format!("net_pcap0,rx_pcap={},tx_pcap={}", inp.display(), out.display());
+    scenario("pcap", &dev, "net_pcap0", |p, i| {
+        let r = p.cmd("recv 0 10 2000");
+        assert_eq!(field(&r, "received"), 10, "cycle {i}: {r}");
+        assert_eq!(p.cmd("send 0 25 100"), "sent 25 packets on port 0", "cycle {i}");
+        // Flushed per burst: on disk now, 24 + 25 * (16 + 100) bytes.
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 24 + 25 * 116, "cycle {i}");
+    });
+}
+
+#[test]
+fn net_tap_attached_from_a_secondary_used_by_the_primary_detached_from_another() {
+    if skip_without_net_admin("net_tap_attached_from_a_secondary_used_by_the_primary_detached_from_another") {
+        return;
+    }
+    let ifn = unique("ht");
+    let _g = LinkGuard(ifn.clone());
+    let dev = format!("net_tap0,iface={ifn}");
+    scenario("tap", &dev, "net_tap0", |p, i| {
+        let raw = Raw::bind(&ifn);
+        assert_eq!(p.cmd("send 0 50 80"), "sent 50 packets on port 0", "cycle {i}");
+        assert_eq!(raw.count(50, Duration::from_secs(5)), 50, "cycle {i}: kernel side");
+        raw.send(30);
+        let r = p.cmd("recv 0 30 5000");
+        assert!(field(&r, "received") >= 30, "cycle {i}: {r}");
+    });
+    assert!(!link_exists(&ifn), "tap interface {ifn} left after detach");
+}
+
+#[test]
+fn net_af_packet_attached_from_a_secondary_used_by_the_primary_detached_from_another() {
+    if skip_without_net_admin("net_af_packet_attached_from_a_secondary_used_by_the_primary_detached_from_another") {
+        return;
+    }
+    let (va, vb, _g) = veth("hv");
+    let raw = Raw::bind(&vb);
+    let dev = format!("net_af_packet0,iface={va},qpairs=2");
+    scenario("afp", &dev, "net_af_packet0", |p, i| {
+        assert_eq!(p.cmd("send 0 50 80"), "sent 50 packets on port 0", "cycle {i}");
+        assert_eq!(raw.count(50, Duration::from_secs(5)), 50, "cycle {i}: kernel side");
+    });
+}
