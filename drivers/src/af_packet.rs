@@ -106,17 +106,17 @@ impl Geometry {
     /// Checks a geometry as the kernel will; the error names the keys.
     pub fn new(blocksz: u64, framesz: u64, framecnt: u64) -> Result<Geometry, String> {
         let page = 4096;
-        if blocksz % page != 0 {
+        if !blocksz.is_multiple_of(page) {
             return Err(format!("blocksz={blocksz} is not a multiple of the page size {page}"));
         }
-        if framesz % TPACKET_ALIGNMENT != 0 || framesz < TPACKET2_HDRLEN + 64 {
+        if !framesz.is_multiple_of(TPACKET_ALIGNMENT) || framesz < TPACKET2_HDRLEN + 64 {
             return Err(format!("framesz={framesz} must be a multiple of 16 and at least {}", TPACKET2_HDRLEN + 64));
         }
         if framesz > blocksz {
             return Err(format!("framesz={framesz} is larger than blocksz={blocksz}"));
         }
         let fpb = blocksz / framesz;
-        if framecnt % fpb != 0 {
+        if !framecnt.is_multiple_of(fpb) {
             return Err(format!(
                 "framecnt={framecnt} is not a multiple of the {fpb} frames per block (blocksz={blocksz} / framesz={framesz})"
             ));

@@ -13,8 +13,8 @@
 //! deletes a non-persistent TAP when the last descriptor of any process is closed, so the lab
 //! removes it from the secondaries (`close(Local)` closes their duplicates) before the primary.
 //!
-//! This file also holds what the kernel-facing virtual PMDs share: [`netif`] (interface ioctls)
-//! and [`share`] (descriptors handed from the primary to secondaries).
+//! This file also holds what the kernel-facing virtual PMDs share: `netif` (interface ioctls)
+//! and `share` (descriptors handed from the primary to secondaries).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 

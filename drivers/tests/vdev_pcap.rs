@@ -11,9 +11,12 @@ use lab_core::mbuf::Mbuf;
 use lab_drivers::pcap::{tx_path, PcapDriver};
 use vdev_common::*;
 
+/// One record: (ts_ns, caplen, origlen, bytes).
+type Record = (u64, u32, u32, Vec<u8>);
+
 /// Classic pcap reader written from the format description, independent of the driver:
 /// (magic, linktype, records of (ts_ns, caplen, origlen, bytes)).
-fn read_pcap(p: &Path) -> (u32, u32, Vec<(u64, u32, u32, Vec<u8>)>) {
+fn read_pcap(p: &Path) -> (u32, u32, Vec<Record>) {
     let b = std::fs::read(p).unwrap();
     let u32le = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
     let magic = u32le(0);

@@ -185,7 +185,7 @@ impl Raw {
                     &mut sl,
                 )
             };
-            if r >= 14 && sa.sll_pkttype != libc::PACKET_OUTGOING as u8 && buf[12..14] == [0x88, 0xb5] {
+            if r >= 14 && sa.sll_pkttype != libc::PACKET_OUTGOING && buf[12..14] == [0x88, 0xb5] {
                 n += 1;
             }
         }

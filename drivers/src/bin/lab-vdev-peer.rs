@@ -64,12 +64,10 @@ fn main() {
         devargs: rest[1].clone(),
         conf: PortConf { nb_rxq: nrx, nb_txq: num(3, nrx), ..PortConf::default() },
     };
-    if let Ok(cpu) = std::env::var("LAB_BENCH_CPU").map(|c| c.parse::<usize>()) {
-        if let Ok(cpu) = cpu {
-            let mut set = nix::sched::CpuSet::new();
-            if set.set(cpu).is_ok() {
-                let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-            }
+    if let Some(cpu) = std::env::var("LAB_BENCH_CPU").ok().and_then(|c| c.parse::<usize>().ok()) {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(cpu).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
         }
     }
     let rt = match Runtime::init(&opts) {

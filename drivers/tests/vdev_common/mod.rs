@@ -386,7 +386,7 @@ impl RawSock {
                     &mut sl,
                 )
             };
-            if n > 0 && sa.sll_pkttype != libc::PACKET_OUTGOING as u8 && is_test_frame(&buf[..n as usize]) {
+            if n > 0 && sa.sll_pkttype != libc::PACKET_OUTGOING && is_test_frame(&buf[..n as usize]) {
                 got.push(buf[..n as usize].to_vec());
             }
         }
