@@ -113,6 +113,10 @@ impl std::fmt::Display for FaultCase {
     }
 }
 
+/// Environment variable every process of a run carries, set to the run's file prefix
+/// (`lab<pid of lab>-<run id>`): tests and people find a run's processes with it.
+pub const RUN_ENV: &str = "HOTPLUG_LAB_RUN";
+
 /// Hotplug timeout the sweep gives every process.
 pub const SWEEP_HOTPLUG_TIMEOUT_MS: u64 = 300;
 
@@ -377,6 +381,7 @@ impl<'e> Lab<'e> {
         c.args(&args)
             .env("XDG_RUNTIME_DIR", &self.xdg)
             .env("SYSFS_PCI_DEVICES", &self.sysfs)
+            .env(RUN_ENV, &self.prefix)
             .env_remove("RUST_LOG")
             .process_group(0);
         let mut app = AppProc::spawn(c).map_err(|e| fail(0, None, name, format!("cannot start {name}: {e}")))?;
@@ -415,7 +420,11 @@ impl<'e> Lab<'e> {
             }
             c.arg("--dev").arg(d);
         }
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        c.env(RUN_ENV, &self.prefix)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
         let mut child = c.spawn().map_err(|e| fail(0, None, "lab-nic", format!("cannot start lab-nic: {e}")))?;
         let out = child.stdout.take();
         let err = child.stderr.take();

@@ -455,7 +455,7 @@ impl Scenario {
         };
         let raw: RawScenario = toml::from_str(text).map_err(|e| {
             let off = e.span().map(|s| s.start).unwrap_or(0);
-            err_at(off, e.message().trim().to_string())
+            err_at(off, e.message().trim().replace('\n', "; "))
         })?;
         let lab_at = |what: &str| {
             // Point at the [lab] table (or the line naming the value) for lab-level errors.

@@ -1,0 +1,80 @@
+//! Helpers of the `lab` binary's tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+pub const LAB: &str = env!("CARGO_BIN_EXE_lab");
+
+/// harness/scenarios.
+pub fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+/// Builds lab-nic (another package) next to `lab` if it is not there, keeping CARGO_TARGET_DIR.
+pub fn ensure_lab_nic() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let dir = Path::new(LAB).parent().unwrap();
+        if dir.join("lab-nic").exists() {
+            return;
+        }
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "lab-emu", "--bin", "lab-nic"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build lab-nic");
+        assert!(st.success(), "building lab-nic failed");
+        assert!(dir.join("lab-nic").exists(), "lab-nic not at {}", dir.display());
+    });
+}
+
+/// `lab` with its temporary directories under `tmp` (so leftovers can be counted) and quiet logs.
+pub fn lab(tmp: &Path) -> Command {
+    let mut c = Command::new(LAB);
+    c.env("TMPDIR", tmp).env_remove("RUST_LOG");
+    c
+}
+
+/// Pids of processes whose environment has `HOTPLUG_LAB_RUN=lab<pid>-` (any lab when `pid` is None
+/// and the process's TMPDIR-made directories are under `tmp`).
+pub fn run_processes(lab_pid: Option<u32>) -> Vec<u32> {
+    let want = match lab_pid {
+        Some(p) => format!("HOTPLUG_LAB_RUN=lab{p}-"),
+        None => "HOTPLUG_LAB_RUN=lab".to_string(),
+    };
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
+        if env.split(|b| *b == 0).any(|kv| kv.starts_with(want.as_bytes())) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// What a run left behind: its temporary dirs under `tmp`, shared memory files and processes of
+/// lab `pid`.
+pub fn leftovers(tmp: &Path, lab_pid: Option<u32>) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(tmp).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("lab-run-") {
+            v.push(format!("temporary dir {n}"));
+        }
+    }
+    if let Some(pid) = lab_pid {
+        for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&format!("hotplug-lab-lab{pid}-")) {
+                v.push(format!("shared memory /dev/shm/{n}"));
+            }
+        }
+        for p in run_processes(Some(pid)) {
+            v.push(format!("process {p}"));
+        }
+    }
+    v
+}

@@ -1,0 +1,294 @@
+//! The `lab` runner itself: a failing scenario is reported where it failed, bad files are refused
+//! before anything starts, nothing survives a run (Ctrl-C included), reports have their structure,
+//! missing drivers skip, `--real` without VFIO exits 77, and the demo runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod lab_common;
+
+use lab_common::{ensure_lab_nic, lab, leftovers, run_processes, LAB};
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A short interface name unique to this test process.
+fn ifname(tag: &str) -> String {
+    format!("l{tag}{}", std::process::id() % 100_000)
+}
+
+fn iface_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Elements of an XML document as paths (`testsuites/testsuite/testcase/failure`), checking that
+/// every tag is closed in order.
+fn xml_paths(x: &str) -> Vec<String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    let mut rest = x;
+    while let Some(i) = rest.find('<') {
+        let j = rest[i..].find('>').expect("unclosed tag") + i;
+        let tag = &rest[i + 1..j];
+        rest = &rest[j + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') {
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(stack.pop().as_deref(), Some(name.trim()), "mismatched </{name}>");
+            continue;
+        }
+        let name = tag.split_whitespace().next().unwrap().trim_end_matches('/').to_string();
+        stack.push(name);
+        out.push(stack.join("/"));
+        if tag.ends_with('/') {
+            stack.pop();
+        }
+    }
+    assert!(stack.is_empty(), "unclosed elements {stack:?}");
+    out
+}
+
+const FAILING: &str = r#"
+[lab]
+secondaries = 2
+vdevs = ["net_null0"]
+
+[[step]]
+on = "s1"
+attach = "net_null1"
+
+[[step]]
+on = "s2"
+detach = 0
+ports = { 0 = "net_null0", 1 = "net_null1" }
+"#;
+
+#[test]
+fn a_failing_scenario_says_which_step_which_process_and_what_each_saw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = write(tmp.path(), "wrong-expectation.toml", FAILING);
+    let ok = write(tmp.path(), "fine.toml", "[lab]\n[[step]]\nattach = \"net_null3\"\n");
+    let bad_answer =
+        write(tmp.path(), "bad-answer.toml", "[lab]\n[[step]]\non = \"s1\"\nattach = \"net_null0,size=99999\"\n");
+    let (junit, json) = (tmp.path().join("j.xml"), tmp.path().join("r.json"));
+    let child = lab(tmp.path())
+        .args(["run", "--junit"])
+        .arg(&junit)
+        .arg("--json")
+        .arg(&json)
+        .args([&f, &ok, &bad_answer])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("step 2 (s2: detach 0, line 10) in every process"), "{stdout}");
+    assert!(stdout.contains("every process lists 1 net_null1, expected 0 net_null0, 1 net_null1"), "{stdout}");
+    assert!(stdout.contains("s1 sees: 1 net_null1") && stdout.contains("primary sees: 1 net_null1"), "{stdout}");
+    // A wrong answer names the process and the answer.
+    assert!(
+        stdout.contains("step 1 (s1: attach net_null0,size=99999, line 2) in s1: answered \"cannot parse devargs"),
+        "{stdout}"
+    );
+
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let c = &j["cases"][0];
+    assert_eq!(c["result"], "failed");
+    assert_eq!(c["failure"]["step"], 2);
+    assert_eq!(c["failure"]["line"], 10);
+    assert_eq!(c["failure"]["views"].as_array().unwrap().len(), 3, "{c}");
+    assert_eq!(j["cases"][1]["result"], "passed");
+
+    let x = std::fs::read_to_string(&junit).unwrap();
+    let paths = xml_paths(&x);
+    assert_eq!(paths.iter().filter(|p| *p == "testsuites/testsuite").count(), 1, "{x}");
+    assert_eq!(paths.iter().filter(|p| *p == "testsuites/testsuite/testcase").count(), 3, "{x}");
+    assert!(paths.iter().any(|p| p == "testsuites/testsuite/testcase/failure"), "{x}");
+    assert!(x.contains("line 10") && x.contains("failures=\""), "{x}");
+    assert_eq!(leftovers(tmp.path(), Some(pid)), Vec::<String>::new());
+}
+
+#[test]
+fn a_scenario_needing_a_missing_driver_is_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = write(tmp.path(), "foo.toml", "[lab]\nvdevs = [\"net_foo0\"]\n[[step]]\ndetach = 0\n");
+    let out = lab(tmp.path()).args(["run"]).arg(&f).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("skipped: no driver for net_foo"), "{stdout}");
+}
+
+#[test]
+fn bad_scenario_files_are_refused_with_file_line_and_expectation_and_nothing_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = write(tmp.path(), "typo.toml", "[lab]\nsecondaries = 2\n\n[[step]]\nattahc = \"net_null0\"\n");
+    let b = write(tmp.path(), "two.toml", "[lab]\n[[step]]\nattach = \"x\"\ndetach = 0\n");
+    let c = write(tmp.path(), "syntax.toml", "[lab]\n[[step]]\nattach = \n");
+    let d = write(tmp.path(), "who.toml", "[lab]\nsecondaries = 1\n[[step]]\non = \"s4\"\nattach = \"x\"\n");
+    let good = write(tmp.path(), "good.toml", "[lab]\n[[step]]\nattach = \"net_null0\"\n");
+    let child = lab(tmp.path())
+        .arg("run")
+        .args([&good, &a, &b, &c, &d])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("typo.toml:5:1: unknown field `attahc`, expected one of"), "{err}");
+    assert!(err.contains("two.toml:2:") && err.contains("expected exactly one of attach"), "{err}");
+    assert!(err.contains("syntax.toml:3:"), "{err}");
+    assert!(err.contains("who.toml:3:") && err.contains("on = \"s4\": expected one of"), "{err}");
+    assert!(err.contains("nothing was started"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+    assert_eq!(leftovers(tmp.path(), Some(pid)), Vec::<String>::new());
+}
+
+#[test]
+fn nothing_survives_a_run_with_nics_and_taps() {
+    ensure_lab_nic();
+    let tmp = tempfile::tempdir().unwrap();
+    let (tap, wire) = (ifname("t"), ifname("w"));
+    let f = write(
+        tmp.path(),
+        "full.toml",
+        &format!(
+            r#"
+[lab]
+secondaries = 2
+vdevs = ["net_null0"]
+[[lab.nic]]
+bdf = "0000:00:05.0"
+wire = "tap={wire}"
+[[step]]
+on = "s1"
+attach = "net_tap0,iface={tap}"
+[[step]]
+on = "s2"
+attach = "0000:00:05.0"
+ports = {{ 0 = "net_null0", 1 = "net_tap0", 2 = "0000:00:05.0" }}
+"#
+        ),
+    );
+    let child = lab(tmp.path()).arg("run").arg(&f).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(leftovers(tmp.path(), Some(pid)), Vec::<String>::new());
+    assert!(!iface_exists(&tap) && !iface_exists(&wire), "interfaces left behind");
+}
+
+#[test]
+fn ctrl_c_mid_run_stops_every_process_and_removes_everything() {
+    ensure_lab_nic();
+    let tmp = tempfile::tempdir().unwrap();
+    let tap = ifname("c");
+    let f = write(
+        tmp.path(),
+        "long.toml",
+        &format!(
+            r#"
+[lab]
+secondaries = 2
+[[lab.nic]]
+bdf = "0000:00:05.0"
+wire = "loopback"
+[[step]]
+on = "s1"
+attach = "net_tap0,iface={tap}"
+[[step]]
+attach = "0000:00:05.0"
+[[step]]
+wait_ms = 60000
+[[step]]
+on = "s2"
+detach = 0
+"#
+        ),
+    );
+    let junit = tmp.path().join("j.xml");
+    let child = lab(tmp.path())
+        .args(["run", "--junit"])
+        .arg(&junit)
+        .arg(&f)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Mid-run: the three hotplug_mp processes and lab-nic are up and the TAP exists.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(run_processes(Some(pid)).len() >= 4 && iface_exists(&tap)) {
+        assert!(Instant::now() < deadline, "the run did not get going: {:?}", run_processes(Some(pid)));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15), "teardown took {:?}", started.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    assert_eq!(leftovers(tmp.path(), Some(pid)), Vec::<String>::new());
+    assert!(!iface_exists(&tap), "TAP {tap} left behind");
+    assert!(
+        xml_paths(&std::fs::read_to_string(&junit).unwrap()).contains(&"testsuites/testsuite/testcase/failure".into())
+    );
+}
+
+#[test]
+fn real_runs_without_vfio_exit_77_with_one_line() {
+    if Path::new("/dev/vfio").exists() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let f = write(tmp.path(), "x.toml", "[lab]\n[[step]]\nattach = \"net_null0\"\n");
+    let out = lab(tmp.path()).args(["run", "--real", "0000:03:00.0"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(77));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(s.lines().count(), 1, "{s}");
+    assert!(s.contains("/dev/vfio"), "{s}");
+}
+
+#[test]
+fn a_missing_hotplug_mp_is_named_with_how_to_build_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lone = tmp.path().join("lab");
+    std::fs::copy(LAB, &lone).unwrap();
+    let out = Command::new(&lone).args(["check", "x.toml"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&tmp.path().join("hotplug_mp").display().to_string()), "{err}");
+    assert!(err.contains("cargo build -p lab-harness --bin hotplug_mp"), "{err}");
+}
+
+#[test]
+fn the_demo_runs_the_four_scenarios_without_hardware() {
+    ensure_lab_nic();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = lab(tmp.path()).arg("demo").output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{s}\n{}", String::from_utf8_lossy(&out.stderr));
+    for n in [
+        "1. attach from the primary",
+        "2. detach from the primary",
+        "3. attach from a secondary",
+        "4. detach from a secondary",
+    ] {
+        assert!(s.contains(n), "{s}");
+    }
+    assert!(s.contains("4 passed, 0 failed"), "{s}");
+    assert!(s.contains("received 32 packets"), "{s}");
+    assert_eq!(leftovers(tmp.path(), None), Vec::<String>::new());
+}
