@@ -7,6 +7,7 @@
 //!
 //! Adding a model: a folder `model/<name>/`, and one arm in [`create`].
 
+pub mod i40e;
 pub mod ixgbe;
 pub mod pci;
 
@@ -36,7 +37,7 @@ pub enum ModelError {
 }
 
 /// Names accepted by [`create`].
-pub const KNOWN_MODELS: &str = "ixgbe";
+pub const KNOWN_MODELS: &str = "ixgbe,i40e";
 
 /// What a model is built from.
 pub struct ModelConfig {
@@ -111,6 +112,7 @@ pub trait DeviceModel: Send {
 pub fn create(name: &str, cfg: ModelConfig) -> Result<Box<dyn DeviceModel>, ModelError> {
     match name {
         "ixgbe" => Ok(Box::new(ixgbe::Ixgbe::new(cfg)?)),
+        "i40e" => Ok(Box::new(i40e::I40e::new(cfg)?)),
         other => Err(ModelError::UnknownModel { name: other.to_owned(), known: KNOWN_MODELS }),
     }
 }

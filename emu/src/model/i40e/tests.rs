@@ -1,0 +1,722 @@
+//! Model unit tests: registers, admin queue, HMC and rings against a `FakeDma`, no sockets.
+
+use super::*;
+use crate::dma::FakeDma;
+use crate::model::DeviceModel;
+use crate::wire::{Loopback, NullWire};
+
+const MAC: [u8; 6] = [0x02, 0, 0, 0, 0x40, 0x01];
+const BASE: u64 = 0x1_0000_0000;
+const ATQ: u64 = BASE;
+const ARQ: u64 = BASE + 0x1000;
+const AQ_BUF: u64 = BASE + 0x2000;
+const ARQ_BUFS: u64 = BASE + 0x4000;
+const TX_RING: u64 = BASE + 0x1_0000;
+const RX_RING: u64 = BASE + 0x1_1000;
+const HEAD_WB: u64 = BASE + 0x1_2000;
+const TX_BUFS: u64 = BASE + 0x2_0000;
+const RX_BUFS: u64 = BASE + 0x8_0000;
+const HMC_MEM: u64 = BASE + 0x20_0000;
+const AQ_LEN: u32 = 32;
+const ARQ_LEN: u32 = 8;
+const N: u32 = 32;
+/// RX contexts start 8 KiB into the FPM space (64 TX contexts of 128 bytes before them).
+const RX_BASE_512: u32 = 16;
+
+fn nic(wire: Box<dyn Wire>) -> I40e {
+    I40e::new(ModelConfig { bdf: "0000:03:00.0".into(), function: 0, mac: MAC, wire }).unwrap()
+}
+
+fn dma() -> FakeDma {
+    FakeDma::new(BASE, 0x40_0000)
+}
+
+fn rd(m: &mut I40e, off: u32) -> u32 {
+    let mut b = [0u8; 4];
+    m.bar_read(0, u64::from(off), &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn wr(m: &mut I40e, off: u32, v: u32) {
+    m.bar_write(0, u64::from(off), &v.to_le_bytes());
+}
+
+fn get_u64(dma: &mut FakeDma, iova: u64) -> u64 {
+    let mut b = [0u8; 8];
+    dma.read(iova, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn put_u64(dma: &mut FakeDma, iova: u64, v: u64) {
+    dma.write(iova, &v.to_le_bytes()).unwrap();
+}
+
+fn set_field(buf: &mut [u8], (lsb, width): (usize, usize), v: u64) {
+    for i in 0..width {
+        let bit = lsb + i;
+        if v >> i & 1 != 0 {
+            buf[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+}
+
+/// Programs both admin queues; ARQ descriptors are pre-posted with 512-byte buffers.
+fn aq_init(m: &mut I40e, dma: &mut FakeDma) {
+    m.config_write(4, &0x0006u16.to_le_bytes());
+    wr(m, PF_ATQH, 0);
+    wr(m, PF_ATQT, 0);
+    wr(m, PF_ATQBAL, ATQ as u32);
+    wr(m, PF_ATQBAH, (ATQ >> 32) as u32);
+    wr(m, PF_ATQLEN, AQ_LEN | AQLEN_ENABLE);
+    for i in 0..u64::from(ARQ_LEN) {
+        let mut d = [0u8; 32];
+        d[0..2].copy_from_slice(&AQ_FLAG_BUF.to_le_bytes());
+        d[4..6].copy_from_slice(&512u16.to_le_bytes());
+        let buf = ARQ_BUFS + i * 512;
+        d[24..28].copy_from_slice(&((buf >> 32) as u32).to_le_bytes());
+        d[28..32].copy_from_slice(&(buf as u32).to_le_bytes());
+        dma.write(ARQ + i * 32, &d).unwrap();
+    }
+    wr(m, PF_ARQH, 0);
+    wr(m, PF_ARQBAL, ARQ as u32);
+    wr(m, PF_ARQBAH, (ARQ >> 32) as u32);
+    wr(m, PF_ARQLEN, ARQ_LEN | AQLEN_ENABLE);
+    wr(m, PF_ARQT, ARQ_LEN - 1);
+}
+
+/// A completed admin command.
+struct Done {
+    flags: u16,
+    retval: u16,
+    datalen: u16,
+    params: [u8; 16],
+    buf: Vec<u8>,
+}
+
+impl Done {
+    fn p16(&self, off: usize) -> u16 {
+        u16::from_le_bytes([self.params[off], self.params[off + 1]])
+    }
+}
+
+/// Sends one command: `input` goes in an RD buffer; else an output buffer of `out_len` bytes.
+fn aq(m: &mut I40e, dma: &mut FakeDma, opcode: u16, params: [u8; 16], input: Option<&[u8]>, out_len: usize) -> Done {
+    let idx = rd(m, PF_ATQT);
+    let addr = ATQ + u64::from(idx) * 32;
+    let mut d = [0u8; 32];
+    let mut flags = AQ_FLAG_SI;
+    let len = input.map_or(out_len, |b| b.len());
+    d[16..32].copy_from_slice(&params);
+    if len > 0 {
+        flags |= AQ_FLAG_BUF | if len > 512 { AQ_FLAG_LB } else { 0 };
+        dma.write(AQ_BUF, &vec![0u8; 4096]).unwrap();
+        if let Some(b) = input {
+            flags |= AQ_FLAG_RD;
+            dma.write(AQ_BUF, b).unwrap();
+        }
+        d[24..28].copy_from_slice(&((AQ_BUF >> 32) as u32).to_le_bytes());
+        d[28..32].copy_from_slice(&(AQ_BUF as u32).to_le_bytes());
+    }
+    d[0..2].copy_from_slice(&flags.to_le_bytes());
+    d[2..4].copy_from_slice(&opcode.to_le_bytes());
+    d[4..6].copy_from_slice(&(len as u16).to_le_bytes());
+    dma.write(addr, &d).unwrap();
+    wr(m, PF_ATQT, (idx + 1) % AQ_LEN);
+    m.poll(dma);
+    assert_eq!(rd(m, PF_ATQH), (idx + 1) % AQ_LEN, "ATQH advanced");
+    let mut w = [0u8; 32];
+    dma.read(addr, &mut w).unwrap();
+    let mut buf = vec![0u8; len];
+    dma.read(AQ_BUF, &mut buf).unwrap();
+    let mut params = [0u8; 16];
+    params.copy_from_slice(&w[16..32]);
+    Done {
+        flags: u16::from_le_bytes([w[0], w[1]]),
+        retval: u16::from_le_bytes([w[6], w[7]]),
+        datalen: u16::from_le_bytes([w[4], w[5]]),
+        params,
+        buf,
+    }
+}
+
+fn ok(d: &Done) {
+    assert_eq!(d.flags & (AQ_FLAG_DD | AQ_FLAG_CMP | AQ_FLAG_ERR), AQ_FLAG_DD | AQ_FLAG_CMP, "rc {}", d.retval);
+    assert_eq!(d.retval, AQ_RC_OK);
+}
+
+fn failed(d: &Done, rc: u16) {
+    assert_eq!(d.flags & (AQ_FLAG_DD | AQ_FLAG_CMP | AQ_FLAG_ERR), AQ_FLAG_DD | AQ_FLAG_CMP | AQ_FLAG_ERR);
+    assert_eq!(d.retval, rc);
+}
+
+fn params(pairs: &[(usize, u16)]) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    for (off, v) in pairs {
+        p[*off..*off + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    p
+}
+
+/// HMC: one direct segment, LAN TX objects at FPM 0, RX at 8 KiB.
+fn hmc_init(m: &mut I40e) {
+    wr(m, glhmc_lantxbase(0), 0);
+    wr(m, glhmc_lantxcnt(0), PF_QUEUES);
+    wr(m, glhmc_lanrxbase(0), RX_BASE_512);
+    wr(m, glhmc_lanrxcnt(0), PF_QUEUES);
+    wr(m, PFHMC_SDDATAHIGH, (HMC_MEM >> 32) as u32);
+    wr(m, PFHMC_SDDATALOW, HMC_MEM as u32 | PFHMC_SDDATALOW_VALID | PFHMC_SDDATALOW_TYPE_DIRECT | (512 << 2));
+    wr(m, PFHMC_SDCMD, PFHMC_SDCMD_WR);
+}
+
+fn write_tx_ctx(dma: &mut FakeDma, q: u32, head_wb: bool) {
+    let mut c = [0u8; TX_CTX_LEN];
+    set_field(&mut c, TXC_NEW_CONTEXT, 1);
+    set_field(&mut c, TXC_BASE, TX_RING / 128);
+    set_field(&mut c, TXC_QLEN, u64::from(N));
+    if head_wb {
+        set_field(&mut c, TXC_HEAD_WB_ENA, 1);
+        set_field(&mut c, TXC_HEAD_WB_ADDR, HEAD_WB);
+    }
+    dma.write(HMC_MEM + u64::from(q) * 128, &c).unwrap();
+}
+
+fn write_rx_ctx(dma: &mut FakeDma, q: u32, dsize32: bool, dbuff: u64) {
+    let mut c = [0u8; RX_CTX_LEN];
+    set_field(&mut c, RXC_BASE, RX_RING / 128);
+    set_field(&mut c, RXC_QLEN, u64::from(N));
+    set_field(&mut c, RXC_DBUFF, dbuff / 128);
+    set_field(&mut c, RXC_DSIZE, u64::from(dsize32));
+    set_field(&mut c, RXC_CRCSTRIP, 1);
+    set_field(&mut c, RXC_RXMAX, 9728);
+    dma.write(HMC_MEM + u64::from(RX_BASE_512) * 512 + u64::from(q) * 32, &c).unwrap();
+}
+
+fn rx_desc_len(dsize32: bool) -> u64 {
+    if dsize32 {
+        32
+    } else {
+        16
+    }
+}
+
+/// Full bring-up of queue pair 0: admin queue, promiscuous broadcast, HMC, contexts, QENA handshake.
+fn bring_up(m: &mut I40e, dma: &mut FakeDma, dsize32: bool, head_wb: bool) {
+    aq_init(m, dma);
+    hmc_init(m);
+    write_tx_ctx(dma, 0, head_wb);
+    write_rx_ctx(dma, 0, dsize32, 2048);
+    let dl = rx_desc_len(dsize32);
+    for i in 0..u64::from(N) {
+        put_u64(dma, RX_RING + i * dl, RX_BUFS + i * 2048);
+        put_u64(dma, RX_RING + i * dl + 8, 0);
+    }
+    wr(m, qtx_ctl(0), 2);
+    wr(m, qrx_tail(0), N - 1);
+    wr(m, qrx_ena(0), QENA_REQ);
+    wr(m, qtx_ena(0), QENA_REQ);
+    assert_eq!(rd(m, qrx_ena(0)) & QENA_STAT, 0, "status follows the device, not the write");
+    m.poll(dma);
+    assert_eq!(rd(m, qrx_ena(0)), QENA_REQ | QENA_STAT);
+    assert_eq!(rd(m, qtx_ena(0)), QENA_REQ | QENA_STAT);
+}
+
+fn frame(dst: [u8; 6], len: usize, fill: u8) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_add(fill)).collect();
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f
+}
+
+/// Queues one frame on TX descriptor `idx` with EOP|RS and rings QTX_TAIL.
+fn queue_tx(m: &mut I40e, dma: &mut FakeDma, idx: u32, data: &[u8]) {
+    let buf = TX_BUFS + u64::from(idx) * 0x4000;
+    dma.write(buf, data).unwrap();
+    let d = TX_RING + u64::from(idx) * 16;
+    put_u64(dma, d, buf);
+    let cmd = (TXD_CMD_EOP | TXD_CMD_RS | 0x4) << TXD_CMD_SHIFT;
+    put_u64(dma, d + 8, TXD_DTYPE_DATA | cmd | ((data.len() as u64) << TXD_BSZ_SHIFT));
+    wr(m, qtx_tail(0), (idx + 1) % N);
+}
+
+/// Reads RX descriptor `idx`'s write-back: (DD, EOF, length).
+fn rx_wb(dma: &mut FakeDma, idx: u32, dsize32: bool) -> (bool, bool, usize) {
+    let qw1 = get_u64(dma, RX_RING + u64::from(idx) * rx_desc_len(dsize32) + 8);
+    (qw1 & RXD_STATUS_DD != 0, qw1 & RXD_STATUS_EOF != 0, ((qw1 >> RXD_LEN_PBUF_SHIFT) & RXD_LEN_PBUF_MASK) as usize)
+}
+
+#[test]
+fn pf_reset_self_clears_and_firmware_ready_bits_read_as_a_driver_expects() {
+    let mut m = nic(Box::new(NullWire::default()));
+    wr(&mut m, PFINT_ICR0_ENA, 0x4000_0000);
+    wr(&mut m, PFGEN_CTRL, PFGEN_CTRL_PFSWR);
+    assert_eq!(rd(&mut m, PFGEN_CTRL) & PFGEN_CTRL_PFSWR, 0, "PFSWR self-clears");
+    assert_eq!(rd(&mut m, PFINT_ICR0_ENA), 0, "PF reset clears registers");
+    assert_eq!(rd(&mut m, GLGEN_RSTAT) & 0x3, 0, "DEVSTATE idle");
+    let uld = GLNVM_ULD_CONF_CORE_DONE | GLNVM_ULD_CONF_GLOBAL_DONE;
+    assert_eq!(rd(&mut m, GLNVM_ULD) & uld, uld);
+    assert_ne!(rd(&mut m, GLNVM_FLA) & GLNVM_FLA_LOCKED, 0);
+    assert_eq!(rd(&mut m, GL_FWSTS) & 0x00ff_0000, 0, "FWS1B: not in recovery mode");
+    assert_eq!(rd(&mut m, PFGEN_PORTNUM), 0);
+    assert_eq!(rd(&mut m, PF_FUNC_RID), 3 << 8);
+    assert_eq!(rd(&mut m, PFLAN_QALLOC), 0x8000_0000 | (63 << 16));
+    assert_eq!((rd(&mut m, GLPCI_CNF2) >> 2) & 0x7ff, 64);
+    assert_eq!(rd(&mut m, GLHMC_LANTXOBJSZ), 7);
+    assert_eq!(rd(&mut m, GLHMC_LANRXOBJSZ), 5);
+    assert_eq!(rd(&mut m, GLHMC_LANQMAX), 1536);
+}
+
+#[test]
+fn shadow_ram_words_read_through_srctl_and_srdata() {
+    let mut m = nic(Box::new(NullWire::default()));
+    wr(&mut m, GLNVM_SRCTL, GLNVM_SRCTL_START | (SR_NVM_DEV_STARTER_VERSION << GLNVM_SRCTL_ADDR_SHIFT));
+    assert_ne!(rd(&mut m, GLNVM_SRCTL) & GLNVM_SRCTL_DONE, 0);
+    assert_eq!(rd(&mut m, GLNVM_SRDATA) >> 16, 0x0601);
+    wr(&mut m, GLNVM_SRCTL, GLNVM_SRCTL_START | (SR_NVM_EETRACK_HI << GLNVM_SRCTL_ADDR_SHIFT));
+    assert_eq!(rd(&mut m, GLNVM_SRDATA) >> 16, 0x8000);
+}
+
+#[test]
+fn get_version_completes_with_dd_cmp_and_api_1_7() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    aq_init(&mut m, &mut dma);
+    let d = aq(&mut m, &mut dma, AQC_GET_VERSION, [0; 16], None, 0);
+    ok(&d);
+    assert_eq!((d.p16(12), d.p16(14)), (1, 7));
+    assert_eq!(d.p16(8), 6);
+}
+
+#[test]
+fn every_bring_up_command_succeeds() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    aq_init(&mut m, &mut dma);
+    let v = AQC_SET_VSI_PROMISC;
+    type Case = (u16, [u8; 16], Option<Vec<u8>>, usize);
+    let cases: Vec<Case> = vec![
+        (AQC_DRIVER_VERSION, [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Some(b"lab\0".to_vec()), 0),
+        (AQC_QUEUE_SHUTDOWN, [0; 16], None, 0),
+        (AQC_REQUEST_RESOURCE, params(&[(0, 1), (2, 1)]), None, 0),
+        (AQC_RELEASE_RESOURCE, params(&[(0, 1)]), None, 0),
+        (AQC_CLEAR_PXE_MODE, [0; 16], None, 0),
+        (AQC_SET_SWITCH_CONFIG, [0; 16], None, 0),
+        (AQC_GET_PHY_ABILITIES, [0; 16], None, PHY_ABILITIES_LEN),
+        (AQC_SET_PHY_CONFIG, [0, 0, 0, 0, 0, PHY_ENABLE_LINK, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], None, 0),
+        (AQC_SET_PHY_INT_MASK, params(&[(8, !EVENT_LINK_UPDOWN)]), None, 0),
+        (AQC_SET_MAC_CONFIG, params(&[(0, 1522)]), None, 0),
+        (AQC_SET_LB_MODES, params(&[(0, 0)]), None, 0),
+        (v, params(&[(0, PROMISC_BROADCAST), (2, PROMISC_BROADCAST), (4, SEID_MAIN_VSI)]), None, 0),
+        (AQC_CONFIGURE_VSI_TC_BW, params(&[(0, SEID_MAIN_VSI)]), Some(vec![1; 32]), 0),
+        (AQC_QUERY_VSI_BW_CONFIG, params(&[(0, SEID_MAIN_VSI)]), None, QUERY_VSI_BW_LEN),
+        (AQC_QUERY_VSI_ETS_SLA_CONFIG, params(&[(0, SEID_MAIN_VSI)]), None, QUERY_VSI_ETS_SLA_LEN),
+        (AQC_ADD_CONTROL_PACKET_FILTER, [0; 16], None, 0),
+        (AQC_LLDP_STOP, [0; 16], None, 0),
+    ];
+    for (op, p, input, out) in cases {
+        let d = aq(&mut m, &mut dma, op, p, input.as_deref(), out);
+        assert_eq!(d.retval, AQ_RC_OK, "opcode {op:#06x}");
+        ok(&d);
+    }
+    assert_eq!(rd(&mut m, GLLAN_RCTL_0) & GLLAN_RCTL_0_PXE_MODE, 0, "clear_pxe_mode clears PXE_MODE");
+    assert_eq!(m.fw.max_frame, 1522);
+}
+
+#[test]
+fn bad_lengths_answer_einval_and_unknown_opcodes_enosys() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    aq_init(&mut m, &mut dma);
+    failed(&aq(&mut m, &mut dma, AQC_MAC_ADDRESS_READ, [0; 16], None, 8), AQ_RC_EINVAL);
+    failed(&aq(&mut m, &mut dma, AQC_MAC_ADDRESS_READ, [0; 16], None, 0), AQ_RC_EINVAL);
+    failed(&aq(&mut m, &mut dma, AQC_GET_VSI_PARAMS, params(&[(0, SEID_MAIN_VSI)]), None, 64), AQ_RC_EINVAL);
+    failed(&aq(&mut m, &mut dma, AQC_GET_PHY_ABILITIES, [0; 16], None, 16), AQ_RC_EINVAL);
+    failed(&aq(&mut m, &mut dma, AQC_ADD_MACVLAN, params(&[(0, 2)]), Some(&[0u8; 16]), 0), AQ_RC_EINVAL);
+    failed(&aq(&mut m, &mut dma, AQC_SET_MAC_CONFIG, params(&[(0, 20_000)]), None, 0), AQ_RC_EINVAL);
+    failed(&aq(&mut m, &mut dma, AQC_SET_LB_MODES, params(&[(0, 0x80)]), None, 0), AQ_RC_EINVAL);
+    failed(&aq(&mut m, &mut dma, 0x0fff, [0; 16], None, 0), AQ_RC_ENOSYS);
+    failed(&aq(&mut m, &mut dma, 0x0900, [0; 16], None, 0), AQ_RC_ENOSYS);
+    failed(&aq(&mut m, &mut dma, AQC_LLDP_GET_MIB, [0; 16], None, 512), AQ_RC_EPERM);
+    failed(&aq(&mut m, &mut dma, AQC_GET_CEE_DCB_CFG, [0; 16], None, 64), AQ_RC_EPERM);
+    failed(&aq(&mut m, &mut dma, AQC_GET_VSI_PARAMS, params(&[(0, 7)]), None, 128), AQ_RC_ENOENT);
+    // A buffer over 512 bytes without LB is malformed.
+    let idx = rd(&mut m, PF_ATQT);
+    let mut d = [0u8; 32];
+    d[0..2].copy_from_slice(&AQ_FLAG_BUF.to_le_bytes());
+    d[2..4].copy_from_slice(&AQC_LIST_FUNC_CAPS.to_le_bytes());
+    d[4..6].copy_from_slice(&1024u16.to_le_bytes());
+    d[28..32].copy_from_slice(&(AQ_BUF as u32).to_le_bytes());
+    d[24..28].copy_from_slice(&1u32.to_le_bytes());
+    dma.write(ATQ + u64::from(idx) * 32, &d).unwrap();
+    wr(&mut m, PF_ATQT, idx + 1);
+    m.poll(&mut dma);
+    dma.read(ATQ + u64::from(idx) * 32, &mut d).unwrap();
+    assert_eq!(u16::from_le_bytes([d[6], d[7]]), AQ_RC_EINVAL);
+    assert_eq!(m.faults().total(), 0, "bad commands are answered, not faults");
+}
+
+#[test]
+fn buffer_outside_dma_maps_answers_bad_addr_and_is_recorded() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    aq_init(&mut m, &mut dma);
+    let idx = rd(&mut m, PF_ATQT);
+    let mut d = [0u8; 32];
+    d[0..2].copy_from_slice(&AQ_FLAG_BUF.to_le_bytes());
+    d[2..4].copy_from_slice(&AQC_MAC_ADDRESS_READ.to_le_bytes());
+    d[4..6].copy_from_slice(&24u16.to_le_bytes());
+    d[24..28].copy_from_slice(&0xdeadu32.to_le_bytes());
+    dma.write(ATQ + u64::from(idx) * 32, &d).unwrap();
+    wr(&mut m, PF_ATQT, idx + 1);
+    m.poll(&mut dma);
+    dma.read(ATQ + u64::from(idx) * 32, &mut d).unwrap();
+    assert_eq!(u16::from_le_bytes([d[6], d[7]]), AQ_RC_BAD_ADDR);
+    assert!(m.faults().has("aq indirect buffer write"));
+    // A ring outside every map stalls the queue with one fault, not a crash.
+    wr(&mut m, PF_ATQBAL, 0x1000);
+    wr(&mut m, PF_ATQBAH, 0);
+    wr(&mut m, PF_ATQH, 0);
+    wr(&mut m, PF_ATQT, 1);
+    m.poll(&mut dma);
+    m.poll(&mut dma);
+    assert!(m.faults().has("atq descriptor read"));
+    assert_eq!(rd(&mut m, PF_ATQH), 0);
+}
+
+#[test]
+fn list_capabilities_reports_rss_512_and_queues_and_asks_for_room() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    aq_init(&mut m, &mut dma);
+    let small = aq(&mut m, &mut dma, AQC_LIST_FUNC_CAPS, [0; 16], None, 64);
+    failed(&small, AQ_RC_ENOMEM);
+    let need = usize::from(small.datalen);
+    assert_eq!(need % 32, 0);
+    let d = aq(&mut m, &mut dma, AQC_LIST_FUNC_CAPS, [0; 16], None, need);
+    ok(&d);
+    let count = u32::from_le_bytes([d.params[4], d.params[5], d.params[6], d.params[7]]) as usize;
+    assert_eq!(count * 32, need);
+    let cap = |id: u16| {
+        (0..count).find_map(|i| {
+            let e = &d.buf[i * 32..(i + 1) * 32];
+            (u16::from_le_bytes([e[0], e[1]]) == id).then(|| u32::from_le_bytes([e[4], e[5], e[6], e[7]]))
+        })
+    };
+    assert_eq!(cap(CAP_ID_RSS), Some(512));
+    assert_eq!(cap(CAP_ID_RXQ), Some(64));
+    assert_eq!(cap(CAP_ID_TXQ), Some(64));
+    assert_eq!(cap(CAP_ID_MSIX), Some(64));
+    assert!(cap(CAP_ID_VSI).is_some());
+}
+
+#[test]
+fn mac_read_switch_config_and_vsi_parameters_round_trip() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    aq_init(&mut m, &mut dma);
+    let d = aq(&mut m, &mut dma, AQC_MAC_ADDRESS_READ, [0; 16], None, 24);
+    ok(&d);
+    assert_eq!(&d.buf[0..6], &MAC);
+    assert_ne!(d.p16(0) & LAN_ADDR_VALID, 0);
+
+    let d = aq(&mut m, &mut dma, AQC_GET_SWITCH_CONFIG, [0; 16], None, 512);
+    ok(&d);
+    let n = u16::from_le_bytes([d.buf[0], d.buf[1]]) as usize;
+    let vsi = (0..n)
+        .map(|i| &d.buf[16 + i * 16..32 + i * 16])
+        .find(|e| e[0] == SW_ELEM_TYPE_VSI)
+        .map(|e| u16::from_le_bytes([e[2], e[3]]));
+    assert_eq!(vsi, Some(SEID_MAIN_VSI));
+
+    let mut props = [0u8; 128];
+    props[0..2].copy_from_slice(&VSI_PROP_QUEUE_MAP_VALID.to_le_bytes());
+    props[VSI_OFF_QUEUE_MAPPING..VSI_OFF_QUEUE_MAPPING + 2].copy_from_slice(&4u16.to_le_bytes());
+    props[VSI_OFF_TC_MAPPING..VSI_OFF_TC_MAPPING + 2].copy_from_slice(&(2u16 << 9).to_le_bytes());
+    props[10] = 0x55; // VLAN section, not flagged valid: ignored
+    ok(&aq(&mut m, &mut dma, AQC_UPDATE_VSI_PARAMS, params(&[(0, SEID_MAIN_VSI)]), Some(&props), 0));
+    let d = aq(&mut m, &mut dma, AQC_GET_VSI_PARAMS, params(&[(0, SEID_MAIN_VSI)]), None, 128);
+    ok(&d);
+    assert_eq!(d.p16(0), SEID_MAIN_VSI);
+    assert_eq!(&d.buf[VSI_OFF_QUEUE_MAPPING..VSI_OFF_QUEUE_MAPPING + 2], &4u16.to_le_bytes());
+    assert_eq!(d.buf[10], 0);
+    assert_eq!(m.fw.vsi.rx_queue(), 4);
+}
+
+#[test]
+fn macvlan_add_and_remove_report_per_element_results() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    aq_init(&mut m, &mut dma);
+    let seid = SEID_MAIN_VSI | MACVLAN_CMD_SEID_VALID;
+    let mut e = [0u8; 16];
+    e[0..6].copy_from_slice(&[0xff; 6]);
+    e[8..10].copy_from_slice(&MACVLAN_ADD_IGNORE_VLAN.to_le_bytes());
+    let d = aq(&mut m, &mut dma, AQC_ADD_MACVLAN, params(&[(0, 1), (2, seid)]), Some(&e), 0);
+    ok(&d);
+    assert_eq!(d.buf[12], MM_PERFECT_MATCH);
+    let mut r = [0u8; 16];
+    r[0..6].copy_from_slice(&MAC);
+    r[8] = MACVLAN_DEL_IGNORE_VLAN;
+    ok(&aq(&mut m, &mut dma, AQC_REMOVE_MACVLAN, params(&[(0, 1), (2, seid)]), Some(&r), 0));
+    let d = aq(&mut m, &mut dma, AQC_REMOVE_MACVLAN, params(&[(0, 1), (2, seid)]), Some(&r), 0);
+    failed(&d, AQ_RC_ENOENT);
+    assert_eq!(d.buf[12], REMOVE_MACVLAN_FAIL);
+}
+
+#[test]
+fn link_status_reports_10g_and_events_follow_the_cable() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    aq_init(&mut m, &mut dma);
+    let d = aq(&mut m, &mut dma, AQC_GET_LINK_STATUS, params(&[(0, LSE_ENABLE)]), None, 0);
+    ok(&d);
+    assert_eq!(d.p16(0) & LSE_IS_ENABLED, LSE_IS_ENABLED);
+    assert_ne!(d.params[4] & LINK_UP_FUNCTION, 0);
+    assert_eq!(d.params[3], LINK_SPEED_10GB);
+    wr(&mut m, PFINT_ICR0_ENA, PFINT_ICR0_ADMINQ);
+    m.take_irqs();
+    m.link_set(false);
+    m.poll(&mut dma);
+    assert_eq!(rd(&mut m, PF_ARQH), 1, "one event posted");
+    let mut ev = [0u8; 32];
+    dma.read(ARQ, &mut ev).unwrap();
+    assert_eq!(u16::from_le_bytes([ev[0], ev[1]]) & AQ_FLAG_DD, AQ_FLAG_DD);
+    assert_eq!(u16::from_le_bytes([ev[2], ev[3]]), AQC_GET_LINK_STATUS);
+    assert_eq!(ev[16 + 4] & LINK_UP_FUNCTION, 0, "event says down");
+    assert_ne!(rd(&mut m, PFINT_ICR0) & PFINT_ICR0_ADMINQ, 0);
+    assert_eq!(rd(&mut m, PFINT_ICR0), 0, "ICR0 is read-clear");
+    let d = aq(&mut m, &mut dma, AQC_GET_LINK_STATUS, [0; 16], None, 0);
+    assert_eq!(d.params[4] & LINK_UP_FUNCTION, 0);
+    // Masked events are not posted.
+    ok(&aq(&mut m, &mut dma, AQC_SET_PHY_INT_MASK, params(&[(8, EVENT_LINK_UPDOWN)]), None, 0));
+    m.link_set(true);
+    m.poll(&mut dma);
+    assert_eq!(rd(&mut m, PF_ARQH), 1);
+}
+
+#[test]
+fn hmc_contexts_are_read_on_queue_enable_and_decoded() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, true, true);
+    let t = m.txq[0].ctx.unwrap();
+    assert_eq!((t.base, t.qlen, t.head_wb_ena, t.head_wb_addr), (TX_RING, N, true, HEAD_WB));
+    let r = m.rxq[0].ctx.unwrap();
+    assert_eq!((r.base, r.qlen, r.dbuff, r.dsize32, r.crcstrip, r.rxmax), (RX_RING, N, 2048, true, true, 9728));
+    // Disable is immediate.
+    wr(&mut m, qtx_ena(0), 0);
+    assert_eq!(rd(&mut m, qtx_ena(0)), 0);
+    // Queue 1 has no context (qlen 0): the request fails, the status never comes.
+    wr(&mut m, qrx_ena(1), QENA_REQ);
+    m.poll(&mut dma);
+    assert_eq!(rd(&mut m, qrx_ena(1)), QENA_REQ);
+    assert!(m.faults().has("rx context qlen under 8"));
+}
+
+#[test]
+fn queue_enable_without_a_valid_segment_is_a_fault() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    aq_init(&mut m, &mut dma);
+    wr(&mut m, glhmc_lantxcnt(0), 4);
+    wr(&mut m, qtx_ena(0), QENA_REQ);
+    m.poll(&mut dma);
+    assert_eq!(rd(&mut m, qtx_ena(0)) & QENA_STAT, 0);
+    assert!(m.faults().has("hmc segment descriptor not valid"));
+}
+
+fn loopback_round_trip(dsize32: bool) {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, dsize32, false);
+    let frames = [frame(MAC, 60, 1), frame([0xff; 6], 1514, 2), frame(MAC, 64, 3)];
+    for (i, f) in frames.iter().enumerate() {
+        queue_tx(&mut m, &mut dma, i as u32, f);
+        m.poll(&mut dma);
+        let qw1 = get_u64(&mut dma, TX_RING + i as u64 * 16 + 8);
+        assert_eq!(qw1 & TXD_DTYPE_MASK, TXD_DTYPE_DESC_DONE, "tx write-back DTYPE=0xF");
+        let (dd, eof, len) = rx_wb(&mut dma, i as u32, dsize32);
+        assert!(dd && eof, "frame {i}");
+        assert_eq!(len, f.len());
+        let mut got = vec![0u8; len];
+        dma.read(RX_BUFS + i as u64 * 2048, &mut got).unwrap();
+        assert_eq!(&got, f, "frame {i} byte-identical");
+    }
+    assert_eq!(rd(&mut m, qtx_head(0)), 3);
+    let s = m.stats();
+    assert_eq!((s.tx_packets, s.rx_packets), (3, 3));
+    assert_eq!(rd(&mut m, glprt_uprcl(0)), 2);
+    assert_eq!(rd(&mut m, glprt_bprcl(0)), 1);
+    assert_eq!(rd(&mut m, glprt_uptcl(0)), 2);
+    assert_eq!(rd(&mut m, glprt_gorcl(0)), (60 + 1514 + 64) + 3 * 4);
+    assert_eq!(rd(&mut m, glprt_gotcl(0)) as u64 | (u64::from(rd(&mut m, glprt_gotcl(0) + 4)) << 32), 1638 + 12);
+    assert_eq!(rd(&mut m, glprt_gorcl(0)), (60 + 1514 + 64) + 3 * 4, "free-running, not clear-on-read");
+}
+
+#[test]
+fn tx_loopback_rx_is_byte_identical_with_16_byte_descriptors() {
+    loopback_round_trip(false);
+}
+
+#[test]
+fn tx_loopback_rx_is_byte_identical_with_32_byte_descriptors() {
+    loopback_round_trip(true);
+}
+
+#[test]
+fn head_write_back_replaces_descriptor_write_back() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, true);
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 100, 0));
+    queue_tx(&mut m, &mut dma, 1, &frame(MAC, 100, 0));
+    m.poll(&mut dma);
+    assert_eq!(get_u64(&mut dma, HEAD_WB) as u32, 2);
+    assert_ne!(get_u64(&mut dma, TX_RING + 8) & TXD_DTYPE_MASK, TXD_DTYPE_DESC_DONE);
+}
+
+#[test]
+fn frames_larger_than_one_buffer_span_descriptors_with_eof_on_last() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, false);
+    wr(&mut m, qrx_ena(0), 0);
+    write_rx_ctx(&mut dma, 0, false, 1024);
+    wr(&mut m, qrx_ena(0), QENA_REQ);
+    m.poll(&mut dma);
+    let f = frame(MAC, 2500, 9);
+    queue_tx(&mut m, &mut dma, 0, &f);
+    m.poll(&mut dma);
+    assert_eq!(rx_wb(&mut dma, 0, false), (true, false, 1024));
+    assert_eq!(rx_wb(&mut dma, 1, false), (true, false, 1024));
+    assert_eq!(rx_wb(&mut dma, 2, false), (true, true, 2500 - 2048));
+}
+
+#[test]
+fn unicast_filter_drops_foreign_mac_unless_promiscuous() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, false);
+    queue_tx(&mut m, &mut dma, 0, &frame([0x02, 9, 9, 9, 9, 9], 64, 0));
+    m.poll(&mut dma);
+    assert_eq!(m.stats().rx_packets, 0);
+    assert_eq!(m.stats().rx_filtered, 1);
+    let p = params(&[(0, PROMISC_UNICAST), (2, PROMISC_UNICAST), (4, SEID_MAIN_VSI)]);
+    ok(&aq(&mut m, &mut dma, AQC_SET_VSI_PROMISC, p, None, 0));
+    queue_tx(&mut m, &mut dma, 1, &frame([0x02, 9, 9, 9, 9, 9], 64, 0));
+    m.poll(&mut dma);
+    assert_eq!(m.stats().rx_packets, 1);
+}
+
+#[test]
+fn full_rx_ring_counts_discards() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, false);
+    wr(&mut m, qrx_tail(0), 1);
+    for i in 0..3 {
+        queue_tx(&mut m, &mut dma, i, &frame(MAC, 64, 0));
+        m.poll(&mut dma);
+    }
+    assert_eq!(m.stats().rx_packets, 1);
+    assert_eq!(rd(&mut m, glprt_rdpc(0)), 2);
+}
+
+#[test]
+fn mac_loopback_mode_turns_frames_around_inside_the_port() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, false);
+    ok(&aq(&mut m, &mut dma, AQC_SET_LB_MODES, params(&[(0, LB_MAC_LOCAL)]), None, 0));
+    let f = frame(MAC, 128, 5);
+    queue_tx(&mut m, &mut dma, 0, &f);
+    m.poll(&mut dma);
+    assert_eq!(rx_wb(&mut dma, 0, false), (true, true, 128));
+    let d = aq(&mut m, &mut dma, AQC_GET_LINK_STATUS, [0; 16], None, 0);
+    assert_eq!(u16::from(d.params[7]), LB_MAC_LOCAL);
+}
+
+#[test]
+fn oversize_frames_are_dropped_by_max_frame_size() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, false);
+    ok(&aq(&mut m, &mut dma, AQC_SET_MAC_CONFIG, params(&[(0, 1518)]), None, 0));
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 1515, 0));
+    queue_tx(&mut m, &mut dma, 1, &frame(MAC, 1514, 0));
+    m.poll(&mut dma);
+    assert_eq!(m.stats().rx_packets, 1);
+    assert_eq!(rd(&mut m, glprt_roc(0)), 1);
+}
+
+#[test]
+fn rings_wrap_and_bad_descriptors_are_faults_not_crashes() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, false);
+    for i in 0..(3 * N) {
+        let idx = i % N;
+        let f = frame(MAC, 64 + i as usize, i as u8);
+        queue_tx(&mut m, &mut dma, idx, &f);
+        m.poll(&mut dma);
+        let (dd, eof, len) = rx_wb(&mut dma, idx, false);
+        assert!(dd && eof && len == f.len(), "frame {i}");
+        put_u64(&mut dma, RX_RING + u64::from(idx) * 16, RX_BUFS + u64::from(idx) * 2048);
+        put_u64(&mut dma, RX_RING + u64::from(idx) * 16 + 8, 0);
+        wr(&mut m, qrx_tail(0), idx);
+    }
+    assert_eq!(m.stats().rx_packets, u64::from(3 * N));
+    // A TX buffer outside the DMA window.
+    let idx = rd(&mut m, qtx_head(0));
+    put_u64(&mut dma, TX_RING + u64::from(idx) * 16, 0xdead_0000_0000);
+    put_u64(
+        &mut dma,
+        TX_RING + u64::from(idx) * 16 + 8,
+        ((TXD_CMD_EOP | TXD_CMD_RS) << TXD_CMD_SHIFT) | (64 << TXD_BSZ_SHIFT),
+    );
+    wr(&mut m, qtx_tail(0), (idx + 1) % N);
+    m.poll(&mut dma);
+    assert!(m.faults().has("tx buffer read"));
+    // A tail beyond the ring.
+    wr(&mut m, qtx_tail(0), 4000);
+    m.poll(&mut dma);
+    m.poll(&mut dma);
+    assert!(m.faults().has("tx tail beyond ring"));
+}
+
+#[test]
+fn config_space_reports_x710_ids_and_msix_in_bar3() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut b = [0u8; 4];
+    m.config_read(0, &mut b);
+    assert_eq!(u32::from_le_bytes(b), 0x1572_8086);
+    m.config_read(8, &mut b);
+    assert_eq!(u32::from_le_bytes(b) >> 8, 0x020000);
+    assert_eq!(m.msix_count(), 64);
+    assert_eq!(m.bars()[0].size, 8 * 1024 * 1024);
+    assert_eq!(m.bars()[3].size, 32 * 1024);
+    assert_eq!(m.sparse_areas(0), vec![(0x10_8000, 0x2000), (0x12_8000, 0x2000)]);
+    let mut cap = 0x40u64;
+    loop {
+        let mut id = [0u8; 2];
+        m.config_read(cap, &mut id);
+        if id[0] == 0x11 {
+            break;
+        }
+        cap = u64::from(id[1]);
+    }
+    m.config_read(cap + 4, &mut b);
+    assert_eq!(u32::from_le_bytes(b) & 7, 3, "MSI-X table in BAR3");
+}
+
+#[test]
+fn bad_accesses_read_all_ones_and_are_recorded() {
+    let mut m = nic(Box::new(NullWire::default()));
+    let mut b = [0u8; 4];
+    m.bar_read(0, BAR0_SIZE, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    m.bar_read(0, 2, &mut b);
+    m.bar_write(0, u64::MAX - 1, &[0; 4]);
+    m.bar_read(1, 0, &mut b);
+    assert_eq!(m.faults().total(), 4);
+}
