@@ -32,6 +32,9 @@ use crate::scenario::{process_names, Action, Expect, Scenario, Step};
 /// Ports as a process lists them.
 pub type View = Vec<(u16, String)>;
 
+/// A process's name and its view, or why it has none.
+type Listing = (String, Result<View, String>);
+
 /// Errors that stop a lab from being built (as opposed to a scenario failing in it).
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -234,7 +237,7 @@ pub fn skip_reason(sc: &Scenario, env: &Env) -> Option<String> {
             "i40e" => PciId { vendor: 0x8086, device: 0x1572 },
             _ => continue,
         };
-        let attached = sc.devices().iter().any(|d| *d == n.bdf);
+        let attached = sc.devices().contains(&n.bdf);
         if attached && reg.pci_driver(id).is_none() {
             return Some(format!("no driver for {} functions ({id})", n.model));
         }
@@ -510,7 +513,7 @@ impl<'e> Lab<'e> {
 
     /// Every process's `list` (or why there is none). Dead processes are reaped (their slot
     /// emptied) and reported in `died` unless they were allowed to die.
-    fn views(&mut self) -> (Vec<(String, Result<View, String>)>, Vec<String>) {
+    fn views(&mut self) -> (Vec<Listing>, Vec<String>) {
         let mut out = Vec::new();
         let mut died = Vec::new();
         for (name, slot) in self.procs.iter_mut() {
@@ -765,7 +768,7 @@ fn last_lines(s: &str) -> String {
     }
 }
 
-fn check_views(views: &[(String, Result<View, String>)], want: Option<&View>) -> Result<View, String> {
+fn check_views(views: &[Listing], want: Option<&View>) -> Result<View, String> {
     let mut first: Option<(&str, &View)> = None;
     for (n, v) in views {
         let v = v.as_ref().map_err(|e| format!("{n}: {e}"))?;
@@ -982,11 +985,10 @@ fn drive(lab: &mut Lab<'_>, observer: Option<Observer<'_>>, notes: &mut Vec<Stri
             }
             Some(fc) => {
                 // The fault may fire in this step: wait out a hang before judging.
-                let may_fire = match (&s.action, fc.op) {
-                    (Action::Attach(_), "attach") => true,
-                    (Action::Detach(_), "pre-detach" | "detach") => true,
-                    _ => false,
-                };
+                let may_fire = matches!(
+                    (&s.action, fc.op),
+                    (Action::Attach(_), "attach") | (Action::Detach(_), "pre-detach" | "detach")
+                );
                 if may_fire && fc.mode == "hang" {
                     std::thread::sleep(hang_wait);
                 }

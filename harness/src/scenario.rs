@@ -457,11 +457,8 @@ impl Scenario {
             let off = e.span().map(|s| s.start).unwrap_or(0);
             err_at(off, e.message().trim().replace('\n', "; "))
         })?;
-        let lab_at = |what: &str| {
-            // Point at the [lab] table (or the line naming the value) for lab-level errors.
-            let off = text.find(what).or_else(|| text.find("[lab]")).unwrap_or(0);
-            off
-        };
+        // Lab-level errors point at the line naming the value, else at the [lab] table.
+        let lab_at = |what: &str| text.find(what).or_else(|| text.find("[lab]")).unwrap_or(0);
         let lab = raw.lab;
         if lab.secondaries > MAX_SECONDARIES {
             return Err(err_at(
