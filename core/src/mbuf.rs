@@ -203,6 +203,8 @@ impl Mbuf {
         h.pkt_len = 0;
         h.port = NO_PORT;
         h.ol_flags = 0;
+        // A recycled buffer must not carry the receive time of its previous packet (pcap writes it).
+        h.timestamp = 0;
     }
     /// Offset of the buffer in shared memory: the form in which buffers cross processes
     /// through rings. Ownership goes with it; rebuild with `Mbuf::from_offset`.
