@@ -48,6 +48,8 @@ const PACKET_FANOUT_HASH: u32 = 0;
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 const TP_STATUS_AVAILABLE: u32 = 0;
 const TP_STATUS_SEND_REQUEST: u32 = 1;
 const TP_STATUS_WRONG_FORMAT: u32 = 4;
@@ -360,7 +362,7 @@ impl Driver for AfPacketDriver {
             queues,
             _fds: fds,
             _published: published,
-            zone: zone.1,
+            _zone: zone.1,
         }))
     }
 }
@@ -430,10 +432,16 @@ impl Queue {
             // SAFETY: f is a frame start inside the mapping, 16-aligned; the header is shared
             // with the kernel, which hands the frame over by setting TP_STATUS_USER (acquire).
             let h = unsafe { &*f.cast::<Tpacket2Hdr>() };
-            if h.tp_status.load(Ordering::Acquire) & TP_STATUS_USER == 0 {
+            let status = h.tp_status.load(Ordering::Acquire);
+            if status & TP_STATUS_USER == 0 {
                 break;
             }
             let (mac, len) = (h.tp_mac as usize, h.tp_snaplen as usize);
+            // The kernel took a VLAN tag out of the frame: put it back after the MAC addresses.
+            let vlan = (status & TP_STATUS_VLAN_VALID != 0 && len >= 12).then(|| {
+                let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 { h.tp_vlan_tpid } else { 0x8100 };
+                (tpid, h.tp_vlan_tci)
+            });
             if mac.checked_add(len).is_none_or(|end| end > fsz) {
                 // A header that does not fit its frame: skip the frame, never read past it.
                 self.st.ierrors += 1;
@@ -443,17 +451,27 @@ impl Queue {
                     self.st.nombuf += 1;
                     break;
                 };
-                if !m.set_len(len) {
+                let total = len + if vlan.is_some() { 4 } else { 0 };
+                if !m.set_len(total) {
                     self.st.ierrors += 1;
                     self.pool.free(m);
                 } else {
                     // SAFETY: [mac, mac+len) lies inside this frame (checked above); the kernel
                     // does not write a USER frame until we give it back.
                     let src = unsafe { std::slice::from_raw_parts(f.add(mac), len) };
-                    m.data_mut().copy_from_slice(src);
+                    let d = m.data_mut();
+                    match vlan {
+                        Some((tpid, tci)) => {
+                            d[..12].copy_from_slice(&src[..12]);
+                            d[12..14].copy_from_slice(&tpid.to_be_bytes());
+                            d[14..16].copy_from_slice(&tci.to_be_bytes());
+                            d[16..].copy_from_slice(&src[12..]);
+                        }
+                        None => d.copy_from_slice(src),
+                    }
                     m.set_port(self.port);
                     m.hdr_mut().timestamp = h.tp_sec as u64 * 1_000_000_000 + h.tp_nsec as u64;
-                    self.st.ibytes += len as u64;
+                    self.st.ibytes += total as u64;
                     pkts[n] = Some(m);
                     n += 1;
                 }
@@ -525,7 +543,7 @@ struct AfPacketPort {
     queues: Vec<Queue>,
     _fds: Vec<OwnedFd>,
     _published: Option<share::Published>,
-    zone: ZoneGuard,
+    _zone: ZoneGuard,
 }
 
 impl EthDev for AfPacketPort {
@@ -572,10 +590,9 @@ impl EthDev for AfPacketPort {
         }
     }
     fn close(self: Box<Self>, how: Release) {
-        let mut me = *self;
-        if how == Release::Local {
-            me.zone.name = None;
-        }
+        // The ring-position zone goes with the process that created it (the primary), whichever
+        // way it releases; a secondary's guard holds no name.
+        let me = *self;
         tracing::info!(iface = %me.iface, shared = how == Release::Shared, "net_af_packet closed");
     }
 }
@@ -590,7 +607,7 @@ mod tests {
         assert_eq!((g.frames_per_block(), g.blocks(), g.ring_len()), (2, 256, 1 << 20));
         assert_eq!(g.frame_off(3), 4096 + 2048);
         assert!(Geometry::new(4000, 2048, 512).unwrap_err().contains("blocksz=4000"));
-        assert!(Geometry::new(4096, 2000, 512).unwrap_err().contains("framesz=2000"));
+        assert!(Geometry::new(4096, 2008, 512).unwrap_err().contains("framesz=2008"));
         assert!(Geometry::new(4096, 8192, 512).unwrap_err().contains("larger than blocksz"));
         assert!(Geometry::new(8192, 2048, 6).unwrap_err().contains("framecnt=6"));
     }

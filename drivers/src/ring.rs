@@ -314,8 +314,7 @@ impl EthDev for RingPort {
             }
             let n = q.z.ring.enqueue_burst(&offs[..k]);
             if n < k {
-                // Recount what really went: lengths of the first n (still ours to read? no: the
-                // peer may own them now), so subtract the ones that stay with us instead.
+                // The first n may already belong to the receiver: subtract the ones still ours.
                 for m in pkts[done + n..done + k].iter().flatten() {
                     bytes -= m.len() as u64;
                 }

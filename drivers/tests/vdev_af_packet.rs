@@ -97,6 +97,23 @@ fn frames_cross_a_veth_pair_both_ways_with_two_queue_pairs() {
     seqs.sort();
     assert_eq!(seqs, (0..200).collect::<Vec<_>>());
     assert!(per_q[0] > 0 && per_q[1] > 0, "fanout used one queue only: {per_q:?}");
+    // A VLAN-tagged frame arrives with its tag where it was, even if the kernel took it out.
+    let mut tagged = frame(7, 80);
+    tagged.splice(12..12, [0x81, 0x00, 0x20, 0x05]);
+    raw.send(&tagged);
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let mut found = None;
+    while found.is_none() && std::time::Instant::now() < end {
+        for q in 0..2u16 {
+            let k = p.rx_burst(q, &mut burst);
+            for m in burst[..k].iter_mut().filter_map(Option::take) {
+                if m.data().get(12..14) == Some(&[0x81, 0x00][..]) {
+                    found = Some(m.data().to_vec());
+                }
+            }
+        }
+    }
+    assert_eq!(found.as_deref(), Some(&tagged[..]));
     close(p);
 }
 
