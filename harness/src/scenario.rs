@@ -608,8 +608,12 @@ impl Scenario {
         let dir = dir.display().to_string();
         let f = |s: &str| {
             let mut s = s.replace("${run}", run).replace("${dir}", &dir);
-            for (from, to) in bdf_map {
-                s = s.replace(from.as_str(), to);
+            // Two passes, so that a target address that is also a source is not mapped twice.
+            for (i, (from, _)) in bdf_map.iter().enumerate() {
+                s = s.replace(from.as_str(), &format!("\u{0}{i}\u{0}"));
+            }
+            for (i, (_, to)) in bdf_map.iter().enumerate() {
+                s = s.replace(&format!("\u{0}{i}\u{0}"), to);
             }
             s
         };
@@ -738,6 +742,20 @@ mod tests {
         assert_eq!(s.steps[1].expect, Expect::Failure("locked".into()));
         assert_eq!(s.name, "x");
         assert_eq!(s.devices(), vec!["net_null0".to_string(), "net_null1".to_string()]);
+    }
+
+    #[test]
+    fn real_addresses_replace_emulated_ones_once() {
+        let mut s = parse(
+            "[lab]\n[[lab.nic]]\nbdf = \"0000:00:05.0\"\n[[lab.nic]]\nbdf = \"0000:00:06.0\"\n\
+             [[step]]\nattach = \"0000:00:05.0\"\n[[step]]\nattach = \"0000:00:06.0,x=${run}\"\n",
+        )
+        .unwrap();
+        let map =
+            [("0000:00:05.0".to_string(), "0000:00:06.0".to_string()), ("0000:00:06.0".into(), "0000:03:00.1".into())];
+        s.substitute("r1", Path::new("/d"), &map);
+        assert_eq!(s.steps[0].action, Action::Attach("0000:00:06.0".into()));
+        assert_eq!(s.steps[1].action, Action::Attach("0000:03:00.1,x=r1".into()));
     }
 
     #[test]
