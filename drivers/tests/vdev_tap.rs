@@ -119,4 +119,5 @@ fn twenty_attach_detach_cycles_leak_no_fd_and_no_interface() {
         assert!(!link_exists(&ifn));
     }
     assert_eq!(fd_count(), fds);
+    assert_eq!(leftover_links("lt"), Vec::<String>::new(), "interfaces of this test left");
 }
