@@ -355,6 +355,14 @@ impl Driver for AfPacketDriver {
         }
         let mac = netif::mac(&iface).unwrap_or([0; 6]);
         let mtu = netif::mtu(&iface).unwrap_or(1500);
+        if nrx < qpairs {
+            tracing::warn!(
+                device = ctx.name,
+                qpairs,
+                nb_rxq = nrx,
+                "the kernel spreads flows over all qpairs sockets: flows hashed to queues past nb_rxq are not received"
+            );
+        }
         tracing::info!(device = ctx.name, iface = %iface, qpairs, ?geo, primary, "net_af_packet probed");
         Ok(Box::new(AfPacketPort {
             info: DevInfo { driver: NAME, mac, mtu, nb_rxq: nrx, nb_txq: ntx, max_rxq: qpairs, max_txq: qpairs },
