@@ -128,3 +128,22 @@ fn twenty_probe_close_cycles_leak_nothing() {
     assert_eq!(lab.rt.shm().zones().len(), before_zones);
     assert_eq!(fd_count(), fds);
 }
+
+#[test]
+fn a_secondary_finds_the_primary_rings_and_its_close_frees_nothing() {
+    let lab = Lab::new("ringsec");
+    // Not attached in the primary: the secondary's probe fails, naming the ring it looked for.
+    let err = Peer::spawn(&lab.prefix, 0, "net_ring5", 1).err().unwrap();
+    assert!(err.contains("net_ring_net_ring5_q0") && err.contains("primary"), "{err}");
+    let mut p = lab.probe(&RingDriver, "net_ring5", 0, 1).unwrap();
+    let zones = lab.rt.shm().zones().len();
+    let mut peer = lab.peer(0, "net_ring5", 1);
+    assert_eq!(field(&peer.cmd("tx 10 100"), "pkts"), 10);
+    assert_eq!(peer.cmd("close"), "closed");
+    peer.quit();
+    assert_eq!(lab.rt.shm().zones().len(), zones, "close(Local) in a secondary freed shared zones");
+    // What the secondary sent is still there for the primary.
+    assert_eq!(recv_frames(p.as_mut(), 10, Duration::from_secs(1)).len(), 10);
+    close(p);
+    assert_eq!(lab.rt.shm().zones().len(), zones - 1);
+}
