@@ -768,7 +768,11 @@ impl Channel {
             }
             Dispatch::Worker => {
                 let mut req = Request {
-                    msg: Msg { name: view.name().to_string(), payload: view.payload().to_vec(), fds: std::mem::take(fds) },
+                    msg: Msg {
+                        name: view.name().to_string(),
+                        payload: view.payload().to_vec(),
+                        fds: std::mem::take(fds),
+                    },
                     peer,
                     id: view.id(),
                     wants_reply: view.kind() == 1,

@@ -49,7 +49,15 @@ impl Driver for NullDriver {
         let mut mac = [0x02, 0, 0, 0, 0, 0];
         mac[5] = ctx.port.0 as u8;
         Ok(Box::new(NullPort {
-            info: DevInfo { driver: NAME, mac, mtu: 1500, nb_rxq: nrx, nb_txq: ntx, max_rxq: MAX_QUEUES, max_txq: MAX_QUEUES },
+            info: DevInfo {
+                driver: NAME,
+                mac,
+                mtu: 1500,
+                nb_rxq: nrx,
+                nb_txq: ntx,
+                max_rxq: MAX_QUEUES,
+                max_txq: MAX_QUEUES,
+            },
             size,
             copy,
             no_rx,
