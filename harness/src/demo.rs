@@ -99,6 +99,12 @@ attach = "B"
 ports = { 0 = "net_null0", 1 = "A", 2 = "B" }
 [[step]]
 on = "s2"
+send = { port = 2, count = 32 }
+[[step]]
+on = "s1"
+recv = { port = 1, count = 32 }
+[[step]]
+on = "s2"
 detach = 1
 ports = { 0 = "net_null0", 2 = "B" }
 [[step]]

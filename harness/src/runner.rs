@@ -295,9 +295,27 @@ fn fail(step: usize, s: Option<&Step>, process: &str, message: impl Into<String>
         step_text: s.map(|s| s.to_string()).unwrap_or_default(),
         line: s.map(|s| s.line).unwrap_or(0),
         process: process.to_string(),
-        message: message.into(),
+        message: strip_ansi(&message.into()),
         views: Vec::new(),
     })
+}
+
+/// Removes terminal colour sequences (`ESC [ ... m`) from captured output.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Whether a hotplug_mp answer reports a failure.
@@ -368,7 +386,10 @@ impl<'e> Lab<'e> {
             a.push(format!("--hotplug-timeout-ms={SWEEP_HOTPLUG_TIMEOUT_MS}"));
         }
         if let Some(f) = self.fault.as_ref().filter(|f| f.process == name) {
-            for d in self.sc.devices() {
+            // Attach faults go on the devices the steps attach (not on the primary's start-up
+            // vdevs); detach faults on every device, since steps may detach by port id.
+            let devices = if f.op == "attach" { self.sc.attached_devices() } else { self.sc.devices() };
+            for d in devices {
                 a.push(format!("--lab-fault={}:{d}:{}", f.op, f.mode));
             }
         }
@@ -385,6 +406,7 @@ impl<'e> Lab<'e> {
             .env("XDG_RUNTIME_DIR", &self.xdg)
             .env("SYSFS_PCI_DEVICES", &self.sysfs)
             .env(RUN_ENV, &self.prefix)
+            .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .process_group(0);
         let mut app = AppProc::spawn(c).map_err(|e| fail(0, None, name, format!("cannot start {name}: {e}")))?;
@@ -424,6 +446,7 @@ impl<'e> Lab<'e> {
             c.arg("--dev").arg(d);
         }
         c.env(RUN_ENV, &self.prefix)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -994,7 +1017,10 @@ fn drive(lab: &mut Lab<'_>, observer: Option<Observer<'_>>, notes: &mut Vec<Stri
                 }
                 let primary_dead =
                     !lab.procs.get_mut("primary").is_some_and(|p| p.app.as_mut().is_some_and(|a| a.is_running()));
+                // A failure answer from a secondary whose primary died during the step does not
+                // say whether the operation was done: it is judged like no answer.
                 let answered = match &result {
+                    Ok(_) if primary_dead && s.on != "primary" => None,
                     Ok(a) if s.action.is_hotplug() => Some(!is_failure(a)),
                     Ok(_) => Some(true),
                     Err(_) => None,
@@ -1120,6 +1146,11 @@ mod tests {
         assert!(check_all_or_nothing(&d, &done, &v(&[(1, "net_null1")]), Some(true)).is_ok());
         assert!(check_all_or_nothing(&d, &done, &v(&[(0, "net_null1")]), Some(true)).is_err());
         assert!(check_all_or_nothing(&d, &done, &v(&[]), Some(true)).is_err());
+    }
+
+    #[test]
+    fn colour_sequences_are_stripped() {
+        assert_eq!(strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"), "2026  WARN x");
     }
 
     #[test]

@@ -665,6 +665,21 @@ impl Scenario {
         v
     }
 
+    /// Device names the steps attach (the lab's `--vdev`s are not among them).
+    pub fn attached_devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for s in &self.steps {
+            if let Action::Attach(a) = &s.action {
+                if let Ok(d) = lab_core::devargs::Devargs::parse(a) {
+                    if !v.iter().any(|x| x == d.name()) {
+                        v.push(d.name().to_string());
+                    }
+                }
+            }
+        }
+        v
+    }
+
     /// Interfaces the lab may create: `taps`, `iface=` of net_tap devices, `tap=` wires.
     pub fn interfaces(&self) -> Vec<String> {
         let mut v = self.lab.taps.clone();
