@@ -384,7 +384,7 @@ impl Hotplug {
             let mode = if name == A_REQ { Dispatch::Worker } else { secondary_mode };
             ch.register_action(name, mode, move |ch, req| {
                 let Some(inner) = w.upgrade() else { return };
-                let text = match f(&inner, &req) {
+                let text = match f(&inner, req) {
                     Ok(s) => format!("ok:{s}"),
                     Err(e) => format!("err:{e}"),
                 };
