@@ -11,6 +11,7 @@ use std::sync::Arc;
 use lab_core::ethdev::Registry;
 
 pub mod af_packet;
+pub mod i40e;
 pub mod ixgbe;
 pub mod null;
 pub mod pcap;
@@ -21,6 +22,7 @@ pub mod tap;
 pub fn register_all(reg: &mut Registry) {
     reg.register(Arc::new(null::NullDriver));
     reg.register(Arc::new(ixgbe::IxgbeDriver));
+    reg.register(Arc::new(i40e::I40eDriver));
     reg.register(Arc::new(ring::RingDriver));
     reg.register(Arc::new(tap::TapDriver));
     reg.register(Arc::new(af_packet::AfPacketDriver));

@@ -1,0 +1,1021 @@
+//! `net_i40e`: the Intel X710/XL710 poll-mode driver (PF, 8086:1572 and the other 700-series PF ids),
+//! over kernel VFIO on a real NIC or vfio-user against `lab-nic`.
+//!
+//! Control path here, admin queue in [`adminq`], data path in [`rxtx`], registers in [`regs`]. Read
+//! [`I40eDriver::probe`] and `Port::init_primary` top to bottom next to the datasheet (order no. 332464):
+//! the primary resets the PF, brings the admin queue up and asks the firmware for what the PF owns
+//! (version, capabilities, MAC, switch configuration, the main VSI), sets the VSI's queue map, filters and
+//! PHY, builds the LAN HMC (a paged segment in a memzone) and the queue contexts, and enables the queues
+//! with the QENA request/status handshake. A secondary only attaches: its own transport connection, its
+//! own BAR mapping and DMA map, and the queues, admin queue and HMC the primary built.
+//!
+//! Shared state (memzones the primary reserves, secondaries look up):
+//! * `i40e_<port>_dev`: [`DevShared`]: MAC, MTU, queue layout, VSI, statistics offsets;
+//! * `i40e_<port>_aq`: the admin queue rings and buffers ([`adminq`]), used by any process under the
+//!   shared-memory lock (link status);
+//! * `i40e_<port>_hmc`: the LAN HMC backing pages (one page of page descriptors, then the contexts);
+//! * `i40e_<port>_rxq<q>` / `i40e_<port>_txq<q>`: one per queue, see [`rxtx`].
+//!
+//! Devargs keys: `promisc` (start in promiscuous mode, default off).
+
+pub mod adminq;
+pub mod regs;
+pub mod rxtx;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lab_core::bus::pci::PciId;
+use lab_core::devargs::{BusKind, KeyKind, KeySpec};
+use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
+use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mem::{Shm, ShmOffset, IOVA_BASE};
+use lab_core::vfio::{open_pci, Bar, DeviceIo, DmaRegion, OpenOptions, VfioError};
+
+use self::adminq::{params16, AdminQueue, AqError, Buf, Completion};
+use self::regs::*;
+use self::rxtx::{RxQueue, TxQueue};
+
+const NAME: &str = "net_i40e";
+/// Queue pairs this driver sets up at most.
+pub const MAX_QUEUES: u16 = 16;
+/// Smallest ring.
+pub const MIN_DESC: u16 = 64;
+/// Largest ring (the context's qlen is 13 bits; rings are a multiple of 32 descriptors).
+pub const MAX_DESC: u16 = 4096;
+/// Frame overhead over the MTU: Ethernet header, CRC and two VLAN tags.
+const FRAME_OVERHEAD: u32 = 14 + 4 + 8;
+const DEFAULT_MTU: u16 = 1500;
+const DEV_MAGIC: u64 = 0x4934_3045_4445_5601;
+/// Largest frame the MAC takes (set_mac_config).
+const MAX_FRAME: u32 = 9728;
+
+const POLL_INTERVAL: Duration = Duration::from_micros(200);
+const RESET_TIMEOUT: Duration = Duration::from_secs(2);
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+const LINK_TIMEOUT: Duration = Duration::from_secs(2);
+const MASK48: u64 = (1 << 48) - 1;
+
+/// X710/XL710/XXV710/X722 PF device ids (Intel, vendor 8086), as the Linux and DPDK id tables list them.
+static PCI_IDS: [PciId; 18] = [
+    PciId { vendor: 0x8086, device: 0x1572 }, // X710 10GbE SFP+
+    PciId { vendor: 0x8086, device: 0x1580 }, // XL710 40GbE backplane (KX B)
+    PciId { vendor: 0x8086, device: 0x1581 }, // X710 10GbE backplane (KX C)
+    PciId { vendor: 0x8086, device: 0x1583 }, // XL710 40GbE QSFP+ (A)
+    PciId { vendor: 0x8086, device: 0x1584 }, // XL710 40GbE QSFP+ (B)
+    PciId { vendor: 0x8086, device: 0x1585 }, // XL710 QSFP+ (C)
+    PciId { vendor: 0x8086, device: 0x1586 }, // X710 10GBASE-T
+    PciId { vendor: 0x8086, device: 0x1587 }, // XL710 20G KR2
+    PciId { vendor: 0x8086, device: 0x1588 }, // XL710 20G KR2 (A)
+    PciId { vendor: 0x8086, device: 0x1589 }, // X710-T4 10GBASE-T
+    PciId { vendor: 0x8086, device: 0x158a }, // XXV710 25G backplane
+    PciId { vendor: 0x8086, device: 0x158b }, // XXV710 25G SFP28
+    PciId { vendor: 0x8086, device: 0x104e }, // X710 10G SFP+ (N3000 family)
+    PciId { vendor: 0x8086, device: 0x104f }, // X710 10G backplane
+    PciId { vendor: 0x8086, device: 0x15ff }, // X710 10GBASE-T (BC)
+    PciId { vendor: 0x8086, device: 0x37ce }, // X722 backplane
+    PciId { vendor: 0x8086, device: 0x37cf }, // X722 QSFP
+    PciId { vendor: 0x8086, device: 0x37d0 }, // X722 SFP+
+];
+
+static KEYS: [KeySpec; 1] = [KeySpec::new(
+    "promisc",
+    KeyKind::Bool,
+    "start in promiscuous mode: VSI unicast/multicast promiscuous (default 0)",
+)];
+
+/// The net_i40e driver.
+pub struct I40eDriver;
+
+/// Device state shared by every process attached to the port (memzone `i40e_<port>_dev`).
+#[repr(C, align(64))]
+pub struct DevShared {
+    magic: AtomicU64,
+    mac_lo: AtomicU32,
+    mac_hi: AtomicU32,
+    mtu: AtomicU32,
+    nb_rxq: AtomicU32,
+    nb_txq: AtomicU32,
+    nb_desc: AtomicU32,
+    buf_size: AtomicU32,
+    /// GLPRT_* index (PFGEN_PORTNUM).
+    port_num: AtomicU32,
+    /// PF number (PF_FUNC_RID).
+    pf_id: AtomicU32,
+    /// First PF queue (PFLAN_QALLOC).
+    first_q: AtomicU32,
+    /// SEID of the main VSI.
+    vsi_seid: AtomicU32,
+    _r: u32,
+    /// Counter values at the last stats reset (48-bit, written under the shared-memory lock):
+    /// uprc, mprc, bprc, uptc, mptc, bptc, gorc, gotc, rdpc.
+    offsets: [AtomicU64; 9],
+}
+
+fn dev_zone(port: u16) -> String {
+    format!("i40e_{port}_dev")
+}
+
+fn hmc_zone(port: u16) -> String {
+    format!("i40e_{port}_hmc")
+}
+
+/// Sets bit field `(lsb, width)` of a little-endian bit-packed context to `v`.
+fn set_field(buf: &mut [u8], (lsb, width): (usize, usize), v: u64) {
+    for i in 0..width.min(64) {
+        let bit = lsb + i;
+        if let Some(b) = buf.get_mut(bit / 8) {
+            if v >> i & 1 != 0 {
+                *b |= 1 << (bit % 8);
+            } else {
+                *b &= !(1 << (bit % 8));
+            }
+        }
+    }
+}
+
+impl Driver for I40eDriver {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn bus(&self) -> BusKind {
+        BusKind::Pci
+    }
+    fn keys(&self) -> &'static [KeySpec] {
+        &KEYS
+    }
+    fn pci_ids(&self) -> &'static [PciId] {
+        &PCI_IDS
+    }
+    fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError> {
+        let err = |r: String| ctx.error(NAME, r);
+        let pci = ctx.pci.ok_or_else(|| err("not a PCI device".into()))?;
+        let conf = ctx.conf;
+        if conf.nb_rxq == 0 || conf.nb_rxq > MAX_QUEUES || conf.nb_txq == 0 || conf.nb_txq > MAX_QUEUES {
+            return Err(err(format!("queue counts {}/{} out of range 1..={MAX_QUEUES}", conf.nb_rxq, conf.nb_txq)));
+        }
+        if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || !conf.nb_desc.is_multiple_of(32) {
+            return Err(err(format!("{} descriptors: a multiple of 32 in {MIN_DESC}..={MAX_DESC}", conf.nb_desc)));
+        }
+        let shm = ctx.runtime.shm();
+        let pool = Mempool::lookup(shm, &conf.pool, 256).map_err(|e| err(format!("buffer pool {}: {e}", conf.pool)))?;
+
+        // Transport: vfio-user when the sysfs dir has the socket, else kernel VFIO.
+        let dev: Arc<dyn DeviceIo> = Arc::from(
+            open_pci(&pci.path, &OpenOptions::default()).map_err(|e| err(format!("cannot open device: {e}")))?,
+        );
+        // This process's DMA map: the whole shared memory at IOVA_BASE (rings, HMC, buffers).
+        let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
+        dev.dma_map(&region).map_err(|e| err(format!("DMA map of shared memory: {e}")))?;
+        let mut port = Port {
+            dev: dev.clone(),
+            bar: None,
+            shm: shm.clone(),
+            port: ctx.port.0,
+            primary: ctx.is_primary(),
+            shared: None,
+            aq: None,
+            rxq: Vec::new(),
+            txq: Vec::new(),
+            zones: Vec::new(),
+            mapped: true,
+        };
+        // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
+        let bar = Bar::open(dev.clone(), 0).map_err(|e| err(format!("BAR0: {e}")))?;
+        port.bar = Some(bar);
+        port.bus_master().map_err(|e| err(format!("PCI command register: {e}")))?;
+        if port.primary {
+            let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
+            port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, conf.nb_desc, promisc).map_err(err)?;
+        } else {
+            port.attach_secondary(&pool).map_err(err)?;
+        }
+        let info = port.info();
+        tracing::info!(device = %ctx.name, port = %ctx.port, role = if port.primary { "primary" } else { "secondary" },
+            mac = %fmt_mac(&info.mac), rxq = info.nb_rxq, txq = info.nb_txq, "i40e port ready");
+        Ok(Box::new(port))
+    }
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+/// What the firmware reported during bring-up.
+struct FwInfo {
+    mac: [u8; 6],
+    vsi_seid: u16,
+    qs_handle: u16,
+}
+
+/// Where the LAN HMC lives: FPM layout and the backing memzone.
+struct HmcLayout {
+    /// Shared-memory offset of the first backing page (after the page-descriptor page).
+    pages: ShmOffset,
+    tx_objsz: u64,
+    rx_objsz: u64,
+    /// FPM address of RX object 0.
+    rx_base: u64,
+    /// Bytes of backing memory.
+    len: u64,
+}
+
+/// This process's handle on one X710 port.
+struct Port {
+    dev: Arc<dyn DeviceIo>,
+    bar: Option<Bar>,
+    shm: Arc<Shm>,
+    port: u16,
+    primary: bool,
+    shared: Option<std::ptr::NonNull<DevShared>>,
+    aq: Option<AdminQueue>,
+    rxq: Vec<RxQueue>,
+    txq: Vec<TxQueue>,
+    /// Zones this (primary) process reserved, freed at shared release or failed probe.
+    zones: Vec<String>,
+    /// The DMA map is in place.
+    mapped: bool,
+}
+
+// SAFETY: `shared` points into the shared-memory mapping (never unmapped); its fields are atomics.
+unsafe impl Send for Port {}
+
+impl Port {
+    fn bar(&self) -> &Bar {
+        // Set right after the DMA map in probe, before anything calls this.
+        self.bar.as_ref().expect("BAR0 is mapped during probe")
+    }
+
+    fn sh(&self) -> Option<&DevShared> {
+        // SAFETY: points at a DevShared inside the mapping; all fields atomics.
+        self.shared.map(|p| unsafe { p.as_ref() })
+    }
+
+    fn poll(&self, off: u64, mask: u32, value: u32, timeout: Duration, what: &str) -> Result<u32, String> {
+        self.bar().poll_until(off, mask, value, timeout, POLL_INTERVAL).map_err(|e| format!("{what}: {e}"))
+    }
+
+    /// One admin command; errors name the command.
+    fn cmd(&self, what: &str, opcode: u16, params: [u8; 16], buf: Buf<'_>) -> Result<Completion, AqError> {
+        let aq = self.aq.as_ref().ok_or_else(|| AqError::Memory("admin queue not set up".into()))?;
+        let r = aq.send(self.bar(), opcode, params, buf);
+        match &r {
+            Ok(_) => tracing::debug!(port = self.port, "aq {what}: ok"),
+            Err(e) => tracing::debug!(port = self.port, "aq {what}: {e}"),
+        }
+        r
+    }
+
+    /// PCI command register: memory space and bus master, so the device may DMA.
+    fn bus_master(&self) -> Result<(), VfioError> {
+        let mut b = [0u8; 2];
+        self.dev.config_read(PCI_COMMAND, &mut b)?;
+        let cmd = u16::from_le_bytes(b) | PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY;
+        self.dev.config_write(PCI_COMMAND, &cmd.to_le_bytes())
+    }
+
+    fn map_shared(&mut self, create: bool) -> Result<(), String> {
+        let name = dev_zone(self.port);
+        let len = std::mem::size_of::<DevShared>() as u64;
+        let z = if create { self.shm.reserve(&name, len, 64) } else { self.shm.lookup(&name) }
+            .map_err(|e| e.to_string())?;
+        if create {
+            self.zones.push(name.clone());
+        }
+        if z.len < len {
+            return Err(format!("memzone {name} too small"));
+        }
+        let p = self.shm.ptr(z.offset, len).ok_or_else(|| format!("memzone {name} outside shared memory"))?;
+        self.shared = Some(p.cast());
+        Ok(())
+    }
+
+    /// Primary: full initialisation.
+    fn init_primary(&mut self, pool: &Mempool, nrx: u16, ntx: u16, ndesc: u16, promisc: bool) -> Result<(), String> {
+        let bar = self.bar();
+
+        // Firmware state: FWS1B non-zero means the firmware is in recovery mode; nothing works then.
+        let fw = bar.read32(GL_FWSTS);
+        if fw == u32::MAX || fw & GL_FWSTS_FWS1B_MASK != 0 {
+            return Err(format!("firmware not operational (GL_FWSTS {fw:#x}: recovery mode or device gone)"));
+        }
+        // Interrupts off during initialisation; clear pending causes (PFINT_ICR0 is read-clear).
+        bar.write32(PFINT_ICR0_ENA, 0);
+        let _ = bar.read32(PFINT_ICR0);
+
+        // PF reset: wait for a global reset in progress to end and the NVM configuration to be loaded,
+        // then PFGEN_CTRL.PFSWR, which the device clears when done.
+        self.poll(GLGEN_RSTAT, GLGEN_RSTAT_DEVSTATE_MASK, 0, RESET_TIMEOUT, "global reset in progress")?;
+        let uld = GLNVM_ULD_CONF_CORE_DONE | GLNVM_ULD_CONF_GLOBAL_DONE;
+        self.poll(GLNVM_ULD, uld, uld, RESET_TIMEOUT, "NVM configuration load")?;
+        let bar = self.bar();
+        bar.write32(PFGEN_CTRL, bar.read32(PFGEN_CTRL) | PFGEN_CTRL_PFSWR);
+        self.poll(PFGEN_CTRL, PFGEN_CTRL_PFSWR, 0, RESET_TIMEOUT, "PF reset")?;
+        let bar = self.bar();
+
+        // What this PF is: port (statistics index), PF number, the queues it owns, NVM mode.
+        let port_num = bar.read32(PFGEN_PORTNUM) & PFGEN_PORTNUM_MASK;
+        let pf_id = bar.read32(PF_FUNC_RID) & PF_FUNC_RID_FUNCTION_MASK;
+        let qalloc = bar.read32(PFLAN_QALLOC);
+        if qalloc & PFLAN_QALLOC_VALID == 0 {
+            return Err(format!("PFLAN_QALLOC {qalloc:#x}: no queues allocated to this PF"));
+        }
+        let first_q = qalloc & PFLAN_QALLOC_FIRSTQ_MASK;
+        let last_q = (qalloc >> PFLAN_QALLOC_LASTQ_SHIFT) & PFLAN_QALLOC_LASTQ_MASK;
+        let owned = last_q.saturating_sub(first_q) + 1;
+        if u32::from(nrx.max(ntx)) > owned {
+            return Err(format!("{} queue pairs asked, the PF owns {owned}", nrx.max(ntx)));
+        }
+        if bar.read32(GLNVM_FLA) & GLNVM_FLA_LOCKED == 0 {
+            return Err("NVM in blank mode (GLNVM_FLA.LOCKED clear)".into());
+        }
+
+        // Admin queue.
+        let aq = AdminQueue::open(&self.shm, self.port, true)?;
+        self.zones.push(aq.zone().to_string());
+        aq.start(self.bar())?;
+        self.aq = Some(aq);
+        let v = self.cmd("get_version", AQC_GET_VERSION, [0; 16], Buf::None).map_err(|e| e.to_string())?;
+        let (fw_maj, fw_min, api_maj, api_min) = (v.p16(8), v.p16(10), v.p16(12), v.p16(14));
+        if api_maj != 1 {
+            return Err(format!("firmware admin API {api_maj}.{api_min} not supported (need 1.x)"));
+        }
+        let _ = self.cmd(
+            "driver_version",
+            AQC_DRIVER_VERSION,
+            [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Buf::In(b"lab-i40e\0"),
+        );
+
+        // NVM image version from the shadow RAM, read under the NVM resource.
+        let nvm = self.read_nvm_word(SR_NVM_DEV_STARTER_VERSION).unwrap_or(0);
+        tracing::info!(
+            port = self.port,
+            "i40e firmware {fw_maj}.{fw_min}, API {api_maj}.{api_min}, NVM {:x}.{:02x}",
+            nvm >> 12,
+            nvm & 0xff
+        );
+
+        // PXE mode left by a boot ROM keeps receive queues from working.
+        if self.bar().read32(GLLAN_RCTL_0) & GLLAN_RCTL_0_PXE_MODE != 0 {
+            self.cmd("clear_pxe_mode", AQC_CLEAR_PXE_MODE, [0; 16], Buf::None).map_err(|e| e.to_string())?;
+        }
+        // The firmware LLDP agent would consume LLDP frames; stopping it is best effort.
+        let _ = self.cmd("lldp_stop", AQC_LLDP_STOP, params16(&[(0, 1)]), Buf::None);
+
+        self.check_capabilities(nrx.max(ntx))?;
+        let info = self.discover()?;
+        self.configure_vsi(&info, nrx, promisc)?;
+        self.configure_phy(DEFAULT_MTU)?;
+
+        // Buffer size the device may write per descriptor (context dbuff, 128-byte units).
+        let buf_size = {
+            let mut p = pool.new_handle();
+            let m = p.alloc().ok_or_else(|| format!("buffer pool {} is empty", pool.name()))?;
+            let room = m.buf_len() - m.headroom();
+            p.free(m);
+            (room / 128 * 128).min(16 * 1024 - 128)
+        };
+        if buf_size < 2048 {
+            return Err(format!("buffer pool {}: data room under 2 KiB cannot hold a frame", pool.name()));
+        }
+
+        self.map_shared(true)?;
+        let sh = self.sh().ok_or("no shared state")?;
+        let m = info.mac;
+        sh.mac_lo.store(u32::from_le_bytes([m[0], m[1], m[2], m[3]]), Ordering::Relaxed);
+        sh.mac_hi.store(u32::from(u16::from_le_bytes([m[4], m[5]])), Ordering::Relaxed);
+        sh.mtu.store(u32::from(DEFAULT_MTU), Ordering::Relaxed);
+        sh.nb_rxq.store(nrx.into(), Ordering::Relaxed);
+        sh.nb_txq.store(ntx.into(), Ordering::Relaxed);
+        sh.nb_desc.store(ndesc.into(), Ordering::Relaxed);
+        sh.buf_size.store(buf_size as u32, Ordering::Relaxed);
+        sh.port_num.store(port_num, Ordering::Relaxed);
+        sh.pf_id.store(pf_id, Ordering::Relaxed);
+        sh.first_q.store(first_q, Ordering::Relaxed);
+        sh.vsi_seid.store(info.vsi_seid.into(), Ordering::Relaxed);
+
+        // LAN HMC and queues.
+        let hmc = self.setup_hmc(pf_id, nrx.max(ntx).into())?;
+        self.open_queues(pool, nrx, ntx, ndesc.into(), buf_size, first_q, true)?;
+        self.start_queues(&hmc, pf_id, first_q, info.qs_handle, buf_size)?;
+        self.stats_snapshot();
+        if let Some(sh) = self.sh() {
+            sh.magic.store(DEV_MAGIC, Ordering::Release);
+        }
+
+        // Link: comes up on its own; wait a bounded time, never fail on it.
+        let deadline = Instant::now() + LINK_TIMEOUT;
+        while !self.link_status().up {
+            if Instant::now() >= deadline {
+                tracing::warn!(port = self.port, "link still down after {LINK_TIMEOUT:?}; usable when it comes up");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Reads one shadow-RAM word through GLNVM_SRCTL/SRDATA, holding the NVM resource.
+    fn read_nvm_word(&self, word: u32) -> Result<u16, String> {
+        let p = params16(&[(0, RESOURCE_NVM), (2, RESOURCE_READ)]);
+        self.cmd("request_resource nvm", AQC_REQUEST_RESOURCE, p, Buf::None).map_err(|e| e.to_string())?;
+        let bar = self.bar();
+        bar.write32(GLNVM_SRCTL, GLNVM_SRCTL_START | (word << GLNVM_SRCTL_ADDR_SHIFT));
+        let r = self.poll(GLNVM_SRCTL, GLNVM_SRCTL_DONE, GLNVM_SRCTL_DONE, RESET_TIMEOUT, "shadow RAM read");
+        let v = (self.bar().read32(GLNVM_SRDATA) >> GLNVM_SRDATA_RDDATA_SHIFT) as u16;
+        let _ = self.cmd("release_resource nvm", AQC_RELEASE_RESOURCE, params16(&[(0, RESOURCE_NVM)]), Buf::None);
+        r.map(|_| v)
+    }
+
+    /// list_func_capabilities: the RSS table size must be 128 or 512; enough queues for the request.
+    fn check_capabilities(&self, nq: u16) -> Result<(), String> {
+        let mut len = 512;
+        let caps = loop {
+            match self.cmd("list_func_capabilities", AQC_LIST_FUNC_CAPS, [0; 16], Buf::Out(len)) {
+                Ok(c) => break c,
+                Err(AqError::Firmware { rc: AQ_RC_ENOMEM, datalen, .. }) if usize::from(datalen) > len => {
+                    len = usize::from(datalen).min(adminq::CMD_BUF);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let count = (caps.p32(4) as usize).min(caps.buf.len() / CAP_ELEM_LEN);
+        let (mut rss, mut rxq, mut txq, mut msix) = (0, 0, 0, 0);
+        for e in caps.buf.chunks_exact(CAP_ELEM_LEN).take(count) {
+            let number = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+            match u16::from_le_bytes([e[0], e[1]]) {
+                CAP_ID_RSS => rss = number,
+                CAP_ID_RXQ => rxq = number,
+                CAP_ID_TXQ => txq = number,
+                CAP_ID_MSIX => msix = number,
+                _ => {}
+            }
+        }
+        tracing::debug!(port = self.port, rss, rxq, txq, msix, "function capabilities");
+        if rss != 128 && rss != 512 {
+            return Err(format!("firmware reports an RSS table of {rss} entries (128 or 512 expected)"));
+        }
+        if rxq < u32::from(nq) || txq < u32::from(nq) {
+            return Err(format!("firmware grants {rxq}/{txq} queues, {nq} needed"));
+        }
+        Ok(())
+    }
+
+    /// MAC address, main VSI SEID and its queue-set handle.
+    fn discover(&self) -> Result<FwInfo, String> {
+        let e = |e: AqError| e.to_string();
+        let r =
+            self.cmd("mac_address_read", AQC_MAC_ADDRESS_READ, [0; 16], Buf::Out(MAC_ADDRESS_READ_LEN)).map_err(e)?;
+        if r.p16(0) & LAN_ADDR_VALID == 0 || r.buf.len() < 6 {
+            return Err("firmware reports no valid LAN MAC address".into());
+        }
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&r.buf[..6]);
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(format!("firmware MAC {} is not a unicast address", fmt_mac(&mac)));
+        }
+
+        // The switch configuration names the PF's main VSI (element type VSI).
+        let mut vsi_seid = None;
+        let mut next = 0u16;
+        for _ in 0..16 {
+            let r = self
+                .cmd("get_switch_config", AQC_GET_SWITCH_CONFIG, params16(&[(0, next)]), Buf::Out(AQ_LARGE_BUF))
+                .map_err(e)?;
+            let n = r.buf.get(0..2).map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])));
+            for el in r.buf.get(SW_HDR_LEN..).unwrap_or(&[]).chunks_exact(SW_ELEM_LEN).take(n) {
+                if el[0] == SW_ELEM_TYPE_VSI && vsi_seid.is_none() {
+                    vsi_seid = Some(u16::from_le_bytes([el[2], el[3]]));
+                }
+            }
+            next = r.p16(0);
+            if next == 0 {
+                break;
+            }
+        }
+        let vsi_seid = vsi_seid.ok_or("switch configuration has no VSI for this PF")?;
+        let r = self
+            .cmd("get_vsi_parameters", AQC_GET_VSI_PARAMS, params16(&[(0, vsi_seid)]), Buf::Out(VSI_PROPS_LEN))
+            .map_err(e)?;
+        let qs = r.buf.get(VSI_OFF_QS_HANDLE..VSI_OFF_QS_HANDLE + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+        Ok(FwInfo { mac, vsi_seid, qs_handle: qs & 0x3ff })
+    }
+
+    /// The main VSI: contiguous queue map from PF queue 0 on TC0, the MAC filter, promiscuous modes.
+    fn configure_vsi(&self, info: &FwInfo, nrx: u16, promisc: bool) -> Result<(), String> {
+        let e = |e: AqError| e.to_string();
+        let seid = info.vsi_seid;
+        let mut props = [0u8; VSI_PROPS_LEN];
+        props[0..2].copy_from_slice(&VSI_PROP_QUEUE_MAP_VALID.to_le_bytes());
+        props[VSI_OFF_MAPPING_FLAGS..VSI_OFF_MAPPING_FLAGS + 2].copy_from_slice(&VSI_QUE_MAP_CONTIG.to_le_bytes());
+        props[VSI_OFF_QUEUE_MAPPING..VSI_OFF_QUEUE_MAPPING + 2].copy_from_slice(&0u16.to_le_bytes());
+        let log2 = u16::BITS - (nrx.max(1) - 1).leading_zeros();
+        let tc0 = (log2 as u16) << VSI_TC_QUE_NUMBER_SHIFT;
+        props[VSI_OFF_TC_MAPPING..VSI_OFF_TC_MAPPING + 2].copy_from_slice(&tc0.to_le_bytes());
+        self.cmd("update_vsi_parameters", AQC_UPDATE_VSI_PARAMS, params16(&[(0, seid)]), Buf::In(&props)).map_err(e)?;
+
+        // Replace the firmware's default filter by ours (the same MAC, any VLAN); a missing default
+        // filter is fine.
+        let vs = seid | MACVLAN_CMD_SEID_VALID;
+        let mut el = [0u8; MACVLAN_ELEM_LEN];
+        el[0..6].copy_from_slice(&info.mac);
+        el[8] = MACVLAN_DEL_PERFECT_MATCH | MACVLAN_DEL_IGNORE_VLAN;
+        match self.cmd("remove_macvlan", AQC_REMOVE_MACVLAN, params16(&[(0, 1), (2, vs)]), Buf::In(&el)) {
+            Ok(_) => {}
+            Err(AqError::Firmware { rc: AQ_RC_ENOENT, .. }) => {}
+            Err(x) => return Err(x.to_string()),
+        }
+        let mut el = [0u8; MACVLAN_ELEM_LEN];
+        el[0..6].copy_from_slice(&info.mac);
+        el[8..10].copy_from_slice(&(MACVLAN_ADD_PERFECT_MATCH | MACVLAN_ADD_IGNORE_VLAN).to_le_bytes());
+        self.cmd("add_macvlan", AQC_ADD_MACVLAN, params16(&[(0, 1), (2, vs)]), Buf::In(&el)).map_err(e)?;
+        self.promisc(seid, promisc).map_err(e)
+    }
+
+    /// set_vsi_promiscuous_modes: broadcast always, unicast and multicast when `on`.
+    fn promisc(&self, seid: u16, on: bool) -> Result<(), AqError> {
+        let valid = PROMISC_UNICAST | PROMISC_MULTICAST | PROMISC_BROADCAST;
+        let flags = PROMISC_BROADCAST | if on { PROMISC_UNICAST | PROMISC_MULTICAST } else { 0 };
+        self.cmd(
+            "set_vsi_promiscuous_modes",
+            AQC_SET_VSI_PROMISC,
+            params16(&[(0, flags), (2, valid), (4, seid)]),
+            Buf::None,
+        )
+        .map(|_| ())
+    }
+
+    /// PHY events, abilities, MAC frame size, no loopback, link status events on.
+    fn configure_phy(&self, mtu: u16) -> Result<(), String> {
+        let e = |e: AqError| e.to_string();
+        self.cmd("set_phy_int_mask", AQC_SET_PHY_INT_MASK, params16(&[(8, !EVENT_LINK_UPDOWN)]), Buf::None)
+            .map_err(e)?;
+        self.cmd("get_phy_abilities", AQC_GET_PHY_ABILITIES, [0; 16], Buf::Out(PHY_ABILITIES_LEN)).map_err(e)?;
+        let frame = (u32::from(mtu) + FRAME_OVERHEAD).min(MAX_FRAME) as u16;
+        self.cmd("set_mac_config", AQC_SET_MAC_CONFIG, params16(&[(0, frame)]), Buf::None).map_err(e)?;
+        self.cmd("set_lb_modes", AQC_SET_LB_MODES, params16(&[(0, 0)]), Buf::None).map_err(e)?;
+        self.cmd("get_link_status", AQC_GET_LINK_STATUS, params16(&[(0, LSE_ENABLE)]), Buf::None).map_err(e)?;
+        Ok(())
+    }
+
+    /// LAN HMC: object sizes from the device, TX objects at FPM 0 and RX objects after them (512-byte
+    /// units), backed by one paged segment: a page of page descriptors, then 4 KiB backing pages.
+    fn setup_hmc(&mut self, pf: u32, nq: u32) -> Result<HmcLayout, String> {
+        let bar = self.bar();
+        let tx_objsz = 1u64 << (bar.read32(GLHMC_LANTXOBJSZ) & GLHMC_OBJSZ_MASK);
+        let rx_objsz = 1u64 << (bar.read32(GLHMC_LANRXOBJSZ) & GLHMC_OBJSZ_MASK);
+        let qmax = bar.read32(GLHMC_LANQMAX) & 0x7ff;
+        if tx_objsz < TX_CTX_LEN as u64 || rx_objsz < RX_CTX_LEN as u64 || tx_objsz > HMC_PAGE || rx_objsz > HMC_PAGE {
+            return Err(format!("HMC object sizes {tx_objsz}/{rx_objsz} bytes unusable"));
+        }
+        if nq > qmax {
+            return Err(format!("HMC holds {qmax} LAN queues, {nq} needed"));
+        }
+        let rx_base = (u64::from(nq) * tx_objsz).div_ceil(512) * 512;
+        let len = (rx_base + u64::from(nq) * rx_objsz).div_ceil(HMC_PAGE) * HMC_PAGE;
+        let pages = len / HMC_PAGE;
+        if pages > u64::from(HMC_MAX_BP_COUNT) {
+            return Err("HMC needs more than one segment".into());
+        }
+        let name = hmc_zone(self.port);
+        let z = self.shm.reserve(&name, HMC_PAGE + len, HMC_PAGE).map_err(|e| format!("memzone {name}: {e}"))?;
+        self.zones.push(name.clone());
+        for p in 0..pages {
+            let pd = ShmOffset(z.offset.0 + HMC_PAGE * (p + 1)).iova().0 | HMC_PD_VALID;
+            if !self.shm.write_at(ShmOffset(z.offset.0 + 8 * p), &pd.to_le_bytes()) {
+                return Err(format!("memzone {name} outside shared memory"));
+            }
+        }
+        let bar = self.bar();
+        bar.write32(glhmc_lantxbase(pf), 0);
+        bar.write32(glhmc_lantxcnt(pf), nq);
+        bar.write32(glhmc_lanrxbase(pf), (rx_base / 512) as u32);
+        bar.write32(glhmc_lanrxcnt(pf), nq);
+        // Segment descriptor 0: paged, valid, 512 page descriptors at the zone's first page.
+        let pd_page = z.iova().0;
+        bar.write32(PFHMC_SDDATAHIGH, (pd_page >> 32) as u32);
+        bar.write32(
+            PFHMC_SDDATALOW,
+            (pd_page as u32 & 0xffff_f000)
+                | PFHMC_SDDATALOW_PMSDVALID
+                | (HMC_MAX_BP_COUNT << PFHMC_SDDATALOW_PMSDBPCOUNT_SHIFT),
+        );
+        bar.write32(PFHMC_SDCMD, PFHMC_SDCMD_PMSDWR);
+        tracing::debug!(port = self.port, tx_objsz, rx_objsz, rx_base, pages, "HMC segment 0 (paged) set up");
+        Ok(HmcLayout { pages: ShmOffset(z.offset.0 + HMC_PAGE), tx_objsz, rx_objsz, rx_base, len })
+    }
+
+    fn write_context(&self, hmc: &HmcLayout, fpm: u64, ctx: &[u8]) -> Result<(), String> {
+        if fpm + ctx.len() as u64 > hmc.len {
+            return Err("HMC context beyond the backing memory".into());
+        }
+        self.shm
+            .write_at(ShmOffset(hmc.pages.0 + fpm), ctx)
+            .then_some(())
+            .ok_or_else(|| "HMC memory outside shared memory".to_string())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_queues(
+        &mut self,
+        pool: &Mempool,
+        nrx: u16,
+        ntx: u16,
+        ndesc: u32,
+        buf_size: usize,
+        first_q: u32,
+        create: bool,
+    ) -> Result<(), String> {
+        let bar = self.bar.as_ref().ok_or("BAR0 not mapped")?;
+        for q in 0..nrx {
+            let abs = first_q + u32::from(q);
+            let r = RxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, abs, ndesc, buf_size, create)?;
+            if create {
+                self.zones.push(r.zone().to_string());
+            }
+            self.rxq.push(r);
+        }
+        for q in 0..ntx {
+            let abs = first_q + u32::from(q);
+            let t = TxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, abs, ndesc, create)?;
+            if create {
+                self.zones.push(t.zone().to_string());
+            }
+            self.txq.push(t);
+        }
+        Ok(())
+    }
+
+    /// Queue contexts into the HMC, then the enable handshake: QENA_REQ, wait for QENA_STAT.
+    fn start_queues(
+        &mut self,
+        hmc: &HmcLayout,
+        pf: u32,
+        first_q: u32,
+        qs_handle: u16,
+        buf: usize,
+    ) -> Result<(), String> {
+        for q in 0..self.txq.len() as u32 {
+            let (iova, n) = self.txq[q as usize].ring();
+            let mut c = [0u8; TX_CTX_LEN];
+            set_field(&mut c, TXC_NEW_CONTEXT, 1);
+            set_field(&mut c, TXC_BASE, iova / CTX_UNIT);
+            set_field(&mut c, TXC_QLEN, u64::from(n));
+            set_field(&mut c, TXC_RDYLIST, u64::from(qs_handle));
+            self.write_context(hmc, u64::from(q) * hmc.tx_objsz, &c)?;
+            let abs = first_q + q;
+            let bar = self.bar();
+            // The queue belongs to this PF; pre-queue disable cleared; tail at 0.
+            bar.write32(qtx_ctl(abs), QTX_CTL_PF_QUEUE | (pf << QTX_CTL_PF_INDX_SHIFT));
+            bar.write32(gllan_txpre_qdis(abs / 128), GLLAN_TXPRE_QDIS_CLEAR_QDIS | (abs % 128));
+            bar.write32(qtx_tail(abs), 0);
+            bar.write32(qtx_ena(abs), QENA_REQ);
+            self.poll(qtx_ena(abs), QENA_STAT, QENA_STAT, QUEUE_TIMEOUT, "tx queue enable")?;
+            tracing::debug!(port = self.port, q, "tx queue enabled");
+        }
+        for q in 0..self.rxq.len() {
+            self.rxq[q].fill()?;
+            let (iova, n) = self.rxq[q].ring();
+            let mut c = [0u8; RX_CTX_LEN];
+            set_field(&mut c, RXC_BASE, iova / CTX_UNIT);
+            set_field(&mut c, RXC_QLEN, u64::from(n));
+            set_field(&mut c, RXC_DBUFF, buf as u64 / CTX_UNIT);
+            set_field(&mut c, RXC_DSIZE, 1);
+            set_field(&mut c, RXC_CRCSTRIP, 1);
+            set_field(&mut c, RXC_L2TSEL, 1);
+            set_field(&mut c, RXC_SHOWIV, 0);
+            set_field(&mut c, RXC_RXMAX, (buf as u64).min(u64::from(MAX_FRAME)));
+            set_field(&mut c, RXC_PREFENA, 1);
+            self.write_context(hmc, hmc.rx_base + q as u64 * hmc.rx_objsz, &c)?;
+            let abs = first_q + q as u32;
+            let bar = self.bar();
+            bar.write32(qrx_tail(abs), 0);
+            bar.write32(qrx_ena(abs), QENA_REQ);
+            self.poll(qrx_ena(abs), QENA_STAT, QENA_STAT, QUEUE_TIMEOUT, "rx queue enable")?;
+            self.bar().write32(qrx_tail(abs), n - 1);
+            tracing::debug!(port = self.port, q, "rx queue enabled");
+        }
+        Ok(())
+    }
+
+    /// Secondary: find what the primary built; no register is written.
+    fn attach_secondary(&mut self, pool: &Mempool) -> Result<(), String> {
+        self.map_shared(false)?;
+        let sh = self.sh().ok_or("no shared state")?;
+        if sh.magic.load(Ordering::Acquire) != DEV_MAGIC {
+            return Err(format!("memzone {} holds no i40e port (primary not done?)", dev_zone(self.port)));
+        }
+        let (nrx, ntx) = (sh.nb_rxq.load(Ordering::Relaxed), sh.nb_txq.load(Ordering::Relaxed));
+        let (ndesc, buf) = (sh.nb_desc.load(Ordering::Relaxed), sh.buf_size.load(Ordering::Relaxed));
+        let first_q = sh.first_q.load(Ordering::Relaxed);
+        if nrx > u32::from(MAX_QUEUES) || ntx > u32::from(MAX_QUEUES) {
+            return Err(format!("shared port state is corrupt ({nrx}/{ntx} queues)"));
+        }
+        self.aq = Some(AdminQueue::open(&self.shm, self.port, false)?);
+        self.open_queues(pool, nrx as u16, ntx as u16, ndesc, buf as usize, first_q, false)
+    }
+
+    /// A 48-bit GLPRT counter (low then high half).
+    fn read48(&self, low: u64) -> u64 {
+        let bar = self.bar();
+        let lo = bar.read32(low);
+        let hi = bar.read32(low + 4);
+        if lo == u32::MAX && hi == u32::MAX {
+            return 0;
+        }
+        u64::from(lo) | (u64::from(hi & 0xffff) << 32)
+    }
+
+    /// Current values of the counters kept in [`DevShared::offsets`].
+    fn counters(&self, p: u32) -> [u64; 9] {
+        let rdpc = match self.bar().read32(glprt_rdpc(p)) {
+            u32::MAX => 0,
+            v => u64::from(v),
+        };
+        [
+            self.read48(glprt_uprcl(p)),
+            self.read48(glprt_mprcl(p)),
+            self.read48(glprt_bprcl(p)),
+            self.read48(glprt_uptcl(p)),
+            self.read48(glprt_mptcl(p)),
+            self.read48(glprt_bptcl(p)),
+            self.read48(glprt_gorcl(p)),
+            self.read48(glprt_gotcl(p)),
+            rdpc,
+        ]
+    }
+
+    /// Takes the current counters as the new zero (counters are free-running, never cleared).
+    fn stats_snapshot(&self) {
+        if let Some(sh) = self.sh() {
+            let now = self.counters(sh.port_num.load(Ordering::Relaxed));
+            let _g = self.shm.lock().lock();
+            for (o, v) in sh.offsets.iter().zip(now) {
+                o.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Link state from the firmware (get_link_status); events on the ARQ are taken and logged.
+    fn link_status(&self) -> LinkStatus {
+        if let Some(aq) = self.aq.as_ref() {
+            for (op, p) in aq.events(self.bar()) {
+                tracing::debug!(
+                    port = self.port,
+                    "arq event {op:#06x}: link {}",
+                    if p[4] & LINK_UP_FUNCTION != 0 { "up" } else { "down" }
+                );
+            }
+        }
+        let Ok(r) = self.cmd("get_link_status", AQC_GET_LINK_STATUS, [0; 16], Buf::None) else {
+            return LinkStatus::default();
+        };
+        if r.params[4] & LINK_UP_FUNCTION == 0 {
+            return LinkStatus::default();
+        }
+        let speed_mbps = match r.params[3] {
+            LINK_SPEED_100MB => 100,
+            LINK_SPEED_1GB => 1000,
+            LINK_SPEED_10GB => 10_000,
+            LINK_SPEED_20GB => 20_000,
+            LINK_SPEED_25GB => 25_000,
+            LINK_SPEED_40GB => 40_000,
+            _ => 0,
+        };
+        LinkStatus { up: true, speed_mbps }
+    }
+
+    /// Primary release: queues off, admin queue shut down, PF reset, buffers back, zones freed.
+    fn release_shared(&mut self) {
+        if let (Some(bar), Some(sh)) = (self.bar.as_ref(), self.sh()) {
+            if self.dev.is_alive() {
+                let first_q = sh.first_q.load(Ordering::Relaxed);
+                for q in 0..self.txq.len() as u32 {
+                    let abs = first_q + q;
+                    bar.write32(gllan_txpre_qdis(abs / 128), GLLAN_TXPRE_QDIS_SET_QDIS | (abs % 128));
+                    bar.write32(qtx_ena(abs), 0);
+                    let _ = bar.poll_until(qtx_ena(abs), QENA_STAT, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
+                }
+                for q in 0..self.rxq.len() as u32 {
+                    let abs = first_q + q;
+                    bar.write32(qrx_ena(abs), 0);
+                    let _ = bar.poll_until(qrx_ena(abs), QENA_STAT, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
+                }
+            }
+        }
+        if self.dev.is_alive() && self.bar.is_some() {
+            if self.aq.is_some() {
+                let _ = self.cmd(
+                    "queue_shutdown",
+                    AQC_QUEUE_SHUTDOWN,
+                    [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    Buf::None,
+                );
+                if let Some(aq) = self.aq.as_ref() {
+                    aq.shutdown(self.bar());
+                }
+            }
+            // PF reset: the device forgets contexts and segments before their memory is reused.
+            let bar = self.bar();
+            bar.write32(PFGEN_CTRL, bar.read32(PFGEN_CTRL) | PFGEN_CTRL_PFSWR);
+            if let Err(e) = bar.poll_until(PFGEN_CTRL, PFGEN_CTRL_PFSWR, 0, RESET_TIMEOUT, POLL_INTERVAL) {
+                tracing::warn!(port = self.port, "PF reset at release: {e}");
+            }
+        }
+        for q in &mut self.rxq {
+            q.drain();
+        }
+        for q in &mut self.txq {
+            q.drain();
+        }
+        if let Some(sh) = self.sh() {
+            sh.magic.store(0, Ordering::Release);
+        }
+        self.rxq.clear();
+        self.txq.clear();
+        self.aq = None;
+        self.shared = None;
+        self.free_zones();
+    }
+
+    fn free_zones(&mut self) {
+        for z in self.zones.drain(..) {
+            if let Err(e) = self.shm.free(&z) {
+                tracing::warn!(zone = %z, "free: {e}");
+            }
+        }
+    }
+
+    fn unmap(&mut self) {
+        if std::mem::take(&mut self.mapped) && self.dev.is_alive() {
+            if let Err(e) = self.dev.dma_unmap(IOVA_BASE, self.shm.len()) {
+                tracing::debug!(port = self.port, "DMA unmap: {e}");
+            }
+        }
+    }
+
+    fn vsi_seid(&self) -> Result<u16, EthError> {
+        self.sh()
+            .map(|s| s.vsi_seid.load(Ordering::Relaxed) as u16)
+            .ok_or(EthError::Device { driver: NAME, reason: "port released".into() })
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // Reached by close() after its work, or by a failed probe: in the latter case the primary
+        // gives back what it reserved (and resets the PF it started to set up).
+        if !self.zones.is_empty() {
+            self.release_shared();
+        }
+        self.unmap();
+        self.aq = None;
+        self.bar = None;
+    }
+}
+
+impl EthDev for Port {
+    fn info(&self) -> DevInfo {
+        let (mut mac, mut mtu, mut nrx, mut ntx) = ([0u8; 6], DEFAULT_MTU, 0, 0);
+        if let Some(sh) = self.sh() {
+            let lo = sh.mac_lo.load(Ordering::Relaxed).to_le_bytes();
+            let hi = sh.mac_hi.load(Ordering::Relaxed).to_le_bytes();
+            mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+            mtu = sh.mtu.load(Ordering::Relaxed) as u16;
+            nrx = self.rxq.len() as u16;
+            ntx = self.txq.len() as u16;
+        }
+        DevInfo { driver: NAME, mac, mtu, nb_rxq: nrx, nb_txq: ntx, max_rxq: MAX_QUEUES, max_txq: MAX_QUEUES }
+    }
+
+    fn link(&mut self) -> LinkStatus {
+        self.link_status()
+    }
+
+    fn stats(&mut self) -> PortStats {
+        let mut s = PortStats::default();
+        if let Some(sh) = self.sh() {
+            let now = self.counters(sh.port_num.load(Ordering::Relaxed));
+            let d: Vec<u64> = {
+                let _g = self.shm.lock().lock();
+                sh.offsets.iter().zip(now).map(|(o, v)| v.wrapping_sub(o.load(Ordering::Relaxed)) & MASK48).collect()
+            };
+            s.ipackets = d[0] + d[1] + d[2];
+            s.opackets = d[3] + d[4] + d[5];
+            // Octet counters include the 4-byte CRC of every frame; ports report what software sees.
+            s.ibytes = d[6].saturating_sub(4 * s.ipackets);
+            s.obytes = d[7].saturating_sub(4 * s.opackets);
+            s.imissed = d[8] & 0xffff_ffff;
+        }
+        for q in &self.rxq {
+            let c = q.counters();
+            s.ierrors += c.errors;
+            s.rx_nombuf += c.nombuf;
+        }
+        for q in &self.txq {
+            s.oerrors += q.counters().errors;
+        }
+        s
+    }
+
+    fn stats_reset(&mut self) {
+        self.stats_snapshot();
+        for q in &self.rxq {
+            q.reset_counters();
+        }
+        for q in &self.txq {
+            q.reset_counters();
+        }
+    }
+
+    fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
+        let seid = self.vsi_seid()?;
+        self.promisc(seid, on).map_err(|e| EthError::Device { driver: NAME, reason: e.to_string() })
+    }
+
+    fn set_mtu(&mut self, mtu: u16) -> Result<(), EthError> {
+        let sh = self.sh().ok_or(EthError::Device { driver: NAME, reason: "port released".into() })?;
+        // Frames are received into one buffer: the largest frame must fit it.
+        let buf = sh.buf_size.load(Ordering::Relaxed).min(MAX_FRAME);
+        let max = buf.saturating_sub(FRAME_OVERHEAD) as u16;
+        if !(68..=max).contains(&mtu) {
+            return Err(EthError::Invalid {
+                what: format!("MTU {mtu} out of range 68..={max} (one {buf}-byte buffer)"),
+            });
+        }
+        let frame = (u32::from(mtu) + FRAME_OVERHEAD) as u16;
+        self.cmd("set_mac_config", AQC_SET_MAC_CONFIG, params16(&[(0, frame)]), Buf::None)
+            .map_err(|e| EthError::Device { driver: NAME, reason: e.to_string() })?;
+        sh.mtu.store(mtu.into(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[inline]
+    fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        let Some(bar) = self.bar.as_ref() else { return 0 };
+        match self.rxq.get_mut(queue as usize) {
+            Some(q) => q.burst(bar, pkts),
+            None => 0,
+        }
+    }
+
+    #[inline]
+    fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        let Some(bar) = self.bar.as_ref() else { return 0 };
+        match self.txq.get_mut(queue as usize) {
+            Some(q) => q.burst(bar, pkts),
+            None => 0,
+        }
+    }
+
+    fn is_removed(&self) -> bool {
+        !self.dev.is_alive()
+    }
+
+    fn close(mut self: Box<Self>, how: Release) {
+        match how {
+            Release::Shared if self.primary => {
+                self.release_shared();
+                tracing::info!(port = self.port, "i40e port released (PF reset, rings freed)");
+            }
+            _ => {
+                // Only this process's view: the device, the rings and the admin queue stay.
+                self.zones.clear();
+                tracing::info!(port = self.port, "i40e port closed in this process");
+            }
+        }
+        // Drop: DMA unmap, BAR unmap, transport disconnect.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_fields_pack_little_endian_across_bytes() {
+        let mut c = [0u8; TX_CTX_LEN];
+        set_field(&mut c, TXC_BASE, 0x1_0000_4000 / CTX_UNIT);
+        set_field(&mut c, TXC_QLEN, 512);
+        set_field(&mut c, TXC_RDYLIST, 0x2ab);
+        // base starts at bit 32 = byte 4: 0x1_0000_4000 / 128 = 0x0200_0080.
+        assert_eq!(&c[4..8], &[0x80, 0x00, 0x00, 0x02]);
+        // qlen at bit 161: byte 20 bit 1.
+        assert_eq!(c[20], (512u32 << 1) as u8);
+        assert_eq!(c[21], ((512u32 << 1) >> 8) as u8);
+        // rdylist at bit 980 = byte 122 bit 4.
+        assert_eq!(c[122] >> 4, 0xb);
+        assert_eq!(c[123], 0x2a);
+        let mut r = [0u8; RX_CTX_LEN];
+        set_field(&mut r, RXC_DSIZE, 1);
+        assert_eq!(r[14], 1 << 4);
+    }
+
+    #[test]
+    fn x710_ids_are_in_the_table() {
+        assert!(PCI_IDS.contains(&PciId { vendor: 0x8086, device: 0x1572 }));
+        assert!(PCI_IDS.contains(&PciId { vendor: 0x8086, device: 0x1583 }));
+    }
+}

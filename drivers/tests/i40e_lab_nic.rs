@@ -1,0 +1,338 @@
+//! net_i40e against a real `lab-nic` process: firmware bring-up over the admin queue, MAC, link up and
+//! down from the control socket, 10,000 loopback frames byte for byte, an i40e function cabled to an
+//! ixgbe function, and repeated release/probe without leaks.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lab_core::bus::pci::scan_one;
+use lab_core::devargs::Devargs;
+use lab_core::ethdev::{Driver, EthDev, PortConf, PortId, ProbeCtx, Release, DEFAULT_POOL};
+use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::options::Options;
+use lab_core::runtime::Runtime;
+use lab_drivers::i40e::I40eDriver;
+use lab_drivers::ixgbe::IxgbeDriver;
+
+const BDF: &str = "0000:00:09.0";
+const BDF2: &str = "0000:00:0a.0";
+
+/// One XDG_RUNTIME_DIR for the whole test binary (tests run in parallel threads; the variable is
+/// process-wide, so it is set once). Each test uses its own file prefix inside it.
+fn xdg() -> &'static Path {
+    static X: OnceLock<PathBuf> = OnceLock::new();
+    X.get_or_init(|| {
+        let d = tempfile::tempdir().expect("tempdir").keep();
+        std::env::set_var("XDG_RUNTIME_DIR", &d);
+        d
+    })
+}
+
+fn lab_nic_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAB_NIC_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile.join("lab-nic");
+    if !bin.exists() {
+        static BUILD: OnceLock<()> = OnceLock::new();
+        BUILD.get_or_init(|| {
+            let st = Command::new(env!("CARGO"))
+                .args(["build", "-p", "lab-emu", "--bin", "lab-nic"])
+                .status()
+                .expect("cargo build lab-nic");
+            assert!(st.success(), "building lab-nic failed");
+        });
+    }
+    assert!(bin.exists(), "lab-nic not found at {}", bin.display());
+    bin
+}
+
+/// A running lab-nic, killed by pid on drop.
+struct LabNic {
+    child: Child,
+    root: tempfile::TempDir,
+    control: PathBuf,
+}
+
+impl LabNic {
+    fn start(devs: &[&str]) -> LabNic {
+        let root = tempfile::tempdir().expect("sysfs root");
+        let control = root.path().join("control.sock");
+        let mut cmd = Command::new(lab_nic_bin());
+        cmd.arg("--sysfs-root").arg(root.path()).arg("--control").arg(&control).args(["--log-level", "warn"]);
+        for d in devs {
+            cmd.args(["--dev", d]);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn lab-nic");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            line.clear();
+            let n = out.read_line(&mut line).expect("lab-nic stdout");
+            assert!(n > 0 && Instant::now() < deadline, "lab-nic exited before it was ready");
+            if line.trim() == "lab-nic ready" {
+                break;
+            }
+        }
+        // Keep draining stdout so lab-nic never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        LabNic { child, root, control }
+    }
+
+    fn dir(&self, bdf: &str) -> PathBuf {
+        self.root.path().join(bdf)
+    }
+
+    fn command(&self, line: &str) -> String {
+        let mut s = UnixStream::connect(&self.control).expect("control socket");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        writeln!(s, "{line}").expect("send command");
+        let mut r = String::new();
+        BufReader::new(s).read_line(&mut r).expect("reply");
+        r
+    }
+}
+
+impl Drop for LabNic {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A primary runtime with the default pool. Tests hold a process-wide lock: they count fds and
+/// share two CPUs with busy emulator threads, so they run one at a time.
+struct Lab {
+    rt: Runtime,
+    pool: Mempool,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    fn new(prefix: &str) -> Lab {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        xdg();
+        let prefix = format!("{prefix}-{}", std::process::id());
+        let (opts, _) =
+            Options::parse([format!("--file-prefix={prefix}"), "--proc-type=primary".into()]).expect("opts");
+        let rt = Runtime::init(&opts).expect("runtime");
+        let pool = Mempool::create(rt.shm(), DEFAULT_POOL, 4096, 2048, 0).expect("pool");
+        Lab { rt, pool, _serial: serial }
+    }
+
+    fn probe(&self, nic: &LabNic, bdf: &str, port: u16) -> Box<dyn EthDev> {
+        self.probe_with(&I40eDriver, nic, bdf, port)
+    }
+
+    fn probe_with(&self, drv: &dyn Driver, nic: &LabNic, bdf: &str, port: u16) -> Box<dyn EthDev> {
+        let pci = scan_one(&nic.dir(bdf)).expect("scan");
+        let devargs = Devargs::parse(bdf).expect("devargs");
+        let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
+        let conf = PortConf::default();
+        let ctx = ProbeCtx {
+            runtime: &self.rt,
+            port: PortId(port),
+            name: bdf,
+            devargs: &devargs,
+            kvargs: &kvargs,
+            pci: Some(&pci),
+            conf: &conf,
+        };
+        assert!(drv.pci_ids().contains(&pci.id()), "{} not a {} id", pci.id(), drv.name());
+        drv.probe(&ctx).expect("probe")
+    }
+}
+
+fn frame(dst: [u8; 6], seq: u32, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0xee, 0x01]);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f[14..18].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in f[18..].iter_mut().enumerate() {
+        *b = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
+    }
+    f
+}
+
+/// Mixed sizes 60..=1514 from a fixed pseudo-random sequence.
+fn sizes(n: usize) -> Vec<usize> {
+    let mut x = 0x1234_5678u32;
+    (0..n)
+        .map(|i| match i % 7 {
+            0 => 60,
+            1 => 1514,
+            _ => {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                60 + (x as usize % (1514 - 60 + 1))
+            }
+        })
+        .collect()
+}
+
+/// Sends `lens.len()` frames from `tx` to `rx` (may be the same port) and checks each one arrives
+/// byte-identical and in order. Keeps at most `window` frames in flight so no ring overflows.
+fn pump(pool: &mut Mempool, tx: &mut dyn EthDev, rx: &mut Option<&mut dyn EthDev>, dst: [u8; 6], lens: &[usize]) {
+    let window: usize = 256;
+    let (mut sent, mut got) = (0usize, 0usize);
+    let mut txb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    let mut rxb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    let mut last_progress = Instant::now();
+    while got < lens.len() {
+        let room = window.saturating_sub(sent - got).min(32).min(lens.len() - sent);
+        if room > 0 {
+            for (k, slot) in txb[..room].iter_mut().enumerate() {
+                let mut m = pool.alloc().expect("mbuf");
+                assert!(m.copy_from(&frame(dst, (sent + k) as u32, lens[sent + k])));
+                *slot = Some(m);
+            }
+            let mut off = 0;
+            while off < room {
+                off += tx.tx_burst(0, &mut txb[off..room]);
+            }
+            sent += room;
+        }
+        let n = match rx {
+            Some(r) => r.rx_burst(0, &mut rxb),
+            None => tx.rx_burst(0, &mut rxb),
+        };
+        for slot in &mut rxb[..n] {
+            let m = slot.take().expect("received mbuf");
+            let want = frame(dst, got as u32, lens[got]);
+            assert_eq!(m.len(), want.len(), "frame {got}: length");
+            assert!(m.data() == &want[..], "frame {got}: content differs");
+            got += 1;
+            pool.free(m);
+            last_progress = Instant::now();
+        }
+        assert!(last_progress.elapsed() < Duration::from_secs(10), "stuck: sent {sent}, received {got}");
+    }
+}
+
+fn wait_link(port: &mut dyn EthDev) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !port.link().up {
+        assert!(Instant::now() < deadline, "link did not come up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_link_down(port: &mut dyn EthDev) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while port.link().up {
+        assert!(Instant::now() < deadline, "link did not go down");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn loopback_delivers_ten_thousand_mixed_frames_in_order_and_counts_them() {
+    let mut lab = Lab::new("i40e-loop");
+    let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback,mac=02:40:22:33:44:55")]);
+    let mut port = lab.probe(&nic, BDF, 0);
+    wait_link(port.as_mut());
+    assert_eq!(port.link().speed_mbps, 10_000);
+    let info = port.info();
+    assert_eq!(info.mac, [0x02, 0x40, 0x22, 0x33, 0x44, 0x55]);
+    assert_eq!((info.driver, info.nb_rxq, info.nb_txq, info.mtu), ("net_i40e", 1, 1, 1500));
+
+    port.stats_reset();
+    let lens = sizes(10_000);
+    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &lens);
+    let total: u64 = lens.iter().map(|l| *l as u64).sum();
+    let s = port.stats();
+    assert_eq!((s.opackets, s.ipackets), (10_000, 10_000), "{s:?}");
+    assert_eq!((s.obytes, s.ibytes), (total, total), "{s:?}");
+    assert_eq!((s.imissed, s.ierrors, s.oerrors, s.rx_nombuf), (0, 0, 0, 0), "{s:?}");
+    assert!(nic.command(&format!("faults {BDF}")).starts_with("ok count=0"));
+
+    // Promiscuous off: a frame to another unicast address is filtered; on: it arrives.
+    let other = [0x02, 0x99, 0, 0, 0, 1];
+    port.set_promisc(true).expect("promisc");
+    pump(&mut lab.pool, port.as_mut(), &mut None, other, &[64, 128]);
+    port.set_promisc(false).expect("promisc off");
+    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &[64]);
+    assert!(port.set_mtu(9000).is_err(), "9000 does not fit a 2 KiB buffer");
+    port.set_mtu(1400).expect("mtu");
+    assert_eq!(port.info().mtu, 1400);
+    port.close(Release::Shared);
+}
+
+#[test]
+fn link_down_and_up_from_the_control_socket_is_seen_by_the_driver() {
+    let lab = Lab::new("i40e-link");
+    let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback")]);
+    let mut port = lab.probe(&nic, BDF, 0);
+    wait_link(port.as_mut());
+    assert!(nic.command(&format!("link down {BDF}")).starts_with("ok"));
+    wait_link_down(port.as_mut());
+    assert_eq!(port.link().speed_mbps, 0);
+    assert!(nic.command(&format!("link up {BDF}")).starts_with("ok"));
+    wait_link(port.as_mut());
+    port.close(Release::Shared);
+}
+
+#[test]
+fn an_i40e_function_cabled_to_an_ixgbe_function_passes_traffic_both_ways() {
+    let mut lab = Lab::new("i40e-peer");
+    let nic = LabNic::start(&[
+        &format!("{BDF},model=i40e,peer={BDF2},mac=02:00:00:00:09:00"),
+        &format!("{BDF2},model=ixgbe,mac=02:00:00:00:0a:00"),
+    ]);
+    let mut a = lab.probe(&nic, BDF, 0);
+    let mut b = lab.probe_with(&IxgbeDriver, &nic, BDF2, 1);
+    wait_link(a.as_mut());
+    wait_link(b.as_mut());
+    let (ma, mb) = (a.info().mac, b.info().mac);
+    assert_eq!((a.info().driver, b.info().driver), ("net_i40e", "net_ixgbe"));
+    let lens = sizes(2_000);
+    pump(&mut lab.pool, a.as_mut(), &mut Some(b.as_mut()), mb, &lens);
+    pump(&mut lab.pool, b.as_mut(), &mut Some(a.as_mut()), ma, &lens);
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!((sa.opackets, sa.ipackets, sb.opackets, sb.ipackets), (2_000, 2_000, 2_000, 2_000));
+    a.close(Release::Shared);
+    b.close(Release::Shared);
+}
+
+#[test]
+fn release_and_probe_again_ten_times_leaks_no_zone_and_no_buffer() {
+    let mut lab = Lab::new("i40e-cycle");
+    let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback")]);
+    let zones_before = lab.rt.shm().zones().len();
+    lab.probe(&nic, BDF, 0).close(Release::Shared);
+    let avail = lab.pool.avail_count();
+    for i in 0..10 {
+        let mut port = lab.probe(&nic, BDF, 0);
+        wait_link(port.as_mut());
+        let mac = port.info().mac;
+        pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60 + i, 1514]);
+        port.close(Release::Shared);
+    }
+    assert_eq!(lab.rt.shm().zones().len(), zones_before, "memzones freed at release");
+    assert_eq!(lab.pool.avail_count(), avail, "every posted buffer back in the pool");
+    assert!(nic.command(&format!("faults {BDF}")).starts_with("ok count=0"));
+}
