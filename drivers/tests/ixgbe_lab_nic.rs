@@ -33,6 +33,9 @@ fn xdg() -> &'static Path {
 }
 
 fn lab_nic_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAB_NIC_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("current exe");
     let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
     let bin = profile.join("lab-nic");
@@ -370,4 +373,88 @@ fn detach_and_probe_again_twenty_times_leaks_no_fd() {
     assert!(after <= before + 4, "fds grew from {before} to {after} over 20 cycles");
     assert_eq!(lab.rt.shm().zones().len(), zones_before, "ring memzones freed at release");
     assert_eq!(lab.pool.avail_count(), avail, "every posted buffer back in the pool");
+}
+
+/// Steady traffic for a while with `ring` descriptors and `window` frames in flight; every frame
+/// must come back, no fault, no error.
+fn sustained(prefix: &str, ring: u16, window: usize, secs: u64) {
+    let lab = Lab::new(prefix);
+    let nic = LabNic::start(&[&format!("{BDF},model=ixgbe,wire=loopback")]);
+    let pci = scan_one(&nic.dir(BDF)).expect("scan");
+    let devargs = Devargs::parse(&format!("{BDF},promisc=1")).expect("devargs");
+    let drv = IxgbeDriver;
+    let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
+    let conf = PortConf { nb_desc: ring, ..PortConf::default() };
+    let ctx = ProbeCtx {
+        runtime: &lab.rt,
+        port: PortId(0),
+        name: BDF,
+        devargs: &devargs,
+        kvargs: &kvargs,
+        pci: Some(&pci),
+        conf: &conf,
+    };
+    let mut port = drv.probe(&ctx).expect("probe");
+    wait_link(port.as_mut());
+    let mut pool = lab.pool.new_handle();
+    let mut txb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    let mut rxb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    let (mut in_flight, mut sent, mut got) = (0usize, 0u64, 0u64);
+    let mut last = Instant::now();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        assert!(pool.alloc_bulk(&mut txb));
+        for m in txb.iter_mut().flatten() {
+            m.set_len(60);
+        }
+        let mut off = 0;
+        while off < 32 {
+            off += port.tx_burst(0, &mut txb[off..]);
+        }
+        in_flight += 32;
+        sent += 32;
+        while in_flight > window - 32 {
+            let n = port.rx_burst(0, &mut rxb);
+            in_flight -= n;
+            got += n as u64;
+            pool.free_bulk(&mut rxb[..n]);
+            if n > 0 {
+                last = Instant::now();
+            }
+            assert!(
+                last.elapsed() < Duration::from_secs(2),
+                "stalled after {got} of {sent}: {:?}; {}",
+                port.stats(),
+                nic.command(&format!("faults {BDF}"))
+            );
+        }
+    }
+    while in_flight > 0 && last.elapsed() < Duration::from_secs(2) {
+        let n = port.rx_burst(0, &mut rxb);
+        in_flight -= n;
+        got += n as u64;
+        pool.free_bulk(&mut rxb[..n]);
+        if n > 0 {
+            last = Instant::now();
+        }
+    }
+    let s = port.stats();
+    assert_eq!((got, s.ipackets, s.opackets, s.ierrors, s.imissed), (sent, sent, sent, 0, 0), "{s:?}");
+    assert!(nic.command(&format!("faults {BDF}")).starts_with("ok count=0"));
+    port.close(Release::Shared);
+}
+
+#[test]
+fn sustained_loopback_traffic_comes_back_without_loss_or_fault() {
+    sustained("ixgbe-sustained", 256, 192, 2);
+}
+
+/// Rings over 256 descriptors under load: lab-nic reads the 32-bit doorbells byte by byte
+/// (`emu/src/mem.rs` `Mapping::read32` loads a `[u8; 4]`, four byte loads in the release build),
+/// so a tail crossing a 256 boundary can be read torn and the device can run past it. It passes
+/// in practice; ignored until lab-nic reads doorbells as one 32-bit load.
+#[test]
+#[ignore = "lab-nic may tear 32-bit doorbell reads (emu Mapping::read32)"]
+fn sustained_loopback_traffic_with_a_1024_ring() {
+    sustained("ixgbe-sustained-1k", 1024, 512, 3);
 }

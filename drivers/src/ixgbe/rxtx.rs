@@ -44,7 +44,7 @@ pub struct QueueHdr {
     _r: u32,
     /// RX: next descriptor to check for DD. TX: next descriptor to fill (the tail).
     next: AtomicU32,
-    /// TX: next descriptor to clean (oldest in flight).
+    /// TX: next descriptor to clean (oldest in flight). RX: next descriptor to refill.
     clean: AtomicU32,
     /// Packets received / sent by software on this queue.
     pkts: AtomicU64,
@@ -282,7 +282,8 @@ impl RxQueue {
             desc_write(self.v.desc(i), m.data_iova().0, 0);
             self.v.sw_set(i, m.into_offset().0);
         }
-        self.v.h().next.store(0, Ordering::Release);
+        self.v.h().next.store(0, Ordering::Relaxed);
+        self.v.h().clean.store(0, Ordering::Release);
         Ok(())
     }
 
@@ -313,17 +314,25 @@ impl RxQueue {
     }
 
     /// Receives into the empty slots at the front of `pkts` (7.1.6: DD, EOP, length from the
-    /// write-back), refills each descriptor with a fresh buffer and writes RDT once.
+    /// write-back), then refills consumed descriptors with fresh buffers and writes RDT once.
+    ///
+    /// Refill lags by one: the newest consumed descriptor is refilled only once a later one has
+    /// been seen done (next burst or later), so a device that lands part of its write-back after
+    /// DD (lab-nic does, see the tests) cannot overwrite a fresh buffer address. RDT stays at the
+    /// last refilled descriptor, so the device never owns a descriptor without a buffer.
     #[inline]
     pub(super) fn burst(&mut self, bar: &Bar, pkts: &mut [Option<Mbuf>]) -> usize {
+        let n = self.v.n;
         let h = self.v.h();
-        let mut i = h.next.load(Ordering::Acquire);
-        if i >= self.v.n {
-            // Corrupt shared state: start over at 0 rather than index out of the ring.
-            i = 0;
+        let (mut i, mut r) = (h.next.load(Ordering::Acquire), h.clean.load(Ordering::Acquire));
+        if i >= n || r >= n {
+            // Corrupt shared state: never index out of the ring.
+            return 0;
         }
-        let (mut got, mut bytes, mut errors, mut nombuf, mut done) = (0usize, 0u64, 0u64, 0u64, 0u32);
-        while got < pkts.len() {
+        let (mut got, mut bytes, mut errors) = (0usize, 0u64, 0u64);
+        // Consumed but not refilled: [r, i). Never let it grow to the whole ring.
+        let mut pending = (i + n - r) % n;
+        while got < pkts.len() && pending + 1 < n {
             let d = self.v.desc(i);
             let status = desc_read32(d, 8);
             if status & RXD_STAT_DD == 0 {
@@ -332,45 +341,69 @@ impl RxQueue {
             // Read the rest of the write-back only after DD (the device writes DD last).
             fence(Ordering::Acquire);
             let len = (desc_read32(d, 12) & 0xffff) as usize;
-            let Some(mut m) = Mbuf::from_offset(&self.shm, ShmOffset(self.v.sw_get(i))) else {
-                // Our own software ring is damaged: leave the descriptor alone, count it.
-                errors += 1;
+            if len == 0 && status & RXD_ERR_RXE == 0 {
+                // DD without a length: the write-back is not complete yet (lab-nic has been seen
+                // to publish DD before the length). A good frame is never empty: look again later.
                 break;
-            };
-            let bad = status & RXD_STAT_EOP == 0 || status & RXD_ERR_RXE != 0 || len > self.buf_size || len == 0;
+            }
+            let off = self.v.sw_get(i);
+            let bad = status & RXD_STAT_EOP == 0 || status & RXD_ERR_RXE != 0 || len > self.buf_size;
             if bad {
-                // Recycle the same buffer into the descriptor: the frame is dropped.
+                // The frame is dropped; its buffer stays in the software ring and is posted again.
                 errors += 1;
-                m.reset();
-                desc_write(d, m.data_iova().0, 0);
-                self.v.sw_set(i, m.into_offset().0);
-            } else {
-                let Some(fresh) = self.pool.alloc() else {
-                    nombuf += 1;
-                    // Put it back untouched; the descriptor stays done and is retried next burst.
-                    let _ = m.into_offset();
-                    break;
-                };
+            } else if let Some(mut m) = Mbuf::from_offset(&self.shm, ShmOffset(off)) {
                 if !m.set_len(len) {
-                    // Cannot happen with buf_size checked at probe; treat as an error, keep going.
                     errors += 1;
                 }
                 m.set_port(self.port);
-                desc_write(d, fresh.data_iova().0, 0);
-                self.v.sw_set(i, fresh.into_offset().0);
+                self.v.sw_set(i, 0);
                 bytes += len as u64;
-                // Fill the first empty slot at the front.
                 pkts[got] = Some(m);
                 got += 1;
+            } else {
+                // No buffer recorded for this descriptor (damaged shared state): drop the frame,
+                // the refill below posts a fresh buffer.
+                errors += 1;
+                self.v.sw_set(i, 0);
             }
             i = self.v.next(i);
-            done += 1;
+            pending += 1;
         }
-        if done > 0 {
-            h.next.store(i, Ordering::Release);
-            // RDT = last refilled descriptor (the one before `i`): the device owns [RDH, RDT).
-            let last = if i == 0 { self.v.n - 1 } else { i - 1 };
-            self.bell.ring(bar, last);
+        h.next.store(i, Ordering::Release);
+
+        // Refill [r, i - 1): everything consumed except the newest.
+        let mut nombuf = 0u64;
+        let mut refilled = 0u32;
+        while pending > 1 {
+            let mut off = self.v.sw_get(r);
+            if off == 0 {
+                match self.pool.alloc() {
+                    Some(m) => off = m.into_offset().0,
+                    None => {
+                        nombuf += 1;
+                        break;
+                    }
+                }
+                self.v.sw_set(r, off);
+            }
+            let Some(mut m) = Mbuf::from_offset(&self.shm, ShmOffset(off)) else {
+                // Not a buffer: forget it and retry this slot with a fresh one next time.
+                self.v.sw_set(r, 0);
+                break;
+            };
+            m.reset();
+            desc_write(self.v.desc(r), m.data_iova().0, 0);
+            let _ = m.into_offset(); // still owned by the software ring
+            r = self.v.next(r);
+            pending -= 1;
+            refilled += 1;
+        }
+        if refilled > 0 {
+            h.clean.store(r, Ordering::Release);
+            // RDT = last refilled descriptor: the device owns [RDH, RDT).
+            self.bell.ring(bar, if r == 0 { n - 1 } else { r - 1 });
+        }
+        if got > 0 {
             add(&h.pkts, got as u64);
             add(&h.bytes, bytes);
         }
