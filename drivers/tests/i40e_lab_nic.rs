@@ -125,6 +125,7 @@ impl Drop for LabNic {
 /// share two CPUs with busy emulator threads, so they run one at a time.
 struct Lab {
     rt: Runtime,
+    prefix: String,
     pool: Mempool,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
@@ -139,7 +140,7 @@ impl Lab {
             Options::parse([format!("--file-prefix={prefix}"), "--proc-type=primary".into()]).expect("opts");
         let rt = Runtime::init(&opts).expect("runtime");
         let pool = Mempool::create(rt.shm(), DEFAULT_POOL, 4096, 2048, 0).expect("pool");
-        Lab { rt, pool, _serial: serial }
+        Lab { rt, prefix, pool, _serial: serial }
     }
 
     fn probe(&self, nic: &LabNic, bdf: &str, port: u16) -> Box<dyn EthDev> {
@@ -335,4 +336,83 @@ fn release_and_probe_again_ten_times_leaks_no_zone_and_no_buffer() {
     assert_eq!(lab.rt.shm().zones().len(), zones_before, "memzones freed at release");
     assert_eq!(lab.pool.avail_count(), avail, "every posted buffer back in the pool");
     assert!(nic.command(&format!("faults {BDF}")).starts_with("ok count=0"));
+}
+
+/// Environment variable that turns [`secondary_child`] from a no-op into the secondary process of
+/// [`a_secondary_process_attaches_moves_traffic_and_leaves_the_port_to_the_primary`]: "prefix|sysfs dir".
+const CHILD_ENV: &str = "LAB_I40E_SECONDARY";
+
+#[test]
+fn a_secondary_process_attaches_moves_traffic_and_leaves_the_port_to_the_primary() {
+    let mut lab = Lab::new("i40e-mp");
+    let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback,mac=02:40:00:00:00:77")]);
+    let mut port = lab.probe(&nic, BDF, 0);
+    wait_link(port.as_mut());
+    port.stats_reset();
+    let mac = port.info().mac;
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(100));
+
+    // The secondary: this test binary again, running only `secondary_child`.
+    let out = Command::new(std::env::current_exe().expect("test exe"))
+        .args(["--exact", "secondary_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, format!("{}|{}", lab.prefix, nic.dir(BDF).display()))
+        .output()
+        .expect("spawn the secondary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("secondary ok"),
+        "secondary failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its vfio-user connection is gone (the relay notices the close shortly after the exit).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = nic.command(&format!("connections {BDF}"));
+        if r.starts_with("ok connections=1 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "secondary connection still open: {r}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The primary continues where the secondary left the rings; the port counters saw everything.
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(1000));
+    let s = port.stats();
+    assert_eq!((s.opackets, s.ipackets), (1600, 1600), "{s:?}");
+    assert!(nic.command(&format!("faults {BDF}")).starts_with("ok count=0"));
+    port.close(Release::Shared);
+}
+
+/// The secondary half of the test above (does nothing unless started by it).
+#[test]
+fn secondary_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let (prefix, dir) = spec.split_once('|').expect("prefix|dir");
+    let (opts, _) = Options::parse([format!("--file-prefix={prefix}"), "--proc-type=secondary".into()]).expect("opts");
+    let rt = Runtime::init(&opts).expect("secondary runtime");
+    assert!(!rt.is_primary());
+    let mut pool = Mempool::lookup(rt.shm(), DEFAULT_POOL, 0).expect("pool");
+    let pci = scan_one(Path::new(dir)).expect("scan");
+    let devargs = Devargs::parse(BDF).expect("devargs");
+    let drv = I40eDriver;
+    let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
+    let conf = PortConf::default();
+    let ctx = ProbeCtx {
+        runtime: &rt,
+        port: PortId(0),
+        name: BDF,
+        devargs: &devargs,
+        kvargs: &kvargs,
+        pci: Some(&pci),
+        conf: &conf,
+    };
+    let mut port = drv.probe(&ctx).expect("secondary attach");
+    let info = port.info();
+    assert_eq!(info.mac, [0x02, 0x40, 0, 0, 0, 0x77], "MAC from the primary's shared state");
+    // Link status through the shared admin queue, from this process.
+    wait_link(port.as_mut());
+    assert_eq!(port.link().speed_mbps, 10_000);
+    pump(&mut pool, port.as_mut(), &mut None, info.mac, &sizes(500));
+    port.close(Release::Local);
+    println!("secondary ok");
 }
