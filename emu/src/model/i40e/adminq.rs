@@ -506,7 +506,7 @@ impl I40e {
         Ok(Reply { rc, write_buf: true, datalen: (n * MACVLAN_ELEM_LEN) as u16 })
     }
 
-    /// Parameters of a get_link_status completion or link status event (7.11.5.8.4).
+    /// Parameters of a get_link_status completion or link status event.
     pub(super) fn link_status_params(&self) -> [u8; 16] {
         let up = self.link_up();
         let mut p = [0u8; 16];

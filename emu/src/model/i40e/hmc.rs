@@ -112,7 +112,7 @@ pub fn field(buf: &[u8], (lsb, width): (usize, usize)) -> u64 {
     v
 }
 
-/// Decoded TX queue context (8.3.3.2.2), the fields the model acts on.
+/// Decoded TX queue context, the fields the model acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxContext {
     /// Ring base IOVA (bytes).
@@ -154,7 +154,7 @@ impl TxContext {
     }
 }
 
-/// Decoded RX queue context (8.3.3.2.1).
+/// Decoded RX queue context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxContext {
     /// Ring base IOVA (bytes).

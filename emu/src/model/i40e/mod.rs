@@ -38,7 +38,7 @@ pub const IDS: PciIds = PciIds {
     revision: 0x02,
 };
 
-/// SEIDs of the switch elements the firmware reports (7.11.5.3).
+/// SEIDs of the switch elements the firmware reports.
 pub const SEID_MAC: u16 = 2;
 /// SEID of the PF.
 pub const SEID_PF: u16 = 16;
@@ -311,7 +311,7 @@ impl I40e {
         self.link_cable && self.fw.phy_link_enabled
     }
 
-    /// Queues a link status event when the reported link changes (7.11.5.8.4, if the driver enabled them).
+    /// Queues a link status event when the reported link changes (if the driver enabled them).
     fn update_link(&mut self) {
         let up = self.link_up();
         if up == self.link_reported {
@@ -347,7 +347,7 @@ impl I40e {
         (off >= base && q < PF_QUEUES && off.is_multiple_of(4)).then_some(q as usize)
     }
 
-    /// Shadow-RAM contents (7.5): a small, consistent NVM image.
+    /// Shadow-RAM contents: a small, consistent NVM image.
     fn shadow_ram(&self, word: u32) -> u16 {
         match word {
             // Valid signature (bits 7:6 = 01).
@@ -576,7 +576,7 @@ impl I40e {
         }
     }
 
-    /// Loads the contexts of queues whose QENA_REQ is set (7.4.2.1 / 8.3.3.1: the enable handshake).
+    /// Loads the contexts of queues whose QENA_REQ is set (the enable handshake).
     fn load_requested_queues(&mut self, dma: &mut dyn Dma) -> bool {
         if !std::mem::take(&mut self.qena_pending) {
             return false;
@@ -645,7 +645,7 @@ impl I40e {
         }
     }
 
-    /// Queue interrupt through QINT_[RT]QCTL (7.5.2): cause enabled -> its MSI-X vector.
+    /// Queue interrupt through QINT_[RT]QCTL: cause enabled -> its MSI-X vector.
     fn queue_interrupt(&mut self, q: u32, tx: bool) {
         let ctl = self.reg(if tx { qint_tqctl(q) } else { qint_rqctl(q) });
         if ctl & QINT_CTL_CAUSE_ENA != 0 {

@@ -1,13 +1,14 @@
 //! X710 registers, admin-queue opcodes and structure offsets the emulator implements, transcribed from
-//! the Intel Ethernet Controller X710/XXV710/XL710 Datasheet (order no. 332464): section 10.2.2
-//! "PCIe/PF register summary" for offsets and fields, 7.11 "Admin queue" for descriptors and return
-//! codes, 7.9 / 8.3.3 "LAN HMC" for segment descriptors and the queue-context bit layouts, 8.3.2.1 /
-//! 8.4.2 for the receive and transmit descriptors. Written for the emulator only; the driver keeps its
-//! own copy (ARCHITECTURE: neither side imports the other).
+//! the Intel Ethernet Controller X710/XXV710/XL710 Datasheet (order no. 332464): the PF register summary
+//! for offsets and fields, the "Admin Queue" chapter for descriptors, return codes and command
+//! structures, the "LAN HMC" chapter for segment descriptors and the queue-context bit layouts, and the
+//! LAN receive and transmit descriptor formats. Section numbers differ between datasheet revisions, so
+//! sections are named, not numbered. Written for the emulator only; the driver keeps its own copy
+//! (ARCHITECTURE: neither side imports the other).
 
 #![allow(missing_docs)] // datasheet names are the documentation
 
-// 10.2.2.1 General / reset.
+// General / reset.
 pub const PFGEN_CTRL: u32 = 0x0009_2400;
 pub const PFGEN_CTRL_PFSWR: u32 = 1 << 0;
 pub const GLGEN_RSTAT: u32 = 0x000b_8188;
@@ -16,7 +17,7 @@ pub const PFGEN_PORTNUM: u32 = 0x001c_0480;
 pub const PF_FUNC_RID: u32 = 0x0009_c000;
 pub const GL_FWSTS: u32 = 0x0008_3048;
 
-// 10.2.2.3 PCIe.
+// PCIe.
 pub const GLPCI_CNF2: u32 = 0x000b_e494;
 pub const GLPCI_CNF2_MSI_X_PF_N_SHIFT: u32 = 2;
 pub const GLPCI_CAPSUP: u32 = 0x000b_e4a8;
@@ -25,7 +26,7 @@ pub const PFLAN_QALLOC_LASTQ_SHIFT: u32 = 16;
 pub const PFLAN_QALLOC_VALID: u32 = 1 << 31;
 pub const PF_VT_PFALLOC: u32 = 0x001c_0500;
 
-// 10.2.2.4 NVM / shadow RAM.
+// NVM / shadow RAM.
 pub const GLNVM_ULD: u32 = 0x000b_6008;
 /// PCIR, PCIRTL, LCB, CORE, GLOBAL, POR done (bits 0..5).
 pub const GLNVM_ULD_ALL_DONE: u32 = 0x3f;
@@ -44,14 +45,14 @@ pub const GLNVM_SRCTL_START: u32 = 1 << 30;
 pub const GLNVM_SRCTL_DONE: u32 = 1 << 31;
 pub const GLNVM_SRDATA: u32 = 0x000b_6114;
 pub const GLNVM_SRDATA_RDDATA_SHIFT: u32 = 16;
-/// Shadow-RAM words the drivers read (7.5 NVM map).
+/// Shadow-RAM words the drivers read ("NVM map").
 pub const SR_NVM_CONTROL_WORD: u32 = 0x00;
 pub const SR_BOOT_CONFIG_PTR: u32 = 0x17;
 pub const SR_NVM_DEV_STARTER_VERSION: u32 = 0x18;
 pub const SR_NVM_EETRACK_LO: u32 = 0x2d;
 pub const SR_NVM_EETRACK_HI: u32 = 0x2e;
 
-// 10.2.2.5 LAN receive control.
+// LAN receive control.
 pub const GLLAN_RCTL_0: u32 = 0x0012_a500;
 pub const GLLAN_RCTL_0_PXE_MODE: u32 = 1 << 0;
 pub const GLLAN_TXPRE_QDIS_COUNT: u32 = 12;
@@ -59,7 +60,7 @@ pub const fn gllan_txpre_qdis(i: u32) -> u32 {
     0x000e_6500 + 4 * i
 }
 
-// 10.2.2.2 Interrupts.
+// Interrupts.
 pub const PFINT_ICR0: u32 = 0x0003_8780;
 pub const PFINT_ICR0_ENA: u32 = 0x0003_8800;
 pub const PFINT_ICR0_LINK_STAT_CHANGE: u32 = 1 << 25;
@@ -75,7 +76,7 @@ pub const fn qint_tqctl(q: u32) -> u32 {
 pub const QINT_CTL_MSIX_INDX_MASK: u32 = 0xff;
 pub const QINT_CTL_CAUSE_ENA: u32 = 1 << 30;
 
-// 7.11.2 / 10.2.2.6 Admin queue registers (PF).
+// Admin queue registers (PF).
 pub const PF_ATQBAL: u32 = 0x0008_0000;
 pub const PF_ATQBAH: u32 = 0x0008_0100;
 pub const PF_ATQLEN: u32 = 0x0008_0200;
@@ -91,7 +92,7 @@ pub const AQLEN_OVFL: u32 = 1 << 29;
 pub const AQLEN_ENABLE: u32 = 1 << 31;
 pub const AQ_PTR_MASK: u32 = 0x3ff;
 
-// 7.9 / 10.2.2.7 LAN HMC.
+// LAN HMC.
 pub const GLHMC_LANTXOBJSZ: u32 = 0x000c_2004;
 pub const GLHMC_LANQMAX: u32 = 0x000c_2008;
 pub const GLHMC_LANRXOBJSZ: u32 = 0x000c_200c;
@@ -137,7 +138,7 @@ pub const LANRXOBJSZ_LOG2: u32 = 5;
 pub const LANQMAX: u32 = 1536;
 pub const PF_QUEUES: u32 = 64;
 
-// 10.2.2.8 LAN transmit / receive queues.
+// LAN transmit / receive queues.
 pub const fn qtx_ena(q: u32) -> u32 {
     0x0010_0000 + 4 * q
 }
@@ -161,7 +162,7 @@ pub const fn qtx_head(q: u32) -> u32 {
 }
 pub const TAIL_MASK: u32 = 0x1fff;
 
-// 10.2.2.17 Port statistics (48-bit L/H pairs unless noted; p = port 0..3).
+// Port statistics (48-bit L/H pairs unless noted; p = port 0..3).
 pub const fn glprt_gorcl(p: u32) -> u32 {
     0x0030_0000 + 8 * p
 }
@@ -205,14 +206,14 @@ pub const fn glprt_tdold(p: u32) -> u32 {
 pub const TX_TAIL_PAGES: (u64, u64) = (0x10_8000, 0x2000);
 pub const RX_TAIL_PAGES: (u64, u64) = (0x12_8000, 0x2000);
 
-// BARs (9.3: BAR0 64-bit 8 MiB, BAR3 MSI-X 32 KiB).
+// BARs (BAR0 64-bit 8 MiB, BAR3 MSI-X 32 KiB).
 pub const BAR0_SIZE: u64 = 8 * 1024 * 1024;
 pub const BAR3_SIZE: u64 = 32 * 1024;
 pub const MSIX_VECTORS: u32 = 64;
 pub const MSIX_TABLE_OFFSET: u32 = 0x0000;
 pub const MSIX_PBA_OFFSET: u32 = 0x1000;
 
-// 7.11.1 Admin queue descriptor (32 bytes): flags @0, opcode @2, datalen @4, retval @6, cookies @8/@12,
+// Admin queue descriptor (32 bytes): flags @0, opcode @2, datalen @4, retval @6, cookies @8/@12,
 // params @16 (addr_high @24, addr_low @28 when a buffer is attached).
 pub const AQ_DESC_LEN: u64 = 32;
 pub const AQ_FLAG_DD: u16 = 1 << 0;
@@ -226,7 +227,7 @@ pub const AQ_FLAG_SI: u16 = 1 << 13;
 pub const AQ_SMALL_BUF: usize = 512;
 pub const AQ_MAX_BUF: usize = 4096;
 
-// 7.11.4 Admin queue return codes.
+// Admin queue return codes.
 pub const AQ_RC_OK: u16 = 0;
 pub const AQ_RC_EPERM: u16 = 1;
 pub const AQ_RC_ENOENT: u16 = 2;
@@ -237,7 +238,7 @@ pub const AQ_RC_ENOSPC: u16 = 16;
 pub const AQ_RC_ENOSYS: u16 = 17;
 pub const AQ_RC_BAD_ADDR: u16 = 20;
 
-// 7.11.5 Admin queue opcodes.
+// Admin queue opcodes.
 pub const AQC_GET_VERSION: u16 = 0x0001;
 pub const AQC_DRIVER_VERSION: u16 = 0x0002;
 pub const AQC_QUEUE_SHUTDOWN: u16 = 0x0003;
@@ -270,7 +271,7 @@ pub const AQC_LLDP_STOP: u16 = 0x0a05;
 pub const AQC_LLDP_START: u16 = 0x0a06;
 pub const AQC_GET_CEE_DCB_CFG: u16 = 0x0a07;
 
-// 7.11.5.1.5 list capabilities: element ids (32-byte elements).
+// list capabilities: element ids (32-byte elements).
 pub const CAP_ID_SWITCH_MODE: u16 = 0x0001;
 pub const CAP_ID_FUNCTIONS_VALID: u16 = 0x0005;
 pub const CAP_ID_VSI: u16 = 0x0017;
@@ -282,7 +283,7 @@ pub const CAP_ELEM_LEN: usize = 32;
 pub const RSS_TABLE_SIZE: u32 = 512;
 pub const RSS_TABLE_ENTRY_WIDTH: u32 = 6;
 
-// 7.11.5.3 switch configuration elements.
+// switch configuration elements.
 pub const SW_ELEM_TYPE_MAC: u8 = 1;
 pub const SW_ELEM_TYPE_PF: u8 = 2;
 pub const SW_ELEM_TYPE_VSI: u8 = 19;
@@ -290,7 +291,7 @@ pub const SW_HDR_LEN: usize = 16;
 pub const SW_ELEM_LEN: usize = 16;
 pub const CONN_TYPE_REGULAR: u8 = 1;
 
-// 7.11.5.4 VSI properties (128 bytes): section valid bits and byte offsets.
+// VSI properties (128 bytes): section valid bits and byte offsets.
 pub const VSI_PROPS_LEN: usize = 128;
 pub const VSI_PROP_SWITCH_VALID: u16 = 0x0001;
 pub const VSI_PROP_SECURITY_VALID: u16 = 0x0002;
@@ -323,7 +324,7 @@ pub const VSI_SECTIONS: [(u16, usize, usize); 10] = [
     (VSI_PROP_OUTER_UP_VALID, 84, 88),
 ];
 
-// 7.11.5.5 MAC/VLAN filters (16-byte elements).
+// MAC/VLAN filters (16-byte elements).
 pub const MACVLAN_ELEM_LEN: usize = 16;
 pub const MACVLAN_CMD_SEID_VALID: u16 = 0x8000;
 pub const MACVLAN_CMD_SEID_MASK: u16 = 0x3ff;
@@ -335,14 +336,14 @@ pub const REMOVE_MACVLAN_FAIL: u8 = 0xff;
 /// Perfect-match filters one VSI may hold in the model.
 pub const MAX_MAC_FILTERS: usize = 64;
 
-// 7.11.5.6 promiscuous flags.
+// promiscuous flags.
 pub const PROMISC_UNICAST: u16 = 0x01;
 pub const PROMISC_MULTICAST: u16 = 0x02;
 pub const PROMISC_BROADCAST: u16 = 0x04;
 pub const PROMISC_VLAN: u16 = 0x10;
 pub const PROMISC_SEID_MASK: u16 = 0x3ff;
 
-// 7.11.5.8 PHY / link.
+// PHY / link.
 pub const PHY_TYPE_10GBASE_SR: u32 = 0x14;
 pub const LINK_SPEED_10GB: u8 = 1 << 3;
 pub const PHY_ABILITY_PAUSE_TX: u8 = 0x01;
@@ -372,7 +373,7 @@ pub const QUERY_VSI_BW_LEN: usize = 0x40;
 pub const QUERY_VSI_ETS_SLA_LEN: usize = 0x20;
 pub const CONFIGURE_VSI_TC_BW_LEN: usize = 0x20;
 
-// 8.3.3.2.2 TX queue context (128 bytes): (lsb, width) of the fields the model uses.
+// TX queue context (128 bytes): (lsb, width) of the fields the model uses.
 pub const TXC_HEAD: (usize, usize) = (0, 13);
 pub const TXC_NEW_CONTEXT: (usize, usize) = (30, 1);
 pub const TXC_BASE: (usize, usize) = (32, 57);
@@ -381,7 +382,7 @@ pub const TXC_QLEN: (usize, usize) = (161, 13);
 pub const TXC_HEAD_WB_ADDR: (usize, usize) = (192, 64);
 pub const TXC_RDYLIST: (usize, usize) = (980, 10);
 pub const TX_CTX_LEN: usize = 128;
-// 8.3.3.2.1 RX queue context (32 bytes).
+// RX queue context (32 bytes).
 pub const RXC_HEAD: (usize, usize) = (0, 13);
 pub const RXC_BASE: (usize, usize) = (32, 57);
 pub const RXC_QLEN: (usize, usize) = (89, 13);
@@ -395,7 +396,7 @@ pub const RX_CTX_LEN: usize = 32;
 /// Ring base and buffer sizes are in 128-byte units.
 pub const CTX_UNIT: u64 = 128;
 
-// 8.4.2 Transmit data descriptor (16 bytes): buffer address @0, cmd_type_offset_bsz @8.
+// Transmit data descriptor (16 bytes): buffer address @0, cmd_type_offset_bsz @8.
 pub const TXD_DTYPE_MASK: u64 = 0xf;
 pub const TXD_DTYPE_DATA: u64 = 0x0;
 pub const TXD_DTYPE_CONTEXT: u64 = 0x1;
@@ -406,7 +407,7 @@ pub const TXD_CMD_EOP: u64 = 0x1;
 pub const TXD_CMD_RS: u64 = 0x2;
 pub const TXD_BSZ_SHIFT: u32 = 34;
 pub const TXD_BSZ_MASK: u64 = 0x3fff;
-// 8.3.2.1 Receive descriptor write-back, qword1 @8.
+// Receive descriptor write-back, qword1 @8.
 pub const RXD_STATUS_DD: u64 = 1 << 0;
 pub const RXD_STATUS_EOF: u64 = 1 << 1;
 pub const RXD_ERROR_SHIFT: u32 = 19;

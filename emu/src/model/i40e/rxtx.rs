@@ -1,5 +1,5 @@
 //! X710 data path: QTX_TAIL / QRX_TAIL doorbells (mmapped pages), transmit data descriptors with
-//! descriptor or head write-back (8.4.2), receive descriptors of 16 or 32 bytes (8.3.2.1), the MAC/VSI
+//! descriptor or head write-back, receive descriptors of 16 or 32 bytes, the MAC/VSI
 //! receive filters, internal loopback, the wire, and the GLPRT counters.
 //!
 //! Bounded work per poll: at most [`BUDGET`] descriptors per TX queue and [`BUDGET`] received frames.
@@ -161,7 +161,7 @@ impl I40e {
         self.tx_frame = frame;
     }
 
-    /// Receive filters (7.4.1.2): promiscuous modes of the VSI, else a perfect MAC filter.
+    /// Receive filters: promiscuous modes of the VSI, else a perfect MAC filter.
     fn accept(&self, frame: &[u8]) -> bool {
         if frame.len() < 14 {
             return false;
@@ -322,7 +322,7 @@ impl I40e {
         ok
     }
 
-    /// Write-back (8.3.2.1.2): qword0 (and qwords 2/3 of 32-byte descriptors) first, qword1 with DD last.
+    /// Write-back: qword0 (and qwords 2/3 of 32-byte descriptors) first, qword1 with DD last.
     fn rx_writeback(dma: &mut dyn Dma, addr: u64, dlen: u64, qw1: u64) -> Result<(), DmaError> {
         dma.write(addr, &0u64.to_le_bytes())?;
         if dlen == 32 {
