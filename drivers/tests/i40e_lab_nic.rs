@@ -148,10 +148,13 @@ impl Lab {
     }
 
     fn probe_with(&self, drv: &dyn Driver, nic: &LabNic, bdf: &str, port: u16) -> Box<dyn EthDev> {
+        self.probe_conf(drv, nic, bdf, port, &PortConf::default())
+    }
+
+    fn probe_conf(&self, drv: &dyn Driver, nic: &LabNic, bdf: &str, port: u16, conf: &PortConf) -> Box<dyn EthDev> {
         let pci = scan_one(&nic.dir(bdf)).expect("scan");
         let devargs = Devargs::parse(bdf).expect("devargs");
         let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
-        let conf = PortConf::default();
         let ctx = ProbeCtx {
             runtime: &self.rt,
             port: PortId(port),
@@ -159,7 +162,7 @@ impl Lab {
             devargs: &devargs,
             kvargs: &kvargs,
             pci: Some(&pci),
-            conf: &conf,
+            conf,
         };
         assert!(drv.pci_ids().contains(&pci.id()), "{} not a {} id", pci.id(), drv.name());
         drv.probe(&ctx).expect("probe")
@@ -415,4 +418,42 @@ fn secondary_child() {
     pump(&mut pool, port.as_mut(), &mut None, info.mac, &sizes(500));
     port.close(Release::Local);
     println!("secondary ok");
+}
+
+#[test]
+fn every_transmit_queue_of_four_pairs_sends_and_the_vsi_receives_on_its_first_queue() {
+    let mut lab = Lab::new("i40e-mq");
+    let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback")]);
+    let conf = PortConf { nb_rxq: 4, nb_txq: 4, nb_desc: 128, ..PortConf::default() };
+    let mut port = lab.probe_conf(&I40eDriver, &nic, BDF, 0, &conf);
+    wait_link(port.as_mut());
+    let info = port.info();
+    assert_eq!((info.nb_rxq, info.nb_txq), (4, 4));
+    let mut rxb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    for q in 0..4u16 {
+        let mut txb: Vec<Option<Mbuf>> = (0..20)
+            .map(|i| {
+                let mut m = lab.pool.alloc().expect("mbuf");
+                assert!(m.copy_from(&frame(info.mac, u32::from(q) * 100 + i, 60 + 50 * i as usize)));
+                Some(m)
+            })
+            .collect();
+        assert_eq!(port.tx_burst(q, &mut txb), 20, "tx queue {q}");
+        let (mut got, deadline) = (0u32, Instant::now() + Duration::from_secs(5));
+        while got < 20 {
+            assert!(Instant::now() < deadline, "tx queue {q}: {got} of 20 frames back");
+            for other in 1..4 {
+                assert_eq!(port.rx_burst(other, &mut rxb), 0, "nothing on rx queue {other}");
+            }
+            let n = port.rx_burst(0, &mut rxb);
+            for slot in &mut rxb[..n] {
+                let m = slot.take().expect("mbuf");
+                assert!(m.data() == &frame(info.mac, u32::from(q) * 100 + got, 60 + 50 * got as usize)[..]);
+                lab.pool.free(m);
+                got += 1;
+            }
+        }
+    }
+    assert!(nic.command(&format!("faults {BDF}")).starts_with("ok count=0"));
+    port.close(Release::Shared);
 }
