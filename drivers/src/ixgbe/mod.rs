@@ -121,7 +121,7 @@ impl Driver for IxgbeDriver {
         if conf.nb_rxq == 0 || conf.nb_rxq > MAX_QUEUES || conf.nb_txq == 0 || conf.nb_txq > MAX_QUEUES {
             return Err(err(format!("queue counts {}/{} out of range 1..={MAX_QUEUES}", conf.nb_rxq, conf.nb_txq)));
         }
-        if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || conf.nb_desc % 8 != 0 {
+        if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || !conf.nb_desc.is_multiple_of(8) {
             return Err(err(format!("{} descriptors: a multiple of 8 in {MIN_DESC}..={MAX_DESC}", conf.nb_desc)));
         }
         let shm = ctx.runtime.shm();

@@ -117,7 +117,7 @@ impl QueueView {
             return Err(format!("memzone {name} is {} bytes, {} needed", z.len, zone_len(n)));
         }
         let base = shm.ptr(z.offset, zone_len(n)).ok_or_else(|| format!("memzone {name} outside shared memory"))?;
-        if base.as_ptr() as usize % 128 != 0 {
+        if !(base.as_ptr() as usize).is_multiple_of(128) {
             return Err(format!("memzone {name} is not 128-byte aligned"));
         }
         let hdr = base.cast::<QueueHdr>();

@@ -1,0 +1,244 @@
+//! Group `rxtx`: packets through net_ixgbe and an emulated 82599 on loopback (driver tx -> lab-nic
+//! -> driver rx, bench process and emulator in separate processes, burst 32), against its floor:
+//! the same 64-byte objects moved to another process through a raw shared-memory ring.
+//!
+//! `ixgbe_loopback/N`: N is the frame size on the wire with its 4-byte FCS (the driver hands the
+//! device N - 4 bytes; the device strips the FCS on receive). One iteration sends a burst of 32
+//! and receives a burst's worth, with at most `WINDOW` frames in flight, so the figure is
+//! steady-state throughput, not the latency of one round trip.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use lab_benches::{mean_ns, peer_cpu, pin_to, print_ratio, PeerProc, BENCH_CPU};
+use lab_core::bus::pci::scan_one;
+use lab_core::devargs::Devargs;
+use lab_core::ethdev::{Driver, EthDev, PortConf, PortId, ProbeCtx, Release, DEFAULT_POOL};
+use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::options::Options;
+use lab_core::ring::{Ring, RingFlags};
+use lab_core::runtime::Runtime;
+use lab_drivers::ixgbe::IxgbeDriver;
+
+const PEER: &str = env!("CARGO_BIN_EXE_lab-bench-peer");
+const BDF: &str = "0000:00:05.0";
+const BURST: usize = 32;
+/// Frames in flight at most (the RX ring holds 1024).
+const WINDOW: usize = 512;
+
+fn lab_nic_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile.join("lab-nic");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "lab-emu", "--bin", "lab-nic"])
+            .status()
+            .expect("cargo build lab-nic");
+        assert!(st.success(), "building lab-nic failed");
+    }
+    bin
+}
+
+/// lab-nic on the peer CPU, stopped by pid on drop.
+struct LabNic {
+    child: Child,
+}
+
+impl LabNic {
+    fn start(root: &Path) -> LabNic {
+        // The child inherits this thread's affinity: pin to the peer CPU for the spawn only.
+        pin_to(peer_cpu());
+        let child = Command::new(lab_nic_bin())
+            .arg("--sysfs-root")
+            .arg(root)
+            .args(["--dev", &format!("{BDF},model=ixgbe,wire=loopback"), "--log-level", "warn"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn();
+        pin_to(BENCH_CPU);
+        let mut child = child.expect("spawn lab-nic");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        while line.trim() != "lab-nic ready" {
+            line.clear();
+            assert!(out.read_line(&mut line).expect("lab-nic stdout") > 0, "lab-nic exited before ready");
+        }
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        LabNic { child }
+    }
+}
+
+impl Drop for LabNic {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Steady-state loopback traffic on one port.
+struct Loop {
+    pool: Mempool,
+    txb: Vec<Option<Mbuf>>,
+    rxb: Vec<Option<Mbuf>>,
+    in_flight: usize,
+    lost: u64,
+    last_rx: Instant,
+}
+
+impl Loop {
+    fn iter(&mut self, port: &mut dyn EthDev, len: usize) {
+        assert!(self.pool.alloc_bulk(&mut self.txb), "pool empty");
+        for m in self.txb.iter_mut().flatten() {
+            m.set_len(len);
+        }
+        let mut off = 0;
+        while off < BURST {
+            off += port.tx_burst(0, &mut self.txb[off..]);
+            if off < BURST {
+                self.drain(port);
+            }
+        }
+        self.in_flight += BURST;
+        while self.in_flight > WINDOW - BURST {
+            self.drain(port);
+        }
+    }
+
+    fn drain(&mut self, port: &mut dyn EthDev) {
+        let n = port.rx_burst(0, &mut self.rxb);
+        if n > 0 {
+            self.in_flight = self.in_flight.saturating_sub(n);
+            self.pool.free_bulk(&mut self.rxb[..n]);
+            self.last_rx = Instant::now();
+        } else if self.last_rx.elapsed() > Duration::from_secs(1) {
+            // Frames the device dropped never come back: forget them rather than hang.
+            self.lost += self.in_flight as u64;
+            self.in_flight = 0;
+            self.last_rx = Instant::now();
+        }
+    }
+}
+
+fn main() {
+    let xdg = tempfile::tempdir().expect("tempdir");
+    std::env::set_var("XDG_RUNTIME_DIR", xdg.path());
+    let prefix = format!("bench-rxtx-{}", std::process::id());
+    pin_to(BENCH_CPU);
+    let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(4));
+
+    let (opts, _) = Options::parse([format!("--file-prefix={prefix}"), "--proc-type=primary".into()]).expect("opts");
+    let rt = Runtime::init(&opts).expect("bench runtime");
+    let pool = Mempool::create(rt.shm(), DEFAULT_POOL, 8192, 2048, 256).expect("pool");
+
+    let mut g = c.benchmark_group("rxtx");
+
+    // Floor: 64-byte objects, bulk 32, to a peer process copying them out of a shared ring.
+    {
+        let ring = Ring::<[u8; 64]>::create(rt.shm(), "bench-rxtx-ring", 1024, RingFlags::SPSC).expect("ring");
+        let mut args =
+            vec!["ring-drain".to_string(), format!("--file-prefix={prefix}"), "--proc-type=secondary".into()];
+        args.extend(["--".into(), "bench-rxtx-ring".into()]);
+        let _drain = PeerProc::spawn(PEER, &args, xdg.path());
+        let objs = [[5u8; 64]; BURST];
+        g.throughput(Throughput::Elements(BURST as u64));
+        g.bench_with_input(BenchmarkId::new("shm_copy_floor", 64), &64, |b, _| {
+            b.iter(|| {
+                while !ring.enqueue_bulk(&objs) {
+                    std::hint::spin_loop();
+                }
+            })
+        });
+    }
+
+    // The driver through the emulated NIC.
+    let sysfs = tempfile::tempdir().expect("sysfs root");
+    let nic = LabNic::start(sysfs.path());
+    let pci = scan_one(&sysfs.path().join(BDF)).expect("scan");
+    let devargs = Devargs::parse(&format!("{BDF},promisc=1")).expect("devargs");
+    let drv = IxgbeDriver;
+    let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
+    let conf = PortConf { nb_desc: 1024, ..PortConf::default() };
+    let ctx = ProbeCtx {
+        runtime: &rt,
+        port: PortId(0),
+        name: BDF,
+        devargs: &devargs,
+        kvargs: &kvargs,
+        pci: Some(&pci),
+        conf: &conf,
+    };
+    let mut port = drv.probe(&ctx).expect("probe ixgbe");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !port.link().up {
+        assert!(Instant::now() < deadline, "link down");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut lp = Loop {
+        pool: pool.new_handle(),
+        txb: (0..BURST).map(|_| None).collect(),
+        rxb: (0..BURST).map(|_| None).collect(),
+        in_flight: 0,
+        lost: 0,
+        last_rx: Instant::now(),
+    };
+    for size in [64usize, 1518] {
+        g.throughput(Throughput::Elements(BURST as u64));
+        g.bench_with_input(BenchmarkId::new("ixgbe_loopback", size), &size, |b, &size| {
+            b.iter(|| lp.iter(port.as_mut(), size - 4))
+        });
+    }
+    // Let the last frames come home, then check nothing was lost on the way.
+    let until = Instant::now() + Duration::from_millis(500);
+    while lp.in_flight > 0 && Instant::now() < until {
+        lp.drain(port.as_mut());
+    }
+    let stats = port.stats();
+    g.finish();
+    port.close(Release::Shared);
+    drop(nic);
+    drop(lp);
+    drop(rt);
+
+    c.final_summary();
+    println!();
+    println!(
+        "ixgbe port stats: opackets={} ipackets={} imissed={} ierrors={} (lost by the bench loop: {})",
+        stats.opackets,
+        stats.ipackets,
+        stats.imissed,
+        stats.ierrors,
+        lp_lost(&stats)
+    );
+    for id in ["ixgbe_loopback/64", "ixgbe_loopback/1518", "shm_copy_floor/64"] {
+        if let Some(ns) = mean_ns("rxtx", id) {
+            let mpps = BURST as f64 / ns * 1e3;
+            let verdict = match id {
+                "ixgbe_loopback/64" if mpps >= 10.0 => " (floor 10 Mpps: met)",
+                "ixgbe_loopback/64" => " (floor 10 Mpps: NOT met)",
+                _ => "",
+            };
+            println!("rate rxtx/{id}: {mpps:.2} Mpps{verdict}");
+        }
+    }
+    print_ratio("ixgbe_loopback/64 vs floor", "rxtx", "ixgbe_loopback/64", "shm_copy_floor/64", Some(2.0));
+}
+
+fn lp_lost(s: &lab_core::ethdev::PortStats) -> u64 {
+    s.opackets.saturating_sub(s.ipackets)
+}
