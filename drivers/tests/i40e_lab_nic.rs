@@ -457,3 +457,23 @@ fn every_transmit_queue_of_four_pairs_sends_and_the_vsi_receives_on_its_first_qu
     assert!(nic.command(&format!("faults {BDF}")).starts_with("ok count=0"));
     port.close(Release::Shared);
 }
+
+#[test]
+fn surprise_unplug_reads_as_link_down_and_release_does_not_wait_on_the_admin_queue() {
+    let lab = Lab::new("i40e-unplug");
+    let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback")]);
+    let mut port = lab.probe(&nic, BDF, 0);
+    wait_link(port.as_mut());
+    assert!(nic.command(&format!("unplug {BDF}")).starts_with("ok"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !port.is_removed() {
+        assert!(Instant::now() < deadline, "removal not noticed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    assert!(!port.link().up);
+    let zones = lab.rt.shm().zones().len();
+    port.close(Release::Shared);
+    assert!(t.elapsed() < Duration::from_secs(1), "release took {:?}", t.elapsed());
+    assert!(lab.rt.shm().zones().len() < zones, "zones freed even without the device");
+}

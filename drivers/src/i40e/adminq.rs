@@ -67,6 +67,14 @@ pub enum AqError {
     /// The queue memory is not where it should be.
     #[error("admin queue memory: {0}")]
     Memory(String),
+    /// The doorbell write did not reach the device (removed, or the transport failed).
+    #[error("admin command {opcode:#06x}: device unreachable: {reason}")]
+    Transport {
+        /// The command.
+        opcode: u16,
+        /// What the transport said.
+        reason: String,
+    },
 }
 
 impl AqError {
@@ -271,7 +279,7 @@ impl AdminQueue {
         let next = (ntu + 1) % ATQ_LEN;
         self.put(0, &next.to_le_bytes()).map_err(mem)?;
         fence(Ordering::Release);
-        bar.write32(PF_ATQT, next);
+        bar.try_write32(PF_ATQT, next).map_err(|e| AqError::Transport { opcode, reason: e.to_string() })?;
 
         // The firmware writes the descriptor back with DD set, then moves ATQH.
         let start = Instant::now();

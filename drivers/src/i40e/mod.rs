@@ -259,6 +259,9 @@ impl Port {
     /// One admin command; errors name the command.
     fn cmd(&self, what: &str, opcode: u16, params: [u8; 16], buf: Buf<'_>) -> Result<Completion, AqError> {
         let aq = self.aq.as_ref().ok_or_else(|| AqError::Memory("admin queue not set up".into()))?;
+        if !self.dev.is_alive() {
+            return Err(AqError::Transport { opcode, reason: "device removed".into() });
+        }
         let r = aq.send(self.bar(), opcode, params, buf);
         match &r {
             Ok(_) => tracing::debug!(port = self.port, "aq {what}: ok"),
