@@ -720,3 +720,37 @@ fn bad_accesses_read_all_ones_and_are_recorded() {
     m.bar_read(1, 0, &mut b);
     assert_eq!(m.faults().total(), 4);
 }
+
+fn enable_msix(m: &mut I40e) {
+    let mut cap = 0x40u64;
+    loop {
+        let mut id = [0u8; 2];
+        m.config_read(cap, &mut id);
+        if id[0] == 0x11 {
+            break;
+        }
+        cap = u64::from(id[1]);
+    }
+    m.config_write(cap + 3, &[0x80]);
+    for v in 0..4u64 {
+        m.bar_write(3, v * 16 + 12, &[0, 0, 0, 0]);
+    }
+}
+
+#[test]
+fn queue_and_admin_interrupts_reach_their_msix_vectors() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, false);
+    enable_msix(&mut m);
+    wr(&mut m, qint_rqctl(0), QINT_CTL_CAUSE_ENA | 2);
+    wr(&mut m, PFINT_ICR0_ENA, PFINT_ICR0_ADMINQ);
+    ok(&aq(&mut m, &mut dma, AQC_GET_LINK_STATUS, params(&[(0, LSE_ENABLE)]), None, 0));
+    m.take_irqs();
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 0));
+    m.poll(&mut dma);
+    assert_eq!(m.take_irqs(), 1 << 2, "rx queue 0 -> vector 2");
+    m.link_set(false);
+    m.poll(&mut dma);
+    assert_eq!(m.take_irqs(), 1 << 0, "link event on the ARQ -> vector 0");
+}
