@@ -1,7 +1,7 @@
 //! `lab-nic`: serves emulated NICs over vfio-user behind a fake sysfs tree.
 //!
 //! ```text
-//! lab-nic --sysfs-root DIR --dev 0000:00:05.0,model=ixgbe[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX]
+//! lab-nic --sysfs-root DIR --dev 0000:00:05.0,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX]
 //!         [,mac=02:00:00:00:00:01][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK]
 //!         [--pool N] [--log-level LEVEL]   (LEVEL: a tracing filter, default "info,vfio_user=warn")
 //! ```
@@ -21,7 +21,7 @@ use lab_emu::sysfs::{Bdf, FunctionSpec, SysfsFunction};
 use lab_emu::wire::{self, Wire};
 use nix::sys::signal::{SigSet, Signal};
 
-const USAGE: &str = "usage: lab-nic --sysfs-root DIR --dev BDF,model=ixgbe[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX][,mac=XX:XX:XX:XX:XX:XX][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK] [--pool N] [--log-level LEVEL]";
+const USAGE: &str = "usage: lab-nic --sysfs-root DIR --dev BDF,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX][,mac=XX:XX:XX:XX:XX:XX][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK] [--pool N] [--log-level LEVEL]";
 
 #[derive(Debug, Clone, PartialEq)]
 enum WireSpec {
