@@ -458,3 +458,29 @@ fn sustained_loopback_traffic_comes_back_without_loss_or_fault() {
 fn sustained_loopback_traffic_with_a_1024_ring() {
     sustained("ixgbe-sustained-1k", 1024, 512, 3);
 }
+
+#[test]
+fn surprise_unplug_is_seen_and_release_does_not_hang() {
+    let mut lab = Lab::new("ixgbe-unplug");
+    let nic = LabNic::start(&[&format!("{BDF},model=ixgbe,wire=loopback")]);
+    let mut port = lab.probe(&nic, BDF, 0);
+    wait_link(port.as_mut());
+    let mac = port.info().mac;
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60, 600]);
+    assert!(!port.is_removed());
+    assert!(nic.command(&format!("unplug {BDF}")).starts_with("ok"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !port.is_removed() {
+        assert!(Instant::now() < deadline, "unplug not noticed");
+        // A register access finds the connection closed.
+        let _ = port.link();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!port.link().up, "a gone device has no link");
+    // The data path keeps working on memory only: nothing arrives, nothing panics.
+    let mut rx: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    assert_eq!(port.rx_burst(0, &mut rx), 0);
+    let start = Instant::now();
+    port.close(Release::Shared);
+    assert!(start.elapsed() < Duration::from_secs(5), "release took {:?}", start.elapsed());
+}

@@ -134,9 +134,16 @@ impl Driver for IxgbeDriver {
         // This process's DMA map: the whole shared memory at IOVA_BASE (rings and buffers are in it).
         let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
         dev.dma_map(&region).map_err(|e| err(format!("DMA map of shared memory: {e}")))?;
+        let bar = match Bar::open(dev.clone(), 0) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = dev.dma_unmap(IOVA_BASE, shm.len());
+                return Err(err(format!("BAR0: {e}")));
+            }
+        };
         let mut port = Port {
             dev: dev.clone(),
-            bar: None,
+            bar,
             shm: shm.clone(),
             port: ctx.port.0,
             primary: ctx.is_primary(),
@@ -147,8 +154,6 @@ impl Driver for IxgbeDriver {
             mapped: true,
         };
         // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
-        let bar = Bar::open(dev.clone(), 0).map_err(|e| err(format!("BAR0: {e}")))?;
-        port.bar = Some(bar);
         port.bus_master().map_err(|e| err(format!("PCI command register: {e}")))?;
         if port.primary {
             let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
@@ -170,7 +175,7 @@ fn fmt_mac(m: &[u8; 6]) -> String {
 /// This process's handle on one 82599 port.
 struct Port {
     dev: Arc<dyn DeviceIo>,
-    bar: Option<Bar>,
+    bar: Bar,
     shm: Arc<Shm>,
     port: u16,
     primary: bool,
@@ -188,8 +193,7 @@ unsafe impl Send for Port {}
 
 impl Port {
     fn bar(&self) -> &Bar {
-        // Set right after the DMA map in probe, before anything calls this.
-        self.bar.as_ref().expect("BAR0 is mapped during probe")
+        &self.bar
     }
 
     fn sh(&self) -> Option<&DevShared> {
@@ -387,7 +391,7 @@ impl Port {
         buf_size: usize,
         create: bool,
     ) -> Result<(), String> {
-        let bar = self.bar.as_ref().ok_or("BAR0 not mapped")?;
+        let bar = &self.bar;
         for q in 0..nrx {
             let r = RxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, ndesc, buf_size, create)?;
             if create {
@@ -441,7 +445,8 @@ impl Port {
 
     /// Primary release: stop queues, reset the device, return buffers, free the zones.
     fn release_shared(&mut self) {
-        if let Some(bar) = self.bar.as_ref() {
+        {
+            let bar = &self.bar;
             if self.dev.is_alive() {
                 // 4.6.7.1.2 / 4.6.8.1: disable queues, wait for the enable bits to read back clear.
                 for q in 0..self.rxq.len() as u32 {
@@ -501,7 +506,7 @@ impl Drop for Port {
             self.release_shared();
         }
         self.unmap();
-        self.bar = None;
+        // Then the fields: the BAR mapping, and the transport with the last Arc.
     }
 }
 
@@ -610,18 +615,16 @@ impl EthDev for Port {
 
     #[inline]
     fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        let Some(bar) = self.bar.as_ref() else { return 0 };
         match self.rxq.get_mut(queue as usize) {
-            Some(q) => q.burst(bar, pkts),
+            Some(q) => q.burst(&self.bar, pkts),
             None => 0,
         }
     }
 
     #[inline]
     fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        let Some(bar) = self.bar.as_ref() else { return 0 };
         match self.txq.get_mut(queue as usize) {
-            Some(q) => q.burst(bar, pkts),
+            Some(q) => q.burst(&self.bar, pkts),
             None => 0,
         }
     }
