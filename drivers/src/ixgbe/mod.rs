@@ -36,7 +36,7 @@ const NAME: &str = "net_ixgbe";
 /// Queues this driver sets up at most (SRRCTL and DCA_RXCTRL are addressed through their
 /// queue 0..15 aliases).
 pub const MAX_QUEUES: u16 = 16;
-/// Smallest and largest ring (RDLEN/TDLEN: a multiple of 128 bytes, 8 descriptors).
+/// Smallest ring (RDLEN/TDLEN are multiples of 128 bytes; rings here are multiples of 32).
 pub const MIN_DESC: u16 = 64;
 /// Largest ring.
 pub const MAX_DESC: u16 = 4096;
@@ -121,8 +121,10 @@ impl Driver for IxgbeDriver {
         if conf.nb_rxq == 0 || conf.nb_rxq > MAX_QUEUES || conf.nb_txq == 0 || conf.nb_txq > MAX_QUEUES {
             return Err(err(format!("queue counts {}/{} out of range 1..={MAX_QUEUES}", conf.nb_rxq, conf.nb_txq)));
         }
-        if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || !conf.nb_desc.is_multiple_of(8) {
-            return Err(err(format!("{} descriptors: a multiple of 8 in {MIN_DESC}..={MAX_DESC}", conf.nb_desc)));
+        if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || !u32::from(conf.nb_desc).is_multiple_of(rxtx::TX_RS_THRESH)
+        {
+            let m = rxtx::TX_RS_THRESH;
+            return Err(err(format!("{} descriptors: a multiple of {m} in {MIN_DESC}..={MAX_DESC}", conf.nb_desc)));
         }
         let shm = ctx.runtime.shm();
         let pool = Mempool::lookup(shm, &conf.pool, 256).map_err(|e| err(format!("buffer pool {}: {e}", conf.pool)))?;

@@ -30,8 +30,10 @@ use super::regs::*;
 pub const DESC_LEN: u64 = 16;
 /// Bytes before the descriptor ring in a queue zone.
 pub const HDR_LEN: u64 = 128;
-/// Descriptors freed per transmit clean-up step (DD checked on the last one of the batch).
-pub const TX_CLEAN_BATCH: u32 = 32;
+/// RS is set on every 32nd transmit descriptor (those whose index is 31 mod 32): the device
+/// writes back DD for those only, and software frees buffers 32 at a time (DPDK's tx_rs_thresh).
+/// Ring sizes are multiples of it.
+pub const TX_RS_THRESH: u32 = 32;
 /// Largest frame one transmit descriptor carries (DTALEN is 16 bits; we send single-buffer frames).
 pub const MAX_TX_LEN: usize = 16 * 1024 - 1;
 const QUEUE_MAGIC: u64 = 0x4958_4742_5151_0001;
@@ -484,28 +486,24 @@ impl TxQueue {
         h.clean.store(t, Ordering::Release);
     }
 
-    /// Frees sent buffers in batches: a batch is done when the device wrote DD into its last
-    /// descriptor (every descriptor carries RS, 7.2.3.2.4).
+    /// Frees sent buffers in batches of [`TX_RS_THRESH`]: a batch is done when the device wrote DD
+    /// into its last descriptor, the one that carries RS (7.2.3.2.4, 7.2.3.5.1).
     #[inline]
     fn clean(&mut self, tail: u32) -> u32 {
         let h = self.v.h();
         let n = self.v.n;
         let mut c = h.clean.load(Ordering::Acquire);
-        if c >= n {
-            c = tail;
+        if c >= n || !c.is_multiple_of(TX_RS_THRESH) {
+            // Damaged shared state: do not walk it (the buffers are reclaimed at release).
+            return tail;
         }
-        loop {
-            let in_flight = (tail + n - c) % n;
-            if in_flight == 0 {
-                break;
-            }
-            let batch = in_flight.min(TX_CLEAN_BATCH);
-            let last = (c + batch - 1) % n;
+        while (tail + n - c) % n >= TX_RS_THRESH {
+            let last = c + TX_RS_THRESH - 1;
             if desc_read32(self.v.desc(last), 12) & TXD_STAT_DD == 0 {
                 break;
             }
             fence(Ordering::Acquire);
-            for _ in 0..batch {
+            for _ in 0..TX_RS_THRESH {
                 if let Some(m) = Mbuf::from_offset(&self.shm, ShmOffset(self.v.sw_get(c))) {
                     self.pool.free(m);
                 }
@@ -542,7 +540,8 @@ impl TxQueue {
                 self.pool.free(m);
                 continue;
             }
-            let cmd = len as u32 | TXD_DTYP_DATA | TXD_DCMD_EOP | TXD_DCMD_IFCS | TXD_DCMD_RS | TXD_DCMD_DEXT;
+            let rs = if tail % TX_RS_THRESH == TX_RS_THRESH - 1 { TXD_DCMD_RS } else { 0 };
+            let cmd = len as u32 | TXD_DTYP_DATA | TXD_DCMD_EOP | TXD_DCMD_IFCS | TXD_DCMD_DEXT | rs;
             let olinfo = (len as u32) << TXD_PAYLEN_SHIFT;
             desc_write(self.v.desc(tail), m.data_iova().0, u64::from(cmd) | (u64::from(olinfo) << 32));
             self.v.sw_set(tail, m.into_offset().0);
