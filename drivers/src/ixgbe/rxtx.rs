@@ -494,8 +494,9 @@ impl TxQueue {
         let n = self.v.n;
         let mut c = h.clean.load(Ordering::Acquire);
         if c >= n || !c.is_multiple_of(TX_RS_THRESH) {
-            // Damaged shared state: do not walk it (the buffers are reclaimed at release).
-            return tail;
+            // Damaged shared state: do not walk it, and report the ring full so nothing in flight
+            // is overwritten (the buffers are reclaimed at release).
+            return self.v.next(tail);
         }
         while (tail + n - c) % n >= TX_RS_THRESH {
             let last = c + TX_RS_THRESH - 1;
@@ -661,6 +662,18 @@ mod tests {
         q.v.h().next.store(0, Ordering::Relaxed);
         q.v.h().clean.store(u32::MAX, Ordering::Relaxed);
         assert_eq!(q.burst(&r.bar, &mut slots(32)), 0);
+    }
+
+    #[test]
+    fn tx_with_a_damaged_clean_index_sends_nothing_rather_than_overwrite() {
+        let mut r = rig();
+        let mut q = TxQueue::open(&r.shm, &r.bar, r.pool.new_handle(), 0, 0, N, true).unwrap();
+        q.v.h().clean.store(7, Ordering::Relaxed);
+        let mut pkts = slots(4);
+        assert!(r.pool.alloc_bulk(&mut pkts));
+        assert_eq!(q.burst(&r.bar, &mut pkts), 0);
+        assert!(pkts.iter().all(Option::is_some), "the caller keeps its packets");
+        r.pool.free_bulk(&mut pkts);
     }
 
     #[test]
