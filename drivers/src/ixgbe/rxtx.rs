@@ -15,6 +15,10 @@
 //!
 //! Descriptors are written by the device (another process, or a NIC): every field read from one is
 //! untrusted. Lengths are bounded by the buffer size, indices by the ring size.
+//!
+//! Receive refills lag one descriptor behind what was consumed (see `RxQueue::burst`); transmit
+//! asks for a write-back on every 32nd descriptor only and frees buffers 32 at a time
+//! ([`TX_RS_THRESH`]), which halves the device's descriptor writes against RS on every one.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
