@@ -147,11 +147,14 @@ impl Lab {
     }
 
     fn probe(&self, nic: &LabNic, bdf: &str, port: u16) -> Box<dyn EthDev> {
+        self.probe_with(nic, bdf, port, &PortConf::default())
+    }
+
+    fn probe_with(&self, nic: &LabNic, bdf: &str, port: u16, conf: &PortConf) -> Box<dyn EthDev> {
         let pci = scan_one(&nic.dir(bdf)).expect("scan");
         let devargs = Devargs::parse(bdf).expect("devargs");
         let drv = IxgbeDriver;
         let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
-        let conf = PortConf::default();
         let ctx = ProbeCtx {
             runtime: &self.rt,
             port: PortId(port),
@@ -159,7 +162,7 @@ impl Lab {
             devargs: &devargs,
             kvargs: &kvargs,
             pci: Some(&pci),
-            conf: &conf,
+            conf,
         };
         assert!(drv.pci_ids().contains(&pci.id()), "{} not an ixgbe id", pci.id());
         drv.probe(&ctx).expect("probe")
@@ -483,4 +486,56 @@ fn surprise_unplug_is_seen_and_release_does_not_hang() {
     let start = Instant::now();
     port.close(Release::Shared);
     assert!(start.elapsed() < Duration::from_secs(5), "release took {:?}", start.elapsed());
+}
+
+#[test]
+fn every_transmit_queue_is_programmed_and_sends() {
+    let mut lab = Lab::new("ixgbe-queues");
+    let nic = LabNic::start(&[&format!("{BDF},model=ixgbe,wire=loopback")]);
+    let conf = PortConf { nb_rxq: 4, nb_txq: 4, nb_desc: 128, ..PortConf::default() };
+    let mut port = lab.probe_with(&nic, BDF, 0, &conf);
+    wait_link(port.as_mut());
+    let info = port.info();
+    assert_eq!((info.nb_rxq, info.nb_txq), (4, 4));
+    // lab-nic models no RSS: every frame lands on RX queue 0, whichever TX queue sent it.
+    let mut rx: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    for q in 0..4u16 {
+        let mut tx: Vec<Option<Mbuf>> = (0..8).map(|_| None).collect();
+        for (k, slot) in tx.iter_mut().enumerate() {
+            let mut m = lab.pool.alloc().expect("mbuf");
+            assert!(m.copy_from(&frame(info.mac, u32::from(q) * 100 + k as u32, 60 + usize::from(q))));
+            *slot = Some(m);
+        }
+        assert_eq!(port.tx_burst(q, &mut tx), 8, "queue {q}");
+        let (mut got, deadline) = (0, Instant::now() + Duration::from_secs(5));
+        while got < 8 {
+            assert!(Instant::now() < deadline, "queue {q}: {got} of 8 back");
+            let n = port.rx_burst(0, &mut rx);
+            for m in rx[..n].iter_mut().filter_map(Option::take) {
+                assert_eq!(m.len(), 60 + usize::from(q));
+                lab.pool.free(m);
+                got += 1;
+            }
+        }
+    }
+    let mut one = vec![lab.pool.alloc()];
+    assert_eq!(port.tx_burst(4, &mut one), 0, "there is no queue 4");
+    assert!(one[0].is_some(), "the caller keeps the packet");
+    lab.pool.free_bulk(&mut one);
+    let bad = PortConf { nb_desc: 100, ..PortConf::default() };
+    let pci = scan_one(&nic.dir(BDF)).expect("scan");
+    let devargs = Devargs::parse(BDF).expect("devargs");
+    let kvargs = devargs.validate("net_ixgbe", IxgbeDriver.keys()).expect("kvargs");
+    let ctx = ProbeCtx {
+        runtime: &lab.rt,
+        port: PortId(1),
+        name: BDF,
+        devargs: &devargs,
+        kvargs: &kvargs,
+        pci: Some(&pci),
+        conf: &bad,
+    };
+    let e = IxgbeDriver.probe(&ctx).err().expect("100 descriptors refused");
+    assert!(e.to_string().contains("multiple of 32"), "{e}");
+    port.close(Release::Shared);
 }
