@@ -770,6 +770,14 @@ impl<'e> Lab<'e> {
             }
         }
         let _ = std::fs::remove_file(self.shm());
+        // The memory file lives on hugetlbfs when one is mounted with free pages.
+        let name = format!("hotplug-lab-{}-mem", self.prefix);
+        for m in std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines() {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            if f.len() > 2 && f[2] == "hugetlbfs" {
+                let _ = std::fs::remove_file(Path::new(f[1]).join(&name));
+            }
+        }
         let _ = std::fs::remove_dir_all(self.runtime_dir());
         for i in &self.interfaces {
             if Path::new("/sys/class/net").join(i).exists() {
@@ -1015,16 +1023,6 @@ fn drive(lab: &mut Lab<'_>, observer: Option<Observer<'_>>, notes: &mut Vec<Stri
                 if may_fire && fc.mode == "hang" {
                     std::thread::sleep(hang_wait);
                 }
-                let primary_dead =
-                    !lab.procs.get_mut("primary").is_some_and(|p| p.app.as_mut().is_some_and(|a| a.is_running()));
-                // A failure answer from a secondary whose primary died during the step does not
-                // say whether the operation was done: it is judged like no answer.
-                let answered = match &result {
-                    Ok(_) if primary_dead && s.on != "primary" => None,
-                    Ok(a) if s.action.is_hotplug() => Some(!is_failure(a)),
-                    Ok(_) => Some(true),
-                    Err(_) => None,
-                };
                 let within = settle + Duration::from_millis(SWEEP_HOTPLUG_TIMEOUT_MS * 4);
                 let stable = if may_fire || result.is_err() {
                     Duration::from_millis(SWEEP_HOTPLUG_TIMEOUT_MS * 2)
@@ -1034,6 +1032,17 @@ fn drive(lab: &mut Lab<'_>, observer: Option<Observer<'_>>, notes: &mut Vec<Stri
                 let after = match lab.settle_stable(None, within, stable) {
                     Ok(v) => v,
                     Err(e) => return failed(lab, "every process", e),
+                };
+                // Judged after the settle, which has listed (and so reaped) every process.
+                let primary_dead =
+                    !lab.procs.get_mut("primary").is_some_and(|p| p.app.as_mut().is_some_and(|a| a.is_running()));
+                // A failure answer from a secondary whose primary died during the step does not
+                // say whether the operation was done: it is judged like no answer.
+                let answered = match &result {
+                    Ok(_) if primary_dead && s.on != "primary" => None,
+                    Ok(a) if s.action.is_hotplug() => Some(!is_failure(a)),
+                    Ok(_) => Some(true),
+                    Err(_) => None,
                 };
                 if s.action.is_hotplug() {
                     if let Err(e) = check_all_or_nothing(&s.action, &before, &after, answered) {
