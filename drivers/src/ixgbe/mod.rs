@@ -156,8 +156,9 @@ impl Driver for IxgbeDriver {
             mapped: true,
         };
         // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
-        port.bus_master().map_err(|e| err(format!("PCI command register: {e}")))?;
         if port.primary {
+            // 9.3.3.3: memory space and bus master on (a secondary leaves the device alone).
+            port.bus_master().map_err(|e| err(format!("PCI command register: {e}")))?;
             let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
             port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, conf.nb_desc, promisc).map_err(err)?;
         } else {
