@@ -417,7 +417,11 @@ const ACTIONS: &str =
 
 /// Line and column (1-based) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
     (line, column)
@@ -465,6 +469,15 @@ impl Scenario {
                 lab_at("secondaries"),
                 format!("secondaries = {}: expected at most {MAX_SECONDARIES}", lab.secondaries),
             ));
+        }
+        if !(100..=600_000).contains(&lab.answer_timeout_ms) {
+            return Err(err_at(
+                lab_at("answer_timeout_ms"),
+                format!("answer_timeout_ms = {}: expected 100..=600000", lab.answer_timeout_ms),
+            ));
+        }
+        if lab.settle_ms > 600_000 {
+            return Err(err_at(lab_at("settle_ms"), format!("settle_ms = {}: expected at most 600000", lab.settle_ms)));
         }
         for k in lab.process.keys() {
             if !is_proc_name(k) {
@@ -757,6 +770,28 @@ mod tests {
         assert_eq!(s.steps[1].expect, Expect::Failure("locked".into()));
         assert_eq!(s.name, "x");
         assert_eq!(s.devices(), vec!["net_null0".to_string(), "net_null1".to_string()]);
+    }
+
+    #[test]
+    fn odd_input_is_refused_without_panicking() {
+        for t in [
+            "",
+            "\u{feff}",
+            "[lab]\n[[step]]\nlock = -1\n",
+            "[lab]\n[[step]]\nwait_ms = 1\nports = { 99999 = \"x\" }\n",
+            "[lab]\nsecondaries = -3\n",
+            "[lab]\nsecondaries = 99\n[[step]]\nwait_ms = 1\n",
+            "[lab]\nanswer_timeout_ms = 0\n[[step]]\nwait_ms = 1\n",
+            "[lab]\n[lab.process.x]\n[[step]]\nwait_ms = 1\n",
+            "[lab]\n[[lab.nic]]\nbdf = \"zz\"\n[[step]]\nwait_ms = 1\n",
+            "[lab]\n[[step]]\nkill = \"primary\"\nbackground = true\n",
+            "[lab]\n[[step]]\ndetach = 1.5\n",
+            "[lab]\n[[step]]\nwait_ms = 1\nexpect = \"ok\"\nfailure = \"x\"\n",
+            "é[lab]\n[[step]]]\n",
+            "[[step]]\nwait_ms = 1\n",
+        ] {
+            assert!(parse(t).is_err(), "{t:?} was accepted");
+        }
     }
 
     #[test]
