@@ -274,6 +274,26 @@ fn a_missing_hotplug_mp_is_named_with_how_to_build_it() {
 }
 
 #[test]
+fn a_missing_lab_nic_fails_the_case_naming_the_path_and_the_build_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(LAB, bin.join("lab")).unwrap();
+    std::fs::copy(Path::new(LAB).with_file_name("hotplug_mp"), bin.join("hotplug_mp")).unwrap();
+    let f = write(
+        tmp.path(),
+        "nic.toml",
+        "[lab]\n[[lab.nic]]\nbdf = \"0000:00:05.0\"\n[[step]]\nattach = \"0000:00:05.0\"\n",
+    );
+    let out = Command::new(bin.join("lab")).env("TMPDIR", tmp.path()).arg("run").arg(&f).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(s.contains(&bin.join("lab-nic").display().to_string()), "{s}");
+    assert!(s.contains("cargo build -p lab-emu --bin lab-nic"), "{s}");
+    assert_eq!(leftovers(tmp.path(), None), Vec::<String>::new());
+}
+
+#[test]
 fn the_demo_runs_the_four_scenarios_without_hardware() {
     ensure_lab_nic();
     let tmp = tempfile::tempdir().unwrap();

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! lab run [--real BDF[,BDF...]] [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO|DIR...
-//! lab sweep [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO...
+//! lab sweep [-j N] [-v] [--case PROC:OP:MODE]... [--junit FILE] [--json FILE] SCENARIO...
+//!                                  every process x attach|pre-detach|detach x fail|hang|crash
+//!                                  (--case: only those, e.g. --case s1:attach:crash)
 //! lab check SCENARIO|DIR...        parse only
 //! lab demo                         two cabled emulated 82599s, net_null0, the four scenarios
 //! ```
@@ -24,7 +26,7 @@ use lab_harness::{demo, realnic};
 
 const USAGE: &str = "\
 usage: lab run [--real BDF[,BDF...]] [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO|DIR...
-       lab sweep [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO...
+       lab sweep [-j N] [-v] [--case PROC:OP:MODE]... [--junit FILE] [--json FILE] SCENARIO...
        lab check SCENARIO|DIR...
        lab demo";
 
@@ -36,6 +38,7 @@ struct Args {
     verbose: bool,
     junit: Option<PathBuf>,
     json: Option<PathBuf>,
+    cases: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,7 +50,16 @@ fn parse_args() -> Result<Args, String> {
         }
         return Err(format!("unknown command {cmd:?}"));
     }
-    let mut a = Args { cmd, paths: Vec::new(), real: None, jobs: 2, verbose: false, junit: None, json: None };
+    let mut a = Args {
+        cmd,
+        paths: Vec::new(),
+        real: None,
+        jobs: 2,
+        verbose: false,
+        junit: None,
+        json: None,
+        cases: Vec::new(),
+    };
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -63,6 +75,19 @@ fn parse_args() -> Result<Args, String> {
             "-v" | "--verbose" => a.verbose = true,
             "--junit" => a.junit = Some(value()?.into()),
             "--json" => a.json = Some(value()?.into()),
+            "--case" => {
+                let v = value()?;
+                let parts: Vec<&str> = v.split(':').collect();
+                let ok = parts.len() == 3
+                    && ["attach", "pre-detach", "detach"].contains(&parts[1])
+                    && ["fail", "hang", "crash"].contains(&parts[2]);
+                if !ok {
+                    return Err(format!(
+                        "--case {v}: expected PROC:OP:MODE, OP attach|pre-detach|detach, MODE fail|hang|crash"
+                    ));
+                }
+                a.cases.push(v);
+            }
             "-h" | "--help" => return Err(String::new()),
             f if f.starts_with('-') => return Err(format!("unknown option {f}")),
             _ => a.paths.push(arg.into()),
@@ -73,6 +98,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.cmd != "demo" && a.paths.is_empty() {
         return Err(format!("{} needs at least one scenario file or directory", a.cmd));
+    }
+    if !a.cases.is_empty() && a.cmd != "sweep" {
+        return Err("--case goes with lab sweep".into());
     }
     if a.real.is_some() && a.cmd != "run" {
         return Err("--real goes with lab run".into());
@@ -303,8 +331,15 @@ fn main() -> ExitCode {
             let mut cases = Vec::new();
             for s in scenarios {
                 for f in runner::sweep_cases(&s) {
+                    if !a.cases.is_empty() && !a.cases.contains(&format!("{}:{}:{}", f.process, f.op, f.mode)) {
+                        continue;
+                    }
                     cases.push((s.clone(), Some(f)));
                 }
+            }
+            if cases.is_empty() {
+                eprintln!("lab: no sweep case matches {:?} (processes are primary, s1, s2, ...)", a.cases);
+                return ExitCode::from(2);
             }
             let results = run_cases(&env, &cases, &a);
             finish("lab sweep", &results, &a, &stop)
