@@ -40,6 +40,8 @@ pub const HDR_LEN: u64 = 128;
 pub const TX_RS_THRESH: u32 = 32;
 /// Largest frame one transmit descriptor carries (DTALEN is 16 bits; we send single-buffer frames).
 pub const MAX_TX_LEN: usize = 16 * 1024 - 1;
+/// Bursts that wait for a done descriptor's length before dropping it as bad.
+pub const MAX_INCOMPLETE_POLLS: u32 = 4096;
 const QUEUE_MAGIC: u64 = 0x4958_4742_5151_0001;
 
 /// Shared state of one queue, at the start of its memzone.
@@ -250,6 +252,8 @@ pub(super) struct RxQueue {
     /// Bytes the device may write into one buffer (SRRCTL.BSIZEPACKET).
     buf_size: usize,
     port: u16,
+    /// Bursts in a row that found the next descriptor done but without a length.
+    incomplete_polls: u32,
 }
 
 // SAFETY: the raw pointers point into the process's shared-memory and BAR mappings, which outlive
@@ -270,7 +274,8 @@ impl RxQueue {
         create: bool,
     ) -> Result<RxQueue, String> {
         let v = QueueView::open(shm, &zone_name(port, true, q), n, create)?;
-        Ok(RxQueue { v, bell: Doorbell::new(bar, rdt(q.into())), pool, shm: shm.clone(), buf_size, port })
+        let bell = Doorbell::new(bar, rdt(q.into()));
+        Ok(RxQueue { v, bell, pool, shm: shm.clone(), buf_size, port, incomplete_polls: 0 })
     }
 
     /// IOVA and byte length of the descriptor ring.
@@ -347,13 +352,19 @@ impl RxQueue {
             // Read the rest of the write-back only after DD (the device writes DD last).
             fence(Ordering::Acquire);
             let len = (desc_read32(d, 12) & 0xffff) as usize;
-            if len == 0 && status & RXD_ERR_RXE == 0 {
+            let mut bad = status & RXD_STAT_EOP == 0 || status & RXD_ERR_RXE != 0 || len > self.buf_size;
+            if len == 0 && !bad {
                 // DD without a length: the write-back is not complete yet (lab-nic has been seen
-                // to publish DD before the length). A good frame is never empty: look again later.
-                break;
+                // to publish DD before the length). A good frame is never empty: look again later,
+                // but not forever: a device that leaves it so has written a bad descriptor.
+                self.incomplete_polls += 1;
+                if self.incomplete_polls <= MAX_INCOMPLETE_POLLS {
+                    break;
+                }
+                bad = true;
             }
+            self.incomplete_polls = 0;
             let off = self.v.sw_get(i);
-            let bad = status & RXD_STAT_EOP == 0 || status & RXD_ERR_RXE != 0 || len > self.buf_size;
             if bad {
                 // The frame is dropped; its buffer stays in the software ring and is posted again.
                 errors += 1;
@@ -654,6 +665,23 @@ mod tests {
         q.drain();
         drop(q);
         assert_eq!(r.pool.avail_count(), 512);
+    }
+
+    #[test]
+    fn rx_drops_a_done_descriptor_whose_length_never_comes() {
+        let r = rig();
+        let mut q = RxQueue::open(&r.shm, &r.bar, r.pool.new_handle(), 0, 0, N, 2048, true).unwrap();
+        q.fill().unwrap();
+        complete(&q.v, 0, 0, RXD_STAT_DD | RXD_STAT_EOP);
+        complete(&q.v, 1, 80, RXD_STAT_DD | RXD_STAT_EOP);
+        let mut pkts = slots(32);
+        for _ in 0..MAX_INCOMPLETE_POLLS {
+            assert_eq!(q.burst(&r.bar, &mut pkts), 0);
+        }
+        assert_eq!(q.counters().errors, 0);
+        assert_eq!(q.burst(&r.bar, &mut pkts), 1);
+        assert_eq!(pkts[0].as_ref().map(Mbuf::len), Some(80));
+        assert_eq!(q.counters().errors, 1);
     }
 
     #[test]
