@@ -1158,6 +1158,20 @@ mod tests {
     }
 
     #[test]
+    fn processes_that_disagree_are_named_with_what_they_list() {
+        let views: Vec<Listing> = vec![
+            ("primary".into(), Ok(v(&[(0, "net_null0")]))),
+            ("s1".into(), Ok(v(&[(0, "net_null0")]))),
+            ("s2".into(), Ok(v(&[(1, "net_null0")]))),
+        ];
+        let e = check_views(&views, None).unwrap_err();
+        assert_eq!(e, "primary lists 0 net_null0 but s2 lists 1 net_null0");
+        let e = check_views(&views[..2], Some(&v(&[]))).unwrap_err();
+        assert!(e.contains("expected (no ports)"), "{e}");
+        assert_eq!(check_views(&views[..2], None).unwrap(), v(&[(0, "net_null0")]));
+    }
+
+    #[test]
     fn colour_sequences_are_stripped() {
         assert_eq!(strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"), "2026  WARN x");
     }
