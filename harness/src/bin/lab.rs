@@ -63,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ if arg.len() > 2 && arg.starts_with("-j") => ("-j".to_string(), Some(arg[2..].to_string())),
             _ => (arg.clone(), None),
         };
         let mut value = || inline.clone().or_else(|| it.next()).ok_or(format!("{flag} needs a value"));
