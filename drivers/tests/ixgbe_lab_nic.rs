@@ -201,7 +201,7 @@ fn sizes(n: usize) -> Vec<usize> {
 /// Sends `lens.len()` frames from `tx` to `rx` (may be the same port) and checks each one arrives
 /// byte-identical and in order. Keeps at most `window` frames in flight so no ring overflows.
 fn pump(pool: &mut Mempool, tx: &mut dyn EthDev, rx: &mut Option<&mut dyn EthDev>, dst: [u8; 6], lens: &[usize]) {
-    let window: usize = 256;
+    let window: usize = 96;
     let (mut sent, mut got) = (0usize, 0usize);
     let mut txb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
     let mut rxb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
@@ -538,4 +538,36 @@ fn every_transmit_queue_is_programmed_and_sends() {
     let e = IxgbeDriver.probe(&ctx).err().expect("100 descriptors refused");
     assert!(e.to_string().contains("multiple of 32"), "{e}");
     port.close(Release::Shared);
+}
+
+#[test]
+fn rxd_and_txd_devargs_size_the_rings() {
+    let mut lab = Lab::new("ixgbe-rings");
+    let nic = LabNic::start(&[&format!("{BDF},model=ixgbe,wire=loopback")]);
+    let pci = scan_one(&nic.dir(BDF)).expect("scan");
+    let devargs = Devargs::parse(&format!("{BDF},rxd=128,txd=256")).expect("devargs");
+    let kvargs = devargs.validate("net_ixgbe", IxgbeDriver.keys()).expect("kvargs");
+    let conf = PortConf::default();
+    let ctx = ProbeCtx {
+        runtime: &lab.rt,
+        port: PortId(0),
+        name: BDF,
+        devargs: &devargs,
+        kvargs: &kvargs,
+        pci: Some(&pci),
+        conf: &conf,
+    };
+    let mut port = IxgbeDriver.probe(&ctx).expect("probe");
+    let shm = lab.rt.shm();
+    assert_eq!(shm.lookup("ixgbe_0_rxq0").expect("rx zone").len, lab_drivers::ixgbe::rxtx::zone_len(128));
+    assert_eq!(shm.lookup("ixgbe_0_txq0").expect("tx zone").len, lab_drivers::ixgbe::rxtx::zone_len(256));
+    wait_link(port.as_mut());
+    let mac = port.info().mac;
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(1000));
+    port.close(Release::Shared);
+    let bad = Devargs::parse(&format!("{BDF},rxd=100")).expect("devargs");
+    let kvargs = bad.validate("net_ixgbe", IxgbeDriver.keys()).expect("in range for the parser");
+    let ctx = ProbeCtx { devargs: &bad, kvargs: &kvargs, ..ctx };
+    let e = IxgbeDriver.probe(&ctx).err().expect("not a multiple of 32");
+    assert!(e.to_string().contains("rxd=100: a multiple of 32"), "{e}");
 }

@@ -12,8 +12,8 @@
 //!   counters accumulated by whichever process last read them (under the shared-memory lock);
 //! * `ixgbe_<port>_rxq<q>` / `ixgbe_<port>_txq<q>`: one per queue, see [`rxtx`].
 //!
-//! Devargs keys: `promisc` (start in promiscuous mode, default off). Queue counts and ring size
-//! come from the port configuration (`PortConf`).
+//! Devargs keys: `promisc` (start in promiscuous mode, default off), `rxd` / `txd` (ring sizes,
+//! default the port configuration's `nb_desc`). Queue counts come from the port configuration.
 
 pub mod regs;
 pub mod rxtx;
@@ -71,8 +71,19 @@ static PCI_IDS: [PciId; 16] = [
     PciId { vendor: 0x8086, device: 0x154f }, // 82599 LS
 ];
 
-static KEYS: [KeySpec; 1] =
-    [KeySpec::new("promisc", KeyKind::Bool, "start in promiscuous mode: FCTRL.UPE|MPE (default 0)")];
+static KEYS: [KeySpec; 3] = [
+    KeySpec::new("promisc", KeyKind::Bool, "start in promiscuous mode: FCTRL.UPE|MPE (default 0)"),
+    KeySpec::new(
+        "rxd",
+        KeyKind::U64 { min: MIN_DESC as u64, max: MAX_DESC as u64 },
+        "receive descriptors per queue, a multiple of 32 (default: the port configuration)",
+    ),
+    KeySpec::new(
+        "txd",
+        KeyKind::U64 { min: MIN_DESC as u64, max: MAX_DESC as u64 },
+        "transmit descriptors per queue, a multiple of 32 (default: the port configuration)",
+    ),
+];
 
 /// The net_ixgbe driver.
 pub struct IxgbeDriver;
@@ -86,9 +97,9 @@ pub struct DevShared {
     mtu: AtomicU32,
     nb_rxq: AtomicU32,
     nb_txq: AtomicU32,
-    nb_desc: AtomicU32,
+    rxd: AtomicU32,
     buf_size: AtomicU32,
-    _r: u32,
+    txd: AtomicU32,
     /// Accumulated clear-on-read counters (written under the shared-memory lock).
     gprc: AtomicU64,
     gptc: AtomicU64,
@@ -121,11 +132,15 @@ impl Driver for IxgbeDriver {
         if conf.nb_rxq == 0 || conf.nb_rxq > MAX_QUEUES || conf.nb_txq == 0 || conf.nb_txq > MAX_QUEUES {
             return Err(err(format!("queue counts {}/{} out of range 1..={MAX_QUEUES}", conf.nb_rxq, conf.nb_txq)));
         }
-        if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || !u32::from(conf.nb_desc).is_multiple_of(rxtx::TX_RS_THRESH)
-        {
-            let m = rxtx::TX_RS_THRESH;
-            return Err(err(format!("{} descriptors: a multiple of {m} in {MIN_DESC}..={MAX_DESC}", conf.nb_desc)));
-        }
+        let ring = |key: &str| -> Result<u32, EthError> {
+            let n = ctx.kvargs.get_u64(key).unwrap_or(u64::from(conf.nb_desc));
+            let m = u64::from(rxtx::TX_RS_THRESH);
+            if !(u64::from(MIN_DESC)..=u64::from(MAX_DESC)).contains(&n) || !n.is_multiple_of(m) {
+                return Err(err(format!("{key}={n}: a multiple of {m} in {MIN_DESC}..={MAX_DESC}")));
+            }
+            Ok(n as u32)
+        };
+        let (rxd, txd) = (ring("rxd")?, ring("txd")?);
         let shm = ctx.runtime.shm();
         let pool = Mempool::lookup(shm, &conf.pool, 256).map_err(|e| err(format!("buffer pool {}: {e}", conf.pool)))?;
 
@@ -160,7 +175,7 @@ impl Driver for IxgbeDriver {
             // 9.3.3.3: memory space and bus master on (a secondary leaves the device alone).
             port.bus_master().map_err(|e| err(format!("PCI command register: {e}")))?;
             let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
-            port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, conf.nb_desc, promisc).map_err(err)?;
+            port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, (rxd, txd), promisc).map_err(err)?;
         } else {
             port.attach_secondary(&pool).map_err(err)?;
         }
@@ -233,7 +248,14 @@ impl Port {
     }
 
     /// Primary: full initialisation, as the datasheet orders it (4.6.3 .. 4.6.8).
-    fn init_primary(&mut self, pool: &Mempool, nrx: u16, ntx: u16, ndesc: u16, promisc: bool) -> Result<(), String> {
+    fn init_primary(
+        &mut self,
+        pool: &Mempool,
+        nrx: u16,
+        ntx: u16,
+        (rxd, txd): (u32, u32),
+        promisc: bool,
+    ) -> Result<(), String> {
         let bar = self.bar();
 
         // 4.6.3.1 Interrupts during initialisation: mask all, clear pending causes (read EICR).
@@ -286,12 +308,13 @@ impl Port {
         sh.mtu.store(u32::from(DEFAULT_MTU), Ordering::Relaxed);
         sh.nb_rxq.store(nrx.into(), Ordering::Relaxed);
         sh.nb_txq.store(ntx.into(), Ordering::Relaxed);
-        sh.nb_desc.store(ndesc.into(), Ordering::Relaxed);
+        sh.rxd.store(rxd, Ordering::Relaxed);
+        sh.txd.store(txd, Ordering::Relaxed);
         sh.buf_size.store(buf_size as u32, Ordering::Relaxed);
         sh.magic.store(DEV_MAGIC, Ordering::Release);
 
         // Queue memory: the primary reserves every ring.
-        self.open_queues(pool, nrx, ntx, ndesc.into(), buf_size, true)?;
+        self.open_queues(pool, nrx, ntx, (rxd, txd), buf_size, true)?;
         let bar = self.bar();
 
         // 4.6.7 Receive initialisation.
@@ -364,7 +387,7 @@ impl Port {
             bar.set_bits(rxdctl(q32), RXDCTL_ENABLE);
             self.poll(rxdctl(q32), RXDCTL_ENABLE, RXDCTL_ENABLE, QUEUE_TIMEOUT, "rx queue enable")?;
             bar.write32(rdh(q32), 0);
-            bar.write32(rdt(q32), u32::from(ndesc) - 1);
+            bar.write32(rdt(q32), rxd - 1);
         }
         // 4.6.8 (last steps) start each transmit queue: TDH = TDT = 0, ENABLE, wait.
         for q in 0..self.txq.len() as u32 {
@@ -390,20 +413,20 @@ impl Port {
         pool: &Mempool,
         nrx: u16,
         ntx: u16,
-        ndesc: u32,
+        (rxd, txd): (u32, u32),
         buf_size: usize,
         create: bool,
     ) -> Result<(), String> {
         let bar = &self.bar;
         for q in 0..nrx {
-            let r = RxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, ndesc, buf_size, create)?;
+            let r = RxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, rxd, buf_size, create)?;
             if create {
                 self.zones.push(r.zone().to_string());
             }
             self.rxq.push(r);
         }
         for q in 0..ntx {
-            let t = TxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, ndesc, create)?;
+            let t = TxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, txd, create)?;
             if create {
                 self.zones.push(t.zone().to_string());
             }
@@ -420,11 +443,12 @@ impl Port {
             return Err(format!("memzone {} holds no ixgbe port (primary not done?)", dev_zone(self.port)));
         }
         let (nrx, ntx) = (sh.nb_rxq.load(Ordering::Relaxed), sh.nb_txq.load(Ordering::Relaxed));
-        let (ndesc, buf) = (sh.nb_desc.load(Ordering::Relaxed), sh.buf_size.load(Ordering::Relaxed));
+        let (rxd, txd) = (sh.rxd.load(Ordering::Relaxed), sh.txd.load(Ordering::Relaxed));
+        let buf = sh.buf_size.load(Ordering::Relaxed);
         if nrx > u32::from(MAX_QUEUES) || ntx > u32::from(MAX_QUEUES) {
             return Err(format!("shared port state is corrupt ({nrx}/{ntx} queues)"));
         }
-        self.open_queues(pool, nrx as u16, ntx as u16, ndesc, buf as usize, false)
+        self.open_queues(pool, nrx as u16, ntx as u16, (rxd, txd), buf as usize, false)
     }
 
     /// Reads the clear-on-read counters into the shared accumulators (caller holds the lock).
