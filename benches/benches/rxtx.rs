@@ -100,6 +100,9 @@ struct Loop {
     lost: u64,
     /// Empty polls in a row.
     empty: u64,
+    /// Receive polls, and those that found nothing (the driver waiting for the device).
+    polls: u64,
+    empty_polls: u64,
     /// When the current run of empty polls reached 4096.
     last_rx: Instant,
 }
@@ -125,6 +128,7 @@ impl Loop {
 
     fn drain(&mut self, port: &mut dyn EthDev) {
         let n = port.rx_burst(0, &mut self.rxb);
+        self.polls += 1;
         if n > 0 {
             self.in_flight = self.in_flight.saturating_sub(n);
             self.pool.free_bulk(&mut self.rxb[..n]);
@@ -134,6 +138,7 @@ impl Loop {
         // Look at the clock only now and then: a clock read per empty poll would show up as
         // bench overhead in a profile.
         self.empty += 1;
+        self.empty_polls += 1;
         if !self.empty.is_multiple_of(4096) {
             return;
         }
@@ -209,6 +214,8 @@ fn main() {
         in_flight: 0,
         lost: 0,
         empty: 0,
+        polls: 0,
+        empty_polls: 0,
         last_rx: Instant::now(),
     };
     for size in [64usize, 1518] {
@@ -224,6 +231,7 @@ fn main() {
     }
     let stats = port.stats();
     let lost = lp.lost;
+    let (polls, empty_polls) = (lp.polls, lp.empty_polls);
     g.finish();
     port.close(Release::Shared);
     drop(nic);
@@ -235,6 +243,10 @@ fn main() {
     println!(
         "ixgbe port stats: opackets={} ipackets={} imissed={} ierrors={}; frames the bench loop gave up on: {lost}",
         stats.opackets, stats.ipackets, stats.imissed, stats.ierrors
+    );
+    println!(
+        "driver rx polls: {polls}, {:.1}% found nothing (the driver waiting for lab-nic)",
+        100.0 * empty_polls as f64 / polls.max(1) as f64
     );
     for id in ["ixgbe_loopback/64", "ixgbe_loopback/1518", "shm_copy_floor/64"] {
         if let Some(ns) = mean_ns("rxtx", id) {
