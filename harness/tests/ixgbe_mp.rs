@@ -174,6 +174,15 @@ fn a_secondary_attaches_over_its_own_connection_and_moves_traffic() {
     assert!(s.starts_with("rx_packets=1000 rx_bytes=516600 tx_packets=1000 tx_bytes=516600 rx_missed=0"), "{s}");
     assert!(lab.nic(&format!("faults {BDF}")).starts_with("ok count=0"));
 
+    // A secondary that leaves releases only its own handle: the primary keeps the device working.
+    let mut late = lab.start();
+    assert_eq!(list(&mut late), want, "a late secondary attaches what is there");
+    lab.wait_connections(3);
+    late.quit(Duration::from_secs(5));
+    lab.wait_connections(2);
+    assert_eq!(primary.cmd("send 0 100 60").expect("send"), "sent 100 packets on port 0");
+    assert_eq!(primary.cmd("recv 0 100 3000").expect("recv"), "received 100 packets (6000 bytes) on port 0");
+
     // Detach from the secondary: every process lets go, the device has no client left.
     assert_eq!(secondary.cmd(&format!("detach {BDF}")).expect("detach"), format!("detached device {BDF}"));
     assert!(list(&mut primary).is_empty());
