@@ -445,7 +445,7 @@ fn bad_arguments_exit_2_and_create_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("devices");
     let cases: &[&[&str]] = &[
-        &["--dev", "0000:00:05.0,model=i40e"],
+        &["--dev", "0000:00:05.0,model=e1000"],
         &["--dev", "0000:00:05.0,model=ixgbe,mac=zz"],
         &["--dev", "0000:00:05.0,model=ixgbe,speed=10"],
         &["--dev", "0000:00:05.0,model=ixgbe,peer=0000:00:09.0"],
