@@ -283,6 +283,12 @@ impl Port {
 
         // 8.2.3.7.8 / 8.2.3.7.9: the MAC address the EEPROM loaded into receive address 0.
         let (lo, hi) = (bar.read32(ral(0)), bar.read32(rah(0)));
+        if lo == u32::MAX && hi == u32::MAX {
+            return Err("device does not answer (registers read all-ones)".into());
+        }
+        if hi & RAH_AV == 0 {
+            tracing::warn!(port = self.port, "RAH(0).AV clear: the EEPROM loaded no MAC address");
+        }
 
         // 4.6.5 Statistics: read the clear-on-read counters once.
         for r in [GPRC, GPTC, GORCL, GORCH, GOTCL, GOTCH, mpc(0)] {
