@@ -138,11 +138,13 @@ impl I40e {
                 break;
             }
             self.exec_desc(dma, &mut d);
-            if dma.write(addr + 2, &d[2..]).is_err() {
+            // Everything but the flags' first byte (DD, CMP, ERR), then that byte alone: a one-byte
+            // store happens exactly once (see the RX write-back for why that matters).
+            if dma.write(addr + 1, &d[1..]).is_err() {
                 self.faults.record(addr, AQ_DESC_LEN, "atq descriptor write-back");
             }
             fence(Ordering::Release);
-            let _ = dma.write(addr, &d[0..2]);
+            let _ = dma.write(addr, &d[0..1]);
             head = (head + 1) % n;
             self.atq.head = head;
         }
@@ -557,12 +559,14 @@ impl I40e {
             d[4..8].fill(0); // datalen 0 (no event data), retval 0
             d[8..16].fill(0);
             d[16..32].copy_from_slice(&params);
-            if dma.write(addr + 2, &d[2..]).is_err() {
+            let f = flags.to_le_bytes();
+            d[1] = f[1];
+            if dma.write(addr + 1, &d[1..]).is_err() {
                 self.faults.record(addr, AQ_DESC_LEN, "arq descriptor write");
                 break;
             }
             fence(Ordering::Release);
-            let _ = dma.write(addr, &flags.to_le_bytes());
+            let _ = dma.write(addr, &f[0..1]);
             tracing::debug!(bdf = %self.bdf, "arq event {} posted at {head}", opcode_name(opcode));
             self.arq.head = (head + 1) % n;
             self.set_icr0(PFINT_ICR0_ADMINQ);

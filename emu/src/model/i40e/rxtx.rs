@@ -80,7 +80,7 @@ impl I40e {
                             self.tx_finish_frame(q);
                         }
                         if cmd & TXD_CMD_RS != 0 {
-                            if !ctx.head_wb_ena && dma.write(addr + 8, &TXD_DTYPE_DESC_DONE.to_le_bytes()).is_err() {
+                            if !ctx.head_wb_ena && Self::tx_writeback(dma, addr).is_err() {
                                 self.faults.record(addr + 8, 8, "tx descriptor write-back");
                             }
                             completed = true;
@@ -322,13 +322,30 @@ impl I40e {
         ok
     }
 
-    /// Write-back: qword0 (and qwords 2/3 of 32-byte descriptors) first, qword1 with DD last.
+    /// Write-back: qword0 (and qwords 2/3 of 32-byte descriptors), then qword1 without its first byte,
+    /// and the byte holding DD last, alone.
+    ///
+    /// Why one byte: a multi-byte copy may store the same bytes twice (small copies are done as two
+    /// overlapping moves), and the second store can land after the driver saw DD, took the frame and
+    /// recycled the descriptor: DD reappears on a descriptor the device has not written, and the driver
+    /// and device fall out of step. A one-byte store happens exactly once.
     fn rx_writeback(dma: &mut dyn Dma, addr: u64, dlen: u64, qw1: u64) -> Result<(), DmaError> {
         dma.write(addr, &0u64.to_le_bytes())?;
         if dlen == 32 {
             dma.write(addr + 16, &[0u8; 16])?;
         }
+        let b = qw1.to_le_bytes();
+        dma.write(addr + 9, &b[1..8])?;
         fence(Ordering::Release);
-        dma.write(addr + 8, &qw1.to_le_bytes())
+        dma.write(addr + 8, &b[0..1])
+    }
+
+    /// Descriptor write-back of a transmit descriptor: qword1 becomes DTYPE 0xF (done). The byte with
+    /// DTYPE goes last and alone, for the reason given at `rx_writeback`.
+    fn tx_writeback(dma: &mut dyn Dma, addr: u64) -> Result<(), DmaError> {
+        let b = TXD_DTYPE_DESC_DONE.to_le_bytes();
+        dma.write(addr + 9, &b[1..8])?;
+        fence(Ordering::Release);
+        dma.write(addr + 8, &b[0..1])
     }
 }

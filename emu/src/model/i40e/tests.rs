@@ -754,3 +754,35 @@ fn queue_and_admin_interrupts_reach_their_msix_vectors() {
     m.poll(&mut dma);
     assert_eq!(m.take_irqs(), 1 << 0, "link event on the ARQ -> vector 0");
 }
+
+/// A DMA window that records every write (address, length).
+struct Recording {
+    inner: FakeDma,
+    writes: Vec<(u64, usize)>,
+}
+
+impl crate::dma::Dma for Recording {
+    fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), crate::dma::DmaError> {
+        self.inner.read(iova, buf)
+    }
+    fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), crate::dma::DmaError> {
+        self.writes.push((iova, data.len()));
+        self.inner.write(iova, data)
+    }
+}
+
+#[test]
+fn the_byte_with_dd_or_the_done_dtype_is_written_last_and_alone() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, true, false);
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 0));
+    let mut rec = Recording { inner: dma, writes: Vec::new() };
+    m.poll(&mut rec);
+    let last_in =
+        |from: u64, len: u64| rec.writes.iter().rev().find(|(a, n)| *a < from + len && from < *a + *n as u64).copied();
+    assert_eq!(last_in(RX_RING, 32), Some((RX_RING + 8, 1)), "RX: DD byte last, one-byte store");
+    assert_eq!(last_in(TX_RING, 16), Some((TX_RING + 8, 1)), "TX: DTYPE byte last, one-byte store");
+    let (dd, eof, len) = rx_wb(&mut rec.inner, 0, true);
+    assert!(dd && eof && len == 64);
+}
