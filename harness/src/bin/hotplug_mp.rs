@@ -6,7 +6,7 @@
 //! attached device net_null0
 //! example> list
 //! list all etherdev
-//! 0	net_null0
+//! 0    net_null0
 //! ```
 //! Start it in two terminals (the first becomes the primary with `--proc-type=auto`) and attach or
 //! detach from either: both lists agree. Besides DPDK's commands (help, list, attach, detach, quit)
