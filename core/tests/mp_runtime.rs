@@ -156,6 +156,11 @@ fn a_memfd_travels_with_the_message_and_is_read_by_the_peer() {
     let before = fd_count(p.pid());
     assert_eq!(p.cmd("memfd-req hello-fd"), "sent=2 received=2 payloads=hello-fd,hello-fd");
     assert_eq!(secs[1].cmd("memfd-req from-secondary"), "sent=1 received=1 payloads=from-secondary");
+    // The primary closes a received descriptor right after it replies: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fd_count(p.pid()) != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(fd_count(p.pid()), before, "no descriptor leaked in the primary");
     finish(lab, p, secs);
 }
