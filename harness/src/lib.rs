@@ -1,6 +1,15 @@
-//! lab-harness: the `hotplug_mp` sample app and the tools that drive lab processes.
+//! lab-harness: the `hotplug_mp` sample app and `lab`, the scenario runner.
 //!
-//! `proc` drives `hotplug_mp` processes over stdin/stdout; the scenario runner builds on it.
+//! Layers, bottom up:
+//! * [`proc`]: drives one `hotplug_mp` process over stdin/stdout (answers split at the prompt).
+//! * [`scenario`]: the TOML scenario format, parsed and checked before anything starts.
+//! * [`runner`]: starts a lab (lab-nic, a primary, secondaries) with its own prefix and temp dirs,
+//!   runs the steps, checks after every step that every live process lists the same ports, and
+//!   tears everything down (Ctrl-C included); also the fault sweep.
+//! * [`report`]: progress line, table, JUnit and JSON.
+//! * [`demo`]: `lab demo`; [`realnic`]: `lab run --real` on functions bound to vfio-pci.
+//!
+//! Start reading at `runner`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
