@@ -21,6 +21,7 @@ use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::options::Options;
 use lab_core::ring::{Ring, RingFlags};
 use lab_core::runtime::Runtime;
+use lab_drivers::i40e::I40eDriver;
 use lab_drivers::ixgbe::IxgbeDriver;
 
 const PEER: &str = env!("CARGO_BIN_EXE_lab-bench-peer");
@@ -236,6 +237,7 @@ fn main() {
     port.close(Release::Shared);
     drop(nic);
     drop(lp);
+    bench_i40e(&mut c, &rt, &pool);
     drop(rt);
 
     c.final_summary();
@@ -260,4 +262,89 @@ fn main() {
         }
     }
     print_ratio("ixgbe_loopback/64 vs floor", "rxtx", "ixgbe_loopback/64", "shm_copy_floor/64", Some(2.0));
+}
+
+/// `i40e_loopback/N`: the same loop through net_i40e and an emulated X710 (its own lab-nic, after the
+/// ixgbe one is gone), reported against the same floor.
+fn bench_i40e(c: &mut Criterion, rt: &Runtime, pool: &Mempool) {
+    const I40E_BDF: &str = "0000:00:09.0";
+    let sysfs = tempfile::tempdir().expect("sysfs root");
+    pin_to(peer_cpu());
+    let child = Command::new(lab_nic_bin())
+        .arg("--sysfs-root")
+        .arg(sysfs.path())
+        .args(["--dev", &format!("{I40E_BDF},model=i40e,wire=loopback"), "--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    pin_to(BENCH_CPU);
+    let mut child = child.expect("spawn lab-nic (i40e)");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while line.trim() != "lab-nic ready" {
+        line.clear();
+        assert!(out.read_line(&mut line).expect("lab-nic stdout") > 0, "lab-nic exited before ready");
+    }
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = out.read_to_end(&mut sink);
+    });
+    let nic = LabNic { child };
+
+    let pci = scan_one(&sysfs.path().join(I40E_BDF)).expect("scan");
+    let devargs = Devargs::parse(&format!("{I40E_BDF},promisc=1")).expect("devargs");
+    let drv = I40eDriver;
+    let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
+    let conf = PortConf { nb_desc: 1024, ..PortConf::default() };
+    let ctx = ProbeCtx {
+        runtime: rt,
+        port: PortId(1),
+        name: I40E_BDF,
+        devargs: &devargs,
+        kvargs: &kvargs,
+        pci: Some(&pci),
+        conf: &conf,
+    };
+    let mut port = drv.probe(&ctx).expect("probe i40e");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !port.link().up {
+        assert!(Instant::now() < deadline, "i40e link down");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut lp = Loop {
+        pool: pool.new_handle(),
+        txb: (0..BURST).map(|_| None).collect(),
+        rxb: (0..BURST).map(|_| None).collect(),
+        in_flight: 0,
+        lost: 0,
+        empty: 0,
+        polls: 0,
+        empty_polls: 0,
+        last_rx: Instant::now(),
+    };
+    let mut g = c.benchmark_group("rxtx");
+    for size in [64usize, 1518] {
+        g.throughput(Throughput::Elements(BURST as u64));
+        g.bench_with_input(BenchmarkId::new("i40e_loopback", size), &size, |b, &size| {
+            b.iter(|| lp.iter(port.as_mut(), size - 4))
+        });
+    }
+    g.finish();
+    let until = Instant::now() + Duration::from_millis(500);
+    while lp.in_flight > 0 && Instant::now() < until {
+        lp.drain(port.as_mut());
+    }
+    let stats = port.stats();
+    port.close(Release::Shared);
+    drop(nic);
+    println!(
+        "i40e port stats: opackets={} ipackets={} imissed={} ierrors={}; frames the bench loop gave up on: {}",
+        stats.opackets, stats.ipackets, stats.imissed, stats.ierrors, lp.lost
+    );
+    for id in ["i40e_loopback/64", "i40e_loopback/1518"] {
+        if let Some(ns) = mean_ns("rxtx", id) {
+            println!("rate rxtx/{id}: {:.2} Mpps", BURST as f64 / ns * 1e3);
+        }
+    }
+    print_ratio("i40e_loopback/64 vs floor", "rxtx", "i40e_loopback/64", "shm_copy_floor/64", Some(2.0));
 }
