@@ -645,7 +645,7 @@ impl I40e {
         }
     }
 
-    /// Queue interrupt through QINT_[RT]QCTL: cause enabled -> its MSI-X vector.
+    /// Queue interrupt through `QINT_[RT]QCTL`: cause enabled -> its MSI-X vector.
     fn queue_interrupt(&mut self, q: u32, tx: bool) {
         let ctl = self.reg(if tx { qint_tqctl(q) } else { qint_rqctl(q) });
         if ctl & QINT_CTL_CAUSE_ENA != 0 {

@@ -131,7 +131,7 @@ pub const HMC_SD_COUNT: usize = 4096;
 /// One segment: 2 MiB (512 backing pages of 4 KiB).
 pub const HMC_SD_SIZE: u64 = 2 * 1024 * 1024;
 pub const HMC_PAGE: u64 = 4096;
-/// log2 object sizes (GLHMC_LAN[TR]XOBJSZ): 128-byte TX, 32-byte RX contexts.
+/// log2 object sizes (`GLHMC_LAN[TR]XOBJSZ`): 128-byte TX, 32-byte RX contexts.
 pub const LANTXOBJSZ_LOG2: u32 = 7;
 pub const LANRXOBJSZ_LOG2: u32 = 5;
 /// Queues the device has (GLHMC_LANQMAX) and the PF owns (PFLAN_QALLOC: 0..=63).
