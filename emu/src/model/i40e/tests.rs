@@ -786,3 +786,86 @@ fn the_byte_with_dd_or_the_done_dtype_is_written_last_and_alone() {
     let (dd, eof, len) = rx_wb(&mut rec.inner, 0, true);
     assert!(dd && eof && len == 64);
 }
+
+/// xorshift64: a fixed pseudo-random sequence.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+#[test]
+fn random_admin_descriptors_contexts_and_ring_descriptors_never_panic() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, true, false);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let opcodes = [
+        AQC_GET_VERSION,
+        AQC_LIST_FUNC_CAPS,
+        AQC_MAC_ADDRESS_READ,
+        AQC_GET_SWITCH_CONFIG,
+        AQC_UPDATE_VSI_PARAMS,
+        AQC_GET_VSI_PARAMS,
+        AQC_ADD_MACVLAN,
+        AQC_REMOVE_MACVLAN,
+        AQC_SET_VSI_PROMISC,
+        AQC_GET_PHY_ABILITIES,
+        AQC_SET_MAC_CONFIG,
+        AQC_GET_LINK_STATUS,
+        AQC_QUERY_VSI_BW_CONFIG,
+        AQC_SET_LB_MODES,
+    ];
+    for i in 0..3000u64 {
+        // An admin descriptor with random flags, length, parameters and buffer address (inside or
+        // outside the DMA window), for a real or random opcode.
+        let idx = rd(&mut m, PF_ATQT);
+        let mut d = [0u8; 32];
+        for c in d.chunks_mut(8) {
+            c.copy_from_slice(&next(&mut x).to_le_bytes());
+        }
+        let op = if i % 2 == 0 { opcodes[(next(&mut x) % opcodes.len() as u64) as usize] } else { next(&mut x) as u16 };
+        d[2..4].copy_from_slice(&op.to_le_bytes());
+        d[4..6].copy_from_slice(&((next(&mut x) % 5000) as u16).to_le_bytes());
+        if i % 3 == 0 {
+            d[24..28].copy_from_slice(&((AQ_BUF >> 32) as u32).to_le_bytes());
+            d[28..32].copy_from_slice(&(AQ_BUF as u32).to_le_bytes());
+        }
+        dma.write(ATQ + u64::from(idx) * 32, &d).unwrap();
+        wr(&mut m, PF_ATQT, (idx + 1) % AQ_LEN);
+        m.poll(&mut dma);
+        let mut w = [0u8; 32];
+        dma.read(ATQ + u64::from(idx) * 32, &mut w).unwrap();
+        assert_eq!(
+            w[0] & (AQ_FLAG_DD | AQ_FLAG_CMP) as u8,
+            (AQ_FLAG_DD | AQ_FLAG_CMP) as u8,
+            "every command completes"
+        );
+        // Random TX descriptors and a random tail; random contexts re-requested now and then.
+        let slot = (next(&mut x) % u64::from(N)) as u32;
+        put_u64(&mut dma, TX_RING + u64::from(slot) * 16, next(&mut x));
+        put_u64(&mut dma, TX_RING + u64::from(slot) * 16 + 8, next(&mut x));
+        wr(&mut m, qtx_tail(0), (next(&mut x) % 64) as u32);
+        if i % 97 == 0 {
+            let mut c = [0u8; 128];
+            for ch in c.chunks_mut(8) {
+                ch.copy_from_slice(&next(&mut x).to_le_bytes());
+            }
+            dma.write(HMC_MEM, &c).unwrap();
+            dma.write(HMC_MEM + u64::from(RX_BASE_512) * 512, &c[..32]).unwrap();
+            wr(&mut m, qtx_ena(0), 0);
+            wr(&mut m, qtx_ena(0), QENA_REQ);
+            wr(&mut m, qrx_ena(0), 0);
+            wr(&mut m, qrx_ena(0), QENA_REQ);
+        }
+        m.poll(&mut dma);
+    }
+    // Still a working device after a PF reset.
+    wr(&mut m, PFGEN_CTRL, PFGEN_CTRL_PFSWR);
+    let mut dma = self::dma();
+    bring_up(&mut m, &mut dma, false, false);
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 100, 1));
+    m.poll(&mut dma);
+    assert_eq!(rx_wb(&mut dma, 0, false), (true, true, 100));
+}
