@@ -6,6 +6,7 @@
 //! `Vec`-backed stand-in so models are unit-tested without sockets.
 
 use std::fs::File;
+use std::sync::atomic::{fence, Ordering};
 
 use crate::mem::{Mapping, MemError};
 
@@ -61,11 +62,61 @@ pub enum DmaError {
 }
 
 /// Device-side DMA access.
+///
+/// `read` and `write` move bulk data (frames, whole descriptors) and promise nothing about how the
+/// bytes are stored. Descriptor fields that a driver in another process polls go through the word
+/// methods: each is one aligned 32- or 64-bit access when the IOVA is aligned, so it is never torn.
+///
+/// # Publishing a write-back (RX and TX descriptors, admin queue entries, head write-back)
+///
+/// 1. write the data (frame bytes) with [`Dma::write`];
+/// 2. write every other field of the write-back with [`Dma::write_u32`] / [`Dma::write_u64`] (or
+///    `write`), in any order;
+/// 3. LAST, store the word that carries the done bit (DD, a done DTYPE, the AQ DD flag) with
+///    [`Dma::publish_u32`] (or [`Dma::publish_u64`]): one store, Release ordering, so a driver
+///    that sees the bit and then reads with Acquire sees everything from steps 1 and 2, and every
+///    read the device made of the descriptor and its buffers happened before it.
+///
+/// Never store bytes of the done word again after publishing it: the driver may already have
+/// recycled the descriptor.
 pub trait Dma {
     /// Reads `buf.len()` bytes at `iova`.
     fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError>;
     /// Writes `data` at `iova`.
     fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaError>;
+
+    /// Reads the little-endian `u32` at `iova`: one 32-bit load when `iova` is 4-byte aligned.
+    fn read_u32(&mut self, iova: u64) -> Result<u32, DmaError> {
+        let mut b = [0u8; 4];
+        self.read(iova, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    /// Reads the little-endian `u64` at `iova`: one 64-bit load when `iova` is 8-byte aligned.
+    fn read_u64(&mut self, iova: u64) -> Result<u64, DmaError> {
+        let mut b = [0u8; 8];
+        self.read(iova, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    /// Writes a little-endian `u32` at `iova` (no ordering): one 32-bit store when 4-byte aligned.
+    fn write_u32(&mut self, iova: u64, val: u32) -> Result<(), DmaError> {
+        self.write(iova, &val.to_le_bytes())
+    }
+    /// Writes a little-endian `u64` at `iova` (no ordering): one 64-bit store when 8-byte aligned.
+    fn write_u64(&mut self, iova: u64, val: u64) -> Result<(), DmaError> {
+        self.write(iova, &val.to_le_bytes())
+    }
+    /// Publishes a write-back: one 32-bit store of `val` at `iova` with Release ordering, after every
+    /// earlier DMA read and write of this device (see the trait docs). Use it for the word holding
+    /// the done bit, and make it the last store to that descriptor.
+    fn publish_u32(&mut self, iova: u64, val: u32) -> Result<(), DmaError> {
+        fence(Ordering::Release);
+        self.write(iova, &val.to_le_bytes())
+    }
+    /// As [`Dma::publish_u32`], for a done bit that lives in a 64-bit word.
+    fn publish_u64(&mut self, iova: u64, val: u64) -> Result<(), DmaError> {
+        fence(Ordering::Release);
+        self.write(iova, &val.to_le_bytes())
+    }
 }
 
 struct DmaEntry {
@@ -79,6 +130,9 @@ struct DmaEntry {
 #[derive(Default)]
 pub struct DmaTable {
     maps: Vec<DmaEntry>,
+    /// Index of the map that translated the last access: a data path touches one or two maps (the
+    /// runtime's shared memory), so this hits nearly always. Only a hint: checked on every use.
+    last: usize,
 }
 
 impl std::fmt::Debug for DmaTable {
@@ -128,9 +182,21 @@ impl DmaTable {
         self.maps.is_empty()
     }
 
-    fn find(&self, iova: u64, len: usize) -> Option<(&Mapping, usize)> {
+    /// The map holding all of `[iova, iova + len)` and the offset of `iova` in it.
+    #[inline]
+    fn find(&mut self, iova: u64, len: usize) -> Option<(&Mapping, usize)> {
         let end = iova.checked_add(len as u64)?;
-        self.maps.iter().find(|m| iova >= m.iova && end <= m.iova + m.size).map(|m| (&m.map, (iova - m.iova) as usize))
+        let inside = |m: &DmaEntry| iova >= m.iova && end <= m.iova + m.size;
+        let i = match self.maps.get(self.last) {
+            Some(m) if inside(m) => self.last,
+            _ => {
+                let i = self.maps.iter().position(inside)?;
+                self.last = i;
+                i
+            }
+        };
+        let m = &self.maps[i];
+        Some((&m.map, (iova - m.iova) as usize))
     }
 }
 
@@ -146,6 +212,46 @@ impl Dma for DmaTable {
         match self.find(iova, data.len()) {
             Some((m, off)) if m.write(off, data) => Ok(()),
             _ => Err(DmaError::Unmapped { iova, len: data.len() as u64 }),
+        }
+    }
+
+    fn read_u32(&mut self, iova: u64) -> Result<u32, DmaError> {
+        self.find(iova, 4)
+            .and_then(|(m, off)| m.load_u32(off, Ordering::Relaxed))
+            .ok_or(DmaError::Unmapped { iova, len: 4 })
+    }
+
+    fn read_u64(&mut self, iova: u64) -> Result<u64, DmaError> {
+        self.find(iova, 8)
+            .and_then(|(m, off)| m.load_u64(off, Ordering::Relaxed))
+            .ok_or(DmaError::Unmapped { iova, len: 8 })
+    }
+
+    fn write_u32(&mut self, iova: u64, val: u32) -> Result<(), DmaError> {
+        match self.find(iova, 4) {
+            Some((m, off)) if m.store_u32(off, val, Ordering::Relaxed) => Ok(()),
+            _ => Err(DmaError::Unmapped { iova, len: 4 }),
+        }
+    }
+
+    fn write_u64(&mut self, iova: u64, val: u64) -> Result<(), DmaError> {
+        match self.find(iova, 8) {
+            Some((m, off)) if m.store_u64(off, val, Ordering::Relaxed) => Ok(()),
+            _ => Err(DmaError::Unmapped { iova, len: 8 }),
+        }
+    }
+
+    fn publish_u32(&mut self, iova: u64, val: u32) -> Result<(), DmaError> {
+        match self.find(iova, 4) {
+            Some((m, off)) if m.store_u32(off, val, Ordering::Release) => Ok(()),
+            _ => Err(DmaError::Unmapped { iova, len: 4 }),
+        }
+    }
+
+    fn publish_u64(&mut self, iova: u64, val: u64) -> Result<(), DmaError> {
+        match self.find(iova, 8) {
+            Some((m, off)) if m.store_u64(off, val, Ordering::Release) => Ok(()),
+            _ => Err(DmaError::Unmapped { iova, len: 8 }),
         }
     }
 }
@@ -214,6 +320,38 @@ mod tests {
         assert!(matches!(t.map(2, 0, 0x1000, None, 0), Err(DmaError::NoFd { .. })));
         t.unmap(1, 0x10_0000, 0x2000).unwrap();
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn word_accesses_translate_like_bulk_ones() {
+        let mut t = DmaTable::default();
+        t.map(1, 0x10_0000, 0x1000, Some(memfd_file(0x1000)), 0).unwrap();
+        t.map(2, 0x20_0000, 0x1000, Some(memfd_file(0x1000)), 0).unwrap();
+        t.write_u64(0x10_0008, 0x1122_3344_5566_7788).unwrap();
+        t.write_u32(0x20_0004, 7).unwrap();
+        t.publish_u32(0x10_0010, 0xdd).unwrap();
+        t.publish_u64(0x20_0ff8, 9).unwrap();
+        assert_eq!(t.read_u64(0x10_0008).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(t.read_u32(0x10_000c).unwrap(), 0x1122_3344);
+        assert_eq!(t.read_u32(0x20_0004).unwrap(), 7);
+        assert_eq!(t.read_u32(0x10_0010).unwrap(), 0xdd);
+        assert_eq!(t.read_u64(0x20_0ff8).unwrap(), 9);
+        // Unaligned IOVAs work (byte path); ranges crossing a map's end or outside every map fault.
+        t.write_u32(0x10_0003, 0xabcd).unwrap();
+        assert_eq!(t.read_u32(0x10_0003).unwrap(), 0xabcd);
+        assert!(matches!(t.read_u64(0x10_0ffc), Err(DmaError::Unmapped { len: 8, .. })));
+        assert!(t.publish_u32(0x30_0000, 1).is_err());
+        assert!(t.write_u64(u64::MAX - 3, 1).is_err());
+        // The cached map is only a hint: after its connection is gone the range faults.
+        t.drop_conn(2);
+        assert!(t.read_u32(0x20_0004).is_err());
+        assert_eq!(t.read_u32(0x10_0010).unwrap(), 0xdd);
+        // FakeDma gets the same words through the provided methods.
+        let mut f = FakeDma::new(0x1000, 64);
+        f.publish_u32(0x1008, 0x0102_0304).unwrap();
+        assert_eq!(f.mem[8..12], [4, 3, 2, 1]);
+        assert_eq!(f.read_u64(0x1008).unwrap(), 0x0102_0304);
+        assert!(f.write_u32(0x103e, 0).is_err());
     }
 
     #[test]

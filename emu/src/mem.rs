@@ -6,13 +6,17 @@
 //! - DMA memory: the fd a client passes in DMA_MAP, mapped `MAP_SHARED` at the given offset.
 //!
 //! The memory is written concurrently by other processes, so this module never hands out Rust references
-//! into it: every access is a bounds-checked copy (bulk) or a volatile 32-bit load/store (registers).
+//! into it: every access is a bounds-checked copy (bulk: frame data) or one atomic 32/64-bit load or
+//! store (registers, descriptor words), so a doorbell or a status word is never read or written torn.
+//! Register reads are Acquire and register writes Release ([`Mapping::read32`], [`Mapping::write32`]);
+//! [`Mapping::load_u32`] and [`Mapping::store_u32`] take the ordering for descriptor write-backs.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
@@ -62,7 +66,8 @@ pub struct Mapping {
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; all accesses go through raw-pointer
-// copies and volatile loads/stores that tolerate concurrent writers, so sharing across threads is sound.
+// copies and atomic (or volatile byte) loads/stores that tolerate concurrent writers, so sharing across
+// threads is sound.
 unsafe impl Send for Mapping {}
 // SAFETY: see `Send`: no method hands out references into the memory.
 unsafe impl Sync for Mapping {}
@@ -166,25 +171,135 @@ impl Mapping {
         true
     }
 
-    /// Volatile little-endian 32-bit load at a 4-byte aligned `off`; `None` if out of range or unaligned.
+    /// One 32-bit little-endian load at a 4-byte aligned `off` with Acquire ordering (a doorbell or
+    /// any register another process writes: later reads of what it guards see what was written
+    /// before it). `None` if out of range or `off` is unaligned.
     pub fn read32(&self, off: usize) -> Option<u32> {
-        if off & 3 != 0 || !self.range_ok(off, 4) {
+        if off & 3 != 0 {
             return None;
         }
-        // SAFETY: in range; the mapping base is page aligned and `skew` is only non-zero for DMA views,
-        // so we use an unaligned-tolerant read to stay sound in every case.
-        let v = unsafe { std::ptr::read_volatile(self.ptr_at(off) as *const [u8; 4]) };
-        Some(u32::from_le_bytes(v))
+        self.load_u32(off, Ordering::Acquire)
     }
 
-    /// Volatile little-endian 32-bit store at a 4-byte aligned `off`; false if out of range or unaligned.
+    /// One 32-bit little-endian store at a 4-byte aligned `off` with Release ordering (everything
+    /// this thread read or wrote before is visible to whoever reads this value). False if out of
+    /// range or `off` is unaligned.
     pub fn write32(&self, off: usize, val: u32) -> bool {
-        if off & 3 != 0 || !self.range_ok(off, 4) {
+        off & 3 == 0 && self.store_u32(off, val, Ordering::Release)
+    }
+
+    /// One 64-bit little-endian load at an 8-byte aligned `off`, Acquire. `None` if out of range or
+    /// unaligned.
+    pub fn read64(&self, off: usize) -> Option<u64> {
+        if off & 7 != 0 {
+            return None;
+        }
+        self.load_u64(off, Ordering::Acquire)
+    }
+
+    /// One 64-bit little-endian store at an 8-byte aligned `off`, Release. False if out of range or
+    /// unaligned.
+    pub fn write64(&self, off: usize, val: u64) -> bool {
+        off & 7 == 0 && self.store_u64(off, val, Ordering::Release)
+    }
+
+    /// Little-endian 32-bit load at any `off` with `order` (`Relaxed`, `Acquire` or `SeqCst`).
+    ///
+    /// When the address is 4-byte aligned this is one atomic 32-bit load: another process's aligned
+    /// 32-bit store is seen whole or not at all, never torn. An unaligned address (a DMA view of a
+    /// file at an odd offset) takes the byte path, which can tear, followed by the fence `order` asks
+    /// for. `None` if out of range.
+    pub fn load_u32(&self, off: usize, order: Ordering) -> Option<u32> {
+        if !self.range_ok(off, 4) {
+            return None;
+        }
+        let p = self.ptr_at(off);
+        if (p as usize) & 3 == 0 {
+            // SAFETY: in range (checked above) and 4-byte aligned (checked just now); the memory is a
+            // live shared mapping that other processes access concurrently, which is what atomics are
+            // for; the `AtomicU32` does not outlive this expression.
+            let v = unsafe { AtomicU32::from_ptr(p.cast::<u32>()) }.load(order);
+            return Some(u32::from_le(v));
+        }
+        // SAFETY: in range (checked above); a byte-array read has alignment 1.
+        let b = unsafe { std::ptr::read_volatile(p as *const [u8; 4]) };
+        acquire_after_load(order);
+        Some(u32::from_le_bytes(b))
+    }
+
+    /// Little-endian 32-bit store at any `off` with `order` (`Relaxed`, `Release` or `SeqCst`).
+    ///
+    /// One atomic 32-bit store when the address is 4-byte aligned (see [`Mapping::load_u32`]), so a
+    /// reader in another process sees the old or the new word, never a mix; with `Release`, every
+    /// earlier read and write of this thread (to any mapping) is visible before it. Unaligned: the
+    /// fence, then four byte stores. False if out of range.
+    pub fn store_u32(&self, off: usize, val: u32, order: Ordering) -> bool {
+        if !self.range_ok(off, 4) {
             return false;
         }
+        let p = self.ptr_at(off);
+        if (p as usize) & 3 == 0 {
+            // SAFETY: in range and 4-byte aligned (checked above); shared memory that other processes
+            // access concurrently, through atomics on our side; the reference does not escape.
+            unsafe { AtomicU32::from_ptr(p.cast::<u32>()) }.store(val.to_le(), order);
+            return true;
+        }
+        release_before_store(order);
         // SAFETY: in range (checked above); a byte-array store has alignment 1.
-        unsafe { std::ptr::write_volatile(self.ptr_at(off) as *mut [u8; 4], val.to_le_bytes()) };
+        unsafe { std::ptr::write_volatile(p as *mut [u8; 4], val.to_le_bytes()) };
         true
+    }
+
+    /// Little-endian 64-bit load at any `off`: one atomic load when 8-byte aligned (see
+    /// [`Mapping::load_u32`]), bytes then the fence otherwise. `None` if out of range.
+    pub fn load_u64(&self, off: usize, order: Ordering) -> Option<u64> {
+        if !self.range_ok(off, 8) {
+            return None;
+        }
+        let p = self.ptr_at(off);
+        if (p as usize) & 7 == 0 {
+            // SAFETY: in range and 8-byte aligned (checked above); concurrently accessed shared memory,
+            // atomics on our side; the reference does not escape.
+            let v = unsafe { AtomicU64::from_ptr(p.cast::<u64>()) }.load(order);
+            return Some(u64::from_le(v));
+        }
+        // SAFETY: in range (checked above); a byte-array read has alignment 1.
+        let b = unsafe { std::ptr::read_volatile(p as *const [u8; 8]) };
+        acquire_after_load(order);
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// Little-endian 64-bit store at any `off`: one atomic store when 8-byte aligned (see
+    /// [`Mapping::store_u32`]), the fence then bytes otherwise. False if out of range.
+    pub fn store_u64(&self, off: usize, val: u64, order: Ordering) -> bool {
+        if !self.range_ok(off, 8) {
+            return false;
+        }
+        let p = self.ptr_at(off);
+        if (p as usize) & 7 == 0 {
+            // SAFETY: in range and 8-byte aligned (checked above); concurrently accessed shared memory,
+            // atomics on our side; the reference does not escape.
+            unsafe { AtomicU64::from_ptr(p.cast::<u64>()) }.store(val.to_le(), order);
+            return true;
+        }
+        release_before_store(order);
+        // SAFETY: in range (checked above); a byte-array store has alignment 1.
+        unsafe { std::ptr::write_volatile(p as *mut [u8; 8], val.to_le_bytes()) };
+        true
+    }
+}
+
+/// The byte path of an Acquire (or stronger) load: the fence after it.
+fn acquire_after_load(order: Ordering) {
+    if matches!(order, Ordering::Acquire | Ordering::AcqRel | Ordering::SeqCst) {
+        fence(Ordering::Acquire);
+    }
+}
+
+/// The byte path of a Release (or stronger) store: the fence before it.
+fn release_before_store(order: Ordering) {
+    if matches!(order, Ordering::Release | Ordering::AcqRel | Ordering::SeqCst) {
+        fence(Ordering::Release);
     }
 }
 
@@ -213,6 +328,63 @@ mod tests {
         assert!(m.read(4096, &mut b));
         assert_eq!(u32::from_le_bytes(b), 0xdead_beef);
         assert!(m.raw_fd().is_some());
+    }
+
+    #[test]
+    fn word_accesses_are_bounds_and_alignment_checked() {
+        let m = Mapping::memfd("t3", 4096).unwrap();
+        assert!(m.write64(8, 0x0102_0304_0506_0708));
+        assert_eq!(m.read64(8), Some(0x0102_0304_0506_0708));
+        assert_eq!(m.read32(8), Some(0x0506_0708), "little-endian");
+        assert_eq!(m.read64(4), None, "read64 wants 8-byte alignment");
+        assert!(!m.write64(4092, 0));
+        assert_eq!(m.read64(4088).map(|_| ()), Some(()));
+        assert_eq!(m.load_u64(4090, Ordering::Relaxed), None);
+        // Unaligned offsets take the byte path and still read and write the right bytes.
+        assert!(m.store_u32(13, 0xaabb_ccdd, Ordering::Release));
+        assert_eq!(m.load_u32(13, Ordering::Acquire), Some(0xaabb_ccdd));
+        let mut b = [0u8; 4];
+        assert!(m.read(13, &mut b));
+        assert_eq!(b, [0xdd, 0xcc, 0xbb, 0xaa]);
+        assert!(m.store_u64(17, 0x1122_3344_5566_7788, Ordering::Relaxed));
+        assert_eq!(m.load_u64(17, Ordering::Relaxed), Some(0x1122_3344_5566_7788));
+        assert!(!m.store_u32(4094, 0, Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_view_at_an_odd_file_offset_still_reads_whole_words() {
+        let m = Mapping::memfd("t4", 8192).unwrap();
+        let f = File::from(m.fd.as_ref().unwrap().try_clone().unwrap());
+        let v = Mapping::map_file(&f, 4097, 64).unwrap();
+        // Offset 3 of the view is 4-aligned in the file but the access is checked on the address.
+        assert!(v.store_u32(3, 0x1234_5678, Ordering::Release));
+        assert_eq!(m.read32(4100), Some(0x1234_5678));
+        assert_eq!(v.read32(3), None, "read32 keeps its 4-aligned-offset contract");
+        assert_eq!(v.load_u32(3, Ordering::Acquire), Some(0x1234_5678));
+    }
+
+    /// A doorbell that moves across a 256 boundary (0xff <-> 0x100) changes every byte of the word:
+    /// a torn read would see 0x1ff or 0. One 32-bit load never does.
+    #[test]
+    fn doorbell_reads_are_never_torn() {
+        let m = std::sync::Arc::new(Mapping::memfd("t5", 4096).unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (m, stop) = (m.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    m.write32(0x18, if i & 1 == 0 { 0xff } else { 0x100 });
+                    i = i.wrapping_add(1);
+                }
+            })
+        };
+        for _ in 0..2_000_000 {
+            let v = m.read32(0x18).unwrap();
+            assert!(matches!(v, 0 | 0xff | 0x100), "torn doorbell read {v:#x}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
     }
 
     #[test]
