@@ -4,7 +4,6 @@
 //! Kinds: [`NullWire`] (drops), [`Loopback`] (tx to own rx), [`PeerEnd`] (two functions cabled
 //! together), [`TapWire`] (a Linux TAP device), [`PcapWire`] (replay a pcap, record tx to a pcap).
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -39,11 +38,42 @@ pub enum WireError {
 }
 
 /// One end of a link.
+///
+/// The data path uses [`Wire::transmit_with`] and [`Wire::receive_with`]: the model copies a frame
+/// from guest memory straight into the wire's buffer and from there straight into guest memory, so
+/// a frame is copied twice (or once, for wires that do not keep it) and nothing is allocated per
+/// frame. `transmit` and `receive` stay for callers that hold the frame in a buffer already.
 pub trait Wire: Send {
     /// Puts a frame on the wire (never blocks; drops if the far side is full).
     fn transmit(&mut self, frame: &[u8]);
     /// Takes the next received frame into `buf` (cleared first). False if none is waiting.
     fn receive(&mut self, buf: &mut Vec<u8>) -> bool;
+    /// Puts a frame of `len` bytes (at most [`MAX_FRAME`]) on the wire, written in place by `fill`.
+    /// `fill` gets exactly `len` bytes to overwrite (stale contents) and returns false to abandon the
+    /// frame (a DMA fault): nothing is sent then. Returns what `fill` returned, or false if `len` is
+    /// too long (then `fill` is not called).
+    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        if len > MAX_FRAME {
+            return false;
+        }
+        // Fallback for wires without a buffer of their own: one staging allocation per frame.
+        let mut frame = vec![0u8; len];
+        let ok = fill(&mut frame);
+        if ok {
+            self.transmit(&frame);
+        }
+        ok
+    }
+    /// Hands the next received frame to `deliver`, which consumes it, without copying it out of the
+    /// wire. False (and `deliver` is not called) if none is waiting.
+    fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
+        let mut frame = Vec::new();
+        if !self.receive(&mut frame) {
+            return false;
+        }
+        deliver(&frame);
+        true
+    }
     /// True if frames should stay on the wire until the device has a free descriptor
     /// (a pcap replay); false if the device drops them as a real link would.
     fn backpressure(&self) -> bool {
@@ -67,39 +97,223 @@ impl Wire for NullWire {
     fn receive(&mut self, _buf: &mut Vec<u8>) -> bool {
         false
     }
+    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        if len > MAX_FRAME {
+            return false;
+        }
+        // The device still reads the frame (its DMA faults are real), into a scratch buffer that
+        // lives in the thread, not in the wire, so `NullWire` stays a plain counter.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_FRAME]);
+        }
+        let ok = SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => fill(&mut s[..len]),
+            Err(_) => fill(&mut vec![0u8; len]),
+        });
+        if ok {
+            self.dropped += 1;
+        }
+        ok
+    }
+    fn receive_with(&mut self, _deliver: &mut dyn FnMut(&[u8])) -> bool {
+        false
+    }
     fn describe(&self) -> String {
         "none".into()
+    }
+}
+
+/// Frames in flight on a wire, oldest first, in one buffer allocated when the wire is made: a
+/// byte ring holding each frame contiguously (64-byte aligned slots), and a ring of (offset, length)
+/// records. Full (by frames or by bytes): the oldest frames are dropped, as a congested link would.
+pub struct FrameRing {
+    data: Box<[u8]>,
+    /// (offset in `data`, length) per frame, `head` is the oldest.
+    frames: Box<[(u32, u32)]>,
+    head: usize,
+    count: usize,
+    /// Where the next frame goes (when it fits there).
+    write: usize,
+    dropped: u64,
+}
+
+impl std::fmt::Debug for FrameRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameRing").field("frames", &self.count).field("dropped", &self.dropped).finish()
+    }
+}
+
+/// Bytes of a [`FrameRing`]: room for [`WIRE_QUEUE`] full-size (1518-byte) frames. Allocated zeroed,
+/// so the pages cost memory only once frames have been there.
+pub const WIRE_BYTES: usize = WIRE_QUEUE * 1536;
+const SLOT_ALIGN: usize = 64;
+
+impl Default for FrameRing {
+    fn default() -> Self {
+        Self::new(WIRE_QUEUE, WIRE_BYTES)
+    }
+}
+
+impl FrameRing {
+    /// A ring of at most `frames` frames in `bytes` bytes (at least one [`MAX_FRAME`] frame).
+    pub fn new(frames: usize, bytes: usize) -> Self {
+        let bytes = bytes.max(MAX_FRAME.next_multiple_of(SLOT_ALIGN)).min(u32::MAX as usize);
+        Self {
+            data: vec![0u8; bytes].into_boxed_slice(),
+            frames: vec![(0u32, 0u32); frames.max(1)].into_boxed_slice(),
+            head: 0,
+            count: 0,
+            write: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when no frame waits.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Frames dropped because the ring was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Drops the oldest frame.
+    pub fn pop(&mut self) {
+        if self.count == 0 {
+            return;
+        }
+        self.head = (self.head + 1) % self.frames.len();
+        self.count -= 1;
+        if self.count == 0 {
+            // Start over at the front: the next frames land in cache-warm bytes.
+            self.head = 0;
+            self.write = 0;
+        }
+    }
+
+    /// The oldest frame.
+    pub fn front(&self) -> Option<&[u8]> {
+        if self.count == 0 {
+            return None;
+        }
+        let (off, len) = self.frames[self.head];
+        self.data.get(off as usize..off as usize + len as usize)
+    }
+
+    /// Finds room for `len` bytes, dropping the oldest frames if needed. `None` if `len` can never fit.
+    fn place(&mut self, len: usize) -> Option<usize> {
+        let need = len.max(1).next_multiple_of(SLOT_ALIGN);
+        if need > self.data.len() {
+            return None;
+        }
+        loop {
+            if self.count == 0 {
+                self.head = 0;
+                self.write = 0;
+                return Some(0);
+            }
+            if self.count < self.frames.len() {
+                let oldest = self.frames[self.head].0 as usize;
+                let w = self.write;
+                // Live bytes run from `oldest` to `w`, wrapping; w == oldest with frames in means full.
+                if w > oldest {
+                    if w + need <= self.data.len() {
+                        return Some(w);
+                    }
+                    if need <= oldest {
+                        return Some(0);
+                    }
+                } else if w < oldest && w + need <= oldest {
+                    return Some(w);
+                }
+            }
+            self.pop();
+            self.dropped += 1;
+        }
+    }
+
+    fn commit(&mut self, off: usize, len: usize) {
+        let slot = (self.head + self.count) % self.frames.len();
+        self.frames[slot] = (off as u32, len as u32);
+        self.count += 1;
+        self.write = off + len.max(1).next_multiple_of(SLOT_ALIGN);
+    }
+
+    /// Appends a frame written in place by `fill` (see [`Wire::transmit_with`]).
+    pub fn push_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        if len > MAX_FRAME {
+            return false;
+        }
+        let Some(off) = self.place(len) else { return false };
+        if !fill(&mut self.data[off..off + len]) {
+            return false;
+        }
+        self.commit(off, len);
+        true
+    }
+
+    /// Appends a copy of `frame` (longer than [`MAX_FRAME`]: dropped).
+    pub fn push(&mut self, frame: &[u8]) {
+        self.push_with(frame.len(), &mut |b| {
+            b.copy_from_slice(frame);
+            true
+        });
+    }
+
+    /// Hands the oldest frame to `deliver` and drops it. False if there is none.
+    pub fn pop_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
+        match self.front() {
+            Some(f) => deliver(f),
+            None => return false,
+        }
+        self.pop();
+        true
+    }
+
+    /// Moves the oldest frame into `buf`. False if there is none.
+    pub fn pop_into(&mut self, buf: &mut Vec<u8>) -> bool {
+        self.pop_with(&mut |f| {
+            buf.clear();
+            buf.extend_from_slice(f);
+        })
     }
 }
 
 /// Transmitted frames come back on the same port.
 #[derive(Debug, Default)]
 pub struct Loopback {
-    q: VecDeque<Vec<u8>>,
+    q: FrameRing,
 }
 
 impl Wire for Loopback {
     fn transmit(&mut self, frame: &[u8]) {
-        if self.q.len() >= WIRE_QUEUE {
-            self.q.pop_front();
-        }
-        self.q.push_back(frame.to_vec());
+        self.q.push(frame);
     }
     fn receive(&mut self, buf: &mut Vec<u8>) -> bool {
-        match self.q.pop_front() {
-            Some(f) => {
-                *buf = f;
-                true
-            }
-            None => false,
+        if self.q.pop_into(buf) {
+            return true;
         }
+        buf.clear();
+        false
+    }
+    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        self.q.push_with(len, fill)
+    }
+    fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
+        self.q.pop_with(deliver)
     }
     fn describe(&self) -> String {
         "loopback".into()
     }
 }
 
-type FrameQueue = Arc<Mutex<VecDeque<Vec<u8>>>>;
+type FrameQueue = Arc<Mutex<FrameRing>>;
 
 /// One end of a cable between two emulated ports.
 #[derive(Debug)]
@@ -119,26 +333,26 @@ pub fn peer_pair(a: &str, b: &str) -> (PeerEnd, PeerEnd) {
     )
 }
 
-fn lock(q: &FrameQueue) -> std::sync::MutexGuard<'_, VecDeque<Vec<u8>>> {
+fn lock(q: &FrameQueue) -> std::sync::MutexGuard<'_, FrameRing> {
     q.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Wire for PeerEnd {
     fn transmit(&mut self, frame: &[u8]) {
-        let mut q = lock(&self.to_peer);
-        if q.len() >= WIRE_QUEUE {
-            q.pop_front();
-        }
-        q.push_back(frame.to_vec());
+        lock(&self.to_peer).push(frame);
     }
     fn receive(&mut self, buf: &mut Vec<u8>) -> bool {
-        match lock(&self.from_peer).pop_front() {
-            Some(f) => {
-                *buf = f;
-                true
-            }
-            None => false,
+        if lock(&self.from_peer).pop_into(buf) {
+            return true;
         }
+        buf.clear();
+        false
+    }
+    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        lock(&self.to_peer).push_with(len, fill)
+    }
+    fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
+        lock(&self.from_peer).pop_with(deliver)
     }
     fn describe(&self) -> String {
         format!("peer={}", self.peer)
@@ -150,6 +364,8 @@ impl Wire for PeerEnd {
 pub struct TapWire {
     fd: OwnedFd,
     name: String,
+    /// One frame, for the in-place transmit and receive (allocated once).
+    scratch: Vec<u8>,
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca; // _IOW('T', 202, int)
@@ -183,7 +399,7 @@ impl TapWire {
         let fd = OwnedFd::from(file);
         nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
             .map_err(|e| err(std::io::Error::from(e)))?;
-        Ok(Self { fd, name: name.to_owned() })
+        Ok(Self { fd, name: name.to_owned(), scratch: vec![0; MAX_FRAME] })
     }
 }
 
@@ -205,6 +421,26 @@ impl Wire for TapWire {
             }
         }
     }
+    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        if len > MAX_FRAME {
+            return false;
+        }
+        self.scratch.resize(MAX_FRAME, 0);
+        if !fill(&mut self.scratch[..len]) {
+            return false;
+        }
+        let _ = nix::unistd::write(&self.fd, &self.scratch[..len]);
+        true
+    }
+    fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let got = self.receive(&mut buf);
+        if got {
+            deliver(&buf);
+        }
+        self.scratch = buf;
+        got
+    }
     fn describe(&self) -> String {
         format!("tap={}", self.name)
     }
@@ -217,6 +453,8 @@ pub struct PcapWire {
     tx: BufWriter<File>,
     rx_path: PathBuf,
     tx_path: PathBuf,
+    /// One frame, for the in-place transmit and receive (allocated once).
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for PcapWire {
@@ -264,6 +502,7 @@ impl PcapWire {
             tx: BufWriter::new(txf),
             rx_path: rx.to_owned(),
             tx_path: tx.to_owned(),
+            scratch: Vec::with_capacity(MAX_FRAME),
         })
     }
 
@@ -312,6 +551,28 @@ impl Wire for PcapWire {
         buf.clear();
         false
     }
+    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        if len > MAX_FRAME {
+            return false;
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.resize(len, 0);
+        let ok = fill(&mut buf);
+        if ok {
+            self.transmit(&buf);
+        }
+        self.scratch = buf;
+        ok
+    }
+    fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let got = self.receive(&mut buf);
+        if got {
+            deliver(&buf);
+        }
+        self.scratch = buf;
+        got
+    }
     fn backpressure(&self) -> bool {
         true
     }
@@ -342,6 +603,77 @@ mod tests {
         assert!(z.receive(&mut b));
         assert_eq!(b.len(), 60);
         assert_eq!(z.describe(), "peer=a");
+    }
+
+    #[test]
+    fn in_place_transmit_and_receive_carry_frames_and_abandon_on_request() {
+        let mut l = Loopback::default();
+        assert!(l.transmit_with(5, &mut |b| {
+            b.copy_from_slice(&[1, 2, 3, 4, 5]);
+            true
+        }));
+        assert!(!l.transmit_with(3, &mut |_| false), "abandoned frames are not sent");
+        assert!(!l.transmit_with(MAX_FRAME + 1, &mut |_| panic!("not called")));
+        let mut got = Vec::new();
+        assert!(l.receive_with(&mut |f| got.extend_from_slice(f)));
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+        assert!(!l.receive_with(&mut |_| panic!("nothing waits")));
+        let mut n = NullWire::default();
+        let mut called = false;
+        assert!(n.transmit_with(60, &mut |b| {
+            called = b.len() == 60;
+            true
+        }));
+        assert!(called, "a null wire still lets the device read the frame");
+        assert_eq!(n.dropped, 1);
+    }
+
+    #[test]
+    fn frame_ring_keeps_order_wraps_and_drops_the_oldest_when_full() {
+        // Room for 4 frames by count (bytes: the minimum, one MAX_FRAME).
+        let mut r = FrameRing::new(4, 0);
+        for i in 0..4u8 {
+            r.push(&[i; 100]);
+        }
+        assert_eq!(r.len(), 4);
+        r.push(&[9; 100]);
+        assert_eq!((r.len(), r.dropped()), (4, 1), "full by count: the oldest goes");
+        assert_eq!(r.front(), Some(&[1u8; 100][..]));
+        // Full by bytes: a big frame pushes out what it overlaps, order is kept.
+        let mut r = FrameRing::new(64, MAX_FRAME);
+        r.push(&[1; 6000]);
+        r.push(&[2; 6000]);
+        r.push(&[3; 6000]);
+        assert_eq!(r.dropped(), 1);
+        let mut b = Vec::new();
+        assert!(r.pop_into(&mut b));
+        assert_eq!((b.len(), b[0]), (6000, 2));
+        // Frame 3 sits at the front now; frame 4 goes right after it.
+        r.push(&[4; 5000]);
+        assert_eq!(r.dropped(), 1);
+        for want in [3u8, 4] {
+            assert!(r.pop_into(&mut b));
+            assert!(b.iter().all(|x| *x == want), "frame {want}");
+        }
+        assert!(!r.pop_into(&mut b));
+        // Sustained mixed sizes through a small ring: FIFO, nothing lost while it keeps up.
+        let mut r = FrameRing::new(8, MAX_FRAME);
+        let mut next = 0u32;
+        for i in 0..10_000u32 {
+            let len = 1 + (i as usize * 7919) % 3000;
+            r.push(&vec![i as u8; len]);
+            if i % 3 != 0 {
+                assert!(r.pop_into(&mut b));
+                assert!(b.iter().all(|x| *x == next as u8), "frame {next}");
+                next += 1;
+            }
+            while r.len() > 4 {
+                assert!(r.pop_into(&mut b));
+                assert_eq!(b[0], next as u8);
+                next += 1;
+            }
+        }
+        assert_eq!(r.dropped(), 0);
     }
 
     #[test]

@@ -5,12 +5,19 @@
 //! 0x6000-0x7FFF (TX queues 0-127): those live in a memfd the driver mmaps, and [`Ixgbe::poll`] reads
 //! them: ring configuration is latched on the RXDCTL/TXDCTL ENABLE 0->1 edge, RDT/TDT are doorbells,
 //! and the device writes RDH/TDH back there. The per-queue counters QPRC/QBRC/QPTC in those pages stay 0.
+//! Every access to those pages is one 32-bit atomic access ([`Mapping::read32`] is Acquire,
+//! [`Mapping::write32`] Release), so a doorbell is never read torn.
+//!
+//! The enable bits of all 192 queues are scanned (for 0->1 edges) when a trapped access touched the
+//! queue pages, after a poll that found nothing to do, and every `rxtx::SCAN_EVERY` busy polls; the
+//! enabled queues' own bits are checked on every poll, so a 1->0 edge stops DMA at once. Trapped
+//! registers live in a flat array indexed by offset (no hashing on the data path).
 //! BAR4 (16 KiB) holds the MSI-X table (64 vectors) at 0 and the PBA at 0x2000, trapped.
 
 pub mod regs;
 mod rxtx;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use self::regs::*;
@@ -59,8 +66,8 @@ pub struct Ixgbe {
     mac: [u8; 6],
     cfg: ConfigSpace,
     bar0: Arc<Mapping>,
-    /// Plain storage registers (known ones and unknown writes).
-    regs: HashMap<u32, u32>,
+    /// Plain storage registers (known ones and unknown writes), one word per BAR0 offset / 4.
+    regs: Box<[u32]>,
     unknown_logged: HashSet<u32>,
     rar: [(u32, u32); RAR_ENTRIES as usize],
     eicr: u32,
@@ -72,10 +79,19 @@ pub struct Ixgbe {
     totals: PortStats,
     rxq: Vec<Ring>,
     txq: Vec<Ring>,
+    /// TX queues latched enabled with a non-empty ring, in queue order (rebuilt by the scan).
+    tx_active: Vec<u32>,
+    /// Bumped when a trapped access or a reset touched the queue pages: the next poll rescans.
+    queue_gen: u64,
+    scanned_gen: u64,
+    /// Polls since the last full enable scan, and whether the last poll found nothing to do.
+    polls_since_scan: u32,
+    last_poll_idle: bool,
     msix: Vec<u8>,
     pba: u64,
     pending_irqs: u64,
-    wire: Box<dyn Wire>,
+    /// The wire; `None` only while `poll` holds it (the data path borrows it beside `self`).
+    wire: Option<Box<dyn Wire>>,
     faults: FaultLog,
     tx_frame: Vec<u8>,
     rx_frame: Vec<u8>,
@@ -84,7 +100,10 @@ pub struct Ixgbe {
 
 impl std::fmt::Debug for Ixgbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ixgbe").field("bdf", &self.bdf).field("wire", &self.wire.describe()).finish_non_exhaustive()
+        f.debug_struct("Ixgbe")
+            .field("bdf", &self.bdf)
+            .field("wire", &self.wire.as_ref().map(|w| w.describe()))
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,7 +139,7 @@ impl Ixgbe {
             mac: cfg.mac,
             cfg: space,
             bar0,
-            regs: HashMap::new(),
+            regs: vec![0; (BAR0_SIZE / 4) as usize].into_boxed_slice(),
             unknown_logged: HashSet::new(),
             rar: [(0, 0); RAR_ENTRIES as usize],
             eicr: 0,
@@ -132,13 +151,18 @@ impl Ixgbe {
             totals: PortStats::default(),
             rxq: vec![Ring::default(); RX_QUEUES as usize],
             txq: vec![Ring::default(); TX_QUEUES as usize],
+            tx_active: Vec::with_capacity(TX_QUEUES as usize),
+            queue_gen: 1,
+            scanned_gen: 0,
+            polls_since_scan: 0,
+            last_poll_idle: true,
             msix: vec![0; (MSIX_VECTORS * 16) as usize],
             pba: 0,
             pending_irqs: 0,
-            wire: cfg.wire,
+            wire: Some(cfg.wire),
             faults: FaultLog::default(),
             tx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
-            rx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
+            rx_frame: Vec::with_capacity(crate::wire::MAX_FRAME + 4),
             dma_without_bme_recorded: false,
         };
         m.reset_state();
@@ -151,14 +175,14 @@ impl Ixgbe {
 
     /// Global reset (CTRL.RST, CTRL.LNK_RST, DEVICE_RESET): registers, rings, queue pages, counters.
     fn reset_state(&mut self) {
-        self.regs.clear();
-        self.regs.insert(HLREG0, HLREG0_DEFAULT);
+        self.regs.fill(0);
+        self.set_reg(HLREG0, HLREG0_DEFAULT);
         for q in 0..SRRCTL_QUEUES {
-            self.regs.insert(srrctl(q), SRRCTL_DEFAULT);
-            self.regs.insert(dca_rxctrl(q), DCA_RXCTRL_DEFAULT);
+            self.set_reg(srrctl(q), SRRCTL_DEFAULT);
+            self.set_reg(dca_rxctrl(q), DCA_RXCTRL_DEFAULT);
         }
-        self.regs.insert(rxpbsize(0), RXPBSIZE_DEFAULT);
-        self.regs.insert(txpbsize(0), TXPBSIZE_DEFAULT);
+        self.set_reg(rxpbsize(0), RXPBSIZE_DEFAULT);
+        self.set_reg(txpbsize(0), TXPBSIZE_DEFAULT);
         self.rar = [(0, 0); RAR_ENTRIES as usize];
         let m = self.mac;
         self.rar[0] = (u32::from_le_bytes([m[0], m[1], m[2], m[3]]), u32::from_le_bytes([m[4], m[5], 0, 0]) | RAH_AV);
@@ -169,6 +193,8 @@ impl Ixgbe {
         self.counters = Counters::default();
         self.rxq.iter_mut().for_each(|r| *r = Ring::default());
         self.txq.iter_mut().for_each(|r| *r = Ring::default());
+        self.tx_active.clear();
+        self.queue_gen += 1;
         self.bar0.fill(RX_QUEUE_PAGE.0 as usize, RX_QUEUE_PAGE.1 as usize, 0);
         self.bar0.fill(TX_QUEUE_PAGES.0 as usize, TX_QUEUE_PAGES.1 as usize, 0);
         self.pending_irqs = 0;
@@ -236,8 +262,15 @@ impl Ixgbe {
             || (txpbsize(0)..txpbsize(8)).contains(&off)
     }
 
+    #[inline]
     fn reg(&self, off: u32) -> u32 {
-        self.regs.get(&off).copied().unwrap_or(0)
+        self.regs.get((off >> 2) as usize).copied().unwrap_or(0)
+    }
+
+    fn set_reg(&mut self, off: u32, val: u32) {
+        if let Some(r) = self.regs.get_mut((off >> 2) as usize) {
+            *r = val;
+        }
     }
 
     fn take(v: &mut u32) -> u32 {
@@ -305,6 +338,7 @@ impl Ixgbe {
     fn write_reg(&mut self, off: u32, val: u32) {
         if Self::in_queue_pages(off) {
             self.bar0.write32(off as usize, val);
+            self.queue_gen += 1;
             return;
         }
         if let Some((n, high)) = Self::rar_index(off) {
@@ -322,7 +356,7 @@ impl Ixgbe {
                     self.reset_state();
                     self.update_link();
                 }
-                self.regs.insert(CTRL, val & !(CTRL_RST | CTRL_LNK_RST));
+                self.set_reg(CTRL, val & !(CTRL_RST | CTRL_LNK_RST));
             }
             STATUS | LINKS => {}
             EICR => self.eicr &= !val,
@@ -333,7 +367,7 @@ impl Ixgbe {
             }
             EIMC => self.eims &= !val,
             AUTOC => {
-                self.regs.insert(AUTOC, val & !AUTOC_AN_RESTART);
+                self.set_reg(AUTOC, val & !AUTOC_AN_RESTART);
                 if val & AUTOC_AN_RESTART != 0 {
                     self.link_trained = true;
                     self.update_link();
@@ -346,7 +380,7 @@ impl Ixgbe {
                 if !Self::is_storage(o) && self.unknown_logged.insert(o) {
                     tracing::info!(bdf = %self.bdf, "write to unemulated register {o:#07x} = {val:#x} (kept)");
                 }
-                self.regs.insert(o, val);
+                self.set_reg(o, val);
             }
         }
     }
@@ -397,10 +431,15 @@ impl Ixgbe {
         }
     }
 
+    /// A queue-page register: one 32-bit Acquire load (a doorbell read sees the descriptors the
+    /// driver wrote before ringing it).
+    #[inline]
     fn page32(&self, off: u32) -> u32 {
         self.bar0.read32(off as usize).unwrap_or(0)
     }
 
+    /// A queue-page register write (RDH/TDH): one 32-bit Release store, after every DMA before it.
+    #[inline]
     fn set_page32(&self, off: u32, v: u32) {
         self.bar0.write32(off as usize, v);
     }
@@ -532,9 +571,17 @@ impl DeviceModel for Ixgbe {
 
     fn poll(&mut self, dma: &mut dyn Dma) -> bool {
         self.update_link();
-        let mut did = self.scan_queue_enables();
-        did |= self.process_tx(dma);
-        did |= self.process_rx(dma);
+        let mut did = false;
+        if self.scan_due() {
+            did |= self.scan_queue_enables();
+        }
+        self.polls_since_scan = self.polls_since_scan.saturating_add(1);
+        if let Some(mut wire) = self.wire.take() {
+            did |= self.process_tx(dma, wire.as_mut());
+            did |= self.process_rx(dma, wire.as_mut());
+            self.wire = Some(wire);
+        }
+        self.last_poll_idle = !did;
         did
     }
 
