@@ -17,6 +17,17 @@
 //!
 //! Start reading at [`server::Function`], then [`model::ixgbe`].
 //!
+//! # Memory shared with drivers
+//!
+//! Registers in mmapped pages and descriptor words are read and written by another process while
+//! the device runs, so [`mem::Mapping`] accesses them as single aligned atomic words, never byte by
+//! byte: doorbells are Acquire loads ([`mem::Mapping::read32`]), RDH/TDH-style registers Release
+//! stores ([`mem::Mapping::write32`]). A model publishes a descriptor write-back through
+//! [`dma::Dma`]: data, then the other fields, then the word carrying the done bit with
+//! [`dma::Dma::publish_u32`] (one Release store, the last store to that descriptor).
+//! The data path allocates nothing per frame: frames go from a TX buffer into the wire's buffer and
+//! from there into an RX buffer ([`wire::Wire::transmit_with`], [`wire::Wire::receive_with`]).
+//!
 //! # How a driver uses an emulated function
 //!
 //! - Find `<sysfs-root>/<BDF>/vfio-user.sock` and connect (vfio-user VERSION, GET_INFO, region info);

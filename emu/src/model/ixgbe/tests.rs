@@ -396,3 +396,124 @@ fn rings_wrap_around_under_sustained_traffic() {
     assert_eq!(m.stats().rx_missed, 0);
     assert_eq!(rd(&mut m, tdh(0)), 0);
 }
+
+/// A DMA window that records every store: (address, length, published with Release).
+struct Recording {
+    inner: FakeDma,
+    stores: Vec<(u64, usize, bool)>,
+}
+
+impl Dma for Recording {
+    fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), crate::dma::DmaError> {
+        self.inner.read(iova, buf)
+    }
+    fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), crate::dma::DmaError> {
+        self.stores.push((iova, data.len(), false));
+        self.inner.write(iova, data)
+    }
+    fn publish_u32(&mut self, iova: u64, val: u32) -> Result<(), crate::dma::DmaError> {
+        self.stores.push((iova, 4, true));
+        self.inner.write(iova, &val.to_le_bytes())
+    }
+}
+
+impl Recording {
+    /// The stores that touched `[from, from + len)`, in order.
+    fn touching(&self, from: u64, len: u64) -> Vec<(u64, usize, bool)> {
+        self.stores.iter().filter(|(a, n, _)| *a < from + len && from < *a + *n as u64).copied().collect()
+    }
+}
+
+#[test]
+fn write_backs_publish_the_dd_word_last_as_one_release_store() {
+    for legacy in [false, true] {
+        let mut m = nic(Box::new(Loopback::default()));
+        let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+        bring_up(&mut m, &mut dma);
+        if legacy {
+            let v = rd(&mut m, srrctl(0));
+            wr(&mut m, srrctl(0), v & !SRRCTL_DESCTYPE_MASK);
+        }
+        let f = frame(MAC, 64, 9);
+        queue_tx(&mut m, &mut dma, 0, &f);
+        let mut rec = Recording { inner: dma, stores: Vec::new() };
+        m.poll(&mut rec);
+        // RX: the frame first, then the other fields, then the DD word, once, as a Release store.
+        let dd_word = if legacy { RX_RING + 12 } else { RX_RING + 8 };
+        let rx = rec.touching(RX_RING, 16);
+        assert_eq!(rx.last(), Some(&(dd_word, 4, true)), "legacy={legacy}: {rx:x?}");
+        assert_eq!(rx.iter().filter(|s| s.2).count(), 1, "one publish per descriptor");
+        assert!(rx[..rx.len() - 1].iter().all(|(a, n, _)| *a + *n as u64 <= dd_word || *a >= dd_word + 4));
+        let buf_store = rec.stores.iter().position(|s| s.0 == RX_BUFS).expect("frame written");
+        let first_wb = rec.stores.iter().position(|s| (RX_RING..RX_RING + 16).contains(&s.0)).unwrap();
+        assert!(buf_store < first_wb, "data before the write-back");
+        // TX: the DD word is published, nothing else of the descriptor is written.
+        assert_eq!(rec.touching(TX_RING, 16), vec![(TX_RING + 12, 4, true)]);
+        let (st, len) =
+            (get_u32(&mut rec.inner, dd_word), get_u32(&mut rec.inner, RX_RING + if legacy { 8 } else { 12 }));
+        assert_eq!((st & 3, len & 0xffff), (3, 64));
+    }
+}
+
+#[test]
+fn queues_enabled_through_the_mapped_page_are_latched_and_a_disable_stops_dma_at_once() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    let page = m.bar_memory(0).unwrap();
+    // TX queue 1, written the way a driver does it: stores into the mmapped page, no trapped access.
+    let ring1 = DMA_BASE + 0x2000;
+    page.write32(tdbal(1) as usize, ring1 as u32);
+    page.write32(tdbah(1) as usize, (ring1 >> 32) as u32);
+    page.write32(tdlen(1) as usize, N * 16);
+    page.write32(txdctl(1) as usize, TXDCTL_ENABLE);
+    // Keep the device busy so that only the periodic scan can see the new queue.
+    let f = frame(MAC, 64, 1);
+    dma.write(TX_BUFS, &f).unwrap();
+    put_u64(&mut dma, ring1, TX_BUFS);
+    let ctl = 64 | (0x3 << TXD_DTYP_SHIFT) | TXD_CMD_EOP | TXD_CMD_RS | TXD_CMD_DEXT;
+    dma.write(ring1 + 8, &ctl.to_le_bytes()).unwrap();
+    page.write32(tdt(1) as usize, 1);
+    let mut polls = 0;
+    while get_u32(&mut dma, ring1 + 12) & TXD_STAT_DD == 0 {
+        m.poll(&mut dma);
+        polls += 1;
+        assert!(polls <= super::rxtx::SCAN_EVERY + 1, "queue 1 never latched");
+    }
+    assert_eq!(page.read32(tdh(1) as usize), Some(1));
+    // A disable in the page stops DMA on the next poll, before any scan.
+    page.write32(txdctl(1) as usize, 0);
+    dma.write(ring1 + 16, &TX_BUFS.to_le_bytes()).unwrap();
+    dma.write(ring1 + 24, &ctl.to_le_bytes()).unwrap();
+    dma.write(ring1 + 28, &0u32.to_le_bytes()).unwrap();
+    page.write32(tdt(1) as usize, 2);
+    m.poll(&mut dma);
+    assert_eq!(get_u32(&mut dma, ring1 + 16 + 12) & TXD_STAT_DD, 0, "no DMA on a disabled ring");
+    assert_eq!(page.read32(tdh(1) as usize), Some(1));
+    // The same for RX queue 0: frames are dropped as filtered, the ring is not touched.
+    page.write32(rxdctl(0) as usize, 0);
+    let before = m.stats();
+    let next = RX_RING + u64::from(page.read32(rdh(0) as usize).unwrap()) * 16;
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 2));
+    m.poll(&mut dma);
+    assert_eq!(m.stats().rx_packets, before.rx_packets);
+    assert_eq!(m.stats().rx_filtered, before.rx_filtered + 1);
+    assert_eq!(get_u32(&mut dma, next + 8), 0, "the next RX descriptor is untouched");
+}
+
+#[test]
+fn a_torn_or_stale_tail_cannot_make_the_device_pass_it() {
+    // RDT is read once per batch and again only when the known free descriptors run out.
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    wr(&mut m, rdt(0), 2); // descriptors 0 and 1 free
+    for i in 0..4 {
+        queue_tx(&mut m, &mut dma, i, &frame(MAC, 64, i as u8));
+    }
+    m.poll(&mut dma);
+    assert_eq!(m.stats().rx_packets, 2);
+    assert_eq!(m.stats().rx_missed, 2);
+    assert_eq!(rd(&mut m, rdh(0)), 2);
+    assert_eq!(get_u32(&mut dma, RX_RING + 2 * 16 + 8), 0, "descriptor 2 (the tail) untouched");
+}
