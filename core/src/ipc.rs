@@ -1065,7 +1065,7 @@ mod tests {
     #[test]
     fn closing_removes_the_sockets() {
         let (d, p, s) = pair();
-        s.register_action("e", Dispatch::Inline, |ch, r| ch.reply(&r, &Msg::new("e", vec![])).unwrap()).unwrap();
+        s.register_action("e", Dispatch::Inline, |ch, r| ch.reply(r, &Msg::new("e", vec![])).unwrap()).unwrap();
         p.request_sync(&Msg::new("e", vec![]), Duration::from_secs(1)).unwrap();
         s.close();
         p.close();
