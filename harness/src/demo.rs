@@ -1,4 +1,5 @@
-//! `lab demo`: no arguments, no hardware. Two emulated 82599 functions cabled to each other, a
+//! `lab demo`: no arguments, no hardware. An emulated 82599 cabled to an emulated X710 (or to a
+//! second 82599 in a build without the i40e driver), a
 //! `net_null0` vdev, one primary and two secondaries; the design's four scenarios (attach and
 //! detach, from the primary and from a secondary), each with traffic sent by one process on one
 //! NIC and received by another process on the other NIC.
@@ -25,9 +26,19 @@ model = "ixgbe"
 wire = "peer=0000:00:06.0"
 [[lab.nic]]
 bdf = "0000:00:06.0"
-model = "ixgbe"
+model = "SECOND"
 wire = "peer=0000:00:05.0"
 "#;
+
+/// The model of the second NIC: an X710 when this build drives it, else a second 82599.
+fn second_model() -> &'static str {
+    let reg = lab_drivers::registry();
+    if reg.pci_driver(PciId { vendor: 0x8086, device: 0x1572 }).is_some() {
+        "i40e"
+    } else {
+        "ixgbe"
+    }
+}
 
 /// The four scenarios; `A` and `B` stand for the two devices.
 const SCENARIOS: [(&str, &str); 4] = [
@@ -128,7 +139,11 @@ pub fn scenarios(nics: bool) -> Result<Vec<Scenario>, ScenarioError> {
         .iter()
         .map(|(name, steps)| {
             let steps = steps.replace("\"A\"", &format!("\"{a}\"")).replace("\"B\"", &format!("\"{b}\""));
-            let lab = if nics { LAB.to_string() } else { "[lab]\nsecondaries = 2\nvdevs = [\"net_null0\"]\n".into() };
+            let lab = if nics {
+                LAB.replace("SECOND", second_model())
+            } else {
+                "[lab]\nsecondaries = 2\nvdevs = [\"net_null0\"]\n".into()
+            };
             Scenario::parse(&format!("name = \"{name}\"\n{lab}{steps}"), Path::new("demo"))
         })
         .collect()
@@ -167,7 +182,15 @@ pub fn run(env: &Env) -> ExitCode {
     }
     println!(
         "lab: primary + 2 secondaries, net_null0 as --vdev{}\n",
-        if nics { ", two emulated 82599 functions 0000:00:05.0 <-> 0000:00:06.0 cabled together" } else { "" }
+        if nics {
+            if second_model() == "i40e" {
+                ", an emulated 82599 (0000:00:05.0) cabled to an emulated X710 (0000:00:06.0)"
+            } else {
+                ", two emulated 82599 functions 0000:00:05.0 <-> 0000:00:06.0 cabled together"
+            }
+        } else {
+            ""
+        }
     );
     let observer = |r: &StepReport| print_step(r);
     let (nic_sc, null_sc) = match (scenarios(true), scenarios(false)) {
