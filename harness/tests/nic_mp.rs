@@ -1,4 +1,4 @@
-//! net_ixgbe across processes: `hotplug_mp` primary and secondary against one emulated 82599 in
+//! net_ixgbe and net_i40e across processes: `hotplug_mp` primary and secondary against one emulated 82599 or X710 in
 //! `lab-nic`. A secondary attaches over its own vfio-user connection (no register init), moves
 //! traffic on the queue the primary built, and 50 attach/detach cycles leave no fd, connection or
 //! memory behind.
@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_harness::proc::{fd_count, parse_list, AppProc};
+use rstest::rstest;
 
 const APP: &str = env!("CARGO_BIN_EXE_hotplug_mp");
 const BDF: &str = "0000:00:05.0";
@@ -36,13 +37,14 @@ struct Lab {
     xdg: tempfile::TempDir,
     prefix: String,
     nic: Option<Child>,
+    model: &'static str,
 }
 
 impl Lab {
-    fn new(test: &str) -> Lab {
+    fn new(test: &str, model: &'static str) -> Lab {
         let xdg = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(xdg.path().join("sysfs")).expect("sysfs root");
-        Lab { xdg, prefix: format!("ixmp{}-{test}", std::process::id()), nic: None }
+        Lab { xdg, prefix: format!("mp{}-{model}-{test}", std::process::id()), nic: None, model }
     }
 
     /// Starts lab-nic. After the apps: a PCI device present at start-up is probed by every app as
@@ -54,7 +56,7 @@ impl Lab {
             .arg(&sysfs)
             .arg("--control")
             .arg(self.xdg.path().join("nic.sock"))
-            .args(["--dev", &format!("{BDF},model=ixgbe,wire=loopback"), "--log-level", "warn"])
+            .args(["--dev", &format!("{BDF},model={},wire=loopback", self.model), "--log-level", "warn"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -139,9 +141,11 @@ fn field<'a>(answer: &'a str, key: &str) -> &'a str {
     answer.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or_else(|| panic!("no {key} in {answer}"))
 }
 
-#[test]
-fn a_secondary_attaches_over_its_own_connection_and_moves_traffic() {
-    let mut lab = Lab::new("traffic");
+#[rstest]
+#[case::ixgbe("ixgbe")]
+#[case::i40e("i40e")]
+fn a_secondary_attaches_over_its_own_connection_and_moves_traffic(#[case] model: &'static str) {
+    let mut lab = Lab::new("traffic", model);
     let mut primary = lab.start();
     let mut secondary = lab.start();
     lab.start_nic();
@@ -156,7 +160,7 @@ fn a_secondary_attaches_over_its_own_connection_and_moves_traffic() {
     lab.wait_connections(2);
 
     let info = secondary.cmd("info 0").expect("info");
-    assert_eq!(field(&info, "driver:"), "net_ixgbe");
+    assert_eq!(field(&info, "driver:"), format!("net_{model}"));
     assert_eq!(field(&info, "mac:"), "02:00:00:00:05:00");
     assert_eq!(field(&info, "link:"), "up 10000 Mbps");
 
@@ -192,9 +196,11 @@ fn a_secondary_attaches_over_its_own_connection_and_moves_traffic() {
     primary.quit(Duration::from_secs(5));
 }
 
-#[test]
-fn fifty_attach_detach_cycles_from_both_processes_leave_nothing_behind() {
-    let mut lab = Lab::new("cycles");
+#[rstest]
+#[case::ixgbe("ixgbe")]
+#[case::i40e("i40e")]
+fn fifty_attach_detach_cycles_from_both_processes_leave_nothing_behind(#[case] model: &'static str) {
+    let mut lab = Lab::new("cycles", model);
     let mut primary = lab.start();
     let mut secondary = lab.start();
     lab.start_nic();
@@ -220,6 +226,62 @@ fn fifty_attach_detach_cycles_from_both_processes_leave_nothing_behind() {
     lab.wait_connections(0);
     assert_eq!((fd_count(primary.pid()), fd_count(secondary.pid())), fds, "fds grew over 50 cycles");
     assert!(lab.nic(&format!("faults {BDF}")).starts_with("ok count=0"));
+    secondary.quit(Duration::from_secs(5));
+    primary.quit(Duration::from_secs(5));
+}
+
+#[rstest]
+#[case::ixgbe("ixgbe")]
+#[case::i40e("i40e")]
+fn link_down_from_the_control_socket_is_seen_by_every_process(#[case] model: &'static str) {
+    let mut lab = Lab::new("link", model);
+    let mut primary = lab.start();
+    let mut secondary = lab.start();
+    lab.start_nic();
+    assert_eq!(primary.cmd(&format!("attach {BDF}")).expect("attach"), format!("attached device {BDF}"));
+    let link = |p: &mut AppProc| field(&p.cmd("info 0").expect("info"), "link:").to_string();
+    assert_eq!(link(&mut primary), "up 10000 Mbps");
+    assert_eq!(link(&mut secondary), "up 10000 Mbps");
+    assert!(lab.nic(&format!("link down {BDF}")).starts_with("ok"));
+    for p in [&mut primary, &mut secondary] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while link(p) != "down" {
+            assert!(Instant::now() < deadline, "process {} still sees the link up", p.pid());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(lab.nic(&format!("link up {BDF}")).starts_with("ok"));
+    for p in [&mut primary, &mut secondary] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while link(p) != "up 10000 Mbps" {
+            assert!(Instant::now() < deadline, "process {} still sees the link down", p.pid());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(secondary.cmd(&format!("detach {BDF}")).expect("detach"), format!("detached device {BDF}"));
+    secondary.quit(Duration::from_secs(5));
+    primary.quit(Duration::from_secs(5));
+}
+
+#[rstest]
+#[case::ixgbe("ixgbe")]
+#[case::i40e("i40e")]
+fn a_surprise_unplug_removes_the_port_from_every_process(#[case] model: &'static str) {
+    let mut lab = Lab::new("unplug", model);
+    let mut primary = lab.start();
+    let mut secondary = lab.start();
+    lab.start_nic();
+    assert_eq!(secondary.cmd(&format!("attach {BDF}")).expect("attach"), format!("attached device {BDF}"));
+    assert_eq!(primary.cmd("attach net_null0").expect("attach"), "attached device net_null0");
+    assert!(lab.nic(&format!("unplug {BDF}")).starts_with("ok"));
+    let want = vec![(1u16, "net_null0".to_string())];
+    for p in [&mut primary, &mut secondary] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while list(p) != want {
+            assert!(Instant::now() < deadline, "process {} still lists {:?}", p.pid(), list(p));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     secondary.quit(Duration::from_secs(5));
     primary.quit(Duration::from_secs(5));
 }
