@@ -452,12 +452,9 @@ fn sustained_loopback_traffic_comes_back_without_loss_or_fault() {
     sustained("ixgbe-sustained", 256, 192, 2);
 }
 
-/// Rings over 256 descriptors under load: lab-nic reads the 32-bit doorbells byte by byte
-/// (`emu/src/mem.rs` `Mapping::read32` loads a `[u8; 4]`, four byte loads in the release build),
-/// so a tail crossing a 256 boundary can be read torn and the device can run past it. It passes
-/// in practice; ignored until lab-nic reads doorbells as one 32-bit load.
+/// Rings over 256 descriptors under load: a tail crossing a 256 boundary must be read whole by
+/// the device (lab-nic reads doorbells as one 32-bit Acquire load).
 #[test]
-#[ignore = "lab-nic may tear 32-bit doorbell reads (emu Mapping::read32)"]
 fn sustained_loopback_traffic_with_a_1024_ring() {
     sustained("ixgbe-sustained-1k", 1024, 512, 3);
 }
