@@ -23,6 +23,8 @@ pub const BUDGET: u32 = 256;
 /// Busy polls between two full scans of the 192 queue enable bits (see the module docs of `ixgbe`).
 pub const SCAN_EVERY: u32 = 8;
 const DESC: u64 = 16;
+/// RX descriptors whose buffer address is read ahead at once.
+const READ_AHEAD: usize = 32;
 const MIN_FRAME: usize = 60;
 const FCS: u64 = 4;
 
@@ -100,6 +102,12 @@ struct RxBatch {
     dma_checked: bool,
     delivered: bool,
     cfg: RxCfg,
+    /// Buffer addresses of the descriptors from `head` on, read ahead in one go (loads only), so
+    /// reading descriptors does not interleave with writing them back on lines the driver polls.
+    ahead: [u64; READ_AHEAD],
+    /// `ahead[next..len]` are valid, for descriptors `head..`.
+    ahead_next: usize,
+    ahead_len: usize,
 }
 
 impl Ixgbe {
@@ -345,6 +353,9 @@ impl Ixgbe {
             dma_checked: false,
             delivered: false,
             cfg: self.rx_cfg(),
+            ahead: [0; READ_AHEAD],
+            ahead_next: 0,
+            ahead_len: 0,
         };
         if !ring.enabled {
             return b;
@@ -492,7 +503,7 @@ impl Ixgbe {
         let mut i = 0;
         while i < need {
             let addr = b.ring.base + u64::from(b.head) * DESC;
-            let Ok(pkt) = dma.read_u64(addr) else {
+            let Some(pkt) = Self::rx_buffer_addr(dma, b) else {
                 self.faults.record(addr, DESC, "rx descriptor read");
                 self.rxq[0].stalled_at_tail = Some(b.tail);
                 b.usable = false;
@@ -526,6 +537,30 @@ impl Ixgbe {
             i += 1;
         }
         true
+    }
+
+    /// The buffer address of descriptor `head`: from the read-ahead, refilled with up to
+    /// [`READ_AHEAD`] descriptors the device owns (`head..tail`). `None` if it cannot be read.
+    fn rx_buffer_addr(dma: &mut dyn Dma, b: &mut RxBatch) -> Option<u64> {
+        if b.ahead_next == b.ahead_len {
+            let n = (b.free as usize).clamp(1, READ_AHEAD);
+            let (mut d, mut len) = (b.head, 0);
+            while len < n {
+                match dma.read_u64(b.ring.base + u64::from(d) * DESC) {
+                    Ok(a) => b.ahead[len] = a,
+                    Err(_) => break,
+                }
+                len += 1;
+                d = if d + 1 == b.ring.count { 0 } else { d + 1 };
+            }
+            (b.ahead_next, b.ahead_len) = (0, len);
+            if len == 0 {
+                return None;
+            }
+        }
+        let a = b.ahead[b.ahead_next];
+        b.ahead_next += 1;
+        Some(a)
     }
 
     fn count_rx(&mut self, frame: &[u8]) {
