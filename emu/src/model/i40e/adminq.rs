@@ -7,8 +7,6 @@
 //! wrote is untrusted: buffer lengths, element counts and SEIDs are checked and answered with the
 //! firmware's return codes (EINVAL for a bad length, ENOSYS for an opcode the firmware does not know).
 
-use std::sync::atomic::{fence, Ordering};
-
 use super::regs::*;
 use super::{I40e, MAIN_VSI_NUMBER, SEID_MAC, SEID_MAIN_VSI, SEID_PF};
 use crate::dma::Dma;
@@ -138,13 +136,12 @@ impl I40e {
                 break;
             }
             self.exec_desc(dma, &mut d);
-            // Everything but the flags' first byte (DD, CMP, ERR), then that byte alone: a one-byte
-            // store happens exactly once (see the RX write-back for why that matters).
-            if dma.write(addr + 1, &d[1..]).is_err() {
+            // Bytes 4.. first, then the word with the flags (DD, CMP, ERR) and the opcode as one 32-bit
+            // Release store, the last store to the descriptor.
+            let word = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+            if dma.write(addr + 4, &d[4..]).is_err() || dma.publish_u32(addr, word).is_err() {
                 self.faults.record(addr, AQ_DESC_LEN, "atq descriptor write-back");
             }
-            fence(Ordering::Release);
-            let _ = dma.write(addr, &d[0..1]);
             head = (head + 1) % n;
             self.atq.head = head;
         }
@@ -559,14 +556,13 @@ impl I40e {
             d[4..8].fill(0); // datalen 0 (no event data), retval 0
             d[8..16].fill(0);
             d[16..32].copy_from_slice(&params);
-            let f = flags.to_le_bytes();
-            d[1] = f[1];
-            if dma.write(addr + 1, &d[1..]).is_err() {
+            // Bytes 4.. first, then flags (DD) and opcode as one 32-bit Release store, the last store.
+            if dma.write(addr + 4, &d[4..]).is_err()
+                || dma.publish_u32(addr, u32::from(flags) | (u32::from(opcode) << 16)).is_err()
+            {
                 self.faults.record(addr, AQ_DESC_LEN, "arq descriptor write");
                 break;
             }
-            fence(Ordering::Release);
-            let _ = dma.write(addr, &f[0..1]);
             tracing::debug!(bdf = %self.bdf, "arq event {} posted at {head}", opcode_name(opcode));
             self.arq.head = (head + 1) % n;
             self.set_icr0(PFINT_ICR0_ADMINQ);

@@ -5,8 +5,6 @@
 //! Bounded work per poll: at most [`BUDGET`] descriptors per TX queue and [`BUDGET`] received frames.
 //! Every DMA goes through [`Dma`]; a failed one is recorded as a fault and never stops the model.
 
-use std::sync::atomic::{fence, Ordering};
-
 use super::regs::*;
 use super::I40e;
 use crate::dma::{Dma, DmaError};
@@ -95,8 +93,7 @@ impl I40e {
             }
             if n > 0 {
                 self.txq[q as usize].head = head;
-                fence(Ordering::Release);
-                if ctx.head_wb_ena && completed && dma.write(ctx.head_wb_addr, &head.to_le_bytes()).is_err() {
+                if ctx.head_wb_ena && completed && dma.publish_u32(ctx.head_wb_addr, head).is_err() {
                     self.faults.record(ctx.head_wb_addr, 4, "tx head write-back");
                 }
                 did = true;
@@ -322,30 +319,20 @@ impl I40e {
         ok
     }
 
-    /// Write-back: qword0 (and qwords 2/3 of 32-byte descriptors), then qword1 without its first byte,
-    /// and the byte holding DD last, alone.
-    ///
-    /// Why one byte: a multi-byte copy may store the same bytes twice (small copies are done as two
-    /// overlapping moves), and the second store can land after the driver saw DD, took the frame and
-    /// recycled the descriptor: DD reappears on a descriptor the device has not written, and the driver
-    /// and device fall out of step. A one-byte store happens exactly once.
+    /// Write-back: qword0 (and qwords 2/3 of 32-byte descriptors), then qword1 with DD and the length
+    /// as one 64-bit Release store, the last store to the descriptor ([`Dma::publish_u64`]).
     fn rx_writeback(dma: &mut dyn Dma, addr: u64, dlen: u64, qw1: u64) -> Result<(), DmaError> {
-        dma.write(addr, &0u64.to_le_bytes())?;
+        dma.write_u64(addr, 0)?;
         if dlen == 32 {
-            dma.write(addr + 16, &[0u8; 16])?;
+            dma.write_u64(addr + 16, 0)?;
+            dma.write_u64(addr + 24, 0)?;
         }
-        let b = qw1.to_le_bytes();
-        dma.write(addr + 9, &b[1..8])?;
-        fence(Ordering::Release);
-        dma.write(addr + 8, &b[0..1])
+        dma.publish_u64(addr + 8, qw1)
     }
 
-    /// Descriptor write-back of a transmit descriptor: qword1 becomes DTYPE 0xF (done). The byte with
-    /// DTYPE goes last and alone, for the reason given at `rx_writeback`.
+    /// Descriptor write-back of a transmit descriptor: qword1 becomes DTYPE 0xF (done), one 64-bit
+    /// Release store after the buffer reads, the only store to the descriptor.
     fn tx_writeback(dma: &mut dyn Dma, addr: u64) -> Result<(), DmaError> {
-        let b = TXD_DTYPE_DESC_DONE.to_le_bytes();
-        dma.write(addr + 9, &b[1..8])?;
-        fence(Ordering::Release);
-        dma.write(addr + 8, &b[0..1])
+        dma.publish_u64(addr + 8, TXD_DTYPE_DESC_DONE)
     }
 }

@@ -755,10 +755,10 @@ fn queue_and_admin_interrupts_reach_their_msix_vectors() {
     assert_eq!(m.take_irqs(), 1 << 0, "link event on the ARQ -> vector 0");
 }
 
-/// A DMA window that records every write (address, length).
+/// A DMA window that records every store: (address, length, published with Release).
 struct Recording {
     inner: FakeDma,
-    writes: Vec<(u64, usize)>,
+    stores: Vec<(u64, usize, bool)>,
 }
 
 impl crate::dma::Dma for Recording {
@@ -766,25 +766,69 @@ impl crate::dma::Dma for Recording {
         self.inner.read(iova, buf)
     }
     fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), crate::dma::DmaError> {
-        self.writes.push((iova, data.len()));
+        self.stores.push((iova, data.len(), false));
         self.inner.write(iova, data)
+    }
+    fn publish_u32(&mut self, iova: u64, val: u32) -> Result<(), crate::dma::DmaError> {
+        self.stores.push((iova, 4, true));
+        self.inner.write(iova, &val.to_le_bytes())
+    }
+    fn publish_u64(&mut self, iova: u64, val: u64) -> Result<(), crate::dma::DmaError> {
+        self.stores.push((iova, 8, true));
+        self.inner.write(iova, &val.to_le_bytes())
+    }
+}
+
+impl Recording {
+    /// The stores that touched `[from, from + len)`, in order.
+    fn touching(&self, from: u64, len: u64) -> Vec<(u64, usize, bool)> {
+        self.stores.iter().filter(|(a, n, _)| *a < from + len && from < *a + *n as u64).copied().collect()
     }
 }
 
 #[test]
-fn the_byte_with_dd_or_the_done_dtype_is_written_last_and_alone() {
-    let mut m = nic(Box::new(Loopback::default()));
-    let mut dma = dma();
-    bring_up(&mut m, &mut dma, true, false);
-    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 0));
-    let mut rec = Recording { inner: dma, writes: Vec::new() };
-    m.poll(&mut rec);
-    let last_in =
-        |from: u64, len: u64| rec.writes.iter().rev().find(|(a, n)| *a < from + len && from < *a + *n as u64).copied();
-    assert_eq!(last_in(RX_RING, 32), Some((RX_RING + 8, 1)), "RX: DD byte last, one-byte store");
-    assert_eq!(last_in(TX_RING, 16), Some((TX_RING + 8, 1)), "TX: DTYPE byte last, one-byte store");
-    let (dd, eof, len) = rx_wb(&mut rec.inner, 0, true);
-    assert!(dd && eof && len == 64);
+fn write_backs_publish_the_dd_word_last_as_one_release_store() {
+    for (dsize32, head_wb) in [(true, false), (false, false), (false, true)] {
+        let mut m = nic(Box::new(Loopback::default()));
+        let mut dma = dma();
+        bring_up(&mut m, &mut dma, dsize32, head_wb);
+        queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 0));
+        let mut rec = Recording { inner: dma, stores: Vec::new() };
+        m.poll(&mut rec);
+        // RX: the frame, then the other qwords, then qword1 (DD, length) once, as an 8-byte Release store.
+        let dl = rx_desc_len(dsize32);
+        let rx = rec.touching(RX_RING, dl);
+        assert_eq!(rx.last(), Some(&(RX_RING + 8, 8, true)), "RX ({dl}-byte): {rx:x?}");
+        assert_eq!(rx.iter().filter(|s| s.2).count(), 1, "one publish per descriptor");
+        assert!(rx[..rx.len() - 1].iter().all(|(a, n, _)| *a + *n as u64 <= RX_RING + 8 || *a >= RX_RING + 16));
+        let buf_store = rec.stores.iter().position(|s| s.0 == RX_BUFS).expect("frame written");
+        let first_wb = rec.stores.iter().position(|s| (RX_RING..RX_RING + dl).contains(&s.0)).unwrap();
+        assert!(buf_store < first_wb, "data before the write-back");
+        if head_wb {
+            // TX: the head is published, the descriptor is left alone.
+            assert_eq!(rec.touching(TX_RING, 16), vec![]);
+            assert_eq!(rec.touching(HEAD_WB, 4), vec![(HEAD_WB, 4, true)]);
+        } else {
+            // TX: the done DTYPE is published, nothing else of the descriptor is written.
+            assert_eq!(rec.touching(TX_RING, 16), vec![(TX_RING + 8, 8, true)]);
+        }
+        let (dd, eof, len) = rx_wb(&mut rec.inner, 0, dsize32);
+        assert!(dd && eof && len == 64);
+        // Admin queue: bytes 4.. first, then the flags/opcode word as one 4-byte Release store.
+        let mut dma = rec.inner;
+        let idx = rd(&mut m, PF_ATQT);
+        let at = ATQ + u64::from(idx) * 32;
+        let mut d = [0u8; 32];
+        d[2..4].copy_from_slice(&AQC_GET_VERSION.to_le_bytes());
+        dma.write(at, &d).unwrap();
+        wr(&mut m, PF_ATQT, (idx + 1) % AQ_LEN);
+        let mut rec = Recording { inner: dma, stores: Vec::new() };
+        m.poll(&mut rec);
+        assert_eq!(rec.touching(at, 32), vec![(at + 4, 28, false), (at, 4, true)]);
+        let w = get_u64(&mut rec.inner, at);
+        assert_eq!(w as u16 & (AQ_FLAG_DD | AQ_FLAG_CMP), AQ_FLAG_DD | AQ_FLAG_CMP);
+        assert_eq!((w >> 16) as u16, AQC_GET_VERSION);
+    }
 }
 
 /// xorshift64: a fixed pseudo-random sequence.
