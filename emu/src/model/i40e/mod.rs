@@ -9,6 +9,9 @@
 //! table and sets QENA_STAT (or records a fault and leaves it clear). Admin-queue commands are executed
 //! by the device thread when ATQT moves, as firmware would, and completed in place with DD|CMP.
 //! BAR3 (32 KiB) holds the MSI-X table (64 vectors) at 0 and the PBA at 0x1000, trapped.
+//!
+//! Registers the data path reads (the PF queues' QINT_[RT]QCTL) live in plain arrays, the enabled TX
+//! queues in a list rebuilt when a queue starts or stops; the other trapped registers are in a map.
 
 mod adminq;
 pub mod hmc;
@@ -25,7 +28,7 @@ use super::{DeviceModel, ModelConfig, ModelError, PortStats};
 use crate::dma::Dma;
 use crate::fault::FaultLog;
 use crate::mem::Mapping;
-use crate::wire::Wire;
+use crate::wire::{FrameRing, Wire};
 
 /// Identity of the emulated X710 for 10GbE SFP+ (subsystem: Intel Ethernet Converged Network Adapter
 /// X710-DA2).
@@ -210,9 +213,14 @@ pub struct I40e {
     msix: Vec<u8>,
     pba: u64,
     pending_irqs: u64,
-    wire: Box<dyn Wire>,
-    /// Frames looped back inside the MAC/PHY (set_lb_modes).
-    internal: VecDeque<Vec<u8>>,
+    /// QINT_RQCTL / QINT_TQCTL of the PF's queues (the rest of the range is plain storage in `regs`).
+    qint_rq: [u32; PF_QUEUES as usize],
+    qint_tq: [u32; PF_QUEUES as usize],
+    /// TX queues with a loaded context, in queue order; rebuilt when `tx_active_dirty`.
+    tx_active: Vec<u32>,
+    tx_active_dirty: bool,
+    /// The wire and the MAC/PHY loopback; `None` only while `poll` holds them.
+    links: Option<Links>,
     faults: FaultLog,
     tx_frame: Vec<u8>,
     rx_frame: Vec<u8>,
@@ -221,8 +229,18 @@ pub struct I40e {
 
 impl std::fmt::Debug for I40e {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("I40e").field("bdf", &self.bdf).field("wire", &self.wire.describe()).finish_non_exhaustive()
+        f.debug_struct("I40e")
+            .field("bdf", &self.bdf)
+            .field("wire", &self.links.as_ref().map(|l| l.wire.describe()))
+            .finish_non_exhaustive()
     }
+}
+
+/// Where frames go and come from: the wire, and the frames looped back inside the MAC/PHY
+/// (set_lb_modes), in a ring allocated once.
+struct Links {
+    wire: Box<dyn Wire>,
+    internal: FrameRing,
 }
 
 /// Bus and device number of "DDDD:BB:DD.F" as PF_FUNC_RID reports them (0 if unparsable).
@@ -267,8 +285,11 @@ impl I40e {
             msix: vec![0; (MSIX_VECTORS * 16) as usize],
             pba: 0,
             pending_irqs: 0,
-            wire: cfg.wire,
-            internal: VecDeque::new(),
+            qint_rq: [0; PF_QUEUES as usize],
+            qint_tq: [0; PF_QUEUES as usize],
+            tx_active: Vec::with_capacity(PF_QUEUES as usize),
+            tx_active_dirty: true,
+            links: Some(Links { wire: cfg.wire, internal: FrameRing::default() }),
             faults: FaultLog::default(),
             tx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
             rx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
@@ -297,7 +318,14 @@ impl I40e {
         self.icr0 = 0;
         self.bar0.fill(TX_TAIL_PAGES.0 as usize, TX_TAIL_PAGES.1 as usize, 0);
         self.bar0.fill(RX_TAIL_PAGES.0 as usize, RX_TAIL_PAGES.1 as usize, 0);
-        self.internal.clear();
+        if let Some(l) = self.links.as_mut() {
+            while !l.internal.is_empty() {
+                l.internal.pop();
+            }
+        }
+        self.qint_rq = [0; PF_QUEUES as usize];
+        self.qint_tq = [0; PF_QUEUES as usize];
+        self.tx_active_dirty = true;
         self.tx_frame.clear();
         self.pending_irqs = 0;
         self.pba = 0;
@@ -414,6 +442,12 @@ impl I40e {
         if let Some(q) = Self::queue_index(off, qtx_head(0)) {
             return self.txq[q].head;
         }
+        if let Some(q) = Self::queue_index(off, qint_rqctl(0)) {
+            return self.qint_rq[q];
+        }
+        if let Some(q) = Self::queue_index(off, qint_tqctl(0)) {
+            return self.qint_tq[q];
+        }
         if let Some(v) = self.read_stat(off) {
             return v;
         }
@@ -457,6 +491,14 @@ impl I40e {
         }
         if let Some(q) = Self::queue_index(off, qrx_ena(0)) {
             self.request_queue(q, false, val & QENA_REQ != 0);
+            return;
+        }
+        if let Some(q) = Self::queue_index(off, qint_rqctl(0)) {
+            self.qint_rq[q] = val;
+            return;
+        }
+        if let Some(q) = Self::queue_index(off, qint_tqctl(0)) {
+            self.qint_tq[q] = val;
             return;
         }
         if Self::queue_index(off, qtx_head(0)).is_some() || self.read_stat(off).is_some() {
@@ -564,6 +606,7 @@ impl I40e {
             r.failed = false;
             (was, r.ctx.is_some())
         };
+        self.tx_active_dirty |= tx;
         if req && !enabled {
             self.qena_pending = true;
         } else if !req && (was || enabled) {
@@ -603,6 +646,7 @@ impl I40e {
                             ctx.base, ctx.qlen, ctx.head, ctx.head_wb_ena, ctx.head_wb_addr, ctx.rdylist);
                         self.txq[q] =
                             TxQueue { req: true, ctx: Some(ctx), failed: false, head: ctx.head, stalled_at_tail: None };
+                        self.tx_active_dirty = true;
                     }
                     Err(what) => {
                         self.faults.record(fpm, TX_CTX_LEN as u64, what);
@@ -647,7 +691,8 @@ impl I40e {
 
     /// Queue interrupt through `QINT_[RT]QCTL`: cause enabled -> its MSI-X vector.
     fn queue_interrupt(&mut self, q: u32, tx: bool) {
-        let ctl = self.reg(if tx { qint_tqctl(q) } else { qint_rqctl(q) });
+        let ctl = if tx { self.qint_tq.get(q as usize) } else { self.qint_rq.get(q as usize) };
+        let ctl = ctl.copied().unwrap_or(0);
         if ctl & QINT_CTL_CAUSE_ENA != 0 {
             self.pending_irqs |= 1u64 << ((ctl & QINT_CTL_MSIX_INDX_MASK) & 63);
         }
@@ -769,8 +814,11 @@ impl DeviceModel for I40e {
         let mut did = self.process_atq(dma);
         did |= self.post_events(dma);
         did |= self.load_requested_queues(dma);
-        did |= self.process_tx(dma);
-        did |= self.process_rx(dma);
+        if let Some(mut l) = self.links.take() {
+            did |= self.process_tx(dma, &mut l);
+            did |= self.process_rx(dma, &mut l);
+            self.links = Some(l);
+        }
         did
     }
 
