@@ -13,7 +13,12 @@
 //!   Then state Detaching, `hp_detach` to every secondary (each releases only its own handle:
 //!   `release_port_local`), and the primary releases the device and clears the slot.
 //! * **Attach or detach from a secondary**: the secondary sends `hp_req` to the primary, which runs
-//!   the same scenario for everyone (the asking secondary included) and answers with the outcome.
+//!   the same scenario for every other process and answers with the outcome; the asking secondary
+//!   does its own part itself (its pre-detach check before asking; its attach or its release after
+//!   the answer), which saves it the round trips of being told. If its own attach then fails, it
+//!   asks the primary to undo the attach everywhere. A port it attaches is checked against the
+//!   table afterwards, so an operation that overtook the answer (a detach right after) is not
+//!   undone.
 //!
 //! Decisions the original design leaves open:
 //! * A peer that does not answer within `--hotplug-timeout-ms` (default 5000) fails the attach
@@ -41,7 +46,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::bus::pci::{self, PciDevice, PciFilter};
@@ -156,7 +161,6 @@ struct Inner {
     filter: PciFilter,
     conf: PortConf,
     stop: AtomicBool,
-    me: Weak<Inner>,
 }
 
 /// A process's hotplug layer: its runtime, the shared port table and its own port handles.
@@ -196,7 +200,7 @@ impl Hotplug {
         let table = PortTable::open(rt.shm(), rt.is_primary()).map_err(|e| setup(format!("port table: {e}")))?;
         let filter =
             PciFilter::from_options(&opts.allow, &opts.block, opts.no_pci).map_err(|e| setup(format!("{e}")))?;
-        let inner = Arc::new_cyclic(|me| Inner {
+        let inner = Arc::new(Inner {
             rt: rt.clone(),
             table,
             ports: Ports::default(),
@@ -208,7 +212,6 @@ impl Hotplug {
             filter,
             conf: PortConf::default(),
             stop: AtomicBool::new(false),
-            me: me.clone(),
         });
         let hp = Hotplug { inner };
         hp.register_actions().map_err(|e| setup(format!("ipc actions: {e}")))?;
@@ -252,10 +255,9 @@ impl Hotplug {
         let da = Devargs::parse(devargs)?;
         self.inner.resolve(&da)?;
         if self.inner.rt.is_primary() {
-            self.inner.attach_primary(&da)
+            self.inner.attach_primary(&da, None)
         } else {
-            let ans = self.inner.ask_primary("attach", da.raw())?;
-            ans.parse::<u16>().map(PortId).map_err(|_| HotplugError::BadAnswer(ans))
+            self.inner.attach_from_secondary(&da)
         }
     }
 
@@ -264,9 +266,9 @@ impl Hotplug {
     pub fn detach(&self, target: &str) -> Result<(PortId, String), HotplugError> {
         let e = self.inner.find_target(target)?;
         if self.inner.rt.is_primary() {
-            self.inner.detach_primary(&e, false)?;
+            self.inner.detach_primary(&e, false, None)?;
         } else {
-            self.inner.ask_primary("detach", &e.port.0.to_string())?;
+            self.inner.detach_from_secondary(&e)?;
         }
         Ok((e.port, e.name))
     }
@@ -490,7 +492,7 @@ impl Hotplug {
                 if removed {
                     if let Some(e) = inner.table.entry(p.0 as usize) {
                         tracing::warn!(port = %p, device = %e.name, "device removed: detaching it everywhere");
-                        if let Err(err) = inner.detach_primary(&e, true) {
+                        if let Err(err) = inner.detach_primary(&e, true, None) {
                             tracing::error!(port = %p, error = %err, "detach of a removed device failed");
                         }
                     }
@@ -545,10 +547,6 @@ pub fn fill_frame(m: &mut Mbuf, size: usize, seq: u64) {
 }
 
 impl Inner {
-    fn hp(&self) -> Hotplug {
-        Hotplug { inner: self.me.upgrade().expect("hotplug layer alive while in use") }
-    }
-
     fn resolve(&self, da: &Devargs) -> Result<Resolved, HotplugError> {
         match da.bus() {
             BusKind::Vdev => {
@@ -646,7 +644,17 @@ impl Inner {
         None
     }
 
-    fn attach_primary(&self, da: &Devargs) -> Result<PortId, HotplugError> {
+    /// The secondaries to broadcast to: all but `exclude` (a secondary that asked for the
+    /// operation does its own part itself).
+    fn targets(&self, exclude: Option<&str>) -> Vec<PathBuf> {
+        let all = self.rt.ipc().secondaries();
+        match exclude {
+            Some(x) => all.into_iter().filter(|p| p.file_name().is_none_or(|n| n != x)).collect(),
+            None => all,
+        }
+    }
+
+    fn attach_primary(&self, da: &Devargs, exclude: Option<&str>) -> Result<PortId, HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = self.table.find(da.name()) {
             if e.state == PortState::Attached {
@@ -666,10 +674,13 @@ impl Inner {
                 return Err(e);
             }
         }
-        let r = self.rt.ipc().request_sync(&Msg::new(A_ATTACH, encode_port(port, gen, da.raw())), self.timeout)?;
+        let targets = self.targets(exclude);
+        let r =
+            self.rt.ipc().request_to(&targets, &Msg::new(A_ATTACH, encode_port(port, gen, da.raw())), self.timeout)?;
         if let Some(err) = self.failures(&r) {
             tracing::warn!(device = da.name(), error = %err, "attach failed in a secondary: rolling back");
-            let rb = self.rt.ipc().request_sync(&Msg::new(A_ROLLBACK, encode_port(port, gen, "")), self.timeout)?;
+            let rb =
+                self.rt.ipc().request_to(&targets, &Msg::new(A_ROLLBACK, encode_port(port, gen, "")), self.timeout)?;
             if !rb.missing.is_empty() {
                 tracing::warn!(peers = ?rb.missing, "rollback not confirmed (they undo it when their attach ends)");
             }
@@ -682,7 +693,7 @@ impl Inner {
         Ok(port)
     }
 
-    fn detach_primary(&self, e: &PortEntry, forced: bool) -> Result<(), HotplugError> {
+    fn detach_primary(&self, e: &PortEntry, forced: bool, exclude: Option<&str>) -> Result<(), HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.table.entry(e.port.0 as usize).filter(|c| c.gen == e.gen && c.state == PortState::Attached);
         let Some(e) = cur else { return Err(HotplugError::NotAttached) };
@@ -696,14 +707,15 @@ impl Inner {
         self.table.bump_seq();
         let _seq = SeqGuard(&self.table);
         let payload = encode_port(e.port, e.gen, "");
+        let targets = self.targets(exclude);
         if !forced {
-            let r = self.rt.ipc().request_sync(&Msg::new(A_PREDETACH, payload.clone()), self.timeout)?;
+            let r = self.rt.ipc().request_to(&targets, &Msg::new(A_PREDETACH, payload.clone()), self.timeout)?;
             if let Some(err) = self.failures(&r) {
                 return Err(err);
             }
         }
         self.table.set_state(e.port, PortState::Detaching);
-        let r = self.rt.ipc().request_sync(&Msg::new(A_DETACH, payload), self.timeout)?;
+        let r = self.rt.ipc().request_to(&targets, &Msg::new(A_DETACH, payload), self.timeout)?;
         if let Some(err) = self.failures(&Replies { dead: Vec::new(), ..r }) {
             tracing::warn!(device = %e.name, error = %err, "a secondary reported a failed detach; its handle is released anyway");
         }
@@ -732,7 +744,8 @@ impl Inner {
     }
 
     fn ask_primary(&self, op: &str, arg: &str) -> Result<String, HotplugError> {
-        let text = format!("{op}\n{arg}");
+        let me = self.rt.ipc().socket_path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = format!("{op}\n{me}\n{arg}");
         let wait = self.timeout * 4 + Duration::from_secs(2);
         let r = self.rt.ipc().request_sync(&Msg::new(A_REQ, text.into_bytes()), wait)?;
         let Some(rep) = r.replies.first() else {
@@ -753,14 +766,92 @@ impl Inner {
     fn handle_req(&self, req: &Request) -> Result<String, HotplugError> {
         let t =
             std::str::from_utf8(&req.msg.payload).map_err(|_| HotplugError::BadAnswer("request not UTF-8".into()))?;
-        let (op, arg) =
-            t.split_once('\n').ok_or_else(|| HotplugError::BadAnswer("malformed hotplug request".into()))?;
-        let hp = self.hp();
+        let mut it = t.splitn(3, '\n');
+        let (Some(op), Some(asker), Some(arg)) = (it.next(), it.next(), it.next()) else {
+            return Err(HotplugError::BadAnswer("malformed hotplug request".into()));
+        };
+        // The asking secondary does its own part after this answer; everyone else is told here.
+        let asker = Some(asker).filter(|a| a.starts_with("mp_socket_"));
         match op {
-            "attach" => hp.attach(arg).map(|p| p.0.to_string()),
-            "detach" => hp.detach(arg).map(|(p, _)| p.0.to_string()),
+            "attach" => {
+                let da = Devargs::parse(arg)?;
+                self.resolve(&da)?;
+                let port = self.attach_primary(&da, asker)?;
+                let e = self.table.entry(port.0 as usize).ok_or(HotplugError::NotAttached)?;
+                Ok(format!("{}:{}:{}", port.0, e.gen, e.devargs))
+            }
+            "detach" | "abort" => {
+                let e = self.find_target(arg)?;
+                self.detach_primary(&e, op == "abort", asker)?;
+                Ok(e.port.0.to_string())
+            }
             other => Err(HotplugError::BadAnswer(format!("unknown hotplug operation {other:?}"))),
         }
+    }
+
+    /// Attach asked by this secondary: the primary attaches everywhere else, then this process
+    /// attaches its own handle (one round trip less per process than being told to). If that
+    /// fails, the primary undoes the attach everywhere. The port is checked against the table once
+    /// attached, so an operation that overtook ours (a detach right after) is not undone here.
+    fn attach_from_secondary(&self, da: &Devargs) -> Result<PortId, HotplugError> {
+        let ans = self.ask_primary("attach", da.raw())?;
+        let mut f = ans.splitn(3, ':');
+        let (port, gen, devargs) = match (f.next().map(str::parse::<u16>), f.next().map(str::parse::<u32>), f.next()) {
+            (Some(Ok(p)), Some(Ok(g)), Some(d)) if (p as usize) < MAX_PORTS => (PortId(p), g, d.to_string()),
+            _ => return Err(HotplugError::BadAnswer(ans)),
+        };
+        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let have = self.ports.slot(port).and_then(|s| s.as_ref().map(|l| l.gen));
+        if have != Some(gen) {
+            if have.is_some() {
+                self.release_local(port, Release::Local);
+            }
+            let local = self.fault(FaultOp::Attach, da.name()).and_then(|_| self.probe_local(port, gen, &devargs));
+            if let Err(err) = local {
+                tracing::warn!(device = da.name(), error = %err, "local attach failed: undoing it everywhere");
+                if let Err(e2) = self.ask_primary("abort", &port.0.to_string()) {
+                    tracing::warn!(device = da.name(), error = %e2, "undo of the attach failed");
+                }
+                return Err(err);
+            }
+        }
+        let still = self.table.entry(port.0 as usize).is_some_and(|e| e.gen == gen && e.state == PortState::Attached);
+        if !still {
+            self.release_local(port, Release::Local);
+        }
+        Ok(port)
+    }
+
+    /// Detach asked by this secondary: its own pre-detach check first (a lock here vetoes), then
+    /// the primary runs the protocol for everyone else, then this process drops its handle.
+    fn detach_from_secondary(&self, e: &PortEntry) -> Result<(), HotplugError> {
+        {
+            let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let locks = self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.locks)).unwrap_or(0);
+            if locks > 0 {
+                return Err(HotplugError::Locked { port: e.port.0, process: "this process".into() });
+            }
+            self.fault(FaultOp::PreDetach, &e.name)?;
+        }
+        let asked = self.ask_primary("detach", &e.port.0.to_string());
+        if let Err(err) = asked {
+            // No answer, but the table says the detach went ahead (the primary died after telling
+            // the others): this process follows them rather than keep a port nobody else has.
+            let gone =
+                self.table.entry(e.port.0 as usize).is_none_or(|c| c.gen != e.gen || c.state != PortState::Attached);
+            if !gone {
+                return Err(err);
+            }
+            tracing::warn!(device = %e.name, error = %err, "no answer from the primary, but the detach went ahead");
+        }
+        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = self.fault(FaultOp::Detach, &e.name) {
+            tracing::warn!(device = %e.name, error = %err, "detach reported failure here; releasing anyway");
+        }
+        if self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.gen)) == Some(e.gen) {
+            self.release_local(e.port, Release::Local);
+        }
+        Ok(())
     }
 
     fn handle_attach(&self, req: &Request) -> Result<String, HotplugError> {
