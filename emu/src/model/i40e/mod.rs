@@ -10,7 +10,7 @@
 //! by the device thread when ATQT moves, as firmware would, and completed in place with DD|CMP.
 //! BAR3 (32 KiB) holds the MSI-X table (64 vectors) at 0 and the PBA at 0x1000, trapped.
 //!
-//! Registers the data path reads (the PF queues' QINT_[RT]QCTL) live in plain arrays, the enabled TX
+//! Registers the data path reads (the PF queues' QINT_RQCTL and QINT_TQCTL) live in plain arrays, the enabled TX
 //! queues in a list rebuilt when a queue starts or stops; the other trapped registers are in a map.
 
 mod adminq;
