@@ -700,7 +700,7 @@ mod tests {
         let t0 = std::time::Instant::now();
         let e = bar.poll_until(0x10, 0x1, 0x1, Duration::from_millis(30), Duration::from_millis(5)).unwrap_err();
         assert!(matches!(e, VfioError::PollTimeout { last: 0x9234_5600, .. }), "{e}");
-        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(t0.elapsed() < Duration::from_secs(3));
     }
 
     use std::time::Duration;

@@ -327,7 +327,7 @@ fn backend_error_is_an_error_reply_not_a_hang() {
     let t0 = Instant::now();
     let e = dev.region_write(0, MAGIC_FAIL, &[1, 2, 3, 4]).unwrap_err();
     assert!(matches!(e, VfioError::ErrorReply { command: "REGION_WRITE", .. }), "{e}");
-    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert!(t0.elapsed() < Duration::from_secs(4));
     // An error reply keeps the stream in sync: the connection is still usable.
     dev.region_write(0, 0, &[9, 9, 9, 9]).unwrap();
     let bar0 = Bar::open(dev.clone(), 0).unwrap();
@@ -515,7 +515,8 @@ fn a_timeout_mid_session_poisons_the_connection() {
     let t0 = Instant::now();
     let e = dev.reset().unwrap_err();
     assert!(matches!(e, VfioError::Poisoned { .. }), "{e}");
-    assert!(t0.elapsed() < Duration::from_millis(50));
+    // Fails at once: well under the 150 ms reply timeout it would otherwise wait.
+    assert!(t0.elapsed() < Duration::from_millis(140));
     assert!(dev.poisoned().unwrap().contains("REGION_WRITE"));
     // A Bar on a poisoned device reads all-ones, as a dead PCI device does.
     let bar = Bar::open(dev.clone(), 0).unwrap();
