@@ -79,6 +79,11 @@ fn main() {
         }
         drop(others);
         hp.shutdown();
+        drop(hp);
+        // The primary here is a peer process, killed at the end: remove what it leaves.
+        drop(_primary);
+        let mb = lab_core::mem::DEFAULT_MB;
+        let _ = std::fs::remove_file(lab_core::mem::placement(&prefix, mb << 20, false, None).path);
     }
     g.finish();
     c.final_summary();
