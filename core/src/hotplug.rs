@@ -647,7 +647,7 @@ impl Inner {
     /// The secondaries to broadcast to: all but `exclude` (a secondary that asked for the
     /// operation does its own part itself).
     fn targets(&self, exclude: Option<&str>) -> Vec<PathBuf> {
-        let all = self.rt.ipc().secondaries();
+        let all = self.rt.ipc().peers();
         match exclude {
             Some(x) => all.into_iter().filter(|p| p.file_name().is_none_or(|n| n != x)).collect(),
             None => all,

@@ -410,7 +410,9 @@ impl Channel {
         v
     }
 
-    fn targets(&self) -> Vec<PathBuf> {
+    /// Where `send` and `request_sync` go: every live secondary (in the primary) or the primary
+    /// (in a secondary). The primary's list is re-read only when the runtime dir changes.
+    pub fn peers(&self) -> Vec<PathBuf> {
         if self.inner.cfg.primary {
             // Re-list the dir only when it changed. A listing taken while the dir's mtime is very
             // recent is not reused: mtime granularity could hide a second change in that tick.
@@ -437,7 +439,7 @@ impl Channel {
     pub fn send(&self, msg: &Msg) -> Result<usize, IpcError> {
         msg.check()?;
         let mut n = 0;
-        for t in self.targets() {
+        for t in self.peers() {
             if self.send_to(self.inner.sock.as_raw_fd(), &t, 0, 0, msg)? {
                 n += 1;
             }
@@ -506,7 +508,7 @@ impl Channel {
     /// answer counts as sent, not received; a peer that dies while we wait stops being waited for.
     pub fn request_sync(&self, msg: &Msg, timeout: Duration) -> Result<Replies, IpcError> {
         msg.check()?;
-        let targets = self.targets();
+        let targets = self.peers();
         self.request_to(&targets, msg, timeout)
     }
 
