@@ -1,0 +1,191 @@
+//! Shared by the NIC driver tests: a real `lab-nic` process (built next to the test binary if it
+//! is missing), a primary runtime with the default pool, and the test frames.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lab_core::bus::pci::scan_one;
+use lab_core::devargs::Devargs;
+use lab_core::ethdev::{Driver, EthDev, PortConf, PortId, ProbeCtx, DEFAULT_POOL};
+use lab_core::mbuf::Mempool;
+use lab_core::options::Options;
+use lab_core::runtime::Runtime;
+
+/// One XDG_RUNTIME_DIR for the whole test binary (tests run in parallel threads; the variable is
+/// process-wide, so it is set once). Each test uses its own file prefix inside it.
+pub fn xdg() -> &'static Path {
+    static X: OnceLock<PathBuf> = OnceLock::new();
+    X.get_or_init(|| {
+        let d = tempfile::tempdir().expect("tempdir").keep();
+        std::env::set_var("XDG_RUNTIME_DIR", &d);
+        d
+    })
+}
+
+pub fn lab_nic_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAB_NIC_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile.join("lab-nic");
+    if !bin.exists() {
+        static BUILD: OnceLock<()> = OnceLock::new();
+        BUILD.get_or_init(|| {
+            let st = Command::new(env!("CARGO"))
+                .args(["build", "-p", "lab-emu", "--bin", "lab-nic"])
+                .status()
+                .expect("cargo build lab-nic");
+            assert!(st.success(), "building lab-nic failed");
+        });
+    }
+    assert!(bin.exists(), "lab-nic not found at {}", bin.display());
+    bin
+}
+
+/// A running lab-nic, killed by pid on drop.
+pub struct LabNic {
+    child: Child,
+    root: tempfile::TempDir,
+    control: PathBuf,
+}
+
+impl LabNic {
+    pub fn start(devs: &[&str]) -> LabNic {
+        let root = tempfile::tempdir().expect("sysfs root");
+        let control = root.path().join("control.sock");
+        let mut cmd = Command::new(lab_nic_bin());
+        cmd.arg("--sysfs-root").arg(root.path()).arg("--control").arg(&control).args(["--log-level", "warn"]);
+        for d in devs {
+            cmd.args(["--dev", d]);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn lab-nic");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            line.clear();
+            let n = out.read_line(&mut line).expect("lab-nic stdout");
+            assert!(n > 0 && Instant::now() < deadline, "lab-nic exited before it was ready");
+            if line.trim() == "lab-nic ready" {
+                break;
+            }
+        }
+        // Keep draining stdout so lab-nic never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        LabNic { child, root, control }
+    }
+
+    pub fn dir(&self, bdf: &str) -> PathBuf {
+        self.root.path().join(bdf)
+    }
+
+    pub fn command(&self, line: &str) -> String {
+        let mut s = UnixStream::connect(&self.control).expect("control socket");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        writeln!(s, "{line}").expect("send command");
+        let mut r = String::new();
+        BufReader::new(s).read_line(&mut r).expect("reply");
+        r
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for LabNic {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A primary runtime with the default pool. Tests hold a process-wide lock: they count fds and
+/// share two CPUs with busy emulator threads, so they run one at a time.
+pub struct Lab {
+    pub rt: Runtime,
+    pub prefix: String,
+    pub pool: Mempool,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    pub fn new(prefix: &str) -> Lab {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        xdg();
+        let prefix = format!("{prefix}-{}", std::process::id());
+        let (opts, _) =
+            Options::parse([format!("--file-prefix={prefix}"), "--proc-type=primary".into()]).expect("opts");
+        let rt = Runtime::init(&opts).expect("runtime");
+        let pool = Mempool::create(rt.shm(), DEFAULT_POOL, 4096, 2048, 0).expect("pool");
+        Lab { rt, prefix, pool, _serial: serial }
+    }
+
+    /// Probes `bdf` of `nic` with `drv` as port `port`, in this (primary) process.
+    pub fn probe_conf(&self, drv: &dyn Driver, nic: &LabNic, bdf: &str, port: u16, conf: &PortConf) -> Box<dyn EthDev> {
+        let pci = scan_one(&nic.dir(bdf)).expect("scan");
+        let devargs = Devargs::parse(bdf).expect("devargs");
+        let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
+        let ctx = ProbeCtx {
+            runtime: &self.rt,
+            port: PortId(port),
+            name: bdf,
+            devargs: &devargs,
+            kvargs: &kvargs,
+            pci: Some(&pci),
+            conf,
+        };
+        assert!(drv.pci_ids().contains(&pci.id()), "{} not a {} id", pci.id(), drv.name());
+        drv.probe(&ctx).expect("probe")
+    }
+}
+
+pub fn frame(dst: [u8; 6], seq: u32, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0xee, 0x01]);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f[14..18].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in f[18..].iter_mut().enumerate() {
+        *b = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
+    }
+    f
+}
+
+/// Mixed sizes 60..=1514 from a fixed pseudo-random sequence.
+pub fn sizes(n: usize) -> Vec<usize> {
+    let mut x = 0x1234_5678u32;
+    (0..n)
+        .map(|i| match i % 7 {
+            0 => 60,
+            1 => 1514,
+            _ => {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                60 + (x as usize % (1514 - 60 + 1))
+            }
+        })
+        .collect()
+}
