@@ -3,8 +3,13 @@
 //! Each client connection registers DMA maps (vfio-user DMA_MAP with an fd). The device sees the union
 //! of the live connections' maps: [`DmaTable`] translates an IOVA range that lies entirely inside one
 //! map; anything else is a [`DmaError::Unmapped`] that the model records as a fault. [`FakeDma`] is a
-//! `Vec`-backed stand-in so models are unit-tested without sockets.
+//! stand-in (one memfd window) so models are unit-tested without sockets.
+//!
+//! The data path translates once per batch, not once per access: [`Dma::view`] gives a
+//! [`DmaView`], a window inside one map (a whole descriptor ring for one poll, one packet buffer
+//! for one copy), whose accesses are bounds-checked against the window with no further lookup.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::sync::atomic::{fence, Ordering};
 
@@ -80,6 +85,16 @@ pub enum DmaError {
 /// Never store bytes of the done word again after publishing it: the driver may already have
 /// recycled the descriptor.
 pub trait Dma {
+    /// The whole map holding the byte at `iova`: its first IOVA and a view of it. `None` if no map
+    /// holds it. Valid while the borrow lasts: maps change only under `&mut self`.
+    fn region(&self, iova: u64) -> Option<(u64, DmaView<'_>)>;
+
+    /// The window `[iova, iova + len)` if it lies inside one map, for many accesses with one
+    /// translation. `None` otherwise (the caller records a fault).
+    fn view(&self, iova: u64, len: u64) -> Option<DmaView<'_>> {
+        let (base, map) = self.region(iova)?;
+        map.sub(usize::try_from(iova - base).ok()?, usize::try_from(len).ok()?)
+    }
     /// Reads `buf.len()` bytes at `iova`.
     fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError>;
     /// Writes `data` at `iova`.
@@ -119,6 +134,168 @@ pub trait Dma {
     }
 }
 
+/// A window of client memory inside one DMA map, translated once (see [`Dma::view`]).
+///
+/// Every access is bounds-checked against the window and goes through [`Mapping`]'s copies and
+/// atomic word accesses, so a client writing the same memory concurrently cannot make the device
+/// read a torn word or touch anything outside the window.
+#[derive(Clone, Copy, Debug)]
+pub struct DmaView<'a> {
+    map: &'a Mapping,
+    off: usize,
+    len: usize,
+    /// Unit tests: the window's IOVA and a log of its stores (see [`RecordingDma`]).
+    #[cfg(test)]
+    rec: Option<(u64, &'a std::cell::RefCell<Vec<Store>>)>,
+}
+
+impl<'a> DmaView<'a> {
+    /// `len` bytes at `off` of `map`, if inside it.
+    pub fn new(map: &'a Mapping, off: usize, len: usize) -> Option<Self> {
+        (off.checked_add(len)? <= map.len()).then_some(Self {
+            map,
+            off,
+            len,
+            #[cfg(test)]
+            rec: None,
+        })
+    }
+
+    /// Logs a store of `n` bytes at `o` (unit tests only).
+    #[cfg(test)]
+    fn note(&self, o: usize, n: usize, order: Ordering) {
+        if let Some((iova, log)) = self.rec {
+            log.borrow_mut().push((iova + o as u64, n, order == Ordering::Release));
+        }
+    }
+
+    /// Length of the window in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty window.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The `len` bytes at `o` of this window, if inside it.
+    #[inline]
+    pub fn sub(&self, o: usize, len: usize) -> Option<DmaView<'a>> {
+        Some(DmaView {
+            map: self.map,
+            off: self.at(o, len)?,
+            len,
+            #[cfg(test)]
+            rec: self.rec.map(|(iova, log)| (iova + o as u64, log)),
+        })
+    }
+
+    /// Fills `n` bytes at `o` with `byte`. False (nothing written) if outside.
+    #[inline]
+    pub fn fill(&self, o: usize, n: usize, byte: u8) -> bool {
+        #[cfg(test)]
+        self.note(o, n, Ordering::Relaxed);
+        self.at(o, n).is_some_and(|off| self.map.fill(off, n, byte))
+    }
+
+    /// Offset in the mapping of `n` bytes at `o` of the window, if inside the window.
+    #[inline]
+    fn at(&self, o: usize, n: usize) -> Option<usize> {
+        (o.checked_add(n)? <= self.len).then_some(self.off + o)
+    }
+
+    /// Little-endian `u32` at `o` (one atomic load when aligned; see [`Mapping::load_u32`]).
+    #[inline]
+    pub fn load_u32(&self, o: usize, order: Ordering) -> Option<u32> {
+        self.map.load_u32(self.at(o, 4)?, order)
+    }
+
+    /// Little-endian `u64` at `o` (one atomic load when aligned).
+    #[inline]
+    pub fn load_u64(&self, o: usize, order: Ordering) -> Option<u64> {
+        self.map.load_u64(self.at(o, 8)?, order)
+    }
+
+    /// Little-endian `u32` store at `o` (one atomic store when aligned). False if outside.
+    #[inline]
+    pub fn store_u32(&self, o: usize, val: u32, order: Ordering) -> bool {
+        #[cfg(test)]
+        self.note(o, 4, order);
+        self.at(o, 4).is_some_and(|off| self.map.store_u32(off, val, order))
+    }
+
+    /// Little-endian `u64` store at `o` (one atomic store when aligned). False if outside.
+    #[inline]
+    pub fn store_u64(&self, o: usize, val: u64, order: Ordering) -> bool {
+        #[cfg(test)]
+        self.note(o, 8, order);
+        self.at(o, 8).is_some_and(|off| self.map.store_u64(off, val, order))
+    }
+
+    /// Copies `buf.len()` bytes at `o` into `buf`. False (nothing copied) if outside.
+    #[inline]
+    pub fn read(&self, o: usize, buf: &mut [u8]) -> bool {
+        self.at(o, buf.len()).is_some_and(|off| self.map.read(off, buf))
+    }
+
+    /// Copies `data` to `o`. False (nothing written) if outside.
+    #[inline]
+    pub fn write(&self, o: usize, data: &[u8]) -> bool {
+        #[cfg(test)]
+        self.note(o, data.len(), Ordering::Relaxed);
+        self.at(o, data.len()).is_some_and(|off| self.map.write(off, data))
+    }
+
+    /// Copies `n` bytes at `src_o` of `src` to `o` of this window (client memory to client
+    /// memory, no staging). False (nothing copied) if either range is outside its window.
+    #[inline]
+    pub fn copy_from(&self, o: usize, src: &DmaView<'_>, src_o: usize, n: usize) -> bool {
+        #[cfg(test)]
+        self.note(o, n, Ordering::Relaxed);
+        match (self.at(o, n), src.at(src_o, n)) {
+            (Some(d), Some(s)) => self.map.copy_from(d, src.map, s, n),
+            _ => false,
+        }
+    }
+}
+
+/// Translates the addresses of one poll with as few [`Dma`] calls as possible: the map the last
+/// address fell in is kept, and an address inside it becomes a sub-window with no call at all
+/// (the runtime's shared memory is one map, so a whole burst of buffers costs one lookup).
+/// The same bounds hold as for [`Dma::view`]: a window never spans two maps.
+pub struct Xlate<'d> {
+    dma: &'d dyn Dma,
+    last: Option<(u64, DmaView<'d>)>,
+}
+
+impl<'d> Xlate<'d> {
+    /// A translator over `dma` for one poll.
+    pub fn new(dma: &'d dyn Dma) -> Self {
+        Self { dma, last: None }
+    }
+
+    /// The window `[iova, iova + len)` if it lies inside one map.
+    #[inline]
+    pub fn view(&mut self, iova: u64, len: u64) -> Option<DmaView<'d>> {
+        if let Some((base, map)) = self.last {
+            if let (Some(o), Ok(len)) = (iova.checked_sub(base), usize::try_from(len)) {
+                if let Some(v) = usize::try_from(o).ok().and_then(|o| map.sub(o, len)) {
+                    return Some(v);
+                }
+            }
+        }
+        self.miss(iova, len)
+    }
+
+    #[cold]
+    fn miss(&mut self, iova: u64, len: u64) -> Option<DmaView<'d>> {
+        let (base, map) = self.dma.region(iova)?;
+        self.last = Some((base, map));
+        map.sub(usize::try_from(iova - base).ok()?, usize::try_from(len).ok()?)
+    }
+}
+
 struct DmaEntry {
     conn: ConnId,
     iova: u64,
@@ -132,7 +309,7 @@ pub struct DmaTable {
     maps: Vec<DmaEntry>,
     /// Index of the map that translated the last access: a data path touches one or two maps (the
     /// runtime's shared memory), so this hits nearly always. Only a hint: checked on every use.
-    last: usize,
+    last: Cell<usize>,
 }
 
 impl std::fmt::Debug for DmaTable {
@@ -184,14 +361,14 @@ impl DmaTable {
 
     /// The map holding all of `[iova, iova + len)` and the offset of `iova` in it.
     #[inline]
-    fn find(&mut self, iova: u64, len: usize) -> Option<(&Mapping, usize)> {
+    fn find(&self, iova: u64, len: usize) -> Option<(&Mapping, usize)> {
         let end = iova.checked_add(len as u64)?;
         let inside = |m: &DmaEntry| iova >= m.iova && end <= m.iova + m.size;
-        let i = match self.maps.get(self.last) {
-            Some(m) if inside(m) => self.last,
+        let i = match self.maps.get(self.last.get()) {
+            Some(m) if inside(m) => self.last.get(),
             _ => {
                 let i = self.maps.iter().position(inside)?;
-                self.last = i;
+                self.last.set(i);
                 i
             }
         };
@@ -201,6 +378,17 @@ impl DmaTable {
 }
 
 impl Dma for DmaTable {
+    fn region(&self, iova: u64) -> Option<(u64, DmaView<'_>)> {
+        let (m, off) = self.find(iova, 1)?;
+        Some((iova - off as u64, DmaView::new(m, 0, m.len())?))
+    }
+
+    fn view(&self, iova: u64, len: u64) -> Option<DmaView<'_>> {
+        let len = usize::try_from(len).ok()?;
+        let (m, off) = self.find(iova, len)?;
+        DmaView::new(m, off, len)
+    }
+
     fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         match self.find(iova, buf.len()) {
             Some((m, off)) if m.read(off, buf) => Ok(()),
@@ -256,39 +444,101 @@ impl Dma for DmaTable {
     }
 }
 
-/// A `Vec`-backed DMA window `[base, base + len)` for unit tests and simulations.
-#[derive(Debug, Clone)]
+/// A DMA window `[base, base + len)` of one memfd, for unit tests and simulations.
+#[derive(Debug)]
 pub struct FakeDma {
     /// First IOVA of the window.
     pub base: u64,
     /// The memory.
-    pub mem: Vec<u8>,
+    pub mem: Mapping,
 }
 
 impl FakeDma {
     /// A zeroed window of `len` bytes at `base`.
+    ///
+    /// # Panics
+    /// If the memfd cannot be created (test helper).
     pub fn new(base: u64, len: usize) -> Self {
-        Self { base, mem: vec![0; len] }
+        Self { base, mem: Mapping::memfd("fake-dma", len).expect("memfd for FakeDma") }
     }
 
-    fn range(&self, iova: u64, len: usize) -> Option<std::ops::Range<usize>> {
+    fn offset(&self, iova: u64, len: usize) -> Option<usize> {
         let off = usize::try_from(iova.checked_sub(self.base)?).ok()?;
-        let end = off.checked_add(len)?;
-        (end <= self.mem.len()).then_some(off..end)
+        (off.checked_add(len)? <= self.mem.len()).then_some(off)
     }
 }
 
 impl Dma for FakeDma {
+    fn region(&self, iova: u64) -> Option<(u64, DmaView<'_>)> {
+        self.offset(iova, 1)?;
+        Some((self.base, DmaView::new(&self.mem, 0, self.mem.len())?))
+    }
+
     fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let r = self.range(iova, buf.len()).ok_or(DmaError::Unmapped { iova, len: buf.len() as u64 })?;
-        buf.copy_from_slice(&self.mem[r]);
-        Ok(())
+        match self.offset(iova, buf.len()) {
+            Some(off) if self.mem.read(off, buf) => Ok(()),
+            _ => Err(DmaError::Unmapped { iova, len: buf.len() as u64 }),
+        }
     }
 
     fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
-        let r = self.range(iova, data.len()).ok_or(DmaError::Unmapped { iova, len: data.len() as u64 })?;
-        self.mem[r].copy_from_slice(data);
-        Ok(())
+        match self.offset(iova, data.len()) {
+            Some(off) if self.mem.write(off, data) => Ok(()),
+            _ => Err(DmaError::Unmapped { iova, len: data.len() as u64 }),
+        }
+    }
+}
+
+/// One store a [`RecordingDma`] saw: address, length, Release ordering.
+#[cfg(test)]
+pub(crate) type Store = (u64, usize, bool);
+
+/// A [`FakeDma`] that records every store, through the trait or through views, for tests of
+/// write-back ordering.
+#[cfg(test)]
+pub(crate) struct RecordingDma {
+    pub inner: FakeDma,
+    pub stores: std::cell::RefCell<Vec<Store>>,
+}
+
+#[cfg(test)]
+impl RecordingDma {
+    pub fn new(inner: FakeDma) -> Self {
+        Self { inner, stores: Default::default() }
+    }
+
+    /// The stores that touched `[from, from + len)`, in order.
+    pub fn touching(&self, from: u64, len: u64) -> Vec<Store> {
+        self.stores.borrow().iter().filter(|(a, n, _)| *a < from + len && from < *a + *n as u64).copied().collect()
+    }
+
+    /// Every store, in order.
+    pub fn all(&self) -> Vec<Store> {
+        self.stores.borrow().clone()
+    }
+}
+
+#[cfg(test)]
+impl Dma for RecordingDma {
+    fn region(&self, iova: u64) -> Option<(u64, DmaView<'_>)> {
+        let (base, mut v) = self.inner.region(iova)?;
+        v.rec = Some((base, &self.stores));
+        Some((base, v))
+    }
+    fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.inner.read(iova, buf)
+    }
+    fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.stores.get_mut().push((iova, data.len(), false));
+        self.inner.write(iova, data)
+    }
+    fn publish_u32(&mut self, iova: u64, val: u32) -> Result<(), DmaError> {
+        self.stores.get_mut().push((iova, 4, true));
+        self.inner.write(iova, &val.to_le_bytes())
+    }
+    fn publish_u64(&mut self, iova: u64, val: u64) -> Result<(), DmaError> {
+        self.stores.get_mut().push((iova, 8, true));
+        self.inner.write(iova, &val.to_le_bytes())
     }
 }
 
@@ -349,7 +599,9 @@ mod tests {
         // FakeDma gets the same words through the provided methods.
         let mut f = FakeDma::new(0x1000, 64);
         f.publish_u32(0x1008, 0x0102_0304).unwrap();
-        assert_eq!(f.mem[8..12], [4, 3, 2, 1]);
+        let mut b4 = [0u8; 4];
+        assert!(f.mem.read(8, &mut b4));
+        assert_eq!(b4, [4, 3, 2, 1]);
         assert_eq!(f.read_u64(0x1008).unwrap(), 0x0102_0304);
         assert!(f.write_u32(0x103e, 0).is_err());
     }

@@ -161,6 +161,18 @@ impl Mapping {
         true
     }
 
+    /// Copies `n` bytes at `src_off` of `src` to `off` of this mapping (the two may be the same
+    /// mapping, even overlapping ranges). Returns false (and copies nothing) if either range is out
+    /// of bounds.
+    pub fn copy_from(&self, off: usize, src: &Mapping, src_off: usize, n: usize) -> bool {
+        if !self.range_ok(off, n) || !src.range_ok(src_off, n) {
+            return false;
+        }
+        // SAFETY: both ranges checked above against their mappings; `ptr::copy` allows overlap.
+        unsafe { std::ptr::copy(src.ptr_at(src_off), self.ptr_at(off), n) };
+        true
+    }
+
     /// Fills `n` bytes at `off` with `byte`. Returns false if out of range.
     pub fn fill(&self, off: usize, n: usize, byte: u8) -> bool {
         if !self.range_ok(off, n) {

@@ -74,6 +74,13 @@ pub trait Wire: Send {
         deliver(&frame);
         true
     }
+    /// True if a frame transmitted now would be the very next frame this same device receives: a
+    /// loopback wire with nothing queued. The model may then move the frame from its transmit
+    /// buffer straight into its receive ring (cut-through) instead of through the wire's buffer;
+    /// order, filters, counters and drops are the same either way.
+    fn loops_back_idle(&self) -> bool {
+        false
+    }
     /// True if frames should stay on the wire until the device has a free descriptor
     /// (a pcap replay); false if the device drops them as a real link would.
     fn backpressure(&self) -> bool {
@@ -307,6 +314,9 @@ impl Wire for Loopback {
     }
     fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
         self.q.pop_with(deliver)
+    }
+    fn loops_back_idle(&self) -> bool {
+        self.q.is_empty()
     }
     fn describe(&self) -> String {
         "loopback".into()

@@ -755,36 +755,7 @@ fn queue_and_admin_interrupts_reach_their_msix_vectors() {
     assert_eq!(m.take_irqs(), 1 << 0, "link event on the ARQ -> vector 0");
 }
 
-/// A DMA window that records every store: (address, length, published with Release).
-struct Recording {
-    inner: FakeDma,
-    stores: Vec<(u64, usize, bool)>,
-}
-
-impl crate::dma::Dma for Recording {
-    fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), crate::dma::DmaError> {
-        self.inner.read(iova, buf)
-    }
-    fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), crate::dma::DmaError> {
-        self.stores.push((iova, data.len(), false));
-        self.inner.write(iova, data)
-    }
-    fn publish_u32(&mut self, iova: u64, val: u32) -> Result<(), crate::dma::DmaError> {
-        self.stores.push((iova, 4, true));
-        self.inner.write(iova, &val.to_le_bytes())
-    }
-    fn publish_u64(&mut self, iova: u64, val: u64) -> Result<(), crate::dma::DmaError> {
-        self.stores.push((iova, 8, true));
-        self.inner.write(iova, &val.to_le_bytes())
-    }
-}
-
-impl Recording {
-    /// The stores that touched `[from, from + len)`, in order.
-    fn touching(&self, from: u64, len: u64) -> Vec<(u64, usize, bool)> {
-        self.stores.iter().filter(|(a, n, _)| *a < from + len && from < *a + *n as u64).copied().collect()
-    }
-}
+use crate::dma::RecordingDma as Recording;
 
 #[test]
 fn write_backs_publish_the_dd_word_last_as_one_release_store() {
@@ -793,7 +764,7 @@ fn write_backs_publish_the_dd_word_last_as_one_release_store() {
         let mut dma = dma();
         bring_up(&mut m, &mut dma, dsize32, head_wb);
         queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 0));
-        let mut rec = Recording { inner: dma, stores: Vec::new() };
+        let mut rec = Recording::new(dma);
         m.poll(&mut rec);
         // RX: the frame, then the other qwords, then qword1 (DD, length) once, as an 8-byte Release store.
         let dl = rx_desc_len(dsize32);
@@ -801,8 +772,8 @@ fn write_backs_publish_the_dd_word_last_as_one_release_store() {
         assert_eq!(rx.last(), Some(&(RX_RING + 8, 8, true)), "RX ({dl}-byte): {rx:x?}");
         assert_eq!(rx.iter().filter(|s| s.2).count(), 1, "one publish per descriptor");
         assert!(rx[..rx.len() - 1].iter().all(|(a, n, _)| *a + *n as u64 <= RX_RING + 8 || *a >= RX_RING + 16));
-        let buf_store = rec.stores.iter().position(|s| s.0 == RX_BUFS).expect("frame written");
-        let first_wb = rec.stores.iter().position(|s| (RX_RING..RX_RING + dl).contains(&s.0)).unwrap();
+        let buf_store = rec.all().iter().position(|s| s.0 == RX_BUFS).expect("frame written");
+        let first_wb = rec.all().iter().position(|s| (RX_RING..RX_RING + dl).contains(&s.0)).unwrap();
         assert!(buf_store < first_wb, "data before the write-back");
         if head_wb {
             // TX: the head is published, the descriptor is left alone.
@@ -822,7 +793,7 @@ fn write_backs_publish_the_dd_word_last_as_one_release_store() {
         d[2..4].copy_from_slice(&AQC_GET_VERSION.to_le_bytes());
         dma.write(at, &d).unwrap();
         wr(&mut m, PF_ATQT, (idx + 1) % AQ_LEN);
-        let mut rec = Recording { inner: dma, stores: Vec::new() };
+        let mut rec = Recording::new(dma);
         m.poll(&mut rec);
         assert_eq!(rec.touching(at, 32), vec![(at + 4, 28, false), (at, 4, true)]);
         let w = get_u64(&mut rec.inner, at);

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use self::regs::*;
 use super::pci::{BarDef, BarKind, ConfigSpace, PciIds};
 use super::{DeviceModel, ModelConfig, ModelError, PortStats};
-use crate::dma::Dma;
+use crate::dma::{Dma, Xlate};
 use crate::fault::FaultLog;
 use crate::mem::Mapping;
 use crate::wire::Wire;
@@ -577,8 +577,13 @@ impl DeviceModel for Ixgbe {
         }
         self.polls_since_scan = self.polls_since_scan.saturating_add(1);
         if let Some(mut wire) = self.wire.take() {
-            did |= self.process_tx(dma, wire.as_mut());
-            did |= self.process_rx(dma, wire.as_mut());
+            // One translator and one receive batch for the poll: transmit may deliver straight
+            // into the receive ring (an idle loopback), receive then takes what the wire holds.
+            let mut xl = Xlate::new(dma);
+            let mut rx = self.rx_batch(&mut xl);
+            did |= self.process_tx(&mut xl, wire.as_mut(), &mut rx);
+            did |= self.process_rx(&mut xl, wire.as_mut(), &mut rx);
+            self.rx_finish(&mut rx);
             self.wire = Some(wire);
         }
         self.last_poll_idle = !did;

@@ -15,7 +15,9 @@
 
 use super::regs::*;
 use super::{Ixgbe, Ring};
-use crate::dma::{Dma, DmaError};
+use std::sync::atomic::Ordering;
+
+use crate::dma::{DmaView, Xlate};
 use crate::wire::{Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -25,6 +27,8 @@ pub const SCAN_EVERY: u32 = 8;
 const DESC: u64 = 16;
 /// RX descriptors whose buffer address is read ahead at once.
 const READ_AHEAD: usize = 32;
+/// RX write-backs held back and then written together (see [`RxBatch::wb`]).
+const WB_BATCH: usize = 32;
 const MIN_FRAME: usize = 60;
 const FCS: u64 = 4;
 
@@ -89,7 +93,9 @@ struct RxCfg {
 }
 
 /// RX queue 0 as one poll sees it: the head the device owns, the free descriptors it knows of.
-struct RxBatch {
+pub(super) struct RxBatch<'d> {
+    /// The descriptor ring, translated once for the poll (`None` unless `usable`).
+    descs: Option<DmaView<'d>>,
     ready: bool,
     /// False once the ring faulted (stalled until the driver moves the tail).
     usable: bool,
@@ -108,6 +114,12 @@ struct RxBatch {
     /// `ahead[next..len]` are valid, for descriptors `head..`.
     ahead_next: usize,
     ahead_len: usize,
+    /// Write-backs not yet stored: (descriptor byte offset, length, status). A device writes
+    /// completed descriptors back in bursts, whole cache lines at a time; one store per descriptor
+    /// as each frame lands would hand the line the driver is polling back and forth once per
+    /// frame instead of once per burst.
+    wb: [(u32, u16, u32); WB_BATCH],
+    wb_len: usize,
 }
 
 impl Ixgbe {
@@ -180,7 +192,7 @@ impl Ixgbe {
     }
 
     /// Walks every enabled TX ring from TDH to TDT.
-    pub(super) fn process_tx(&mut self, dma: &mut dyn Dma, wire: &mut dyn Wire) -> bool {
+    pub(super) fn process_tx(&mut self, xl: &mut Xlate<'_>, wire: &mut dyn Wire, rx: &mut RxBatch<'_>) -> bool {
         if self.reg(DMATXCTL) & DMATXCTL_TE == 0 {
             return false;
         }
@@ -195,12 +207,12 @@ impl Ixgbe {
                 self.queue_gen += 1;
                 continue;
             }
-            did |= self.tx_queue(dma, wire, q, pad);
+            did |= self.tx_queue(xl, wire, q, pad, rx);
         }
         did
     }
 
-    fn tx_queue(&mut self, dma: &mut dyn Dma, wire: &mut dyn Wire, q: u32, pad: bool) -> bool {
+    fn tx_queue(&mut self, xl: &mut Xlate<'_>, wire: &mut dyn Wire, q: u32, pad: bool, rx: &mut RxBatch<'_>) -> bool {
         let ring = self.txq[q as usize];
         let tail = self.page32(tdt(q));
         if ring.stalled_at_tail == Some(tail) {
@@ -217,18 +229,20 @@ impl Ixgbe {
         }
         self.check_dma_allowed();
         let link = self.link_up();
+        // One translation for the whole ring this poll; a ring not wholly inside one DMA map
+        // faults before any of it is read.
+        let Some(descs) = xl.view(ring.base, u64::from(ring.count) * DESC) else {
+            self.faults.record(ring.base + u64::from(head) * DESC, DESC, "tx descriptor read");
+            self.txq[q as usize].stalled_at_tail = Some(tail);
+            return false;
+        };
         let mut completed = false;
         let mut n = 0;
         while head != tail && n < BUDGET {
-            let addr = ring.base + u64::from(head) * DESC;
-            let mut d = [0u8; 16];
-            if dma.read(addr, &mut d).is_err() {
-                self.faults.record(addr, DESC, "tx descriptor read");
-                self.txq[q as usize].stalled_at_tail = Some(tail);
-                break;
-            }
-            let buf = u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
-            let ctl = u32::from_le_bytes([d[8], d[9], d[10], d[11]]);
+            let o = head as usize * DESC as usize;
+            let addr = ring.base + o as u64;
+            let buf = descs.load_u64(o, Ordering::Relaxed).unwrap_or_default();
+            let ctl = descs.load_u32(o + 8, Ordering::Relaxed).unwrap_or_default();
             let dtyp = (ctl >> TXD_DTYP_SHIFT) & 0xf;
             if ctl & TXD_CMD_DEXT != 0 && dtyp == TXD_DTYP_CTXT {
                 // Context descriptor: offload parameters we do not model; no write-back.
@@ -236,9 +250,9 @@ impl Ixgbe {
                 let len = (ctl & TXD_DTALEN_MASK) as usize;
                 let whole = ctl & TXD_CMD_EOP != 0 && self.tx_frame.is_empty();
                 if whole && link && len > 0 && len <= MAX_FRAME {
-                    self.tx_direct(dma, wire, buf, len, pad);
+                    self.tx_direct(xl, wire, buf, len, pad, rx);
                 } else {
-                    self.tx_gather(dma, buf, len);
+                    self.tx_gather(xl, buf, len);
                     if ctl & TXD_CMD_EOP != 0 {
                         self.tx_finish_frame(wire, pad);
                     }
@@ -246,7 +260,7 @@ impl Ixgbe {
                 if ctl & TXD_CMD_RS != 0 {
                     // DD last, one Release store: the buffer reads above are done before the driver
                     // may free the buffer.
-                    if dma.publish_u32(addr + 12, TXD_STAT_DD).is_err() {
+                    if !descs.store_u32(o + 12, TXD_STAT_DD, Ordering::Release) {
                         self.faults.record(addr + 12, 4, "tx descriptor write-back");
                     }
                     completed = true;
@@ -264,29 +278,44 @@ impl Ixgbe {
         n > 0
     }
 
-    /// A one-descriptor frame: guest buffer -> wire buffer, one copy (padded to 60 bytes if TXPADEN).
-    fn tx_direct(&mut self, dma: &mut dyn Dma, wire: &mut dyn Wire, buf: u64, len: usize, pad: bool) {
+    /// A one-descriptor frame (padded to 60 bytes if TXPADEN): guest buffer -> wire buffer, one
+    /// copy; or, on an idle loopback, guest buffer -> RX buffer (see [`Wire::loops_back_idle`]).
+    fn tx_direct(
+        &mut self,
+        xl: &mut Xlate<'_>,
+        wire: &mut dyn Wire,
+        buf: u64,
+        len: usize,
+        pad: bool,
+        rx: &mut RxBatch<'_>,
+    ) {
+        let Some(src) = xl.view(buf, len as u64) else {
+            self.faults.record(buf, len as u64, "tx buffer read");
+            return;
+        };
         let wire_len = if pad { len.max(MIN_FRAME) } else { len };
-        let mut read_ok = true;
-        let mut class = None;
-        wire.transmit_with(wire_len, &mut |slot: &mut [u8]| {
-            if dma.read(buf, &mut slot[..len]).is_err() {
-                read_ok = false;
+        // The header decides filters and counters: read it once (zeros past a short frame, as padding).
+        let mut hdr = [0u8; 14];
+        let h = len.min(hdr.len());
+        src.read(0, &mut hdr[..h]);
+        let class = dest(&hdr[..wire_len.min(6)]);
+        if wire.loops_back_idle() && self.rx_cut_through(xl, &src, len, wire_len, &hdr, rx) {
+            self.count_tx(wire_len as u64, class);
+            return;
+        }
+        let sent = wire.transmit_with(wire_len, &mut |slot: &mut [u8]| {
+            if !src.read(0, &mut slot[..len]) {
                 return false;
             }
             slot[len..].fill(0);
-            class = Some(dest(slot));
             true
         });
-        if !read_ok {
-            self.faults.record(buf, len as u64, "tx buffer read");
-        }
-        if let Some(d) = class {
-            self.count_tx(wire_len as u64, d);
+        if sent {
+            self.count_tx(wire_len as u64, class);
         }
     }
 
-    fn tx_gather(&mut self, dma: &mut dyn Dma, buf: u64, len: usize) {
+    fn tx_gather(&mut self, xl: &mut Xlate<'_>, buf: u64, len: usize) {
         let start = self.tx_frame.len();
         if start + len > MAX_FRAME {
             self.faults.record(buf, len as u64, "tx frame longer than 16 KiB");
@@ -294,7 +323,7 @@ impl Ixgbe {
             return;
         }
         self.tx_frame.resize(start + len, 0);
-        if dma.read(buf, &mut self.tx_frame[start..]).is_err() {
+        if !xl.view(buf, len as u64).is_some_and(|v| v.read(0, &mut self.tx_frame[start..])) {
             self.faults.record(buf, len as u64, "tx buffer read");
             self.tx_frame.truncate(start);
         }
@@ -340,9 +369,10 @@ impl Ixgbe {
     }
 
     /// Queue 0's state for this poll: reception on, ring latched and still enabled, indices sane.
-    fn rx_batch(&mut self) -> RxBatch {
+    pub(super) fn rx_batch<'d>(&mut self, xl: &mut Xlate<'d>) -> RxBatch<'d> {
         let ring = self.rxq[0];
         let mut b = RxBatch {
+            descs: None,
             ready: false,
             usable: false,
             ring,
@@ -356,6 +386,8 @@ impl Ixgbe {
             ahead: [0; READ_AHEAD],
             ahead_next: 0,
             ahead_len: 0,
+            wb: [(0, 0, 0); WB_BATCH],
+            wb_len: 0,
         };
         if !ring.enabled {
             return b;
@@ -379,13 +411,19 @@ impl Ixgbe {
             self.rxq[0].stalled_at_tail = Some(b.tail);
             return b;
         }
+        let Some(descs) = xl.view(ring.base, u64::from(ring.count) * DESC) else {
+            self.faults.record(ring.base + u64::from(b.head) * DESC, DESC, "rx descriptor read");
+            self.rxq[0].stalled_at_tail = Some(b.tail);
+            return b;
+        };
+        b.descs = Some(descs);
         b.usable = true;
         b.free = (b.tail + ring.count - b.head) % ring.count;
         b
     }
 
     /// Re-reads RDT (the driver refills while we deliver). False if the ring became unusable.
-    fn rx_refresh(&mut self, b: &mut RxBatch) -> bool {
+    fn rx_refresh(&mut self, b: &mut RxBatch<'_>) -> bool {
         let tail = self.page32(rdt(0));
         if tail == b.tail {
             return true;
@@ -402,7 +440,7 @@ impl Ixgbe {
     }
 
     /// True if `need` descriptors are free, looking at RDT again when the known ones run short.
-    fn rx_room(&mut self, b: &mut RxBatch, need: u32) -> bool {
+    fn rx_room(&mut self, b: &mut RxBatch<'_>, need: u32) -> bool {
         if b.free >= need {
             return true;
         }
@@ -410,8 +448,7 @@ impl Ixgbe {
     }
 
     /// Moves frames from the wire into RX queue 0 (no RSS or pools are modelled).
-    pub(super) fn process_rx(&mut self, dma: &mut dyn Dma, wire: &mut dyn Wire) -> bool {
-        let mut b = self.rx_batch();
+    pub(super) fn process_rx(&mut self, xl: &mut Xlate<'_>, wire: &mut dyn Wire, b: &mut RxBatch<'_>) -> bool {
         let backpressure = wire.backpressure();
         if !b.ready && backpressure {
             return false;
@@ -420,27 +457,64 @@ impl Ixgbe {
         for _ in 0..BUDGET {
             if b.ready && backpressure {
                 let need = MAX_FRAME.min(1518).div_ceil(b.cfg.bsize).max(1) as u32;
-                if !b.usable || !self.rx_room(&mut b, need) {
+                if !b.usable || !self.rx_room(b, need) {
                     break;
                 }
             }
-            if !wire.receive_with(&mut |frame: &[u8]| self.rx_frame_in(dma, frame, &mut b)) {
+            if !wire.receive_with(&mut |frame: &[u8]| self.rx_frame_in(xl, frame, b)) {
                 break;
             }
             did = true;
         }
+        did
+    }
+
+    /// Ends the poll's receive work: write-backs stored, RDH moved, the queue's interrupt.
+    pub(super) fn rx_finish(&mut self, b: &mut RxBatch<'_>) {
+        self.rx_flush(b);
         if b.moved {
             self.set_page32(rdh(0), b.head);
         }
         if b.delivered {
             self.queue_interrupt(0, false);
         }
-        did
+    }
+
+    /// A frame this device just transmitted on an idle loopback, moved from its TX buffer `src`
+    /// straight into an RX buffer. False if it must take the wire instead (receive not ready, the
+    /// FCS is kept, or the frame needs more than one buffer): those cases stay on one path.
+    fn rx_cut_through(
+        &mut self,
+        xl: &mut Xlate<'_>,
+        src: &DmaView<'_>,
+        len: usize,
+        wire_len: usize,
+        hdr: &[u8; 14],
+        b: &mut RxBatch<'_>,
+    ) -> bool {
+        if !b.ready || !b.usable || !b.cfg.strip || wire_len > b.cfg.bsize {
+            return false;
+        }
+        if !self.accept(hdr, wire_len, b.cfg.fctrl) {
+            self.totals.rx_filtered += 1;
+            return true;
+        }
+        if !self.rx_room(b, 1) {
+            self.count_missed();
+            return true;
+        }
+        let fill =
+            |dst: &DmaView<'_>| dst.copy_from(0, src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0));
+        if self.rx_place(xl, b, wire_len, true, fill) {
+            b.delivered = true;
+            self.count_rx(wire_len as u64, dest(&hdr[..wire_len.min(6)]));
+        }
+        true
     }
 
     /// One frame off the wire: filtered, missed, or delivered.
-    fn rx_frame_in(&mut self, dma: &mut dyn Dma, frame: &[u8], b: &mut RxBatch) {
-        if !b.ready || !self.accept(frame, b.cfg.fctrl) {
+    fn rx_frame_in(&mut self, xl: &mut Xlate<'_>, frame: &[u8], b: &mut RxBatch<'_>) {
+        if !b.ready || !self.accept(frame, frame.len(), b.cfg.fctrl) {
             self.totals.rx_filtered += 1;
             return;
         }
@@ -449,28 +523,29 @@ impl Ixgbe {
             return;
         }
         let ok = if b.cfg.strip {
-            self.rx_deliver(dma, frame, b)
+            self.rx_deliver(xl, frame, b)
         } else {
             let mut with_fcs = std::mem::take(&mut self.rx_frame);
             with_fcs.clear();
             with_fcs.extend_from_slice(frame);
             with_fcs.extend_from_slice(&crc32(frame).to_le_bytes());
-            let ok = self.rx_deliver(dma, &with_fcs, b);
+            let ok = self.rx_deliver(xl, &with_fcs, b);
             self.rx_frame = with_fcs;
             ok
         };
         if ok {
             b.delivered = true;
-            self.count_rx(frame);
+            self.count_rx(frame.len() as u64, dest(frame));
         }
     }
 
     /// Receive filters (7.1.1): broadcast needs BAM, multicast MPE, unicast a valid RAR or UPE.
-    fn accept(&self, frame: &[u8], fctrl: u32) -> bool {
-        if frame.len() < 14 {
+    /// `head` holds at least the destination address of a frame of `len` bytes.
+    fn accept(&self, head: &[u8], len: usize, fctrl: u32) -> bool {
+        if len < 14 || head.len() < 6 {
             return false;
         }
-        let dst = &frame[..6];
+        let dst = &head[..6];
         if is_broadcast(dst) {
             return fctrl & FCTRL_BAM != 0 || fctrl & FCTRL_MPE != 0;
         }
@@ -487,90 +562,111 @@ impl Ixgbe {
 
     /// Writes `data` (the frame, with its FCS unless stripped) into queue 0's free buffers. Returns
     /// true if it was delivered.
-    fn rx_deliver(&mut self, dma: &mut dyn Dma, data: &[u8], b: &mut RxBatch) -> bool {
+    fn rx_deliver(&mut self, xl: &mut Xlate<'_>, data: &[u8], b: &mut RxBatch<'_>) -> bool {
         let bsize = b.cfg.bsize;
-        let need = data.len().div_ceil(bsize).max(1) as u32;
-        if !self.rx_room(b, need) {
+        let need = data.len().div_ceil(bsize).max(1);
+        if !self.rx_room(b, need as u32) {
             self.count_missed();
             return false;
         }
-        if !b.dma_checked {
-            self.check_dma_allowed();
-            b.dma_checked = true;
+        if b.wb_len + need > WB_BATCH {
+            self.rx_flush(b);
         }
-        let count = b.ring.count;
-        let mut ok = true;
-        let mut i = 0;
-        while i < need {
-            let addr = b.ring.base + u64::from(b.head) * DESC;
-            let Some(pkt) = Self::rx_buffer_addr(dma, b) else {
-                self.faults.record(addr, DESC, "rx descriptor read");
-                self.rxq[0].stalled_at_tail = Some(b.tail);
-                b.usable = false;
-                return false;
-            };
-            let start = i as usize * bsize;
-            let chunk = &data[start..data.len().min(start + bsize)];
-            let last = i + 1 == need;
-            let mut status = RXD_STAT_DD | if last { RXD_STAT_EOP } else { 0 };
-            let mut len = chunk.len() as u16;
-            if dma.write(pkt, chunk).is_err() {
-                self.faults.record(pkt, chunk.len() as u64, "rx buffer write");
-                status = RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE;
-                len = 0;
-                ok = false;
-            }
-            let wb = if b.cfg.legacy {
-                Self::rx_writeback_legacy(dma, addr, len, status)
-            } else {
-                Self::rx_writeback_adv(dma, addr, len, status)
-            };
-            if wb.is_err() {
-                self.faults.record(addr, DESC, "rx descriptor write-back");
-            }
-            b.head = if b.head + 1 == count { 0 } else { b.head + 1 };
-            b.free -= 1;
-            b.moved = true;
-            if !ok {
+        for i in 0..need {
+            let chunk = &data[i * bsize..data.len().min((i + 1) * bsize)];
+            if !self.rx_place(xl, b, chunk.len(), i + 1 == need, |v| v.write(0, chunk)) {
                 return false;
             }
-            i += 1;
         }
         true
     }
 
+    /// Fills the buffer of descriptor `head` with `len` bytes written by `fill` and holds back its
+    /// write-back (DD, EOP if `last`, the length; RXE and length 0 if the buffer is not writable).
+    /// The caller checked there is a free descriptor. Returns whether the buffer was written.
+    fn rx_place(
+        &mut self,
+        xl: &mut Xlate<'_>,
+        b: &mut RxBatch<'_>,
+        len: usize,
+        last: bool,
+        fill: impl FnOnce(&DmaView<'_>) -> bool,
+    ) -> bool {
+        let Some(descs) = b.descs else {
+            return false;
+        };
+        if !b.dma_checked {
+            self.check_dma_allowed();
+            b.dma_checked = true;
+        }
+        if b.wb_len == WB_BATCH {
+            self.rx_flush(b);
+        }
+        let o = b.head as usize * DESC as usize;
+        let pkt = Self::rx_buffer_addr(&descs, b);
+        let mut status = RXD_STAT_DD | if last { RXD_STAT_EOP } else { 0 };
+        let mut wlen = len as u16;
+        let ok = xl.view(pkt, len as u64).is_some_and(|v| fill(&v));
+        if !ok {
+            self.faults.record(pkt, len as u64, "rx buffer write");
+            status = RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE;
+            wlen = 0;
+        }
+        b.wb[b.wb_len] = (o as u32, wlen, status);
+        b.wb_len += 1;
+        b.head = if b.head + 1 == b.ring.count { 0 } else { b.head + 1 };
+        b.free -= 1;
+        b.moved = true;
+        ok
+    }
+
+    /// Stores the held-back write-backs, in ring order, each with its DD word last.
+    fn rx_flush(&mut self, b: &mut RxBatch<'_>) {
+        for i in 0..b.wb_len {
+            let (o, len, status) = b.wb[i];
+            self.rx_writeback(b, o as usize, len, status);
+        }
+        b.wb_len = 0;
+    }
+
+    fn rx_writeback(&mut self, b: &RxBatch<'_>, o: usize, len: u16, status: u32) {
+        let Some(descs) = b.descs else { return };
+        let ok = if b.cfg.legacy {
+            Self::rx_writeback_legacy(&descs, o, len, status)
+        } else {
+            Self::rx_writeback_adv(&descs, o, len, status)
+        };
+        if !ok {
+            self.faults.record(b.ring.base + o as u64, DESC, "rx descriptor write-back");
+        }
+    }
+
     /// The buffer address of descriptor `head`: from the read-ahead, refilled with up to
-    /// [`READ_AHEAD`] descriptors the device owns (`head..tail`). `None` if it cannot be read.
-    fn rx_buffer_addr(dma: &mut dyn Dma, b: &mut RxBatch) -> Option<u64> {
+    /// [`READ_AHEAD`] descriptors the device owns (`head..tail`), loads only, so reading
+    /// descriptors does not interleave with writing them back on lines the driver polls.
+    fn rx_buffer_addr(descs: &DmaView<'_>, b: &mut RxBatch<'_>) -> u64 {
         if b.ahead_next == b.ahead_len {
             let n = (b.free as usize).clamp(1, READ_AHEAD);
-            let (mut d, mut len) = (b.head, 0);
-            while len < n {
-                match dma.read_u64(b.ring.base + u64::from(d) * DESC) {
-                    Ok(a) => b.ahead[len] = a,
-                    Err(_) => break,
-                }
-                len += 1;
+            let mut d = b.head;
+            for slot in &mut b.ahead[..n] {
+                // Inside the ring view by construction (d < count).
+                *slot = descs.load_u64(d as usize * DESC as usize, Ordering::Relaxed).unwrap_or_default();
                 d = if d + 1 == b.ring.count { 0 } else { d + 1 };
             }
-            (b.ahead_next, b.ahead_len) = (0, len);
-            if len == 0 {
-                return None;
-            }
+            (b.ahead_next, b.ahead_len) = (0, n);
         }
         let a = b.ahead[b.ahead_next];
         b.ahead_next += 1;
-        Some(a)
+        a
     }
 
-    fn count_rx(&mut self, frame: &[u8]) {
-        let len = frame.len() as u64;
+    fn count_rx(&mut self, len: u64, class: Dest) {
         let c = &mut self.counters;
         c.gprc = c.gprc.wrapping_add(1);
         c.tpr = c.tpr.wrapping_add(1);
         c.gorc += len + FCS;
         c.tor += len + FCS;
-        match dest(frame) {
+        match class {
             Dest::Broadcast => c.bprc = c.bprc.wrapping_add(1),
             Dest::Multicast => c.mprc = c.mprc.wrapping_add(1),
             Dest::Unicast => {}
@@ -579,21 +675,22 @@ impl Ixgbe {
         self.totals.rx_bytes += len;
     }
 
-    /// Advanced one-buffer write-back (7.1.6.2): packet info and RSS hash (0) @0, length @12 (VLAN 0),
-    /// then STATUS/ERROR with DD @8 as the last store, one 32-bit Release store.
-    fn rx_writeback_adv(dma: &mut dyn Dma, addr: u64, len: u16, status: u32) -> Result<(), DmaError> {
-        dma.write_u64(addr, 0)?;
-        dma.write_u32(addr + 12, u32::from(len))?;
-        dma.publish_u32(addr + 8, status)
+    /// Advanced one-buffer write-back (7.1.6.2) of the descriptor at `o`: packet info and RSS hash
+    /// (0) @0, length @12 (VLAN 0), then STATUS/ERROR with DD @8 as the last store, one 32-bit
+    /// Release store. False if outside the ring.
+    fn rx_writeback_adv(descs: &DmaView<'_>, o: usize, len: u16, status: u32) -> bool {
+        descs.store_u64(o, 0, Ordering::Relaxed)
+            && descs.store_u32(o + 12, u32::from(len), Ordering::Relaxed)
+            && descs.store_u32(o + 8, status, Ordering::Release)
     }
 
     /// Legacy write-back (7.1.5, SRRCTL.DESCTYPE = 0): length @8, checksum @10 (0), then the word
     /// @12 holding status (DD, EOP), errors @13 (RXE bit 7) and VLAN @14 (0) as the last store, one
     /// 32-bit Release store.
-    fn rx_writeback_legacy(dma: &mut dyn Dma, addr: u64, len: u16, status: u32) -> Result<(), DmaError> {
-        dma.write_u32(addr + 8, u32::from(len))?;
+    fn rx_writeback_legacy(descs: &DmaView<'_>, o: usize, len: u16, status: u32) -> bool {
         let errors: u32 = if status & RXD_ERR_RXE != 0 { 0x80 } else { 0 };
-        dma.publish_u32(addr + 12, (status & 0x3) | (errors << 8))
+        descs.store_u32(o + 8, u32::from(len), Ordering::Relaxed)
+            && descs.store_u32(o + 12, (status & 0x3) | (errors << 8), Ordering::Release)
     }
 
     fn count_missed(&mut self) {

@@ -397,32 +397,7 @@ fn rings_wrap_around_under_sustained_traffic() {
     assert_eq!(rd(&mut m, tdh(0)), 0);
 }
 
-/// A DMA window that records every store: (address, length, published with Release).
-struct Recording {
-    inner: FakeDma,
-    stores: Vec<(u64, usize, bool)>,
-}
-
-impl Dma for Recording {
-    fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), crate::dma::DmaError> {
-        self.inner.read(iova, buf)
-    }
-    fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), crate::dma::DmaError> {
-        self.stores.push((iova, data.len(), false));
-        self.inner.write(iova, data)
-    }
-    fn publish_u32(&mut self, iova: u64, val: u32) -> Result<(), crate::dma::DmaError> {
-        self.stores.push((iova, 4, true));
-        self.inner.write(iova, &val.to_le_bytes())
-    }
-}
-
-impl Recording {
-    /// The stores that touched `[from, from + len)`, in order.
-    fn touching(&self, from: u64, len: u64) -> Vec<(u64, usize, bool)> {
-        self.stores.iter().filter(|(a, n, _)| *a < from + len && from < *a + *n as u64).copied().collect()
-    }
-}
+use crate::dma::RecordingDma as Recording;
 
 #[test]
 fn write_backs_publish_the_dd_word_last_as_one_release_store() {
@@ -436,7 +411,7 @@ fn write_backs_publish_the_dd_word_last_as_one_release_store() {
         }
         let f = frame(MAC, 64, 9);
         queue_tx(&mut m, &mut dma, 0, &f);
-        let mut rec = Recording { inner: dma, stores: Vec::new() };
+        let mut rec = Recording::new(dma);
         m.poll(&mut rec);
         // RX: the frame first, then the other fields, then the DD word, once, as a Release store.
         let dd_word = if legacy { RX_RING + 12 } else { RX_RING + 8 };
@@ -444,8 +419,8 @@ fn write_backs_publish_the_dd_word_last_as_one_release_store() {
         assert_eq!(rx.last(), Some(&(dd_word, 4, true)), "legacy={legacy}: {rx:x?}");
         assert_eq!(rx.iter().filter(|s| s.2).count(), 1, "one publish per descriptor");
         assert!(rx[..rx.len() - 1].iter().all(|(a, n, _)| *a + *n as u64 <= dd_word || *a >= dd_word + 4));
-        let buf_store = rec.stores.iter().position(|s| s.0 == RX_BUFS).expect("frame written");
-        let first_wb = rec.stores.iter().position(|s| (RX_RING..RX_RING + 16).contains(&s.0)).unwrap();
+        let buf_store = rec.all().iter().position(|s| s.0 == RX_BUFS).expect("frame written");
+        let first_wb = rec.all().iter().position(|s| (RX_RING..RX_RING + 16).contains(&s.0)).unwrap();
         assert!(buf_store < first_wb, "data before the write-back");
         // TX: the DD word is published, nothing else of the descriptor is written.
         assert_eq!(rec.touching(TX_RING, 16), vec![(TX_RING + 12, 4, true)]);
