@@ -25,7 +25,7 @@ use self::hmc::{Hmc, RxContext, SegmentDesc, TxContext};
 use self::regs::*;
 use super::pci::{BarDef, BarKind, ConfigSpace, PciIds};
 use super::{DeviceModel, ModelConfig, ModelError, PortStats};
-use crate::dma::Dma;
+use crate::dma::{Dma, Xlate};
 use crate::fault::FaultLog;
 use crate::mem::Mapping;
 use crate::wire::{FrameRing, Wire};
@@ -815,8 +815,14 @@ impl DeviceModel for I40e {
         did |= self.post_events(dma);
         did |= self.load_requested_queues(dma);
         if let Some(mut l) = self.links.take() {
-            did |= self.process_tx(dma, &mut l);
-            did |= self.process_rx(dma, &mut l);
+            // One translator and one receive batch for the data path of the poll: transmit may
+            // deliver straight into the receive ring (an idle loopback), receive then takes what the
+            // internal loopback and the wire hold, and the batch's write-backs are stored at the end.
+            let mut xl = Xlate::new(&*dma);
+            let mut rx = self.rx_batch();
+            did |= self.process_tx(&mut xl, &mut l, &mut rx);
+            did |= self.process_rx(&mut xl, &mut l, &mut rx);
+            self.rx_finish(&mut rx);
             self.links = Some(l);
         }
         did

@@ -2,12 +2,20 @@
 //! descriptor or head write-back, receive descriptors of 16 or 32 bytes, the MAC/VSI
 //! receive filters, internal loopback, the wire, and the GLPRT counters.
 //!
-//! Bounded work per poll: at most [`BUDGET`] descriptors per TX queue and [`BUDGET`] received frames.
-//! Every DMA goes through [`Dma`]; a failed one is recorded as a fault and never stops the model.
+//! Bounded work per poll: at most [`BUDGET`] descriptors per TX queue and [`BUDGET`] frames received
+//! from the internal loopback and the wire (frames cut through on an idle loopback, below, come with
+//! the transmit work instead). Every DMA of a poll goes through one [`Xlate`]: a descriptor ring is
+//! one [`DmaView`] for the whole poll (a ring not wholly inside one DMA map is a descriptor-read
+//! fault and the queue stalls until the driver moves its tail), a packet buffer one view for its
+//! copy. A failed access is recorded as a fault and never stops the model.
 //!
 //! Per frame, nothing is allocated: a one-descriptor TX frame is read from guest memory straight
 //! into the wire's buffer (or the internal loopback ring) with [`Wire::transmit_with`], and a
-//! received frame goes from there straight into RX buffers ([`Wire::receive_with`]). Frames spanning
+//! received frame goes from there straight into RX buffers ([`Wire::receive_with`]). On an idle
+//! loopback wire ([`Wire::loops_back_idle`], and nothing waiting in the internal loopback ring) a
+//! one-descriptor frame goes from its TX buffer straight into an RX buffer (cut-through), with the
+//! same filters, counters and misses as on the wire; a frame the receive queue cannot take that way
+//! (no receive context, FCS kept, more than one RX buffer needed) takes the wire. Frames spanning
 //! several TX descriptors, and the FCS appended when the RX context does not strip it, go through
 //! the model's staging buffers (allocated once).
 //!
@@ -15,11 +23,15 @@
 //! per TX queue per poll and, for RX, once per poll and again only when the known free descriptors
 //! run short; a write-back is the data, then the other fields, then the word holding DD (or the
 //! done DTYPE, or the written-back head) as one Release store, the last store to that descriptor.
+//! RX write-backs are held back and stored in bursts (up to `WB_BATCH` descriptors, in ring order),
+//! all of them before the queue's head moves and before the poll returns.
+
+use std::sync::atomic::Ordering;
 
 use super::hmc::RxContext;
 use super::regs::*;
 use super::{I40e, Links};
-use crate::dma::{Dma, DmaError};
+use crate::dma::{DmaView, Xlate};
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -27,6 +39,10 @@ pub const BUDGET: u32 = 256;
 const TX_DESC: u64 = 16;
 /// RX descriptors whose buffer address is read ahead at once.
 const READ_AHEAD: usize = 32;
+/// RX write-backs held back and then stored together (see [`RxBatch::wb`]).
+const WB_BATCH: usize = 32;
+/// Header bytes the receive filters look at: the destination address and a VLAN tag's TCI.
+const HDR: usize = 16;
 const MIN_FRAME: usize = 60;
 const FCS: u64 = 4;
 
@@ -87,10 +103,13 @@ enum TailState {
     Unusable,
 }
 
-/// The VSI's receive queue as one poll sees it.
-struct RxBatch {
+/// The VSI's receive queue as one poll sees it (made before the transmit work, which may deliver
+/// into it, and finished after the receive work: [`I40e::rx_finish`]).
+pub(super) struct RxBatch<'d> {
     q: u32,
     ctx: Option<RxContext>,
+    /// The descriptor ring, translated once, at the poll's first descriptor read.
+    descs: Option<DmaView<'d>>,
     state: TailState,
     head: u32,
     tail: u32,
@@ -106,6 +125,12 @@ struct RxBatch {
     /// `ahead[next..len]` are valid, for descriptors `head..`.
     ahead_next: usize,
     ahead_len: usize,
+    /// Write-backs not yet stored: (descriptor byte offset in the ring, qword1). A device writes
+    /// completed descriptors back in bursts, whole cache lines at a time; one store per descriptor
+    /// as each frame lands would hand the line the driver is polling back and forth once per frame
+    /// instead of once per burst.
+    wb: [(u32, u64); WB_BATCH],
+    wb_len: usize,
 }
 
 impl I40e {
@@ -118,7 +143,7 @@ impl I40e {
     }
 
     /// Walks every enabled TX queue from its head to QTX_TAIL.
-    pub(super) fn process_tx(&mut self, dma: &mut dyn Dma, links: &mut Links) -> bool {
+    pub(super) fn process_tx<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, rx: &mut RxBatch<'d>) -> bool {
         if self.tx_active_dirty {
             self.tx_active_dirty = false;
             self.tx_active.clear();
@@ -133,12 +158,12 @@ impl I40e {
         while i < self.tx_active.len() {
             let q = self.tx_active[i];
             i += 1;
-            did |= self.tx_queue(dma, links, q);
+            did |= self.tx_queue(xl, links, q, rx);
         }
         did
     }
 
-    fn tx_queue(&mut self, dma: &mut dyn Dma, links: &mut Links, q: u32) -> bool {
+    fn tx_queue<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, q: u32, rx: &mut RxBatch<'d>) -> bool {
         let t = self.txq[q as usize];
         let Some(ctx) = t.ctx else { return false };
         let tail = self.page32(qtx_tail(q));
@@ -152,28 +177,34 @@ impl I40e {
         }
         self.check_dma_allowed();
         let mut head = t.head;
+        // One translation for the whole ring this poll; a ring not wholly inside one DMA map
+        // faults before any of it is read.
+        let Some(descs) = xl.view(ctx.base, u64::from(ctx.qlen) * TX_DESC) else {
+            self.faults.record(ctx.base + u64::from(head) * TX_DESC, TX_DESC, "tx descriptor read");
+            self.txq[q as usize].stalled_at_tail = Some(tail);
+            return false;
+        };
         let (mut n, mut completed) = (0, false);
         while head != tail && n < BUDGET {
-            let addr = ctx.base + u64::from(head) * TX_DESC;
-            let (Ok(buf), Ok(qw1)) = (dma.read_u64(addr), dma.read_u64(addr + 8)) else {
-                self.faults.record(addr, TX_DESC, "tx descriptor read");
-                self.txq[q as usize].stalled_at_tail = Some(tail);
-                break;
-            };
+            let o = head as usize * TX_DESC as usize;
+            let addr = ctx.base + o as u64;
+            // Inside the ring view by construction (head < qlen).
+            let buf = descs.load_u64(o, Ordering::Relaxed).unwrap_or_default();
+            let qw1 = descs.load_u64(o + 8, Ordering::Relaxed).unwrap_or_default();
             let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;
             match qw1 & TXD_DTYPE_MASK {
                 TXD_DTYPE_DATA => {
                     let len = ((qw1 >> TXD_BSZ_SHIFT) & TXD_BSZ_MASK) as usize;
                     if cmd & TXD_CMD_EOP != 0 && self.tx_frame.is_empty() && self.tx_direct_ok(len) {
-                        self.tx_direct(dma, links, buf, len);
+                        self.tx_direct(xl, links, buf, len, rx);
                     } else {
-                        self.tx_gather(dma, buf, len);
+                        self.tx_gather(xl, buf, len);
                         if cmd & TXD_CMD_EOP != 0 {
                             self.tx_finish_frame(links);
                         }
                     }
                     if cmd & TXD_CMD_RS != 0 {
-                        if !ctx.head_wb_ena && Self::tx_writeback(dma, addr).is_err() {
+                        if !ctx.head_wb_ena && !Self::tx_writeback(&descs, o) {
                             self.faults.record(addr + 8, 8, "tx descriptor write-back");
                         }
                         completed = true;
@@ -188,7 +219,11 @@ impl I40e {
         }
         if n > 0 {
             self.txq[q as usize].head = head;
-            if ctx.head_wb_ena && completed && dma.publish_u32(ctx.head_wb_addr, head).is_err() {
+            // The written-back head: one 32-bit Release store after the buffer reads.
+            if ctx.head_wb_ena
+                && completed
+                && !xl.view(ctx.head_wb_addr, 4).is_some_and(|v| v.store_u32(0, head, Ordering::Release))
+            {
                 self.faults.record(ctx.head_wb_addr, 4, "tx head write-back");
             }
         }
@@ -203,13 +238,30 @@ impl I40e {
         (14..=MAX_FRAME).contains(&len) && (self.link_up() || self.fw.lb_mode != 0)
     }
 
-    /// A one-descriptor frame: guest buffer -> wire buffer (or loopback ring), one copy, padded to 60.
-    fn tx_direct(&mut self, dma: &mut dyn Dma, links: &mut Links, buf: u64, len: usize) {
+    /// A one-descriptor frame (14 bytes or more), padded to 60: guest buffer -> wire buffer (or
+    /// internal loopback ring), one copy; or, on an idle loopback wire, guest buffer -> RX buffer
+    /// (see [`Wire::loops_back_idle`] and [`I40e::rx_cut_through`]).
+    fn tx_direct<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, buf: u64, len: usize, rx: &mut RxBatch<'d>) {
         let wire_len = len.max(MIN_FRAME);
+        let src = xl.view(buf, len as u64);
+        let internal = self.fw.lb_mode & (LB_PHY_LOCAL | LB_MAC_LOCAL) != 0;
+        if let Some(src) = &src {
+            // The frame would be the next one this device receives from the wire, and received
+            // at all (frames arriving while the link is down are dropped unseen).
+            if !internal && links.internal.is_empty() && links.wire.loops_back_idle() && self.link_up() {
+                // The header decides filters and counters (zeros past a short frame, as padding).
+                let mut hdr = [0u8; HDR];
+                src.read(0, &mut hdr[..len.min(HDR)]);
+                if self.rx_cut_through(xl, src, len, wire_len, &hdr, rx) {
+                    self.count_tx(wire_len as u64, dest(&hdr));
+                    return;
+                }
+            }
+        }
         let mut read_ok = true;
         let mut class = None;
         let mut fill = |slot: &mut [u8]| {
-            if dma.read(buf, &mut slot[..len]).is_err() {
+            if !src.as_ref().is_some_and(|s| s.read(0, &mut slot[..len])) {
                 read_ok = false;
                 return false;
             }
@@ -217,7 +269,7 @@ impl I40e {
             class = Some(dest(slot));
             true
         };
-        if self.fw.lb_mode & (LB_PHY_LOCAL | LB_MAC_LOCAL) != 0 {
+        if internal {
             links.internal.push_with(wire_len, &mut fill);
         } else {
             links.wire.transmit_with(wire_len, &mut fill);
@@ -242,7 +294,7 @@ impl I40e {
         self.totals.tx_bytes += len;
     }
 
-    fn tx_gather(&mut self, dma: &mut dyn Dma, buf: u64, len: usize) {
+    fn tx_gather(&mut self, xl: &mut Xlate<'_>, buf: u64, len: usize) {
         let start = self.tx_frame.len();
         if start + len > MAX_FRAME {
             self.faults.record(buf, len as u64, "tx frame longer than 16 KiB");
@@ -250,7 +302,7 @@ impl I40e {
             return;
         }
         self.tx_frame.resize(start + len, 0);
-        if dma.read(buf, &mut self.tx_frame[start..]).is_err() {
+        if !xl.view(buf, len as u64).is_some_and(|v| v.read(0, &mut self.tx_frame[start..])) {
             self.faults.record(buf, len as u64, "tx buffer read");
             self.tx_frame.truncate(start);
         }
@@ -277,13 +329,14 @@ impl I40e {
         self.tx_frame = frame;
     }
 
-    /// Receive filters: promiscuous modes of the VSI, else a perfect MAC filter.
-    fn accept(&self, frame: &[u8]) -> bool {
-        if frame.len() < 14 {
+    /// Receive filters: promiscuous modes of the VSI, else a perfect MAC filter. `head` is the
+    /// first `len.min(HDR)` bytes of a frame of `len` bytes.
+    fn accept(&self, head: &[u8], len: usize) -> bool {
+        if len < 14 || head.len() < 14 {
             return false;
         }
         let vsi = &self.fw.vsi;
-        let dst = &frame[..6];
+        let dst = &head[..6];
         let mcast = dst[0] & 1 != 0;
         if is_broadcast(dst) && vsi.promisc & PROMISC_BROADCAST != 0 {
             return true;
@@ -294,20 +347,21 @@ impl I40e {
         if !mcast && vsi.promisc & PROMISC_UNICAST != 0 {
             return true;
         }
-        let vlan = if frame[12..14] == [0x81, 0x00] && frame.len() >= 16 {
-            u16::from_be_bytes([frame[14], frame[15]]) & 0xfff
+        let vlan = if head[12..14] == [0x81, 0x00] && len >= 16 && head.len() >= 16 {
+            u16::from_be_bytes([head[14], head[15]]) & 0xfff
         } else {
             0
         };
         vsi.filters.iter().any(|(m, v)| m == dst && v.is_none_or(|v| v == vlan))
     }
 
-    /// Moves frames from the internal loopback and the wire into the VSI's receive queue.
-    pub(super) fn process_rx(&mut self, dma: &mut dyn Dma, links: &mut Links) -> bool {
+    /// The VSI's receive queue for this poll; nothing is read from the driver until a frame comes.
+    pub(super) fn rx_batch<'d>(&self) -> RxBatch<'d> {
         let q = self.fw.vsi.rx_queue();
-        let mut b = RxBatch {
+        RxBatch {
             q,
             ctx: self.rxq.get(q as usize).and_then(|r| r.ctx),
+            descs: None,
             state: TailState::Unread,
             head: self.rxq.get(q as usize).map_or(0, |r| r.head),
             tail: 0,
@@ -318,10 +372,16 @@ impl I40e {
             ahead: [0; READ_AHEAD],
             ahead_next: 0,
             ahead_len: 0,
-        };
+            wb: [(0, 0); WB_BATCH],
+            wb_len: 0,
+        }
+    }
+
+    /// Moves frames from the internal loopback and the wire into the VSI's receive queue.
+    pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, b: &mut RxBatch<'d>) -> bool {
         let mut n = 0;
         let internal: &mut FrameRing = &mut links.internal;
-        while n < BUDGET && internal.pop_with(&mut |f: &[u8]| self.rx_frame_in(dma, f, &mut b)) {
+        while n < BUDGET && internal.pop_with(&mut |f: &[u8]| self.rx_frame_in(xl, f, b)) {
             n += 1;
         }
         let link = self.link_up();
@@ -332,45 +392,127 @@ impl I40e {
             && n < BUDGET
             && wire.receive_with(&mut |f: &[u8]| {
                 if link {
-                    self.rx_frame_in(dma, f, &mut b)
+                    self.rx_frame_in(xl, f, b)
                 }
             })
         {
             n += 1;
         }
-        if b.moved {
-            self.rxq[q as usize].head = b.head;
-        }
-        if b.delivered {
-            self.queue_interrupt(q, false);
-        }
         n > 0
     }
 
-    /// One frame for the VSI: filtered, dropped as oversize, missed, or delivered.
-    fn rx_frame_in(&mut self, dma: &mut dyn Dma, frame: &[u8], b: &mut RxBatch) {
-        if !self.accept(frame) {
-            self.totals.rx_filtered += 1;
-            return;
+    /// Ends the poll's receive work: write-backs stored, then the head moved and the queue's
+    /// interrupt raised.
+    pub(super) fn rx_finish(&mut self, b: &mut RxBatch<'_>) {
+        self.rx_flush(b);
+        if b.moved {
+            self.rxq[b.q as usize].head = b.head;
         }
-        let len = frame.len() as u64;
+        if b.delivered {
+            self.queue_interrupt(b.q, false);
+        }
+    }
+
+    /// A frame this device is transmitting on an idle loopback wire, moved from its TX buffer `src`
+    /// (`len` bytes, `wire_len` with padding, `hdr` its first bytes) straight into an RX buffer, as
+    /// [`I40e::rx_frame_in`] would take it off the wire. False (nothing done) if it must take the
+    /// wire instead: no receive context, the FCS is kept, or the frame needs more than one buffer.
+    fn rx_cut_through<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        src: &DmaView<'_>,
+        len: usize,
+        wire_len: usize,
+        hdr: &[u8; HDR],
+        b: &mut RxBatch<'d>,
+    ) -> bool {
+        match b.ctx {
+            Some(c) if c.crcstrip && wire_len <= c.dbuff => {}
+            _ => return false,
+        }
+        let Some(ctx) = self.rx_admit(hdr, wire_len, b) else {
+            return true;
+        };
+        if !self.rx_room(b, &ctx, 1) {
+            self.count_missed();
+            return true;
+        }
+        let fill =
+            |dst: &DmaView<'_>| dst.copy_from(0, src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0));
+        if self.rx_place(xl, b, &ctx, wire_len, true, fill) {
+            b.delivered = true;
+            self.count_rx(wire_len as u64, dest(hdr));
+        }
+        true
+    }
+
+    /// One frame for the VSI: filtered, dropped as oversize, missed, or delivered.
+    fn rx_frame_in<'d>(&mut self, xl: &mut Xlate<'d>, frame: &[u8], b: &mut RxBatch<'d>) {
+        let len = frame.len();
+        let Some(ctx) = self.rx_admit(&frame[..len.min(HDR)], len, b) else {
+            return;
+        };
+        let ok = if ctx.crcstrip {
+            self.rx_write(xl, frame, b, &ctx)
+        } else {
+            let mut with_fcs = std::mem::take(&mut self.rx_frame);
+            with_fcs.clear();
+            with_fcs.extend_from_slice(frame);
+            with_fcs.extend_from_slice(&crc32(frame).to_le_bytes());
+            let ok = self.rx_write(xl, &with_fcs, b, &ctx);
+            self.rx_frame = with_fcs;
+            ok
+        };
+        if ok {
+            b.delivered = true;
+            self.count_rx(len as u64, dest(frame));
+        }
+    }
+
+    /// The checks before a frame of `len` bytes (`head` its first `len.min(HDR)`) is written: the
+    /// receive filters, the port's and the queue's largest frame, a receive context and a usable
+    /// ring. Counts a frame that fails one (filtered, oversize or missed); the context otherwise.
+    fn rx_admit(&mut self, head: &[u8], len: usize, b: &mut RxBatch<'_>) -> Option<RxContext> {
+        if !self.accept(head, len) {
+            self.totals.rx_filtered += 1;
+            return None;
+        }
+        let len = len as u64;
         if len + FCS > u64::from(self.fw.max_frame) {
             self.counters.roc += 1;
             self.totals.rx_filtered += 1;
-            return;
+            return None;
         }
-        if self.rx_deliver(dma, frame, b) {
-            b.delivered = true;
-            let c = &mut self.counters;
-            c.gorc += len + FCS;
-            match dest(frame) {
-                Dest::Broadcast => c.bprc += 1,
-                Dest::Multicast => c.mprc += 1,
-                Dest::Unicast => c.uprc += 1,
-            }
-            self.totals.rx_packets += 1;
-            self.totals.rx_bytes += len;
+        let Some(ctx) = b.ctx else {
+            self.count_missed();
+            return None;
+        };
+        let usable = match b.state {
+            TailState::Unread => self.rx_read_tail(b, &ctx),
+            s => s == TailState::Usable,
+        };
+        if !usable {
+            self.count_missed();
+            return None;
         }
+        if ctx.rxmax != 0 && len + FCS > u64::from(ctx.rxmax) {
+            self.counters.roc += 1;
+            self.totals.rx_filtered += 1;
+            return None;
+        }
+        Some(ctx)
+    }
+
+    fn count_rx(&mut self, len: u64, class: Dest) {
+        let c = &mut self.counters;
+        c.gorc += len + FCS;
+        match class {
+            Dest::Broadcast => c.bprc += 1,
+            Dest::Multicast => c.mprc += 1,
+            Dest::Unicast => c.uprc += 1,
+        }
+        self.totals.rx_packets += 1;
+        self.totals.rx_bytes += len;
     }
 
     fn count_missed(&mut self) {
@@ -380,7 +522,7 @@ impl I40e {
 
     /// Reads QRX_TAIL (first use this poll, or the known free descriptors ran short). False if the
     /// ring cannot be used.
-    fn rx_read_tail(&mut self, b: &mut RxBatch, ctx: &RxContext) -> bool {
+    fn rx_read_tail(&mut self, b: &mut RxBatch<'_>, ctx: &RxContext) -> bool {
         let tail = self.page32(qrx_tail(b.q));
         if b.state != TailState::Unread && tail == b.tail {
             return b.state == TailState::Usable;
@@ -400,39 +542,8 @@ impl I40e {
         b.state == TailState::Usable
     }
 
-    /// Writes one frame into the queue's free buffers. Returns true if it was delivered.
-    fn rx_deliver(&mut self, dma: &mut dyn Dma, frame: &[u8], b: &mut RxBatch) -> bool {
-        let Some(ctx) = b.ctx else {
-            self.count_missed();
-            return false;
-        };
-        let usable = match b.state {
-            TailState::Unread => self.rx_read_tail(b, &ctx),
-            s => s == TailState::Usable,
-        };
-        if !usable {
-            self.count_missed();
-            return false;
-        }
-        if ctx.rxmax != 0 && frame.len() as u64 + FCS > u64::from(ctx.rxmax) {
-            self.counters.roc += 1;
-            self.totals.rx_filtered += 1;
-            return false;
-        }
-        if ctx.crcstrip {
-            return self.rx_write(dma, frame, b, &ctx);
-        }
-        let mut with_fcs = std::mem::take(&mut self.rx_frame);
-        with_fcs.clear();
-        with_fcs.extend_from_slice(frame);
-        with_fcs.extend_from_slice(&crc32(frame).to_le_bytes());
-        let ok = self.rx_write(dma, &with_fcs, b, &ctx);
-        self.rx_frame = with_fcs;
-        ok
-    }
-
     /// True if `need` descriptors are free, looking at QRX_TAIL again when the known ones run short.
-    fn rx_room(&mut self, b: &mut RxBatch, ctx: &RxContext, need: u32) -> bool {
+    fn rx_room(&mut self, b: &mut RxBatch<'_>, ctx: &RxContext, need: u32) -> bool {
         if b.free >= need {
             return true;
         }
@@ -440,88 +551,116 @@ impl I40e {
     }
 
     /// Writes `data` (the frame, with its FCS unless stripped) into descriptors from `b.head` on.
-    fn rx_write(&mut self, dma: &mut dyn Dma, data: &[u8], b: &mut RxBatch, ctx: &RxContext) -> bool {
-        let need = data.len().div_ceil(ctx.dbuff).max(1) as u32;
-        if !self.rx_room(b, ctx, need) {
+    fn rx_write<'d>(&mut self, xl: &mut Xlate<'d>, data: &[u8], b: &mut RxBatch<'d>, ctx: &RxContext) -> bool {
+        let need = data.len().div_ceil(ctx.dbuff).max(1);
+        if !self.rx_room(b, ctx, need as u32) {
             self.count_missed();
             return false;
         }
-        if !b.dma_checked {
-            self.check_dma_allowed();
-            b.dma_checked = true;
-        }
-        let dlen = ctx.desc_len();
         for (i, chunk) in data.chunks(ctx.dbuff).enumerate() {
-            let addr = ctx.base + u64::from(b.head) * dlen;
-            let Some(pkt) = Self::rx_buffer_addr(dma, b, ctx) else {
-                self.faults.record(addr, dlen, "rx descriptor read");
-                self.rxq[b.q as usize].stalled_at_tail = Some(b.tail);
-                b.state = TailState::Unusable;
-                return false;
-            };
-            let last = i as u32 + 1 == need;
-            let mut ok = true;
-            let mut qw1 = RXD_STATUS_DD
-                | if last { RXD_STATUS_EOF } else { 0 }
-                | (1 << RXD_PTYPE_SHIFT)
-                | ((chunk.len() as u64 & RXD_LEN_PBUF_MASK) << RXD_LEN_PBUF_SHIFT);
-            if dma.write(pkt, chunk).is_err() {
-                self.faults.record(pkt, chunk.len() as u64, "rx buffer write");
-                qw1 = RXD_STATUS_DD | RXD_STATUS_EOF | (RXD_ERROR_RXE << RXD_ERROR_SHIFT);
-                ok = false;
-            }
-            if Self::rx_writeback(dma, addr, dlen, qw1).is_err() {
-                self.faults.record(addr, dlen, "rx descriptor write-back");
-            }
-            b.head = if b.head + 1 == ctx.qlen { 0 } else { b.head + 1 };
-            b.free -= 1;
-            b.moved = true;
-            if !ok {
+            if !self.rx_place(xl, b, ctx, chunk.len(), i + 1 == need, |v| v.write(0, chunk)) {
                 return false;
             }
         }
         true
     }
 
+    /// Fills the buffer of descriptor `b.head` with `len` bytes written by `fill` and holds back its
+    /// write-back (DD, EOF if `last`, the length; RXE and length 0 if the buffer is not writable).
+    /// The caller checked there is a free descriptor. Returns whether the buffer was written; false
+    /// without using the descriptor if the ring cannot be read (a fault; the queue stalls).
+    fn rx_place<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        b: &mut RxBatch<'d>,
+        ctx: &RxContext,
+        len: usize,
+        last: bool,
+        fill: impl FnOnce(&DmaView<'_>) -> bool,
+    ) -> bool {
+        if !b.dma_checked {
+            self.check_dma_allowed();
+            b.dma_checked = true;
+        }
+        let dlen = ctx.desc_len();
+        let descs = match b.descs {
+            Some(d) => d,
+            None => match xl.view(ctx.base, u64::from(ctx.qlen) * dlen) {
+                Some(d) => *b.descs.insert(d),
+                None => {
+                    self.faults.record(ctx.base + u64::from(b.head) * dlen, dlen, "rx descriptor read");
+                    self.rxq[b.q as usize].stalled_at_tail = Some(b.tail);
+                    b.state = TailState::Unusable;
+                    return false;
+                }
+            },
+        };
+        if b.wb_len == WB_BATCH {
+            self.rx_flush(b);
+        }
+        let o = b.head as usize * dlen as usize;
+        let pkt = Self::rx_buffer_addr(&descs, b, ctx);
+        let mut qw1 = RXD_STATUS_DD
+            | if last { RXD_STATUS_EOF } else { 0 }
+            | (1 << RXD_PTYPE_SHIFT)
+            | ((len as u64 & RXD_LEN_PBUF_MASK) << RXD_LEN_PBUF_SHIFT);
+        let ok = xl.view(pkt, len as u64).is_some_and(|v| fill(&v));
+        if !ok {
+            self.faults.record(pkt, len as u64, "rx buffer write");
+            qw1 = RXD_STATUS_DD | RXD_STATUS_EOF | (RXD_ERROR_RXE << RXD_ERROR_SHIFT);
+        }
+        b.wb[b.wb_len] = (o as u32, qw1);
+        b.wb_len += 1;
+        b.head = if b.head + 1 == ctx.qlen { 0 } else { b.head + 1 };
+        b.free -= 1;
+        b.moved = true;
+        ok
+    }
+
+    /// Stores the held-back write-backs, in ring order, each with its DD qword last.
+    fn rx_flush(&mut self, b: &mut RxBatch<'_>) {
+        let n = std::mem::take(&mut b.wb_len);
+        let (Some(descs), Some(ctx)) = (b.descs, b.ctx) else { return };
+        let dlen = ctx.desc_len();
+        for &(o, qw1) in &b.wb[..n] {
+            if !Self::rx_writeback(&descs, o as usize, dlen, qw1) {
+                self.faults.record(ctx.base + u64::from(o), dlen, "rx descriptor write-back");
+            }
+        }
+    }
+
     /// The buffer address of descriptor `b.head`: from the read-ahead, refilled with up to
-    /// [`READ_AHEAD`] descriptors the device owns. `None` if it cannot be read.
-    fn rx_buffer_addr(dma: &mut dyn Dma, b: &mut RxBatch, ctx: &RxContext) -> Option<u64> {
+    /// [`READ_AHEAD`] descriptors the device owns (loads only).
+    fn rx_buffer_addr(descs: &DmaView<'_>, b: &mut RxBatch<'_>, ctx: &RxContext) -> u64 {
         if b.ahead_next == b.ahead_len {
             let n = (b.free as usize).clamp(1, READ_AHEAD);
-            let dlen = ctx.desc_len();
-            let (mut d, mut len) = (b.head, 0);
-            while len < n {
-                match dma.read_u64(ctx.base + u64::from(d) * dlen) {
-                    Ok(a) => b.ahead[len] = a,
-                    Err(_) => break,
-                }
-                len += 1;
+            let dlen = ctx.desc_len() as usize;
+            let mut d = b.head;
+            for slot in &mut b.ahead[..n] {
+                // Inside the ring view by construction (d < qlen).
+                *slot = descs.load_u64(d as usize * dlen, Ordering::Relaxed).unwrap_or_default();
                 d = if d + 1 == ctx.qlen { 0 } else { d + 1 };
             }
-            (b.ahead_next, b.ahead_len) = (0, len);
-            if len == 0 {
-                return None;
-            }
+            (b.ahead_next, b.ahead_len) = (0, n);
         }
         let a = b.ahead[b.ahead_next];
         b.ahead_next += 1;
-        Some(a)
+        a
     }
 
-    /// Write-back: qword0 (and qwords 2/3 of 32-byte descriptors), then qword1 with DD and the length
-    /// as one 64-bit Release store, the last store to the descriptor ([`Dma::publish_u64`]).
-    fn rx_writeback(dma: &mut dyn Dma, addr: u64, dlen: u64, qw1: u64) -> Result<(), DmaError> {
-        dma.write_u64(addr, 0)?;
-        if dlen == 32 {
-            dma.write_u64(addr + 16, 0)?;
-            dma.write_u64(addr + 24, 0)?;
-        }
-        dma.publish_u64(addr + 8, qw1)
+    /// Write-back of the descriptor at `o` of the ring: qword0 (and qwords 2/3 of 32-byte
+    /// descriptors), then qword1 with DD and the length as one 64-bit Release store, the last store
+    /// to the descriptor. False if outside the ring.
+    fn rx_writeback(descs: &DmaView<'_>, o: usize, dlen: u64, qw1: u64) -> bool {
+        descs.store_u64(o, 0, Ordering::Relaxed)
+            && (dlen != 32
+                || (descs.store_u64(o + 16, 0, Ordering::Relaxed) && descs.store_u64(o + 24, 0, Ordering::Relaxed)))
+            && descs.store_u64(o + 8, qw1, Ordering::Release)
     }
 
-    /// Descriptor write-back of a transmit descriptor: qword1 becomes DTYPE 0xF (done), one 64-bit
-    /// Release store after the buffer reads, the only store to the descriptor.
-    fn tx_writeback(dma: &mut dyn Dma, addr: u64) -> Result<(), DmaError> {
-        dma.publish_u64(addr + 8, TXD_DTYPE_DESC_DONE)
+    /// Descriptor write-back of the transmit descriptor at `o` of the ring: qword1 becomes DTYPE 0xF
+    /// (done), one 64-bit Release store after the buffer reads, the only store to the descriptor.
+    fn tx_writeback(descs: &DmaView<'_>, o: usize) -> bool {
+        descs.store_u64(o + 8, TXD_DTYPE_DESC_DONE, Ordering::Release)
     }
 }

@@ -181,9 +181,14 @@ fn write_tx_ctx(dma: &mut FakeDma, q: u32, head_wb: bool) {
 }
 
 fn write_rx_ctx(dma: &mut FakeDma, q: u32, dsize32: bool, dbuff: u64) {
+    write_rx_ctx_at(dma, q, RX_RING, N, dsize32, dbuff);
+}
+
+/// An RX context for a ring of `qlen` descriptors at `base`.
+fn write_rx_ctx_at(dma: &mut FakeDma, q: u32, base: u64, qlen: u32, dsize32: bool, dbuff: u64) {
     let mut c = [0u8; RX_CTX_LEN];
-    set_field(&mut c, RXC_BASE, RX_RING / 128);
-    set_field(&mut c, RXC_QLEN, u64::from(N));
+    set_field(&mut c, RXC_BASE, base / 128);
+    set_field(&mut c, RXC_QLEN, u64::from(qlen));
     set_field(&mut c, RXC_DBUFF, dbuff / 128);
     set_field(&mut c, RXC_DSIZE, u64::from(dsize32));
     set_field(&mut c, RXC_CRCSTRIP, 1);
@@ -883,4 +888,159 @@ fn random_admin_descriptors_contexts_and_ring_descriptors_never_panic() {
     queue_tx(&mut m, &mut dma, 0, &frame(MAC, 100, 1));
     m.poll(&mut dma);
     assert_eq!(rx_wb(&mut dma, 0, false), (true, true, 100));
+}
+
+/// A loopback that never reports itself idle: every frame takes the wire path (no cut-through).
+#[derive(Default)]
+struct QueuedLoopback(Loopback);
+
+impl Wire for QueuedLoopback {
+    fn transmit(&mut self, frame: &[u8]) {
+        self.0.transmit(frame);
+    }
+    fn receive(&mut self, buf: &mut Vec<u8>) -> bool {
+        self.0.receive(buf)
+    }
+    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        self.0.transmit_with(len, fill)
+    }
+    fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
+        self.0.receive_with(deliver)
+    }
+    fn describe(&self) -> String {
+        "queued loopback".into()
+    }
+}
+
+type Outcome = (crate::model::PortStats, Vec<u32>, Vec<(u64, u64, &'static str)>, Vec<u8>);
+
+/// Mixed traffic over `wire`: what the driver can observe afterwards (stats, GLPRT counters,
+/// faults, rings and buffers).
+fn mixed_traffic(wire: Box<dyn Wire>, dsize32: bool) -> Outcome {
+    let mut m = nic(wire);
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, dsize32, false);
+    wr(&mut m, qrx_tail(0), 6);
+    // Poll 1: delivered (one padded from 20 bytes), broadcast, filtered, then a frame spanning two
+    // buffers (the wire path: everything after it in the poll queues behind it on the wire).
+    let frames = [
+        frame(MAC, 60, 1),
+        frame(MAC, 20, 2),
+        frame([0xff; 6], 1514, 3),
+        frame([0x02, 9, 9, 9, 9, 9], 64, 4),
+        frame(MAC, 2500, 5),
+        frame(MAC, 70, 6),
+    ];
+    for (i, f) in frames.iter().enumerate() {
+        queue_tx(&mut m, &mut dma, i as u32, f);
+    }
+    m.poll(&mut dma);
+    // Poll 2: a TX buffer outside the DMA window, then more frames than free descriptors.
+    put_u64(&mut dma, TX_RING + 6 * 16, 0xdead_0000_0000);
+    put_u64(
+        &mut dma,
+        TX_RING + 6 * 16 + 8,
+        TXD_DTYPE_DATA | ((TXD_CMD_EOP | TXD_CMD_RS) << TXD_CMD_SHIFT) | (64 << TXD_BSZ_SHIFT),
+    );
+    for i in 7..10 {
+        queue_tx(&mut m, &mut dma, i, &frame(MAC, 64, i as u8));
+    }
+    m.poll(&mut dma);
+    // Poll 3: the driver gives buffers back; unicast, multicast.
+    wr(&mut m, qrx_tail(0), 12);
+    queue_tx(&mut m, &mut dma, 10, &frame(MAC, 100, 10));
+    let p = params(&[(0, PROMISC_MULTICAST), (2, PROMISC_MULTICAST), (4, SEID_MAIN_VSI)]);
+    ok(&aq(&mut m, &mut dma, AQC_SET_VSI_PROMISC, p, None, 0));
+    queue_tx(&mut m, &mut dma, 11, &frame([0x01, 0, 0x5e, 0, 0, 1], 80, 11));
+    m.poll(&mut dma);
+    // Poll 4: the RX ring moved so that it straddles the end of the DMA window.
+    wr(&mut m, qrx_ena(0), 0);
+    write_rx_ctx_at(&mut dma, 0, BASE + 0x40_0000 - 256, N, dsize32, 2048);
+    wr(&mut m, qrx_ena(0), QENA_REQ);
+    m.poll(&mut dma);
+    wr(&mut m, qrx_tail(0), 4);
+    for i in 12..14 {
+        queue_tx(&mut m, &mut dma, i, &frame(MAC, 64, i as u8));
+    }
+    m.poll(&mut dma);
+    let regs = [
+        glprt_gorcl(0),
+        glprt_uprcl(0),
+        glprt_mprcl(0),
+        glprt_bprcl(0),
+        glprt_rdpc(0),
+        glprt_roc(0),
+        glprt_gotcl(0),
+        glprt_uptcl(0),
+        glprt_mptcl(0),
+        glprt_bptcl(0),
+        glprt_tdold(0),
+        qtx_head(0),
+    ]
+    .map(|r| rd(&mut m, r));
+    let faults = m.faults().last(100).iter().map(|f| (f.iova, f.len, f.what)).collect();
+    // TX and RX rings, TX and RX buffers.
+    let mut mem = vec![0u8; 0x10_0000];
+    dma.read(TX_RING, &mut mem).unwrap();
+    (m.stats(), regs.to_vec(), faults, mem)
+}
+
+#[test]
+fn cut_through_on_an_idle_loopback_matches_the_wire_path() {
+    for dsize32 in [false, true] {
+        let cut = mixed_traffic(Box::new(Loopback::default()), dsize32);
+        let wire = mixed_traffic(Box::new(QueuedLoopback::default()), dsize32);
+        assert_eq!(cut.0, wire.0, "stats ({dsize32})");
+        assert_eq!(cut.1, wire.1, "GLPRT counters ({dsize32})");
+        assert_eq!(cut.2, wire.2, "faults ({dsize32})");
+        assert!(cut.3 == wire.3, "rings and buffers ({dsize32})");
+        // And the traffic did what it says.
+        let s = cut.0;
+        assert_eq!((s.tx_packets, s.rx_packets, s.rx_filtered, s.rx_missed), (13, 7, 1, 4), "{s:?}");
+        let what: Vec<_> = cut.2.iter().map(|f| f.2).collect();
+        assert_eq!(what, ["tx buffer read", "rx descriptor read"]);
+        assert_eq!(cut.2[1].0, BASE + 0x40_0000 - 256, "the head descriptor of the ring");
+    }
+}
+
+#[test]
+fn write_backs_of_a_burst_longer_than_one_batch_each_publish_dd_last() {
+    const LEN: u32 = 128;
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, false);
+    wr(&mut m, qrx_ena(0), 0);
+    write_rx_ctx_at(&mut dma, 0, RX_RING, LEN, false, 1024);
+    for i in 0..u64::from(LEN) {
+        put_u64(&mut dma, RX_RING + i * 16, RX_BUFS + i * 1024);
+        put_u64(&mut dma, RX_RING + i * 16 + 8, 0);
+    }
+    wr(&mut m, qrx_tail(0), LEN - 1);
+    wr(&mut m, qrx_ena(0), QENA_REQ);
+    m.poll(&mut dma);
+    // 20 frames of 3 buffers each: 60 write-backs in one poll.
+    let f = frame(MAC, 2500, 7);
+    for i in 0..20 {
+        queue_tx(&mut m, &mut dma, i, &f);
+    }
+    let mut rec = Recording::new(dma);
+    m.poll(&mut rec);
+    assert_eq!(m.stats().rx_packets, 20);
+    for d in 0..60u64 {
+        let at = RX_RING + d * 16;
+        let s = rec.touching(at, 16);
+        assert_eq!(s.last(), Some(&(at + 8, 8, true)), "descriptor {d}: {s:x?}");
+        assert_eq!(s.iter().filter(|s| s.2).count(), 1, "descriptor {d}: one publish");
+        let last = d % 3 == 2;
+        let want = (true, last, if last { 2500 - 2048 } else { 1024 });
+        assert_eq!(rx_wb(&mut rec.inner, d as u32, false), want, "descriptor {d}");
+    }
+    assert_eq!(rec.touching(RX_RING + 60 * 16, 16), vec![], "nothing past the frames");
+    // Every frame's data is stored before its descriptors are written back.
+    let all = rec.all();
+    for d in 0..60u64 {
+        let data = all.iter().position(|s| s.0 == RX_BUFS + d * 1024).expect("buffer written");
+        let wb = all.iter().position(|s| s.0 == RX_RING + d * 16 + 8).expect("written back");
+        assert!(data < wb, "descriptor {d}");
+    }
 }
