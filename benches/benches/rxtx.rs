@@ -185,6 +185,31 @@ fn main() {
         });
     }
 
+    // The same objects out to a peer process and back (two raw rings, the peer echoing): what a
+    // loopback costs with nothing in the way but shared memory. Same window as the NIC loop.
+    {
+        let out = Ring::<[u8; 64]>::create(rt.shm(), "bench-rxtx-out", 1024, RingFlags::SPSC).expect("ring");
+        let back = Ring::<[u8; 64]>::create(rt.shm(), "bench-rxtx-back", 1024, RingFlags::SPSC).expect("ring");
+        let mut args = vec!["ring-echo".to_string(), format!("--file-prefix={prefix}"), "--proc-type=secondary".into()];
+        args.extend(["--".into(), "bench-rxtx-out".into(), "bench-rxtx-back".into()]);
+        let _echo = PeerProc::spawn(PEER, &args, xdg.path());
+        let objs = [[5u8; 64]; BURST];
+        let mut got = [[0u8; 64]; BURST];
+        let mut in_flight = 0usize;
+        g.throughput(Throughput::Elements(BURST as u64));
+        g.bench_with_input(BenchmarkId::new("shm_echo_floor", 64), &64, |b, _| {
+            b.iter(|| {
+                while !out.enqueue_bulk(&objs) {
+                    in_flight -= back.dequeue_burst(&mut got);
+                }
+                in_flight += BURST;
+                while in_flight > WINDOW - BURST {
+                    in_flight -= back.dequeue_burst(&mut got);
+                }
+            })
+        });
+    }
+
     // The driver through the emulated NIC.
     let sysfs = tempfile::tempdir().expect("sysfs root");
     let nic = LabNic::start(sysfs.path());
@@ -250,7 +275,7 @@ fn main() {
         "driver rx polls: {polls}, {:.1}% found nothing (the driver waiting for lab-nic)",
         100.0 * empty_polls as f64 / polls.max(1) as f64
     );
-    for id in ["ixgbe_loopback/64", "ixgbe_loopback/1518", "shm_copy_floor/64"] {
+    for id in ["ixgbe_loopback/64", "ixgbe_loopback/1518", "shm_copy_floor/64", "shm_echo_floor/64"] {
         if let Some(ns) = mean_ns("rxtx", id) {
             let mpps = BURST as f64 / ns * 1e3;
             let verdict = match id {
@@ -262,6 +287,7 @@ fn main() {
         }
     }
     print_ratio("ixgbe_loopback/64 vs floor", "rxtx", "ixgbe_loopback/64", "shm_copy_floor/64", Some(2.0));
+    print_ratio("ixgbe_loopback/64 vs echo", "rxtx", "ixgbe_loopback/64", "shm_echo_floor/64", None);
 }
 
 /// `i40e_loopback/N`: the same loop through net_i40e and an emulated X710 (its own lab-nic, after the
@@ -347,4 +373,5 @@ fn bench_i40e(c: &mut Criterion, rt: &Runtime, pool: &Mempool) {
         }
     }
     print_ratio("i40e_loopback/64 vs floor", "rxtx", "i40e_loopback/64", "shm_copy_floor/64", Some(2.0));
+    print_ratio("i40e_loopback/64 vs echo", "rxtx", "i40e_loopback/64", "shm_echo_floor/64", None);
 }

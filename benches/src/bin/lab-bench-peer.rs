@@ -90,8 +90,29 @@ fn main() {
                 }
             }
         }
+        Some("ring-echo") => {
+            // Every object from ring IN back through ring OUT, as it came: the far end of a
+            // loopback made of nothing but two shared-memory rings.
+            let (opts, rest) = Options::parse(args[1..].iter().cloned()).expect("options");
+            let rt = Runtime::init(&opts).expect("runtime");
+            let (rx, tx) = (rest.first().expect("ring IN"), rest.get(1).expect("ring OUT"));
+            let rx = Ring::<[u8; 64]>::lookup(rt.shm(), rx).expect("ring IN");
+            let tx = Ring::<[u8; 64]>::lookup(rt.shm(), tx).expect("ring OUT");
+            ready();
+            let mut buf = [[0u8; 64]; 32];
+            loop {
+                let n = rx.dequeue_burst(&mut buf);
+                if n == 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                while !tx.enqueue_bulk(&buf[..n]) {
+                    std::hint::spin_loop();
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: lab-bench-peer raw-echo PATH | secondary [EAL] | ring-drain [EAL] -- RING");
+            eprintln!("usage: lab-bench-peer raw-echo PATH | secondary [EAL] | ring-drain [EAL] -- RING | ring-echo [EAL] -- IN OUT");
             std::process::exit(2);
         }
     }

@@ -581,6 +581,7 @@ impl DeviceModel for Ixgbe {
             // into the receive ring (an idle loopback), receive then takes what the wire holds.
             let mut xl = Xlate::new(dma);
             let mut rx = self.rx_batch(&mut xl);
+            rx.cut = wire.loops_back_idle();
             did |= self.process_tx(&mut xl, wire.as_mut(), &mut rx);
             did |= self.process_rx(&mut xl, wire.as_mut(), &mut rx);
             self.rx_finish(&mut rx);

@@ -23,8 +23,10 @@ use crate::wire::{Wire, MAX_FRAME};
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
 pub const BUDGET: u32 = 256;
 /// Busy polls between two full scans of the 192 queue enable bits (see the module docs of `ixgbe`).
-pub const SCAN_EVERY: u32 = 8;
+pub const SCAN_EVERY: u32 = 64;
 const DESC: u64 = 16;
+/// TX descriptors fetched at once.
+const FETCH: usize = 32;
 /// RX descriptors whose buffer address is read ahead at once.
 const READ_AHEAD: usize = 32;
 /// RX write-backs held back and then written together (see [`RxBatch::wb`]).
@@ -71,7 +73,19 @@ enum Dest {
 }
 
 fn dest(frame: &[u8]) -> Dest {
-    let dst = &frame[..6.min(frame.len())];
+    if let Some(d) = frame.first_chunk::<6>() {
+        // One compare for the common case of a whole address.
+        let w =
+            u64::from(u32::from_le_bytes([d[0], d[1], d[2], d[3]])) | u64::from(u16::from_le_bytes([d[4], d[5]])) << 32;
+        return if w == 0xffff_ffff_ffff {
+            Dest::Broadcast
+        } else if w & 1 != 0 {
+            Dest::Multicast
+        } else {
+            Dest::Unicast
+        };
+    }
+    let dst = frame;
     if dst.is_empty() {
         Dest::Unicast
     } else if is_broadcast(dst) {
@@ -96,6 +110,10 @@ struct RxCfg {
 pub(super) struct RxBatch<'d> {
     /// The descriptor ring, translated once for the poll (`None` unless `usable`).
     descs: Option<DmaView<'d>>,
+    /// Frames transmitted now may go straight into this ring: the wire is a loopback that held
+    /// nothing when the poll began and no frame of this poll has gone onto it since (see
+    /// [`Wire::loops_back_idle`]); cleared by the first frame that takes the wire.
+    pub(super) cut: bool,
     ready: bool,
     /// False once the ring faulted (stalled until the driver moves the tail).
     usable: bool,
@@ -238,11 +256,30 @@ impl Ixgbe {
         };
         let mut completed = false;
         let mut n = 0;
+        // Descriptors are fetched in bursts (as the 82599 does, PTHRESH/HTHRESH): every load of a
+        // burst is issued before any frame is handled, so the lines the driver just wrote arrive
+        // together instead of one stall per line.
+        let mut fetched = [(0u64, 0u32); FETCH];
+        let (mut f_next, mut f_len) = (0, 0);
         while head != tail && n < BUDGET {
+            if f_next == f_len {
+                let avail = ((tail + ring.count - head) % ring.count).min(BUDGET - n) as usize;
+                let mut d = head;
+                for slot in &mut fetched[..avail.min(FETCH)] {
+                    let o = d as usize * DESC as usize;
+                    // Inside the ring view by construction (d < count).
+                    *slot = (
+                        descs.load_u64(o, Ordering::Relaxed).unwrap_or_default(),
+                        descs.load_u32(o + 8, Ordering::Relaxed).unwrap_or_default(),
+                    );
+                    d = if d + 1 == ring.count { 0 } else { d + 1 };
+                }
+                (f_next, f_len) = (0, avail.min(FETCH));
+            }
+            let (buf, ctl) = fetched[f_next];
+            f_next += 1;
             let o = head as usize * DESC as usize;
             let addr = ring.base + o as u64;
-            let buf = descs.load_u64(o, Ordering::Relaxed).unwrap_or_default();
-            let ctl = descs.load_u32(o + 8, Ordering::Relaxed).unwrap_or_default();
             let dtyp = (ctl >> TXD_DTYP_SHIFT) & 0xf;
             if ctl & TXD_CMD_DEXT != 0 && dtyp == TXD_DTYP_CTXT {
                 // Context descriptor: offload parameters we do not model; no write-back.
@@ -254,6 +291,7 @@ impl Ixgbe {
                 } else {
                     self.tx_gather(xl, buf, len);
                     if ctl & TXD_CMD_EOP != 0 {
+                        rx.cut = false;
                         self.tx_finish_frame(wire, pad);
                     }
                 }
@@ -294,15 +332,19 @@ impl Ixgbe {
             return;
         };
         let wire_len = if pad { len.max(MIN_FRAME) } else { len };
-        // The header decides filters and counters: read it once (zeros past a short frame, as padding).
-        let mut hdr = [0u8; 14];
-        let h = len.min(hdr.len());
-        src.read(0, &mut hdr[..h]);
+        // The destination address decides filters and counters: one 8-byte load (zeros past a
+        // short frame, as padding).
+        let mut hdr = [0u8; 8];
+        match src.load_u64(0, Ordering::Relaxed) {
+            Some(w) => hdr = w.to_le_bytes(),
+            None => _ = src.read(0, &mut hdr[..len.min(8)]),
+        }
         let class = dest(&hdr[..wire_len.min(6)]);
-        if wire.loops_back_idle() && self.rx_cut_through(xl, &src, len, wire_len, &hdr, rx) {
+        if rx.cut && self.rx_cut_through(xl, &src, len, wire_len, &hdr, rx) {
             self.count_tx(wire_len as u64, class);
             return;
         }
+        rx.cut = false;
         let sent = wire.transmit_with(wire_len, &mut |slot: &mut [u8]| {
             if !src.read(0, &mut slot[..len]) {
                 return false;
@@ -373,6 +415,7 @@ impl Ixgbe {
         let ring = self.rxq[0];
         let mut b = RxBatch {
             descs: None,
+            cut: false,
             ready: false,
             usable: false,
             ring,
@@ -489,7 +532,7 @@ impl Ixgbe {
         src: &DmaView<'_>,
         len: usize,
         wire_len: usize,
-        hdr: &[u8; 14],
+        hdr: &[u8; 8],
         b: &mut RxBatch<'_>,
     ) -> bool {
         if !b.ready || !b.usable || !b.cfg.strip || wire_len > b.cfg.bsize {
@@ -676,12 +719,12 @@ impl Ixgbe {
     }
 
     /// Advanced one-buffer write-back (7.1.6.2) of the descriptor at `o`: packet info and RSS hash
-    /// (0) @0, length @12 (VLAN 0), then STATUS/ERROR with DD @8 as the last store, one 32-bit
-    /// Release store. False if outside the ring.
+    /// (0) @0, then STATUS/ERROR with DD @8 together with length @12 (VLAN 0) as the last store,
+    /// one 64-bit Release store (a driver that sees DD sees the length in the same load or after
+    /// it). False if outside the ring.
     fn rx_writeback_adv(descs: &DmaView<'_>, o: usize, len: u16, status: u32) -> bool {
         descs.store_u64(o, 0, Ordering::Relaxed)
-            && descs.store_u32(o + 12, u32::from(len), Ordering::Relaxed)
-            && descs.store_u32(o + 8, status, Ordering::Release)
+            && descs.store_u64(o + 8, u64::from(status) | u64::from(len) << 32, Ordering::Release)
     }
 
     /// Legacy write-back (7.1.5, SRRCTL.DESCTYPE = 0): length @8, checksum @10 (0), then the word
