@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::sync::atomic::{fence, Ordering};
 
-use crate::mem::{Mapping, MemError};
+use crate::mem::{Mapping, MemError, Window};
 
 /// Identifies one client connection of a function.
 pub type ConnId = u64;
@@ -141,9 +141,7 @@ pub trait Dma {
 /// read a torn word or touch anything outside the window.
 #[derive(Clone, Copy, Debug)]
 pub struct DmaView<'a> {
-    map: &'a Mapping,
-    off: usize,
-    len: usize,
+    win: Window<'a>,
     /// Unit tests: the window's IOVA and a log of its stores (see [`RecordingDma`]).
     #[cfg(test)]
     rec: Option<(u64, &'a std::cell::RefCell<Vec<Store>>)>,
@@ -152,10 +150,8 @@ pub struct DmaView<'a> {
 impl<'a> DmaView<'a> {
     /// `len` bytes at `off` of `map`, if inside it.
     pub fn new(map: &'a Mapping, off: usize, len: usize) -> Option<Self> {
-        (off.checked_add(len)? <= map.len()).then_some(Self {
-            map,
-            off,
-            len,
+        Some(Self {
+            win: map.sub(off, len)?,
             #[cfg(test)]
             rec: None,
         })
@@ -171,21 +167,19 @@ impl<'a> DmaView<'a> {
 
     /// Length of the window in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.win.len()
     }
 
     /// True for an empty window.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.win.is_empty()
     }
 
     /// The `len` bytes at `o` of this window, if inside it.
     #[inline]
     pub fn sub(&self, o: usize, len: usize) -> Option<DmaView<'a>> {
         Some(DmaView {
-            map: self.map,
-            off: self.at(o, len)?,
-            len,
+            win: self.win.sub(o, len)?,
             #[cfg(test)]
             rec: self.rec.map(|(iova, log)| (iova + o as u64, log)),
         })
@@ -196,25 +190,19 @@ impl<'a> DmaView<'a> {
     pub fn fill(&self, o: usize, n: usize, byte: u8) -> bool {
         #[cfg(test)]
         self.note(o, n, Ordering::Relaxed);
-        self.at(o, n).is_some_and(|off| self.map.fill(off, n, byte))
+        self.win.fill(o, n, byte)
     }
 
-    /// Offset in the mapping of `n` bytes at `o` of the window, if inside the window.
-    #[inline]
-    fn at(&self, o: usize, n: usize) -> Option<usize> {
-        (o.checked_add(n)? <= self.len).then_some(self.off + o)
-    }
-
-    /// Little-endian `u32` at `o` (one atomic load when aligned; see [`Mapping::load_u32`]).
+    /// Little-endian `u32` at `o` (one atomic load when aligned; see [`Window::load_u32`]).
     #[inline]
     pub fn load_u32(&self, o: usize, order: Ordering) -> Option<u32> {
-        self.map.load_u32(self.at(o, 4)?, order)
+        self.win.load_u32(o, order)
     }
 
     /// Little-endian `u64` at `o` (one atomic load when aligned).
     #[inline]
     pub fn load_u64(&self, o: usize, order: Ordering) -> Option<u64> {
-        self.map.load_u64(self.at(o, 8)?, order)
+        self.win.load_u64(o, order)
     }
 
     /// Little-endian `u32` store at `o` (one atomic store when aligned). False if outside.
@@ -222,7 +210,7 @@ impl<'a> DmaView<'a> {
     pub fn store_u32(&self, o: usize, val: u32, order: Ordering) -> bool {
         #[cfg(test)]
         self.note(o, 4, order);
-        self.at(o, 4).is_some_and(|off| self.map.store_u32(off, val, order))
+        self.win.store_u32(o, val, order)
     }
 
     /// Little-endian `u64` store at `o` (one atomic store when aligned). False if outside.
@@ -230,13 +218,13 @@ impl<'a> DmaView<'a> {
     pub fn store_u64(&self, o: usize, val: u64, order: Ordering) -> bool {
         #[cfg(test)]
         self.note(o, 8, order);
-        self.at(o, 8).is_some_and(|off| self.map.store_u64(off, val, order))
+        self.win.store_u64(o, val, order)
     }
 
     /// Copies `buf.len()` bytes at `o` into `buf`. False (nothing copied) if outside.
     #[inline]
     pub fn read(&self, o: usize, buf: &mut [u8]) -> bool {
-        self.at(o, buf.len()).is_some_and(|off| self.map.read(off, buf))
+        self.win.read(o, buf)
     }
 
     /// Copies `data` to `o`. False (nothing written) if outside.
@@ -244,7 +232,7 @@ impl<'a> DmaView<'a> {
     pub fn write(&self, o: usize, data: &[u8]) -> bool {
         #[cfg(test)]
         self.note(o, data.len(), Ordering::Relaxed);
-        self.at(o, data.len()).is_some_and(|off| self.map.write(off, data))
+        self.win.write(o, data)
     }
 
     /// Copies `n` bytes at `src_o` of `src` to `o` of this window (client memory to client
@@ -253,10 +241,7 @@ impl<'a> DmaView<'a> {
     pub fn copy_from(&self, o: usize, src: &DmaView<'_>, src_o: usize, n: usize) -> bool {
         #[cfg(test)]
         self.note(o, n, Ordering::Relaxed);
-        match (self.at(o, n), src.at(src_o, n)) {
-            (Some(d), Some(s)) => self.map.copy_from(d, src.map, s, n),
-            _ => false,
-        }
+        self.win.copy_from(o, &src.win, src_o, n)
     }
 }
 

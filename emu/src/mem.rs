@@ -13,6 +13,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
+use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -131,56 +132,41 @@ impl Mapping {
         self.fd.as_ref().map(|f| f.as_raw_fd())
     }
 
-    fn range_ok(&self, off: usize, n: usize) -> bool {
-        off.checked_add(n).is_some_and(|end| end <= self.len)
+    /// The whole view as a [`Window`].
+    #[inline]
+    pub fn window(&self) -> Window<'_> {
+        // SAFETY: `skew + len <= map_len`: the pointer and the length describe the caller's view,
+        // inside the area mmapped in `map_fd`, which lives as long as `self`.
+        let base = unsafe { NonNull::new_unchecked(self.base.as_ptr().add(self.skew)) };
+        Window { base, len: self.len, _map: PhantomData }
     }
 
-    fn ptr_at(&self, off: usize) -> *mut u8 {
-        // SAFETY: callers checked `off` (+ access size) against `len`, and `skew + len <= map_len`, so the
-        // pointer stays inside the mapping.
-        unsafe { self.base.as_ptr().add(self.skew + off) }
+    /// The `len` bytes at `off`, if inside the view.
+    #[inline]
+    pub fn sub(&self, off: usize, len: usize) -> Option<Window<'_>> {
+        self.window().sub(off, len)
     }
 
     /// Copies `buf.len()` bytes at `off` into `buf`. Returns false (and copies nothing) if out of range.
     pub fn read(&self, off: usize, buf: &mut [u8]) -> bool {
-        if !self.range_ok(off, buf.len()) {
-            return false;
-        }
-        // SAFETY: range checked above; `buf` is a distinct Rust allocation, so the areas cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr_at(off), buf.as_mut_ptr(), buf.len()) };
-        true
+        self.window().read(off, buf)
     }
 
     /// Copies `data` to `off`. Returns false (and writes nothing) if out of range.
     pub fn write(&self, off: usize, data: &[u8]) -> bool {
-        if !self.range_ok(off, data.len()) {
-            return false;
-        }
-        // SAFETY: range checked above; `data` is a distinct Rust allocation, so the areas cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr_at(off), data.len()) };
-        true
+        self.window().write(off, data)
     }
 
     /// Copies `n` bytes at `src_off` of `src` to `off` of this mapping (the two may be the same
     /// mapping, even overlapping ranges). Returns false (and copies nothing) if either range is out
     /// of bounds.
     pub fn copy_from(&self, off: usize, src: &Mapping, src_off: usize, n: usize) -> bool {
-        if !self.range_ok(off, n) || !src.range_ok(src_off, n) {
-            return false;
-        }
-        // SAFETY: both ranges checked above against their mappings; `ptr::copy` allows overlap.
-        unsafe { std::ptr::copy(src.ptr_at(src_off), self.ptr_at(off), n) };
-        true
+        self.window().copy_from(off, &src.window(), src_off, n)
     }
 
     /// Fills `n` bytes at `off` with `byte`. Returns false if out of range.
     pub fn fill(&self, off: usize, n: usize, byte: u8) -> bool {
-        if !self.range_ok(off, n) {
-            return false;
-        }
-        // SAFETY: range checked above.
-        unsafe { std::ptr::write_bytes(self.ptr_at(off), byte, n) };
-        true
+        self.window().fill(off, n, byte)
     }
 
     /// One 32-bit little-endian load at a 4-byte aligned `off` with Acquire ordering (a doorbell or
@@ -215,25 +201,130 @@ impl Mapping {
         off & 7 == 0 && self.store_u64(off, val, Ordering::Release)
     }
 
+    /// Little-endian 32-bit load at any `off` with `order` (see [`Window::load_u32`]).
+    pub fn load_u32(&self, off: usize, order: Ordering) -> Option<u32> {
+        self.window().load_u32(off, order)
+    }
+
+    /// Little-endian 32-bit store at any `off` with `order` (see [`Window::store_u32`]).
+    pub fn store_u32(&self, off: usize, val: u32, order: Ordering) -> bool {
+        self.window().store_u32(off, val, order)
+    }
+
+    /// Little-endian 64-bit load at any `off` with `order` (see [`Window::load_u64`]).
+    pub fn load_u64(&self, off: usize, order: Ordering) -> Option<u64> {
+        self.window().load_u64(off, order)
+    }
+
+    /// Little-endian 64-bit store at any `off` with `order` (see [`Window::store_u64`]).
+    pub fn store_u64(&self, off: usize, val: u64, order: Ordering) -> bool {
+        self.window().store_u64(off, val, order)
+    }
+}
+
+/// A bounds-checked range of a [`Mapping`]: the one place that touches mapped memory.
+///
+/// Made once (one check against the mapping) and then used for many accesses, each checked only
+/// against the window's own length: a descriptor ring for a poll, a packet buffer for a copy.
+/// Every access is a copy or one atomic word access, never a Rust reference into the memory,
+/// because other processes write it concurrently.
+#[derive(Clone, Copy, Debug)]
+pub struct Window<'a> {
+    base: NonNull<u8>,
+    len: usize,
+    _map: PhantomData<&'a Mapping>,
+}
+
+impl<'a> Window<'a> {
+    /// Length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty window.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Pointer to `n` bytes at `off`, if inside the window.
+    #[inline]
+    fn at(&self, off: usize, n: usize) -> Option<*mut u8> {
+        if off.checked_add(n)? > self.len {
+            return None;
+        }
+        // SAFETY: `off + n <= len` (checked just now), and the window lies inside a live mapping.
+        Some(unsafe { self.base.as_ptr().add(off) })
+    }
+
+    /// The `len` bytes at `off` of this window, if inside it.
+    #[inline]
+    pub fn sub(&self, off: usize, len: usize) -> Option<Window<'a>> {
+        let p = self.at(off, len)?;
+        // SAFETY: `at` returned a pointer into the window, derived from a non-null base.
+        Some(Window { base: unsafe { NonNull::new_unchecked(p) }, len, _map: PhantomData })
+    }
+
+    /// Copies `buf.len()` bytes at `off` into `buf`. False (nothing copied) if out of range.
+    #[inline]
+    pub fn read(&self, off: usize, buf: &mut [u8]) -> bool {
+        let Some(p) = self.at(off, buf.len()) else { return false };
+        // SAFETY: source in range (checked by `at`); `buf` is a distinct Rust allocation.
+        unsafe { copy_small(p, buf.as_mut_ptr(), buf.len()) };
+        true
+    }
+
+    /// Copies `data` to `off`. False (nothing written) if out of range.
+    #[inline]
+    pub fn write(&self, off: usize, data: &[u8]) -> bool {
+        let Some(p) = self.at(off, data.len()) else { return false };
+        // SAFETY: destination in range (checked by `at`); `data` is a distinct Rust allocation.
+        unsafe { copy_small(data.as_ptr(), p, data.len()) };
+        true
+    }
+
+    /// Copies `n` bytes at `src_off` of `src` to `off` of this window (mapped memory to mapped
+    /// memory; the ranges may overlap). False (nothing copied) if either is out of range.
+    #[inline]
+    pub fn copy_from(&self, off: usize, src: &Window<'_>, src_off: usize, n: usize) -> bool {
+        let (Some(d), Some(s)) = (self.at(off, n), src.at(src_off, n)) else { return false };
+        if (d as usize).abs_diff(s as usize) >= n {
+            // SAFETY: both ranges checked by `at`, and they do not overlap (distance >= n).
+            unsafe { copy_small(s, d, n) };
+        } else {
+            // SAFETY: both ranges checked by `at`; `ptr::copy` allows overlap.
+            unsafe { std::ptr::copy(s, d, n) };
+        }
+        true
+    }
+
+    /// Fills `n` bytes at `off` with `byte`. False if out of range.
+    #[inline]
+    pub fn fill(&self, off: usize, n: usize, byte: u8) -> bool {
+        let Some(p) = self.at(off, n) else { return false };
+        // SAFETY: range checked by `at`.
+        unsafe { std::ptr::write_bytes(p, byte, n) };
+        true
+    }
+
     /// Little-endian 32-bit load at any `off` with `order` (`Relaxed`, `Acquire` or `SeqCst`).
     ///
     /// When the address is 4-byte aligned this is one atomic 32-bit load: another process's aligned
     /// 32-bit store is seen whole or not at all, never torn. An unaligned address (a DMA view of a
     /// file at an odd offset) takes the byte path, which can tear, followed by the fence `order` asks
     /// for. `None` if out of range.
+    #[inline]
     pub fn load_u32(&self, off: usize, order: Ordering) -> Option<u32> {
-        if !self.range_ok(off, 4) {
-            return None;
-        }
-        let p = self.ptr_at(off);
+        let p = self.at(off, 4)?;
         if (p as usize) & 3 == 0 {
-            // SAFETY: in range (checked above) and 4-byte aligned (checked just now); the memory is a
-            // live shared mapping that other processes access concurrently, which is what atomics are
-            // for; the `AtomicU32` does not outlive this expression.
+            // SAFETY: in range (checked by `at`) and 4-byte aligned (checked just now); the memory
+            // is a live shared mapping that other processes access concurrently, which is what
+            // atomics are for; the `AtomicU32` does not outlive this expression.
             let v = unsafe { AtomicU32::from_ptr(p.cast::<u32>()) }.load(order);
             return Some(u32::from_le(v));
         }
-        // SAFETY: in range (checked above); a byte-array read has alignment 1.
+        // SAFETY: in range (checked by `at`); a byte-array read has alignment 1.
         let b = unsafe { std::ptr::read_volatile(p as *const [u8; 4]) };
         acquire_after_load(order);
         Some(u32::from_le_bytes(b))
@@ -241,15 +332,13 @@ impl Mapping {
 
     /// Little-endian 32-bit store at any `off` with `order` (`Relaxed`, `Release` or `SeqCst`).
     ///
-    /// One atomic 32-bit store when the address is 4-byte aligned (see [`Mapping::load_u32`]), so a
+    /// One atomic 32-bit store when the address is 4-byte aligned (see [`Window::load_u32`]), so a
     /// reader in another process sees the old or the new word, never a mix; with `Release`, every
     /// earlier read and write of this thread (to any mapping) is visible before it. Unaligned: the
     /// fence, then four byte stores. False if out of range.
+    #[inline]
     pub fn store_u32(&self, off: usize, val: u32, order: Ordering) -> bool {
-        if !self.range_ok(off, 4) {
-            return false;
-        }
-        let p = self.ptr_at(off);
+        let Some(p) = self.at(off, 4) else { return false };
         if (p as usize) & 3 == 0 {
             // SAFETY: in range and 4-byte aligned (checked above); shared memory that other processes
             // access concurrently, through atomics on our side; the reference does not escape.
@@ -257,37 +346,33 @@ impl Mapping {
             return true;
         }
         release_before_store(order);
-        // SAFETY: in range (checked above); a byte-array store has alignment 1.
+        // SAFETY: in range (checked by `at`); a byte-array store has alignment 1.
         unsafe { std::ptr::write_volatile(p as *mut [u8; 4], val.to_le_bytes()) };
         true
     }
 
     /// Little-endian 64-bit load at any `off`: one atomic load when 8-byte aligned (see
-    /// [`Mapping::load_u32`]), bytes then the fence otherwise. `None` if out of range.
+    /// [`Window::load_u32`]), bytes then the fence otherwise. `None` if out of range.
+    #[inline]
     pub fn load_u64(&self, off: usize, order: Ordering) -> Option<u64> {
-        if !self.range_ok(off, 8) {
-            return None;
-        }
-        let p = self.ptr_at(off);
+        let p = self.at(off, 8)?;
         if (p as usize) & 7 == 0 {
             // SAFETY: in range and 8-byte aligned (checked above); concurrently accessed shared memory,
             // atomics on our side; the reference does not escape.
             let v = unsafe { AtomicU64::from_ptr(p.cast::<u64>()) }.load(order);
             return Some(u64::from_le(v));
         }
-        // SAFETY: in range (checked above); a byte-array read has alignment 1.
+        // SAFETY: in range (checked by `at`); a byte-array read has alignment 1.
         let b = unsafe { std::ptr::read_volatile(p as *const [u8; 8]) };
         acquire_after_load(order);
         Some(u64::from_le_bytes(b))
     }
 
     /// Little-endian 64-bit store at any `off`: one atomic store when 8-byte aligned (see
-    /// [`Mapping::store_u32`]), the fence then bytes otherwise. False if out of range.
+    /// [`Window::store_u32`]), the fence then bytes otherwise. False if out of range.
+    #[inline]
     pub fn store_u64(&self, off: usize, val: u64, order: Ordering) -> bool {
-        if !self.range_ok(off, 8) {
-            return false;
-        }
-        let p = self.ptr_at(off);
+        let Some(p) = self.at(off, 8) else { return false };
         if (p as usize) & 7 == 0 {
             // SAFETY: in range and 8-byte aligned (checked above); concurrently accessed shared memory,
             // atomics on our side; the reference does not escape.
@@ -295,9 +380,38 @@ impl Mapping {
             return true;
         }
         release_before_store(order);
-        // SAFETY: in range (checked above); a byte-array store has alignment 1.
+        // SAFETY: in range (checked by `at`); a byte-array store has alignment 1.
         unsafe { std::ptr::write_volatile(p as *mut [u8; 8], val.to_le_bytes()) };
         true
+    }
+}
+
+// SAFETY: a window is a pointer into a `Mapping`, which is Send and Sync (see there); it only
+// copies and makes atomic word accesses.
+unsafe impl Send for Window<'_> {}
+// SAFETY: as for Send.
+unsafe impl Sync for Window<'_> {}
+
+/// Copies `n` bytes from `src` to `dst` (not overlapping). Frames of up to 64 bytes, the common
+/// case on the data path, are two overlapping fixed-size copies each, inlined, instead of a call.
+///
+/// # Safety
+/// `src` is valid for `n` bytes of reads, `dst` for `n` bytes of writes, and they do not overlap.
+#[inline]
+unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
+    // SAFETY (all arms): the caller's contract; each pair of copies stays within [0, n).
+    unsafe {
+        match n {
+            32..=64 => {
+                std::ptr::copy_nonoverlapping(src, dst, 32);
+                std::ptr::copy_nonoverlapping(src.add(n - 32), dst.add(n - 32), 32);
+            }
+            16..32 => {
+                std::ptr::copy_nonoverlapping(src, dst, 16);
+                std::ptr::copy_nonoverlapping(src.add(n - 16), dst.add(n - 16), 16);
+            }
+            _ => std::ptr::copy_nonoverlapping(src, dst, n),
+        }
     }
 }
 
