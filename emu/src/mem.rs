@@ -399,7 +399,7 @@ unsafe impl Sync for Window<'_> {}
 /// `src` is valid for `n` bytes of reads, `dst` for `n` bytes of writes, and they do not overlap.
 #[inline]
 unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
-    // SAFETY (all arms): the caller's contract; each pair of copies stays within [0, n).
+    // SAFETY: the caller's contract (all arms); each pair of copies stays within [0, n).
     unsafe {
         match n {
             32..=64 => {
