@@ -392,25 +392,26 @@ impl RxQueue {
         let mut nombuf = 0u64;
         let mut refilled = 0u32;
         while pending > 1 {
-            let mut off = self.v.sw_get(r);
-            if off == 0 {
-                match self.pool.alloc() {
-                    Some(m) => off = m.into_offset().0,
-                    None => {
-                        nombuf += 1;
-                        break;
-                    }
-                }
-                self.v.sw_set(r, off);
-            }
-            let Some(mut m) = Mbuf::from_offset(&self.shm, ShmOffset(off)) else {
-                // Not a buffer: forget it and retry this slot with a fresh one next time.
-                self.v.sw_set(r, 0);
-                break;
+            let off = self.v.sw_get(r);
+            let m = if off == 0 {
+                // A fresh buffer (alloc resets it).
+                let Some(m) = self.pool.alloc() else {
+                    nombuf += 1;
+                    break;
+                };
+                m
+            } else {
+                // The buffer of a dropped frame, posted again.
+                let Some(mut m) = Mbuf::from_offset(&self.shm, ShmOffset(off)) else {
+                    // Not a buffer: forget it and retry this slot with a fresh one next time.
+                    self.v.sw_set(r, 0);
+                    break;
+                };
+                m.reset();
+                m
             };
-            m.reset();
             desc_write(self.v.desc(r), m.data_iova().0, 0);
-            let _ = m.into_offset(); // still owned by the software ring
+            self.v.sw_set(r, m.into_offset().0); // owned by the software ring
             r = self.v.next(r);
             pending -= 1;
             refilled += 1;
