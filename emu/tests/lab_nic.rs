@@ -440,6 +440,48 @@ fn sigterm_removes_sockets_and_sysfs_entries() {
     assert!(!lab.control.exists());
 }
 
+/// `--exit-with-parent`: the parent (a shell standing in for `lab`) is SIGKILLed; lab-nic, now
+/// orphaned, shuts down cleanly on its own.
+#[test]
+fn a_killed_parent_takes_lab_nic_down_cleanly_with_exit_with_parent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("devices");
+    let control = tmp.path().join("ctl.sock");
+    let script = format!(
+        "{} --sysfs-root {} --control {} --dev {BDF},model=ixgbe --log-level warn --exit-with-parent & echo $!; wait",
+        env!("CARGO_BIN_EXE_lab-nic"),
+        root.display(),
+        control.display()
+    );
+    let mut sh = Command::new("sh").arg("-c").arg(&script).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(sh.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let nic = Pid::from_raw(line.trim().parse().unwrap());
+    let guard = KillOnDrop(nic);
+    assert!(wait_until(Duration::from_secs(15), || control.exists()), "lab-nic never came up");
+    kill(Pid::from_raw(sh.id() as i32), Signal::SIGKILL).unwrap();
+    sh.wait().unwrap();
+    // Orphaned lab-nic is reaped by init (or a subreaper): watch /proc for it to go.
+    let gone = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{nic}/stat"))
+            .map(|st| st.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+            .unwrap_or(true)
+    });
+    assert!(gone, "lab-nic {nic} still running after its parent died");
+    assert!(!root.join(BDF).exists(), "sysfs entry left behind");
+    assert!(!control.exists(), "control socket left behind");
+    drop(guard);
+}
+
+/// Kills a process by pid when dropped (a test that fails half-way leaves nothing running).
+struct KillOnDrop(Pid);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGKILL);
+    }
+}
+
 #[test]
 fn bad_arguments_exit_2_and_create_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -4,9 +4,14 @@
 //! lab-nic --sysfs-root DIR --dev 0000:00:05.0,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX]
 //!         [,mac=02:00:00:00:00:01][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK]
 //!         [--pool N] [--log-level LEVEL]   (LEVEL: a tracing filter, default "info,vfio_user=warn")
+//!         [--exit-with-parent]
 //! ```
 //! Prints `lab-nic ready` once every socket listens; SIGTERM/SIGINT remove sockets, sysfs entries and
 //! TAP devices it created, then exit 0. Bad arguments: one error line, exit 2, nothing created.
+//! `--exit-with-parent`: the same clean shutdown when the process that started lab-nic dies, even
+//! by SIGKILL (a harness that is killed leaves no emulator, socket or TAP device behind). The
+//! parent is watched every 100 ms; this is a poll of `getppid`, not `PR_SET_PDEATHSIG`, which
+//! fires when the spawning *thread* exits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -21,7 +26,7 @@ use lab_emu::sysfs::{Bdf, FunctionSpec, SysfsFunction};
 use lab_emu::wire::{self, Wire};
 use nix::sys::signal::{SigSet, Signal};
 
-const USAGE: &str = "usage: lab-nic --sysfs-root DIR --dev BDF,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX][,mac=XX:XX:XX:XX:XX:XX][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK] [--pool N] [--log-level LEVEL]";
+const USAGE: &str = "usage: lab-nic --sysfs-root DIR --dev BDF,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX][,mac=XX:XX:XX:XX:XX:XX][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK] [--pool N] [--log-level LEVEL] [--exit-with-parent]";
 
 #[derive(Debug, Clone, PartialEq)]
 enum WireSpec {
@@ -49,6 +54,8 @@ struct Args {
     control: Option<PathBuf>,
     pool: usize,
     log_level: String,
+    /// Shut down (as on SIGTERM) when the process that started us is gone.
+    exit_with_parent: bool,
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -144,6 +151,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut control = None;
     let mut pool = DEFAULT_POOL;
     let mut log_level = "info,vfio_user=warn".to_owned();
+    let mut exit_with_parent = false;
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -167,6 +175,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
                     .ok_or_else(|| format!("invalid --pool {v} (1-1024)"))?;
             }
             "--log-level" => log_level = value()?,
+            "--exit-with-parent" if inline.is_none() => exit_with_parent = true,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument \"{other}\"")),
         }
@@ -195,7 +204,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         }
     }
     tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| format!("invalid --log-level {log_level}: {e}"))?;
-    Ok(Args { root, devs, control, pool, log_level })
+    Ok(Args { root, devs, control, pool, log_level, exit_with_parent })
 }
 
 /// Builds the wires: peers are cabled in pairs (a function named as a peer gets the other end).
@@ -310,6 +319,9 @@ fn main() -> ExitCode {
         None => None,
     };
 
+    if args.exit_with_parent {
+        watch_parent();
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "lab-nic ready");
     let _ = out.flush();
@@ -322,6 +334,19 @@ fn main() -> ExitCode {
     }
     shutdown(&ports);
     ExitCode::SUCCESS
+}
+
+/// Sends ourselves SIGTERM (taken by the `sigwait` in `main`) once our parent process is gone.
+fn watch_parent() {
+    let parent = nix::unistd::getppid();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if nix::unistd::getppid() != parent {
+            tracing::warn!(parent = parent.as_raw(), "parent process gone, shutting down");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), Signal::SIGTERM);
+            return;
+        }
+    });
 }
 
 #[cfg(test)]

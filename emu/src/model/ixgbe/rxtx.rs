@@ -1,17 +1,28 @@
 //! 82599 data path: queue-page doorbells, advanced TX/RX descriptors (datasheet 7.1.6, 7.2.3), the wire.
 //!
 //! Bounded work per poll: at most [`BUDGET`] descriptors per TX queue and [`BUDGET`] received frames.
-//! Every DMA goes through [`Dma`]; a failed one is recorded as a fault and never stops the model.
+//! Every DMA goes through a [`DmaView`]: one [`Xlate`] per poll translates each descriptor ring
+//! once (a ring not wholly inside one DMA map faults before any of it is read) and each buffer
+//! against the map the last one fell in; a failed access is recorded as a fault and never stops
+//! the model.
 //!
-//! Per frame, nothing is allocated and the bytes are copied twice: a TX buffer straight into the
-//! wire's buffer ([`Wire::transmit_with`]), and from there straight into an RX buffer
-//! ([`Wire::receive_with`]). Frames spanning several TX descriptors (and link-down transmits) go
-//! through the model's staging buffer instead.
+//! Per frame, nothing is allocated and the bytes are copied once or twice. On an idle loopback
+//! (see [`Wire::loops_back_idle`]) a one-descriptor frame goes from its TX buffer straight into
+//! an RX buffer, with the same filters, counters and misses as the wire path (cut-through);
+//! otherwise a TX buffer is copied into the wire's buffer ([`Wire::transmit_with`]) and from there
+//! into an RX buffer ([`Wire::receive_with`]). Frames spanning several TX descriptors (and
+//! link-down transmits) go through the model's staging buffer.
+//!
+//! Descriptors move in bursts, as on the NIC: TX descriptors are fetched [`FETCH`] at a time and
+//! RX buffer addresses read [`READ_AHEAD`] at a time (loads only), and RX write-backs are held
+//! back and stored [`WB_BATCH`] at a time, so the lines the driver writes and polls change hands
+//! once per burst rather than once per frame.
 //!
 //! Ordering against the driver (another process): a doorbell (RDT/TDT) is one Acquire load, so the
 //! descriptors the driver wrote before ringing it are seen; a write-back is the data, then the other
-//! fields, then the word with DD as one Release store ([`Dma::publish_u32`]), the last store to that
-//! descriptor; RDH/TDH are Release stores after the batch.
+//! fields, then the word with DD as one Release store (advanced RX: DD and the length together in
+//! one 64-bit store), the last store to that descriptor; RDH/TDH are Release stores after the
+//! batch, after its write-backs.
 
 use super::regs::*;
 use super::{Ixgbe, Ring};
