@@ -7,6 +7,7 @@
 //!
 //! Adding a model: a folder `model/<name>/`, and one arm in [`create`].
 
+pub(crate) mod frame;
 pub mod i40e;
 pub mod ixgbe;
 pub mod pci;

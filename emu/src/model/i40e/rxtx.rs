@@ -32,12 +32,11 @@ use super::hmc::RxContext;
 use super::regs::*;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
+use crate::model::frame::{crc32, dest, is_broadcast, DescFetch, Dest};
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
 pub const BUDGET: u32 = 256;
-/// TX descriptors fetched at once.
-const FETCH: usize = 32;
 const TX_DESC: u64 = 16;
 /// RX descriptors whose buffer address is read ahead at once.
 const READ_AHEAD: usize = 32;
@@ -47,54 +46,6 @@ const WB_BATCH: usize = 32;
 const HDR: usize = 16;
 const MIN_FRAME: usize = 60;
 const FCS: u64 = 4;
-
-/// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320) lookup table.
-const CRC_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
-
-/// CRC-32 (IEEE 802.3) of `data`, as the MAC appends it as FCS.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc = (crc >> 8) ^ CRC_TABLE[((crc ^ u32::from(b)) & 0xff) as usize];
-    }
-    !crc
-}
-
-fn is_broadcast(dst: &[u8]) -> bool {
-    dst.iter().all(|b| *b == 0xff)
-}
-
-/// Destination class of a frame (at least 6 bytes), for the counters.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dest {
-    Unicast,
-    Multicast,
-    Broadcast,
-}
-
-fn dest(frame: &[u8]) -> Dest {
-    if is_broadcast(&frame[..6]) {
-        Dest::Broadcast
-    } else if frame[0] & 1 != 0 {
-        Dest::Multicast
-    } else {
-        Dest::Unicast
-    }
-}
 
 /// Whether the RX ring's tail has been read this poll and what it allowed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -187,28 +138,11 @@ impl I40e {
             return false;
         };
         let (mut n, mut completed) = (0, false);
-        // Descriptors are fetched in bursts, as the X710 does: every load of a burst is issued
-        // before any frame is handled, so the lines the driver just wrote arrive together instead
-        // of one stall per line.
-        let mut fetched = [(0u64, 0u64); FETCH];
-        let (mut f_next, mut f_len) = (0, 0);
-        while head != tail && n < BUDGET {
-            if f_next == f_len {
-                let avail = ((tail + ctx.qlen - head) % ctx.qlen).min(BUDGET - n) as usize;
-                let mut d = head;
-                for slot in &mut fetched[..avail.min(FETCH)] {
-                    let o = d as usize * TX_DESC as usize;
-                    // Inside the ring view by construction (d < qlen).
-                    *slot = (
-                        descs.load_u64(o, Ordering::Relaxed).unwrap_or_default(),
-                        descs.load_u64(o + 8, Ordering::Relaxed).unwrap_or_default(),
-                    );
-                    d = if d + 1 == ctx.qlen { 0 } else { d + 1 };
-                }
-                (f_next, f_len) = (0, avail.min(FETCH));
-            }
-            let (buf, qw1) = fetched[f_next];
-            f_next += 1;
+        // Descriptors are fetched in bursts, as the X710 does.
+        let mut fetch = DescFetch::new();
+        let todo = ((tail + ctx.qlen - head) % ctx.qlen).min(BUDGET);
+        while n < todo {
+            let (buf, qw1) = fetch.next(&descs, head, ctx.qlen, (todo - n) as usize, TX_DESC as usize);
             let o = head as usize * TX_DESC as usize;
             let addr = ctx.base + o as u64;
             let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;

@@ -13,7 +13,7 @@
 //! into an RX buffer ([`Wire::receive_with`]). Frames spanning several TX descriptors (and
 //! link-down transmits) go through the model's staging buffer.
 //!
-//! Descriptors move in bursts, as on the NIC: TX descriptors are fetched [`FETCH`] at a time and
+//! Descriptors move in bursts, as on the NIC: TX descriptors are fetched in bursts ([`DescFetch`]),
 //! RX buffer addresses read [`READ_AHEAD`] at a time (loads only), and RX write-backs are held
 //! back and stored [`WB_BATCH`] at a time, so the lines the driver writes and polls change hands
 //! once per burst rather than once per frame.
@@ -29,6 +29,7 @@ use super::{Ixgbe, Ring};
 use std::sync::atomic::Ordering;
 
 use crate::dma::{DmaView, Xlate};
+use crate::model::frame::{crc32, dest, is_broadcast, DescFetch, Dest};
 use crate::wire::{Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -36,77 +37,12 @@ pub const BUDGET: u32 = 256;
 /// Busy polls between two full scans of the 192 queue enable bits (see the module docs of `ixgbe`).
 pub const SCAN_EVERY: u32 = 64;
 const DESC: u64 = 16;
-/// TX descriptors fetched at once.
-const FETCH: usize = 32;
 /// RX descriptors whose buffer address is read ahead at once.
 const READ_AHEAD: usize = 32;
 /// RX write-backs held back and then written together (see [`RxBatch::wb`]).
 const WB_BATCH: usize = 32;
 const MIN_FRAME: usize = 60;
 const FCS: u64 = 4;
-
-/// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320) lookup table.
-const CRC_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
-
-/// CRC-32 (IEEE 802.3) of `data`, as the MAC appends it as FCS.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc = (crc >> 8) ^ CRC_TABLE[((crc ^ u32::from(b)) & 0xff) as usize];
-    }
-    !crc
-}
-
-fn is_broadcast(dst: &[u8]) -> bool {
-    dst.iter().all(|b| *b == 0xff)
-}
-
-/// Destination class of a frame, for the broadcast/multicast counters.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dest {
-    Unicast,
-    Multicast,
-    Broadcast,
-}
-
-fn dest(frame: &[u8]) -> Dest {
-    if let Some(d) = frame.first_chunk::<6>() {
-        // One compare for the common case of a whole address.
-        let w =
-            u64::from(u32::from_le_bytes([d[0], d[1], d[2], d[3]])) | u64::from(u16::from_le_bytes([d[4], d[5]])) << 32;
-        return if w == 0xffff_ffff_ffff {
-            Dest::Broadcast
-        } else if w & 1 != 0 {
-            Dest::Multicast
-        } else {
-            Dest::Unicast
-        };
-    }
-    let dst = frame;
-    if dst.is_empty() {
-        Dest::Unicast
-    } else if is_broadcast(dst) {
-        Dest::Broadcast
-    } else if dst[0] & 1 != 0 {
-        Dest::Multicast
-    } else {
-        Dest::Unicast
-    }
-}
 
 /// Receive configuration, read once per poll.
 #[derive(Clone, Copy)]
@@ -267,28 +203,12 @@ impl Ixgbe {
         };
         let mut completed = false;
         let mut n = 0;
-        // Descriptors are fetched in bursts (as the 82599 does, PTHRESH/HTHRESH): every load of a
-        // burst is issued before any frame is handled, so the lines the driver just wrote arrive
-        // together instead of one stall per line.
-        let mut fetched = [(0u64, 0u32); FETCH];
-        let (mut f_next, mut f_len) = (0, 0);
-        while head != tail && n < BUDGET {
-            if f_next == f_len {
-                let avail = ((tail + ring.count - head) % ring.count).min(BUDGET - n) as usize;
-                let mut d = head;
-                for slot in &mut fetched[..avail.min(FETCH)] {
-                    let o = d as usize * DESC as usize;
-                    // Inside the ring view by construction (d < count).
-                    *slot = (
-                        descs.load_u64(o, Ordering::Relaxed).unwrap_or_default(),
-                        descs.load_u32(o + 8, Ordering::Relaxed).unwrap_or_default(),
-                    );
-                    d = if d + 1 == ring.count { 0 } else { d + 1 };
-                }
-                (f_next, f_len) = (0, avail.min(FETCH));
-            }
-            let (buf, ctl) = fetched[f_next];
-            f_next += 1;
+        // Descriptors are fetched in bursts (as the 82599 does, PTHRESH/HTHRESH).
+        let mut fetch = DescFetch::new();
+        let todo = ((tail + ring.count - head) % ring.count).min(BUDGET);
+        while n < todo {
+            let (buf, qw1) = fetch.next(&descs, head, ring.count, (todo - n) as usize, DESC as usize);
+            let ctl = qw1 as u32;
             let o = head as usize * DESC as usize;
             let addr = ring.base + o as u64;
             let dtyp = (ctl >> TXD_DTYP_SHIFT) & 0xf;
