@@ -13,6 +13,7 @@ use lab_core::ethdev::Registry;
 pub mod af_packet;
 pub mod i40e;
 pub mod ixgbe;
+mod nicq;
 pub mod null;
 pub mod pcap;
 pub mod ring;

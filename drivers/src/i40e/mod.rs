@@ -1,8 +1,10 @@
 //! `net_i40e`: the Intel X710/XL710 poll-mode driver (PF, 8086:1572 and the other 700-series PF ids),
 //! over kernel VFIO on a real NIC or vfio-user against `lab-nic`.
 //!
-//! Control path here, admin queue in [`adminq`], data path in [`rxtx`], registers in [`regs`]. Read
-//! [`I40eDriver::probe`] and `Port::init_primary` top to bottom next to the datasheet (order no. 332464):
+//! Control path here, admin queue in [`adminq`], data path in [`rxtx`], registers in [`regs`]; the queue
+//! zones and the port chores net_ixgbe does the same way (DMA map, device-state zone, queue counters)
+//! are in the crate's `nicq` module. Read [`I40eDriver::probe`] and `Port::init_primary` top to bottom
+//! next to the datasheet (order no. 332464):
 //! the primary resets the PF, brings the admin queue up and asks the firmware for what the PF owns
 //! (version, capabilities, MAC, switch configuration, the main VSI), sets the VSI's queue map, filters and
 //! PHY, builds the LAN HMC (a paged segment in a memzone) and the queue contexts, and enables the queues
@@ -30,12 +32,13 @@ use lab_core::bus::pci::PciId;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
-use lab_core::mem::{Shm, ShmOffset, IOVA_BASE};
-use lab_core::vfio::{open_pci, Bar, DeviceIo, DmaRegion, OpenOptions, VfioError};
+use lab_core::mem::{Shm, ShmOffset};
+use lab_core::vfio::{Bar, DeviceIo};
 
 use self::adminq::{params16, AdminQueue, AqError, Buf, Completion};
 use self::regs::*;
 use self::rxtx::{RxQueue, TxQueue};
+use crate::nicq::{self, fmt_mac};
 
 const NAME: &str = "net_i40e";
 /// Queue pairs this driver sets up at most.
@@ -152,22 +155,16 @@ impl Driver for I40eDriver {
         let err = |r: String| ctx.error(NAME, r);
         let pci = ctx.pci.ok_or_else(|| err("not a PCI device".into()))?;
         let conf = ctx.conf;
-        if conf.nb_rxq == 0 || conf.nb_rxq > MAX_QUEUES || conf.nb_txq == 0 || conf.nb_txq > MAX_QUEUES {
-            return Err(err(format!("queue counts {}/{} out of range 1..={MAX_QUEUES}", conf.nb_rxq, conf.nb_txq)));
-        }
+        nicq::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
         if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || !conf.nb_desc.is_multiple_of(32) {
             return Err(err(format!("{} descriptors: a multiple of 32 in {MIN_DESC}..={MAX_DESC}", conf.nb_desc)));
         }
         let shm = ctx.runtime.shm();
         let pool = Mempool::lookup(shm, &conf.pool, 256).map_err(|e| err(format!("buffer pool {}: {e}", conf.pool)))?;
 
-        // Transport: vfio-user when the sysfs dir has the socket, else kernel VFIO.
-        let dev: Arc<dyn DeviceIo> = Arc::from(
-            open_pci(&pci.path, &OpenOptions::default()).map_err(|e| err(format!("cannot open device: {e}")))?,
-        );
-        // This process's DMA map: the whole shared memory at IOVA_BASE (rings, HMC, buffers).
-        let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
-        dev.dma_map(&region).map_err(|e| err(format!("DMA map of shared memory: {e}")))?;
+        // Transport and this process's DMA map: the whole shared memory at IOVA_BASE (rings and
+        // buffers are in it, the HMC too).
+        let dev = nicq::open_device(&pci.path, shm).map_err(err)?;
         let mut port = Port {
             dev: dev.clone(),
             bar: None,
@@ -184,7 +181,7 @@ impl Driver for I40eDriver {
         // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
         let bar = Bar::open(dev.clone(), 0).map_err(|e| err(format!("BAR0: {e}")))?;
         port.bar = Some(bar);
-        port.bus_master().map_err(|e| err(format!("PCI command register: {e}")))?;
+        nicq::bus_master(&*port.dev).map_err(|e| err(format!("PCI command register: {e}")))?;
         if port.primary {
             let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
             port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, conf.nb_desc, promisc).map_err(err)?;
@@ -196,10 +193,6 @@ impl Driver for I40eDriver {
             mac = %fmt_mac(&info.mac), rxq = info.nb_rxq, txq = info.nb_txq, "i40e port ready");
         Ok(Box::new(port))
     }
-}
-
-fn fmt_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
 /// What the firmware reported during bring-up.
@@ -270,27 +263,8 @@ impl Port {
         r
     }
 
-    /// PCI command register: memory space and bus master, so the device may DMA.
-    fn bus_master(&self) -> Result<(), VfioError> {
-        let mut b = [0u8; 2];
-        self.dev.config_read(PCI_COMMAND, &mut b)?;
-        let cmd = u16::from_le_bytes(b) | PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY;
-        self.dev.config_write(PCI_COMMAND, &cmd.to_le_bytes())
-    }
-
     fn map_shared(&mut self, create: bool) -> Result<(), String> {
-        let name = dev_zone(self.port);
-        let len = std::mem::size_of::<DevShared>() as u64;
-        let z = if create { self.shm.reserve(&name, len, 64) } else { self.shm.lookup(&name) }
-            .map_err(|e| e.to_string())?;
-        if create {
-            self.zones.push(name.clone());
-        }
-        if z.len < len {
-            return Err(format!("memzone {name} too small"));
-        }
-        let p = self.shm.ptr(z.offset, len).ok_or_else(|| format!("memzone {name} outside shared memory"))?;
-        self.shared = Some(p.cast());
+        self.shared = Some(nicq::map_dev_zone(&self.shm, &dev_zone(self.port), create, &mut self.zones)?);
         Ok(())
     }
 
@@ -636,7 +610,7 @@ impl Port {
             let abs = first_q + u32::from(q);
             let r = RxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, abs, ndesc, buf_size, create)?;
             if create {
-                self.zones.push(r.zone().to_string());
+                self.zones.push(r.q.zone().to_string());
             }
             self.rxq.push(r);
         }
@@ -644,7 +618,7 @@ impl Port {
             let abs = first_q + u32::from(q);
             let t = TxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, abs, ndesc, create)?;
             if create {
-                self.zones.push(t.zone().to_string());
+                self.zones.push(t.q.zone().to_string());
             }
             self.txq.push(t);
         }
@@ -828,10 +802,10 @@ impl Port {
             }
         }
         for q in &mut self.rxq {
-            q.drain();
+            q.q.drain_posted();
         }
         for q in &mut self.txq {
-            q.drain();
+            q.q.drain_in_flight();
         }
         if let Some(sh) = self.sh() {
             sh.magic.store(0, Ordering::Release);
@@ -844,19 +818,11 @@ impl Port {
     }
 
     fn free_zones(&mut self) {
-        for z in self.zones.drain(..) {
-            if let Err(e) = self.shm.free(&z) {
-                tracing::warn!(zone = %z, "free: {e}");
-            }
-        }
+        nicq::free_zones(&self.shm, &mut self.zones);
     }
 
     fn unmap(&mut self) {
-        if std::mem::take(&mut self.mapped) && self.dev.is_alive() {
-            if let Err(e) = self.dev.dma_unmap(IOVA_BASE, self.shm.len()) {
-                tracing::debug!(port = self.port, "DMA unmap: {e}");
-            }
-        }
+        nicq::dma_unmap(&*self.dev, &self.shm, &mut self.mapped, self.port);
     }
 
     fn vsi_seid(&self) -> Result<u16, EthError> {
@@ -912,25 +878,13 @@ impl EthDev for Port {
             s.obytes = d[7].saturating_sub(4 * s.opackets);
             s.imissed = d[8] & 0xffff_ffff;
         }
-        for q in &self.rxq {
-            let c = q.counters();
-            s.ierrors += c.errors;
-            s.rx_nombuf += c.nombuf;
-        }
-        for q in &self.txq {
-            s.oerrors += q.counters().errors;
-        }
+        nicq::add_queue_stats(&mut s, self.rxq.iter().map(|q| q.q.h()), self.txq.iter().map(|q| q.q.h()));
         s
     }
 
     fn stats_reset(&mut self) {
         self.stats_snapshot();
-        for q in &self.rxq {
-            q.reset_counters();
-        }
-        for q in &self.txq {
-            q.reset_counters();
-        }
+        nicq::reset_queue_stats(self.rxq.iter().map(|q| q.q.h()).chain(self.txq.iter().map(|q| q.q.h())));
     }
 
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {

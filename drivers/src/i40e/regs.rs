@@ -8,9 +8,7 @@
 #![allow(missing_docs)] // datasheet names are the documentation
 
 // PCI configuration space.
-pub const PCI_COMMAND: u64 = 0x04;
-pub const PCI_COMMAND_MEMORY: u16 = 1 << 1;
-pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+pub use crate::nicq::{PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY};
 
 // General, reset, identity.
 pub const PFGEN_CTRL: u64 = 0x0009_2400;

@@ -1,7 +1,9 @@
 //! `net_ixgbe`: the Intel 82599 poll-mode driver (8086:10fb and the other 82599 ids), over kernel
 //! VFIO on a real NIC or vfio-user against `lab-nic`.
 //!
-//! Control path here, data path in [`rxtx`], registers in [`regs`]. Read [`IxgbeDriver::probe`]
+//! Control path here, data path in [`rxtx`], registers in [`regs`]; the queue zones and the port
+//! chores net_i40e does the same way (DMA map, device-state zone, queue counters) are in the
+//! crate's `nicq` module. Read [`IxgbeDriver::probe`]
 //! top to bottom next to the datasheet (order no. 331520): the primary runs the initialisation of
 //! section 4.6.3 to 4.6.8 as ixy orders it; a secondary only attaches (its own transport
 //! connection, its own BAR mapping, its own DMA map of the lab's shared memory) and finds the
@@ -27,10 +29,11 @@ use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::{Shm, IOVA_BASE};
-use lab_core::vfio::{open_pci, Bar, DeviceIo, DmaRegion, OpenOptions, VfioError};
+use lab_core::vfio::{Bar, DeviceIo};
 
 use self::regs::*;
 use self::rxtx::{RxQueue, TxQueue};
+use crate::nicq::{self, fmt_mac};
 
 const NAME: &str = "net_ixgbe";
 /// Queues this driver sets up at most (SRRCTL and DCA_RXCTRL are addressed through their
@@ -129,9 +132,7 @@ impl Driver for IxgbeDriver {
         let err = |r: String| ctx.error(NAME, r);
         let pci = ctx.pci.ok_or_else(|| err("not a PCI device".into()))?;
         let conf = ctx.conf;
-        if conf.nb_rxq == 0 || conf.nb_rxq > MAX_QUEUES || conf.nb_txq == 0 || conf.nb_txq > MAX_QUEUES {
-            return Err(err(format!("queue counts {}/{} out of range 1..={MAX_QUEUES}", conf.nb_rxq, conf.nb_txq)));
-        }
+        nicq::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
         let ring = |key: &str| -> Result<u32, EthError> {
             let n = ctx.kvargs.get_u64(key).unwrap_or(u64::from(conf.nb_desc));
             let m = u64::from(rxtx::TX_RS_THRESH);
@@ -144,13 +145,9 @@ impl Driver for IxgbeDriver {
         let shm = ctx.runtime.shm();
         let pool = Mempool::lookup(shm, &conf.pool, 256).map_err(|e| err(format!("buffer pool {}: {e}", conf.pool)))?;
 
-        // Transport: vfio-user when the sysfs dir has the socket, else kernel VFIO.
-        let dev: Arc<dyn DeviceIo> = Arc::from(
-            open_pci(&pci.path, &OpenOptions::default()).map_err(|e| err(format!("cannot open device: {e}")))?,
-        );
-        // This process's DMA map: the whole shared memory at IOVA_BASE (rings and buffers are in it).
-        let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
-        dev.dma_map(&region).map_err(|e| err(format!("DMA map of shared memory: {e}")))?;
+        // Transport and this process's DMA map: the whole shared memory at IOVA_BASE (rings and
+        // buffers are in it).
+        let dev = nicq::open_device(&pci.path, shm).map_err(err)?;
         let bar = match Bar::open(dev.clone(), 0) {
             Ok(b) => b,
             Err(e) => {
@@ -173,7 +170,7 @@ impl Driver for IxgbeDriver {
         // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
         if port.primary {
             // 9.3.3.3: memory space and bus master on (a secondary leaves the device alone).
-            port.bus_master().map_err(|e| err(format!("PCI command register: {e}")))?;
+            nicq::bus_master(&*port.dev).map_err(|e| err(format!("PCI command register: {e}")))?;
             let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
             port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, (rxd, txd), promisc).map_err(err)?;
         } else {
@@ -184,10 +181,6 @@ impl Driver for IxgbeDriver {
             mac = %fmt_mac(&info.mac), rxq = info.nb_rxq, txq = info.nb_txq, "ixgbe port ready");
         Ok(Box::new(port))
     }
-}
-
-fn fmt_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
 /// This process's handle on one 82599 port.
@@ -223,27 +216,8 @@ impl Port {
         self.bar().poll_until(off, mask, value, timeout, POLL_INTERVAL).map_err(|e| format!("{what}: {e}"))
     }
 
-    /// PCI command register: memory space and bus master (9.3.3.3), so the device may DMA.
-    fn bus_master(&self) -> Result<(), VfioError> {
-        let mut b = [0u8; 2];
-        self.dev.config_read(PCI_COMMAND, &mut b)?;
-        let cmd = u16::from_le_bytes(b) | PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY;
-        self.dev.config_write(PCI_COMMAND, &cmd.to_le_bytes())
-    }
-
     fn map_shared(&mut self, create: bool) -> Result<(), String> {
-        let name = dev_zone(self.port);
-        let len = std::mem::size_of::<DevShared>() as u64;
-        let z = if create { self.shm.reserve(&name, len, 64) } else { self.shm.lookup(&name) }
-            .map_err(|e| e.to_string())?;
-        if create {
-            self.zones.push(name.clone());
-        }
-        if z.len < len {
-            return Err(format!("memzone {name} too small"));
-        }
-        let p = self.shm.ptr(z.offset, len).ok_or_else(|| format!("memzone {name} outside shared memory"))?;
-        self.shared = Some(p.cast());
+        self.shared = Some(nicq::map_dev_zone(&self.shm, &dev_zone(self.port), create, &mut self.zones)?);
         Ok(())
     }
 
@@ -427,14 +401,14 @@ impl Port {
         for q in 0..nrx {
             let r = RxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, rxd, buf_size, create)?;
             if create {
-                self.zones.push(r.zone().to_string());
+                self.zones.push(r.q.zone().to_string());
             }
             self.rxq.push(r);
         }
         for q in 0..ntx {
             let t = TxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, txd, create)?;
             if create {
-                self.zones.push(t.zone().to_string());
+                self.zones.push(t.q.zone().to_string());
             }
             self.txq.push(t);
         }
@@ -500,10 +474,10 @@ impl Port {
             }
         }
         for q in &mut self.rxq {
-            q.drain();
+            q.q.drain_posted();
         }
         for q in &mut self.txq {
-            q.drain();
+            q.q.drain_in_flight();
         }
         if let Some(sh) = self.sh() {
             sh.magic.store(0, Ordering::Release);
@@ -515,19 +489,11 @@ impl Port {
     }
 
     fn free_zones(&mut self) {
-        for z in self.zones.drain(..) {
-            if let Err(e) = self.shm.free(&z) {
-                tracing::warn!(zone = %z, "free: {e}");
-            }
-        }
+        nicq::free_zones(&self.shm, &mut self.zones);
     }
 
     fn unmap(&mut self) {
-        if std::mem::take(&mut self.mapped) && self.dev.is_alive() {
-            if let Err(e) = self.dev.dma_unmap(IOVA_BASE, self.shm.len()) {
-                tracing::debug!(port = self.port, "DMA unmap: {e}");
-            }
-        }
+        nicq::dma_unmap(&*self.dev, &self.shm, &mut self.mapped, self.port);
     }
 }
 
@@ -585,14 +551,7 @@ impl EthDev for Port {
             s.obytes = sh.gotc.load(Ordering::Relaxed).saturating_sub(4 * gptc);
             s.imissed = sh.mpc.load(Ordering::Relaxed);
         }
-        for q in &self.rxq {
-            let c = q.counters();
-            s.ierrors += c.errors;
-            s.rx_nombuf += c.nombuf;
-        }
-        for q in &self.txq {
-            s.oerrors += q.counters().errors;
-        }
+        nicq::add_queue_stats(&mut s, self.rxq.iter().map(|q| q.q.h()), self.txq.iter().map(|q| q.q.h()));
         s
     }
 
@@ -604,12 +563,7 @@ impl EthDev for Port {
                 a.store(0, Ordering::Relaxed);
             }
         }
-        for q in &self.rxq {
-            q.reset_counters();
-        }
-        for q in &self.txq {
-            q.reset_counters();
-        }
+        nicq::reset_queue_stats(self.rxq.iter().map(|q| q.q.h()).chain(self.txq.iter().map(|q| q.q.h())));
     }
 
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {

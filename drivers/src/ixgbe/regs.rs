@@ -147,9 +147,7 @@ pub const GOTCL: u64 = 0x04090;
 pub const GOTCH: u64 = 0x04094;
 
 // 9.3.3 PCI configuration space: command register.
-pub const PCI_COMMAND: u64 = 0x04;
-pub const PCI_COMMAND_MEMORY: u16 = 1 << 1;
-pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+pub use crate::nicq::{PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY};
 
 // 7.1.6 Advanced receive descriptor (read format and write-back format).
 /// Write-back `status_error` (byte 8): descriptor done.
