@@ -15,7 +15,8 @@
 //! and the descriptor length differ. Everything a queue needs to continue lives in its zone, so
 //! whichever process runs a queue continues where the last one stopped (one process per queue at a
 //! time, as in DPDK). A process only adds its own view ([`Queue`]): pointers into its mapping, its
-//! doorbell, its mempool handle with its cache.
+//! doorbell; the buffers come from the port's one mempool handle in this process (its cache shared
+//! by all the port's queues, so transmit completions feed receive refills warm).
 //!
 //! Descriptors are written by the device (another process, or a NIC): every field read from one is
 //! untrusted. Indices read from the header are bounded by the ring size by the callers.
@@ -310,11 +311,13 @@ impl<const DLEN: usize> QueueView<DLEN> {
     }
 }
 
-/// One queue as this process sees it: the zone view, the doorbell, the buffers' pool.
+/// One queue as this process sees it: the zone view and the doorbell. Buffers come from and go
+/// back to the port's pool handle, passed in: one handle (and one cache) for all the queues of a
+/// port in a process, so the buffers transmit frees are the ones receive posts next, still warm
+/// (what DPDK's per-lcore mempool cache gives an RX/TX queue pair on one lcore).
 pub(crate) struct Queue<const DLEN: usize> {
     pub(crate) v: QueueView<DLEN>,
     bell: Doorbell,
-    pub(crate) pool: Mempool,
     pub(crate) shm: Arc<Shm>,
 }
 
@@ -328,7 +331,6 @@ impl<const DLEN: usize> Queue<DLEN> {
     pub(crate) fn open(
         shm: &Arc<Shm>,
         bar: &Bar,
-        pool: Mempool,
         name: &str,
         n: u32,
         kind: &ZoneKind,
@@ -336,7 +338,7 @@ impl<const DLEN: usize> Queue<DLEN> {
         create: bool,
     ) -> Result<Self, String> {
         let v = QueueView::open(shm, name, n, kind, create)?;
-        Ok(Queue { v, bell: Doorbell::new(bar, tail), pool, shm: shm.clone() })
+        Ok(Queue { v, bell: Doorbell::new(bar, tail), shm: shm.clone() })
     }
 
     /// Writes the tail register (after a release fence).
@@ -355,12 +357,14 @@ impl<const DLEN: usize> Queue<DLEN> {
 
     /// Posts a fresh buffer to every descriptor, written as `desc(buffer IOVA)`. Primary, before
     /// the queue is enabled; the caller sets the indices.
-    pub(crate) fn fill<const Q: usize>(&mut self, desc: impl Fn(u64) -> [u64; Q]) -> Result<(), String> {
+    pub(crate) fn fill<const Q: usize>(
+        &mut self,
+        pool: &mut Mempool,
+        desc: impl Fn(u64) -> [u64; Q],
+    ) -> Result<(), String> {
         for i in 0..self.v.n {
-            let m = self
-                .pool
-                .alloc()
-                .ok_or_else(|| format!("buffer pool {} ran out filling {}", self.pool.name(), self.v.zone))?;
+            let m =
+                pool.alloc().ok_or_else(|| format!("buffer pool {} ran out filling {}", pool.name(), self.v.zone))?;
             self.v.write(i, desc(m.data_iova().0));
             self.v.sw_set(i, m.into_offset().0);
         }
@@ -368,30 +372,30 @@ impl<const DLEN: usize> Queue<DLEN> {
     }
 
     /// Returns the buffer recorded for descriptor `i` to the pool and clears the slot.
-    fn free_slot(&mut self, i: u32) {
+    fn free_slot(&mut self, pool: &mut Mempool, i: u32) {
         let off = self.v.sw_get(i);
         self.v.sw_set(i, 0);
         if let Some(m) = Mbuf::from_offset(&self.shm, ShmOffset(off)).filter(|_| off != 0) {
-            self.pool.free(m);
+            pool.free(m);
         }
     }
 
     /// Returns every posted buffer to its pool (RX; the queue is disabled). Primary at release.
-    pub(crate) fn drain_posted(&mut self) {
+    pub(crate) fn drain_posted(&mut self, pool: &mut Mempool) {
         for i in 0..self.v.n {
-            self.free_slot(i);
+            self.free_slot(pool, i);
         }
     }
 
     /// Frees every buffer still in flight (TX; the queue is disabled). Primary at release.
-    pub(crate) fn drain_in_flight(&mut self) {
+    pub(crate) fn drain_in_flight(&mut self, pool: &mut Mempool) {
         let h = self.v.h();
         let (mut c, t) = (h.clean.load(Ordering::Acquire), h.next.load(Ordering::Acquire));
         if c >= self.v.n || t >= self.v.n {
             return;
         }
         while c != t {
-            self.free_slot(c);
+            self.free_slot(pool, c);
             c = self.v.next(c);
         }
         self.v.h().clean.store(t, Ordering::Release);
@@ -403,6 +407,7 @@ impl<const DLEN: usize> Queue<DLEN> {
     #[inline]
     pub(crate) fn reclaim_sent(
         &mut self,
+        pool: &mut Mempool,
         mut c: u32,
         tail: u32,
         done: impl Fn(&QueueView<DLEN>, u32, u32) -> Option<u32>,
@@ -413,7 +418,7 @@ impl<const DLEN: usize> Queue<DLEN> {
             fence(Ordering::Acquire);
             for _ in 0..batch {
                 if let Some(m) = Mbuf::from_offset(&self.shm, ShmOffset(self.v.sw_get(c))) {
-                    self.pool.free(m);
+                    pool.free(m);
                 }
                 self.v.sw_set(c, 0);
                 c = self.v.next(c);
@@ -435,9 +440,11 @@ impl<const DLEN: usize> Queue<DLEN> {
     /// tail register written once. Frames of 0 or over `max_len` bytes are dropped and counted.
     /// Returns how many were taken.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn tx_post(
         &mut self,
         bar: &Bar,
+        pool: &mut Mempool,
         pkts: &mut [Option<Mbuf>],
         mut tail: u32,
         clean: u32,
@@ -456,7 +463,7 @@ impl<const DLEN: usize> Queue<DLEN> {
             let len = m.len();
             if len == 0 || len > max_len {
                 errors += 1;
-                self.pool.free(m);
+                pool.free(m);
                 continue;
             }
             self.v.write(tail, [m.data_iova().0, qw1(tail, len)]);

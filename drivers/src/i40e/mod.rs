@@ -175,6 +175,7 @@ impl Driver for I40eDriver {
             aq: None,
             rxq: Vec::new(),
             txq: Vec::new(),
+            pool: None,
             zones: Vec::new(),
             mapped: true,
         };
@@ -225,6 +226,9 @@ struct Port {
     aq: Option<AdminQueue>,
     rxq: Vec<RxQueue>,
     txq: Vec<TxQueue>,
+    /// This process's handle on the buffer pool, one for all the port's queues (see
+    /// [`crate::nicq::Queue`]); made with the queues.
+    pool: Option<Mempool>,
     /// Zones this (primary) process reserved, freed at shared release or failed probe.
     zones: Vec<String>,
     /// The DMA map is in place.
@@ -606,9 +610,10 @@ impl Port {
         create: bool,
     ) -> Result<(), String> {
         let bar = self.bar.as_ref().ok_or("BAR0 not mapped")?;
+        self.pool.get_or_insert_with(|| pool.new_handle());
         for q in 0..nrx {
             let abs = first_q + u32::from(q);
-            let r = RxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, abs, ndesc, buf_size, create)?;
+            let r = RxQueue::open(&self.shm, bar, self.port, q, abs, ndesc, buf_size, create)?;
             if create {
                 self.zones.push(r.q.zone().to_string());
             }
@@ -616,7 +621,7 @@ impl Port {
         }
         for q in 0..ntx {
             let abs = first_q + u32::from(q);
-            let t = TxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, abs, ndesc, create)?;
+            let t = TxQueue::open(&self.shm, bar, self.port, q, abs, ndesc, create)?;
             if create {
                 self.zones.push(t.q.zone().to_string());
             }
@@ -653,7 +658,8 @@ impl Port {
             tracing::debug!(port = self.port, q, "tx queue enabled");
         }
         for q in 0..self.rxq.len() {
-            self.rxq[q].fill()?;
+            let pool = self.pool.as_mut().ok_or("no buffer pool handle")?;
+            self.rxq[q].fill(pool)?;
             let (iova, n) = self.rxq[q].ring();
             let mut c = [0u8; RX_CTX_LEN];
             set_field(&mut c, RXC_BASE, iova / CTX_UNIT);
@@ -801,11 +807,13 @@ impl Port {
                 tracing::warn!(port = self.port, "PF reset at release: {e}");
             }
         }
-        for q in &mut self.rxq {
-            q.q.drain_posted();
-        }
-        for q in &mut self.txq {
-            q.q.drain_in_flight();
+        if let Some(pool) = self.pool.as_mut() {
+            for q in &mut self.rxq {
+                q.q.drain_posted(pool);
+            }
+            for q in &mut self.txq {
+                q.q.drain_in_flight(pool);
+            }
         }
         if let Some(sh) = self.sh() {
             sh.magic.store(0, Ordering::Release);
@@ -912,18 +920,18 @@ impl EthDev for Port {
     #[inline]
     fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
         let Some(bar) = self.bar.as_ref() else { return 0 };
-        match self.rxq.get_mut(queue as usize) {
-            Some(q) => q.burst(bar, pkts),
-            None => 0,
+        match (self.rxq.get_mut(queue as usize), self.pool.as_mut()) {
+            (Some(q), Some(pool)) => q.burst(bar, pool, pkts),
+            _ => 0,
         }
     }
 
     #[inline]
     fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
         let Some(bar) = self.bar.as_ref() else { return 0 };
-        match self.txq.get_mut(queue as usize) {
-            Some(q) => q.burst(bar, pkts),
-            None => 0,
+        match (self.txq.get_mut(queue as usize), self.pool.as_mut()) {
+            (Some(q), Some(pool)) => q.burst(bar, pool, pkts),
+            _ => 0,
         }
     }
 

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Whichever process runs a queue continues where the last one stopped (one process per queue at a
-//! time, as in DPDK); a process only adds its own view (pointers, doorbell, mempool handle).
+//! time, as in DPDK); a process only adds its own view (pointers, doorbell); buffers come from the
+//! port's pool handle.
 //!
 //! Descriptors are written by the device: every field read from one is untrusted. Lengths are bounded
 //! by the buffer size, indices by the ring size.
@@ -60,7 +61,6 @@ impl RxQueue {
     pub(super) fn open(
         shm: &Arc<Shm>,
         bar: &Bar,
-        pool: Mempool,
         port: u16,
         q: u16,
         abs_q: u32,
@@ -68,7 +68,7 @@ impl RxQueue {
         buf_size: usize,
         create: bool,
     ) -> Result<RxQueue, String> {
-        let q = Queue::open(shm, bar, pool, &zone_name(port, true, q), n, &KIND, qrx_tail(abs_q), create)?;
+        let q = Queue::open(shm, bar, &zone_name(port, true, q), n, &KIND, qrx_tail(abs_q), create)?;
         Ok(RxQueue { q, buf_size, port })
     }
 
@@ -78,8 +78,8 @@ impl RxQueue {
     }
 
     /// Posts a fresh buffer to every descriptor (before the queue is enabled). Primary.
-    pub(super) fn fill(&mut self) -> Result<(), String> {
-        self.q.fill(|iova| [iova, 0, 0, 0])?;
+    pub(super) fn fill(&mut self, pool: &mut Mempool) -> Result<(), String> {
+        self.q.fill(pool, |iova| [iova, 0, 0, 0])?;
         self.q.h().next.store(0, Ordering::Release);
         Ok(())
     }
@@ -87,7 +87,7 @@ impl RxQueue {
     /// Receives into the empty slots at the front of `pkts` (write-back: DD, EOF, length), refills
     /// each descriptor with a fresh buffer and writes QRX_TAIL once.
     #[inline]
-    pub(super) fn burst(&mut self, bar: &Bar, pkts: &mut [Option<Mbuf>]) -> usize {
+    pub(super) fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
         let v = &self.q.v;
         let h = v.h();
         let mut i = h.next.load(Ordering::Acquire);
@@ -115,7 +115,7 @@ impl RxQueue {
                 v.write(i, [m.data_iova().0, 0, 0, 0]);
                 v.sw_set(i, m.into_offset().0);
             } else {
-                let Some(fresh) = self.q.pool.alloc() else {
+                let Some(fresh) = pool.alloc() else {
                     nombuf += 1;
                     let _ = m.into_offset();
                     break;
@@ -155,14 +155,13 @@ impl TxQueue {
     pub(super) fn open(
         shm: &Arc<Shm>,
         bar: &Bar,
-        pool: Mempool,
         port: u16,
         q: u16,
         abs_q: u32,
         n: u32,
         create: bool,
     ) -> Result<TxQueue, String> {
-        let q = Queue::open(shm, bar, pool, &zone_name(port, false, q), n, &KIND, qtx_tail(abs_q), create)?;
+        let q = Queue::open(shm, bar, &zone_name(port, false, q), n, &KIND, qtx_tail(abs_q), create)?;
         if create {
             q.v.reset_indices();
         }
@@ -176,13 +175,13 @@ impl TxQueue {
     /// Frees sent buffers in batches: a batch is done when the device rewrote its last descriptor's
     /// DTYPE to 0xF (every descriptor carries RS).
     #[inline]
-    fn clean(&mut self, tail: u32) -> u32 {
+    fn clean(&mut self, pool: &mut Mempool, tail: u32) -> u32 {
         let n = self.q.v.n();
         let mut c = self.q.h().clean.load(Ordering::Acquire);
         if c >= n {
             c = tail;
         }
-        self.q.reclaim_sent(c, tail, |v, c, in_flight| {
+        self.q.reclaim_sent(pool, c, tail, |v, c, in_flight| {
             if in_flight == 0 {
                 return None;
             }
@@ -195,10 +194,10 @@ impl TxQueue {
     /// Sends from the front of `pkts`: one data descriptor per packet (EOP|RS|ICRC), QTX_TAIL written
     /// once. Returns how many were taken (unsendable ones are dropped and counted).
     #[inline]
-    pub(super) fn burst(&mut self, bar: &Bar, pkts: &mut [Option<Mbuf>]) -> usize {
+    pub(super) fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
         let Some(tail) = self.q.tx_tail() else { return 0 };
-        let clean = self.clean(tail);
-        self.q.tx_post(bar, pkts, tail, clean, MAX_TX_LEN, |_, len| {
+        let clean = self.clean(pool, tail);
+        self.q.tx_post(bar, pool, pkts, tail, clean, MAX_TX_LEN, |_, len| {
             let cmd = (TXD_CMD_EOP | TXD_CMD_RS | TXD_CMD_ICRC) << TXD_CMD_SHIFT;
             TXD_DTYPE_DATA | cmd | ((len as u64) << TXD_BSZ_SHIFT)
         })

@@ -164,6 +164,7 @@ impl Driver for IxgbeDriver {
             shared: None,
             rxq: Vec::new(),
             txq: Vec::new(),
+            pool: None,
             zones: Vec::new(),
             mapped: true,
         };
@@ -193,6 +194,9 @@ struct Port {
     shared: Option<std::ptr::NonNull<DevShared>>,
     rxq: Vec<RxQueue>,
     txq: Vec<TxQueue>,
+    /// This process's handle on the buffer pool, one for all the port's queues (see
+    /// [`crate::nicq::Queue`]); made with the queues.
+    pool: Option<Mempool>,
     /// Zones this (primary) process reserved, freed at shared release or failed probe.
     zones: Vec<String>,
     /// The DMA map is in place.
@@ -361,7 +365,8 @@ impl Port {
 
         // 4.6.7.1 (last steps) start each receive queue: buffers posted, ENABLE, wait, RDT = N-1.
         for q in 0..self.rxq.len() {
-            self.rxq[q].fill()?;
+            let pool = self.pool.as_mut().ok_or("no buffer pool handle")?;
+            self.rxq[q].fill(pool)?;
             let q32 = q as u32;
             let bar = self.bar();
             bar.set_bits(rxdctl(q32), RXDCTL_ENABLE);
@@ -398,15 +403,16 @@ impl Port {
         create: bool,
     ) -> Result<(), String> {
         let bar = &self.bar;
+        self.pool.get_or_insert_with(|| pool.new_handle());
         for q in 0..nrx {
-            let r = RxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, rxd, buf_size, create)?;
+            let r = RxQueue::open(&self.shm, bar, self.port, q, rxd, buf_size, create)?;
             if create {
                 self.zones.push(r.q.zone().to_string());
             }
             self.rxq.push(r);
         }
         for q in 0..ntx {
-            let t = TxQueue::open(&self.shm, bar, pool.new_handle(), self.port, q, txd, create)?;
+            let t = TxQueue::open(&self.shm, bar, self.port, q, txd, create)?;
             if create {
                 self.zones.push(t.q.zone().to_string());
             }
@@ -473,11 +479,13 @@ impl Port {
                 }
             }
         }
-        for q in &mut self.rxq {
-            q.q.drain_posted();
-        }
-        for q in &mut self.txq {
-            q.q.drain_in_flight();
+        if let Some(pool) = self.pool.as_mut() {
+            for q in &mut self.rxq {
+                q.q.drain_posted(pool);
+            }
+            for q in &mut self.txq {
+                q.q.drain_in_flight(pool);
+            }
         }
         if let Some(sh) = self.sh() {
             sh.magic.store(0, Ordering::Release);
@@ -602,17 +610,17 @@ impl EthDev for Port {
 
     #[inline]
     fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        match self.rxq.get_mut(queue as usize) {
-            Some(q) => q.burst(&self.bar, pkts),
-            None => 0,
+        match (self.rxq.get_mut(queue as usize), self.pool.as_mut()) {
+            (Some(q), Some(pool)) => q.burst(&self.bar, pool, pkts),
+            _ => 0,
         }
     }
 
     #[inline]
     fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        match self.txq.get_mut(queue as usize) {
-            Some(q) => q.burst(&self.bar, pkts),
-            None => 0,
+        match (self.txq.get_mut(queue as usize), self.pool.as_mut()) {
+            (Some(q), Some(pool)) => q.burst(&self.bar, pool, pkts),
+            _ => 0,
         }
     }
 

@@ -12,7 +12,7 @@
 //!
 //! Everything a queue needs to continue lives there, so whichever process runs a queue continues
 //! where the last one stopped (one process per queue at a time, as in DPDK). A process only adds
-//! its own view: pointers into its mapping, its doorbell pointer, its mempool handle with its cache.
+//! its own view: pointers into its mapping, its doorbell pointer; buffers come from the port's pool handle.
 //!
 //! Descriptors are written by the device (another process, or a NIC): every field read from one is
 //! untrusted. Lengths are bounded by the buffer size, indices by the ring size.
@@ -73,14 +73,13 @@ impl RxQueue {
     pub(super) fn open(
         shm: &Arc<Shm>,
         bar: &Bar,
-        pool: Mempool,
         port: u16,
         q: u16,
         n: u32,
         buf_size: usize,
         create: bool,
     ) -> Result<RxQueue, String> {
-        let q = Queue::open(shm, bar, pool, &zone_name(port, true, q), n, &KIND, rdt(q.into()), create)?;
+        let q = Queue::open(shm, bar, &zone_name(port, true, q), n, &KIND, rdt(q.into()), create)?;
         Ok(RxQueue { q, buf_size, port, incomplete_polls: 0 })
     }
 
@@ -90,8 +89,8 @@ impl RxQueue {
     }
 
     /// Posts a fresh buffer to every descriptor (4.6.7.1, before enabling the queue). Primary.
-    pub(super) fn fill(&mut self) -> Result<(), String> {
-        self.q.fill(|iova| [iova, 0])?;
+    pub(super) fn fill(&mut self, pool: &mut Mempool) -> Result<(), String> {
+        self.q.fill(pool, |iova| [iova, 0])?;
         self.q.v.reset_indices();
         Ok(())
     }
@@ -104,7 +103,7 @@ impl RxQueue {
     /// DD (lab-nic does, see the tests) cannot overwrite a fresh buffer address. RDT stays at the
     /// last refilled descriptor, so the device never owns a descriptor without a buffer.
     #[inline]
-    pub(super) fn burst(&mut self, bar: &Bar, pkts: &mut [Option<Mbuf>]) -> usize {
+    pub(super) fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
         let v = &self.q.v;
         let n = v.n();
         let h = v.h();
@@ -167,7 +166,7 @@ impl RxQueue {
             let off = v.sw_get(r);
             let m = if off == 0 {
                 // A fresh buffer (alloc resets it).
-                let Some(m) = self.q.pool.alloc() else {
+                let Some(m) = pool.alloc() else {
                     nombuf += 1;
                     break;
                 };
@@ -205,16 +204,8 @@ pub(super) struct TxQueue {
 
 impl TxQueue {
     /// Reserves (primary) or finds (secondary) queue `q`'s zone.
-    pub(super) fn open(
-        shm: &Arc<Shm>,
-        bar: &Bar,
-        pool: Mempool,
-        port: u16,
-        q: u16,
-        n: u32,
-        create: bool,
-    ) -> Result<TxQueue, String> {
-        let q = Queue::open(shm, bar, pool, &zone_name(port, false, q), n, &KIND, tdt(q.into()), create)?;
+    pub(super) fn open(shm: &Arc<Shm>, bar: &Bar, port: u16, q: u16, n: u32, create: bool) -> Result<TxQueue, String> {
+        let q = Queue::open(shm, bar, &zone_name(port, false, q), n, &KIND, tdt(q.into()), create)?;
         if create {
             q.v.reset_indices();
         }
@@ -228,14 +219,14 @@ impl TxQueue {
     /// Frees sent buffers in batches of [`TX_RS_THRESH`]: a batch is done when the device wrote DD
     /// into its last descriptor, the one that carries RS (7.2.3.2.4, 7.2.3.5.1).
     #[inline]
-    fn clean(&mut self, tail: u32) -> u32 {
+    fn clean(&mut self, pool: &mut Mempool, tail: u32) -> u32 {
         let c = self.q.h().clean.load(Ordering::Acquire);
         if c >= self.q.v.n() || !c.is_multiple_of(TX_RS_THRESH) {
             // Damaged shared state: do not walk it, and report the ring full so nothing in flight
             // is overwritten (the buffers are reclaimed at release).
             return self.q.v.next(tail);
         }
-        self.q.reclaim_sent(c, tail, |v, c, in_flight| {
+        self.q.reclaim_sent(pool, c, tail, |v, c, in_flight| {
             let done = in_flight >= TX_RS_THRESH && v.read32(c + TX_RS_THRESH - 1, 12) & TXD_STAT_DD != 0;
             done.then_some(TX_RS_THRESH)
         })
@@ -244,10 +235,10 @@ impl TxQueue {
     /// Sends from the front of `pkts`: one advanced data descriptor per packet (7.2.3.2.4), TDT
     /// written once. Returns how many were taken (unsendable ones are dropped and counted).
     #[inline]
-    pub(super) fn burst(&mut self, bar: &Bar, pkts: &mut [Option<Mbuf>]) -> usize {
+    pub(super) fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
         let Some(tail) = self.q.tx_tail() else { return 0 };
-        let clean = self.clean(tail);
-        self.q.tx_post(bar, pkts, tail, clean, MAX_TX_LEN, |tail, len| {
+        let clean = self.clean(pool, tail);
+        self.q.tx_post(bar, pool, pkts, tail, clean, MAX_TX_LEN, |tail, len| {
             let rs = if tail % TX_RS_THRESH == TX_RS_THRESH - 1 { TXD_DCMD_RS } else { 0 };
             let cmd = len as u32 | TXD_DTYP_DATA | TXD_DCMD_EOP | TXD_DCMD_IFCS | TXD_DCMD_DEXT | rs;
             let olinfo = (len as u32) << TXD_PAYLEN_SHIFT;
@@ -311,8 +302,9 @@ mod tests {
     #[test]
     fn rx_drops_what_the_device_got_wrong_and_keeps_its_buffers() {
         let mut r = rig();
-        let mut q = RxQueue::open(&r.shm, &r.bar, r.pool.new_handle(), 0, 0, N, 2048, true).unwrap();
-        q.fill().unwrap();
+        let mut p = r.pool.new_handle();
+        let mut q = RxQueue::open(&r.shm, &r.bar, 0, 0, N, 2048, true).unwrap();
+        q.fill(&mut p).unwrap();
         assert_eq!(r.pool.avail_count(), 512 - N);
         let ok = RXD_STAT_DD | RXD_STAT_EOP;
         complete(&q.q.v, 0, 60, ok);
@@ -321,7 +313,7 @@ mod tests {
         complete(&q.q.v, 3, 0, ok | RXD_ERR_RXE); // device-reported error
         complete(&q.q.v, 4, 0, ok); // DD, length not there yet
         let mut pkts = slots(32);
-        assert_eq!(q.burst(&r.bar, &mut pkts), 1);
+        assert_eq!(q.burst(&r.bar, &mut p, &mut pkts), 1);
         assert_eq!(pkts[0].as_ref().map(Mbuf::len), Some(60));
         let c = q.q.h().counters();
         assert_eq!((c.pkts, c.bytes, c.errors), (1, 60, 3));
@@ -335,12 +327,12 @@ mod tests {
         }
         // The length arrives: the frame is received; refill catches up to it.
         complete(&q.q.v, 4, 70, ok);
-        assert_eq!(q.burst(&r.bar, &mut pkts[1..]), 1);
+        assert_eq!(q.burst(&r.bar, &mut p, &mut pkts[1..]), 1);
         assert_eq!(pkts[1].as_ref().map(Mbuf::len), Some(70));
         assert_eq!(reg(&r.dev, rdt(0)), 3);
         // One buffer handed out per good frame, one fresh taken per refill: nothing lost.
         r.pool.free_bulk(&mut pkts);
-        q.q.drain_posted();
+        q.q.drain_posted(&mut p);
         drop(q);
         assert_eq!(r.pool.avail_count(), 512);
     }
@@ -348,16 +340,17 @@ mod tests {
     #[test]
     fn rx_drops_a_done_descriptor_whose_length_never_comes() {
         let r = rig();
-        let mut q = RxQueue::open(&r.shm, &r.bar, r.pool.new_handle(), 0, 0, N, 2048, true).unwrap();
-        q.fill().unwrap();
+        let mut p = r.pool.new_handle();
+        let mut q = RxQueue::open(&r.shm, &r.bar, 0, 0, N, 2048, true).unwrap();
+        q.fill(&mut p).unwrap();
         complete(&q.q.v, 0, 0, RXD_STAT_DD | RXD_STAT_EOP);
         complete(&q.q.v, 1, 80, RXD_STAT_DD | RXD_STAT_EOP);
         let mut pkts = slots(32);
         for _ in 0..MAX_INCOMPLETE_POLLS {
-            assert_eq!(q.burst(&r.bar, &mut pkts), 0);
+            assert_eq!(q.burst(&r.bar, &mut p, &mut pkts), 0);
         }
         assert_eq!(q.q.h().counters().errors, 0);
-        assert_eq!(q.burst(&r.bar, &mut pkts), 1);
+        assert_eq!(q.burst(&r.bar, &mut p, &mut pkts), 1);
         assert_eq!(pkts[0].as_ref().map(Mbuf::len), Some(80));
         assert_eq!(q.q.h().counters().errors, 1);
     }
@@ -365,23 +358,25 @@ mod tests {
     #[test]
     fn rx_with_damaged_shared_indices_receives_nothing_and_does_not_panic() {
         let r = rig();
-        let mut q = RxQueue::open(&r.shm, &r.bar, r.pool.new_handle(), 0, 0, N, 2048, true).unwrap();
-        q.fill().unwrap();
+        let mut p = r.pool.new_handle();
+        let mut q = RxQueue::open(&r.shm, &r.bar, 0, 0, N, 2048, true).unwrap();
+        q.fill(&mut p).unwrap();
         q.q.h().next.store(N + 7, Ordering::Relaxed);
-        assert_eq!(q.burst(&r.bar, &mut slots(32)), 0);
+        assert_eq!(q.burst(&r.bar, &mut p, &mut slots(32)), 0);
         q.q.h().next.store(0, Ordering::Relaxed);
         q.q.h().clean.store(u32::MAX, Ordering::Relaxed);
-        assert_eq!(q.burst(&r.bar, &mut slots(32)), 0);
+        assert_eq!(q.burst(&r.bar, &mut p, &mut slots(32)), 0);
     }
 
     #[test]
     fn tx_with_a_damaged_clean_index_sends_nothing_rather_than_overwrite() {
         let mut r = rig();
-        let mut q = TxQueue::open(&r.shm, &r.bar, r.pool.new_handle(), 0, 0, N, true).unwrap();
+        let mut p = r.pool.new_handle();
+        let mut q = TxQueue::open(&r.shm, &r.bar, 0, 0, N, true).unwrap();
         q.q.h().clean.store(7, Ordering::Relaxed);
         let mut pkts = slots(4);
         assert!(r.pool.alloc_bulk(&mut pkts));
-        assert_eq!(q.burst(&r.bar, &mut pkts), 0);
+        assert_eq!(q.burst(&r.bar, &mut p, &mut pkts), 0);
         assert!(pkts.iter().all(Option::is_some), "the caller keeps its packets");
         r.pool.free_bulk(&mut pkts);
     }
@@ -389,14 +384,15 @@ mod tests {
     #[test]
     fn tx_sets_rs_every_32nd_descriptor_and_frees_in_batches() {
         let mut r = rig();
-        let mut q = TxQueue::open(&r.shm, &r.bar, r.pool.new_handle(), 0, 0, N, true).unwrap();
+        let mut p = r.pool.new_handle();
+        let mut q = TxQueue::open(&r.shm, &r.bar, 0, 0, N, true).unwrap();
         let mut pkts = slots(40);
         assert!(r.pool.alloc_bulk(&mut pkts));
         for m in pkts.iter_mut().flatten() {
             m.set_len(64);
         }
         pkts[5].as_mut().map(|m| m.set_len(0)); // unsendable: dropped and counted
-        assert_eq!(q.burst(&r.bar, &mut pkts), 40);
+        assert_eq!(q.burst(&r.bar, &mut p, &mut pkts), 40);
         assert!(pkts.iter().all(Option::is_none));
         assert_eq!(reg(&r.dev, tdt(0)), 39, "the trapped doorbell got the tail");
         let rs: Vec<u32> = (0..39).filter(|i| q.q.v.read32(*i, 8) & TXD_DCMD_RS != 0).collect();
@@ -407,12 +403,13 @@ mod tests {
         assert_eq!(q.q.v.read32(0, 12) >> TXD_PAYLEN_SHIFT, 64);
         let before = r.pool.avail_count();
         // Nothing is freed until the device reports the RS descriptor done.
-        assert_eq!(q.burst(&r.bar, &mut []), 0);
+        assert_eq!(q.burst(&r.bar, &mut p, &mut []), 0);
         assert_eq!(r.pool.avail_count(), before);
         // SAFETY: descriptor 31 is inside the ring; the test plays the device's write-back.
         unsafe { q.q.v.desc(31).add(12).cast::<u32>().write_volatile(TXD_STAT_DD) };
-        assert_eq!(q.burst(&r.bar, &mut []), 0);
-        drop(q); // flushes the queue's pool cache
+        assert_eq!(q.burst(&r.bar, &mut p, &mut []), 0);
+        drop(q);
+        drop(p); // the port's handle returns its cache
         assert_eq!(r.pool.avail_count(), before + 32);
         let c = QueueView::<DLEN>::open(&r.shm, &zone_name(0, false, 0), N, &KIND, false).unwrap().h().counters();
         assert_eq!((c.pkts, c.bytes, c.errors), (39, 39 * 64, 1));
