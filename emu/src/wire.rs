@@ -323,6 +323,31 @@ impl Wire for Loopback {
     }
 }
 
+/// Unit tests: a loopback that never reports idle, so every frame takes the wire's buffer and
+/// none cuts through (the reference the cut-through path is compared with).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct QueuedLoopback(Loopback);
+
+#[cfg(test)]
+impl Wire for QueuedLoopback {
+    fn transmit(&mut self, frame: &[u8]) {
+        self.0.transmit(frame);
+    }
+    fn receive(&mut self, buf: &mut Vec<u8>) -> bool {
+        self.0.receive(buf)
+    }
+    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        self.0.transmit_with(len, fill)
+    }
+    fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
+        self.0.receive_with(deliver)
+    }
+    fn describe(&self) -> String {
+        "queued loopback".into()
+    }
+}
+
 type FrameQueue = Arc<Mutex<FrameRing>>;
 
 /// One end of a cable between two emulated ports.

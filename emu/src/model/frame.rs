@@ -119,6 +119,22 @@ impl Default for DescFetch {
     }
 }
 
+/// Unit tests of both models: the first poll of their mixed traffic, built with the test's own
+/// `frame(dst, len, fill)`: delivered, padded from 20 bytes, broadcast, filtered (another
+/// address), a frame spanning two buffers (which takes the wire path, so what follows it in the
+/// poll queues behind it), one more.
+#[cfg(test)]
+pub(crate) fn mixed_frames(mac: [u8; 6], frame: impl Fn([u8; 6], usize, u8) -> Vec<u8>) -> [Vec<u8>; 6] {
+    [
+        frame(mac, 60, 1),
+        frame(mac, 20, 2),
+        frame([0xff; 6], 1514, 3),
+        frame([0x02, 9, 9, 9, 9, 9], 64, 4),
+        frame(mac, 2500, 5),
+        frame(mac, 70, 6),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

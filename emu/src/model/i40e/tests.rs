@@ -3,7 +3,7 @@
 use super::*;
 use crate::dma::FakeDma;
 use crate::model::DeviceModel;
-use crate::wire::{Loopback, NullWire};
+use crate::wire::{Loopback, NullWire, QueuedLoopback};
 
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0x40, 0x01];
 const BASE: u64 = 0x1_0000_0000;
@@ -890,28 +890,6 @@ fn random_admin_descriptors_contexts_and_ring_descriptors_never_panic() {
     assert_eq!(rx_wb(&mut dma, 0, false), (true, true, 100));
 }
 
-/// A loopback that never reports itself idle: every frame takes the wire path (no cut-through).
-#[derive(Default)]
-struct QueuedLoopback(Loopback);
-
-impl Wire for QueuedLoopback {
-    fn transmit(&mut self, frame: &[u8]) {
-        self.0.transmit(frame);
-    }
-    fn receive(&mut self, buf: &mut Vec<u8>) -> bool {
-        self.0.receive(buf)
-    }
-    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
-        self.0.transmit_with(len, fill)
-    }
-    fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
-        self.0.receive_with(deliver)
-    }
-    fn describe(&self) -> String {
-        "queued loopback".into()
-    }
-}
-
 type Outcome = (crate::model::PortStats, Vec<u32>, Vec<(u64, u64, &'static str)>, Vec<u8>);
 
 /// Mixed traffic over `wire`: what the driver can observe afterwards (stats, GLPRT counters,
@@ -921,16 +899,8 @@ fn mixed_traffic(wire: Box<dyn Wire>, dsize32: bool) -> Outcome {
     let mut dma = dma();
     bring_up(&mut m, &mut dma, dsize32, false);
     wr(&mut m, qrx_tail(0), 6);
-    // Poll 1: delivered (one padded from 20 bytes), broadcast, filtered, then a frame spanning two
-    // buffers (the wire path: everything after it in the poll queues behind it on the wire).
-    let frames = [
-        frame(MAC, 60, 1),
-        frame(MAC, 20, 2),
-        frame([0xff; 6], 1514, 3),
-        frame([0x02, 9, 9, 9, 9, 9], 64, 4),
-        frame(MAC, 2500, 5),
-        frame(MAC, 70, 6),
-    ];
+    // Poll 1: see `mixed_frames`.
+    let frames = crate::model::frame::mixed_frames(MAC, frame);
     for (i, f) in frames.iter().enumerate() {
         queue_tx(&mut m, &mut dma, i as u32, f);
     }
