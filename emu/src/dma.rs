@@ -193,6 +193,12 @@ impl<'a> DmaView<'a> {
         self.win.fill(o, n, byte)
     }
 
+    /// Starts loading the cache line of byte `o` (a hint; see [`Window::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, o: usize) {
+        self.win.prefetch(o)
+    }
+
     /// Little-endian `u32` at `o` (one atomic load when aligned; see [`Window::load_u32`]).
     #[inline]
     pub fn load_u32(&self, o: usize, order: Ordering) -> Option<u32> {

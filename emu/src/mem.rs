@@ -266,6 +266,20 @@ impl<'a> Window<'a> {
         Some(Window { base: unsafe { NonNull::new_unchecked(p) }, len, _map: PhantomData })
     }
 
+    /// Asks the CPU to start loading the cache line holding byte `off` (a hint: nothing happens
+    /// if `off` is out of range or the CPU has no prefetch instruction).
+    #[inline]
+    pub fn prefetch(&self, off: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = self.at(off, 1) {
+            // SAFETY: a prefetch is a hint that never faults and loads nothing into the program;
+            // SSE, which it needs, is part of the x86_64 baseline. The address is in range anyway.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = off;
+    }
+
     /// Copies `buf.len()` bytes at `off` into `buf`. False (nothing copied) if out of range.
     #[inline]
     pub fn read(&self, off: usize, buf: &mut [u8]) -> bool {

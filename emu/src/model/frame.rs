@@ -71,6 +71,21 @@ pub fn dest(frame: &[u8]) -> Dest {
     }
 }
 
+/// Starts loading the cache lines of `n` descriptors of `desc_len` bytes from index `from` of a
+/// ring of `count` (one prefetch per line).
+#[inline]
+pub fn prefetch_descs(ring: &DmaView<'_>, from: u32, count: u32, n: usize, desc_len: usize) {
+    let per_line = (64 / desc_len).max(1);
+    let mut d = from;
+    let mut i = 0;
+    while i < n {
+        ring.prefetch(d as usize * desc_len);
+        let step = per_line.min(n - i);
+        i += step;
+        d = ((d as usize + step) % count as usize) as u32;
+    }
+}
+
 /// Descriptors a transmit burst fetches at once.
 pub const FETCH: usize = 32;
 
@@ -106,6 +121,9 @@ impl DescFetch {
                 d = if d + 1 == count { 0 } else { d + 1 };
             }
             (self.next, self.len) = (0, n);
+            // The lines of the burst after this one, if the driver has written it already: they
+            // arrive while this burst is handled.
+            prefetch_descs(ring, d, count, avail.saturating_sub(n).min(FETCH), desc_len);
         }
         let v = self.q[self.next];
         self.next += 1;

@@ -32,7 +32,7 @@ use super::hmc::RxContext;
 use super::regs::*;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, DescFetch, Dest};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_descs, DescFetch, Dest};
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -596,6 +596,8 @@ impl I40e {
                 d = if d + 1 == ctx.qlen { 0 } else { d + 1 };
             }
             (b.ahead_next, b.ahead_len) = (0, n);
+            // The next read-ahead's lines arrive while this one is used.
+            prefetch_descs(descs, d, ctx.qlen, (b.free as usize).saturating_sub(n).min(READ_AHEAD), dlen);
         }
         let a = b.ahead[b.ahead_next];
         b.ahead_next += 1;

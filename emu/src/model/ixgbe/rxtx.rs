@@ -29,7 +29,7 @@ use super::{Ixgbe, Ring};
 use std::sync::atomic::Ordering;
 
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, DescFetch, Dest};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_descs, DescFetch, Dest};
 use crate::wire::{Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -628,6 +628,8 @@ impl Ixgbe {
                 d = if d + 1 == b.ring.count { 0 } else { d + 1 };
             }
             (b.ahead_next, b.ahead_len) = (0, n);
+            // The next read-ahead's lines arrive while this one is used.
+            prefetch_descs(descs, d, b.ring.count, (b.free as usize).saturating_sub(n).min(READ_AHEAD), DESC as usize);
         }
         let a = b.ahead[b.ahead_next];
         b.ahead_next += 1;
