@@ -75,6 +75,9 @@ pub fn dest(frame: &[u8]) -> Dest {
 /// ring of `count` (one prefetch per line).
 #[inline]
 pub fn prefetch_descs(ring: &DmaView<'_>, from: u32, count: u32, n: usize, desc_len: usize) {
+    if count == 0 || desc_len == 0 {
+        return;
+    }
     let per_line = (64 / desc_len).max(1);
     let mut d = from;
     let mut i = 0;
