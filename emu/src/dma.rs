@@ -29,6 +29,18 @@ pub enum DmaError {
         /// Length in bytes.
         len: u64,
     },
+    /// DMA_MAP of a range that runs past the end of the file it maps.
+    #[error("DMA_MAP of {iova:#x}+{size} at file offset {offset:#x} runs past the file's {file_len} bytes")]
+    BeyondFile {
+        /// IOVA of the map.
+        iova: u64,
+        /// Size of the map.
+        size: u64,
+        /// File offset of the map.
+        offset: u64,
+        /// Length of the file.
+        file_len: u64,
+    },
     /// DMA_MAP without an fd (message-based DMA is not supported).
     #[error("DMA_MAP of {iova:#x}+{size} carries no file descriptor")]
     NoFd {
@@ -314,6 +326,14 @@ impl DmaTable {
     pub fn map(&mut self, conn: ConnId, iova: u64, size: u64, file: Option<File>, offset: u64) -> Result<(), DmaError> {
         let end = iova.checked_add(size).filter(|_| size > 0).ok_or(DmaError::BadRange { iova, size })?;
         let file = file.ok_or(DmaError::NoFd { iova, size })?;
+        // A map past the end of a regular file would turn a device access into SIGBUS: refuse it.
+        // (A client that shrinks the file later can still do that; hugetlbfs and the runtime's
+        // files are never shrunk while mapped.)
+        if let Ok(meta) = file.metadata() {
+            if meta.is_file() && offset.checked_add(size).is_none_or(|end| end > meta.len()) {
+                return Err(DmaError::BeyondFile { iova, size, offset, file_len: meta.len() });
+            }
+        }
         if self.maps.iter().any(|m| m.conn == conn && iova < m.iova + m.size && m.iova < end) {
             return Err(DmaError::Overlap { iova, size });
         }
@@ -559,6 +579,11 @@ mod tests {
         assert!(matches!(t.map(1, 0x10_1000, 0x1000, Some(memfd_file(0x1000)), 0), Err(DmaError::Overlap { .. })));
         assert!(matches!(t.unmap(1, 0x10_0000, 0x1000), Err(DmaError::NoSuchMap { .. })));
         assert!(matches!(t.map(2, 0, 0x1000, None, 0), Err(DmaError::NoFd { .. })));
+        // Past the end of the file (0x1000 bytes): refused, nothing mapped.
+        let before = t.len();
+        assert!(matches!(t.map(3, 0x40_0000, 0x2000, Some(memfd_file(0x1000)), 0), Err(DmaError::BeyondFile { .. })));
+        assert!(matches!(t.map(3, 0x40_0000, 0x1000, Some(memfd_file(0x1000)), 8), Err(DmaError::BeyondFile { .. })));
+        assert_eq!(t.len(), before);
         t.unmap(1, 0x10_0000, 0x2000).unwrap();
         assert!(t.is_empty());
     }

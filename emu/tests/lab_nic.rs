@@ -470,7 +470,41 @@ fn a_killed_parent_takes_lab_nic_down_cleanly_with_exit_with_parent() {
     assert!(gone, "lab-nic {nic} still running after its parent died");
     assert!(!root.join(BDF).exists(), "sysfs entry left behind");
     assert!(!control.exists(), "control socket left behind");
-    drop(guard);
+    // Gone: its pid may already belong to another process, which must not be killed.
+    std::mem::forget(guard);
+}
+
+/// `--exit-with-parent=PID` where PID died before lab-nic started: lab-nic notices at once and
+/// shuts down cleanly instead of running on, re-parented, forever.
+#[test]
+fn a_parent_gone_before_start_up_takes_lab_nic_down_with_exit_with_parent_pid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("devices");
+    // A pid that is certainly not our parent (and gone): a child we started and reaped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let mut child = lab_nic()
+        .arg("--sysfs-root")
+        .arg(&root)
+        .args(["--dev", &format!("{BDF},model=ixgbe"), "--log-level", "warn"])
+        .arg(format!("--exit-with-parent={gone_pid}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(10), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        // Still ours, unreaped: kill it before failing.
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("lab-nic still running with its parent long gone");
+    }
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(!root.join(BDF).exists(), "sysfs entry left behind");
 }
 
 /// Kills a process by pid when dropped (a test that fails half-way leaves nothing running).

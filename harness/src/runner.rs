@@ -436,7 +436,7 @@ impl<'e> Lab<'e> {
         let mut c = Command::new(bin);
         c.arg("--sysfs-root").arg(&self.sysfs).arg("--control").arg(&control).arg("--log-level").arg("warn");
         // A killed `lab` must not leave the emulator (and its sockets, TAP devices) behind.
-        c.arg("--exit-with-parent");
+        c.arg(format!("--exit-with-parent={}", std::process::id()));
         for n in &self.sc.lab.nics {
             let mut d = format!("{},model={}", n.bdf, n.model);
             if let Some(w) = &n.wire {

@@ -4,14 +4,15 @@
 //! lab-nic --sysfs-root DIR --dev 0000:00:05.0,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX]
 //!         [,mac=02:00:00:00:00:01][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK]
 //!         [--pool N] [--log-level LEVEL]   (LEVEL: a tracing filter, default "info,vfio_user=warn")
-//!         [--exit-with-parent]
+//!         [--exit-with-parent[=PID]]
 //! ```
 //! Prints `lab-nic ready` once every socket listens; SIGTERM/SIGINT remove sockets, sysfs entries and
 //! TAP devices it created, then exit 0. Bad arguments: one error line, exit 2, nothing created.
 //! `--exit-with-parent`: the same clean shutdown when the process that started lab-nic dies, even
 //! by SIGKILL (a harness that is killed leaves no emulator, socket or TAP device behind). The
-//! parent is watched every 100 ms; this is a poll of `getppid`, not `PR_SET_PDEATHSIG`, which
-//! fires when the spawning *thread* exits.
+//! parent is watched every 100 ms from before start-up; this is a poll of `getppid`, not
+//! `PR_SET_PDEATHSIG`, which fires when the spawning *thread* exits. `=PID` names the parent (a
+//! spawner passes its own pid), so a spawner that died before lab-nic even ran is noticed too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -26,7 +27,7 @@ use lab_emu::sysfs::{Bdf, FunctionSpec, SysfsFunction};
 use lab_emu::wire::{self, Wire};
 use nix::sys::signal::{SigSet, Signal};
 
-const USAGE: &str = "usage: lab-nic --sysfs-root DIR --dev BDF,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX][,mac=XX:XX:XX:XX:XX:XX][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK] [--pool N] [--log-level LEVEL] [--exit-with-parent]";
+const USAGE: &str = "usage: lab-nic --sysfs-root DIR --dev BDF,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX][,mac=XX:XX:XX:XX:XX:XX][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK] [--pool N] [--log-level LEVEL] [--exit-with-parent[=PID]]";
 
 #[derive(Debug, Clone, PartialEq)]
 enum WireSpec {
@@ -55,7 +56,9 @@ struct Args {
     pool: usize,
     log_level: String,
     /// Shut down (as on SIGTERM) when the process that started us is gone.
-    exit_with_parent: bool,
+    /// Watch the parent: `Some(None)` the one we find at start, `Some(Some(pid))` that pid (the
+    /// spawner names itself, so a spawner that died before we even started is noticed too).
+    exit_with_parent: Option<Option<i32>>,
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -151,7 +154,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut control = None;
     let mut pool = DEFAULT_POOL;
     let mut log_level = "info,vfio_user=warn".to_owned();
-    let mut exit_with_parent = false;
+    let mut exit_with_parent = None;
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -175,7 +178,17 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
                     .ok_or_else(|| format!("invalid --pool {v} (1-1024)"))?;
             }
             "--log-level" => log_level = value()?,
-            "--exit-with-parent" if inline.is_none() => exit_with_parent = true,
+            "--exit-with-parent" => {
+                exit_with_parent = Some(match &inline {
+                    None => None,
+                    Some(v) => Some(
+                        v.parse::<i32>()
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .ok_or_else(|| format!("invalid --exit-with-parent={v} (a process id)"))?,
+                    ),
+                })
+            }
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument \"{other}\"")),
         }
@@ -269,6 +282,9 @@ fn shutdown(ports: &Ports) {
 }
 
 fn main() -> ExitCode {
+    // Who started us, read before anything else: a parent that dies during start-up must still be
+    // noticed (`--exit-with-parent`).
+    let parent = nix::unistd::getppid();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let args = match parse_args(&argv) {
         Ok(a) => a,
@@ -299,6 +315,12 @@ fn main() -> ExitCode {
         eprintln!("lab-nic: error: cannot block signals: {e}");
         return ExitCode::from(1);
     }
+    if let Some(named) = args.exit_with_parent {
+        let parent = named.map(nix::unistd::Pid::from_raw).unwrap_or(parent);
+        // Before start-up, with the signals already blocked: a SIGTERM the watcher sends early
+        // waits for the `sigwait` below, and shutdown then removes whatever start-up made.
+        watch_parent(parent);
+    }
 
     let ports = match start(&args) {
         Ok(p) => p,
@@ -319,9 +341,6 @@ fn main() -> ExitCode {
         None => None,
     };
 
-    if args.exit_with_parent {
-        watch_parent();
-    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "lab-nic ready");
     let _ = out.flush();
@@ -336,16 +355,16 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Sends ourselves SIGTERM (taken by the `sigwait` in `main`) once our parent process is gone.
-fn watch_parent() {
-    let parent = nix::unistd::getppid();
+/// Sends ourselves SIGTERM (taken by the `sigwait` in `main`) once `parent`, the process that
+/// started us, is gone (we have been re-parented), checking at once and then every 100 ms.
+fn watch_parent(parent: nix::unistd::Pid) {
     std::thread::spawn(move || loop {
-        std::thread::sleep(std::time::Duration::from_millis(100));
         if nix::unistd::getppid() != parent {
             tracing::warn!(parent = parent.as_raw(), "parent process gone, shutting down");
             let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), Signal::SIGTERM);
             return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     });
 }
 
@@ -404,6 +423,8 @@ mod tests {
             (vec!["--dev", "0000:00:05.0,model=ixgbe", "--dev", "0000:00:05.0,model=ixgbe"], "twice"),
             (vec!["--dev", "0000:00:05.0,model=ixgbe", "--pool", "0"], "--pool"),
             (vec!["--dev", "0000:00:05.0,model=ixgbe", "--log-level", "[["], "--log-level"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe", "--exit-with-parent=me"], "--exit-with-parent=me"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe", "--exit-with-parent=0"], "--exit-with-parent=0"),
             (vec![], "--dev"),
         ];
         for (v, want) in cases {

@@ -133,7 +133,7 @@ impl I40e {
         // One translation for the whole ring this poll; a ring not wholly inside one DMA map
         // faults before any of it is read.
         let Some(descs) = xl.view(ctx.base, u64::from(ctx.qlen) * TX_DESC) else {
-            self.faults.record(ctx.base + u64::from(head) * TX_DESC, TX_DESC, "tx descriptor read");
+            self.faults.record(ctx.base.wrapping_add(u64::from(head) * TX_DESC), TX_DESC, "tx descriptor read");
             self.txq[q as usize].stalled_at_tail = Some(tail);
             return false;
         };
@@ -144,7 +144,7 @@ impl I40e {
         while n < todo {
             let (buf, qw1) = fetch.next(&descs, head, ctx.qlen, (todo - n) as usize, TX_DESC as usize);
             let o = head as usize * TX_DESC as usize;
-            let addr = ctx.base + o as u64;
+            let addr = ctx.base.wrapping_add(o as u64);
             let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;
             match qw1 & TXD_DTYPE_MASK {
                 TXD_DTYPE_DATA => {
@@ -542,7 +542,7 @@ impl I40e {
             None => match xl.view(ctx.base, u64::from(ctx.qlen) * dlen) {
                 Some(d) => *b.descs.insert(d),
                 None => {
-                    self.faults.record(ctx.base + u64::from(b.head) * dlen, dlen, "rx descriptor read");
+                    self.faults.record(ctx.base.wrapping_add(u64::from(b.head) * dlen), dlen, "rx descriptor read");
                     self.rxq[b.q as usize].stalled_at_tail = Some(b.tail);
                     b.state = TailState::Unusable;
                     return false;
@@ -578,7 +578,7 @@ impl I40e {
         let dlen = ctx.desc_len();
         for &(o, qw1) in &b.wb[..n] {
             if !Self::rx_writeback(&descs, o as usize, dlen, qw1) {
-                self.faults.record(ctx.base + u64::from(o), dlen, "rx descriptor write-back");
+                self.faults.record(ctx.base.wrapping_add(u64::from(o)), dlen, "rx descriptor write-back");
             }
         }
     }

@@ -580,7 +580,7 @@ impl DeviceModel for Ixgbe {
             // One translator and one receive batch for the poll: transmit may deliver straight
             // into the receive ring (an idle loopback), receive then takes what the wire holds.
             let mut xl = Xlate::new(dma);
-            let mut rx = self.rx_batch(&mut xl);
+            let mut rx = self.rx_batch();
             rx.cut = wire.loops_back_idle();
             did |= self.process_tx(&mut xl, wire.as_mut(), &mut rx);
             did |= self.process_rx(&mut xl, wire.as_mut(), &mut rx);

@@ -157,7 +157,7 @@ impl Ixgbe {
     }
 
     /// Walks every enabled TX ring from TDH to TDT.
-    pub(super) fn process_tx(&mut self, xl: &mut Xlate<'_>, wire: &mut dyn Wire, rx: &mut RxBatch<'_>) -> bool {
+    pub(super) fn process_tx<'d>(&mut self, xl: &mut Xlate<'d>, wire: &mut dyn Wire, rx: &mut RxBatch<'d>) -> bool {
         if self.reg(DMATXCTL) & DMATXCTL_TE == 0 {
             return false;
         }
@@ -177,7 +177,14 @@ impl Ixgbe {
         did
     }
 
-    fn tx_queue(&mut self, xl: &mut Xlate<'_>, wire: &mut dyn Wire, q: u32, pad: bool, rx: &mut RxBatch<'_>) -> bool {
+    fn tx_queue<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        wire: &mut dyn Wire,
+        q: u32,
+        pad: bool,
+        rx: &mut RxBatch<'d>,
+    ) -> bool {
         let ring = self.txq[q as usize];
         let tail = self.page32(tdt(q));
         if ring.stalled_at_tail == Some(tail) {
@@ -197,7 +204,7 @@ impl Ixgbe {
         // One translation for the whole ring this poll; a ring not wholly inside one DMA map
         // faults before any of it is read.
         let Some(descs) = xl.view(ring.base, u64::from(ring.count) * DESC) else {
-            self.faults.record(ring.base + u64::from(head) * DESC, DESC, "tx descriptor read");
+            self.faults.record(ring.base.wrapping_add(u64::from(head) * DESC), DESC, "tx descriptor read");
             self.txq[q as usize].stalled_at_tail = Some(tail);
             return false;
         };
@@ -210,7 +217,7 @@ impl Ixgbe {
             let (buf, qw1) = fetch.next(&descs, head, ring.count, (todo - n) as usize, DESC as usize);
             let ctl = qw1 as u32;
             let o = head as usize * DESC as usize;
-            let addr = ring.base + o as u64;
+            let addr = ring.base.wrapping_add(o as u64);
             let dtyp = (ctl >> TXD_DTYP_SHIFT) & 0xf;
             if ctl & TXD_CMD_DEXT != 0 && dtyp == TXD_DTYP_CTXT {
                 // Context descriptor: offload parameters we do not model; no write-back.
@@ -249,14 +256,14 @@ impl Ixgbe {
 
     /// A one-descriptor frame (padded to 60 bytes if TXPADEN): guest buffer -> wire buffer, one
     /// copy; or, on an idle loopback, guest buffer -> RX buffer (see [`Wire::loops_back_idle`]).
-    fn tx_direct(
+    fn tx_direct<'d>(
         &mut self,
-        xl: &mut Xlate<'_>,
+        xl: &mut Xlate<'d>,
         wire: &mut dyn Wire,
         buf: u64,
         len: usize,
         pad: bool,
-        rx: &mut RxBatch<'_>,
+        rx: &mut RxBatch<'d>,
     ) {
         let Some(src) = xl.view(buf, len as u64) else {
             self.faults.record(buf, len as u64, "tx buffer read");
@@ -342,7 +349,7 @@ impl Ixgbe {
     }
 
     /// Queue 0's state for this poll: reception on, ring latched and still enabled, indices sane.
-    pub(super) fn rx_batch<'d>(&mut self, xl: &mut Xlate<'d>) -> RxBatch<'d> {
+    pub(super) fn rx_batch<'d>(&mut self) -> RxBatch<'d> {
         let ring = self.rxq[0];
         let mut b = RxBatch {
             descs: None,
@@ -385,12 +392,8 @@ impl Ixgbe {
             self.rxq[0].stalled_at_tail = Some(b.tail);
             return b;
         }
-        let Some(descs) = xl.view(ring.base, u64::from(ring.count) * DESC) else {
-            self.faults.record(ring.base + u64::from(b.head) * DESC, DESC, "rx descriptor read");
-            self.rxq[0].stalled_at_tail = Some(b.tail);
-            return b;
-        };
-        b.descs = Some(descs);
+        // The ring is translated when the first frame needs a descriptor (`rx_place`): with no
+        // traffic nothing of it is read, so nothing faults.
         b.usable = true;
         b.free = (b.tail + ring.count - b.head) % ring.count;
         b
@@ -422,7 +425,7 @@ impl Ixgbe {
     }
 
     /// Moves frames from the wire into RX queue 0 (no RSS or pools are modelled).
-    pub(super) fn process_rx(&mut self, xl: &mut Xlate<'_>, wire: &mut dyn Wire, b: &mut RxBatch<'_>) -> bool {
+    pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, wire: &mut dyn Wire, b: &mut RxBatch<'d>) -> bool {
         let backpressure = wire.backpressure();
         if !b.ready && backpressure {
             return false;
@@ -457,14 +460,14 @@ impl Ixgbe {
     /// A frame this device just transmitted on an idle loopback, moved from its TX buffer `src`
     /// straight into an RX buffer. False if it must take the wire instead (receive not ready, the
     /// FCS is kept, or the frame needs more than one buffer): those cases stay on one path.
-    fn rx_cut_through(
+    fn rx_cut_through<'d>(
         &mut self,
-        xl: &mut Xlate<'_>,
+        xl: &mut Xlate<'d>,
         src: &DmaView<'_>,
         len: usize,
         wire_len: usize,
         hdr: &[u8; 8],
-        b: &mut RxBatch<'_>,
+        b: &mut RxBatch<'d>,
     ) -> bool {
         if !b.ready || !b.usable || !b.cfg.strip || wire_len > b.cfg.bsize {
             return false;
@@ -487,7 +490,7 @@ impl Ixgbe {
     }
 
     /// One frame off the wire: filtered, missed, or delivered.
-    fn rx_frame_in(&mut self, xl: &mut Xlate<'_>, frame: &[u8], b: &mut RxBatch<'_>) {
+    fn rx_frame_in<'d>(&mut self, xl: &mut Xlate<'d>, frame: &[u8], b: &mut RxBatch<'d>) {
         if !b.ready || !self.accept(frame, frame.len(), b.cfg.fctrl) {
             self.totals.rx_filtered += 1;
             return;
@@ -536,7 +539,7 @@ impl Ixgbe {
 
     /// Writes `data` (the frame, with its FCS unless stripped) into queue 0's free buffers. Returns
     /// true if it was delivered.
-    fn rx_deliver(&mut self, xl: &mut Xlate<'_>, data: &[u8], b: &mut RxBatch<'_>) -> bool {
+    fn rx_deliver<'d>(&mut self, xl: &mut Xlate<'d>, data: &[u8], b: &mut RxBatch<'d>) -> bool {
         let bsize = b.cfg.bsize;
         let need = data.len().div_ceil(bsize).max(1);
         if !self.rx_room(b, need as u32) {
@@ -558,16 +561,28 @@ impl Ixgbe {
     /// Fills the buffer of descriptor `head` with `len` bytes written by `fill` and holds back its
     /// write-back (DD, EOP if `last`, the length; RXE and length 0 if the buffer is not writable).
     /// The caller checked there is a free descriptor. Returns whether the buffer was written.
-    fn rx_place(
+    fn rx_place<'d>(
         &mut self,
-        xl: &mut Xlate<'_>,
-        b: &mut RxBatch<'_>,
+        xl: &mut Xlate<'d>,
+        b: &mut RxBatch<'d>,
         len: usize,
         last: bool,
         fill: impl FnOnce(&DmaView<'_>) -> bool,
     ) -> bool {
-        let Some(descs) = b.descs else {
-            return false;
+        let descs = match b.descs {
+            Some(d) => d,
+            None => {
+                // One translation for the whole ring this poll; a ring not wholly inside one DMA
+                // map faults before any of it is read (the frame is lost, not counted as missed).
+                let Some(d) = xl.view(b.ring.base, u64::from(b.ring.count) * DESC) else {
+                    self.faults.record(b.ring.base.wrapping_add(u64::from(b.head) * DESC), DESC, "rx descriptor read");
+                    self.rxq[0].stalled_at_tail = Some(b.tail);
+                    b.usable = false;
+                    return false;
+                };
+                b.descs = Some(d);
+                d
+            }
         };
         if !b.dma_checked {
             self.check_dma_allowed();
@@ -611,7 +626,7 @@ impl Ixgbe {
             Self::rx_writeback_adv(&descs, o, len, status)
         };
         if !ok {
-            self.faults.record(b.ring.base + o as u64, DESC, "rx descriptor write-back");
+            self.faults.record(b.ring.base.wrapping_add(o as u64), DESC, "rx descriptor write-back");
         }
     }
 

@@ -552,3 +552,31 @@ fn cut_through_on_an_idle_loopback_matches_the_wire_path() {
     let what: Vec<_> = cut.2.iter().map(|f| f.2).collect();
     assert_eq!(what, ["tx buffer read"]);
 }
+
+/// A receive ring outside every DMA map (here at the very top of the address space, where the
+/// fault address arithmetic must not overflow) is not read, and faults nothing, until a frame
+/// needs a descriptor; then one fault, the ring stalls, the model keeps serving.
+#[test]
+fn an_unmapped_rx_ring_faults_only_when_a_frame_needs_it() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    wr(&mut m, rxdctl(0), 0);
+    m.poll(&mut dma);
+    wr(&mut m, rdbal(0), 0xffff_ff80);
+    wr(&mut m, rdbah(0), 0xffff_ffff);
+    wr(&mut m, rxdctl(0), RXDCTL_ENABLE);
+    wr(&mut m, rdh(0), N - 1);
+    wr(&mut m, rdt(0), N - 2);
+    for _ in 0..3 {
+        m.poll(&mut dma);
+    }
+    assert!(m.faults().last(10).is_empty(), "no traffic, no fault: {:?}", m.faults().last(10));
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 1));
+    m.poll(&mut dma);
+    m.poll(&mut dma);
+    let f = m.faults().last(10);
+    assert_eq!(f.iter().map(|f| f.what).collect::<Vec<_>>(), ["rx descriptor read"]);
+    assert_eq!(f[0].iova, 0xffff_ffff_ffff_ff80u64.wrapping_add(u64::from(N - 1) * 16));
+    assert_eq!(m.stats().tx_packets, 1, "transmit goes on");
+}
