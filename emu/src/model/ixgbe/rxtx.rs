@@ -560,7 +560,8 @@ impl Ixgbe {
 
     /// Fills the buffer of descriptor `head` with `len` bytes written by `fill` and holds back its
     /// write-back (DD, EOP if `last`, the length; RXE and length 0 if the buffer is not writable).
-    /// The caller checked there is a free descriptor. Returns whether the buffer was written.
+    /// The caller checked there is a free descriptor. Returns whether the buffer was written; false
+    /// without using the descriptor if the ring cannot be read (a fault; the queue stalls).
     fn rx_place<'d>(
         &mut self,
         xl: &mut Xlate<'d>,
