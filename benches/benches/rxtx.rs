@@ -50,13 +50,14 @@ struct LabNic {
 }
 
 impl LabNic {
-    fn start(root: &Path) -> LabNic {
+    /// lab-nic serving one function, `dev` as its `--dev` argument.
+    fn start(root: &Path, dev: &str) -> LabNic {
         // The child inherits this thread's affinity: pin to the peer CPU for the spawn only.
         pin_to(peer_cpu());
         let child = Command::new(lab_nic_bin())
             .arg("--sysfs-root")
             .arg(root)
-            .args(["--dev", &format!("{BDF},model=ixgbe,wire=loopback"), "--log-level", "warn"])
+            .args(["--dev", dev, "--log-level", "warn"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn();
@@ -212,7 +213,7 @@ fn main() {
 
     // The driver through the emulated NIC.
     let sysfs = tempfile::tempdir().expect("sysfs root");
-    let nic = LabNic::start(sysfs.path());
+    let nic = LabNic::start(sysfs.path(), &format!("{BDF},model=ixgbe,wire=loopback"));
     let pci = scan_one(&sysfs.path().join(BDF)).expect("scan");
     let devargs = Devargs::parse(&format!("{BDF},promisc=1")).expect("devargs");
     let drv = IxgbeDriver;
@@ -295,27 +296,7 @@ fn main() {
 fn bench_i40e(c: &mut Criterion, rt: &Runtime, pool: &Mempool) {
     const I40E_BDF: &str = "0000:00:09.0";
     let sysfs = tempfile::tempdir().expect("sysfs root");
-    pin_to(peer_cpu());
-    let child = Command::new(lab_nic_bin())
-        .arg("--sysfs-root")
-        .arg(sysfs.path())
-        .args(["--dev", &format!("{I40E_BDF},model=i40e,wire=loopback"), "--log-level", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn();
-    pin_to(BENCH_CPU);
-    let mut child = child.expect("spawn lab-nic (i40e)");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    while line.trim() != "lab-nic ready" {
-        line.clear();
-        assert!(out.read_line(&mut line).expect("lab-nic stdout") > 0, "lab-nic exited before ready");
-    }
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = out.read_to_end(&mut sink);
-    });
-    let nic = LabNic { child };
+    let nic = LabNic::start(sysfs.path(), &format!("{I40E_BDF},model=i40e,wire=loopback"));
 
     let pci = scan_one(&sysfs.path().join(I40E_BDF)).expect("scan");
     let devargs = Devargs::parse(&format!("{I40E_BDF},promisc=1")).expect("devargs");
@@ -366,6 +347,11 @@ fn bench_i40e(c: &mut Criterion, rt: &Runtime, pool: &Mempool) {
     println!(
         "i40e port stats: opackets={} ipackets={} imissed={} ierrors={}; frames the bench loop gave up on: {}",
         stats.opackets, stats.ipackets, stats.imissed, stats.ierrors, lp.lost
+    );
+    println!(
+        "i40e driver rx polls: {}, {:.1}% found nothing (the driver waiting for lab-nic)",
+        lp.polls,
+        100.0 * lp.empty_polls as f64 / lp.polls.max(1) as f64
     );
     for id in ["i40e_loopback/64", "i40e_loopback/1518"] {
         if let Some(ns) = mean_ns("rxtx", id) {
