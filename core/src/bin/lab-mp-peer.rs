@@ -86,12 +86,20 @@ fn register(ch: &Channel) {
     ok(ch.register_action("memfd-read", Dispatch::Inline, |ch, req| {
         let text = match req.msg.fds.first() {
             Some(fd) => {
-                let mut f = std::fs::File::from(fd.try_clone().expect("dup"));
-                let mut s = String::new();
-                use std::io::{Read, Seek};
-                let _ = f.rewind();
-                let _ = f.read_to_string(&mut s);
-                s
+                // Positional reads: every receiver's descriptor shares one open file description
+                // (SCM_RIGHTS duplicates it), so a seek-and-read races with the other receivers.
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::from(fd.try_clone().expect("dup"));
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0).min(4096) as usize;
+                let mut buf = vec![0u8; len];
+                let mut got = 0;
+                while got < len {
+                    match f.read_at(&mut buf[got..], got as u64) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                }
+                String::from_utf8_lossy(&buf[..got]).into_owned()
             }
             None => "no-fd".into(),
         };
