@@ -9,7 +9,7 @@
 //! [`Mapping::write32`] Release), so a doorbell is never read torn.
 //!
 //! The enable bits of all 192 queues are scanned (for 0->1 edges) when a trapped access touched the
-//! queue pages, at the end of a poll that found nothing to do, and every `rxtx::SCAN_EVERY` busy polls; the
+//! queue pages, after a poll that found nothing to do, and every `rxtx::SCAN_EVERY` busy polls; the
 //! enabled queues' own bits are checked on every poll, so a 1->0 edge stops DMA at once. Trapped
 //! registers live in a flat array indexed by offset (no hashing on the data path).
 //! BAR4 (16 KiB) holds the MSI-X table (64 vectors) at 0 and the PBA at 0x2000, trapped.
@@ -86,6 +86,7 @@ pub struct Ixgbe {
     scanned_gen: u64,
     /// Polls since the last full enable scan, and whether the last poll found nothing to do.
     polls_since_scan: u32,
+    last_poll_idle: bool,
     msix: Vec<u8>,
     pba: u64,
     pending_irqs: u64,
@@ -154,6 +155,7 @@ impl Ixgbe {
             queue_gen: 1,
             scanned_gen: 0,
             polls_since_scan: 0,
+            last_poll_idle: true,
             msix: vec![0; (MSIX_VECTORS * 16) as usize],
             pba: 0,
             pending_irqs: 0,
@@ -585,11 +587,7 @@ impl DeviceModel for Ixgbe {
             self.rx_finish(&mut rx);
             self.wire = Some(wire);
         }
-        if !did {
-            // Nothing to do: look for newly enabled queues now, in time that is idle anyway,
-            // rather than at the start of the next (perhaps busy) poll.
-            did |= self.scan_queue_enables();
-        }
+        self.last_poll_idle = !did;
         did
     }
 

@@ -90,7 +90,7 @@ pub(super) struct RxBatch<'d> {
 impl Ixgbe {
     /// True when the enable bits should be scanned for edges this poll.
     pub(super) fn scan_due(&self) -> bool {
-        self.queue_gen != self.scanned_gen || self.polls_since_scan >= SCAN_EVERY
+        self.queue_gen != self.scanned_gen || self.last_poll_idle || self.polls_since_scan >= SCAN_EVERY
     }
 
     /// Latches ring configuration on ENABLE 0->1 and drops it on 1->0 (RXDCTL/TXDCTL in the pages).
