@@ -370,14 +370,23 @@ impl Ixgbe {
             wb: [(0, 0, 0); WB_BATCH],
             wb_len: 0,
         };
+        let enabled = self.page32(rxdctl(0)) & RXDCTL_ENABLE != 0;
         if !ring.enabled {
-            return b;
-        }
-        if self.page32(rxdctl(0)) & RXDCTL_ENABLE == 0 {
+            if !enabled {
+                return b;
+            }
+            // Enabled by the driver since the last scan: latch it now, so a frame that arrives in
+            // this very poll finds the ring (a driver may send as soon as ENABLE reads back set).
+            let ring = self.latch_ring(rdbal(0), rdbah(0), rdlen(0), "rx ring length invalid");
+            tracing::debug!(bdf = %self.bdf, q = 0, enabled = true, count = ring.count, "rx queue");
+            self.rxq[0] = ring;
+            b.ring = ring;
+        } else if !enabled {
             // Disabled by the driver: no DMA into its buffers; the next poll's scan drops the ring.
             self.queue_gen += 1;
             return b;
         }
+        let ring = b.ring;
         b.ready = self.reg(RXCTRL) & RXCTRL_RXEN != 0 && self.link_up();
         if !b.ready {
             return b;
