@@ -315,9 +315,7 @@ fn surprise_unplug_is_seen_and_release_does_not_hang() {
     // The data path keeps working on memory only: nothing arrives, nothing panics.
     let mut rx: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
     assert_eq!(port.rx_burst(0, &mut rx), 0);
-    let start = Instant::now();
-    port.close(Release::Shared);
-    assert!(start.elapsed() < Duration::from_secs(5), "release took {:?}", start.elapsed());
+    nic_common::returns("release of an unplugged port", move || port.close(Release::Shared));
 }
 
 #[test]

@@ -697,10 +697,12 @@ mod tests {
             .poll_until(0x10, 0x8000_0000, 0x8000_0000, Duration::from_millis(10), Duration::from_millis(1))
             .unwrap();
         assert_eq!(v, 0x9234_5600);
-        let t0 = std::time::Instant::now();
         let e = bar.poll_until(0x10, 0x1, 0x1, Duration::from_millis(30), Duration::from_millis(5)).unwrap_err();
-        assert!(matches!(e, VfioError::PollTimeout { last: 0x9234_5600, .. }), "{e}");
-        assert!(t0.elapsed() < Duration::from_secs(3));
+        // It polled until its deadline and reports what it last read.
+        assert!(
+            matches!(e, VfioError::PollTimeout { last: 0x9234_5600, waited, .. } if waited >= Duration::from_millis(30)),
+            "{e}"
+        );
     }
 
     use std::time::Duration;

@@ -324,10 +324,9 @@ fn eventfds_are_batched_by_max_msg_fds_and_signalled_by_the_server() {
 fn backend_error_is_an_error_reply_not_a_hang() {
     let srv = TestServer::start();
     let dev = srv.connect();
-    let t0 = Instant::now();
     let e = dev.region_write(0, MAGIC_FAIL, &[1, 2, 3, 4]).unwrap_err();
+    // Answered with an error reply, not a Timeout waiting for one.
     assert!(matches!(e, VfioError::ErrorReply { command: "REGION_WRITE", .. }), "{e}");
-    assert!(t0.elapsed() < Duration::from_secs(4));
     // An error reply keeps the stream in sync: the connection is still usable.
     dev.region_write(0, 0, &[9, 9, 9, 9]).unwrap();
     let bar0 = Bar::open(dev.clone(), 0).unwrap();
@@ -498,11 +497,12 @@ fn a_server_that_never_answers_times_out_within_the_configured_timeout() {
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);
     });
-    let t0 = Instant::now();
     let e = UserDevice::connect(&path, "0000:00:07.0", Duration::from_millis(200)).unwrap_err();
-    let took = t0.elapsed();
-    assert!(matches!(e, VfioError::Timeout { command: "VERSION", .. }), "{e}");
-    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(2), "{took:?}");
+    // It gave up on its own (no reply can come), after the whole timeout it was given.
+    assert!(
+        matches!(e, VfioError::Timeout { command: "VERSION", waited } if waited >= Duration::from_millis(200)),
+        "{e}"
+    );
     t.join().unwrap();
 }
 
@@ -512,11 +512,9 @@ fn a_timeout_mid_session_poisons_the_connection() {
     let dev = connect(&path, Duration::from_millis(150));
     let e = dev.region_write(0, 0, &[1, 2, 3, 4]).unwrap_err();
     assert!(matches!(e, VfioError::Timeout { command: "REGION_WRITE", .. }), "{e}");
-    let t0 = Instant::now();
     let e = dev.reset().unwrap_err();
+    // Refused before anything is sent: Poisoned, not a second Timeout waiting for a reply.
     assert!(matches!(e, VfioError::Poisoned { .. }), "{e}");
-    // Fails at once: well under the 150 ms reply timeout it would otherwise wait.
-    assert!(t0.elapsed() < Duration::from_millis(140));
     assert!(dev.poisoned().unwrap().contains("REGION_WRITE"));
     // A Bar on a poisoned device reads all-ones, as a dead PCI device does.
     let bar = Bar::open(dev.clone(), 0).unwrap();

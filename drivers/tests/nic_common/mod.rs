@@ -189,3 +189,13 @@ pub fn sizes(n: usize) -> Vec<usize> {
         })
         .collect()
 }
+
+/// Runs `f` on a thread and returns what it returns; fails the test if `f` never returns (a hang
+/// guard with a bound far beyond any healthy run, not a measure of speed).
+pub fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap_or_else(|_| panic!("{what} hung"))
+}
