@@ -1,8 +1,10 @@
-//! Group `rxtx`: packets through net_ixgbe and an emulated 82599 on loopback (driver tx -> lab-nic
-//! -> driver rx, bench process and emulator in separate processes, burst 32), against its floor:
-//! the same 64-byte objects moved to another process through a raw shared-memory ring.
+//! Group `rxtx`: packets through net_ixgbe and an emulated 82599, and through net_i40e and an
+//! emulated X710, on loopback (driver tx -> lab-nic -> driver rx, bench process and emulator in
+//! separate processes, burst 32), against their floors measured in the same run: the same 64-byte
+//! objects moved to another process through a raw shared-memory ring (`shm_copy_floor`), and out
+//! to it and back through two (`shm_echo_floor`).
 //!
-//! `ixgbe_loopback/N`: N is the frame size on the wire with its 4-byte FCS (the driver hands the
+//! `ixgbe_loopback/N`, `i40e_loopback/N`: N is the frame size on the wire with its 4-byte FCS (the driver hands the
 //! device N - 4 bytes; the device strips the FCS on receive). One iteration sends a burst of 32
 //! and receives a burst's worth, with at most `WINDOW` frames in flight, so the figure is
 //! steady-state throughput, not the latency of one round trip.
@@ -211,111 +213,67 @@ fn main() {
         });
     }
 
-    // The driver through the emulated NIC.
-    let sysfs = tempfile::tempdir().expect("sysfs root");
-    let nic = LabNic::start(sysfs.path(), &format!("{BDF},model=ixgbe,wire=loopback"));
-    let pci = scan_one(&sysfs.path().join(BDF)).expect("scan");
-    let devargs = Devargs::parse(&format!("{BDF},promisc=1")).expect("devargs");
-    let drv = IxgbeDriver;
-    let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
-    let conf = PortConf { nb_desc: 1024, ..PortConf::default() };
-    let ctx = ProbeCtx {
-        runtime: &rt,
-        port: PortId(0),
-        name: BDF,
-        devargs: &devargs,
-        kvargs: &kvargs,
-        pci: Some(&pci),
-        conf: &conf,
-    };
-    let mut port = drv.probe(&ctx).expect("probe ixgbe");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !port.link().up {
-        assert!(Instant::now() < deadline, "link down");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut lp = Loop {
-        pool: pool.new_handle(),
-        txb: (0..BURST).map(|_| None).collect(),
-        rxb: (0..BURST).map(|_| None).collect(),
-        in_flight: 0,
-        lost: 0,
-        empty: 0,
-        polls: 0,
-        empty_polls: 0,
-        last_rx: Instant::now(),
-    };
-    for size in [64usize, 1518] {
-        g.throughput(Throughput::Elements(BURST as u64));
-        g.bench_with_input(BenchmarkId::new("ixgbe_loopback", size), &size, |b, &size| {
-            b.iter(|| lp.iter(port.as_mut(), size - 4))
-        });
-    }
-    // Let the last frames come home, then check nothing was lost on the way.
-    let until = Instant::now() + Duration::from_millis(500);
-    while lp.in_flight > 0 && Instant::now() < until {
-        lp.drain(port.as_mut());
-    }
-    let stats = port.stats();
-    let lost = lp.lost;
-    let (polls, empty_polls) = (lp.polls, lp.empty_polls);
     g.finish();
-    port.close(Release::Shared);
-    drop(nic);
-    drop(lp);
-    bench_i40e(&mut c, &rt, &pool);
+
+    // The drivers through the emulated NICs, one lab-nic each, one after the other.
+    let mut report = Vec::new();
+    report.extend(bench_nic(&mut c, &rt, &pool, NicCase { name: "ixgbe", bdf: BDF, port: 0, driver: &IxgbeDriver }));
+    report.extend(bench_nic(
+        &mut c,
+        &rt,
+        &pool,
+        NicCase { name: "i40e", bdf: "0000:00:09.0", port: 1, driver: &I40eDriver },
+    ));
     drop(rt);
 
     c.final_summary();
     println!();
-    println!(
-        "ixgbe port stats: opackets={} ipackets={} imissed={} ierrors={}; frames the bench loop gave up on: {lost}",
-        stats.opackets, stats.ipackets, stats.imissed, stats.ierrors
-    );
-    println!(
-        "driver rx polls: {polls}, {:.1}% found nothing (the driver waiting for lab-nic)",
-        100.0 * empty_polls as f64 / polls.max(1) as f64
-    );
-    for id in ["ixgbe_loopback/64", "ixgbe_loopback/1518", "shm_copy_floor/64", "shm_echo_floor/64"] {
+    for line in report {
+        println!("{line}");
+    }
+    for id in ["shm_copy_floor/64", "shm_echo_floor/64"] {
         if let Some(ns) = mean_ns("rxtx", id) {
-            let mpps = BURST as f64 / ns * 1e3;
-            let verdict = match id {
-                "ixgbe_loopback/64" if mpps >= 10.0 => " (floor 10 Mpps: met)",
-                "ixgbe_loopback/64" => " (floor 10 Mpps: NOT met)",
-                _ => "",
-            };
-            println!("rate rxtx/{id}: {mpps:.2} Mpps{verdict}");
+            println!("rate rxtx/{id}: {:.2} Mpps", BURST as f64 / ns * 1e3);
         }
     }
-    print_ratio("ixgbe_loopback/64 vs floor", "rxtx", "ixgbe_loopback/64", "shm_copy_floor/64", Some(2.0));
-    print_ratio("ixgbe_loopback/64 vs echo", "rxtx", "ixgbe_loopback/64", "shm_echo_floor/64", None);
+    for nic in ["ixgbe", "i40e"] {
+        let id = format!("{nic}_loopback/64");
+        print_ratio(&format!("{id} vs floor"), "rxtx", &id, "shm_copy_floor/64", Some(2.0));
+        print_ratio(&format!("{id} vs echo"), "rxtx", &id, "shm_echo_floor/64", None);
+    }
 }
 
-/// `i40e_loopback/N`: the same loop through net_i40e and an emulated X710 (its own lab-nic, after the
-/// ixgbe one is gone), reported against the same floor.
-fn bench_i40e(c: &mut Criterion, rt: &Runtime, pool: &Mempool) {
-    const I40E_BDF: &str = "0000:00:09.0";
-    let sysfs = tempfile::tempdir().expect("sysfs root");
-    let nic = LabNic::start(sysfs.path(), &format!("{I40E_BDF},model=i40e,wire=loopback"));
+/// One emulated NIC to bench: `{name}_loopback/N` through `driver` and a lab-nic `model=name`.
+struct NicCase<'a> {
+    name: &'static str,
+    bdf: &'static str,
+    port: u16,
+    driver: &'a dyn Driver,
+}
 
-    let pci = scan_one(&sysfs.path().join(I40E_BDF)).expect("scan");
-    let devargs = Devargs::parse(&format!("{I40E_BDF},promisc=1")).expect("devargs");
-    let drv = I40eDriver;
-    let kvargs = devargs.validate(drv.name(), drv.keys()).expect("kvargs");
+/// `{name}_loopback/64` and `/1518` on a lab-nic of its own (stopped before it returns); the lines
+/// to report: port statistics, how often the driver waited, the rates.
+fn bench_nic(c: &mut Criterion, rt: &Runtime, pool: &Mempool, case: NicCase<'_>) -> Vec<String> {
+    let NicCase { name, bdf, port, driver } = case;
+    let sysfs = tempfile::tempdir().expect("sysfs root");
+    let nic = LabNic::start(sysfs.path(), &format!("{bdf},model={name},wire=loopback"));
+    let pci = scan_one(&sysfs.path().join(bdf)).expect("scan");
+    let devargs = Devargs::parse(&format!("{bdf},promisc=1")).expect("devargs");
+    let kvargs = devargs.validate(driver.name(), driver.keys()).expect("kvargs");
     let conf = PortConf { nb_desc: 1024, ..PortConf::default() };
     let ctx = ProbeCtx {
         runtime: rt,
-        port: PortId(1),
-        name: I40E_BDF,
+        port: PortId(port),
+        name: bdf,
         devargs: &devargs,
         kvargs: &kvargs,
         pci: Some(&pci),
         conf: &conf,
     };
-    let mut port = drv.probe(&ctx).expect("probe i40e");
+    let mut dev = driver.probe(&ctx).unwrap_or_else(|e| panic!("probe {name}: {e}"));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !port.link().up {
-        assert!(Instant::now() < deadline, "i40e link down");
+    while !dev.link().up {
+        assert!(Instant::now() < deadline, "{name} link down");
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut lp = Loop {
@@ -332,32 +290,41 @@ fn bench_i40e(c: &mut Criterion, rt: &Runtime, pool: &Mempool) {
     let mut g = c.benchmark_group("rxtx");
     for size in [64usize, 1518] {
         g.throughput(Throughput::Elements(BURST as u64));
-        g.bench_with_input(BenchmarkId::new("i40e_loopback", size), &size, |b, &size| {
-            b.iter(|| lp.iter(port.as_mut(), size - 4))
+        g.bench_with_input(BenchmarkId::new(format!("{name}_loopback"), size), &size, |b, &size| {
+            b.iter(|| lp.iter(dev.as_mut(), size - 4))
         });
     }
     g.finish();
+    // Let the last frames come home, then check nothing was lost on the way.
     let until = Instant::now() + Duration::from_millis(500);
     while lp.in_flight > 0 && Instant::now() < until {
-        lp.drain(port.as_mut());
+        lp.drain(dev.as_mut());
     }
-    let stats = port.stats();
-    port.close(Release::Shared);
+    let stats = dev.stats();
+    dev.close(Release::Shared);
     drop(nic);
-    println!(
-        "i40e port stats: opackets={} ipackets={} imissed={} ierrors={}; frames the bench loop gave up on: {}",
-        stats.opackets, stats.ipackets, stats.imissed, stats.ierrors, lp.lost
-    );
-    println!(
-        "i40e driver rx polls: {}, {:.1}% found nothing (the driver waiting for lab-nic)",
-        lp.polls,
-        100.0 * lp.empty_polls as f64 / lp.polls.max(1) as f64
-    );
-    for id in ["i40e_loopback/64", "i40e_loopback/1518"] {
-        if let Some(ns) = mean_ns("rxtx", id) {
-            println!("rate rxtx/{id}: {:.2} Mpps", BURST as f64 / ns * 1e3);
+    let mut out = vec![
+        format!(
+            "{name} port stats: opackets={} ipackets={} imissed={} ierrors={}; frames the bench loop gave up on: {}",
+            stats.opackets, stats.ipackets, stats.imissed, stats.ierrors, lp.lost
+        ),
+        format!(
+            "{name} driver rx polls: {}, {:.1}% found nothing (the driver waiting for lab-nic)",
+            lp.polls,
+            100.0 * lp.empty_polls as f64 / lp.polls.max(1) as f64
+        ),
+    ];
+    for size in [64, 1518] {
+        let id = format!("{name}_loopback/{size}");
+        if let Some(ns) = mean_ns("rxtx", &id) {
+            let mpps = BURST as f64 / ns * 1e3;
+            let verdict = match size {
+                64 if mpps >= 10.0 => " (floor 10 Mpps: met)",
+                64 => " (floor 10 Mpps: NOT met)",
+                _ => "",
+            };
+            out.push(format!("rate rxtx/{id}: {mpps:.2} Mpps{verdict}"));
         }
     }
-    print_ratio("i40e_loopback/64 vs floor", "rxtx", "i40e_loopback/64", "shm_copy_floor/64", Some(2.0));
-    print_ratio("i40e_loopback/64 vs echo", "rxtx", "i40e_loopback/64", "shm_echo_floor/64", None);
+    out
 }
