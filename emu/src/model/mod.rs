@@ -10,6 +10,7 @@
 pub(crate) mod frame;
 pub mod i40e;
 pub mod ixgbe;
+pub(crate) mod msix;
 pub mod pci;
 
 use std::sync::Arc;

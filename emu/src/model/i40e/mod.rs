@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use self::hmc::{Hmc, RxContext, SegmentDesc, TxContext};
 use self::regs::*;
+use super::msix::Msix;
 use super::pci::{BarDef, BarKind, ConfigSpace, PciIds};
 use super::{DeviceModel, ModelConfig, ModelError, PortStats};
 use crate::dma::{Dma, Xlate};
@@ -210,8 +211,7 @@ pub struct I40e {
     link_reported: bool,
     counters: Counters,
     totals: PortStats,
-    msix: Vec<u8>,
-    pba: u64,
+    msix: Msix,
     pending_irqs: u64,
     /// QINT_RQCTL / QINT_TQCTL of the PF's queues (the rest of the range is plain storage in `regs`).
     qint_rq: [u32; PF_QUEUES as usize],
@@ -282,8 +282,7 @@ impl I40e {
             link_reported: true,
             counters: Counters::default(),
             totals: PortStats::default(),
-            msix: vec![0; (MSIX_VECTORS * 16) as usize],
-            pba: 0,
+            msix: Msix::new(MSIX_VECTORS, MSIX_PBA_OFFSET),
             pending_irqs: 0,
             qint_rq: [0; PF_QUEUES as usize],
             qint_tq: [0; PF_QUEUES as usize],
@@ -296,9 +295,6 @@ impl I40e {
             dma_without_bme_recorded: false,
         };
         m.pf_reset();
-        for v in 0..MSIX_VECTORS as usize {
-            m.msix[v * 16 + 12] = 1;
-        }
         Ok(m)
     }
 
@@ -328,7 +324,7 @@ impl I40e {
         self.tx_active_dirty = true;
         self.tx_frame.clear();
         self.pending_irqs = 0;
-        self.pba = 0;
+        self.msix.clear_pending();
     }
 
     fn port(&self) -> u32 {
@@ -699,35 +695,11 @@ impl I40e {
     }
 
     fn msix_read(&mut self, off: u64, data: &mut [u8]) {
-        let table_end = u64::from(MSIX_VECTORS) * 16;
-        let pba = u64::from(MSIX_PBA_OFFSET);
-        for (i, b) in data.iter_mut().enumerate() {
-            let o = off + i as u64;
-            *b = if o < table_end {
-                self.msix[o as usize]
-            } else if (pba..pba + 8).contains(&o) {
-                (self.pba >> ((o - pba) * 8)) as u8
-            } else {
-                0
-            };
-        }
+        self.msix.read(off, data);
     }
 
     fn msix_write(&mut self, off: u64, data: &[u8]) {
-        let table_end = u64::from(MSIX_VECTORS) * 16;
-        for (i, b) in data.iter().enumerate() {
-            let o = off + i as u64;
-            if o < table_end {
-                self.msix[o as usize] = *b;
-                if o % 16 == 12 && b & 1 == 0 {
-                    let v = o / 16;
-                    if self.pba & (1 << v) != 0 {
-                        self.pba &= !(1 << v);
-                        self.pending_irqs |= 1 << v;
-                    }
-                }
-            }
-        }
+        self.pending_irqs |= self.msix.write(off, data);
     }
 
     fn bar0_ok(off: u64, len: usize) -> bool {
@@ -829,30 +801,9 @@ impl DeviceModel for I40e {
     }
 
     fn take_irqs(&mut self) -> u64 {
-        let pending = std::mem::take(&mut self.pending_irqs);
-        if pending == 0 {
-            return 0;
-        }
-        match self.cfg.msix_state() {
-            Some((true, false)) => {
-                let mut out = 0;
-                for v in 0..MSIX_VECTORS as usize {
-                    if pending & (1 << v) == 0 {
-                        continue;
-                    }
-                    if self.msix[v * 16 + 12] & 1 != 0 {
-                        self.pba |= 1 << v;
-                    } else {
-                        out |= 1 << v;
-                    }
-                }
-                out
-            }
-            Some((true, true)) => {
-                self.pba |= pending;
-                0
-            }
-            _ => 0,
+        match std::mem::take(&mut self.pending_irqs) {
+            0 => 0,
+            pending => self.msix.deliver(pending, self.cfg.msix_state()),
         }
     }
 

@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use self::regs::*;
+use super::msix::Msix;
 use super::pci::{BarDef, BarKind, ConfigSpace, PciIds};
 use super::{DeviceModel, ModelConfig, ModelError, PortStats};
 use crate::dma::{Dma, Xlate};
@@ -87,8 +88,7 @@ pub struct Ixgbe {
     /// Polls since the last full enable scan, and whether the last poll found nothing to do.
     polls_since_scan: u32,
     last_poll_idle: bool,
-    msix: Vec<u8>,
-    pba: u64,
+    msix: Msix,
     pending_irqs: u64,
     /// The wire; `None` only while `poll` holds it (the data path borrows it beside `self`).
     wire: Option<Box<dyn Wire>>,
@@ -156,8 +156,7 @@ impl Ixgbe {
             scanned_gen: 0,
             polls_since_scan: 0,
             last_poll_idle: true,
-            msix: vec![0; (MSIX_VECTORS * 16) as usize],
-            pba: 0,
+            msix: Msix::new(MSIX_VECTORS, MSIX_PBA_OFFSET),
             pending_irqs: 0,
             wire: Some(cfg.wire),
             faults: FaultLog::default(),
@@ -166,10 +165,6 @@ impl Ixgbe {
             dma_without_bme_recorded: false,
         };
         m.reset_state();
-        // MSI-X vectors come out of reset masked (vector control bit 0).
-        for v in 0..MSIX_VECTORS as usize {
-            m.msix[v * 16 + 12] = 1;
-        }
         Ok(m)
     }
 
@@ -198,7 +193,7 @@ impl Ixgbe {
         self.bar0.fill(RX_QUEUE_PAGE.0 as usize, RX_QUEUE_PAGE.1 as usize, 0);
         self.bar0.fill(TX_QUEUE_PAGES.0 as usize, TX_QUEUE_PAGES.1 as usize, 0);
         self.pending_irqs = 0;
-        self.pba = 0;
+        self.msix.clear_pending();
         self.tx_frame.clear();
     }
 
@@ -445,36 +440,11 @@ impl Ixgbe {
     }
 
     fn msix_read(&mut self, off: u64, data: &mut [u8]) {
-        let table_end = u64::from(MSIX_VECTORS) * 16;
-        let pba = u64::from(MSIX_PBA_OFFSET);
-        for (i, b) in data.iter_mut().enumerate() {
-            let o = off + i as u64;
-            *b = if o < table_end {
-                self.msix[o as usize]
-            } else if (pba..pba + 8).contains(&o) {
-                (self.pba >> ((o - pba) * 8)) as u8
-            } else {
-                0
-            };
-        }
+        self.msix.read(off, data);
     }
 
     fn msix_write(&mut self, off: u64, data: &[u8]) {
-        let table_end = u64::from(MSIX_VECTORS) * 16;
-        for (i, b) in data.iter().enumerate() {
-            let o = off + i as u64;
-            if o < table_end {
-                self.msix[o as usize] = *b;
-                if o % 16 == 12 && b & 1 == 0 {
-                    // Unmasking a vector delivers its pending bit.
-                    let v = o / 16;
-                    if self.pba & (1 << v) != 0 {
-                        self.pba &= !(1 << v);
-                        self.pending_irqs |= 1 << v;
-                    }
-                }
-            }
-        }
+        self.pending_irqs |= self.msix.write(off, data);
     }
 }
 
@@ -592,30 +562,9 @@ impl DeviceModel for Ixgbe {
     }
 
     fn take_irqs(&mut self) -> u64 {
-        let pending = std::mem::take(&mut self.pending_irqs);
-        if pending == 0 {
-            return 0;
-        }
-        match self.cfg.msix_state() {
-            Some((true, false)) => {
-                let mut out = 0;
-                for v in 0..MSIX_VECTORS as usize {
-                    if pending & (1 << v) == 0 {
-                        continue;
-                    }
-                    if self.msix[v * 16 + 12] & 1 != 0 {
-                        self.pba |= 1 << v;
-                    } else {
-                        out |= 1 << v;
-                    }
-                }
-                out
-            }
-            Some((true, true)) => {
-                self.pba |= pending;
-                0
-            }
-            _ => 0,
+        match std::mem::take(&mut self.pending_irqs) {
+            0 => 0,
+            pending => self.msix.deliver(pending, self.cfg.msix_state()),
         }
     }
 
