@@ -439,6 +439,11 @@ impl Ixgbe {
         self.bar0.write32(off as usize, v);
     }
 
+    /// A trapped BAR0 access: whole aligned 32-bit registers inside the BAR.
+    fn bar0_ok(off: u64, len: usize) -> bool {
+        off & 3 == 0 && len & 3 == 0 && len > 0 && off.checked_add(len as u64).is_some_and(|e| e <= BAR0_SIZE)
+    }
+
     fn msix_read(&mut self, off: u64, data: &mut [u8]) {
         self.msix.read(off, data);
     }
@@ -480,10 +485,7 @@ impl DeviceModel for Ixgbe {
     fn bar_read(&mut self, bar: u32, off: u64, data: &mut [u8]) {
         match bar {
             0 => {
-                let ok = off & 3 == 0
-                    && data.len() & 3 == 0
-                    && !data.is_empty()
-                    && off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR0_SIZE);
+                let ok = Self::bar0_ok(off, data.len());
                 if !ok {
                     data.fill(0xff);
                     self.faults.record(off, data.len() as u64, "bar0 read unaligned or out of range");
@@ -505,10 +507,7 @@ impl DeviceModel for Ixgbe {
     fn bar_write(&mut self, bar: u32, off: u64, data: &[u8]) {
         match bar {
             0 => {
-                let ok = off & 3 == 0
-                    && data.len() & 3 == 0
-                    && !data.is_empty()
-                    && off.checked_add(data.len() as u64).is_some_and(|e| e <= BAR0_SIZE);
+                let ok = Self::bar0_ok(off, data.len());
                 if !ok {
                     self.faults.record(off, data.len() as u64, "bar0 write unaligned or out of range");
                     return;
