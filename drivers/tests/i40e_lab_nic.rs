@@ -19,7 +19,10 @@ const BDF: &str = "0000:00:09.0";
 const BDF2: &str = "0000:00:0a.0";
 
 mod nic_common;
-use nic_common::{frame, sizes, Lab, LabNic};
+use nic_common::{frame, pump, sizes, wait_link, Lab, LabNic};
+
+/// Frames in flight at most in `pump`.
+const WINDOW: usize = 256;
 
 /// This file's probes go to the i40e driver unless another is named.
 trait I40eLab {
@@ -33,53 +36,6 @@ impl I40eLab for Lab {
     }
     fn probe_with(&self, drv: &dyn Driver, nic: &LabNic, bdf: &str, port: u16) -> Box<dyn EthDev> {
         self.probe_conf(drv, nic, bdf, port, &PortConf::default())
-    }
-}
-
-/// Sends `lens.len()` frames from `tx` to `rx` (may be the same port) and checks each one arrives
-/// byte-identical and in order. Keeps at most `window` frames in flight so no ring overflows.
-fn pump(pool: &mut Mempool, tx: &mut dyn EthDev, rx: &mut Option<&mut dyn EthDev>, dst: [u8; 6], lens: &[usize]) {
-    let window: usize = 256;
-    let (mut sent, mut got) = (0usize, 0usize);
-    let mut txb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
-    let mut rxb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
-    let mut last_progress = Instant::now();
-    while got < lens.len() {
-        let room = window.saturating_sub(sent - got).min(32).min(lens.len() - sent);
-        if room > 0 {
-            for (k, slot) in txb[..room].iter_mut().enumerate() {
-                let mut m = pool.alloc().expect("mbuf");
-                assert!(m.copy_from(&frame(dst, (sent + k) as u32, lens[sent + k])));
-                *slot = Some(m);
-            }
-            let mut off = 0;
-            while off < room {
-                off += tx.tx_burst(0, &mut txb[off..room]);
-            }
-            sent += room;
-        }
-        let n = match rx {
-            Some(r) => r.rx_burst(0, &mut rxb),
-            None => tx.rx_burst(0, &mut rxb),
-        };
-        for slot in &mut rxb[..n] {
-            let m = slot.take().expect("received mbuf");
-            let want = frame(dst, got as u32, lens[got]);
-            assert_eq!(m.len(), want.len(), "frame {got}: length");
-            assert!(m.data() == &want[..], "frame {got}: content differs");
-            got += 1;
-            pool.free(m);
-            last_progress = Instant::now();
-        }
-        assert!(last_progress.elapsed() < Duration::from_secs(10), "stuck: sent {sent}, received {got}");
-    }
-}
-
-fn wait_link(port: &mut dyn EthDev) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !port.link().up {
-        assert!(Instant::now() < deadline, "link did not come up");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -104,7 +60,7 @@ fn loopback_delivers_ten_thousand_mixed_frames_in_order_and_counts_them() {
 
     port.stats_reset();
     let lens = sizes(10_000);
-    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &lens);
+    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &lens, WINDOW);
     let total: u64 = lens.iter().map(|l| *l as u64).sum();
     let s = port.stats();
     assert_eq!((s.opackets, s.ipackets), (10_000, 10_000), "{s:?}");
@@ -115,9 +71,9 @@ fn loopback_delivers_ten_thousand_mixed_frames_in_order_and_counts_them() {
     // Promiscuous off: a frame to another unicast address is filtered; on: it arrives.
     let other = [0x02, 0x99, 0, 0, 0, 1];
     port.set_promisc(true).expect("promisc");
-    pump(&mut lab.pool, port.as_mut(), &mut None, other, &[64, 128]);
+    pump(&mut lab.pool, port.as_mut(), &mut None, other, &[64, 128], WINDOW);
     port.set_promisc(false).expect("promisc off");
-    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &[64]);
+    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &[64], WINDOW);
     assert!(port.set_mtu(9000).is_err(), "9000 does not fit a 2 KiB buffer");
     port.set_mtu(1400).expect("mtu");
     assert_eq!(port.info().mtu, 1400);
@@ -152,8 +108,8 @@ fn an_i40e_function_cabled_to_an_ixgbe_function_passes_traffic_both_ways() {
     let (ma, mb) = (a.info().mac, b.info().mac);
     assert_eq!((a.info().driver, b.info().driver), ("net_i40e", "net_ixgbe"));
     let lens = sizes(2_000);
-    pump(&mut lab.pool, a.as_mut(), &mut Some(b.as_mut()), mb, &lens);
-    pump(&mut lab.pool, b.as_mut(), &mut Some(a.as_mut()), ma, &lens);
+    pump(&mut lab.pool, a.as_mut(), &mut Some(b.as_mut()), mb, &lens, WINDOW);
+    pump(&mut lab.pool, b.as_mut(), &mut Some(a.as_mut()), ma, &lens, WINDOW);
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!((sa.opackets, sa.ipackets, sb.opackets, sb.ipackets), (2_000, 2_000, 2_000, 2_000));
     a.close(Release::Shared);
@@ -171,7 +127,7 @@ fn release_and_probe_again_ten_times_leaks_no_zone_and_no_buffer() {
         let mut port = lab.probe(&nic, BDF, 0);
         wait_link(port.as_mut());
         let mac = port.info().mac;
-        pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60 + i, 1514]);
+        pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60 + i, 1514], WINDOW);
         port.close(Release::Shared);
     }
     assert_eq!(lab.rt.shm().zones().len(), zones_before, "memzones freed at release");
@@ -191,7 +147,7 @@ fn a_secondary_process_attaches_moves_traffic_and_leaves_the_port_to_the_primary
     wait_link(port.as_mut());
     port.stats_reset();
     let mac = port.info().mac;
-    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(100));
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(100), WINDOW);
 
     // The secondary: this test binary again, running only `secondary_child`.
     let out = Command::new(std::env::current_exe().expect("test exe"))
@@ -217,7 +173,7 @@ fn a_secondary_process_attaches_moves_traffic_and_leaves_the_port_to_the_primary
     }
 
     // The primary continues where the secondary left the rings; the port counters saw everything.
-    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(1000));
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(1000), WINDOW);
     let s = port.stats();
     assert_eq!((s.opackets, s.ipackets), (1600, 1600), "{s:?}");
     assert!(nic.command(&format!("faults {BDF}")).starts_with("ok count=0"));
@@ -253,7 +209,7 @@ fn secondary_child() {
     // Link status through the shared admin queue, from this process.
     wait_link(port.as_mut());
     assert_eq!(port.link().speed_mbps, 10_000);
-    pump(&mut pool, port.as_mut(), &mut None, info.mac, &sizes(500));
+    pump(&mut pool, port.as_mut(), &mut None, info.mac, &sizes(500), WINDOW);
     port.close(Release::Local);
     println!("secondary ok");
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lab_core::bus::pci::scan_one;
 use lab_core::devargs::Devargs;
 use lab_core::ethdev::{Driver, EthDev, PortConf, PortId, ProbeCtx, Release};
-use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mbuf::Mbuf;
 use lab_core::mem::{ShmOffset, IOVA_BASE};
 use lab_core::vfio::{open_pci, Bar, OpenOptions};
 use lab_drivers::ixgbe::{regs, IxgbeDriver};
@@ -16,7 +16,10 @@ const BDF: &str = "0000:00:05.0";
 const BDF2: &str = "0000:00:06.0";
 
 mod nic_common;
-use nic_common::{frame, sizes, Lab, LabNic};
+use nic_common::{frame, pump, sizes, wait_link, Lab, LabNic};
+
+/// Frames in flight at most in `pump`.
+const WINDOW: usize = 96;
 
 /// This file's probes go to the ixgbe driver.
 trait IxgbeLab {
@@ -30,53 +33,6 @@ impl IxgbeLab for Lab {
     }
     fn probe_with(&self, nic: &LabNic, bdf: &str, port: u16, conf: &PortConf) -> Box<dyn EthDev> {
         self.probe_conf(&IxgbeDriver, nic, bdf, port, conf)
-    }
-}
-
-/// Sends `lens.len()` frames from `tx` to `rx` (may be the same port) and checks each one arrives
-/// byte-identical and in order. Keeps at most `window` frames in flight so no ring overflows.
-fn pump(pool: &mut Mempool, tx: &mut dyn EthDev, rx: &mut Option<&mut dyn EthDev>, dst: [u8; 6], lens: &[usize]) {
-    let window: usize = 96;
-    let (mut sent, mut got) = (0usize, 0usize);
-    let mut txb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
-    let mut rxb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
-    let mut last_progress = Instant::now();
-    while got < lens.len() {
-        let room = window.saturating_sub(sent - got).min(32).min(lens.len() - sent);
-        if room > 0 {
-            for (k, slot) in txb[..room].iter_mut().enumerate() {
-                let mut m = pool.alloc().expect("mbuf");
-                assert!(m.copy_from(&frame(dst, (sent + k) as u32, lens[sent + k])));
-                *slot = Some(m);
-            }
-            let mut off = 0;
-            while off < room {
-                off += tx.tx_burst(0, &mut txb[off..room]);
-            }
-            sent += room;
-        }
-        let n = match rx {
-            Some(r) => r.rx_burst(0, &mut rxb),
-            None => tx.rx_burst(0, &mut rxb),
-        };
-        for slot in &mut rxb[..n] {
-            let m = slot.take().expect("received mbuf");
-            let want = frame(dst, got as u32, lens[got]);
-            assert_eq!(m.len(), want.len(), "frame {got}: length");
-            assert!(m.data() == &want[..], "frame {got}: content differs");
-            got += 1;
-            pool.free(m);
-            last_progress = Instant::now();
-        }
-        assert!(last_progress.elapsed() < Duration::from_secs(10), "stuck: sent {sent}, received {got}");
-    }
-}
-
-fn wait_link(port: &mut dyn EthDev) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !port.link().up {
-        assert!(Instant::now() < deadline, "link did not come up");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -94,7 +50,7 @@ fn loopback_delivers_ten_thousand_mixed_frames_in_order_and_counts_them() {
 
     port.stats_reset();
     let lens = sizes(10_000);
-    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &lens);
+    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &lens, WINDOW);
     let total: u64 = lens.iter().map(|l| *l as u64).sum();
     let s = port.stats();
     assert_eq!((s.opackets, s.ipackets), (10_000, 10_000), "{s:?}");
@@ -103,9 +59,9 @@ fn loopback_delivers_ten_thousand_mixed_frames_in_order_and_counts_them() {
 
     // Promiscuous off: a frame to another unicast address is filtered; on: it arrives.
     let other = [0x02, 0x99, 0, 0, 0, 1];
-    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &[64]);
+    pump(&mut lab.pool, port.as_mut(), &mut None, info.mac, &[64], WINDOW);
     port.set_promisc(true).expect("promisc");
-    pump(&mut lab.pool, port.as_mut(), &mut None, other, &[64, 128]);
+    pump(&mut lab.pool, port.as_mut(), &mut None, other, &[64, 128], WINDOW);
     port.set_promisc(false).expect("promisc off");
     assert!(port.set_mtu(9000).is_err(), "9000 does not fit a 2 KiB buffer");
     port.set_mtu(1400).expect("mtu");
@@ -128,8 +84,8 @@ fn two_cabled_functions_pass_traffic_both_ways() {
     assert_eq!(ma, [2, 0, 0, 0, 5, 0]);
     assert_eq!(mb, [2, 0, 0, 0, 6, 0]);
     let lens = sizes(2_000);
-    pump(&mut lab.pool, a.as_mut(), &mut Some(b.as_mut()), mb, &lens);
-    pump(&mut lab.pool, b.as_mut(), &mut Some(a.as_mut()), ma, &lens);
+    pump(&mut lab.pool, a.as_mut(), &mut Some(b.as_mut()), mb, &lens, WINDOW);
+    pump(&mut lab.pool, b.as_mut(), &mut Some(a.as_mut()), ma, &lens, WINDOW);
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!((sa.opackets, sa.ipackets, sb.opackets, sb.ipackets), (2_000, 2_000, 2_000, 2_000));
     a.close(Release::Shared);
@@ -143,7 +99,7 @@ fn a_descriptor_outside_the_dma_map_is_a_recorded_fault_and_the_device_keeps_ser
     let mut port = lab.probe(&nic, BDF, 0);
     wait_link(port.as_mut());
     let mac = port.info().mac;
-    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60, 1000]);
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60, 1000], WINDOW);
     assert!(nic.command(&format!("faults {BDF}")).starts_with("ok count=0"));
 
     // By hand, over a connection of our own: one TX descriptor whose buffer lies outside any DMA
@@ -182,7 +138,7 @@ fn a_descriptor_outside_the_dma_map_is_a_recorded_fault_and_the_device_keeps_ser
     port.close(Release::Shared);
     let mut port = lab.probe(&nic, BDF, 0);
     wait_link(port.as_mut());
-    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(500));
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(500), WINDOW);
     port.close(Release::Shared);
 }
 
@@ -203,7 +159,7 @@ fn detach_and_probe_again_twenty_times_leaks_no_fd() {
         let mut port = lab.probe(&nic, BDF, 0);
         wait_link(port.as_mut());
         let mac = port.info().mac;
-        pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60 + i, 1514]);
+        pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60 + i, 1514], WINDOW);
         port.close(Release::Shared);
     }
     // The tests of this binary run one at a time (Lab holds a lock), so the count is exact.
@@ -301,7 +257,7 @@ fn surprise_unplug_is_seen_and_release_does_not_hang() {
     let mut port = lab.probe(&nic, BDF, 0);
     wait_link(port.as_mut());
     let mac = port.info().mac;
-    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60, 600]);
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &[60, 600], WINDOW);
     assert!(!port.is_removed());
     assert!(nic.command(&format!("unplug {BDF}")).starts_with("ok"));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -393,7 +349,7 @@ fn rxd_and_txd_devargs_size_the_rings() {
     assert_eq!(shm.lookup("ixgbe_0_txq0").expect("tx zone").len, lab_drivers::ixgbe::rxtx::zone_len(256));
     wait_link(port.as_mut());
     let mac = port.info().mac;
-    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(1000));
+    pump(&mut lab.pool, port.as_mut(), &mut None, mac, &sizes(1000), WINDOW);
     port.close(Release::Shared);
     let bad = Devargs::parse(&format!("{BDF},rxd=100")).expect("devargs");
     let kvargs = bad.validate("net_ixgbe", IxgbeDriver.keys()).expect("in range for the parser");

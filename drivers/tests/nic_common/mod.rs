@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use lab_core::bus::pci::scan_one;
 use lab_core::devargs::Devargs;
 use lab_core::ethdev::{Driver, EthDev, PortConf, PortId, ProbeCtx, DEFAULT_POOL};
-use lab_core::mbuf::Mempool;
+use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::options::Options;
 use lab_core::runtime::Runtime;
 
@@ -198,4 +198,58 @@ pub fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'st
         let _ = tx.send(f());
     });
     rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap_or_else(|_| panic!("{what} hung"))
+}
+
+/// Sends `lens.len()` frames from `tx` to `rx` (may be the same port) and checks each one arrives
+/// byte-identical and in order. Keeps at most `window` frames in flight so no ring overflows.
+pub fn pump(
+    pool: &mut Mempool,
+    tx: &mut dyn EthDev,
+    rx: &mut Option<&mut dyn EthDev>,
+    dst: [u8; 6],
+    lens: &[usize],
+    window: usize,
+) {
+    let (mut sent, mut got) = (0usize, 0usize);
+    let mut txb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    let mut rxb: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    let mut last_progress = Instant::now();
+    while got < lens.len() {
+        let room = window.saturating_sub(sent - got).min(32).min(lens.len() - sent);
+        if room > 0 {
+            for (k, slot) in txb[..room].iter_mut().enumerate() {
+                let mut m = pool.alloc().expect("mbuf");
+                assert!(m.copy_from(&frame(dst, (sent + k) as u32, lens[sent + k])));
+                *slot = Some(m);
+            }
+            let mut off = 0;
+            while off < room {
+                off += tx.tx_burst(0, &mut txb[off..room]);
+            }
+            sent += room;
+        }
+        let n = match rx {
+            Some(r) => r.rx_burst(0, &mut rxb),
+            None => tx.rx_burst(0, &mut rxb),
+        };
+        for slot in &mut rxb[..n] {
+            let m = slot.take().expect("received mbuf");
+            let want = frame(dst, got as u32, lens[got]);
+            assert_eq!(m.len(), want.len(), "frame {got}: length");
+            assert!(m.data() == &want[..], "frame {got}: content differs");
+            got += 1;
+            pool.free(m);
+            last_progress = Instant::now();
+        }
+        // A hang guard (no frame for a minute), not a measure of speed.
+        assert!(last_progress.elapsed() < Duration::from_secs(60), "stuck: sent {sent}, received {got}");
+    }
+}
+
+pub fn wait_link(port: &mut dyn EthDev) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !port.link().up {
+        assert!(Instant::now() < deadline, "link did not come up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
