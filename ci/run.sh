@@ -11,5 +11,6 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+./ci/peers.sh
 echo "== cargo test"
 cargo test --workspace --locked

@@ -31,5 +31,6 @@ pub mod options;
 pub mod ring;
 pub mod runtime;
 pub mod sys;
+pub mod telemetry;
 
 pub use lab_vfio as vfio;

@@ -319,6 +319,11 @@ pub struct Options {
     pub ipc_spin_us: u64,
     /// `--lab-fault=OP:DEVICE[:MODE]`, in order.
     pub faults: Vec<FaultSpec>,
+    /// The application arguments after the EAL ones (what `parse` also returns), for telemetry's
+    /// `/eal/app_params`.
+    pub app_args: Vec<String>,
+    /// `--no-telemetry`: serve no telemetry socket (`--telemetry`, the default, turns it back on).
+    pub no_telemetry: bool,
     /// DPDK options accepted and ignored, one entry per occurrence as typed (`-l 0-3`,
     /// `--lcores=0@1`, `--in-memory`; a value given as a separate argument follows a space).
     pub ignored: Vec<String>,
@@ -340,6 +345,8 @@ impl Default for Options {
             hotplug_timeout_ms: DEFAULT_HOTPLUG_TIMEOUT_MS,
             ipc_spin_us: 0,
             faults: Vec::new(),
+            app_args: Vec::new(),
+            no_telemetry: false,
             ignored: Vec::new(),
         }
     }
@@ -369,6 +376,8 @@ enum Id {
     IpcSpin,
     Fault,
     Help,
+    Telemetry,
+    NoTelemetry,
     Ignored,
 }
 
@@ -420,8 +429,8 @@ const TABLE: &[(&str, Arity, Id)] = &[
     ("--single-file-segments", Arity::Flag, Id::Ignored),
     ("--match-allocations", Arity::Flag, Id::Ignored),
     ("--syslog", Arity::Optional(SYSLOG_WORDS), Id::Ignored),
-    ("--telemetry", Arity::Flag, Id::Ignored),
-    ("--no-telemetry", Arity::Flag, Id::Ignored),
+    ("--telemetry", Arity::Flag, Id::Telemetry),
+    ("--no-telemetry", Arity::Flag, Id::NoTelemetry),
     ("--no-shconf", Arity::Flag, Id::Ignored),
     ("--vfio-intr", Arity::Value, Id::Ignored),
     ("--create-uio-dev", Arity::Flag, Id::Ignored),
@@ -446,12 +455,14 @@ EAL options (app [EAL options] -- [application options]):
   --lab-fault=OP:DEVICE[:MODE]
                           inject a fault: OP attach|detach|pre-detach, MODE fail|hang|crash
                           (default fail); repeatable
+  --telemetry, --no-telemetry
+                          serve (default) or not the DPDK telemetry v2 socket in the runtime dir
   -h, --help              print this help
 DPDK options accepted and ignored:
   -l LIST, -c MASK, -n N, -d LIB, -r N, -v, --main-lcore=ID, --master-lcore=ID, --lcores=MAP,
   --socket-mem=LIST, --socket-limit=LIST, --in-memory, --iova-mode=MODE, --base-virtaddr=ADDR,
-  --legacy-mem, --single-file-segments, --match-allocations, --syslog[=WHEN], --telemetry,
-  --no-telemetry, --no-shconf, --vfio-intr=MODE, --create-uio-dev
+  --legacy-mem, --single-file-segments, --match-allocations, --syslog[=WHEN],
+  --no-shconf, --vfio-intr=MODE, --create-uio-dev
 ";
 
 /// The help text: every option, its values and default.
@@ -470,6 +481,7 @@ fn check_file_prefix(option: &str, value: &str) -> Result<String, OptionsError> 
         && value.len() <= MAX_FILE_PREFIX_LEN
         && value != "."
         && value != ".."
+        && value != crate::telemetry::DPDK_VIEW
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if ok {
         Ok(value.to_string())
@@ -477,7 +489,10 @@ fn check_file_prefix(option: &str, value: &str) -> Result<String, OptionsError> 
         Err(bad_value(
             option,
             value,
-            format!("1..={MAX_FILE_PREFIX_LEN} characters of [A-Za-z0-9_.-], not \".\" or \"..\""),
+            format!(
+                "1..={MAX_FILE_PREFIX_LEN} characters of [A-Za-z0-9_.-], not \".\", \"..\" or \"{}\" (reserved for the telemetry view)",
+                crate::telemetry::DPDK_VIEW
+            ),
         ))
     }
 }
@@ -614,6 +629,8 @@ impl Options {
                 Id::Allow => opts.allow.push(check_devargs(&name, v, BusKind::Pci)?),
                 Id::Block => opts.block.push(check_devargs(&name, v, BusKind::Pci)?),
                 Id::NoPci => opts.no_pci = true,
+                Id::Telemetry => opts.no_telemetry = false,
+                Id::NoTelemetry => opts.no_telemetry = true,
                 Id::NoHuge => opts.no_huge = true,
                 Id::HugeDir => {
                     if v.is_empty() {
@@ -649,6 +666,7 @@ impl Options {
                 |id: Id| first_name.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone()).unwrap_or_default();
             return Err(OptionsError::Conflict { option: name_of(Id::HugeDir), other: name_of(Id::NoHuge) });
         }
+        opts.app_args = app.clone();
         Ok((opts, app))
     }
 
@@ -672,6 +690,9 @@ impl Options {
         }
         if self.no_huge {
             out.push("--no-huge".into());
+        }
+        if self.no_telemetry {
+            out.push("--no-telemetry".into());
         }
         if let Some(dir) = &self.huge_dir {
             out.push(format!("--huge-dir={}", dir.display()));
@@ -1030,8 +1051,6 @@ mod tests {
     #[case(&["--syslog"], "--syslog")]
     #[case(&["--syslog=daemon"], "--syslog=daemon")]
     #[case(&["--syslog", "local0"], "--syslog local0")]
-    #[case(&["--telemetry"], "--telemetry")]
-    #[case(&["--no-telemetry"], "--no-telemetry")]
     #[case(&["--no-shconf"], "--no-shconf")]
     #[case(&["--vfio-intr", "msix"], "--vfio-intr msix")]
     #[case(&["--create-uio-dev"], "--create-uio-dev")]
@@ -1039,6 +1058,14 @@ mod tests {
         let o = opts(args);
         assert_eq!(o.ignored, [recorded]);
         assert_eq!(Options { ignored: vec![], ..o }, Options::default());
+    }
+
+    #[test]
+    fn telemetry_is_on_unless_turned_off_and_the_last_word_wins() {
+        assert!(!opts(&[]).no_telemetry);
+        assert!(opts(&["--no-telemetry"]).no_telemetry);
+        assert!(!opts(&["--no-telemetry", "--telemetry"]).no_telemetry);
+        assert!(opts(&["--no-telemetry"]).to_args().contains(&"--no-telemetry".to_string()));
     }
 
     #[test]

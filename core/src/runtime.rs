@@ -23,6 +23,7 @@ use crate::ipc::{Channel, ChannelConfig, IpcError};
 use crate::mem::{self, MemError, Shm};
 use crate::options::{Options, ProcType};
 use crate::sys;
+use crate::telemetry::{self, Telemetry, TelemetryError};
 
 /// What this process is in the lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,9 @@ impl std::fmt::Display for Role {
 /// Errors of runtime start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// The telemetry socket could not be set up.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     /// `--proc-type=secondary` (or auto finding a stale lock) with no primary.
     #[error("no primary process is running with file prefix {prefix:?} (runtime dir {dir})")]
     NoPrimary {
@@ -118,6 +122,7 @@ pub struct Runtime {
     _config: File,
     shm: Arc<Shm>,
     ipc: Channel,
+    telemetry: Option<Telemetry>,
 }
 
 impl Runtime {
@@ -175,7 +180,14 @@ impl Runtime {
             spin_us: opts.ipc_spin_us,
         })?;
         tracing::info!(role = %role, prefix = %opts.file_prefix, dir = %dir.display(), mem = %shm.placement().path.display(), hugepages = shm.placement().hugepages, "runtime up");
-        Ok(Runtime { opts: opts.clone(), dir, role, _config: config, shm, ipc })
+        let telemetry = if opts.no_telemetry {
+            None
+        } else {
+            let t = Telemetry::start(&dir, role == Role::Primary, concat!("hotplug-lab ", env!("CARGO_PKG_VERSION")))?;
+            register_runtime_commands(&t, opts, role, &dir, &shm, &ipc);
+            Some(t)
+        };
+        Ok(Runtime { opts: opts.clone(), dir, role, _config: config, shm, ipc, telemetry })
     }
 
     /// Options the runtime was started with.
@@ -207,10 +219,65 @@ impl Runtime {
     pub fn ipc(&self) -> &Channel {
         &self.ipc
     }
+
+    /// The telemetry server (none with `--no-telemetry`): register a process's own commands here.
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.as_ref()
+    }
+}
+
+/// The commands every lab process serves: DPDK's `/eal/params` and `/eal/app_params`, and the
+/// lab's `/lab/process` and `/lab/ipc`.
+fn register_runtime_commands(t: &Telemetry, opts: &Options, role: Role, dir: &Path, shm: &Arc<Shm>, ipc: &Channel) {
+    let mut params = opts.to_args();
+    params.push(format!("--proc-type={role}"));
+    params.extend(opts.ignored.iter().cloned());
+    let _ = t.register("/eal/params", "Returns EAL commandline parameters used. Takes no parameters", move |_| {
+        Ok(serde_json::json!(params))
+    });
+    let app = opts.app_args.clone();
+    let _ = t.register("/eal/app_params", "Returns app commandline parameters used. Takes no parameters", move |_| {
+        Ok(serde_json::json!(app))
+    });
+    let (prefix, dir, shm, chan) = (opts.file_prefix.clone(), dir.to_path_buf(), shm.clone(), ipc.clone());
+    let instance = t.instance();
+    let _ = t.register(
+        "/lab/process",
+        "Returns this process: role, prefix, pid, telemetry instance, runtime dir, memory file, IPC peers. Takes no parameters",
+        move |_| {
+            let peers: Vec<String> =
+                chan.peers().iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+            Ok(serde_json::json!({
+                "role": role.to_string(), "prefix": prefix, "pid": std::process::id(),
+                "telemetry_instance": instance, "runtime_dir": dir.display().to_string(),
+                "primary_pid": shm.primary_pid(),
+                "mem_file": shm.placement().path.display().to_string(), "hugepages": shm.placement().hugepages,
+                "peers": peers,
+            }))
+        },
+    );
+    let chan = ipc.clone();
+    let _ = t.register(
+        "/lab/ipc",
+        "Returns the IPC channel's counters: received, and dropped by reason. Takes no parameters",
+        move |_| {
+            let s = chan.stats();
+            let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            Ok(serde_json::json!({
+                "received": g(&s.received),
+                "dropped": {
+                    "malformed": g(&s.malformed), "oversized": g(&s.oversized),
+                    "unknown_action": g(&s.unknown_action), "foreign": g(&s.foreign), "late_reply": g(&s.late_reply),
+                },
+            }))
+        },
+    );
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        // First, so its socket is gone before the dir is removed below.
+        drop(self.telemetry.take());
         self.ipc.close();
         if self.role == Role::Primary {
             self.shm.unlink();
@@ -244,6 +311,9 @@ fn reclaim_leftovers(dir: &Path) {
         let name = e.file_name().to_string_lossy().into_owned();
         let stale = if name == "mp_socket" {
             true
+        } else if name.starts_with(telemetry::SOCKET_NAME) {
+            // A telemetry socket nobody listens on any more.
+            sys::seqpacket_connect(&e.path()).is_err()
         } else if let Some(rest) = name.strip_prefix("mp_socket_").or_else(|| name.strip_prefix("mp_reply_")) {
             rest.split('_').next().and_then(|p| p.parse::<u32>().ok()).is_none_or(|pid| !sys::pid_alive(pid))
         } else {

@@ -10,6 +10,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::NonNull;
 
+mod seqpacket;
+pub use seqpacket::{seqpacket_accept, seqpacket_connect, seqpacket_listen, seqpacket_recv, seqpacket_send};
+
 /// Maps `len` bytes of `fd` shared and read-write. The mapping is never unmapped by lab-core
 /// (see `mem::Shm`): pointers into it stay valid until the process exits.
 pub fn mmap_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
