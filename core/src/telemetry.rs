@@ -480,6 +480,103 @@ fn reap_closed(conns: &mut Vec<Conn>) {
     });
 }
 
+/// A telemetry client (what `lab status` and tests use; DPDK's `dpdk-telemetry.py` does the same).
+pub struct Client {
+    fd: OwnedFd,
+    greeting: Value,
+    buf: Vec<u8>,
+}
+
+/// A client's trouble.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting, sending or receiving failed.
+    #[error("telemetry {path}: {what}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The step.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The server closed the connection (it was at its connection limit, or exited).
+    #[error("telemetry {path}: the server closed the connection")]
+    Closed {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// An answer that is not the JSON object the protocol promises.
+    #[error("telemetry {path}: bad answer {text:?}")]
+    BadAnswer {
+        /// The socket.
+        path: PathBuf,
+        /// What came (cut to 200 bytes).
+        text: String,
+    },
+}
+
+impl Client {
+    /// Connects and reads the greeting; every later receive waits at most `timeout`.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        let io = |what| move |source| ClientError::Io { path: path.into(), what, source };
+        let fd = sys::seqpacket_connect(path).map_err(io("connect"))?;
+        sys::set_recv_timeout(fd.as_fd(), timeout.as_millis().max(1) as u64).map_err(io("set timeout"))?;
+        let mut c = Client { fd, greeting: Value::Null, buf: vec![0; MAX_OUTPUT_LEN] };
+        c.greeting = c.recv(path)?;
+        Ok(c)
+    }
+
+    /// The greeting (`version`, `pid`, `max_output_len`).
+    pub fn greeting(&self) -> &Value {
+        &self.greeting
+    }
+
+    fn recv(&mut self, path: &Path) -> Result<Value, ClientError> {
+        let (n, _) = sys::seqpacket_recv(self.fd.as_fd(), &mut self.buf, false)
+            .map_err(|source| ClientError::Io { path: path.into(), what: "receive", source })?;
+        if n == 0 {
+            return Err(ClientError::Closed { path: path.into() });
+        }
+        serde_json::from_slice(&self.buf[..n]).map_err(|_| ClientError::BadAnswer {
+            path: path.into(),
+            text: String::from_utf8_lossy(&self.buf[..n.min(200)]).into_owned(),
+        })
+    }
+
+    /// Sends `cmd` (`/name` or `/name,param`) and returns the value under the command's name
+    /// (`Null` when the server refused the command).
+    pub fn query(&mut self, path: &Path, cmd: &str) -> Result<Value, ClientError> {
+        sys::seqpacket_send(self.fd.as_fd(), cmd.as_bytes())
+            .map_err(|source| ClientError::Io { path: path.into(), what: "send", source })?;
+        let mut v = self.recv(path)?;
+        let name = cmd.split(',').next().unwrap_or(cmd);
+        match v.as_object_mut().and_then(|o| o.remove(name)) {
+            Some(v) => Ok(v),
+            None => Err(ClientError::BadAnswer { path: path.into(), text: v.to_string().chars().take(200).collect() }),
+        }
+    }
+}
+
+/// The telemetry sockets in a runtime dir, primary first then by instance.
+pub fn sockets_in(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let mut v: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let rest = name.strip_prefix(SOCKET_NAME)?;
+                    let instance = if rest.is_empty() { 0 } else { rest.strip_prefix(':')?.parse().ok()? };
+                    Some((instance, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

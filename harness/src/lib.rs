@@ -8,6 +8,7 @@
 //!   tears everything down (Ctrl-C included); also the fault sweep.
 //! * [`report`]: progress line, table, JUnit and JSON.
 //! * [`demo`]: `lab demo`; [`realnic`]: `lab run --real` on functions bound to vfio-pci.
+//! * [`status`]: `lab status`, every process of a running lab read over telemetry.
 //!
 //! Start reading at `runner`.
 #![forbid(unsafe_code)]
@@ -19,3 +20,4 @@ pub mod realnic;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod status;
