@@ -534,8 +534,11 @@ impl Client {
     }
 
     fn recv(&mut self, path: &Path) -> Result<Value, ClientError> {
-        let (n, _) = sys::seqpacket_recv(self.fd.as_fd(), &mut self.buf, false)
-            .map_err(|source| ClientError::Io { path: path.into(), what: "receive", source })?;
+        let (n, _) = sys::seqpacket_recv(self.fd.as_fd(), &mut self.buf, false).map_err(|source| ClientError::Io {
+            path: path.into(),
+            what: "receive",
+            source,
+        })?;
         if n == 0 {
             return Err(ClientError::Closed { path: path.into() });
         }
@@ -548,8 +551,11 @@ impl Client {
     /// Sends `cmd` (`/name` or `/name,param`) and returns the value under the command's name
     /// (`Null` when the server refused the command).
     pub fn query(&mut self, path: &Path, cmd: &str) -> Result<Value, ClientError> {
-        sys::seqpacket_send(self.fd.as_fd(), cmd.as_bytes())
-            .map_err(|source| ClientError::Io { path: path.into(), what: "send", source })?;
+        sys::seqpacket_send(self.fd.as_fd(), cmd.as_bytes()).map_err(|source| ClientError::Io {
+            path: path.into(),
+            what: "send",
+            source,
+        })?;
         let mut v = self.recv(path)?;
         let name = cmd.split(',').next().unwrap_or(cmd);
         match v.as_object_mut().and_then(|o| o.remove(name)) {

@@ -1,7 +1,7 @@
 //! lab-emu: the emulated hardware of hotplug-lab.
 //!
-//! `lab-nic` serves emulated PCI functions (an Intel 82599 today) over vfio-user, one unix socket per
-//! function, to a primary and its secondaries at once, and builds the fake sysfs tree the lab's PCI bus
+//! `lab-nic` serves emulated PCI functions (Intel 82599 `model=ixgbe` and X710 `model=i40e`) over
+//! vfio-user, one unix socket per function, to a primary and its secondaries at once, and builds the fake sysfs tree the lab's PCI bus
 //! scans. This crate is the hardware: it shares no code or constants with the driver side.
 //!
 //! Layers, in the order data flows:
@@ -29,6 +29,9 @@
 //! from there into an RX buffer ([`wire::Wire::transmit_with`], [`wire::Wire::receive_with`]).
 //!
 //! # How a driver uses an emulated function
+//!
+//! The bullets below describe the 82599 model; [`model::i40e`]'s docs give the X710's regions,
+//! queue pages and admin queue.
 //!
 //! - Find `<sysfs-root>/<BDF>/vfio-user.sock` and connect (vfio-user VERSION, GET_INFO, region info);
 //!   at most `--pool` (default 8) processes at once; one more is refused (connection closed at once).

@@ -373,15 +373,21 @@ impl VfioSys for FakeVfio {
                 offset: u64::from(index) * FAKE_REGION_STRIDE,
                 sparse: r.sparse.clone(),
             };
-            let mut b = crate::wire::region_info_bytes(&info, argsz, true);
-            b.resize((argsz as usize).max(crate::wire::REGION_INFO_LEN), 0);
+            let mut b = crate::proto::region_info_bytes(&info, argsz, true);
+            b.resize((argsz as usize).max(crate::proto::REGION_INFO_LEN), 0);
             Ok(b)
         })
     }
 
-    fn irq_info(&self, device: BorrowedFd<'_>, index: u32) -> io::Result<IrqInfo> {
+    fn irq_info(&self, device: BorrowedFd<'_>, index: u32) -> io::Result<vb::vfio_irq_info> {
         self.with_dev(device, "DEVICE_GET_IRQ_INFO", |d| {
-            d.device.irqs.get(index as usize).copied().ok_or_else(|| errno(libc::EINVAL))
+            let i = d.device.irqs.get(index as usize).copied().ok_or_else(|| errno(libc::EINVAL))?;
+            Ok(vb::vfio_irq_info {
+                argsz: std::mem::size_of::<vb::vfio_irq_info>() as u32,
+                flags: i.flags,
+                index: i.index,
+                count: i.count,
+            })
         })
     }
 

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, Weak};
 use vfio_bindings::bindings::vfio as vb;
 
 use crate::device::{check_access, DmaTable, IrqInfo, RegionInfo, RegionMap};
+use crate::proto::{RegionInfoRepr, MAX_INDEXES, MAX_REGION_INFO_LEN, REGION_INFO_LEN};
 use crate::sys::{Mapping, RealVfio, VfioSys};
-use crate::wire::{RegionInfoRepr, MAX_INDEXES, MAX_REGION_INFO_LEN, REGION_INFO_LEN};
 use crate::{DeviceIo, DmaRegion, VfioError};
 
 /// A VFIO container: one IOMMU context, shared by the groups attached to it.
@@ -382,7 +382,8 @@ impl KernelDevice {
         }
         let mut irqs = Vec::with_capacity(info.num_irqs as usize);
         for index in 0..info.num_irqs {
-            irqs.push(sys.irq_info(fd.as_fd(), index).map_err(|e| ioctl("VFIO_DEVICE_GET_IRQ_INFO", e))?);
+            let i = sys.irq_info(fd.as_fd(), index).map_err(|e| ioctl("VFIO_DEVICE_GET_IRQ_INFO", e))?;
+            irqs.push(IrqInfo { index: i.index, flags: i.flags, count: i.count });
         }
         tracing::debug!(device = name, regions = regions.len(), irqs = irqs.len(), "VFIO device opened");
         Ok(KernelDevice {

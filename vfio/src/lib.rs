@@ -10,12 +10,13 @@
 //!    on shared memory; any other offset is trapped into `region_read`/`region_write`. A read
 //!    from a device that has gone away returns `0xFFFF_FFFF`, as on PCI.
 //! 2. [`DeviceIo`] (`device.rs`): regions, irqs, trapped region access, `map_region`, DMA
-//!    map/unmap, reset, eventfd interrupts, `is_alive` for surprise-unplug detection.
+//!    map/unmap, reset, eventfd interrupts, `is_alive` for surprise-unplug detection. It
+//!    stands on `sys` (mappings), never the other way: `sys` knows only the kernel ABI.
 //! 3. The two backends:
 //!    - [`UserDevice`] (`user.rs`): our own vfio-user client over the protocol (QEMU's
 //!      `docs/interop/vfio-user.rst`), with checked replies, a deadline on every reply and a
 //!      poisoned state after a desync. The message layouts it reads and writes are checked views
-//!      in `wire.rs`.
+//!      in `proto.rs`.
 //!    - [`KernelDevice`] (`kernel.rs`): container, group and device fd, in the DPDK shape: a
 //!      [`VfioContext`] per process holds one container and opens each group once (devices of
 //!      one group share it, and identical DMA maps are shared); secondaries adopt the primary's
@@ -38,9 +39,9 @@ mod error;
 pub mod fake;
 pub mod kernel;
 mod pci;
+pub mod proto;
 pub mod sys;
 pub mod user;
-pub mod wire;
 
 pub use bar::Bar;
 pub use device::{

@@ -15,7 +15,6 @@ use std::ptr::NonNull;
 use nix::sys::mman::{MapFlags, ProtFlags};
 use vfio_bindings::bindings::vfio as vb;
 
-use crate::device::IrqInfo;
 use crate::VfioError;
 
 /// A `MAP_SHARED` read/write mapping of part of a file; unmapped on drop.
@@ -126,8 +125,9 @@ pub trait VfioSys: Send + Sync + fmt::Debug {
     /// `VFIO_DEVICE_GET_REGION_INFO` with a buffer of `argsz` bytes; returns the raw buffer
     /// (`vfio_region_info` followed by the capability chain, if it fit).
     fn region_info(&self, device: BorrowedFd<'_>, index: u32, argsz: u32) -> io::Result<Vec<u8>>;
-    /// `VFIO_DEVICE_GET_IRQ_INFO`.
-    fn irq_info(&self, device: BorrowedFd<'_>, index: u32) -> io::Result<IrqInfo>;
+    /// `VFIO_DEVICE_GET_IRQ_INFO`: the kernel's answer as it is (callers turn it into
+    /// `device::IrqInfo`; this layer knows no type above the kernel ABI).
+    fn irq_info(&self, device: BorrowedFd<'_>, index: u32) -> io::Result<vb::vfio_irq_info>;
     /// `VFIO_DEVICE_SET_IRQS`; `fds` is the eventfd payload for `DATA_EVENTFD`.
     fn set_irqs(
         &self,
@@ -301,12 +301,12 @@ impl VfioSys for RealVfio {
         Ok(buf.iter().flat_map(|w| w.to_ne_bytes()).take(len).collect())
     }
 
-    fn irq_info(&self, device: BorrowedFd<'_>, index: u32) -> io::Result<IrqInfo> {
+    fn irq_info(&self, device: BorrowedFd<'_>, index: u32) -> io::Result<vb::vfio_irq_info> {
         let mut info =
             vb::vfio_irq_info { argsz: std::mem::size_of::<vb::vfio_irq_info>() as u32, index, ..Default::default() };
         // SAFETY: the kernel writes at most argsz bytes into `info`, a live local of that size.
         check(unsafe { libc::ioctl(device.as_raw_fd(), DEVICE_GET_IRQ_INFO as _, &mut info) })?;
-        Ok(IrqInfo { index: info.index, flags: info.flags, count: info.count })
+        Ok(info)
     }
 
     fn set_irqs(

@@ -19,8 +19,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use vfio_bindings::bindings::vfio as vb;
 
 use crate::device::{check_access, DmaTable, IrqInfo, RegionInfo, RegionMap};
+use crate::proto::{self, Command, HeaderRepr, HEADER_LEN};
 use crate::sys::{self, Mapping};
-use crate::wire::{self, Command, HeaderRepr, HEADER_LEN};
 use crate::{DeviceIo, DmaRegion, VfioError};
 
 /// Default reply timeout.
@@ -106,7 +106,7 @@ impl UserDevice {
             alive: AtomicBool::new(true),
             timeout,
             max_send_fds: 1,
-            max_xfer: wire::MAX_REGION_INFO_LEN as usize,
+            max_xfer: proto::MAX_REGION_INFO_LEN as usize,
             device_flags: 0,
             regions: Vec::new(),
             region_fds: Vec::new(),
@@ -147,14 +147,14 @@ impl UserDevice {
     }
 
     fn negotiate(&mut self) -> Result<(), VfioError> {
-        let ours = wire::VersionRepr {
+        let ours = proto::VersionRepr {
             major: VERSION_MAJOR,
             minor: VERSION_MINOR,
-            caps: wire::Capabilities { max_msg_fds: OUR_MAX_MSG_FDS, max_data_xfer_size: OUR_MAX_XFER },
+            caps: proto::Capabilities { max_msg_fds: OUR_MAX_MSG_FDS, max_data_xfer_size: OUR_MAX_XFER },
         };
         let reply = self.transact(Command::Version, &ours.emit(), &[])?;
         let theirs =
-            wire::VersionRepr::parse(&reply.body).map_err(|e| self.bad_reply(Command::Version, e.to_string()))?;
+            proto::VersionRepr::parse(&reply.body).map_err(|e| self.bad_reply(Command::Version, e.to_string()))?;
         if theirs.major != VERSION_MAJOR || theirs.minor > VERSION_MINOR {
             return Err(VfioError::Version {
                 reason: format!(
@@ -174,8 +174,8 @@ impl UserDevice {
     }
 
     fn load_tables(&mut self) -> Result<(), VfioError> {
-        let reply = self.transact(Command::DeviceGetInfo, &wire::device_info_request(), &[])?;
-        let info = wire::DeviceInfoRepr::parse(&reply.body)
+        let reply = self.transact(Command::DeviceGetInfo, &proto::device_info_request(), &[])?;
+        let info = proto::DeviceInfoRepr::parse(&reply.body)
             .map_err(|e| self.bad_reply(Command::DeviceGetInfo, e.to_string()))?;
         self.device_flags = info.flags;
         for index in 0..info.num_regions {
@@ -184,8 +184,8 @@ impl UserDevice {
             self.region_fds.push(fd);
         }
         for index in 0..info.num_irqs {
-            let reply = self.transact(Command::DeviceGetIrqInfo, &wire::irq_info_request(index), &[])?;
-            let irq = wire::parse_irq_info(&reply.body, index)
+            let reply = self.transact(Command::DeviceGetIrqInfo, &proto::irq_info_request(index), &[])?;
+            let irq = proto::parse_irq_info(&reply.body, index)
                 .map_err(|e| self.bad_reply(Command::DeviceGetIrqInfo, e.to_string()))?;
             self.irqs.push(irq);
         }
@@ -194,17 +194,17 @@ impl UserDevice {
 
     fn get_region_info(&self, index: u32) -> Result<(RegionInfo, Option<OwnedFd>), VfioError> {
         let cmd = Command::DeviceGetRegionInfo;
-        let mut argsz = wire::REGION_INFO_LEN as u32;
+        let mut argsz = proto::REGION_INFO_LEN as u32;
         // At most one re-ask: the second reply must fit what it asked for.
         for _ in 0..2 {
-            let mut reply = self.transact(cmd, &wire::region_info_request(index, argsz), &[])?;
-            let parsed = wire::RegionInfoRepr::parse(&reply.body, index)
+            let mut reply = self.transact(cmd, &proto::region_info_request(index, argsz), &[])?;
+            let parsed = proto::RegionInfoRepr::parse(&reply.body, index)
                 .map_err(|e| self.bad_reply(cmd, format!("region {index}: {e}")))?;
             if parsed.caps_complete {
                 let fd = if reply.fds.is_empty() { None } else { Some(reply.fds.swap_remove(0)) };
                 return Ok((parsed.info, fd));
             }
-            if parsed.argsz <= argsz || parsed.argsz > wire::MAX_REGION_INFO_LEN {
+            if parsed.argsz <= argsz || parsed.argsz > proto::MAX_REGION_INFO_LEN {
                 return Err(
                     self.bad_reply(cmd, format!("region {index}: capabilities missing with argsz {}", parsed.argsz))
                 );
@@ -272,7 +272,7 @@ impl UserDevice {
         deadline: Instant,
         started: Instant,
     ) -> Result<Reply, VfioError> {
-        let msg = wire::command(id, cmd, body);
+        let msg = proto::command(id, cmd, body);
         let mut sent = 0;
         while sent < msg.len() {
             let fds_now = if sent == 0 { fds } else { &[] };
@@ -298,13 +298,13 @@ impl UserDevice {
         }
         // Servers before rust-vmm/vfio#144 sent error replies with the command type; the Error
         // flag alone identifies those.
-        if h.msg_type() != wire::TYPE_REPLY && !h.is_error() {
+        if h.msg_type() != proto::TYPE_REPLY && !h.is_error() {
             return Err(bad(format!("message type {} is not a reply", h.msg_type())));
         }
         if h.command != cmd as u16 {
             return Err(bad(format!("reply is for command {}, not {}", h.command, cmd as u16)));
         }
-        let max = HEADER_LEN + 16 + self.max_xfer.max(wire::MAX_REGION_INFO_LEN as usize);
+        let max = HEADER_LEN + 16 + self.max_xfer.max(proto::MAX_REGION_INFO_LEN as usize);
         if h.size as usize > max {
             return Err(bad(format!("reply size {} exceeds the limit {max}", h.size)));
         }
@@ -363,7 +363,7 @@ impl UserDevice {
     }
 
     fn set_irqs(&self, index: u32, flags: u32, start: u32, count: u32, fds: &[RawFd]) -> Result<(), VfioError> {
-        let body = wire::set_irqs_request(flags, index, start, count);
+        let body = proto::set_irqs_request(flags, index, start, count);
         self.transact(Command::DeviceSetIrqs, &body, fds).map(drop)
     }
 }
@@ -388,8 +388,9 @@ impl DeviceIo for UserDevice {
         for chunk in buf.chunks_mut(self.max_xfer) {
             let off = offset + done as u64;
             let count = chunk.len() as u32;
-            let reply = self.transact(cmd, &wire::region_access_request(index, off, count, &[]), &[])?;
-            let r = wire::RegionAccessRepr::parse(&reply.body, true).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
+            let reply = self.transact(cmd, &proto::region_access_request(index, off, count, &[]), &[])?;
+            let r =
+                proto::RegionAccessRepr::parse(&reply.body, true).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
             if r.count != count || r.region != index || r.offset != off {
                 return Err(self.bad_reply(
                     cmd,
@@ -412,9 +413,9 @@ impl DeviceIo for UserDevice {
         for chunk in data.chunks(self.max_xfer) {
             let off = offset + done as u64;
             let count = chunk.len() as u32;
-            let reply = self.transact(cmd, &wire::region_access_request(index, off, count, chunk), &[])?;
+            let reply = self.transact(cmd, &proto::region_access_request(index, off, count, chunk), &[])?;
             let r =
-                wire::RegionAccessRepr::parse(&reply.body, false).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
+                proto::RegionAccessRepr::parse(&reply.body, false).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
             if r.count != count {
                 return Err(self.bad_reply(cmd, format!("wrote {count} bytes, reply says {}", r.count)));
             }
@@ -455,7 +456,8 @@ impl DeviceIo for UserDevice {
     fn dma_map(&self, region: &DmaRegion<'_>) -> Result<(), VfioError> {
         let mut table = self.dma.lock().unwrap_or_else(|p| p.into_inner());
         table.check_insert(&self.name, region.iova, region.size)?;
-        let body = wire::dma_map_request(wire::DMA_READ | wire::DMA_WRITE, region.fd_offset, region.iova, region.size);
+        let body =
+            proto::dma_map_request(proto::DMA_READ | proto::DMA_WRITE, region.fd_offset, region.iova, region.size);
         self.transact(Command::DmaMap, &body, &[region.fd.as_raw_fd()])?;
         table.insert(region.iova, region.size, 0);
         Ok(())
@@ -464,7 +466,7 @@ impl DeviceIo for UserDevice {
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<(), VfioError> {
         let mut table = self.dma.lock().unwrap_or_else(|p| p.into_inner());
         table.check_remove(&self.name, iova, size)?;
-        self.transact(Command::DmaUnmap, &wire::dma_unmap_request(iova, size), &[])?;
+        self.transact(Command::DmaUnmap, &proto::dma_unmap_request(iova, size), &[])?;
         table.remove(iova);
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lab_vfio::wire::{self, HeaderRepr};
+use lab_vfio::proto::{self, HeaderRepr};
 use lab_vfio::{Bar, DeviceIo, DmaRegion, SparseArea, UserDevice, VfioError};
 use nix::sys::eventfd::EventFd;
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
@@ -391,7 +391,7 @@ fn read_msg(s: &mut UnixStream) -> Option<(HeaderRepr, Vec<u8>, usize)> {
 
 fn reply(s: &mut UnixStream, h: &HeaderRepr, body: &[u8]) {
     let r =
-        HeaderRepr { id: h.id, command: h.command, size: (16 + body.len()) as u32, flags: wire::TYPE_REPLY, error: 0 };
+        HeaderRepr { id: h.id, command: h.command, size: (16 + body.len()) as u32, flags: proto::TYPE_REPLY, error: 0 };
     let _ = s.write_all(&r.emit());
     let _ = s.write_all(body);
 }
@@ -419,11 +419,11 @@ fn scripted(after: After) -> (tempfile::TempDir, PathBuf, JoinHandle<()>, Log) {
             match h.command {
                 1 => {
                     let caps = if device {
-                        wire::Capabilities { max_msg_fds: 2, max_data_xfer_size: 8 }
+                        proto::Capabilities { max_msg_fds: 2, max_data_xfer_size: 8 }
                     } else {
                         Default::default()
                     };
-                    reply(&mut s, &h, &wire::VersionRepr { major: 0, minor: 0, caps }.emit());
+                    reply(&mut s, &h, &proto::VersionRepr { major: 0, minor: 0, caps }.emit());
                 }
                 4 => {
                     let mut b = vec![0u8; 16];
@@ -574,7 +574,7 @@ fn a_server_that_closes_while_idle_is_detected_by_is_alive() {
         for _ in 0..3 {
             let Some((h, body, _)) = read_msg(&mut s) else { return };
             match h.command {
-                1 => reply(&mut s, &h, &wire::VersionRepr { major: 0, minor: 0, caps: Default::default() }.emit()),
+                1 => reply(&mut s, &h, &proto::VersionRepr { major: 0, minor: 0, caps: Default::default() }.emit()),
                 4 => reply(&mut s, &h, &[0u8; 16]),
                 _ => reply(&mut s, &h, &body),
             }

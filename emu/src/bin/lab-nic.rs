@@ -221,7 +221,21 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
 }
 
 /// Builds the wires: peers are cabled in pairs (a function named as a peer gets the other end).
-fn make_wires(devs: &[DevSpec]) -> Result<BTreeMap<String, Box<dyn Wire>>, String> {
+/// A start-up failure: what was being set up, and the typed cause (printed as a chain by `main`).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+struct StartError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn ctx<E: std::error::Error + Send + Sync + 'static>(what: impl Into<String>) -> impl FnOnce(E) -> StartError {
+    let what = what.into();
+    move |e| StartError { what, source: Box::new(e) }
+}
+
+fn make_wires(devs: &[DevSpec]) -> Result<BTreeMap<String, Box<dyn Wire>>, StartError> {
     let mut wires: BTreeMap<String, Box<dyn Wire>> = BTreeMap::new();
     for d in devs {
         let me = d.bdf.to_string();
@@ -231,8 +245,12 @@ fn make_wires(devs: &[DevSpec]) -> Result<BTreeMap<String, Box<dyn Wire>>, Strin
         let w: Box<dyn Wire> = match &d.wire {
             WireSpec::None => Box::new(wire::NullWire::default()),
             WireSpec::Loopback => Box::new(wire::Loopback::default()),
-            WireSpec::Tap(name) => Box::new(wire::TapWire::open(name).map_err(|e| e.to_string())?),
-            WireSpec::Pcap(rx, tx) => Box::new(wire::PcapWire::open(rx, tx).map_err(|e| e.to_string())?),
+            WireSpec::Tap(name) => Box::new(wire::TapWire::open(name).map_err(ctx(format!("{me}: wire tap={name}")))?),
+            WireSpec::Pcap(rx, tx) => Box::new(wire::PcapWire::open(rx, tx).map_err(ctx(format!(
+                "{me}: wire pcap={}:{}",
+                rx.display(),
+                tx.display()
+            )))?),
             WireSpec::Peer(p) => {
                 let (a, b) = wire::peer_pair(&me, p);
                 wires.insert(p.clone(), Box::new(b));
@@ -244,7 +262,7 @@ fn make_wires(devs: &[DevSpec]) -> Result<BTreeMap<String, Box<dyn Wire>>, Strin
     Ok(wires)
 }
 
-fn start(args: &Args) -> Result<Ports, String> {
+fn start(args: &Args) -> Result<Ports, StartError> {
     let ports: Ports = Arc::new(Mutex::new(BTreeMap::new()));
     let mut wires = make_wires(&args.devs)?;
     for d in &args.devs {
@@ -252,7 +270,7 @@ fn start(args: &Args) -> Result<Ports, String> {
         let wire = wires.remove(&bdf).unwrap_or_else(|| Box::new(wire::NullWire::default()));
         let describe = wire.describe();
         let m = model::create(&d.model, ModelConfig { bdf: bdf.clone(), function: d.bdf.func, mac: d.mac, wire })
-            .map_err(|e| format!("{bdf}: {e}"))?;
+            .map_err(ctx(format!("{bdf}: model={}", d.model)))?;
         let ids = m.ids();
         let bars = m.bars().map(|b| (b.size, b.sysfs_flags()));
         let spec = FunctionSpec {
@@ -265,9 +283,9 @@ fn start(args: &Args) -> Result<Ports, String> {
             bars,
             iommu_group: d.iommu_group,
         };
-        let sysfs = SysfsFunction::create(&args.root, &bdf, &spec).map_err(|e| e.to_string())?;
-        let listener = sysfs.bind_socket().map_err(|e| e.to_string())?;
-        let function = Function::start(&bdf, m, listener, args.pool).map_err(|e| e.to_string())?;
+        let sysfs = SysfsFunction::create(&args.root, &bdf, &spec).map_err(ctx(format!("{bdf}: fake sysfs entry")))?;
+        let listener = sysfs.bind_socket().map_err(ctx(format!("{bdf}: vfio-user socket")))?;
+        let function = Function::start(&bdf, m, listener, args.pool).map_err(ctx(format!("{bdf}: device threads")))?;
         tracing::info!(bdf, model = %d.model, wire = %describe, socket = %sysfs.socket_path().display(), "serving");
         ports.lock().unwrap_or_else(|e| e.into_inner()).insert(bdf, Port { function, sysfs });
     }
@@ -325,7 +343,13 @@ fn main() -> ExitCode {
     let ports = match start(&args) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("lab-nic: error: {e}");
+            let mut chain = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                chain += &format!(": {c}");
+                cause = c.source();
+            }
+            eprintln!("lab-nic: error: {chain}");
             return ExitCode::from(1);
         }
     };
