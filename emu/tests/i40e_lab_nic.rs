@@ -1,14 +1,11 @@
 //! Integration tests of the i40e model: the real `lab-nic` binary over real sockets, driven with the
 //! `vfio_user` client as a driver would (register offsets written out from the X710 datasheet here).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_emu::mem::Mapping;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use lab_testkit::LabNic;
 use vfio_user::Client;
 
 const BDF: &str = "0000:00:0b.0";
@@ -23,35 +20,16 @@ const PF_ATQLEN: u64 = 0x0008_0200;
 const PF_ATQH: u64 = 0x0008_0300;
 const PF_ATQT: u64 = 0x0008_0400;
 
-/// Kills (SIGKILL, by pid) and reaps lab-nic.
+/// lab-nic (stopped by pid on drop) and its sysfs root.
 struct Lab {
-    child: Child,
+    _nic: LabNic,
     root: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn(dev: &str) -> Lab {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("devices");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lab-nic"))
-        .arg("--sysfs-root")
-        .arg(&root)
-        .args(["--dev", dev, "--log-level", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line, "lab-nic ready\n");
-    Lab { child, root, _tmp: tmp }
+    let nic = LabNic::builder().bin(env!("CARGO_BIN_EXE_lab-nic")).dev(dev).start();
+    let root = nic.root().to_path_buf();
+    Lab { _nic: nic, root }
 }
 
 fn rd32(c: &mut Client, off: u64) -> u32 {

@@ -3,11 +3,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lab_emu::mem::Mapping;
+use lab_testkit::LabNic;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vfio_user::Client;
@@ -15,21 +16,11 @@ use vfio_user::Client;
 const BDF: &str = "0000:00:05.0";
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
-/// Kills (SIGKILL, by pid) and reaps the child unless the test already did.
+/// A lab-nic (stopped by pid on drop, see lab_testkit::LabNic) and where it serves.
 struct Lab {
-    child: Option<Child>,
+    nic: LabNic,
     root: PathBuf,
     control: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-            let _ = c.wait();
-        }
-    }
 }
 
 fn lab_nic() -> Command {
@@ -37,33 +28,10 @@ fn lab_nic() -> Command {
 }
 
 fn spawn(devs: &[&str], extra: &[&str]) -> Lab {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("devices");
-    let control = tmp.path().join("ctl.sock");
-    let mut cmd = lab_nic();
-    cmd.arg("--sysfs-root").arg(&root).arg("--control").arg(&control);
-    for d in devs {
-        cmd.arg("--dev").arg(d);
-    }
-    cmd.args(extra).arg("--log-level").arg("warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lab = Lab { child: Some(child), root, control, _tmp: tmp };
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
-    if line != "lab-nic ready\n" {
-        drop(lab.child.take().map(|mut c| {
-            let _ = c.kill();
-            c.wait()
-        }));
-        panic!("lab-nic did not become ready (got {line:?})");
-    }
-    lab
+    let b = devs.iter().fold(LabNic::builder().bin(env!("CARGO_BIN_EXE_lab-nic")), |b, d| b.dev(*d));
+    let nic = extra.iter().fold(b, |b, a| b.arg(*a)).start();
+    let (root, control) = (nic.root().to_path_buf(), nic.control().to_path_buf());
+    Lab { nic, root, control }
 }
 
 impl Lab {
@@ -431,9 +399,7 @@ fn unplug_closes_clients_and_removes_the_entry() {
 fn sigterm_removes_sockets_and_sysfs_entries() {
     let mut lab = spawn(&[&format!("{BDF},model=ixgbe"), "0000:00:06.0,model=ixgbe,wire=loopback"], &[]);
     let _c = Client::new(&lab.sock(BDF)).unwrap();
-    let mut child = lab.child.take().unwrap();
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let status = within(Duration::from_secs(10), move || child.wait().unwrap());
+    let status = lab.nic.terminate(Duration::from_secs(10)).expect("lab-nic exits on SIGTERM");
     assert!(status.success(), "{status:?}");
     assert!(!lab.root.join(BDF).exists());
     assert!(!lab.root.join("0000:00:06.0").exists());
@@ -677,9 +643,7 @@ fn tap_wire_creates_and_removes_its_interface() {
                 .is_some_and(|n| n >= before + 2)
         }));
     }
-    let mut child = lab.child.take().unwrap();
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let status = within(Duration::from_secs(10), move || child.wait().unwrap());
+    let status = lab.nic.terminate(Duration::from_secs(10)).expect("lab-nic exits on SIGTERM");
     assert!(status.success());
     assert!(!sys.exists(), "TAP {name} removed on exit");
 }

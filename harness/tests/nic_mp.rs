@@ -3,40 +3,21 @@
 //! traffic on the queue the primary built, and 50 attach/detach cycles leave no fd, connection or
 //! memory behind.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lab_harness::proc::{fd_count, parse_list, AppProc};
+use lab_testkit::LabNic;
 use rstest::rstest;
 
 const APP: &str = env!("CARGO_BIN_EXE_hotplug_mp");
 const BDF: &str = "0000:00:05.0";
 
-fn lab_nic_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LAB_NIC_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = profile.join("lab-nic");
-    if !bin.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "lab-emu", "--bin", "lab-nic"])
-            .status()
-            .expect("cargo build lab-nic");
-        assert!(st.success(), "building lab-nic failed");
-    }
-    bin
-}
-
 /// lab-nic serving one loopback 82599 under `<xdg>/sysfs`, stopped by pid on drop.
 struct Lab {
     xdg: tempfile::TempDir,
     prefix: String,
-    nic: Option<Child>,
+    nic: Option<LabNic>,
     model: &'static str,
 }
 
@@ -50,27 +31,11 @@ impl Lab {
     /// Starts lab-nic. After the apps: a PCI device present at start-up is probed by every app as
     /// DPDK's EAL does; these tests attach it by hand.
     fn start_nic(&mut self) {
-        let sysfs = self.xdg.path().join("sysfs");
-        let mut nic = Command::new(lab_nic_bin())
-            .arg("--sysfs-root")
-            .arg(&sysfs)
-            .arg("--control")
-            .arg(self.xdg.path().join("nic.sock"))
-            .args(["--dev", &format!("{BDF},model={},wire=loopback", self.model), "--log-level", "warn"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn lab-nic");
-        let mut out = BufReader::new(nic.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        while line.trim() != "lab-nic ready" {
-            line.clear();
-            assert!(out.read_line(&mut line).expect("lab-nic stdout") > 0, "lab-nic exited before ready");
-        }
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = out.read_to_end(&mut sink);
-        });
+        let nic = LabNic::builder()
+            .root(self.xdg.path().join("sysfs"))
+            .control(self.xdg.path().join("nic.sock"))
+            .dev(format!("{BDF},model={},wire=loopback", self.model))
+            .start();
         self.nic = Some(nic);
     }
 
@@ -85,12 +50,7 @@ impl Lab {
     }
 
     fn nic(&self, line: &str) -> String {
-        let mut s = UnixStream::connect(self.xdg.path().join("nic.sock")).expect("control socket");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        writeln!(s, "{line}").expect("send");
-        let mut r = String::new();
-        BufReader::new(s).read_line(&mut r).expect("reply");
-        r.trim().to_string()
+        self.nic.as_ref().expect("lab-nic started").command(line).trim().to_string()
     }
 
     /// Client connections lab-nic has on the function.
@@ -114,19 +74,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(nic) = self.nic.as_mut() {
-            let pid = nix::unistd::Pid::from_raw(nic.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = nic.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = nic.kill();
-            let _ = nic.wait();
-        }
+        drop(self.nic.take());
         let _ = std::fs::remove_file(format!("/dev/shm/hotplug-lab-{}-mem", self.prefix));
     }
 }

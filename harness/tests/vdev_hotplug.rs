@@ -8,30 +8,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 const HOTPLUG_MP: &str = env!("CARGO_BIN_EXE_hotplug_mp");
 const CYCLES: usize = 20;
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn unique(tag: &str) -> String {
-    format!("{tag}{}{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-fn skip_without_net_admin(test: &str) -> bool {
-    let caps = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| v.trim().to_string()))
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-        .unwrap_or(0);
-    if caps & (1 << 12) != 0 && Path::new("/dev/net/tun").exists() {
-        return false;
-    }
-    eprintln!("skipping {test}: needs CAP_NET_ADMIN and /dev/net/tun");
-    true
-}
+use lab_testkit::{link_exists, skip_without_net_admin, unique, LinkGuard, Veth};
 
 /// One `hotplug_mp` process; killed by pid and reaped on drop.
 struct App {
@@ -92,28 +74,9 @@ impl Drop for App {
     }
 }
 
-/// Deletes an interface on drop (a veth takes its peer with it).
-struct LinkGuard(String);
-impl Drop for LinkGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", "dev", &self.0]).output();
-    }
-}
-
-fn link_exists(n: &str) -> bool {
-    Command::new("ip").args(["link", "show", "dev", n]).output().map(|o| o.status.success()).unwrap_or(false)
-}
-
-fn veth(tag: &str) -> (String, String, LinkGuard) {
-    let (a, b) = (unique(&format!("{tag}a")), unique(&format!("{tag}b")));
-    let ok = Command::new("ip").args(["link", "add", &a, "type", "veth", "peer", "name", &b]).status().unwrap();
-    assert!(ok.success());
-    let g = LinkGuard(a.clone());
-    for n in [&a, &b] {
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{n}/disable_ipv6"), "1");
-        assert!(Command::new("ip").args(["link", "set", "dev", n, "up"]).status().unwrap().success());
-    }
-    (a, b, g)
+fn veth(tag: &str) -> (String, String, Veth) {
+    let v = Veth::new(tag);
+    (v.a.clone(), v.b.clone(), v)
 }
 
 /// A raw AF_PACKET socket on one interface: counts test frames (EtherType 0x88b5) arriving.

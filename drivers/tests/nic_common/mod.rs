@@ -2,10 +2,8 @@
 //! is missing), a primary runtime with the default pool, and the test frames.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -27,98 +25,8 @@ pub fn xdg() -> &'static Path {
     })
 }
 
-pub fn lab_nic_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LAB_NIC_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = profile.join("lab-nic");
-    if !bin.exists() {
-        static BUILD: OnceLock<()> = OnceLock::new();
-        BUILD.get_or_init(|| {
-            let st = Command::new(env!("CARGO"))
-                .args(["build", "-p", "lab-emu", "--bin", "lab-nic"])
-                .status()
-                .expect("cargo build lab-nic");
-            assert!(st.success(), "building lab-nic failed");
-        });
-    }
-    assert!(bin.exists(), "lab-nic not found at {}", bin.display());
-    bin
-}
-
-/// A running lab-nic, killed by pid on drop.
-pub struct LabNic {
-    child: Child,
-    root: tempfile::TempDir,
-    control: PathBuf,
-}
-
-impl LabNic {
-    pub fn start(devs: &[&str]) -> LabNic {
-        let root = tempfile::tempdir().expect("sysfs root");
-        let control = root.path().join("control.sock");
-        let mut cmd = Command::new(lab_nic_bin());
-        cmd.arg("--sysfs-root").arg(root.path()).arg("--control").arg(&control).args(["--log-level", "warn"]);
-        for d in devs {
-            cmd.args(["--dev", d]);
-        }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn lab-nic");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            line.clear();
-            let n = out.read_line(&mut line).expect("lab-nic stdout");
-            assert!(n > 0 && Instant::now() < deadline, "lab-nic exited before it was ready");
-            if line.trim() == "lab-nic ready" {
-                break;
-            }
-        }
-        // Keep draining stdout so lab-nic never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = out.read_to_end(&mut sink);
-        });
-        LabNic { child, root, control }
-    }
-
-    pub fn dir(&self, bdf: &str) -> PathBuf {
-        self.root.path().join(bdf)
-    }
-
-    pub fn command(&self, line: &str) -> String {
-        let mut s = UnixStream::connect(&self.control).expect("control socket");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        writeln!(s, "{line}").expect("send command");
-        let mut r = String::new();
-        BufReader::new(s).read_line(&mut r).expect("reply");
-        r
-    }
-
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for LabNic {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(unused_imports)]
+pub use lab_testkit::{lab_nic_bin, LabNic};
 
 /// A primary runtime with the default pool. Tests hold a process-wide lock: they count fds and
 /// share two CPUs with busy emulator threads, so they run one at a time.

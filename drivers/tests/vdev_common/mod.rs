@@ -35,22 +35,8 @@ pub fn xdg() -> &'static Path {
     .path()
 }
 
-/// A unique name of at most 15 bytes: `<tag><pid % 100000><counter>`.
-pub fn unique(tag: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let s = format!("{tag}{}{}", std::process::id() % 100_000, n);
-    assert!(s.len() <= 15, "{s} is too long for an interface name");
-    s
-}
-
-/// True (and one line on stderr) when interfaces cannot be created here.
-pub fn skip_without_net_admin(test: &str) -> bool {
-    if lab_drivers::tap::has_net_admin() && Path::new("/dev/net/tun").exists() {
-        return false;
-    }
-    eprintln!("skipping {test}: needs CAP_NET_ADMIN and /dev/net/tun");
-    true
-}
+#[allow(unused_imports)]
+pub use lab_testkit::{ip, leftover_links, link_exists, skip_without_net_admin, unique, LinkGuard, Veth};
 
 pub struct Lab {
     pub prefix: String,
@@ -257,56 +243,6 @@ pub fn field(answer: &str, key: &str) -> u64 {
 
 pub fn fd_count() -> usize {
     lab_core::sys::open_fd_count()
-}
-
-/// Runs `ip ARGS`; panics with its stderr on failure.
-pub fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().expect("run ip");
-    assert!(o.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
-}
-
-pub fn link_exists(name: &str) -> bool {
-    Command::new("ip").args(["link", "show", "dev", name]).output().map(|o| o.status.success()).unwrap_or(false)
-}
-
-/// Interfaces of this test binary (names containing our pid tag) still present.
-pub fn leftover_links(tag: &str) -> Vec<String> {
-    let o = Command::new("ip").args(["-o", "link", "show"]).output().expect("ip link show");
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_string()))
-        .filter(|n| n.starts_with(tag) && n.contains(&(std::process::id() % 100_000).to_string()))
-        .collect()
-}
-
-/// Deletes an interface on drop (by name; a veth deletes its peer with it).
-pub struct LinkGuard(pub String);
-
-impl Drop for LinkGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", "dev", &self.0]).output();
-    }
-}
-
-/// A veth pair, both ends up, IPv6 off (no router solicitations on the wire); removed on drop.
-pub struct Veth {
-    pub a: String,
-    pub b: String,
-    _g: LinkGuard,
-}
-
-impl Veth {
-    pub fn new(tag: &str) -> Veth {
-        let a = unique(&format!("{tag}a"));
-        let b = unique(&format!("{tag}b"));
-        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-        let g = LinkGuard(a.clone());
-        for n in [&a, &b] {
-            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{n}/disable_ipv6"), "1");
-            ip(&["link", "set", "dev", n, "up"]);
-        }
-        Veth { a, b, _g: g }
-    }
 }
 
 /// A raw AF_PACKET socket bound to one interface, for the kernel side of tests.

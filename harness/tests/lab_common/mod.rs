@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Once;
 
 pub const LAB: &str = env!("CARGO_BIN_EXE_lab");
 
@@ -14,20 +13,7 @@ pub fn scenarios_dir() -> PathBuf {
 
 /// Builds lab-nic (another package) next to `lab` if it is not there, keeping CARGO_TARGET_DIR.
 pub fn ensure_lab_nic() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let dir = Path::new(LAB).parent().unwrap();
-        if dir.join("lab-nic").exists() {
-            return;
-        }
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "lab-emu", "--bin", "lab-nic"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build lab-nic");
-        assert!(st.success(), "building lab-nic failed");
-        assert!(dir.join("lab-nic").exists(), "lab-nic not at {}", dir.display());
-    });
+    lab_testkit::ensure_lab_nic_in(Path::new(LAB).parent().unwrap());
 }
 
 /// `lab` with its temporary directories under `tmp` (so leftovers can be counted) and quiet logs.
