@@ -14,13 +14,11 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::marker::PhantomData;
-use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 /// Errors creating a mapping.
 #[derive(Debug, thiserror::Error)]
@@ -47,40 +45,21 @@ pub enum MemError {
         /// File offset requested.
         offset: u64,
         /// Underlying error.
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
 
 /// A `MAP_SHARED` read/write mapping of a file, unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
-    /// Start of the mmapped area (page aligned).
-    base: NonNull<u8>,
-    /// Length of the mmapped area.
-    map_len: usize,
-    /// Offset of the caller's view inside the mmapped area (file offsets need not be page aligned).
-    skew: usize,
+    /// The mmapped area (memmap2 aligns a file offset that is not page aligned and points
+    /// `as_mut_ptr` at the caller's first byte; unmapped when dropped). Only raw pointers come
+    /// out of it, never `&[u8]`, so mapping needs no unsafe here.
+    map: memmap2::MmapRaw,
     /// Length of the caller's view.
     len: usize,
     /// The memfd, when this mapping created it (kept open for as long as the mapping is shared).
     fd: Option<OwnedFd>,
-}
-
-// SAFETY: the mapping is plain shared memory owned by this value; all accesses go through raw-pointer
-// copies and atomic (or volatile byte) loads/stores that tolerate concurrent writers, so sharing across
-// threads is sound.
-unsafe impl Send for Mapping {}
-// SAFETY: see `Send`: no method hands out references into the memory.
-unsafe impl Sync for Mapping {}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v <= 0 {
-        4096
-    } else {
-        v as usize
-    }
 }
 
 impl Mapping {
@@ -102,19 +81,15 @@ impl Mapping {
     }
 
     fn map_fd(fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: u64) -> Result<Self, MemError> {
-        let page = page_size() as u64;
-        let aligned = offset - offset % page;
-        let skew = (offset - aligned) as usize;
-        let len_usize = usize::try_from(len).map_err(|_| MemError::BadLength { len })?;
-        let map_len = len_usize.checked_add(skew).and_then(NonZeroUsize::new).ok_or(MemError::BadLength { len })?;
-        let off = i64::try_from(aligned).map_err(|_| MemError::BadLength { len })?;
-        // SAFETY: we map a fresh area chosen by the kernel (addr = None), so no existing Rust object is
-        // aliased; the result is only accessed through the bounds-checked methods below and unmapped once
-        // in Drop.
-        let ptr =
-            unsafe { mmap(None, map_len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, fd, off) }
-                .map_err(|source| MemError::Mmap { len, offset, source })?;
-        Ok(Self { base: ptr.cast(), map_len: map_len.get(), skew, len: len_usize, fd: None })
+        let len_usize = usize::try_from(len).ok().filter(|l| *l > 0).ok_or(MemError::BadLength { len })?;
+        i64::try_from(offset.checked_add(len).ok_or(MemError::BadLength { len })?)
+            .map_err(|_| MemError::BadLength { len })?;
+        let map = memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len_usize)
+            .map_raw(fd.as_raw_fd())
+            .map_err(|source| MemError::Mmap { len, offset, source })?;
+        Ok(Self { map, len: len_usize, fd: None })
     }
 
     /// Length of the view in bytes.
@@ -135,9 +110,9 @@ impl Mapping {
     /// The whole view as a [`Window`].
     #[inline]
     pub fn window(&self) -> Window<'_> {
-        // SAFETY: `skew + len <= map_len`: the pointer and the length describe the caller's view,
-        // inside the area mmapped in `map_fd`, which lives as long as `self`.
-        let base = unsafe { NonNull::new_unchecked(self.base.as_ptr().add(self.skew)) };
+        // SAFETY: memmap2 never returns a null mapping; the pointer and `len` describe the
+        // caller's view, which lives as long as `self`.
+        let base = unsafe { NonNull::new_unchecked(self.map.as_mut_ptr()) };
         Window { base, len: self.len, _map: PhantomData }
     }
 
@@ -440,15 +415,6 @@ fn acquire_after_load(order: Ordering) {
 fn release_before_store(order: Ordering) {
     if matches!(order, Ordering::Release | Ordering::AcqRel | Ordering::SeqCst) {
         fence(Ordering::Release);
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`map_len` describe exactly the area mmapped in `map_fd`, unmapped only here.
-        if let Err(e) = unsafe { munmap(self.base.cast(), self.map_len) } {
-            tracing::warn!("munmap failed: {e}");
-        }
     }
 }
 

@@ -413,6 +413,9 @@ struct IfReq {
     flags: libc::c_short,
     _pad: [u8; 22],
 }
+// `struct ifreq` is 40 bytes on Linux (16-byte name, then a 24-byte union).
+const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
+const _: () = assert!(std::mem::offset_of!(IfReq, flags) == 16);
 
 impl TapWire {
     /// Opens (creating if needed) the TAP interface `name`. A TAP created here disappears when the

@@ -10,29 +10,24 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 
-use nix::sys::mman::{MapFlags, ProtFlags};
 use vfio_bindings::bindings::vfio as vb;
 
 use crate::VfioError;
 
-/// A `MAP_SHARED` read/write mapping of part of a file; unmapped on drop.
+/// A `MAP_SHARED` read/write mapping of part of a file (a BAR's sparse area, a DMA window);
+/// unmapped on drop.
+///
+/// Built on `memmap2::MmapRaw`, which hands out raw pointers only (no `&[u8]` that another
+/// process writing the same pages would make unsound), so mapping needs no `unsafe` here. The
+/// owner (`RegionMap`, `Bar`) outlives every pointer handed out from it.
 pub struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: memmap2::MmapRaw,
 }
-
-// SAFETY: a Mapping is a plain range of process memory with no thread affinity; every access to
-// it goes through the volatile reads/writes of `Bar` (or raw pointers the caller must sync), so
-// moving or sharing the owner between threads cannot create a data race by itself.
-unsafe impl Send for Mapping {}
-// SAFETY: see `Send`: `&Mapping` only hands out the base pointer and length.
-unsafe impl Sync for Mapping {}
 
 impl fmt::Debug for Mapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Mapping").field("ptr", &self.ptr).field("len", &self.len).finish()
+        f.debug_struct("Mapping").field("ptr", &self.map.as_mut_ptr()).field("len", &self.map.len()).finish()
     }
 }
 
@@ -40,49 +35,25 @@ impl Mapping {
     /// mmap `len` bytes of `fd` at `offset`, shared, read/write.
     pub fn map_shared(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<Mapping> {
         let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
-        let len_usize = usize::try_from(len).map_err(|_| invalid())?;
-        let nz_len = std::num::NonZeroUsize::new(len_usize).ok_or_else(invalid)?;
-        let off = libc::off_t::try_from(offset).map_err(|_| invalid())?;
-        // SAFETY: we ask for a fresh mapping (no MAP_FIXED), so no existing memory is replaced;
-        // the kernel validates fd, offset and length; the returned range is owned by the new
-        // Mapping alone and unmapped exactly once in its Drop.
-        let ptr = unsafe {
-            nix::sys::mman::mmap(
-                None,
-                nz_len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                fd,
-                off,
-            )
-        }
-        .map_err(io::Error::from)?;
-        Ok(Mapping { ptr: ptr.cast(), len: len_usize })
+        let len = usize::try_from(len).ok().filter(|l| *l > 0).ok_or_else(invalid)?;
+        libc::off_t::try_from(offset).map_err(|_| invalid())?;
+        let map = memmap2::MmapOptions::new().offset(offset).len(len).map_raw(fd.as_raw_fd())?;
+        Ok(Mapping { map })
     }
 
     /// Base address of the mapping.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.map.as_mut_ptr()
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Always false: mappings are never empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len describe exactly the range mmap returned for this Mapping, nothing else
-        // unmaps it, and the owner (RegionMap, Bar) outlives every pointer handed out from it.
-        if let Err(e) = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) } {
-            tracing::warn!(error = %e, "munmap failed");
-        }
+        self.map.len() == 0
     }
 }
 
