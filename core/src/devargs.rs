@@ -26,38 +26,14 @@
 
 use std::fmt;
 
-use crate::bus::pci::PciAddr;
+pub use crate::addr::BusKind;
+use crate::addr::PciAddr;
 
 /// Longest vdev name (DPDK's `RTE_DEV_NAME_MAX_LEN` is 64 including the terminator).
 pub const MAX_VDEV_NAME_LEN: usize = 63;
 
 /// Longest Linux interface name (`IFNAMSIZ` is 16 including the terminator).
 pub const MAX_IFACE_LEN: usize = 15;
-
-/// The bus a device lives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum BusKind {
-    /// A PCI function, named by its address.
-    Pci,
-    /// A virtual device, named `<driver><suffix>`.
-    Vdev,
-}
-
-impl BusKind {
-    /// The prefix word: `pci` or `vdev`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BusKind::Pci => "pci",
-            BusKind::Vdev => "vdev",
-        }
-    }
-}
-
-impl fmt::Display for BusKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What went wrong with a devargs string: every variant names what a user needs to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

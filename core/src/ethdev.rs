@@ -18,8 +18,9 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::bus::pci::{PciDevice, PciId};
-use crate::devargs::{BusKind, Devargs, KeySpec, Kvargs};
+use crate::addr::{BusKind, PciId};
+use crate::bus::pci::PciDevice;
+use crate::devargs::{Devargs, KeySpec, Kvargs};
 use crate::mbuf::Mbuf;
 use crate::mem::{MemError, Shm};
 use crate::runtime::Runtime;

@@ -10,8 +10,8 @@
 //!    the packet buffer pools on it.
 //! 4. [`ipc`]: the multi-process channel (named actions over unix datagram sockets, requests with
 //!    replies and timeouts, descriptors passed along).
-//! 5. [`devargs`] and [`bus`]: device arguments with typed keys, the PCI bus (sysfs scan) and the
-//!    vdev bus; [`vfio`] (the lab-vfio crate) is how a PCI device is reached.
+//! 5. [`addr`], [`devargs`] and [`bus`]: bus kinds and PCI addresses, device arguments with typed
+//!    keys, the PCI bus (sysfs scan) and the vdev bus; [`vfio`] (the lab-vfio crate) is how a PCI device is reached.
 //! 6. [`ethdev`]: the driver interface, the shared port table and this process's port handles.
 //! 7. [`hotplug`]: the multi-process protocol that attaches and detaches devices everywhere.
 //!
@@ -20,6 +20,7 @@
 
 #![deny(missing_docs)]
 
+pub mod addr;
 pub mod bus;
 pub mod devargs;
 pub mod ethdev;

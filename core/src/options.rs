@@ -30,7 +30,8 @@ use std::str::FromStr;
 
 use tracing::debug;
 
-use crate::devargs::{self, BusKind, Devargs, DevargsError};
+use crate::addr::BusKind;
+use crate::devargs::{self, Devargs, DevargsError};
 
 /// Default `--file-prefix`.
 pub const DEFAULT_FILE_PREFIX: &str = "lab";

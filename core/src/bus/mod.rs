@@ -4,12 +4,13 @@
 //!   addressed by [`PciAddr`] and filtered by `-a`/`-b`/`--no-pci` through [`pci::PciFilter`].
 //! - [`vdev`]: virtual devices named by `--vdev` devargs, matched to their driver by name prefix.
 //!
-//! Which bus a devargs string targets is decided in [`crate::devargs`] ([`BusKind`]).
+//! Which bus a devargs string targets is decided in [`crate::devargs`]; the words both use
+//! ([`BusKind`], [`PciAddr`], [`PciId`]) live in [`crate::addr`].
 
 #![forbid(unsafe_code)]
 
 pub mod pci;
 pub mod vdev;
 
-pub use crate::devargs::BusKind;
-pub use pci::{PciAddr, PciDevice, PciId};
+pub use crate::addr::{BusKind, PciAddr, PciId};
+pub use pci::PciDevice;
