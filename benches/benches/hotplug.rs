@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 use lab_benches::{pin_to, print_ratio, PeerProc, BENCH_CPU};
-use lab_core::hotplug::Hotplug;
 use lab_core::ipc::Msg;
 use lab_core::options::Options;
+use lab_core::process::Process;
 
 const PEER: &str = env!("CARGO_BIN_EXE_lab-bench-peer");
 
@@ -35,7 +35,7 @@ fn main() {
     // From the primary (this process), N secondary processes running.
     {
         let prefix = format!("bench-hp-{}", std::process::id());
-        let hp = Hotplug::init(&opts(&prefix, "primary"), lab_drivers::registry()).expect("primary");
+        let hp = Process::init(&opts(&prefix, "primary"), lab_drivers::registry()).expect("primary");
         let mut peers = Vec::new();
         for n in [0usize, 1, 2, 4] {
             while peers.len() < n {
@@ -64,7 +64,7 @@ fn main() {
     {
         let prefix = format!("bench-hps-{}", std::process::id());
         let _primary = PeerProc::spawn(PEER, &peer_args(&prefix, "primary"), xdg.path());
-        let hp = Hotplug::init(&opts(&prefix, "secondary"), lab_drivers::registry()).expect("secondary");
+        let hp = Process::init(&opts(&prefix, "secondary"), lab_drivers::registry()).expect("secondary");
         let mut others = Vec::new();
         for n in [1usize, 2, 4] {
             while others.len() + 1 < n {

@@ -29,6 +29,7 @@ pub mod ipc;
 pub mod mbuf;
 pub mod mem;
 pub mod options;
+pub mod process;
 pub mod ring;
 pub mod runtime;
 pub mod sys;

@@ -8,6 +8,7 @@
 //!   tears everything down (Ctrl-C included); also the fault sweep.
 //! * [`report`]: progress line, table, JUnit and JSON.
 //! * [`demo`]: `lab demo`; [`realnic`]: `lab run --real` on functions bound to vfio-pci.
+//! * [`traffic`]: the test frames of `send`/`recv`.
 //! * [`status`]: `lab status`, every process of a running lab read over telemetry.
 //!
 //! Start reading at `runner`.
@@ -21,3 +22,4 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod status;
+pub mod traffic;

@@ -65,7 +65,7 @@ fn main() {
             // A hotplug process (primary or secondary per --proc-type) with the lab's drivers, plus
             // an inline `echo` action for the request_sync floor.
             let (opts, _) = Options::parse(args[1..].iter().cloned()).expect("options");
-            let hp = lab_core::hotplug::Hotplug::init(&opts, lab_drivers::registry()).expect("hotplug init");
+            let hp = lab_core::process::Process::init(&opts, lab_drivers::registry()).expect("hotplug init");
             hp.runtime()
                 .ipc()
                 .register_action("echo", Dispatch::Inline, |ch, req| {

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use lab_core::devargs::Devargs;
 use lab_core::ethdev::PortId;
-use lab_core::hotplug::{Hotplug, HotplugError};
+use lab_core::hotplug::HotplugError;
 use lab_core::options::{usage, Options, OptionsError};
+use lab_core::process::Process;
 use lab_core::runtime::init_logging;
 
 const HELP: &str = "\
@@ -48,7 +49,7 @@ fn main() {
         }
     };
     init_logging(opts.log_level.as_deref());
-    let hp = match Hotplug::init(&opts, lab_drivers::registry()) {
+    let hp = match Process::init(&opts, lab_drivers::registry()) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("hotplug_mp: {e}");
@@ -85,7 +86,7 @@ fn port_arg(s: Option<&str>) -> Result<PortId, String> {
     s.parse::<u16>().map(PortId).map_err(|_| format!("bad port id {s:?}"))
 }
 
-fn run(hp: &Hotplug, cmd: &str) -> String {
+fn run(hp: &Process, cmd: &str) -> String {
     let (verb, rest) = cmd.split_once(char::is_whitespace).map(|(a, b)| (a, b.trim())).unwrap_or((cmd, ""));
     let mut args = rest.split_whitespace();
     match verb {
@@ -156,7 +157,7 @@ fn run(hp: &Hotplug, cmd: &str) -> String {
             };
             let count = args.next().and_then(|c| c.parse::<u64>().ok()).unwrap_or(1);
             let size = args.next().and_then(|c| c.parse::<usize>().ok()).unwrap_or(64);
-            match hp.send_frames(p, count, size) {
+            match lab_harness::traffic::send_frames(hp, p, count, size) {
                 Ok(n) => format!("sent {n} packets on port {p}"),
                 Err(e) => format!("failed to send on port {p}: {e}"),
             }
@@ -168,7 +169,7 @@ fn run(hp: &Hotplug, cmd: &str) -> String {
             };
             let count = args.next().and_then(|c| c.parse::<u64>().ok()).unwrap_or(1);
             let ms = args.next().and_then(|c| c.parse::<u64>().ok()).unwrap_or(1000);
-            match hp.recv_frames(p, count, Duration::from_millis(ms)) {
+            match lab_harness::traffic::recv_frames(hp, p, count, Duration::from_millis(ms)) {
                 Ok((n, b)) => format!("received {n} packets ({b} bytes) on port {p}"),
                 Err(e) => format!("failed to receive on port {p}: {e}"),
             }
