@@ -170,7 +170,7 @@ pub enum EthError {
     #[error("port {port} is not attached")]
     NoPort {
         /// Port id.
-        port: u16,
+        port: PortId,
     },
     /// All port slots are used.
     #[error("no free port: all {max} port ids are in use")]
@@ -333,6 +333,9 @@ pub struct PortSlot {
     started: u32,
     devargs: [u8; 4096],
 }
+// Every process of a build maps this table: its layout is fixed here, not left to the compiler.
+const _: () = assert!(std::mem::size_of::<PortSlot>() == 4220);
+const _: () = assert!(std::mem::offset_of!(PortSlot, devargs) == 124);
 
 /// Header of the port table.
 #[repr(C)]
@@ -341,6 +344,8 @@ pub struct PortTableHdr {
     seq: AtomicU64,
     slots: [PortSlot; MAX_PORTS],
 }
+const _: () = assert!(std::mem::size_of::<PortTableHdr>() == 16 + 4220 * MAX_PORTS);
+const _: () = assert!(std::mem::offset_of!(PortTableHdr, seq) == 8);
 const PORTS_MAGIC: u64 = 0x504f_5254_5441_424c;
 
 /// A snapshot of one shared port entry.

@@ -81,7 +81,7 @@ pub enum HotplugError {
     #[error("port {port} is locked in {process}")]
     Locked {
         /// Port id.
-        port: u16,
+        port: PortId,
         /// Which process holds the lock.
         process: String,
     },
@@ -296,7 +296,7 @@ impl Inner {
         if !forced {
             let locks = self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.locks)).unwrap_or(0);
             if locks > 0 {
-                return Err(HotplugError::Locked { port: e.port.0, process: "the primary".into() });
+                return Err(HotplugError::Locked { port: e.port, process: "the primary".into() });
             }
             self.fault(FaultOp::PreDetach, &e.name)?;
         }
@@ -433,7 +433,7 @@ impl Inner {
             let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
             let locks = self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.locks)).unwrap_or(0);
             if locks > 0 {
-                return Err(HotplugError::Locked { port: e.port.0, process: "this process".into() });
+                return Err(HotplugError::Locked { port: e.port, process: "this process".into() });
             }
             self.fault(FaultOp::PreDetach, &e.name)?;
         }
@@ -496,7 +496,7 @@ impl Inner {
             self.fault(FaultOp::PreDetach, &name)?;
         }
         if locks > 0 {
-            return Err(HotplugError::Locked { port: port.0, process: format!("process {}", std::process::id()) });
+            return Err(HotplugError::Locked { port, process: format!("process {}", std::process::id()) });
         }
         Ok(String::new())
     }

@@ -58,6 +58,8 @@ pub struct PoolHdr {
     elts_off: u64,
     self_off: u64,
 }
+const _: () = assert!(std::mem::size_of::<PoolHdr>() == 64);
+const _: () = assert!(std::mem::offset_of!(PoolHdr, ring_off) == 24);
 const POOL_MAGIC: u64 = 0x504f_4f4c_4d42_5546;
 
 /// Errors of pool creation or lookup.

@@ -142,6 +142,7 @@ pub enum MemError {
 pub struct ShmLock {
     owner: AtomicU32,
 }
+const _: () = assert!(std::mem::size_of::<ShmLock>() == 4);
 
 impl ShmLock {
     /// Takes the lock; returns a guard that releases it.
@@ -192,6 +193,7 @@ struct ZoneEntry {
     state: u32,
     _pad: u32,
 }
+const _: () = assert!(std::mem::size_of::<ZoneEntry>() == 88);
 
 /// The header at offset 0 of the file.
 #[repr(C)]
@@ -212,6 +214,10 @@ pub struct ShmHeader {
 
 const HEADER_LEN: u64 = 64 * 1024;
 const _: () = assert!(std::mem::size_of::<ShmHeader>() as u64 <= HEADER_LEN);
+// A secondary of another build reads magic, version and size first: they stay where they are.
+const _: () = assert!(std::mem::offset_of!(ShmHeader, magic) == 0);
+const _: () = assert!(std::mem::offset_of!(ShmHeader, version) == 8);
+const _: () = assert!(std::mem::offset_of!(ShmHeader, size) == 16);
 
 /// Where the memory file lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

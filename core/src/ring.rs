@@ -48,6 +48,7 @@ struct HeadTail {
     head: AtomicU32,
     tail: AtomicU32,
 }
+const _: () = assert!(std::mem::size_of::<HeadTail>() == 64);
 
 /// The ring's header in shared memory.
 #[repr(C, align(64))]
@@ -64,6 +65,7 @@ pub struct RingHdr {
 
 const RING_MAGIC: u32 = 0x5249_4e47;
 const _: () = assert!(std::mem::size_of::<RingHdr>() == 192);
+const _: () = assert!(std::mem::offset_of!(RingHdr, prod) == 64 && std::mem::offset_of!(RingHdr, cons) == 128);
 
 /// Errors creating or finding a ring.
 #[derive(Debug, thiserror::Error)]

@@ -83,6 +83,8 @@ struct TpacketReq {
     tp_frame_size: u32,
     tp_frame_nr: u32,
 }
+// `struct tpacket_req` of <linux/if_packet.h>.
+const _: () = assert!(std::mem::size_of::<TpacketReq>() == 16);
 
 static KEYS: [KeySpec; 6] = [
     KeySpec::new("iface", KeyKind::Iface, "kernel interface to attach to").required(),
@@ -266,6 +268,7 @@ struct QueuePos {
     rx: AtomicU32,
     tx: AtomicU32,
 }
+const _: () = assert!(std::mem::size_of::<QueuePos>() == 64); // one cache line per queue
 
 fn zone_name(dev: &str) -> String {
     format!("net_af_packet_{dev}")

@@ -52,6 +52,7 @@ struct ZoneHdr {
     magic: AtomicU32,
     users: AtomicU32,
 }
+const _: () = assert!(std::mem::size_of::<ZoneHdr>() == 8);
 
 /// One ring zone as this process sees it.
 struct RingZone {

@@ -115,6 +115,8 @@ pub struct DevShared {
     /// uprc, mprc, bprc, uptc, mptc, bptc, gorc, gotc, rdpc.
     offsets: [AtomicU64; 9],
 }
+const _: () = assert!(std::mem::size_of::<DevShared>() == 128);
+const _: () = assert!(std::mem::offset_of!(DevShared, offsets) == 56);
 
 fn dev_zone(port: u16) -> String {
     format!("i40e_{port}_dev")

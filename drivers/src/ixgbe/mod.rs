@@ -110,6 +110,8 @@ pub struct DevShared {
     gotc: AtomicU64,
     mpc: AtomicU64,
 }
+const _: () = assert!(std::mem::size_of::<DevShared>() == 128);
+const _: () = assert!(std::mem::offset_of!(DevShared, gprc) == 40);
 
 fn dev_zone(port: u16) -> String {
     format!("ixgbe_{port}_dev")
