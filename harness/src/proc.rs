@@ -3,10 +3,10 @@
 //! Output is split at the `example> ` prompt: everything between two prompts is the answer to
 //! the command sent in between. Every process is killed by pid and reaped on drop.
 
+use crossbeam_channel::{unbounded as channel, Receiver, RecvTimeoutError};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 /// The prompt `hotplug_mp` prints before reading each command.

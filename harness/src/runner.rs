@@ -456,7 +456,7 @@ impl<'e> Lab<'e> {
         let mut child = c.spawn().map_err(|e| fail(0, None, "lab-nic", format!("cannot start lab-nic: {e}")))?;
         let out = child.stdout.take();
         let err = child.stderr.take();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let (tx, rx) = crossbeam_channel::unbounded::<String>();
         if let Some(out) = out {
             let tx = tx.clone();
             std::thread::spawn(move || {

@@ -15,16 +15,14 @@ pub use seqpacket::{seqpacket_accept, seqpacket_connect, seqpacket_listen, seqpa
 
 /// Maps `len` bytes of `fd` shared and read-write. The mapping is never unmapped by lab-core
 /// (see `mem::Shm`): pointers into it stay valid until the process exits.
+///
+/// Made by `memmap2` (`MmapRaw`: raw pointers only) and deliberately leaked: an mbuf or ring
+/// pointer handed out from it may outlive any owner we could give the mapping, and an unmap
+/// under such a pointer would be a use-after-free. The process's exit unmaps it.
 pub fn mmap_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a fresh MAP_SHARED mapping chosen by the kernel (addr NULL) aliases no Rust object;
-    // fd is a valid open descriptor for the duration of the call.
-    let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))
+    let map = memmap2::MmapOptions::new().len(len).map_raw(fd.as_raw_fd())?;
+    let map: &'static memmap2::MmapRaw = Box::leak(Box::new(map));
+    NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("mmap returned NULL"))
 }
 
 /// Takes (`true`) or fails to take (`false`) an exclusive open-file-description write lock on
