@@ -18,7 +18,7 @@
 //! frame index) lives in a memzone (`net_af_packet_<device>`), so a queue handed from one process
 //! to another continues where the other left it.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -28,7 +28,8 @@ use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats,
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::Shm;
 
-use crate::tap::{netif, share};
+use crate::sys::packet::{join_fanout, kick_tx, open_ring_socket, RingMap, TpacketReq};
+use crate::sys::{netif, share};
 
 const NAME: &str = "net_af_packet";
 const MAX_QPAIRS: u64 = 16;
@@ -36,16 +37,6 @@ const MAX_QPAIRS: u64 = 16;
 pub const FDS_ACTION: &str = "net_af_packet_fds";
 
 // <linux/if_packet.h>
-const SOL_PACKET: libc::c_int = 263;
-const PACKET_RX_RING: libc::c_int = 5;
-const PACKET_VERSION: libc::c_int = 10;
-const PACKET_TX_RING: libc::c_int = 13;
-const PACKET_LOSS: libc::c_int = 14;
-const PACKET_FANOUT: libc::c_int = 18;
-const PACKET_QDISC_BYPASS: libc::c_int = 20;
-const TPACKET_V2: libc::c_int = 1;
-const PACKET_FANOUT_HASH: u32 = 0;
-const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
@@ -74,17 +65,6 @@ struct Tpacket2Hdr {
     tp_padding: [u8; 4],
 }
 const _: () = assert!(std::mem::size_of::<Tpacket2Hdr>() == 32);
-
-/// `struct tpacket_req`.
-#[repr(C)]
-struct TpacketReq {
-    tp_block_size: u32,
-    tp_block_nr: u32,
-    tp_frame_size: u32,
-    tp_frame_nr: u32,
-}
-// `struct tpacket_req` of <linux/if_packet.h>.
-const _: () = assert!(std::mem::size_of::<TpacketReq>() == 16);
 
 static KEYS: [KeySpec; 6] = [
     KeySpec::new("iface", KeyKind::Iface, "kernel interface to attach to").required(),
@@ -159,109 +139,6 @@ impl Geometry {
 /// The net_af_packet driver.
 pub struct AfPacketDriver;
 
-fn os_err(what: &str) -> String {
-    format!("{what}: {}", std::io::Error::last_os_error())
-}
-
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: &T, what: &str) -> Result<(), String> {
-    // SAFETY: setsockopt reads size_of::<T>() bytes from a value we own for the call.
-    let r = unsafe { libc::setsockopt(fd, level, opt, (v as *const T).cast(), std::mem::size_of::<T>() as u32) };
-    if r != 0 {
-        return Err(os_err(what));
-    }
-    Ok(())
-}
-
-/// One mapping of a socket's rx ring followed by its tx ring; unmapped on drop.
-struct Mapping {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is owned by this value and only accessed through the frame protocol
-// (atomic status words) by the queue that owns it.
-unsafe impl Send for Mapping {}
-
-impl Mapping {
-    fn new(fd: RawFd, len: usize) -> Result<Mapping, String> {
-        // SAFETY: a fresh shared mapping of the socket's rings, at an address the kernel chooses.
-        let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
-        };
-        if p == libc::MAP_FAILED {
-            return Err(os_err("mmap of the packet rings"));
-        }
-        NonNull::new(p.cast::<u8>()).map(|base| Mapping { base, len }).ok_or_else(|| "mmap returned NULL".into())
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; no frame view outlives the Mapping
-        // (queues hold it and borrow frames only within a burst).
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
-/// Opens, configures and binds one queue socket (primary).
-fn open_socket(ifindex: u32, g: &Geometry, bypass: bool) -> Result<OwnedFd, String> {
-    // Protocol 0 until bound: nothing is queued from other interfaces in between.
-    // SAFETY: plain socket call.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        let hint = if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
-            " (needs CAP_NET_RAW)"
-        } else {
-            ""
-        };
-        return Err(format!("{}{hint}", os_err("socket(AF_PACKET)")));
-    }
-    // SAFETY: fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let raw = fd.as_raw_fd();
-    setsockopt(raw, SOL_PACKET, PACKET_VERSION, &TPACKET_V2, "PACKET_VERSION TPACKET_V2")?;
-    setsockopt(raw, SOL_PACKET, PACKET_LOSS, &1i32, "PACKET_LOSS")?;
-    if bypass {
-        setsockopt(raw, SOL_PACKET, PACKET_QDISC_BYPASS, &1i32, "PACKET_QDISC_BYPASS")?;
-    }
-    setsockopt(raw, SOL_PACKET, PACKET_RX_RING, &g.req(), "PACKET_RX_RING")?;
-    setsockopt(raw, SOL_PACKET, PACKET_TX_RING, &g.req(), "PACKET_TX_RING")?;
-    // SAFETY: sockaddr_ll is plain data; zero is valid.
-    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sa.sll_family = libc::AF_PACKET as u16;
-    sa.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-    sa.sll_ifindex = ifindex as i32;
-    // SAFETY: bind reads one sockaddr_ll we own.
-    let r = unsafe {
-        libc::bind(raw, (&sa as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
-    };
-    if r != 0 {
-        return Err(os_err("bind"));
-    }
-    Ok(fd)
-}
-
-/// Puts every socket in one hash fanout group whose id the kernel picks.
-fn join_fanout(fds: &[OwnedFd]) -> Result<(), String> {
-    let Some(first) = fds.first() else { return Ok(()) };
-    let arg: u32 = (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16;
-    setsockopt(first.as_raw_fd(), SOL_PACKET, PACKET_FANOUT, &arg, "PACKET_FANOUT")?;
-    let mut got: u32 = 0;
-    let mut len = 4u32;
-    // SAFETY: getsockopt writes at most `len` (4) bytes into `got`.
-    let r = unsafe {
-        libc::getsockopt(first.as_raw_fd(), SOL_PACKET, PACKET_FANOUT, (&mut got as *mut u32).cast(), &mut len)
-    };
-    if r != 0 {
-        return Err(os_err("getsockopt PACKET_FANOUT"));
-    }
-    let arg = (got & 0xffff) | (PACKET_FANOUT_HASH << 16);
-    for fd in &fds[1..] {
-        setsockopt(fd.as_raw_fd(), SOL_PACKET, PACKET_FANOUT, &arg, "PACKET_FANOUT (join)")?;
-    }
-    Ok(())
-}
-
 /// Per-queue ring positions in shared memory.
 #[repr(C, align(64))]
 struct QueuePos {
@@ -308,7 +185,7 @@ impl Driver for AfPacketDriver {
         let (fds, published, zone) = if primary {
             let bypass = ctx.kvargs.get_bool("qdisc_bypass").unwrap_or(false);
             let fds = (0..qpairs)
-                .map(|q| open_socket(ifindex, &geo, bypass).map_err(|e| format!("queue {q}: {e}")))
+                .map(|q| open_ring_socket(ifindex, &geo.req(), bypass).map_err(|e| format!("queue {q}: {e}")))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ctx.error(NAME, format!("interface {iface}: {e}")))?;
             if qpairs > 1 {
@@ -341,7 +218,7 @@ impl Driver for AfPacketDriver {
             .ok_or_else(|| ctx.error(NAME, "ring positions outside shared memory"))?;
         let mut queues = Vec::with_capacity(qpairs as usize);
         for (q, fd) in fds.iter().enumerate() {
-            let map = Mapping::new(fd.as_raw_fd(), 2 * geo.ring_len())
+            let map = RingMap::new(fd.as_fd(), 2 * geo.ring_len())
                 .map_err(|e| ctx.error(NAME, format!("interface {iface}: queue {q}: {e}")))?;
             // SAFETY: q < MAX_QPAIRS; the zone holds MAX_QPAIRS QueuePos, 64-aligned, zeroed at
             // creation, in a mapping never unmapped; only atomics are accessed.
@@ -406,7 +283,7 @@ struct QStats {
 struct Queue {
     /// Owned by `AfPacketPort::_fds`, which outlives the queue.
     fd: RawFd,
-    map: Mapping,
+    map: RingMap,
     pos: NonNull<QueuePos>,
     geo: Geometry,
     pool: Mempool,
@@ -430,7 +307,7 @@ impl Queue {
     fn frame(&self, tx: bool, i: u32) -> *mut u8 {
         let off = self.geo.frame_off(i) + if tx { self.geo.ring_len() } else { 0 };
         // SAFETY: i < framecnt so off + framesz <= 2 * ring_len, the mapping's length.
-        unsafe { self.map.base.as_ptr().add(off) }
+        unsafe { self.map.base().add(off) }
     }
 
     #[inline]
@@ -534,10 +411,8 @@ impl Queue {
         self.pos().tx.store(idx, Ordering::Relaxed);
         if queued > 0 {
             // One kick per burst: the kernel sends every SEND_REQUEST frame of the ring.
-            // SAFETY: send with a null buffer of length 0 is the documented PACKET_MMAP kick.
-            let r = unsafe { libc::send(self.fd, std::ptr::null(), 0, libc::MSG_DONTWAIT) };
-            if r < 0 {
-                let e = std::io::Error::last_os_error().raw_os_error();
+            if let Err(err) = kick_tx(self.fd) {
+                let e = err.raw_os_error();
                 if e != Some(libc::EAGAIN) && e != Some(libc::ENOBUFS) {
                     self.st.oerrors += 1;
                 }

@@ -20,9 +20,11 @@
 //! pcap file) instead of `FILE`, so two processes never interleave records in one file. DPDK lets
 //! the primary's dumper take the secondary's packets; this lab keeps each writer single.
 
+#![forbid(unsafe_code)]
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,15 +36,12 @@ use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption
 use pcap_file::pcapng::{Block, PcapNgParser};
 use pcap_file::{DataLink, PcapError};
 
-use crate::tap::{netif, share};
+use crate::sys::packet::{live_rx, live_tx, open_live};
+use crate::sys::{netif, share};
 
 const NAME: &str = "net_pcap";
 /// IPC action of the primary that hands live-interface sockets to secondaries.
 pub const FDS_ACTION: &str = "net_pcap_fds";
-/// Frames moved per `recvmmsg`/`sendmmsg`.
-const BATCH: usize = 32;
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-const SOL_PACKET: libc::c_int = 263;
 
 static KEYS: [KeySpec; 6] = [
     KeySpec::new("rx_pcap", KeyKind::Path, "pcap or pcapng file to receive from"),
@@ -199,45 +198,6 @@ pub fn tx_path(file: &str, primary: bool) -> PathBuf {
 
 /// The net_pcap driver.
 pub struct PcapDriver;
-
-fn open_live(iface: &str, rx: bool) -> Result<OwnedFd, String> {
-    let idx = netif::index(iface).map_err(|e| format!("interface {iface} not found: {e}"))?;
-    // SAFETY: plain socket call.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
-    if fd < 0 {
-        return Err(format!("socket(AF_PACKET): {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if rx {
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads one c_int.
-        let r = unsafe {
-            libc::setsockopt(fd.as_raw_fd(), SOL_PACKET, PACKET_IGNORE_OUTGOING, (&one as *const libc::c_int).cast(), 4)
-        };
-        if r != 0 {
-            return Err(format!("PACKET_IGNORE_OUTGOING: {}", std::io::Error::last_os_error()));
-        }
-    }
-    // SAFETY: sockaddr_ll is plain data; zero is valid.
-    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sa.sll_family = libc::AF_PACKET as u16;
-    // A send-only socket binds with protocol 0: it never queues received frames.
-    sa.sll_protocol = if rx { (libc::ETH_P_ALL as u16).to_be() } else { 0 };
-    sa.sll_ifindex = idx as i32;
-    // SAFETY: bind reads one sockaddr_ll we own.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if r != 0 {
-        return Err(format!("bind to {iface}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(fd)
-}
 
 /// Magic of a little-endian, nanosecond-resolution classic pcap file.
 const PCAP_MAGIC_NS: u32 = 0xa1b2_3c4d;
@@ -416,101 +376,6 @@ struct PcapPort {
     pool: Mempool,
     st: PortStats,
     _published: Option<share::Published>,
-}
-
-/// `recvmmsg` into buffers taken from `pool`, into the front of `pkts`. Returns how many.
-fn live_rx(fd: RawFd, pool: &mut Mempool, pkts: &mut [Option<Mbuf>], st: &mut PortStats, port: u16) -> usize {
-    let k = pkts.len().min(BATCH);
-    if k == 0 {
-        return 0;
-    }
-    if !pool.alloc_bulk(&mut pkts[..k]) {
-        st.rx_nombuf += 1;
-        return 0;
-    }
-    // SAFETY: iovec and mmsghdr are plain data; zero is a valid value for both.
-    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (i, m) in pkts[..k].iter_mut().enumerate() {
-        if let Some(m) = m {
-            let room = m.buf_len() - m.headroom();
-            m.set_len(room);
-            let d = m.data_mut();
-            iov[i] = libc::iovec { iov_base: d.as_mut_ptr().cast(), iov_len: d.len() };
-        }
-        msgs[i].msg_hdr.msg_iov = &mut iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: msgs[..k] point at iovecs that point into buffers we own until the call returns.
-    let r = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), k as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
-    let got = if r < 0 {
-        let e = std::io::Error::last_os_error().raw_os_error();
-        if e != Some(libc::EAGAIN) {
-            st.ierrors += 1;
-        }
-        0
-    } else {
-        r as usize
-    };
-    for (i, slot) in pkts[..k].iter_mut().enumerate() {
-        if i < got {
-            if let Some(m) = slot {
-                m.set_len(msgs[i].msg_len as usize);
-                m.set_port(port);
-                st.ibytes += m.len() as u64;
-            }
-        } else if let Some(m) = slot.take() {
-            pool.free(m);
-        }
-    }
-    st.ipackets += got as u64;
-    got
-}
-
-/// `sendmmsg` of the front of `pkts`; returns how many were taken (sent or refused).
-fn live_tx(fd: RawFd, pool: &mut Mempool, pkts: &mut [Option<Mbuf>], st: &mut PortStats) -> usize {
-    let k = pkts.iter().take(BATCH).take_while(|s| s.is_some()).count();
-    if k == 0 {
-        return 0;
-    }
-    // SAFETY: plain data, zero is valid.
-    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (i, m) in pkts[..k].iter().enumerate() {
-        if let Some(m) = m {
-            let d = m.data();
-            iov[i] = libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() };
-        }
-        msgs[i].msg_hdr.msg_iov = &mut iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: the kernel only reads the buffers, which we own until the call returns.
-    let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), k as u32, libc::MSG_DONTWAIT) };
-    let sent = if r < 0 {
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => return 0,
-            // The first frame was refused (too long, interface down): drop it, count it.
-            _ => {
-                st.oerrors += 1;
-                if let Some(m) = pkts[0].take() {
-                    pool.free(m);
-                }
-                return 1;
-            }
-        }
-    } else {
-        r as usize
-    };
-    for slot in &mut pkts[..sent] {
-        if let Some(m) = slot.take() {
-            st.obytes += m.len() as u64;
-            pool.free(m);
-        }
-    }
-    st.opackets += sent as u64;
-    sent
 }
 
 impl EthDev for PcapPort {
