@@ -7,7 +7,7 @@
 //! tail once every earlier producer has published; consumers mirror that. Works between processes
 //! because it holds no pointers, only indices into its own slots.
 //!
-//! The head/tail pairs are padded by our own `#[repr(C, align(64))]` [`HeadTail`], not by
+//! The head/tail pairs are padded by our own `#[repr(C, align(64))]` `HeadTail`, not by
 //! `crossbeam_utils::CachePadded`: the header lives in a file other processes map, so its layout
 //! must be fixed and checked (`repr(C)`, size and offset asserts below), which `CachePadded` does
 //! not promise; and on x86_64 it pads to 128 bytes, more than the memzone alignment every ring is

@@ -26,7 +26,7 @@ pub mod pcap;
 #[allow(unsafe_code)]
 pub mod ring;
 #[allow(unsafe_code)]
-pub mod sys;
+pub(crate) mod sys;
 pub mod tap;
 
 /// Registers every driver of this crate.

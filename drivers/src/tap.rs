@@ -13,7 +13,7 @@
 //! deletes a non-persistent TAP when the last descriptor of any process is closed, so the lab
 //! removes it from the secondaries (`close(Local)` closes their duplicates) before the primary.
 //!
-//! The kernel calls (TUNSETIFF, reads and writes of frames) are in [`crate::sys::tun`].
+//! The kernel calls (TUNSETIFF, reads and writes of frames) are in `sys::tun`.
 
 #![forbid(unsafe_code)]
 
