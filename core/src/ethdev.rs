@@ -131,18 +131,26 @@ pub enum Release {
     Local,
 }
 
-/// Errors of ports and drivers.
+/// A driver's own error, carried by [`EthError::Probe`] and [`EthError::Device`]. Every driver
+/// has its own error type; at this boundary it is boxed, so the chain stays (`source()`) and code
+/// that knows the driver can downcast. A `String` converts too, for a driver with nothing to match.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of ports and drivers. The `Display` of each includes its cause, so `{e}` prints the
+/// whole chain on one line ("net_i40e: 0000:00:05.0: admin queue get_link_status: timed out");
+/// `source()` gives the cause to code that walks or matches it.
 #[derive(Debug, thiserror::Error)]
 pub enum EthError {
     /// A driver could not probe a device.
-    #[error("{driver}: {device}: {reason}")]
+    #[error("{driver}: {device}: {source}")]
     Probe {
         /// Driver.
         driver: &'static str,
         /// Device name.
         device: String,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong: the driver's own error (downcast it to match on it).
+        #[source]
+        source: Cause,
     },
     /// The operation is not supported by this driver.
     #[error("{driver}: {op} is not supported")]
@@ -159,12 +167,13 @@ pub enum EthError {
         what: String,
     },
     /// Device access failed.
-    #[error("{driver}: device error: {reason}")]
+    #[error("{driver}: device error: {source}")]
     Device {
         /// Driver.
         driver: &'static str,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong: the driver's own error (downcast it to match on it).
+        #[source]
+        source: Cause,
     },
     /// No port with that id in this process.
     #[error("port {port} is not attached")]
@@ -241,8 +250,8 @@ impl ProbeCtx<'_> {
         self.runtime.is_primary()
     }
     /// A probe error for this device.
-    pub fn error(&self, driver: &'static str, reason: impl Into<String>) -> EthError {
-        EthError::Probe { driver, device: self.name.into(), reason: reason.into() }
+    pub fn error(&self, driver: &'static str, cause: impl Into<Cause>) -> EthError {
+        EthError::Probe { driver, device: self.name.into(), source: cause.into() }
     }
 }
 

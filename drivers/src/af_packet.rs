@@ -28,6 +28,7 @@ use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats,
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::Shm;
 
+use crate::error::{Ctx, DriverError};
 use crate::sys::packet::{join_fanout, kick_tx, open_ring_socket, RingMap, TpacketReq};
 use crate::sys::{netif, share};
 
@@ -88,25 +89,30 @@ pub struct Geometry {
 
 impl Geometry {
     /// Checks a geometry as the kernel will; the error names the keys.
-    pub fn new(blocksz: u64, framesz: u64, framecnt: u64) -> Result<Geometry, String> {
+    pub fn new(blocksz: u64, framesz: u64, framecnt: u64) -> Result<Geometry, DriverError> {
         let page = 4096;
         if !blocksz.is_multiple_of(page) {
-            return Err(format!("blocksz={blocksz} is not a multiple of the page size {page}"));
+            return Err(DriverError::config(format!("blocksz={blocksz} is not a multiple of the page size {page}")));
         }
         if !framesz.is_multiple_of(TPACKET_ALIGNMENT) || framesz < TPACKET2_HDRLEN + 64 {
-            return Err(format!("framesz={framesz} must be a multiple of 16 and at least {}", TPACKET2_HDRLEN + 64));
+            return Err(DriverError::config(format!(
+                "framesz={framesz} must be a multiple of 16 and at least {}",
+                TPACKET2_HDRLEN + 64
+            )));
         }
         if framesz > blocksz {
-            return Err(format!("framesz={framesz} is larger than blocksz={blocksz}"));
+            return Err(DriverError::config(format!("framesz={framesz} is larger than blocksz={blocksz}")));
         }
         let fpb = blocksz / framesz;
         if !framecnt.is_multiple_of(fpb) {
-            return Err(format!(
+            return Err(DriverError::config(format!(
                 "framecnt={framecnt} is not a multiple of the {fpb} frames per block (blocksz={blocksz} / framesz={framesz})"
-            ));
+            )));
         }
         if blocksz * (framecnt / fpb) > 1 << 30 {
-            return Err(format!("ring of framecnt={framecnt} blocks of blocksz={blocksz} is over 1 GiB"));
+            return Err(DriverError::config(format!(
+                "ring of framecnt={framecnt} blocks of blocksz={blocksz} is over 1 GiB"
+            )));
         }
         Ok(Geometry { blocksz: blocksz as u32, framesz: framesz as u32, framecnt: framecnt as u32 })
     }
@@ -176,32 +182,38 @@ impl Driver for AfPacketDriver {
             ctx.kvargs.get_u64("framecnt").unwrap_or(512),
         )
         .map_err(|e| ctx.error(NAME, e))?;
-        let ifindex = netif::index(&iface).map_err(|e| ctx.error(NAME, format!("interface {iface} not found: {e}")))?;
+        let ifindex =
+            netif::index(&iface).ctx(format!("interface {iface} not found")).map_err(|e| ctx.error(NAME, e))?;
         let shm = ctx.runtime.shm();
         let pool = Mempool::lookup(shm, &ctx.conf.pool, 64)
-            .map_err(|e| ctx.error(NAME, format!("buffer pool {}: {e}", ctx.conf.pool)))?;
+            .ctx(format!("buffer pool {}", ctx.conf.pool))
+            .map_err(|e| ctx.error(NAME, e))?;
         let zname = zone_name(ctx.name);
         let primary = ctx.is_primary();
         let (fds, published, zone) = if primary {
             let bypass = ctx.kvargs.get_bool("qdisc_bypass").unwrap_or(false);
             let fds = (0..qpairs)
-                .map(|q| open_ring_socket(ifindex, &geo.req(), bypass).map_err(|e| format!("queue {q}: {e}")))
+                .map(|q| open_ring_socket(ifindex, &geo.req(), bypass).ctx(format!("queue {q}")))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ctx.error(NAME, format!("interface {iface}: {e}")))?;
+                .ctx(format!("interface {iface}"))
+                .map_err(|e| ctx.error(NAME, e))?;
             if qpairs > 1 {
-                join_fanout(&fds).map_err(|e| ctx.error(NAME, format!("interface {iface}: {e}")))?;
+                join_fanout(&fds).ctx(format!("interface {iface}")).map_err(|e| ctx.error(NAME, e))?;
             }
             let zone = shm
                 .reserve(&zname, std::mem::size_of::<QueuePos>() as u64 * MAX_QPAIRS, 64)
-                .map_err(|e| ctx.error(NAME, format!("ring positions: {e}")))?;
+                .ctx("ring positions")
+                .map_err(|e| ctx.error(NAME, e))?;
             let guard = ZoneGuard { shm: shm.clone(), name: Some(zname.clone()) };
             let meta = format!("{} {} {} {qpairs}", geo.blocksz, geo.framesz, geo.framecnt).into_bytes();
             let p = share::publish(ctx.runtime, FDS_ACTION, ctx.name, &fds, meta)
-                .map_err(|e| ctx.error(NAME, format!("sharing queue sockets: {e}")))?;
+                .ctx("sharing queue sockets")
+                .map_err(|e| ctx.error(NAME, e))?;
             (fds, Some(p), (zone.offset, guard))
         } else {
             let (fds, meta) = share::fetch(ctx.runtime, FDS_ACTION, ctx.name)
-                .map_err(|e| ctx.error(NAME, format!("queue sockets of {iface}: {e}")))?;
+                .ctx(format!("queue sockets of {iface}"))
+                .map_err(|e| ctx.error(NAME, e))?;
             let m: Vec<u64> =
                 String::from_utf8_lossy(&meta).split_whitespace().filter_map(|w| w.parse().ok()).collect();
             if m.len() != 4 || (m[3] as usize) != fds.len() || fds.len() < qpairs as usize {
@@ -209,8 +221,8 @@ impl Driver for AfPacketDriver {
                     ctx.error(NAME, format!("the primary's ring description {m:?} does not fit qpairs={qpairs}"))
                 );
             }
-            geo = Geometry::new(m[0], m[1], m[2]).map_err(|e| ctx.error(NAME, format!("primary's geometry: {e}")))?;
-            let zone = shm.lookup(&zname).map_err(|e| ctx.error(NAME, format!("ring positions: {e}")))?;
+            geo = Geometry::new(m[0], m[1], m[2]).ctx("primary's geometry").map_err(|e| ctx.error(NAME, e))?;
+            let zone = shm.lookup(&zname).ctx("ring positions").map_err(|e| ctx.error(NAME, e))?;
             (fds, None, (zone.offset, ZoneGuard { shm: shm.clone(), name: None }))
         };
         let pos_base = shm
@@ -219,7 +231,8 @@ impl Driver for AfPacketDriver {
         let mut queues = Vec::with_capacity(qpairs as usize);
         for (q, fd) in fds.iter().enumerate() {
             let map = RingMap::new(fd.as_fd(), 2 * geo.ring_len())
-                .map_err(|e| ctx.error(NAME, format!("interface {iface}: queue {q}: {e}")))?;
+                .ctx(format!("interface {iface}: queue {q}"))
+                .map_err(|e| ctx.error(NAME, e))?;
             // SAFETY: q < MAX_QPAIRS; the zone holds MAX_QPAIRS QueuePos, 64-aligned, zeroed at
             // creation, in a mapping never unmapped; only atomics are accessed.
             let pos = unsafe { NonNull::new_unchecked(pos_base.as_ptr().cast::<QueuePos>().add(q)) };
@@ -459,7 +472,7 @@ impl EthDev for AfPacketPort {
         }
     }
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
-        netif::set_promisc(&self.iface, on).map_err(|e| EthError::Device { driver: NAME, reason: e.to_string() })
+        netif::set_promisc(&self.iface, on).ctx("set promiscuous mode").map_err(|e| e.device(NAME))
     }
     #[inline]
     fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
@@ -492,9 +505,9 @@ mod tests {
         let g = Geometry::new(4096, 2048, 512).unwrap();
         assert_eq!((g.frames_per_block(), g.blocks(), g.ring_len()), (2, 256, 1 << 20));
         assert_eq!(g.frame_off(3), 4096 + 2048);
-        assert!(Geometry::new(4000, 2048, 512).unwrap_err().contains("blocksz=4000"));
-        assert!(Geometry::new(4096, 2008, 512).unwrap_err().contains("framesz=2008"));
-        assert!(Geometry::new(4096, 8192, 512).unwrap_err().contains("larger than blocksz"));
-        assert!(Geometry::new(8192, 2048, 6).unwrap_err().contains("framecnt=6"));
+        assert!(Geometry::new(4000, 2048, 512).unwrap_err().to_string().contains("blocksz=4000"));
+        assert!(Geometry::new(4096, 2008, 512).unwrap_err().to_string().contains("framesz=2008"));
+        assert!(Geometry::new(4096, 8192, 512).unwrap_err().to_string().contains("larger than blocksz"));
+        assert!(Geometry::new(8192, 2048, 6).unwrap_err().to_string().contains("framecnt=6"));
     }
 }

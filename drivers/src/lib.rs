@@ -15,14 +15,15 @@ use lab_core::ethdev::Registry;
 
 #[allow(unsafe_code)]
 pub mod af_packet;
+pub mod error;
 #[allow(unsafe_code)]
 pub mod i40e;
 #[allow(unsafe_code)]
 pub mod ixgbe;
-#[allow(unsafe_code)]
-mod nicq;
 pub mod null;
 pub mod pcap;
+#[allow(unsafe_code)]
+mod pci;
 #[allow(unsafe_code)]
 pub mod ring;
 #[allow(unsafe_code)]

@@ -11,6 +11,8 @@ use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
 
+use crate::error::Ctx;
+
 const NAME: &str = "net_null";
 /// Largest `size`: a jumbo frame.
 pub const MAX_SIZE: u64 = 9600;
@@ -45,7 +47,8 @@ impl Driver for NullDriver {
         }
         let shm = ctx.runtime.shm();
         let pool = Mempool::lookup(shm, &ctx.conf.pool, 256)
-            .map_err(|e| ctx.error(NAME, format!("buffer pool {}: {e}", ctx.conf.pool)))?;
+            .ctx(format!("buffer pool {}", ctx.conf.pool))
+            .map_err(|e| ctx.error(NAME, e))?;
         let mut mac = [0x02, 0, 0, 0, 0, 0];
         mac[5] = ctx.port.0 as u8;
         Ok(Box::new(NullPort {

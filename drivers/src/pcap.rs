@@ -36,6 +36,7 @@ use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption
 use pcap_file::pcapng::{Block, PcapNgParser};
 use pcap_file::{DataLink, PcapError};
 
+use crate::error::Ctx;
 use crate::sys::packet::{live_rx, live_tx, open_live};
 use crate::sys::{netif, share};
 
@@ -267,10 +268,11 @@ impl Driver for PcapDriver {
         }
         let infinite = kv.get_bool("infinite_rx").unwrap_or(false);
         let pool = Mempool::lookup(ctx.runtime.shm(), &ctx.conf.pool, 64)
-            .map_err(|e| ctx.error(NAME, format!("buffer pool {}: {e}", ctx.conf.pool)))?;
+            .ctx(format!("buffer pool {}", ctx.conf.pool))
+            .map_err(|e| ctx.error(NAME, e))?;
         // Files are read before anything is created, so a bad rx_pcap leaves no tx_pcap behind.
         let frames = match kv.get_str("rx_pcap") {
-            Some(p) => Some(read_capture(Path::new(p)).map_err(|e| ctx.error(NAME, e.to_string()))?),
+            Some(p) => Some(read_capture(Path::new(p)).map_err(|e| ctx.error(NAME, e))?),
             None => None,
         };
         if infinite && frames.as_ref().is_some_and(Frames::is_empty) {
@@ -288,12 +290,14 @@ impl Driver for PcapDriver {
                 v.push(open_live(i, false).map_err(|e| ctx.error(NAME, e))?);
             }
             let p = share::publish(ctx.runtime, FDS_ACTION, ctx.name, &v, Vec::new())
-                .map_err(|e| ctx.error(NAME, format!("sharing interface sockets: {e}")))?;
+                .ctx("sharing interface sockets")
+                .map_err(|e| ctx.error(NAME, e))?;
             (v, Some(p))
         } else {
             let want = rx_iface.is_some() as usize + tx_iface.is_some() as usize;
             let (v, _) = share::fetch(ctx.runtime, FDS_ACTION, ctx.name)
-                .map_err(|e| ctx.error(NAME, format!("interface sockets: {e}")))?;
+                .ctx("interface sockets")
+                .map_err(|e| ctx.error(NAME, e))?;
             if v.len() != want {
                 return Err(ctx.error(NAME, format!("the primary has {} interface sockets, {want} expected", v.len())));
             }
@@ -309,7 +313,7 @@ impl Driver for PcapDriver {
         let tx = match (kv.get_str("tx_pcap"), tx_sock) {
             (Some(file), _) => {
                 let path = tx_path(file, ctx.is_primary());
-                let w = create_writer(&path).map_err(|e| ctx.error(NAME, e.to_string()))?;
+                let w = create_writer(&path).map_err(|e| ctx.error(NAME, e))?;
                 TxSink::File { w, path }
             }
             (None, Some(s)) => TxSink::Live(s),
@@ -394,7 +398,7 @@ impl EthDev for PcapPort {
     }
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
         match self.live.as_deref() {
-            Some(i) => netif::set_promisc(i, on).map_err(|e| EthError::Device { driver: NAME, reason: e.to_string() }),
+            Some(i) => netif::set_promisc(i, on).ctx("set promiscuous mode").map_err(|e| e.device(NAME)),
             None => Ok(()),
         }
     }

@@ -24,6 +24,8 @@ use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::{MemError, Shm, ShmOffset};
 use lab_core::ring::{Ring, RingFlags};
 
+use crate::error::{Ctx, DriverError};
+
 const NAME: &str = "net_ring";
 const MAX_QUEUES: u16 = 16;
 /// Offsets moved per ring operation: the stack buffer of a burst.
@@ -76,12 +78,12 @@ fn ring_count(nb_desc: u16) -> u32 {
 }
 
 /// Primary: finds or creates the zone and counts one more user.
-fn acquire(shm: &Arc<Shm>, name: &str, count: u32) -> Result<RingZone, String> {
+fn acquire(shm: &Arc<Shm>, name: &str, count: u32) -> Result<RingZone, DriverError> {
     let len = ZONE_HDR + Ring::<u64>::mem_size(count);
     let (z, created) = match shm.reserve(name, len, 64) {
         Ok(z) => (z, true),
-        Err(MemError::ZoneExists { .. }) => (shm.lookup(name).map_err(|e| e.to_string())?, false),
-        Err(e) => return Err(e.to_string()),
+        Err(MemError::ZoneExists { .. }) => (shm.lookup(name).ctx(format!("memzone {name}"))?, false),
+        Err(e) => return Err(e).ctx(format!("memzone {name}")),
     };
     let ring_off = ShmOffset(z.offset.0 + ZONE_HDR);
     if created {
@@ -89,7 +91,9 @@ fn acquire(shm: &Arc<Shm>, name: &str, count: u32) -> Result<RingZone, String> {
     }
     let rz = attach(shm, name, z.offset, ring_off)?;
     if created {
-        let p = shm.ptr(z.offset, ZONE_HDR).ok_or("ring zone outside the mapping")?;
+        let p = shm
+            .ptr(z.offset, ZONE_HDR)
+            .ok_or_else(|| DriverError::state(format!("ring zone {name} outside the mapping")))?;
         // SAFETY: fresh zeroed zone of ours, header at its start (see RingZone::users).
         let h = unsafe { &*p.as_ptr().cast::<ZoneHdr>() };
         h.magic.store(ZONE_MAGIC, Ordering::Release);
@@ -100,14 +104,14 @@ fn acquire(shm: &Arc<Shm>, name: &str, count: u32) -> Result<RingZone, String> {
     Ok(rz)
 }
 
-fn attach(shm: &Arc<Shm>, name: &str, hdr_off: ShmOffset, ring_off: ShmOffset) -> Result<RingZone, String> {
-    let ring = Ring::<u64>::attach(shm, name, ring_off).map_err(|e| e.to_string())?;
+fn attach(shm: &Arc<Shm>, name: &str, hdr_off: ShmOffset, ring_off: ShmOffset) -> Result<RingZone, DriverError> {
+    let ring = Ring::<u64>::attach(shm, name, ring_off).ctx(format!("ring {name}"))?;
     Ok(RingZone { name: name.into(), ring, hdr_off })
 }
 
 /// Secondary: looks the zone up, leaves the count alone.
-fn lookup(shm: &Arc<Shm>, name: &str) -> Result<RingZone, String> {
-    let z = shm.lookup(name).map_err(|e| format!("{e} (is the device attached in the primary?)"))?;
+fn lookup(shm: &Arc<Shm>, name: &str) -> Result<RingZone, DriverError> {
+    let z = shm.lookup(name).ctx(format!("memzone {name} (is the device attached in the primary?)"))?;
     attach(shm, name, z.offset, ShmOffset(z.offset.0 + ZONE_HDR))
 }
 
@@ -162,7 +166,8 @@ impl Driver for RingDriver {
         }
         let shm = ctx.runtime.shm();
         let pool = Mempool::lookup(shm, &ctx.conf.pool, 0)
-            .map_err(|e| ctx.error(NAME, format!("buffer pool {}: {e}", ctx.conf.pool)))?;
+            .ctx(format!("buffer pool {}", ctx.conf.pool))
+            .map_err(|e| ctx.error(NAME, e))?;
         let count = ring_count(ctx.conf.nb_desc);
         let primary = ctx.is_primary();
         // Zones taken so far, given back on any error (the guard), kept on success.
@@ -170,12 +175,12 @@ impl Driver for RingDriver {
         for q in 0..nrx {
             let n = zone_name(ctx.name, q);
             let rz = if primary { acquire(shm, &n, count) } else { lookup(shm, &n) };
-            guard.rx.push(rz.map_err(|e| ctx.error(NAME, format!("receive ring {n}: {e}")))?);
+            guard.rx.push(rz.ctx(format!("receive ring {n}")).map_err(|e| ctx.error(NAME, e))?);
         }
         for q in 0..ntx {
             let n = zone_name(&peer, q);
             let rz = if primary { acquire(shm, &n, count) } else { lookup(shm, &n) };
-            guard.tx.push(rz.map_err(|e| ctx.error(NAME, format!("peer ring {n}: {e}")))?);
+            guard.tx.push(rz.ctx(format!("peer ring {n}")).map_err(|e| ctx.error(NAME, e))?);
         }
         let mut mac = [0x02, 0x72, 0x69, 0x6e, 0, 0];
         mac[4..6].copy_from_slice(&ctx.port.0.to_be_bytes());

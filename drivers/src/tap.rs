@@ -26,6 +26,8 @@ use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
 
+use crate::error::{Ctx, DriverError};
+
 const NAME: &str = "net_tap";
 const MAX_QUEUES: u16 = 16;
 /// IPC action of the primary that hands TAP queue descriptors to secondaries.
@@ -60,7 +62,8 @@ impl Driver for TapDriver {
         let persist = ctx.kvargs.get_bool("persist").unwrap_or(false);
         let shm = ctx.runtime.shm();
         let pool = Mempool::lookup(shm, &ctx.conf.pool, 64)
-            .map_err(|e| ctx.error(NAME, format!("buffer pool {}: {e}", ctx.conf.pool)))?;
+            .ctx(format!("buffer pool {}", ctx.conf.pool))
+            .map_err(|e| ctx.error(NAME, e))?;
         let (fds, published) = if ctx.is_primary() {
             let existed = netif::exists(&iface);
             let mut fds = Vec::with_capacity(nq);
@@ -76,29 +79,36 @@ impl Driver for TapDriver {
                         Some(libc::ENOENT) | Some(libc::ENODEV) => " (/dev/net/tun missing: no TUN/TAP support)",
                         _ => "",
                     };
-                    ctx.error(NAME, format!("interface {iface}: queue {q}: TUNSETIFF: {e}{hint}"))
+                    ctx.error(
+                        NAME,
+                        DriverError::Os { what: format!("interface {iface}: queue {q}: TUNSETIFF{hint}"), source: e },
+                    )
                 })?;
                 fds.push(fd);
             }
             let mac = ctx.kvargs.get_mac("mac").unwrap_or([0x02, 0x64, 0x74, 0x61, 0x70, ctx.port.0 as u8]);
             if !existed || ctx.kvargs.get_mac("mac").is_some() {
-                netif::set_mac(&iface, mac).map_err(|e| {
-                    ctx.error(NAME, format!("interface {iface}: setting MAC {}: {e}", netif::mac_str(&mac)))
-                })?;
+                netif::set_mac(&iface, mac)
+                    .ctx(format!("interface {iface}: setting MAC {}", netif::mac_str(&mac)))
+                    .map_err(|e| ctx.error(NAME, e))?;
             }
             netif::set_up(&iface, false)
-                .map_err(|e| ctx.error(NAME, format!("interface {iface}: bringing up: {e}")))?;
+                .ctx(format!("interface {iface}: bringing up"))
+                .map_err(|e| ctx.error(NAME, e))?;
             if persist {
                 tun::set_persist(&fds[0], true)
-                    .map_err(|e| ctx.error(NAME, format!("interface {iface}: TUNSETPERSIST: {e}")))?;
+                    .ctx(format!("interface {iface}: TUNSETPERSIST"))
+                    .map_err(|e| ctx.error(NAME, e))?;
             }
             let p = share::publish(ctx.runtime, FDS_ACTION, ctx.name, &fds, iface.as_bytes().to_vec())
-                .map_err(|e| ctx.error(NAME, format!("sharing queue descriptors: {e}")))?;
+                .ctx("sharing queue descriptors")
+                .map_err(|e| ctx.error(NAME, e))?;
             tracing::info!(device = ctx.name, iface = %iface, queues = nq, existed, persist, "net_tap created");
             (fds, Some(p))
         } else {
             let (fds, _meta) = share::fetch(ctx.runtime, FDS_ACTION, ctx.name)
-                .map_err(|e| ctx.error(NAME, format!("queue descriptors of {iface}: {e}")))?;
+                .ctx(format!("queue descriptors of {iface}"))
+                .map_err(|e| ctx.error(NAME, e))?;
             if fds.len() < nq {
                 return Err(ctx.error(NAME, format!("the primary has {} queues, {nq} asked", fds.len())));
             }
@@ -207,7 +217,7 @@ impl EthDev for TapPort {
         }
     }
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
-        netif::set_promisc(&self.iface, on).map_err(|e| EthError::Device { driver: NAME, reason: e.to_string() })
+        netif::set_promisc(&self.iface, on).ctx("set promiscuous mode").map_err(|e| e.device(NAME))
     }
     fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
         let Some(q) = self.rx.get_mut(queue as usize) else { return 0 };

@@ -24,6 +24,7 @@ use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
 
 use super::regs::*;
+use crate::error::{Ctx, DriverError};
 
 /// Send-queue entries.
 pub const ATQ_LEN: u32 = 64;
@@ -142,18 +143,18 @@ pub fn zone_name(port: u16) -> String {
 
 impl AdminQueue {
     /// Reserves (primary) or finds (secondary) the admin queue zone.
-    pub fn open(shm: &Arc<Shm>, port: u16, create: bool) -> Result<AdminQueue, String> {
+    pub fn open(shm: &Arc<Shm>, port: u16, create: bool) -> Result<AdminQueue, DriverError> {
         let name = zone_name(port);
         let z = if create { shm.reserve(&name, ZONE_LEN, 4096) } else { shm.lookup(&name) }
-            .map_err(|e| format!("memzone {name}: {e}"))?;
+            .ctx(format!("memzone {name}"))?;
         if z.len < ZONE_LEN {
-            return Err(format!("memzone {name} too small"));
+            return Err(DriverError::state(format!("memzone {name} is {} bytes, {ZONE_LEN} needed", z.len)));
         }
         let aq = AdminQueue { shm: shm.clone(), base: z.offset, zone: name };
         if create {
-            aq.put(0x8, &MAGIC.to_le_bytes())?;
-        } else if aq.get_u64(0x8)? != MAGIC {
-            return Err(format!("memzone {} holds no i40e admin queue", aq.zone));
+            aq.put(0x8, &MAGIC.to_le_bytes()).ctx("admin queue")?;
+        } else if aq.get_u64(0x8).ctx("admin queue")? != MAGIC {
+            return Err(DriverError::state(format!("memzone {} holds no i40e admin queue", aq.zone)));
         }
         Ok(aq)
     }
@@ -171,24 +172,27 @@ impl AdminQueue {
         self.at(off).iova().0
     }
 
-    fn put(&self, off: u64, data: &[u8]) -> Result<(), String> {
+    fn put(&self, off: u64, data: &[u8]) -> Result<(), AqError> {
         self.shm
             .write_at(self.at(off), data)
             .then_some(())
-            .ok_or_else(|| format!("{} outside shared memory", self.zone))
+            .ok_or_else(|| AqError::Memory(format!("{} outside shared memory", self.zone)))
     }
 
-    fn get(&self, off: u64, buf: &mut [u8]) -> Result<(), String> {
-        self.shm.read_at(self.at(off), buf).then_some(()).ok_or_else(|| format!("{} outside shared memory", self.zone))
+    fn get(&self, off: u64, buf: &mut [u8]) -> Result<(), AqError> {
+        self.shm
+            .read_at(self.at(off), buf)
+            .then_some(())
+            .ok_or_else(|| AqError::Memory(format!("{} outside shared memory", self.zone)))
     }
 
-    fn get_u32(&self, off: u64) -> Result<u32, String> {
+    fn get_u32(&self, off: u64) -> Result<u32, AqError> {
         let mut b = [0u8; 4];
         self.get(off, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
 
-    fn get_u64(&self, off: u64) -> Result<u64, String> {
+    fn get_u64(&self, off: u64) -> Result<u64, AqError> {
         let mut b = [0u8; 8];
         self.get(off, &mut b)?;
         Ok(u64::from_le_bytes(b))
@@ -206,7 +210,7 @@ impl AdminQueue {
 
     /// Admin queue initialisation (primary, after the PF reset): both queues off, rings programmed,
     /// ARQ buffers posted, queues on. Checks the base register reads back (a dead device reads 0/~0).
-    pub fn start(&self, bar: &Bar) -> Result<(), String> {
+    pub fn start(&self, bar: &Bar) -> Result<(), AqError> {
         bar.write32(PF_ATQLEN, 0);
         bar.write32(PF_ARQLEN, 0);
         self.put(0, &[0u8; 8])?;
@@ -218,7 +222,7 @@ impl AdminQueue {
         bar.write32(PF_ATQBAH, (atq >> 32) as u32);
         bar.write32(PF_ATQLEN, ATQ_LEN | AQLEN_ENABLE);
         if bar.read32(PF_ATQBAL) != atq as u32 {
-            return Err("ATQ base address does not read back".into());
+            return Err(AqError::Memory("ATQ base address does not read back (device gone?)".into()));
         }
         for i in 0..ARQ_LEN {
             self.put(OFF_ARQ + u64::from(i) * 32, &self.arq_desc(i))?;
@@ -244,9 +248,8 @@ impl AdminQueue {
 
     /// Runs one command and waits for its completion. Takes the shared-memory lock for the duration.
     pub fn send(&self, bar: &Bar, opcode: u16, params: [u8; 16], buf: Buf<'_>) -> Result<Completion, AqError> {
-        let mem = |e: String| AqError::Memory(e);
         let _g = self.shm.lock().lock();
-        let ntu = self.get_u32(0).map_err(mem)? % ATQ_LEN;
+        let ntu = self.get_u32(0)? % ATQ_LEN;
         let mut d = [0u8; 32];
         let mut flags = AQ_FLAG_SI;
         let len = match buf {
@@ -263,9 +266,9 @@ impl AdminQueue {
             match buf {
                 Buf::In(b) => {
                     flags |= AQ_FLAG_RD;
-                    self.put(OFF_BUF, &b[..len]).map_err(mem)?;
+                    self.put(OFF_BUF, &b[..len])?;
                 }
-                _ => self.put(OFF_BUF, &vec![0u8; len]).map_err(mem)?,
+                _ => self.put(OFF_BUF, &vec![0u8; len])?,
             }
             let a = self.iova(OFF_BUF);
             d[24..28].copy_from_slice(&((a >> 32) as u32).to_le_bytes());
@@ -275,9 +278,9 @@ impl AdminQueue {
         d[2..4].copy_from_slice(&opcode.to_le_bytes());
         d[4..6].copy_from_slice(&(len as u16).to_le_bytes());
         let slot = OFF_ATQ + u64::from(ntu) * AQ_DESC_LEN;
-        self.put(slot, &d).map_err(mem)?;
+        self.put(slot, &d)?;
         let next = (ntu + 1) % ATQ_LEN;
-        self.put(0, &next.to_le_bytes()).map_err(mem)?;
+        self.put(0, &next.to_le_bytes())?;
         fence(Ordering::Release);
         bar.try_write32(PF_ATQT, next).map_err(|e| AqError::Transport { opcode, reason: e.to_string() })?;
 
@@ -285,7 +288,7 @@ impl AdminQueue {
         let start = Instant::now();
         let mut w = [0u8; 32];
         loop {
-            self.get(slot, &mut w).map_err(mem)?;
+            self.get(slot, &mut w)?;
             if u16::from_le_bytes([w[0], w[1]]) & AQ_FLAG_DD != 0 {
                 break;
             }
@@ -296,7 +299,7 @@ impl AdminQueue {
             std::thread::sleep(CMD_POLL);
         }
         fence(Ordering::Acquire);
-        self.get(slot, &mut w).map_err(mem)?;
+        self.get(slot, &mut w)?;
         let f = u16::from_le_bytes([w[0], w[1]]);
         let datalen = u16::from_le_bytes([w[4], w[5]]);
         let rc = u16::from_le_bytes([w[6], w[7]]);
@@ -306,7 +309,7 @@ impl AdminQueue {
         let mut out = Vec::new();
         if let Buf::Out(_) = buf {
             out = vec![0u8; usize::from(datalen).min(len)];
-            self.get(OFF_BUF, &mut out).map_err(mem)?;
+            self.get(OFF_BUF, &mut out)?;
         }
         let mut p = [0u8; 16];
         p.copy_from_slice(&w[16..32]);

@@ -2,8 +2,8 @@
 //! over kernel VFIO on a real NIC or vfio-user against `lab-nic`.
 //!
 //! Control path here, admin queue in [`adminq`], data path in [`rxtx`], registers in [`regs`]; the queue
-//! zones and the port chores net_ixgbe does the same way (DMA map, device-state zone, queue counters)
-//! are in the crate's `nicq` module. Read [`I40eDriver::probe`] and `Port::init_primary` top to bottom
+//! zones and the port skeleton net_ixgbe shares (transport, DMA map, device-state zone, queue
+//! counters, release tail) are in the crate's `pci` module, the LAN HMC in [`hmc`]. Read [`I40eDriver::probe`] and `Port::init_primary` top to bottom
 //! next to the datasheet (order no. 332464):
 //! the primary resets the PF, brings the admin queue up and asks the firmware for what the PF owns
 //! (version, capabilities, MAC, switch configuration, the main VSI), sets the VSI's queue map, filters and
@@ -21,24 +21,25 @@
 //! Devargs keys: `promisc` (start in promiscuous mode, default off).
 
 pub mod adminq;
+mod hmc;
 pub mod regs;
 pub mod rxtx;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lab_core::bus::pci::PciId;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
-use lab_core::mem::{Shm, ShmOffset};
-use lab_core::vfio::{Bar, DeviceIo};
+use lab_core::vfio::Bar;
 
 use self::adminq::{params16, AdminQueue, AqError, Buf, Completion};
+use self::hmc::HmcLayout;
 use self::regs::*;
 use self::rxtx::{RxQueue, TxQueue};
-use crate::nicq::{self, fmt_mac};
+use crate::error::{Ctx, DriverError};
+use crate::pci::{self, fmt_mac, DevState, PciPort};
 
 const NAME: &str = "net_i40e";
 /// Queue pairs this driver sets up at most.
@@ -122,21 +123,17 @@ fn dev_zone(port: u16) -> String {
     format!("i40e_{port}_dev")
 }
 
-fn hmc_zone(port: u16) -> String {
-    format!("i40e_{port}_hmc")
-}
-
-/// Sets bit field `(lsb, width)` of a little-endian bit-packed context to `v`.
-fn set_field(buf: &mut [u8], (lsb, width): (usize, usize), v: u64) {
-    for i in 0..width.min(64) {
-        let bit = lsb + i;
-        if let Some(b) = buf.get_mut(bit / 8) {
-            if v >> i & 1 != 0 {
-                *b |= 1 << (bit % 8);
-            } else {
-                *b &= !(1 << (bit % 8));
-            }
-        }
+impl DevState for DevShared {
+    fn magic(&self) -> &AtomicU64 {
+        &self.magic
+    }
+    fn mac(&self) -> [u8; 6] {
+        let lo = self.mac_lo.load(Ordering::Relaxed).to_le_bytes();
+        let hi = self.mac_hi.load(Ordering::Relaxed).to_le_bytes();
+        [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]]
+    }
+    fn mtu(&self) -> u16 {
+        self.mtu.load(Ordering::Relaxed) as u16
     }
 }
 
@@ -154,45 +151,32 @@ impl Driver for I40eDriver {
         &PCI_IDS
     }
     fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError> {
-        let err = |r: String| ctx.error(NAME, r);
-        let pci = ctx.pci.ok_or_else(|| err("not a PCI device".into()))?;
+        let err = |e: DriverError| ctx.error(NAME, e);
+        let pci = ctx.pci.ok_or_else(|| err(DriverError::config("not a PCI device")))?;
         let conf = ctx.conf;
-        nicq::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
+        pci::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
         if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || !conf.nb_desc.is_multiple_of(32) {
-            return Err(err(format!("{} descriptors: a multiple of 32 in {MIN_DESC}..={MAX_DESC}", conf.nb_desc)));
+            return Err(err(DriverError::config(format!(
+                "{} descriptors: a multiple of 32 in {MIN_DESC}..={MAX_DESC}",
+                conf.nb_desc
+            ))));
         }
         let shm = ctx.runtime.shm();
-        let pool = Mempool::lookup(shm, &conf.pool, 256).map_err(|e| err(format!("buffer pool {}: {e}", conf.pool)))?;
+        let pool = Mempool::lookup(shm, &conf.pool, 256).ctx(format!("buffer pool {}", conf.pool)).map_err(err)?;
 
-        // Transport and this process's DMA map: the whole shared memory at IOVA_BASE (rings and
-        // buffers are in it, the HMC too).
-        let dev = nicq::open_device(&pci.path, shm).map_err(err)?;
-        let mut port = Port {
-            dev: dev.clone(),
-            bar: None,
-            shm: shm.clone(),
-            port: ctx.port.0,
-            primary: ctx.is_primary(),
-            shared: None,
-            aq: None,
-            rxq: Vec::new(),
-            txq: Vec::new(),
-            pool: None,
-            zones: Vec::new(),
-            mapped: true,
-        };
+        // Transport, this process's DMA map (the whole shared memory at IOVA_BASE: rings and
+        // buffers are in it, the HMC too) and BAR 0.
+        let mut port = Port { aq: None, pci: PciPort::open(&pci.path, shm, ctx.port, ctx.is_primary()).map_err(err)? };
         // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
-        let bar = Bar::open(dev.clone(), 0).map_err(|e| err(format!("BAR0: {e}")))?;
-        port.bar = Some(bar);
-        nicq::bus_master(&*port.dev).map_err(|e| err(format!("PCI command register: {e}")))?;
-        if port.primary {
+        port.pci.bus_master().map_err(err)?;
+        if port.pci.primary {
             let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
             port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, conf.nb_desc, promisc).map_err(err)?;
         } else {
             port.attach_secondary(&pool).map_err(err)?;
         }
         let info = port.info();
-        tracing::info!(device = %ctx.name, port = %ctx.port, role = if port.primary { "primary" } else { "secondary" },
+        tracing::info!(device = %ctx.name, port = %ctx.port, role = if port.pci.primary { "primary" } else { "secondary" },
             mac = %fmt_mac(&info.mac), rxq = info.nb_rxq, txq = info.nb_txq, "i40e port ready");
         Ok(Box::new(port))
     }
@@ -205,83 +189,66 @@ struct FwInfo {
     qs_handle: u16,
 }
 
-/// Where the LAN HMC lives: FPM layout and the backing memzone.
-struct HmcLayout {
-    /// Shared-memory offset of the first backing page (after the page-descriptor page).
-    pages: ShmOffset,
-    tx_objsz: u64,
-    rx_objsz: u64,
-    /// FPM address of RX object 0.
-    rx_base: u64,
-    /// Bytes of backing memory.
-    len: u64,
-}
-
-/// This process's handle on one X710 port.
+/// This process's handle on one X710 port: the PCI port skeleton and the admin queue.
 struct Port {
-    dev: Arc<dyn DeviceIo>,
-    bar: Option<Bar>,
-    shm: Arc<Shm>,
-    port: u16,
-    primary: bool,
-    shared: Option<std::ptr::NonNull<DevShared>>,
+    /// Dropped before the skeleton (its zone is among the skeleton's to free).
     aq: Option<AdminQueue>,
-    rxq: Vec<RxQueue>,
-    txq: Vec<TxQueue>,
-    /// This process's handle on the buffer pool, one for all the port's queues (see
-    /// [`crate::nicq::Queue`]); made with the queues.
-    pool: Option<Mempool>,
-    /// Zones this (primary) process reserved, freed at shared release or failed probe.
-    zones: Vec<String>,
-    /// The DMA map is in place.
-    mapped: bool,
+    pci: PciPort<DevShared, RxQueue, TxQueue>,
 }
-
-// SAFETY: `shared` points into the shared-memory mapping (never unmapped); its fields are atomics.
-unsafe impl Send for Port {}
 
 impl Port {
     fn bar(&self) -> &Bar {
-        // Set right after the DMA map in probe, before anything calls this.
-        self.bar.as_ref().expect("BAR0 is mapped during probe")
+        &self.pci.bar
     }
 
     fn sh(&self) -> Option<&DevShared> {
-        // SAFETY: points at a DevShared inside the mapping; all fields atomics.
-        self.shared.map(|p| unsafe { p.as_ref() })
+        self.pci.sh()
     }
 
-    fn poll(&self, off: u64, mask: u32, value: u32, timeout: Duration, what: &str) -> Result<u32, String> {
-        self.bar().poll_until(off, mask, value, timeout, POLL_INTERVAL).map_err(|e| format!("{what}: {e}"))
+    fn poll(&self, off: u64, mask: u32, value: u32, timeout: Duration, what: &str) -> Result<u32, DriverError> {
+        self.bar().poll_until(off, mask, value, timeout, POLL_INTERVAL).ctx(what)
     }
 
     /// One admin command; errors name the command.
     fn cmd(&self, what: &str, opcode: u16, params: [u8; 16], buf: Buf<'_>) -> Result<Completion, AqError> {
         let aq = self.aq.as_ref().ok_or_else(|| AqError::Memory("admin queue not set up".into()))?;
-        if !self.dev.is_alive() {
+        if !self.pci.dev.is_alive() {
             return Err(AqError::Transport { opcode, reason: "device removed".into() });
         }
         let r = aq.send(self.bar(), opcode, params, buf);
         match &r {
-            Ok(_) => tracing::debug!(port = self.port, "aq {what}: ok"),
-            Err(e) => tracing::debug!(port = self.port, "aq {what}: {e}"),
+            Ok(_) => tracing::debug!(port = %self.pci.port, "aq {what}: ok"),
+            Err(e) => tracing::debug!(port = %self.pci.port, "aq {what}: {e}"),
         }
         r
     }
 
-    fn map_shared(&mut self, create: bool) -> Result<(), String> {
-        self.shared = Some(nicq::map_dev_zone(&self.shm, &dev_zone(self.port), create, &mut self.zones)?);
-        Ok(())
+    /// One admin command whose failure fails the caller; the error names the command.
+    fn aq_cmd(&self, what: &str, opcode: u16, params: [u8; 16], buf: Buf<'_>) -> Result<Completion, DriverError> {
+        self.cmd(what, opcode, params, buf).ctx(format!("aq {what}"))
+    }
+
+    fn map_shared(&mut self, create: bool) -> Result<(), DriverError> {
+        self.pci.map_shared(&dev_zone(self.pci.port.0), create)
     }
 
     /// Primary: full initialisation.
-    fn init_primary(&mut self, pool: &Mempool, nrx: u16, ntx: u16, ndesc: u16, promisc: bool) -> Result<(), String> {
+    fn init_primary(
+        &mut self,
+        pool: &Mempool,
+        nrx: u16,
+        ntx: u16,
+        ndesc: u16,
+        promisc: bool,
+    ) -> Result<(), DriverError> {
         let bar = self.bar();
 
         // Firmware state: FWS1B non-zero means the firmware is in recovery mode; nothing works then.
         let fw = bar.read32(GL_FWSTS);
         if fw == u32::MAX || fw & GL_FWSTS_FWS1B_MASK != 0 {
-            return Err(format!("firmware not operational (GL_FWSTS {fw:#x}: recovery mode or device gone)"));
+            return Err(DriverError::state(format!(
+                "firmware not operational (GL_FWSTS {fw:#x}: recovery mode or device gone)"
+            )));
         }
         // Interrupts off during initialisation; clear pending causes (PFINT_ICR0 is read-clear).
         bar.write32(PFINT_ICR0_ENA, 0);
@@ -302,27 +269,27 @@ impl Port {
         let pf_id = bar.read32(PF_FUNC_RID) & PF_FUNC_RID_FUNCTION_MASK;
         let qalloc = bar.read32(PFLAN_QALLOC);
         if qalloc & PFLAN_QALLOC_VALID == 0 {
-            return Err(format!("PFLAN_QALLOC {qalloc:#x}: no queues allocated to this PF"));
+            return Err(DriverError::state(format!("PFLAN_QALLOC {qalloc:#x}: no queues allocated to this PF")));
         }
         let first_q = qalloc & PFLAN_QALLOC_FIRSTQ_MASK;
         let last_q = (qalloc >> PFLAN_QALLOC_LASTQ_SHIFT) & PFLAN_QALLOC_LASTQ_MASK;
         let owned = last_q.saturating_sub(first_q) + 1;
         if u32::from(nrx.max(ntx)) > owned {
-            return Err(format!("{} queue pairs asked, the PF owns {owned}", nrx.max(ntx)));
+            return Err(DriverError::state(format!("{} queue pairs asked, the PF owns {owned}", nrx.max(ntx))));
         }
         if bar.read32(GLNVM_FLA) & GLNVM_FLA_LOCKED == 0 {
-            return Err("NVM in blank mode (GLNVM_FLA.LOCKED clear)".into());
+            return Err(DriverError::state("NVM in blank mode (GLNVM_FLA.LOCKED clear)"));
         }
 
         // Admin queue.
-        let aq = AdminQueue::open(&self.shm, self.port, true)?;
-        self.zones.push(aq.zone().to_string());
-        aq.start(self.bar())?;
+        let aq = AdminQueue::open(&self.pci.shm, self.pci.port.0, true)?;
+        self.pci.zones.push(aq.zone().to_string());
+        aq.start(self.bar()).ctx("admin queue start")?;
         self.aq = Some(aq);
-        let v = self.cmd("get_version", AQC_GET_VERSION, [0; 16], Buf::None).map_err(|e| e.to_string())?;
+        let v = self.aq_cmd("get_version", AQC_GET_VERSION, [0; 16], Buf::None)?;
         let (fw_maj, fw_min, api_maj, api_min) = (v.p16(8), v.p16(10), v.p16(12), v.p16(14));
         if api_maj != 1 {
-            return Err(format!("firmware admin API {api_maj}.{api_min} not supported (need 1.x)"));
+            return Err(DriverError::state(format!("firmware admin API {api_maj}.{api_min} not supported (need 1.x)")));
         }
         let _ = self.cmd(
             "driver_version",
@@ -334,7 +301,7 @@ impl Port {
         // NVM image version from the shadow RAM, read under the NVM resource.
         let nvm = self.read_nvm_word(SR_NVM_DEV_STARTER_VERSION).unwrap_or(0);
         tracing::info!(
-            port = self.port,
+            port = %self.pci.port,
             "i40e firmware {fw_maj}.{fw_min}, API {api_maj}.{api_min}, NVM {:x}.{:02x}",
             nvm >> 12,
             nvm & 0xff
@@ -342,7 +309,7 @@ impl Port {
 
         // PXE mode left by a boot ROM keeps receive queues from working.
         if self.bar().read32(GLLAN_RCTL_0) & GLLAN_RCTL_0_PXE_MODE != 0 {
-            self.cmd("clear_pxe_mode", AQC_CLEAR_PXE_MODE, [0; 16], Buf::None).map_err(|e| e.to_string())?;
+            self.aq_cmd("clear_pxe_mode", AQC_CLEAR_PXE_MODE, [0; 16], Buf::None)?;
         }
         // The firmware LLDP agent would consume LLDP frames; stopping it is best effort.
         let _ = self.cmd("lldp_stop", AQC_LLDP_STOP, params16(&[(0, 1)]), Buf::None);
@@ -355,17 +322,20 @@ impl Port {
         // Buffer size the device may write per descriptor (context dbuff, 128-byte units).
         let buf_size = {
             let mut p = pool.new_handle();
-            let m = p.alloc().ok_or_else(|| format!("buffer pool {} is empty", pool.name()))?;
+            let m = p.alloc().ok_or_else(|| DriverError::state(format!("buffer pool {} is empty", pool.name())))?;
             let room = m.buf_len() - m.headroom();
             p.free(m);
             (room / 128 * 128).min(16 * 1024 - 128)
         };
         if buf_size < 2048 {
-            return Err(format!("buffer pool {}: data room under 2 KiB cannot hold a frame", pool.name()));
+            return Err(DriverError::state(format!(
+                "buffer pool {}: data room under 2 KiB cannot hold a frame",
+                pool.name()
+            )));
         }
 
         self.map_shared(true)?;
-        let sh = self.sh().ok_or("no shared state")?;
+        let sh = self.sh().ok_or_else(|| DriverError::state("no shared state"))?;
         let m = info.mac;
         sh.mac_lo.store(u32::from_le_bytes([m[0], m[1], m[2], m[3]]), Ordering::Relaxed);
         sh.mac_hi.store(u32::from(u16::from_le_bytes([m[4], m[5]])), Ordering::Relaxed);
@@ -392,7 +362,7 @@ impl Port {
         let deadline = Instant::now() + LINK_TIMEOUT;
         while !self.link_status().up {
             if Instant::now() >= deadline {
-                tracing::warn!(port = self.port, "link still down after {LINK_TIMEOUT:?}; usable when it comes up");
+                tracing::warn!(port = %self.pci.port, "link still down after {LINK_TIMEOUT:?}; usable when it comes up");
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -401,9 +371,9 @@ impl Port {
     }
 
     /// Reads one shadow-RAM word through GLNVM_SRCTL/SRDATA, holding the NVM resource.
-    fn read_nvm_word(&self, word: u32) -> Result<u16, String> {
+    fn read_nvm_word(&self, word: u32) -> Result<u16, DriverError> {
         let p = params16(&[(0, RESOURCE_NVM), (2, RESOURCE_READ)]);
-        self.cmd("request_resource nvm", AQC_REQUEST_RESOURCE, p, Buf::None).map_err(|e| e.to_string())?;
+        self.aq_cmd("request_resource nvm", AQC_REQUEST_RESOURCE, p, Buf::None)?;
         let bar = self.bar();
         bar.write32(GLNVM_SRCTL, GLNVM_SRCTL_START | (word << GLNVM_SRCTL_ADDR_SHIFT));
         let r = self.poll(GLNVM_SRCTL, GLNVM_SRCTL_DONE, GLNVM_SRCTL_DONE, RESET_TIMEOUT, "shadow RAM read");
@@ -413,7 +383,7 @@ impl Port {
     }
 
     /// list_func_capabilities: the RSS table size must be 128 or 512; enough queues for the request.
-    fn check_capabilities(&self, nq: u16) -> Result<(), String> {
+    fn check_capabilities(&self, nq: u16) -> Result<(), DriverError> {
         let mut len = 512;
         let caps = loop {
             match self.cmd("list_func_capabilities", AQC_LIST_FUNC_CAPS, [0; 16], Buf::Out(len)) {
@@ -421,7 +391,7 @@ impl Port {
                 Err(AqError::Firmware { rc: AQ_RC_ENOMEM, datalen, .. }) if usize::from(datalen) > len => {
                     len = usize::from(datalen).min(adminq::CMD_BUF);
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e).ctx("aq list_func_capabilities"),
             }
         };
         let count = (caps.p32(4) as usize).min(caps.buf.len() / CAP_ELEM_LEN);
@@ -436,37 +406,40 @@ impl Port {
                 _ => {}
             }
         }
-        tracing::debug!(port = self.port, rss, rxq, txq, msix, "function capabilities");
+        tracing::debug!(port = %self.pci.port, rss, rxq, txq, msix, "function capabilities");
         if rss != 128 && rss != 512 {
-            return Err(format!("firmware reports an RSS table of {rss} entries (128 or 512 expected)"));
+            return Err(DriverError::state(format!(
+                "firmware reports an RSS table of {rss} entries (128 or 512 expected)"
+            )));
         }
         if rxq < u32::from(nq) || txq < u32::from(nq) {
-            return Err(format!("firmware grants {rxq}/{txq} queues, {nq} needed"));
+            return Err(DriverError::state(format!("firmware grants {rxq}/{txq} queues, {nq} needed")));
         }
         Ok(())
     }
 
     /// MAC address, main VSI SEID and its queue-set handle.
-    fn discover(&self) -> Result<FwInfo, String> {
-        let e = |e: AqError| e.to_string();
-        let r =
-            self.cmd("mac_address_read", AQC_MAC_ADDRESS_READ, [0; 16], Buf::Out(MAC_ADDRESS_READ_LEN)).map_err(e)?;
+    fn discover(&self) -> Result<FwInfo, DriverError> {
+        let r = self.aq_cmd("mac_address_read", AQC_MAC_ADDRESS_READ, [0; 16], Buf::Out(MAC_ADDRESS_READ_LEN))?;
         if r.p16(0) & LAN_ADDR_VALID == 0 || r.buf.len() < 6 {
-            return Err("firmware reports no valid LAN MAC address".into());
+            return Err(DriverError::state("firmware reports no valid LAN MAC address"));
         }
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&r.buf[..6]);
         if mac[0] & 1 != 0 || mac == [0; 6] {
-            return Err(format!("firmware MAC {} is not a unicast address", fmt_mac(&mac)));
+            return Err(DriverError::state(format!("firmware MAC {} is not a unicast address", fmt_mac(&mac))));
         }
 
         // The switch configuration names the PF's main VSI (element type VSI).
         let mut vsi_seid = None;
         let mut next = 0u16;
         for _ in 0..16 {
-            let r = self
-                .cmd("get_switch_config", AQC_GET_SWITCH_CONFIG, params16(&[(0, next)]), Buf::Out(AQ_LARGE_BUF))
-                .map_err(e)?;
+            let r = self.aq_cmd(
+                "get_switch_config",
+                AQC_GET_SWITCH_CONFIG,
+                params16(&[(0, next)]),
+                Buf::Out(AQ_LARGE_BUF),
+            )?;
             let n = r.buf.get(0..2).map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])));
             for el in r.buf.get(SW_HDR_LEN..).unwrap_or(&[]).chunks_exact(SW_ELEM_LEN).take(n) {
                 if el[0] == SW_ELEM_TYPE_VSI && vsi_seid.is_none() {
@@ -478,17 +451,15 @@ impl Port {
                 break;
             }
         }
-        let vsi_seid = vsi_seid.ok_or("switch configuration has no VSI for this PF")?;
-        let r = self
-            .cmd("get_vsi_parameters", AQC_GET_VSI_PARAMS, params16(&[(0, vsi_seid)]), Buf::Out(VSI_PROPS_LEN))
-            .map_err(e)?;
+        let vsi_seid = vsi_seid.ok_or_else(|| DriverError::state("switch configuration has no VSI for this PF"))?;
+        let r =
+            self.aq_cmd("get_vsi_parameters", AQC_GET_VSI_PARAMS, params16(&[(0, vsi_seid)]), Buf::Out(VSI_PROPS_LEN))?;
         let qs = r.buf.get(VSI_OFF_QS_HANDLE..VSI_OFF_QS_HANDLE + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
         Ok(FwInfo { mac, vsi_seid, qs_handle: qs & 0x3ff })
     }
 
     /// The main VSI: contiguous queue map from PF queue 0 on TC0, the MAC filter, promiscuous modes.
-    fn configure_vsi(&self, info: &FwInfo, nrx: u16, promisc: bool) -> Result<(), String> {
-        let e = |e: AqError| e.to_string();
+    fn configure_vsi(&self, info: &FwInfo, nrx: u16, promisc: bool) -> Result<(), DriverError> {
         let seid = info.vsi_seid;
         let mut props = [0u8; VSI_PROPS_LEN];
         props[0..2].copy_from_slice(&VSI_PROP_QUEUE_MAP_VALID.to_le_bytes());
@@ -497,7 +468,7 @@ impl Port {
         let log2 = u16::BITS - (nrx.max(1) - 1).leading_zeros();
         let tc0 = (log2 as u16) << VSI_TC_QUE_NUMBER_SHIFT;
         props[VSI_OFF_TC_MAPPING..VSI_OFF_TC_MAPPING + 2].copy_from_slice(&tc0.to_le_bytes());
-        self.cmd("update_vsi_parameters", AQC_UPDATE_VSI_PARAMS, params16(&[(0, seid)]), Buf::In(&props)).map_err(e)?;
+        self.aq_cmd("update_vsi_parameters", AQC_UPDATE_VSI_PARAMS, params16(&[(0, seid)]), Buf::In(&props))?;
 
         // Replace the firmware's default filter by ours (the same MAC, any VLAN); a missing default
         // filter is fine.
@@ -508,13 +479,13 @@ impl Port {
         match self.cmd("remove_macvlan", AQC_REMOVE_MACVLAN, params16(&[(0, 1), (2, vs)]), Buf::In(&el)) {
             Ok(_) => {}
             Err(AqError::Firmware { rc: AQ_RC_ENOENT, .. }) => {}
-            Err(x) => return Err(x.to_string()),
+            Err(x) => return Err(x).ctx("aq remove_macvlan"),
         }
         let mut el = [0u8; MACVLAN_ELEM_LEN];
         el[0..6].copy_from_slice(&info.mac);
         el[8..10].copy_from_slice(&(MACVLAN_ADD_PERFECT_MATCH | MACVLAN_ADD_IGNORE_VLAN).to_le_bytes());
-        self.cmd("add_macvlan", AQC_ADD_MACVLAN, params16(&[(0, 1), (2, vs)]), Buf::In(&el)).map_err(e)?;
-        self.promisc(seid, promisc).map_err(e)
+        self.aq_cmd("add_macvlan", AQC_ADD_MACVLAN, params16(&[(0, 1), (2, vs)]), Buf::In(&el))?;
+        self.promisc(seid, promisc).ctx("aq set_vsi_promiscuous_modes")
     }
 
     /// set_vsi_promiscuous_modes: broadcast always, unicast and multicast when `on`.
@@ -531,73 +502,20 @@ impl Port {
     }
 
     /// PHY events, abilities, MAC frame size, no loopback, link status events on.
-    fn configure_phy(&self, mtu: u16) -> Result<(), String> {
-        let e = |e: AqError| e.to_string();
-        self.cmd("set_phy_int_mask", AQC_SET_PHY_INT_MASK, params16(&[(8, !EVENT_LINK_UPDOWN)]), Buf::None)
-            .map_err(e)?;
-        self.cmd("get_phy_abilities", AQC_GET_PHY_ABILITIES, [0; 16], Buf::Out(PHY_ABILITIES_LEN)).map_err(e)?;
+    fn configure_phy(&self, mtu: u16) -> Result<(), DriverError> {
+        self.aq_cmd("set_phy_int_mask", AQC_SET_PHY_INT_MASK, params16(&[(8, !EVENT_LINK_UPDOWN)]), Buf::None)?;
+        self.aq_cmd("get_phy_abilities", AQC_GET_PHY_ABILITIES, [0; 16], Buf::Out(PHY_ABILITIES_LEN))?;
         let frame = (u32::from(mtu) + FRAME_OVERHEAD).min(MAX_FRAME) as u16;
-        self.cmd("set_mac_config", AQC_SET_MAC_CONFIG, params16(&[(0, frame)]), Buf::None).map_err(e)?;
-        self.cmd("set_lb_modes", AQC_SET_LB_MODES, params16(&[(0, 0)]), Buf::None).map_err(e)?;
-        self.cmd("get_link_status", AQC_GET_LINK_STATUS, params16(&[(0, LSE_ENABLE)]), Buf::None).map_err(e)?;
+        self.aq_cmd("set_mac_config", AQC_SET_MAC_CONFIG, params16(&[(0, frame)]), Buf::None)?;
+        self.aq_cmd("set_lb_modes", AQC_SET_LB_MODES, params16(&[(0, 0)]), Buf::None)?;
+        self.aq_cmd("get_link_status", AQC_GET_LINK_STATUS, params16(&[(0, LSE_ENABLE)]), Buf::None)?;
         Ok(())
     }
 
-    /// LAN HMC: object sizes from the device, TX objects at FPM 0 and RX objects after them (512-byte
-    /// units), backed by one paged segment: a page of page descriptors, then 4 KiB backing pages.
-    fn setup_hmc(&mut self, pf: u32, nq: u32) -> Result<HmcLayout, String> {
-        let bar = self.bar();
-        let tx_objsz = 1u64 << (bar.read32(GLHMC_LANTXOBJSZ) & GLHMC_OBJSZ_MASK);
-        let rx_objsz = 1u64 << (bar.read32(GLHMC_LANRXOBJSZ) & GLHMC_OBJSZ_MASK);
-        let qmax = bar.read32(GLHMC_LANQMAX) & 0x7ff;
-        if tx_objsz < TX_CTX_LEN as u64 || rx_objsz < RX_CTX_LEN as u64 || tx_objsz > HMC_PAGE || rx_objsz > HMC_PAGE {
-            return Err(format!("HMC object sizes {tx_objsz}/{rx_objsz} bytes unusable"));
-        }
-        if nq > qmax {
-            return Err(format!("HMC holds {qmax} LAN queues, {nq} needed"));
-        }
-        let rx_base = (u64::from(nq) * tx_objsz).div_ceil(512) * 512;
-        let len = (rx_base + u64::from(nq) * rx_objsz).div_ceil(HMC_PAGE) * HMC_PAGE;
-        let pages = len / HMC_PAGE;
-        if pages > u64::from(HMC_MAX_BP_COUNT) {
-            return Err("HMC needs more than one segment".into());
-        }
-        let name = hmc_zone(self.port);
-        let z = self.shm.reserve(&name, HMC_PAGE + len, HMC_PAGE).map_err(|e| format!("memzone {name}: {e}"))?;
-        self.zones.push(name.clone());
-        for p in 0..pages {
-            let pd = ShmOffset(z.offset.0 + HMC_PAGE * (p + 1)).iova().0 | HMC_PD_VALID;
-            if !self.shm.write_at(ShmOffset(z.offset.0 + 8 * p), &pd.to_le_bytes()) {
-                return Err(format!("memzone {name} outside shared memory"));
-            }
-        }
-        let bar = self.bar();
-        bar.write32(glhmc_lantxbase(pf), 0);
-        bar.write32(glhmc_lantxcnt(pf), nq);
-        bar.write32(glhmc_lanrxbase(pf), (rx_base / 512) as u32);
-        bar.write32(glhmc_lanrxcnt(pf), nq);
-        // Segment descriptor 0: paged, valid, 512 page descriptors at the zone's first page.
-        let pd_page = z.iova().0;
-        bar.write32(PFHMC_SDDATAHIGH, (pd_page >> 32) as u32);
-        bar.write32(
-            PFHMC_SDDATALOW,
-            (pd_page as u32 & 0xffff_f000)
-                | PFHMC_SDDATALOW_PMSDVALID
-                | (HMC_MAX_BP_COUNT << PFHMC_SDDATALOW_PMSDBPCOUNT_SHIFT),
-        );
-        bar.write32(PFHMC_SDCMD, PFHMC_SDCMD_PMSDWR);
-        tracing::debug!(port = self.port, tx_objsz, rx_objsz, rx_base, pages, "HMC segment 0 (paged) set up");
-        Ok(HmcLayout { pages: ShmOffset(z.offset.0 + HMC_PAGE), tx_objsz, rx_objsz, rx_base, len })
-    }
-
-    fn write_context(&self, hmc: &HmcLayout, fpm: u64, ctx: &[u8]) -> Result<(), String> {
-        if fpm + ctx.len() as u64 > hmc.len {
-            return Err("HMC context beyond the backing memory".into());
-        }
-        self.shm
-            .write_at(ShmOffset(hmc.pages.0 + fpm), ctx)
-            .then_some(())
-            .ok_or_else(|| "HMC memory outside shared memory".to_string())
+    /// LAN HMC for `nq` queue pairs, see [`hmc`].
+    fn setup_hmc(&mut self, pf: u32, nq: u32) -> Result<HmcLayout, DriverError> {
+        let p = &mut self.pci;
+        HmcLayout::set_up(&p.bar, &p.shm, p.port.0, pf, nq, &mut p.zones)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -610,24 +528,24 @@ impl Port {
         buf_size: usize,
         first_q: u32,
         create: bool,
-    ) -> Result<(), String> {
-        let bar = self.bar.as_ref().ok_or("BAR0 not mapped")?;
-        self.pool.get_or_insert_with(|| pool.new_handle());
+    ) -> Result<(), DriverError> {
+        let p = &mut self.pci;
+        p.pool.get_or_insert_with(|| pool.new_handle());
         for q in 0..nrx {
             let abs = first_q + u32::from(q);
-            let r = RxQueue::open(&self.shm, bar, self.port, q, abs, ndesc, buf_size, create)?;
+            let r = RxQueue::open(&p.shm, &p.bar, p.port.0, q, abs, ndesc, buf_size, create)?;
             if create {
-                self.zones.push(r.q.zone().to_string());
+                p.zones.push(r.q.zone().to_string());
             }
-            self.rxq.push(r);
+            p.rxq.push(r);
         }
         for q in 0..ntx {
             let abs = first_q + u32::from(q);
-            let t = TxQueue::open(&self.shm, bar, self.port, q, abs, ndesc, create)?;
+            let t = TxQueue::open(&p.shm, &p.bar, p.port.0, q, abs, ndesc, create)?;
             if create {
-                self.zones.push(t.q.zone().to_string());
+                p.zones.push(t.q.zone().to_string());
             }
-            self.txq.push(t);
+            p.txq.push(t);
         }
         Ok(())
     }
@@ -640,15 +558,10 @@ impl Port {
         first_q: u32,
         qs_handle: u16,
         buf: usize,
-    ) -> Result<(), String> {
-        for q in 0..self.txq.len() as u32 {
-            let (iova, n) = self.txq[q as usize].ring();
-            let mut c = [0u8; TX_CTX_LEN];
-            set_field(&mut c, TXC_NEW_CONTEXT, 1);
-            set_field(&mut c, TXC_BASE, iova / CTX_UNIT);
-            set_field(&mut c, TXC_QLEN, u64::from(n));
-            set_field(&mut c, TXC_RDYLIST, u64::from(qs_handle));
-            self.write_context(hmc, u64::from(q) * hmc.tx_objsz, &c)?;
+    ) -> Result<(), DriverError> {
+        for q in 0..self.pci.txq.len() as u32 {
+            let (iova, n) = self.pci.txq[q as usize].ring();
+            hmc.write_tx_context(&self.pci.shm, q, iova, n, qs_handle)?;
             let abs = first_q + q;
             let bar = self.bar();
             // The queue belongs to this PF; pre-queue disable cleared; tail at 0.
@@ -657,48 +570,41 @@ impl Port {
             bar.write32(qtx_tail(abs), 0);
             bar.write32(qtx_ena(abs), QENA_REQ);
             self.poll(qtx_ena(abs), QENA_STAT, QENA_STAT, QUEUE_TIMEOUT, "tx queue enable")?;
-            tracing::debug!(port = self.port, q, "tx queue enabled");
+            tracing::debug!(port = %self.pci.port, q, "tx queue enabled");
         }
-        for q in 0..self.rxq.len() {
-            let pool = self.pool.as_mut().ok_or("no buffer pool handle")?;
-            self.rxq[q].fill(pool)?;
-            let (iova, n) = self.rxq[q].ring();
-            let mut c = [0u8; RX_CTX_LEN];
-            set_field(&mut c, RXC_BASE, iova / CTX_UNIT);
-            set_field(&mut c, RXC_QLEN, u64::from(n));
-            set_field(&mut c, RXC_DBUFF, buf as u64 / CTX_UNIT);
-            set_field(&mut c, RXC_DSIZE, 1);
-            set_field(&mut c, RXC_CRCSTRIP, 1);
-            set_field(&mut c, RXC_L2TSEL, 1);
-            set_field(&mut c, RXC_SHOWIV, 0);
-            set_field(&mut c, RXC_RXMAX, (buf as u64).min(u64::from(MAX_FRAME)));
-            set_field(&mut c, RXC_PREFENA, 1);
-            self.write_context(hmc, hmc.rx_base + q as u64 * hmc.rx_objsz, &c)?;
+        for q in 0..self.pci.rxq.len() {
+            let pool = self.pci.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
+            self.pci.rxq[q].fill(pool)?;
+            let (iova, n) = self.pci.rxq[q].ring();
+            hmc.write_rx_context(&self.pci.shm, q as u32, (iova, n), buf, MAX_FRAME)?;
             let abs = first_q + q as u32;
             let bar = self.bar();
             bar.write32(qrx_tail(abs), 0);
             bar.write32(qrx_ena(abs), QENA_REQ);
             self.poll(qrx_ena(abs), QENA_STAT, QENA_STAT, QUEUE_TIMEOUT, "rx queue enable")?;
             self.bar().write32(qrx_tail(abs), n - 1);
-            tracing::debug!(port = self.port, q, "rx queue enabled");
+            tracing::debug!(port = %self.pci.port, q, "rx queue enabled");
         }
         Ok(())
     }
 
     /// Secondary: find what the primary built; no register is written.
-    fn attach_secondary(&mut self, pool: &Mempool) -> Result<(), String> {
+    fn attach_secondary(&mut self, pool: &Mempool) -> Result<(), DriverError> {
         self.map_shared(false)?;
-        let sh = self.sh().ok_or("no shared state")?;
+        let sh = self.sh().ok_or_else(|| DriverError::state("no shared state"))?;
         if sh.magic.load(Ordering::Acquire) != DEV_MAGIC {
-            return Err(format!("memzone {} holds no i40e port (primary not done?)", dev_zone(self.port)));
+            return Err(DriverError::state(format!(
+                "memzone {} holds no i40e port (primary not done?)",
+                dev_zone(self.pci.port.0)
+            )));
         }
         let (nrx, ntx) = (sh.nb_rxq.load(Ordering::Relaxed), sh.nb_txq.load(Ordering::Relaxed));
         let (ndesc, buf) = (sh.nb_desc.load(Ordering::Relaxed), sh.buf_size.load(Ordering::Relaxed));
         let first_q = sh.first_q.load(Ordering::Relaxed);
         if nrx > u32::from(MAX_QUEUES) || ntx > u32::from(MAX_QUEUES) {
-            return Err(format!("shared port state is corrupt ({nrx}/{ntx} queues)"));
+            return Err(DriverError::state(format!("shared port state is corrupt ({nrx}/{ntx} queues)")));
         }
-        self.aq = Some(AdminQueue::open(&self.shm, self.port, false)?);
+        self.aq = Some(AdminQueue::open(&self.pci.shm, self.pci.port.0, false)?);
         self.open_queues(pool, nrx as u16, ntx as u16, ndesc, buf as usize, first_q, false)
     }
 
@@ -736,7 +642,7 @@ impl Port {
     fn stats_snapshot(&self) {
         if let Some(sh) = self.sh() {
             let now = self.counters(sh.port_num.load(Ordering::Relaxed));
-            let _g = self.shm.lock().lock();
+            let _g = self.pci.shm.lock().lock();
             for (o, v) in sh.offsets.iter().zip(now) {
                 o.store(v, Ordering::Relaxed);
             }
@@ -748,7 +654,7 @@ impl Port {
         if let Some(aq) = self.aq.as_ref() {
             for (op, p) in aq.events(self.bar()) {
                 tracing::debug!(
-                    port = self.port,
+                    port = %self.pci.port,
                     "arq event {op:#06x}: link {}",
                     if p[4] & LINK_UP_FUNCTION != 0 { "up" } else { "down" }
                 );
@@ -772,101 +678,66 @@ impl Port {
         LinkStatus { up: true, speed_mbps }
     }
 
-    /// Primary release: queues off, admin queue shut down, PF reset, buffers back, zones freed.
+    /// Primary release: queues off, admin queue shut down, PF reset; then the skeleton's tail
+    /// (buffers back, zones freed).
     fn release_shared(&mut self) {
-        if let (Some(bar), Some(sh)) = (self.bar.as_ref(), self.sh()) {
-            if self.dev.is_alive() {
+        if self.pci.dev.is_alive() {
+            let bar = self.bar();
+            if let Some(sh) = self.sh() {
                 let first_q = sh.first_q.load(Ordering::Relaxed);
-                for q in 0..self.txq.len() as u32 {
+                for q in 0..self.pci.txq.len() as u32 {
                     let abs = first_q + q;
                     bar.write32(gllan_txpre_qdis(abs / 128), GLLAN_TXPRE_QDIS_SET_QDIS | (abs % 128));
                     bar.write32(qtx_ena(abs), 0);
                     let _ = bar.poll_until(qtx_ena(abs), QENA_STAT, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
                 }
-                for q in 0..self.rxq.len() as u32 {
+                for q in 0..self.pci.rxq.len() as u32 {
                     let abs = first_q + q;
                     bar.write32(qrx_ena(abs), 0);
                     let _ = bar.poll_until(qrx_ena(abs), QENA_STAT, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
                 }
             }
-        }
-        if self.dev.is_alive() && self.bar.is_some() {
-            if self.aq.is_some() {
+            if let Some(aq) = self.aq.as_ref() {
                 let _ = self.cmd(
                     "queue_shutdown",
                     AQC_QUEUE_SHUTDOWN,
                     [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                     Buf::None,
                 );
-                if let Some(aq) = self.aq.as_ref() {
-                    aq.shutdown(self.bar());
-                }
+                aq.shutdown(bar);
             }
             // PF reset: the device forgets contexts and segments before their memory is reused.
-            let bar = self.bar();
             bar.write32(PFGEN_CTRL, bar.read32(PFGEN_CTRL) | PFGEN_CTRL_PFSWR);
             if let Err(e) = bar.poll_until(PFGEN_CTRL, PFGEN_CTRL_PFSWR, 0, RESET_TIMEOUT, POLL_INTERVAL) {
-                tracing::warn!(port = self.port, "PF reset at release: {e}");
+                tracing::warn!(port = %self.pci.port, "PF reset at release: {e}");
             }
         }
-        if let Some(pool) = self.pool.as_mut() {
-            for q in &mut self.rxq {
-                q.q.drain_posted(pool);
-            }
-            for q in &mut self.txq {
-                q.q.drain_in_flight(pool);
-            }
-        }
-        if let Some(sh) = self.sh() {
-            sh.magic.store(0, Ordering::Release);
-        }
-        self.rxq.clear();
-        self.txq.clear();
+        // The admin queue's zone is freed with the others: drop our view of it first.
         self.aq = None;
-        self.shared = None;
-        self.free_zones();
-    }
-
-    fn free_zones(&mut self) {
-        nicq::free_zones(&self.shm, &mut self.zones);
-    }
-
-    fn unmap(&mut self) {
-        nicq::dma_unmap(&*self.dev, &self.shm, &mut self.mapped, self.port);
+        self.pci.release_tail();
     }
 
     fn vsi_seid(&self) -> Result<u16, EthError> {
         self.sh()
             .map(|s| s.vsi_seid.load(Ordering::Relaxed) as u16)
-            .ok_or(EthError::Device { driver: NAME, reason: "port released".into() })
+            .ok_or_else(|| DriverError::state("port released").device(NAME))
     }
 }
 
 impl Drop for Port {
     fn drop(&mut self) {
         // Reached by close() after its work, or by a failed probe: in the latter case the primary
-        // gives back what it reserved (and resets the PF it started to set up).
-        if !self.zones.is_empty() {
+        // gives back what it reserved (and resets the PF it started to set up). Then the fields:
+        // the admin queue view, and the skeleton (DMA unmap, BAR, transport).
+        if self.pci.owns_zones() {
             self.release_shared();
         }
-        self.unmap();
-        self.aq = None;
-        self.bar = None;
     }
 }
 
 impl EthDev for Port {
     fn info(&self) -> DevInfo {
-        let (mut mac, mut mtu, mut nrx, mut ntx) = ([0u8; 6], DEFAULT_MTU, 0, 0);
-        if let Some(sh) = self.sh() {
-            let lo = sh.mac_lo.load(Ordering::Relaxed).to_le_bytes();
-            let hi = sh.mac_hi.load(Ordering::Relaxed).to_le_bytes();
-            mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
-            mtu = sh.mtu.load(Ordering::Relaxed) as u16;
-            nrx = self.rxq.len() as u16;
-            ntx = self.txq.len() as u16;
-        }
-        DevInfo { driver: NAME, mac, mtu, nb_rxq: nrx, nb_txq: ntx, max_rxq: MAX_QUEUES, max_txq: MAX_QUEUES }
+        self.pci.info(NAME, DEFAULT_MTU, MAX_QUEUES)
     }
 
     fn link(&mut self) -> LinkStatus {
@@ -878,7 +749,7 @@ impl EthDev for Port {
         if let Some(sh) = self.sh() {
             let now = self.counters(sh.port_num.load(Ordering::Relaxed));
             let d: Vec<u64> = {
-                let _g = self.shm.lock().lock();
+                let _g = self.pci.shm.lock().lock();
                 sh.offsets.iter().zip(now).map(|(o, v)| v.wrapping_sub(o.load(Ordering::Relaxed)) & MASK48).collect()
             };
             s.ipackets = d[0] + d[1] + d[2];
@@ -888,22 +759,22 @@ impl EthDev for Port {
             s.obytes = d[7].saturating_sub(4 * s.opackets);
             s.imissed = d[8] & 0xffff_ffff;
         }
-        nicq::add_queue_stats(&mut s, self.rxq.iter().map(|q| q.q.h()), self.txq.iter().map(|q| q.q.h()));
+        self.pci.add_queue_stats(&mut s);
         s
     }
 
     fn stats_reset(&mut self) {
         self.stats_snapshot();
-        nicq::reset_queue_stats(self.rxq.iter().map(|q| q.q.h()).chain(self.txq.iter().map(|q| q.q.h())));
+        self.pci.reset_queue_stats();
     }
 
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
         let seid = self.vsi_seid()?;
-        self.promisc(seid, on).map_err(|e| EthError::Device { driver: NAME, reason: e.to_string() })
+        self.promisc(seid, on).ctx("aq set_vsi_promiscuous_modes").map_err(|e| e.device(NAME))
     }
 
     fn set_mtu(&mut self, mtu: u16) -> Result<(), EthError> {
-        let sh = self.sh().ok_or(EthError::Device { driver: NAME, reason: "port released".into() })?;
+        let sh = self.sh().ok_or_else(|| DriverError::state("port released").device(NAME))?;
         // Frames are received into one buffer: the largest frame must fit it.
         let buf = sh.buf_size.load(Ordering::Relaxed).min(MAX_FRAME);
         let max = buf.saturating_sub(FRAME_OVERHEAD) as u16;
@@ -914,44 +785,34 @@ impl EthDev for Port {
         }
         let frame = (u32::from(mtu) + FRAME_OVERHEAD) as u16;
         self.cmd("set_mac_config", AQC_SET_MAC_CONFIG, params16(&[(0, frame)]), Buf::None)
-            .map_err(|e| EthError::Device { driver: NAME, reason: e.to_string() })?;
+            .ctx("aq set_mac_config")
+            .map_err(|e| e.device(NAME))?;
         sh.mtu.store(mtu.into(), Ordering::Relaxed);
         Ok(())
     }
 
     #[inline]
     fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        let Some(bar) = self.bar.as_ref() else { return 0 };
-        match (self.rxq.get_mut(queue as usize), self.pool.as_mut()) {
-            (Some(q), Some(pool)) => q.burst(bar, pool, pkts),
-            _ => 0,
-        }
+        self.pci.rx_burst(queue, pkts)
     }
 
     #[inline]
     fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        let Some(bar) = self.bar.as_ref() else { return 0 };
-        match (self.txq.get_mut(queue as usize), self.pool.as_mut()) {
-            (Some(q), Some(pool)) => q.burst(bar, pool, pkts),
-            _ => 0,
-        }
+        self.pci.tx_burst(queue, pkts)
     }
 
     fn is_removed(&self) -> bool {
-        !self.dev.is_alive()
+        self.pci.is_removed()
     }
 
     fn close(mut self: Box<Self>, how: Release) {
-        match how {
-            Release::Shared if self.primary => {
-                self.release_shared();
-                tracing::info!(port = self.port, "i40e port released (PF reset, rings freed)");
-            }
-            _ => {
-                // Only this process's view: the device, the rings and the admin queue stay.
-                self.zones.clear();
-                tracing::info!(port = self.port, "i40e port closed in this process");
-            }
+        if how == Release::Shared && self.pci.primary {
+            self.release_shared();
+            tracing::info!(port = %self.pci.port, "i40e port released (PF reset, rings freed)");
+        } else {
+            // Only this process's view: the device, the rings and the admin queue stay.
+            self.pci.forget_zones();
+            tracing::info!(port = %self.pci.port, "i40e port closed in this process");
         }
         // Drop: DMA unmap, BAR unmap, transport disconnect.
     }
@@ -960,25 +821,6 @@ impl EthDev for Port {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn context_fields_pack_little_endian_across_bytes() {
-        let mut c = [0u8; TX_CTX_LEN];
-        set_field(&mut c, TXC_BASE, 0x1_0000_4000 / CTX_UNIT);
-        set_field(&mut c, TXC_QLEN, 512);
-        set_field(&mut c, TXC_RDYLIST, 0x2ab);
-        // base starts at bit 32 = byte 4: 0x1_0000_4000 / 128 = 0x0200_0080.
-        assert_eq!(&c[4..8], &[0x80, 0x00, 0x00, 0x02]);
-        // qlen at bit 161: byte 20 bit 1.
-        assert_eq!(c[20], (512u32 << 1) as u8);
-        assert_eq!(c[21], ((512u32 << 1) >> 8) as u8);
-        // rdylist at bit 980 = byte 122 bit 4.
-        assert_eq!(c[122] >> 4, 0xb);
-        assert_eq!(c[123], 0x2a);
-        let mut r = [0u8; RX_CTX_LEN];
-        set_field(&mut r, RXC_DSIZE, 1);
-        assert_eq!(r[14], 1 << 4);
-    }
 
     #[test]
     fn x710_ids_are_in_the_table() {

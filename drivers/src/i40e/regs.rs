@@ -8,7 +8,7 @@
 #![allow(missing_docs)] // datasheet names are the documentation
 
 // PCI configuration space.
-pub use crate::nicq::{PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY};
+pub use crate::pci::port::{PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY};
 
 // General, reset, identity.
 pub const PFGEN_CTRL: u64 = 0x0009_2400;

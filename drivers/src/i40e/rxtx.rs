@@ -2,7 +2,7 @@
 //! descriptors" / "Transmit descriptors"), burst receive and transmit.
 //!
 //! Each queue is one memzone the primary reserves (`i40e_<port>_rxq<q>`, `i40e_<port>_txq<q>`),
-//! laid out and kept as the `nicq` module (shared with net_ixgbe) describes:
+//! laid out and kept as the `pci::queue` module (shared with net_ixgbe) describes:
 //!
 //! ```text
 //! offset 0     QueueHdr (128 bytes): magic, ring size, next descriptor to clean/fill, counters
@@ -26,8 +26,10 @@ use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
 
 use super::regs::*;
-pub use crate::nicq::{zone_len, QueueCounters, QueueHdr, HDR_LEN};
-use crate::nicq::{Queue, ZoneKind};
+use crate::error::DriverError;
+pub use crate::pci::queue::{zone_len, QueueCounters, QueueHdr, HDR_LEN};
+use crate::pci::queue::{Queue, ZoneKind};
+use crate::pci::PortQueue;
 
 /// Receive descriptor size (32-byte format, context dsize = 1).
 pub const RX_DESC_LEN: u64 = 32;
@@ -67,7 +69,7 @@ impl RxQueue {
         n: u32,
         buf_size: usize,
         create: bool,
-    ) -> Result<RxQueue, String> {
+    ) -> Result<RxQueue, DriverError> {
         let q = Queue::open(shm, bar, &zone_name(port, true, q), n, &KIND, qrx_tail(abs_q), create)?;
         Ok(RxQueue { q, buf_size, port })
     }
@@ -78,7 +80,7 @@ impl RxQueue {
     }
 
     /// Posts a fresh buffer to every descriptor (before the queue is enabled). Primary.
-    pub(super) fn fill(&mut self, pool: &mut Mempool) -> Result<(), String> {
+    pub(super) fn fill(&mut self, pool: &mut Mempool) -> Result<(), DriverError> {
         self.q.fill(pool, |iova| [iova, 0, 0, 0])?;
         self.q.h().next.store(0, Ordering::Release);
         Ok(())
@@ -160,7 +162,7 @@ impl TxQueue {
         abs_q: u32,
         n: u32,
         create: bool,
-    ) -> Result<TxQueue, String> {
+    ) -> Result<TxQueue, DriverError> {
         let q = Queue::open(shm, bar, &zone_name(port, false, q), n, &KIND, qtx_tail(abs_q), create)?;
         if create {
             q.v.reset_indices();
@@ -201,5 +203,31 @@ impl TxQueue {
             let cmd = (TXD_CMD_EOP | TXD_CMD_RS | TXD_CMD_ICRC) << TXD_CMD_SHIFT;
             TXD_DTYPE_DATA | cmd | ((len as u64) << TXD_BSZ_SHIFT)
         })
+    }
+}
+
+impl PortQueue for RxQueue {
+    fn hdr(&self) -> &QueueHdr {
+        self.q.h()
+    }
+    fn drain(&mut self, pool: &mut Mempool) {
+        self.q.drain_posted(pool)
+    }
+    #[inline]
+    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+        RxQueue::burst(self, bar, pool, pkts)
+    }
+}
+
+impl PortQueue for TxQueue {
+    fn hdr(&self) -> &QueueHdr {
+        self.q.h()
+    }
+    fn drain(&mut self, pool: &mut Mempool) {
+        self.q.drain_in_flight(pool)
+    }
+    #[inline]
+    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+        TxQueue::burst(self, bar, pool, pkts)
     }
 }

@@ -2,8 +2,8 @@
 //! VFIO on a real NIC or vfio-user against `lab-nic`.
 //!
 //! Control path here, data path in [`rxtx`], registers in [`regs`]; the queue zones and the port
-//! chores net_i40e does the same way (DMA map, device-state zone, queue counters) are in the
-//! crate's `nicq` module. Read [`IxgbeDriver::probe`]
+//! chores net_i40e does the same way (the port skeleton: transport, DMA map, device-state zone,
+//! queue counters, release tail) are in the crate's `pci` module. Read [`IxgbeDriver::probe`]
 //! top to bottom next to the datasheet (order no. 331520): the primary runs the initialisation of
 //! section 4.6.3 to 4.6.8 as ixy orders it; a secondary only attaches (its own transport
 //! connection, its own BAR mapping, its own DMA map of the lab's shared memory) and finds the
@@ -21,19 +21,18 @@ pub mod regs;
 pub mod rxtx;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use lab_core::bus::pci::PciId;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
-use lab_core::mem::{Shm, IOVA_BASE};
-use lab_core::vfio::{Bar, DeviceIo};
+use lab_core::vfio::Bar;
 
 use self::regs::*;
 use self::rxtx::{RxQueue, TxQueue};
-use crate::nicq::{self, fmt_mac};
+use crate::error::{Ctx, DriverError};
+use crate::pci::{self, fmt_mac, DevState, PciPort};
 
 const NAME: &str = "net_ixgbe";
 /// Queues this driver sets up at most (SRRCTL and DCA_RXCTRL are addressed through their
@@ -113,6 +112,20 @@ pub struct DevShared {
 const _: () = assert!(std::mem::size_of::<DevShared>() == 128);
 const _: () = assert!(std::mem::offset_of!(DevShared, gprc) == 40);
 
+impl DevState for DevShared {
+    fn magic(&self) -> &AtomicU64 {
+        &self.magic
+    }
+    fn mac(&self) -> [u8; 6] {
+        let lo = self.mac_lo.load(Ordering::Relaxed).to_le_bytes();
+        let hi = self.mac_hi.load(Ordering::Relaxed).to_le_bytes();
+        [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]]
+    }
+    fn mtu(&self) -> u16 {
+        self.mtu.load(Ordering::Relaxed) as u16
+    }
+}
+
 fn dev_zone(port: u16) -> String {
     format!("ixgbe_{port}_dev")
 }
@@ -131,100 +144,63 @@ impl Driver for IxgbeDriver {
         &PCI_IDS
     }
     fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError> {
-        let err = |r: String| ctx.error(NAME, r);
-        let pci = ctx.pci.ok_or_else(|| err("not a PCI device".into()))?;
+        let err = |e: DriverError| ctx.error(NAME, e);
+        let pci = ctx.pci.ok_or_else(|| err(DriverError::config("not a PCI device")))?;
         let conf = ctx.conf;
-        nicq::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
+        pci::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
         let ring = |key: &str| -> Result<u32, EthError> {
             let n = ctx.kvargs.get_u64(key).unwrap_or(u64::from(conf.nb_desc));
             let m = u64::from(rxtx::TX_RS_THRESH);
             if !(u64::from(MIN_DESC)..=u64::from(MAX_DESC)).contains(&n) || !n.is_multiple_of(m) {
-                return Err(err(format!("{key}={n}: a multiple of {m} in {MIN_DESC}..={MAX_DESC}")));
+                return Err(err(DriverError::config(format!(
+                    "{key}={n}: a multiple of {m} in {MIN_DESC}..={MAX_DESC}"
+                ))));
             }
             Ok(n as u32)
         };
         let (rxd, txd) = (ring("rxd")?, ring("txd")?);
         let shm = ctx.runtime.shm();
-        let pool = Mempool::lookup(shm, &conf.pool, 256).map_err(|e| err(format!("buffer pool {}: {e}", conf.pool)))?;
+        let pool = Mempool::lookup(shm, &conf.pool, 256).ctx(format!("buffer pool {}", conf.pool)).map_err(err)?;
 
-        // Transport and this process's DMA map: the whole shared memory at IOVA_BASE (rings and
-        // buffers are in it).
-        let dev = nicq::open_device(&pci.path, shm).map_err(err)?;
-        let bar = match Bar::open(dev.clone(), 0) {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = dev.dma_unmap(IOVA_BASE, shm.len());
-                return Err(err(format!("BAR0: {e}")));
-            }
-        };
-        let mut port = Port {
-            dev: dev.clone(),
-            bar,
-            shm: shm.clone(),
-            port: ctx.port.0,
-            primary: ctx.is_primary(),
-            shared: None,
-            rxq: Vec::new(),
-            txq: Vec::new(),
-            pool: None,
-            zones: Vec::new(),
-            mapped: true,
-        };
+        // Transport, this process's DMA map (the whole shared memory at IOVA_BASE: rings and
+        // buffers are in it) and BAR 0.
+        let mut port = Port { pci: PciPort::open(&pci.path, shm, ctx.port, ctx.is_primary()).map_err(err)? };
         // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
-        if port.primary {
+        if port.pci.primary {
             // 9.3.3.3: memory space and bus master on (a secondary leaves the device alone).
-            nicq::bus_master(&*port.dev).map_err(|e| err(format!("PCI command register: {e}")))?;
+            port.pci.bus_master().map_err(err)?;
             let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
             port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, (rxd, txd), promisc).map_err(err)?;
         } else {
             port.attach_secondary(&pool).map_err(err)?;
         }
         let info = port.info();
-        tracing::info!(device = %ctx.name, port = %ctx.port, role = if port.primary { "primary" } else { "secondary" },
+        tracing::info!(device = %ctx.name, port = %ctx.port, role = if port.pci.primary { "primary" } else { "secondary" },
             mac = %fmt_mac(&info.mac), rxq = info.nb_rxq, txq = info.nb_txq, "ixgbe port ready");
         Ok(Box::new(port))
     }
 }
 
-/// This process's handle on one 82599 port.
+/// This process's handle on one 82599 port: the PCI port skeleton, nothing more.
 struct Port {
-    dev: Arc<dyn DeviceIo>,
-    bar: Bar,
-    shm: Arc<Shm>,
-    port: u16,
-    primary: bool,
-    shared: Option<std::ptr::NonNull<DevShared>>,
-    rxq: Vec<RxQueue>,
-    txq: Vec<TxQueue>,
-    /// This process's handle on the buffer pool, one for all the port's queues (see
-    /// [`crate::nicq::Queue`]); made with the queues.
-    pool: Option<Mempool>,
-    /// Zones this (primary) process reserved, freed at shared release or failed probe.
-    zones: Vec<String>,
-    /// The DMA map is in place.
-    mapped: bool,
+    pci: PciPort<DevShared, RxQueue, TxQueue>,
 }
-
-// SAFETY: `shared` points into the shared-memory mapping (never unmapped); its fields are atomics.
-unsafe impl Send for Port {}
 
 impl Port {
     fn bar(&self) -> &Bar {
-        &self.bar
+        &self.pci.bar
     }
 
     fn sh(&self) -> Option<&DevShared> {
-        // SAFETY: points at a DevShared inside the mapping; all fields atomics.
-        self.shared.map(|p| unsafe { p.as_ref() })
+        self.pci.sh()
     }
 
-    fn poll(&self, off: u64, mask: u32, value: u32, timeout: Duration, what: &str) -> Result<u32, String> {
-        self.bar().poll_until(off, mask, value, timeout, POLL_INTERVAL).map_err(|e| format!("{what}: {e}"))
+    fn poll(&self, off: u64, mask: u32, value: u32, timeout: Duration, what: &str) -> Result<u32, DriverError> {
+        self.bar().poll_until(off, mask, value, timeout, POLL_INTERVAL).ctx(what)
     }
 
-    fn map_shared(&mut self, create: bool) -> Result<(), String> {
-        self.shared = Some(nicq::map_dev_zone(&self.shm, &dev_zone(self.port), create, &mut self.zones)?);
-        Ok(())
+    fn map_shared(&mut self, create: bool) -> Result<(), DriverError> {
+        self.pci.map_shared(&dev_zone(self.pci.port.0), create)
     }
 
     /// Primary: full initialisation, as the datasheet orders it (4.6.3 .. 4.6.8).
@@ -235,7 +211,7 @@ impl Port {
         ntx: u16,
         (rxd, txd): (u32, u32),
         promisc: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let bar = self.bar();
 
         // 4.6.3.1 Interrupts during initialisation: mask all, clear pending causes (read EICR).
@@ -264,10 +240,10 @@ impl Port {
         // 8.2.3.7.8 / 8.2.3.7.9: the MAC address the EEPROM loaded into receive address 0.
         let (lo, hi) = (bar.read32(ral(0)), bar.read32(rah(0)));
         if lo == u32::MAX && hi == u32::MAX {
-            return Err("device does not answer (registers read all-ones)".into());
+            return Err(DriverError::state("device does not answer (registers read all-ones)"));
         }
         if hi & RAH_AV == 0 {
-            tracing::warn!(port = self.port, "RAH(0).AV clear: the EEPROM loaded no MAC address");
+            tracing::warn!(port = %self.pci.port, "RAH(0).AV clear: the EEPROM loaded no MAC address");
         }
 
         // 4.6.5 Statistics: read the clear-on-read counters once.
@@ -278,17 +254,20 @@ impl Port {
         // Buffer size the device may write per descriptor (SRRCTL.BSIZEPACKET, 1 KiB units).
         let buf_size = {
             let mut p = pool.new_handle();
-            let m = p.alloc().ok_or_else(|| format!("buffer pool {} is empty", pool.name()))?;
+            let m = p.alloc().ok_or_else(|| DriverError::state(format!("buffer pool {} is empty", pool.name())))?;
             let room = m.buf_len() - m.headroom();
             p.free(m);
             (room / 1024).min(16) * 1024
         };
         if buf_size < 2048 {
-            return Err(format!("buffer pool {}: data room under 2 KiB cannot hold a frame", pool.name()));
+            return Err(DriverError::config(format!(
+                "buffer pool {}: data room under 2 KiB cannot hold a frame",
+                pool.name()
+            )));
         }
 
         self.map_shared(true)?;
-        let sh = self.sh().ok_or("no shared state")?;
+        let sh = self.sh().ok_or_else(|| DriverError::state("no shared state"))?;
         sh.mac_lo.store(lo, Ordering::Relaxed);
         sh.mac_hi.store(hi & 0xffff, Ordering::Relaxed);
         sh.mtu.store(u32::from(DEFAULT_MTU), Ordering::Relaxed);
@@ -319,7 +298,7 @@ impl Port {
         // 8.2.3.22.13: largest frame accepted (MTU + header + CRC).
         bar.write32(MAXFRS, (u32::from(DEFAULT_MTU) + FRAME_OVERHEAD) << MAXFRS_MFS_SHIFT);
         // 4.6.7.1 per queue: advanced one-buffer descriptors, drop when no descriptor, ring address.
-        for (q, rx) in self.rxq.iter().enumerate() {
+        for (q, rx) in self.pci.rxq.iter().enumerate() {
             let q = q as u32;
             let s = bar.read32(srrctl(q)) & !(SRRCTL_DESCTYPE_MASK | SRRCTL_BSIZEPACKET_MASK);
             bar.write32(srrctl(q), s | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN | (buf_size / 1024) as u32);
@@ -352,7 +331,7 @@ impl Port {
         bar.write32(DTXMXSZRQ, 0xfff);
         // 8.2.3.10.2: transmit arbiter on (RTTDCS.ARBDIS cleared) once the buffers are set.
         bar.clear_bits(RTTDCS, RTTDCS_ARBDIS);
-        for (q, tx) in self.txq.iter().enumerate() {
+        for (q, tx) in self.pci.txq.iter().enumerate() {
             let q = q as u32;
             let (iova, bytes) = tx.ring();
             bar.write32(tdbal(q), iova as u32);
@@ -366,9 +345,9 @@ impl Port {
         bar.set_bits(DMATXCTL, DMATXCTL_TE);
 
         // 4.6.7.1 (last steps) start each receive queue: buffers posted, ENABLE, wait, RDT = N-1.
-        for q in 0..self.rxq.len() {
-            let pool = self.pool.as_mut().ok_or("no buffer pool handle")?;
-            self.rxq[q].fill(pool)?;
+        for q in 0..self.pci.rxq.len() {
+            let pool = self.pci.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
+            self.pci.rxq[q].fill(pool)?;
             let q32 = q as u32;
             let bar = self.bar();
             bar.set_bits(rxdctl(q32), RXDCTL_ENABLE);
@@ -377,7 +356,7 @@ impl Port {
             bar.write32(rdt(q32), rxd - 1);
         }
         // 4.6.8 (last steps) start each transmit queue: TDH = TDT = 0, ENABLE, wait.
-        for q in 0..self.txq.len() as u32 {
+        for q in 0..self.pci.txq.len() as u32 {
             let bar = self.bar();
             bar.write32(tdh(q), 0);
             bar.write32(tdt(q), 0);
@@ -388,7 +367,7 @@ impl Port {
         // 4.6.4: the link comes up after auto-negotiation; wait a bounded time, never fail on it.
         if self.poll(LINKS, LINKS_UP, LINKS_UP, LINK_TIMEOUT, "link").is_err() {
             tracing::warn!(
-                port = self.port,
+                port = %self.pci.port,
                 "link still down after {LINK_TIMEOUT:?}; the port is usable when it comes up"
             );
         }
@@ -403,38 +382,41 @@ impl Port {
         (rxd, txd): (u32, u32),
         buf_size: usize,
         create: bool,
-    ) -> Result<(), String> {
-        let bar = &self.bar;
-        self.pool.get_or_insert_with(|| pool.new_handle());
+    ) -> Result<(), DriverError> {
+        let p = &mut self.pci;
+        p.pool.get_or_insert_with(|| pool.new_handle());
         for q in 0..nrx {
-            let r = RxQueue::open(&self.shm, bar, self.port, q, rxd, buf_size, create)?;
+            let r = RxQueue::open(&p.shm, &p.bar, p.port.0, q, rxd, buf_size, create)?;
             if create {
-                self.zones.push(r.q.zone().to_string());
+                p.zones.push(r.q.zone().to_string());
             }
-            self.rxq.push(r);
+            p.rxq.push(r);
         }
         for q in 0..ntx {
-            let t = TxQueue::open(&self.shm, bar, self.port, q, txd, create)?;
+            let t = TxQueue::open(&p.shm, &p.bar, p.port.0, q, txd, create)?;
             if create {
-                self.zones.push(t.q.zone().to_string());
+                p.zones.push(t.q.zone().to_string());
             }
-            self.txq.push(t);
+            p.txq.push(t);
         }
         Ok(())
     }
 
     /// Secondary: find what the primary built; no register is written.
-    fn attach_secondary(&mut self, pool: &Mempool) -> Result<(), String> {
+    fn attach_secondary(&mut self, pool: &Mempool) -> Result<(), DriverError> {
         self.map_shared(false)?;
-        let sh = self.sh().ok_or("no shared state")?;
+        let sh = self.sh().ok_or_else(|| DriverError::state("no shared state"))?;
         if sh.magic.load(Ordering::Acquire) != DEV_MAGIC {
-            return Err(format!("memzone {} holds no ixgbe port (primary not done?)", dev_zone(self.port)));
+            return Err(DriverError::state(format!(
+                "memzone {} holds no ixgbe port (primary not done?)",
+                dev_zone(self.pci.port.0)
+            )));
         }
         let (nrx, ntx) = (sh.nb_rxq.load(Ordering::Relaxed), sh.nb_txq.load(Ordering::Relaxed));
         let (rxd, txd) = (sh.rxd.load(Ordering::Relaxed), sh.txd.load(Ordering::Relaxed));
         let buf = sh.buf_size.load(Ordering::Relaxed);
         if nrx > u32::from(MAX_QUEUES) || ntx > u32::from(MAX_QUEUES) {
-            return Err(format!("shared port state is corrupt ({nrx}/{ntx} queues)"));
+            return Err(DriverError::state(format!("shared port state is corrupt ({nrx}/{ntx} queues)")));
         }
         self.open_queues(pool, nrx as u16, ntx as u16, (rxd, txd), buf as usize, false)
     }
@@ -458,79 +440,45 @@ impl Port {
         add(&sh.mpc, rd(mpc(0)));
     }
 
-    /// Primary release: stop queues, reset the device, return buffers, free the zones.
+    /// Primary release: stop queues, reset the device; then the skeleton's tail (buffers back,
+    /// zones freed).
     fn release_shared(&mut self) {
-        {
-            let bar = &self.bar;
-            if self.dev.is_alive() {
-                // 4.6.7.1.2 / 4.6.8.1: disable queues, wait for the enable bits to read back clear.
-                for q in 0..self.rxq.len() as u32 {
-                    bar.clear_bits(rxdctl(q), RXDCTL_ENABLE);
-                    let _ = bar.poll_until(rxdctl(q), RXDCTL_ENABLE, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
-                }
-                for q in 0..self.txq.len() as u32 {
-                    bar.clear_bits(txdctl(q), TXDCTL_ENABLE);
-                    let _ = bar.poll_until(txdctl(q), TXDCTL_ENABLE, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
-                }
-                bar.clear_bits(RXCTRL, RXCTRL_RXEN);
-                bar.clear_bits(DMATXCTL, DMATXCTL_TE);
-                // 4.6.3.2 Global reset: the device forgets the rings before their memory is reused.
-                bar.write32(CTRL, bar.read32(CTRL) | CTRL_RST_MASK);
-                if let Err(e) = bar.poll_until(CTRL, CTRL_RST_MASK, 0, RESET_TIMEOUT, POLL_INTERVAL) {
-                    tracing::warn!(port = self.port, "reset at release: {e}");
-                }
+        let bar = self.bar();
+        if self.pci.dev.is_alive() {
+            // 4.6.7.1.2 / 4.6.8.1: disable queues, wait for the enable bits to read back clear.
+            for q in 0..self.pci.rxq.len() as u32 {
+                bar.clear_bits(rxdctl(q), RXDCTL_ENABLE);
+                let _ = bar.poll_until(rxdctl(q), RXDCTL_ENABLE, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
+            }
+            for q in 0..self.pci.txq.len() as u32 {
+                bar.clear_bits(txdctl(q), TXDCTL_ENABLE);
+                let _ = bar.poll_until(txdctl(q), TXDCTL_ENABLE, 0, QUEUE_TIMEOUT, POLL_INTERVAL);
+            }
+            bar.clear_bits(RXCTRL, RXCTRL_RXEN);
+            bar.clear_bits(DMATXCTL, DMATXCTL_TE);
+            // 4.6.3.2 Global reset: the device forgets the rings before their memory is reused.
+            bar.write32(CTRL, bar.read32(CTRL) | CTRL_RST_MASK);
+            if let Err(e) = bar.poll_until(CTRL, CTRL_RST_MASK, 0, RESET_TIMEOUT, POLL_INTERVAL) {
+                tracing::warn!(port = %self.pci.port, "reset at release: {e}");
             }
         }
-        if let Some(pool) = self.pool.as_mut() {
-            for q in &mut self.rxq {
-                q.q.drain_posted(pool);
-            }
-            for q in &mut self.txq {
-                q.q.drain_in_flight(pool);
-            }
-        }
-        if let Some(sh) = self.sh() {
-            sh.magic.store(0, Ordering::Release);
-        }
-        self.rxq.clear();
-        self.txq.clear();
-        self.shared = None;
-        self.free_zones();
-    }
-
-    fn free_zones(&mut self) {
-        nicq::free_zones(&self.shm, &mut self.zones);
-    }
-
-    fn unmap(&mut self) {
-        nicq::dma_unmap(&*self.dev, &self.shm, &mut self.mapped, self.port);
+        self.pci.release_tail();
     }
 }
 
 impl Drop for Port {
     fn drop(&mut self) {
         // Reached by close() after its work, or by a failed probe: in the latter case the primary
-        // gives back what it reserved. The transport goes with the last Arc (the Bar's and ours).
-        if !self.zones.is_empty() {
+        // gives back what it reserved. Then the skeleton's Drop: DMA unmap, BAR, transport.
+        if self.pci.owns_zones() {
             self.release_shared();
         }
-        self.unmap();
-        // Then the fields: the BAR mapping, and the transport with the last Arc.
     }
 }
 
 impl EthDev for Port {
     fn info(&self) -> DevInfo {
-        let (mut mac, mut mtu, mut nrx, mut ntx) = ([0u8; 6], DEFAULT_MTU, 0, 0);
-        if let Some(sh) = self.sh() {
-            let lo = sh.mac_lo.load(Ordering::Relaxed).to_le_bytes();
-            let hi = sh.mac_hi.load(Ordering::Relaxed).to_le_bytes();
-            mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
-            mtu = sh.mtu.load(Ordering::Relaxed) as u16;
-            nrx = self.rxq.len() as u16;
-            ntx = self.txq.len() as u16;
-        }
-        DevInfo { driver: NAME, mac, mtu, nb_rxq: nrx, nb_txq: ntx, max_rxq: MAX_QUEUES, max_txq: MAX_QUEUES }
+        self.pci.info(NAME, DEFAULT_MTU, MAX_QUEUES)
     }
 
     fn link(&mut self) -> LinkStatus {
@@ -551,7 +499,7 @@ impl EthDev for Port {
     fn stats(&mut self) -> PortStats {
         let mut s = PortStats::default();
         if let Some(sh) = self.sh() {
-            let _g = self.shm.lock().lock();
+            let _g = self.pci.shm.lock().lock();
             self.accumulate(sh);
             let (gprc, gptc) = (sh.gprc.load(Ordering::Relaxed), sh.gptc.load(Ordering::Relaxed));
             s.ipackets = gprc;
@@ -561,19 +509,19 @@ impl EthDev for Port {
             s.obytes = sh.gotc.load(Ordering::Relaxed).saturating_sub(4 * gptc);
             s.imissed = sh.mpc.load(Ordering::Relaxed);
         }
-        nicq::add_queue_stats(&mut s, self.rxq.iter().map(|q| q.q.h()), self.txq.iter().map(|q| q.q.h()));
+        self.pci.add_queue_stats(&mut s);
         s
     }
 
     fn stats_reset(&mut self) {
         if let Some(sh) = self.sh() {
-            let _g = self.shm.lock().lock();
+            let _g = self.pci.shm.lock().lock();
             self.accumulate(sh);
             for a in [&sh.gprc, &sh.gptc, &sh.gorc, &sh.gotc, &sh.mpc] {
                 a.store(0, Ordering::Relaxed);
             }
         }
-        nicq::reset_queue_stats(self.rxq.iter().map(|q| q.q.h()).chain(self.txq.iter().map(|q| q.q.h())));
+        self.pci.reset_queue_stats();
     }
 
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
@@ -588,7 +536,7 @@ impl EthDev for Port {
     }
 
     fn set_mtu(&mut self, mtu: u16) -> Result<(), EthError> {
-        let sh = self.sh().ok_or(EthError::Device { driver: NAME, reason: "port released".into() })?;
+        let sh = self.sh().ok_or_else(|| DriverError::state("port released").device(NAME))?;
         // Frames are received into one buffer: the largest frame must fit it (CRC is stripped).
         let buf = sh.buf_size.load(Ordering::Relaxed);
         let max = buf.saturating_sub(14).min(9710) as u16;
@@ -612,35 +560,26 @@ impl EthDev for Port {
 
     #[inline]
     fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        match (self.rxq.get_mut(queue as usize), self.pool.as_mut()) {
-            (Some(q), Some(pool)) => q.burst(&self.bar, pool, pkts),
-            _ => 0,
-        }
+        self.pci.rx_burst(queue, pkts)
     }
 
     #[inline]
     fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        match (self.txq.get_mut(queue as usize), self.pool.as_mut()) {
-            (Some(q), Some(pool)) => q.burst(&self.bar, pool, pkts),
-            _ => 0,
-        }
+        self.pci.tx_burst(queue, pkts)
     }
 
     fn is_removed(&self) -> bool {
-        !self.dev.is_alive()
+        self.pci.is_removed()
     }
 
     fn close(mut self: Box<Self>, how: Release) {
-        match how {
-            Release::Shared if self.primary => {
-                self.release_shared();
-                tracing::info!(port = self.port, "ixgbe port released (device reset, rings freed)");
-            }
-            _ => {
-                // Only this process's view: the device and the rings stay for the others.
-                self.zones.clear();
-                tracing::info!(port = self.port, "ixgbe port closed in this process");
-            }
+        if how == Release::Shared && self.pci.primary {
+            self.release_shared();
+            tracing::info!(port = %self.pci.port, "ixgbe port released (device reset, rings freed)");
+        } else {
+            // Only this process's view: the device and the rings stay for the others.
+            self.pci.forget_zones();
+            tracing::info!(port = %self.pci.port, "ixgbe port closed in this process");
         }
         // Drop: DMA unmap, BAR unmap, transport disconnect.
     }

@@ -147,7 +147,7 @@ pub const GOTCL: u64 = 0x04090;
 pub const GOTCH: u64 = 0x04094;
 
 // 9.3.3 PCI configuration space: command register.
-pub use crate::nicq::{PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY};
+pub use crate::pci::port::{PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY};
 
 // 7.1.6 Advanced receive descriptor (read format and write-back format).
 /// Write-back `status_error` (byte 8): descriptor done.

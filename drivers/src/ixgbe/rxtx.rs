@@ -2,7 +2,7 @@
 //! receive and transmit.
 //!
 //! Each queue is one memzone the primary reserves (`ixgbe_<port>_rxq<q>`, `ixgbe_<port>_txq<q>`),
-//! laid out and kept as the `nicq` module (shared with net_i40e) describes:
+//! laid out and kept as the `pci::queue` module (shared with net_i40e) describes:
 //!
 //! ```text
 //! offset 0     QueueHdr (128 bytes): magic, ring size, next descriptor to clean/fill, counters
@@ -29,8 +29,10 @@ use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
 
 use super::regs::*;
-use crate::nicq::{Queue, ZoneKind};
-pub use crate::nicq::{QueueCounters, QueueHdr, HDR_LEN};
+use crate::error::DriverError;
+use crate::pci::queue::{Queue, ZoneKind};
+pub use crate::pci::queue::{QueueCounters, QueueHdr, HDR_LEN};
+use crate::pci::PortQueue;
 
 /// Size of one advanced descriptor.
 pub const DESC_LEN: u64 = 16;
@@ -49,7 +51,7 @@ const KIND: ZoneKind = ZoneKind { driver: "ixgbe", magic: 0x4958_4742_5151_0001,
 
 /// Bytes of a queue zone with `n` descriptors.
 pub fn zone_len(n: u32) -> u64 {
-    crate::nicq::zone_len(n, DESC_LEN)
+    crate::pci::queue::zone_len(n, DESC_LEN)
 }
 
 /// The memzone name of a queue.
@@ -78,7 +80,7 @@ impl RxQueue {
         n: u32,
         buf_size: usize,
         create: bool,
-    ) -> Result<RxQueue, String> {
+    ) -> Result<RxQueue, DriverError> {
         let q = Queue::open(shm, bar, &zone_name(port, true, q), n, &KIND, rdt(q.into()), create)?;
         Ok(RxQueue { q, buf_size, port, incomplete_polls: 0 })
     }
@@ -89,7 +91,7 @@ impl RxQueue {
     }
 
     /// Posts a fresh buffer to every descriptor (4.6.7.1, before enabling the queue). Primary.
-    pub(super) fn fill(&mut self, pool: &mut Mempool) -> Result<(), String> {
+    pub(super) fn fill(&mut self, pool: &mut Mempool) -> Result<(), DriverError> {
         self.q.fill(pool, |iova| [iova, 0])?;
         self.q.v.reset_indices();
         Ok(())
@@ -204,7 +206,14 @@ pub(super) struct TxQueue {
 
 impl TxQueue {
     /// Reserves (primary) or finds (secondary) queue `q`'s zone.
-    pub(super) fn open(shm: &Arc<Shm>, bar: &Bar, port: u16, q: u16, n: u32, create: bool) -> Result<TxQueue, String> {
+    pub(super) fn open(
+        shm: &Arc<Shm>,
+        bar: &Bar,
+        port: u16,
+        q: u16,
+        n: u32,
+        create: bool,
+    ) -> Result<TxQueue, DriverError> {
         let q = Queue::open(shm, bar, &zone_name(port, false, q), n, &KIND, tdt(q.into()), create)?;
         if create {
             q.v.reset_indices();
@@ -247,12 +256,38 @@ impl TxQueue {
     }
 }
 
+impl PortQueue for RxQueue {
+    fn hdr(&self) -> &QueueHdr {
+        self.q.h()
+    }
+    fn drain(&mut self, pool: &mut Mempool) {
+        self.q.drain_posted(pool)
+    }
+    #[inline]
+    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+        RxQueue::burst(self, bar, pool, pkts)
+    }
+}
+
+impl PortQueue for TxQueue {
+    fn hdr(&self) -> &QueueHdr {
+        self.q.h()
+    }
+    fn drain(&mut self, pool: &mut Mempool) {
+        self.q.drain_in_flight(pool)
+    }
+    #[inline]
+    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+        TxQueue::burst(self, bar, pool, pkts)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The data path against a device that is plain memory (`MemDevice`): the test plays the
     //! NIC by writing descriptors into the rings, including what a broken NIC might write.
     use super::*;
-    use crate::nicq::QueueView;
+    use crate::pci::queue::QueueView;
     use lab_core::mem::ShmPlacement;
     use lab_vfio::fake::MemDevice;
     use lab_vfio::DeviceIo;

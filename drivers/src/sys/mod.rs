@@ -4,7 +4,7 @@
 //!
 //! Every `unsafe` block here has a `// SAFETY:` comment; the driver files that use these wrappers
 //! forbid `unsafe` themselves. What stays `unsafe` outside this module is memory, not the kernel:
-//! descriptor rings and shared structs of the PCI drivers (`nicq`, `*/rxtx.rs`, the `DevShared`
+//! descriptor rings and shared structs of the PCI drivers (`pci/`, `*/rxtx.rs`, the `DevShared`
 //! views), the PACKET_MMAP frame views of `af_packet`, and the ring zone header of `ring`.
 
 pub mod netif;

@@ -8,6 +8,7 @@ use lab_core::ethdev::PortStats;
 use lab_core::mbuf::{Mbuf, Mempool};
 
 use super::netif;
+use crate::error::{Ctx, DriverError};
 
 // <linux/if_packet.h>
 const SOL_PACKET: libc::c_int = 263;
@@ -46,11 +47,12 @@ pub(crate) fn kick_tx(fd: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-fn os_err(what: &str) -> String {
-    format!("{what}: {}", std::io::Error::last_os_error())
+/// The last kernel error, as the error of `what`.
+fn os_err(what: impl Into<String>) -> DriverError {
+    DriverError::Os { what: what.into(), source: std::io::Error::last_os_error() }
 }
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: &T, what: &str) -> Result<(), String> {
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: &T, what: &str) -> Result<(), DriverError> {
     // SAFETY: setsockopt reads size_of::<T>() bytes from a value we own for the call.
     let r = unsafe { libc::setsockopt(fd, level, opt, (v as *const T).cast(), std::mem::size_of::<T>() as u32) };
     if r != 0 {
@@ -66,12 +68,12 @@ pub(crate) struct RingMap {
 }
 
 impl RingMap {
-    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> Result<RingMap, String> {
+    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> Result<RingMap, DriverError> {
         memmap2::MmapOptions::new()
             .len(len)
             .map_raw(fd.as_raw_fd())
             .map(|map| RingMap { map })
-            .map_err(|e| format!("mmap of the packet rings: {e}"))
+            .ctx("mmap of the packet rings")
     }
 
     /// The first byte of the rx ring (the tx ring follows it).
@@ -82,17 +84,18 @@ impl RingMap {
 }
 
 /// Opens, configures and binds one queue socket (primary).
-pub(crate) fn open_ring_socket(ifindex: u32, req: &TpacketReq, bypass: bool) -> Result<OwnedFd, String> {
+pub(crate) fn open_ring_socket(ifindex: u32, req: &TpacketReq, bypass: bool) -> Result<OwnedFd, DriverError> {
     // Protocol 0 until bound: nothing is queued from other interfaces in between.
     // SAFETY: plain socket call.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        let hint = if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
-            " (needs CAP_NET_RAW)"
-        } else {
-            ""
-        };
-        return Err(format!("{}{hint}", os_err("socket(AF_PACKET)")));
+        let e = os_err("socket(AF_PACKET)");
+        return Err(match e {
+            DriverError::Os { source, .. } if source.raw_os_error() == Some(libc::EPERM) => {
+                DriverError::Os { what: "socket(AF_PACKET) (needs CAP_NET_RAW)".into(), source }
+            }
+            e => e,
+        });
     }
     // SAFETY: fresh descriptor owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -120,7 +123,7 @@ pub(crate) fn open_ring_socket(ifindex: u32, req: &TpacketReq, bypass: bool) -> 
 }
 
 /// Puts every socket in one hash fanout group whose id the kernel picks.
-pub(crate) fn join_fanout(fds: &[OwnedFd]) -> Result<(), String> {
+pub(crate) fn join_fanout(fds: &[OwnedFd]) -> Result<(), DriverError> {
     let Some(first) = fds.first() else { return Ok(()) };
     let arg: u32 = (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16;
     setsockopt(first.as_raw_fd(), SOL_PACKET, PACKET_FANOUT, &arg, "PACKET_FANOUT")?;
@@ -140,12 +143,12 @@ pub(crate) fn join_fanout(fds: &[OwnedFd]) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn open_live(iface: &str, rx: bool) -> Result<OwnedFd, String> {
-    let idx = netif::index(iface).map_err(|e| format!("interface {iface} not found: {e}"))?;
+pub(crate) fn open_live(iface: &str, rx: bool) -> Result<OwnedFd, DriverError> {
+    let idx = netif::index(iface).ctx(format!("interface {iface} not found"))?;
     // SAFETY: plain socket call.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
     if fd < 0 {
-        return Err(format!("socket(AF_PACKET): {}", std::io::Error::last_os_error()));
+        return Err(os_err("socket(AF_PACKET)"));
     }
     // SAFETY: fresh descriptor owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -156,7 +159,7 @@ pub(crate) fn open_live(iface: &str, rx: bool) -> Result<OwnedFd, String> {
             libc::setsockopt(fd.as_raw_fd(), SOL_PACKET, PACKET_IGNORE_OUTGOING, (&one as *const libc::c_int).cast(), 4)
         };
         if r != 0 {
-            return Err(format!("PACKET_IGNORE_OUTGOING: {}", std::io::Error::last_os_error()));
+            return Err(os_err("PACKET_IGNORE_OUTGOING"));
         }
     }
     // SAFETY: sockaddr_ll is plain data; zero is valid.
@@ -174,7 +177,7 @@ pub(crate) fn open_live(iface: &str, rx: bool) -> Result<OwnedFd, String> {
         )
     };
     if r != 0 {
-        return Err(format!("bind to {iface}: {}", std::io::Error::last_os_error()));
+        return Err(os_err(format!("bind to {iface}")));
     }
     Ok(fd)
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 use lab_core::ipc::{Dispatch, IpcError, Msg, MAX_FDS};
 use lab_core::runtime::Runtime;
 
+use crate::error::{Ctx, DriverError};
+
 struct Entry {
     fds: Vec<OwnedFd>,
     meta: Vec<u8>,
@@ -47,8 +49,8 @@ pub(crate) fn publish(
     dev: &str,
     fds: &[OwnedFd],
     meta: Vec<u8>,
-) -> Result<Published, String> {
-    let dups = fds.iter().map(|f| f.try_clone()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("dup: {e}"))?;
+) -> Result<Published, DriverError> {
+    let dups = fds.iter().map(|f| f.try_clone()).collect::<Result<Vec<_>, _>>().ctx("dup of a shared descriptor")?;
     let dir = rt.dir().to_path_buf();
     let k = key(&dir, dev);
     table().lock().unwrap_or_else(|e| e.into_inner()).insert(k.clone(), Entry { fds: dups, meta });
@@ -83,27 +85,33 @@ pub(crate) fn publish(
         }
     }) {
         Ok(()) | Err(IpcError::Duplicate { .. }) => Ok(published),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e).ctx(format!("registering {action}")),
     }
 }
 
 /// Secondary: asks the primary for `dev`'s descriptors; returns them and the primary's meta.
-pub(crate) fn fetch(rt: &Runtime, action: &str, dev: &str) -> Result<(Vec<OwnedFd>, Vec<u8>), String> {
+pub(crate) fn fetch(rt: &Runtime, action: &str, dev: &str) -> Result<(Vec<OwnedFd>, Vec<u8>), DriverError> {
     let timeout = Duration::from_millis(rt.options().hotplug_timeout_ms.max(1000));
     let mut fds = Vec::new();
     let mut meta = Vec::new();
     loop {
         let msg = Msg::new(action, format!("{dev}\n{}", fds.len()));
-        let r = rt.ipc().request_sync(&msg, timeout).map_err(|e| format!("asking the primary: {e}"))?;
+        let r = rt
+            .ipc()
+            .request_sync(&msg, timeout)
+            .ctx(format!("asking the primary for {dev}'s descriptors ({action})"))?;
         let Some(rep) = r.replies.into_iter().next() else {
-            return Err(format!("the primary did not answer {action} within {timeout:?}"));
+            return Err(DriverError::state(format!("the primary did not answer {action} within {timeout:?}")));
         };
         let p = rep.msg.payload;
         let nl = p.iter().position(|b| *b == b'\n').unwrap_or(p.len());
         let head = String::from_utf8_lossy(&p[..nl]).into_owned();
         let total = match head.strip_prefix("ok ").and_then(|n| n.trim().parse::<usize>().ok()) {
             Some(t) => t,
-            None => return Err(format!("the primary refused: {}", head.strip_prefix("err ").unwrap_or(&head))),
+            None => {
+                let why = head.strip_prefix("err ").unwrap_or(&head);
+                return Err(DriverError::state(format!("the primary refused: {why}")));
+            }
         };
         meta.clear();
         meta.extend_from_slice(p.get(nl + 1..).unwrap_or(&[]));
@@ -113,7 +121,7 @@ pub(crate) fn fetch(rt: &Runtime, action: &str, dev: &str) -> Result<(Vec<OwnedF
             break;
         }
         if got == 0 {
-            return Err(format!("the primary sent {} of {total} descriptors", fds.len()));
+            return Err(DriverError::state(format!("the primary sent {} of {total} descriptors", fds.len())));
         }
     }
     Ok((fds, meta))

@@ -1,7 +1,6 @@
-//! What the PCI poll-mode drivers (`net_ixgbe`, `net_i40e`) share: the queue memzone and its
-//! bookkeeping, the tail doorbell, and the port-level chores around the queues. Each driver keeps
-//! what differs: descriptor formats, register offsets, device initialisation, the receive burst and
-//! the transmit clean-up rule.
+//! The queue memzone both PCI drivers use and its bookkeeping: header, descriptor ring, software
+//! ring, the tail doorbell, the software counters. The drivers keep what differs: descriptor
+//! formats, the receive burst and the transmit clean-up rule.
 //!
 //! Each queue is one memzone the primary reserves (`<driver>_<port>_rxq<q>`, `<driver>_<port>_txq<q>`):
 //!
@@ -21,22 +20,15 @@
 //! Descriptors are written by the device (another process, or a NIC): every field read from one is
 //! untrusted. Indices read from the header are bounded by the ring size by the callers.
 
-use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lab_core::ethdev::{PortConf, PortStats};
 use lab_core::mbuf::{Mbuf, Mempool};
-use lab_core::mem::{Shm, ShmOffset, IOVA_BASE};
-use lab_core::vfio::{open_pci, Bar, DeviceIo, DmaRegion, OpenOptions, VfioError};
+use lab_core::mem::{Shm, ShmOffset};
+use lab_core::vfio::Bar;
 
-/// PCI configuration space: the command register.
-pub const PCI_COMMAND: u64 = 0x04;
-/// Command register: memory space enable.
-pub const PCI_COMMAND_MEMORY: u16 = 1 << 1;
-/// Command register: bus master enable.
-pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+use crate::error::{Ctx, DriverError};
 
 /// Bytes before the descriptor ring in a queue zone.
 pub const HDR_LEN: u64 = 128;
@@ -183,16 +175,18 @@ impl<const DLEN: usize> QueueView<DLEN> {
     const DLEN_OK: () = assert!(DLEN == 16 || DLEN == 32);
 
     /// Maps the view onto zone `name` (reserving it when `create`).
-    pub(crate) fn open(shm: &Shm, name: &str, n: u32, kind: &ZoneKind, create: bool) -> Result<Self, String> {
+    pub(crate) fn open(shm: &Shm, name: &str, n: u32, kind: &ZoneKind, create: bool) -> Result<Self, DriverError> {
         let () = Self::DLEN_OK;
         let len = zone_len(n, DLEN as u64);
-        let z = if create { shm.reserve(name, len, 4096) } else { shm.lookup(name) }.map_err(|e| e.to_string())?;
+        let z = if create { shm.reserve(name, len, 4096) } else { shm.lookup(name) }.ctx(format!("memzone {name}"))?;
         if z.len < len {
-            return Err(format!("memzone {name} is {} bytes, {len} needed", z.len));
+            return Err(DriverError::state(format!("memzone {name} is {} bytes, {len} needed", z.len)));
         }
-        let base = shm.ptr(z.offset, len).ok_or_else(|| format!("memzone {name} outside shared memory"))?;
+        let base = shm
+            .ptr(z.offset, len)
+            .ok_or_else(|| DriverError::state(format!("memzone {name} outside shared memory")))?;
         if !(base.as_ptr() as usize).is_multiple_of(128) {
-            return Err(format!("memzone {name} is not 128-byte aligned"));
+            return Err(DriverError::state(format!("memzone {name} is not 128-byte aligned")));
         }
         let hdr = base.cast::<QueueHdr>();
         // SAFETY: the zone holds `len` bytes from `base` (checked by `ptr`), `base` is 128-aligned:
@@ -216,7 +210,10 @@ impl<const DLEN: usize> QueueView<DLEN> {
             // SAFETY: plain read of a field written once before the magic was published.
             let nd = unsafe { std::ptr::addr_of!((*hdr.as_ptr()).nb_desc).read() };
             if v.h().magic.load(Ordering::Acquire) != kind.magic || nd != n {
-                return Err(format!("memzone {name} holds no {} queue of {n} descriptors", kind.driver));
+                return Err(DriverError::state(format!(
+                    "memzone {name} holds no {} queue of {n} descriptors",
+                    kind.driver
+                )));
             }
         }
         Ok(v)
@@ -336,7 +333,7 @@ impl<const DLEN: usize> Queue<DLEN> {
         kind: &ZoneKind,
         tail: u64,
         create: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DriverError> {
         let v = QueueView::open(shm, name, n, kind, create)?;
         Ok(Queue { v, bell: Doorbell::new(bar, tail), shm: shm.clone() })
     }
@@ -361,10 +358,11 @@ impl<const DLEN: usize> Queue<DLEN> {
         &mut self,
         pool: &mut Mempool,
         desc: impl Fn(u64) -> [u64; Q],
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         for i in 0..self.v.n {
-            let m =
-                pool.alloc().ok_or_else(|| format!("buffer pool {} ran out filling {}", pool.name(), self.v.zone))?;
+            let m = pool.alloc().ok_or_else(|| {
+                DriverError::state(format!("buffer pool {} ran out filling {}", pool.name(), self.v.zone))
+            })?;
             self.v.write(i, desc(m.data_iova().0));
             self.v.sw_set(i, m.into_offset().0);
         }
@@ -483,105 +481,6 @@ impl<const DLEN: usize> Queue<DLEN> {
     }
 }
 
-/// Adds the software queue counters to port statistics: receive errors and allocation failures,
-/// transmit errors.
-pub(crate) fn add_queue_stats<'a>(
-    s: &mut PortStats,
-    rx: impl IntoIterator<Item = &'a QueueHdr>,
-    tx: impl IntoIterator<Item = &'a QueueHdr>,
-) {
-    for h in rx {
-        let c = h.counters();
-        s.ierrors += c.errors;
-        s.rx_nombuf += c.nombuf;
-    }
-    for h in tx {
-        s.oerrors += h.counters().errors;
-    }
-}
-
-/// Zeroes the software counters of every queue.
-pub(crate) fn reset_queue_stats<'a>(hdrs: impl IntoIterator<Item = &'a QueueHdr>) {
-    for h in hdrs {
-        h.reset_counters();
-    }
-}
-
-/// Checks the port configuration's queue counts against `1..=max`.
-pub(crate) fn check_queue_counts(conf: &PortConf, max: u16) -> Result<(), String> {
-    if conf.nb_rxq == 0 || conf.nb_rxq > max || conf.nb_txq == 0 || conf.nb_txq > max {
-        return Err(format!("queue counts {}/{} out of range 1..={max}", conf.nb_rxq, conf.nb_txq));
-    }
-    Ok(())
-}
-
-/// Opens the device's transport (vfio-user when the sysfs dir has the socket, else kernel VFIO)
-/// and DMA-maps the shared memory for it ([`dma_map`]).
-pub(crate) fn open_device(sysfs_dir: &Path, shm: &Shm) -> Result<Arc<dyn DeviceIo>, String> {
-    let dev: Arc<dyn DeviceIo> =
-        Arc::from(open_pci(sysfs_dir, &OpenOptions::default()).map_err(|e| format!("cannot open device: {e}"))?);
-    dma_map(&*dev, shm).map_err(|e| format!("DMA map of shared memory: {e}"))?;
-    Ok(dev)
-}
-
-/// PCI command register: memory space and bus master, so the device may DMA.
-pub(crate) fn bus_master(dev: &dyn DeviceIo) -> Result<(), VfioError> {
-    let mut b = [0u8; 2];
-    dev.config_read(PCI_COMMAND, &mut b)?;
-    let cmd = u16::from_le_bytes(b) | PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY;
-    dev.config_write(PCI_COMMAND, &cmd.to_le_bytes())
-}
-
-/// This process's DMA map: the whole shared memory at `IOVA_BASE` (rings, buffers and whatever
-/// else the driver keeps for the device are in it).
-fn dma_map(dev: &dyn DeviceIo, shm: &Shm) -> Result<(), VfioError> {
-    let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
-    dev.dma_map(&region)
-}
-
-/// Undoes [`dma_map`] once (`mapped` is cleared), if the device is still there.
-pub(crate) fn dma_unmap(dev: &dyn DeviceIo, shm: &Shm, mapped: &mut bool, port: u16) {
-    if std::mem::take(mapped) && dev.is_alive() {
-        if let Err(e) = dev.dma_unmap(IOVA_BASE, shm.len()) {
-            tracing::debug!(port, "DMA unmap: {e}");
-        }
-    }
-}
-
-/// Maps the port's device-state zone `name` as a `T` (reserving it, and recording it in `zones`,
-/// when `create`).
-pub(crate) fn map_dev_zone<T>(
-    shm: &Shm,
-    name: &str,
-    create: bool,
-    zones: &mut Vec<String>,
-) -> Result<NonNull<T>, String> {
-    let len = std::mem::size_of::<T>() as u64;
-    let z = if create { shm.reserve(name, len, 64) } else { shm.lookup(name) }.map_err(|e| e.to_string())?;
-    if create {
-        zones.push(name.to_string());
-    }
-    if z.len < len {
-        return Err(format!("memzone {name} too small"));
-    }
-    let p = shm.ptr(z.offset, len).ok_or_else(|| format!("memzone {name} outside shared memory"))?;
-    Ok(p.cast())
-}
-
-/// Frees the zones this (primary) process reserved.
-pub(crate) fn free_zones(shm: &Shm, zones: &mut Vec<String>) {
-    for z in zones.drain(..) {
-        if let Err(e) = shm.free(&z) {
-            tracing::warn!(zone = %z, "free: {e}");
-        }
-    }
-}
-
-/// The MAC address as `aa:bb:cc:dd:ee:ff`.
-pub(crate) fn fmt_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,8 +514,8 @@ mod tests {
         assert_eq!(v.read32(63, 12), u32::MAX, "fresh ring filled");
         assert!(QueueView::<16>::open(&shm, &name, 64, &a, false).is_ok());
         let e = QueueView::<16>::open(&shm, &name, 32, &a, false).err().unwrap();
-        assert_eq!(e, "memzone a_0_rxq1 holds no a queue of 32 descriptors");
+        assert_eq!(e.to_string(), "memzone a_0_rxq1 holds no a queue of 32 descriptors");
         let e = QueueView::<16>::open(&shm, &name, 64, &b, false).err().unwrap();
-        assert_eq!(e, "memzone a_0_rxq1 holds no b queue of 64 descriptors");
+        assert_eq!(e.to_string(), "memzone a_0_rxq1 holds no b queue of 64 descriptors");
     }
 }

@@ -1,0 +1,269 @@
+//! The port skeleton both PCI drivers build on, and the PCI chores around it.
+//!
+//! A [`PciPort`] is one process's handle on one PCI port: its own transport connection (kernel
+//! VFIO or vfio-user), its own BAR 0 mapping and its own DMA map of the lab's shared memory at
+//! `IOVA_BASE`, plus pointers into the zones every process shares (the device-state zone, the
+//! queue zones). What is the same for every driver is here: opening (transport, DMA map, BAR, in
+//! that order, each undone if a later one fails), the release tail after the driver stopped its
+//! device, and `Drop` (the DMA unmap; the BAR and the transport go with their fields).
+
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lab_core::ethdev::{DevInfo, PortConf, PortId, PortStats};
+use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mem::{Shm, IOVA_BASE};
+use lab_core::vfio::{open_pci, Bar, DeviceIo, DmaRegion, OpenOptions, VfioError};
+
+use super::queue::QueueHdr;
+use crate::error::{Ctx, DriverError};
+
+/// PCI configuration space: the command register.
+pub const PCI_COMMAND: u64 = 0x04;
+/// Command register: memory space enable.
+pub const PCI_COMMAND_MEMORY: u16 = 1 << 1;
+/// Command register: bus master enable.
+pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+
+/// What the skeleton reads from a driver's device-state zone (every field an atomic: the type
+/// is shared by every process attached to the port).
+pub(crate) trait DevState: Sync {
+    /// Nonzero while the zone describes a live port.
+    fn magic(&self) -> &AtomicU64;
+    /// The port's MAC address.
+    fn mac(&self) -> [u8; 6];
+    /// The MTU.
+    fn mtu(&self) -> u16;
+}
+
+/// What the skeleton needs of a driver's receive or transmit queue.
+pub(crate) trait PortQueue: Send {
+    /// The queue's shared header (its software counters).
+    fn hdr(&self) -> &QueueHdr;
+    /// Gives back every buffer the queue holds (primary release, device stopped).
+    fn drain(&mut self, pool: &mut Mempool);
+    /// One burst.
+    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize;
+}
+
+/// One process's handle on one PCI port: `S` is the driver's device-state zone, `R`/`T` its
+/// queues.
+pub(crate) struct PciPort<S, R, T> {
+    /// The transport (the BAR holds another `Arc`).
+    pub(crate) dev: Arc<dyn DeviceIo>,
+    /// BAR 0, this process's mapping.
+    pub(crate) bar: Bar,
+    /// The lab's shared memory (rings, buffers, zones).
+    pub(crate) shm: Arc<Shm>,
+    /// The port id, the same in every process.
+    pub(crate) port: PortId,
+    /// This process is the primary (it initialised the device and owns the zones).
+    pub(crate) primary: bool,
+    shared: Option<NonNull<S>>,
+    /// Receive queues, in queue order.
+    pub(crate) rxq: Vec<R>,
+    /// Transmit queues.
+    pub(crate) txq: Vec<T>,
+    /// This process's handle on the buffer pool, one for all the port's queues (its cache shared
+    /// by all of them, so transmit completions feed receive refills warm); made with the queues.
+    pub(crate) pool: Option<Mempool>,
+    /// Zones this (primary) process reserved, freed at shared release or when a probe fails.
+    pub(crate) zones: Vec<String>,
+    /// The DMA map is in place.
+    mapped: bool,
+}
+
+// SAFETY: `shared` points into the shared-memory mapping, which `shm` keeps mapped for as long as
+// the port lives; `S: DevState` has only atomic fields (so `S: Sync`), the rest of the fields are
+// `Send` themselves.
+unsafe impl<S: DevState, R: PortQueue, T: PortQueue> Send for PciPort<S, R, T> {}
+
+impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
+    /// Opens the device at `sysfs_dir` for this process: transport (vfio-user when the sysfs dir
+    /// has the socket, else kernel VFIO), DMA map of the whole shared memory at `IOVA_BASE`, BAR 0.
+    /// On error whatever was done is undone (the port drops).
+    pub(crate) fn open(sysfs_dir: &Path, shm: &Arc<Shm>, port: PortId, primary: bool) -> Result<Self, DriverError> {
+        let dev: Arc<dyn DeviceIo> = Arc::from(open_pci(sysfs_dir, &OpenOptions::default()).ctx("cannot open device")?);
+        let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
+        dev.dma_map(&region).ctx("DMA map of shared memory")?;
+        let bar = match Bar::open(dev.clone(), 0) {
+            Ok(b) => b,
+            Err(e) => {
+                if let Err(u) = dev.dma_unmap(IOVA_BASE, shm.len()) {
+                    tracing::debug!(%port, "DMA unmap after a failed BAR0 map: {u}");
+                }
+                return Err(e).ctx("BAR0");
+            }
+        };
+        Ok(PciPort {
+            dev,
+            bar,
+            shm: shm.clone(),
+            port,
+            primary,
+            shared: None,
+            rxq: Vec::new(),
+            txq: Vec::new(),
+            pool: None,
+            zones: Vec::new(),
+            mapped: true,
+        })
+    }
+
+    /// PCI command register: memory space and bus master on, so the device may DMA.
+    pub(crate) fn bus_master(&self) -> Result<(), DriverError> {
+        let set = || -> Result<(), VfioError> {
+            let mut b = [0u8; 2];
+            self.dev.config_read(PCI_COMMAND, &mut b)?;
+            let cmd = u16::from_le_bytes(b) | PCI_COMMAND_MASTER | PCI_COMMAND_MEMORY;
+            self.dev.config_write(PCI_COMMAND, &cmd.to_le_bytes())
+        };
+        set().ctx("PCI command register")
+    }
+
+    /// The device-state zone, while mapped.
+    pub(crate) fn sh(&self) -> Option<&S> {
+        // SAFETY: points at an `S` inside the mapping (bounds checked by `map_shared`); all its
+        // fields are atomics, so a shared reference is sound while other processes write them.
+        self.shared.map(|p| unsafe { p.as_ref() })
+    }
+
+    /// Maps the device-state zone `name` (reserving it, and recording it for release, when
+    /// `create`).
+    pub(crate) fn map_shared(&mut self, name: &str, create: bool) -> Result<(), DriverError> {
+        let len = std::mem::size_of::<S>() as u64;
+        let shm = &self.shm;
+        let z = if create { shm.reserve(name, len, 64) } else { shm.lookup(name) }.ctx(format!("memzone {name}"))?;
+        if create {
+            self.zones.push(name.to_string());
+        }
+        if z.len < len {
+            return Err(DriverError::state(format!("memzone {name} is {} bytes, {len} needed", z.len)));
+        }
+        let p = shm
+            .ptr(z.offset, len)
+            .ok_or_else(|| DriverError::state(format!("memzone {name} outside shared memory")))?;
+        self.shared = Some(p.cast());
+        Ok(())
+    }
+
+    /// This process reserved zones it still has to free: the primary, before its shared release.
+    pub(crate) fn owns_zones(&self) -> bool {
+        !self.zones.is_empty()
+    }
+
+    /// The end of a primary's shared release, after the driver stopped and reset its device:
+    /// buffers back to the pool, the device-state zone marked dead, the queues dropped, the zones
+    /// freed.
+    pub(crate) fn release_tail(&mut self) {
+        if let Some(pool) = self.pool.as_mut() {
+            for q in &mut self.rxq {
+                q.drain(pool);
+            }
+            for q in &mut self.txq {
+                q.drain(pool);
+            }
+        }
+        if let Some(sh) = self.sh() {
+            sh.magic().store(0, Ordering::Release);
+        }
+        self.rxq.clear();
+        self.txq.clear();
+        self.shared = None;
+        for z in self.zones.drain(..) {
+            if let Err(e) = self.shm.free(&z) {
+                tracing::warn!(zone = %z, "free: {e}");
+            }
+        }
+    }
+
+    /// A close that is not the primary's shared release: this process only forgets the zones
+    /// (they stay for the other processes); its own mappings go with the port.
+    pub(crate) fn forget_zones(&mut self) {
+        self.zones.clear();
+    }
+
+    /// The port's description, from the device-state zone.
+    pub(crate) fn info(&self, driver: &'static str, default_mtu: u16, max_queues: u16) -> DevInfo {
+        let (mut mac, mut mtu, mut nrx, mut ntx) = ([0u8; 6], default_mtu, 0, 0);
+        if let Some(sh) = self.sh() {
+            mac = sh.mac();
+            mtu = sh.mtu();
+            nrx = self.rxq.len() as u16;
+            ntx = self.txq.len() as u16;
+        }
+        DevInfo { driver, mac, mtu, nb_rxq: nrx, nb_txq: ntx, max_rxq: max_queues, max_txq: max_queues }
+    }
+
+    /// Adds the software queue counters to port statistics: receive errors and allocation
+    /// failures, transmit errors.
+    pub(crate) fn add_queue_stats(&self, s: &mut PortStats) {
+        for q in &self.rxq {
+            let c = q.hdr().counters();
+            s.ierrors += c.errors;
+            s.rx_nombuf += c.nombuf;
+        }
+        for q in &self.txq {
+            s.oerrors += q.hdr().counters().errors;
+        }
+    }
+
+    /// Zeroes the software counters of every queue.
+    pub(crate) fn reset_queue_stats(&self) {
+        self.rxq.iter().map(|q| q.hdr()).chain(self.txq.iter().map(|q| q.hdr())).for_each(QueueHdr::reset_counters);
+    }
+
+    /// One receive burst on `queue` (none on a queue this process does not have).
+    #[inline]
+    pub(crate) fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        match (self.rxq.get_mut(queue as usize), self.pool.as_mut()) {
+            (Some(q), Some(pool)) => q.burst(&self.bar, pool, pkts),
+            _ => 0,
+        }
+    }
+
+    /// One transmit burst on `queue`.
+    #[inline]
+    pub(crate) fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        match (self.txq.get_mut(queue as usize), self.pool.as_mut()) {
+            (Some(q), Some(pool)) => q.burst(&self.bar, pool, pkts),
+            _ => 0,
+        }
+    }
+
+    /// The device went away (surprise removal, the emulator died).
+    pub(crate) fn is_removed(&self) -> bool {
+        !self.dev.is_alive()
+    }
+}
+
+impl<S, R, T> Drop for PciPort<S, R, T> {
+    fn drop(&mut self) {
+        // The driver's Drop ran first (a primary that still owns zones released them). This
+        // process's DMA map goes now, if the device is still there; then the fields: the BAR
+        // mapping, and the transport with the last Arc.
+        if std::mem::take(&mut self.mapped) && self.dev.is_alive() {
+            if let Err(e) = self.dev.dma_unmap(IOVA_BASE, self.shm.len()) {
+                tracing::debug!(port = %self.port, "DMA unmap: {e}");
+            }
+        }
+    }
+}
+
+/// Checks the port configuration's queue counts against `1..=max`.
+pub(crate) fn check_queue_counts(conf: &PortConf, max: u16) -> Result<(), DriverError> {
+    if conf.nb_rxq == 0 || conf.nb_rxq > max || conf.nb_txq == 0 || conf.nb_txq > max {
+        return Err(DriverError::config(format!(
+            "queue counts {}/{} out of range 1..={max}",
+            conf.nb_rxq, conf.nb_txq
+        )));
+    }
+    Ok(())
+}
+
+/// The MAC address as `aa:bb:cc:dd:ee:ff`.
+pub(crate) fn fmt_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
