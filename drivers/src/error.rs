@@ -5,7 +5,7 @@
 //! 500ms") and code can match on it (downcast the [`lab_core::ethdev::Cause`] of an
 //! [`EthError`] to `DriverError`).
 //!
-//! [`Ctx::ctx`] attaches the `what` to any lower error; [`DriverError::config`] and
+//! `Ctx::ctx` attaches the `what` to any lower error; [`DriverError::config`] and
 //! [`DriverError::state`] are the two kinds that start here (a value out of range; a device, zone
 //! or peer in a state we cannot use).
 

@@ -3,7 +3,7 @@
 //!
 //! Control path here, admin queue in [`adminq`], data path in [`rxtx`], registers in [`regs`]; the queue
 //! zones and the port skeleton net_ixgbe shares (transport, DMA map, device-state zone, queue
-//! counters, release tail) are in the crate's `pci` module, the LAN HMC in [`hmc`]. Read [`I40eDriver::probe`] and `Port::init_primary` top to bottom
+//! counters, release tail) are in the crate's `pci` module, the LAN HMC in `hmc`. Read [`I40eDriver::probe`] and `Port::init_primary` top to bottom
 //! next to the datasheet (order no. 332464):
 //! the primary resets the PF, brings the admin queue up and asks the firmware for what the PF owns
 //! (version, capabilities, MAC, switch configuration, the main VSI), sets the VSI's queue map, filters and
