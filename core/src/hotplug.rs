@@ -74,6 +74,15 @@ pub enum HotplugError {
         /// Why.
         reason: String,
     },
+    /// The PCI function could not be read from sysfs.
+    #[error("PCI device {name}: {source}")]
+    PciScan {
+        /// Device name.
+        name: String,
+        /// What the scan met.
+        #[source]
+        source: crate::bus::pci::PciError,
+    },
     /// Detach (or lock) of something not attached.
     #[error("not attached")]
     NotAttached,

@@ -352,8 +352,8 @@ impl Inner {
                     });
                 }
                 let dir = self.pci_root.join(addr.to_string());
-                let dev = pci::scan_one(&dir)
-                    .map_err(|e| HotplugError::Pci { name: da.name().into(), reason: e.to_string() })?;
+                let dev =
+                    pci::scan_one(&dir).map_err(|source| HotplugError::PciScan { name: da.name().into(), source })?;
                 let d = self.registry.pci_driver(dev.id()).ok_or_else(|| HotplugError::Pci {
                     name: da.name().into(),
                     reason: format!("no driver for PCI id {}", dev.id()),

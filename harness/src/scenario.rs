@@ -74,6 +74,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use lab_core::ethdev::PortId;
 use serde::Deserialize;
 
 /// Default time a command may take to answer.
@@ -195,13 +196,13 @@ pub enum Action {
     /// `detach <target>`.
     Detach(String),
     /// `lock <port>`.
-    Lock(u16),
+    Lock(PortId),
     /// `unlock <port>`.
-    Unlock(u16),
+    Unlock(PortId),
     /// `send <port> <count> <size>`.
     Send {
         /// Port.
-        port: u16,
+        port: PortId,
         /// Frames.
         count: u64,
         /// Frame size.
@@ -210,7 +211,7 @@ pub enum Action {
     /// `recv <port> <count> <timeout>`.
     Recv {
         /// Port.
-        port: u16,
+        port: PortId,
         /// Frames waited for.
         count: u64,
         /// Wait.

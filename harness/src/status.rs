@@ -7,6 +7,7 @@
 //! process that does not answer within the timeout is shown as such and does not hold up the
 //! others.
 
+use lab_core::ethdev::PortId;
 use lab_core::telemetry::{self, Client, ClientError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortRow {
     /// Port id.
-    pub port: u16,
+    pub port: PortId,
     /// Device name.
     pub name: String,
     /// Link status: "UP" or "DOWN" (DPDK's words), with speed in Mb/s.
@@ -70,7 +71,8 @@ fn read_process(path: &Path) -> Result<(u64, String, Vec<PortRow>), ClientError>
     let role = me["role"].as_str().unwrap_or("?").to_string();
     let mut ports = Vec::new();
     let list = c.query(path, "/ethdev/list")?;
-    for id in list.as_array().into_iter().flatten().filter_map(Value::as_u64) {
+    // Ids outside u16 are not port ids: a confused or hostile peer's, skipped.
+    for id in list.as_array().into_iter().flatten().filter_map(|v| v.as_u64().and_then(|i| u16::try_from(i).ok())) {
         let info = c.query(path, &format!("/ethdev/info,{id}"))?;
         let stats = c.query(path, &format!("/ethdev/stats,{id}"))?;
         let link = c.query(path, &format!("/ethdev/link_status,{id}"))?;
@@ -81,12 +83,12 @@ fn read_process(path: &Path) -> Result<(u64, String, Vec<PortRow>), ClientError>
             None => "?".into(),
         };
         ports.push(PortRow {
-            port: id as u16,
+            port: PortId(id),
             name: info["name"].as_str().unwrap_or("?").to_string(),
             link,
             rx: n("ipackets"),
             tx: n("opackets"),
-            drops: n("imissed") + n("ierrors") + n("rx_nombuf") + n("oerrors"),
+            drops: ["imissed", "ierrors", "rx_nombuf", "oerrors"].iter().fold(0u64, |a, k| a.saturating_add(n(k))),
             rx_pps: None,
             tx_pps: None,
         });
@@ -118,7 +120,7 @@ pub fn rates(now: &mut [ProcRow], before: &[ProcRow], dt: Duration) {
     if secs <= 0.0 {
         return;
     }
-    let old: HashMap<(Option<u64>, u16), &PortRow> =
+    let old: HashMap<(Option<u64>, PortId), &PortRow> =
         before.iter().flat_map(|p| p.ports.iter().map(move |r| ((p.pid, r.port), r))).collect();
     for p in now {
         for r in &mut p.ports {
@@ -178,7 +180,7 @@ pub fn to_json(rows: &[ProcRow]) -> Value {
                 json!({
                     "instance": p.instance, "pid": p.pid, "role": p.role,
                     "ports": p.ports.iter().map(|r| json!({
-                        "port": r.port, "name": r.name, "link": r.link, "rx_packets": r.rx, "tx_packets": r.tx,
+                        "port": r.port.0, "name": r.name, "link": r.link, "rx_packets": r.rx, "tx_packets": r.tx,
                         "rx_pps": r.rx_pps, "tx_pps": r.tx_pps, "drops": r.drops,
                     })).collect::<Vec<_>>(),
                 })
@@ -235,7 +237,7 @@ mod tests {
             pid: Some(pid),
             role: "primary".into(),
             ports: vec![PortRow {
-                port: 1,
+                port: PortId(1),
                 name: "net_null0".into(),
                 link: "UP 10000".into(),
                 rx,

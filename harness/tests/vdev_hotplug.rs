@@ -5,7 +5,6 @@
 //! an interface) need CAP_NET_ADMIN and skip with one line without it.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 const HOTPLUG_MP: &str = env!("CARGO_BIN_EXE_hotplug_mp");
 const CYCLES: usize = 20;
-use lab_testkit::{link_exists, skip_without_net_admin, unique, LinkGuard, Veth};
+use lab_testkit::{link_exists, skip_without_net_admin, unique, LinkGuard, RawSock, Veth};
 
 /// One `hotplug_mp` process; killed by pid and reaped on drop.
 struct App {
@@ -79,80 +78,16 @@ fn veth(tag: &str) -> (String, String, Veth) {
     (v.a.clone(), v.b.clone(), v)
 }
 
-/// A raw AF_PACKET socket on one interface: counts test frames (EtherType 0x88b5) arriving.
-struct Raw(OwnedFd);
+/// The testkit's raw socket on one interface: counts test frames (EtherType 0x88b5) arriving.
+struct Raw(RawSock);
 
 impl Raw {
     fn bind(iface: &str) -> Raw {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket call.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) };
-        assert!(fd >= 0);
-        // SAFETY: fresh descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let c = std::ffi::CString::new(iface).unwrap();
-        // SAFETY: c is NUL-terminated.
-        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        // SAFETY: plain data.
-        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sa.sll_family = libc::AF_PACKET as u16;
-        sa.sll_protocol = proto;
-        sa.sll_ifindex = idx as i32;
-        // SAFETY: sa is a sockaddr_ll for the call.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(r, 0);
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
-        let big: libc::c_int = 8 << 20;
-        // SAFETY: setsockopt reads one timeval / one c_int.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                16,
-            );
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&big as *const libc::c_int).cast(),
-                4,
-            );
-        }
-        Raw(fd)
+        Raw(RawSock::bind(iface))
     }
 
     fn count(&self, want: usize, limit: Duration) -> usize {
-        let mut n = 0;
-        let mut buf = vec![0u8; 65536];
-        let end = Instant::now() + limit;
-        while n < want && Instant::now() < end {
-            // SAFETY: plain data.
-            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: buffer and address are ours, sized as passed.
-            let r = unsafe {
-                libc::recvfrom(
-                    self.0.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&mut sa as *mut libc::sockaddr_ll).cast(),
-                    &mut sl,
-                )
-            };
-            if r >= 14 && sa.sll_pkttype != libc::PACKET_OUTGOING && buf[12..14] == [0x88, 0xb5] {
-                n += 1;
-            }
-        }
-        n
+        self.0.recv(want, limit, |f| f.len() >= 14 && f[12..14] == [0x88, 0xb5]).len()
     }
 
     fn send(&self, count: usize) {
@@ -161,9 +96,7 @@ impl Raw {
         f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x09]);
         f[12..14].copy_from_slice(&[0x88, 0xb5]);
         for _ in 0..count {
-            // SAFETY: sends 80 bytes from f.
-            let r = unsafe { libc::send(self.0.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-            assert_eq!(r, 80);
+            self.0.send(&f);
         }
     }
 }

@@ -7,11 +7,17 @@
 //!   emulator, socket or sysfs entry behind.
 //! * Interfaces: [`unique`] names, [`ip`], [`link_exists`], [`leftover_links`], [`LinkGuard`] and
 //!   [`Veth`] (removed on drop), [`skip_without_net_admin`].
+//! * [`RawSock`]: a raw AF_PACKET socket on one interface, the kernel side of a wire (the one
+//!   module with `unsafe`).
 //!
 //! It depends on std, libc, nix and tempfile only, so any crate's tests (emu's too) may use it
 //! without bending the dependency rules.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
+
+#[allow(unsafe_code)]
+mod raw;
+pub use raw::RawSock;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

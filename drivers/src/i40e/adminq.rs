@@ -20,6 +20,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lab_core::ethdev::PortId;
 use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
 
@@ -137,13 +138,13 @@ pub struct AdminQueue {
 }
 
 /// The memzone name.
-pub fn zone_name(port: u16) -> String {
+pub fn zone_name(port: PortId) -> String {
     format!("i40e_{port}_aq")
 }
 
 impl AdminQueue {
     /// Reserves (primary) or finds (secondary) the admin queue zone.
-    pub fn open(shm: &Arc<Shm>, port: u16, create: bool) -> Result<AdminQueue, DriverError> {
+    pub fn open(shm: &Arc<Shm>, port: PortId, create: bool) -> Result<AdminQueue, DriverError> {
         let name = zone_name(port);
         let z = if create { shm.reserve(&name, ZONE_LEN, 4096) } else { shm.lookup(&name) }
             .ctx(format!("memzone {name}"))?;

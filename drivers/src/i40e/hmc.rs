@@ -4,6 +4,7 @@
 //! them (512-byte aligned). Contexts are little-endian bit-packed structures, written with
 //! [`set_field`] (the emulator's `model/i40e/hmc.rs` reads them back with the same field table).
 
+use lab_core::ethdev::PortId;
 use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
 
@@ -23,7 +24,7 @@ pub(super) struct HmcLayout {
 }
 
 /// The memzone of port `port`'s HMC.
-pub(super) fn zone(port: u16) -> String {
+pub(super) fn zone(port: PortId) -> String {
     format!("i40e_{port}_hmc")
 }
 
@@ -33,7 +34,7 @@ impl HmcLayout {
     pub(super) fn set_up(
         bar: &Bar,
         shm: &Shm,
-        port: u16,
+        port: PortId,
         pf: u32,
         nq: u32,
         zones: &mut Vec<String>,
@@ -76,7 +77,7 @@ impl HmcLayout {
                 | (HMC_MAX_BP_COUNT << PFHMC_SDDATALOW_PMSDBPCOUNT_SHIFT),
         );
         bar.write32(PFHMC_SDCMD, PFHMC_SDCMD_PMSDWR);
-        tracing::debug!(port, tx_objsz, rx_objsz, rx_base, pages, "HMC segment 0 (paged) set up");
+        tracing::debug!(port = port.0, tx_objsz, rx_objsz, rx_base, pages, "HMC segment 0 (paged) set up");
         Ok(HmcLayout { pages: ShmOffset(z.offset.0 + HMC_PAGE), tx_objsz, rx_objsz, rx_base, len })
     }
 

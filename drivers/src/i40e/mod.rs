@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use lab_core::bus::pci::PciId;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
+use lab_core::ethdev::PortId;
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::vfio::Bar;
@@ -120,7 +121,7 @@ pub struct DevShared {
 const _: () = assert!(std::mem::size_of::<DevShared>() == 128);
 const _: () = assert!(std::mem::offset_of!(DevShared, offsets) == 56);
 
-fn dev_zone(port: u16) -> String {
+fn dev_zone(port: PortId) -> String {
     format!("i40e_{port}_dev")
 }
 
@@ -223,7 +224,7 @@ impl Port {
     }
 
     fn map_shared(&mut self, create: bool) -> Result<(), DriverError> {
-        self.pci.map_shared(&dev_zone(self.pci.port.0), create)
+        self.pci.map_shared(&dev_zone(self.pci.port), create)
     }
 
     /// Primary: full initialisation.
@@ -276,7 +277,7 @@ impl Port {
         }
 
         // Admin queue.
-        let aq = AdminQueue::open(&self.pci.shm, self.pci.port.0, true)?;
+        let aq = AdminQueue::open(&self.pci.shm, self.pci.port, true)?;
         self.pci.zones.push(aq.zone().to_string());
         aq.start(self.bar()).ctx("admin queue start")?;
         self.aq = Some(aq);
@@ -367,7 +368,7 @@ impl Port {
     /// LAN HMC for `nq` queue pairs, see [`hmc`].
     fn setup_hmc(&mut self, pf: u32, nq: u32) -> Result<HmcLayout, DriverError> {
         let p = &mut self.pci;
-        HmcLayout::set_up(&p.bar, &p.shm, p.port.0, pf, nq, &mut p.zones)
+        HmcLayout::set_up(&p.bar, &p.shm, p.port, pf, nq, &mut p.zones)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -385,7 +386,7 @@ impl Port {
         p.pool.get_or_insert_with(|| pool.new_handle());
         for q in 0..nrx {
             let abs = first_q + u32::from(q);
-            let r = RxQueue::open(&p.shm, &p.bar, p.port.0, q, abs, ndesc, buf_size, create)?;
+            let r = RxQueue::open(&p.shm, &p.bar, p.port, q, abs, ndesc, buf_size, create)?;
             if create {
                 p.zones.push(r.q.zone().to_string());
             }
@@ -393,7 +394,7 @@ impl Port {
         }
         for q in 0..ntx {
             let abs = first_q + u32::from(q);
-            let t = TxQueue::open(&p.shm, &p.bar, p.port.0, q, abs, ndesc, create)?;
+            let t = TxQueue::open(&p.shm, &p.bar, p.port, q, abs, ndesc, create)?;
             if create {
                 p.zones.push(t.q.zone().to_string());
             }
@@ -447,7 +448,7 @@ impl Port {
         if sh.magic.load(Ordering::Acquire) != DEV_MAGIC {
             return Err(DriverError::state(format!(
                 "memzone {} holds no i40e port (primary not done?)",
-                dev_zone(self.pci.port.0)
+                dev_zone(self.pci.port)
             )));
         }
         let (nrx, ntx) = (sh.nb_rxq.load(Ordering::Relaxed), sh.nb_txq.load(Ordering::Relaxed));
@@ -456,7 +457,7 @@ impl Port {
         if nrx > u32::from(MAX_QUEUES) || ntx > u32::from(MAX_QUEUES) {
             return Err(DriverError::state(format!("shared port state is corrupt ({nrx}/{ntx} queues)")));
         }
-        self.aq = Some(AdminQueue::open(&self.pci.shm, self.pci.port.0, false)?);
+        self.aq = Some(AdminQueue::open(&self.pci.shm, self.pci.port, false)?);
         self.open_queues(pool, nrx as u16, ntx as u16, ndesc, buf as usize, first_q, false)
     }
 

@@ -21,6 +21,7 @@
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
+use lab_core::ethdev::PortId;
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
@@ -45,7 +46,7 @@ const TX_DLEN: usize = TX_DESC_LEN as usize;
 const KIND: ZoneKind = ZoneKind { driver: "i40e", magic: 0x4934_3045_5151_0001, fresh_ring: None };
 
 /// The memzone name of a queue.
-pub fn zone_name(port: u16, rx: bool, q: u16) -> String {
+pub fn zone_name(port: PortId, rx: bool, q: u16) -> String {
     KIND.zone_name(port, rx, q)
 }
 
@@ -63,7 +64,7 @@ impl RxQueue {
     pub(super) fn open(
         shm: &Arc<Shm>,
         bar: &Bar,
-        port: u16,
+        port: PortId,
         q: u16,
         abs_q: u32,
         n: u32,
@@ -71,7 +72,7 @@ impl RxQueue {
         create: bool,
     ) -> Result<RxQueue, DriverError> {
         let q = Queue::open(shm, bar, &zone_name(port, true, q), n, &KIND, qrx_tail(abs_q), create)?;
-        Ok(RxQueue { q, buf_size, port })
+        Ok(RxQueue { q, buf_size, port: port.0 })
     }
 
     /// IOVA of the descriptor ring and its descriptor count.
@@ -157,7 +158,7 @@ impl TxQueue {
     pub(super) fn open(
         shm: &Arc<Shm>,
         bar: &Bar,
-        port: u16,
+        port: PortId,
         q: u16,
         abs_q: u32,
         n: u32,

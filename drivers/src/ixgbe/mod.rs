@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use lab_core::bus::pci::PciId;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
+use lab_core::ethdev::PortId;
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::vfio::Bar;
@@ -126,7 +127,7 @@ impl DevState for DevShared {
     }
 }
 
-fn dev_zone(port: u16) -> String {
+fn dev_zone(port: PortId) -> String {
     format!("ixgbe_{port}_dev")
 }
 
@@ -200,7 +201,7 @@ impl Port {
     }
 
     fn map_shared(&mut self, create: bool) -> Result<(), DriverError> {
-        self.pci.map_shared(&dev_zone(self.pci.port.0), create)
+        self.pci.map_shared(&dev_zone(self.pci.port), create)
     }
 
     /// Primary: full initialisation, as the datasheet orders it (4.6.3 .. 4.6.8).
@@ -386,14 +387,14 @@ impl Port {
         let p = &mut self.pci;
         p.pool.get_or_insert_with(|| pool.new_handle());
         for q in 0..nrx {
-            let r = RxQueue::open(&p.shm, &p.bar, p.port.0, q, rxd, buf_size, create)?;
+            let r = RxQueue::open(&p.shm, &p.bar, p.port, q, rxd, buf_size, create)?;
             if create {
                 p.zones.push(r.q.zone().to_string());
             }
             p.rxq.push(r);
         }
         for q in 0..ntx {
-            let t = TxQueue::open(&p.shm, &p.bar, p.port.0, q, txd, create)?;
+            let t = TxQueue::open(&p.shm, &p.bar, p.port, q, txd, create)?;
             if create {
                 p.zones.push(t.q.zone().to_string());
             }
@@ -409,7 +410,7 @@ impl Port {
         if sh.magic.load(Ordering::Acquire) != DEV_MAGIC {
             return Err(DriverError::state(format!(
                 "memzone {} holds no ixgbe port (primary not done?)",
-                dev_zone(self.pci.port.0)
+                dev_zone(self.pci.port)
             )));
         }
         let (nrx, ntx) = (sh.nb_rxq.load(Ordering::Relaxed), sh.nb_txq.load(Ordering::Relaxed));

@@ -24,6 +24,7 @@
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
+use lab_core::ethdev::PortId;
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
@@ -55,7 +56,7 @@ pub fn zone_len(n: u32) -> u64 {
 }
 
 /// The memzone name of a queue.
-pub fn zone_name(port: u16, rx: bool, q: u16) -> String {
+pub fn zone_name(port: PortId, rx: bool, q: u16) -> String {
     KIND.zone_name(port, rx, q)
 }
 
@@ -75,14 +76,14 @@ impl RxQueue {
     pub(super) fn open(
         shm: &Arc<Shm>,
         bar: &Bar,
-        port: u16,
+        port: PortId,
         q: u16,
         n: u32,
         buf_size: usize,
         create: bool,
     ) -> Result<RxQueue, DriverError> {
         let q = Queue::open(shm, bar, &zone_name(port, true, q), n, &KIND, rdt(q.into()), create)?;
-        Ok(RxQueue { q, buf_size, port, incomplete_polls: 0 })
+        Ok(RxQueue { q, buf_size, port: port.0, incomplete_polls: 0 })
     }
 
     /// IOVA and byte length of the descriptor ring.
@@ -209,7 +210,7 @@ impl TxQueue {
     pub(super) fn open(
         shm: &Arc<Shm>,
         bar: &Bar,
-        port: u16,
+        port: PortId,
         q: u16,
         n: u32,
         create: bool,
@@ -338,7 +339,7 @@ mod tests {
     fn rx_drops_what_the_device_got_wrong_and_keeps_its_buffers() {
         let mut r = rig();
         let mut p = r.pool.new_handle();
-        let mut q = RxQueue::open(&r.shm, &r.bar, 0, 0, N, 2048, true).unwrap();
+        let mut q = RxQueue::open(&r.shm, &r.bar, PortId(0), 0, N, 2048, true).unwrap();
         q.fill(&mut p).unwrap();
         assert_eq!(r.pool.avail_count(), 512 - N);
         let ok = RXD_STAT_DD | RXD_STAT_EOP;
@@ -376,7 +377,7 @@ mod tests {
     fn rx_drops_a_done_descriptor_whose_length_never_comes() {
         let r = rig();
         let mut p = r.pool.new_handle();
-        let mut q = RxQueue::open(&r.shm, &r.bar, 0, 0, N, 2048, true).unwrap();
+        let mut q = RxQueue::open(&r.shm, &r.bar, PortId(0), 0, N, 2048, true).unwrap();
         q.fill(&mut p).unwrap();
         complete(&q.q.v, 0, 0, RXD_STAT_DD | RXD_STAT_EOP);
         complete(&q.q.v, 1, 80, RXD_STAT_DD | RXD_STAT_EOP);
@@ -394,7 +395,7 @@ mod tests {
     fn rx_with_damaged_shared_indices_receives_nothing_and_does_not_panic() {
         let r = rig();
         let mut p = r.pool.new_handle();
-        let mut q = RxQueue::open(&r.shm, &r.bar, 0, 0, N, 2048, true).unwrap();
+        let mut q = RxQueue::open(&r.shm, &r.bar, PortId(0), 0, N, 2048, true).unwrap();
         q.fill(&mut p).unwrap();
         q.q.h().next.store(N + 7, Ordering::Relaxed);
         assert_eq!(q.burst(&r.bar, &mut p, &mut slots(32)), 0);
@@ -407,7 +408,7 @@ mod tests {
     fn tx_with_a_damaged_clean_index_sends_nothing_rather_than_overwrite() {
         let mut r = rig();
         let mut p = r.pool.new_handle();
-        let mut q = TxQueue::open(&r.shm, &r.bar, 0, 0, N, true).unwrap();
+        let mut q = TxQueue::open(&r.shm, &r.bar, PortId(0), 0, N, true).unwrap();
         q.q.h().clean.store(7, Ordering::Relaxed);
         let mut pkts = slots(4);
         assert!(r.pool.alloc_bulk(&mut pkts));
@@ -420,7 +421,7 @@ mod tests {
     fn tx_sets_rs_every_32nd_descriptor_and_frees_in_batches() {
         let mut r = rig();
         let mut p = r.pool.new_handle();
-        let mut q = TxQueue::open(&r.shm, &r.bar, 0, 0, N, true).unwrap();
+        let mut q = TxQueue::open(&r.shm, &r.bar, PortId(0), 0, N, true).unwrap();
         let mut pkts = slots(40);
         assert!(r.pool.alloc_bulk(&mut pkts));
         for m in pkts.iter_mut().flatten() {
@@ -446,14 +447,15 @@ mod tests {
         drop(q);
         drop(p); // the port's handle returns its cache
         assert_eq!(r.pool.avail_count(), before + 32);
-        let c = QueueView::<DLEN>::open(&r.shm, &zone_name(0, false, 0), N, &KIND, false).unwrap().h().counters();
+        let c =
+            QueueView::<DLEN>::open(&r.shm, &zone_name(PortId(0), false, 0), N, &KIND, false).unwrap().h().counters();
         assert_eq!((c.pkts, c.bytes, c.errors), (39, 39 * 64, 1));
     }
 
     #[test]
     fn zone_layout_is_as_documented() {
         assert_eq!(zone_len(512), 128 + 512 * 24);
-        assert_eq!(zone_name(3, true, 1), "ixgbe_3_rxq1");
-        assert_eq!(zone_name(0, false, 15), "ixgbe_0_txq15");
+        assert_eq!(zone_name(PortId(3), true, 1), "ixgbe_3_rxq1");
+        assert_eq!(zone_name(PortId(0), false, 15), "ixgbe_0_txq15");
     }
 }

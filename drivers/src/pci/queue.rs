@@ -24,6 +24,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use lab_core::ethdev::PortId;
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
@@ -124,7 +125,7 @@ pub(crate) struct ZoneKind {
 
 impl ZoneKind {
     /// The memzone name of a queue.
-    pub(crate) fn zone_name(&self, port: u16, rx: bool, q: u16) -> String {
+    pub(crate) fn zone_name(&self, port: PortId, rx: bool, q: u16) -> String {
         format!("{}_{port}_{}q{q}", self.driver, if rx { "rx" } else { "tx" })
     }
 }
@@ -508,7 +509,7 @@ mod tests {
         let shm = Shm::create(p, 4).unwrap();
         let a = ZoneKind { driver: "a", magic: 1, fresh_ring: Some(0xff) };
         let b = ZoneKind { driver: "b", magic: 2, fresh_ring: None };
-        let name = a.zone_name(0, true, 1);
+        let name = a.zone_name(PortId(0), true, 1);
         assert_eq!(name, "a_0_rxq1");
         let v = QueueView::<16>::open(&shm, &name, 64, &a, true).unwrap();
         assert_eq!(v.read32(63, 12), u32::MAX, "fresh ring filled");

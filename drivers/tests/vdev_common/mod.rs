@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -245,95 +244,20 @@ pub fn fd_count() -> usize {
     lab_core::sys::open_fd_count()
 }
 
-/// A raw AF_PACKET socket bound to one interface, for the kernel side of tests.
-pub struct RawSock(OwnedFd);
+/// The testkit's raw socket, keeping only this suite's test frames.
+pub struct RawSock(lab_testkit::RawSock);
 
 impl RawSock {
     pub fn bind(iface: &str) -> RawSock {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket call.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) };
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        // SAFETY: fresh descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let idx = lab_core_ifindex(iface);
-        // SAFETY: sockaddr_ll is plain data.
-        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sa.sll_family = libc::AF_PACKET as u16;
-        sa.sll_protocol = proto;
-        sa.sll_ifindex = idx as i32;
-        // SAFETY: sa is a valid sockaddr_ll for the call.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
-        // SAFETY: setsockopt reads one timeval.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        let big: libc::c_int = 8 << 20;
-        // SAFETY: setsockopt reads one c_int (SO_RCVBUFFORCE: root may pass the rmem_max limit).
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&big as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        RawSock(fd)
+        RawSock(lab_testkit::RawSock::bind(iface))
     }
 
     pub fn send(&self, d: &[u8]) {
-        // SAFETY: writes d.len() bytes from d.
-        let r = unsafe { libc::send(self.0.as_raw_fd(), d.as_ptr().cast(), d.len(), 0) };
-        assert_eq!(r as usize, d.len(), "send: {}", std::io::Error::last_os_error());
+        self.0.send(d)
     }
 
     /// Test frames received within `limit` (until `want`), outgoing copies excluded.
     pub fn recv(&self, want: usize, limit: Duration) -> Vec<Vec<u8>> {
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        let end = Instant::now() + limit;
-        while got.len() < want && Instant::now() < end {
-            // SAFETY: sockaddr_ll is plain data.
-            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: buffer and address are ours and sized as passed.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.0.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&mut sa as *mut libc::sockaddr_ll).cast(),
-                    &mut sl,
-                )
-            };
-            if n > 0 && sa.sll_pkttype != libc::PACKET_OUTGOING && is_test_frame(&buf[..n as usize]) {
-                got.push(buf[..n as usize].to_vec());
-            }
-        }
-        got
+        self.0.recv(want, limit, is_test_frame)
     }
-}
-
-fn lab_core_ifindex(iface: &str) -> u32 {
-    let c = std::ffi::CString::new(iface).unwrap();
-    // SAFETY: c is NUL-terminated.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert!(i != 0, "no interface {iface}");
-    i
 }

@@ -486,7 +486,7 @@ mod tests {
     fn answers_are_judged_by_the_expectation() {
         let step =
             |action, expect| Step { line: 1, on: "primary".into(), action, expect, ports: None, background: false };
-        let recv = Action::Recv { port: 0, count: 32, timeout_ms: 100, exact: None };
+        let recv = Action::Recv { port: lab_core::ethdev::PortId(0), count: 32, timeout_ms: 100, exact: None };
         assert!(check_answer(&step(recv.clone(), Expect::Ok), "received 32 packets (2048 bytes) on port 0").is_ok());
         assert!(check_answer(&step(recv, Expect::Ok), "received 3 packets (192 bytes) on port 0").is_err());
         let at = Action::Attach("x".into());

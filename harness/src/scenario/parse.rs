@@ -171,16 +171,21 @@ impl Scenario {
                 actions.push(Action::Detach(t));
             }
             if let Some(p) = r.lock {
-                actions.push(Action::Lock(p));
+                actions.push(Action::Lock(PortId(p)));
             }
             if let Some(p) = r.unlock {
-                actions.push(Action::Unlock(p));
+                actions.push(Action::Unlock(PortId(p)));
             }
             if let Some(s) = r.send {
-                actions.push(Action::Send { port: s.port, count: s.count, size: s.size });
+                actions.push(Action::Send { port: PortId(s.port), count: s.count, size: s.size });
             }
             if let Some(s) = r.recv {
-                actions.push(Action::Recv { port: s.port, count: s.count, timeout_ms: s.timeout_ms, exact: s.expect });
+                actions.push(Action::Recv {
+                    port: PortId(s.port),
+                    count: s.count,
+                    timeout_ms: s.timeout_ms,
+                    exact: s.expect,
+                });
             }
             if let Some(c) = r.cmd {
                 actions.push(Action::Cmd(c));
