@@ -16,7 +16,8 @@
 //! counter (odd while a hotplug operation runs) lets a late secondary take a consistent snapshot.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use crate::addr::{BusKind, PciId};
 use crate::bus::pci::PciDevice;
@@ -340,11 +341,13 @@ pub struct PortSlot {
     nb_txq: u16,
     mac: [u8; 6],
     started: u32,
+    /// Pid of the process whose request attached the port (the primary's for its own).
+    owner: u32,
     devargs: [u8; 4096],
 }
 // Every process of a build maps this table: its layout is fixed here, not left to the compiler.
-const _: () = assert!(std::mem::size_of::<PortSlot>() == 4220);
-const _: () = assert!(std::mem::offset_of!(PortSlot, devargs) == 124);
+const _: () = assert!(std::mem::size_of::<PortSlot>() == 4224);
+const _: () = assert!(std::mem::offset_of!(PortSlot, devargs) == 128);
 
 /// Header of the port table.
 #[repr(C)]
@@ -353,7 +356,7 @@ pub struct PortTableHdr {
     seq: AtomicU64,
     slots: [PortSlot; MAX_PORTS],
 }
-const _: () = assert!(std::mem::size_of::<PortTableHdr>() == 16 + 4220 * MAX_PORTS);
+const _: () = assert!(std::mem::size_of::<PortTableHdr>() == 16 + 4224 * MAX_PORTS);
 const _: () = assert!(std::mem::offset_of!(PortTableHdr, seq) == 8);
 const PORTS_MAGIC: u64 = 0x504f_5254_5441_424c;
 
@@ -380,6 +383,8 @@ pub struct PortEntry {
     pub nb_rxq: u16,
     /// Transmit queues.
     pub nb_txq: u16,
+    /// Pid of the process whose request attached it.
+    pub owner_pid: u32,
 }
 
 /// The shared port table (a view of the memzone).
@@ -457,6 +462,7 @@ impl PortTable {
             mtu: s.mtu,
             nb_rxq: s.nb_rxq,
             nb_txq: s.nb_txq,
+            owner_pid: s.owner,
         })
     }
 
@@ -471,7 +477,7 @@ impl PortTable {
     }
 
     /// Reserves the first free id for `name` in state Attaching. Primary only.
-    pub fn allocate(&self, name: &str, driver: &str, devargs: &str) -> Result<PortId, EthError> {
+    pub fn allocate(&self, name: &str, driver: &str, devargs: &str, owner_pid: u32) -> Result<PortId, EthError> {
         if name.len() > NAME_MAX || devargs.len() > 4096 {
             return Err(EthError::Invalid { what: format!("device name {name:?} over {NAME_MAX} bytes") });
         }
@@ -492,6 +498,7 @@ impl PortTable {
         s.nb_rxq = 0;
         s.nb_txq = 0;
         s.started = 0;
+        s.owner = owner_pid;
         s.gen.fetch_add(1, Ordering::Relaxed);
         s.state.store(PortState::Attaching as u32, Ordering::Release);
         Ok(PortId(i as u16))
@@ -567,6 +574,22 @@ impl Ports {
         self.slots.get(port.0 as usize).map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Locks one port's slot, waiting at most `wait`: for control-path readers (telemetry) that
+    /// must not hang behind a caller holding the port for a long burst loop. `Err` says why
+    /// ("no such port id", "port busy").
+    pub fn slot_within(&self, port: PortId, wait: Duration) -> Result<MutexGuard<'_, Option<LocalPort>>, &'static str> {
+        let m = self.slots.get(port.0 as usize).ok_or("no such port id")?;
+        let end = Instant::now() + wait;
+        loop {
+            match m.try_lock() {
+                Ok(g) => return Ok(g),
+                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(TryLockError::WouldBlock) if Instant::now() < end => std::thread::sleep(Duration::from_millis(1)),
+                Err(TryLockError::WouldBlock) => return Err("port busy"),
+            }
+        }
+    }
+
     /// Installs a handle and fires NEW.
     pub fn insert(&self, lp: LocalPort) {
         let port = lp.port;
@@ -603,5 +626,29 @@ impl Ports {
         for cb in cbs {
             cb(port, ev);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_held_elsewhere_is_busy_within_the_wait_and_free_after() {
+        let ports = Arc::new(Ports::default());
+        let (held, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _g = ports.slot(PortId(3)).unwrap();
+                held.wait();
+                release.wait();
+            });
+            held.wait();
+            assert_eq!(ports.slot_within(PortId(3), Duration::from_millis(20)).err(), Some("port busy"));
+            assert!(ports.slot_within(PortId(4), Duration::ZERO).is_ok(), "another port is not held");
+            release.wait();
+        });
+        assert!(ports.slot_within(PortId(3), Duration::from_millis(20)).is_ok());
+        assert_eq!(ports.slot_within(PortId(MAX_PORTS as u16), Duration::ZERO).err(), Some("no such port id"));
     }
 }

@@ -54,6 +54,10 @@ use crate::ipc::{Dispatch, IpcError, Msg, Replies, Request};
 use crate::options::{FaultMode, FaultOp};
 use crate::process::{Inner, Resolved};
 
+mod history;
+pub(crate) use history::History;
+use history::Pending;
+
 /// Errors of hotplug operations. Messages are what `hotplug_mp` prints after "failed to ...: ".
 #[derive(Debug, thiserror::Error)]
 pub enum HotplugError {
@@ -152,12 +156,25 @@ impl Inner {
         // hand-off per step. With injected faults they go to a worker, keeping a hang off the
         // receive thread.
         let secondary_mode = if self.faults.is_empty() { Dispatch::Inline } else { Dispatch::Worker };
-        let on = |name: &str, f: fn(&Inner, &Request) -> Result<String, HotplugError>| {
+        let on = |name: &'static str, f: fn(&Inner, &Request) -> Result<String, HotplugError>| {
             let w = w.clone();
             let mode = if name == A_REQ { Dispatch::Worker } else { secondary_mode };
             ch.register_action(name, mode, move |ch, req| {
                 let Some(inner) = w.upgrade() else { return };
-                let text = match f(&inner, req) {
+                let started = (name != A_REQ).then(|| {
+                    // The primary asks from a reply socket of its own: named by its pid.
+                    let from = match req.peer.pid() {
+                        Some(pid) if pid == inner.rt.shm().primary_pid() => "the primary".into(),
+                        _ => process_name(&req.peer.name()),
+                    };
+                    Pending::new(step_name(name), &told_target(req), from)
+                });
+                let r = f(&inner, req);
+                if let Some(mut p) = started {
+                    p.answer("this process", step_name(name), &r);
+                    inner.history.finish(p, decode_port(&req.msg.payload).ok().map(|d| d.0), &r);
+                }
+                let text = match r {
                     Ok(s) => format!("ok:{s}"),
                     Err(e) => format!("err:{e}"),
                 };
@@ -249,12 +266,26 @@ impl Inner {
         }
     }
 
-    /// Attach from the primary, of a device parsed and resolved once by the caller.
+    /// Attach from the primary, of a device parsed and resolved once by the caller; recorded
+    /// with every process's answers.
     pub(crate) fn attach_primary(
         &self,
         da: &Devargs,
         res: &Resolved,
         exclude: Option<&str>,
+    ) -> Result<PortId, HotplugError> {
+        let mut p = Pending::new("attach", da.raw(), exclude.map_or_else(|| "the primary".into(), process_name));
+        let r = self.attach_primary_steps(da, res, exclude, &mut p);
+        self.history.finish(p, r.as_ref().ok().copied(), &r);
+        r
+    }
+
+    fn attach_primary_steps(
+        &self,
+        da: &Devargs,
+        res: &Resolved,
+        exclude: Option<&str>,
+        p: &mut Pending,
     ) -> Result<PortId, HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = self.table.find(da.name()) {
@@ -265,9 +296,12 @@ impl Inner {
         self.fault(FaultOp::Attach, da.name())?;
         self.table.bump_seq();
         let _seq = SeqGuard(&self.table);
-        let port = self.table.allocate(da.name(), res.driver.name(), da.raw())?;
+        let owner = exclude.and_then(crate::ipc::pid_of).unwrap_or_else(std::process::id);
+        let port = self.table.allocate(da.name(), res.driver.name(), da.raw(), owner)?;
         let gen = self.table.entry(port.0 as usize).map(|e| e.gen).unwrap_or(0);
-        match self.probe_local(port, gen, da, res) {
+        let probed = self.probe_local(port, gen, da, res);
+        p.answer("the primary", "attach", &probed);
+        match probed {
             Ok(info) => self.table.set_info(port, &info),
             Err(e) => {
                 self.table.set_state(port, PortState::Unused);
@@ -277,10 +311,12 @@ impl Inner {
         let targets = self.targets(exclude);
         let r =
             self.rt.ipc().request_to(&targets, &Msg::new(A_ATTACH, encode_port(port, gen, da.raw())), self.timeout)?;
+        p.replies("attach", &r);
         if let Some(err) = self.failures(&r) {
             tracing::warn!(device = da.name(), error = %err, "attach failed in a secondary: rolling back");
             let rb =
                 self.rt.ipc().request_to(&targets, &Msg::new(A_ROLLBACK, encode_port(port, gen, "")), self.timeout)?;
+            p.replies("rollback", &rb);
             if !rb.missing.is_empty() {
                 tracing::warn!(peers = ?rb.missing, "rollback not confirmed (they undo it when their attach ends)");
             }
@@ -293,11 +329,27 @@ impl Inner {
         Ok(port)
     }
 
+    /// Detach (or, `forced`, the undo of an attach) from the primary; recorded with every
+    /// process's answers.
     pub(crate) fn detach_primary(
         &self,
         e: &PortEntry,
         forced: bool,
         exclude: Option<&str>,
+    ) -> Result<(), HotplugError> {
+        let op = if forced { "abort" } else { "detach" };
+        let mut p = Pending::new(op, &e.name, exclude.map_or_else(|| "the primary".into(), process_name));
+        let r = self.detach_primary_steps(e, forced, exclude, &mut p);
+        self.history.finish(p, Some(e.port), &r);
+        r
+    }
+
+    fn detach_primary_steps(
+        &self,
+        e: &PortEntry,
+        forced: bool,
+        exclude: Option<&str>,
+        p: &mut Pending,
     ) -> Result<(), HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.table.entry(e.port.0 as usize).filter(|c| c.gen == e.gen && c.state == PortState::Attached);
@@ -315,12 +367,14 @@ impl Inner {
         let targets = self.targets(exclude);
         if !forced {
             let r = self.rt.ipc().request_to(&targets, &Msg::new(A_PREDETACH, payload.clone()), self.timeout)?;
+            p.replies("predetach", &r);
             if let Some(err) = self.failures(&r) {
                 return Err(err);
             }
         }
         self.table.set_state(e.port, PortState::Detaching);
         let r = self.rt.ipc().request_to(&targets, &Msg::new(A_DETACH, payload), self.timeout)?;
+        p.replies("detach", &r);
         if let Some(err) = self.failures(&Replies { dead: Vec::new(), ..r }) {
             tracing::warn!(device = %e.name, error = %err, "a secondary reported a failed detach; its handle is released anyway");
         }
@@ -399,7 +453,21 @@ impl Inner {
     /// fails, the primary undoes the attach everywhere. The port is checked against the table once
     /// attached, so an operation that overtook ours (a detach right after) is not undone here.
     pub(crate) fn attach_from_secondary(&self, da: &Devargs, res: &Resolved) -> Result<PortId, HotplugError> {
-        let ans = self.ask_primary("attach", da.raw())?;
+        let mut p = Pending::new("attach", da.raw(), "this process".into());
+        let r = self.attach_from_secondary_steps(da, res, &mut p);
+        self.history.finish(p, r.as_ref().ok().copied(), &r);
+        r
+    }
+
+    fn attach_from_secondary_steps(
+        &self,
+        da: &Devargs,
+        res: &Resolved,
+        p: &mut Pending,
+    ) -> Result<PortId, HotplugError> {
+        let asked = self.ask_primary("attach", da.raw());
+        p.answer("the primary", "request", &asked);
+        let ans = asked?;
         let mut f = ans.splitn(3, ':');
         let (port, gen, devargs) = match (f.next().map(str::parse::<u16>), f.next().map(str::parse::<u32>), f.next()) {
             (Some(Ok(p)), Some(Ok(g)), Some(d)) if (p as usize) < MAX_PORTS => (PortId(p), g, d.to_string()),
@@ -438,6 +506,13 @@ impl Inner {
     /// Detach asked by this secondary: its own pre-detach check first (a lock here vetoes), then
     /// the primary runs the protocol for everyone else, then this process drops its handle.
     pub(crate) fn detach_from_secondary(&self, e: &PortEntry) -> Result<(), HotplugError> {
+        let mut p = Pending::new("detach", &e.name, "this process".into());
+        let r = self.detach_from_secondary_steps(e, &mut p);
+        self.history.finish(p, Some(e.port), &r);
+        r
+    }
+
+    fn detach_from_secondary_steps(&self, e: &PortEntry, p: &mut Pending) -> Result<(), HotplugError> {
         {
             let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
             let locks = self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.locks)).unwrap_or(0);
@@ -447,6 +522,7 @@ impl Inner {
             self.fault(FaultOp::PreDetach, &e.name)?;
         }
         let asked = self.ask_primary("detach", &e.port.0.to_string());
+        p.answer("the primary", "request", &asked);
         if let Err(err) = asked {
             // No answer, but the table says the detach went ahead (the primary died after telling
             // the others): this process follows them rather than keep a port nobody else has.
@@ -529,6 +605,26 @@ struct SeqGuard<'a>(&'a PortTable);
 impl Drop for SeqGuard<'_> {
     fn drop(&mut self) {
         self.0.bump_seq();
+    }
+}
+
+/// The step a secondary's handler of `action` carries out, for the record.
+fn step_name(action: &str) -> &'static str {
+    match action {
+        A_ATTACH => "attach",
+        A_ROLLBACK => "rollback",
+        A_PREDETACH => "predetach",
+        A_DETACH => "detach",
+        _ => "request",
+    }
+}
+
+/// What the primary's request names: the devargs of an attach, else the port.
+fn told_target(req: &Request) -> String {
+    match decode_port(&req.msg.payload) {
+        Ok((_, _, d)) if !d.is_empty() => d,
+        Ok((port, _, _)) => format!("port {port}"),
+        Err(_) => "(malformed)".into(),
     }
 }
 

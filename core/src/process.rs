@@ -27,6 +27,8 @@ use crate::mbuf::{MbufError, Mempool};
 use crate::options::{FaultSpec, Options};
 use crate::runtime::{Runtime, RuntimeError};
 
+mod commands;
+
 /// Errors starting a process.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -66,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) filter: PciFilter,
     pub(crate) conf: PortConf,
     pub(crate) stop: AtomicBool,
+    /// The last hotplug operations (`/lab/hotplug`).
+    pub(crate) history: crate::hotplug::History,
 }
 
 /// A lab process: its runtime, the shared port table and its own port handles, kept the same as
@@ -115,8 +119,12 @@ impl Process {
             filter,
             conf: PortConf::default(),
             stop: AtomicBool::new(false),
+            history: Default::default(),
         });
         inner.register_actions().map_err(InitError::Actions)?;
+        if let Some(t) = rt.telemetry() {
+            commands::register(t, &inner);
+        }
         let hp = Process { inner };
         rt.ipc().start();
         if rt.is_primary() {

@@ -83,6 +83,9 @@ pub enum CmdError {
         /// Why it is refused.
         why: String,
     },
+    /// The answer cannot be had now (a port busy past the wait, a process shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Setting telemetry up failed.

@@ -173,7 +173,7 @@ impl std::fmt::Debug for Peer {
     }
 }
 
-fn pid_of(name: &str) -> Option<u32> {
+pub(crate) fn pid_of(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("mp_socket_").or_else(|| name.strip_prefix("mp_reply_"))?;
     rest.split('_').next()?.parse().ok()
 }
