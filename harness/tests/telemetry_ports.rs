@@ -154,6 +154,48 @@ fn ethdev_and_lab_commands_follow_ports_and_operations_in_every_process() {
 }
 
 #[test]
+fn lab_status_shows_every_process_and_its_ports() {
+    let lab = Lab::new("status");
+    let mut p = lab.start(&["--vdev=net_null0"]);
+    let s = lab.start(&[]);
+    ok(&mut p, "send 0 5 64", "sent 5 packets");
+    let status = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lab"))
+            .arg("status")
+            .args(args)
+            .env("XDG_RUNTIME_DIR", lab.xdg.path())
+            .output()
+            .expect("run lab status")
+    };
+    let out = status(&["--prefix", &lab.prefix, "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{text}");
+    let prim = rows.iter().find(|r| r["role"] == "primary").unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(prim["pid"], p.pid());
+    assert_eq!(prim["ports"][0]["name"], "net_null0");
+    assert_eq!(prim["ports"][0]["tx_packets"], 5);
+    assert_eq!(prim["ports"][0]["link"], "UP 10000");
+    let sec = rows.iter().find(|r| r["role"] == "secondary").unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(sec["pid"], s.pid());
+    assert_eq!(sec["ports"][0]["port"], 0, "the secondary has the port too: {text}");
+    let table = status(&["--prefix", &lab.prefix]);
+    let t = String::from_utf8_lossy(&table.stdout);
+    assert!(t.starts_with("ROLE") && t.contains("net_null0") && t.contains(&p.pid().to_string()), "{t}");
+    let none = status(&["--prefix", "no-such-lab"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no-such-lab"), "{none:?}");
+    let bad = status(&["--interval-ms", "1"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--interval-ms 1"), "{bad:?}");
+    for x in [s, p] {
+        assert!(x.quit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    }
+}
+
+#[test]
 fn dpdk_telemetry_py_reads_the_ports_of_a_lab_process() {
     let Some(script) = ["/usr/bin/dpdk-telemetry.py", "/usr/local/bin/dpdk-telemetry.py"]
         .into_iter()

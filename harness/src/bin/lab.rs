@@ -7,6 +7,9 @@
 //!                                  (--case: only those, e.g. --case s1:attach:crash)
 //! lab check SCENARIO|DIR...        parse only
 //! lab demo                         two cabled emulated 82599s, net_null0, the four scenarios
+//! lab status [--prefix P] [--watch] [--interval-ms N] [--json]
+//!                                  every process of a running lab (any lab-core app), its ports,
+//!                                  link, rx/tx and rates, read over telemetry
 //! ```
 //! Exit status: 0 when every case passed (skipped ones do not count), 1 when one failed, 2 on bad
 //! arguments or scenario files (nothing is started then), 77 when `--real` finds no /dev/vfio,
@@ -28,7 +31,71 @@ const USAGE: &str = "\
 usage: lab run [--real BDF[,BDF...]] [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO|DIR...
        lab sweep [-j N] [-v] [--case PROC:OP:MODE]... [--junit FILE] [--json FILE] SCENARIO...
        lab check SCENARIO|DIR...
-       lab demo";
+       lab demo
+       lab status [--prefix P] [--watch] [--interval-ms N] [--json]";
+
+/// `lab status`'s arguments.
+struct StatusArgs {
+    prefix: String,
+    watch: bool,
+    json: bool,
+    interval: std::time::Duration,
+}
+
+fn parse_status(mut it: impl Iterator<Item = String>) -> Result<StatusArgs, String> {
+    let mut a = StatusArgs {
+        prefix: lab_core::options::DEFAULT_FILE_PREFIX.into(),
+        watch: false,
+        json: false,
+        interval: std::time::Duration::from_secs(1),
+    };
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| it.next()).ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--prefix" | "--file-prefix" => a.prefix = value()?,
+            "--watch" => a.watch = true,
+            "--json" => a.json = true,
+            "--interval-ms" => {
+                let v = value()?;
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (50..=60_000).contains(n))
+                    .ok_or(format!("--interval-ms {v}: expected 50..=60000"))?;
+                a.interval = std::time::Duration::from_millis(ms);
+            }
+            "-h" | "--help" => return Err(String::new()),
+            f => return Err(format!("lab status: unknown argument {f}")),
+        }
+    }
+    Ok(a)
+}
+
+fn status_main() -> ExitCode {
+    let a = match parse_status(std::env::args().skip(2)) {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("lab: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = install_stop_handler();
+    match lab_harness::status::run(&a.prefix, a.watch, a.json, a.interval, &|| stop.load(Ordering::Relaxed)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
 
 struct Args {
     cmd: String,
@@ -265,6 +332,9 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    if std::env::args().nth(1).as_deref() == Some("status") {
+        return status_main();
+    }
     let a = match parse_args() {
         Ok(a) => a,
         Err(e) => {
