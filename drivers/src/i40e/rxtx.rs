@@ -30,7 +30,6 @@ use super::regs::*;
 use crate::error::DriverError;
 pub use crate::pci::queue::{zone_len, QueueCounters, QueueHdr, HDR_LEN};
 use crate::pci::queue::{Queue, ZoneKind};
-use crate::pci::PortQueue;
 
 /// Receive descriptor size (32-byte format, context dsize = 1).
 pub const RX_DESC_LEN: u64 = 32;
@@ -207,28 +206,4 @@ impl TxQueue {
     }
 }
 
-impl PortQueue for RxQueue {
-    fn hdr(&self) -> &QueueHdr {
-        self.q.h()
-    }
-    fn drain(&mut self, pool: &mut Mempool) {
-        self.q.drain_posted(pool)
-    }
-    #[inline]
-    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
-        RxQueue::burst(self, bar, pool, pkts)
-    }
-}
-
-impl PortQueue for TxQueue {
-    fn hdr(&self) -> &QueueHdr {
-        self.q.h()
-    }
-    fn drain(&mut self, pool: &mut Mempool) {
-        self.q.drain_in_flight(pool)
-    }
-    #[inline]
-    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
-        TxQueue::burst(self, bar, pool, pkts)
-    }
-}
+crate::pci::port_queues!(RxQueue, TxQueue);

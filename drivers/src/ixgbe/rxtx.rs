@@ -33,7 +33,6 @@ use super::regs::*;
 use crate::error::DriverError;
 use crate::pci::queue::{Queue, ZoneKind};
 pub use crate::pci::queue::{QueueCounters, QueueHdr, HDR_LEN};
-use crate::pci::PortQueue;
 
 /// Size of one advanced descriptor.
 pub const DESC_LEN: u64 = 16;
@@ -257,31 +256,7 @@ impl TxQueue {
     }
 }
 
-impl PortQueue for RxQueue {
-    fn hdr(&self) -> &QueueHdr {
-        self.q.h()
-    }
-    fn drain(&mut self, pool: &mut Mempool) {
-        self.q.drain_posted(pool)
-    }
-    #[inline]
-    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
-        RxQueue::burst(self, bar, pool, pkts)
-    }
-}
-
-impl PortQueue for TxQueue {
-    fn hdr(&self) -> &QueueHdr {
-        self.q.h()
-    }
-    fn drain(&mut self, pool: &mut Mempool) {
-        self.q.drain_in_flight(pool)
-    }
-    #[inline]
-    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
-        TxQueue::burst(self, bar, pool, pkts)
-    }
-}
+crate::pci::port_queues!(RxQueue, TxQueue);
 
 #[cfg(test)]
 mod tests {

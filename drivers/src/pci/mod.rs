@@ -13,4 +13,5 @@
 pub(crate) mod port;
 pub(crate) mod queue;
 
+pub(crate) use self::port::port_queues;
 pub(crate) use self::port::{check_queue_counts, fmt_mac, DevState, PciPort, PortQueue};

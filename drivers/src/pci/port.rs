@@ -48,6 +48,48 @@ pub(crate) trait PortQueue: Send {
     fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize;
 }
 
+/// `PortQueue` for a driver's `RxQueue` and `TxQueue`: both hold a `q: Queue` and an inherent
+/// `burst`; receive drains the buffers it posted, transmit the ones in flight.
+macro_rules! port_queues {
+    ($rx:ty, $tx:ty) => {
+        impl $crate::pci::PortQueue for $rx {
+            fn hdr(&self) -> &$crate::pci::queue::QueueHdr {
+                self.q.h()
+            }
+            fn drain(&mut self, pool: &mut lab_core::mbuf::Mempool) {
+                self.q.drain_posted(pool)
+            }
+            #[inline]
+            fn burst(
+                &mut self,
+                bar: &lab_core::vfio::Bar,
+                pool: &mut lab_core::mbuf::Mempool,
+                pkts: &mut [Option<lab_core::mbuf::Mbuf>],
+            ) -> usize {
+                <$rx>::burst(self, bar, pool, pkts)
+            }
+        }
+        impl $crate::pci::PortQueue for $tx {
+            fn hdr(&self) -> &$crate::pci::queue::QueueHdr {
+                self.q.h()
+            }
+            fn drain(&mut self, pool: &mut lab_core::mbuf::Mempool) {
+                self.q.drain_in_flight(pool)
+            }
+            #[inline]
+            fn burst(
+                &mut self,
+                bar: &lab_core::vfio::Bar,
+                pool: &mut lab_core::mbuf::Mempool,
+                pkts: &mut [Option<lab_core::mbuf::Mbuf>],
+            ) -> usize {
+                <$tx>::burst(self, bar, pool, pkts)
+            }
+        }
+    };
+}
+pub(crate) use port_queues;
+
 /// One process's handle on one PCI port: `S` is the driver's device-state zone, `R`/`T` its
 /// queues.
 pub(crate) struct PciPort<S, R, T> {
