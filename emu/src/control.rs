@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `link up BDF`, `link down BDF` | cable state (LINKS, STATUS, LSC interrupt) |
 //! | `unplug BDF` | surprise removal: sysfs entry and socket removed, every client connection closed |
+//! | `plug BDF` | an unplugged function comes back in its power-on state (hot add; not for a peer-cabled one) |
 //! | `stats BDF` | `ok rx_packets=.. rx_bytes=.. tx_packets=.. tx_bytes=.. rx_missed=.. connections=..` |
 //! | `faults BDF` | `ok count=N` then the last few records `[time_us=.. iova=.. len=.. what=".."]` |
 //! | `connections BDF` | `ok connections=N refused=M` and `id:age_ms` of each |
@@ -63,12 +64,15 @@ impl Port {
 /// The served functions by PCI address.
 pub type Ports = Arc<Mutex<BTreeMap<String, Port>>>;
 
+/// Makes a function anew for `plug BDF` (the emulator's start-up knows how), or says why not.
+pub type Plugger = Arc<dyn Fn(&str) -> Result<Port, String> + Send + Sync>;
+
 fn lock(p: &Ports) -> std::sync::MutexGuard<'_, BTreeMap<String, Port>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Executes one command line and returns the reply line (with its trailing newline).
-pub fn execute(ports: &Ports, line: &str) -> String {
+pub fn execute(ports: &Ports, plug: Option<&Plugger>, line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     let reply = match words.as_slice() {
         ["link", state @ ("up" | "down"), bdf] => with_port(ports, bdf, |p| {
@@ -86,6 +90,25 @@ pub fn execute(ports: &Ports, line: &str) -> String {
                 None => format!("error: no function {bdf}"),
             }
         }
+        ["plug", bdf] => match plug {
+            None => "error: this emulator cannot plug functions back".to_owned(),
+            // The map's lock is held across the start-up, so two plugs of one function cannot race.
+            Some(make) => {
+                let mut map = lock(ports);
+                if map.contains_key(*bdf) {
+                    format!("error: {bdf} is plugged in")
+                } else {
+                    match make(bdf) {
+                        Ok(p) => {
+                            tracing::info!(bdf, "hot add");
+                            map.insert(bdf.to_string(), p);
+                            "ok".to_owned()
+                        }
+                        Err(e) => format!("error: {e}"),
+                    }
+                }
+            }
+        },
         ["stats", bdf] => with_port(ports, bdf, |p| {
             let s = p.function.stats();
             format!(
@@ -129,7 +152,7 @@ pub fn execute(ports: &Ports, line: &str) -> String {
         }
         [] => "error: empty command".to_owned(),
         _ => format!(
-            "error: unknown command \"{}\" (commands: link up|down BDF, unplug BDF, stats BDF, faults BDF, connections BDF, list)",
+            "error: unknown command \"{}\" (commands: link up|down BDF, unplug BDF, plug BDF, stats BDF, faults BDF, connections BDF, list)",
             line.trim()
         ),
     };
@@ -154,8 +177,9 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` (replacing a stale socket) and serves commands on `ports`.
-    pub fn start(path: &Path, ports: Ports) -> Result<Self, ControlError> {
+    /// Binds `path` (replacing a stale socket) and serves commands on `ports`; `plug` makes
+    /// `plug BDF` possible.
+    pub fn start(path: &Path, ports: Ports, plug: Option<Plugger>) -> Result<Self, ControlError> {
         let berr = |source| ControlError::Bind { path: path.to_owned(), source };
         if let Ok(md) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
@@ -167,7 +191,7 @@ impl ControlServer {
         let (wake, wake_rx) = UnixStream::pair().map_err(berr)?;
         let thread = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(&listener, &wake_rx, &ports))
+            .spawn(move || accept_loop(&listener, &wake_rx, &ports, plug))
             .map_err(berr)?;
         Ok(Self { path: path.to_owned(), wake, thread: Some(thread) })
     }
@@ -188,7 +212,7 @@ impl Drop for ControlServer {
     }
 }
 
-fn accept_loop(listener: &UnixListener, wake: &UnixStream, ports: &Ports) {
+fn accept_loop(listener: &UnixListener, wake: &UnixStream, ports: &Ports, plug: Option<Plugger>) {
     loop {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN), PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
@@ -203,14 +227,16 @@ fn accept_loop(listener: &UnixListener, wake: &UnixStream, ports: &Ports) {
             return;
         }
         if let Ok((stream, _)) = listener.accept() {
-            let ports = ports.clone();
+            let (ports, plug) = (ports.clone(), plug.clone());
             // Sessions are detached: they end when the peer closes; replies never block the lab.
-            let _ = std::thread::Builder::new().name("control-session".into()).spawn(move || session(stream, &ports));
+            let _ = std::thread::Builder::new()
+                .name("control-session".into())
+                .spawn(move || session(stream, &ports, plug.as_ref()));
         }
     }
 }
 
-fn session(stream: UnixStream, ports: &Ports) {
+fn session(stream: UnixStream, ports: &Ports, plug: Option<&Plugger>) {
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
@@ -228,7 +254,7 @@ fn session(stream: UnixStream, ports: &Ports) {
             let _ = reader.read_until(b'\n', &mut sink);
             "error: command line too long\n".to_owned()
         } else {
-            execute(ports, &line)
+            execute(ports, plug, &line)
         };
         if out.write_all(reply.as_bytes()).is_err() {
             return;

@@ -396,6 +396,40 @@ fn unplug_closes_clients_and_removes_the_entry() {
 }
 
 #[test]
+fn plug_brings_an_unplugged_function_back_fresh() {
+    let lab = spawn(
+        &[
+            &format!("{BDF},model=ixgbe,wire=loopback"),
+            "0000:00:06.0,model=ixgbe,peer=0000:00:07.0",
+            "0000:00:07.0,model=ixgbe",
+        ],
+        &[],
+    );
+    assert_eq!(lab.ctl(&format!("plug {BDF}")), format!("error: {BDF} is plugged in\n"));
+    let mut c = Client::new(&lab.sock(BDF)).unwrap();
+    // RDBAL(0): plain read/write, zero at power-on.
+    let rdbal0 = 0x01000;
+    wr32(&mut c, rdbal0, 0x1234_5000);
+    assert_eq!(rd32(&mut c, rdbal0), 0x1234_5000);
+    assert_eq!(lab.ctl(&format!("unplug {BDF}")), "ok\n");
+    assert!(!lab.root.join(BDF).exists());
+    drop(c);
+    assert_eq!(lab.ctl(&format!("plug {BDF}")), "ok\n");
+    assert!(lab.root.join(BDF).join("vendor").exists(), "the sysfs entry is back");
+    let mut c = Client::new(&lab.sock(BDF)).expect("a new client reaches the plugged function");
+    assert_eq!(rd32(&mut c, EEC) & (1 << 8), 1 << 8, "EEC.PRES: the model answers");
+    assert_eq!(rd32(&mut c, rdbal0), 0, "power-on state again");
+    assert!(lab.ctl("list").contains(BDF));
+    // Refused, with what was wrong: a peer-cabled function, one lab-nic never had.
+    assert_eq!(lab.ctl("unplug 0000:00:06.0"), "ok\n");
+    let r = lab.ctl("plug 0000:00:06.0");
+    assert!(r.starts_with("error: 0000:00:06.0 is cabled to 0000:00:07.0"), "{r}");
+    assert!(!lab.root.join("0000:00:06.0").exists(), "a refused plug changes nothing");
+    let r = lab.ctl("plug 0000:00:09.0");
+    assert!(r.starts_with("error: no function 0000:00:09.0") && r.contains(BDF), "{r}");
+}
+
+#[test]
 fn sigterm_removes_sockets_and_sysfs_entries() {
     let mut lab = spawn(&[&format!("{BDF},model=ixgbe"), "0000:00:06.0,model=ixgbe,wire=loopback"], &[]);
     let _c = Client::new(&lab.sock(BDF)).unwrap();

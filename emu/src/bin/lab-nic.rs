@@ -16,11 +16,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use lab_emu::control::{ControlServer, Port, Ports};
+use lab_emu::control::{ControlServer, Plugger, Port, Ports};
 use lab_emu::model::{self, ModelConfig};
 use lab_emu::server::{Function, DEFAULT_POOL};
 use lab_emu::sysfs::{Bdf, FunctionSpec, SysfsFunction};
@@ -235,6 +235,21 @@ fn ctx<E: std::error::Error + Send + Sync + 'static>(what: impl Into<String>) ->
     move |e| StartError { what, source: Box::new(e) }
 }
 
+/// The wire of one function that has no peer (a peer pair is made for both ends at once).
+fn lone_wire(d: &DevSpec) -> Result<Box<dyn Wire>, StartError> {
+    let me = d.bdf.to_string();
+    Ok(match &d.wire {
+        WireSpec::None | WireSpec::Peer(_) => Box::new(wire::NullWire::default()),
+        WireSpec::Loopback => Box::new(wire::Loopback::default()),
+        WireSpec::Tap(name) => Box::new(wire::TapWire::open(name).map_err(ctx(format!("{me}: wire tap={name}")))?),
+        WireSpec::Pcap(rx, tx) => Box::new(wire::PcapWire::open(rx, tx).map_err(ctx(format!(
+            "{me}: wire pcap={}:{}",
+            rx.display(),
+            tx.display()
+        )))?),
+    })
+}
+
 fn make_wires(devs: &[DevSpec]) -> Result<BTreeMap<String, Box<dyn Wire>>, StartError> {
     let mut wires: BTreeMap<String, Box<dyn Wire>> = BTreeMap::new();
     for d in devs {
@@ -243,23 +258,69 @@ fn make_wires(devs: &[DevSpec]) -> Result<BTreeMap<String, Box<dyn Wire>>, Start
             continue;
         }
         let w: Box<dyn Wire> = match &d.wire {
-            WireSpec::None => Box::new(wire::NullWire::default()),
-            WireSpec::Loopback => Box::new(wire::Loopback::default()),
-            WireSpec::Tap(name) => Box::new(wire::TapWire::open(name).map_err(ctx(format!("{me}: wire tap={name}")))?),
-            WireSpec::Pcap(rx, tx) => Box::new(wire::PcapWire::open(rx, tx).map_err(ctx(format!(
-                "{me}: wire pcap={}:{}",
-                rx.display(),
-                tx.display()
-            )))?),
             WireSpec::Peer(p) => {
                 let (a, b) = wire::peer_pair(&me, p);
                 wires.insert(p.clone(), Box::new(b));
                 Box::new(a)
             }
+            _ => lone_wire(d)?,
         };
         wires.insert(me, w);
     }
     Ok(wires)
+}
+
+/// One function: its model on `wire`, its fake sysfs entry and vfio-user socket, its threads.
+fn serve(root: &Path, d: &DevSpec, wire: Box<dyn Wire>, pool: usize) -> Result<Port, StartError> {
+    let bdf = d.bdf.to_string();
+    let describe = wire.describe();
+    let m = model::create(&d.model, ModelConfig { bdf: bdf.clone(), function: d.bdf.func, mac: d.mac, wire })
+        .map_err(ctx(format!("{bdf}: model={}", d.model)))?;
+    let ids = m.ids();
+    let bars = m.bars().map(|b| (b.size, b.sysfs_flags()));
+    let spec = FunctionSpec {
+        vendor: ids.vendor,
+        device: ids.device,
+        subsystem_vendor: ids.subsystem_vendor,
+        subsystem_device: ids.subsystem_device,
+        class: ids.class,
+        numa_node: d.numa,
+        bars,
+        iommu_group: d.iommu_group,
+    };
+    let sysfs = SysfsFunction::create(root, &bdf, &spec).map_err(ctx(format!("{bdf}: fake sysfs entry")))?;
+    let listener = sysfs.bind_socket().map_err(ctx(format!("{bdf}: vfio-user socket")))?;
+    let function = Function::start(&bdf, m, listener, pool).map_err(ctx(format!("{bdf}: device threads")))?;
+    tracing::info!(bdf, model = %d.model, wire = %describe, socket = %sysfs.socket_path().display(), "serving");
+    Ok(Port { function, sysfs })
+}
+
+/// `plug BDF` of the control socket: a function of the command line, unplugged before, comes back
+/// fresh (power-on state, a new wire of the same kind). A peer-cabled one cannot: the other end
+/// of its cable is the peer's and went on without it.
+fn plugger(args: &Args) -> Plugger {
+    let (root, devs, pool) = (args.root.clone(), args.devs.clone(), args.pool);
+    Arc::new(move |bdf: &str| {
+        let d = devs.iter().find(|d| d.bdf.to_string() == bdf).ok_or_else(|| {
+            format!("no function {bdf} on lab-nic's command line (the ones it has: {})", {
+                devs.iter().map(|d| d.bdf.to_string()).collect::<Vec<_>>().join(", ")
+            })
+        })?;
+        if let WireSpec::Peer(p) = &d.wire {
+            return Err(format!("{bdf} is cabled to {p}: a peer-cabled function cannot be plugged back"));
+        }
+        let chain = |e: StartError| {
+            let mut s = e.to_string();
+            let mut c = std::error::Error::source(&e);
+            while let Some(x) = c {
+                s += &format!(": {x}");
+                c = x.source();
+            }
+            s
+        };
+        let wire = lone_wire(d).map_err(chain)?;
+        serve(&root, d, wire, pool).map_err(chain)
+    })
 }
 
 fn start(args: &Args) -> Result<Ports, StartError> {
@@ -268,26 +329,8 @@ fn start(args: &Args) -> Result<Ports, StartError> {
     for d in &args.devs {
         let bdf = d.bdf.to_string();
         let wire = wires.remove(&bdf).unwrap_or_else(|| Box::new(wire::NullWire::default()));
-        let describe = wire.describe();
-        let m = model::create(&d.model, ModelConfig { bdf: bdf.clone(), function: d.bdf.func, mac: d.mac, wire })
-            .map_err(ctx(format!("{bdf}: model={}", d.model)))?;
-        let ids = m.ids();
-        let bars = m.bars().map(|b| (b.size, b.sysfs_flags()));
-        let spec = FunctionSpec {
-            vendor: ids.vendor,
-            device: ids.device,
-            subsystem_vendor: ids.subsystem_vendor,
-            subsystem_device: ids.subsystem_device,
-            class: ids.class,
-            numa_node: d.numa,
-            bars,
-            iommu_group: d.iommu_group,
-        };
-        let sysfs = SysfsFunction::create(&args.root, &bdf, &spec).map_err(ctx(format!("{bdf}: fake sysfs entry")))?;
-        let listener = sysfs.bind_socket().map_err(ctx(format!("{bdf}: vfio-user socket")))?;
-        let function = Function::start(&bdf, m, listener, args.pool).map_err(ctx(format!("{bdf}: device threads")))?;
-        tracing::info!(bdf, model = %d.model, wire = %describe, socket = %sysfs.socket_path().display(), "serving");
-        ports.lock().unwrap_or_else(|e| e.into_inner()).insert(bdf, Port { function, sysfs });
+        let port = serve(&args.root, d, wire, args.pool)?;
+        ports.lock().unwrap_or_else(|e| e.into_inner()).insert(bdf, port);
     }
     Ok(ports)
 }
@@ -354,7 +397,7 @@ fn main() -> ExitCode {
         }
     };
     let mut control = match &args.control {
-        Some(path) => match ControlServer::start(path, ports.clone()) {
+        Some(path) => match ControlServer::start(path, ports.clone(), Some(plugger(&args))) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("lab-nic: error: {e}");
