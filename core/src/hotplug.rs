@@ -383,7 +383,10 @@ impl Inner {
                 tracing::warn!(device = %e.name, error = %err, "detach reported failure in the primary; releasing anyway");
             }
         }
-        self.release_local(e.port, if forced { Release::Local } else { Release::Shared });
+        // Forced too (a removed device, the undo of an attach): the primary gives back the
+        // device's shared state (the drivers skip the register writes of a device that is gone),
+        // so the id can be attached again.
+        self.release_local(e.port, Release::Shared);
         self.table.set_state(e.port, PortState::Unused);
         tracing::info!(port = %e.port, device = %e.name, "detached everywhere");
         Ok(())

@@ -10,12 +10,14 @@
 //! * [`demo`]: `lab demo`; [`realnic`]: `lab run --real` on functions bound to vfio-pci.
 //! * [`traffic`]: the test frames of `send`/`recv`.
 //! * [`status`]: `lab status`, every process of a running lab read over telemetry.
+//! * [`lab`]: [`Lab`], the test API: a lab for your own tests and your own binaries.
 //!
 //! Start reading at `runner`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod demo;
+pub mod lab;
 pub mod proc;
 pub mod realnic;
 pub mod report;
@@ -23,3 +25,5 @@ pub mod runner;
 pub mod scenario;
 pub mod status;
 pub mod traffic;
+
+pub use lab::{Lab, LabBuilder, LabError};
