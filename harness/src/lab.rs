@@ -448,24 +448,15 @@ impl Lab {
             return Ok(p.clone());
         }
         let pid = self.pid(process).ok_or_else(|| LabError::NoProcess(process.into()))?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            for (_, path) in telemetry::sockets_in(&self.runtime_dir()) {
-                let Ok(c) = Client::connect(&path, ANSWER) else { continue };
-                if c.greeting()["pid"].as_u64() == Some(u64::from(pid)) {
-                    self.sockets.lock().unwrap_or_else(|e| e.into_inner()).insert(process.into(), path.clone());
-                    return Ok(path);
-                }
+        match telemetry_socket(&self.runtime_dir(), pid, START_TIMEOUT) {
+            Ok(path) => {
+                self.sockets.lock().unwrap_or_else(|e| e.into_inner()).insert(process.into(), path.clone());
+                Ok(path)
             }
-            let dead = !alive(pid);
-            if dead || Instant::now() >= deadline {
-                let why = if dead { "exited" } else { "serves no telemetry" };
-                return Err(LabError::Process {
-                    process: process.into(),
-                    message: format!("{why} (pid {pid}); stderr: {}", self.stderr(process).trim()),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            Err(why) => Err(LabError::Process {
+                process: process.into(),
+                message: format!("{why} (pid {pid}); stderr: {}", self.stderr(process).trim()),
+            }),
         }
     }
 
@@ -572,14 +563,7 @@ impl Lab {
 
     /// The ports `process` holds a handle for, with their names (from its `/lab/ports`).
     pub fn ports(&self, process: &str) -> Result<Vec<(PortId, String)>, LabError> {
-        let rows = self.telemetry(process, "/lab/ports")?;
-        Ok(rows
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| r["local_handle"] == "attached" && r["state"] == "attached")
-            .filter_map(|r| Some((PortId(r["port_id"].as_u64()? as u16), r["name"].as_str()?.to_string())))
-            .collect())
+        Ok(held_ports(&self.telemetry(process, "/lab/ports")?))
     }
 
     /// `process`'s counters of `port` (its `/ethdev/stats`).
@@ -665,8 +649,39 @@ impl Lab {
     }
 }
 
+/// The telemetry socket in `dir` whose greeting carries `pid`, waited for at most `within`;
+/// else why not ("exited", "serves no telemetry").
+pub(crate) fn telemetry_socket(dir: &Path, pid: u32, within: Duration) -> Result<PathBuf, &'static str> {
+    let deadline = Instant::now() + within;
+    loop {
+        for (_, path) in telemetry::sockets_in(dir) {
+            let Ok(c) = Client::connect(&path, ANSWER) else { continue };
+            if c.greeting()["pid"].as_u64() == Some(u64::from(pid)) {
+                return Ok(path);
+            }
+        }
+        if !alive(pid) {
+            return Err("exited");
+        }
+        if Instant::now() >= deadline {
+            return Err("serves no telemetry");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The ports a process holds a handle for, from its `/lab/ports` answer.
+pub(crate) fn held_ports(rows: &Value) -> Vec<(PortId, String)> {
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["local_handle"] == "attached" && r["state"] == "attached")
+        .filter_map(|r| Some((PortId(r["port_id"].as_u64()? as u16), r["name"].as_str()?.to_string())))
+        .collect()
+}
+
 /// Whether `pid` runs (a zombie, exited but not reaped yet, does not).
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))

@@ -32,6 +32,10 @@
 //! [lab.process.s3]
 //! late = true                              # not started with the lab: a `start = "s3"` step starts it
 //!
+//! [lab.process.fwd]                        # your own lab-core binary as a secondary: it gets the
+//! cmd = ["${bin}/lab-fwd", "--pair", "0000:00:05.0,0000:00:06.0"]  # EAL options, `--`, then these
+//!                                          # (relative paths: to this file; ${bin}: lab's own dir)
+//!
 //! [[step]]
 //! on = "s1"                                # primary (default) | s1 | s2 | ...
 //! attach = "0000:00:05.0"                  # hotplug_mp `attach <devargs>`
@@ -56,11 +60,16 @@
 //!
 //! [[step]]
 //! kill = "s2"                              # SIGKILL; also quit, restart (same arguments), start (late ones)
+//!
+//! [[step]]                                 # a process's counters, read over its telemetry, reach
+//! expect_stats = { on = "fwd", port = 0, rx_min = 32, tx_min = 0, within_ms = 5000 }   # these in time
 //! ```
 //!
 //! Every step has exactly one action key: `attach`, `detach`, `lock`, `unlock`, `send`, `recv`,
 //! `cmd` (any hotplug_mp command line), `link_down`, `link_up`, `unplug`, `kill`, `quit`, `restart`,
-//! `start`, `wait_ms`, `join`. `background = true` sends a process command without waiting (traffic
+//! `start`, `wait_ms`, `join`, `expect_stats`. A `cmd` process takes no commands (it has no prompt):
+//! it is observed through telemetry, in the consistency check after every step and by
+//! `expect_stats`, and `lab sweep` injects its faults like any process's. `background = true` sends a process command without waiting (traffic
 //! during an unplug); a later `join = "s1"` step collects and checks its answer. Expectations: `expect = "ok"` (the default for process commands), `expect =
 //! "any"`, or `failure = "substring"`; `ports` checks every live process (port id and name); after
 //! every step the runner checks anyway that every live process lists the same ports with the same
@@ -143,6 +152,13 @@ pub struct ProcSpec {
     /// Started by a `start` step, not with the lab.
     #[serde(default)]
     pub late: bool,
+    /// Your own lab-core binary and its app arguments: the process is that binary (a
+    /// secondary), not `hotplug_mp`. The runner puts the EAL options (prefix, proc type, the
+    /// lab's `eal`, a sweep's `--lab-fault`) before the app arguments, with `--` between. A
+    /// relative path is relative to the scenario file; `${bin}` is the directory of `lab`'s own
+    /// binaries (the build's target dir).
+    #[serde(default)]
+    pub cmd: Vec<String>,
 }
 
 /// The lab a scenario runs in.
@@ -239,6 +255,17 @@ pub enum Action {
     Wait(u64),
     /// Wait for the answer of a process's background command and check it.
     Join(ProcName),
+    /// The step's process's counters of `port` (its telemetry) reach these, within the time.
+    ExpectStats {
+        /// Port.
+        port: PortId,
+        /// Packets received, at least.
+        rx_min: u64,
+        /// Packets sent, at least.
+        tx_min: u64,
+        /// How long it may take.
+        within_ms: u64,
+    },
 }
 
 impl Action {
@@ -315,6 +342,9 @@ impl fmt::Display for Step {
             Action::Start(p) => write!(f, "start {p}"),
             Action::Wait(ms) => write!(f, "wait {ms} ms"),
             Action::Join(p) => write!(f, "join {p}"),
+            Action::ExpectStats { port, rx_min, tx_min, within_ms } => {
+                write!(f, "{}: port {port} counters rx >= {rx_min}, tx >= {tx_min} within {within_ms} ms", self.on)
+            }
             a => {
                 write!(f, "{}: {}", self.on, a.command().unwrap_or_default())?;
                 if self.background {
@@ -341,16 +371,28 @@ pub struct Scenario {
     pub steps: Vec<Step>,
 }
 
-/// Process names a lab has: primary, s1..sN, and the late ones.
+/// Process names a lab has: primary, s1..sN, the apps (`cmd`), then the late ones.
 pub fn process_names(lab: &LabSpec) -> Vec<String> {
     let mut v = vec!["primary".to_string()];
     v.extend((1..=lab.secondaries).map(|i| format!("s{i}")));
+    for (k, p) in &lab.process {
+        if !p.cmd.is_empty() && !p.late && !v.contains(k) {
+            v.push(k.clone());
+        }
+    }
     for (k, p) in &lab.process {
         if p.late && !v.contains(k) {
             v.push(k.clone());
         }
     }
     v
+}
+
+impl LabSpec {
+    /// Whether `name` is one of your binaries (observed through telemetry, takes no commands).
+    pub fn is_app(&self, name: &str) -> bool {
+        self.process.get(name).is_some_and(|p| !p.cmd.is_empty())
+    }
 }
 
 impl Scenario {
@@ -374,7 +416,7 @@ impl Scenario {
             *v = f(v);
         }
         for p in lab.process.values_mut() {
-            for v in p.eal.iter_mut() {
+            for v in p.eal.iter_mut().chain(p.cmd.iter_mut()) {
                 *v = f(v);
             }
         }

@@ -3,9 +3,55 @@
 
 use super::*;
 
+/// One of your binaries (`cmd = [...]`): no prompt, observed through its telemetry socket.
+pub(super) struct UserProc {
+    pub(super) child: Child,
+    pub(super) stderr: Arc<std::sync::Mutex<String>>,
+    pub(super) sock: PathBuf,
+}
+
+impl UserProc {
+    pub(super) fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn stderr_now(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace` (zero: SIGKILL at once); reaped. The exit status if it
+    /// exited on its own within `grace`.
+    pub(super) fn stop(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let sig = if grace.is_zero() { nix::sys::signal::Signal::SIGKILL } else { nix::sys::signal::Signal::SIGTERM };
+        let _ = nix::sys::signal::kill(pid, sig);
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return (!grace.is_zero()).then_some(st),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The ports it holds, from its `/lab/ports`.
+    fn view(&self) -> Result<View, String> {
+        let mut c = Client::connect(&self.sock, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let rows = c.query(&self.sock, "/lab/ports").map_err(|e| e.to_string())?;
+        Ok(crate::lab::held_ports(&rows).into_iter().map(|(p, n)| (p.0, n)).collect())
+    }
+}
+
 pub(super) struct ProcSlot {
     pub(super) args: Vec<String>,
     pub(super) app: Option<AppProc>,
+    /// Set instead of `app` for one of your binaries.
+    pub(super) user: Option<UserProc>,
     pub(super) pid: u32,
     /// May die: killed by a step, or has a crash fault.
     pub(super) may_die: bool,
@@ -112,6 +158,9 @@ impl<'e> Lab<'e> {
     }
 
     pub(super) fn spawn_proc(&mut self, name: &str, args: Vec<String>) -> Result<(), Box<Failure>> {
+        if self.sc.lab.is_app(name) {
+            return self.spawn_user(name, args);
+        }
         let bin = self.env.hotplug_mp().map_err(|e| fail(0, None, name, e.to_string()))?;
         let mut c = Command::new(bin);
         c.args(&args)
@@ -125,7 +174,68 @@ impl<'e> Lab<'e> {
         app.timeout = self.answer_timeout;
         let may_die = args.iter().any(|a| a.starts_with("--lab-fault") && a.ends_with(":crash"));
         tracing::debug!(process = name, pid = app.pid(), ?args, "started");
-        self.procs.insert(name.to_string(), ProcSlot { pid: app.pid(), args, app: Some(app), may_die, pending: None });
+        self.procs.insert(
+            name.to_string(),
+            ProcSlot { pid: app.pid(), args, app: Some(app), user: None, may_die, pending: None },
+        );
+        Ok(())
+    }
+
+    /// Starts one of your binaries: `cmd[0]` with the lab's EAL options, `--`, then `cmd[1..]`;
+    /// up when its telemetry socket answers with its pid.
+    fn spawn_user(&mut self, name: &str, args: Vec<String>) -> Result<(), Box<Failure>> {
+        let cmd = self.sc.lab.process.get(name).map(|p| p.cmd.clone()).unwrap_or_default();
+        let bin_dir = self.env.bin_dir.display().to_string();
+        let expand = |s: &str| s.replace("${bin}", &bin_dir);
+        let mut bin = PathBuf::from(expand(&cmd[0]));
+        if bin.is_relative() && cmd[0].contains('/') {
+            if let Some(dir) = self.sc.file.parent() {
+                bin = dir.join(bin);
+            }
+        }
+        let mut c = Command::new(&bin);
+        c.args(&args)
+            .arg("--")
+            .args(cmd[1..].iter().map(|a| expand(a)))
+            .env("XDG_RUNTIME_DIR", &self.xdg)
+            .env("SYSFS_PCI_DEVICES", &self.sysfs)
+            .env(RUN_ENV, &self.prefix)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child =
+            c.spawn().map_err(|e| fail(0, None, name, format!("cannot start {name} ({}): {e}", bin.display())))?;
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(err) = child.stderr.take() {
+            let keep = stderr.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut s = keep.lock().unwrap_or_else(|e| e.into_inner());
+                    if s.len() < 16 * 1024 {
+                        s.push_str(&l);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
+        let pid = child.id();
+        let sock = match crate::lab::telemetry_socket(&self.runtime_dir(), pid, crate::lab::START_TIMEOUT) {
+            Ok(s) => s,
+            Err(why) => {
+                let u = UserProc { child, stderr, sock: PathBuf::new() };
+                let err = u.stderr_now();
+                u.stop(Duration::ZERO);
+                return Err(fail(0, None, name, format!("{name} (pid {pid}) {why}: {}", last_lines(&err))));
+            }
+        };
+        let may_die = args.iter().any(|a| a.starts_with("--lab-fault") && a.ends_with(":crash"));
+        tracing::debug!(process = name, pid, ?args, "started (your binary)");
+        let user = UserProc { child, stderr, sock };
+        self.procs
+            .insert(name.to_string(), ProcSlot { pid, args, app: None, user: Some(user), may_die, pending: None });
         Ok(())
     }
 
@@ -226,6 +336,16 @@ impl<'e> Lab<'e> {
         Ok(())
     }
 
+    /// The telemetry socket of a process (yours: found at start; hotplug_mp's: by its pid).
+    fn telemetry_of(&self, name: &str) -> Result<PathBuf, String> {
+        let slot = self.procs.get(name).ok_or_else(|| format!("{name} is not running"))?;
+        if let Some(u) = &slot.user {
+            return Ok(u.sock.clone());
+        }
+        crate::lab::telemetry_socket(&self.runtime_dir(), slot.pid, Duration::from_secs(5))
+            .map_err(|why| format!("{name} (pid {}): {why}", slot.pid))
+    }
+
     pub(super) fn nic_control(&self, line: &str) -> Result<String, String> {
         let nic = self.nic.as_ref().ok_or("this lab has no emulated NIC (no lab-nic control socket)")?;
         let mut s = UnixStream::connect(&nic.control).map_err(|e| format!("control socket: {e}"))?;
@@ -244,7 +364,10 @@ impl<'e> Lab<'e> {
     pub(super) fn live_names(&mut self) -> Vec<String> {
         self.procs
             .iter_mut()
-            .filter_map(|(n, s)| s.app.as_mut().is_some_and(|a| a.is_running()).then(|| n.clone()))
+            .filter_map(|(n, s)| {
+                let up = s.app.as_mut().is_some_and(|a| a.is_running()) || s.user.as_mut().is_some_and(|u| u.running());
+                up.then(|| n.clone())
+            })
             .collect()
     }
 
@@ -254,6 +377,19 @@ impl<'e> Lab<'e> {
         let mut out = Vec::new();
         let mut died = Vec::new();
         for (name, slot) in self.procs.iter_mut() {
+            if let Some(u) = slot.user.as_mut() {
+                if u.running() {
+                    out.push((name.clone(), u.view()));
+                } else {
+                    if !slot.may_die {
+                        died.push(format!("{name} (pid {}) died: {}", slot.pid, last_lines(&u.stderr_now())));
+                    }
+                    if let Some(u) = slot.user.take() {
+                        u.stop(Duration::ZERO);
+                    }
+                }
+                continue;
+            }
             let Some(app) = slot.app.as_mut() else { continue };
             if slot.pending.is_some() {
                 continue;
@@ -372,8 +508,38 @@ impl<'e> Lab<'e> {
                 }
                 Ok(format!("waited {ms} ms"))
             }
+            Action::ExpectStats { port, rx_min, tx_min, within_ms } => {
+                let sock = self.telemetry_of(&s.on)?;
+                let deadline = Instant::now() + Duration::from_millis(*within_ms);
+                let mut last = String::from("no answer");
+                loop {
+                    if let Ok(mut c) = Client::connect(&sock, Duration::from_secs(5)) {
+                        if let Ok(v) = c.query(&sock, &format!("/ethdev/stats,{port}")) {
+                            let (rx, tx) = (v["ipackets"].as_u64(), v["opackets"].as_u64());
+                            match (rx, tx) {
+                                (Some(rx), Some(tx)) if rx >= *rx_min && tx >= *tx_min => {
+                                    return Ok(format!("port {port}: ipackets={rx} opackets={tx}"));
+                                }
+                                (Some(rx), Some(tx)) => last = format!("ipackets={rx} opackets={tx}"),
+                                _ => last = format!("no port {port} (answer {v})"),
+                            }
+                        }
+                    }
+                    if Instant::now() >= deadline || self.env.stopping() {
+                        return Err(format!(
+                            "{} port {port}: {last} after {within_ms} ms, expected rx >= {rx_min}, tx >= {tx_min}",
+                            s.on
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             Action::Kill(p) => {
                 let slot = self.procs.get_mut(p).ok_or_else(|| format!("{p} was never started"))?;
+                if let Some(u) = slot.user.take() {
+                    u.stop(Duration::ZERO);
+                    return Ok(format!("killed {p} (pid {})", slot.pid));
+                }
                 match slot.app.take() {
                     Some(a) => {
                         a.kill();
@@ -384,6 +550,14 @@ impl<'e> Lab<'e> {
             }
             Action::Quit(p) => {
                 let slot = self.procs.get_mut(p).ok_or_else(|| format!("{p} was never started"))?;
+                if let Some(u) = slot.user.take() {
+                    // Your binary's quit is SIGTERM.
+                    return match u.stop(Duration::from_secs(10)) {
+                        Some(st) if st.success() => Ok(format!("{p} quit")),
+                        Some(st) => Err(format!("{p} exited with {st} on SIGTERM")),
+                        None => Err(format!("{p} did not exit within 10 s of SIGTERM")),
+                    };
+                }
                 match slot.app.take() {
                     Some(a) => match a.quit(Duration::from_secs(10)) {
                         Some(st) if st.success() => Ok(format!("{p} quit")),
@@ -399,6 +573,9 @@ impl<'e> Lab<'e> {
                 }
                 if let Some(a) = self.procs.get_mut(p).and_then(|s| s.app.take()) {
                     a.kill();
+                }
+                if let Some(u) = self.procs.get_mut(p).and_then(|s| s.user.take()) {
+                    u.stop(Duration::ZERO);
                 }
                 let args = match self.procs.get(p) {
                     Some(s) => s.args.clone(),
@@ -438,13 +615,17 @@ impl<'e> Lab<'e> {
             .procs
             .iter_mut()
             .filter_map(|(n, s)| {
-                (*n != "primary" && s.may_die && !s.app.as_mut().is_some_and(|a| a.is_running())).then(|| n.clone())
+                let up = s.app.as_mut().is_some_and(|a| a.is_running()) || s.user.as_mut().is_some_and(|u| u.running());
+                (*n != "primary" && s.may_die && !up).then(|| n.clone())
             })
             .collect();
         for n in dead {
             if let Some(slot) = self.procs.get_mut(&n) {
                 if let Some(a) = slot.app.take() {
                     a.kill();
+                }
+                if let Some(u) = slot.user.take() {
+                    u.stop(Duration::ZERO);
                 }
                 slot.args.retain(|a| !a.starts_with("--lab-fault"));
                 let args = slot.args.clone();
@@ -463,6 +644,12 @@ impl<'e> Lab<'e> {
         let mut names: Vec<String> = self.procs.keys().filter(|n| *n != "primary").cloned().collect();
         names.push("primary".into());
         for n in names {
+            if let Some(u) = self.procs.get_mut(&n).and_then(|s| s.user.take()) {
+                let pid = u.child.id();
+                if u.stop(Duration::from_secs(5)).is_none() {
+                    problems.push(format!("{n} (pid {pid}) did not exit within 5 s of SIGTERM: killed"));
+                }
+            }
             if let Some(app) = self.procs.get_mut(&n).and_then(|s| s.app.take()) {
                 let pid = app.pid();
                 // `quit` consumes the handle; AppProc's drop kills it if it did not exit.

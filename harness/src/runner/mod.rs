@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use lab_core::bus::pci::PciId;
 use lab_core::ethdev::Registry;
+use lab_core::telemetry::Client;
 
 use crate::proc::{parse_list, AppProc, ProcError};
 use crate::scenario::{process_names, Action, Expect, Scenario, Step};

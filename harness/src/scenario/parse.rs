@@ -27,6 +27,24 @@ struct RawSend {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStats {
+    #[serde(default)]
+    on: Option<String>,
+    port: u16,
+    #[serde(default)]
+    rx_min: u64,
+    #[serde(default)]
+    tx_min: u64,
+    #[serde(default = "five_seconds")]
+    within_ms: u64,
+}
+
+fn five_seconds() -> u64 {
+    5000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRecv {
     port: u16,
     #[serde(default = "one_u64")]
@@ -68,6 +86,7 @@ struct RawStep {
     start: Option<String>,
     wait_ms: Option<u64>,
     join: Option<String>,
+    expect_stats: Option<RawStats>,
     #[serde(default)]
     background: bool,
     expect: Option<String>,
@@ -75,8 +94,15 @@ struct RawStep {
     ports: Option<BTreeMap<String, String>>,
 }
 
-const ACTIONS: &str =
-    "attach, detach, lock, unlock, send, recv, cmd, link_down, link_up, unplug, kill, quit, restart, start, join or wait_ms";
+const ACTIONS: &str = "attach, detach, lock, unlock, send, recv, cmd, link_down, link_up, unplug, kill, quit, restart, start, join, expect_stats or wait_ms";
+
+/// A name for an app process: lower-case letters, digits, `-` and `_`, not a hotplug_mp name.
+fn is_app_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !is_proc_name(s)
+}
 
 /// Line and column (1-based) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -130,12 +156,24 @@ impl Scenario {
         if lab.settle_ms > 600_000 {
             return Err(err_at(lab_at("settle_ms"), format!("settle_ms = {}: expected at most 600000", lab.settle_ms)));
         }
-        for k in lab.process.keys() {
-            if !is_proc_name(k) {
+        for (k, p) in &lab.process {
+            let at = lab_at(&format!("process.{k}"));
+            if p.cmd.is_empty() && !is_proc_name(k) {
                 return Err(err_at(
-                    lab_at(&format!("process.{k}")),
-                    format!("process name {k:?}: expected primary or s1, s2, ..."),
+                    at,
+                    format!(
+                        "process name {k:?}: expected primary or s1, s2, ... (or give it cmd = [...]: your binary)"
+                    ),
                 ));
+            }
+            if !p.cmd.is_empty() && !is_app_name(k) {
+                return Err(err_at(
+                    at,
+                    format!("process {k:?} with cmd: expected a name of a-z, 0-9, - and _ that is not primary or sN (those are hotplug_mp)"),
+                ));
+            }
+            if p.cmd.first().is_some_and(|b| b.is_empty()) {
+                return Err(err_at(at, format!("process {k:?}: cmd = [\"\", ...]: expected the binary first")));
             }
         }
         let mut bdfs = Vec::new();
@@ -219,14 +257,37 @@ impl Scenario {
             if let Some(ms) = r.wait_ms {
                 actions.push(Action::Wait(ms));
             }
+            let mut stats_on = None;
+            if let Some(st) = r.expect_stats {
+                if st.within_ms > 600_000 {
+                    return Err(bad(format!("expect_stats within_ms = {}: expected at most 600000", st.within_ms)));
+                }
+                stats_on = st.on;
+                actions.push(Action::ExpectStats {
+                    port: PortId(st.port),
+                    rx_min: st.rx_min,
+                    tx_min: st.tx_min,
+                    within_ms: st.within_ms,
+                });
+            }
             let action = match actions.len() {
                 1 => actions.remove(0),
                 0 => return Err(bad(format!("step has no action: expected one of {ACTIONS}"))),
                 _ => return Err(bad(format!("step has {} actions: expected exactly one of {ACTIONS}", actions.len()))),
             };
-            let on = r.on.unwrap_or_else(|| "primary".into());
+            if let (Some(a), Some(b)) = (&r.on, &stats_on) {
+                if a != b {
+                    return Err(bad(format!("on = {a:?} and expect_stats.on = {b:?}: expected one of them")));
+                }
+            }
+            let on = r.on.or(stats_on).unwrap_or_else(|| "primary".into());
             if !names.contains(&on) {
                 return Err(bad(format!("on = {on:?}: expected one of {names:?}")));
+            }
+            if lab.is_app(&on) && action.command().is_some() {
+                return Err(bad(format!(
+                    "on = {on:?}: {on} is your binary (cmd = [...]): it takes no commands; act from primary or sN and observe {on} with expect_stats"
+                )));
             }
             let expect = match (r.expect.as_deref(), r.failure) {
                 (_, Some(f)) if r.expect.as_deref().is_some_and(|e| e != "failure") => {

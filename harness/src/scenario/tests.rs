@@ -80,3 +80,32 @@ fn errors_name_the_line_and_what_was_expected() {
         }
     }
 }
+
+#[test]
+fn your_binary_is_a_process_observed_not_commanded() {
+    let app = "[lab]\n[lab.process.fwd]\ncmd = [\"${bin}/lab-fwd\", \"--pair\", \"a,b\"]\n";
+    let s = parse(&format!("{app}[[step]]\nexpect_stats = {{ on = \"fwd\", port = 1, rx_min = 32 }}\n")).unwrap();
+    assert_eq!(process_names(&s.lab), vec!["primary", "s1", "fwd"]);
+    assert!(s.lab.is_app("fwd") && !s.lab.is_app("s1"));
+    assert_eq!(s.steps[0].on, "fwd");
+    assert_eq!(s.steps[0].action, Action::ExpectStats { port: PortId(1), rx_min: 32, tx_min: 0, within_ms: 5000 });
+    assert_eq!(s.steps[0].to_string(), "fwd: port 1 counters rx >= 32, tx >= 0 within 5000 ms");
+    for (step, want) in [
+        ("on = \"fwd\"\nattach = \"net_null0\"\n", "takes no commands"),
+        ("on = \"s1\"\nexpect_stats = { on = \"fwd\", port = 0 }\n", "expected one of them"),
+        ("expect_stats = { port = 0, within_ms = 9999999 }\n", "at most 600000"),
+        ("expect_stats = { on = \"nope\", port = 0 }\n", "expected one of"),
+    ] {
+        let e = parse(&format!("{app}[[step]]\n{step}")).unwrap_err().to_string();
+        assert!(e.contains(want), "{step}: {e}");
+    }
+    for (proc, want) in [
+        ("[lab.process.s2]\ncmd = [\"x\"]\n", "not primary or sN"),
+        ("[lab.process.Bad]\ncmd = [\"x\"]\n", "a-z, 0-9"),
+        ("[lab.process.app]\ncmd = [\"\"]\n", "the binary first"),
+        ("[lab.process.app]\neal = []\n", "give it cmd"),
+    ] {
+        let e = parse(&format!("[lab]\n{proc}[[step]]\nwait_ms = 1\n")).unwrap_err().to_string();
+        assert!(e.contains(want), "{proc}: {e}");
+    }
+}
