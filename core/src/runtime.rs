@@ -259,11 +259,12 @@ fn register_runtime_commands(t: &Telemetry, opts: &Options, role: Role, dir: &Pa
     let chan = ipc.clone();
     let _ = t.register(
         "/lab/ipc",
-        "Returns the IPC channel's counters: received, and dropped by reason. Takes no parameters",
+        "Returns the IPC channel's counters: sent, received, dropped by reason, timeouts, peer deaths. Takes no parameters",
         move |_| {
             let s = chan.stats();
             let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
             Ok(serde_json::json!({
+                "sent": g(&s.sent), "timeouts": g(&s.timeouts), "peer_deaths": g(&s.peer_deaths),
                 "received": g(&s.received),
                 "dropped": {
                     "malformed": g(&s.malformed), "oversized": g(&s.oversized),

@@ -154,6 +154,34 @@ fn ethdev_and_lab_commands_follow_ports_and_operations_in_every_process() {
 }
 
 #[test]
+fn a_silent_secondary_is_recorded_as_no_answer_and_counted_as_a_timeout() {
+    let lab = Lab::new("silent");
+    let mut p = lab.start(&["--hotplug-timeout-ms=300"]);
+    let s1 = lab.start(&["--hotplug-timeout-ms=300", "--lab-fault=attach:net_null5:hang"]);
+    let pp = lab.sock(0);
+    let before = ask(&pp, "/lab/ipc");
+    let a = p.cmd("attach net_null5").unwrap();
+    assert!(a.starts_with("failed to attach"), "{a}");
+    let op = last_op(&pp);
+    assert_eq!(op["outcome"], "failed", "{op}");
+    assert_eq!(answer_of(&op, &format!("process {}", s1.pid()), "attach"), "no answer", "{op}");
+    assert!(
+        op["answers"].as_array().unwrap().iter().any(|a| a["step"] == "rollback"),
+        "the rollback is recorded: {op}"
+    );
+    let after = ask(&pp, "/lab/ipc");
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    assert!(n(&after, "timeouts") > n(&before, "timeouts"), "{before} -> {after}");
+    assert!(n(&after, "sent") >= n(&before, "sent") + 2, "attach and rollback went out: {before} -> {after}");
+    assert_eq!(ask(&pp, "/ethdev/list"), serde_json::json!([]), "nothing attached");
+    // s1 carries on after its hang (twice the timeout) and quits cleanly.
+    std::thread::sleep(Duration::from_millis(800));
+    for x in [s1, p] {
+        assert!(x.quit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    }
+}
+
+#[test]
 fn lab_status_shows_every_process_and_its_ports() {
     let lab = Lab::new("status");
     let mut p = lab.start(&["--vdev=net_null0"]);

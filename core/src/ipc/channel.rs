@@ -197,7 +197,10 @@ impl Channel {
         let (raw, n) = raw_fds(&msg.fds);
         let hdr = encode_header(2, &msg.name, msg.payload.len(), n, req.id);
         match sys::dgram_send(self.inner.sock.as_fd(), &req.peer.addr, &[&hdr, &msg.payload], &raw[..n], false) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             Err(e) if is_dead_peer(&e) => {
                 tracing::debug!(peer = ?req.peer, "reply to a peer that went away");
                 Ok(())
@@ -212,7 +215,10 @@ impl Channel {
         let (raw, n) = raw_fds(&msg.fds);
         let hdr = encode_header(kind, &msg.name, msg.payload.len(), n, id);
         match sys::dgram_send(from, &addr, &[&hdr, &msg.payload], &raw[..n], false) {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
             Err(e) if is_dead_peer(&e) => {
                 if e.raw_os_error() == Some(libc::ECONNREFUSED) && to.file_name().is_some_and(|n| n != PRIMARY_SOCKET) {
                     tracing::debug!(peer = %to.display(), "removing the socket of a dead peer");
@@ -329,6 +335,7 @@ impl Channel {
                     let alive = pid.is_none_or(sys::pid_alive);
                     if !alive {
                         tracing::debug!(peer = ?a, "peer died while a request was pending");
+                        self.inner.stats.peer_deaths.fetch_add(1, Ordering::Relaxed);
                         out.dead.push(file_name(a));
                     }
                     alive
@@ -338,8 +345,10 @@ impl Channel {
         for (a, pid) in pending {
             if pid.is_none_or(sys::pid_alive) {
                 tracing::debug!(peer = ?a, action = %msg.name, "no reply before the timeout");
+                self.inner.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 out.missing.push(file_name(&a));
             } else {
+                self.inner.stats.peer_deaths.fetch_add(1, Ordering::Relaxed);
                 out.dead.push(file_name(&a));
             }
         }

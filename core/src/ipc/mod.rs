@@ -232,9 +232,15 @@ pub enum Dispatch {
 /// A registered action handler.
 pub type Handler = Arc<dyn Fn(&Channel, &mut Request) + Send + Sync>;
 
-/// Counters of what the receive side dropped.
+/// Counters of the channel: what went out, what came in, what was dropped and why.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Datagrams sent (one-way messages, requests and replies; one per live peer reached).
+    pub sent: AtomicU64,
+    /// Requests sent to a peer that neither answered nor died before the timeout (one per peer).
+    pub timeouts: AtomicU64,
+    /// Requests to a peer that died while they waited (one per peer).
+    pub peer_deaths: AtomicU64,
     /// Datagrams received on the main socket.
     pub received: AtomicU64,
     /// Dropped: shorter than a header, bad magic/version, lengths inconsistent.
