@@ -16,8 +16,8 @@
 //! counter (odd while a hotplug operation runs) lets a late secondary take a consistent snapshot.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::addr::{BusKind, PciId};
 use crate::bus::pci::PciDevice;
@@ -558,36 +558,37 @@ pub struct LocalPort {
 
 /// This process's ports: one slot per id, each behind its own mutex (never shared with peers).
 pub struct Ports {
-    slots: Vec<Mutex<Option<LocalPort>>>,
+    /// parking_lot's mutex: eventually fair, so a control-path waiter (a hotplug handler,
+    /// telemetry) gets a port that a busy loop re-locks burst after burst (std's may starve it).
+    slots: Vec<parking_lot::Mutex<Option<LocalPort>>>,
     callbacks: Mutex<Vec<EventCb>>,
 }
 
 impl Default for Ports {
     fn default() -> Ports {
-        Ports { slots: (0..MAX_PORTS).map(|_| Mutex::new(None)).collect(), callbacks: Mutex::new(Vec::new()) }
+        Ports {
+            slots: (0..MAX_PORTS).map(|_| parking_lot::Mutex::new(None)).collect(),
+            callbacks: Mutex::new(Vec::new()),
+        }
     }
 }
 
 impl Ports {
     /// Locks one port's slot.
-    pub fn slot(&self, port: PortId) -> Option<MutexGuard<'_, Option<LocalPort>>> {
-        self.slots.get(port.0 as usize).map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    pub fn slot(&self, port: PortId) -> Option<parking_lot::MutexGuard<'_, Option<LocalPort>>> {
+        self.slots.get(port.0 as usize).map(|m| m.lock())
     }
 
     /// Locks one port's slot, waiting at most `wait`: for control-path readers (telemetry) that
     /// must not hang behind a caller holding the port for a long burst loop. `Err` says why
     /// ("no such port id", "port busy").
-    pub fn slot_within(&self, port: PortId, wait: Duration) -> Result<MutexGuard<'_, Option<LocalPort>>, &'static str> {
+    pub fn slot_within(
+        &self,
+        port: PortId,
+        wait: Duration,
+    ) -> Result<parking_lot::MutexGuard<'_, Option<LocalPort>>, &'static str> {
         let m = self.slots.get(port.0 as usize).ok_or("no such port id")?;
-        let end = Instant::now() + wait;
-        loop {
-            match m.try_lock() {
-                Ok(g) => return Ok(g),
-                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-                Err(TryLockError::WouldBlock) if Instant::now() < end => std::thread::sleep(Duration::from_millis(1)),
-                Err(TryLockError::WouldBlock) => return Err("port busy"),
-            }
-        }
+        m.try_lock_for(wait).ok_or("port busy")
     }
 
     /// Installs a handle and fires NEW.

@@ -1,5 +1,6 @@
-//! The other process of the benches: a raw datagram echo server (the physical floor), a lab
-//! secondary answering `echo`, or a ring drain. Exits when its stdin closes (the bench ended).
+//! The other process of the benches: a raw datagram or SOCK_SEQPACKET echo server (the physical
+//! floors), a lab secondary answering `echo`, a hotplug process, a ring drain or echo, or a
+//! telemetry client polling a port's stats. Exits when its stdin closes (the bench ended).
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -46,6 +47,51 @@ fn main() {
                 if let Some(p) = from.as_pathname() {
                     let _ = s.send_to(&buf[..n], p);
                 }
+            }
+        }
+        Some("seqpacket-echo") => {
+            // One connection, served as the telemetry server serves one: poll, receive, send.
+            use std::os::fd::AsFd;
+            let path = std::path::PathBuf::from(&args[1]);
+            let _ = std::fs::remove_file(&path);
+            let l = lab_core::sys::seqpacket_listen(&path, 4).expect("listen");
+            ready();
+            let wait = |fd: std::os::fd::BorrowedFd<'_>| {
+                let mut p = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::NONE);
+            };
+            let c = loop {
+                wait(l.as_fd());
+                if let Ok(c) = lab_core::sys::seqpacket_accept(l.as_fd()) {
+                    break c;
+                }
+            };
+            // Answers every record with REPLY bytes (default: the record itself).
+            let reply: Option<usize> = args.get(2).and_then(|n| n.parse().ok());
+            let mut buf = vec![0u8; 16384];
+            loop {
+                wait(c.as_fd());
+                match lab_core::sys::seqpacket_recv(c.as_fd(), &mut buf, true) {
+                    Ok((0, _)) => std::process::exit(0),
+                    Ok((n, _)) => {
+                        let len = reply.unwrap_or(n).min(buf.len());
+                        let _ = lab_core::sys::seqpacket_send(c.as_fd(), &buf[..len]);
+                    }
+                    Err(_) => continue,
+                }
+            }
+        }
+        Some("telemetry-poll") => {
+            // `/ethdev/stats,0` of the process serving PATH every MS milliseconds.
+            let path = std::path::PathBuf::from(&args[1]);
+            let ms: u64 = args.get(2).and_then(|m| m.parse().ok()).unwrap_or(1);
+            let mut c =
+                lab_core::telemetry::Client::connect(&path, std::time::Duration::from_secs(5)).expect("connect");
+            ready();
+            loop {
+                let v = c.query(&path, "/ethdev/stats,0").expect("stats");
+                assert!(v["opackets"].is_u64(), "{v}");
+                std::thread::sleep(std::time::Duration::from_millis(ms));
             }
         }
         Some("secondary") => {
@@ -112,7 +158,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: lab-bench-peer raw-echo PATH | secondary [EAL] | ring-drain [EAL] -- RING | ring-echo [EAL] -- IN OUT");
+            eprintln!("usage: lab-bench-peer raw-echo PATH | seqpacket-echo PATH [REPLY] | telemetry-poll PATH MS | secondary [EAL] | hotplug [EAL] | ring-drain [EAL] -- RING | ring-echo [EAL] -- IN OUT");
             std::process::exit(2);
         }
     }
