@@ -14,6 +14,9 @@ use serde::Serialize;
 
 use crate::runner::{CaseResult, Outcome};
 
+mod merge;
+pub use merge::{merge_junit, MergeError};
+
 /// Writing a report failed.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write {path}: {source}")]

@@ -321,3 +321,77 @@ fn the_demo_runs_the_four_scenarios_without_hardware() {
     assert!(s.contains("received 32 packets"), "{s}");
     assert_eq!(leftovers(tmp.path(), None), Vec::<String>::new());
 }
+
+/// `--partition K/N` splits a library over CI runners by a stable hash of the scenario name: the
+/// parts are disjoint and together the whole; `lab report merge` makes their JUnit files one.
+#[test]
+fn partitions_are_disjoint_and_complete_and_their_reports_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lib");
+    std::fs::create_dir(&dir).unwrap();
+    let names: Vec<String> = (0..6).map(|i| format!("part case {i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        write(&dir, &format!("{i}.toml"), &format!("name = \"{n}\"\n[lab]\nsecondaries = 0\n[[step]]\nwait_ms = 1\n"));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut parts = Vec::new();
+    for k in 1..=3 {
+        let junit = tmp.path().join(format!("part{k}.xml"));
+        let out = lab(tmp.path())
+            .args(["run", "--partition", &format!("{k}/3"), "--junit"])
+            .arg(&junit)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let x = std::fs::read_to_string(&junit).unwrap();
+        for n in &names {
+            if x.contains(&format!("name=\"{n}\"")) {
+                assert!(!seen.contains(n), "{n} in two partitions");
+                seen.push(n.clone());
+            }
+        }
+        parts.push(junit);
+    }
+    seen.sort();
+    assert_eq!(seen, names, "every scenario in exactly one partition");
+    // The same split every time (a stable hash, not a per-process one).
+    let again = lab(tmp.path()).args(["run", "--partition", "hash:1/3"]).arg(&dir).output().unwrap();
+    let first = std::fs::read_to_string(&parts[0]).unwrap();
+    let n1 = first.matches("<testcase ").count();
+    assert!(String::from_utf8_lossy(&again.stdout).contains(&format!("partition 1/3: {n1} scenarios")));
+
+    let merged = tmp.path().join("all.xml");
+    let out = lab(tmp.path()).args(["report", "merge"]).arg(&merged).args(&parts).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = std::fs::read_to_string(&merged).unwrap();
+    assert!(m.contains("<testsuites name=\"lab\" tests=\"6\" failures=\"0\" skipped=\"0\""), "{m}");
+    assert_eq!(m.matches("<testsuite ").count(), 1, "{m}");
+    assert_eq!(xml_paths(&m).iter().filter(|p| *p == "testsuites/testsuite/testcase").count(), 6, "{m}");
+
+    for (args, want) in [
+        (vec!["run", "--partition", "4/3", "x.toml"], "--partition 4/3: expected K/N"),
+        (vec!["run", "--partition", "0/3", "x.toml"], "expected K/N"),
+        (vec!["check", "--partition", "1/2", "x.toml"], "--partition goes with lab run and lab sweep"),
+        (vec!["report", "merge", "out.xml"], "expected `lab report merge OUT.xml IN.xml...`"),
+    ] {
+        let out = lab(tmp.path()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(want),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    write(tmp.path(), "bad.xml", "<testsuites><testsuite name=\"x\"><testcase>");
+    let out = lab(tmp.path())
+        .args(["report", "merge"])
+        .arg(tmp.path().join("o.xml"))
+        .arg(tmp.path().join("bad.xml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.xml"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!tmp.path().join("o.xml").exists(), "nothing written on bad input");
+}

@@ -1,12 +1,15 @@
 //! `lab`: the hotplug lab runner.
 //!
 //! ```text
-//! lab run [--real BDF[,BDF...]] [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO|DIR...
+//! lab run [--real BDF[,BDF...]] [-j N] [-v] [--partition K/N] [--junit FILE] [--json FILE] SCENARIO|DIR...
+//!                                  --partition K/N: only the scenarios whose name hashes to part
+//!                                  K of N (stable FNV-1a hash, as nextest's hash:K/N)
 //! lab sweep [-j N] [-v] [--case PROC:OP:MODE]... [--junit FILE] [--json FILE] SCENARIO...
 //!                                  every process x attach|pre-detach|detach x fail|hang|crash
 //!                                  (--case: only those, e.g. --case s1:attach:crash)
 //! lab check SCENARIO|DIR...        parse only
 //! lab demo                         two cabled emulated 82599s, net_null0, the four scenarios
+//! lab report merge OUT.xml IN.xml...  one JUnit report from the parts of a partitioned run
 //! lab status [--prefix P] [--watch] [--interval-ms N] [--json]
 //!                                  every process of a running lab (any lab-core app), its ports,
 //!                                  link, rx/tx and rates, read over telemetry
@@ -28,10 +31,11 @@ use lab_harness::scenario::{self, Scenario};
 use lab_harness::{demo, realnic};
 
 const USAGE: &str = "\
-usage: lab run [--real BDF[,BDF...]] [-j N] [-v] [--junit FILE] [--json FILE] SCENARIO|DIR...
-       lab sweep [-j N] [-v] [--case PROC:OP:MODE]... [--junit FILE] [--json FILE] SCENARIO...
+usage: lab run [--real BDF[,BDF...]] [-j N] [-v] [--partition K/N] [--junit FILE] [--json FILE] SCENARIO|DIR...
+       lab sweep [-j N] [-v] [--partition K/N] [--case PROC:OP:MODE]... [--junit FILE] [--json FILE] SCENARIO...
        lab check SCENARIO|DIR...
        lab demo
+       lab report merge OUT.xml IN.xml...
        lab status [--prefix P] [--watch] [--interval-ms N] [--json]";
 
 /// `lab status`'s arguments.
@@ -106,6 +110,63 @@ struct Args {
     junit: Option<PathBuf>,
     json: Option<PathBuf>,
     cases: Vec<String>,
+    /// `--partition K/N`: (K-1, N).
+    partition: Option<(u64, u64)>,
+}
+
+/// `K/N` or `hash:K/N` (nextest's spelling), 1 <= K <= N.
+fn parse_partition(v: &str) -> Result<(u64, u64), String> {
+    let s = v.strip_prefix("hash:").unwrap_or(v);
+    let bad = || format!("--partition {v}: expected K/N with 1 <= K <= N (e.g. 2/4)");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (u64, u64) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if k == 0 || n == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k - 1, n))
+}
+
+/// FNV-1a, 64 bits: the same on every machine and build (std's hasher is not).
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+fn in_partition(name: &str, p: Option<(u64, u64)>) -> bool {
+    p.is_none_or(|(k, n)| stable_hash(name) % n == k)
+}
+
+fn report_main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let (out, inputs) = match args.split_first() {
+        Some((sub, rest)) if sub == "merge" && rest.len() >= 2 => (&rest[0], &rest[1..]),
+        _ => {
+            eprintln!("lab: report: expected `lab report merge OUT.xml IN.xml...`\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut files = Vec::new();
+    for i in inputs {
+        match std::fs::read_to_string(i) {
+            Ok(t) => files.push((i.clone(), t)),
+            Err(e) => {
+                eprintln!("lab: {i}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match report::merge_junit(&files) {
+        Ok(x) => match report::write(std::path::Path::new(out), &x) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lab: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => {
+            eprintln!("lab: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -126,6 +187,7 @@ fn parse_args() -> Result<Args, String> {
         junit: None,
         json: None,
         cases: Vec::new(),
+        partition: None,
     };
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -141,6 +203,7 @@ fn parse_args() -> Result<Args, String> {
                 a.jobs = v.parse().ok().filter(|n| (1..=64).contains(n)).ok_or(format!("-j {v}: expected 1..64"))?
             }
             "-v" | "--verbose" => a.verbose = true,
+            "--partition" => a.partition = Some(parse_partition(&value()?)?),
             "--junit" => a.junit = Some(value()?.into()),
             "--json" => a.json = Some(value()?.into()),
             "--case" => {
@@ -169,6 +232,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if !a.cases.is_empty() && a.cmd != "sweep" {
         return Err("--case goes with lab sweep".into());
+    }
+    if a.partition.is_some() && !["run", "sweep"].contains(&a.cmd.as_str()) {
+        return Err("--partition goes with lab run and lab sweep".into());
     }
     if a.real.is_some() && a.cmd != "run" {
         return Err("--real goes with lab run".into());
@@ -332,8 +398,10 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    if std::env::args().nth(1).as_deref() == Some("status") {
-        return status_main();
+    match std::env::args().nth(1).as_deref() {
+        Some("status") => return status_main(),
+        Some("report") => return report_main(),
+        _ => {}
     }
     let a = match parse_args() {
         Ok(a) => a,
@@ -394,7 +462,11 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            let cases: Vec<(Scenario, Option<FaultCase>)> = scenarios.into_iter().map(|s| (s, None)).collect();
+            let cases: Vec<(Scenario, Option<FaultCase>)> =
+                scenarios.into_iter().filter(|s| in_partition(&s.name, a.partition)).map(|s| (s, None)).collect();
+            if let Some((k, n)) = a.partition {
+                println!("partition {}/{n}: {} scenarios", k + 1, cases.len());
+            }
             let results = run_cases(&env, &cases, &a);
             finish("lab run", &results, &a, &stop)
         }
@@ -405,8 +477,15 @@ fn main() -> ExitCode {
                     if !a.cases.is_empty() && !a.cases.contains(&format!("{}:{}:{}", f.process, f.op, f.mode)) {
                         continue;
                     }
+                    if !in_partition(&format!("{} [{f}]", s.name), a.partition) {
+                        continue;
+                    }
                     cases.push((s.clone(), Some(f)));
                 }
+            }
+            if cases.is_empty() && a.partition.is_some() {
+                println!("this partition has no sweep case");
+                return ExitCode::SUCCESS;
             }
             if cases.is_empty() {
                 eprintln!("lab: no sweep case matches {:?} (processes are primary, s1, s2, ...)", a.cases);
