@@ -6,11 +6,17 @@
 //! by offset. Each `Mempool` handle keeps a small local cache in front of the ring (DPDK's
 //! per-lcore cache), so a burst costs no shared-memory atomics in the common case.
 //!
+//! Each handle with a cache publishes the cache's length in one of the pool's [`MAX_CACHES`]
+//! cache slots (a relaxed store to a line only it writes), so any process can tell free buffers
+//! (ring and caches) from buffers in use, as DPDK reads its per-lcore caches. A handle that finds
+//! no free slot runs without a cache, so the figures stay exact.
+//!
 //! An [`Mbuf`] is an owned handle (a pointer into the mapping, which is never unmapped). Dropping
 //! one returns it to its pool's ring; data paths use `Mempool::free_bulk`, which goes through the
 //! local cache instead.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::mem::{Iova, MemError, Shm, ShmOffset, IOVA_BASE};
@@ -53,11 +59,26 @@ pub struct PoolHdr {
     elt_size: u32,
     data_room: u16,
     headroom: u16,
-    _r: u32,
+    /// Cache slots after the header (`MAX_CACHES`).
+    caches: u32,
     ring_off: u64,
     elts_off: u64,
     self_off: u64,
 }
+
+/// Cache slots a pool has: handles beyond this many (with a cache) run without one.
+pub const MAX_CACHES: usize = 64;
+
+/// One handle's published cache length, in shared memory after the pool header.
+#[repr(C, align(64))]
+struct CacheSlot {
+    /// Pid of the process whose handle holds the slot (0: free).
+    pid: AtomicU32,
+    /// Buffers in that handle's cache.
+    len: AtomicU32,
+}
+const _: () = assert!(std::mem::size_of::<CacheSlot>() == 64);
+const CACHES_LEN: u64 = 64 * MAX_CACHES as u64;
 const _: () = assert!(std::mem::size_of::<PoolHdr>() == 64);
 const _: () = assert!(std::mem::offset_of!(PoolHdr, ring_off) == 24);
 const POOL_MAGIC: u64 = 0x504f_4f4c_4d42_5546;
@@ -272,9 +293,14 @@ pub struct Mempool {
     cache: Box<[u64]>,
     cache_len: usize,
     cache_size: usize,
+    /// Cache slots of the pool.
+    caches: u32,
+    /// This handle's cache slot, if it has a cache.
+    slot: Option<NonNull<CacheSlot>>,
 }
 
-// SAFETY: the handle owns its cache; shared state is the ring (thread- and process-safe).
+// SAFETY: the handle owns its cache; shared state is the ring (thread- and process-safe) and
+// its cache slot, touched only through atomics.
 unsafe impl Send for Mempool {}
 
 impl Mempool {
@@ -294,10 +320,14 @@ impl Mempool {
         let ring_count = (n + 1).next_power_of_two();
         let elt_size = (64 + HEADROOM as u64 + data_room as u64).div_ceil(64) * 64;
         let ring_len = Ring::<u64>::mem_size(ring_count).div_ceil(64) * 64;
-        let total = 64 + ring_len + elt_size * n as u64;
+        let total = 64 + CACHES_LEN + ring_len + elt_size * n as u64;
         let z = shm.reserve(name, total, 64)?;
         let off = z.offset.0;
-        let ring_off = off + 64;
+        // Free cache slots: the zone is fresh, but reserve() does not promise zeroes.
+        for i in 0..MAX_CACHES as u64 {
+            shm.write_at(ShmOffset(off + 64 + 64 * i), &[0u8; 64]);
+        }
+        let ring_off = off + 64 + CACHES_LEN;
         let elts_off = ring_off + ring_len;
         Ring::<u64>::init_at(shm, ShmOffset(ring_off), ring_count, RingFlags::MPMC);
         let ring = Ring::<u64>::attach(shm, name, ShmOffset(ring_off))?;
@@ -331,7 +361,7 @@ impl Mempool {
                 elt_size: elt_size as u32,
                 data_room,
                 headroom: HEADROOM,
-                _r: 0,
+                caches: MAX_CACHES as u32,
                 ring_off,
                 elts_off,
                 self_off: off,
@@ -349,7 +379,7 @@ impl Mempool {
             std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
             std::ptr::addr_of_mut!((*ph).magic).write_volatile(POOL_MAGIC);
         }
-        Ok(Mempool::handle(shm, name, off, n, ring, cache_size))
+        Ok(Mempool::handle(shm, name, off, n, ring, cache_size, MAX_CACHES as u32))
     }
 
     /// A new handle (with its own empty cache) on the existing pool `name`.
@@ -365,10 +395,23 @@ impl Mempool {
         }
         std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         let ring = Ring::<u64>::attach(shm, name, ShmOffset(ph.ring_off))?;
-        Ok(Mempool::handle(shm, name, z.offset.0, ph.n, ring, cache_size.min(512)))
+        let caches = ph.caches.min(MAX_CACHES as u32);
+        Ok(Mempool::handle(shm, name, z.offset.0, ph.n, ring, cache_size.min(512), caches))
     }
 
-    fn handle(shm: &Arc<Shm>, name: &str, pool_off: u64, n: u32, ring: Ring<u64>, cache_size: usize) -> Mempool {
+    fn handle(
+        shm: &Arc<Shm>,
+        name: &str,
+        pool_off: u64,
+        n: u32,
+        ring: Ring<u64>,
+        cache_size: usize,
+        caches: u32,
+    ) -> Mempool {
+        let slots = Self::slots(shm, pool_off, caches);
+        let slot = if cache_size > 0 { Self::claim(&slots) } else { None };
+        // No slot, no cache: a cache nobody can see would make the pool's figures wrong.
+        let cache_size = if slot.is_some() { cache_size } else { 0 };
         Mempool {
             shm: shm.clone(),
             pool_off,
@@ -378,12 +421,86 @@ impl Mempool {
             cache: vec![0u64; cache_size * 2 + 64].into_boxed_slice(),
             cache_len: 0,
             cache_size,
+            caches,
+            slot,
+        }
+    }
+
+    /// The cache slots of the pool at `pool_off`.
+    fn slots(shm: &Shm, pool_off: u64, caches: u32) -> Vec<NonNull<CacheSlot>> {
+        (0..u64::from(caches))
+            .filter_map(|i| shm.ptr(ShmOffset(pool_off + 64 + 64 * i), 64).map(NonNull::cast))
+            .collect()
+    }
+
+    /// Takes a free slot, or one whose process died.
+    fn claim(slots: &[NonNull<CacheSlot>]) -> Option<NonNull<CacheSlot>> {
+        let me = std::process::id();
+        slots.iter().copied().find(|s| {
+            // SAFETY: a 64-byte slot inside the mapping (never unmapped); only atomics are used.
+            let s = unsafe { s.as_ref() };
+            let p = s.pid.load(Ordering::Relaxed);
+            let free = p == 0 || (p != me && !crate::sys::pid_alive(p));
+            if free && s.pid.compare_exchange(p, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                s.len.store(0, Ordering::Relaxed);
+                return true;
+            }
+            false
+        })
+    }
+
+    /// Publishes this handle's cache length (a relaxed store to its own line).
+    #[inline]
+    fn publish(&self) {
+        if let Some(s) = self.slot {
+            // SAFETY: our claimed slot inside the mapping; atomics only.
+            unsafe { s.as_ref() }.len.store(self.cache_len as u32, Ordering::Relaxed);
         }
     }
 
     /// Another handle on the same pool, with its own cache.
     pub fn new_handle(&self) -> Mempool {
-        Mempool::handle(&self.shm, &self.name, self.pool_off, self.n, self.ring.clone(), self.cache_size)
+        let cache = self.cache.len().saturating_sub(64) / 2;
+        Mempool::handle(&self.shm, &self.name, self.pool_off, self.n, self.ring.clone(), cache, self.caches)
+    }
+
+    /// Buffers in the shared free ring (DPDK's `common_pool_count`).
+    pub fn common_count(&self) -> u32 {
+        self.ring.count()
+    }
+
+    /// Buffers in the caches of every live handle, in any process.
+    pub fn cached_count(&self) -> u32 {
+        Self::slots(&self.shm, self.pool_off, self.caches)
+            .iter()
+            .map(|s| {
+                // SAFETY: a slot inside the mapping; atomics only.
+                let s = unsafe { s.as_ref() };
+                let p = s.pid.load(Ordering::Relaxed);
+                if p != 0 && crate::sys::pid_alive(p) {
+                    s.len.load(Ordering::Relaxed)
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    /// Handles with a cache on this pool, in every live process.
+    pub fn cache_handles(&self) -> u32 {
+        Self::slots(&self.shm, self.pool_off, self.caches)
+            .iter()
+            .filter(|s| {
+                // SAFETY: a slot inside the mapping; atomics only.
+                let p = unsafe { s.as_ref() }.pid.load(Ordering::Relaxed);
+                p != 0 && crate::sys::pid_alive(p)
+            })
+            .count() as u32
+    }
+
+    /// This handle's cache size (0 when it runs without one).
+    pub fn cache_size(&self) -> usize {
+        self.cache_size
     }
 
     /// Pool name.
@@ -415,6 +532,7 @@ impl Mempool {
             return None;
         }
         self.cache_len -= 1;
+        self.publish();
         let mut m = self.to_mbuf(self.cache[self.cache_len]);
         m.reset();
         Some(m)
@@ -448,6 +566,7 @@ impl Mempool {
         if self.cache_len < n {
             self.refill(n - self.cache_len);
             if self.cache_len < n {
+                self.publish();
                 return false;
             }
         }
@@ -457,6 +576,7 @@ impl Mempool {
             m.reset();
             *slot = Some(m);
         }
+        self.publish();
         true
     }
 
@@ -476,6 +596,7 @@ impl Mempool {
         if self.cache_len > self.cache_size * 2 {
             self.flush(self.cache_size);
         }
+        self.publish();
     }
 
     /// Frees every buffer in `ms` (taking them out of the slice).
@@ -498,6 +619,12 @@ impl Mempool {
 impl Drop for Mempool {
     fn drop(&mut self) {
         self.flush(0);
+        if let Some(s) = self.slot.take() {
+            // SAFETY: our claimed slot inside the mapping; atomics only. Emptied, then freed.
+            let s = unsafe { s.as_ref() };
+            s.len.store(0, Ordering::Relaxed);
+            s.pid.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -569,5 +696,29 @@ mod tests {
         let e = Mempool::create(&shm, "y", 10, 2048, 9999).err().unwrap();
         assert!(e.to_string().contains("512"), "{e}");
         assert!(matches!(Mempool::lookup(&shm, "nope", 0), Err(MbufError::Mem(_))));
+    }
+
+    #[test]
+    fn caches_are_published_so_free_cached_and_in_use_add_up() {
+        let (_d, shm) = shm();
+        let mut a = Mempool::create(&shm, "c", 256, 2048, 16).unwrap();
+        let mut b = Mempool::lookup(&shm, "c", 16).unwrap();
+        let held: Vec<Mbuf> = (0..10).filter_map(|_| a.alloc()).collect();
+        let x = b.alloc().unwrap();
+        b.free(x);
+        let cached = a.cached_count();
+        assert!(cached > 0, "both caches hold buffers");
+        assert_eq!(a.common_count() + cached + held.len() as u32, 256);
+        assert_eq!(a.cache_handles(), 2);
+        drop(b);
+        assert_eq!(a.cache_handles(), 1, "a dropped handle frees its slot");
+        assert_eq!(a.common_count() + a.cached_count() + held.len() as u32, 256, "its cache went back to the ring");
+        // Slots run out: a handle beyond them works without a cache, so the figures stay exact.
+        let many: Vec<Mempool> = (0..MAX_CACHES).map(|_| a.new_handle()).collect();
+        assert_eq!(many.iter().filter(|h| h.cache_size() == 0).count(), 1);
+        let mut last = many.into_iter().last().unwrap();
+        let m = last.alloc().unwrap();
+        last.free(m);
+        assert_eq!(a.common_count() + a.cached_count() + held.len() as u32, 256);
     }
 }

@@ -138,7 +138,9 @@ fn ethdev_and_lab_commands_follow_ports_and_operations_in_every_process() {
         pools.as_array().unwrap().iter().find(|m| m["name"] == "lab_mbuf_pool").unwrap_or_else(|| panic!("{pools}"));
     let size = d["size"].as_u64().unwrap();
     assert!(size >= 512 && d["in_use"].as_u64().unwrap() <= size, "{d}");
-    assert_eq!(d["common_pool_count"].as_u64().unwrap() + d["in_use"].as_u64().unwrap(), size);
+    let n = |k: &str| d[k].as_u64().unwrap_or_else(|| panic!("no {k} in {d}"));
+    assert_eq!(n("common_pool_count") + n("cached") + n("in_use"), size, "{d}");
+    assert!(n("cache_handles") >= 1, "the ports' pool handles have caches: {d}");
     assert_eq!(ask(&pp, "/mempool/list"), serde_json::json!(["lab_mbuf_pool"]));
     assert_eq!(ask(&pp, "/mempool/info,lab_mbuf_pool")["size"], size);
 

@@ -63,7 +63,11 @@ pub(super) fn register(t: &Telemetry, inner: &Arc<Inner>) {
             "Returns the last hotplug operations: what, from whom, outcome, each process's answer. Takes no parameters",
             lab_hotplug,
         ),
-        ("/lab/mempool", "Returns every buffer pool: size, free, in use. Takes no parameters", lab_mempool),
+        (
+            "/lab/mempool",
+            "Returns every buffer pool: size, free in the ring, in the handles' caches, in use. Takes no parameters",
+            lab_mempool,
+        ),
     ];
     for (name, help, body) in cmds {
         let w: Weak<Inner> = Arc::downgrade(inner);
@@ -186,10 +190,11 @@ fn pools(inner: &Inner) -> Vec<Mempool> {
 }
 
 fn pool_json(m: &Mempool) -> Value {
-    let free = m.avail_count();
+    let (common, cached) = (m.common_count(), m.cached_count());
     json!({
-        "name": m.name(), "size": m.size(), "common_pool_count": free,
-        "in_use": m.size().saturating_sub(free),
+        "name": m.name(), "size": m.size(), "common_pool_count": common, "cached": cached,
+        "in_use": m.size().saturating_sub(common).saturating_sub(cached),
+        "cache_handles": m.cache_handles(),
     })
 }
 
@@ -205,7 +210,6 @@ fn mempool_info(inner: &Inner, p: Option<&str>) -> Result<Value, CmdError> {
 }
 
 fn lab_mempool(inner: &Inner, _: Option<&str>) -> Result<Value, CmdError> {
-    // Buffers in the handles' local caches are private to each handle: they count as in use.
     Ok(json!(pools(inner).iter().map(pool_json).collect::<Vec<_>>()))
 }
 
