@@ -136,6 +136,9 @@ struct ConnRecord {
 
 struct Shared {
     bdf: String,
+    /// Region sizes (by index) and MSI-X vectors, for the relay's request checks.
+    region_sizes: Vec<u64>,
+    msix: u32,
     dev: Mutex<DeviceState>,
     conns: Mutex<HashMap<u64, ConnRecord>>,
     stop: AtomicBool,
@@ -274,9 +277,18 @@ impl Function {
         let perr = |source| ServerError::PrivateSocket { bdf: bdf.to_owned(), source };
         let addr = SocketAddr::from_abstract_name(private.as_bytes()).map_err(perr)?;
         let private_listener = UnixListener::bind_addr(&addr).map_err(perr)?;
+        let mut region_sizes = vec![0u64; NUM_REGIONS];
+        for r in &regions {
+            if let Some(s) = region_sizes.get_mut(r.region_info.index as usize) {
+                *s = r.region_info.size;
+            }
+        }
+        let msix = model.msix_count();
         let server = Arc::new(Server::from_owned_fd(OwnedFd::from(private_listener), true, irqs, regions));
         let shared = Arc::new(Shared {
             bdf: bdf.to_owned(),
+            region_sizes,
+            msix,
             dev: Mutex::new(DeviceState::new(model)),
             conns: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),

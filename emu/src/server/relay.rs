@@ -13,7 +13,8 @@ pub(super) fn start_relay(s: &Arc<Shared>, client: UnixStream) -> std::io::Resul
     tracing::info!(bdf = %s.bdf, conn = id, "client connected");
     let s2 = s.clone();
     let spawned = std::thread::Builder::new().name(format!("relay-{id}")).spawn(move || {
-        let reason = relay(&client, &worker);
+        let mut check = ConnCheck::new(s2.region_sizes.clone(), s2.msix);
+        let reason = relay(&client, &worker, &mut check);
         let _ = client.shutdown(std::net::Shutdown::Both);
         let _ = worker.shutdown(std::net::Shutdown::Both);
         lock(&s2.conns).remove(&id);
@@ -38,6 +39,8 @@ enum RelayEnd {
     ServerClosed,
     #[error("malformed message: {0}")]
     Malformed(String),
+    #[error("{0}")]
+    Timeout(&'static str),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -62,65 +65,301 @@ impl MsgHeader {
 }
 
 const NO_REPLY: u32 = 1 << 4;
+const ERROR: u32 = 1 << 5;
+
+/// vfio-user commands (the spec's numbers).
+const VERSION: u16 = 1;
+const DMA_MAP: u16 = 2;
+const DMA_UNMAP: u16 = 3;
+const DEVICE_GET_INFO: u16 = 4;
+const GET_REGION_INFO: u16 = 5;
+const GET_IRQ_INFO: u16 = 7;
+const SET_IRQS: u16 = 8;
+const REGION_READ: u16 = 9;
+const REGION_WRITE: u16 = 10;
+const DEVICE_RESET: u16 = 13;
+
+/// DMA_MAP flags (READ, WRITE); DMA_UNMAP flags as in linux/vfio.h.
+const DMA_MAP_FLAGS: u32 = 0b11;
+const UNMAP_GET_DIRTY_BITMAP: u32 = 1 << 0;
+const UNMAP_ALL: u32 = 1 << 1;
+/// SET_IRQS: the data types (NONE, BOOL, EVENTFD) and actions (MASK, UNMASK, TRIGGER).
+const IRQ_DATA_MASK: u32 = 0b111;
+const IRQ_ACTION_MASK: u32 = 0b111 << 3;
+
+/// How long a new connection may take to negotiate (VERSION), and a started message to arrive
+/// whole: a client that connects, or sends part of a header, and stops is closed, so silent
+/// clients cannot fill the function's connection pool.
+pub(super) const NEGOTIATE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// DMA maps one connection may hold (per-connection memory stays bounded).
+pub(super) const MAX_MAPS: usize = 1024;
 
 enum Verdict {
     Forward,
+    /// Forward this message instead (the request in the shape the crate's server reads).
+    Rewrite(Vec<u8>),
     Reject(i32),
 }
 
-/// Checks a client request against the sizes the crate's server reads (vfio-user spec commands).
-fn check_request(h: &MsgHeader, body: &[u8]) -> Result<Verdict, String> {
-    let size = h.size as usize;
-    let u32_at = |o: usize| body.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let exact = |n: usize| {
-        if size == n {
-            Verdict::Forward
-        } else {
-            Verdict::Reject(libc::EINVAL)
-        }
-    };
-    let needs_reply = matches!(h.command, 1 | 4 | 5 | 7 | 9);
-    if needs_reply && h.flags & NO_REPLY != 0 {
-        return Ok(Verdict::Reject(libc::EINVAL));
-    }
-    Ok(match h.command {
-        1 => {
-            // VERSION: major, minor, then a NUL-terminated JSON string (the crate unwraps on it).
-            let json = body.get(4..).unwrap_or(&[]);
-            match json.split_last() {
-                Some((0, rest)) if !rest.contains(&0) => Verdict::Forward,
-                _ => return Err("VERSION without a NUL-terminated capability string".into()),
-            }
-        }
-        2 => exact(48),
-        3 => exact(40),
-        4 => exact(32),
-        5 => exact(48),
-        7 => exact(32),
-        8 => match u32_at(4) {
-            Some(f) if f & VFIO_IRQ_SET_DATA_BOOL == 0 => exact(36),
-            _ => Verdict::Reject(libc::ENOTSUP),
-        },
-        9 => match u32_at(12) {
-            Some(c) if c <= MAX_DATA_XFER && size == 32 => Verdict::Forward,
-            _ => Verdict::Reject(libc::EINVAL),
-        },
-        10 => match u32_at(12) {
-            Some(c) if c <= MAX_DATA_XFER && size == 32 + c as usize => Verdict::Forward,
-            _ => Verdict::Reject(libc::EINVAL),
-        },
-        13 => exact(16),
-        _ => Verdict::Reject(libc::ENOTSUP),
-    })
+/// A forwarded request whose reply changes what the relay knows of the connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    Version,
+    Map(u64, u64),
+    Unmap(u64, u64),
+    UnmapAll,
+    Other,
 }
 
-fn read_exact_or(stream: &UnixStream, buf: &mut [u8], eof: fn() -> RelayEnd) -> Result<(), RelayEnd> {
-    let mut s = stream;
-    match s.read_exact(buf) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(eof()),
-        Err(e) => Err(e.into()),
+/// What the relay knows of one connection, to check every request as the vfio-user spec says
+/// before the crate's server sees it, and to give every error reply its errno.
+pub(super) struct ConnCheck {
+    negotiated: bool,
+    /// This connection's DMA maps (iova, size), as confirmed by the server's replies.
+    maps: Vec<(u64, u64)>,
+    /// Forwarded requests in order, by message id, until their replies pass.
+    pending: std::collections::VecDeque<(u16, Op)>,
+    region_sizes: Vec<u64>,
+    msix: u32,
+}
+
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    b.get(o..o + 4).map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+}
+
+fn u64_at(b: &[u8], o: usize) -> Option<u64> {
+    b.get(o..o + 8).map(|x| u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]))
+}
+
+/// `buf` cut (or grown) to a body of `body` bytes, with the header's size updated.
+fn resized(buf: &[u8], body: usize, extra: &[u8]) -> Vec<u8> {
+    let mut v = buf[..(HEADER + body).min(buf.len())].to_vec();
+    v.resize(HEADER + body, 0);
+    v.extend_from_slice(extra);
+    let n = v.len() as u32;
+    v[4..8].copy_from_slice(&n.to_le_bytes());
+    v
+}
+
+impl ConnCheck {
+    pub(super) fn new(region_sizes: Vec<u64>, msix: u32) -> ConnCheck {
+        ConnCheck { negotiated: false, maps: Vec::new(), pending: Default::default(), region_sizes, msix }
     }
+
+    /// The verdict on one request (`buf` is the whole message, `nfds` the fds that came with it).
+    fn check(&mut self, h: &MsgHeader, buf: &[u8], fds: &[OwnedFd]) -> (Verdict, Op) {
+        use Verdict::{Forward, Reject};
+        let body = &buf[HEADER..];
+        let n = body.len();
+        let einval = (Reject(libc::EINVAL), Op::Other);
+        let needs_reply = matches!(h.command, VERSION | DEVICE_GET_INFO | GET_REGION_INFO | GET_IRQ_INFO | REGION_READ);
+        if needs_reply && h.flags & NO_REPLY != 0 {
+            return einval;
+        }
+        if h.flags & 0xf != 0 {
+            return einval; // a reply (or an unknown type) sent as a request
+        }
+        // Connection initiation: negotiation comes first, once.
+        if (h.command == VERSION) == self.negotiated {
+            return einval;
+        }
+        if h.command != DMA_MAP && h.command != SET_IRQS && !fds.is_empty() {
+            return einval;
+        }
+        match h.command {
+            VERSION => {
+                if n < 4 {
+                    return einval;
+                }
+                let json = &body[4..];
+                // The capabilities (the JSON, and each key in it) are optional; the crate's server
+                // insists on a `capabilities` object, so it is given one when the client sent none.
+                let caps = if json.is_empty() {
+                    Some(serde_json::Map::new())
+                } else {
+                    match json.split_last() {
+                        Some((0, rest)) => std::str::from_utf8(rest)
+                            .ok()
+                            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                            .and_then(|v| v.as_object().cloned()),
+                        _ => None,
+                    }
+                };
+                match caps {
+                    Some(c) if c.get("capabilities").is_some_and(|v| v.is_object()) => (Forward, Op::Version),
+                    Some(mut c) if !c.contains_key("capabilities") => {
+                        c.insert("capabilities".into(), serde_json::Value::Object(Default::default()));
+                        let mut text = serde_json::Value::Object(c).to_string().into_bytes();
+                        text.push(0);
+                        (Verdict::Rewrite(resized(buf, 4, &text)), Op::Version)
+                    }
+                    _ => einval,
+                }
+            }
+            DMA_MAP => {
+                let (Some(argsz), Some(flags), Some(off), Some(iova), Some(size)) =
+                    (u32_at(body, 0), u32_at(body, 4), u64_at(body, 8), u64_at(body, 16), u64_at(body, 24))
+                else {
+                    return einval;
+                };
+                if (argsz as usize) < 32 || flags & !DMA_MAP_FLAGS != 0 || size == 0 || iova.checked_add(size).is_none()
+                {
+                    return einval;
+                }
+                // This server reaches guest memory only through a mapped file, not DMA_READ/WRITE.
+                let [fd] = fds else {
+                    return (Reject(if fds.is_empty() { libc::ENOTSUP } else { libc::EINVAL }), Op::Other);
+                };
+                let end = off.checked_add(size);
+                let len = nix::sys::stat::fstat(fd.as_raw_fd()).map(|st| st.st_size as u64).unwrap_or(0);
+                if end.is_none_or(|e| e > len) {
+                    return einval;
+                }
+                if self.maps.iter().any(|&(a, s)| iova < a + s && a < iova + size) {
+                    return (Reject(libc::EEXIST), Op::Other);
+                }
+                if self.maps.len() >= MAX_MAPS {
+                    return (Reject(libc::ENOSPC), Op::Other);
+                }
+                (Verdict::Rewrite(resized(buf, 32, &[])), Op::Map(iova, size))
+            }
+            DMA_UNMAP => {
+                let (Some(argsz), Some(flags), Some(iova), Some(size)) =
+                    (u32_at(body, 0), u32_at(body, 4), u64_at(body, 8), u64_at(body, 16))
+                else {
+                    return einval;
+                };
+                if (argsz as usize) < 24 || flags & !(UNMAP_GET_DIRTY_BITMAP | UNMAP_ALL) != 0 {
+                    return einval;
+                }
+                if flags & UNMAP_GET_DIRTY_BITMAP != 0 {
+                    return (Reject(libc::ENOTSUP), Op::Other); // no dirty page tracking here
+                }
+                if flags & UNMAP_ALL != 0 {
+                    return if iova == 0 && size == 0 {
+                        (Verdict::Rewrite(resized(buf, 24, &[])), Op::UnmapAll)
+                    } else {
+                        einval
+                    };
+                }
+                if !self.maps.contains(&(iova, size)) {
+                    return (Reject(libc::ENOENT), Op::Other);
+                }
+                (Verdict::Rewrite(resized(buf, 24, &[])), Op::Unmap(iova, size))
+            }
+            DEVICE_GET_INFO if n >= 16 => (Verdict::Rewrite(resized(buf, 16, &[])), Op::Other),
+            GET_REGION_INFO if n >= 32 => {
+                // A re-ask carries a payload as large as the argsz it asks for: the reply's
+                // capability chain depends on argsz, not on the payload's length.
+                match u32_at(body, 8) {
+                    Some(i) if (i as usize) < self.region_sizes.len() => {
+                        (Verdict::Rewrite(resized(buf, 32, &[])), Op::Other)
+                    }
+                    _ => einval,
+                }
+            }
+            GET_IRQ_INFO if n >= 16 => match u32_at(body, 8) {
+                Some(i) if i < NUM_IRQS as u32 => (Verdict::Rewrite(resized(buf, 16, &[])), Op::Other),
+                _ => einval,
+            },
+            SET_IRQS => {
+                let (Some(flags), Some(index), Some(start), Some(count)) =
+                    (u32_at(body, 4), u32_at(body, 8), u32_at(body, 12), u32_at(body, 16))
+                else {
+                    return einval;
+                };
+                let data = flags & IRQ_DATA_MASK;
+                let action = flags & IRQ_ACTION_MASK;
+                if flags & !(IRQ_DATA_MASK | IRQ_ACTION_MASK) != 0 || data.count_ones() != 1 || action.count_ones() != 1
+                {
+                    return einval;
+                }
+                if data == VFIO_IRQ_SET_DATA_BOOL {
+                    return (Reject(libc::ENOTSUP), Op::Other);
+                }
+                if n != 20 || index >= NUM_IRQS as u32 {
+                    return einval;
+                }
+                let vectors = if index == VFIO_PCI_MSIX_IRQ_INDEX { self.msix } else { 0 };
+                if start.checked_add(count).is_none_or(|e| e > vectors)
+                    && !(count == 0 && data == VFIO_IRQ_SET_DATA_NONE)
+                {
+                    return einval;
+                }
+                let eventfds = data == VFIO_IRQ_SET_DATA_EVENTFD;
+                if (eventfds && !fds.is_empty() && fds.len() != count as usize) || (!eventfds && !fds.is_empty()) {
+                    return einval;
+                }
+                (Forward, Op::Other)
+            }
+            REGION_READ | REGION_WRITE => {
+                let (Some(off), Some(region), Some(count)) = (u64_at(body, 0), u32_at(body, 8), u32_at(body, 12))
+                else {
+                    return einval;
+                };
+                let data = if h.command == REGION_WRITE { count as usize } else { 0 };
+                if count > MAX_DATA_XFER || n != 16 + data {
+                    return einval;
+                }
+                let size = self.region_sizes.get(region as usize).copied().unwrap_or(0);
+                if off.checked_add(u64::from(count)).is_none_or(|e| e > size) {
+                    return einval; // past the region's end (or an empty region)
+                }
+                (Forward, Op::Other)
+            }
+            DEVICE_RESET if n == 0 => (Forward, Op::Other),
+            DEVICE_GET_INFO | GET_REGION_INFO | GET_IRQ_INFO | DEVICE_RESET => einval,
+            _ => (Reject(libc::ENOTSUP), Op::Other),
+        }
+    }
+
+    /// A reply from the server: what it confirms is recorded; an error reply the crate left
+    /// without an errno gets one.
+    fn reply(&mut self, buf: &mut [u8]) {
+        let h = MsgHeader::parse(buf[..HEADER].try_into().expect("a whole header"));
+        let pos = self.pending.iter().position(|(id, _)| *id == h.id);
+        let op = pos.and_then(|p| self.pending.remove(p)).map(|(_, op)| op);
+        if h.flags & ERROR != 0 {
+            if u32_at(buf, 12) == Some(0) {
+                buf[12..16].copy_from_slice(&(libc::EINVAL as u32).to_le_bytes());
+            }
+            return;
+        }
+        match op {
+            Some(Op::Version) => self.negotiated = true,
+            Some(Op::Map(a, s)) => self.maps.push((a, s)),
+            Some(Op::Unmap(a, s)) => self.maps.retain(|m| *m != (a, s)),
+            Some(Op::UnmapAll) => self.maps.clear(),
+            Some(Op::Other) | None => {}
+        }
+    }
+}
+
+/// Fills `buf`, each read bounded by the socket's receive timeout and all of them by `deadline`.
+fn read_exact_or(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    eof: fn() -> RelayEnd,
+    deadline: Option<Instant>,
+) -> Result<(), RelayEnd> {
+    let mut s = stream;
+    let mut got = 0;
+    while got < buf.len() {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(RelayEnd::Timeout("a message did not arrive whole within 5 s"));
+        }
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(eof()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(RelayEnd::Timeout("a message did not arrive whole within 5 s"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Reads one message (header + body) and the fds that came with it.
@@ -128,6 +367,7 @@ fn read_message(
     from: &UnixStream,
     max: usize,
     eof: fn() -> RelayEnd,
+    deadline: Option<Instant>,
 ) -> Result<(MsgHeader, Vec<u8>, Vec<OwnedFd>), RelayEnd> {
     let mut hdr = [0u8; HEADER];
     let mut fds: Vec<OwnedFd> = Vec::new();
@@ -153,7 +393,7 @@ fn read_message(
         return Err(eof());
     }
     if got < HEADER {
-        read_exact_or(from, &mut hdr[got..], eof)?;
+        read_exact_or(from, &mut hdr[got..], eof, deadline)?;
     }
     let h = MsgHeader::parse(&hdr);
     let size = h.size as usize;
@@ -162,7 +402,7 @@ fn read_message(
     }
     let mut buf = vec![0u8; size];
     buf[..HEADER].copy_from_slice(&hdr);
-    read_exact_or(from, &mut buf[HEADER..], eof)?;
+    read_exact_or(from, &mut buf[HEADER..], eof, deadline)?;
     Ok((h, buf, fds))
 }
 
@@ -192,12 +432,28 @@ fn error_reply(h: &MsgHeader, errno: i32) -> [u8; HEADER] {
     r
 }
 
-/// Moves messages both ways until either side closes. Returns why it ended.
-fn relay(client: &UnixStream, worker: &UnixStream) -> RelayEnd {
+/// Moves messages both ways until either side closes or the client misses a deadline (no
+/// VERSION within [`NEGOTIATE_TIMEOUT`], a message not whole within [`MESSAGE_TIMEOUT`]).
+/// Returns why it ended.
+fn relay(client: &UnixStream, worker: &UnixStream, check: &mut ConnCheck) -> RelayEnd {
     let max = HEADER + 16 + MAX_DATA_XFER as usize + 4096;
+    // Each read of a started message waits at most this long (the deadline bounds them all).
+    if let Err(e) = client.set_read_timeout(Some(MESSAGE_TIMEOUT)) {
+        return RelayEnd::Io(e);
+    }
+    let negotiate_by = Instant::now() + NEGOTIATE_TIMEOUT;
     loop {
+        let wait = if check.negotiated {
+            PollTimeout::NONE
+        } else {
+            let left = negotiate_by.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return RelayEnd::Timeout("no VERSION within 10 s of connecting");
+            }
+            PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32 + 1).unwrap_or(PollTimeout::MAX)
+        };
         let mut fds = [PollFd::new(client.as_fd(), PollFlags::POLLIN), PollFd::new(worker.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
+        match poll(&mut fds, wait) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return RelayEnd::Io(e.into()),
@@ -205,12 +461,26 @@ fn relay(client: &UnixStream, worker: &UnixStream) -> RelayEnd {
         let c_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
         let w_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
         if c_ready {
-            let step = read_message(client, max, || RelayEnd::ClientClosed).and_then(|(h, buf, fds)| {
-                match check_request(&h, &buf[HEADER..]).map_err(RelayEnd::Malformed)? {
-                    Verdict::Forward => send_message(worker, &buf, &fds),
+            let deadline = Some(Instant::now() + MESSAGE_TIMEOUT);
+            let step = read_message(client, max, || RelayEnd::ClientClosed, deadline).and_then(|(h, buf, fds)| {
+                let (verdict, op) = check.check(&h, &buf, &fds);
+                let mut forward = |msg: &[u8]| {
+                    if op == Op::Version {
+                        check.negotiated = true; // until an error reply says otherwise
+                    }
+                    if h.flags & NO_REPLY == 0 {
+                        check.pending.push_back((h.id, op));
+                    } else if let Op::Map(a, s) = op {
+                        check.maps.push((a, s)); // no reply will confirm it
+                    }
+                    send_message(worker, msg, &fds)
+                };
+                match verdict {
+                    Verdict::Forward => forward(&buf),
+                    Verdict::Rewrite(msg) => forward(&msg),
                     Verdict::Reject(errno) => {
-                        tracing::debug!(command = h.command, "rejected a request in the relay");
-                        if h.flags & NO_REPLY != 0 && !matches!(h.command, 1 | 4 | 5 | 7 | 9) {
+                        tracing::debug!(command = h.command, errno, "refused a request in the relay");
+                        if h.flags & NO_REPLY != 0 {
                             Ok(())
                         } else {
                             send_message(client, &error_reply(&h, errno), &[])
@@ -223,8 +493,15 @@ fn relay(client: &UnixStream, worker: &UnixStream) -> RelayEnd {
             }
         }
         if w_ready {
-            let step = read_message(worker, max, || RelayEnd::ServerClosed)
-                .and_then(|(_, buf, fds)| send_message(client, &buf, &fds));
+            let step = read_message(worker, max, || RelayEnd::ServerClosed, None).and_then(|(_, mut buf, fds)| {
+                if let Some((_, Op::Version)) = check.pending.front() {
+                    if u32_at(&buf, 8).is_some_and(|f| f & ERROR != 0) {
+                        check.negotiated = false;
+                    }
+                }
+                check.reply(&mut buf);
+                send_message(client, &buf, &fds)
+            });
             if let Err(e) = step {
                 return e;
             }
@@ -236,24 +513,114 @@ fn relay(client: &UnixStream, worker: &UnixStream) -> RelayEnd {
 mod tests {
     use super::*;
 
-    fn hdr(command: u16, size: u32) -> MsgHeader {
-        MsgHeader { id: 1, command, size, flags: 0 }
+    fn msg(command: u16, body: &[u8]) -> (MsgHeader, Vec<u8>) {
+        let mut v = vec![0u8; HEADER];
+        v[0..2].copy_from_slice(&7u16.to_le_bytes());
+        v[2..4].copy_from_slice(&command.to_le_bytes());
+        v[4..8].copy_from_slice(&((HEADER + body.len()) as u32).to_le_bytes());
+        v.extend_from_slice(body);
+        (MsgHeader::parse(v[..HEADER].try_into().unwrap()), v)
+    }
+
+    fn errno(v: &Verdict) -> i32 {
+        match v {
+            Verdict::Reject(e) => *e,
+            _ => 0,
+        }
     }
 
     #[test]
-    fn relay_checks_request_sizes_and_strings() {
-        assert!(matches!(check_request(&hdr(2, 48), &[0; 32]), Ok(Verdict::Forward)));
-        assert!(matches!(check_request(&hdr(2, 40), &[0; 24]), Ok(Verdict::Reject(_))));
-        assert!(matches!(check_request(&hdr(11, 16), &[]), Ok(Verdict::Reject(_))));
-        let mut v = vec![0, 0, 1, 0];
-        v.extend_from_slice(b"{}\0");
-        assert!(matches!(check_request(&hdr(1, 16 + v.len() as u32), &v), Ok(Verdict::Forward)));
-        assert!(check_request(&hdr(1, 20), &[0, 0, 1, 0]).is_err());
-        assert!(check_request(&hdr(1, 23), &[0, 0, 1, 0, b'a', 0, b'b']).is_err());
-        let mut w = vec![0u8; 16];
-        w[12..16].copy_from_slice(&4u32.to_le_bytes());
-        w.extend_from_slice(&[1, 2, 3, 4]);
-        assert!(matches!(check_request(&hdr(10, 36), &w), Ok(Verdict::Forward)));
-        assert!(matches!(check_request(&hdr(10, 35), &w[..19]), Ok(Verdict::Reject(_))));
+    fn negotiation_first_and_the_optional_json_optional() {
+        let mut c = ConnCheck::new(vec![4096; 9], 64);
+        let (h, m) = msg(GET_IRQ_INFO, &[16, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL, "a command before VERSION");
+        let (h, m) = msg(VERSION, &[0, 0, 1, 0]);
+        let (v, op) = c.check(&h, &m, &[]);
+        assert_eq!(op, Op::Version);
+        match v {
+            Verdict::Rewrite(r) => assert_eq!(&r[HEADER + 4..], b"{\"capabilities\":{}}\0"),
+            _ => panic!("VERSION without JSON is given {{}}"),
+        }
+        let (h, m) = msg(VERSION, b"\0\0\x01\0{\"x\"\0");
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL, "bad JSON");
+    }
+
+    #[test]
+    fn ranges_flags_and_re_asks_are_checked() {
+        let mut c = ConnCheck::new(vec![4096, 0, 0, 0, 0, 0, 0, 256, 0], 8);
+        c.negotiated = true;
+        // REGION_READ past the end, of an empty region, and in range.
+        let rd = |off: u64, region: u32, count: u32| {
+            let mut b = off.to_le_bytes().to_vec();
+            b.extend_from_slice(&region.to_le_bytes());
+            b.extend_from_slice(&count.to_le_bytes());
+            msg(REGION_READ, &b)
+        };
+        let (h, m) = rd(4092, 0, 8);
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL);
+        let (h, m) = rd(0, 1, 4);
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL);
+        let (h, m) = rd(4092, 0, 4);
+        assert!(matches!(c.check(&h, &m, &[]).0, Verdict::Forward));
+        // GET_REGION_INFO re-ask padded to argsz 80: cut to the 32 bytes the server reads.
+        let mut b = vec![0u8; 80];
+        b[0] = 80;
+        b[8] = 7;
+        let (h, m) = msg(GET_REGION_INFO, &b);
+        match c.check(&h, &m, &[]).0 {
+            Verdict::Rewrite(r) => {
+                assert_eq!(r.len(), HEADER + 32);
+                assert_eq!(r[HEADER], 80, "argsz kept");
+            }
+            _ => panic!("a padded re-ask is accepted"),
+        }
+        // DMA_UNMAP: dirty bitmap refused, ALL needs a zero range, an unknown range is ENOENT.
+        let unmap = |flags: u32, iova: u64, size: u64| {
+            let mut b = 24u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&flags.to_le_bytes());
+            b.extend_from_slice(&iova.to_le_bytes());
+            b.extend_from_slice(&size.to_le_bytes());
+            msg(DMA_UNMAP, &b)
+        };
+        let (h, m) = unmap(UNMAP_GET_DIRTY_BITMAP, 0x1000, 0x1000);
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::ENOTSUP);
+        let (h, m) = unmap(UNMAP_ALL, 0x1000, 0);
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL);
+        let (h, m) = unmap(UNMAP_ALL, 0, 0);
+        assert_eq!(c.check(&h, &m, &[]).1, Op::UnmapAll);
+        let (h, m) = unmap(0, 0x1000, 0x1000);
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::ENOENT);
+        let (h, m) = unmap(1 << 7, 0x1000, 0x1000);
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL, "unknown flag");
+        // SET_IRQS beyond the MSI-X table.
+        let mut b = 20u32.to_le_bytes().to_vec();
+        for v in [VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_PCI_MSIX_IRQ_INDEX, 6, 4] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let (h, m) = msg(SET_IRQS, &b);
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL);
+        // Replies: a confirmed map is known; an error reply without errno gets one.
+        c.pending.push_back((9, Op::Map(0x1000, 0x2000)));
+        let mut r = error_reply(&MsgHeader { id: 9, command: DMA_MAP, size: 16, flags: 0 }, 0);
+        r[8..12].copy_from_slice(&1u32.to_le_bytes());
+        c.reply(&mut r);
+        assert_eq!(c.maps, vec![(0x1000, 0x2000)], "the server confirmed the map");
+        c.pending.push_back((10, Op::Map(0x8000, 0x1000)));
+        let mut e = error_reply(&MsgHeader { id: 10, command: DMA_MAP, size: 16, flags: 0 }, 0);
+        c.reply(&mut e);
+        assert_eq!(u32_at(&e, 12), Some(libc::EINVAL as u32), "errno filled in");
+        assert_eq!(c.maps, vec![(0x1000, 0x2000)], "a refused map is not recorded");
+        // Now an overlapping map is EEXIST (the fd check comes first: give it a file).
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(0x10000).unwrap();
+        let mut b = 32u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        for v in [0u64, 0x2000, 0x1000] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let (h, m) = msg(DMA_MAP, &b);
+        let fd = OwnedFd::from(f);
+        assert_eq!(errno(&c.check(&h, &m, std::slice::from_ref(&fd)).0), libc::EEXIST);
+        assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::ENOTSUP, "no fd");
     }
 }
