@@ -1,0 +1,353 @@
+//! vfio-user conformance of lab-nic, written from the spec (QEMU's docs/interop/vfio-user.rst)
+//! with a raw client of its own: messages are built and parsed here byte by byte, so a mistake
+//! our client (lab-vfio) and our server share cannot pass. Every command, each error path with
+//! its errno, the region-info re-ask, the two-phase DMA map and unmap (unmap-all included),
+//! SET_IRQS for MSI-X with the eventfd firing on an interrupt cause, several clients at once, and
+//! clients that stall (half-open, never negotiating) not holding the function's slots.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lab_testkit::LabNic;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+const BDF: &str = "0000:00:05.0";
+const VERSION: u16 = 1;
+const DMA_MAP: u16 = 2;
+const DMA_UNMAP: u16 = 3;
+const DEVICE_GET_INFO: u16 = 4;
+const GET_REGION_INFO: u16 = 5;
+const GET_IRQ_INFO: u16 = 7;
+const SET_IRQS: u16 = 8;
+const REGION_READ: u16 = 9;
+const REGION_WRITE: u16 = 10;
+const DEVICE_RESET: u16 = 13;
+const ERROR: u32 = 1 << 5;
+const MSIX: u32 = 2; // VFIO_PCI_MSIX_IRQ_INDEX
+
+fn start() -> LabNic {
+    LabNic::builder().bin(env!("CARGO_BIN_EXE_lab-nic")).dev(format!("{BDF},model=ixgbe,wire=loopback")).start()
+}
+
+fn sock(nic: &LabNic) -> PathBuf {
+    nic.socket(BDF)
+}
+
+/// A reply: its header fields, body and fds.
+struct Reply {
+    id: u16,
+    command: u16,
+    flags: u32,
+    errno: u32,
+    body: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Reply {
+    fn err(&self) -> Option<u32> {
+        (self.flags & ERROR != 0).then_some(self.errno)
+    }
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+/// Little-endian fields, concatenated.
+fn le(fields: &[(u64, usize)]) -> Vec<u8> {
+    fields.iter().flat_map(|(v, n)| v.to_le_bytes()[..*n].to_vec()).collect()
+}
+
+struct Raw {
+    s: UnixStream,
+    next: u16,
+}
+
+impl Raw {
+    fn connect(nic: &LabNic) -> Raw {
+        let s = UnixStream::connect(sock(nic)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw { s, next: 1 }
+    }
+
+    fn send(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> u16 {
+        let id = self.next;
+        self.next += 1;
+        let mut m = le(&[(id as u64, 2), (command as u64, 2), ((16 + body.len()) as u64, 4), (0, 4), (0, 4)]);
+        m.extend_from_slice(body);
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let c: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        let n = sendmsg::<()>(self.s.as_raw_fd(), &[std::io::IoSlice::new(&m)], c, MsgFlags::empty(), None).unwrap();
+        self.s.write_all(&m[n..]).unwrap();
+        id
+    }
+
+    fn recv(&mut self) -> Reply {
+        let mut h = [0u8; 16];
+        let mut fds = Vec::new();
+        let n = {
+            let mut iov = [std::io::IoSliceMut::new(&mut h)];
+            let mut space = nix::cmsg_space!([RawFd; 8]);
+            let msg =
+                recvmsg::<()>(self.s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).unwrap();
+            for c in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(v) = c {
+                    // SAFETY: the kernel installed these descriptors for us; we own them now.
+                    fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+            msg.bytes
+        };
+        assert!(n > 0, "server closed the connection");
+        self.s.read_exact(&mut h[n..]).unwrap();
+        let size = u32_at(&h, 4) as usize;
+        let mut body = vec![0u8; size - 16];
+        self.s.read_exact(&mut body).unwrap();
+        Reply {
+            id: u16::from_le_bytes([h[0], h[1]]),
+            command: u16::from_le_bytes([h[2], h[3]]),
+            flags: u32_at(&h, 8),
+            errno: u32_at(&h, 12),
+            body,
+            fds,
+        }
+    }
+
+    fn call(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> Reply {
+        let id = self.send(command, body, fds);
+        let r = self.recv();
+        assert_eq!((r.id, r.command), (id, command), "the reply answers the request");
+        assert_eq!(r.flags & 0xf, 1, "a reply");
+        r
+    }
+
+    fn negotiate(&mut self) -> serde_json::Value {
+        let mut b = le(&[(0, 2), (1, 2)]);
+        b.extend_from_slice(b"{\"capabilities\":{\"max_msg_fds\":8}}\0");
+        let r = self.call(VERSION, &b, &[]);
+        assert_eq!(r.err(), None);
+        assert_eq!(u16::from_le_bytes([r.body[0], r.body[1]]), 0, "major 0");
+        let json = &r.body[4..];
+        assert_eq!(json.last(), Some(&0), "NUL-terminated");
+        serde_json::from_slice(&json[..json.len() - 1]).expect("JSON")
+    }
+
+    fn read32(&mut self, region: u32, off: u64) -> Result<u32, u32> {
+        let r = self.call(REGION_READ, &le(&[(off, 8), (region as u64, 4), (4, 4)]), &[]);
+        match r.err() {
+            Some(e) => Err(e),
+            None => Ok(u32_at(&r.body, 16)),
+        }
+    }
+
+    fn write32(&mut self, region: u32, off: u64, v: u32) -> Option<u32> {
+        self.call(REGION_WRITE, &le(&[(off, 8), (region as u64, 4), (4, 4), (v as u64, 4)]), &[]).err()
+    }
+}
+
+fn memfd(len: u64) -> OwnedFd {
+    let f = tempfile::tempfile().unwrap();
+    f.set_len(len).unwrap();
+    OwnedFd::from(f)
+}
+
+#[test]
+fn negotiation_comes_first_and_its_json_is_optional() {
+    let nic = start();
+    let mut c = Raw::connect(&nic);
+    let r = c.call(DEVICE_GET_INFO, &le(&[(16, 4), (0, 4), (0, 4), (0, 4)]), &[]);
+    assert_eq!(r.err(), Some(libc::EINVAL as u32), "a command before VERSION");
+    let r = c.call(VERSION, &le(&[(0, 2), (1, 2)]), &[]);
+    assert_eq!(r.err(), None, "VERSION without its JSON");
+    let r = c.call(VERSION, &le(&[(0, 2), (1, 2)]), &[]);
+    assert_eq!(r.err(), Some(libc::EINVAL as u32), "negotiation happens once");
+    let mut bad = Raw::connect(&nic);
+    let mut b = le(&[(0, 2), (1, 2)]);
+    b.extend_from_slice(b"{not json\0");
+    assert_eq!(bad.call(VERSION, &b, &[]).err(), Some(libc::EINVAL as u32));
+    let caps = bad.negotiate();
+    assert!(caps["capabilities"]["max_msg_fds"].as_u64().is_some_and(|n| n >= 1), "{caps}");
+}
+
+#[test]
+fn device_region_and_irq_info_with_the_capability_chain_on_the_re_ask() {
+    let nic = start();
+    let mut c = Raw::connect(&nic);
+    c.negotiate();
+    let r = c.call(DEVICE_GET_INFO, &le(&[(16, 4), (0, 4), (0, 4), (0, 4)]), &[]);
+    assert_eq!(r.err(), None);
+    let (flags, regions, irqs) = (u32_at(&r.body, 4), u32_at(&r.body, 8), u32_at(&r.body, 12));
+    assert_ne!(flags & 2, 0, "VFIO_DEVICE_FLAGS_PCI");
+    assert!(regions >= 9 && irqs >= 5, "{regions} regions, {irqs} irqs");
+    // BAR0, asked with the bare 32 bytes: the reply says how much the capability chain needs.
+    let ask = |argsz: u64| {
+        let mut b = le(&[(argsz, 4), (0, 4), (0, 4), (0, 4), (0, 8), (0, 8)]);
+        b.resize(argsz.max(32) as usize, 0);
+        b
+    };
+    let r = c.call(GET_REGION_INFO, &ask(32), &[]);
+    assert_eq!(r.err(), None);
+    let need = u32_at(&r.body, 0) as u64;
+    assert!(need > 32, "BAR0 has a sparse-mmap capability: argsz {need}");
+    assert_eq!(u64_at(&r.body, 16), 512 * 1024, "BAR0 size");
+    // The re-ask, padded to that argsz as libvfio-user's client sends it.
+    let r = c.call(GET_REGION_INFO, &ask(need), &[]);
+    assert_eq!(r.err(), None);
+    assert_eq!(r.body.len() as u64, need, "the whole chain");
+    let cap = u32_at(&r.body, 12) as usize;
+    assert!(cap >= 32, "cap_offset {cap}");
+    assert_eq!(u16::from_le_bytes([r.body[cap], r.body[cap + 1]]), 1, "VFIO_REGION_INFO_CAP_SPARSE_MMAP");
+    let areas = u32_at(&r.body, cap + 8);
+    assert!(areas >= 1 && cap + 16 + 16 * areas as usize <= r.body.len(), "{areas} areas");
+    assert_eq!(r.fds.len(), 1, "the mappable region comes with its fd");
+    // A region that does not exist.
+    let mut b = ask(32);
+    b[8..12].copy_from_slice(&99u32.to_le_bytes());
+    assert_eq!(c.call(GET_REGION_INFO, &b, &[]).err(), Some(libc::EINVAL as u32));
+    // MSI-X has vectors, INTx-less as a VF-like device may be; an unknown IRQ index is refused.
+    let r = c.call(GET_IRQ_INFO, &le(&[(16, 4), (0, 4), (MSIX as u64, 4), (0, 4)]), &[]);
+    assert_eq!(r.err(), None);
+    assert!(u32_at(&r.body, 12) >= 1, "MSI-X vectors: {:?}", r.body);
+    assert_eq!(c.call(GET_IRQ_INFO, &le(&[(16, 4), (0, 4), (77, 4), (0, 4)]), &[]).err(), Some(libc::EINVAL as u32));
+}
+
+#[test]
+fn region_accesses_are_bounded_by_the_region() {
+    let nic = start();
+    let mut c = Raw::connect(&nic);
+    c.negotiate();
+    assert_eq!(c.read32(7, 0), Ok(0x10fb_8086), "config space: 82599 ids");
+    assert_eq!(c.read32(0, 512 * 1024 - 4).map(|_| ()), Ok(()), "the last word of BAR0");
+    assert_eq!(c.read32(0, 512 * 1024), Err(libc::EINVAL as u32), "past BAR0's end");
+    assert_eq!(c.read32(1, 0), Err(libc::EINVAL as u32), "an empty region");
+    assert_eq!(c.read32(42, 0), Err(libc::EINVAL as u32), "no such region");
+    assert_eq!(c.write32(0, 512 * 1024 + 8, 1), Some(libc::EINVAL as u32));
+    let r = c.call(REGION_READ, &le(&[(0, 8), (0, 4), (2 << 20, 4)]), &[]);
+    assert_eq!(r.err(), Some(libc::EINVAL as u32), "over max_data_xfer_size");
+    // EITR0 round trip: the connection is fine after the refusals.
+    assert_eq!(c.write32(0, 0x00820, 0x0c80), None);
+    assert_eq!(c.read32(0, 0x00820), Ok(0x0c80));
+    assert_eq!(c.call(DEVICE_RESET, &[], &[]).err(), None);
+    assert_eq!(c.read32(0, 0x00820), Ok(0), "reset clears it");
+}
+
+#[test]
+fn dma_map_and_unmap_in_two_phases_with_unmap_all() {
+    let nic = start();
+    let mut c = Raw::connect(&nic);
+    c.negotiate();
+    let map = |c: &mut Raw, flags: u64, off: u64, iova: u64, size: u64, fd: Option<&OwnedFd>| {
+        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        c.call(DMA_MAP, &le(&[(32, 4), (flags, 4), (off, 8), (iova, 8), (size, 8)]), &fds).err()
+    };
+    let unmap = |c: &mut Raw, flags: u64, iova: u64, size: u64| {
+        c.call(DMA_UNMAP, &le(&[(24, 4), (flags, 4), (iova, 8), (size, 8)]), &[]).err()
+    };
+    let f = memfd(1 << 20);
+    assert_eq!(map(&mut c, 3, 0, 0x1_0000_0000, 1 << 20, None), Some(libc::ENOTSUP as u32), "no fd");
+    assert_eq!(map(&mut c, 3, 4096, 0x1_0000_0000, 1 << 20, Some(&f)), Some(libc::EINVAL as u32), "past the file");
+    assert_eq!(map(&mut c, 1 << 9, 0, 0x1_0000_0000, 1 << 20, Some(&f)), Some(libc::EINVAL as u32), "unknown flag");
+    assert_eq!(map(&mut c, 3, 0, 0x1_0000_0000, 0, Some(&f)), Some(libc::EINVAL as u32), "empty");
+    assert_eq!(map(&mut c, 3, 0, 0x1_0000_0000, 1 << 19, Some(&f)), None);
+    assert_eq!(map(&mut c, 3, 1 << 19, 0x1_0008_0000, 1 << 19, Some(&f)), None, "adjacent is fine");
+    assert_eq!(map(&mut c, 3, 0, 0x1_0004_0000, 4096, Some(&f)), Some(libc::EEXIST as u32), "overlapping");
+    assert_eq!(unmap(&mut c, 0, 0x2_0000_0000, 4096), Some(libc::ENOENT as u32), "never mapped");
+    assert_eq!(unmap(&mut c, 0, 0x1_0000_0000, 4096), Some(libc::ENOENT as u32), "not a whole map");
+    assert_eq!(unmap(&mut c, 1, 0x1_0000_0000, 1 << 19), Some(libc::ENOTSUP as u32), "dirty bitmap");
+    assert_eq!(unmap(&mut c, 2, 0x1_0000_0000, 1 << 19), Some(libc::EINVAL as u32), "ALL with a range");
+    assert_eq!(unmap(&mut c, 1 << 7, 0x1_0000_0000, 1 << 19), Some(libc::EINVAL as u32), "unknown flag");
+    assert_eq!(unmap(&mut c, 0, 0x1_0000_0000, 1 << 19), None);
+    assert_eq!(unmap(&mut c, 0, 0x1_0000_0000, 1 << 19), Some(libc::ENOENT as u32), "already gone");
+    assert_eq!(unmap(&mut c, 2, 0, 0), None, "unmap all");
+    assert_eq!(unmap(&mut c, 0, 0x1_0008_0000, 1 << 19), Some(libc::ENOENT as u32), "all means all");
+    assert_eq!(map(&mut c, 3, 0, 0x1_0000_0000, 1 << 20, Some(&f)), None, "the range is free again");
+    // Another client maps the same file at the same IOVA: maps are per connection.
+    let mut d = Raw::connect(&nic);
+    d.negotiate();
+    assert_eq!(map(&mut d, 3, 0, 0x1_0000_0000, 1 << 20, Some(&f)), None);
+    assert_eq!(nic.command(&format!("connections {BDF}")).split_whitespace().nth(1), Some("connections=2"));
+}
+
+#[test]
+fn msix_eventfds_fire_on_an_interrupt_cause() {
+    let nic = start();
+    let mut c = Raw::connect(&nic);
+    c.negotiate();
+    let set_irqs = |c: &mut Raw, flags: u64, start: u64, count: u64, fds: &[RawFd]| {
+        c.call(SET_IRQS, &le(&[(20, 4), (flags, 4), (MSIX as u64, 4), (start, 4), (count, 4)]), fds).err()
+    };
+    const EVENTFD_TRIGGER: u64 = (1 << 2) | (1 << 5);
+    let ev = nix::sys::eventfd::EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_NONBLOCK).unwrap();
+    assert_eq!(set_irqs(&mut c, EVENTFD_TRIGGER, 60, 10, &[]), Some(libc::EINVAL as u32), "beyond the table");
+    assert_eq!(set_irqs(&mut c, (1 << 1) | (1 << 5), 0, 1, &[]), Some(libc::ENOTSUP as u32), "DATA_BOOL");
+    assert_eq!(
+        set_irqs(&mut c, (1 << 2) | (1 << 0) | (1 << 5), 0, 1, &[]),
+        Some(libc::EINVAL as u32),
+        "two data types"
+    );
+    assert_eq!(set_irqs(&mut c, EVENTFD_TRIGGER, 0, 2, &[ev.as_raw_fd()]), Some(libc::EINVAL as u32), "fd count");
+    assert_eq!(set_irqs(&mut c, EVENTFD_TRIGGER, 0, 1, &[ev.as_raw_fd()]), None);
+    // MSI-X on in config space, vector 0 unmasked in the table (BAR4), its cause enabled, then
+    // the cause set by software (EICS): the device signals the eventfd.
+    let mut cap = c.read32(7, 0x34).unwrap() as u64 & 0xff;
+    while c.read32(7, cap).unwrap() & 0xff != 0x11 {
+        cap = (c.read32(7, cap).unwrap() >> 8) as u64 & 0xff;
+        assert_ne!(cap, 0, "no MSI-X capability");
+    }
+    let ctl = c.read32(7, cap).unwrap();
+    assert_eq!(c.write32(7, cap, ctl | (1 << 31)), None, "MSI-X enable");
+    assert_eq!(c.write32(4, 12, 0), None, "vector 0 unmasked");
+    assert_eq!(c.write32(0, 0x00898, 0x10), None, "GPIE: MSI-X mode");
+    assert_eq!(c.write32(0, 0x00880, 1), None, "EIMS bit 0");
+    assert_eq!(c.write32(0, 0x00808, 1), None, "EICS bit 0");
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut fired = false;
+    while Instant::now() < end && !fired {
+        fired = ev.read().is_ok_and(|n| n >= 1);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(fired, "the eventfd of vector 0 was signalled");
+    assert_eq!(set_irqs(&mut c, 1 | (1 << 5), 0, 0, &[]), None, "DATA_NONE, count 0: all released");
+}
+
+#[test]
+fn stalled_clients_do_not_hold_the_functions_slots() {
+    let nic = start();
+    // The pool is 8 connections. Eight clients that send two header bytes and stop...
+    let stalled: Vec<UnixStream> = (0..8)
+        .map(|_| {
+            let mut s = UnixStream::connect(sock(&nic)).unwrap();
+            s.write_all(&[1, 0]).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...fill it: a new client is refused (closed) while they hold it.
+    let mut refused = UnixStream::connect(sock(&nic)).unwrap();
+    refused.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(refused.read(&mut b).unwrap_or(0), 0, "pool full: closed");
+    // Within the message deadline they are closed, and a client gets in and is served.
+    let end = Instant::now() + Duration::from_secs(15);
+    let served = loop {
+        let mut c = Raw::connect(&nic);
+        let mut v = le(&[(1, 2), (VERSION as u64, 2), (20, 4), (0, 4), (0, 4), (0, 2), (1, 2)]);
+        let ok = c.s.write_all(&v).is_ok() && c.s.read(&mut v[..1]).is_ok_and(|n| n == 1);
+        if ok || Instant::now() > end {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(served, "the stalled clients were closed and a new one served");
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        assert_eq!(s.read(&mut b).unwrap_or(0), 0, "a stalled client was closed");
+    }
+}
