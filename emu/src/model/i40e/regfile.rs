@@ -240,7 +240,9 @@ impl I40e {
             || (qtx_ctl(0)..qtx_ctl(LANQMAX)).contains(&off)
             // PFINT_DYN_CTLN, PFINT_LNKLSTN, PFINT_ITRN, PFINT_RATEN (vectors 1..)
             || (0x0003_0000..0x0003_8000).contains(&off)
-            // PFQF_* / PRTQF_* filter control, hash key and LUT.
+            // PFQF_* / PRTQF_* filter control, hash key and LUT; PFQF_CTL_0 and _2 lie apart.
             || (0x0024_0000..0x0026_0000).contains(&off)
+            || off == PFQF_CTL_0
+            || off == PFQF_CTL_2
     }
 }

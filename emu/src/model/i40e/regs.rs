@@ -126,6 +126,9 @@ pub const PFHMC_SDDATAHIGH: u32 = 0x000c_0200;
 pub const PFHMC_PDINV: u32 = 0x000c_0300;
 pub const PFHMC_ERRORINFO: u32 = 0x000c_0400;
 pub const PFHMC_ERRORDATA: u32 = 0x000c_0500;
+/// PF queue filter control 0 (hash filter sizes, enables) and 2: outside the PFQF_/PRTQF_ block.
+pub const PFQF_CTL_0: u32 = 0x001c_0ac0;
+pub const PFQF_CTL_2: u32 = 0x0027_0300;
 /// Segment descriptors the model keeps (PMSDIDX is 12 bits).
 pub const HMC_SD_COUNT: usize = 4096;
 /// One segment: 2 MiB (512 backing pages of 4 KiB).
@@ -312,7 +315,7 @@ pub const VSI_QUE_MAP_NONCONTIG: u16 = 0x1;
 pub const VSI_QUEUE_MASK: u16 = 0x7ff;
 /// Which bytes of the properties each valid bit covers (the first 96 bytes are written by software).
 pub const VSI_SECTIONS: [(u16, usize, usize); 10] = [
-    (VSI_PROP_SWITCH_VALID, 2, 4),
+    (VSI_PROP_SWITCH_VALID, 2, 6), // switch_id and 2 reserved bytes
     (VSI_PROP_SECURITY_VALID, 6, 8),
     (VSI_PROP_VLAN_VALID, 8, 16),
     (VSI_PROP_INGRESS_UP_VALID, 16, 20),

@@ -445,6 +445,24 @@ fn mac_read_switch_config_and_vsi_parameters_round_trip() {
     assert_eq!(&d.buf[VSI_OFF_QUEUE_MAPPING..VSI_OFF_QUEUE_MAPPING + 2], &4u16.to_le_bytes());
     assert_eq!(d.buf[10], 0);
     assert_eq!(m.fw.vsi.rx_queue(), 4);
+    // The switch section is 4 bytes (switch_id and 2 reserved), all of them taken.
+    let mut sw = [0u8; VSI_PROPS_LEN];
+    sw[0..2].copy_from_slice(&VSI_PROP_SWITCH_VALID.to_le_bytes());
+    sw[2..6].copy_from_slice(&[0x11, 0x22, 0x33, 0x44]);
+    sw[6] = 0x77; // security section, not flagged valid
+    ok(&aq(&mut m, &mut dma, AQC_UPDATE_VSI_PARAMS, params(&[(0, SEID_MAIN_VSI)]), Some(&sw), 0));
+    let d = aq(&mut m, &mut dma, AQC_GET_VSI_PARAMS, params(&[(0, SEID_MAIN_VSI)]), None, 128);
+    assert_eq!(&d.buf[2..7], &[0x11, 0x22, 0x33, 0x44, 0]);
+}
+
+#[test]
+fn pfqf_ctl_0_and_2_are_kept_like_the_other_queue_filter_registers() {
+    let mut m = nic(Box::new(NullWire::default()));
+    for (reg, v) in [(PFQF_CTL_0, 0x0000_0003), (PFQF_CTL_2, 0x0000_0001)] {
+        wr(&mut m, reg, v);
+        assert_eq!(rd(&mut m, reg), v, "{reg:#x}");
+        assert!(I40e::is_storage(reg), "{reg:#x} is a known register");
+    }
 }
 
 #[test]

@@ -312,6 +312,8 @@ impl Ixgbe {
                     0
                 }
             }
+            // No auto-negotiation partner is modelled: nothing to report.
+            LINKS2 => 0,
             CRCERRS => Self::take(&mut c.crcerrs),
             GPRC => Self::take(&mut c.gprc),
             BPRC => Self::take(&mut c.bprc),
@@ -353,7 +355,7 @@ impl Ixgbe {
                 }
                 self.set_reg(CTRL, val & !(CTRL_RST | CTRL_LNK_RST));
             }
-            STATUS | LINKS => {}
+            STATUS | LINKS | LINKS2 => {}
             EICR => self.eicr &= !val,
             EICS => self.set_cause(val),
             EIMS => {

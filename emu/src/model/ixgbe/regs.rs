@@ -111,7 +111,10 @@ pub const AUTOC_AN_RESTART: u32 = 1 << 12;
 pub const LINKS: u32 = 0x042a4;
 pub const LINKS_UP: u32 = 1 << 30;
 pub const LINKS_SPEED_10G: u32 = 3 << 28;
-pub const AUTOC2: u32 = 0x04324;
+/// 8.2.3.22.20 AUTOC2, beside AUTOC and LINKS.
+pub const AUTOC2: u32 = 0x042a8;
+/// 8.2.3.22.21 LINKS2: link partner status, read-only (not AUTOC2, as this model had it).
+pub const LINKS2: u32 = 0x04324;
 
 // 8.2.3.10 Transmit DMA / DCB
 pub const RTTDCS: u32 = 0x04900;
@@ -191,6 +194,8 @@ pub const TXD_CMD_RS: u32 = 1 << 27;
 pub const TXD_CMD_DEXT: u32 = 1 << 29;
 pub const TXD_STAT_DD: u32 = 1 << 0;
 pub const RXD_ERR_RXE: u32 = 1 << 29;
+/// 7.1.5 legacy receive descriptor, errors byte: RXE (frame error) is bit 0; bit 7 is IPE.
+pub const LEGACY_RXD_ERR_RXE: u32 = 1 << 0;
 
 #[cfg(test)]
 mod tests {

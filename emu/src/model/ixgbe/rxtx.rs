@@ -686,10 +686,11 @@ impl Ixgbe {
     }
 
     /// Legacy write-back (7.1.5, SRRCTL.DESCTYPE = 0): length @8, checksum @10 (0), then the word
-    /// @12 holding status (DD, EOP), errors @13 (RXE bit 7) and VLAN @14 (0) as the last store, one
-    /// 32-bit Release store.
+    /// @12 holding status (DD, EOP), errors @13 and VLAN @14 (0) as the last store, one 32-bit
+    /// Release store. A frame the device could not deliver is reported as RXE, errors bit 0
+    /// (bit 7 is IPE, the IPv4 checksum error, which says something else).
     fn rx_writeback_legacy(descs: &DmaView<'_>, o: usize, len: u16, status: u32) -> bool {
-        let errors: u32 = if status & RXD_ERR_RXE != 0 { 0x80 } else { 0 };
+        let errors: u32 = if status & RXD_ERR_RXE != 0 { LEGACY_RXD_ERR_RXE } else { 0 };
         descs.store_u32(o + 8, u32::from(len), Ordering::Relaxed)
             && descs.store_u32(o + 12, (status & 0x3) | (errors << 8), Ordering::Release)
     }

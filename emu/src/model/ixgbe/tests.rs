@@ -355,6 +355,24 @@ fn legacy_descriptor_type_gets_legacy_write_back() {
     let w = get_u32(&mut dma, RX_RING + 8);
     assert_eq!(w & 0xffff, 70, "legacy length @8");
     assert_eq!(get_u32(&mut dma, RX_RING + 12) & 0xff, 0x3, "legacy status DD|EOP @12");
+    assert_eq!(get_u32(&mut dma, RX_RING + 12) >> 8 & 0xff, 0, "no errors");
+    // A buffer the device cannot write: the frame is reported as RXE (errors bit 0), not as an
+    // IPv4 checksum error (bit 7).
+    put_u64(&mut dma, RX_RING + 16, 0xdead_0000_0000);
+    queue_tx(&mut m, &mut dma, 1, &f);
+    m.poll(&mut dma);
+    let w = get_u32(&mut dma, RX_RING + 16 + 12);
+    assert_eq!(w & 0x3, 0x3, "DD|EOP");
+    assert_eq!(w >> 8 & 0xff, LEGACY_RXD_ERR_RXE, "RXE, and nothing else");
+}
+
+#[test]
+fn autoc2_is_storage_and_links2_is_read_only() {
+    let mut m = nic(Box::new(Loopback::default()));
+    wr(&mut m, AUTOC2, 0x0003_0000);
+    assert_eq!(rd(&mut m, AUTOC2), 0x0003_0000, "AUTOC2 at 0x042a8 keeps what is written");
+    wr(&mut m, LINKS2, 0xffff_ffff);
+    assert_eq!(rd(&mut m, LINKS2), 0, "LINKS2 (0x04324) is status: a write does not stick");
 }
 
 #[test]
