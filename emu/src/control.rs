@@ -65,7 +65,37 @@ impl Port {
 pub type Ports = Arc<Mutex<BTreeMap<String, Port>>>;
 
 /// Makes a function anew for `plug BDF` (the emulator's start-up knows how), or says why not.
-pub type Plugger = Arc<dyn Fn(&str) -> Result<Port, String> + Send + Sync>;
+pub type Plugger = Arc<dyn Fn(&str) -> Result<Port, PlugError> + Send + Sync>;
+
+/// Why `plug BDF` cannot bring a function back.
+#[derive(Debug, thiserror::Error)]
+pub enum PlugError {
+    /// Not a function of this emulator's command line.
+    #[error("no function {bdf} on lab-nic's command line (the ones it has: {known})")]
+    Unknown {
+        /// As asked.
+        bdf: String,
+        /// The functions it has.
+        known: String,
+    },
+    /// Its cable's other end is another function's, which went on without it.
+    #[error("{bdf} is cabled to {peer}: a peer-cabled function cannot be plugged back")]
+    PeerCabled {
+        /// The function.
+        bdf: String,
+        /// Its peer.
+        peer: String,
+    },
+    /// Starting it again failed.
+    #[error("{bdf}: {source}")]
+    Start {
+        /// The function.
+        bdf: String,
+        /// What failed (with its own causes).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
 
 fn lock(p: &Ports) -> std::sync::MutexGuard<'_, BTreeMap<String, Port>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
@@ -104,7 +134,15 @@ pub fn execute(ports: &Ports, plug: Option<&Plugger>, line: &str) -> String {
                             map.insert(bdf.to_string(), p);
                             "ok".to_owned()
                         }
-                        Err(e) => format!("error: {e}"),
+                        Err(e) => {
+                            let mut s = format!("error: {e}");
+                            let mut c = std::error::Error::source(&e);
+                            while let Some(x) = c {
+                                s += &format!(": {x}");
+                                c = x.source();
+                            }
+                            s
+                        }
                     }
                 }
             }

@@ -52,12 +52,16 @@ pub(crate) trait PortQueue: Send {
 /// `burst`; receive drains the buffers it posted, transmit the ones in flight.
 macro_rules! port_queues {
     ($rx:ty, $tx:ty) => {
-        impl $crate::pci::PortQueue for $rx {
+        $crate::pci::port_queues!(@one $rx, drain_posted);
+        $crate::pci::port_queues!(@one $tx, drain_in_flight);
+    };
+    (@one $q:ty, $drain:ident) => {
+        impl $crate::pci::PortQueue for $q {
             fn hdr(&self) -> &$crate::pci::queue::QueueHdr {
                 self.q.h()
             }
             fn drain(&mut self, pool: &mut lab_core::mbuf::Mempool) {
-                self.q.drain_posted(pool)
+                self.q.$drain(pool)
             }
             #[inline]
             fn burst(
@@ -66,24 +70,7 @@ macro_rules! port_queues {
                 pool: &mut lab_core::mbuf::Mempool,
                 pkts: &mut [Option<lab_core::mbuf::Mbuf>],
             ) -> usize {
-                <$rx>::burst(self, bar, pool, pkts)
-            }
-        }
-        impl $crate::pci::PortQueue for $tx {
-            fn hdr(&self) -> &$crate::pci::queue::QueueHdr {
-                self.q.h()
-            }
-            fn drain(&mut self, pool: &mut lab_core::mbuf::Mempool) {
-                self.q.drain_in_flight(pool)
-            }
-            #[inline]
-            fn burst(
-                &mut self,
-                bar: &lab_core::vfio::Bar,
-                pool: &mut lab_core::mbuf::Mempool,
-                pkts: &mut [Option<lab_core::mbuf::Mbuf>],
-            ) -> usize {
-                <$tx>::burst(self, bar, pool, pkts)
+                <$q>::burst(self, bar, pool, pkts)
             }
         }
     };

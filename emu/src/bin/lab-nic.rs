@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use lab_emu::control::{ControlServer, Plugger, Port, Ports};
+use lab_emu::control::{ControlServer, PlugError, Plugger, Port, Ports};
 use lab_emu::model::{self, ModelConfig};
 use lab_emu::server::{Function, DEFAULT_POOL};
 use lab_emu::sysfs::{Bdf, FunctionSpec, SysfsFunction};
@@ -301,25 +301,16 @@ fn serve(root: &Path, d: &DevSpec, wire: Box<dyn Wire>, pool: usize) -> Result<P
 fn plugger(args: &Args) -> Plugger {
     let (root, devs, pool) = (args.root.clone(), args.devs.clone(), args.pool);
     Arc::new(move |bdf: &str| {
-        let d = devs.iter().find(|d| d.bdf.to_string() == bdf).ok_or_else(|| {
-            format!("no function {bdf} on lab-nic's command line (the ones it has: {})", {
-                devs.iter().map(|d| d.bdf.to_string()).collect::<Vec<_>>().join(", ")
-            })
+        let d = devs.iter().find(|d| d.bdf.to_string() == bdf).ok_or_else(|| PlugError::Unknown {
+            bdf: bdf.into(),
+            known: devs.iter().map(|d| d.bdf.to_string()).collect::<Vec<_>>().join(", "),
         })?;
         if let WireSpec::Peer(p) = &d.wire {
-            return Err(format!("{bdf} is cabled to {p}: a peer-cabled function cannot be plugged back"));
+            return Err(PlugError::PeerCabled { bdf: bdf.into(), peer: p.clone() });
         }
-        let chain = |e: StartError| {
-            let mut s = e.to_string();
-            let mut c = std::error::Error::source(&e);
-            while let Some(x) = c {
-                s += &format!(": {x}");
-                c = x.source();
-            }
-            s
-        };
-        let wire = lone_wire(d).map_err(chain)?;
-        serve(&root, d, wire, pool).map_err(chain)
+        let start = |e: StartError| PlugError::Start { bdf: bdf.into(), source: Box::new(e) };
+        let wire = lone_wire(d).map_err(start)?;
+        serve(&root, d, wire, pool).map_err(start)
     })
 }
 
