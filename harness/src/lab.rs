@@ -142,6 +142,7 @@ pub struct LabBuilder {
     secondaries: usize,
     apps: Vec<(String, PathBuf, Vec<String>)>,
     eal: Vec<String>,
+    process_eal: Vec<(String, String)>,
     interfaces: Vec<String>,
     bin_dir: Option<PathBuf>,
 }
@@ -175,6 +176,11 @@ impl LabBuilder {
     /// An EAL option every process gets (`--hotplug-timeout-ms=500`, `--lab-fault=...`).
     pub fn eal(mut self, opt: &str) -> Self {
         self.eal.push(opt.into());
+        self
+    }
+    /// An EAL option of one process only (`"s1"`, `"--lab-fault=attach:net_null1:hang"`).
+    pub fn process_eal(mut self, process: &str, opt: &str) -> Self {
+        self.process_eal.push((process.into(), opt.into()));
         self
     }
     /// An interface to delete at teardown (a TAP your app or a vdev creates).
@@ -220,6 +226,7 @@ impl LabBuilder {
             order: Vec::new(),
             interfaces: self.interfaces.clone(),
             eal: self.eal.clone(),
+            process_eal: self.process_eal.clone(),
             hotplug_mp,
             mem_file: None,
             sockets: Mutex::new(BTreeMap::new()),
@@ -337,6 +344,7 @@ pub struct Lab {
     order: Vec<String>,
     interfaces: Vec<String>,
     eal: Vec<String>,
+    process_eal: Vec<(String, String)>,
     hotplug_mp: PathBuf,
     mem_file: Option<PathBuf>,
     /// Telemetry socket of each process, found by pid.
@@ -375,11 +383,12 @@ impl Lab {
         self.order.iter().filter(|n| self.procs.contains_key(*n)).cloned().collect()
     }
 
-    fn command(&self, bin: &Path, role_args: &[String]) -> Command {
+    fn command(&self, name: &str, bin: &Path, role_args: &[String]) -> Command {
         let mut c = Command::new(bin);
         c.args(role_args)
             .arg(format!("--file-prefix={}", self.prefix))
             .args(&self.eal)
+            .args(self.process_eal.iter().filter(|(p, _)| p == name).map(|(_, o)| o))
             .env("XDG_RUNTIME_DIR", &self.xdg)
             .env("SYSFS_PCI_DEVICES", &self.sysfs)
             .env("NO_COLOR", "1")
@@ -389,7 +398,7 @@ impl Lab {
     }
 
     fn spawn_prompt(&mut self, name: &str, role_args: &[String]) -> Result<(), LabError> {
-        let c = self.command(&self.hotplug_mp, role_args);
+        let c = self.command(name, &self.hotplug_mp, role_args);
         let app = AppProc::spawn(c).map_err(|source| LabError::Prompt { process: name.into(), source })?;
         self.procs.insert(name.into(), Proc::Prompt(app));
         self.order.push(name.into());
@@ -397,7 +406,7 @@ impl Lab {
     }
 
     fn spawn_app(&mut self, name: &str, bin: &Path, args: &[String]) -> Result<(), LabError> {
-        let mut c = self.command(bin, &["--proc-type=secondary".to_string()]);
+        let mut c = self.command(name, bin, &["--proc-type=secondary".to_string()]);
         c.arg("--").args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = c.spawn().map_err(|e| LabError::Process {
             process: name.into(),
@@ -633,6 +642,34 @@ impl Lab {
                 return Err(LabError::Timeout { what: what.into(), within, last });
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops a process cleanly (`quit` for hotplug_mp, SIGTERM for yours) and forgets it; its exit
+    /// status, or `None` when it had to be killed after 10 s.
+    pub fn quit(&mut self, process: &str) -> Result<Option<std::process::ExitStatus>, LabError> {
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner()).remove(process);
+        match self.procs.remove(process) {
+            Some(Proc::Prompt(a)) => Ok(a.quit(Duration::from_secs(10))),
+            Some(Proc::App { mut child, .. }) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match child.try_wait() {
+                        Ok(Some(st)) => return Ok(Some(st)),
+                        Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                        _ => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+            None => Err(LabError::NoProcess(process.into())),
         }
     }
 

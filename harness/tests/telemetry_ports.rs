@@ -3,58 +3,32 @@
 //! every process's answer (a veto included), the pools, bad parameters answered with null, and
 //! DPDK's own `dpdk-telemetry.py` reading the ports when it is installed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use lab_core::telemetry::{dpdk_runtime_directory, socket_path, Client};
-use lab_harness::proc::AppProc;
+use lab_core::telemetry::dpdk_runtime_directory;
+use lab_harness::Lab;
 use serde_json::Value;
 
-const APP: &str = env!("CARGO_BIN_EXE_hotplug_mp");
-
-struct Lab {
-    xdg: tempfile::TempDir,
-    prefix: String,
+/// Asks `cmd` of a process of the lab over its telemetry.
+fn ask(lab: &Lab, process: &str, cmd: &str) -> Value {
+    lab.telemetry(process, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
-impl Lab {
-    fn new(test: &str) -> Lab {
-        Lab { xdg: tempfile::tempdir().unwrap(), prefix: format!("tp{}-{test}", std::process::id()) }
-    }
-    fn start(&self, extra: &[&str]) -> AppProc {
-        let mut c = Command::new(APP);
-        c.arg("--proc-type=auto")
-            .arg(format!("--file-prefix={}", self.prefix))
-            .args(extra)
-            .env("XDG_RUNTIME_DIR", self.xdg.path())
-            .env("SYSFS_PCI_DEVICES", self.xdg.path().join("no-sysfs"))
-            .env_remove("RUST_LOG");
-        AppProc::spawn(c).expect("start hotplug_mp")
-    }
-    fn runtime_dir(&self) -> PathBuf {
-        self.xdg.path().join("hotplug-lab").join(&self.prefix)
-    }
-    fn sock(&self, instance: u32) -> PathBuf {
-        socket_path(&self.runtime_dir(), instance)
-    }
-}
-
-/// Asks `cmd` of the process serving `path`.
-fn ask(path: &Path, cmd: &str) -> Value {
-    let mut c = Client::connect(path, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
-    c.query(path, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"))
-}
-
-fn ok(p: &mut AppProc, line: &str, want: &str) {
-    let a = p.cmd(line).unwrap();
+fn ok(lab: &mut Lab, on: &str, line: &str, want: &str) {
+    let a = lab.cmd(on, line).unwrap();
     assert!(a.contains(want), "{line}: {a}");
 }
 
 /// The last operation of a process's record.
-fn last_op(path: &Path) -> Value {
-    let h = ask(path, "/lab/hotplug");
+fn last_op(lab: &Lab, process: &str) -> Value {
+    let h = ask(lab, process, "/lab/hotplug");
     h["operations"].as_array().and_then(|a| a.last()).cloned().unwrap_or_else(|| panic!("no operation: {h}"))
+}
+
+fn pname(lab: &Lab, p: &str) -> String {
+    format!("process {}", lab.pid(p).unwrap())
 }
 
 fn answer_of<'a>(op: &'a Value, process: &str, step: &str) -> &'a str {
@@ -69,71 +43,70 @@ fn answer_of<'a>(op: &'a Value, process: &str, step: &str) -> &'a str {
 
 #[test]
 fn ethdev_and_lab_commands_follow_ports_and_operations_in_every_process() {
-    let lab = Lab::new("cmds");
-    let mut p = lab.start(&["--vdev=net_null0"]);
-    let mut s1 = lab.start(&[]);
-    let mut s2 = lab.start(&[]);
-    let (pp, s1p, s2p) = (lab.sock(0), lab.sock(1), lab.sock(2));
-    assert_eq!(ask(&s1p, "/lab/process")["pid"], s1.pid());
-    assert_eq!(ask(&s2p, "/lab/process")["pid"], s2.pid());
+    let mut lab = Lab::builder().vdev("net_null0").secondaries(2).start().expect("lab");
+    assert_eq!(ask(&lab, "s1", "/lab/process")["pid"], lab.pid("s1").unwrap());
+    assert_eq!(ask(&lab, "s2", "/lab/process")["pid"], lab.pid("s2").unwrap());
 
     // Counters of a port, DPDK's names, in the process that sent.
-    ok(&mut p, "send 0 100 64", "sent 100 packets");
-    let st = ask(&pp, "/ethdev/stats,0");
+    ok(&mut lab, "primary", "send 0 100 64", "sent 100 packets");
+    let st = ask(&lab, "primary", "/ethdev/stats,0");
     assert_eq!(st["opackets"], 100, "{st}");
     assert_eq!(st["obytes"], 6400, "{st}");
-    let x = ask(&pp, "/ethdev/xstats,0");
+    let x = ask(&lab, "primary", "/ethdev/xstats,0");
     assert_eq!(x["tx_good_packets"], 100, "{x}");
-    let info = ask(&pp, "/ethdev/info,0");
+    let info = ask(&lab, "primary", "/ethdev/info,0");
     assert_eq!(info["name"], "net_null0", "{info}");
     assert_eq!(info["port_id"], 0);
     let mac = info["mac_addr"].as_str().unwrap();
     assert!(mac.len() == 17 && mac.split(':').all(|b| u8::from_str_radix(b, 16).is_ok()), "{mac}");
-    assert_eq!(ask(&pp, "/ethdev/link_status,0")["status"], "UP");
+    assert_eq!(ask(&lab, "primary", "/ethdev/link_status,0")["status"], "UP");
 
     // Attach from a secondary: every process lists it; the primary's record names the asker and
     // holds the other secondary's answer; the table names the asker as the owner.
-    ok(&mut s1, "attach net_null1", "attached");
-    for path in [&pp, &s1p, &s2p] {
-        assert_eq!(ask(path, "/ethdev/list"), serde_json::json!([0, 1]), "{}", path.display());
+    ok(&mut lab, "s1", "attach net_null1", "attached");
+    for p in ["primary", "s1", "s2"] {
+        assert_eq!(ask(&lab, p, "/ethdev/list"), serde_json::json!([0, 1]), "{p}");
     }
-    let op = last_op(&pp);
+    let op = last_op(&lab, "primary");
     assert_eq!(op["op"], "attach", "{op}");
     assert_eq!(op["target"], "net_null1");
-    assert_eq!(op["from"], format!("process {}", s1.pid()));
+    assert_eq!(op["from"], pname(&lab, "s1"));
     assert_eq!(op["outcome"], "ok");
     assert_eq!(op["port"], 1);
-    assert_eq!(answer_of(&op, &format!("process {}", s2.pid()), "attach"), "ok");
-    assert!(op["answers"].as_array().unwrap().iter().all(|a| a["process"] != format!("process {}", s1.pid())));
-    let asked = last_op(&s1p);
+    assert_eq!(answer_of(&op, &pname(&lab, "s2"), "attach"), "ok");
+    assert!(op["answers"].as_array().unwrap().iter().all(|a| a["process"] != pname(&lab, "s1")));
+    let asked = last_op(&lab, "s1");
     assert_eq!((asked["from"].as_str(), asked["outcome"].as_str()), (Some("this process"), Some("ok")), "{asked}");
     assert_eq!(answer_of(&asked, "the primary", "request"), "ok");
-    let told = last_op(&s2p);
+    let told = last_op(&lab, "s2");
     assert_eq!((told["op"].as_str(), told["from"].as_str()), (Some("attach"), Some("the primary")), "{told}");
-    let ports = ask(&s2p, "/lab/ports");
+    let ports = ask(&lab, "s2", "/lab/ports");
     let row = ports.as_array().unwrap().iter().find(|r| r["port_id"] == 1).unwrap_or_else(|| panic!("{ports}"));
-    assert_eq!(row["owner_pid"], s1.pid(), "{row}");
+    assert_eq!(row["owner_pid"], lab.pid("s1").unwrap(), "{row}");
     assert_eq!(row["devargs"], "net_null1");
     assert_eq!(row["driver"], "net_null");
     assert_eq!(row["state"], "attached");
     assert_eq!(row["local_handle"], "attached");
 
     // A veto: s2 holds a lock, the primary's detach fails, and its record says who refused and why.
-    ok(&mut s2, "lock 1", "locked");
-    let a = p.cmd("detach 1").unwrap();
+    ok(&mut lab, "s2", "lock 1", "locked");
+    let a = lab.cmd("primary", "detach 1").unwrap();
     assert!(a.starts_with("failed to detach"), "{a}");
-    let op = last_op(&pp);
+    let op = last_op(&lab, "primary");
     assert_eq!((op["op"].as_str(), op["outcome"].as_str()), (Some("detach"), Some("failed")), "{op}");
     assert!(op["error"].as_str().unwrap().contains("locked"), "{op}");
-    assert!(answer_of(&op, &format!("process {}", s2.pid()), "predetach").contains("locked"), "{op}");
-    assert_eq!(ask(&s2p, "/lab/ports").as_array().unwrap().iter().find(|r| r["port_id"] == 1).unwrap()["locks"], 1);
-    ok(&mut s2, "unlock 1", "unlocked");
-    ok(&mut s2, "detach 1", "detached");
-    assert_eq!(ask(&pp, "/ethdev/list"), serde_json::json!([0]));
-    assert_eq!(last_op(&pp)["from"], format!("process {}", s2.pid()));
+    assert!(answer_of(&op, &pname(&lab, "s2"), "predetach").contains("locked"), "{op}");
+    assert_eq!(
+        ask(&lab, "s2", "/lab/ports").as_array().unwrap().iter().find(|r| r["port_id"] == 1).unwrap()["locks"],
+        1
+    );
+    ok(&mut lab, "s2", "unlock 1", "unlocked");
+    ok(&mut lab, "s2", "detach 1", "detached");
+    assert_eq!(ask(&lab, "primary", "/ethdev/list"), serde_json::json!([0]));
+    assert_eq!(last_op(&lab, "primary")["from"], pname(&lab, "s2"));
 
     // The pools: the default one, its size, and buffers in use within it.
-    let pools = ask(&s1p, "/lab/mempool");
+    let pools = ask(&lab, "s1", "/lab/mempool");
     let d =
         pools.as_array().unwrap().iter().find(|m| m["name"] == "lab_mbuf_pool").unwrap_or_else(|| panic!("{pools}"));
     let size = d["size"].as_u64().unwrap();
@@ -141,87 +114,90 @@ fn ethdev_and_lab_commands_follow_ports_and_operations_in_every_process() {
     let n = |k: &str| d[k].as_u64().unwrap_or_else(|| panic!("no {k} in {d}"));
     assert_eq!(n("common_pool_count") + n("cached") + n("in_use"), size, "{d}");
     assert!(n("cache_handles") >= 1, "the ports' pool handles have caches: {d}");
-    assert_eq!(ask(&pp, "/mempool/list"), serde_json::json!(["lab_mbuf_pool"]));
-    assert_eq!(ask(&pp, "/mempool/info,lab_mbuf_pool")["size"], size);
+    assert_eq!(ask(&lab, "primary", "/mempool/list"), serde_json::json!(["lab_mbuf_pool"]));
+    assert_eq!(ask(&lab, "primary", "/mempool/info,lab_mbuf_pool")["size"], size);
 
     // Bad parameters: null, as DPDK answers, and the process carries on.
     for bad in ["/ethdev/stats,9", "/ethdev/stats,x", "/ethdev/stats", "/ethdev/info,65535", "/mempool/info,nope"] {
-        assert_eq!(ask(&pp, bad), Value::Null, "{bad}");
+        assert_eq!(ask(&lab, "primary", bad), Value::Null, "{bad}");
     }
-    assert_eq!(ask(&pp, "/ethdev/stats,0")["opackets"], 100);
+    assert_eq!(ask(&lab, "primary", "/ethdev/stats,0")["opackets"], 100);
 
-    for x in [s2, s1, p] {
-        assert!(x.quit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    for x in lab.processes().into_iter().rev() {
+        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
     }
 }
 
 #[test]
 fn a_silent_secondary_is_recorded_as_no_answer_and_counted_as_a_timeout() {
-    let lab = Lab::new("silent");
-    let mut p = lab.start(&["--hotplug-timeout-ms=300"]);
-    let s1 = lab.start(&["--hotplug-timeout-ms=300", "--lab-fault=attach:net_null5:hang"]);
-    let pp = lab.sock(0);
-    let before = ask(&pp, "/lab/ipc");
-    let a = p.cmd("attach net_null5").unwrap();
+    let mut lab = Lab::builder()
+        .secondaries(1)
+        .eal("--hotplug-timeout-ms=300")
+        .process_eal("s1", "--lab-fault=attach:net_null5:hang")
+        .start()
+        .expect("lab");
+    let before = ask(&lab, "primary", "/lab/ipc");
+    let a = lab.cmd("primary", "attach net_null5").unwrap();
     assert!(a.starts_with("failed to attach"), "{a}");
-    let op = last_op(&pp);
+    let op = last_op(&lab, "primary");
     assert_eq!(op["outcome"], "failed", "{op}");
-    assert_eq!(answer_of(&op, &format!("process {}", s1.pid()), "attach"), "no answer", "{op}");
+    assert_eq!(answer_of(&op, &pname(&lab, "s1"), "attach"), "no answer", "{op}");
     assert!(
         op["answers"].as_array().unwrap().iter().any(|a| a["step"] == "rollback"),
         "the rollback is recorded: {op}"
     );
-    let after = ask(&pp, "/lab/ipc");
+    let after = ask(&lab, "primary", "/lab/ipc");
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
     assert!(n(&after, "timeouts") > n(&before, "timeouts"), "{before} -> {after}");
     assert!(n(&after, "sent") >= n(&before, "sent") + 2, "attach and rollback went out: {before} -> {after}");
-    assert_eq!(ask(&pp, "/ethdev/list"), serde_json::json!([]), "nothing attached");
+    assert_eq!(ask(&lab, "primary", "/ethdev/list"), serde_json::json!([]), "nothing attached");
     // s1 carries on after its hang (twice the timeout) and quits cleanly.
     std::thread::sleep(Duration::from_millis(800));
-    for x in [s1, p] {
-        assert!(x.quit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    for x in lab.processes().into_iter().rev() {
+        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
     }
 }
 
 #[test]
 fn lab_status_shows_every_process_and_its_ports() {
-    let lab = Lab::new("status");
-    let mut p = lab.start(&["--vdev=net_null0"]);
-    let s = lab.start(&[]);
-    ok(&mut p, "send 0 5 64", "sent 5 packets");
+    let mut lab = Lab::builder().vdev("net_null0").secondaries(1).start().expect("lab");
+    ok(&mut lab, "primary", "send 0 5 64", "sent 5 packets");
     let status = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_lab"))
             .arg("status")
             .args(args)
-            .env("XDG_RUNTIME_DIR", lab.xdg.path())
+            .env("XDG_RUNTIME_DIR", lab.xdg_runtime_dir())
             .output()
             .expect("run lab status")
     };
-    let out = status(&["--prefix", &lab.prefix, "--json"]);
+    let out = status(&["--prefix", lab.prefix(), "--json"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let rows: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{text}");
     let prim = rows.iter().find(|r| r["role"] == "primary").unwrap_or_else(|| panic!("{text}"));
-    assert_eq!(prim["pid"], p.pid());
+    assert_eq!(prim["pid"], lab.pid("primary").unwrap());
     assert_eq!(prim["ports"][0]["name"], "net_null0");
     assert_eq!(prim["ports"][0]["tx_packets"], 5);
     assert_eq!(prim["ports"][0]["link"], "UP 10000");
     let sec = rows.iter().find(|r| r["role"] == "secondary").unwrap_or_else(|| panic!("{text}"));
-    assert_eq!(sec["pid"], s.pid());
+    assert_eq!(sec["pid"], lab.pid("s1").unwrap());
     assert_eq!(sec["ports"][0]["port"], 0, "the secondary has the port too: {text}");
-    let table = status(&["--prefix", &lab.prefix]);
+    let table = status(&["--prefix", lab.prefix()]);
     let t = String::from_utf8_lossy(&table.stdout);
-    assert!(t.starts_with("ROLE") && t.contains("net_null0") && t.contains(&p.pid().to_string()), "{t}");
+    assert!(
+        t.starts_with("ROLE") && t.contains("net_null0") && t.contains(&lab.pid("primary").unwrap().to_string()),
+        "{t}"
+    );
     let none = status(&["--prefix", "no-such-lab"]);
     assert_eq!(none.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&none.stderr).contains("no-such-lab"), "{none:?}");
     let bad = status(&["--interval-ms", "1"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--interval-ms 1"), "{bad:?}");
-    for x in [s, p] {
-        assert!(x.quit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    for x in lab.processes().into_iter().rev() {
+        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
     }
 }
 
@@ -235,13 +211,11 @@ fn dpdk_telemetry_py_reads_the_ports_of_a_lab_process() {
         eprintln!("skipped: dpdk-telemetry.py not installed (Debian package dpdk)");
         return;
     };
-    let lab = Lab::new("py");
-    let mut p = lab.start(&["--vdev=net_null0"]);
-    let s = lab.start(&[]);
-    ok(&mut p, "send 0 7 100", "sent 7 packets");
+    let mut lab = Lab::builder().vdev("net_null0").secondaries(1).start().expect("lab");
+    ok(&mut lab, "primary", "send 0 7 100", "sent 7 packets");
     let out = Command::new("python3")
         .arg(&script)
-        .args(["-f", &lab.prefix])
+        .args(["-f", lab.prefix()])
         .env("RUNTIME_DIRECTORY", dpdk_runtime_directory(&lab.runtime_dir()))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -261,8 +235,8 @@ fn dpdk_telemetry_py_reads_the_ports_of_a_lab_process() {
     assert_eq!(answers[1]["/ethdev/stats"]["opackets"], 7, "{text}");
     assert_eq!(answers[1]["/ethdev/stats"]["obytes"], 700, "{text}");
     assert_eq!(answers[2]["/ethdev/info"]["name"], "net_null0", "{text}");
-    assert_eq!(answers[3]["/lab/ports"][0]["owner_pid"], p.pid(), "{text}");
-    for x in [s, p] {
-        assert!(x.quit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    assert_eq!(answers[3]["/lab/ports"][0]["owner_pid"], lab.pid("primary").unwrap(), "{text}");
+    for x in lab.processes().into_iter().rev() {
+        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
     }
 }
