@@ -18,8 +18,11 @@
 //! answering them with an error reply itself. Doorbells are mmapped, so the extra hop costs only
 //! trapped (control-path) accesses.
 //!
-//! Backend rules: region read/write never return an error (the crate's client hangs on error replies);
-//! bad accesses read all-ones, are ignored on write, and are recorded as faults. DMA maps are per
+//! The relay is also where the protocol is checked as the spec says (negotiation first, sizes
+//! from argsz, flags, ranges against the regions and the connection's DMA maps, deadlines for
+//! silent clients), so an error reply always carries its errno, which the crate's server leaves
+//! at 0 for backend errors. Backend rules: an access inside a region that the model does not
+//! implement reads all-ones, is ignored on write, and is recorded as a fault. DMA maps are per
 //! connection and dropped when the connection's `run` returns; device state stays.
 
 use std::collections::HashMap;
