@@ -61,7 +61,7 @@ use lab_core::ethdev::{PortId, PortStats};
 use lab_core::telemetry::{self, Client, ClientError};
 use serde_json::Value;
 
-use crate::proc::{AppProc, ProcError};
+use crate::proc::{terminate, AppProc, ProcError};
 
 /// How long a process may take to start (its telemetry socket to appear).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -651,24 +651,7 @@ impl Lab {
         self.sockets.lock().unwrap_or_else(|e| e.into_inner()).remove(process);
         match self.procs.remove(process) {
             Some(Proc::Prompt(a)) => Ok(a.quit(Duration::from_secs(10))),
-            Some(Proc::App { mut child, .. }) => {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    match child.try_wait() {
-                        Ok(Some(st)) => return Ok(Some(st)),
-                        Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                        _ => {
-                            let _ = child.kill();
-                            let _ = child.wait();
-                            return Ok(None);
-                        }
-                    }
-                }
-            }
+            Some(Proc::App { mut child, .. }) => Ok(terminate(&mut child, Duration::from_secs(10))),
             None => Err(LabError::NoProcess(process.into())),
         }
     }
@@ -725,31 +708,13 @@ pub(crate) fn alive(pid: u32) -> bool {
         .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
-/// SIGTERM (or SIGKILL when `grace` is zero), then SIGKILL after `grace`; reaped.
+/// `quit` (hotplug_mp) or SIGTERM (yours), killed after `grace` (at once when it is zero); reaped.
 fn stop(p: Proc, grace: Duration) {
     match p {
-        Proc::Prompt(a) => {
-            if grace.is_zero() {
-                a.kill();
-            } else if a.quit(grace).is_none() {
-                // quit kills it on timeout.
-            }
-        }
-        Proc::App { mut child, .. } => {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let sig =
-                if grace.is_zero() { nix::sys::signal::Signal::SIGKILL } else { nix::sys::signal::Signal::SIGTERM };
-            let _ = nix::sys::signal::kill(pid, sig);
-            let deadline = Instant::now() + grace;
-            while matches!(child.try_wait(), Ok(None)) {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        Proc::Prompt(a) if grace.is_zero() => a.kill(),
+        // `quit` kills it if it does not exit within `grace`.
+        Proc::Prompt(a) => drop(a.quit(grace)),
+        Proc::App { mut child, .. } => drop(terminate(&mut child, grace)),
     }
 }
 
@@ -764,17 +729,7 @@ impl Drop for Lab {
             }
         }
         if let Some(mut nic) = self.nic.take() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(nic.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(nic.try_wait(), Ok(None)) {
-                if Instant::now() >= deadline {
-                    let _ = nic.kill();
-                    let _ = nic.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            terminate(&mut nic, Duration::from_secs(5));
         }
         // The memory file where the primary said it is (hugetlbfs or /dev/shm).
         if let Some(f) = &self.mem_file {

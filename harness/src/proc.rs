@@ -51,6 +51,26 @@ pub enum ProcError {
     },
 }
 
+/// Stops `child`: SIGTERM, then SIGKILL once `grace` has passed (at once when `grace` is zero);
+/// always reaped. Its exit status if it exited on its own within `grace`, else `None`.
+pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let sig = if grace.is_zero() { nix::sys::signal::Signal::SIGKILL } else { nix::sys::signal::Signal::SIGTERM };
+    let _ = nix::sys::signal::kill(pid, sig);
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return (!grace.is_zero()).then_some(st),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
 /// A running `hotplug_mp` (or any program with the same prompt protocol).
 pub struct AppProc {
     child: Child,

@@ -22,21 +22,7 @@ impl UserProc {
     /// SIGTERM, then SIGKILL after `grace` (zero: SIGKILL at once); reaped. The exit status if it
     /// exited on its own within `grace`.
     pub(super) fn stop(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let sig = if grace.is_zero() { nix::sys::signal::Signal::SIGKILL } else { nix::sys::signal::Signal::SIGTERM };
-        let _ = nix::sys::signal::kill(pid, sig);
-        let deadline = Instant::now() + grace;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) => return (!grace.is_zero()).then_some(st),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return None;
-                }
-            }
-        }
+        crate::proc::terminate(&mut self.child, grace)
     }
 
     /// The ports it holds, from its `/lab/ports`.
@@ -659,20 +645,8 @@ impl<'e> Lab<'e> {
             }
         }
         if let Some(mut nic) = self.nic.take() {
-            let pid = nix::unistd::Pid::from_raw(nic.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                if let Ok(Some(_)) = nic.child.try_wait() {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    problems.push("lab-nic did not stop on SIGTERM within 5 s: killed".into());
-                    let _ = nic.child.kill();
-                    let _ = nic.child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if crate::proc::terminate(&mut nic.child, Duration::from_secs(5)).is_none() {
+                problems.push("lab-nic did not stop on SIGTERM within 5 s: killed".into());
             }
         }
         let _ = std::fs::remove_file(self.shm());
