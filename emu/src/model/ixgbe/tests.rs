@@ -222,6 +222,21 @@ fn frames_larger_than_one_buffer_span_descriptors_with_eop_on_last() {
 }
 
 #[test]
+fn srrctl_bsizepacket_is_bits_4_to_0_so_reserved_bits_do_not_grow_the_buffer() {
+    // 8.2.3.8.7: BSIZEPACKET is bits 4:0 in 1 KB units (1..16 KB); bits 7:5 are reserved. With
+    // bit 5 set beside 1 KB the buffer is still 1 KB: a 1500-byte frame takes two descriptors.
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    let v = rd(&mut m, srrctl(0));
+    wr(&mut m, srrctl(0), (v & !0x7f) | 0x20 | 1);
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 1500, 3));
+    m.poll(&mut dma);
+    assert_eq!(get_u32(&mut dma, RX_RING + 12) & 0xffff, 1024, "first buffer 1 KB");
+    assert_eq!(get_u32(&mut dma, RX_RING + 16 + 8) & (RXD_STAT_DD | RXD_STAT_EOP), RXD_STAT_DD | RXD_STAT_EOP);
+}
+
+#[test]
 fn unicast_filter_drops_foreign_mac_unless_promiscuous() {
     let mut m = nic(Box::new(Loopback::default()));
     let mut dma = FakeDma::new(DMA_BASE, 0x80000);
