@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's checks, as CI runs them and as people run them: formatting, lints, docs, tests.
 # Needs only a Rust toolchain; tests that need root or kernel features set them up themselves
-# (or skip with one line saying why).
+# (or skip with one line saying why). As root the multi-process tests run a second time with
+# hugepages reserved and hugetlbfs mounted (ci/hugepages.sh, which puts both back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -14,3 +15,4 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 ./ci/peers.sh
 echo "== cargo test"
 cargo test --workspace --locked
+./ci/hugepages.sh

@@ -250,6 +250,21 @@ pub fn placement(prefix: &str, size: u64, no_huge: bool, huge_dir: Option<&Path>
     ShmPlacement { path: PathBuf::from("/dev/shm").join(name), hugepages: false, page_size: 4096 }
 }
 
+/// Every place [`placement`] may put the memory file of `prefix` without `--huge-dir`: /dev/shm
+/// and each hugetlbfs mount. For tools and tests that must find (or remove) it after its
+/// processes are gone; a live process says where it is in telemetry's `/lab/process`.
+pub fn possible_files(prefix: &str) -> Vec<PathBuf> {
+    let name = format!("hotplug-lab-{prefix}-mem");
+    let mut v = vec![PathBuf::from("/dev/shm").join(&name)];
+    for line in std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 3 && f[2] == "hugetlbfs" {
+            v.push(PathBuf::from(f[1]).join(&name));
+        }
+    }
+    v
+}
+
 fn hugetlbfs_mount() -> Option<(PathBuf, u64)> {
     let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
     for line in mounts.lines() {

@@ -313,16 +313,20 @@ fn ring_and_pool_work_across_processes() {
 
 #[test]
 fn a_secondary_refuses_a_mapping_that_is_not_the_primarys() {
-    use std::os::unix::fs::FileExt;
     let (lab, p, secs) = lab_with("mismatch", 0);
     let f = std::fs::OpenOptions::new().read(true).write(true).open(lab.shm_file()).unwrap();
-    let mut version = [0u8; 4];
-    f.read_exact_at(&mut version, 8).unwrap();
-    f.write_all_at(&99u32.to_le_bytes(), 8).unwrap();
+    // Mapped, not read with pread: on hugetlbfs (where the runtime puts the file when pages are
+    // free) read(2)/write(2) are refused. 2 MiB: a whole huge page, within the file either way.
+    // SAFETY: the file is the lab's memory file, at least 2 MiB; this map is dropped below, and
+    // the bytes poked (the header's version) are plain data.
+    let mut m = unsafe { memmap2::MmapOptions::new().len(2 << 20).map_mut(&f) }.unwrap();
+    let version: [u8; 4] = m[8..12].try_into().unwrap();
+    m[8..12].copy_from_slice(&99u32.to_le_bytes());
     let (st, err) = lab.spawn(PEER, &["--proc-type=secondary"]).exit_and_stderr();
     assert!(!st.success());
     assert!(err.contains("version is 0x63, expected 0x1"), "{err}");
-    f.write_all_at(&version, 8).unwrap();
+    m[8..12].copy_from_slice(&version);
+    drop(m);
     let s = start(&lab, &["--proc-type=secondary"]);
     finish(lab, p, vec![s]);
     drop(secs);

@@ -731,8 +731,10 @@ impl Drop for Lab {
         if let Some(mut nic) = self.nic.take() {
             terminate(&mut nic, Duration::from_secs(5));
         }
-        // The memory file where the primary said it is (hugetlbfs or /dev/shm).
-        if let Some(f) = &self.mem_file {
+        // The memory file where the primary said it is (hugetlbfs or /dev/shm; --huge-dir too),
+        // and wherever else the runtime may have put it.
+        let files = self.mem_file.iter().cloned().chain(lab_core::mem::possible_files(&self.prefix));
+        for f in files {
             let _ = std::fs::remove_file(f);
         }
         let _ = std::fs::remove_dir_all(self.runtime_dir());

@@ -34,7 +34,9 @@ impl Lab {
         self.xdg.path().join("hotplug-lab").join(&self.prefix)
     }
     fn shm(&self) -> PathBuf {
-        PathBuf::from(format!("/dev/shm/hotplug-lab-{}-mem", self.prefix))
+        // Where the runtime put it: /dev/shm, or hugetlbfs when pages are free.
+        let c = lab_core::mem::possible_files(&self.prefix);
+        c.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| c[0].clone())
     }
 }
 

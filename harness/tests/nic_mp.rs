@@ -75,7 +75,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         drop(self.nic.take());
-        let _ = std::fs::remove_file(format!("/dev/shm/hotplug-lab-{}-mem", self.prefix));
+        for f in lab_core::mem::possible_files(&self.prefix) {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 

@@ -24,8 +24,15 @@ impl Lab {
     pub fn runtime_dir(&self) -> PathBuf {
         self.xdg.path().join("hotplug-lab").join(&self.prefix)
     }
+    /// Where the runtime may put this lab's memory file: /dev/shm, or any hugetlbfs mount (it
+    /// picks one with enough free pages).
+    pub fn shm_candidates(&self) -> Vec<PathBuf> {
+        lab_core::mem::possible_files(&self.prefix)
+    }
+    /// The memory file as the runtime placed it (the /dev/shm path when there is none yet).
     pub fn shm_file(&self) -> PathBuf {
-        PathBuf::from(format!("/dev/shm/hotplug-lab-{}-mem", self.prefix))
+        let c = self.shm_candidates();
+        c.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| c[0].clone())
     }
     pub fn command(&self, bin: &str, args: &[&str]) -> Command {
         let mut c = Command::new(bin);
@@ -48,13 +55,17 @@ impl Lab {
             "runtime dir left: {:?}",
             std::fs::read_dir(self.runtime_dir()).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
         );
-        assert!(!self.shm_file().exists(), "shared memory file left: {}", self.shm_file().display());
+        for f in self.shm_candidates() {
+            assert!(!f.exists(), "shared memory file left: {}", f.display());
+        }
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.shm_file());
+        for f in self.shm_candidates() {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 

@@ -110,10 +110,6 @@ impl<'e> Lab<'e> {
         self.xdg.join("hotplug-lab").join(&self.prefix)
     }
 
-    pub(super) fn shm(&self) -> PathBuf {
-        PathBuf::from(format!("/dev/shm/hotplug-lab-{}-mem", self.prefix))
-    }
-
     /// The arguments of a process (EAL options, its faults).
     pub(super) fn args_of(&self, name: &str) -> Vec<String> {
         let mut a = vec![
@@ -649,14 +645,9 @@ impl<'e> Lab<'e> {
                 problems.push("lab-nic did not stop on SIGTERM within 5 s: killed".into());
             }
         }
-        let _ = std::fs::remove_file(self.shm());
-        // The memory file lives on hugetlbfs when one is mounted with free pages.
-        let name = format!("hotplug-lab-{}-mem", self.prefix);
-        for m in std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines() {
-            let f: Vec<&str> = m.split_whitespace().collect();
-            if f.len() > 2 && f[2] == "hugetlbfs" {
-                let _ = std::fs::remove_file(Path::new(f[1]).join(&name));
-            }
+        // The memory file: /dev/shm, or hugetlbfs when one is mounted with free pages.
+        for f in lab_core::mem::possible_files(&self.prefix) {
+            let _ = std::fs::remove_file(f);
         }
         let _ = std::fs::remove_dir_all(self.runtime_dir());
         for i in &self.interfaces {

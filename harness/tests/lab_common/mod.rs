@@ -52,10 +52,13 @@ pub fn leftovers(tmp: &Path, lab_pid: Option<u32>) -> Vec<String> {
         }
     }
     if let Some(pid) = lab_pid {
-        for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&format!("hotplug-lab-lab{pid}-")) {
-                v.push(format!("shared memory /dev/shm/{n}"));
+        // The memory files' directories: /dev/shm and any hugetlbfs mount.
+        for dir in lab_core::mem::possible_files("x").iter().filter_map(|f| f.parent()) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&format!("hotplug-lab-lab{pid}-")) {
+                    v.push(format!("shared memory {}", dir.join(n).display()));
+                }
             }
         }
         for p in run_processes(Some(pid)) {
