@@ -265,6 +265,16 @@ pub fn possible_files(prefix: &str) -> Vec<PathBuf> {
     v
 }
 
+/// The placement of an existing memory file: hugetlbfs (with its page size) or not, from the
+/// filesystem it is on.
+pub fn placement_of(path: &Path) -> ShmPlacement {
+    let (hugepages, page_size) = match nix::sys::statfs::statfs(path) {
+        Ok(s) if s.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC => (true, s.block_size() as u64),
+        _ => (false, 4096),
+    };
+    ShmPlacement { path: path.to_path_buf(), hugepages, page_size }
+}
+
 fn hugetlbfs_mount() -> Option<(PathBuf, u64)> {
     let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
     for line in mounts.lines() {
@@ -325,8 +335,13 @@ impl Shm {
             .custom_flags(libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| io("create", e))?;
-        file.set_len(len).map_err(|e| io("set size", e))?;
-        let base = sys::mmap_shared(file.as_fd(), len as usize).map_err(|e| io("mmap", e))?;
+        // A file that cannot be sized or mapped (hugetlbfs out of pages) is not left behind.
+        let gone = |e: MemError| {
+            let _ = std::fs::remove_file(&path);
+            e
+        };
+        file.set_len(len).map_err(|e| gone(io("set size", e)))?;
+        let base = sys::mmap_shared(file.as_fd(), len as usize).map_err(|e| gone(io("mmap", e)))?;
         let shm = Shm { base, len, file, placement, primary: true };
         // SAFETY: the file is fresh (zero-filled) and at least HEADER_LEN long; nobody else maps it
         // yet because `ready` is 0 and secondaries wait for it.

@@ -164,13 +164,40 @@ impl Runtime {
             }
         };
         let mb = opts.mem_mb.unwrap_or(mem::DEFAULT_MB);
+        if role == Role::Primary {
+            // Holding the config lock, this is the only primary of the prefix: a memory file of
+            // it anywhere is a dead primary's, and its pages count for this placement.
+            let name = format!("hotplug-lab-{}-mem", opts.file_prefix);
+            let own = opts.huge_dir.as_deref().map(|d| d.join(&name));
+            for f in own.into_iter().chain(mem::possible_files(&opts.file_prefix)).filter(|f| f.exists()) {
+                tracing::info!(path = %f.display(), "reclaiming shared memory left by a previous primary");
+                let _ = std::fs::remove_file(f);
+            }
+        }
         let placement = mem::placement(&opts.file_prefix, mb << 20, opts.no_huge, opts.huge_dir.as_deref());
+        let record = dir.join(MEM_RECORD);
         let shm = match role {
             Role::Primary => {
                 reclaim_leftovers(&dir);
-                Shm::create(placement, mb)?
+                let _ = std::fs::remove_file(&record);
+                let huge = placement.hugepages && opts.huge_dir.is_none();
+                let shm = match Shm::create(placement, mb) {
+                    // The free pages counted a moment ago went to another process: /dev/shm.
+                    Err(e) if huge => {
+                        tracing::warn!(error = %e, "hugetlbfs memory file failed: using /dev/shm");
+                        Shm::create(mem::placement(&opts.file_prefix, mb << 20, true, None), mb)?
+                    }
+                    r => r?,
+                };
+                // Where the file went, for the secondaries: they must not decide again (the pages
+                // the primary took are no longer free, so they would look elsewhere).
+                let _ = std::fs::write(&record, shm.placement().path.as_os_str().as_encoded_bytes());
+                shm
             }
-            Role::Secondary => Shm::open(placement, Duration::from_secs(10))?,
+            Role::Secondary => {
+                let found = recorded_placement(&record, &opts.file_prefix, opts.huge_dir.as_deref());
+                Shm::open(found.unwrap_or(placement), Duration::from_secs(10))?
+            }
         };
         let shm = Arc::new(shm);
         let ipc = Channel::open_paused(ChannelConfig {
@@ -282,6 +309,7 @@ impl Drop for Runtime {
         self.ipc.close();
         if self.role == Role::Primary {
             self.shm.unlink();
+            let _ = std::fs::remove_file(self.dir.join(MEM_RECORD));
             let _ = std::fs::remove_file(self.dir.join("config"));
             reclaim_leftovers(&self.dir);
         }
@@ -306,6 +334,29 @@ fn create_dir_0700(dir: &Path) -> std::io::Result<()> {
 
 /// Removes sockets of processes that are gone (left by a crash of the previous primary or of its
 /// secondaries). Sockets of live processes stay.
+/// The file in the runtime dir where the primary records its memory file's path.
+const MEM_RECORD: &str = "mem_file";
+
+/// The primary's memory file as it recorded it (waited for up to 10 s), if it is one of the
+/// places a runtime of this prefix may use (a record pointing anywhere else is ignored).
+fn recorded_placement(record: &Path, prefix: &str, huge_dir: Option<&Path>) -> Option<mem::ShmPlacement> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let path = loop {
+        match std::fs::read(record) {
+            Ok(b) if !b.is_empty() => break PathBuf::from(String::from_utf8_lossy(&b).into_owned()),
+            _ if std::time::Instant::now() >= deadline => return None,
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let name = format!("hotplug-lab-{prefix}-mem");
+    let allowed = huge_dir.map(|d| d.join(&name)).into_iter().chain(mem::possible_files(prefix)).any(|p| p == path);
+    if !allowed {
+        tracing::warn!(record = %record.display(), path = %path.display(), "memory file record ignored: not a place of this prefix");
+        return None;
+    }
+    Some(mem::placement_of(&path))
+}
+
 fn reclaim_leftovers(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else { return };
     for e in rd.flatten() {
