@@ -101,7 +101,11 @@ fn main() {
     // DPDK's own telemetry answering the same command, in dpdk-testpmd (interactive, idle,
     // net_null0) on the peers' core, when it is installed: the same client (compare with
     // ethdev_stats).
-    match DpdkTestpmd::start(xdg.path()) {
+    match lab_testkit::Testpmd::start(
+        xdg.path(),
+        &format!("labbench{}", std::process::id()),
+        Some(lab_benches::peer_cpu()),
+    ) {
         Ok(dpdk) => {
             let mut c = Client::connect(&dpdk.sock, Duration::from_secs(5)).expect("DPDK telemetry");
             g.bench_function("dpdk_ethdev_stats", |b| {
@@ -162,60 +166,6 @@ fn main() {
         "datapath_null_burst32",
         None,
     );
-}
-
-/// `dpdk-testpmd -i` with net_null0 and no hugepages, under a prefix of its own; stopped (stdin
-/// closed, then killed) and its runtime dir removed on drop. Only that dir: DPDK's others are
-/// never touched.
-struct DpdkTestpmd {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-    sock: std::path::PathBuf,
-}
-
-impl DpdkTestpmd {
-    fn start(xdg: &std::path::Path) -> Result<DpdkTestpmd, String> {
-        let bin = ["/usr/bin/dpdk-testpmd", "/usr/local/bin/dpdk-testpmd"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .ok_or("dpdk-testpmd not installed (Debian package dpdk)")?;
-        let prefix = format!("labbench{}", std::process::id());
-        // DPDK's runtime dir: /var/run/dpdk/<prefix> for root, else $XDG_RUNTIME_DIR/dpdk/<prefix>.
-        let base = if nix::unistd::geteuid().is_root() { "/var/run/dpdk".into() } else { xdg.join("dpdk") };
-        let dir = base.join(&prefix);
-        // On the peers' core, all of it (lcores and control threads, the telemetry one among
-        // them), as the lab's server peer runs: taskset gives the process that core, --lcores
-        // maps both lcores onto it, so DPDK's control threads fall back to it too.
-        let cpu = lab_benches::peer_cpu().to_string();
-        let child = std::process::Command::new("taskset")
-            .args(["-c", &cpu, bin])
-            .args(["--no-huge", "-m", "256", "--no-pci", "--vdev", "net_null0"])
-            .args(["--lcores", &format!("0@{cpu},1@{cpu}"), "--file-prefix", &prefix])
-            .args(["--", "-i", "--no-mlockall", "--total-num-mbufs", "2048"])
-            .env("XDG_RUNTIME_DIR", xdg)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {bin}: {e}"))?;
-        let mut t = DpdkTestpmd { child, sock: dir.join("dpdk_telemetry.v2"), dir };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while Client::connect(&t.sock, Duration::from_secs(1)).is_err() {
-            if std::time::Instant::now() > deadline || !matches!(t.child.try_wait(), Ok(None)) {
-                return Err(format!("dpdk-testpmd serves no telemetry at {}", t.sock.display()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(t)
-    }
-}
-
-impl Drop for DpdkTestpmd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// The length of one `/ethdev/stats,0` answer as sent (its JSON text).

@@ -235,42 +235,16 @@ fn dpdk_telemetry_py_reaches_a_primary_and_a_secondary() {
 /// both serve telemetry, each answers as itself, and the lab leaves DPDK's runtime dir as it was.
 #[test]
 fn a_dpdk_application_with_the_same_prefix_is_left_alone() {
-    let Some(testpmd) =
-        ["/usr/bin/dpdk-testpmd", "/usr/local/bin/dpdk-testpmd"].into_iter().find(|p| Path::new(p).exists())
-    else {
-        eprintln!("skipped: dpdk-testpmd not installed (Debian package dpdk)");
-        return;
-    };
     let lab = Lab::new("dpdk-beside");
-    let xdg = lab.xdg.path();
-    // DPDK's runtime dir: /var/run/dpdk/<prefix> for root, else $XDG_RUNTIME_DIR/dpdk/<prefix>.
-    let base = if nix::unistd::geteuid().is_root() { PathBuf::from("/var/run/dpdk") } else { xdg.join("dpdk") };
-    let dpdk_dir = base.join(&lab.prefix);
-    struct Testpmd(std::process::Child, PathBuf);
-    impl Drop for Testpmd {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            let _ = std::fs::remove_dir_all(&self.1); // DPDK leaves it; ours, so ours to remove
+    let mut dpdk = match lab_testkit::Testpmd::start(lab.xdg.path(), &lab.prefix, None) {
+        Ok(t) => t,
+        Err(lab_testkit::TestpmdError::Missing) => {
+            eprintln!("skipped: {}", lab_testkit::TestpmdError::Missing);
+            return;
         }
-    }
-    let child = std::process::Command::new(testpmd)
-        .args(["--no-huge", "-m", "256", "--no-pci", "--vdev", "net_null0", "-l", "0,1", "--file-prefix", &lab.prefix])
-        .args(["--", "-i", "--no-mlockall", "--total-num-mbufs", "2048"])
-        .env("XDG_RUNTIME_DIR", xdg)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start dpdk-testpmd");
-    let mut dpdk = Testpmd(child, dpdk_dir.clone());
-    let dpdk_sock = dpdk_dir.join(SOCKET_NAME);
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while seqpacket_connect(&dpdk_sock).is_err() {
-        assert!(std::time::Instant::now() < end, "dpdk-testpmd serves no telemetry at {}", dpdk_sock.display());
-        assert!(matches!(dpdk.0.try_wait(), Ok(None)), "dpdk-testpmd exited");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        Err(e) => panic!("{e}"),
+    };
+    let (dpdk_dir, dpdk_sock) = (dpdk.dir().to_path_buf(), dpdk.sock.clone());
     let listing = |d: &Path| {
         let mut v: Vec<(String, u64)> = std::fs::read_dir(d)
             .unwrap()
@@ -288,12 +262,12 @@ fn a_dpdk_application_with_the_same_prefix_is_left_alone() {
     assert_eq!(mine.greeting["pid"], p.pid(), "the lab's socket is the lab's");
     assert_eq!(mine.get("/lab/process")["prefix"], lab.prefix.as_str());
     let theirs = connect(&dpdk_sock);
-    assert_eq!(theirs.greeting["pid"], dpdk.0.id(), "DPDK's socket is still DPDK's");
+    assert_eq!(theirs.greeting["pid"], dpdk.pid(), "DPDK's socket is still DPDK's");
     assert!(theirs.get("/ethdev/list").is_array());
     drop((mine, theirs));
     assert!(s.quit().success());
     assert!(p.quit().success());
     lab.assert_clean();
     assert_eq!(listing(&dpdk_dir), before, "DPDK's runtime dir as it was");
-    assert!(matches!(dpdk.0.try_wait(), Ok(None)), "dpdk-testpmd still runs");
+    assert!(dpdk.is_running(), "dpdk-testpmd still runs");
 }

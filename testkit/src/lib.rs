@@ -7,6 +7,7 @@
 //!   emulator, socket or sysfs entry behind.
 //! * Interfaces: [`unique`] names, [`ip`], [`link_exists`], [`leftover_links`], [`LinkGuard`] and
 //!   [`Veth`] (removed on drop), [`skip_without_net_admin`].
+//! * [`Testpmd`]: DPDK's dpdk-testpmd as a peer (killed and its runtime dir removed on drop).
 //! * [`RawSock`]: a raw AF_PACKET socket on one interface, the kernel side of a wire (the one
 //!   module with `unsafe`).
 //!
@@ -17,7 +18,9 @@
 
 #[allow(unsafe_code)]
 mod raw;
+mod testpmd;
 pub use raw::RawSock;
+pub use testpmd::{Testpmd, TestpmdError};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
