@@ -53,7 +53,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -317,11 +317,18 @@ pub(crate) fn spawn_lab_nic(
     Ok(child)
 }
 
+/// A child's stderr as read so far, and whether its reader reached the end.
+#[derive(Default)]
+struct Captured {
+    text: Mutex<String>,
+    closed: AtomicBool,
+}
+
 enum Proc {
     /// A `hotplug_mp` process, driven over its prompt.
     Prompt(AppProc),
     /// Your binary, observed through telemetry; its stderr kept for failure messages.
-    App { child: Child, stderr: Arc<Mutex<String>> },
+    App { child: Child, stderr: Arc<Captured> },
 }
 
 impl Proc {
@@ -412,7 +419,7 @@ impl Lab {
             process: name.into(),
             message: format!("cannot start {}: {e}", bin.display()),
         })?;
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Captured::default());
         if let Some(mut err) = child.stderr.take() {
             let keep = stderr.clone();
             std::thread::spawn(move || {
@@ -421,12 +428,15 @@ impl Lab {
                     if n == 0 {
                         break;
                     }
-                    let mut s = keep.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut s = keep.text.lock().unwrap_or_else(|e| e.into_inner());
                     if s.len() < 64 * 1024 {
                         s.push_str(&String::from_utf8_lossy(&buf[..n]));
                     }
                 }
+                keep.closed.store(true, Ordering::Release);
             });
+        } else {
+            stderr.closed.store(true, Ordering::Release);
         }
         self.procs.insert(name.into(), Proc::App { child, stderr });
         self.order.push(name.into());
@@ -437,9 +447,21 @@ impl Lab {
     pub fn stderr(&self, process: &str) -> String {
         match self.procs.get(process) {
             Some(Proc::Prompt(a)) => a.stderr_now(),
-            Some(Proc::App { stderr, .. }) => stderr.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            Some(Proc::App { stderr, .. }) => stderr.text.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             None => String::new(),
         }
+    }
+
+    /// All a process that exited wrote to stderr: waits (at most `within`) for its reader to
+    /// reach the end, since the exit can be seen before the last bytes are read.
+    fn stderr_of_exited(&self, process: &str, within: Duration) -> String {
+        if let Some(Proc::App { stderr, .. }) = self.procs.get(process) {
+            let deadline = Instant::now() + within;
+            while !stderr.closed.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.stderr(process)
     }
 
     /// Whether a process still runs.
@@ -464,7 +486,10 @@ impl Lab {
             }
             Err(why) => Err(LabError::Process {
                 process: process.into(),
-                message: format!("{why} (pid {pid}); stderr: {}", self.stderr(process).trim()),
+                message: format!(
+                    "{why} (pid {pid}); stderr: {}",
+                    self.stderr_of_exited(process, Duration::from_secs(2)).trim()
+                ),
             }),
         }
     }

@@ -135,7 +135,7 @@ impl AppProc {
             }
             Err(RecvTimeoutError::Disconnected) => {
                 let _ = self.child.wait();
-                Err(ProcError::Exited { pid: self.pid(), stderr: self.stderr_now() })
+                Err(ProcError::Exited { pid: self.pid(), stderr: self.stderr_to_end(Duration::from_secs(2)) })
             }
         }
     }
@@ -166,6 +166,17 @@ impl AppProc {
     /// Whatever the process wrote to stderr so far.
     pub fn stderr_now(&self) -> String {
         self.errs.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Everything an exited process wrote to stderr: read until its reader ends, at most `within`
+    /// (the exit can be seen before its last lines are read).
+    fn stderr_to_end(&self, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        let mut lines = Vec::new();
+        while let Ok(l) = self.errs.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            lines.push(l);
+        }
+        lines.join("\n")
     }
 
     /// Whether the process is still running.
