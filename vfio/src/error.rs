@@ -33,7 +33,7 @@ pub enum VfioError {
         expected: i32,
     },
     /// The container supports neither TYPE1v2 nor TYPE1.
-    #[error("VFIO container supports no type1 IOMMU")]
+    #[error("VFIO container supports no type1 IOMMU (is the vfio_iommu_type1 module loaded?)")]
     NoIommuType,
     /// `/dev/vfio/<group>` could not be opened.
     #[error("cannot open VFIO group {group}: {source}")]

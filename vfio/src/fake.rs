@@ -366,6 +366,10 @@ impl VfioSys for FakeVfio {
     fn region_info(&self, device: BorrowedFd<'_>, index: u32, argsz: u32) -> io::Result<Vec<u8>> {
         self.with_dev(device, "DEVICE_GET_REGION_INFO", |d| {
             let r = d.device.regions.get(index as usize).ok_or_else(|| errno(libc::EINVAL))?;
+            // As vfio-pci: the VGA region of a function without VGA is EINVAL, not size 0.
+            if index == vb::VFIO_PCI_VGA_REGION_INDEX && r.size == 0 {
+                return Err(errno(libc::EINVAL));
+            }
             let info = RegionInfo {
                 index,
                 flags: r.flags,

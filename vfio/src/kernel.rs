@@ -378,7 +378,16 @@ impl KernelDevice {
         }
         let mut regions = Vec::with_capacity(info.num_regions as usize);
         for index in 0..info.num_regions {
-            regions.push(region_info(sys.as_ref(), fd.as_fd(), name, index)?);
+            match region_info(sys.as_ref(), fd.as_fd(), name, index) {
+                // vfio-pci answers EINVAL for the VGA region of a function without VGA (every
+                // NIC): the region does not exist, like a BAR of size 0.
+                Err(VfioError::Ioctl { ref source, .. })
+                    if index == vb::VFIO_PCI_VGA_REGION_INDEX && source.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    regions.push(RegionInfo { index, flags: 0, size: 0, offset: 0, sparse: Vec::new() });
+                }
+                r => regions.push(r?),
+            }
         }
         let mut irqs = Vec::with_capacity(info.num_irqs as usize);
         for index in 0..info.num_irqs {
@@ -414,6 +423,21 @@ impl KernelDevice {
         self.flags
     }
 
+    /// Has the kernel signal vectors `start..start + count` of irq index `index` as if the
+    /// device had raised them (`VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER`): a
+    /// loopback check of the eventfds set with [`DeviceIo::set_irq_eventfds`].
+    pub fn trigger_irqs(&self, index: u32, start: u32, count: u32) -> Result<(), VfioError> {
+        let irq = self.irq(index)?;
+        if !start.checked_add(count).is_some_and(|e| e <= irq.count) || count == 0 {
+            return Err(VfioError::InvalidArgument {
+                device: self.name.clone(),
+                reason: format!("irq index {index} has {} vectors, asked {start}+{count}", irq.count),
+            });
+        }
+        let flags = vb::VFIO_IRQ_SET_DATA_NONE | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
+        self.sys.set_irqs(self.fd.as_fd(), index, flags, start, count, &[]).map_err(|e| self.io_err("VFIO_DEVICE_SET_IRQS", e))
+    }
+
     fn io_err(&self, op: &'static str, e: std::io::Error) -> VfioError {
         if e.raw_os_error() == Some(libc::ENODEV) {
             self.alive.store(false, Ordering::Release);
@@ -447,7 +471,7 @@ fn region_info(sys: &dyn VfioSys, fd: BorrowedFd<'_>, name: &str, index: u32) ->
     for _ in 0..2 {
         let raw = sys.region_info(fd, index, argsz).map_err(|source| VfioError::Ioctl {
             op: "VFIO_DEVICE_GET_REGION_INFO",
-            device: name.to_string(),
+            device: format!("{name} region {index}"),
             source,
         })?;
         let parsed = RegionInfoRepr::parse(&raw, index).map_err(|e| bad(e.to_string()))?;

@@ -1,0 +1,493 @@
+//! The guest half of the VM tier: runs inside the VM as `/init`'s suite, binds QEMU's emulated
+//! PCI functions to vfio-pci and drives them through lab-vfio's kernel transport, printing one
+//! `LAB-VM check ...` line per check on the console (see the `lab-vm` crate).
+//!
+//! `lab-vm-guest suite` runs every check; `lab-vm-guest adopt SOCKET BDF GROUP` is the
+//! secondary of the fd-passing check (a real second process, as a lab secondary is).
+
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lab_vfio::{
+    open_pci, AdoptedFds, Bar, DeviceIo, DmaRegion, KernelDevice, OpenOptions, RealVfio, VfioSys, CONFIG_REGION_INDEX,
+    MSIX_IRQ_INDEX, REGION_MMAP,
+};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+/// PCI ids the host puts in the guest for the suite.
+const VIRTIO_NET: (u16, u16) = (0x1af4, 0x1041);
+const E1000E: (u16, u16) = (0x8086, 0x10d3);
+/// Left unbound on purpose: the "not bound" error.
+const VIRTIO_RNG: (u16, u16) = (0x1af4, 0x1044);
+/// `VFIO_PCI_REQ_IRQ_INDEX`: the kernel asks the user to release a device being removed.
+const REQ_IRQ_INDEX: u32 = 4;
+const VFIO_DEVICE_FLAGS_PCI: u32 = 1 << 1;
+const VFIO_DEVICE_FLAGS_RESET: u32 = 1 << 0;
+
+type Check = Result<Option<String>, String>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("suite") => std::process::exit(suite()),
+        Some("adopt") if args.len() == 5 => std::process::exit(adopt(&args[2], &args[3], &args[4])),
+        _ => {
+            eprintln!("usage: lab-vm-guest suite | adopt SOCKET BDF GROUP");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn say(line: &str) {
+    println!("LAB-VM {line}");
+}
+
+struct Suite {
+    failed: u32,
+}
+
+impl Suite {
+    fn run(&mut self, name: &str, f: impl FnOnce() -> Check) {
+        let t = Instant::now();
+        match f() {
+            Ok(None) => say(&format!("check ok {name} {}", t.elapsed().as_millis())),
+            Ok(Some(skip)) => say(&format!("check skip {name}: {skip}")),
+            Err(e) => {
+                self.failed += 1;
+                say(&format!("check fail {name}: {}", e.replace('\n', " | ")));
+            }
+        }
+    }
+}
+
+fn suite() -> i32 {
+    let mut s = Suite { failed: 0 };
+    let mut net = None;
+    let mut nic = None;
+    s.run("bind_to_vfio_pci", || {
+        net = Some(bind(find(VIRTIO_NET)?)?);
+        nic = Some(bind(find(E1000E)?)?);
+        Ok(None)
+    });
+    let (Some(net), Some(nic)) = (net, nic) else {
+        say("check fail suite: no vfio-bound functions, nothing more to check");
+        return 1;
+    };
+    for (label, f) in [("virtio_net", &net), ("e1000e", &nic)] {
+        s.run(&format!("{label}_open_pci_on_real_sysfs"), || {
+            // The transport choice from the real sysfs directory: kernel VFIO.
+            let dev = open_pci(&sysfs(&f.bdf), &OpenOptions::default()).map_err(|e| e.to_string())?;
+            expect(dev.name() == f.bdf, || format!("name {} for {}", dev.name(), f.bdf))?;
+            Ok(None)
+        });
+        let kd = match KernelDevice::open(&f.bdf, f.group) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                s.run(&format!("{label}_open"), || Err(e.to_string()));
+                continue;
+            }
+        };
+        let dev: Arc<dyn DeviceIo> = kd.clone();
+        s.run(&format!("{label}_regions_and_irqs_as_vfio_pci_reports"), || regions_and_irqs(f, dev.as_ref()));
+        s.run(&format!("{label}_config_space_matches_sysfs"), || config_matches(f, dev.as_ref()));
+        s.run(&format!("{label}_bar_mmap_agrees_with_pread"), || bar_access(f, &dev));
+        s.run(&format!("{label}_msix_eventfds_fire"), || msix_loopback(&kd));
+        drop(dev);
+        drop(kd);
+    }
+    s.run("device_flags_pci_and_reset", || {
+        let d = KernelDevice::open(&net.bdf, net.group).map_err(|e| e.to_string())?;
+        let fl = d.device_flags();
+        expect(fl & VFIO_DEVICE_FLAGS_PCI != 0, || format!("flags {fl:#x} without PCI"))?;
+        expect(fl & VFIO_DEVICE_FLAGS_RESET != 0, || format!("flags {fl:#x} without RESET"))?;
+        d.reset().map_err(|e| e.to_string())?;
+        let mut id = [0u8; 2];
+        d.config_read(0, &mut id).map_err(|e| e.to_string())?;
+        expect(u16::from_le_bytes(id) == VIRTIO_NET.0, || format!("vendor {id:?} after reset"))?;
+        Ok(None)
+    });
+    s.run("dma_map_lab_memory_on_dev_shm", || dma_map(&net, false));
+    s.run("dma_map_lab_memory_on_hugetlbfs", || dma_map(&net, true));
+    s.run("kernel_refuses_an_overlapping_dma_map_with_eexist", || kernel_overlap(&net));
+    s.run("second_open_of_a_group_is_busy", || {
+        let _d = KernelDevice::open(&net.bdf, net.group).map_err(|e| e.to_string())?;
+        match lab_vfio::Group::open(net.group) {
+            Ok(_) => Err("a second open of an open group succeeded".into()),
+            Err(e) => {
+                let t = e.to_string();
+                expect(t.contains(&net.group.to_string()), || format!("error does not name the group: {t}"))?;
+                expect(io_errno(&e) == Some(libc::EBUSY), || format!("not EBUSY: {t}"))?;
+                Ok(None)
+            }
+        }
+    });
+    s.run("secondary_adopts_container_and_group_fds", || secondary(&net));
+    s.run("unbound_function_is_refused_in_one_line", || {
+        let f = find(VIRTIO_RNG)?;
+        match open_pci(&sysfs(&f), &OpenOptions::default()) {
+            Ok(_) => Err("opened a function bound to no driver".into()),
+            Err(e) => {
+                let t = e.to_string();
+                expect(t.contains(&f) && t.contains("not bound to any driver") && !t.contains('\n'), || t.clone())?;
+                Ok(None)
+            }
+        }
+    });
+    s.run("hot_add_then_remove_while_open_asks_for_release", hotplug);
+    if s.failed > 0 {
+        1
+    } else {
+        0
+    }
+}
+
+fn expect(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(why())
+    }
+}
+
+fn io_errno(e: &lab_vfio::VfioError) -> Option<i32> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        src = s.source();
+    }
+    None
+}
+
+fn sysfs(bdf: &str) -> PathBuf {
+    Path::new("/sys/bus/pci/devices").join(bdf)
+}
+
+fn read_hex(p: &Path) -> Option<u16> {
+    let s = std::fs::read_to_string(p).ok()?;
+    u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok()
+}
+
+/// The first function with `id` in sysfs.
+fn find(id: (u16, u16)) -> Result<String, String> {
+    let mut all: Vec<String> = std::fs::read_dir("/sys/bus/pci/devices")
+        .map_err(|e| format!("/sys/bus/pci/devices: {e}"))?
+        .flatten()
+        .filter(|e| read_hex(&e.path().join("vendor")) == Some(id.0) && read_hex(&e.path().join("device")) == Some(id.1))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    all.sort();
+    all.into_iter().next().ok_or_else(|| format!("no PCI function {:04x}:{:04x}", id.0, id.1))
+}
+
+struct Func {
+    bdf: String,
+    group: u32,
+    id: (u16, u16),
+}
+
+/// Binds `bdf` to vfio-pci the way an administrator does (driver_override, drivers_probe) and
+/// waits for its group node.
+fn bind(bdf: String) -> Result<Func, String> {
+    let dir = sysfs(&bdf);
+    let w = |p: PathBuf, v: &str| std::fs::write(&p, v).map_err(|e| format!("{}: {e}", p.display()));
+    if std::fs::read_link(dir.join("driver")).is_ok() {
+        w(dir.join("driver/unbind"), &bdf)?;
+    }
+    w(dir.join("driver_override"), "vfio-pci")?;
+    w(PathBuf::from("/sys/bus/pci/drivers_probe"), &bdf)?;
+    let driver = std::fs::read_link(dir.join("driver")).map_err(|e| format!("{bdf} not bound after probe: {e}"))?;
+    expect(driver.ends_with("vfio-pci"), || format!("{bdf} bound to {}", driver.display()))?;
+    let group = std::fs::read_link(dir.join("iommu_group"))
+        .map_err(|e| format!("{bdf}: no iommu_group: {e}"))?
+        .file_name()
+        .and_then(|n| n.to_str()?.parse().ok())
+        .ok_or_else(|| format!("{bdf}: iommu_group not a number"))?;
+    let node = PathBuf::from(format!("/dev/vfio/{group}"));
+    wait(Duration::from_secs(5), || node.exists()).map_err(|_| format!("{} did not appear", node.display()))?;
+    let id = (read_hex(&dir.join("vendor")).unwrap_or(0), read_hex(&dir.join("device")).unwrap_or(0));
+    Ok(Func { bdf, group, id })
+}
+
+fn wait(within: Duration, mut f: impl FnMut() -> bool) -> Result<Duration, ()> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f() {
+            return Ok(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(())
+}
+
+/// Sizes of BARs 0-5 from sysfs `resource` (start end flags per line).
+fn sysfs_bar_sizes(bdf: &str) -> Result<Vec<u64>, String> {
+    let p = sysfs(bdf).join("resource");
+    let t = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(t.lines()
+        .take(6)
+        .map(|l| {
+            let v: Vec<u64> =
+                l.split_whitespace().map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).unwrap_or(0)).collect();
+            if v.len() >= 2 && v[1] > v[0] {
+                v[1] - v[0] + 1
+            } else {
+                0
+            }
+        })
+        .collect())
+}
+
+fn regions_and_irqs(f: &Func, dev: &dyn DeviceIo) -> Check {
+    let regions = dev.regions();
+    // VFIO_PCI_NUM_REGIONS: six BARs, ROM, config, VGA.
+    expect(regions.len() >= 9, || format!("{} regions", regions.len()))?;
+    let sizes = sysfs_bar_sizes(&f.bdf)?;
+    for (i, want) in sizes.iter().enumerate() {
+        let got = regions[i].size;
+        expect(got == *want, || format!("BAR{i}: region size {got:#x}, sysfs resource {want:#x}"))?;
+    }
+    let cfg_len = std::fs::metadata(sysfs(&f.bdf).join("config")).map_err(|e| e.to_string())?.len();
+    let cfg = &regions[CONFIG_REGION_INDEX as usize];
+    expect(cfg.size == cfg_len, || format!("config region {:#x}, sysfs config {cfg_len:#x}", cfg.size))?;
+    // INTx, MSI, MSI-X, ERR, REQ.
+    expect(dev.irqs().len() == 5, || format!("{} irq indexes", dev.irqs().len()))?;
+    let msix = dev.irqs()[MSIX_IRQ_INDEX as usize];
+    expect(msix.count > 0, || "no MSI-X vectors".into())?;
+    Ok(None)
+}
+
+fn config_matches(f: &Func, dev: &dyn DeviceIo) -> Check {
+    let sys = std::fs::read(sysfs(&f.bdf).join("config")).map_err(|e| e.to_string())?;
+    let mut ours = vec![0u8; 64];
+    dev.config_read(0, &mut ours).map_err(|e| e.to_string())?;
+    // Identity and class are not virtualised by vfio-pci: byte for byte what sysfs reads.
+    for (what, r) in [("ids", 0..4), ("revision+class", 8..12), ("subsystem", 0x2c..0x30)] {
+        expect(ours[r.clone()] == sys[r.clone()], || format!("{what}: vfio {:02x?}, sysfs {:02x?}", &ours[r.clone()], &sys[r]))?;
+    }
+    let id = (u16::from_le_bytes([ours[0], ours[1]]), u16::from_le_bytes([ours[2], ours[3]]));
+    expect(id == f.id, || format!("id {id:04x?}"))?;
+    // The capability list walk ends, and finds MSI-X (id 0x11), as a driver's probe does.
+    let mut at = ours[0x34] as u64;
+    let mut seen = 0;
+    let mut msix = false;
+    while at != 0 && seen < 48 {
+        let mut c = [0u8; 2];
+        dev.config_read(at, &mut c).map_err(|e| e.to_string())?;
+        msix |= c[0] == 0x11;
+        at = (c[1] & 0xfc) as u64;
+        seen += 1;
+    }
+    expect(at == 0, || "capability list does not end".into())?;
+    expect(msix, || "no MSI-X capability in the list".into())?;
+    Ok(None)
+}
+
+fn bar_access(f: &Func, dev: &Arc<dyn DeviceIo>) -> Check {
+    // virtio-net's modern config (BAR 4: common cfg at 0) and e1000e's BAR 0 (CTRL, STATUS):
+    // registers whose reads have no side effects.
+    let (index, offsets): (u32, &[u64]) = if f.id == VIRTIO_NET { (4, &[0, 4, 0x10, 0x14]) } else { (0, &[0, 8]) };
+    let r = &dev.regions()[index as usize];
+    expect(r.flags & REGION_MMAP != 0, || format!("BAR{index} not mmap-able (flags {:#x})", r.flags))?;
+    let bar = Bar::open(dev.clone(), index).map_err(|e| e.to_string())?;
+    for &off in offsets {
+        expect(bar.mapped_ptr(off).is_some(), || format!("BAR{index}+{off:#x} not in a mapped area"))?;
+        let mapped = bar.try_read32(off).map_err(|e| e.to_string())?;
+        let mut b = [0u8; 4];
+        dev.region_read(index, off, &mut b).map_err(|e| e.to_string())?;
+        let trapped = u32::from_le_bytes(b);
+        expect(mapped == trapped, || format!("BAR{index}+{off:#x}: mmap {mapped:#x}, pread {trapped:#x}"))?;
+    }
+    if f.id == E1000E {
+        // STATUS of a function QEMU models with its link up: LU (bit 1).
+        let st = bar.read32(8);
+        expect(st & 2 != 0, || format!("e1000e STATUS {st:#x} without link up"))?;
+    }
+    Ok(None)
+}
+
+fn msix_loopback(d: &KernelDevice) -> Check {
+    let n = d.irqs()[MSIX_IRQ_INDEX as usize].count.min(3);
+    let efds: Vec<EventFd> =
+        (0..n).map(|_| EventFd::from_flags(EfdFlags::EFD_NONBLOCK)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let fds: Vec<_> = efds.iter().map(|e| e.as_fd()).collect();
+    d.set_irq_eventfds(MSIX_IRQ_INDEX, 0, &fds).map_err(|e| e.to_string())?;
+    d.trigger_irqs(MSIX_IRQ_INDEX, 0, n).map_err(|e| e.to_string())?;
+    for (i, e) in efds.iter().enumerate() {
+        let v = e.read().map_err(|err| format!("vector {i}: not signalled ({err})"))?;
+        expect(v == 1, || format!("vector {i}: counter {v}"))?;
+    }
+    // Past the table: refused by our side before the kernel sees it.
+    expect(d.trigger_irqs(MSIX_IRQ_INDEX, n, d.irqs()[2].count).is_err(), || "trigger past the table accepted".into())?;
+    d.disable_irqs(MSIX_IRQ_INDEX).map_err(|e| e.to_string())?;
+    Ok(None)
+}
+
+fn dma_map(f: &Func, huge: bool) -> Check {
+    let prefix = format!("vm{}", if huge { "huge" } else { "shm" });
+    let place = lab_core::mem::placement(&prefix, 4 << 20, !huge, None);
+    if huge && !place.hugepages {
+        return Ok(Some("no hugetlbfs with free pages in the guest".into()));
+    }
+    let shm = lab_core::mem::Shm::create(place.clone(), 4).map_err(|e| e.to_string())?;
+    let d = KernelDevice::open(&f.bdf, f.group).map_err(|e| e.to_string())?;
+    let region = DmaRegion {
+        iova: shm.iova_base().0,
+        size: shm.len(),
+        fd: shm.fd(),
+        fd_offset: 0,
+        vaddr: shm.base(),
+    };
+    let r = (|| {
+        d.dma_map(&region).map_err(|e| format!("map {}: {e}", place.path.display()))?;
+        // The same map again (a second device of the process): shared, one kernel map.
+        d.dma_map(&region).map_err(|e| format!("identical second map: {e}"))?;
+        // An overlapping one: refused by our table before the kernel, naming the range.
+        let inner = DmaRegion { iova: region.iova + 4096, size: 4096, fd: shm.fd(), fd_offset: 4096, vaddr: region.vaddr.wrapping_add(4096) };
+        match d.dma_map(&inner) {
+            Ok(()) => return Err("an overlapping map succeeded".into()),
+            Err(e) => expect(e.to_string().contains(&format!("{:#x}", inner.iova)), || e.to_string())?,
+        }
+        d.dma_unmap(region.iova, region.size).map_err(|e| format!("unmap: {e}"))?;
+        d.dma_unmap(region.iova, region.size).map_err(|e| format!("unmap of the shared map: {e}"))?;
+        expect(d.dma_unmap(region.iova, region.size).is_err(), || "third unmap succeeded".into())?;
+        // Mapped again after the unmap: the kernel really let go of it.
+        d.dma_map(&region).map_err(|e| format!("map after unmap: {e}"))?;
+        d.dma_unmap(region.iova, region.size).map_err(|e| format!("unmap: {e}"))
+    })();
+    drop(shm);
+    let _ = std::fs::remove_file(&place.path);
+    r.map(|_| None)
+}
+
+fn kernel_overlap(f: &Func) -> Check {
+    let d = KernelDevice::open(&f.bdf, f.group).map_err(|e| e.to_string())?;
+    let shm = lab_core::mem::Shm::create(lab_core::mem::placement("vmovl", 4 << 20, true, None), 4)
+        .map_err(|e| e.to_string())?;
+    let sys = RealVfio::new();
+    let c = d.container().as_fd();
+    let (va, iova) = (shm.base() as u64, 1u64 << 32);
+    let r = (|| {
+        sys.map_dma(c, va, iova, 2 << 20).map_err(|e| format!("first map: {e}"))?;
+        let second = sys.map_dma(c, va + 4096, iova + 4096, 4096);
+        expect(second.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EEXIST), || {
+            format!("overlapping map: {second:?}, not EEXIST")
+        })?;
+        sys.unmap_dma(c, iova, 2 << 20).map_err(|e| format!("unmap: {e}"))
+    })();
+    let path = shm.placement().path.clone();
+    drop(shm);
+    let _ = std::fs::remove_file(path);
+    r.map(|_| None)
+}
+
+fn secondary(f: &Func) -> Check {
+    let d = KernelDevice::open(&f.bdf, f.group).map_err(|e| e.to_string())?;
+    let sock = PathBuf::from("/tmp/lab-vm-adopt.sock");
+    let _ = std::fs::remove_file(&sock);
+    let l = UnixListener::bind(&sock).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .args(["adopt", &sock.to_string_lossy(), &f.bdf, &f.group.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let r = (|| {
+        let (s, _) = l.accept().map_err(|e| e.to_string())?;
+        let fds = [d.container().as_fd().as_raw_fd(), d.group().as_fd().as_raw_fd()];
+        lab_vfio::sys::send_with_fds(s.as_fd(), b"fds", &fds).map_err(|e| e.to_string())?;
+        let out = std::io::read_to_string(child.stdout.take().expect("piped")).map_err(|e| e.to_string())?;
+        let st = child.wait().map_err(|e| e.to_string())?;
+        expect(st.success(), || format!("secondary exited {st}: {out}"))?;
+        let want = format!("vendor {:04x} device {:04x}", f.id.0, f.id.1);
+        expect(out.trim() == want, || format!("secondary read {:?}, want {want:?}", out.trim()))?;
+        Ok(None)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&sock);
+    r
+}
+
+/// The secondary: receives the primary's container and group fds, opens the device through
+/// them (it could not open the group itself: a group opens once system-wide), reads its ids.
+fn adopt(sock: &str, bdf: &str, group: &str) -> i32 {
+    let run = || -> Result<String, String> {
+        let group: u32 = group.parse().map_err(|_| format!("bad group {group}"))?;
+        let s = UnixStream::connect(sock).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 8];
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        lab_vfio::sys::recv_with_fds(s.as_fd(), &mut buf, &mut fds).map_err(|e| e.to_string())?;
+        if fds.len() != 2 {
+            return Err(format!("{} fds received", fds.len()));
+        }
+        let g = fds.pop().expect("two");
+        let c = fds.pop().expect("two");
+        let d = KernelDevice::open_with(Arc::new(RealVfio::new()), bdf, group, Some(AdoptedFds { container: c, group: g }))
+            .map_err(|e| e.to_string())?;
+        let mut id = [0u8; 4];
+        d.config_read(0, &mut id).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "vendor {:04x} device {:04x}",
+            u16::from_le_bytes([id[0], id[1]]),
+            u16::from_le_bytes([id[2], id[3]])
+        ))
+    };
+    match run() {
+        Ok(s) => {
+            println!("{s}");
+            0
+        }
+        Err(e) => {
+            println!("error: {e}");
+            1
+        }
+    }
+}
+
+/// QMP `device_add` of a virtio-net function on the empty root port `hp`, seen appear in sysfs;
+/// bound and opened with the request irq wired; QMP `device_del`: the kernel's PCIe hotplug
+/// driver removes it, vfio-pci signals the request eventfd (release the device), and once we
+/// close it the function disappears.
+fn hotplug() -> Check {
+    let before: Vec<String> = list_functions();
+    say(r#"ask {"execute":"device_add","arguments":{"driver":"virtio-net-pci","id":"hot1","bus":"hp","netdev":"nhot","disable-legacy":"on","mac":"52:54:00:12:34:99"}}"#);
+    let mut new = None;
+    wait(Duration::from_secs(20), || {
+        new = list_functions().into_iter().find(|b| !before.contains(b));
+        new.is_some()
+    })
+    .map_err(|_| "the hot-added function did not appear in sysfs within 20 s".to_string())?;
+    let bdf = new.expect("found");
+    let f = bind(bdf)?;
+    expect(f.id == VIRTIO_NET, || format!("hot-added function is {:04x?}", f.id))?;
+    let d = KernelDevice::open(&f.bdf, f.group).map_err(|e| e.to_string())?;
+    let req = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).map_err(|e| e.to_string())?;
+    d.set_irq_eventfds(REQ_IRQ_INDEX, 0, &[req.as_fd()]).map_err(|e| format!("request irq: {e}"))?;
+    say(r#"ask {"execute":"device_del","arguments":{"id":"hot1"}}"#);
+    // pciehp waits 5 s after the attention button before it removes the function.
+    let asked = wait(Duration::from_secs(20), || req.read().is_ok())
+        .map_err(|_| "no release request from vfio-pci within 20 s of device_del".to_string())?;
+    let still = sysfs(&f.bdf).exists();
+    drop(d);
+    let gone = wait(Duration::from_secs(10), || !sysfs(&f.bdf).exists())
+        .map_err(|_| format!("{} still in sysfs 10 s after release", f.bdf))?;
+    expect(still, || "removed before the device was released".into())?;
+    say(&format!("note hotplug release requested after {} ms, removed {} ms after close", asked.as_millis(), gone.as_millis()));
+    Ok(None)
+}
+
+fn list_functions() -> Vec<String> {
+    std::fs::read_dir("/sys/bus/pci/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}

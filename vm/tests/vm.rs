@@ -1,0 +1,91 @@
+//! The VM tier: a Debian kernel under QEMU with a vIOMMU, our guest suite driving real kernel
+//! VFIO on QEMU's virtio-net and e1000e functions, and a PCIe hot-add/remove through QMP.
+//! Skips with one line when QEMU, a kernel or busybox is missing (`ci/vm.sh` provides them).
+
+use std::path::Path;
+use std::time::Duration;
+
+use lab_vm::image::busybox;
+use lab_vm::qemu::qemu;
+use lab_vm::{run_suite, Accel, Image, Kernel, VmConfig};
+
+const GUEST: &str = env!("CARGO_BIN_EXE_lab-vm-guest");
+
+/// Root ports 1 and 2 hold the functions the suite binds, 3 the unbound one, `hp` is empty for
+/// the hot-add.
+fn devices() -> Vec<String> {
+    [
+        "-device pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0",
+        "-device pcie-root-port,id=rp2,chassis=2,slot=2,bus=pcie.0",
+        "-device pcie-root-port,id=rp3,chassis=3,slot=3,bus=pcie.0",
+        "-device pcie-root-port,id=hp,chassis=4,slot=4,bus=pcie.0",
+        "-netdev hubport,id=n1,hubid=0",
+        "-netdev hubport,id=n2,hubid=1",
+        "-netdev hubport,id=nhot,hubid=2",
+        "-device virtio-net-pci,id=net1,bus=rp1,netdev=n1,disable-legacy=on,mac=52:54:00:12:34:01",
+        "-device e1000e,id=nic2,bus=rp2,netdev=n2,mac=52:54:00:12:34:02",
+        "-device virtio-rng-pci,id=rng3,bus=rp3,disable-legacy=on",
+    ]
+    .iter()
+    .flat_map(|a| a.splitn(2, ' ').map(str::to_string).collect::<Vec<_>>())
+    .collect()
+}
+
+#[test]
+fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
+    let (qemu, kernel, bb) = match (qemu(), Kernel::find(), busybox()) {
+        (Ok(q), Ok(k), Ok(b)) => (q, k, b),
+        (q, k, b) => {
+            let missing: Vec<String> =
+                [q.err(), k.err(), b.err()].into_iter().flatten().map(|m| m.to_string()).collect();
+            eprintln!("skipped: the VM tier needs {} (ci/vm.sh installs them as root)", missing.join(", "));
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut img = Image::new(&bb).unwrap();
+    img.modules(&kernel, &["vfio-pci", "vfio_iommu_type1"]).unwrap();
+    let guest = img.binary(Path::new(GUEST)).unwrap();
+    img.init(&format!("{}{guest} suite", std::env::var("LAB_VM_DEBUG").unwrap_or_default())).unwrap();
+    let initrd = dir.path().join("initrd.cpio");
+    img.write(&initrd).unwrap();
+    let accel = Accel::detect();
+    let cfg = VmConfig {
+        kernel: kernel.image.clone(),
+        initrd,
+        append: String::new(),
+        mem_mb: 1024,
+        cpus: 2,
+        iommu: true,
+        args: devices(),
+        dir: dir.path().to_path_buf(),
+    };
+    let within = if accel == Accel::Kvm { Duration::from_secs(180) } else { Duration::from_secs(600) };
+    let r = run_suite(&qemu, accel, &cfg, within).unwrap();
+    eprintln!(
+        "VM tier ({:?}{}, kernel {}): boot {:?}, total {:?}; {} checks passed {:?}; skipped {:?}",
+        r.accel,
+        r.fallback.as_deref().map(|f| format!(", {f}")).unwrap_or_default(),
+        kernel.version,
+        r.boot,
+        r.total,
+        r.passed.len(),
+        r.passed,
+        r.skipped
+    );
+    let ctx = || format!("console:\n{}", r.console);
+    assert!(r.boot.is_some(), "the guest never came up; {}", ctx());
+    assert!(r.failed.is_empty(), "failed in the guest: {:#?}\n{}", r.failed, ctx());
+    assert_eq!(r.rc, Some(0), "guest suite exit code; {}", ctx());
+    assert!(r.asked.iter().all(|(_, o)| o.is_ok()), "QMP: {:?}", r.asked);
+    for name in [
+        "bind_to_vfio_pci",
+        "virtio_net_config_space_matches_sysfs",
+        "e1000e_bar_mmap_agrees_with_pread",
+        "dma_map_lab_memory_on_dev_shm",
+        "secondary_adopts_container_and_group_fds",
+        "hot_add_then_remove_while_open_asks_for_release",
+    ] {
+        assert!(r.passed.iter().any(|(n, _)| n == name), "check {name} did not pass; {}", ctx());
+    }
+}
