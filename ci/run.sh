@@ -13,6 +13,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 ./ci/peers.sh
+./ci/vm.sh
 echo "== cargo test"
 cargo test --workspace --locked
 ./ci/hugepages.sh

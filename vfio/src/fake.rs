@@ -45,8 +45,9 @@ pub struct FakeDevice {
 }
 
 impl FakeDevice {
-    /// A NIC-like function: BAR0 128 KiB with one mmap-able doorbell page at 0x1000, BARs 1-5
-    /// and ROM absent, 256-byte config space, INTx/MSI/MSI-X(8) eventfd irqs.
+    /// A NIC-like function as vfio-pci reports one: BAR0 128 KiB with one mmap-able doorbell
+    /// page at 0x1000, BARs 1-5 and ROM absent, 256-byte config space, no VGA (its region info
+    /// is EINVAL); INTx/MSI/MSI-X(8) eventfd irqs, then ERR and REQ (one each).
     pub fn nic(name: &str) -> FakeDevice {
         let absent = FakeRegion { size: 0, flags: 0, sparse: vec![] };
         let mut regions = vec![FakeRegion {
@@ -58,8 +59,13 @@ impl FakeDevice {
             regions.push(absent.clone());
         }
         regions.push(FakeRegion { size: 256, flags: REGION_READ | REGION_WRITE, sparse: vec![] });
+        regions.push(absent);
         let irq = |index, count| IrqInfo { index, flags: vb::VFIO_IRQ_INFO_EVENTFD, count };
-        FakeDevice { name: name.to_string(), regions, irqs: vec![irq(0, 1), irq(1, 1), irq(2, 8)] }
+        FakeDevice {
+            name: name.to_string(),
+            regions,
+            irqs: vec![irq(0, 1), irq(1, 1), irq(2, 8), irq(3, 1), irq(4, 1)],
+        }
     }
 }
 
@@ -97,6 +103,8 @@ struct FakeDevState {
     device: FakeDevice,
     resets: u32,
     irq_sets: Vec<IrqSetCall>,
+    /// The eventfd set on the request irq (index 4), as vfio-pci keeps it.
+    req: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -190,6 +198,19 @@ impl FakeVfio {
     /// How many times each device was reset, by name.
     pub fn resets(&self, name: &str) -> u32 {
         self.st().devices.values().filter(|d| d.device.name == name).map(|d| d.resets).sum()
+    }
+
+    /// What vfio-pci does when a function is being removed while open: signal the request
+    /// eventfd of every open device named `name`. False when none has one.
+    pub fn request_removal(&self, name: &str) -> bool {
+        let st = self.st();
+        let mut any = false;
+        for d in st.devices.values().filter(|d| d.device.name == name) {
+            if let Some(fd) = &d.req {
+                any |= nix::unistd::write(fd, &1u64.to_ne_bytes()).is_ok();
+            }
+        }
+        any
     }
 
     /// Every SET_IRQS issued on devices named `name`.
@@ -349,7 +370,7 @@ impl VfioSys for FakeVfio {
         let fd = memfd(c"fake-vfio-device")?;
         nix::unistd::ftruncate(&fd, (device.regions.len() as u64 * FAKE_REGION_STRIDE) as i64)?;
         let id = file_id(fd.as_fd())?;
-        self.st().devices.insert(id, FakeDevState { device, resets: 0, irq_sets: Vec::new() });
+        self.st().devices.insert(id, FakeDevState { device, resets: 0, irq_sets: Vec::new(), req: None });
         Ok(fd)
     }
 
@@ -411,6 +432,9 @@ impl VfioSys for FakeVfio {
             }
             if flags & vb::VFIO_IRQ_SET_DATA_EVENTFD != 0 && fds.len() != count as usize {
                 return Err(errno(libc::EINVAL));
+            }
+            if index == vb::VFIO_PCI_REQ_IRQ_INDEX && flags & vb::VFIO_IRQ_SET_DATA_EVENTFD != 0 {
+                d.req = Some(crate::sys::dup_raw(fds[0])?);
             }
             d.irq_sets.push(IrqSetCall { index, flags, start, count, fds: fds.len() });
             Ok(())

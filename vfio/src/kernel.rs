@@ -334,9 +334,16 @@ pub struct KernelDevice {
     regions: Vec<RegionInfo>,
     irqs: Vec<IrqInfo>,
     alive: AtomicBool,
+    /// vfio-pci's request eventfd (`VFIO_PCI_REQ_IRQ_INDEX`), in the process that owns the
+    /// container: the kernel signals it when the function is being removed and waits for every
+    /// user to close the device. One per device in the kernel, so secondaries leave it alone.
+    req: Option<nix::sys::eventfd::EventFd>,
     group: Arc<Group>,
     container: Arc<Container>,
 }
+
+/// `VFIO_PCI_REQ_IRQ_INDEX`.
+const REQ_IRQ_INDEX: u32 = vb::VFIO_PCI_REQ_IRQ_INDEX;
 
 impl KernelDevice {
     /// Open device `name` (its BDF) in IOMMU group `group` with a fresh container (primary).
@@ -395,7 +402,7 @@ impl KernelDevice {
             irqs.push(IrqInfo { index: i.index, flags: i.flags, count: i.count });
         }
         tracing::debug!(device = name, regions = regions.len(), irqs = irqs.len(), "VFIO device opened");
-        Ok(KernelDevice {
+        let mut dev = KernelDevice {
             name: name.to_string(),
             sys,
             container,
@@ -405,7 +412,29 @@ impl KernelDevice {
             regions,
             irqs,
             alive: AtomicBool::new(true),
-        })
+            req: None,
+        };
+        if dev.container.kind.is_some() {
+            dev.req = dev.wire_request();
+        }
+        Ok(dev)
+    }
+
+    /// Wires the request irq to an eventfd [`DeviceIo::is_alive`] reads. Without it the kernel
+    /// blocks a hot-remove until the process happens to close the device; with it the removal
+    /// monitor sees the request and detaches the port everywhere, which closes the device.
+    fn wire_request(&self) -> Option<nix::sys::eventfd::EventFd> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let irq = self.irqs.get(REQ_IRQ_INDEX as usize).filter(|i| i.count >= 1)?;
+        let efd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).ok()?;
+        let flags = vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
+        match self.sys.set_irqs(self.fd.as_fd(), irq.index, flags, 0, 1, &[efd.as_fd().as_raw_fd()]) {
+            Ok(()) => Some(efd),
+            Err(e) => {
+                tracing::warn!(device = %self.name, error = %e, "no removal requests from vfio-pci (request irq refused)");
+                None
+            }
+        }
     }
 
     /// The container (send `container().as_fd()` to secondaries).
@@ -428,14 +457,16 @@ impl KernelDevice {
     /// loopback check of the eventfds set with [`DeviceIo::set_irq_eventfds`].
     pub fn trigger_irqs(&self, index: u32, start: u32, count: u32) -> Result<(), VfioError> {
         let irq = self.irq(index)?;
-        if !start.checked_add(count).is_some_and(|e| e <= irq.count) || count == 0 {
+        if start.checked_add(count).is_none_or(|e| e > irq.count) || count == 0 {
             return Err(VfioError::InvalidArgument {
                 device: self.name.clone(),
                 reason: format!("irq index {index} has {} vectors, asked {start}+{count}", irq.count),
             });
         }
         let flags = vb::VFIO_IRQ_SET_DATA_NONE | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
-        self.sys.set_irqs(self.fd.as_fd(), index, flags, start, count, &[]).map_err(|e| self.io_err("VFIO_DEVICE_SET_IRQS", e))
+        self.sys
+            .set_irqs(self.fd.as_fd(), index, flags, start, count, &[])
+            .map_err(|e| self.io_err("VFIO_DEVICE_SET_IRQS", e))
     }
 
     fn io_err(&self, op: &'static str, e: std::io::Error) -> VfioError {
@@ -587,8 +618,20 @@ impl DeviceIo for KernelDevice {
         self.sys.set_irqs(self.fd.as_fd(), index, flags, 0, 0, &[]).map_err(|e| self.io_err("VFIO_DEVICE_SET_IRQS", e))
     }
 
+    /// False once a call met ENODEV or vfio-pci asked for the device back (a hot-remove in
+    /// progress: the kernel waits until every user has closed it).
     fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        if !self.alive.load(Ordering::Acquire) {
+            return false;
+        }
+        if let Some(req) = &self.req {
+            if req.read().is_ok() {
+                tracing::warn!(device = %self.name, "vfio-pci asks for the device back: it is being removed");
+                self.alive.store(false, Ordering::Release);
+                return false;
+            }
+        }
+        true
     }
 }
 

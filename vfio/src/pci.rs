@@ -167,7 +167,7 @@ mod tests {
         let fake = Arc::new(FakeVfio::new().with_group(12, true, vec![FakeDevice::nic(BDF)]));
         let dev = open_pci(&s.dev, &opts(&s, Some(fake.clone()))).unwrap();
         assert_eq!(dev.name(), BDF);
-        assert_eq!(dev.regions().len(), 8);
+        assert_eq!(dev.regions().len(), 9);
         assert!(fake.calls().contains(&"GROUP_GET_DEVICE_FD"));
     }
 

@@ -376,6 +376,14 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd
     }
 }
 
+/// A new fd for the open file behind `fd` (`dup`, close-on-exec); EBADF if `fd` is not open.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
+    let new = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 /// Identity of an open file (device and inode), the same for every dup of an fd.
 #[cfg(any(test, feature = "testing"))]
 pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {

@@ -156,8 +156,8 @@ fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>, VmError> {
     let mut libs = Vec::new();
     for line in text.lines() {
         let path = match line.split_once("=>") {
-            Some((_, r)) => r.trim().split_whitespace().next(),
-            None => line.trim().split_whitespace().next(),
+            Some((_, r)) => r.split_whitespace().next(),
+            None => line.split_whitespace().next(),
         };
         if let Some(p) = path.filter(|p| p.starts_with('/')) {
             libs.push(PathBuf::from(p));

@@ -34,19 +34,20 @@ impl Kernel {
     /// has `modules.dep`.
     pub fn find() -> Result<Kernel, Missing> {
         for root in search_roots() {
-            let mut found: Vec<Kernel> = std::fs::read_dir(root.join("boot"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let version = name.strip_prefix("vmlinuz-")?.to_string();
-                    let modules = root.join("lib/modules").join(&version);
-                    let image = e.path();
-                    (std::fs::File::open(&image).is_ok() && modules.join("modules.dep").is_file())
-                        .then_some(Kernel { version, image, modules })
-                })
-                .collect();
+            let mut found: Vec<Kernel> =
+                std::fs::read_dir(root.join("boot"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let version = name.strip_prefix("vmlinuz-")?.to_string();
+                        let modules = root.join("lib/modules").join(&version);
+                        let image = e.path();
+                        (std::fs::File::open(&image).is_ok() && modules.join("modules.dep").is_file())
+                            .then_some(Kernel { version, image, modules })
+                    })
+                    .collect();
             found.sort_by(|a, b| a.version.cmp(&b.version));
             if let Some(k) = found.pop() {
                 return Ok(k);
@@ -59,9 +60,10 @@ impl Kernel {
     /// its `config-VERSION` next to the image.
     pub fn has_config(&self, option: &str) -> bool {
         let cfg = self.image.with_file_name(format!("config-{}", self.version));
-        std::fs::read_to_string(cfg).unwrap_or_default().lines().any(|l| {
-            l.strip_prefix(option).and_then(|r| r.strip_prefix('=')).is_some_and(|v| v == "y" || v == "m")
-        })
+        std::fs::read_to_string(cfg)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.strip_prefix(option).and_then(|r| r.strip_prefix('=')).is_some_and(|v| v == "y" || v == "m"))
     }
 
     /// The module files (relative to [`Kernel::modules`]) that loading `names` takes, each after
@@ -92,11 +94,7 @@ pub(crate) fn resolve(dep: &str, names: &[&str]) -> Result<Vec<String>, String> 
         deps.insert(module_name(path), (path.to_string(), list));
     }
     let mut order = Vec::new();
-    fn visit(
-        name: &str,
-        deps: &HashMap<String, (String, Vec<String>)>,
-        order: &mut Vec<String>,
-    ) -> Result<(), String> {
+    fn visit(name: &str, deps: &HashMap<String, (String, Vec<String>)>, order: &mut Vec<String>) -> Result<(), String> {
         let (path, list) = deps.get(&norm(name)).ok_or_else(|| name.to_string())?;
         if order.contains(path) {
             return Ok(());

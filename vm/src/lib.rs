@@ -92,6 +92,8 @@ pub struct SuiteResult {
     pub accel: Option<Accel>,
     /// Why KVM was given up for TCG, when it was.
     pub fallback: Option<String>,
+    /// The guest's `note` lines (measurements).
+    pub notes: Vec<String>,
 }
 
 /// How long a KVM guest may take to print its first kernel line before KVM is given up (a
@@ -117,7 +119,7 @@ pub fn run_suite(qemu: &Path, accel: Accel, cfg: &VmConfig, within: Duration) ->
         }
         if !kernel_up {
             r.fallback = Some(format!(
-                "KVM opened but the guest printed no kernel line within {KVM_FIRST_LINE:?} (console: {:?}); rebooted under TCG",
+                "KVM did not boot the guest within {KVM_FIRST_LINE:?} (last console line: {:?}); rebooted under TCG",
                 vm.console().lines().last().unwrap_or("")
             ));
             drop(vm);
@@ -149,6 +151,8 @@ pub fn run_suite(qemu: &Path, accel: Accel, cfg: &VmConfig, within: Duration) ->
                 Err(e) => Err(format!("not JSON: {e}")),
             };
             r.asked.push((q.to_string(), outcome));
+        } else if let Some(n) = ev.strip_prefix("note ") {
+            r.notes.push(n.to_string());
         } else if let Some(rc) = ev.strip_prefix("rc ") {
             r.rc = rc.trim().parse().ok();
         }

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,7 +97,8 @@ impl Vm {
         c.arg("-kernel").arg(&cfg.kernel).arg("-initrd").arg(&cfg.initrd);
         // earlyprintk: the first kernel line comes before the console is set up, so a guest that
         // hangs early is seen as such.
-        c.arg("-append").arg(format!("console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=4 {iommu} {}", cfg.append));
+        c.arg("-append")
+            .arg(format!("console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=4 {iommu} {}", cfg.append));
         c.args(&cfg.args);
         c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let mut child = c.spawn().map_err(|e| VmError::io(qemu, e))?;
@@ -129,10 +130,7 @@ impl Vm {
 
     /// The next console line, waiting at most `within`; `None` when QEMU exited or time ran out.
     pub fn next_line(&mut self, within: Duration) -> Option<String> {
-        match self.lines.recv_timeout(within) {
-            Ok(l) => Some(l),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.lines.recv_timeout(within).ok()
     }
 
     /// Everything the console (and QEMU's stderr) printed so far.

@@ -63,7 +63,7 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
     let within = if accel == Accel::Kvm { Duration::from_secs(180) } else { Duration::from_secs(600) };
     let r = run_suite(&qemu, accel, &cfg, within).unwrap();
     eprintln!(
-        "VM tier ({:?}{}, kernel {}): boot {:?}, total {:?}; {} checks passed {:?}; skipped {:?}",
+        "VM tier ({:?}{}, kernel {}): boot {:?}, total {:?}; {} checks passed {:?}; skipped {:?}; notes {:?}",
         r.accel,
         r.fallback.as_deref().map(|f| format!(", {f}")).unwrap_or_default(),
         kernel.version,
@@ -71,7 +71,8 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
         r.total,
         r.passed.len(),
         r.passed,
-        r.skipped
+        r.skipped,
+        r.notes
     );
     let ctx = || format!("console:\n{}", r.console);
     assert!(r.boot.is_some(), "the guest never came up; {}", ctx());
@@ -80,6 +81,7 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
     assert!(r.asked.iter().all(|(_, o)| o.is_ok()), "QMP: {:?}", r.asked);
     for name in [
         "bind_to_vfio_pci",
+        "lab_core_pci_scan_reads_the_real_sysfs",
         "virtio_net_config_space_matches_sysfs",
         "e1000e_bar_mmap_agrees_with_pread",
         "dma_map_lab_memory_on_dev_shm",

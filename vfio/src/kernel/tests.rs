@@ -21,10 +21,43 @@ fn primary_open_attaches_group_then_sets_type1v2() {
     let pos = |c| calls.iter().position(|&x| x == c).unwrap();
     assert!(pos("GROUP_SET_CONTAINER") < pos("SET_IOMMU"));
     assert!(pos("SET_IOMMU") < pos("GROUP_GET_DEVICE_FD"));
-    assert_eq!(dev.regions().len(), 8);
+    // Nine regions as vfio-pci reports them; the VGA one (EINVAL, no VGA) is absent, not fatal.
+    assert_eq!(dev.regions().len(), 9);
+    assert_eq!((dev.regions()[8].size, dev.regions()[8].flags), (0, 0));
     assert_eq!(dev.irqs()[2].count, 8);
     assert_eq!(dev.name(), BDF);
     assert!(dev.is_alive());
+}
+
+#[test]
+fn a_removal_request_from_vfio_pci_makes_the_device_not_alive() {
+    let f = fake();
+    let dev = open(&f);
+    // The primary wires the request irq at open.
+    let req = f.irq_sets(BDF).into_iter().find(|s| s.index == vb::VFIO_PCI_REQ_IRQ_INDEX).expect("REQ wired");
+    assert_eq!((req.start, req.count, req.fds), (0, 1, 1));
+    assert!(dev.is_alive());
+    assert!(f.request_removal(BDF));
+    assert!(!dev.is_alive());
+    // It stays so: the removal waits for the close.
+    assert!(!dev.is_alive());
+}
+
+#[test]
+fn a_secondary_leaves_the_request_irq_to_the_primary() {
+    let f = fake();
+    let primary = open(&f);
+    let fds = AdoptedFds {
+        container: primary.container().as_fd().try_clone_to_owned().unwrap(),
+        group: primary.group().as_fd().try_clone_to_owned().unwrap(),
+    };
+    let before = f.irq_sets(BDF).len();
+    let sec = KernelDevice::open_with(f.clone(), BDF, 12, Some(fds)).unwrap();
+    assert_eq!(f.irq_sets(BDF).len(), before, "the secondary set an irq at open");
+    assert!(f.request_removal(BDF));
+    // Seen by the primary, whose monitor detaches the port everywhere.
+    assert!(!primary.is_alive());
+    assert!(sec.is_alive());
 }
 
 #[test]
@@ -84,7 +117,7 @@ fn region_caps_are_parsed_after_a_re_ask() {
     assert_eq!(bar0.sparse, vec![crate::SparseArea { offset: 0x1000, size: 0x1000 }]);
     // Two GET_REGION_INFO for BAR0 (fixed part, then with caps), one each for the others.
     let n = f.calls().iter().filter(|&&c| c == "DEVICE_GET_REGION_INFO").count();
-    assert_eq!(n, 9);
+    assert_eq!(n, 10);
     assert_eq!(dev.regions()[7].size, 256);
     assert!(dev.regions()[7].sparse.is_empty());
 }
@@ -186,7 +219,8 @@ fn irqs_and_reset_reach_the_kernel() {
     assert!(matches!(dev.disable_irqs(9), Err(VfioError::NoSuchIrq { index: 9, .. })));
     dev.disable_irqs(2).unwrap();
     dev.reset().unwrap();
-    let sets = f.irq_sets(BDF);
+    // The first set is the request irq the primary wires at open.
+    let sets: Vec<_> = f.irq_sets(BDF).into_iter().filter(|s| s.index != vb::VFIO_PCI_REQ_IRQ_INDEX).collect();
     assert_eq!(sets.len(), 2);
     assert_eq!((sets[0].start, sets[0].count, sets[0].fds), (6, 2, 2));
     assert_eq!(sets[0].flags, vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER);
