@@ -100,6 +100,33 @@ pub struct SuiteResult {
 /// nested KVM that opens but cannot run a guest hangs in the boot stub).
 const KVM_FIRST_LINE: Duration = Duration::from_secs(15);
 
+impl SuiteResult {
+    /// The checks as one JUnit `<testsuite>` (what CI dashboards read).
+    pub fn junit(&self, name: &str) -> String {
+        fn esc(s: &str) -> String {
+            s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+        }
+        let n = self.passed.len() + self.failed.len() + self.skipped.len();
+        let mut x = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"{}\" tests=\"{n}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
+            esc(name),
+            self.failed.len(),
+            self.skipped.len(),
+            self.total.as_secs_f64()
+        );
+        for (c, ms) in &self.passed {
+            x += &format!("  <testcase name=\"{}\" time=\"{:.3}\"/>\n", esc(c), *ms as f64 / 1000.0);
+        }
+        for (c, why) in &self.failed {
+            x += &format!("  <testcase name=\"{}\"><failure message=\"{}\"/></testcase>\n", esc(c), esc(why));
+        }
+        for (c, why) in &self.skipped {
+            x += &format!("  <testcase name=\"{}\"><skipped message=\"{}\"/></testcase>\n", esc(c), esc(why));
+        }
+        x + "</testsuite>\n"
+    }
+}
+
 /// Boots `cfg`, serves the guest's `ask` lines over QMP, and collects its checks, waiting at
 /// most `within` for the guest to power off.
 /// With KVM, a guest that prints no kernel line within 15 s is killed and booted again under TCG

@@ -46,6 +46,7 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
     let mut img = Image::new(&bb).unwrap();
     img.modules(&kernel, &["vfio-pci", "vfio_iommu_type1"]).unwrap();
     let guest = img.binary(Path::new(GUEST)).unwrap();
+    // LAB_VM_DEBUG: shell commands the guest runs before the suite (`lsmod; dmesg | tail`).
     img.init(&format!("{}{guest} suite", std::env::var("LAB_VM_DEBUG").unwrap_or_default())).unwrap();
     let initrd = dir.path().join("initrd.cpio");
     img.write(&initrd).unwrap();
@@ -74,6 +75,11 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
         r.skipped,
         r.notes
     );
+    // The guest's checks as JUnit, next to the unpacked kernel.
+    let junit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm/lab-vm-guest.junit.xml");
+    if std::fs::create_dir_all(junit.parent().unwrap()).is_ok() {
+        let _ = std::fs::write(&junit, r.junit("lab-vm-guest"));
+    }
     let ctx = || format!("console:\n{}", r.console);
     assert!(r.boot.is_some(), "the guest never came up; {}", ctx());
     assert!(r.failed.is_empty(), "failed in the guest: {:#?}\n{}", r.failed, ctx());
