@@ -174,6 +174,19 @@ impl Mbuf {
         }
         Some(&mut self.data_mut()[old..])
     }
+    /// Grows the packet by `n` bytes at the front (into the headroom) and returns them, or None
+    /// if the headroom is smaller: where a driver puts a header the device reads before the
+    /// frame (virtio-net's), as `rte_pktmbuf_prepend` does.
+    pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+        let h = self.hm();
+        if n > h.data_off as usize {
+            return None;
+        }
+        h.data_off -= n as u16;
+        h.data_len += n as u16;
+        h.pkt_len += n as u32;
+        Some(&mut self.data_mut()[..n])
+    }
     /// Replaces the content with `bytes`; false when they do not fit.
     pub fn copy_from(&mut self, bytes: &[u8]) -> bool {
         if !self.set_len(bytes.len()) {

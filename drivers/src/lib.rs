@@ -29,6 +29,8 @@ pub mod ring;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
 pub mod tap;
+#[allow(unsafe_code)]
+pub mod virtio;
 
 /// Registers every driver of this crate.
 pub fn register_all(reg: &mut Registry) {
@@ -39,6 +41,7 @@ pub fn register_all(reg: &mut Registry) {
     reg.register(Arc::new(tap::TapDriver));
     reg.register(Arc::new(af_packet::AfPacketDriver));
     reg.register(Arc::new(pcap::PcapDriver));
+    reg.register(Arc::new(virtio::VirtioDriver));
 }
 
 /// A registry with every driver of this crate.

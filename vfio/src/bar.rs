@@ -122,6 +122,100 @@ impl Bar {
         self.dev.region_write(self.index, off, &value.to_le_bytes())
     }
 
+    /// Reads the `N`-byte register at `off` (`N` = 1 or 2, naturally aligned): virtio's common
+    /// configuration has 8- and 16-bit fields a 32-bit access would spill over.
+    fn try_read_small<const N: usize>(&self, off: u64) -> Result<[u8; N], VfioError> {
+        const { assert!(N == 1 || N == 2) };
+        if !off.is_multiple_of(N as u64) {
+            return Err(VfioError::Misaligned { device: self.dev.name().to_string(), offset: off, width: N as u8 });
+        }
+        let mut b = [0u8; N];
+        if let Some((m, inner)) = self.map.find(off, N as u64) {
+            let p = m.as_ptr().wrapping_add(inner);
+            // SAFETY: `find` checked [inner, inner + N) lies inside the live mapping; `off` is
+            // N-aligned and the mapping page-aligned, so `p` is N-aligned; volatile: device memory.
+            unsafe {
+                if N == 1 {
+                    b[0] = p.read_volatile();
+                } else {
+                    b.copy_from_slice(&p.cast::<u16>().read_volatile().to_ne_bytes()[..N]);
+                }
+            }
+            return Ok(b);
+        }
+        self.dev.region_read(self.index, off, &mut b)?;
+        Ok(b)
+    }
+
+    /// Writes the `N`-byte register at `off` (see `try_read_small`).
+    fn try_write_small<const N: usize>(&self, off: u64, v: [u8; N]) -> Result<(), VfioError> {
+        const { assert!(N == 1 || N == 2) };
+        if !off.is_multiple_of(N as u64) {
+            return Err(VfioError::Misaligned { device: self.dev.name().to_string(), offset: off, width: N as u8 });
+        }
+        if let Some((m, inner)) = self.map.find(off, N as u64) {
+            let p = m.as_ptr().wrapping_add(inner);
+            // SAFETY: as in `try_read_small`: in bounds, aligned, mapping alive; one volatile
+            // store of the register's width.
+            unsafe {
+                if N == 1 {
+                    p.write_volatile(v[0]);
+                } else {
+                    p.cast::<u16>().write_volatile(u16::from_ne_bytes([v[0], v[N - 1]]));
+                }
+            }
+            return Ok(());
+        }
+        self.dev.region_write(self.index, off, &v)
+    }
+
+    /// Read the 16-bit register at `off`; a failed access reads `0xFFFF` and is logged once.
+    pub fn read16(&self, off: u64) -> u16 {
+        match self.try_read_small::<2>(off) {
+            Ok(b) => u16::from_le_bytes(b),
+            Err(e) => {
+                self.log_once("register read", off, &e);
+                u16::MAX
+            }
+        }
+    }
+
+    /// Write the 16-bit register at `off`; a failed access is dropped and logged once.
+    pub fn write16(&self, off: u64, value: u16) {
+        if let Err(e) = self.try_write_small::<2>(off, value.to_le_bytes()) {
+            self.log_once("register write", off, &e);
+        }
+    }
+
+    /// Read the 8-bit register at `off`; a failed access reads `0xFF` and is logged once.
+    pub fn read8(&self, off: u64) -> u8 {
+        match self.try_read_small::<1>(off) {
+            Ok(b) => b[0],
+            Err(e) => {
+                self.log_once("register read", off, &e);
+                u8::MAX
+            }
+        }
+    }
+
+    /// Write the 8-bit register at `off`; a failed access is dropped and logged once.
+    pub fn write8(&self, off: u64, value: u8) {
+        if let Err(e) = self.try_write_small::<1>(off, [value]) {
+            self.log_once("register write", off, &e);
+        }
+    }
+
+    /// The address of the 16-bit register at `off` if it lies in an mmapped area (a virtio
+    /// queue's notify register), for doorbells written on the data path. Valid while this `Bar`
+    /// lives; access it volatile.
+    pub fn mapped_ptr16(&self, off: u64) -> Option<*mut u16> {
+        if off & 1 != 0 {
+            return None;
+        }
+        let (m, inner) = self.map.find(off, 2)?;
+        Some(m.as_ptr().wrapping_add(inner).cast::<u16>())
+    }
+
     fn log_once(&self, what: &str, off: u64, e: &VfioError) {
         if !self.dead_logged.swap(true, Ordering::Relaxed) {
             tracing::error!(device = %self.dev.name(), bar = self.index, offset = off, error = %e,

@@ -59,6 +59,7 @@ impl Image {
         for d in ["proc", "sys", "dev", "tmp", "run", "etc", "root", "mnt"] {
             cpio.dir(d);
         }
+        cpio.symlink("var/run", "/run")?;
         Ok(Image { cpio, modules: Vec::new() })
     }
 

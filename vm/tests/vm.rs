@@ -19,12 +19,17 @@ fn devices() -> Vec<String> {
         "-device pcie-root-port,id=rp2,chassis=2,slot=2,bus=pcie.0",
         "-device pcie-root-port,id=rp3,chassis=3,slot=3,bus=pcie.0",
         "-device pcie-root-port,id=hp,chassis=4,slot=4,bus=pcie.0",
+        "-device pcie-root-port,id=rp5,chassis=5,slot=5,bus=pcie.0",
         "-netdev hubport,id=n1,hubid=0",
         "-netdev hubport,id=n2,hubid=1",
         "-netdev hubport,id=nhot,hubid=2",
-        "-device virtio-net-pci,id=net1,bus=rp1,netdev=n1,disable-legacy=on,mac=52:54:00:12:34:01",
+        // iommu_platform: the device's DMA goes through the vIOMMU (VIRTIO_F_ACCESS_PLATFORM).
+        "-device virtio-net-pci,id=net1,bus=rp1,netdev=n1,disable-legacy=on,iommu_platform=on,mac=52:54:00:12:34:01",
         "-device e1000e,id=nic2,bus=rp2,netdev=n2,mac=52:54:00:12:34:02",
         "-device virtio-rng-pci,id=rng3,bus=rp3,disable-legacy=on",
+        // On hub 0 with net1: the two virtio-nets are cabled to each other.
+        "-netdev hubport,id=n5,hubid=0",
+        "-device virtio-net-pci,id=net5,bus=rp5,netdev=n5,disable-legacy=on,iommu_platform=on,mac=52:54:00:12:34:05",
     ]
     .iter()
     .flat_map(|a| a.splitn(2, ' ').map(str::to_string).collect::<Vec<_>>())
@@ -92,6 +97,7 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
         "e1000e_bar_mmap_agrees_with_pread",
         "dma_map_lab_memory_on_dev_shm",
         "secondary_adopts_container_and_group_fds",
+        "net_virtio_frames_cross_the_cable_byte_identical",
         "hot_add_then_remove_while_open_asks_for_release",
     ] {
         assert!(r.passed.iter().any(|(n, _)| n == name), "check {name} did not pass; {}", ctx());

@@ -115,15 +115,27 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
     /// On error whatever was done is undone (the port drops).
     pub(crate) fn open(sysfs_dir: &Path, shm: &Arc<Shm>, port: PortId, primary: bool) -> Result<Self, DriverError> {
         let dev: Arc<dyn DeviceIo> = Arc::from(open_pci(sysfs_dir, &OpenOptions::default()).ctx("cannot open device")?);
+        Self::open_with(dev, shm, port, primary, 0)
+    }
+
+    /// As [`PciPort::open`] over a transport the driver opened itself (to read config space
+    /// first), with `bar` as the port's register BAR (virtio's is where its capabilities say).
+    pub(crate) fn open_with(
+        dev: Arc<dyn DeviceIo>,
+        shm: &Arc<Shm>,
+        port: PortId,
+        primary: bool,
+        bar_index: u32,
+    ) -> Result<Self, DriverError> {
         let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
         dev.dma_map(&region).ctx("DMA map of shared memory")?;
-        let bar = match Bar::open(dev.clone(), 0) {
+        let bar = match Bar::open(dev.clone(), bar_index) {
             Ok(b) => b,
             Err(e) => {
                 if let Err(u) = dev.dma_unmap(IOVA_BASE, shm.len()) {
-                    tracing::debug!(%port, "DMA unmap after a failed BAR0 map: {u}");
+                    tracing::debug!(%port, "DMA unmap after a failed BAR map: {u}");
                 }
-                return Err(e).ctx("BAR0");
+                return Err(e).ctx(format!("BAR{bar_index}"));
             }
         };
         Ok(PciPort {

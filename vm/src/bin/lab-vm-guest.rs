@@ -138,6 +138,14 @@ fn suite() -> i32 {
         }
     });
     s.run("hot_add_then_remove_while_open_asks_for_release", hotplug);
+    let mut peer = None;
+    s.run("bind_the_second_virtio_net", || {
+        peer = Some(bind(find_nth(VIRTIO_NET, 1)?)?);
+        Ok(None)
+    });
+    if let Some(peer) = &peer {
+        s.run("net_virtio_frames_cross_the_cable_byte_identical", || virtio_traffic(&net, peer));
+    }
     if s.failed > 0 {
         1
     } else {
@@ -202,6 +210,11 @@ fn read_hex(p: &Path) -> Option<u16> {
 
 /// The first function with `id` in sysfs.
 fn find(id: (u16, u16)) -> Result<String, String> {
+    find_nth(id, 0)
+}
+
+/// The `n`th function (by address) with `id` in sysfs.
+fn find_nth(id: (u16, u16), n: usize) -> Result<String, String> {
     let mut all: Vec<String> = std::fs::read_dir("/sys/bus/pci/devices")
         .map_err(|e| format!("/sys/bus/pci/devices: {e}"))?
         .flatten()
@@ -211,7 +224,7 @@ fn find(id: (u16, u16)) -> Result<String, String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     all.sort();
-    all.into_iter().next().ok_or_else(|| format!("no PCI function {:04x}:{:04x}", id.0, id.1))
+    all.into_iter().nth(n).ok_or_else(|| format!("no PCI function {:04x}:{:04x} number {n}", id.0, id.1))
 }
 
 struct Func {
@@ -522,6 +535,92 @@ fn hotplug() -> Check {
         gone.as_millis()
     ));
     Ok(None)
+}
+
+/// A lab primary in this process: net_virtio drives the two cabled virtio-net functions (probed
+/// at start, as DPDK probes what is bound), and frames of every size go out of one and come in
+/// on the other, byte for byte, both ways; the counters agree.
+fn virtio_traffic(a: &Func, b: &Func) -> Check {
+    use lab_core::ethdev::DEFAULT_POOL;
+    use lab_core::mbuf::{Mbuf, Mempool};
+    let args = ["lab-vm-guest", "--proc-type=primary", "--file-prefix=vmnet", "-m", "64"];
+    let (opts, _) = lab_core::options::Options::parse(args).map_err(|e| e.to_string())?;
+    let p = lab_core::process::Process::init(&opts, lab_drivers::registry()).map_err(|e| e.to_string())?;
+    let r = (|| {
+        let port_of = |bdf: &str| {
+            p.find(bdf).map(|e| e.port).ok_or_else(|| format!("{bdf} not probed at start: ports {:?}", p.list()))
+        };
+        let (pa, pb) = (port_of(&a.bdf)?, port_of(&b.bdf)?);
+        for (port, mac) in [(pa, "52:54:00:12:34:01"), (pb, "52:54:00:12:34:05")] {
+            let i = p.info(port).map_err(|e| e.to_string())?;
+            expect(i.dev.driver == "net_virtio", || format!("port {port} driver {}", i.dev.driver))?;
+            let got = lab_drivers_mac(&i.dev.mac);
+            expect(got == mac, || format!("port {port} MAC {got}, QEMU gave {mac}"))?;
+            expect(i.link.up, || format!("port {port} link down"))?;
+        }
+        let mut pool = Mempool::lookup(p.runtime().shm(), DEFAULT_POOL, 64).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        for (from, to) in [(pa, pb), (pb, pa)] {
+            let sizes: Vec<usize> = (0..200).map(|i| 60 + (i * 7) % 1455).collect();
+            let mut want: Vec<Vec<u8>> = Vec::new();
+            let mut sent = 0;
+            while sent < sizes.len() {
+                let n = (sizes.len() - sent).min(32);
+                let mut burst: Vec<Option<Mbuf>> = (0..n).map(|_| None).collect();
+                if !pool.alloc_bulk(&mut burst) {
+                    return Err("buffer pool empty".into());
+                }
+                for (k, m) in burst.iter_mut().flatten().enumerate() {
+                    let seq = sent + k;
+                    let size = sizes[seq];
+                    let mut f = vec![0xffu8; 6];
+                    f.extend_from_slice(&[0x02, 0x4c, 0x41, 0x42, from.0 as u8, 1, 0x88, 0xb5]);
+                    f.extend((0..size - 14).map(|i| (seq * 31 + i) as u8));
+                    m.copy_from(&f);
+                    want.push(f);
+                }
+                let k = p.with_port(from, |d| d.tx_burst(0, &mut burst)).map_err(|e| e.to_string())?;
+                sent += k;
+                pool.free_bulk(&mut burst);
+                want.truncate(sent);
+            }
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut burst: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+            while got.len() < want.len() && Instant::now() < deadline {
+                let n = p.with_port(to, |d| d.rx_burst(0, &mut burst)).map_err(|e| e.to_string())?;
+                for m in burst[..n].iter_mut().filter_map(Option::take) {
+                    got.push(m.data().to_vec());
+                    pool.free(m);
+                }
+                if n == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            expect(got.len() == want.len(), || format!("port {to} received {} of {} frames", got.len(), want.len()))?;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                expect(g == w, || format!("frame {i} ({} bytes) differs: got {} bytes", w.len(), g.len()))?;
+            }
+            let (sa, sb) =
+                (p.info(from).map_err(|e| e.to_string())?.stats, p.info(to).map_err(|e| e.to_string())?.stats);
+            expect(sa.opackets >= want.len() as u64 && sb.ipackets >= want.len() as u64, || {
+                format!("counters: {sa:?} / {sb:?}")
+            })?;
+        }
+        say(&format!(
+            "note net_virtio: 2 x 200 frames of 60-1514 bytes across the cable in {} ms",
+            t0.elapsed().as_millis()
+        ));
+        p.detach(&a.bdf).map_err(|e| format!("detach {}: {e}", a.bdf))?;
+        p.detach(&b.bdf).map_err(|e| format!("detach {}: {e}", b.bdf))?;
+        Ok(None)
+    })();
+    p.shutdown();
+    r
+}
+
+fn lab_drivers_mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn list_functions() -> Vec<String> {

@@ -1,0 +1,552 @@
+//! `net_virtio`: a virtio-net driver over the virtio 1.x PCI transport (modern only), for
+//! 1af4:1041 and the transitional 1af4:1000 driven in modern mode, over kernel VFIO (QEMU's
+//! virtio-net-pci in the VM tier, a cloud VM's NIC) or any `DeviceIo`.
+//!
+//! Control path here (virtio 1.2, sections 4.1.4 and 3.1.1), split virtqueues and the bursts in
+//! [`vq`]. The primary walks the vendor capabilities (common, notify, ISR, device config),
+//! resets the device, negotiates features (VERSION_1 required; MAC, STATUS, MRG_RXBUF when
+//! offered), sets up receive queue 0 and transmit queue 1 in the lab's shared memory and sets
+//! DRIVER_OK; a secondary only maps the BAR and finds the queues (it never writes
+//! `queue_select`, whose effect is device-wide).
+//!
+//! Shared state (memzones the primary reserves): `virtio_<port>_dev` ([`DevShared`]: MAC, MTU,
+//! features, where the registers are) and one zone per virtqueue ([`vq`]).
+//!
+//! Not yet: more than one queue pair (VIRTIO_NET_F_MQ and the control queue), frames over one
+//! buffer (a received frame with `num_buffers` over 1 is dropped and counted), offloads.
+
+pub mod vq;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lab_core::bus::pci::PciId;
+use lab_core::devargs::{BusKind, KeyKind, KeySpec};
+use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortId, PortStats, ProbeCtx, Release};
+use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::vfio::{open_pci, Bar, DeviceIo, OpenOptions};
+
+use self::vq::{RxVq, TxVq, Vq};
+use crate::error::{Ctx, DriverError};
+use crate::pci::{fmt_mac, DevState, PciPort};
+
+const NAME: &str = "net_virtio";
+/// Queue pairs this driver sets up.
+pub const MAX_QUEUES: u16 = 1;
+const DEFAULT_MTU: u16 = 1500;
+const DEV_MAGIC: u64 = 0x5649_5254_4445_5601;
+const RESET_TIMEOUT: Duration = Duration::from_secs(1);
+
+static PCI_IDS: [PciId; 2] = [
+    PciId { vendor: 0x1af4, device: 0x1041 }, // virtio 1.x network device
+    PciId { vendor: 0x1af4, device: 0x1000 }, // transitional network device, driven in modern mode
+];
+
+static KEYS: [KeySpec; 1] = [KeySpec::new(
+    "queue_size",
+    KeyKind::U64 { min: 64, max: 32768 },
+    "descriptors per virtqueue, a power of 2 up to the device's maximum (default: the port configuration's, capped there)",
+)];
+
+// Virtio PCI capability (4.1.4): vendor-specific capability id, cfg_type values.
+const PCI_CAP_ID_VNDR: u8 = 0x09;
+const CAP_COMMON: u8 = 1;
+const CAP_NOTIFY: u8 = 2;
+const CAP_ISR: u8 = 3;
+const CAP_DEVICE: u8 = 4;
+
+// Common configuration (4.1.4.3), offsets from the common cap.
+const DEVICE_FEATURE_SELECT: u64 = 0x00;
+const DEVICE_FEATURE: u64 = 0x04;
+const DRIVER_FEATURE_SELECT: u64 = 0x08;
+const DRIVER_FEATURE: u64 = 0x0c;
+const CONFIG_MSIX_VECTOR: u64 = 0x10;
+const NUM_QUEUES: u64 = 0x12;
+const DEVICE_STATUS: u64 = 0x14;
+const QUEUE_SELECT: u64 = 0x16;
+const QUEUE_SIZE: u64 = 0x18;
+const QUEUE_MSIX_VECTOR: u64 = 0x1a;
+const QUEUE_ENABLE: u64 = 0x1c;
+const QUEUE_NOTIFY_OFF: u64 = 0x1e;
+const QUEUE_DESC: u64 = 0x20;
+const QUEUE_DRIVER: u64 = 0x28;
+const QUEUE_DEVICE: u64 = 0x30;
+const NO_VECTOR: u16 = 0xffff;
+
+// Device status (2.1).
+const S_ACKNOWLEDGE: u8 = 1;
+const S_DRIVER: u8 = 2;
+const S_DRIVER_OK: u8 = 4;
+const S_FEATURES_OK: u8 = 8;
+const S_FAILED: u8 = 0x80;
+
+// Feature bits (5.1.3, 6).
+const F_MAC: u64 = 1 << 5;
+const F_MRG_RXBUF: u64 = 1 << 15;
+const F_STATUS: u64 = 1 << 16;
+const F_VERSION_1: u64 = 1 << 32;
+/// The device's DMA goes through the platform's IOMMU (6.1): our addresses are IOVAs.
+const F_ACCESS_PLATFORM: u64 = 1 << 33;
+/// Link up in the device config's status (5.1.4).
+const NET_S_LINK_UP: u16 = 1;
+
+/// Where the virtio structures are, as the capabilities say (all in one BAR).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Caps {
+    bar: u32,
+    common: u64,
+    notify: u64,
+    notify_mult: u32,
+    isr: u64,
+    device: u64,
+}
+
+/// The net_virtio driver.
+pub struct VirtioDriver;
+
+/// Device state shared by every process attached to the port (memzone `virtio_<port>_dev`).
+#[repr(C, align(64))]
+pub struct DevShared {
+    magic: AtomicU64,
+    mac_lo: AtomicU32,
+    mac_hi: AtomicU32,
+    mtu: AtomicU32,
+    qsize: AtomicU32,
+    features: AtomicU64,
+    bar: AtomicU32,
+    device_off: AtomicU32,
+    rx_notify: AtomicU32,
+    tx_notify: AtomicU32,
+}
+const _: () = assert!(std::mem::size_of::<DevShared>() == 64);
+
+impl DevState for DevShared {
+    fn magic(&self) -> &AtomicU64 {
+        &self.magic
+    }
+    fn mac(&self) -> [u8; 6] {
+        let lo = self.mac_lo.load(Ordering::Relaxed).to_le_bytes();
+        let hi = self.mac_hi.load(Ordering::Relaxed).to_le_bytes();
+        [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]]
+    }
+    fn mtu(&self) -> u16 {
+        self.mtu.load(Ordering::Relaxed) as u16
+    }
+}
+
+fn dev_zone(port: PortId) -> String {
+    format!("virtio_{port}_dev")
+}
+
+/// Walks the capability list of config space for the four virtio structures.
+fn read_caps(dev: &dyn DeviceIo) -> Result<Caps, DriverError> {
+    let rd = |off: u64, n: usize| -> Result<Vec<u8>, DriverError> {
+        let mut b = vec![0u8; n];
+        dev.config_read(off, &mut b).ctx("config space")?;
+        Ok(b)
+    };
+    let u32at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let status = rd(0x06, 2)?;
+    if u16::from_le_bytes([status[0], status[1]]) & 0x10 == 0 {
+        return Err(DriverError::config("no PCI capability list: not a virtio 1.x (modern) device"));
+    }
+    let mut found: [Option<(u32, u64, u32)>; 5] = [None; 5];
+    let mut mult = 0;
+    let mut at = u64::from(rd(0x34, 1)?[0] & 0xfc);
+    let mut seen = 0;
+    while at != 0 {
+        seen += 1;
+        if seen > 48 || !(0x40..=0xf0).contains(&at) {
+            return Err(DriverError::state(format!("capability list broken at {at:#x}")));
+        }
+        let c = rd(at, 20.min(256 - at as usize))?;
+        if c[0] == PCI_CAP_ID_VNDR && c.len() >= 16 {
+            let (ty, bar) = (c[3], u32::from(c[4]));
+            let (off, len) = (u64::from(u32at(&c, 8)), u32at(&c, 12));
+            // The first capability of each type is the one to use (4.1.4).
+            if (1..=4).contains(&ty) && found[ty as usize].is_none() && bar <= 5 {
+                found[ty as usize] = Some((bar, off, len));
+                if ty == CAP_NOTIFY && c.len() >= 20 {
+                    mult = u32at(&c, 16);
+                }
+            }
+        }
+        at = u64::from(c[1] & 0xfc);
+    }
+    let get = |ty: u8, what: &str| {
+        found[ty as usize]
+            .ok_or_else(|| DriverError::config(format!("no virtio {what} capability (legacy-only device?)")))
+    };
+    let (common, notify, isr, device) =
+        (get(CAP_COMMON, "common")?, get(CAP_NOTIFY, "notify")?, get(CAP_ISR, "ISR")?, get(CAP_DEVICE, "device")?);
+    if common.2 < 0x38 {
+        return Err(DriverError::config(format!("common configuration of {} bytes, 56 needed", common.2)));
+    }
+    let bar = common.0;
+    if [notify.0, isr.0, device.0].iter().any(|&b| b != bar) {
+        return Err(DriverError::config(format!(
+            "virtio structures in BARs {}/{}/{}/{}: this driver needs them in one",
+            common.0, notify.0, isr.0, device.0
+        )));
+    }
+    Ok(Caps { bar, common: common.1, notify: notify.1, notify_mult: mult, isr: isr.1, device: device.1 })
+}
+
+impl Driver for VirtioDriver {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn bus(&self) -> BusKind {
+        BusKind::Pci
+    }
+    fn keys(&self) -> &'static [KeySpec] {
+        &KEYS
+    }
+    fn pci_ids(&self) -> &'static [PciId] {
+        &PCI_IDS
+    }
+    fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError> {
+        let err = |e: DriverError| ctx.error(NAME, e);
+        let pci = ctx.pci.ok_or_else(|| err(DriverError::config("not a PCI device")))?;
+        let conf = ctx.conf;
+        crate::pci::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
+        let want = ctx.kvargs.get_u64("queue_size").unwrap_or(u64::from(conf.nb_desc));
+        if !want.is_power_of_two() {
+            return Err(err(DriverError::config(format!("queue_size={want}: a power of 2"))));
+        }
+        let shm = ctx.runtime.shm();
+        let pool = Mempool::lookup(shm, &conf.pool, 256).ctx(format!("buffer pool {}", conf.pool)).map_err(err)?;
+        let dev: Arc<dyn DeviceIo> =
+            Arc::from(open_pci(&pci.path, &OpenOptions::default()).ctx("cannot open device").map_err(err)?);
+        let primary = ctx.is_primary();
+        let mut port = if primary {
+            let caps = read_caps(dev.as_ref()).map_err(err)?;
+            let pci = PciPort::open_with(dev, shm, ctx.port, true, caps.bar).map_err(err)?;
+            let mut p = Port { pci, caps };
+            p.pci.bus_master().map_err(err)?;
+            p.init_primary(&pool, want as u32).map_err(err)?;
+            p
+        } else {
+            Port::attach_secondary(dev, shm, ctx.port, &pool).map_err(err)?
+        };
+        let info = port.info();
+        tracing::info!(device = %ctx.name, port = %ctx.port, role = if primary { "primary" } else { "secondary" },
+            mac = %fmt_mac(&info.mac), qsize = port.sh().map(|s| s.qsize.load(Ordering::Relaxed)).unwrap_or(0),
+            "virtio-net port ready");
+        let _ = port.link();
+        Ok(Box::new(port))
+    }
+}
+
+/// This process's handle on one virtio-net port.
+struct Port {
+    pci: PciPort<DevShared, RxVq, TxVq>,
+    caps: Caps,
+}
+
+impl Port {
+    fn bar(&self) -> &Bar {
+        &self.pci.bar
+    }
+
+    fn sh(&self) -> Option<&DevShared> {
+        self.pci.sh()
+    }
+
+    fn status(&self) -> u8 {
+        self.bar().read8(self.caps.common + DEVICE_STATUS)
+    }
+
+    fn set_status(&self, bits: u8) {
+        let s = self.status();
+        self.bar().write8(self.caps.common + DEVICE_STATUS, s | bits);
+    }
+
+    /// 4.1.4.3.1: writing 0 resets; the driver waits until it reads back 0.
+    fn reset(&self) -> Result<(), DriverError> {
+        let c = self.caps.common;
+        self.bar().write8(c + DEVICE_STATUS, 0);
+        let t = Instant::now();
+        while self.bar().read8(c + DEVICE_STATUS) != 0 {
+            if t.elapsed() > RESET_TIMEOUT {
+                return Err(DriverError::state(format!("device status still {:#x} after reset", self.status())));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    fn features(&self) -> u64 {
+        let (b, c) = (self.bar(), self.caps.common);
+        b.write32(c + DEVICE_FEATURE_SELECT, 0);
+        let lo = b.read32(c + DEVICE_FEATURE);
+        b.write32(c + DEVICE_FEATURE_SELECT, 1);
+        let hi = b.read32(c + DEVICE_FEATURE);
+        u64::from(lo) | (u64::from(hi) << 32)
+    }
+
+    /// Primary: 3.1.1 driver initialisation.
+    fn init_primary(&mut self, pool: &Mempool, want: u32) -> Result<(), DriverError> {
+        let r = self.init_steps(pool, want);
+        if r.is_err() {
+            // 3.1.1 step 8: tell the device the driver gave up.
+            self.set_status(S_FAILED);
+        }
+        r
+    }
+
+    fn init_steps(&mut self, pool: &Mempool, want: u32) -> Result<(), DriverError> {
+        let c = self.caps.common;
+        self.reset()?;
+        self.set_status(S_ACKNOWLEDGE);
+        self.set_status(S_DRIVER);
+        let offered = self.features();
+        if offered & F_VERSION_1 == 0 {
+            return Err(DriverError::config(format!("device features {offered:#x} lack VERSION_1: legacy device")));
+        }
+        // Buffers are given as IOVAs of the lab's DMA map: a device that bypasses the IOMMU
+        // would take them for physical addresses and write anywhere (QEMU: iommu_platform=on).
+        if offered & F_ACCESS_PLATFORM == 0 {
+            return Err(DriverError::config(
+                "device lacks VIRTIO_F_ACCESS_PLATFORM: its DMA bypasses the IOMMU, our IOVAs would be taken for physical addresses (QEMU: iommu_platform=on)",
+            ));
+        }
+        let features = F_VERSION_1 | F_ACCESS_PLATFORM | (offered & (F_MAC | F_STATUS | F_MRG_RXBUF));
+        let b = self.bar();
+        b.write32(c + DRIVER_FEATURE_SELECT, 0);
+        b.write32(c + DRIVER_FEATURE, features as u32);
+        b.write32(c + DRIVER_FEATURE_SELECT, 1);
+        b.write32(c + DRIVER_FEATURE, (features >> 32) as u32);
+        self.set_status(S_FEATURES_OK);
+        if self.status() & S_FEATURES_OK == 0 {
+            return Err(DriverError::config(format!("device refused features {features:#x}")));
+        }
+        let nq = b.read16(c + NUM_QUEUES);
+        if nq < 2 {
+            return Err(DriverError::state(format!("device has {nq} virtqueues, 2 needed")));
+        }
+        b.write16(c + CONFIG_MSIX_VECTOR, NO_VECTOR);
+
+        // MAC from the device config (5.1.4) when offered, else a locally administered one.
+        let mac = if features & F_MAC != 0 {
+            let d = self.caps.device;
+            let mut m = [0u8; 6];
+            for (i, x) in m.iter_mut().enumerate() {
+                *x = b.read8(d + i as u64);
+            }
+            m
+        } else {
+            [0x02, 0, 0, 0, 0, self.pci.port.0 as u8]
+        };
+
+        self.pci.map_shared(&dev_zone(self.pci.port), true)?;
+        // Queues 0 (receive) and 1 (transmit): size, rings, no MSI-X vector, enable.
+        let mut sizes = [0u32; 2];
+        let mut notify = [0u64; 2];
+        for (qi, (size, bell)) in sizes.iter_mut().zip(notify.iter_mut()).enumerate() {
+            let b = self.bar();
+            b.write16(c + QUEUE_SELECT, qi as u16);
+            let max = u32::from(b.read16(c + QUEUE_SIZE));
+            if max == 0 || max == 0xffff {
+                return Err(DriverError::state(format!("virtqueue {qi} not available (size {max})")));
+            }
+            *size = want.min(max);
+            if !size.is_power_of_two() {
+                *size = size.next_power_of_two() / 2;
+            }
+            *bell = self.caps.notify + u64::from(b.read16(c + QUEUE_NOTIFY_OFF)) * u64::from(self.caps.notify_mult);
+        }
+        let qsize = sizes[0].min(sizes[1]);
+        let p = &mut self.pci;
+        p.pool.get_or_insert_with(|| pool.new_handle());
+        let rx = Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, true, 0), 0, qsize, notify[0], p.port, true)?;
+        p.zones.push(rx.zone().to_string());
+        let tx = Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, false, 0), 1, qsize, notify[1], p.port, true)?;
+        p.zones.push(tx.zone().to_string());
+        for (qi, q) in [&rx, &tx].into_iter().enumerate() {
+            let (desc, avail, used) = q.addrs();
+            let b = &p.bar;
+            b.write16(c + QUEUE_SELECT, qi as u16);
+            b.write16(c + QUEUE_SIZE, qsize as u16);
+            for (off, v) in [(QUEUE_DESC, desc), (QUEUE_DRIVER, avail), (QUEUE_DEVICE, used)] {
+                b.write32(c + off, v as u32);
+                b.write32(c + off + 4, (v >> 32) as u32);
+            }
+            b.write16(c + QUEUE_MSIX_VECTOR, NO_VECTOR);
+            b.write16(c + QUEUE_ENABLE, 1);
+        }
+        let mut rx = RxVq { q: rx };
+        let pool_h = p.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
+        rx.fill(pool_h)?;
+        p.rxq.push(rx);
+        p.txq.push(TxVq { q: tx });
+
+        let sh = self.sh().ok_or_else(|| DriverError::state("no shared state"))?;
+        sh.mac_lo.store(u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]), Ordering::Relaxed);
+        sh.mac_hi.store(u32::from(u16::from_le_bytes([mac[4], mac[5]])), Ordering::Relaxed);
+        sh.mtu.store(u32::from(DEFAULT_MTU), Ordering::Relaxed);
+        sh.qsize.store(qsize, Ordering::Relaxed);
+        sh.features.store(features, Ordering::Relaxed);
+        sh.bar.store(self.caps.bar, Ordering::Relaxed);
+        sh.device_off.store(self.caps.device as u32, Ordering::Relaxed);
+        sh.rx_notify.store(notify[0] as u32, Ordering::Relaxed);
+        sh.tx_notify.store(notify[1] as u32, Ordering::Relaxed);
+        sh.magic.store(DEV_MAGIC, Ordering::Release);
+
+        self.set_status(S_DRIVER_OK);
+        if self.status() & S_FAILED != 0 {
+            return Err(DriverError::state("device set FAILED after DRIVER_OK"));
+        }
+        self.pci.rxq[0].kick(&self.pci.bar);
+        Ok(())
+    }
+
+    /// Secondary: the BAR the primary recorded, the queues it built; no register written.
+    fn attach_secondary(
+        dev: Arc<dyn DeviceIo>,
+        shm: &Arc<lab_core::mem::Shm>,
+        port: PortId,
+        pool: &Mempool,
+    ) -> Result<Port, DriverError> {
+        let zone = dev_zone(port);
+        let z = shm.lookup(&zone).ctx(format!("memzone {zone}"))?;
+        // Which BAR to map comes from the zone, before the port (and its view of it) exists.
+        let mut b = [0u8; 4];
+        let at = lab_core::mem::ShmOffset(z.offset.0 + std::mem::offset_of!(DevShared, bar) as u64);
+        if !shm.read_at(at, &mut b) {
+            return Err(DriverError::state(format!("memzone {zone} outside shared memory")));
+        }
+        let bar = u32::from_le_bytes(b);
+        if bar > 5 {
+            return Err(DriverError::state(format!("memzone {zone}: no virtio port (BAR {bar}; primary not done?)")));
+        }
+        let mut port =
+            Port { pci: PciPort::open_with(dev, shm, port, false, bar)?, caps: Caps { bar, ..Caps::default() } };
+        port.pci.map_shared(&zone, false)?;
+        let sh = port.sh().ok_or_else(|| DriverError::state("no shared state"))?;
+        if sh.magic.load(Ordering::Acquire) != DEV_MAGIC {
+            return Err(DriverError::state(format!("memzone {zone} holds no virtio port (primary not done?)")));
+        }
+        let qsize = sh.qsize.load(Ordering::Relaxed);
+        let (rxn, txn) =
+            (u64::from(sh.rx_notify.load(Ordering::Relaxed)), u64::from(sh.tx_notify.load(Ordering::Relaxed)));
+        port.caps.device = u64::from(sh.device_off.load(Ordering::Relaxed));
+        let p = &mut port.pci;
+        p.pool.get_or_insert_with(|| pool.new_handle());
+        let rx = Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, true, 0), 0, qsize, rxn, p.port, false)?;
+        let tx = Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, false, 0), 1, qsize, txn, p.port, false)?;
+        p.rxq.push(RxVq { q: rx });
+        p.txq.push(TxVq { q: tx });
+        Ok(port)
+    }
+
+    /// Primary release: reset (the device forgets the queues), then buffers back, zones freed.
+    fn release_shared(&mut self) {
+        if self.pci.dev.is_alive() {
+            if let Err(e) = self.reset() {
+                tracing::warn!(port = %self.pci.port, "reset at release: {e}");
+            }
+        }
+        self.pci.release_tail();
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        if self.pci.owns_zones() {
+            self.release_shared();
+        }
+    }
+}
+
+impl EthDev for Port {
+    fn info(&self) -> DevInfo {
+        self.pci.info(NAME, DEFAULT_MTU, MAX_QUEUES)
+    }
+
+    fn link(&mut self) -> LinkStatus {
+        let Some(sh) = self.sh() else { return LinkStatus::default() };
+        if !self.pci.dev.is_alive() {
+            return LinkStatus::default();
+        }
+        // 5.1.4: with VIRTIO_NET_F_STATUS the device config says; without it the link is up.
+        let up = sh.features.load(Ordering::Relaxed) & F_STATUS == 0
+            || self.bar().read16(u64::from(sh.device_off.load(Ordering::Relaxed)) + 6) & NET_S_LINK_UP != 0;
+        LinkStatus { up, speed_mbps: if up { 10_000 } else { 0 } }
+    }
+
+    fn stats(&mut self) -> PortStats {
+        let mut s = PortStats::default();
+        for q in &self.pci.rxq {
+            let c = q.q.h().counters();
+            s.ipackets += c.pkts;
+            s.ibytes += c.bytes;
+        }
+        for q in &self.pci.txq {
+            let c = q.q.h().counters();
+            s.opackets += c.pkts;
+            s.obytes += c.bytes;
+        }
+        self.pci.add_queue_stats(&mut s);
+        s
+    }
+
+    fn stats_reset(&mut self) {
+        self.pci.reset_queue_stats();
+    }
+
+    fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
+        // Without the control queue (VIRTIO_NET_F_CTRL_RX) the device delivers what it delivers;
+        // QEMU's virtio-net starts promiscuous.
+        if on {
+            Ok(())
+        } else {
+            Err(EthError::Invalid { what: "promiscuous off needs the control queue (not negotiated)".into() })
+        }
+    }
+
+    fn set_mtu(&mut self, mtu: u16) -> Result<(), EthError> {
+        if mtu == DEFAULT_MTU {
+            return Ok(());
+        }
+        Err(EthError::Invalid { what: format!("MTU {mtu}: net_virtio keeps {DEFAULT_MTU} (one buffer per frame)") })
+    }
+
+    #[inline]
+    fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        self.pci.rx_burst(queue, pkts)
+    }
+
+    #[inline]
+    fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        self.pci.tx_burst(queue, pkts)
+    }
+
+    fn is_removed(&self) -> bool {
+        self.pci.is_removed()
+    }
+
+    fn close(mut self: Box<Self>, how: Release) {
+        if how == Release::Shared && self.pci.primary {
+            self.release_shared();
+            tracing::info!(port = %self.pci.port, "virtio-net port released (device reset, queues freed)");
+        } else {
+            self.pci.forget_zones();
+            tracing::info!(port = %self.pci.port, "virtio-net port closed in this process");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_bits_are_the_specs() {
+        assert_eq!(F_VERSION_1, 1 << 32);
+        assert_eq!(F_MAC | F_MRG_RXBUF | F_STATUS, (1 << 5) | (1 << 15) | (1 << 16));
+        assert_eq!((CAP_COMMON, CAP_NOTIFY, CAP_ISR, CAP_DEVICE), (1, 2, 3, 4));
+        assert_eq!((QUEUE_DESC, QUEUE_DRIVER, QUEUE_DEVICE), (0x20, 0x28, 0x30));
+    }
+}

@@ -1,0 +1,473 @@
+//! Split virtqueues (virtio 1.x, section 2.7) in the lab's shared memory, and the net_virtio
+//! receive and transmit bursts over them.
+//!
+//! One memzone per queue (`virtio_<port>_rxq<q>`, `virtio_<port>_txq<q>`), reserved by the
+//! primary, found by secondaries:
+//!
+//! ```text
+//! offset 0      QueueHdr (128 bytes): magic, size, avail index (next), last used index (clean), counters
+//! offset 128    descriptor table: n x 16 bytes (addr u64, len u32, flags u16, next u16)
+//! then          available ring: flags u16, idx u16, ring[n] u16, used_event u16
+//! then (4-al.)  used ring: flags u16, idx u16, ring[n] {id u32, len u32}, avail_event u16
+//! then (8-al.)  software ring: n x u64, the mbuf (shared-memory offset) each descriptor holds
+//! ```
+//!
+//! Descriptor `i` is always the one of available-ring slot `i mod n`: a receive queue keeps all
+//! n posted (a frame whose buffer cannot be replaced is dropped and its buffer posted again); a
+//! transmit queue uses slot `i` only once the device gave descriptor `i` back, so a device that
+//! completes out of order slows the queue down and never makes it overwrite a buffer in flight.
+//! The used ring is written by the device: ids and lengths are bounded before use.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lab_core::ethdev::PortId;
+use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mem::{Shm, ShmOffset};
+use lab_core::vfio::Bar;
+
+use crate::error::{Ctx, DriverError};
+pub use crate::pci::queue::QueueHdr;
+use crate::pci::queue::HDR_LEN;
+
+/// `virtio_net_hdr` with VIRTIO_F_VERSION_1: always 12 bytes (`num_buffers` included).
+pub const NET_HDR_LEN: usize = 12;
+/// Descriptor flag: the device writes the buffer.
+const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// Used ring flag: the device needs no notification.
+const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
+const MAGIC: u64 = 0x5649_5254_5151_0001;
+
+/// Byte offsets of a queue zone's parts for `n` descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+    /// Software ring.
+    pub sw: u64,
+    /// Whole zone.
+    pub len: u64,
+}
+
+impl Layout {
+    /// The layout for `n` descriptors (alignment as the spec's 2.7 table: 16, 2, 4).
+    pub fn new(n: u32) -> Layout {
+        let n = u64::from(n);
+        let desc = HDR_LEN;
+        let avail = desc + 16 * n;
+        let used = (avail + 6 + 2 * n).next_multiple_of(4);
+        let sw = (used + 6 + 8 * n).next_multiple_of(8);
+        Layout { desc, avail, used, sw, len: sw + 8 * n }
+    }
+}
+
+/// The memzone name of a queue.
+pub fn zone_name(port: PortId, rx: bool, q: u16) -> String {
+    format!("virtio_{port}_{}q{q}", if rx { "rx" } else { "tx" })
+}
+
+/// A process's view of one virtqueue zone.
+pub(crate) struct Vq {
+    base: NonNull<u8>,
+    n: u32,
+    lay: Layout,
+    iova: u64,
+    zone: String,
+    /// The queue's notify register: mapped (a store) or trapped.
+    bell: Option<NonNull<u16>>,
+    bell_off: u64,
+    /// The virtqueue index written to the notify register.
+    index: u16,
+    shm: Arc<Shm>,
+    port: u16,
+}
+
+// SAFETY: the pointers point into this process's shared-memory and BAR mappings, which outlive
+// the queue (the port holds both); one thread runs a queue at a time (&mut self on the data path).
+unsafe impl Send for Vq {}
+
+impl Vq {
+    /// Reserves (primary, zeroed) or finds (secondary) the zone of virtqueue `index` with `n`
+    /// descriptors; `notify` is its notify register's offset in `bar`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open(
+        shm: &Arc<Shm>,
+        bar: &Bar,
+        name: String,
+        index: u16,
+        n: u32,
+        notify: u64,
+        port: PortId,
+        create: bool,
+    ) -> Result<Vq, DriverError> {
+        if !n.is_power_of_two() || n > 32768 {
+            return Err(DriverError::config(format!("virtqueue size {n}: a power of 2 up to 32768")));
+        }
+        let lay = Layout::new(n);
+        let z = if create { shm.reserve(&name, lay.len, 4096) } else { shm.lookup(&name) }
+            .ctx(format!("memzone {name}"))?;
+        if z.len < lay.len {
+            return Err(DriverError::state(format!("memzone {name} is {} bytes, {} needed", z.len, lay.len)));
+        }
+        let base = shm
+            .ptr(z.offset, lay.len)
+            .ok_or_else(|| DriverError::state(format!("memzone {name} outside shared memory")))?;
+        if !(base.as_ptr() as usize).is_multiple_of(128) {
+            return Err(DriverError::state(format!("memzone {name} is not 128-byte aligned")));
+        }
+        let iova = ShmOffset(z.offset.0).iova().0;
+        let bell = bar.mapped_ptr16(notify).and_then(NonNull::new);
+        let v = Vq { base, n, lay, iova, zone: name, bell, bell_off: notify, index, shm: shm.clone(), port: port.0 };
+        let h = v.h();
+        if create {
+            // A fresh zone: the size, then the magic that publishes it.
+            v.magic_and_size().1.store(u64::from(n), Ordering::Relaxed);
+            h.next.store(0, Ordering::Relaxed);
+            h.clean.store(0, Ordering::Relaxed);
+            v.magic_and_size().0.store(MAGIC, Ordering::Release);
+        } else {
+            let (m, s) = v.magic_and_size();
+            if m.load(Ordering::Acquire) != MAGIC || s.load(Ordering::Relaxed) != u64::from(n) {
+                return Err(DriverError::state(format!("memzone {} holds no virtqueue of {n}", v.zone)));
+            }
+        }
+        Ok(v)
+    }
+
+    /// The header's first two words, as atomics: magic and (in the word after it) the size.
+    fn magic_and_size(&self) -> (&AtomicU64, &AtomicU64) {
+        // SAFETY: the zone starts with a 128-byte, 128-aligned QueueHdr whose first 16 bytes are
+        // the magic (u64) and nb_desc + reserved (2 x u32): read here as two u64 atomics, which
+        // is how this module alone writes them.
+        unsafe {
+            let p = self.base.as_ptr().cast::<AtomicU64>();
+            (&*p, &*p.add(1))
+        }
+    }
+
+    pub(crate) fn h(&self) -> &QueueHdr {
+        // SAFETY: a QueueHdr at the start of the zone (128 bytes, 128-aligned, inside the
+        // mapping); its mutable fields are atomics.
+        unsafe { self.base.cast::<QueueHdr>().as_ref() }
+    }
+
+    pub(crate) fn zone(&self) -> &str {
+        &self.zone
+    }
+
+    /// IOVAs of the descriptor table, available ring and used ring, for queue_desc/driver/device.
+    pub(crate) fn addrs(&self) -> (u64, u64, u64) {
+        (self.iova + self.lay.desc, self.iova + self.lay.avail, self.iova + self.lay.used)
+    }
+
+    fn at<T>(&self, off: u64) -> *mut T {
+        debug_assert!(off + std::mem::size_of::<T>() as u64 <= self.lay.len);
+        // SAFETY: callers pass offsets inside the zone (bounded by the layout and i < n).
+        unsafe { self.base.as_ptr().add(off as usize).cast::<T>() }
+    }
+
+    fn write_desc(&self, i: u32, addr: u64, len: u32, flags: u16) {
+        let d = self.lay.desc + 16 * u64::from(i % self.n);
+        // SAFETY: descriptor i < n is inside the table, 16-aligned; the driver owns it now (it
+        // is not in the available ring the device reads).
+        unsafe {
+            self.at::<u64>(d).write_volatile(addr.to_le());
+            self.at::<u32>(d + 8).write_volatile(len.to_le());
+            self.at::<u16>(d + 12).write_volatile(flags.to_le());
+            self.at::<u16>(d + 14).write_volatile(0);
+        }
+    }
+
+    fn set_avail_slot(&self, idx: u16, id: u16) {
+        let s = self.lay.avail + 4 + 2 * u64::from(u32::from(idx) % self.n);
+        // SAFETY: slot < n inside the available ring, 2-aligned; written before idx publishes it.
+        unsafe { self.at::<u16>(s).write_volatile(id.to_le()) }
+    }
+
+    fn publish_avail(&self, idx: u16) {
+        // The descriptors and slots must be visible before the index (2.7.13.3).
+        fence(Ordering::Release);
+        // SAFETY: avail.idx, 2-aligned inside the zone.
+        unsafe { self.at::<u16>(self.lay.avail + 2).write_volatile(idx.to_le()) }
+        self.h().next.store(u32::from(idx), Ordering::Release);
+    }
+
+    fn used_idx(&self) -> u16 {
+        // SAFETY: used.idx, 2-aligned inside the zone; the device writes it.
+        let v = u16::from_le(unsafe { self.at::<u16>(self.lay.used + 2).read_volatile() });
+        // Elements before the index are read only after it (2.7.14).
+        fence(Ordering::Acquire);
+        v
+    }
+
+    fn used_elem(&self, idx: u16) -> (u32, u32) {
+        let e = self.lay.used + 4 + 8 * u64::from(u32::from(idx) % self.n);
+        // SAFETY: element < n inside the used ring, 4-aligned.
+        unsafe {
+            (u32::from_le(self.at::<u32>(e).read_volatile()), u32::from_le(self.at::<u32>(e + 4).read_volatile()))
+        }
+    }
+
+    fn device_wants_notify(&self) -> bool {
+        // SAFETY: used.flags, 2-aligned inside the zone.
+        let f = u16::from_le(unsafe { self.at::<u16>(self.lay.used).read_volatile() });
+        f & VIRTQ_USED_F_NO_NOTIFY == 0
+    }
+
+    fn sw_get(&self, i: u32) -> u64 {
+        // SAFETY: i % n < n inside the software ring, 8-aligned; one process runs a queue.
+        unsafe { self.at::<u64>(self.lay.sw + 8 * u64::from(i % self.n)).read_volatile() }
+    }
+
+    fn sw_set(&self, i: u32, v: u64) {
+        // SAFETY: as in `sw_get`.
+        unsafe { self.at::<u64>(self.lay.sw + 8 * u64::from(i % self.n)).write_volatile(v) }
+    }
+
+    fn notify(&self, bar: &Bar) {
+        // The index must be visible before the device is told (2.7.13.4).
+        fence(Ordering::SeqCst);
+        match self.bell {
+            // SAFETY: from `Bar::mapped_ptr16`, inside the BAR mapping the port keeps alive.
+            Some(p) => unsafe { p.as_ptr().write_volatile(self.index.to_le()) },
+            None => bar.write16(self.bell_off, self.index),
+        }
+    }
+
+    /// The avail index and last used index, as u16 counters.
+    fn indices(&self) -> (u16, u16) {
+        let h = self.h();
+        (h.next.load(Ordering::Acquire) as u16, h.clean.load(Ordering::Acquire) as u16)
+    }
+
+    /// Frees every buffer the software ring holds (device reset first). Primary at release.
+    pub(crate) fn drain(&mut self, pool: &mut Mempool) {
+        for i in 0..self.n {
+            let off = self.sw_get(i);
+            self.sw_set(i, 0);
+            if let Some(m) = Mbuf::from_offset(&self.shm, ShmOffset(off)).filter(|_| off != 0) {
+                pool.free(m);
+            }
+        }
+    }
+
+    /// Posts `m` as writable buffer `id` (header room in front of its data).
+    fn post_rx(&self, id: u32, m: Mbuf) {
+        let room = (m.buf_len() - m.headroom()) as u32;
+        self.write_desc(id, m.data_iova().0 - NET_HDR_LEN as u64, room + NET_HDR_LEN as u32, VIRTQ_DESC_F_WRITE);
+        self.sw_set(id, m.into_offset().0);
+    }
+}
+
+/// One receive virtqueue.
+pub(crate) struct RxVq {
+    pub(crate) q: Vq,
+}
+
+impl RxVq {
+    /// Posts a buffer to every descriptor and makes them available. Primary, before DRIVER_OK.
+    pub(crate) fn fill(&mut self, pool: &mut Mempool) -> Result<(), DriverError> {
+        for i in 0..self.q.n {
+            let m = pool.alloc().ok_or_else(|| {
+                DriverError::state(format!("buffer pool {} ran out filling {}", pool.name(), self.q.zone))
+            })?;
+            if m.headroom() < NET_HDR_LEN {
+                return Err(DriverError::config("buffer headroom under the 12-byte virtio-net header"));
+            }
+            self.q.post_rx(i, m);
+            self.q.set_avail_slot(i as u16, i as u16);
+        }
+        self.q.h().clean.store(0, Ordering::Relaxed);
+        self.q.publish_avail(self.q.n as u16);
+        Ok(())
+    }
+
+    /// Tells the device buffers are there (after DRIVER_OK).
+    pub(crate) fn kick(&self, bar: &Bar) {
+        self.q.notify(bar);
+    }
+
+    /// Receives into the front of `pkts`: each used element is a frame behind its 12-byte header;
+    /// its descriptor is posted again at once with a fresh buffer (or, with none to be had or a bad
+    /// frame, with the same one), so all n stay posted. One index update and at most one notify.
+    #[inline]
+    pub(crate) fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+        let q = &self.q;
+        let (mut avail, mut last) = q.indices();
+        let used = q.used_idx();
+        // More used than the device can have: corrupt shared state, do nothing.
+        if used.wrapping_sub(last) as u32 > q.n {
+            return 0;
+        }
+        let (mut got, mut bytes, mut errors, mut nombuf) = (0usize, 0u64, 0u64, 0u64);
+        let mut reposted = false;
+        while got < pkts.len() && last != used {
+            let (id, len) = q.used_elem(last);
+            last = last.wrapping_add(1);
+            if id >= q.n {
+                // Not a descriptor of ours: nothing to recycle, the frame is lost.
+                errors += 1;
+                continue;
+            }
+            let off = q.sw_get(id);
+            let Some(mut m) = Mbuf::from_offset(&q.shm, ShmOffset(off)).filter(|_| off != 0) else {
+                errors += 1;
+                continue;
+            };
+            let frame = (len as usize).checked_sub(NET_HDR_LEN);
+            // The header sits just before the data (posted so): its num_buffers (offset 10) must
+            // be 1, one buffer per frame being all we post room for.
+            m.reset();
+            let nbuf = m.prepend(NET_HDR_LEN).map(|h| u16::from_le_bytes([h[10], h[11]]));
+            m.reset();
+            let ok = matches!(frame, Some(f) if f > 0 && f <= m.buf_len() - m.headroom()) && nbuf == Some(1);
+            if ok {
+                // A replacement first: without one the frame is dropped and its buffer reposted.
+                if let Some(fresh) = pool.alloc() {
+                    let f = frame.unwrap_or(0);
+                    let _ = m.set_len(f);
+                    m.set_port(q.port);
+                    bytes += f as u64;
+                    pkts[got] = Some(m);
+                    got += 1;
+                    q.post_rx(id, fresh);
+                } else {
+                    nombuf += 1;
+                    q.post_rx(id, m);
+                }
+            } else {
+                errors += 1;
+                q.post_rx(id, m);
+            }
+            q.set_avail_slot(avail, id as u16);
+            avail = avail.wrapping_add(1);
+            reposted = true;
+        }
+        q.h().clean.store(u32::from(last), Ordering::Release);
+        if reposted {
+            q.publish_avail(avail);
+            if q.device_wants_notify() {
+                q.notify(bar);
+            }
+        }
+        q.h().count(got as u64, bytes, errors, nombuf);
+        got
+    }
+}
+
+/// One transmit virtqueue.
+pub(crate) struct TxVq {
+    pub(crate) q: Vq,
+}
+
+impl TxVq {
+    /// Frees what the device has sent.
+    fn clean(&mut self, pool: &mut Mempool) {
+        let q = &self.q;
+        let (_, mut last) = q.indices();
+        let used = q.used_idx();
+        if used.wrapping_sub(last) as u32 > q.n {
+            return;
+        }
+        while last != used {
+            let (id, _) = q.used_elem(last);
+            last = last.wrapping_add(1);
+            if id < q.n {
+                let off = q.sw_get(id);
+                q.sw_set(id, 0);
+                if let Some(m) = Mbuf::from_offset(&q.shm, ShmOffset(off)).filter(|_| off != 0) {
+                    pool.free(m);
+                }
+            }
+        }
+        q.h().clean.store(u32::from(last), Ordering::Release);
+    }
+
+    /// Sends from the front of `pkts`: the 12-byte header prepended (zeroed: no offloads), one
+    /// descriptor per frame, the available index published once, one notify. Returns how many
+    /// were taken (unsendable ones are dropped and counted).
+    #[inline]
+    pub(crate) fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+        self.clean(pool);
+        let q = &self.q;
+        let (mut avail, _) = q.indices();
+        let (mut taken, mut bytes, mut errors) = (0usize, 0u64, 0u64);
+        let mut posted = false;
+        for slot in pkts.iter_mut() {
+            let id = u32::from(avail) % q.n;
+            if q.sw_get(id) != 0 {
+                break; // descriptor still in flight: the ring is full
+            }
+            let Some(mut m) = slot.take() else { break };
+            taken += 1;
+            let len = m.len();
+            if len == 0 || m.prepend(NET_HDR_LEN).map(|h| h.fill(0)).is_none() {
+                errors += 1;
+                pool.free(m);
+                continue;
+            }
+            q.write_desc(id, m.data_iova().0, (len + NET_HDR_LEN) as u32, 0);
+            q.sw_set(id, m.into_offset().0);
+            q.set_avail_slot(avail, id as u16);
+            avail = avail.wrapping_add(1);
+            bytes += len as u64;
+            posted = true;
+        }
+        if posted {
+            q.publish_avail(avail);
+            if q.device_wants_notify() {
+                q.notify(bar);
+            }
+        }
+        q.h().count((taken as u64).saturating_sub(errors), bytes, errors, 0);
+        taken
+    }
+}
+
+impl crate::pci::PortQueue for RxVq {
+    fn hdr(&self) -> &QueueHdr {
+        self.q.h()
+    }
+    fn drain(&mut self, pool: &mut Mempool) {
+        self.q.drain(pool)
+    }
+    #[inline]
+    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+        RxVq::burst(self, bar, pool, pkts)
+    }
+}
+
+impl crate::pci::PortQueue for TxVq {
+    fn hdr(&self) -> &QueueHdr {
+        self.q.h()
+    }
+    fn drain(&mut self, pool: &mut Mempool) {
+        self.q.drain(pool)
+    }
+    #[inline]
+    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+        TxVq::burst(self, bar, pool, pkts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_follows_the_spec_alignments() {
+        let l = Layout::new(256);
+        assert_eq!(l.desc, 128);
+        assert_eq!(l.avail, 128 + 16 * 256);
+        assert_eq!(l.used % 4, 0);
+        assert!(l.used >= l.avail + 6 + 2 * 256);
+        assert_eq!(l.sw % 8, 0);
+        assert!(l.sw >= l.used + 6 + 8 * 256);
+        assert_eq!(l.len, l.sw + 8 * 256);
+    }
+}
