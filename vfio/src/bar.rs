@@ -14,10 +14,13 @@ use crate::VfioError;
 
 /// MMIO access to one region (BAR) of a device.
 pub struct Bar {
+    // Fields drop in declaration order: the mappings go before the device, because a mapping
+    // holds the device file open; with kernel VFIO a device closed with its BAR still mapped is
+    // not released, and its group cannot leave the container (UNSET_CONTAINER is EBUSY).
+    map: RegionMap,
     dev: Arc<dyn DeviceIo>,
     index: u32,
     size: u64,
-    map: RegionMap,
     dead_logged: AtomicBool,
 }
 

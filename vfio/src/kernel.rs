@@ -291,6 +291,16 @@ impl VfioContext {
         group
     }
 
+    /// Whether this context has a container (opened or adopted).
+    pub fn has_container(&self) -> bool {
+        self.container.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Whether group `number` is open in this context (opened or adopted).
+    pub fn has_group(&self, number: u32) -> bool {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).get(&number).is_some_and(|g| g.strong_count() > 0)
+    }
+
     /// The container, opened on first use.
     pub fn container(&self) -> Result<Arc<Container>, VfioError> {
         let mut c = self.container.lock().unwrap_or_else(|p| p.into_inner());

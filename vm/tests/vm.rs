@@ -84,12 +84,18 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
     let junit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm/lab-vm-guest.junit.xml");
     if std::fs::create_dir_all(junit.parent().unwrap()).is_ok() {
         let _ = std::fs::write(&junit, r.junit("lab-vm-guest"));
+        let _ = std::fs::write(junit.with_file_name("lab-vm-guest.console.log"), &r.console);
     }
     let ctx = || format!("console:\n{}", r.console);
     assert!(r.boot.is_some(), "the guest never came up; {}", ctx());
     assert!(r.failed.is_empty(), "failed in the guest: {:#?}\n{}", r.failed, ctx());
     assert_eq!(r.rc, Some(0), "guest suite exit code; {}", ctx());
     assert!(r.asked.iter().all(|(_, o)| o.is_ok()), "QMP: {:?}", r.asked);
+    // The lab logged no error, and every group left its container cleanly (a BAR still mapped
+    // when its device closed kept the device open: UNSET_CONTAINER failed with EBUSY).
+    for bad in ["VFIO_GROUP_UNSET_CONTAINER failed", " ERROR "] {
+        assert!(!r.console.contains(bad), "the guest logged {bad:?}; {}", ctx());
+    }
     for name in [
         "bind_to_vfio_pci",
         "lab_core_pci_scan_reads_the_real_sysfs",

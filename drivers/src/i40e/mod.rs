@@ -168,7 +168,7 @@ impl Driver for I40eDriver {
 
         // Transport, this process's DMA map (the whole shared memory at IOVA_BASE: rings and
         // buffers are in it, the HMC too) and BAR 0.
-        let mut port = Port { aq: None, pci: PciPort::open(&pci.path, shm, ctx.port, ctx.is_primary()).map_err(err)? };
+        let mut port = Port { aq: None, pci: PciPort::open(ctx, pci).map_err(err)? };
         // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
         port.pci.bus_master().map_err(err)?;
         if port.pci.primary {

@@ -165,7 +165,7 @@ impl Driver for IxgbeDriver {
 
         // Transport, this process's DMA map (the whole shared memory at IOVA_BASE: rings and
         // buffers are in it) and BAR 0.
-        let mut port = Port { pci: PciPort::open(&pci.path, shm, ctx.port, ctx.is_primary()).map_err(err)? };
+        let mut port = Port { pci: PciPort::open(ctx, pci).map_err(err)? };
         // From here on an error drops `port`, which unmaps, disconnects and (primary) frees zones.
         if port.pci.primary {
             // 9.3.3.3: memory space and bus master on (a secondary leaves the device alone).

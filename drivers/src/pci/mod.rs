@@ -12,6 +12,7 @@
 
 pub(crate) mod port;
 pub(crate) mod queue;
+pub(crate) mod transport;
 
 pub(crate) use self::port::port_queues;
 pub(crate) use self::port::{check_queue_counts, fmt_mac, DevState, PciPort, PortQueue};

@@ -7,15 +7,15 @@
 //! that order, each undone if a later one fails), the release tail after the driver stopped its
 //! device, and `Drop` (the DMA unmap; the BAR and the transport go with their fields).
 
-use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lab_core::ethdev::{DevInfo, PortConf, PortId, PortStats};
+use lab_core::bus::pci::PciDevice;
+use lab_core::ethdev::{DevInfo, PortConf, PortId, PortStats, ProbeCtx};
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::{Shm, IOVA_BASE};
-use lab_core::vfio::{open_pci, Bar, DeviceIo, DmaRegion, OpenOptions, VfioError};
+use lab_core::vfio::{Bar, DeviceIo, DmaRegion, VfioError};
 
 use super::queue::QueueHdr;
 use crate::error::{Ctx, DriverError};
@@ -102,6 +102,9 @@ pub(crate) struct PciPort<S, R, T> {
     pub(crate) zones: Vec<String>,
     /// The DMA map is in place.
     mapped: bool,
+    /// Primary over kernel VFIO: the container and group fds published to secondaries, closed
+    /// (withdrawn) with the port.
+    _published: Option<crate::sys::share::Published>,
 }
 
 // SAFETY: `shared` points into the shared-memory mapping, which `shm` keeps mapped for as long as
@@ -113,27 +116,32 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
     /// Opens the device at `sysfs_dir` for this process: transport (vfio-user when the sysfs dir
     /// has the socket, else kernel VFIO), DMA map of the whole shared memory at `IOVA_BASE`, BAR 0.
     /// On error whatever was done is undone (the port drops).
-    pub(crate) fn open(sysfs_dir: &Path, shm: &Arc<Shm>, port: PortId, primary: bool) -> Result<Self, DriverError> {
-        let dev: Arc<dyn DeviceIo> = Arc::from(open_pci(sysfs_dir, &OpenOptions::default()).ctx("cannot open device")?);
-        Self::open_with(dev, shm, port, primary, 0)
+    pub(crate) fn open(ctx: &ProbeCtx<'_>, pci: &PciDevice) -> Result<Self, DriverError> {
+        let t = super::transport::open(ctx, pci)?;
+        Self::open_with(t, ctx.runtime.shm(), ctx.port, ctx.is_primary(), 0)
     }
 
     /// As [`PciPort::open`] over a transport the driver opened itself (to read config space
     /// first), with `bar` as the port's register BAR (virtio's is where its capabilities say).
     pub(crate) fn open_with(
-        dev: Arc<dyn DeviceIo>,
+        t: super::transport::Transport,
         shm: &Arc<Shm>,
         port: PortId,
         primary: bool,
         bar_index: u32,
     ) -> Result<Self, DriverError> {
-        let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
-        dev.dma_map(&region).ctx("DMA map of shared memory")?;
+        let super::transport::Transport { dev, published, dma_mapped_by_primary } = t;
+        if !dma_mapped_by_primary {
+            let region = DmaRegion { iova: IOVA_BASE, size: shm.len(), fd: shm.fd(), fd_offset: 0, vaddr: shm.base() };
+            dev.dma_map(&region).ctx("DMA map of shared memory")?;
+        }
         let bar = match Bar::open(dev.clone(), bar_index) {
             Ok(b) => b,
             Err(e) => {
-                if let Err(u) = dev.dma_unmap(IOVA_BASE, shm.len()) {
-                    tracing::debug!(%port, "DMA unmap after a failed BAR map: {u}");
+                if !dma_mapped_by_primary {
+                    if let Err(u) = dev.dma_unmap(IOVA_BASE, shm.len()) {
+                        tracing::debug!(%port, "DMA unmap after a failed BAR map: {u}");
+                    }
                 }
                 return Err(e).ctx(format!("BAR{bar_index}"));
             }
@@ -149,7 +157,8 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
             txq: Vec::new(),
             pool: None,
             zones: Vec::new(),
-            mapped: true,
+            mapped: !dma_mapped_by_primary,
+            _published: published,
         })
     }
 

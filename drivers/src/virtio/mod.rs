@@ -25,7 +25,7 @@ use lab_core::bus::pci::PciId;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortId, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
-use lab_core::vfio::{open_pci, Bar, DeviceIo, OpenOptions};
+use lab_core::vfio::{Bar, DeviceIo};
 
 use self::vq::{RxVq, TxVq, Vq};
 use crate::error::{Ctx, DriverError};
@@ -217,18 +217,18 @@ impl Driver for VirtioDriver {
         }
         let shm = ctx.runtime.shm();
         let pool = Mempool::lookup(shm, &conf.pool, 256).ctx(format!("buffer pool {}", conf.pool)).map_err(err)?;
-        let dev: Arc<dyn DeviceIo> =
-            Arc::from(open_pci(&pci.path, &OpenOptions::default()).ctx("cannot open device").map_err(err)?);
+        // Kernel VFIO in a secondary: through the primary's container and group (pci::transport).
+        let t = crate::pci::transport::open(ctx, pci).map_err(err)?;
         let primary = ctx.is_primary();
         let mut port = if primary {
-            let caps = read_caps(dev.as_ref()).map_err(err)?;
-            let pci = PciPort::open_with(dev, shm, ctx.port, true, caps.bar).map_err(err)?;
+            let caps = read_caps(t.dev.as_ref()).map_err(err)?;
+            let pci = PciPort::open_with(t, shm, ctx.port, true, caps.bar).map_err(err)?;
             let mut p = Port { pci, caps };
             p.pci.bus_master().map_err(err)?;
             p.init_primary(&pool, want as u32).map_err(err)?;
             p
         } else {
-            Port::attach_secondary(dev, shm, ctx.port, &pool).map_err(err)?
+            Port::attach_secondary(t, shm, ctx.port, &pool).map_err(err)?
         };
         let info = port.info();
         tracing::info!(device = %ctx.name, port = %ctx.port, role = if primary { "primary" } else { "secondary" },
@@ -404,7 +404,7 @@ impl Port {
 
     /// Secondary: the BAR the primary recorded, the queues it built; no register written.
     fn attach_secondary(
-        dev: Arc<dyn DeviceIo>,
+        t: crate::pci::transport::Transport,
         shm: &Arc<lab_core::mem::Shm>,
         port: PortId,
         pool: &Mempool,
@@ -422,7 +422,7 @@ impl Port {
             return Err(DriverError::state(format!("memzone {zone}: no virtio port (BAR {bar}; primary not done?)")));
         }
         let mut port =
-            Port { pci: PciPort::open_with(dev, shm, port, false, bar)?, caps: Caps { bar, ..Caps::default() } };
+            Port { pci: PciPort::open_with(t, shm, port, false, bar)?, caps: Caps { bar, ..Caps::default() } };
         port.pci.map_shared(&zone, false)?;
         let sh = port.sh().ok_or_else(|| DriverError::state("no shared state"))?;
         if sh.magic.load(Ordering::Acquire) != DEV_MAGIC {

@@ -30,12 +30,16 @@ const VFIO_DEVICE_FLAGS_RESET: u32 = 1 << 0;
 type Check = Result<Option<String>, String>;
 
 fn main() {
+    // The lab's own logs (warnings up) go to the console with the checks.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAB_VM_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).try_init();
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("suite") => std::process::exit(suite()),
         Some("adopt") if args.len() == 5 => std::process::exit(adopt(&args[2], &args[3], &args[4])),
+        Some("secondary") if args.len() == 3 => std::process::exit(secondary_loop(&args[2])),
         _ => {
-            eprintln!("usage: lab-vm-guest suite | adopt SOCKET BDF GROUP");
+            eprintln!("usage: lab-vm-guest suite | adopt SOCKET BDF GROUP | secondary PREFIX");
             std::process::exit(2);
         }
     }
@@ -546,6 +550,7 @@ fn virtio_traffic(a: &Func, b: &Func) -> Check {
     let args = ["lab-vm-guest", "--proc-type=primary", "--file-prefix=vmnet", "-m", "64"];
     let (opts, _) = lab_core::options::Options::parse(args).map_err(|e| e.to_string())?;
     let p = lab_core::process::Process::init(&opts, lab_drivers::registry()).map_err(|e| e.to_string())?;
+    let mut sec: Option<Secondary> = None;
     let r = (|| {
         let port_of = |bdf: &str| {
             p.find(bdf).map(|e| e.port).ok_or_else(|| format!("{bdf} not probed at start: ports {:?}", p.list()))
@@ -611,12 +616,176 @@ fn virtio_traffic(a: &Func, b: &Func) -> Check {
             "note net_virtio: 2 x 200 frames of 60-1514 bytes across the cable in {} ms",
             t0.elapsed().as_millis()
         ));
+
+        // A secondary (a real second process) attaches both ports through the primary's
+        // container and group fds and transmits; the primary receives what it sent.
+        let s = sec.insert(Secondary::start("vmnet")?);
+        let listed = s.cmd("list")?;
+        expect(listed.contains(&a.bdf) && listed.contains(&b.bdf), || format!("secondary lists {listed:?}"))?;
+        let sent = s.cmd(&format!("send {} 100", pa.0))?;
+        expect(sent == "sent 100", || format!("secondary: {sent}"))?;
+        let mut got = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut burst: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+        while got < 100 && Instant::now() < deadline {
+            let n = p.with_port(pb, |d| d.rx_burst(0, &mut burst)).map_err(|e| e.to_string())?;
+            for m in burst[..n].iter_mut().filter_map(Option::take) {
+                // The secondary's frames carry 0x5e in the last source byte.
+                got += usize::from(m.data().get(11) == Some(&0x5e));
+                pool.free(m);
+            }
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        expect(got == 100, || format!("the primary received {got} of the secondary's 100 frames"))?;
+
+        // A real hot-remove of a port attached in both: vfio-pci asks the primary for the device
+        // back, its removal monitor detaches the port everywhere, and the kernel finishes.
+        let before = list_functions();
+        say(
+            r#"ask {"execute":"device_add","arguments":{"driver":"virtio-net-pci","id":"hot2","bus":"hp","netdev":"nhot","disable-legacy":"on","iommu_platform":"on","mac":"52:54:00:12:34:77"}}"#,
+        );
+        let mut new = None;
+        wait(Duration::from_secs(20), || {
+            new = list_functions().into_iter().find(|f| !before.contains(f));
+            new.is_some()
+        })
+        .map_err(|_| "hot-added function did not appear".to_string())?;
+        let h = bind(new.expect("found"))?;
+        let ph = p.attach(&h.bdf).map_err(|e| format!("attach {}: {e}", h.bdf))?;
+        let listed = s.cmd("list")?;
+        expect(listed.contains(&h.bdf), || format!("secondary does not list the hot-added port: {listed:?}"))?;
+        say(r#"ask {"execute":"device_del","arguments":{"id":"hot2"}}"#);
+        let gone_everywhere = wait(Duration::from_secs(30), || {
+            p.find(&h.bdf).is_none() && s.cmd("list").is_ok_and(|l| !l.contains(&h.bdf)) && !sysfs(&h.bdf).exists()
+        });
+        if gone_everywhere.is_err() {
+            return Err(format!(
+                "30 s after device_del: primary has it {}, secondary lists {:?}, sysfs has it {}",
+                p.find(&h.bdf).is_some(),
+                s.cmd("list"),
+                sysfs(&h.bdf).exists()
+            ));
+        }
+        say(&format!(
+            "note hot-remove of attached port {ph} ({}): detached in both processes and gone from sysfs in {} ms",
+            h.bdf,
+            gone_everywhere.unwrap_or_default().as_millis()
+        ));
+        drop(sec.take());
         p.detach(&a.bdf).map_err(|e| format!("detach {}: {e}", a.bdf))?;
         p.detach(&b.bdf).map_err(|e| format!("detach {}: {e}", b.bdf))?;
         Ok(None)
     })();
+    drop(sec);
     p.shutdown();
     r
+}
+
+/// A lab secondary in another process, driven over its stdin: `list`, `send PORT N`.
+struct Secondary {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Secondary {
+    fn start(prefix: &str) -> Result<Secondary, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(exe)
+            .args(["secondary", prefix])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut s = Secondary { child, out };
+        let hello = s.line()?;
+        expect(hello == "ready", || format!("secondary said {hello:?}"))?;
+        Ok(s)
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        let mut l = String::new();
+        match std::io::BufRead::read_line(&mut self.out, &mut l) {
+            Ok(0) => Err("the secondary exited".into()),
+            Ok(_) => Ok(l.trim().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn cmd(&mut self, c: &str) -> Result<String, String> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
+        writeln!(stdin, "{c}").map_err(|e| e.to_string())?;
+        self.line()
+    }
+}
+
+impl Drop for Secondary {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        if wait(Duration::from_secs(5), || matches!(self.child.try_wait(), Ok(Some(_)))).is_err() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The secondary's side: a lab secondary of `prefix`; one answer line per command.
+fn secondary_loop(prefix: &str) -> i32 {
+    use lab_core::ethdev::{PortId, DEFAULT_POOL};
+    use lab_core::mbuf::{Mbuf, Mempool};
+    let pfx = format!("--file-prefix={prefix}");
+    let args = ["lab-vm-guest", "--proc-type=secondary", pfx.as_str()];
+    let p = match lab_core::options::Options::parse(args)
+        .map_err(|e| e.to_string())
+        .and_then(|(o, _)| lab_core::process::Process::init(&o, lab_drivers::registry()).map_err(|e| e.to_string()))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            println!("error: {e}");
+            return 1;
+        }
+    };
+    println!("ready");
+    let send = |port: u16, n: usize| -> Result<usize, String> {
+        let mut pool = Mempool::lookup(p.runtime().shm(), DEFAULT_POOL, 32).map_err(|e| e.to_string())?;
+        let mut sent = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sent < n && Instant::now() < deadline {
+            let mut burst: Vec<Option<Mbuf>> = (0..(n - sent).min(32)).map(|_| None).collect();
+            if !pool.alloc_bulk(&mut burst) {
+                return Err("pool empty".into());
+            }
+            for m in burst.iter_mut().flatten() {
+                let mut f = vec![0xffu8; 6];
+                f.extend_from_slice(&[0x02, 0x4c, 0x41, 0x42, 0, 0x5e, 0x88, 0xb5]);
+                f.resize(128, 0xa5);
+                m.copy_from(&f);
+            }
+            sent += p.with_port(PortId(port), |d| d.tx_burst(0, &mut burst)).map_err(|e| e.to_string())?;
+            pool.free_bulk(&mut burst);
+        }
+        Ok(sent)
+    };
+    for line in std::io::stdin().lines().map_while(Result::ok) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let answer = match w.as_slice() {
+            ["list"] => p.list().iter().map(|(id, n)| format!("{id}={n}")).collect::<Vec<_>>().join(" "),
+            ["send", port, n] => match (port.parse::<u16>(), n.parse::<usize>()) {
+                (Ok(port), Ok(n)) => match send(port, n) {
+                    Ok(k) => format!("sent {k}"),
+                    Err(e) => format!("error: {e}"),
+                },
+                _ => "error: send PORT N".into(),
+            },
+            _ => format!("error: unknown {line:?}"),
+        };
+        println!("{answer}");
+    }
+    p.shutdown();
+    0
 }
 
 fn lab_drivers_mac(m: &[u8; 6]) -> String {
