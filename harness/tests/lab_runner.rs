@@ -271,6 +271,16 @@ fn real_runs_without_vfio_exit_77_with_one_line() {
 }
 
 #[test]
+fn real_runs_refuse_parallel_jobs_on_the_shared_functions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = write(tmp.path(), "x.toml", "[lab]\n[[step]]\nattach = \"net_null0\"\n");
+    let out = lab(tmp.path()).args(["run", "-j", "2", "--real", "0000:03:00.0"]).arg(&f).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("-j 2: --real runs one scenario at a time"), "{err}");
+}
+
+#[test]
 fn a_missing_hotplug_mp_is_named_with_how_to_build_it() {
     let tmp = tempfile::tempdir().unwrap();
     let lone = tmp.path().join("lab");

@@ -241,9 +241,10 @@ impl AdoptedFds {
 pub struct VfioContext {
     sys: Arc<dyn VfioSys>,
     container: Mutex<Option<Arc<Container>>>,
+    /// Open groups, held by their devices: a group closes with its last device here, adopted
+    /// ones too. A secondary that kept an adopted group fd open would keep the group open
+    /// system-wide, and the primary could not open it again after a detach (EBUSY).
     groups: Mutex<HashMap<u32, Weak<Group>>>,
-    /// Adopted groups are kept open for the life of the context (the primary owns them).
-    adopted: Mutex<Vec<Arc<Group>>>,
 }
 
 impl Default for VfioContext {
@@ -260,12 +261,7 @@ impl VfioContext {
 
     /// A context issuing its syscalls through `sys`.
     pub fn with_sys(sys: Arc<dyn VfioSys>) -> Self {
-        VfioContext {
-            sys,
-            container: Mutex::new(None),
-            groups: Mutex::new(HashMap::new()),
-            adopted: Mutex::new(Vec::new()),
-        }
+        VfioContext { sys, container: Mutex::new(None), groups: Mutex::new(HashMap::new()) }
     }
 
     /// Secondary: use the primary's container fd (its IOMMU is already set). Replaces nothing:
@@ -284,10 +280,12 @@ impl VfioContext {
     }
 
     /// Secondary: use the primary's fd for group `number` (already attached to its container).
+    /// Hold the returned group until a device of it is open: the context keeps only a weak
+    /// reference, so the group closes with its last device.
+    #[must_use = "the group closes when this is dropped without a device of it open"]
     pub fn adopt_group(&self, number: u32, fd: OwnedFd) -> Arc<Group> {
         let group = Arc::new(Group::from_fd_with(self.sys.clone(), fd, number));
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(number, Arc::downgrade(&group));
-        self.adopted.lock().unwrap_or_else(|p| p.into_inner()).push(group.clone());
         group
     }
 
@@ -371,10 +369,13 @@ impl KernelDevice {
         adopted: Option<AdoptedFds>,
     ) -> Result<KernelDevice, VfioError> {
         let ctx = VfioContext::with_sys(sys);
-        if let Some(fds) = adopted {
-            ctx.adopt_container(fds.container)?;
-            ctx.adopt_group(group_no, fds.group);
-        }
+        let _held = match adopted {
+            Some(fds) => {
+                ctx.adopt_container(fds.container)?;
+                Some(ctx.adopt_group(group_no, fds.group))
+            }
+            None => None,
+        };
         ctx.open_device(name, group_no)
     }
 

@@ -51,6 +51,21 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
     let mut img = Image::new(&bb).unwrap();
     img.modules(&kernel, &["vfio-pci", "vfio_iommu_type1"]).unwrap();
     let guest = img.binary(Path::new(GUEST)).unwrap();
+    // `lab run --real` in the guest needs lab and hotplug_mp (built by `cargo test --workspace`,
+    // next to the guest binary) and the scenario library; without them that check skips.
+    let bins = Path::new(GUEST).parent().unwrap();
+    if ["lab", "hotplug_mp"].iter().all(|b| bins.join(b).is_file()) {
+        for b in ["lab", "hotplug_mp"] {
+            img.binary(&bins.join(b)).unwrap();
+        }
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../harness/scenarios");
+        for e in std::fs::read_dir(&lib).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".toml") {
+                img.file(&format!("lab/scenarios/{name}"), 0o644, &std::fs::read(e.path()).unwrap()).unwrap();
+            }
+        }
+    }
     // LAB_VM_DEBUG: shell commands the guest runs before the suite (`lsmod; dmesg | tail`).
     img.init(&format!("{}{guest} suite", std::env::var("LAB_VM_DEBUG").unwrap_or_default())).unwrap();
     let initrd = dir.path().join("initrd.cpio");

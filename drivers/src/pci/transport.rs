@@ -70,9 +70,9 @@ pub(crate) fn open(ctx: &ProbeCtx<'_>, pci: &PciDevice) -> Result<Transport, Dri
     if !vctx.has_container() {
         vctx.adopt_container(c).ctx("adopting the primary's VFIO container")?;
     }
-    if !vctx.has_group(group) {
-        vctx.adopt_group(group, g);
-    }
+    // Held until the device is open; then the device holds it, and the group fd closes with
+    // the last device of the group in this process.
+    let _held = (!vctx.has_group(group)).then(|| vctx.adopt_group(group, g));
     let dev = open_pci(&pci.path, &opts).ctx("cannot open device through the primary's VFIO group")?;
     Ok(Transport { dev: Arc::from(dev), published: None, dma_mapped_by_primary: true })
 }

@@ -106,6 +106,8 @@ struct Args {
     paths: Vec<PathBuf>,
     real: Option<Vec<String>>,
     jobs: usize,
+    /// `-j` was given (else the default: 2, or 1 with `--real`).
+    jobs_given: bool,
     verbose: bool,
     junit: Option<PathBuf>,
     json: Option<PathBuf>,
@@ -183,6 +185,7 @@ fn parse_args() -> Result<Args, String> {
         paths: Vec::new(),
         real: None,
         jobs: 2,
+        jobs_given: false,
         verbose: false,
         junit: None,
         json: None,
@@ -200,7 +203,8 @@ fn parse_args() -> Result<Args, String> {
             "--real" => a.real = Some(value()?.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()),
             "-j" | "--jobs" => {
                 let v = value()?;
-                a.jobs = v.parse().ok().filter(|n| (1..=64).contains(n)).ok_or(format!("-j {v}: expected 1..64"))?
+                a.jobs = v.parse().ok().filter(|n| (1..=64).contains(n)).ok_or(format!("-j {v}: expected 1..64"))?;
+                a.jobs_given = true;
             }
             "-v" | "--verbose" => a.verbose = true,
             "--partition" => a.partition = Some(parse_partition(&value()?)?),
@@ -238,6 +242,14 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.real.is_some() && a.cmd != "run" {
         return Err("--real goes with lab run".into());
+    }
+    // Every scenario of a --real run uses the same functions: two at once would fight over
+    // them (a VFIO group opens once system-wide).
+    if a.real.is_some() {
+        if a.jobs_given && a.jobs > 1 {
+            return Err(format!("-j {}: --real runs one scenario at a time (they share the functions)", a.jobs));
+        }
+        a.jobs = 1;
     }
     Ok(a)
 }

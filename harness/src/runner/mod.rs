@@ -256,6 +256,12 @@ pub fn skip_reason(sc: &Scenario, env: &Env) -> Option<String> {
         if sc.lab.nics.iter().any(|n| n.wire.as_deref().is_some_and(|w| w.starts_with("peer="))) && real.len() < 2 {
             return Some("needs two cabled ports".into());
         }
+        // A loopback, TAP or pcap wire is lab-nic's: a real port has a cable (or none).
+        if let Some(w) =
+            sc.lab.nics.iter().filter_map(|n| n.wire.as_deref()).find(|w| *w != "none" && !w.starts_with("peer="))
+        {
+            return Some(format!("needs the emulator's {w:?} wire"));
+        }
     }
     None
 }

@@ -149,6 +149,7 @@ fn suite() -> i32 {
     });
     if let Some(peer) = &peer {
         s.run("net_virtio_frames_cross_the_cable_byte_identical", || virtio_traffic(&net, peer));
+        s.run("lab_run_real_on_the_guest_functions", || lab_run_real(&net, peer));
     }
     if s.failed > 0 {
         1
@@ -681,6 +682,38 @@ fn virtio_traffic(a: &Func, b: &Func) -> Check {
     drop(sec);
     p.shutdown();
     r
+}
+
+/// The scenario library on the guest's two cabled virtio-net functions (`lab run --real`): what
+/// fits a pair of real functions runs and passes, the rest is skipped by the runner with why.
+fn lab_run_real(a: &Func, b: &Func) -> Check {
+    let lab = Path::new("/lab/lab");
+    if !lab.exists() || !Path::new("/lab/hotplug_mp").exists() {
+        return Ok(Some("lab and hotplug_mp not in the image (build the workspace's binaries)".into()));
+    }
+    let t = Instant::now();
+    let out = std::process::Command::new(lab)
+        .args(["run", "--real", &format!("{},{}", a.bdf, b.bdf), "--junit", "/tmp/real.xml", "/lab/scenarios"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let junit = std::fs::read_to_string("/tmp/real.xml").unwrap_or_default();
+    let count = |tag: &str| junit.matches(tag).count();
+    let (cases, skipped, failed) = (count("<testcase"), count("<skipped"), count("<failure"));
+    let ran = cases.saturating_sub(skipped);
+    say(&format!(
+        "note lab run --real {},{}: {ran} scenarios ran, {skipped} skipped, {failed} failed, in {} ms",
+        a.bdf,
+        b.bdf,
+        t.elapsed().as_millis()
+    ));
+    expect(out.status.success(), || {
+        let tail: Vec<&str> = text.lines().rev().take(25).collect();
+        format!("lab run --real exited {}: {}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+    })?;
+    expect(ran >= 5, || format!("only {ran} scenarios ran on the real functions: {text}"))?;
+    Ok(None)
 }
 
 /// A lab secondary in another process, driven over its stdin: `list`, `send PORT N`.
