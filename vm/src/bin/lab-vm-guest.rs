@@ -644,6 +644,8 @@ fn virtio_traffic(a: &Func, b: &Func) -> Check {
         // A real hot-remove of a port attached in both: vfio-pci asks the primary for the device
         // back, its removal monitor detaches the port everywhere, and the kernel finishes.
         let before = list_functions();
+        // The kernel's device events, as DPDK's event monitor reads them.
+        let mut mon = lab_core::bus::uevent::Monitor::open().map_err(|e| e.to_string())?;
         say(
             r#"ask {"execute":"device_add","arguments":{"driver":"virtio-net-pci","id":"hot2","bus":"hp","netdev":"nhot","disable-legacy":"on","iommu_platform":"on","mac":"52:54:00:12:34:77"}}"#,
         );
@@ -654,9 +656,35 @@ fn virtio_traffic(a: &Func, b: &Func) -> Check {
         })
         .map_err(|_| "hot-added function did not appear".to_string())?;
         let h = bind(new.expect("found"))?;
+        use lab_core::bus::uevent::DevAction;
+        let mut seen = Vec::new();
+        let saw =
+            |seen: &mut Vec<(DevAction, Option<String>)>, mon: &mut lab_core::bus::uevent::Monitor, want: DevAction| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if seen.iter().any(|(a, _)| *a == want) {
+                        return true;
+                    }
+                    if let Some(e) = mon.next(Duration::from_millis(200)) {
+                        if e.addr.to_string() == h.bdf {
+                            seen.push((e.action, e.driver));
+                        }
+                    }
+                }
+                false
+            };
+        expect(saw(&mut seen, &mut mon, DevAction::Add), || format!("no add event for {}: {seen:?}", h.bdf))?;
+        expect(saw(&mut seen, &mut mon, DevAction::Bind), || format!("no bind event for {}: {seen:?}", h.bdf))?;
+        expect(seen.iter().any(|(a, d)| *a == DevAction::Bind && d.as_deref() == Some("vfio-pci")), || {
+            format!("bind event without vfio-pci: {seen:?}")
+        })?;
         let ph = p.attach(&h.bdf).map_err(|e| format!("attach {}: {e}", h.bdf))?;
         let listed = s.cmd("list")?;
         expect(listed.contains(&h.bdf), || format!("secondary does not list the hot-added port: {listed:?}"))?;
+        // The removal comes while the secondary transmits on the port.
+        let fl = s.cmd(&format!("flood {}", ph.0))?;
+        expect(fl == "flooding", || format!("secondary: {fl}"))?;
+        std::thread::sleep(Duration::from_millis(200));
         say(r#"ask {"execute":"device_del","arguments":{"id":"hot2"}}"#);
         let gone_everywhere = wait(Duration::from_secs(30), || {
             p.find(&h.bdf).is_none() && s.cmd("list").is_ok_and(|l| !l.contains(&h.bdf)) && !sysfs(&h.bdf).exists()
@@ -669,10 +697,19 @@ fn virtio_traffic(a: &Func, b: &Func) -> Check {
                 sysfs(&h.bdf).exists()
             ));
         }
+        let flooded = s.cmd("stop")?;
+        expect(flooded.starts_with("flooded ") && !flooded.starts_with("flooded 0 "), || {
+            format!("secondary's traffic during the removal: {flooded}")
+        })?;
+        expect(saw(&mut seen, &mut mon, DevAction::Remove), || format!("no remove event for {}: {seen:?}", h.bdf))?;
+        // The secondary is alive and well after it.
+        let listed = s.cmd("list")?;
+        expect(listed.contains(&a.bdf), || format!("secondary after the removal lists {listed:?}"))?;
         say(&format!(
-            "note hot-remove of attached port {ph} ({}): detached in both processes and gone from sysfs in {} ms",
+            "note hot-remove of attached port {ph} ({}) during the secondary's traffic ({flooded}): detached in both processes and gone from sysfs in {} ms; uevents {:?}",
             h.bdf,
-            gone_everywhere.unwrap_or_default().as_millis()
+            gone_everywhere.unwrap_or_default().as_millis(),
+            seen.iter().map(|(a, _)| *a).collect::<Vec<_>>()
         ));
         drop(sec.take());
         p.detach(&a.bdf).map_err(|e| format!("detach {}: {e}", a.bdf))?;
@@ -802,21 +839,57 @@ fn secondary_loop(prefix: &str) -> i32 {
         }
         Ok(sent)
     };
-    for line in std::io::stdin().lines().map_while(Result::ok) {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let answer = match w.as_slice() {
-            ["list"] => p.list().iter().map(|(id, n)| format!("{id}={n}")).collect::<Vec<_>>().join(" "),
-            ["send", port, n] => match (port.parse::<u16>(), n.parse::<usize>()) {
-                (Ok(port), Ok(n)) => match send(port, n) {
-                    Ok(k) => format!("sent {k}"),
-                    Err(e) => format!("error: {e}"),
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let flooded = std::sync::atomic::AtomicUsize::new(0);
+    let ended = std::sync::Mutex::new(String::from("stopped"));
+    std::thread::scope(|sc| {
+        let mut flood: Option<std::thread::ScopedJoinHandle<'_, ()>> = None;
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let answer = match w.as_slice() {
+                ["list"] => p.list().iter().map(|(id, n)| format!("{id}={n}")).collect::<Vec<_>>().join(" "),
+                ["flood", port] => match port.parse::<u16>() {
+                    Ok(port) if flood.is_none() => {
+                        stop.store(false, std::sync::atomic::Ordering::Relaxed);
+                        let (send, stop, flooded, ended) = (&send, &stop, &flooded, &ended);
+                        flood = Some(sc.spawn(move || {
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                match send(port, 32) {
+                                    Ok(k) => {
+                                        flooded.fetch_add(k, std::sync::atomic::Ordering::Relaxed);
+                                    }
+                                    Err(e) => {
+                                        *ended.lock().unwrap_or_else(|e| e.into_inner()) = e;
+                                        return;
+                                    }
+                                }
+                            }
+                        }));
+                        "flooding".into()
+                    }
+                    _ => "error: flood PORT (one at a time)".into(),
                 },
-                _ => "error: send PORT N".into(),
-            },
-            _ => format!("error: unknown {line:?}"),
-        };
-        println!("{answer}");
-    }
+                ["stop"] => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(h) = flood.take() {
+                        let _ = h.join();
+                    }
+                    let n = flooded.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    format!("flooded {n} ({})", ended.lock().unwrap_or_else(|e| e.into_inner()))
+                }
+                ["send", port, n] => match (port.parse::<u16>(), n.parse::<usize>()) {
+                    (Ok(port), Ok(n)) => match send(port, n) {
+                        Ok(k) => format!("sent {k}"),
+                        Err(e) => format!("error: {e}"),
+                    },
+                    _ => "error: send PORT N".into(),
+                },
+                _ => format!("error: unknown {line:?}"),
+            };
+            println!("{answer}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     p.shutdown();
     0
 }
