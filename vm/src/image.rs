@@ -85,13 +85,41 @@ impl Image {
         let name = host.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let guest = format!("{GUEST_BIN_DIR}/{name}");
         self.cpio.file(&guest, 0o755, &read(host)?)?;
+        self.libraries_of(host)?;
+        Ok(format!("/{guest}"))
+    }
+
+    /// A dynamically linked executable at `/lab/NAME` under another name (DPDK's `hotplug_mp`
+    /// beside ours), with its libraries.
+    pub fn binary_as(&mut self, host: &Path, name: &str) -> Result<String, VmError> {
+        let guest = format!("{GUEST_BIN_DIR}/{name}");
+        self.cpio.file(&guest, 0o755, &read(host)?)?;
+        self.libraries_of(host)?;
+        Ok(format!("/{guest}"))
+    }
+
+    /// A shared library at `guest` (its content: symlinks followed) and the libraries it needs,
+    /// for one a program `dlopen`s (a DPDK driver plugin).
+    pub fn library(&mut self, host: &Path, guest: &str) -> Result<(), VmError> {
+        if !self.cpio.contains(guest) {
+            self.cpio.file(guest, 0o755, &read(host)?)?;
+        }
+        self.libraries_of(host)
+    }
+
+    /// A symbolic link.
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<(), VmError> {
+        Ok(self.cpio.symlink(path, target)?)
+    }
+
+    fn libraries_of(&mut self, host: &Path) -> Result<(), VmError> {
         for lib in shared_libs(host)? {
             let at = lib.to_string_lossy().into_owned();
             if !self.cpio.contains(&at) {
                 self.cpio.file(&at, 0o755, &read(&lib)?)?;
             }
         }
-        Ok(format!("/{guest}"))
+        Ok(())
     }
 
     /// Any file.
@@ -120,6 +148,8 @@ impl Image {
 const INIT_HEAD: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
+# rootfs starts world-writable; DPDK's EAL refuses plugin paths under such a directory.
+chmod 755 /
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

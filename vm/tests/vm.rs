@@ -36,6 +36,27 @@ fn devices() -> Vec<String> {
     .collect()
 }
 
+/// DPDK 22.11's own hotplug_mp (built by ci/peers.sh from Debian's dpdk-doc into target/dpdk)
+/// as `/lab/dpdk-hotplug_mp`, with the driver plugins it needs for a virtio-net function; the
+/// guest's side-by-side check skips without it.
+fn dpdk_hotplug_mp(img: &mut Image) {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dpdk/hotplug_mp/build/hotplug_mp");
+    let pmds = Path::new("/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0");
+    if !bin.is_file() || !pmds.is_dir() {
+        return;
+    }
+    img.binary_as(&bin, "dpdk-hotplug_mp").unwrap();
+    // EAL loads every driver in its plugin directory: only these, as links to the one copy of
+    // each library (a second copy would register its bus twice).
+    for p in ["librte_bus_pci.so.23", "librte_bus_vdev.so.23", "librte_mempool_ring.so.23", "librte_net_virtio.so.23"] {
+        let lib = format!("lib/x86_64-linux-gnu/{p}");
+        img.library(&pmds.join(p), &lib).unwrap();
+        // Named `.so`: EAL loads `*.so` and `*.so.23.0` from the directory, not `*.so.23`.
+        let link = p.trim_end_matches(".23");
+        img.symlink(&format!("usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/{link}"), &format!("/{lib}")).unwrap();
+    }
+}
+
 #[test]
 fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
     let (qemu, kernel, bb) = match (qemu(), Kernel::find(), busybox()) {
@@ -58,6 +79,7 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
         for b in ["lab", "hotplug_mp"] {
             img.binary(&bins.join(b)).unwrap();
         }
+        dpdk_hotplug_mp(&mut img);
         let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../harness/scenarios");
         for e in std::fs::read_dir(&lib).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

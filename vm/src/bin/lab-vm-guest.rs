@@ -150,6 +150,7 @@ fn suite() -> i32 {
     if let Some(peer) = &peer {
         s.run("net_virtio_frames_cross_the_cable_byte_identical", || virtio_traffic(&net, peer));
         s.run("lab_run_real_on_the_guest_functions", || lab_run_real(&net, peer));
+        s.run("side_by_side_with_dpdk_hotplug_mp", || side_by_side(peer));
     }
     if s.failed > 0 {
         1
@@ -247,8 +248,19 @@ fn bind(bdf: String) -> Result<Func, String> {
         w(dir.join("driver/unbind"), &bdf)?;
     }
     w(dir.join("driver_override"), "vfio-pci")?;
-    w(PathBuf::from("/sys/bus/pci/drivers_probe"), &bdf)?;
-    let driver = std::fs::read_link(dir.join("driver")).map_err(|e| format!("{bdf} not bound after probe: {e}"))?;
+    // A function just hot-added may not take a driver yet (the PCIe hotplug driver is still
+    // adding it): probe again until it is bound, for a bounded time.
+    let t = Instant::now();
+    let driver = loop {
+        let probed = w(PathBuf::from("/sys/bus/pci/drivers_probe"), &bdf);
+        match std::fs::read_link(dir.join("driver")) {
+            Ok(d) => break d,
+            Err(e) if t.elapsed() > Duration::from_secs(5) => {
+                return Err(format!("{bdf} not bound 5 s after drivers_probe ({probed:?}): {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
     expect(driver.ends_with("vfio-pci"), || format!("{bdf} bound to {}", driver.display()))?;
     let group = std::fs::read_link(dir.join("iommu_group"))
         .map_err(|e| format!("{bdf}: no iommu_group: {e}"))?
@@ -509,6 +521,16 @@ fn adopt(sock: &str, bdf: &str, group: &str) -> i32 {
 /// vfio-pci asks for the device back (its request irq, which our transport wires) and waits;
 /// `is_alive` turns false, and once we close the device the function disappears.
 fn hotplug() -> Check {
+    let r = hotplug_steps();
+    if r.is_err() {
+        // Leave no hot-added function behind for the checks that follow.
+        say(r#"ask {"execute":"device_del","arguments":{"id":"hot1"}}"#);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    r
+}
+
+fn hotplug_steps() -> Check {
     let before: Vec<String> = list_functions();
     say(
         r#"ask {"execute":"device_add","arguments":{"driver":"virtio-net-pci","id":"hot1","bus":"hp","netdev":"nhot","disable-legacy":"on","mac":"52:54:00:12:34:99"}}"#,
@@ -751,6 +773,161 @@ fn lab_run_real(a: &Func, b: &Func) -> Check {
     })?;
     expect(ran >= 5, || format!("only {ran} scenarios ran on the real functions: {text}"))?;
     Ok(None)
+}
+
+/// DPDK 22.11's own hotplug_mp and ours, side by side on the same vfio-bound function: the
+/// seed's scenarios (attach from a secondary, detach from the primary, and the other way round)
+/// with each, a primary and a secondary each; both must do them, and answer the same.
+fn side_by_side(f: &Func) -> Check {
+    let dpdk = Path::new("/lab/dpdk-hotplug_mp");
+    if !dpdk.exists() {
+        return Ok(Some("DPDK's hotplug_mp not in the image (ci/peers.sh builds it from dpdk-doc)".into()));
+    }
+    let script: [(&str, String); 8] = [
+        ("s", format!("attach {}", f.bdf)),
+        ("p", "list".into()),
+        ("s", "list".into()),
+        ("p", format!("detach {}", f.bdf)),
+        ("s", "list".into()),
+        ("p", format!("attach {}", f.bdf)),
+        ("s", format!("detach {}", f.bdf)),
+        ("p", "list".into()),
+    ];
+    let mut answers: Vec<Vec<Vec<String>>> = Vec::new();
+    for (label, bin) in [("dpdk", dpdk), ("lab", Path::new("/lab/hotplug_mp"))] {
+        let pfx = format!("--file-prefix=sbs{label}");
+        let mut p = Prompt::start(bin, &["-l", "0", &pfx, "-a", "0000:00:00.0"])
+            .map_err(|e| format!("{label} primary: {e}"))?;
+        // The secondary gets the same allow-list: a DPDK secondary probes what it is allowed at
+        // start, and one probing a device its primary has not attached panics.
+        let mut s = Prompt::start(bin, &["-l", "0", "--proc-type=secondary", &pfx, "-a", "0000:00:00.0"])
+            .map_err(|e| format!("{label} secondary: {e}"))?;
+        let mut got = Vec::new();
+        for (who, c) in &script {
+            let out = if *who == "p" { p.cmd(c) } else { s.cmd(c) }.map_err(|e| format!("{label} {who}: {c}: {e}"))?;
+            got.push(out);
+        }
+        drop(s);
+        drop(p);
+        answers.push(got);
+    }
+    let want = |i: usize, line: &str| answers.iter().all(|a| a[i].iter().any(|l| l == line));
+    let port_line = |i: usize| answers.iter().all(|a| a[i].iter().any(|l| l.ends_with(&format!("\t{}", f.bdf))));
+    let table: Vec<String> = answers.iter().map(|a| format!("{a:?}")).collect();
+    let ctx = || format!("DPDK then ours: {}", table.join(" / "));
+    expect(want(0, &format!("attached device {}", f.bdf)), || format!("attach from the secondary: {}", ctx()))?;
+    expect(port_line(1) && port_line(2), || format!("both processes list the port: {}", ctx()))?;
+    expect(want(3, &format!("detached device {}", f.bdf)), || format!("detach from the primary: {}", ctx()))?;
+    expect(answers.iter().all(|a| !a[4].iter().any(|l| l.contains(&f.bdf))), || {
+        format!("gone in the secondary: {}", ctx())
+    })?;
+    expect(want(5, &format!("attached device {}", f.bdf)), || format!("attach from the primary: {}", ctx()))?;
+    expect(want(6, &format!("detached device {}", f.bdf)), || format!("detach from the secondary: {}", ctx()))?;
+    expect(answers.iter().all(|a| !a[7].iter().any(|l| l.contains(&f.bdf))), || {
+        format!("gone in the primary: {}", ctx())
+    })?;
+    // Line for line the same, where the two print the same thing (DPDK also prints progress such
+    // as "detaching..." and EAL notices; ours prints none).
+    let keep = |a: &Vec<String>| -> Vec<String> {
+        a.iter()
+            .filter(|l| {
+                l.starts_with("attached device")
+                    || l.starts_with("detached device")
+                    || l.starts_with("list all")
+                    || l.contains('\t')
+            })
+            .cloned()
+            .collect()
+    };
+    for i in 0..script.len() {
+        let (d, o) = (keep(&answers[0][i]), keep(&answers[1][i]));
+        expect(d == o, || format!("step {i} ({}): DPDK {d:?}, ours {o:?}", script[i].1))?;
+    }
+    say(&format!("note side by side with DPDK 22.11's hotplug_mp on {}: {} steps, same answers", f.bdf, script.len()));
+    Ok(None)
+}
+
+/// A `hotplug_mp` (DPDK's or ours) driven at its `example> ` prompt.
+struct Prompt {
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: String,
+}
+
+const PROMPT: &str = "example> ";
+
+impl Prompt {
+    fn start(bin: &Path, args: &[&str]) -> Result<Prompt, String> {
+        let mut child = std::process::Command::new(bin)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        for mut r in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(n) = r.read(&mut b) {
+                    if n == 0 || tx.send(b[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut p = Prompt { child, rx, buf: String::new() };
+        p.until_prompt(Duration::from_secs(60)).map_err(|e| format!("no prompt: {e}"))?;
+        Ok(p)
+    }
+
+    fn until_prompt(&mut self, within: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(at) = self.buf.find(PROMPT) {
+                let out = self.buf[..at].to_string();
+                self.buf.drain(..at + PROMPT.len());
+                return Ok(out);
+            }
+            match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(b) => self.buf.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => return Err(format!("no prompt within {within:?}; output: {:?}", self.buf)),
+            }
+        }
+    }
+
+    /// The answer's lines (the echo of the command, blank lines and EAL's log lines left out:
+    /// those come as the hotplug broadcast reaches a process, not as answers).
+    fn cmd(&mut self, c: &str) -> Result<Vec<String>, String> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
+        writeln!(stdin, "{c}").map_err(|e| e.to_string())?;
+        let out = self.until_prompt(Duration::from_secs(30))?;
+        Ok(out
+            .split(['\n', '\r'])
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty() && *l != c && !l.starts_with("EAL: "))
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+impl Drop for Prompt {
+    fn drop(&mut self) {
+        use std::io::Write;
+        if let Some(s) = self.child.stdin.as_mut() {
+            let _ = writeln!(s, "quit");
+        }
+        drop(self.child.stdin.take());
+        if wait(Duration::from_secs(10), || matches!(self.child.try_wait(), Ok(Some(_)))).is_err() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
 }
 
 /// A lab secondary in another process, driven over its stdin: `list`, `send PORT N`.
