@@ -156,8 +156,14 @@ impl Drop for Group {
     fn drop(&mut self) {
         let attached = self.attached_to.get_mut().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(container) = attached {
-            if let Err(e) = self.sys.group_unset_container(self.fd.as_fd()) {
-                tracing::warn!(group = self.number, error = %e, "VFIO_GROUP_UNSET_CONTAINER failed");
+            match self.sys.group_unset_container(self.fd.as_fd()) {
+                Ok(()) => {}
+                // The last device of the group was hot-removed: the kernel took the group out of
+                // the container itself (seen on a real kernel when the removal completes first).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENODEV)) => {
+                    tracing::debug!(group = self.number, error = %e, "group already out of its container");
+                }
+                Err(e) => tracing::warn!(group = self.number, error = %e, "VFIO_GROUP_UNSET_CONTAINER failed"),
             }
             if let Some(c) = container.upgrade() {
                 c.detached();

@@ -29,7 +29,7 @@ fn devices() -> Vec<String> {
         "-device virtio-rng-pci,id=rng3,bus=rp3,disable-legacy=on",
         // On hub 0 with net1: the two virtio-nets are cabled to each other.
         "-netdev hubport,id=n5,hubid=0",
-        "-device virtio-net-pci,id=net5,bus=rp5,netdev=n5,disable-legacy=on,iommu_platform=on,mac=52:54:00:12:34:05",
+        "-device virtio-net-pci,id=net5,bus=rp5,netdev=n5,disable-legacy=on,iommu_platform=on,mq=on,mac=52:54:00:12:34:05",
     ]
     .iter()
     .flat_map(|a| a.splitn(2, ' ').map(str::to_string).collect::<Vec<_>>())
@@ -130,6 +130,19 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
     assert!(r.asked.iter().all(|(_, o)| o.is_ok()), "QMP: {:?}", r.asked);
     // The lab logged no error, and every group left its container cleanly (a BAR still mapped
     // when its device closed kept the device open: UNSET_CONTAINER failed with EBUSY).
+    // net_virtio negotiated the control queue, and on net5 (mq=on) multiqueue (bit 22), whose
+    // VQ_PAIRS_SET went through the control queue.
+    let ready: Vec<&str> =
+        r.console.lines().filter(|l| l.contains("virtio-net port ready") && l.contains("role=\"primary\"")).collect();
+    assert!(ready.iter().all(|l| l.contains("control_queue=true")), "{ready:#?}");
+    assert!(
+        ready.iter().any(|l| l.contains("0000:05:00.0")
+            && l.split("features=0x")
+                .nth(1)
+                .and_then(|f| u64::from_str_radix(f.split_whitespace().next()?, 16).ok())
+                .is_some_and(|f| f & (1 << 22) != 0)),
+        "net5 without VIRTIO_NET_F_MQ: {ready:#?}"
+    );
     for bad in ["VFIO_GROUP_UNSET_CONTAINER failed", " ERROR "] {
         assert!(!r.console.contains(bad), "the guest logged {bad:?}; {}", ctx());
     }

@@ -12,8 +12,13 @@
 //! Shared state (memzones the primary reserves): `virtio_<port>_dev` ([`DevShared`]: MAC, MTU,
 //! features, where the registers are) and one zone per virtqueue ([`vq`]).
 //!
-//! Not yet: more than one queue pair (VIRTIO_NET_F_MQ and the control queue), frames over one
-//! buffer (a received frame with `num_buffers` over 1 is dropped and counted), offloads.
+//! Queue pairs: `nb_rxq` = `nb_txq` = N; more than one needs VIRTIO_NET_F_MQ, and the control
+//! queue (VIRTIO_NET_F_CTRL_VQ) sets the pair count (VQ_PAIRS_SET) and, with
+//! VIRTIO_NET_F_CTRL_RX, promiscuous mode. The control queue is used under the shared-memory
+//! lock, so any process of the lab may issue a command.
+//!
+//! Not yet: frames over one buffer (a received frame with `num_buffers` over 1 is dropped and
+//! counted), offloads, RSS (the device's own steering spreads flows over the pairs).
 
 pub mod vq;
 
@@ -32,8 +37,12 @@ use crate::error::{Ctx, DriverError};
 use crate::pci::{fmt_mac, DevState, PciPort};
 
 const NAME: &str = "net_virtio";
-/// Queue pairs this driver sets up.
-pub const MAX_QUEUES: u16 = 1;
+/// Queue pairs this driver sets up at most.
+pub const MAX_QUEUES: u16 = 8;
+/// Descriptors of the control queue.
+const CTRL_QSIZE: u32 = 64;
+/// Control commands wait at most this long for the device.
+const CTRL_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_MTU: u16 = 1500;
 const DEV_MAGIC: u64 = 0x5649_5254_4445_5601;
 const RESET_TIMEOUT: Duration = Duration::from_secs(1);
@@ -85,6 +94,14 @@ const S_FAILED: u8 = 0x80;
 const F_MAC: u64 = 1 << 5;
 const F_MRG_RXBUF: u64 = 1 << 15;
 const F_STATUS: u64 = 1 << 16;
+const F_CTRL_VQ: u64 = 1 << 17;
+const F_CTRL_RX: u64 = 1 << 18;
+const F_MQ: u64 = 1 << 22;
+// Control commands (5.1.6.5): class, command.
+const CTRL_RX: u8 = 0;
+const CTRL_RX_PROMISC: u8 = 0;
+const CTRL_MQ: u8 = 4;
+const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
 const F_VERSION_1: u64 = 1 << 32;
 /// The device's DMA goes through the platform's IOMMU (6.1): our addresses are IOVAs.
 const F_ACCESS_PLATFORM: u64 = 1 << 33;
@@ -116,10 +133,16 @@ pub struct DevShared {
     features: AtomicU64,
     bar: AtomicU32,
     device_off: AtomicU32,
-    rx_notify: AtomicU32,
-    tx_notify: AtomicU32,
+    /// Queue pairs set up.
+    pairs: AtomicU32,
+    /// Notify register offsets: receive queue i at 2i, transmit queue i at 2i + 1.
+    notify: [AtomicU32; 2 * MAX_QUEUES as usize],
+    /// The control queue's virtqueue index and notify offset (index u32::MAX: none).
+    ctrl_index: AtomicU32,
+    ctrl_notify: AtomicU32,
+    ctrl_qsize: AtomicU32,
 }
-const _: () = assert!(std::mem::size_of::<DevShared>() == 64);
+const _: () = assert!(std::mem::size_of::<DevShared>() == 128);
 
 impl DevState for DevShared {
     fn magic(&self) -> &AtomicU64 {
@@ -193,6 +216,19 @@ fn read_caps(dev: &dyn DeviceIo) -> Result<Caps, DriverError> {
     Ok(Caps { bar, common: common.1, notify: notify.1, notify_mult: mult, isr: isr.1, device: device.1 })
 }
 
+/// Writes queue `qi`'s size and ring addresses, no MSI-X vector, and enables it (4.1.4.3).
+fn enable_queue(b: &Bar, c: u64, qi: u16, size: u32, q: &Vq) {
+    let (desc, avail, used) = q.addrs();
+    b.write16(c + QUEUE_SELECT, qi);
+    b.write16(c + QUEUE_SIZE, size as u16);
+    for (off, v) in [(QUEUE_DESC, desc), (QUEUE_DRIVER, avail), (QUEUE_DEVICE, used)] {
+        b.write32(c + off, v as u32);
+        b.write32(c + off + 4, (v >> 32) as u32);
+    }
+    b.write16(c + QUEUE_MSIX_VECTOR, NO_VECTOR);
+    b.write16(c + QUEUE_ENABLE, 1);
+}
+
 impl Driver for VirtioDriver {
     fn name(&self) -> &'static str {
         NAME
@@ -211,6 +247,12 @@ impl Driver for VirtioDriver {
         let pci = ctx.pci.ok_or_else(|| err(DriverError::config("not a PCI device")))?;
         let conf = ctx.conf;
         crate::pci::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
+        if conf.nb_rxq != conf.nb_txq {
+            return Err(err(DriverError::config(format!(
+                "virtio-net queues come in pairs: {} receive and {} transmit queues asked",
+                conf.nb_rxq, conf.nb_txq
+            ))));
+        }
         let want = ctx.kvargs.get_u64("queue_size").unwrap_or(u64::from(conf.nb_desc));
         if !want.is_power_of_two() {
             return Err(err(DriverError::config(format!("queue_size={want}: a power of 2"))));
@@ -223,9 +265,9 @@ impl Driver for VirtioDriver {
         let mut port = if primary {
             let caps = read_caps(t.dev.as_ref()).map_err(err)?;
             let pci = PciPort::open_with(t, shm, ctx.port, true, caps.bar).map_err(err)?;
-            let mut p = Port { pci, caps };
+            let mut p = Port { pci, caps, ctrl: None };
             p.pci.bus_master().map_err(err)?;
-            p.init_primary(&pool, want as u32).map_err(err)?;
+            p.init_primary(&pool, want as u32, conf.nb_rxq).map_err(err)?;
             p
         } else {
             Port::attach_secondary(t, shm, ctx.port, &pool).map_err(err)?
@@ -233,6 +275,8 @@ impl Driver for VirtioDriver {
         let info = port.info();
         tracing::info!(device = %ctx.name, port = %ctx.port, role = if primary { "primary" } else { "secondary" },
             mac = %fmt_mac(&info.mac), qsize = port.sh().map(|s| s.qsize.load(Ordering::Relaxed)).unwrap_or(0),
+            features = %format!("{:#x}", port.sh().map(|s| s.features.load(Ordering::Relaxed)).unwrap_or(0)),
+            pairs = port.sh().map(|s| s.pairs.load(Ordering::Relaxed)).unwrap_or(0), control_queue = port.ctrl.is_some(),
             "virtio-net port ready");
         let _ = port.link();
         Ok(Box::new(port))
@@ -243,6 +287,23 @@ impl Driver for VirtioDriver {
 struct Port {
     pci: PciPort<DevShared, RxVq, TxVq>,
     caps: Caps,
+    /// The control queue and its command buffer, when negotiated.
+    ctrl: Option<Ctrl>,
+}
+
+/// The control virtqueue (5.1.6.5) and a 64-byte command buffer in its own zone: header
+/// (class, command), data, and the ack byte the device writes.
+struct Ctrl {
+    q: Vq,
+    buf: lab_core::mem::ShmOffset,
+}
+
+fn ctrl_zone(port: PortId) -> String {
+    format!("virtio_{port}_ctrl")
+}
+
+fn ctrl_buf_zone(port: PortId) -> String {
+    format!("virtio_{port}_ctrlbuf")
 }
 
 impl Port {
@@ -287,8 +348,8 @@ impl Port {
     }
 
     /// Primary: 3.1.1 driver initialisation.
-    fn init_primary(&mut self, pool: &Mempool, want: u32) -> Result<(), DriverError> {
-        let r = self.init_steps(pool, want);
+    fn init_primary(&mut self, pool: &Mempool, want: u32, pairs: u16) -> Result<(), DriverError> {
+        let r = self.init_steps(pool, want, pairs);
         if r.is_err() {
             // 3.1.1 step 8: tell the device the driver gave up.
             self.set_status(S_FAILED);
@@ -296,7 +357,7 @@ impl Port {
         r
     }
 
-    fn init_steps(&mut self, pool: &Mempool, want: u32) -> Result<(), DriverError> {
+    fn init_steps(&mut self, pool: &Mempool, want: u32, pairs: u16) -> Result<(), DriverError> {
         let c = self.caps.common;
         self.reset()?;
         self.set_status(S_ACKNOWLEDGE);
@@ -312,7 +373,17 @@ impl Port {
                 "device lacks VIRTIO_F_ACCESS_PLATFORM: its DMA bypasses the IOMMU, our IOVAs would be taken for physical addresses (QEMU: iommu_platform=on)",
             ));
         }
-        let features = F_VERSION_1 | F_ACCESS_PLATFORM | (offered & (F_MAC | F_STATUS | F_MRG_RXBUF));
+        let mut features = F_VERSION_1 | F_ACCESS_PLATFORM | (offered & (F_MAC | F_STATUS | F_MRG_RXBUF | F_CTRL_VQ));
+        if features & F_CTRL_VQ != 0 {
+            features |= offered & (F_CTRL_RX | F_MQ);
+        }
+        let max_pairs = if features & F_MQ != 0 { self.bar().read16(self.caps.device + 8).max(1) } else { 1 };
+        if pairs > max_pairs {
+            return Err(DriverError::config(format!(
+                "{pairs} queue pairs asked, the device offers {max_pairs}{}",
+                if features & F_MQ == 0 { " (no VIRTIO_NET_F_MQ with a control queue)" } else { "" }
+            )));
+        }
         let b = self.bar();
         b.write32(c + DRIVER_FEATURE_SELECT, 0);
         b.write32(c + DRIVER_FEATURE, features as u32);
@@ -323,8 +394,10 @@ impl Port {
             return Err(DriverError::config(format!("device refused features {features:#x}")));
         }
         let nq = b.read16(c + NUM_QUEUES);
-        if nq < 2 {
-            return Err(DriverError::state(format!("device has {nq} virtqueues, 2 needed")));
+        let ctrl_index = (features & F_CTRL_VQ != 0).then_some(2 * max_pairs);
+        let need = ctrl_index.map_or(2 * pairs, |i| i + 1);
+        if nq < need {
+            return Err(DriverError::state(format!("device has {nq} virtqueues, {need} needed")));
         }
         b.write16(c + CONFIG_MSIX_VECTOR, NO_VECTOR);
 
@@ -341,46 +414,59 @@ impl Port {
         };
 
         self.pci.map_shared(&dev_zone(self.pci.port), true)?;
-        // Queues 0 (receive) and 1 (transmit): size, rings, no MSI-X vector, enable.
-        let mut sizes = [0u32; 2];
-        let mut notify = [0u64; 2];
-        for (qi, (size, bell)) in sizes.iter_mut().zip(notify.iter_mut()).enumerate() {
-            let b = self.bar();
-            b.write16(c + QUEUE_SELECT, qi as u16);
-            let max = u32::from(b.read16(c + QUEUE_SIZE));
-            if max == 0 || max == 0xffff {
-                return Err(DriverError::state(format!("virtqueue {qi} not available (size {max})")));
-            }
-            *size = want.min(max);
-            if !size.is_power_of_two() {
-                *size = size.next_power_of_two() / 2;
-            }
-            *bell = self.caps.notify + u64::from(b.read16(c + QUEUE_NOTIFY_OFF)) * u64::from(self.caps.notify_mult);
+        // Every data queue (receive 2i, transmit 2i + 1) gets the same size: the smallest
+        // maximum, capped at what was asked, a power of 2.
+        let data: Vec<u16> = (0..2 * pairs).collect();
+        let mut qsize = want;
+        let mut notify = vec![0u64; data.len()];
+        for (&qi, bell) in data.iter().zip(notify.iter_mut()) {
+            let (max, n) = self.queue_limits(qi)?;
+            qsize = qsize.min(max);
+            *bell = n;
         }
-        let qsize = sizes[0].min(sizes[1]);
+        if !qsize.is_power_of_two() {
+            qsize = qsize.next_power_of_two() / 2;
+        }
         let p = &mut self.pci;
         p.pool.get_or_insert_with(|| pool.new_handle());
-        let rx = Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, true, 0), 0, qsize, notify[0], p.port, true)?;
-        p.zones.push(rx.zone().to_string());
-        let tx = Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, false, 0), 1, qsize, notify[1], p.port, true)?;
-        p.zones.push(tx.zone().to_string());
-        for (qi, q) in [&rx, &tx].into_iter().enumerate() {
-            let (desc, avail, used) = q.addrs();
-            let b = &p.bar;
-            b.write16(c + QUEUE_SELECT, qi as u16);
-            b.write16(c + QUEUE_SIZE, qsize as u16);
-            for (off, v) in [(QUEUE_DESC, desc), (QUEUE_DRIVER, avail), (QUEUE_DEVICE, used)] {
-                b.write32(c + off, v as u32);
-                b.write32(c + off + 4, (v >> 32) as u32);
-            }
-            b.write16(c + QUEUE_MSIX_VECTOR, NO_VECTOR);
-            b.write16(c + QUEUE_ENABLE, 1);
+        for i in 0..pairs {
+            let (ri, ti) = (2 * i, 2 * i + 1);
+            let rx =
+                Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, true, i), ri, qsize, notify[ri as usize], p.port, true)?;
+            p.zones.push(rx.zone().to_string());
+            let tx = Vq::open(
+                &p.shm,
+                &p.bar,
+                vq::zone_name(p.port, false, i),
+                ti,
+                qsize,
+                notify[ti as usize],
+                p.port,
+                true,
+            )?;
+            p.zones.push(tx.zone().to_string());
+            enable_queue(&p.bar, c, ri, qsize, &rx);
+            enable_queue(&p.bar, c, ti, qsize, &tx);
+            let mut rx = RxVq { q: rx };
+            let pool_h = p.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
+            rx.fill(pool_h)?;
+            p.rxq.push(rx);
+            p.txq.push(TxVq { q: tx });
         }
-        let mut rx = RxVq { q: rx };
-        let pool_h = p.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
-        rx.fill(pool_h)?;
-        p.rxq.push(rx);
-        p.txq.push(TxVq { q: tx });
+        let (mut ctrl_notify, mut ctrl_qsize) = (0u64, 0u32);
+        if let Some(ci) = ctrl_index {
+            let (max, n) = self.queue_limits(ci)?;
+            let size = CTRL_QSIZE.min(max);
+            (ctrl_notify, ctrl_qsize) = (n, size);
+            let p = &mut self.pci;
+            let q = Vq::open(&p.shm, &p.bar, ctrl_zone(p.port), ci, size, n, p.port, true)?;
+            p.zones.push(q.zone().to_string());
+            let bz = ctrl_buf_zone(p.port);
+            let z = p.shm.reserve(&bz, 64, 64).ctx(format!("memzone {bz}"))?;
+            p.zones.push(bz);
+            enable_queue(&p.bar, c, ci, size, &q);
+            self.ctrl = Some(Ctrl { q, buf: z.offset });
+        }
 
         let sh = self.sh().ok_or_else(|| DriverError::state("no shared state"))?;
         sh.mac_lo.store(u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]), Ordering::Relaxed);
@@ -390,15 +476,74 @@ impl Port {
         sh.features.store(features, Ordering::Relaxed);
         sh.bar.store(self.caps.bar, Ordering::Relaxed);
         sh.device_off.store(self.caps.device as u32, Ordering::Relaxed);
-        sh.rx_notify.store(notify[0] as u32, Ordering::Relaxed);
-        sh.tx_notify.store(notify[1] as u32, Ordering::Relaxed);
+        sh.pairs.store(u32::from(pairs), Ordering::Relaxed);
+        for (a, n) in sh.notify.iter().zip(&notify) {
+            a.store(*n as u32, Ordering::Relaxed);
+        }
+        sh.ctrl_index.store(ctrl_index.map_or(u32::MAX, u32::from), Ordering::Relaxed);
+        sh.ctrl_notify.store(ctrl_notify as u32, Ordering::Relaxed);
+        sh.ctrl_qsize.store(ctrl_qsize, Ordering::Relaxed);
         sh.magic.store(DEV_MAGIC, Ordering::Release);
 
         self.set_status(S_DRIVER_OK);
         if self.status() & S_FAILED != 0 {
             return Err(DriverError::state("device set FAILED after DRIVER_OK"));
         }
-        self.pci.rxq[0].kick(&self.pci.bar);
+        // 5.1.6.5.5: with MQ the device starts with one pair; ask for all of them.
+        if features & F_MQ != 0 {
+            self.ctrl_cmd(CTRL_MQ, CTRL_MQ_VQ_PAIRS_SET, &pairs.to_le_bytes())?;
+        }
+        for q in &self.pci.rxq {
+            q.kick(&self.pci.bar);
+        }
+        Ok(())
+    }
+
+    /// Queue `qi`'s maximum size (a power of 2 at most) and notify register offset.
+    fn queue_limits(&self, qi: u16) -> Result<(u32, u64), DriverError> {
+        let (b, c) = (self.bar(), self.caps.common);
+        b.write16(c + QUEUE_SELECT, qi);
+        let max = u32::from(b.read16(c + QUEUE_SIZE));
+        if max == 0 || max == 0xffff {
+            return Err(DriverError::state(format!("virtqueue {qi} not available (size {max})")));
+        }
+        let bell = self.caps.notify + u64::from(b.read16(c + QUEUE_NOTIFY_OFF)) * u64::from(self.caps.notify_mult);
+        Ok((max, bell))
+    }
+
+    /// One control command (5.1.6.5), under the shared-memory lock (any process may send one):
+    /// header, data and ack in the command buffer, three chained descriptors, wait for the device.
+    fn ctrl_cmd(&self, class: u8, cmd: u8, data: &[u8]) -> Result<(), DriverError> {
+        let ctrl = self.ctrl.as_ref().ok_or_else(|| DriverError::config("no control queue negotiated"))?;
+        if data.len() > 32 {
+            return Err(DriverError::config("control command data over 32 bytes"));
+        }
+        let shm = &self.pci.shm;
+        let _g = shm.lock().lock();
+        let off = |o: u64| lab_core::mem::ShmOffset(ctrl.buf.0 + o);
+        let ok = shm.write_at(off(0), &[class, cmd]) && shm.write_at(off(8), data) && shm.write_at(off(48), &[0xff]);
+        if !ok {
+            return Err(DriverError::state("control buffer outside shared memory"));
+        }
+        let iova = |o: u64| off(o).iova().0;
+        let done = ctrl.q.command(
+            &self.pci.bar,
+            [(iova(0), 2, false), (iova(8), data.len() as u32, false), (iova(48), 1, true)],
+            CTRL_TIMEOUT,
+        );
+        if !done {
+            return Err(DriverError::state(format!(
+                "control command {class}.{cmd}: no answer within {CTRL_TIMEOUT:?}"
+            )));
+        }
+        let mut ack = [0xffu8];
+        shm.read_at(off(48), &mut ack);
+        if ack[0] != 0 {
+            return Err(DriverError::state(format!(
+                "control command {class}.{cmd} refused by the device (ack {})",
+                ack[0]
+            )));
+        }
         Ok(())
     }
 
@@ -421,23 +566,58 @@ impl Port {
         if bar > 5 {
             return Err(DriverError::state(format!("memzone {zone}: no virtio port (BAR {bar}; primary not done?)")));
         }
-        let mut port =
-            Port { pci: PciPort::open_with(t, shm, port, false, bar)?, caps: Caps { bar, ..Caps::default() } };
+        let mut port = Port {
+            pci: PciPort::open_with(t, shm, port, false, bar)?,
+            caps: Caps { bar, ..Caps::default() },
+            ctrl: None,
+        };
         port.pci.map_shared(&zone, false)?;
         let sh = port.sh().ok_or_else(|| DriverError::state("no shared state"))?;
         if sh.magic.load(Ordering::Acquire) != DEV_MAGIC {
             return Err(DriverError::state(format!("memzone {zone} holds no virtio port (primary not done?)")));
         }
         let qsize = sh.qsize.load(Ordering::Relaxed);
-        let (rxn, txn) =
-            (u64::from(sh.rx_notify.load(Ordering::Relaxed)), u64::from(sh.tx_notify.load(Ordering::Relaxed)));
+        let pairs = sh.pairs.load(Ordering::Relaxed);
+        if pairs == 0 || pairs > u32::from(MAX_QUEUES) {
+            return Err(DriverError::state(format!("shared port state is corrupt ({pairs} queue pairs)")));
+        }
+        let notify: Vec<u64> = sh.notify.iter().map(|n| u64::from(n.load(Ordering::Relaxed))).collect();
+        let (ci, cn) = (sh.ctrl_index.load(Ordering::Relaxed), u64::from(sh.ctrl_notify.load(Ordering::Relaxed)));
+        let cs = sh.ctrl_qsize.load(Ordering::Relaxed);
         port.caps.device = u64::from(sh.device_off.load(Ordering::Relaxed));
         let p = &mut port.pci;
         p.pool.get_or_insert_with(|| pool.new_handle());
-        let rx = Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, true, 0), 0, qsize, rxn, p.port, false)?;
-        let tx = Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, false, 0), 1, qsize, txn, p.port, false)?;
-        p.rxq.push(RxVq { q: rx });
-        p.txq.push(TxVq { q: tx });
+        for i in 0..pairs as u16 {
+            let (ri, ti) = (2 * i, 2 * i + 1);
+            let rx = Vq::open(
+                &p.shm,
+                &p.bar,
+                vq::zone_name(p.port, true, i),
+                ri,
+                qsize,
+                notify[ri as usize],
+                p.port,
+                false,
+            )?;
+            let tx = Vq::open(
+                &p.shm,
+                &p.bar,
+                vq::zone_name(p.port, false, i),
+                ti,
+                qsize,
+                notify[ti as usize],
+                p.port,
+                false,
+            )?;
+            p.rxq.push(RxVq { q: rx });
+            p.txq.push(TxVq { q: tx });
+        }
+        if let Ok(ci) = u16::try_from(ci) {
+            let q = Vq::open(&p.shm, &p.bar, ctrl_zone(p.port), ci, cs, cn, p.port, false)?;
+            let bz = ctrl_buf_zone(p.port);
+            let z = p.shm.lookup(&bz).ctx(format!("memzone {bz}"))?;
+            port.ctrl = Some(Ctrl { q, buf: z.offset });
+        }
         Ok(port)
     }
 
@@ -497,13 +677,17 @@ impl EthDev for Port {
     }
 
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
-        // Without the control queue (VIRTIO_NET_F_CTRL_RX) the device delivers what it delivers;
-        // QEMU's virtio-net starts promiscuous.
-        if on {
-            Ok(())
-        } else {
-            Err(EthError::Invalid { what: "promiscuous off needs the control queue (not negotiated)".into() })
+        let rx = self.sh().is_some_and(|s| s.features.load(Ordering::Relaxed) & F_CTRL_RX != 0);
+        if !rx {
+            // Without VIRTIO_NET_F_CTRL_RX the device delivers what it delivers (QEMU's starts
+            // promiscuous).
+            return if on {
+                Ok(())
+            } else {
+                Err(EthError::Invalid { what: "promiscuous off needs VIRTIO_NET_F_CTRL_RX (not negotiated)".into() })
+            };
         }
+        self.ctrl_cmd(CTRL_RX, CTRL_RX_PROMISC, &[u8::from(on)]).map_err(|e| e.device(NAME))
     }
 
     fn set_mtu(&mut self, mtu: u16) -> Result<(), EthError> {

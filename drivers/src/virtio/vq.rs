@@ -245,6 +245,45 @@ impl Vq {
         (h.next.load(Ordering::Acquire) as u16, h.clean.load(Ordering::Acquire) as u16)
     }
 
+    /// Posts one chain of descriptors 0.. (address, length, device-writable), makes it available,
+    /// notifies, and waits (at most `within`) for the device to use it: the control queue's one
+    /// command at a time (the caller holds the lock that makes it so).
+    pub(crate) fn command<const N: usize>(
+        &self,
+        bar: &Bar,
+        parts: [(u64, u32, bool); N],
+        within: std::time::Duration,
+    ) -> bool {
+        const { assert!(N >= 1 && N <= 4) };
+        let (avail, last) = self.indices();
+        for (i, (addr, len, write)) in parts.iter().enumerate() {
+            let d = self.lay.desc + 16 * i as u64;
+            let flags = if *write { VIRTQ_DESC_F_WRITE } else { 0 } | if i + 1 < N { 1 } else { 0 };
+            // SAFETY: descriptors 0..N (N <= 4 < n) are inside the table and not available to the
+            // device (the previous command was used before this one is written).
+            unsafe {
+                self.at::<u64>(d).write_volatile(addr.to_le());
+                self.at::<u32>(d + 8).write_volatile(len.to_le());
+                self.at::<u16>(d + 12).write_volatile(flags.to_le());
+                self.at::<u16>(d + 14).write_volatile((i as u16 + 1).to_le());
+            }
+        }
+        self.set_avail_slot(avail, 0);
+        self.publish_avail(avail.wrapping_add(1));
+        self.notify(bar);
+        let t = std::time::Instant::now();
+        loop {
+            if self.used_idx() != last {
+                self.h().clean.store(u32::from(last.wrapping_add(1)), Ordering::Release);
+                return true;
+            }
+            if t.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+
     /// Frees every buffer the software ring holds (device reset first). Primary at release.
     pub(crate) fn drain(&mut self, pool: &mut Mempool) {
         for i in 0..self.n {

@@ -31,7 +31,8 @@ type Check = Result<Option<String>, String>;
 
 fn main() {
     // The lab's own logs (warnings up) go to the console with the checks.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAB_VM_LOG").unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAB_VM_LOG")
+        .unwrap_or_else(|_| "warn,lab_drivers::virtio=info".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).try_init();
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -639,6 +640,53 @@ fn virtio_traffic(a: &Func, b: &Func) -> Check {
             "note net_virtio: 2 x 200 frames of 60-1514 bytes across the cable in {} ms",
             t0.elapsed().as_millis()
         ));
+
+        // The control queue (VIRTIO_NET_F_CTRL_RX): promiscuous off, and only frames for the
+        // port's own MAC come in; on again, and the others do too.
+        let unicast = |dst: [u8; 6], seq: u8| -> Vec<u8> {
+            let mut f = dst.to_vec();
+            f.extend_from_slice(&[0x02, 0x4c, 0x41, 0x42, 0, 2, 0x88, 0xb5]);
+            f.resize(100, seq);
+            f
+        };
+        let mine = [0x52, 0x54, 0x00, 0x12, 0x34, 0x05];
+        let other = [0x02, 0x00, 0x00, 0x00, 0x00, 0x99];
+        let mut exchange = |frames: Vec<Vec<u8>>| -> Result<usize, String> {
+            let mut burst: Vec<Option<Mbuf>> = (0..frames.len()).map(|_| None).collect();
+            if !pool.alloc_bulk(&mut burst) {
+                return Err("buffer pool empty".into());
+            }
+            for (m, f) in burst.iter_mut().flatten().zip(&frames) {
+                m.copy_from(f);
+            }
+            let k = p.with_port(pa, |d| d.tx_burst(0, &mut burst)).map_err(|e| e.to_string())?;
+            pool.free_bulk(&mut burst);
+            expect(k == frames.len(), || format!("sent {k} of {}", frames.len()))?;
+            let mut got = 0;
+            let deadline = Instant::now() + Duration::from_millis(1500);
+            let mut rx: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+            while Instant::now() < deadline {
+                let n = p.with_port(pb, |d| d.rx_burst(0, &mut rx)).map_err(|e| e.to_string())?;
+                for m in rx[..n].iter_mut().filter_map(Option::take) {
+                    got += 1;
+                    pool.free(m);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(got)
+        };
+        let mixed = |n: u8| -> Vec<Vec<u8>> {
+            (0..n).map(|i| if i % 2 == 0 { unicast(mine, i) } else { unicast(other, i) }).collect()
+        };
+        p.with_port(pb, |d| d.set_promisc(false))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("promisc off: {e}"))?;
+        let off = exchange(mixed(20))?;
+        p.with_port(pb, |d| d.set_promisc(true)).map_err(|e| e.to_string())?.map_err(|e| format!("promisc on: {e}"))?;
+        let on = exchange(mixed(20))?;
+        expect(off == 10 && on == 20, || {
+            format!("promiscuous off: {off} of 20 in (want the 10 for its MAC), on: {on} (want 20)")
+        })?;
 
         // A secondary (a real second process) attaches both ports through the primary's
         // container and group fds and transmits; the primary receives what it sent.
