@@ -132,6 +132,19 @@ impl SuiteResult {
 /// With KVM, a guest that prints no kernel line within 15 s is killed and booted again under TCG
 /// (the result says so).
 pub fn run_suite(qemu: &Path, accel: Accel, cfg: &VmConfig, within: Duration) -> Result<SuiteResult, VmError> {
+    run_suite_with_host(qemu, accel, cfg, within, &mut |a: &str| Err(format!("no host hook for {a:?}")))
+}
+
+/// As [`run_suite`], with `host` answering the guest's `ask host ...` lines (work on the host
+/// side of a wire: capture or inject frames on a TAP device QEMU uses); its outcome goes to
+/// [`SuiteResult::asked`] like a QMP command's.
+pub fn run_suite_with_host(
+    qemu: &Path,
+    accel: Accel,
+    cfg: &VmConfig,
+    within: Duration,
+    host: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<SuiteResult, VmError> {
     let mut r = SuiteResult::default();
     let mut vm = Vm::boot(qemu, accel, cfg)?;
     let mut accel = accel;
@@ -169,6 +182,9 @@ pub fn run_suite(qemu: &Path, accel: Accel, cfg: &VmConfig, within: Duration) ->
         } else if let Some(rest) = ev.strip_prefix("check skip ") {
             let (name, why) = rest.split_once(": ").unwrap_or((rest, ""));
             r.skipped.push((name.to_string(), why.to_string()));
+        } else if let Some(h) = ev.strip_prefix("ask host ") {
+            let outcome = host(h);
+            r.asked.push((format!("host {h}"), outcome));
         } else if let Some(q) = ev.strip_prefix("ask ") {
             let outcome = match serde_json::from_str::<serde_json::Value>(q) {
                 Ok(v) => {

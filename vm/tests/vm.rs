@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use lab_vm::image::busybox;
 use lab_vm::qemu::qemu;
-use lab_vm::{run_suite, Accel, Image, Kernel, VmConfig};
+use lab_vm::{run_suite_with_host, Accel, Image, Kernel, VmConfig};
 
 const GUEST: &str = env!("CARGO_BIN_EXE_lab-vm-guest");
 
 /// Root ports 1 and 2 hold the functions the suite binds, 3 the unbound one, `hp` is empty for
 /// the hot-add.
-fn devices() -> Vec<String> {
-    [
+fn devices(mq_tap: Option<&str>) -> Vec<String> {
+    let mut v: Vec<String> = [
         "-device pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0",
         "-device pcie-root-port,id=rp2,chassis=2,slot=2,bus=pcie.0",
         "-device pcie-root-port,id=rp3,chassis=3,slot=3,bus=pcie.0",
@@ -33,7 +33,95 @@ fn devices() -> Vec<String> {
     ]
     .iter()
     .flat_map(|a| a.splitn(2, ' ').map(str::to_string).collect::<Vec<_>>())
-    .collect()
+    .collect();
+    // A two-queue TAP QEMU creates (and removes when it exits) behind a multiqueue virtio-net.
+    if let Some(tap) = mq_tap {
+        for a in [
+            "-device".to_string(),
+            "pcie-root-port,id=rp6,chassis=6,slot=6,bus=pcie.0".to_string(),
+            "-netdev".to_string(),
+            format!("tap,id=nmq,ifname={tap},script=no,downscript=no,queues=2,vhost=off"),
+            "-device".to_string(),
+            "virtio-net-pci,id=netmq,bus=rp6,netdev=nmq,mq=on,vectors=6,disable-legacy=on,iommu_platform=on,mac=52:54:00:12:34:66"
+                .to_string(),
+        ] {
+            v.push(a);
+        }
+    }
+    v
+}
+
+/// The host side of the multiqueue check: capture what the guest sends on the TAP, inject 64
+/// flows into it.
+struct TapHost {
+    tap: String,
+    capture: Option<std::thread::JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl TapHost {
+    fn up(&self) -> Result<(), String> {
+        let st = std::process::Command::new("ip").args(["link", "set", &self.tap, "up"]).status();
+        match st {
+            Ok(s) if s.success() => {}
+            other => return Err(format!("ip link set {} up: {other:?}", self.tap)),
+        }
+        // Up means up: frames sent or received before that are dropped by the kernel.
+        let state = format!("/sys/class/net/{}/operstate", self.tap);
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            if std::fs::read_to_string(&state).is_ok_and(|s| s.trim() != "down") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("{} still down 2 s after ip link set up", self.tap))
+    }
+
+    fn ask(&mut self, a: &str) -> Result<String, String> {
+        let w: Vec<&str> = a.split_whitespace().collect();
+        match w.as_slice() {
+            ["capture-start", n] => {
+                self.up()?;
+                let n: usize = n.parse().map_err(|_| "bad count")?;
+                let sock = lab_testkit::RawSock::bind(&self.tap);
+                self.capture = Some(std::thread::spawn(move || {
+                    sock.recv(n, Duration::from_secs(10), |f| f.len() >= 14 && f[12..14] == [0x88, 0xb6])
+                }));
+                Ok("capturing".into())
+            }
+            ["capture-end"] => {
+                let got = self.capture.take().ok_or("no capture running")?.join().map_err(|_| "capture panicked")?;
+                let per: Vec<usize> = (0..2u8).map(|q| got.iter().filter(|f| f[11] == q).count()).collect();
+                if per == [32, 32] {
+                    Ok("32 frames from each transmit queue".to_string())
+                } else {
+                    Err(format!("the host saw {per:?} frames from transmit queues 0 and 1, want 32 each"))
+                }
+            }
+            ["inject", n] => {
+                self.up()?;
+                let n: u16 = n.parse().map_err(|_| "bad count")?;
+                let sock = lab_testkit::RawSock::bind(&self.tap);
+                for i in 0..n {
+                    sock.send(&udp_frame(i));
+                }
+                Ok(format!("{n} flows injected"))
+            }
+            _ => Err(format!("unknown host request {a:?}")),
+        }
+    }
+}
+
+/// An IPv4/UDP frame to the multiqueue function, flow `i` (source port 1000 + i, dest port 9).
+fn udp_frame(i: u16) -> Vec<u8> {
+    let mut f = vec![0x52, 0x54, 0x00, 0x12, 0x34, 0x66, 0x02, 0x4c, 0x41, 0x42, 0x00, 0x07, 0x08, 0x00];
+    let (ip_len, udp_len) = (20u16 + 8 + 32, 8u16 + 32);
+    f.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    let sport = 1000 + i;
+    f.extend_from_slice(&[(sport >> 8) as u8, sport as u8, 0, 9, (udp_len >> 8) as u8, udp_len as u8, 0, 0]);
+    f.resize(14 + ip_len as usize, 0x5a);
+    f
 }
 
 /// DPDK 22.11's own hotplug_mp (built by ci/peers.sh from Debian's dpdk-doc into target/dpdk)
@@ -93,6 +181,9 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
     let initrd = dir.path().join("initrd.cpio");
     img.write(&initrd).unwrap();
     let accel = Accel::detect();
+    // The multiqueue function needs a TAP: root and /dev/net/tun (its check skips otherwise).
+    let mq_tap = (nix::unistd::geteuid().is_root() && Path::new("/dev/net/tun").exists())
+        .then(|| format!("labmq{}", std::process::id() % 100_000));
     let cfg = VmConfig {
         kernel: kernel.image.clone(),
         initrd,
@@ -100,11 +191,12 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
         mem_mb: 1024,
         cpus: 2,
         iommu: true,
-        args: devices(),
+        args: devices(mq_tap.as_deref()),
         dir: dir.path().to_path_buf(),
     };
     let within = if accel == Accel::Kvm { Duration::from_secs(180) } else { Duration::from_secs(600) };
-    let r = run_suite(&qemu, accel, &cfg, within).unwrap();
+    let mut host = TapHost { tap: mq_tap.clone().unwrap_or_default(), capture: None };
+    let r = run_suite_with_host(&qemu, accel, &cfg, within, &mut |a| host.ask(a)).unwrap();
     eprintln!(
         "VM tier ({:?}{}, kernel {}): boot {:?}, total {:?}; {} checks passed {:?}; skipped {:?}; notes {:?}",
         r.accel,
@@ -117,6 +209,9 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
         r.skipped,
         r.notes
     );
+    for (a, o) in &r.asked {
+        eprintln!("asked {a}: {o:?}");
+    }
     // The guest's checks as JUnit, next to the unpacked kernel.
     let junit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm/lab-vm-guest.junit.xml");
     if std::fs::create_dir_all(junit.parent().unwrap()).is_ok() {

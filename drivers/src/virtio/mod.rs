@@ -52,11 +52,18 @@ static PCI_IDS: [PciId; 2] = [
     PciId { vendor: 0x1af4, device: 0x1000 }, // transitional network device, driven in modern mode
 ];
 
-static KEYS: [KeySpec; 1] = [KeySpec::new(
-    "queue_size",
-    KeyKind::U64 { min: 64, max: 32768 },
-    "descriptors per virtqueue, a power of 2 up to the device's maximum (default: the port configuration's, capped there)",
-)];
+static KEYS: [KeySpec; 2] = [
+    KeySpec::new(
+        "queue_size",
+        KeyKind::U64 { min: 64, max: 32768 },
+        "descriptors per virtqueue, a power of 2 up to the device's maximum (default: the port configuration's, capped there)",
+    ),
+    KeySpec::new(
+        "queues",
+        KeyKind::U64 { min: 1, max: MAX_QUEUES as u64 },
+        "queue pairs (default: the port configuration's); more than one needs VIRTIO_NET_F_MQ",
+    ),
+];
 
 // Virtio PCI capability (4.1.4): vendor-specific capability id, cfg_type values.
 const PCI_CAP_ID_VNDR: u8 = 0x09;
@@ -247,7 +254,8 @@ impl Driver for VirtioDriver {
         let pci = ctx.pci.ok_or_else(|| err(DriverError::config("not a PCI device")))?;
         let conf = ctx.conf;
         crate::pci::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
-        if conf.nb_rxq != conf.nb_txq {
+        let pairs = ctx.kvargs.get_u64("queues").map_or(conf.nb_rxq, |q| q as u16);
+        if ctx.kvargs.get_u64("queues").is_none() && conf.nb_rxq != conf.nb_txq {
             return Err(err(DriverError::config(format!(
                 "virtio-net queues come in pairs: {} receive and {} transmit queues asked",
                 conf.nb_rxq, conf.nb_txq
@@ -267,7 +275,7 @@ impl Driver for VirtioDriver {
             let pci = PciPort::open_with(t, shm, ctx.port, true, caps.bar).map_err(err)?;
             let mut p = Port { pci, caps, ctrl: None };
             p.pci.bus_master().map_err(err)?;
-            p.init_primary(&pool, want as u32, conf.nb_rxq).map_err(err)?;
+            p.init_primary(&pool, want as u32, pairs).map_err(err)?;
             p
         } else {
             Port::attach_secondary(t, shm, ctx.port, &pool).map_err(err)?
