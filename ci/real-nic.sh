@@ -15,6 +15,9 @@
 #        echo 0000:03:00.0 > /sys/bus/pci/drivers/vfio-pci/bind
 #   (undo: driverctl unset-override 0000:03:00.0, or clear driver_override and bind ixgbe again)
 #
+# Any function a lab driver knows works: 82599 (net_ixgbe), X710 (net_i40e), virtio-net (net_virtio:
+# 1af4:1041, or 1af4:1000 in modern mode; the device must offer VIRTIO_F_ACCESS_PLATFORM, i.e. sit
+# behind an IOMMU; on QEMU iommu_platform=on), as on a cloud VM with a vIOMMU.
 # The scenario's emulated functions (0000:00:05.0, 0000:00:06.0, ...) are mapped onto the given
 # ones in order. Scenarios that need the emulator (link flap, surprise unplug) or more functions
 # than given are skipped by the runner; 16-two-nics-cabled needs the two ports cabled together.

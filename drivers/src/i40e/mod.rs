@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use lab_core::bus::pci::PciId;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::PortId;
-use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
-use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx};
+use lab_core::mbuf::Mempool;
 use lab_core::vfio::Bar;
 
 use self::adminq::{params16, AdminQueue, AqError, Buf, Completion};
@@ -577,16 +577,7 @@ impl Port {
     }
 }
 
-impl Drop for Port {
-    fn drop(&mut self) {
-        // Reached by close() after its work, or by a failed probe: in the latter case the primary
-        // gives back what it reserved (and resets the PF it started to set up). Then the fields:
-        // the admin queue view, and the skeleton (DMA unmap, BAR, transport).
-        if self.pci.owns_zones() {
-            self.release_shared();
-        }
-    }
-}
+crate::pci::pci_port_drop!(Port);
 
 impl EthDev for Port {
     fn info(&self) -> DevInfo {
@@ -644,31 +635,7 @@ impl EthDev for Port {
         Ok(())
     }
 
-    #[inline]
-    fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        self.pci.rx_burst(queue, pkts)
-    }
-
-    #[inline]
-    fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        self.pci.tx_burst(queue, pkts)
-    }
-
-    fn is_removed(&self) -> bool {
-        self.pci.is_removed()
-    }
-
-    fn close(mut self: Box<Self>, how: Release) {
-        if how == Release::Shared && self.pci.primary {
-            self.release_shared();
-            tracing::info!(port = %self.pci.port, "i40e port released (PF reset, rings freed)");
-        } else {
-            // Only this process's view: the device, the rings and the admin queue stay.
-            self.pci.forget_zones();
-            tracing::info!(port = %self.pci.port, "i40e port closed in this process");
-        }
-        // Drop: DMA unmap, BAR unmap, transport disconnect.
-    }
+    crate::pci::pci_ethdev_common!("i40e");
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use std::time::Duration;
 use lab_core::bus::pci::PciId;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::PortId;
-use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx, Release};
-use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortStats, ProbeCtx};
+use lab_core::mbuf::Mempool;
 use lab_core::vfio::Bar;
 
 use self::regs::*;
@@ -467,15 +467,7 @@ impl Port {
     }
 }
 
-impl Drop for Port {
-    fn drop(&mut self) {
-        // Reached by close() after its work, or by a failed probe: in the latter case the primary
-        // gives back what it reserved. Then the skeleton's Drop: DMA unmap, BAR, transport.
-        if self.pci.owns_zones() {
-            self.release_shared();
-        }
-    }
-}
+crate::pci::pci_port_drop!(Port);
 
 impl EthDev for Port {
     fn info(&self) -> DevInfo {
@@ -559,29 +551,5 @@ impl EthDev for Port {
         Ok(())
     }
 
-    #[inline]
-    fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        self.pci.rx_burst(queue, pkts)
-    }
-
-    #[inline]
-    fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        self.pci.tx_burst(queue, pkts)
-    }
-
-    fn is_removed(&self) -> bool {
-        self.pci.is_removed()
-    }
-
-    fn close(mut self: Box<Self>, how: Release) {
-        if how == Release::Shared && self.pci.primary {
-            self.release_shared();
-            tracing::info!(port = %self.pci.port, "ixgbe port released (device reset, rings freed)");
-        } else {
-            // Only this process's view: the device and the rings stay for the others.
-            self.pci.forget_zones();
-            tracing::info!(port = %self.pci.port, "ixgbe port closed in this process");
-        }
-        // Drop: DMA unmap, BAR unmap, transport disconnect.
-    }
+    crate::pci::pci_ethdev_common!("ixgbe");
 }

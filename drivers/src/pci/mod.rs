@@ -14,5 +14,5 @@ pub(crate) mod port;
 pub(crate) mod queue;
 pub(crate) mod transport;
 
-pub(crate) use self::port::port_queues;
 pub(crate) use self::port::{check_queue_counts, fmt_mac, DevState, PciPort, PortQueue};
+pub(crate) use self::port::{pci_ethdev_common, pci_port_drop, port_queues};

@@ -317,3 +317,53 @@ pub(crate) fn check_queue_counts(conf: &PortConf, max: u16) -> Result<(), Driver
 pub(crate) fn fmt_mac(m: &[u8; 6]) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
+
+/// The `EthDev` methods every PCI driver's port delegates to its [`PciPort`] (field `pci`) the
+/// same way: the two bursts, `is_removed`, and `close` (the primary's shared release through the
+/// driver's own `release_shared`, else only this process's view: the device and the rings stay
+/// for the others; the DMA unmap, BAR unmap and transport disconnect follow in `Drop`). Expanded
+/// inside `impl EthDev for Port`; `$what` names the driver in the logs.
+macro_rules! pci_ethdev_common {
+    ($what:literal) => {
+        #[inline]
+        fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<lab_core::mbuf::Mbuf>]) -> usize {
+            self.pci.rx_burst(queue, pkts)
+        }
+
+        #[inline]
+        fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<lab_core::mbuf::Mbuf>]) -> usize {
+            self.pci.tx_burst(queue, pkts)
+        }
+
+        fn is_removed(&self) -> bool {
+            self.pci.is_removed()
+        }
+
+        fn close(mut self: Box<Self>, how: lab_core::ethdev::Release) {
+            if how == lab_core::ethdev::Release::Shared && self.pci.primary {
+                self.release_shared();
+                tracing::info!(port = %self.pci.port, "{} port released (device reset, rings freed)", $what);
+            } else {
+                self.pci.forget_zones();
+                tracing::info!(port = %self.pci.port, "{} port closed in this process", $what);
+            }
+        }
+    };
+}
+pub(crate) use pci_ethdev_common;
+
+/// `Drop` for a PCI driver's port: reached by `close` after its work, or by a failed probe, in
+/// which case the primary gives back what it reserved (`release_shared`); then the fields drop
+/// (the skeleton's DMA unmap, BAR, transport).
+macro_rules! pci_port_drop {
+    ($t:ty) => {
+        impl Drop for $t {
+            fn drop(&mut self) {
+                if self.pci.owns_zones() {
+                    self.release_shared();
+                }
+            }
+        }
+    };
+}
+pub(crate) use pci_port_drop;

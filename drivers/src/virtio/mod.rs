@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use lab_core::bus::pci::PciId;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
-use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortId, PortStats, ProbeCtx, Release};
-use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortId, PortStats, ProbeCtx};
+use lab_core::mbuf::Mempool;
 use lab_core::vfio::{Bar, DeviceIo};
 
 use self::vq::{RxVq, TxVq, Vq};
@@ -104,14 +104,14 @@ const F_STATUS: u64 = 1 << 16;
 const F_CTRL_VQ: u64 = 1 << 17;
 const F_CTRL_RX: u64 = 1 << 18;
 const F_MQ: u64 = 1 << 22;
+const F_VERSION_1: u64 = 1 << 32;
+/// The device's DMA goes through the platform's IOMMU (6.1): our addresses are IOVAs.
+const F_ACCESS_PLATFORM: u64 = 1 << 33;
 // Control commands (5.1.6.5): class, command.
 const CTRL_RX: u8 = 0;
 const CTRL_RX_PROMISC: u8 = 0;
 const CTRL_MQ: u8 = 4;
 const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
-const F_VERSION_1: u64 = 1 << 32;
-/// The device's DMA goes through the platform's IOMMU (6.1): our addresses are IOVAs.
-const F_ACCESS_PLATFORM: u64 = 1 << 33;
 /// Link up in the device config's status (5.1.4).
 const NET_S_LINK_UP: u16 = 1;
 
@@ -640,13 +640,7 @@ impl Port {
     }
 }
 
-impl Drop for Port {
-    fn drop(&mut self) {
-        if self.pci.owns_zones() {
-            self.release_shared();
-        }
-    }
-}
+crate::pci::pci_port_drop!(Port);
 
 impl EthDev for Port {
     fn info(&self) -> DevInfo {
@@ -705,29 +699,7 @@ impl EthDev for Port {
         Err(EthError::Invalid { what: format!("MTU {mtu}: net_virtio keeps {DEFAULT_MTU} (one buffer per frame)") })
     }
 
-    #[inline]
-    fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        self.pci.rx_burst(queue, pkts)
-    }
-
-    #[inline]
-    fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
-        self.pci.tx_burst(queue, pkts)
-    }
-
-    fn is_removed(&self) -> bool {
-        self.pci.is_removed()
-    }
-
-    fn close(mut self: Box<Self>, how: Release) {
-        if how == Release::Shared && self.pci.primary {
-            self.release_shared();
-            tracing::info!(port = %self.pci.port, "virtio-net port released (device reset, queues freed)");
-        } else {
-            self.pci.forget_zones();
-            tracing::info!(port = %self.pci.port, "virtio-net port closed in this process");
-        }
-    }
+    crate::pci::pci_ethdev_common!("virtio-net");
 }
 
 #[cfg(test)]

@@ -468,31 +468,25 @@ impl TxVq {
     }
 }
 
-impl crate::pci::PortQueue for RxVq {
-    fn hdr(&self) -> &QueueHdr {
-        self.q.h()
-    }
-    fn drain(&mut self, pool: &mut Mempool) {
-        self.q.drain(pool)
-    }
-    #[inline]
-    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
-        RxVq::burst(self, bar, pool, pkts)
-    }
+/// `PortQueue` for both virtqueue kinds: the header, draining every buffer the software ring
+/// holds, and the inherent burst.
+macro_rules! vq_port_queue {
+    ($($t:ty),+) => {$(
+        impl crate::pci::PortQueue for $t {
+            fn hdr(&self) -> &QueueHdr {
+                self.q.h()
+            }
+            fn drain(&mut self, pool: &mut Mempool) {
+                self.q.drain(pool)
+            }
+            #[inline]
+            fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+                <$t>::burst(self, bar, pool, pkts)
+            }
+        }
+    )+};
 }
-
-impl crate::pci::PortQueue for TxVq {
-    fn hdr(&self) -> &QueueHdr {
-        self.q.h()
-    }
-    fn drain(&mut self, pool: &mut Mempool) {
-        self.q.drain(pool)
-    }
-    #[inline]
-    fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
-        TxVq::burst(self, bar, pool, pkts)
-    }
-}
+vq_port_queue!(RxVq, TxVq);
 
 #[cfg(test)]
 mod tests {

@@ -899,11 +899,27 @@ fn side_by_side(f: &Func) -> Check {
     Ok(None)
 }
 
+/// Takes DPDK's log lines (`EAL: ...`, `TELEMETRY: ...`, whole lines only) out of `buf`,
+/// wherever they are: another thread of the process logs while the prompt is being written, so
+/// a line can land in the middle of it (`exaEAL: ...\nmple> `).
+fn scrub_logs(buf: &mut String) {
+    for tag in ["EAL: ", "TELEMETRY: "] {
+        while let Some(at) = buf.find(tag) {
+            let Some(nl) = buf[at..].find('\n') else { break };
+            buf.replace_range(at..at + nl + 1, "");
+        }
+    }
+}
+
 /// A `hotplug_mp` (DPDK's or ours) driven at its `example> ` prompt.
 struct Prompt {
     child: std::process::Child,
+    /// Its stdout, where the prompt and the answers are.
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
     buf: String,
+    /// Its stderr (EAL's and the lab's logs), kept apart: a log line written in the middle of the
+    /// prompt would split it.
+    err: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 const PROMPT: &str = "example> ";
@@ -918,21 +934,30 @@ impl Prompt {
             .spawn()
             .map_err(|e| e.to_string())?;
         let (tx, rx) = std::sync::mpsc::channel();
-        for mut r in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut b = [0u8; 4096];
-                while let Ok(n) = r.read(&mut b) {
-                    if n == 0 || tx.send(b[..n].to_vec()).is_err() {
-                        break;
-                    }
+        let mut out = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut out, &mut b) {
+                if n == 0 || tx.send(b[..n].to_vec()).is_err() {
+                    break;
                 }
-            });
-        }
-        let mut p = Prompt { child, rx, buf: String::new() };
+            }
+        });
+        let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (keep, mut e) = (err.clone(), child.stderr.take().expect("piped"));
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut e, &mut b) {
+                if n == 0 {
+                    break;
+                }
+                let mut s = keep.lock().unwrap_or_else(|e| e.into_inner());
+                if s.len() < 64 * 1024 {
+                    s.push_str(&String::from_utf8_lossy(&b[..n]));
+                }
+            }
+        });
+        let mut p = Prompt { child, rx, buf: String::new(), err };
         p.until_prompt(Duration::from_secs(60)).map_err(|e| format!("no prompt: {e}"))?;
         Ok(p)
     }
@@ -940,6 +965,7 @@ impl Prompt {
     fn until_prompt(&mut self, within: Duration) -> Result<String, String> {
         let deadline = Instant::now() + within;
         loop {
+            scrub_logs(&mut self.buf);
             if let Some(at) = self.buf.find(PROMPT) {
                 let out = self.buf[..at].to_string();
                 self.buf.drain(..at + PROMPT.len());
@@ -947,7 +973,10 @@ impl Prompt {
             }
             match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(b) => self.buf.push_str(&String::from_utf8_lossy(&b)),
-                Err(_) => return Err(format!("no prompt within {within:?}; output: {:?}", self.buf)),
+                Err(_) => {
+                    let err = self.err.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    return Err(format!("no prompt within {within:?}; output: {:?}; stderr: {err:?}", self.buf));
+                }
             }
         }
     }
