@@ -223,6 +223,25 @@ fn read_caps(dev: &dyn DeviceIo) -> Result<Caps, DriverError> {
     Ok(Caps { bar, common: common.1, notify: notify.1, notify_mult: mult, isr: isr.1, device: device.1 })
 }
 
+/// Receive queue `i` (virtqueue 2i) and transmit queue `i` (2i + 1) of a port: reserved
+/// (primary, `create`) or found; `notify` holds every data queue's notify offset.
+fn open_pair(
+    p: &PciPort<DevShared, RxVq, TxVq>,
+    i: u16,
+    qsize: u32,
+    notify: &[u64],
+    create: bool,
+) -> Result<(Vq, Vq), DriverError> {
+    let open = |rx: bool, qi: u16| {
+        let bell = notify
+            .get(qi as usize)
+            .copied()
+            .ok_or_else(|| DriverError::state(format!("no notify offset for virtqueue {qi}")))?;
+        Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, rx, i), qi, qsize, bell, p.port, create)
+    };
+    Ok((open(true, 2 * i)?, open(false, 2 * i + 1)?))
+}
+
 /// Writes queue `qi`'s size and ring addresses, no MSI-X vector, and enables it (4.1.4.3).
 fn enable_queue(b: &Bar, c: u64, qi: u16, size: u32, q: &Vq) {
     let (desc, avail, used) = q.addrs();
@@ -438,23 +457,11 @@ impl Port {
         let p = &mut self.pci;
         p.pool.get_or_insert_with(|| pool.new_handle());
         for i in 0..pairs {
-            let (ri, ti) = (2 * i, 2 * i + 1);
-            let rx =
-                Vq::open(&p.shm, &p.bar, vq::zone_name(p.port, true, i), ri, qsize, notify[ri as usize], p.port, true)?;
+            let (rx, tx) = open_pair(p, i, qsize, &notify, true)?;
             p.zones.push(rx.zone().to_string());
-            let tx = Vq::open(
-                &p.shm,
-                &p.bar,
-                vq::zone_name(p.port, false, i),
-                ti,
-                qsize,
-                notify[ti as usize],
-                p.port,
-                true,
-            )?;
             p.zones.push(tx.zone().to_string());
-            enable_queue(&p.bar, c, ri, qsize, &rx);
-            enable_queue(&p.bar, c, ti, qsize, &tx);
+            enable_queue(&p.bar, c, 2 * i, qsize, &rx);
+            enable_queue(&p.bar, c, 2 * i + 1, qsize, &tx);
             let mut rx = RxVq { q: rx };
             let pool_h = p.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
             rx.fill(pool_h)?;
@@ -596,27 +603,7 @@ impl Port {
         let p = &mut port.pci;
         p.pool.get_or_insert_with(|| pool.new_handle());
         for i in 0..pairs as u16 {
-            let (ri, ti) = (2 * i, 2 * i + 1);
-            let rx = Vq::open(
-                &p.shm,
-                &p.bar,
-                vq::zone_name(p.port, true, i),
-                ri,
-                qsize,
-                notify[ri as usize],
-                p.port,
-                false,
-            )?;
-            let tx = Vq::open(
-                &p.shm,
-                &p.bar,
-                vq::zone_name(p.port, false, i),
-                ti,
-                qsize,
-                notify[ti as usize],
-                p.port,
-                false,
-            )?;
+            let (rx, tx) = open_pair(p, i, qsize, &notify, false)?;
             p.rxq.push(RxVq { q: rx });
             p.txq.push(TxVq { q: tx });
         }
