@@ -50,13 +50,15 @@ use std::time::Duration;
 
 use crate::devargs::{Devargs, DevargsError};
 use crate::ethdev::{EthError, PortEntry, PortId, PortState, PortTable, Release, MAX_PORTS};
-use crate::ipc::{Dispatch, IpcError, Msg, Replies, Request};
+use crate::ipc::{Dispatch, IpcError, Msg, Request};
 use crate::options::{FaultMode, FaultOp};
 use crate::process::{Inner, Resolved};
 
 mod history;
+pub mod machine;
 pub(crate) use history::History;
 use history::Pending;
+use machine::{answer, Action, Ask, AskerOp, Command, Event, Failure, Kind, Local, Plan, PrimaryOp, Step};
 
 /// Errors of hotplug operations. Messages are what `hotplug_mp` prints after "failed to ...: ".
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,15 @@ pub enum HotplugError {
     /// The operation failed in the primary, which ran it for this secondary (its message).
     #[error("{0}")]
     Remote(String),
+    /// A secondary's request waited behind other operations until too little of its time was
+    /// left to run it: refused unstarted, so it is not done after its asker stopped waiting.
+    #[error("the request waited too long behind other operations: {left_ms} ms left of its asker's wait, {need_ms} ms needed")]
+    Expired {
+        /// Time left to the asker's deadline.
+        left_ms: u64,
+        /// The longest the operation can take.
+        need_ms: u64,
+    },
     /// The primary's answer could not be understood.
     #[error("bad answer from the primary: {0}")]
     BadAnswer(String),
@@ -237,25 +248,6 @@ impl Inner {
         }
     }
 
-    fn failures(&self, r: &Replies) -> Option<HotplugError> {
-        for rep in &r.replies {
-            let t = String::from_utf8_lossy(&rep.msg.payload);
-            if let Some(reason) = t.strip_prefix("err:") {
-                return Some(HotplugError::Refused { process: process_name(&rep.peer.name()), reason: reason.into() });
-            }
-        }
-        if let Some(d) = r.dead.first() {
-            return Some(HotplugError::Refused { process: process_name(d), reason: "died during the request".into() });
-        }
-        if !r.missing.is_empty() {
-            return Some(HotplugError::Timeout {
-                processes: r.missing.iter().map(|m| process_name(m)).collect::<Vec<_>>().join(", "),
-                timeout_ms: self.timeout.as_millis() as u64,
-            });
-        }
-        None
-    }
-
     /// The secondaries to broadcast to: all but `exclude` (a secondary that asked for the
     /// operation does its own part itself).
     fn targets(&self, exclude: Option<&str>) -> Vec<PathBuf> {
@@ -266,67 +258,161 @@ impl Inner {
         }
     }
 
+    /// Sends `step` to `to` and feeds the machine every answer: replies, deaths, peers gone
+    /// before it reached them, then a timeout for the silent.
+    fn broadcast(&self, m: &mut Machine, step: Step, to: &[PathBuf], payload: Vec<u8>, p: &mut Pending) {
+        let r = match self.rt.ipc().request_to(to, &Msg::new(action_of(step), payload), self.timeout) {
+            Ok(r) => r,
+            Err(e) => return m.handle(Event::SendFailed(e.into())),
+        };
+        p.replies(step.name(), &r);
+        if step == Step::Rollback && !r.missing.is_empty() {
+            tracing::warn!(peers = ?r.missing, "rollback not confirmed (they undo it when their attach ends)");
+        }
+        let path = |name: &str| to.iter().find(|t| t.file_name().is_some_and(|n| n == name)).cloned();
+        let mut heard: Vec<String> = Vec::with_capacity(to.len());
+        for rep in &r.replies {
+            let name = rep.peer.name();
+            let t = String::from_utf8_lossy(&rep.msg.payload);
+            let refused = t.strip_prefix("err:").map(str::to_string);
+            if let Some(t) = path(&name) {
+                m.handle(Event::Reply(t, refused));
+            }
+            heard.push(name);
+        }
+        for d in &r.dead {
+            if let Some(t) = path(d) {
+                m.handle(Event::Died(t));
+            }
+            heard.push(d.clone());
+        }
+        heard.extend(r.missing.iter().cloned());
+        for t in to {
+            if !t.file_name().is_some_and(|n| heard.iter().any(|h| n == h.as_str())) {
+                m.handle(Event::Gone(t.clone()));
+            }
+        }
+        // Still collecting this step (not already on to the next): the rest are silent.
+        if m.waiting_on().is_some_and(|(s, _)| s == step) {
+            m.handle(Event::Timeout);
+        }
+    }
+
+    /// The error a failed operation reports.
+    fn error_of(&self, f: Failure<PathBuf, HotplugError>) -> HotplugError {
+        let name =
+            |p: &PathBuf| process_name(&p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        match f {
+            Failure::Local(e) => e,
+            Failure::NotAttached => HotplugError::NotAttached,
+            Failure::Refused(p, reason) => HotplugError::Refused { process: name(&p), reason },
+            Failure::Died(p) => HotplugError::Refused { process: name(&p), reason: "died during the request".into() },
+            Failure::Silent(ps) if ps.is_empty() => HotplugError::Timeout {
+                processes: "the primary".into(),
+                timeout_ms: self.ask_wait().as_millis() as u64,
+            },
+            Failure::Silent(ps) => HotplugError::Timeout {
+                processes: ps.iter().map(name).collect::<Vec<_>>().join(", "),
+                timeout_ms: self.timeout.as_millis() as u64,
+            },
+        }
+    }
+
     /// Attach from the primary, of a device parsed and resolved once by the caller; recorded
-    /// with every process's answers.
+    /// with every process's answers. `deadline`: the asking secondary's, on the monotonic clock.
     pub(crate) fn attach_primary(
         &self,
         da: &Devargs,
         res: &Resolved,
         exclude: Option<&str>,
+        deadline: Option<Duration>,
     ) -> Result<PortId, HotplugError> {
         let mut p = Pending::new("attach", da.raw(), exclude.map_or_else(|| "the primary".into(), process_name));
-        let r = self.attach_primary_steps(da, res, exclude, &mut p);
+        let r = self.attach_primary_steps(da, res, exclude, deadline, &mut p);
         self.history.finish(p, r.as_ref().ok().copied(), &r);
         r
     }
 
+    /// Carries out the primary's [`PrimaryOp`] for an attach.
     fn attach_primary_steps(
         &self,
         da: &Devargs,
         res: &Resolved,
         exclude: Option<&str>,
+        deadline: Option<Duration>,
         p: &mut Pending,
     ) -> Result<PortId, HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = self.table.find(da.name()) {
-            if e.state == PortState::Attached {
-                return Ok(e.port);
-            }
+        self.admit(deadline)?;
+        let mut m = Machine::new(Kind::Attach, self.targets(exclude));
+        let mut seq = SeqGuard(&self.table, false);
+        let mut port: Option<(PortId, u32)> = None;
+        while let Some(cmd) = m.poll() {
+            // Reserve, the machine's first step after Begin, sets the port.
+            let (pt, gen) = port.unwrap_or((PortId(0), 0));
+            let ev = match cmd {
+                Command::Done => break,
+                Command::Send(step, to) => {
+                    if step == Step::Rollback {
+                        tracing::warn!(device = da.name(), "attach failed in a secondary: rolling back");
+                    }
+                    let text = if step == Step::Attach { da.raw() } else { "" };
+                    self.broadcast(&mut m, step, &to, encode_port(pt, gen, text), p);
+                    continue;
+                }
+                Command::Ask(_) => Event::Ok,
+                Command::Do(a) => match a {
+                    Action::Begin | Action::End => seq.flip(),
+                    Action::Reserve => match self.table.find(da.name()).filter(|e| e.state == PortState::Attached) {
+                        Some(e) => {
+                            port = Some((e.port, e.gen));
+                            Event::No
+                        }
+                        None => match self.fault(FaultOp::Attach, da.name()).and_then(|_| {
+                            let owner = exclude.and_then(crate::ipc::pid_of).unwrap_or_else(std::process::id);
+                            Ok(self.table.allocate(da.name(), res.driver.name(), da.raw(), owner)?)
+                        }) {
+                            Ok(pt) => {
+                                port = Some((pt, self.table.entry(pt.0 as usize).map(|e| e.gen).unwrap_or(0)));
+                                Event::Ok
+                            }
+                            Err(e) => Event::Failed(e),
+                        },
+                    },
+                    Action::Probe => {
+                        let probed = self.probe_local(pt, gen, da, res);
+                        p.answer("the primary", "attach", &probed);
+                        match probed {
+                            Ok(info) => {
+                                self.table.set_info(pt, &info);
+                                Event::Ok
+                            }
+                            Err(e) => Event::Failed(e),
+                        }
+                    }
+                    Action::Publish => {
+                        self.table.set_state(pt, PortState::Attached);
+                        tracing::info!(port = %pt, device = da.name(), "attached everywhere");
+                        Event::Ok
+                    }
+                    Action::Release => {
+                        self.release_local(pt, Release::Shared);
+                        Event::Ok
+                    }
+                    Action::Free => {
+                        self.table.set_state(pt, PortState::Unused);
+                        Event::Ok
+                    }
+                    Action::Check | Action::Commit | Action::Recheck | Action::Resync => Event::Ok,
+                },
+            };
+            m.handle(ev);
         }
-        self.fault(FaultOp::Attach, da.name())?;
-        self.table.bump_seq();
-        let _seq = SeqGuard(&self.table);
-        let owner = exclude.and_then(crate::ipc::pid_of).unwrap_or_else(std::process::id);
-        let port = self.table.allocate(da.name(), res.driver.name(), da.raw(), owner)?;
-        let gen = self.table.entry(port.0 as usize).map(|e| e.gen).unwrap_or(0);
-        let probed = self.probe_local(port, gen, da, res);
-        p.answer("the primary", "attach", &probed);
-        match probed {
-            Ok(info) => self.table.set_info(port, &info),
-            Err(e) => {
-                self.table.set_state(port, PortState::Unused);
-                return Err(e);
-            }
+        match m.into_result() {
+            Some(Ok(())) => port.map(|(pt, _)| pt).ok_or(HotplugError::NotAttached),
+            Some(Err(f)) => Err(self.error_of(f)),
+            None => Err(HotplugError::BadAnswer("the attach did not finish".into())),
         }
-        let targets = self.targets(exclude);
-        let r =
-            self.rt.ipc().request_to(&targets, &Msg::new(A_ATTACH, encode_port(port, gen, da.raw())), self.timeout)?;
-        p.replies("attach", &r);
-        if let Some(err) = self.failures(&r) {
-            tracing::warn!(device = da.name(), error = %err, "attach failed in a secondary: rolling back");
-            let rb =
-                self.rt.ipc().request_to(&targets, &Msg::new(A_ROLLBACK, encode_port(port, gen, "")), self.timeout)?;
-            p.replies("rollback", &rb);
-            if !rb.missing.is_empty() {
-                tracing::warn!(peers = ?rb.missing, "rollback not confirmed (they undo it when their attach ends)");
-            }
-            self.release_local(port, Release::Shared);
-            self.table.set_state(port, PortState::Unused);
-            return Err(err);
-        }
-        self.table.set_state(port, PortState::Attached);
-        tracing::info!(port = %port, device = da.name(), secondaries = r.nb_received, "attached everywhere");
-        Ok(port)
     }
 
     /// Detach (or, `forced`, the undo of an attach) from the primary; recorded with every
@@ -336,60 +422,116 @@ impl Inner {
         e: &PortEntry,
         forced: bool,
         exclude: Option<&str>,
+        deadline: Option<Duration>,
     ) -> Result<(), HotplugError> {
         let op = if forced { "abort" } else { "detach" };
         let mut p = Pending::new(op, &e.name, exclude.map_or_else(|| "the primary".into(), process_name));
-        let r = self.detach_primary_steps(e, forced, exclude, &mut p);
+        let r = self.detach_primary_steps(e, forced, exclude, deadline, &mut p);
         self.history.finish(p, Some(e.port), &r);
         r
     }
 
+    /// Carries out the primary's [`PrimaryOp`] for a detach.
     fn detach_primary_steps(
         &self,
         e: &PortEntry,
         forced: bool,
         exclude: Option<&str>,
+        deadline: Option<Duration>,
         p: &mut Pending,
     ) -> Result<(), HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.admit(deadline)?;
+        let mut m = Machine::new(if forced { Kind::Forced } else { Kind::Detach }, self.targets(exclude));
+        let mut seq = SeqGuard(&self.table, false);
+        while let Some(cmd) = m.poll() {
+            let ev = match cmd {
+                Command::Done => break,
+                Command::Send(step, to) => {
+                    self.broadcast(&mut m, step, &to, encode_port(e.port, e.gen, ""), p);
+                    continue;
+                }
+                Command::Ask(_) => Event::Ok,
+                Command::Do(a) => match a {
+                    Action::Begin | Action::End => seq.flip(),
+                    Action::Check => self.check_primary(e, forced),
+                    Action::Commit => {
+                        self.table.set_state(e.port, PortState::Detaching);
+                        Event::Ok
+                    }
+                    Action::Release => {
+                        if !forced {
+                            if let Err(err) = self.fault(FaultOp::Detach, &e.name) {
+                                tracing::warn!(device = %e.name, error = %err, "detach reported failure in the primary; releasing anyway");
+                            }
+                        }
+                        if let Some(f) = m.take_detach_refusal() {
+                            let err = self.error_of(f);
+                            tracing::warn!(device = %e.name, error = %err, "a secondary reported a failed detach; its handle is released anyway");
+                        }
+                        // Forced too (a removed device, the undo of an attach): the primary gives
+                        // back the device's shared state (the drivers skip the register writes of
+                        // a device that is gone), so the id can be attached again.
+                        self.release_local(e.port, Release::Shared);
+                        Event::Ok
+                    }
+                    Action::Free => {
+                        self.table.set_state(e.port, PortState::Unused);
+                        tracing::info!(port = %e.port, device = %e.name, "detached everywhere");
+                        Event::Ok
+                    }
+                    Action::Reserve | Action::Probe | Action::Publish | Action::Recheck | Action::Resync => Event::Ok,
+                },
+            };
+            m.handle(ev);
+        }
+        match m.into_result() {
+            Some(r) => r.map_err(|f| self.error_of(f)),
+            None => Err(HotplugError::BadAnswer("the detach did not finish".into())),
+        }
+    }
+
+    /// The primary's check before a detach: still the port asked for and attached, then (not
+    /// forced) no lock here and no injected pre-detach fault.
+    fn check_primary(&self, e: &PortEntry, forced: bool) -> Event<PathBuf, HotplugError> {
         let cur = self.table.entry(e.port.0 as usize).filter(|c| c.gen == e.gen && c.state == PortState::Attached);
-        let Some(e) = cur else { return Err(HotplugError::NotAttached) };
-        if !forced {
-            let locks = self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.locks)).unwrap_or(0);
-            if locks > 0 {
-                return Err(HotplugError::Locked { port: e.port, process: "the primary".into() });
-            }
-            self.fault(FaultOp::PreDetach, &e.name)?;
+        if cur.is_none() {
+            return Event::No;
         }
-        self.table.bump_seq();
-        let _seq = SeqGuard(&self.table);
-        let payload = encode_port(e.port, e.gen, "");
-        let targets = self.targets(exclude);
-        if !forced {
-            let r = self.rt.ipc().request_to(&targets, &Msg::new(A_PREDETACH, payload.clone()), self.timeout)?;
-            p.replies("predetach", &r);
-            if let Some(err) = self.failures(&r) {
-                return Err(err);
-            }
+        if forced {
+            return Event::Ok;
         }
-        self.table.set_state(e.port, PortState::Detaching);
-        let r = self.rt.ipc().request_to(&targets, &Msg::new(A_DETACH, payload), self.timeout)?;
-        p.replies("detach", &r);
-        if let Some(err) = self.failures(&Replies { dead: Vec::new(), ..r }) {
-            tracing::warn!(device = %e.name, error = %err, "a secondary reported a failed detach; its handle is released anyway");
+        let locks = self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.locks)).unwrap_or(0);
+        if locks > 0 {
+            return Event::Failed(HotplugError::Locked { port: e.port, process: "the primary".into() });
         }
-        if !forced {
-            if let Err(err) = self.fault(FaultOp::Detach, &e.name) {
-                tracing::warn!(device = %e.name, error = %err, "detach reported failure in the primary; releasing anyway");
-            }
+        match self.fault(FaultOp::PreDetach, &e.name) {
+            Ok(()) => Event::Ok,
+            Err(err) => Event::Failed(err),
         }
-        // Forced too (a removed device, the undo of an attach): the primary gives back the
-        // device's shared state (the drivers skip the register writes of a device that is gone),
-        // so the id can be attached again.
-        self.release_local(e.port, Release::Shared);
-        self.table.set_state(e.port, PortState::Unused);
-        tracing::info!(port = %e.port, device = %e.name, "detached everywhere");
-        Ok(())
+    }
+
+    /// Refuses a secondary's request that waited too long behind other operations to finish
+    /// before its asker stops waiting ([`machine::admit`]).
+    fn admit(&self, deadline: Option<Duration>) -> Result<(), HotplugError> {
+        let Some(deadline) = deadline else { return Ok(()) };
+        let left = deadline.saturating_sub(monotonic());
+        let worst = self.worst_op();
+        if machine::admit(left.as_millis() as u64, worst.as_millis() as u64) {
+            return Ok(());
+        }
+        Err(HotplugError::Expired { left_ms: left.as_millis() as u64, need_ms: worst.as_millis() as u64 })
+    }
+
+    /// The longest an operation takes once started: two steps of the timeout, and local work.
+    fn worst_op(&self) -> Duration {
+        self.timeout * 2 + Duration::from_secs(2)
+    }
+
+    /// How long a secondary waits for the primary's answer: an operation started in time
+    /// ([`Inner::admit`]) always ends before.
+    fn ask_wait(&self) -> Duration {
+        self.timeout * 4 + Duration::from_secs(2)
     }
 
     pub(crate) fn find_target(&self, target: &str) -> Result<PortEntry, HotplugError> {
@@ -405,21 +547,45 @@ impl Inner {
         self.table.find(da.name()).filter(attached).ok_or(HotplugError::NotAttached)
     }
 
-    fn ask_primary(&self, op: &str, arg: &str) -> Result<String, HotplugError> {
+    /// Asks the primary to run `op` on `arg` for everyone else; the answer, recorded in `p`, as
+    /// the asker's machine takes it (no answer: a timeout; a channel failure: unsent).
+    fn ask_primary(&self, op: Ask, arg: &str, p: &mut Pending) -> (Event<PathBuf, HotplugError>, String) {
         let me = self.rt.ipc().socket_path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let text = format!("{op}\n{me}\n{arg}");
-        let wait = self.timeout * 4 + Duration::from_secs(2);
-        let r = self.rt.ipc().request_sync(&Msg::new(A_REQ, text.into_bytes()), wait)?;
-        let Some(rep) = r.replies.first() else {
-            return Err(HotplugError::Timeout { processes: "the primary".into(), timeout_ms: wait.as_millis() as u64 });
-        };
-        let t = String::from_utf8_lossy(&rep.msg.payload).into_owned();
-        if let Some(ok) = t.strip_prefix("ok:") {
-            Ok(ok.to_string())
-        } else if let Some(err) = t.strip_prefix("err:") {
-            Err(if err == "not attached" { HotplugError::NotAttached } else { HotplugError::Remote(err.to_string()) })
-        } else {
-            Err(HotplugError::BadAnswer(t))
+        let wait = self.ask_wait();
+        let deadline = (monotonic() + wait).as_millis();
+        let text = format!("{}\n{me}\n{arg}\n{deadline}", op.name());
+        let asked: Result<String, HotplugError> =
+            match self.rt.ipc().request_sync(&Msg::new(A_REQ, text.into_bytes()), wait) {
+                Err(e) => Err(e.into()),
+                Ok(r) => match r.replies.first() {
+                    None => Err(HotplugError::Timeout {
+                        processes: "the primary".into(),
+                        timeout_ms: wait.as_millis() as u64,
+                    }),
+                    Some(rep) => {
+                        let t = String::from_utf8_lossy(&rep.msg.payload).into_owned();
+                        if let Some(ok) = t.strip_prefix("ok:") {
+                            Ok(ok.to_string())
+                        } else if let Some(err) = t.strip_prefix("err:") {
+                            Err(if err == "not attached" {
+                                HotplugError::NotAttached
+                            } else {
+                                HotplugError::Remote(err.to_string())
+                            })
+                        } else {
+                            Err(HotplugError::BadAnswer(t))
+                        }
+                    }
+                },
+            };
+        if op != Ask::Abort {
+            p.answer("the primary", "request", &asked);
+        }
+        match asked {
+            Ok(s) => (Event::Ok, s),
+            Err(HotplugError::Timeout { .. }) => (Event::Timeout, String::new()),
+            Err(e @ HotplugError::Ipc(_)) => (Event::SendFailed(e), String::new()),
+            Err(e) => (Event::Failed(e), String::new()),
         }
     }
 
@@ -428,9 +594,14 @@ impl Inner {
     fn handle_req(&self, req: &Request) -> Result<String, HotplugError> {
         let t =
             std::str::from_utf8(&req.msg.payload).map_err(|_| HotplugError::BadAnswer("request not UTF-8".into()))?;
-        let mut it = t.splitn(3, '\n');
+        let mut it = t.splitn(4, '\n');
         let (Some(op), Some(asker), Some(arg)) = (it.next(), it.next(), it.next()) else {
             return Err(HotplugError::BadAnswer("malformed hotplug request".into()));
+        };
+        let deadline = match it.next().map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(ms)) => Some(Duration::from_millis(ms)),
+            Some(Err(_)) => return Err(HotplugError::BadAnswer("malformed hotplug request deadline".into())),
         };
         // The asking secondary does its own part after this answer; everyone else is told here.
         let asker = Some(asker).filter(|a| a.starts_with("mp_socket_"));
@@ -438,13 +609,13 @@ impl Inner {
             "attach" => {
                 let da = Devargs::parse(arg)?;
                 let res = self.resolve(&da)?;
-                let port = self.attach_primary(&da, &res, asker)?;
+                let port = self.attach_primary(&da, &res, asker, deadline)?;
                 let e = self.table.entry(port.0 as usize).ok_or(HotplugError::NotAttached)?;
                 Ok(format!("{}:{}:{}", port.0, e.gen, e.devargs))
             }
             "detach" | "abort" => {
                 let e = self.find_target(arg)?;
-                self.detach_primary(&e, op == "abort", asker)?;
+                self.detach_primary(&e, op == "abort", asker, deadline)?;
                 Ok(e.port.0.to_string())
             }
             other => Err(HotplugError::BadAnswer(format!("unknown hotplug operation {other:?}"))),
@@ -462,48 +633,100 @@ impl Inner {
         r
     }
 
+    /// Carries out the secondary's [`AskerOp`] for an attach.
     fn attach_from_secondary_steps(
         &self,
         da: &Devargs,
         res: &Resolved,
         p: &mut Pending,
     ) -> Result<PortId, HotplugError> {
-        let asked = self.ask_primary("attach", da.raw());
-        p.answer("the primary", "request", &asked);
-        let ans = asked?;
-        let mut f = ans.splitn(3, ':');
-        let (port, gen, devargs) = match (f.next().map(str::parse::<u16>), f.next().map(str::parse::<u32>), f.next()) {
-            (Some(Ok(p)), Some(Ok(g)), Some(d)) if (p as usize) < MAX_PORTS => (PortId(p), g, d.to_string()),
-            _ => return Err(HotplugError::BadAnswer(ans)),
-        };
-        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let have = self.ports.slot(port).and_then(|s| s.as_ref().map(|l| l.gen));
-        if have != Some(gen) {
-            if have.is_some() {
-                self.release_local(port, Release::Local);
-            }
-            // The primary answers with the devargs it stored; when they are what this process
-            // parsed, its own parse and resolve are used as they are.
-            let local = self.fault(FaultOp::Attach, da.name()).and_then(|_| {
-                if devargs == da.raw() {
-                    self.probe_local(port, gen, da, res)
-                } else {
-                    self.probe_devargs(port, gen, &devargs)
+        let mut m = AskerMachine::new(Ask::Attach);
+        let mut granted: Option<(PortId, u32, String)> = None;
+        let mut lock = None;
+        while let Some(cmd) = m.poll() {
+            let ev = match (cmd, &granted) {
+                (Command::Done, _) => break,
+                (Command::Ask(Ask::Attach), _) => {
+                    let (ev, ans) = self.ask_primary(Ask::Attach, da.raw(), p);
+                    if !matches!(ev, Event::Ok) {
+                        ev
+                    } else {
+                        let mut f = ans.splitn(3, ':');
+                        match (f.next().map(str::parse::<u16>), f.next().map(str::parse::<u32>), f.next()) {
+                            (Some(Ok(pt)), Some(Ok(g)), Some(d)) if (pt as usize) < MAX_PORTS => {
+                                granted = Some((PortId(pt), g, d.to_string()));
+                                Event::Ok
+                            }
+                            _ => Event::Failed(HotplugError::BadAnswer(ans)),
+                        }
+                    }
                 }
-            });
-            if let Err(err) = local {
-                tracing::warn!(device = da.name(), error = %err, "local attach failed: undoing it everywhere");
-                if let Err(e2) = self.ask_primary("abort", &port.0.to_string()) {
-                    tracing::warn!(device = da.name(), error = %e2, "undo of the attach failed");
+                (Command::Do(Action::Probe), Some((port, gen, devargs))) => {
+                    lock = Some(self.op_lock.lock().unwrap_or_else(|e| e.into_inner()));
+                    let have = self.ports.slot(*port).and_then(|s| s.as_ref().map(|l| l.gen));
+                    let local = if have == Some(*gen) {
+                        Ok(())
+                    } else {
+                        if have.is_some() {
+                            self.release_local(*port, Release::Local);
+                        }
+                        // The primary answers with the devargs it stored; when they are what this
+                        // process parsed, its own parse and resolve are used as they are.
+                        self.fault(FaultOp::Attach, da.name()).and_then(|_| {
+                            if devargs == da.raw() {
+                                self.probe_local(*port, *gen, da, res).map(drop)
+                            } else {
+                                self.probe_devargs(*port, *gen, devargs).map(drop)
+                            }
+                        })
+                    };
+                    match local {
+                        Ok(()) => Event::Ok,
+                        Err(err) => {
+                            lock = None;
+                            tracing::warn!(device = da.name(), error = %err, "local attach failed: undoing it everywhere");
+                            Event::Failed(err)
+                        }
+                    }
                 }
-                return Err(err);
-            }
+                (Command::Ask(Ask::Abort), Some((port, _, _))) => {
+                    let (ev, _) = self.ask_primary(Ask::Abort, &port.0.to_string(), p);
+                    if let Event::Failed(e) | Event::SendFailed(e) = &ev {
+                        tracing::warn!(device = da.name(), error = %e, "undo of the attach failed");
+                    }
+                    ev
+                }
+                (Command::Do(Action::Recheck), Some((port, gen, _))) => {
+                    let still = self
+                        .table
+                        .entry(port.0 as usize)
+                        .is_some_and(|e| e.gen == *gen && e.state == PortState::Attached);
+                    if still {
+                        Event::Ok
+                    } else {
+                        Event::No
+                    }
+                }
+                (Command::Do(Action::Release), Some((port, _, _))) => {
+                    self.release_local(*port, Release::Local);
+                    Event::Ok
+                }
+                (Command::Do(Action::Resync), _) => {
+                    lock = None;
+                    tracing::warn!(device = da.name(), "no answer from the primary: following the port table");
+                    self.sync_from_table();
+                    Event::Ok
+                }
+                _ => Event::Failed(HotplugError::BadAnswer("no port granted".into())),
+            };
+            m.handle(ev);
         }
-        let still = self.table.entry(port.0 as usize).is_some_and(|e| e.gen == gen && e.state == PortState::Attached);
-        if !still {
-            self.release_local(port, Release::Local);
+        drop(lock);
+        match m.into_result() {
+            Some(Ok(())) => granted.map(|(pt, _, _)| pt).ok_or(HotplugError::NotAttached),
+            Some(Err(f)) => Err(self.error_of(f)),
+            None => Err(HotplugError::BadAnswer("the attach did not finish".into())),
         }
-        Ok(port)
     }
 
     /// Detach asked by this secondary: its own pre-detach check first (a lock here vetoes), then
@@ -515,66 +738,98 @@ impl Inner {
         r
     }
 
+    /// Carries out the secondary's [`AskerOp`] for a detach.
     fn detach_from_secondary_steps(&self, e: &PortEntry, p: &mut Pending) -> Result<(), HotplugError> {
-        {
-            let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let locks = self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.locks)).unwrap_or(0);
-            if locks > 0 {
-                return Err(HotplugError::Locked { port: e.port, process: "this process".into() });
-            }
-            self.fault(FaultOp::PreDetach, &e.name)?;
+        let mut m = AskerMachine::new(Ask::Detach);
+        while let Some(cmd) = m.poll() {
+            let ev = match cmd {
+                Command::Done => break,
+                Command::Ask(a) => self.ask_primary(a, &e.port.0.to_string(), p).0,
+                Command::Do(Action::Check) => {
+                    let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let locks = self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.locks)).unwrap_or(0);
+                    if locks > 0 {
+                        Event::Failed(HotplugError::Locked { port: e.port, process: "this process".into() })
+                    } else {
+                        match self.fault(FaultOp::PreDetach, &e.name) {
+                            Ok(()) => Event::Ok,
+                            Err(err) => Event::Failed(err),
+                        }
+                    }
+                }
+                Command::Do(Action::Recheck) => {
+                    // No yes from the primary, but the table says the detach went ahead (the
+                    // primary died after telling the others): this process follows them rather
+                    // than keep a port nobody else has.
+                    let gone = self
+                        .table
+                        .entry(e.port.0 as usize)
+                        .is_none_or(|c| c.gen != e.gen || c.state != PortState::Attached);
+                    if gone {
+                        tracing::warn!(device = %e.name, "no yes from the primary, but the detach went ahead");
+                        Event::No
+                    } else {
+                        Event::Ok
+                    }
+                }
+                Command::Do(Action::Release) => {
+                    let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(err) = self.fault(FaultOp::Detach, &e.name) {
+                        tracing::warn!(device = %e.name, error = %err, "detach reported failure here; releasing anyway");
+                    }
+                    if self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.gen)) == Some(e.gen) {
+                        self.release_local(e.port, Release::Local);
+                    }
+                    Event::Ok
+                }
+                Command::Do(_) | Command::Send(..) => Event::Ok,
+            };
+            m.handle(ev);
         }
-        let asked = self.ask_primary("detach", &e.port.0.to_string());
-        p.answer("the primary", "request", &asked);
-        if let Err(err) = asked {
-            // No answer, but the table says the detach went ahead (the primary died after telling
-            // the others): this process follows them rather than keep a port nobody else has.
-            let gone =
-                self.table.entry(e.port.0 as usize).is_none_or(|c| c.gen != e.gen || c.state != PortState::Attached);
-            if !gone {
-                return Err(err);
-            }
-            tracing::warn!(device = %e.name, error = %err, "no answer from the primary, but the detach went ahead");
+        match m.into_result() {
+            Some(r) => r.map_err(|f| self.error_of(f)),
+            None => Err(HotplugError::BadAnswer("the detach did not finish".into())),
         }
-        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(err) = self.fault(FaultOp::Detach, &e.name) {
-            tracing::warn!(device = %e.name, error = %err, "detach reported failure here; releasing anyway");
-        }
-        if self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.gen)) == Some(e.gen) {
-            self.release_local(e.port, Release::Local);
-        }
-        Ok(())
+    }
+
+    /// This process's handle of `port`: its generation.
+    fn local_of(&self, port: PortId) -> Local {
+        Local { have: self.ports.slot(port).and_then(|s| s.as_ref().map(|l| l.gen)) }
     }
 
     fn handle_attach(&self, req: &Request) -> Result<String, HotplugError> {
         let (port, gen, devargs) = decode_port(&req.msg.payload)?;
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let have = self.ports.slot(port).and_then(|s| s.as_ref().map(|l| l.gen));
-        if have == Some(gen) {
-            return Ok(String::new());
+        match answer(Step::Attach, self.local_of(port), gen) {
+            Plan::Probe { release_first } => {
+                let da = Devargs::parse(&devargs)?;
+                self.fault(FaultOp::Attach, da.name())?;
+                let res = self.resolve(&da)?;
+                if release_first {
+                    self.release_local(port, Release::Local);
+                }
+                self.probe_local(port, gen, &da, &res)?;
+            }
+            Plan::Nothing | Plan::Release | Plan::Check => {}
         }
-        let da = Devargs::parse(&devargs)?;
-        self.fault(FaultOp::Attach, da.name())?;
-        let res = self.resolve(&da)?;
-        if have.is_some() {
-            self.release_local(port, Release::Local);
-        }
-        self.probe_local(port, gen, &da, &res)?;
         Ok(String::new())
     }
 
     fn handle_rollback(&self, req: &Request) -> Result<String, HotplugError> {
         let (port, gen, _) = decode_port(&req.msg.payload)?;
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if self.ports.slot(port).and_then(|s| s.as_ref().map(|l| l.gen)) == Some(gen) {
+        if answer(Step::Rollback, self.local_of(port), gen) == Plan::Release {
             self.release_local(port, Release::Local);
         }
         Ok(String::new())
     }
 
     fn handle_predetach(&self, req: &Request) -> Result<String, HotplugError> {
-        let (port, _gen, _) = decode_port(&req.msg.payload)?;
+        let (port, gen, _) = decode_port(&req.msg.payload)?;
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if answer(Step::PreDetach, self.local_of(port), gen) != Plan::Check {
+            return Ok(String::new());
+        }
         let (locks, name) = self
             .ports
             .slot(port)
@@ -590,8 +845,11 @@ impl Inner {
     }
 
     fn handle_detach(&self, req: &Request) -> Result<String, HotplugError> {
-        let (port, _gen, _) = decode_port(&req.msg.payload)?;
+        let (port, gen, _) = decode_port(&req.msg.payload)?;
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if answer(Step::Detach, self.local_of(port), gen) != Plan::Release {
+            return Ok(String::new());
+        }
         let name = self.ports.slot(port).and_then(|s| s.as_ref().map(|l| l.name.clone()));
         let fault = match &name {
             Some(n) => self.fault(FaultOp::Detach, n),
@@ -602,12 +860,45 @@ impl Inner {
     }
 }
 
-/// Ends a hotplug operation (sequence back to even) however the operation leaves.
-struct SeqGuard<'a>(&'a PortTable);
+/// The primary's machine in a process: peers by socket path, errors as [`HotplugError`].
+type Machine = PrimaryOp<PathBuf, HotplugError>;
+/// A secondary's machine for its own requests.
+type AskerMachine = AskerOp<PathBuf, HotplugError>;
+
+/// The table's sequence counter, odd while an operation runs: flipped by the machine's Begin and
+/// End, and back to even however the operation leaves.
+struct SeqGuard<'a>(&'a PortTable, bool);
+
+impl SeqGuard<'_> {
+    fn flip(&mut self) -> Event<PathBuf, HotplugError> {
+        self.0.bump_seq();
+        self.1 = !self.1;
+        Event::Ok
+    }
+}
 
 impl Drop for SeqGuard<'_> {
     fn drop(&mut self) {
-        self.0.bump_seq();
+        if self.1 {
+            self.0.bump_seq();
+        }
+    }
+}
+
+/// The monotonic clock, the same in every process of the machine: a request's deadline.
+fn monotonic() -> Duration {
+    let t =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+/// The IPC action of a step the primary tells.
+fn action_of(step: Step) -> &'static str {
+    match step {
+        Step::Attach => A_ATTACH,
+        Step::Rollback => A_ROLLBACK,
+        Step::PreDetach => A_PREDETACH,
+        Step::Detach => A_DETACH,
     }
 }
 

@@ -131,7 +131,7 @@ impl Process {
             hp.probe_at_start(opts);
             hp.start_monitor();
         } else {
-            hp.sync_from_table();
+            hp.inner.sync_from_table();
         }
         Ok(hp)
     }
@@ -168,7 +168,7 @@ impl Process {
         let da = Devargs::parse(devargs)?;
         let res = self.inner.resolve(&da)?;
         if self.inner.rt.is_primary() {
-            self.inner.attach_primary(&da, &res, None)
+            self.inner.attach_primary(&da, &res, None, None)
         } else {
             self.inner.attach_from_secondary(&da, &res)
         }
@@ -179,7 +179,7 @@ impl Process {
     pub fn detach(&self, target: &str) -> Result<(PortId, String), HotplugError> {
         let e = self.inner.find_target(target)?;
         if self.inner.rt.is_primary() {
-            self.inner.detach_primary(&e, false, None)?;
+            self.inner.detach_primary(&e, false, None, None)?;
         } else {
             self.inner.detach_from_secondary(&e)?;
         }
@@ -267,10 +267,40 @@ impl Process {
         }
     }
 
+    fn start_monitor(&self) {
+        let w = Arc::downgrade(&self.inner);
+        let _ = std::thread::Builder::new().name("lab-hotplug-mon".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let Some(inner) = w.upgrade() else { return };
+            if inner.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            for p in inner.ports.ids() {
+                let removed = inner.ports.slot(p).and_then(|s| s.as_ref().map(|l| l.dev.is_removed())).unwrap_or(false);
+                if removed {
+                    if let Some(e) = inner.table.entry(p.0 as usize) {
+                        tracing::warn!(port = %p, device = %e.name, "device removed: detaching it everywhere");
+                        if let Err(err) = inner.detach_primary(&e, true, None, None) {
+                            tracing::error!(port = %p, error = %err, "detach of a removed device failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Inner {
     /// A late secondary: attach every port of the table, from a consistent snapshot; release local
     /// ports that are gone. Loops until no operation ran meanwhile.
-    fn sync_from_table(&self) {
-        let inner = &self.inner;
+    pub(crate) fn sync_from_table(&self) {
+        let inner = self;
         let deadline = Instant::now() + inner.timeout * 4;
         loop {
             let s1 = inner.table.seq();
@@ -307,36 +337,6 @@ impl Process {
         }
     }
 
-    fn start_monitor(&self) {
-        let w = Arc::downgrade(&self.inner);
-        let _ = std::thread::Builder::new().name("lab-hotplug-mon".into()).spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let Some(inner) = w.upgrade() else { return };
-            if inner.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            for p in inner.ports.ids() {
-                let removed = inner.ports.slot(p).and_then(|s| s.as_ref().map(|l| l.dev.is_removed())).unwrap_or(false);
-                if removed {
-                    if let Some(e) = inner.table.entry(p.0 as usize) {
-                        tracing::warn!(port = %p, device = %e.name, "device removed: detaching it everywhere");
-                        if let Err(err) = inner.detach_primary(&e, true, None) {
-                            tracing::error!(port = %p, error = %err, "detach of a removed device failed");
-                        }
-                    }
-                }
-            }
-        });
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-impl Inner {
     /// The driver, validated arguments and PCI function of a device (a PCI device's sysfs
     /// directory is read here, once per attach).
     pub(crate) fn resolve(&self, da: &Devargs) -> Result<Resolved, HotplugError> {
