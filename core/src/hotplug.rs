@@ -152,6 +152,51 @@ const A_ATTACH: &str = "hp_attach";
 const A_ROLLBACK: &str = "hp_rollback";
 const A_PREDETACH: &str = "hp_predetach";
 const A_DETACH: &str = "hp_detach";
+/// A secondary to the primary, one way: it released a port whose detach step it answered late.
+const A_RELEASED: &str = "hp_released";
+
+/// The primary's port ids whose detach some secondaries did not confirm in time: held out of
+/// use (state Detaching) until each of them says it released its handle (`hp_released`) or dies.
+#[derive(Debug, Default)]
+pub(crate) struct Held(std::sync::Mutex<Vec<(PortId, u32, Vec<u32>)>>);
+
+impl Held {
+    fn hold(&self, port: PortId, gen: u32, pids: Vec<u32>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((port, gen, pids));
+    }
+
+    /// Takes `pid` off the port's list; true when nobody is left (the id can be reused).
+    fn released(&self, port: PortId, gen: u32, pid: u32) -> bool {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(i) = g.iter().position(|h| h.0 == port && h.1 == gen) else { return false };
+        g[i].2.retain(|p| *p != pid);
+        if g[i].2.is_empty() {
+            g.remove(i);
+            return true;
+        }
+        false
+    }
+
+    /// Drops the processes that died; the ports nobody holds any more.
+    fn reclaim(&self) -> Vec<PortId> {
+        let alive = |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = Vec::new();
+        g.retain_mut(|(port, _, pids)| {
+            pids.retain(|p| alive(*p));
+            if pids.is_empty() {
+                free.push(*port);
+            }
+            !pids.is_empty()
+        });
+        free
+    }
+
+    /// The ports held, for `/lab/hotplug`.
+    pub(crate) fn ports(&self) -> Vec<(PortId, Vec<u32>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|h| (h.0, h.2.clone())).collect()
+    }
+}
 
 impl Inner {
     /// Registers this process's protocol actions (the primary's `hp_req`, a secondary's
@@ -196,6 +241,12 @@ impl Inner {
         };
         if self.rt.is_primary() {
             on(A_REQ, Inner::handle_req)?;
+            let w = w.clone();
+            ch.register_action(A_RELEASED, Dispatch::Worker, move |_, req| {
+                if let Some(inner) = w.upgrade() {
+                    inner.handle_released(req);
+                }
+            })?;
         } else {
             on(A_ATTACH, Inner::handle_attach)?;
             on(A_ROLLBACK, Inner::handle_rollback)?;
@@ -248,14 +299,10 @@ impl Inner {
         }
     }
 
-    /// The secondaries to broadcast to: all but `exclude` (a secondary that asked for the
-    /// operation does its own part itself).
-    fn targets(&self, exclude: Option<&str>) -> Vec<PathBuf> {
-        let all = self.rt.ipc().peers();
-        match exclude {
-            Some(x) => all.into_iter().filter(|p| p.file_name().is_none_or(|n| n != x)).collect(),
-            None => all,
-        }
+    /// The socket of the secondary that asked (`exclude`), if it is still there.
+    fn asker_path(&self, exclude: Option<&str>) -> Option<PathBuf> {
+        let x = exclude?;
+        self.rt.ipc().peers().into_iter().find(|p| p.file_name().is_some_and(|n| n == x))
     }
 
     /// Sends `step` to `to` and feeds the machine every answer: replies, deaths, peers gone
@@ -344,7 +391,7 @@ impl Inner {
     ) -> Result<PortId, HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.admit(deadline)?;
-        let mut m = Machine::new(Kind::Attach, self.targets(exclude));
+        let mut m = Machine::new(Kind::Attach, self.asker_path(exclude));
         let mut seq = SeqGuard(&self.table, false);
         let mut port: Option<(PortId, u32)> = None;
         while let Some(cmd) = m.poll() {
@@ -362,8 +409,15 @@ impl Inner {
                 }
                 Command::Ask(_) => Event::Ok,
                 Command::Do(a) => match a {
-                    Action::Begin | Action::End => seq.flip(),
-                    Action::Reserve => match self.table.find(da.name()).filter(|e| e.state == PortState::Attached) {
+                    Action::Begin => {
+                        seq.flip();
+                        Event::Peers(self.rt.ipc().peers())
+                    }
+                    Action::End => seq.flip(),
+                    Action::Reserve => match {
+                        self.reclaim();
+                        self.table.find(da.name()).filter(|e| e.state == PortState::Attached)
+                    } {
                         Some(e) => {
                             port = Some((e.port, e.gen));
                             Event::No
@@ -442,18 +496,29 @@ impl Inner {
     ) -> Result<(), HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.admit(deadline)?;
-        let mut m = Machine::new(if forced { Kind::Forced } else { Kind::Detach }, self.targets(exclude));
+        let kind = if forced { Kind::Forced } else { Kind::Detach };
+        let mut m = Machine::new(kind, self.asker_path(exclude));
         let mut seq = SeqGuard(&self.table, false);
         while let Some(cmd) = m.poll() {
             let ev = match cmd {
                 Command::Done => break,
                 Command::Send(step, to) => {
-                    self.broadcast(&mut m, step, &to, encode_port(e.port, e.gen, ""), p);
+                    // A detach step carries its deadline: a secondary that answers it late
+                    // says so once it has released (`hp_released`).
+                    let text = match step {
+                        Step::Detach => (monotonic() + self.timeout).as_millis().to_string(),
+                        _ => String::new(),
+                    };
+                    self.broadcast(&mut m, step, &to, encode_port(e.port, e.gen, &text), p);
                     continue;
                 }
                 Command::Ask(_) => Event::Ok,
                 Command::Do(a) => match a {
-                    Action::Begin | Action::End => seq.flip(),
+                    Action::Begin => {
+                        seq.flip();
+                        Event::Peers(self.rt.ipc().peers())
+                    }
+                    Action::End => seq.flip(),
                     Action::Check => self.check_primary(e, forced),
                     Action::Commit => {
                         self.table.set_state(e.port, PortState::Detaching);
@@ -476,8 +541,18 @@ impl Inner {
                         Event::Ok
                     }
                     Action::Free => {
-                        self.table.set_state(e.port, PortState::Unused);
-                        tracing::info!(port = %e.port, device = %e.name, "detached everywhere");
+                        let pids: Vec<u32> = m
+                            .unconfirmed()
+                            .iter()
+                            .filter_map(|p| p.file_name().and_then(|n| crate::ipc::pid_of(&n.to_string_lossy())))
+                            .collect();
+                        if pids.is_empty() {
+                            self.table.set_state(e.port, PortState::Unused);
+                            tracing::info!(port = %e.port, device = %e.name, "detached everywhere");
+                        } else {
+                            tracing::warn!(port = %e.port, device = %e.name, ?pids, "detached; the port id is held until these processes release it");
+                            self.held.hold(e.port, e.gen, pids);
+                        }
                         Event::Ok
                     }
                     Action::Reserve | Action::Probe | Action::Publish | Action::Recheck | Action::Resync => Event::Ok,
@@ -662,7 +737,7 @@ impl Inner {
                     }
                 }
                 (Command::Do(Action::Probe), Some((port, gen, devargs))) => {
-                    lock = Some(self.op_lock.lock().unwrap_or_else(|e| e.into_inner()));
+                    // Under the lock taken by Recheck: no step of a later operation between.
                     let have = self.ports.slot(*port).and_then(|s| s.as_ref().map(|l| l.gen));
                     let local = if have == Some(*gen) {
                         Ok(())
@@ -680,10 +755,10 @@ impl Inner {
                             }
                         })
                     };
+                    lock = None;
                     match local {
                         Ok(()) => Event::Ok,
                         Err(err) => {
-                            lock = None;
                             tracing::warn!(device = da.name(), error = %err, "local attach failed: undoing it everywhere");
                             Event::Failed(err)
                         }
@@ -697,6 +772,7 @@ impl Inner {
                     ev
                 }
                 (Command::Do(Action::Recheck), Some((port, gen, _))) => {
+                    lock = Some(self.op_lock.lock().unwrap_or_else(|e| e.into_inner()));
                     let still = self
                         .table
                         .entry(port.0 as usize)
@@ -704,12 +780,9 @@ impl Inner {
                     if still {
                         Event::Ok
                     } else {
+                        lock = None;
                         Event::No
                     }
-                }
-                (Command::Do(Action::Release), Some((port, _, _))) => {
-                    self.release_local(*port, Release::Local);
-                    Event::Ok
                 }
                 (Command::Do(Action::Resync), _) => {
                     lock = None;
@@ -844,8 +917,46 @@ impl Inner {
         Ok(String::new())
     }
 
+    /// The primary: a secondary released a port it answered late; the id is free once nobody
+    /// holds it.
+    fn handle_released(&self, req: &Request) {
+        let (Ok((port, gen, _)), Some(pid)) = (decode_port(&req.msg.payload), req.peer.pid()) else { return };
+        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.held.released(port, gen, pid) {
+            self.free_held(port, gen);
+        }
+    }
+
+    /// Held ports whose late processes have died, freed.
+    fn reclaim(&self) {
+        for port in self.held.reclaim() {
+            let gen = self.table.entry(port.0 as usize).map(|e| e.gen).unwrap_or(0);
+            self.free_held(port, gen);
+        }
+    }
+
+    fn free_held(&self, port: PortId, gen: u32) {
+        if self.table.entry(port.0 as usize).is_some_and(|e| e.gen == gen && e.state == PortState::Detaching) {
+            self.table.set_state(port, PortState::Unused);
+            tracing::info!(port = %port, "released by every process: the port id is free");
+        }
+    }
+
     fn handle_detach(&self, req: &Request) -> Result<String, HotplugError> {
-        let (port, gen, _) = decode_port(&req.msg.payload)?;
+        let (port, gen, deadline) = decode_port(&req.msg.payload)?;
+        let late = deadline
+            .parse::<u64>()
+            .is_ok_and(|d| (monotonic() + Duration::from_millis(100)).as_millis() as u64 >= d);
+        if late {
+            // Answered too late for the primary's wait: it holds the id until this says so.
+            let r = self.handle_detach_step(port, gen);
+            let _ = self.rt.ipc().send(&Msg::new(A_RELEASED, encode_port(port, gen, "")));
+            return r;
+        }
+        self.handle_detach_step(port, gen)
+    }
+
+    fn handle_detach_step(&self, port: PortId, gen: u32) -> Result<String, HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
         if answer(Step::Detach, self.local_of(port), gen) != Plan::Release {
             return Ok(String::new());

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) stop: AtomicBool,
     /// The last hotplug operations (`/lab/hotplug`).
     pub(crate) history: crate::hotplug::History,
+    /// The primary's port ids held out of use until slow secondaries release them.
+    pub(crate) held: crate::hotplug::Held,
 }
 
 /// A lab process: its runtime, the shared port table and its own port handles, kept the same as
@@ -120,6 +122,7 @@ impl Process {
             conf: PortConf::default(),
             stop: AtomicBool::new(false),
             history: Default::default(),
+            held: Default::default(),
         });
         inner.register_actions().map_err(InitError::Actions)?;
         if let Some(t) = rt.telemetry() {

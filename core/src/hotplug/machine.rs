@@ -48,7 +48,9 @@ impl Step {
 /// [`Event::No`] or [`Event::Failed`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
-    /// The table's sequence counter to odd: an operation runs (late secondaries wait).
+    /// The table's sequence counter to odd: an operation runs (late secondaries wait). Then
+    /// report the secondaries there are now with [`Event::Peers`]: one that starts later sees
+    /// the odd counter and waits for the end before it reads the table.
     Begin,
     /// The sequence counter back to even: the operation has ended.
     End,
@@ -66,7 +68,10 @@ pub enum Action {
     Commit,
     /// This process's handle released (the primary's release gives back the shared state).
     Release,
-    /// The port's table slot back to unused.
+    /// The port's table slot back to unused; when [`PrimaryOp::unconfirmed`] names peers that
+    /// did not confirm their release in time, the slot is held out of use instead, until each
+    /// of them says it released it (late) or dies: a port id is never given to a new device
+    /// while a slow process still holds a handle of the old one.
     Free,
     /// A secondary: is the port still attached, as the operation left it? ([`Event::No`]: no).
     Recheck,
@@ -132,6 +137,8 @@ pub enum Event<P, E> {
     Timeout,
     /// The step could not be sent at all (the channel failed).
     SendFailed(E),
+    /// [`Action::Begin`] done: the secondaries there are (the asker among them, if alive).
+    Peers(Vec<P>),
 }
 
 /// Why an operation failed.
@@ -201,7 +208,7 @@ impl<P: Clone + Eq> Collect<P> {
                 self.broken = true;
                 self.pending.clear();
             }
-            Event::Ok | Event::No | Event::Failed(_) => {}
+            Event::Ok | Event::No | Event::Failed(_) | Event::Peers(_) => {}
         }
         self.pending.is_empty()
     }
@@ -247,6 +254,7 @@ enum Phase<P> {
 pub struct PrimaryOp<P, E> {
     kind: Kind,
     peers: Vec<P>,
+    asker: Option<P>,
     phase: Phase<P>,
     sent: bool,
     begun: bool,
@@ -254,25 +262,31 @@ pub struct PrimaryOp<P, E> {
     result: Option<Result<(), Failure<P, E>>>,
     /// The refusal of a detach step, kept for the owner to log.
     detach_refused: Option<Failure<P, E>>,
+    /// Peers silent at the detach step.
+    unconfirmed: Vec<P>,
 }
 
 impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
-    /// A new operation telling `peers` (the secondaries, less the one that asked: it does its
-    /// own part).
-    pub fn new(kind: Kind, peers: Vec<P>) -> PrimaryOp<P, E> {
+    /// A new operation asked by `asker` (a secondary; `None`: the primary itself). It tells the
+    /// secondaries there are at [`Action::Begin`], less the asker: an asker does its own attach
+    /// and pre-detach check, but is told the `Detach` step like everyone, so a port id is given
+    /// back only once no process holds a handle of it.
+    pub fn new(kind: Kind, asker: Option<P>) -> PrimaryOp<P, E> {
         let first = match kind {
             Kind::Attach => Action::Begin,
             Kind::Detach | Kind::Forced => Action::Check,
         };
         PrimaryOp {
             kind,
-            peers,
+            peers: Vec::new(),
+            asker,
             phase: Phase::Doing(first),
             sent: false,
             begun: false,
             failure: None,
             result: None,
             detach_refused: None,
+            unconfirmed: Vec::new(),
         }
     }
 
@@ -321,6 +335,12 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
         self.result
     }
 
+    /// The peers that did not answer the detach step in time: they may still hold a handle of
+    /// the port (see [`Action::Free`]).
+    pub fn unconfirmed(&self) -> &[P] {
+        &self.unconfirmed
+    }
+
     /// A detach step's refusal (the detach went ahead; the owner logs it).
     pub fn take_detach_refusal(&mut self) -> Option<Failure<P, E>> {
         self.detach_refused.take()
@@ -356,7 +376,11 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
     }
 
     fn send(&mut self, step: Step) {
-        let c = Collect::new(step, &self.peers);
+        let mut to = self.peers.clone();
+        if let (Step::Detach, Some(a)) = (step, &self.asker) {
+            to.push(a.clone());
+        }
+        let c = Collect::new(step, &to);
         self.go(Phase::Collecting(c));
     }
 
@@ -380,14 +404,22 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
     }
 
     fn action_done(&mut self, a: Action, ev: Event<P, E>) {
-        let (no, failed) = match ev {
-            Event::Failed(e) => (false, Some(e)),
-            Event::No => (true, None),
-            _ => (false, None),
+        let (no, failed, peers) = match ev {
+            Event::Failed(e) => (false, Some(e), None),
+            Event::No => (true, None, None),
+            Event::Peers(ps) => (false, None, Some(ps)),
+            _ => (false, None, None),
         };
         match (a, self.kind) {
             (Action::Begin, _) => {
                 self.begun = true;
+                if let Some(ps) = peers {
+                    let asker_there = self.asker.as_ref().is_some_and(|a| ps.contains(a));
+                    self.peers = ps.into_iter().filter(|p| Some(p) != self.asker.as_ref()).collect();
+                    if !asker_there {
+                        self.asker = None;
+                    }
+                }
                 match self.kind {
                     Kind::Attach => self.doing_next(Action::Reserve),
                     Kind::Detach => self.send(Step::PreDetach),
@@ -444,6 +476,7 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
                 None => self.doing_next(Action::Commit),
             },
             Step::Detach => {
+                self.unconfirmed = c.silent.clone();
                 self.detach_refused = c.failure(false, send_err);
                 self.doing_next(Action::Release);
             }
@@ -453,9 +486,11 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
 
 /// One operation a secondary asks the primary for.
 ///
-/// Attach: ask; refused: done. Granted: Probe its own handle; failed: ask the primary to undo
-/// the attach everywhere (Abort), and fail. Then Recheck: an operation that overtook the answer
-/// (a detach right after) is followed by a Release.
+/// Attach: ask; refused: done. Granted: Recheck that the port is still the one granted (an
+/// operation that overtook the answer, a detach right after, leaves nothing to attach: done),
+/// then Probe its own handle, the two under one hold of the process's operation lock, so no
+/// step of a later operation comes between; a failed probe asks the primary to undo the attach
+/// everywhere (Abort), and fails.
 ///
 /// Detach: Check (a lock here vetoes), ask, Release. Refused, or no answer: Recheck; the table
 /// says the port is gone (the primary did it and the answer was lost): Release, done.
@@ -553,7 +588,7 @@ impl<P: Clone + Eq + Debug, E: Debug> AskerOp<P, E> {
                     self.go(Phase::Doing(Action::Resync));
                 }
                 (Some(e), false) => self.done(Err(Failure::Local(e))),
-                (None, false) => self.go(Phase::Doing(Action::Probe)),
+                (None, false) => self.go(Phase::Doing(Action::Recheck)),
             },
             Phase::Asking(Ask::Abort) => {
                 // Answered or not, the attach failed here; without an answer, follow the table.
@@ -592,11 +627,11 @@ impl<P: Clone + Eq + Debug, E: Debug> AskerOp<P, E> {
                     self.failure = Some(Failure::Local(e));
                     self.go(Phase::Asking(Ask::Abort));
                 }
-                None => self.go(Phase::Doing(Action::Recheck)),
+                None => self.done(Ok(())),
             },
             (Ask::Attach | Ask::Abort, Action::Recheck) => match no {
-                true => self.go(Phase::Doing(Action::Release)),
-                false => self.done(Ok(())),
+                true => self.done(Ok(())),
+                false => self.go(Phase::Doing(Action::Probe)),
             },
             (Ask::Detach, Action::Recheck) => match no {
                 true => self.go(Phase::Doing(Action::Release)),
@@ -642,12 +677,18 @@ pub enum Plan {
 }
 
 /// What a secondary does with `step` for the port's generation `gen`.
+///
+/// A port's generations only grow, and a slow secondary may find a step of an operation that
+/// ended long ago (timed out) behind the steps of newer ones, or after its own attach of a newer
+/// generation: a step for an older generation than the handle held changes nothing.
 pub fn answer(step: Step, local: Local, gen: u32) -> Plan {
+    let newer_held = local.have.is_some_and(|h| h > gen);
     match step {
-        Step::Attach if local.have == Some(gen) => Plan::Nothing,
+        Step::Attach if local.have == Some(gen) || newer_held => Plan::Nothing,
         Step::Attach => Plan::Probe { release_first: local.have.is_some() },
         Step::Rollback if local.have == Some(gen) => Plan::Release,
         Step::Rollback => Plan::Nothing,
+        Step::PreDetach | Step::Detach if newer_held => Plan::Nothing,
         Step::PreDetach => Plan::Check,
         Step::Detach => Plan::Release,
     }
@@ -669,12 +710,16 @@ mod tests {
     type Op = PrimaryOp<u8, &'static str>;
     type Script<'a> = &'a mut dyn FnMut(&Command<u8>) -> Vec<Event<u8, &'static str>>;
 
-    fn run(op: &mut Op, script: Script) -> Vec<Command<u8>> {
+    fn run(op: &mut Op, peers: &[u8], script: Script) -> Vec<Command<u8>> {
         let mut seen = Vec::new();
         while let Some(c) = op.poll() {
             seen.push(c.clone());
             if c == Command::Done {
                 break;
+            }
+            if c == Command::Do(Action::Begin) {
+                op.handle(Event::Peers(peers.to_vec()));
+                continue;
             }
             for ev in script(&c) {
                 op.handle(ev);
@@ -685,8 +730,8 @@ mod tests {
 
     #[test]
     fn an_attach_refused_by_one_peer_is_rolled_back_everywhere_and_fails_with_its_reason() {
-        let mut op = Op::new(Kind::Attach, vec![1, 2]);
-        let cmds = run(&mut op, &mut |c| match c {
+        let mut op = Op::new(Kind::Attach, None);
+        let cmds = run(&mut op, &[1, 2], &mut |c| match c {
             Command::Send(Step::Attach, _) => vec![Event::Reply(1, None), Event::Reply(2, Some("no memory".into()))],
             Command::Send(Step::Rollback, _) => vec![Event::Reply(1, None), Event::Timeout],
             _ => vec![Event::Ok],
@@ -711,16 +756,16 @@ mod tests {
 
     #[test]
     fn a_refusal_wins_over_a_death_and_a_death_over_silence() {
-        let mut op = Op::new(Kind::Detach, vec![1, 2, 3]);
-        run(&mut op, &mut |c| match c {
+        let mut op = Op::new(Kind::Detach, None);
+        run(&mut op, &[1, 2, 3], &mut |c| match c {
             Command::Send(Step::PreDetach, _) => {
                 vec![Event::Died(1), Event::Reply(3, Some("locked".into())), Event::Timeout]
             }
             _ => vec![Event::Ok],
         });
         assert_eq!(op.result(), Some(&Err(Failure::Refused(3, "locked".into()))));
-        let mut op = Op::new(Kind::Detach, vec![1, 2]);
-        run(&mut op, &mut |c| match c {
+        let mut op = Op::new(Kind::Detach, None);
+        run(&mut op, &[1, 2], &mut |c| match c {
             Command::Send(Step::PreDetach, _) => vec![Event::Timeout],
             _ => vec![Event::Ok],
         });
@@ -729,8 +774,8 @@ mod tests {
 
     #[test]
     fn a_detach_goes_ahead_when_a_peer_dies_or_refuses_its_release() {
-        let mut op = Op::new(Kind::Detach, vec![1, 2]);
-        let cmds = run(&mut op, &mut |c| match c {
+        let mut op = Op::new(Kind::Detach, None);
+        let cmds = run(&mut op, &[1, 2], &mut |c| match c {
             Command::Send(Step::Detach, _) => vec![Event::Died(1), Event::Reply(2, Some("fault".into()))],
             Command::Send(_, to) => to.iter().map(|p| Event::Reply(*p, None)).collect(),
             _ => vec![Event::Ok],
@@ -738,20 +783,33 @@ mod tests {
         assert!(cmds.contains(&Command::Do(Action::Free)));
         assert_eq!(op.result(), Some(&Ok(())));
         assert_eq!(op.take_detach_refusal(), Some(Failure::Refused(2, "fault".into())));
+        assert!(op.unconfirmed().is_empty());
+    }
+
+    #[test]
+    fn a_detach_names_the_peers_that_did_not_confirm_their_release() {
+        let mut op = Op::new(Kind::Detach, None);
+        run(&mut op, &[1, 2], &mut |c| match c {
+            Command::Send(Step::Detach, _) => vec![Event::Reply(1, None), Event::Timeout],
+            Command::Send(_, to) => to.iter().map(|p| Event::Reply(*p, None)).collect(),
+            _ => vec![Event::Ok],
+        });
+        assert_eq!(op.result(), Some(&Ok(())));
+        assert_eq!(op.unconfirmed(), &[2]);
     }
 
     #[test]
     fn a_check_that_finds_nothing_fails_before_the_operation_begins() {
-        let mut op = Op::new(Kind::Forced, vec![1]);
-        let cmds = run(&mut op, &mut |_| vec![Event::No]);
+        let mut op = Op::new(Kind::Forced, None);
+        let cmds = run(&mut op, &[1], &mut |_| vec![Event::No]);
         assert_eq!(cmds, vec![Command::Do(Action::Check), Command::Done]);
         assert_eq!(op.result(), Some(&Err(Failure::NotAttached)));
     }
 
     #[test]
     fn with_no_peers_a_step_needs_no_answers() {
-        let mut op = Op::new(Kind::Attach, vec![]);
-        let cmds = run(&mut op, &mut |_| vec![Event::Ok]);
+        let mut op = Op::new(Kind::Attach, None);
+        let cmds = run(&mut op, &[], &mut |_| vec![Event::Ok]);
         assert!(!cmds.iter().any(|c| matches!(c, Command::Send(..))));
         assert_eq!(op.result(), Some(&Ok(())));
     }
@@ -788,5 +846,9 @@ mod tests {
         assert_eq!(answer(Step::Attach, Local { have: Some(2) }, 3), Plan::Probe { release_first: true });
         assert_eq!(answer(Step::Rollback, Local { have: Some(2) }, 3), Plan::Nothing);
         assert_eq!(answer(Step::Rollback, Local { have: Some(3) }, 3), Plan::Release);
+        // Stale steps of an operation that timed out, found after a newer attach: nothing.
+        assert_eq!(answer(Step::Attach, Local { have: Some(4) }, 3), Plan::Nothing);
+        assert_eq!(answer(Step::Detach, Local { have: Some(4) }, 3), Plan::Nothing);
+        assert_eq!(answer(Step::Detach, Local { have: Some(2) }, 3), Plan::Release);
     }
 }

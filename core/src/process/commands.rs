@@ -60,7 +60,7 @@ pub(super) fn register(t: &Telemetry, inner: &Arc<Inner>) {
         ),
         (
             "/lab/hotplug",
-            "Returns the last hotplug operations: what, from whom, outcome, each process's answer. Takes no parameters",
+            "Returns the last hotplug operations: what, from whom, outcome, each process's answer; the port ids held until slow processes release them. Takes no parameters",
             lab_hotplug,
         ),
         (
@@ -180,7 +180,14 @@ fn lab_ports(inner: &Inner, _: Option<&str>) -> Result<Value, CmdError> {
 }
 
 fn lab_hotplug(inner: &Inner, _: Option<&str>) -> Result<Value, CmdError> {
-    Ok(inner.history.to_json())
+    let mut v = inner.history.to_json();
+    // Port ids held out of use until slow secondaries release them (the primary's own record).
+    let held: Vec<Value> =
+        inner.held.ports().into_iter().map(|(p, pids)| json!({"port": p.0, "waiting_for": pids})).collect();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("held".into(), Value::Array(held));
+    }
+    Ok(v)
 }
 
 /// The pools of the shared memory: every zone that holds one.
