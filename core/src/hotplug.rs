@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +131,10 @@ pub enum HotplugError {
     /// The channel failed.
     #[error(transparent)]
     Ipc(#[from] IpcError),
+    /// This secondary's probe failed after the primary attached the port everywhere else, and
+    /// the primary did not confirm the undo: the port may remain attached in the other processes.
+    #[error("{0}; the primary did not confirm the undo: the port may remain attached in the other processes")]
+    Unconfirmed(Box<HotplugError>),
     /// The operation failed in the primary, which ran it for this secondary (its message).
     #[error("{0}")]
     Remote(String),
@@ -141,6 +146,12 @@ pub enum HotplugError {
         left_ms: u64,
         /// The longest the operation can take.
         need_ms: u64,
+    },
+    /// This secondary's primary has died: no hotplug until a new primary runs.
+    #[error("the primary (pid {pid}) is gone: hotplug needs a primary")]
+    PrimaryGone {
+        /// The dead primary's pid.
+        pid: u32,
     },
     /// The primary's answer could not be understood.
     #[error("bad answer from the primary: {0}")]
@@ -347,6 +358,11 @@ impl Inner {
 
     /// The error a failed operation reports.
     fn error_of(&self, f: Failure<PathBuf, HotplugError>) -> HotplugError {
+        if matches!(&f, Failure::Silent(ps) if ps.is_empty()) {
+            if let Some(gone) = self.primary_gone() {
+                return gone;
+            }
+        }
         let name =
             |p: &PathBuf| process_name(&p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         match f {
@@ -354,6 +370,7 @@ impl Inner {
             Failure::NotAttached => HotplugError::NotAttached,
             Failure::Refused(p, reason) => HotplugError::Refused { process: name(&p), reason },
             Failure::Died(p) => HotplugError::Refused { process: name(&p), reason: "died during the request".into() },
+            Failure::Unconfirmed(e) => HotplugError::Unconfirmed(Box::new(e)),
             Failure::Silent(ps) if ps.is_empty() => HotplugError::Timeout {
                 processes: "the primary".into(),
                 timeout_ms: self.ask_wait().as_millis() as u64,
@@ -625,6 +642,14 @@ impl Inner {
     /// Asks the primary to run `op` on `arg` for everyone else; the answer, recorded in `p`, as
     /// the asker's machine takes it (no answer: a timeout; a channel failure: unsent).
     fn ask_primary(&self, op: Ask, arg: &str, p: &mut Pending) -> (Event<PathBuf, HotplugError>, String) {
+        if let Some(gone) = self.primary_gone() {
+            // Nothing asked. An undo that cannot be asked is unconfirmed: unanswered.
+            let ev = match op {
+                Ask::Abort => Event::Died(self.rt.ipc().socket_path().with_file_name(crate::ipc::PRIMARY_SOCKET)),
+                Ask::Attach | Ask::Detach => Event::Failed(gone),
+            };
+            return (ev, String::new());
+        }
         let me = self.rt.ipc().socket_path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let wait = self.ask_wait();
         let deadline = (monotonic() + wait).as_millis();
@@ -870,9 +895,27 @@ impl Inner {
         Local { have: self.ports.slot(port).and_then(|s| s.as_ref().map(|l| l.gen)) }
     }
 
+    /// A secondary whose primary is gone: its error. Checked by a step's handler under the
+    /// operation lock, so a step never runs after the watcher's resync (which takes the lock).
+    fn primary_gone(&self) -> Option<HotplugError> {
+        let pid = self.rt.shm().primary_pid();
+        let gone = !self.rt.is_primary()
+            && (self.orphaned.load(Ordering::Acquire) || !crate::sys::pid_alive(pid));
+        gone.then_some(HotplugError::PrimaryGone { pid })
+    }
+
+    /// The operation lock for a step the primary told; refused once the primary is gone.
+    fn step_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, HotplugError> {
+        let g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        match self.orphaned.load(Ordering::Acquire) {
+            true => Err(HotplugError::PrimaryGone { pid: self.rt.shm().primary_pid() }),
+            false => Ok(g),
+        }
+    }
+
     fn handle_attach(&self, req: &Request) -> Result<String, HotplugError> {
         let (port, gen, devargs) = decode_port(&req.msg.payload)?;
-        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.step_lock()?;
         match answer(Step::Attach, self.local_of(port), gen) {
             Plan::Probe { release_first } => {
                 let da = Devargs::parse(&devargs)?;
@@ -890,7 +933,7 @@ impl Inner {
 
     fn handle_rollback(&self, req: &Request) -> Result<String, HotplugError> {
         let (port, gen, _) = decode_port(&req.msg.payload)?;
-        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.step_lock()?;
         if answer(Step::Rollback, self.local_of(port), gen) == Plan::Release {
             self.release_local(port, Release::Local);
         }
@@ -899,7 +942,7 @@ impl Inner {
 
     fn handle_predetach(&self, req: &Request) -> Result<String, HotplugError> {
         let (port, gen, _) = decode_port(&req.msg.payload)?;
-        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.step_lock()?;
         if answer(Step::PreDetach, self.local_of(port), gen) != Plan::Check {
             return Ok(String::new());
         }
@@ -957,7 +1000,7 @@ impl Inner {
     }
 
     fn handle_detach_step(&self, port: PortId, gen: u32) -> Result<String, HotplugError> {
-        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.step_lock()?;
         if answer(Step::Detach, self.local_of(port), gen) != Plan::Release {
             return Ok(String::new());
         }

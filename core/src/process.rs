@@ -72,6 +72,9 @@ pub(crate) struct Inner {
     pub(crate) history: crate::hotplug::History,
     /// The primary's port ids held out of use until slow secondaries release them.
     pub(crate) held: crate::hotplug::Held,
+    /// A secondary whose primary died: it follows the port table as the primary left it, asks
+    /// nothing more and ignores what the dead primary had still queued for it.
+    pub(crate) orphaned: AtomicBool,
 }
 
 /// A lab process: its runtime, the shared port table and its own port handles, kept the same as
@@ -123,6 +126,7 @@ impl Process {
             stop: AtomicBool::new(false),
             history: Default::default(),
             held: Default::default(),
+            orphaned: AtomicBool::new(false),
         });
         inner.register_actions().map_err(InitError::Actions)?;
         if let Some(t) = rt.telemetry() {
@@ -135,6 +139,7 @@ impl Process {
             hp.start_monitor();
         } else {
             hp.inner.sync_from_table();
+            hp.watch_primary();
         }
         Ok(hp)
     }
@@ -270,6 +275,28 @@ impl Process {
         }
     }
 
+    /// A secondary: once the primary is gone, no step of its operations will come and none of
+    /// its queued ones may be carried out (the operation they belong to ended with it). The
+    /// table is what it left, consistent or not: the secondary follows it, without waiting for an
+    /// operation the dead primary began to end.
+    fn watch_primary(&self) {
+        let w = Arc::downgrade(&self.inner);
+        let pid = self.inner.rt.shm().primary_pid();
+        let _ = std::thread::Builder::new().name("lab-primary-watch".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let Some(inner) = w.upgrade() else { return };
+            if inner.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if !crate::sys::pid_alive(pid) {
+                tracing::warn!(pid, "the primary is gone: following its port table; hotplug needs a primary");
+                inner.orphaned.store(true, Ordering::Release);
+                inner.sync_from_table();
+                return;
+            }
+        });
+    }
+
     fn start_monitor(&self) {
         let w = Arc::downgrade(&self.inner);
         let _ = std::thread::Builder::new().name("lab-hotplug-mon".into()).spawn(move || loop {
@@ -307,7 +334,7 @@ impl Inner {
         let deadline = Instant::now() + inner.timeout * 4;
         loop {
             let s1 = inner.table.seq();
-            if s1 % 2 == 1 && Instant::now() < deadline {
+            if s1 % 2 == 1 && Instant::now() < deadline && !inner.orphaned.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }

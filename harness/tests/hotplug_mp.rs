@@ -223,6 +223,34 @@ fn a_late_secondary_sees_existing_ports_and_a_dead_one_blocks_nothing() {
     quit_all(&lab, vec![p, late]);
 }
 
+/// The primary dies in the middle of an attach, after one secondary attached its handle and
+/// while another is still at it: neither keeps a port the table never published (the model's
+/// orphan rule, `lab-model`), and hotplug from a secondary fails at once, naming the dead primary.
+#[test]
+fn secondaries_of_a_dead_primary_follow_the_table_it_left() {
+    let lab = Lab::new("orphan");
+    let t = "--hotplug-timeout-ms=1000";
+    let mut p = lab.start(&[t]);
+    let mut s1 = lab.start(&[t]);
+    let mut s2 = lab.start(&[t, "--lab-fault=attach:net_null0:hang"]);
+    let primary = p.pid();
+    p.send_line("attach net_null0").unwrap();
+    // s1 answered the attach step; s2 hangs in it (2.5 s), so the primary has not published.
+    eventually_lists(&mut s1, &[(0, "net_null0")], Duration::from_secs(5));
+    p.kill();
+    eventually_lists(&mut s1, &[], Duration::from_secs(5));
+    // s2 finishes its step after the hang (2.5 s from the step), then follows the table too.
+    std::thread::sleep(Duration::from_millis(3000));
+    eventually_lists(&mut s2, &[], Duration::from_secs(10));
+    let gone = format!("the primary (pid {primary}) is gone");
+    let a = s1.cmd("attach net_null1").unwrap();
+    assert!(a.starts_with("failed to attach device net_null1: ") && a.contains(&gone), "{a}");
+    all_list(&mut [&mut s1, &mut s2], &[]);
+    for s in [s1, s2] {
+        assert!(s.quit(Duration::from_secs(10)).is_some_and(|st| st.success()));
+    }
+}
+
 #[test]
 fn a_hundred_cycles_across_processes_leak_nothing() {
     let lab = Lab::new("cycles");

@@ -460,7 +460,7 @@ impl Lab {
                 Command::Done => {
                     let a = s.procs[p as usize].asking.take().expect("asking");
                     let ok = matches!(a.m.result(), Some(Ok(())));
-                    s.records[a.rec].unknown = matches!(a.m.result(), Some(Err(Failure::Silent(_))));
+                    s.records[a.rec].unknown = matches!(a.m.result(), Some(Err(Failure::Silent(_) | Failure::Unconfirmed(_))));
                     self.report(s, a.rec, ok);
                 }
             }
@@ -920,7 +920,7 @@ fn error_of(f: Failure<Pid, Error>) -> Error {
     match f {
         Failure::Local(e) => e,
         Failure::NotAttached => Error::NotAttached,
-        Failure::Refused(..) | Failure::Died(_) | Failure::Silent(_) => Error::Remote,
+        Failure::Refused(..) | Failure::Died(_) | Failure::Silent(_) | Failure::Unconfirmed(_) => Error::Remote,
     }
 }
 

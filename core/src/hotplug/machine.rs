@@ -155,6 +155,10 @@ pub enum Failure<P, E> {
     Died(P),
     /// These peers did not answer within the timeout.
     Silent(Vec<P>),
+    /// An asking secondary's probe failed (E) after the primary had attached the port everywhere
+    /// else, and the primary did not answer the undo: the port may stay attached, in every
+    /// process alike (a dead primary cannot undo; the table says which).
+    Unconfirmed(E),
 }
 
 /// Which operation a [`PrimaryOp`] runs.
@@ -593,6 +597,10 @@ impl<P: Clone + Eq + Debug, E: Debug> AskerOp<P, E> {
             Phase::Asking(Ask::Abort) => {
                 // Answered or not, the attach failed here; without an answer, follow the table.
                 if unanswered {
+                    self.failure = self.failure.take().map(|f| match f {
+                        Failure::Local(e) => Failure::Unconfirmed(e),
+                        f => f,
+                    });
                     self.go(Phase::Doing(Action::Resync));
                 } else {
                     let f = self.failure.take().unwrap_or(Failure::NotAttached);

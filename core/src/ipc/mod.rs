@@ -45,7 +45,7 @@ const MAGIC: u32 = 0x4c41_424d;
 const WIRE_VERSION: u8 = 1;
 const HDR_LEN: usize = 88;
 const MAX_DGRAM: usize = HDR_LEN + MAX_PAYLOAD;
-const PRIMARY_SOCKET: &str = "mp_socket";
+pub(crate) const PRIMARY_SOCKET: &str = "mp_socket";
 const LIVENESS_POLL_MS: i32 = 20;
 
 /// Errors of the channel.
