@@ -987,16 +987,15 @@ impl Inner {
 
     fn handle_detach(&self, req: &Request) -> Result<String, HotplugError> {
         let (port, gen, deadline) = decode_port(&req.msg.payload)?;
+        let r = self.handle_detach_step(port, gen);
         let late = deadline
             .parse::<u64>()
             .is_ok_and(|d| (monotonic() + Duration::from_millis(100)).as_millis() as u64 >= d);
         if late {
             // Answered too late for the primary's wait: it holds the id until this says so.
-            let r = self.handle_detach_step(port, gen);
             let _ = self.rt.ipc().send(&Msg::new(A_RELEASED, encode_port(port, gen, "")));
-            return r;
         }
-        self.handle_detach_step(port, gen)
+        r
     }
 
     fn handle_detach_step(&self, port: PortId, gen: u32) -> Result<String, HotplugError> {

@@ -158,6 +158,43 @@ fn a_silent_secondary_is_recorded_as_no_answer_and_counted_as_a_timeout() {
     }
 }
 
+/// A secondary too slow to confirm a detach still holds the port's handle: the primary holds the
+/// id out of use (`held` in `/lab/hotplug`, naming who it waits for) until that secondary says it
+/// released it, so the id never names two devices at once (property (d) of `lab-model`, which
+/// found the reuse).
+#[test]
+fn a_port_id_a_slow_secondary_still_holds_is_held_until_it_lets_go() {
+    let mut lab = Lab::builder()
+        .secondaries(1)
+        .eal("--hotplug-timeout-ms=300")
+        .process_eal("s1", "--lab-fault=detach:net_null0:hang")
+        .start()
+        .expect("lab");
+    ok(&mut lab, "primary", "attach net_null0", "attached device net_null0");
+    lab.assert_consistent();
+    ok(&mut lab, "primary", "detach net_null0", "detached device net_null0");
+    let h = ask(&lab, "primary", "/lab/hotplug");
+    let s1 = u64::from(lab.pid("s1").unwrap());
+    assert_eq!(h["held"], serde_json::json!([{"port": 0, "waiting_for": [s1]}]), "{h}");
+    // s1 still holds port 0 as net_null0 while it hangs (twice the timeout and 500 ms).
+    let rows = ask(&lab, "s1", "/lab/ports");
+    let row = rows.as_array().and_then(|r| r.iter().find(|r| r["port_id"] == 0)).cloned().unwrap_or_default();
+    assert_eq!((&row["local_handle"], &row["state"]), (&"attached".into(), &"detaching".into()), "{rows}");
+    lab.wait_until(Duration::from_secs(5), "the primary frees port 0", |l| {
+        (l.telemetry("primary", "/lab/hotplug").ok()?["held"] == serde_json::json!([])).then_some(())
+    })
+    .unwrap();
+    let rows = ask(&lab, "s1", "/lab/ports");
+    assert!(rows.as_array().unwrap().iter().all(|r| r["local_handle"] != "attached"), "{rows}");
+    // The freed id is the next device's.
+    assert_eq!(lab.cmd("primary", "attach net_null1").unwrap(), "attached device net_null1");
+    assert_eq!(ask(&lab, "primary", "/ethdev/list"), serde_json::json!([0]));
+    lab.assert_consistent();
+    for x in lab.processes().into_iter().rev() {
+        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
+    }
+}
+
 #[test]
 fn lab_status_shows_every_process_and_its_ports() {
     let mut lab = Lab::builder().vdev("net_null0").secondaries(1).start().expect("lab");
