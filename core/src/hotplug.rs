@@ -431,10 +431,7 @@ impl Inner {
                         Event::Peers(self.rt.ipc().peers())
                     }
                     Action::End => seq.flip(),
-                    Action::Reserve => match {
-                        self.reclaim();
-                        self.table.find(da.name()).filter(|e| e.state == PortState::Attached)
-                    } {
+                    Action::Reserve => match self.reclaimed_find(da.name()) {
                         Some(e) => {
                             port = Some((e.port, e.gen));
                             Event::No
@@ -899,8 +896,7 @@ impl Inner {
     /// operation lock, so a step never runs after the watcher's resync (which takes the lock).
     fn primary_gone(&self) -> Option<HotplugError> {
         let pid = self.rt.shm().primary_pid();
-        let gone = !self.rt.is_primary()
-            && (self.orphaned.load(Ordering::Acquire) || !crate::sys::pid_alive(pid));
+        let gone = !self.rt.is_primary() && (self.orphaned.load(Ordering::Acquire) || !crate::sys::pid_alive(pid));
         gone.then_some(HotplugError::PrimaryGone { pid })
     }
 
@@ -970,6 +966,12 @@ impl Inner {
         }
     }
 
+    /// The attached entry of `name`, once the held ports of dead processes are freed.
+    fn reclaimed_find(&self, name: &str) -> Option<PortEntry> {
+        self.reclaim();
+        self.table.find(name).filter(|e| e.state == PortState::Attached)
+    }
+
     /// Held ports whose late processes have died, freed.
     fn reclaim(&self) {
         for port in self.held.reclaim() {
@@ -988,9 +990,8 @@ impl Inner {
     fn handle_detach(&self, req: &Request) -> Result<String, HotplugError> {
         let (port, gen, deadline) = decode_port(&req.msg.payload)?;
         let r = self.handle_detach_step(port, gen);
-        let late = deadline
-            .parse::<u64>()
-            .is_ok_and(|d| (monotonic() + Duration::from_millis(100)).as_millis() as u64 >= d);
+        let late =
+            deadline.parse::<u64>().is_ok_and(|d| (monotonic() + Duration::from_millis(100)).as_millis() as u64 >= d);
         if late {
             // Answered too late for the primary's wait: it holds the id until this says so.
             let _ = self.rt.ipc().send(&Msg::new(A_RELEASED, encode_port(port, gen, "")));

@@ -80,6 +80,36 @@ pub struct Config {
     pub timeouts: bool,
     /// The search depth.
     pub depth: usize,
+    /// A safeguard left out, to show what it prevents (the checker must find it).
+    pub without: Option<Safeguard>,
+}
+
+/// A safeguard of the protocol that a run may leave out. Each one is there because the checker
+/// found what goes wrong without it; a run without it must find that again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Safeguard {
+    /// A step for an older generation than the handle a secondary holds changes nothing
+    /// ([`answer`]'s rule): without it, a slow secondary's stale attach or detach step of an
+    /// operation that timed out overrides the newer port.
+    Generations,
+    /// A port id whose detach a slow secondary did not confirm stays out of use until it says it
+    /// released it: without it, the id names a new device while that secondary holds the old.
+    Quarantine,
+    /// A secondary's request that waited past its asker's deadline is refused unstarted
+    /// ([`admit`]): without it, the primary does it after the asker gave up.
+    Deadline,
+}
+
+impl Safeguard {
+    /// By name: `generations`, `quarantine`, `deadline`.
+    pub fn parse(s: &str) -> Option<Safeguard> {
+        match s {
+            "generations" => Some(Safeguard::Generations),
+            "quarantine" => Some(Safeguard::Quarantine),
+            "deadline" => Some(Safeguard::Deadline),
+            _ => None,
+        }
+    }
 }
 
 /// An operation a process asks for.
@@ -299,6 +329,24 @@ impl State {
         }
     }
 
+    /// The port of `dev` in the table, once held ports of processes that died are free.
+    fn reclaimed_attached_of(&mut self, dev: Dev) -> Option<(Port, u32)> {
+        let alive: Vec<bool> = self.procs.iter().map(|p| p.alive).collect();
+        let dead: Vec<Port> = self
+            .held
+            .iter_mut()
+            .filter_map(|(pt, (_, w))| {
+                w.retain(|q| alive[*q as usize]);
+                w.is_empty().then_some(*pt)
+            })
+            .collect();
+        for pt in dead {
+            self.held.remove(&pt);
+            self.table[pt as usize].state = SlotState::Unused;
+        }
+        self.attached_of(dev)
+    }
+
     fn attached_of(&self, dev: Dev) -> Option<(Port, u32)> {
         self.table
             .iter()
@@ -460,7 +508,8 @@ impl Lab {
                 Command::Done => {
                     let a = s.procs[p as usize].asking.take().expect("asking");
                     let ok = matches!(a.m.result(), Some(Ok(())));
-                    s.records[a.rec].unknown = matches!(a.m.result(), Some(Err(Failure::Silent(_) | Failure::Unconfirmed(_))));
+                    s.records[a.rec].unknown =
+                        matches!(a.m.result(), Some(Err(Failure::Silent(_) | Failure::Unconfirmed(_))));
                     self.report(s, a.rec, ok);
                 }
             }
@@ -487,8 +536,10 @@ impl Lab {
             Op::Attach(d) => {
                 let Some((port, gen)) = s.attached_of(d) else { return };
                 if s.procs[P as usize].alive {
-                    if let Some(q) = holders.iter().find(|q| s.procs[**q as usize].ports.get(&port) != Some(&(d, gen))) {
-                        s.bad_success = Some(format!("attach of d{d} by {} reported done, not in {}", name(r.by), name(*q)));
+                    if let Some(q) = holders.iter().find(|q| s.procs[**q as usize].ports.get(&port) != Some(&(d, gen)))
+                    {
+                        s.bad_success =
+                            Some(format!("attach of d{d} by {} reported done, not in {}", name(r.by), name(*q)));
                     }
                 }
             }
@@ -504,7 +555,8 @@ impl Lab {
                     s.procs[**q as usize].ports.iter().any(|(pt, (dd, _))| *dd == d && !queued(**q, *pt))
                         && s.attached_of(d).is_none()
                 }) {
-                    s.bad_success = Some(format!("detach of d{d} by {} reported done, still in {}", name(r.by), name(*q)));
+                    s.bad_success =
+                        Some(format!("detach of d{d} by {} reported done, still in {}", name(r.by), name(*q)));
                 }
             }
         }
@@ -533,22 +585,7 @@ impl Lab {
                 s.seq_odd = false;
                 Event::Ok
             }
-            Action::Reserve => match {
-                // Held ports of processes that died are free.
-                let dead: Vec<Port> = s
-                    .held
-                    .iter_mut()
-                    .filter_map(|(pt, (_, w))| {
-                        w.retain(|q| s.procs[*q as usize].alive);
-                        w.is_empty().then_some(*pt)
-                    })
-                    .collect();
-                for pt in dead {
-                    s.held.remove(&pt);
-                    s.table[pt as usize].state = SlotState::Unused;
-                }
-                s.attached_of(dev)
-            } {
+            Action::Reserve => match s.reclaimed_attached_of(dev) {
                 Some(pg) => {
                     s.procs[0].running.as_mut()?.port = Some(pg);
                     Event::No
@@ -606,7 +643,7 @@ impl Lab {
             Action::Free => {
                 let (pt, g) = port?;
                 let waiting: BTreeSet<Pid> = run.m.unconfirmed().iter().copied().collect();
-                if waiting.is_empty() {
+                if waiting.is_empty() || self.cfg.without == Some(Safeguard::Quarantine) {
                     s.table[pt as usize].state = SlotState::Unused;
                 } else {
                     s.held.insert(pt, (g, waiting));
@@ -701,7 +738,10 @@ impl Lab {
             (Msg::Tell { op, step, port, gen, dev }, Chan::Mp) => {
                 let pr = &s.procs[to as usize];
                 let have = pr.ports.get(port).map(|x| x.1);
-                let plan = answer(*step, Local { have }, *gen);
+                let plan = match self.cfg.without {
+                    Some(Safeguard::Generations) => answer_any_generation(*step, have, *gen),
+                    _ => answer(*step, Local { have }, *gen),
+                };
                 let faultable = matches!(plan, Plan::Probe { .. } | Plan::Check);
                 if fail && (!faultable || s.fails == 0) {
                     return None;
@@ -806,7 +846,7 @@ impl Lab {
         s.next_id += 1;
         // The asker's deadline passed while the request waited: refused unstarted.
         let left = if s.expired.contains(&id) { 0 } else { 1 };
-        if from != P && !admit(left, 1) {
+        if from != P && !admit(left, 1) && self.cfg.without != Some(Safeguard::Deadline) {
             s.send(P, from, Chan::Reply, Msg::Answer { id, result: Err(Error::Expired) });
             return Some(());
         }
@@ -825,11 +865,9 @@ impl Lab {
                         }
                         return Some(());
                     }
-                    Some(x) => (
-                        if ask == Ask::Abort { Kind::Forced } else { Kind::Detach },
-                        x.dev,
-                        Some((target, x.gen)),
-                    ),
+                    Some(x) => {
+                        (if ask == Ask::Abort { Kind::Forced } else { Kind::Detach }, x.dev, Some((target, x.gen)))
+                    }
                 }
             }
         };
@@ -957,7 +995,11 @@ impl Model for Lab {
             if !pr.alive {
                 continue;
             }
-            let doing = if p == P { pr.running.as_ref().and_then(|r| r.m.doing()) } else { pr.asking.as_ref().and_then(|a| a.m.doing()) };
+            let doing = if p == P {
+                pr.running.as_ref().and_then(|r| r.m.doing())
+            } else {
+                pr.asking.as_ref().and_then(|a| a.m.doing())
+            };
             if doing.is_some() {
                 out.push(Act::Local(p, false));
                 if s.fails > 0 {
@@ -966,7 +1008,10 @@ impl Model for Lab {
             }
             if let Some(a) = pr.asking.as_ref() {
                 if a.m.asking().is_some() {
-                    let queued = s.net.get(&(p, P, Chan::Mp)).is_some_and(|q| q.iter().any(|m| matches!(m, Msg::Req { id, .. } if *id == a.id)))
+                    let queued = s
+                        .net
+                        .get(&(p, P, Chan::Mp))
+                        .is_some_and(|q| q.iter().any(|m| matches!(m, Msg::Req { id, .. } if *id == a.id)))
                         || s.procs[0].queue.iter().any(|q| q.1 == a.id);
                     let answered = s.net.get(&(P, p, Chan::Reply)).is_some_and(|q| !q.is_empty());
                     if (!s.live(P) || (queued && self.cfg.timeouts)) && !answered {
@@ -1053,7 +1098,11 @@ impl Model for Lab {
                 s.bad_success.is_none() && (!s.quiescent() || failed_trace(s).is_none())
             }),
             Property::always("(c) no operation waits on a dead process", |_, s: &State| {
-                s.procs[0].running.as_ref().and_then(|r| r.m.waiting_on()).is_none_or(|(_, w)| w.iter().all(|p| s.live(*p)))
+                s.procs[0]
+                    .running
+                    .as_ref()
+                    .and_then(|r| r.m.waiting_on())
+                    .is_none_or(|(_, w)| w.iter().all(|p| s.live(*p)))
             }),
             Property::always("(c) nothing is stuck: every end state is quiescent", |m: &Lab, s: &State| {
                 let mut a = Vec::new();
@@ -1068,6 +1117,18 @@ impl Model for Lab {
 
     fn within_boundary(&self, _s: &State) -> bool {
         true
+    }
+}
+
+/// [`answer`] without its generation rule ([`Safeguard::Generations`] left out).
+fn answer_any_generation(step: Step, have: Option<u32>, gen: u32) -> Plan {
+    match step {
+        Step::Attach if have == Some(gen) => Plan::Nothing,
+        Step::Attach => Plan::Probe { release_first: have.is_some() },
+        Step::Rollback if have == Some(gen) => Plan::Release,
+        Step::Rollback => Plan::Nothing,
+        Step::PreDetach => Plan::Check,
+        Step::Detach => Plan::Release,
     }
 }
 
@@ -1090,7 +1151,8 @@ pub fn failed_trace(s: &State) -> Option<String> {
         let held = (0..s.procs.len() as Pid)
             .find(|p| s.procs[*p as usize].alive && s.procs[*p as usize].ports.get(&port) == Some(&(d, gen)));
         let in_table = s.table[port as usize].gen == gen && s.table[port as usize].state == SlotState::Attached;
-        (held.is_some() || in_table).then(|| format!("failed attach of d{d} by {} left port {port} gen {gen}", name(r.by)))
+        (held.is_some() || in_table)
+            .then(|| format!("failed attach of d{d} by {} left port {port} gen {gen}", name(r.by)))
     })
 }
 
@@ -1127,12 +1189,26 @@ pub fn trace(lab: &Lab, path: &Path<State, Act>) -> String {
         let line = match act {
             Act::Start(p, op) => format!("{} asks {op:?}", name(*p)),
             Act::Take => match s.procs[0].queue.front() {
-                Some((f, id, ask, t, _)) => format!("P starts {} {} {t} (request {id} of {})", ask.name(), if *ask == Ask::Attach { "device" } else { "port" }, name(*f)),
+                Some((f, id, ask, t, _)) => format!(
+                    "P starts {} {} {t} (request {id} of {})",
+                    ask.name(),
+                    if *ask == Ask::Attach { "device" } else { "port" },
+                    name(*f)
+                ),
                 None => "P takes a request".into(),
             },
             Act::Local(p, fail) => {
-                let a = if *p == P { s.procs[0].running.as_ref().and_then(|r| r.m.doing()) } else { s.procs[*p as usize].asking.as_ref().and_then(|a| a.m.doing()) };
-                format!("{} does {:?}{}", name(*p), a.map_or("?".into(), |a| format!("{a:?}")), if *fail { " and it FAILS" } else { "" })
+                let a = if *p == P {
+                    s.procs[0].running.as_ref().and_then(|r| r.m.doing())
+                } else {
+                    s.procs[*p as usize].asking.as_ref().and_then(|a| a.m.doing())
+                };
+                format!(
+                    "{} does {:?}{}",
+                    name(*p),
+                    a.map_or("?".into(), |a| format!("{a:?}")),
+                    if *fail { " and it FAILS" } else { "" }
+                )
             }
             Act::Deliver(f, t, c, fail) => {
                 let m = s.net.get(&(*f, *t, *c)).and_then(|q| q.front()).map_or("?".into(), |m| format!("{m:?}"));
@@ -1149,11 +1225,18 @@ pub fn trace(lab: &Lab, path: &Path<State, Act>) -> String {
         let _ = writeln!(out, "{:>3}. {line}", i + 1);
     }
     if let Some(last) = states.last() {
-        let _ = writeln!(out, "     end: table {:?}", last.table.iter().map(|x| (x.dev, x.gen, x.state)).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            "     end: table {:?}",
+            last.table.iter().map(|x| (x.dev, x.gen, x.state)).collect::<Vec<_>>()
+        );
         for (p, pr) in last.procs.iter().enumerate() {
-            let _ = writeln!(out, "          {}{}: {:?}", name(p as Pid), if pr.alive { "" } else { " (dead)" }, pr.ports);
+            let _ =
+                writeln!(out, "          {}{}: {:?}", name(p as Pid), if pr.alive { "" } else { " (dead)" }, pr.ports);
         }
-        for why in [inconsistency(last), failed_trace(last), double_port(last), last.bad_success.clone()].into_iter().flatten() {
+        for why in
+            [inconsistency(last), failed_trace(last), double_port(last), last.bad_success.clone()].into_iter().flatten()
+        {
             let _ = writeln!(out, "     broken: {why}");
         }
     }
@@ -1261,6 +1344,7 @@ pub fn scenarios(secondaries: u8, faults: Faults) -> Vec<(String, Config)> {
         lock_toggles: 0,
         timeouts: false,
         depth: 60,
+        without: None,
     };
     let mk = |ops: Vec<(Pid, Op)>, attached: Vec<Dev>, late: Vec<Pid>, locks: u8| {
         faults.apply(Config { ops, attached, late, lock_toggles: locks, ..base.clone() })

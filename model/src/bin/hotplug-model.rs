@@ -3,13 +3,14 @@
 //! `cargo run -p lab-model --release --bin hotplug-model -- --secondaries 3 --faults all`
 //!
 //! Options: `--secondaries N` (1..=3), `--faults none|fail|timeout|crash|all`, `--depth D`,
-//! `--threads T`, `--scenario NAME` (one of `lab_model::scenarios`, default all of them).
+//! `--threads T`, `--scenario NAME` (one of `lab_model::scenarios`, default all of them),
+//! `--without generations|quarantine|deadline` (a safeguard left out: the check must fail).
 //! Prints each scenario's state counts and time, and the shortest trace of every property found
 //! false; exits 1 if one was.
 
 use std::process::ExitCode;
 
-use lab_model::{check, scenarios, Faults};
+use lab_model::{check, scenarios, Faults, Safeguard};
 
 fn main() -> ExitCode {
     let mut secondaries = 2u8;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
     let mut depth = None;
     let mut threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut only: Option<String> = None;
+    let mut without = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |what: &str| match args.next() {
@@ -44,8 +46,12 @@ fn main() -> ExitCode {
                 _ => return usage("--threads takes a number over 0"),
             },
             "--scenario" => only = Some(val("a name")),
+            "--without" => match Safeguard::parse(&val("generations|quarantine|deadline")) {
+                Some(g) => without = Some(g),
+                None => return usage("--without takes generations, quarantine or deadline"),
+            },
             "-h" | "--help" => {
-                println!("usage: hotplug-model [--secondaries 1..3] [--faults none|fail|timeout|crash|all] [--depth D] [--threads T] [--scenario NAME]");
+                println!("usage: hotplug-model [--secondaries 1..3] [--faults none|fail|timeout|crash|all] [--depth D] [--threads T] [--scenario NAME] [--without generations|quarantine|deadline]");
                 return ExitCode::SUCCESS;
             }
             other => return usage(&format!("unknown option {other:?}")),
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
         if let Some(d) = depth {
             cfg.depth = d;
         }
+        cfg.without = without;
         let o = check(cfg, threads);
         println!(
             "{name}: {} states ({} unique), depth {}, {:.1} s: {}",
