@@ -278,7 +278,7 @@ impl Process {
     /// A secondary: once the primary is gone, no step of its operations will come and none of
     /// its queued ones may be carried out (the operation they belong to ended with it). The
     /// table is what it left, consistent or not: the secondary follows it, without waiting for an
-    /// operation the dead primary began to end.
+    /// operation the dead primary began to end, and keeps its ports running.
     fn watch_primary(&self) {
         let w = Arc::downgrade(&self.inner);
         let pid = self.inner.rt.shm().primary_pid();
@@ -292,6 +292,10 @@ impl Process {
                 tracing::warn!(pid, "the primary is gone: following its port table; hotplug needs a primary");
                 inner.orphaned.store(true, Ordering::Release);
                 inner.sync_from_table();
+                // Out of the prefix's channel: a new primary of the prefix starts a lab of its own
+                // (new shared memory; the old file this one maps is unlinked, not truncated) and
+                // must not wait on, or be refused by, the old primary's secondaries.
+                inner.rt.ipc().close();
                 return;
             }
         });

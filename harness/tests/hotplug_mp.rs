@@ -224,8 +224,10 @@ fn a_late_secondary_sees_existing_ports_and_a_dead_one_blocks_nothing() {
 }
 
 /// The primary dies in the middle of an attach, after one secondary attached its handle and
-/// while another is still at it: neither keeps a port the table never published (the model's
-/// orphan rule, `lab-model`), and hotplug from a secondary fails at once, naming the dead primary.
+/// while another is still at it: neither keeps the port the table never published (the model's
+/// orphan rule, `lab-model`), both keep the port they had and its traffic, hotplug from them
+/// fails at once naming the dead primary, and a new primary of the prefix runs a lab of its own
+/// beside them, neither blocking the other.
 #[test]
 fn secondaries_of_a_dead_primary_follow_the_table_it_left() {
     let lab = Lab::new("orphan");
@@ -233,22 +235,33 @@ fn secondaries_of_a_dead_primary_follow_the_table_it_left() {
     let mut p = lab.start(&[t]);
     let mut s1 = lab.start(&[t]);
     let mut s2 = lab.start(&[t, "--lab-fault=attach:net_null0:hang"]);
+    assert_eq!(p.cmd("attach net_null9").unwrap(), "attached device net_null9");
     let primary = p.pid();
     p.send_line("attach net_null0").unwrap();
     // s1 answered the attach step; s2 hangs in it (2.5 s), so the primary has not published.
-    eventually_lists(&mut s1, &[(0, "net_null0")], Duration::from_secs(5));
+    eventually_lists(&mut s1, &[(0, "net_null9"), (1, "net_null0")], Duration::from_secs(5));
     p.kill();
-    eventually_lists(&mut s1, &[], Duration::from_secs(5));
+    eventually_lists(&mut s1, &[(0, "net_null9")], Duration::from_secs(5));
     // s2 finishes its step after the hang (2.5 s from the step), then follows the table too.
     std::thread::sleep(Duration::from_millis(3000));
-    eventually_lists(&mut s2, &[], Duration::from_secs(10));
+    eventually_lists(&mut s2, &[(0, "net_null9")], Duration::from_secs(10));
     let gone = format!("the primary (pid {primary}) is gone");
     let a = s1.cmd("attach net_null1").unwrap();
     assert!(a.starts_with("failed to attach device net_null1: ") && a.contains(&gone), "{a}");
-    all_list(&mut [&mut s1, &mut s2], &[]);
+    let d = s2.cmd("detach 0").unwrap();
+    assert!(d.starts_with("failed to detach device net_null9: ") && d.contains(&gone), "{d}");
+    assert_eq!(s1.cmd("send 0 10").unwrap(), "sent 10 packets on port 0");
+    // A new primary of the prefix: its own lab, not held up by the old one's secondaries.
+    let mut p2 = lab.start(&[t]);
+    assert_eq!(p2.cmd("attach net_null3").unwrap(), "attached device net_null3");
+    let mut s3 = lab.start(&[t]);
+    all_list(&mut [&mut p2, &mut s3], &[(0, "net_null3")]);
+    all_list(&mut [&mut s1, &mut s2], &[(0, "net_null9")]);
+    assert_eq!(s2.cmd("recv 0 64").unwrap(), "received 64 packets (4096 bytes) on port 0");
     for s in [s1, s2] {
         assert!(s.quit(Duration::from_secs(10)).is_some_and(|st| st.success()));
     }
+    quit_all(&lab, vec![p2, s3]);
 }
 
 #[test]
