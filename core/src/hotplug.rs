@@ -1,6 +1,13 @@
 //! Multi-process hotplug: attach or detach a device from any process, and every process of the
 //! lab ends with the same ports, or none changed (DPDK's "enable hotplug on multi-process").
 //!
+//! The protocol's decisions live in [`machine`] as pure state machines (no sockets, threads or
+//! clocks): [`PrimaryOp`] for the primary's run of an operation, [`AskerOp`] for a secondary that
+//! asks, [`answer`] for a secondary told a step, [`admit`] for a queued request. This module is the
+//! driver: it feeds them what the channel, the table and the drivers report and carries out their
+//! commands. The same machines run in `lab-model`, where stateright explores every interleaving
+//! and fault of a bounded lab (README, "What is proven").
+//!
 //! The four scenarios of the design, as implemented here:
 //!
 //! * **Attach from the primary**: the primary probes the device (port id reserved in the shared
@@ -16,9 +23,10 @@
 //!   the same scenario for every other process and answers with the outcome; the asking secondary
 //!   does its own part itself (its pre-detach check before asking; its attach or its release after
 //!   the answer), which saves it the round trips of being told. If its own attach then fails, it
-//!   asks the primary to undo the attach everywhere. A port it attaches is checked against the
-//!   table afterwards, so an operation that overtook the answer (a detach right after) is not
-//!   undone.
+//!   asks the primary to undo the attach everywhere. Before it probes, it rechecks the table under
+//!   its operation lock (held through the probe), so an operation that overtook the answer (a
+//!   detach right after, the id reused) is neither undone nor raced. Its request carries its
+//!   deadline; the primary refuses one that waited in its queue too long to finish in time.
 //!
 //! Decisions the original design leaves open:
 //! * A peer that does not answer within `--hotplug-timeout-ms` (default 5000) fails the attach
@@ -37,6 +45,16 @@
 //!   table (the table's sequence counter is odd while an operation runs).
 //! * A device that disappears (surprise removal, seen by the driver) is detached everywhere by the
 //!   primary without a pre-detach check.
+//! * Every step names the port's generation; a step for an older generation than the handle a
+//!   secondary holds (a slow secondary's stale step of an operation that timed out) changes nothing.
+//! * A secondary that did not confirm the detach step in time may still hold the handle: the
+//!   primary holds the port id out of use (state Detaching, `held` in `/lab/hotplug`) until that
+//!   secondary says it released it (`hp_released`) or dies.
+//! * A secondary whose primary died notices within 200 ms, follows the table the primary left (a
+//!   port never published is released), refuses the dead primary's queued steps, fails hotplug
+//!   requests naming the dead primary, keeps its ports running, and leaves the prefix's channel: a
+//!   new primary of the prefix starts a lab of its own (new shared memory; the old file is unlinked,
+//!   so what old secondaries map stays intact).
 //!
 //! Fault injection (`--lab-fault=OP:DEVICE:MODE`) makes this process fail, hang (twice the timeout,
 //! then carry on) or crash (SIGKILL itself) at that step, so tests and the lab runner can check that
