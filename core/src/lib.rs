@@ -32,6 +32,7 @@ pub mod options;
 pub mod process;
 pub mod ring;
 pub mod runtime;
+pub(crate) mod sync;
 pub mod sys;
 pub mod telemetry;
 

@@ -601,8 +601,10 @@ impl Mempool {
             drop(m);
             return;
         }
-        if self.cache_len == self.cache.len() {
+        while self.cache_len == self.cache.len() {
+            // Refused only while another handle's dequeue is being published: a moment.
             self.flush(self.cache_size);
+            std::hint::spin_loop();
         }
         self.cache[self.cache_len] = m.into_offset().0;
         self.cache_len += 1;
@@ -620,18 +622,27 @@ impl Mempool {
         }
     }
 
+    /// Returns the cache's buffers beyond `keep` to the ring. The ring holds every buffer of the
+    /// pool, so they fit; what a stale view of the consumer tail refuses stays cached (never
+    /// dropped: a lost buffer is a leak no one sees) and goes at the next flush.
     fn flush(&mut self, keep: usize) {
         if self.cache_len > keep {
             let n = self.ring.enqueue_burst(&self.cache[keep..self.cache_len]);
-            debug_assert_eq!(n, self.cache_len - keep);
-            self.cache_len = keep;
+            self.cache.copy_within(keep + n..self.cache_len, keep);
+            self.cache_len -= n;
         }
     }
 }
 
 impl Drop for Mempool {
     fn drop(&mut self) {
-        self.flush(0);
+        for _ in 0..1000 {
+            self.flush(0);
+            if self.cache_len == 0 {
+                break;
+            }
+            std::thread::yield_now();
+        }
         if let Some(s) = self.slot.take() {
             // SAFETY: our claimed slot inside the mapping; atomics only. Emptied, then freed.
             let s = unsafe { s.as_ref() };

@@ -16,8 +16,9 @@
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+use crate::sync::{backoff, fence, AtomicU32, Ordering};
 
 use crate::mem::{MemError, Shm, ShmOffset};
 
@@ -55,6 +56,7 @@ struct HeadTail {
     head: AtomicU32,
     tail: AtomicU32,
 }
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<HeadTail>() == 64);
 
 /// The ring's header in shared memory.
@@ -71,8 +73,17 @@ pub struct RingHdr {
 }
 
 const RING_MAGIC: u32 = 0x5249_4e47;
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<RingHdr>() == 192);
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::offset_of!(RingHdr, prod) == 64 && std::mem::offset_of!(RingHdr, cons) == 128);
+
+/// A slot: the element itself in shared memory; under loom, a cell loom tracks, so a read that
+/// races a write (a tail published too early) is reported.
+#[cfg(not(loom))]
+type Slot<T> = T;
+#[cfg(loom)]
+type Slot<T> = loom::cell::UnsafeCell<T>;
 
 /// Errors creating or finding a ring.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +125,7 @@ impl<T: RingElem> std::ops::Deref for Ring<T> {
 /// The ring operations on a header inside a mapping that is never unmapped (see `mem`).
 pub struct RawRing<T: RingElem> {
     hdr: NonNull<RingHdr>,
-    slots: NonNull<T>,
+    slots: NonNull<Slot<T>>,
     mask: u32,
     size: u32,
     sp: bool,
@@ -169,7 +180,7 @@ impl<T: RingElem> Ring<T> {
             (*h).mask = count - 1;
             (*h).esize = std::mem::size_of::<T>() as u32;
             (*h).flags = flags.single_producer as u32 | (flags.single_consumer as u32) << 1;
-            std::sync::atomic::fence(Ordering::Release);
+            fence(Ordering::Release);
             (*h).magic = RING_MAGIC;
         }
     }
@@ -210,7 +221,7 @@ impl<T: RingElem> RawRing<T> {
         // SAFETY: the caller guarantees a valid, initialised header.
         let (size, flags) = unsafe { ((*hdr.as_ptr()).size, (*hdr.as_ptr()).flags) };
         // SAFETY: slots follow the header inside the same allocation.
-        let slots = unsafe { hdr.as_ptr().cast::<u8>().add(std::mem::size_of::<RingHdr>()) }.cast::<T>();
+        let slots = unsafe { hdr.as_ptr().cast::<u8>().add(std::mem::size_of::<RingHdr>()) }.cast::<Slot<T>>();
         RawRing {
             hdr,
             // SAFETY: derived from a non-null pointer by a small in-bounds offset.
@@ -221,6 +232,44 @@ impl<T: RingElem> RawRing<T> {
             sc: flags & 2 != 0,
             _t: PhantomData,
         }
+    }
+
+    /// Writes slot `idx`.
+    ///
+    /// # Safety
+    /// `idx < size`, and the slot is reserved to this caller (between its head move and its
+    /// tail publish).
+    #[inline]
+    unsafe fn put(&self, idx: usize, v: T) {
+        // SAFETY: the caller guarantees idx is in bounds and the slot is ours.
+        let s = unsafe { self.slots.as_ptr().add(idx) };
+        #[cfg(not(loom))]
+        // SAFETY: as above.
+        unsafe {
+            s.write(v)
+        };
+        #[cfg(loom)]
+        // SAFETY: as above.
+        unsafe {
+            (*s).with_mut(|p| p.write(v))
+        };
+    }
+
+    /// Reads slot `idx`.
+    ///
+    /// # Safety
+    /// `idx < size`, and the slot was published to this caller (acquired through the producer
+    /// tail) and reserved by its consumer head move.
+    #[inline]
+    unsafe fn get(&self, idx: usize) -> T {
+        // SAFETY: the caller guarantees idx is in bounds and the slot is published and ours.
+        let s = unsafe { self.slots.as_ptr().add(idx) };
+        #[cfg(not(loom))]
+        // SAFETY: as above.
+        return unsafe { s.read() };
+        #[cfg(loom)]
+        // SAFETY: as above.
+        return unsafe { (*s).with(|p| p.read()) };
     }
 
     pub(crate) fn h(&self) -> &RingHdr {
@@ -272,7 +321,11 @@ impl<T: RingElem> RawRing<T> {
         if want == 0 || (fixed && want as usize != objs.len()) {
             return 0;
         }
-        let mut head = h.prod.head.load(Ordering::Relaxed);
+        // Acquire on the head (and AcqRel on its CAS): the consumer tail read next is then at
+        // least as new as the one the previous head mover saw. With Relaxed, a producer that lost
+        // the CAS to one that had just dequeued and re-enqueued could read an older consumer tail
+        // and find the ring full when it is not (loom found it: a mempool flush refused).
+        let mut head = h.prod.head.load(Ordering::Acquire);
         let n = loop {
             let cons_tail = h.cons.tail.load(Ordering::Acquire);
             let free = self.size.wrapping_sub(head.wrapping_sub(cons_tail));
@@ -291,7 +344,7 @@ impl<T: RingElem> RawRing<T> {
                 h.prod.head.store(next, Ordering::Relaxed);
                 break n;
             }
-            match h.prod.head.compare_exchange_weak(head, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match h.prod.head.compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break n,
                 Err(cur) => head = cur,
             }
@@ -300,17 +353,14 @@ impl<T: RingElem> RawRing<T> {
             let idx = (head.wrapping_add(i as u32) & self.mask) as usize;
             // SAFETY: idx < size; the slots [head, head+n) were reserved by the head move above and
             // no consumer reads them before the tail is published below.
-            unsafe { self.slots.as_ptr().add(idx).write(*o) };
+            unsafe { self.put(idx, *o) };
         }
-        // Publish in order: wait for earlier producers.
+        // Publish in order: wait for earlier producers. Acquire: our release of the tail below
+        // must carry their slot writes too, or a consumer acquiring our tail could read their
+        // slots before their writes (loom found it with Relaxed here, as rte_ring has it).
         let mut spins = 0u32;
-        while h.prod.tail.load(Ordering::Relaxed) != head {
-            spins += 1;
-            if spins < 128 {
-                std::hint::spin_loop()
-            } else {
-                std::thread::yield_now()
-            }
+        while h.prod.tail.load(Ordering::Acquire) != head {
+            backoff(&mut spins);
         }
         h.prod.tail.store(head.wrapping_add(n), Ordering::Release);
         n as usize
@@ -323,7 +373,8 @@ impl<T: RingElem> RawRing<T> {
         if want == 0 || (fixed && want as usize != out.len()) {
             return 0;
         }
-        let mut head = h.cons.head.load(Ordering::Relaxed);
+        // As for producers: the producer tail read next is at least the previous mover's.
+        let mut head = h.cons.head.load(Ordering::Acquire);
         let n = loop {
             let prod_tail = h.prod.tail.load(Ordering::Acquire);
             let avail = prod_tail.wrapping_sub(head);
@@ -342,7 +393,7 @@ impl<T: RingElem> RawRing<T> {
                 h.cons.head.store(next, Ordering::Relaxed);
                 break n;
             }
-            match h.cons.head.compare_exchange_weak(head, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match h.cons.head.compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break n,
                 Err(cur) => head = cur,
             }
@@ -351,23 +402,20 @@ impl<T: RingElem> RawRing<T> {
             let idx = (head.wrapping_add(i as u32) & self.mask) as usize;
             // SAFETY: idx < size; [head, head+n) was published by producers (acquire on prod.tail)
             // and reserved for us by the consumer head move.
-            *o = unsafe { self.slots.as_ptr().add(idx).read() };
+            *o = unsafe { self.get(idx) };
         }
+        // Acquire, as for producers: a producer that acquires our tail must also be ordered after
+        // the earlier consumers' slot reads, or it could overwrite a slot still being read.
         let mut spins = 0u32;
-        while h.cons.tail.load(Ordering::Relaxed) != head {
-            spins += 1;
-            if spins < 128 {
-                std::hint::spin_loop()
-            } else {
-                std::thread::yield_now()
-            }
+        while h.cons.tail.load(Ordering::Acquire) != head {
+            backoff(&mut spins);
         }
         h.cons.tail.store(head.wrapping_add(n), Ordering::Release);
         n as usize
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::mem::ShmPlacement;
@@ -470,5 +518,180 @@ mod tests {
         }
         all.sort_unstable();
         assert_eq!(all, (0..2 * per).collect::<Vec<_>>());
+    }
+}
+
+/// loom explores every interleaving (and every outcome the memory model allows) of the ring's
+/// own code with its atomics swapped for loom's; a slot read that races a write is an error.
+/// Run by `ci/run.sh`: `RUSTFLAGS="--cfg loom" cargo test -p lab-core --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc as LArc;
+
+    /// A ring on the heap (loom's atomics cannot live in a zeroed file), its indices `start`.
+    struct HeapRing {
+        _hdr: Box<RingHdr>,
+        _slots: Box<[Slot<u32>]>,
+        raw: RawRing<u32>,
+    }
+
+    // SAFETY: the raw ring points into the boxes it travels with.
+    unsafe impl Send for HeapRing {}
+    // SAFETY: as RawRing.
+    unsafe impl Sync for HeapRing {}
+
+    fn heap(count: u32, flags: RingFlags, start: u32) -> HeapRing {
+        let ht = || HeadTail { head: AtomicU32::new(start), tail: AtomicU32::new(start) };
+        let mut hdr = Box::new(RingHdr {
+            magic: RING_MAGIC,
+            size: count,
+            mask: count - 1,
+            esize: 4,
+            flags: flags.single_producer as u32 | (flags.single_consumer as u32) << 1,
+            _pad: [0; 11],
+            prod: ht(),
+            cons: ht(),
+        });
+        let mut slots: Box<[Slot<u32>]> = (0..count).map(|_| loom::cell::UnsafeCell::new(0)).collect();
+        let raw = RawRing {
+            hdr: NonNull::from(&mut *hdr),
+            slots: NonNull::new(slots.as_mut_ptr()).expect("boxed slots"),
+            mask: count - 1,
+            size: count,
+            sp: flags.single_producer,
+            sc: flags.single_consumer,
+            _t: PhantomData,
+        };
+        HeapRing { _hdr: hdr, _slots: slots, raw }
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.max_branches = 1_000_000;
+        b.check(f);
+    }
+
+    /// Dequeues until `n` elements came, yielding to the producers meanwhile.
+    fn take(r: &RawRing<u32>, n: usize) -> Vec<u32> {
+        let mut got = Vec::new();
+        let mut out = [0u32; 4];
+        let mut spins = 0;
+        while got.len() < n {
+            let k = r.dequeue_burst(&mut out[..n - got.len()]);
+            got.extend_from_slice(&out[..k]);
+            if k == 0 {
+                backoff(&mut spins);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn loom_two_producers_across_the_wrap_lose_and_duplicate_nothing() {
+        model(|| {
+            let r = LArc::new(heap(4, RingFlags::MPMC, u32::MAX - 1));
+            let p1 = {
+                let r = r.clone();
+                loom::thread::spawn(move || assert!(r.raw.enqueue_bulk(&[1, 2])))
+            };
+            let p2 = {
+                let r = r.clone();
+                loom::thread::spawn(move || assert!(r.raw.enqueue_bulk(&[3])))
+            };
+            // A few looks while they run (what it sees must be published), the rest after.
+            let mut got = Vec::new();
+            let mut out = [0u32; 3];
+            for _ in 0..3 {
+                let n = r.raw.dequeue_burst(&mut out[..3 - got.len()]);
+                got.extend_from_slice(&out[..n]);
+                loom::thread::yield_now();
+            }
+            p1.join().unwrap();
+            p2.join().unwrap();
+            let left = 3 - got.len();
+            got.extend(take(&r.raw, left));
+            let mut sorted = got.clone();
+            sorted.sort();
+            assert_eq!(sorted, [1, 2, 3], "{got:?}");
+            let i1 = got.iter().position(|&x| x == 1).unwrap();
+            assert_eq!(got.get(i1 + 1), Some(&2), "a bulk stays contiguous and in order: {got:?}");
+            assert_eq!(r.raw.count(), 0);
+        });
+    }
+
+    #[test]
+    fn loom_two_consumers_split_what_was_published() {
+        model(|| {
+            let r = LArc::new(heap(4, RingFlags::MPMC, u32::MAX - 2));
+            assert!(r.raw.enqueue_bulk(&[1, 2, 3]));
+            let c = {
+                let r = r.clone();
+                loom::thread::spawn(move || {
+                    let mut out = [0u32; 2];
+                    let n = r.raw.dequeue_burst(&mut out);
+                    out[..n].to_vec()
+                })
+            };
+            let mut out = [0u32; 2];
+            let n = r.raw.dequeue_burst(&mut out);
+            let mut all = out[..n].to_vec();
+            let theirs = c.join().unwrap();
+            for w in [&all, &theirs] {
+                assert!(w.windows(2).all(|p| p[0] < p[1]), "each consumer's share is in order: {w:?}");
+            }
+            all.extend(theirs);
+            all.extend(take(&r.raw, 3 - all.len()));
+            all.sort();
+            assert_eq!(all, [1, 2, 3]);
+        });
+    }
+
+    /// What the mempool's per-handle caches do: refill (a bulk dequeue) and flush (a bulk
+    /// enqueue) from two handles at once, on a full ring: no buffer lost, none twice.
+    #[test]
+    fn loom_cache_refill_and_flush_from_two_handles_conserve_every_buffer() {
+        model(|| {
+            let r = LArc::new(heap(4, RingFlags::MPMC, u32::MAX));
+            assert!(r.raw.enqueue_bulk(&[10, 11, 12, 13]));
+            let h = {
+                let r = r.clone();
+                loom::thread::spawn(move || {
+                    let mut cache = [0u32; 2];
+                    assert!(r.raw.dequeue_bulk(&mut cache), "refill");
+                    assert!(r.raw.enqueue_bulk(&cache), "flush");
+                })
+            };
+            let mut cache = [0u32; 2];
+            if r.raw.dequeue_bulk(&mut cache) {
+                assert!(r.raw.enqueue_bulk(&cache));
+            }
+            h.join().unwrap();
+            let mut all = take(&r.raw, 4);
+            all.sort();
+            assert_eq!(all, [10, 11, 12, 13]);
+        });
+    }
+
+    #[test]
+    fn loom_a_full_ring_refuses_until_a_consumer_frees_a_slot() {
+        model(|| {
+            let r = LArc::new(heap(2, RingFlags::MPMC, u32::MAX));
+            assert!(r.raw.enqueue_bulk(&[1, 2]));
+            let p = {
+                let r = r.clone();
+                loom::thread::spawn(move || {
+                    let mut spins = 0;
+                    while !r.raw.enqueue_bulk(&[3]) {
+                        backoff(&mut spins);
+                    }
+                })
+            };
+            let first = take(&r.raw, 1);
+            p.join().unwrap();
+            let rest = take(&r.raw, 2);
+            assert_eq!((first, rest), (vec![1], vec![2, 3]));
+        });
     }
 }

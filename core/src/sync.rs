@@ -1,0 +1,28 @@
+//! The atomics, fences and spin hints of the lock-free structures processes share: std's, or
+//! loom's when built with `RUSTFLAGS="--cfg loom"`, so loom explores every interleaving and
+//! weak-memory outcome of the same code (`ci/run.sh` runs those tests; see `ring`'s).
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicU32, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicU32, Ordering};
+
+/// A wait on another thread's or process's progress: spins a while, then yields. Under loom
+/// every turn yields, so the model checker schedules the thread waited for.
+#[inline]
+pub(crate) fn backoff(spins: &mut u32) {
+    #[cfg(loom)]
+    {
+        *spins += 1;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    {
+        *spins += 1;
+        if *spins < 128 {
+            std::hint::spin_loop()
+        } else {
+            std::thread::yield_now()
+        }
+    }
+}
