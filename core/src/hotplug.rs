@@ -271,7 +271,9 @@ impl Inner {
         if self.rt.is_primary() {
             on(A_REQ, Inner::handle_req)?;
             let w = w.clone();
-            ch.register_action(A_RELEASED, Dispatch::Worker, move |_, req| {
+            // Inline: quick (no operation lock), and so taken before any later request of the
+            // same secondary, which finds the id free.
+            ch.register_action(A_RELEASED, Dispatch::Inline, move |_, req| {
                 if let Some(inner) = w.upgrade() {
                     inner.handle_released(req);
                 }
@@ -377,7 +379,11 @@ impl Inner {
     /// The error a failed operation reports.
     fn error_of(&self, f: Failure<PathBuf, HotplugError>) -> HotplugError {
         if matches!(&f, Failure::Silent(ps) if ps.is_empty()) {
-            if let Some(gone) = self.primary_gone() {
+            // Unanswered: the primary may have died since (the watcher's flag comes within 200 ms).
+            let pid = self.rt.shm().primary_pid();
+            if let Some(gone) = self.primary_gone().or_else(|| {
+                (!self.rt.is_primary() && !crate::sys::pid_alive(pid)).then_some(HotplugError::PrimaryGone { pid })
+            }) {
                 return gone;
             }
         }
@@ -578,11 +584,14 @@ impl Inner {
                             .iter()
                             .filter_map(|p| p.file_name().and_then(|n| crate::ipc::pid_of(&n.to_string_lossy())))
                             .collect();
+                        let asker = exclude.and_then(crate::ipc::pid_of);
                         if pids.is_empty() {
                             self.table.set_state(e.port, PortState::Unused);
                             tracing::info!(port = %e.port, device = %e.name, "detached everywhere");
                         } else {
-                            tracing::warn!(port = %e.port, device = %e.name, ?pids, "detached; the port id is held until these processes release it");
+                            if pids.iter().any(|p| Some(*p) != asker) {
+                                tracing::warn!(port = %e.port, device = %e.name, ?pids, "detached; the port id is held until these processes release it");
+                            }
                             self.held.hold(e.port, e.gen, pids);
                         }
                         Event::Ok
@@ -893,6 +902,9 @@ impl Inner {
                     if self.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.gen)) == Some(e.gen) {
                         self.release_local(e.port, Release::Local);
                     }
+                    // The primary holds the id until this process says it let go: one datagram,
+                    // ahead of any later request of ours (the primary takes it on its receive thread).
+                    let _ = self.rt.ipc().send(&Msg::new(A_RELEASED, encode_port(e.port, e.gen, "")));
                     Event::Ok
                 }
                 Command::Do(_) | Command::Send(..) => Event::Ok,
@@ -910,11 +922,11 @@ impl Inner {
         Local { have: self.ports.slot(port).and_then(|s| s.as_ref().map(|l| l.gen)) }
     }
 
-    /// A secondary whose primary is gone: its error. Checked by a step's handler under the
-    /// operation lock, so a step never runs after the watcher's resync (which takes the lock).
+    /// A secondary whose primary is gone (its watcher said so): its error. A flag, no syscall:
+    /// read before every request.
     fn primary_gone(&self) -> Option<HotplugError> {
         let pid = self.rt.shm().primary_pid();
-        let gone = !self.rt.is_primary() && (self.orphaned.load(Ordering::Acquire) || !crate::sys::pid_alive(pid));
+        let gone = !self.rt.is_primary() && self.orphaned.load(Ordering::Acquire);
         gone.then_some(HotplugError::PrimaryGone { pid })
     }
 
@@ -974,11 +986,12 @@ impl Inner {
         Ok(String::new())
     }
 
-    /// The primary: a secondary released a port it answered late; the id is free once nobody
-    /// holds it.
+    /// The primary: a secondary released a port it answered late, or whose detach it asked; the
+    /// id is free once nobody holds it. Runs on the receive thread, without the operation lock:
+    /// it only moves a held slot (Detaching, no handle anywhere) to Unused under the table's lock,
+    /// which no snapshot of attached ports sees.
     fn handle_released(&self, req: &Request) {
         let (Ok((port, gen, _)), Some(pid)) = (decode_port(&req.msg.payload), req.peer.pid()) else { return };
-        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
         if self.held.released(port, gen, pid) {
             self.free_held(port, gen);
         }

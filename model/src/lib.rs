@@ -675,6 +675,15 @@ impl Lab {
         let pr = &mut s.procs[p as usize];
         let ev = match act {
             Action::Probe if fail => {
+                // As the driver: a handle of this generation held already is nothing to probe
+                // (and cannot fail); one of another is released before the probe that fails.
+                let (pt, g) = port?;
+                if pr.ports.get(&pt).map(|x| x.1) == Some(g) {
+                    return None;
+                }
+                if pr.ports.remove(&pt).is_some() {
+                    pr.locks.remove(&pt);
+                }
                 pr.holding = false;
                 Event::Failed(Error::Fault)
             }
@@ -710,6 +719,10 @@ impl Lab {
                 if pr.ports.get(&pt).map(|x| x.1) == Some(g) {
                     pr.ports.remove(&pt);
                     pr.locks.remove(&pt);
+                }
+                // The primary holds the id until the asker says it let go.
+                if s.live(P) {
+                    s.send(p, P, Chan::Mp, Msg::Released { port: pt, gen: g });
                 }
                 Event::Ok
             }

@@ -26,27 +26,27 @@ fn holds(secondaries: u8, faults: Faults, name: &str, at_least: usize) {
 
 #[test]
 fn two_processes_attaching_one_device_with_every_fault() {
-    holds(2, Faults::All, "same-device-attach", 500_000);
+    holds(2, Faults::All, "same-device-attach", 200_000);
 }
 
 #[test]
 fn an_attach_racing_a_detach_with_every_fault() {
-    holds(2, Faults::All, "attach-detach-race", 50_000);
+    holds(2, Faults::All, "attach-detach-race", 35_000);
 }
 
 #[test]
 fn two_devices_at_once_with_every_fault() {
-    holds(2, Faults::All, "two-devices", 1_500_000);
+    holds(2, Faults::All, "two-devices", 350_000);
 }
 
 #[test]
 fn a_lock_vetoing_a_detach_with_every_fault() {
-    holds(2, Faults::All, "lock-veto", 9_000);
+    holds(2, Faults::All, "lock-veto", 4_000);
 }
 
 #[test]
 fn a_secondary_joining_during_operations_with_every_fault() {
-    holds(2, Faults::All, "late-joiner", 1_400_000);
+    holds(2, Faults::All, "late-joiner", 600_000);
 }
 
 #[test]

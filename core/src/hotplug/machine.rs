@@ -66,7 +66,9 @@ pub enum Action {
     Check,
     /// The detach is decided: the table says Detaching.
     Commit,
-    /// This process's handle released (the primary's release gives back the shared state).
+    /// This process's handle released (the primary's release gives back the shared state). An
+    /// asking secondary then tells the primary it let go (`hp_released`), which frees the id the
+    /// primary held for it.
     Release,
     /// The port's table slot back to unused; when [`PrimaryOp::unconfirmed`] names peers that
     /// did not confirm their release in time, the slot is held out of use instead, until each
@@ -272,9 +274,10 @@ pub struct PrimaryOp<P, E> {
 
 impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
     /// A new operation asked by `asker` (a secondary; `None`: the primary itself). It tells the
-    /// secondaries there are at [`Action::Begin`], less the asker: an asker does its own attach
-    /// and pre-detach check, but is told the `Detach` step like everyone, so a port id is given
-    /// back only once no process holds a handle of it.
+    /// secondaries there are at [`Action::Begin`], less the asker: an asker does its own attach,
+    /// pre-detach check and release. The asker of a detach releases its handle after the answer,
+    /// so it is among the [`PrimaryOp::unconfirmed`] at Free: the id stays held until it says it
+    /// let go (one message, not a round trip the operation waits for).
     pub fn new(kind: Kind, asker: Option<P>) -> PrimaryOp<P, E> {
         let first = match kind {
             Kind::Attach => Action::Begin,
@@ -380,11 +383,7 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
     }
 
     fn send(&mut self, step: Step) {
-        let mut to = self.peers.clone();
-        if let (Step::Detach, Some(a)) = (step, &self.asker) {
-            to.push(a.clone());
-        }
-        let c = Collect::new(step, &to);
+        let c = Collect::new(step, &self.peers);
         self.go(Phase::Collecting(c));
     }
 
@@ -481,6 +480,9 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
             },
             Step::Detach => {
                 self.unconfirmed = c.silent.clone();
+                if let (Kind::Detach, Some(a)) = (self.kind, &self.asker) {
+                    self.unconfirmed.push(a.clone());
+                }
                 self.detach_refused = c.failure(false, send_err);
                 self.doing_next(Action::Release);
             }
@@ -496,8 +498,9 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
 /// step of a later operation comes between; a failed probe asks the primary to undo the attach
 /// everywhere (Abort), and fails.
 ///
-/// Detach: Check (a lock here vetoes), ask, Release. Refused, or no answer: Recheck; the table
-/// says the port is gone (the primary did it and the answer was lost): Release, done.
+/// Detach: Check (a lock here vetoes), ask, Release (and say so: the primary holds the id until
+/// then). Refused, or no answer: Recheck; the table says the port is gone (the primary did it and
+/// the answer was lost): Release, done.
 ///
 /// An attach without an answer (the primary is silent or died): the primary may have done it or
 /// not. The secondary follows the table (Resync), and reports the failure.
@@ -804,6 +807,26 @@ mod tests {
         });
         assert_eq!(op.result(), Some(&Ok(())));
         assert_eq!(op.unconfirmed(), &[2]);
+    }
+
+    #[test]
+    fn a_detach_asked_by_a_secondary_holds_the_id_until_the_asker_lets_go() {
+        let mut op = Op::new(Kind::Detach, Some(3));
+        let cmds = run(&mut op, &[1, 3], &mut |c| match c {
+            Command::Send(_, to) => to.iter().map(|p| Event::Reply(*p, None)).collect(),
+            _ => vec![Event::Ok],
+        });
+        // The asker does its own check and release: told nothing, waited for at no step.
+        assert!(cmds.iter().all(|c| !matches!(c, Command::Send(_, to) if to.contains(&3))), "{cmds:?}");
+        assert_eq!(op.result(), Some(&Ok(())));
+        assert_eq!(op.unconfirmed(), &[3]);
+        // The undo of an asker's failed attach: it holds no handle, nothing is held for it.
+        let mut op = Op::new(Kind::Forced, Some(3));
+        run(&mut op, &[1, 3], &mut |c| match c {
+            Command::Send(_, to) => to.iter().map(|p| Event::Reply(*p, None)).collect(),
+            _ => vec![Event::Ok],
+        });
+        assert!(op.unconfirmed().is_empty());
     }
 
     #[test]
