@@ -446,20 +446,24 @@ impl Mempool {
             .collect()
     }
 
-    /// Takes a free slot, or one whose process died.
+    /// Takes a free slot, or else one whose process died. Free ones first: whether a process
+    /// lives costs a syscall and a read of its /proc stat, which a probe in every process of a
+    /// hotplug step paid once per slot taken by the others (a third of a secondary's time in an
+    /// attach with four secondaries, by perf).
     fn claim(slots: &[NonNull<CacheSlot>]) -> Option<NonNull<CacheSlot>> {
         let me = std::process::id();
-        slots.iter().copied().find(|s| {
+        let take = |s: &NonNull<CacheSlot>, dead_ok: bool| {
             // SAFETY: a 64-byte slot inside the mapping (never unmapped); only atomics are used.
             let s = unsafe { s.as_ref() };
             let p = s.pid.load(Ordering::Relaxed);
-            let free = p == 0 || (p != me && !crate::sys::pid_alive(p));
+            let free = p == 0 || (dead_ok && p != me && !crate::sys::pid_alive(p));
             if free && s.pid.compare_exchange(p, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 s.len.store(0, Ordering::Relaxed);
                 return true;
             }
             false
-        })
+        };
+        slots.iter().copied().find(|s| take(s, false)).or_else(|| slots.iter().copied().find(|s| take(s, true)))
     }
 
     /// Publishes this handle's cache length (a relaxed store to its own line).
