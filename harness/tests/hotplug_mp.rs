@@ -223,6 +223,33 @@ fn a_late_secondary_sees_existing_ports_and_a_dead_one_blocks_nothing() {
     quit_all(&lab, vec![p, late]);
 }
 
+/// A secondary's request that waited behind a long operation until too little of its asker's
+/// wait was left is refused unstarted, and nothing of it is done anywhere (`lab-model` found a
+/// request done everywhere after its asker had given up waiting).
+#[test]
+fn a_request_that_waited_too_long_in_the_primarys_queue_is_refused_unstarted() {
+    let lab = Lab::new("expired");
+    // Asker's wait 4 x 300 + 2000 ms; an operation may take 2 x 300 + 2000 ms; the primary's
+    // own attach hangs 2 x 300 + 500 ms holding the queue.
+    let t = "--hotplug-timeout-ms=300";
+    let mut p = lab.start(&[t, "--lab-fault=attach:net_null0:hang"]);
+    let mut s1 = lab.start(&[t]);
+    p.send_line("attach net_null0").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let a = s1.cmd("attach net_null1").unwrap();
+    assert!(
+        a.starts_with("failed to attach device net_null1: the request waited too long behind other operations"),
+        "{a}"
+    );
+    assert!(a.contains("2600 ms needed"), "{a}");
+    assert_eq!(p.answer_within(Duration::from_secs(5)).unwrap(), "attached device net_null0");
+    all_list(&mut [&mut p, &mut s1], &[(0, "net_null0")]);
+    // Not a lasting refusal: asked again with nothing ahead, it is done.
+    assert_eq!(s1.cmd("attach net_null1").unwrap(), "attached device net_null1");
+    all_list(&mut [&mut p, &mut s1], &[(0, "net_null0"), (1, "net_null1")]);
+    quit_all(&lab, vec![p, s1]);
+}
+
 /// The primary dies in the middle of an attach, after one secondary attached its handle and
 /// while another is still at it: neither keeps the port the table never published (the model's
 /// orphan rule, `lab-model`), both keep the port they had and its traffic, hotplug from them
