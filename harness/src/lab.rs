@@ -505,8 +505,27 @@ impl Lab {
 
     /// A `hotplug_mp` command line in `process`; its answer.
     pub fn cmd(&mut self, process: &str, line: &str) -> Result<String, LabError> {
+        let a = self.prompt(process)?;
+        a.cmd(line).map_err(|source| LabError::Prompt { process: process.into(), source })
+    }
+
+    /// Sends a `hotplug_mp` command line to `process` without waiting for its answer, so that a
+    /// test can act elsewhere while it runs (two operations at once); collect the answer with
+    /// [`Lab::answer`].
+    pub fn send(&mut self, process: &str, line: &str) -> Result<(), LabError> {
+        let a = self.prompt(process)?;
+        a.send_line(line).map_err(|source| LabError::Prompt { process: process.into(), source })
+    }
+
+    /// The answer to the command [`Lab::send`] gave `process`, waiting at most `within`.
+    pub fn answer(&mut self, process: &str, within: Duration) -> Result<String, LabError> {
+        let a = self.prompt(process)?;
+        a.answer_within(within).map_err(|source| LabError::Prompt { process: process.into(), source })
+    }
+
+    fn prompt(&mut self, process: &str) -> Result<&mut AppProc, LabError> {
         match self.procs.get_mut(process) {
-            Some(Proc::Prompt(a)) => a.cmd(line).map_err(|source| LabError::Prompt { process: process.into(), source }),
+            Some(Proc::Prompt(a)) => Ok(a),
             Some(Proc::App { .. }) => Err(LabError::Process {
                 process: process.into(),
                 message: "is your app, not a hotplug_mp process: it takes no commands (observe it with telemetry)"

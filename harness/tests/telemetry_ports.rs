@@ -195,6 +195,41 @@ fn a_port_id_a_slow_secondary_still_holds_is_held_until_it_lets_go() {
     }
 }
 
+/// The asker of a detach releases its own handle after the primary's yes; the primary holds the
+/// id for it until it says it let go (`hp_released`), so a new device never gets the id while
+/// the asker still holds the old one (`lab-model` found the reuse).
+#[test]
+fn a_detach_asked_by_a_secondary_holds_the_id_until_the_asker_lets_go() {
+    let mut lab = Lab::builder()
+        .secondaries(2)
+        .eal("--hotplug-timeout-ms=300")
+        .process_eal("s1", "--lab-fault=detach:net_null0:hang")
+        .start()
+        .expect("lab");
+    ok(&mut lab, "primary", "attach net_null0", "attached device net_null0");
+    lab.assert_consistent();
+    // s1's own release hangs (twice the timeout and 500 ms) after the primary said yes.
+    lab.send("s1", "detach net_null0").unwrap();
+    let s1 = u64::from(lab.pid("s1").unwrap());
+    lab.wait_until(Duration::from_secs(2), "port 0 held for s1", |l| {
+        let h = l.telemetry("primary", "/lab/hotplug").ok()?;
+        (h["held"] == serde_json::json!([{"port": 0, "waiting_for": [s1]}])).then_some(())
+    })
+    .unwrap();
+    assert_eq!(ask(&lab, "primary", "/ethdev/list"), serde_json::json!([]), "detached in the primary");
+    assert_eq!(lab.answer("s1", Duration::from_secs(5)).unwrap(), "detached device net_null0");
+    lab.wait_until(Duration::from_secs(2), "the primary frees port 0", |l| {
+        (l.telemetry("primary", "/lab/hotplug").ok()?["held"] == serde_json::json!([])).then_some(())
+    })
+    .unwrap();
+    ok(&mut lab, "s2", "attach net_null1", "attached device net_null1");
+    assert_eq!(ask(&lab, "primary", "/ethdev/list"), serde_json::json!([0]), "the freed id is the next device's");
+    lab.assert_consistent();
+    for x in lab.processes().into_iter().rev() {
+        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
+    }
+}
+
 #[test]
 fn lab_status_shows_every_process_and_its_ports() {
     let mut lab = Lab::builder().vdev("net_null0").secondaries(1).start().expect("lab");
