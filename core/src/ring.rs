@@ -357,7 +357,7 @@ impl<T: RingElem> RawRing<T> {
         }
         // Publish in order: wait for earlier producers. Acquire: our release of the tail below
         // must carry their slot writes too, or a consumer acquiring our tail could read their
-        // slots before their writes (loom found it with Relaxed here, as rte_ring has it).
+        // slots before their writes (loom found it with Relaxed here).
         let mut spins = 0u32;
         while h.prod.tail.load(Ordering::Acquire) != head {
             backoff(&mut spins);
