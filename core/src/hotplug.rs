@@ -3,7 +3,7 @@
 //!
 //! The protocol's decisions live in [`machine`] as pure state machines (no sockets, threads or
 //! clocks): [`PrimaryOp`] for the primary's run of an operation, [`AskerOp`] for a secondary that
-//! asks, [`answer`] for a secondary told a step, [`admit`] for a queued request. This module is the
+//! asks, [`answer`] for a secondary told a step, [`admit`](machine::admit) for a queued request. This module is the
 //! driver: it feeds them what the channel, the table and the drivers report and carries out their
 //! commands. The same machines run in `lab-model`, where stateright explores every interleaving
 //! and fault of a bounded lab (README, "What is proven").
