@@ -288,6 +288,12 @@ impl Inner {
     }
 }
 
+/// A secondary tells the primary it released `port` of `gen` (one datagram): the primary may be
+/// holding the id until it does.
+pub(crate) fn say_released(inner: &Inner, port: PortId, gen: u32) {
+    let _ = inner.rt.ipc().send(&Msg::new(A_RELEASED, encode_port(port, gen, "")));
+}
+
 fn encode_port(port: PortId, gen: u32, text: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(6 + text.len());
     v.extend_from_slice(&port.0.to_le_bytes());
@@ -365,6 +371,9 @@ impl Inner {
             heard.push(d.clone());
         }
         heard.extend(r.missing.iter().cloned());
+        // A peer the step could not be sent to never got it: left pending, it counts as silent
+        // below (not as gone), so a detach holds its id and an attach rolls back.
+        heard.extend(r.unsent.iter().map(|(n, _)| n.clone()));
         for t in to {
             if !t.file_name().is_some_and(|n| heard.iter().any(|h| n == h.as_str())) {
                 m.handle(Event::Gone(t.clone()));
@@ -904,7 +913,7 @@ impl Inner {
                     }
                     // The primary holds the id until this process says it let go: one datagram,
                     // ahead of any later request of ours (the primary takes it on its receive thread).
-                    let _ = self.rt.ipc().send(&Msg::new(A_RELEASED, encode_port(e.port, e.gen, "")));
+                    say_released(self, e.port, e.gen);
                     Event::Ok
                 }
                 Command::Do(_) | Command::Send(..) => Event::Ok,
@@ -1025,7 +1034,7 @@ impl Inner {
             deadline.parse::<u64>().is_ok_and(|d| (monotonic() + Duration::from_millis(100)).as_millis() as u64 >= d);
         if late {
             // Answered too late for the primary's wait: it holds the id until this says so.
-            let _ = self.rt.ipc().send(&Msg::new(A_RELEASED, encode_port(port, gen, "")));
+            say_released(self, port, gen);
         }
         r
     }

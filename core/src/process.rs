@@ -279,14 +279,24 @@ impl Process {
     /// its queued ones may be carried out (the operation they belong to ended with it). The
     /// table is what it left, consistent or not: the secondary follows it, without waiting for an
     /// operation the dead primary began to end, and keeps its ports running.
+    ///
+    /// Meanwhile, after every operation (the table's sequence moved on, and is even), it releases
+    /// the handles the table no longer lists: a rollback or detach step the primary could not send
+    /// it ([`Inner::heal`]).
     fn watch_primary(&self) {
         let w = Arc::downgrade(&self.inner);
         let pid = self.inner.rt.shm().primary_pid();
+        let mut healed = self.inner.table.seq();
         let _ = std::thread::Builder::new().name("lab-primary-watch".into()).spawn(move || loop {
             std::thread::sleep(Duration::from_millis(200));
             let Some(inner) = w.upgrade() else { return };
             if inner.stop.load(Ordering::Relaxed) {
                 return;
+            }
+            let seq = inner.table.seq();
+            if seq % 2 == 0 && seq != healed {
+                inner.heal();
+                healed = seq;
             }
             if !crate::sys::pid_alive(pid) {
                 tracing::warn!(pid, "the primary is gone: following its port table; hotplug needs a primary");
@@ -331,6 +341,27 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// A secondary: releases its handles whose port the table does not list as attached with
+    /// their generation, a rollback or detach step it never got (the primary could not send it),
+    /// and says so to the primary (`hp_released`), which may hold the id for it. A generation
+    /// not attached is never attached again, so the release is right whenever it runs; it runs
+    /// under the operation lock, when no operation runs.
+    pub(crate) fn heal(&self) {
+        let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.table.seq() % 2 == 1 || self.orphaned.load(Ordering::Acquire) {
+            return;
+        }
+        for p in self.ports.ids() {
+            let Some(gen) = self.ports.slot(p).and_then(|s| s.as_ref().map(|l| l.gen)) else { continue };
+            let listed = self.table.entry(p.0 as usize).is_some_and(|e| e.gen == gen && e.state == PortState::Attached);
+            if !listed {
+                tracing::warn!(port = %p, gen, "the table no longer lists this port (a step that never came): releasing it");
+                self.release_local(p, Release::Local);
+                crate::hotplug::say_released(self, p, gen);
+            }
+        }
+    }
+
     /// A late secondary: attach every port of the table, from a consistent snapshot; release local
     /// ports that are gone. Loops until no operation ran meanwhile.
     pub(crate) fn sync_from_table(&self) {

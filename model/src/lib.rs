@@ -72,6 +72,10 @@ pub struct Config {
     pub fails: u8,
     /// Crashes allowed in one run.
     pub crashes: u8,
+    /// Steps the primary may fail to send to a live secondary (its queue full past the send
+    /// timeout: it never gets the step; the primary counts it silent). With them, secondaries
+    /// heal: they release handles the table no longer lists, as the driver's watcher does.
+    pub losses: u8,
     /// Whether the primary may be the one that crashes.
     pub primary_crash: bool,
     /// Lock and unlock toggles allowed in one run (of the port of device 0).
@@ -98,15 +102,19 @@ pub enum Safeguard {
     /// A secondary's request that waited past its asker's deadline is refused unstarted
     /// ([`admit`]): without it, the primary does it after the asker gave up.
     Deadline,
+    /// A secondary releases the handles the table no longer lists: without it, a rollback or
+    /// detach step the primary could not send leaves a secondary with a port nobody else has.
+    Heal,
 }
 
 impl Safeguard {
-    /// By name: `generations`, `quarantine`, `deadline`.
+    /// By name: `generations`, `quarantine`, `deadline`, `heal`.
     pub fn parse(s: &str) -> Option<Safeguard> {
         match s {
             "generations" => Some(Safeguard::Generations),
             "quarantine" => Some(Safeguard::Quarantine),
             "deadline" => Some(Safeguard::Deadline),
+            "heal" => Some(Safeguard::Heal),
             _ => None,
         }
     }
@@ -277,6 +285,10 @@ pub struct State {
     pub fails: u8,
     /// Crashes left.
     pub crashes: u8,
+    /// Refused sends left.
+    pub losses: u8,
+    /// Secondaries heal (the run has refused sends).
+    pub heal: bool,
     /// Lock toggles left.
     pub locks: u8,
 }
@@ -307,6 +319,11 @@ pub enum Act {
     Orphan(Pid),
     /// A process toggles the lock of its handle of device 0's port.
     Lock(Pid),
+    /// The primary's send of the first step queued to this secondary is refused: it never
+    /// gets it.
+    Refuse(Pid),
+    /// A secondary releases the handles the table no longer lists, and says so.
+    Heal(Pid),
 }
 
 /// The model.
@@ -378,8 +395,29 @@ impl State {
         pr.locks.retain(|l| pr.ports.contains_key(l));
     }
 
-    /// No operation in flight anywhere and nothing left to deliver.
+    /// A live secondary's handles that the table does not list as attached with their
+    /// generation (when no operation runs): what its heal releases.
+    pub fn leftovers(&self, p: Pid) -> Vec<(Port, u32)> {
+        let pr = &self.procs[p as usize];
+        if p == P || !pr.alive || !pr.started || !pr.synced || pr.holding || self.seq_odd {
+            return Vec::new();
+        }
+        pr.ports
+            .iter()
+            .filter(|(pt, (_, g))| {
+                let sl = self.table[**pt as usize];
+                !(sl.gen == *g && sl.state == SlotState::Attached)
+            })
+            .map(|(pt, (_, g))| (*pt, *g))
+            .collect()
+    }
+
+    /// No operation in flight anywhere, nothing left to deliver, and (when secondaries heal)
+    /// nothing left to heal.
     pub fn quiescent(&self) -> bool {
+        if self.heal && (1..self.procs.len() as Pid).any(|p| !self.leftovers(p).is_empty()) {
+            return false;
+        }
         let primary_alive = self.live(P);
         self.procs.iter().enumerate().all(|(i, pr)| {
             !pr.alive
@@ -441,6 +479,8 @@ impl Lab {
             bad_success: None,
             fails: self.cfg.fails,
             crashes: self.cfg.crashes,
+            losses: self.cfg.losses,
+            heal: self.cfg.losses > 0 && self.cfg.without != Some(Safeguard::Heal),
             locks: self.cfg.lock_toggles,
         }
     }
@@ -551,8 +591,17 @@ impl Lab {
                         m.iter().any(|x| matches!(x, Msg::Tell { step: Step::Detach, port: pt, .. } if *pt == port))
                     })
                 };
+                // And, when secondaries heal, a handle the table no longer lists (a step it never
+                // got): its heal releases it.
+                let healing = |pt: Port, g: u32| {
+                    let sl = s.table[pt as usize];
+                    s.heal && !(sl.gen == g && sl.state == SlotState::Attached)
+                };
                 if let Some(q) = holders.iter().filter(|_| s.live(P)).find(|q| {
-                    s.procs[**q as usize].ports.iter().any(|(pt, (dd, _))| *dd == d && !queued(**q, *pt))
+                    s.procs[**q as usize]
+                        .ports
+                        .iter()
+                        .any(|(pt, (dd, g))| *dd == d && !queued(**q, *pt) && !healing(*pt, *g))
                         && s.attached_of(d).is_none()
                 }) {
                     s.bad_success =
@@ -1041,6 +1090,15 @@ impl Model for Lab {
             if p != P && !s.live(P) && !pr.orphaned && pr.synced && !pr.holding {
                 out.push(Act::Orphan(p));
             }
+            if p != P
+                && s.losses > 0
+                && s.net.get(&(P, p, Chan::Mp)).is_some_and(|q| matches!(q.front(), Some(Msg::Tell { .. })))
+            {
+                out.push(Act::Refuse(p));
+            }
+            if s.heal && !s.leftovers(p).is_empty() {
+                out.push(Act::Heal(p));
+            }
             if s.locks > 0 && pr.ports.values().any(|(d, _)| *d == 0) {
                 out.push(Act::Lock(p));
             }
@@ -1089,6 +1147,20 @@ impl Model for Lab {
             Act::Orphan(p) => {
                 s.resync(p);
                 s.procs[p as usize].orphaned = true;
+            }
+            Act::Refuse(p) => {
+                s.losses -= 1;
+                s.net.get_mut(&(P, p, Chan::Mp))?.pop_front();
+            }
+            Act::Heal(p) => {
+                for (pt, g) in s.leftovers(p) {
+                    let pr = &mut s.procs[p as usize];
+                    pr.ports.remove(&pt);
+                    pr.locks.remove(&pt);
+                    if s.live(P) {
+                        s.send(p, P, Chan::Mp, Msg::Released { port: pt, gen: g });
+                    }
+                }
             }
             Act::Lock(p) => {
                 s.locks -= 1;
@@ -1233,6 +1305,8 @@ pub fn trace(lab: &Lab, path: &Path<State, Act>) -> String {
             Act::Join(p) => format!("{} starts late", name(*p)),
             Act::Sync(p) => format!("{} reads the table", name(*p)),
             Act::Orphan(p) => format!("{} notices P is dead and follows the table", name(*p)),
+            Act::Refuse(p) => format!("P's send to {} is REFUSED (its queue full): it never gets the step", name(*p)),
+            Act::Heal(p) => format!("{} releases the handles the table no longer lists", name(*p)),
             Act::Lock(p) => format!("{} toggles its lock of d0's port", name(*p)),
         };
         let _ = writeln!(out, "{:>3}. {line}", i + 1);
@@ -1311,6 +1385,8 @@ pub enum Faults {
     Crash,
     /// All of them (one of each per run).
     All,
+    /// Timers, and a step the primary cannot send to a live secondary (which then heals).
+    Loss,
 }
 
 impl Faults {
@@ -1322,6 +1398,7 @@ impl Faults {
             "timeout" => Faults::Timeout,
             "crash" => Faults::Crash,
             "all" => Faults::All,
+            "loss" => Faults::Loss,
             _ => return None,
         })
     }
@@ -1330,10 +1407,11 @@ impl Faults {
         let (f, t, k) = match self {
             Faults::None => (0, false, 0),
             Faults::Fail => (1, false, 0),
-            Faults::Timeout => (0, true, 0),
+            Faults::Timeout | Faults::Loss => (0, true, 0),
             Faults::Crash => (0, false, 1),
             Faults::All => (1, true, 1),
         };
+        c.losses = u8::from(self == Faults::Loss);
         c.fails = f;
         c.timeouts = t;
         c.crashes = k;
@@ -1353,6 +1431,7 @@ pub fn scenarios(secondaries: u8, faults: Faults) -> Vec<(String, Config)> {
         ops: Vec::new(),
         fails: 0,
         crashes: 0,
+        losses: 0,
         primary_crash: true,
         lock_toggles: 0,
         timeouts: false,

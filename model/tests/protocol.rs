@@ -1,7 +1,8 @@
 //! The hotplug protocol's state machines (`lab_core::hotplug::machine`), model-checked: every
 //! scenario with two secondaries and every fault (a local step failing, a timer firing on a
 //! silent peer, a process crashing, the primary included, one of each per run), each of them
-//! with three secondaries and crashes, and each safeguard of the protocol left out in turn, where
+//! with three secondaries and crashes, every scenario with a step the primary cannot send (the
+//! secondaries heal), and each safeguard of the protocol left out in turn, where
 //! the checker must find what that safeguard prevents. The deeper run is the `hotplug-model`
 //! command (README, "What is proven").
 
@@ -58,9 +59,22 @@ fn three_secondaries_with_crashes_in_every_scenario() {
     }
 }
 
+#[test]
+fn every_scenario_with_a_step_the_primary_cannot_send() {
+    for (name, cfg) in scenarios(2, Faults::Loss) {
+        let o = check(cfg, 1);
+        assert!(o.violations.is_empty(), "{name}: {:?}", o.violations);
+        assert!(o.unique > 1_000, "{name}: only {} states", o.unique);
+    }
+}
+
 /// Leaving `without` out of `name` breaks `property`: the checker finds it, with a trace.
 fn found_without(without: Safeguard, name: &str, property: &str) {
-    let mut cfg = scenario(2, Faults::Timeout, name);
+    found_without_in(Faults::Timeout, without, name, property)
+}
+
+fn found_without_in(faults: Faults, without: Safeguard, name: &str, property: &str) {
+    let mut cfg = scenario(2, faults, name);
     cfg.without = Some(without);
     let o = check(cfg, 1);
     let hit = o.violations.iter().find(|(p, _)| p.starts_with(property));
@@ -77,6 +91,11 @@ fn without_the_generation_rule_a_stale_step_overrides_a_newer_port() {
 #[test]
 fn without_the_quarantine_a_port_id_names_two_devices() {
     found_without(Safeguard::Quarantine, "two-devices", "(d)");
+}
+
+#[test]
+fn without_the_heal_a_step_that_was_never_sent_leaves_a_handle_behind() {
+    found_without_in(Faults::Loss, Safeguard::Heal, "attach-detach-race", "(a)");
 }
 
 #[test]

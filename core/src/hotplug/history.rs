@@ -76,6 +76,9 @@ impl Pending {
                 self.answers.push(Answer { process: process_name(n), step, answer: what.into() });
             }
         }
+        for (n, e) in &r.unsent {
+            self.answers.push(Answer { process: process_name(n), step, answer: format!("not sent: {e}") });
+        }
     }
 
     /// One answer (this process's own, or the primary's to a secondary's request).

@@ -282,8 +282,11 @@ impl Channel {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    self.give_reply_sock(rs);
-                    return Err(e);
+                    // One peer that cannot take the message (a full queue past the send timeout)
+                    // does not keep it from the others; the caller learns who never got it.
+                    tracing::warn!(peer = %t.display(), action = %msg.name, error = %e, "request not sent");
+                    let name = t.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    out.unsent.push((name, e.to_string()));
                 }
             }
         }

@@ -218,6 +218,9 @@ pub struct Replies {
     pub missing: Vec<String>,
     /// Peers that got the request and died before answering, by socket name.
     pub dead: Vec<String>,
+    /// Live peers the request could not be sent to (their queue stayed full past the send
+    /// timeout), by socket name, with the error: they never got it. The others were still sent it.
+    pub unsent: Vec<(String, String)>,
 }
 
 /// Where a handler runs.

@@ -2,9 +2,9 @@
 //!
 //! `cargo run -p lab-model --release --bin hotplug-model -- --secondaries 3 --faults all`
 //!
-//! Options: `--secondaries N` (1..=3), `--faults none|fail|timeout|crash|all`, `--depth D`,
+//! Options: `--secondaries N` (1..=3), `--faults none|fail|timeout|crash|all|loss`, `--depth D`,
 //! `--threads T`, `--scenario NAME` (one of `lab_model::scenarios`, default all of them),
-//! `--without generations|quarantine|deadline` (a safeguard left out: the check must fail).
+//! `--without generations|quarantine|deadline|heal` (a safeguard left out: the check must fail).
 //! Prints each scenario's state counts and time, and the shortest trace of every property found
 //! false; exits 1 if one was.
 
@@ -33,9 +33,9 @@ fn main() -> ExitCode {
                 Ok(n @ 1..=3) => secondaries = n,
                 _ => return usage("--secondaries takes 1, 2 or 3"),
             },
-            "--faults" => match Faults::parse(&val("none|fail|timeout|crash|all")) {
+            "--faults" => match Faults::parse(&val("none|fail|timeout|crash|all|loss")) {
                 Some(f) => faults = f,
-                None => return usage("--faults takes none, fail, timeout, crash or all"),
+                None => return usage("--faults takes none, fail, timeout, crash, all or loss"),
             },
             "--depth" => match val("a number").parse() {
                 Ok(d) => depth = Some(d),
@@ -46,12 +46,12 @@ fn main() -> ExitCode {
                 _ => return usage("--threads takes a number over 0"),
             },
             "--scenario" => only = Some(val("a name")),
-            "--without" => match Safeguard::parse(&val("generations|quarantine|deadline")) {
+            "--without" => match Safeguard::parse(&val("generations|quarantine|deadline|heal")) {
                 Some(g) => without = Some(g),
-                None => return usage("--without takes generations, quarantine or deadline"),
+                None => return usage("--without takes generations, quarantine, deadline or heal"),
             },
             "-h" | "--help" => {
-                println!("usage: hotplug-model [--secondaries 1..3] [--faults none|fail|timeout|crash|all] [--depth D] [--threads T] [--scenario NAME] [--without generations|quarantine|deadline]");
+                println!("usage: hotplug-model [--secondaries 1..3] [--faults none|fail|timeout|crash|all|loss] [--depth D] [--threads T] [--scenario NAME] [--without generations|quarantine|deadline|heal]");
                 return ExitCode::SUCCESS;
             }
             other => return usage(&format!("unknown option {other:?}")),
