@@ -16,6 +16,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 ./ci/vm.sh
 echo "== cargo test"
 cargo test --workspace --locked
-echo "== loom: the shared ring's atomics over every interleaving (core/src/ring.rs, loom_tests)"
+echo "== loom: the shared ring and the port table over every interleaving (ring.rs, ethdev.rs: loom_tests)"
 RUSTFLAGS="--cfg loom" cargo test -p lab-core --release --locked --lib --target-dir target/loom loom
 ./ci/hugepages.sh

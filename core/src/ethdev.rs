@@ -15,9 +15,10 @@
 //! The table is changed only under the shared-memory lock and only by the primary; a sequence
 //! counter (odd while a hotplug operation runs) lets a late secondary take a consistent snapshot.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 use crate::addr::{BusKind, PciId};
 use crate::bus::pci::PciDevice;
@@ -346,7 +347,9 @@ pub struct PortSlot {
     devargs: [u8; 4096],
 }
 // Every process of a build maps this table: its layout is fixed here, not left to the compiler.
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<PortSlot>() == 4224);
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::offset_of!(PortSlot, devargs) == 128);
 
 /// Header of the port table.
@@ -356,7 +359,9 @@ pub struct PortTableHdr {
     seq: AtomicU64,
     slots: [PortSlot; MAX_PORTS],
 }
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<PortTableHdr>() == 16 + 4224 * MAX_PORTS);
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::offset_of!(PortTableHdr, seq) == 8);
 const PORTS_MAGIC: u64 = 0x504f_5254_5441_424c;
 
@@ -389,8 +394,11 @@ pub struct PortEntry {
 
 /// The shared port table (a view of the memzone).
 pub struct PortTable {
-    shm: Arc<Shm>,
+    /// The mapping the table and its lock live in, kept mapped (None: a table of loom's tests).
+    _shm: Option<Arc<Shm>>,
     hdr: std::ptr::NonNull<PortTableHdr>,
+    /// The shared-memory lock every change and every snapshot of a slot is made under.
+    lock: std::ptr::NonNull<crate::mem::ShmLock>,
 }
 
 // SAFETY: the table is shared memory: atomics for state and sequence, other fields written only
@@ -410,7 +418,7 @@ impl PortTable {
         let len = std::mem::size_of::<PortTableHdr>() as u64;
         let z = if primary { shm.reserve(PORTS_ZONE, len, 64)? } else { shm.lookup(PORTS_ZONE)? };
         let p = shm.ptr(z.offset, len).ok_or(EthError::Invalid { what: "port table outside shared memory".into() })?;
-        let t = PortTable { shm: shm.clone(), hdr: p.cast() };
+        let t = PortTable { _shm: Some(shm.clone()), hdr: p.cast(), lock: std::ptr::NonNull::from(shm.lock()) };
         if primary {
             let _g = shm.lock().lock();
             // SAFETY: fresh zeroed zone; we hold the lock.
@@ -419,6 +427,11 @@ impl PortTable {
             return Err(EthError::Invalid { what: "memzone lab_ethdev_ports holds no port table".into() });
         }
         Ok(t)
+    }
+
+    fn lock(&self) -> &crate::mem::ShmLock {
+        // SAFETY: the lock lives in the mapping (or the box) the table keeps for its lifetime.
+        unsafe { self.lock.as_ref() }
     }
 
     fn h(&self) -> &PortTableHdr {
@@ -445,7 +458,7 @@ impl PortTable {
     /// A snapshot of slot `i`.
     pub fn entry(&self, i: usize) -> Option<PortEntry> {
         let s = self.h().slots.get(i)?;
-        let _g = self.shm.lock().lock();
+        let _g = self.lock().lock();
         let state = PortState::from_u32(s.state.load(Ordering::Acquire));
         if state == PortState::Unused {
             return None;
@@ -481,7 +494,7 @@ impl PortTable {
         if name.len() > NAME_MAX || devargs.len() > 4096 {
             return Err(EthError::Invalid { what: format!("device name {name:?} over {NAME_MAX} bytes") });
         }
-        let g = self.shm.lock().lock();
+        let g = self.lock().lock();
         let i = (0..MAX_PORTS)
             .find(|i| self.h().slots[*i].state.load(Ordering::Acquire) == PortState::Unused as u32)
             .ok_or(EthError::NoFreePort { max: MAX_PORTS })?;
@@ -506,7 +519,7 @@ impl PortTable {
 
     /// Records what the driver reported at probe. Primary only.
     pub fn set_info(&self, port: PortId, info: &DevInfo) {
-        let g = self.shm.lock().lock();
+        let g = self.lock().lock();
         if let Some(i) = Some(port.0 as usize).filter(|i| *i < MAX_PORTS) {
             let s = self.slot_mut(i, &g);
             s.mac = info.mac;
@@ -519,7 +532,7 @@ impl PortTable {
 
     /// Moves a slot to `state` (Unused clears it). Primary only.
     pub fn set_state(&self, port: PortId, state: PortState) {
-        let g = self.shm.lock().lock();
+        let g = self.lock().lock();
         if (port.0 as usize) < MAX_PORTS {
             let s = self.slot_mut(port.0 as usize, &g);
             if state == PortState::Unused {
@@ -651,5 +664,104 @@ mod tests {
         });
         assert!(ports.slot_within(PortId(3), Duration::from_millis(20)).is_ok());
         assert_eq!(ports.slot_within(PortId(MAX_PORTS as u16), Duration::ZERO).err(), Some("no such port id"));
+    }
+}
+
+/// loom over the port table as a late secondary reads it while the primary runs an attach and a
+/// detach: a snapshot taken between two equal, even readings of the sequence counter shows the
+/// port whole and attached, or not at all, never half-made. `ci/run.sh` runs it
+/// (`RUSTFLAGS="--cfg loom" cargo test -p lab-core --release --lib loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::mem::ShmLock;
+
+    /// A table and its lock on the heap (loom's atomics cannot live in a zeroed file).
+    struct HeapTable {
+        _hdr: Box<PortTableHdr>,
+        _lock: Box<ShmLock>,
+        t: PortTable,
+    }
+
+    // SAFETY: the table points into the boxes it travels with; PortTable is Send + Sync.
+    unsafe impl Send for HeapTable {}
+    // SAFETY: as above.
+    unsafe impl Sync for HeapTable {}
+
+    fn heap() -> HeapTable {
+        let slot = || PortSlot {
+            state: AtomicU32::new(0),
+            gen: AtomicU32::new(0),
+            name: [0; 64],
+            driver: [0; 32],
+            devargs_len: 0,
+            mtu: 0,
+            nb_rxq: 0,
+            nb_txq: 0,
+            mac: [0; 6],
+            started: 0,
+            owner: 0,
+            devargs: [0; 4096],
+        };
+        let mut hdr = Box::new(PortTableHdr {
+            magic: PORTS_MAGIC,
+            seq: AtomicU64::new(0),
+            slots: std::array::from_fn(|_| slot()),
+        });
+        let lock = Box::new(ShmLock::new());
+        let t =
+            PortTable { _shm: None, hdr: std::ptr::NonNull::from(&mut *hdr), lock: std::ptr::NonNull::from(&*lock) };
+        HeapTable { _hdr: hdr, _lock: lock, t }
+    }
+
+    #[test]
+    fn loom_a_late_secondarys_stable_snapshot_is_never_half_an_operation() {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(2);
+        b.check(|| {
+            // 135 KB of slots, built on a thread with the stack for them.
+            let built = loom::thread::Builder::new().stack_size(8 << 20).spawn(heap).unwrap();
+            let h = loom::sync::Arc::new(built.join().unwrap());
+            let primary = {
+                let h = h.clone();
+                loom::thread::spawn(move || {
+                    let t = &h.t;
+                    t.bump_seq();
+                    let p = t.allocate("net_null0", "net_null", "net_null0,size=64", 1).unwrap();
+                    t.set_state(p, PortState::Attached);
+                    t.bump_seq();
+                    t.bump_seq();
+                    t.set_state(p, PortState::Detaching);
+                    t.set_state(p, PortState::Unused);
+                    t.bump_seq();
+                })
+            };
+            let mut spins = 0;
+            for _ in 0..3 {
+                let s1 = h.t.seq();
+                if s1 % 2 == 1 {
+                    crate::sync::backoff(&mut spins);
+                    continue;
+                }
+                // What `entries` reads, for the slots this operation can touch (all 32 take loom
+                // minutes, not a second).
+                let e: Vec<PortEntry> = (0..2).filter_map(|i| h.t.entry(i)).collect();
+                if h.t.seq() != s1 {
+                    continue;
+                }
+                match e.as_slice() {
+                    [] => {}
+                    [x] => {
+                        assert_eq!(x.state, PortState::Attached, "{x:?}");
+                        assert_eq!((x.name.as_str(), x.devargs.as_str()), ("net_null0", "net_null0,size=64"));
+                        assert_eq!(x.gen, 1);
+                    }
+                    more => panic!("{more:?}"),
+                }
+                break;
+            }
+            primary.join().unwrap();
+            assert!(h.t.entries().is_empty());
+        });
     }
 }

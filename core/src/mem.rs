@@ -140,8 +140,9 @@ pub enum MemError {
 /// dead takes it over, so a crashed process cannot wedge the lab. Control path only.
 #[repr(C)]
 pub struct ShmLock {
-    owner: AtomicU32,
+    owner: crate::sync::AtomicU32,
 }
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<ShmLock>() == 4);
 
 impl ShmLock {
@@ -163,13 +164,14 @@ impl ShmLock {
                 tracing::warn!(dead_pid = cur, "took over a shared-memory lock held by a dead process");
                 return ShmLockGuard { lock: self };
             }
-            spins = spins.wrapping_add(1);
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            crate::sync::backoff(&mut spins);
         }
+    }
+
+    /// A lock of its own, not in shared memory (loom's tests of what it guards).
+    #[cfg(all(test, loom))]
+    pub(crate) fn new() -> ShmLock {
+        ShmLock { owner: crate::sync::AtomicU32::new(0) }
     }
 }
 
