@@ -56,8 +56,8 @@
 //!   new primary of the prefix starts a lab of its own (new shared memory; the old file is unlinked,
 //!   so what old secondaries map stays intact).
 //! * A step that cannot be sent to one peer (its queue full past the send timeout) still goes to
-//!   the others; that peer counts as silent. After every operation each secondary releases the
-//!   handles the table no longer lists (a rollback or detach it never got) and says so
+//!   the others; that peer counts as silent. Every 200 ms while no operation runs, each secondary
+//!   releases the handles the table no longer lists (a rollback or detach it never got) and says so
 //!   (`hp_released`): a generation that is not attached is never attached again.
 //!
 //! Fault injection (`--lab-fault=OP:DEVICE:MODE`) makes this process fail, hang (twice the timeout,

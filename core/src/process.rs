@@ -280,24 +280,20 @@ impl Process {
     /// table is what it left, consistent or not: the secondary follows it, without waiting for an
     /// operation the dead primary began to end, and keeps its ports running.
     ///
-    /// Meanwhile, after every operation (the table's sequence moved on, and is even), it releases
-    /// the handles the table no longer lists: a rollback or detach step the primary could not send
-    /// it ([`Inner::heal`]).
+    /// Meanwhile, at every turn while no operation runs, it releases the handles the table no
+    /// longer lists: a rollback or detach step the primary could not send it ([`Inner::heal`]).
+    /// At every turn, not only when the table changed: the step it did get (an attach) may be
+    /// taken after the operation ended and after the last look.
     fn watch_primary(&self) {
         let w = Arc::downgrade(&self.inner);
         let pid = self.inner.rt.shm().primary_pid();
-        let mut healed = self.inner.table.seq();
         let _ = std::thread::Builder::new().name("lab-primary-watch".into()).spawn(move || loop {
             std::thread::sleep(Duration::from_millis(200));
             let Some(inner) = w.upgrade() else { return };
             if inner.stop.load(Ordering::Relaxed) {
                 return;
             }
-            let seq = inner.table.seq();
-            if seq % 2 == 0 && seq != healed {
-                inner.heal();
-                healed = seq;
-            }
+            inner.heal();
             if !crate::sys::pid_alive(pid) {
                 tracing::warn!(pid, "the primary is gone: following its port table; hotplug needs a primary");
                 inner.orphaned.store(true, Ordering::Release);
@@ -347,6 +343,9 @@ impl Inner {
     /// not attached is never attached again, so the release is right whenever it runs; it runs
     /// under the operation lock, when no operation runs.
     pub(crate) fn heal(&self) {
+        if self.ports.ids().is_empty() || self.table.seq() % 2 == 1 {
+            return;
+        }
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
         if self.table.seq() % 2 == 1 || self.orphaned.load(Ordering::Acquire) {
             return;

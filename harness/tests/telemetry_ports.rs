@@ -230,6 +230,72 @@ fn a_detach_asked_by_a_secondary_holds_the_id_until_the_asker_lets_go() {
     }
 }
 
+/// A step the primary cannot send (the secondary's socket queue stays full past the send timeout)
+/// still reaches the others, and the one that never got it heals: here s2, stopped with a queue
+/// one short of full, takes the attach step but never the rollback; once running again it
+/// releases the port the table no longer lists (`lab-model --faults loss` found the handle left).
+#[test]
+fn a_rollback_that_could_not_be_sent_is_healed_by_the_secondary() {
+    use std::os::unix::net::UnixDatagram;
+    let mut lab = Lab::builder().secondaries(2).eal("--hotplug-timeout-ms=300").start().expect("lab");
+    let s2 = lab.pid("s2").unwrap();
+    // How many datagrams a socket nobody reads takes before a send would block.
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = UnixDatagram::bind(tmp.path().join("probe")).unwrap();
+    let tx = UnixDatagram::unbound().unwrap();
+    tx.set_nonblocking(true).unwrap();
+    let mut room = 0;
+    while tx.send_to(b"x", tmp.path().join("probe")).is_ok() {
+        room += 1;
+        assert!(room < 100_000, "a socket that never fills");
+    }
+    drop(probe);
+    let sock = std::fs::read_dir(lab.runtime_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("mp_socket_{s2}_"))))
+        .expect("s2's socket");
+    let signal = |sig: &str| {
+        assert!(Command::new("kill").args([sig, &s2.to_string()]).status().unwrap().success());
+    };
+    signal("-STOP");
+    for _ in 0..room - 1 {
+        tx.send_to(b"x", &sock).expect("room for it");
+    }
+    // The attach step fills the last place; the rollback cannot be sent.
+    let a = lab.cmd("primary", "attach net_null0").unwrap();
+    signal("-CONT");
+    assert!(a.starts_with("failed to attach device net_null0: no answer within 300 ms from"), "{a}");
+    let op = last_op(&lab, "primary");
+    assert!(
+        answer_of(&op, &pname(&lab, "s2"), "rollback").starts_with("not sent: "),
+        "the record names the send that failed: {op}"
+    );
+    assert!(lab.ports("s1").unwrap().is_empty(), "s1 got the rollback");
+    // s2 takes the junk (counted, dropped), then the attach step, probes, and heals.
+    // It took the attach step it was sent (it answered late), then healed: its own list (the
+    // handles it holds, whatever the table says) ends empty.
+    let ipc = ask(&lab, "s2", "/lab/ipc");
+    assert!(ipc["sent"].as_u64().unwrap_or(0) >= 1, "its late answer to the attach step: {ipc}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = lab.cmd("s2", "list").unwrap();
+        if lab_harness::proc::parse_list(&list).is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "s2 still holds a port nobody else has: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ipc = ask(&lab, "s2", "/lab/ipc");
+    assert!(ipc["dropped"]["malformed"].as_u64().unwrap_or(0) >= (room - 1) as u64, "{ipc}");
+    ok(&mut lab, "s2", "attach net_null1", "attached device net_null1");
+    lab.assert_consistent();
+    for x in lab.processes().into_iter().rev() {
+        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
+    }
+}
+
 #[test]
 fn lab_status_shows_every_process_and_its_ports() {
     let mut lab = Lab::builder().vdev("net_null0").secondaries(1).start().expect("lab");
