@@ -260,6 +260,18 @@ fn a_rollback_that_could_not_be_sent_is_healed_by_the_secondary() {
         assert!(Command::new("kill").args([sig, &s2.to_string()]).status().unwrap().success());
     };
     signal("-STOP");
+    // Stopped for real, every thread of it (the signal is asynchronous): it reads nothing more.
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{s2}/task")).unwrap().filter_map(Result::ok).all(|t| {
+            let st = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            st.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T') || r.starts_with('t'))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !stopped() {
+        assert!(std::time::Instant::now() < deadline, "s2 does not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for _ in 0..room - 1 {
         tx.send_to(b"x", &sock).expect("room for it");
     }
