@@ -11,6 +11,9 @@ log=/tmp/hotplug-lab-vm.log
 want=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || want+=(qemu-system-x86)
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || want+=(busybox-static)
+# depmod (kmod): the kernel package ships its modules without modules.dep (its postinst makes it).
+depmod_bin() { command -v depmod || ls /usr/sbin/depmod /sbin/depmod 2>/dev/null | head -1; }
+[ -n "$(depmod_bin)" ] || want+=(kmod)
 # A kernel image with its module tree (what vm/src/kernel.rs looks for), here or installed.
 have_kernel() {
   local root img
@@ -48,4 +51,16 @@ if ! have_kernel; then
     echo "ci/vm.sh: could not download linux-image-amd64 (see $log); the VM test skips"
   fi
 fi
+# The unpacked tree's modules.dep, which the package leaves to its postinst.
+for dir in target/vm/kernel/lib/modules/*/; do
+  [ -d "$dir" ] || continue
+  ver=$(basename "$dir")
+  [ -f "$dir/modules.dep" ] && continue
+  if [ -n "$(depmod_bin)" ]; then
+    "$(depmod_bin)" -b target/vm/kernel "$ver" >>"$log" 2>&1 \
+      || echo "ci/vm.sh: depmod failed for $ver (see $log); the VM test skips"
+  else
+    echo "ci/vm.sh: no depmod (kmod) for the guest kernel's modules.dep; the VM test skips"
+  fi
+done
 exit 0
