@@ -27,6 +27,13 @@ fn last_op(lab: &Lab, process: &str) -> Value {
     h["operations"].as_array().and_then(|a| a.last()).cloned().unwrap_or_else(|| panic!("no operation: {h}"))
 }
 
+/// Every process quits cleanly, the secondaries first.
+fn quit_all(lab: &mut Lab) {
+    for x in lab.processes().into_iter().rev() {
+        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
+    }
+}
+
 fn pname(lab: &Lab, p: &str) -> String {
     format!("process {}", lab.pid(p).unwrap())
 }
@@ -123,9 +130,7 @@ fn ethdev_and_lab_commands_follow_ports_and_operations_in_every_process() {
     }
     assert_eq!(ask(&lab, "primary", "/ethdev/stats,0")["opackets"], 100);
 
-    for x in lab.processes().into_iter().rev() {
-        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
-    }
+    quit_all(&mut lab);
 }
 
 #[test]
@@ -153,9 +158,7 @@ fn a_silent_secondary_is_recorded_as_no_answer_and_counted_as_a_timeout() {
     assert_eq!(ask(&lab, "primary", "/ethdev/list"), serde_json::json!([]), "nothing attached");
     // s1 carries on after its hang (twice the timeout) and quits cleanly.
     std::thread::sleep(Duration::from_millis(800));
-    for x in lab.processes().into_iter().rev() {
-        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
-    }
+    quit_all(&mut lab);
 }
 
 /// A secondary too slow to confirm a detach still holds the port's handle: the primary holds the
@@ -190,9 +193,7 @@ fn a_port_id_a_slow_secondary_still_holds_is_held_until_it_lets_go() {
     assert_eq!(lab.cmd("primary", "attach net_null1").unwrap(), "attached device net_null1");
     assert_eq!(ask(&lab, "primary", "/ethdev/list"), serde_json::json!([0]));
     lab.assert_consistent();
-    for x in lab.processes().into_iter().rev() {
-        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
-    }
+    quit_all(&mut lab);
 }
 
 /// The asker of a detach releases its own handle after the primary's yes; the primary holds the
@@ -225,9 +226,7 @@ fn a_detach_asked_by_a_secondary_holds_the_id_until_the_asker_lets_go() {
     ok(&mut lab, "s2", "attach net_null1", "attached device net_null1");
     assert_eq!(ask(&lab, "primary", "/ethdev/list"), serde_json::json!([0]), "the freed id is the next device's");
     lab.assert_consistent();
-    for x in lab.processes().into_iter().rev() {
-        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
-    }
+    quit_all(&mut lab);
 }
 
 /// A step the primary cannot send (the secondary's socket queue stays full past the send timeout)
@@ -303,9 +302,7 @@ fn a_rollback_that_could_not_be_sent_is_healed_by_the_secondary() {
     assert!(ipc["dropped"]["malformed"].as_u64().unwrap_or(0) >= (room - 1) as u64, "{ipc}");
     ok(&mut lab, "s2", "attach net_null1", "attached device net_null1");
     lab.assert_consistent();
-    for x in lab.processes().into_iter().rev() {
-        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
-    }
+    quit_all(&mut lab);
 }
 
 #[test]
@@ -346,9 +343,7 @@ fn lab_status_shows_every_process_and_its_ports() {
     let bad = status(&["--interval-ms", "1"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--interval-ms 1"), "{bad:?}");
-    for x in lab.processes().into_iter().rev() {
-        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
-    }
+    quit_all(&mut lab);
 }
 
 #[test]
@@ -386,7 +381,5 @@ fn dpdk_telemetry_py_reads_the_ports_of_a_lab_process() {
     assert_eq!(answers[1]["/ethdev/stats"]["obytes"], 700, "{text}");
     assert_eq!(answers[2]["/ethdev/info"]["name"], "net_null0", "{text}");
     assert_eq!(answers[3]["/lab/ports"][0]["owner_pid"], lab.pid("primary").unwrap(), "{text}");
-    for x in lab.processes().into_iter().rev() {
-        assert!(lab.quit(&x).unwrap().is_some_and(|s| s.success()), "{x} quits cleanly");
-    }
+    quit_all(&mut lab);
 }
