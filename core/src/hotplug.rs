@@ -780,6 +780,8 @@ impl Inner {
         let mut m = AskerMachine::new(Ask::Attach);
         let mut granted: Option<(PortId, u32, String)> = None;
         let mut lock = None;
+        // An injected failure between the primary's yes and this process's own part.
+        let mut asked_failed = None;
         while let Some(cmd) = m.poll() {
             let ev = match (cmd, &granted) {
                 (Command::Done, _) => break,
@@ -801,7 +803,9 @@ impl Inner {
                 (Command::Do(Action::Probe), Some((port, gen, devargs))) => {
                     // Under the lock taken by Recheck: no step of a later operation between.
                     let have = self.ports.slot(*port).and_then(|s| s.as_ref().map(|l| l.gen));
-                    let local = if have == Some(*gen) {
+                    let local = if let Some(e) = asked_failed.take() {
+                        Err(e)
+                    } else if have == Some(*gen) {
                         Ok(())
                     } else {
                         if have.is_some() {
@@ -834,6 +838,9 @@ impl Inner {
                     ev
                 }
                 (Command::Do(Action::Recheck), Some((port, gen, _))) => {
+                    if let Err(e) = self.fault(FaultOp::Asked, da.name()) {
+                        asked_failed = Some(e);
+                    }
                     lock = Some(self.op_lock.lock().unwrap_or_else(|e| e.into_inner()));
                     let still = self
                         .table

@@ -165,15 +165,19 @@ pub enum FaultOp {
     Detach,
     /// The pre-detach check (each process may veto a detach).
     PreDetach,
+    /// A secondary's own attach, between the primary's yes and its own part: a hang there lets
+    /// other operations overtake it, a failure makes its own part fail.
+    Asked,
 }
 
 impl FaultOp {
-    /// The option word: `attach`, `detach` or `pre-detach`.
+    /// The option word: `attach`, `detach`, `pre-detach` or `asked`.
     pub fn as_str(self) -> &'static str {
         match self {
             FaultOp::Attach => "attach",
             FaultOp::Detach => "detach",
             FaultOp::PreDetach => "pre-detach",
+            FaultOp::Asked => "asked",
         }
     }
 }
@@ -187,13 +191,14 @@ impl fmt::Display for FaultOp {
 impl FromStr for FaultOp {
     type Err = OptionsError;
 
-    /// Parses `attach`, `detach` or `pre-detach`.
+    /// Parses `attach`, `detach`, `pre-detach` or `asked`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "attach" => Ok(FaultOp::Attach),
             "detach" => Ok(FaultOp::Detach),
             "pre-detach" => Ok(FaultOp::PreDetach),
-            _ => Err(bad_value("--lab-fault", s, "OP attach|detach|pre-detach")),
+            "asked" => Ok(FaultOp::Asked),
+            _ => Err(bad_value("--lab-fault", s, "OP attach|detach|pre-detach|asked")),
         }
     }
 }
@@ -252,7 +257,7 @@ pub struct FaultSpec {
     pub mode: FaultMode,
 }
 
-const FAULT_FORM: &str = "OP:DEVICE[:MODE] with OP attach|detach|pre-detach and MODE fail|hang|crash";
+const FAULT_FORM: &str = "OP:DEVICE[:MODE] with OP attach|detach|pre-detach|asked and MODE fail|hang|crash";
 
 impl FromStr for FaultSpec {
     type Err = OptionsError;
@@ -264,7 +269,7 @@ impl FromStr for FaultSpec {
         let Some((op, rest)) = s.split_once(':') else {
             return Err(bad("no ':' after OP".into()));
         };
-        let op = op.parse::<FaultOp>().map_err(|_| bad(format!("OP {op:?} is not attach|detach|pre-detach")))?;
+        let op = op.parse::<FaultOp>().map_err(|_| bad(format!("OP {op:?} is not attach|detach|pre-detach|asked")))?;
         let (device, mode, last) = match rest.rsplit_once(':') {
             Some((d, m)) => match m.parse::<FaultMode>() {
                 Ok(mode) => (d, mode, None),
@@ -454,7 +459,7 @@ EAL options (app [EAL options] -- [application options]):
   --hotplug-timeout-ms=N  how long a hotplug request waits for peers, 1..=600000 (default 5000)
   --ipc-spin-us=N         spin before blocking on IPC receive, 0..=1000 (default 0, off)
   --lab-fault=OP:DEVICE[:MODE]
-                          inject a fault: OP attach|detach|pre-detach, MODE fail|hang|crash
+                          inject a fault: OP attach|detach|pre-detach|asked, MODE fail|hang|crash
                           (default fail); repeatable
   --telemetry, --no-telemetry
                           serve (default) or not the DPDK telemetry v2 socket in the runtime dir

@@ -250,6 +250,28 @@ fn a_request_that_waited_too_long_in_the_primarys_queue_is_refused_unstarted() {
     quit_all(&lab, vec![p, s1]);
 }
 
+/// A secondary's attach overtaken between the primary's yes and its own part (a hang there): a
+/// detach of the port and an attach of another device that reuses its id run meanwhile. The
+/// secondary rechecks the table before its probe, finds the id taken by the newer device, and
+/// keeps the newer handle (`lab-model` found the old probe replacing it).
+#[test]
+fn an_attach_overtaken_before_the_askers_own_part_leaves_the_newer_port_alone() {
+    let lab = Lab::new("overtaken");
+    let t = "--hotplug-timeout-ms=300";
+    let mut p = lab.start(&[t]);
+    let mut s1 = lab.start(&[t, "--lab-fault=asked:net_null0:hang"]);
+    s1.send_line("attach net_null0").unwrap();
+    eventually_lists(&mut p, &[(0, "net_null0")], Duration::from_secs(2));
+    // s1 hangs (2 x 300 + 500 ms) before its own part; its handlers still answer.
+    assert_eq!(p.cmd("detach net_null0").unwrap(), "detached device net_null0");
+    assert_eq!(p.cmd("attach net_null1").unwrap(), "attached device net_null1");
+    all_list(&mut [&mut p], &[(0, "net_null1")]);
+    assert_eq!(s1.answer_within(Duration::from_secs(5)).unwrap(), "attached device net_null0");
+    all_list(&mut [&mut p, &mut s1], &[(0, "net_null1")]);
+    assert_eq!(s1.cmd("send 0 3").unwrap(), "sent 3 packets on port 0");
+    quit_all(&lab, vec![p, s1]);
+}
+
 /// The primary dies in the middle of an attach, after one secondary attached its handle and
 /// while another is still at it: neither keeps the port the table never published (the model's
 /// orphan rule, `lab-model`), both keep the port they had and its traffic, hotplug from them

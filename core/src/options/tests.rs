@@ -129,6 +129,7 @@ fn flags_and_paths_and_numbers_are_parsed() {
 #[case("attach:net_null0", FaultOp::Attach, "net_null0", FaultMode::Fail)]
 #[case("detach:net_null0:hang", FaultOp::Detach, "net_null0", FaultMode::Hang)]
 #[case("pre-detach:net_ring0:crash", FaultOp::PreDetach, "net_ring0", FaultMode::Crash)]
+#[case("asked:net_null0:hang", FaultOp::Asked, "net_null0", FaultMode::Hang)]
 #[case("attach:0000:00:05.0", FaultOp::Attach, "0000:00:05.0", FaultMode::Fail)]
 #[case("detach:0000:00:05.0:hang", FaultOp::Detach, "0000:00:05.0", FaultMode::Hang)]
 #[case("detach:0000:00:05.0:fail", FaultOp::Detach, "0000:00:05.0", FaultMode::Fail)]
@@ -464,6 +465,7 @@ fn proc_type_displays_and_parses(#[case] p: ProcType, #[case] text: &str) {
 #[case(FaultOp::Attach, "attach")]
 #[case(FaultOp::Detach, "detach")]
 #[case(FaultOp::PreDetach, "pre-detach")]
+#[case(FaultOp::Asked, "asked")]
 fn fault_op_displays_and_parses(#[case] op: FaultOp, #[case] text: &str) {
     assert_eq!(op.to_string(), text);
     assert_eq!(text.parse::<FaultOp>().unwrap(), op);
