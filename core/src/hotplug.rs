@@ -463,11 +463,7 @@ impl Inner {
                 }
                 Command::Ask(_) => Event::Ok,
                 Command::Do(a) => match a {
-                    Action::Begin => {
-                        seq.flip();
-                        Event::Peers(self.rt.ipc().peers())
-                    }
-                    Action::End => seq.flip(),
+                    Action::Begin | Action::End => self.bracket(&mut seq, a),
                     Action::Reserve => match self.reclaimed_find(da.name()) {
                         Some(e) => {
                             port = Some((e.port, e.gen));
@@ -565,11 +561,7 @@ impl Inner {
                 }
                 Command::Ask(_) => Event::Ok,
                 Command::Do(a) => match a {
-                    Action::Begin => {
-                        seq.flip();
-                        Event::Peers(self.rt.ipc().peers())
-                    }
-                    Action::End => seq.flip(),
+                    Action::Begin | Action::End => self.bracket(&mut seq, a),
                     Action::Check => self.check_primary(e, forced),
                     Action::Commit => {
                         self.table.set_state(e.port, PortState::Detaching);
@@ -1074,11 +1066,22 @@ type AskerMachine = AskerOp<PathBuf, HotplugError>;
 /// End, and back to even however the operation leaves.
 struct SeqGuard<'a>(&'a PortTable, bool);
 
+impl Inner {
+    /// An operation's Begin (the sequence odd; the secondaries there are now, who are told) or
+    /// End (even again).
+    fn bracket(&self, seq: &mut SeqGuard<'_>, a: Action) -> Event<PathBuf, HotplugError> {
+        seq.flip();
+        match a {
+            Action::Begin => Event::Peers(self.rt.ipc().peers()),
+            _ => Event::Ok,
+        }
+    }
+}
+
 impl SeqGuard<'_> {
-    fn flip(&mut self) -> Event<PathBuf, HotplugError> {
+    fn flip(&mut self) {
         self.0.bump_seq();
         self.1 = !self.1;
-        Event::Ok
     }
 }
 

@@ -27,6 +27,20 @@ fn last_op(lab: &Lab, process: &str) -> Value {
     h["operations"].as_array().and_then(|a| a.last()).cloned().unwrap_or_else(|| panic!("no operation: {h}"))
 }
 
+/// A lab whose s1 hangs releasing net_null0 (twice the 300 ms timeout and 500 ms), with
+/// net_null0 attached everywhere.
+fn slow_release_lab(secondaries: usize) -> Lab {
+    let mut lab = Lab::builder()
+        .secondaries(secondaries)
+        .eal("--hotplug-timeout-ms=300")
+        .process_eal("s1", "--lab-fault=detach:net_null0:hang")
+        .start()
+        .expect("lab");
+    ok(&mut lab, "primary", "attach net_null0", "attached device net_null0");
+    lab.assert_consistent();
+    lab
+}
+
 /// Every process quits cleanly, the secondaries first.
 fn quit_all(lab: &mut Lab) {
     for x in lab.processes().into_iter().rev() {
@@ -167,14 +181,7 @@ fn a_silent_secondary_is_recorded_as_no_answer_and_counted_as_a_timeout() {
 /// found the reuse).
 #[test]
 fn a_port_id_a_slow_secondary_still_holds_is_held_until_it_lets_go() {
-    let mut lab = Lab::builder()
-        .secondaries(1)
-        .eal("--hotplug-timeout-ms=300")
-        .process_eal("s1", "--lab-fault=detach:net_null0:hang")
-        .start()
-        .expect("lab");
-    ok(&mut lab, "primary", "attach net_null0", "attached device net_null0");
-    lab.assert_consistent();
+    let mut lab = slow_release_lab(1);
     ok(&mut lab, "primary", "detach net_null0", "detached device net_null0");
     let h = ask(&lab, "primary", "/lab/hotplug");
     let s1 = u64::from(lab.pid("s1").unwrap());
@@ -201,14 +208,7 @@ fn a_port_id_a_slow_secondary_still_holds_is_held_until_it_lets_go() {
 /// the asker still holds the old one (`lab-model` found the reuse).
 #[test]
 fn a_detach_asked_by_a_secondary_holds_the_id_until_the_asker_lets_go() {
-    let mut lab = Lab::builder()
-        .secondaries(2)
-        .eal("--hotplug-timeout-ms=300")
-        .process_eal("s1", "--lab-fault=detach:net_null0:hang")
-        .start()
-        .expect("lab");
-    ok(&mut lab, "primary", "attach net_null0", "attached device net_null0");
-    lab.assert_consistent();
+    let mut lab = slow_release_lab(2);
     // s1's own release hangs (twice the timeout and 500 ms) after the primary said yes.
     lab.send("s1", "detach net_null0").unwrap();
     let s1 = u64::from(lab.pid("s1").unwrap());

@@ -246,6 +246,28 @@ enum Phase<P> {
     Done,
 }
 
+impl<P: Clone> Phase<P> {
+    /// The command this phase gives, once (`sent` remembers): both machines poll this way.
+    fn poll(&self, sent: &mut bool) -> Option<Command<P>> {
+        if std::mem::replace(sent, true) {
+            return None;
+        }
+        Some(match self {
+            Phase::Doing(a) => Command::Do(*a),
+            Phase::Collecting(c) => Command::Send(c.step, c.pending.clone()),
+            Phase::Asking(a) => Command::Ask(*a),
+            Phase::Done => Command::Done,
+        })
+    }
+
+    fn doing(&self) -> Option<Action> {
+        match self {
+            Phase::Doing(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
 /// One operation run by the primary.
 ///
 /// Attach: Begin, Reserve (attached already: End, done), Probe, `Attach` to every peer; all
@@ -304,16 +326,7 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
 
     /// The next command, once per phase (`None` while the machine waits for events).
     pub fn poll(&mut self) -> Option<Command<P>> {
-        if self.sent {
-            return None;
-        }
-        self.sent = true;
-        Some(match &self.phase {
-            Phase::Doing(a) => Command::Do(*a),
-            Phase::Collecting(c) => Command::Send(c.step, c.pending.clone()),
-            Phase::Asking(a) => Command::Ask(*a),
-            Phase::Done => Command::Done,
-        })
+        self.phase.poll(&mut self.sent)
     }
 
     /// The step being collected and who has not answered, if any (for the model's timers).
@@ -326,10 +339,7 @@ impl<P: Clone + Eq + Debug, E: Debug> PrimaryOp<P, E> {
 
     /// The action being waited for, if any.
     pub fn doing(&self) -> Option<Action> {
-        match self.phase {
-            Phase::Doing(a) => Some(a),
-            _ => None,
-        }
+        self.phase.doing()
     }
 
     /// The result, once [`Command::Done`] was given.
@@ -530,16 +540,7 @@ impl<P: Clone + Eq + Debug, E: Debug> AskerOp<P, E> {
 
     /// The next command, once per phase.
     pub fn poll(&mut self) -> Option<Command<P>> {
-        if self.sent {
-            return None;
-        }
-        self.sent = true;
-        Some(match &self.phase {
-            Phase::Doing(a) => Command::Do(*a),
-            Phase::Asking(a) => Command::Ask(*a),
-            Phase::Collecting(c) => Command::Send(c.step, c.pending.clone()),
-            Phase::Done => Command::Done,
-        })
+        self.phase.poll(&mut self.sent)
     }
 
     /// The question waiting for its answer, if any.
@@ -552,10 +553,7 @@ impl<P: Clone + Eq + Debug, E: Debug> AskerOp<P, E> {
 
     /// The action being waited for, if any.
     pub fn doing(&self) -> Option<Action> {
-        match self.phase {
-            Phase::Doing(a) => Some(a),
-            _ => None,
-        }
+        self.phase.doing()
     }
 
     /// The result, once [`Command::Done`] was given.
