@@ -15,8 +15,8 @@
 //! one returns it to its pool's ring; data paths use `Mempool::free_bulk`, which goes through the
 //! local cache instead.
 
+use crate::sync::{backoff, AtomicU32, Ordering};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::mem::{Iova, MemError, Shm, ShmOffset, IOVA_BASE};
@@ -77,6 +77,7 @@ struct CacheSlot {
     /// Buffers in that handle's cache.
     len: AtomicU32,
 }
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<CacheSlot>() == 64);
 const CACHES_LEN: u64 = 64 * MAX_CACHES as u64;
 const _: () = assert!(std::mem::size_of::<PoolHdr>() == 64);
@@ -303,9 +304,7 @@ pub struct Mempool {
     name: String,
     n: u32,
     ring: Ring<u64>,
-    cache: Box<[u64]>,
-    cache_len: usize,
-    cache_size: usize,
+    cache: Cache,
     /// Cache slots of the pool.
     caches: u32,
     /// This handle's cache slot, if it has a cache.
@@ -425,18 +424,7 @@ impl Mempool {
         let slot = if cache_size > 0 { Self::claim(&slots) } else { None };
         // No slot, no cache: a cache nobody can see would make the pool's figures wrong.
         let cache_size = if slot.is_some() { cache_size } else { 0 };
-        Mempool {
-            shm: shm.clone(),
-            pool_off,
-            name: name.into(),
-            n,
-            ring,
-            cache: vec![0u64; cache_size * 2 + 64].into_boxed_slice(),
-            cache_len: 0,
-            cache_size,
-            caches,
-            slot,
-        }
+        Mempool { shm: shm.clone(), pool_off, name: name.into(), n, ring, cache: Cache::new(cache_size), caches, slot }
     }
 
     /// The cache slots of the pool at `pool_off`.
@@ -471,14 +459,13 @@ impl Mempool {
     fn publish(&self) {
         if let Some(s) = self.slot {
             // SAFETY: our claimed slot inside the mapping; atomics only.
-            unsafe { s.as_ref() }.len.store(self.cache_len as u32, Ordering::Relaxed);
+            unsafe { s.as_ref() }.len.store(self.cache.len as u32, Ordering::Relaxed);
         }
     }
 
     /// Another handle on the same pool, with its own cache.
     pub fn new_handle(&self) -> Mempool {
-        let cache = self.cache.len().saturating_sub(64) / 2;
-        Mempool::handle(&self.shm, &self.name, self.pool_off, self.n, self.ring.clone(), cache, self.caches)
+        Mempool::handle(&self.shm, &self.name, self.pool_off, self.n, self.ring.clone(), self.cache.size, self.caches)
     }
 
     /// Buffers in the shared free ring (DPDK's `common_pool_count`).
@@ -517,7 +504,7 @@ impl Mempool {
 
     /// This handle's cache size (0 when it runs without one).
     pub fn cache_size(&self) -> usize {
-        self.cache_size
+        self.cache.size
     }
 
     /// Pool name.
@@ -532,7 +519,7 @@ impl Mempool {
 
     /// Free buffers: in the shared ring plus this handle's cache (other handles' caches unseen).
     pub fn avail_count(&self) -> u32 {
-        self.ring.count() + self.cache_len as u32
+        self.ring.count() + self.cache.len as u32
     }
 
     #[inline]
@@ -545,28 +532,18 @@ impl Mempool {
     /// Allocates one buffer (reset, empty).
     #[inline]
     pub fn alloc(&mut self) -> Option<Mbuf> {
-        if self.cache_len == 0 && self.refill(1) == 0 {
-            return None;
-        }
-        self.cache_len -= 1;
+        let off = self.cache.pop(&self.ring)?;
         self.publish();
-        let mut m = self.to_mbuf(self.cache[self.cache_len]);
+        let mut m = self.to_mbuf(off);
         m.reset();
         Some(m)
-    }
-
-    fn refill(&mut self, need: usize) -> usize {
-        let want = (need + self.cache_size).min(self.cache.len() - self.cache_len);
-        let got = self.ring.dequeue_burst(&mut self.cache[self.cache_len..self.cache_len + want]);
-        self.cache_len += got;
-        got
     }
 
     /// Fills every slot of `out` with a fresh buffer, or none of them (returns false).
     #[inline]
     pub fn alloc_bulk(&mut self, out: &mut [Option<Mbuf>]) -> bool {
         let n = out.len();
-        if n > self.cache.len() {
+        if n > self.cache.objs.len() {
             let mut i = 0;
             while i < n {
                 let k = (n - i).min(64);
@@ -580,16 +557,13 @@ impl Mempool {
             }
             return true;
         }
-        if self.cache_len < n {
-            self.refill(n - self.cache_len);
-            if self.cache_len < n {
-                self.publish();
-                return false;
-            }
-        }
-        for slot in out.iter_mut() {
-            self.cache_len -= 1;
-            let mut m = self.to_mbuf(self.cache[self.cache_len]);
+        let Some(offs) = self.cache.take(&self.ring, n) else {
+            self.publish();
+            return false;
+        };
+        for (slot, &off) in out.iter_mut().zip(offs.iter().rev()) {
+            // SAFETY: as in to_mbuf (a borrow of the cache is live, so not through self).
+            let mut m = Mbuf(unsafe { NonNull::new_unchecked(self.shm.base().add(off as usize).cast::<MbufHdr>()) });
             m.reset();
             *slot = Some(m);
         }
@@ -601,20 +575,11 @@ impl Mempool {
     /// pool's ring.
     #[inline]
     pub fn free(&mut self, m: Mbuf) {
-        if m.h().pool_off != self.pool_off || self.cache_size == 0 {
+        if m.h().pool_off != self.pool_off || self.cache.size == 0 {
             drop(m);
             return;
         }
-        while self.cache_len == self.cache.len() {
-            // Refused only while another handle's dequeue is being published: a moment.
-            self.flush(self.cache_size);
-            std::hint::spin_loop();
-        }
-        self.cache[self.cache_len] = m.into_offset().0;
-        self.cache_len += 1;
-        if self.cache_len > self.cache_size * 2 {
-            self.flush(self.cache_size);
-        }
+        self.cache.push(&self.ring, m.into_offset().0);
         self.publish();
     }
 
@@ -625,27 +590,100 @@ impl Mempool {
             self.free(m);
         }
     }
+}
+
+/// A handle's local cache of free buffer offsets in front of the pool's shared ring (DPDK's
+/// per-lcore cache). Process-local: all it shares is the ring, so loom runs this very code over a
+/// ring of loom's atomics (`loom_tests` below).
+struct Cache {
+    objs: Box<[u64]>,
+    len: usize,
+    /// The fill it keeps after a flush (0: no cache); it flushes above twice that.
+    size: usize,
+}
+
+impl Cache {
+    fn new(size: usize) -> Cache {
+        Cache { objs: vec![0u64; size * 2 + 64].into_boxed_slice(), len: 0, size }
+    }
+
+    /// Takes at least `need` (when the ring has them) plus the cache's size from the ring.
+    fn refill(&mut self, ring: &RawRing<u64>, need: usize) -> usize {
+        let want = (need + self.size).min(self.objs.len() - self.len);
+        let got = ring.dequeue_burst(&mut self.objs[self.len..self.len + want]);
+        self.len += got;
+        got
+    }
+
+    /// One offset, refilling first when empty.
+    #[inline]
+    fn pop(&mut self, ring: &RawRing<u64>) -> Option<u64> {
+        if self.len == 0 && self.refill(ring, 1) == 0 {
+            return None;
+        }
+        self.len -= 1;
+        Some(self.objs[self.len])
+    }
+
+    /// `n` offsets (at most the cache's capacity), or none when the ring cannot make them up;
+    /// the most recently cached last.
+    #[inline]
+    fn take(&mut self, ring: &RawRing<u64>, n: usize) -> Option<&[u64]> {
+        if self.len < n {
+            self.refill(ring, n - self.len);
+            if self.len < n {
+                return None;
+            }
+        }
+        self.len -= n;
+        Some(&self.objs[self.len..self.len + n])
+    }
+
+    /// Caches `off`, flushing down to the cache's size when over twice that.
+    #[inline]
+    fn push(&mut self, ring: &RawRing<u64>, off: u64) {
+        let mut spins = 0;
+        while self.len == self.objs.len() {
+            // Refused only while another handle's dequeue is being published: a moment.
+            self.flush(ring, self.size);
+            backoff(&mut spins);
+        }
+        self.objs[self.len] = off;
+        self.len += 1;
+        if self.len > self.size * 2 {
+            self.flush(ring, self.size);
+        }
+    }
 
     /// Returns the cache's buffers beyond `keep` to the ring. The ring holds every buffer of the
     /// pool, so they fit; what a stale view of the consumer tail refuses stays cached (never
     /// dropped: a lost buffer is a leak no one sees) and goes at the next flush.
-    fn flush(&mut self, keep: usize) {
-        if self.cache_len > keep {
-            let n = self.ring.enqueue_burst(&self.cache[keep..self.cache_len]);
-            self.cache.copy_within(keep + n..self.cache_len, keep);
-            self.cache_len -= n;
+    fn flush(&mut self, ring: &RawRing<u64>, keep: usize) {
+        if self.len > keep {
+            let n = ring.enqueue_burst(&self.objs[keep..self.len]);
+            self.objs.copy_within(keep + n..self.len, keep);
+            self.len -= n;
         }
+    }
+
+    /// Returns everything to the ring, waiting a bounded while for a stale tail to move.
+    fn drain(&mut self, ring: &RawRing<u64>) -> bool {
+        let mut spins = 0;
+        for _ in 0..1000 {
+            self.flush(ring, 0);
+            if self.len == 0 {
+                return true;
+            }
+            backoff(&mut spins);
+        }
+        false
     }
 }
 
 impl Drop for Mempool {
     fn drop(&mut self) {
-        for _ in 0..1000 {
-            self.flush(0);
-            if self.cache_len == 0 {
-                break;
-            }
-            std::thread::yield_now();
+        if !self.cache.drain(&self.ring) {
+            tracing::warn!(pool = %self.name, left = self.cache.len, "mempool handle dropped with buffers it could not return");
         }
         if let Some(s) = self.slot.take() {
             // SAFETY: our claimed slot inside the mapping; atomics only. Emptied, then freed.
@@ -656,7 +694,7 @@ impl Drop for Mempool {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::mem::ShmPlacement;
@@ -748,5 +786,124 @@ mod tests {
         let m = last.alloc().unwrap();
         last.free(m);
         assert_eq!(a.common_count() + a.cached_count() + held.len() as u32, 256);
+    }
+}
+
+/// loom over the pool's own code: two handles' caches refilling from and flushing to one ring, and
+/// two handles claiming cache slots at once (`RUSTFLAGS="--cfg loom" cargo test -p lab-core
+/// --release --lib loom`, run by `ci/run.sh`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::ring::{loom_model, HeapRing};
+    use loom::sync::Arc as LArc;
+
+    /// Drains `n` offsets from the ring, yielding while a publish is pending.
+    fn take_all(r: &RawRing<u64>, n: usize) -> Vec<u64> {
+        let mut got = vec![0u64; n];
+        let mut have = 0;
+        let mut spins = 0;
+        while have < n {
+            let k = r.dequeue_burst(&mut got[have..]);
+            have += k;
+            if k == 0 {
+                backoff(&mut spins);
+            }
+        }
+        got
+    }
+
+    /// What a handle does on a burst: a bulk allocation (refill), the buffers freed back one by
+    /// one (flush past twice the cache size), then its drop (drain).
+    fn burst_and_drop(r: &RawRing<u64>) -> usize {
+        let mut c = Cache::new(1);
+        let got: Vec<u64> = c.take(r, 2).map(<[u64]>::to_vec).unwrap_or_default();
+        for off in &got {
+            c.push(r, *off);
+        }
+        assert!(c.drain(r), "a drop returns every cached buffer");
+        got.len()
+    }
+
+    #[test]
+    fn loom_two_caches_refilling_and_flushing_lose_and_duplicate_no_buffer() {
+        loom_model(|| {
+            let r = LArc::new(HeapRing::<u64>::new(8, RingFlags::MPMC, u32::MAX - 2));
+            assert!(r.raw.enqueue_bulk(&[64, 128, 192, 256]));
+            let other = {
+                let r = r.clone();
+                loom::thread::spawn(move || burst_and_drop(&r.raw))
+            };
+            let mine = burst_and_drop(&r.raw);
+            let theirs = other.join().unwrap();
+            assert!(mine + theirs >= 2, "at least one burst found its two buffers ({mine}, {theirs})");
+            let mut all = take_all(&r.raw, 4);
+            all.sort();
+            assert_eq!(all, [64, 128, 192, 256]);
+            assert_eq!(r.raw.count(), 0, "no buffer came back twice");
+        });
+    }
+
+    /// Heap cache slots shared by the model's threads.
+    struct Slots(Box<[CacheSlot]>);
+    // SAFETY: CacheSlot holds atomics only.
+    unsafe impl Send for Slots {}
+    // SAFETY: as above.
+    unsafe impl Sync for Slots {}
+
+    impl Slots {
+        fn new(n: usize) -> Slots {
+            Slots((0..n).map(|_| CacheSlot { pid: AtomicU32::new(0), len: AtomicU32::new(0) }).collect())
+        }
+        fn ptrs(&self) -> Vec<NonNull<CacheSlot>> {
+            self.0.iter().map(NonNull::from).collect()
+        }
+        fn index(&self, p: NonNull<CacheSlot>) -> usize {
+            self.0.iter().position(|s| std::ptr::eq(s, p.as_ptr())).expect("a slot of this pool")
+        }
+    }
+
+    #[test]
+    fn loom_two_handles_never_share_a_cache_slot() {
+        loom_model(|| {
+            let s = LArc::new(Slots::new(2));
+            let other = {
+                let s = s.clone();
+                loom::thread::spawn(move || Mempool::claim(&s.ptrs()).map(|p| s.index(p)))
+            };
+            let mine = Mempool::claim(&s.ptrs()).map(|p| s.index(p));
+            let theirs = other.join().unwrap();
+            assert!(mine.is_some() && theirs.is_some(), "two free slots, two handles: both get one");
+            assert_ne!(mine, theirs, "one slot given to two handles");
+            assert!(Mempool::claim(&s.ptrs()).is_none(), "both slots are taken");
+        });
+    }
+
+    #[test]
+    fn loom_a_slot_is_given_once_and_again_after_its_release() {
+        loom_model(|| {
+            let s = LArc::new(Slots::new(1));
+            let other = {
+                let s = s.clone();
+                loom::thread::spawn(move || {
+                    let got = Mempool::claim(&s.ptrs());
+                    if let Some(p) = got {
+                        // SAFETY: a slot of the heap table, atomics only; released as Drop does.
+                        let p = unsafe { p.as_ref() };
+                        p.len.store(0, Ordering::Relaxed);
+                        p.pid.store(0, Ordering::Release);
+                    }
+                    got.is_some()
+                })
+            };
+            let mine = Mempool::claim(&s.ptrs()).is_some();
+            let theirs = other.join().unwrap();
+            assert!(mine || theirs, "a free slot went to nobody");
+            if mine {
+                assert!(Mempool::claim(&s.ptrs()).is_none(), "a held slot was given again");
+            } else {
+                assert!(Mempool::claim(&s.ptrs()).is_some(), "a released slot is free again");
+            }
+        });
     }
 }

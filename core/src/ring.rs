@@ -521,39 +521,37 @@ mod tests {
     }
 }
 
-/// loom explores every interleaving (and every outcome the memory model allows) of the ring's
-/// own code with its atomics swapped for loom's; a slot read that races a write is an error.
-/// Run by `ci/run.sh`: `RUSTFLAGS="--cfg loom" cargo test -p lab-core --release --lib loom`.
+/// A ring on the heap for loom's tests (loom's atomics cannot live in a zeroed file), its indices
+/// starting at `start` (near the wrap, say).
 #[cfg(all(test, loom))]
-mod loom_tests {
-    use super::*;
-    use loom::sync::Arc as LArc;
+pub(crate) struct HeapRing<T: RingElem> {
+    _hdr: Box<RingHdr>,
+    _slots: Box<[Slot<T>]>,
+    pub(crate) raw: RawRing<T>,
+}
 
-    /// A ring on the heap (loom's atomics cannot live in a zeroed file), its indices `start`.
-    struct HeapRing {
-        _hdr: Box<RingHdr>,
-        _slots: Box<[Slot<u32>]>,
-        raw: RawRing<u32>,
-    }
+// SAFETY: the raw ring points into the boxes it travels with.
+#[cfg(all(test, loom))]
+unsafe impl<T: RingElem> Send for HeapRing<T> {}
+// SAFETY: as RawRing.
+#[cfg(all(test, loom))]
+unsafe impl<T: RingElem> Sync for HeapRing<T> {}
 
-    // SAFETY: the raw ring points into the boxes it travels with.
-    unsafe impl Send for HeapRing {}
-    // SAFETY: as RawRing.
-    unsafe impl Sync for HeapRing {}
-
-    fn heap(count: u32, flags: RingFlags, start: u32) -> HeapRing {
+#[cfg(all(test, loom))]
+impl<T: RingElem + Default> HeapRing<T> {
+    pub(crate) fn new(count: u32, flags: RingFlags, start: u32) -> HeapRing<T> {
         let ht = || HeadTail { head: AtomicU32::new(start), tail: AtomicU32::new(start) };
         let mut hdr = Box::new(RingHdr {
             magic: RING_MAGIC,
             size: count,
             mask: count - 1,
-            esize: 4,
+            esize: std::mem::size_of::<T>() as u32,
             flags: flags.single_producer as u32 | (flags.single_consumer as u32) << 1,
             _pad: [0; 11],
             prod: ht(),
             cons: ht(),
         });
-        let mut slots: Box<[Slot<u32>]> = (0..count).map(|_| loom::cell::UnsafeCell::new(0)).collect();
+        let mut slots: Box<[Slot<T>]> = (0..count).map(|_| loom::cell::UnsafeCell::new(T::default())).collect();
         let raw = RawRing {
             hdr: NonNull::from(&mut *hdr),
             slots: NonNull::new(slots.as_mut_ptr()).expect("boxed slots"),
@@ -565,12 +563,31 @@ mod loom_tests {
         };
         HeapRing { _hdr: hdr, _slots: slots, raw }
     }
+}
+
+/// The bounds every loom test of the crate runs under.
+#[cfg(all(test, loom))]
+pub(crate) fn loom_model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.max_branches = 1_000_000;
+    b.check(f);
+}
+
+/// loom explores every interleaving (and every outcome the memory model allows) of the ring's
+/// own code with its atomics swapped for loom's; a slot read that races a write is an error.
+/// Run by `ci/run.sh`: `RUSTFLAGS="--cfg loom" cargo test -p lab-core --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc as LArc;
+
+    fn heap(count: u32, flags: RingFlags, start: u32) -> HeapRing<u32> {
+        HeapRing::new(count, flags, start)
+    }
 
     fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(3);
-        b.max_branches = 1_000_000;
-        b.check(f);
+        loom_model(f)
     }
 
     /// Dequeues until `n` elements came, yielding to the producers meanwhile.

@@ -1,7 +1,7 @@
 //! The atomics, fences and spin hints of the lock-free structures processes share: std's, or
 //! loom's when built with `RUSTFLAGS="--cfg loom"`, so loom explores every interleaving and
-//! weak-memory outcome of the same code (`ci/run.sh` runs those tests: the ring's, the port
-//! table's).
+//! weak-memory outcome of the same code (`ci/run.sh` runs those tests: the ring's, the mempool
+//! cache's and cache slots', the port table's).
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
