@@ -328,7 +328,14 @@ fn a_hundred_cycles_across_processes_leak_nothing() {
         let a = i % 3;
         let d = (i + 1 + i / 3) % 3;
         assert_eq!(procs[a].cmd("attach net_null0,size=64").unwrap(), "attached device net_null0", "cycle {i}");
-        let target = if i % 2 == 0 { "0" } else { "net_null0" };
+        // By id every other cycle: the id the detaching process lists, not 0, since an id stays
+        // held after a detach until every secondary has said it let go (a slow one under load).
+        let target = if i % 2 == 0 {
+            let id = names(&mut procs[d]).into_iter().find(|(_, n)| n == "net_null0").map(|(id, _)| id);
+            id.unwrap_or_else(|| panic!("cycle {i}: process {d} does not list net_null0")).to_string()
+        } else {
+            "net_null0".to_string()
+        };
         assert_eq!(procs[d].cmd(&format!("detach {target}")).unwrap(), "detached device net_null0", "cycle {i}");
     }
     for p in procs.iter_mut() {
