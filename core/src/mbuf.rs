@@ -522,11 +522,12 @@ impl Mempool {
         self.ring.count() + self.cache.len as u32
     }
 
+    /// The buffer at `off` of `shm`: an offset the pool's free ring or a cache gave.
     #[inline]
-    fn to_mbuf(&self, off: u64) -> Mbuf {
+    fn to_mbuf(shm: &Shm, off: u64) -> Mbuf {
         // SAFETY: offsets in the free ring and cache are element header offsets of this pool,
         // written at creation; they lie inside the mapping.
-        Mbuf(unsafe { NonNull::new_unchecked(self.shm.base().add(off as usize).cast::<MbufHdr>()) })
+        Mbuf(unsafe { NonNull::new_unchecked(shm.base().add(off as usize).cast::<MbufHdr>()) })
     }
 
     /// Allocates one buffer (reset, empty).
@@ -534,7 +535,7 @@ impl Mempool {
     pub fn alloc(&mut self) -> Option<Mbuf> {
         let off = self.cache.pop(&self.ring)?;
         self.publish();
-        let mut m = self.to_mbuf(off);
+        let mut m = Self::to_mbuf(&self.shm, off);
         m.reset();
         Some(m)
     }
@@ -562,8 +563,7 @@ impl Mempool {
             return false;
         };
         for (slot, &off) in out.iter_mut().zip(offs.iter().rev()) {
-            // SAFETY: as in to_mbuf (a borrow of the cache is live, so not through self).
-            let mut m = Mbuf(unsafe { NonNull::new_unchecked(self.shm.base().add(off as usize).cast::<MbufHdr>()) });
+            let mut m = Self::to_mbuf(&self.shm, off);
             m.reset();
             *slot = Some(m);
         }
