@@ -168,16 +168,21 @@ pub enum FaultOp {
     /// A secondary's own attach, between the primary's yes and its own part: a hang there lets
     /// other operations overtake it, a failure makes its own part fail.
     Asked,
+    /// A secondary's sync of the port table (at start, and when its primary is gone), between
+    /// its first reading of the table's sequence counter and its snapshot, when the table then
+    /// lists the device: a hang there lets operations run in between. Hang or crash only.
+    Sync,
 }
 
 impl FaultOp {
-    /// The option word: `attach`, `detach`, `pre-detach` or `asked`.
+    /// The option word: `attach`, `detach`, `pre-detach`, `asked` or `sync`.
     pub fn as_str(self) -> &'static str {
         match self {
             FaultOp::Attach => "attach",
             FaultOp::Detach => "detach",
             FaultOp::PreDetach => "pre-detach",
             FaultOp::Asked => "asked",
+            FaultOp::Sync => "sync",
         }
     }
 }
@@ -191,14 +196,15 @@ impl fmt::Display for FaultOp {
 impl FromStr for FaultOp {
     type Err = OptionsError;
 
-    /// Parses `attach`, `detach`, `pre-detach` or `asked`.
+    /// Parses `attach`, `detach`, `pre-detach`, `asked` or `sync`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "attach" => Ok(FaultOp::Attach),
             "detach" => Ok(FaultOp::Detach),
             "pre-detach" => Ok(FaultOp::PreDetach),
             "asked" => Ok(FaultOp::Asked),
-            _ => Err(bad_value("--lab-fault", s, "OP attach|detach|pre-detach|asked")),
+            "sync" => Ok(FaultOp::Sync),
+            _ => Err(bad_value("--lab-fault", s, "OP attach|detach|pre-detach|asked|sync")),
         }
     }
 }
@@ -257,7 +263,8 @@ pub struct FaultSpec {
     pub mode: FaultMode,
 }
 
-const FAULT_FORM: &str = "OP:DEVICE[:MODE] with OP attach|detach|pre-detach|asked and MODE fail|hang|crash";
+const FAULT_FORM: &str =
+    "OP:DEVICE[:MODE] with OP attach|detach|pre-detach|asked|sync and MODE fail|hang|crash (sync: hang|crash)";
 
 impl FromStr for FaultSpec {
     type Err = OptionsError;
@@ -269,7 +276,8 @@ impl FromStr for FaultSpec {
         let Some((op, rest)) = s.split_once(':') else {
             return Err(bad("no ':' after OP".into()));
         };
-        let op = op.parse::<FaultOp>().map_err(|_| bad(format!("OP {op:?} is not attach|detach|pre-detach|asked")))?;
+        let op =
+            op.parse::<FaultOp>().map_err(|_| bad(format!("OP {op:?} is not attach|detach|pre-detach|asked|sync")))?;
         let (device, mode, last) = match rest.rsplit_once(':') {
             Some((d, m)) => match m.parse::<FaultMode>() {
                 Ok(mode) => (d, mode, None),
@@ -283,6 +291,10 @@ impl FromStr for FaultSpec {
             }
             _ => bad(format!("DEVICE: {e}")),
         })?;
+        if op == FaultOp::Sync && mode == FaultMode::Fail {
+            // A sync has no one to answer a failure to: it hangs or crashes.
+            return Err(bad("OP sync takes MODE hang or crash, not fail".into()));
+        }
         Ok(FaultSpec { op, device, mode })
     }
 }
@@ -459,8 +471,8 @@ EAL options (app [EAL options] -- [application options]):
   --hotplug-timeout-ms=N  how long a hotplug request waits for peers, 1..=600000 (default 5000)
   --ipc-spin-us=N         spin before blocking on IPC receive, 0..=1000 (default 0, off)
   --lab-fault=OP:DEVICE[:MODE]
-                          inject a fault: OP attach|detach|pre-detach|asked, MODE fail|hang|crash
-                          (default fail); repeatable
+                          inject a fault: OP attach|detach|pre-detach|asked|sync, MODE
+                          fail|hang|crash (default fail; sync: hang|crash); repeatable
   --telemetry, --no-telemetry
                           serve (default) or not the DPDK telemetry v2 socket in the runtime dir
   -h, --help              print this help

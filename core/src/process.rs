@@ -24,7 +24,7 @@ use crate::ethdev::{
 use crate::hotplug::HotplugError;
 use crate::ipc::IpcError;
 use crate::mbuf::{MbufError, Mempool};
-use crate::options::{FaultSpec, Options};
+use crate::options::{FaultOp, FaultSpec, Options};
 use crate::runtime::{Runtime, RuntimeError};
 
 mod commands;
@@ -363,14 +363,28 @@ impl Inner {
 
     /// A late secondary: attach every port of the table, from a consistent snapshot; release local
     /// ports that are gone. Loops until no operation ran meanwhile.
+    ///
+    /// Its channel is already open, so an operation that begins after the first reading of the
+    /// sequence counter tells this process its steps (and waits for them); the snapshot, taken
+    /// after that reading and under the operation lock, sees every operation that ended before
+    /// it; and one that ran in between changes the counter, so the loop looks again. A fault
+    /// `sync:DEVICE:hang` (the test of this window) waits between the reading and the snapshot.
     pub(crate) fn sync_from_table(&self) {
         let inner = self;
         let deadline = Instant::now() + inner.timeout * 4;
+        let mut faulted = false;
         loop {
             let s1 = inner.table.seq();
             if s1 % 2 == 1 && Instant::now() < deadline && !inner.orphaned.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
+            }
+            if !faulted && inner.faults.iter().any(|f| f.op == FaultOp::Sync) {
+                faulted = true;
+                for e in inner.table.entries().into_iter().filter(|e| e.state == PortState::Attached) {
+                    // Hang or crash: the parser refuses `fail` for a sync.
+                    let _ = inner.fault(FaultOp::Sync, &e.name);
+                }
             }
             {
                 let _g = inner.op_lock.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,7 +4,7 @@
 //! the command sent in between. Every process is killed by pid and reaped on drop.
 
 use crossbeam_channel::{unbounded as channel, Receiver, RecvTimeoutError};
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -83,7 +83,15 @@ pub struct AppProc {
 
 impl AppProc {
     /// Starts `cmd` (stdin/stdout/stderr are piped here) and waits for its first prompt.
-    pub fn spawn(mut cmd: Command) -> Result<AppProc, ProcError> {
+    pub fn spawn(cmd: Command) -> Result<AppProc, ProcError> {
+        let mut p = AppProc::start(cmd)?;
+        p.answer()?; // text before the first prompt (start-up)
+        Ok(p)
+    }
+
+    /// Starts `cmd` without waiting for its first prompt: [`AppProc::started`] waits for it
+    /// (meanwhile, [`AppProc::wait_stderr`] sees what its start-up logs).
+    pub fn start(mut cmd: Command) -> Result<AppProc, ProcError> {
         let bin = format!("{:?}", cmd.get_program());
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ProcError::Spawn { bin, source })?;
@@ -110,16 +118,33 @@ impl AppProc {
         });
         let (etx, errs) = channel();
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let mut err = err;
-            let _ = err.read_to_string(&mut s);
-            for l in s.lines() {
-                let _ = etx.send(l.to_string());
+            // Line by line as they come, so a test can wait for a line while the process runs.
+            for l in std::io::BufReader::new(err).lines() {
+                let Ok(l) = l else { break };
+                if etx.send(l).is_err() {
+                    break;
+                }
             }
         });
-        let mut p = AppProc { child, stdin, answers, errs, timeout: Duration::from_secs(60) };
-        p.answer()?; // text before the first prompt (start-up)
-        Ok(p)
+        Ok(AppProc { child, stdin, answers, errs, timeout: Duration::from_secs(60) })
+    }
+
+    /// Waits for the first prompt of a process begun with [`AppProc::start`]: the text before
+    /// it (its start-up).
+    pub fn started(&mut self) -> Result<String, ProcError> {
+        self.answer()
+    }
+
+    /// Waits at most `within` for a line of stderr containing `needle` and returns it (the
+    /// lines before it are passed over).
+    pub fn wait_stderr(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let l = self.errs.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).ok()?;
+            if l.contains(needle) {
+                return Some(l);
+            }
+        }
     }
 
     /// Pid of the process.

@@ -21,6 +21,12 @@ impl Lab {
         Lab { xdg: tempfile::tempdir().unwrap(), prefix: format!("hp{}-{test}", std::process::id()) }
     }
     fn start(&self, extra: &[&str]) -> AppProc {
+        let mut p = self.begin(extra);
+        p.started().expect("start hotplug_mp");
+        p
+    }
+    /// Starts a process without waiting for its start-up to end.
+    fn begin(&self, extra: &[&str]) -> AppProc {
         let mut c = Command::new(APP);
         c.arg("--proc-type=auto")
             .arg(format!("--file-prefix={}", self.prefix))
@@ -28,7 +34,7 @@ impl Lab {
             .env("XDG_RUNTIME_DIR", self.xdg.path())
             .env("SYSFS_PCI_DEVICES", self.xdg.path().join("no-sysfs"))
             .env_remove("RUST_LOG");
-        AppProc::spawn(c).expect("start hotplug_mp")
+        AppProc::start(c).expect("start hotplug_mp")
     }
     fn runtime_dir(&self) -> PathBuf {
         self.xdg.path().join("hotplug-lab").join(&self.prefix)
@@ -254,6 +260,32 @@ fn a_request_that_waited_too_long_in_the_primarys_queue_is_refused_unstarted() {
 /// detach of the port and an attach of another device that reuses its id run meanwhile. The
 /// secondary rechecks the table before its probe, finds the id taken by the newer device, and
 /// keeps the newer handle (`lab-model` found the old probe replacing it).
+/// A secondary starting while operations run: between its first reading of the table's
+/// sequence counter and its snapshot (`--lab-fault=sync:net_null9:hang`, 2 x 300 + 500 ms), an
+/// attach and a detach both finish (its channel is already open: it answers their steps), and it
+/// ends listing what the primary lists, the port attached meanwhile working. The late joiner the
+/// model checker found (a table read before an operation's Begin, then applied over it, or a
+/// channel opened after the read) would keep net_null9 and miss net_null0, or fail the attach.
+#[test]
+fn a_secondary_syncing_while_an_attach_and_a_detach_run_ends_with_their_result() {
+    let lab = Lab::new("joiner");
+    let t = "--hotplug-timeout-ms=300";
+    let mut p = lab.start(&[t]);
+    assert_eq!(p.cmd("attach net_null9").unwrap(), "attached device net_null9");
+    // Its start-up ends after the hang: not waited for until the two operations ran.
+    let mut late = lab.begin(&[t, "--lab-fault=sync:net_null9:hang"]);
+    let hang = late.wait_stderr("injected fault: hanging", Duration::from_secs(10));
+    assert!(hang.is_some_and(|l| l.contains("sync")), "the late secondary's sync never hung");
+    assert_eq!(p.cmd("attach net_null0").unwrap(), "attached device net_null0");
+    assert_eq!(p.cmd("detach net_null9").unwrap(), "detached device net_null9");
+    late.started().expect("the late secondary starts after its hang");
+    all_list(&mut [&mut late, &mut p], &[(1, "net_null0")]);
+    assert_eq!(late.cmd("send 1 5").unwrap(), "sent 5 packets on port 1");
+    assert_eq!(late.cmd("detach net_null0").unwrap(), "detached device net_null0");
+    all_list(&mut [&mut p, &mut late], &[]);
+    quit_all(&lab, vec![p, late]);
+}
+
 #[test]
 fn an_attach_overtaken_before_the_askers_own_part_leaves_the_newer_port_alone() {
     let lab = Lab::new("overtaken");

@@ -383,3 +383,84 @@ fn dpdk_telemetry_py_reads_the_ports_of_a_lab_process() {
     assert_eq!(answers[3]["/lab/ports"][0]["owner_pid"], lab.pid("primary").unwrap(), "{text}");
     quit_all(&mut lab);
 }
+
+/// A row of a process's `/lab/ports` by device name.
+fn port_row(lab: &Lab, process: &str, name: &str) -> Value {
+    let rows = ask(lab, process, "/lab/ports");
+    rows.as_array().and_then(|a| a.iter().find(|r| r["name"] == name)).cloned().unwrap_or_else(|| panic!("{rows}"))
+}
+
+/// The steps of an operation that ended long ago, as a slow network or a backed-up queue hands
+/// them to a secondary after it took a newer device on the same port id (the stale step the
+/// model checker found, `lab-model --without generations`): the older generation's attach,
+/// rollback, pre-detach and detach each change nothing there, answered as done, and its port
+/// keeps its device and its traffic. This test sends them from a socket of its own in the lab's
+/// runtime dir, as the primary's queue would have sent them (the wire form of a step: port u16,
+/// generation u32, little-endian, then its text).
+#[test]
+fn a_stale_generations_steps_leave_a_secondarys_newer_port_alone() {
+    use lab_core::ipc::{Channel, ChannelConfig, Msg};
+    let mut lab = Lab::builder().secondaries(1).start().expect("lab");
+    ok(&mut lab, "primary", "attach net_null0", "attached device net_null0");
+    let old = port_row(&lab, "s1", "net_null0");
+    ok(&mut lab, "primary", "detach net_null0", "detached device net_null0");
+    lab.wait_until(Duration::from_secs(10), "the id is free again", |lab| {
+        ask(lab, "primary", "/lab/hotplug")["held"].as_array().is_some_and(|h| h.is_empty()).then_some(())
+    })
+    .unwrap();
+    ok(&mut lab, "primary", "attach net_null1", "attached device net_null1");
+    let new = port_row(&lab, "s1", "net_null1");
+    assert_eq!(new["port_id"], old["port_id"], "the freed id is used again: {new}");
+    assert!(new["gen"].as_u64() > old["gen"].as_u64(), "{old} {new}");
+    assert_eq!(new["local_handle"], "attached", "{new}");
+    let (port, gen) = (old["port_id"].as_u64().unwrap() as u16, old["gen"].as_u64().unwrap() as u32);
+    let step = |text: &str| {
+        let mut v = port.to_le_bytes().to_vec();
+        v.extend_from_slice(&gen.to_le_bytes());
+        v.extend_from_slice(text.as_bytes());
+        v
+    };
+    let s1_pid = lab.pid("s1").unwrap();
+    /// Closes the test's channel (its socket file and thread) also when an assertion fails.
+    struct Closing(Channel);
+    impl Drop for Closing {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let ch = Closing(
+        Channel::open(ChannelConfig {
+            dir: lab.runtime_dir(),
+            primary: false,
+            primary_pid: lab.pid("primary").unwrap(),
+            spin_us: 0,
+        })
+        .expect("a channel in the lab's runtime dir"),
+    );
+    let ch = &ch.0;
+    let s1_sock: Vec<PathBuf> = ch
+        .secondaries()
+        .into_iter()
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("mp_socket_{s1_pid}_")))
+        })
+        .collect();
+    assert_eq!(s1_sock.len(), 1, "{:?}", ch.secondaries());
+    for (action, text) in [("hp_attach", "net_null0"), ("hp_rollback", ""), ("hp_predetach", ""), ("hp_detach", "")] {
+        let r = ch.request_to(&s1_sock, &Msg::new(action, step(text)), Duration::from_secs(5));
+        let r = r.unwrap_or_else(|e| panic!("{action}: {e}"));
+        assert_eq!(r.replies.len(), 1, "{action}: {r:?}");
+        let answer = String::from_utf8_lossy(&r.replies[0].msg.payload).into_owned();
+        assert!(answer.starts_with("ok:"), "{action}: {answer}");
+        let now = port_row(&lab, "s1", "net_null1");
+        assert_eq!((&now["gen"], &now["local_handle"]), (&new["gen"], &new["local_handle"]), "after {action}: {now}");
+    }
+    ch.close();
+    assert!(!ch.socket_path().exists(), "the test's socket is gone");
+    let send = format!("send {port} 5");
+    ok(&mut lab, "s1", &send, &format!("sent 5 packets on port {port}"));
+    lab.assert_consistent();
+    ok(&mut lab, "s1", "detach net_null1", "detached device net_null1");
+    lab.assert_consistent();
+    quit_all(&mut lab);
+}

@@ -130,6 +130,8 @@ fn flags_and_paths_and_numbers_are_parsed() {
 #[case("detach:net_null0:hang", FaultOp::Detach, "net_null0", FaultMode::Hang)]
 #[case("pre-detach:net_ring0:crash", FaultOp::PreDetach, "net_ring0", FaultMode::Crash)]
 #[case("asked:net_null0:hang", FaultOp::Asked, "net_null0", FaultMode::Hang)]
+#[case("sync:net_null0:hang", FaultOp::Sync, "net_null0", FaultMode::Hang)]
+#[case("sync:0000:00:05.0:crash", FaultOp::Sync, "0000:00:05.0", FaultMode::Crash)]
 #[case("attach:0000:00:05.0", FaultOp::Attach, "0000:00:05.0", FaultMode::Fail)]
 #[case("detach:0000:00:05.0:hang", FaultOp::Detach, "0000:00:05.0", FaultMode::Hang)]
 #[case("detach:0000:00:05.0:fail", FaultOp::Detach, "0000:00:05.0", FaultMode::Fail)]
@@ -160,6 +162,8 @@ fn fault_spec_takes_op_from_the_front_and_mode_from_the_back(
 #[case("attach:0000:00:20.0")]
 #[case("attach:net-null0")]
 #[case("attach:net_null0,size=1")]
+#[case("sync:net_null0")]
+#[case("sync:net_null0:fail")]
 fn fault_spec_refuses(#[case] text: &str) {
     let err = parse(&["--lab-fault", text]).unwrap_err();
     match &err {
@@ -174,6 +178,8 @@ fn fault_spec_refuses(#[case] text: &str) {
 fn fault_spec_error_names_the_bad_mode() {
     let msg = "attach:net_null0:hnag".parse::<FaultSpec>().unwrap_err().to_string();
     assert!(msg.contains("hnag") && msg.contains("fail|hang|crash"), "{msg}");
+    let msg = "sync:net_null0".parse::<FaultSpec>().unwrap_err().to_string();
+    assert!(msg.contains("OP sync takes MODE hang or crash, not fail"), "{msg}");
 }
 
 #[rstest]
@@ -466,6 +472,7 @@ fn proc_type_displays_and_parses(#[case] p: ProcType, #[case] text: &str) {
 #[case(FaultOp::Detach, "detach")]
 #[case(FaultOp::PreDetach, "pre-detach")]
 #[case(FaultOp::Asked, "asked")]
+#[case(FaultOp::Sync, "sync")]
 fn fault_op_displays_and_parses(#[case] op: FaultOp, #[case] text: &str) {
     assert_eq!(op.to_string(), text);
     assert_eq!(text.parse::<FaultOp>().unwrap(), op);
