@@ -1,0 +1,238 @@
+//! Fuzz targets, one per untrusted input of the lab: each takes the fuzzer's bytes, feeds them
+//! to the real parser or device model, and checks what must hold for any input (no panic, an
+//! accepted input that reads back the same, an error that names what was wrong).
+//!
+//! The targets are plain functions, so the corpus under `fuzz/corpus/TARGET/` runs as an
+//! ordinary test on stable (`cargo test -p lab-fuzz`, which CI runs), and `ci/fuzz.sh TARGET
+//! SECONDS` builds them with cargo-afl (`fuzz/afl`, outside the workspace, so the workspace
+//! never needs the fuzzer) and fuzzes one for real, adding what it finds to the corpus.
+//!
+//! Why AFL++ through cargo-afl rather than cargo fuzz: cargo fuzz's libFuzzer build needs
+//! nightly's `-Zsanitizer=fuzzer` (on stable only by setting RUSTC_BOOTSTRAP, which pretends to
+//! be nightly); cargo-afl instruments with flags stable rustc takes (LLVM's sancov passes) and
+//! runs AFL++, whose fork server also survives a target that aborts, and whose corpus is plain
+//! files, the same ones the replay test reads.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use lab_emu::dma::FakeDma;
+use lab_emu::model::{self, DeviceModel, ModelConfig};
+use lab_emu::wire::Wire;
+
+/// A fuzz target: the fuzzer's bytes in, a panic when something that must hold does not.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name `ci/fuzz.sh` and the corpus directory use.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("devargs", devargs),
+    ("eal_options", eal_options),
+    ("ipc_datagram", ipc_datagram),
+    ("scenario_toml", scenario_toml),
+    ("capture", capture),
+    ("nic_device", nic_device),
+];
+
+/// The target called `name`.
+pub fn target(name: &str) -> Option<Target> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// Device arguments (`--vdev`, `attach`, scenario files, IPC requests from other processes):
+/// an accepted string parses again to the same devargs from its display form.
+pub fn devargs(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    match lab_core::devargs::Devargs::parse(s) {
+        Ok(d) => {
+            assert!(!d.name().is_empty(), "{s:?}: accepted with no name");
+            let shown = d.to_string();
+            let again = lab_core::devargs::Devargs::parse(&shown)
+                .unwrap_or_else(|e| panic!("{s:?} shows as {shown:?}, which is refused: {e}"));
+            assert_eq!(again.name(), d.name(), "{s:?} -> {shown:?}");
+            assert_eq!(again.to_string(), shown, "{s:?}: display is not stable");
+        }
+        Err(e) => assert!(!e.to_string().is_empty(), "{s:?}: an empty error"),
+    }
+}
+
+/// EAL options (a user's command line, a scenario's `eal` list): arguments split at NUL bytes.
+/// Accepted options rendered back with `to_args` parse to the same options.
+pub fn eal_options(data: &[u8]) {
+    let args: Vec<String> = data.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    match lab_core::options::Options::parse(args.clone()) {
+        Ok((o, _app)) => {
+            let back = o.to_args();
+            match lab_core::options::Options::parse(back.clone()) {
+                Ok((o2, _)) => assert_eq!(o2.to_args(), back, "{args:?}: to_args is not stable"),
+                Err(e) => panic!("{args:?} renders as {back:?}, which is refused: {e}"),
+            }
+        }
+        Err(e) => assert!(!e.to_string().is_empty(), "{args:?}: an empty error"),
+    }
+}
+
+/// An IPC datagram as the receive thread gets it from any process of the user: the first byte
+/// says how many descriptors came with it (low nibble) and whether the kernel truncated it (bit
+/// 7); the rest is the datagram. An accepted one has a name and payload within the limits.
+pub fn ipc_datagram(data: &[u8]) {
+    let Some((&head, buf)) = data.split_first() else { return };
+    let nfds = (head & 0x0f) as usize;
+    let truncated = head & 0x80 != 0;
+    if let Ok(v) = lab_core::ipc::MsgView::new_checked(buf, truncated, nfds) {
+        assert!(!truncated, "a truncated datagram was accepted");
+        assert!(v.name().len() <= buf.len() && v.payload().len() <= buf.len());
+        let _ = (v.kind(), v.id());
+    }
+}
+
+/// A scenario file, as a user writes it.
+pub fn scenario_toml(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Err(e) = lab_harness::scenario::Scenario::parse(&text, Path::new("fuzz.toml")) {
+        let msg = e.to_string();
+        assert!(msg.contains("fuzz.toml"), "the error does not name the file: {msg}");
+    }
+}
+
+/// A pcap or pcapng capture (net_pcap's rx_pcap=, a scenario's traffic): every frame of an
+/// accepted capture can be read.
+pub fn capture(data: &[u8]) {
+    if let Ok(f) = lab_drivers::pcap::parse_capture(Path::new("fuzz.pcap"), data) {
+        for i in 0..f.len() {
+            let (frame, _ts) = f.get(i).expect("a frame within len");
+            assert!(frame.len() <= data.len());
+        }
+        assert!(f.get(f.len()).is_none());
+    }
+}
+
+/// Frames the fuzzer puts on the wire, nothing kept of what the device sends.
+struct FuzzWire {
+    frames: Arc<Mutex<VecDeque<Vec<u8>>>>,
+}
+
+impl Wire for FuzzWire {
+    fn transmit(&mut self, _frame: &[u8]) {}
+    fn describe(&self) -> String {
+        "fuzz".into()
+    }
+    fn receive(&mut self, buf: &mut Vec<u8>) -> bool {
+        match self.frames.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+            Some(f) => {
+                buf.clear();
+                buf.extend_from_slice(&f);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// IOVA of the fuzz target's DMA window, and its size: what descriptors and ring bases point at.
+const DMA_BASE: u64 = 0x10_0000;
+const DMA_LEN: usize = 64 * 1024;
+
+/// The device side of an emulated NIC, driven as a buggy or hostile driver would: the first byte
+/// picks the model (82599 or X710), then a program of operations: register writes and reads on
+/// every BAR, config space writes, bytes written into DMA memory (descriptor rings, admin queue
+/// buffers, anywhere), frames arriving from the wire, device polls, link flaps and resets. The
+/// model must never panic, and its counters only grow.
+pub fn nic_device(data: &[u8]) {
+    let mut r = Reader(data);
+    let name = if r.u8() & 1 == 0 { "ixgbe" } else { "i40e" };
+    let frames: Arc<Mutex<VecDeque<Vec<u8>>>> = Arc::default();
+    let wire = FuzzWire { frames: frames.clone() };
+    let cfg = ModelConfig { bdf: "0000:00:05.0".into(), function: 0, mac: [2, 0, 0, 0, 0, 1], wire: Box::new(wire) };
+    let mut dev: Box<dyn DeviceModel> = model::create(name, cfg).expect("a model");
+    let mut dma = FakeDma::new(DMA_BASE, DMA_LEN);
+    let bars = dev.bars();
+    let mut last = dev.stats();
+    let mut ops = 0;
+    while !r.0.is_empty() && ops < 512 {
+        ops += 1;
+        match r.u8() % 8 {
+            0 | 1 => {
+                let bar = (r.u8() % 6) as usize;
+                let size = bars[bar].size.max(4);
+                let off = (r.u32() as u64 % size) & !3;
+                let v = r.u32();
+                dev.bar_write(bar as u32, off, &v.to_le_bytes());
+            }
+            2 => {
+                let bar = (r.u8() % 6) as usize;
+                let off = r.u32() as u64 % bars[bar].size.max(4);
+                let mut b = [0u8; 4];
+                let n = [1, 2, 4][(r.u8() % 3) as usize];
+                dev.bar_read(bar as u32, off, &mut b[..n]);
+            }
+            3 => {
+                let off = r.u16() as u64 % DMA_LEN as u64;
+                let n = (r.u8() as usize % 64).min(r.0.len());
+                let bytes = r.take(n);
+                let _ = lab_emu::dma::Dma::write(&mut dma, DMA_BASE + off, bytes);
+            }
+            4 => {
+                let n = r.u16() as usize % 2048;
+                let f = r.take(n).to_vec();
+                let mut q = frames.lock().unwrap_or_else(|e| e.into_inner());
+                if q.len() < 64 {
+                    q.push_back(f);
+                }
+            }
+            5 => {
+                let off = r.u16() as u64 % dev.config_size().max(1);
+                let v = r.u32();
+                dev.config_write(off, &v.to_le_bytes()[..(1 << (r.u8() % 3)) as usize]);
+            }
+            6 => {
+                match r.u8() % 8 {
+                    0 => dev.link_set(false),
+                    1 => dev.link_set(true),
+                    2 => dev.reset(),
+                    _ => {}
+                }
+                let _ = dev.take_irqs();
+            }
+            _ => {
+                // Frames queued so far reach the wire the model reads before it polls.
+                for _ in 0..4 {
+                    let _ = dev.poll(&mut dma);
+                }
+            }
+        }
+        let now = dev.stats();
+        assert!(
+            now.rx_packets >= last.rx_packets && now.tx_packets >= last.tx_packets && now.rx_bytes >= last.rx_bytes,
+            "{name}: counters went back: {last:?} -> {now:?}"
+        );
+        last = now;
+    }
+}
+
+/// Little-endian reads from the fuzzer's bytes, zero past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.0.len());
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        a
+    }
+    fn u8(&mut self) -> u8 {
+        self.take(1).first().copied().unwrap_or(0)
+    }
+    fn u16(&mut self) -> u16 {
+        let mut b = [0u8; 2];
+        let t = self.take(2);
+        b[..t.len()].copy_from_slice(t);
+        u16::from_le_bytes(b)
+    }
+    fn u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        let t = self.take(4);
+        b[..t.len()].copy_from_slice(t);
+        u32::from_le_bytes(b)
+    }
+}
