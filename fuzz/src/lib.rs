@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("scenario_toml", scenario_toml),
     ("capture", capture),
     ("nic_device", nic_device),
+    ("vfio_user", vfio_user),
 ];
 
 /// The target called `name`.
@@ -235,4 +236,68 @@ impl<'a> Reader<'a> {
         b[..t.len()].copy_from_slice(t);
         u32::from_le_bytes(b)
     }
+}
+
+/// A whole vfio-user conversation with lab-nic's server, as any local process can hold one: the
+/// first byte picks the model, then chunks of `[flags u8][len u16][bytes]` are written to one
+/// connection in order (flags bit 0: a 64 KiB memfd rides along, as DMA_MAP's file does; bit 1:
+/// wait for the server to answer what it has before the next chunk). Then the client hangs up.
+/// Whatever was said, the server stays up: a new client is served its VERSION.
+pub fn vfio_user(data: &[u8]) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::time::Duration;
+
+    let mut r = Reader(data);
+    let name = if r.u8() & 1 == 0 { "ixgbe" } else { "i40e" };
+    let wire = FuzzWire { frames: Arc::default() };
+    let cfg = ModelConfig { bdf: "0000:00:05.0".into(), function: 0, mac: [2, 0, 0, 0, 0, 1], wire: Box::new(wire) };
+    let dev = model::create(name, cfg).expect("a model");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("vfio-user.sock");
+    let listener = UnixListener::bind(&path).expect("bind");
+    let mut f = lab_emu::server::Function::start("0000:00:05.0", dev, listener, 2).expect("a function");
+    let timeout = Some(Duration::from_millis(500));
+    {
+        let mut c = UnixStream::connect(&path).expect("connect");
+        c.set_read_timeout(timeout).unwrap();
+        c.set_write_timeout(timeout).unwrap();
+        let mut sink = vec![0u8; 64 * 1024];
+        while !r.0.is_empty() {
+            let flags = r.u8();
+            let n = r.u16() as usize;
+            let bytes = r.take(n);
+            let sent = if flags & 1 != 0 && !bytes.is_empty() {
+                let file = tempfile::tempfile().expect("a file");
+                file.set_len(64 * 1024).expect("its size");
+                let fds = [file.as_raw_fd()];
+                let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                let iov = [std::io::IoSlice::new(bytes)];
+                nix::sys::socket::sendmsg::<()>(c.as_raw_fd(), &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+                    .ok()
+                    .and_then(|k| c.write_all(&bytes[k..]).ok())
+            } else {
+                c.write_all(bytes).ok()
+            };
+            if sent.is_none() {
+                break; // the server closed the connection: its right
+            }
+            if flags & 2 != 0 {
+                let _ = c.read(&mut sink);
+            }
+        }
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        // Drain until the server hangs up too (or goes quiet: its deadline closes it).
+        while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+    }
+    let mut c = UnixStream::connect(&path).expect("the server still listens");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // VERSION 0.1 without its JSON: msg_id 1, command 1, size 20.
+    let hello = [1, 0, 1, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    c.write_all(&hello).expect("a new client can write");
+    let mut h = [0u8; 16];
+    c.read_exact(&mut h).expect("a new client is answered after the conversation");
+    assert_eq!((h[0], h[2], h[8] & 0xf, h[8] & 0x20), (1, 1, 1, 0), "VERSION answered without error: {h:?}");
+    f.stop();
 }

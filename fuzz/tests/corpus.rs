@@ -64,3 +64,8 @@ fn capture() {
 fn nic_device() {
     replay("nic_device");
 }
+
+#[test]
+fn vfio_user() {
+    replay("vfio_user");
+}
