@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("capture", capture),
     ("nic_device", nic_device),
     ("vfio_user", vfio_user),
+    ("telemetry", telemetry),
 ];
 
 /// The target called `name`.
@@ -300,4 +301,20 @@ pub fn vfio_user(data: &[u8]) {
     c.read_exact(&mut h).expect("a new client is answered after the conversation");
     assert_eq!((h[0], h[2], h[8] & 0xf, h[8] & 0x20), (1, 1, 1, 0), "VERSION answered without error: {h:?}");
     f.stop();
+}
+
+/// A telemetry command record, as any local client (`dpdk-telemetry.py`, a script) sends it:
+/// the answer is one JSON object within DPDK's output limit, whatever the record. Besides the
+/// built-in commands, one takes a port parameter as the ethdev commands do and one echoes its
+/// parameter back (so the answer's escaping is exercised).
+pub fn telemetry(data: &[u8]) {
+    use lab_core::telemetry::{param_port, Telemetry, MAX_OUTPUT_LEN};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let t = Telemetry::start(dir.path(), true, "fuzz").expect("telemetry");
+    t.register("/fuzz/port", "a port id", |p| param_port(p).map(|n| serde_json::json!(n))).unwrap();
+    t.register("/fuzz/echo", "its parameter", |p| Ok(serde_json::json!(p))).unwrap();
+    let a = t.query(data);
+    assert!(a.len() <= MAX_OUTPUT_LEN, "an answer of {} bytes", a.len());
+    let v: serde_json::Value = serde_json::from_str(&a).unwrap_or_else(|e| panic!("not JSON ({e}): {a:?}"));
+    assert!(v.is_object(), "{a}");
 }

@@ -69,3 +69,8 @@ fn nic_device() {
 fn vfio_user() {
     replay("vfio_user");
 }
+
+#[test]
+fn telemetry() {
+    replay("telemetry");
+}
