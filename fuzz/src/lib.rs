@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nic_device", nic_device),
     ("vfio_user", vfio_user),
     ("telemetry", telemetry),
+    ("vfio_user_replies", vfio_user_replies),
 ];
 
 /// The target called `name`.
@@ -317,4 +318,75 @@ pub fn telemetry(data: &[u8]) {
     assert!(a.len() <= MAX_OUTPUT_LEN, "an answer of {} bytes", a.len());
     let v: serde_json::Value = serde_json::from_str(&a).unwrap_or_else(|e| panic!("not JSON ({e}): {a:?}"));
     assert!(v.is_object(), "{a}");
+}
+
+/// What a vfio-user server answers our client (lab-vfio's `UserDevice`, which every lab process
+/// uses for an emulated NIC): a server of the fuzzer's that answers each request with the next
+/// chunk `[flags u8][len u16][body]`: a reply to that request (flags bit 0: an error, errno the
+/// flags' high bits) with that body, or (bit 7) the chunk's bytes as they are, header and all.
+/// When the chunks run out it hangs up. The client connects (negotiation, region and irq
+/// tables), then reads and writes a register and config space: every step ends, in an error or
+/// not, within its timeout.
+pub fn vfio_user_replies(data: &[u8]) {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::time::{Duration, Instant};
+
+    use lab_vfio::DeviceIo;
+
+    let chunks: Vec<(u8, Vec<u8>)> = {
+        let mut r = Reader(data);
+        let mut v = Vec::new();
+        while !r.0.is_empty() {
+            let flags = r.u8();
+            let n = r.u16() as usize;
+            v.push((flags, r.take(n).to_vec()));
+        }
+        v
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("server.sock");
+    let listener = UnixListener::bind(&path).expect("bind");
+    let server = std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        for (flags, body) in chunks {
+            let mut h = [0u8; 16];
+            if s.read_exact(&mut h).is_err() {
+                return;
+            }
+            let size = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+            let mut rest = vec![0u8; size.saturating_sub(16).min(1 << 20)];
+            if s.read_exact(&mut rest).is_err() {
+                return;
+            }
+            let out = if flags & 0x80 != 0 {
+                body
+            } else {
+                let mut m = Vec::with_capacity(16 + body.len());
+                m.extend_from_slice(&h[0..4]);
+                m.extend_from_slice(&((16 + body.len()) as u32).to_le_bytes());
+                let err = if flags & 1 != 0 { 0x20 } else { 0 };
+                m.extend_from_slice(&(1u32 | err).to_le_bytes());
+                m.extend_from_slice(&u32::from((flags >> 1) & 0x3f).to_le_bytes());
+                m.extend_from_slice(&body);
+                m
+            };
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    });
+    let timeout = Duration::from_millis(300);
+    let began = Instant::now();
+    if let Ok(dev) = lab_vfio::user::UserDevice::connect(&path, "0000:00:05.0", timeout) {
+        let mut b = [0u8; 4];
+        let _ = dev.region_read(0, 0, &mut b);
+        let _ = dev.config_read(0, &mut b);
+        let _ = dev.region_write(0, 8, &1u32.to_le_bytes());
+        let _ = (dev.regions().len(), dev.irqs().len(), dev.is_alive());
+    }
+    // Each request waits at most its timeout; a dozen of them at most here.
+    assert!(began.elapsed() < timeout * 16, "the client waited {:?}", began.elapsed());
+    server.join().expect("the fake server");
 }

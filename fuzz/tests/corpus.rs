@@ -74,3 +74,8 @@ fn vfio_user() {
 fn telemetry() {
     replay("telemetry");
 }
+
+#[test]
+fn vfio_user_replies() {
+    replay("vfio_user_replies");
+}
