@@ -260,11 +260,11 @@ pub fn vfio_user(data: &[u8]) {
     let path = dir.path().join("vfio-user.sock");
     let listener = UnixListener::bind(&path).expect("bind");
     let mut f = lab_emu::server::Function::start("0000:00:05.0", dev, listener, 2).expect("a function");
-    let timeout = Some(Duration::from_millis(500));
     {
         let mut c = UnixStream::connect(&path).expect("connect");
-        c.set_read_timeout(timeout).unwrap();
-        c.set_write_timeout(timeout).unwrap();
+        // A wait for answers is short: a request the server still reads has none yet.
+        c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        c.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
         let mut sink = vec![0u8; 64 * 1024];
         while !r.0.is_empty() {
             let flags = r.u8();
@@ -290,8 +290,18 @@ pub fn vfio_user(data: &[u8]) {
             }
         }
         let _ = c.shutdown(std::net::Shutdown::Write);
-        // Drain until the server hangs up too (or goes quiet: its deadline closes it).
-        while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+        // The server lets a client that hung up go: its answers, then its end closed.
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        loop {
+            match c.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    panic!("the server kept the connection of a client that hung up")
+                }
+                Err(_) => break, // reset: closed too
+            }
+        }
     }
     let mut c = UnixStream::connect(&path).expect("the server still listens");
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
