@@ -261,7 +261,7 @@ fn a_request_that_waited_too_long_in_the_primarys_queue_is_refused_unstarted() {
 /// secondary rechecks the table before its probe, finds the id taken by the newer device, and
 /// keeps the newer handle (`lab-model` found the old probe replacing it).
 /// A secondary starting while operations run: between its first reading of the table's
-/// sequence counter and its snapshot (`--lab-fault=sync:net_null9:hang`, 2 x 300 + 500 ms), an
+/// sequence counter and its snapshot (`--lab-fault=sync:net_null9:hang`, 2 x 1000 + 500 ms), an
 /// attach and a detach both finish (its channel is already open: it answers their steps), and it
 /// ends listing what the primary lists, the port attached meanwhile working. The late joiner the
 /// model checker found (a table read before an operation's Begin, then applied over it, or a
@@ -269,7 +269,7 @@ fn a_request_that_waited_too_long_in_the_primarys_queue_is_refused_unstarted() {
 #[test]
 fn a_secondary_syncing_while_an_attach_and_a_detach_run_ends_with_their_result() {
     let lab = Lab::new("joiner");
-    let t = "--hotplug-timeout-ms=300";
+    let t = "--hotplug-timeout-ms=1000";
     let mut p = lab.start(&[t]);
     assert_eq!(p.cmd("attach net_null9").unwrap(), "attached device net_null9");
     // Its start-up ends after the hang: not waited for until the two operations ran.
