@@ -290,6 +290,24 @@ fn a_zone_reserved_by_the_primary_is_read_and_written_by_a_secondary() {
     finish(lab, p, secs);
 }
 
+/// A secondary SIGKILLed while it holds the shared-memory lock (the memzone table's) wedges
+/// nobody: the primary's next reservation takes the lock over from the dead pid, and a new
+/// secondary starts and reads the zone.
+#[test]
+fn a_secondary_killed_holding_the_shared_lock_wedges_nobody() {
+    let (lab, mut p, mut secs) = lab_with("lockdeath", 1);
+    let mut s = secs.pop().unwrap();
+    s.send("lock-hold");
+    assert_eq!(s.line_within(Duration::from_secs(10)), "holding the shared lock");
+    s.kill();
+    p.send("zone-reserve after hello");
+    let a = p.line_within(Duration::from_secs(10));
+    assert!(a.starts_with("zone after at "), "{a}");
+    let mut s2 = start(&lab, &["--proc-type=auto"]);
+    assert_eq!(s2.cmd("zone-read after"), "text=hello");
+    finish(lab, p, vec![s2]);
+}
+
 #[test]
 fn ring_and_pool_work_across_processes() {
     let (lab, mut p, mut secs) = lab_with("ringpool", 2);

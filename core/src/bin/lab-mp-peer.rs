@@ -167,6 +167,14 @@ fn run(rt: &Runtime, w: &[&str], say: &dyn Fn(String)) -> Result<String, String>
         }
         "fds" => Ok(format!("fds={}", lab_core::sys::open_fd_count())),
         "socket" => Ok(rt.ipc().socket_path().display().to_string()),
+        "lock-hold" => {
+            // Takes the shared-memory lock and keeps it until killed (the crash-fault test).
+            let _g = shm.lock().lock();
+            say("holding the shared lock".into());
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         "zone-reserve" => {
             let text = arg(2)?.as_bytes();
             let z = shm.reserve(arg(1)?, 4096, 64).map_err(|e| e.to_string())?;
