@@ -235,3 +235,40 @@ fn a_surprise_unplug_removes_the_port_from_every_process(#[case] model: &'static
     secondary.quit(Duration::from_secs(5));
     primary.quit(Duration::from_secs(5));
 }
+
+/// lab-nic SIGKILLed while both processes use its NIC and one is sending: every process sees
+/// the port removed, as after a surprise unplug, nothing hangs, and the other ports go on.
+#[rstest]
+#[case::ixgbe("ixgbe")]
+#[case::i40e("i40e")]
+fn lab_nic_killed_mid_traffic_is_a_surprise_unplug_everywhere(#[case] model: &'static str) {
+    let mut lab = Lab::new("nicdeath", model);
+    let mut primary = lab.start();
+    let mut secondary = lab.start();
+    lab.start_nic();
+    assert_eq!(primary.cmd(&format!("attach {BDF}")).expect("attach"), format!("attached device {BDF}"));
+    assert_eq!(secondary.cmd("attach net_null0").expect("attach"), "attached device net_null0");
+    let d = lab.nic.as_ref().unwrap().pid();
+    assert_eq!(list(&mut secondary), vec![(0u16, BDF.to_string()), (1u16, "net_null0".to_string())]);
+    primary.send_line("send 0 5000000").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    lab.nic.as_mut().unwrap().kill();
+    // The send in flight ends (sent what it could, or failed): it does not hang.
+    let a = primary.answer_within(Duration::from_secs(30)).expect("the send ends");
+    assert!(a.starts_with("sent ") || a.starts_with("failed to send"), "lab-nic {d} killed: {a}");
+    let want = vec![(1u16, "net_null0".to_string())];
+    for p in [&mut primary, &mut secondary] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let l = list(p);
+            if l == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "process {} still lists {l:?}", p.pid());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(secondary.cmd("send 1 5").unwrap(), "sent 5 packets on port 1");
+    assert!(secondary.quit(Duration::from_secs(5)).is_some_and(|s| s.success()));
+    assert!(primary.quit(Duration::from_secs(5)).is_some_and(|s| s.success()));
+}
