@@ -62,6 +62,19 @@ pub enum MemError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The mount holding the memory file has no room for it (a full /dev/shm, a hugetlbfs
+    /// mount out of pages or over its size limit).
+    #[error("no room for the {mb} MiB shared memory file {path} on {mount} ({free_mb} MiB free there)")]
+    MountFull {
+        /// File concerned (removed again).
+        path: PathBuf,
+        /// The directory (mount) it was to live on.
+        mount: PathBuf,
+        /// Size asked, MiB.
+        mb: u64,
+        /// Free space found there, MiB.
+        free_mb: u64,
+    },
     /// A secondary found a mapping that is not the primary's (magic, version or size).
     #[error("shared memory {path} does not match this build: {field} is {found:#x}, expected {expected:#x}")]
     Mismatch {
@@ -343,6 +356,18 @@ impl Shm {
             e
         };
         file.set_len(len).map_err(|e| gone(io("set size", e)))?;
+        sys::allocate(file.as_fd(), len).map_err(|e| {
+            let mount = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            gone(match e.raw_os_error() {
+                Some(libc::ENOSPC) => MemError::MountFull {
+                    free_mb: sys::free_bytes(&mount).unwrap_or(0) >> 20,
+                    path: path.clone(),
+                    mount,
+                    mb: len >> 20,
+                },
+                _ => io("allocate", e),
+            })
+        })?;
         let base = sys::mmap_shared(file.as_fd(), len as usize).map_err(|e| gone(io("mmap", e)))?;
         let shm = Shm { base, len, file, placement, primary: true };
         // SAFETY: the file is fresh (zero-filled) and at least HEADER_LEN long; nobody else maps it

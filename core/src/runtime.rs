@@ -185,10 +185,16 @@ impl Runtime {
                     // The free pages counted a moment ago went to another process: /dev/shm.
                     Err(e) if huge => {
                         tracing::warn!(error = %e, "hugetlbfs memory file failed: using /dev/shm");
-                        Shm::create(mem::placement(&opts.file_prefix, mb << 20, true, None), mb)?
+                        Shm::create(mem::placement(&opts.file_prefix, mb << 20, true, None), mb)
                     }
-                    r => r?,
+                    r => r,
                 };
+                // A primary that cannot start leaves nothing: its config (and lock) and the
+                // runtime dir go with it (the memory file is already gone).
+                let shm = shm.inspect_err(|_| {
+                    let _ = std::fs::remove_file(&cfg_path);
+                    let _ = std::fs::remove_dir(&dir);
+                })?;
                 // Where the file went, for the secondaries: they must not decide again (the pages
                 // the primary took are no longer free, so they would look elsewhere).
                 let _ = std::fs::write(&record, shm.placement().path.as_os_str().as_encoded_bytes());

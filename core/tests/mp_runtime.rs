@@ -349,3 +349,42 @@ fn a_secondary_refuses_a_mapping_that_is_not_the_primarys() {
     finish(lab, p, vec![s]);
     drop(secs);
 }
+
+/// A primary whose /dev/shm is full (a 4 MiB tmpfs over it, in a mount namespace of its own, so
+/// the machine's /dev/shm is untouched) refuses to start with one error naming the mount and
+/// the sizes, and leaves no memory file there and no runtime dir. Before, the file was sized
+/// sparse and the first touch of a page past the mount's room was a SIGBUS.
+#[test]
+fn a_full_dev_shm_at_start_is_a_clear_error_and_leaves_nothing() {
+    let root = nix::unistd::geteuid().is_root();
+    let unshare = std::process::Command::new("unshare").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !root || !unshare {
+        eprintln!("skipped: needs root and unshare (util-linux) for a mount namespace");
+        return;
+    }
+    let lab = Lab::new("shmfull");
+    let script = format!(
+        "mount -t tmpfs -o size=4m lab-full /dev/shm || exit 97; \
+         {PEER} --file-prefix={} --proc-type=primary --no-huge -m 64 </dev/null; echo rc=$?; ls -A /dev/shm",
+        lab.prefix
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("XDG_RUNTIME_DIR", lab.xdg.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("unshare");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.code() == Some(97) {
+        eprintln!("skipped: cannot mount a tmpfs in a mount namespace here: {stderr}");
+        return;
+    }
+    let file = lab.shm_candidates()[0].clone();
+    let want = format!("no room for the 64 MiB shared memory file {}", file.display());
+    assert!(stderr.contains(&want) && stderr.contains("on /dev/shm (4 MiB free there)"), "{stderr}");
+    let mut lines = stdout.lines();
+    let rc = lines.next().unwrap_or_default();
+    assert!(rc.starts_with("rc=") && rc != "rc=0", "{stdout}");
+    assert_eq!(lines.collect::<Vec<_>>(), Vec::<&str>::new(), "left in the full /dev/shm: {stdout}");
+    lab.assert_clean();
+}

@@ -13,6 +13,22 @@ use std::ptr::NonNull;
 mod seqpacket;
 pub use seqpacket::{seqpacket_accept, seqpacket_connect, seqpacket_listen, seqpacket_recv, seqpacket_send};
 
+/// Allocates every block of `fd`'s first `len` bytes now, so a full mount fails here (ENOSPC)
+/// and not with SIGBUS at a later first touch. A filesystem without fallocate is left sparse.
+pub fn allocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    match nix::fcntl::fallocate(fd.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, len) {
+        Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Free bytes on the filesystem holding `path` (for the caller without root: `f_bavail`).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
 /// Maps `len` bytes of `fd` shared and read-write. The mapping is never unmapped by lab-core
 /// (see `mem::Shm`): pointers into it stay valid until the process exits.
 ///
