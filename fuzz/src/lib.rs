@@ -336,11 +336,11 @@ pub fn telemetry(data: &[u8]) {
 /// flags' high bits) with that body, or (bit 7) the chunk's bytes as they are, header and all.
 /// When the chunks run out it hangs up. The client connects (negotiation, region and irq
 /// tables), then reads and writes a register and config space: every step ends, in an error or
-/// not, within its timeout.
+/// not (a step that waits past its timeout is a hang, which the fuzzer reports as such).
 pub fn vfio_user_replies(data: &[u8]) {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixListener;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use lab_vfio::DeviceIo;
 
@@ -388,7 +388,6 @@ pub fn vfio_user_replies(data: &[u8]) {
         }
     });
     let timeout = Duration::from_millis(300);
-    let began = Instant::now();
     if let Ok(dev) = lab_vfio::user::UserDevice::connect(&path, "0000:00:05.0", timeout) {
         let mut b = [0u8; 4];
         let _ = dev.region_read(0, 0, &mut b);
@@ -396,7 +395,5 @@ pub fn vfio_user_replies(data: &[u8]) {
         let _ = dev.region_write(0, 8, &1u32.to_le_bytes());
         let _ = (dev.regions().len(), dev.irqs().len(), dev.is_alive());
     }
-    // Each request waits at most its timeout; a dozen of them at most here.
-    assert!(began.elapsed() < timeout * 16, "the client waited {:?}", began.elapsed());
     server.join().expect("the fake server");
 }

@@ -87,6 +87,22 @@ fn list(p: &mut AppProc) -> Vec<(u16, String)> {
     parse_list(&a)
 }
 
+/// Waits (10 s at most) until every process lists exactly `want`.
+fn eventually_list(procs: &mut [&mut AppProc], want: &[(u16, &str)]) {
+    let want: Vec<(u16, String)> = want.iter().map(|(i, n)| (*i, n.to_string())).collect();
+    for p in procs.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let l = list(p);
+            if l == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "process {} still lists {l:?}", p.pid());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn field<'a>(answer: &'a str, key: &str) -> &'a str {
     answer.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or_else(|| panic!("no {key} in {answer}"))
 }
@@ -224,14 +240,7 @@ fn a_surprise_unplug_removes_the_port_from_every_process(#[case] model: &'static
     assert_eq!(secondary.cmd(&format!("attach {BDF}")).expect("attach"), format!("attached device {BDF}"));
     assert_eq!(primary.cmd("attach net_null0").expect("attach"), "attached device net_null0");
     assert!(lab.nic(&format!("unplug {BDF}")).starts_with("ok"));
-    let want = vec![(1u16, "net_null0".to_string())];
-    for p in [&mut primary, &mut secondary] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while list(p) != want {
-            assert!(Instant::now() < deadline, "process {} still lists {:?}", p.pid(), list(p));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    eventually_list(&mut [&mut primary, &mut secondary], &[(1, "net_null0")]);
     secondary.quit(Duration::from_secs(5));
     primary.quit(Duration::from_secs(5));
 }
@@ -256,18 +265,7 @@ fn lab_nic_killed_mid_traffic_is_a_surprise_unplug_everywhere(#[case] model: &'s
     // The send in flight ends (sent what it could, or failed): it does not hang.
     let a = primary.answer_within(Duration::from_secs(30)).expect("the send ends");
     assert!(a.starts_with("sent ") || a.starts_with("failed to send"), "lab-nic {d} killed: {a}");
-    let want = vec![(1u16, "net_null0".to_string())];
-    for p in [&mut primary, &mut secondary] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let l = list(p);
-            if l == want {
-                break;
-            }
-            assert!(Instant::now() < deadline, "process {} still lists {l:?}", p.pid());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    eventually_list(&mut [&mut primary, &mut secondary], &[(1, "net_null0")]);
     assert_eq!(secondary.cmd("send 1 5").unwrap(), "sent 5 packets on port 1");
     assert!(secondary.quit(Duration::from_secs(5)).is_some_and(|s| s.success()));
     assert!(primary.quit(Duration::from_secs(5)).is_some_and(|s| s.success()));
