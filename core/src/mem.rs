@@ -599,6 +599,19 @@ impl Shm {
             .collect()
     }
 
+    /// What the zones take: how many, their bytes, the allocation high-water mark and the size.
+    pub fn usage(&self) -> MemUsage {
+        let g = self.lock().lock();
+        let h = self.header_mut(&g);
+        let live = h.zones.iter().filter(|z| z.state == 1);
+        MemUsage {
+            zones: live.clone().count(),
+            zone_bytes: live.map(|z| z.len).sum(),
+            high_water: h.next_free,
+            total: self.len,
+        }
+    }
+
     /// Removes the memory file (primary at clean shutdown). The mapping stays valid.
     pub fn unlink(&self) {
         let _ = std::fs::remove_file(&self.placement.path);
@@ -621,6 +634,19 @@ fn check_name(name: &str) -> Result<(), MemError> {
         return Err(MemError::BadZoneName { name: name.into(), max: ZONE_NAME_MAX });
     }
     Ok(())
+}
+
+/// The memory file's use by zones ([`Shm::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemUsage {
+    /// Zones in use.
+    pub zones: usize,
+    /// Their bytes (a zone placed in a freed hole keeps the hole's length).
+    pub zone_bytes: u64,
+    /// End of the highest zone ever placed (holes below it are reused first).
+    pub high_water: u64,
+    /// Size of the memory file.
+    pub total: u64,
 }
 
 /// A reserved memzone.

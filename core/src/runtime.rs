@@ -260,7 +260,7 @@ impl Runtime {
 }
 
 /// The commands every lab process serves: DPDK's `/eal/params` and `/eal/app_params`, and the
-/// lab's `/lab/process` and `/lab/ipc`.
+/// lab's `/lab/process`, `/lab/memory` and `/lab/ipc`.
 fn register_runtime_commands(t: &Telemetry, opts: &Options, role: Role, dir: &Path, shm: &Arc<Shm>, ipc: &Channel) {
     let mut params = opts.to_args();
     params.push(format!("--proc-type={role}"));
@@ -272,6 +272,17 @@ fn register_runtime_commands(t: &Telemetry, opts: &Options, role: Role, dir: &Pa
     let _ = t.register("/eal/app_params", "Returns app commandline parameters used. Takes no parameters", move |_| {
         Ok(serde_json::json!(app))
     });
+    let mem = shm.clone();
+    let _ = t.register(
+        "/lab/memory",
+        "Returns the memory file's use: zones, their bytes, the high-water mark, the size. Takes no parameters",
+        move |_| {
+            let u = mem.usage();
+            Ok(serde_json::json!({
+                "zones": u.zones, "zone_bytes": u.zone_bytes, "high_water": u.high_water, "total": u.total,
+            }))
+        },
+    );
     let (prefix, dir, shm, chan) = (opts.file_prefix.clone(), dir.to_path_buf(), shm.clone(), ipc.clone());
     let instance = t.instance();
     let _ = t.register(

@@ -7,7 +7,7 @@
 //! | `plug BDF` | an unplugged function comes back in its power-on state (hot add; not for a peer-cabled one) |
 //! | `stats BDF` | `ok rx_packets=.. rx_bytes=.. tx_packets=.. tx_bytes=.. rx_missed=.. connections=..` |
 //! | `faults BDF` | `ok count=N` then the last few records `[time_us=.. iova=.. len=.. what=".."]` |
-//! | `connections BDF` | `ok connections=N refused=M` and `id:age_ms` of each |
+//! | `connections BDF` | `ok connections=N refused=M` and `id:AGEms:pid=PID` of each |
 //! | `list` | `ok` and the served functions |
 
 use std::collections::BTreeMap;
@@ -175,8 +175,8 @@ pub fn execute(ports: &Ports, plug: Option<&Plugger>, line: &str) -> String {
                 p.function.connections(),
                 p.function.refused()
             );
-            for (id, age) in p.function.connection_ages() {
-                r.push_str(&format!(" {id}:{}ms", age.as_millis()));
+            for (id, age, pid) in p.function.connection_ages() {
+                r.push_str(&format!(" {id}:{}ms:pid={pid}", age.as_millis()));
             }
             r
         }),
@@ -225,7 +225,7 @@ impl ControlServer {
                 let _ = std::fs::remove_file(path);
             }
         }
-        let listener = UnixListener::bind(path).map_err(berr)?;
+        let listener = crate::sysfs::listen_owner_only(path).map_err(berr)?;
         let (wake, wake_rx) = UnixStream::pair().map_err(berr)?;
         let thread = std::thread::Builder::new()
             .name("control".into())

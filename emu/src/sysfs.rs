@@ -15,6 +15,20 @@ use std::path::{Path, PathBuf};
 
 /// Name of the socket file inside a function's directory.
 pub const SOCKET_NAME: &str = "vfio-user.sock";
+/// A listening stream socket at `path` that only its owner can connect to: bound, made 0600,
+/// and only then listening, so no other user's connect can slip in between (a connect to a
+/// socket that does not listen yet is refused). No umask games: other threads keep theirs.
+pub fn listen_owner_only(path: &Path) -> std::io::Result<UnixListener> {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    listen(&fd, Backlog::new(128)?)?;
+    Ok(UnixListener::from(fd))
+}
+
 /// Longest path `bind(2)` takes for an AF_UNIX socket.
 const SUN_PATH_MAX: usize = 107;
 /// Linux IORESOURCE_MEM, the bit DPDK checks to treat a BAR as memory.
@@ -221,7 +235,7 @@ impl SysfsFunction {
             }
         }
         if path.as_os_str().len() <= SUN_PATH_MAX {
-            return UnixListener::bind(&path).map_err(io(&path));
+            return listen_owner_only(&path).map_err(io(&path));
         }
         let dirf = fs::OpenOptions::new()
             .read(true)
@@ -229,7 +243,7 @@ impl SysfsFunction {
             .open(&self.dir)
             .map_err(io(&self.dir))?;
         let short = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET_NAME}", std::os::fd::AsRawFd::as_raw_fd(&dirf)));
-        UnixListener::bind(&short).map_err(io(&path))
+        listen_owner_only(&short).map_err(io(&path))
     }
 
     /// The function's directory.

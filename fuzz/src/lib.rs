@@ -259,7 +259,7 @@ pub fn vfio_user(data: &[u8]) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("vfio-user.sock");
     let listener = UnixListener::bind(&path).expect("bind");
-    let mut f = lab_emu::server::Function::start("0000:00:05.0", dev, listener, 2).expect("a function");
+    let mut f = lab_emu::server::Function::start("0000:00:05.0", dev, listener, 2, dir.path()).expect("a function");
     {
         let mut c = UnixStream::connect(&path).expect("connect");
         // A wait for answers is short: a request the server still reads has none yet.

@@ -31,7 +31,7 @@ wire = "peer=0000:00:05.0"
 "#;
 
 /// The model of the second NIC: an X710 when this build drives it, else a second 82599.
-fn second_model() -> &'static str {
+pub fn second_model() -> &'static str {
     let reg = lab_drivers::registry();
     if reg.pci_driver(PciId { vendor: 0x8086, device: 0x1572 }).is_some() {
         "i40e"

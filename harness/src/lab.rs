@@ -380,6 +380,11 @@ impl Lab {
         &self.xdg
     }
 
+    /// Pid of the lab's lab-nic, when it has emulated NICs.
+    pub fn nic_pid(&self) -> Option<u32> {
+        self.nic.as_ref().map(Child::id)
+    }
+
     /// Pid of a process.
     pub fn pid(&self, process: &str) -> Option<u32> {
         self.procs.get(process).map(Proc::pid)
@@ -577,6 +582,12 @@ impl Lab {
     }
 
     fn nic_control(&self, line: &str) -> Result<(), LabError> {
+        self.nic_command(line).map(|_| ())
+    }
+
+    /// A line of lab-nic's control protocol (`stats BDF`, `connections BDF`, `list`, ...); the
+    /// reply after its `ok`, or the error it gave.
+    pub fn nic_command(&self, line: &str) -> Result<String, LabError> {
         if self.nic.is_none() {
             return Err(LabError::Nic("this lab has no emulated NIC".into()));
         }
@@ -586,8 +597,8 @@ impl Lab {
         writeln!(s, "{line}").map_err(io)?;
         let mut r = String::new();
         BufReader::new(s).read_line(&mut r).map_err(io)?;
-        if r.starts_with("ok") {
-            Ok(())
+        if let Some(rest) = r.strip_prefix("ok") {
+            Ok(rest.trim().to_string())
         } else {
             Err(LabError::Nic(format!("{line}: {}", r.trim())))
         }

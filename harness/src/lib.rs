@@ -23,6 +23,7 @@ pub mod realnic;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod soak;
 pub mod status;
 pub mod traffic;
 

@@ -4,7 +4,7 @@
 //!  client ──► public socket (<sysfs>/<BDF>/vfio-user.sock)
 //!               │ gatekeeper thread: accept; pool full? close + log (a clear refusal, never a hang)
 //!               ▼
-//!          relay thread per connection ──► private abstract socket ──► worker (pool of N threads,
+//!          relay thread per connection ──► private socket (0600) ──► worker (pool of N threads,
 //!          (frames messages, checks sizes,                              each looping Server::run with
 //!           passes fds through)                                         a per-connection ConnBackend)
 //!                                                        device thread: model.poll(dma) + interrupts
@@ -29,8 +29,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -57,6 +57,8 @@ mod relay;
 use self::backend::ConnBackend;
 use self::relay::start_relay;
 
+/// Name of the workers' socket in the function's directory (the relays' only way in).
+pub const WORKER_SOCKET: &str = "worker.sock";
 /// Default number of concurrent client connections per function.
 pub const DEFAULT_POOL: usize = 8;
 /// Largest REGION_READ/REGION_WRITE payload accepted (the crate advertises 1 MiB).
@@ -135,6 +137,8 @@ struct ConnRecord {
     client: UnixStream,
     worker: UnixStream,
     since: Instant,
+    /// The client's pid as the kernel saw it connect (SO_PEERCRED), 0 if unknown.
+    pid: i32,
 }
 
 struct Shared {
@@ -148,7 +152,12 @@ struct Shared {
     next_conn: AtomicU64,
     pool: usize,
     refused: AtomicU64,
-    private: String,
+    /// The workers' socket (`/proc/self/fd/<dir>/worker.sock`).
+    private: std::path::PathBuf,
+    /// Keeps the directory of `private` open, so its path above stays valid.
+    _private_dir: File,
+    /// The workers' listener, shut down at stop to wake every worker blocked in accept.
+    accept_wake: UnixListener,
     kick: AtomicBool,
     waiting: AtomicUsize,
     device_thread: std::sync::OnceLock<std::thread::Thread>,
@@ -214,26 +223,16 @@ fn region(index: u32, size: u64, mmap: bool) -> vfio_region_info {
     }
 }
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        return t ^ u64::from(std::process::id());
-    }
-    u64::from_ne_bytes(b)
-}
-
 impl Function {
     /// Starts serving `model` on `listener` (already bound and listening, usually by
-    /// [`crate::sysfs::SysfsFunction`]) with `pool` concurrent connections.
+    /// [`crate::sysfs::SysfsFunction`]) with `pool` concurrent connections; the workers' own
+    /// socket ([`WORKER_SOCKET`], owner-only) goes in `private_dir` (the function's directory).
     pub fn start(
         bdf: &str,
         model: Box<dyn DeviceModel>,
         listener: UnixListener,
         pool: usize,
+        private_dir: &std::path::Path,
     ) -> Result<Self, ServerError> {
         let pool = pool.max(1);
         let mut regions = Vec::with_capacity(NUM_REGIONS);
@@ -276,10 +275,20 @@ impl Function {
             })
             .collect();
 
-        let private = format!("lab-nic/{}/{}/{:016x}", std::process::id(), bdf, random_u64());
+        // The workers' socket: a file only this user can connect to, in `private_dir`, reached
+        // through an O_PATH descriptor of it (any path length). Not an abstract socket: those
+        // have no permissions, and /proc/net/unix shows their names to every user, who could
+        // then talk to the crate directly, past the relay's checks and deadlines.
         let perr = |source| ServerError::PrivateSocket { bdf: bdf.to_owned(), source };
-        let addr = SocketAddr::from_abstract_name(private.as_bytes()).map_err(perr)?;
-        let private_listener = UnixListener::bind_addr(&addr).map_err(perr)?;
+        let private_dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(private_dir)
+            .map_err(perr)?;
+        let private = std::path::PathBuf::from(format!("/proc/self/fd/{}/{WORKER_SOCKET}", private_dir.as_raw_fd()));
+        let _ = std::fs::remove_file(&private);
+        let private_listener = crate::sysfs::listen_owner_only(&private).map_err(perr)?;
+        let accept_wake = private_listener.try_clone().map_err(perr)?;
         let mut region_sizes = vec![0u64; NUM_REGIONS];
         for r in &regions {
             if let Some(s) = region_sizes.get_mut(r.region_info.index as usize) {
@@ -299,6 +308,8 @@ impl Function {
             pool,
             refused: AtomicU64::new(0),
             private,
+            _private_dir: private_dir,
+            accept_wake,
             kick: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             device_thread: std::sync::OnceLock::new(),
@@ -345,9 +356,9 @@ impl Function {
         self.shared.refused.load(Ordering::Relaxed)
     }
 
-    /// Ages of the live connections (for `connections BDF`).
-    pub fn connection_ages(&self) -> Vec<(u64, Duration)> {
-        let mut v: Vec<_> = lock(&self.shared.conns).iter().map(|(id, c)| (*id, c.since.elapsed())).collect();
+    /// Id, age and client pid (0 if unknown) of the live connections (for `connections BDF`).
+    pub fn connection_ages(&self) -> Vec<(u64, Duration, i32)> {
+        let mut v: Vec<_> = lock(&self.shared.conns).iter().map(|(id, c)| (*id, c.since.elapsed(), c.pid)).collect();
         v.sort();
         v
     }
@@ -390,11 +401,9 @@ impl Function {
             let _ = c.worker.shutdown(std::net::Shutdown::Both);
         }
         // Wake workers blocked in accept: each takes an empty connection and sees `stop`.
-        if let Ok(addr) = SocketAddr::from_abstract_name(s.private.as_bytes()) {
-            for _ in 0..s.pool {
-                let _ = UnixStream::connect_addr(&addr);
-            }
-        }
+        // (accept then fails with EINVAL; the function's directory may already be gone).
+        let _ = nix::sys::socket::shutdown(s.accept_wake.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let _ = std::fs::remove_file(&s.private);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

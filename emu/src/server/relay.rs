@@ -5,11 +5,11 @@
 use super::*;
 
 pub(super) fn start_relay(s: &Arc<Shared>, client: UnixStream) -> std::io::Result<JoinHandle<()>> {
-    let addr = SocketAddr::from_abstract_name(s.private.as_bytes())?;
-    let worker = UnixStream::connect_addr(&addr)?;
+    let worker = UnixStream::connect(&s.private)?;
     let id = s.next_conn.fetch_add(1, Ordering::Relaxed);
-    lock(&s.conns)
-        .insert(id, ConnRecord { client: client.try_clone()?, worker: worker.try_clone()?, since: Instant::now() });
+    let pid = nix::sys::socket::getsockopt(&client, nix::sys::socket::sockopt::PeerCredentials).map_or(0, |c| c.pid());
+    let rec = ConnRecord { client: client.try_clone()?, worker: worker.try_clone()?, since: Instant::now(), pid };
+    lock(&s.conns).insert(id, rec);
     tracing::info!(bdf = %s.bdf, conn = id, "client connected");
     let s2 = s.clone();
     let spawned = std::thread::Builder::new().name(format!("relay-{id}")).spawn(move || {

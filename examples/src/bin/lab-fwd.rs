@@ -2,7 +2,7 @@
 //! (the primary creates and destroys devices at runtime; this process deals with the network).
 //!
 //! ```text
-//! lab-fwd [EAL options] -- --pair NAME,NAME [--pair NAME,NAME]... [--burst N]
+//! lab-fwd [EAL options] -- --pair NAME,NAME [--pair NAME,NAME]... [--burst N] [--max-pps N]
 //! ```
 //!
 //! Each pair is two devices, by name (`0000:00:05.0`, `net_tap0`): what one receives on queue 0
@@ -23,17 +23,54 @@ use lab_core::mbuf::Mbuf;
 use lab_core::options::{Options, OptionsError};
 use lab_core::process::Process;
 
-const USAGE: &str = "usage: lab-fwd [EAL options] -- --pair NAME,NAME [--pair NAME,NAME]... [--burst N]";
+const USAGE: &str = "usage: lab-fwd [EAL options] -- --pair NAME,NAME [--pair NAME,NAME]... [--burst N] [--max-pps N]";
 const MAX_BURST: usize = 256;
 
 #[derive(Debug)]
 struct Args {
     pairs: Vec<(String, String)>,
     burst: usize,
+    /// `--max-pps`: frames moved per second, all pairs together (none: as fast as it can).
+    max_pps: Option<u64>,
+}
+
+/// A token bucket refilled at `pps`, checked once per round of bursts (no call per frame).
+struct Pace {
+    pps: f64,
+    tokens: f64,
+    cap: f64,
+    last: std::time::Instant,
+}
+
+impl Pace {
+    fn new(pps: u64, burst: usize) -> Pace {
+        let cap = (burst * 4) as f64;
+        Pace { pps: pps as f64, tokens: cap, cap, last: std::time::Instant::now() }
+    }
+
+    fn refill(&mut self) {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.pps).min(self.cap);
+        self.last = now;
+    }
+
+    /// Sleeps until one burst's worth of tokens is there (or `stop` is raised).
+    fn wait(&mut self, need: usize, stop: &AtomicBool) {
+        self.refill();
+        while self.tokens < need as f64 && !stop.load(Ordering::Relaxed) {
+            let short = (need as f64 - self.tokens) / self.pps;
+            std::thread::sleep(Duration::from_secs_f64(short.clamp(50e-6, 0.1)));
+            self.refill();
+        }
+    }
+
+    fn spent(&mut self, n: u64) {
+        self.tokens -= n as f64;
+    }
 }
 
 fn parse_app(args: &[String]) -> Result<Args, String> {
-    let mut a = Args { pairs: Vec::new(), burst: 32 };
+    let mut a = Args { pairs: Vec::new(), burst: 32, max_pps: None };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -56,6 +93,15 @@ fn parse_app(args: &[String]) -> Result<Args, String> {
                     .ok()
                     .filter(|n| (1..=MAX_BURST).contains(n))
                     .ok_or(format!("--burst {v}: expected 1..={MAX_BURST}"))?;
+            }
+            "--max-pps" => {
+                let v = value()?;
+                a.max_pps = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| (1..=1_000_000_000).contains(n))
+                        .ok_or(format!("--max-pps {v}: expected 1..=1000000000 frames per second"))?,
+                );
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -141,6 +187,7 @@ fn main() {
     let mut seen = 0;
     let mut active: Vec<(PortId, PortId)> = Vec::new();
     let mut burst: Vec<Option<Mbuf>> = (0..args.burst).map(|_| None).collect();
+    let mut pace = args.max_pps.map(|pps| Pace::new(pps, args.burst));
     while !stop.load(Ordering::Relaxed) {
         let now = changed.load(Ordering::Relaxed);
         if now != seen {
@@ -152,9 +199,15 @@ fn main() {
             }
         }
         let mut moved = 0;
+        if let Some(pace) = pace.as_mut() {
+            pace.wait(args.burst, &stop);
+        }
         for &(a, b) in &active {
             moved += forward(&p, a, b, &mut burst);
             moved += forward(&p, b, a, &mut burst);
+        }
+        if let Some(pace) = pace.as_mut() {
+            pace.spent(moved);
         }
         if moved == 0 {
             std::thread::sleep(Duration::from_micros(100));
@@ -182,5 +235,7 @@ mod tests {
         assert!(args(&["--pair", "a,a"]).unwrap_err().contains("two different"));
         assert!(args(&["--pair", "a,b", "--burst", "0"]).unwrap_err().contains("1..=256"));
         assert!(args(&["--pair", "a,b", "-x"]).unwrap_err().contains("\"-x\""));
+        assert_eq!(args(&["--pair", "a,b", "--max-pps", "5000"]).unwrap().max_pps, Some(5000));
+        assert!(args(&["--pair", "a,b", "--max-pps", "0"]).unwrap_err().contains("--max-pps 0"));
     }
 }
