@@ -158,3 +158,54 @@ fn a_bad_app_argument_fails_the_start_with_its_message_and_stops_the_rest() {
     let t = e.to_string();
     assert!(t.starts_with("fwd: exited") && t.contains("NAME,NAME"), "{t}");
 }
+
+/// A forwarder SIGKILLed at full rate, inside its rx/tx bursts (it is in one nearly all the time:
+/// buffers taken from the shared pool, descriptors half-written), wedges nobody: the NICs detach
+/// and attach again across the other processes, and frames flow between them through the same
+/// shared pool. What the dead process held (its cache, its burst) is lost to the pool, and says
+/// so in `/lab/mempool`.
+#[test]
+fn a_forwarder_sigkilled_inside_rx_and_tx_wedges_nobody() {
+    const A: &str = "0000:00:05.0";
+    const B: &str = "0000:00:06.0";
+    let mut lab = Lab::builder()
+        .nic(A, "ixgbe", &format!("peer={B}"))
+        .nic(B, "ixgbe", &format!("peer={A}"))
+        .vdev("net_null0")
+        .vdev("net_null1")
+        .secondaries(1)
+        .app("fwd", FWD, &["--pair", &format!("net_null0,{A}"), "--pair", &format!("{B},net_null1")])
+        .start()
+        .expect("lab");
+    lab.attach("s1", A).expect("attach A");
+    lab.attach("s1", B).expect("attach B");
+    let a = lab
+        .wait_until(WAIT, "fwd holds both NICs", |l| {
+            let p = port_of(l, A)?;
+            port_of(l, B)?;
+            Some(p)
+        })
+        .unwrap();
+    lab.wait_until(WAIT, "fwd forwards at full rate", |l| (l.stats("fwd", a).ok()?.opackets > 20_000).then_some(()))
+        .unwrap();
+    let pid = lab.pid("fwd").unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    lab.kill("fwd").unwrap();
+
+    // Hotplug goes on without it, from either process.
+    lab.detach("primary", A).expect("detach A after the kill");
+    lab.detach("s1", B).expect("detach B after the kill");
+    lab.assert_consistent();
+    let a = lab.attach("primary", A).expect("attach A again");
+    let b = lab.attach("s1", B).expect("attach B again");
+    lab.assert_consistent();
+    // And frames cross the cable through the pool the dead process was taking from and giving to.
+    let r = lab.cmd("s1", &format!("recv {b} 64 100")).unwrap();
+    assert!(r.starts_with("received"), "{r}");
+    let sent = lab.cmd("primary", &format!("send {a} 64")).unwrap();
+    assert_eq!(sent, format!("sent 64 packets on port {a}"));
+    let got = lab.cmd("s1", &format!("recv {b} 64 5000")).unwrap();
+    assert!(got.starts_with("received 64 packets"), "{got}");
+    let pools = lab.telemetry("primary", "/lab/mempool").unwrap();
+    assert!(pools.as_array().is_some_and(|p| !p.is_empty()), "{pools}");
+}

@@ -12,6 +12,9 @@
 //! other pairs go on, and a pair whose device is attached again resumes. It exits on SIGTERM or
 //! SIGINT, releasing its own handles only.
 //!
+//! `--max-pps N` caps the frames moved per second, all pairs together (a token bucket checked once
+//! per round of bursts), for a steady background load such as `lab soak`'s.
+//!
 //! Its counters are the ports' own: read them with telemetry (`/ethdev/stats,P`) or `lab status`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
