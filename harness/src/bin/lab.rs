@@ -87,16 +87,9 @@ fn parse_status(mut it: impl Iterator<Item = String>) -> Result<StatusArgs, Stri
 }
 
 fn status_main() -> ExitCode {
-    let a = match parse_status(std::env::args().skip(2)) {
+    let a = match args_or_exit(parse_status(std::env::args().skip(2))) {
         Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("lab: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let stop = install_stop_handler();
     match lab_harness::status::run(&a.prefix, a.watch, a.json, a.interval, &|| stop.load(Ordering::Relaxed)) {
@@ -261,19 +254,26 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Blocks SIGINT/SIGTERM in every thread (children get a clean mask from std) and turns them into
-/// a flag the runner checks between steps.
-fn soak_main() -> ExitCode {
-    let a = match lab_harness::soak::parse_args(std::env::args().skip(2)) {
-        Ok(a) => a,
+/// A subcommand's parsed arguments, or how `lab` ends: the usage for `--help` (an empty
+/// error), the error and the usage with status 2 otherwise.
+fn args_or_exit<T>(r: Result<T, String>) -> Result<T, ExitCode> {
+    match r {
+        Ok(a) => Ok(a),
         Err(e) if e.is_empty() => {
             println!("{USAGE}");
-            return ExitCode::SUCCESS;
+            Err(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("lab: {e}\n{USAGE}");
-            return ExitCode::from(2);
+            Err(ExitCode::from(2))
         }
+    }
+}
+
+fn soak_main() -> ExitCode {
+    let a = match args_or_exit(lab_harness::soak::parse_args(std::env::args().skip(2))) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let stop = install_stop_handler();
     let mut out = std::io::stdout();
@@ -293,6 +293,8 @@ fn soak_main() -> ExitCode {
     }
 }
 
+/// Blocks SIGINT/SIGTERM in every thread (children get a clean mask from std) and turns them into
+/// a flag the runner checks between steps.
 fn install_stop_handler() -> Arc<AtomicBool> {
     use nix::sys::signal::{SigSet, Signal};
     let stop = Arc::new(AtomicBool::new(false));
