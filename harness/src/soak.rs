@@ -283,15 +283,62 @@ pub enum SoakEnd {
         cycles: u64,
     },
     /// A cycle failed or something grew.
-    Failed(String),
+    Failed(SoakError),
 }
 
-fn step<T>(cycle: u64, what: &str, r: Result<T, LabError>) -> Result<T, String> {
-    r.map_err(|e| format!("cycle {cycle}: {what}: {e}"))
+/// Why a soak failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SoakError {
+    /// A step of a cycle (or of a checkpoint) failed.
+    #[error("cycle {cycle}: {what}: {source}{}", exited_text(.exited))]
+    Step {
+        /// Cycles done before it.
+        cycle: u64,
+        /// The step.
+        what: String,
+        /// What the lab said.
+        #[source]
+        source: Box<LabError>,
+        /// Processes of the lab found dead afterwards, with their stderr.
+        exited: Vec<(String, String)>,
+    },
+    /// My own executable's directory (where the lab's binaries are) is unknown.
+    #[error("cannot find my own executable: {0}")]
+    Exe(#[source] std::io::Error),
+    /// lab-fwd is not built.
+    #[error("lab-fwd not found at {} (build it: cargo build -p lab-examples --bin lab-fwd)", .0.display())]
+    NoForwarder(PathBuf),
+    /// The lab did not start.
+    #[error("starting the lab: {0}")]
+    Start(#[source] Box<LabError>),
+    /// Something is above the first checkpoint.
+    #[error("cycle {cycle}: grew since the first checkpoint: {}", .what.join("; "))]
+    Grew {
+        /// Cycles done.
+        cycle: u64,
+        /// What grew, one line each.
+        what: Vec<String>,
+    },
+    /// No frame crossed the cable between two checkpoints.
+    #[error("cycle {cycle}: no frame crossed the cable since the last checkpoint ({A} sent {sent} in all)")]
+    NoTraffic {
+        /// Cycles done.
+        cycle: u64,
+        /// Frames A sent in all.
+        sent: u64,
+    },
+}
+
+fn exited_text(exited: &[(String, String)]) -> String {
+    exited.iter().map(|(p, e)| format!("; {p} exited: {e}")).collect()
+}
+
+fn step<T>(cycle: u64, what: &str, r: Result<T, LabError>) -> Result<T, SoakError> {
+    r.map_err(|source| SoakError::Step { cycle, what: what.into(), source: Box::new(source), exited: Vec::new() })
 }
 
 /// Waits until every process lists exactly the null vdevs (an operation may still be ending).
-fn settled(lab: &Lab, cycle: u64) -> Result<(), String> {
+fn settled(lab: &Lab, cycle: u64) -> Result<(), SoakError> {
     step(
         cycle,
         "every process lists net_null0..2 only",
@@ -302,7 +349,7 @@ fn settled(lab: &Lab, cycle: u64) -> Result<(), String> {
     )
 }
 
-fn link_is(lab: &Lab, on: &str, port: lab_core::ethdev::PortId, up: bool, cycle: u64) -> Result<(), String> {
+fn link_is(lab: &Lab, on: &str, port: lab_core::ethdev::PortId, up: bool, cycle: u64) -> Result<(), SoakError> {
     let want = if up { "UP" } else { "DOWN" };
     step(
         cycle,
@@ -314,7 +361,7 @@ fn link_is(lab: &Lab, on: &str, port: lab_core::ethdev::PortId, up: bool, cycle:
     )
 }
 
-fn cycle(lab: &mut Lab, i: u64, n: &mut Counts) -> Result<(), String> {
+fn cycle(lab: &mut Lab, i: u64, n: &mut Counts) -> Result<(), SoakError> {
     let p = |k: u64| ACTORS[((i + k) % 3) as usize];
     let a = step(i, &format!("attach {A} from {}", p(0)), lab.attach(p(0), A))?;
     step(i, &format!("attach {B} from {}", p(1)), lab.attach(p(1), B))?;
@@ -349,7 +396,7 @@ fn cycle(lab: &mut Lab, i: u64, n: &mut Counts) -> Result<(), String> {
 }
 
 /// A checkpoint: samples until nothing is above the baseline or [`SETTLE`] passed.
-fn checkpoint(lab: &Lab, i: u64, started: Instant, base: Option<&Sample>) -> Result<(Sample, Vec<String>), String> {
+fn checkpoint(lab: &Lab, i: u64, started: Instant, base: Option<&Sample>) -> Result<(Sample, Vec<String>), SoakError> {
     let deadline = Instant::now() + SETTLE;
     loop {
         let s = step(i, "checkpoint", sample(lab, i, started))?;
@@ -367,21 +414,18 @@ fn checkpoint(lab: &Lab, i: u64, started: Instant, base: Option<&Sample>) -> Res
 }
 
 /// Builds the soak's lab (see the module docs).
-pub fn start_lab(a: &SoakArgs) -> Result<Lab, String> {
+pub fn start_lab(a: &SoakArgs) -> Result<Lab, SoakError> {
     let dir = match a.bin_dir.clone().or_else(|| std::env::var_os("HOTPLUG_LAB_BIN_DIR").map(PathBuf::from)) {
         Some(d) => d,
         None => std::env::current_exe()
-            .map_err(|e| format!("current exe: {e}"))?
+            .map_err(SoakError::Exe)?
             .parent()
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default(),
     };
     let fwd = dir.join("lab-fwd");
     if !fwd.exists() {
-        return Err(format!(
-            "lab-fwd not found at {} (build it: cargo build -p lab-examples --bin lab-fwd)",
-            fwd.display()
-        ));
+        return Err(SoakError::NoForwarder(fwd));
     }
     let pps = a.pps.to_string();
     Lab::builder()
@@ -408,7 +452,7 @@ pub fn start_lab(a: &SoakArgs) -> Result<Lab, String> {
             ],
         )
         .start()
-        .map_err(|e| format!("starting the lab: {e}"))
+        .map_err(|e| SoakError::Start(Box::new(e)))
 }
 
 /// Runs the soak, printing each checkpoint to `out`.
@@ -458,13 +502,10 @@ pub fn run(a: &SoakArgs, stop: &AtomicBool, out: &mut dyn std::io::Write) -> Soa
             );
             counts.slowest = (Duration::ZERO, 0);
             if !g.is_empty() {
-                return SoakEnd::Failed(format!("cycle {i}: grew since the first checkpoint: {}", g.join("; ")));
+                return SoakEnd::Failed(SoakError::Grew { cycle: i, what: g });
             }
             if s.a_tx <= last_tx {
-                return SoakEnd::Failed(format!(
-                    "cycle {i}: no frame crossed the cable since the last checkpoint ({A} sent {} in all)",
-                    s.a_tx
-                ));
+                return SoakEnd::Failed(SoakError::NoTraffic { cycle: i, sent: s.a_tx });
             }
             last_tx = s.a_tx;
             if base.is_none() {
@@ -482,11 +523,12 @@ pub fn run(a: &SoakArgs, stop: &AtomicBool, out: &mut dyn std::io::Write) -> Soa
         if t0.elapsed() > counts.slowest.0 {
             counts.slowest = (t0.elapsed(), i);
         }
-        if let Err(e) = r {
-            let mut e = e;
-            for p in lab.processes() {
-                if !lab.is_running(&p) {
-                    e += &format!("; {p} exited: {}", lab.stderr(&p).trim());
+        if let Err(mut e) = r {
+            if let SoakError::Step { exited, .. } = &mut e {
+                for p in lab.processes() {
+                    if !lab.is_running(&p) {
+                        exited.push((p.clone(), lab.stderr(&p).trim().to_string()));
+                    }
                 }
             }
             return SoakEnd::Failed(e);
