@@ -20,7 +20,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::mem::{Iova, MemError, Shm, ShmOffset, IOVA_BASE};
-use crate::ring::{RawRing, Ring, RingError, RingFlags, RingHdr};
+use crate::ring::{RawRing, Ring, RingElem, RingError, RingFlags, RingHdr};
 
 /// Default headroom before packet data.
 pub const HEADROOM: u16 = 128;
@@ -610,9 +610,21 @@ impl Cache {
     /// Takes at least `need` (when the ring has them) plus the cache's size from the ring.
     fn refill(&mut self, ring: &RawRing<u64>, need: usize) -> usize {
         let want = (need + self.size).min(self.objs.len() - self.len);
-        let got = ring.dequeue_burst(&mut self.objs[self.len..self.len + want]);
-        self.len += got;
-        got
+        loop {
+            let got = ring.dequeue_burst(&mut self.objs[self.len..self.len + want]);
+            // Slots a producer killed inside its enqueue held come back as tombstones: no buffer.
+            let mut kept = 0;
+            for i in self.len..self.len + got {
+                if self.objs[i] != u64::TOMBSTONE {
+                    self.objs[self.len + kept] = self.objs[i];
+                    kept += 1;
+                }
+            }
+            self.len += kept;
+            if kept > 0 || got == 0 {
+                return kept;
+            }
+        }
     }
 
     /// One offset, refilling first when empty.

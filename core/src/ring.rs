@@ -7,6 +7,17 @@
 //! tail once every earlier producer has published; consumers mirror that. Works between processes
 //! because it holds no pointers, only indices into its own slots.
 //!
+//! A process killed between its head move and its tail publish would wedge every later producer
+//! (or consumer) for good: they wait for the tail to reach their own head. DPDK's ring has that
+//! hazard; ours recovers from it. Every thread records the operation it has in flight (side, head,
+//! count) in a lane of the ring's header (one 64-byte line per thread, claimed on first use, taken
+//! over when its thread has died). A waiter that has waited long looks at the lanes: when the
+//! range it waits behind belongs to a thread that no longer exists, it publishes that range itself,
+//! a producer's slots holding [`RingElem::TOMBSTONE`] (what the dead producer wrote, if anything,
+//! is not trusted), and consumers skip tombstones. What the dead thread held is lost (a leak, not
+//! a wedge). Threads beyond the lanes run unrecorded and counted, which limits the recovery to
+//! ranges whose owner is certain.
+//!
 //! The head/tail pairs are padded by our own `#[repr(C, align(64))]` `HeadTail`, not by
 //! `crossbeam_utils::CachePadded`: the header lives in a file other processes map, so its layout
 //! must be fixed and checked (`repr(C)`, size and offset asserts below), which `CachePadded` does
@@ -18,7 +29,7 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::sync::{backoff, fence, AtomicU32, Ordering};
+use crate::sync::{backoff, fence, AtomicU32, AtomicU64, Ordering};
 
 use crate::mem::{MemError, Shm, ShmOffset};
 
@@ -27,13 +38,23 @@ use crate::mem::{MemError, Shm, ShmOffset};
 /// # Safety
 /// Implementors must be valid for any bit pattern and must not contain references or pointers
 /// (a value is read by another process with another address space).
-pub unsafe trait RingElem: Copy + Send + 'static {}
+pub unsafe trait RingElem: Copy + Send + PartialEq + 'static {
+    /// What a slot holds when a producer died holding it: consumers must skip it (never a value
+    /// a producer enqueues).
+    const TOMBSTONE: Self;
+}
 // SAFETY: integers are valid for every bit pattern and hold no pointers.
-unsafe impl RingElem for u64 {}
+unsafe impl RingElem for u64 {
+    const TOMBSTONE: u64 = u64::MAX;
+}
 // SAFETY: as above.
-unsafe impl RingElem for u32 {}
+unsafe impl RingElem for u32 {
+    const TOMBSTONE: u32 = u32::MAX;
+}
 // SAFETY: byte arrays are valid for every bit pattern.
-unsafe impl<const N: usize> RingElem for [u8; N] {}
+unsafe impl<const N: usize> RingElem for [u8; N] {
+    const TOMBSTONE: [u8; N] = [0xff; N];
+}
 
 /// Ring flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +80,62 @@ struct HeadTail {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<HeadTail>() == 64);
 
+/// Threads whose ring operations are recorded, per ring (loom: few, its state space is small).
+#[cfg(not(loom))]
+pub const LANES: usize = 32;
+#[cfg(loom)]
+pub const LANES: usize = 3;
+
+/// One thread's record of its operation in flight on a ring, on a cache line of its own.
+#[repr(C, align(64))]
+struct Lane {
+    /// Thread id (`gettid`) of the thread the lane is claimed by; 0: free.
+    owner: AtomicU32,
+    /// `head << 32 | n << 3 | phase`: [`IDLE`], or trying / holding `[head, head + n)` on a side.
+    rec: AtomicU64,
+}
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<Lane>() == 64);
+
+impl Lane {
+    #[cfg(loom)]
+    fn new() -> Lane {
+        Lane { owner: AtomicU32::new(0), rec: AtomicU64::new(IDLE) }
+    }
+}
+
+/// A lane's record when no operation is in flight.
+const IDLE: u64 = 0;
+/// Operations this long or longer are not recorded (`n` has 29 bits in a record).
+const MAX_RECORDED: u32 = 1 << 29;
+
+/// The producer or the consumer side of a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Prod,
+    Cons,
+}
+
+impl Side {
+    /// The phase of a record: trying (the head move may fail) or holding a reserved range.
+    fn phase(self, holds: bool) -> u64 {
+        match (self, holds) {
+            (Side::Prod, false) => 1,
+            (Side::Prod, true) => 2,
+            (Side::Cons, false) => 3,
+            (Side::Cons, true) => 4,
+        }
+    }
+}
+
+fn record(head: u32, n: u32, phase: u64) -> u64 {
+    u64::from(head) << 32 | u64::from(n) << 3 | phase
+}
+
+fn unrecord(r: u64) -> (u32, u32, u64) {
+    ((r >> 32) as u32, ((r >> 3) as u32) & (MAX_RECORDED - 1), r & 7)
+}
+
 /// The ring's header in shared memory.
 #[repr(C, align(64))]
 pub struct RingHdr {
@@ -67,14 +144,17 @@ pub struct RingHdr {
     mask: u32,
     esize: u32,
     flags: u32,
-    _pad: [u32; 11],
+    /// Operations in flight by threads that found no lane (or too long to record).
+    unrecorded: AtomicU32,
+    _pad: [u32; 10],
     prod: HeadTail,
     cons: HeadTail,
+    lanes: [Lane; LANES],
 }
 
-const RING_MAGIC: u32 = 0x5249_4e47;
+const RING_MAGIC: u32 = 0x5249_4e48;
 #[cfg(not(loom))]
-const _: () = assert!(std::mem::size_of::<RingHdr>() == 192);
+const _: () = assert!(std::mem::size_of::<RingHdr>() == 192 + 64 * LANES);
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::offset_of!(RingHdr, prod) == 64 && std::mem::offset_of!(RingHdr, cons) == 128);
 
@@ -176,6 +256,9 @@ impl<T: RingElem> Ring<T> {
         // nobody else uses them before this header is written.
         unsafe {
             let h = p.as_ptr().cast::<RingHdr>();
+            // Head/tail pairs, lanes and the unrecorded count start at zero, whatever the zone held.
+            std::ptr::write_bytes(h.cast::<u8>().add(64), 0, std::mem::size_of::<RingHdr>() - 64);
+            std::ptr::addr_of_mut!((*h).unrecorded).write(AtomicU32::new(0));
             (*h).size = count;
             (*h).mask = count - 1;
             (*h).esize = std::mem::size_of::<T>() as u32;
@@ -295,32 +378,100 @@ impl<T: RingElem> RawRing<T> {
 
     /// Enqueues all of `objs` or none.
     pub fn enqueue_bulk(&self, objs: &[T]) -> bool {
-        self.enqueue(objs, true) == objs.len()
+        self.enqueue::<false>(objs, true, &Who::me()) == objs.len()
     }
 
     /// Enqueues as many of `objs` as fit; returns how many.
     pub fn enqueue_burst(&self, objs: &[T]) -> usize {
-        self.enqueue(objs, false)
+        self.enqueue::<false>(objs, false, &Who::me())
     }
 
     /// Dequeues exactly `out.len()` elements or none.
     pub fn dequeue_bulk(&self, out: &mut [T]) -> bool {
         let n = out.len();
-        self.dequeue(out, true) == n
+        self.dequeue::<false>(out, true, &Who::me()) == n
     }
 
     /// Dequeues up to `out.len()` elements; returns how many.
     pub fn dequeue_burst(&self, out: &mut [T]) -> usize {
-        self.dequeue(out, false)
+        self.dequeue::<false>(out, false, &Who::me())
+    }
+
+    /// What a producer killed inside an enqueue leaves behind, for tests of the recovery: reserves
+    /// room for `objs`, writes half of them and returns without publishing. The caller's thread
+    /// must end (be killed) next; the ring waits for it until it does.
+    #[doc(hidden)]
+    pub fn abandon_enqueue(&self, objs: &[T]) -> usize {
+        self.enqueue::<true>(objs, true, &Who::me())
+    }
+
+    /// What a consumer killed inside a dequeue leaves behind (see [`RawRing::abandon_enqueue`]).
+    #[doc(hidden)]
+    pub fn abandon_dequeue(&self, out: &mut [T]) -> usize {
+        self.dequeue::<true>(out, true, &Who::me())
+    }
+
+    fn side(&self, side: Side) -> &HeadTail {
+        match side {
+            Side::Prod => &self.h().prod,
+            Side::Cons => &self.h().cons,
+        }
+    }
+
+    /// The lane of thread `me`: the first one along its probe sequence that it already holds
+    /// (idle) or that is free. Lanes are only ever taken over from dead threads, never freed, so a
+    /// thread finds its own lane again at the same place.
+    #[inline]
+    fn lane(&self, who: &Who<'_>) -> Option<&Lane> {
+        let lanes = &self.h().lanes;
+        let home = who.id as usize % LANES;
+        for k in 0..LANES {
+            let l = &lanes[(home + k) % LANES];
+            let o = l.owner.load(Ordering::Relaxed);
+            // Our own id on a lane with a record in flight: a dead thread's whose id we reuse;
+            // that record is someone's way out of a wedge, so leave it.
+            if o == who.id && l.rec.load(Ordering::Relaxed) == IDLE {
+                return Some(l);
+            }
+            if o == 0 && l.owner.compare_exchange(0, who.id, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                return Some(l);
+            }
+        }
+        self.take_over_lane(who)
+    }
+
+    /// Claims an idle lane whose thread has died (all lanes taken: a cold path, a syscall a lane).
+    #[cold]
+    fn take_over_lane(&self, who: &Who<'_>) -> Option<&Lane> {
+        self.h().lanes.iter().find(|l| {
+            let o = l.owner.load(Ordering::Relaxed);
+            o != who.id
+                && l.rec.load(Ordering::Acquire) == IDLE
+                && !(who.alive)(o)
+                && l.owner.compare_exchange(o, who.id, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        })
+    }
+
+    /// Starts recording an operation of `want` elements: a lane, or the unrecorded count.
+    #[inline]
+    fn begin(&self, want: u32, who: &Who<'_>) -> Held<'_> {
+        match self.lane(who).filter(|_| want < MAX_RECORDED) {
+            Some(l) => Held::Lane(l),
+            None => {
+                self.h().unrecorded.fetch_add(1, Ordering::AcqRel);
+                Held::Unrecorded(&self.h().unrecorded)
+            }
+        }
     }
 
     #[inline]
-    fn enqueue(&self, objs: &[T], fixed: bool) -> usize {
+    fn enqueue<const ABANDON: bool>(&self, objs: &[T], fixed: bool, who: &Who<'_>) -> usize {
         let h = self.h();
         let want = objs.len().min(self.size as usize) as u32;
         if want == 0 || (fixed && want as usize != objs.len()) {
             return 0;
         }
+        let held = self.begin(want, who);
         // Acquire on the head (and AcqRel on its CAS): the consumer tail read next is then at
         // least as new as the one the previous head mover saw. With Relaxed, a producer that lost
         // the CAS to one that had just dequeued and re-enqueued could read an older consumer tail
@@ -337,11 +488,15 @@ impl<T: RingElem> RawRing<T> {
                 free
             };
             if n == 0 {
+                held.done();
                 return 0;
             }
+            // Recorded before the head move, which releases it: whoever moves the head after us
+            // (a waiter behind us) sees whose range it waits for.
+            held.note(record(head, n, Side::Prod.phase(false)));
             let next = head.wrapping_add(n);
             if self.sp {
-                h.prod.head.store(next, Ordering::Relaxed);
+                h.prod.head.store(next, Ordering::Release);
                 break n;
             }
             match h.prod.head.compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire) {
@@ -349,30 +504,30 @@ impl<T: RingElem> RawRing<T> {
                 Err(cur) => head = cur,
             }
         };
-        for (i, o) in objs[..n as usize].iter().enumerate() {
+        held.note(record(head, n, Side::Prod.phase(true)));
+        let written = if ABANDON { n / 2 } else { n };
+        for (i, o) in objs[..written as usize].iter().enumerate() {
             let idx = (head.wrapping_add(i as u32) & self.mask) as usize;
             // SAFETY: idx < size; the slots [head, head+n) were reserved by the head move above and
             // no consumer reads them before the tail is published below.
             unsafe { self.put(idx, *o) };
         }
-        // Publish in order: wait for earlier producers. Acquire: our release of the tail below
-        // must carry their slot writes too, or a consumer acquiring our tail could read their
-        // slots before their writes (loom found it with Relaxed here).
-        let mut spins = 0u32;
-        while h.prod.tail.load(Ordering::Acquire) != head {
-            backoff(&mut spins);
+        if ABANDON {
+            return n as usize;
         }
-        h.prod.tail.store(head.wrapping_add(n), Ordering::Release);
+        self.publish(Side::Prod, head, n, who);
+        held.done();
         n as usize
     }
 
     #[inline]
-    fn dequeue(&self, out: &mut [T], fixed: bool) -> usize {
+    fn dequeue<const ABANDON: bool>(&self, out: &mut [T], fixed: bool, who: &Who<'_>) -> usize {
         let h = self.h();
         let want = out.len().min(self.size as usize) as u32;
         if want == 0 || (fixed && want as usize != out.len()) {
             return 0;
         }
+        let held = self.begin(want, who);
         // As for producers: the producer tail read next is at least the previous mover's.
         let mut head = h.cons.head.load(Ordering::Acquire);
         let n = loop {
@@ -386,11 +541,13 @@ impl<T: RingElem> RawRing<T> {
                 avail
             };
             if n == 0 {
+                held.done();
                 return 0;
             }
+            held.note(record(head, n, Side::Cons.phase(false)));
             let next = head.wrapping_add(n);
             if self.sc {
-                h.cons.head.store(next, Ordering::Relaxed);
+                h.cons.head.store(next, Ordering::Release);
                 break n;
             }
             match h.cons.head.compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire) {
@@ -398,20 +555,177 @@ impl<T: RingElem> RawRing<T> {
                 Err(cur) => head = cur,
             }
         };
-        for (i, o) in out[..n as usize].iter_mut().enumerate() {
+        held.note(record(head, n, Side::Cons.phase(true)));
+        let read = if ABANDON { n / 2 } else { n };
+        for (i, o) in out[..read as usize].iter_mut().enumerate() {
             let idx = (head.wrapping_add(i as u32) & self.mask) as usize;
             // SAFETY: idx < size; [head, head+n) was published by producers (acquire on prod.tail)
             // and reserved for us by the consumer head move.
             *o = unsafe { self.get(idx) };
         }
-        // Acquire, as for producers: a producer that acquires our tail must also be ordered after
-        // the earlier consumers' slot reads, or it could overwrite a slot still being read.
-        let mut spins = 0u32;
-        while h.cons.tail.load(Ordering::Acquire) != head {
-            backoff(&mut spins);
+        if ABANDON {
+            return n as usize;
         }
-        h.cons.tail.store(head.wrapping_add(n), Ordering::Release);
+        self.publish(Side::Cons, head, n, who);
+        held.done();
         n as usize
+    }
+
+    /// Publishes `[head, head + n)` on `side` once every earlier range is: waits for the tail to
+    /// reach `head`, and when that takes long, looks for a dead owner of the range in the way.
+    /// Acquire on the tail: our release below must carry the earlier ranges' slot accesses too,
+    /// or a consumer acquiring our tail could read their slots before their writes (loom found it
+    /// with Relaxed here), and a producer could overwrite a slot still being read.
+    #[inline]
+    fn publish(&self, side: Side, head: u32, n: u32, who: &Who<'_>) {
+        let ht = self.side(side);
+        let mut spins = 0u32;
+        while ht.tail.load(Ordering::Acquire) != head {
+            backoff(&mut spins);
+            if spins.is_multiple_of(who.rescue_every) {
+                self.rescue(side, who);
+            }
+        }
+        ht.tail.store(head.wrapping_add(n), Ordering::Release);
+    }
+
+    /// Publishes the range the tail of `side` stops at when its owner has died; true if it did.
+    /// The owner is the thread whose lane records that range; it is certain when it recorded
+    /// holding it, or when every thread that recorded trying for it is dead, agrees on its length
+    /// and no unrecorded operation is in flight. A live candidate (maybe only slow): no rescue.
+    #[cold]
+    fn rescue(&self, side: Side, who: &Who<'_>) -> bool {
+        let h = self.h();
+        let ht = self.side(side);
+        let t = ht.tail.load(Ordering::Acquire);
+        let (mut held, mut tried): (Option<(&Lane, u64)>, Option<(&Lane, u64)>) = (None, None);
+        let mut agree = true;
+        for l in &h.lanes {
+            let r = l.rec.load(Ordering::Acquire);
+            let (head, n, phase) = unrecord(r);
+            if head != t || (phase != side.phase(false) && phase != side.phase(true)) {
+                continue;
+            }
+            let o = l.owner.load(Ordering::Relaxed);
+            if o == who.id || (who.alive)(o) {
+                return false;
+            }
+            if phase == side.phase(true) {
+                held = Some((l, r));
+            } else if let Some((_, r0)) = tried {
+                agree &= unrecord(r0).1 == n;
+            } else {
+                tried = Some((l, r));
+            }
+        }
+        let certain = held.or(tried.filter(|_| agree && h.unrecorded.load(Ordering::Acquire) == 0));
+        let Some((lane, r)) = certain else {
+            return false;
+        };
+        // One rescuer: the one that takes the record.
+        if lane.rec.compare_exchange(r, IDLE, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        let (_, n, _) = unrecord(r);
+        if side == Side::Prod {
+            for i in 0..n {
+                // SAFETY: idx < size; [t, t+n) was reserved by the dead producer, whose writes
+                // are over (its death was seen), and is ours now that we took its record.
+                unsafe { self.put((t.wrapping_add(i) & self.mask) as usize, T::TOMBSTONE) };
+            }
+        }
+        let ok = ht.tail.compare_exchange(t, t.wrapping_add(n), Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        tracing::warn!(
+            side = ?side,
+            at = t,
+            n,
+            owner = lane.owner.load(Ordering::Relaxed),
+            ok,
+            "ring: published the range of a thread that died inside a ring operation"
+        );
+        ok
+    }
+}
+
+/// An operation's record: a lane of its thread, or the ring's unrecorded count.
+enum Held<'r> {
+    Lane(&'r Lane),
+    Unrecorded(&'r AtomicU32),
+}
+
+impl Held<'_> {
+    #[inline]
+    fn note(&self, r: u64) {
+        if let Held::Lane(l) = self {
+            l.rec.store(r, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    fn done(self) {
+        match self {
+            Held::Lane(l) => l.rec.store(IDLE, Ordering::Release),
+            Held::Unrecorded(c) => {
+                c.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// The thread doing a ring operation: its id (lanes are claimed by it), how to tell whether a
+/// lane's thread still lives, and how often (in waiting turns) a waiter looks for a dead owner.
+pub(crate) struct Who<'a> {
+    pub(crate) id: u32,
+    pub(crate) alive: &'a dyn Fn(u32) -> bool,
+    pub(crate) rescue_every: u32,
+}
+
+/// Bumped in a child after `fork`, whose threads' cached ids are their parents'.
+#[cfg(not(loom))]
+static FORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[cfg(not(loom))]
+extern "C" fn forked_child() {
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(not(loom))]
+static THREAD_ALIVE: fn(u32) -> bool = crate::sys::pid_alive;
+
+impl Who<'static> {
+    /// The calling thread (its `gettid`, cached; again after a fork).
+    #[cfg(not(loom))]
+    #[inline]
+    fn me() -> Who<'static> {
+        use std::cell::Cell;
+        thread_local! {
+            static ME: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+        }
+        let forks = FORKS.load(std::sync::atomic::Ordering::Relaxed);
+        let id = ME.with(|c| match c.get() {
+            (id, f) if id != 0 && f == forks => id,
+            _ => {
+                static HOOK: std::sync::Once = std::sync::Once::new();
+                HOOK.call_once(|| {
+                    // SAFETY: registers a child handler that only bumps an atomic
+                    // (async-signal-safe); no prepare or parent handler.
+                    unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+                });
+                let id = crate::sys::gettid();
+                c.set((id, FORKS.load(std::sync::atomic::Ordering::Relaxed)));
+                id
+            }
+        });
+        Who { id, alive: &THREAD_ALIVE, rescue_every: 1 << 12 }
+    }
+
+    /// Under loom: loom's thread index, every thread alive (the recovery has tests of its own).
+    #[cfg(loom)]
+    fn me() -> Who<'static> {
+        let id = format!("{:?}", loom::thread::current().id());
+        let id: u32 = id.trim_start_matches("ThreadId(").trim_end_matches(')').parse().expect("loom thread id");
+        static ALWAYS: fn(u32) -> bool = |_| true;
+        Who { id: id + 1, alive: &ALWAYS, rescue_every: u32::MAX }
     }
 }
 
@@ -465,6 +779,32 @@ mod tests {
         assert!(Ring::<u64>::lookup(&shm, "e").is_ok());
         assert!(matches!(Ring::<u32>::lookup(&shm, "e"), Err(RingError::NotARing { .. })));
         assert!(matches!(Ring::<u64>::create(&shm, "bad", 12, RingFlags::MPMC), Err(RingError::BadCount { .. })));
+    }
+
+    /// Threads that end inside an enqueue and a dequeue (what a SIGKILL leaves) wedge nobody: the
+    /// next producer and consumer publish the dead ranges (a producer's as tombstones) and go on.
+    #[test]
+    fn a_thread_that_ends_inside_an_operation_wedges_no_later_one() {
+        let (_d, shm) = shm();
+        let r = Ring::<u64>::create(&shm, "d", 16, RingFlags::MPMC).unwrap();
+        let raw = *r;
+        assert_eq!(std::thread::spawn(move || raw.abandon_enqueue(&[1, 2, 3, 4])).join().unwrap(), 4);
+        assert!(r.enqueue_bulk(&[5, 6]), "the producer behind the dead one publishes");
+        let mut out = [0u64; 6];
+        assert!(r.dequeue_bulk(&mut out));
+        let t = u64::TOMBSTONE;
+        assert_eq!(out, [t, t, t, t, 5, 6], "the dead range holds tombstones, not its half-written values");
+        assert!(r.enqueue_bulk(&[7, 8, 9]));
+        let mut two = [0u64; 2];
+        assert_eq!(std::thread::spawn(move || raw.abandon_dequeue(&mut two)).join().unwrap(), 2);
+        let mut one = [0u64; 1];
+        assert!(r.dequeue_bulk(&mut one), "the consumer behind the dead one publishes");
+        assert_eq!(one, [9]);
+        assert_eq!(r.count(), 0);
+        // The dead threads' lanes are idle again; the ring goes on as before.
+        assert!(r.enqueue_bulk(&[10]));
+        assert!(r.dequeue_bulk(&mut one));
+        assert_eq!(one, [10]);
     }
 
     #[test]
@@ -547,9 +887,11 @@ impl<T: RingElem + Default> HeapRing<T> {
             mask: count - 1,
             esize: std::mem::size_of::<T>() as u32,
             flags: flags.single_producer as u32 | (flags.single_consumer as u32) << 1,
-            _pad: [0; 11],
+            unrecorded: AtomicU32::new(0),
+            _pad: [0; 10],
             prod: ht(),
             cons: ht(),
+            lanes: std::array::from_fn(|_| Lane::new()),
         });
         let mut slots: Box<[Slot<T>]> = (0..count).map(|_| loom::cell::UnsafeCell::new(T::default())).collect();
         let raw = RawRing {
@@ -688,6 +1030,35 @@ mod loom_tests {
             let mut all = take(&r.raw, 4);
             all.sort();
             assert_eq!(all, [10, 11, 12, 13]);
+        });
+    }
+
+    /// A producer dies between its head move and its tail publish (it wrote half its slots); a
+    /// producer behind it, told the thread is dead only once it is, publishes the dead range as
+    /// tombstones and then its own: nothing wedges, nothing is read that was not published.
+    #[test]
+    fn loom_a_producer_dead_inside_its_enqueue_wedges_no_later_producer() {
+        model(|| {
+            let r = LArc::new(heap(4, RingFlags::MPMC, u32::MAX));
+            let dead = LArc::new(crate::sync::AtomicU32::new(0));
+            let d = {
+                let (r, dead) = (r.clone(), dead.clone());
+                loom::thread::spawn(move || {
+                    let who = Who { id: 7, alive: &|_| true, rescue_every: u32::MAX };
+                    assert_eq!(r.raw.enqueue::<true>(&[1, 2], true, &who), 2);
+                    dead.store(1, Ordering::Release);
+                })
+            };
+            let alive = |id: u32| id != 7 || dead.load(Ordering::Acquire) == 0;
+            let me = Who { id: 9, alive: &alive, rescue_every: 1 };
+            assert_eq!(r.raw.enqueue::<false>(&[3], true, &me), 1);
+            d.join().unwrap();
+            // Behind the dead range now, whichever won the head first: this one waits and rescues.
+            assert_eq!(r.raw.enqueue::<false>(&[4], true, &me), 1);
+            let mut out = [0u32; 4];
+            let n = r.raw.dequeue::<false>(&mut out, false, &me);
+            let t = u32::TOMBSTONE;
+            assert!(out[..n] == [t, t, 3, 4] || out[..n] == [3, t, t, 4], "{:?}", &out[..n]);
         });
     }
 

@@ -329,6 +329,31 @@ fn ring_and_pool_work_across_processes() {
     finish(lab, p, secs);
 }
 
+/// Processes SIGKILLed inside a ring enqueue and a dequeue (reserved, half done, never
+/// published) wedge no other process: the next producer publishes the dead range as tombstones,
+/// the next consumer the dead consumer's, and values flow between the survivors as before.
+#[test]
+fn processes_killed_inside_ring_operations_wedge_no_other() {
+    let (lab, mut p, mut secs) = lab_with("ringdeath", 3);
+    assert_eq!(p.cmd("ring-create r"), "ring created");
+    let killed = |mut s: Proc, cmd: &str| {
+        s.send(cmd);
+        let (st, _) = s.exit_and_stderr();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL), "{cmd}");
+    };
+    killed(secs.remove(0), "ring-die-enqueue r");
+    secs[0].send("ring-produce r 0 1000");
+    let want: u64 = (0..1000u64).sum();
+    assert_eq!(p.cmd("ring-consume r 1000"), format!("consumed=1000 sum={want}"));
+    assert_eq!(secs[0].line(), "produced=1000");
+    // A consumer dies holding the first 8 of 16 values: those are lost, the rest come through.
+    assert_eq!(secs[0].cmd("ring-produce r 0 16"), "produced=16");
+    killed(secs.remove(1), "ring-die-dequeue r");
+    let want: u64 = (8..16u64).sum();
+    assert_eq!(p.cmd("ring-consume r 8"), format!("consumed=8 sum={want}"));
+    finish(lab, p, secs);
+}
+
 #[test]
 fn a_secondary_refuses_a_mapping_that_is_not_the_primarys() {
     let (lab, p, secs) = lab_with("mismatch", 0);

@@ -165,7 +165,6 @@ fn a_bad_app_argument_fails_the_start_with_its_message_and_stops_the_rest() {
 /// shared pool. What the dead process held (its cache, its burst) is lost to the pool, and says
 /// so in `/lab/mempool`.
 #[test]
-#[ignore = "hung once in CI (the primary's detach after the kill, 60 s): suspected a producer killed inside the pool ring's enqueue window; issue 15"]
 fn a_forwarder_sigkilled_inside_rx_and_tx_wedges_nobody() {
     const A: &str = "0000:00:05.0";
     const B: &str = "0000:00:06.0";

@@ -209,6 +209,19 @@ fn run(rt: &Runtime, w: &[&str], say: &dyn Fn(String)) -> Result<String, String>
             }
             Ok(format!("produced={count}"))
         }
+        "ring-die-enqueue" | "ring-die-dequeue" => {
+            // Killed inside a ring operation: reserved, half done, never published.
+            let r = Ring::<u64>::lookup(shm, arg(1)?).map_err(|e| e.to_string())?;
+            if w[0] == "ring-die-enqueue" {
+                r.abandon_enqueue(&[1, 2, 3, 4, 5, 6, 7, 8]);
+            } else {
+                r.abandon_dequeue(&mut [0u64; 8]);
+            }
+            let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
+            loop {
+                std::thread::park();
+            }
+        }
         "ring-consume" => {
             let r = Ring::<u64>::lookup(shm, arg(1)?).map_err(|e| e.to_string())?;
             let count = num(2)?;
@@ -217,8 +230,10 @@ fn run(rt: &Runtime, w: &[&str], say: &dyn Fn(String)) -> Result<String, String>
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while got < count && std::time::Instant::now() < deadline {
                 let n = r.dequeue_burst(&mut buf[..(count - got).min(32) as usize]);
-                got += n as u64;
-                sum = buf[..n].iter().fold(sum, |a, b| a.wrapping_add(*b));
+                // Tombstones (a dead producer's slots) are no values.
+                let real = buf[..n].iter().filter(|v| **v != u64::MAX);
+                got += real.clone().count() as u64;
+                sum = real.fold(sum, |a, b| a.wrapping_add(*b));
             }
             Ok(format!("consumed={got} sum={sum}"))
         }

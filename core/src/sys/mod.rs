@@ -80,6 +80,12 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// The calling thread's id (unique among the live threads of every process of the namespace).
+pub fn gettid() -> u32 {
+    // SAFETY: gettid cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
 /// The caller's effective uid.
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
