@@ -83,6 +83,7 @@ const _: () = assert!(std::mem::size_of::<HeadTail>() == 64);
 /// Threads whose ring operations are recorded, per ring (loom: few, its state space is small).
 #[cfg(not(loom))]
 pub const LANES: usize = 32;
+/// Threads whose ring operations are recorded, per ring (loom: few, its state space is small).
 #[cfg(loom)]
 pub const LANES: usize = 3;
 
