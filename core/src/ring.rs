@@ -98,8 +98,8 @@ struct Lane {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<Lane>() == 64);
 
+#[cfg(all(test, loom))]
 impl Lane {
-    #[cfg(loom)]
     fn new() -> Lane {
         Lane { owner: AtomicU32::new(0), rec: AtomicU64::new(IDLE) }
     }
@@ -599,7 +599,8 @@ impl<T: RingElem> RawRing<T> {
         let h = self.h();
         let ht = self.side(side);
         let t = ht.tail.load(Ordering::Acquire);
-        let (mut held, mut tried): (Option<(&Lane, u64)>, Option<(&Lane, u64)>) = (None, None);
+        let mut held: Option<(&Lane, u64)> = None;
+        let mut tried: Option<(&Lane, u64)> = None;
         let mut agree = true;
         for l in &h.lanes {
             let r = l.rec.load(Ordering::Acquire);
