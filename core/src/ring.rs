@@ -472,7 +472,8 @@ impl<T: RingElem> RawRing<T> {
         if want == 0 || (fixed && want as usize != objs.len()) {
             return 0;
         }
-        let held = self.begin(want, who);
+        // A lane only once there is work: an empty poll or a full ring touches none.
+        let mut held: Option<Held<'_>> = None;
         // Acquire on the head (and AcqRel on its CAS): the consumer tail read next is then at
         // least as new as the one the previous head mover saw. With Relaxed, a producer that lost
         // the CAS to one that had just dequeued and re-enqueued could read an older consumer tail
@@ -489,12 +490,14 @@ impl<T: RingElem> RawRing<T> {
                 free
             };
             if n == 0 {
-                held.done();
+                if let Some(held) = held {
+                    held.done();
+                }
                 return 0;
             }
             // Recorded before the head move, which releases it: whoever moves the head after us
             // (a waiter behind us) sees whose range it waits for.
-            held.note(record(head, n, Side::Prod.phase(false)));
+            held.get_or_insert_with(|| self.begin(want, who)).note(record(head, n, Side::Prod.phase(false)));
             let next = head.wrapping_add(n);
             if self.sp {
                 h.prod.head.store(next, Ordering::Release);
@@ -505,6 +508,7 @@ impl<T: RingElem> RawRing<T> {
                 Err(cur) => head = cur,
             }
         };
+        let held = held.expect("recorded before the head move");
         held.note(record(head, n, Side::Prod.phase(true)));
         let written = if ABANDON { n / 2 } else { n };
         for (i, o) in objs[..written as usize].iter().enumerate() {
@@ -528,7 +532,7 @@ impl<T: RingElem> RawRing<T> {
         if want == 0 || (fixed && want as usize != out.len()) {
             return 0;
         }
-        let held = self.begin(want, who);
+        let mut held: Option<Held<'_>> = None;
         // As for producers: the producer tail read next is at least the previous mover's.
         let mut head = h.cons.head.load(Ordering::Acquire);
         let n = loop {
@@ -542,10 +546,12 @@ impl<T: RingElem> RawRing<T> {
                 avail
             };
             if n == 0 {
-                held.done();
+                if let Some(held) = held {
+                    held.done();
+                }
                 return 0;
             }
-            held.note(record(head, n, Side::Cons.phase(false)));
+            held.get_or_insert_with(|| self.begin(want, who)).note(record(head, n, Side::Cons.phase(false)));
             let next = head.wrapping_add(n);
             if self.sc {
                 h.cons.head.store(next, Ordering::Release);
@@ -556,6 +562,7 @@ impl<T: RingElem> RawRing<T> {
                 Err(cur) => head = cur,
             }
         };
+        let held = held.expect("recorded before the head move");
         held.note(record(head, n, Side::Cons.phase(true)));
         let read = if ABANDON { n / 2 } else { n };
         for (i, o) in out[..read as usize].iter_mut().enumerate() {
