@@ -465,51 +465,66 @@ impl<T: RingElem> RawRing<T> {
         }
     }
 
+    /// Reserves up to `want` slots on `side` (exactly `want` when `fixed`) by moving its head;
+    /// returns the range's first index, its length and its record, or None when there is no
+    /// room (producers) or nothing (consumers). A lane is taken only once there is work.
     #[inline]
-    fn enqueue<const ABANDON: bool>(&self, objs: &[T], fixed: bool, who: &Who<'_>) -> usize {
+    fn reserve(&self, side: Side, want: u32, fixed: bool, who: &Who<'_>) -> Option<(u32, u32, Held<'_>)> {
         let h = self.h();
-        let want = objs.len().min(self.size as usize) as u32;
-        if want == 0 || (fixed && want as usize != objs.len()) {
-            return 0;
-        }
-        // A lane only once there is work: an empty poll or a full ring touches none.
+        let (mine, single) = match side {
+            Side::Prod => (&h.prod, self.sp),
+            Side::Cons => (&h.cons, self.sc),
+        };
         let mut held: Option<Held<'_>> = None;
-        // Acquire on the head (and AcqRel on its CAS): the consumer tail read next is then at
+        // Acquire on the head (and AcqRel on its CAS): the other side's tail read next is then at
         // least as new as the one the previous head mover saw. With Relaxed, a producer that lost
         // the CAS to one that had just dequeued and re-enqueued could read an older consumer tail
         // and find the ring full when it is not (loom found it: a mempool flush refused).
-        let mut head = h.prod.head.load(Ordering::Acquire);
-        let n = loop {
-            let cons_tail = h.cons.tail.load(Ordering::Acquire);
-            let free = self.size.wrapping_sub(head.wrapping_sub(cons_tail));
-            let n = if want <= free {
+        let mut head = mine.head.load(Ordering::Acquire);
+        loop {
+            let room = match side {
+                Side::Prod => self.size.wrapping_sub(head.wrapping_sub(h.cons.tail.load(Ordering::Acquire))),
+                Side::Cons => h.prod.tail.load(Ordering::Acquire).wrapping_sub(head),
+            };
+            let n = if want <= room {
                 want
             } else if fixed {
                 0
             } else {
-                free
+                room
             };
             if n == 0 {
                 if let Some(held) = held {
                     held.done();
                 }
-                return 0;
+                return None;
             }
             // Recorded before the head move, which releases it: whoever moves the head after us
             // (a waiter behind us) sees whose range it waits for.
-            held.get_or_insert_with(|| self.begin(want, who)).note(record(head, n, Side::Prod.phase(false)));
+            let rec = held.get_or_insert_with(|| self.begin(want, who));
+            rec.note(record(head, n, side.phase(false)));
             let next = head.wrapping_add(n);
-            if self.sp {
-                h.prod.head.store(next, Ordering::Release);
-                break n;
+            if single {
+                mine.head.store(next, Ordering::Release);
+            } else if let Err(cur) = mine.head.compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire) {
+                head = cur;
+                continue;
             }
-            match h.prod.head.compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break n,
-                Err(cur) => head = cur,
-            }
+            let held = held?;
+            held.note(record(head, n, side.phase(true)));
+            return Some((head, n, held));
+        }
+    }
+
+    #[inline]
+    fn enqueue<const ABANDON: bool>(&self, objs: &[T], fixed: bool, who: &Who<'_>) -> usize {
+        let want = objs.len().min(self.size as usize) as u32;
+        if want == 0 || (fixed && want as usize != objs.len()) {
+            return 0;
+        }
+        let Some((head, n, held)) = self.reserve(Side::Prod, want, fixed, who) else {
+            return 0;
         };
-        let held = held.expect("recorded before the head move");
-        held.note(record(head, n, Side::Prod.phase(true)));
         let written = if ABANDON { n / 2 } else { n };
         for (i, o) in objs[..written as usize].iter().enumerate() {
             let idx = (head.wrapping_add(i as u32) & self.mask) as usize;
@@ -527,43 +542,13 @@ impl<T: RingElem> RawRing<T> {
 
     #[inline]
     fn dequeue<const ABANDON: bool>(&self, out: &mut [T], fixed: bool, who: &Who<'_>) -> usize {
-        let h = self.h();
         let want = out.len().min(self.size as usize) as u32;
         if want == 0 || (fixed && want as usize != out.len()) {
             return 0;
         }
-        let mut held: Option<Held<'_>> = None;
-        // As for producers: the producer tail read next is at least the previous mover's.
-        let mut head = h.cons.head.load(Ordering::Acquire);
-        let n = loop {
-            let prod_tail = h.prod.tail.load(Ordering::Acquire);
-            let avail = prod_tail.wrapping_sub(head);
-            let n = if want <= avail {
-                want
-            } else if fixed {
-                0
-            } else {
-                avail
-            };
-            if n == 0 {
-                if let Some(held) = held {
-                    held.done();
-                }
-                return 0;
-            }
-            held.get_or_insert_with(|| self.begin(want, who)).note(record(head, n, Side::Cons.phase(false)));
-            let next = head.wrapping_add(n);
-            if self.sc {
-                h.cons.head.store(next, Ordering::Release);
-                break n;
-            }
-            match h.cons.head.compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break n,
-                Err(cur) => head = cur,
-            }
+        let Some((head, n, held)) = self.reserve(Side::Cons, want, fixed, who) else {
+            return 0;
         };
-        let held = held.expect("recorded before the head move");
-        held.note(record(head, n, Side::Cons.phase(true)));
         let read = if ABANDON { n / 2 } else { n };
         for (i, o) in out[..read as usize].iter_mut().enumerate() {
             let idx = (head.wrapping_add(i as u32) & self.mask) as usize;
