@@ -2,7 +2,8 @@
 //! with a raw client of its own: messages are built and parsed here byte by byte, so a mistake
 //! our client (lab-vfio) and our server share cannot pass. Every command, each error path with
 //! its errno, the region-info re-ask, the two-phase DMA map and unmap (unmap-all included),
-//! SET_IRQS for MSI-X with the eventfd firing on an interrupt cause, several clients at once, and
+//! SET_IRQS for MSI-X and for INTx (automasked, level-sensitive) with the eventfds firing on an
+//! interrupt cause, several clients at once, and
 //! clients that stall (half-open, never negotiating) not holding the function's slots.
 
 use std::io::{Read, Write};
@@ -27,6 +28,8 @@ const REGION_WRITE: u16 = 10;
 const DEVICE_RESET: u16 = 13;
 const ERROR: u32 = 1 << 5;
 const MSIX: u32 = 2; // VFIO_PCI_MSIX_IRQ_INDEX
+const INTX: u32 = 0; // VFIO_PCI_INTX_IRQ_INDEX
+const EVENTFD_TRIGGER: u64 = (1 << 2) | (1 << 5);
 
 fn start() -> LabNic {
     LabNic::builder().bin(env!("CARGO_BIN_EXE_lab-nic")).dev(format!("{BDF},model=ixgbe,wire=loopback")).start()
@@ -152,6 +155,20 @@ impl Raw {
     }
 }
 
+/// Waits (up to 5 s) for `ev` to be signalled, and consumes the signal.
+fn fired(ev: &nix::sys::eventfd::EventFd) -> bool {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        if ev.read().is_ok_and(|n| n >= 1) {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn memfd(len: u64) -> OwnedFd {
     let f = tempfile::tempfile().unwrap();
     f.set_len(len).unwrap();
@@ -211,7 +228,7 @@ fn device_region_and_irq_info_with_the_capability_chain_on_the_re_ask() {
     let mut b = ask(32);
     b[8..12].copy_from_slice(&99u32.to_le_bytes());
     assert_eq!(c.call(GET_REGION_INFO, &b, &[]).err(), Some(libc::EINVAL as u32));
-    // MSI-X has vectors, INTx-less as a VF-like device may be; an unknown IRQ index is refused.
+    // MSI-X has vectors (INTx: its own test); an unknown IRQ index is refused.
     let r = c.call(GET_IRQ_INFO, &le(&[(16, 4), (0, 4), (MSIX as u64, 4), (0, 4)]), &[]);
     assert_eq!(r.err(), None);
     assert!(u32_at(&r.body, 12) >= 1, "MSI-X vectors: {:?}", r.body);
@@ -283,7 +300,6 @@ fn msix_eventfds_fire_on_an_interrupt_cause() {
     let set_irqs = |c: &mut Raw, flags: u64, start: u64, count: u64, fds: &[RawFd]| {
         c.call(SET_IRQS, &le(&[(20, 4), (flags, 4), (MSIX as u64, 4), (start, 4), (count, 4)]), fds).err()
     };
-    const EVENTFD_TRIGGER: u64 = (1 << 2) | (1 << 5);
     let ev = nix::sys::eventfd::EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_NONBLOCK).unwrap();
     assert_eq!(set_irqs(&mut c, EVENTFD_TRIGGER, 60, 10, &[]), Some(libc::EINVAL as u32), "beyond the table");
     assert_eq!(set_irqs(&mut c, (1 << 1) | (1 << 5), 0, 1, &[]), Some(libc::ENOTSUP as u32), "DATA_BOOL");
@@ -307,13 +323,7 @@ fn msix_eventfds_fire_on_an_interrupt_cause() {
     assert_eq!(c.write32(0, 0x00898, 0x10), None, "GPIE: MSI-X mode");
     assert_eq!(c.write32(0, 0x00880, 1), None, "EIMS bit 0");
     assert_eq!(c.write32(0, 0x00808, 1), None, "EICS bit 0");
-    let end = Instant::now() + Duration::from_secs(5);
-    let mut fired = false;
-    while Instant::now() < end && !fired {
-        fired = ev.read().is_ok_and(|n| n >= 1);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(fired, "the eventfd of vector 0 was signalled");
+    assert!(fired(&ev), "the eventfd of vector 0 was signalled");
     assert_eq!(set_irqs(&mut c, 1 | (1 << 5), 0, 0, &[]), None, "DATA_NONE, count 0: all released");
 }
 
@@ -350,4 +360,71 @@ fn stalled_clients_do_not_hold_the_functions_slots() {
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         assert_eq!(s.read(&mut b).unwrap_or(0), 0, "a stalled client was closed");
     }
+}
+
+#[test]
+fn intx_is_one_automasked_line_that_follows_the_interrupt_cause() {
+    let nic = start();
+    let mut c = Raw::connect(&nic);
+    c.negotiate();
+    let r = c.call(GET_IRQ_INFO, &le(&[(16, 4), (0, 4), (INTX as u64, 4), (0, 4)]), &[]);
+    assert_eq!(r.err(), None);
+    assert_eq!(u32_at(&r.body, 12), 1, "one INTx line");
+    assert_eq!(u32_at(&r.body, 4) & 0b111, 0b111, "EVENTFD | MASKABLE | AUTOMASKED");
+    assert_eq!((c.read32(7, 0x3c).unwrap() >> 8) & 0xff, 1, "interrupt pin INTA");
+    let set_irqs = |c: &mut Raw, flags: u64, start: u64, count: u64, fds: &[RawFd]| {
+        c.call(SET_IRQS, &le(&[(20, 4), (flags, 4), (INTX as u64, 4), (start, 4), (count, 4)]), fds).err()
+    };
+    const NONE_MASK: u64 = 1 | (1 << 3);
+    const NONE_UNMASK: u64 = 1 | (1 << 4);
+    const NONE_TRIGGER: u64 = 1 | (1 << 5);
+    let ev = nix::sys::eventfd::EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::EFD_NONBLOCK).unwrap();
+    assert_eq!(set_irqs(&mut c, EVENTFD_TRIGGER, 0, 2, &[ev.as_raw_fd(), ev.as_raw_fd()]), Some(libc::EINVAL as u32));
+    assert_eq!(set_irqs(&mut c, EVENTFD_TRIGGER, 1, 1, &[ev.as_raw_fd()]), Some(libc::EINVAL as u32), "start 1");
+    assert_eq!(
+        set_irqs(&mut c, (1 << 2) | (1 << 4), 0, 1, &[ev.as_raw_fd()]),
+        Some(libc::ENOTSUP as u32),
+        "an unmask eventfd (resamplefd) is not offered"
+    );
+    assert_eq!(set_irqs(&mut c, EVENTFD_TRIGGER, 0, 1, &[ev.as_raw_fd()]), None);
+    assert_eq!(set_irqs(&mut c, NONE_TRIGGER, 0, 1, &[]), None, "a trigger by message");
+    assert!(fired(&ev), "signalled by the message");
+    // MSI-X stays off: the cause (EIMS + EICS bit 0) asserts INTx, the eventfd fires once.
+    const EICR: u64 = 0x00800;
+    assert_eq!(c.write32(0, 0x00880, 1), None, "EIMS bit 0");
+    assert_eq!(c.write32(0, 0x00808, 1), None, "EICS bit 0");
+    assert!(fired(&ev), "INTx signalled");
+    assert_ne!(c.read32(7, 4).unwrap() & (1 << 19), 0, "status: interrupt pending");
+    // Automasked: the line stays asserted, and nothing more comes until the client unmasks.
+    for _ in 0..20 {
+        assert_eq!(c.read32(0, 0x00880), Ok(1), "EIMS");
+    }
+    assert!(ev.read().is_err(), "no second signal while masked");
+    assert_eq!(set_irqs(&mut c, NONE_UNMASK, 0, 1, &[]), None);
+    assert!(fired(&ev), "unmasked while still asserted: signalled again (a level, not an edge)");
+    // Acknowledge (read EICR), unmask: deasserted, quiet; a new cause fires again.
+    assert_eq!(c.read32(0, EICR).map(|v| v & 1), Ok(1));
+    assert_eq!(c.read32(7, 4).unwrap() & (1 << 19), 0, "status: nothing pending");
+    assert_eq!(set_irqs(&mut c, NONE_UNMASK, 0, 1, &[]), None);
+    assert_eq!(c.write32(0, 0x00808, 1), None, "EICS bit 0");
+    assert!(fired(&ev), "a new cause after the acknowledgement");
+    assert_eq!(c.read32(0, EICR).map(|v| v & 1), Ok(1));
+    // Masked by the client, or by the Command register's Interrupt Disable: held back, then
+    // delivered when allowed again, as the level is still there.
+    assert_eq!(set_irqs(&mut c, NONE_UNMASK, 0, 1, &[]), None);
+    assert_eq!(set_irqs(&mut c, NONE_MASK, 0, 1, &[]), None);
+    let cmd = c.read32(7, 4).unwrap() & 0xffff;
+    assert_eq!(c.write32(7, 4, cmd | (1 << 10)), None, "Interrupt Disable");
+    assert_eq!(c.write32(0, 0x00808, 1), None, "EICS bit 0");
+    assert_eq!(set_irqs(&mut c, NONE_UNMASK, 0, 1, &[]), None);
+    assert_ne!(c.read32(7, 4).unwrap() & (1 << 19), 0, "pending, though disabled");
+    assert_eq!(c.write32(7, 4, cmd), None, "Interrupt Disable cleared");
+    assert!(fired(&ev), "delivered once allowed");
+    assert_eq!(c.read32(0, EICR).map(|v| v & 1), Ok(1), "acknowledged");
+    // Torn down (no data, count 0): a trigger by message has nothing to signal.
+    assert_eq!(set_irqs(&mut c, NONE_TRIGGER, 0, 0, &[]), None);
+    assert_eq!(set_irqs(&mut c, NONE_TRIGGER, 0, 1, &[]), None);
+    assert_eq!(set_irqs(&mut c, EVENTFD_TRIGGER, 0, 1, &[ev.as_raw_fd()]), None, "set again");
+    assert_eq!(set_irqs(&mut c, NONE_TRIGGER, 0, 1, &[]), None);
+    assert_eq!(ev.read().ok(), Some(1), "one signal: the torn-down trigger reached nothing");
 }

@@ -97,7 +97,12 @@ pub trait DeviceModel: Send {
     /// Device work: doorbells, descriptor rings, the wire. Returns true if it did anything.
     fn poll(&mut self, dma: &mut dyn Dma) -> bool;
     /// MSI-X vectors to signal (bit n = vector n), cleared by the call.
+    /// With MSI-X off, nothing: the function signals through [`DeviceModel::intx_asserted`].
     fn take_irqs(&mut self) -> u64;
+    /// True while the function asserts its INTx line (PCI legacy interrupt, level-sensitive): an
+    /// enabled cause is pending, MSI-X is off and the Command register's Interrupt Disable is
+    /// clear. It stays asserted until the driver clears the cause, as a wire-OR'ed line does.
+    fn intx_asserted(&self) -> bool;
     /// Function-level reset (vfio-user DEVICE_RESET): registers, rings and queue pages to defaults.
     fn reset(&mut self);
     /// Sets the cable state (control socket `link up|down`).

@@ -10,6 +10,12 @@ pub const COMMAND: usize = 0x04;
 pub const COMMAND_MEM: u16 = 1 << 1;
 /// Command register: bus master enable (the device may DMA).
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
+/// Command register: INTx disable (the function may not assert its INTx line).
+pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// Offset of the status register.
+pub const STATUS: usize = 0x06;
+/// Status register bit: the function's INTx is pending (read-only, whatever Interrupt Disable says).
+pub const STATUS_INTX: u16 = 1 << 3;
 /// Offset of the first BAR.
 pub const BAR0: usize = 0x10;
 /// Status register bit: capability list present.
@@ -212,6 +218,18 @@ impl ConfigSpace {
     /// True if bus mastering (DMA) is enabled in the command register.
     pub fn bus_master(&self) -> bool {
         self.get16(COMMAND) & COMMAND_BUS_MASTER != 0
+    }
+
+    /// True if the function may signal INTx: MSI-X is off and Interrupt Disable is clear
+    /// (PCI Local Bus 6.2.2 and 6.8.2: with MSI-X enabled the function does not use INTx).
+    pub fn intx_allowed(&self) -> bool {
+        self.get16(COMMAND) & COMMAND_INTX_DISABLE == 0 && !self.msix_state().is_some_and(|(on, _)| on)
+    }
+
+    /// Sets the status register's Interrupt Status bit to the function's INTx condition `level`.
+    pub fn set_intx_status(&mut self, level: bool) {
+        let st = self.get16(STATUS) & !STATUS_INTX;
+        self.set16(STATUS, st | if level { STATUS_INTX } else { 0 });
     }
 
     /// MSI-X (enabled, function masked), or `None` without an MSI-X capability.

@@ -86,8 +86,11 @@ impl ServerBackend for ConnBackend {
     }
 
     fn set_irqs(&mut self, index: u32, flags: u32, start: u32, count: u32, fds: Vec<File>) -> std::io::Result<()> {
+        if index == VFIO_PCI_INTX_IRQ_INDEX {
+            return self.set_intx(flags, count, fds);
+        }
         if index != VFIO_PCI_MSIX_IRQ_INDEX {
-            return Ok(()); // INTx/MSI/ERR/REQ have no vectors here.
+            return Ok(()); // MSI/ERR/REQ have no vectors here (the relay refused any range).
         }
         let mut d = self.shared.dev();
         let n = d.model.msix_count();
@@ -102,7 +105,9 @@ impl ServerBackend for ConnBackend {
             v
         });
         match flags & VFIO_IRQ_SET_DATA_TYPE_MASK {
-            VFIO_IRQ_SET_DATA_NONE if count == 0 => table.iter_mut().for_each(|f| *f = None),
+            VFIO_IRQ_SET_DATA_NONE if count == 0 && flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0 => {
+                table.iter_mut().for_each(|f| *f = None)
+            }
             VFIO_IRQ_SET_DATA_EVENTFD if flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0 => {
                 if fds.is_empty() {
                     (start..end).for_each(|v| table[v as usize] = None);
@@ -114,9 +119,49 @@ impl ServerBackend for ConnBackend {
                     return Err(invalid("eventfd count does not match the vector count"));
                 }
             }
-            VFIO_IRQ_SET_DATA_NONE => {} // mask/unmask/trigger by message: not modelled
+            // A trigger by message: the vectors' eventfds are signalled (as vfio-pci does).
+            VFIO_IRQ_SET_DATA_NONE if flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0 => {
+                let bits = (start..end).fold(0u64, |b, v| b | (1u64 << (v & 63)));
+                d.raise(bits);
+            }
             VFIO_IRQ_SET_DATA_BOOL => return Err(invalid("DATA_BOOL not supported")),
             _ => return Err(invalid("unsupported SET_IRQS flags")),
+        }
+        Ok(())
+    }
+}
+
+impl ConnBackend {
+    /// SET_IRQS on the INTx index (one vector; the relay checked the range and the fds):
+    /// TRIGGER with an eventfd sets it (none: released), with no data and count 0 tears INTx
+    /// down, with count 1 signals it; MASK and UNMASK (no data) mask and unmask it, and an
+    /// unmask while the function still asserts INTx signals again at the device thread's next poll.
+    fn set_intx(&mut self, flags: u32, count: u32, fds: Vec<File>) -> std::io::Result<()> {
+        let mut d = self.shared.dev();
+        let data = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
+        match (data, flags & !VFIO_IRQ_SET_DATA_TYPE_MASK) {
+            (VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER) => {
+                let x = d.intx.entry(self.conn).or_default();
+                x.fd = fds.into_iter().next();
+                x.masked = false;
+            }
+            (VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_ACTION_TRIGGER) if count == 0 => {
+                d.intx.remove(&self.conn);
+            }
+            (VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_ACTION_TRIGGER) => {
+                if let Some(mut f) = d.intx.get(&self.conn).and_then(|x| x.fd.as_ref()) {
+                    let _ = f.write(&1u64.to_ne_bytes());
+                }
+            }
+            (VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_ACTION_MASK) if count == 1 => {
+                d.intx.entry(self.conn).or_default().masked = true;
+            }
+            (VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_ACTION_UNMASK) if count == 1 => {
+                d.intx.entry(self.conn).or_default().masked = false;
+                drop(d);
+                self.shared.kick();
+            }
+            _ => return Err(invalid("unsupported SET_IRQS flags for INTx")),
         }
         Ok(())
     }

@@ -39,10 +39,11 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use vfio_bindings::bindings::vfio::{
-    vfio_region_info, vfio_region_sparse_mmap_area, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER,
+    vfio_region_info, vfio_region_sparse_mmap_area, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK,
     VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion, SparseArea};
 
@@ -111,12 +112,38 @@ pub struct DeviceState {
     pub dma: DmaTable,
     /// MSI-X eventfds per connection (index = vector).
     irqs: HashMap<ConnId, Vec<Option<File>>>,
+    /// INTx per connection: its eventfd and whether it is masked.
+    intx: HashMap<ConnId, Intx>,
+}
+
+/// One connection's INTx: an eventfd, signalled when the function asserts INTx and the
+/// connection has it unmasked. Automasked, as vfio-pci's INTx is: a signal masks it until the
+/// client unmasks it (SET_IRQS UNMASK), so a level that stays asserted is one signal, not a
+/// storm, and is signalled again after an unmask if the driver has not cleared its cause.
+#[derive(Debug, Default)]
+struct Intx {
+    fd: Option<File>,
+    masked: bool,
 }
 
 impl DeviceState {
     /// Wraps a model with no DMA maps and no interrupts.
     pub fn new(model: Box<dyn DeviceModel>) -> Self {
-        Self { model, dma: DmaTable::default(), irqs: HashMap::new() }
+        Self { model, dma: DmaTable::default(), irqs: HashMap::new(), intx: HashMap::new() }
+    }
+
+    /// Signals INTx to every connection that has it unmasked while the function asserts it, and
+    /// masks it there (automask). Cheap when no connection uses INTx.
+    fn raise_intx(&mut self) {
+        if self.intx.is_empty() || !self.model.intx_asserted() {
+            return;
+        }
+        for x in self.intx.values_mut() {
+            if let (Some(mut f), false) = (x.fd.as_ref(), x.masked) {
+                let _ = f.write(&1u64.to_ne_bytes());
+                x.masked = true;
+            }
+        }
     }
 
     /// Signals every eventfd registered for the vectors in `vectors` (bit n = vector n).
@@ -268,10 +295,15 @@ impl Function {
         });
         regions.push(ServerRegion { region_info: region(8, 0, false), sparse_areas: Vec::new(), mmap_fd: None });
         let irqs = (0..NUM_IRQS as u32)
-            .map(|index| IrqInfo {
-                index,
-                flags: VFIO_IRQ_INFO_EVENTFD,
-                count: if index == VFIO_PCI_MSIX_IRQ_INDEX { model.msix_count() } else { 0 },
+            .map(|index| match index {
+                // Both NICs have an interrupt pin (INTA): one INTx line, maskable, automasked.
+                VFIO_PCI_INTX_IRQ_INDEX => IrqInfo {
+                    index,
+                    flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED,
+                    count: 1,
+                },
+                VFIO_PCI_MSIX_IRQ_INDEX => IrqInfo { index, flags: VFIO_IRQ_INFO_EVENTFD, count: model.msix_count() },
+                _ => IrqInfo { index, flags: VFIO_IRQ_INFO_EVENTFD, count: 0 },
             })
             .collect();
 
@@ -484,7 +516,7 @@ fn worker(s: &Arc<Shared>, server: &Arc<Server>) {
         }
         let mut d = s.dev();
         let maps = d.dma.drop_conn(conn);
-        let irqs = d.irqs.remove(&conn).is_some();
+        let irqs = d.irqs.remove(&conn).is_some() | d.intx.remove(&conn).is_some();
         if maps > 0 || irqs {
             tracing::info!(bdf = %s.bdf, maps, "dropped a closed connection's DMA maps and eventfds");
         }
@@ -526,6 +558,7 @@ fn device_loop(s: &Arc<Shared>) {
             if irqs != 0 {
                 d.raise(irqs);
             }
+            d.raise_intx();
             did
         };
         if did || s.kick.swap(false, Ordering::AcqRel) {

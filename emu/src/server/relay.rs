@@ -281,7 +281,19 @@ impl ConnCheck {
                 if n != 20 || index >= NUM_IRQS as u32 {
                     return einval;
                 }
-                let vectors = if index == VFIO_PCI_MSIX_IRQ_INDEX { self.msix } else { 0 };
+                // Not offered (as vfio-pci): per-vector MSI-X masking through SET_IRQS, and an
+                // INTx unmask eventfd (resamplefd).
+                let intx = index == VFIO_PCI_INTX_IRQ_INDEX;
+                if (index == VFIO_PCI_MSIX_IRQ_INDEX && action != VFIO_IRQ_SET_ACTION_TRIGGER)
+                    || (intx && data == VFIO_IRQ_SET_DATA_EVENTFD && action != VFIO_IRQ_SET_ACTION_TRIGGER)
+                {
+                    return (Reject(libc::ENOTSUP), Op::Other);
+                }
+                let vectors = match index {
+                    VFIO_PCI_MSIX_IRQ_INDEX => self.msix,
+                    VFIO_PCI_INTX_IRQ_INDEX => 1,
+                    _ => 0,
+                };
                 if start.checked_add(count).is_none_or(|e| e > vectors)
                     && !(count == 0 && data == VFIO_IRQ_SET_DATA_NONE)
                 {

@@ -455,8 +455,20 @@ impl I40e {
         let ctl = if tx { self.qint_tq.get(q as usize) } else { self.qint_rq.get(q as usize) };
         let ctl = ctl.copied().unwrap_or(0);
         if ctl & QINT_CTL_CAUSE_ENA != 0 {
-            self.pending_irqs |= 1u64 << ((ctl & QINT_CTL_MSIX_INDX_MASK) & 63);
+            let v = ctl & QINT_CTL_MSIX_INDX_MASK;
+            if v == 0 {
+                // A queue on vector 0 (the only vector in INTx/MSI mode) reports in PFINT_ICR0.
+                let bit = (ctl >> QINT_CTL_MSIX0_INDX_SHIFT) & 7;
+                self.icr0 |= PFINT_ICR0_INTEVENT | (1 << (PFINT_ICR0_QUEUE_SHIFT + bit));
+            }
+            self.pending_irqs |= 1u64 << (v & 63);
         }
+    }
+
+    /// The legacy (INTx) interrupt condition: a PFINT_ICR0 cause enabled in PFINT_ICR0_ENA, or a
+    /// queue cause routed to vector 0; reading PFINT_ICR0 (which clears it) deasserts it.
+    fn intx_level(&self) -> bool {
+        self.icr0 & (self.reg(PFINT_ICR0_ENA) | PFINT_ICR0_QUEUES) != 0
     }
 
     fn msix_read(&mut self, off: u64, data: &mut [u8]) {
@@ -490,6 +502,7 @@ impl DeviceModel for I40e {
     }
 
     fn config_read(&mut self, off: u64, data: &mut [u8]) {
+        self.cfg.set_intx_status(self.intx_level());
         if !self.cfg.read(off, data) {
             self.faults.record(off, data.len() as u64, "config read out of range");
         }
@@ -563,6 +576,10 @@ impl DeviceModel for I40e {
             self.links = Some(l);
         }
         did
+    }
+
+    fn intx_asserted(&self) -> bool {
+        self.cfg.intx_allowed() && self.intx_level()
     }
 
     fn take_irqs(&mut self) -> u64 {

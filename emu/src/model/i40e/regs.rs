@@ -75,6 +75,14 @@ pub const fn qint_tqctl(q: u32) -> u32 {
 }
 pub const QINT_CTL_MSIX_INDX_MASK: u32 = 0xff;
 pub const QINT_CTL_CAUSE_ENA: u32 = 1 << 30;
+/// QINT_[RT]QCTL.MSIX0_INDX (bits 15:13): the PFINT_ICR0 queue bit a cause on vector 0 sets.
+pub const QINT_CTL_MSIX0_INDX_SHIFT: u32 = 13;
+/// PFINT_ICR0.INTEVENT: a vector-0 interrupt event happened.
+pub const PFINT_ICR0_INTEVENT: u32 = 1 << 0;
+/// PFINT_ICR0.QUEUE_0..QUEUE_7 (bits 8:1), set by queue causes routed to vector 0.
+pub const PFINT_ICR0_QUEUE_SHIFT: u32 = 1;
+/// All of PFINT_ICR0's queue bits.
+pub const PFINT_ICR0_QUEUES: u32 = 0xff << PFINT_ICR0_QUEUE_SHIFT;
 
 // Admin queue registers (PF).
 pub const PF_ATQBAL: u32 = 0x0008_0000;

@@ -1032,3 +1032,32 @@ fn write_backs_of_a_burst_longer_than_one_batch_each_publish_dd_last() {
         assert!(data < wb, "descriptor {d}");
     }
 }
+
+#[test]
+fn intx_follows_icr0_causes_and_queue_causes_on_vector_0() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut m, &mut dma, false, false);
+    assert!(!m.intx_asserted());
+    // RX queue 0's cause on vector 0, reporting as PFINT_ICR0.QUEUE_2 (MSIX0_INDX 2).
+    wr(&mut m, qint_rqctl(0), QINT_CTL_CAUSE_ENA | (2 << QINT_CTL_MSIX0_INDX_SHIFT));
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 0));
+    m.poll(&mut dma);
+    assert!(m.intx_asserted(), "the received frame asserts INTx");
+    let mut st = [0u8; 2];
+    m.config_read(0x06, &mut st);
+    assert_ne!(u16::from_le_bytes(st) & (1 << 3), 0, "status: interrupt pending");
+    assert_eq!(rd(&mut m, PFINT_ICR0), PFINT_ICR0_INTEVENT | (1 << 3), "INTEVENT and QUEUE_2");
+    assert!(!m.intx_asserted(), "reading PFINT_ICR0 acknowledges");
+    // An admin-queue cause asserts INTx only when enabled in PFINT_ICR0_ENA.
+    aq_init(&mut m, &mut dma);
+    ok(&aq(&mut m, &mut dma, AQC_GET_LINK_STATUS, params(&[(0, LSE_ENABLE)]), None, 0));
+    m.link_set(false);
+    m.poll(&mut dma);
+    assert_ne!(rd(&mut m, PF_ARQH), 0, "a link event posted");
+    assert!(!m.intx_asserted(), "ADMINQ not enabled");
+    wr(&mut m, PFINT_ICR0_ENA, PFINT_ICR0_ADMINQ);
+    assert!(m.intx_asserted(), "enabled: the pending ADMINQ cause asserts it");
+    m.config_write(0x05, &[0x04]);
+    assert!(!m.intx_asserted(), "Interrupt Disable");
+}

@@ -403,9 +403,18 @@ impl Ixgbe {
         }
     }
 
+    /// The legacy (INTx/MSI) interrupt condition (7.3.1.1): a cause set in EICR and enabled in
+    /// EIMS. Reading EICR (which clears it) or masking the causes in EIMC deasserts it.
+    fn intx_level(&self) -> bool {
+        self.eicr & self.eims != 0
+    }
+
     fn fire_vector(&mut self, v: u32) {
         self.pending_irqs |= 1u64 << (v & 63);
-        if v < 16 && self.reg(EIAC) & (1 << v) != 0 {
+        // Auto-clear (EIAC) acts on MSI-X vectors only; in legacy mode the cause stays in EICR
+        // until the driver reads it.
+        let msix = self.cfg.msix_state().is_some_and(|(on, _)| on);
+        if msix && v < 16 && self.reg(EIAC) & (1 << v) != 0 {
             self.eicr &= !(1 << v);
         }
     }
@@ -473,6 +482,7 @@ impl DeviceModel for Ixgbe {
     }
 
     fn config_read(&mut self, off: u64, data: &mut [u8]) {
+        self.cfg.set_intx_status(self.intx_level());
         if !self.cfg.read(off, data) {
             self.faults.record(off, data.len() as u64, "config read out of range");
         }
@@ -567,6 +577,10 @@ impl DeviceModel for Ixgbe {
             0 => 0,
             pending => self.msix.deliver(pending, self.cfg.msix_state()),
         }
+    }
+
+    fn intx_asserted(&self) -> bool {
+        self.cfg.intx_allowed() && self.intx_level()
     }
 
     fn reset(&mut self) {

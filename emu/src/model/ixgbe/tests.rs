@@ -613,3 +613,55 @@ fn an_unmapped_rx_ring_faults_only_when_a_frame_needs_it() {
     assert_eq!(f[0].iova, 0xffff_ffff_ffff_ff80u64.wrapping_add(u64::from(N - 1) * 16));
     assert_eq!(m.stats().tx_packets, 1, "transmit goes on");
 }
+
+#[test]
+fn intx_follows_an_enabled_cause_until_eicr_is_read_and_yields_to_msix() {
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut m, &mut dma);
+    let mut cmd = [0u8; 4];
+    m.config_read(0x3c, &mut cmd);
+    assert_eq!(cmd[1], 1, "interrupt pin INTA");
+    let status_intx = |m: &mut Ixgbe| {
+        let mut b = [0u8; 2];
+        m.config_read(0x06, &mut b);
+        u16::from_le_bytes(b) & (1 << 3) != 0
+    };
+    // Legacy mode (MSI-X off): an RX queue cause through IVAR, enabled in EIMS.
+    wr(&mut m, ivar(0), IVAR_VALID);
+    wr(&mut m, EIMS, 1);
+    assert!(!m.intx_asserted());
+    queue_tx(&mut m, &mut dma, 0, &frame(MAC, 64, 0));
+    m.poll(&mut dma);
+    assert!(m.intx_asserted(), "the completed frame asserts INTx");
+    assert_eq!(m.take_irqs(), 0, "no MSI-X message with MSI-X off");
+    assert!(status_intx(&mut m), "status: interrupt pending");
+    // Interrupt Disable hides the line, not the status.
+    m.config_write(0x05, &[0x04]);
+    assert!(!m.intx_asserted());
+    assert!(status_intx(&mut m));
+    m.config_write(0x05, &[0x00]);
+    assert!(m.intx_asserted(), "a level: still asserted when allowed again");
+    // EICS on a masked cause does not assert it; reading EICR acknowledges (deasserts).
+    assert_eq!(rd(&mut m, EICR) & 1, 1);
+    assert!(!m.intx_asserted() && !status_intx(&mut m));
+    wr(&mut m, EICS, 1 << 4);
+    assert!(!m.intx_asserted(), "cause 4 is not enabled");
+    wr(&mut m, EIMS, 1 << 4);
+    assert!(m.intx_asserted(), "enabling a pending cause asserts it");
+    wr(&mut m, EIMC, 1 << 4);
+    assert!(!m.intx_asserted(), "masking it deasserts it");
+    // With MSI-X on, the function does not use INTx, and EIAC auto-clears again.
+    wr(&mut m, EIMS, 1 << 4);
+    let mut cap = 0x40u64;
+    loop {
+        let mut id = [0u8; 2];
+        m.config_read(cap, &mut id);
+        if id[0] == 0x11 {
+            break;
+        }
+        cap = u64::from(id[1]);
+    }
+    m.config_write(cap + 3, &[0x80]);
+    assert!(!m.intx_asserted(), "MSI-X enabled");
+}
