@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 use std::fs::File;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use crate::mem::{Mapping, MemError, Window};
 
@@ -154,6 +154,8 @@ pub trait Dma {
 #[derive(Clone, Copy, Debug)]
 pub struct DmaView<'a> {
     win: Window<'a>,
+    /// While dirty-page logging is on for the map: its log and this window's offset in the map.
+    log: Option<(&'a DirtyLog, usize)>,
     /// Unit tests: the window's IOVA and a log of its stores (see [`RecordingDma`]).
     #[cfg(test)]
     rec: Option<(u64, &'a std::cell::RefCell<Vec<Store>>)>,
@@ -164,6 +166,7 @@ impl<'a> DmaView<'a> {
     pub fn new(map: &'a Mapping, off: usize, len: usize) -> Option<Self> {
         Some(Self {
             win: map.sub(off, len)?,
+            log: None,
             #[cfg(test)]
             rec: None,
         })
@@ -192,6 +195,7 @@ impl<'a> DmaView<'a> {
     pub fn sub(&self, o: usize, len: usize) -> Option<DmaView<'a>> {
         Some(DmaView {
             win: self.win.sub(o, len)?,
+            log: self.log.map(|(l, base)| (l, base + o)),
             #[cfg(test)]
             rec: self.rec.map(|(iova, log)| (iova + o as u64, log)),
         })
@@ -202,7 +206,17 @@ impl<'a> DmaView<'a> {
     pub fn fill(&self, o: usize, n: usize, byte: u8) -> bool {
         #[cfg(test)]
         self.note(o, n, Ordering::Relaxed);
-        self.win.fill(o, n, byte)
+        self.win.fill(o, n, byte) && self.dirtied(o, n)
+    }
+
+    /// Records a store of `n` bytes at `o` in the map's dirty log, if logging is on. Always true
+    /// (so it chains after a store that succeeded).
+    #[inline]
+    fn dirtied(&self, o: usize, n: usize) -> bool {
+        if let Some((log, base)) = self.log {
+            log.mark(base + o, n);
+        }
+        true
     }
 
     /// Starts loading the cache line of byte `o` (a hint; see [`Window::prefetch`]).
@@ -228,7 +242,7 @@ impl<'a> DmaView<'a> {
     pub fn store_u32(&self, o: usize, val: u32, order: Ordering) -> bool {
         #[cfg(test)]
         self.note(o, 4, order);
-        self.win.store_u32(o, val, order)
+        self.win.store_u32(o, val, order) && self.dirtied(o, 4)
     }
 
     /// Little-endian `u64` store at `o` (one atomic store when aligned). False if outside.
@@ -236,7 +250,7 @@ impl<'a> DmaView<'a> {
     pub fn store_u64(&self, o: usize, val: u64, order: Ordering) -> bool {
         #[cfg(test)]
         self.note(o, 8, order);
-        self.win.store_u64(o, val, order)
+        self.win.store_u64(o, val, order) && self.dirtied(o, 8)
     }
 
     /// Copies `buf.len()` bytes at `o` into `buf`. False (nothing copied) if outside.
@@ -250,7 +264,7 @@ impl<'a> DmaView<'a> {
     pub fn write(&self, o: usize, data: &[u8]) -> bool {
         #[cfg(test)]
         self.note(o, data.len(), Ordering::Relaxed);
-        self.win.write(o, data)
+        self.win.write(o, data) && self.dirtied(o, data.len())
     }
 
     /// Copies `n` bytes at `src_o` of `src` to `o` of this window (client memory to client
@@ -259,7 +273,7 @@ impl<'a> DmaView<'a> {
     pub fn copy_from(&self, o: usize, src: &DmaView<'_>, src_o: usize, n: usize) -> bool {
         #[cfg(test)]
         self.note(o, n, Ordering::Relaxed);
-        self.win.copy_from(o, &src.win, src_o, n)
+        self.win.copy_from(o, &src.win, src_o, n) && self.dirtied(o, n)
     }
 }
 
@@ -304,12 +318,98 @@ struct DmaEntry {
     iova: u64,
     size: u64,
     map: Mapping,
+    /// The pages the device wrote, while the connection logs dirty pages.
+    log: Option<Box<DirtyLog>>,
+}
+
+impl DmaEntry {
+    fn view(&self, off: usize, len: usize) -> Option<DmaView<'_>> {
+        let mut v = DmaView::new(&self.map, off, len)?;
+        v.log = self.log.as_deref().map(|l| (l, off));
+        Some(v)
+    }
+
+    #[inline]
+    fn dirtied(&self, off: usize, n: usize) -> bool {
+        if let Some(l) = &self.log {
+            l.mark(off, n);
+        }
+        true
+    }
+}
+
+/// The pages of one DMA map the device has written since logging started or the last report
+/// (vfio DMA_LOGGING_START / REPORT): a bit per page. A store checks its page's bit before
+/// setting it, so a page written again costs a load, not an atomic read-modify-write.
+#[derive(Debug)]
+pub struct DirtyLog {
+    shift: u32,
+    bits: Box<[AtomicU64]>,
+}
+
+impl DirtyLog {
+    fn new(size: u64, page_shift: u32) -> DirtyLog {
+        let pages = size.div_ceil(1 << page_shift);
+        DirtyLog { shift: page_shift, bits: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    /// Marks the pages of `n` bytes at `off` of the map.
+    #[inline]
+    fn mark(&self, off: usize, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let (first, last) = (off >> self.shift, (off + n - 1) >> self.shift);
+        for p in first..=last {
+            if let Some(w) = self.bits.get(p / 64) {
+                let bit = 1u64 << (p % 64);
+                if w.load(Ordering::Relaxed) & bit == 0 {
+                    w.fetch_or(bit, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Whether page `p` of the map was written; clears it.
+    fn take(&self, p: u64) -> bool {
+        let Some(w) = self.bits.get((p / 64) as usize) else { return false };
+        let bit = 1u64 << (p % 64);
+        w.fetch_and(!bit, Ordering::Relaxed) & bit != 0
+    }
+}
+
+/// Why a dirty-page request was refused (each maps to an errno for the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirtyError {
+    /// Page size not a power of two in [4 KiB, 1 GiB].
+    #[error("dirty page size {0:#x} is not a power of two between 4 KiB and 1 GiB")]
+    PageSize(u64),
+    /// Logging is already on (START twice) or not on (REPORT/STOP without START).
+    #[error("dirty page logging is {}", if *.0 { "already on" } else { "not on" })]
+    State(bool),
+    /// The report's range is not inside the logged ranges, or its page size differs.
+    #[error("report of {iova:#x}+{len:#x} is outside the logged ranges or at another page size")]
+    Range {
+        /// Start IOVA.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+}
+
+/// One connection's dirty-page logging: page size and the IOVA ranges asked for (empty: all).
+#[derive(Debug, Clone)]
+struct Logging {
+    shift: u32,
+    ranges: Vec<(u64, u64)>,
 }
 
 /// The union of every live connection's DMA maps.
 #[derive(Default)]
 pub struct DmaTable {
     maps: Vec<DmaEntry>,
+    /// Connections logging dirty pages.
+    logging: std::collections::HashMap<ConnId, Logging>,
     /// Index of the map that translated the last access: a data path touches one or two maps (the
     /// runtime's shared memory), so this hits nearly always. Only a hint: checked on every use.
     last: Cell<usize>,
@@ -338,8 +438,70 @@ impl DmaTable {
             return Err(DmaError::Overlap { iova, size });
         }
         let map = Mapping::map_file(&file, offset, size)?;
-        self.maps.push(DmaEntry { conn, iova, size, map });
+        let log = self.logging.get(&conn).map(|l| Box::new(DirtyLog::new(size, l.shift)));
+        self.maps.push(DmaEntry { conn, iova, size, map, log });
         Ok(())
+    }
+
+    /// Starts logging the pages the device writes in `conn`'s maps, at `page_size` granularity,
+    /// for `ranges` (IOVA, length; empty means every map, present and future).
+    pub fn dirty_start(&mut self, conn: ConnId, page_size: u64, ranges: Vec<(u64, u64)>) -> Result<(), DirtyError> {
+        if !page_size.is_power_of_two() || !(4096..=1 << 30).contains(&page_size) {
+            return Err(DirtyError::PageSize(page_size));
+        }
+        if self.logging.contains_key(&conn) {
+            return Err(DirtyError::State(true));
+        }
+        let shift = page_size.trailing_zeros();
+        for m in self.maps.iter_mut().filter(|m| m.conn == conn) {
+            m.log = Some(Box::new(DirtyLog::new(m.size, shift)));
+        }
+        self.logging.insert(conn, Logging { shift, ranges });
+        Ok(())
+    }
+
+    /// Stops `conn`'s logging and forgets what was logged.
+    pub fn dirty_stop(&mut self, conn: ConnId) -> Result<(), DirtyError> {
+        self.logging.remove(&conn).ok_or(DirtyError::State(false))?;
+        for m in self.maps.iter_mut().filter(|m| m.conn == conn) {
+            m.log = None;
+        }
+        Ok(())
+    }
+
+    /// The pages of `[iova, iova + len)` the device wrote in `conn`'s maps since logging
+    /// started or the last report of them, one bit per `page_size` page (LSB first), cleared
+    /// by the report. Pages no map of `conn` covers read clean.
+    pub fn dirty_report(&self, conn: ConnId, iova: u64, len: u64, page_size: u64) -> Result<Vec<u8>, DirtyError> {
+        let l = self.logging.get(&conn).ok_or(DirtyError::State(false))?;
+        let end = iova.checked_add(len).filter(|_| len > 0);
+        let inside = |a: u64, e: u64| l.ranges.is_empty() || l.ranges.iter().any(|&(r, n)| a >= r && e <= r + n);
+        let ok = page_size == 1 << l.shift && iova.is_multiple_of(page_size) && end.is_some_and(|e| inside(iova, e));
+        let (Some(end), true) = (end, ok) else {
+            return Err(DirtyError::Range { iova, len });
+        };
+        let pages = len.div_ceil(page_size);
+        let mut bitmap = vec![0u8; pages.div_ceil(8) as usize];
+        for m in self.maps.iter().filter(|m| m.conn == conn && m.iova < end && iova < m.iova + m.size) {
+            let Some(log) = &m.log else { continue };
+            // Map pages are counted from the map's start; a map need not start on a page.
+            for p in 0..pages {
+                let a = iova + p * page_size;
+                if a + page_size <= m.iova || a >= m.iova + m.size {
+                    continue;
+                }
+                let first = a.saturating_sub(m.iova) >> l.shift;
+                let last = (a + page_size - 1).min(m.iova + m.size - 1).saturating_sub(m.iova) >> l.shift;
+                let mut d = false;
+                for mp in first..=last {
+                    d |= log.take(mp);
+                }
+                if d {
+                    bitmap[(p / 8) as usize] |= 1 << (p % 8);
+                }
+            }
+        }
+        Ok(bitmap)
     }
 
     /// Removes the map of `conn` that matches `iova`/`size` exactly.
@@ -356,6 +518,7 @@ impl DmaTable {
     /// Drops every map of `conn` (the connection closed). Returns how many were dropped.
     pub fn drop_conn(&mut self, conn: ConnId) -> usize {
         let before = self.maps.len();
+        self.logging.remove(&conn);
         self.maps.retain(|m| m.conn != conn);
         before - self.maps.len()
     }
@@ -372,7 +535,7 @@ impl DmaTable {
 
     /// The map holding all of `[iova, iova + len)` and the offset of `iova` in it.
     #[inline]
-    fn find(&self, iova: u64, len: usize) -> Option<(&Mapping, usize)> {
+    fn find(&self, iova: u64, len: usize) -> Option<(&DmaEntry, usize)> {
         let end = iova.checked_add(len as u64)?;
         let inside = |m: &DmaEntry| iova >= m.iova && end <= m.iova + m.size;
         let i = match self.maps.get(self.last.get()) {
@@ -384,72 +547,72 @@ impl DmaTable {
             }
         };
         let m = &self.maps[i];
-        Some((&m.map, (iova - m.iova) as usize))
+        Some((m, (iova - m.iova) as usize))
     }
 }
 
 impl Dma for DmaTable {
     fn region(&self, iova: u64) -> Option<(u64, DmaView<'_>)> {
         let (m, off) = self.find(iova, 1)?;
-        Some((iova - off as u64, DmaView::new(m, 0, m.len())?))
+        Some((iova - off as u64, m.view(0, m.map.len())?))
     }
 
     fn view(&self, iova: u64, len: u64) -> Option<DmaView<'_>> {
         let len = usize::try_from(len).ok()?;
         let (m, off) = self.find(iova, len)?;
-        DmaView::new(m, off, len)
+        m.view(off, len)
     }
 
     fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         match self.find(iova, buf.len()) {
-            Some((m, off)) if m.read(off, buf) => Ok(()),
+            Some((m, off)) if m.map.read(off, buf) => Ok(()),
             _ => Err(DmaError::Unmapped { iova, len: buf.len() as u64 }),
         }
     }
 
     fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
         match self.find(iova, data.len()) {
-            Some((m, off)) if m.write(off, data) => Ok(()),
+            Some((m, off)) if m.map.write(off, data) && m.dirtied(off, data.len()) => Ok(()),
             _ => Err(DmaError::Unmapped { iova, len: data.len() as u64 }),
         }
     }
 
     fn read_u32(&mut self, iova: u64) -> Result<u32, DmaError> {
         self.find(iova, 4)
-            .and_then(|(m, off)| m.load_u32(off, Ordering::Relaxed))
+            .and_then(|(m, off)| m.map.load_u32(off, Ordering::Relaxed))
             .ok_or(DmaError::Unmapped { iova, len: 4 })
     }
 
     fn read_u64(&mut self, iova: u64) -> Result<u64, DmaError> {
         self.find(iova, 8)
-            .and_then(|(m, off)| m.load_u64(off, Ordering::Relaxed))
+            .and_then(|(m, off)| m.map.load_u64(off, Ordering::Relaxed))
             .ok_or(DmaError::Unmapped { iova, len: 8 })
     }
 
     fn write_u32(&mut self, iova: u64, val: u32) -> Result<(), DmaError> {
         match self.find(iova, 4) {
-            Some((m, off)) if m.store_u32(off, val, Ordering::Relaxed) => Ok(()),
+            Some((m, off)) if m.map.store_u32(off, val, Ordering::Relaxed) && m.dirtied(off, 4) => Ok(()),
             _ => Err(DmaError::Unmapped { iova, len: 4 }),
         }
     }
 
     fn write_u64(&mut self, iova: u64, val: u64) -> Result<(), DmaError> {
         match self.find(iova, 8) {
-            Some((m, off)) if m.store_u64(off, val, Ordering::Relaxed) => Ok(()),
+            Some((m, off)) if m.map.store_u64(off, val, Ordering::Relaxed) && m.dirtied(off, 8) => Ok(()),
             _ => Err(DmaError::Unmapped { iova, len: 8 }),
         }
     }
 
     fn publish_u32(&mut self, iova: u64, val: u32) -> Result<(), DmaError> {
         match self.find(iova, 4) {
-            Some((m, off)) if m.store_u32(off, val, Ordering::Release) => Ok(()),
+            Some((m, off)) if m.map.store_u32(off, val, Ordering::Release) && m.dirtied(off, 4) => Ok(()),
             _ => Err(DmaError::Unmapped { iova, len: 4 }),
         }
     }
 
     fn publish_u64(&mut self, iova: u64, val: u64) -> Result<(), DmaError> {
         match self.find(iova, 8) {
-            Some((m, off)) if m.store_u64(off, val, Ordering::Release) => Ok(()),
+            Some((m, off)) if m.map.store_u64(off, val, Ordering::Release) && m.dirtied(off, 8) => Ok(()),
             _ => Err(DmaError::Unmapped { iova, len: 8 }),
         }
     }
@@ -631,5 +794,35 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(t.read(0, &mut [0u8; 4]).is_err());
         assert!(t.read(0x1000, &mut [0u8; 4]).is_ok());
+    }
+
+    #[test]
+    fn dirty_logging_reports_the_pages_the_device_wrote_once() {
+        let mut t = DmaTable::default();
+        t.map(1, 0x10_0000, 0x4000, Some(memfd_file(0x4000)), 0).unwrap();
+        t.map(2, 0x10_0000, 0x4000, Some(memfd_file(0x4000)), 0).unwrap();
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Err(DirtyError::State(false)));
+        assert_eq!(t.dirty_start(1, 3000, vec![]), Err(DirtyError::PageSize(3000)));
+        t.dirty_start(1, 4096, vec![]).unwrap();
+        assert_eq!(t.dirty_start(1, 4096, vec![]), Err(DirtyError::State(true)));
+        // Through a view (the data path), a sub-window of it, and a word store.
+        let v = t.view(0x10_0000, 0x4000).unwrap();
+        assert!(v.write(0x10, &[1, 2, 3]));
+        assert!(v.sub(0x2ffe, 4).unwrap().store_u32(0, 7, Ordering::Relaxed), "spans pages 2 and 3");
+        assert!(t.read(0x10_1000, &mut [0u8; 4]).is_ok(), "reads dirty nothing");
+        // A later map of the connection is logged too; another connection's maps are not.
+        t.map(1, 0x20_0000, 0x1000, Some(memfd_file(0x1000)), 0).unwrap();
+        t.write_u32(0x20_0000, 9).unwrap();
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0b1101]));
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0]), "a report clears");
+        assert_eq!(t.dirty_report(1, 0x20_0000, 0x1000, 4096), Ok(vec![1]));
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 8192), Err(DirtyError::Range { iova: 0x10_0000, len: 0x4000 }));
+        assert_eq!(t.dirty_report(2, 0x10_0000, 0x4000, 4096), Err(DirtyError::State(false)));
+        t.dirty_stop(1).unwrap();
+        assert_eq!(t.dirty_stop(1), Err(DirtyError::State(false)));
+        // Ranges limit what may be reported.
+        t.dirty_start(1, 4096, vec![(0x10_0000, 0x2000)]).unwrap();
+        assert!(t.dirty_report(1, 0x10_0000, 0x2000, 4096).is_ok());
+        assert!(t.dirty_report(1, 0x10_0000, 0x3000, 4096).is_err(), "beyond the logged range");
     }
 }

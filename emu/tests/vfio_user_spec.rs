@@ -428,3 +428,106 @@ fn intx_is_one_automasked_line_that_follows_the_interrupt_cause() {
     assert_eq!(set_irqs(&mut c, NONE_TRIGGER, 0, 1, &[]), None);
     assert_eq!(ev.read().ok(), Some(1), "one signal: the torn-down trigger reached nothing");
 }
+
+/// DEVICE_FEATURE (command 16) with `flags` and `data`; `argsz` defaults to the message's size.
+fn feature(c: &mut Raw, flags: u32, data: &[u8], argsz: Option<u32>) -> Reply {
+    let argsz = argsz.unwrap_or(8 + data.len() as u32);
+    let mut b = le(&[(argsz as u64, 4), (flags as u64, 4)]);
+    b.extend_from_slice(data);
+    c.call(16, &b, &[])
+}
+
+#[test]
+fn dirty_page_logging_reports_the_pages_the_device_wrote() {
+    use std::os::unix::fs::FileExt;
+    const GET: u32 = 1 << 16;
+    const SET: u32 = 1 << 17;
+    const PROBE: u32 = 1 << 18;
+    const START: u32 = 6;
+    const STOP: u32 = 7;
+    const REPORT: u32 = 8;
+    const IOVA: u64 = 0x1_0000_0000;
+    const MEM: u64 = 1 << 20;
+    let nic = start();
+    let mut c = Raw::connect(&nic);
+    c.negotiate();
+    let mem = tempfile::tempfile().unwrap();
+    mem.set_len(MEM).unwrap();
+    let r = c.call(DMA_MAP, &le(&[(32, 4), (3, 4), (0, 8), (IOVA, 8), (MEM, 8)]), &[mem.as_raw_fd()]);
+    assert_eq!(r.err(), None);
+    // Probing and refusals first.
+    let control = |page: u64| le(&[(page, 8), (0, 4), (0, 4)]);
+    assert_eq!(feature(&mut c, PROBE | SET | START, &control(4096), None).err(), None, "START can be SET");
+    assert_eq!(feature(&mut c, PROBE | GET | START, &control(4096), None).err(), Some(libc::ENOTSUP as u32));
+    assert_eq!(feature(&mut c, GET | 1, &[0; 8], None).err(), Some(libc::ENOTSUP as u32), "no migration");
+    assert_eq!(feature(&mut c, SET | START, &control(1000), None).err(), Some(libc::EINVAL as u32), "page size");
+    assert_eq!(feature(&mut c, SET | GET | START, &control(4096), None).err(), Some(libc::EINVAL as u32));
+    let report = le(&[(IOVA, 8), (MEM, 8), (4096, 8)]);
+    let room = Some(8 + 24 + 32);
+    assert_eq!(feature(&mut c, GET | REPORT, &report, room).err(), Some(libc::EINVAL as u32), "not logging");
+    let r = feature(&mut c, SET | START, &control(4096), None);
+    assert_eq!(r.err(), None);
+    assert_eq!(r.body, [le(&[(24, 4), ((SET | START) as u64, 4)]), control(4096)].concat(), "echoed");
+    assert_eq!(feature(&mut c, SET | START, &control(4096), None).err(), Some(libc::EBUSY as u32), "twice");
+    assert_eq!(feature(&mut c, GET | REPORT, &report, Some(8 + 24 + 31)).err(), Some(libc::EINVAL as u32), "room");
+    // Nothing written yet: a clean bitmap of 256 pages.
+    let r = feature(&mut c, GET | REPORT, &report, room);
+    assert_eq!(r.err(), None);
+    assert_eq!(&r.body[32..], &[0u8; 32]);
+
+    // One frame through the loopback (a driver's bring-up over trapped accesses, 82599 8.2.3):
+    // RX ring at page 0, TX ring at page 1, RX buffer at page 16, TX buffer at page 64.
+    assert_eq!(c.write32(7, 4, 6), None, "memory + bus master");
+    assert_eq!(c.write32(0, 0x888, 0x7fff_ffff), None, "EIMC");
+    assert_eq!(c.write32(0, 0x0, 1 << 26), None, "CTRL.RST");
+    assert_eq!(c.write32(0, 0x42a0, 1 << 12), None, "AUTOC.RESTART_AN");
+    assert_eq!(c.write32(0, 0x5080, (1 << 8) | (1 << 9) | (1 << 10)), None, "FCTRL: promiscuous");
+    let srrctl = c.read32(0, 0x2100).unwrap();
+    assert_eq!(c.write32(0, 0x2100, (srrctl & !(7 << 25)) | (1 << 25)), None, "advanced one-buffer");
+    mem.write_at(&(IOVA + 0x10000).to_le_bytes(), 0).unwrap();
+    let frame: Vec<u8> = (0..64u8).collect();
+    mem.write_at(&frame, 0x40000).unwrap();
+    let ctl = 64u32 | (3 << 20) | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 29);
+    mem.write_at(&[(IOVA + 0x40000).to_le_bytes(), (u64::from(ctl) | (64u64 << 46)).to_le_bytes()].concat(), 0x1000)
+        .unwrap();
+    for (off, v) in [
+        (0x3000, 1),
+        (0x4a80, 1),
+        (0x1000, IOVA as u32),
+        (0x1004, (IOVA >> 32) as u32),
+        (0x1008, 16 * 16),
+        (0x1028, 1 << 25),
+        (0x1018, 15),
+        (0x6000, (IOVA + 0x1000) as u32),
+        (0x6004, (IOVA >> 32) as u32),
+        (0x6008, 16 * 16),
+        (0x6028, 1 << 25),
+    ] {
+        assert_eq!(c.write32(0, off, v), None, "{off:#x}");
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while c.read32(0, 0x42a4).unwrap() & (1 << 30) == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(c.write32(0, 0x6018, 1), None, "TDT: one frame");
+    let mut wb = [0u8; 16];
+    while Instant::now() < end {
+        mem.read_at(&mut wb, 0).unwrap();
+        if wb[8] & 1 != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(wb[8] & 1, 1, "the frame was received (DD)");
+    let mut got = [0u8; 64];
+    mem.read_at(&mut got, 0x10000).unwrap();
+    assert_eq!(&got[..], &frame[..]);
+    let r = feature(&mut c, GET | REPORT, &report, room);
+    assert_eq!(r.err(), None);
+    let dirty: Vec<usize> = (0..256).filter(|p| r.body[32 + p / 8] & (1 << (p % 8)) != 0).collect();
+    assert_eq!(dirty, vec![0, 1, 16], "RX write-back, TX write-back, the RX buffer; the TX buffer was only read");
+    let r = feature(&mut c, GET | REPORT, &report, room);
+    assert_eq!(&r.body[32..], &[0u8; 32], "a report clears what it reported");
+    assert_eq!(feature(&mut c, SET | STOP, &control(4096), None).err(), None);
+    assert_eq!(feature(&mut c, GET | REPORT, &report, room).err(), Some(libc::EINVAL as u32), "stopped");
+}

@@ -37,6 +37,11 @@ impl ServerBackend for ConnBackend {
         match region {
             0..=5 => d.model.bar_write(region, offset, data),
             VFIO_PCI_CONFIG_REGION_INDEX => d.model.config_write(offset, data),
+            // The relay's introduction, its first message (no client can reach region 8: the
+            // relay refuses every access to an empty region).
+            8 if offset == super::relay::INTRO_OFFSET && data.len() == 8 => {
+                self.conn = u64::from_le_bytes(data.try_into().expect("8 bytes"));
+            }
             _ => d.model.faults_mut().record(offset, data.len() as u64, "write to an empty region"),
         }
         Ok(())

@@ -53,6 +53,7 @@ use crate::mem::Mapping;
 use crate::model::{DeviceModel, PortStats};
 
 mod backend;
+mod feature;
 mod relay;
 
 use self::backend::ConnBackend;
@@ -509,6 +510,8 @@ fn worker(s: &Arc<Shared>, server: &Arc<Server>) {
         let conn = s.next_conn.fetch_add(1, Ordering::Relaxed) | (1 << 63);
         let mut backend = ConnBackend { shared: s.clone(), conn };
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run(&mut backend)));
+        // The relay introduced itself (see `relay::INTRO_OFFSET`): the connection's id is its own.
+        let conn = backend.conn;
         match res {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(bdf = %s.bdf, "connection ended: {e}"),

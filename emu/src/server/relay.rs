@@ -7,6 +7,17 @@ use super::*;
 pub(super) fn start_relay(s: &Arc<Shared>, client: UnixStream) -> std::io::Result<JoinHandle<()>> {
     let worker = UnixStream::connect(&s.private)?;
     let id = s.next_conn.fetch_add(1, Ordering::Relaxed);
+    // Introduce the relay to the worker that accepts it, so both know the connection by one id
+    // (the relay answers DEVICE_FEATURE itself, on the connection's DMA maps).
+    let mut intro = vec![0u8; HEADER];
+    intro[2..4].copy_from_slice(&REGION_WRITE.to_le_bytes());
+    intro[4..8].copy_from_slice(&((HEADER + 16 + 8) as u32).to_le_bytes());
+    intro[8..12].copy_from_slice(&NO_REPLY.to_le_bytes());
+    intro.extend_from_slice(&INTRO_OFFSET.to_le_bytes());
+    intro.extend_from_slice(&8u32.to_le_bytes());
+    intro.extend_from_slice(&8u32.to_le_bytes());
+    intro.extend_from_slice(&id.to_le_bytes());
+    send_message(&worker, &intro, &[]).map_err(|e| std::io::Error::other(e.to_string()))?;
     let pid = nix::sys::socket::getsockopt(&client, nix::sys::socket::sockopt::PeerCredentials).map_or(0, |c| c.pid());
     let rec = ConnRecord { client: client.try_clone()?, worker: worker.try_clone()?, since: Instant::now(), pid };
     lock(&s.conns).insert(id, rec);
@@ -14,7 +25,7 @@ pub(super) fn start_relay(s: &Arc<Shared>, client: UnixStream) -> std::io::Resul
     let s2 = s.clone();
     let spawned = std::thread::Builder::new().name(format!("relay-{id}")).spawn(move || {
         let mut check = ConnCheck::new(s2.region_sizes.clone(), s2.msix);
-        let reason = relay(&client, &worker, &mut check);
+        let reason = relay(&s2, id, &client, &worker, &mut check);
         let _ = client.shutdown(std::net::Shutdown::Both);
         let _ = worker.shutdown(std::net::Shutdown::Both);
         lock(&s2.conns).remove(&id);
@@ -78,6 +89,11 @@ const SET_IRQS: u16 = 8;
 const REGION_READ: u16 = 9;
 const REGION_WRITE: u16 = 10;
 const DEVICE_RESET: u16 = 13;
+const DEVICE_FEATURE: u16 = 16;
+
+/// Offset of the relay's introduction to its worker: a REGION_WRITE (no reply) of its
+/// connection id to region 8, which is empty, so no client request can look like it.
+pub(super) const INTRO_OFFSET: u64 = 0x1a6_0000_1e1a_0000;
 
 /// DMA_MAP flags (READ, WRITE); DMA_UNMAP flags as in linux/vfio.h.
 const DMA_MAP_FLAGS: u32 = 0b11;
@@ -97,6 +113,8 @@ pub(super) const MAX_MAPS: usize = 1024;
 
 enum Verdict {
     Forward,
+    /// Answered by the relay itself (DEVICE_FEATURE), after the worker's pending replies.
+    Local,
     /// Forward this message instead (the request in the shape the crate's server reads).
     Rewrite(Vec<u8>),
     Reject(i32),
@@ -234,7 +252,8 @@ impl ConnCheck {
                     return einval;
                 }
                 if flags & UNMAP_GET_DIRTY_BITMAP != 0 {
-                    return (Reject(libc::ENOTSUP), Op::Other); // no dirty page tracking here
+                    // Dirty pages are reported through DEVICE_FEATURE DMA_LOGGING_REPORT instead.
+                    return (Reject(libc::ENOTSUP), Op::Other);
                 }
                 if flags & UNMAP_ALL != 0 {
                     return if iova == 0 && size == 0 {
@@ -321,6 +340,8 @@ impl ConnCheck {
                 (Forward, Op::Other)
             }
             DEVICE_RESET if n == 0 => (Forward, Op::Other),
+            DEVICE_FEATURE if n >= 8 && h.flags & NO_REPLY == 0 => (Verdict::Local, Op::Other),
+            DEVICE_FEATURE => einval,
             DEVICE_GET_INFO | GET_REGION_INFO | GET_IRQ_INFO | DEVICE_RESET => einval,
             _ => (Reject(libc::ENOTSUP), Op::Other),
         }
@@ -434,6 +455,17 @@ fn send_message(to: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> Result<(), Rela
     Ok(())
 }
 
+/// A successful reply to `h` carrying `body`.
+fn reply(h: &MsgHeader, body: &[u8]) -> Vec<u8> {
+    let mut r = vec![0u8; HEADER];
+    r[0..2].copy_from_slice(&h.id.to_le_bytes());
+    r[2..4].copy_from_slice(&h.command.to_le_bytes());
+    r[4..8].copy_from_slice(&((HEADER + body.len()) as u32).to_le_bytes());
+    r[8..12].copy_from_slice(&1u32.to_le_bytes()); // reply
+    r.extend_from_slice(body);
+    r
+}
+
 fn error_reply(h: &MsgHeader, errno: i32) -> [u8; HEADER] {
     let mut r = [0u8; HEADER];
     r[0..2].copy_from_slice(&h.id.to_le_bytes());
@@ -447,7 +479,7 @@ fn error_reply(h: &MsgHeader, errno: i32) -> [u8; HEADER] {
 /// Moves messages both ways until either side closes or the client misses a deadline (no
 /// VERSION within [`NEGOTIATE_TIMEOUT`], a message not whole within [`MESSAGE_TIMEOUT`]).
 /// Returns why it ended.
-fn relay(client: &UnixStream, worker: &UnixStream, check: &mut ConnCheck) -> RelayEnd {
+fn relay(s: &Shared, conn: u64, client: &UnixStream, worker: &UnixStream, check: &mut ConnCheck) -> RelayEnd {
     let max = HEADER + 16 + MAX_DATA_XFER as usize + 4096;
     // Each read of a started message waits at most this long (the deadline bounds them all).
     if let Err(e) = client.set_read_timeout(Some(MESSAGE_TIMEOUT)) {
@@ -490,6 +522,18 @@ fn relay(client: &UnixStream, worker: &UnixStream, check: &mut ConnCheck) -> Rel
                 match verdict {
                     Verdict::Forward => forward(&buf),
                     Verdict::Rewrite(msg) => forward(&msg),
+                    Verdict::Local => {
+                        // Replies keep the order of the requests: the worker's come first.
+                        while !check.pending.is_empty() {
+                            let (_, mut r, rfds) = read_message(worker, max, || RelayEnd::ServerClosed, None)?;
+                            check.reply(&mut r);
+                            send_message(client, &r, &rfds)?;
+                        }
+                        match super::feature::device_feature(s, conn, &buf[HEADER..]) {
+                            Ok(body) => send_message(client, &reply(&h, &body), &[]),
+                            Err(errno) => send_message(client, &error_reply(&h, errno), &[]),
+                        }
+                    }
                     Verdict::Reject(errno) => {
                         tracing::debug!(command = h.command, errno, "refused a request in the relay");
                         if h.flags & NO_REPLY != 0 {

@@ -1,0 +1,112 @@
+//! VFIO_USER_DEVICE_FEATURE (command 16), answered by the relay itself under the device lock (the
+//! `vfio_user` crate's server does not know the command): dirty-page logging of the device's DMA
+//! writes (DMA_LOGGING_START / STOP / REPORT, as linux/vfio.h defines them), PROBE of each.
+//! Migration (features MIGRATION and MIG_DEVICE_STATE) is not offered: refused with ENOTSUP.
+//!
+//! Layout (little-endian): `argsz: u32, flags: u32, data[]`, flags = feature index (bits 15:0)
+//! | GET (16) | SET (17) | PROBE (18). A SET and a PROBE are answered with the request echoed (as
+//! libvfio-user does), a GET with the header and the feature's data.
+
+use crate::dma::{ConnId, DirtyError};
+
+use super::Shared;
+
+/// Feature indexes (linux/vfio.h).
+const MIGRATION: u32 = 1;
+const MIG_DEVICE_STATE: u32 = 2;
+const DMA_LOGGING_START: u32 = 6;
+const DMA_LOGGING_STOP: u32 = 7;
+const DMA_LOGGING_REPORT: u32 = 8;
+const INDEX_MASK: u32 = 0xffff;
+const GET: u32 = 1 << 16;
+const SET: u32 = 1 << 17;
+const PROBE: u32 = 1 << 18;
+/// Most IOVA ranges one DMA_LOGGING_START may name (the request's memory stays bounded).
+pub(super) const MAX_LOG_RANGES: u32 = 1024;
+
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    b.get(o..o + 4).map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+}
+
+fn u64_at(b: &[u8], o: usize) -> Option<u64> {
+    b.get(o..o + 8).map(|x| u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]))
+}
+
+fn errno(e: &DirtyError) -> i32 {
+    match e {
+        DirtyError::State(true) => libc::EBUSY,
+        DirtyError::State(false) | DirtyError::PageSize(_) | DirtyError::Range { .. } => libc::EINVAL,
+    }
+}
+
+/// The reply body to a DEVICE_FEATURE request `body` of connection `conn`, or the errno.
+pub(super) fn device_feature(s: &Shared, conn: ConnId, body: &[u8]) -> Result<Vec<u8>, i32> {
+    let (Some(argsz), Some(flags)) = (u32_at(body, 0), u32_at(body, 4)) else {
+        return Err(libc::EINVAL);
+    };
+    let data = &body[8..];
+    let (feature, ops) = (flags & INDEX_MASK, flags & !INDEX_MASK);
+    if (argsz as usize) < body.len() || ops & !(GET | SET | PROBE) != 0 {
+        return Err(libc::EINVAL);
+    }
+    let supported = match feature {
+        DMA_LOGGING_START | DMA_LOGGING_STOP => SET,
+        DMA_LOGGING_REPORT => GET,
+        MIGRATION | MIG_DEVICE_STATE => return Err(libc::ENOTSUP),
+        _ => return Err(libc::ENOTSUP),
+    };
+    if ops & PROBE != 0 {
+        // PROBE may name the operations it asks about; each must be supported.
+        return if ops & (GET | SET) & !supported == 0 { Ok(body.to_vec()) } else { Err(libc::ENOTSUP) };
+    }
+    if ops != supported {
+        return Err(libc::EINVAL); // GET and SET together, neither, or the one this feature lacks
+    }
+    let mut d = s.dev();
+    match feature {
+        DMA_LOGGING_START => {
+            let (Some(page), Some(n)) = (u64_at(data, 0), u32_at(data, 8)) else {
+                return Err(libc::EINVAL);
+            };
+            if n > MAX_LOG_RANGES || data.len() != 16 + 16 * n as usize {
+                return Err(libc::EINVAL);
+            }
+            let mut ranges = Vec::with_capacity(n as usize);
+            for i in 0..n as usize {
+                let (iova, len) = (u64_at(data, 16 + 16 * i), u64_at(data, 24 + 16 * i));
+                match (iova, len) {
+                    (Some(a), Some(l)) if l > 0 && a.checked_add(l).is_some() => ranges.push((a, l)),
+                    _ => return Err(libc::EINVAL),
+                }
+            }
+            d.dma.dirty_start(conn, page, ranges).map_err(|e| errno(&e))?;
+            tracing::info!(bdf = %s.bdf, conn, page, ranges = n, "dirty page logging started");
+            Ok(body.to_vec())
+        }
+        DMA_LOGGING_STOP => {
+            d.dma.dirty_stop(conn).map_err(|e| errno(&e))?;
+            tracing::info!(bdf = %s.bdf, conn, "dirty page logging stopped");
+            Ok(body.to_vec())
+        }
+        _ => {
+            let (Some(iova), Some(len), Some(page)) = (u64_at(data, 0), u64_at(data, 8), u64_at(data, 16)) else {
+                return Err(libc::EINVAL);
+            };
+            if data.len() != 24 || page == 0 {
+                return Err(libc::EINVAL);
+            }
+            // The client's argsz says how much room it has for the bitmap.
+            let bitmap_len = len.div_ceil(page).div_ceil(8);
+            let room = u64::from(argsz).saturating_sub(body.len() as u64);
+            if bitmap_len > room || bitmap_len > u64::from(super::MAX_DATA_XFER) {
+                return Err(libc::EINVAL);
+            }
+            let bitmap = d.dma.dirty_report(conn, iova, len, page).map_err(|e| errno(&e))?;
+            let mut out = Vec::with_capacity(body.len() + bitmap.len());
+            out.extend_from_slice(&((body.len() + bitmap.len()) as u32).to_le_bytes());
+            out.extend_from_slice(&body[4..]);
+            out.extend_from_slice(&bitmap);
+            Ok(out)
+        }
+    }
+}
