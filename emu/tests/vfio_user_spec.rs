@@ -429,54 +429,14 @@ fn intx_is_one_automasked_line_that_follows_the_interrupt_cause() {
     assert_eq!(ev.read().ok(), Some(1), "one signal: the torn-down trigger reached nothing");
 }
 
-/// DEVICE_FEATURE (command 16) with `flags` and `data`; `argsz` defaults to the message's size.
-fn feature(c: &mut Raw, flags: u32, data: &[u8], argsz: Option<u32>) -> Reply {
-    let argsz = argsz.unwrap_or(8 + data.len() as u32);
-    let mut b = le(&[(argsz as u64, 4), (flags as u64, 4)]);
-    b.extend_from_slice(data);
-    c.call(16, &b, &[])
-}
+const DMA_IOVA: u64 = 0x1_0000_0000;
 
-#[test]
-fn dirty_page_logging_reports_the_pages_the_device_wrote() {
+/// A driver's bring-up of the 82599 over trapped accesses (8.2.3) with the DMA memory `mem`
+/// mapped at [`DMA_IOVA`]: RX ring (16 descriptors) at page 0, TX ring at page 1, RX buffers
+/// from page 16 (2 KiB each), TX buffers from page 64; promiscuous loopback.
+fn bring_up_loopback(c: &mut Raw, mem: &std::fs::File) {
     use std::os::unix::fs::FileExt;
-    const GET: u32 = 1 << 16;
-    const SET: u32 = 1 << 17;
-    const PROBE: u32 = 1 << 18;
-    const START: u32 = 6;
-    const STOP: u32 = 7;
-    const REPORT: u32 = 8;
-    const IOVA: u64 = 0x1_0000_0000;
-    const MEM: u64 = 1 << 20;
-    let nic = start();
-    let mut c = Raw::connect(&nic);
-    c.negotiate();
-    let mem = tempfile::tempfile().unwrap();
-    mem.set_len(MEM).unwrap();
-    let r = c.call(DMA_MAP, &le(&[(32, 4), (3, 4), (0, 8), (IOVA, 8), (MEM, 8)]), &[mem.as_raw_fd()]);
-    assert_eq!(r.err(), None);
-    // Probing and refusals first.
-    let control = |page: u64| le(&[(page, 8), (0, 4), (0, 4)]);
-    assert_eq!(feature(&mut c, PROBE | SET | START, &control(4096), None).err(), None, "START can be SET");
-    assert_eq!(feature(&mut c, PROBE | GET | START, &control(4096), None).err(), Some(libc::ENOTSUP as u32));
-    assert_eq!(feature(&mut c, GET | 1, &[0; 8], None).err(), Some(libc::ENOTSUP as u32), "no migration");
-    assert_eq!(feature(&mut c, SET | START, &control(1000), None).err(), Some(libc::EINVAL as u32), "page size");
-    assert_eq!(feature(&mut c, SET | GET | START, &control(4096), None).err(), Some(libc::EINVAL as u32));
-    let report = le(&[(IOVA, 8), (MEM, 8), (4096, 8)]);
-    let room = Some(8 + 24 + 32);
-    assert_eq!(feature(&mut c, GET | REPORT, &report, room).err(), Some(libc::EINVAL as u32), "not logging");
-    let r = feature(&mut c, SET | START, &control(4096), None);
-    assert_eq!(r.err(), None);
-    assert_eq!(r.body, [le(&[(24, 4), ((SET | START) as u64, 4)]), control(4096)].concat(), "echoed");
-    assert_eq!(feature(&mut c, SET | START, &control(4096), None).err(), Some(libc::EBUSY as u32), "twice");
-    assert_eq!(feature(&mut c, GET | REPORT, &report, Some(8 + 24 + 31)).err(), Some(libc::EINVAL as u32), "room");
-    // Nothing written yet: a clean bitmap of 256 pages.
-    let r = feature(&mut c, GET | REPORT, &report, room);
-    assert_eq!(r.err(), None);
-    assert_eq!(&r.body[32..], &[0u8; 32]);
-
-    // One frame through the loopback (a driver's bring-up over trapped accesses, 82599 8.2.3):
-    // RX ring at page 0, TX ring at page 1, RX buffer at page 16, TX buffer at page 64.
+    const IOVA: u64 = DMA_IOVA;
     assert_eq!(c.write32(7, 4, 6), None, "memory + bus master");
     assert_eq!(c.write32(0, 0x888, 0x7fff_ffff), None, "EIMC");
     assert_eq!(c.write32(0, 0x0, 1 << 26), None, "CTRL.RST");
@@ -484,12 +444,9 @@ fn dirty_page_logging_reports_the_pages_the_device_wrote() {
     assert_eq!(c.write32(0, 0x5080, (1 << 8) | (1 << 9) | (1 << 10)), None, "FCTRL: promiscuous");
     let srrctl = c.read32(0, 0x2100).unwrap();
     assert_eq!(c.write32(0, 0x2100, (srrctl & !(7 << 25)) | (1 << 25)), None, "advanced one-buffer");
-    mem.write_at(&(IOVA + 0x10000).to_le_bytes(), 0).unwrap();
-    let frame: Vec<u8> = (0..64u8).collect();
-    mem.write_at(&frame, 0x40000).unwrap();
-    let ctl = 64u32 | (3 << 20) | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 29);
-    mem.write_at(&[(IOVA + 0x40000).to_le_bytes(), (u64::from(ctl) | (64u64 << 46)).to_le_bytes()].concat(), 0x1000)
-        .unwrap();
+    for i in 0..16u64 {
+        mem.write_at(&[(IOVA + 0x10000 + i * 2048).to_le_bytes(), [0; 8]].concat(), i * 16).unwrap();
+    }
     for (off, v) in [
         (0x3000, 1),
         (0x4a80, 1),
@@ -509,19 +466,78 @@ fn dirty_page_logging_reports_the_pages_the_device_wrote() {
     while c.read32(0, 0x42a4).unwrap() & (1 << 30) == 0 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(c.write32(0, 0x6018, 1), None, "TDT: one frame");
+}
+
+/// Sends a 64-byte frame from TX descriptor `i` and waits for it in RX descriptor `i`.
+fn send_and_receive(c: &mut Raw, mem: &std::fs::File, i: u64) {
+    use std::os::unix::fs::FileExt;
+    let frame: Vec<u8> = (0..64u8).map(|b| b ^ i as u8).collect();
+    mem.write_at(&frame, 0x40000 + i * 2048).unwrap();
+    let ctl = 64u32 | (3 << 20) | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 29);
+    let desc = [(DMA_IOVA + 0x40000 + i * 2048).to_le_bytes(), (u64::from(ctl) | (64u64 << 46)).to_le_bytes()];
+    mem.write_at(&desc.concat(), 0x1000 + i * 16).unwrap();
+    assert_eq!(c.write32(0, 0x6018, i as u32 + 1), None, "TDT");
     let mut wb = [0u8; 16];
+    let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
-        mem.read_at(&mut wb, 0).unwrap();
+        mem.read_at(&mut wb, i * 16).unwrap();
         if wb[8] & 1 != 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(wb[8] & 1, 1, "the frame was received (DD)");
+    assert_eq!(wb[8] & 1, 1, "frame {i} was received (DD)");
     let mut got = [0u8; 64];
-    mem.read_at(&mut got, 0x10000).unwrap();
-    assert_eq!(&got[..], &frame[..]);
+    mem.read_at(&mut got, 0x10000 + i * 2048).unwrap();
+    assert_eq!(&got[..], &frame[..], "frame {i} byte-identical");
+}
+
+/// DEVICE_FEATURE (command 16) with `flags` and `data`; `argsz` defaults to the message's size.
+fn feature(c: &mut Raw, flags: u32, data: &[u8], argsz: Option<u32>) -> Reply {
+    let argsz = argsz.unwrap_or(8 + data.len() as u32);
+    let mut b = le(&[(argsz as u64, 4), (flags as u64, 4)]);
+    b.extend_from_slice(data);
+    c.call(16, &b, &[])
+}
+
+#[test]
+fn dirty_page_logging_reports_the_pages_the_device_wrote() {
+    const GET: u32 = 1 << 16;
+    const SET: u32 = 1 << 17;
+    const PROBE: u32 = 1 << 18;
+    const START: u32 = 6;
+    const STOP: u32 = 7;
+    const REPORT: u32 = 8;
+    const IOVA: u64 = 0x1_0000_0000;
+    const MEM: u64 = 1 << 20;
+    let nic = start();
+    let mut c = Raw::connect(&nic);
+    c.negotiate();
+    let mem = tempfile::tempfile().unwrap();
+    mem.set_len(MEM).unwrap();
+    let r = c.call(DMA_MAP, &le(&[(32, 4), (3, 4), (0, 8), (IOVA, 8), (MEM, 8)]), &[mem.as_raw_fd()]);
+    assert_eq!(r.err(), None);
+    // Probing and refusals first.
+    let control = |page: u64| le(&[(page, 8), (0, 4), (0, 4)]);
+    assert_eq!(feature(&mut c, PROBE | SET | START, &control(4096), None).err(), None, "START can be SET");
+    assert_eq!(feature(&mut c, PROBE | GET | START, &control(4096), None).err(), Some(libc::ENOTSUP as u32));
+    assert_eq!(feature(&mut c, SET | START, &control(1000), None).err(), Some(libc::EINVAL as u32), "page size");
+    assert_eq!(feature(&mut c, SET | GET | START, &control(4096), None).err(), Some(libc::EINVAL as u32));
+    let report = le(&[(IOVA, 8), (MEM, 8), (4096, 8)]);
+    let room = Some(8 + 24 + 32);
+    assert_eq!(feature(&mut c, GET | REPORT, &report, room).err(), Some(libc::EINVAL as u32), "not logging");
+    let r = feature(&mut c, SET | START, &control(4096), None);
+    assert_eq!(r.err(), None);
+    assert_eq!(r.body, [le(&[(24, 4), ((SET | START) as u64, 4)]), control(4096)].concat(), "echoed");
+    assert_eq!(feature(&mut c, SET | START, &control(4096), None).err(), Some(libc::EBUSY as u32), "twice");
+    assert_eq!(feature(&mut c, GET | REPORT, &report, Some(8 + 24 + 31)).err(), Some(libc::EINVAL as u32), "room");
+    // Nothing written yet: a clean bitmap of 256 pages.
+    let r = feature(&mut c, GET | REPORT, &report, room);
+    assert_eq!(r.err(), None);
+    assert_eq!(&r.body[32..], &[0u8; 32]);
+
+    bring_up_loopback(&mut c, &mem);
+    send_and_receive(&mut c, &mem, 0);
     let r = feature(&mut c, GET | REPORT, &report, room);
     assert_eq!(r.err(), None);
     let dirty: Vec<usize> = (0..256).filter(|p| r.body[32 + p / 8] & (1 << (p % 8)) != 0).collect();
@@ -530,4 +546,122 @@ fn dirty_page_logging_reports_the_pages_the_device_wrote() {
     assert_eq!(&r.body[32..], &[0u8; 32], "a report clears what it reported");
     assert_eq!(feature(&mut c, SET | STOP, &control(4096), None).err(), None);
     assert_eq!(feature(&mut c, GET | REPORT, &report, room).err(), Some(libc::EINVAL as u32), "stopped");
+}
+
+#[test]
+fn a_running_port_migrates_to_another_lab_nic_with_its_queued_frame() {
+    use std::os::unix::fs::FileExt;
+    const GET: u32 = 1 << 16;
+    const SET: u32 = 1 << 17;
+    const MIGRATION: u32 = 1;
+    const STATE: u32 = 2;
+    const STOP: u64 = 1;
+    const RUNNING: u64 = 2;
+    const STOP_COPY: u64 = 3;
+    const RESUMING: u64 = 4;
+    const PRE_COPY: u64 = 6;
+    const MIG_DATA_READ: u16 = 17;
+    const MIG_DATA_WRITE: u16 = 18;
+    let set = |c: &mut Raw, s: u64| feature(c, SET | STATE, &le(&[(s, 4), (u32::MAX as u64, 4)]), None).err();
+    let state = |c: &mut Raw| {
+        let r = feature(c, GET | STATE, &[0; 8], None);
+        assert_eq!(r.err(), None);
+        u32_at(&r.body, 8) as u64
+    };
+    let read = |c: &mut Raw, n: u64| c.call(MIG_DATA_READ, &le(&[(8 + n, 4), (n, 4)]), &[]);
+    let write = |c: &mut Raw, data: &[u8]| {
+        let mut b = le(&[(8 + data.len() as u64, 4), (data.len() as u64, 4)]);
+        b.extend_from_slice(data);
+        c.call(MIG_DATA_WRITE, &b, &[]).err()
+    };
+    let mem = tempfile::tempfile().unwrap();
+    mem.set_len(1 << 20).unwrap();
+    let map = |c: &mut Raw| {
+        let r = c.call(DMA_MAP, &le(&[(32, 4), (3, 4), (0, 8), (DMA_IOVA, 8), (1 << 20, 8)]), &[mem.as_raw_fd()]);
+        assert_eq!(r.err(), None);
+    };
+
+    // Source: a port that has carried two frames.
+    let src = start();
+    let mut a = Raw::connect(&src);
+    a.negotiate();
+    map(&mut a);
+    bring_up_loopback(&mut a, &mem);
+    send_and_receive(&mut a, &mem, 0);
+    send_and_receive(&mut a, &mem, 1);
+    assert_eq!(a.write32(0, 0x820, 0x0c80), None, "EITR0");
+    let r = feature(&mut a, GET | MIGRATION, &[0; 8], None);
+    assert_eq!(r.err(), None);
+    assert_eq!(u64_at(&r.body, 8), 1 | 4, "STOP_COPY and PRE_COPY");
+    assert_eq!(state(&mut a), RUNNING);
+    assert_eq!(read(&mut a, 4096).err(), Some(libc::EINVAL as u32), "no data while running");
+    assert_eq!(set(&mut a, 5), Some(libc::EINVAL as u32), "RUNNING_P2P is not offered");
+    assert_eq!(set(&mut a, PRE_COPY), None);
+    let r = read(&mut a, 4096);
+    assert_eq!((r.err(), u32_at(&r.body, 4)), (None, 0), "no early data");
+    assert_eq!(set(&mut a, RUNNING), None);
+    // Stopped, the device moves nothing: a frame rung now stays queued (TDH stays at 2).
+    assert_eq!(set(&mut a, STOP), None);
+    let frame: Vec<u8> = (0..64u8).map(|b| b ^ 2).collect();
+    mem.write_at(&frame, 0x40000 + 2 * 2048).unwrap();
+    let ctl = 64u32 | (3 << 20) | (1 << 24) | (1 << 25) | (1 << 27) | (1 << 29);
+    let desc = [(DMA_IOVA + 0x40000 + 2 * 2048).to_le_bytes(), (u64::from(ctl) | (64u64 << 46)).to_le_bytes()];
+    mem.write_at(&desc.concat(), 0x1000 + 2 * 16).unwrap();
+    assert_eq!(a.write32(0, 0x6018, 3), None, "TDT: frame 2");
+    for _ in 0..20 {
+        assert_eq!(a.read32(0, 0x6010), Ok(2), "TDH: nothing sent while stopped");
+    }
+    assert_eq!(set(&mut a, STOP_COPY), None);
+    assert_eq!(write(&mut a, &[0; 8]), Some(libc::EINVAL as u32), "writes are for RESUMING");
+    let mut stream = Vec::new();
+    loop {
+        let r = read(&mut a, 64 * 1024);
+        assert_eq!(r.err(), None);
+        let n = u32_at(&r.body, 4) as usize;
+        assert_eq!(r.body.len(), 8 + n);
+        if n == 0 {
+            break;
+        }
+        stream.extend_from_slice(&r.body[8..]);
+    }
+    assert!(stream.len() > 12 * 1024, "config space, registers, queue pages: {} bytes", stream.len());
+    assert_eq!(set(&mut a, STOP), None);
+
+    // Destination: a fresh lab-nic. A corrupt stream is refused and leaves the device in
+    // ERROR until a reset; the real one resumes the port.
+    let dst = start();
+    let mut b = Raw::connect(&dst);
+    b.negotiate();
+    map(&mut b);
+    assert_eq!(set(&mut b, RESUMING), None, "from RUNNING through STOP");
+    let mut bad = stream.clone();
+    bad.truncate(stream.len() / 2);
+    assert_eq!(write(&mut b, &bad), None);
+    assert_eq!(set(&mut b, STOP), Some(libc::EINVAL as u32), "a truncated stream");
+    assert_eq!(state(&mut b), 0, "ERROR");
+    assert_eq!(set(&mut b, RUNNING), Some(libc::EINVAL as u32), "ERROR is left by a reset only");
+    assert_eq!(b.call(DEVICE_RESET, &[], &[]).err(), None);
+    assert_eq!(state(&mut b), RUNNING);
+    assert_eq!(set(&mut b, RESUMING), None);
+    for chunk in stream.chunks(100_000) {
+        assert_eq!(write(&mut b, chunk), None);
+    }
+    assert_eq!(set(&mut b, STOP), None);
+    assert_eq!(b.read32(0, 0x820), Ok(0x0c80), "EITR0 came along");
+    assert_eq!(set(&mut b, RUNNING), None);
+    // The frame rung on the source is sent by the destination, into RX descriptor 2.
+    let mut wb = [0u8; 16];
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        mem.read_at(&mut wb, 2 * 16).unwrap();
+        if wb[8] & 1 != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(wb[8] & 1, 1, "the queued frame arrived after the migration");
+    let mut got = [0u8; 64];
+    mem.read_at(&mut got, 0x10000 + 2 * 2048).unwrap();
+    assert_eq!(&got[..], &frame[..]);
+    send_and_receive(&mut b, &mem, 3);
 }

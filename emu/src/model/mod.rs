@@ -12,6 +12,7 @@ pub mod i40e;
 pub mod ixgbe;
 pub(crate) mod msix;
 pub mod pci;
+pub mod snapshot;
 
 use std::sync::Arc;
 
@@ -103,6 +104,20 @@ pub trait DeviceModel: Send {
     /// enabled cause is pending, MSI-X is off and the Command register's Interrupt Disable is
     /// clear. It stays asserted until the driver clears the cause, as a wire-OR'ed line does.
     fn intx_asserted(&self) -> bool;
+    /// The device's state for migration (the vfio-user STOP_COPY data), taken while the device
+    /// is stopped; `None` if this model cannot be migrated.
+    fn save(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Whether [`DeviceModel::save`] gives a state (the model supports migration).
+    fn can_migrate(&self) -> bool {
+        false
+    }
+    /// Loads a state [`DeviceModel::save`] gave on a function of the same model (vfio-user
+    /// RESUMING to STOP). On an error, which names what was wrong, nothing changed.
+    fn load(&mut self, _state: &[u8]) -> Result<(), String> {
+        Err(format!("the {} model cannot be migrated", self.name()))
+    }
     /// Function-level reset (vfio-user DEVICE_RESET): registers, rings and queue pages to defaults.
     fn reset(&mut self);
     /// Sets the cable state (control socket `link up|down`).

@@ -25,6 +25,21 @@ impl Msix {
         Self { table, pba: 0, pba_off: u64::from(pba_off) }
     }
 
+    /// Table and PBA (migration).
+    pub fn save(&self) -> (&[u8], u64) {
+        (&self.table, self.pba)
+    }
+
+    /// Restores what [`Msix::save`] gave; false if the table size differs.
+    pub fn load(&mut self, table: &[u8], pba: u64) -> bool {
+        if table.len() != self.table.len() {
+            return false;
+        }
+        self.table.copy_from_slice(table);
+        self.pba = pba;
+        true
+    }
+
     /// Forgets pending vectors (function reset; the table keeps what software wrote).
     pub fn clear_pending(&mut self) {
         self.pba = 0;

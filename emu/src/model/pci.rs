@@ -220,6 +220,20 @@ impl ConfigSpace {
         self.get16(COMMAND) & COMMAND_BUS_MASTER != 0
     }
 
+    /// The configuration space's bytes (migration).
+    pub fn raw(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Replaces the bytes with `b` (migration, same layout); false if the length differs.
+    pub fn load_raw(&mut self, b: &[u8]) -> bool {
+        if b.len() != self.bytes.len() {
+            return false;
+        }
+        self.bytes.copy_from_slice(b);
+        true
+    }
+
     /// True if the function may signal INTx: MSI-X is off and Interrupt Disable is clear
     /// (PCI Local Bus 6.2.2 and 6.8.2: with MSI-X enabled the function does not use INTx).
     pub fn intx_allowed(&self) -> bool {

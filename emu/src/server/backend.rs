@@ -86,7 +86,10 @@ impl ServerBackend for ConnBackend {
     }
 
     fn reset(&mut self) -> std::io::Result<()> {
-        self.shared.dev().model.reset();
+        let mut d = self.shared.dev();
+        d.model.reset();
+        d.mig = Default::default(); // a reset device runs (and leaves ERROR)
+        drop(d);
         Ok(())
     }
 

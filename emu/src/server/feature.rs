@@ -1,7 +1,8 @@
 //! VFIO_USER_DEVICE_FEATURE (command 16), answered by the relay itself under the device lock (the
 //! `vfio_user` crate's server does not know the command): dirty-page logging of the device's DMA
-//! writes (DMA_LOGGING_START / STOP / REPORT, as linux/vfio.h defines them), PROBE of each.
-//! Migration (features MIGRATION and MIG_DEVICE_STATE) is not offered: refused with ENOTSUP.
+//! writes (DMA_LOGGING_START / STOP / REPORT, as linux/vfio.h defines them), migration
+//! (MIGRATION: the flags; MIG_DEVICE_STATE: get and set the state, see [`super::migration`])
+//! when the model can be migrated, PROBE of each; and MIG_DATA_READ / MIG_DATA_WRITE.
 //!
 //! Layout (little-endian): `argsz: u32, flags: u32, data[]`, flags = feature index (bits 15:0)
 //! | GET (16) | SET (17) | PROBE (18). A SET and a PROBE are answered with the request echoed (as
@@ -9,7 +10,7 @@
 
 use crate::dma::{ConnId, DirtyError};
 
-use super::Shared;
+use super::{migration, Shared};
 
 /// Feature indexes (linux/vfio.h).
 const MIGRATION: u32 = 1;
@@ -52,18 +53,41 @@ pub(super) fn device_feature(s: &Shared, conn: ConnId, body: &[u8]) -> Result<Ve
     let supported = match feature {
         DMA_LOGGING_START | DMA_LOGGING_STOP => SET,
         DMA_LOGGING_REPORT => GET,
-        MIGRATION | MIG_DEVICE_STATE => return Err(libc::ENOTSUP),
+        MIGRATION if s.dev().model.can_migrate() => GET,
+        MIG_DEVICE_STATE if s.dev().model.can_migrate() => GET | SET,
         _ => return Err(libc::ENOTSUP),
     };
     if ops & PROBE != 0 {
         // PROBE may name the operations it asks about; each must be supported.
         return if ops & (GET | SET) & !supported == 0 { Ok(body.to_vec()) } else { Err(libc::ENOTSUP) };
     }
-    if ops != supported {
-        return Err(libc::EINVAL); // GET and SET together, neither, or the one this feature lacks
+    if ops.count_ones() != 1 || ops & !supported != 0 {
+        return Err(libc::EINVAL); // GET and SET together, neither, or one this feature lacks
     }
     let mut d = s.dev();
     match feature {
+        MIGRATION => {
+            // STOP_COPY (bit 0) and PRE_COPY (bit 2); no P2P states.
+            let mut out = body.to_vec();
+            out.truncate(8);
+            out[0..4].copy_from_slice(&16u32.to_le_bytes());
+            out.extend_from_slice(&(1u64 | (1 << 2)).to_le_bytes());
+            Ok(out)
+        }
+        MIG_DEVICE_STATE if ops == GET => {
+            let mut out = body[..8].to_vec();
+            out[0..4].copy_from_slice(&16u32.to_le_bytes());
+            out.extend_from_slice(&d.mig.state.to_le_bytes());
+            out.extend_from_slice(&u32::MAX.to_le_bytes()); // data_fd: none, data comes by message
+            Ok(out)
+        }
+        MIG_DEVICE_STATE => {
+            let Some(target) = u32_at(data, 0).filter(|_| data.len() == 8) else {
+                return Err(libc::EINVAL);
+            };
+            migration::set_state(&mut d, &s.bdf, target)?;
+            Ok(body.to_vec())
+        }
         DMA_LOGGING_START => {
             let (Some(page), Some(n)) = (u64_at(data, 0), u32_at(data, 8)) else {
                 return Err(libc::EINVAL);
@@ -88,7 +112,7 @@ pub(super) fn device_feature(s: &Shared, conn: ConnId, body: &[u8]) -> Result<Ve
             tracing::info!(bdf = %s.bdf, conn, "dirty page logging stopped");
             Ok(body.to_vec())
         }
-        _ => {
+        DMA_LOGGING_REPORT => {
             let (Some(iova), Some(len), Some(page)) = (u64_at(data, 0), u64_at(data, 8), u64_at(data, 16)) else {
                 return Err(libc::EINVAL);
             };
@@ -108,5 +132,36 @@ pub(super) fn device_feature(s: &Shared, conn: ConnId, body: &[u8]) -> Result<Ve
             out.extend_from_slice(&bitmap);
             Ok(out)
         }
+        _ => Err(libc::ENOTSUP),
     }
+}
+
+/// MIG_DATA_READ (`argsz, size`): up to `size` bytes of the device state, answered as
+/// `argsz, size, data` with the size given (0: all of it was given).
+pub(super) fn mig_data_read(s: &Shared, body: &[u8]) -> Result<Vec<u8>, i32> {
+    let (Some(argsz), Some(size)) = (u32_at(body, 0), u32_at(body, 4)) else {
+        return Err(libc::EINVAL);
+    };
+    if body.len() != 8 || size > super::MAX_DATA_XFER || u64::from(argsz) < 8 + u64::from(size) {
+        return Err(libc::EINVAL);
+    }
+    let chunk = migration::read(&mut s.dev(), size as usize)?;
+    let mut out = Vec::with_capacity(8 + chunk.len());
+    out.extend_from_slice(&((8 + chunk.len()) as u32).to_le_bytes());
+    out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+    out.extend_from_slice(&chunk);
+    Ok(out)
+}
+
+/// MIG_DATA_WRITE (`argsz, size, data`): appends to the stream being resumed; answered with
+/// `argsz, size`.
+pub(super) fn mig_data_write(s: &Shared, body: &[u8]) -> Result<Vec<u8>, i32> {
+    let (Some(argsz), Some(size)) = (u32_at(body, 0), u32_at(body, 4)) else {
+        return Err(libc::EINVAL);
+    };
+    if body.len() != 8 + size as usize || (argsz as usize) < body.len() {
+        return Err(libc::EINVAL);
+    }
+    migration::write(&mut s.dev(), &body[8..])?;
+    Ok(body[..8].to_vec())
 }

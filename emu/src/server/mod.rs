@@ -54,6 +54,7 @@ use crate::model::{DeviceModel, PortStats};
 
 mod backend;
 mod feature;
+mod migration;
 mod relay;
 
 use self::backend::ConnBackend;
@@ -115,6 +116,8 @@ pub struct DeviceState {
     irqs: HashMap<ConnId, Vec<Option<File>>>,
     /// INTx per connection: its eventfd and whether it is masked.
     intx: HashMap<ConnId, Intx>,
+    /// Migration state and data stream.
+    mig: migration::Migration,
 }
 
 /// One connection's INTx: an eventfd, signalled when the function asserts INTx and the
@@ -130,7 +133,7 @@ struct Intx {
 impl DeviceState {
     /// Wraps a model with no DMA maps and no interrupts.
     pub fn new(model: Box<dyn DeviceModel>) -> Self {
-        Self { model, dma: DmaTable::default(), irqs: HashMap::new(), intx: HashMap::new() }
+        Self { model, dma: DmaTable::default(), irqs: HashMap::new(), intx: HashMap::new(), mig: Default::default() }
     }
 
     /// Signals INTx to every connection that has it unmasked while the function asserts it, and
@@ -556,13 +559,18 @@ fn device_loop(s: &Arc<Shared>) {
         let did = {
             let mut guard = lock(&s.dev);
             let d = &mut *guard;
-            let did = d.model.poll(&mut d.dma);
-            let irqs = d.model.take_irqs();
-            if irqs != 0 {
-                d.raise(irqs);
+            // A stopped device (migration) does no DMA and raises nothing.
+            if d.mig.running() {
+                let did = d.model.poll(&mut d.dma);
+                let irqs = d.model.take_irqs();
+                if irqs != 0 {
+                    d.raise(irqs);
+                }
+                d.raise_intx();
+                did
+            } else {
+                false
             }
-            d.raise_intx();
-            did
         };
         if did || s.kick.swap(false, Ordering::AcqRel) {
             idle = 0;

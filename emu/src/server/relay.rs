@@ -90,6 +90,8 @@ const REGION_READ: u16 = 9;
 const REGION_WRITE: u16 = 10;
 const DEVICE_RESET: u16 = 13;
 const DEVICE_FEATURE: u16 = 16;
+const MIG_DATA_READ: u16 = 17;
+const MIG_DATA_WRITE: u16 = 18;
 
 /// Offset of the relay's introduction to its worker: a REGION_WRITE (no reply) of its
 /// connection id to region 8, which is empty, so no client request can look like it.
@@ -340,8 +342,10 @@ impl ConnCheck {
                 (Forward, Op::Other)
             }
             DEVICE_RESET if n == 0 => (Forward, Op::Other),
-            DEVICE_FEATURE if n >= 8 && h.flags & NO_REPLY == 0 => (Verdict::Local, Op::Other),
-            DEVICE_FEATURE => einval,
+            DEVICE_FEATURE | MIG_DATA_READ | MIG_DATA_WRITE if n >= 8 && h.flags & NO_REPLY == 0 => {
+                (Verdict::Local, Op::Other)
+            }
+            DEVICE_FEATURE | MIG_DATA_READ | MIG_DATA_WRITE => einval,
             DEVICE_GET_INFO | GET_REGION_INFO | GET_IRQ_INFO | DEVICE_RESET => einval,
             _ => (Reject(libc::ENOTSUP), Op::Other),
         }
@@ -529,7 +533,13 @@ fn relay(s: &Shared, conn: u64, client: &UnixStream, worker: &UnixStream, check:
                             check.reply(&mut r);
                             send_message(client, &r, &rfds)?;
                         }
-                        match super::feature::device_feature(s, conn, &buf[HEADER..]) {
+                        let body = &buf[HEADER..];
+                        let answer = match h.command {
+                            MIG_DATA_READ => super::feature::mig_data_read(s, body),
+                            MIG_DATA_WRITE => super::feature::mig_data_write(s, body),
+                            _ => super::feature::device_feature(s, conn, body),
+                        };
+                        match answer {
                             Ok(body) => send_message(client, &reply(&h, &body), &[]),
                             Err(errno) => send_message(client, &error_reply(&h, errno), &[]),
                         }

@@ -14,6 +14,7 @@
 //! registers live in a flat array indexed by offset (no hashing on the data path).
 //! BAR4 (16 KiB) holds the MSI-X table (64 vectors) at 0 and the PBA at 0x2000, trapped.
 
+mod migrate;
 pub mod regs;
 mod rxtx;
 
@@ -581,6 +582,18 @@ impl DeviceModel for Ixgbe {
 
     fn intx_asserted(&self) -> bool {
         self.cfg.intx_allowed() && self.intx_level()
+    }
+
+    fn save(&self) -> Option<Vec<u8>> {
+        Some(self.snapshot())
+    }
+
+    fn can_migrate(&self) -> bool {
+        true
+    }
+
+    fn load(&mut self, state: &[u8]) -> Result<(), String> {
+        self.restore(state)
     }
 
     fn reset(&mut self) {

@@ -665,3 +665,49 @@ fn intx_follows_an_enabled_cause_until_eicr_is_read_and_yields_to_msix() {
     m.config_write(cap + 3, &[0x80]);
     assert!(!m.intx_asserted(), "MSI-X enabled");
 }
+
+#[test]
+fn a_saved_state_loads_into_another_function_and_traffic_goes_on_from_there() {
+    let mut a = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up(&mut a, &mut dma);
+    wr(&mut a, eitr(0), 0x0c80);
+    wr(&mut a, EIMS, 1 << 4);
+    for i in 0..3 {
+        queue_tx(&mut a, &mut dma, i, &frame(MAC, 64, i as u8));
+        a.poll(&mut dma);
+    }
+    assert_eq!(rd(&mut a, rdh(0)), 3);
+    let state = a.save().expect("the 82599 model migrates");
+
+    let mut b = nic(Box::new(Loopback::default()));
+    wr(&mut b, eitr(0), 0x42);
+    // Refused streams change nothing.
+    assert!(b.load(&state[..state.len() - 3]).unwrap_err().contains("ends inside"));
+    let mut foreign = state.clone();
+    foreign[4] ^= 0xff;
+    assert!(b.load(&foreign).unwrap_err().contains("not a"));
+    let mut long = state.clone();
+    long.push(0);
+    assert!(b.load(&long).unwrap_err().contains("after the end"));
+    assert_eq!(rd(&mut b, eitr(0)), 0x42, "untouched by the refused loads");
+
+    b.load(&state).unwrap();
+    assert_eq!(rd(&mut b, eitr(0)), 0x0c80);
+    assert_eq!(rd(&mut b, EIMS), 1 << 4);
+    assert_eq!((rd(&mut b, rdh(0)), rd(&mut b, tdh(0))), (3, 3), "ring heads came along");
+    assert_eq!(rd(&mut b, ral(0)), rd(&mut a, ral(0)));
+    let (mut ca, mut cb) = ([0u8; 64], [0u8; 64]);
+    a.config_read(0, &mut ca);
+    b.config_read(0, &mut cb);
+    assert_eq!(ca, cb, "config space (bus master on)");
+    assert_eq!(b.stats(), a.stats(), "lifetime totals");
+    assert_eq!(rd(&mut b, GPRC), 3, "clear-on-read counters came along unread");
+    // The next frame goes on where the source stopped: descriptor 3.
+    queue_tx(&mut b, &mut dma, 3, &frame(MAC, 64, 9));
+    b.poll(&mut dma);
+    assert_eq!(rd(&mut b, rdh(0)), 4);
+    let mut got = vec![0u8; 64];
+    dma.read(RX_BUFS + 3 * 2048, &mut got).unwrap();
+    assert_eq!(got, frame(MAC, 64, 9));
+}
