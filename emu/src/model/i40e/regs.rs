@@ -75,7 +75,7 @@ pub const fn qint_tqctl(q: u32) -> u32 {
 }
 pub const QINT_CTL_MSIX_INDX_MASK: u32 = 0xff;
 pub const QINT_CTL_CAUSE_ENA: u32 = 1 << 30;
-/// QINT_[RT]QCTL.MSIX0_INDX (bits 15:13): the PFINT_ICR0 queue bit a cause on vector 0 sets.
+/// `QINT_[RT]QCTL.MSIX0_INDX` (bits 15:13): the PFINT_ICR0 queue bit a cause on vector 0 sets.
 pub const QINT_CTL_MSIX0_INDX_SHIFT: u32 = 13;
 /// PFINT_ICR0.INTEVENT: a vector-0 interrupt event happened.
 pub const PFINT_ICR0_INTEVENT: u32 = 1 << 0;
