@@ -470,8 +470,9 @@ impl DmaTable {
     }
 
     /// The pages of `[iova, iova + len)` the device wrote in `conn`'s maps since logging
-    /// started or the last report of them, one bit per `page_size` page (LSB first), cleared
-    /// by the report. Pages no map of `conn` covers read clean.
+    /// started or the last report of them, one bit per `page_size` page (LSB first) in whole
+    /// little-endian u64 words (as linux/vfio.h's report bitmap, and libvfio-user, size it),
+    /// cleared by the report. Pages no map of `conn` covers read clean.
     pub fn dirty_report(&self, conn: ConnId, iova: u64, len: u64, page_size: u64) -> Result<Vec<u8>, DirtyError> {
         let l = self.logging.get(&conn).ok_or(DirtyError::State(false))?;
         let end = iova.checked_add(len).filter(|_| len > 0);
@@ -481,7 +482,7 @@ impl DmaTable {
             return Err(DirtyError::Range { iova, len });
         };
         let pages = len.div_ceil(page_size);
-        let mut bitmap = vec![0u8; pages.div_ceil(8) as usize];
+        let mut bitmap = vec![0u8; (pages.div_ceil(64) * 8) as usize];
         for m in self.maps.iter().filter(|m| m.conn == conn && m.iova < end && iova < m.iova + m.size) {
             let Some(log) = &m.log else { continue };
             // Map pages are counted from the map's start; a map need not start on a page.
@@ -813,9 +814,9 @@ mod tests {
         // A later map of the connection is logged too; another connection's maps are not.
         t.map(1, 0x20_0000, 0x1000, Some(memfd_file(0x1000)), 0).unwrap();
         t.write_u32(0x20_0000, 9).unwrap();
-        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0b1101]));
-        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0]), "a report clears");
-        assert_eq!(t.dirty_report(1, 0x20_0000, 0x1000, 4096), Ok(vec![1]));
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0b1101, 0, 0, 0, 0, 0, 0, 0]), "u64 words");
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0; 8]), "a report clears");
+        assert_eq!(t.dirty_report(1, 0x20_0000, 0x1000, 4096), Ok(vec![1, 0, 0, 0, 0, 0, 0, 0]));
         assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 8192), Err(DirtyError::Range { iova: 0x10_0000, len: 0x4000 }));
         assert_eq!(t.dirty_report(2, 0x10_0000, 0x4000, 4096), Err(DirtyError::State(false)));
         t.dirty_stop(1).unwrap();

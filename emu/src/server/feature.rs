@@ -119,8 +119,8 @@ pub(super) fn device_feature(s: &Shared, conn: ConnId, body: &[u8]) -> Result<Ve
             if data.len() != 24 || page == 0 {
                 return Err(libc::EINVAL);
             }
-            // The client's argsz says how much room it has for the bitmap.
-            let bitmap_len = len.div_ceil(page).div_ceil(8);
+            // The client's argsz says how much room it has for the bitmap (whole u64 words).
+            let bitmap_len = len.div_ceil(page).div_ceil(64) * 8;
             let room = u64::from(argsz).saturating_sub(body.len() as u64);
             if bitmap_len > room || bitmap_len > u64::from(super::MAX_DATA_XFER) {
                 return Err(libc::EINVAL);
