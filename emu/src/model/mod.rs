@@ -115,8 +115,8 @@ pub trait DeviceModel: Send {
     }
     /// Loads a state [`DeviceModel::save`] gave on a function of the same model (vfio-user
     /// RESUMING to STOP). On an error, which names what was wrong, nothing changed.
-    fn load(&mut self, _state: &[u8]) -> Result<(), String> {
-        Err(format!("the {} model cannot be migrated", self.name()))
+    fn load(&mut self, _state: &[u8]) -> Result<(), snapshot::SnapshotError> {
+        Err(snapshot::SnapshotError::Unsupported(self.name()))
     }
     /// Function-level reset (vfio-user DEVICE_RESET): registers, rings and queue pages to defaults.
     fn reset(&mut self);

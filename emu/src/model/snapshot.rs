@@ -4,6 +4,53 @@
 //! model, so a stream from another model, another version or a hostile client is refused with a
 //! message that names what was wrong, and leaves the device as it was.
 
+/// Why a snapshot was refused; each names the field and the values involved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The stream starts with another model's or version's magic.
+    #[error("not a {expected} snapshot (magic {found:?})")]
+    Magic {
+        /// The magic this model writes.
+        expected: String,
+        /// What the stream starts with (at most 32 bytes, lossy UTF-8).
+        found: String,
+    },
+    /// The stream ends inside a field.
+    #[error("snapshot ends inside {what} (offset {at}, {need} bytes)")]
+    Short {
+        /// The field.
+        what: &'static str,
+        /// Offset of the field in the stream.
+        at: usize,
+        /// Bytes it needs.
+        need: usize,
+    },
+    /// A boolean field that is neither 0 nor 1.
+    #[error("{what}: {value} is not a boolean")]
+    NotBool {
+        /// The field.
+        what: &'static str,
+        /// Its value.
+        value: u8,
+    },
+    /// A field whose size or value does not fit this model (a length, a count, an index).
+    #[error("{what}: {got}, this model has {limit}")]
+    Misfit {
+        /// The field.
+        what: &'static str,
+        /// The value in the stream.
+        got: usize,
+        /// What the model has (the exact length, or the limit).
+        limit: usize,
+    },
+    /// Bytes after the last field.
+    #[error("{0} bytes after the end of the snapshot")]
+    Trailing(usize),
+    /// The model cannot be migrated at all.
+    #[error("the {0} model cannot be migrated")]
+    Unsupported(&'static str),
+}
+
 /// Builds a snapshot.
 #[derive(Debug, Default)]
 pub struct Writer(Vec<u8>);
@@ -52,70 +99,69 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// A reader over `b` that first checks the magic.
-    pub fn new(b: &'a [u8], magic: &[u8]) -> Result<Reader<'a>, String> {
+    pub fn new(b: &'a [u8], magic: &[u8]) -> Result<Reader<'a>, SnapshotError> {
         let mut r = Reader { b, at: 0 };
         let m = r.bytes("magic")?;
         if m != magic {
-            return Err(format!(
-                "not a {} snapshot (magic {:?})",
-                String::from_utf8_lossy(magic),
-                String::from_utf8_lossy(&m[..m.len().min(32)])
-            ));
+            return Err(SnapshotError::Magic {
+                expected: String::from_utf8_lossy(magic).into_owned(),
+                found: String::from_utf8_lossy(&m[..m.len().min(32)]).into_owned(),
+            });
         }
         Ok(r)
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SnapshotError> {
         let end = self.at.checked_add(n).filter(|e| *e <= self.b.len());
-        let end = end.ok_or_else(|| format!("snapshot ends inside {what} (offset {}, {n} bytes)", self.at))?;
+        let end = end.ok_or(SnapshotError::Short { what, at: self.at, need: n })?;
         let s = &self.b[self.at..end];
         self.at = end;
         Ok(s)
     }
 
     /// A `u8`.
-    pub fn u8(&mut self, what: &str) -> Result<u8, String> {
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, SnapshotError> {
         Ok(self.take(1, what)?[0])
     }
 
     /// A `bool` (0 or 1).
-    pub fn bool(&mut self, what: &str) -> Result<bool, String> {
+    pub fn bool(&mut self, what: &'static str) -> Result<bool, SnapshotError> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
-            v => Err(format!("{what}: {v} is not a boolean")),
+            value => Err(SnapshotError::NotBool { what, value }),
         }
     }
 
     /// A `u32`.
-    pub fn u32(&mut self, what: &str) -> Result<u32, String> {
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, SnapshotError> {
         Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
     }
 
     /// A `u64`.
-    pub fn u64(&mut self, what: &str) -> Result<u64, String> {
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, SnapshotError> {
         Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
     }
 
     /// A length-prefixed byte string.
-    pub fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
+    pub fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], SnapshotError> {
         let n = self.u32(what)? as usize;
         self.take(n, what)
     }
 
     /// A byte string that must be exactly `n` bytes long.
-    pub fn exact(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+    pub fn exact(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SnapshotError> {
         let b = self.bytes(what)?;
         if b.len() != n {
-            return Err(format!("{what}: {} bytes, this model has {n}", b.len()));
+            return Err(SnapshotError::Misfit { what, got: b.len(), limit: n });
         }
         Ok(b)
     }
 
     /// Fails unless the whole stream was read.
-    pub fn end(&self) -> Result<(), String> {
+    pub fn end(&self) -> Result<(), SnapshotError> {
         if self.at != self.b.len() {
-            return Err(format!("{} bytes after the end of the snapshot", self.b.len() - self.at));
+            return Err(SnapshotError::Trailing(self.b.len() - self.at));
         }
         Ok(())
     }
@@ -139,11 +185,11 @@ mod tests {
         assert_eq!(r.u64("y").unwrap(), u64::MAX);
         assert_eq!(r.exact(3, "s").unwrap(), b"abc");
         r.end().unwrap();
-        assert!(Reader::new(&s, b"m 2").unwrap_err().contains("not a m 2 snapshot"));
+        assert!(Reader::new(&s, b"m 2").unwrap_err().to_string().contains("not a m 2 snapshot"));
         let mut r = Reader::new(&s[..s.len() - 1], b"m 1").unwrap();
         r.u8("b").unwrap();
         r.u32("x").unwrap();
         r.u64("y").unwrap();
-        assert!(r.bytes("s").unwrap_err().contains("ends inside s"));
+        assert_eq!(r.bytes("s").unwrap_err(), SnapshotError::Short { what: "s", at: s.len() - 3, need: 3 });
     }
 }

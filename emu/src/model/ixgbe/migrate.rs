@@ -7,7 +7,7 @@
 //! destination's own (its wire), so its link follows that.
 
 use super::*;
-use crate::model::snapshot::{Reader, Writer};
+use crate::model::snapshot::{Reader, SnapshotError, Writer};
 
 const MAGIC: &[u8] = b"lab-nic 82599 state v1";
 
@@ -25,7 +25,7 @@ fn put_counters(w: &mut Writer, c: &Counters) {
     }
 }
 
-fn get_counters(r: &mut Reader<'_>) -> Result<Counters, String> {
+fn get_counters(r: &mut Reader<'_>) -> Result<Counters, SnapshotError> {
     let mut c = Counters::default();
     for v in [
         &mut c.crcerrs,
@@ -90,18 +90,18 @@ impl Ixgbe {
     }
 
     /// Loads a snapshot: everything is parsed and checked before anything changes.
-    pub(super) fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+    pub(super) fn restore(&mut self, state: &[u8]) -> Result<(), SnapshotError> {
         let mut r = Reader::new(state, MAGIC)?;
         let cfg = r.exact(self.cfg.raw().len(), "config space")?;
         let n = r.u32("register count")? as usize;
         if n > self.regs.len() {
-            return Err(format!("{n} registers, BAR0 has {}", self.regs.len()));
+            return Err(SnapshotError::Misfit { what: "register count", got: n, limit: self.regs.len() });
         }
         let mut regs = Vec::with_capacity(n);
         for _ in 0..n {
             let (i, v) = (r.u32("register index")? as usize, r.u32("register value")?);
             if i >= self.regs.len() {
-                return Err(format!("register index {i} beyond BAR0's {} words", self.regs.len()));
+                return Err(SnapshotError::Misfit { what: "register index", got: i, limit: self.regs.len() });
             }
             regs.push((i, v));
         }

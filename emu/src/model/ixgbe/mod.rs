@@ -592,7 +592,7 @@ impl DeviceModel for Ixgbe {
         true
     }
 
-    fn load(&mut self, state: &[u8]) -> Result<(), String> {
+    fn load(&mut self, state: &[u8]) -> Result<(), crate::model::snapshot::SnapshotError> {
         self.restore(state)
     }
 
