@@ -331,21 +331,26 @@ fn config_space_reports_82599_ids_and_msix() {
     assert_eq!(m.msix_count(), 64);
 }
 
+/// Offset of the MSI-X capability in config space (the list starts after PM at 0x40).
+fn msix_cap(m: &mut Ixgbe) -> u64 {
+    let mut cap = 0x40u64;
+    loop {
+        let mut id = [0u8; 2];
+        m.config_read(cap, &mut id);
+        if id[0] == 0x11 {
+            return cap;
+        }
+        cap = u64::from(id[1]);
+    }
+}
+
 #[test]
 fn msix_vector_fires_when_enabled_and_unmasked() {
     let mut m = nic(Box::new(Loopback::default()));
     let mut dma = FakeDma::new(DMA_BASE, 0x80000);
     bring_up(&mut m, &mut dma);
     // MSI-X enable in the capability (MSI-X is the first capability after PM at 0x40).
-    let mut cap = 0x40u64;
-    loop {
-        let mut id = [0u8; 2];
-        m.config_read(cap, &mut id);
-        if id[0] == 0x11 {
-            break;
-        }
-        cap = u64::from(id[1]);
-    }
+    let cap = msix_cap(&mut m);
     m.config_write(cap + 3, &[0x80]);
     m.bar_write(4, 3 * 16 + 12, &[0, 0, 0, 0]); // unmask vector 3
     wr(&mut m, GPIE, 0x10);
@@ -653,15 +658,7 @@ fn intx_follows_an_enabled_cause_until_eicr_is_read_and_yields_to_msix() {
     assert!(!m.intx_asserted(), "masking it deasserts it");
     // With MSI-X on, the function does not use INTx, and EIAC auto-clears again.
     wr(&mut m, EIMS, 1 << 4);
-    let mut cap = 0x40u64;
-    loop {
-        let mut id = [0u8; 2];
-        m.config_read(cap, &mut id);
-        if id[0] == 0x11 {
-            break;
-        }
-        cap = u64::from(id[1]);
-    }
+    let cap = msix_cap(&mut m);
     m.config_write(cap + 3, &[0x80]);
     assert!(!m.intx_asserted(), "MSI-X enabled");
 }
