@@ -10,6 +10,7 @@
 
 use crate::dma::{ConnId, DirtyError};
 
+use super::relay::{u32_at, u64_at};
 use super::{migration, Shared};
 
 /// Feature indexes (linux/vfio.h).
@@ -24,14 +25,6 @@ const SET: u32 = 1 << 17;
 const PROBE: u32 = 1 << 18;
 /// Most IOVA ranges one DMA_LOGGING_START may name (the request's memory stays bounded).
 pub(super) const MAX_LOG_RANGES: u32 = 1024;
-
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    b.get(o..o + 4).map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
-}
-
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    b.get(o..o + 8).map(|x| u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]))
-}
 
 fn errno(e: &DirtyError) -> i32 {
     match e {
@@ -50,11 +43,12 @@ pub(super) fn device_feature(s: &Shared, conn: ConnId, body: &[u8]) -> Result<Ve
     if (argsz as usize) < body.len() || ops & !(GET | SET | PROBE) != 0 {
         return Err(libc::EINVAL);
     }
+    let mut d = s.dev();
     let supported = match feature {
         DMA_LOGGING_START | DMA_LOGGING_STOP => SET,
         DMA_LOGGING_REPORT => GET,
-        MIGRATION if s.dev().model.can_migrate() => GET,
-        MIG_DEVICE_STATE if s.dev().model.can_migrate() => GET | SET,
+        MIGRATION if d.model.can_migrate() => GET,
+        MIG_DEVICE_STATE if d.model.can_migrate() => GET | SET,
         _ => return Err(libc::ENOTSUP),
     };
     if ops & PROBE != 0 {
@@ -64,7 +58,6 @@ pub(super) fn device_feature(s: &Shared, conn: ConnId, body: &[u8]) -> Result<Ve
     if ops.count_ones() != 1 || ops & !supported != 0 {
         return Err(libc::EINVAL); // GET and SET together, neither, or one this feature lacks
     }
-    let mut d = s.dev();
     match feature {
         MIGRATION => {
             // STOP_COPY (bit 0) and PRE_COPY (bit 2); no P2P states.

@@ -144,11 +144,11 @@ pub(super) struct ConnCheck {
     msix: u32,
 }
 
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+pub(super) fn u32_at(b: &[u8], o: usize) -> Option<u32> {
     b.get(o..o + 4).map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
 }
 
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
+pub(super) fn u64_at(b: &[u8], o: usize) -> Option<u64> {
     b.get(o..o + 8).map(|x| u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]))
 }
 
