@@ -32,7 +32,11 @@ const INTX: u32 = 0; // VFIO_PCI_INTX_IRQ_INDEX
 const EVENTFD_TRIGGER: u64 = (1 << 2) | (1 << 5);
 
 fn start() -> LabNic {
-    LabNic::builder().bin(env!("CARGO_BIN_EXE_lab-nic")).dev(format!("{BDF},model=ixgbe,wire=loopback")).start()
+    start_model("ixgbe")
+}
+
+fn start_model(model: &str) -> LabNic {
+    LabNic::builder().bin(env!("CARGO_BIN_EXE_lab-nic")).dev(format!("{BDF},model={model},wire=loopback")).start()
 }
 
 fn sock(nic: &LabNic) -> PathBuf {
@@ -671,4 +675,68 @@ fn a_running_port_migrates_to_another_lab_nic_with_its_queued_frame() {
     mem.read_at(&mut got, 0x10000 + 2 * 2048).unwrap();
     assert_eq!(&got[..], &frame[..]);
     send_and_receive(&mut b, &mem, 3);
+}
+
+#[test]
+fn an_x710_migrates_its_admin_queue_and_interrupt_setup() {
+    const GET: u32 = 1 << 16;
+    const SET: u32 = 1 << 17;
+    const MIGRATION: u32 = 1;
+    const STATE: u32 = 2;
+    const STOP: u64 = 1;
+    const STOP_COPY: u64 = 3;
+    const RESUMING: u64 = 4;
+    const MIG_DATA_READ: u16 = 17;
+    const MIG_DATA_WRITE: u16 = 18;
+    // X710 registers (BAR0): admin send queue base/length, the interrupt cause enables, queue
+    // 0's receive interrupt routing (cause enable, vector 1).
+    const PF_ATQBAL: u64 = 0x080000;
+    const PF_ATQLEN: u64 = 0x080200;
+    const PFINT_ICR0_ENA: u64 = 0x038800;
+    const QINT_RQCTL_0: u64 = 0x03a000;
+    let set = |c: &mut Raw, s: u64| feature(c, SET | STATE, &le(&[(s, 4), (u32::MAX as u64, 4)]), None).err();
+
+    let src = start_model("i40e");
+    let mut a = Raw::connect(&src);
+    a.negotiate();
+    let r = feature(&mut a, GET | MIGRATION, &[0; 8], None);
+    assert_eq!((r.err(), u64_at(&r.body, 8)), (None, 1 | 4), "the X710 offers STOP_COPY and PRE_COPY");
+    let setup = [(PF_ATQBAL, 0x1234_5000), (PF_ATQLEN, 32), (PFINT_ICR0_ENA, 1 << 30), (QINT_RQCTL_0, (1 << 30) | 1)];
+    for (off, v) in setup {
+        assert_eq!(a.write32(0, off, v), None, "{off:#x}");
+    }
+    assert_eq!(set(&mut a, STOP_COPY), None);
+    let mut stream = Vec::new();
+    loop {
+        let r = a.call(MIG_DATA_READ, &le(&[(8 + 65536, 4), (65536, 4)]), &[]);
+        assert_eq!(r.err(), None);
+        let n = u32_at(&r.body, 4) as usize;
+        if n == 0 {
+            break;
+        }
+        stream.extend_from_slice(&r.body[8..8 + n]);
+    }
+    assert_eq!(set(&mut a, STOP), None);
+
+    let dst = start_model("i40e");
+    let mut b = Raw::connect(&dst);
+    b.negotiate();
+    assert_eq!(b.read32(0, PFINT_ICR0_ENA), Ok(0));
+    // An 82599's stream is not an X710's: refused, the device in ERROR until a reset.
+    assert_eq!(set(&mut b, RESUMING), None);
+    let mut foreign = stream.clone();
+    foreign[4..16].copy_from_slice(b"lab-nic 8259");
+    let mut msg = le(&[(8 + foreign.len() as u64, 4), (foreign.len() as u64, 4)]);
+    msg.extend_from_slice(&foreign);
+    assert_eq!(b.call(MIG_DATA_WRITE, &msg, &[]).err(), None);
+    assert_eq!(set(&mut b, STOP), Some(libc::EINVAL as u32), "a foreign stream");
+    assert_eq!(b.call(DEVICE_RESET, &[], &[]).err(), None);
+    assert_eq!(set(&mut b, RESUMING), None);
+    let mut msg = le(&[(8 + stream.len() as u64, 4), (stream.len() as u64, 4)]);
+    msg.extend_from_slice(&stream);
+    assert_eq!(b.call(MIG_DATA_WRITE, &msg, &[]).err(), None);
+    assert_eq!(set(&mut b, STOP), None);
+    for (off, v) in setup {
+        assert_eq!(b.read32(0, off), Ok(v), "{off:#x} came along");
+    }
 }

@@ -15,6 +15,7 @@
 
 mod adminq;
 pub mod hmc;
+mod migrate;
 mod regfile;
 pub mod regs;
 mod rxtx;
@@ -580,6 +581,18 @@ impl DeviceModel for I40e {
 
     fn intx_asserted(&self) -> bool {
         self.cfg.intx_allowed() && self.intx_level()
+    }
+
+    fn save(&self) -> Option<Vec<u8>> {
+        Some(self.snapshot())
+    }
+
+    fn can_migrate(&self) -> bool {
+        true
+    }
+
+    fn load(&mut self, state: &[u8]) -> Result<(), crate::model::snapshot::SnapshotError> {
+        self.restore(state)
     }
 
     fn take_irqs(&mut self) -> u64 {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::dma::FakeDma;
+use crate::model::snapshot::SnapshotError;
 use crate::model::DeviceModel;
 use crate::wire::{Loopback, NullWire, QueuedLoopback};
 
@@ -1060,4 +1061,68 @@ fn intx_follows_icr0_causes_and_queue_causes_on_vector_0() {
     assert!(m.intx_asserted(), "enabled: the pending ADMINQ cause asserts it");
     m.config_write(0x05, &[0x04]);
     assert!(!m.intx_asserted(), "Interrupt Disable");
+}
+
+#[test]
+fn a_saved_state_loads_into_another_function_and_traffic_goes_on_from_there() {
+    let mut a = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up(&mut a, &mut dma, false, false);
+    // Firmware state the driver set up: unicast promiscuity (a foreign MAC gets in).
+    let p = params(&[(0, PROMISC_UNICAST), (2, PROMISC_UNICAST), (4, SEID_MAIN_VSI)]);
+    ok(&aq(&mut a, &mut dma, AQC_SET_VSI_PROMISC, p, None, 0));
+    wr(&mut a, PFINT_ICR0_ENA, PFINT_ICR0_ADMINQ);
+    for i in 0..3 {
+        queue_tx(&mut a, &mut dma, i, &frame([0x02, 9, 9, 9, 9, i as u8], 64, i as u8));
+        a.poll(&mut dma);
+    }
+    assert_eq!(a.stats().rx_packets, 3);
+    let state = a.save().expect("the X710 model migrates");
+
+    let mut b = nic(Box::new(Loopback::default()));
+    wr(&mut b, PFINT_ICR0_ENA, 0x42 << 2);
+    // Refused streams change nothing.
+    assert!(b.load(&state[..state.len() - 3]).unwrap_err().to_string().contains("ends inside"));
+    let mut foreign = state.clone();
+    foreign[4] ^= 0xff;
+    assert!(b.load(&foreign).unwrap_err().to_string().contains("not a"));
+    let mut long = state.clone();
+    long.push(0);
+    assert!(b.load(&long).unwrap_err().to_string().contains("after the end"));
+    assert_eq!(rd(&mut b, PFINT_ICR0_ENA), 0x42 << 2, "untouched by the refused loads");
+    assert_eq!(rd(&mut b, qtx_ena(0)) & QENA_STAT, 0);
+
+    b.load(&state).unwrap();
+    assert_eq!(rd(&mut b, PFINT_ICR0_ENA), PFINT_ICR0_ADMINQ);
+    assert_eq!(rd(&mut b, qtx_ena(0)), QENA_REQ | QENA_STAT, "the queue stays enabled");
+    assert_eq!(rd(&mut b, qrx_ena(0)), QENA_REQ | QENA_STAT);
+    assert_eq!(rd(&mut b, qtx_head(0)), 3, "the head the queue reached, not the context's");
+    for r in [PF_ATQBAL, PF_ATQLEN, PF_ATQH, PF_ARQT, glhmc_lanrxbase(0), PFHMC_SDDATALOW] {
+        assert_eq!(rd(&mut b, r), rd(&mut a, r), "register {r:#x}");
+    }
+    let (mut ca, mut cb) = ([0u8; 64], [0u8; 64]);
+    a.config_read(0, &mut ca);
+    b.config_read(0, &mut cb);
+    assert_eq!(ca, cb, "config space (bus master on)");
+    assert_eq!(b.stats(), a.stats(), "lifetime totals");
+    assert_eq!(rd(&mut b, glprt_uprcl(0)), 3, "port counters");
+    // The admin queue goes on at the source's slot, with the firmware's state (still promiscuous).
+    ok(&aq(&mut b, &mut dma, AQC_GET_VERSION, [0; 16], None, 0));
+    queue_tx(&mut b, &mut dma, 3, &frame([0x02, 9, 9, 9, 9, 9], 64, 7));
+    b.poll(&mut dma);
+    let (dd, eof, len) = rx_wb(&mut dma, 3, false);
+    assert!(dd && eof && len == 64, "descriptor 3 carries the next frame");
+    let mut got = vec![0u8; 64];
+    dma.read(RX_BUFS + 3 * 2048, &mut got).unwrap();
+    assert_eq!(got, frame([0x02, 9, 9, 9, 9, 9], 64, 7));
+    assert_eq!(b.stats().rx_packets, 4);
+
+    // A hostile stream: a loaded queue whose head lies outside its ring is refused by name.
+    a.txq[0].head = N + 5;
+    let bad = a.save().unwrap();
+    let mut c = nic(Box::new(Loopback::default()));
+    assert_eq!(
+        c.load(&bad).unwrap_err(),
+        SnapshotError::Misfit { what: "tx queue head", got: N as usize + 5, limit: N as usize }
+    );
 }
