@@ -187,5 +187,10 @@ mod tests {
         assert_eq!(EEC, 0x10010);
         assert_eq!(mpc(7), 0x03fbc);
         assert_eq!(TXD_DCMD_EOP | TXD_DCMD_IFCS | TXD_DCMD_RS | TXD_DCMD_DEXT | TXD_DTYP_DATA, 0x2b30_0000);
+        // 8.2.3.8.7 SRRCTL: BSIZEPACKET is bits 4:0 in 1 KB units (1..16 KB), bits 7:5 reserved
+        // (the 0x7f of shared base-driver headers is the igb family's 7-bit field). The largest
+        // buffer the driver programs, 16 KB, fits the field.
+        assert_eq!(SRRCTL_BSIZEPACKET_MASK, 0b1_1111);
+        assert_eq!(16 & !SRRCTL_BSIZEPACKET_MASK, 0);
     }
 }
