@@ -11,6 +11,7 @@ pub(crate) mod frame;
 pub mod i40e;
 pub mod ixgbe;
 pub(crate) mod msix;
+pub mod rss;
 pub mod pci;
 pub mod snapshot;
 
