@@ -11,8 +11,8 @@ pub(crate) mod frame;
 pub mod i40e;
 pub mod ixgbe;
 pub(crate) mod msix;
-pub mod rss;
 pub mod pci;
+pub mod rss;
 pub mod snapshot;
 
 use std::sync::Arc;

@@ -183,7 +183,7 @@ pub fn parse(frame: &[u8]) -> Option<Flow> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -195,14 +195,14 @@ mod tests {
     ];
 
     /// (destination, destination port, source, source port, IP-only hash, with-ports hash).
-    const V4: [(&str, u16, &str, u16, u32, u32); 5] = [
+    pub(crate) const V4: [(&str, u16, &str, u16, u32, u32); 5] = [
         ("161.142.100.80", 1766, "66.9.149.187", 2794, 0x323e_8fc2, 0x51cc_c178),
         ("65.69.140.83", 4739, "199.92.111.2", 14230, 0xd718_262a, 0xc626_b0ea),
         ("12.22.207.184", 38024, "24.19.198.95", 12898, 0xd2d0_a5de, 0x5c2b_394a),
         ("209.142.163.6", 2217, "38.27.205.30", 48228, 0x8298_9176, 0xafc7_327f),
         ("202.188.127.2", 1303, "153.39.163.191", 44251, 0x5d18_09c5, 0x10e8_28a2),
     ];
-    const V6: [(&str, u16, &str, u16, u32, u32); 3] = [
+    pub(crate) const V6: [(&str, u16, &str, u16, u32, u32); 3] = [
         ("3ffe:2501:200:3::1", 1766, "3ffe:2501:200:1fff::7", 2794, 0x2cc1_8cd5, 0x4020_7d3d),
         ("ff02::1", 4739, "3ffe:501:8::260:97ff:fe40:efab", 14230, 0x0f0c_461c, 0xdde5_1bbf),
         ("fe80::200:f8ff:fe21:67cf", 38024, "3ffe:1900:4545:3:200:f8ff:fe21:67cf", 44251, 0x4b61_e985, 0x02d1_feef),
@@ -230,7 +230,7 @@ mod tests {
         eth(ETH_P_IPV4, vlans, &ip, &l4)
     }
 
-    fn ipv6_frame(src: Ipv6Addr, dst: Ipv6Addr, nh: u8, sport: u16, dport: u16) -> Vec<u8> {
+    pub(crate) fn ipv6_frame(src: Ipv6Addr, dst: Ipv6Addr, nh: u8, sport: u16, dport: u16) -> Vec<u8> {
         let mut ip = vec![0x60, 0, 0, 0, 0, 20, nh, 64];
         ip.extend_from_slice(&src.octets());
         ip.extend_from_slice(&dst.octets());

@@ -137,6 +137,7 @@ impl Ixgbe {
         for (i, v) in regs {
             self.regs[i] = v;
         }
+        self.rss_update();
         self.rar = rar;
         self.eicr = eicr;
         self.eims = eims;

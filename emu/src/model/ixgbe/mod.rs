@@ -16,6 +16,7 @@
 
 mod migrate;
 pub mod regs;
+mod rss;
 mod rxtx;
 
 use std::collections::HashSet;
@@ -91,6 +92,8 @@ pub struct Ixgbe {
     last_poll_idle: bool,
     msix: Msix,
     pending_irqs: u64,
+    /// RSS as MRQC, RXCSUM, RSSRK and RETA configure it (decoded on their writes).
+    rss: rss::Rss,
     /// The wire; `None` only while `poll` holds it (the data path borrows it beside `self`).
     wire: Option<Box<dyn Wire>>,
     faults: FaultLog,
@@ -159,6 +162,7 @@ impl Ixgbe {
             last_poll_idle: true,
             msix: Msix::new(MSIX_VECTORS, MSIX_PBA_OFFSET),
             pending_irqs: 0,
+            rss: rss::Rss::default(),
             wire: Some(cfg.wire),
             faults: FaultLog::default(),
             tx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
@@ -196,6 +200,7 @@ impl Ixgbe {
         self.pending_irqs = 0;
         self.msix.clear_pending();
         self.tx_frame.clear();
+        self.rss_update();
     }
 
     fn link_up(&self) -> bool {
@@ -256,6 +261,7 @@ impl Ixgbe {
             || (dca_rxctrl(0)..dca_rxctrl(SRRCTL_QUEUES)).contains(&off)
             || (rxpbsize(0)..rxpbsize(8)).contains(&off)
             || (txpbsize(0)..txpbsize(8)).contains(&off)
+            || rss::is_rss_reg(off)
     }
 
     #[inline]
@@ -379,6 +385,9 @@ impl Ixgbe {
                     tracing::info!(bdf = %self.bdf, "write to unemulated register {o:#07x} = {val:#x} (kept)");
                 }
                 self.set_reg(o, val);
+                if rss::is_rss_reg(o) {
+                    self.rss_update();
+                }
             }
         }
     }
@@ -562,8 +571,7 @@ impl DeviceModel for Ixgbe {
             // One translator and one receive batch for the poll: transmit may deliver straight
             // into the receive ring (an idle loopback), receive then takes what the wire holds.
             let mut xl = Xlate::new(dma);
-            let mut rx = self.rx_batch();
-            rx.cut = wire.loops_back_idle();
+            let mut rx = self.rx_set(wire.loops_back_idle());
             did |= self.process_tx(&mut xl, wire.as_mut(), &mut rx);
             did |= self.process_rx(&mut xl, wire.as_mut(), &mut rx);
             self.rx_finish(&mut rx);

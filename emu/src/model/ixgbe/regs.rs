@@ -143,6 +143,45 @@ pub const RAH_AV: u32 = 1 << 31;
 pub const RAR_LEGACY_BASE: u32 = 0x05400;
 pub const RAR_LEGACY_ENTRIES: u32 = 16;
 
+// 8.2.3.7.12-8.2.3.7.15, 7.1.2.8 Receive-side scaling
+/// Multiple Receive Queues Command: MRQE (bits 3:0) selects the queueing scheme; 0001 is RSS
+/// alone (16 queues), 0000 no RSS. Bits 16..24 enable the hash types.
+pub const MRQC: u32 = 0x05818;
+pub const MRQC_MRQE_MASK: u32 = 0xf;
+pub const MRQC_MRQE_RSS: u32 = 0x1;
+pub const MRQC_RSS_TCPIPV4: u32 = 1 << 16;
+pub const MRQC_RSS_IPV4: u32 = 1 << 17;
+pub const MRQC_RSS_IPV6: u32 = 1 << 20;
+pub const MRQC_RSS_TCPIPV6: u32 = 1 << 21;
+pub const MRQC_RSS_UDPIPV4: u32 = 1 << 22;
+pub const MRQC_RSS_UDPIPV6: u32 = 1 << 23;
+/// RSS Random Key: 10 registers, 40 bytes, key byte 4n+k in bits 8k+7:8k of RSSRK(n).
+pub const fn rssrk(n: u32) -> u32 {
+    0x05c80 + 4 * n
+}
+pub const RSSRK_REGS: u32 = 10;
+/// Redirection Table: 32 registers of four one-byte entries (entry 4n+k in byte k of RETA(n)),
+/// 128 entries indexed by the hash's 7 low bits; the 82599 uses each entry's 4 low bits.
+pub const fn reta(n: u32) -> u32 {
+    0x05c00 + 4 * n
+}
+pub const RETA_REGS: u32 = 32;
+pub const RETA_ENTRIES: usize = 128;
+/// Receive Checksum Control: PCSD (bit 13) puts the RSS hash in the write-back instead of the
+/// fragment checksum and IP identification.
+pub const RXCSUM: u32 = 0x05000;
+pub const RXCSUM_PCSD: u32 = 1 << 13;
+/// RSS types in the advanced write-back (dword 0, bits 3:0).
+pub const RSS_TYPE_NONE: u32 = 0x0;
+pub const RSS_TYPE_TCPIPV4: u32 = 0x1;
+pub const RSS_TYPE_IPV4: u32 = 0x2;
+pub const RSS_TYPE_TCPIPV6: u32 = 0x3;
+pub const RSS_TYPE_IPV6: u32 = 0x5;
+pub const RSS_TYPE_UDPIPV4: u32 = 0x7;
+pub const RSS_TYPE_UDPIPV6: u32 = 0x8;
+/// Queues RSS can spread over.
+pub const RSS_QUEUES: usize = 16;
+
 // 8.2.3.9 Transmit registers
 pub const TX_QUEUES: u32 = 128;
 pub const fn tdbal(q: u32) -> u32 {
@@ -216,5 +255,9 @@ mod tests {
         assert_eq!(GORCH, 0x0408c);
         assert_eq!(LINKS, 0x042a4);
         assert_eq!(EEC, 0x10010);
+        assert_eq!(MRQC, 0x05818);
+        assert_eq!(reta(31), 0x05c7c);
+        assert_eq!(rssrk(9), 0x05ca4);
+        assert_eq!(RXCSUM, 0x05000);
     }
 }

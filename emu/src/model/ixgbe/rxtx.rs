@@ -25,6 +25,7 @@
 //! batch, after its write-backs.
 
 use super::regs::*;
+use super::rss::RSS_HEADER;
 use super::{Ixgbe, Ring};
 use std::sync::atomic::Ordering;
 
@@ -53,14 +54,21 @@ struct RxCfg {
     fctrl: u32,
 }
 
-/// RX queue 0 as one poll sees it: the head the device owns, the free descriptors it knows of.
-pub(super) struct RxBatch<'d> {
-    /// The descriptor ring, translated once for the poll (`None` unless `usable`).
-    descs: Option<DmaView<'d>>,
-    /// Frames transmitted now may go straight into this ring: the wire is a loopback that held
-    /// nothing when the poll began and no frame of this poll has gone onto it since (see
+/// The receive queues one poll delivers to: queue 0, set up when the poll starts, and the others
+/// RSS sends frames to, each set up when its first frame of the poll comes.
+pub(super) struct RxSet<'d> {
+    /// Frames transmitted now may go straight into a receive ring: the wire is a loopback that
+    /// held nothing when the poll began and no frame of this poll has gone onto it since (see
     /// [`Wire::loops_back_idle`]); cleared by the first frame that takes the wire.
     pub(super) cut: bool,
+    qs: [Option<RxBatch<'d>>; RSS_QUEUES],
+}
+
+/// One RX queue as one poll sees it: the head the device owns, the free descriptors it knows of.
+struct RxBatch<'d> {
+    q: u32,
+    /// The descriptor ring, translated once for the poll (`None` unless `usable`).
+    descs: Option<DmaView<'d>>,
     ready: bool,
     /// False once the ring faulted (stalled until the driver moves the tail).
     usable: bool,
@@ -79,11 +87,12 @@ pub(super) struct RxBatch<'d> {
     /// `ahead[next..len]` are valid, for descriptors `head..`.
     ahead_next: usize,
     ahead_len: usize,
-    /// Write-backs not yet stored: (descriptor byte offset, length, status). A device writes
+    /// Write-backs not yet stored: (descriptor byte offset, length, status, dword 0 and the RSS
+    /// hash as the write-back's first 8 bytes). A device writes
     /// completed descriptors back in bursts, whole cache lines at a time; one store per descriptor
     /// as each frame lands would hand the line the driver is polling back and forth once per
     /// frame instead of once per burst.
-    wb: [(u32, u16, u32); WB_BATCH],
+    wb: [(u32, u16, u32, u64); WB_BATCH],
     wb_len: usize,
 }
 
@@ -157,7 +166,7 @@ impl Ixgbe {
     }
 
     /// Walks every enabled TX ring from TDH to TDT.
-    pub(super) fn process_tx<'d>(&mut self, xl: &mut Xlate<'d>, wire: &mut dyn Wire, rx: &mut RxBatch<'d>) -> bool {
+    pub(super) fn process_tx<'d>(&mut self, xl: &mut Xlate<'d>, wire: &mut dyn Wire, rx: &mut RxSet<'d>) -> bool {
         if self.reg(DMATXCTL) & DMATXCTL_TE == 0 {
             return false;
         }
@@ -177,14 +186,7 @@ impl Ixgbe {
         did
     }
 
-    fn tx_queue<'d>(
-        &mut self,
-        xl: &mut Xlate<'d>,
-        wire: &mut dyn Wire,
-        q: u32,
-        pad: bool,
-        rx: &mut RxBatch<'d>,
-    ) -> bool {
+    fn tx_queue<'d>(&mut self, xl: &mut Xlate<'d>, wire: &mut dyn Wire, q: u32, pad: bool, rx: &mut RxSet<'d>) -> bool {
         let ring = self.txq[q as usize];
         let tail = self.page32(tdt(q));
         if ring.stalled_at_tail == Some(tail) {
@@ -263,7 +265,7 @@ impl Ixgbe {
         buf: u64,
         len: usize,
         pad: bool,
-        rx: &mut RxBatch<'d>,
+        rx: &mut RxSet<'d>,
     ) {
         let Some(src) = xl.view(buf, len as u64) else {
             self.faults.record(buf, len as u64, "tx buffer read");
@@ -337,23 +339,36 @@ impl Ixgbe {
         self.totals.tx_bytes += len;
     }
 
-    fn rx_cfg(&self) -> RxCfg {
-        let srrctl0 = self.reg(srrctl(0));
-        let kib = (srrctl0 & SRRCTL_BSIZEPACKET_MASK) as usize;
+    fn rx_cfg(&self, q: u32) -> RxCfg {
+        let srrctl = self.reg(srrctl(q));
+        let kib = (srrctl & SRRCTL_BSIZEPACKET_MASK) as usize;
         RxCfg {
             bsize: if kib == 0 { 2048 } else { kib * 1024 },
-            legacy: srrctl0 & SRRCTL_DESCTYPE_MASK == 0,
+            legacy: srrctl & SRRCTL_DESCTYPE_MASK == 0,
             strip: self.reg(HLREG0) & HLREG0_RXCRCSTRP != 0,
             fctrl: self.reg(FCTRL),
         }
     }
 
-    /// Queue 0's state for this poll: reception on, ring latched and still enabled, indices sane.
-    pub(super) fn rx_batch<'d>(&mut self) -> RxBatch<'d> {
-        let ring = self.rxq[0];
+    /// The receive queues for this poll: queue 0 set up now, the others when RSS picks them.
+    pub(super) fn rx_set<'d>(&mut self, cut: bool) -> RxSet<'d> {
+        let mut set = RxSet { cut, qs: [const { None }; RSS_QUEUES] };
+        set.qs[0] = Some(self.rx_batch(0));
+        set
+    }
+
+    /// Queue `q` of `set`, set up on first use.
+    #[inline]
+    fn batch<'s, 'd>(&mut self, set: &'s mut RxSet<'d>, q: u32) -> &'s mut RxBatch<'d> {
+        set.qs[q as usize % RSS_QUEUES].get_or_insert_with(|| self.rx_batch(q))
+    }
+
+    /// Queue `q`'s state for this poll: reception on, ring latched and still enabled, indices sane.
+    fn rx_batch<'d>(&mut self, q: u32) -> RxBatch<'d> {
+        let ring = self.rxq[q as usize];
         let mut b = RxBatch {
+            q,
             descs: None,
-            cut: false,
             ready: false,
             usable: false,
             ring,
@@ -363,23 +378,23 @@ impl Ixgbe {
             moved: false,
             dma_checked: false,
             delivered: false,
-            cfg: self.rx_cfg(),
+            cfg: self.rx_cfg(q),
             ahead: [0; READ_AHEAD],
             ahead_next: 0,
             ahead_len: 0,
-            wb: [(0, 0, 0); WB_BATCH],
+            wb: [(0, 0, 0, 0); WB_BATCH],
             wb_len: 0,
         };
-        let enabled = self.page32(rxdctl(0)) & RXDCTL_ENABLE != 0;
+        let enabled = self.page32(rxdctl(q)) & RXDCTL_ENABLE != 0;
         if !ring.enabled {
             if !enabled {
                 return b;
             }
             // Enabled by the driver since the last scan: latch it now, so a frame that arrives in
             // this very poll finds the ring (a driver may send as soon as ENABLE reads back set).
-            let ring = self.latch_ring(rdbal(0), rdbah(0), rdlen(0), "rx ring length invalid");
-            tracing::debug!(bdf = %self.bdf, q = 0, enabled = true, count = ring.count, "rx queue");
-            self.rxq[0] = ring;
+            let ring = self.latch_ring(rdbal(q), rdbah(q), rdlen(q), "rx ring length invalid");
+            tracing::debug!(bdf = %self.bdf, q, enabled = true, count = ring.count, "rx queue");
+            self.rxq[q as usize] = ring;
             b.ring = ring;
         } else if !enabled {
             // Disabled by the driver: no DMA into its buffers; the next poll's scan drops the ring.
@@ -391,14 +406,14 @@ impl Ixgbe {
         if !b.ready {
             return b;
         }
-        b.tail = self.page32(rdt(0));
+        b.tail = self.page32(rdt(q));
         if ring.stalled_at_tail == Some(b.tail) {
             return b;
         }
-        b.head = self.page32(rdh(0));
+        b.head = self.page32(rdh(q));
         if ring.count == 0 || b.head >= ring.count || b.tail >= ring.count {
             self.faults.record(u64::from(b.tail), 0, "rx head/tail beyond ring");
-            self.rxq[0].stalled_at_tail = Some(b.tail);
+            self.rxq[q as usize].stalled_at_tail = Some(b.tail);
             return b;
         }
         // The ring is translated when the first frame needs a descriptor (`rx_place`): with no
@@ -410,13 +425,13 @@ impl Ixgbe {
 
     /// Re-reads RDT (the driver refills while we deliver). False if the ring became unusable.
     fn rx_refresh(&mut self, b: &mut RxBatch<'_>) -> bool {
-        let tail = self.page32(rdt(0));
+        let tail = self.page32(rdt(b.q));
         if tail == b.tail {
             return true;
         }
         if tail >= b.ring.count {
             self.faults.record(u64::from(tail), 0, "rx head/tail beyond ring");
-            self.rxq[0].stalled_at_tail = Some(tail);
+            self.rxq[b.q as usize].stalled_at_tail = Some(tail);
             b.usable = false;
             return false;
         }
@@ -433,21 +448,18 @@ impl Ixgbe {
         self.rx_refresh(b) && b.free >= need
     }
 
-    /// Moves frames from the wire into RX queue 0 (no RSS or pools are modelled).
-    pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, wire: &mut dyn Wire, b: &mut RxBatch<'d>) -> bool {
+    /// Moves frames from the wire into the RX queues: queue 0, or the one RSS picks. On a wire
+    /// with backpressure (a peer that waits rather than drops) a frame is taken only when every
+    /// queue it may go to has room for it.
+    pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, wire: &mut dyn Wire, set: &mut RxSet<'d>) -> bool {
         let backpressure = wire.backpressure();
-        if !b.ready && backpressure {
-            return false;
-        }
+        let queues = if self.rss.on { self.rss.queues } else { 1 };
         let mut did = false;
         for _ in 0..BUDGET {
-            if b.ready && backpressure {
-                let need = MAX_FRAME.min(1518).div_ceil(b.cfg.bsize).max(1) as u32;
-                if !b.usable || !self.rx_room(b, need) {
-                    break;
-                }
+            if backpressure && !self.rx_room_all(set, queues) {
+                break;
             }
-            if !wire.receive_with(&mut |frame: &[u8]| self.rx_frame_in(xl, frame, b)) {
+            if !wire.receive_with(&mut |frame: &[u8]| self.rx_frame_in(xl, frame, set)) {
                 break;
             }
             did = true;
@@ -455,14 +467,31 @@ impl Ixgbe {
         did
     }
 
-    /// Ends the poll's receive work: write-backs stored, RDH moved, the queue's interrupt.
-    pub(super) fn rx_finish(&mut self, b: &mut RxBatch<'_>) {
-        self.rx_flush(b);
-        if b.moved {
-            self.set_page32(rdh(0), b.head);
+    /// Whether each queue in the `queues` mask can take a largest frame now.
+    fn rx_room_all(&mut self, set: &mut RxSet<'_>, queues: u16) -> bool {
+        let mut m = queues;
+        while m != 0 {
+            let q = m.trailing_zeros();
+            m &= m - 1;
+            let b = self.batch(set, q);
+            let need = MAX_FRAME.min(1518).div_ceil(b.cfg.bsize).max(1) as u32;
+            if !b.ready || !b.usable || !self.rx_room(set.qs[q as usize].as_mut().expect("set up above"), need) {
+                return false;
+            }
         }
-        if b.delivered {
-            self.queue_interrupt(0, false);
+        true
+    }
+
+    /// Ends the poll's receive work: per queue, write-backs stored, RDH moved, its interrupt.
+    pub(super) fn rx_finish(&mut self, set: &mut RxSet<'_>) {
+        for b in set.qs.iter_mut().flatten() {
+            self.rx_flush(b);
+            if b.moved {
+                self.set_page32(rdh(b.q), b.head);
+            }
+            if b.delivered {
+                self.queue_interrupt(b.q, false);
+            }
         }
     }
 
@@ -476,8 +505,20 @@ impl Ixgbe {
         len: usize,
         wire_len: usize,
         hdr: &[u8; 8],
-        b: &mut RxBatch<'d>,
+        set: &mut RxSet<'d>,
     ) -> bool {
+        let (q, qw0) = if self.rss.on {
+            // The headers RSS hashes (zeros past a short frame, as padding).
+            let mut head = [0u8; RSS_HEADER];
+            let n = len.min(RSS_HEADER);
+            if !src.read(0, &mut head[..n]) {
+                return false;
+            }
+            self.rss_pick(&head[..wire_len.min(RSS_HEADER)])
+        } else {
+            (0, 0)
+        };
+        let b = self.batch(set, q);
         if !b.ready || !b.usable || !b.cfg.strip || wire_len > b.cfg.bsize {
             return false;
         }
@@ -491,15 +532,17 @@ impl Ixgbe {
         }
         let fill =
             |dst: &DmaView<'_>| dst.copy_from(0, src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0));
-        if self.rx_place(xl, b, wire_len, true, fill) {
+        if self.rx_place(xl, b, wire_len, true, qw0, fill) {
             b.delivered = true;
             self.count_rx(wire_len as u64, dest(&hdr[..wire_len.min(6)]));
         }
         true
     }
 
-    /// One frame off the wire: filtered, missed, or delivered.
-    fn rx_frame_in<'d>(&mut self, xl: &mut Xlate<'d>, frame: &[u8], b: &mut RxBatch<'d>) {
+    /// One frame off the wire: filtered, missed, or delivered (to queue 0, or the one RSS picks).
+    fn rx_frame_in<'d>(&mut self, xl: &mut Xlate<'d>, frame: &[u8], set: &mut RxSet<'d>) {
+        let (q, qw0) = if self.rss.on { self.rss_pick(frame) } else { (0, 0) };
+        let b = self.batch(set, q);
         if !b.ready || !self.accept(frame, frame.len(), b.cfg.fctrl) {
             self.totals.rx_filtered += 1;
             return;
@@ -509,13 +552,13 @@ impl Ixgbe {
             return;
         }
         let ok = if b.cfg.strip {
-            self.rx_deliver(xl, frame, b)
+            self.rx_deliver(xl, frame, qw0, b)
         } else {
             let mut with_fcs = std::mem::take(&mut self.rx_frame);
             with_fcs.clear();
             with_fcs.extend_from_slice(frame);
             with_fcs.extend_from_slice(&crc32(frame).to_le_bytes());
-            let ok = self.rx_deliver(xl, &with_fcs, b);
+            let ok = self.rx_deliver(xl, &with_fcs, qw0, b);
             self.rx_frame = with_fcs;
             ok
         };
@@ -546,9 +589,9 @@ impl Ixgbe {
         self.rar.iter().any(|(l, h)| h & RAH_AV != 0 && *l == lo && (h & 0xffff) == hi)
     }
 
-    /// Writes `data` (the frame, with its FCS unless stripped) into queue 0's free buffers. Returns
-    /// true if it was delivered.
-    fn rx_deliver<'d>(&mut self, xl: &mut Xlate<'d>, data: &[u8], b: &mut RxBatch<'d>) -> bool {
+    /// Writes `data` (the frame, with its FCS unless stripped) into the queue's free buffers, with
+    /// `qw0` (RSS type and hash) in each write-back. Returns true if it was delivered.
+    fn rx_deliver<'d>(&mut self, xl: &mut Xlate<'d>, data: &[u8], qw0: u64, b: &mut RxBatch<'d>) -> bool {
         let bsize = b.cfg.bsize;
         let need = data.len().div_ceil(bsize).max(1);
         if !self.rx_room(b, need as u32) {
@@ -560,7 +603,7 @@ impl Ixgbe {
         }
         for i in 0..need {
             let chunk = &data[i * bsize..data.len().min((i + 1) * bsize)];
-            if !self.rx_place(xl, b, chunk.len(), i + 1 == need, |v| v.write(0, chunk)) {
+            if !self.rx_place(xl, b, chunk.len(), i + 1 == need, qw0, |v| v.write(0, chunk)) {
                 return false;
             }
         }
@@ -577,6 +620,7 @@ impl Ixgbe {
         b: &mut RxBatch<'d>,
         len: usize,
         last: bool,
+        qw0: u64,
         fill: impl FnOnce(&DmaView<'_>) -> bool,
     ) -> bool {
         let descs = match b.descs {
@@ -586,7 +630,7 @@ impl Ixgbe {
                 // map faults before any of it is read (the frame is lost, not counted as missed).
                 let Some(d) = xl.view(b.ring.base, u64::from(b.ring.count) * DESC) else {
                     self.faults.record(b.ring.base.wrapping_add(u64::from(b.head) * DESC), DESC, "rx descriptor read");
-                    self.rxq[0].stalled_at_tail = Some(b.tail);
+                    self.rxq[b.q as usize].stalled_at_tail = Some(b.tail);
                     b.usable = false;
                     return false;
                 };
@@ -611,7 +655,7 @@ impl Ixgbe {
             status = RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE;
             wlen = 0;
         }
-        b.wb[b.wb_len] = (o as u32, wlen, status);
+        b.wb[b.wb_len] = (o as u32, wlen, status, qw0);
         b.wb_len += 1;
         b.head = if b.head + 1 == b.ring.count { 0 } else { b.head + 1 };
         b.free -= 1;
@@ -622,18 +666,18 @@ impl Ixgbe {
     /// Stores the held-back write-backs, in ring order, each with its DD word last.
     fn rx_flush(&mut self, b: &mut RxBatch<'_>) {
         for i in 0..b.wb_len {
-            let (o, len, status) = b.wb[i];
-            self.rx_writeback(b, o as usize, len, status);
+            let (o, len, status, qw0) = b.wb[i];
+            self.rx_writeback(b, o as usize, len, status, qw0);
         }
         b.wb_len = 0;
     }
 
-    fn rx_writeback(&mut self, b: &RxBatch<'_>, o: usize, len: u16, status: u32) {
+    fn rx_writeback(&mut self, b: &RxBatch<'_>, o: usize, len: u16, status: u32, qw0: u64) {
         let Some(descs) = b.descs else { return };
         let ok = if b.cfg.legacy {
             Self::rx_writeback_legacy(&descs, o, len, status)
         } else {
-            Self::rx_writeback_adv(&descs, o, len, status)
+            Self::rx_writeback_adv(&descs, o, len, status, qw0)
         };
         if !ok {
             self.faults.record(b.ring.base.wrapping_add(o as u64), DESC, "rx descriptor write-back");
@@ -676,12 +720,12 @@ impl Ixgbe {
         self.totals.rx_bytes += len;
     }
 
-    /// Advanced one-buffer write-back (7.1.6.2) of the descriptor at `o`: packet info and RSS hash
-    /// (0) @0, then STATUS/ERROR with DD @8 together with length @12 (VLAN 0) as the last store,
-    /// one 64-bit Release store (a driver that sees DD sees the length in the same load or after
-    /// it). False if outside the ring.
-    fn rx_writeback_adv(descs: &DmaView<'_>, o: usize, len: u16, status: u32) -> bool {
-        descs.store_u64(o, 0, Ordering::Relaxed)
+    /// Advanced one-buffer write-back (7.1.6.2) of the descriptor at `o`: `qw0` (RSS type in bits
+    /// 3:0, packet type 0, the RSS hash in the upper dword) @0, then STATUS/ERROR with DD @8
+    /// together with length @12 (VLAN 0) as the last store, one 64-bit Release store (a driver
+    /// that sees DD sees the length in the same load or after it). False if outside the ring.
+    fn rx_writeback_adv(descs: &DmaView<'_>, o: usize, len: u16, status: u32, qw0: u64) -> bool {
+        descs.store_u64(o, qw0, Ordering::Relaxed)
             && descs.store_u64(o + 8, u64::from(status) | u64::from(len) << 32, Ordering::Release)
     }
 

@@ -708,3 +708,122 @@ fn a_saved_state_loads_into_another_function_and_traffic_goes_on_from_there() {
     dma.read(RX_BUFS + 3 * 2048, &mut got).unwrap();
     assert_eq!(got, frame(MAC, 64, 9));
 }
+
+/// RX queue `q` (1..4) beside queue 0: its own ring and buffers.
+fn rx_ring_q(q: u32) -> u64 {
+    DMA_BASE + 0x2000 + u64::from(q) * 0x100
+}
+
+fn rx_buf_q(q: u32, i: u64) -> u64 {
+    if q == 0 {
+        RX_BUFS + i * 2048
+    } else {
+        DMA_BASE + 0x20000 + u64::from(q) * 0x4000 + i * 2048
+    }
+}
+
+/// Queues 1..4 set up like queue 0; RSS with Microsoft's key, RETA entry n = n % 3, the given
+/// hash types and PCSD.
+fn bring_up_rss(m: &mut Ixgbe, dma: &mut FakeDma, fields: u32) {
+    bring_up(m, dma);
+    for q in 1..4u32 {
+        let v = rd(m, srrctl(q));
+        wr(m, srrctl(q), (v & !SRRCTL_DESCTYPE_MASK) | (1 << SRRCTL_DESCTYPE_SHIFT));
+        wr(m, rdbal(q), rx_ring_q(q) as u32);
+        wr(m, rdbah(q), (rx_ring_q(q) >> 32) as u32);
+        wr(m, rdlen(q), N * 16);
+        for i in 0..u64::from(N) {
+            put_u64(dma, rx_ring_q(q) + i * 16, rx_buf_q(q, i));
+            put_u64(dma, rx_ring_q(q) + i * 16 + 8, 0);
+        }
+        wr(m, rxdctl(q), RXDCTL_ENABLE);
+        wr(m, rdh(q), 0);
+        wr(m, rdt(q), N - 1);
+    }
+    let key = crate::model::rss::tests::MS_KEY;
+    for n in 0..RSSRK_REGS {
+        let k = 4 * n as usize;
+        wr(m, rssrk(n), u32::from_le_bytes([key[k], key[k + 1], key[k + 2], key[k + 3]]));
+    }
+    for n in 0..RETA_REGS {
+        let e = |k: u32| ((4 * n + k) % 3) << (8 * k);
+        wr(m, reta(n), e(0) | e(1) | e(2) | e(3));
+    }
+    wr(m, RXCSUM, RXCSUM_PCSD);
+    wr(m, MRQC, MRQC_MRQE_RSS | fields);
+}
+
+/// Per queue 0..4, the (write-back dword 0, RSS hash) of each frame it received, in order.
+fn received(dma: &mut FakeDma, m: &mut Ixgbe) -> Vec<Vec<(u32, u32)>> {
+    (0..4u32)
+        .map(|q| {
+            let ring = if q == 0 { RX_RING } else { rx_ring_q(q) };
+            (0..rd(m, rdh(q)))
+                .map(|i| (get_u32(dma, ring + 16 * u64::from(i)), get_u32(dma, ring + 16 * u64::from(i) + 4)))
+                .collect()
+        })
+        .collect()
+}
+
+fn rss_spreads_flows_by_the_datasheet_hash(wire: Box<dyn Wire>) {
+    use crate::model::rss::tests::{ipv4_frame, V4};
+    let mut m = nic(wire);
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up_rss(&mut m, &mut dma, MRQC_RSS_TCPIPV4 | MRQC_RSS_IPV4);
+    let mut want = vec![Vec::new(); 4];
+    for (i, (dst, dport, src, sport, ip_only, with_ports)) in V4.iter().enumerate() {
+        // TCP hashes with the ports; UDP (its type not enabled) falls back to the IPv4 hash.
+        let tcp = i % 2 == 0;
+        let f = ipv4_frame(src.parse().unwrap(), dst.parse().unwrap(), if tcp { 6 } else { 17 }, *sport, *dport, i % 3);
+        let (ty, hash) = if tcp { (RSS_TYPE_TCPIPV4, *with_ports) } else { (RSS_TYPE_IPV4, *ip_only) };
+        want[(hash & 0x7f) as usize % 3].push((ty, hash));
+        queue_tx(&mut m, &mut dma, i as u32, &f);
+        m.poll(&mut dma);
+    }
+    // Not IP: hash 0, type 0, RETA entry 0.
+    queue_tx(&mut m, &mut dma, 5, &frame(MAC, 64, 0));
+    m.poll(&mut dma);
+    want[0].push((0, 0));
+    let got = received(&mut dma, &mut m);
+    assert_eq!(got, want, "per queue: (type, hash)");
+    assert_eq!(got.iter().filter(|q| !q.is_empty()).count(), 3, "the five flows reach three queues");
+    assert_eq!(m.stats().rx_packets, 6);
+    // Every frame in its queue's own buffers, byte-identical.
+    let (q, hash) = (0..4).find(|q| !want[*q].is_empty() && want[*q][0].1 != 0).map(|q| (q, want[q][0].1)).unwrap();
+    let mut b = [0u8; 4];
+    dma.read(rx_buf_q(q as u32, 0) + 26, &mut b).unwrap();
+    assert_ne!(hash, 0);
+    assert_ne!(b, [0; 4], "queue {q}'s first buffer holds the frame (its source address)");
+}
+
+#[test]
+fn rss_spreads_flows_by_the_datasheet_hash_on_the_wire_path() {
+    rss_spreads_flows_by_the_datasheet_hash(Box::new(QueuedLoopback::default()));
+}
+
+#[test]
+fn rss_spreads_flows_by_the_datasheet_hash_on_the_cut_through_path() {
+    rss_spreads_flows_by_the_datasheet_hash(Box::new(Loopback::default()));
+}
+
+#[test]
+fn without_pcsd_the_hash_stays_out_of_the_write_back_and_mrqe_0_keeps_queue_0() {
+    use crate::model::rss::tests::{ipv4_frame, V4};
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up_rss(&mut m, &mut dma, MRQC_RSS_TCPIPV4);
+    wr(&mut m, RXCSUM, 0);
+    let (dst, dport, src, sport, _, with_ports) = V4[0];
+    let f = ipv4_frame(src.parse().unwrap(), dst.parse().unwrap(), 6, sport, dport, 0);
+    queue_tx(&mut m, &mut dma, 0, &f);
+    m.poll(&mut dma);
+    let q = (with_ports & 0x7f) as usize % 3;
+    assert_eq!(received(&mut dma, &mut m)[q], vec![(RSS_TYPE_TCPIPV4, 0)], "type, no hash");
+    // RSS off again: everything to queue 0, nothing in dword 0/1.
+    wr(&mut m, MRQC, MRQC_RSS_TCPIPV4);
+    queue_tx(&mut m, &mut dma, 1, &f);
+    m.poll(&mut dma);
+    let got = received(&mut dma, &mut m);
+    assert_eq!(got[0].last(), Some(&(0, 0)));
+    assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 2);
+}
