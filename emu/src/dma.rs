@@ -387,8 +387,9 @@ pub enum DirtyError {
     /// Logging is already on (START twice) or not on (REPORT/STOP without START).
     #[error("dirty page logging is {}", if *.0 { "already on" } else { "not on" })]
     State(bool),
-    /// The report's range is not inside the logged ranges, or its page size differs.
-    #[error("report of {iova:#x}+{len:#x} is outside the logged ranges or at another page size")]
+    /// The report's range is not inside the logged ranges, or not aligned to its page size (a
+    /// power of two).
+    #[error("report of {iova:#x}+{len:#x} is outside the logged ranges or not aligned to its page size")]
     Range {
         /// Start IOVA.
         iova: u64,
@@ -472,12 +473,14 @@ impl DmaTable {
     /// The pages of `[iova, iova + len)` the device wrote in `conn`'s maps since logging
     /// started or the last report of them, one bit per `page_size` page (LSB first) in whole
     /// little-endian u64 words (as linux/vfio.h's report bitmap, and libvfio-user, size it),
-    /// cleared by the report. Pages no map of `conn` covers read clean.
+    /// cleared by the report. Pages no map of `conn` covers read clean. The report's page size
+    /// need not be the logging's (the spec: it "doesn't have to match"): a larger one is dirty
+    /// if any logged page in it is, a smaller one if the logged page holding it is.
     pub fn dirty_report(&self, conn: ConnId, iova: u64, len: u64, page_size: u64) -> Result<Vec<u8>, DirtyError> {
         let l = self.logging.get(&conn).ok_or(DirtyError::State(false))?;
         let end = iova.checked_add(len).filter(|_| len > 0);
         let inside = |a: u64, e: u64| l.ranges.is_empty() || l.ranges.iter().any(|&(r, n)| a >= r && e <= r + n);
-        let ok = page_size == 1 << l.shift && iova.is_multiple_of(page_size) && end.is_some_and(|e| inside(iova, e));
+        let ok = page_size.is_power_of_two() && iova.is_multiple_of(page_size) && end.is_some_and(|e| inside(iova, e));
         let (Some(end), true) = (end, ok) else {
             return Err(DirtyError::Range { iova, len });
         };
@@ -485,6 +488,7 @@ impl DmaTable {
         let mut bitmap = vec![0u8; (pages.div_ceil(64) * 8) as usize];
         for m in self.maps.iter().filter(|m| m.conn == conn && m.iova < end && iova < m.iova + m.size) {
             let Some(log) = &m.log else { continue };
+            let mut taken: Option<(u64, bool)> = None;
             // Map pages are counted from the map's start; a map need not start on a page.
             for p in 0..pages {
                 let a = iova + p * page_size;
@@ -495,7 +499,14 @@ impl DmaTable {
                 let last = (a + page_size - 1).min(m.iova + m.size - 1).saturating_sub(m.iova) >> l.shift;
                 let mut d = false;
                 for mp in first..=last {
-                    d |= log.take(mp);
+                    // Report pages smaller than the logged ones share a logged page: it is
+                    // taken (read and cleared) once, by the first, and its state reused.
+                    let v = match taken {
+                        Some((t, v)) if t == mp => v,
+                        _ => log.take(mp),
+                    };
+                    taken = Some((mp, v));
+                    d |= v;
                 }
                 if d {
                     bitmap[(p / 8) as usize] |= 1 << (p % 8);
@@ -817,7 +828,16 @@ mod tests {
         assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0b1101, 0, 0, 0, 0, 0, 0, 0]), "u64 words");
         assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0; 8]), "a report clears");
         assert_eq!(t.dirty_report(1, 0x20_0000, 0x1000, 4096), Ok(vec![1, 0, 0, 0, 0, 0, 0, 0]));
-        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 8192), Err(DirtyError::Range { iova: 0x10_0000, len: 0x4000 }));
+        // Another page size than the logging's: larger pages are dirty if any logged page in
+        // them is, smaller ones if the logged page holding them is.
+        let v = t.view(0x10_0000, 0x4000).unwrap();
+        assert!(v.write(0x10, &[1]) && v.write(0x3000, &[1]));
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 8192), Ok(vec![0b11, 0, 0, 0, 0, 0, 0, 0]), "8 KiB pages");
+        assert!(t.view(0x10_0000, 0x4000).unwrap().write(0x1000, &[1]));
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 2048), Ok(vec![0b1100, 0, 0, 0, 0, 0, 0, 0]), "2 KiB pages");
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0; 8]), "both cleared the logged pages");
+        assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 3000), Err(DirtyError::Range { iova: 0x10_0000, len: 0x4000 }));
+        assert_eq!(t.dirty_report(1, 0x10_1000, 0x4000, 8192), Err(DirtyError::Range { iova: 0x10_1000, len: 0x4000 }));
         assert_eq!(t.dirty_report(2, 0x10_0000, 0x4000, 4096), Err(DirtyError::State(false)));
         t.dirty_stop(1).unwrap();
         assert_eq!(t.dirty_stop(1), Err(DirtyError::State(false)));

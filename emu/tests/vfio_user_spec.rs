@@ -195,6 +195,19 @@ fn negotiation_comes_first_and_its_json_is_optional() {
     assert_eq!(bad.call(VERSION, &b, &[]).err(), Some(libc::EINVAL as u32));
     let caps = bad.negotiate();
     assert!(caps["capabilities"]["max_msg_fds"].as_u64().is_some_and(|n| n >= 1), "{caps}");
+    // "The capability list must be a subset of those proposed."
+    let keys: Vec<&String> = caps["capabilities"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["max_msg_fds"], "only what the client proposed: {caps}");
+    let mut other = Raw::connect(&nic);
+    let mut b = le(&[(0, 2), (1, 2)]);
+    b.extend_from_slice(b"{\"capabilities\":{\"pgsizes\":4096,\"max_data_xfer_size\":65536}}\0");
+    let r = other.call(VERSION, &b, &[]);
+    assert_eq!(r.err(), None);
+    let json: serde_json::Value = serde_json::from_slice(&r.body[4..r.body.len() - 1]).unwrap();
+    assert!(
+        json["capabilities"].as_object().unwrap().keys().all(|k| k == "pgsizes" || k == "max_data_xfer_size"),
+        "{json}"
+    );
 }
 
 #[test]
@@ -217,6 +230,8 @@ fn device_region_and_irq_info_with_the_capability_chain_on_the_re_ask() {
     assert_eq!(r.err(), None);
     let need = u32_at(&r.body, 0) as u64;
     assert!(need > 32, "BAR0 has a sparse-mmap capability: argsz {need}");
+    assert_eq!(u32_at(&r.body, 4) & 8, 8, "VFIO_REGION_INFO_FLAG_CAPS");
+    assert_eq!(u32_at(&r.body, 12), 0, "cap_offset 0: the chain is not in this reply (as vfio-pci)");
     assert_eq!(u64_at(&r.body, 16), 512 * 1024, "BAR0 size");
     // The re-ask, padded to that argsz as libvfio-user's client sends it.
     let r = c.call(GET_REGION_INFO, &ask(need), &[]);
@@ -657,6 +672,10 @@ fn a_running_port_migrates_to_another_lab_nic_with_its_queued_frame() {
     for chunk in stream.chunks(100_000) {
         assert_eq!(write(&mut b, chunk), None);
     }
+    let mut last = le(&[(8, 4), (0, 4)]);
+    last.truncate(8);
+    let r = b.call(MIG_DATA_WRITE, &last, &[]);
+    assert_eq!((r.err(), r.body.len()), (None, 0), "no reply payload (spec: MIG_DATA_WRITE reply)");
     assert_eq!(set(&mut b, STOP), None);
     assert_eq!(b.read32(0, 0x820), Ok(0x0c80), "EITR0 came along");
     assert_eq!(set(&mut b, RUNNING), None);

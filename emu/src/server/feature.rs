@@ -146,8 +146,8 @@ pub(super) fn mig_data_read(s: &Shared, body: &[u8]) -> Result<Vec<u8>, i32> {
     Ok(out)
 }
 
-/// MIG_DATA_WRITE (`argsz, size, data`): appends to the stream being resumed; answered with
-/// `argsz, size`.
+/// MIG_DATA_WRITE (`argsz, size, data`): appends to the stream being resumed; the reply has no
+/// payload (the spec: "There is no reply payload for this message").
 pub(super) fn mig_data_write(s: &Shared, body: &[u8]) -> Result<Vec<u8>, i32> {
     let (Some(argsz), Some(size)) = (u32_at(body, 0), u32_at(body, 4)) else {
         return Err(libc::EINVAL);
@@ -156,5 +156,5 @@ pub(super) fn mig_data_write(s: &Shared, body: &[u8]) -> Result<Vec<u8>, i32> {
         return Err(libc::EINVAL);
     }
     migration::write(&mut s.dev(), &body[8..])?;
-    Ok(body[..8].to_vec())
+    Ok(Vec::new())
 }

@@ -126,6 +126,8 @@ enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Op {
     Version,
+    /// GET_REGION_INFO with the request's argsz.
+    RegionInfo(u32),
     Map(u64, u64),
     Unmap(u64, u64),
     UnmapAll,
@@ -142,6 +144,8 @@ pub(super) struct ConnCheck {
     pending: std::collections::VecDeque<(u16, Op)>,
     region_sizes: Vec<u64>,
     msix: u32,
+    /// The capability names the client's VERSION proposed: the reply's must be among them.
+    proposed: Vec<String>,
 }
 
 pub(super) fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -164,7 +168,14 @@ fn resized(buf: &[u8], body: usize, extra: &[u8]) -> Vec<u8> {
 
 impl ConnCheck {
     pub(super) fn new(region_sizes: Vec<u64>, msix: u32) -> ConnCheck {
-        ConnCheck { negotiated: false, maps: Vec::new(), pending: Default::default(), region_sizes, msix }
+        ConnCheck {
+            negotiated: false,
+            maps: Vec::new(),
+            pending: Default::default(),
+            region_sizes,
+            msix,
+            proposed: Vec::new(),
+        }
     }
 
     /// The verdict on one request (`buf` is the whole message, `nfds` the fds that came with it).
@@ -206,6 +217,11 @@ impl ConnCheck {
                         _ => None,
                     }
                 };
+                if let Some(p) = caps.as_ref().and_then(|c| c.get("capabilities")).and_then(|v| v.as_object()) {
+                    self.proposed = p.keys().cloned().collect();
+                } else {
+                    self.proposed.clear();
+                }
                 match caps {
                     Some(c) if c.get("capabilities").is_some_and(|v| v.is_object()) => (Forward, Op::Version),
                     Some(mut c) if !c.contains_key("capabilities") => {
@@ -275,7 +291,7 @@ impl ConnCheck {
                 // capability chain depends on argsz, not on the payload's length.
                 match u32_at(body, 8) {
                     Some(i) if (i as usize) < self.region_sizes.len() => {
-                        (Verdict::Rewrite(resized(buf, 32, &[])), Op::Other)
+                        (Verdict::Rewrite(resized(buf, 32, &[])), Op::RegionInfo(u32_at(body, 0).unwrap_or(0)))
                     }
                     _ => einval,
                 }
@@ -352,8 +368,10 @@ impl ConnCheck {
     }
 
     /// A reply from the server: what it confirms is recorded; an error reply the crate left
-    /// without an errno gets one.
-    fn reply(&mut self, buf: &mut [u8]) {
+    /// without an errno gets one; a VERSION reply keeps only the capabilities the client
+    /// proposed (the spec: "a subset of those proposed"); a region info whose capability chain
+    /// did not fit the client's argsz says so with cap_offset 0, as vfio-pci does.
+    fn reply(&mut self, buf: &mut Vec<u8>) {
         let h = MsgHeader::parse(buf[..HEADER].try_into().expect("a whole header"));
         let pos = self.pending.iter().position(|(id, _)| *id == h.id);
         let op = pos.and_then(|p| self.pending.remove(p)).map(|(_, op)| op);
@@ -364,12 +382,39 @@ impl ConnCheck {
             return;
         }
         match op {
-            Some(Op::Version) => self.negotiated = true,
+            Some(Op::Version) => {
+                self.negotiated = true;
+                self.keep_proposed(buf);
+            }
+            Some(Op::RegionInfo(argsz)) => {
+                if u32_at(buf, HEADER).is_some_and(|need| need > argsz) && buf.len() >= HEADER + 16 {
+                    buf[HEADER + 12..HEADER + 16].fill(0);
+                }
+            }
             Some(Op::Map(a, s)) => self.maps.push((a, s)),
             Some(Op::Unmap(a, s)) => self.maps.retain(|m| *m != (a, s)),
             Some(Op::UnmapAll) => self.maps.clear(),
             Some(Op::Other) | None => {}
         }
+    }
+
+    /// Drops from a VERSION reply's JSON the capabilities the client did not propose.
+    fn keep_proposed(&self, buf: &mut Vec<u8>) {
+        let Some(json) = buf.get(HEADER + 4..) else { return };
+        let text = json.strip_suffix(&[0]).unwrap_or(json);
+        let Ok(serde_json::Value::Object(mut v)) = serde_json::from_slice::<serde_json::Value>(text) else { return };
+        let Some(serde_json::Value::Object(caps)) = v.get_mut("capabilities") else { return };
+        let before = caps.len();
+        caps.retain(|k, _| self.proposed.iter().any(|p| p == k));
+        if caps.len() == before {
+            return;
+        }
+        let mut out = serde_json::Value::Object(v).to_string().into_bytes();
+        out.push(0);
+        buf.truncate(HEADER + 4);
+        buf.extend_from_slice(&out);
+        let n = buf.len() as u32;
+        buf[4..8].copy_from_slice(&n.to_le_bytes());
     }
 }
 
