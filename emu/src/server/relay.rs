@@ -712,12 +712,12 @@ mod tests {
         assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL);
         // Replies: a confirmed map is known; an error reply without errno gets one.
         c.pending.push_back((9, Op::Map(0x1000, 0x2000)));
-        let mut r = error_reply(&MsgHeader { id: 9, command: DMA_MAP, size: 16, flags: 0 }, 0);
+        let mut r = error_reply(&MsgHeader { id: 9, command: DMA_MAP, size: 16, flags: 0 }, 0).to_vec();
         r[8..12].copy_from_slice(&1u32.to_le_bytes());
         c.reply(&mut r);
         assert_eq!(c.maps, vec![(0x1000, 0x2000)], "the server confirmed the map");
         c.pending.push_back((10, Op::Map(0x8000, 0x1000)));
-        let mut e = error_reply(&MsgHeader { id: 10, command: DMA_MAP, size: 16, flags: 0 }, 0);
+        let mut e = error_reply(&MsgHeader { id: 10, command: DMA_MAP, size: 16, flags: 0 }, 0).to_vec();
         c.reply(&mut e);
         assert_eq!(u32_at(&e, 12), Some(libc::EINVAL as u32), "errno filled in");
         assert_eq!(c.maps, vec![(0x1000, 0x2000)], "a refused map is not recorded");

@@ -103,6 +103,10 @@ fn opcode_name(op: u16) -> &'static str {
         AQC_LLDP_STOP => "lldp_stop",
         AQC_LLDP_START => "lldp_start",
         AQC_GET_CEE_DCB_CFG => "get_cee_dcb_cfg",
+        AQC_SET_RSS_KEY => "set_rss_key",
+        AQC_SET_RSS_LUT => "set_rss_lut",
+        AQC_GET_RSS_KEY => "get_rss_key",
+        AQC_GET_RSS_LUT => "get_rss_lut",
         0x0a01..=0x0a04 | 0x0a08..=0x0aff => "lldp/dcb",
         _ => "unknown",
     }
@@ -253,6 +257,39 @@ impl I40e {
                 Ok(Reply::data(VSI_PROPS_LEN))
             })()
             .into(),
+            AQC_SET_RSS_KEY | AQC_GET_RSS_KEY => (|| {
+                Self::check_rss_vsi(c.p16(0))?;
+                c.need_buf(RSS_KEY_LEN)?;
+                if c.opcode == AQC_SET_RSS_KEY {
+                    let key: [u8; RSS_KEY_LEN] = c.buf[..RSS_KEY_LEN].try_into().expect("checked length");
+                    self.set_rss_key(&key);
+                    Ok(Reply::ok())
+                } else {
+                    c.buf[..RSS_KEY_LEN].copy_from_slice(&self.rss_key());
+                    Ok(Reply::data(RSS_KEY_LEN))
+                }
+            })()
+            .into(),
+            AQC_SET_RSS_LUT | AQC_GET_RSS_LUT => (|| {
+                Self::check_rss_vsi(c.p16(0))?;
+                // The PF's table is 128 or 512 entries; a VSI's table (64 entries on the X710)
+                // is the PF's here. The buffer's length is the table's.
+                let n = c.buf.len();
+                if !c.has_buf || n == 0 || n > super::rss::LUT_MAX {
+                    return Err(AQ_RC_EINVAL);
+                }
+                let _pf_table = c.p16(2) & RSS_LUT_TABLE_TYPE_PF != 0;
+                if c.opcode == AQC_SET_RSS_LUT {
+                    let entries = c.buf.clone();
+                    self.set_rss_lut(&entries);
+                    Ok(Reply::ok())
+                } else {
+                    let lut = self.rss_lut(n).to_vec();
+                    c.buf[..lut.len()].copy_from_slice(&lut);
+                    Ok(Reply::data(n))
+                }
+            })()
+            .into(),
             AQC_ADD_MACVLAN => self.add_macvlan(c).into(),
             AQC_REMOVE_MACVLAN => self.remove_macvlan(c).into(),
             AQC_SET_VSI_PROMISC => {
@@ -359,6 +396,15 @@ impl I40e {
             Ok(())
         } else {
             Err(AQ_RC_ENOENT)
+        }
+    }
+
+    /// The RSS commands name a VSI by number (bits 9:0) with VALID (bit 15): the main VSI.
+    fn check_rss_vsi(id: u16) -> Result<(), u16> {
+        if id & RSS_VSI_VALID != 0 && id & RSS_VSI_ID_MASK == MAIN_VSI_NUMBER {
+            Ok(())
+        } else {
+            Err(AQ_RC_EINVAL)
         }
     }
 

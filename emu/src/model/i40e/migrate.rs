@@ -369,6 +369,7 @@ impl I40e {
         self.pf_reset();
         self.cfg.load_raw(cfg);
         self.regs = regs;
+        self.rss_update();
         self.atq = atq;
         self.arq = arq;
         self.atq_bad_tail = atq_bad_tail;

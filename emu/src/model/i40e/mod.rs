@@ -18,6 +18,7 @@ pub mod hmc;
 mod migrate;
 mod regfile;
 pub mod regs;
+mod rss;
 mod rxtx;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -131,9 +132,15 @@ impl Vsi {
         u16::from_le_bytes([self.props[off], self.props[off + 1]])
     }
 
-    /// The PF queue receive traffic goes to (TC0's first queue of the VSI's mapping).
+    /// The PF queue receive traffic goes to without RSS (TC0's first queue of the VSI's mapping).
     fn rx_queue(&self) -> u32 {
-        let offset = u32::from(self.u16_at(VSI_OFF_TC_MAPPING) & 0x1ff);
+        self.pf_queue(0)
+    }
+
+    /// The PF queue of TC0's queue `i` in the VSI's mapping (what an RSS lookup table entry
+    /// names), `PF_QUEUES` or more if the mapping names none.
+    fn pf_queue(&self, i: u32) -> u32 {
+        let offset = u32::from(self.u16_at(VSI_OFF_TC_MAPPING) & 0x1ff) + i;
         let flags = self.u16_at(VSI_OFF_MAPPING_FLAGS);
         if flags & VSI_QUE_MAP_NONCONTIG != 0 {
             let i = (offset as usize).min(15);
@@ -215,6 +222,8 @@ pub struct I40e {
     totals: PortStats,
     msix: Msix,
     pending_irqs: u64,
+    /// RSS as PFQF_CTL_0, PFQF_HENA, PFQF_HKEY and PFQF_HLUT configure it (decoded on their writes).
+    rss: rss::Rss,
     /// QINT_RQCTL / QINT_TQCTL of the PF's queues (the rest of the range is plain storage in `regs`).
     qint_rq: [u32; PF_QUEUES as usize],
     qint_tq: [u32; PF_QUEUES as usize],
@@ -286,6 +295,7 @@ impl I40e {
             totals: PortStats::default(),
             msix: Msix::new(MSIX_VECTORS, MSIX_PBA_OFFSET),
             pending_irqs: 0,
+            rss: rss::Rss::default(),
             qint_rq: [0; PF_QUEUES as usize],
             qint_tq: [0; PF_QUEUES as usize],
             tx_active: Vec::with_capacity(PF_QUEUES as usize),
@@ -327,6 +337,7 @@ impl I40e {
         self.tx_frame.clear();
         self.pending_irqs = 0;
         self.msix.clear_pending();
+        self.rss_update();
     }
 
     fn port(&self) -> u32 {
@@ -570,7 +581,7 @@ impl DeviceModel for I40e {
             // deliver straight into the receive ring (an idle loopback), receive then takes what the
             // internal loopback and the wire hold, and the batch's write-backs are stored at the end.
             let mut xl = Xlate::new(&*dma);
-            let mut rx = self.rx_batch();
+            let mut rx = self.rx_set();
             did |= self.process_tx(&mut xl, &mut l, &mut rx);
             did |= self.process_rx(&mut xl, &mut l, &mut rx);
             self.rx_finish(&mut rx);

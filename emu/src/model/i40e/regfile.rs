@@ -213,6 +213,9 @@ impl I40e {
                     tracing::info!(bdf = %self.bdf, "write to unemulated register {o:#08x} = {val:#x} (kept)");
                 }
                 self.regs.insert(o, val);
+                if super::rss::is_rss_reg(o) {
+                    self.rss_update();
+                }
             }
         }
     }

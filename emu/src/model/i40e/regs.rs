@@ -136,6 +136,60 @@ pub const PFHMC_ERRORINFO: u32 = 0x000c_0400;
 pub const PFHMC_ERRORDATA: u32 = 0x000c_0500;
 /// PF queue filter control 0 (hash filter sizes, enables) and 2: outside the PFQF_/PRTQF_ block.
 pub const PFQF_CTL_0: u32 = 0x001c_0ac0;
+/// PFQF_CTL_0.HASHLUTSIZE: the PF's hash lookup table has 512 entries (else 128).
+pub const PFQF_CTL_0_HASHLUTSIZE_512: u32 = 1 << 16;
+/// RSS hash key: 13 registers, 52 bytes (40 standard, 12 extended); key byte 4n+k in bits
+/// 8k+7:8k of PFQF_HKEY(n).
+pub const fn pfqf_hkey(n: u32) -> u32 {
+    0x0024_4800 + 128 * n
+}
+pub const PFQF_HKEY_REGS: u32 = 13;
+/// RSS lookup table: 128 registers of four one-byte entries (6 bits used): entry 4n+k in byte k.
+pub const fn pfqf_hlut(n: u32) -> u32 {
+    0x0024_0000 + 128 * n
+}
+pub const PFQF_HLUT_REGS: u32 = 128;
+pub const HLUT_ENTRY_MASK: u8 = 0x3f;
+/// RSS hash enables: two registers, a 64-bit bitmap of packet classifier types (PCTYPEs).
+pub const fn pfqf_hena(n: u32) -> u32 {
+    0x0024_5900 + 128 * n
+}
+/// Packet classifier types (the bits of PFQF_HENA).
+pub const PCTYPE_IPV4_UDP: u32 = 31;
+pub const PCTYPE_IPV4_TCP: u32 = 33;
+pub const PCTYPE_IPV4_SCTP: u32 = 34;
+pub const PCTYPE_IPV4_OTHER: u32 = 35;
+pub const PCTYPE_FRAG_IPV4: u32 = 36;
+pub const PCTYPE_IPV6_UDP: u32 = 41;
+pub const PCTYPE_IPV6_TCP: u32 = 43;
+pub const PCTYPE_IPV6_SCTP: u32 = 44;
+pub const PCTYPE_IPV6_OTHER: u32 = 45;
+pub const PCTYPE_FRAG_IPV6: u32 = 46;
+/// Hardware packet types in the RX write-back's PTYPE field (qword1 bits 37:30).
+pub const PTYPE_L2: u64 = 1;
+pub const PTYPE_IPV4_FRAG: u64 = 22;
+pub const PTYPE_IPV4_OTHER: u64 = 23;
+pub const PTYPE_IPV4_UDP: u64 = 24;
+pub const PTYPE_IPV4_TCP: u64 = 26;
+pub const PTYPE_IPV4_SCTP: u64 = 27;
+pub const PTYPE_IPV6_FRAG: u64 = 88;
+pub const PTYPE_IPV6_OTHER: u64 = 89;
+pub const PTYPE_IPV6_UDP: u64 = 90;
+pub const PTYPE_IPV6_TCP: u64 = 92;
+pub const PTYPE_IPV6_SCTP: u64 = 93;
+/// RX write-back qword1 FLTSTAT (bits 13:12): 3 = the RSS hash is in qword0 bits 63:32.
+pub const RXD_FLTSTAT_SHIFT: u32 = 12;
+pub const RXD_FLTSTAT_RSS: u64 = 3;
+/// Admin queue: RSS key and lookup table (VSI number in params 0..2 with VALID bit 15; buffer:
+/// 40-byte key + 12 extended bytes; LUT flags bit 0: the PF's table, else the VSI's).
+pub const AQC_SET_RSS_KEY: u16 = 0x0b02;
+pub const AQC_SET_RSS_LUT: u16 = 0x0b03;
+pub const AQC_GET_RSS_KEY: u16 = 0x0b04;
+pub const AQC_GET_RSS_LUT: u16 = 0x0b05;
+pub const RSS_VSI_VALID: u16 = 1 << 15;
+pub const RSS_VSI_ID_MASK: u16 = 0x3ff;
+pub const RSS_LUT_TABLE_TYPE_PF: u16 = 1 << 0;
+pub const RSS_KEY_LEN: usize = 52;
 pub const PFQF_CTL_2: u32 = 0x0027_0300;
 /// Segment descriptors the model keeps (PMSDIDX is 12 bits).
 pub const HMC_SD_COUNT: usize = 4096;

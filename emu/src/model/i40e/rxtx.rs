@@ -30,6 +30,7 @@ use std::sync::atomic::Ordering;
 
 use super::hmc::RxContext;
 use super::regs::*;
+use super::rss::RSS_HEADER;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
 use crate::model::frame::{crc32, dest, is_broadcast, prefetch_descs, DescFetch, Dest};
@@ -56,9 +57,18 @@ enum TailState {
     Unusable,
 }
 
-/// The VSI's receive queue as one poll sees it (made before the transmit work, which may deliver
-/// into it, and finished after the receive work: [`I40e::rx_finish`]).
-pub(super) struct RxBatch<'d> {
+/// The receive queues one poll delivers to (made before the transmit work, which may deliver
+/// into them, and finished after the receive work: [`I40e::rx_finish`]): the VSI's first queue,
+/// set up when the poll starts, and the others RSS sends frames to, each set up when its first
+/// frame of the poll comes. By PF queue.
+pub(super) struct RxSet<'d> {
+    qs: [Option<RxBatch<'d>>; PF_QUEUES as usize],
+    /// The VSI's first queue (where frames go without RSS).
+    first: u32,
+}
+
+/// One receive queue as one poll sees it.
+struct RxBatch<'d> {
     q: u32,
     ctx: Option<RxContext>,
     /// The descriptor ring, translated once, at the poll's first descriptor read.
@@ -78,11 +88,11 @@ pub(super) struct RxBatch<'d> {
     /// `ahead[next..len]` are valid, for descriptors `head..`.
     ahead_next: usize,
     ahead_len: usize,
-    /// Write-backs not yet stored: (descriptor byte offset in the ring, qword1). A device writes
+    /// Write-backs not yet stored: (descriptor byte offset in the ring, qword0, qword1). A device writes
     /// completed descriptors back in bursts, whole cache lines at a time; one store per descriptor
     /// as each frame lands would hand the line the driver is polling back and forth once per frame
     /// instead of once per burst.
-    wb: [(u32, u64); WB_BATCH],
+    wb: [(u32, u64, u64); WB_BATCH],
     wb_len: usize,
 }
 
@@ -96,7 +106,7 @@ impl I40e {
     }
 
     /// Walks every enabled TX queue from its head to QTX_TAIL.
-    pub(super) fn process_tx<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, rx: &mut RxBatch<'d>) -> bool {
+    pub(super) fn process_tx<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, rx: &mut RxSet<'d>) -> bool {
         if self.tx_active_dirty {
             self.tx_active_dirty = false;
             self.tx_active.clear();
@@ -116,7 +126,7 @@ impl I40e {
         did
     }
 
-    fn tx_queue<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, q: u32, rx: &mut RxBatch<'d>) -> bool {
+    fn tx_queue<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, q: u32, rx: &mut RxSet<'d>) -> bool {
         let t = self.txq[q as usize];
         let Some(ctx) = t.ctx else { return false };
         let tail = self.page32(qtx_tail(q));
@@ -195,7 +205,7 @@ impl I40e {
     /// A one-descriptor frame (14 bytes or more), padded to 60: guest buffer -> wire buffer (or
     /// internal loopback ring), one copy; or, on an idle loopback wire, guest buffer -> RX buffer
     /// (see [`Wire::loops_back_idle`] and [`I40e::rx_cut_through`]).
-    fn tx_direct<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, buf: u64, len: usize, rx: &mut RxBatch<'d>) {
+    fn tx_direct<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, buf: u64, len: usize, rx: &mut RxSet<'d>) {
         let wire_len = len.max(MIN_FRAME);
         let src = xl.view(buf, len as u64);
         let internal = self.fw.lb_mode & (LB_PHY_LOCAL | LB_MAC_LOCAL) != 0;
@@ -309,9 +319,38 @@ impl I40e {
         vsi.filters.iter().any(|(m, v)| m == dst && v.is_none_or(|v| v == vlan))
     }
 
-    /// The VSI's receive queue for this poll; nothing is read from the driver until a frame comes.
-    pub(super) fn rx_batch<'d>(&self) -> RxBatch<'d> {
-        let q = self.fw.vsi.rx_queue();
+    /// The receive queues for this poll: the VSI's first set up now, the others when RSS picks
+    /// them; nothing is read from the driver until a frame comes.
+    pub(super) fn rx_set<'d>(&self) -> RxSet<'d> {
+        let first = self.fw.vsi.rx_queue();
+        let mut set = RxSet { qs: [const { None }; PF_QUEUES as usize], first };
+        if let Some(slot) = set.qs.get_mut(first as usize) {
+            *slot = Some(self.rx_batch(first));
+        }
+        set
+    }
+
+    /// Where a frame goes: its PF queue (`None` if the VSI's mapping names no queue for it), the
+    /// write-back's qword0 and the qword1 bits RSS sets (PTYPE, FLTSTAT).
+    #[inline]
+    fn rx_target(&self, head: &[u8], set: &RxSet<'_>) -> (Option<u32>, u64, u64) {
+        let (q, qw0, qw1) = if self.rss.on {
+            let (vq, qw0, qw1) = self.rss_pick(head);
+            (if vq == 0 { set.first } else { self.fw.vsi.pf_queue(vq) }, qw0, qw1)
+        } else {
+            (set.first, 0, PTYPE_L2 << RXD_PTYPE_SHIFT)
+        };
+        ((q < PF_QUEUES).then_some(q), qw0, qw1)
+    }
+
+    /// PF queue `q` of `set` (below `PF_QUEUES`), set up on first use.
+    #[inline]
+    fn batch<'s, 'd>(&self, set: &'s mut RxSet<'d>, q: u32) -> &'s mut RxBatch<'d> {
+        set.qs[q as usize].get_or_insert_with(|| self.rx_batch(q))
+    }
+
+    /// PF queue `q` for this poll.
+    fn rx_batch<'d>(&self, q: u32) -> RxBatch<'d> {
         RxBatch {
             q,
             ctx: self.rxq.get(q as usize).and_then(|r| r.ctx),
@@ -326,27 +365,27 @@ impl I40e {
             ahead: [0; READ_AHEAD],
             ahead_next: 0,
             ahead_len: 0,
-            wb: [(0, 0); WB_BATCH],
+            wb: [(0, 0, 0); WB_BATCH],
             wb_len: 0,
         }
     }
 
-    /// Moves frames from the internal loopback and the wire into the VSI's receive queue.
-    pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, b: &mut RxBatch<'d>) -> bool {
+    /// Moves frames from the internal loopback and the wire into the VSI's receive queues.
+    pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, set: &mut RxSet<'d>) -> bool {
         let mut n = 0;
         let internal: &mut FrameRing = &mut links.internal;
-        while n < BUDGET && internal.pop_with(&mut |f: &[u8]| self.rx_frame_in(xl, f, b)) {
+        while n < BUDGET && internal.pop_with(&mut |f: &[u8]| self.rx_frame_in(xl, f, set)) {
             n += 1;
         }
         let link = self.link_up();
         let wire: &mut dyn Wire = links.wire.as_mut();
         // Nothing can be received now: leave frames on a wire that can hold them.
-        let hold = !(link && b.ctx.is_some()) && wire.backpressure();
+        let hold = wire.backpressure() && !(link && self.rx_contexts_loaded(set));
         while !hold
             && n < BUDGET
             && wire.receive_with(&mut |f: &[u8]| {
                 if link {
-                    self.rx_frame_in(xl, f, b)
+                    self.rx_frame_in(xl, f, set)
                 }
             })
         {
@@ -355,15 +394,32 @@ impl I40e {
         n > 0
     }
 
-    /// Ends the poll's receive work: write-backs stored, then the head moved and the queue's
-    /// interrupt raised.
-    pub(super) fn rx_finish(&mut self, b: &mut RxBatch<'_>) {
-        self.rx_flush(b);
-        if b.moved {
-            self.rxq[b.q as usize].head = b.head;
+    /// Whether every queue a frame may go to (the first, and those the RSS table names) has a
+    /// receive context.
+    fn rx_contexts_loaded(&self, set: &mut RxSet<'_>) -> bool {
+        let mut m = if self.rss.on { self.rss.queues | 1 } else { 1 };
+        while m != 0 {
+            let vq = m.trailing_zeros();
+            m &= m - 1;
+            let q = if vq == 0 { set.first } else { self.fw.vsi.pf_queue(vq) };
+            if q >= PF_QUEUES || self.batch(set, q).ctx.is_none() {
+                return false;
+            }
         }
-        if b.delivered {
-            self.queue_interrupt(b.q, false);
+        true
+    }
+
+    /// Ends the poll's receive work: per queue, write-backs stored, then the head moved and the
+    /// queue's interrupt raised.
+    pub(super) fn rx_finish(&mut self, set: &mut RxSet<'_>) {
+        for b in set.qs.iter_mut().flatten() {
+            self.rx_flush(b);
+            if b.moved {
+                self.rxq[b.q as usize].head = b.head;
+            }
+            if b.delivered {
+                self.queue_interrupt(b.q, false);
+            }
         }
     }
 
@@ -378,8 +434,23 @@ impl I40e {
         len: usize,
         wire_len: usize,
         hdr: &[u8; HDR],
-        b: &mut RxBatch<'d>,
+        set: &mut RxSet<'d>,
     ) -> bool {
+        let (q, qw0, qw1) = if self.rss.on {
+            // The headers RSS hashes (zeros past a short frame, as padding).
+            let mut head = [0u8; RSS_HEADER];
+            if !src.read(0, &mut head[..len.min(RSS_HEADER)]) {
+                return false;
+            }
+            self.rx_target(&head[..wire_len.min(RSS_HEADER)], set)
+        } else {
+            self.rx_target(hdr, set)
+        };
+        let Some(q) = q else {
+            self.count_missed();
+            return true;
+        };
+        let b = self.batch(set, q);
         match b.ctx {
             Some(c) if c.crcstrip && wire_len <= c.dbuff => {}
             _ => return false,
@@ -393,27 +464,39 @@ impl I40e {
         }
         let fill =
             |dst: &DmaView<'_>| dst.copy_from(0, src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0));
-        if self.rx_place(xl, b, &ctx, wire_len, true, fill) {
+        if self.rx_place(xl, b, &ctx, wire_len, (true, qw0, qw1), fill) {
             b.delivered = true;
             self.count_rx(wire_len as u64, dest(hdr));
         }
         true
     }
 
-    /// One frame for the VSI: filtered, dropped as oversize, missed, or delivered.
-    fn rx_frame_in<'d>(&mut self, xl: &mut Xlate<'d>, frame: &[u8], b: &mut RxBatch<'d>) {
+    /// One frame for the VSI: filtered, dropped as oversize, missed, or delivered (to the VSI's
+    /// first queue, or the one RSS picks).
+    fn rx_frame_in<'d>(&mut self, xl: &mut Xlate<'d>, frame: &[u8], set: &mut RxSet<'d>) {
         let len = frame.len();
+        let (q, qw0, qw1) = self.rx_target(frame, set);
+        let Some(q) = q else {
+            if self.accept(&frame[..len.min(HDR)], len) {
+                self.count_missed();
+            } else {
+                self.totals.rx_filtered += 1;
+            }
+            return;
+        };
+        let b = self.batch(set, q);
         let Some(ctx) = self.rx_admit(&frame[..len.min(HDR)], len, b) else {
             return;
         };
+        let wb = (qw0, qw1);
         let ok = if ctx.crcstrip {
-            self.rx_write(xl, frame, b, &ctx)
+            self.rx_write(xl, frame, b, &ctx, wb)
         } else {
             let mut with_fcs = std::mem::take(&mut self.rx_frame);
             with_fcs.clear();
             with_fcs.extend_from_slice(frame);
             with_fcs.extend_from_slice(&crc32(frame).to_le_bytes());
-            let ok = self.rx_write(xl, &with_fcs, b, &ctx);
+            let ok = self.rx_write(xl, &with_fcs, b, &ctx, wb);
             self.rx_frame = with_fcs;
             ok
         };
@@ -505,31 +588,39 @@ impl I40e {
     }
 
     /// Writes `data` (the frame, with its FCS unless stripped) into descriptors from `b.head` on.
-    fn rx_write<'d>(&mut self, xl: &mut Xlate<'d>, data: &[u8], b: &mut RxBatch<'d>, ctx: &RxContext) -> bool {
+    fn rx_write<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        data: &[u8],
+        b: &mut RxBatch<'d>,
+        ctx: &RxContext,
+        wb: (u64, u64),
+    ) -> bool {
         let need = data.len().div_ceil(ctx.dbuff).max(1);
         if !self.rx_room(b, ctx, need as u32) {
             self.count_missed();
             return false;
         }
         for (i, chunk) in data.chunks(ctx.dbuff).enumerate() {
-            if !self.rx_place(xl, b, ctx, chunk.len(), i + 1 == need, |v| v.write(0, chunk)) {
+            if !self.rx_place(xl, b, ctx, chunk.len(), (i + 1 == need, wb.0, wb.1), |v| v.write(0, chunk)) {
                 return false;
             }
         }
         true
     }
 
-    /// Fills the buffer of descriptor `b.head` with `len` bytes written by `fill` and holds back its
-    /// write-back (DD, EOF if `last`, the length; RXE and length 0 if the buffer is not writable).
-    /// The caller checked there is a free descriptor. Returns whether the buffer was written; false
-    /// without using the descriptor if the ring cannot be read (a fault; the queue stalls).
+    /// Fills the buffer of descriptor `b.head` with `len` bytes written by `fill` and holds back
+    /// its write-back (DD, EOF if `last`, the length, `qw0` and the RSS bits `qw1_rss`; RXE and
+    /// length 0 if the buffer is not writable). The caller checked there is a free descriptor.
+    /// Returns whether the buffer was written; false without using the descriptor if the ring
+    /// cannot be read (a fault; the queue stalls).
     fn rx_place<'d>(
         &mut self,
         xl: &mut Xlate<'d>,
         b: &mut RxBatch<'d>,
         ctx: &RxContext,
         len: usize,
-        last: bool,
+        (last, qw0, qw1_rss): (bool, u64, u64),
         fill: impl FnOnce(&DmaView<'_>) -> bool,
     ) -> bool {
         if !b.dma_checked {
@@ -556,14 +647,14 @@ impl I40e {
         let pkt = Self::rx_buffer_addr(&descs, b, ctx);
         let mut qw1 = RXD_STATUS_DD
             | if last { RXD_STATUS_EOF } else { 0 }
-            | (1 << RXD_PTYPE_SHIFT)
+            | qw1_rss
             | ((len as u64 & RXD_LEN_PBUF_MASK) << RXD_LEN_PBUF_SHIFT);
         let ok = xl.view(pkt, len as u64).is_some_and(|v| fill(&v));
         if !ok {
             self.faults.record(pkt, len as u64, "rx buffer write");
             qw1 = RXD_STATUS_DD | RXD_STATUS_EOF | (RXD_ERROR_RXE << RXD_ERROR_SHIFT);
         }
-        b.wb[b.wb_len] = (o as u32, qw1);
+        b.wb[b.wb_len] = (o as u32, if ok { qw0 } else { 0 }, qw1);
         b.wb_len += 1;
         b.head = if b.head + 1 == ctx.qlen { 0 } else { b.head + 1 };
         b.free -= 1;
@@ -576,8 +667,8 @@ impl I40e {
         let n = std::mem::take(&mut b.wb_len);
         let (Some(descs), Some(ctx)) = (b.descs, b.ctx) else { return };
         let dlen = ctx.desc_len();
-        for &(o, qw1) in &b.wb[..n] {
-            if !Self::rx_writeback(&descs, o as usize, dlen, qw1) {
+        for &(o, qw0, qw1) in &b.wb[..n] {
+            if !Self::rx_writeback(&descs, o as usize, dlen, qw0, qw1) {
                 self.faults.record(ctx.base.wrapping_add(u64::from(o)), dlen, "rx descriptor write-back");
             }
         }
@@ -604,11 +695,11 @@ impl I40e {
         a
     }
 
-    /// Write-back of the descriptor at `o` of the ring: qword0 (and qwords 2/3 of 32-byte
-    /// descriptors), then qword1 with DD and the length as one 64-bit Release store, the last store
-    /// to the descriptor. False if outside the ring.
-    fn rx_writeback(descs: &DmaView<'_>, o: usize, dlen: u64, qw1: u64) -> bool {
-        descs.store_u64(o, 0, Ordering::Relaxed)
+    /// Write-back of the descriptor at `o` of the ring: qword0 (the RSS hash in bits 63:32; and
+    /// qwords 2/3 of 32-byte descriptors), then qword1 with DD and the length as one 64-bit
+    /// Release store, the last store to the descriptor. False if outside the ring.
+    fn rx_writeback(descs: &DmaView<'_>, o: usize, dlen: u64, qw0: u64, qw1: u64) -> bool {
+        descs.store_u64(o, qw0, Ordering::Relaxed)
             && (dlen != 32
                 || (descs.store_u64(o + 16, 0, Ordering::Relaxed) && descs.store_u64(o + 24, 0, Ordering::Relaxed)))
             && descs.store_u64(o + 8, qw1, Ordering::Release)

@@ -1126,3 +1126,132 @@ fn a_saved_state_loads_into_another_function_and_traffic_goes_on_from_there() {
         SnapshotError::Misfit { what: "tx queue head", got: N as usize + 5, limit: N as usize }
     );
 }
+
+fn rss_ring(q: u32) -> u64 {
+    if q == 0 {
+        RX_RING
+    } else {
+        BASE + 0x1_3000 + u64::from(q) * 0x400
+    }
+}
+
+fn rss_buf(q: u32, i: u64) -> u64 {
+    if q == 0 {
+        RX_BUFS + i * 2048
+    } else {
+        BASE + 0x10_0000 + u64::from(q) * 0x1_0000 + i * 2048
+    }
+}
+
+/// Queue pairs 0..4 up (RX 1..4 beside `bring_up`'s pair 0), unicast promiscuous.
+fn bring_up_queues(m: &mut I40e, dma: &mut FakeDma) {
+    bring_up(m, dma, false, false);
+    for q in 1..4u32 {
+        write_rx_ctx_at(dma, q, rss_ring(q), N, false, 2048);
+        for i in 0..u64::from(N) {
+            put_u64(dma, rss_ring(q) + i * 16, rss_buf(q, i));
+            put_u64(dma, rss_ring(q) + i * 16 + 8, 0);
+        }
+        wr(m, qrx_tail(q), N - 1);
+        wr(m, qrx_ena(q), QENA_REQ);
+    }
+    m.poll(dma);
+    for q in 1..4u32 {
+        assert_eq!(rd(m, qrx_ena(q)), QENA_REQ | QENA_STAT, "rx queue {q}");
+    }
+    let p = params(&[(0, PROMISC_UNICAST), (2, PROMISC_UNICAST), (4, SEID_MAIN_VSI)]);
+    ok(&aq(m, dma, AQC_SET_VSI_PROMISC, p, None, 0));
+}
+
+/// Per RX queue 0..4: (qword0 bits 63:32, FLTSTAT, PTYPE) of each frame it received, in order.
+fn rss_received(m: &I40e, dma: &mut FakeDma) -> Vec<Vec<(u32, u64, u64)>> {
+    (0..4u32)
+        .map(|q| {
+            (0..m.rxq[q as usize].head)
+                .map(|i| {
+                    let d = rss_ring(q) + u64::from(i) * 16;
+                    let (qw0, qw1) = (get_u64(dma, d), get_u64(dma, d + 8));
+                    ((qw0 >> 32) as u32, (qw1 >> RXD_FLTSTAT_SHIFT) & 3, (qw1 >> RXD_PTYPE_SHIFT) & 0xff)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn rss_by_registers_hashes_the_enabled_types_and_spreads_them_by_the_lookup_table() {
+    use crate::model::rss::tests::{ipv4_frame, MS_KEY, V4};
+    let mut m = nic(Box::new(QueuedLoopback::default()));
+    let mut dma = dma();
+    bring_up_queues(&mut m, &mut dma);
+    for n in 0..10u32 {
+        let k = 4 * n as usize;
+        wr(&mut m, pfqf_hkey(n), u32::from_le_bytes([MS_KEY[k], MS_KEY[k + 1], MS_KEY[k + 2], MS_KEY[k + 3]]));
+    }
+    for n in 0..PFQF_HLUT_REGS {
+        let e = |k: u32| ((4 * n + k) % 3) << (8 * k);
+        wr(&mut m, pfqf_hlut(n), e(0) | e(1) | e(2) | e(3));
+    }
+    wr(&mut m, pfqf_hena(1), 1 << (PCTYPE_IPV4_TCP - 32));
+    let mut want = vec![Vec::new(); 4];
+    for (i, (dst, dport, src, sport, _, with_ports)) in V4.iter().enumerate() {
+        // TCP is hashed with its ports; UDP (its type not enabled) is not hashed: queue 0.
+        let tcp = i % 2 == 0;
+        let f = ipv4_frame(src.parse().unwrap(), dst.parse().unwrap(), if tcp { 6 } else { 17 }, *sport, *dport, i % 3);
+        if tcp {
+            want[(with_ports & 0x7f) as usize % 3].push((*with_ports, RXD_FLTSTAT_RSS, PTYPE_IPV4_TCP));
+        } else {
+            want[0].push((0, 0, PTYPE_IPV4_UDP));
+        }
+        queue_tx(&mut m, &mut dma, i as u32, &f);
+        m.poll(&mut dma);
+    }
+    queue_tx(&mut m, &mut dma, 5, &frame(MAC, 64, 0));
+    m.poll(&mut dma);
+    want[0].push((0, 0, PTYPE_L2));
+    let got = rss_received(&m, &mut dma);
+    assert_eq!(got, want, "per queue: (hash, FLTSTAT, PTYPE)");
+    assert!(got.iter().filter(|q| !q.is_empty()).count() >= 2, "{got:?}");
+    assert_eq!(m.stats().rx_packets, 6);
+    // UDP enabled too: hashed with its ports now.
+    wr(&mut m, pfqf_hena(0), 1 << PCTYPE_IPV4_UDP);
+    let (dst, dport, src, sport, _, with_ports) = V4[1];
+    queue_tx(&mut m, &mut dma, 6, &ipv4_frame(src.parse().unwrap(), dst.parse().unwrap(), 17, sport, dport, 0));
+    m.poll(&mut dma);
+    let q = (with_ports & 0x7f) as usize % 3;
+    assert_eq!(rss_received(&m, &mut dma)[q].last(), Some(&(with_ports, RXD_FLTSTAT_RSS, PTYPE_IPV4_UDP)));
+}
+
+#[test]
+fn rss_key_and_lut_set_through_the_admin_queue_read_back_and_steer() {
+    use crate::model::rss::tests::{ipv4_frame, MS_KEY, V4};
+    let mut m = nic(Box::new(Loopback::default()));
+    let mut dma = dma();
+    bring_up_queues(&mut m, &mut dma);
+    let vsi = RSS_VSI_VALID | MAIN_VSI_NUMBER;
+    let mut key = [0u8; RSS_KEY_LEN];
+    key[..40].copy_from_slice(&MS_KEY);
+    ok(&aq(&mut m, &mut dma, AQC_SET_RSS_KEY, params(&[(0, vsi)]), Some(&key), 0));
+    let lut: Vec<u8> = (0..128).map(|i| (i % 4) as u8).collect();
+    ok(&aq(&mut m, &mut dma, AQC_SET_RSS_LUT, params(&[(0, vsi), (2, RSS_LUT_TABLE_TYPE_PF)]), Some(&lut), 0));
+    let d = aq(&mut m, &mut dma, AQC_GET_RSS_KEY, params(&[(0, vsi)]), None, RSS_KEY_LEN);
+    ok(&d);
+    assert_eq!(d.buf, key.to_vec(), "get_rss_key");
+    let d = aq(&mut m, &mut dma, AQC_GET_RSS_LUT, params(&[(0, vsi), (2, RSS_LUT_TABLE_TYPE_PF)]), None, 128);
+    ok(&d);
+    assert_eq!(d.buf, lut, "get_rss_lut");
+    assert_eq!(rd(&mut m, pfqf_hkey(0)), u32::from_le_bytes([MS_KEY[0], MS_KEY[1], MS_KEY[2], MS_KEY[3]]));
+    assert_eq!(rd(&mut m, pfqf_hlut(0)), 0x0302_0100, "the registers hold what the command set");
+    failed(&aq(&mut m, &mut dma, AQC_SET_RSS_KEY, params(&[(0, 5)]), Some(&key), 0), AQ_RC_EINVAL);
+    failed(&aq(&mut m, &mut dma, AQC_SET_RSS_KEY, params(&[(0, vsi)]), Some(&key[..40]), 0), AQ_RC_EINVAL);
+    wr(&mut m, pfqf_hena(1), 1 << (PCTYPE_IPV4_TCP - 32));
+    // Cut-through path (idle loopback): each flow in the queue the table names.
+    for (i, (dst, dport, src, sport, _, with_ports)) in V4.iter().enumerate() {
+        let f = ipv4_frame(src.parse().unwrap(), dst.parse().unwrap(), 6, *sport, *dport, 0);
+        queue_tx(&mut m, &mut dma, i as u32, &f);
+        m.poll(&mut dma);
+        let q = (with_ports & 0x7f) % 4;
+        let got = rss_received(&m, &mut dma);
+        assert_eq!(got[q as usize].last().map(|e| e.0), Some(*with_ports), "flow {i} in queue {q}");
+    }
+}
