@@ -116,11 +116,14 @@ pub struct PortConf {
     pub nb_desc: u16,
     /// Pool to receive into.
     pub pool: String,
+    /// Spread received frames over the receive queues by RSS (DPDK's `mq_mode` RSS with its
+    /// `rss_conf`); `None`: everything to queue 0.
+    pub rss: Option<crate::rss::RssConf>,
 }
 
 impl Default for PortConf {
     fn default() -> PortConf {
-        PortConf { nb_rxq: 1, nb_txq: 1, nb_desc: 512, pool: DEFAULT_POOL.into() }
+        PortConf { nb_rxq: 1, nb_txq: 1, nb_desc: 512, pool: DEFAULT_POOL.into(), rss: None }
     }
 }
 
@@ -223,6 +226,34 @@ pub trait EthDev: Send {
     /// Whether the device went away under us (surprise removal).
     fn is_removed(&self) -> bool {
         false
+    }
+    /// Entries of the RSS redirection table (0: no RSS).
+    fn reta_size(&self) -> u16 {
+        0
+    }
+    /// The hash types the device can take (`flow_type_rss_offloads`, [`crate::rss::hf`] bits).
+    fn rss_offloads(&self) -> u64 {
+        0
+    }
+    /// Sets the hash types and, if given, the key (`rte_eth_dev_rss_hash_update`); hash types 0
+    /// turn RSS off. Works in any process (the device's registers are shared).
+    fn rss_hash_update(&mut self, conf: &crate::rss::RssConf) -> Result<(), EthError> {
+        let _ = conf;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "RSS" })
+    }
+    /// The hash types and key in force (`rte_eth_dev_rss_hash_conf_get`).
+    fn rss_hash_conf_get(&mut self) -> Result<crate::rss::RssConf, EthError> {
+        Err(EthError::Unsupported { driver: self.info().driver, op: "RSS" })
+    }
+    /// Sets redirection table entries, `(index, queue)` (`rte_eth_dev_rss_reta_update`, whose
+    /// masks select the entries); nothing changes if one is out of range.
+    fn reta_update(&mut self, entries: &[(u16, u16)]) -> Result<(), EthError> {
+        let _ = entries;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "RSS redirection table" })
+    }
+    /// The whole redirection table (`rte_eth_dev_rss_reta_query`).
+    fn reta_query(&mut self) -> Result<Vec<u16>, EthError> {
+        Err(EthError::Unsupported { driver: self.info().driver, op: "RSS redirection table" })
     }
     /// Releases this handle (see [`Release`]).
     fn close(self: Box<Self>, how: Release);

@@ -31,6 +31,7 @@ pub mod mem;
 pub mod options;
 pub mod process;
 pub mod ring;
+pub mod rss;
 pub mod runtime;
 pub(crate) mod sync;
 pub mod sys;

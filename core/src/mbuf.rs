@@ -29,6 +29,9 @@ pub const DEFAULT_DATA_ROOM: u16 = 2048;
 /// Port value of a buffer not received on any port.
 pub const NO_PORT: u16 = u16::MAX;
 
+/// `ol_flags` bit: `rss_hash` holds the device's RSS hash (DPDK's `RTE_MBUF_F_RX_RSS_HASH`).
+pub const RX_RSS_HASH: u64 = 1 << 1;
+
 /// Header of every packet buffer, in shared memory.
 #[repr(C, align(64))]
 pub struct MbufHdr {

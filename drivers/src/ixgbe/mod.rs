@@ -18,6 +18,7 @@
 //! default the port configuration's `nb_desc`). Queue counts come from the port configuration.
 
 pub mod regs;
+pub mod rss;
 pub mod rxtx;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -149,6 +150,9 @@ impl Driver for IxgbeDriver {
         let pci = ctx.pci.ok_or_else(|| err(DriverError::config("not a PCI device")))?;
         let conf = ctx.conf;
         pci::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
+        if let Some(r) = &conf.rss {
+            rss::check(r).map_err(err)?;
+        }
         let ring = |key: &str| -> Result<u32, EthError> {
             let n = ctx.kvargs.get_u64(key).unwrap_or(u64::from(conf.nb_desc));
             let m = u64::from(rxtx::TX_RS_THRESH);
@@ -171,7 +175,7 @@ impl Driver for IxgbeDriver {
             // 9.3.3.3: memory space and bus master on (a secondary leaves the device alone).
             port.pci.bus_master().map_err(err)?;
             let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
-            port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, (rxd, txd), promisc).map_err(err)?;
+            port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, (rxd, txd), promisc, conf.rss.as_ref()).map_err(err)?;
         } else {
             port.attach_secondary(&pool).map_err(err)?;
         }
@@ -212,6 +216,7 @@ impl Port {
         ntx: u16,
         (rxd, txd): (u32, u32),
         promisc: bool,
+        rss_conf: Option<&lab_core::rss::RssConf>,
     ) -> Result<(), DriverError> {
         let bar = self.bar();
 
@@ -309,6 +314,11 @@ impl Port {
             bar.write32(rdlen(q), bytes);
             bar.write32(rdh(q), 0);
             bar.write32(rdt(q), 0);
+        }
+        // 4.6.7.1 / 7.1.2.8: RSS over the queues (key, redirection table, hash types), or none.
+        match rss_conf {
+            Some(c) => rss::configure(bar, c, nrx),
+            None => bar.write32(MRQC, 0),
         }
         // 4.6.7: no-snoop disable (CTRL_EXT.NS_DIS); DCA_RXCTRL bit 12 cleared (must be 0).
         bar.set_bits(CTRL_EXT, CTRL_EXT_NS_DIS);
@@ -549,6 +559,32 @@ impl EthDev for Port {
         }
         sh.mtu.store(mtu.into(), Ordering::Relaxed);
         Ok(())
+    }
+
+    fn reta_size(&self) -> u16 {
+        RETA_SIZE
+    }
+
+    fn rss_offloads(&self) -> u64 {
+        rss::OFFLOADS
+    }
+
+    fn rss_hash_update(&mut self, conf: &lab_core::rss::RssConf) -> Result<(), EthError> {
+        rss::check(conf).map_err(|e| e.device(NAME))?;
+        rss::set_hash(self.bar(), conf);
+        Ok(())
+    }
+
+    fn rss_hash_conf_get(&mut self) -> Result<lab_core::rss::RssConf, EthError> {
+        Ok(rss::get_hash(self.bar()))
+    }
+
+    fn reta_update(&mut self, entries: &[(u16, u16)]) -> Result<(), EthError> {
+        rss::update_reta(self.bar(), entries, self.info().nb_rxq).map_err(|e| e.device(NAME))
+    }
+
+    fn reta_query(&mut self) -> Result<Vec<u16>, EthError> {
+        Ok(rss::read_reta(self.bar()))
     }
 
     crate::pci::pci_ethdev_common!("ixgbe");

@@ -168,6 +168,35 @@ pub const TXD_PAYLEN_SHIFT: u32 = 14;
 /// Write-back `status` (byte 12): descriptor done.
 pub const TXD_STAT_DD: u32 = 1 << 0;
 
+// 8.2.3.7.12-15, 7.1.2.8 Receive-side scaling.
+/// Multiple Receive Queues Command: MRQE (bits 3:0) 0001 = RSS; hash types in bits 16..24.
+pub const MRQC: u64 = 0x05818;
+pub const MRQC_RSSEN: u32 = 0x1;
+pub const MRQC_RSS_FIELD_IPV4_TCP: u32 = 1 << 16;
+pub const MRQC_RSS_FIELD_IPV4: u32 = 1 << 17;
+pub const MRQC_RSS_FIELD_IPV6_EX_TCP: u32 = 1 << 18;
+pub const MRQC_RSS_FIELD_IPV6_EX: u32 = 1 << 19;
+pub const MRQC_RSS_FIELD_IPV6: u32 = 1 << 20;
+pub const MRQC_RSS_FIELD_IPV6_TCP: u32 = 1 << 21;
+pub const MRQC_RSS_FIELD_IPV4_UDP: u32 = 1 << 22;
+pub const MRQC_RSS_FIELD_IPV6_UDP: u32 = 1 << 23;
+pub const MRQC_RSS_FIELD_IPV6_EX_UDP: u32 = 1 << 24;
+/// RSS Random Key, 10 registers: key byte 4n+k in bits 8k+7:8k of RSSRK(n).
+pub const fn rssrk(n: u32) -> u64 {
+    0x05c80 + 4 * n as u64
+}
+pub const RSS_KEY_LEN: usize = 40;
+/// Redirection Table, 32 registers of 4 one-byte entries (4-bit queue index each).
+pub const fn reta(n: u32) -> u64 {
+    0x05c00 + 4 * n as u64
+}
+pub const RETA_SIZE: u16 = 128;
+/// Receive Checksum Control: PCSD puts the RSS hash in the write-back.
+pub const RXCSUM: u64 = 0x05000;
+pub const RXCSUM_PCSD: u32 = 1 << 13;
+/// Advanced RX write-back dword 0: RSS type in bits 3:0 (0: no hash); dword 1 the hash.
+pub const RXD_RSSTYPE_MASK: u32 = 0xf;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +220,7 @@ mod tests {
         // (the 0x7f of shared base-driver headers is the igb family's 7-bit field). The largest
         // buffer the driver programs, 16 KB, fits the field.
         assert_eq!(SRRCTL_BSIZEPACKET_MASK, 0b1_1111);
+        assert_eq!((MRQC, reta(31), rssrk(9), RXCSUM), (0x05818, 0x05c7c, 0x05ca4, 0x05000));
         assert_eq!(16 & !SRRCTL_BSIZEPACKET_MASK, 0);
     }
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use lab_core::ethdev::PortId;
-use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mbuf::{Mbuf, Mempool, RX_RSS_HASH};
 use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
 
@@ -146,6 +146,12 @@ impl RxQueue {
                     errors += 1;
                 }
                 m.set_port(self.port);
+                // 7.1.6.2: an RSS type in dword 0 means dword 1 holds the hash (RXCSUM.PCSD).
+                if v.read32(i, 0) & RXD_RSSTYPE_MASK != 0 {
+                    let hdr = m.hdr_mut();
+                    hdr.rss_hash = v.read32(i, 4);
+                    hdr.ol_flags |= RX_RSS_HASH;
+                }
                 v.sw_set(i, 0);
                 bytes += len as u64;
                 pkts[got] = Some(m);

@@ -161,3 +161,69 @@ pub fn wait_link(port: &mut dyn EthDev) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Microsoft's RSS verification flows (IPv4, TCP): source, destination, source port,
+/// destination port, and the hash with the ports under the default key.
+pub const RSS_FLOWS: [([u8; 4], [u8; 4], u16, u16, u32); 5] = [
+    ([66, 9, 149, 187], [161, 142, 100, 80], 2794, 1766, 0x51cc_c178),
+    ([199, 92, 111, 2], [65, 69, 140, 83], 14230, 4739, 0xc626_b0ea),
+    ([24, 19, 198, 95], [12, 22, 207, 184], 12898, 38024, 0x5c2b_394a),
+    ([38, 27, 205, 30], [209, 142, 163, 6], 48228, 2217, 0xafc7_327f),
+    ([153, 39, 163, 191], [202, 188, 127, 2], 44251, 1303, 0x10e8_28a2),
+];
+
+/// A 74-byte TCP/IPv4 frame to `dst` of one flow, `seq` in its payload.
+pub fn tcp4_frame(dst: [u8; 6], (src_ip, dst_ip, sport, dport): ([u8; 4], [u8; 4], u16, u16), seq: u32) -> Vec<u8> {
+    let mut f = vec![0u8; 74];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0xee, 0x01]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14..24].copy_from_slice(&[0x45, 0, 0, 60, 0, 1, 0, 0, 64, 6]);
+    f[26..30].copy_from_slice(&src_ip);
+    f[30..34].copy_from_slice(&dst_ip);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[46] = 0x50;
+    f[54..58].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+/// Sends `frames` on TX queue 0 and collects them from RX queues `0..nq`: per frame (in order
+/// of arrival per queue), `(queue, its seq, its rss_hash if the RSS flag is set)`.
+pub fn send_and_sort(
+    pool: &mut Mempool,
+    port: &mut dyn EthDev,
+    frames: &[Vec<u8>],
+    nq: u16,
+) -> Vec<(u16, u32, Option<u32>)> {
+    let mut tx: Vec<Option<Mbuf>> = frames
+        .iter()
+        .map(|f| {
+            let mut m = pool.alloc().expect("mbuf");
+            assert!(m.copy_from(f));
+            Some(m)
+        })
+        .collect();
+    let mut sent = 0;
+    let mut out = Vec::new();
+    let mut rx: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < frames.len() {
+        assert!(Instant::now() < deadline, "{} of {} frames back: {out:?}", out.len(), frames.len());
+        if sent < tx.len() {
+            sent += port.tx_burst(0, &mut tx[sent..]);
+        }
+        for q in 0..nq {
+            let n = port.rx_burst(q, &mut rx);
+            for mut m in rx[..n].iter_mut().filter_map(Option::take) {
+                let d = m.data();
+                let seq = u32::from_be_bytes([d[54], d[55], d[56], d[57]]);
+                let h = m.hdr_mut();
+                let hash = (h.ol_flags & lab_core::mbuf::RX_RSS_HASH != 0).then_some(h.rss_hash);
+                out.push((q, seq, hash));
+                pool.free(m);
+            }
+        }
+    }
+    out
+}
