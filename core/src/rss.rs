@@ -89,9 +89,11 @@ pub struct RssConf {
 }
 
 impl Default for RssConf {
-    /// IP, TCP and UDP with the default key (testpmd's `--rss-ip` plus ports).
+    /// IP, TCP and UDP without IPv6 extension headers (what both Intel NICs take) with the
+    /// default key.
     fn default() -> RssConf {
-        RssConf { key: None, hf: hf::IP | hf::TCP | hf::UDP }
+        let ex = hf::IPV6_EX | hf::IPV6_TCP_EX | hf::IPV6_UDP_EX;
+        RssConf { key: None, hf: (hf::IP | hf::TCP | hf::UDP) & !ex }
     }
 }
 

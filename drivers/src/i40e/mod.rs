@@ -24,6 +24,7 @@ pub mod adminq;
 mod firmware;
 mod hmc;
 pub mod regs;
+pub mod rss;
 pub mod rxtx;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -157,6 +158,9 @@ impl Driver for I40eDriver {
         let pci = ctx.pci.ok_or_else(|| err(DriverError::config("not a PCI device")))?;
         let conf = ctx.conf;
         pci::check_queue_counts(conf, MAX_QUEUES).map_err(err)?;
+        if let Some(r) = &conf.rss {
+            rss::check(r).map_err(err)?;
+        }
         if !(MIN_DESC..=MAX_DESC).contains(&conf.nb_desc) || !conf.nb_desc.is_multiple_of(32) {
             return Err(err(DriverError::config(format!(
                 "{} descriptors: a multiple of 32 in {MIN_DESC}..={MAX_DESC}",
@@ -173,7 +177,8 @@ impl Driver for I40eDriver {
         port.pci.bus_master().map_err(err)?;
         if port.pci.primary {
             let promisc = ctx.kvargs.get_bool("promisc").unwrap_or(false);
-            port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, conf.nb_desc, promisc).map_err(err)?;
+            port.init_primary(&pool, conf.nb_rxq, conf.nb_txq, conf.nb_desc, promisc, conf.rss.as_ref())
+                .map_err(err)?;
         } else {
             port.attach_secondary(&pool).map_err(err)?;
         }
@@ -235,6 +240,7 @@ impl Port {
         ntx: u16,
         ndesc: u16,
         promisc: bool,
+        rss_conf: Option<&lab_core::rss::RssConf>,
     ) -> Result<(), DriverError> {
         let bar = self.bar();
 
@@ -312,6 +318,11 @@ impl Port {
         self.check_capabilities(nrx.max(ntx))?;
         let info = self.discover()?;
         self.configure_vsi(&info, nrx, promisc)?;
+        // RSS over the VSI's queues (key, lookup table, hash types), or no hashing at all.
+        match rss_conf {
+            Some(c) => rss::configure(self.bar(), c, nrx),
+            None => rss::set_hash(self.bar(), &lab_core::rss::RssConf { key: None, hf: 0 }),
+        }
         self.configure_phy(DEFAULT_MTU)?;
 
         // Buffer size the device may write per descriptor (context dbuff, 128-byte units).
@@ -633,6 +644,32 @@ impl EthDev for Port {
             .map_err(|e| e.device(NAME))?;
         sh.mtu.store(mtu.into(), Ordering::Relaxed);
         Ok(())
+    }
+
+    fn reta_size(&self) -> u16 {
+        LUT_SIZE
+    }
+
+    fn rss_offloads(&self) -> u64 {
+        rss::OFFLOADS
+    }
+
+    fn rss_hash_update(&mut self, conf: &lab_core::rss::RssConf) -> Result<(), EthError> {
+        rss::check(conf).map_err(|e| e.device(NAME))?;
+        rss::set_hash(self.bar(), conf);
+        Ok(())
+    }
+
+    fn rss_hash_conf_get(&mut self) -> Result<lab_core::rss::RssConf, EthError> {
+        Ok(rss::get_hash(self.bar()))
+    }
+
+    fn reta_update(&mut self, entries: &[(u16, u16)]) -> Result<(), EthError> {
+        rss::update_lut(self.bar(), entries, self.info().nb_rxq).map_err(|e| e.device(NAME))
+    }
+
+    fn reta_query(&mut self) -> Result<Vec<u16>, EthError> {
+        Ok(rss::read_lut(self.bar()))
     }
 
     crate::pci::pci_ethdev_common!("i40e");

@@ -257,6 +257,41 @@ pub const RXD_ERROR_MASK: u64 = 0xff;
 pub const RXD_LEN_PBUF_SHIFT: u32 = 38;
 pub const RXD_LEN_PBUF_MASK: u64 = 0x3fff;
 
+// Receive-side scaling (datasheet 7.1.10, PF registers).
+/// PF queue filter control 0: HASHLUTSIZE (bit 16) selects a 512-entry lookup table.
+pub const PFQF_CTL_0: u64 = 0x001c_0ac0;
+pub const PFQF_CTL_0_HASHLUTSIZE_512: u32 = 1 << 16;
+/// Hash key: 13 registers (52 bytes), key byte 4n+k in bits 8k+7:8k of PFQF_HKEY(n).
+pub const fn pfqf_hkey(n: u32) -> u64 {
+    0x0024_4800 + 128 * n as u64
+}
+pub const RSS_KEY_LEN: usize = 52;
+/// Lookup table: 128 registers of four one-byte entries (6-bit VSI queue indices).
+pub const fn pfqf_hlut(n: u32) -> u64 {
+    0x0024_0000 + 128 * n as u64
+}
+pub const LUT_SIZE: u16 = 512;
+/// Hash enables: a 64-bit bitmap of packet classifier types over two registers.
+pub const fn pfqf_hena(n: u32) -> u64 {
+    0x0024_5900 + 128 * n as u64
+}
+/// Packet classifier types (bits of PFQF_HENA).
+pub const PCTYPE_NONF_IPV4_UDP: u32 = 31;
+pub const PCTYPE_NONF_IPV4_TCP: u32 = 33;
+pub const PCTYPE_NONF_IPV4_SCTP: u32 = 34;
+pub const PCTYPE_NONF_IPV4_OTHER: u32 = 35;
+pub const PCTYPE_FRAG_IPV4: u32 = 36;
+pub const PCTYPE_NONF_IPV6_UDP: u32 = 41;
+pub const PCTYPE_NONF_IPV6_TCP: u32 = 43;
+pub const PCTYPE_NONF_IPV6_SCTP: u32 = 44;
+pub const PCTYPE_NONF_IPV6_OTHER: u32 = 45;
+pub const PCTYPE_FRAG_IPV6: u32 = 46;
+pub const PCTYPE_L2_PAYLOAD: u32 = 63;
+/// RX write-back qword1 FLTSTAT (bits 13:12): 3 = qword0 bits 63:32 hold the RSS hash.
+pub const RXD_FLTSTAT_SHIFT: u32 = 12;
+pub const RXD_FLTSTAT_MASK: u64 = 0x3;
+pub const RXD_FLTSTAT_RSS_HASH: u64 = 0x3;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +299,10 @@ mod tests {
     /// Offsets against the literal numbers of the datasheet's register summary.
     #[test]
     fn offsets_match_datasheet_literals() {
+        assert_eq!(
+            (pfqf_hkey(12), pfqf_hlut(127), pfqf_hena(1), PFQF_CTL_0),
+            (0x0024_4e00, 0x0024_3f80, 0x0024_5980, 0x001c_0ac0)
+        );
         assert_eq!(PF_ATQBAH, 0x00080100);
         assert_eq!(PF_ARQT, 0x00080480);
         assert_eq!(qtx_tail(3), 0x0010800c);

@@ -22,7 +22,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use lab_core::ethdev::PortId;
-use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mbuf::{Mbuf, Mempool, RX_RSS_HASH};
 use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
 
@@ -126,6 +126,12 @@ impl RxQueue {
                     errors += 1;
                 }
                 m.set_port(self.port);
+                // FLTSTAT 3: qword0 bits 63:32 hold the RSS hash.
+                if (qw1 >> RXD_FLTSTAT_SHIFT) & RXD_FLTSTAT_MASK == RXD_FLTSTAT_RSS_HASH {
+                    let h = m.hdr_mut();
+                    h.rss_hash = (v.read64(i, 0) >> 32) as u32;
+                    h.ol_flags |= RX_RSS_HASH;
+                }
                 v.write(i, [fresh.data_iova().0, 0, 0, 0]);
                 v.sw_set(i, fresh.into_offset().0);
                 bytes += len as u64;

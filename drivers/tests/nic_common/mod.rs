@@ -162,9 +162,12 @@ pub fn wait_link(port: &mut dyn EthDev) {
     }
 }
 
-/// Microsoft's RSS verification flows (IPv4, TCP): source, destination, source port,
-/// destination port, and the hash with the ports under the default key.
-pub const RSS_FLOWS: [([u8; 4], [u8; 4], u16, u16, u32); 5] = [
+/// One flow: source, destination, source port, destination port, and its hash with the ports
+/// under the default key.
+pub type RssFlow = ([u8; 4], [u8; 4], u16, u16, u32);
+
+/// Microsoft's RSS verification flows (IPv4, TCP).
+pub const RSS_FLOWS: [RssFlow; 5] = [
     ([66, 9, 149, 187], [161, 142, 100, 80], 2794, 1766, 0x51cc_c178),
     ([199, 92, 111, 2], [65, 69, 140, 83], 14230, 4739, 0xc626_b0ea),
     ([24, 19, 198, 95], [12, 22, 207, 184], 12898, 38024, 0x5c2b_394a),
