@@ -86,6 +86,17 @@ pub struct PortStats {
     pub rx_nombuf: u64,
 }
 
+/// One queue's counters (DPDK's `q_ipackets`/`q_ibytes`/`q_errors` and their TX halves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Errors.
+    pub errors: u64,
+}
+
 /// What a port is and can do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevInfo {
@@ -226,6 +237,10 @@ pub trait EthDev: Send {
     /// Whether the device went away under us (surprise removal).
     fn is_removed(&self) -> bool {
         false
+    }
+    /// Per-queue counters: receive queues, then transmit queues (empty if the driver keeps none).
+    fn queue_stats(&mut self) -> (Vec<QueueStats>, Vec<QueueStats>) {
+        (Vec::new(), Vec::new())
     }
     /// Entries of the RSS redirection table (0: no RSS).
     fn reta_size(&self) -> u16 {

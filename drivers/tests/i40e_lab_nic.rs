@@ -292,6 +292,13 @@ fn rss_spreads_flows_over_four_queues_by_the_lookup_table_and_follows_runtime_up
         assert_eq!(u32::from(*q), (want & 511) % 4, "flow {seq} on the queue its LUT entry names");
     }
     assert!(got.iter().map(|g| g.0).collect::<std::collections::HashSet<_>>().len() >= 3, "{got:?}");
+    // Per-queue counters: each queue counted what it received.
+    let (rxs, _) = port.queue_stats();
+    assert_eq!(rxs.len(), 4);
+    for q in 0..4u16 {
+        let n = got.iter().filter(|g| g.0 == q).count() as u64;
+        assert_eq!((rxs[usize::from(q)].packets, rxs[usize::from(q)].bytes), (n, 74 * n), "queue {q}");
+    }
     // The table at runtime: every entry to queue 3.
     let all: Vec<(u16, u16)> = (0..512).map(|i| (i, 3)).collect();
     port.reta_update(&all).unwrap();

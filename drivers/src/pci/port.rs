@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lab_core::bus::pci::PciDevice;
-use lab_core::ethdev::{DevInfo, PortConf, PortId, PortStats, ProbeCtx};
+use lab_core::ethdev::{DevInfo, PortConf, PortId, PortStats, ProbeCtx, QueueStats};
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::{Shm, IOVA_BASE};
 use lab_core::vfio::{Bar, DeviceIo, DmaRegion, VfioError};
@@ -260,6 +260,16 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
         }
     }
 
+    /// Per-queue counters, receive then transmit, from the queues' shared headers (whichever
+    /// process ran a queue counted into it).
+    pub(crate) fn queue_stats(&self) -> (Vec<QueueStats>, Vec<QueueStats>) {
+        let one = |h: &QueueHdr| {
+            let c = h.counters();
+            QueueStats { packets: c.pkts, bytes: c.bytes, errors: c.errors }
+        };
+        (self.rxq.iter().map(|q| one(q.hdr())).collect(), self.txq.iter().map(|q| one(q.hdr())).collect())
+    }
+
     /// Zeroes the software counters of every queue.
     pub(crate) fn reset_queue_stats(&self) {
         self.rxq.iter().map(|q| q.hdr()).chain(self.txq.iter().map(|q| q.hdr())).for_each(QueueHdr::reset_counters);
@@ -337,6 +347,10 @@ macro_rules! pci_ethdev_common {
 
         fn is_removed(&self) -> bool {
             self.pci.is_removed()
+        }
+
+        fn queue_stats(&mut self) -> (Vec<lab_core::ethdev::QueueStats>, Vec<lab_core::ethdev::QueueStats>) {
+            self.pci.queue_stats()
         }
 
         fn close(mut self: Box<Self>, how: lab_core::ethdev::Release) {
