@@ -238,6 +238,27 @@ pub trait EthDev: Send {
     fn is_removed(&self) -> bool {
         false
     }
+    /// Stops receive queue `queue` (`rte_eth_dev_rx_queue_stop`): the device stops filling it and
+    /// bursts on it return nothing, in every process, until it is started again.
+    fn rx_queue_stop(&mut self, queue: u16) -> Result<(), EthError> {
+        let _ = queue;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "queue stop" })
+    }
+    /// Starts a stopped receive queue again, with fresh buffers (`rte_eth_dev_rx_queue_start`).
+    fn rx_queue_start(&mut self, queue: u16) -> Result<(), EthError> {
+        let _ = queue;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "queue start" })
+    }
+    /// Stops transmit queue `queue`: what was in flight is dropped, bursts send nothing.
+    fn tx_queue_stop(&mut self, queue: u16) -> Result<(), EthError> {
+        let _ = queue;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "queue stop" })
+    }
+    /// Starts a stopped transmit queue again.
+    fn tx_queue_start(&mut self, queue: u16) -> Result<(), EthError> {
+        let _ = queue;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "queue start" })
+    }
     /// Per-queue counters: receive queues, then transmit queues (empty if the driver keeps none).
     fn queue_stats(&mut self) -> (Vec<QueueStats>, Vec<QueueStats>) {
         (Vec::new(), Vec::new())

@@ -19,7 +19,7 @@ const BDF: &str = "0000:00:09.0";
 const BDF2: &str = "0000:00:0a.0";
 
 mod nic_common;
-use nic_common::{frame, pump, send_and_sort, sizes, tcp4_frame, wait_link, Lab, LabNic, RSS_FLOWS};
+use nic_common::{frame, pump, queue_start_stop, send_and_sort, sizes, tcp4_frame, wait_link, Lab, LabNic, RSS_FLOWS};
 
 /// Frames in flight at most in `pump`.
 const WINDOW: usize = 256;
@@ -317,5 +317,16 @@ fn rss_spreads_flows_over_four_queues_by_the_lookup_table_and_follows_runtime_up
     assert!(got.iter().all(|g| g.2.is_some_and(|h| h != RSS_FLOWS[g.1 as usize].4)), "{got:?}");
     let e = port.rss_hash_update(&RssConf { key: None, hf: hf::IPV6_EX }).unwrap_err();
     assert!(e.to_string().contains("ipv6-ex"), "{e}");
+    port.close(Release::Shared);
+}
+
+#[test]
+fn queues_stop_and_start_at_runtime_as_dts_queue_start_stop() {
+    let mut lab = Lab::new("i40e-qss");
+    let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback")]);
+    let conf = PortConf { nb_desc: 128, ..PortConf::default() };
+    let mut port = lab.probe_conf(&I40eDriver, &nic, BDF, 0, &conf);
+    wait_link(port.as_mut());
+    queue_start_stop(&mut lab.pool, port.as_mut());
     port.close(Release::Shared);
 }

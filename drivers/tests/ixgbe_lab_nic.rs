@@ -16,7 +16,7 @@ const BDF: &str = "0000:00:05.0";
 const BDF2: &str = "0000:00:06.0";
 
 mod nic_common;
-use nic_common::{frame, pump, send_and_sort, sizes, tcp4_frame, wait_link, Lab, LabNic, RSS_FLOWS};
+use nic_common::{frame, pump, queue_start_stop, send_and_sort, sizes, tcp4_frame, wait_link, Lab, LabNic, RSS_FLOWS};
 
 /// Frames in flight at most in `pump`.
 const WINDOW: usize = 96;
@@ -412,5 +412,16 @@ fn rss_spreads_flows_over_four_queues_with_the_datasheet_hash_and_follows_runtim
     assert!(e.to_string().contains("52 bytes"), "{e}");
     let e = port.rss_hash_update(&RssConf { key: None, hf: hf::SCTP }).unwrap_err();
     assert!(e.to_string().contains("ipv4-sctp"), "{e}");
+    port.close(Release::Shared);
+}
+
+#[test]
+fn queues_stop_and_start_at_runtime_as_dts_queue_start_stop() {
+    let mut lab = Lab::new("ixgbe-qss");
+    let nic = LabNic::start(&[&format!("{BDF},model=ixgbe,wire=loopback")]);
+    let conf = PortConf { nb_desc: 128, ..PortConf::default() };
+    let mut port = lab.probe_conf(&IxgbeDriver, &nic, BDF, 0, &conf);
+    wait_link(port.as_mut());
+    queue_start_stop(&mut lab.pool, port.as_mut());
     port.close(Release::Shared);
 }

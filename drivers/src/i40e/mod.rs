@@ -544,6 +544,58 @@ impl Port {
 
     /// Primary release: queues off, admin queue shut down, PF reset; then the skeleton's tail
     /// (buffers back, zones freed).
+    /// Stops or starts one queue at runtime (any process: the registers, the queue zones and the
+    /// contexts in HMC memory are shared). Stop: the stopped flag first, so no burst of any
+    /// process touches the queue, then QENA_REQ cleared and QENA_STAT awaited (the device has
+    /// let go of the ring). Start: the queue's context, written at start of day with head 0,
+    /// is loaded again on QENA_REQ; receive gets fresh buffers on every descriptor and its tail
+    /// at N-1, transmit drops what was in flight; then the flag.
+    fn queue_enable(&mut self, queue: u16, rx: bool, on: bool) -> Result<(), DriverError> {
+        let (n, what) = if rx { (self.pci.rxq.len(), "receive") } else { (self.pci.txq.len(), "transmit") };
+        if usize::from(queue) >= n {
+            return Err(DriverError::config(format!("{what} queue {queue}: the port has queues 0..{n}")));
+        }
+        let first_q = self.sh().ok_or_else(|| DriverError::state("port released"))?.first_q.load(Ordering::Relaxed);
+        let (qi, abs) = (usize::from(queue), first_q + u32::from(queue));
+        let ena = if rx { qrx_ena(abs) } else { qtx_ena(abs) };
+        fn hdr(p: &Port, rx: bool, qi: usize) -> &crate::pci::queue::QueueHdr {
+            if rx {
+                p.pci.rxq[qi].q.h()
+            } else {
+                p.pci.txq[qi].q.h()
+            }
+        }
+        if !on {
+            hdr(self, rx, qi).set_stopped(true);
+            self.bar().write32(ena, 0);
+            self.poll(ena, QENA_STAT, 0, QUEUE_TIMEOUT, "queue disable")?;
+            return Ok(());
+        }
+        if !hdr(self, rx, qi).is_stopped() {
+            return Ok(());
+        }
+        let pool = self.pci.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
+        if rx {
+            let rxq = &mut self.pci.rxq[qi];
+            rxq.q.drain_posted(pool);
+            rxq.fill(pool)?;
+            let n = rxq.q.v.n();
+            self.bar().write32(qrx_tail(abs), 0);
+            self.bar().write32(ena, QENA_REQ);
+            self.poll(ena, QENA_STAT, QENA_STAT, QUEUE_TIMEOUT, "rx queue enable")?;
+            self.bar().write32(qrx_tail(abs), n - 1);
+        } else {
+            let txq = &mut self.pci.txq[qi];
+            txq.q.drain_in_flight(pool);
+            txq.q.v.reset_indices();
+            self.bar().write32(qtx_tail(abs), 0);
+            self.bar().write32(ena, QENA_REQ);
+            self.poll(ena, QENA_STAT, QENA_STAT, QUEUE_TIMEOUT, "tx queue enable")?;
+        }
+        hdr(self, rx, qi).set_stopped(false);
+        Ok(())
+    }
+
     fn release_shared(&mut self) {
         if self.pci.dev.is_alive() {
             let bar = self.bar();
@@ -644,6 +696,22 @@ impl EthDev for Port {
             .map_err(|e| e.device(NAME))?;
         sh.mtu.store(mtu.into(), Ordering::Relaxed);
         Ok(())
+    }
+
+    fn rx_queue_stop(&mut self, queue: u16) -> Result<(), EthError> {
+        self.queue_enable(queue, true, false).map_err(|e| e.device(NAME))
+    }
+
+    fn rx_queue_start(&mut self, queue: u16) -> Result<(), EthError> {
+        self.queue_enable(queue, true, true).map_err(|e| e.device(NAME))
+    }
+
+    fn tx_queue_stop(&mut self, queue: u16) -> Result<(), EthError> {
+        self.queue_enable(queue, false, false).map_err(|e| e.device(NAME))
+    }
+
+    fn tx_queue_start(&mut self, queue: u16) -> Result<(), EthError> {
+        self.queue_enable(queue, false, true).map_err(|e| e.device(NAME))
     }
 
     fn reta_size(&self) -> u16 {

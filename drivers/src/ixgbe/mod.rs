@@ -453,6 +453,63 @@ impl Port {
 
     /// Primary release: stop queues, reset the device; then the skeleton's tail (buffers back,
     /// zones freed).
+    /// Stops or starts one queue at runtime (any process: the registers and the queue zones are
+    /// shared). Stop (4.6.7.1 / 4.6.8.1 in reverse): the stopped flag first, so no burst of any
+    /// process touches the queue, then ENABLE cleared, then a trapped register read: over
+    /// vfio-user it is answered between two device polls, so no DMA of the queue is under way
+    /// when it returns (a real 82599 clears ENABLE once the queue is idle, which the poll below
+    /// waits for). Start: receive gets fresh buffers on every descriptor (the old ones go back to
+    /// the pool) and RDT = N-1; transmit drops what was in flight; then ENABLE, and the flag.
+    fn queue_enable(&mut self, queue: u16, rx: bool, on: bool) -> Result<(), DriverError> {
+        let (n, what) = if rx { (self.pci.rxq.len(), "receive") } else { (self.pci.txq.len(), "transmit") };
+        if usize::from(queue) >= n {
+            return Err(DriverError::config(format!("{what} queue {queue}: the port has queues 0..{n}")));
+        }
+        let (q, qi) = (u32::from(queue), usize::from(queue));
+        let (ctl, bit) = if rx { (rxdctl(q), RXDCTL_ENABLE) } else { (txdctl(q), TXDCTL_ENABLE) };
+        fn hdr(p: &Port, rx: bool, qi: usize) -> &crate::pci::queue::QueueHdr {
+            if rx {
+                p.pci.rxq[qi].q.h()
+            } else {
+                p.pci.txq[qi].q.h()
+            }
+        }
+        if !on {
+            hdr(self, rx, qi).set_stopped(true);
+            self.bar().clear_bits(ctl, bit);
+            self.poll(ctl, bit, 0, QUEUE_TIMEOUT, "queue disable")?;
+            let _ = self.bar().read32(STATUS);
+            return Ok(());
+        }
+        if !hdr(self, rx, qi).is_stopped() {
+            return Ok(());
+        }
+        let pool = self.pci.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
+        if rx {
+            let rxq = &mut self.pci.rxq[qi];
+            rxq.q.drain_posted(pool);
+            rxq.fill(pool)?;
+            let n = rxq.q.v.n();
+            let bar = self.bar();
+            bar.write32(rdh(q), 0);
+            bar.write32(rdt(q), 0);
+            bar.set_bits(ctl, bit);
+            self.poll(ctl, bit, bit, QUEUE_TIMEOUT, "rx queue enable")?;
+            self.bar().write32(rdt(q), n - 1);
+        } else {
+            let txq = &mut self.pci.txq[qi];
+            txq.q.drain_in_flight(pool);
+            txq.q.v.reset_indices();
+            let bar = self.bar();
+            bar.write32(tdh(q), 0);
+            bar.write32(tdt(q), 0);
+            bar.set_bits(ctl, bit);
+            self.poll(ctl, bit, bit, QUEUE_TIMEOUT, "tx queue enable")?;
+        }
+        hdr(self, rx, qi).set_stopped(false);
+        Ok(())
+    }
+
     fn release_shared(&mut self) {
         let bar = self.bar();
         if self.pci.dev.is_alive() {
@@ -559,6 +616,22 @@ impl EthDev for Port {
         }
         sh.mtu.store(mtu.into(), Ordering::Relaxed);
         Ok(())
+    }
+
+    fn rx_queue_stop(&mut self, queue: u16) -> Result<(), EthError> {
+        self.queue_enable(queue, true, false).map_err(|e| e.device(NAME))
+    }
+
+    fn rx_queue_start(&mut self, queue: u16) -> Result<(), EthError> {
+        self.queue_enable(queue, true, true).map_err(|e| e.device(NAME))
+    }
+
+    fn tx_queue_stop(&mut self, queue: u16) -> Result<(), EthError> {
+        self.queue_enable(queue, false, false).map_err(|e| e.device(NAME))
+    }
+
+    fn tx_queue_start(&mut self, queue: u16) -> Result<(), EthError> {
+        self.queue_enable(queue, false, true).map_err(|e| e.device(NAME))
     }
 
     fn reta_size(&self) -> u16 {

@@ -279,7 +279,7 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
     #[inline]
     pub(crate) fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
         match (self.rxq.get_mut(queue as usize), self.pool.as_mut()) {
-            (Some(q), Some(pool)) => q.burst(&self.bar, pool, pkts),
+            (Some(q), Some(pool)) if !q.hdr().is_stopped() => q.burst(&self.bar, pool, pkts),
             _ => 0,
         }
     }
@@ -288,7 +288,7 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
     #[inline]
     pub(crate) fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
         match (self.txq.get_mut(queue as usize), self.pool.as_mut()) {
-            (Some(q), Some(pool)) => q.burst(&self.bar, pool, pkts),
+            (Some(q), Some(pool)) if !q.hdr().is_stopped() => q.burst(&self.bar, pool, pkts),
             _ => 0,
         }
     }

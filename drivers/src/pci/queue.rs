@@ -39,7 +39,9 @@ pub const HDR_LEN: u64 = 128;
 pub struct QueueHdr {
     magic: AtomicU64,
     nb_desc: u32,
-    _r: u32,
+    /// Nonzero while the queue is stopped (`rx_queue_stop`/`tx_queue_stop`, by any process):
+    /// bursts on it do nothing. A fresh zone is zeroed: queues start running.
+    stopped: AtomicU32,
     /// RX: next descriptor to check for DD. TX: next descriptor to fill (the tail).
     pub(crate) next: AtomicU32,
     /// TX: next descriptor to clean (oldest in flight). RX (ixgbe): next descriptor to refill.
@@ -82,6 +84,17 @@ impl QueueHdr {
             errors: self.errors.load(Ordering::Relaxed),
             nombuf: self.nombuf.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether the queue is stopped.
+    #[inline]
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) != 0
+    }
+
+    /// Marks the queue stopped or running.
+    pub(crate) fn set_stopped(&self, on: bool) {
+        self.stopped.store(u32::from(on), Ordering::Release);
     }
 
     pub(crate) fn reset_counters(&self) {

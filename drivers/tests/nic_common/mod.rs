@@ -230,3 +230,67 @@ pub fn send_and_sort(
     }
     out
 }
+
+/// DTS `queue_start_stop`, on a loopback port with one queue pair: a stopped receive queue
+/// receives nothing (what came meanwhile is gone), started again it receives; a stopped
+/// transmit queue sends nothing, started again it sends; queue numbers out of range are refused.
+pub fn queue_start_stop(pool: &mut Mempool, port: &mut dyn EthDev) {
+    let mac = port.info().mac;
+    let frames: Vec<Vec<u8>> = (0..8u32).map(|i| frame(mac, i, 64)).collect();
+    let round = |pool: &mut Mempool, port: &mut dyn EthDev| {
+        let mut tx: Vec<Option<Mbuf>> = frames
+            .iter()
+            .map(|f| {
+                let mut m = pool.alloc().expect("mbuf");
+                assert!(m.copy_from(f));
+                Some(m)
+            })
+            .collect();
+        let sent = port.tx_burst(0, &mut tx);
+        pool.free_bulk(&mut tx);
+        sent
+    };
+    // Waits for `want` frames (up to 5 s; for none, a quarter second after the device is done).
+    let receive = |pool: &mut Mempool, port: &mut dyn EthDev, want: usize| {
+        let mut rx: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+        let wait = if want == 0 { Duration::from_millis(250) } else { Duration::from_secs(5) };
+        let (mut got, deadline) = (Vec::new(), Instant::now() + wait);
+        while (want == 0 || got.len() < want) && Instant::now() < deadline {
+            let n = port.rx_burst(0, &mut rx);
+            for m in rx[..n].iter_mut().filter_map(Option::take) {
+                got.push(m.data().to_vec());
+                pool.free(m);
+            }
+        }
+        got
+    };
+    assert_eq!(round(pool, port), 8);
+    assert_eq!(receive(pool, port, 8), frames, "running: all back, byte-identical");
+
+    port.rx_queue_stop(0).expect("rx queue stop");
+    let before = port.stats();
+    assert_eq!(round(pool, port), 8);
+    // The device sent them (its own transmit counter) onto the loopback, where the stopped
+    // queue cannot take them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while port.stats().opackets < before.opackets + 8 {
+        assert!(Instant::now() < deadline, "the device did not send the 8 frames");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(receive(pool, port, 0).is_empty(), "a stopped queue receives nothing");
+    assert_eq!(port.stats().ipackets, before.ipackets, "and the device delivered nothing");
+    port.rx_queue_start(0).expect("rx queue start");
+    assert_eq!(round(pool, port), 8);
+    assert_eq!(receive(pool, port, 8), frames, "started again: only the new frames, all back");
+
+    port.tx_queue_stop(0).expect("tx queue stop");
+    assert_eq!(round(pool, port), 0, "a stopped queue sends nothing");
+    port.tx_queue_start(0).expect("tx queue start");
+    assert_eq!(round(pool, port), 8);
+    assert_eq!(receive(pool, port, 8), frames, "transmit started again");
+
+    let e = port.rx_queue_stop(9).unwrap_err();
+    assert!(e.to_string().contains("receive queue 9"), "{e}");
+    let e = port.tx_queue_start(1).unwrap_err();
+    assert!(e.to_string().contains("transmit queue 1"), "{e}");
+}
