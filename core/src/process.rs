@@ -104,6 +104,14 @@ impl Process {
     /// default buffer pool and the port table and probes `--vdev` and permitted PCI devices; a
     /// secondary attaches every port that exists.
     pub fn init(opts: &Options, registry: Registry) -> Result<Process, InitError> {
+        Process::init_with(opts, registry, PortConf::default())
+    }
+
+    /// [`Process::init`], the primary setting ports up as `conf` says (queue counts, RSS: what
+    /// an application gives `rte_eth_dev_configure`): the ports it probes at start and every
+    /// port attached later, from any process. A secondary's `conf` is not used (it attaches
+    /// ports as the primary set them up).
+    pub fn init_with(opts: &Options, registry: Registry, conf: PortConf) -> Result<Process, InitError> {
         let rt = Arc::new(Runtime::init_paused(opts)?);
         if rt.is_primary() {
             let mb = opts.mem_mb.unwrap_or(crate::mem::DEFAULT_MB);
@@ -122,7 +130,7 @@ impl Process {
             op_lock: Mutex::new(()),
             pci_root: pci::sysfs_root(),
             filter,
-            conf: PortConf::default(),
+            conf,
             stop: AtomicBool::new(false),
             history: Default::default(),
             held: Default::default(),

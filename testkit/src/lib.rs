@@ -22,6 +22,8 @@ mod testpmd;
 pub use raw::RawSock;
 pub use testpmd::{Testpmd, TestpmdError};
 
+pub mod proc;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

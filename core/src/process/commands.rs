@@ -115,12 +115,24 @@ fn ethdev_info(inner: &Inner, p: Option<&str>) -> Result<Value, CmdError> {
     })
 }
 
+/// Queues DPDK's `/ethdev/stats` reports counters for.
+const QUEUE_STAT_CNTRS: usize = 16;
+
 fn ethdev_stats(inner: &Inner, p: Option<&str>) -> Result<Value, CmdError> {
     with_port(inner, p, |lp| {
         let s = lp.dev.stats();
+        // DPDK's per-queue arrays (RTE_ETHDEV_QUEUE_STAT_CNTRS = 16 entries, zeros past the
+        // port's queues).
+        let (rxq, txq) = lp.dev.queue_stats();
+        let q = |v: &[crate::ethdev::QueueStats], f: fn(&crate::ethdev::QueueStats) -> u64| {
+            (0..QUEUE_STAT_CNTRS).map(|i| v.get(i).map_or(0, f)).collect::<Vec<u64>>()
+        };
         json!({
             "ipackets": s.ipackets, "opackets": s.opackets, "ibytes": s.ibytes, "obytes": s.obytes,
             "imissed": s.imissed, "ierrors": s.ierrors, "oerrors": s.oerrors, "rx_nombuf": s.rx_nombuf,
+            "q_ipackets": q(&rxq, |x| x.packets), "q_opackets": q(&txq, |x| x.packets),
+            "q_ibytes": q(&rxq, |x| x.bytes), "q_obytes": q(&txq, |x| x.bytes),
+            "q_errors": q(&rxq, |x| x.errors),
         })
     })
 }

@@ -1,0 +1,278 @@
+//! DPDK's multi-process samples, run as the DTS `multiprocess` test plan runs them: real
+//! processes of our `symmetric_mp` with DPDK's arguments, reading their output as DTS does.
+//!
+//! `symmetric_mp` with 2 and 4 processes: lab-nic replays a flow mix (a pcap) into the first
+//! 82599; each process polls its own queue and forwards to the second 82599, whose wire records
+//! what it sends. Every process must receive exactly its RSS share of the mix (the share is
+//! computed here with a Toeplitz hash of this file's own, over DPDK's default key and the
+//! round-robin redirection table), the shares must add up to what was sent, and every frame
+//! must come out of the second port byte for byte.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lab_testkit::proc::Proc;
+use lab_testkit::LabNic;
+
+const SYMMETRIC_MP: &str = env!("CARGO_BIN_EXE_symmetric_mp");
+const A: &str = "0000:00:05.0";
+const B: &str = "0000:00:06.0";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The Toeplitz hash, bit by bit, as Microsoft's RSS documentation states it.
+fn toeplitz(key: &[u8], input: &[u8]) -> u32 {
+    let bit = |k: usize| key.get(k / 8).is_some_and(|b| b & (0x80 >> (k % 8)) != 0);
+    let mut h = 0u32;
+    for i in 0..input.len() * 8 {
+        if input[i / 8] & (0x80 >> (i % 8)) != 0 {
+            h ^= (0..32).fold(0u32, |w, j| w << 1 | u32::from(bit(i + j)));
+        }
+    }
+    h
+}
+
+/// A broadcast UDP/IPv4 frame of flow `f`, `seq` in its payload.
+fn udp_frame(f: u32, seq: u32) -> Vec<u8> {
+    let mut x = vec![0u8; 64];
+    x[..6].fill(0xff);
+    x[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x77, 0x01]);
+    x[12..14].copy_from_slice(&[0x08, 0x00]);
+    x[14..24].copy_from_slice(&[0x45, 0, 0, 50, 0, 1, 0, 0, 64, 17]);
+    x[26..30].copy_from_slice(&[10, 0, (f >> 8) as u8, f as u8]);
+    x[30..34].copy_from_slice(&[10, 1, 0, (f % 7) as u8]);
+    x[34..36].copy_from_slice(&(1024 + f as u16).to_be_bytes());
+    x[36..38].copy_from_slice(&(5000 + (f as u16 % 13)).to_be_bytes());
+    x[42..46].copy_from_slice(&seq.to_be_bytes());
+    x
+}
+
+/// The hash input of a frame made by [`udp_frame`]: addresses, then ports.
+fn flow_input(x: &[u8]) -> Vec<u8> {
+    [&x[26..34], &x[34..38]].concat()
+}
+
+fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    let mut b = Vec::new();
+    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for f in frames {
+        for v in [0u32, 0, f.len() as u32, f.len() as u32] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(f);
+    }
+    std::fs::write(path, b).expect("write pcap");
+}
+
+/// The frames of a classic pcap (as lab-nic writes them, little-endian).
+fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let b = std::fs::read(path).unwrap_or_default();
+    let (mut o, mut out) = (24, Vec::new());
+    while o + 16 <= b.len() {
+        let n = u32::from_le_bytes([b[o + 8], b[o + 9], b[o + 10], b[o + 11]]) as usize;
+        if o + 16 + n > b.len() {
+            break;
+        }
+        out.push(b[o + 16..o + 16 + n].to_vec());
+        o += 16 + n;
+    }
+    out
+}
+
+/// One test's lab: its runtime dir, file prefix, lab-nic; the processes it starts die with it.
+struct MpLab {
+    xdg: tempfile::TempDir,
+    prefix: String,
+    nic: LabNic,
+}
+
+impl MpLab {
+    fn command(&self, bin: &str, eal: &[&str], app: &[&str]) -> Command {
+        let mut c = Command::new(bin);
+        c.arg(format!("--file-prefix={}", self.prefix))
+            .args(eal)
+            .arg("--")
+            .args(app)
+            .env("XDG_RUNTIME_DIR", self.xdg.path())
+            .env("SYSFS_PCI_DEVICES", self.nic.root())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn runtime_dir(&self) -> PathBuf {
+        self.xdg.path().join("hotplug-lab").join(&self.prefix)
+    }
+}
+
+impl Drop for MpLab {
+    fn drop(&mut self) {
+        for f in lab_core::mem::possible_files(&self.prefix) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// Waits for a stdout line of `p` containing `needle`; the lines before it are returned too.
+fn wait_line(p: &mut Proc, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(l) = p.try_line(Duration::from_millis(200)) {
+            let hit = l.contains(needle);
+            seen.push(l);
+            if hit {
+                return seen;
+            }
+        }
+    }
+    panic!("pid {}: no line with {needle:?} in {WAIT:?}: {seen:?}; stderr: {}", p.pid(), p.stderr());
+}
+
+/// `Port P: RX - n, TX - n, Drop - n` lines, by port.
+fn port_lines(lines: &[String]) -> HashMap<u16, (u64, u64, u64)> {
+    let mut m = HashMap::new();
+    for l in lines {
+        let Some(rest) = l.strip_prefix("Port ") else { continue };
+        let nums: Vec<u64> = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().expect("number"))
+            .collect();
+        if let [p, rx, tx, drop] = nums[..] {
+            m.insert(p as u16, (rx, tx, drop));
+        }
+    }
+    m
+}
+
+fn symmetric_mp_spreads_the_flow_mix_by_rss(procs: u16) {
+    let xdg = tempfile::tempdir().expect("tempdir");
+    let (input, empty) = (xdg.path().join("in.pcap"), xdg.path().join("empty.pcap"));
+    let (out_a, out_b) = (xdg.path().join("out-a.pcap"), xdg.path().join("out-b.pcap"));
+    let frames: Vec<Vec<u8>> = (0..2000u32).map(|i| udp_frame(i % 97, i)).collect();
+    write_pcap(&input, &frames);
+    write_pcap(&empty, &[]);
+    let nic = LabNic::builder()
+        .dev(format!("{A},model=ixgbe,wire=pcap={}:{}", input.display(), out_a.display()))
+        .dev(format!("{B},model=ixgbe,wire=pcap={}:{}", empty.display(), out_b.display()))
+        .start();
+    let lab = MpLab { prefix: format!("smp{procs}-{}", std::process::id()), xdg, nic };
+    let n = procs.to_string();
+    let eal = ["--proc-type=auto", "--allow", A, "--allow", B];
+    let start = |id: u16| {
+        let id = id.to_string();
+        Proc::spawn(lab.command(SYMMETRIC_MP, &eal, &["-p", "3", "--num-procs", &n, "--proc-id", &id]))
+    };
+    let mut ps = vec![start(0)];
+    wait_line(&mut ps[0], "using ports 0 and 1, queue 0");
+    for id in 1..procs {
+        let mut p = start(id);
+        wait_line(&mut p, &format!("using ports 0 and 1, queue {id}"));
+        ps.push(p);
+    }
+    // Until the processes received the whole mix: port 0's receive queues, as DPDK's
+    // telemetry (`/ethdev/stats`, q_ipackets) reports them from the primary.
+    let sock = lab.runtime_dir().join(lab_core::telemetry::SOCKET_NAME);
+    let mut t = lab_core::telemetry::Client::connect(&sock, WAIT).expect("telemetry");
+    let received = |t: &mut lab_core::telemetry::Client| {
+        let v = t.query(&sock, "/ethdev/stats,0").expect("stats");
+        let q: Vec<u64> = v["q_ipackets"].as_array().expect("q_ipackets").iter().map(|x| x.as_u64().unwrap()).collect();
+        q
+    };
+    let deadline = Instant::now() + WAIT;
+    while received(&mut t).iter().sum::<u64>() < frames.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "queues received {:?} of {}; A: {}",
+            received(&mut t),
+            frames.len(),
+            lab.nic.command(&format!("stats {A}"))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let per_queue = received(&mut t);
+    drop(t);
+    // SIGINT, secondaries first; each prints its counters as DPDK's does and exits.
+    let mut shares = Vec::new();
+    for p in ps.iter_mut().rev() {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+        let lines = wait_line(p, "Port 1:");
+        shares.push(port_lines(&lines));
+    }
+    shares.reverse();
+    for p in ps.iter_mut() {
+        let deadline = Instant::now() + WAIT;
+        while p.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "pid {} did not exit after SIGINT", p.pid());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // Each process's share is the flows whose hash its queue's entries hold.
+    let key = lab_core::rss::DEFAULT_KEY;
+    let mut want = vec![0u64; usize::from(procs)];
+    for f in &frames {
+        want[(toeplitz(&key, &flow_input(f)) & 127) as usize % usize::from(procs)] += 1;
+    }
+    let got: Vec<u64> = shares.iter().map(|s| s[&0].0).collect();
+    assert_eq!(got, want, "port 0 RX per process: each its RSS share");
+    assert_eq!(&per_queue[..usize::from(procs)], &want[..], "and per queue, as the queues counted it");
+    assert!(want.iter().all(|w| *w > 0), "the mix reaches every process: {want:?}");
+    assert_eq!(got.iter().sum::<u64>(), frames.len() as u64);
+    // What each process took off port 0 it sent on port 1 or, when port 1's ring was full (its
+    // wire, a pcap file, is slower than the forwarding), dropped, as DPDK's sample does.
+    let mut sent_total = 0;
+    for (i, s) in shares.iter().enumerate() {
+        assert_eq!(s[&1].1 + s[&1].2, s[&0].0, "process {i}: TX + Drop on port 1 = RX on port 0");
+        sent_total += s[&1].1;
+    }
+    assert!(sent_total > 0);
+    let deadline = Instant::now() + WAIT;
+    while read_pcap(&out_b).len() < sent_total as usize {
+        assert!(Instant::now() < deadline, "{} of {sent_total} sent frames on B's wire", read_pcap(&out_b).len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = read_pcap(&out_b);
+    assert_eq!(out.len() as u64, sent_total, "B's wire carries exactly what the processes sent");
+    let mut seqs: Vec<u32> = out.iter().map(|f| u32::from_be_bytes([f[42], f[43], f[44], f[45]])).collect();
+    assert!(
+        out.iter().all(|f| *f == frames[u32::from_be_bytes([f[42], f[43], f[44], f[45]]) as usize]),
+        "byte for byte"
+    );
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), out.len(), "no frame sent twice");
+    drop(ps);
+    let left = lab.runtime_dir();
+    assert!(!left.exists(), "runtime dir left: {}", left.display());
+}
+
+#[test]
+fn symmetric_mp_with_two_processes_receives_each_its_rss_share() {
+    symmetric_mp_spreads_the_flow_mix_by_rss(2);
+}
+
+#[test]
+fn symmetric_mp_with_four_processes_receives_each_its_rss_share() {
+    symmetric_mp_spreads_the_flow_mix_by_rss(4);
+}
+
+#[test]
+fn symmetric_mp_refuses_bad_arguments_as_dpdks_does() {
+    for (args, needle) in [
+        (&["-p", "1", "--num-procs", "2", "--proc-id", "0"][..], "even number"),
+        (&["-p", "3", "--num-procs", "2", "--proc-id", "5"][..], "below --num-procs"),
+        (&["-p", "zz", "--num-procs", "2", "--proc-id", "0"][..], "invalid portmask"),
+    ] {
+        let out = Command::new(SYMMETRIC_MP).arg("--no-pci").arg("--").args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
