@@ -1,5 +1,9 @@
 //! DPDK's multi-process samples, run as the DTS `multiprocess` test plan runs them: real
-//! processes of our `symmetric_mp` with DPDK's arguments, reading their output as DTS does.
+//! processes of our `simple_mp` and `symmetric_mp` with DPDK's arguments and commands, reading
+//! their output as DTS does.
+//!
+//! `simple_mp`: a primary and a secondary (`--proc-type=auto`) carry 5,000 strings each way;
+//! a second primary is refused.
 //!
 //! `symmetric_mp` with 2 and 4 processes: lab-nic replays a flow mix (a pcap) into the first
 //! 82599; each process polls its own queue and forwards to the second 82599, whose wire records
@@ -17,6 +21,7 @@ use lab_testkit::proc::Proc;
 use lab_testkit::LabNic;
 
 const SYMMETRIC_MP: &str = env!("CARGO_BIN_EXE_symmetric_mp");
+const SIMPLE_MP: &str = env!("CARGO_BIN_EXE_simple_mp");
 const A: &str = "0000:00:05.0";
 const B: &str = "0000:00:06.0";
 const WAIT: Duration = Duration::from_secs(30);
@@ -86,7 +91,7 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
 struct MpLab {
     xdg: tempfile::TempDir,
     prefix: String,
-    nic: LabNic,
+    nic: Option<LabNic>,
 }
 
 impl MpLab {
@@ -97,11 +102,13 @@ impl MpLab {
             .arg("--")
             .args(app)
             .env("XDG_RUNTIME_DIR", self.xdg.path())
-            .env("SYSFS_PCI_DEVICES", self.nic.root())
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(nic) = &self.nic {
+            c.env("SYSFS_PCI_DEVICES", nic.root());
+        }
         c
     }
 
@@ -162,7 +169,7 @@ fn symmetric_mp_spreads_the_flow_mix_by_rss(procs: u16) {
         .dev(format!("{A},model=ixgbe,wire=pcap={}:{}", input.display(), out_a.display()))
         .dev(format!("{B},model=ixgbe,wire=pcap={}:{}", empty.display(), out_b.display()))
         .start();
-    let lab = MpLab { prefix: format!("smp{procs}-{}", std::process::id()), xdg, nic };
+    let lab = MpLab { prefix: format!("smp{procs}-{}", std::process::id()), xdg, nic: Some(nic) };
     let n = procs.to_string();
     let eal = ["--proc-type=auto", "--allow", A, "--allow", B];
     let start = |id: u16| {
@@ -192,7 +199,7 @@ fn symmetric_mp_spreads_the_flow_mix_by_rss(procs: u16) {
             "queues received {:?} of {}; A: {}",
             received(&mut t),
             frames.len(),
-            lab.nic.command(&format!("stats {A}"))
+            lab.nic.as_ref().unwrap().command(&format!("stats {A}"))
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -274,5 +281,74 @@ fn symmetric_mp_refuses_bad_arguments_as_dpdks_does() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+/// The strings `p` printed as received, until `n` of them came (or [`WAIT`] passed).
+fn received_strings(p: &mut Proc, n: usize) -> Vec<String> {
+    let (mut got, deadline) = (Vec::new(), Instant::now() + WAIT);
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "pid {}: {} of {n} strings received; stderr: {}",
+            p.pid(),
+            got.len(),
+            p.stderr()
+        );
+        let Some(l) = p.try_line(Duration::from_millis(200)) else { continue };
+        if let Some(i) = l.find("Received '") {
+            let rest = &l[i + "Received '".len()..];
+            got.push(rest.strip_suffix('\'').unwrap_or(rest).to_string());
+        }
+    }
+    got
+}
+
+#[test]
+fn simple_mp_carries_five_thousand_strings_each_way_and_refuses_a_second_primary() {
+    let lab = MpLab {
+        xdg: tempfile::tempdir().expect("tempdir"),
+        prefix: format!("simple-{}", std::process::id()),
+        nic: None,
+    };
+    let mut pri = Proc::spawn(lab.command(SIMPLE_MP, &["--proc-type=primary"], &[]));
+    wait_line(&mut pri, "Finished Process Init.");
+    let mut sec = Proc::spawn(lab.command(SIMPLE_MP, &["--proc-type=auto"], &[]));
+    wait_line(&mut sec, "Finished Process Init.");
+    // A second primary on the same prefix is refused, and changes nothing for the others.
+    let out = lab.command(SIMPLE_MP, &["--proc-type=primary"], &[]).stdin(Stdio::null()).output().expect("run");
+    assert!(!out.status.success(), "a second primary must not start");
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("primary"), "the refusal names the primary: {err}");
+    // 5,000 strings each way, 50 at a time (the rings hold 64), every one received once, in order.
+    let mut ps = [pri, sec];
+    for (from, tag) in [(0usize, "p"), (1, "s")] {
+        let mut all = Vec::new();
+        for batch in 0..100 {
+            let want: Vec<String> = (0..50).map(|i| format!("{tag}{}", batch * 50 + i)).collect();
+            for w in &want {
+                ps[from].send(&format!("send {w}"));
+            }
+            let got = received_strings(&mut ps[1 - from], 50);
+            assert_eq!(got, want, "batch {batch} from {tag}");
+            all.extend(got);
+        }
+        assert_eq!(all.len(), 5000);
+    }
+    let [mut pri, mut sec] = ps;
+    sec.send("quit");
+    let deadline = Instant::now() + WAIT;
+    while sec.child.try_wait().ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "the secondary did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pri.send("quit");
+    while pri.child.try_wait().ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "the primary did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!lab.runtime_dir().exists(), "runtime dir left: {}", lab.runtime_dir().display());
+    for f in lab_core::mem::possible_files(&lab.prefix) {
+        assert!(!f.exists(), "memory file left: {}", f.display());
     }
 }
