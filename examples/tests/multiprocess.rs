@@ -5,6 +5,9 @@
 //! `simple_mp`: a primary and a secondary (`--proc-type=auto`) carry 5,000 strings each way;
 //! a second primary is refused.
 //!
+//! `client_server_mp`: `mp_server` hands what the first 82599 receives to 2 `mp_client`s round
+//! robin, each sends its half out of the second 82599.
+//!
 //! `symmetric_mp` with 2 and 4 processes: lab-nic replays a flow mix (a pcap) into the first
 //! 82599; each process polls its own queue and forwards to the second 82599, whose wire records
 //! what it sends. Every process must receive exactly its RSS share of the mix (the share is
@@ -22,6 +25,8 @@ use lab_testkit::LabNic;
 
 const SYMMETRIC_MP: &str = env!("CARGO_BIN_EXE_symmetric_mp");
 const SIMPLE_MP: &str = env!("CARGO_BIN_EXE_simple_mp");
+const MP_SERVER: &str = env!("CARGO_BIN_EXE_mp_server");
+const MP_CLIENT: &str = env!("CARGO_BIN_EXE_mp_client");
 const A: &str = "0000:00:05.0";
 const B: &str = "0000:00:06.0";
 const WAIT: Duration = Duration::from_secs(30);
@@ -351,4 +356,106 @@ fn simple_mp_carries_five_thousand_strings_each_way_and_refuses_a_second_primary
     for f in lab_core::mem::possible_files(&lab.prefix) {
         assert!(!f.exists(), "memory file left: {}", f.display());
     }
+}
+
+/// A port's `/ethdev/stats` array `key` (`q_ipackets`, `q_opackets`) from the primary.
+fn queue_counts(lab: &MpLab, port: u16, key: &str) -> Vec<u64> {
+    let sock = lab.runtime_dir().join(lab_core::telemetry::SOCKET_NAME);
+    let mut t = lab_core::telemetry::Client::connect(&sock, WAIT).expect("telemetry");
+    let v = t.query(&sock, &format!("/ethdev/stats,{port}")).expect("stats");
+    v[key].as_array().expect(key).iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+/// `Key N - rx: n, rx_drop: n` / `Key N: RX - n, TX - n, Drop - n`: the numbers of the line
+/// starting with `prefix`.
+fn numbers_of(lines: &[String], prefix: &str) -> Vec<u64> {
+    let l = lines.iter().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line in {lines:?}"));
+    l[prefix.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+fn sigint(p: &Proc) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+}
+
+#[test]
+fn client_server_mp_hands_each_of_two_clients_its_round_robin_half() {
+    let xdg = tempfile::tempdir().expect("tempdir");
+    let (input, empty) = (xdg.path().join("in.pcap"), xdg.path().join("empty.pcap"));
+    let (out_a, out_b) = (xdg.path().join("out-a.pcap"), xdg.path().join("out-b.pcap"));
+    let frames: Vec<Vec<u8>> = (0..2000u32).map(|i| udp_frame(i % 97, i)).collect();
+    write_pcap(&input, &frames);
+    write_pcap(&empty, &[]);
+    let nic = LabNic::builder()
+        .dev(format!("{A},model=ixgbe,wire=pcap={}:{}", input.display(), out_a.display()))
+        .dev(format!("{B},model=ixgbe,wire=pcap={}:{}", empty.display(), out_b.display()))
+        .start();
+    let lab = MpLab { prefix: format!("csmp-{}", std::process::id()), xdg, nic: Some(nic) };
+    let eal = ["--proc-type=primary", "--allow", A, "--allow", B];
+    let mut server = Proc::spawn(lab.command(MP_SERVER, &eal, &["-p", "1", "-n", "2"]));
+    wait_line(&mut server, "Server ready");
+    let mut clients: Vec<Proc> = (0..2)
+        .map(|c: u16| {
+            let mut p = Proc::spawn(lab.command(MP_CLIENT, &["--proc-type=secondary"], &["-n", &c.to_string()]));
+            wait_line(&mut p, &format!("Client process {c} handling packets"));
+            p
+        })
+        .collect();
+    // The server received the mix (its queue's counter), then the clients' sending settles.
+    let deadline = Instant::now() + WAIT;
+    while queue_counts(&lab, 0, "q_ipackets")[0] < frames.len() as u64 {
+        assert!(Instant::now() < deadline, "the server received {:?}", queue_counts(&lab, 0, "q_ipackets"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut last = (Vec::new(), Instant::now());
+    while last.1.elapsed() < Duration::from_millis(500) {
+        assert!(Instant::now() < deadline + WAIT, "the clients kept sending");
+        let now = queue_counts(&lab, 1, "q_opackets");
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let per_client_tx = last.0;
+    let mut client_lines = Vec::new();
+    for (c, p) in clients.iter_mut().enumerate() {
+        sigint(p);
+        client_lines.push(wait_line(p, &format!("Client {c}: RX")));
+    }
+    sigint(&server);
+    let server_lines = wait_line(&mut server, "Client 1 - rx");
+    assert_eq!(numbers_of(&server_lines, "Port 0 - rx:"), vec![frames.len() as u64]);
+    let mut sent = 0;
+    for c in 0..2u16 {
+        let s = numbers_of(&server_lines, &format!("Client {c} - rx:"));
+        assert_eq!(s, vec![1000, 0], "client {c}: half the mix, nothing dropped at its ring");
+        let own = numbers_of(&client_lines[usize::from(c)], &format!("Client {c}:"));
+        let (rx, tx, drop) = (own[0], own[1], own[2]);
+        assert_eq!(rx, 1000, "client {c} took all its ring held");
+        assert_eq!(tx + drop, rx, "client {c}: TX + Drop = RX");
+        assert_eq!(tx, per_client_tx[usize::from(c)], "client {c} sent on its own queue {c}");
+        sent += tx;
+    }
+    let deadline = Instant::now() + WAIT;
+    while (read_pcap(&out_b).len() as u64) < sent {
+        assert!(Instant::now() < deadline, "{} of {sent} on B's wire", read_pcap(&out_b).len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = read_pcap(&out_b);
+    assert_eq!(out.len() as u64, sent);
+    assert!(
+        out.iter().all(|f| *f == frames[u32::from_be_bytes([f[42], f[43], f[44], f[45]]) as usize]),
+        "byte for byte"
+    );
+    for p in clients.iter_mut().chain(std::iter::once(&mut server)) {
+        let deadline = Instant::now() + WAIT;
+        while p.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "pid {} did not exit after SIGINT", p.pid());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(!lab.runtime_dir().exists(), "runtime dir left: {}", lab.runtime_dir().display());
 }

@@ -12,6 +12,9 @@
 //! prints it and gives the buffer back to the pool. A full ring or an empty pool discards the
 //! message, with DPDK's words for it. End of input quits as `quit` does.
 
+#[path = "../mp_common.rs"]
+mod mp_common;
+
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +22,6 @@ use std::time::Duration;
 
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::mem::ShmOffset;
-use lab_core::options::{Options, OptionsError};
 use lab_core::ring::{Ring, RingFlags};
 use lab_core::runtime::Runtime;
 
@@ -34,20 +36,10 @@ send commands to the simple app. Commands supported are:\n\n\
 - send [string]\n- help\n- quit\n";
 
 fn main() {
-    let opts = match Options::parse(std::env::args().skip(1)) {
-        Ok((o, _)) => o,
-        Err(OptionsError::HelpRequested) => {
-            println!("usage: simple_mp [EAL options]");
-            return;
-        }
-        Err(e) => {
-            eprintln!("simple_mp: {e}");
-            std::process::exit(2);
-        }
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(opts.log_level.as_deref().unwrap_or("warn"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let (opts, ()) = mp_common::parse_or_exit("simple_mp", "usage: simple_mp [EAL options]", |rest| match rest {
+        [] => Ok(()),
+        _ => Err(format!("unexpected arguments {rest:?}")),
+    });
     let rt = match Runtime::init(&opts) {
         Ok(rt) => rt,
         Err(e) => {

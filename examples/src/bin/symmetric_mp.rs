@@ -16,13 +16,15 @@
 //! A port that is detached while the processes run stops being polled; when one is attached
 //! again (by any process: the hotplug protocol brings it to every one) it is polled again.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+#[path = "../mp_common.rs"]
+mod mp_common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lab_core::ethdev::{PortConf, PortEvent, PortId};
 use lab_core::mbuf::Mbuf;
-use lab_core::options::{Options, OptionsError};
 use lab_core::process::Process;
 use lab_core::rss::RssConf;
 
@@ -48,14 +50,7 @@ fn parse_app(args: &[String]) -> Result<Args, String> {
         };
         let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or(format!("{flag} needs a value"));
         match flag {
-            "-p" => {
-                let v = value()?;
-                let m = u64::from_str_radix(v.trim_start_matches("0x"), 16)
-                    .ok()
-                    .filter(|m| *m != 0)
-                    .ok_or(format!("-p {v}: invalid portmask (a non-zero hexadecimal number)"))?;
-                portmask = Some(m);
-            }
+            "-p" => portmask = Some(mp_common::portmask(&value()?)?),
             "--num-procs" => {
                 let v = value()?;
                 num_procs = Some(
@@ -106,42 +101,8 @@ fn pairs(p: &Process, mask: u64) -> Vec<(PortId, PortId)> {
 }
 
 fn main() {
-    let (opts, app) = match Options::parse(std::env::args().skip(1)) {
-        Ok(v) => v,
-        Err(OptionsError::HelpRequested) => {
-            println!("{USAGE}");
-            return;
-        }
-        Err(e) => {
-            eprintln!("symmetric_mp: {e}");
-            std::process::exit(2);
-        }
-    };
-    let args = match parse_app(&app) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("symmetric_mp: {e}\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(opts.log_level.as_deref().unwrap_or("warn"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let signum = Arc::new(AtomicI32::new(0));
-    let mut set = nix::sys::signal::SigSet::empty();
-    set.add(nix::sys::signal::Signal::SIGTERM);
-    set.add(nix::sys::signal::Signal::SIGINT);
-    if set.thread_block().is_ok() {
-        let (stop, signum) = (stop.clone(), signum.clone());
-        std::thread::spawn(move || {
-            if let Ok(sig) = set.wait() {
-                signum.store(sig as i32, Ordering::Relaxed);
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    let (opts, args) = mp_common::parse_or_exit("symmetric_mp", USAGE, parse_app);
+    let stop = mp_common::Stop::on_signals();
 
     // The primary's port setup: N queue pairs, RSS over them (IP, TCP, UDP).
     let conf = PortConf {
@@ -168,7 +129,7 @@ fn main() {
     let mut seen = 0;
     let mut active: Vec<(PortId, PortId)> = Vec::new();
     let mut burst: Vec<Option<Mbuf>> = (0..BURST).map(|_| None).collect();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.raised() {
         let now = changed.load(Ordering::Relaxed);
         if now != seen {
             seen = now;
@@ -201,7 +162,7 @@ fn main() {
             std::thread::sleep(Duration::from_micros(50));
         }
     }
-    println!("\nExiting on signal {}\n", signum.load(Ordering::Relaxed));
+    println!("\nExiting on signal {}\n", stop.signum());
     for port in (0..64u16).filter(|b| args.portmask >> b & 1 != 0) {
         let c = counts[usize::from(port)];
         println!("Port {port}: RX - {}, TX - {}, Drop - {}", c.rx, c.tx, c.drop);
