@@ -109,13 +109,24 @@ struct Loop {
     empty_polls: u64,
     /// When the current run of empty polls reached 4096.
     last_rx: Instant,
+    /// Receive queues polled, round robin (the RSS bench spreads over several).
+    queues: u16,
+    next_q: u16,
+    /// Frames to send, in turn (the RSS bench's flow mix); empty: buffers as they come.
+    flows: Vec<Vec<u8>>,
+    next_flow: usize,
 }
 
 impl Loop {
     fn iter(&mut self, port: &mut dyn EthDev, len: usize) {
         assert!(self.pool.alloc_bulk(&mut self.txb), "pool empty");
         for m in self.txb.iter_mut().flatten() {
-            m.set_len(len);
+            if self.flows.is_empty() {
+                m.set_len(len);
+            } else {
+                m.copy_from(&self.flows[self.next_flow]);
+                self.next_flow = (self.next_flow + 1) % self.flows.len();
+            }
         }
         let mut off = 0;
         while off < BURST {
@@ -131,7 +142,9 @@ impl Loop {
     }
 
     fn drain(&mut self, port: &mut dyn EthDev) {
-        let n = port.rx_burst(0, &mut self.rxb);
+        let q = self.next_q;
+        self.next_q = (q + 1) % self.queues;
+        let n = port.rx_burst(q, &mut self.rxb);
         self.polls += 1;
         if n > 0 {
             self.in_flight = self.in_flight.saturating_sub(n);
@@ -224,6 +237,7 @@ fn main() {
         &pool,
         NicCase { name: "i40e", bdf: "0000:00:09.0", port: 1, driver: &I40eDriver },
     ));
+    report.extend(bench_rss(&mut c, &rt, &pool));
     drop(rt);
 
     c.final_summary();
@@ -241,6 +255,93 @@ fn main() {
         print_ratio(&format!("{id} vs floor"), "rxtx", &id, "shm_copy_floor/64", Some(2.0));
         print_ratio(&format!("{id} vs echo"), "rxtx", &id, "shm_echo_floor/64", None);
     }
+}
+
+/// A 64-byte UDP/IPv4 frame of flow `f` (addresses and ports vary with it), broadcast.
+fn flow_frame(f: u32) -> Vec<u8> {
+    let mut x = vec![0u8; 60];
+    x[..6].fill(0xff);
+    x[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x55, 0x01]);
+    x[12..14].copy_from_slice(&[0x08, 0x00]);
+    x[14..24].copy_from_slice(&[0x45, 0, 0, 46, 0, 1, 0, 0, 64, 17]);
+    x[26..30].copy_from_slice(&[10, 0, (f >> 8) as u8, f as u8]);
+    x[30..34].copy_from_slice(&[10, 1, 0, 1]);
+    x[34..36].copy_from_slice(&(1024 + f as u16).to_be_bytes());
+    x[36..38].copy_from_slice(&5000u16.to_be_bytes());
+    x
+}
+
+/// `rss_queues/{1,2,4}`: an 82599 loopback carrying a mix of 256 UDP flows, RSS spreading them
+/// over 1, 2 and 4 receive queues (polled round robin by this one thread): what RSS and the
+/// spreading cost against the single queue, on the same lab-nic device thread.
+fn bench_rss(c: &mut Criterion, rt: &Runtime, pool: &Mempool) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut g = c.benchmark_group("rxtx");
+    for (i, queues) in [1u16, 2, 4].into_iter().enumerate() {
+        let sysfs = tempfile::tempdir().expect("sysfs root");
+        let nic = LabNic::start(sysfs.path(), &format!("{BDF},model=ixgbe,wire=loopback"));
+        let pci = scan_one(&sysfs.path().join(BDF)).expect("scan");
+        let devargs = Devargs::parse(BDF).expect("devargs");
+        let kvargs = devargs.validate(IxgbeDriver.name(), IxgbeDriver.keys()).expect("kvargs");
+        let conf = PortConf {
+            nb_rxq: queues,
+            nb_desc: 1024,
+            rss: Some(lab_core::rss::RssConf::default()),
+            ..PortConf::default()
+        };
+        let ctx = ProbeCtx {
+            runtime: rt,
+            port: PortId(10 + i as u16),
+            name: BDF,
+            devargs: &devargs,
+            kvargs: &kvargs,
+            pci: Some(&pci),
+            conf: &conf,
+        };
+        let mut dev = IxgbeDriver.probe(&ctx).unwrap_or_else(|e| panic!("probe ixgbe with {queues} queues: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !dev.link().up {
+            assert!(Instant::now() < deadline, "ixgbe link down");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut lp = Loop {
+            pool: pool.new_handle(),
+            txb: (0..BURST).map(|_| None).collect(),
+            rxb: (0..BURST).map(|_| None).collect(),
+            in_flight: 0,
+            lost: 0,
+            empty: 0,
+            polls: 0,
+            empty_polls: 0,
+            last_rx: Instant::now(),
+            queues,
+            next_q: 0,
+            flows: (0..256).map(flow_frame).collect(),
+            next_flow: 0,
+        };
+        g.throughput(Throughput::Elements(BURST as u64));
+        g.bench_with_input(BenchmarkId::new("rss_queues", queues), &queues, |b, _| {
+            b.iter(|| lp.iter(dev.as_mut(), 60))
+        });
+        let until = Instant::now() + Duration::from_millis(500);
+        while lp.in_flight > 0 && Instant::now() < until {
+            lp.drain(dev.as_mut());
+        }
+        let (rxq, _) = dev.queue_stats();
+        let spread: Vec<u64> = rxq.iter().map(|q| q.packets).collect();
+        dev.close(Release::Shared);
+        drop(nic);
+        out.push(format!("rss_queues/{queues}: frames per queue {spread:?}, lost {}", lp.lost));
+    }
+    g.finish();
+    let one = mean_ns("rxtx", "rss_queues/1");
+    for q in [1, 2, 4] {
+        if let Some(ns) = mean_ns("rxtx", &format!("rss_queues/{q}")) {
+            let ratio = one.map(|o| format!(", {:.2}x the single queue's time", ns / o)).unwrap_or_default();
+            out.push(format!("rate rxtx/rss_queues/{q}: {:.2} Mpps{ratio}", BURST as f64 / ns * 1e3));
+        }
+    }
+    out
 }
 
 /// One emulated NIC to bench: `{name}_loopback/N` through `driver` and a lab-nic `model=name`.
@@ -286,6 +387,10 @@ fn bench_nic(c: &mut Criterion, rt: &Runtime, pool: &Mempool, case: NicCase<'_>)
         polls: 0,
         empty_polls: 0,
         last_rx: Instant::now(),
+        queues: 1,
+        next_q: 0,
+        flows: Vec::new(),
+        next_flow: 0,
     };
     let mut g = c.benchmark_group("rxtx");
     for size in [64usize, 1518] {
