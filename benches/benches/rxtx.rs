@@ -286,7 +286,7 @@ fn bench_rss(c: &mut Criterion, rt: &Runtime, pool: &Mempool) -> Vec<String> {
         let conf = PortConf {
             nb_rxq: queues,
             nb_desc: 1024,
-            rss: Some(lab_core::rss::RssConf::default()),
+            rss: if std::env::var_os("NO_RSS").is_some() { None } else { Some(lab_core::rss::RssConf::default()) },
             ..PortConf::default()
         };
         let ctx = ProbeCtx {
