@@ -263,6 +263,12 @@ pub trait EthDev: Send {
     fn queue_stats(&mut self) -> (Vec<QueueStats>, Vec<QueueStats>) {
         (Vec::new(), Vec::new())
     }
+    /// An eventfd this process's link-status interrupt signals (its own copy: the caller owns
+    /// it) and whether the link was up when the interrupt was set up; `None` if the device gives
+    /// this process none. Reading [`EthDev::link`] after it fires tells what changed since.
+    fn link_event_fd(&mut self) -> Option<(std::os::fd::OwnedFd, bool)> {
+        None
+    }
     /// Entries of the RSS redirection table (0: no RSS).
     fn reta_size(&self) -> u16 {
         0
@@ -618,6 +624,26 @@ pub enum PortEvent {
     New,
     /// A port was removed from this process.
     Destroy,
+    /// The link came up (DPDK's `RTE_ETH_EVENT_INTR_LSC`, the link then up), seen through the
+    /// device's link-status interrupt in every process that holds the port.
+    LinkUp,
+    /// The link went down (`RTE_ETH_EVENT_INTR_LSC`, the link then down).
+    LinkDown,
+    /// The device went away under the port (`RTE_ETH_EVENT_INTR_RMV`), fired before the port's
+    /// DESTROY in every process.
+    Removed,
+}
+
+impl std::fmt::Display for PortEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortEvent::New => "new",
+            PortEvent::Destroy => "destroy",
+            PortEvent::LinkUp => "link up",
+            PortEvent::LinkDown => "link down",
+            PortEvent::Removed => "removed",
+        })
+    }
 }
 
 type EventCb = Arc<dyn Fn(PortId, PortEvent) + Send + Sync>;
@@ -683,10 +709,13 @@ impl Ports {
         self.fire(port, PortEvent::New);
     }
 
-    /// Removes the handle (returning it) and fires DESTROY.
+    /// Removes the handle (returning it) and fires DESTROY, after RMV if the device went away.
     pub fn take(&self, port: PortId) -> Option<LocalPort> {
         let lp = self.slot(port)?.take();
-        if lp.is_some() {
+        if let Some(l) = &lp {
+            if l.dev.is_removed() {
+                self.fire(port, PortEvent::Removed);
+            }
             self.fire(port, PortEvent::Destroy);
         }
         lp
@@ -702,7 +731,7 @@ impl Ports {
         self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(cb));
     }
 
-    fn fire(&self, port: PortId, ev: PortEvent) {
+    pub(crate) fn fire(&self, port: PortId, ev: PortEvent) {
         let cbs: Vec<EventCb> = self.callbacks.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for cb in cbs {
             cb(port, ev);

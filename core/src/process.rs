@@ -28,6 +28,7 @@ use crate::options::{FaultOp, FaultSpec, Options};
 use crate::runtime::{Runtime, RuntimeError};
 
 mod commands;
+mod events;
 
 /// Errors starting a process.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,7 @@ impl Process {
             hp.inner.sync_from_table();
             hp.watch_primary();
         }
+        events::start(&hp.inner);
         Ok(hp)
     }
 

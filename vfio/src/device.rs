@@ -157,6 +157,12 @@ pub trait DeviceIo: Send + Sync {
     fn disable_irqs(&self, index: u32) -> Result<(), VfioError>;
     /// False once the transport saw the device go away (surprise unplug).
     fn is_alive(&self) -> bool;
+    /// Whether interrupt eventfds set here are this process's own (vfio-user: per connection,
+    /// every process gets the vector), rather than the device's one set (kernel VFIO: a
+    /// secondary sharing the primary's device fd would take the primary's away).
+    fn irqs_per_process(&self) -> bool {
+        false
+    }
 }
 
 /// Region lookup and bounds check shared by the backends.

@@ -369,6 +369,10 @@ impl UserDevice {
 }
 
 impl DeviceIo for UserDevice {
+    fn irqs_per_process(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

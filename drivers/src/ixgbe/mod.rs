@@ -179,6 +179,11 @@ impl Driver for IxgbeDriver {
         } else {
             port.attach_secondary(&pool).map_err(err)?;
         }
+        // This process's link-status interrupt: its own eventfd on vector 0 (best effort: a
+        // port without it still works, its link changes are then seen only by polling).
+        if let Err(e) = port.pci.link_irq(|p| p.bar.read32(LINKS) & LINKS_UP != 0) {
+            tracing::warn!(port = %ctx.port, "no link-status interrupt in this process: {e}");
+        }
         let info = port.info();
         tracing::info!(device = %ctx.name, port = %ctx.port, role = if port.pci.primary { "primary" } else { "secondary" },
             mac = %fmt_mac(&info.mac), rxq = info.nb_rxq, txq = info.nb_txq, "ixgbe port ready");
@@ -373,6 +378,19 @@ impl Port {
             bar.write32(tdt(q), 0);
             bar.set_bits(txdctl(q), TXDCTL_ENABLE);
             self.poll(txdctl(q), TXDCTL_ENABLE, TXDCTL_ENABLE, QUEUE_TIMEOUT, "tx queue enable")?;
+        }
+
+        // 7.3 Interrupts: MSI-X, the link status change (and every other non-queue cause) on
+        // vector 0, auto-mask and auto-clear off for it; no queue interrupts (polled). Best
+        // effort: without it the port works, link changes are seen by polling.
+        match self.pci.msix_enable_vector0() {
+            Ok(()) => {
+                let bar = self.bar();
+                bar.set_bits(GPIE, GPIE_MSIX_MODE | GPIE_PBA_SUPPORT);
+                bar.write32(IVAR_MISC, (IVAR_ALLOC_VAL) << 8);
+                bar.write32(EIMS, EICR_LSC);
+            }
+            Err(e) => tracing::warn!(port = %self.pci.port, "no link-status interrupt: {e}"),
         }
 
         // 4.6.4: the link comes up after auto-negotiation; wait a bounded time, never fail on it.

@@ -17,6 +17,17 @@ pub const CTRL_EXT_NS_DIS: u32 = 1 << 16;
 // 8.2.3.5 Interrupt registers.
 pub const EICR: u64 = 0x00800;
 pub const EIMC: u64 = 0x00888;
+/// Extended Interrupt Mask Set (8.2.3.5.4).
+pub const EIMS: u64 = 0x00880;
+/// Link status change cause (EICR/EIMS bit 20).
+pub const EICR_LSC: u32 = 1 << 20;
+/// IVAR for the other causes (8.2.3.5.17): bits 15:8 = vector | valid.
+pub const IVAR_MISC: u64 = 0x00a00;
+pub const IVAR_ALLOC_VAL: u32 = 0x80;
+/// General Purpose Interrupt Enable (8.2.3.5.18): MSI-X mode, PBA support.
+pub const GPIE: u64 = 0x00898;
+pub const GPIE_MSIX_MODE: u32 = 1 << 4;
+pub const GPIE_PBA_SUPPORT: u32 = 1 << 31;
 pub const EIMC_ALL: u32 = 0x7fff_ffff;
 
 // 8.2.3.2.1 EEPROM/Flash control.

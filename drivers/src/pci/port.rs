@@ -7,6 +7,7 @@
 //! that order, each undone if a later one fails), the release tail after the driver stopped its
 //! device, and `Drop` (the DMA unmap; the BAR and the transport go with their fields).
 
+use std::os::fd::AsFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,17 @@ pub const PCI_COMMAND: u64 = 0x04;
 pub const PCI_COMMAND_MEMORY: u16 = 1 << 1;
 /// Command register: bus master enable.
 pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+/// Configuration space: the first capability's offset.
+pub const PCI_CAPABILITY_LIST: u64 = 0x34;
+/// Capability id: MSI-X.
+pub const PCI_CAP_ID_MSIX: u8 = 0x11;
+/// MSI-X message control: enable, function mask.
+pub const MSIX_FLAGS_ENABLE: u16 = 1 << 15;
+pub const MSIX_FLAGS_MASKALL: u16 = 1 << 14;
+/// A table entry's vector control word (bit 0: masked).
+pub const MSIX_ENTRY_VECTOR_CTRL: u64 = 12;
+/// VFIO's irq index of MSI-X.
+pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
 
 /// What the skeleton reads from a driver's device-state zone (every field an atomic: the type
 /// is shared by every process attached to the port).
@@ -105,6 +117,9 @@ pub(crate) struct PciPort<S, R, T> {
     /// Primary over kernel VFIO: the container and group fds published to secondaries, closed
     /// (withdrawn) with the port.
     _published: Option<crate::sys::share::Published>,
+    /// This process's eventfd for the device's MSI-X vector 0 (link status and other causes),
+    /// once the driver asked for it ([`PciPort::link_irq`]).
+    pub(crate) link_irq: Option<(nix::sys::eventfd::EventFd, bool)>,
 }
 
 // SAFETY: `shared` points into the shared-memory mapping, which `shm` keeps mapped for as long as
@@ -159,6 +174,7 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
             zones: Vec::new(),
             mapped: !dma_mapped_by_primary,
             _published: published,
+            link_irq: None,
         })
     }
 
@@ -171,6 +187,62 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
             self.dev.config_write(PCI_COMMAND, &cmd.to_le_bytes())
         };
         set().ctx("PCI command register")
+    }
+
+    /// Primary: MSI-X on in the function's capability (enable set, function mask clear) and
+    /// vector 0 unmasked in the table (PCI 3.0 6.8.2), so the device can signal vector 0.
+    pub(crate) fn msix_enable_vector0(&self) -> Result<(), DriverError> {
+        let cfg = |off: u64, n: usize| -> Result<u32, VfioError> {
+            let mut b = [0u8; 4];
+            self.dev.config_read(off, &mut b[..n])?;
+            Ok(u32::from_le_bytes(b))
+        };
+        let go = || -> Result<bool, VfioError> {
+            // The capability list from 0x34; at most 48 entries (a looping list ends here).
+            let mut at = cfg(PCI_CAPABILITY_LIST, 1)? as u64 & 0xfc;
+            for _ in 0..48 {
+                if at == 0 {
+                    return Ok(false);
+                }
+                if cfg(at, 1)? == u32::from(PCI_CAP_ID_MSIX) {
+                    let table = cfg(at + 4, 4)?;
+                    let (bir, off) = (table & 0x7, u64::from(table & !0x7));
+                    self.dev.region_write(bir, off + MSIX_ENTRY_VECTOR_CTRL, &0u32.to_le_bytes())?;
+                    let ctl = cfg(at + 2, 2)? as u16;
+                    let ctl = (ctl | MSIX_FLAGS_ENABLE) & !MSIX_FLAGS_MASKALL;
+                    self.dev.config_write(at + 2, &ctl.to_le_bytes())?;
+                    return Ok(true);
+                }
+                at = cfg(at + 1, 1)? as u64 & 0xfc;
+            }
+            Ok(false)
+        };
+        match go().ctx("MSI-X capability")? {
+            true => Ok(()),
+            false => Err(DriverError::state("the function has no MSI-X capability")),
+        }
+    }
+
+    /// This process's eventfd on MSI-X vector 0, set on its own transport connection; only
+    /// where that is this process's own (vfio-user, or the primary over kernel VFIO, see
+    /// `DeviceIo::irqs_per_process`). Kept in `link_irq` with the link state `link_up` reads
+    /// right after (a change after the setup signals the fd).
+    pub(crate) fn link_irq(&mut self, link_up: impl FnOnce(&Self) -> bool) -> Result<(), DriverError> {
+        if !self.primary && !self.dev.irqs_per_process() {
+            return Ok(());
+        }
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| DriverError::state(format!("eventfd: {e}")))?;
+        self.dev.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, 0, &[fd.as_fd()]).ctx("MSI-X vector 0 eventfd")?;
+        let up = link_up(self);
+        self.link_irq = Some((fd, up));
+        Ok(())
+    }
+
+    /// A copy of the link-status eventfd, for the process's event thread.
+    pub(crate) fn link_event_fd(&self) -> Option<(std::os::fd::OwnedFd, bool)> {
+        self.link_irq.as_ref().and_then(|(e, up)| Some((e.as_fd().try_clone_to_owned().ok()?, *up)))
     }
 
     /// The device-state zone, while mapped.
@@ -351,6 +423,10 @@ macro_rules! pci_ethdev_common {
 
         fn queue_stats(&mut self) -> (Vec<lab_core::ethdev::QueueStats>, Vec<lab_core::ethdev::QueueStats>) {
             self.pci.queue_stats()
+        }
+
+        fn link_event_fd(&mut self) -> Option<(std::os::fd::OwnedFd, bool)> {
+            self.pci.link_event_fd()
         }
 
         fn close(mut self: Box<Self>, how: lab_core::ethdev::Release) {

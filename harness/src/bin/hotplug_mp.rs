@@ -56,6 +56,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Port events as they come, on stderr (stdout carries the command answers):
+    // `event: port 1 link down`, `event: port 1 removed`, `event: port 2 new`...
+    hp.on_event(|port, ev| eprintln!("event: port {} {ev}", port.0));
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut line = String::new();
