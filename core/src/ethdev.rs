@@ -269,6 +269,18 @@ pub trait EthDev: Send {
     fn link_event_fd(&mut self) -> Option<(std::os::fd::OwnedFd, bool)> {
         None
     }
+    /// Arms receive queue `queue`'s interrupt (`rte_eth_dev_rx_intr_enable`) and gives an
+    /// eventfd it signals when the queue receives, so the application can sleep on it instead
+    /// of polling; the interrupt stays armed until [`EthDev::rx_intr_disable`].
+    fn rx_intr_enable(&mut self, queue: u16) -> Result<std::os::fd::OwnedFd, EthError> {
+        let _ = queue;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "receive interrupts" })
+    }
+    /// Disarms receive queue `queue`'s interrupt (`rte_eth_dev_rx_intr_disable`).
+    fn rx_intr_disable(&mut self, queue: u16) -> Result<(), EthError> {
+        let _ = queue;
+        Err(EthError::Unsupported { driver: self.info().driver, op: "receive interrupts" })
+    }
     /// Entries of the RSS redirection table (0: no RSS).
     fn reta_size(&self) -> u16 {
         0

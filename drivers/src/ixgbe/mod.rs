@@ -528,6 +528,19 @@ impl Port {
         Ok(())
     }
 
+    /// The MSI-X vector of receive queue `queue`'s interrupt: queue n on vector n + 1 (vector 0
+    /// is the link's), for the queues whose vector EIMS covers (vectors 1..15).
+    fn rx_vector(&self, queue: u16) -> Result<u32, DriverError> {
+        let n = self.pci.rxq.len();
+        if usize::from(queue) >= n || queue >= 15 {
+            return Err(DriverError::config(format!(
+                "receive queue {queue}: interrupts for queues 0..{} (the port has {n})",
+                n.min(15)
+            )));
+        }
+        Ok(u32::from(queue) + 1)
+    }
+
     fn release_shared(&mut self) {
         let bar = self.bar();
         if self.pci.dev.is_alive() {
@@ -650,6 +663,26 @@ impl EthDev for Port {
 
     fn tx_queue_start(&mut self, queue: u16) -> Result<(), EthError> {
         self.queue_enable(queue, false, true).map_err(|e| e.device(NAME))
+    }
+
+    fn rx_intr_enable(&mut self, queue: u16) -> Result<std::os::fd::OwnedFd, EthError> {
+        let v = self.rx_vector(queue).map_err(|e| e.device(NAME))?;
+        let fd = self.pci.vector_fd(v).map_err(|e| e.device(NAME))?;
+        self.pci.msix_unmask(v).map_err(|e| e.device(NAME))?;
+        // 7.3.4: the queue's cause to vector v (IVAR), auto-cleared when it fires, enabled.
+        let (q, bar) = (u32::from(queue), self.bar());
+        let shift = (q % 2) * 16;
+        let ivar_v = (bar.read32(ivar(q / 2)) & !(0xff << shift)) | ((v | IVAR_ALLOC_VAL) << shift);
+        bar.write32(ivar(q / 2), ivar_v);
+        bar.set_bits(EIAC, 1 << v);
+        bar.write32(EIMS, 1 << v);
+        Ok(fd)
+    }
+
+    fn rx_intr_disable(&mut self, queue: u16) -> Result<(), EthError> {
+        let v = self.rx_vector(queue).map_err(|e| e.device(NAME))?;
+        self.bar().write32(EIMC, 1 << v);
+        Ok(())
     }
 
     fn reta_size(&self) -> u16 {

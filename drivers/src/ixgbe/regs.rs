@@ -24,6 +24,13 @@ pub const EICR_LSC: u32 = 1 << 20;
 /// IVAR for the other causes (8.2.3.5.17): bits 15:8 = vector | valid.
 pub const IVAR_MISC: u64 = 0x00a00;
 pub const IVAR_ALLOC_VAL: u32 = 0x80;
+/// IVAR(n) (8.2.3.10.15): RX queue 2n in byte 0, TX 2n in byte 1, RX 2n+1 in byte 2, TX 2n+1 in
+/// byte 3; each vector | valid.
+pub const fn ivar(n: u32) -> u64 {
+    0x00900 + 4 * n as u64
+}
+/// Extended Interrupt Auto Clear: the vector's cause cleared when it fires (bits 0..15).
+pub const EIAC: u64 = 0x00810;
 /// General Purpose Interrupt Enable (8.2.3.5.18): MSI-X mode, PBA support.
 pub const GPIE: u64 = 0x00898;
 pub const GPIE_MSIX_MODE: u32 = 1 << 4;

@@ -120,6 +120,8 @@ pub(crate) struct PciPort<S, R, T> {
     /// This process's eventfd for the device's MSI-X vector 0 (link status and other causes),
     /// once the driver asked for it ([`PciPort::link_irq`]).
     pub(crate) link_irq: Option<(nix::sys::eventfd::EventFd, bool)>,
+    /// This process's eventfds on other MSI-X vectors (receive interrupts), by vector.
+    vector_fds: std::collections::HashMap<u32, nix::sys::eventfd::EventFd>,
 }
 
 // SAFETY: `shared` points into the shared-memory mapping, which `shm` keeps mapped for as long as
@@ -175,6 +177,7 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
             mapped: !dma_mapped_by_primary,
             _published: published,
             link_irq: None,
+            vector_fds: std::collections::HashMap::new(),
         })
     }
 
@@ -192,6 +195,17 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
     /// Primary: MSI-X on in the function's capability (enable set, function mask clear) and
     /// vector 0 unmasked in the table (PCI 3.0 6.8.2), so the device can signal vector 0.
     pub(crate) fn msix_enable_vector0(&self) -> Result<(), DriverError> {
+        self.msix(0, true)
+    }
+
+    /// Unmasks MSI-X vector `v` in the table (any process: the table is the device's).
+    pub(crate) fn msix_unmask(&self, v: u32) -> Result<(), DriverError> {
+        self.msix(v, false)
+    }
+
+    /// Finds the MSI-X capability, unmasks vector `v` in its table and, if `enable`, turns
+    /// MSI-X on.
+    fn msix(&self, v: u32, enable: bool) -> Result<(), DriverError> {
         let cfg = |off: u64, n: usize| -> Result<u32, VfioError> {
             let mut b = [0u8; 4];
             self.dev.config_read(off, &mut b[..n])?;
@@ -207,10 +221,13 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
                 if cfg(at, 1)? == u32::from(PCI_CAP_ID_MSIX) {
                     let table = cfg(at + 4, 4)?;
                     let (bir, off) = (table & 0x7, u64::from(table & !0x7));
-                    self.dev.region_write(bir, off + MSIX_ENTRY_VECTOR_CTRL, &0u32.to_le_bytes())?;
-                    let ctl = cfg(at + 2, 2)? as u16;
-                    let ctl = (ctl | MSIX_FLAGS_ENABLE) & !MSIX_FLAGS_MASKALL;
-                    self.dev.config_write(at + 2, &ctl.to_le_bytes())?;
+                    let entry = off + 16 * u64::from(v) + MSIX_ENTRY_VECTOR_CTRL;
+                    self.dev.region_write(bir, entry, &0u32.to_le_bytes())?;
+                    if enable {
+                        let ctl = cfg(at + 2, 2)? as u16;
+                        let ctl = (ctl | MSIX_FLAGS_ENABLE) & !MSIX_FLAGS_MASKALL;
+                        self.dev.config_write(at + 2, &ctl.to_le_bytes())?;
+                    }
                     return Ok(true);
                 }
                 at = cfg(at + 1, 1)? as u64 & 0xfc;
@@ -238,6 +255,25 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
         let up = link_up(self);
         self.link_irq = Some((fd, up));
         Ok(())
+    }
+
+    /// A copy of this process's eventfd on MSI-X vector `v`, set on its transport connection
+    /// the first time (where interrupts are this process's own, as for [`PciPort::link_irq`]).
+    pub(crate) fn vector_fd(&mut self, v: u32) -> Result<std::os::fd::OwnedFd, DriverError> {
+        if !self.primary && !self.dev.irqs_per_process() {
+            return Err(DriverError::state("interrupts in a secondary need a transport of its own (vfio-user)"));
+        }
+        if !self.vector_fds.contains_key(&v) {
+            use nix::sys::eventfd::{EfdFlags, EventFd};
+            let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(|e| DriverError::state(format!("eventfd: {e}")))?;
+            self.dev
+                .set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, v, &[fd.as_fd()])
+                .ctx(format!("MSI-X vector {v} eventfd"))?;
+            self.vector_fds.insert(v, fd);
+        }
+        let fd = &self.vector_fds[&v];
+        fd.as_fd().try_clone_to_owned().map_err(|e| DriverError::state(format!("dup eventfd: {e}")))
     }
 
     /// A copy of the link-status eventfd, for the process's event thread.
