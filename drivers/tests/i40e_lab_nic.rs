@@ -330,3 +330,11 @@ fn queues_stop_and_start_at_runtime_as_dts_queue_start_stop() {
     queue_start_stop(&mut lab.pool, port.as_mut());
     port.close(Release::Shared);
 }
+
+#[test]
+fn the_link_status_interrupt_fires_on_each_link_change() {
+    let lab = Lab::new("i40e-lsc");
+    let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback")]);
+    let port = lab.probe(&nic, BDF, 0);
+    nic_common::link_interrupt_on_each_change(&nic, BDF, port);
+}

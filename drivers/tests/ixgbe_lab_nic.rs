@@ -428,28 +428,10 @@ fn queues_stop_and_start_at_runtime_as_dts_queue_start_stop() {
 
 #[test]
 fn the_link_status_interrupt_fires_on_each_link_change() {
-    use std::os::fd::AsRawFd;
     let lab = Lab::new("ixgbe-lsc");
     let nic = LabNic::start(&[&format!("{BDF},model=ixgbe,wire=loopback")]);
-    let mut port = lab.probe(&nic, BDF, 0);
-    wait_link(port.as_mut());
-    let (fd, up) = port.link_event_fd().expect("a link-status eventfd");
-    assert!(up, "the link was up when the interrupt was set up");
-    let fired = |fd: &std::os::fd::OwnedFd| {
-        use std::os::fd::AsFd;
-        let mut p = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
-        let n = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(5000u16)).unwrap_or(0);
-        n == 1 && nix::unistd::read(fd.as_raw_fd(), &mut [0u8; 8]) == Ok(8)
-    };
-    for _ in 0..3 {
-        assert!(nic.command(&format!("link down {BDF}")).starts_with("ok"));
-        assert!(fired(&fd), "vector 0 on link down");
-        assert!(!port.link().up);
-        assert!(nic.command(&format!("link up {BDF}")).starts_with("ok"));
-        assert!(fired(&fd), "vector 0 on link up");
-        assert!(port.link().up);
-    }
-    port.close(Release::Shared);
+    let port = lab.probe(&nic, BDF, 0);
+    nic_common::link_interrupt_on_each_change(&nic, BDF, port);
 }
 
 #[test]

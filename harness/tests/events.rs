@@ -46,9 +46,8 @@ impl Seen {
     }
 }
 
-#[test]
-fn link_changes_and_a_surprise_removal_reach_every_process_as_events() {
-    let mut lab = Lab::builder().secondaries(2).nic(BDF, "ixgbe", "loopback").start().expect("lab");
+fn link_changes_and_a_surprise_removal_reach_every_process_as_events(model: &str) {
+    let mut lab = Lab::builder().secondaries(2).nic(BDF, model, "loopback").start().expect("lab");
     let port = lab.attach("s1", BDF).expect("attach").0;
     let mut seen = Seen::default();
     seen.every_process(&lab, port, "new", 1);
@@ -66,4 +65,14 @@ fn link_changes_and_a_surprise_removal_reach_every_process_as_events() {
             (err.find(&format!("event: port {port} removed")), err.find(&format!("event: port {port} destroy")));
         assert!(rmv < destroy, "{p}: RMV before DESTROY: {err}");
     }
+}
+
+#[test]
+fn an_82599s_link_changes_and_removal_reach_every_process_as_events() {
+    link_changes_and_a_surprise_removal_reach_every_process_as_events("ixgbe");
+}
+
+#[test]
+fn an_x710s_link_changes_and_removal_reach_every_process_as_events() {
+    link_changes_and_a_surprise_removal_reach_every_process_as_events("i40e");
 }

@@ -182,6 +182,15 @@ impl Driver for I40eDriver {
         } else {
             port.attach_secondary(&pool).map_err(err)?;
         }
+        // This process's link-status interrupt: its own eventfd on vector 0, where the firmware's
+        // link status events (admin receive queue) signal (best effort, as for net_ixgbe).
+        match port.pci.link_irq() {
+            Ok(()) => {
+                let up = port.link_status().up;
+                port.pci.set_link_baseline(up);
+            }
+            Err(e) => tracing::warn!(port = %ctx.port, "no link-status interrupt in this process: {e}"),
+        }
         let info = port.info();
         tracing::info!(device = %ctx.name, port = %ctx.port, role = if port.pci.primary { "primary" } else { "secondary" },
             mac = %fmt_mac(&info.mac), rxq = info.nb_rxq, txq = info.nb_txq, "i40e port ready");
@@ -362,6 +371,17 @@ impl Port {
         self.stats_snapshot();
         if let Some(sh) = self.sh() {
             sh.magic.store(DEV_MAGIC, Ordering::Release);
+        }
+
+        // Interrupts: MSI-X, vector 0 for the admin receive queue (link status events, enabled
+        // with get_link_status LSE above); queues are polled. Best effort.
+        match self.pci.msix_enable_vector0() {
+            Ok(()) => {
+                let bar = self.bar();
+                bar.write32(PFINT_ICR0_ENA, PFINT_ICR0_ENA_ADMINQ);
+                bar.write32(PFINT_DYN_CTL0, PFINT_DYN_CTL0_INTENA | PFINT_DYN_CTL0_CLEARPBA);
+            }
+            Err(e) => tracing::warn!(port = %self.pci.port, "no link-status interrupt: {e}"),
         }
 
         // Link: comes up on its own; wait a bounded time, never fail on it.

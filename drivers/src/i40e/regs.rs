@@ -50,6 +50,12 @@ pub const GLLAN_TXPRE_QDIS_CLEAR_QDIS: u32 = 1 << 31;
 // Interrupts.
 pub const PFINT_ICR0: u64 = 0x0003_8780;
 pub const PFINT_ICR0_ENA: u64 = 0x0003_8800;
+/// PFINT_ICR0 / _ENA: an admin receive queue event (a link status event among them).
+pub const PFINT_ICR0_ENA_ADMINQ: u32 = 1 << 30;
+/// PFINT_DYN_CTL0: vector 0's interrupts on, its pending bit cleared.
+pub const PFINT_DYN_CTL0: u64 = 0x0003_8480;
+pub const PFINT_DYN_CTL0_INTENA: u32 = 1 << 0;
+pub const PFINT_DYN_CTL0_CLEARPBA: u32 = 1 << 1;
 
 // Admin queue registers.
 pub const PF_ATQBAL: u64 = 0x0008_0000;

@@ -181,8 +181,12 @@ impl Driver for IxgbeDriver {
         }
         // This process's link-status interrupt: its own eventfd on vector 0 (best effort: a
         // port without it still works, its link changes are then seen only by polling).
-        if let Err(e) = port.pci.link_irq(|p| p.bar.read32(LINKS) & LINKS_UP != 0) {
-            tracing::warn!(port = %ctx.port, "no link-status interrupt in this process: {e}");
+        match port.pci.link_irq() {
+            Ok(()) => {
+                let up = port.bar().read32(LINKS) & LINKS_UP != 0;
+                port.pci.set_link_baseline(up);
+            }
+            Err(e) => tracing::warn!(port = %ctx.port, "no link-status interrupt in this process: {e}"),
         }
         let info = port.info();
         tracing::info!(device = %ctx.name, port = %ctx.port, role = if port.pci.primary { "primary" } else { "secondary" },

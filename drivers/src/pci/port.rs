@@ -242,9 +242,10 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
 
     /// This process's eventfd on MSI-X vector 0, set on its own transport connection; only
     /// where that is this process's own (vfio-user, or the primary over kernel VFIO, see
-    /// `DeviceIo::irqs_per_process`). Kept in `link_irq` with the link state `link_up` reads
-    /// right after (a change after the setup signals the fd).
-    pub(crate) fn link_irq(&mut self, link_up: impl FnOnce(&Self) -> bool) -> Result<(), DriverError> {
+    /// `DeviceIo::irqs_per_process`). Kept in `link_irq`, with the link state the driver reads
+    /// right after and records with [`PciPort::set_link_baseline`] (a change after the setup
+    /// signals the fd).
+    pub(crate) fn link_irq(&mut self) -> Result<(), DriverError> {
         if !self.primary && !self.dev.irqs_per_process() {
             return Ok(());
         }
@@ -252,9 +253,15 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
         let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
             .map_err(|e| DriverError::state(format!("eventfd: {e}")))?;
         self.dev.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, 0, &[fd.as_fd()]).ctx("MSI-X vector 0 eventfd")?;
-        let up = link_up(self);
-        self.link_irq = Some((fd, up));
+        self.link_irq = Some((fd, false));
         Ok(())
+    }
+
+    /// Records the link state as of the link-status interrupt's setup.
+    pub(crate) fn set_link_baseline(&mut self, up: bool) {
+        if let Some((_, b)) = self.link_irq.as_mut() {
+            *b = up;
+        }
     }
 
     /// A copy of this process's eventfd on MSI-X vector `v`, set on its transport connection

@@ -294,3 +294,27 @@ pub fn queue_start_stop(pool: &mut Mempool, port: &mut dyn EthDev) {
     let e = port.tx_queue_start(1).unwrap_err();
     assert!(e.to_string().contains("transmit queue 1"), "{e}");
 }
+
+/// The port's link-status interrupt fires on each link change at the emulator (cable out,
+/// cable in, three times), and the link reads as it changed.
+pub fn link_interrupt_on_each_change(nic: &LabNic, bdf: &str, mut port: Box<dyn EthDev>) {
+    use std::os::fd::AsRawFd;
+    wait_link(port.as_mut());
+    let (fd, up) = port.link_event_fd().expect("a link-status eventfd");
+    assert!(up, "the link was up when the interrupt was set up");
+    let fired = |fd: &std::os::fd::OwnedFd| {
+        use std::os::fd::AsFd;
+        let mut p = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let n = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(5000u16)).unwrap_or(0);
+        n == 1 && nix::unistd::read(fd.as_raw_fd(), &mut [0u8; 8]) == Ok(8)
+    };
+    for _ in 0..3 {
+        assert!(nic.command(&format!("link down {bdf}")).starts_with("ok"));
+        assert!(fired(&fd), "vector 0 on link down");
+        assert!(!port.link().up);
+        assert!(nic.command(&format!("link up {bdf}")).starts_with("ok"));
+        assert!(fired(&fd), "vector 0 on link up");
+        assert!(port.link().up);
+    }
+    port.close(lab_core::ethdev::Release::Shared);
+}
