@@ -266,6 +266,16 @@ pub enum Action {
         /// How long it may take.
         within_ms: u64,
     },
+    /// The step's `hotplug_mp` reports a port event (`event: port P <event>` on its stderr);
+    /// what it reported before is passed over.
+    ExpectEvent {
+        /// Port.
+        port: PortId,
+        /// `new`, `destroy`, `link up`, `link down` or `removed`.
+        event: String,
+        /// How long it may take.
+        within_ms: u64,
+    },
 }
 
 impl Action {
@@ -344,6 +354,9 @@ impl fmt::Display for Step {
             Action::Join(p) => write!(f, "join {p}"),
             Action::ExpectStats { port, rx_min, tx_min, within_ms } => {
                 write!(f, "{}: port {port} counters rx >= {rx_min}, tx >= {tx_min} within {within_ms} ms", self.on)
+            }
+            Action::ExpectEvent { port, event, within_ms } => {
+                write!(f, "{}: port {port} event {event:?} within {within_ms} ms", self.on)
             }
             a => {
                 write!(f, "{}: {}", self.on, a.command().unwrap_or_default())?;

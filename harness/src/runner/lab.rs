@@ -516,6 +516,15 @@ impl<'e> Lab<'e> {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
+            Action::ExpectEvent { port, event, within_ms } => {
+                let slot = self.procs.get_mut(&s.on).ok_or_else(|| format!("{} is not running", s.on))?;
+                let app = slot.app.as_ref().ok_or_else(|| format!("{} is not running", s.on))?;
+                let line = format!("event: port {port} {event}");
+                match app.wait_stderr(&line, Duration::from_millis(*within_ms)) {
+                    Some(l) => Ok(l.trim().to_string()),
+                    None => Err(format!("{}: no {line:?} within {within_ms} ms", s.on)),
+                }
+            }
             Action::Kill(p) => {
                 let slot = self.procs.get_mut(p).ok_or_else(|| format!("{p} was never started"))?;
                 if let Some(u) = slot.user.take() {

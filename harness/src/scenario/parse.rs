@@ -39,6 +39,18 @@ struct RawStats {
     within_ms: u64,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    port: u16,
+    event: String,
+    #[serde(default = "five_seconds")]
+    within_ms: u64,
+}
+
+/// The events `hotplug_mp` reports, by the words it prints.
+const EVENTS: [&str; 5] = ["new", "destroy", "link up", "link down", "removed"];
+
 fn five_seconds() -> u64 {
     5000
 }
@@ -87,6 +99,7 @@ struct RawStep {
     wait_ms: Option<u64>,
     join: Option<String>,
     expect_stats: Option<RawStats>,
+    expect_event: Option<RawEvent>,
     #[serde(default)]
     background: bool,
     expect: Option<String>,
@@ -94,7 +107,7 @@ struct RawStep {
     ports: Option<BTreeMap<String, String>>,
 }
 
-const ACTIONS: &str = "attach, detach, lock, unlock, send, recv, cmd, link_down, link_up, unplug, kill, quit, restart, start, join, expect_stats or wait_ms";
+const ACTIONS: &str = "attach, detach, lock, unlock, send, recv, cmd, link_down, link_up, unplug, kill, quit, restart, start, join, expect_stats, expect_event or wait_ms";
 
 /// A name for an app process: lower-case letters, digits, `-` and `_`, not a hotplug_mp name.
 fn is_app_name(s: &str) -> bool {
@@ -270,6 +283,15 @@ impl Scenario {
                     within_ms: st.within_ms,
                 });
             }
+            if let Some(ev) = r.expect_event {
+                if !EVENTS.contains(&ev.event.as_str()) {
+                    return Err(bad(format!("expect_event event = {:?}: expected one of {EVENTS:?}", ev.event)));
+                }
+                if ev.within_ms > 600_000 {
+                    return Err(bad(format!("expect_event within_ms = {}: expected at most 600000", ev.within_ms)));
+                }
+                actions.push(Action::ExpectEvent { port: PortId(ev.port), event: ev.event, within_ms: ev.within_ms });
+            }
             let action = match actions.len() {
                 1 => actions.remove(0),
                 0 => return Err(bad(format!("step has no action: expected one of {ACTIONS}"))),
@@ -283,6 +305,11 @@ impl Scenario {
             let on = r.on.or(stats_on).unwrap_or_else(|| "primary".into());
             if !names.contains(&on) {
                 return Err(bad(format!("on = {on:?}: expected one of {names:?}")));
+            }
+            if lab.is_app(&on) && matches!(action, Action::ExpectEvent { .. }) {
+                return Err(bad(format!(
+                    "on = {on:?}: {on} is your binary; events are reported by hotplug_mp processes (primary, sN)"
+                )));
             }
             if lab.is_app(&on) && action.command().is_some() {
                 return Err(bad(format!(

@@ -109,3 +109,20 @@ fn your_binary_is_a_process_observed_not_commanded() {
         assert!(e.contains(want), "{proc}: {e}");
     }
 }
+
+#[test]
+fn expect_event_names_a_port_event_a_hotplug_mp_process_reports() {
+    let app = "[lab]\n[lab.process.fwd]\ncmd = [\"${bin}/lab-fwd\", \"--pair\", \"a,b\"]\n";
+    let s =
+        parse(&format!("{app}[[step]]\non = \"s1\"\nexpect_event = {{ port = 0, event = \"link down\" }}\n")).unwrap();
+    assert_eq!(s.steps[0].action, Action::ExpectEvent { port: PortId(0), event: "link down".into(), within_ms: 5000 });
+    assert_eq!(s.steps[0].to_string(), "s1: port 0 event \"link down\" within 5000 ms");
+    for (step, want) in [
+        ("expect_event = { port = 0, event = \"link sideways\" }\n", "expected one of [\"new\""),
+        ("on = \"fwd\"\nexpect_event = { port = 0, event = \"removed\" }\n", "events are reported by hotplug_mp"),
+        ("expect_event = { port = 0, event = \"new\", within_ms = 9999999 }\n", "at most 600000"),
+    ] {
+        let e = parse(&format!("{app}[[step]]\n{step}")).unwrap_err().to_string();
+        assert!(e.contains(want), "{step}: {e}");
+    }
+}
