@@ -62,13 +62,16 @@ enum TailState {
 /// set up when the poll starts, and the others RSS sends frames to, each set up when its first
 /// frame of the poll comes. By PF queue.
 pub(super) struct RxSet<'d> {
-    qs: [Option<RxBatch<'d>>; PF_QUEUES as usize],
+    /// The queues set up this poll, in the order they were (storage not initialised until
+    /// used: a poll that touches one queue pays for one), and by queue their index there.
+    pub(super) batches: arrayvec::ArrayVec<RxBatch<'d>, { PF_QUEUES as usize }>,
+    pub(super) index: [u8; PF_QUEUES as usize],
     /// The VSI's first queue (where frames go without RSS).
-    first: u32,
+    pub(super) first: u32,
 }
 
 /// One receive queue as one poll sees it.
-struct RxBatch<'d> {
+pub(super) struct RxBatch<'d> {
     q: u32,
     ctx: Option<RxContext>,
     /// The descriptor ring, translated once, at the poll's first descriptor read.
@@ -321,13 +324,13 @@ impl I40e {
 
     /// The receive queues for this poll: the VSI's first set up now, the others when RSS picks
     /// them; nothing is read from the driver until a frame comes.
-    pub(super) fn rx_set<'d>(&self) -> RxSet<'d> {
+    pub(super) fn rx_start(&self, set: &mut RxSet<'_>) {
         let first = self.fw.vsi.rx_queue();
-        let mut set = RxSet { qs: [const { None }; PF_QUEUES as usize], first };
-        if let Some(slot) = set.qs.get_mut(first as usize) {
-            *slot = Some(self.rx_batch(first));
+        set.first = first;
+        if first < PF_QUEUES {
+            set.index[first as usize] = 0;
+            set.batches.push(self.rx_batch(first));
         }
-        set
     }
 
     /// Where a frame goes: its PF queue (`None` if the VSI's mapping names no queue for it), the
@@ -346,7 +349,15 @@ impl I40e {
     /// PF queue `q` of `set` (below `PF_QUEUES`), set up on first use.
     #[inline]
     fn batch<'s, 'd>(&self, set: &'s mut RxSet<'d>, q: u32) -> &'s mut RxBatch<'d> {
-        set.qs[q as usize].get_or_insert_with(|| self.rx_batch(q))
+        let q = q as usize % PF_QUEUES as usize;
+        let mut i = usize::from(set.index[q]);
+        if i >= set.batches.len() {
+            // At most one batch per queue: the set never fills.
+            i = set.batches.len();
+            set.batches.push(self.rx_batch(q as u32));
+            set.index[q] = i as u8;
+        }
+        &mut set.batches[i]
     }
 
     /// PF queue `q` for this poll.
@@ -412,7 +423,7 @@ impl I40e {
     /// Ends the poll's receive work: per queue, write-backs stored, then the head moved and the
     /// queue's interrupt raised.
     pub(super) fn rx_finish(&mut self, set: &mut RxSet<'_>) {
-        for b in set.qs.iter_mut().flatten() {
+        for b in set.batches.iter_mut() {
             self.rx_flush(b);
             if b.moved {
                 self.rxq[b.q as usize].head = b.head;

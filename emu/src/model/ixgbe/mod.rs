@@ -571,7 +571,12 @@ impl DeviceModel for Ixgbe {
             // One translator and one receive batch for the poll: transmit may deliver straight
             // into the receive ring (an idle loopback), receive then takes what the wire holds.
             let mut xl = Xlate::new(dma);
-            let mut rx = self.rx_set(wire.loops_back_idle());
+            let mut rx = rxtx::RxSet {
+                cut: wire.loops_back_idle(),
+                batches: arrayvec::ArrayVec::new(),
+                index: [u8::MAX; RSS_QUEUES],
+            };
+            self.rx_start(&mut rx);
             did |= self.process_tx(&mut xl, wire.as_mut(), &mut rx);
             did |= self.process_rx(&mut xl, wire.as_mut(), &mut rx);
             self.rx_finish(&mut rx);

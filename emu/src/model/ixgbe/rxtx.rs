@@ -61,11 +61,14 @@ pub(super) struct RxSet<'d> {
     /// held nothing when the poll began and no frame of this poll has gone onto it since (see
     /// [`Wire::loops_back_idle`]); cleared by the first frame that takes the wire.
     pub(super) cut: bool,
-    qs: [Option<RxBatch<'d>>; RSS_QUEUES],
+    /// The queues set up this poll, in the order they were (storage not initialised until
+    /// used: a poll that touches one queue pays for one), and by queue their index there.
+    pub(super) batches: arrayvec::ArrayVec<RxBatch<'d>, { RSS_QUEUES }>,
+    pub(super) index: [u8; RSS_QUEUES],
 }
 
 /// One RX queue as one poll sees it: the head the device owns, the free descriptors it knows of.
-struct RxBatch<'d> {
+pub(super) struct RxBatch<'d> {
     q: u32,
     /// The descriptor ring, translated once for the poll (`None` unless `usable`).
     descs: Option<DmaView<'d>>,
@@ -350,17 +353,24 @@ impl Ixgbe {
         }
     }
 
-    /// The receive queues for this poll: queue 0 set up now, the others when RSS picks them.
-    pub(super) fn rx_set<'d>(&mut self, cut: bool) -> RxSet<'d> {
-        let mut set = RxSet { cut, qs: [const { None }; RSS_QUEUES] };
-        set.qs[0] = Some(self.rx_batch(0));
-        set
+    /// Sets queue 0 up in a poll's (empty) receive set; the others come when RSS picks them.
+    pub(super) fn rx_start(&mut self, set: &mut RxSet<'_>) {
+        set.batches.push(self.rx_batch(0));
+        set.index[0] = 0;
     }
 
     /// Queue `q` of `set`, set up on first use.
     #[inline]
     fn batch<'s, 'd>(&mut self, set: &'s mut RxSet<'d>, q: u32) -> &'s mut RxBatch<'d> {
-        set.qs[q as usize % RSS_QUEUES].get_or_insert_with(|| self.rx_batch(q))
+        let q = q as usize % RSS_QUEUES;
+        let mut i = usize::from(set.index[q]);
+        if i >= set.batches.len() {
+            // At most one batch per queue: the set never fills.
+            i = set.batches.len();
+            set.batches.push(self.rx_batch(q as u32));
+            set.index[q] = i as u8;
+        }
+        &mut set.batches[i]
     }
 
     /// Queue `q`'s state for this poll: reception on, ring latched and still enabled, indices sane.
@@ -475,7 +485,7 @@ impl Ixgbe {
             m &= m - 1;
             let b = self.batch(set, q);
             let need = MAX_FRAME.min(1518).div_ceil(b.cfg.bsize).max(1) as u32;
-            if !b.ready || !b.usable || !self.rx_room(set.qs[q as usize].as_mut().expect("set up above"), need) {
+            if !b.ready || !b.usable || !self.rx_room(b, need) {
                 return false;
             }
         }
@@ -484,7 +494,7 @@ impl Ixgbe {
 
     /// Ends the poll's receive work: per queue, write-backs stored, RDH moved, its interrupt.
     pub(super) fn rx_finish(&mut self, set: &mut RxSet<'_>) {
-        for b in set.qs.iter_mut().flatten() {
+        for b in set.batches.iter_mut() {
             self.rx_flush(b);
             if b.moved {
                 self.set_page32(rdh(b.q), b.head);

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Instructions per frame of the 82599 model's device work, counted by callgrind (deterministic:
+# the same on any machine, unlike wall-clock figures on shared vCPUs). Runs
+# emu/examples/model_frames (the model driven in one thread, no sockets) for two frame counts,
+# collecting only inside the model's poll, and prints the difference per frame, so the setup's
+# cost cancels out. `--rss` spreads a UDP mix over four queues by RSS.
+#
+#   ci/instr-per-frame.sh [--rss]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v valgrind >/dev/null; then
+    echo "instr-per-frame: valgrind is missing (apt-get install valgrind)" >&2
+    exit 2
+fi
+cargo build --release --quiet -p lab-emu --example model_frames
+bin=target/release/examples/model_frames
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+collected() {
+    valgrind --tool=callgrind --callgrind-out-file="$out/cg" --toggle-collect='*DeviceModel>::poll' \
+        "$bin" "$1" "${@:2}" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+}
+a=$(collected 2016 "$@")
+b=$(collected 12000 "$@")
+per=$(( (b - a) / (12000 - 2016) ))
+echo "82599 model, 64-byte loopback${1:+ $1}: $per instructions per frame ($a at 2016 frames, $b at 12000)"
