@@ -118,6 +118,24 @@ struct Loop {
 }
 
 impl Loop {
+    fn new(pool: &Mempool, queues: u16, flows: Vec<Vec<u8>>) -> Loop {
+        Loop {
+            pool: pool.new_handle(),
+            txb: (0..BURST).map(|_| None).collect(),
+            rxb: (0..BURST).map(|_| None).collect(),
+            in_flight: 0,
+            lost: 0,
+            empty: 0,
+            polls: 0,
+            empty_polls: 0,
+            last_rx: Instant::now(),
+            queues,
+            next_q: 0,
+            flows,
+            next_flow: 0,
+        }
+    }
+
     fn iter(&mut self, port: &mut dyn EthDev, len: usize) {
         assert!(self.pool.alloc_bulk(&mut self.txb), "pool empty");
         for m in self.txb.iter_mut().flatten() {
@@ -257,6 +275,39 @@ fn main() {
     }
 }
 
+/// A lab-nic serving one `model` function on a loopback wire, and `driver` probed on it as port
+/// `port` with devargs `bdf` + `extra`, its link up; the sysfs root lives as long as the first.
+fn probe_loopback(
+    rt: &Runtime,
+    driver: &dyn Driver,
+    model: &str,
+    (bdf, extra): (&str, &str),
+    port: u16,
+    conf: &PortConf,
+) -> (tempfile::TempDir, LabNic, Box<dyn EthDev>) {
+    let sysfs = tempfile::tempdir().expect("sysfs root");
+    let nic = LabNic::start(sysfs.path(), &format!("{bdf},model={model},wire=loopback"));
+    let pci = scan_one(&sysfs.path().join(bdf)).expect("scan");
+    let devargs = Devargs::parse(&format!("{bdf}{extra}")).expect("devargs");
+    let kvargs = devargs.validate(driver.name(), driver.keys()).expect("kvargs");
+    let ctx = ProbeCtx {
+        runtime: rt,
+        port: PortId(port),
+        name: bdf,
+        devargs: &devargs,
+        kvargs: &kvargs,
+        pci: Some(&pci),
+        conf,
+    };
+    let mut dev = driver.probe(&ctx).unwrap_or_else(|e| panic!("probe {model}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dev.link().up {
+        assert!(Instant::now() < deadline, "{model} link down");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (sysfs, nic, dev)
+}
+
 /// A 64-byte UDP/IPv4 frame of flow `f` (addresses and ports vary with it), broadcast.
 fn flow_frame(f: u32) -> Vec<u8> {
     let mut x = vec![0u8; 60];
@@ -278,47 +329,14 @@ fn bench_rss(c: &mut Criterion, rt: &Runtime, pool: &Mempool) -> Vec<String> {
     let mut out = Vec::new();
     let mut g = c.benchmark_group("rxtx");
     for (i, queues) in [1u16, 2, 4].into_iter().enumerate() {
-        let sysfs = tempfile::tempdir().expect("sysfs root");
-        let nic = LabNic::start(sysfs.path(), &format!("{BDF},model=ixgbe,wire=loopback"));
-        let pci = scan_one(&sysfs.path().join(BDF)).expect("scan");
-        let devargs = Devargs::parse(BDF).expect("devargs");
-        let kvargs = devargs.validate(IxgbeDriver.name(), IxgbeDriver.keys()).expect("kvargs");
         let conf = PortConf {
             nb_rxq: queues,
             nb_desc: 1024,
             rss: if std::env::var_os("NO_RSS").is_some() { None } else { Some(lab_core::rss::RssConf::default()) },
             ..PortConf::default()
         };
-        let ctx = ProbeCtx {
-            runtime: rt,
-            port: PortId(10 + i as u16),
-            name: BDF,
-            devargs: &devargs,
-            kvargs: &kvargs,
-            pci: Some(&pci),
-            conf: &conf,
-        };
-        let mut dev = IxgbeDriver.probe(&ctx).unwrap_or_else(|e| panic!("probe ixgbe with {queues} queues: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !dev.link().up {
-            assert!(Instant::now() < deadline, "ixgbe link down");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut lp = Loop {
-            pool: pool.new_handle(),
-            txb: (0..BURST).map(|_| None).collect(),
-            rxb: (0..BURST).map(|_| None).collect(),
-            in_flight: 0,
-            lost: 0,
-            empty: 0,
-            polls: 0,
-            empty_polls: 0,
-            last_rx: Instant::now(),
-            queues,
-            next_q: 0,
-            flows: (0..256).map(flow_frame).collect(),
-            next_flow: 0,
-        };
+        let (_sysfs, nic, mut dev) = probe_loopback(rt, &IxgbeDriver, "ixgbe", (BDF, ""), 10 + i as u16, &conf);
+        let mut lp = Loop::new(pool, queues, (0..256).map(flow_frame).collect());
         g.throughput(Throughput::Elements(BURST as u64));
         g.bench_with_input(BenchmarkId::new("rss_queues", queues), &queues, |b, _| {
             b.iter(|| lp.iter(dev.as_mut(), 60))
@@ -356,42 +374,9 @@ struct NicCase<'a> {
 /// to report: port statistics, how often the driver waited, the rates.
 fn bench_nic(c: &mut Criterion, rt: &Runtime, pool: &Mempool, case: NicCase<'_>) -> Vec<String> {
     let NicCase { name, bdf, port, driver } = case;
-    let sysfs = tempfile::tempdir().expect("sysfs root");
-    let nic = LabNic::start(sysfs.path(), &format!("{bdf},model={name},wire=loopback"));
-    let pci = scan_one(&sysfs.path().join(bdf)).expect("scan");
-    let devargs = Devargs::parse(&format!("{bdf},promisc=1")).expect("devargs");
-    let kvargs = devargs.validate(driver.name(), driver.keys()).expect("kvargs");
     let conf = PortConf { nb_desc: 1024, ..PortConf::default() };
-    let ctx = ProbeCtx {
-        runtime: rt,
-        port: PortId(port),
-        name: bdf,
-        devargs: &devargs,
-        kvargs: &kvargs,
-        pci: Some(&pci),
-        conf: &conf,
-    };
-    let mut dev = driver.probe(&ctx).unwrap_or_else(|e| panic!("probe {name}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !dev.link().up {
-        assert!(Instant::now() < deadline, "{name} link down");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut lp = Loop {
-        pool: pool.new_handle(),
-        txb: (0..BURST).map(|_| None).collect(),
-        rxb: (0..BURST).map(|_| None).collect(),
-        in_flight: 0,
-        lost: 0,
-        empty: 0,
-        polls: 0,
-        empty_polls: 0,
-        last_rx: Instant::now(),
-        queues: 1,
-        next_q: 0,
-        flows: Vec::new(),
-        next_flow: 0,
-    };
+    let (_sysfs, nic, mut dev) = probe_loopback(rt, driver, name, (bdf, ",promisc=1"), port, &conf);
+    let mut lp = Loop::new(pool, 1, Vec::new());
     let mut g = c.benchmark_group("rxtx");
     for size in [64usize, 1518] {
         g.throughput(Throughput::Elements(BURST as u64));

@@ -19,7 +19,7 @@ const BDF: &str = "0000:00:09.0";
 const BDF2: &str = "0000:00:0a.0";
 
 mod nic_common;
-use nic_common::{frame, pump, queue_start_stop, send_and_sort, sizes, tcp4_frame, wait_link, Lab, LabNic, RSS_FLOWS};
+use nic_common::{frame, pump, queue_start_stop, sizes, wait_link, Lab, LabNic};
 
 /// Frames in flight at most in `pump`.
 const WINDOW: usize = 256;
@@ -278,43 +278,10 @@ fn rss_spreads_flows_over_four_queues_by_the_lookup_table_and_follows_runtime_up
     let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback")]);
     let conf = PortConf { nb_rxq: 4, nb_txq: 1, nb_desc: 128, rss: Some(RssConf::default()), ..PortConf::default() };
     let mut port = lab.probe_conf(&I40eDriver, &nic, BDF, 0, &conf);
-    wait_link(port.as_mut());
-    let mac = port.info().mac;
-    assert_eq!(port.reta_size(), 512);
-    assert_eq!(port.reta_query().unwrap(), lab_core::rss::default_reta(512, 4));
-    let frames: Vec<Vec<u8>> =
-        RSS_FLOWS.iter().enumerate().map(|(i, f)| tcp4_frame(mac, (f.0, f.1, f.2, f.3), i as u32)).collect();
-    // Each flow on VSI queue LUT[hash & 511] = (hash & 511) % 4, with the published hash.
-    let got = send_and_sort(&mut lab.pool, port.as_mut(), &frames, 4);
-    for (q, seq, hash) in &got {
-        let want = RSS_FLOWS[*seq as usize].4;
-        assert_eq!(*hash, Some(want), "flow {seq}: the Toeplitz hash of the verification suite");
-        assert_eq!(u32::from(*q), (want & 511) % 4, "flow {seq} on the queue its LUT entry names");
-    }
-    assert!(got.iter().map(|g| g.0).collect::<std::collections::HashSet<_>>().len() >= 3, "{got:?}");
-    // Per-queue counters: each queue counted what it received.
-    let (rxs, _) = port.queue_stats();
-    assert_eq!(rxs.len(), 4);
-    for q in 0..4u16 {
-        let n = got.iter().filter(|g| g.0 == q).count() as u64;
-        assert_eq!((rxs[usize::from(q)].packets, rxs[usize::from(q)].bytes), (n, 74 * n), "queue {q}");
-    }
-    // The table at runtime: every entry to queue 3.
-    let all: Vec<(u16, u16)> = (0..512).map(|i| (i, 3)).collect();
-    port.reta_update(&all).unwrap();
-    assert!(send_and_sort(&mut lab.pool, port.as_mut(), &frames, 4).iter().all(|g| g.0 == 3));
-    let e = port.reta_update(&[(512, 0)]).unwrap_err();
-    assert!(e.to_string().contains("entry 512"), "{e}");
-    // TCP off (UDP only): these frames are not hashed and go to the VSI's first queue.
-    port.rss_hash_update(&RssConf { key: None, hf: hf::NONFRAG_IPV4_UDP }).unwrap();
-    assert_eq!(port.rss_hash_conf_get().unwrap().hf, hf::NONFRAG_IPV4_UDP);
-    assert!(send_and_sort(&mut lab.pool, port.as_mut(), &frames, 4).iter().all(|g| g.0 == 0 && g.2.is_none()));
-    // A 52-byte key reads back; the hashes change.
-    let key: Vec<u8> = (0..52).collect();
-    port.rss_hash_update(&RssConf { key: Some(key.clone()), hf: hf::NONFRAG_IPV4_TCP }).unwrap();
-    assert_eq!(port.rss_hash_conf_get().unwrap().key, Some(key));
-    let got = send_and_sort(&mut lab.pool, port.as_mut(), &frames, 4);
-    assert!(got.iter().all(|g| g.2.is_some_and(|h| h != RSS_FLOWS[g.1 as usize].4)), "{got:?}");
+    nic_common::rss_over_four_queues(&mut lab.pool, port.as_mut(), 512, 0, 52);
+    // Bad input names what was wrong.
+    let e = port.rss_hash_update(&RssConf { key: Some(vec![0; 41]), hf: hf::NONFRAG_IPV4_TCP }).unwrap_err();
+    assert!(e.to_string().contains("41 bytes"), "{e}");
     let e = port.rss_hash_update(&RssConf { key: None, hf: hf::IPV6_EX }).unwrap_err();
     assert!(e.to_string().contains("ipv6-ex"), "{e}");
     port.close(Release::Shared);

@@ -16,7 +16,7 @@ const BDF: &str = "0000:00:05.0";
 const BDF2: &str = "0000:00:06.0";
 
 mod nic_common;
-use nic_common::{frame, pump, queue_start_stop, send_and_sort, sizes, tcp4_frame, wait_link, Lab, LabNic, RSS_FLOWS};
+use nic_common::{frame, pump, queue_start_stop, sizes, wait_link, Lab, LabNic};
 
 /// Frames in flight at most in `pump`.
 const WINDOW: usize = 96;
@@ -365,48 +365,8 @@ fn rss_spreads_flows_over_four_queues_with_the_datasheet_hash_and_follows_runtim
     let mut lab = Lab::new("ixgbe-rss");
     let nic = LabNic::start(&[&format!("{BDF},model=ixgbe,wire=loopback")]);
     let conf = PortConf { nb_rxq: 4, nb_txq: 1, nb_desc: 128, rss: Some(RssConf::default()), ..PortConf::default() };
-    let mut port = lab.probe_with(&nic, BDF, 0, &conf);
-    wait_link(port.as_mut());
-    let mac = port.info().mac;
-    assert_eq!(port.reta_size(), 128);
-    assert_eq!(port.reta_query().unwrap(), lab_core::rss::default_reta(128, 4), "round robin at start");
-    let frames: Vec<Vec<u8>> =
-        RSS_FLOWS.iter().enumerate().map(|(i, f)| tcp4_frame(mac, (f.0, f.1, f.2, f.3), i as u32)).collect();
-    // Each flow on queue RETA[hash & 127] = (hash & 127) % 4, with the published hash.
-    let got = send_and_sort(&mut lab.pool, port.as_mut(), &frames, 4);
-    for (q, seq, hash) in &got {
-        let want = RSS_FLOWS[*seq as usize].4;
-        assert_eq!(*hash, Some(want), "flow {seq}: the Toeplitz hash of the verification suite");
-        assert_eq!(u32::from(*q), (want & 127) % 4, "flow {seq} on the queue its RETA entry names");
-    }
-    assert!(got.iter().map(|g| g.0).collect::<std::collections::HashSet<_>>().len() >= 3, "{got:?}");
-    // Per-queue counters: each queue counted what it received.
-    let (rxs, _) = port.queue_stats();
-    assert_eq!(rxs.len(), 4);
-    for q in 0..4u16 {
-        let n = got.iter().filter(|g| g.0 == q).count() as u64;
-        assert_eq!((rxs[usize::from(q)].packets, rxs[usize::from(q)].bytes), (n, 74 * n), "queue {q}");
-    }
-    // The table at runtime: every entry to queue 1.
-    let all: Vec<(u16, u16)> = (0..128).map(|i| (i, 1)).collect();
-    port.reta_update(&all).unwrap();
-    assert!(send_and_sort(&mut lab.pool, port.as_mut(), &frames, 4).iter().all(|g| g.0 == 1));
-    let e = port.reta_update(&[(0, 2), (3, 4)]).unwrap_err();
-    assert!(e.to_string().contains("queue 4"), "{e}");
-    assert_eq!(port.reta_query().unwrap()[0], 1, "a refused update changes nothing");
-    // Hash types at runtime: UDP only, so these TCP frames are not hashed (queue RETA[0], no
-    // hash); then none at all.
-    port.rss_hash_update(&RssConf { key: None, hf: hf::NONFRAG_IPV4_UDP }).unwrap();
-    assert_eq!(port.rss_hash_conf_get().unwrap().hf, hf::NONFRAG_IPV4_UDP);
-    assert!(send_and_sort(&mut lab.pool, port.as_mut(), &frames, 4).iter().all(|g| g.0 == 1 && g.2.is_none()));
-    port.rss_hash_update(&RssConf { key: None, hf: 0 }).unwrap();
-    assert!(send_and_sort(&mut lab.pool, port.as_mut(), &frames, 4).iter().all(|g| g.0 == 0 && g.2.is_none()));
-    // Another key: the hashes change, and the key reads back.
-    let key: Vec<u8> = (0..40).collect();
-    port.rss_hash_update(&RssConf { key: Some(key.clone()), hf: hf::TCP }).unwrap();
-    assert_eq!(port.rss_hash_conf_get().unwrap().key, Some(key));
-    let got = send_and_sort(&mut lab.pool, port.as_mut(), &frames, 4);
-    assert!(got.iter().all(|g| g.2.is_some_and(|h| h != RSS_FLOWS[g.1 as usize].4)), "{got:?}");
+    let mut port = lab.probe_conf(&IxgbeDriver, &nic, BDF, 0, &conf);
+    nic_common::rss_over_four_queues(&mut lab.pool, port.as_mut(), 128, 1, 40);
     // Bad input names what was wrong.
     let e = port.rss_hash_update(&RssConf { key: Some(vec![0; 52]), hf: hf::TCP }).unwrap_err();
     assert!(e.to_string().contains("52 bytes"), "{e}");

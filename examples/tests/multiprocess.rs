@@ -130,6 +130,22 @@ impl Drop for MpLab {
     }
 }
 
+/// A lab of two 82599s: the first's wire replays a mix of 2,000 UDP frames (97 flows) from a
+/// pcap, the second's records what it sends in another. The lab, the mix and that pcap.
+fn pcap_lab(tag: &str) -> (MpLab, Vec<Vec<u8>>, PathBuf) {
+    let xdg = tempfile::tempdir().expect("tempdir");
+    let (input, empty) = (xdg.path().join("in.pcap"), xdg.path().join("empty.pcap"));
+    let (out_a, out_b) = (xdg.path().join("out-a.pcap"), xdg.path().join("out-b.pcap"));
+    let frames: Vec<Vec<u8>> = (0..2000u32).map(|i| udp_frame(i % 97, i)).collect();
+    write_pcap(&input, &frames);
+    write_pcap(&empty, &[]);
+    let nic = LabNic::builder()
+        .dev(format!("{A},model=ixgbe,wire=pcap={}:{}", input.display(), out_a.display()))
+        .dev(format!("{B},model=ixgbe,wire=pcap={}:{}", empty.display(), out_b.display()))
+        .start();
+    (MpLab { prefix: format!("{tag}-{}", std::process::id()), xdg, nic: Some(nic) }, frames, out_b)
+}
+
 /// Waits for a stdout line of `p` containing `needle`; the lines before it are returned too.
 fn wait_line(p: &mut Proc, needle: &str) -> Vec<String> {
     let deadline = Instant::now() + WAIT;
@@ -164,17 +180,7 @@ fn port_lines(lines: &[String]) -> HashMap<u16, (u64, u64, u64)> {
 }
 
 fn symmetric_mp_spreads_the_flow_mix_by_rss(procs: u16) {
-    let xdg = tempfile::tempdir().expect("tempdir");
-    let (input, empty) = (xdg.path().join("in.pcap"), xdg.path().join("empty.pcap"));
-    let (out_a, out_b) = (xdg.path().join("out-a.pcap"), xdg.path().join("out-b.pcap"));
-    let frames: Vec<Vec<u8>> = (0..2000u32).map(|i| udp_frame(i % 97, i)).collect();
-    write_pcap(&input, &frames);
-    write_pcap(&empty, &[]);
-    let nic = LabNic::builder()
-        .dev(format!("{A},model=ixgbe,wire=pcap={}:{}", input.display(), out_a.display()))
-        .dev(format!("{B},model=ixgbe,wire=pcap={}:{}", empty.display(), out_b.display()))
-        .start();
-    let lab = MpLab { prefix: format!("smp{procs}-{}", std::process::id()), xdg, nic: Some(nic) };
+    let (lab, frames, out_b) = pcap_lab(&format!("smp{procs}"));
     let n = procs.to_string();
     let eal = ["--proc-type=auto", "--allow", A, "--allow", B];
     let start = |id: u16| {
@@ -383,17 +389,7 @@ fn sigint(p: &Proc) {
 
 #[test]
 fn client_server_mp_hands_each_of_two_clients_its_round_robin_half() {
-    let xdg = tempfile::tempdir().expect("tempdir");
-    let (input, empty) = (xdg.path().join("in.pcap"), xdg.path().join("empty.pcap"));
-    let (out_a, out_b) = (xdg.path().join("out-a.pcap"), xdg.path().join("out-b.pcap"));
-    let frames: Vec<Vec<u8>> = (0..2000u32).map(|i| udp_frame(i % 97, i)).collect();
-    write_pcap(&input, &frames);
-    write_pcap(&empty, &[]);
-    let nic = LabNic::builder()
-        .dev(format!("{A},model=ixgbe,wire=pcap={}:{}", input.display(), out_a.display()))
-        .dev(format!("{B},model=ixgbe,wire=pcap={}:{}", empty.display(), out_b.display()))
-        .start();
-    let lab = MpLab { prefix: format!("csmp-{}", std::process::id()), xdg, nic: Some(nic) };
+    let (lab, frames, out_b) = pcap_lab("csmp");
     let eal = ["--proc-type=primary", "--allow", A, "--allow", B];
     let mut server = Proc::spawn(lab.command(MP_SERVER, &eal, &["-p", "1", "-n", "2"]));
     wait_line(&mut server, "Server ready");

@@ -718,47 +718,7 @@ impl EthDev for Port {
         Ok(())
     }
 
-    fn rx_queue_stop(&mut self, queue: u16) -> Result<(), EthError> {
-        self.queue_enable(queue, true, false).map_err(|e| e.device(NAME))
-    }
-
-    fn rx_queue_start(&mut self, queue: u16) -> Result<(), EthError> {
-        self.queue_enable(queue, true, true).map_err(|e| e.device(NAME))
-    }
-
-    fn tx_queue_stop(&mut self, queue: u16) -> Result<(), EthError> {
-        self.queue_enable(queue, false, false).map_err(|e| e.device(NAME))
-    }
-
-    fn tx_queue_start(&mut self, queue: u16) -> Result<(), EthError> {
-        self.queue_enable(queue, false, true).map_err(|e| e.device(NAME))
-    }
-
-    fn reta_size(&self) -> u16 {
-        LUT_SIZE
-    }
-
-    fn rss_offloads(&self) -> u64 {
-        rss::OFFLOADS
-    }
-
-    fn rss_hash_update(&mut self, conf: &lab_core::rss::RssConf) -> Result<(), EthError> {
-        rss::check(conf).map_err(|e| e.device(NAME))?;
-        rss::set_hash(self.bar(), conf);
-        Ok(())
-    }
-
-    fn rss_hash_conf_get(&mut self) -> Result<lab_core::rss::RssConf, EthError> {
-        Ok(rss::get_hash(self.bar()))
-    }
-
-    fn reta_update(&mut self, entries: &[(u16, u16)]) -> Result<(), EthError> {
-        rss::update_lut(self.bar(), entries, self.info().nb_rxq).map_err(|e| e.device(NAME))
-    }
-
-    fn reta_query(&mut self) -> Result<Vec<u16>, EthError> {
-        Ok(rss::read_lut(self.bar()))
-    }
+    crate::pci::pci_rss_and_queues!(NAME);
 
     crate::pci::pci_ethdev_common!("i40e");
 }

@@ -87,7 +87,7 @@ pub fn set_hash(bar: &Bar, conf: &RssConf) {
 /// unless given, then the hash types.
 pub fn configure(bar: &Bar, conf: &RssConf, queues: u16) {
     bar.set_bits(PFQF_CTL_0, PFQF_CTL_0_HASHLUTSIZE_512);
-    write_lut(bar, &lab_core::rss::default_reta(LUT_SIZE.into(), queues));
+    TABLE.write(bar, &lab_core::rss::default_reta(LUT_SIZE.into(), queues));
     let mut c = conf.clone();
     c.key.get_or_insert_with(|| DEFAULT_KEY.to_vec());
     set_hash(bar, &c);
@@ -100,31 +100,6 @@ pub fn get_hash(bar: &Bar) -> RssConf {
     RssConf { key: Some(key), hf: hf_of(hena) }
 }
 
-/// The whole table.
-pub fn read_lut(bar: &Bar) -> Vec<u16> {
-    (0..u32::from(LUT_SIZE) / 4)
-        .flat_map(|n| bar.read32(pfqf_hlut(n)).to_le_bytes())
-        .map(|b| u16::from(b & 0x3f))
-        .collect()
-}
-
-fn write_lut(bar: &Bar, table: &[u16]) {
-    for (n, e) in table.chunks_exact(4).enumerate() {
-        bar.write32(pfqf_hlut(n as u32), u32::from_le_bytes([e[0] as u8, e[1] as u8, e[2] as u8, e[3] as u8]));
-    }
-}
-
-/// Sets `(index, queue)` entries: all of them or, if one is out of range, none.
-pub fn update_lut(bar: &Bar, entries: &[(u16, u16)], queues: u16) -> Result<(), DriverError> {
-    if let Some((i, q)) = entries.iter().find(|(i, q)| *i >= LUT_SIZE || *q >= queues) {
-        return Err(DriverError::config(format!(
-            "RETA entry {i} -> queue {q}: entries 0..{LUT_SIZE}, queues 0..{queues}"
-        )));
-    }
-    let mut table = read_lut(bar);
-    for (i, q) in entries {
-        table[usize::from(*i)] = *q;
-    }
-    write_lut(bar, &table);
-    Ok(())
-}
+/// The redirection table: PFQF_HLUT, 512 entries of 6 bits (VSI queues).
+pub(crate) const TABLE: crate::pci::rss_table::Table =
+    crate::pci::rss_table::Table { reg: pfqf_hlut, size: LUT_SIZE, mask: 0x3f, name: "RETA" };

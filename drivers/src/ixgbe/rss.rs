@@ -79,7 +79,7 @@ pub fn set_hash(bar: &Bar, conf: &RssConf) {
 pub fn configure(bar: &Bar, conf: &RssConf, queues: u16) {
     let mut c = conf.clone();
     c.key.get_or_insert_with(|| DEFAULT_KEY.to_vec());
-    write_reta(bar, &lab_core::rss::default_reta(RETA_SIZE.into(), queues));
+    TABLE.write(bar, &lab_core::rss::default_reta(RETA_SIZE.into(), queues));
     set_hash(bar, &c);
 }
 
@@ -91,29 +91,6 @@ pub fn get_hash(bar: &Bar) -> RssConf {
     RssConf { key: Some(key), hf: if on { hf_of(mrqc) } else { 0 } }
 }
 
-/// The whole table.
-pub fn read_reta(bar: &Bar) -> Vec<u16> {
-    (0..u32::from(RETA_SIZE) / 4).flat_map(|n| bar.read32(reta(n)).to_le_bytes()).map(|b| u16::from(b & 0xf)).collect()
-}
-
-fn write_reta(bar: &Bar, table: &[u16]) {
-    for (n, e) in table.chunks_exact(4).enumerate() {
-        bar.write32(reta(n as u32), u32::from_le_bytes([e[0] as u8, e[1] as u8, e[2] as u8, e[3] as u8]));
-    }
-}
-
-/// Sets `(index, queue)` entries: all of them or, if one is out of range (index past 128,
-/// queue past `queues`), none.
-pub fn update_reta(bar: &Bar, entries: &[(u16, u16)], queues: u16) -> Result<(), DriverError> {
-    if let Some((i, q)) = entries.iter().find(|(i, q)| *i >= RETA_SIZE || *q >= queues) {
-        return Err(DriverError::config(format!(
-            "RETA entry {i} -> queue {q}: entries 0..{RETA_SIZE}, queues 0..{queues}"
-        )));
-    }
-    let mut table = read_reta(bar);
-    for (i, q) in entries {
-        table[usize::from(*i)] = *q;
-    }
-    write_reta(bar, &table);
-    Ok(())
-}
+/// The redirection table: RETA, 128 entries of 4 bits.
+pub(crate) const TABLE: crate::pci::rss_table::Table =
+    crate::pci::rss_table::Table { reg: reta, size: RETA_SIZE, mask: 0xf, name: "RETA" };

@@ -500,3 +500,55 @@ macro_rules! pci_port_drop {
     };
 }
 pub(crate) use pci_port_drop;
+
+/// The `EthDev` RSS and queue start/stop methods of a PCI driver's port, the same in both
+/// drivers: they call the driver's `rss` module (`check`, `set_hash`, `get_hash`, `TABLE`,
+/// `OFFLOADS`) and its port's `queue_enable(queue, rx, on)`. Expanded inside `impl EthDev for
+/// Port`; `$name` is the driver's name.
+macro_rules! pci_rss_and_queues {
+    ($name:expr) => {
+        fn rx_queue_stop(&mut self, queue: u16) -> Result<(), lab_core::ethdev::EthError> {
+            self.queue_enable(queue, true, false).map_err(|e| e.device($name))
+        }
+
+        fn rx_queue_start(&mut self, queue: u16) -> Result<(), lab_core::ethdev::EthError> {
+            self.queue_enable(queue, true, true).map_err(|e| e.device($name))
+        }
+
+        fn tx_queue_stop(&mut self, queue: u16) -> Result<(), lab_core::ethdev::EthError> {
+            self.queue_enable(queue, false, false).map_err(|e| e.device($name))
+        }
+
+        fn tx_queue_start(&mut self, queue: u16) -> Result<(), lab_core::ethdev::EthError> {
+            self.queue_enable(queue, false, true).map_err(|e| e.device($name))
+        }
+
+        fn reta_size(&self) -> u16 {
+            rss::TABLE.size
+        }
+
+        fn rss_offloads(&self) -> u64 {
+            rss::OFFLOADS
+        }
+
+        fn rss_hash_update(&mut self, conf: &lab_core::rss::RssConf) -> Result<(), lab_core::ethdev::EthError> {
+            rss::check(conf).map_err(|e| e.device($name))?;
+            rss::set_hash(&self.pci.bar, conf);
+            Ok(())
+        }
+
+        fn rss_hash_conf_get(&mut self) -> Result<lab_core::rss::RssConf, lab_core::ethdev::EthError> {
+            Ok(rss::get_hash(&self.pci.bar))
+        }
+
+        fn reta_update(&mut self, entries: &[(u16, u16)]) -> Result<(), lab_core::ethdev::EthError> {
+            let queues = self.info().nb_rxq;
+            rss::TABLE.update(&self.pci.bar, entries, queues).map_err(|e| e.device($name))
+        }
+
+        fn reta_query(&mut self) -> Result<Vec<u16>, lab_core::ethdev::EthError> {
+            Ok(rss::TABLE.read(&self.pci.bar))
+        }
+    };
+}
+pub(crate) use pci_rss_and_queues;

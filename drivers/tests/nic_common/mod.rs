@@ -318,3 +318,57 @@ pub fn link_interrupt_on_each_change(nic: &LabNic, bdf: &str, mut port: Box<dyn 
     }
     port.close(lab_core::ethdev::Release::Shared);
 }
+
+/// RSS on a loopback port of four receive queues (set up with the default RSS configuration),
+/// as both drivers must do it: at start the table spreads round robin and each verification
+/// flow lands on the queue its entry names with the published hash, counted per queue; the
+/// table, the hash types and the key change at runtime; a refused update changes nothing.
+/// `table` is the table's size, `unhashed` the queue a frame no enabled type covers goes to
+/// once every entry names queue 1 (the 82599: entry 0's queue; the X710: the VSI's first),
+/// `key_len` the key's length.
+pub fn rss_over_four_queues(pool: &mut Mempool, port: &mut dyn EthDev, table: u16, unhashed: u16, key_len: u8) {
+    use lab_core::rss::{hf, RssConf};
+    wait_link(port);
+    let mac = port.info().mac;
+    assert_eq!(port.reta_size(), table);
+    assert_eq!(port.reta_query().unwrap(), lab_core::rss::default_reta(table.into(), 4), "round robin at start");
+    let frames: Vec<Vec<u8>> =
+        RSS_FLOWS.iter().enumerate().map(|(i, f)| tcp4_frame(mac, (f.0, f.1, f.2, f.3), i as u32)).collect();
+    // Each flow on queue TABLE[hash & (size - 1)] = that % 4, with the published hash.
+    let got = send_and_sort(pool, port, &frames, 4);
+    for (q, seq, hash) in &got {
+        let want = RSS_FLOWS[*seq as usize].4;
+        assert_eq!(*hash, Some(want), "flow {seq}: the Toeplitz hash of the verification suite");
+        assert_eq!(u32::from(*q), (want & (u32::from(table) - 1)) % 4, "flow {seq} on the queue its entry names");
+    }
+    assert!(got.iter().map(|g| g.0).collect::<std::collections::HashSet<_>>().len() >= 3, "{got:?}");
+    // Per-queue counters: each queue counted what it received.
+    let (rxs, _) = port.queue_stats();
+    assert_eq!(rxs.len(), 4);
+    for q in 0..4u16 {
+        let n = got.iter().filter(|g| g.0 == q).count() as u64;
+        assert_eq!((rxs[usize::from(q)].packets, rxs[usize::from(q)].bytes), (n, 74 * n), "queue {q}");
+    }
+    // The table at runtime: every entry to queue 1; a refused update changes nothing.
+    let all: Vec<(u16, u16)> = (0..table).map(|i| (i, 1)).collect();
+    port.reta_update(&all).unwrap();
+    assert!(send_and_sort(pool, port, &frames, 4).iter().all(|g| g.0 == 1));
+    let e = port.reta_update(&[(0, 2), (3, 4)]).unwrap_err();
+    assert!(e.to_string().contains("queue 4"), "{e}");
+    let e = port.reta_update(&[(table, 0)]).unwrap_err();
+    assert!(e.to_string().contains(&format!("entry {table}")), "{e}");
+    assert_eq!(port.reta_query().unwrap()[0], 1, "a refused update changes nothing");
+    // Hash types at runtime: UDP only, so these TCP frames are not hashed; then none at all.
+    port.rss_hash_update(&RssConf { key: None, hf: hf::NONFRAG_IPV4_UDP }).unwrap();
+    assert_eq!(port.rss_hash_conf_get().unwrap().hf, hf::NONFRAG_IPV4_UDP);
+    assert!(send_and_sort(pool, port, &frames, 4).iter().all(|g| g.0 == unhashed && g.2.is_none()));
+    // No hash types: RSS off, everything to queue 0.
+    port.rss_hash_update(&RssConf { key: None, hf: 0 }).unwrap();
+    assert!(send_and_sort(pool, port, &frames, 4).iter().all(|g| g.0 == 0 && g.2.is_none()));
+    // Another key: the hashes change, and the key reads back.
+    let key: Vec<u8> = (0..key_len).collect();
+    port.rss_hash_update(&RssConf { key: Some(key.clone()), hf: hf::NONFRAG_IPV4_TCP }).unwrap();
+    assert_eq!(port.rss_hash_conf_get().unwrap().key, Some(key));
+    let got = send_and_sort(pool, port, &frames, 4);
+    assert!(got.iter().all(|g| g.2.is_some_and(|h| h != RSS_FLOWS[g.1 as usize].4)), "{got:?}");
+}

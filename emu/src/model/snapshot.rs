@@ -51,6 +51,18 @@ pub enum SnapshotError {
     Unsupported(&'static str),
 }
 
+/// The 32-bit words of `m` at `(offset, length)` (a BAR's shared pages), as bytes.
+pub(crate) fn mapping_bytes(m: &crate::mem::Mapping, (off, len): (u64, u64)) -> Vec<u8> {
+    (0..len / 4).flat_map(|i| m.read32((off + 4 * i) as usize).unwrap_or(0).to_le_bytes()).collect()
+}
+
+/// Writes `bytes` back into `m` at `off`, word by word ([`mapping_bytes`] in reverse).
+pub(crate) fn load_mapping(m: &crate::mem::Mapping, off: u64, bytes: &[u8]) {
+    for (i, w) in bytes.chunks_exact(4).enumerate() {
+        m.write32(off as usize + 4 * i, u32::from_le_bytes(w.try_into().expect("4 bytes")));
+    }
+}
+
 /// Builds a snapshot.
 #[derive(Debug, Default)]
 pub struct Writer(Vec<u8>);
@@ -82,6 +94,13 @@ impl Writer {
     pub fn bytes(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
         self.0.extend_from_slice(b);
+    }
+
+    /// A port's lifetime totals.
+    pub fn totals(&mut self, t: &super::PortStats) {
+        for v in [t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes, t.rx_missed, t.rx_filtered] {
+            self.u64(v);
+        }
     }
 
     /// The snapshot.
@@ -156,6 +175,22 @@ impl<'a> Reader<'a> {
             return Err(SnapshotError::Misfit { what, got: b.len(), limit: n });
         }
         Ok(b)
+    }
+
+    /// A port's lifetime totals.
+    pub fn totals(&mut self) -> Result<super::PortStats, SnapshotError> {
+        let mut t = super::PortStats::default();
+        for v in [
+            &mut t.rx_packets,
+            &mut t.rx_bytes,
+            &mut t.tx_packets,
+            &mut t.tx_bytes,
+            &mut t.rx_missed,
+            &mut t.rx_filtered,
+        ] {
+            *v = self.u64("port totals")?;
+        }
+        Ok(t)
     }
 
     /// Fails unless the whole stream was read.

@@ -12,7 +12,7 @@
 
 use super::hmc::{RxContext, SegmentDesc, TxContext};
 use super::*;
-use crate::model::snapshot::{Reader, SnapshotError, Writer};
+use crate::model::snapshot::{load_mapping, mapping_bytes, Reader, SnapshotError, Writer};
 
 const MAGIC: &[u8] = b"lab-nic X710 state v1";
 /// Pending link events the firmware keeps (as [`I40e::update_link`] bounds them).
@@ -204,10 +204,6 @@ fn get_counters(r: &mut Reader<'_>) -> Result<Counters, SnapshotError> {
     Ok(c)
 }
 
-fn page_bytes(m: &Mapping, (off, len): (u64, u64)) -> Vec<u8> {
-    (0..len / 4).flat_map(|i| m.read32((off + 4 * i) as usize).unwrap_or(0).to_le_bytes()).collect()
-}
-
 /// The firmware's settings, checked.
 fn get_firmware(r: &mut Reader<'_>, mac: [u8; 6]) -> Result<Firmware, SnapshotError> {
     let mut fw = Firmware::new(mac);
@@ -284,12 +280,9 @@ impl I40e {
         w.u8(u8::from(self.link_reported));
         self.qint_rq.iter().chain(&self.qint_tq).for_each(|v| w.u32(*v));
         put_counters(&mut w, &self.counters);
-        let t = &self.totals;
-        for v in [t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes, t.rx_missed, t.rx_filtered] {
-            w.u64(v);
-        }
-        w.bytes(&page_bytes(&self.bar0, TX_TAIL_PAGES));
-        w.bytes(&page_bytes(&self.bar0, RX_TAIL_PAGES));
+        w.totals(&self.totals);
+        w.bytes(&mapping_bytes(&self.bar0, TX_TAIL_PAGES));
+        w.bytes(&mapping_bytes(&self.bar0, RX_TAIL_PAGES));
         w.bytes(&self.tx_frame);
         w.u64(self.pending_irqs);
         let (table, pba) = self.msix.save();
@@ -338,17 +331,7 @@ impl I40e {
             *v = r.u32("QINT_[RT]QCTL")?;
         }
         let counters = get_counters(&mut r)?;
-        let mut t = PortStats::default();
-        for v in [
-            &mut t.rx_packets,
-            &mut t.rx_bytes,
-            &mut t.tx_packets,
-            &mut t.tx_bytes,
-            &mut t.rx_missed,
-            &mut t.rx_filtered,
-        ] {
-            *v = r.u64("port totals")?;
-        }
+        let t = r.totals()?;
         let txp = r.exact(TX_TAIL_PAGES.1 as usize, "TX tail pages")?;
         let rxp = r.exact(RX_TAIL_PAGES.1 as usize, "RX tail pages")?;
         let tx_frame = r.bytes("transmit frame in progress")?;
@@ -387,9 +370,7 @@ impl I40e {
         self.counters = counters;
         self.totals = t;
         for (page, (off, _)) in [(txp, TX_TAIL_PAGES), (rxp, RX_TAIL_PAGES)] {
-            for (i, w) in page.chunks_exact(4).enumerate() {
-                self.bar0.write32(off as usize + 4 * i, u32::from_le_bytes(w.try_into().expect("4 bytes")));
-            }
+            load_mapping(&self.bar0, off, page);
         }
         self.tx_frame.clear();
         self.tx_frame.extend_from_slice(tx_frame);

@@ -7,7 +7,7 @@
 //! destination's own (its wire), so its link follows that.
 
 use super::*;
-use crate::model::snapshot::{Reader, SnapshotError, Writer};
+use crate::model::snapshot::{load_mapping, mapping_bytes, Reader, SnapshotError, Writer};
 
 const MAGIC: &[u8] = b"lab-nic 82599 state v1";
 
@@ -54,10 +54,6 @@ fn get_counters(r: &mut Reader<'_>) -> Result<Counters, SnapshotError> {
     Ok(c)
 }
 
-fn page_bytes(m: &Mapping, (off, len): (u64, u64)) -> Vec<u8> {
-    (0..len / 4).flat_map(|i| m.read32((off + 4 * i) as usize).unwrap_or(0).to_le_bytes()).collect()
-}
-
 impl Ixgbe {
     pub(super) fn snapshot(&self) -> Vec<u8> {
         let mut w = Writer::new(MAGIC);
@@ -77,12 +73,9 @@ impl Ixgbe {
         w.u8(u8::from(self.link_trained));
         w.u8(u8::from(self.link_reported));
         put_counters(&mut w, &self.counters);
-        let t = &self.totals;
-        for v in [t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes, t.rx_missed, t.rx_filtered] {
-            w.u64(v);
-        }
-        w.bytes(&page_bytes(&self.bar0, RX_QUEUE_PAGE));
-        w.bytes(&page_bytes(&self.bar0, TX_QUEUE_PAGES));
+        w.totals(&self.totals);
+        w.bytes(&mapping_bytes(&self.bar0, RX_QUEUE_PAGE));
+        w.bytes(&mapping_bytes(&self.bar0, TX_QUEUE_PAGES));
         let (table, pba) = self.msix.save();
         w.bytes(table);
         w.u64(pba);
@@ -113,17 +106,7 @@ impl Ixgbe {
         let trained = r.bool("link trained")?;
         let reported = r.bool("link reported")?;
         let counters = get_counters(&mut r)?;
-        let mut t = PortStats::default();
-        for v in [
-            &mut t.rx_packets,
-            &mut t.rx_bytes,
-            &mut t.tx_packets,
-            &mut t.tx_bytes,
-            &mut t.rx_missed,
-            &mut t.rx_filtered,
-        ] {
-            *v = r.u64("port totals")?;
-        }
+        let t = r.totals()?;
         let rxp = r.exact(RX_QUEUE_PAGE.1 as usize, "RX queue page")?;
         let txp = r.exact(TX_QUEUE_PAGES.1 as usize, "TX queue pages")?;
         let (table, _) = self.msix.save();
@@ -146,9 +129,7 @@ impl Ixgbe {
         self.counters = counters;
         self.totals = t;
         for (page, (off, _)) in [(rxp, RX_QUEUE_PAGE), (txp, TX_QUEUE_PAGES)] {
-            for (i, w) in page.chunks_exact(4).enumerate() {
-                self.bar0.write32(off as usize + 4 * i, u32::from_le_bytes(w.try_into().expect("4 bytes")));
-            }
+            load_mapping(&self.bar0, off, page);
         }
         self.msix.load(table, pba);
         self.queue_gen += 1;
