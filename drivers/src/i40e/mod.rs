@@ -578,20 +578,13 @@ impl Port {
         let first_q = self.sh().ok_or_else(|| DriverError::state("port released"))?.first_q.load(Ordering::Relaxed);
         let (qi, abs) = (usize::from(queue), first_q + u32::from(queue));
         let ena = if rx { qrx_ena(abs) } else { qtx_ena(abs) };
-        fn hdr(p: &Port, rx: bool, qi: usize) -> &crate::pci::queue::QueueHdr {
-            if rx {
-                p.pci.rxq[qi].q.h()
-            } else {
-                p.pci.txq[qi].q.h()
-            }
-        }
         if !on {
-            hdr(self, rx, qi).set_stopped(true);
+            self.pci.queue_hdr(rx, qi).set_stopped(true);
             self.bar().write32(ena, 0);
             self.poll(ena, QENA_STAT, 0, QUEUE_TIMEOUT, "queue disable")?;
             return Ok(());
         }
-        if !hdr(self, rx, qi).is_stopped() {
+        if !self.pci.queue_hdr(rx, qi).is_stopped() {
             return Ok(());
         }
         let pool = self.pci.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
@@ -612,7 +605,7 @@ impl Port {
             self.bar().write32(ena, QENA_REQ);
             self.poll(ena, QENA_STAT, QENA_STAT, QUEUE_TIMEOUT, "tx queue enable")?;
         }
-        hdr(self, rx, qi).set_stopped(false);
+        self.pci.queue_hdr(rx, qi).set_stopped(false);
         Ok(())
     }
 

@@ -489,21 +489,14 @@ impl Port {
         }
         let (q, qi) = (u32::from(queue), usize::from(queue));
         let (ctl, bit) = if rx { (rxdctl(q), RXDCTL_ENABLE) } else { (txdctl(q), TXDCTL_ENABLE) };
-        fn hdr(p: &Port, rx: bool, qi: usize) -> &crate::pci::queue::QueueHdr {
-            if rx {
-                p.pci.rxq[qi].q.h()
-            } else {
-                p.pci.txq[qi].q.h()
-            }
-        }
         if !on {
-            hdr(self, rx, qi).set_stopped(true);
+            self.pci.queue_hdr(rx, qi).set_stopped(true);
             self.bar().clear_bits(ctl, bit);
             self.poll(ctl, bit, 0, QUEUE_TIMEOUT, "queue disable")?;
             let _ = self.bar().read32(STATUS);
             return Ok(());
         }
-        if !hdr(self, rx, qi).is_stopped() {
+        if !self.pci.queue_hdr(rx, qi).is_stopped() {
             return Ok(());
         }
         let pool = self.pci.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
@@ -528,7 +521,7 @@ impl Port {
             bar.set_bits(ctl, bit);
             self.poll(ctl, bit, bit, QUEUE_TIMEOUT, "tx queue enable")?;
         }
-        hdr(self, rx, qi).set_stopped(false);
+        self.pci.queue_hdr(rx, qi).set_stopped(false);
         Ok(())
     }
 

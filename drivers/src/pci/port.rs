@@ -385,6 +385,15 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
         (self.rxq.iter().map(|q| one(q.hdr())).collect(), self.txq.iter().map(|q| one(q.hdr())).collect())
     }
 
+    /// The shared header of receive (`rx`) or transmit queue `i` (in range).
+    pub(crate) fn queue_hdr(&self, rx: bool, i: usize) -> &QueueHdr {
+        if rx {
+            self.rxq[i].hdr()
+        } else {
+            self.txq[i].hdr()
+        }
+    }
+
     /// Zeroes the software counters of every queue.
     pub(crate) fn reset_queue_stats(&self) {
         self.rxq.iter().map(|q| q.hdr()).chain(self.txq.iter().map(|q| q.hdr())).for_each(QueueHdr::reset_counters);
