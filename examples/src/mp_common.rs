@@ -8,9 +8,43 @@ use std::sync::Arc;
 
 use lab_core::options::{Options, OptionsError};
 
+/// A bad application argument, named with what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// A flag without its value.
+    #[error("{0} needs a value")]
+    NoValue(String),
+    /// A value out of range or unparsable.
+    #[error("{flag} {value}: {expected}")]
+    Bad {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// What it must be.
+        expected: String,
+    },
+    /// A required argument missing.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// An argument the application does not take.
+    #[error("unknown argument {0:?}")]
+    Unknown(String),
+    /// Arguments that do not go together.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl ArgError {
+    /// [`ArgError::Bad`].
+    pub fn bad(flag: &'static str, value: &str, expected: impl Into<String>) -> ArgError {
+        ArgError::Bad { flag, value: value.into(), expected: expected.into() }
+    }
+}
+
 /// Parses the command line: EAL options, and the application's after `--` checked by `app`.
 /// Prints `usage` for `--help`; exits 2 on bad arguments, naming what was wrong.
-pub fn parse_or_exit<A>(name: &str, usage: &str, app: impl FnOnce(&[String]) -> Result<A, String>) -> (Options, A) {
+pub fn parse_or_exit<A>(name: &str, usage: &str, app: impl FnOnce(&[String]) -> Result<A, ArgError>) -> (Options, A) {
     let (opts, rest) = match Options::parse(std::env::args().skip(1)) {
         Ok(v) => v,
         Err(OptionsError::HelpRequested) => {
@@ -74,11 +108,11 @@ impl Stop {
 }
 
 /// A hexadecimal, non-zero port mask (`-p 3`, `-p 0x3`).
-pub fn portmask(v: &str) -> Result<u64, String> {
+pub fn portmask(v: &str) -> Result<u64, ArgError> {
     u64::from_str_radix(v.trim_start_matches("0x"), 16)
         .ok()
         .filter(|m| *m != 0)
-        .ok_or(format!("-p {v}: invalid portmask (a non-zero hexadecimal number)"))
+        .ok_or_else(|| ArgError::bad("-p", v, "invalid portmask (a non-zero hexadecimal number)"))
 }
 
 /// The ring client `n` of `mp_server` receives from (DPDK's `MProc_Client_%u_RX`).

@@ -24,10 +24,11 @@ use lab_core::ring::Ring;
 const USAGE: &str = "usage: mp_client [EAL options] --proc-type=secondary -- -n CLIENT_ID";
 const BURST: usize = 32;
 
-fn parse_app(args: &[String]) -> Result<u16, String> {
+fn parse_app(args: &[String]) -> Result<u16, mp_common::ArgError> {
     match args {
-        [f, v] if f == "-n" => v.parse().map_err(|_| format!("-n {v}: expected a client id")),
-        _ => Err("-n CLIENT_ID is required (and nothing else)".into()),
+        [f, v] if f == "-n" => v.parse().map_err(|_| mp_common::ArgError::bad("-n", v, "expected a client id")),
+        [] => Err(mp_common::ArgError::Missing("-n CLIENT_ID")),
+        [other, ..] => Err(mp_common::ArgError::Unknown(other.clone())),
     }
 }
 

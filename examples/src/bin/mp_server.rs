@@ -20,6 +20,7 @@ use lab_core::ethdev::{PortConf, PortId};
 use lab_core::mbuf::Mbuf;
 use lab_core::process::Process;
 use lab_core::ring::{Ring, RingFlags};
+use mp_common::ArgError;
 
 const USAGE: &str = "usage: mp_server [EAL options] -- -p PORTMASK -n NUM_CLIENTS";
 const BURST: usize = 32;
@@ -32,11 +33,11 @@ struct Args {
     clients: u16,
 }
 
-fn parse_app(args: &[String]) -> Result<Args, String> {
+fn parse_app(args: &[String]) -> Result<Args, ArgError> {
     let (mut portmask, mut clients) = (None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or(format!("{flag} needs a value"));
+        let mut value = || it.next().cloned().ok_or_else(|| ArgError::NoValue(flag.clone()));
         match flag.as_str() {
             "-p" => portmask = Some(mp_common::portmask(&value()?)?),
             "-n" => {
@@ -45,15 +46,15 @@ fn parse_app(args: &[String]) -> Result<Args, String> {
                     v.parse::<u16>()
                         .ok()
                         .filter(|n| (1..=MAX_CLIENTS).contains(n))
-                        .ok_or(format!("-n {v}: expected 1..={MAX_CLIENTS} clients"))?,
+                        .ok_or_else(|| ArgError::bad("-n", &v, format!("expected 1..={MAX_CLIENTS} clients")))?,
                 );
             }
-            other => return Err(format!("unknown argument {other:?}")),
+            other => return Err(ArgError::Unknown(other.into())),
         }
     }
     Ok(Args {
-        portmask: portmask.ok_or("-p PORTMASK is required")?,
-        clients: clients.ok_or("-n NUM_CLIENTS is required")?,
+        portmask: portmask.ok_or(ArgError::Missing("-p PORTMASK"))?,
+        clients: clients.ok_or(ArgError::Missing("-n NUM_CLIENTS"))?,
     })
 }
 
@@ -130,15 +131,15 @@ fn main() {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Result<Args, String> {
+    fn args(v: &[&str]) -> Result<Args, ArgError> {
         parse_app(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
     #[test]
     fn arguments_are_dpdks_and_checked() {
         assert_eq!(args(&["-p", "3", "-n", "2"]).unwrap(), Args { portmask: 3, clients: 2 });
-        assert!(args(&["-p", "3", "-n", "0"]).unwrap_err().contains("1..=16"));
-        assert!(args(&["-n", "2"]).unwrap_err().contains("-p PORTMASK"));
-        assert!(args(&["-p", "g", "-n", "2"]).unwrap_err().contains("invalid portmask"));
+        assert!(args(&["-p", "3", "-n", "0"]).unwrap_err().to_string().contains("1..=16"));
+        assert!(args(&["-n", "2"]).unwrap_err().to_string().contains("-p PORTMASK"));
+        assert!(args(&["-p", "g", "-n", "2"]).unwrap_err().to_string().contains("invalid portmask"));
     }
 }

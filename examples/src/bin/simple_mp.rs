@@ -35,10 +35,19 @@ This is a readline-like interface that can be used to\n\
 send commands to the simple app. Commands supported are:\n\n\
 - send [string]\n- help\n- quit\n";
 
+/// Why the rings or the message pool could not be had.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error(transparent)]
+    Ring(#[from] lab_core::ring::RingError),
+    #[error(transparent)]
+    Pool(#[from] lab_core::mbuf::MbufError),
+}
+
 fn main() {
     let (opts, ()) = mp_common::parse_or_exit("simple_mp", "usage: simple_mp [EAL options]", |rest| match rest {
         [] => Ok(()),
-        _ => Err(format!("unexpected arguments {rest:?}")),
+        [other, ..] => Err(mp_common::ArgError::Unknown(other.clone())),
     });
     let rt = match Runtime::init(&opts) {
         Ok(rt) => rt,
@@ -48,18 +57,17 @@ fn main() {
         }
     };
     let shm = rt.shm().clone();
-    let setup = || -> Result<(Ring<u64>, Ring<u64>, Mempool), String> {
+    let setup = || -> Result<(Ring<u64>, Ring<u64>, Mempool), SetupError> {
         if rt.is_primary() {
             let flags = RingFlags::SPSC;
-            let s = Ring::create(&shm, "PRI_2_SEC", RING_SIZE, flags).map_err(|e| e.to_string())?;
-            let r = Ring::create(&shm, "SEC_2_PRI", RING_SIZE, flags).map_err(|e| e.to_string())?;
-            let p =
-                Mempool::create(&shm, "MSG_POOL", POOL_SIZE, STR_TOKEN_SIZE as u16, 32).map_err(|e| e.to_string())?;
+            let s = Ring::create(&shm, "PRI_2_SEC", RING_SIZE, flags)?;
+            let r = Ring::create(&shm, "SEC_2_PRI", RING_SIZE, flags)?;
+            let p = Mempool::create(&shm, "MSG_POOL", POOL_SIZE, STR_TOKEN_SIZE as u16, 32)?;
             Ok((s, r, p))
         } else {
-            let s = Ring::lookup(&shm, "SEC_2_PRI").map_err(|e| e.to_string())?;
-            let r = Ring::lookup(&shm, "PRI_2_SEC").map_err(|e| e.to_string())?;
-            let p = Mempool::lookup(&shm, "MSG_POOL", 32).map_err(|e| e.to_string())?;
+            let s = Ring::lookup(&shm, "SEC_2_PRI")?;
+            let r = Ring::lookup(&shm, "PRI_2_SEC")?;
+            let p = Mempool::lookup(&shm, "MSG_POOL", 32)?;
             Ok((s, r, p))
         }
     };

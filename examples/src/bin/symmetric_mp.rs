@@ -27,6 +27,7 @@ use lab_core::ethdev::{PortConf, PortEvent, PortId};
 use lab_core::mbuf::Mbuf;
 use lab_core::process::Process;
 use lab_core::rss::RssConf;
+use mp_common::ArgError;
 
 const USAGE: &str = "usage: symmetric_mp [EAL options] -- -p PORTMASK --num-procs N --proc-id I";
 const BURST: usize = 32;
@@ -40,7 +41,7 @@ struct Args {
     proc_id: u16,
 }
 
-fn parse_app(args: &[String]) -> Result<Args, String> {
+fn parse_app(args: &[String]) -> Result<Args, ArgError> {
     let (mut portmask, mut num_procs, mut proc_id) = (None, None, None);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -48,7 +49,7 @@ fn parse_app(args: &[String]) -> Result<Args, String> {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
             _ => (arg.as_str(), None),
         };
-        let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or(format!("{flag} needs a value"));
+        let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| ArgError::NoValue(flag.into()));
         match flag {
             "-p" => portmask = Some(mp_common::portmask(&value()?)?),
             "--num-procs" => {
@@ -57,24 +58,26 @@ fn parse_app(args: &[String]) -> Result<Args, String> {
                     v.parse::<u16>()
                         .ok()
                         .filter(|n| (1..=MAX_PROCS).contains(n))
-                        .ok_or(format!("--num-procs {v}: expected 1..={MAX_PROCS}"))?,
+                        .ok_or_else(|| ArgError::bad("--num-procs", &v, format!("expected 1..={MAX_PROCS}")))?,
                 );
             }
             "--proc-id" => {
                 let v = value()?;
-                proc_id = Some(v.parse::<u16>().map_err(|_| format!("--proc-id {v}: expected a number"))?);
+                proc_id = Some(v.parse::<u16>().map_err(|_| ArgError::bad("--proc-id", &v, "expected a number"))?);
             }
-            other => return Err(format!("unknown argument {other:?}")),
+            other => return Err(ArgError::Unknown(other.into())),
         }
     }
-    let portmask = portmask.ok_or("-p PORTMASK is required")?;
-    let num_procs = num_procs.ok_or("--num-procs is required")?;
-    let proc_id = proc_id.ok_or("--proc-id is required")?;
+    let portmask = portmask.ok_or(ArgError::Missing("-p PORTMASK"))?;
+    let num_procs = num_procs.ok_or(ArgError::Missing("--num-procs"))?;
+    let proc_id = proc_id.ok_or(ArgError::Missing("--proc-id"))?;
     if proc_id >= num_procs {
-        return Err(format!("--proc-id {proc_id}: must be below --num-procs {num_procs}"));
+        return Err(ArgError::Conflict(format!("--proc-id {proc_id}: must be below --num-procs {num_procs}")));
     }
     if portmask.count_ones() % 2 != 0 {
-        return Err(format!("-p {portmask:x}: an even number of ports is needed (they are paired)"));
+        return Err(ArgError::Conflict(format!(
+            "-p {portmask:x}: an even number of ports is needed (they are paired)"
+        )));
     }
     Ok(Args { portmask, num_procs, proc_id })
 }
@@ -174,7 +177,7 @@ fn main() {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Result<Args, String> {
+    fn args(v: &[&str]) -> Result<Args, ArgError> {
         parse_app(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
@@ -185,11 +188,23 @@ mod tests {
             Args { portmask: 3, num_procs: 2, proc_id: 1 }
         );
         assert_eq!(args(&["-p", "0xc", "--num-procs=4", "--proc-id=0"]).unwrap().portmask, 0xc);
-        assert!(args(&["-p", "1", "--num-procs", "2", "--proc-id", "0"]).unwrap_err().contains("even number"));
-        assert!(args(&["-p", "3", "--num-procs", "2", "--proc-id", "2"]).unwrap_err().contains("below --num-procs 2"));
-        assert!(args(&["-p", "0", "--num-procs", "2", "--proc-id", "0"]).unwrap_err().contains("invalid portmask"));
-        assert!(args(&["-p", "3", "--num-procs", "17", "--proc-id", "0"]).unwrap_err().contains("1..=16"));
-        assert!(args(&["-p", "3", "--proc-id", "0"]).unwrap_err().contains("--num-procs is required"));
-        assert!(args(&["-p", "3", "--num-procs", "2", "--proc-id", "0", "-x"]).unwrap_err().contains("\"-x\""));
+        assert!(args(&["-p", "1", "--num-procs", "2", "--proc-id", "0"])
+            .unwrap_err()
+            .to_string()
+            .contains("even number"));
+        assert!(args(&["-p", "3", "--num-procs", "2", "--proc-id", "2"])
+            .unwrap_err()
+            .to_string()
+            .contains("below --num-procs 2"));
+        assert!(args(&["-p", "0", "--num-procs", "2", "--proc-id", "0"])
+            .unwrap_err()
+            .to_string()
+            .contains("invalid portmask"));
+        assert!(args(&["-p", "3", "--num-procs", "17", "--proc-id", "0"]).unwrap_err().to_string().contains("1..=16"));
+        assert!(args(&["-p", "3", "--proc-id", "0"]).unwrap_err().to_string().contains("--num-procs is required"));
+        assert!(args(&["-p", "3", "--num-procs", "2", "--proc-id", "0", "-x"])
+            .unwrap_err()
+            .to_string()
+            .contains("\"-x\""));
     }
 }
