@@ -239,7 +239,8 @@ pub trait EthDev: Send {
         false
     }
     /// Stops receive queue `queue` (`rte_eth_dev_rx_queue_stop`): the device stops filling it and
-    /// bursts on it return nothing, in every process, until it is started again.
+    /// bursts on it return nothing, in every process, until it is started again. As in DPDK,
+    /// the caller sees to it that no process is inside a burst on that queue meanwhile.
     fn rx_queue_stop(&mut self, queue: u16) -> Result<(), EthError> {
         let _ = queue;
         Err(EthError::Unsupported { driver: self.info().driver, op: "queue stop" })
@@ -269,6 +270,9 @@ pub trait EthDev: Send {
     fn link_event_fd(&mut self) -> Option<(std::os::fd::OwnedFd, bool)> {
         None
     }
+    /// Acknowledges the link-status interrupt after [`EthDev::link_event_fd`] fired (clears
+    /// the cause and arms it again), so the device signals the next change.
+    fn link_irq_ack(&mut self) {}
     /// Arms receive queue `queue`'s interrupt (`rte_eth_dev_rx_intr_enable`) and gives an
     /// eventfd it signals when the queue receives, so the application can sleep on it instead
     /// of polling; the interrupt stays armed until [`EthDev::rx_intr_disable`].

@@ -480,7 +480,13 @@ impl DmaTable {
         let l = self.logging.get(&conn).ok_or(DirtyError::State(false))?;
         let end = iova.checked_add(len).filter(|_| len > 0);
         let inside = |a: u64, e: u64| l.ranges.is_empty() || l.ranges.iter().any(|&(r, n)| a >= r && e <= r + n);
-        let ok = page_size.is_power_of_two() && iova.is_multiple_of(page_size) && end.is_some_and(|e| inside(iova, e));
+        // The last report page must end inside the address space too (a page past 2^64 - 1 is
+        // refused, not wrapped).
+        let last_page_end = end.and_then(|e| e.div_ceil(page_size.max(1)).checked_mul(page_size));
+        let ok = page_size.is_power_of_two()
+            && iova.is_multiple_of(page_size)
+            && last_page_end.is_some()
+            && end.is_some_and(|e| inside(iova, e));
         let (Some(end), true) = (end, ok) else {
             return Err(DirtyError::Range { iova, len });
         };
@@ -837,6 +843,8 @@ mod tests {
         assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 2048), Ok(vec![0b1100, 0, 0, 0, 0, 0, 0, 0]), "2 KiB pages");
         assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 4096), Ok(vec![0; 8]), "both cleared the logged pages");
         assert_eq!(t.dirty_report(1, 0x10_0000, 0x4000, 3000), Err(DirtyError::Range { iova: 0x10_0000, len: 0x4000 }));
+        // A last page past the end of the address space is refused, not wrapped around.
+        assert_eq!(t.dirty_report(1, 1 << 63, 1, 1 << 63), Err(DirtyError::Range { iova: 1 << 63, len: 1 }));
         assert_eq!(t.dirty_report(1, 0x10_1000, 0x4000, 8192), Err(DirtyError::Range { iova: 0x10_1000, len: 0x4000 }));
         assert_eq!(t.dirty_report(2, 0x10_0000, 0x4000, 4096), Err(DirtyError::State(false)));
         t.dirty_stop(1).unwrap();

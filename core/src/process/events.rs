@@ -22,7 +22,12 @@ struct Watched {
     fd: OwnedFd,
     gen: u32,
     up: bool,
+    /// The fd fired but the port was busy (a long burst holds it): look again next round.
+    pending: bool,
 }
+
+/// How long the thread waits for a port held by a burst loop before trying again later.
+const SLOT_WAIT: Duration = Duration::from_millis(5);
 
 pub(super) fn start(inner: &Arc<Inner>) {
     let w: Weak<Inner> = Arc::downgrade(inner);
@@ -43,28 +48,36 @@ fn run(w: &Weak<Inner>) {
         let mut fds: Vec<PollFd<'_>> =
             ports.iter().map(|p| PollFd::new(watched[p].fd.as_fd(), PollFlags::POLLIN)).collect();
         let timeout = PollTimeout::try_from(RESYNC.as_millis() as i32).unwrap_or(PollTimeout::MAX);
-        if poll(&mut fds, timeout).unwrap_or(0) <= 0 {
-            continue;
-        }
+        let n = poll(&mut fds, timeout).unwrap_or(0);
         let fired: Vec<PortId> = ports
             .iter()
             .zip(&fds)
-            .filter(|(_, f)| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+            .filter(|(_, f)| n > 0 && f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
             .map(|(p, _)| *p)
             .collect();
         drop(fds);
         let Some(inner) = w.upgrade() else { return };
-        for p in fired {
-            let Some(wt) = watched.get_mut(&p) else { continue };
-            let mut b = [0u8; 8];
-            let _ = nix::unistd::read(wt.fd.as_raw_fd(), &mut b);
-            let up = inner.ports.slot(p).and_then(|mut s| s.as_mut().map(|l| l.dev.link().up));
-            if let Some(up) = up {
-                if up != wt.up {
-                    wt.up = up;
-                    tracing::info!(port = %p, "link {}", if up { "up" } else { "down" });
-                    inner.ports.fire(p, if up { PortEvent::LinkUp } else { PortEvent::LinkDown });
-                }
+        for (p, wt) in watched.iter_mut() {
+            if fired.contains(p) {
+                let mut b = [0u8; 8];
+                let _ = nix::unistd::read(wt.fd.as_raw_fd(), &mut b);
+                wt.pending = true;
+            }
+            if !wt.pending {
+                continue;
+            }
+            // The port is read only if it is free within a moment: a burst loop holding it is
+            // not waited for (the event is looked at again next round).
+            let Ok(mut slot) = inner.ports.slot_within(*p, SLOT_WAIT) else { continue };
+            wt.pending = false;
+            let Some(l) = slot.as_mut() else { continue };
+            let up = l.dev.link().up;
+            l.dev.link_irq_ack();
+            drop(slot);
+            if up != wt.up {
+                wt.up = up;
+                tracing::info!(port = %p, "link {}", if up { "up" } else { "down" });
+                inner.ports.fire(*p, if up { PortEvent::LinkUp } else { PortEvent::LinkDown });
             }
         }
     }
@@ -74,9 +87,17 @@ fn run(w: &Weak<Inner>) {
 fn resync(inner: &Inner, watched: &mut HashMap<PortId, Watched>) {
     let mut held = HashMap::new();
     for p in inner.ports.ids() {
-        if let Some(s) = inner.ports.slot(p) {
-            if let Some(l) = s.as_ref() {
-                held.insert(p, l.gen);
+        match inner.ports.slot_within(p, SLOT_WAIT) {
+            Ok(s) => {
+                if let Some(l) = s.as_ref() {
+                    held.insert(p, l.gen);
+                }
+            }
+            // Busy: keep watching it as it was.
+            Err(_) => {
+                if let Some(w) = watched.get(&p) {
+                    held.insert(p, w.gen);
+                }
             }
         }
     }
@@ -85,11 +106,11 @@ fn resync(inner: &Inner, watched: &mut HashMap<PortId, Watched>) {
         if watched.contains_key(&p) {
             continue;
         }
-        let Some(mut s) = inner.ports.slot(p) else { continue };
+        let Ok(mut s) = inner.ports.slot_within(p, SLOT_WAIT) else { continue };
         let Some(l) = s.as_mut() else { continue };
         // The state as of the interrupt's setup: a change since has signalled the fd already.
         if let Some((fd, up)) = l.dev.link_event_fd() {
-            watched.insert(p, Watched { fd, gen, up });
+            watched.insert(p, Watched { fd, gen, up, pending: false });
         }
     }
 }

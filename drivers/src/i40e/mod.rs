@@ -562,11 +562,10 @@ impl Port {
         LinkStatus { up: true, speed_mbps }
     }
 
-    /// Primary release: queues off, admin queue shut down, PF reset; then the skeleton's tail
-    /// (buffers back, zones freed).
-    /// Stops or starts one queue at runtime (any process: the registers, the queue zones and the
-    /// contexts in HMC memory are shared). Stop: the stopped flag first, so no burst of any
-    /// process touches the queue, then QENA_REQ cleared and QENA_STAT awaited (the device has
+    /// Stops or starts one queue at runtime (any process, while no process polls that queue, as
+    /// DPDK's queue start/stop requires: the registers, the queue zones and the
+    /// contexts in HMC memory are shared). Stop: the stopped flag first, so later bursts of
+    /// every process leave the queue alone, then QENA_REQ cleared and QENA_STAT awaited (the device has
     /// let go of the ring). Start: the queue's context, written at start of day with head 0,
     /// is loaded again on QENA_REQ; receive gets fresh buffers on every descriptor and its tail
     /// at N-1, transmit drops what was in flight; then the flag.
@@ -580,6 +579,13 @@ impl Port {
         let ena = if rx { qrx_ena(abs) } else { qtx_ena(abs) };
         if !on {
             self.pci.queue_hdr(rx, qi).set_stopped(true);
+            if !rx {
+                // A transmit queue is pre-disabled before its QENA_REQ is cleared (as the PF
+                // drivers do, i40e_pre_tx_queue_cfg), with a moment for the scheduler.
+                let q = GLLAN_TXPRE_QDIS_SET_QDIS | ((abs % 128) & GLLAN_TXPRE_QDIS_QINDX_MASK);
+                self.bar().write32(gllan_txpre_qdis(abs / 128), q);
+                std::thread::sleep(Duration::from_micros(400));
+            }
             self.bar().write32(ena, 0);
             self.poll(ena, QENA_STAT, 0, QUEUE_TIMEOUT, "queue disable")?;
             return Ok(());
@@ -601,6 +607,8 @@ impl Port {
             let txq = &mut self.pci.txq[qi];
             txq.q.drain_in_flight(pool);
             txq.q.v.reset_indices();
+            let q = GLLAN_TXPRE_QDIS_CLEAR_QDIS | ((abs % 128) & GLLAN_TXPRE_QDIS_QINDX_MASK);
+            self.bar().write32(gllan_txpre_qdis(abs / 128), q);
             self.bar().write32(qtx_tail(abs), 0);
             self.bar().write32(ena, QENA_REQ);
             self.poll(ena, QENA_STAT, QENA_STAT, QUEUE_TIMEOUT, "tx queue enable")?;
@@ -609,6 +617,8 @@ impl Port {
         Ok(())
     }
 
+    /// Primary release: queues off, admin queue shut down, PF reset; then the skeleton's tail
+    /// (buffers back, zones freed).
     fn release_shared(&mut self) {
         if self.pci.dev.is_alive() {
             let bar = self.bar();
@@ -709,6 +719,13 @@ impl EthDev for Port {
             .map_err(|e| e.device(NAME))?;
         sh.mtu.store(mtu.into(), Ordering::Relaxed);
         Ok(())
+    }
+
+    fn link_irq_ack(&mut self) {
+        // The causes read (and so cleared), vector 0 enabled again with its pending bit cleared.
+        let bar = self.bar();
+        let _ = bar.read32(PFINT_ICR0);
+        bar.write32(PFINT_DYN_CTL0, PFINT_DYN_CTL0_INTENA | PFINT_DYN_CTL0_CLEARPBA);
     }
 
     crate::pci::pci_rss_and_queues!(NAME);

@@ -473,11 +473,10 @@ impl Port {
         add(&sh.mpc, rd(mpc(0)));
     }
 
-    /// Primary release: stop queues, reset the device; then the skeleton's tail (buffers back,
-    /// zones freed).
-    /// Stops or starts one queue at runtime (any process: the registers and the queue zones are
-    /// shared). Stop (4.6.7.1 / 4.6.8.1 in reverse): the stopped flag first, so no burst of any
-    /// process touches the queue, then ENABLE cleared, then a trapped register read: over
+    /// Stops or starts one queue at runtime (any process, while no process polls that queue, as
+    /// DPDK's queue start/stop requires: the registers and the queue zones are
+    /// shared). Stop (4.6.7.1 / 4.6.8.1 in reverse): the stopped flag first, so later bursts of
+    /// every process leave the queue alone, then ENABLE cleared, then a trapped register read: over
     /// vfio-user it is answered between two device polls, so no DMA of the queue is under way
     /// when it returns (a real 82599 clears ENABLE once the queue is idle, which the poll below
     /// waits for). Start: receive gets fresh buffers on every descriptor (the old ones go back to
@@ -538,6 +537,8 @@ impl Port {
         Ok(u32::from(queue) + 1)
     }
 
+    /// Primary release: stop queues, reset the device; then the skeleton's tail (buffers back,
+    /// zones freed).
     fn release_shared(&mut self) {
         let bar = self.bar();
         if self.pci.dev.is_alive() {
@@ -651,6 +652,8 @@ impl EthDev for Port {
         let fd = self.pci.vector_fd(v).map_err(|e| e.device(NAME))?;
         self.pci.msix_unmask(v).map_err(|e| e.device(NAME))?;
         // 7.3.4: the queue's cause to vector v (IVAR), auto-cleared when it fires, enabled.
+        // IVAR and EIAC are shared by queues (and processes): changed under the lab's lock.
+        let _g = self.pci.shm.lock().lock();
         let (q, bar) = (u32::from(queue), self.bar());
         let shift = (q % 2) * 16;
         let ivar_v = (bar.read32(ivar(q / 2)) & !(0xff << shift)) | ((v | IVAR_ALLOC_VAL) << shift);
@@ -664,6 +667,13 @@ impl EthDev for Port {
         let v = self.rx_vector(queue).map_err(|e| e.device(NAME))?;
         self.bar().write32(EIMC, 1 << v);
         Ok(())
+    }
+
+    fn link_irq_ack(&mut self) {
+        // 7.3.1: the LSC cause cleared (write 1 to clear) and enabled again.
+        let bar = self.bar();
+        bar.write32(EICR, EICR_LSC);
+        bar.write32(EIMS, EICR_LSC);
     }
 
     crate::pci::pci_rss_and_queues!(NAME);

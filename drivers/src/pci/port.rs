@@ -218,9 +218,17 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
                 if at == 0 {
                     return Ok(false);
                 }
+                if at < 0x40 {
+                    return Ok(false); // inside the standard header: a damaged list
+                }
                 if cfg(at, 1)? == u32::from(PCI_CAP_ID_MSIX) {
+                    let ctl = cfg(at + 2, 2)?;
+                    let vectors = (ctl & 0x7ff) + 1;
                     let table = cfg(at + 4, 4)?;
                     let (bir, off) = (table & 0x7, u64::from(table & !0x7));
+                    if v >= vectors || bir > 5 {
+                        return Ok(false);
+                    }
                     let entry = off + 16 * u64::from(v) + MSIX_ENTRY_VECTOR_CTRL;
                     self.dev.region_write(bir, entry, &0u32.to_le_bytes())?;
                     if enable {
@@ -236,7 +244,9 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
         };
         match go().ctx("MSI-X capability")? {
             true => Ok(()),
-            false => Err(DriverError::state("the function has no MSI-X capability")),
+            false => Err(DriverError::state(format!(
+                "no MSI-X capability with a vector {v} in a table of BARs 0-5 (capability list checked from 0x40)"
+            ))),
         }
     }
 

@@ -224,6 +224,8 @@ pub struct I40e {
     pending_irqs: u64,
     /// RSS as PFQF_CTL_0, PFQF_HENA, PFQF_HKEY and PFQF_HLUT configure it (decoded on their writes).
     rss: rss::Rss,
+    /// RX queues the driver stopped (QENA_REQ 1 -> 0) since the last PF reset, bit per queue.
+    rx_stopped: u64,
     /// QINT_RQCTL / QINT_TQCTL of the PF's queues (the rest of the range is plain storage in `regs`).
     qint_rq: [u32; PF_QUEUES as usize],
     qint_tq: [u32; PF_QUEUES as usize],
@@ -296,6 +298,7 @@ impl I40e {
             msix: Msix::new(MSIX_VECTORS, MSIX_PBA_OFFSET),
             pending_irqs: 0,
             rss: rss::Rss::default(),
+            rx_stopped: 0,
             qint_rq: [0; PF_QUEUES as usize],
             qint_tq: [0; PF_QUEUES as usize],
             tx_active: Vec::with_capacity(PF_QUEUES as usize),
@@ -337,6 +340,7 @@ impl I40e {
         self.tx_frame.clear();
         self.pending_irqs = 0;
         self.msix.clear_pending();
+        self.rx_stopped = 0;
         self.rss_update();
     }
 
@@ -377,6 +381,11 @@ impl I40e {
             let was = r.req;
             r.req = req;
             r.failed = false;
+            if req {
+                self.rx_stopped &= !(1u64 << (q % 64));
+            } else if was {
+                self.rx_stopped |= 1u64 << (q % 64);
+            }
             (was, r.ctx.is_some())
         };
         self.tx_active_dirty |= tx;

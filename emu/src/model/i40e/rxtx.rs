@@ -405,15 +405,19 @@ impl I40e {
         n > 0
     }
 
-    /// Whether every queue a frame may go to (the first, and those the RSS table names) has a
-    /// receive context.
+    /// Whether every queue a frame may go to (the first, and those the RSS table names) has its
+    /// receive context; a queue the driver stopped (QENA_REQ cleared) does not hold the others
+    /// back (frames for it are missed).
     fn rx_contexts_loaded(&self, set: &mut RxSet<'_>) -> bool {
         let mut m = if self.rss.on { self.rss.queues | 1 } else { 1 };
         while m != 0 {
             let vq = m.trailing_zeros();
             m &= m - 1;
             let q = if vq == 0 { set.first } else { self.fw.vsi.pf_queue(vq) };
-            if q >= PF_QUEUES || self.batch(set, q).ctx.is_none() {
+            // A queue the driver stopped does not hold the others back; one not started yet (the
+            // port coming up) does.
+            let stopped = q < PF_QUEUES && self.rx_stopped & (1u64 << q) != 0;
+            if !stopped && (q >= PF_QUEUES || self.batch(set, q).ctx.is_none()) {
                 return false;
             }
         }
@@ -458,7 +462,12 @@ impl I40e {
             self.rx_target(hdr, set)
         };
         let Some(q) = q else {
-            self.count_missed();
+            // No queue in the VSI's map: missed if the filters take it, as off the wire.
+            if self.accept(hdr, wire_len) {
+                self.count_missed();
+            } else {
+                self.totals.rx_filtered += 1;
+            }
             return true;
         };
         let b = self.batch(set, q);

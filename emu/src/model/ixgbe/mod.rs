@@ -94,6 +94,8 @@ pub struct Ixgbe {
     pending_irqs: u64,
     /// RSS as MRQC, RXCSUM, RSSRK and RETA configure it (decoded on their writes).
     rss: rss::Rss,
+    /// RX queues the driver stopped (ENABLE 1 -> 0) since the last reset, bit per queue.
+    rx_stopped: u64,
     /// The wire; `None` only while `poll` holds it (the data path borrows it beside `self`).
     wire: Option<Box<dyn Wire>>,
     faults: FaultLog,
@@ -163,6 +165,7 @@ impl Ixgbe {
             msix: Msix::new(MSIX_VECTORS, MSIX_PBA_OFFSET),
             pending_irqs: 0,
             rss: rss::Rss::default(),
+            rx_stopped: 0,
             wire: Some(cfg.wire),
             faults: FaultLog::default(),
             tx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
@@ -200,6 +203,7 @@ impl Ixgbe {
         self.pending_irqs = 0;
         self.msix.clear_pending();
         self.tx_frame.clear();
+        self.rx_stopped = 0;
         self.rss_update();
     }
 

@@ -13,8 +13,9 @@ use super::regs::*;
 use super::Ixgbe;
 use crate::model::rss::{parse, Toeplitz, L4};
 
-/// Frame bytes RSS looks at: Ethernet, two VLAN tags, IPv6, the ports.
-pub(super) const RSS_HEADER: usize = 14 + 8 + 40 + 4;
+/// Frame bytes RSS looks at: Ethernet, two VLAN tags, the longest IP header (IPv4 with
+/// options; IPv6 is 40), the ports.
+pub(super) const RSS_HEADER: usize = 14 + 8 + 60 + 4;
 
 /// The decoded RSS configuration.
 pub(super) struct Rss {

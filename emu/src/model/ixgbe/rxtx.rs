@@ -119,6 +119,7 @@ impl Ixgbe {
                     Ring::default()
                 };
                 self.rxq[q as usize] = ring;
+                self.set_rx_stopped(q, !en);
                 tracing::debug!(bdf = %self.bdf, q, enabled = en, count = ring.count, "rx queue");
                 changed = true;
             }
@@ -147,6 +148,15 @@ impl Ixgbe {
             }
         }
         changed | tx_changed
+    }
+
+    fn set_rx_stopped(&mut self, q: u32, stopped: bool) {
+        let bit = 1u64 << (q % 64);
+        if stopped {
+            self.rx_stopped |= bit;
+        } else {
+            self.rx_stopped &= !bit;
+        }
     }
 
     fn latch_ring(&mut self, bal: u32, bah: u32, len: u32, what: &'static str) -> Ring {
@@ -405,10 +415,12 @@ impl Ixgbe {
             let ring = self.latch_ring(rdbal(q), rdbah(q), rdlen(q), "rx ring length invalid");
             tracing::debug!(bdf = %self.bdf, q, enabled = true, count = ring.count, "rx queue");
             self.rxq[q as usize] = ring;
+            self.set_rx_stopped(q, false);
             b.ring = ring;
         } else if !enabled {
             // Disabled by the driver: no DMA into its buffers; the next poll's scan drops the ring.
             self.queue_gen += 1;
+            self.set_rx_stopped(q, true);
             return b;
         }
         let ring = b.ring;
@@ -477,15 +489,28 @@ impl Ixgbe {
         did
     }
 
-    /// Whether each queue in the `queues` mask can take a largest frame now.
+    /// Whether each queue in the `queues` mask can take a largest frame now. A queue the driver
+    /// stopped (ENABLE 1 -> 0) does not hold the others back: frames for it are missed, as with
+    /// SRRCTL.DROP_EN; receive off (RXEN, link) or a queue not enabled yet holds them all.
     fn rx_room_all(&mut self, set: &mut RxSet<'_>, queues: u16) -> bool {
         let mut m = queues;
         while m != 0 {
             let q = m.trailing_zeros();
             m &= m - 1;
             let b = self.batch(set, q);
+            if !b.ready {
+                return false;
+            }
+            if !b.usable {
+                // A queue the driver stopped does not hold the others back; one not enabled
+                // yet (the port coming up) does.
+                if self.rx_stopped & (1u64 << (q % 64)) != 0 {
+                    continue;
+                }
+                return false;
+            }
             let need = MAX_FRAME.min(1518).div_ceil(b.cfg.bsize).max(1) as u32;
-            if !b.ready || !b.usable || !self.rx_room(b, need) {
+            if !self.rx_room(b, need) {
                 return false;
             }
         }
