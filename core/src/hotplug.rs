@@ -661,11 +661,14 @@ impl Inner {
         if let Ok(id) = t.parse::<u16>() {
             return self.table.entry(id as usize).filter(attached).ok_or(HotplugError::NotAttached);
         }
-        if let Some(e) = self.table.find(t).filter(attached) {
+        // By name, the attached slot: an id held for a slow secondary after a detach keeps the
+        // name too, and may come first.
+        let by_name = |name: &str| self.table.entries().into_iter().find(|e| e.name == name && attached(e));
+        if let Some(e) = by_name(t) {
             return Ok(e);
         }
         let da = Devargs::parse(t)?;
-        self.table.find(da.name()).filter(attached).ok_or(HotplugError::NotAttached)
+        by_name(da.name()).ok_or(HotplugError::NotAttached)
     }
 
     /// Asks the primary to run `op` on `arg` for everyone else; the answer, recorded in `p`, as
@@ -1012,7 +1015,7 @@ impl Inner {
     /// The attached entry of `name`, once the held ports of dead processes are freed.
     fn reclaimed_find(&self, name: &str) -> Option<PortEntry> {
         self.reclaim();
-        self.table.find(name).filter(|e| e.state == PortState::Attached)
+        self.table.entries().into_iter().find(|e| e.name == name && e.state == PortState::Attached)
     }
 
     /// Held ports whose late processes have died, freed.
