@@ -305,3 +305,13 @@ fn the_link_status_interrupt_fires_on_each_link_change() {
     let port = lab.probe(&nic, BDF, 0);
     nic_common::link_interrupt_on_each_change(&nic, BDF, port);
 }
+
+#[test]
+fn rx_interrupt_mode_lets_the_application_sleep_until_a_frame_comes() {
+    let mut lab = Lab::new("i40e-rxintr");
+    let nic = LabNic::start(&[&format!("{BDF},model=i40e,wire=loopback")]);
+    let conf = PortConf { nb_rxq: 2, nb_txq: 1, nb_desc: 128, ..PortConf::default() };
+    let mut port = lab.probe_conf(&I40eDriver, &nic, BDF, 0, &conf);
+    nic_common::rx_interrupt_mode(&mut lab.pool, port.as_mut());
+    port.close(Release::Shared);
+}

@@ -396,36 +396,10 @@ fn the_link_status_interrupt_fires_on_each_link_change() {
 
 #[test]
 fn rx_interrupt_mode_lets_the_application_sleep_until_a_frame_comes() {
-    use std::os::fd::{AsFd, AsRawFd};
     let mut lab = Lab::new("ixgbe-rxintr");
     let nic = LabNic::start(&[&format!("{BDF},model=ixgbe,wire=loopback")]);
     let conf = PortConf { nb_rxq: 2, nb_txq: 1, nb_desc: 128, ..PortConf::default() };
     let mut port = lab.probe_with(&nic, BDF, 0, &conf);
-    wait_link(port.as_mut());
-    let mac = port.info().mac;
-    let fd = port.rx_intr_enable(0).expect("rx interrupt on queue 0");
-    let wait = |ms: u16| {
-        let mut p = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
-        let n = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(ms)).unwrap_or(0);
-        n == 1 && nix::unistd::read(fd.as_raw_fd(), &mut [0u8; 8]) == Ok(8)
-    };
-    let mut rx: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
-    assert!(!wait(200), "no traffic, no interrupt");
-    for round in 0..5u32 {
-        let mut m = lab.pool.alloc().expect("mbuf");
-        assert!(m.copy_from(&frame(mac, round, 64)));
-        assert_eq!(port.tx_burst(0, &mut [Some(m)]), 1);
-        assert!(wait(5000), "round {round}: the queue's vector fired");
-        let n = port.rx_burst(0, &mut rx);
-        assert_eq!(n, 1, "round {round}: the frame is there once awake");
-        lab.pool.free_bulk(&mut rx[..n]);
-    }
-    port.rx_intr_disable(0).unwrap();
-    let mut m = lab.pool.alloc().expect("mbuf");
-    assert!(m.copy_from(&frame(mac, 99, 64)));
-    assert_eq!(port.tx_burst(0, &mut [Some(m)]), 1);
-    assert!(!wait(300), "disarmed: no interrupt");
-    let e = port.rx_intr_enable(2).unwrap_err();
-    assert!(e.to_string().contains("receive queue 2"), "{e}");
+    nic_common::rx_interrupt_mode(&mut lab.pool, port.as_mut());
     port.close(Release::Shared);
 }

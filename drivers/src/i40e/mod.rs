@@ -617,6 +617,18 @@ impl Port {
         Ok(())
     }
 
+    /// The MSI-X vector of receive queue `queue`'s interrupt (queue n on vector n + 1; vector 0
+    /// is the admin queue's) and the queue's absolute index.
+    fn rx_vector(&self, queue: u16) -> Result<(u32, u32), DriverError> {
+        let n = self.pci.rxq.len();
+        // (A vector past the function's MSI-X table is refused when it is unmasked.)
+        if usize::from(queue) >= n {
+            return Err(DriverError::config(format!("receive queue {queue}: the port has queues 0..{n}")));
+        }
+        let first_q = self.sh().ok_or_else(|| DriverError::state("port released"))?.first_q.load(Ordering::Relaxed);
+        Ok((u32::from(queue) + 1, first_q + u32::from(queue)))
+    }
+
     /// Primary release: queues off, admin queue shut down, PF reset; then the skeleton's tail
     /// (buffers back, zones freed).
     fn release_shared(&mut self) {
@@ -718,6 +730,23 @@ impl EthDev for Port {
             .ctx("aq set_mac_config")
             .map_err(|e| e.device(NAME))?;
         sh.mtu.store(mtu.into(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn rx_intr_enable(&mut self, queue: u16) -> Result<std::os::fd::OwnedFd, EthError> {
+        let (v, abs) = self.rx_vector(queue).map_err(|e| e.device(NAME))?;
+        let fd = self.pci.vector_fd(v).map_err(|e| e.device(NAME))?;
+        self.pci.msix_unmask(v).map_err(|e| e.device(NAME))?;
+        // The queue's cause to vector v, enabled; the vector's interrupts on.
+        let bar = self.bar();
+        bar.write32(qint_rqctl(abs), QINT_RQCTL_CAUSE_ENA | v);
+        bar.write32(pfint_dyn_ctln(v - 1), PFINT_DYN_CTLN_INTENA | PFINT_DYN_CTLN_CLEARPBA);
+        Ok(fd)
+    }
+
+    fn rx_intr_disable(&mut self, queue: u16) -> Result<(), EthError> {
+        let (_, abs) = self.rx_vector(queue).map_err(|e| e.device(NAME))?;
+        self.bar().write32(qint_rqctl(abs), 0);
         Ok(())
     }
 

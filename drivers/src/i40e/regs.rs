@@ -56,6 +56,17 @@ pub const PFINT_ICR0_ENA_ADMINQ: u32 = 1 << 30;
 pub const PFINT_DYN_CTL0: u64 = 0x0003_8480;
 pub const PFINT_DYN_CTL0_INTENA: u32 = 1 << 0;
 pub const PFINT_DYN_CTL0_CLEARPBA: u32 = 1 << 1;
+/// QINT_RQCTL(q): receive queue q's interrupt cause: the MSI-X vector (bits 7:0), enabled (bit 30).
+pub const fn qint_rqctl(q: u32) -> u64 {
+    0x0003_a000 + 4 * q as u64
+}
+pub const QINT_RQCTL_CAUSE_ENA: u32 = 1 << 30;
+/// PFINT_DYN_CTLN(v - 1): vector v's (v >= 1) interrupts on, its pending bit cleared.
+pub const fn pfint_dyn_ctln(n: u32) -> u64 {
+    0x0003_4800 + 4 * n as u64
+}
+pub const PFINT_DYN_CTLN_INTENA: u32 = 1 << 0;
+pub const PFINT_DYN_CTLN_CLEARPBA: u32 = 1 << 1;
 
 // Admin queue registers.
 pub const PF_ATQBAL: u64 = 0x0008_0000;

@@ -372,3 +372,36 @@ pub fn rss_over_four_queues(pool: &mut Mempool, port: &mut dyn EthDev, table: u1
     let got = send_and_sort(pool, port, &frames, 4);
     assert!(got.iter().all(|g| g.2.is_some_and(|h| h != RSS_FLOWS[g.1 as usize].4)), "{got:?}");
 }
+
+/// RX interrupt mode on a loopback port with two receive queues: no traffic, no interrupt; each
+/// frame sent wakes the application waiting on queue 0's eventfd and is there to receive;
+/// disarmed, the queue is silent; a queue past the port's is named in the error.
+pub fn rx_interrupt_mode(pool: &mut Mempool, port: &mut dyn EthDev) {
+    use std::os::fd::{AsFd, AsRawFd};
+    wait_link(port);
+    let mac = port.info().mac;
+    let fd = port.rx_intr_enable(0).expect("rx interrupt on queue 0");
+    let wait = |ms: u16| {
+        let mut p = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let n = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(ms)).unwrap_or(0);
+        n == 1 && nix::unistd::read(fd.as_raw_fd(), &mut [0u8; 8]) == Ok(8)
+    };
+    let mut rx: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    assert!(!wait(200), "no traffic, no interrupt");
+    for round in 0..5u32 {
+        let mut m = pool.alloc().expect("mbuf");
+        assert!(m.copy_from(&frame(mac, round, 64)));
+        assert_eq!(port.tx_burst(0, &mut [Some(m)]), 1);
+        assert!(wait(5000), "round {round}: the queue's vector fired");
+        let n = port.rx_burst(0, &mut rx);
+        assert_eq!(n, 1, "round {round}: the frame is there once awake");
+        pool.free_bulk(&mut rx[..n]);
+    }
+    port.rx_intr_disable(0).unwrap();
+    let mut m = pool.alloc().expect("mbuf");
+    assert!(m.copy_from(&frame(mac, 99, 64)));
+    assert_eq!(port.tx_burst(0, &mut [Some(m)]), 1);
+    assert!(!wait(300), "disarmed: no interrupt");
+    let e = port.rx_intr_enable(2).unwrap_err();
+    assert!(e.to_string().contains("receive queue 2"), "{e}");
+}
