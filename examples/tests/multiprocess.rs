@@ -5,6 +5,10 @@
 //! `simple_mp`: a primary and a secondary (`--proc-type=auto`) carry 5,000 strings each way;
 //! a second primary is refused.
 //!
+//! A hotplug while symmetric_mp runs: the NIC the mix comes from is attached from a
+//! `hotplug_mp` secondary once the processes run, every process starts polling it and takes its
+//! RSS share; detached again, every process stops.
+//!
 //! `client_server_mp`: `mp_server` hands what the first 82599 receives to 2 `mp_client`s round
 //! robin, each sends its half out of the second 82599.
 //!
@@ -450,6 +454,79 @@ fn client_server_mp_hands_each_of_two_clients_its_round_robin_half() {
         let deadline = Instant::now() + WAIT;
         while p.child.try_wait().ok().flatten().is_none() {
             assert!(Instant::now() < deadline, "pid {} did not exit after SIGINT", p.pid());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(!lab.runtime_dir().exists(), "runtime dir left: {}", lab.runtime_dir().display());
+}
+
+/// Our `hotplug_mp` (the harness's), built next to this test if it is missing.
+fn hotplug_mp_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) }).expect("target dir");
+    let bin = dir.join("hotplug_mp");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO")).args(["build", "-p", "lab-harness", "--bin", "hotplug_mp"]).status();
+        assert!(st.is_ok_and(|s| s.success()), "building hotplug_mp failed");
+    }
+    bin
+}
+
+#[test]
+fn symmetric_mp_polls_a_nic_attached_while_it_runs_and_lets_go_when_it_is_detached() {
+    let (lab, frames, out_b) = pcap_lab("smp-hp");
+    let hotplug_mp = hotplug_mp_bin();
+    let eal = ["--proc-type=auto", "--allow", B];
+    let start = |id: u16| {
+        let id = id.to_string();
+        Proc::spawn(lab.command(SYMMETRIC_MP, &eal, &["-p", "3", "--num-procs", "2", "--proc-id", &id]))
+    };
+    let mut ps = vec![start(0)];
+    wait_line(&mut ps[0], "Process 0 of 2 ready, 1 port(s)");
+    ps.push(start(1));
+    wait_line(&mut ps[1], "Process 1 of 2 ready, 1 port(s)");
+    // The source NIC comes now, attached from another secondary: it is port 1, paired with 0.
+    let mut op = Proc::spawn(lab.command(hotplug_mp.to_str().unwrap(), &["--proc-type=secondary"], &[]));
+    op.send(&format!("attach {A}"));
+    wait_line(&mut op, &format!("attached device {A}"));
+    for (i, p) in ps.iter_mut().enumerate() {
+        wait_line(p, &format!("using ports 0 and 1, queue {i}"));
+    }
+    let deadline = Instant::now() + WAIT;
+    while queue_counts(&lab, 1, "q_ipackets").iter().sum::<u64>() < frames.len() as u64 {
+        assert!(Instant::now() < deadline, "received {:?}", queue_counts(&lab, 1, "q_ipackets"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    op.send(&format!("detach {A}"));
+    wait_line(&mut op, &format!("detached device {A}"));
+    for (i, p) in ps.iter_mut().enumerate() {
+        wait_line(p, &format!("has no port pair to forward, queue {i}"));
+    }
+    let mut shares = Vec::new();
+    for p in ps.iter_mut().rev() {
+        sigint(p);
+        shares.push(port_lines(&wait_line(p, "Port 1:")));
+    }
+    shares.reverse();
+    let key = lab_core::rss::DEFAULT_KEY;
+    let mut want = vec![0u64; 2];
+    for f in &frames {
+        want[(toeplitz(&key, &flow_input(f)) & 127) as usize % 2] += 1;
+    }
+    let got: Vec<u64> = shares.iter().map(|s| s[&1].0).collect();
+    assert_eq!(got, want, "port 1 (attached while running) RX per process: each its RSS share");
+    let sent: u64 = shares.iter().map(|s| s[&0].1).sum();
+    assert!(shares.iter().all(|s| s[&0].1 + s[&0].2 == s[&1].0), "TX + Drop on port 0 = RX on port 1");
+    let deadline = Instant::now() + WAIT;
+    while (read_pcap(&out_b).len() as u64) < sent {
+        assert!(Instant::now() < deadline, "{} of {sent} on B's wire", read_pcap(&out_b).len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    op.send("quit");
+    for p in ps.iter_mut().chain(std::iter::once(&mut op)) {
+        let deadline = Instant::now() + WAIT;
+        while p.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "pid {} did not exit", p.pid());
             std::thread::sleep(Duration::from_millis(20));
         }
     }

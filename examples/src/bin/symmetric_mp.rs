@@ -13,8 +13,10 @@
 //! the processes and no two processes touch one queue. On SIGINT or SIGTERM each prints, as
 //! DPDK's does, `Port P: RX - n, TX - n, Drop - n` for each of its ports and exits.
 //!
-//! A port that is detached while the processes run stops being polled; when one is attached
-//! again (by any process: the hotplug protocol brings it to every one) it is polled again.
+//! A port that is detached while the processes run stops being polled (`Lcore 0 has no port
+//! pair to forward`); one attached meanwhile (by any process: the hotplug protocol brings it
+//! to every one, set up by the primary with the N queues) is polled from then on (`Lcore 0
+//! using ports P and Q, queue I`).
 
 #[path = "../mp_common.rs"]
 mod mp_common;
@@ -128,6 +130,7 @@ fn main() {
     });
 
     let q = args.proc_id;
+    println!("Process {q} of {} ready, {} port(s)", args.num_procs, p.list().len());
     let mut counts = [Counts::default(); 64];
     let mut seen = 0;
     let mut active: Vec<(PortId, PortId)> = Vec::new();
@@ -140,6 +143,9 @@ fn main() {
             if next != active {
                 for (a, b) in &next {
                     println!("Lcore 0 using ports {} and {}, queue {q}", a.0, b.0);
+                }
+                if next.is_empty() {
+                    println!("Lcore 0 has no port pair to forward, queue {q}");
                 }
                 active = next;
             }
