@@ -90,6 +90,9 @@ pub(super) struct RxBatch<'d> {
     /// `ahead[next..len]` are valid, for descriptors `head..`.
     ahead_next: usize,
     ahead_len: usize,
+    /// How many descriptors one read-ahead takes: all of [`READ_AHEAD`] for one queue, a
+    /// quarter when RSS spreads a burst over several (each then gets a part of it).
+    ahead_max: usize,
     /// Write-backs not yet stored: (descriptor byte offset, length, status, dword 0 and the RSS
     /// hash as the write-back's first 8 bytes). A device writes
     /// completed descriptors back in bursts, whole cache lines at a time; one store per descriptor
@@ -402,6 +405,7 @@ impl Ixgbe {
             ahead: [0; READ_AHEAD],
             ahead_next: 0,
             ahead_len: 0,
+            ahead_max: if self.rss.on && self.rss.queues.count_ones() > 1 { READ_AHEAD / 4 } else { READ_AHEAD },
             wb: [(0, 0, 0, 0); WB_BATCH],
             wb_len: 0,
         };
@@ -724,7 +728,7 @@ impl Ixgbe {
     /// descriptors does not interleave with writing them back on lines the driver polls.
     fn rx_buffer_addr(descs: &DmaView<'_>, b: &mut RxBatch<'_>) -> u64 {
         if b.ahead_next == b.ahead_len {
-            let n = (b.free as usize).clamp(1, READ_AHEAD);
+            let n = (b.free as usize).clamp(1, b.ahead_max);
             let mut d = b.head;
             for slot in &mut b.ahead[..n] {
                 // Inside the ring view by construction (d < count).
@@ -733,7 +737,7 @@ impl Ixgbe {
             }
             (b.ahead_next, b.ahead_len) = (0, n);
             // The next read-ahead's lines arrive while this one is used.
-            prefetch_descs(descs, d, b.ring.count, (b.free as usize).saturating_sub(n).min(READ_AHEAD), DESC as usize);
+            prefetch_descs(descs, d, b.ring.count, (b.free as usize).saturating_sub(n).min(b.ahead_max), DESC as usize);
         }
         let a = b.ahead[b.ahead_next];
         b.ahead_next += 1;
