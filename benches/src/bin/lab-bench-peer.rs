@@ -123,6 +123,24 @@ fn main() {
                 std::thread::park();
             }
         }
+        Some("events") => {
+            // A secondary that tells the bench of each link event of its ports by putting the
+            // port id on the shared ring `bench-events` (created by the bench's primary).
+            let (opts, _) = Options::parse(args[1..].iter().cloned()).expect("options");
+            let hp = lab_core::process::Process::init(&opts, lab_drivers::registry()).expect("hotplug init");
+            let ring = lab_core::ring::Ring::<u64>::lookup(hp.runtime().shm(), "bench-events").expect("events ring");
+            hp.on_event(move |port, ev| {
+                if matches!(ev, lab_core::ethdev::PortEvent::LinkUp | lab_core::ethdev::PortEvent::LinkDown) {
+                    while !ring.enqueue_bulk(&[u64::from(port.0)]) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            ready();
+            loop {
+                std::thread::park();
+            }
+        }
         Some("ring-drain") => {
             let (opts, rest) = Options::parse(args[1..].iter().cloned()).expect("options");
             let rt = Runtime::init(&opts).expect("runtime");
