@@ -51,6 +51,15 @@ fn ring_base(what: &'static str, base: u64) -> Result<u64, SnapshotError> {
     Ok(base)
 }
 
+/// A 16-bit field stored in 32 bits: refused, not truncated, when it does not fit.
+fn u16_field(r: &mut Reader<'_>, what: &'static str, limit: u32) -> Result<u16, SnapshotError> {
+    let v = r.u32(what)?;
+    if v > limit {
+        return Err(SnapshotError::Misfit { what, got: v as usize, limit: limit as usize });
+    }
+    Ok(v as u16)
+}
+
 /// A head or stall position must lie inside the ring its context describes.
 fn in_ring(what: &'static str, v: u32, qlen: u32) -> Result<u32, SnapshotError> {
     if v >= qlen {
@@ -86,7 +95,7 @@ fn get_tx(r: &mut Reader<'_>) -> Result<TxQueue, SnapshotError> {
         head: r.u32("tx context head")?,
         head_wb_ena: r.bool("tx context head write-back")?,
         head_wb_addr: r.u64("tx context head write-back address")?,
-        rdylist: r.u32("tx context ready list")? as u16,
+        rdylist: u16_field(r, "tx context ready list", u32::from(u16::MAX))?,
     };
     if !loaded {
         return Ok(TxQueue { req, ctx: None, failed, head: 0, stalled_at_tail: None });
@@ -208,21 +217,21 @@ fn get_counters(r: &mut Reader<'_>) -> Result<Counters, SnapshotError> {
 fn get_firmware(r: &mut Reader<'_>, mac: [u8; 6]) -> Result<Firmware, SnapshotError> {
     let mut fw = Firmware::new(mac);
     fw.lse = r.bool("link status events")?;
-    fw.phy_int_mask = r.u32("PHY interrupt mask")? as u16;
+    fw.phy_int_mask = u16_field(r, "PHY interrupt mask", u32::from(u16::MAX))?;
     fw.phy_link_enabled = r.bool("PHY link enabled")?;
-    fw.max_frame = r.u32("max frame size")? as u16;
-    fw.lb_mode = r.u32("loopback mode")? as u16;
+    fw.max_frame = u16_field(r, "max frame size", u32::from(u16::MAX))?;
+    fw.lb_mode = u16_field(r, "loopback mode", u32::from(u16::MAX))?;
     let n = r.u32("pending event count")? as usize;
     if n > MAX_EVENTS {
         return Err(SnapshotError::Misfit { what: "pending event count", got: n, limit: MAX_EVENTS });
     }
     for _ in 0..n {
-        let opcode = r.u32("event opcode")? as u16;
+        let opcode = u16_field(r, "event opcode", u32::from(u16::MAX))?;
         let params = r.exact(16, "event parameters")?;
         fw.events.push_back((opcode, params.try_into().expect("16 bytes")));
     }
     fw.vsi.props.copy_from_slice(r.exact(VSI_PROPS_LEN, "VSI properties")?);
-    fw.vsi.promisc = r.u32("VSI promiscuity")? as u16;
+    fw.vsi.promisc = u16_field(r, "VSI promiscuity", u32::from(u16::MAX))?;
     let n = r.u32("MAC filter count")? as usize;
     if n > MAX_MAC_FILTERS {
         return Err(SnapshotError::Misfit { what: "MAC filter count", got: n, limit: MAX_MAC_FILTERS });
@@ -230,7 +239,12 @@ fn get_firmware(r: &mut Reader<'_>, mac: [u8; 6]) -> Result<Firmware, SnapshotEr
     fw.vsi.filters.clear();
     for _ in 0..n {
         let mac: [u8; 6] = r.exact(6, "MAC filter address")?.try_into().expect("6 bytes");
-        let vlan = get_opt_u32(r, "MAC filter VLAN")?.map(|v| v as u16);
+        let vlan = match get_opt_u32(r, "MAC filter VLAN")? {
+            Some(v) if v > 4095 => {
+                return Err(SnapshotError::Misfit { what: "MAC filter VLAN", got: v as usize, limit: 4095 })
+            }
+            v => v.map(|v| v as u16),
+        };
         fw.vsi.filters.push((mac, vlan));
     }
     Ok(fw)
