@@ -160,7 +160,9 @@ fn main() {
             }
             let d = ring(0, true) + u64::from(i) * 16;
             put(&mut dma, d, tx_buf(i));
-            let cmd = 60u32 | (0x3 << TXD_DTYP_SHIFT) | TXD_CMD_EOP | TXD_CMD_IFCS | TXD_CMD_RS | TXD_CMD_DEXT;
+            // Report status on the burst's last descriptor only, as the driver does (every 32nd).
+            let rs = if k == BURST - 1 { TXD_CMD_RS } else { 0 };
+            let cmd = 60u32 | (0x3 << TXD_DTYP_SHIFT) | TXD_CMD_EOP | TXD_CMD_IFCS | rs | TXD_CMD_DEXT;
             put(&mut dma, d + 8, u64::from(cmd) | (60u64 << 46));
         }
         tail = (tail + BURST) % N;
