@@ -570,12 +570,9 @@ impl Port {
     /// is loaded again on QENA_REQ; receive gets fresh buffers on every descriptor and its tail
     /// at N-1, transmit drops what was in flight; then the flag.
     fn queue_enable(&mut self, queue: u16, rx: bool, on: bool) -> Result<(), DriverError> {
-        let (n, what) = if rx { (self.pci.rxq.len(), "receive") } else { (self.pci.txq.len(), "transmit") };
-        if usize::from(queue) >= n {
-            return Err(DriverError::config(format!("{what} queue {queue}: the port has queues 0..{n}")));
-        }
+        let qi = self.pci.queue_index(rx, queue)?;
         let first_q = self.sh().ok_or_else(|| DriverError::state("port released"))?.first_q.load(Ordering::Relaxed);
-        let (qi, abs) = (usize::from(queue), first_q + u32::from(queue));
+        let abs = first_q + u32::from(queue);
         let ena = if rx { qrx_ena(abs) } else { qtx_ena(abs) };
         if !on {
             self.pci.queue_hdr(rx, qi).set_stopped(true);
@@ -593,20 +590,13 @@ impl Port {
         if !self.pci.queue_hdr(rx, qi).is_stopped() {
             return Ok(());
         }
-        let pool = self.pci.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
+        let n = self.pci.restart_queue(rx, qi)?;
         if rx {
-            let rxq = &mut self.pci.rxq[qi];
-            rxq.q.drain_posted(pool);
-            rxq.fill(pool)?;
-            let n = rxq.q.v.n();
             self.bar().write32(qrx_tail(abs), 0);
             self.bar().write32(ena, QENA_REQ);
             self.poll(ena, QENA_STAT, QENA_STAT, QUEUE_TIMEOUT, "rx queue enable")?;
             self.bar().write32(qrx_tail(abs), n - 1);
         } else {
-            let txq = &mut self.pci.txq[qi];
-            txq.q.drain_in_flight(pool);
-            txq.q.v.reset_indices();
             let q = GLLAN_TXPRE_QDIS_CLEAR_QDIS | ((abs % 128) & GLLAN_TXPRE_QDIS_QINDX_MASK);
             self.bar().write32(gllan_txpre_qdis(abs / 128), q);
             self.bar().write32(qtx_tail(abs), 0);

@@ -482,11 +482,8 @@ impl Port {
     /// waits for). Start: receive gets fresh buffers on every descriptor (the old ones go back to
     /// the pool) and RDT = N-1; transmit drops what was in flight; then ENABLE, and the flag.
     fn queue_enable(&mut self, queue: u16, rx: bool, on: bool) -> Result<(), DriverError> {
-        let (n, what) = if rx { (self.pci.rxq.len(), "receive") } else { (self.pci.txq.len(), "transmit") };
-        if usize::from(queue) >= n {
-            return Err(DriverError::config(format!("{what} queue {queue}: the port has queues 0..{n}")));
-        }
-        let (q, qi) = (u32::from(queue), usize::from(queue));
+        let qi = self.pci.queue_index(rx, queue)?;
+        let q = u32::from(queue);
         let (ctl, bit) = if rx { (rxdctl(q), RXDCTL_ENABLE) } else { (txdctl(q), TXDCTL_ENABLE) };
         if !on {
             self.pci.queue_hdr(rx, qi).set_stopped(true);
@@ -498,12 +495,8 @@ impl Port {
         if !self.pci.queue_hdr(rx, qi).is_stopped() {
             return Ok(());
         }
-        let pool = self.pci.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
+        let n = self.pci.restart_queue(rx, qi)?;
         if rx {
-            let rxq = &mut self.pci.rxq[qi];
-            rxq.q.drain_posted(pool);
-            rxq.fill(pool)?;
-            let n = rxq.q.v.n();
             let bar = self.bar();
             bar.write32(rdh(q), 0);
             bar.write32(rdt(q), 0);
@@ -511,9 +504,6 @@ impl Port {
             self.poll(ctl, bit, bit, QUEUE_TIMEOUT, "rx queue enable")?;
             self.bar().write32(rdt(q), n - 1);
         } else {
-            let txq = &mut self.pci.txq[qi];
-            txq.q.drain_in_flight(pool);
-            txq.q.v.reset_indices();
             let bar = self.bar();
             bar.write32(tdh(q), 0);
             bar.write32(tdt(q), 0);

@@ -58,16 +58,26 @@ pub(crate) trait PortQueue: Send {
     fn drain(&mut self, pool: &mut Mempool);
     /// One burst.
     fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize;
+    /// Makes a stopped queue new again (queue start at runtime): receive posts fresh buffers on
+    /// every descriptor (the old ones go back), transmit drops what was in flight; the indices
+    /// start at 0. Returns the ring size.
+    fn restart(&mut self, pool: &mut Mempool) -> Result<u32, DriverError> {
+        let _ = pool;
+        Err(DriverError::state("this driver's queues cannot be restarted"))
+    }
 }
 
 /// `PortQueue` for a driver's `RxQueue` and `TxQueue`: both hold a `q: Queue` and an inherent
 /// `burst`; receive drains the buffers it posted, transmit the ones in flight.
 macro_rules! port_queues {
     ($rx:ty, $tx:ty) => {
-        $crate::pci::port_queues!(@one $rx, drain_posted);
-        $crate::pci::port_queues!(@one $tx, drain_in_flight);
+        $crate::pci::port_queues!(@one $rx, drain_posted, |q: &mut $rx, pool| q.fill(pool));
+        $crate::pci::port_queues!(@one $tx, drain_in_flight, |q: &mut $tx, _pool| {
+            q.q.v.reset_indices();
+            Ok(())
+        });
     };
-    (@one $q:ty, $drain:ident) => {
+    (@one $q:ty, $drain:ident, $renew:expr) => {
         impl $crate::pci::PortQueue for $q {
             fn hdr(&self) -> &$crate::pci::queue::QueueHdr {
                 self.q.h()
@@ -83,6 +93,15 @@ macro_rules! port_queues {
                 pkts: &mut [Option<lab_core::mbuf::Mbuf>],
             ) -> usize {
                 <$q>::burst(self, bar, pool, pkts)
+            }
+            fn restart(
+                &mut self,
+                pool: &mut lab_core::mbuf::Mempool,
+            ) -> Result<u32, $crate::error::DriverError> {
+                self.q.$drain(pool);
+                let renew: fn(&mut $q, &mut lab_core::mbuf::Mempool) -> Result<(), $crate::error::DriverError> = $renew;
+                renew(self, pool)?;
+                Ok(self.q.v.n())
             }
         }
     };
@@ -393,6 +412,26 @@ impl<S: DevState, R: PortQueue, T: PortQueue> PciPort<S, R, T> {
             QueueStats { packets: c.pkts, bytes: c.bytes, errors: c.errors }
         };
         (self.rxq.iter().map(|q| one(q.hdr())).collect(), self.txq.iter().map(|q| one(q.hdr())).collect())
+    }
+
+    /// Receive (`rx`) or transmit queue `queue` as an index, if the port has it; the error names
+    /// the queue and the range.
+    pub(crate) fn queue_index(&self, rx: bool, queue: u16) -> Result<usize, DriverError> {
+        let (n, what) = if rx { (self.rxq.len(), "receive") } else { (self.txq.len(), "transmit") };
+        if usize::from(queue) >= n {
+            return Err(DriverError::config(format!("{what} queue {queue}: the port has queues 0..{n}")));
+        }
+        Ok(usize::from(queue))
+    }
+
+    /// Restarts stopped queue `i` ([`PortQueue::restart`]); its ring size.
+    pub(crate) fn restart_queue(&mut self, rx: bool, i: usize) -> Result<u32, DriverError> {
+        let pool = self.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
+        if rx {
+            self.rxq[i].restart(pool)
+        } else {
+            self.txq[i].restart(pool)
+        }
     }
 
     /// The shared header of receive (`rx`) or transmit queue `i` (in range).

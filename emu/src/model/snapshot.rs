@@ -103,6 +103,13 @@ impl Writer {
         }
     }
 
+    /// An MSI-X table and its PBA.
+    pub(crate) fn msix(&mut self, m: &super::msix::Msix) {
+        let (table, pba) = m.save();
+        self.bytes(table);
+        self.u64(pba);
+    }
+
     /// The snapshot.
     pub fn finish(self) -> Vec<u8> {
         self.0
@@ -191,6 +198,12 @@ impl<'a> Reader<'a> {
             *v = self.u64("port totals")?;
         }
         Ok(t)
+    }
+
+    /// An MSI-X table the size of `m`'s and its PBA (for [`super::msix::Msix::load`]).
+    pub(crate) fn msix(&mut self, m: &super::msix::Msix) -> Result<(&'a [u8], u64), SnapshotError> {
+        let table = self.exact(m.save().0.len(), "MSI-X table")?;
+        Ok((table, self.u64("MSI-X PBA")?))
     }
 
     /// Fails unless the whole stream was read.

@@ -299,9 +299,7 @@ impl I40e {
         w.bytes(&mapping_bytes(&self.bar0, RX_TAIL_PAGES));
         w.bytes(&self.tx_frame);
         w.u64(self.pending_irqs);
-        let (table, pba) = self.msix.save();
-        w.bytes(table);
-        w.u64(pba);
+        w.msix(&self.msix);
         w.finish()
     }
 
@@ -357,9 +355,7 @@ impl I40e {
             });
         }
         let pending_irqs = r.u64("pending interrupts")?;
-        let (table, _) = self.msix.save();
-        let table = r.exact(table.len(), "MSI-X table")?;
-        let pba = r.u64("MSI-X PBA")?;
+        let (table, pba) = r.msix(&self.msix)?;
         r.end()?;
 
         // Checked: apply. The admin queue registers are not touched by a PF reset; set them here.

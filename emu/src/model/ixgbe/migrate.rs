@@ -76,9 +76,7 @@ impl Ixgbe {
         w.totals(&self.totals);
         w.bytes(&mapping_bytes(&self.bar0, RX_QUEUE_PAGE));
         w.bytes(&mapping_bytes(&self.bar0, TX_QUEUE_PAGES));
-        let (table, pba) = self.msix.save();
-        w.bytes(table);
-        w.u64(pba);
+        w.msix(&self.msix);
         w.finish()
     }
 
@@ -109,9 +107,7 @@ impl Ixgbe {
         let t = r.totals()?;
         let rxp = r.exact(RX_QUEUE_PAGE.1 as usize, "RX queue page")?;
         let txp = r.exact(TX_QUEUE_PAGES.1 as usize, "TX queue pages")?;
-        let (table, _) = self.msix.save();
-        let table = r.exact(table.len(), "MSI-X table")?;
-        let pba = r.u64("MSI-X PBA")?;
+        let (table, pba) = r.msix(&self.msix)?;
         r.end()?;
 
         // Checked: apply.
