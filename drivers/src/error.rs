@@ -68,6 +68,15 @@ pub enum DriverError {
         #[source]
         source: RingError,
     },
+    /// A vhost-user request to the back end failed (or the connection did).
+    #[error("{what}: {source}")]
+    VhostUser {
+        /// The request ("SET_MEM_TABLE").
+        what: String,
+        /// The vhost crate's error.
+        #[source]
+        source: vhost::Error,
+    },
     /// A kernel call: socket, ioctl, open, mmap.
     #[error("{what}: {source}")]
     Os {
@@ -150,6 +159,7 @@ ctx_for! {
     RingError => Ring,
     io::Error => Os,
     IpcError => Ipc,
+    vhost::Error => VhostUser,
 }
 
 #[cfg(test)]

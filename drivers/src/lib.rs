@@ -42,6 +42,7 @@ pub fn register_all(reg: &mut Registry) {
     reg.register(Arc::new(af_packet::AfPacketDriver));
     reg.register(Arc::new(pcap::PcapDriver));
     reg.register(Arc::new(virtio::VirtioDriver));
+    reg.register(Arc::new(virtio::user::VirtioUserDriver));
 }
 
 /// A registry with every driver of this crate.

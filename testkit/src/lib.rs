@@ -20,7 +20,7 @@
 mod raw;
 mod testpmd;
 pub use raw::RawSock;
-pub use testpmd::{Testpmd, TestpmdError};
+pub use testpmd::{PortCounters, Testpmd, TestpmdError};
 
 pub mod proc;
 

@@ -39,6 +39,19 @@ impl std::error::Error for TestpmdError {
     }
 }
 
+/// A port's counters as testpmd reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortCounters {
+    /// Frames received.
+    pub ipackets: u64,
+    /// Frames sent.
+    pub opackets: u64,
+    /// Bytes received.
+    pub ibytes: u64,
+    /// Bytes sent.
+    pub obytes: u64,
+}
+
 /// A running `dpdk-testpmd`.
 pub struct Testpmd {
     child: Child,
@@ -59,6 +72,18 @@ impl Testpmd {
     /// control threads, telemetry's among them) to `cpu` when given; returns once its telemetry
     /// socket answers (30 s at most).
     pub fn start(xdg: &Path, prefix: &str, cpu: Option<usize>) -> Result<Testpmd, TestpmdError> {
+        Testpmd::start_with(xdg, prefix, cpu, &["--vdev", "net_null0"], &[])
+    }
+
+    /// As [`Testpmd::start`] with these EAL device arguments (`--vdev ...`) in place of the null
+    /// port, and `app` after testpmd's own (`--forward-mode=io`, `--auto-start`).
+    pub fn start_with(
+        xdg: &Path,
+        prefix: &str,
+        cpu: Option<usize>,
+        devs: &[&str],
+        app: &[&str],
+    ) -> Result<Testpmd, TestpmdError> {
         let bin = ["/usr/bin/dpdk-testpmd", "/usr/local/bin/dpdk-testpmd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -80,8 +105,11 @@ impl Testpmd {
                 c
             }
         };
-        c.args(["--no-huge", "-m", "256", "--no-pci", "--vdev", "net_null0", "--file-prefix", prefix])
+        c.args(["--no-huge", "-m", "256", "--no-pci"])
+            .args(devs)
+            .args(["--file-prefix", prefix])
             .args(["--", "-i", "--no-mlockall", "--total-num-mbufs", "2048"])
+            .args(app)
             .env("XDG_RUNTIME_DIR", xdg)
             .stdin(Stdio::piped()) // held open: testpmd -i exits on end of input
             .stdout(Stdio::null())
@@ -106,6 +134,46 @@ impl Testpmd {
     /// Its runtime dir.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// One telemetry command's reply (the JSON text), or None when it does not answer.
+    pub fn query(&self, cmd: &str) -> Option<String> {
+        use nix::sys::socket::{recv, send, MsgFlags};
+        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).ok()?;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        connect(raw, &UnixAddr::new(&self.sock).ok()?).ok()?;
+        let tv = nix::sys::time::TimeVal::new(5, 0);
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv).ok()?;
+        let mut buf = vec![0u8; 65536];
+        recv(raw, &mut buf, MsgFlags::empty()).ok()?; // the greeting
+        send(raw, cmd.as_bytes(), MsgFlags::empty()).ok()?;
+        let n = recv(raw, &mut buf, MsgFlags::empty()).ok()?;
+        String::from_utf8(buf[..n].to_vec()).ok()
+    }
+
+    /// Port `port`'s counters as telemetry's `/ethdev/stats` gives them.
+    pub fn port_stats(&self, port: u16) -> Option<PortCounters> {
+        let t = self.query(&format!("/ethdev/stats,{port}"))?;
+        let num = |key: &str| -> Option<u64> {
+            let k = format!("\"{key}\":");
+            let at = t.find(&k)? + k.len();
+            let rest = t[at..].trim_start();
+            let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        };
+        Some(PortCounters {
+            ipackets: num("ipackets")?,
+            opackets: num("opackets")?,
+            ibytes: num("ibytes")?,
+            obytes: num("obytes")?,
+        })
+    }
+
+    /// Stops it (SIGKILL, reaped) without removing its runtime dir: a crash, for a test of
+    /// what its peers see.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Whether it still runs.

@@ -18,6 +18,7 @@
 //! completes out of order slows the queue down and never makes it overwrite a buffer in flight.
 //! The used ring is written by the device: ids and lengths are bounded before use.
 
+use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub const NET_HDR_LEN: usize = 12;
 const VIRTQ_DESC_F_WRITE: u16 = 2;
 /// Used ring flag: the device needs no notification.
 const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
+/// Available ring flag: the driver needs no used-buffer notification (it polls).
+const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 const MAGIC: u64 = 0x5649_5254_5151_0001;
 
 /// Byte offsets of a queue zone's parts for `n` descriptors.
@@ -71,6 +74,38 @@ pub fn zone_name(port: PortId, rx: bool, q: u16) -> String {
     format!("virtio_{port}_{}q{q}", if rx { "rx" } else { "tx" })
 }
 
+/// Where a queue's available-buffer notification goes.
+#[derive(Clone, Copy, Debug)]
+enum Bell {
+    /// A notify register in a mapped BAR: a store.
+    Mapped(NonNull<u16>),
+    /// A notify register at this BAR offset, trapped: through the transport.
+    Trapped(u64),
+    /// A vhost-user kick eventfd (owned by the port, which outlives the queue): a write of 1.
+    Kick(RawFd),
+}
+
+/// What the bursts notify through when a queue's bell is a trapped register: a BAR; the
+/// vhost-user front end passes [`NoBar`] (its bells are eventfds).
+pub(crate) trait Doorbell {
+    /// Writes `v` to the 16-bit register at `off`.
+    fn write16(&self, off: u64, v: u16);
+}
+
+impl Doorbell for Bar {
+    #[inline]
+    fn write16(&self, off: u64, v: u16) {
+        Bar::write16(self, off, v)
+    }
+}
+
+/// No BAR: for queues whose bell is an eventfd.
+pub(crate) struct NoBar;
+
+impl Doorbell for NoBar {
+    fn write16(&self, _off: u64, _v: u16) {}
+}
+
 /// A process's view of one virtqueue zone.
 pub(crate) struct Vq {
     base: NonNull<u8>,
@@ -78,9 +113,8 @@ pub(crate) struct Vq {
     lay: Layout,
     iova: u64,
     zone: String,
-    /// The queue's notify register: mapped (a store) or trapped.
-    bell: Option<NonNull<u16>>,
-    bell_off: u64,
+    /// The queue's notification: a notify register (mapped or trapped) or a kick eventfd.
+    bell: Bell,
     /// The virtqueue index written to the notify register.
     index: u16,
     shm: Arc<Shm>,
@@ -105,6 +139,36 @@ impl Vq {
         port: PortId,
         create: bool,
     ) -> Result<Vq, DriverError> {
+        let bell = match bar.mapped_ptr16(notify).and_then(NonNull::new) {
+            Some(p) => Bell::Mapped(p),
+            None => Bell::Trapped(notify),
+        };
+        Vq::open_with(shm, name, index, n, bell, port, create)
+    }
+
+    /// As [`Vq::open`], for a vhost-user front end: the bell is the kick eventfd `kick`, which
+    /// the caller keeps open as long as the queue.
+    pub(crate) fn open_kicked(
+        shm: &Arc<Shm>,
+        name: String,
+        index: u16,
+        n: u32,
+        kick: RawFd,
+        port: PortId,
+        create: bool,
+    ) -> Result<Vq, DriverError> {
+        Vq::open_with(shm, name, index, n, Bell::Kick(kick), port, create)
+    }
+
+    fn open_with(
+        shm: &Arc<Shm>,
+        name: String,
+        index: u16,
+        n: u32,
+        bell: Bell,
+        port: PortId,
+        create: bool,
+    ) -> Result<Vq, DriverError> {
         if !n.is_power_of_two() || n > 32768 {
             return Err(DriverError::config(format!("virtqueue size {n}: a power of 2 up to 32768")));
         }
@@ -121,8 +185,7 @@ impl Vq {
             return Err(DriverError::state(format!("memzone {name} is not 128-byte aligned")));
         }
         let iova = ShmOffset(z.offset.0).iova().0;
-        let bell = bar.mapped_ptr16(notify).and_then(NonNull::new);
-        let v = Vq { base, n, lay, iova, zone: name, bell, bell_off: notify, index, shm: shm.clone(), port: port.0 };
+        let v = Vq { base, n, lay, iova, zone: name, bell, index, shm: shm.clone(), port: port.0 };
         let h = v.h();
         if create {
             // A fresh zone: the size, then the magic that publishes it.
@@ -163,6 +226,25 @@ impl Vq {
     /// IOVAs of the descriptor table, available ring and used ring, for queue_desc/driver/device.
     pub(crate) fn addrs(&self) -> (u64, u64, u64) {
         (self.iova + self.lay.desc, self.iova + self.lay.avail, self.iova + self.lay.used)
+    }
+
+    /// This process's addresses of the descriptor table, available ring and used ring: what
+    /// vhost-user's SET_VRING_ADDR carries (the back end translates them by the memory table).
+    pub(crate) fn user_addrs(&self) -> (u64, u64, u64) {
+        let b = self.base.as_ptr() as u64;
+        (b + self.lay.desc, b + self.lay.avail, b + self.lay.used)
+    }
+
+    /// Tells the device not to send used-buffer notifications: the driver polls (2.7.7).
+    pub(crate) fn set_no_interrupt(&self) {
+        // SAFETY: avail.flags, 2-aligned at the start of the available ring inside the zone.
+        unsafe { self.at::<u16>(self.lay.avail).write_volatile(VIRTQ_AVAIL_F_NO_INTERRUPT.to_le()) }
+    }
+
+    /// The used ring's index as the device last wrote it: where a new back end resumes
+    /// (vhost-user SET_VRING_BASE after a reconnect).
+    pub(crate) fn device_used(&self) -> u16 {
+        self.used_idx()
     }
 
     fn at<T>(&self, off: u64) -> *mut T {
@@ -229,13 +311,20 @@ impl Vq {
         unsafe { self.at::<u64>(self.lay.sw + 8 * u64::from(i % self.n)).write_volatile(v) }
     }
 
-    fn notify(&self, bar: &Bar) {
+    fn notify<D: Doorbell + ?Sized>(&self, bar: &D) {
         // The index must be visible before the device is told (2.7.13.4).
         fence(Ordering::SeqCst);
         match self.bell {
             // SAFETY: from `Bar::mapped_ptr16`, inside the BAR mapping the port keeps alive.
-            Some(p) => unsafe { p.as_ptr().write_volatile(self.index.to_le()) },
-            None => bar.write16(self.bell_off, self.index),
+            Bell::Mapped(p) => unsafe { p.as_ptr().write_volatile(self.index.to_le()) },
+            Bell::Trapped(off) => bar.write16(off, self.index),
+            Bell::Kick(fd) => {
+                let one = 1u64.to_ne_bytes();
+                // SAFETY: `fd` is the kick eventfd the port keeps open while the queue exists;
+                // the write reads 8 bytes from a live stack buffer. A full counter (EAGAIN on a
+                // non-blocking eventfd) still leaves the back end a kick pending: nothing lost.
+                let _ = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+            }
         }
     }
 
@@ -248,9 +337,9 @@ impl Vq {
     /// Posts one chain of descriptors 0.. (address, length, device-writable), makes it available,
     /// notifies, and waits (at most `within`) for the device to use it: the control queue's one
     /// command at a time (the caller holds the lock that makes it so).
-    pub(crate) fn command<const N: usize>(
+    pub(crate) fn command<const N: usize, D: Doorbell>(
         &self,
-        bar: &Bar,
+        bar: &D,
         parts: [(u64, u32, bool); N],
         within: std::time::Duration,
     ) -> bool {
@@ -327,7 +416,7 @@ impl RxVq {
     }
 
     /// Tells the device buffers are there (after DRIVER_OK).
-    pub(crate) fn kick(&self, bar: &Bar) {
+    pub(crate) fn kick<D: Doorbell>(&self, bar: &D) {
         self.q.notify(bar);
     }
 
@@ -335,7 +424,7 @@ impl RxVq {
     /// its descriptor is posted again at once with a fresh buffer (or, with none to be had or a bad
     /// frame, with the same one), so all n stay posted. One index update and at most one notify.
     #[inline]
-    pub(crate) fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+    pub(crate) fn burst<D: Doorbell>(&mut self, bar: &D, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
         let q = &self.q;
         let (mut avail, mut last) = q.indices();
         let used = q.used_idx();
@@ -431,7 +520,7 @@ impl TxVq {
     /// descriptor per frame, the available index published once, one notify. Returns how many
     /// were taken (unsendable ones are dropped and counted).
     #[inline]
-    pub(crate) fn burst(&mut self, bar: &Bar, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
+    pub(crate) fn burst<D: Doorbell>(&mut self, bar: &D, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
         self.clean(pool);
         let q = &self.q;
         let (mut avail, _) = q.indices();

@@ -1,0 +1,225 @@
+//! net_virtio_user against a vhost-user back end we did not write: DPDK's `net_vhost` in
+//! `dpdk-testpmd` (io forward: what we send comes back). Frames both ways, byte for byte, with
+//! testpmd's counters equal to ours; two queue pairs; a secondary that transmits through the
+//! kick eventfds it got over IPC; testpmd killed mid-traffic and started again (link down, then
+//! up, then traffic again); bad input refused with nothing left behind. Skips with one line
+//! when dpdk-testpmd is missing.
+
+mod vdev_common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lab_core::ethdev::EthDev;
+use lab_drivers::virtio::user::VirtioUserDriver;
+use lab_testkit::{Testpmd, TestpmdError};
+use vdev_common::*;
+
+fn field(ans: &str, key: &str) -> u64 {
+    ans.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {ans:?}"))
+}
+
+/// testpmd with `net_vhost0` serving `sock` (`queues` pairs), io forwarding, started at once.
+fn vhost_testpmd(dir: &Path, prefix: &str, sock: &Path, queues: u16) -> Result<Testpmd, TestpmdError> {
+    let vdev = format!("net_vhost0,iface={},queues={queues}", sock.display());
+    let q = format!("{queues}");
+    let t = Testpmd::start_with(
+        dir,
+        prefix,
+        None,
+        &["--vdev", &vdev],
+        &["--forward-mode=io", "--auto-start", "--rxq", &q, "--txq", &q],
+    )?;
+    let end = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(t)
+}
+
+/// The peer, or None after printing the one skip line.
+fn peer_or_skip(test: &str, dir: &Path, prefix: &str, sock: &Path, queues: u16) -> Option<Testpmd> {
+    match vhost_testpmd(dir, prefix, sock, queues) {
+        Ok(t) => Some(t),
+        Err(TestpmdError::Missing) => {
+            eprintln!("{test}: skipped: {}", TestpmdError::Missing);
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn wait_link(p: &mut dyn EthDev, up: bool, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    loop {
+        if p.link().up == up {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn zones_of(lab: &Lab) -> Vec<String> {
+    lab.rt.shm().zones().into_iter().map(|z| z.name).filter(|n| n.starts_with("virtio_user")).collect()
+}
+
+struct Dir {
+    d: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Dir {
+        Dir { d: tempfile::tempdir().expect("tempdir") }
+    }
+    fn sock(&self) -> PathBuf {
+        self.d.path().join("vhost.sock")
+    }
+}
+
+#[test]
+fn bad_devargs_and_a_missing_back_end_are_named_and_leave_nothing() {
+    let lab = Lab::new("vukeys");
+    let e = lab.probe(&VirtioUserDriver, "net_virtio_user0", 0, 1).err().unwrap().to_string();
+    assert!(e.contains("path"), "{e}");
+    let e = lab.probe(&VirtioUserDriver, "net_virtio_user0,path=/x,queue_size=100", 0, 1).err().unwrap().to_string();
+    assert!(e.contains("queue_size=100"), "{e}");
+    let e = lab.probe(&VirtioUserDriver, "net_virtio_user0,path=/x,queues=9", 0, 1).err().unwrap().to_string();
+    assert!(e.contains("queues"), "{e}");
+    let d = Dir::new();
+    let sock = d.sock();
+    let e = lab
+        .probe(&VirtioUserDriver, &format!("net_virtio_user0,path={}", sock.display()), 0, 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains(&sock.display().to_string()), "{e}");
+    assert_eq!(zones_of(&lab), Vec::<String>::new(), "zones left after a failed probe");
+    // A back end that accepts and never answers: the request times out, named.
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let e = lab
+        .probe(&VirtioUserDriver, &format!("net_virtio_user0,path={}", sock.display()), 0, 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("GET_FEATURES") || e.contains("SET_OWNER"), "{e}");
+    drop(l);
+    assert_eq!(zones_of(&lab), Vec::<String>::new(), "zones left after a silent back end");
+}
+
+#[test]
+fn frames_go_through_dpdk_vhost_and_back_byte_for_byte_with_equal_counters() {
+    let lab = Lab::new("vuio");
+    let d = Dir::new();
+    let sock = d.sock();
+    let Some(dpdk) = peer_or_skip("frames_go_through_dpdk_vhost", d.d.path(), &format!("{}-dpdk", lab.prefix), &sock, 1)
+    else {
+        return;
+    };
+    let free = lab.pool.avail_count();
+    let mut p = lab.probe(&VirtioUserDriver, &format!("net_virtio_user0,path={}", sock.display()), 0, 1).unwrap();
+    assert!(wait_link(p.as_mut(), true, Duration::from_secs(5)), "link up once set up");
+    let mut pool = lab.pool();
+    let frames: Vec<Vec<u8>> = (0..600).map(|i| frame(i, 60 + (i as usize * 7) % 1455)).collect();
+    let mut got = Vec::new();
+    for chunk in frames.chunks(100) {
+        assert_eq!(send_all(p.as_mut(), &mut pool, chunk), chunk.len());
+        got.extend(recv_frames(p.as_mut(), chunk.len(), Duration::from_secs(10)));
+    }
+    assert_eq!(got.len(), frames.len(), "frames back from testpmd");
+    assert!(got == frames, "the frames came back changed or out of order");
+    let ours = p.stats();
+    let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+    assert_eq!((ours.opackets, ours.obytes), (600, bytes));
+    assert_eq!((ours.ipackets, ours.ibytes), (600, bytes));
+    let theirs = dpdk.port_stats(0).expect("testpmd's /ethdev/stats,0");
+    assert_eq!((theirs.ipackets, theirs.ibytes), (ours.opackets, ours.obytes), "testpmd received what we sent");
+    assert_eq!((theirs.opackets, theirs.obytes), (ours.ipackets, ours.ibytes), "we received what testpmd sent");
+    close(p);
+    drop(pool); // its cache back to the pool
+    assert_eq!(zones_of(&lab), Vec::<String>::new(), "zones left after close");
+    assert_eq!(lab.pool.avail_count(), free, "buffers left in the rings after close");
+    drop(dpdk);
+}
+
+#[test]
+fn two_queue_pairs_and_a_secondary_transmitting_through_its_kick_fds() {
+    let lab = Lab::new("vumq");
+    let d = Dir::new();
+    let sock = d.sock();
+    let Some(dpdk) = peer_or_skip("two_queue_pairs", d.d.path(), &format!("{}-dpdk", lab.prefix), &sock, 2) else {
+        return;
+    };
+    let dev = format!("net_virtio_user0,path={},queues=2", sock.display());
+    let mut p = lab.probe(&VirtioUserDriver, &dev, 0, 2).unwrap();
+    assert!(wait_link(p.as_mut(), true, Duration::from_secs(5)));
+    let mut pool = lab.pool();
+    // Queue 1 too: testpmd forwards its queue 1 back to our queue 1.
+    let mut sent = 0;
+    for i in 0..64u64 {
+        let mut m = pool.alloc().unwrap();
+        assert!(m.copy_from(&frame(i, 128)));
+        let mut slot = [Some(m)];
+        let end = Instant::now() + Duration::from_secs(5);
+        while p.tx_burst(1, &mut slot) == 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sent += usize::from(slot[0].is_none());
+    }
+    assert_eq!(sent, 64);
+    let got = recv_frames(p.as_mut(), 64, Duration::from_secs(10));
+    assert_eq!(got.len(), 64);
+    // A secondary sends on queue 0 with the kick eventfds it fetched; the primary receives.
+    let mut peer = lab.peer(0, &dev, 2);
+    let ans = peer.cmd("tx 200 90");
+    assert_eq!(field(&ans, "pkts"), 200, "{ans}");
+    let got = recv_frames(p.as_mut(), 200, Duration::from_secs(10));
+    assert_eq!(got.len(), 200, "frames a secondary sent, back through testpmd");
+    assert_eq!(peer.cmd("close"), "closed");
+    peer.quit();
+    let theirs = dpdk.port_stats(0).unwrap();
+    assert_eq!(theirs.ipackets, 264);
+    close(p);
+    assert_eq!(zones_of(&lab), Vec::<String>::new());
+}
+
+#[test]
+fn testpmd_killed_and_restarted_takes_the_link_down_and_up_and_traffic_resumes() {
+    let lab = Lab::new("vure");
+    let d = Dir::new();
+    let sock = d.sock();
+    let prefix = format!("{}-dpdk", lab.prefix);
+    let Some(mut dpdk) = peer_or_skip("testpmd_killed_and_restarted", d.d.path(), &prefix, &sock, 1) else {
+        return;
+    };
+    let mut p = lab.probe(&VirtioUserDriver, &format!("net_virtio_user0,path={}", sock.display()), 0, 1).unwrap();
+    assert!(wait_link(p.as_mut(), true, Duration::from_secs(5)));
+    let mut pool = lab.pool();
+    let first: Vec<Vec<u8>> = (0..100).map(|i| frame(i, 70)).collect();
+    assert_eq!(send_all(p.as_mut(), &mut pool, &first), 100);
+    assert_eq!(recv_frames(p.as_mut(), 100, Duration::from_secs(10)).len(), 100);
+    dpdk.kill();
+    assert!(wait_link(p.as_mut(), false, Duration::from_secs(5)), "link down once testpmd is gone");
+    // Frames sent while the back end is away wait in the ring.
+    let waiting: Vec<Vec<u8>> = (100..110).map(|i| frame(i, 70)).collect();
+    assert_eq!(send_all(p.as_mut(), &mut pool, &waiting), 10);
+    let _ = std::fs::remove_file(&sock);
+    drop(dpdk);
+    let dpdk = vhost_testpmd(d.d.path(), &prefix, &sock, 1).expect("testpmd again");
+    assert!(wait_link(p.as_mut(), true, Duration::from_secs(10)), "link up once testpmd is back");
+    let again: Vec<Vec<u8>> = (110..210).map(|i| frame(i, 70)).collect();
+    assert_eq!(send_all(p.as_mut(), &mut pool, &again), 100);
+    let got = recv_frames(p.as_mut(), 110, Duration::from_secs(10));
+    let mut want = waiting.clone();
+    want.extend(again);
+    assert_eq!(got, want, "the waiting frames first, then the new ones");
+    let theirs = dpdk.port_stats(0).unwrap();
+    assert_eq!(theirs.ipackets, 110, "the new testpmd saw the waiting frames and the new ones");
+    close(p);
+    assert_eq!(zones_of(&lab), Vec::<String>::new());
+}
