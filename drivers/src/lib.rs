@@ -43,6 +43,7 @@ pub fn register_all(reg: &mut Registry) {
     reg.register(Arc::new(pcap::PcapDriver));
     reg.register(Arc::new(virtio::VirtioDriver));
     reg.register(Arc::new(virtio::user::VirtioUserDriver));
+    reg.register(Arc::new(virtio::vhost::VhostDriver));
 }
 
 /// A registry with every driver of this crate.

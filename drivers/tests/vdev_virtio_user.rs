@@ -223,3 +223,48 @@ fn testpmd_killed_and_restarted_takes_the_link_down_and_up_and_traffic_resumes()
     close(p);
     assert_eq!(zones_of(&lab), Vec::<String>::new());
 }
+
+// ---- net_vhost (our back end) against DPDK's net_virtio_user in testpmd ----
+
+/// testpmd with `net_virtio_user0` connecting to `sock` (`queues` pairs), io forwarding.
+fn virtio_user_testpmd(dir: &Path, prefix: &str, sock: &Path, queues: u16, server: bool) -> Result<Testpmd, TestpmdError> {
+    let vdev = format!("net_virtio_user0,path={},queues={queues},server={}", sock.display(), u8::from(server));
+    let q = format!("{queues}");
+    Testpmd::start_with(dir, prefix, None, &["--vdev", &vdev], &["--forward-mode=io", "--auto-start", "--rxq", &q, "--txq", &q])
+}
+
+#[test]
+fn our_vhost_back_end_serves_dpdk_virtio_user_byte_for_byte() {
+    use lab_drivers::virtio::vhost::VhostDriver;
+    let lab = Lab::new("vhio");
+    let d = Dir::new();
+    let sock = d.sock();
+    let mut p = lab.probe(&VhostDriver, &format!("net_vhost0,iface={}", sock.display()), 0, 1).unwrap();
+    assert!(!p.link().up, "no front end yet: link down");
+    let dpdk = match virtio_user_testpmd(d.d.path(), &format!("{}-dpdk", lab.prefix), &sock, 1, false) {
+        Ok(t) => t,
+        Err(TestpmdError::Missing) => {
+            eprintln!("our_vhost_back_end_serves_dpdk_virtio_user: skipped: {}", TestpmdError::Missing);
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert!(wait_link(p.as_mut(), true, Duration::from_secs(10)), "link up once testpmd's virtio_user is set up");
+    let mut pool = lab.pool();
+    let frames: Vec<Vec<u8>> = (0..600).map(|i| frame(i, 60 + (i as usize * 7) % 1455)).collect();
+    let mut got = Vec::new();
+    for chunk in frames.chunks(100) {
+        assert_eq!(send_all(p.as_mut(), &mut pool, chunk), chunk.len());
+        got.extend(recv_frames(p.as_mut(), chunk.len(), Duration::from_secs(10)));
+    }
+    assert_eq!(got.len(), frames.len(), "frames back from testpmd");
+    assert!(got == frames, "the frames came back changed or out of order");
+    let ours = p.stats();
+    let theirs = dpdk.port_stats(0).expect("testpmd's /ethdev/stats,0");
+    assert_eq!((theirs.ipackets, theirs.ibytes), (ours.opackets, ours.obytes), "testpmd received what we sent");
+    assert_eq!((theirs.opackets, theirs.obytes), (ours.ipackets, ours.ibytes), "we received what testpmd sent");
+    drop(dpdk);
+    assert!(wait_link(p.as_mut(), false, Duration::from_secs(5)), "link down once testpmd is gone");
+    close(p);
+    assert!(!sock.exists(), "our socket is removed with the port");
+}

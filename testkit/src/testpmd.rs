@@ -111,9 +111,19 @@ impl Testpmd {
             .args(["--", "-i", "--no-mlockall", "--total-num-mbufs", "2048"])
             .args(app)
             .env("XDG_RUNTIME_DIR", xdg)
-            .stdin(Stdio::piped()) // held open: testpmd -i exits on end of input
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdin(Stdio::piped()); // held open: testpmd -i exits on end of input
+        // $LAB_TESTPMD_LOG: its output appended there (to see why a peer misbehaves).
+        match std::env::var_os("LAB_TESTPMD_LOG").and_then(|p| {
+            std::fs::OpenOptions::new().create(true).append(true).open(p).ok()
+        }) {
+            Some(f) => {
+                let e = f.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null());
+                c.stdout(Stdio::from(f)).stderr(e);
+            }
+            None => {
+                c.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
         let child = c.spawn().map_err(TestpmdError::Spawn)?;
         let mut t = Testpmd { child, sock: dir.join("dpdk_telemetry.v2"), dir };
         let end = Instant::now() + Duration::from_secs(30);

@@ -21,6 +21,7 @@
 //! counted), offloads, RSS (the device's own steering spreads flows over the pairs).
 
 pub mod user;
+pub mod vhost;
 pub mod vq;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -1,0 +1,702 @@
+//! `net_vhost`: a vhost-user net back end as a port, DPDK's vhost PMD. The other end is any
+//! vhost-user front end: DPDK's `net_virtio_user` (testpmd), QEMU's virtio-net, ours.
+//!
+//! `net_vhost0,iface=PATH[,queues=N][,client=0|1]`: with `client=0` (the default) we listen on
+//! `iface` and take one front end at a time; with `client=1` we connect to the front end's socket,
+//! and again every second while it is away (DPDK's reconnect).
+//!
+//! Built on rust-vmm's crates: `vhost` parses and answers the protocol (`BackendReqHandler` over
+//! our [`VhostUserBackendReqHandlerMut`]), `vm-memory` maps the front end's memory table
+//! (`GuestMemoryMmap` over the region descriptors), and `virtio-queue` walks its split
+//! virtqueues (`Queue`: descriptor chains, the used ring, notification suppression).
+//!
+//! A control thread per port serves the socket: each message under the port's state lock.
+//! The bursts only `try_lock` that lock, so a burst that meets a message being applied returns
+//! 0 frames rather than wait; no peer can hold it. Receive queue `q` drains the front end's
+//! transmit virtqueue `2q + 1`; transmit queue `q` fills its receive virtqueue `2q`, over as many
+//! buffers as a frame needs when MRG_RXBUF is negotiated (`num_buffers` in the header), and
+//! signals the call eventfd once per burst, only when the front end asks for it.
+//!
+//! Link state: up while a front end is connected and virtqueue pair 0 is ready (addresses,
+//! kick, enabled); down when it hangs up or stops the rings (GET_VRING_BASE).
+//!
+//! The port serves its queues in the primary; a secondary's probe is refused (named): the
+//! front end's memory and eventfds reach the primary only (not yet shared).
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lab_core::devargs::{BusKind, KeyKind, KeySpec};
+use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortId, PortStats, ProbeCtx, Release};
+use lab_core::mbuf::{Mbuf, Mempool};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight, VhostUserLog,
+    VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{Backend, BackendReqHandler, Error as VuError, GpuBackend, VhostUserBackendReqHandlerMut};
+use vhost::VhostUserMemoryRegionBase;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+
+use crate::error::{Ctx, DriverError};
+
+const NAME: &str = "net_vhost";
+/// Queue pairs at most.
+pub const MAX_QUEUES: u16 = 8;
+/// Virtqueue size the front end may ask for at most.
+const MAX_QSIZE: u16 = 32768;
+const MTU: u16 = 1500;
+/// Longest frame taken from the front end (a larger chain is refused and counted).
+const MAX_FRAME: usize = 9728;
+/// How often the control thread looks at its stop flag.
+const TICK: Duration = Duration::from_millis(50);
+
+// Feature bits (virtio 1.2, 5.1.3 and 6; vhost-user's bit 30).
+const F_MRG_RXBUF: u64 = 1 << 15;
+const F_MQ: u64 = 1 << 22;
+const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+const F_VERSION_1: u64 = 1 << 32;
+
+static KEYS: [KeySpec; 3] = [
+    KeySpec::new("iface", KeyKind::Path, "the vhost-user socket: ours (client=0) or the front end's (client=1)"),
+    KeySpec::new(
+        "queues",
+        KeyKind::U64 { min: 1, max: MAX_QUEUES as u64 },
+        "queue pairs offered (default: the port configuration's receive queues)",
+    ),
+    KeySpec::new("client", KeyKind::Bool, "connect to the front end's socket instead of listening (default 0)"),
+];
+
+/// The net_vhost driver.
+pub struct VhostDriver;
+
+/// One virtqueue as the front end set it up.
+struct Vring {
+    q: Queue,
+    /// Front-end addresses from SET_VRING_ADDR (translated when the rings start).
+    addrs: Option<(u64, u64, u64)>,
+    kick: Option<File>,
+    call: Option<File>,
+    enabled: bool,
+}
+
+impl Vring {
+    fn new() -> Vring {
+        Vring { q: Queue::new(MAX_QSIZE).expect("32768 is a valid queue size"), addrs: None, kick: None, call: None, enabled: false }
+    }
+}
+
+/// The port's vhost-user state: what the front end told us, under one lock shared by the
+/// control thread (each message) and the bursts (`try_lock`).
+struct Dev {
+    pairs: u16,
+    features: u64,
+    protocol: u64,
+    mem: Option<GuestMemoryMmap>,
+    /// (guest address, size, front-end address) of each region, for ring address translation.
+    regions: Vec<(u64, u64, u64)>,
+    vrings: Vec<Vring>,
+    connected: bool,
+}
+
+impl Dev {
+    fn new(pairs: u16) -> Dev {
+        Dev {
+            pairs,
+            features: 0,
+            protocol: 0,
+            mem: None,
+            regions: Vec::new(),
+            vrings: (0..2 * pairs).map(|_| Vring::new()).collect(),
+            connected: false,
+        }
+    }
+
+    /// Back to the state before any front end (its hang-up, or a new connection).
+    fn reset(&mut self) {
+        *self = Dev::new(self.pairs);
+    }
+
+    fn vring(&mut self, index: u32) -> Result<&mut Vring, VuError> {
+        self.vrings.get_mut(index as usize).ok_or(VuError::InvalidParam)
+    }
+
+    fn va_to_gpa(&self, va: u64) -> Option<u64> {
+        self.regions.iter().find(|(_, size, ua)| va >= *ua && va - ua < *size).map(|(gpa, _, ua)| gpa + (va - ua))
+    }
+
+    /// Whether virtqueue `i` can carry frames.
+    fn live(&self, i: usize) -> bool {
+        self.connected && self.mem.is_some() && self.vrings.get(i).is_some_and(|v| v.enabled && v.q.ready())
+    }
+
+    /// Starts virtqueue `i` once it has its addresses, a size and a kick (vhost-user: a ring
+    /// starts at SET_VRING_KICK; without protocol features it is enabled then too).
+    fn try_start(&mut self, i: usize) {
+        let no_pf = self.features & F_PROTOCOL_FEATURES == 0;
+        let Some((d, a, u)) = self.vrings[i].addrs else { return };
+        let (Some(d), Some(a), Some(u)) = (self.va_to_gpa(d), self.va_to_gpa(a), self.va_to_gpa(u)) else {
+            tracing::warn!(vring = i, "net_vhost: ring addresses outside the memory table");
+            return;
+        };
+        let v = &mut self.vrings[i];
+        if v.kick.is_none() {
+            return;
+        }
+        if no_pf {
+            v.enabled = true;
+        }
+        let ok = v.q.try_set_desc_table_address(GuestAddress(d)).is_ok()
+            && v.q.try_set_avail_ring_address(GuestAddress(a)).is_ok()
+            && v.q.try_set_used_ring_address(GuestAddress(u)).is_ok();
+        v.q.set_event_idx(false);
+        v.q.set_ready(true);
+        let valid = ok && self.mem.as_ref().is_some_and(|m| self.vrings[i].q.is_valid(m));
+        self.vrings[i].q.set_ready(valid);
+        if !valid {
+            tracing::warn!(vring = i, "net_vhost: virtqueue refused (size or addresses)");
+        }
+    }
+}
+
+impl VhostUserBackendReqHandlerMut for Dev {
+    fn set_owner(&mut self) -> Result<(), VuError> {
+        Ok(())
+    }
+    fn reset_owner(&mut self) -> Result<(), VuError> {
+        self.reset();
+        self.connected = true;
+        Ok(())
+    }
+    fn reset_device(&mut self) -> Result<(), VuError> {
+        self.reset_owner()
+    }
+    fn get_features(&mut self) -> Result<u64, VuError> {
+        Ok(F_VERSION_1 | F_MRG_RXBUF | F_PROTOCOL_FEATURES | if self.pairs > 1 { F_MQ } else { 0 })
+    }
+    fn set_features(&mut self, features: u64) -> Result<(), VuError> {
+        if features & !self.get_features()? != 0 {
+            return Err(VuError::InvalidParam);
+        }
+        self.features = features;
+        Ok(())
+    }
+    fn set_mem_table(
+        &mut self,
+        ctx: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy: Option<bool>,
+    ) -> Result<Option<Vec<VhostUserMemoryRegionBase>>, VuError> {
+        if ctx.len() != files.len() || ctx.is_empty() {
+            return Err(VuError::InvalidParam);
+        }
+        let mut ranges = Vec::with_capacity(ctx.len());
+        let mut regions = Vec::with_capacity(ctx.len());
+        for (r, f) in ctx.iter().zip(files) {
+            let size = usize::try_from(r.memory_size).map_err(|_| VuError::InvalidParam)?;
+            ranges.push((GuestAddress(r.guest_phys_addr), size, Some(FileOffset::new(f, r.mmap_offset))));
+            regions.push((r.guest_phys_addr, r.memory_size, r.user_addr));
+        }
+        let mem = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(|_| VuError::InvalidParam)?;
+        self.mem = Some(mem);
+        self.regions = regions;
+        Ok(None)
+    }
+    fn set_vring_num(&mut self, index: u32, num: u32) -> Result<(), VuError> {
+        let n = u16::try_from(num).map_err(|_| VuError::InvalidParam)?;
+        self.vring(index)?.q.try_set_size(n).map_err(|_| VuError::InvalidParam)
+    }
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> Result<(), VuError> {
+        self.vring(index)?.addrs = Some((descriptor, available, used));
+        Ok(())
+    }
+    fn set_vring_base(&mut self, index: u32, base: u32) -> Result<(), VuError> {
+        let b = u16::try_from(base).map_err(|_| VuError::InvalidParam)?;
+        let v = self.vring(index)?;
+        v.q.set_next_avail(b);
+        v.q.set_next_used(b);
+        Ok(())
+    }
+    fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState, VuError> {
+        // The ring stops here (vhost-user: GET_VRING_BASE stops it) and says where it was.
+        let v = self.vring(index)?;
+        let next = v.q.next_avail();
+        v.q.set_ready(false);
+        v.enabled = false;
+        v.kick = None;
+        Ok(VhostUserVringState::new(index, u32::from(next)))
+    }
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<(), VuError> {
+        self.vring(u32::from(index))?.kick = Some(fd.unwrap_or_else(|| File::open("/dev/null").expect("/dev/null")));
+        self.try_start(index as usize);
+        Ok(())
+    }
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<(), VuError> {
+        self.vring(u32::from(index))?.call = fd;
+        Ok(())
+    }
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> Result<(), VuError> {
+        self.vring(u32::from(index)).map(|_| ())
+    }
+    fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures, VuError> {
+        Ok(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK)
+    }
+    fn set_protocol_features(&mut self, features: u64) -> Result<(), VuError> {
+        self.protocol = features;
+        Ok(())
+    }
+    fn get_queue_num(&mut self) -> Result<u64, VuError> {
+        Ok(u64::from(self.pairs))
+    }
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<(), VuError> {
+        self.vring(index)?.enabled = enable;
+        Ok(())
+    }
+    fn get_config(&mut self, _: u32, _: u32, _: VhostUserConfigFlags) -> Result<Vec<u8>, VuError> {
+        Err(VuError::InvalidOperation("net_vhost has no config space"))
+    }
+    fn set_config(&mut self, _: u32, _: &[u8], _: VhostUserConfigFlags) -> Result<(), VuError> {
+        Err(VuError::InvalidOperation("net_vhost has no config space"))
+    }
+    fn set_backend_req_fd(&mut self, _backend: Backend) {}
+    fn set_gpu_socket(&mut self, _: GpuBackend) -> Result<(), VuError> {
+        Err(VuError::InvalidOperation("not a GPU"))
+    }
+    fn get_shared_object(&mut self, _: VhostUserSharedMsg) -> Result<File, VuError> {
+        Err(VuError::InvalidOperation("no shared objects"))
+    }
+    fn get_inflight_fd(&mut self, _: &VhostUserInflight) -> Result<(VhostUserInflight, File), VuError> {
+        Err(VuError::InvalidOperation("no inflight tracking"))
+    }
+    fn set_inflight_fd(&mut self, _: &VhostUserInflight, _: File) -> Result<(), VuError> {
+        Err(VuError::InvalidOperation("no inflight tracking"))
+    }
+    fn get_max_mem_slots(&mut self) -> Result<u64, VuError> {
+        Err(VuError::InvalidOperation("no memory slots"))
+    }
+    fn add_mem_region(
+        &mut self,
+        _: &VhostUserSingleMemoryRegion,
+        _: File,
+        _: Option<bool>,
+    ) -> Result<Option<VhostUserMemoryRegionBase>, VuError> {
+        Err(VuError::InvalidOperation("no memory slots"))
+    }
+    fn remove_mem_region(&mut self, _: &VhostUserSingleMemoryRegion) -> Result<(), VuError> {
+        Err(VuError::InvalidOperation("no memory slots"))
+    }
+    fn set_device_state_fd(
+        &mut self,
+        _: VhostTransferStateDirection,
+        _: VhostTransferStatePhase,
+        _: File,
+    ) -> Result<Option<File>, VuError> {
+        Err(VuError::InvalidOperation("no device state"))
+    }
+    fn check_device_state(&mut self) -> Result<(), VuError> {
+        Err(VuError::InvalidOperation("no device state"))
+    }
+    fn get_shmem_config(&mut self) -> Result<VhostUserShMemConfig, VuError> {
+        Err(VuError::InvalidOperation("no shared memory regions"))
+    }
+    fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> Result<(), VuError> {
+        Err(VuError::InvalidOperation("no dirty logging"))
+    }
+}
+
+/// Where the control thread finds front ends.
+enum Mode {
+    Server(UnixListener),
+    Client,
+}
+
+/// The control thread: takes a front end, serves its messages, and after a hang-up takes the
+/// next one (server) or connects again every second (client).
+fn control(dev: Arc<Mutex<Dev>>, mode: Mode, path: PathBuf, stop: Arc<AtomicBool>, port: PortId) {
+    let mut last_connect: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match &mode {
+            Mode::Server(l) => match l.accept() {
+                Ok((s, _)) => Some(s),
+                Err(_) => None,
+            },
+            Mode::Client => {
+                if last_connect.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    last_connect = Some(Instant::now());
+                    UnixStream::connect(&path).ok()
+                } else {
+                    None
+                }
+            }
+        };
+        let Some(s) = stream else {
+            std::thread::sleep(TICK);
+            continue;
+        };
+        if s.set_nonblocking(false).is_err() {
+            continue;
+        }
+        let Ok(watch) = s.try_clone() else { continue };
+        {
+            let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            d.reset();
+            d.connected = true;
+        }
+        tracing::info!(port = %port, path = %path.display(), "net_vhost: front end connected");
+        let mut h = BackendReqHandler::from_stream(s, dev.clone());
+        while !stop.load(Ordering::Relaxed) {
+            let mut p = libc::pollfd { fd: watch.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd on the stack, a bounded timeout.
+            let n = unsafe { libc::poll(&mut p, 1, TICK.as_millis() as i32) };
+            if n <= 0 {
+                continue;
+            }
+            if let Err(e) = h.handle_request() {
+                match e {
+                    VuError::Disconnected | VuError::PartialMessage | VuError::SocketBroken(_) => {}
+                    e => tracing::warn!(port = %port, "net_vhost: front end message refused, connection closed: {e}"),
+                }
+                break;
+            }
+        }
+        dev.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        tracing::info!(port = %port, path = %path.display(), "net_vhost: front end gone");
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    pkts: u64,
+    bytes: u64,
+    errors: u64,
+    nombuf: u64,
+}
+
+struct Port {
+    info: DevInfo,
+    port: PortId,
+    dev: Arc<Mutex<Dev>>,
+    pool: Mempool,
+    rx: Vec<Counters>,
+    tx: Vec<Counters>,
+    hdr: usize,
+    path: PathBuf,
+    server: bool,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Driver for VhostDriver {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn bus(&self) -> BusKind {
+        BusKind::Vdev
+    }
+    fn keys(&self) -> &'static [KeySpec] {
+        &KEYS
+    }
+    fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError> {
+        let err = |e: DriverError| ctx.error(NAME, e);
+        let conf = ctx.conf;
+        let path = ctx
+            .kvargs
+            .get_str("iface")
+            .map(PathBuf::from)
+            .ok_or_else(|| err(DriverError::config("iface= is required (the vhost-user socket)")))?;
+        let pairs = ctx.kvargs.get_u64("queues").map_or(conf.nb_rxq, |q| q as u16);
+        if pairs == 0 || pairs > MAX_QUEUES || conf.nb_rxq > pairs || conf.nb_txq > pairs {
+            return Err(err(DriverError::config(format!(
+                "{} receive and {} transmit queues over queues={pairs} (1..={MAX_QUEUES} pairs)",
+                conf.nb_rxq, conf.nb_txq
+            ))));
+        }
+        if !ctx.is_primary() {
+            return Err(err(DriverError::config(
+                "net_vhost serves its queues in the primary only (the front end's memory and eventfds are not shared with secondaries yet)",
+            )));
+        }
+        let pool = Mempool::lookup(ctx.runtime.shm(), &conf.pool, 64)
+            .ctx(format!("buffer pool {}", conf.pool))
+            .map_err(err)?;
+        let client = ctx.kvargs.get_bool("client").unwrap_or(false);
+        let mode = if client {
+            Mode::Client
+        } else {
+            let l = UnixListener::bind(&path).ctx(format!("listening on {}", path.display())).map_err(err)?;
+            l.set_nonblocking(true).ctx("non-blocking listener").map_err(err)?;
+            Mode::Server(l)
+        };
+        let dev = Arc::new(Mutex::new(Dev::new(pairs)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (dev, stop, p, port) = (dev.clone(), stop.clone(), path.clone(), ctx.port);
+            std::thread::Builder::new()
+                .name(format!("vhost-{}", ctx.port.0))
+                .spawn(move || control(dev, mode, p, stop, port))
+                .ctx("control thread")
+                .map_err(|e| {
+                    if !client {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    err(e)
+                })?
+        };
+        tracing::info!(device = %ctx.name, port = %ctx.port, path = %path.display(), pairs, client, "net_vhost ready");
+        Ok(Box::new(Port {
+            info: DevInfo {
+                driver: NAME,
+                mac: [0x56, 0x48, 0x4f, 0x53, 0x54, ctx.port.0 as u8],
+                mtu: MTU,
+                nb_rxq: conf.nb_rxq,
+                nb_txq: conf.nb_txq,
+                max_rxq: pairs,
+                max_txq: pairs,
+            },
+            port: ctx.port,
+            dev,
+            pool,
+            rx: (0..conf.nb_rxq).map(|_| Counters::default()).collect(),
+            tx: (0..conf.nb_txq).map(|_| Counters::default()).collect(),
+            hdr: 12,
+            path,
+            server: !client,
+            stop,
+            thread: Some(thread),
+        }))
+    }
+}
+
+/// Signals the front end's call eventfd of `v` if it wants one.
+fn signal(v: &mut Vring, mem: &GuestMemoryMmap) {
+    if v.q.needs_notification(mem).unwrap_or(true) {
+        if let Some(c) = v.call.as_mut() {
+            let _ = c.write(&1u64.to_ne_bytes());
+        }
+    }
+}
+
+impl EthDev for Port {
+    fn info(&self) -> DevInfo {
+        self.info.clone()
+    }
+
+    fn link(&mut self) -> LinkStatus {
+        let d = self.dev.lock().unwrap_or_else(|e| e.into_inner());
+        let up = d.live(0) && d.live(1);
+        LinkStatus { up, speed_mbps: if up { 10_000 } else { 0 } }
+    }
+
+    fn stats(&mut self) -> PortStats {
+        let mut s = PortStats::default();
+        for c in &self.rx {
+            s.ipackets += c.pkts;
+            s.ibytes += c.bytes;
+            s.ierrors += c.errors;
+            s.rx_nombuf += c.nombuf;
+        }
+        for c in &self.tx {
+            s.opackets += c.pkts;
+            s.obytes += c.bytes;
+            s.oerrors += c.errors;
+        }
+        s
+    }
+
+    fn stats_reset(&mut self) {
+        self.rx.iter_mut().chain(self.tx.iter_mut()).for_each(|c| *c = Counters::default());
+    }
+
+    fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
+        if on {
+            Ok(())
+        } else {
+            Err(EthError::Invalid { what: "promiscuous off: a vhost-user port delivers every frame".into() })
+        }
+    }
+
+    /// Frames the front end transmitted on virtqueue `2q + 1`, header skipped.
+    fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        let Some(c) = self.rx.get_mut(usize::from(queue)) else { return 0 };
+        let Ok(mut g) = self.dev.try_lock() else { return 0 };
+        let i = 2 * usize::from(queue) + 1;
+        if !g.live(i) {
+            return 0;
+        }
+        let Dev { mem, vrings, .. } = &mut *g;
+        let (Some(mem), v) = (mem.as_ref(), &mut vrings[i]) else { return 0 };
+        let mut n = 0;
+        while n < pkts.len() {
+            let Some(m) = self.pool.alloc() else {
+                c.nombuf += 1;
+                break;
+            };
+            let Some(chain) = v.q.pop_descriptor_chain(mem) else {
+                self.pool.free(m);
+                break;
+            };
+            let head = chain.head_index();
+            let mut m = m;
+            let mut skip = self.hdr;
+            let mut ok = true;
+            for d in chain.readable() {
+                let mut addr = d.addr().0;
+                let mut len = d.len() as usize;
+                let s = skip.min(len);
+                (skip, addr, len) = (skip - s, addr + s as u64, len - s);
+                if len == 0 {
+                    continue;
+                }
+                let Some(dst) = (if m.len() + len <= MAX_FRAME { m.append(len) } else { None }) else {
+                    ok = false;
+                    break;
+                };
+                if mem.read_slice(dst, GuestAddress(addr)).is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            let _ = v.q.add_used(mem, head, 0);
+            if !ok || m.is_empty() {
+                c.errors += 1;
+                self.pool.free(m);
+                continue;
+            }
+            m.set_port(self.port.0);
+            c.bytes += m.len() as u64;
+            pkts[n] = Some(m);
+            n += 1;
+        }
+        c.pkts += n as u64;
+        if n > 0 {
+            signal(v, mem);
+        }
+        n
+    }
+
+    /// Frames into the front end's receive virtqueue `2q`: the header (num_buffers), then the
+    /// frame over one buffer, or over several with MRG_RXBUF.
+    fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        let Some(c) = self.tx.get_mut(usize::from(queue)) else { return 0 };
+        let Ok(mut g) = self.dev.try_lock() else { return 0 };
+        let i = 2 * usize::from(queue);
+        if !g.live(i) {
+            return 0;
+        }
+        let mrg = g.features & F_MRG_RXBUF != 0;
+        let Dev { mem, vrings, .. } = &mut *g;
+        let (Some(mem), v) = (mem.as_ref(), &mut vrings[i]) else { return 0 };
+        let hdr_len = self.hdr;
+        let mut taken = 0;
+        let mut used_any = false;
+        'frames: for slot in pkts.iter_mut() {
+            let Some(m) = slot.as_ref() else { break };
+            let data = m.data();
+            let total = hdr_len + data.len();
+            // Heads used for this frame: (head, bytes written) and where its header went.
+            let mut heads: arrayvec::ArrayVec<(u16, u32), 64> = arrayvec::ArrayVec::new();
+            let mut hdr_at: Option<u64> = None;
+            let mut off = 0usize; // bytes of (header + frame) placed
+            while off < total {
+                let Some(chain) = v.q.pop_descriptor_chain(mem) else {
+                    // No buffer: give back what this frame took and stop (it stays with the caller).
+                    for _ in 0..heads.len() {
+                        v.q.go_to_previous_position();
+                    }
+                    break 'frames;
+                };
+                let head = chain.head_index();
+                let mut wrote = 0u32;
+                for d in chain.writable() {
+                    let (addr, len) = (d.addr().0, d.len() as usize);
+                    let mut o = 0usize;
+                    while o < len && off < total {
+                        let k = (len - o).min(total - off);
+                        let at = GuestAddress(addr + o as u64);
+                        let r = if off < hdr_len {
+                            let k = k.min(hdr_len - off);
+                            if off == 0 {
+                                hdr_at = Some(at.0);
+                            }
+                            let zeros = [0u8; 12];
+                            mem.write_slice(&zeros[off..off + k], at).map(|_| k)
+                        } else {
+                            mem.write_slice(&data[off - hdr_len..off - hdr_len + k], at).map(|_| k)
+                        };
+                        let Ok(k) = r else { break };
+                        o += k;
+                        off += k;
+                        wrote += k as u32;
+                    }
+                }
+                if heads.try_push((head, wrote)).is_err() || (!mrg && off < total) {
+                    // Too many buffers, or one buffer too small without MRG_RXBUF: the frame is dropped.
+                    let _ = v.q.add_used(mem, head, 0);
+                    for (h, _) in &heads {
+                        let _ = v.q.add_used(mem, *h, 0);
+                    }
+                    c.errors += 1;
+                    used_any = true;
+                    taken += 1;
+                    if let Some(m) = slot.take() {
+                        self.pool.free(m);
+                    }
+                    continue 'frames;
+                }
+            }
+            // num_buffers (header bytes 10..12), then the used elements.
+            if let Some(h) = hdr_at {
+                let nb = (heads.len() as u16).to_le_bytes();
+                let _ = mem.write_slice(&nb, GuestAddress(h + 10));
+            }
+            for (h, len) in &heads {
+                let _ = v.q.add_used(mem, *h, *len);
+            }
+            used_any = true;
+            c.pkts += 1;
+            c.bytes += data.len() as u64;
+            taken += 1;
+            if let Some(m) = slot.take() {
+                self.pool.free(m);
+            }
+        }
+        if used_any {
+            signal(v, mem);
+        }
+        taken
+    }
+
+    fn close(self: Box<Self>, how: Release) {
+        let _ = how;
+        drop(self);
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if self.server {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        tracing::info!(port = %self.port, "net_vhost closed");
+    }
+}
