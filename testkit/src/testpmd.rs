@@ -112,10 +112,10 @@ impl Testpmd {
             .args(app)
             .env("XDG_RUNTIME_DIR", xdg)
             .stdin(Stdio::piped()); // held open: testpmd -i exits on end of input
-        // $LAB_TESTPMD_LOG: its output appended there (to see why a peer misbehaves).
-        match std::env::var_os("LAB_TESTPMD_LOG").and_then(|p| {
-            std::fs::OpenOptions::new().create(true).append(true).open(p).ok()
-        }) {
+                                    // $LAB_TESTPMD_LOG: its output appended there (to see why a peer misbehaves).
+        match std::env::var_os("LAB_TESTPMD_LOG")
+            .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok())
+        {
             Some(f) => {
                 let e = f.try_clone().map(Stdio::from).unwrap_or_else(|_| Stdio::null());
                 c.stdout(Stdio::from(f)).stderr(e);

@@ -77,7 +77,11 @@ static KEYS: [KeySpec; 5] = [
         KeyKind::U64 { min: 1, max: MAX_QUEUES as u64 },
         "queue pairs (default: the port configuration's receive queues); more than 1 needs the back end's MQ",
     ),
-    KeySpec::new("queue_size", KeyKind::U64 { min: 64, max: 32768 }, "descriptors per virtqueue, a power of 2 (default 256)"),
+    KeySpec::new(
+        "queue_size",
+        KeyKind::U64 { min: 64, max: 32768 },
+        "descriptors per virtqueue, a power of 2 (default 256)",
+    ),
     KeySpec::new("server", KeyKind::Bool, "listen on path for the back end instead of connecting to it (default 0)"),
     KeySpec::new("mac", KeyKind::Mac, "MAC address of the port (default 02:76:75:00:00:<port>)"),
 ];
@@ -163,7 +167,8 @@ fn shared_at(shm: &Shm, name: &str, create: bool) -> Result<NonNull<Shared>, Dri
     if z.len < len {
         return Err(DriverError::state(format!("memzone {name} is {} bytes, {len} needed", z.len)));
     }
-    let p = shm.ptr(z.offset, len).ok_or_else(|| DriverError::state(format!("memzone {name} outside shared memory")))?;
+    let p =
+        shm.ptr(z.offset, len).ok_or_else(|| DriverError::state(format!("memzone {name} outside shared memory")))?;
     if !(p.as_ptr() as usize).is_multiple_of(64) {
         return Err(DriverError::state(format!("memzone {name} is not 64-byte aligned")));
     }
@@ -214,7 +219,14 @@ fn hung_up(s: &UnixStream) -> bool {
 
 impl Control {
     /// The whole vhost-user set-up over a fresh connection `s`: on success the connection is live.
-    fn handshake(&mut self, s: UnixStream, shm: &Shm, pairs: u16, rx: &[RxVq], tx: &[TxVq]) -> Result<u64, DriverError> {
+    fn handshake(
+        &mut self,
+        s: UnixStream,
+        shm: &Shm,
+        pairs: u16,
+        rx: &[RxVq],
+        tx: &[TxVq],
+    ) -> Result<u64, DriverError> {
         s.set_write_timeout(Some(SETUP_TIMEOUT)).ctx("socket write timeout")?;
         let watch = s.try_clone().ctx("dup vhost-user socket")?;
         let (r, late) = within(&watch, SETUP_TIMEOUT, || self.handshake_steps(s, shm, pairs, rx, tx));
@@ -387,7 +399,10 @@ impl Driver for VirtioUserDriver {
                 (efds.iter().map(|(k, _)| k.as_raw_fd()).collect::<Vec<RawFd>>(), Vec::new(), Some(efds))
             } else {
                 if s.magic.load(Ordering::Acquire) != MAGIC {
-                    return Err(DriverError::state(format!("memzone {} holds no net_virtio_user port", shared_zone(port))));
+                    return Err(DriverError::state(format!(
+                        "memzone {} holds no net_virtio_user port",
+                        shared_zone(port)
+                    )));
                 }
                 let have = s.pairs.load(Ordering::Relaxed) as u16;
                 if pairs > have {

@@ -90,7 +90,13 @@ struct Vring {
 
 impl Vring {
     fn new() -> Vring {
-        Vring { q: Queue::new(MAX_QSIZE).expect("32768 is a valid queue size"), addrs: None, kick: None, call: None, enabled: false }
+        Vring {
+            q: Queue::new(MAX_QSIZE).expect("32768 is a valid queue size"),
+            addrs: None,
+            kick: None,
+            call: None,
+            enabled: false,
+        }
     }
 }
 
