@@ -8,6 +8,14 @@
 //! * `af_packet_veth/64`, `tap/64`: bursts of 64 60-byte frames sent into a veth pair / a TAP, for
 //!   reference (the kernel's cost). They need CAP_NET_ADMIN and are skipped with a line otherwise.
 //!
+//! * `vhost_virtio_user/64`: our net_virtio_user in one lab (a primary of its own, started from
+//!   this executable) forwarding back to our net_vhost here: 256 60-byte frames circulate, an
+//!   iteration receives 64 and sends them out again (each frame crosses vhost-user twice, copied
+//!   by the back end each way). Beside it `dpdk_vhost_virtio_user/64`: the same shape with DPDK
+//!   22.11 testpmd on both ends (net_vhost0 and net_virtio_user0, io forward, 4 bursts of 64 put
+//!   in flight with `start tx_first 4`), timed from the vhost side's telemetry counters; and the
+//!   floor `ring_u64_xproc/64`.
+//!
 //! The second process is this bench executable itself, started in a peer mode (`vdev-peer ...`),
 //! so the bench needs no binary of another crate.
 
@@ -26,6 +34,8 @@ use lab_drivers::af_packet::AfPacketDriver;
 use lab_drivers::null::NullDriver;
 use lab_drivers::ring::RingDriver;
 use lab_drivers::tap::TapDriver;
+use lab_drivers::virtio::user::VirtioUserDriver;
+use lab_drivers::virtio::vhost::VhostDriver;
 
 fn probe(rt: &Runtime, drv: &dyn Driver, devargs: &str, port: u16) -> Box<dyn EthDev> {
     let da = Devargs::parse(devargs).expect("devargs");
@@ -71,6 +81,9 @@ fn peer_main(args: &[String]) -> ! {
         let _ = writeln!(o, "ready");
         let _ = o.flush();
     };
+    if args[0] == "vu-fwd" {
+        peer_primary(args);
+    }
     let rt = runtime(&args[1], "secondary");
     match args[0].as_str() {
         "ring-sink" => {
@@ -109,6 +122,33 @@ fn peer_main(args: &[String]) -> ! {
             }
         }
         m => panic!("unknown peer mode {m}"),
+    }
+}
+
+/// Peer mode `vu-fwd PREFIX DEVARGS`: a lab of its own (PREFIX) whose net_virtio_user forwards
+/// what it receives.
+fn peer_primary(args: &[String]) -> ! {
+    let ready = || {
+        let mut o = std::io::stdout();
+        let _ = writeln!(o, "ready");
+        let _ = o.flush();
+    };
+    {
+        // A lab of its own (args[1] is its prefix): net_virtio_user forwarding what it gets.
+        let rt = runtime(&args[1], "primary");
+        // No file left behind when killed: the mapping and the descriptor outlive the name.
+        rt.shm().unlink();
+        let _pool = Mempool::create(rt.shm(), DEFAULT_POOL, 4096, 2048, 0).expect("pool");
+        let mut port = probe(&rt, &VirtioUserDriver, &args[2], 0);
+        let mut b = burst(64);
+        ready();
+        loop {
+            let n = port.rx_burst(0, &mut b);
+            let mut sent = 0;
+            while sent < n {
+                sent += port.tx_burst(0, &mut b[sent..n]);
+            }
+        }
     }
 }
 
@@ -230,6 +270,53 @@ fn main() {
         other.close(Release::Shared);
     }
 
+    // vhost-user: our front end in a lab of its own forwarding back to our back end here.
+    {
+        let sock = xdg.path().join("bench-vhost.sock");
+        let mut port = probe(&rt, &VhostDriver, &format!("net_vhost0,iface={}", sock.display()), 8);
+        let args = vec![
+            "vdev-peer".into(),
+            "vu-fwd".into(),
+            format!("{prefix}-vu"),
+            format!("net_virtio_user0,path={}", sock.display()),
+        ];
+        let peer = PeerProc::spawn(&me, &args, xdg.path());
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !port.link().up && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut pool = Mempool::lookup(rt.shm(), DEFAULT_POOL, 256).expect("pool");
+        let mut b = burst(64);
+        for _ in 0..WINDOW {
+            assert!(pool.alloc_bulk(&mut b));
+            for m in b.iter_mut().flatten() {
+                m.set_len(60);
+                m.data_mut()[..12].fill(0x02);
+            }
+            let mut sent = 0;
+            while sent < 64 {
+                sent += port.tx_burst(0, &mut b[sent..]);
+            }
+        }
+        g.throughput(Throughput::Elements(64));
+        g.bench_with_input(BenchmarkId::new("vhost_virtio_user", 64), &64, |bch, _| {
+            bch.iter(|| {
+                let mut got = 0;
+                while got < 64 {
+                    got += port.rx_burst(0, &mut b[got..]);
+                }
+                let mut sent = 0;
+                while sent < 64 {
+                    sent += port.tx_burst(0, &mut b[sent..]);
+                }
+            })
+        });
+        drop(peer);
+        drop(pool);
+        port.close(Release::Shared);
+    }
+    bench_dpdk_vhost(&mut g, xdg.path(), &prefix);
+
     // net_ring one way with the pool in the loop: this process allocates and sends, a secondary
     // receives and frees (buffers return through the shared pool ring), for information.
     {
@@ -296,9 +383,86 @@ fn main() {
         None => println!("null_io_fwd/32 not measured in this run"),
     }
     print_ratio("net_ring vs raw ring, two processes", "rxtx", "ring_xproc/64", "ring_u64_xproc/64", None);
+    print_ratio(
+        "vhost-user (ours) vs raw ring, two processes",
+        "rxtx",
+        "vhost_virtio_user/64",
+        "ring_u64_xproc/64",
+        None,
+    );
+    print_ratio(
+        "vhost-user: ours vs DPDK's (time per 64 frames; under 1 is faster)",
+        "rxtx",
+        "vhost_virtio_user/64",
+        "dpdk_vhost_virtio_user/64",
+        Some(1.0),
+    );
 }
 
 /// Bursts of 64 60-byte frames sent on queue 0 (retrying while the device is full).
+/// `dpdk_vhost_virtio_user/64`: testpmd with net_vhost0 (io forward) and testpmd with
+/// net_virtio_user0 (io forward, 4 bursts of 64 put in flight), each on its own core; an
+/// iteration is 64 more frames forwarded by the vhost side, as its telemetry counts them.
+fn bench_dpdk_vhost(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    xdg: &std::path::Path,
+    prefix: &str,
+) {
+    use lab_testkit::{Testpmd, TestpmdError};
+    let sock = xdg.join("bench-dpdk-vhost.sock");
+    let vhost = format!("net_vhost0,iface={}", sock.display());
+    let app = ["--forward-mode=io", "--auto-start", "--burst=64"];
+    let back = match Testpmd::start_with(xdg, &format!("{prefix}-dv"), Some(0), &["--vdev", &vhost], &app) {
+        Ok(t) => t,
+        Err(TestpmdError::Missing) => {
+            println!("skipping rxtx/dpdk_vhost_virtio_user: {}", TestpmdError::Missing);
+            return;
+        }
+        Err(e) => {
+            println!("skipping rxtx/dpdk_vhost_virtio_user: {e}");
+            return;
+        }
+    };
+    let vu = format!("net_virtio_user0,path={}", sock.display());
+    let mut front = match Testpmd::start_with(
+        xdg,
+        &format!("{prefix}-du"),
+        Some(1),
+        &["--vdev", &vu],
+        &["--forward-mode=io", "--burst=64"],
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("skipping rxtx/dpdk_vhost_virtio_user: {e}");
+            return;
+        }
+    };
+    front.command("start tx_first 4");
+    let forwarded = |t: &Testpmd| t.port_stats(0).map(|s| s.opackets).unwrap_or(0);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while forwarded(&back) == 0 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if forwarded(&back) == 0 {
+        println!("skipping rxtx/dpdk_vhost_virtio_user: no frames forwarded by testpmd's net_vhost");
+        return;
+    }
+    g.throughput(Throughput::Elements(64));
+    g.bench_with_input(BenchmarkId::new("dpdk_vhost_virtio_user", 64), &64, |bch, _| {
+        bch.iter_custom(|iters| {
+            let start = forwarded(&back);
+            let t = std::time::Instant::now();
+            let want = start + iters * 64;
+            while forwarded(&back) < want {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            t.elapsed()
+        })
+    });
+    drop(front);
+    drop(back);
+}
+
 fn bench_tx(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     id: &str,

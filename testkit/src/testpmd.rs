@@ -179,6 +179,12 @@ impl Testpmd {
         })
     }
 
+    /// Types one line at its prompt (`start tx_first 4`).
+    pub fn command(&mut self, line: &str) -> bool {
+        use std::io::Write;
+        self.child.stdin.as_mut().is_some_and(|i| writeln!(i, "{line}").and_then(|_| i.flush()).is_ok())
+    }
+
     /// Stops it (SIGKILL, reaped) without removing its runtime dir: a crash, for a test of
     /// what its peers see.
     pub fn kill(&mut self) {
