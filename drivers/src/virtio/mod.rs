@@ -20,6 +20,7 @@
 //! Not yet: frames over one buffer (a received frame with `num_buffers` over 1 is dropped and
 //! counted), offloads, RSS (the device's own steering spreads flows over the pairs).
 
+pub(crate) mod devring;
 pub mod user;
 pub mod vhost;
 pub mod vq;
