@@ -263,6 +263,10 @@ fn our_vhost_back_end_serves_dpdk_virtio_user_byte_for_byte() {
         Err(e) => panic!("{e}"),
     };
     assert!(wait_link(p.as_mut(), true, Duration::from_secs(10)), "link up once testpmd's virtio_user is set up");
+    // A secondary attaches and sees the link; the primary serves the queues.
+    let dev = format!("net_vhost0,iface={}", sock.display());
+    let mut peer = lab.peer(0, &dev, 1);
+    assert_eq!(peer.cmd("link"), "link up=1");
     let mut pool = lab.pool();
     let frames: Vec<Vec<u8>> = (0..600).map(|i| frame(i, 60 + (i as usize * 7) % 1455)).collect();
     let mut got = Vec::new();
@@ -278,8 +282,16 @@ fn our_vhost_back_end_serves_dpdk_virtio_user_byte_for_byte() {
     assert_eq!((theirs.opackets, theirs.obytes), (ours.ipackets, ours.ibytes), "we received what testpmd sent");
     drop(dpdk);
     assert!(wait_link(p.as_mut(), false, Duration::from_secs(5)), "link down once testpmd is gone");
+    let end = Instant::now() + Duration::from_secs(5);
+    while peer.cmd("link") != "link up=0" && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(peer.cmd("link"), "link up=0", "the secondary sees the link go down too");
+    assert_eq!(peer.cmd("close"), "closed");
+    peer.quit();
     close(p);
     assert!(!sock.exists(), "our socket is removed with the port");
+    assert!(lab.rt.shm().lookup("vhost_0").is_err(), "the link zone is freed with the port");
 }
 
 /// Sends `n` frames numbered from `seq` and expects them back, in order.

@@ -6,7 +6,7 @@
 //! `rx N MS` (receive on every queue until N packets or MS milliseconds), `tx N LEN` (send N
 //! frames of LEN bytes on queue 0, bursts of 32), `fwd N` (receive and send back what arrives,
 //! N packets), `sink` (receive and free forever, for benches), `fds` (open descriptors),
-//! `stats`, `close` (close(Local)), `probe` (probe again), `quit`.
+//! `stats`, `link`, `close` (close(Local)), `probe` (probe again), `quit`.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, Write};
@@ -143,6 +143,7 @@ fn main() {
                     rx(p.as_mut(), u64::MAX, Duration::from_secs(3600));
                 }
             }
+            (Some("link"), Some(p)) => format!("link up={}", u8::from(p.link().up)),
             (Some("stats"), Some(p)) => {
                 let s = p.stats();
                 format!("ipackets={} ibytes={} opackets={} obytes={}", s.ipackets, s.ibytes, s.opackets, s.obytes)

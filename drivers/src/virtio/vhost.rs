@@ -21,15 +21,17 @@
 //! Link state: up while a front end is connected and virtqueue pair 0 is ready (addresses,
 //! kick, enabled); down when it hangs up or stops the rings (GET_VRING_BASE).
 //!
-//! The port serves its queues in the primary; a secondary's probe is refused (named): the
-//! front end's memory and eventfds reach the primary only (not yet shared).
+//! The port serves its queues in the primary. A secondary attaches (so the port exists in every
+//! process and hotplugs like any other) and sees the link state (memzone `vhost_<port>`), but
+//! its bursts carry nothing: the front end's memory and eventfds reach the primary only (not yet
+//! shared with secondaries).
 
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,6 +39,7 @@ use std::time::{Duration, Instant};
 use lab_core::devargs::{BusKind, KeyKind, KeySpec};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortId, PortStats, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mem::{Shm, ShmOffset};
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight, VhostUserLog,
     VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
@@ -356,6 +359,52 @@ impl VhostUserBackendReqHandlerMut for Dev {
     }
 }
 
+/// The link state every process of the lab sees (memzone `vhost_<port>`: magic, then the
+/// state), written by the primary's control thread after each message.
+struct SharedLink {
+    shm: Arc<Shm>,
+    off: ShmOffset,
+}
+
+const LINK_MAGIC: u32 = 0x5648_4f53;
+
+impl SharedLink {
+    fn zone(port: PortId) -> String {
+        format!("vhost_{port}")
+    }
+
+    fn open(shm: &Arc<Shm>, port: PortId, create: bool) -> Result<SharedLink, DriverError> {
+        let name = SharedLink::zone(port);
+        let z = if create { shm.reserve(&name, 64, 64) } else { shm.lookup(&name) }.ctx(format!("memzone {name}"))?;
+        if z.len < 8 || shm.ptr(z.offset, 8).is_none() {
+            return Err(DriverError::state(format!("memzone {name} is too small")));
+        }
+        let l = SharedLink { shm: shm.clone(), off: z.offset };
+        if create {
+            l.words().1.store(0, Ordering::Relaxed);
+            l.words().0.store(LINK_MAGIC, Ordering::Release);
+        } else if l.words().0.load(Ordering::Acquire) != LINK_MAGIC {
+            return Err(DriverError::state(format!("memzone {name} holds no net_vhost port")));
+        }
+        Ok(l)
+    }
+
+    fn words(&self) -> (&AtomicU32, &AtomicU32) {
+        let p = self.shm.ptr(self.off, 8).expect("checked at open").cast::<AtomicU32>();
+        // SAFETY: 8 bytes at a 64-aligned zone inside the mapping `self.shm` keeps alive, used
+        // only as two u32 atomics.
+        unsafe { (p.as_ref(), &*p.as_ptr().add(1)) }
+    }
+
+    fn set(&self, up: bool) {
+        self.words().1.store(u32::from(up), Ordering::Release);
+    }
+
+    fn up(&self) -> bool {
+        self.words().1.load(Ordering::Acquire) != 0
+    }
+}
+
 /// Where the control thread finds front ends.
 enum Mode {
     Server(UnixListener),
@@ -364,7 +413,7 @@ enum Mode {
 
 /// The control thread: takes a front end, serves its messages, and after a hang-up takes the
 /// next one (server) or connects again every second (client).
-fn control(dev: Arc<Mutex<Dev>>, mode: Mode, path: PathBuf, stop: Arc<AtomicBool>, port: PortId) {
+fn control(dev: Arc<Mutex<Dev>>, mode: Mode, path: PathBuf, stop: Arc<AtomicBool>, port: PortId, link: SharedLink) {
     let mut last_connect: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let stream = match &mode {
@@ -403,7 +452,12 @@ fn control(dev: Arc<Mutex<Dev>>, mode: Mode, path: PathBuf, stop: Arc<AtomicBool
             if n <= 0 {
                 continue;
             }
-            if let Err(e) = h.handle_request() {
+            let r = h.handle_request();
+            {
+                let d = dev.lock().unwrap_or_else(|e| e.into_inner());
+                link.set(d.live(0) && d.live(1));
+            }
+            if let Err(e) = r {
                 match e {
                     VuError::Disconnected | VuError::PartialMessage | VuError::SocketBroken(_) => {}
                     e => tracing::warn!(port = %port, "net_vhost: front end message refused, connection closed: {e}"),
@@ -412,6 +466,7 @@ fn control(dev: Arc<Mutex<Dev>>, mode: Mode, path: PathBuf, stop: Arc<AtomicBool
             }
         }
         dev.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        link.set(false);
         tracing::info!(port = %port, path = %path.display(), "net_vhost: front end gone");
     }
 }
@@ -436,6 +491,7 @@ struct Port {
     server: bool,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    shm: Arc<Shm>,
 }
 
 impl Driver for VhostDriver {
@@ -463,10 +519,14 @@ impl Driver for VhostDriver {
                 conf.nb_rxq, conf.nb_txq
             ))));
         }
+        let shm = ctx.runtime.shm();
         if !ctx.is_primary() {
-            return Err(err(DriverError::config(
-                "net_vhost serves its queues in the primary only (the front end's memory and eventfds are not shared with secondaries yet)",
-            )));
+            // The front end's memory and eventfds reach the primary only: a secondary attaches
+            // (so the port exists everywhere and hotplugs like any other) and sees the link, and
+            // its queues carry nothing (the primary serves them).
+            let link = SharedLink::open(shm, ctx.port, false).map_err(err)?;
+            tracing::warn!(device = %ctx.name, port = %ctx.port, "net_vhost in a secondary: link state only, the primary serves the queues");
+            return Ok(Box::new(Secondary { info: info(ctx, pairs), link }));
         }
         let pool = Mempool::lookup(ctx.runtime.shm(), &conf.pool, 64)
             .ctx(format!("buffer pool {}", conf.pool))
@@ -481,30 +541,32 @@ impl Driver for VhostDriver {
         };
         let dev = Arc::new(Mutex::new(Dev::new(pairs)));
         let stop = Arc::new(AtomicBool::new(false));
+        let link = match SharedLink::open(shm, ctx.port, true) {
+            Ok(l) => l,
+            Err(e) => {
+                if !client {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(err(e));
+            }
+        };
         let thread = {
             let (dev, stop, p, port) = (dev.clone(), stop.clone(), path.clone(), ctx.port);
             std::thread::Builder::new()
                 .name(format!("vhost-{}", ctx.port.0))
-                .spawn(move || control(dev, mode, p, stop, port))
+                .spawn(move || control(dev, mode, p, stop, port, link))
                 .ctx("control thread")
                 .map_err(|e| {
                     if !client {
                         let _ = std::fs::remove_file(&path);
                     }
+                    let _ = shm.free(&SharedLink::zone(ctx.port));
                     err(e)
                 })?
         };
         tracing::info!(device = %ctx.name, port = %ctx.port, path = %path.display(), pairs, client, "net_vhost ready");
         Ok(Box::new(Port {
-            info: DevInfo {
-                driver: NAME,
-                mac: [0x56, 0x48, 0x4f, 0x53, 0x54, ctx.port.0 as u8],
-                mtu: MTU,
-                nb_rxq: conf.nb_rxq,
-                nb_txq: conf.nb_txq,
-                max_rxq: pairs,
-                max_txq: pairs,
-            },
+            info: info(ctx, pairs),
             port: ctx.port,
             dev,
             pool,
@@ -515,8 +577,49 @@ impl Driver for VhostDriver {
             server: !client,
             stop,
             thread: Some(thread),
+            shm: shm.clone(),
         }))
     }
+}
+
+fn info(ctx: &ProbeCtx<'_>, pairs: u16) -> DevInfo {
+    DevInfo {
+        driver: NAME,
+        mac: [0x56, 0x48, 0x4f, 0x53, 0x54, ctx.port.0 as u8],
+        mtu: MTU,
+        nb_rxq: ctx.conf.nb_rxq,
+        nb_txq: ctx.conf.nb_txq,
+        max_rxq: pairs,
+        max_txq: pairs,
+    }
+}
+
+/// A secondary's handle: the link as the primary sees it; no queues of its own.
+struct Secondary {
+    info: DevInfo,
+    link: SharedLink,
+}
+
+impl EthDev for Secondary {
+    fn info(&self) -> DevInfo {
+        self.info.clone()
+    }
+    fn link(&mut self) -> LinkStatus {
+        let up = self.link.up();
+        LinkStatus { up, speed_mbps: if up { 10_000 } else { 0 } }
+    }
+    fn stats(&mut self) -> PortStats {
+        PortStats::default()
+    }
+    /// Nothing: the primary serves the queues (the front end's memory is mapped there only).
+    fn rx_burst(&mut self, _queue: u16, _pkts: &mut [Option<Mbuf>]) -> usize {
+        0
+    }
+    /// Nothing taken: the primary serves the queues.
+    fn tx_burst(&mut self, _queue: u16, _pkts: &mut [Option<Mbuf>]) -> usize {
+        0
+    }
+    fn close(self: Box<Self>, _how: Release) {}
 }
 
 /// Publishes the used index and signals the call eventfd if the front end wants it.
@@ -755,6 +858,7 @@ impl Drop for Port {
         if self.server {
             let _ = std::fs::remove_file(&self.path);
         }
+        let _ = self.shm.free(&SharedLink::zone(self.port));
         tracing::info!(port = %self.port, "net_vhost closed");
     }
 }
