@@ -55,7 +55,7 @@ impl DevRing {
         let d = at(desc, 16 * k)? as usize;
         let a = at(avail, 6 + 2 * k)? as usize;
         let u = at(used, 6 + 8 * k)? as usize;
-        if d % 16 != 0 || a % 2 != 0 || u % 4 != 0 {
+        if !d.is_multiple_of(16) || !a.is_multiple_of(2) || !u.is_multiple_of(4) {
             return None;
         }
         Some(DevRing { desc: d, avail: a, used: u, n, next_avail: base, next_used: base })
