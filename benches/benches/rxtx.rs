@@ -298,6 +298,7 @@ fn probe_loopback(
         kvargs: &kvargs,
         pci: Some(&pci),
         conf,
+        ports: None,
     };
     let mut dev = driver.probe(&ctx).unwrap_or_else(|e| panic!("probe {model}: {e}"));
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -49,6 +49,7 @@ fn probe(rt: &Runtime, drv: &dyn Driver, devargs: &str, port: u16) -> Box<dyn Et
         kvargs: &kv,
         pci: None,
         conf: &conf,
+        ports: None,
     };
     drv.probe(&ctx).unwrap_or_else(|e| panic!("probe {devargs}: {e}"))
 }

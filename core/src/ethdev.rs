@@ -333,6 +333,9 @@ pub struct ProbeCtx<'a> {
     pub pci: Option<&'a PciDevice>,
     /// Queue and pool setup.
     pub conf: &'a PortConf,
+    /// This process's ports, for a device built over others (net_bonding's members); None where
+    /// a device is probed outside a lab process (a driver test).
+    pub ports: Option<&'a Arc<Ports>>,
 }
 
 impl ProbeCtx<'_> {

@@ -60,7 +60,7 @@ pub(crate) struct Resolved {
 pub(crate) struct Inner {
     pub(crate) rt: Arc<Runtime>,
     pub(crate) table: PortTable,
-    pub(crate) ports: Ports,
+    pub(crate) ports: Arc<Ports>,
     pub(crate) registry: Registry,
     pub(crate) timeout: Duration,
     pub(crate) faults: Vec<FaultSpec>,
@@ -124,7 +124,7 @@ impl Process {
         let inner = Arc::new(Inner {
             rt: rt.clone(),
             table,
-            ports: Ports::default(),
+            ports: Arc::new(Ports::default()),
             registry,
             timeout: Duration::from_millis(opts.hotplug_timeout_ms),
             faults: opts.faults.clone(),
@@ -476,6 +476,7 @@ impl Inner {
             kvargs: &res.kvargs,
             pci: res.pci.as_ref(),
             conf: &self.conf,
+            ports: Some(&self.ports),
         };
         let dev = res.driver.probe(&ctx)?;
         let info = dev.info();

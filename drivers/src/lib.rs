@@ -15,6 +15,7 @@ use lab_core::ethdev::Registry;
 
 #[allow(unsafe_code)]
 pub mod af_packet;
+pub mod bonding;
 pub mod error;
 #[allow(unsafe_code)]
 pub mod i40e;
@@ -44,6 +45,7 @@ pub fn register_all(reg: &mut Registry) {
     reg.register(Arc::new(virtio::VirtioDriver));
     reg.register(Arc::new(virtio::user::VirtioUserDriver));
     reg.register(Arc::new(virtio::vhost::VhostDriver));
+    reg.register(Arc::new(bonding::BondingDriver));
 }
 
 /// A registry with every driver of this crate.

@@ -202,6 +202,7 @@ fn secondary_child() {
         kvargs: &kvargs,
         pci: Some(&pci),
         conf: &conf,
+        ports: None,
     };
     let mut port = drv.probe(&ctx).expect("secondary attach");
     let info = port.info();

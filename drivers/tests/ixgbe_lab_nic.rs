@@ -187,6 +187,7 @@ fn sustained(prefix: &str, ring: u16, window: usize, secs: u64) {
         kvargs: &kvargs,
         pci: Some(&pci),
         conf: &conf,
+        ports: None,
     };
     let mut port = drv.probe(&ctx).expect("probe");
     wait_link(port.as_mut());
@@ -321,6 +322,7 @@ fn every_transmit_queue_is_programmed_and_sends() {
         kvargs: &kvargs,
         pci: Some(&pci),
         conf: &bad,
+        ports: None,
     };
     let e = IxgbeDriver.probe(&ctx).err().expect("100 descriptors refused");
     assert!(e.to_string().contains("multiple of 32"), "{e}");
@@ -343,6 +345,7 @@ fn rxd_and_txd_devargs_size_the_rings() {
         kvargs: &kvargs,
         pci: Some(&pci),
         conf: &conf,
+        ports: None,
     };
     let mut port = IxgbeDriver.probe(&ctx).expect("probe");
     let shm = lab.rt.shm();

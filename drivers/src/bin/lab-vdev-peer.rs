@@ -40,6 +40,7 @@ fn probe(rt: &Runtime, d: &Dev) -> Result<Box<dyn EthDev>, String> {
         kvargs: &kv,
         pci: None,
         conf: &d.conf,
+        ports: None,
     };
     drv.probe(&ctx).map_err(|e| e.to_string())
 }

@@ -63,6 +63,7 @@ impl Lab {
             kvargs: &kvargs,
             pci: Some(&pci),
             conf,
+            ports: None,
         };
         assert!(drv.pci_ids().contains(&pci.id()), "{} not a {} id", pci.id(), drv.name());
         drv.probe(&ctx).expect("probe")

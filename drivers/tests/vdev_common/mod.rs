@@ -73,6 +73,7 @@ impl Lab {
             kvargs: &kv,
             pci: None,
             conf: &conf,
+            ports: None,
         };
         drv.probe(&ctx)
     }
