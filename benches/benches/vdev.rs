@@ -16,6 +16,10 @@
 //!   in flight with `start tx_first 4`), timed from the vhost side's telemetry counters; and the
 //!   floor `ring_u64_xproc/64`.
 //!
+//! * `bonding_rr/64`: 64 frames out through net_bonding mode 0 over two net_ring members and
+//!   back from the members' peers, in one process, beside `bonding_single_ring/64`: the same
+//!   through one net_ring (the bonding overhead).
+//!
 //! The second process is this bench executable itself, started in a peer mode (`vdev-peer ...`),
 //! so the bench needs no binary of another crate.
 
@@ -25,12 +29,13 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use lab_benches::{pin_to, print_ratio, PeerProc, BENCH_CPU};
 use lab_core::devargs::Devargs;
-use lab_core::ethdev::{Driver, EthDev, PortConf, PortId, ProbeCtx, Release, DEFAULT_POOL};
+use lab_core::ethdev::{Driver, EthDev, LocalPort, PortConf, PortId, Ports, ProbeCtx, Release, DEFAULT_POOL};
 use lab_core::mbuf::{Mbuf, Mempool};
 use lab_core::options::Options;
 use lab_core::ring::{Ring, RingFlags};
 use lab_core::runtime::Runtime;
 use lab_drivers::af_packet::AfPacketDriver;
+use lab_drivers::bonding::BondingDriver;
 use lab_drivers::null::NullDriver;
 use lab_drivers::ring::RingDriver;
 use lab_drivers::tap::TapDriver;
@@ -38,6 +43,17 @@ use lab_drivers::virtio::user::VirtioUserDriver;
 use lab_drivers::virtio::vhost::VhostDriver;
 
 fn probe(rt: &Runtime, drv: &dyn Driver, devargs: &str, port: u16) -> Box<dyn EthDev> {
+    probe_in(rt, drv, devargs, port, None)
+}
+
+/// As [`probe`], with a port table for a device over others (net_bonding).
+fn probe_in(
+    rt: &Runtime,
+    drv: &dyn Driver,
+    devargs: &str,
+    port: u16,
+    ports: Option<&std::sync::Arc<Ports>>,
+) -> Box<dyn EthDev> {
     let da = Devargs::parse(devargs).expect("devargs");
     let kv = da.validate(drv.name(), drv.keys()).expect("keys");
     let conf = PortConf::default();
@@ -49,7 +65,7 @@ fn probe(rt: &Runtime, drv: &dyn Driver, devargs: &str, port: u16) -> Box<dyn Et
         kvargs: &kv,
         pci: None,
         conf: &conf,
-        ports: None,
+        ports,
     };
     drv.probe(&ctx).unwrap_or_else(|e| panic!("probe {devargs}: {e}"))
 }
@@ -318,6 +334,71 @@ fn main() {
     }
     bench_dpdk_vhost(&mut g, xdg.path(), &prefix);
 
+    // Bonding overhead, one process: 64 frames out through net_bonding (round robin over two
+    // net_ring members) and back from the members' peers, beside the same through one net_ring.
+    {
+        let ports = std::sync::Arc::new(Ports::default());
+        for (id, dev) in [(10u16, "net_ring10,peer=net_ring12"), (11, "net_ring11,peer=net_ring13")] {
+            let d = probe(&rt, &RingDriver, dev, id);
+            let name = dev.split(',').next().unwrap_or(dev).to_string();
+            ports.insert(LocalPort { port: PortId(id), gen: 1, name, dev: d, locks: 0 });
+        }
+        let mut obs = [
+            probe(&rt, &RingDriver, "net_ring12,peer=net_ring10", 12),
+            probe(&rt, &RingDriver, "net_ring13,peer=net_ring11", 13),
+        ];
+        let mut bond =
+            probe_in(&rt, &BondingDriver, "net_bonding0,mode=0,slave=net_ring10,slave=net_ring11", 14, Some(&ports));
+        let mut one = probe(&rt, &RingDriver, "net_ring14,peer=net_ring15", 15);
+        let mut one_obs = probe(&rt, &RingDriver, "net_ring15,peer=net_ring14", 16);
+        let mut pool = Mempool::lookup(rt.shm(), DEFAULT_POOL, 256).expect("pool");
+        let mut b = burst(64);
+        assert!(pool.alloc_bulk(&mut b));
+        for m in b.iter_mut().flatten() {
+            m.set_len(60);
+        }
+        g.throughput(Throughput::Elements(64));
+        g.bench_with_input(BenchmarkId::new("bonding_rr", 64), &64, |bch, _| {
+            bch.iter(|| {
+                let mut sent = 0;
+                while sent < 64 {
+                    sent += bond.tx_burst(0, &mut b[sent..]);
+                }
+                let mut got = 0;
+                while got < 64 {
+                    for o in obs.iter_mut() {
+                        got += o.rx_burst(0, &mut b[got..]);
+                    }
+                }
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("bonding_single_ring", 64), &64, |bch, _| {
+            bch.iter(|| {
+                let mut sent = 0;
+                while sent < 64 {
+                    sent += one.tx_burst(0, &mut b[sent..]);
+                }
+                let mut got = 0;
+                while got < 64 {
+                    got += one_obs.rx_burst(0, &mut b[got..]);
+                }
+            })
+        });
+        pool.free_bulk(&mut b);
+        drop(pool);
+        bond.close(Release::Shared);
+        for o in obs {
+            o.close(Release::Shared);
+        }
+        one.close(Release::Shared);
+        one_obs.close(Release::Shared);
+        for id in [10u16, 11] {
+            if let Some(lp) = ports.take(PortId(id)) {
+                lp.dev.close(Release::Shared);
+            }
+        }
+    }
+
     // net_ring one way with the pool in the loop: this process allocates and sends, a secondary
     // receives and frees (buffers return through the shared pool ring), for information.
     {
@@ -384,6 +465,13 @@ fn main() {
         None => println!("null_io_fwd/32 not measured in this run"),
     }
     print_ratio("net_ring vs raw ring, two processes", "rxtx", "ring_xproc/64", "ring_u64_xproc/64", None);
+    print_ratio(
+        "bonding round robin over two net_rings vs one net_ring",
+        "rxtx",
+        "bonding_rr/64",
+        "bonding_single_ring/64",
+        None,
+    );
     print_ratio(
         "vhost-user (ours) vs raw ring, two processes",
         "rxtx",

@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec, MAX_VDEV_NAME_LEN};
-use lab_core::ethdev::{
-    DevInfo, Driver, EthDev, EthError, LinkStatus, PortId, PortStats, Ports, ProbeCtx, Release,
-};
+use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortId, PortStats, Ports, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
 
 use crate::error::{Ctx, DriverError};
@@ -119,7 +117,9 @@ impl Driver for BondingDriver {
     fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError> {
         let err = |e: DriverError| ctx.error(NAME, e);
         let ports = ctx.ports.ok_or_else(|| {
-            err(DriverError::config("net_bonding needs the process's ports: attach it in a lab process (the hotplug layer)"))
+            err(DriverError::config(
+                "net_bonding needs the process's ports: attach it in a lab process (the hotplug layer)",
+            ))
         })?;
         let mode = match ctx.kvargs.get_u64("mode").unwrap_or(0) {
             0 => Mode::RoundRobin,
@@ -390,8 +390,9 @@ impl EthDev for Bond {
             return sent;
         }
         let n = pkts.iter().take(CHUNK).take_while(|m| m.is_some()).count();
-        // Spread the first `n` over per-member batches.
-        let mut batches: [[Option<Mbuf>; CHUNK]; MAX_MEMBERS] = std::array::from_fn(|_| std::array::from_fn(|_| None));
+        // Spread the first `n` over per-member batches (indexed by position in `usable`).
+        let mut batches: ArrayVec<[Option<Mbuf>; CHUNK], MAX_MEMBERS> =
+            usable.iter().map(|_| std::array::from_fn(|_| None)).collect();
         let mut fill = [0usize; MAX_MEMBERS];
         let mut bytes = 0u64;
         for slot in pkts[..n].iter_mut() {
@@ -399,45 +400,43 @@ impl EthDev for Bond {
             bytes += m.len() as u64;
             match self.mode {
                 Mode::RoundRobin => {
-                    let k = usable[self.rr[q] % usable.len()];
+                    let j = self.rr[q] % usable.len();
                     self.rr[q] = self.rr[q].wrapping_add(1);
-                    batches[k][fill[k]] = Some(m);
-                    fill[k] += 1;
+                    batches[j][fill[j]] = Some(m);
+                    fill[j] += 1;
                 }
                 Mode::BalanceXor => {
-                    let k = usable[xor_hash(m.data(), self.policy) as usize % usable.len()];
-                    batches[k][fill[k]] = Some(m);
-                    fill[k] += 1;
+                    let j = xor_hash(m.data(), self.policy) as usize % usable.len();
+                    batches[j][fill[j]] = Some(m);
+                    fill[j] += 1;
                 }
                 Mode::Broadcast => {
                     // A copy for every usable member after the first; a copy that cannot be
                     // made is that member's loss.
-                    for &k in &usable[1..] {
+                    for j in 1..usable.len() {
                         if let Some(mut c) = self.pool.alloc() {
                             if c.copy_from(m.data()) {
-                                batches[k][fill[k]] = Some(c);
-                                fill[k] += 1;
+                                batches[j][fill[j]] = Some(c);
+                                fill[j] += 1;
                             } else {
                                 self.pool.free(c);
                             }
                         }
                     }
-                    let k = usable[0];
-                    batches[k][fill[k]] = Some(m);
-                    fill[k] += 1;
+                    batches[0][fill[0]] = Some(m);
+                    fill[0] += 1;
                 }
                 Mode::ActiveBackup => unreachable!("handled above"),
             }
         }
         let mut left: ArrayVec<Mbuf, { CHUNK * MAX_MEMBERS }> = ArrayVec::new();
         let mut sent = 0;
-        for &k in &usable {
-            if fill[k] == 0 {
+        for (j, &k) in usable.iter().enumerate() {
+            if fill[j] == 0 {
                 continue;
             }
-            let mut b = std::mem::replace(&mut batches[k], std::array::from_fn(|_| None));
-            let s = self.send_on(k, queue, &mut b[..fill[k]], &mut left);
-            if self.mode == Mode::Broadcast && k != usable[0] {
+            let s = self.send_on(k, queue, &mut batches[j][..fill[j]], &mut left);
+            if self.mode == Mode::Broadcast && j != 0 {
                 continue; // copies: not the caller's frames
             }
             sent += s;
@@ -445,7 +444,7 @@ impl EthDev for Bond {
         if self.mode == Mode::Broadcast {
             // The caller's frames went on the first member; unsent copies are ours to free.
             let mut keep: ArrayVec<Mbuf, { CHUNK * MAX_MEMBERS }> = ArrayVec::new();
-            let firsts = fill[usable[0]] - sent;
+            let firsts = fill[0] - sent;
             for (i, m) in left.drain(..).enumerate() {
                 if i < firsts {
                     keep.push(m);
