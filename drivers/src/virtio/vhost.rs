@@ -8,7 +8,7 @@
 //! Built on rust-vmm's crates: `vhost` parses and answers the protocol (`BackendReqHandler` over
 //! our [`VhostUserBackendReqHandlerMut`]) and `vm-memory` maps the front end's memory table
 //! (`GuestMemoryMmap` over the region descriptors). The bursts walk the split virtqueues with
-//! [`super::devring`]: `virtio-queue`'s `Queue` did it first, through vm-memory's per-access
+//! `devring.rs`: `virtio-queue`'s `Queue` did it first, through vm-memory's per-access
 //! accessors, which measured a fifth of the back end's time (see the module).
 //!
 //! A control thread per port serves the socket: each message under the port's state lock.
