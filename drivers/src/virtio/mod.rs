@@ -465,7 +465,7 @@ impl Port {
             p.zones.push(tx.zone().to_string());
             enable_queue(&p.bar, c, 2 * i, qsize, &rx);
             enable_queue(&p.bar, c, 2 * i + 1, qsize, &tx);
-            let mut rx = RxVq { q: rx };
+            let mut rx = RxVq { q: rx, mergeable: true };
             let pool_h = p.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
             rx.fill(pool_h)?;
             p.rxq.push(rx);
@@ -607,7 +607,7 @@ impl Port {
         p.pool.get_or_insert_with(|| pool.new_handle());
         for i in 0..pairs as u16 {
             let (rx, tx) = open_pair(p, i, qsize, &notify, false)?;
-            p.rxq.push(RxVq { q: rx });
+            p.rxq.push(RxVq { q: rx, mergeable: true });
             p.txq.push(TxVq { q: tx });
         }
         if let Ok(ci) = u16::try_from(ci) {

@@ -6,7 +6,7 @@
 //! the probe waits up to the hotplug timeout for the back end to connect, as DPDK's does).
 //!
 //! The control path (the primary) speaks vhost-user through rust-vmm's `vhost` crate
-//! (`Frontend`): SET_OWNER, features (VERSION_1 required; MRG_RXBUF, MQ and the protocol
+//! (`Frontend`): SET_OWNER, features (VERSION_1 required; MQ and the protocol
 //! features MQ and REPLY_ACK when offered), SET_MEM_TABLE, then per virtqueue NUM, BASE, ADDR,
 //! KICK, CALL and (with protocol features) ENABLE. The memory table is one region: the lab's
 //! whole shared-memory file, passed as its descriptor, at guest address [`IOVA_BASE`]. Rings
@@ -65,7 +65,6 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 const MAGIC: u64 = 0x5649_5553_4552_0001;
 
 // Feature bits (virtio 1.2, 5.1.3 and 6; vhost-user's bit 30).
-const F_MRG_RXBUF: u64 = 1 << 15;
 const F_MQ: u64 = 1 << 22;
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const F_VERSION_1: u64 = 1 << 32;
@@ -258,7 +257,9 @@ impl Control {
         if pairs > 1 && offered & F_MQ == 0 {
             return Err(DriverError::config(format!("queues={pairs}: the back end does not offer MQ")));
         }
-        let mut want = F_VERSION_1 | (offered & (F_MRG_RXBUF | F_PROTOCOL_FEATURES));
+        // Not MRG_RXBUF: a receive burst takes one buffer per frame (the buffers after a frame's
+        // first carry no header, so a frame over several would need merging, not yet built).
+        let mut want = F_VERSION_1 | (offered & F_PROTOCOL_FEATURES);
         if pairs > 1 {
             want |= F_MQ;
         }
@@ -426,7 +427,7 @@ impl Driver for VirtioUserDriver {
                     let v = Vq::open_kicked(shm, z.clone(), i, qsize, kick_raw[i as usize], port, primary)?;
                     zones.push(z);
                     if is_rx {
-                        rx.push(RxVq { q: v });
+                        rx.push(RxVq { q: v, mergeable: false });
                     } else {
                         tx.push(TxVq { q: v });
                     }

@@ -214,7 +214,8 @@ impl VhostUserBackendReqHandlerMut for Dev {
         Ok(F_VERSION_1 | F_MRG_RXBUF | F_PROTOCOL_FEATURES | if self.pairs > 1 { F_MQ } else { 0 })
     }
     fn set_features(&mut self, features: u64) -> Result<(), VuError> {
-        if features & !self.get_features()? != 0 {
+        // VERSION_1 is required: the 12-byte header is the only one we write and skip.
+        if features & !self.get_features()? != 0 || features & F_VERSION_1 == 0 {
             return Err(VuError::InvalidParam);
         }
         self.features = features;
@@ -233,6 +234,11 @@ impl VhostUserBackendReqHandlerMut for Dev {
         let mut regions = Vec::with_capacity(ctx.len());
         for (r, f) in ctx.iter().zip(files) {
             let size = usize::try_from(r.memory_size).map_err(|_| VuError::InvalidParam)?;
+            // A region past its file's end would fault (SIGBUS) when touched: refused here.
+            let flen = f.metadata().map(|m| m.len()).map_err(|_| VuError::InvalidParam)?;
+            if r.mmap_offset.checked_add(r.memory_size).is_none_or(|end| end > flen) {
+                return Err(VuError::InvalidParam);
+            }
             ranges.push((GuestAddress(r.guest_phys_addr), size, Some(FileOffset::new(f, r.mmap_offset))));
             regions.push((r.guest_phys_addr, r.memory_size, r.user_addr));
         }
@@ -282,11 +288,24 @@ impl VhostUserBackendReqHandlerMut for Dev {
         Ok(VhostUserVringState::new(index, u32::from(next)))
     }
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<(), VuError> {
-        self.vring(u32::from(index))?.kick = Some(fd.unwrap_or_else(|| File::open("/dev/null").expect("/dev/null")));
+        let v = self.vring(u32::from(index))?;
+        // A running ring given a new kick goes on where it is (not at the old SET_VRING_BASE).
+        if let Some(r) = v.ring.take() {
+            v.base = r.next_avail;
+        }
+        v.kick = Some(fd.unwrap_or_else(|| File::open("/dev/null").expect("/dev/null")));
         self.try_start(index as usize);
         Ok(())
     }
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> Result<(), VuError> {
+        if let Some(f) = &fd {
+            // A signal never waits in a burst: a peer that passed a full pipe loses it.
+            let flags =
+                nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(|_| VuError::InvalidParam)?;
+            let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
+                .map_err(|_| VuError::InvalidParam)?;
+        }
         self.vring(u32::from(index))?.call = fd;
         Ok(())
     }
@@ -361,6 +380,7 @@ impl VhostUserBackendReqHandlerMut for Dev {
 
 /// The link state every process of the lab sees (memzone `vhost_<port>`: magic, then the
 /// state), written by the primary's control thread after each message.
+#[derive(Clone)]
 struct SharedLink {
     shm: Arc<Shm>,
     off: ShmOffset,
@@ -413,7 +433,15 @@ enum Mode {
 
 /// The control thread: takes a front end, serves its messages, and after a hang-up takes the
 /// next one (server) or connects again every second (client).
-fn control(dev: Arc<Mutex<Dev>>, mode: Mode, path: PathBuf, stop: Arc<AtomicBool>, port: PortId, link: SharedLink) {
+fn control(
+    dev: Arc<Mutex<Dev>>,
+    mode: Mode,
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    port: PortId,
+    link: SharedLink,
+    conn: Arc<Mutex<Option<UnixStream>>>,
+) {
     let mut last_connect: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let stream = match &mode {
@@ -438,6 +466,10 @@ fn control(dev: Arc<Mutex<Dev>>, mode: Mode, path: PathBuf, stop: Arc<AtomicBool
             continue;
         }
         let Ok(watch) = s.try_clone() else { continue };
+        *conn.lock().unwrap_or_else(|e| e.into_inner()) = watch.try_clone().ok();
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         {
             let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
             d.reset();
@@ -465,6 +497,7 @@ fn control(dev: Arc<Mutex<Dev>>, mode: Mode, path: PathBuf, stop: Arc<AtomicBool
                 break;
             }
         }
+        *conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
         dev.lock().unwrap_or_else(|e| e.into_inner()).reset();
         link.set(false);
         tracing::info!(port = %port, path = %path.display(), "net_vhost: front end gone");
@@ -492,6 +525,10 @@ struct Port {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     shm: Arc<Shm>,
+    link: SharedLink,
+    /// The live connection's socket, shut down at close so that a front end stalled in the
+    /// middle of a message cannot hold the control thread (and so the close) forever.
+    conn: Arc<Mutex<Option<UnixStream>>>,
 }
 
 impl Driver for VhostDriver {
@@ -550,11 +587,13 @@ impl Driver for VhostDriver {
                 return Err(err(e));
             }
         };
+        let conn = Arc::new(Mutex::new(None));
         let thread = {
-            let (dev, stop, p, port) = (dev.clone(), stop.clone(), path.clone(), ctx.port);
+            let (dev, stop, p, port, l, c) =
+                (dev.clone(), stop.clone(), path.clone(), ctx.port, link.clone(), conn.clone());
             std::thread::Builder::new()
                 .name(format!("vhost-{}", ctx.port.0))
-                .spawn(move || control(dev, mode, p, stop, port, link))
+                .spawn(move || control(dev, mode, p, stop, port, l, c))
                 .ctx("control thread")
                 .map_err(|e| {
                     if !client {
@@ -578,6 +617,8 @@ impl Driver for VhostDriver {
             stop,
             thread: Some(thread),
             shm: shm.clone(),
+            link,
+            conn,
         }))
     }
 }
@@ -638,8 +679,8 @@ impl EthDev for Port {
     }
 
     fn link(&mut self) -> LinkStatus {
-        let d = self.dev.lock().unwrap_or_else(|e| e.into_inner());
-        let up = d.live(0) && d.live(1);
+        // The control thread's view after its last message: no wait on it.
+        let up = self.link.up();
         LinkStatus { up, speed_mbps: if up { 10_000 } else { 0 } }
     }
 
@@ -699,7 +740,11 @@ impl EthDev for Port {
                 };
                 let (mut addr, mut len) = (d.addr, d.len as usize);
                 let s = skip.min(len);
-                (skip, addr, len) = (skip - s, addr + s as u64, len - s);
+                let Some(a) = addr.checked_add(s as u64) else {
+                    ok = false;
+                    break;
+                };
+                (skip, addr, len) = (skip - s, a, len - s);
                 if len == 0 {
                     continue;
                 }
@@ -764,6 +809,19 @@ impl EthDev for Port {
                     r.unpop(heads.len() as u16);
                     break 'frames;
                 }
+                if heads.is_full() {
+                    // Over 64 buffers for one frame: dropped, its buffers given back used and empty.
+                    for (h, _) in &heads {
+                        r.push_used(*h, 0);
+                    }
+                    c.errors += 1;
+                    used_any = true;
+                    taken += 1;
+                    if let Some(m) = slot.take() {
+                        self.pool.free(m);
+                    }
+                    continue 'frames;
+                }
                 left -= 1;
                 let head = r.pop();
                 let mut wrote = 0u32;
@@ -782,7 +840,12 @@ impl EthDev for Port {
                         let mut k = (len - o).min(total - off);
                         let src = if off < hdr_len {
                             k = k.min(hdr_len - off);
-                            if off == 0 && k == hdr_len {
+                            if off == 0 {
+                                if k < hdr_len {
+                                    // The header split over descriptors: not placed (refused).
+                                    bad = true;
+                                    break;
+                                }
                                 // SAFETY: inside this descriptor's buffer (o < len).
                                 hdr_at = Some(unsafe { dst.add(o) });
                             }
@@ -798,16 +861,15 @@ impl EthDev for Port {
                         off += k;
                         wrote += k as u32;
                     }
-                    if off == total {
+                    if off == total || bad {
                         break;
                     }
                 }
-                if bad || heads.try_push((head, wrote)).is_err() || (!mrg && off < total) {
-                    // A bad chain, too many buffers, or one buffer too small without MRG_RXBUF:
-                    // the frame is dropped, its buffers given back used and empty.
-                    if heads.len() < 64 && !heads.iter().any(|h| h.0 == head) {
-                        let _ = heads.try_push((head, 0));
-                    }
+                // Room was checked before the pop.
+                heads.push((head, wrote));
+                if bad || (!mrg && off < total) {
+                    // A bad chain, or one buffer too small without MRG_RXBUF: the frame is
+                    // dropped, its buffers given back used and empty.
                     for (h, _) in &heads {
                         r.push_used(*h, 0);
                     }
@@ -852,6 +914,9 @@ impl EthDev for Port {
 impl Drop for Port {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(s) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

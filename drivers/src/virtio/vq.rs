@@ -395,6 +395,9 @@ impl Vq {
 /// One receive virtqueue.
 pub(crate) struct RxVq {
     pub(crate) q: Vq,
+    /// MRG_RXBUF negotiated: a frame's header must say `num_buffers` 1 (one buffer is all we
+    /// post room for). Without it the field says nothing we use (DPDK's vhost leaves it 0).
+    pub(crate) mergeable: bool,
 }
 
 impl RxVq {
@@ -453,7 +456,8 @@ impl RxVq {
             m.reset();
             let nbuf = m.prepend(NET_HDR_LEN).map(|h| u16::from_le_bytes([h[10], h[11]]));
             m.reset();
-            let ok = matches!(frame, Some(f) if f > 0 && f <= m.buf_len() - m.headroom()) && nbuf == Some(1);
+            let ok = matches!(frame, Some(f) if f > 0 && f <= m.buf_len() - m.headroom())
+                && (nbuf == Some(1) || !self.mergeable);
             if ok {
                 // A replacement first: without one the frame is dropped and its buffer reposted.
                 if let Some(fresh) = pool.alloc() {
