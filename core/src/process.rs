@@ -400,15 +400,23 @@ impl Inner {
                 let _g = inner.op_lock.lock().unwrap_or_else(|e| e.into_inner());
                 let want: Vec<PortEntry> =
                     inner.table.entries().into_iter().filter(|e| e.state == PortState::Attached).collect();
+                // A port over others (a bond) may have a lower id than its members: what fails
+                // in id order is tried again once the rest is attached.
+                let mut again = Vec::new();
                 for e in &want {
                     let have = inner.ports.slot(e.port).and_then(|s| s.as_ref().map(|l| l.gen));
                     if have != Some(e.gen) {
                         if let Some(old) = inner.ports.take(e.port) {
                             old.dev.close(Release::Local);
                         }
-                        if let Err(err) = inner.probe_devargs(e.port, e.gen, &e.devargs) {
-                            tracing::error!(port = %e.port, device = %e.name, error = %err, "cannot attach existing port");
+                        if inner.probe_devargs(e.port, e.gen, &e.devargs).is_err() {
+                            again.push(e);
                         }
+                    }
+                }
+                for e in again {
+                    if let Err(err) = inner.probe_devargs(e.port, e.gen, &e.devargs) {
+                        tracing::error!(port = %e.port, device = %e.name, error = %err, "cannot attach existing port");
                     }
                 }
                 for p in inner.ports.ids() {

@@ -14,12 +14,14 @@
 //! every usable member, copied). Mode 4 (802.3ad, LACP) is refused by name: not built yet.
 //!
 //! A member is usable while it is attached (its slot holds the same generation) and its link is
-//! up. The bond looks at most every 100 ms (a clock read per burst, no syscall) and at once
-//! when a member's slot is found empty, so a member whose link drops, or which is unplugged or
+//! up. A thread of the bond looks every 100 ms (the bursts only read what it saw, and never wait
+//! on a member: one busy elsewhere is skipped for that burst), and a burst that finds a member's
+//! slot empty stops using it at once, so a member whose link drops, or which is unplugged or
 //! detached, stops carrying traffic in every process that polls the bond, each by its own look
 //! at the same shared state. Frames a member did not take come back to the caller at the end of
 //! its array (as DPDK's bonding does): the taken ones are the front `n`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,9 +87,12 @@ struct Bond {
     mode: Mode,
     policy: Policy,
     primary: usize,
-    /// Which members are usable, as of `looked`.
+    /// Which members are usable, as the monitor thread last saw them.
+    mon: Arc<Monitor>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// This process's copy of `mon.usable` for one burst.
     usable: [bool; MAX_MEMBERS],
-    looked: Option<Instant>,
+    port: PortId,
     /// Round-robin position per transmit queue; first member polled per receive queue.
     rr: Vec<usize>,
     rx_start: Vec<usize>,
@@ -192,16 +197,61 @@ impl Driver for BondingDriver {
             mode,
             policy,
             primary,
+            mon: Arc::new(Monitor::default()),
+            thread: None,
             usable: [false; MAX_MEMBERS],
-            looked: None,
+            port: ctx.port,
             rr: vec![0; usize::from(conf.nb_txq)],
             rx_start: vec![0; usize::from(conf.nb_rxq)],
             rx: vec![Counters::default(); usize::from(conf.nb_rxq)],
             tx: vec![Counters::default(); usize::from(conf.nb_txq)],
             pool,
         };
-        b.look();
+        let targets: Vec<(PortId, u32)> = b.members.iter().map(|m| (m.id, m.gen)).collect();
+        b.mon.look(&b.ports, &targets);
+        b.usable = b.mon.snapshot();
+        let (mon, ports) = (b.mon.clone(), b.ports.clone());
+        b.thread = Some(
+            std::thread::Builder::new()
+                .name(format!("bond-{}", ctx.port.0))
+                .spawn(move || {
+                    while !mon.stop.load(Ordering::Relaxed) {
+                        let end = Instant::now() + LOOK;
+                        while Instant::now() < end && !mon.stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        mon.look(&ports, &targets);
+                    }
+                })
+                .ctx("monitor thread")
+                .map_err(err)?,
+        );
         Ok(Box::new(b))
+    }
+}
+
+/// Member state, looked at by the bond's own thread (each member's `link()` may take a while:
+/// a reconnect, an ioctl) so that bursts only read it.
+#[derive(Default)]
+struct Monitor {
+    usable: [AtomicBool; MAX_MEMBERS],
+    stop: AtomicBool,
+}
+
+impl Monitor {
+    /// Looks at every member: attached with the same generation, and its link up. A member
+    /// whose slot is busy (a burst in another thread) keeps what was known.
+    fn look(&self, ports: &Ports, members: &[(PortId, u32)]) {
+        for (k, &(id, gen)) in members.iter().enumerate() {
+            if let Ok(mut s) = ports.slot_within(id, Duration::from_millis(5)) {
+                let up = s.as_mut().is_some_and(|lp| lp.gen == gen && lp.dev.link().up);
+                self.usable[k].store(up, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> [bool; MAX_MEMBERS] {
+        std::array::from_fn(|k| self.usable[k].load(Ordering::Relaxed))
     }
 }
 
@@ -239,22 +289,9 @@ fn xor_hash(d: &[u8], policy: Policy) -> u32 {
 }
 
 impl Bond {
-    /// Looks at every member: attached with the same generation, and its link up.
-    fn look(&mut self) {
-        for (k, m) in self.members.iter().enumerate() {
-            self.usable[k] = match self.ports.slot_within(m.id, Duration::from_millis(5)) {
-                Ok(mut s) => s.as_mut().is_some_and(|lp| lp.gen == m.gen && lp.dev.link().up),
-                // Busy (a long burst elsewhere): keep what we knew.
-                Err(_) => self.usable[k],
-            };
-        }
-        self.looked = Some(Instant::now());
-    }
-
+    /// This burst's view of the members.
     fn look_if_due(&mut self) {
-        if self.looked.is_none_or(|t| t.elapsed() >= LOOK) {
-            self.look();
-        }
+        self.usable = self.mon.snapshot();
     }
 
     /// The member mode 1 uses.
@@ -268,12 +305,14 @@ impl Bond {
     /// Runs `f` on member `k`'s device, or marks it unusable when it is gone.
     fn with_member<R>(&mut self, k: usize, f: impl FnOnce(&mut dyn EthDev) -> R) -> Option<R> {
         let m = &self.members[k];
-        let mut s = self.ports.slot(m.id)?;
+        // Never wait on a member: one busy elsewhere is skipped this burst.
+        let mut s = self.ports.slot_within(m.id, Duration::ZERO).ok()?;
         match s.as_mut() {
             Some(lp) if lp.gen == m.gen => Some(f(lp.dev.as_mut())),
             _ => {
                 drop(s);
                 self.usable[k] = false;
+                self.mon.usable[k].store(false, Ordering::Relaxed);
                 tracing::warn!(member = %self.members[k].name, "net_bonding: member gone");
                 None
             }
@@ -304,7 +343,7 @@ impl EthDev for Bond {
     }
 
     fn link(&mut self) -> LinkStatus {
-        self.look();
+        self.look_if_due();
         let up = match self.mode {
             Mode::ActiveBackup => self.active().is_some(),
             _ => self.usable.iter().take(self.members.len()).any(|u| *u),
@@ -363,6 +402,9 @@ impl EthDev for Bond {
                 got += self.with_member(k, |d| d.rx_burst(queue, &mut pkts[got..])).unwrap_or(0);
             }
         }
+        for m in pkts[..got].iter_mut().flatten() {
+            m.set_port(self.port.0);
+        }
         let c = &mut self.rx[q];
         c.pkts += got as u64;
         c.bytes += pkts[..got].iter().flatten().map(|m| m.len() as u64).sum::<u64>();
@@ -394,8 +436,10 @@ impl EthDev for Bond {
         let mut batches: ArrayVec<[Option<Mbuf>; CHUNK], MAX_MEMBERS> =
             usable.iter().map(|_| std::array::from_fn(|_| None)).collect();
         let mut fill = [0usize; MAX_MEMBERS];
+        // Broadcast: which of the caller's frames each copy is of.
+        let mut src = [[0u8; CHUNK]; MAX_MEMBERS];
         let mut bytes = 0u64;
-        for slot in pkts[..n].iter_mut() {
+        for (i, slot) in pkts[..n].iter_mut().enumerate() {
             let Some(m) = slot.take() else { break };
             bytes += m.len() as u64;
             match self.mode {
@@ -417,6 +461,7 @@ impl EthDev for Bond {
                         if let Some(mut c) = self.pool.alloc() {
                             if c.copy_from(m.data()) {
                                 batches[j][fill[j]] = Some(c);
+                                src[j][fill[j]] = i as u8;
                                 fill[j] += 1;
                             } else {
                                 self.pool.free(c);
@@ -435,24 +480,21 @@ impl EthDev for Bond {
             if fill[j] == 0 {
                 continue;
             }
-            let s = self.send_on(k, queue, &mut batches[j][..fill[j]], &mut left);
             if self.mode == Mode::Broadcast && j != 0 {
-                continue; // copies: not the caller's frames
-            }
-            sent += s;
-        }
-        if self.mode == Mode::Broadcast {
-            // The caller's frames went on the first member; unsent copies are ours to free.
-            let mut keep: ArrayVec<Mbuf, { CHUNK * MAX_MEMBERS }> = ArrayVec::new();
-            let firsts = fill[0] - sent;
-            for (i, m) in left.drain(..).enumerate() {
-                if i < firsts {
-                    keep.push(m);
-                } else {
-                    self.pool.free(m);
+                // Copies of the frames the first member took only: the others come back to the
+                // caller, whose retry brings their copies again.
+                let keep = src[j][..fill[j]].iter().take_while(|&&i| usize::from(i) < sent).count();
+                for c in batches[j][keep..fill[j]].iter_mut().filter_map(Option::take) {
+                    self.pool.free(c);
                 }
+                let mut spare: ArrayVec<Mbuf, { CHUNK * MAX_MEMBERS }> = ArrayVec::new();
+                self.send_on(k, queue, &mut batches[j][..keep], &mut spare);
+                for c in spare {
+                    self.pool.free(c); // a copy this member did not take is its loss
+                }
+                continue;
             }
-            left = keep;
+            sent += self.send_on(k, queue, &mut batches[j][..fill[j]], &mut left);
         }
         // The taken ones are the front `sent`; what no member took goes back after them.
         let taken = n - left.len();
@@ -467,6 +509,15 @@ impl EthDev for Bond {
 
     fn close(self: Box<Self>, how: Release) {
         tracing::info!(members = self.members.len(), shared = how == Release::Shared, "net_bonding closed");
+    }
+}
+
+impl Drop for Bond {
+    fn drop(&mut self) {
+        self.mon.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
