@@ -99,6 +99,13 @@ impl Testpmd {
                 c.args(["-c", &cpu.to_string(), bin]).args(["--lcores", &format!("0@{cpu},1@{cpu}")]);
                 c
             }
+            // With $LAB_TESTPMD_LOG its output unbuffered (stdbuf), so a killed testpmd's last
+            // lines are in the log too.
+            None if std::env::var_os("LAB_TESTPMD_LOG").is_some() && Path::new("/usr/bin/stdbuf").exists() => {
+                let mut c = Command::new("/usr/bin/stdbuf");
+                c.args(["-o0", "-e0", bin, "-l", "0,1"]);
+                c
+            }
             None => {
                 let mut c = Command::new(bin);
                 c.args(["-l", "0,1"]);
@@ -183,6 +190,23 @@ impl Testpmd {
     pub fn command(&mut self, line: &str) -> bool {
         use std::io::Write;
         self.child.stdin.as_mut().is_some_and(|i| writeln!(i, "{line}").and_then(|_| i.flush()).is_ok())
+    }
+
+    /// Whether its port `port` says its link is up (telemetry's `/ethdev/link_status`).
+    pub fn link_up(&self, port: u16) -> bool {
+        self.query(&format!("/ethdev/link_status,{port}")).is_some_and(|t| t.contains("\"UP\""))
+    }
+
+    /// Waits (at most `within`) for port `port`'s link to be up.
+    pub fn wait_link_up(&self, port: u16, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while !self.link_up(port) {
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// Stops it (SIGKILL, reaped) without removing its runtime dir: a crash, for a test of
