@@ -23,6 +23,29 @@
 pub(crate) mod devring;
 pub mod user;
 pub mod vhost;
+
+/// The socket (`key=`, required) and queue pairs (`queues=`, default the port's receive queues,
+/// enough for its transmit queues too) of a vhost-user device, either end.
+pub(crate) fn socket_and_pairs(
+    ctx: &ProbeCtx<'_>,
+    key: &str,
+    max: u16,
+) -> Result<(std::path::PathBuf, u16), DriverError> {
+    let conf = ctx.conf;
+    let path = ctx
+        .kvargs
+        .get_str(key)
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| DriverError::config(format!("{key}= is required (the vhost-user socket)")))?;
+    let pairs = ctx.kvargs.get_u64("queues").map_or(conf.nb_rxq, |q| q as u16);
+    if pairs == 0 || pairs > max || conf.nb_rxq > pairs || conf.nb_txq > pairs {
+        return Err(DriverError::config(format!(
+            "{} receive and {} transmit queues over queues={pairs} (1..={max} pairs)",
+            conf.nb_rxq, conf.nb_txq
+        )));
+    }
+    Ok((path, pairs))
+}
 pub mod vq;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

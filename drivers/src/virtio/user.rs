@@ -364,18 +364,7 @@ impl Driver for VirtioUserDriver {
     fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError> {
         let err = |e: DriverError| ctx.error(NAME, e);
         let conf = ctx.conf;
-        let path = ctx
-            .kvargs
-            .get_str("path")
-            .map(PathBuf::from)
-            .ok_or_else(|| err(DriverError::config("path= is required (the vhost-user socket)")))?;
-        let pairs = ctx.kvargs.get_u64("queues").map_or(conf.nb_rxq, |q| q as u16);
-        if pairs == 0 || pairs > MAX_QUEUES || conf.nb_rxq > pairs || conf.nb_txq > pairs {
-            return Err(err(DriverError::config(format!(
-                "{} receive and {} transmit queues over queues={pairs} (1..={MAX_QUEUES} pairs)",
-                conf.nb_rxq, conf.nb_txq
-            ))));
-        }
+        let (path, pairs) = super::socket_and_pairs(ctx, "path", MAX_QUEUES).map_err(err)?;
         let qsize = ctx.kvargs.get_u64("queue_size").unwrap_or(DEFAULT_QSIZE);
         if !qsize.is_power_of_two() {
             return Err(err(DriverError::config(format!("queue_size={qsize}: a power of 2"))));

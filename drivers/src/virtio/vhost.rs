@@ -544,18 +544,7 @@ impl Driver for VhostDriver {
     fn probe(&self, ctx: &ProbeCtx<'_>) -> Result<Box<dyn EthDev>, EthError> {
         let err = |e: DriverError| ctx.error(NAME, e);
         let conf = ctx.conf;
-        let path = ctx
-            .kvargs
-            .get_str("iface")
-            .map(PathBuf::from)
-            .ok_or_else(|| err(DriverError::config("iface= is required (the vhost-user socket)")))?;
-        let pairs = ctx.kvargs.get_u64("queues").map_or(conf.nb_rxq, |q| q as u16);
-        if pairs == 0 || pairs > MAX_QUEUES || conf.nb_rxq > pairs || conf.nb_txq > pairs {
-            return Err(err(DriverError::config(format!(
-                "{} receive and {} transmit queues over queues={pairs} (1..={MAX_QUEUES} pairs)",
-                conf.nb_rxq, conf.nb_txq
-            ))));
-        }
+        let (path, pairs) = super::socket_and_pairs(ctx, "iface", MAX_QUEUES).map_err(err)?;
         let shm = ctx.runtime.shm();
         if !ctx.is_primary() {
             // The front end's memory and eventfds reach the primary only: a secondary attaches
@@ -810,17 +799,8 @@ impl EthDev for Port {
                     break 'frames;
                 }
                 if heads.is_full() {
-                    // Over 64 buffers for one frame: dropped, its buffers given back used and empty.
-                    for (h, _) in &heads {
-                        r.push_used(*h, 0);
-                    }
-                    c.errors += 1;
-                    used_any = true;
-                    taken += 1;
-                    if let Some(m) = slot.take() {
-                        self.pool.free(m);
-                    }
-                    continue 'frames;
+                    bad = true; // over 64 buffers for one frame
+                    break;
                 }
                 left -= 1;
                 let head = r.pop();
@@ -867,20 +847,23 @@ impl EthDev for Port {
                 }
                 // Room was checked before the pop.
                 heads.push((head, wrote));
-                if bad || (!mrg && off < total) {
-                    // A bad chain, or one buffer too small without MRG_RXBUF: the frame is
-                    // dropped, its buffers given back used and empty.
-                    for (h, _) in &heads {
-                        r.push_used(*h, 0);
-                    }
-                    c.errors += 1;
-                    used_any = true;
-                    taken += 1;
-                    if let Some(m) = slot.take() {
-                        self.pool.free(m);
-                    }
-                    continue 'frames;
+                if bad || !mrg {
+                    break; // without MRG_RXBUF a frame has one buffer
                 }
+            }
+            if bad || off < total {
+                // A bad chain, over 64 buffers, or one buffer too small without MRG_RXBUF: the
+                // frame is dropped, its buffers given back used and empty.
+                for (h, _) in &heads {
+                    r.push_used(*h, 0);
+                }
+                c.errors += 1;
+                used_any = true;
+                taken += 1;
+                if let Some(m) = slot.take() {
+                    self.pool.free(m);
+                }
+                continue 'frames;
             }
             // num_buffers (header bytes 10..12), then the used elements.
             if let Some(h) = hdr_at {
