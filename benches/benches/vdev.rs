@@ -70,6 +70,33 @@ fn probe_in(
     drv.probe(&ctx).unwrap_or_else(|e| panic!("probe {devargs}: {e}"))
 }
 
+/// Puts `window` bursts of 64 60-byte frames (locally administered MACs) in flight on `port`.
+fn prime(port: &mut dyn EthDev, pool: &mut Mempool, b: &mut [Option<Mbuf>], window: usize) {
+    for _ in 0..window {
+        assert!(pool.alloc_bulk(b));
+        for m in b.iter_mut().flatten() {
+            m.set_len(60);
+            m.data_mut()[..12].fill(0x02);
+        }
+        let mut sent = 0;
+        while sent < b.len() {
+            sent += port.tx_burst(0, &mut b[sent..]);
+        }
+    }
+}
+
+/// One iteration of a circulating window: a whole burst back from `port`, and out again.
+fn bounce(port: &mut dyn EthDev, b: &mut [Option<Mbuf>]) {
+    let mut got = 0;
+    while got < b.len() {
+        got += port.rx_burst(0, &mut b[got..]);
+    }
+    let mut sent = 0;
+    while sent < b.len() {
+        sent += port.tx_burst(0, &mut b[sent..]);
+    }
+}
+
 fn burst(n: usize) -> Vec<Option<Mbuf>> {
     (0..n).map(|_| None).collect()
 }
@@ -258,28 +285,10 @@ fn main() {
         let peer = PeerProc::spawn(&me, &args, xdg.path());
         let mut pool = Mempool::lookup(rt.shm(), DEFAULT_POOL, 256).expect("pool");
         let mut b = burst(64);
-        for _ in 0..WINDOW {
-            assert!(pool.alloc_bulk(&mut b));
-            for m in b.iter_mut().flatten() {
-                m.set_len(60);
-            }
-            let mut sent = 0;
-            while sent < 64 {
-                sent += port.tx_burst(0, &mut b[sent..]);
-            }
-        }
+        prime(port.as_mut(), &mut pool, &mut b, WINDOW);
         g.throughput(Throughput::Elements(64));
         g.bench_with_input(BenchmarkId::new("ring_xproc", 64), &64, |bch, _| {
-            bch.iter(|| {
-                let mut got = 0;
-                while got < 64 {
-                    got += port.rx_burst(0, &mut b[got..]);
-                }
-                let mut sent = 0;
-                while sent < 64 {
-                    sent += port.tx_burst(0, &mut b[sent..]);
-                }
-            })
+            bch.iter(|| bounce(port.as_mut(), &mut b))
         });
         drop(peer);
         drop(pool);
@@ -304,29 +313,10 @@ fn main() {
         }
         let mut pool = Mempool::lookup(rt.shm(), DEFAULT_POOL, 256).expect("pool");
         let mut b = burst(64);
-        for _ in 0..WINDOW {
-            assert!(pool.alloc_bulk(&mut b));
-            for m in b.iter_mut().flatten() {
-                m.set_len(60);
-                m.data_mut()[..12].fill(0x02);
-            }
-            let mut sent = 0;
-            while sent < 64 {
-                sent += port.tx_burst(0, &mut b[sent..]);
-            }
-        }
+        prime(port.as_mut(), &mut pool, &mut b, WINDOW);
         g.throughput(Throughput::Elements(64));
         g.bench_with_input(BenchmarkId::new("vhost_virtio_user", 64), &64, |bch, _| {
-            bch.iter(|| {
-                let mut got = 0;
-                while got < 64 {
-                    got += port.rx_burst(0, &mut b[got..]);
-                }
-                let mut sent = 0;
-                while sent < 64 {
-                    sent += port.tx_burst(0, &mut b[sent..]);
-                }
-            })
+            bch.iter(|| bounce(port.as_mut(), &mut b))
         });
         drop(peer);
         drop(pool);
