@@ -325,11 +325,18 @@ fn reaches_restarted_testpmd(p: &mut dyn EthDev, pool: &mut lab_core::mbuf::Memp
 
 /// Sends `n` frames numbered from `seq` and expects them back, in order. The wait is long: a
 /// testpmd that has just started may spend up to 9 s in its link check before it forwards.
-fn round_trip(p: &mut dyn EthDev, pool: &mut lab_core::mbuf::Mempool, seq: u64, n: u64) {
+fn round_trip(p: &mut dyn EthDev, pool: &mut lab_core::mbuf::Mempool, dpdk: &Testpmd, seq: u64, n: u64) {
     let frames: Vec<Vec<u8>> = (seq..seq + n).map(|i| frame(i, 64 + (i as usize % 200))).collect();
     assert_eq!(send_all(p, pool, &frames), frames.len());
     let got = recv_frames(p, frames.len(), Duration::from_secs(30));
-    assert!(got == frames, "{} of {} frames back, or changed", got.len(), frames.len());
+    assert!(
+        got == frames,
+        "{} of {} frames back, or changed; ours {:?}, testpmd's {:?}",
+        got.len(),
+        frames.len(),
+        p.stats(),
+        dpdk.port_stats(0)
+    );
 }
 
 #[test]
@@ -356,7 +363,7 @@ fn server_mode_virtio_user_takes_a_restarted_dpdk_vhost_client_back() {
     assert!(wait_link(p.as_mut(), true, Duration::from_secs(5)));
     assert!(dpdk.wait_link_up(0, Duration::from_secs(15)), "testpmd's port up");
     let mut pool = lab.pool();
-    round_trip(p.as_mut(), &mut pool, 0, 100);
+    round_trip(p.as_mut(), &mut pool, &dpdk, 0, 100);
     dpdk.kill();
     assert!(wait_link(p.as_mut(), false, Duration::from_secs(5)), "link down once testpmd is gone");
     drop(dpdk);
@@ -402,7 +409,7 @@ fn client_mode_vhost_reconnects_to_a_restarted_dpdk_virtio_user_server() {
     assert!(wait_link(p.as_mut(), true, Duration::from_secs(10)));
     assert!(dpdk.wait_link_up(0, Duration::from_secs(15)), "testpmd's port up");
     let mut pool = lab.pool();
-    round_trip(p.as_mut(), &mut pool, 0, 100);
+    round_trip(p.as_mut(), &mut pool, &dpdk, 0, 100);
     dpdk.kill();
     assert!(wait_link(p.as_mut(), false, Duration::from_secs(5)), "link down once testpmd is gone");
     let _ = std::fs::remove_file(&sock);

@@ -138,6 +138,23 @@ impl DevRing {
         unsafe { ((self.used + 2) as *mut u16).write_volatile(self.next_used.to_le()) }
     }
 
+    /// The used index as it stands in the ring.
+    pub(crate) fn used_idx(&self) -> u16 {
+        Self::load16(self.used + 2)
+    }
+
+    /// Starts from the used index the ring holds when it differs from ours (a front end that
+    /// stopped and started its device without resetting its rings, then said base 0): both
+    /// indices go there, as DPDK's vhost does. Returns the index taken, if it moved.
+    pub(crate) fn adopt_used(&mut self) -> Option<u16> {
+        let u = self.used_idx();
+        (u != self.next_used).then(|| {
+            self.next_used = u;
+            self.next_avail = u;
+            u
+        })
+    }
+
     /// Tells the front end not to kick: we poll.
     pub(crate) fn no_notify(&self) {
         // SAFETY: used.flags, 2-aligned at the start of the used ring.

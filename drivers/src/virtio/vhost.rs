@@ -182,11 +182,17 @@ impl Dev {
             return;
         }
         let (size, base) = (self.vrings[i].size, self.vrings[i].base);
-        let ring = DevRing::new(|g, l| self.hosts.at(g, l), (d, a, u), size, base);
+        let mut ring = DevRing::new(|g, l| self.hosts.at(g, l), (d, a, u), size, base);
         if ring.is_none() {
             tracing::warn!(vring = i, size, "net_vhost: virtqueue refused (size or addresses)");
         }
-        if let Some(r) = &ring {
+        if let Some(r) = &mut ring {
+            // A front end that stopped and started its device keeps its rings where they were
+            // but says base 0 (DPDK's virtio_user does): the used index in the ring is the
+            // truth, or every index it makes available looks impossible and the queue stalls.
+            if let Some(u) = r.adopt_used() {
+                tracing::info!(vring = i, base, used = u, "net_vhost: ring resumed at its used index");
+            }
             // We poll: the front end need not kick (VRING_USED_F_NO_NOTIFY).
             r.no_notify();
         }
@@ -275,6 +281,7 @@ impl VhostUserBackendReqHandlerMut for Dev {
     }
     fn set_vring_base(&mut self, index: u32, base: u32) -> Result<(), VuError> {
         let b = u16::try_from(base).map_err(|_| VuError::InvalidParam)?;
+        tracing::debug!(vring = index, base, "net_vhost: SET_VRING_BASE");
         self.vring(index)?.base = b;
         Ok(())
     }
@@ -282,12 +289,14 @@ impl VhostUserBackendReqHandlerMut for Dev {
         // The ring stops here (vhost-user: GET_VRING_BASE stops it) and says where it was.
         let v = self.vring(index)?;
         let next = v.ring.take().map_or(v.base, |r| r.next_avail);
+        tracing::debug!(vring = index, next, "net_vhost: GET_VRING_BASE");
         v.base = next;
         v.enabled = false;
         v.kick = None;
         Ok(VhostUserVringState::new(index, u32::from(next)))
     }
     fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> Result<(), VuError> {
+        tracing::debug!(vring = index, "net_vhost: SET_VRING_KICK");
         let v = self.vring(u32::from(index))?;
         // A running ring given a new kick goes on where it is (not at the old SET_VRING_BASE).
         if let Some(r) = v.ring.take() {
@@ -323,6 +332,7 @@ impl VhostUserBackendReqHandlerMut for Dev {
         Ok(u64::from(self.pairs))
     }
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<(), VuError> {
+        tracing::debug!(vring = index, enable, "net_vhost: SET_VRING_ENABLE");
         self.vring(index)?.enabled = enable;
         Ok(())
     }

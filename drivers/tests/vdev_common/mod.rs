@@ -54,6 +54,13 @@ impl Lab {
     pub fn new(test: &str) -> Lab {
         let serial = serial();
         let _ = xdg();
+        // LAB_LOG=debug (an env filter) shows the drivers' logs of a failing run.
+        if let Ok(f) = std::env::var("LAB_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(f))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
         let prefix = format!("vd{}-{}-{}", std::process::id(), test, COUNTER.fetch_add(1, Ordering::Relaxed));
         let (opts, _) = Options::parse([format!("--file-prefix={prefix}"), "--proc-type=primary".into()]).unwrap();
         let rt = Runtime::init(&opts).expect("primary runtime");
