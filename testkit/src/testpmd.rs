@@ -112,7 +112,10 @@ impl Testpmd {
                 c
             }
         };
+        // $LAB_TESTPMD_EAL: more EAL arguments, split on spaces (`--log-level=pmd.net.virtio.*:debug`).
+        let extra = std::env::var("LAB_TESTPMD_EAL").unwrap_or_default();
         c.args(["--no-huge", "-m", "256", "--no-pci"])
+            .args(extra.split_whitespace())
             .args(devs)
             .args(["--file-prefix", prefix])
             .args(["--", "-i", "--no-mlockall", "--total-num-mbufs", "2048"])
@@ -201,6 +204,25 @@ impl Testpmd {
     pub fn wait_link_up(&self, port: u16, within: Duration) -> bool {
         let end = Instant::now() + within;
         while !self.link_up(port) {
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Whether its port `port` has started (telemetry's `/ethdev/info`, `"dev_started": 1`).
+    pub fn port_started(&self, port: u16) -> bool {
+        self.query(&format!("/ethdev/info,{port}")).is_some_and(|t| {
+            t.split("\"dev_started\":").nth(1).is_some_and(|r| r.trim_start().starts_with('1'))
+        })
+    }
+
+    /// Waits (at most `within`) for port `port` to have started.
+    pub fn wait_port_started(&self, port: u16, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while !self.port_started(port) {
             if Instant::now() > end {
                 return false;
             }
