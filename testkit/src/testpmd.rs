@@ -214,9 +214,8 @@ impl Testpmd {
 
     /// Whether its port `port` has started (telemetry's `/ethdev/info`, `"dev_started": 1`).
     pub fn port_started(&self, port: u16) -> bool {
-        self.query(&format!("/ethdev/info,{port}")).is_some_and(|t| {
-            t.split("\"dev_started\":").nth(1).is_some_and(|r| r.trim_start().starts_with('1'))
-        })
+        self.query(&format!("/ethdev/info,{port}"))
+            .is_some_and(|t| t.split("\"dev_started\":").nth(1).is_some_and(|r| r.trim_start().starts_with('1')))
     }
 
     /// Waits (at most `within`) for port `port` to have started.
