@@ -15,6 +15,12 @@ use lab_drivers::virtio::user::VirtioUserDriver;
 use lab_testkit::{Testpmd, TestpmdError};
 use vdev_common::*;
 
+/// testpmd's `--no-flush-rx`. Before it forwards, testpmd empties its receive queues for up to a
+/// second (`flush_fwd_rx_queues`): frames we send while it is starting are received (its
+/// ipackets counts them) and freed, never forwarded. That was the "testpmd receives but never
+/// transmits" seen about 1 run in 10 under load.
+const NO_FLUSH: &str = "--no-flush-rx";
+
 fn field(ans: &str, key: &str) -> u64 {
     ans.split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
@@ -31,7 +37,7 @@ fn vhost_testpmd(dir: &Path, prefix: &str, sock: &Path, queues: u16) -> Result<T
         prefix,
         None,
         &["--vdev", &vdev],
-        &["--forward-mode=io", "--auto-start", "--rxq", &q, "--txq", &q],
+        &["--forward-mode=io", "--auto-start", NO_FLUSH, "--rxq", &q, "--txq", &q],
     )?;
     let end = Instant::now() + Duration::from_secs(20);
     while !sock.exists() && Instant::now() < end {
@@ -241,7 +247,7 @@ fn virtio_user_testpmd_with(
 ) -> Result<Testpmd, TestpmdError> {
     let vdev = format!("net_virtio_user0,path={},queues={queues},server={}", sock.display(), u8::from(server));
     let q = format!("{queues}");
-    let mut app = vec!["--forward-mode=io", "--auto-start", "--rxq", &q, "--txq", &q];
+    let mut app = vec!["--forward-mode=io", "--auto-start", NO_FLUSH, "--rxq", &q, "--txq", &q];
     app.extend_from_slice(more);
     Testpmd::start_with(dir, prefix, None, &["--vdev", &vdev], &app)
 }
@@ -307,22 +313,6 @@ fn io_forward_round_trip(
     (ours, frames.iter().map(|f| f.len() as u64).sum())
 }
 
-/// After a restart: 100 frames (numbered from 100) must reach the new testpmd; how many come
-/// back is reported, not asserted (the open bug noted at the tests that call this).
-fn reaches_restarted_testpmd(p: &mut dyn EthDev, pool: &mut lab_core::mbuf::Mempool, dpdk: &Testpmd, test: &str) {
-    let frames: Vec<Vec<u8>> = (100..200u64).map(|i| frame(i, 64 + (i as usize % 200))).collect();
-    assert_eq!(send_all(p, pool, &frames), frames.len());
-    let end = Instant::now() + Duration::from_secs(10);
-    while dpdk.port_stats(0).map_or(0, |s| s.ipackets) < 100 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(dpdk.port_stats(0).unwrap().ipackets, 100, "the restarted testpmd received what we sent");
-    let back = recv_frames(p, frames.len(), Duration::from_secs(2));
-    if back != frames {
-        eprintln!("{test}: {} of 100 frames back after the restart (known bug)", back.len());
-    }
-}
-
 /// Sends `n` frames numbered from `seq` and expects them back, in order. The wait is long: a
 /// testpmd that has just started may spend up to 9 s in its link check before it forwards.
 fn round_trip(p: &mut dyn EthDev, pool: &mut lab_core::mbuf::Mempool, dpdk: &Testpmd, seq: u64, n: u64) {
@@ -347,7 +337,7 @@ fn server_mode_virtio_user_takes_a_restarted_dpdk_vhost_client_back() {
     let prefix = format!("{}-dpdk", lab.prefix);
     let start = || {
         let vdev = format!("net_vhost0,iface={},queues=1,client=1", sock.display());
-        Testpmd::start_with(d.d.path(), &prefix, None, &["--vdev", &vdev], &["--forward-mode=io", "--auto-start"])
+        Testpmd::start_with(d.d.path(), &prefix, None, &["--vdev", &vdev], &["--forward-mode=io", "--auto-start", NO_FLUSH])
     };
     // testpmd first: its vhost client retries until our socket is there.
     let mut dpdk = match start() {
@@ -410,6 +400,9 @@ fn client_mode_vhost_reconnects_to_a_restarted_dpdk_virtio_user_server() {
     };
     assert!(wait_link(p.as_mut(), true, Duration::from_secs(10)));
     assert!(dpdk.wait_link_up(0, Duration::from_secs(15)), "testpmd's port up");
+    // Its virtio PMD drops what its receive ring holds when the port starts: frames go once
+    // the port has started (and NO_FLUSH keeps testpmd from dropping them again).
+    assert!(dpdk.wait_port_started(0, Duration::from_secs(30)), "testpmd's port started");
     let mut pool = lab.pool();
     round_trip(p.as_mut(), &mut pool, &dpdk, 0, 100);
     dpdk.kill();
@@ -419,11 +412,8 @@ fn client_mode_vhost_reconnects_to_a_restarted_dpdk_virtio_user_server() {
     let dpdk = virtio_user_testpmd(d.d.path(), &prefix, &sock, 1, true).expect("testpmd again");
     assert!(wait_link(p.as_mut(), true, Duration::from_secs(15)), "link up once we reach testpmd again");
     assert!(dpdk.wait_link_up(0, Duration::from_secs(15)), "testpmd's port up");
-    // Frames reach the restarted testpmd. That they all come back is not asserted: after a
-    // restart, testpmd's virtio_user (server=1) sometimes never transmits to us (its tx_burst
-    // takes nothing; about 1 run in 4 under load), which DPDK's own vhost does not see: an open
-    // bug of ours, noted on issue 16.
-    reaches_restarted_testpmd(p.as_mut(), &mut pool, &dpdk, "client_mode_vhost_reconnects");
+    assert!(dpdk.wait_port_started(0, Duration::from_secs(30)), "the restarted testpmd's port started");
+    round_trip(p.as_mut(), &mut pool, &dpdk, 100, 100);
     close(p);
 }
 
