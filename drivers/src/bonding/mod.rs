@@ -11,7 +11,16 @@
 //! active-backup (all traffic on one member: `primary` while it is usable, else the first usable
 //! one), 2 balance-xor (a hash of the `xmit_policy` headers picks the member: l2 the MACs, l23
 //! with the IPv4/IPv6 addresses, l34 with the TCP/UDP ports too), 3 broadcast (every frame on
-//! every usable member, copied). Mode 4 (802.3ad, LACP) is refused by name: not built yet.
+//! every usable member, copied), 4 802.3ad (below).
+//!
+//! Mode 4 aggregates the members with LACP ([`lacp`]): a member carries traffic (balanced as
+//! in mode 2) once it is distributing, and frames from a member that is not collecting are
+//! dropped. As in DPDK, the slow-protocol frames travel through the bursts: a receive burst
+//! (in any process) takes LACPDUs and markers aside into the member's shared receive ring, and a
+//! transmit burst sends what waits in its shared transmit ring first, so the application calls
+//! both at least every 100 ms. The machines run in the primary's bond thread, which reads those
+//! rings, answers markers, and publishes each member's actor state in the bond's memzone, which
+//! every process's bursts read: all processes distribute over the same members.
 //!
 //! A member is usable while it is attached (its slot holds the same generation) and its link is
 //! up. A thread of the bond looks every 100 ms (the bursts only read what it saw, and never wait
@@ -21,7 +30,9 @@
 //! at the same shared state. Frames a member did not take come back to the caller at the end of
 //! its array (as DPDK's bonding does): the taken ones are the front `n`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod lacp;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +40,8 @@ use arrayvec::ArrayVec;
 use lab_core::devargs::{BusKind, KeyKind, KeySpec, MAX_VDEV_NAME_LEN};
 use lab_core::ethdev::{DevInfo, Driver, EthDev, EthError, LinkStatus, PortId, PortStats, Ports, ProbeCtx, Release};
 use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mem::{Shm, ShmOffset};
+use lab_core::ring::{Ring, RingFlags};
 
 use crate::error::{Ctx, DriverError};
 
@@ -41,13 +54,17 @@ const CHUNK: usize = 64;
 const LOOK: Duration = Duration::from_millis(100);
 
 static KEYS: [KeySpec; 6] = [
-    KeySpec::new("mode", KeyKind::U64 { min: 0, max: 6 }, "0 round robin, 1 active-backup, 2 balance-xor, 3 broadcast"),
+    KeySpec::new(
+        "mode",
+        KeyKind::U64 { min: 0, max: 6 },
+        "0 round robin, 1 active-backup, 2 balance-xor, 3 broadcast, 4 802.3ad",
+    ),
     KeySpec::new("slave", KeyKind::Str { max_len: MAX_VDEV_NAME_LEN }, "a member port, by device name").repeatable(),
     KeySpec::new("member", KeyKind::Str { max_len: MAX_VDEV_NAME_LEN }, "a member port (DPDK 23.11's name)")
         .repeatable(),
     KeySpec::new("primary", KeyKind::Str { max_len: MAX_VDEV_NAME_LEN }, "the preferred member (mode 1)"),
     KeySpec::new("xmit_policy", KeyKind::Str { max_len: 3 }, "l2|l23|l34: the headers mode 2 hashes (default l2)"),
-    KeySpec::new("lacp_rate", KeyKind::Str { max_len: 4 }, "fast|slow (mode 4, not built yet)"),
+    KeySpec::new("lacp_rate", KeyKind::Str { max_len: 4 }, "fast|slow: LACPDUs asked of the partner every 1 s or 30 s (mode 4; default slow)"),
 ];
 
 /// The net_bonding driver.
@@ -59,6 +76,7 @@ enum Mode {
     ActiveBackup,
     BalanceXor,
     Broadcast,
+    Lacp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +90,7 @@ struct Member {
     id: PortId,
     gen: u32,
     name: String,
+    mac: [u8; 6],
 }
 
 #[derive(Default, Clone, Copy)]
@@ -99,6 +118,10 @@ struct Bond {
     rx: Vec<Counters>,
     tx: Vec<Counters>,
     pool: Mempool,
+    /// Mode 4's shared state.
+    agg: Option<Shared>,
+    /// Mode 4: member k collects and distributes, as the primary's machines last said.
+    dist: [bool; MAX_MEMBERS],
 }
 
 fn find_member(ports: &Ports, name: &str) -> Option<(PortId, u32, DevInfo)> {
@@ -131,7 +154,7 @@ impl Driver for BondingDriver {
             1 => Mode::ActiveBackup,
             2 => Mode::BalanceXor,
             3 => Mode::Broadcast,
-            4 => return Err(err(DriverError::config("mode=4 (802.3ad, LACP): not built yet"))),
+            4 => Mode::Lacp,
             m => return Err(err(DriverError::config(format!("mode={m}: modes 5 and 6 (tlb, alb) are not built")))),
         };
         let policy = match ctx.kvargs.get_str("xmit_policy").unwrap_or("l2") {
@@ -148,6 +171,11 @@ impl Driver for BondingDriver {
                 names.len()
             ))));
         }
+        let fast = match ctx.kvargs.get_str("lacp_rate").unwrap_or("slow") {
+            "fast" => true,
+            "slow" => false,
+            r => return Err(err(DriverError::config(format!("lacp_rate={r}: fast or slow")))),
+        };
         let conf = ctx.conf;
         let mut members = Vec::with_capacity(names.len());
         let mut mac = [0u8; 6];
@@ -170,7 +198,7 @@ impl Driver for BondingDriver {
             if k == 0 {
                 mac = info.mac;
             }
-            members.push(Member { id, gen, name: n.to_string() });
+            members.push(Member { id, gen, name: n.to_string(), mac: info.mac });
         }
         let primary = match ctx.kvargs.get_str("primary") {
             Some(p) => names.iter().position(|n| *n == p).ok_or_else(|| {
@@ -181,6 +209,12 @@ impl Driver for BondingDriver {
         let pool = Mempool::lookup(ctx.runtime.shm(), &conf.pool, 64)
             .ctx(format!("buffer pool {}", conf.pool))
             .map_err(err)?;
+        let shm = ctx.runtime.shm();
+        let agg = if mode == Mode::Lacp {
+            Some(Shared::open(shm, ctx.port, members.len(), ctx.is_primary()).map_err(err)?)
+        } else {
+            None
+        };
         tracing::info!(device = %ctx.name, port = %ctx.port, ?mode, members = %names.join(","), "net_bonding ready");
         let mut b = Bond {
             info: DevInfo {
@@ -206,11 +240,36 @@ impl Driver for BondingDriver {
             rx: vec![Counters::default(); usize::from(conf.nb_rxq)],
             tx: vec![Counters::default(); usize::from(conf.nb_txq)],
             pool,
+            agg,
+            dist: [false; MAX_MEMBERS],
         };
+        if mode == Mode::Lacp {
+            // LACPDUs go to a multicast address and traffic for the bond's MAC may come in on
+            // any member: members receive everything (a driver without the mode still works
+            // when its device takes those frames anyway).
+            for k in 0..b.members.len() {
+                if let Some(Err(e)) = b.with_member(k, |d| d.set_promisc(true)) {
+                    tracing::warn!(member = %b.members[k].name, error = %e, "net_bonding mode 4: member not promiscuous");
+                }
+            }
+        }
         let targets: Vec<(PortId, u32)> = b.members.iter().map(|m| (m.id, m.gen)).collect();
         b.mon.look(&b.ports, &targets);
         b.usable = b.mon.snapshot();
         let (mon, ports) = (b.mon.clone(), b.ports.clone());
+        // Mode 4's machines run in the primary only (one actor per member on the wire).
+        let mut machines = match (&b.agg, ctx.is_primary()) {
+            (Some(a), true) => Some(Machines {
+                lacp: lacp::Lacp::new(mac, LACP_KEY, fast, b.members.len()),
+                shared: a.handle(),
+                macs: b.members.iter().map(|m| m.mac).collect(),
+                names: b.members.iter().map(|m| m.name.clone()).collect(),
+            }),
+            _ => None,
+        };
+        if let Some(m) = &mut machines {
+            m.run(&mon.snapshot());
+        }
         b.thread = Some(
             std::thread::Builder::new()
                 .name(format!("bond-{}", ctx.port.0))
@@ -221,6 +280,9 @@ impl Driver for BondingDriver {
                             std::thread::sleep(Duration::from_millis(10));
                         }
                         mon.look(&ports, &targets);
+                        if let Some(m) = &mut machines {
+                            m.run(&mon.snapshot());
+                        }
                     }
                 })
                 .ctx("monitor thread")
@@ -252,6 +314,190 @@ impl Monitor {
 
     fn snapshot(&self) -> [bool; MAX_MEMBERS] {
         std::array::from_fn(|k| self.usable[k].load(Ordering::Relaxed))
+    }
+}
+
+/// Mode 4's actor key (every member has it: one aggregator).
+const LACP_KEY: u16 = 0x21;
+/// Slow-protocol frames each shared ring holds (one member's LACPDUs and markers in flight).
+const SLOW_RING: u32 = 16;
+/// Slow frames a burst moves per member at most.
+const SLOW_BURST: usize = 4;
+const AGG_MAGIC: u32 = 0x4c41_4350;
+
+type SlowFrame = [u8; lacp::PDU_LEN];
+
+/// Mode 4's state shared by every process: memzone `bond_<port>` holds a magic word and each
+/// member's actor state (written by the primary's machines, read by every burst), and per
+/// member two rings of slow-protocol frames: `bond_<port>_rx<k>` (bursts to the machines) and
+/// `bond_<port>_tx<k>` (machines to bursts).
+struct Shared {
+    shm: Arc<Shm>,
+    port: PortId,
+    off: ShmOffset,
+    n: usize,
+    rx: Vec<Ring<SlowFrame>>,
+    tx: Vec<Ring<SlowFrame>>,
+    owner: bool,
+}
+
+impl Shared {
+    fn zone(port: PortId) -> String {
+        format!("bond_{}", port.0)
+    }
+
+    fn ring(port: PortId, dir: &str, k: usize) -> String {
+        format!("bond_{}_{dir}{k}", port.0)
+    }
+
+    fn names(port: PortId, n: usize) -> Vec<String> {
+        let mut v = vec![Shared::zone(port)];
+        for k in 0..n {
+            v.push(Shared::ring(port, "rx", k));
+            v.push(Shared::ring(port, "tx", k));
+        }
+        v
+    }
+
+    /// Creates (the primary) or finds (a secondary) the bond's shared state; a failed create
+    /// leaves nothing behind.
+    fn open(shm: &Arc<Shm>, port: PortId, n: usize, create: bool) -> Result<Shared, DriverError> {
+        let r = Shared::open_inner(shm, port, n, create);
+        if r.is_err() && create {
+            for name in Shared::names(port, n) {
+                let _ = shm.free(&name);
+            }
+        }
+        r
+    }
+
+    fn open_inner(shm: &Arc<Shm>, port: PortId, n: usize, create: bool) -> Result<Shared, DriverError> {
+        let name = Shared::zone(port);
+        let len = 8 + 4 * MAX_MEMBERS as u64;
+        let z = if create { shm.reserve(&name, len, 64) } else { shm.lookup(&name) }
+            .ctx(format!("memzone {name} (mode 4's shared state{})", if create { "" } else { ": the primary's" }))?;
+        if z.len < len || shm.ptr(z.offset, len).is_none() {
+            return Err(DriverError::state(format!("memzone {name} is too small for mode 4's state")));
+        }
+        let mut sh = Shared { shm: shm.clone(), port, off: z.offset, n, rx: Vec::new(), tx: Vec::new(), owner: false };
+        let ring = |dir: &str, k: usize| {
+            let name = Shared::ring(port, dir, k);
+            let r = if create {
+                Ring::create(shm, &name, SLOW_RING, RingFlags::MPMC)
+            } else {
+                Ring::lookup(shm, &name)
+            };
+            r.ctx(format!("ring {name}"))
+        };
+        for k in 0..n {
+            sh.rx.push(ring("rx", k)?);
+            sh.tx.push(ring("tx", k)?);
+        }
+        if create {
+            for k in 0..MAX_MEMBERS {
+                sh.state(k).store(0, Ordering::Relaxed);
+            }
+            sh.words()[1].store(n as u32, Ordering::Relaxed);
+            sh.words()[0].store(AGG_MAGIC, Ordering::Release);
+        } else if sh.words()[0].load(Ordering::Acquire) != AGG_MAGIC
+            || sh.words()[1].load(Ordering::Relaxed) != n as u32
+        {
+            return Err(DriverError::state(format!(
+                "memzone {name} holds no mode 4 bond of {n} members (the primary's bond differs)"
+            )));
+        }
+        sh.owner = create;
+        Ok(sh)
+    }
+
+    #[allow(unsafe_code)]
+    fn words(&self) -> &[AtomicU32] {
+        let p = self.shm.ptr(self.off, 8 + 4 * MAX_MEMBERS as u64).expect("checked at open").cast::<AtomicU32>();
+        // SAFETY: 8 + 4 * MAX_MEMBERS bytes at a 64-aligned zone inside the mapping `self.shm`
+        // keeps alive, used only as u32 atomics by every process.
+        unsafe { std::slice::from_raw_parts(p.as_ptr(), 2 + MAX_MEMBERS) }
+    }
+
+    /// Member `k`'s actor state (802.1AX state bits).
+    fn state(&self, k: usize) -> &AtomicU32 {
+        &self.words()[2 + k]
+    }
+}
+
+impl Shared {
+    /// Another handle on the same state (the bond thread's), which frees nothing.
+    fn handle(&self) -> Shared {
+        Shared {
+            shm: self.shm.clone(),
+            port: self.port,
+            off: self.off,
+            n: self.n,
+            rx: self.rx.clone(),
+            tx: self.tx.clone(),
+            owner: false,
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The primary's bond frees it (its thread, which holds a handle too, has stopped).
+        if self.owner {
+            for name in Shared::names(self.port, self.n) {
+                let _ = self.shm.free(&name);
+            }
+        }
+    }
+}
+
+/// Mode 4's machines with their view of the shared rings (the primary's bond thread).
+struct Machines {
+    lacp: lacp::Lacp,
+    shared: Shared,
+    macs: Vec<[u8; 6]>,
+    names: Vec<String>,
+}
+
+impl Machines {
+    /// One round: the slow frames the bursts took aside, the timers, the LACPDUs and marker
+    /// responses to send, and each member's actor state published.
+    fn run(&mut self, usable: &[bool; MAX_MEMBERS]) {
+        let now = Instant::now();
+        let mut frames = [[0u8; lacp::PDU_LEN]; SLOW_RING as usize];
+        let mut out: Vec<(usize, SlowFrame)> = Vec::new();
+        for k in 0..self.shared.n {
+            let got = self.shared.rx[k].dequeue_burst(&mut frames);
+            for f in &frames[..got] {
+                match lacp::parse(f) {
+                    Ok(lacp::Slow::Lacp { actor, partner }) => self.lacp.on_pdu(k, &actor, &partner, now),
+                    Ok(lacp::Slow::Marker) => out.extend(lacp::marker_response(f, self.macs[k]).map(|r| (k, r))),
+                    Ok(lacp::Slow::MarkerResponse) => {}
+                    Err(e) => tracing::debug!(member = %self.names[k], error = %e, "net_bonding: slow frame refused"),
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        self.lacp.tick(now, &usable[..self.shared.n], &self.macs, &mut out, &mut changes);
+        for c in changes {
+            let p = &self.lacp.ports[c.member];
+            tracing::info!(
+                member = %self.names[c.member],
+                mux = ?c.mux,
+                rx = ?c.rx,
+                actor_state = format_args!("{:#04x}", p.actor.state),
+                partner_state = format_args!("{:#04x}", p.partner.state),
+                partner = %p.partner.system.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                "net_bonding 802.3ad: member state"
+            );
+        }
+        for (k, f) in out {
+            if self.shared.tx[k].enqueue_burst(&[f]) == 0 {
+                tracing::debug!(member = %self.names[k], "net_bonding: slow transmit ring full (no transmit burst lately)");
+            }
+        }
+        for k in 0..self.shared.n {
+            self.shared.state(k).store(u32::from(self.lacp.ports[k].actor.state), Ordering::Release);
+        }
     }
 }
 
@@ -292,6 +538,63 @@ impl Bond {
     /// This burst's view of the members.
     fn look_if_due(&mut self) {
         self.usable = self.mon.snapshot();
+        if let Some(a) = &self.agg {
+            for k in 0..self.members.len() {
+                self.dist[k] = a.state(k).load(Ordering::Acquire) & u32::from(lacp::DISTRIBUTING) != 0;
+            }
+        }
+    }
+
+    /// Mode 4: sends what the machines left in member `k`'s transmit ring on its queue `q`
+    /// (a frame the member does not take is lost: the machines send again).
+    fn send_slow(&mut self, k: usize, q: u16) {
+        let Some(a) = &self.agg else { return };
+        if a.tx[k].count() == 0 {
+            return;
+        }
+        let mut frames = [[0u8; lacp::PDU_LEN]; SLOW_BURST];
+        let got = a.tx[k].dequeue_burst(&mut frames);
+        let mut burst: [Option<Mbuf>; SLOW_BURST] = Default::default();
+        for (slot, f) in burst.iter_mut().zip(&frames[..got]) {
+            if let Some(mut m) = self.pool.alloc() {
+                if m.copy_from(f) {
+                    *slot = Some(m);
+                } else {
+                    self.pool.free(m);
+                }
+            }
+        }
+        let n = burst.iter().take_while(|m| m.is_some()).count();
+        self.with_member(k, |d| d.tx_burst(q, &mut burst[..n]));
+        for m in burst.iter_mut().filter_map(Option::take) {
+            self.pool.free(m);
+        }
+    }
+
+    /// Mode 4: of the `n` frames member `k` just put at `pkts[at..]`, slow-protocol frames go to
+    /// the machines' ring and frames from a member not collecting are dropped; the rest close
+    /// up. Returns how many are left.
+    fn sort_received(&mut self, k: usize, pkts: &mut [Option<Mbuf>], at: usize, n: usize) -> usize {
+        let Some(a) = &self.agg else { return n };
+        let collecting = self.dist[k];
+        let mut kept = 0;
+        for i in at..at + n {
+            let Some(m) = pkts[i].take() else { continue };
+            if lacp::is_slow(m.data()) {
+                let mut f = [0u8; lacp::PDU_LEN];
+                let len = m.len().min(lacp::PDU_LEN);
+                f[..len].copy_from_slice(&m.data()[..len]);
+                // A full ring (the machines are behind) drops it: the partner sends again.
+                let _ = a.rx[k].enqueue_burst(&[f]);
+                self.pool.free(m);
+            } else if !collecting {
+                self.pool.free(m);
+            } else {
+                pkts[at + kept] = Some(m);
+                kept += 1;
+            }
+        }
+        kept
     }
 
     /// The member mode 1 uses.
@@ -346,6 +649,7 @@ impl EthDev for Bond {
         self.look_if_due();
         let up = match self.mode {
             Mode::ActiveBackup => self.active().is_some(),
+            Mode::Lacp => (0..self.members.len()).any(|k| self.usable[k] && self.dist[k]),
             _ => self.usable.iter().take(self.members.len()).any(|u| *u),
         };
         LinkStatus { up, speed_mbps: if up { 10_000 } else { 0 } }
@@ -399,7 +703,8 @@ impl EthDev for Bond {
                 if !self.usable[k] || got == pkts.len() {
                     continue;
                 }
-                got += self.with_member(k, |d| d.rx_burst(queue, &mut pkts[got..])).unwrap_or(0);
+                let n = self.with_member(k, |d| d.rx_burst(queue, &mut pkts[got..])).unwrap_or(0);
+                got += if self.mode == Mode::Lacp { self.sort_received(k, pkts, got, n) } else { n };
             }
         }
         for m in pkts[..got].iter_mut().flatten() {
@@ -418,7 +723,16 @@ impl EthDev for Bond {
         }
         self.look_if_due();
         let nm = self.members.len();
-        let usable: ArrayVec<usize, MAX_MEMBERS> = (0..nm).filter(|&k| self.usable[k]).collect();
+        if self.mode == Mode::Lacp {
+            for k in 0..nm {
+                if self.usable[k] {
+                    self.send_slow(k, queue);
+                }
+            }
+        }
+        let lacp = self.mode == Mode::Lacp;
+        let usable: ArrayVec<usize, MAX_MEMBERS> =
+            (0..nm).filter(|&k| self.usable[k] && (!lacp || self.dist[k])).collect();
         if usable.is_empty() {
             return 0;
         }
@@ -449,7 +763,7 @@ impl EthDev for Bond {
                     batches[j][fill[j]] = Some(m);
                     fill[j] += 1;
                 }
-                Mode::BalanceXor => {
+                Mode::BalanceXor | Mode::Lacp => {
                     let j = xor_hash(m.data(), self.policy) as usize % usable.len();
                     batches[j][fill[j]] = Some(m);
                     fill[j] += 1;
