@@ -47,6 +47,7 @@ fn is_static(p: &Path) -> bool {
 pub struct Image {
     cpio: Cpio,
     modules: Vec<String>,
+    later: Vec<String>,
 }
 
 impl Image {
@@ -60,13 +61,23 @@ impl Image {
             cpio.dir(d);
         }
         cpio.symlink("var/run", "/run")?;
-        Ok(Image { cpio, modules: Vec::new() })
+        Ok(Image { cpio, modules: Vec::new(), later: Vec::new() })
     }
 
     /// The modules `names` need, with their dependencies, loaded by `/init` in order.
     pub fn modules(&mut self, kernel: &Kernel, names: &[&str]) -> Result<(), VmError> {
+        self.add_modules(kernel, names, false)
+    }
+
+    /// As [`Image::modules`], listed in `/etc/modules.later` for the suite to load when it
+    /// needs them (drivers that would take, at boot, functions the suite binds to vfio-pci).
+    pub fn modules_later(&mut self, kernel: &Kernel, names: &[&str]) -> Result<(), VmError> {
+        self.add_modules(kernel, names, true)
+    }
+
+    fn add_modules(&mut self, kernel: &Kernel, names: &[&str], later: bool) -> Result<(), VmError> {
         for rel in kernel.module_order(names)? {
-            if self.modules.contains(&rel) {
+            if self.modules.contains(&rel) || self.later.contains(&rel) {
                 continue;
             }
             if !rel.ends_with(".ko") {
@@ -74,7 +85,11 @@ impl Image {
             }
             let data = read(&kernel.modules.join(&rel))?;
             self.cpio.file(&format!("lib/modules/{rel}"), 0o644, &data)?;
-            self.modules.push(rel);
+            if later {
+                self.later.push(rel);
+            } else {
+                self.modules.push(rel);
+            }
         }
         Ok(())
     }
@@ -133,6 +148,8 @@ impl Image {
         // One per line, each ending in a newline: `read` drops a last line without one.
         let order: String = self.modules.iter().map(|m| format!("{m}\n")).collect();
         self.cpio.file("etc/modules.order", 0o644, order.as_bytes())?;
+        let later: String = self.later.iter().map(|m| format!("{m}\n")).collect();
+        self.cpio.file("etc/modules.later", 0o644, later.as_bytes())?;
         let init = format!("{INIT_HEAD}{script}\n{INIT_TAIL}");
         Ok(self.cpio.file("init", 0o755, init.as_bytes())?)
     }

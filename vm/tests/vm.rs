@@ -30,6 +30,24 @@ fn devices(mq_tap: Option<&str>) -> Vec<String> {
         // On hub 0 with net1: the two virtio-nets are cabled to each other.
         "-netdev hubport,id=n5,hubid=0",
         "-device virtio-net-pci,id=net5,bus=rp5,netdev=n5,disable-legacy=on,iommu_platform=on,mq=on,mac=52:54:00:12:34:05",
+        // rp6 holds the multiqueue function when there is a TAP for it (below), and stays so
+        // that the bond's functions are on buses 7 to 10 either way.
+        "-device pcie-root-port,id=rp6,chassis=6,slot=6,bus=pcie.0",
+        // The 802.3ad check: our net_bonding over bonda1/bonda2 (vfio-pci, net_virtio) cabled
+        // (hubs 3 and 4) to bondb1/bondb2, which the guest kernel's virtio_net drives as the
+        // members of a Linux bond0. Full duplex at 10G: Linux aggregates only full-duplex ports.
+        "-device pcie-root-port,id=rp7,chassis=7,slot=7,bus=pcie.0",
+        "-device pcie-root-port,id=rp8,chassis=8,slot=8,bus=pcie.0",
+        "-device pcie-root-port,id=rp9,chassis=9,slot=9,bus=pcie.0",
+        "-device pcie-root-port,id=rp10,chassis=10,slot=10,bus=pcie.0",
+        "-netdev hubport,id=la1,hubid=3",
+        "-netdev hubport,id=lb1,hubid=3",
+        "-netdev hubport,id=la2,hubid=4",
+        "-netdev hubport,id=lb2,hubid=4",
+        "-device virtio-net-pci,id=bonda1,bus=rp7,netdev=la1,disable-legacy=on,iommu_platform=on,mac=52:54:00:12:34:a1",
+        "-device virtio-net-pci,id=bonda2,bus=rp8,netdev=la2,disable-legacy=on,iommu_platform=on,mac=52:54:00:12:34:a2",
+        "-device virtio-net-pci,id=bondb1,bus=rp9,netdev=lb1,disable-legacy=on,speed=10000,duplex=full,mac=52:54:00:12:34:b1",
+        "-device virtio-net-pci,id=bondb2,bus=rp10,netdev=lb2,disable-legacy=on,speed=10000,duplex=full,mac=52:54:00:12:34:b2",
     ]
     .iter()
     .flat_map(|a| a.splitn(2, ' ').map(str::to_string).collect::<Vec<_>>())
@@ -37,8 +55,6 @@ fn devices(mq_tap: Option<&str>) -> Vec<String> {
     // A two-queue TAP QEMU creates (and removes when it exits) behind a multiqueue virtio-net.
     if let Some(tap) = mq_tap {
         for a in [
-            "-device".to_string(),
-            "pcie-root-port,id=rp6,chassis=6,slot=6,bus=pcie.0".to_string(),
             "-netdev".to_string(),
             format!("tap,id=nmq,ifname={tap},script=no,downscript=no,queues=2,vhost=off"),
             "-device".to_string(),
@@ -159,6 +175,9 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
     let dir = tempfile::tempdir().unwrap();
     let mut img = Image::new(&bb).unwrap();
     img.modules(&kernel, &["vfio-pci", "vfio_iommu_type1"]).unwrap();
+    // The Linux side of the 802.3ad check, loaded by that check (virtio_pci at boot would take
+    // every virtio function before the suite binds them to vfio-pci).
+    img.modules_later(&kernel, &["virtio_pci", "virtio_net", "bonding"]).unwrap();
     let guest = img.binary(Path::new(GUEST)).unwrap();
     // `lab run --real` in the guest needs lab and hotplug_mp (built by `cargo test --workspace`,
     // next to the guest binary) and the scenario library; without them that check skips.

@@ -157,6 +157,8 @@ fn suite() -> i32 {
         Some(bdf) => multiqueue(&bind(bdf)?),
         None => Ok(Some("no multiqueue virtio-net in this guest (the host needs root and /dev/net/tun)".into())),
     });
+    // Last: it loads the kernel's virtio_net and bonding, which the checks above must not meet.
+    s.run("net_bonding_802_3ad_aggregates_with_linux_bonding_and_fails_over", lacp_with_linux);
     if s.failed > 0 {
         1
     } else {
@@ -1228,4 +1230,359 @@ fn list_functions() -> Vec<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
+}
+
+/// The 802.3ad check's functions (vm/tests/vm.rs): ours on buses 7 and 8, the Linux bond's on 9
+/// and 10, cabled 7-9 and 8-10.
+const BOND_OURS: [&str; 2] = ["0000:07:00.0", "0000:08:00.0"];
+const BOND_LINUX: [&str; 2] = ["0000:09:00.0", "0000:0a:00.0"];
+/// QEMU's ids of the second cable's two ends (set_link).
+const CABLE2: [&str; 2] = ["bonda2", "bondb2"];
+const LINUX_IP: [u8; 4] = [10, 77, 0, 1];
+/// Our flows: one source address each (Linux hashes its replies over them: layer3+4).
+const FLOWS: u8 = 16;
+const OUR_IP0: u8 = 10;
+
+fn csum(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// An ICMP echo request (`id`, `seq`) from `src_ip` to Linux's bond.
+fn echo_request(dst: [u8; 6], src: [u8; 6], src_ip: [u8; 4], id: u16, seq: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend((0..32u8).map(|i| i.wrapping_mul(7)));
+    let c = csum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src_ip);
+    ip.extend_from_slice(&LINUX_IP);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth(dst, src, 0x0800);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// An ARP packet (`op` 1 request, 2 reply) from `src`/`sip` about `tip`.
+fn arp(eth_dst: [u8; 6], op: u16, src: [u8; 6], sip: [u8; 4], tha: [u8; 6], tip: [u8; 4]) -> Vec<u8> {
+    let mut f = eth(eth_dst, src, 0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&sip);
+    f.extend_from_slice(&tha);
+    f.extend_from_slice(&tip);
+    f.resize(60, 0);
+    f
+}
+
+fn our_ip(flow: u8) -> [u8; 4] {
+    [10, 77, 0, OUR_IP0 + flow]
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s.trim().split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    v.try_into().ok()
+}
+
+/// Our side of the 802.3ad check: a lab primary with the bond over our two functions.
+struct OurBond {
+    p: lab_core::process::Process,
+    pool: lab_core::mbuf::Mempool,
+    bond: lab_core::ethdev::PortId,
+    members: [lab_core::ethdev::PortId; 2],
+    mac: [u8; 6],
+    linux_mac: [u8; 6],
+    replies: std::collections::HashSet<(u16, u16)>,
+}
+
+impl OurBond {
+    /// Sends `frames` on the bond; returns how many it took.
+    fn send(&mut self, frames: &[Vec<u8>]) -> Result<usize, String> {
+        use lab_core::mbuf::Mbuf;
+        if frames.is_empty() {
+            // An empty burst still sends what the LACP machines queued.
+            let mut none: [Option<Mbuf>; 0] = [];
+            self.p.with_port(self.bond, |d| d.tx_burst(0, &mut none)).map_err(|e| e.to_string())?;
+            return Ok(0);
+        }
+        let mut burst: Vec<Option<Mbuf>> = (0..frames.len()).map(|_| None).collect();
+        if !self.pool.alloc_bulk(&mut burst) {
+            return Err("buffer pool empty".into());
+        }
+        for (m, f) in burst.iter_mut().flatten().zip(frames) {
+            m.copy_from(f);
+        }
+        let k = self.p.with_port(self.bond, |d| d.tx_burst(0, &mut burst)).map_err(|e| e.to_string())?;
+        self.pool.free_bulk(&mut burst);
+        Ok(k)
+    }
+
+    /// Polls the bond for `dur` (both bursts, as DPDK's mode 4 asks of an application): echo
+    /// replies are recorded, ARP requests for our addresses answered.
+    fn pump(&mut self, dur: Duration) -> Result<(), String> {
+        use lab_core::mbuf::Mbuf;
+        let end = Instant::now() + dur;
+        let mut burst: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+        while Instant::now() < end {
+            let n = self.p.with_port(self.bond, |d| d.rx_burst(0, &mut burst)).map_err(|e| e.to_string())?;
+            let mut answers = Vec::new();
+            for m in burst[..n].iter_mut().filter_map(Option::take) {
+                let d = m.data();
+                if d.len() >= 42 && d[12..14] == [8, 6] && d[20..22] == [0, 1] {
+                    let tip: [u8; 4] = d[38..42].try_into().expect("4");
+                    if (0..FLOWS).any(|f| our_ip(f) == tip) {
+                        let (sha, sip) = (d[22..28].try_into().expect("6"), d[28..32].try_into().expect("4"));
+                        answers.push(arp(sha, 2, self.mac, tip, sha, sip));
+                    }
+                } else if d.len() >= 42 && d[12..14] == [8, 0] && d[23] == 1 && d[34] == 0 {
+                    let l4 = 14 + usize::from(d[14] & 0xf) * 4;
+                    if d.len() >= l4 + 8 {
+                        let id = u16::from_be_bytes([d[l4 + 4], d[l4 + 5]]);
+                        let seq = u16::from_be_bytes([d[l4 + 6], d[l4 + 7]]);
+                        self.replies.insert((id, seq));
+                    }
+                }
+                self.pool.free(m);
+            }
+            self.send(&answers)?;
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Ok(())
+    }
+
+    /// One round: an echo request per flow (sequence `seq`), then `wait` of polling; returns
+    /// the flows answered.
+    fn round(&mut self, seq: u16, wait: Duration) -> Result<usize, String> {
+        let frames: Vec<Vec<u8>> =
+            (0..FLOWS).map(|f| echo_request(self.linux_mac, self.mac, our_ip(f), u16::from(f), seq)).collect();
+        let mut sent = 0;
+        let t = Instant::now();
+        while sent < frames.len() && t.elapsed() < Duration::from_secs(1) {
+            sent += self.send(&frames[sent..])?;
+            self.pump(Duration::from_millis(5))?;
+        }
+        self.pump(wait)?;
+        Ok((0..FLOWS).filter(|&f| self.replies.contains(&(u16::from(f), seq))).count())
+    }
+
+    fn member_tx(&self) -> Result<[u64; 2], String> {
+        let a = self.p.info(self.members[0]).map_err(|e| e.to_string())?.stats.opackets;
+        let b = self.p.info(self.members[1]).map_err(|e| e.to_string())?.stats.opackets;
+        Ok([a, b])
+    }
+}
+
+/// What Linux's bond0 says of its active aggregator: (number of ports, partner MAC).
+fn linux_aggregator() -> (usize, String) {
+    let t = std::fs::read_to_string("/proc/net/bonding/bond0").unwrap_or_default();
+    let active = t.split("Active Aggregator Info:").nth(1).unwrap_or("");
+    let field = |k: &str| {
+        active.lines().find_map(|l| l.trim().strip_prefix(k).map(|v| v.trim().to_string())).unwrap_or_default()
+    };
+    (field("Number of ports:").parse().unwrap_or(0), field("Partner Mac Address:"))
+}
+
+fn net_stat(iface: &str, what: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/statistics/{what}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// net_bonding mode 4 against the Linux bonding driver (802.3ad, fast LACP, layer3+4) over two
+/// cables: the aggregation forms (the kernel shows our system as its partner, both ports in its
+/// aggregator), ICMP echo over 16 flows is answered in full with both cables carrying traffic
+/// each way, one cable's link dropped at both ends moves every flow to the other and the
+/// answers are whole again, and the cable back rejoins the aggregate.
+fn lacp_with_linux() -> Check {
+    for b in BOND_OURS.iter().chain(&BOND_LINUX) {
+        if read_hex(&sysfs(b).join("device")) != Some(VIRTIO_NET.1) {
+            return Ok(Some(format!("no virtio-net at {b}: this guest has no bond cables")));
+        }
+    }
+    let ours = [bind(BOND_OURS[0].to_string())?, bind(BOND_OURS[1].to_string())?];
+    // The Linux side's drivers, now that ours are bound to vfio-pci.
+    let later = std::fs::read_to_string("/etc/modules.later").unwrap_or_default();
+    for m in later.lines().filter(|l| !l.is_empty()) {
+        let out = std::process::Command::new("insmod").arg(format!("/lib/modules/{m}")).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) if String::from_utf8_lossy(&o.stderr).contains("File exists") => {}
+            other => return Err(format!("insmod {m}: {other:?}")),
+        }
+    }
+    let mut ifaces = Vec::new();
+    for b in BOND_LINUX {
+        let mut name = None;
+        wait(Duration::from_secs(10), || {
+            name = std::fs::read_dir(sysfs(b))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+                .find_map(|e| std::fs::read_dir(e.path().join("net")).ok()?.flatten().next())
+                .map(|e| e.file_name().to_string_lossy().into_owned());
+            name.is_some()
+        })
+        .map_err(|_| format!("{b}: no network interface 10 s after virtio_net loaded"))?;
+        ifaces.push(name.expect("found"));
+    }
+    let sh = |c: &str| -> Result<(), String> {
+        let o = std::process::Command::new("sh").args(["-c", c]).output().map_err(|e| e.to_string())?;
+        expect(o.status.success(), || format!("{c}: {}", String::from_utf8_lossy(&o.stderr).trim()))
+    };
+    let bonding = "/sys/class/net/bond0/bonding";
+    sh("echo +bond0 > /sys/class/net/bonding_masters")?;
+    sh(&format!(
+        "echo 802.3ad > {bonding}/mode && echo fast > {bonding}/lacp_rate && echo 100 > {bonding}/miimon \
+         && echo layer3+4 > {bonding}/xmit_hash_policy"
+    ))?;
+    for i in &ifaces {
+        sh(&format!("ip link set {i} down && echo +{i} > {bonding}/slaves"))?;
+    }
+    sh("ip addr add 10.77.0.1/24 dev bond0 && ip link set bond0 up")?;
+    let linux_mac = std::fs::read_to_string("/sys/class/net/bond0/address")
+        .ok()
+        .and_then(|m| parse_mac(&m))
+        .ok_or("bond0 has no MAC")?;
+
+    let args = ["--proc-type=primary", "--file-prefix=vmbond", "-m", "64", "-a", "0000:00:00.0"];
+    let (opts, _) = lab_core::options::Options::parse(args).map_err(|e| e.to_string())?;
+    let p = lab_core::process::Process::init(&opts, lab_drivers::registry()).map_err(|e| e.to_string())?;
+    let r = (|| {
+        let ma = p.attach(&ours[0].bdf).map_err(|e| format!("attach {}: {e}", ours[0].bdf))?;
+        let mb = p.attach(&ours[1].bdf).map_err(|e| format!("attach {}: {e}", ours[1].bdf))?;
+        let bond = p
+            .attach(&format!(
+                "net_bonding0,mode=4,slave={},slave={},lacp_rate=fast,xmit_policy=l34",
+                ours[0].bdf, ours[1].bdf
+            ))
+            .map_err(|e| format!("attach the bond: {e}"))?;
+        let mac = p.info(bond).map_err(|e| e.to_string())?.dev.mac;
+        let pool = lab_core::mbuf::Mempool::lookup(p.runtime().shm(), lab_core::ethdev::DEFAULT_POOL, 64)
+            .map_err(|e| e.to_string())?;
+        let mut b = OurBond { p, pool, bond, members: [ma, mb], mac, linux_mac, replies: Default::default() };
+        let r = lacp_rounds(&mut b, &ifaces);
+        b.p.shutdown();
+        r
+    })();
+    let _ = sh("echo -bond0 > /sys/class/net/bonding_masters");
+    r
+}
+
+fn lacp_rounds(b: &mut OurBond, ifaces: &[String]) -> Check {
+    let our_mac = lab_drivers_mac(&b.mac);
+    let t0 = Instant::now();
+    let formed = |b: &mut OurBond| -> Result<bool, String> {
+        b.pump(Duration::from_millis(100))?;
+        let (n, partner) = linux_aggregator();
+        let up = b.p.info(b.bond).map_err(|e| e.to_string())?.link.up;
+        Ok(n == 2 && partner == our_mac && up)
+    };
+    while !formed(b)? {
+        if t0.elapsed() > Duration::from_secs(40) {
+            let (n, partner) = linux_aggregator();
+            return Err(format!(
+                "no aggregate within 40 s: Linux has {n} ports with partner {partner:?} (we are {our_mac}); /proc/net/bonding/bond0:\n{}",
+                std::fs::read_to_string("/proc/net/bonding/bond0").unwrap_or_default()
+            ));
+        }
+    }
+    let formed_in = t0.elapsed();
+    // ARP settles in a first round that is not counted.
+    b.round(0, Duration::from_millis(500))?;
+    let (tx0, ltx0) = (b.member_tx()?, [net_stat(&ifaces[0], "tx_packets"), net_stat(&ifaces[1], "tx_packets")]);
+    let mut answered = 0;
+    for seq in 1..=8 {
+        answered += b.round(seq, Duration::from_millis(300))?;
+    }
+    let (tx1, ltx1) = (b.member_tx()?, [net_stat(&ifaces[0], "tx_packets"), net_stat(&ifaces[1], "tx_packets")]);
+    let ours = [tx1[0] - tx0[0], tx1[1] - tx0[1]];
+    let linux = [ltx1[0] - ltx0[0], ltx1[1] - ltx0[1]];
+    expect(answered == 8 * usize::from(FLOWS), || format!("{answered} of {} echo requests answered", 8 * FLOWS))?;
+    // 128 requests and as many replies; LACPDUs are a few a second: each cable carried traffic.
+    expect(ours.iter().all(|&n| n >= 16), || format!("our members sent {ours:?}: not spread over both"))?;
+    expect(linux.iter().all(|&n| n >= 16), || format!("Linux's members sent {linux:?}: not spread over both"))?;
+
+    // Cable 2 down at both ends: both sides see the link drop and move its flows.
+    for id in CABLE2 {
+        say(&format!(r#"ask {{"execute":"set_link","arguments":{{"name":"{id}","up":false}}}}"#));
+    }
+    let mut lost = 0;
+    let mut seq = 100;
+    let t1 = Instant::now();
+    loop {
+        let (n, _) = linux_aggregator();
+        let ours_down = !b.p.info(b.members[1]).map_err(|e| e.to_string())?.link.up;
+        lost += usize::from(FLOWS) - b.round(seq, Duration::from_millis(300))?;
+        seq += 1;
+        if n == 1 && ours_down {
+            break;
+        }
+        if t1.elapsed() > Duration::from_secs(20) {
+            return Err(format!("cable 2 still in use 20 s after its link went down (Linux: {n} ports)"));
+        }
+    }
+    let moved_in = t1.elapsed();
+    let before = b.member_tx()?;
+    let mut answered = 0;
+    for _ in 0..6 {
+        answered += b.round(seq, Duration::from_millis(300))?;
+        seq += 1;
+    }
+    let after = b.member_tx()?;
+    expect(answered == 6 * usize::from(FLOWS), || {
+        format!("after the failover {answered} of {} echo requests answered", 6 * FLOWS)
+    })?;
+    expect(after[1] == before[1], || format!("member 2 (link down) still sent {} frames", after[1] - before[1]))?;
+
+    // Cable 2 back: it rejoins the aggregate.
+    for id in CABLE2 {
+        say(&format!(r#"ask {{"execute":"set_link","arguments":{{"name":"{id}","up":true}}}}"#));
+    }
+    let t2 = Instant::now();
+    loop {
+        b.round(seq, Duration::from_millis(200))?;
+        seq += 1;
+        let (n, _) = linux_aggregator();
+        if n == 2 && b.p.info(b.members[1]).map_err(|e| e.to_string())?.link.up {
+            break;
+        }
+        if t2.elapsed() > Duration::from_secs(30) {
+            return Err(format!("cable 2 not back in the aggregate 30 s after its link came up (Linux: {n} ports)"));
+        }
+    }
+    let back_in = t2.elapsed();
+    let mut answered = 0;
+    for _ in 0..4 {
+        answered += b.round(seq, Duration::from_millis(300))?;
+        seq += 1;
+    }
+    expect(answered == 4 * usize::from(FLOWS), || format!("after rejoining {answered} of {} answered", 4 * FLOWS))?;
+    say(&format!(
+        "note 802.3ad with Linux: aggregate in {} ms, traffic per member ours {ours:?} Linux {linux:?}; \
+         failover in {} ms with {lost} of the echo requests meanwhile unanswered; rejoined in {} ms",
+        formed_in.as_millis(),
+        moved_in.as_millis(),
+        back_in.as_millis()
+    ));
+    Ok(None)
 }
