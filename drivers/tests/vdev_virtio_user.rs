@@ -337,7 +337,13 @@ fn server_mode_virtio_user_takes_a_restarted_dpdk_vhost_client_back() {
     let prefix = format!("{}-dpdk", lab.prefix);
     let start = || {
         let vdev = format!("net_vhost0,iface={},queues=1,client=1", sock.display());
-        Testpmd::start_with(d.d.path(), &prefix, None, &["--vdev", &vdev], &["--forward-mode=io", "--auto-start", NO_FLUSH])
+        Testpmd::start_with(
+            d.d.path(),
+            &prefix,
+            None,
+            &["--vdev", &vdev],
+            &["--forward-mode=io", "--auto-start", NO_FLUSH],
+        )
     };
     // testpmd first: its vhost client retries until our socket is there.
     let mut dpdk = match start() {

@@ -64,7 +64,11 @@ static KEYS: [KeySpec; 6] = [
         .repeatable(),
     KeySpec::new("primary", KeyKind::Str { max_len: MAX_VDEV_NAME_LEN }, "the preferred member (mode 1)"),
     KeySpec::new("xmit_policy", KeyKind::Str { max_len: 3 }, "l2|l23|l34: the headers mode 2 hashes (default l2)"),
-    KeySpec::new("lacp_rate", KeyKind::Str { max_len: 4 }, "fast|slow: LACPDUs asked of the partner every 1 s or 30 s (mode 4; default slow)"),
+    KeySpec::new(
+        "lacp_rate",
+        KeyKind::Str { max_len: 4 },
+        "fast|slow: LACPDUs asked of the partner every 1 s or 30 s (mode 4; default slow)",
+    ),
 ];
 
 /// The net_bonding driver.
@@ -382,11 +386,8 @@ impl Shared {
         let mut sh = Shared { shm: shm.clone(), port, off: z.offset, n, rx: Vec::new(), tx: Vec::new(), owner: false };
         let ring = |dir: &str, k: usize| {
             let name = Shared::ring(port, dir, k);
-            let r = if create {
-                Ring::create(shm, &name, SLOW_RING, RingFlags::MPMC)
-            } else {
-                Ring::lookup(shm, &name)
-            };
+            let r =
+                if create { Ring::create(shm, &name, SLOW_RING, RingFlags::MPMC) } else { Ring::lookup(shm, &name) };
             r.ctx(format!("ring {name}"))
         };
         for k in 0..n {
@@ -501,8 +502,20 @@ impl Machines {
     }
 }
 
-/// The member index a frame goes to under balance-xor (`n` usable members).
+/// The hash that picks a frame's member under balance-xor and 802.3ad (modulo the members in
+/// use): the `policy`'s headers folded, then mixed (murmur3's finaliser), so that flows which
+/// differ in one address byte spread over the members (the fold alone left the low bits to the
+/// last byte folded: 16 flows from 16 sources all took one member of two).
 fn xor_hash(d: &[u8], policy: Policy) -> u32 {
+    let mut h = fold_headers(d, policy);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+fn fold_headers(d: &[u8], policy: Policy) -> u32 {
     let word = |b: &[u8]| b.iter().fold(0u32, |h, x| h.rotate_left(5) ^ u32::from(*x));
     if d.len() < 14 {
         return 0;
@@ -859,6 +872,9 @@ mod tests {
         assert_ne!(xor_hash(&udp(1, 1), Policy::L23), xor_hash(&udp(1, 9), Policy::L23));
         assert_eq!(xor_hash(&udp(1, 1), Policy::L23), xor_hash(&udp(2, 1), Policy::L23));
         assert_ne!(xor_hash(&udp(1, 1), Policy::L34), xor_hash(&udp(2, 1), Policy::L34));
-        assert_eq!(xor_hash(&[0u8; 10], Policy::L34), 0, "a runt hashes to 0");
+        assert_eq!(xor_hash(&[0u8; 10], Policy::L34), xor_hash(&[1u8; 12], Policy::L34), "a runt: one member");
+        // 16 sources differing in their last byte spread over two members.
+        let on_first = (0..16).filter(|i| xor_hash(&udp(9, 10 + i), Policy::L23).is_multiple_of(2)).count();
+        assert!((3..=13).contains(&on_first), "{on_first} of 16 flows on the first of two members");
     }
 }

@@ -1352,10 +1352,12 @@ impl OurBond {
                     }
                 } else if d.len() >= 42 && d[12..14] == [8, 0] && d[23] == 1 && d[34] == 0 {
                     let l4 = 14 + usize::from(d[14] & 0xf) * 4;
-                    if d.len() >= l4 + 8 {
-                        let id = u16::from_be_bytes([d[l4 + 4], d[l4 + 5]]);
+                    // The flow is the address the reply goes to (one id for all: Linux's layer3+4
+                    // hashes the ICMP id as a port, and ids that follow the addresses cancel out).
+                    let flow = d[33].wrapping_sub(OUR_IP0);
+                    if d.len() >= l4 + 8 && d[30..33] == our_ip(0)[..3] && flow < FLOWS {
                         let seq = u16::from_be_bytes([d[l4 + 6], d[l4 + 7]]);
-                        self.replies.insert((id, seq));
+                        self.replies.insert((u16::from(flow), seq));
                     }
                 }
                 self.pool.free(m);
@@ -1372,7 +1374,7 @@ impl OurBond {
     /// the flows answered.
     fn round(&mut self, seq: u16, wait: Duration) -> Result<usize, String> {
         let frames: Vec<Vec<u8>> =
-            (0..FLOWS).map(|f| echo_request(self.linux_mac, self.mac, our_ip(f), u16::from(f), seq)).collect();
+            (0..FLOWS).map(|f| echo_request(self.linux_mac, self.mac, our_ip(f), 0x4c41, seq)).collect();
         let mut sent = 0;
         let t = Instant::now();
         while sent < frames.len() && t.elapsed() < Duration::from_secs(1) {
@@ -1450,7 +1452,8 @@ fn lacp_with_linux() -> Check {
         expect(o.status.success(), || format!("{c}: {}", String::from_utf8_lossy(&o.stderr).trim()))
     };
     let bonding = "/sys/class/net/bond0/bonding";
-    sh("echo +bond0 > /sys/class/net/bonding_masters")?;
+    // Loading bonding made bond0 already (its max_bonds=1 default).
+    sh("[ -d /sys/class/net/bond0 ] || echo +bond0 > /sys/class/net/bonding_masters")?;
     sh(&format!(
         "echo 802.3ad > {bonding}/mode && echo fast > {bonding}/lacp_rate && echo 100 > {bonding}/miimon \
          && echo layer3+4 > {bonding}/xmit_hash_policy"
