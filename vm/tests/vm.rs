@@ -269,6 +269,7 @@ fn kernel_vfio_on_a_real_kernel_with_a_viommu() {
         "secondary_adopts_container_and_group_fds",
         "net_virtio_frames_cross_the_cable_byte_identical",
         "hot_add_then_remove_while_open_asks_for_release",
+        "net_bonding_802_3ad_and_active_backup_against_linux_bonding_with_failover",
     ] {
         assert!(r.passed.iter().any(|(n, _)| n == name), "check {name} did not pass; {}", ctx());
     }

@@ -158,7 +158,7 @@ fn suite() -> i32 {
         None => Ok(Some("no multiqueue virtio-net in this guest (the host needs root and /dev/net/tun)".into())),
     });
     // Last: it loads the kernel's virtio_net and bonding, which the checks above must not meet.
-    s.run("net_bonding_802_3ad_aggregates_with_linux_bonding_and_fails_over", lacp_with_linux);
+    s.run("net_bonding_802_3ad_and_active_backup_against_linux_bonding_with_failover", lacp_with_linux);
     if s.failed > 0 {
         1
     } else {
@@ -1413,7 +1413,8 @@ fn net_stat(iface: &str, what: &str) -> u64 {
 /// cables: the aggregation forms (the kernel shows our system as its partner, both ports in its
 /// aggregator), ICMP echo over 16 flows is answered in full with both cables carrying traffic
 /// each way, one cable's link dropped at both ends moves every flow to the other and the
-/// answers are whole again, and the cable back rejoins the aggregate.
+/// answers are whole again, and the cable back rejoins the aggregate. Then mode 1 against
+/// Linux's active-backup ([`active_backup_with_linux`]).
 fn lacp_with_linux() -> Check {
     for b in BOND_OURS.iter().chain(&BOND_LINUX) {
         if read_hex(&sysfs(b).join("device")) != Some(VIRTIO_NET.1) {
@@ -1483,7 +1484,7 @@ fn lacp_with_linux() -> Check {
         let pool = lab_core::mbuf::Mempool::lookup(p.runtime().shm(), lab_core::ethdev::DEFAULT_POOL, 64)
             .map_err(|e| e.to_string())?;
         let mut b = OurBond { p, pool, bond, members: [ma, mb], mac, linux_mac, replies: Default::default() };
-        let r = lacp_rounds(&mut b, &ifaces);
+        let r = lacp_rounds(&mut b, &ifaces).and_then(|_| active_backup_with_linux(&mut b, &ifaces, &ours, &sh));
         b.p.shutdown();
         r
     })();
@@ -1586,6 +1587,82 @@ fn lacp_rounds(b: &mut OurBond, ifaces: &[String]) -> Check {
         formed_in.as_millis(),
         moved_in.as_millis(),
         back_in.as_millis()
+    ));
+    Ok(None)
+}
+
+/// Then mode 1 against Linux's active-backup on the same cables: all traffic on cable 1 (both
+/// sides' primary), cable 1's link dropped at both ends, and both move to cable 2: every echo
+/// request answered before and after, each side's backup member silent until then.
+fn active_backup_with_linux(
+    b: &mut OurBond,
+    ifaces: &[String],
+    ours: &[Func; 2],
+    sh: &dyn Fn(&str) -> Result<(), String>,
+) -> Check {
+    b.p.detach("net_bonding0").map_err(|e| format!("detach the 802.3ad bond: {e}"))?;
+    let bonding = "/sys/class/net/bond0/bonding";
+    sh(&format!(
+        "ip link set bond0 down && echo -{0} > {bonding}/slaves && echo -{1} > {bonding}/slaves",
+        ifaces[0], ifaces[1]
+    ))?;
+    sh(&format!("echo active-backup > {bonding}/mode"))?;
+    for i in ifaces {
+        sh(&format!("ip link set {i} down && echo +{i} > {bonding}/slaves"))?;
+    }
+    sh(&format!("echo {} > {bonding}/primary && ip link set bond0 up", ifaces[0]))?;
+    b.linux_mac = std::fs::read_to_string("/sys/class/net/bond0/address")
+        .ok()
+        .and_then(|m| parse_mac(&m))
+        .ok_or("bond0 has no MAC")?;
+    b.bond =
+        b.p.attach(&format!("net_bonding0,mode=1,slave={0},slave={1},primary={0}", ours[0].bdf, ours[1].bdf))
+            .map_err(|e| format!("attach the active-backup bond: {e}"))?;
+    let active = || std::fs::read_to_string(format!("{bonding}/active_slave")).unwrap_or_default().trim().to_string();
+    let t0 = Instant::now();
+    while active() != ifaces[0] || !b.p.info(b.bond).map_err(|e| e.to_string())?.link.up {
+        b.pump(Duration::from_millis(100))?;
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!("Linux's active slave is {:?} 20 s on, not {}", active(), ifaces[0]));
+        }
+    }
+    let mut seq = 1000;
+    let mut rounds = |b: &mut OurBond, n: u16, what: &str| -> Result<[u64; 2], String> {
+        b.round(seq, Duration::from_millis(500))?; // ARP and the switch settle
+        seq += 1;
+        let before = b.member_tx()?;
+        let mut answered = 0;
+        for _ in 0..n {
+            answered += b.round(seq, Duration::from_millis(300))?;
+            seq += 1;
+        }
+        let after = b.member_tx()?;
+        expect(answered == usize::from(n * u16::from(FLOWS)), || {
+            format!("{what}: {answered} of {} echo requests answered", n * u16::from(FLOWS))
+        })?;
+        Ok([after[0] - before[0], after[1] - before[1]])
+    };
+    let first = rounds(b, 4, "active-backup on cable 1")?;
+    expect(first[0] >= 64 && first[1] == 0, || format!("active-backup on cable 1: our members sent {first:?}"))?;
+    for id in ["bonda1", "bondb1"] {
+        say(&format!(r#"ask {{"execute":"set_link","arguments":{{"name":"{id}","up":false}}}}"#));
+    }
+    let t1 = Instant::now();
+    while active() != ifaces[1] || b.p.info(b.members[0]).map_err(|e| e.to_string())?.link.up {
+        b.pump(Duration::from_millis(50))?;
+        if t1.elapsed() > Duration::from_secs(20) {
+            return Err(format!("20 s after cable 1 went down Linux's active slave is {:?}", active()));
+        }
+    }
+    let moved_in = t1.elapsed();
+    let second = rounds(b, 4, "active-backup after cable 1 went down")?;
+    expect(second[1] >= 64 && second[0] == 0, || format!("after the failover our members sent {second:?}"))?;
+    for id in ["bonda1", "bondb1"] {
+        say(&format!(r#"ask {{"execute":"set_link","arguments":{{"name":"{id}","up":true}}}}"#));
+    }
+    say(&format!(
+        "note active-backup with Linux: cable 1 carried {first:?}, then both sides moved to cable 2 in {} ms and it carried {second:?}",
+        moved_in.as_millis()
     ));
     Ok(None)
 }
