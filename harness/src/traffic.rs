@@ -67,6 +67,40 @@ pub fn recv_frames(p: &Process, port: PortId, want: u64, timeout: Duration) -> R
     Ok((got, bytes))
 }
 
+/// Polls `ports` on queue 0 for `dur` (a receive burst and an empty transmit burst each, as a
+/// forwarding loop does: what DPDK's bonding mode 4 needs of an application for its LACPDUs),
+/// or, with `until_up`, until every port's link is up; frames received are dropped. Returns the
+/// frames received and whether every link was up at the end.
+pub fn poll(p: &Process, ports: &[PortId], dur: Duration, until_up: bool) -> Result<(u64, bool), TrafficError> {
+    let mut pool = Mempool::lookup(p.runtime().shm(), DEFAULT_POOL, 64).map_err(TrafficError::Pool)?;
+    let deadline = Instant::now() + dur;
+    let mut burst: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    let mut got = 0;
+    let mut next_look = Instant::now();
+    loop {
+        for &port in ports {
+            let n = p.with_port(port, |d| {
+                let n = d.rx_burst(0, &mut burst);
+                d.tx_burst(0, &mut []);
+                n
+            })?;
+            for m in burst[..n].iter_mut().filter_map(Option::take) {
+                got += 1;
+                pool.free(m);
+            }
+        }
+        let now = Instant::now();
+        if now >= next_look || now >= deadline {
+            next_look = now + Duration::from_millis(50);
+            let all_up = ports.iter().all(|&port| p.with_port(port, |d| d.link().up).unwrap_or(false));
+            if (until_up && all_up) || now >= deadline {
+                return Ok((got, all_up));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
 /// Fills a test frame: broadcast destination, locally administered source, EtherType 0x88b5
 /// (local experimental), then a counter and a pattern.
 pub fn fill_frame(m: &mut Mbuf, size: usize, seq: u64) {

@@ -33,6 +33,7 @@ unlock <port id>                       undo one lock
 info <port id>                         show a port
 send <port id> <count> [size]          send test frames on queue 0
 recv <port id> <count> [timeout ms]    receive frames on queue 0
+poll <port id>[,<port id>...] <ms> [up] poll them (rx and tx bursts) for ms, or till all links are up
 stats <port id>                        port counters in this process
 quit                                   exit (end of input too)";
 
@@ -175,6 +176,31 @@ fn run(hp: &Process, cmd: &str) -> String {
             match lab_harness::traffic::recv_frames(hp, p, count, Duration::from_millis(ms)) {
                 Ok((n, b)) => format!("received {n} packets ({b} bytes) on port {p}"),
                 Err(e) => format!("failed to receive on port {p}: {e}"),
+            }
+        }
+        "poll" => {
+            let ports: Result<Vec<PortId>, String> =
+                args.next().unwrap_or("").split(',').map(|p| port_arg(Some(p))).collect();
+            let ports = match ports {
+                Ok(p) => p,
+                Err(e) => return format!("failed to poll: {e}"),
+            };
+            let Some(ms) = args.next().and_then(|c| c.parse::<u64>().ok()) else {
+                return "failed to poll: missing or bad time in ms".to_string();
+            };
+            let until_up = match args.next() {
+                None => false,
+                Some("up") => true,
+                Some(o) => return format!("failed to poll: {o:?}: only \"up\" may follow the time"),
+            };
+            let list = ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+            match lab_harness::traffic::poll(hp, &ports, Duration::from_millis(ms), until_up) {
+                Ok((n, true)) => format!("polled ports {list}: {n} packets received, links up"),
+                Ok((n, false)) if until_up => {
+                    format!("failed to poll ports {list}: links not all up within {ms} ms ({n} packets received)")
+                }
+                Ok((n, false)) => format!("polled ports {list}: {n} packets received, links not all up"),
+                Err(e) => format!("failed to poll ports {list}: {e}"),
             }
         }
         other => format!("unknown command {other:?}: try help"),
