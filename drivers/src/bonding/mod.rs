@@ -31,6 +31,7 @@
 //! its array (as DPDK's bonding does): the taken ones are the front `n`.
 
 mod lacp;
+mod members;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use lab_core::mem::{Shm, ShmOffset};
 use lab_core::ring::{Ring, RingFlags};
 
 use crate::error::{Ctx, DriverError};
+use members::{MemberTable, Slots};
 
 const NAME: &str = "net_bonding";
 /// Members at most.
@@ -90,6 +92,7 @@ enum Policy {
     L34,
 }
 
+#[derive(Clone)]
 struct Member {
     id: PortId,
     gen: u32,
@@ -106,7 +109,8 @@ struct Counters {
 struct Bond {
     info: DevInfo,
     ports: Arc<Ports>,
-    members: Vec<Member>,
+    /// Member slots (the shared table's, resolved in this process): MAX_MEMBERS of them.
+    members: Vec<Option<Member>>,
     mode: Mode,
     policy: Policy,
     primary: usize,
@@ -126,6 +130,8 @@ struct Bond {
     agg: Option<Shared>,
     /// Mode 4: member k collects and distributes, as the primary's machines last said.
     dist: [bool; MAX_MEMBERS],
+    /// The member table (freed with the primary's bond).
+    _table: MemberTable,
 }
 
 fn find_member(ports: &Ports, name: &str) -> Option<(PortId, u32, DevInfo)> {
@@ -181,8 +187,6 @@ impl Driver for BondingDriver {
             r => return Err(err(DriverError::config(format!("lacp_rate={r}: fast or slow")))),
         };
         let conf = ctx.conf;
-        let mut members = Vec::with_capacity(names.len());
-        let mut mac = [0u8; 6];
         for (k, n) in names.iter().enumerate() {
             if names[..k].contains(n) {
                 return Err(err(DriverError::config(format!("member {n} given twice"))));
@@ -190,22 +194,42 @@ impl Driver for BondingDriver {
             if *n == ctx.name {
                 return Err(err(DriverError::config(format!("member {n}: the bond itself"))));
             }
-            let (id, gen, info) = find_member(ports, n).ok_or_else(|| {
-                err(DriverError::config(format!("member {n}: no such port attached in this process (attach it first)")))
-            })?;
-            if info.nb_rxq < conf.nb_rxq || info.nb_txq < conf.nb_txq {
+            if n.len() >= members::NAME_LEN {
                 return Err(err(DriverError::config(format!(
-                    "member {n} has {}/{} queues, the bond {}/{}",
-                    info.nb_rxq, info.nb_txq, conf.nb_rxq, conf.nb_txq
+                    "member {n}: names are shorter than {}",
+                    members::NAME_LEN
                 ))));
             }
-            if k == 0 {
-                mac = info.mac;
+        }
+        let shm = ctx.runtime.shm();
+        // The member table: the primary writes the devargs' members; a secondary takes what the
+        // table holds now (members may have come and gone since the primary's attach).
+        let (table, slots, mac) = if ctx.is_primary() {
+            let first = resolve(ports, names[0], conf).map_err(|e| err(DriverError::config(e)))?;
+            let t = MemberTable::create(shm, ctx.port, first.mac, &names).map_err(err)?;
+            let slots: Slots = std::array::from_fn(|k| names.get(k).map(|n| n.to_string()));
+            (t, slots, first.mac)
+        } else {
+            let t = MemberTable::open(shm, ctx.port).map_err(err)?;
+            let end = Instant::now() + Duration::from_secs(1);
+            let slots = loop {
+                match t.read() {
+                    Some((_, s)) => break s,
+                    None if Instant::now() < end => std::thread::sleep(Duration::from_millis(1)),
+                    None => return Err(err(DriverError::state("the bond's member table stayed mid-write for 1 s"))),
+                }
+            };
+            let mac = t.mac();
+            (t, slots, mac)
+        };
+        let mut members: Vec<Option<Member>> = vec![None; MAX_MEMBERS];
+        for (k, n) in slots.iter().enumerate() {
+            if let Some(n) = n {
+                members[k] = Some(resolve(ports, n, conf).map_err(|e| err(DriverError::config(e)))?);
             }
-            members.push(Member { id, gen, name: n.to_string(), mac: info.mac });
         }
         let primary = match ctx.kvargs.get_str("primary") {
-            Some(p) => names.iter().position(|n| *n == p).ok_or_else(|| {
+            Some(p) => slots.iter().position(|n| n.as_deref() == Some(p)).ok_or_else(|| {
                 err(DriverError::config(format!("primary={p}: not one of the members ({})", names.join(", "))))
             })?,
             None => 0,
@@ -213,13 +237,15 @@ impl Driver for BondingDriver {
         let pool = Mempool::lookup(ctx.runtime.shm(), &conf.pool, 64)
             .ctx(format!("buffer pool {}", conf.pool))
             .map_err(err)?;
-        let shm = ctx.runtime.shm();
         let agg = if mode == Mode::Lacp {
-            Some(Shared::open(shm, ctx.port, members.len(), ctx.is_primary()).map_err(err)?)
+            Some(Shared::open(shm, ctx.port, MAX_MEMBERS, ctx.is_primary()).map_err(err)?)
         } else {
             None
         };
-        tracing::info!(device = %ctx.name, port = %ctx.port, ?mode, members = %names.join(","), "net_bonding ready");
+        // The thread's own view of the table (the bond's handle frees it, in the primary).
+        let watch = MemberTable::open(shm, ctx.port).map_err(err)?;
+        let listed: Vec<&str> = slots.iter().flatten().map(String::as_str).collect();
+        tracing::info!(device = %ctx.name, port = %ctx.port, ?mode, members = %listed.join(","), "net_bonding ready");
         let mut b = Bond {
             info: DevInfo {
                 driver: NAME,
@@ -246,28 +272,29 @@ impl Driver for BondingDriver {
             pool,
             agg,
             dist: [false; MAX_MEMBERS],
+            _table: table,
         };
         if mode == Mode::Lacp {
             // LACPDUs go to a multicast address and traffic for the bond's MAC may come in on
             // any member: members receive everything (a driver without the mode still works
             // when its device takes those frames anyway).
-            for k in 0..b.members.len() {
-                if let Some(Err(e)) = b.with_member(k, |d| d.set_promisc(true)) {
-                    tracing::warn!(member = %b.members[k].name, error = %e, "net_bonding mode 4: member not promiscuous");
-                }
+            for k in 0..MAX_MEMBERS {
+                b.promisc_for_lacp(k);
             }
         }
-        let targets: Vec<(PortId, u32)> = b.members.iter().map(|m| (m.id, m.gen)).collect();
-        b.mon.look(&b.ports, &targets);
-        b.usable = b.mon.snapshot();
+        let mut view = View { table: watch, epoch: 0, targets: [None; MAX_MEMBERS] };
+        view.targets = std::array::from_fn(|k| b.members[k].as_ref().map(|m| (m.id, m.gen)));
+        view.epoch = view.table.read().map_or(0, |(e, _)| e);
+        b.mon.look(&b.ports, &view.targets);
+        b.look_if_due();
         let (mon, ports) = (b.mon.clone(), b.ports.clone());
         // Mode 4's machines run in the primary only (one actor per member on the wire).
         let mut machines = match (&b.agg, ctx.is_primary()) {
             (Some(a), true) => Some(Machines {
-                lacp: lacp::Lacp::new(mac, LACP_KEY, fast, b.members.len()),
+                lacp: lacp::Lacp::new(mac, LACP_KEY, fast, MAX_MEMBERS),
                 shared: a.handle(),
-                macs: b.members.iter().map(|m| m.mac).collect(),
-                names: b.members.iter().map(|m| m.name.clone()).collect(),
+                macs: std::array::from_fn(|k| b.members[k].as_ref().map_or([0; 6], |m| m.mac)),
+                names: std::array::from_fn(|k| b.members[k].as_ref().map_or(String::new(), |m| m.name.clone())),
             }),
             _ => None,
         };
@@ -283,7 +310,16 @@ impl Driver for BondingDriver {
                         while Instant::now() < end && !mon.stop.load(Ordering::Relaxed) {
                             std::thread::sleep(Duration::from_millis(10));
                         }
-                        mon.look(&ports, &targets);
+                        if let Some(members) = view.changed(&ports) {
+                            if let Some(m) = &mut machines {
+                                for (k, slot) in members.iter().enumerate() {
+                                    m.macs[k] = slot.as_ref().map_or([0; 6], |s| s.mac);
+                                    m.names[k] = slot.as_ref().map_or(String::new(), |s| s.name.clone());
+                                }
+                            }
+                            mon.publish(members);
+                        }
+                        mon.look(&ports, &view.targets);
                         if let Some(m) = &mut machines {
                             m.run(&mon.snapshot());
                         }
@@ -296,24 +332,152 @@ impl Driver for BondingDriver {
     }
 }
 
+/// Adds port `member` (by device name, attached in this process) to net_bonding port `bond`
+/// at runtime, as DPDK's `rte_eth_bond_member_add` does: it goes into the bond's shared member
+/// table, and every process's bond takes it within 100 ms (its thread looks at the table, then
+/// its bursts use the new member). Returns the member's slot. A bad member is refused by name
+/// and changes nothing.
+pub fn member_add(p: &lab_core::process::Process, bond: PortId, member: &str) -> Result<usize, EthError> {
+    let bad = |what: String| EthError::Invalid { what };
+    let bi = bond_info(p, bond)?;
+    if member.len() >= members::NAME_LEN {
+        return Err(bad(format!("member {member}: names are shorter than {}", members::NAME_LEN)));
+    }
+    let e = p.find(member).ok_or_else(|| bad(format!("member {member}: no such port attached in this process")))?;
+    if e.port == bond {
+        return Err(bad(format!("member {member}: the bond itself")));
+    }
+    let mi = p.info(e.port).map_err(|e| bad(e.to_string()))?;
+    if mi.dev.driver == NAME {
+        return Err(bad(format!("member {member}: a bond (bonds of bonds are not built)")));
+    }
+    if mi.dev.nb_rxq < bi.nb_rxq || mi.dev.nb_txq < bi.nb_txq {
+        return Err(bad(format!(
+            "member {member} has {}/{} queues, the bond {}/{}",
+            mi.dev.nb_rxq, mi.dev.nb_txq, bi.nb_rxq, bi.nb_txq
+        )));
+    }
+    let t = MemberTable::open(p.runtime().shm(), bond).map_err(|e| bad(e.to_string()))?;
+    t.update(Duration::from_secs(1), |slots| {
+        if slots.iter().flatten().any(|n| n == member) {
+            return Err(DriverError::config(format!("member {member}: already a member of port {bond}")));
+        }
+        let k = slots.iter().position(Option::is_none).ok_or_else(|| {
+            DriverError::config(format!("member {member}: port {bond} has {MAX_MEMBERS} members already"))
+        })?;
+        let mut new = slots.clone();
+        new[k] = Some(member.to_string());
+        Ok((new, k))
+    })
+    .map_err(|e| bad(e.to_string()))
+}
+
+/// Takes port `member` out of net_bonding port `bond` at runtime (DPDK's
+/// `rte_eth_bond_member_remove`), in every process within 100 ms. Returns the slot it had.
+pub fn member_remove(p: &lab_core::process::Process, bond: PortId, member: &str) -> Result<usize, EthError> {
+    let bad = |what: String| EthError::Invalid { what };
+    bond_info(p, bond)?;
+    let t = MemberTable::open(p.runtime().shm(), bond).map_err(|e| bad(e.to_string()))?;
+    t.update(Duration::from_secs(1), |slots| {
+        let k = slots
+            .iter()
+            .position(|n| n.as_deref() == Some(member))
+            .ok_or_else(|| DriverError::config(format!("member {member}: not a member of port {bond}")))?;
+        let mut new = slots.clone();
+        new[k] = None;
+        Ok((new, k))
+    })
+    .map_err(|e| bad(e.to_string()))
+}
+
+fn bond_info(p: &lab_core::process::Process, bond: PortId) -> Result<DevInfo, EthError> {
+    let bi = p.info(bond).map_err(|e| EthError::Invalid { what: e.to_string() })?;
+    if bi.dev.driver != NAME {
+        return Err(EthError::Invalid { what: format!("port {bond} is {}, not a net_bonding port", bi.dev.driver) });
+    }
+    Ok(bi.dev)
+}
+
+/// Member `name` as this process has it attached, checked for the bond's queues.
+fn resolve(ports: &Ports, name: &str, conf: &lab_core::ethdev::PortConf) -> Result<Member, String> {
+    let (id, gen, info) = find_member(ports, name)
+        .ok_or_else(|| format!("member {name}: no such port attached in this process (attach it first)"))?;
+    if info.nb_rxq < conf.nb_rxq || info.nb_txq < conf.nb_txq {
+        return Err(format!(
+            "member {name} has {}/{} queues, the bond {}/{}",
+            info.nb_rxq, info.nb_txq, conf.nb_rxq, conf.nb_txq
+        ));
+    }
+    Ok(Member { id, gen, name: name.to_string(), mac: info.mac })
+}
+
+/// The bond thread's view of the member table.
+struct View {
+    table: MemberTable,
+    epoch: u32,
+    targets: [Option<(PortId, u32)>; MAX_MEMBERS],
+}
+
+impl View {
+    /// When the table moved: its members as this process resolves them (a name it does not
+    /// have attached stays empty here, named in a warning).
+    fn changed(&mut self, ports: &Ports) -> Option<Vec<Option<Member>>> {
+        if self.table.epoch() == self.epoch {
+            return None;
+        }
+        let (e, slots) = self.table.read()?;
+        self.epoch = e;
+        let members: Vec<Option<Member>> = slots
+            .iter()
+            .map(|n| {
+                let n = n.as_deref()?;
+                let m =
+                    find_member(ports, n).map(|(id, gen, info)| Member { id, gen, name: n.to_string(), mac: info.mac });
+                if m.is_none() {
+                    tracing::warn!(member = n, "net_bonding: a member added elsewhere is not attached here");
+                }
+                m
+            })
+            .collect();
+        self.targets = std::array::from_fn(|k| members[k].as_ref().map(|m| (m.id, m.gen)));
+        let names: Vec<&str> = members.iter().flatten().map(|m| m.name.as_str()).collect();
+        tracing::info!(members = %names.join(","), epoch = e, "net_bonding: members changed");
+        Some(members)
+    }
+}
+
 /// Member state, looked at by the bond's own thread (each member's `link()` may take a while:
 /// a reconnect, an ioctl) so that bursts only read it.
 #[derive(Default)]
 struct Monitor {
     usable: [AtomicBool; MAX_MEMBERS],
     stop: AtomicBool,
+    /// A new member list from the table, for the bursts to take (`try_lock`: never waited on).
+    pending: std::sync::Mutex<Option<Vec<Option<Member>>>>,
+    has_pending: AtomicBool,
 }
 
 impl Monitor {
     /// Looks at every member: attached with the same generation, and its link up. A member
     /// whose slot is busy (a burst in another thread) keeps what was known.
-    fn look(&self, ports: &Ports, members: &[(PortId, u32)]) {
-        for (k, &(id, gen)) in members.iter().enumerate() {
+    fn look(&self, ports: &Ports, members: &[Option<(PortId, u32)>]) {
+        for (k, t) in members.iter().enumerate() {
+            let Some((id, gen)) = *t else {
+                self.usable[k].store(false, Ordering::Relaxed);
+                continue;
+            };
             if let Ok(mut s) = ports.slot_within(id, Duration::from_millis(5)) {
                 let up = s.as_mut().is_some_and(|lp| lp.gen == gen && lp.dev.link().up);
                 self.usable[k].store(up, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Hands a new member list to the bursts.
+    fn publish(&self, members: Vec<Option<Member>>) {
+        let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some(members);
+        self.has_pending.store(true, Ordering::Release);
     }
 
     fn snapshot(&self) -> [bool; MAX_MEMBERS] {
@@ -455,8 +619,8 @@ impl Drop for Shared {
 struct Machines {
     lacp: lacp::Lacp,
     shared: Shared,
-    macs: Vec<[u8; 6]>,
-    names: Vec<String>,
+    macs: [[u8; 6]; MAX_MEMBERS],
+    names: [String; MAX_MEMBERS],
 }
 
 impl Machines {
@@ -550,11 +714,39 @@ fn fold_headers(d: &[u8], policy: Policy) -> u32 {
 impl Bond {
     /// This burst's view of the members.
     fn look_if_due(&mut self) {
+        if self.mon.has_pending.load(Ordering::Acquire) {
+            let mon = self.mon.clone();
+            let taken = mon.pending.try_lock().ok().map(|mut g| {
+                mon.has_pending.store(false, Ordering::Release);
+                g.take()
+            });
+            if let Some(Some(m)) = taken {
+                self.members = m;
+                if self.mode == Mode::Lacp {
+                    for k in 0..MAX_MEMBERS {
+                        self.promisc_for_lacp(k);
+                    }
+                }
+            }
+        }
         self.usable = self.mon.snapshot();
+        for (u, m) in self.usable.iter_mut().zip(&self.members) {
+            *u &= m.is_some();
+        }
         if let Some(a) = &self.agg {
-            for k in 0..self.members.len() {
+            for k in 0..MAX_MEMBERS {
                 self.dist[k] = a.state(k).load(Ordering::Acquire) & u32::from(lacp::DISTRIBUTING) != 0;
             }
+        }
+    }
+
+    /// Mode 4: member `k` receives everything (LACPDUs go to a multicast address, and traffic
+    /// for the bond's MAC may come in on any member); a driver without the mode still works
+    /// when its device takes those frames anyway.
+    fn promisc_for_lacp(&mut self, k: usize) {
+        if let Some(Err(e)) = self.with_member(k, |d| d.set_promisc(true)) {
+            let name = self.members[k].as_ref().map_or("", |m| m.name.as_str()).to_string();
+            tracing::warn!(member = %name, error = %e, "net_bonding mode 4: member not promiscuous");
         }
     }
 
@@ -615,12 +807,12 @@ impl Bond {
         if self.usable[self.primary] {
             return Some(self.primary);
         }
-        (0..self.members.len()).find(|&k| self.usable[k])
+        (0..MAX_MEMBERS).find(|&k| self.usable[k])
     }
 
     /// Runs `f` on member `k`'s device, or marks it unusable when it is gone.
     fn with_member<R>(&mut self, k: usize, f: impl FnOnce(&mut dyn EthDev) -> R) -> Option<R> {
-        let m = &self.members[k];
+        let m = self.members[k].as_ref()?;
         // Never wait on a member: one busy elsewhere is skipped this burst.
         let mut s = self.ports.slot_within(m.id, Duration::ZERO).ok()?;
         match s.as_mut() {
@@ -629,7 +821,7 @@ impl Bond {
                 drop(s);
                 self.usable[k] = false;
                 self.mon.usable[k].store(false, Ordering::Relaxed);
-                tracing::warn!(member = %self.members[k].name, "net_bonding: member gone");
+                tracing::warn!(member = %self.members[k].as_ref().map_or("", |m| m.name.as_str()), "net_bonding: member gone");
                 None
             }
         }
@@ -662,8 +854,8 @@ impl EthDev for Bond {
         self.look_if_due();
         let up = match self.mode {
             Mode::ActiveBackup => self.active().is_some(),
-            Mode::Lacp => (0..self.members.len()).any(|k| self.usable[k] && self.dist[k]),
-            _ => self.usable.iter().take(self.members.len()).any(|u| *u),
+            Mode::Lacp => (0..MAX_MEMBERS).any(|k| self.usable[k] && self.dist[k]),
+            _ => self.usable.iter().any(|u| *u),
         };
         LinkStatus { up, speed_mbps: if up { 10_000 } else { 0 } }
     }
@@ -686,7 +878,7 @@ impl EthDev for Bond {
     }
 
     fn set_promisc(&mut self, on: bool) -> Result<(), EthError> {
-        for k in 0..self.members.len() {
+        for k in 0..MAX_MEMBERS {
             if let Some(Err(e)) = self.with_member(k, |d| d.set_promisc(on)) {
                 return Err(e);
             }
@@ -702,7 +894,7 @@ impl EthDev for Bond {
             return 0;
         }
         self.look_if_due();
-        let nm = self.members.len();
+        let nm = MAX_MEMBERS;
         let mut got = 0;
         if self.mode == Mode::ActiveBackup {
             if let Some(k) = self.active() {
@@ -735,7 +927,7 @@ impl EthDev for Bond {
             return 0;
         }
         self.look_if_due();
-        let nm = self.members.len();
+        let nm = MAX_MEMBERS;
         if self.mode == Mode::Lacp {
             for k in 0..nm {
                 if self.usable[k] {
@@ -835,7 +1027,8 @@ impl EthDev for Bond {
     }
 
     fn close(self: Box<Self>, how: Release) {
-        tracing::info!(members = self.members.len(), shared = how == Release::Shared, "net_bonding closed");
+        let n = self.members.iter().flatten().count();
+        tracing::info!(members = n, shared = how == Release::Shared, "net_bonding closed");
     }
 }
 

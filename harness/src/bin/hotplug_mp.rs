@@ -34,6 +34,7 @@ info <port id>                         show a port
 send <port id> <count> [size]          send test frames on queue 0
 recv <port id> <count> [timeout ms]    receive frames on queue 0
 poll <port id>[,<port id>...] <ms> [up] poll them (rx and tx bursts) for ms, or till all links are up
+bond add|remove <bond id> <member>     add or remove a bond member at runtime, in every process
 stats <port id>                        port counters in this process
 quit                                   exit (end of input too)";
 
@@ -176,6 +177,21 @@ fn run(hp: &Process, cmd: &str) -> String {
             match lab_harness::traffic::recv_frames(hp, p, count, Duration::from_millis(ms)) {
                 Ok((n, b)) => format!("received {n} packets ({b} bytes) on port {p}"),
                 Err(e) => format!("failed to receive on port {p}: {e}"),
+            }
+        }
+        "bond" => {
+            let (op, bond, member) = (args.next(), port_arg(args.next()), args.next());
+            match (op, bond, member) {
+                (Some("add"), Ok(b), Some(m)) => match lab_drivers::bonding::member_add(hp, b, m) {
+                    Ok(k) => format!("added member {m} to bonding port {b} (slot {k})"),
+                    Err(e) => format!("failed to add member {m} to port {b}: {e}"),
+                },
+                (Some("remove"), Ok(b), Some(m)) => match lab_drivers::bonding::member_remove(hp, b, m) {
+                    Ok(k) => format!("removed member {m} from bonding port {b} (slot {k})"),
+                    Err(e) => format!("failed to remove member {m} from port {b}: {e}"),
+                },
+                (_, Err(e), _) => format!("failed to change bond members: {e}"),
+                _ => "failed to change bond members: bond add|remove <bond id> <member>".to_string(),
             }
         }
         "poll" => {
