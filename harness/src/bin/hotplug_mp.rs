@@ -210,12 +210,17 @@ fn run(hp: &Process, cmd: &str) -> String {
                 Some(o) => return format!("failed to poll: {o:?}: only \"up\" may follow the time"),
             };
             let list = ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-            match lab_harness::traffic::poll(hp, &ports, Duration::from_millis(ms), until_up) {
-                Ok((n, true)) => format!("polled ports {list}: {n} packets received, links up"),
+            let t = std::time::Instant::now();
+            let r = lab_harness::traffic::poll(hp, &ports, Duration::from_millis(ms), until_up);
+            let took = t.elapsed().as_millis();
+            match r {
+                Ok((n, true)) => format!("polled ports {list} for {took} ms: {n} packets received, links up"),
                 Ok((n, false)) if until_up => {
                     format!("failed to poll ports {list}: links not all up within {ms} ms ({n} packets received)")
                 }
-                Ok((n, false)) => format!("polled ports {list}: {n} packets received, links not all up"),
+                Ok((n, false)) => {
+                    format!("polled ports {list} for {took} ms: {n} packets received, links not all up")
+                }
                 Err(e) => format!("failed to poll ports {list}: {e}"),
             }
         }
