@@ -111,10 +111,17 @@ impl std::fmt::Display for BadPdu {
     }
 }
 
-/// Whether a frame is a slow-protocols frame (what the bond's receive path takes aside).
+/// Whether a frame is a slow-protocols frame.
 #[inline]
 pub(crate) fn is_slow(frame: &[u8]) -> bool {
     frame.len() >= 14 && frame[12..14] == SLOW_ETHERTYPE.to_be_bytes()
+}
+
+/// Whether a frame is an LACPDU or a marker PDU (what the bond's receive path takes aside:
+/// other slow protocols, OAM or ESMC, go to the application).
+#[inline]
+pub(crate) fn is_lacp_or_marker(frame: &[u8]) -> bool {
+    is_slow(frame) && frame.len() > 14 && matches!(frame[14], SUBTYPE_LACP | SUBTYPE_MARKER)
 }
 
 /// Parses an LACPDU or marker PDU (the whole frame). Every TLV type and length is checked.
@@ -135,11 +142,10 @@ pub(crate) fn parse(frame: &[u8]) -> Result<Slow, BadPdu> {
     };
     match p[0] {
         SUBTYPE_LACP => {
-            // Version 1 and later are read as version 1 (6.4.2.3: ignore what follows).
+            // The actor and partner TLVs are where version 1 puts them; what follows them is
+            // not read (a later version's TLVs are ignored, as 802.1AX-2014 6.4.2.3 asks).
             tlv(2, 1, 20)?;
             tlv(22, 2, 20)?;
-            tlv(42, 3, 16)?;
-            tlv(58, 0, 0)?;
             Ok(Slow::Lacp { actor: PortInfo::get(&p[4..]), partner: PortInfo::get(&p[24..]) })
         }
         SUBTYPE_MARKER => match p[2] {
@@ -272,10 +278,38 @@ impl Lacp {
         self.ports[k].actor.state & DISTRIBUTING != 0
     }
 
+    /// An LACPDU `tick` gave for member `k` could not be queued: it is sent again at the next
+    /// tick (the transmission is not counted against the rate limit).
+    pub(crate) fn not_sent(&mut self, k: usize) {
+        let p = &mut self.ports[k];
+        p.ntt = true;
+        if let Some(i) = p.sent.iter().rposition(Option::is_some) {
+            p.sent[i] = None;
+        }
+    }
+
+    /// Member slot `k` holds another device now: its machines start again from a port that was
+    /// never up (nothing of the old device's partner or state carries over).
+    pub(crate) fn reset_port(&mut self, k: usize) {
+        let p = &mut self.ports[k];
+        let state = p.actor.state & (ACTIVITY | TIMEOUT | AGGREGATION) | DEFAULTED;
+        p.actor.state = state;
+        p.partner = PortInfo::default();
+        p.rx = RxState::Disabled;
+        p.mux = MuxState::Detached;
+        p.selected = false;
+        p.current_while = None;
+        p.wait_while = None;
+        p.periodic_at = None;
+        p.ntt = false;
+        p.sent = [None; MAX_TX_PER_PERIOD];
+    }
+
     /// The receive machine's CURRENT state on an LACPDU member `k` received (6.4.12).
     pub(crate) fn on_pdu(&mut self, k: usize, actor: &PortInfo, partner: &PortInfo, now: Instant) {
         let p = &mut self.ports[k];
-        if p.rx == RxState::Disabled {
+        // Our own LACPDU come back (two members cabled together, a loopback): never a partner.
+        if p.rx == RxState::Disabled || actor.system == p.actor.system {
             return;
         }
         // update_Selected: another partner port (or its aggregation) means a new selection.
@@ -379,7 +413,9 @@ impl Lacp {
     /// aggregator when the aggregator is free or bound to that partner system and key.
     fn select(&mut self, k: usize) {
         let p = &self.ports[k];
-        if p.selected || p.rx != RxState::Current || p.partner.state & AGGREGATION == 0 {
+        // A port joins from Detached only, so that it always waits and syncs anew (a partner
+        // port that changed under a running one goes back through Detached first).
+        if p.selected || p.mux != MuxState::Detached || p.rx != RxState::Current || p.partner.state & AGGREGATION == 0 {
             return;
         }
         let theirs = (p.partner.sys_prio, p.partner.system, p.partner.key);
@@ -450,8 +486,8 @@ impl Lacp {
             // Due (or never run): transmit, and again a period from now.
             None => p.ntt = true,
             Some(t) if now >= t => p.ntt = true,
-            // The partner asked for short timeouts: the slow wait is cut short.
-            Some(t) if t > now + period => {}
+            // The partner asked for short timeouts: transmit now, then every second.
+            Some(t) if t > now + period => p.ntt = true,
             Some(_) => return,
         }
         p.periodic_at = Some(now + period);
@@ -481,8 +517,21 @@ mod tests {
         bad[14 + 23] = 19;
         assert_eq!(parse(&bad), Err(BadPdu::Tlv { at: 14 + 22, kind: 2, len: 19 }));
         assert_eq!(parse(&f[..100]), Err(BadPdu::Short(100)));
+        // A later version's extra TLVs after the partner's are not read.
+        let mut v2 = f;
+        v2[15] = 2;
+        v2[14 + 42] = 0x55;
+        assert_eq!(parse(&v2), Ok(Slow::Lacp { actor, partner }));
+        assert!(
+            is_lacp_or_marker(&f)
+                && !is_lacp_or_marker(&{
+                    let mut o = f;
+                    o[14] = 3; // OAM: the application's
+                    o
+                })
+        );
         let mut other = f;
-        other[14] = 10; // OAM
+        other[14] = 10;
         assert_eq!(parse(&other), Err(BadPdu::Subtype(10)));
         assert!(BadPdu::Subtype(10).to_string().contains("subtype 10"));
 
@@ -577,6 +626,30 @@ mod tests {
         p.step();
         assert_eq!(p.both(0), (false, false));
         assert_eq!(p.both(1), (true, true));
+    }
+
+    #[test]
+    fn our_own_lacpdus_looped_back_are_no_partner_and_an_unsent_one_goes_again() {
+        let mut a = Lacp::new(A, 1, true, 2);
+        let now = Instant::now();
+        let (mut out, mut ch) = (Vec::new(), Vec::new());
+        a.tick(now, &[true, true], &[A, A], &mut out, &mut ch);
+        assert_eq!(out.len(), 2, "one LACPDU per member on the way up");
+        // Member 0's LACPDU comes back on member 1 (the two cabled together).
+        let Ok(Slow::Lacp { actor, partner }) = parse(&out[0].1) else { panic!() };
+        a.on_pdu(1, &actor, &partner, now);
+        assert_eq!(a.ports[1].rx, RxState::Expired, "our own system is never a partner");
+        // A member's LACPDU that could not be queued goes at the next tick, not at the next period.
+        a.not_sent(0);
+        out.clear();
+        a.tick(now + Duration::from_millis(100), &[true, true], &[A, A], &mut out, &mut ch);
+        assert_eq!(out.iter().filter(|(k, _)| *k == 0).count(), 1);
+        // A slot that holds another device starts again from down.
+        a.reset_port(0);
+        assert_eq!(
+            (a.ports[0].rx, a.ports[0].mux, a.ports[0].partner),
+            (RxState::Disabled, MuxState::Detached, PortInfo::default())
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! with the IPv4/IPv6 addresses, l34 with the TCP/UDP ports too), 3 broadcast (every frame on
 //! every usable member, copied), 4 802.3ad (below).
 //!
-//! Mode 4 aggregates the members with LACP ([`lacp`]): a member carries traffic (balanced as
+//! Mode 4 aggregates the members with LACP (the `lacp` module): a member carries traffic (balanced as
 //! in mode 2) once it is distributing, and frames from a member that is not collecting are
 //! dropped. As in DPDK, the slow-protocol frames travel through the bursts: a receive burst
 //! (in any process) takes LACPDUs and markers aside into the member's shared receive ring, and a
@@ -288,6 +288,7 @@ impl Driver for BondingDriver {
         b.mon.look(&b.ports, &view.targets);
         b.look_if_due();
         let (mon, ports) = (b.mon.clone(), b.ports.clone());
+        let mut heart = b.agg.as_ref().map(|a| Heart { shared: a.handle(), last: u32::MAX, still: 0 });
         // Mode 4's machines run in the primary only (one actor per member on the wire).
         let mut machines = match (&b.agg, ctx.is_primary()) {
             (Some(a), true) => Some(Machines {
@@ -312,16 +313,16 @@ impl Driver for BondingDriver {
                         }
                         if let Some(members) = view.changed(&ports) {
                             if let Some(m) = &mut machines {
-                                for (k, slot) in members.iter().enumerate() {
-                                    m.macs[k] = slot.as_ref().map_or([0; 6], |s| s.mac);
-                                    m.names[k] = slot.as_ref().map_or(String::new(), |s| s.name.clone());
-                                }
+                                m.members_changed(&members);
                             }
                             mon.publish(members);
                         }
                         mon.look(&ports, &view.targets);
                         if let Some(m) = &mut machines {
                             m.run(&mon.snapshot());
+                        }
+                        if let Some(h) = &mut heart {
+                            h.look(&mon);
                         }
                     }
                 })
@@ -411,6 +412,32 @@ fn resolve(ports: &Ports, name: &str, conf: &lab_core::ethdev::PortConf) -> Resu
     Ok(Member { id, gen, name: name.to_string(), mac: info.mac })
 }
 
+/// Mode 4, in every process: whether the primary's machines still run (their heartbeat moves).
+struct Heart {
+    shared: Shared,
+    last: u32,
+    still: u32,
+}
+
+impl Heart {
+    fn look(&mut self, mon: &Monitor) {
+        let b = self.shared.beat().load(Ordering::Acquire);
+        if b == self.last {
+            self.still = self.still.saturating_add(1);
+        } else {
+            (self.last, self.still) = (b, 0);
+        }
+        let stale = self.still > STALE_ROUNDS || !self.shared.alive();
+        if stale != mon.machines_gone.swap(stale, Ordering::Relaxed) {
+            tracing::warn!(
+                stale,
+                "net_bonding 802.3ad: the primary's LACP machines {}",
+                if stale { "stopped: nothing distributes" } else { "run again" }
+            );
+        }
+    }
+}
+
 /// The bond thread's view of the member table.
 struct View {
     table: MemberTable,
@@ -455,6 +482,8 @@ struct Monitor {
     /// A new member list from the table, for the bursts to take (`try_lock`: never waited on).
     pending: std::sync::Mutex<Option<Vec<Option<Member>>>>,
     has_pending: AtomicBool,
+    /// Mode 4: the primary's machines stopped (no heartbeat): nothing distributes.
+    machines_gone: AtomicBool,
 }
 
 impl Monitor {
@@ -492,8 +521,29 @@ const SLOW_RING: u32 = 16;
 /// Slow frames a burst moves per member at most.
 const SLOW_BURST: usize = 4;
 const AGG_MAGIC: u32 = 0x4c41_4350;
+/// magic, member count, heartbeat, then each member's actor state.
+const WORDS_LEN: u64 = 4 * (3 + MAX_MEMBERS as u64);
+/// Rounds (of 100 ms) without a heartbeat after which the machines count as gone (the primary
+/// died): nothing distributes, as the partner soon stops collecting.
+const STALE_ROUNDS: u32 = 10;
 
-type SlowFrame = [u8; lacp::PDU_LEN];
+/// A slow frame in a shared ring: its bytes (at most an LACPDU's), then its length (u16 LE).
+type SlowFrame = [u8; SLOW_ELEM];
+const SLOW_ELEM: usize = 128;
+
+fn pack(frame: &[u8]) -> SlowFrame {
+    let mut f = [0u8; SLOW_ELEM];
+    let len = frame.len().min(lacp::PDU_LEN);
+    f[..len].copy_from_slice(&frame[..len]);
+    f[lacp::PDU_LEN..lacp::PDU_LEN + 2].copy_from_slice(&(len as u16).to_le_bytes());
+    f
+}
+
+/// The frame a ring element holds (its length bounded: the ring is shared memory).
+fn unpack(f: &SlowFrame) -> &[u8] {
+    let len = usize::from(u16::from_le_bytes([f[lacp::PDU_LEN], f[lacp::PDU_LEN + 1]]));
+    &f[..len.min(lacp::PDU_LEN)]
+}
 
 /// Mode 4's state shared by every process: memzone `bond_<port>` holds a magic word and each
 /// member's actor state (written by the primary's machines, read by every burst), and per
@@ -541,7 +591,7 @@ impl Shared {
 
     fn open_inner(shm: &Arc<Shm>, port: PortId, n: usize, create: bool) -> Result<Shared, DriverError> {
         let name = Shared::zone(port);
-        let len = 8 + 4 * MAX_MEMBERS as u64;
+        let len = WORDS_LEN;
         let z = if create { shm.reserve(&name, len, 64) } else { shm.lookup(&name) }
             .ctx(format!("memzone {name} (mode 4's shared state{})", if create { "" } else { ": the primary's" }))?;
         if z.len < len || shm.ptr(z.offset, len).is_none() {
@@ -577,15 +627,25 @@ impl Shared {
 
     #[allow(unsafe_code)]
     fn words(&self) -> &[AtomicU32] {
-        let p = self.shm.ptr(self.off, 8 + 4 * MAX_MEMBERS as u64).expect("checked at open").cast::<AtomicU32>();
-        // SAFETY: 8 + 4 * MAX_MEMBERS bytes at a 64-aligned zone inside the mapping `self.shm`
-        // keeps alive, used only as u32 atomics by every process.
-        unsafe { std::slice::from_raw_parts(p.as_ptr(), 2 + MAX_MEMBERS) }
+        let p = self.shm.ptr(self.off, WORDS_LEN).expect("checked at open").cast::<AtomicU32>();
+        // SAFETY: WORDS_LEN bytes at a 64-aligned zone inside the mapping `self.shm` keeps
+        // alive, used only as u32 atomics by every process.
+        unsafe { std::slice::from_raw_parts(p.as_ptr(), 3 + MAX_MEMBERS) }
     }
 
     /// Member `k`'s actor state (802.1AX state bits).
     fn state(&self, k: usize) -> &AtomicU32 {
-        &self.words()[2 + k]
+        &self.words()[3 + k]
+    }
+
+    /// The machines' heartbeat: one more at every round.
+    fn beat(&self) -> &AtomicU32 {
+        &self.words()[2]
+    }
+
+    /// Whether the zone still holds the bond (the primary clears the magic when it frees it).
+    fn alive(&self) -> bool {
+        self.words()[0].load(Ordering::Acquire) == AGG_MAGIC
     }
 }
 
@@ -608,6 +668,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // The primary's bond frees it (its thread, which holds a handle too, has stopped).
         if self.owner {
+            self.words()[0].store(0, Ordering::Release);
             for name in Shared::names(self.port, self.n) {
                 let _ = self.shm.free(&name);
             }
@@ -628,20 +689,20 @@ impl Machines {
     /// responses to send, and each member's actor state published.
     fn run(&mut self, usable: &[bool; MAX_MEMBERS]) {
         let now = Instant::now();
-        let mut frames = [[0u8; lacp::PDU_LEN]; SLOW_RING as usize];
-        let mut out: Vec<(usize, SlowFrame)> = Vec::new();
+        let mut frames = [[0u8; SLOW_ELEM]; SLOW_RING as usize];
+        let mut responses: Vec<(usize, [u8; lacp::PDU_LEN])> = Vec::new();
         for k in 0..self.shared.n {
             let got = self.shared.rx[k].dequeue_burst(&mut frames);
-            for f in &frames[..got] {
+            for f in frames[..got].iter().map(unpack) {
                 match lacp::parse(f) {
                     Ok(lacp::Slow::Lacp { actor, partner }) => self.lacp.on_pdu(k, &actor, &partner, now),
-                    Ok(lacp::Slow::Marker) => out.extend(lacp::marker_response(f, self.macs[k]).map(|r| (k, r))),
+                    Ok(lacp::Slow::Marker) => responses.extend(lacp::marker_response(f, self.macs[k]).map(|r| (k, r))),
                     Ok(lacp::Slow::MarkerResponse) => {}
                     Err(e) => tracing::debug!(member = %self.names[k], error = %e, "net_bonding: slow frame refused"),
                 }
             }
         }
-        let mut changes = Vec::new();
+        let (mut out, mut changes) = (Vec::new(), Vec::new());
         self.lacp.tick(now, &usable[..self.shared.n], &self.macs, &mut out, &mut changes);
         for c in changes {
             let p = &self.lacp.ports[c.member];
@@ -655,13 +716,37 @@ impl Machines {
                 "net_bonding 802.3ad: member state"
             );
         }
-        for (k, f) in out {
-            if self.shared.tx[k].enqueue_burst(&[f]) == 0 {
-                tracing::debug!(member = %self.names[k], "net_bonding: slow transmit ring full (no transmit burst lately)");
+        for (lacpdu, (k, f)) in responses.into_iter().map(|r| (false, r)).chain(out.into_iter().map(|o| (true, o))) {
+            let q = &self.shared.tx[k];
+            // At most two wait: after a pause without transmit bursts the newest state goes out,
+            // not a backlog of old ones.
+            let mut old = [[0u8; SLOW_ELEM]; 1];
+            while q.count() >= 2 && q.dequeue_burst(&mut old) == 1 {}
+            if q.enqueue_burst(&[pack(&f)]) == 0 {
+                tracing::debug!(member = %self.names[k], "net_bonding: slow transmit ring full");
+                if lacpdu {
+                    self.lacp.not_sent(k);
+                }
             }
         }
         for k in 0..self.shared.n {
             self.shared.state(k).store(u32::from(self.lacp.ports[k].actor.state), Ordering::Release);
+        }
+        self.shared.beat().fetch_add(1, Ordering::Release);
+    }
+
+    /// Member slots whose device changed start their machines again, their rings emptied.
+    fn members_changed(&mut self, members: &[Option<Member>]) {
+        for (k, slot) in members.iter().enumerate() {
+            let name = slot.as_ref().map_or(String::new(), |s| s.name.clone());
+            if name != self.names[k] {
+                self.lacp.reset_port(k);
+                let mut f = [[0u8; SLOW_ELEM]; SLOW_RING as usize];
+                while self.shared.rx[k].dequeue_burst(&mut f) > 0 {}
+                while self.shared.tx[k].dequeue_burst(&mut f) > 0 {}
+            }
+            self.macs[k] = slot.as_ref().map_or([0; 6], |s| s.mac);
+            self.names[k] = name;
         }
     }
 }
@@ -734,8 +819,9 @@ impl Bond {
             *u &= m.is_some();
         }
         if let Some(a) = &self.agg {
+            let gone = self.mon.machines_gone.load(Ordering::Relaxed);
             for k in 0..MAX_MEMBERS {
-                self.dist[k] = a.state(k).load(Ordering::Acquire) & u32::from(lacp::DISTRIBUTING) != 0;
+                self.dist[k] = !gone && a.state(k).load(Ordering::Acquire) & u32::from(lacp::DISTRIBUTING) != 0;
             }
         }
     }
@@ -753,26 +839,31 @@ impl Bond {
     /// Mode 4: sends what the machines left in member `k`'s transmit ring on its queue `q`
     /// (a frame the member does not take is lost: the machines send again).
     fn send_slow(&mut self, k: usize, q: u16) {
-        let Some(a) = &self.agg else { return };
-        if a.tx[k].count() == 0 {
+        let (Some(a), Some(m)) = (&self.agg, &self.members[k]) else { return };
+        if a.tx[k].count() == 0 || self.mon.machines_gone.load(Ordering::Relaxed) {
             return;
         }
-        let mut frames = [[0u8; lacp::PDU_LEN]; SLOW_BURST];
+        // The member first: frames are taken from the ring only when they can go now.
+        let ports = self.ports.clone();
+        let Ok(mut slot) = ports.slot_within(m.id, Duration::ZERO) else { return };
+        let Some(lp) = slot.as_mut().filter(|lp| lp.gen == m.gen) else { return };
+        let mut frames = [[0u8; SLOW_ELEM]; SLOW_BURST];
         let got = a.tx[k].dequeue_burst(&mut frames);
         let mut burst: [Option<Mbuf>; SLOW_BURST] = Default::default();
-        for (slot, f) in burst.iter_mut().zip(&frames[..got]) {
-            if let Some(mut m) = self.pool.alloc() {
-                if m.copy_from(f) {
-                    *slot = Some(m);
+        let mut n = 0;
+        for f in frames[..got].iter().map(unpack) {
+            if let Some(mut mb) = self.pool.alloc() {
+                if mb.copy_from(f) {
+                    burst[n] = Some(mb);
+                    n += 1;
                 } else {
-                    self.pool.free(m);
+                    self.pool.free(mb);
                 }
             }
         }
-        let n = burst.iter().take_while(|m| m.is_some()).count();
-        self.with_member(k, |d| d.tx_burst(q, &mut burst[..n]));
-        for m in burst.iter_mut().filter_map(Option::take) {
-            self.pool.free(m);
+        lp.dev.tx_burst(q, &mut burst[..n]);
+        for mb in burst.iter_mut().filter_map(Option::take) {
+            self.pool.free(mb);
         }
     }
 
@@ -785,12 +876,9 @@ impl Bond {
         let mut kept = 0;
         for i in at..at + n {
             let Some(m) = pkts[i].take() else { continue };
-            if lacp::is_slow(m.data()) {
-                let mut f = [0u8; lacp::PDU_LEN];
-                let len = m.len().min(lacp::PDU_LEN);
-                f[..len].copy_from_slice(&m.data()[..len]);
+            if lacp::is_lacp_or_marker(m.data()) {
                 // A full ring (the machines are behind) drops it: the partner sends again.
-                let _ = a.rx[k].enqueue_burst(&[f]);
+                let _ = a.rx[k].enqueue_burst(&[pack(m.data())]);
                 self.pool.free(m);
             } else if !collecting {
                 self.pool.free(m);
