@@ -282,9 +282,11 @@ impl Driver for BondingDriver {
                 b.promisc_for_lacp(k);
             }
         }
-        let mut view = View { table: watch, epoch: 0, targets: [None; MAX_MEMBERS] };
+        let mut view = View::new(watch);
         view.targets = std::array::from_fn(|k| b.members[k].as_ref().map(|m| (m.id, m.gen)));
-        view.epoch = view.table.read().map_or(0, |(e, _)| e);
+        // The names the members were resolved from; an epoch no stable table has (odd), so
+        // that the first round reads the table again (it may have moved since).
+        (view.epoch, view.slots) = (u32::MAX, slots);
         b.mon.look(&b.ports, &view.targets);
         b.look_if_due();
         let (mon, ports) = (b.mon.clone(), b.ports.clone());
@@ -442,34 +444,72 @@ impl Heart {
 struct View {
     table: MemberTable,
     epoch: u32,
+    /// The names as the table last gave them.
+    slots: members::Slots,
     targets: [Option<(PortId, u32)>; MAX_MEMBERS],
+    rounds: u32,
 }
 
+/// Rounds of the bond thread (100 ms each) between two looks for a member name this process
+/// has not resolved (not attached here yet, or detached since, maybe attached again).
+const RESOLVE_ROUNDS: u32 = 10;
+
 impl View {
-    /// When the table moved: its members as this process resolves them (a name it does not
-    /// have attached stays empty here, named in a warning).
+    fn new(table: MemberTable) -> View {
+        View { table, epoch: 0, slots: Default::default(), targets: [None; MAX_MEMBERS], rounds: 0 }
+    }
+
+    /// When the table moved, or a member name this process had not resolved is now attached
+    /// here (or one it had was detached, maybe attached again): its members as this process
+    /// resolves them. A name not attached here stays empty (named in a warning when the table
+    /// moved) and is looked for again every second.
     fn changed(&mut self, ports: &Ports) -> Option<Vec<Option<Member>>> {
-        if self.table.epoch() == self.epoch {
+        if self.table.epoch() != self.epoch {
+            let (e, slots) = self.table.read()?;
+            self.epoch = e;
+            self.slots = slots;
+            return Some(self.resolve(ports, true));
+        }
+        self.rounds = self.rounds.wrapping_add(1);
+        if !self.rounds.is_multiple_of(RESOLVE_ROUNDS) || (0..MAX_MEMBERS).all(|k| self.current(ports, k)) {
             return None;
         }
-        let (e, slots) = self.table.read()?;
-        self.epoch = e;
-        let members: Vec<Option<Member>> = slots
+        let before = self.targets;
+        let members = self.resolve(ports, false);
+        (self.targets != before).then_some(members)
+    }
+
+    /// Slot `k` is empty, or names the port this process resolved it to, still attached (a
+    /// port slot busy in a burst counts as attached).
+    fn current(&self, ports: &Ports, k: usize) -> bool {
+        if self.slots[k].is_none() {
+            return true;
+        }
+        let Some((id, gen)) = self.targets[k] else { return false };
+        match ports.slot_within(id, Duration::from_millis(5)) {
+            Ok(mut s) => s.as_mut().is_some_and(|lp| lp.gen == gen),
+            Err(_) => true,
+        }
+    }
+
+    fn resolve(&mut self, ports: &Ports, warn: bool) -> Vec<Option<Member>> {
+        let members: Vec<Option<Member>> = self
+            .slots
             .iter()
             .map(|n| {
                 let n = n.as_deref()?;
                 let m =
                     find_member(ports, n).map(|(id, gen, info)| Member { id, gen, name: n.to_string(), mac: info.mac });
-                if m.is_none() {
-                    tracing::warn!(member = n, "net_bonding: a member added elsewhere is not attached here");
+                if m.is_none() && warn {
+                    tracing::warn!(member = n, "net_bonding: a member named in the bond is not attached here (yet)");
                 }
                 m
             })
             .collect();
         self.targets = std::array::from_fn(|k| members[k].as_ref().map(|m| (m.id, m.gen)));
         let names: Vec<&str> = members.iter().flatten().map(|m| m.name.as_str()).collect();
-        tracing::info!(members = %names.join(","), epoch = e, "net_bonding: members changed");
-        Some(members)
+        tracing::info!(members = %names.join(","), epoch = self.epoch, "net_bonding: members changed");
+        members
     }
 }
 
