@@ -49,7 +49,7 @@ use vhost::vhost_user::{Backend, BackendReqHandler, Error as VuError, GpuBackend
 use vhost::VhostUserMemoryRegionBase;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::devring::{DevRing, F_WRITE};
+use super::devring::{DevRing, F_INDIRECT, F_NEXT, F_WRITE};
 use crate::error::{Ctx, DriverError};
 
 const NAME: &str = "net_vhost";
@@ -64,6 +64,8 @@ const MAX_FRAME: usize = 9728;
 const TICK: Duration = Duration::from_millis(50);
 /// The virtio-net header we put in front of each received frame: no offloads.
 static HDR_ZEROS: [u8; 12] = [0; 12];
+/// The same over one buffer: `num_buffers` (bytes 10..12) 1.
+static HDR_ONE: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 
 // Feature bits (virtio 1.2, 5.1.3 and 6; vhost-user's bit 30).
 const F_MRG_RXBUF: u64 = 1 << 15;
@@ -723,51 +725,52 @@ impl EthDev for Port {
         let v = &mut vrings[i];
         let Some(r) = v.ring.as_mut() else { return 0 };
         let avail = usize::from(r.pending()).min(pkts.len());
+        if avail == 0 {
+            return 0;
+        }
+        // The burst's buffers in one pool operation (one by one when the pool runs short).
+        let bulk = self.pool.alloc_bulk(&mut pkts[..avail]);
         let mut n = 0;
         for _ in 0..avail {
-            let Some(mut m) = self.pool.alloc() else {
+            let Some(mut m) = (if bulk { pkts[n].take() } else { self.pool.alloc() }) else {
                 c.nombuf += 1;
                 break;
             };
             let head = r.pop();
-            let mut skip = self.hdr;
-            let mut ok = true;
-            for d in r.chain(head) {
-                let Ok(d) = d else {
-                    ok = false;
-                    break;
-                };
-                let (mut addr, mut len) = (d.addr, d.len as usize);
-                let s = skip.min(len);
-                let Some(a) = addr.checked_add(s as u64) else {
-                    ok = false;
-                    break;
-                };
-                (skip, addr, len) = (skip - s, a, len - s);
-                if len == 0 {
-                    continue;
-                }
-                let (Some(src), Some(dst)) =
-                    (hosts.at(addr, len), if m.len() + len <= MAX_FRAME { m.append(len) } else { None })
-                else {
-                    ok = false;
-                    break;
-                };
-                // SAFETY: `src..src + len` lies inside one mapped region of the front end's
-                // memory (`Hosts::at`), which `Dev::mem` keeps mapped while we hold the lock;
-                // `dst` is a distinct buffer of ours of exactly `len` bytes.
-                unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), len) };
-            }
+            let ok = match r.desc(head) {
+                // One buffer, header then frame (how DPDK's virtio_user and ours send).
+                Some(d) if d.flags & (F_NEXT | F_INDIRECT) == 0 => (d.len as usize)
+                    .checked_sub(self.hdr)
+                    .filter(|&len| len > 0 && len <= MAX_FRAME)
+                    .and_then(|len| Some((hosts.at(d.addr.checked_add(self.hdr as u64)?, len)?, len)))
+                    .and_then(|(src, len)| Some((src, m.append(len)?)))
+                    .map(|(src, dst)| {
+                        // SAFETY: `src..src + len` lies inside one mapped region of the front
+                        // end's memory (`Hosts::at`), which `Dev::mem` keeps mapped while we hold
+                        // the lock; `dst` is a distinct buffer of ours of exactly `len` bytes.
+                        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+                    })
+                    .is_some(),
+                _ => Self::gather(r, head, hosts, self.hdr, &mut m),
+            };
             r.push_used(head, 0);
             if !ok || m.is_empty() {
                 c.errors += 1;
-                self.pool.free(m);
+                if bulk {
+                    m.reset();
+                    pkts[n] = Some(m); // taken again by the next frame, or freed below
+                } else {
+                    self.pool.free(m);
+                }
                 continue;
             }
             m.set_port(self.port.0);
             c.bytes += m.len() as u64;
             pkts[n] = Some(m);
             n += 1;
+        }
+        if bulk {
+            self.pool.free_bulk(&mut pkts[n..avail]);
         }
         c.pkts += n as u64;
         if avail > 0 {
@@ -797,6 +800,31 @@ impl EthDev for Port {
             let Some(m) = slot.as_ref() else { break };
             let data = m.data();
             let total = hdr_len + data.len();
+            if left == 0 {
+                break;
+            }
+            // The usual case first: the next buffer is one writable descriptor the frame fits.
+            let head = r.pop();
+            if let Some(dst) = r
+                .desc(head)
+                .filter(|d| d.flags & (F_NEXT | F_INDIRECT | F_WRITE) == F_WRITE && d.len as usize >= total)
+                .and_then(|d| hosts.at(d.addr, total))
+            {
+                // SAFETY: `dst .. dst + total` lies inside this descriptor's buffer, itself
+                // inside one mapped region (`Hosts::at`); the header and the frame are ours.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(HDR_ONE.as_ptr(), dst, hdr_len);
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(hdr_len), data.len());
+                }
+                r.push_used(head, total as u32);
+                left -= 1;
+                used_any = true;
+                c.pkts += 1;
+                c.bytes += data.len() as u64;
+                taken += 1;
+                continue;
+            }
+            r.unpop(1);
             // Buffers used for this frame: (head, bytes written), and where its header went.
             let mut heads: arrayvec::ArrayVec<(u16, u32), 64> = arrayvec::ArrayVec::new();
             let mut hdr_at: Option<*mut u8> = None;
@@ -870,9 +898,6 @@ impl EthDev for Port {
                 c.errors += 1;
                 used_any = true;
                 taken += 1;
-                if let Some(m) = slot.take() {
-                    self.pool.free(m);
-                }
                 continue 'frames;
             }
             // num_buffers (header bytes 10..12), then the used elements.
@@ -888,10 +913,9 @@ impl EthDev for Port {
             c.pkts += 1;
             c.bytes += data.len() as u64;
             taken += 1;
-            if let Some(m) = slot.take() {
-                self.pool.free(m);
-            }
         }
+        // Every frame taken is in the front of `pkts` (a bad one's too): freed in one go.
+        self.pool.free_bulk(&mut pkts[..taken]);
         if used_any {
             finish(r, &mut v.call);
         }
@@ -901,6 +925,34 @@ impl EthDev for Port {
     fn close(self: Box<Self>, how: Release) {
         let _ = how;
         drop(self);
+    }
+}
+
+impl Port {
+    /// A frame over a chain of descriptors (the header skipped, wherever it ends) into `m`;
+    /// false at a bad chain or one longer than [`MAX_FRAME`].
+    fn gather(r: &DevRing, head: u16, hosts: &Hosts, hdr: usize, m: &mut Mbuf) -> bool {
+        let mut skip = hdr;
+        for d in r.chain(head) {
+            let Ok(d) = d else { return false };
+            let (mut addr, mut len) = (d.addr, d.len as usize);
+            let s = skip.min(len);
+            let Some(a) = addr.checked_add(s as u64) else { return false };
+            (skip, addr, len) = (skip - s, a, len - s);
+            if len == 0 {
+                continue;
+            }
+            let (Some(src), Some(dst)) =
+                (hosts.at(addr, len), if m.len() + len <= MAX_FRAME { m.append(len) } else { None })
+            else {
+                return false;
+            };
+            // SAFETY: `src..src + len` lies inside one mapped region of the front end's memory
+            // (`Hosts::at`), which `Dev::mem` keeps mapped while the caller holds the lock;
+            // `dst` is a distinct buffer of ours of exactly `len` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), len) };
+        }
+        true
     }
 }
 
