@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use lab_core::ipc::{Dispatch, IpcError, Msg, MAX_FDS};
+use lab_core::ipc::{Channel, Dispatch, IpcError, Msg, MAX_FDS};
 use lab_core::runtime::Runtime;
 
 use crate::error::{Ctx, DriverError};
@@ -33,6 +33,16 @@ fn key(dir: &std::path::Path, dev: &str) -> String {
 /// Keeps a device's descriptors published; withdraws (closes the duplicates) on drop.
 pub(crate) struct Published {
     key: String,
+}
+
+impl Published {
+    /// Replaces what is published (a device whose descriptors change: a new front end's memory).
+    pub(crate) fn update(&self, fds: &[OwnedFd], meta: Vec<u8>) -> Result<(), DriverError> {
+        let dups =
+            fds.iter().map(|f| f.try_clone()).collect::<Result<Vec<_>, _>>().ctx("dup of a shared descriptor")?;
+        table().lock().unwrap_or_else(|e| e.into_inner()).insert(self.key.clone(), Entry { fds: dups, meta });
+        Ok(())
+    }
 }
 
 impl Drop for Published {
@@ -91,15 +101,26 @@ pub(crate) fn publish(
 
 /// Secondary: asks the primary for `dev`'s descriptors; returns them and the primary's meta.
 pub(crate) fn fetch(rt: &Runtime, action: &str, dev: &str) -> Result<(Vec<OwnedFd>, Vec<u8>), DriverError> {
-    let timeout = Duration::from_millis(rt.options().hotplug_timeout_ms.max(1000));
+    fetch_on(rt.ipc(), fetch_timeout(rt), action, dev)
+}
+
+/// How long a [`fetch`] waits for the primary: the hotplug timeout, at least a second.
+pub(crate) fn fetch_timeout(rt: &Runtime) -> Duration {
+    Duration::from_millis(rt.options().hotplug_timeout_ms.max(1000))
+}
+
+/// [`fetch`] over a channel (from a thread of the driver's, which holds no runtime).
+pub(crate) fn fetch_on(
+    ch: &Channel,
+    timeout: Duration,
+    action: &str,
+    dev: &str,
+) -> Result<(Vec<OwnedFd>, Vec<u8>), DriverError> {
     let mut fds = Vec::new();
     let mut meta = Vec::new();
     loop {
         let msg = Msg::new(action, format!("{dev}\n{}", fds.len()));
-        let r = rt
-            .ipc()
-            .request_sync(&msg, timeout)
-            .ctx(format!("asking the primary for {dev}'s descriptors ({action})"))?;
+        let r = ch.request_sync(&msg, timeout).ctx(format!("asking the primary for {dev}'s descriptors ({action})"))?;
         let Some(rep) = r.replies.into_iter().next() else {
             return Err(DriverError::state(format!("the primary did not answer {action} within {timeout:?}")));
         };

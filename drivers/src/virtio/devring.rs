@@ -89,6 +89,24 @@ impl DevRing {
         Self::load16(self.avail + 4 + 2 * slot)
     }
 
+    /// Our two indices (next available, next used): what a process that runs this queue after
+    /// us starts from.
+    #[inline]
+    pub(crate) fn indices(&self) -> (u16, u16) {
+        (self.next_avail, self.next_used)
+    }
+
+    /// Takes the indices another process left (see [`DevRing::indices`]).
+    #[inline]
+    pub(crate) fn set_indices(&mut self, (avail, used): (u16, u16)) {
+        (self.next_avail, self.next_used) = (avail, used);
+    }
+
+    /// The ring's size.
+    pub(crate) fn size(&self) -> u16 {
+        self.n
+    }
+
     /// Gives back the last `k` heads popped (they are taken again next time).
     pub(crate) fn unpop(&mut self, k: u16) {
         self.next_avail = self.next_avail.wrapping_sub(k);

@@ -21,10 +21,18 @@
 //! Link state: up while a front end is connected and virtqueue pair 0 is ready (addresses,
 //! kick, enabled); down when it hangs up or stops the rings (GET_VRING_BASE).
 //!
-//! The port serves its queues in the primary. A secondary attaches (so the port exists in every
-//! process and hotplugs like any other) and sees the link state (memzone `vhost_<port>`), but
-//! its bursts carry nothing: the front end's memory and eventfds reach the primary only (not yet
-//! shared with secondaries).
+//! Any process runs any queue. The primary serves the socket; after each message it publishes
+//! (IPC action [`FDS_ACTION`]) duplicates of the front end's memory files and call eventfds with
+//! a description of the live virtqueues, under a new generation in memzone `vhost_<port>`. A
+//! secondary's follower thread sees the generation move, fetches them and maps the memory
+//! itself; its bursts take the new mapping without waiting. Per virtqueue the zone holds the
+//! device's two indices and an owner word: a burst (in any process) claims the queue with its pid
+//! (a compare-and-swap, never a wait: a queue another process is in gives 0 frames), takes the
+//! indices, and leaves them for the next. While a message is applied the generation is odd and
+//! the control thread owns every queue (it waits for a burst inside to end, 100 ms at most for a
+//! live process, not at all for a dead one), so GET_VRING_BASE returns the index the last burst
+//! of whichever process reached. A process that died inside a burst has its queue freed by the
+//! control thread within 50 ms. A secondary's detach drops its own mapping and descriptors only.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -51,8 +59,11 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, G
 
 use super::devring::{DevRing, F_INDIRECT, F_NEXT, F_WRITE};
 use crate::error::{Ctx, DriverError};
+use crate::sys::share;
 
 const NAME: &str = "net_vhost";
+/// IPC action of the primary that hands secondaries the front end's memory and call eventfds.
+pub const FDS_ACTION: &str = "net_vhost_fds";
 /// Queue pairs at most.
 pub const MAX_QUEUES: u16 = 8;
 /// Virtqueue size the front end may ask for at most.
@@ -99,11 +110,13 @@ struct Vring {
     enabled: bool,
     /// The started ring (after SET_VRING_KICK with everything else in place).
     ring: Option<DevRing>,
+    /// Its parts' guest addresses (for secondaries, which map the memory themselves).
+    gpas: (u64, u64, u64),
 }
 
 impl Vring {
     fn new() -> Vring {
-        Vring { size: 256, base: 0, addrs: None, kick: None, call: None, enabled: false, ring: None }
+        Vring { size: 256, base: 0, addrs: None, kick: None, call: None, enabled: false, ring: None, gpas: (0, 0, 0) }
     }
 }
 
@@ -122,6 +135,10 @@ struct Dev {
     hosts: Hosts,
     vrings: Vec<Vring>,
     connected: bool,
+    /// (guest address, size, file offset) of each region, with a duplicate of its file: what
+    /// secondaries map.
+    shares: Vec<(u64, u64, u64)>,
+    files: Vec<File>,
 }
 
 /// The host mappings of the front end's regions (valid while `Dev::mem` holds them).
@@ -150,6 +167,8 @@ impl Dev {
             hosts: Hosts::default(),
             vrings: (0..2 * pairs).map(|_| Vring::new()).collect(),
             connected: false,
+            shares: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -169,6 +188,52 @@ impl Dev {
     /// Whether virtqueue `i` can carry frames.
     fn live(&self, i: usize) -> bool {
         self.connected && self.vrings.get(i).is_some_and(|v| v.enabled && v.ring.is_some())
+    }
+
+    /// Takes the indices the processes' bursts left in the zone (before a message).
+    fn sync_in(&mut self, link: &SharedLink) {
+        for (i, v) in self.vrings.iter_mut().enumerate() {
+            if let Some(r) = &mut v.ring {
+                r.set_indices(link.indices(i));
+            }
+        }
+    }
+
+    /// Puts the rings' indices in the zone (after a message: a ring started, resumed, moved).
+    fn sync_out(&self, link: &SharedLink) {
+        for (i, v) in self.vrings.iter().enumerate() {
+            if let Some(r) = &v.ring {
+                link.set_indices(i, r.indices());
+            }
+        }
+    }
+
+    /// What a secondary needs to run the live queues: the regions' files and the call eventfds,
+    /// and a description of them (see [`SecState::build`]).
+    fn share(&self, gen: u32) -> std::io::Result<(Vec<std::os::fd::OwnedFd>, Vec<u8>)> {
+        use std::fmt::Write as _;
+        let mut fds: Vec<std::os::fd::OwnedFd> = Vec::new();
+        let mut meta = format!("gen {gen} features {}\n", self.features);
+        if !self.connected {
+            return Ok((fds, meta.into_bytes()));
+        }
+        for ((gpa, size, off), f) in self.shares.iter().zip(&self.files) {
+            fds.push(f.try_clone()?.into());
+            let _ = writeln!(meta, "region {gpa} {size} {off}");
+        }
+        for (i, v) in self.vrings.iter().enumerate() {
+            let Some(r) = v.ring.as_ref().filter(|_| self.live(i)) else { continue };
+            let call = match &v.call {
+                Some(c) => {
+                    fds.push(c.try_clone()?.into());
+                    (fds.len() - 1).to_string()
+                }
+                None => "-".into(),
+            };
+            let (d, a, u) = v.gpas;
+            let _ = writeln!(meta, "vring {i} {} {d} {a} {u} {call}", r.size());
+        }
+        Ok((fds, meta.into_bytes()))
     }
 
     /// Starts virtqueue `i` once it has its addresses, a size and a kick (vhost-user: a ring
@@ -200,6 +265,7 @@ impl Dev {
         }
         let v = &mut self.vrings[i];
         v.ring = ring;
+        v.gpas = (d, a, u);
         if no_pf {
             v.enabled = true;
         }
@@ -240,6 +306,7 @@ impl VhostUserBackendReqHandlerMut for Dev {
         }
         let mut ranges = Vec::with_capacity(ctx.len());
         let mut regions = Vec::with_capacity(ctx.len());
+        let (mut shares, mut files_kept) = (Vec::with_capacity(ctx.len()), Vec::with_capacity(ctx.len()));
         for (r, f) in ctx.iter().zip(files) {
             let size = usize::try_from(r.memory_size).map_err(|_| VuError::InvalidParam)?;
             // A region past its file's end would fault (SIGBUS) when touched: refused here.
@@ -247,6 +314,8 @@ impl VhostUserBackendReqHandlerMut for Dev {
             if r.mmap_offset.checked_add(r.memory_size).is_none_or(|end| end > flen) {
                 return Err(VuError::InvalidParam);
             }
+            shares.push((r.guest_phys_addr, r.memory_size, r.mmap_offset));
+            files_kept.push(f.try_clone().map_err(|_| VuError::InvalidParam)?);
             ranges.push((GuestAddress(r.guest_phys_addr), size, Some(FileOffset::new(f, r.mmap_offset))));
             regions.push((r.guest_phys_addr, r.memory_size, r.user_addr));
         }
@@ -254,6 +323,7 @@ impl VhostUserBackendReqHandlerMut for Dev {
         self.hosts = Hosts(mem.iter().map(|r| (r.start_addr().0, r.len(), r.as_ptr() as usize)).collect());
         self.mem = Some(mem);
         self.regions = regions;
+        (self.shares, self.files) = (shares, files_kept);
         // Rings started over the old map start again over this one.
         for i in 0..self.vrings.len() {
             if let Some(r) = self.vrings[i].ring.take() {
@@ -390,8 +460,12 @@ impl VhostUserBackendReqHandlerMut for Dev {
     }
 }
 
-/// The link state every process of the lab sees (memzone `vhost_<port>`: magic, then the
-/// state), written by the primary's control thread after each message.
+/// What every process of the lab sees of the port (memzone `vhost_<port>`), written by the
+/// primary's control thread: magic, the link, the layout generation (odd while the primary applies
+/// a front-end message; it moves whenever what secondaries map changes), then per virtqueue its
+/// owner word (0, the pid of a process inside a burst on it, or [`CONTROL`] while a message is
+/// applied) and its two device indices (next available, next used), so that any process can run
+/// any queue and the next one goes on where it stopped.
 #[derive(Clone)]
 struct SharedLink {
     shm: Arc<Shm>,
@@ -399,6 +473,13 @@ struct SharedLink {
 }
 
 const LINK_MAGIC: u32 = 0x5648_4f53;
+/// Words of the zone: magic, link, generation, a spare, then (owner, indices) per virtqueue.
+const ZONE_WORDS: usize = 4 + 2 * 2 * MAX_QUEUES as usize;
+/// The owner word while the control thread applies a message.
+const CONTROL: u32 = u32::MAX;
+/// How long the control thread waits for a live process's burst to leave a queue before taking
+/// it anyway (a process stopped inside a burst must not hold the front end's messages).
+const OWNER_WAIT: Duration = Duration::from_millis(100);
 
 impl SharedLink {
     fn zone(port: PortId) -> String {
@@ -407,33 +488,128 @@ impl SharedLink {
 
     fn open(shm: &Arc<Shm>, port: PortId, create: bool) -> Result<SharedLink, DriverError> {
         let name = SharedLink::zone(port);
-        let z = if create { shm.reserve(&name, 64, 64) } else { shm.lookup(&name) }.ctx(format!("memzone {name}"))?;
-        if z.len < 8 || shm.ptr(z.offset, 8).is_none() {
+        let len = 4 * ZONE_WORDS as u64;
+        let z = if create { shm.reserve(&name, len, 64) } else { shm.lookup(&name) }.ctx(format!("memzone {name}"))?;
+        if z.len < len || shm.ptr(z.offset, len).is_none() {
             return Err(DriverError::state(format!("memzone {name} is too small")));
         }
         let l = SharedLink { shm: shm.clone(), off: z.offset };
         if create {
-            l.words().1.store(0, Ordering::Relaxed);
-            l.words().0.store(LINK_MAGIC, Ordering::Release);
-        } else if l.words().0.load(Ordering::Acquire) != LINK_MAGIC {
+            for k in 1..ZONE_WORDS {
+                l.word(k).store(0, Ordering::Relaxed);
+            }
+            l.word(0).store(LINK_MAGIC, Ordering::Release);
+        } else if l.word(0).load(Ordering::Acquire) != LINK_MAGIC {
             return Err(DriverError::state(format!("memzone {name} holds no net_vhost port")));
         }
         Ok(l)
     }
 
-    fn words(&self) -> (&AtomicU32, &AtomicU32) {
-        let p = self.shm.ptr(self.off, 8).expect("checked at open").cast::<AtomicU32>();
-        // SAFETY: 8 bytes at a 64-aligned zone inside the mapping `self.shm` keeps alive, used
-        // only as two u32 atomics.
-        unsafe { (p.as_ref(), &*p.as_ptr().add(1)) }
+    fn word(&self, k: usize) -> &AtomicU32 {
+        assert!(k < ZONE_WORDS);
+        let p = self.shm.ptr(self.off, 4 * ZONE_WORDS as u64).expect("checked at open").cast::<AtomicU32>();
+        // SAFETY: word k < ZONE_WORDS of the 64-aligned zone checked at open, inside the mapping
+        // `self.shm` keeps alive; the zone is used only as u32 atomics.
+        unsafe { &*p.as_ptr().add(k) }
     }
 
     fn set(&self, up: bool) {
-        self.words().1.store(u32::from(up), Ordering::Release);
+        self.word(1).store(u32::from(up), Ordering::Release);
     }
 
     fn up(&self) -> bool {
-        self.words().1.load(Ordering::Acquire) != 0
+        self.word(1).load(Ordering::Acquire) != 0
+    }
+
+    fn gen(&self) -> u32 {
+        self.word(2).load(Ordering::SeqCst)
+    }
+
+    fn owner(&self, vq: usize) -> &AtomicU32 {
+        self.word(4 + 2 * vq)
+    }
+
+    /// A burst's claim on virtqueue `vq` (never waits: false when another process, or a message
+    /// being applied, has it).
+    #[inline]
+    fn try_own(&self, vq: usize, me: u32) -> bool {
+        self.owner(vq).compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+    }
+
+    #[inline]
+    fn indices(&self, vq: usize) -> (u16, u16) {
+        let w = self.word(5 + 2 * vq).load(Ordering::Relaxed);
+        (w as u16, (w >> 16) as u16)
+    }
+
+    fn set_indices(&self, vq: usize, (avail, used): (u16, u16)) {
+        self.word(5 + 2 * vq).store(u32::from(avail) | u32::from(used) << 16, Ordering::Relaxed);
+    }
+
+    /// The end of a burst: its indices (unless the queue was taken from it meanwhile), then the
+    /// queue let go.
+    #[inline]
+    fn put_back(&self, vq: usize, me: u32, idx: (u16, u16)) {
+        if self.owner(vq).load(Ordering::Relaxed) == me {
+            self.set_indices(vq, idx);
+        }
+        let _ = self.owner(vq).compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// Lets go of a queue without touching its indices.
+    #[inline]
+    fn release(&self, vq: usize, me: u32) {
+        let _ = self.owner(vq).compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// Control thread, before a message: the generation goes odd (bursts that start now see it
+    /// and carry nothing), then every queue is taken once the burst inside it, if any, is out (a
+    /// dead process's claim at once, a live one's after [`OWNER_WAIT`]). Returns the generation
+    /// before.
+    fn fence(&self, nvq: usize) -> u32 {
+        let g = self.gen() & !1;
+        self.word(2).store(g | 1, Ordering::SeqCst);
+        for vq in 0..nvq {
+            let w = self.owner(vq);
+            let start = Instant::now();
+            loop {
+                let h = match w.compare_exchange(0, CONTROL, Ordering::SeqCst, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(h) => h,
+                };
+                let waited = start.elapsed();
+                if waited > Duration::from_millis(1) && (waited > OWNER_WAIT || !lab_core::sys::pid_alive(h)) {
+                    if w.compare_exchange(h, CONTROL, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+                        if waited > OWNER_WAIT {
+                            tracing::warn!(vq, pid = h, "net_vhost: a process held a queue too long: taken");
+                        }
+                        break;
+                    }
+                    continue;
+                }
+                std::thread::yield_now();
+            }
+        }
+        g
+    }
+
+    /// Control thread, after a message: the new generation, the queues let go.
+    fn unfence(&self, nvq: usize, gen: u32) {
+        self.word(2).store(gen, Ordering::SeqCst);
+        for vq in 0..nvq {
+            self.owner(vq).store(0, Ordering::Release);
+        }
+    }
+
+    /// Frees the queues a dead process held (it died inside a burst).
+    fn reap(&self, nvq: usize) {
+        for vq in 0..nvq {
+            let h = self.owner(vq).load(Ordering::Relaxed);
+            if h != 0 && h != CONTROL && !lab_core::sys::pid_alive(h) {
+                let _ = self.owner(vq).compare_exchange(h, 0, Ordering::SeqCst, Ordering::Relaxed);
+                tracing::warn!(vq, pid = h, "net_vhost: a process died inside a burst: its queue freed");
+            }
+        }
     }
 }
 
@@ -445,6 +621,7 @@ enum Mode {
 
 /// The control thread: takes a front end, serves its messages, and after a hang-up takes the
 /// next one (server) or connects again every second (client).
+#[allow(clippy::too_many_arguments)]
 fn control(
     dev: Arc<Mutex<Dev>>,
     mode: Mode,
@@ -453,7 +630,33 @@ fn control(
     port: PortId,
     link: SharedLink,
     conn: Arc<Mutex<Option<UnixStream>>>,
+    published: share::Published,
 ) {
+    let nvq = dev.lock().unwrap_or_else(|e| e.into_inner()).vrings.len();
+    // Every change of the port's state happens inside a fence (no burst of any process in a
+    // queue meanwhile), and ends with what secondaries map published under a new generation.
+    let fenced = |f: &mut dyn FnMut()| {
+        let g = link.fence(nvq);
+        dev.lock().unwrap_or_else(|e| e.into_inner()).sync_in(&link);
+        f();
+        let new = g.wrapping_add(2);
+        {
+            let d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            d.sync_out(&link);
+            link.set(d.live(0) && d.live(1));
+            match d.share(new) {
+                Ok((fds, meta)) => {
+                    if let Err(e) = published.update(&fds, meta) {
+                        tracing::warn!(port = %port, error = %e, "net_vhost: could not share the queues with secondaries");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(port = %port, error = %e, "net_vhost: could not share the queues with secondaries")
+                }
+            }
+        }
+        link.unfence(nvq, new);
+    };
     let mut last_connect: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         let stream = match &mode {
@@ -482,11 +685,11 @@ fn control(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        {
+        fenced(&mut || {
             let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
             d.reset();
             d.connected = true;
-        }
+        });
         tracing::info!(port = %port, path = %path.display(), "net_vhost: front end connected");
         let mut h = BackendReqHandler::from_stream(s, dev.clone());
         while !stop.load(Ordering::Relaxed) {
@@ -494,13 +697,11 @@ fn control(
             // SAFETY: one valid pollfd on the stack, a bounded timeout.
             let n = unsafe { libc::poll(&mut p, 1, TICK.as_millis() as i32) };
             if n <= 0 {
+                link.reap(nvq);
                 continue;
             }
-            let r = h.handle_request();
-            {
-                let d = dev.lock().unwrap_or_else(|e| e.into_inner());
-                link.set(d.live(0) && d.live(1));
-            }
+            let mut r = Ok(());
+            fenced(&mut || r = h.handle_request());
             if let Err(e) = r {
                 match e {
                     VuError::Disconnected | VuError::PartialMessage | VuError::SocketBroken(_) => {}
@@ -510,8 +711,7 @@ fn control(
             }
         }
         *conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        dev.lock().unwrap_or_else(|e| e.into_inner()).reset();
-        link.set(false);
+        fenced(&mut || dev.lock().unwrap_or_else(|e| e.into_inner()).reset());
         tracing::info!(port = %port, path = %path.display(), "net_vhost: front end gone");
     }
 }
@@ -541,6 +741,8 @@ struct Port {
     /// The live connection's socket, shut down at close so that a front end stalled in the
     /// middle of a message cannot hold the control thread (and so the close) forever.
     conn: Arc<Mutex<Option<UnixStream>>>,
+    /// Our pid: a burst's claim on a queue (see [`SharedLink`]).
+    me: u32,
 }
 
 impl Driver for VhostDriver {
@@ -558,17 +760,44 @@ impl Driver for VhostDriver {
         let conf = ctx.conf;
         let (path, pairs) = super::socket_and_pairs(ctx, "iface", MAX_QUEUES).map_err(err)?;
         let shm = ctx.runtime.shm();
-        if !ctx.is_primary() {
-            // The front end's memory and eventfds reach the primary only: a secondary attaches
-            // (so the port exists everywhere and hotplugs like any other) and sees the link, and
-            // its queues carry nothing (the primary serves them).
-            let link = SharedLink::open(shm, ctx.port, false).map_err(err)?;
-            tracing::warn!(device = %ctx.name, port = %ctx.port, "net_vhost in a secondary: link state only, the primary serves the queues");
-            return Ok(Box::new(Secondary { info: info(ctx, pairs), link }));
-        }
         let pool = Mempool::lookup(ctx.runtime.shm(), &conf.pool, 64)
             .ctx(format!("buffer pool {}", conf.pool))
             .map_err(err)?;
+        if !ctx.is_primary() {
+            // The primary serves the socket; a secondary maps the front end's memory itself
+            // (the files the primary hands over) and runs any queue no other process is in.
+            let link = SharedLink::open(shm, ctx.port, false).map_err(err)?;
+            let pending = Arc::new((Mutex::new(None), AtomicBool::new(false)));
+            let stop = Arc::new(AtomicBool::new(false));
+            {
+                let (ch, t, name, l, p, st) = (
+                    ctx.runtime.ipc().clone(),
+                    share::fetch_timeout(ctx.runtime),
+                    ctx.name.to_string(),
+                    link.clone(),
+                    pending.clone(),
+                    stop.clone(),
+                );
+                std::thread::Builder::new()
+                    .name(format!("vhost-{}", ctx.port.0))
+                    .spawn(move || follow(ch, t, name, l, p, st))
+                    .ctx("follower thread")
+                    .map_err(err)?;
+            }
+            tracing::info!(device = %ctx.name, port = %ctx.port, "net_vhost in a secondary: follows the primary's front end");
+            return Ok(Box::new(Secondary {
+                info: info(ctx, pairs),
+                port: ctx.port,
+                link,
+                pool,
+                rx: (0..conf.nb_rxq).map(|_| Counters::default()).collect(),
+                tx: (0..conf.nb_txq).map(|_| Counters::default()).collect(),
+                me: std::process::id(),
+                state: None,
+                pending,
+                stop,
+            }));
+        }
         let client = ctx.kvargs.get_bool("client").unwrap_or(false);
         let mode = if client {
             Mode::Client
@@ -589,12 +818,22 @@ impl Driver for VhostDriver {
             }
         };
         let conn = Arc::new(Mutex::new(None));
+        let published = match share::publish(ctx.runtime, FDS_ACTION, ctx.name, &[], b"gen 0 features 0\n".to_vec()) {
+            Ok(p) => p,
+            Err(e) => {
+                if !client {
+                    let _ = std::fs::remove_file(&path);
+                }
+                let _ = shm.free(&SharedLink::zone(ctx.port));
+                return Err(err(e));
+            }
+        };
         let thread = {
             let (dev, stop, p, port, l, c) =
                 (dev.clone(), stop.clone(), path.clone(), ctx.port, link.clone(), conn.clone());
             std::thread::Builder::new()
                 .name(format!("vhost-{}", ctx.port.0))
-                .spawn(move || control(dev, mode, p, stop, port, l, c))
+                .spawn(move || control(dev, mode, p, stop, port, l, c, published))
                 .ctx("control thread")
                 .map_err(|e| {
                     if !client {
@@ -620,6 +859,7 @@ impl Driver for VhostDriver {
             shm: shm.clone(),
             link,
             conn,
+            me: std::process::id(),
         }))
     }
 }
@@ -636,10 +876,157 @@ fn info(ctx: &ProbeCtx<'_>, pairs: u16) -> DevInfo {
     }
 }
 
-/// A secondary's handle: the link as the primary sees it; no queues of its own.
+/// What a secondary maps of the primary's front end, for one generation of the zone.
+struct SecState {
+    gen: u32,
+    features: u64,
+    _mem: Option<GuestMemoryMmap>,
+    hosts: Hosts,
+    /// Per virtqueue: the started ring over our mapping, and its call eventfd.
+    rings: Vec<Option<(DevRing, Option<File>)>>,
+}
+
+impl SecState {
+    /// From the primary's description (`Dev::share`): `gen G features F`, then `region GPA SIZE
+    /// OFFSET` per region (its file is the descriptor of the same rank) and `vring I SIZE DESC
+    /// AVAIL USED CALL` per live virtqueue (CALL a descriptor's rank, or `-`).
+    fn build(fds: Vec<std::os::fd::OwnedFd>, meta: &[u8]) -> Result<SecState, DriverError> {
+        let text = std::str::from_utf8(meta).map_err(|_| DriverError::state("net_vhost share: not UTF-8"))?;
+        let bad = |l: &str| DriverError::state(format!("net_vhost share: bad line {l:?}"));
+        let mut fds: Vec<Option<File>> = fds.into_iter().map(|f| Some(File::from(f))).collect();
+        let (mut gen, mut features) = (None, 0u64);
+        let mut ranges = Vec::new();
+        let mut vrings = Vec::new();
+        for l in text.lines() {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let num = |k: usize| w.get(k).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| bad(l));
+            match w.first().copied() {
+                Some("gen") => {
+                    gen = Some(u32::try_from(num(1)?).map_err(|_| bad(l))?);
+                    features = num(3)?;
+                }
+                Some("region") => {
+                    let (gpa, size, off) = (num(1)?, num(2)?, num(3)?);
+                    let f = fds.get_mut(ranges.len()).and_then(Option::take).ok_or_else(|| bad(l))?;
+                    let flen = f.metadata().map(|m| m.len()).ctx("a region's file")?;
+                    if off.checked_add(size).is_none_or(|e| e > flen) {
+                        return Err(bad(l));
+                    }
+                    let len = usize::try_from(size).map_err(|_| bad(l))?;
+                    ranges.push((GuestAddress(gpa), len, Some(FileOffset::new(f, off))));
+                }
+                Some("vring") => {
+                    let (i, n) = (usize::try_from(num(1)?).map_err(|_| bad(l))?, num(2)?);
+                    let n = u16::try_from(n).map_err(|_| bad(l))?;
+                    let call = match w.get(6).copied() {
+                        Some("-") => None,
+                        Some(k) => {
+                            let k: usize = k.parse().map_err(|_| bad(l))?;
+                            Some(fds.get_mut(k).and_then(Option::take).ok_or_else(|| bad(l))?)
+                        }
+                        None => return Err(bad(l)),
+                    };
+                    if i >= 2 * usize::from(MAX_QUEUES) {
+                        return Err(bad(l));
+                    }
+                    vrings.push((i, n, (num(3)?, num(4)?, num(5)?), call));
+                }
+                _ => return Err(bad(l)),
+            }
+        }
+        let gen = gen.ok_or_else(|| bad("(no gen line)"))?;
+        let mem = if ranges.is_empty() {
+            None
+        } else {
+            Some(
+                GuestMemoryMmap::from_ranges_with_files(ranges)
+                    .map_err(|e| DriverError::state(format!("mapping the front end's memory: {e}")))?,
+            )
+        };
+        let hosts = Hosts(
+            mem.iter().flat_map(|m| m.iter().map(|r| (r.start_addr().0, r.len(), r.as_ptr() as usize))).collect(),
+        );
+        let mut rings: Vec<Option<(DevRing, Option<File>)>> = (0..2 * MAX_QUEUES).map(|_| None).collect();
+        for (i, n, parts, call) in vrings {
+            let r = DevRing::new(|g, l| hosts.at(g, l), parts, n, 0)
+                .ok_or_else(|| DriverError::state(format!("net_vhost share: virtqueue {i} outside the memory")))?;
+            rings[i] = Some((r, call));
+        }
+        Ok(SecState { gen, features, _mem: mem, hosts, rings })
+    }
+}
+
+/// A secondary's follower thread: whenever the zone's generation moves (and is not mid-change),
+/// asks the primary for what to map, and hands the new state to the bursts.
+fn follow(
+    ch: lab_core::ipc::Channel,
+    timeout: Duration,
+    name: String,
+    link: SharedLink,
+    pending: Arc<(Mutex<Option<SecState>>, AtomicBool)>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut have: Option<u32> = None;
+    let mut warned = false;
+    while !stop.load(Ordering::Relaxed) && link.word(0).load(Ordering::Acquire) == LINK_MAGIC {
+        let g = link.gen();
+        if g & 1 == 0 && have != Some(g) {
+            match share::fetch_on(&ch, timeout, FDS_ACTION, &name).and_then(|(fds, meta)| SecState::build(fds, &meta)) {
+                Ok(s) if s.gen == g => {
+                    tracing::debug!(device = %name, gen = g, "net_vhost: secondary follows a new layout");
+                    *pending.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+                    pending.1.store(true, Ordering::Release);
+                    (have, warned) = (Some(g), false);
+                }
+                Ok(_) => {} // moved meanwhile: asked again
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(device = %name, error = %e, "net_vhost: secondary cannot follow the primary's front end");
+                    }
+                    warned = true;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A secondary's handle: the link as the primary sees it, and the queues over its own mapping of
+/// the front end's memory.
 struct Secondary {
     info: DevInfo,
+    port: PortId,
     link: SharedLink,
+    pool: Mempool,
+    rx: Vec<Counters>,
+    tx: Vec<Counters>,
+    me: u32,
+    state: Option<SecState>,
+    pending: Arc<(Mutex<Option<SecState>>, AtomicBool)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Secondary {
+    /// Takes the follower's newer state, if any (never waits on it).
+    fn take_pending(&mut self) {
+        if self.pending.1.load(Ordering::Acquire) {
+            if let Ok(mut p) = self.pending.0.try_lock() {
+                if let Some(s) = p.take() {
+                    self.state = Some(s);
+                }
+                self.pending.1.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl Drop for Secondary {
+    fn drop(&mut self) {
+        // The follower ends on its own within its next round (not joined: it may be waiting on
+        // an answer that this very thread would have to deliver).
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl EthDev for Secondary {
@@ -651,15 +1038,47 @@ impl EthDev for Secondary {
         LinkStatus { up, speed_mbps: if up { 10_000 } else { 0 } }
     }
     fn stats(&mut self) -> PortStats {
-        PortStats::default()
+        stats_of(&self.rx, &self.tx)
     }
-    /// Nothing: the primary serves the queues (the front end's memory is mapped there only).
-    fn rx_burst(&mut self, _queue: u16, _pkts: &mut [Option<Mbuf>]) -> usize {
-        0
+    fn stats_reset(&mut self) {
+        self.rx.iter_mut().chain(self.tx.iter_mut()).for_each(|c| *c = Counters::default());
     }
-    /// Nothing taken: the primary serves the queues.
-    fn tx_burst(&mut self, _queue: u16, _pkts: &mut [Option<Mbuf>]) -> usize {
-        0
+    fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        self.take_pending();
+        let i = 2 * usize::from(queue) + 1;
+        let (Some(c), Some(st)) = (self.rx.get_mut(usize::from(queue)), self.state.as_mut()) else { return 0 };
+        let SecState { gen, rings, hosts, .. } = st;
+        let Some(Some((r, call))) = rings.get_mut(i) else { return 0 };
+        if !self.link.try_own(i, self.me) {
+            return 0;
+        }
+        if self.link.gen() != *gen {
+            self.link.release(i, self.me);
+            return 0;
+        }
+        r.set_indices(self.link.indices(i));
+        let n = rx_frames(r, hosts, call, &mut self.pool, c, 12, self.port, pkts);
+        self.link.put_back(i, self.me, r.indices());
+        n
+    }
+    fn tx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        self.take_pending();
+        let i = 2 * usize::from(queue);
+        let (Some(c), Some(st)) = (self.tx.get_mut(usize::from(queue)), self.state.as_mut()) else { return 0 };
+        let SecState { gen, rings, hosts, features, .. } = st;
+        let mrg = *features & F_MRG_RXBUF != 0;
+        let Some(Some((r, call))) = rings.get_mut(i) else { return 0 };
+        if !self.link.try_own(i, self.me) {
+            return 0;
+        }
+        if self.link.gen() != *gen {
+            self.link.release(i, self.me);
+            return 0;
+        }
+        r.set_indices(self.link.indices(i));
+        let n = tx_frames(r, hosts, call, &mut self.pool, c, 12, mrg, pkts);
+        self.link.put_back(i, self.me, r.indices());
+        n
     }
     fn close(self: Box<Self>, _how: Release) {}
 }
@@ -686,19 +1105,7 @@ impl EthDev for Port {
     }
 
     fn stats(&mut self) -> PortStats {
-        let mut s = PortStats::default();
-        for c in &self.rx {
-            s.ipackets += c.pkts;
-            s.ibytes += c.bytes;
-            s.ierrors += c.errors;
-            s.rx_nombuf += c.nombuf;
-        }
-        for c in &self.tx {
-            s.opackets += c.pkts;
-            s.obytes += c.bytes;
-            s.oerrors += c.errors;
-        }
-        s
+        stats_of(&self.rx, &self.tx)
     }
 
     fn stats_reset(&mut self) {
@@ -724,58 +1131,12 @@ impl EthDev for Port {
         let Dev { vrings, hosts, .. } = &mut *g;
         let v = &mut vrings[i];
         let Some(r) = v.ring.as_mut() else { return 0 };
-        let avail = usize::from(r.pending()).min(pkts.len());
-        if avail == 0 {
+        if !self.link.try_own(i, self.me) {
             return 0;
         }
-        // The burst's buffers in one pool operation (one by one when the pool runs short).
-        let bulk = self.pool.alloc_bulk(&mut pkts[..avail]);
-        let mut n = 0;
-        for _ in 0..avail {
-            let Some(mut m) = (if bulk { pkts[n].take() } else { self.pool.alloc() }) else {
-                c.nombuf += 1;
-                break;
-            };
-            let head = r.pop();
-            let ok = match r.desc(head) {
-                // One buffer, header then frame (how DPDK's virtio_user and ours send).
-                Some(d) if d.flags & (F_NEXT | F_INDIRECT) == 0 => (d.len as usize)
-                    .checked_sub(self.hdr)
-                    .filter(|&len| len > 0 && len <= MAX_FRAME)
-                    .and_then(|len| Some((hosts.at(d.addr.checked_add(self.hdr as u64)?, len)?, len)))
-                    .and_then(|(src, len)| Some((src, m.append(len)?)))
-                    .map(|(src, dst)| {
-                        // SAFETY: `src..src + len` lies inside one mapped region of the front
-                        // end's memory (`Hosts::at`), which `Dev::mem` keeps mapped while we hold
-                        // the lock; `dst` is a distinct buffer of ours of exactly `len` bytes.
-                        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
-                    })
-                    .is_some(),
-                _ => Self::gather(r, head, hosts, self.hdr, &mut m),
-            };
-            r.push_used(head, 0);
-            if !ok || m.is_empty() {
-                c.errors += 1;
-                if bulk {
-                    m.reset();
-                    pkts[n] = Some(m); // taken again by the next frame, or freed below
-                } else {
-                    self.pool.free(m);
-                }
-                continue;
-            }
-            m.set_port(self.port.0);
-            c.bytes += m.len() as u64;
-            pkts[n] = Some(m);
-            n += 1;
-        }
-        if bulk {
-            self.pool.free_bulk(&mut pkts[n..avail]);
-        }
-        c.pkts += n as u64;
-        if avail > 0 {
-            finish(r, &mut v.call);
-        }
+        r.set_indices(self.link.indices(i));
+        let n = rx_frames(r, hosts, &mut v.call, &mut self.pool, c, self.hdr, self.port, pkts);
+        self.link.put_back(i, self.me, r.indices());
         n
     }
 
@@ -792,134 +1153,13 @@ impl EthDev for Port {
         let Dev { vrings, hosts, .. } = &mut *g;
         let v = &mut vrings[i];
         let Some(r) = v.ring.as_mut() else { return 0 };
-        let hdr_len = self.hdr;
-        let mut left = r.pending();
-        let mut taken = 0;
-        let mut used_any = false;
-        'frames: for slot in pkts.iter_mut() {
-            let Some(m) = slot.as_ref() else { break };
-            let data = m.data();
-            let total = hdr_len + data.len();
-            if left == 0 {
-                break;
-            }
-            // The usual case first: the next buffer is one writable descriptor the frame fits.
-            let head = r.pop();
-            if let Some(dst) = r
-                .desc(head)
-                .filter(|d| d.flags & (F_NEXT | F_INDIRECT | F_WRITE) == F_WRITE && d.len as usize >= total)
-                .and_then(|d| hosts.at(d.addr, total))
-            {
-                // SAFETY: `dst .. dst + total` lies inside this descriptor's buffer, itself
-                // inside one mapped region (`Hosts::at`); the header and the frame are ours.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(HDR_ONE.as_ptr(), dst, hdr_len);
-                    std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(hdr_len), data.len());
-                }
-                r.push_used(head, total as u32);
-                left -= 1;
-                used_any = true;
-                c.pkts += 1;
-                c.bytes += data.len() as u64;
-                taken += 1;
-                continue;
-            }
-            r.unpop(1);
-            // Buffers used for this frame: (head, bytes written), and where its header went.
-            let mut heads: arrayvec::ArrayVec<(u16, u32), 64> = arrayvec::ArrayVec::new();
-            let mut hdr_at: Option<*mut u8> = None;
-            let mut off = 0usize; // bytes of (header + frame) placed
-            let mut bad = false;
-            while off < total {
-                if left == 0 {
-                    // No buffer: give back what this frame took and stop (it stays with the caller).
-                    r.unpop(heads.len() as u16);
-                    break 'frames;
-                }
-                if heads.is_full() {
-                    bad = true; // over 64 buffers for one frame
-                    break;
-                }
-                left -= 1;
-                let head = r.pop();
-                let mut wrote = 0u32;
-                for d in r.chain(head) {
-                    let Ok(d) = d else {
-                        bad = true;
-                        break;
-                    };
-                    let len = d.len as usize;
-                    let Some(dst) = hosts.at(d.addr, len).filter(|_| d.flags & F_WRITE != 0) else {
-                        bad = true;
-                        break;
-                    };
-                    let mut o = 0usize;
-                    while o < len && off < total {
-                        let mut k = (len - o).min(total - off);
-                        let src = if off < hdr_len {
-                            k = k.min(hdr_len - off);
-                            if off == 0 {
-                                if k < hdr_len {
-                                    // The header split over descriptors: not placed (refused).
-                                    bad = true;
-                                    break;
-                                }
-                                // SAFETY: inside this descriptor's buffer (o < len).
-                                hdr_at = Some(unsafe { dst.add(o) });
-                            }
-                            HDR_ZEROS[off..off + k].as_ptr()
-                        } else {
-                            data[off - hdr_len..off - hdr_len + k].as_ptr()
-                        };
-                        // SAFETY: `dst + o .. dst + o + k` is inside this descriptor's buffer,
-                        // itself inside one mapped region (`Hosts::at` over its whole length);
-                        // the source is ours and `k` bytes long.
-                        unsafe { std::ptr::copy_nonoverlapping(src, dst.add(o), k) };
-                        o += k;
-                        off += k;
-                        wrote += k as u32;
-                    }
-                    if off == total || bad {
-                        break;
-                    }
-                }
-                // Room was checked before the pop.
-                heads.push((head, wrote));
-                if bad || !mrg {
-                    break; // without MRG_RXBUF a frame has one buffer
-                }
-            }
-            if bad || off < total {
-                // A bad chain, over 64 buffers, or one buffer too small without MRG_RXBUF: the
-                // frame is dropped, its buffers given back used and empty.
-                for (h, _) in &heads {
-                    r.push_used(*h, 0);
-                }
-                c.errors += 1;
-                used_any = true;
-                taken += 1;
-                continue 'frames;
-            }
-            // num_buffers (header bytes 10..12), then the used elements.
-            if let Some(h) = hdr_at {
-                let nb = (heads.len() as u16).to_le_bytes();
-                // SAFETY: bytes 10..12 of the 12-byte header written above, in the same buffer.
-                unsafe { std::ptr::copy_nonoverlapping(nb.as_ptr(), h.add(10), 2) };
-            }
-            for (h, len) in &heads {
-                r.push_used(*h, *len);
-            }
-            used_any = true;
-            c.pkts += 1;
-            c.bytes += data.len() as u64;
-            taken += 1;
+        if !self.link.try_own(i, self.me) {
+            return 0;
         }
-        // Every frame taken is in the front of `pkts` (a bad one's too): freed in one go.
-        self.pool.free_bulk(&mut pkts[..taken]);
-        if used_any {
-            finish(r, &mut v.call);
-        }
-        taken
+        r.set_indices(self.link.indices(i));
+        let n = tx_frames(r, hosts, &mut v.call, &mut self.pool, c, self.hdr, mrg, pkts);
+        self.link.put_back(i, self.me, r.indices());
+        n
     }
 
     fn close(self: Box<Self>, how: Release) {
@@ -928,32 +1168,255 @@ impl EthDev for Port {
     }
 }
 
-impl Port {
-    /// A frame over a chain of descriptors (the header skipped, wherever it ends) into `m`;
-    /// false at a bad chain or one longer than [`MAX_FRAME`].
-    fn gather(r: &DevRing, head: u16, hosts: &Hosts, hdr: usize, m: &mut Mbuf) -> bool {
-        let mut skip = hdr;
-        for d in r.chain(head) {
-            let Ok(d) = d else { return false };
-            let (mut addr, mut len) = (d.addr, d.len as usize);
-            let s = skip.min(len);
-            let Some(a) = addr.checked_add(s as u64) else { return false };
-            (skip, addr, len) = (skip - s, a, len - s);
-            if len == 0 {
-                continue;
-            }
-            let (Some(src), Some(dst)) =
-                (hosts.at(addr, len), if m.len() + len <= MAX_FRAME { m.append(len) } else { None })
-            else {
-                return false;
-            };
-            // SAFETY: `src..src + len` lies inside one mapped region of the front end's memory
-            // (`Hosts::at`), which `Dev::mem` keeps mapped while the caller holds the lock;
-            // `dst` is a distinct buffer of ours of exactly `len` bytes.
-            unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), len) };
+/// A frame over a chain of descriptors (the header skipped, wherever it ends) into `m`;
+/// false at a bad chain or one longer than [`MAX_FRAME`].
+fn gather(r: &DevRing, head: u16, hosts: &Hosts, hdr: usize, m: &mut Mbuf) -> bool {
+    let mut skip = hdr;
+    for d in r.chain(head) {
+        let Ok(d) = d else { return false };
+        let (mut addr, mut len) = (d.addr, d.len as usize);
+        let s = skip.min(len);
+        let Some(a) = addr.checked_add(s as u64) else { return false };
+        (skip, addr, len) = (skip - s, a, len - s);
+        if len == 0 {
+            continue;
         }
-        true
+        let (Some(src), Some(dst)) =
+            (hosts.at(addr, len), if m.len() + len <= MAX_FRAME { m.append(len) } else { None })
+        else {
+            return false;
+        };
+        // SAFETY: `src..src + len` lies inside one mapped region of the front end's memory
+        // (`Hosts::at`), which `Dev::mem` keeps mapped while the caller holds the lock;
+        // `dst` is a distinct buffer of ours of exactly `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), len) };
     }
+    true
+}
+
+/// A receive burst's work on a virtqueue `r` this process owns for the burst (any process).
+#[allow(clippy::too_many_arguments)]
+fn rx_frames(
+    r: &mut DevRing,
+    hosts: &Hosts,
+    call: &mut Option<File>,
+    pool: &mut Mempool,
+    c: &mut Counters,
+    hdr: usize,
+    port: PortId,
+    pkts: &mut [Option<Mbuf>],
+) -> usize {
+    let avail = usize::from(r.pending()).min(pkts.len());
+    if avail == 0 {
+        return 0;
+    }
+    // The burst's buffers in one pool operation (one by one when the pool runs short).
+    let bulk = pool.alloc_bulk(&mut pkts[..avail]);
+    let mut n = 0;
+    for _ in 0..avail {
+        let Some(mut m) = (if bulk { pkts[n].take() } else { pool.alloc() }) else {
+            c.nombuf += 1;
+            break;
+        };
+        let head = r.pop();
+        let ok = match r.desc(head) {
+            // One buffer, header then frame (how DPDK's virtio_user and ours send).
+            Some(d) if d.flags & (F_NEXT | F_INDIRECT) == 0 => (d.len as usize)
+                .checked_sub(hdr)
+                .filter(|&len| len > 0 && len <= MAX_FRAME)
+                .and_then(|len| Some((hosts.at(d.addr.checked_add(hdr as u64)?, len)?, len)))
+                .and_then(|(src, len)| Some((src, m.append(len)?)))
+                .map(|(src, dst)| {
+                    // SAFETY: `src..src + len` lies inside one mapped region of the front
+                    // end's memory (`Hosts::at`), which `Dev::mem` keeps mapped while we hold
+                    // the lock; `dst` is a distinct buffer of ours of exactly `len` bytes.
+                    unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
+                })
+                .is_some(),
+            _ => gather(r, head, hosts, hdr, &mut m),
+        };
+        r.push_used(head, 0);
+        if !ok || m.is_empty() {
+            c.errors += 1;
+            if bulk {
+                m.reset();
+                pkts[n] = Some(m); // taken again by the next frame, or freed below
+            } else {
+                pool.free(m);
+            }
+            continue;
+        }
+        m.set_port(port.0);
+        c.bytes += m.len() as u64;
+        pkts[n] = Some(m);
+        n += 1;
+    }
+    if bulk {
+        pool.free_bulk(&mut pkts[n..avail]);
+    }
+    c.pkts += n as u64;
+    if avail > 0 {
+        finish(r, call);
+    }
+    n
+}
+
+/// A transmit burst's work on a virtqueue `r` this process owns for the burst (any process).
+#[allow(clippy::too_many_arguments)]
+fn tx_frames(
+    r: &mut DevRing,
+    hosts: &Hosts,
+    call: &mut Option<File>,
+    pool: &mut Mempool,
+    c: &mut Counters,
+    hdr: usize,
+    mrg: bool,
+    pkts: &mut [Option<Mbuf>],
+) -> usize {
+    let hdr_len = hdr;
+    let mut left = r.pending();
+    let mut taken = 0;
+    let mut used_any = false;
+    'frames: for slot in pkts.iter_mut() {
+        let Some(m) = slot.as_ref() else { break };
+        let data = m.data();
+        let total = hdr_len + data.len();
+        if left == 0 {
+            break;
+        }
+        // The usual case first: the next buffer is one writable descriptor the frame fits.
+        let head = r.pop();
+        if let Some(dst) = r
+            .desc(head)
+            .filter(|d| d.flags & (F_NEXT | F_INDIRECT | F_WRITE) == F_WRITE && d.len as usize >= total)
+            .and_then(|d| hosts.at(d.addr, total))
+        {
+            // SAFETY: `dst .. dst + total` lies inside this descriptor's buffer, itself
+            // inside one mapped region (`Hosts::at`); the header and the frame are ours.
+            unsafe {
+                std::ptr::copy_nonoverlapping(HDR_ONE.as_ptr(), dst, hdr_len);
+                std::ptr::copy_nonoverlapping(data.as_ptr(), dst.add(hdr_len), data.len());
+            }
+            r.push_used(head, total as u32);
+            left -= 1;
+            used_any = true;
+            c.pkts += 1;
+            c.bytes += data.len() as u64;
+            taken += 1;
+            continue;
+        }
+        r.unpop(1);
+        // Buffers used for this frame: (head, bytes written), and where its header went.
+        let mut heads: arrayvec::ArrayVec<(u16, u32), 64> = arrayvec::ArrayVec::new();
+        let mut hdr_at: Option<*mut u8> = None;
+        let mut off = 0usize; // bytes of (header + frame) placed
+        let mut bad = false;
+        while off < total {
+            if left == 0 {
+                // No buffer: give back what this frame took and stop (it stays with the caller).
+                r.unpop(heads.len() as u16);
+                break 'frames;
+            }
+            if heads.is_full() {
+                bad = true; // over 64 buffers for one frame
+                break;
+            }
+            left -= 1;
+            let head = r.pop();
+            let mut wrote = 0u32;
+            for d in r.chain(head) {
+                let Ok(d) = d else {
+                    bad = true;
+                    break;
+                };
+                let len = d.len as usize;
+                let Some(dst) = hosts.at(d.addr, len).filter(|_| d.flags & F_WRITE != 0) else {
+                    bad = true;
+                    break;
+                };
+                let mut o = 0usize;
+                while o < len && off < total {
+                    let mut k = (len - o).min(total - off);
+                    let src = if off < hdr_len {
+                        k = k.min(hdr_len - off);
+                        if off == 0 {
+                            if k < hdr_len {
+                                // The header split over descriptors: not placed (refused).
+                                bad = true;
+                                break;
+                            }
+                            // SAFETY: inside this descriptor's buffer (o < len).
+                            hdr_at = Some(unsafe { dst.add(o) });
+                        }
+                        HDR_ZEROS[off..off + k].as_ptr()
+                    } else {
+                        data[off - hdr_len..off - hdr_len + k].as_ptr()
+                    };
+                    // SAFETY: `dst + o .. dst + o + k` is inside this descriptor's buffer,
+                    // itself inside one mapped region (`Hosts::at` over its whole length);
+                    // the source is ours and `k` bytes long.
+                    unsafe { std::ptr::copy_nonoverlapping(src, dst.add(o), k) };
+                    o += k;
+                    off += k;
+                    wrote += k as u32;
+                }
+                if off == total || bad {
+                    break;
+                }
+            }
+            // Room was checked before the pop.
+            heads.push((head, wrote));
+            if bad || !mrg {
+                break; // without MRG_RXBUF a frame has one buffer
+            }
+        }
+        if bad || off < total {
+            // A bad chain, over 64 buffers, or one buffer too small without MRG_RXBUF: the
+            // frame is dropped, its buffers given back used and empty.
+            for (h, _) in &heads {
+                r.push_used(*h, 0);
+            }
+            c.errors += 1;
+            used_any = true;
+            taken += 1;
+            continue 'frames;
+        }
+        // num_buffers (header bytes 10..12), then the used elements.
+        if let Some(h) = hdr_at {
+            let nb = (heads.len() as u16).to_le_bytes();
+            // SAFETY: bytes 10..12 of the 12-byte header written above, in the same buffer.
+            unsafe { std::ptr::copy_nonoverlapping(nb.as_ptr(), h.add(10), 2) };
+        }
+        for (h, len) in &heads {
+            r.push_used(*h, *len);
+        }
+        used_any = true;
+        c.pkts += 1;
+        c.bytes += data.len() as u64;
+        taken += 1;
+    }
+    // Every frame taken is in the front of `pkts` (a bad one's too): freed in one go.
+    pool.free_bulk(&mut pkts[..taken]);
+    if used_any {
+        finish(r, call);
+    }
+    taken
+}
+
+fn stats_of(rx: &[Counters], tx: &[Counters]) -> PortStats {
+    let mut s = PortStats::default();
+    for c in rx {
+        s.ipackets += c.pkts;
+        s.ibytes += c.bytes;
+        s.ierrors += c.errors;
+        s.rx_nombuf += c.nombuf;
+    }
+    for c in tx {
+        s.opackets += c.pkts;
+        s.obytes += c.bytes;
+        s.oerrors += c.errors;
+    }
+    s
 }
 
 impl Drop for Port {
