@@ -536,6 +536,21 @@ impl SharedLink {
         self.owner(vq).compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed).is_ok()
     }
 
+    /// A burst's claim on virtqueue `vq`, with the indices to start from: None when another
+    /// process (or a message being applied) has it, or when `gen` (the layout a secondary mapped)
+    /// is not the zone's any more.
+    #[inline]
+    fn claim(&self, vq: usize, me: u32, gen: Option<u32>) -> Option<(u16, u16)> {
+        if !self.try_own(vq, me) {
+            return None;
+        }
+        if gen.is_some_and(|g| g != self.gen()) {
+            self.release(vq, me);
+            return None;
+        }
+        Some(self.indices(vq))
+    }
+
     #[inline]
     fn indices(&self, vq: usize) -> (u16, u16) {
         let w = self.word(5 + 2 * vq).load(Ordering::Relaxed);
@@ -1049,14 +1064,8 @@ impl EthDev for Secondary {
         let (Some(c), Some(st)) = (self.rx.get_mut(usize::from(queue)), self.state.as_mut()) else { return 0 };
         let SecState { gen, rings, hosts, .. } = st;
         let Some(Some((r, call))) = rings.get_mut(i) else { return 0 };
-        if !self.link.try_own(i, self.me) {
-            return 0;
-        }
-        if self.link.gen() != *gen {
-            self.link.release(i, self.me);
-            return 0;
-        }
-        r.set_indices(self.link.indices(i));
+        let Some(idx) = self.link.claim(i, self.me, Some(*gen)) else { return 0 };
+        r.set_indices(idx);
         let n = rx_frames(r, hosts, call, &mut self.pool, c, 12, self.port, pkts);
         self.link.put_back(i, self.me, r.indices());
         n
@@ -1068,14 +1077,8 @@ impl EthDev for Secondary {
         let SecState { gen, rings, hosts, features, .. } = st;
         let mrg = *features & F_MRG_RXBUF != 0;
         let Some(Some((r, call))) = rings.get_mut(i) else { return 0 };
-        if !self.link.try_own(i, self.me) {
-            return 0;
-        }
-        if self.link.gen() != *gen {
-            self.link.release(i, self.me);
-            return 0;
-        }
-        r.set_indices(self.link.indices(i));
+        let Some(idx) = self.link.claim(i, self.me, Some(*gen)) else { return 0 };
+        r.set_indices(idx);
         let n = tx_frames(r, hosts, call, &mut self.pool, c, 12, mrg, pkts);
         self.link.put_back(i, self.me, r.indices());
         n
@@ -1131,10 +1134,8 @@ impl EthDev for Port {
         let Dev { vrings, hosts, .. } = &mut *g;
         let v = &mut vrings[i];
         let Some(r) = v.ring.as_mut() else { return 0 };
-        if !self.link.try_own(i, self.me) {
-            return 0;
-        }
-        r.set_indices(self.link.indices(i));
+        let Some(idx) = self.link.claim(i, self.me, None) else { return 0 };
+        r.set_indices(idx);
         let n = rx_frames(r, hosts, &mut v.call, &mut self.pool, c, self.hdr, self.port, pkts);
         self.link.put_back(i, self.me, r.indices());
         n
@@ -1153,10 +1154,8 @@ impl EthDev for Port {
         let Dev { vrings, hosts, .. } = &mut *g;
         let v = &mut vrings[i];
         let Some(r) = v.ring.as_mut() else { return 0 };
-        if !self.link.try_own(i, self.me) {
-            return 0;
-        }
-        r.set_indices(self.link.indices(i));
+        let Some(idx) = self.link.claim(i, self.me, None) else { return 0 };
+        r.set_indices(idx);
         let n = tx_frames(r, hosts, &mut v.call, &mut self.pool, c, self.hdr, mrg, pkts);
         self.link.put_back(i, self.me, r.indices());
         n
