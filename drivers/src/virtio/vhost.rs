@@ -29,10 +29,10 @@
 //! device's two indices and an owner word: a burst (in any process) claims the queue with its pid
 //! (a compare-and-swap, never a wait: a queue another process is in gives 0 frames), takes the
 //! indices, and leaves them for the next. While a message is applied the generation is odd and
-//! the control thread owns every queue (it waits for a burst inside to end, 100 ms at most for a
-//! live process, not at all for a dead one), so GET_VRING_BASE returns the index the last burst
-//! of whichever process reached. A process that died inside a burst has its queue freed by the
-//! control thread within 50 ms. A secondary's detach drops its own mapping and descriptors only.
+//! the control thread owns every queue (it waits for a live process's burst inside to end, and
+//! warns after 100 ms; a dead one's queue it takes at once, both indices set to the ring's used
+//! index), so GET_VRING_BASE returns the index the last burst of whichever process reached. A
+//! process that died inside a burst has its queue freed so within 50 ms. A secondary's detach drops its own mapping and descriptors only.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -477,8 +477,8 @@ const LINK_MAGIC: u32 = 0x5648_4f53;
 const ZONE_WORDS: usize = 4 + 2 * 2 * MAX_QUEUES as usize;
 /// The owner word while the control thread applies a message.
 const CONTROL: u32 = u32::MAX;
-/// How long the control thread waits for a live process's burst to leave a queue before taking
-/// it anyway (a process stopped inside a burst must not hold the front end's messages).
+/// How long the control thread waits for a live process's burst to leave a queue before it
+/// warns (it goes on waiting: a burst cut short would go on writing the ring).
 const OWNER_WAIT: Duration = Duration::from_millis(100);
 
 impl SharedLink {
@@ -581,7 +581,8 @@ impl SharedLink {
     /// and carry nothing), then every queue is taken once the burst inside it, if any, is out (a
     /// dead process's claim at once, a live one's after [`OWNER_WAIT`]). Returns the generation
     /// before.
-    fn fence(&self, nvq: usize) -> u32 {
+    fn fence(&self, nvq: usize) -> (u32, u32) {
+        let (mut dead, mut warned) = (0u32, false);
         let g = self.gen() & !1;
         self.word(2).store(g | 1, Ordering::SeqCst);
         for vq in 0..nvq {
@@ -593,19 +594,24 @@ impl SharedLink {
                     Err(h) => h,
                 };
                 let waited = start.elapsed();
-                if waited > Duration::from_millis(1) && (waited > OWNER_WAIT || !lab_core::sys::pid_alive(h)) {
+                // A live process's burst is never cut short (it would go on writing the ring);
+                // a dead one's queue is taken, and its indices recovered from the ring.
+                if waited > Duration::from_millis(1) && !lab_core::sys::pid_alive(h) {
                     if w.compare_exchange(h, CONTROL, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
-                        if waited > OWNER_WAIT {
-                            tracing::warn!(vq, pid = h, "net_vhost: a process held a queue too long: taken");
-                        }
+                        tracing::warn!(vq, pid = h, "net_vhost: a process died inside a burst: its queue taken");
+                        dead |= 1 << vq;
                         break;
                     }
                     continue;
                 }
+                if waited > OWNER_WAIT && !warned {
+                    tracing::warn!(vq, pid = h, "net_vhost: a process stays inside a burst: the message waits");
+                    warned = true;
+                }
                 std::thread::yield_now();
             }
         }
-        g
+        (g, dead)
     }
 
     /// Control thread, after a message: the new generation, the queues let go.
@@ -616,15 +622,12 @@ impl SharedLink {
         }
     }
 
-    /// Frees the queues a dead process held (it died inside a burst).
-    fn reap(&self, nvq: usize) {
-        for vq in 0..nvq {
+    /// Whether a dead process holds a queue (it died inside a burst: a fence frees it).
+    fn any_dead(&self, nvq: usize) -> bool {
+        (0..nvq).any(|vq| {
             let h = self.owner(vq).load(Ordering::Relaxed);
-            if h != 0 && h != CONTROL && !lab_core::sys::pid_alive(h) {
-                let _ = self.owner(vq).compare_exchange(h, 0, Ordering::SeqCst, Ordering::Relaxed);
-                tracing::warn!(vq, pid = h, "net_vhost: a process died inside a burst: its queue freed");
-            }
-        }
+            h != 0 && h != CONTROL && !lab_core::sys::pid_alive(h)
+        })
     }
 }
 
@@ -651,8 +654,20 @@ fn control(
     // Every change of the port's state happens inside a fence (no burst of any process in a
     // queue meanwhile), and ends with what secondaries map published under a new generation.
     let fenced = |f: &mut dyn FnMut()| {
-        let g = link.fence(nvq);
-        dev.lock().unwrap_or_else(|e| e.into_inner()).sync_in(&link);
+        let (g, dead) = link.fence(nvq);
+        {
+            let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            d.sync_in(&link);
+            // A process that died inside a burst may have published more than it left in the
+            // zone: every pop of a burst is pushed used (or given back), so the ring's used
+            // index is where both indices are.
+            for (_, v) in d.vrings.iter_mut().enumerate().filter(|(vq, _)| dead & (1 << vq) != 0) {
+                if let Some(r) = &mut v.ring {
+                    let u = r.used_idx();
+                    r.set_indices((u, u));
+                }
+            }
+        }
         f();
         let new = g.wrapping_add(2);
         {
@@ -712,7 +727,9 @@ fn control(
             // SAFETY: one valid pollfd on the stack, a bounded timeout.
             let n = unsafe { libc::poll(&mut p, 1, TICK.as_millis() as i32) };
             if n <= 0 {
-                link.reap(nvq);
+                if link.any_dead(nvq) {
+                    fenced(&mut || {});
+                }
                 continue;
             }
             let mut r = Ok(());
