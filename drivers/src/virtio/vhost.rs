@@ -1083,7 +1083,7 @@ impl EthDev for Secondary {
         let Some(Some((r, call))) = rings.get_mut(i) else { return 0 };
         let Some(idx) = self.link.claim(i, self.me, Some(*gen)) else { return 0 };
         r.set_indices(idx);
-        let n = rx_frames(r, hosts, call, &mut self.pool, c, 12, self.port, pkts);
+        let n = rx_frames(Burst { r, hosts, call, pool: &mut self.pool, c, hdr: 12 }, self.port, pkts);
         self.link.put_back(i, self.me, r.indices());
         n
     }
@@ -1096,7 +1096,7 @@ impl EthDev for Secondary {
         let Some(Some((r, call))) = rings.get_mut(i) else { return 0 };
         let Some(idx) = self.link.claim(i, self.me, Some(*gen)) else { return 0 };
         r.set_indices(idx);
-        let n = tx_frames(r, hosts, call, &mut self.pool, c, 12, mrg, pkts);
+        let n = tx_frames(Burst { r, hosts, call, pool: &mut self.pool, c, hdr: 12 }, mrg, pkts);
         self.link.put_back(i, self.me, r.indices());
         n
     }
@@ -1153,7 +1153,8 @@ impl EthDev for Port {
         let Some(r) = v.ring.as_mut() else { return 0 };
         let Some(idx) = self.link.claim(i, self.me, None) else { return 0 };
         r.set_indices(idx);
-        let n = rx_frames(r, hosts, &mut v.call, &mut self.pool, c, self.hdr, self.port, pkts);
+        let n =
+            rx_frames(Burst { r, hosts, call: &mut v.call, pool: &mut self.pool, c, hdr: self.hdr }, self.port, pkts);
         self.link.put_back(i, self.me, r.indices());
         n
     }
@@ -1173,7 +1174,7 @@ impl EthDev for Port {
         let Some(r) = v.ring.as_mut() else { return 0 };
         let Some(idx) = self.link.claim(i, self.me, None) else { return 0 };
         r.set_indices(idx);
-        let n = tx_frames(r, hosts, &mut v.call, &mut self.pool, c, self.hdr, mrg, pkts);
+        let n = tx_frames(Burst { r, hosts, call: &mut v.call, pool: &mut self.pool, c, hdr: self.hdr }, mrg, pkts);
         self.link.put_back(i, self.me, r.indices());
         n
     }
@@ -1210,18 +1211,20 @@ fn gather(r: &DevRing, head: u16, hosts: &Hosts, hdr: usize, m: &mut Mbuf) -> bo
     true
 }
 
-/// A receive burst's work on a virtqueue `r` this process owns for the burst (any process).
-#[allow(clippy::too_many_arguments)]
-fn rx_frames(
-    r: &mut DevRing,
-    hosts: &Hosts,
-    call: &mut Option<File>,
-    pool: &mut Mempool,
-    c: &mut Counters,
+/// One virtqueue as a burst (in any process) has it: the ring it owns for the burst, the
+/// mapping of the front end's memory, the call eventfd, the pool, the queue's counters.
+struct Burst<'a> {
+    r: &'a mut DevRing,
+    hosts: &'a Hosts,
+    call: &'a mut Option<File>,
+    pool: &'a mut Mempool,
+    c: &'a mut Counters,
     hdr: usize,
-    port: PortId,
-    pkts: &mut [Option<Mbuf>],
-) -> usize {
+}
+
+/// A receive burst's work.
+fn rx_frames(b: Burst<'_>, port: PortId, pkts: &mut [Option<Mbuf>]) -> usize {
+    let Burst { r, hosts, call, pool, c, hdr } = b;
     let avail = usize::from(r.pending()).min(pkts.len());
     if avail == 0 {
         return 0;
@@ -1277,18 +1280,9 @@ fn rx_frames(
     n
 }
 
-/// A transmit burst's work on a virtqueue `r` this process owns for the burst (any process).
-#[allow(clippy::too_many_arguments)]
-fn tx_frames(
-    r: &mut DevRing,
-    hosts: &Hosts,
-    call: &mut Option<File>,
-    pool: &mut Mempool,
-    c: &mut Counters,
-    hdr: usize,
-    mrg: bool,
-    pkts: &mut [Option<Mbuf>],
-) -> usize {
+/// A transmit burst's work (over several buffers a frame with `mrg`, MRG_RXBUF negotiated).
+fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
+    let Burst { r, hosts, call, pool, c, hdr } = b;
     let hdr_len = hdr;
     let mut left = r.pending();
     let mut taken = 0;
