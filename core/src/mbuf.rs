@@ -28,6 +28,8 @@ pub const HEADROOM: u16 = 128;
 pub const DEFAULT_DATA_ROOM: u16 = 2048;
 /// Port value of a buffer not received on any port.
 pub const NO_PORT: u16 = u16::MAX;
+/// Segments one packet may have at most (a 9,000-byte frame over 128-byte buffers fits).
+pub const MAX_SEGS: u16 = 128;
 
 /// `ol_flags` bit: `rss_hash` holds the device's RSS hash (DPDK's `RTE_MBUF_F_RX_RSS_HASH`).
 pub const RX_RSS_HASH: u64 = 1 << 1;
@@ -43,12 +45,14 @@ pub struct MbufHdr {
     data_len: u16,
     pkt_len: u32,
     port: u16,
-    _r: u16,
+    /// Segments of the chain this buffer heads (1 for a single buffer; meaningful in the head).
+    nb_segs: u16,
     /// Offload flags (driver-defined bits).
     pub ol_flags: u64,
     /// RSS hash reported by the device.
     pub rss_hash: u32,
-    _r2: u32,
+    /// The next segment's header offset in 64-byte units (0: the last segment).
+    next: u32,
     /// Receive or transmit timestamp in nanoseconds (pcap uses it).
     pub timestamp: u64,
 }
@@ -159,24 +163,39 @@ impl Mbuf {
     pub fn is_empty(&self) -> bool {
         self.h().data_len == 0
     }
-    /// Sets the packet length; false (nothing changed) when it does not fit the tailroom.
+    /// Sets the length of this (the first) segment, the packet's length following; false
+    /// (nothing changed) when it does not fit the tailroom.
     #[inline]
     pub fn set_len(&mut self, len: usize) -> bool {
         let h = self.hm();
         if h.data_off as usize + len > h.buf_len as usize {
             return false;
         }
+        h.pkt_len = h.pkt_len - u32::from(h.data_len) + len as u32;
         h.data_len = len as u16;
-        h.pkt_len = len as u32;
         true
     }
-    /// Grows the packet by `n` bytes at the end and returns them, or None if they do not fit.
+    /// Grows the packet by `n` bytes at the end (of its last segment, as `rte_pktmbuf_append`)
+    /// and returns them, or None if they do not fit that segment.
     pub fn append(&mut self, n: usize) -> Option<&mut [u8]> {
-        let old = self.len();
-        if !self.set_len(old + n) {
+        if self.h().next == 0 {
+            let old = self.len();
+            if !self.set_len(old + n) {
+                return None;
+            }
+            return Some(&mut self.data_mut()[old..]);
+        }
+        let last = self.last_seg();
+        // SAFETY: a segment of this chain (which this handle owns), inside the same mapping.
+        let l = unsafe { &mut *last.as_ptr() };
+        let old = l.data_len as usize;
+        if l.data_off as usize + old + n > l.buf_len as usize {
             return None;
         }
-        Some(&mut self.data_mut()[old..])
+        l.data_len += n as u16;
+        self.hm().pkt_len += n as u32;
+        // SAFETY: as in `data_mut`, for the last segment: `old..old + n` is inside its buffer.
+        Some(unsafe { std::slice::from_raw_parts_mut(seg_buf(last).add(l.data_off as usize + old), n) })
     }
     /// Grows the packet by `n` bytes at the front (into the headroom) and returns them, or None
     /// if the headroom is smaller: where a driver puts a header the device reads before the
@@ -191,8 +210,12 @@ impl Mbuf {
         h.pkt_len += n as u32;
         Some(&mut self.data_mut()[..n])
     }
-    /// Replaces the content with `bytes`; false when they do not fit.
+    /// Replaces the content with `bytes` (in this one buffer: other segments are freed); false
+    /// (nothing changed) when they do not fit.
     pub fn copy_from(&mut self, bytes: &[u8]) -> bool {
+        if self.h().next != 0 && bytes.len() <= self.buf_len() - self.headroom() {
+            drop(self.unlink());
+        }
         if !self.set_len(bytes.len()) {
             return false;
         }
@@ -230,14 +253,29 @@ impl Mbuf {
     pub fn set_port(&mut self, port: u16) {
         self.hm().port = port;
     }
+    /// Header fields drivers set (offload flags, RSS hash, timestamp).
+    pub fn hdr(&self) -> &MbufHdr {
+        self.h()
+    }
     /// Header fields drivers may set directly (offload flags, RSS hash, timestamp).
     pub fn hdr_mut(&mut self) -> &mut MbufHdr {
         self.hm()
     }
-    /// Resets length, offsets and metadata as after allocation.
+    /// Resets length, offsets and metadata as after allocation; the segments after the first
+    /// go back to their pool.
     #[inline]
     pub fn reset(&mut self) {
+        if self.h().next != 0 {
+            drop(self.unlink());
+        }
+        self.reset_head();
+    }
+    /// `reset` of a buffer known to have no next segment (fresh from its pool).
+    #[inline]
+    fn reset_head(&mut self) {
         let h = self.hm();
+        h.next = 0;
+        h.nb_segs = 1;
         h.data_off = HEADROOM.min(h.buf_len as u16);
         h.data_len = 0;
         h.pkt_len = 0;
@@ -267,10 +305,127 @@ impl Mbuf {
         let h = p.cast::<MbufHdr>();
         // SAFETY: 64 bytes inside the mapping, 64-aligned; MbufHdr is plain data.
         let hr = unsafe { h.as_ref() };
-        if hr.self_off != off.0 || hr.buf_off != off.0 + 64 || shm.ptr(off, 64 + hr.buf_len as u64).is_none() {
+        let sane = |hr: &MbufHdr, off: u64| {
+            hr.self_off == off
+                && hr.buf_off == off + 64
+                && shm.ptr(ShmOffset(off), 64 + hr.buf_len as u64).is_some()
+                && hr.data_off as u32 + hr.data_len as u32 <= hr.buf_len
+        };
+        if !sane(hr, off.0) {
+            return None;
+        }
+        // Every segment (another process built the chain): in the mapping, a buffer header,
+        // as many as the head says, their lengths summing to the packet's.
+        let (mut next, mut segs, mut bytes) = (hr.next, 1u16, u64::from(hr.data_len));
+        while next != 0 {
+            let o = u64::from(next) * 64;
+            let s = shm.ptr(ShmOffset(o), 64)?.cast::<MbufHdr>();
+            // SAFETY: as for the head: 64 bytes inside the mapping, 64-aligned, plain data.
+            let sr = unsafe { s.as_ref() };
+            if segs >= hr.nb_segs.min(MAX_SEGS) || !sane(sr, o) {
+                return None;
+            }
+            (next, segs, bytes) = (sr.next, segs + 1, bytes + u64::from(sr.data_len));
+        }
+        if segs != hr.nb_segs || bytes != u64::from(hr.pkt_len) {
             return None;
         }
         Some(Mbuf(h))
+    }
+    /// Segments in the chain this buffer heads (1 for a single buffer).
+    #[inline]
+    pub fn nb_segs(&self) -> u16 {
+        self.h().nb_segs
+    }
+    /// Bytes of the whole packet, over every segment (`len` is the first segment's).
+    #[inline]
+    pub fn pkt_len(&self) -> usize {
+        self.h().pkt_len as usize
+    }
+    /// Each segment's bytes, in order.
+    pub fn segments(&self) -> Segments<'_> {
+        Segments { cur: Some(self.0), base: self.base(), _m: std::marker::PhantomData }
+    }
+    /// Copies the whole packet into the front of `out`: its length, or None (nothing
+    /// meaningful written) when `out` is shorter.
+    pub fn copy_to(&self, out: &mut [u8]) -> Option<usize> {
+        let n = self.pkt_len();
+        if n > out.len() {
+            return None;
+        }
+        let mut at = 0;
+        for s in self.segments() {
+            out.get_mut(at..at + s.len())?.copy_from_slice(s);
+            at += s.len();
+        }
+        Some(at)
+    }
+    /// Appends `tail` (a buffer or a chain) after this chain's last segment. `tail` comes back
+    /// unchanged when the chain would have over [`MAX_SEGS`] segments or over `u32::MAX`
+    /// bytes, or when it lies in another mapping.
+    pub fn chain(&mut self, tail: Mbuf) -> Result<(), Mbuf> {
+        let (t_off, t_segs, t_len) = (tail.h().self_off, tail.h().nb_segs, tail.h().pkt_len);
+        let units = u32::try_from(t_off / 64).ok().filter(|&u| u != 0 && u64::from(u) * 64 == t_off);
+        let fits = u32::from(self.h().nb_segs) + u32::from(t_segs) <= u32::from(MAX_SEGS)
+            && self.h().pkt_len.checked_add(t_len).is_some();
+        let (Some(units), true, true) = (units, fits, tail.base() == self.base()) else {
+            return Err(tail);
+        };
+        let last = self.last_seg();
+        // SAFETY: the last segment of this chain, which this handle owns.
+        unsafe { (*last.as_ptr()).next = units };
+        let h = self.hm();
+        h.nb_segs += t_segs;
+        h.pkt_len += t_len;
+        std::mem::forget(tail);
+        Ok(())
+    }
+    /// Takes the segments after the first off the chain, as a packet of their own; this one is
+    /// a single buffer again.
+    pub fn take_next(&mut self) -> Option<Mbuf> {
+        let mut rest = self.unlink()?;
+        let (mut segs, mut bytes) = (0u16, 0u32);
+        for s in rest.segments() {
+            segs += 1;
+            bytes += s.len() as u32;
+        }
+        let h = rest.hm();
+        (h.nb_segs, h.pkt_len) = (segs, bytes);
+        Some(rest)
+    }
+    /// Detaches the next segment (with those after it) as an owned handle, its head fields
+    /// not recomputed (enough to free it); this one becomes a single buffer.
+    #[inline]
+    fn unlink(&mut self) -> Option<Mbuf> {
+        let next = self.h().next;
+        if next == 0 {
+            return None;
+        }
+        let base = self.base();
+        let h = self.hm();
+        h.next = 0;
+        h.nb_segs = 1;
+        h.pkt_len = u32::from(h.data_len);
+        // SAFETY: `next` names a segment header of this chain in the same mapping (checked when
+        // the chain was built or came from another process); the chain is ours, so is it.
+        Some(Mbuf(unsafe { NonNull::new_unchecked(base.add(next as usize * 64).cast::<MbufHdr>()) }))
+    }
+    /// Start of the mapping this buffer is in.
+    #[inline]
+    fn base(&self) -> *mut u8 {
+        // SAFETY: the header is `self_off` bytes into the mapping.
+        unsafe { self.0.as_ptr().cast::<u8>().sub(self.h().self_off as usize) }
+    }
+    /// The chain's last segment (this one for a single buffer).
+    fn last_seg(&self) -> NonNull<MbufHdr> {
+        let base = self.base();
+        let mut p = self.0;
+        // SAFETY: each `next` names a segment header of this chain inside the same mapping.
+        while let n @ 1.. = unsafe { p.as_ref() }.next {
+            // SAFETY: as above.
+            p = unsafe { NonNull::new_unchecked(base.add(n as usize * 64).cast::<MbufHdr>()) };
+        }
+        p
     }
     #[inline]
     fn pool_ring(&self) -> RawRing<u64> {
@@ -285,8 +440,43 @@ impl Mbuf {
     }
 }
 
+/// The data buffer of the segment whose header is at `h`: right after the 64-byte header.
+#[inline]
+fn seg_buf(h: NonNull<MbufHdr>) -> *mut u8 {
+    // SAFETY: every element is a 64-byte header followed by its buffer.
+    unsafe { h.as_ptr().cast::<u8>().add(64) }
+}
+
+/// The segments of a packet, each as its bytes ([`Mbuf::segments`]).
+pub struct Segments<'a> {
+    cur: Option<NonNull<MbufHdr>>,
+    base: *mut u8,
+    _m: std::marker::PhantomData<&'a Mbuf>,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a [u8];
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let p = self.cur?;
+        // SAFETY: a segment header of the chain the borrowed Mbuf owns, in its mapping.
+        let h = unsafe { p.as_ref() };
+        self.cur = (h.next != 0)
+            // SAFETY: `next` names the following segment's header in the same mapping.
+            .then(|| unsafe { NonNull::new_unchecked(self.base.add(h.next as usize * 64).cast::<MbufHdr>()) });
+        // SAFETY: data_off + data_len <= buf_len, as in `Mbuf::data`.
+        Some(unsafe { std::slice::from_raw_parts(seg_buf(p).add(h.data_off as usize), h.data_len as usize) })
+    }
+}
+
 impl Drop for Mbuf {
     fn drop(&mut self) {
+        // The other segments first, one by one (each a single buffer by then: no recursion).
+        let mut next = self.unlink();
+        while let Some(mut m) = next {
+            next = m.unlink();
+            drop(m);
+        }
         let off = self.h().self_off;
         // The pool ring has room for every buffer of the pool, so this cannot fail.
         let ok = self.pool_ring().enqueue_bulk(&[off]);
@@ -296,7 +486,7 @@ impl Drop for Mbuf {
 
 impl std::fmt::Debug for Mbuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Mbuf(off={:#x}, len={})", self.h().self_off, self.len())
+        write!(f, "Mbuf(off={:#x}, len={}, segs={})", self.h().self_off, self.pkt_len(), self.nb_segs())
     }
 }
 
@@ -362,10 +552,10 @@ impl Mempool {
                     data_len: 0,
                     pkt_len: 0,
                     port: NO_PORT,
-                    _r: 0,
+                    nb_segs: 1,
                     ol_flags: 0,
                     rss_hash: 0,
-                    _r2: 0,
+                    next: 0,
                     timestamp: 0,
                 });
             }
@@ -539,7 +729,7 @@ impl Mempool {
         let off = self.cache.pop(&self.ring)?;
         self.publish();
         let mut m = Self::to_mbuf(&self.shm, off);
-        m.reset();
+        m.reset_head();
         Some(m)
     }
 
@@ -567,7 +757,7 @@ impl Mempool {
         };
         for (slot, &off) in out.iter_mut().zip(offs.iter().rev()) {
             let mut m = Self::to_mbuf(&self.shm, off);
-            m.reset();
+            m.reset_head();
             *slot = Some(m);
         }
         self.publish();
@@ -577,7 +767,20 @@ impl Mempool {
     /// Returns a buffer: into this handle's cache when it belongs to this pool, else to its own
     /// pool's ring.
     #[inline]
-    pub fn free(&mut self, m: Mbuf) {
+    pub fn free(&mut self, mut m: Mbuf) {
+        if m.h().next != 0 {
+            let mut next = m.unlink();
+            while let Some(mut s) = next {
+                next = s.unlink();
+                self.free_one(s);
+            }
+        }
+        self.free_one(m);
+    }
+
+    /// `free` of one buffer with no next segment.
+    #[inline]
+    fn free_one(&mut self, m: Mbuf) {
         if m.h().pool_off != self.pool_off || self.cache.size == 0 {
             drop(m);
             return;
@@ -592,6 +795,26 @@ impl Mempool {
         for m in ms.iter_mut().filter_map(Option::take) {
             self.free(m);
         }
+    }
+
+    /// The packet `m` in one buffer of this pool: `m` itself when it has one segment, else a
+    /// copy (bytes and metadata; `m` freed), for a transmit path that takes single buffers.
+    /// `m` comes back when no buffer is free or the packet is over one buffer's room.
+    pub fn linearize(&mut self, m: Mbuf) -> Result<Mbuf, Mbuf> {
+        if m.nb_segs() == 1 {
+            return Ok(m);
+        }
+        let Some(mut one) = self.alloc() else { return Err(m) };
+        let n = m.pkt_len();
+        let Some(dst) = one.append(n) else {
+            self.free(one);
+            return Err(m);
+        };
+        let _ = m.copy_to(dst);
+        let (src, h) = (m.h(), one.hm());
+        (h.port, h.ol_flags, h.rss_hash, h.timestamp) = (src.port, src.ol_flags, src.rss_hash, src.timestamp);
+        self.free(m);
+        Ok(one)
     }
 }
 
@@ -738,6 +961,78 @@ mod tests {
         }
         drop(v); // the rest through Drop, straight to the ring
         assert_eq!(p.avail_count(), 100);
+    }
+
+    /// A packet over three buffers: lengths, bytes in order, append into the last segment,
+    /// the offset round trip (checked segment by segment), take_next, linearize, and every
+    /// buffer back in the pool whichever way the chain is freed.
+    #[test]
+    fn a_chain_of_segments_keeps_its_bytes_and_frees_every_buffer() {
+        let (_d, shm) = shm();
+        let mut p = Mempool::create(&shm, "c", 16, 256, 4).unwrap();
+        let mk = |p: &mut Mempool, fill: u8, n: usize| {
+            let mut m = p.alloc().unwrap();
+            assert!(m.copy_from(&vec![fill; n]));
+            m
+        };
+        let mut head = mk(&mut p, 1, 200);
+        head.chain(mk(&mut p, 2, 250)).unwrap();
+        let mut tail = mk(&mut p, 3, 10);
+        tail.append(5).unwrap().fill(4);
+        head.chain(tail).unwrap();
+        assert_eq!((head.nb_segs(), head.pkt_len(), head.len()), (3, 465, 200));
+        head.append(6).unwrap().fill(5); // into the last segment
+        let mut want = vec![1u8; 200];
+        want.extend([2; 250].iter().chain(&[3; 10]).chain(&[4; 5]).chain(&[5; 6]));
+        let lens: Vec<usize> = head.segments().map(<[u8]>::len).collect();
+        assert_eq!(lens, [200, 250, 21]);
+        let mut out = vec![0u8; 600];
+        assert_eq!(head.copy_to(&mut out), Some(471));
+        assert_eq!(&out[..471], &want[..]);
+        assert_eq!(head.copy_to(&mut out[..470]), None);
+        assert_eq!(p.avail_count(), 13);
+        // Across processes as an offset: every segment checked; a broken count is refused.
+        let off = head.into_offset();
+        let hdr = shm.ptr(off, 64).unwrap().cast::<MbufHdr>();
+        // SAFETY: the head's header, which nobody else uses in this test.
+        unsafe { (*hdr.as_ptr()).nb_segs = 2 };
+        assert!(Mbuf::from_offset(&shm, off).is_none(), "a chain longer than its head says");
+        // SAFETY: as above.
+        unsafe { (*hdr.as_ptr()).nb_segs = 3 };
+        let mut head = Mbuf::from_offset(&shm, off).unwrap();
+        let single = mk(&mut p, 7, 20);
+        let single = p.linearize(single).unwrap(); // a single buffer: as it is
+        assert_eq!(single.data(), &[7; 20][..]);
+        p.free(single);
+        // A packet over one buffer's room cannot be made one buffer: it comes back whole.
+        head = p.linearize(head).unwrap_err();
+        assert_eq!(head.pkt_len(), 471);
+        let rest = head.take_next().unwrap();
+        assert_eq!((head.nb_segs(), head.pkt_len()), (1, 200));
+        assert_eq!((rest.nb_segs(), rest.pkt_len()), (2, 271));
+        head.chain(rest).unwrap();
+        drop(head); // through Drop: three buffers to the ring
+        assert_eq!(p.avail_count(), 16);
+        // Small enough for one buffer: linearized, bytes and metadata kept, the chain freed.
+        let mut a = mk(&mut p, 9, 100);
+        a.set_port(3);
+        a.hdr_mut().rss_hash = 0xabcd;
+        a.chain(mk(&mut p, 8, 100)).unwrap();
+        let one = p.linearize(a).unwrap();
+        assert_eq!((one.nb_segs(), one.len(), one.port(), one.hdr().rss_hash), (1, 200, 3, 0xabcd));
+        assert_eq!(&one.data()[99..101], &[9, 8]);
+        p.free(one);
+        // Freed through the pool (its cache), and reset: every buffer back.
+        let mut b = mk(&mut p, 1, 10);
+        b.chain(mk(&mut p, 1, 10)).unwrap();
+        b.chain(mk(&mut p, 1, 10)).unwrap();
+        p.free(b);
+        let mut c = mk(&mut p, 1, 10);
+        c.chain(mk(&mut p, 1, 10)).unwrap();
+        c.reset();
+        assert_eq!((c.nb_segs(), c.pkt_len()), (1, 0));
+        p.free(c);
+        assert_eq!(p.avail_count(), 16);
     }
 
     #[test]

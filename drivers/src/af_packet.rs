@@ -401,18 +401,18 @@ impl Queue {
             if st != TP_STATUS_AVAILABLE && st != TP_STATUS_WRONG_FORMAT {
                 break; // ring full: the kernel has not sent this frame yet
             }
-            let d = m.data();
-            if d.len() > room {
+            let len = m.pkt_len();
+            if len > room {
                 self.st.oerrors += 1;
             } else {
                 // SAFETY: [TX_DATA_OFF, TX_DATA_OFF + len) is inside this frame (len <= room).
-                let dst = unsafe { std::slice::from_raw_parts_mut(f.add(TX_DATA_OFF), d.len()) };
-                dst.copy_from_slice(d);
-                h.tp_len = d.len() as u32;
-                h.tp_snaplen = d.len() as u32;
+                let dst = unsafe { std::slice::from_raw_parts_mut(f.add(TX_DATA_OFF), len) };
+                let _ = m.copy_to(dst); // every segment, in order
+                h.tp_len = len as u32;
+                h.tp_snaplen = len as u32;
                 h.tp_status.store(TP_STATUS_SEND_REQUEST, Ordering::Release);
                 self.st.opackets += 1;
-                self.st.obytes += d.len() as u64;
+                self.st.obytes += len as u64;
                 idx = if idx + 1 == self.geo.framecnt { 0 } else { idx + 1 };
                 queued += 1;
             }

@@ -164,10 +164,14 @@ impl EthDev for NullPort {
         for slot in pkts.iter_mut() {
             let Some(m) = slot.take() else { break };
             if self.copy {
-                let l = m.len().min(self.sink.len());
-                self.sink[..l].copy_from_slice(&m.data()[..l]);
+                let mut at = 0;
+                for s in m.segments() {
+                    let l = s.len().min(self.sink.len() - at);
+                    self.sink[at..at + l].copy_from_slice(&s[..l]);
+                    at += l;
+                }
             }
-            q.bytes += m.len() as u64;
+            q.bytes += m.pkt_len() as u64;
             q.pool.free(m);
             n += 1;
         }

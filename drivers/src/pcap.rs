@@ -451,7 +451,7 @@ impl EthDev for PcapPort {
                 let mut n = 0;
                 for slot in pkts.iter_mut() {
                     let Some(m) = slot.take() else { break };
-                    self.st.obytes += m.len() as u64;
+                    self.st.obytes += m.pkt_len() as u64;
                     self.pool.free(m);
                     n += 1;
                 }
@@ -463,7 +463,13 @@ impl EthDev for PcapPort {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
                 let mut n = 0;
                 for slot in pkts.iter_mut() {
-                    let Some(mut m) = slot.take() else { break };
+                    let Some(m) = slot.take() else { break };
+                    // One record from one slice: a chained packet is copied into one buffer.
+                    let Ok(mut m) = self.pool.linearize(m) else {
+                        self.st.oerrors += 1;
+                        n += 1;
+                        continue;
+                    };
                     let ts = match m.hdr_mut().timestamp {
                         0 => now,
                         t => t,

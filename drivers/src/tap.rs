@@ -255,6 +255,19 @@ impl EthDev for TapPort {
         let Some(q) = self.tx.get_mut(queue as usize) else { return 0 };
         let mut n = 0;
         for slot in pkts.iter_mut() {
+            if slot.as_ref().is_some_and(|m| m.nb_segs() > 1) {
+                // One write per frame: a chained packet is copied into one buffer first.
+                match slot.take().map(|m| q.pool.linearize(m)) {
+                    Some(Ok(one)) => *slot = Some(one),
+                    Some(Err(m)) => {
+                        q.errs += 1;
+                        q.pool.free(m);
+                        n += 1;
+                        continue;
+                    }
+                    None => {}
+                }
+            }
             let Some(m) = slot.as_ref() else { break };
             let d = m.data();
             if let Err(err) = tun::write_frame(q.fd, d) {

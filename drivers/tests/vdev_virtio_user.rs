@@ -458,3 +458,52 @@ fn frames_over_several_small_buffers_cross_both_ways_with_dpdk_virtio_user() {
     drop(dpdk);
     close(p);
 }
+
+/// Our net_virtio_user with 512-byte receive buffers against testpmd's net_vhost (io forward):
+/// MRG_RXBUF is negotiated, and testpmd spreads a 1,514-byte frame over three of our buffers
+/// (`num_buffers` 3). Each comes back as one chained packet whose segments hold the frame byte
+/// for byte; counters equal on both sides; every buffer back in both pools after close.
+#[test]
+fn frames_over_several_of_our_receive_buffers_arrive_chained_from_dpdk_vhost() {
+    use lab_core::ethdev::PortConf;
+    use lab_core::mbuf::Mempool;
+    let lab = Lab::new("vumrg");
+    let d = Dir::new();
+    let sock = d.sock();
+    let Some(dpdk) = peer_or_skip(
+        "frames_over_several_of_our_receive_buffers",
+        d.d.path(),
+        &format!("{}-dpdk", lab.prefix),
+        &sock,
+        1,
+    ) else {
+        return;
+    };
+    let small = Mempool::create(lab.rt.shm(), "small", 1024, 512, 0).expect("pool of 512-byte buffers");
+    let conf = PortConf { nb_rxq: 1, nb_txq: 1, pool: "small".into(), ..PortConf::default() };
+    let mut p =
+        lab.probe_conf(&VirtioUserDriver, &format!("net_virtio_user0,path={}", sock.display()), 0, conf).unwrap();
+    assert!(wait_link(p.as_mut(), true, Duration::from_secs(5)), "link up once set up");
+    assert!(dpdk.wait_link_up(0, Duration::from_secs(15)), "testpmd's port up");
+    // Sent from the 2,048-byte pool (one buffer each), received into 512-byte ones.
+    let mut big = lab.pool();
+    let frames: Vec<Vec<u8>> = (0..60).map(|i| frame(i, [60, 500, 501, 1400, 1514][i as usize % 5])).collect();
+    assert_eq!(send_all(p.as_mut(), &mut big, &frames), frames.len());
+    let got = recv_segmented(p.as_mut(), frames.len(), Duration::from_secs(30));
+    assert_eq!(got.len(), frames.len(), "frames back through 512-byte buffers; ours {:?}", p.stats());
+    for ((g, segs), f) in got.iter().zip(&frames) {
+        assert!(g == f, "a frame of {} bytes came back changed ({} bytes, {segs} segments)", f.len(), g.len());
+        // 512 bytes of room per buffer, the first 12 of the first taken by the header.
+        assert_eq!(usize::from(*segs), (f.len() + 12).div_ceil(512 + 12), "segments of a {}-byte frame", f.len());
+    }
+    let ours = p.stats();
+    let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+    assert_eq!((ours.ipackets, ours.ibytes, ours.ierrors), (60, bytes, 0));
+    let theirs = dpdk.port_stats(0).expect("testpmd's /ethdev/stats,0");
+    assert_eq!((theirs.opackets, theirs.obytes), (ours.ipackets, ours.ibytes), "we received what testpmd sent");
+    close(p);
+    drop(big);
+    assert_eq!(small.avail_count(), 1024, "receive buffers left after close");
+    assert_eq!(lab.pool.avail_count(), 4096, "transmit buffers left after close");
+    drop(dpdk);
+}

@@ -472,6 +472,15 @@ impl<const DLEN: usize> Queue<DLEN> {
             }
             let Some(m) = slot.take() else { break };
             taken += 1;
+            // One descriptor per frame: a chained packet is copied into one buffer first.
+            let m = match pool.linearize(m) {
+                Ok(m) => m,
+                Err(m) => {
+                    errors += 1;
+                    pool.free(m);
+                    continue;
+                }
+            };
             let len = m.len();
             if len == 0 || len > max_len {
                 errors += 1;

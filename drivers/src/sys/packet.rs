@@ -240,7 +240,28 @@ pub(crate) fn live_rx(
 
 /// `sendmmsg` of the front of `pkts`; returns how many were taken (sent or refused).
 pub(crate) fn live_tx(fd: RawFd, pool: &mut Mempool, pkts: &mut [Option<Mbuf>], st: &mut PortStats) -> usize {
-    let k = pkts.iter().take(BATCH).take_while(|s| s.is_some()).count();
+    let mut k = pkts.iter().take(BATCH).take_while(|s| s.is_some()).count();
+    // One iovec per frame: a chained packet is copied into one buffer first. One that cannot be
+    // ends the batch; first in it, it is dropped and counted.
+    for (i, slot) in pkts[..k].iter_mut().enumerate() {
+        if slot.as_ref().is_none_or(|m| m.nb_segs() == 1) {
+            continue;
+        }
+        match slot.take().map(|m| pool.linearize(m)) {
+            Some(Ok(one)) => *slot = Some(one),
+            Some(Err(m)) if i == 0 => {
+                st.oerrors += 1;
+                pool.free(m);
+                return 1;
+            }
+            Some(Err(m)) => {
+                *slot = Some(m);
+                k = i;
+                break;
+            }
+            None => {}
+        }
+    }
     if k == 0 {
         return 0;
     }
@@ -275,7 +296,7 @@ pub(crate) fn live_tx(fd: RawFd, pool: &mut Mempool, pkts: &mut [Option<Mbuf>], 
     };
     for slot in &mut pkts[..sent] {
         if let Some(m) = slot.take() {
-            st.obytes += m.len() as u64;
+            st.obytes += m.pkt_len() as u64;
             pool.free(m);
         }
     }

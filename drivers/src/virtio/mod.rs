@@ -17,8 +17,11 @@
 //! VIRTIO_NET_F_CTRL_RX, promiscuous mode. The control queue is used under the shared-memory
 //! lock, so any process of the lab may issue a command.
 //!
-//! Not yet: frames over one buffer (a received frame with `num_buffers` over 1 is dropped and
-//! counted), offloads, RSS (the device's own steering spreads flows over the pairs).
+//! A frame the device spreads over several receive buffers (MRG_RXBUF, `num_buffers` over 1)
+//! arrives as one chained packet; a chained packet to transmit is copied into one buffer.
+//!
+//! Not yet: offloads, RSS (the device's own steering spreads flows over the pairs), transmit
+//! descriptor chains.
 
 pub(crate) mod devring;
 pub mod user;

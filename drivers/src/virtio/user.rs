@@ -26,9 +26,14 @@
 //! our socket. The rings keep their state; each virtqueue restarts at the used index the old back
 //! end reached (SET_VRING_BASE), so frames posted while it was away go out after.
 //!
-//! Not yet: frames over one receive buffer (a frame with `num_buffers` over 1 is dropped and
-//! counted, as in net_virtio), offloads, the control queue, packed rings, link events by
-//! interrupt (the link is found by query).
+//! Mergeable receive buffers (`mrg_rxbuf=1`, the default, as DPDK's): MRG_RXBUF is negotiated
+//! when the back end offers it, and a frame the back end spreads over several receive buffers
+//! (`num_buffers` in its header) arrives as one chained packet ([`Mbuf::nb_segs`]). A chained
+//! packet given to transmit is copied into one buffer (dropped and counted when over one
+//! buffer's room: one descriptor per frame).
+//!
+//! Not yet: offloads, the control queue, packed rings, link events by interrupt (the link is
+//! found by query), transmit descriptor chains.
 
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -65,11 +70,12 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 const MAGIC: u64 = 0x5649_5553_4552_0001;
 
 // Feature bits (virtio 1.2, 5.1.3 and 6; vhost-user's bit 30).
+const F_MRG_RXBUF: u64 = 1 << 15;
 const F_MQ: u64 = 1 << 22;
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const F_VERSION_1: u64 = 1 << 32;
 
-static KEYS: [KeySpec; 5] = [
+static KEYS: [KeySpec; 6] = [
     KeySpec::new("path", KeyKind::Path, "the vhost-user socket: the back end's (server=0) or ours (server=1)"),
     KeySpec::new(
         "queues",
@@ -83,6 +89,11 @@ static KEYS: [KeySpec; 5] = [
     ),
     KeySpec::new("server", KeyKind::Bool, "listen on path for the back end instead of connecting to it (default 0)"),
     KeySpec::new("mac", KeyKind::Mac, "MAC address of the port (default 02:76:75:00:00:<port>)"),
+    KeySpec::new(
+        "mrg_rxbuf",
+        KeyKind::Bool,
+        "negotiate mergeable receive buffers when the back end offers them: a frame over several buffers arrives as one chained packet (default 1)",
+    ),
 ];
 
 /// The net_virtio_user driver.
@@ -128,6 +139,8 @@ struct Control {
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
     qsize: u16,
+    /// `mrg_rxbuf=`: MRG_RXBUF is asked for when offered.
+    mrg: bool,
     /// When the last reconnect was tried (one try per 100 ms at most).
     last_try: Option<Instant>,
 }
@@ -257,9 +270,10 @@ impl Control {
         if pairs > 1 && offered & F_MQ == 0 {
             return Err(DriverError::config(format!("queues={pairs}: the back end does not offer MQ")));
         }
-        // Not MRG_RXBUF: a receive burst takes one buffer per frame (the buffers after a frame's
-        // first carry no header, so a frame over several would need merging, not yet built).
         let mut want = F_VERSION_1 | (offered & F_PROTOCOL_FEATURES);
+        if self.mrg {
+            want |= offered & F_MRG_RXBUF;
+        }
         if pairs > 1 {
             want |= F_MQ;
         }
@@ -448,8 +462,17 @@ impl Driver for VirtioUserDriver {
                 let s = UnixStream::connect(&path).ctx(format!("connecting to {}", path.display()))?;
                 (Mode::Client, s)
             };
-            let mut c =
-                Control { path: path.clone(), mode, conn: None, kicks, calls, qsize: qsize as u16, last_try: None };
+            let mrg = ctx.kvargs.get_bool("mrg_rxbuf").unwrap_or(true);
+            let mut c = Control {
+                path: path.clone(),
+                mode,
+                conn: None,
+                kicks,
+                calls,
+                qsize: qsize as u16,
+                mrg,
+                last_try: None,
+            };
             let features = match c.handshake(first, shm, pairs, &rx, &tx) {
                 Ok(f) => f,
                 Err(e) => {
@@ -606,8 +629,13 @@ impl EthDev for Port {
 
     #[inline]
     fn rx_burst(&mut self, queue: u16, pkts: &mut [Option<Mbuf>]) -> usize {
+        // What the primary negotiated with the back end now (a reconnect may change it).
+        let features = self.sh().features.load(Ordering::Relaxed);
         match self.rx.get_mut(usize::from(queue)) {
-            Some(q) => q.burst(&NoBar, &mut self.pool, pkts),
+            Some(q) => {
+                q.mergeable = features & F_MRG_RXBUF != 0;
+                q.burst(&NoBar, &mut self.pool, pkts)
+            }
             None => 0,
         }
     }

@@ -1185,30 +1185,76 @@ impl EthDev for Port {
     }
 }
 
-/// A frame over a chain of descriptors (the header skipped, wherever it ends) into `m`;
-/// false at a bad chain or one longer than [`MAX_FRAME`].
-fn gather(r: &DevRing, head: u16, hosts: &Hosts, hdr: usize, m: &mut Mbuf) -> bool {
+/// A frame over a chain of descriptors (the header skipped, wherever it ends) into `m`, more
+/// buffers from `pool` chained on when it is over one buffer's room; false at a bad chain, one
+/// longer than [`MAX_FRAME`], or no buffer left.
+fn gather(r: &DevRing, head: u16, hosts: &Hosts, hdr: usize, m: &mut Mbuf, pool: &mut Mempool) -> bool {
     let mut skip = hdr;
-    for d in r.chain(head) {
-        let Ok(d) = d else { return false };
+    // The segment being filled after `m` (chained on when full, and at the end).
+    let mut tail: Option<Mbuf> = None;
+    let mut total = 0usize;
+    let mut ok = true;
+    'descs: for d in r.chain(head) {
+        let Ok(d) = d else {
+            ok = false;
+            break;
+        };
         let (mut addr, mut len) = (d.addr, d.len as usize);
         let s = skip.min(len);
-        let Some(a) = addr.checked_add(s as u64) else { return false };
+        let Some(a) = addr.checked_add(s as u64) else {
+            ok = false;
+            break;
+        };
         (skip, addr, len) = (skip - s, a, len - s);
         if len == 0 {
             continue;
         }
-        let (Some(src), Some(dst)) =
-            (hosts.at(addr, len), if m.len() + len <= MAX_FRAME { m.append(len) } else { None })
-        else {
-            return false;
+        total += len;
+        let Some(mut src) = hosts.at(addr, len).filter(|_| total <= MAX_FRAME) else {
+            ok = false;
+            break;
         };
-        // SAFETY: `src..src + len` lies inside one mapped region of the front end's memory
-        // (`Hosts::at`), which `Dev::mem` keeps mapped while the caller holds the lock;
-        // `dst` is a distinct buffer of ours of exactly `len` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), len) };
+        while len > 0 {
+            let seg = match tail.as_mut() {
+                Some(t) => t,
+                None => &mut *m,
+            };
+            let k = seg.tailroom().min(len);
+            if k == 0 {
+                let Some(fresh) = pool.alloc() else {
+                    ok = false;
+                    break 'descs;
+                };
+                if let Some(full) = tail.replace(fresh) {
+                    if let Err(full) = m.chain(full) {
+                        pool.free(full);
+                        ok = false;
+                        break 'descs;
+                    }
+                }
+                continue;
+            }
+            let Some(dst) = seg.append(k) else {
+                ok = false;
+                break 'descs;
+            };
+            // SAFETY: `src..src + len` lies inside one mapped region of the front end's memory
+            // (`Hosts::at`), which `Dev::mem` keeps mapped while the caller holds the lock;
+            // `dst` is a distinct buffer of ours of exactly `k <= len` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), k);
+                src = src.add(k);
+            }
+            len -= k;
+        }
     }
-    true
+    if let Some(t) = tail {
+        if let Err(t) = m.chain(t) {
+            pool.free(t);
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// One virtqueue as a burst (in any process) has it: the ring it owns for the burst, the
@@ -1240,7 +1286,8 @@ fn rx_frames(b: Burst<'_>, port: PortId, pkts: &mut [Option<Mbuf>]) -> usize {
         let head = r.pop();
         let ok = match r.desc(head) {
             // One buffer, header then frame (how DPDK's virtio_user and ours send).
-            Some(d) if d.flags & (F_NEXT | F_INDIRECT) == 0 => (d.len as usize)
+            Some(d) if d.flags & (F_NEXT | F_INDIRECT) == 0 && (d.len as usize) <= hdr + m.tailroom() => (d.len
+                as usize)
                 .checked_sub(hdr)
                 .filter(|&len| len > 0 && len <= MAX_FRAME)
                 .and_then(|len| Some((hosts.at(d.addr.checked_add(hdr as u64)?, len)?, len)))
@@ -1252,7 +1299,7 @@ fn rx_frames(b: Burst<'_>, port: PortId, pkts: &mut [Option<Mbuf>]) -> usize {
                     unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
                 })
                 .is_some(),
-            _ => gather(r, head, hosts, hdr, &mut m),
+            _ => gather(r, head, hosts, hdr, &mut m, pool),
         };
         r.push_used(head, 0);
         if !ok || m.is_empty() {
@@ -1266,7 +1313,7 @@ fn rx_frames(b: Burst<'_>, port: PortId, pkts: &mut [Option<Mbuf>]) -> usize {
             continue;
         }
         m.set_port(port.0);
-        c.bytes += m.len() as u64;
+        c.bytes += m.pkt_len() as u64;
         pkts[n] = Some(m);
         n += 1;
     }
@@ -1290,15 +1337,18 @@ fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
     'frames: for slot in pkts.iter_mut() {
         let Some(m) = slot.as_ref() else { break };
         let data = m.data();
-        let total = hdr_len + data.len();
+        let pkt_len = m.pkt_len();
+        let total = hdr_len + pkt_len;
         if left == 0 {
             break;
         }
-        // The usual case first: the next buffer is one writable descriptor the frame fits.
+        // The usual case first: one segment, and the next buffer is one writable descriptor the
+        // frame fits.
         let head = r.pop();
         if let Some(dst) = r
             .desc(head)
             .filter(|d| d.flags & (F_NEXT | F_INDIRECT | F_WRITE) == F_WRITE && d.len as usize >= total)
+            .filter(|_| m.nb_segs() == 1)
             .and_then(|d| hosts.at(d.addr, total))
         {
             // SAFETY: `dst .. dst + total` lies inside this descriptor's buffer, itself
@@ -1311,7 +1361,7 @@ fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
             left -= 1;
             used_any = true;
             c.pkts += 1;
-            c.bytes += data.len() as u64;
+            c.bytes += pkt_len as u64;
             taken += 1;
             continue;
         }
@@ -1321,6 +1371,9 @@ fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
         let mut hdr_at: Option<*mut u8> = None;
         let mut off = 0usize; // bytes of (header + frame) placed
         let mut bad = false;
+        // The frame's bytes not placed yet, segment by segment.
+        let mut segs = m.segments();
+        let mut cur: &[u8] = &[];
         while off < total {
             if left == 0 {
                 // No buffer: give back what this frame took and stop (it stays with the caller).
@@ -1360,7 +1413,14 @@ fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
                         }
                         HDR_ZEROS[off..off + k].as_ptr()
                     } else {
-                        data[off - hdr_len..off - hdr_len + k].as_ptr()
+                        while cur.is_empty() {
+                            // The lengths add up to pkt_len, so a segment is there.
+                            cur = segs.next().unwrap_or(&[0u8; 1]);
+                        }
+                        k = k.min(cur.len());
+                        let p = cur.as_ptr();
+                        cur = &cur[k..];
+                        p
                     };
                     // SAFETY: `dst + o .. dst + o + k` is inside this descriptor's buffer,
                     // itself inside one mapped region (`Hosts::at` over its whole length);
@@ -1402,7 +1462,7 @@ fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
         }
         used_any = true;
         c.pkts += 1;
-        c.bytes += data.len() as u64;
+        c.bytes += pkt_len as u64;
         taken += 1;
     }
     // Every frame taken is in the front of `pkts` (a bad one's too): freed in one go.

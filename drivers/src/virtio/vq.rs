@@ -24,7 +24,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lab_core::ethdev::PortId;
-use lab_core::mbuf::{Mbuf, Mempool};
+use lab_core::mbuf::{Mbuf, Mempool, MAX_SEGS};
 use lab_core::mem::{Shm, ShmOffset};
 use lab_core::vfio::Bar;
 
@@ -384,6 +384,17 @@ impl Vq {
         }
     }
 
+    /// The buffer posted at descriptor `id`, as an owned handle (the software ring still
+    /// names it: post it again or put it back with `into_offset`); None for an id that is not
+    /// ours or a slot without a buffer.
+    fn posted(&self, id: u32) -> Option<Mbuf> {
+        if id >= self.n {
+            return None;
+        }
+        let off = self.sw_get(id);
+        Mbuf::from_offset(&self.shm, ShmOffset(off)).filter(|_| off != 0)
+    }
+
     /// Posts `m` as writable buffer `id` (header room in front of its data).
     fn post_rx(&self, id: u32, m: Mbuf) {
         let room = (m.buf_len() - m.headroom()) as u32;
@@ -395,8 +406,8 @@ impl Vq {
 /// One receive virtqueue.
 pub(crate) struct RxVq {
     pub(crate) q: Vq,
-    /// MRG_RXBUF negotiated: a frame's header must say `num_buffers` 1 (one buffer is all we
-    /// post room for). Without it the field says nothing we use (DPDK's vhost leaves it 0).
+    /// MRG_RXBUF negotiated: a frame's header says over how many buffers (`num_buffers`) it
+    /// lies. Without it the field says nothing we use (DPDK's vhost leaves it 0).
     pub(crate) mergeable: bool,
 }
 
@@ -423,9 +434,11 @@ impl RxVq {
         self.q.notify(bar);
     }
 
-    /// Receives into the front of `pkts`: each used element is a frame behind its 12-byte header;
-    /// its descriptor is posted again at once with a fresh buffer (or, with none to be had or a bad
-    /// frame, with the same one), so all n stay posted. One index update and at most one notify.
+    /// Receives into the front of `pkts`: each used element is a frame behind its 12-byte header,
+    /// or with MRG_RXBUF the first of the `num_buffers` elements a frame fills (made one
+    /// chained packet, [`merge`]). Each descriptor is posted again at once with a fresh buffer
+    /// (or, with none to be had or a bad frame, with the same one), so all n stay posted. One
+    /// index update and at most one notify.
     #[inline]
     pub(crate) fn burst<D: Doorbell>(&mut self, bar: &D, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
         let q = &self.q;
@@ -435,45 +448,57 @@ impl RxVq {
         if used.wrapping_sub(last) as u32 > q.n {
             return 0;
         }
-        let (mut got, mut bytes, mut errors, mut nombuf) = (0usize, 0u64, 0u64, 0u64);
+        let mut c = RxCount::default();
         let mut reposted = false;
-        while got < pkts.len() && last != used {
+        while c.got < pkts.len() && last != used {
             let (id, len) = q.used_elem(last);
-            last = last.wrapping_add(1);
-            if id >= q.n {
-                // Not a descriptor of ours: nothing to recycle, the frame is lost.
-                errors += 1;
-                continue;
-            }
-            let off = q.sw_get(id);
-            let Some(mut m) = Mbuf::from_offset(&q.shm, ShmOffset(off)).filter(|_| off != 0) else {
-                errors += 1;
+            let Some(mut m) = q.posted(id) else {
+                // Not a descriptor of ours, or no buffer of ours behind it: the frame is lost.
+                last = last.wrapping_add(1);
+                c.errors += 1;
                 continue;
             };
+            // The header sits just before the data (posted so): its num_buffers (offset 10).
+            m.reset();
+            let nbuf = m.prepend(NET_HDR_LEN).map_or(0, |h| u16::from_le_bytes([h[10], h[11]]));
+            m.reset();
+            if self.mergeable && nbuf > 1 && nbuf <= MAX_SEGS && u32::from(nbuf) <= q.n {
+                if used.wrapping_sub(last) < nbuf {
+                    // The frame's other buffers are not used yet: it waits for the next burst,
+                    // its first buffer still posted.
+                    let _ = m.into_offset();
+                    break;
+                }
+                let frame = merge(q, pool, last, nbuf, m, &mut avail, &mut c);
+                last = last.wrapping_add(nbuf);
+                reposted = true;
+                if let Some(f) = frame {
+                    pkts[c.got] = Some(f);
+                    c.got += 1;
+                }
+                continue;
+            }
+            last = last.wrapping_add(1);
             let frame = (len as usize).checked_sub(NET_HDR_LEN);
-            // The header sits just before the data (posted so): its num_buffers (offset 10) must
-            // be 1, one buffer per frame being all we post room for.
-            m.reset();
-            let nbuf = m.prepend(NET_HDR_LEN).map(|h| u16::from_le_bytes([h[10], h[11]]));
-            m.reset();
-            let ok = matches!(frame, Some(f) if f > 0 && f <= m.buf_len() - m.headroom())
-                && (nbuf == Some(1) || !self.mergeable);
+            // Without MRG_RXBUF the field says nothing we use (DPDK's vhost leaves it 0).
+            let ok =
+                matches!(frame, Some(f) if f > 0 && f <= m.buf_len() - m.headroom()) && (nbuf == 1 || !self.mergeable);
             if ok {
                 // A replacement first: without one the frame is dropped and its buffer reposted.
                 if let Some(fresh) = pool.alloc() {
                     let f = frame.unwrap_or(0);
                     let _ = m.set_len(f);
                     m.set_port(q.port);
-                    bytes += f as u64;
-                    pkts[got] = Some(m);
-                    got += 1;
+                    c.bytes += f as u64;
+                    pkts[c.got] = Some(m);
+                    c.got += 1;
                     q.post_rx(id, fresh);
                 } else {
-                    nombuf += 1;
+                    c.nombuf += 1;
                     q.post_rx(id, m);
                 }
             } else {
-                errors += 1;
+                c.errors += 1;
                 q.post_rx(id, m);
             }
             q.set_avail_slot(avail, id as u16);
@@ -487,8 +512,95 @@ impl RxVq {
                 q.notify(bar);
             }
         }
-        q.h().count(got as u64, bytes, errors, nombuf);
-        got
+        q.h().count(c.got as u64, c.bytes, c.errors, c.nombuf);
+        c.got
+    }
+}
+
+/// A receive burst's counts.
+#[derive(Default)]
+struct RxCount {
+    got: usize,
+    bytes: u64,
+    errors: u64,
+    nombuf: u64,
+}
+
+/// One frame over the `nbuf` used elements from `last` (MRG_RXBUF), `head` the first's buffer:
+/// the buffers chained in order (the first without its header, the others whole), each
+/// descriptor posted again with a fresh buffer. With too few fresh buffers the frame is dropped
+/// (`nombuf`) and every descriptor gets its own buffer back; a bad element (not our descriptor,
+/// a length over the buffer, an empty one) drops it too (`errors`).
+fn merge(
+    q: &Vq,
+    pool: &mut Mempool,
+    last: u16,
+    nbuf: u16,
+    head: Mbuf,
+    avail: &mut u16,
+    c: &mut RxCount,
+) -> Option<Mbuf> {
+    let mut fresh: arrayvec::ArrayVec<Option<Mbuf>, { MAX_SEGS as usize }> = arrayvec::ArrayVec::new();
+    fresh.extend((0..nbuf).map(|_| None));
+    let have = pool.alloc_bulk(&mut fresh);
+    let mut frame: Option<Mbuf> = None;
+    let mut head = Some(head);
+    let mut bad = false;
+    for k in 0..nbuf {
+        let (id, len) = q.used_elem(last.wrapping_add(k));
+        let Some(mut m) = (if k == 0 { head.take() } else { q.posted(id) }) else {
+            bad = true; // lost: nothing to post again
+            continue;
+        };
+        m.reset();
+        // The first holds the header; the others are frame bytes from the descriptor's start.
+        let fits = if k == 0 {
+            (len as usize).checked_sub(NET_HDR_LEN).is_some_and(|f| f > 0 && m.set_len(f))
+        } else {
+            len > 0 && m.prepend(NET_HDR_LEN).is_some() && m.set_len(len as usize)
+        };
+        match fresh[usize::from(k)].take() {
+            Some(f) if fits && !bad => {
+                q.post_rx(id, f);
+                match frame.as_mut() {
+                    None => frame = Some(m),
+                    Some(h) => {
+                        if let Err(m) = h.chain(m) {
+                            bad = true;
+                            pool.free(m);
+                        }
+                    }
+                }
+            }
+            other => {
+                bad |= !fits;
+                if let Some(f) = other {
+                    pool.free(f);
+                }
+                q.post_rx(id, m);
+            }
+        }
+        q.set_avail_slot(*avail, id as u16);
+        *avail = avail.wrapping_add(1);
+    }
+    pool.free_bulk(&mut fresh);
+    match frame {
+        Some(mut f) if have && !bad => {
+            f.set_port(q.port);
+            c.bytes += f.pkt_len() as u64;
+            Some(f)
+        }
+        f => {
+            if have {
+                c.errors += 1;
+            } else {
+                c.nombuf += 1;
+            }
+            if let Some(f) = f {
+                pool.free(f);
+            }
+            None
+        }
     }
 }
 
@@ -537,6 +649,18 @@ impl TxVq {
             }
             let Some(mut m) = slot.take() else { break };
             taken += 1;
+            if m.nb_segs() > 1 {
+                // One descriptor per frame: a chain is copied into one buffer, or dropped when
+                // it is over one buffer's room.
+                match pool.linearize(m) {
+                    Ok(one) => m = one,
+                    Err(m) => {
+                        errors += 1;
+                        pool.free(m);
+                        continue;
+                    }
+                }
+            }
             let len = m.len();
             if len == 0 || m.prepend(NET_HDR_LEN).map(|h| h.fill(0)).is_none() {
                 errors += 1;

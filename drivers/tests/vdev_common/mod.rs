@@ -69,9 +69,19 @@ impl Lab {
     }
 
     pub fn probe(&self, drv: &dyn Driver, devargs: &str, port: u16, nq: u16) -> Result<Box<dyn EthDev>, EthError> {
+        self.probe_conf(drv, devargs, port, PortConf { nb_rxq: nq, nb_txq: nq, ..PortConf::default() })
+    }
+
+    /// `probe` with a port configuration of the test's own (another buffer pool, say).
+    pub fn probe_conf(
+        &self,
+        drv: &dyn Driver,
+        devargs: &str,
+        port: u16,
+        conf: PortConf,
+    ) -> Result<Box<dyn EthDev>, EthError> {
         let da = Devargs::parse(devargs).map_err(|e| EthError::Invalid { what: e.to_string() })?;
         let kv = da.validate(drv.name(), drv.keys()).map_err(|e| EthError::Invalid { what: e.to_string() })?;
-        let conf = PortConf { nb_rxq: nq, nb_txq: nq, ..PortConf::default() };
         let ctx = ProbeCtx {
             runtime: &self.rt,
             port: PortId(port),
@@ -132,6 +142,11 @@ pub fn send_all(p: &mut dyn EthDev, pool: &mut Mempool, frames: &[Vec<u8>]) -> u
 
 /// Receives test frames on every queue until `want` or `limit`; returns their bytes.
 pub fn recv_frames(p: &mut dyn EthDev, want: usize, limit: Duration) -> Vec<Vec<u8>> {
+    recv_segmented(p, want, limit).into_iter().map(|(f, _)| f).collect()
+}
+
+/// `recv_frames`, each frame (every segment's bytes, in order) with its segment count.
+pub fn recv_segmented(p: &mut dyn EthDev, want: usize, limit: Duration) -> Vec<(Vec<u8>, u16)> {
     let nq = p.info().nb_rxq;
     let mut burst: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
     let mut got = Vec::new();
@@ -143,7 +158,7 @@ pub fn recv_frames(p: &mut dyn EthDev, want: usize, limit: Duration) -> Vec<Vec<
             any |= k > 0;
             for m in burst[..k].iter_mut().filter_map(Option::take) {
                 if is_test_frame(m.data()) {
-                    got.push(m.data().to_vec());
+                    got.push((m.segments().flatten().copied().collect(), m.nb_segs()));
                 }
             }
         }
