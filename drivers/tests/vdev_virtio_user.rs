@@ -425,8 +425,9 @@ fn client_mode_vhost_reconnects_to_a_restarted_dpdk_virtio_user_server() {
 
 /// testpmd's virtio_user with 512-byte buffers: a 1,400-byte frame from us needs three of its
 /// receive buffers (MRG_RXBUF, num_buffers 3), and comes back as a three-descriptor chain
-/// (testpmd forwards the segments as they are). Both our paths over several buffers, against
-/// DPDK's front end.
+/// (testpmd forwards the segments as they are). Then 3,100-byte frames we send as chains of
+/// 1,000-byte segments: over testpmd's buffers, and back into two of ours, chained. Both our
+/// paths over several buffers, against DPDK's front end.
 #[test]
 fn frames_over_several_small_buffers_cross_both_ways_with_dpdk_virtio_user() {
     use lab_drivers::virtio::vhost::VhostDriver;
@@ -455,6 +456,19 @@ fn frames_over_several_small_buffers_cross_both_ways_with_dpdk_virtio_user() {
     let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
     assert_eq!((theirs.ipackets, theirs.ibytes), (60, bytes));
     assert_eq!(p.stats().ierrors + p.stats().oerrors, 0);
+    // Jumbo frames given to us as chains of 1,000-byte segments go out over testpmd's 512-byte
+    // buffers and come back as descriptor chains over one of our buffers' room: chained again.
+    let free = lab.pool.avail_count() + pool.cached_count();
+    let jumbo: Vec<Vec<u8>> = (100..110).map(|i| frame(i, 3000 + i as usize)).collect();
+    assert_eq!(send_chunked(p.as_mut(), &mut pool, &jumbo, 1000), jumbo.len());
+    let got = recv_segmented(p.as_mut(), jumbo.len(), Duration::from_secs(10));
+    assert_eq!(got.len(), jumbo.len(), "jumbo frames back; ours {:?}", p.stats());
+    for ((g, segs), f) in got.iter().zip(&jumbo) {
+        assert!(g == f, "a {}-byte frame came back changed ({} bytes)", f.len(), g.len());
+        assert_eq!(*segs, 2, "a {}-byte frame over 2,048-byte buffers", f.len());
+    }
+    assert_eq!(p.stats().ierrors + p.stats().oerrors, 0);
+    assert_eq!(lab.pool.avail_count() + pool.cached_count(), free, "every segment back in the pool");
     drop(dpdk);
     close(p);
 }

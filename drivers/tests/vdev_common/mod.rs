@@ -125,11 +125,22 @@ pub fn is_test_frame(d: &[u8]) -> bool {
 
 /// Sends every frame on queue 0 (retrying while the port is full, 20 s at most).
 pub fn send_all(p: &mut dyn EthDev, pool: &mut Mempool, frames: &[Vec<u8>]) -> usize {
+    send_chunked(p, pool, frames, usize::MAX)
+}
+
+/// `send_all` with each frame over buffers of at most `seg` bytes: a chained packet.
+pub fn send_chunked(p: &mut dyn EthDev, pool: &mut Mempool, frames: &[Vec<u8>], seg: usize) -> usize {
     let mut sent = 0;
     let end = Instant::now() + Duration::from_secs(20);
     while sent < frames.len() && Instant::now() < end {
+        let mut parts = frames[sent].chunks(seg);
         let mut m = pool.alloc().expect("buffer");
-        assert!(m.copy_from(&frames[sent]));
+        assert!(m.copy_from(parts.next().unwrap_or(&[])));
+        for part in parts {
+            let mut s = pool.alloc().expect("buffer");
+            assert!(s.copy_from(part));
+            m.chain(s).expect("a chain of test segments");
+        }
         let mut slot = [Some(m)];
         if p.tx_burst(0, &mut slot) == 1 {
             sent += 1;
