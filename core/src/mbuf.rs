@@ -153,7 +153,7 @@ impl Mbuf {
         // SAFETY: as in `data`; &mut self makes this the only view.
         unsafe { std::slice::from_raw_parts_mut(self.buf().add(off), len) }
     }
-    /// Packet length.
+    /// Length of this (the first) segment; the whole packet's is `pkt_len`.
     #[inline]
     pub fn len(&self) -> usize {
         self.h().data_len as usize
