@@ -344,7 +344,7 @@ impl Mbuf {
     }
     /// Each segment's bytes, in order.
     pub fn segments(&self) -> Segments<'_> {
-        Segments { cur: Some(self.0), base: self.base(), _m: std::marker::PhantomData }
+        Segments { cur: Some(self.0), base: self.base(), left: MAX_SEGS, _m: std::marker::PhantomData }
     }
     /// Copies the whole packet into the front of `out`: its length, or None (nothing
     /// meaningful written) when `out` is shorter.
@@ -420,8 +420,14 @@ impl Mbuf {
     fn last_seg(&self) -> NonNull<MbufHdr> {
         let base = self.base();
         let mut p = self.0;
+        // At most MAX_SEGS steps, whatever the links say (`chain` and `from_offset` keep to it).
+        let mut hops = MAX_SEGS;
         // SAFETY: each `next` names a segment header of this chain inside the same mapping.
         while let n @ 1.. = unsafe { p.as_ref() }.next {
+            hops -= 1;
+            if hops == 0 {
+                break;
+            }
             // SAFETY: as above.
             p = unsafe { NonNull::new_unchecked(base.add(n as usize * 64).cast::<MbufHdr>()) };
         }
@@ -451,6 +457,8 @@ fn seg_buf(h: NonNull<MbufHdr>) -> *mut u8 {
 pub struct Segments<'a> {
     cur: Option<NonNull<MbufHdr>>,
     base: *mut u8,
+    /// Segments it may still give (MAX_SEGS at most, whatever the links say).
+    left: u16,
     _m: std::marker::PhantomData<&'a Mbuf>,
 }
 
@@ -461,7 +469,8 @@ impl<'a> Iterator for Segments<'a> {
         let p = self.cur?;
         // SAFETY: a segment header of the chain the borrowed Mbuf owns, in its mapping.
         let h = unsafe { p.as_ref() };
-        self.cur = (h.next != 0)
+        self.left -= 1;
+        self.cur = (h.next != 0 && self.left > 0)
             // SAFETY: `next` names the following segment's header in the same mapping.
             .then(|| unsafe { NonNull::new_unchecked(self.base.add(h.next as usize * 64).cast::<MbufHdr>()) });
         // SAFETY: data_off + data_len <= buf_len, as in `Mbuf::data`.
@@ -800,10 +809,16 @@ impl Mempool {
     /// The packet `m` in one buffer of this pool: `m` itself when it has one segment, else a
     /// copy (bytes and metadata; `m` freed), for a transmit path that takes single buffers.
     /// `m` comes back when no buffer is free or the packet is over one buffer's room.
+    #[inline]
     pub fn linearize(&mut self, m: Mbuf) -> Result<Mbuf, Mbuf> {
         if m.nb_segs() == 1 {
             return Ok(m);
         }
+        self.linearize_chain(m)
+    }
+
+    #[cold]
+    fn linearize_chain(&mut self, m: Mbuf) -> Result<Mbuf, Mbuf> {
         let Some(mut one) = self.alloc() else { return Err(m) };
         let n = m.pkt_len();
         let Some(dst) = one.append(n) else {

@@ -286,7 +286,7 @@ impl EthDev for RingPort {
             for off in &offs[..n] {
                 match Mbuf::from_offset(&self.shm, ShmOffset(*off)) {
                     Some(m) => {
-                        q.bytes += m.len() as u64;
+                        q.bytes += m.pkt_len() as u64;
                         pkts[filled] = Some(m);
                         filled += 1;
                     }
@@ -312,7 +312,7 @@ impl EthDev for RingPort {
             for slot in pkts[done..].iter().take(CHUNK) {
                 let Some(m) = slot else { break };
                 offs[k] = m.offset().0;
-                bytes += m.len() as u64;
+                bytes += m.pkt_len() as u64;
                 k += 1;
             }
             if k == 0 {
@@ -322,7 +322,7 @@ impl EthDev for RingPort {
             if n < k {
                 // The first n may already belong to the receiver: subtract the ones still ours.
                 for m in pkts[done + n..done + k].iter().flatten() {
-                    bytes -= m.len() as u64;
+                    bytes -= m.pkt_len() as u64;
                 }
             }
             for slot in &mut pkts[done..done + n] {

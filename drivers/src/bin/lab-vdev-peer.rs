@@ -172,7 +172,7 @@ fn rx(p: &mut dyn EthDev, want: u64, limit: Duration) -> (u64, u64) {
         for q in 0..nq {
             let k = p.rx_burst(q, &mut burst);
             for m in burst[..k].iter_mut().filter_map(Option::take) {
-                b += m.len() as u64;
+                b += m.pkt_len() as u64;
             }
             got += k;
         }
@@ -221,7 +221,7 @@ fn tx(p: &mut dyn EthDev, pool: &mut Mempool, count: u64, len: usize) -> (u64, u
             }
         }
         let ready = burst[..k].iter().take_while(|s| s.is_some()).count();
-        let lens: Vec<u64> = burst[..ready].iter().flatten().map(|m| m.len() as u64).collect();
+        let lens: Vec<u64> = burst[..ready].iter().flatten().map(|m| m.pkt_len() as u64).collect();
         let sent = p.tx_burst(0, &mut burst[..ready]);
         n += sent as u64;
         b += lens[..sent].iter().sum::<u64>();

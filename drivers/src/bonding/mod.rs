@@ -1045,7 +1045,7 @@ impl EthDev for Bond {
         }
         let c = &mut self.rx[q];
         c.pkts += got as u64;
-        c.bytes += pkts[..got].iter().flatten().map(|m| m.len() as u64).sum::<u64>();
+        c.bytes += pkts[..got].iter().flatten().map(|m| m.pkt_len() as u64).sum::<u64>();
         got
     }
 
@@ -1071,9 +1071,9 @@ impl EthDev for Bond {
         }
         if self.mode == Mode::ActiveBackup {
             let Some(k) = self.active() else { return 0 };
-            let bytes: u64 = pkts.iter().map_while(|m| m.as_ref()).map(|m| m.len() as u64).sum();
+            let bytes: u64 = pkts.iter().map_while(|m| m.as_ref()).map(|m| m.pkt_len() as u64).sum();
             let sent = self.with_member(k, |d| d.tx_burst(queue, pkts)).unwrap_or(0);
-            let left: u64 = pkts[sent..].iter().map_while(|m| m.as_ref()).map(|m| m.len() as u64).sum();
+            let left: u64 = pkts[sent..].iter().map_while(|m| m.as_ref()).map(|m| m.pkt_len() as u64).sum();
             self.tx[q].pkts += sent as u64;
             self.tx[q].bytes += bytes - left;
             return sent;
@@ -1088,7 +1088,7 @@ impl EthDev for Bond {
         let mut bytes = 0u64;
         for (i, slot) in pkts[..n].iter_mut().enumerate() {
             let Some(m) = slot.take() else { break };
-            bytes += m.len() as u64;
+            bytes += m.pkt_len() as u64;
             match self.mode {
                 Mode::RoundRobin => {
                     let j = self.rr[q] % usable.len();
@@ -1106,7 +1106,8 @@ impl EthDev for Bond {
                     // made is that member's loss.
                     for j in 1..usable.len() {
                         if let Some(mut c) = self.pool.alloc() {
-                            if c.copy_from(m.data()) {
+                            // Every segment of a chained frame, into one buffer.
+                            if c.append(m.pkt_len()).is_some_and(|d| m.copy_to(d).is_some()) {
                                 batches[j][fill[j]] = Some(c);
                                 src[j][fill[j]] = i as u8;
                                 fill[j] += 1;
@@ -1146,7 +1147,7 @@ impl EthDev for Bond {
         // The taken ones are the front `sent`; what no member took goes back after them.
         let taken = n - left.len();
         for (i, m) in left.into_iter().enumerate() {
-            bytes -= m.len() as u64;
+            bytes -= m.pkt_len() as u64;
             pkts[taken + i] = Some(m);
         }
         self.tx[q].pkts += taken as u64;

@@ -491,7 +491,7 @@ impl Port {
             p.zones.push(tx.zone().to_string());
             enable_queue(&p.bar, c, 2 * i, qsize, &rx);
             enable_queue(&p.bar, c, 2 * i + 1, qsize, &tx);
-            let mut rx = RxVq { q: rx, mergeable: true };
+            let mut rx = RxVq { q: rx, mergeable: features & F_MRG_RXBUF != 0 };
             let pool_h = p.pool.as_mut().ok_or_else(|| DriverError::state("no buffer pool handle"))?;
             rx.fill(pool_h)?;
             p.rxq.push(rx);
@@ -628,12 +628,13 @@ impl Port {
         let notify: Vec<u64> = sh.notify.iter().map(|n| u64::from(n.load(Ordering::Relaxed))).collect();
         let (ci, cn) = (sh.ctrl_index.load(Ordering::Relaxed), u64::from(sh.ctrl_notify.load(Ordering::Relaxed)));
         let cs = sh.ctrl_qsize.load(Ordering::Relaxed);
+        let mergeable = sh.features.load(Ordering::Relaxed) & F_MRG_RXBUF != 0;
         port.caps.device = u64::from(sh.device_off.load(Ordering::Relaxed));
         let p = &mut port.pci;
         p.pool.get_or_insert_with(|| pool.new_handle());
         for i in 0..pairs as u16 {
             let (rx, tx) = open_pair(p, i, qsize, &notify, false)?;
-            p.rxq.push(RxVq { q: rx, mergeable: true });
+            p.rxq.push(RxVq { q: rx, mergeable });
             p.txq.push(TxVq { q: tx });
         }
         if let Ok(ci) = u16::try_from(ci) {

@@ -395,8 +395,11 @@ impl Vq {
         Mbuf::from_offset(&self.shm, ShmOffset(off)).filter(|_| off != 0)
     }
 
-    /// Posts `m` as writable buffer `id` (header room in front of its data).
-    fn post_rx(&self, id: u32, m: Mbuf) {
+    /// Posts `m` as writable buffer `id` (header room in front of its data). The buffer is reset
+    /// first: one coming back from a dropped frame may have its data moved (the header
+    /// prepended) or a length set, and its descriptor must start where a fresh one's does.
+    fn post_rx(&self, id: u32, mut m: Mbuf) {
+        m.reset();
         let room = (m.buf_len() - m.headroom()) as u32;
         self.write_desc(id, m.data_iova().0 - NET_HDR_LEN as u64, room + NET_HDR_LEN as u32, VIRTQ_DESC_F_WRITE);
         self.sw_set(id, m.into_offset().0);
@@ -462,7 +465,31 @@ impl RxVq {
             m.reset();
             let nbuf = m.prepend(NET_HDR_LEN).map_or(0, |h| u16::from_le_bytes([h[10], h[11]]));
             m.reset();
-            if self.mergeable && nbuf > 1 && nbuf <= MAX_SEGS && u32::from(nbuf) <= q.n {
+            if self.mergeable && nbuf > MAX_SEGS && u32::from(nbuf) <= q.n {
+                // Over the longest chain we build: the whole frame is dropped, every one of its
+                // descriptors posted again with its own buffer (read one at a time, its later
+                // buffers would pass for frames).
+                if used.wrapping_sub(last) < nbuf {
+                    let _ = m.into_offset();
+                    break;
+                }
+                q.post_rx(id, m);
+                q.set_avail_slot(avail, id as u16);
+                avail = avail.wrapping_add(1);
+                for k in 1..nbuf {
+                    let (id, _) = q.used_elem(last.wrapping_add(k));
+                    if let Some(m) = q.posted(id) {
+                        q.post_rx(id, m);
+                        q.set_avail_slot(avail, id as u16);
+                        avail = avail.wrapping_add(1);
+                    }
+                }
+                last = last.wrapping_add(nbuf);
+                c.errors += 1;
+                reposted = true;
+                continue;
+            }
+            if self.mergeable && nbuf > 1 && u32::from(nbuf) <= q.n {
                 if used.wrapping_sub(last) < nbuf {
                     // The frame's other buffers are not used yet: it waits for the next burst,
                     // its first buffer still posted.
@@ -708,6 +735,155 @@ vq_port_queue!(RxVq, TxVq);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lab_core::mem::{ShmPlacement, IOVA_BASE};
+
+    /// A device written for these tests: it takes available descriptors in order, writes the
+    /// bytes given for each at the descriptor's address and puts them in the used ring.
+    struct Dev<'a> {
+        shm: &'a Shm,
+        avail: u16,
+        used: u16,
+    }
+
+    impl Dev<'_> {
+        /// Fills the next available descriptor with `bytes`; its id.
+        fn put(&mut self, q: &Vq, bytes: &[u8]) -> u32 {
+            // SAFETY: an available-ring slot < n, a descriptor < n and a used element < n, all
+            // inside the zone; the test's one thread plays the device.
+            unsafe {
+                let slot = q.lay.avail + 4 + 2 * u64::from(u32::from(self.avail) % q.n);
+                let id = u32::from(u16::from_le(q.at::<u16>(slot).read_volatile()));
+                let d = q.lay.desc + 16 * u64::from(id);
+                let addr = u64::from_le(q.at::<u64>(d).read_volatile());
+                let len = u32::from_le(q.at::<u32>(d + 8).read_volatile());
+                assert!(bytes.len() as u32 <= len, "{} bytes into a {len}-byte descriptor", bytes.len());
+                let p = self.shm.ptr(ShmOffset(addr - IOVA_BASE), u64::from(len)).unwrap();
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.as_ptr(), bytes.len());
+                let e = q.lay.used + 4 + 8 * u64::from(u32::from(self.used) % q.n);
+                q.at::<u32>(e).write_volatile(id.to_le());
+                q.at::<u32>(e + 4).write_volatile((bytes.len() as u32).to_le());
+                self.avail = self.avail.wrapping_add(1);
+                self.used = self.used.wrapping_add(1);
+                id
+            }
+        }
+
+        /// Makes the used elements so far visible to the driver.
+        fn publish(&self, q: &Vq) {
+            fence(Ordering::Release);
+            // SAFETY: used.idx inside the zone.
+            unsafe { q.at::<u16>(q.lay.used + 2).write_volatile(self.used.to_le()) }
+        }
+
+        /// A frame over descriptors of `room` bytes: the 12-byte header with `num_buffers` in
+        /// front of `payload`, split descriptor by descriptor. How many it took.
+        fn frame(&mut self, q: &Vq, payload: &[u8], room: usize) -> u16 {
+            let mut all = vec![0u8; NET_HDR_LEN];
+            all.extend_from_slice(payload);
+            let nbuf = all.len().div_ceil(room) as u16;
+            all[10..12].copy_from_slice(&nbuf.to_le_bytes());
+            for chunk in all.chunks(room) {
+                self.put(q, chunk);
+            }
+            nbuf
+        }
+    }
+
+    fn rxq(n: u32, bufs: u32) -> (tempfile::TempDir, Arc<Shm>, Mempool, RxVq) {
+        let d = tempfile::tempdir().unwrap();
+        let p = ShmPlacement { path: d.path().join("mem"), hugepages: false, page_size: 4096 };
+        let shm = Arc::new(Shm::create(p, 16).unwrap());
+        let mut pool = Mempool::create(&shm, "rx", bufs, 256, 0).unwrap();
+        let q = Vq::open_with(&shm, "rxq".into(), 0, n, Bell::Trapped(0), PortId(0), true).unwrap();
+        let mut rx = RxVq { q, mergeable: true };
+        rx.fill(&mut pool).unwrap();
+        (d, shm, pool, rx)
+    }
+
+    fn bytes_of(m: &Mbuf) -> Vec<u8> {
+        let mut v = vec![0; m.pkt_len()];
+        m.copy_to(&mut v).unwrap();
+        v
+    }
+
+    /// Descriptor room of a posted buffer: the header and the data room.
+    fn room(pool: &mut Mempool) -> usize {
+        let m = pool.alloc().unwrap();
+        let r = m.buf_len() - m.headroom() + NET_HDR_LEN;
+        pool.free(m);
+        r
+    }
+
+    #[test]
+    fn a_merged_frame_dropped_for_want_of_buffers_leaves_its_descriptors_as_fresh_ones() {
+        let (_d, shm, mut pool, mut rx) = rxq(4, 12);
+        let room = room(&mut pool);
+        let mut dev = Dev { shm: &shm, avail: 0, used: 0 };
+        let first: Vec<u8> = (0..2 * room as u32 + 40).map(|i| i as u8).collect();
+        assert_eq!(dev.frame(&rx.q, &first, room), 3);
+        dev.publish(&rx.q);
+        // No fresh buffer to be had: the frame is dropped, its three descriptors posted again.
+        let held: Vec<Mbuf> = std::iter::from_fn(|| pool.alloc()).collect();
+        let mut pkts: [Option<Mbuf>; 8] = Default::default();
+        assert_eq!(rx.burst(&NoBar, &mut pool, &mut pkts), 0);
+        assert_eq!(rx.q.h().counters().nombuf, 1);
+        for m in held {
+            pool.free(m);
+        }
+        // The next frame lies over descriptor 3 and the two first reposted ones (0 and 1, the
+        // second a later buffer of the dropped frame): it arrives byte for byte.
+        let mut dev = Dev { shm: &shm, avail: 3, used: 3 };
+        let second: Vec<u8> = (0..2 * room as u32 + 7).map(|i| (i * 7 + 3) as u8).collect();
+        assert_eq!(dev.frame(&rx.q, &second, room), 3);
+        dev.publish(&rx.q);
+        assert_eq!(rx.burst(&NoBar, &mut pool, &mut pkts), 1);
+        let m = pkts[0].take().unwrap();
+        assert_eq!(m.nb_segs(), 3);
+        assert_eq!(bytes_of(&m), second);
+        assert_eq!(rx.q.h().counters().errors, 0);
+        pool.free(m);
+    }
+
+    #[test]
+    fn a_frame_over_more_buffers_than_a_chain_holds_is_dropped_whole() {
+        let n = 256u32;
+        let (_d, shm, mut pool, mut rx) = rxq(n, n + 64);
+        let nbuf = MAX_SEGS + 2;
+        let mut dev = Dev { shm: &shm, avail: 0, used: 0 };
+        let mut head = vec![0u8; NET_HDR_LEN + 100];
+        head[10..12].copy_from_slice(&nbuf.to_le_bytes());
+        dev.put(&rx.q, &head);
+        // Its later buffers hold frame bytes that would pass for one-buffer frames' headers.
+        let mut later = vec![0u8; 100];
+        later[10..12].copy_from_slice(&1u16.to_le_bytes());
+        for _ in 1..100 {
+            dev.put(&rx.q, &later);
+        }
+        dev.publish(&rx.q);
+        let mut pkts: [Option<Mbuf>; 32] = Default::default();
+        // Not all of it used yet: nothing taken.
+        assert_eq!(rx.burst(&NoBar, &mut pool, &mut pkts), 0);
+        assert_eq!(rx.q.h().counters().errors, 0);
+        for _ in 100..nbuf {
+            dev.put(&rx.q, &later);
+        }
+        let good: Vec<u8> = (0..60u8).collect();
+        assert_eq!(dev.frame(&rx.q, &good, 2048), 1);
+        dev.publish(&rx.q);
+        assert_eq!(rx.burst(&NoBar, &mut pool, &mut pkts), 1);
+        let m = pkts[0].take().unwrap();
+        assert_eq!(bytes_of(&m), good);
+        pool.free(m);
+        let c = rx.q.h().counters();
+        assert_eq!((c.pkts, c.errors), (1, 1));
+        // Every descriptor still holds a buffer, and the rest are in the pool.
+        assert!((0..n).all(|i| rx.q.sw_get(i) != 0));
+        let free: Vec<Mbuf> = std::iter::from_fn(|| pool.alloc()).collect();
+        assert_eq!(free.len(), 64);
+        for m in free {
+            pool.free(m);
+        }
+    }
 
     #[test]
     fn layout_follows_the_spec_alignments() {
