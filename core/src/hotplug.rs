@@ -190,44 +190,56 @@ const A_RELEASED: &str = "hp_released";
 
 /// The primary's port ids whose detach some secondaries did not confirm in time: held out of
 /// use (state Detaching) until each of them says it released its handle (`hp_released`) or dies.
+/// With each, the shared-memory zones the primary's close would have freed: a late secondary may
+/// still run the port over them, so they are freed only when the id is.
 #[derive(Debug, Default)]
-pub(crate) struct Held(std::sync::Mutex<Vec<(PortId, u32, Vec<u32>)>>);
+pub(crate) struct Held(std::sync::Mutex<Vec<HeldPort>>);
+
+#[derive(Debug)]
+struct HeldPort {
+    port: PortId,
+    gen: u32,
+    pids: Vec<u32>,
+    zones: Vec<String>,
+}
 
 impl Held {
-    fn hold(&self, port: PortId, gen: u32, pids: Vec<u32>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((port, gen, pids));
+    fn hold(&self, port: PortId, gen: u32, pids: Vec<u32>, zones: Vec<String>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(HeldPort { port, gen, pids, zones });
     }
 
-    /// Takes `pid` off the port's list; true when nobody is left (the id can be reused).
-    fn released(&self, port: PortId, gen: u32, pid: u32) -> bool {
+    /// Takes `pid` off the port's list; when nobody is left (the id can be reused), the zones
+    /// to free.
+    fn released(&self, port: PortId, gen: u32, pid: u32) -> Option<Vec<String>> {
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(i) = g.iter().position(|h| h.0 == port && h.1 == gen) else { return false };
-        g[i].2.retain(|p| *p != pid);
-        if g[i].2.is_empty() {
-            g.remove(i);
-            return true;
-        }
-        false
+        let i = g.iter().position(|h| h.port == port && h.gen == gen)?;
+        g[i].pids.retain(|p| *p != pid);
+        g[i].pids.is_empty().then(|| g.remove(i).zones)
     }
 
-    /// Drops the processes that died; the ports nobody holds any more.
-    fn reclaim(&self) -> Vec<PortId> {
+    /// Drops the processes that died; the ports nobody holds any more, with their zones.
+    fn reclaim(&self) -> Vec<(PortId, Vec<String>)> {
         let alive = |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut free = Vec::new();
-        g.retain_mut(|(port, _, pids)| {
-            pids.retain(|p| alive(*p));
-            if pids.is_empty() {
-                free.push(*port);
+        g.retain_mut(|h| {
+            h.pids.retain(|p| alive(*p));
+            if h.pids.is_empty() {
+                free.push((h.port, std::mem::take(&mut h.zones)));
             }
-            !pids.is_empty()
+            !h.pids.is_empty()
         });
         free
     }
 
-    /// The ports held, for `/lab/hotplug`.
-    pub(crate) fn ports(&self) -> Vec<(PortId, Vec<u32>)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|h| (h.0, h.2.clone())).collect()
+    /// The ports held, for `/lab/hotplug`: who each waits for, the zones it keeps.
+    pub(crate) fn ports(&self) -> Vec<(PortId, Vec<u32>, usize)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|h| (h.port, h.pids.clone(), h.zones.len()))
+            .collect()
     }
 }
 
@@ -546,6 +558,8 @@ impl Inner {
         let kind = if forced { Kind::Forced } else { Kind::Detach };
         let mut m = Machine::new(kind, self.asker_path(exclude));
         let mut seq = SeqGuard(&self.table, false);
+        // The zones the release put off (a secondary did not confirm), for `Held` at Free.
+        let mut kept: Vec<String> = Vec::new();
         while let Some(cmd) = m.poll() {
             let ev = match cmd {
                 Command::Done => break,
@@ -579,8 +593,14 @@ impl Inner {
                         }
                         // Forced too (a removed device, the undo of an attach): the primary gives
                         // back the device's shared state (the drivers skip the register writes of
-                        // a device that is gone), so the id can be attached again.
-                        self.release_local(e.port, Release::Shared);
+                        // a device that is gone), so the id can be attached again. A secondary
+                        // that did not confirm may still run the port: the zones stay until it
+                        // lets go (`Held`).
+                        if m.unconfirmed().is_empty() {
+                            self.release_local(e.port, Release::Shared);
+                        } else {
+                            kept = self.rt.shm().defer_frees(|| self.release_local(e.port, Release::Shared)).1;
+                        }
                         Event::Ok
                     }
                     Action::Free => {
@@ -591,13 +611,14 @@ impl Inner {
                             .collect();
                         let asker = exclude.and_then(crate::ipc::pid_of);
                         if pids.is_empty() {
+                            self.free_zones(std::mem::take(&mut kept));
                             self.table.set_state(e.port, PortState::Unused);
                             tracing::info!(port = %e.port, device = %e.name, "detached everywhere");
                         } else {
                             if pids.iter().any(|p| Some(*p) != asker) {
-                                tracing::warn!(port = %e.port, device = %e.name, ?pids, "detached; the port id is held until these processes release it");
+                                tracing::warn!(port = %e.port, device = %e.name, ?pids, zones = kept.len(), "detached; the port id and its zones are held until these processes release it");
                             }
-                            self.held.hold(e.port, e.gen, pids);
+                            self.held.hold(e.port, e.gen, pids, std::mem::take(&mut kept));
                         }
                         Event::Ok
                     }
@@ -606,6 +627,8 @@ impl Inner {
             };
             m.handle(ev);
         }
+        // Free always follows Release; should it not, nothing is left reserved.
+        self.free_zones(kept);
         match m.into_result() {
             Some(r) => r.map_err(|f| self.error_of(f)),
             None => Err(HotplugError::BadAnswer("the detach did not finish".into())),
@@ -1007,7 +1030,8 @@ impl Inner {
     /// which no snapshot of attached ports sees.
     fn handle_released(&self, req: &Request) {
         let (Ok((port, gen, _)), Some(pid)) = (decode_port(&req.msg.payload), req.peer.pid()) else { return };
-        if self.held.released(port, gen, pid) {
+        if let Some(zones) = self.held.released(port, gen, pid) {
+            self.free_zones(zones);
             self.free_held(port, gen);
         }
     }
@@ -1020,9 +1044,19 @@ impl Inner {
 
     /// Held ports whose late processes have died, freed.
     fn reclaim(&self) {
-        for port in self.held.reclaim() {
+        for (port, zones) in self.held.reclaim() {
             let gen = self.table.entry(port.0 as usize).map(|e| e.gen).unwrap_or(0);
+            self.free_zones(zones);
             self.free_held(port, gen);
+        }
+    }
+
+    /// Frees the zones a held port kept (see [`Held`]).
+    fn free_zones(&self, zones: Vec<String>) {
+        for z in zones {
+            if let Err(e) = self.rt.shm().free(&z) {
+                tracing::warn!(zone = %z, error = %e, "could not free a held port's memzone");
+            }
         }
     }
 

@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 
 use crate::sys;
 
+thread_local! {
+    /// Zone frees this thread puts off ([`Shm::defer_frees`]): the mapping's base, the names.
+    static DEFERRED: std::cell::RefCell<Option<(usize, Vec<String>)>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Base of the IOVA window: device address of offset 0 of the shared memory file.
 /// 4 GiB, away from the x86 MSI window and below 39-bit IOMMU limits.
 pub const IOVA_BASE: u64 = 0x1_0000_0000;
@@ -577,15 +582,47 @@ impl Shm {
             .ok_or_else(|| MemError::ZoneNotFound { name: name.into() })
     }
 
-    /// Frees a zone; its space can be reused by a later zone that fits.
+    /// Frees a zone; its space can be reused by a later zone that fits. Inside
+    /// [`Shm::defer_frees`] on this thread the zone is only noted, and stays.
     pub fn free(&self, name: &str) -> Result<(), MemError> {
         check_name(name)?;
         let g = self.lock().lock();
         let h = self.header_mut(&g);
         let i = find(h, name).ok_or_else(|| MemError::ZoneNotFound { name: name.into() })?;
+        let me = self.base.as_ptr() as usize;
+        let noted = DEFERRED.with_borrow_mut(|d| match d {
+            Some((base, names)) if *base == me => {
+                names.push(name.to_string());
+                true
+            }
+            _ => false,
+        });
+        if noted {
+            return Ok(());
+        }
         h.zones[i].state = 2;
         h.zones[i].name = [0; 64];
         Ok(())
+    }
+
+    /// Runs `f` with this thread's frees of this file's zones put off: they stay reserved, and
+    /// their names come back for a later [`Shm::free`]. The primary closes a port so while a
+    /// secondary that did not confirm the detach may still run it over those zones (a zone
+    /// freed under it could be handed to another device). Nested: the inner call's names go
+    /// to the outer.
+    pub fn defer_frees<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        let me = self.base.as_ptr() as usize;
+        let outer = DEFERRED.with_borrow_mut(|d| match d {
+            Some((base, _)) if *base == me => None,
+            d => Some(d.replace((me, Vec::new()))),
+        });
+        let r = f();
+        let names = match outer {
+            // Ours: taken, the caller's own deferral (of another file, or none) put back.
+            Some(prev) => DEFERRED.with_borrow_mut(|d| std::mem::replace(d, prev)).map(|(_, n)| n),
+            None => None,
+        };
+        (r, names.unwrap_or_default())
     }
 
     /// Names of all zones in use.
@@ -691,6 +728,33 @@ mod tests {
         assert!(matches!(shm.lookup("a"), Err(MemError::ZoneNotFound { .. })));
         let c = shm.reserve("c", 64, 64).unwrap();
         assert_eq!(c.offset, a.offset, "freed space is reused");
+    }
+
+    #[test]
+    fn frees_put_off_keep_their_zones_until_freed_again() {
+        let (_d, shm) = tmp_shm(4);
+        let (_d2, other) = tmp_shm(2);
+        shm.reserve("a", 64, 64).unwrap();
+        shm.reserve("b", 64, 64).unwrap();
+        other.reserve("o", 64, 64).unwrap();
+        let (r, names) = shm.defer_frees(|| {
+            shm.free("a").unwrap();
+            // Another file's frees are not this deferral's.
+            other.free("o").unwrap();
+            // Nested: noted in the outer one.
+            let ((), inner) = shm.defer_frees(|| shm.free("b").unwrap());
+            assert!(inner.is_empty());
+            // An unknown zone is still an error, noted nowhere.
+            assert!(matches!(shm.free("nope"), Err(MemError::ZoneNotFound { .. })));
+            7
+        });
+        assert_eq!((r, names.clone()), (7, vec!["a".to_string(), "b".to_string()]));
+        assert!(shm.lookup("a").is_ok() && shm.lookup("b").is_ok(), "put off: still reserved");
+        assert!(other.lookup("o").is_err(), "the other file's zone went at once");
+        for n in &names {
+            shm.free(n).unwrap();
+        }
+        assert!(shm.lookup("a").is_err() && shm.lookup("b").is_err());
     }
 
     #[test]

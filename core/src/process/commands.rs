@@ -194,8 +194,12 @@ fn lab_ports(inner: &Inner, _: Option<&str>) -> Result<Value, CmdError> {
 fn lab_hotplug(inner: &Inner, _: Option<&str>) -> Result<Value, CmdError> {
     let mut v = inner.history.to_json();
     // Port ids held out of use until slow secondaries release them (the primary's own record).
-    let held: Vec<Value> =
-        inner.held.ports().into_iter().map(|(p, pids)| json!({"port": p.0, "waiting_for": pids})).collect();
+    let held: Vec<Value> = inner
+        .held
+        .ports()
+        .into_iter()
+        .map(|(p, pids, zones)| json!({"port": p.0, "waiting_for": pids, "zones_kept": zones}))
+        .collect();
     if let Some(o) = v.as_object_mut() {
         o.insert("held".into(), Value::Array(held));
     }
