@@ -118,6 +118,74 @@ fn bad_devargs_and_a_missing_back_end_are_named_and_leave_nothing() {
     assert_eq!(zones_of(&lab), Vec::<String>::new(), "zones left after a silent back end");
 }
 
+/// A vhost-user back end scripted for one test: it answers the handshake (VERSION_1 and
+/// PROTOCOL_FEATURES with REPLY_ACK, so every message waits for its ack) up to virtqueue 0's
+/// SET_VRING_KICK, which may have started that ring; then it hangs up (`hang_up`) or stays
+/// connected and silent until we close.
+fn scripted_back_end(l: std::os::unix::net::UnixListener, hang_up: bool) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let mut hdr = [0u8; 12];
+        let mut silent = false;
+        while s.read_exact(&mut hdr).is_ok() {
+            let word = |i: usize| u32::from_le_bytes(hdr[i..i + 4].try_into().unwrap());
+            let (req, flags, size) = (word(0), word(4), word(8) as usize);
+            let mut body = vec![0u8; size];
+            if s.read_exact(&mut body).is_err() || silent {
+                continue;
+            }
+            let mut reply = |v: u64| {
+                let mut m = Vec::with_capacity(20);
+                m.extend_from_slice(&req.to_le_bytes());
+                m.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes());
+                m.extend_from_slice(&8u32.to_le_bytes());
+                m.extend_from_slice(&v.to_le_bytes());
+                let _ = s.write_all(&m);
+            };
+            match req {
+                1 => reply(1 << 32 | 1 << 30), // GET_FEATURES: VERSION_1, PROTOCOL_FEATURES
+                15 => reply(1 << 3),           // GET_PROTOCOL_FEATURES: REPLY_ACK
+                12 if body.first() == Some(&0) => {
+                    if hang_up {
+                        return;
+                    }
+                    silent = true;
+                }
+                _ if flags & 0x8 != 0 => reply(0),
+                _ => {}
+            }
+        }
+    })
+}
+
+/// A handshake that fails after a ring may have started: the rings must be stopped
+/// (GET_VRING_BASE) before their buffers and zones go. A back end that hung up is gone, and
+/// everything is given back; one that stays silent may still write them, so they are kept out
+/// of use (a leak, named in the log, not memory another device gets under its writes).
+#[test]
+fn a_handshake_failed_after_a_ring_started_frees_its_buffers_only_once_the_back_end_is_gone() {
+    let lab = Lab::new("vustart");
+    let d = Dir::new();
+    let sock = d.sock();
+    let args = format!("net_virtio_user0,path={},queue_size=64", sock.display());
+    let before = lab.pool.avail_count();
+    let t = scripted_back_end(std::os::unix::net::UnixListener::bind(&sock).unwrap(), true);
+    let e = lab.probe(&VirtioUserDriver, &args, 0, 1).err().unwrap().to_string();
+    t.join().unwrap();
+    assert!(!e.contains("did not answer"), "{e}");
+    assert_eq!(zones_of(&lab), Vec::<String>::new(), "zones left after a back end that hung up");
+    assert_eq!(lab.pool.avail_count(), before, "buffers left out after a back end that hung up");
+    std::fs::remove_file(&sock).unwrap();
+
+    let t = scripted_back_end(std::os::unix::net::UnixListener::bind(&sock).unwrap(), false);
+    let e = lab.probe(&VirtioUserDriver, &args, 0, 1).err().unwrap().to_string();
+    t.join().unwrap();
+    assert!(e.contains("did not answer"), "{e}");
+    assert!(!zones_of(&lab).is_empty(), "the rings' zones are kept while the back end may write them");
+    assert_eq!(before - lab.pool.avail_count(), 64, "the receive ring's 64 buffers are kept out of use");
+}
+
 #[test]
 fn frames_go_through_dpdk_vhost_and_back_byte_for_byte_with_equal_counters() {
     let lab = Lab::new("vuio");

@@ -143,6 +143,9 @@ struct Control {
     mrg: bool,
     /// When the last reconnect was tried (one try per 100 ms at most).
     last_try: Option<Instant>,
+    /// The last failed handshake or disconnect left rings the back end may have started and
+    /// did not confirm stopped: their buffers and zones must not be reused.
+    unstopped: bool,
 }
 
 /// This process's handle on one port.
@@ -241,27 +244,46 @@ impl Control {
     ) -> Result<u64, DriverError> {
         s.set_write_timeout(Some(SETUP_TIMEOUT)).ctx("socket write timeout")?;
         let watch = s.try_clone().ctx("dup vhost-user socket")?;
-        let (r, late) = within(&watch, SETUP_TIMEOUT, || self.handshake_steps(s, shm, pairs, rx, tx));
+        let nvq = 2 * usize::from(pairs);
+        let mut fe = Frontend::from_stream(s, nvq as u64);
+        let mut started = 0;
+        let (r, late) =
+            within(&watch, SETUP_TIMEOUT, || self.handshake_steps(&mut fe, shm, pairs, rx, tx, &mut started));
         match r {
-            Ok((fe, f)) => {
+            Ok(f) => {
                 self.conn = Some((fe, watch));
+                self.unstopped = false;
                 Ok(f)
             }
-            Err(e) if late => Err(e).ctx(format!("the back end did not answer within {SETUP_TIMEOUT:?}")),
-            Err(e) => Err(e),
+            Err(e) => {
+                // A ring the back end may have started must be stopped (GET_VRING_BASE) before
+                // its buffers and zones can go: a back end that hung up is gone; one that stays
+                // but does not answer may still write them.
+                self.unstopped = started > 0
+                    && (late
+                        || !hung_up(&watch)
+                            && !within(&watch, SETUP_TIMEOUT, || (0..started).all(|i| fe.get_vring_base(i).is_ok())).0);
+                if late {
+                    Err(e).ctx(format!("the back end did not answer within {SETUP_TIMEOUT:?}"))
+                } else {
+                    Err(e)
+                }
+            }
         }
     }
 
+    /// The handshake's messages; `started` counts the virtqueues the back end may have
+    /// started (their kick sent or on its way).
     fn handshake_steps(
         &self,
-        s: UnixStream,
+        fe: &mut Frontend,
         shm: &Shm,
         pairs: u16,
         rx: &[RxVq],
         tx: &[TxVq],
-    ) -> Result<(Frontend, u64), DriverError> {
+        started: &mut usize,
+    ) -> Result<u64, DriverError> {
         let nvq = 2 * usize::from(pairs);
-        let mut fe = Frontend::from_stream(s, nvq as u64);
         fe.set_owner().ctx("SET_OWNER")?;
         let offered = fe.get_features().ctx("GET_FEATURES")?;
         if offered & F_VERSION_1 == 0 {
@@ -289,6 +311,11 @@ impl Control {
                 mine |= VhostUserProtocolFeatures::MQ;
             }
             fe.set_protocol_features(mine).ctx("SET_PROTOCOL_FEATURES")?;
+            if mine.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Every message from here on is acknowledged (as DPDK's virtio_user asks): a
+                // back end that refuses one says so, and the set-up fails naming it.
+                fe.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+            }
             if pairs > 1 {
                 let n = fe.get_queue_num().ctx("GET_QUEUE_NUM")?;
                 if n < u64::from(pairs) {
@@ -322,6 +349,7 @@ impl Control {
             fe.set_vring_num(i, self.qsize).ctx(what("SET_VRING_NUM"))?;
             fe.set_vring_base(i, base).ctx(what("SET_VRING_BASE"))?;
             fe.set_vring_addr(i, &cfg).ctx(what("SET_VRING_ADDR"))?;
+            *started = i + 1;
             fe.set_vring_kick(i, &self.kicks[i]).ctx(what("SET_VRING_KICK"))?;
             fe.set_vring_call(i, &self.calls[i]).ctx(what("SET_VRING_CALL"))?;
         }
@@ -336,7 +364,7 @@ impl Control {
                 let _ = k.write(1);
             }
         }
-        Ok((fe, want))
+        Ok(want)
     }
 
     /// A connection to try now, if one is to be had without waiting.
@@ -351,17 +379,14 @@ impl Control {
         }
     }
 
-    /// Stops every ring in the back end (GET_VRING_BASE) and closes the connection.
-    fn disconnect(&mut self, nvq: usize) {
+    /// Stops every ring in the back end (GET_VRING_BASE) and closes the connection; false
+    /// ([`Control::unstopped`]) when a back end still there did not confirm it.
+    fn disconnect(&mut self, nvq: usize) -> bool {
         if let Some((fe, w)) = self.conn.take() {
-            within(&w, SETUP_TIMEOUT, || {
-                for i in 0..nvq {
-                    if fe.get_vring_base(i).is_err() {
-                        break;
-                    }
-                }
-            });
+            let (all, late) = within(&w, SETUP_TIMEOUT, || (0..nvq).all(|i| fe.get_vring_base(i).is_ok()));
+            self.unstopped = !all && (late || !hung_up(&w));
         }
+        !self.unstopped
     }
 }
 
@@ -389,6 +414,8 @@ impl Driver for VirtioUserDriver {
         let port = ctx.port;
         let mut zones = Vec::new();
         let (mut rx, mut tx) = (Vec::new(), Vec::new());
+        // A failed handshake left rings the back end did not confirm stopped.
+        let mut unstopped = false;
         let res = (|| {
             let name = shared_zone(port);
             let sh = shared_at(shm, &name, primary)?;
@@ -472,10 +499,12 @@ impl Driver for VirtioUserDriver {
                 qsize: qsize as u16,
                 mrg,
                 last_try: None,
+                unstopped: false,
             };
             let features = match c.handshake(first, shm, pairs, &rx, &tx) {
                 Ok(f) => f,
                 Err(e) => {
+                    unstopped = c.unstopped;
                     if matches!(c.mode, Mode::Server(_)) {
                         let _ = std::fs::remove_file(&path);
                     }
@@ -494,7 +523,13 @@ impl Driver for VirtioUserDriver {
         let (sh, ctl, published, kicks) = match res {
             Ok(r) => r,
             Err(e) => {
-                if primary {
+                if primary && unstopped {
+                    // The back end may still write the rings and their buffers: both stay
+                    // out of use (a leak, not memory another device gets under its writes).
+                    // (The software rings name the buffers; dropping a queue frees none.)
+                    let n: u32 = rx.iter().map(|q| q.q.n).sum();
+                    tracing::warn!(port = %port, buffers = n, zones = ?zones, "net_virtio_user: the back end did not confirm its rings stopped: their buffers and zones are kept out of use");
+                } else if primary {
                     // Nothing half-made stays: the buffers posted so far, then every zone.
                     for q in rx.iter_mut().map(|q| &mut q.q).chain(tx.iter_mut().map(|q| &mut q.q)) {
                         q.drain(&mut pool);
@@ -652,11 +687,19 @@ impl EthDev for Port {
         let mut me = *self;
         let nvq = me.rx.len() * 2;
         if how == Release::Shared {
+            let mut stopped = true;
             if let Some(c) = me.ctl.as_mut() {
-                c.disconnect(nvq);
+                stopped = c.disconnect(nvq);
                 if matches!(c.mode, Mode::Server(_)) {
                     let _ = std::fs::remove_file(&c.path);
                 }
+            }
+            if !stopped {
+                me.sh().link.store(0, Ordering::Release);
+                me.sh().magic.store(0, Ordering::Release);
+                let n: u32 = me.rx.iter().map(|q| q.q.n).sum();
+                tracing::warn!(port = %me.port, buffers = n, "net_virtio_user close: the back end did not confirm its rings stopped: their buffers and zones are kept out of use");
+                return;
             }
             me.sh().link.store(0, Ordering::Release);
             me.sh().magic.store(0, Ordering::Release);

@@ -109,7 +109,7 @@ impl Doorbell for NoBar {
 /// A process's view of one virtqueue zone.
 pub(crate) struct Vq {
     base: NonNull<u8>,
-    n: u32,
+    pub(crate) n: u32,
     lay: Layout,
     iova: u64,
     zone: String,
