@@ -23,11 +23,14 @@
 //!
 //! Any process runs any queue. The primary serves the socket; after each message it publishes
 //! (IPC action [`FDS_ACTION`]) duplicates of the front end's memory files and call eventfds with
-//! a description of the live virtqueues, under a new generation in memzone `vhost_<port>`. A
+//! a description of the live virtqueues, under a new generation in memzone `vhost_<port>`
+//! (only when that description or its files changed: the messages of a steady connection leave
+//! secondaries their mapping; a share that failed moves it too, so none keeps a stale one). A
 //! secondary's follower thread sees the generation move, fetches them and maps the memory
 //! itself; its bursts take the new mapping without waiting. Per virtqueue the zone holds the
 //! device's two indices and an owner word: a burst (in any process) claims the queue with its pid
-//! (a compare-and-swap, never a wait: a queue another process is in gives 0 frames), takes the
+//! (a compare-and-swap, never a wait: a queue another process is in gives 0 frames, and so does
+//! one another thread of the same process is in, the word being taken), takes the
 //! indices, and leaves them for the next. While a message is applied the generation is odd and
 //! the control thread owns every queue (it waits for a live process's burst inside to end, and
 //! warns after 100 ms; a dead one's queue it takes at once, both indices set to the ring's used
@@ -139,6 +142,15 @@ struct Dev {
     /// secondaries map.
     shares: Vec<(u64, u64, u64)>,
     files: Vec<File>,
+    /// Which files `shares` and the call eventfds are: a new value (never one seen before) at
+    /// every memory table and call eventfd, so secondaries remap only when what they map changed.
+    fds: u64,
+}
+
+/// The source of [`Dev::fds`] values.
+fn next_fds() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The host mappings of the front end's regions (valid while `Dev::mem` holds them).
@@ -169,6 +181,7 @@ impl Dev {
             connected: false,
             shares: Vec::new(),
             files: Vec::new(),
+            fds: next_fds(),
         }
     }
 
@@ -211,29 +224,45 @@ impl Dev {
     /// What a secondary needs to run the live queues: the regions' files and the call eventfds,
     /// and a description of them (see [`SecState::build`]).
     fn share(&self, gen: u32) -> std::io::Result<(Vec<std::os::fd::OwnedFd>, Vec<u8>)> {
-        use std::fmt::Write as _;
         let mut fds: Vec<std::os::fd::OwnedFd> = Vec::new();
+        if self.connected {
+            for f in &self.files {
+                fds.push(f.try_clone()?.into());
+            }
+            for (i, v) in self.vrings.iter().enumerate() {
+                if let Some(c) = v.call.as_ref().filter(|_| v.ring.is_some() && self.live(i)) {
+                    fds.push(c.try_clone()?.into());
+                }
+            }
+        }
+        Ok((fds, self.share_text(gen)))
+    }
+
+    /// The description [`Dev::share`] sends; the descriptors it names are the files in order,
+    /// then the call eventfds of the live virtqueues in order.
+    fn share_text(&self, gen: u32) -> Vec<u8> {
+        use std::fmt::Write as _;
         let mut meta = format!("gen {gen} features {}\n", self.features);
         if !self.connected {
-            return Ok((fds, meta.into_bytes()));
+            return meta.into_bytes();
         }
-        for ((gpa, size, off), f) in self.shares.iter().zip(&self.files) {
-            fds.push(f.try_clone()?.into());
+        for (gpa, size, off) in self.shares.iter().take(self.files.len()) {
             let _ = writeln!(meta, "region {gpa} {size} {off}");
         }
+        let mut k = self.files.len();
         for (i, v) in self.vrings.iter().enumerate() {
             let Some(r) = v.ring.as_ref().filter(|_| self.live(i)) else { continue };
             let call = match &v.call {
-                Some(c) => {
-                    fds.push(c.try_clone()?.into());
-                    (fds.len() - 1).to_string()
+                Some(_) => {
+                    k += 1;
+                    (k - 1).to_string()
                 }
                 None => "-".into(),
             };
             let (d, a, u) = v.gpas;
             let _ = writeln!(meta, "vring {i} {} {d} {a} {u} {call}", r.size());
         }
-        Ok((fds, meta.into_bytes()))
+        meta.into_bytes()
     }
 
     /// Starts virtqueue `i` once it has its addresses, a size and a kick (vhost-user: a ring
@@ -324,6 +353,7 @@ impl VhostUserBackendReqHandlerMut for Dev {
         self.mem = Some(mem);
         self.regions = regions;
         (self.shares, self.files) = (shares, files_kept);
+        self.fds = next_fds();
         // Rings started over the old map start again over this one.
         for i in 0..self.vrings.len() {
             if let Some(r) = self.vrings[i].ring.take() {
@@ -388,6 +418,7 @@ impl VhostUserBackendReqHandlerMut for Dev {
                 .map_err(|_| VuError::InvalidParam)?;
         }
         self.vring(u32::from(index))?.call = fd;
+        self.fds = next_fds();
         Ok(())
     }
     fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> Result<(), VuError> {
@@ -651,9 +682,14 @@ fn control(
     published: share::Published,
 ) {
     let nvq = dev.lock().unwrap_or_else(|e| e.into_inner()).vrings.len();
+    // What secondaries were last given (the description without its generation, and which
+    // files): a message that leaves it as it was keeps the generation, so they keep their map.
+    let mut shared: Option<(Vec<u8>, u64)> = None;
     // Every change of the port's state happens inside a fence (no burst of any process in a
-    // queue meanwhile), and ends with what secondaries map published under a new generation.
-    let fenced = |f: &mut dyn FnMut()| {
+    // queue meanwhile), and ends with what secondaries map published under a new generation
+    // when it changed. A share that fails still moves the generation: secondaries then hold
+    // no valid layout (their bursts carry nothing) rather than a stale one.
+    let mut fenced = |f: &mut dyn FnMut()| {
         let (g, dead) = link.fence(nvq);
         {
             let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
@@ -669,23 +705,30 @@ fn control(
             }
         }
         f();
-        let new = g.wrapping_add(2);
+        let mut gen = g.wrapping_add(2);
         {
             let d = dev.lock().unwrap_or_else(|e| e.into_inner());
             d.sync_out(&link);
             link.set(d.live(0) && d.live(1));
-            match d.share(new) {
-                Ok((fds, meta)) => {
-                    if let Err(e) = published.update(&fds, meta) {
-                        tracing::warn!(port = %port, error = %e, "net_vhost: could not share the queues with secondaries");
+            let key = (d.share_text(0), d.fds);
+            if shared.as_ref() == Some(&key) {
+                gen = g;
+            } else {
+                shared = None;
+                match d.share(gen) {
+                    Ok((fds, meta)) => match published.update(&fds, meta) {
+                        Ok(()) => shared = Some(key),
+                        Err(e) => {
+                            tracing::warn!(port = %port, error = %e, "net_vhost: could not share the queues with secondaries")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(port = %port, error = %e, "net_vhost: could not share the queues with secondaries")
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(port = %port, error = %e, "net_vhost: could not share the queues with secondaries")
                 }
             }
         }
-        link.unfence(nvq, new);
+        link.unfence(nvq, gen);
     };
     let mut last_connect: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -1006,7 +1049,12 @@ fn follow(
             match share::fetch_on(&ch, timeout, FDS_ACTION, &name).and_then(|(fds, meta)| SecState::build(fds, &meta)) {
                 Ok(s) if s.gen == g => {
                     tracing::debug!(device = %name, gen = g, "net_vhost: secondary follows a new layout");
-                    *pending.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+                    let mut p = pending.0.lock().unwrap_or_else(|e| e.into_inner());
+                    // The port closed meanwhile: its mapping goes now, not with this thread.
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    *p = Some(s);
                     pending.1.store(true, Ordering::Release);
                     (have, warned) = (Some(g), false);
                 }
@@ -1056,8 +1104,11 @@ impl Secondary {
 impl Drop for Secondary {
     fn drop(&mut self) {
         // The follower ends on its own within its next round (not joined: it may be waiting on
-        // an answer that this very thread would have to deliver).
+        // an answer that this very thread would have to deliver); a mapping it fetched and the
+        // bursts never took goes now (under the lock it stores with, after `stop`: none comes
+        // after), so the front end's memory is unmapped with the port, not with the thread.
         self.stop.store(true, Ordering::Relaxed);
+        drop(self.pending.0.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }
 
