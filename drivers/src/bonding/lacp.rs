@@ -225,6 +225,8 @@ pub(crate) struct Port {
     periodic_at: Option<Instant>,
     ntt: bool,
     sent: [Option<Instant>; MAX_TX_PER_PERIOD],
+    /// Leaving the bond ([`Lacp::leave`]): its machines stay still until [`Lacp::reset_port`].
+    pub(crate) leaving: bool,
 }
 
 /// The bond's aggregation: one aggregator (every member has the bond's key), joined by the
@@ -267,6 +269,7 @@ impl Lacp {
                 periodic_at: None,
                 ntt: false,
                 sent: [None; MAX_TX_PER_PERIOD],
+                leaving: false,
             })
             .collect();
         Lacp { ports, agg_partner: None }
@@ -292,8 +295,10 @@ impl Lacp {
     /// never up (nothing of the old device's partner or state carries over).
     pub(crate) fn reset_port(&mut self, k: usize) {
         let p = &mut self.ports[k];
-        let state = p.actor.state & (ACTIVITY | TIMEOUT | AGGREGATION) | DEFAULTED;
+        // Every port of ours is aggregatable (a leaving one said it was not).
+        let state = p.actor.state & (ACTIVITY | TIMEOUT) | AGGREGATION | DEFAULTED;
         p.actor.state = state;
+        p.leaving = false;
         p.partner = PortInfo::default();
         p.rx = RxState::Disabled;
         p.mux = MuxState::Detached;
@@ -305,11 +310,30 @@ impl Lacp {
         p.sent = [None; MAX_TX_PER_PERIOD];
     }
 
+    /// Member `k` leaves the bond (taken out at runtime): it is out of the aggregator at once,
+    /// and its actor says it is no longer in sync, collecting, distributing or aggregatable, as
+    /// Linux's bonding says of a port it releases, so that the partner takes the link out of
+    /// its aggregation now rather than when its timer runs out (3 or 90 s of frames sent to a
+    /// port that no longer collects). The farewell LACPDU (from `src`), once, when the link is
+    /// up; the port's machines then stay still until [`Lacp::reset_port`].
+    pub(crate) fn leave(&mut self, k: usize, src: [u8; 6]) -> Option<[u8; PDU_LEN]> {
+        let p = &mut self.ports[k];
+        if p.leaving {
+            return None;
+        }
+        p.leaving = true;
+        p.selected = false;
+        p.mux = MuxState::Detached;
+        (p.wait_while, p.periodic_at, p.ntt) = (None, None, false);
+        p.actor.state &= !(SYNC | COLLECTING | DISTRIBUTING | AGGREGATION);
+        (p.rx != RxState::Disabled).then(|| lacpdu(src, &p.actor, &p.partner))
+    }
+
     /// The receive machine's CURRENT state on an LACPDU member `k` received (6.4.12).
     pub(crate) fn on_pdu(&mut self, k: usize, actor: &PortInfo, partner: &PortInfo, now: Instant) {
         let p = &mut self.ports[k];
         // Our own LACPDU come back (two members cabled together, a loopback): never a partner.
-        if p.rx == RxState::Disabled || actor.system == p.actor.system {
+        if p.rx == RxState::Disabled || p.leaving || actor.system == p.actor.system {
             return;
         }
         // update_Selected: another partner port (or its aggregation) means a new selection.
@@ -346,6 +370,9 @@ impl Lacp {
         changes: &mut Vec<Change>,
     ) {
         for k in 0..self.ports.len() {
+            if self.ports[k].leaving {
+                continue;
+            }
             let before = (self.ports[k].mux, self.ports[k].rx);
             self.receive_timers(k, up[k], now);
             self.select(k);
@@ -626,6 +653,33 @@ mod tests {
         p.step();
         assert_eq!(p.both(0), (false, false));
         assert_eq!(p.both(1), (true, true));
+    }
+
+    #[test]
+    fn a_member_leaving_says_so_and_the_partner_lets_go_of_it_at_once() {
+        let mut p = Pair::new();
+        p.run(3);
+        assert_eq!((p.both(0), p.both(1)), ((true, true), (true, true)));
+        let f = p.a.leave(1, A).expect("a farewell on a live link");
+        assert!(p.a.leave(1, A).is_none(), "said once");
+        assert!(!p.a.distributing(1), "out of a's aggregator at once");
+        let Ok(Slow::Lacp { actor, partner }) = parse(&f) else { panic!("a bad farewell") };
+        assert_eq!(actor.state & (SYNC | COLLECTING | DISTRIBUTING | AGGREGATION), 0, "{:#x}", actor.state);
+        assert_eq!(partner, p.a.ports[1].partner, "it names the partner as it knew it");
+        p.b.on_pdu(1, &actor, &partner, p.now);
+        let sent = p.sent;
+        p.step();
+        // Long before b's 3 s timeout: b's member 1 is out of its aggregate too, member 0 stays.
+        assert_eq!(p.both(1), (false, false), "b let go of member 1 at its next tick");
+        assert_eq!(p.both(0), (true, true), "member 0 carries on");
+        p.run(5);
+        assert_eq!(p.both(1), (false, false), "a's leaving member stays out (b's LACPDUs to it change nothing)");
+        assert!(p.sent > sent, "the others go on talking");
+        // The slot taken by a device again: its machines start afresh, aggregatable.
+        p.a.reset_port(1);
+        assert_ne!(p.a.ports[1].actor.state & AGGREGATION, 0);
+        p.run(4);
+        assert_eq!(p.both(1), (true, true), "back in the aggregate");
     }
 
     #[test]

@@ -376,21 +376,44 @@ pub fn member_add(p: &lab_core::process::Process, bond: PortId, member: &str) ->
 }
 
 /// Takes port `member` out of net_bonding port `bond` at runtime (DPDK's
-/// `rte_eth_bond_member_remove`), in every process within 100 ms. Returns the slot it had.
+/// `rte_eth_bond_member_remove`), in every process within 100 ms. In mode 4 its farewell
+/// LACPDU goes first (the removal waits up to [`FAREWELL_WAIT`] for a transmit burst of any
+/// process to send it). Returns the slot it had.
 pub fn member_remove(p: &lab_core::process::Process, bond: PortId, member: &str) -> Result<usize, EthError> {
     let bad = |what: String| EthError::Invalid { what };
     bond_info(p, bond)?;
     let t = MemberTable::open(p.runtime().shm(), bond).map_err(|e| bad(e.to_string()))?;
-    t.update(Duration::from_secs(1), |slots| {
-        let k = slots
-            .iter()
-            .position(|n| n.as_deref() == Some(member))
-            .ok_or_else(|| DriverError::config(format!("member {member}: not a member of port {bond}")))?;
-        let mut new = slots.clone();
-        new[k] = None;
-        Ok((new, k))
-    })
-    .map_err(|e| bad(e.to_string()))
+    let slot = t.read().and_then(|(_, slots)| slots.iter().position(|n| n.as_deref() == Some(member)));
+    // Mode 4: first the member's farewell LACPDU (the primary's machines write it, a transmit
+    // burst of any process sends it), so the partner stops sending on the link now.
+    let farewell = slot.zip(Shared::find(p.runtime().shm(), bond)).filter(|(k, sh)| *k < sh.n);
+    if let Some((k, sh)) = &farewell {
+        let beat = sh.beat().load(Ordering::Acquire);
+        sh.leaving().fetch_or(1 << k, Ordering::AcqRel);
+        let end = Instant::now() + FAREWELL_WAIT;
+        // Two rounds of the machines (the bit seen), then the member's slow ring emptied.
+        while Instant::now() < end
+            && (sh.beat().load(Ordering::Acquire).wrapping_sub(beat) < 2 || sh.tx[*k].count() > 0)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let r = t
+        .update(Duration::from_secs(1), |slots| {
+            let k = slots
+                .iter()
+                .position(|n| n.as_deref() == Some(member))
+                .ok_or_else(|| DriverError::config(format!("member {member}: not a member of port {bond}")))?;
+            let mut new = slots.clone();
+            new[k] = None;
+            Ok((new, k))
+        })
+        .map_err(|e| bad(e.to_string()));
+    if let (Err(_), Some((k, sh))) = (&r, &farewell) {
+        // Still a member: it carries on (its machines start again).
+        sh.leaving().fetch_and(!(1 << k), Ordering::AcqRel);
+    }
+    r
 }
 
 fn bond_info(p: &lab_core::process::Process, bond: PortId) -> Result<DevInfo, EthError> {
@@ -561,8 +584,11 @@ const SLOW_RING: u32 = 16;
 /// Slow frames a burst moves per member at most.
 const SLOW_BURST: usize = 4;
 const AGG_MAGIC: u32 = 0x4c41_4350;
-/// magic, member count, heartbeat, then each member's actor state.
-const WORDS_LEN: u64 = 4 * (3 + MAX_MEMBERS as u64);
+/// magic, member count, heartbeat, each member's actor state, then the leaving members (a mask).
+const WORDS_LEN: u64 = 4 * (4 + MAX_MEMBERS as u64);
+/// How long a member's removal waits for its farewell LACPDU to go out (a bond nobody transmits
+/// on sends none: the removal goes ahead, and the partner finds out at its timeout).
+const FAREWELL_WAIT: Duration = Duration::from_secs(1);
 /// Rounds (of 100 ms) without a heartbeat after which the machines count as gone (the primary
 /// died): nothing distributes, as the partner soon stops collecting.
 const STALE_ROUNDS: u32 = 10;
@@ -670,7 +696,19 @@ impl Shared {
         let p = self.shm.ptr(self.off, WORDS_LEN).expect("checked at open").cast::<AtomicU32>();
         // SAFETY: WORDS_LEN bytes at a 64-aligned zone inside the mapping `self.shm` keeps
         // alive, used only as u32 atomics by every process.
-        unsafe { std::slice::from_raw_parts(p.as_ptr(), 3 + MAX_MEMBERS) }
+        unsafe { std::slice::from_raw_parts(p.as_ptr(), 4 + MAX_MEMBERS) }
+    }
+
+    /// The members being removed (bit k: slot k), set by `member_remove` in any process: the
+    /// machines send each one's farewell and stop distributing on it; they clear the bit when
+    /// the slot changes.
+    fn leaving(&self) -> &AtomicU32 {
+        &self.words()[3 + MAX_MEMBERS]
+    }
+
+    /// The primary's mode 4 state of bond `port`, if it has one.
+    fn find(shm: &Arc<Shm>, port: PortId) -> Option<Shared> {
+        Shared::open(shm, port, MAX_MEMBERS, false).ok()
     }
 
     /// Member `k`'s actor state (802.1AX state bits).
@@ -742,6 +780,18 @@ impl Machines {
                 }
             }
         }
+        // Members being removed say goodbye (once); one whose removal failed carries on afresh.
+        let leaving = self.shared.leaving().load(Ordering::Acquire);
+        for k in 0..self.shared.n {
+            if leaving & (1 << k) != 0 && !self.names[k].is_empty() {
+                if let Some(f) = self.lacp.leave(k, self.macs[k]) {
+                    tracing::info!(member = %self.names[k], "net_bonding 802.3ad: member leaving: farewell LACPDU");
+                    responses.push((k, f));
+                }
+            } else if leaving & (1 << k) == 0 && self.lacp.ports[k].leaving {
+                self.lacp.reset_port(k);
+            }
+        }
         let (mut out, mut changes) = (Vec::new(), Vec::new());
         self.lacp.tick(now, &usable[..self.shared.n], &self.macs, &mut out, &mut changes);
         for c in changes {
@@ -781,6 +831,7 @@ impl Machines {
             let name = slot.as_ref().map_or(String::new(), |s| s.name.clone());
             if name != self.names[k] {
                 self.lacp.reset_port(k);
+                self.shared.leaving().fetch_and(!(1 << k), Ordering::AcqRel);
                 let mut f = [[0u8; SLOW_ELEM]; SLOW_RING as usize];
                 while self.shared.rx[k].dequeue_burst(&mut f) > 0 {}
                 while self.shared.tx[k].dequeue_burst(&mut f) > 0 {}
