@@ -346,6 +346,15 @@ impl Mbuf {
     pub fn segments(&self) -> Segments<'_> {
         Segments { cur: Some(self.0), base: self.base(), left: MAX_SEGS, _m: std::marker::PhantomData }
     }
+    /// Each segment's device address (of its first byte) and length, in order: a transmit
+    /// path's descriptors.
+    #[inline]
+    pub fn seg_iovas(&self) -> impl Iterator<Item = (Iova, usize)> + '_ {
+        let mut s = self.segments();
+        std::iter::from_fn(move || {
+            s.step().map(|(_, h)| (Iova(IOVA_BASE + h.buf_off + u64::from(h.data_off)), h.data_len as usize))
+        })
+    }
     /// Copies the whole packet into the front of `out`: its length, or None (nothing
     /// meaningful written) when `out` is shorter.
     pub fn copy_to(&self, out: &mut [u8]) -> Option<usize> {
@@ -462,10 +471,10 @@ pub struct Segments<'a> {
     _m: std::marker::PhantomData<&'a Mbuf>,
 }
 
-impl<'a> Iterator for Segments<'a> {
-    type Item = &'a [u8];
+impl<'a> Segments<'a> {
+    /// The next segment's header.
     #[inline]
-    fn next(&mut self) -> Option<&'a [u8]> {
+    fn step(&mut self) -> Option<(NonNull<MbufHdr>, &'a MbufHdr)> {
         let p = self.cur?;
         // SAFETY: a segment header of the chain the borrowed Mbuf owns, in its mapping.
         let h = unsafe { p.as_ref() };
@@ -473,6 +482,15 @@ impl<'a> Iterator for Segments<'a> {
         self.cur = (h.next != 0 && self.left > 0)
             // SAFETY: `next` names the following segment's header in the same mapping.
             .then(|| unsafe { NonNull::new_unchecked(self.base.add(h.next as usize * 64).cast::<MbufHdr>()) });
+        Some((p, h))
+    }
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a [u8];
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (p, h) = self.step()?;
         // SAFETY: data_off + data_len <= buf_len, as in `Mbuf::data`.
         Some(unsafe { std::slice::from_raw_parts(seg_buf(p).add(h.data_off as usize), h.data_len as usize) })
     }

@@ -55,6 +55,9 @@ pub struct QueueHdr {
     pub(crate) errors: AtomicU64,
     /// RX: refills that found the pool empty.
     pub(crate) nombuf: AtomicU64,
+    /// Virtio TX: the next descriptor to fill (a chained packet takes several descriptors and
+    /// one available-ring slot, so this runs ahead of `next`).
+    pub(crate) desc: AtomicU32,
 }
 const _: () = assert!(std::mem::size_of::<QueueHdr>() as u64 == HDR_LEN);
 

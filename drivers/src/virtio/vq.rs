@@ -12,10 +12,12 @@
 //! then (8-al.)  software ring: n x u64, the mbuf (shared-memory offset) each descriptor holds
 //! ```
 //!
-//! Descriptor `i` is always the one of available-ring slot `i mod n`: a receive queue keeps all
-//! n posted (a frame whose buffer cannot be replaced is dropped and its buffer posted again); a
-//! transmit queue uses slot `i` only once the device gave descriptor `i` back, so a device that
-//! completes out of order slows the queue down and never makes it overwrite a buffer in flight.
+//! On a receive queue descriptor `i` is always the one of available-ring slot `i mod n`, and all
+//! n stay posted (a frame whose buffer cannot be replaced is dropped and its buffer posted
+//! again). A transmit queue gives a packet of k segments k consecutive descriptors chained with
+//! NEXT and one available slot ([`TxVq`]), and fills a descriptor again only once the device
+//! gave its packet back, so a device that completes out of order slows the queue down and never
+//! makes it overwrite a buffer in flight.
 //! The used ring is written by the device: ids and lengths are bounded before use.
 
 use std::os::fd::RawFd;
@@ -254,6 +256,11 @@ impl Vq {
     }
 
     fn write_desc(&self, i: u32, addr: u64, len: u32, flags: u16) {
+        self.write_desc_next(i, addr, len, flags, 0);
+    }
+
+    /// Descriptor `i` with its `next` field (read by the device when `flags` has NEXT).
+    fn write_desc_next(&self, i: u32, addr: u64, len: u32, flags: u16, next: u16) {
         let d = self.lay.desc + 16 * u64::from(i % self.n);
         // SAFETY: descriptor i < n is inside the table, 16-aligned; the driver owns it now (it
         // is not in the available ring the device reads).
@@ -261,7 +268,7 @@ impl Vq {
             self.at::<u64>(d).write_volatile(addr.to_le());
             self.at::<u32>(d + 8).write_volatile(len.to_le());
             self.at::<u16>(d + 12).write_volatile(flags.to_le());
-            self.at::<u16>(d + 14).write_volatile(0);
+            self.at::<u16>(d + 14).write_volatile(next.to_le());
         }
     }
 
@@ -632,12 +639,25 @@ fn merge(
 }
 
 /// One transmit virtqueue.
+///
+/// A packet of k segments takes k consecutive descriptors (from `QueueHdr::desc`), chained
+/// with NEXT, and one available-ring slot naming the first; the software ring holds the packet
+/// at its first descriptor and [`CHAINED`] at the others. A descriptor is filled again only
+/// once the device gave its packet back, so a device that completes out of order slows the
+/// queue down and never makes it overwrite a descriptor in flight.
 pub(crate) struct TxVq {
     pub(crate) q: Vq,
 }
 
+/// Software-ring mark of a transmit descriptor that continues a chain (no mbuf header is at
+/// offset 1: they are 64-byte aligned).
+const CHAINED: u64 = 1;
+/// Descriptor flag: the chain goes on at `next`.
+const VIRTQ_DESC_F_NEXT: u16 = 1;
+
 impl TxVq {
-    /// Frees what the device has sent.
+    /// Frees what the device has sent: each used element names a packet's first descriptor;
+    /// its packet (every segment) goes back, and the chain's other descriptors are free again.
     fn clean(&mut self, pool: &mut Mempool) {
         let q = &self.q;
         let (_, mut last) = q.indices();
@@ -648,37 +668,47 @@ impl TxVq {
         while last != used {
             let (id, _) = q.used_elem(last);
             last = last.wrapping_add(1);
-            if id < q.n {
-                let off = q.sw_get(id);
-                q.sw_set(id, 0);
-                if let Some(m) = Mbuf::from_offset(&q.shm, ShmOffset(off)).filter(|_| off != 0) {
-                    pool.free(m);
+            if id >= q.n {
+                continue;
+            }
+            let off = q.sw_get(id);
+            // Not a packet's first descriptor (a device naming a chain's middle): nothing.
+            let Some(m) = Mbuf::from_offset(&q.shm, ShmOffset(off)).filter(|_| off > CHAINED) else { continue };
+            q.sw_set(id, 0);
+            for j in 1..u32::from(m.nb_segs()) {
+                let d = (id + j) % q.n;
+                if q.sw_get(d) == CHAINED {
+                    q.sw_set(d, 0);
                 }
             }
+            pool.free(m);
         }
         q.h().clean.store(u32::from(last), Ordering::Release);
     }
 
-    /// Sends from the front of `pkts`: the 12-byte header prepended (zeroed: no offloads), one
-    /// descriptor per frame, the available index published once, one notify. Returns how many
-    /// were taken (unsendable ones are dropped and counted).
+    /// Sends from the front of `pkts`: the 12-byte header prepended to the first segment
+    /// (zeroed: no offloads), one descriptor per segment chained with NEXT, the available index
+    /// published once, one notify. Returns how many were taken (unsendable ones are dropped and
+    /// counted).
     #[inline]
     pub(crate) fn burst<D: Doorbell>(&mut self, bar: &D, pool: &mut Mempool, pkts: &mut [Option<Mbuf>]) -> usize {
         self.clean(pool);
         let q = &self.q;
         let (mut avail, _) = q.indices();
+        let mut pos = q.h().desc.load(Ordering::Relaxed) % q.n;
         let (mut taken, mut bytes, mut errors) = (0usize, 0u64, 0u64);
         let mut posted = false;
         for slot in pkts.iter_mut() {
-            let id = u32::from(avail) % q.n;
-            if q.sw_get(id) != 0 {
-                break; // descriptor still in flight: the ring is full
+            let Some(m) = slot.as_ref() else { break };
+            let k = u32::from(m.nb_segs());
+            // Every descriptor it needs given back by the device (else the ring is full).
+            if k <= q.n && (0..k).any(|j| q.sw_get((pos + j) % q.n) != 0) {
+                break;
             }
             let Some(mut m) = slot.take() else { break };
             taken += 1;
-            if m.nb_segs() > 1 {
-                // One descriptor per frame: a chain is copied into one buffer, or dropped when
-                // it is over one buffer's room.
+            if k > q.n || m.headroom() < NET_HDR_LEN {
+                // Longer than the ring, or no room for the header: one buffer of ours, or dropped.
                 match pool.linearize(m) {
                     Ok(one) => m = one,
                     Err(m) => {
@@ -688,20 +718,30 @@ impl TxVq {
                     }
                 }
             }
-            let len = m.len();
+            let len = m.pkt_len();
             if len == 0 || m.prepend(NET_HDR_LEN).map(|h| h.fill(0)).is_none() {
                 errors += 1;
                 pool.free(m);
                 continue;
             }
-            q.write_desc(id, m.data_iova().0, (len + NET_HDR_LEN) as u32, 0);
-            q.sw_set(id, m.into_offset().0);
-            q.set_avail_slot(avail, id as u16);
+            let k = u32::from(m.nb_segs());
+            for (j, (iova, l)) in (0u32..).zip(m.seg_iovas()) {
+                let (id, more) = ((pos + j) % q.n, j + 1 < k);
+                let next = if more { ((pos + j + 1) % q.n) as u16 } else { 0 };
+                q.write_desc_next(id, iova.0, l as u32, if more { VIRTQ_DESC_F_NEXT } else { 0 }, next);
+                if j > 0 {
+                    q.sw_set(id, CHAINED);
+                }
+            }
+            q.sw_set(pos, m.into_offset().0);
+            q.set_avail_slot(avail, pos as u16);
             avail = avail.wrapping_add(1);
+            pos = (pos + k) % q.n;
             bytes += len as u64;
             posted = true;
         }
         if posted {
+            q.h().desc.store(pos, Ordering::Relaxed);
             q.publish_avail(avail);
             if q.device_wants_notify() {
                 q.notify(bar);
