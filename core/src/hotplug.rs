@@ -208,6 +208,19 @@ impl Held {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(HeldPort { port, gen, pids, zones });
     }
 
+    /// The zones a held port's release put off, to free with the id; they come back when the
+    /// port is not held any more (every holder let go meanwhile).
+    fn keep(&self, port: PortId, gen: u32, zones: Vec<String>) -> Option<Vec<String>> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match g.iter_mut().find(|h| h.port == port && h.gen == gen) {
+            Some(h) => {
+                h.zones.extend(zones);
+                None
+            }
+            None => Some(zones),
+        }
+    }
+
     /// Takes `pid` off the port's list; when nobody is left (the id can be reused), the zones
     /// to free.
     fn released(&self, port: PortId, gen: u32, pid: u32) -> Option<Vec<String>> {
@@ -558,8 +571,8 @@ impl Inner {
         let kind = if forced { Kind::Forced } else { Kind::Detach };
         let mut m = Machine::new(kind, self.asker_path(exclude));
         let mut seq = SeqGuard(&self.table, false);
-        // The zones the release put off (a secondary did not confirm), for `Held` at Free.
-        let mut kept: Vec<String> = Vec::new();
+        // Some secondaries did not confirm: the id (and the zones the release put off) held.
+        let mut held = false;
         while let Some(cmd) = m.poll() {
             let ev = match cmd {
                 Command::Done => break,
@@ -596,29 +609,35 @@ impl Inner {
                         // a device that is gone), so the id can be attached again. A secondary
                         // that did not confirm may still run the port: the zones stay until it
                         // lets go (`Held`).
-                        if m.unconfirmed().is_empty() {
-                            self.release_local(e.port, Release::Shared);
-                        } else {
-                            kept = self.rt.shm().defer_frees(|| self.release_local(e.port, Release::Shared)).1;
-                        }
-                        Event::Ok
-                    }
-                    Action::Free => {
+                        // Held from before the release: a late secondary's `hp_released` may
+                        // come while it runs.
                         let pids: Vec<u32> = m
                             .unconfirmed()
                             .iter()
                             .filter_map(|p| p.file_name().and_then(|n| crate::ipc::pid_of(&n.to_string_lossy())))
                             .collect();
-                        let asker = exclude.and_then(crate::ipc::pid_of);
                         if pids.is_empty() {
-                            self.free_zones(std::mem::take(&mut kept));
-                            self.table.set_state(e.port, PortState::Unused);
-                            tracing::info!(port = %e.port, device = %e.name, "detached everywhere");
+                            self.release_local(e.port, Release::Shared);
                         } else {
-                            if pids.iter().any(|p| Some(*p) != asker) {
+                            let asker = exclude.and_then(crate::ipc::pid_of);
+                            let late = pids.iter().any(|p| Some(*p) != asker);
+                            self.held.hold(e.port, e.gen, pids.clone(), Vec::new());
+                            let (_, kept) = self.rt.shm().defer_frees(|| self.release_local(e.port, Release::Shared));
+                            if late {
                                 tracing::warn!(port = %e.port, device = %e.name, ?pids, zones = kept.len(), "detached; the port id and its zones are held until these processes release it");
                             }
-                            self.held.hold(e.port, e.gen, pids, std::mem::take(&mut kept));
+                            // Released meanwhile: nobody holds them any more.
+                            if let Some(z) = self.held.keep(e.port, e.gen, kept) {
+                                self.free_zones(z);
+                            }
+                            held = true;
+                        }
+                        Event::Ok
+                    }
+                    Action::Free => {
+                        if !held {
+                            self.table.set_state(e.port, PortState::Unused);
+                            tracing::info!(port = %e.port, device = %e.name, "detached everywhere");
                         }
                         Event::Ok
                     }
@@ -627,8 +646,6 @@ impl Inner {
             };
             m.handle(ev);
         }
-        // Free always follows Release; should it not, nothing is left reserved.
-        self.free_zones(kept);
         match m.into_result() {
             Some(r) => r.map_err(|f| self.error_of(f)),
             None => Err(HotplugError::BadAnswer("the detach did not finish".into())),

@@ -590,14 +590,12 @@ impl Shm {
         let h = self.header_mut(&g);
         let i = find(h, name).ok_or_else(|| MemError::ZoneNotFound { name: name.into() })?;
         let me = self.base.as_ptr() as usize;
-        let noted = DEFERRED.with_borrow_mut(|d| match d {
-            Some((base, names)) if *base == me => {
-                names.push(name.to_string());
-                true
-            }
-            _ => false,
-        });
-        if noted {
+        let deferring = DEFERRED.with_borrow(|d| matches!(d, Some((base, _)) if *base == me));
+        if deferring {
+            // Kept, under a name of its own: the name is free for a new zone at once.
+            let kept = retired_name();
+            set_name(&mut h.zones[i], &kept);
+            DEFERRED.with_borrow_mut(|d| d.as_mut().map(|(_, names)| names.push(kept)));
             return Ok(());
         }
         h.zones[i].state = 2;
@@ -605,24 +603,48 @@ impl Shm {
         Ok(())
     }
 
-    /// Runs `f` with this thread's frees of this file's zones put off: they stay reserved, and
-    /// their names come back for a later [`Shm::free`]. The primary closes a port so while a
+    /// Runs `f` with this thread's frees of this file's zones put off: each stays reserved,
+    /// renamed as by [`Shm::retire`] (its old name free for a new zone at once), and the new
+    /// names come back for a later [`Shm::free`]. The primary closes a port so while a
     /// secondary that did not confirm the detach may still run it over those zones (a zone
     /// freed under it could be handed to another device). Nested: the inner call's names go
     /// to the outer.
     pub fn defer_frees<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        /// Puts the caller's deferral back, also when `f` panics.
+        struct Restore(Option<Option<(usize, Vec<String>)>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                if let Some(prev) = self.0.take() {
+                    DEFERRED.with_borrow_mut(|d| *d = prev);
+                }
+            }
+        }
         let me = self.base.as_ptr() as usize;
         let outer = DEFERRED.with_borrow_mut(|d| match d {
             Some((base, _)) if *base == me => None,
             d => Some(d.replace((me, Vec::new()))),
         });
+        let mut restore = Restore(outer);
         let r = f();
-        let names = match outer {
+        let names = match restore.0.take() {
             // Ours: taken, the caller's own deferral (of another file, or none) put back.
             Some(prev) => DEFERRED.with_borrow_mut(|d| std::mem::replace(d, prev)).map(|(_, n)| n),
             None => None,
         };
         (r, names.unwrap_or_default())
+    }
+
+    /// Takes zone `name` out of use for good without freeing it: it is renamed (`~PID.N`), so
+    /// the name can be reserved again while memory someone may still write (a peer that did not
+    /// confirm it stopped) is never handed out. Returns the new name.
+    pub fn retire(&self, name: &str) -> Result<String, MemError> {
+        check_name(name)?;
+        let g = self.lock().lock();
+        let h = self.header_mut(&g);
+        let i = find(h, name).ok_or_else(|| MemError::ZoneNotFound { name: name.into() })?;
+        let kept = retired_name();
+        set_name(&mut h.zones[i], &kept);
+        Ok(kept)
     }
 
     /// Names of all zones in use.
@@ -664,6 +686,17 @@ fn find(h: &ShmHeader, name: &str) -> Option<usize> {
     h.zones.iter().position(|z| {
         z.state == 1 && &z.name[..name.len()] == name.as_bytes() && (name.len() == 64 || z.name[name.len()] == 0)
     })
+}
+
+/// A name no zone has: this process's next retired one.
+fn retired_name() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("~{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn set_name(z: &mut ZoneEntry, name: &str) {
+    z.name = [0; 64];
+    z.name[..name.len()].copy_from_slice(name.as_bytes());
 }
 
 fn check_name(name: &str) -> Result<(), MemError> {
@@ -748,13 +781,30 @@ mod tests {
             assert!(matches!(shm.free("nope"), Err(MemError::ZoneNotFound { .. })));
             7
         });
-        assert_eq!((r, names.clone()), (7, vec!["a".to_string(), "b".to_string()]));
-        assert!(shm.lookup("a").is_ok() && shm.lookup("b").is_ok(), "put off: still reserved");
+        assert_eq!((r, names.len()), (7, 2));
+        assert!(
+            names.iter().all(|n| n.starts_with('~') && shm.lookup(n).is_ok()),
+            "put off: still reserved: {names:?}"
+        );
+        assert_eq!(shm.usage().zones, 2, "neither freed");
         assert!(other.lookup("o").is_err(), "the other file's zone went at once");
+        // Their old names are free: a new zone takes one, away from the kept memory.
+        let a2 = shm.reserve("a", 64, 64).unwrap();
+        assert!(names.iter().all(|n| shm.lookup(n).unwrap().offset != a2.offset));
         for n in &names {
             shm.free(n).unwrap();
         }
-        assert!(shm.lookup("a").is_err() && shm.lookup("b").is_err());
+        assert_eq!(shm.usage().zones, 1);
+        // A panic inside leaves no deferral behind.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shm.defer_frees(|| panic!("inside"))));
+        assert!(caught.is_err());
+        shm.free("a").unwrap();
+        assert!(shm.lookup("a").is_err(), "freed at once after the panic");
+        // Retired: kept for good under a new name, the old one free.
+        shm.reserve("r", 64, 64).unwrap();
+        let kept = shm.retire("r").unwrap();
+        assert!(shm.lookup("r").is_err() && shm.lookup(&kept).is_ok());
+        assert!(matches!(shm.retire("r"), Err(MemError::ZoneNotFound { .. })));
     }
 
     #[test]

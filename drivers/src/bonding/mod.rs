@@ -409,9 +409,12 @@ pub fn member_remove(p: &lab_core::process::Process, bond: PortId, member: &str)
             Ok((new, k))
         })
         .map_err(|e| bad(e.to_string()));
-    if let (Err(_), Some((k, sh))) = (&r, &farewell) {
-        // Still a member: it carries on (its machines start again).
-        sh.leaving().fetch_and(!(1 << k), Ordering::AcqRel);
+    if let Some((k, sh)) = &farewell {
+        if r.as_ref().ok() != Some(k) {
+            // Still a member (the removal failed), or the table moved meanwhile and slot k is
+            // another member's: it carries on, its machines started again.
+            sh.leaving().fetch_and(!(1 << k), Ordering::AcqRel);
+        }
     }
     r
 }

@@ -526,9 +526,15 @@ impl Driver for VirtioUserDriver {
                 if primary && unstopped {
                     // The back end may still write the rings and their buffers: both stay
                     // out of use (a leak, not memory another device gets under its writes).
-                    // (The software rings name the buffers; dropping a queue frees none.)
+                    // (The software rings name the buffers; dropping a queue frees none.) The
+                    // zones are retired: kept, under names of their own, so that this port id
+                    // can have a net_virtio_user again.
                     let n: u32 = rx.iter().map(|q| q.q.n).sum();
                     tracing::warn!(port = %port, buffers = n, zones = ?zones, "net_virtio_user: the back end did not confirm its rings stopped: their buffers and zones are kept out of use");
+                    drop((rx, tx));
+                    for z in &zones {
+                        let _ = shm.retire(z);
+                    }
                 } else if primary {
                     // Nothing half-made stays: the buffers posted so far, then every zone.
                     for q in rx.iter_mut().map(|q| &mut q.q).chain(tx.iter_mut().map(|q| &mut q.q)) {
@@ -699,6 +705,17 @@ impl EthDev for Port {
                 me.sh().magic.store(0, Ordering::Release);
                 let n: u32 = me.rx.iter().map(|q| q.q.n).sum();
                 tracing::warn!(port = %me.port, buffers = n, "net_virtio_user close: the back end did not confirm its rings stopped: their buffers and zones are kept out of use");
+                let names: Vec<String> = me
+                    .rx
+                    .iter()
+                    .map(|q| q.q.zone().to_string())
+                    .chain(me.tx.iter().map(|q| q.q.zone().to_string()))
+                    .collect();
+                me.rx.clear();
+                me.tx.clear();
+                for n in names.iter().chain([&shared_zone(me.port)]) {
+                    let _ = me.shm.retire(n);
+                }
                 return;
             }
             me.sh().link.store(0, Ordering::Release);

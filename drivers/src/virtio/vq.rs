@@ -916,6 +916,14 @@ mod tests {
         pool.free(m);
         let c = rx.q.h().counters();
         assert_eq!((c.pkts, c.errors), (1, 1));
+        // Made available again, in order: the dropped frame's descriptors, then the good one's.
+        let q = &rx.q;
+        assert_eq!(q.h().next.load(Ordering::Relaxed), n + u32::from(nbuf) + 1);
+        for j in 0..=u32::from(nbuf) {
+            // SAFETY: an available-ring slot < n inside the zone.
+            let id = unsafe { q.at::<u16>(q.lay.avail + 4 + 2 * u64::from((n + j) % n)).read_volatile() };
+            assert_eq!(u32::from(u16::from_le(id)), j, "available slot {}", n + j);
+        }
         // Every descriptor still holds a buffer, and the rest are in the pool.
         assert!((0..n).all(|i| rx.q.sw_get(i) != 0));
         let free: Vec<Mbuf> = std::iter::from_fn(|| pool.alloc()).collect();
