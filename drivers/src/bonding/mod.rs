@@ -377,7 +377,7 @@ pub fn member_add(p: &lab_core::process::Process, bond: PortId, member: &str) ->
 
 /// Takes port `member` out of net_bonding port `bond` at runtime (DPDK's
 /// `rte_eth_bond_member_remove`), in every process within 100 ms. In mode 4 its farewell
-/// LACPDU goes first (the removal waits up to [`FAREWELL_WAIT`] for a transmit burst of any
+/// LACPDU goes first (the removal waits up to a second for a transmit burst of any
 /// process to send it). Returns the slot it had.
 pub fn member_remove(p: &lab_core::process::Process, bond: PortId, member: &str) -> Result<usize, EthError> {
     let bad = |what: String| EthError::Invalid { what };

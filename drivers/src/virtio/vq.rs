@@ -15,7 +15,7 @@
 //! On a receive queue descriptor `i` is always the one of available-ring slot `i mod n`, and all
 //! n stay posted (a frame whose buffer cannot be replaced is dropped and its buffer posted
 //! again). A transmit queue gives a packet of k segments k consecutive descriptors chained with
-//! NEXT and one available slot ([`TxVq`]), and fills a descriptor again only once the device
+//! NEXT and one available slot (`TxVq`), and fills a descriptor again only once the device
 //! gave its packet back, so a device that completes out of order slows the queue down and never
 //! makes it overwrite a buffer in flight.
 //! The used ring is written by the device: ids and lengths are bounded before use.
