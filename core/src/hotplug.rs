@@ -72,7 +72,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::devargs::{Devargs, DevargsError};
-use crate::ethdev::{EthError, PortEntry, PortId, PortState, PortTable, Release, MAX_PORTS};
+use crate::ethdev::{EthError, LocalPort, PortEntry, PortId, PortState, PortTable, Release, MAX_PORTS};
 use crate::ipc::{Dispatch, IpcError, Msg, Request};
 use crate::options::{FaultMode, FaultOp};
 use crate::process::{Inner, Resolved};
@@ -190,69 +190,88 @@ const A_RELEASED: &str = "hp_released";
 
 /// The primary's port ids whose detach some secondaries did not confirm in time: held out of
 /// use (state Detaching) until each of them says it released its handle (`hp_released`) or dies.
-/// With each, the shared-memory zones the primary's close would have freed: a late secondary may
-/// still run the port over them, so they are freed only when the id is.
-#[derive(Debug, Default)]
-pub(crate) struct Held(std::sync::Mutex<Vec<HeldPort>>);
+/// When one that did not ask for the detach is late, the primary's own handle is parked with the
+/// id rather than closed: the late secondary may still run the port, and the close would take
+/// its buffers, rings and zones from under it. A parked handle is out of the port table (the
+/// application saw the port go) and is closed once nobody holds the id, under the operation
+/// lock (never on the receive thread), before the id is free again.
+#[derive(Default)]
+pub(crate) struct Held {
+    ports: std::sync::Mutex<Vec<HeldPort>>,
+    /// Parked handles let go by every holder, waiting for the operation lock to be closed.
+    closing: std::sync::Mutex<Vec<(PortId, u32, LocalPort)>>,
+}
 
-#[derive(Debug)]
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held").field("ports", &self.ports()).finish()
+    }
+}
+
 struct HeldPort {
     port: PortId,
     gen: u32,
     pids: Vec<u32>,
-    zones: Vec<String>,
+    /// The primary's handle, parked.
+    dev: Option<LocalPort>,
 }
 
 impl Held {
-    fn hold(&self, port: PortId, gen: u32, pids: Vec<u32>, zones: Vec<String>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(HeldPort { port, gen, pids, zones });
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HeldPort>> {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The zones a held port's release put off, to free with the id; they come back when the
-    /// port is not held any more (every holder let go meanwhile).
-    fn keep(&self, port: PortId, gen: u32, zones: Vec<String>) -> Option<Vec<String>> {
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match g.iter_mut().find(|h| h.port == port && h.gen == gen) {
+    fn hold(&self, port: PortId, gen: u32, pids: Vec<u32>) {
+        self.lock().push(HeldPort { port, gen, pids, dev: None });
+    }
+
+    /// Parks the primary's handle with the held id; it comes back when the id is not held any
+    /// more (every holder let go meanwhile: close it now).
+    fn park(&self, port: PortId, gen: u32, dev: LocalPort) -> Option<LocalPort> {
+        match self.lock().iter_mut().find(|h| h.port == port && h.gen == gen) {
             Some(h) => {
-                h.zones.extend(zones);
+                h.dev = Some(dev);
                 None
             }
-            None => Some(zones),
+            None => Some(dev),
         }
     }
 
-    /// Takes `pid` off the port's list; when nobody is left (the id can be reused), the zones
-    /// to free.
-    fn released(&self, port: PortId, gen: u32, pid: u32) -> Option<Vec<String>> {
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Takes `pid` off the port's list; when nobody is left (the id can be reused), its parked
+    /// handle, if any.
+    fn released(&self, port: PortId, gen: u32, pid: u32) -> Option<Option<LocalPort>> {
+        let mut g = self.lock();
         let i = g.iter().position(|h| h.port == port && h.gen == gen)?;
         g[i].pids.retain(|p| *p != pid);
-        g[i].pids.is_empty().then(|| g.remove(i).zones)
+        g[i].pids.is_empty().then(|| g.remove(i).dev)
     }
 
-    /// Drops the processes that died; the ports nobody holds any more, with their zones.
-    fn reclaim(&self) -> Vec<(PortId, Vec<String>)> {
+    /// Drops the processes that died; the ports nobody holds any more, with their parked handles.
+    fn reclaim(&self) -> Vec<(PortId, Option<LocalPort>)> {
         let alive = |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.lock();
         let mut free = Vec::new();
         g.retain_mut(|h| {
             h.pids.retain(|p| alive(*p));
             if h.pids.is_empty() {
-                free.push((h.port, std::mem::take(&mut h.zones)));
+                free.push((h.port, h.dev.take()));
             }
             !h.pids.is_empty()
         });
         free
     }
 
-    /// The ports held, for `/lab/hotplug`: who each waits for, the zones it keeps.
-    pub(crate) fn ports(&self) -> Vec<(PortId, Vec<u32>, usize)> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|h| (h.port, h.pids.clone(), h.zones.len()))
-            .collect()
+    /// Every parked handle, held or let go (the primary shutting down).
+    fn take_all(&self) -> Vec<LocalPort> {
+        let mut v: Vec<LocalPort> = self.lock().iter_mut().filter_map(|h| h.dev.take()).collect();
+        v.extend(self.closing.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(|c| c.2));
+        v
+    }
+
+    /// The ports held, for `/lab/hotplug`: who each waits for, whether the primary's handle is
+    /// parked with it.
+    pub(crate) fn ports(&self) -> Vec<(PortId, Vec<u32>, bool)> {
+        self.lock().iter().map(|h| (h.port, h.pids.clone(), h.dev.is_some())).collect()
     }
 }
 
@@ -469,6 +488,7 @@ impl Inner {
         p: &mut Pending,
     ) -> Result<PortId, HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.close_parked();
         self.admit(deadline)?;
         let mut m = Machine::new(Kind::Attach, self.asker_path(exclude));
         let mut seq = SeqGuard(&self.table, false);
@@ -567,6 +587,7 @@ impl Inner {
         p: &mut Pending,
     ) -> Result<(), HotplugError> {
         let _g = self.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.close_parked();
         self.admit(deadline)?;
         let kind = if forced { Kind::Forced } else { Kind::Detach };
         let mut m = Machine::new(kind, self.asker_path(exclude));
@@ -616,19 +637,23 @@ impl Inner {
                             .iter()
                             .filter_map(|p| p.file_name().and_then(|n| crate::ipc::pid_of(&n.to_string_lossy())))
                             .collect();
+                        let asker = exclude.and_then(crate::ipc::pid_of);
                         if pids.is_empty() {
                             self.release_local(e.port, Release::Shared);
+                        } else if pids.iter().all(|p| Some(*p) == asker) {
+                            // Only the asker, which stopped using the port before it asked and
+                            // releases its handle on the answer: the id held, the handle closed.
+                            self.held.hold(e.port, e.gen, pids);
+                            self.release_local(e.port, Release::Shared);
+                            held = true;
                         } else {
-                            let asker = exclude.and_then(crate::ipc::pid_of);
-                            let late = pids.iter().any(|p| Some(*p) != asker);
-                            self.held.hold(e.port, e.gen, pids.clone(), Vec::new());
-                            let (_, kept) = self.rt.shm().defer_frees(|| self.release_local(e.port, Release::Shared));
-                            if late {
-                                tracing::warn!(port = %e.port, device = %e.name, ?pids, zones = kept.len(), "detached; the port id and its zones are held until these processes release it");
-                            }
-                            // Released meanwhile: nobody holds them any more.
-                            if let Some(z) = self.held.keep(e.port, e.gen, kept) {
-                                self.free_zones(z);
+                            tracing::warn!(port = %e.port, device = %e.name, ?pids, "detached; the port id and the primary's handle are held until these processes release it");
+                            self.held.hold(e.port, e.gen, pids);
+                            if let Some(lp) = self.ports.take(e.port) {
+                                // Let go meanwhile: nobody holds it any more.
+                                if let Some(lp) = self.held.park(e.port, e.gen, lp) {
+                                    lp.dev.close(Release::Shared);
+                                }
                             }
                             held = true;
                         }
@@ -1045,11 +1070,26 @@ impl Inner {
     /// id is free once nobody holds it. Runs on the receive thread, without the operation lock:
     /// it only moves a held slot (Detaching, no handle anywhere) to Unused under the table's lock,
     /// which no snapshot of attached ports sees.
-    fn handle_released(&self, req: &Request) {
+    fn handle_released(self: &Arc<Self>, req: &Request) {
         let (Ok((port, gen, _)), Some(pid)) = (decode_port(&req.msg.payload), req.peer.pid()) else { return };
-        if let Some(zones) = self.held.released(port, gen, pid) {
-            self.free_zones(zones);
-            self.free_held(port, gen);
+        match self.held.released(port, gen, pid) {
+            None => {}
+            Some(None) => self.free_held(port, gen),
+            Some(Some(lp)) => {
+                // Closed under the operation lock, off this thread: by a closer, or by the next
+                // operation first, whichever takes the lock first; the id is free after.
+                self.held.closing.lock().unwrap_or_else(|e| e.into_inner()).push((port, gen, lp));
+                let me = Arc::downgrade(self);
+                let closer = std::thread::Builder::new().name("hp-close".into()).spawn(move || {
+                    if let Some(inner) = me.upgrade() {
+                        let _g = inner.op_lock.lock().unwrap_or_else(|e| e.into_inner());
+                        inner.close_parked();
+                    }
+                });
+                if closer.is_err() {
+                    tracing::warn!(port = %port, "no closer thread: the parked handle closes at the next operation");
+                }
+            }
         }
     }
 
@@ -1061,19 +1101,30 @@ impl Inner {
 
     /// Held ports whose late processes have died, freed.
     fn reclaim(&self) {
-        for (port, zones) in self.held.reclaim() {
+        for (port, dev) in self.held.reclaim() {
             let gen = self.table.entry(port.0 as usize).map(|e| e.gen).unwrap_or(0);
-            self.free_zones(zones);
+            if let Some(lp) = dev {
+                lp.dev.close(Release::Shared);
+            }
             self.free_held(port, gen);
         }
     }
 
-    /// Frees the zones a held port kept (see [`Held`]).
-    fn free_zones(&self, zones: Vec<String>) {
-        for z in zones {
-            if let Err(e) = self.rt.shm().free(&z) {
-                tracing::warn!(zone = %z, error = %e, "could not free a held port's memzone");
-            }
+    /// Closes the parked handles every holder let go of, then frees their ids. Under the
+    /// operation lock (see [`Held`]).
+    fn close_parked(&self) {
+        let ready: Vec<_> = std::mem::take(&mut *self.held.closing.lock().unwrap_or_else(|e| e.into_inner()));
+        for (port, gen, lp) in ready {
+            lp.dev.close(Release::Shared);
+            self.free_held(port, gen);
+            tracing::info!(port = %port, "the parked handle of a held port closed");
+        }
+    }
+
+    /// The primary shutting down: every parked handle closed.
+    pub(crate) fn close_all_parked(&self) {
+        for lp in self.held.take_all() {
+            lp.dev.close(Release::Shared);
         }
     }
 

@@ -20,11 +20,6 @@ use std::time::{Duration, Instant};
 
 use crate::sys;
 
-thread_local! {
-    /// Zone frees this thread puts off ([`Shm::defer_frees`]): the mapping's base, the names.
-    static DEFERRED: std::cell::RefCell<Option<(usize, Vec<String>)>> = const { std::cell::RefCell::new(None) };
-}
-
 /// Base of the IOVA window: device address of offset 0 of the shared memory file.
 /// 4 GiB, away from the x86 MSI window and below 39-bit IOMMU limits.
 pub const IOVA_BASE: u64 = 0x1_0000_0000;
@@ -582,56 +577,15 @@ impl Shm {
             .ok_or_else(|| MemError::ZoneNotFound { name: name.into() })
     }
 
-    /// Frees a zone; its space can be reused by a later zone that fits. Inside
-    /// [`Shm::defer_frees`] on this thread the zone is only noted, and stays.
+    /// Frees a zone; its space can be reused by a later zone that fits.
     pub fn free(&self, name: &str) -> Result<(), MemError> {
         check_name(name)?;
         let g = self.lock().lock();
         let h = self.header_mut(&g);
         let i = find(h, name).ok_or_else(|| MemError::ZoneNotFound { name: name.into() })?;
-        let me = self.base.as_ptr() as usize;
-        let deferring = DEFERRED.with_borrow(|d| matches!(d, Some((base, _)) if *base == me));
-        if deferring {
-            // Kept, under a name of its own: the name is free for a new zone at once.
-            let kept = retired_name();
-            set_name(&mut h.zones[i], &kept);
-            DEFERRED.with_borrow_mut(|d| d.as_mut().map(|(_, names)| names.push(kept)));
-            return Ok(());
-        }
         h.zones[i].state = 2;
         h.zones[i].name = [0; 64];
         Ok(())
-    }
-
-    /// Runs `f` with this thread's frees of this file's zones put off: each stays reserved,
-    /// renamed as by [`Shm::retire`] (its old name free for a new zone at once), and the new
-    /// names come back for a later [`Shm::free`]. The primary closes a port so while a
-    /// secondary that did not confirm the detach may still run it over those zones (a zone
-    /// freed under it could be handed to another device). Nested: the inner call's names go
-    /// to the outer.
-    pub fn defer_frees<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<String>) {
-        /// Puts the caller's deferral back, also when `f` panics.
-        struct Restore(Option<Option<(usize, Vec<String>)>>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                if let Some(prev) = self.0.take() {
-                    DEFERRED.with_borrow_mut(|d| *d = prev);
-                }
-            }
-        }
-        let me = self.base.as_ptr() as usize;
-        let outer = DEFERRED.with_borrow_mut(|d| match d {
-            Some((base, _)) if *base == me => None,
-            d => Some(d.replace((me, Vec::new()))),
-        });
-        let mut restore = Restore(outer);
-        let r = f();
-        let names = match restore.0.take() {
-            // Ours: taken, the caller's own deferral (of another file, or none) put back.
-            Some(prev) => DEFERRED.with_borrow_mut(|d| std::mem::replace(d, prev)).map(|(_, n)| n),
-            None => None,
-        };
-        (r, names.unwrap_or_default())
     }
 
     /// Takes zone `name` out of use for good without freeing it: it is renamed (`~PID.N`), so
@@ -764,47 +718,17 @@ mod tests {
     }
 
     #[test]
-    fn frees_put_off_keep_their_zones_until_freed_again() {
+    fn a_retired_zone_stays_reserved_under_a_new_name_and_its_old_one_is_free() {
         let (_d, shm) = tmp_shm(4);
-        let (_d2, other) = tmp_shm(2);
-        shm.reserve("a", 64, 64).unwrap();
-        shm.reserve("b", 64, 64).unwrap();
-        other.reserve("o", 64, 64).unwrap();
-        let (r, names) = shm.defer_frees(|| {
-            shm.free("a").unwrap();
-            // Another file's frees are not this deferral's.
-            other.free("o").unwrap();
-            // Nested: noted in the outer one.
-            let ((), inner) = shm.defer_frees(|| shm.free("b").unwrap());
-            assert!(inner.is_empty());
-            // An unknown zone is still an error, noted nowhere.
-            assert!(matches!(shm.free("nope"), Err(MemError::ZoneNotFound { .. })));
-            7
-        });
-        assert_eq!((r, names.len()), (7, 2));
-        assert!(
-            names.iter().all(|n| n.starts_with('~') && shm.lookup(n).is_ok()),
-            "put off: still reserved: {names:?}"
-        );
-        assert_eq!(shm.usage().zones, 2, "neither freed");
-        assert!(other.lookup("o").is_err(), "the other file's zone went at once");
-        // Their old names are free: a new zone takes one, away from the kept memory.
-        let a2 = shm.reserve("a", 64, 64).unwrap();
-        assert!(names.iter().all(|n| shm.lookup(n).unwrap().offset != a2.offset));
-        for n in &names {
-            shm.free(n).unwrap();
-        }
-        assert_eq!(shm.usage().zones, 1);
-        // A panic inside leaves no deferral behind.
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shm.defer_frees(|| panic!("inside"))));
-        assert!(caught.is_err());
-        shm.free("a").unwrap();
-        assert!(shm.lookup("a").is_err(), "freed at once after the panic");
-        // Retired: kept for good under a new name, the old one free.
-        shm.reserve("r", 64, 64).unwrap();
+        let r = shm.reserve("r", 64, 64).unwrap();
         let kept = shm.retire("r").unwrap();
-        assert!(shm.lookup("r").is_err() && shm.lookup(&kept).is_ok());
-        assert!(matches!(shm.retire("r"), Err(MemError::ZoneNotFound { .. })));
+        assert!(kept.starts_with('~'), "{kept}");
+        assert!(shm.lookup("r").is_err());
+        assert_eq!(shm.lookup(&kept).unwrap().offset, r.offset, "the same memory, still reserved");
+        let again = shm.reserve("r", 64, 64).unwrap();
+        assert_ne!(again.offset, r.offset, "a new zone of that name gets other memory");
+        assert!(matches!(shm.retire("nope"), Err(MemError::ZoneNotFound { .. })));
+        assert_ne!(shm.retire("r").unwrap(), kept, "every retired name is new");
     }
 
     #[test]

@@ -510,6 +510,7 @@ impl Inner {
             return;
         }
         let how = if self.rt.is_primary() { Release::Shared } else { Release::Local };
+        self.close_all_parked();
         for p in self.ports.ids() {
             self.release_local(p, how);
             if self.rt.is_primary() {

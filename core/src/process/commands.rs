@@ -198,7 +198,7 @@ fn lab_hotplug(inner: &Inner, _: Option<&str>) -> Result<Value, CmdError> {
         .held
         .ports()
         .into_iter()
-        .map(|(p, pids, zones)| json!({"port": p.0, "waiting_for": pids, "zones_kept": zones}))
+        .map(|(p, pids, kept)| json!({"port": p.0, "waiting_for": pids, "handle_kept": kept}))
         .collect();
     if let Some(o) = v.as_object_mut() {
         o.insert("held".into(), Value::Array(held));
