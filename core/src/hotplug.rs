@@ -178,6 +178,17 @@ pub enum HotplugError {
     /// The primary's answer could not be understood.
     #[error("bad answer from the primary: {0}")]
     BadAnswer(String),
+    /// The device's last port is held for processes that did not confirm its detach, with the
+    /// primary's handle still open (its close would reset what a new port of it set up).
+    #[error("device {name} is still held as port {port} for processes {pids:?} that did not confirm its detach")]
+    StillHeld {
+        /// Device name.
+        name: String,
+        /// The held port id.
+        port: PortId,
+        /// Who it waits for.
+        pids: Vec<u32>,
+    },
 }
 
 const A_REQ: &str = "hp_req";
@@ -200,6 +211,8 @@ pub(crate) struct Held {
     ports: std::sync::Mutex<Vec<HeldPort>>,
     /// Parked handles let go by every holder, waiting for the operation lock to be closed.
     closing: std::sync::Mutex<Vec<(PortId, u32, LocalPort)>>,
+    /// Releases of ports not held (yet): (port, generation, pid).
+    early: std::sync::Mutex<Vec<(PortId, u32, u32)>>,
 }
 
 impl std::fmt::Debug for Held {
@@ -216,32 +229,66 @@ struct HeldPort {
     dev: Option<LocalPort>,
 }
 
+/// `hp_released` messages that came before their port was held (a secondary that answered just
+/// after the primary stopped waiting), at most this many kept.
+const EARLY_MAX: usize = 64;
+
 impl Held {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HeldPort>> {
         self.ports.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn hold(&self, port: PortId, gen: u32, pids: Vec<u32>) {
-        self.lock().push(HeldPort { port, gen, pids, dev: None });
+    /// Holds the id for `pids` (less those that already said they let go), with the primary's
+    /// parked handle if any; when nobody is left, nothing is held and the handle comes back.
+    fn hold(
+        &self,
+        port: PortId,
+        gen: u32,
+        mut pids: Vec<u32>,
+        dev: Option<LocalPort>,
+    ) -> Result<(), Option<LocalPort>> {
+        let mut g = self.lock();
+        self.early.lock().unwrap_or_else(|e| e.into_inner()).retain(|&(p, gn, pid)| {
+            let mine = p == port && gn == gen;
+            if mine {
+                pids.retain(|x| *x != pid);
+            }
+            !mine
+        });
+        if pids.is_empty() {
+            return Err(dev);
+        }
+        g.push(HeldPort { port, gen, pids, dev });
+        Ok(())
     }
 
-    /// Parks the primary's handle with the held id; it comes back when the id is not held any
-    /// more (every holder let go meanwhile: close it now).
-    fn park(&self, port: PortId, gen: u32, dev: LocalPort) -> Option<LocalPort> {
-        match self.lock().iter_mut().find(|h| h.port == port && h.gen == gen) {
-            Some(h) => {
-                h.dev = Some(dev);
-                None
-            }
-            None => Some(dev),
-        }
+    /// A device name whose held port has the primary's handle parked (or waiting to be closed):
+    /// the port and who it waits for.
+    fn parked_named(&self, name: &str) -> Option<(PortId, Vec<u32>)> {
+        let held = self
+            .lock()
+            .iter()
+            .find(|h| h.dev.as_ref().is_some_and(|d| d.name == name))
+            .map(|h| (h.port, h.pids.clone()));
+        held.or_else(|| {
+            let c = self.closing.lock().unwrap_or_else(|e| e.into_inner());
+            c.iter().find(|c| c.2.name == name).map(|c| (c.0, Vec::new()))
+        })
     }
 
     /// Takes `pid` off the port's list; when nobody is left (the id can be reused), its parked
     /// handle, if any.
     fn released(&self, port: PortId, gen: u32, pid: u32) -> Option<Option<LocalPort>> {
         let mut g = self.lock();
-        let i = g.iter().position(|h| h.port == port && h.gen == gen)?;
+        let Some(i) = g.iter().position(|h| h.port == port && h.gen == gen) else {
+            // Not held yet (or not any more): kept for a hold that may follow.
+            let mut e = self.early.lock().unwrap_or_else(|e| e.into_inner());
+            if e.len() >= EARLY_MAX {
+                e.remove(0);
+            }
+            e.push((port, gen, pid));
+            return None;
+        };
         g[i].pids.retain(|p| *p != pid);
         g[i].pids.is_empty().then(|| g.remove(i).dev)
     }
@@ -271,7 +318,10 @@ impl Held {
     /// The ports held, for `/lab/hotplug`: who each waits for, whether the primary's handle is
     /// parked with it.
     pub(crate) fn ports(&self) -> Vec<(PortId, Vec<u32>, bool)> {
-        self.lock().iter().map(|h| (h.port, h.pids.clone(), h.dev.is_some())).collect()
+        let mut v: Vec<_> = self.lock().iter().map(|h| (h.port, h.pids.clone(), h.dev.is_some())).collect();
+        // Let go of, the handle not closed yet: the id is not free yet either.
+        v.extend(self.closing.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|c| (c.0, Vec::new(), true)));
+        v
     }
 }
 
@@ -515,6 +565,9 @@ impl Inner {
                             Event::No
                         }
                         None => match self.fault(FaultOp::Attach, da.name()).and_then(|_| {
+                            if let Some((port, pids)) = self.held.parked_named(da.name()) {
+                                return Err(HotplugError::StillHeld { name: da.name().to_string(), port, pids });
+                            }
                             let owner = exclude.and_then(crate::ipc::pid_of).unwrap_or_else(std::process::id);
                             Ok(self.table.allocate(da.name(), res.driver.name(), da.raw(), owner)?)
                         }) {
@@ -643,19 +696,21 @@ impl Inner {
                         } else if pids.iter().all(|p| Some(*p) == asker) {
                             // Only the asker, which stopped using the port before it asked and
                             // releases its handle on the answer: the id held, the handle closed.
-                            self.held.hold(e.port, e.gen, pids);
+                            held = self.held.hold(e.port, e.gen, pids, None).is_ok();
                             self.release_local(e.port, Release::Shared);
-                            held = true;
                         } else {
                             tracing::warn!(port = %e.port, device = %e.name, ?pids, "detached; the port id and the primary's handle are held until these processes release it");
-                            self.held.hold(e.port, e.gen, pids);
-                            if let Some(lp) = self.ports.take(e.port) {
-                                // Let go meanwhile: nobody holds it any more.
-                                if let Some(lp) = self.held.park(e.port, e.gen, lp) {
-                                    lp.dev.close(Release::Shared);
+                            // Out of the table first, then held and parked in one step.
+                            let lp = self.ports.take(e.port);
+                            match self.held.hold(e.port, e.gen, pids, lp) {
+                                Ok(()) => held = true,
+                                // Every one of them let go already.
+                                Err(lp) => {
+                                    if let Some(lp) = lp {
+                                        lp.dev.close(Release::Shared);
+                                    }
                                 }
                             }
-                            held = true;
                         }
                         Event::Ok
                     }

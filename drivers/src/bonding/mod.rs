@@ -361,18 +361,27 @@ pub fn member_add(p: &lab_core::process::Process, bond: PortId, member: &str) ->
         )));
     }
     let t = MemberTable::open(p.runtime().shm(), bond).map_err(|e| bad(e.to_string()))?;
-    t.update(Duration::from_secs(1), |slots| {
-        if slots.iter().flatten().any(|n| n == member) {
-            return Err(DriverError::config(format!("member {member}: already a member of port {bond}")));
+    let r = t
+        .update(Duration::from_secs(1), |slots| {
+            if slots.iter().flatten().any(|n| n == member) {
+                return Err(DriverError::config(format!("member {member}: already a member of port {bond}")));
+            }
+            let k = slots.iter().position(Option::is_none).ok_or_else(|| {
+                DriverError::config(format!("member {member}: port {bond} has {MAX_MEMBERS} members already"))
+            })?;
+            let mut new = slots.clone();
+            new[k] = Some(member.to_string());
+            Ok((new, k))
+        })
+        .map_err(|e| bad(e.to_string()));
+    // Mode 4: a slot whose last member left with a farewell is not leaving any more (the same
+    // member added back before the machines saw it go would otherwise stay quiet).
+    if let (Ok(k), Some(sh)) = (&r, Shared::find(p.runtime().shm(), bond)) {
+        if *k < sh.n {
+            sh.leaving().fetch_and(!(1 << k), Ordering::AcqRel);
         }
-        let k = slots.iter().position(Option::is_none).ok_or_else(|| {
-            DriverError::config(format!("member {member}: port {bond} has {MAX_MEMBERS} members already"))
-        })?;
-        let mut new = slots.clone();
-        new[k] = Some(member.to_string());
-        Ok((new, k))
-    })
-    .map_err(|e| bad(e.to_string()))
+    }
+    r
 }
 
 /// Takes port `member` out of net_bonding port `bond` at runtime (DPDK's

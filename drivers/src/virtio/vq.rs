@@ -385,7 +385,8 @@ impl Vq {
         for i in 0..self.n {
             let off = self.sw_get(i);
             self.sw_set(i, 0);
-            if let Some(m) = Mbuf::from_offset(&self.shm, ShmOffset(off)).filter(|_| off != 0) {
+            // (A transmit chain's later descriptors hold CHAINED, no buffer.)
+            if let Some(m) = Mbuf::from_offset(&self.shm, ShmOffset(off)).filter(|_| off > CHAINED) {
                 pool.free(m);
             }
         }
@@ -701,8 +702,10 @@ impl TxVq {
         for slot in pkts.iter_mut() {
             let Some(m) = slot.as_ref() else { break };
             let k = u32::from(m.nb_segs());
-            // Every descriptor it needs given back by the device (else the ring is full).
-            if k <= q.n && (0..k).any(|j| q.sw_get((pos + j) % q.n) != 0) {
+            // Every descriptor it needs given back by the device (else the ring is full): one
+            // for a chain longer than the ring (copied into one buffer below).
+            let need = if k > q.n { 1 } else { k };
+            if (0..need).any(|j| q.sw_get((pos + j) % q.n) != 0) {
                 break;
             }
             let Some(mut m) = slot.take() else { break };
@@ -725,6 +728,12 @@ impl TxVq {
                 continue;
             }
             let k = u32::from(m.nb_segs());
+            if k > need {
+                // Never more descriptors than were checked free (a guard: a copy has one).
+                errors += 1;
+                pool.free(m);
+                continue;
+            }
             for (j, (iova, l)) in (0u32..).zip(m.seg_iovas()) {
                 let (id, more) = ((pos + j) % q.n, j + 1 < k);
                 let next = if more { ((pos + j + 1) % q.n) as u16 } else { 0 };
@@ -852,6 +861,103 @@ mod tests {
         let r = m.buf_len() - m.headroom() + NET_HDR_LEN;
         pool.free(m);
         r
+    }
+
+    /// What the device reads of available slot `slot`: the head descriptor, and the bytes of
+    /// the chain from it (following NEXT), with the descriptor ids.
+    fn read_chain(q: &Vq, shm: &Shm, slot: u16) -> (u32, Vec<u8>, Vec<u32>) {
+        // SAFETY: slots and descriptors < n inside the zone; buffers checked in the mapping.
+        unsafe {
+            let s = q.lay.avail + 4 + 2 * u64::from(u32::from(slot) % q.n);
+            let head = u32::from(u16::from_le(q.at::<u16>(s).read_volatile()));
+            let (mut id, mut bytes, mut ids) = (head, Vec::new(), Vec::new());
+            loop {
+                let d = q.lay.desc + 16 * u64::from(id);
+                let addr = u64::from_le(q.at::<u64>(d).read_volatile());
+                let len = u32::from_le(q.at::<u32>(d + 8).read_volatile()) as usize;
+                let flags = u16::from_le(q.at::<u16>(d + 12).read_volatile());
+                let next = u16::from_le(q.at::<u16>(d + 14).read_volatile());
+                let p = shm.ptr(ShmOffset(addr - IOVA_BASE), len as u64).unwrap();
+                bytes.extend_from_slice(std::slice::from_raw_parts(p.as_ptr(), len));
+                ids.push(id);
+                if flags & VIRTQ_DESC_F_NEXT == 0 || ids.len() > q.n as usize {
+                    break;
+                }
+                id = u32::from(next);
+            }
+            (head, bytes, ids)
+        }
+    }
+
+    /// The device gives back the packet whose first descriptor is `id`.
+    fn complete(q: &Vq, used: &mut u16, id: u32) {
+        // SAFETY: a used element < n and used.idx inside the zone.
+        unsafe {
+            let e = q.lay.used + 4 + 8 * u64::from(u32::from(*used) % q.n);
+            q.at::<u32>(e).write_volatile(id.to_le());
+            q.at::<u32>(e + 4).write_volatile(0);
+            *used = used.wrapping_add(1);
+            fence(Ordering::Release);
+            q.at::<u16>(q.lay.used + 2).write_volatile(used.to_le());
+        }
+    }
+
+    #[test]
+    fn chained_packets_leave_as_descriptor_chains_and_wait_for_their_descriptors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = ShmPlacement { path: d.path().join("mem"), hugepages: false, page_size: 4096 };
+        let shm = Arc::new(Shm::create(p, 16).unwrap());
+        let mut pool = Mempool::create(&shm, "tx", 64, 512, 0).unwrap();
+        let q = Vq::open_with(&shm, "txq".into(), 1, 8, Bell::Trapped(0), PortId(0), true).unwrap();
+        let mut tx = TxVq { q };
+        let pkt = |pool: &mut Mempool, seed: u8, segs: &[usize]| {
+            let mut bytes = Vec::new();
+            let mut head: Option<Mbuf> = None;
+            for (i, &n) in segs.iter().enumerate() {
+                let part: Vec<u8> = (0..n).map(|j| seed.wrapping_add((i * 31 + j) as u8)).collect();
+                let mut m = pool.alloc().unwrap();
+                assert!(m.copy_from(&part));
+                bytes.extend_from_slice(&part);
+                match head.as_mut() {
+                    None => head = Some(m),
+                    Some(h) => assert!(h.chain(m).is_ok()),
+                }
+            }
+            (head.unwrap(), bytes)
+        };
+        let wire = |b: &[u8]| [vec![0u8; NET_HDR_LEN], b.to_vec()].concat();
+        let (a, ab) = pkt(&mut pool, 1, &[100, 200, 50]);
+        let (b, bb) = pkt(&mut pool, 2, &[60]);
+        let (c, cb) = pkt(&mut pool, 3, &[10, 20, 30]);
+        let (e, eb) = pkt(&mut pool, 4, &[40, 40, 40]);
+        let mut pkts = [Some(a), Some(b), Some(c), Some(e)];
+        // 3 + 1 + 3 descriptors of 8: the fourth packet's three do not fit.
+        assert_eq!(tx.burst(&NoBar, &mut pool, &mut pkts), 3);
+        assert!(pkts[3].is_some(), "left with the caller");
+        let (h0, b0, i0) = read_chain(&tx.q, &shm, 0);
+        let (h1, b1, i1) = read_chain(&tx.q, &shm, 1);
+        let (h2, b2, i2) = read_chain(&tx.q, &shm, 2);
+        assert_eq!((h0, i0), (0, vec![0, 1, 2]));
+        assert_eq!((h1, i1), (3, vec![3]));
+        assert_eq!((h2, i2), (4, vec![4, 5, 6]));
+        assert_eq!((b0, b1, b2), (wire(&ab), wire(&bb), wire(&cb)), "header and segments, in order");
+        let mut used = 0u16;
+        // Out of order: the one-descriptor packet first, then a chain's middle (nothing), so
+        // descriptors 7, 0 and 1 are not all free yet.
+        complete(&tx.q, &mut used, 3);
+        complete(&tx.q, &mut used, 1);
+        let mut rest = [pkts[3].take()];
+        assert_eq!(tx.burst(&NoBar, &mut pool, &mut rest), 0, "its descriptors are still in flight");
+        complete(&tx.q, &mut used, 0);
+        assert_eq!(tx.burst(&NoBar, &mut pool, &mut rest), 1, "7, 0 and 1 free: the chain wraps");
+        let (h3, b3, i3) = read_chain(&tx.q, &shm, 3);
+        assert_eq!((h3, i3, b3), (7, vec![7, 0, 1], wire(&eb)));
+        complete(&tx.q, &mut used, 4);
+        complete(&tx.q, &mut used, 7);
+        assert_eq!(tx.burst(&NoBar, &mut pool, &mut [None]), 0);
+        let c = tx.q.h().counters();
+        assert_eq!((c.pkts, c.errors), (4, 0));
+        assert_eq!(pool.avail_count(), 64, "every segment back once its packet came back");
     }
 
     #[test]
