@@ -645,7 +645,7 @@ impl Inner {
         let kind = if forced { Kind::Forced } else { Kind::Detach };
         let mut m = Machine::new(kind, self.asker_path(exclude));
         let mut seq = SeqGuard(&self.table, false);
-        // Some secondaries did not confirm: the id (and the zones the release put off) held.
+        // Some secondaries did not confirm: the id held for them (`Held`), freed when they let go.
         let mut held = false;
         while let Some(cmd) = m.poll() {
             let ev = match cmd {
@@ -681,10 +681,8 @@ impl Inner {
                         // Forced too (a removed device, the undo of an attach): the primary gives
                         // back the device's shared state (the drivers skip the register writes of
                         // a device that is gone), so the id can be attached again. A secondary
-                        // that did not confirm may still run the port: the zones stay until it
-                        // lets go (`Held`).
-                        // Held from before the release: a late secondary's `hp_released` may
-                        // come while it runs.
+                        // that did not confirm may still run the port: the id is held for it,
+                        // and the primary's handle parked unless that one is the asker (`Held`).
                         let pids: Vec<u32> = m
                             .unconfirmed()
                             .iter()
@@ -1124,7 +1122,7 @@ impl Inner {
     /// The primary: a secondary released a port it answered late, or whose detach it asked; the
     /// id is free once nobody holds it. Runs on the receive thread, without the operation lock:
     /// it only moves a held slot (Detaching, no handle anywhere) to Unused under the table's lock,
-    /// which no snapshot of attached ports sees.
+    /// which no snapshot of attached ports sees; a parked handle goes to a closer instead.
     fn handle_released(self: &Arc<Self>, req: &Request) {
         let (Ok((port, gen, _)), Some(pid)) = (decode_port(&req.msg.payload), req.peer.pid()) else { return };
         match self.held.released(port, gen, pid) {
