@@ -89,6 +89,14 @@ impl DevRing {
         Self::load16(self.avail + 4 + 2 * slot)
     }
 
+    /// The head `k` places after the next available one, without taking it (call only with
+    /// `k < pending()`): what a burst prefetches ahead.
+    #[inline]
+    pub(crate) fn peek(&self, k: u16) -> u16 {
+        let slot = usize::from(self.next_avail.wrapping_add(k) & (self.n - 1));
+        Self::load16(self.avail + 4 + 2 * slot)
+    }
+
     /// Our two indices (next available, next used): what a process that runs this queue after
     /// us starts from.
     #[inline]

@@ -61,6 +61,7 @@ use vhost::VhostUserMemoryRegionBase;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::devring::{DevRing, F_INDIRECT, F_NEXT, F_WRITE};
+use super::prefetch;
 use crate::error::{Ctx, DriverError};
 use crate::sys::share;
 
@@ -1308,6 +1309,22 @@ fn gather(r: &DevRing, head: u16, hosts: &Hosts, hdr: usize, m: &mut Mbuf, pool:
     ok
 }
 
+/// Frames a burst looks ahead: their descriptor's buffer is prefetched while earlier frames
+/// are copied, so the misses on the front end's lines (written or read on the other core)
+/// overlap instead of following one another.
+const AHEAD: u16 = 4;
+
+/// Prefetches the first line of the buffer of the head `k` places ahead in `r`.
+#[inline]
+fn prefetch_ahead(r: &DevRing, hosts: &Hosts, k: u16, left: u16) {
+    if k >= left {
+        return;
+    }
+    if let Some(p) = r.desc(r.peek(k)).and_then(|d| hosts.at(d.addr, 1)) {
+        prefetch(p);
+    }
+}
+
 /// One virtqueue as a burst (in any process) has it: the ring it owns for the burst, the
 /// mapping of the front end's memory, the call eventfd, the pool, the queue's counters.
 struct Burst<'a> {
@@ -1329,11 +1346,17 @@ fn rx_frames(b: Burst<'_>, port: PortId, pkts: &mut [Option<Mbuf>]) -> usize {
     // The burst's buffers in one pool operation (one by one when the pool runs short).
     let bulk = pool.alloc_bulk(&mut pkts[..avail]);
     let mut n = 0;
-    for _ in 0..avail {
+    let left = avail as u16;
+    for k in 0..AHEAD {
+        prefetch_ahead(r, hosts, k, left);
+    }
+    for i in 0..avail as u16 {
         let Some(mut m) = (if bulk { pkts[n].take() } else { pool.alloc() }) else {
             c.nombuf += 1;
             break;
         };
+        // `AHEAD` past this one (the ring's next is this one).
+        prefetch_ahead(r, hosts, AHEAD, left - i);
         let head = r.pop();
         let ok = match r.desc(head) {
             // One buffer, header then frame (how DPDK's virtio_user and ours send).
@@ -1385,6 +1408,9 @@ fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
     let mut left = r.pending();
     let mut taken = 0;
     let mut used_any = false;
+    for k in 0..AHEAD {
+        prefetch_ahead(r, hosts, k, left);
+    }
     'frames: for slot in pkts.iter_mut() {
         let Some(m) = slot.as_ref() else { break };
         let data = m.data();
@@ -1393,6 +1419,7 @@ fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
         if left == 0 {
             break;
         }
+        prefetch_ahead(r, hosts, AHEAD, left);
         // The usual case first: one segment, and the next buffer is one writable descriptor the
         // frame fits.
         let head = r.pop();

@@ -403,6 +403,22 @@ impl Vq {
         Mbuf::from_offset(&self.shm, ShmOffset(off)).filter(|_| off != 0)
     }
 
+    /// Prefetches the header line of the buffer the device used at `idx`, if `idx` is before
+    /// `used` (the device wrote it on its core: the burst's reads of it then overlap).
+    #[inline]
+    fn prefetch_used(&self, idx: u16, used: u16) {
+        if used.wrapping_sub(idx).wrapping_sub(1) as u32 >= self.n {
+            return;
+        }
+        let (id, _) = self.used_elem(idx);
+        let off = self.sw_get(id);
+        // Posted with HEADROOM in front of the data, the 12-byte header just before it.
+        let at = off + 64 + u64::from(lab_core::mbuf::HEADROOM) - NET_HDR_LEN as u64;
+        if let Some(p) = self.shm.ptr(ShmOffset(at), 1).filter(|_| off > CHAINED) {
+            super::prefetch(p.as_ptr());
+        }
+    }
+
     /// Posts `m` as writable buffer `id` (header room in front of its data). The buffer is reset
     /// first: one coming back from a dropped frame may have its data moved (the header
     /// prepended) or a length set, and its descriptor must start where a fresh one's does.
@@ -461,7 +477,11 @@ impl RxVq {
         }
         let mut c = RxCount::default();
         let mut reposted = false;
+        for k in 0..AHEAD {
+            q.prefetch_used(last.wrapping_add(k), used);
+        }
         while c.got < pkts.len() && last != used {
+            q.prefetch_used(last.wrapping_add(AHEAD), used);
             let (id, len) = q.used_elem(last);
             let Some(mut m) = q.posted(id) else {
                 // Not a descriptor of ours, or no buffer of ours behind it: the frame is lost.
@@ -649,6 +669,9 @@ fn merge(
 pub(crate) struct TxVq {
     pub(crate) q: Vq,
 }
+
+/// Used elements a receive burst looks ahead (prefetching their buffers).
+const AHEAD: u16 = 4;
 
 /// Software-ring mark of a transmit descriptor that continues a chain (no mbuf header is at
 /// offset 1: they are 64-byte aligned).
