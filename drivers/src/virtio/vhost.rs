@@ -1314,14 +1314,22 @@ fn gather(r: &DevRing, head: u16, hosts: &Hosts, hdr: usize, m: &mut Mbuf, pool:
 /// overlap instead of following one another.
 const AHEAD: u16 = 4;
 
-/// Prefetches the first line of the buffer of the head `k` places ahead in `r`.
+/// Prefetches the buffer of the head `k` places ahead in `r` (`k` under `left`, the heads
+/// published and not taken): the line at `skip` bytes into it, and with `both` its first line
+/// too (a transmit writes the header there, a receive skips it).
 #[inline]
-fn prefetch_ahead(r: &DevRing, hosts: &Hosts, k: u16, left: u16) {
+fn prefetch_ahead(r: &DevRing, hosts: &Hosts, k: u16, left: u16, skip: usize, both: bool) {
     if k >= left {
         return;
     }
-    if let Some(p) = r.desc(r.peek(k)).and_then(|d| hosts.at(d.addr, 1)) {
+    let Some(d) = r.desc(r.peek(k)) else { return };
+    if let Some(p) = d.addr.checked_add(skip as u64).and_then(|a| hosts.at(a, 1)) {
         prefetch(p);
+    }
+    if both {
+        if let Some(p) = hosts.at(d.addr, 1) {
+            prefetch(p);
+        }
     }
 }
 
@@ -1348,7 +1356,7 @@ fn rx_frames(b: Burst<'_>, port: PortId, pkts: &mut [Option<Mbuf>]) -> usize {
     let mut n = 0;
     let left = avail as u16;
     for k in 0..AHEAD {
-        prefetch_ahead(r, hosts, k, left);
+        prefetch_ahead(r, hosts, k, left, hdr, false);
     }
     for i in 0..avail as u16 {
         let Some(mut m) = (if bulk { pkts[n].take() } else { pool.alloc() }) else {
@@ -1356,7 +1364,7 @@ fn rx_frames(b: Burst<'_>, port: PortId, pkts: &mut [Option<Mbuf>]) -> usize {
             break;
         };
         // `AHEAD` past this one (the ring's next is this one).
-        prefetch_ahead(r, hosts, AHEAD, left - i);
+        prefetch_ahead(r, hosts, AHEAD, left - i, hdr, false);
         let head = r.pop();
         let ok = match r.desc(head) {
             // One buffer, header then frame (how DPDK's virtio_user and ours send).
@@ -1409,7 +1417,7 @@ fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
     let mut taken = 0;
     let mut used_any = false;
     for k in 0..AHEAD {
-        prefetch_ahead(r, hosts, k, left);
+        prefetch_ahead(r, hosts, k, left, hdr, true);
     }
     'frames: for slot in pkts.iter_mut() {
         let Some(m) = slot.as_ref() else { break };
@@ -1419,7 +1427,7 @@ fn tx_frames(b: Burst<'_>, mrg: bool, pkts: &mut [Option<Mbuf>]) -> usize {
         if left == 0 {
             break;
         }
-        prefetch_ahead(r, hosts, AHEAD, left);
+        prefetch_ahead(r, hosts, AHEAD, left, hdr, true);
         // The usual case first: one segment, and the next buffer is one writable descriptor the
         // frame fits.
         let head = r.pop();

@@ -412,9 +412,12 @@ impl Vq {
         }
         let (id, _) = self.used_elem(idx);
         let off = self.sw_get(id);
+        if off <= CHAINED {
+            return;
+        }
         // Posted with HEADROOM in front of the data, the 12-byte header just before it.
-        let at = off + 64 + u64::from(lab_core::mbuf::HEADROOM) - NET_HDR_LEN as u64;
-        if let Some(p) = self.shm.ptr(ShmOffset(at), 1).filter(|_| off > CHAINED) {
+        let at = off.checked_add(64 + u64::from(lab_core::mbuf::HEADROOM) - NET_HDR_LEN as u64);
+        if let Some(p) = at.and_then(|at| self.shm.ptr(ShmOffset(at), 1)) {
             super::prefetch(p.as_ptr());
         }
     }
