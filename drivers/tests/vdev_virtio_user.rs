@@ -552,6 +552,17 @@ fn frames_over_several_small_buffers_cross_both_ways_with_dpdk_virtio_user() {
 /// MRG_RXBUF is negotiated, and testpmd spreads a 1,514-byte frame over three of our buffers
 /// (`num_buffers` 3). Each comes back as one chained packet whose segments hold the frame byte
 /// for byte; counters equal on both sides; every buffer back in both pools after close.
+/// Receives `frames` back, each byte for byte and as a chain of as many of our 512-byte
+/// buffers as it needs (512 bytes of room each, the first 12 of the first taken by the header).
+fn back_over_512_byte_buffers(p: &mut dyn EthDev, frames: &[Vec<u8>]) {
+    let got = recv_segmented(p, frames.len(), Duration::from_secs(30));
+    assert_eq!(got.len(), frames.len(), "frames back through 512-byte buffers; ours {:?}", p.stats());
+    for ((g, segs), f) in got.iter().zip(frames) {
+        assert!(g == f, "a frame of {} bytes came back changed ({} bytes, {segs} segments)", f.len(), g.len());
+        assert_eq!(usize::from(*segs), (f.len() + 12).div_ceil(512 + 12), "segments of a {}-byte frame", f.len());
+    }
+}
+
 #[test]
 fn frames_over_several_of_our_receive_buffers_arrive_chained_from_dpdk_vhost() {
     use lab_core::ethdev::PortConf;
@@ -578,13 +589,7 @@ fn frames_over_several_of_our_receive_buffers_arrive_chained_from_dpdk_vhost() {
     let mut big = lab.pool();
     let frames: Vec<Vec<u8>> = (0..60).map(|i| frame(i, [60, 500, 501, 1400, 1514][i as usize % 5])).collect();
     assert_eq!(send_all(p.as_mut(), &mut big, &frames), frames.len());
-    let got = recv_segmented(p.as_mut(), frames.len(), Duration::from_secs(30));
-    assert_eq!(got.len(), frames.len(), "frames back through 512-byte buffers; ours {:?}", p.stats());
-    for ((g, segs), f) in got.iter().zip(&frames) {
-        assert!(g == f, "a frame of {} bytes came back changed ({} bytes, {segs} segments)", f.len(), g.len());
-        // 512 bytes of room per buffer, the first 12 of the first taken by the header.
-        assert_eq!(usize::from(*segs), (f.len() + 12).div_ceil(512 + 12), "segments of a {}-byte frame", f.len());
-    }
+    back_over_512_byte_buffers(p.as_mut(), &frames);
     let ours = p.stats();
     let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
     assert_eq!((ours.ipackets, ours.ibytes, ours.ierrors), (60, bytes, 0));
@@ -595,12 +600,7 @@ fn frames_over_several_of_our_receive_buffers_arrive_chained_from_dpdk_vhost() {
     // it whole and sends it back, over our 512-byte buffers again.
     let chained: Vec<Vec<u8>> = (100..140).map(|i| frame(i, [1514, 3000, 700, 2100, 64][i as usize % 5])).collect();
     assert_eq!(send_chunked(p.as_mut(), &mut big, &chained, 700), chained.len());
-    let got = recv_segmented(p.as_mut(), chained.len(), Duration::from_secs(30));
-    assert_eq!(got.len(), chained.len(), "chained frames back; ours {:?}", p.stats());
-    for ((g, segs), f) in got.iter().zip(&chained) {
-        assert!(g == f, "a chained frame of {} bytes came back changed ({} bytes, {segs} segments)", f.len(), g.len());
-        assert_eq!(usize::from(*segs), (f.len() + 12).div_ceil(512 + 12), "segments of a {}-byte frame", f.len());
-    }
+    back_over_512_byte_buffers(p.as_mut(), &chained);
     let ours = p.stats();
     assert_eq!(ours.oerrors, 0, "no chain refused: {ours:?}");
     let theirs = dpdk.port_stats(0).expect("testpmd's /ethdev/stats,0");

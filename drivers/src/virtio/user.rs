@@ -523,26 +523,22 @@ impl Driver for VirtioUserDriver {
         let (sh, ctl, published, kicks) = match res {
             Ok(r) => r,
             Err(e) => {
-                if primary && unstopped {
-                    // The back end may still write the rings and their buffers: both stay
-                    // out of use (a leak, not memory another device gets under its writes).
-                    // (The software rings name the buffers; dropping a queue frees none.) The
-                    // zones are retired: kept, under names of their own, so that this port id
-                    // can have a net_virtio_user again.
-                    let n: u32 = rx.iter().map(|q| q.q.n).sum();
-                    tracing::warn!(port = %port, buffers = n, zones = ?zones, "net_virtio_user: the back end did not confirm its rings stopped: their buffers and zones are kept out of use");
-                    drop((rx, tx));
-                    for z in &zones {
-                        let _ = shm.retire(z);
-                    }
-                } else if primary {
-                    // Nothing half-made stays: the buffers posted so far, then every zone.
-                    for q in rx.iter_mut().map(|q| &mut q.q).chain(tx.iter_mut().map(|q| &mut q.q)) {
-                        q.drain(&mut pool);
+                if primary {
+                    // Nothing half-made stays: the buffers posted so far, then every zone. Unless
+                    // the back end may still write the rings: then their buffers stay out of use
+                    // (a leak, not memory another device gets under its writes) and the zones
+                    // are retired (kept under names of their own: the port id stays usable).
+                    if unstopped {
+                        let n: u32 = rx.iter().map(|q| q.q.n).sum();
+                        tracing::warn!(port = %port, buffers = n, zones = ?zones, "net_virtio_user: the back end did not confirm its rings stopped: their buffers and zones are kept out of use");
+                    } else {
+                        for q in rx.iter_mut().map(|q| &mut q.q).chain(tx.iter_mut().map(|q| &mut q.q)) {
+                            q.drain(&mut pool);
+                        }
                     }
                     drop((rx, tx));
                     for z in zones.iter().rev() {
-                        let _ = shm.free(z);
+                        let _ = if unstopped { shm.retire(z).map(drop) } else { shm.free(z) };
                     }
                 }
                 return Err(err(e));
@@ -700,36 +696,27 @@ impl EthDev for Port {
                     let _ = std::fs::remove_file(&c.path);
                 }
             }
-            if !stopped {
-                me.sh().link.store(0, Ordering::Release);
-                me.sh().magic.store(0, Ordering::Release);
-                let n: u32 = me.rx.iter().map(|q| q.q.n).sum();
-                tracing::warn!(port = %me.port, buffers = n, "net_virtio_user close: the back end did not confirm its rings stopped: their buffers and zones are kept out of use");
-                let names: Vec<String> = me
-                    .rx
-                    .iter()
-                    .map(|q| q.q.zone().to_string())
-                    .chain(me.tx.iter().map(|q| q.q.zone().to_string()))
-                    .collect();
-                me.rx.clear();
-                me.tx.clear();
-                for n in names.iter().chain([&shared_zone(me.port)]) {
-                    let _ = me.shm.retire(n);
-                }
-                return;
-            }
             me.sh().link.store(0, Ordering::Release);
             me.sh().magic.store(0, Ordering::Release);
+            if !stopped {
+                let n: u32 = me.rx.iter().map(|q| q.q.n).sum();
+                tracing::warn!(port = %me.port, buffers = n, "net_virtio_user close: the back end did not confirm its rings stopped: their buffers and zones are kept out of use");
+            }
             let mut names = Vec::new();
             for q in me.rx.iter_mut().map(|q| &mut q.q).chain(me.tx.iter_mut().map(|q| &mut q.q)) {
-                q.drain(&mut me.pool);
+                // A back end that may still write the rings keeps their buffers (a leak), and
+                // their zones are retired (kept under names of their own: the id stays usable).
+                if stopped {
+                    q.drain(&mut me.pool);
+                }
                 names.push(q.zone().to_string());
             }
             me.rx.clear();
             me.tx.clear();
             names.push(shared_zone(me.port));
             for n in names {
-                if let Err(e) = me.shm.free(&n) {
+                let r = if stopped { me.shm.free(&n) } else { me.shm.retire(&n).map(drop) };
+                if let Err(e) = r {
                     tracing::warn!(zone = %n, "net_virtio_user close: {e}");
                 }
             }

@@ -422,6 +422,14 @@ impl Vq {
         }
     }
 
+    /// `post_rx`, then descriptor `id` made available in slot `avail` (which moves on).
+    #[inline]
+    fn repost(&self, id: u32, m: Mbuf, avail: &mut u16) {
+        self.post_rx(id, m);
+        self.set_avail_slot(*avail, id as u16);
+        *avail = avail.wrapping_add(1);
+    }
+
     /// Posts `m` as writable buffer `id` (header room in front of its data). The buffer is reset
     /// first: one coming back from a dropped frame may have its data moved (the header
     /// prepended) or a length set, and its descriptor must start where a fresh one's does.
@@ -500,19 +508,14 @@ impl RxVq {
                 // Over the longest chain we build: the whole frame is dropped, every one of its
                 // descriptors posted again with its own buffer (read one at a time, its later
                 // buffers would pass for frames).
+                let _ = m.into_offset(); // still posted: taken again below, or next burst
                 if used.wrapping_sub(last) < nbuf {
-                    let _ = m.into_offset();
                     break;
                 }
-                q.post_rx(id, m);
-                q.set_avail_slot(avail, id as u16);
-                avail = avail.wrapping_add(1);
-                for k in 1..nbuf {
+                for k in 0..nbuf {
                     let (id, _) = q.used_elem(last.wrapping_add(k));
                     if let Some(m) = q.posted(id) {
-                        q.post_rx(id, m);
-                        q.set_avail_slot(avail, id as u16);
-                        avail = avail.wrapping_add(1);
+                        q.repost(id, m, &mut avail);
                     }
                 }
                 last = last.wrapping_add(nbuf);
@@ -541,26 +544,27 @@ impl RxVq {
             // Without MRG_RXBUF the field says nothing we use (DPDK's vhost leaves it 0).
             let ok =
                 matches!(frame, Some(f) if f > 0 && f <= m.buf_len() - m.headroom()) && (nbuf == 1 || !self.mergeable);
-            if ok {
-                // A replacement first: without one the frame is dropped and its buffer reposted.
-                if let Some(fresh) = pool.alloc() {
+            // A replacement first: without one the frame is dropped and its buffer reposted.
+            let back = match (ok, if ok { pool.alloc() } else { None }) {
+                (true, Some(fresh)) => {
                     let f = frame.unwrap_or(0);
                     let _ = m.set_len(f);
                     m.set_port(q.port);
                     c.bytes += f as u64;
                     pkts[c.got] = Some(m);
                     c.got += 1;
-                    q.post_rx(id, fresh);
-                } else {
-                    c.nombuf += 1;
-                    q.post_rx(id, m);
+                    fresh
                 }
-            } else {
-                c.errors += 1;
-                q.post_rx(id, m);
-            }
-            q.set_avail_slot(avail, id as u16);
-            avail = avail.wrapping_add(1);
+                (true, None) => {
+                    c.nombuf += 1;
+                    m
+                }
+                (false, _) => {
+                    c.errors += 1;
+                    m
+                }
+            };
+            q.repost(id, back, &mut avail);
             reposted = true;
         }
         q.h().clean.store(u32::from(last), Ordering::Release);
@@ -619,7 +623,7 @@ fn merge(
         };
         match fresh[usize::from(k)].take() {
             Some(f) if fits && !bad => {
-                q.post_rx(id, f);
+                q.repost(id, f, avail);
                 match frame.as_mut() {
                     None => frame = Some(m),
                     Some(h) => {
@@ -635,11 +639,9 @@ fn merge(
                 if let Some(f) = other {
                     pool.free(f);
                 }
-                q.post_rx(id, m);
+                q.repost(id, m, avail);
             }
         }
-        q.set_avail_slot(*avail, id as u16);
-        *avail = avail.wrapping_add(1);
     }
     pool.free_bulk(&mut fresh);
     match frame {
@@ -753,13 +755,9 @@ impl TxVq {
                 pool.free(m);
                 continue;
             }
+            // A copy has one descriptor: never more than were checked free.
             let k = u32::from(m.nb_segs());
-            if k > need {
-                // Never more descriptors than were checked free (a guard: a copy has one).
-                errors += 1;
-                pool.free(m);
-                continue;
-            }
+            debug_assert!(k <= need);
             for (j, (iova, l)) in (0u32..).zip(m.seg_iovas()) {
                 let (id, more) = ((pos + j) % q.n, j + 1 < k);
                 let next = if more { ((pos + j + 1) % q.n) as u16 } else { 0 };
