@@ -253,6 +253,38 @@ impl<'a> DmaView<'a> {
         self.win.store_u64(o, val, order) && self.dirtied(o, 8)
     }
 
+    /// The two little-endian quadwords at `o` (see [`Window::load_u64_pair`]).
+    #[inline]
+    pub fn load_u64_pair(&self, o: usize) -> Option<(u64, u64)> {
+        self.win.load_u64_pair(o)
+    }
+
+    /// `a` at `o`, then `b` at `o + 8` with `order` (see [`Window::store_u64_pair`]). False if
+    /// outside.
+    #[inline]
+    pub fn store_u64_pair(&self, o: usize, a: u64, b: u64, order: Ordering) -> bool {
+        #[cfg(test)]
+        {
+            self.note(o, 8, Ordering::Relaxed);
+            self.note(o + 8, 8, order);
+        }
+        self.win.store_u64_pair(o, a, b, order) && self.dirtied(o, 16)
+    }
+
+    /// `pairs` into consecutive 16-byte slots from `o` (see [`Window::store_u64_pairs`]). False
+    /// (nothing stored) if the run is outside.
+    #[inline]
+    pub fn store_u64_pairs(&self, o: usize, pairs: &[(u64, u64)], order: Ordering) -> bool {
+        #[cfg(test)]
+        if o.checked_add(16 * pairs.len()).is_some_and(|end| end <= self.len()) {
+            for i in 0..pairs.len() {
+                self.note(o + 16 * i, 8, Ordering::Relaxed);
+                self.note(o + 16 * i + 8, 8, order);
+            }
+        }
+        self.win.store_u64_pairs(o, pairs, order) && self.dirtied(o, 16 * pairs.len())
+    }
+
     /// Copies `buf.len()` bytes at `o` into `buf`. False (nothing copied) if outside.
     #[inline]
     pub fn read(&self, o: usize, buf: &mut [u8]) -> bool {

@@ -375,6 +375,68 @@ impl<'a> Window<'a> {
     }
 }
 
+impl Window<'_> {
+    /// The two little-endian quadwords at `off` (a 16-byte descriptor), each one atomic load
+    /// with `Relaxed` when 8-byte aligned: one bounds check and one alignment check for both.
+    /// `None` if out of range.
+    #[inline]
+    pub fn load_u64_pair(&self, off: usize) -> Option<(u64, u64)> {
+        let p = self.at(off, 16)?;
+        if (p as usize) & 7 == 0 {
+            // SAFETY: 16 bytes in range and 8-byte aligned (checked above); concurrently accessed
+            // shared memory, atomics on our side; the references do not escape.
+            let (a, b) = unsafe {
+                (
+                    AtomicU64::from_ptr(p.cast::<u64>()).load(Ordering::Relaxed),
+                    AtomicU64::from_ptr(p.add(8).cast::<u64>()).load(Ordering::Relaxed),
+                )
+            };
+            return Some((u64::from_le(a), u64::from_le(b)));
+        }
+        Some((self.load_u64(off, Ordering::Relaxed)?, self.load_u64(off + 8, Ordering::Relaxed)?))
+    }
+
+    /// Stores `a` at `off` (`Relaxed`), then `b` at `off + 8` with `order` (a descriptor
+    /// write-back whose second quadword is the last store): one bounds check and one alignment
+    /// check for both. False (nothing stored) if out of range.
+    #[inline]
+    pub fn store_u64_pair(&self, off: usize, a: u64, b: u64, order: Ordering) -> bool {
+        let Some(p) = self.at(off, 16) else { return false };
+        if (p as usize) & 7 == 0 {
+            // SAFETY: 16 bytes in range and 8-byte aligned (checked above); concurrently accessed
+            // shared memory, atomics on our side; the references do not escape.
+            unsafe {
+                AtomicU64::from_ptr(p.cast::<u64>()).store(a.to_le(), Ordering::Relaxed);
+                AtomicU64::from_ptr(p.add(8).cast::<u64>()).store(b.to_le(), order);
+            }
+            return true;
+        }
+        self.store_u64(off, a, Ordering::Relaxed) && self.store_u64(off + 8, b, order)
+    }
+
+    /// [`Window::store_u64_pair`] for each of `pairs`, into consecutive 16-byte slots from `off`
+    /// (a run of descriptor write-backs), in order: the bounds and the alignment are checked
+    /// once for the run. False (nothing stored) if the run is out of range.
+    #[inline]
+    pub fn store_u64_pairs(&self, off: usize, pairs: &[(u64, u64)], order: Ordering) -> bool {
+        let Some(p) = pairs.len().checked_mul(16).and_then(|n| self.at(off, n)) else { return false };
+        if (p as usize) & 7 != 0 {
+            return pairs.iter().enumerate().all(|(i, &(a, b))| self.store_u64_pair(off + 16 * i, a, b, order));
+        }
+        for (i, &(a, b)) in pairs.iter().enumerate() {
+            // SAFETY: the run of 16 * pairs.len() bytes is in range and 8-byte aligned (checked
+            // above), so both words of slot i are; concurrently accessed shared memory, atomics
+            // on our side; the references do not escape.
+            unsafe {
+                let q = p.add(16 * i);
+                AtomicU64::from_ptr(q.cast::<u64>()).store(a.to_le(), Ordering::Relaxed);
+                AtomicU64::from_ptr(q.add(8).cast::<u64>()).store(b.to_le(), order);
+            }
+        }
+        true
+    }
+}
+
 // SAFETY: a window is a pointer into a `Mapping`, which is Send and Sync (see there); it only
 // copies and makes atomic word accesses.
 unsafe impl Send for Window<'_> {}

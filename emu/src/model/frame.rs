@@ -71,6 +71,50 @@ pub fn dest(frame: &[u8]) -> Dest {
     }
 }
 
+/// Frames counted over a burst, added to the statistics registers once at its end rather than
+/// one register at a time per frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Frames.
+    pub frames: u32,
+    /// Octets, without FCS.
+    pub bytes: u64,
+    /// Frames to the broadcast address.
+    pub bcast: u32,
+    /// Frames to other group addresses.
+    pub mcast: u32,
+}
+
+impl Tally {
+    /// One frame of `len` bytes to a `d` address.
+    #[inline]
+    pub fn add(&mut self, len: u64, d: Dest) {
+        self.frames += 1;
+        self.bytes += len;
+        // A branch, not arithmetic on both: a burst's frames mostly share their class.
+        match d {
+            Dest::Unicast => {}
+            Dest::Broadcast => self.bcast += 1,
+            Dest::Multicast => self.mcast += 1,
+        }
+    }
+
+    /// Adds another tally.
+    #[inline]
+    pub fn merge(&mut self, t: Tally) {
+        self.frames += t.frames;
+        self.bytes += t.bytes;
+        self.bcast += t.bcast;
+        self.mcast += t.mcast;
+    }
+
+    /// Takes what was counted, leaving zeros.
+    #[inline]
+    pub fn take(&mut self) -> Tally {
+        std::mem::take(self)
+    }
+}
+
 /// Starts loading the cache lines of `n` descriptors of `desc_len` bytes from index `from` of a
 /// ring of `count` (one prefetch per line).
 #[inline]
@@ -86,6 +130,21 @@ pub fn prefetch_descs(ring: &DmaView<'_>, from: u32, count: u32, n: usize, desc_
         let step = per_line.min(n - i);
         i += step;
         d = ((d as usize + step) % count as usize) as u32;
+    }
+}
+
+/// Ring lines prefetched ahead of the descriptor the device reads (see [`prefetch_ahead`]).
+pub const PREFETCH_LINES: usize = 2;
+
+/// Before reading the descriptor at byte `o` of `ring` (descriptors of `desc_len` bytes): on the
+/// first descriptor of a cache line, starts loading the line [`PREFETCH_LINES`] ahead, if at
+/// least `owned` descriptors past this one belong to the device (so the driver is done writing
+/// it). One descriptor load at a time then does not wait for each line the driver wrote.
+#[inline]
+pub fn prefetch_ahead(ring: &DmaView<'_>, o: usize, owned: usize, desc_len: usize) {
+    if o % 64 == 0 && owned * desc_len > PREFETCH_LINES * 64 {
+        // Past the ring's end this is a no-op: only a hint is lost at the wrap.
+        ring.prefetch(o + PREFETCH_LINES * 64);
     }
 }
 

@@ -13,10 +13,10 @@
 //! into an RX buffer ([`Wire::receive_with`]). Frames spanning several TX descriptors (and
 //! link-down transmits) go through the model's staging buffer.
 //!
-//! Descriptors move in bursts, as on the NIC: TX descriptors are fetched in bursts ([`DescFetch`]),
-//! RX buffer addresses read [`READ_AHEAD`] at a time (loads only), and RX write-backs are held
-//! back and stored [`WB_BATCH`] at a time, so the lines the driver writes and polls change hands
-//! once per burst rather than once per frame.
+//! Descriptors are read one at a time, with the ring lines a few ahead prefetched
+//! ([`prefetch_ahead`], as the NIC fetches descriptors ahead by its thresholds), and RX write-backs
+//! are held back and stored [`WB_BATCH`] at a time, so the lines the driver writes and polls
+//! change hands once per burst rather than once per frame.
 //!
 //! Ordering against the driver (another process): a doorbell (RDT/TDT) is one Acquire load, so the
 //! descriptors the driver wrote before ringing it are seen; a write-back is the data, then the other
@@ -30,7 +30,7 @@ use super::{Ixgbe, Ring};
 use std::sync::atomic::Ordering;
 
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_descs, DescFetch, Dest};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, Dest, Tally};
 use crate::wire::{Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -38,8 +38,6 @@ pub const BUDGET: u32 = 256;
 /// Busy polls between two full scans of the 192 queue enable bits (see the module docs of `ixgbe`).
 pub const SCAN_EVERY: u32 = 64;
 const DESC: u64 = 16;
-/// RX descriptors whose buffer address is read ahead at once.
-const READ_AHEAD: usize = 32;
 /// RX write-backs held back and then written together (see [`RxBatch::wb`]).
 const WB_BATCH: usize = 32;
 const MIN_FRAME: usize = 60;
@@ -81,25 +79,18 @@ pub(super) struct RxBatch<'d> {
     free: u32,
     /// RDH needs writing back.
     moved: bool,
-    dma_checked: bool,
     delivered: bool,
     cfg: RxCfg,
-    /// Buffer addresses of the descriptors from `head` on, read ahead in one go (loads only), so
-    /// reading descriptors does not interleave with writing them back on lines the driver polls.
-    ahead: [u64; READ_AHEAD],
-    /// `ahead[next..len]` are valid, for descriptors `head..`.
-    ahead_next: usize,
-    ahead_len: usize,
-    /// How many descriptors one read-ahead takes: all of [`READ_AHEAD`] for one queue, a
-    /// quarter when RSS spreads a burst over several (each then gets a part of it).
-    ahead_max: usize,
-    /// Write-backs not yet stored: (descriptor byte offset, length, status, dword 0 and the RSS
-    /// hash as the write-back's first 8 bytes). A device writes
+    /// Write-backs not yet stored, for the descriptors from `wb_first` on: the advanced format's
+    /// two quadwords (RSS type and hash; status, errors and length). A device writes
     /// completed descriptors back in bursts, whole cache lines at a time; one store per descriptor
     /// as each frame lands would hand the line the driver is polling back and forth once per
     /// frame instead of once per burst.
-    wb: [(u32, u16, u32, u64); WB_BATCH],
+    wb: [(u64, u64); WB_BATCH],
     wb_len: usize,
+    wb_first: u32,
+    /// Frames delivered to this queue this poll, counted into the registers by `rx_finish`.
+    got: Tally,
 }
 
 impl Ixgbe {
@@ -228,13 +219,26 @@ impl Ixgbe {
         };
         let mut completed = false;
         let mut n = 0;
-        // Descriptors are fetched in bursts (as the 82599 does, PTHRESH/HTHRESH).
-        let mut fetch = DescFetch::new();
+        let mut sent = Tally::default();
         let todo = ((tail + ring.count - head) % ring.count).min(BUDGET);
         while n < todo {
-            let (buf, qw1) = fetch.next(&descs, head, ring.count, (todo - n) as usize, DESC as usize);
-            let ctl = qw1 as u32;
+            if rx.cut && link && !self.rss.on && self.tx_frame.is_empty() {
+                let b = self.batch(rx, 0);
+                if b.ready && b.usable && b.cfg.strip {
+                    let (k, rs) = self.tx_cut_run(xl, &descs, ring, head, todo - n, pad, b, &mut sent);
+                    head = (head + k) % ring.count;
+                    n += k;
+                    completed |= rs;
+                    if n == todo {
+                        break;
+                    }
+                }
+            }
             let o = head as usize * DESC as usize;
+            prefetch_ahead(&descs, o, (todo - n) as usize, DESC as usize);
+            // Inside the ring view by construction (head < count).
+            let (buf, qw1) = descs.load_u64_pair(o).unwrap_or_default();
+            let ctl = qw1 as u32;
             let addr = ring.base.wrapping_add(o as u64);
             let dtyp = (ctl >> TXD_DTYP_SHIFT) & 0xf;
             if ctl & TXD_CMD_DEXT != 0 && dtyp == TXD_DTYP_CTXT {
@@ -243,7 +247,7 @@ impl Ixgbe {
                 let len = (ctl & TXD_DTALEN_MASK) as usize;
                 let whole = ctl & TXD_CMD_EOP != 0 && self.tx_frame.is_empty();
                 if whole && link && len > 0 && len <= MAX_FRAME {
-                    self.tx_direct(xl, wire, buf, len, pad, rx);
+                    self.tx_direct(xl, wire, buf, len, pad, rx, &mut sent);
                 } else {
                     self.tx_gather(xl, buf, len);
                     if ctl & TXD_CMD_EOP != 0 {
@@ -266,10 +270,88 @@ impl Ixgbe {
         if n > 0 {
             self.set_page32(tdh(q), head);
         }
+        self.count_tx(sent);
         if completed {
             self.queue_interrupt(q, true);
         }
         n > 0
+    }
+
+    /// The cut-through fast path of an idle loopback with RSS off: from descriptor `head` on, at
+    /// most `todo`, as long as each is a one-descriptor data frame of 8 bytes to a buffer's size
+    /// whose TX buffer translates, it goes from its TX buffer straight into an RX buffer of queue
+    /// 0 (`b`), with the filters, counters, misses, faults and write-backs of
+    /// [`Ixgbe::tx_direct`] and [`Ixgbe::rx_cut_through`]: one loop with the per-burst decisions
+    /// taken once (the filter verdict and class are kept while the destination repeats). The first
+    /// descriptor that is anything else is left to the general path. Returns how many descriptors
+    /// it handled and whether one asked for a status write-back (RS).
+    #[allow(clippy::too_many_arguments)]
+    fn tx_cut_run<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        descs: &DmaView<'d>,
+        ring: Ring,
+        head: u32,
+        todo: u32,
+        pad: bool,
+        b: &mut RxBatch<'d>,
+        sent: &mut Tally,
+    ) -> (u32, bool) {
+        let Some(rx_ring) = self.rx_descs(xl, b) else { return (0, false) };
+        let fctrl = b.cfg.fctrl;
+        let max = b.cfg.bsize.min(MAX_FRAME);
+        let (mut tx, mut got) = (Tally::default(), Tally::default());
+        // The last destination address (48 bits; never all-ones in 64) and what it decided.
+        let (mut last, mut keep, mut class) = (u64::MAX, false, Dest::Unicast);
+        let (mut h, mut n, mut rs) = (head, 0, false);
+        while n < todo {
+            let o = h as usize * DESC as usize;
+            prefetch_ahead(descs, o, (todo - n) as usize, DESC as usize);
+            let Some((buf, qw1)) = descs.load_u64_pair(o) else { break };
+            let ctl = qw1 as u32;
+            let len = (ctl & TXD_DTALEN_MASK) as usize;
+            let ctxt = ctl & TXD_CMD_DEXT != 0 && (ctl >> TXD_DTYP_SHIFT) & 0xf == TXD_DTYP_CTXT;
+            let wire_len = if pad { len.max(MIN_FRAME) } else { len };
+            if ctxt || ctl & TXD_CMD_EOP == 0 || len < 8 || wire_len > max {
+                break;
+            }
+            let Some(src) = xl.view(buf, len as u64) else { break };
+            let Some(w) = src.load_u64(0, Ordering::Relaxed) else { break };
+            let dst = w & 0xffff_ffff_ffff;
+            if dst != last || wire_len < 14 {
+                let hdr = w.to_le_bytes();
+                keep = self.accept(&hdr, wire_len, fctrl);
+                class = dest(&hdr[..6]);
+                last = if wire_len < 14 { u64::MAX } else { dst };
+            }
+            tx.add(wire_len as u64, class);
+            if !keep {
+                self.totals.rx_filtered += 1;
+            } else if !self.rx_room(b, 1) {
+                self.count_missed();
+            } else {
+                let fill = |d: &DmaView<'_>| {
+                    d.copy_from(0, &src, 0, len) && (wire_len == len || d.fill(len, wire_len - len, 0))
+                };
+                if self.rx_put(xl, &rx_ring, b, wire_len, true, 0, fill) {
+                    got.add(wire_len as u64, class);
+                }
+            }
+            if ctl & TXD_CMD_RS != 0 {
+                // DD last, one Release store: the buffer reads above are done before the driver
+                // may free the buffer.
+                if !descs.store_u32(o + 12, TXD_STAT_DD, Ordering::Release) {
+                    self.faults.record(ring.base.wrapping_add(o as u64 + 12), 4, "tx descriptor write-back");
+                }
+                rs = true;
+            }
+            h = if h + 1 == ring.count { 0 } else { h + 1 };
+            n += 1;
+        }
+        sent.merge(tx);
+        b.got.merge(got);
+        b.delivered |= got.frames > 0;
+        (n, rs)
     }
 
     /// A one-descriptor frame (padded to 60 bytes if TXPADEN): guest buffer -> wire buffer, one
@@ -282,6 +364,7 @@ impl Ixgbe {
         len: usize,
         pad: bool,
         rx: &mut RxSet<'d>,
+        sent: &mut Tally,
     ) {
         let Some(src) = xl.view(buf, len as u64) else {
             self.faults.record(buf, len as u64, "tx buffer read");
@@ -296,20 +379,20 @@ impl Ixgbe {
             None => _ = src.read(0, &mut hdr[..len.min(8)]),
         }
         let class = dest(&hdr[..wire_len.min(6)]);
-        if rx.cut && self.rx_cut_through(xl, &src, len, wire_len, &hdr, rx) {
-            self.count_tx(wire_len as u64, class);
+        if rx.cut && self.rx_cut_through(xl, &src, len, wire_len, &hdr, class, rx) {
+            sent.add(wire_len as u64, class);
             return;
         }
         rx.cut = false;
-        let sent = wire.transmit_with(wire_len, &mut |slot: &mut [u8]| {
+        let put = wire.transmit_with(wire_len, &mut |slot: &mut [u8]| {
             if !src.read(0, &mut slot[..len]) {
                 return false;
             }
             slot[len..].fill(0);
             true
         });
-        if sent {
-            self.count_tx(wire_len as u64, class);
+        if put {
+            sent.add(wire_len as u64, class);
         }
     }
 
@@ -334,25 +417,29 @@ impl Ixgbe {
         if pad && self.tx_frame.len() < MIN_FRAME {
             self.tx_frame.resize(MIN_FRAME, 0);
         }
-        self.count_tx(self.tx_frame.len() as u64, dest(&self.tx_frame));
+        let mut one = Tally::default();
+        one.add(self.tx_frame.len() as u64, dest(&self.tx_frame));
+        self.count_tx(one);
         if self.link_up() {
             wire.transmit(&self.tx_frame);
         }
         self.tx_frame.clear();
     }
 
-    fn count_tx(&mut self, len: u64, d: Dest) {
-        let c = &mut self.counters;
-        c.gptc = c.gptc.wrapping_add(1);
-        c.tpt = c.tpt.wrapping_add(1);
-        c.gotc += len + FCS;
-        match d {
-            Dest::Broadcast => c.bptc = c.bptc.wrapping_add(1),
-            Dest::Multicast => c.mptc = c.mptc.wrapping_add(1),
-            Dest::Unicast => {}
+    /// Adds a burst's transmitted frames to the counters (GPTC, TPT, GOTC with the FCS, BPTC,
+    /// MPTC) and the totals.
+    fn count_tx(&mut self, t: Tally) {
+        if t.frames == 0 {
+            return;
         }
-        self.totals.tx_packets += 1;
-        self.totals.tx_bytes += len;
+        let c = &mut self.counters;
+        c.gptc = c.gptc.wrapping_add(t.frames);
+        c.tpt = c.tpt.wrapping_add(t.frames);
+        c.gotc += t.bytes + FCS * u64::from(t.frames);
+        c.bptc = c.bptc.wrapping_add(t.bcast);
+        c.mptc = c.mptc.wrapping_add(t.mcast);
+        self.totals.tx_packets += u64::from(t.frames);
+        self.totals.tx_bytes += t.bytes;
     }
 
     fn rx_cfg(&self, q: u32) -> RxCfg {
@@ -399,15 +486,12 @@ impl Ixgbe {
             tail: 0,
             free: 0,
             moved: false,
-            dma_checked: false,
             delivered: false,
             cfg: self.rx_cfg(q),
-            ahead: [0; READ_AHEAD],
-            ahead_next: 0,
-            ahead_len: 0,
-            ahead_max: if self.rss.on && self.rss.queues.count_ones() > 1 { READ_AHEAD / 4 } else { READ_AHEAD },
-            wb: [(0, 0, 0, 0); WB_BATCH],
+            wb: [(0, 0); WB_BATCH],
             wb_len: 0,
+            wb_first: 0,
+            got: Tally::default(),
         };
         let enabled = self.page32(rxdctl(q)) & RXDCTL_ENABLE != 0;
         if !ring.enabled {
@@ -467,6 +551,7 @@ impl Ixgbe {
     }
 
     /// True if `need` descriptors are free, looking at RDT again when the known ones run short.
+    #[inline]
     fn rx_room(&mut self, b: &mut RxBatch<'_>, need: u32) -> bool {
         if b.free >= need {
             return true;
@@ -528,6 +613,7 @@ impl Ixgbe {
             if b.moved {
                 self.set_page32(rdh(b.q), b.head);
             }
+            self.count_rx(b.got.take());
             if b.delivered {
                 self.queue_interrupt(b.q, false);
             }
@@ -544,6 +630,7 @@ impl Ixgbe {
         len: usize,
         wire_len: usize,
         hdr: &[u8; 8],
+        class: Dest,
         set: &mut RxSet<'d>,
     ) -> bool {
         let (q, qw0) = if self.rss.on {
@@ -573,7 +660,7 @@ impl Ixgbe {
             |dst: &DmaView<'_>| dst.copy_from(0, src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0));
         if self.rx_place(xl, b, wire_len, true, qw0, fill) {
             b.delivered = true;
-            self.count_rx(wire_len as u64, dest(&hdr[..wire_len.min(6)]));
+            b.got.add(wire_len as u64, class);
         }
         true
     }
@@ -603,7 +690,7 @@ impl Ixgbe {
         };
         if ok {
             b.delivered = true;
-            self.count_rx(frame.len() as u64, dest(frame));
+            b.got.add(frame.len() as u64, dest(frame));
         }
     }
 
@@ -662,39 +749,57 @@ impl Ixgbe {
         qw0: u64,
         fill: impl FnOnce(&DmaView<'_>) -> bool,
     ) -> bool {
-        let descs = match b.descs {
-            Some(d) => d,
-            None => {
-                // One translation for the whole ring this poll; a ring not wholly inside one DMA
-                // map faults before any of it is read (the frame is lost, not counted as missed).
-                let Some(d) = xl.view(b.ring.base, u64::from(b.ring.count) * DESC) else {
-                    self.faults.record(b.ring.base.wrapping_add(u64::from(b.head) * DESC), DESC, "rx descriptor read");
-                    self.rxq[b.q as usize].stalled_at_tail = Some(b.tail);
-                    b.usable = false;
-                    return false;
-                };
-                b.descs = Some(d);
-                d
-            }
-        };
-        if !b.dma_checked {
-            self.check_dma_allowed();
-            b.dma_checked = true;
+        let Some(descs) = self.rx_descs(xl, b) else { return false };
+        self.rx_put(xl, &descs, b, len, last, qw0, fill)
+    }
+
+    /// The queue's descriptor ring, translated once per poll when the first frame needs it (a
+    /// ring not wholly inside one DMA map faults before any of it is read, and the queue stalls;
+    /// the frame is lost, not counted as missed).
+    #[inline]
+    fn rx_descs<'d>(&mut self, xl: &mut Xlate<'d>, b: &mut RxBatch<'d>) -> Option<DmaView<'d>> {
+        if let Some(d) = b.descs {
+            return Some(d);
         }
+        let Some(d) = xl.view(b.ring.base, u64::from(b.ring.count) * DESC) else {
+            self.faults.record(b.ring.base.wrapping_add(u64::from(b.head) * DESC), DESC, "rx descriptor read");
+            self.rxq[b.q as usize].stalled_at_tail = Some(b.tail);
+            b.usable = false;
+            return None;
+        };
+        self.check_dma_allowed();
+        b.descs = Some(d);
+        Some(d)
+    }
+
+    /// [`Ixgbe::rx_place`] on the ring `descs` ([`Ixgbe::rx_descs`]).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn rx_put<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        descs: &DmaView<'d>,
+        b: &mut RxBatch<'d>,
+        len: usize,
+        last: bool,
+        qw0: u64,
+        fill: impl FnOnce(&DmaView<'_>) -> bool,
+    ) -> bool {
         if b.wb_len == WB_BATCH {
             self.rx_flush(b);
         }
-        let o = b.head as usize * DESC as usize;
-        let pkt = Self::rx_buffer_addr(&descs, b);
-        let mut status = RXD_STAT_DD | if last { RXD_STAT_EOP } else { 0 };
-        let mut wlen = len as u16;
-        let ok = xl.view(pkt, len as u64).is_some_and(|v| fill(&v));
-        if !ok {
-            self.faults.record(pkt, len as u64, "rx buffer write");
-            status = RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE;
-            wlen = 0;
+        if b.wb_len == 0 {
+            b.wb_first = b.head;
         }
-        b.wb[b.wb_len] = (o as u32, wlen, status, qw0);
+        let pkt = Self::rx_buffer_addr(descs, b);
+        let status = RXD_STAT_DD | if last { RXD_STAT_EOP } else { 0 };
+        let ok = xl.view(pkt, len as u64).is_some_and(|v| fill(&v));
+        b.wb[b.wb_len] = if ok {
+            (qw0, u64::from(status) | (len as u64) << 32)
+        } else {
+            self.faults.record(pkt, len as u64, "rx buffer write");
+            (qw0, u64::from(RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE))
+        };
         b.wb_len += 1;
         b.head = if b.head + 1 == b.ring.count { 0 } else { b.head + 1 };
         b.free -= 1;
@@ -702,70 +807,61 @@ impl Ixgbe {
         ok
     }
 
-    /// Stores the held-back write-backs, in ring order, each with its DD word last.
+    /// Stores the held-back write-backs, in ring order from `wb_first`, each with its DD word
+    /// last (advanced: qw0, then status and length in one Release store; legacy: the length,
+    /// then the status word).
     fn rx_flush(&mut self, b: &mut RxBatch<'_>) {
-        for i in 0..b.wb_len {
-            let (o, len, status, qw0) = b.wb[i];
-            self.rx_writeback(b, o as usize, len, status, qw0);
-        }
-        b.wb_len = 0;
-    }
-
-    fn rx_writeback(&mut self, b: &RxBatch<'_>, o: usize, len: u16, status: u32, qw0: u64) {
+        let n = std::mem::take(&mut b.wb_len);
         let Some(descs) = b.descs else { return };
+        let (first, count) = (b.wb_first as usize, b.ring.count as usize);
         let ok = if b.cfg.legacy {
-            Self::rx_writeback_legacy(&descs, o, len, status)
+            let mut ok = true;
+            for (i, &(_, qw1)) in b.wb[..n].iter().enumerate() {
+                let o = (first + i) % count * DESC as usize;
+                ok &= Self::rx_writeback_legacy(&descs, o, (qw1 >> 32) as u16, qw1 as u32);
+            }
+            ok
         } else {
-            Self::rx_writeback_adv(&descs, o, len, status, qw0)
+            // Advanced (7.1.6.2): qw0 (RSS type in bits 3:0, packet type 0, the RSS hash in the
+            // upper dword), then STATUS/ERROR with DD together with the length (VLAN 0) as the
+            // last store, one 64-bit Release store per descriptor (a driver that sees DD sees the
+            // length in the same load or after it). In two runs where the ring wraps.
+            let run = n.min(count - first);
+            descs.store_u64_pairs(first * DESC as usize, &b.wb[..run], Ordering::Release)
+                && descs.store_u64_pairs(0, &b.wb[run..n], Ordering::Release)
         };
         if !ok {
-            self.faults.record(b.ring.base.wrapping_add(o as u64), DESC, "rx descriptor write-back");
+            // Only a ring view shorter than its descriptor count could do this.
+            self.faults.record(b.ring.base.wrapping_add(first as u64 * DESC), DESC, "rx descriptor write-back");
         }
     }
 
-    /// The buffer address of descriptor `head`: from the read-ahead, refilled with up to
-    /// [`READ_AHEAD`] descriptors the device owns (`head..tail`), loads only, so reading
-    /// descriptors does not interleave with writing them back on lines the driver polls.
-    fn rx_buffer_addr(descs: &DmaView<'_>, b: &mut RxBatch<'_>) -> u64 {
-        if b.ahead_next == b.ahead_len {
-            let n = (b.free as usize).clamp(1, b.ahead_max);
-            let mut d = b.head;
-            for slot in &mut b.ahead[..n] {
-                // Inside the ring view by construction (d < count).
-                *slot = descs.load_u64(d as usize * DESC as usize, Ordering::Relaxed).unwrap_or_default();
-                d = if d + 1 == b.ring.count { 0 } else { d + 1 };
-            }
-            (b.ahead_next, b.ahead_len) = (0, n);
-            // The next read-ahead's lines arrive while this one is used.
-            prefetch_descs(descs, d, b.ring.count, (b.free as usize).saturating_sub(n).min(b.ahead_max), DESC as usize);
-        }
-        let a = b.ahead[b.ahead_next];
-        b.ahead_next += 1;
-        a
+    /// The buffer address of descriptor `b.head`: one load (lines ahead prefetched, see
+    /// [`prefetch_ahead`]).
+    #[inline]
+    fn rx_buffer_addr(descs: &DmaView<'_>, b: &RxBatch<'_>) -> u64 {
+        let o = b.head as usize * DESC as usize;
+        prefetch_ahead(descs, o, b.free as usize, DESC as usize);
+        // Inside the ring view by construction (head < count).
+        descs.load_u64(o, Ordering::Relaxed).unwrap_or_default()
     }
 
-    fn count_rx(&mut self, len: u64, class: Dest) {
+    /// Adds a queue's received frames of a poll to the counters (GPRC, TPR, GORC and TOR with
+    /// the FCS, BPRC, MPRC) and the totals.
+    fn count_rx(&mut self, t: Tally) {
+        if t.frames == 0 {
+            return;
+        }
         let c = &mut self.counters;
-        c.gprc = c.gprc.wrapping_add(1);
-        c.tpr = c.tpr.wrapping_add(1);
-        c.gorc += len + FCS;
-        c.tor += len + FCS;
-        match class {
-            Dest::Broadcast => c.bprc = c.bprc.wrapping_add(1),
-            Dest::Multicast => c.mprc = c.mprc.wrapping_add(1),
-            Dest::Unicast => {}
-        }
-        self.totals.rx_packets += 1;
-        self.totals.rx_bytes += len;
-    }
-
-    /// Advanced one-buffer write-back (7.1.6.2) of the descriptor at `o`: `qw0` (RSS type in bits
-    /// 3:0, packet type 0, the RSS hash in the upper dword) @0, then STATUS/ERROR with DD @8
-    /// together with length @12 (VLAN 0) as the last store, one 64-bit Release store (a driver
-    /// that sees DD sees the length in the same load or after it). False if outside the ring.
-    fn rx_writeback_adv(descs: &DmaView<'_>, o: usize, len: u16, status: u32, qw0: u64) -> bool {
-        descs.store_u64(o, qw0, Ordering::Relaxed)
-            && descs.store_u64(o + 8, u64::from(status) | u64::from(len) << 32, Ordering::Release)
+        let fcs = FCS * u64::from(t.frames);
+        c.gprc = c.gprc.wrapping_add(t.frames);
+        c.tpr = c.tpr.wrapping_add(t.frames);
+        c.gorc += t.bytes + fcs;
+        c.tor += t.bytes + fcs;
+        c.bprc = c.bprc.wrapping_add(t.bcast);
+        c.mprc = c.mprc.wrapping_add(t.mcast);
+        self.totals.rx_packets += u64::from(t.frames);
+        self.totals.rx_bytes += t.bytes;
     }
 
     /// Legacy write-back (7.1.5, SRRCTL.DESCTYPE = 0): length @8, checksum @10 (0), then the word
