@@ -37,7 +37,10 @@ pub struct FaultLog {
 }
 
 impl FaultLog {
-    /// Records a fault (logs the first one of each kind).
+    /// Records a fault (logs the first one of each kind). Cold: the data path calls it only
+    /// when something went wrong, and keeping it out of line keeps its loops tight.
+    #[cold]
+    #[inline(never)]
     pub fn record(&mut self, iova: u64, len: u64, what: &'static str) {
         let time_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
         if self.logged.insert(what) {

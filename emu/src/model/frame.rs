@@ -108,6 +108,17 @@ impl Tally {
         self.mcast += t.mcast;
     }
 
+    /// What this counted and `part` (a part of it) did not.
+    #[inline]
+    pub fn minus(self, part: Tally) -> Tally {
+        Tally {
+            frames: self.frames - part.frames,
+            bytes: self.bytes - part.bytes,
+            bcast: self.bcast - part.bcast,
+            mcast: self.mcast - part.mcast,
+        }
+    }
+
     /// Takes what was counted, leaving zeros.
     #[inline]
     pub fn take(&mut self) -> Tally {
@@ -142,7 +153,7 @@ pub const PREFETCH_LINES: usize = 2;
 /// it). One descriptor load at a time then does not wait for each line the driver wrote.
 #[inline]
 pub fn prefetch_ahead(ring: &DmaView<'_>, o: usize, owned: usize, desc_len: usize) {
-    if o % 64 == 0 && owned * desc_len > PREFETCH_LINES * 64 {
+    if o.is_multiple_of(64) && owned * desc_len > PREFETCH_LINES * 64 {
         // Past the ring's end this is a no-op: only a hint is lost at the wrap.
         ring.prefetch(o + PREFETCH_LINES * 64);
     }

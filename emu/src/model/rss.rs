@@ -70,6 +70,39 @@ impl Toeplitz {
     pub fn hash(&self, input: &[u8]) -> u32 {
         input.iter().zip(self.table.iter()).fold(0, |h, (b, row)| h ^ row[usize::from(*b)])
     }
+
+    /// The hash of a flow: its addresses, then its ports if `with_ports` and it has them. The
+    /// hash is linear in its input bytes, so the two parts are hashed where they lie in the
+    /// frame and XORed, with no copy; the IPv4 and IPv6 lengths are fixed-size loops.
+    #[inline]
+    pub fn hash_flow(&self, flow: &Flow<'_>, with_ports: bool) -> u32 {
+        let a = flow.addrs;
+        let h = if let (false, Some(a)) = (flow.v6, a.first_chunk::<8>()) {
+            self.hash_at(0, a)
+        } else if let Some(a) = a.first_chunk::<32>() {
+            self.hash_at(0, a)
+        } else {
+            self.hash(a)
+        };
+        match flow.ports {
+            Some(p) if with_ports => h ^ self.hash_at(a.len(), p),
+            _ => h,
+        }
+    }
+
+    /// The part of a hash that `N` input bytes `b` at input offset `at` contribute (0 past
+    /// [`MAX_INPUT`]).
+    #[inline(always)]
+    fn hash_at<const N: usize>(&self, at: usize, b: &[u8; N]) -> u32 {
+        let Some(rows) = self.table.get(at..at + N).and_then(|r| <&[[u32; 256]; N]>::try_from(r).ok()) else {
+            return 0;
+        };
+        let mut h = 0;
+        for i in 0..N {
+            h ^= rows[i][usize::from(b[i])];
+        }
+        h
+    }
 }
 
 /// The transport a flow's hash may cover.
@@ -89,26 +122,29 @@ pub enum L4 {
 }
 
 /// The fields of one frame's flow, in hash input order: source address, destination address,
-/// source port, destination port (network byte order, as on the wire).
+/// source port, destination port (network byte order, as on the wire), where they lie in the
+/// frame.
 #[derive(Debug, Clone, Copy)]
-pub struct Flow {
+pub struct Flow<'a> {
     /// IPv6 (else IPv4).
     pub v6: bool,
     /// The transport.
     pub l4: L4,
-    bytes: [u8; MAX_INPUT],
-    addr_len: usize,
+    /// Source and destination address (8 or 32 bytes).
+    addrs: &'a [u8],
+    /// Source and destination port: TCP, UDP and SCTP whose ports the frame holds whole.
+    ports: Option<&'a [u8; 4]>,
 }
 
-impl Flow {
+impl Flow<'_> {
     /// The addresses: the input of an IP-only hash.
     pub fn addrs(&self) -> &[u8] {
-        &self.bytes[..self.addr_len]
+        self.addrs
     }
 
-    /// Addresses then ports: the input of a TCP/UDP/SCTP hash (`None` without ports).
-    pub fn with_ports(&self) -> Option<&[u8]> {
-        matches!(self.l4, L4::Tcp | L4::Udp | L4::Sctp).then(|| &self.bytes[..self.addr_len + 4])
+    /// The ports, which a TCP/UDP/SCTP hash takes after the addresses (`None` without ports).
+    pub fn ports(&self) -> Option<&[u8; 4]> {
+        self.ports
     }
 }
 
@@ -136,7 +172,22 @@ fn l4_of(proto: u8) -> L4 {
 
 /// The flow of an Ethernet frame: IPv4 or IPv6 behind up to two VLAN tags (802.1Q, 802.1ad), the
 /// hash taken on the inner header as the hardware does. `None` for other frames (no hash).
-pub fn parse(frame: &[u8]) -> Option<Flow> {
+#[inline]
+pub fn parse(frame: &[u8]) -> Option<Flow<'_>> {
+    // The common frame first, at fixed offsets: untagged IPv4 without options, the ports whole.
+    if let Some(h) = frame.get(12..38) {
+        if h[..3] == [0x08, 0x00, 0x45] {
+            let frag = u16::from_be_bytes([h[8], h[9]]) & 0x3fff != 0;
+            let l4 = if frag { L4::Fragment } else { l4_of(h[11]) };
+            let ports = if matches!(l4, L4::Tcp | L4::Udp | L4::Sctp) { h[22..].first_chunk::<4>() } else { None };
+            return Some(Flow { v6: false, l4, addrs: &h[14..22], ports });
+        }
+    }
+    parse_any(frame)
+}
+
+/// [`parse`] for any frame: VLAN tags, IPv4 options, IPv6, ports not whole.
+fn parse_any(frame: &[u8]) -> Option<Flow<'_>> {
     let mut o = 12;
     let mut ethertype = be16(frame, o)?;
     for _ in 0..2 {
@@ -147,8 +198,7 @@ pub fn parse(frame: &[u8]) -> Option<Flow> {
         ethertype = be16(frame, o)?;
     }
     let ip = o + 2;
-    let mut bytes = [0u8; MAX_INPUT];
-    let (v6, mut l4, addr_len, l4_at) = match ethertype {
+    let (v6, mut l4, addrs, l4_at) = match ethertype {
         ETH_P_IPV4 => {
             let h = frame.get(ip..ip + 20)?;
             if h[0] >> 4 != 4 {
@@ -158,28 +208,27 @@ pub fn parse(frame: &[u8]) -> Option<Flow> {
             if ihl < 20 {
                 return None;
             }
-            bytes[..8].copy_from_slice(&h[12..20]);
             let frag = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
-            (false, if frag { L4::Fragment } else { l4_of(h[9]) }, 8, ip + ihl)
+            (false, if frag { L4::Fragment } else { l4_of(h[9]) }, &h[12..20], ip + ihl)
         }
         ETH_P_IPV6 => {
             let h = frame.get(ip..ip + 40)?;
             if h[0] >> 4 != 6 {
                 return None;
             }
-            bytes[..32].copy_from_slice(&h[8..40]);
             let l4 = if h[6] == IPV6_FRAGMENT { L4::Fragment } else { l4_of(h[6]) };
-            (true, l4, 32, ip + 40)
+            (true, l4, &h[8..40], ip + 40)
         }
         _ => return None,
     };
+    let mut ports = None;
     if matches!(l4, L4::Tcp | L4::Udp | L4::Sctp) {
-        match frame.get(l4_at..l4_at + 4) {
-            Some(p) => bytes[addr_len..addr_len + 4].copy_from_slice(p),
+        match frame.get(l4_at..).and_then(|p| p.first_chunk::<4>()) {
+            Some(p) => ports = Some(p),
             None => l4 = L4::Other,
         }
     }
-    Some(Flow { v6, l4, bytes, addr_len })
+    Some(Flow { v6, l4, addrs, ports })
 }
 
 #[cfg(test)]
@@ -247,8 +296,11 @@ pub(crate) mod tests {
             let flow = parse(&f).unwrap();
             assert_eq!((flow.v6, flow.l4), (false, L4::Tcp));
             assert_eq!(t.hash(flow.addrs()), ip_only, "{src} -> {dst}");
-            assert_eq!(t.hash(flow.with_ports().unwrap()), with_ports, "{src}:{sport} -> {dst}:{dport}");
-            assert_eq!(toeplitz_bitwise(&MS_KEY, flow.with_ports().unwrap()), with_ports, "the bitwise reference");
+            assert_eq!(t.hash_flow(&flow, false), ip_only, "{src} -> {dst}");
+            assert_eq!(t.hash_flow(&flow, true), with_ports, "{src}:{sport} -> {dst}:{dport}");
+            let input = [flow.addrs(), flow.ports().unwrap()].concat();
+            assert_eq!(t.hash(&input), with_ports, "{src}:{sport} -> {dst}:{dport}, one input");
+            assert_eq!(toeplitz_bitwise(&MS_KEY, &input), with_ports, "the bitwise reference");
         }
     }
 
@@ -260,7 +312,9 @@ pub(crate) mod tests {
             let flow = parse(&f).unwrap();
             assert_eq!((flow.v6, flow.l4), (true, L4::Tcp));
             assert_eq!(t.hash(flow.addrs()), ip_only, "{src} -> {dst}");
-            assert_eq!(t.hash(flow.with_ports().unwrap()), with_ports, "{src}:{sport} -> {dst}:{dport}");
+            assert_eq!(t.hash_flow(&flow, false), ip_only, "{src} -> {dst}");
+            assert_eq!(t.hash_flow(&flow, true), with_ports, "{src}:{sport} -> {dst}:{dport}");
+            assert_eq!(t.hash(&[flow.addrs(), flow.ports().unwrap()].concat()), with_ports, "one input");
             assert_eq!(toeplitz_bitwise(&MS_KEY, flow.addrs()), ip_only, "the bitwise reference");
         }
     }
@@ -269,15 +323,16 @@ pub(crate) mod tests {
     fn vlan_tags_are_looked_through_and_fragments_and_other_frames_hash_on_addresses_or_not_at_all() {
         let (s, d) = ("66.9.149.187".parse().unwrap(), "161.142.100.80".parse().unwrap());
         for vlans in 0..=2 {
-            let flow = parse(&ipv4_frame(s, d, IPPROTO_UDP, 2794, 1766, vlans)).unwrap();
+            let f = ipv4_frame(s, d, IPPROTO_UDP, 2794, 1766, vlans);
+            let flow = parse(&f).unwrap();
             assert_eq!(flow.l4, L4::Udp, "{vlans} tags");
-            assert_eq!(Toeplitz::new(&MS_KEY).hash(flow.with_ports().unwrap()), 0x51cc_c178, "{vlans} tags");
+            assert_eq!(Toeplitz::new(&MS_KEY).hash_flow(&flow, true), 0x51cc_c178, "{vlans} tags");
         }
         let mut frag = ipv4_frame(s, d, IPPROTO_TCP, 2794, 1766, 0);
         frag[14 + 6] = 0x20; // MF
         let flow = parse(&frag).unwrap();
-        assert_eq!((flow.l4, flow.with_ports()), (L4::Fragment, None));
-        assert_eq!(Toeplitz::new(&MS_KEY).hash(flow.addrs()), 0x323e_8fc2);
+        assert_eq!((flow.l4, flow.ports()), (L4::Fragment, None));
+        assert_eq!(Toeplitz::new(&MS_KEY).hash_flow(&flow, true), 0x323e_8fc2, "addresses only");
         let icmp = ipv4_frame(s, d, 1, 0, 0, 0);
         assert_eq!(parse(&icmp).unwrap().l4, L4::Other);
         let short = &ipv4_frame(s, d, IPPROTO_TCP, 2794, 1766, 0)[..14 + 20 + 2];
@@ -287,6 +342,27 @@ pub(crate) mod tests {
         let v6frag =
             ipv6_frame("3ffe:2501:200:1fff::7".parse().unwrap(), "3ffe:2501:200:3::1".parse().unwrap(), 44, 1, 2);
         assert_eq!(parse(&v6frag).unwrap().l4, L4::Fragment);
+    }
+
+    #[test]
+    fn the_fixed_offset_path_agrees_with_the_general_parse() {
+        let (s, d) = ("66.9.149.187".parse().unwrap(), "161.142.100.80".parse().unwrap());
+        let t = Toeplitz::new(&MS_KEY);
+        let mut frag = ipv4_frame(s, d, IPPROTO_TCP, 2794, 1766, 0);
+        frag[14 + 7] = 1; // offset 8
+        let frames = [
+            ipv4_frame(s, d, IPPROTO_TCP, 2794, 1766, 0),
+            ipv4_frame(s, d, IPPROTO_UDP, 1, 2, 0),
+            ipv4_frame(s, d, IPPROTO_SCTP, 3, 4, 0),
+            ipv4_frame(s, d, 1, 0, 0, 0),
+            frag,
+            ipv4_frame(s, d, IPPROTO_TCP, 2794, 1766, 0)[..14 + 20 + 4].to_vec(),
+        ];
+        for f in &frames {
+            let (a, b) = (parse(f).unwrap(), parse_any(f).unwrap());
+            assert_eq!((a.v6, a.l4, a.addrs(), a.ports()), (b.v6, b.l4, b.addrs(), b.ports()));
+            assert_eq!(t.hash_flow(&a, true), t.hash_flow(&b, true));
+        }
     }
 
     #[test]

@@ -529,26 +529,41 @@ fn worker(s: &Arc<Shared>, server: &Arc<Server>) {
     }
 }
 
-/// Idle back-off of the device thread after `idle` empty polls: yield first, then sleeps growing to
-/// [`MAX_IDLE_SLEEP`]; after about 100 ms without work, 1 ms sleeps, after about 1.5 s
-/// [`DEEP_IDLE_SLEEP`], and after about 5 s more [`DEEPEST_IDLE_SLEEP`], so an idle lab costs no CPU.
-/// Any trapped register access (and `link up|down`) kicks the thread back to spinning; the only cost
-/// of a deep sleep is the latency of the first doorbell after a long silence.
-pub fn idle_sleep(idle: u32) -> Option<Duration> {
-    const YIELDS: u32 = 64;
+/// What the device thread does after an empty poll (see [`idle_back_off`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleStep {
+    /// Poll again at once, with a CPU spin hint between (no system call).
+    Spin,
+    /// Give the CPU to another runnable thread, then poll again.
+    Yield,
+    /// Sleep this long (woken early by a kick).
+    Sleep(Duration),
+}
+
+/// Idle back-off of the device thread after `idle` empty polls: a bounded spin first (a driver
+/// between two bursts rings again within microseconds, and a spin costs no system call), then
+/// yields, then sleeps growing to [`MAX_IDLE_SLEEP`]; after about 100 ms without work, 1 ms
+/// sleeps, after about 1.5 s [`DEEP_IDLE_SLEEP`], and after about 5 s more
+/// [`DEEPEST_IDLE_SLEEP`], so an idle lab costs no CPU. Any trapped register access (and
+/// `link up|down`) kicks the thread back to spinning; the only cost of a deep sleep is the
+/// latency of the first doorbell after a long silence.
+pub fn idle_back_off(idle: u32) -> IdleStep {
+    const SPINS: u32 = 512;
+    const YIELDS: u32 = SPINS + 64;
     const RAMP: u32 = YIELDS + 16 * 8;
     const SHALLOW: u32 = RAMP + 500;
     const MEDIUM: u32 = SHALLOW + 1500;
     const DEEP: u32 = MEDIUM + 2500;
     let us = match idle {
-        i if i < YIELDS => return None,
+        i if i < SPINS => return IdleStep::Spin,
+        i if i < YIELDS => return IdleStep::Yield,
         i if i < RAMP => (10u64 << ((i - YIELDS) / 16)).min(MAX_IDLE_SLEEP.as_micros() as u64),
         i if i < SHALLOW => MAX_IDLE_SLEEP.as_micros() as u64,
         i if i < MEDIUM => 1000,
         i if i < DEEP => DEEP_IDLE_SLEEP.as_micros() as u64,
         _ => DEEPEST_IDLE_SLEEP.as_micros() as u64,
     };
-    Some(Duration::from_micros(us))
+    IdleStep::Sleep(Duration::from_micros(us))
 }
 
 /// The device thread: polls the model, spins while there is work, backs off to sleeping when idle.
@@ -582,9 +597,12 @@ fn device_loop(s: &Arc<Shared>) {
             }
         }
         idle = idle.saturating_add(1);
-        match idle_sleep(idle) {
-            None => std::thread::yield_now(),
-            Some(d) => std::thread::park_timeout(d),
+        match idle_back_off(idle) {
+            // A thread waiting for the model's lock (a trapped access) gets the CPU rather than
+            // a spin beside it.
+            IdleStep::Spin if s.waiting.load(Ordering::Acquire) == 0 => std::hint::spin_loop(),
+            IdleStep::Spin | IdleStep::Yield => std::thread::yield_now(),
+            IdleStep::Sleep(d) => std::thread::park_timeout(d),
         }
     }
 }
@@ -594,14 +612,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idle_back_off_yields_then_sleeps_longer() {
-        assert_eq!(idle_sleep(1), None);
-        assert_eq!(idle_sleep(64), Some(Duration::from_micros(10)));
-        assert_eq!(idle_sleep(190), Some(MAX_IDLE_SLEEP));
-        assert_eq!(idle_sleep(u32::MAX), Some(DEEPEST_IDLE_SLEEP));
+    fn idle_back_off_spins_then_yields_then_sleeps_longer() {
+        assert_eq!(idle_back_off(1), IdleStep::Spin);
+        assert_eq!(idle_back_off(511), IdleStep::Spin);
+        assert_eq!(idle_back_off(512), IdleStep::Yield);
+        assert_eq!(idle_back_off(576), IdleStep::Sleep(Duration::from_micros(10)));
+        assert_eq!(idle_back_off(702), IdleStep::Sleep(MAX_IDLE_SLEEP));
+        assert_eq!(idle_back_off(u32::MAX), IdleStep::Sleep(DEEPEST_IDLE_SLEEP));
         let mut last = Duration::ZERO;
-        for i in 64..5000 {
-            let d = idle_sleep(i).unwrap();
+        for i in 576..6000 {
+            let IdleStep::Sleep(d) = idle_back_off(i) else { panic!("poll {i} does not sleep") };
             assert!(d >= last);
             last = d;
         }

@@ -151,7 +151,7 @@ impl I40e {
         if r.hena & (1 << pctype) == 0 {
             return (0, 0, qw1);
         }
-        let hash = r.hash.hash(flow.with_ports().unwrap_or(flow.addrs()));
+        let hash = r.hash.hash_flow(&flow, true);
         let q = u32::from(r.lut[hash as usize & (r.lut_size - 1)]);
         (q, u64::from(hash) << 32, qw1 | RXD_FLTSTAT_RSS << RXD_FLTSTAT_SHIFT)
     }

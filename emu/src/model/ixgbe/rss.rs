@@ -117,10 +117,10 @@ impl Ixgbe {
                         RSS_TYPE_IPV4,
                     )
                 };
-                match (flow.l4, flow.with_ports()) {
-                    (L4::Tcp, Some(p)) if r.fields & tcp != 0 => (t_tcp, r.hash.hash(p)),
-                    (L4::Udp, Some(p)) if r.fields & udp != 0 => (t_udp, r.hash.hash(p)),
-                    _ if r.fields & ip != 0 => (t_ip, r.hash.hash(flow.addrs())),
+                match (flow.l4, flow.ports().is_some()) {
+                    (L4::Tcp, true) if r.fields & tcp != 0 => (t_tcp, r.hash.hash_flow(&flow, true)),
+                    (L4::Udp, true) if r.fields & udp != 0 => (t_udp, r.hash.hash_flow(&flow, true)),
+                    _ if r.fields & ip != 0 => (t_ip, r.hash.hash_flow(&flow, false)),
                     _ => (RSS_TYPE_NONE, 0),
                 }
             }

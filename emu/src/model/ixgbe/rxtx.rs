@@ -93,6 +93,58 @@ pub(super) struct RxBatch<'d> {
     got: Tally,
 }
 
+/// A transmit descriptor at `o` of `descs` that the cut-through loops take: a one-descriptor data
+/// frame (not a context descriptor, EOP set) of 8 bytes or more whose length on the wire (padded
+/// to 60 bytes if `pad`) is at most `max`. Its buffer address, command word, length and length on
+/// the wire.
+#[inline(always)]
+fn cut_desc(descs: &DmaView<'_>, o: usize, pad: bool, max: usize) -> Option<(u64, u32, usize, usize)> {
+    let (buf, qw1) = descs.load_u64_pair(o)?;
+    let ctl = qw1 as u32;
+    let len = (ctl & TXD_DTALEN_MASK) as usize;
+    let ctxt = ctl & TXD_CMD_DEXT != 0 && (ctl >> TXD_DTYP_SHIFT) & 0xf == TXD_DTYP_CTXT;
+    let wire_len = if pad { len.max(MIN_FRAME) } else { len };
+    (!ctxt && ctl & TXD_CMD_EOP != 0 && len >= 8 && wire_len <= max).then_some((buf, ctl, len, wire_len))
+}
+
+/// Copies a frame of `len` bytes from `src` into `dst` and zero-fills it to `wire_len` (TXPADEN).
+#[inline(always)]
+fn pad_copy(dst: &DmaView<'_>, src: &DmaView<'_>, len: usize, wire_len: usize) -> bool {
+    dst.copy_from(0, src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0))
+}
+
+/// The receive filter's verdict (accepted, destination class) for the destination address the
+/// last frame of a burst had: frames of a burst mostly share it, so [`Ixgbe::accept`] and
+/// [`dest`] run once per address rather than once per frame. Filters do not change within a
+/// poll (registers are written between polls).
+struct Verdict {
+    fctrl: u32,
+    /// The last 48-bit address (all-ones in 64 bits: none).
+    last: u64,
+    keep: bool,
+    class: Dest,
+}
+
+impl Verdict {
+    fn new(fctrl: u32) -> Self {
+        Verdict { fctrl, last: u64::MAX, keep: false, class: Dest::Unicast }
+    }
+
+    /// The verdict on a frame of `wire_len` bytes whose first 8 bytes are `w` (little-endian).
+    #[inline(always)]
+    fn judge(&mut self, m: &Ixgbe, w: u64, wire_len: usize) -> (bool, Dest) {
+        let dst = w & 0xffff_ffff_ffff;
+        if dst != self.last || wire_len < 14 {
+            let hdr = w.to_le_bytes();
+            self.keep = m.accept(&hdr, wire_len, self.fctrl);
+            self.class = dest(&hdr[..6]);
+            // A runt's verdict depends on its length: not kept.
+            self.last = if wire_len < 14 { u64::MAX } else { dst };
+        }
+        (self.keep, self.class)
+    }
+}
+
 impl Ixgbe {
     /// True when the enable bits should be scanned for edges this poll.
     pub(super) fn scan_due(&self) -> bool {
@@ -222,16 +274,22 @@ impl Ixgbe {
         let mut sent = Tally::default();
         let todo = ((tail + ring.count - head) % ring.count).min(BUDGET);
         while n < todo {
-            if rx.cut && link && !self.rss.on && self.tx_frame.is_empty() {
-                let b = self.batch(rx, 0);
-                if b.ready && b.usable && b.cfg.strip {
-                    let (k, rs) = self.tx_cut_run(xl, &descs, ring, head, todo - n, pad, b, &mut sent);
-                    head = (head + k) % ring.count;
-                    n += k;
-                    completed |= rs;
-                    if n == todo {
-                        break;
+            if rx.cut && link && self.tx_frame.is_empty() {
+                let (k, rs) = if self.rss.on {
+                    self.tx_cut_run_rss(xl, &descs, ring, head, todo - n, pad, rx, &mut sent)
+                } else {
+                    let b = self.batch(rx, 0);
+                    if b.ready && b.usable && b.cfg.strip {
+                        self.tx_cut_run(xl, &descs, ring, head, todo - n, pad, b, &mut sent)
+                    } else {
+                        (0, false)
                     }
+                };
+                head = (head + k) % ring.count;
+                n += k;
+                completed |= rs;
+                if n == todo {
+                    break;
                 }
             }
             let o = head as usize * DESC as usize;
@@ -277,14 +335,15 @@ impl Ixgbe {
         n > 0
     }
 
-    /// The cut-through fast path of an idle loopback with RSS off: from descriptor `head` on, at
-    /// most `todo`, as long as each is a one-descriptor data frame of 8 bytes to a buffer's size
-    /// whose TX buffer translates, it goes from its TX buffer straight into an RX buffer of queue
-    /// 0 (`b`), with the filters, counters, misses, faults and write-backs of
-    /// [`Ixgbe::tx_direct`] and [`Ixgbe::rx_cut_through`]: one loop with the per-burst decisions
-    /// taken once (the filter verdict and class are kept while the destination repeats). The first
-    /// descriptor that is anything else is left to the general path. Returns how many descriptors
-    /// it handled and whether one asked for a status write-back (RS).
+    /// The cut-through fast path of an idle loopback (RSS off): from descriptor `head` on, at
+    /// most `todo`, as long as each is a one-descriptor data frame ([`cut_desc`]) whose TX buffer
+    /// translates, it goes from its TX buffer straight into an RX buffer of queue 0 (`b`), with
+    /// the filters, counters, misses, faults and write-backs of [`Ixgbe::tx_direct`] and
+    /// [`Ixgbe::rx_cut_through`]: one loop with the per-burst decisions taken once (the filter
+    /// verdict, [`Verdict`]) and the queue's state in locals ([`Ixgbe::rx_put`]'s work, written
+    /// back to `b` before anything else looks at it). The first descriptor that is anything else
+    /// is left to the general path. Returns how many descriptors it handled and whether one
+    /// asked for a status write-back (RS).
     #[allow(clippy::too_many_arguments)]
     fn tx_cut_run<'d>(
         &mut self,
@@ -298,64 +357,144 @@ impl Ixgbe {
         sent: &mut Tally,
     ) -> (u32, bool) {
         let Some(rx_ring) = self.rx_descs(xl, b) else { return (0, false) };
-        let fctrl = b.cfg.fctrl;
         let max = b.cfg.bsize.min(MAX_FRAME);
-        let (mut tx, mut got) = (Tally::default(), Tally::default());
-        // The last destination address (48 bits; never all-ones in 64) and what it decided.
-        let (mut last, mut keep, mut class) = (u64::MAX, false, Dest::Unicast);
+        let rx_count = b.ring.count;
+        let (mut rh, mut free, mut wbn) = (b.head, b.free, b.wb_len);
+        // Frames sent, and the ones of them not delivered (filtered, missed, a faulting buffer).
+        let (mut tx, mut lost) = (Tally::default(), Tally::default());
+        let mut v = Verdict::new(b.cfg.fctrl);
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
             let o = h as usize * DESC as usize;
             prefetch_ahead(descs, o, (todo - n) as usize, DESC as usize);
-            let Some((buf, qw1)) = descs.load_u64_pair(o) else { break };
-            let ctl = qw1 as u32;
-            let len = (ctl & TXD_DTALEN_MASK) as usize;
-            let ctxt = ctl & TXD_CMD_DEXT != 0 && (ctl >> TXD_DTYP_SHIFT) & 0xf == TXD_DTYP_CTXT;
-            let wire_len = if pad { len.max(MIN_FRAME) } else { len };
-            if ctxt || ctl & TXD_CMD_EOP == 0 || len < 8 || wire_len > max {
-                break;
-            }
+            let Some((buf, ctl, len, wire_len)) = cut_desc(descs, o, pad, max) else { break };
             let Some(src) = xl.view(buf, len as u64) else { break };
             let Some(w) = src.load_u64(0, Ordering::Relaxed) else { break };
-            let dst = w & 0xffff_ffff_ffff;
-            if dst != last || wire_len < 14 {
-                let hdr = w.to_le_bytes();
-                keep = self.accept(&hdr, wire_len, fctrl);
-                class = dest(&hdr[..6]);
-                last = if wire_len < 14 { u64::MAX } else { dst };
-            }
+            let (keep, class) = v.judge(self, w, wire_len);
             tx.add(wire_len as u64, class);
             if !keep {
                 self.totals.rx_filtered += 1;
-            } else if !self.rx_room(b, 1) {
-                self.count_missed();
+                lost.add(wire_len as u64, class);
             } else {
-                let fill = |d: &DmaView<'_>| {
-                    d.copy_from(0, &src, 0, len) && (wire_len == len || d.fill(len, wire_len - len, 0))
-                };
-                if self.rx_put(xl, &rx_ring, b, wire_len, true, 0, fill) {
-                    got.add(wire_len as u64, class);
+                if free == 0 {
+                    // RDT again (the driver refills while we deliver).
+                    (b.head, b.free) = (rh, free);
+                    if self.rx_refresh(b) {
+                        free = b.free;
+                    }
+                }
+                if free == 0 {
+                    self.count_missed();
+                    lost.add(wire_len as u64, class);
+                } else {
+                    if wbn == WB_BATCH {
+                        b.wb_len = wbn;
+                        self.rx_flush(b);
+                        wbn = 0;
+                    }
+                    if wbn == 0 {
+                        b.wb_first = rh;
+                    }
+                    let ro = rh as usize * DESC as usize;
+                    prefetch_ahead(&rx_ring, ro, free as usize, DESC as usize);
+                    // Inside the ring view by construction (rh < count).
+                    let pkt = rx_ring.load_u64(ro, Ordering::Relaxed).unwrap_or_default();
+                    let ok = xl.view(pkt, wire_len as u64).is_some_and(|d| pad_copy(&d, &src, len, wire_len));
+                    b.wb[wbn] = if ok {
+                        (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP) | (wire_len as u64) << 32)
+                    } else {
+                        self.faults.record(pkt, wire_len as u64, "rx buffer write");
+                        lost.add(wire_len as u64, class);
+                        (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE))
+                    };
+                    wbn += 1;
+                    rh = if rh + 1 == rx_count { 0 } else { rh + 1 };
+                    free -= 1;
+                    b.moved = true;
                 }
             }
-            if ctl & TXD_CMD_RS != 0 {
-                // DD last, one Release store: the buffer reads above are done before the driver
-                // may free the buffer.
-                if !descs.store_u32(o + 12, TXD_STAT_DD, Ordering::Release) {
-                    self.faults.record(ring.base.wrapping_add(o as u64 + 12), 4, "tx descriptor write-back");
-                }
-                rs = true;
-            }
+            rs |= self.tx_status(descs, ring, o, ctl);
             h = if h + 1 == ring.count { 0 } else { h + 1 };
             n += 1;
         }
+        (b.head, b.free, b.wb_len) = (rh, free, wbn);
+        let got = tx.minus(lost);
         sent.merge(tx);
         b.got.merge(got);
         b.delivered |= got.frames > 0;
         (n, rs)
     }
 
+    /// [`Ixgbe::tx_cut_run`] with RSS on: each frame goes to the queue RSS picks, through
+    /// [`Ixgbe::rx_place`]; a frame whose queue cannot take it here (not ready, not stripping the
+    /// FCS, a buffer too small) is left to the general path.
+    #[allow(clippy::too_many_arguments)]
+    fn tx_cut_run_rss<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        descs: &DmaView<'d>,
+        ring: Ring,
+        head: u32,
+        todo: u32,
+        pad: bool,
+        rx: &mut RxSet<'d>,
+        sent: &mut Tally,
+    ) -> (u32, bool) {
+        // FCTRL is one register for every queue (`rx_cfg`).
+        let mut v = Verdict::new(self.reg(FCTRL));
+        let mut tx = Tally::default();
+        let (mut h, mut n, mut rs) = (head, 0, false);
+        while n < todo {
+            let o = h as usize * DESC as usize;
+            prefetch_ahead(descs, o, (todo - n) as usize, DESC as usize);
+            let Some((buf, ctl, len, wire_len)) = cut_desc(descs, o, pad, MAX_FRAME) else { break };
+            let Some(src) = xl.view(buf, len as u64) else { break };
+            let Some(w) = src.load_u64(0, Ordering::Relaxed) else { break };
+            // The headers RSS hashes (zeros past a short frame, as padding).
+            let mut hdrs = [0u8; RSS_HEADER];
+            if !src.read(0, &mut hdrs[..len.min(RSS_HEADER)]) {
+                break;
+            }
+            let (q, qw0) = self.rss_pick(&hdrs[..wire_len.min(RSS_HEADER)]);
+            let b = self.batch(rx, q);
+            if !(b.ready && b.usable && b.cfg.strip && wire_len <= b.cfg.bsize) {
+                break;
+            }
+            let (keep, class) = v.judge(self, w, wire_len);
+            tx.add(wire_len as u64, class);
+            if !keep {
+                self.totals.rx_filtered += 1;
+            } else if !self.rx_room(b, 1) {
+                self.count_missed();
+            } else if self.rx_place(xl, b, wire_len, true, qw0, |d| pad_copy(d, &src, len, wire_len)) {
+                b.got.add(wire_len as u64, class);
+                b.delivered = true;
+            }
+            rs |= self.tx_status(descs, ring, o, ctl);
+            h = if h + 1 == ring.count { 0 } else { h + 1 };
+            n += 1;
+        }
+        sent.merge(tx);
+        (n, rs)
+    }
+
+    /// The status write-back of a transmitted descriptor at `o` if it asks for one (RS): DD,
+    /// last, one Release store, so the buffer reads before it are done before the driver may
+    /// free the buffer. Returns whether it asked.
+    #[inline(always)]
+    fn tx_status(&mut self, descs: &DmaView<'_>, ring: Ring, o: usize, ctl: u32) -> bool {
+        if ctl & TXD_CMD_RS == 0 {
+            return false;
+        }
+        if !descs.store_u32(o + 12, TXD_STAT_DD, Ordering::Release) {
+            self.faults.record(ring.base.wrapping_add(o as u64 + 12), 4, "tx descriptor write-back");
+        }
+        true
+    }
+
     /// A one-descriptor frame (padded to 60 bytes if TXPADEN): guest buffer -> wire buffer, one
     /// copy; or, on an idle loopback, guest buffer -> RX buffer (see [`Wire::loops_back_idle`]).
+    #[allow(clippy::too_many_arguments)]
     fn tx_direct<'d>(
         &mut self,
         xl: &mut Xlate<'d>,
@@ -623,6 +762,7 @@ impl Ixgbe {
     /// A frame this device just transmitted on an idle loopback, moved from its TX buffer `src`
     /// straight into an RX buffer. False if it must take the wire instead (receive not ready, the
     /// FCS is kept, or the frame needs more than one buffer): those cases stay on one path.
+    #[allow(clippy::too_many_arguments)]
     fn rx_cut_through<'d>(
         &mut self,
         xl: &mut Xlate<'d>,
@@ -656,9 +796,7 @@ impl Ixgbe {
             self.count_missed();
             return true;
         }
-        let fill =
-            |dst: &DmaView<'_>| dst.copy_from(0, src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0));
-        if self.rx_place(xl, b, wire_len, true, qw0, fill) {
+        if self.rx_place(xl, b, wire_len, true, qw0, |d| pad_copy(d, src, len, wire_len)) {
             b.delivered = true;
             b.got.add(wire_len as u64, class);
         }
@@ -740,6 +878,7 @@ impl Ixgbe {
     /// write-back (DD, EOP if `last`, the length; RXE and length 0 if the buffer is not writable).
     /// The caller checked there is a free descriptor. Returns whether the buffer was written; false
     /// without using the descriptor if the ring cannot be read (a fault; the queue stalls).
+    #[inline(always)]
     fn rx_place<'d>(
         &mut self,
         xl: &mut Xlate<'d>,
