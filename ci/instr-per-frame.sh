@@ -3,9 +3,10 @@
 # the same on any machine, unlike wall-clock figures on shared vCPUs). Runs
 # emu/examples/model_frames (the model driven in one thread, no sockets) for two frame counts,
 # collecting only inside the model's poll, and prints the difference per frame, so the setup's
-# cost cancels out. `--rss` spreads a UDP mix over four queues by RSS.
+# cost cancels out. `--rss` spreads a UDP mix over four queues by RSS; `--wire` takes every frame
+# through the wire's buffer (no cut-through), as between two ports.
 #
-#   ci/instr-per-frame.sh [--rss]
+#   ci/instr-per-frame.sh [--rss] [--wire]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v valgrind >/dev/null; then
@@ -23,4 +24,4 @@ collected() {
 a=$(collected 2016 "$@")
 b=$(collected 12000 "$@")
 per=$(( (b - a) / (12000 - 2016) ))
-echo "82599 model, 64-byte loopback${1:+ $1}: $per instructions per frame ($a at 2016 frames, $b at 12000)"
+echo "82599 model, 64-byte loopback${*:+ $*}: $per instructions per frame ($a at 2016 frames, $b at 12000)"

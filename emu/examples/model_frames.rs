@@ -6,8 +6,12 @@
 //! `--toggle-collect`, see `ci/instr-per-frame.sh`) counts the device's instructions alone.
 //!
 //! ```text
-//! model_frames [FRAMES] [--rss]     (default 20000; --rss: four queues, RSS over a UDP mix)
+//! model_frames [FRAMES] [--rss] [--wire]
 //! ```
+//!
+//! FRAMES defaults to 20000; `--rss` spreads a UDP mix over four queues by RSS; `--wire` takes
+//! every frame through the wire's buffer (a loopback that never reports idle, so no cut-through):
+//! the path of frames between two ports.
 
 use std::sync::atomic::Ordering;
 
@@ -15,7 +19,7 @@ use lab_emu::dma::{Dma, FakeDma};
 use lab_emu::model::ixgbe::regs::*;
 use lab_emu::model::ixgbe::Ixgbe;
 use lab_emu::model::{DeviceModel, ModelConfig};
-use lab_emu::wire::Loopback;
+use lab_emu::wire::{Loopback, QueuedLoopback, Wire};
 
 const BASE: u64 = 0x1_0000_0000;
 const N: u32 = 512;
@@ -65,23 +69,23 @@ fn frame(f: u32) -> Vec<u8> {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut frames: u32 = 20_000;
-    let mut rss = false;
+    let (mut rss, mut through_wire) = (false, false);
     for a in args.by_ref() {
         match a.as_str() {
             "--rss" => rss = true,
-            n => frames = n.parse().unwrap_or_else(|_| panic!("usage: model_frames [FRAMES] [--rss]; got {n:?}")),
+            "--wire" => through_wire = true,
+            n => {
+                frames =
+                    n.parse().unwrap_or_else(|_| panic!("usage: model_frames [FRAMES] [--rss] [--wire]; got {n:?}"))
+            }
         }
     }
+    let wire: Box<dyn Wire> =
+        if through_wire { Box::new(QueuedLoopback::default()) } else { Box::new(Loopback::default()) };
     let queues = if rss { QUEUES } else { 1 };
     let mut dma = FakeDma::new(BASE, 0x100_0000);
     // Behind a trait object the profiler sees `poll` as a function of its own (not inlined).
-    let model = Ixgbe::new(ModelConfig {
-        bdf: "0000:00:05.0".into(),
-        function: 0,
-        mac: MAC,
-        wire: Box::new(Loopback::default()),
-    })
-    .expect("model");
+    let model = Ixgbe::new(ModelConfig { bdf: "0000:00:05.0".into(), function: 0, mac: MAC, wire }).expect("model");
     let mut m: Box<dyn DeviceModel> = std::hint::black_box(Box::new(model));
     let m = m.as_mut();
     // The ixy bring-up (datasheet 4.6.3 - 4.6.8).

@@ -383,23 +383,23 @@ impl I40e {
 
     /// Moves frames from the internal loopback and the wire into the VSI's receive queues.
     pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, set: &mut RxSet<'d>) -> bool {
-        let mut n = 0;
         let internal: &mut FrameRing = &mut links.internal;
-        while n < BUDGET && internal.pop_with(&mut |f: &[u8]| self.rx_frame_in(xl, f, set)) {
-            n += 1;
-        }
+        let mut n = internal.pop_burst(BUDGET as usize, &mut |f: &[u8]| self.rx_frame_in(xl, f, set));
         let link = self.link_up();
         let wire: &mut dyn Wire = links.wire.as_mut();
         // Nothing can be received now: leave frames on a wire that can hold them.
         let hold = wire.backpressure() && !(link && self.rx_contexts_loaded(set));
-        while !hold
-            && n < BUDGET
-            && wire.receive_with(&mut |f: &[u8]| {
-                if link {
-                    self.rx_frame_in(xl, f, set)
-                }
-            })
-        {
+        let mut take = |f: &[u8]| {
+            if link {
+                self.rx_frame_in(xl, f, set)
+            }
+        };
+        if !wire.backpressure() {
+            // Every frame is taken (delivered, filtered or missed): one burst.
+            n += wire.receive_burst(BUDGET as usize - n, &mut take);
+            return n > 0;
+        }
+        while !hold && n < BUDGET as usize && wire.receive_with(&mut take) {
             n += 1;
         }
         n > 0

@@ -63,6 +63,8 @@ pub(super) struct RxSet<'d> {
     /// used: a poll that touches one queue pays for one), and by queue their index there.
     pub(super) batches: arrayvec::ArrayVec<RxBatch<'d>, { RSS_QUEUES }>,
     pub(super) index: [u8; RSS_QUEUES],
+    /// The receive filter's verdict on the last destination address off the wire.
+    pub(super) verdict: Verdict,
 }
 
 /// One RX queue as one poll sees it: the head the device owns, the free descriptors it knows of.
@@ -117,7 +119,7 @@ fn pad_copy(dst: &DmaView<'_>, src: &DmaView<'_>, len: usize, wire_len: usize) -
 /// last frame of a burst had: frames of a burst mostly share it, so [`Ixgbe::accept`] and
 /// [`dest`] run once per address rather than once per frame. Filters do not change within a
 /// poll (registers are written between polls).
-struct Verdict {
+pub(super) struct Verdict {
     fctrl: u32,
     /// The last 48-bit address (all-ones in 64 bits: none).
     last: u64,
@@ -126,7 +128,7 @@ struct Verdict {
 }
 
 impl Verdict {
-    fn new(fctrl: u32) -> Self {
+    pub(super) fn new(fctrl: u32) -> Self {
         Verdict { fctrl, last: u64::MAX, keep: false, class: Dest::Unicast }
     }
 
@@ -527,7 +529,9 @@ impl Ixgbe {
             if !src.read(0, &mut slot[..len]) {
                 return false;
             }
-            slot[len..].fill(0);
+            if len < wire_len {
+                slot[len..].fill(0);
+            }
             true
         });
         if put {
@@ -596,6 +600,7 @@ impl Ixgbe {
     pub(super) fn rx_start(&mut self, set: &mut RxSet<'_>) {
         set.batches.push(self.rx_batch(0));
         set.index[0] = 0;
+        set.verdict = Verdict::new(self.reg(FCTRL));
     }
 
     /// Queue `q` of `set`, set up on first use.
@@ -702,11 +707,14 @@ impl Ixgbe {
     /// with backpressure (a peer that waits rather than drops) a frame is taken only when every
     /// queue it may go to has room for it.
     pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, wire: &mut dyn Wire, set: &mut RxSet<'d>) -> bool {
-        let backpressure = wire.backpressure();
+        if !wire.backpressure() {
+            // Every frame is taken (delivered, filtered or missed): one burst.
+            return wire.receive_burst(BUDGET as usize, &mut |frame: &[u8]| self.rx_frame_in(xl, frame, set)) > 0;
+        }
         let queues = if self.rss.on { self.rss.queues } else { 1 };
         let mut did = false;
         for _ in 0..BUDGET {
-            if backpressure && !self.rx_room_all(set, queues) {
+            if !self.rx_room_all(set, queues) {
                 break;
             }
             if !wire.receive_with(&mut |frame: &[u8]| self.rx_frame_in(xl, frame, set)) {
@@ -806,8 +814,14 @@ impl Ixgbe {
     /// One frame off the wire: filtered, missed, or delivered (to queue 0, or the one RSS picks).
     fn rx_frame_in<'d>(&mut self, xl: &mut Xlate<'d>, frame: &[u8], set: &mut RxSet<'d>) {
         let (q, qw0) = if self.rss.on { self.rss_pick(frame) } else { (0, 0) };
+        // The first 8 bytes (zeros past a shorter frame, which no filter accepts).
+        let w = match frame.first_chunk::<8>() {
+            Some(h) => u64::from_le_bytes(*h),
+            None => frame.iter().rev().fold(0, |w, b| w << 8 | u64::from(*b)),
+        };
+        let (keep, class) = set.verdict.judge(self, w, frame.len());
         let b = self.batch(set, q);
-        if !b.ready || !self.accept(frame, frame.len(), b.cfg.fctrl) {
+        if !b.ready || !keep {
             self.totals.rx_filtered += 1;
             return;
         }
@@ -828,7 +842,7 @@ impl Ixgbe {
         };
         if ok {
             b.delivered = true;
-            b.got.add(frame.len() as u64, dest(frame));
+            b.got.add(frame.len() as u64, class);
         }
     }
 
@@ -857,6 +871,14 @@ impl Ixgbe {
     /// `qw0` (RSS type and hash) in each write-back. Returns true if it was delivered.
     fn rx_deliver<'d>(&mut self, xl: &mut Xlate<'d>, data: &[u8], qw0: u64, b: &mut RxBatch<'d>) -> bool {
         let bsize = b.cfg.bsize;
+        if data.len() <= bsize {
+            // One buffer (the common case), without the division and the loop.
+            if !self.rx_room(b, 1) {
+                self.count_missed();
+                return false;
+            }
+            return self.rx_place(xl, b, data.len(), true, qw0, |v| v.write(0, data));
+        }
         let need = data.len().div_ceil(bsize).max(1);
         if !self.rx_room(b, need as u32) {
             self.count_missed();
@@ -895,11 +917,17 @@ impl Ixgbe {
     /// The queue's descriptor ring, translated once per poll when the first frame needs it (a
     /// ring not wholly inside one DMA map faults before any of it is read, and the queue stalls;
     /// the frame is lost, not counted as missed).
-    #[inline]
+    #[inline(always)]
     fn rx_descs<'d>(&mut self, xl: &mut Xlate<'d>, b: &mut RxBatch<'d>) -> Option<DmaView<'d>> {
-        if let Some(d) = b.descs {
-            return Some(d);
+        match b.descs {
+            Some(d) => Some(d),
+            None => self.rx_descs_translate(xl, b),
         }
+    }
+
+    /// [`Ixgbe::rx_descs`] the first time in a poll.
+    #[inline(never)]
+    fn rx_descs_translate<'d>(&mut self, xl: &mut Xlate<'d>, b: &mut RxBatch<'d>) -> Option<DmaView<'d>> {
         let Some(d) = xl.view(b.ring.base, u64::from(b.ring.count) * DESC) else {
             self.faults.record(b.ring.base.wrapping_add(u64::from(b.head) * DESC), DESC, "rx descriptor read");
             self.rxq[b.q as usize].stalled_at_tail = Some(b.tail);
