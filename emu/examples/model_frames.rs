@@ -1,12 +1,12 @@
-//! The 82599 model's work per frame, without threads, sockets or a driver process: a loopback
-//! port brought up through its registers, then `FRAMES` 64-byte frames sent 32 at a time, each
-//! `poll` moving a burst from TX descriptors straight into RX buffers (cut-through) and writing
-//! both back. The "driver" side here (descriptors written, indices rung) runs outside `poll`, so
+//! A NIC model's work per frame (the 82599, or with `--i40e` the X710), without threads, sockets
+//! or a driver process: a loopback port brought up through its registers, then `FRAMES` 64-byte
+//! frames sent 32 at a time, each `poll` moving a burst from TX descriptors straight into RX
+//! buffers (cut-through) and writing both back. The "driver" side here (descriptors written, indices rung) runs outside `poll`, so
 //! a profiler that collects only inside `<Ixgbe as DeviceModel>::poll` (callgrind's
 //! `--toggle-collect`, see `ci/instr-per-frame.sh`) counts the device's instructions alone.
 //!
 //! ```text
-//! model_frames [FRAMES] [--rss] [--wire]
+//! model_frames [FRAMES] [--rss] [--wire] [--i40e]
 //! ```
 //!
 //! FRAMES defaults to 20000; `--rss` spreads a UDP mix over four queues by RSS; `--wire` takes
@@ -16,6 +16,8 @@
 use std::sync::atomic::Ordering;
 
 use lab_emu::dma::{Dma, FakeDma};
+use lab_emu::model::i40e::regs as x7;
+use lab_emu::model::i40e::I40e;
 use lab_emu::model::ixgbe::regs::*;
 use lab_emu::model::ixgbe::Ixgbe;
 use lab_emu::model::{DeviceModel, ModelConfig};
@@ -26,6 +28,12 @@ const N: u32 = 512;
 const BURST: u32 = 32;
 const QUEUES: u32 = 4;
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The RSS key of Microsoft's verification suite.
+const MS_KEY: [u8; 40] = [
+    0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca, 0x2b,
+    0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac,
+    0x01, 0xfa,
+];
 
 fn ring(q: u32, tx: bool) -> u64 {
     BASE + if tx { 0x10_0000 } else { 0 } + u64::from(q) * 0x4000
@@ -69,19 +77,24 @@ fn frame(f: u32) -> Vec<u8> {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut frames: u32 = 20_000;
-    let (mut rss, mut through_wire) = (false, false);
+    let (mut rss, mut through_wire, mut x710) = (false, false, false);
     for a in args.by_ref() {
         match a.as_str() {
             "--rss" => rss = true,
             "--wire" => through_wire = true,
+            "--i40e" => x710 = true,
             n => {
-                frames =
-                    n.parse().unwrap_or_else(|_| panic!("usage: model_frames [FRAMES] [--rss] [--wire]; got {n:?}"))
+                frames = n
+                    .parse()
+                    .unwrap_or_else(|_| panic!("usage: model_frames [FRAMES] [--rss] [--wire] [--i40e]; got {n:?}"))
             }
         }
     }
     let wire: Box<dyn Wire> =
         if through_wire { Box::new(QueuedLoopback::default()) } else { Box::new(Loopback::default()) };
+    if x710 {
+        return i40e(frames, rss, wire);
+    }
     let queues = if rss { QUEUES } else { 1 };
     let mut dma = FakeDma::new(BASE, 0x100_0000);
     // Behind a trait object the profiler sees `poll` as a function of its own (not inlined).
@@ -108,18 +121,7 @@ fn main() {
         }
     }
     if rss {
-        let key = [
-            0x6d5a_56dau32,
-            0x255b_0ec2,
-            0x4167_253d,
-            0x43a3_8fb0,
-            0xd0ca_2bcb,
-            0xae7b_30b4,
-            0x77cb_2da3,
-            0x8030_f20c,
-            0x6a42_b73b,
-            0xbeac_01fa,
-        ];
+        let key: [u32; 10] = std::array::from_fn(|n| u32::from_be_bytes(MS_KEY[4 * n..4 * n + 4].try_into().unwrap()));
         for (n, k) in key.iter().enumerate() {
             wr(m, rssrk(n as u32), k.swap_bytes());
         }
@@ -156,6 +158,7 @@ fn main() {
     // Per burst: 32 TX descriptors (one buffer each), TDT rung, one poll, then each RX queue's
     // consumed descriptors given back (buffer address again, DD cleared) and RDT moved.
     let (mut sent, mut tail, mut next) = (0u32, 0u32, [0u32; QUEUES as usize]);
+    let mut per_queue = [0u32; QUEUES as usize];
     while sent < frames {
         for k in 0..BURST {
             let i = (tail + k) % N;
@@ -175,6 +178,7 @@ fn main() {
         for q in 0..queues {
             let head = page.read32(rdh(q) as usize).unwrap_or(0);
             let mut i = next[q as usize];
+            per_queue[q as usize] += (head + N - i) % N;
             while i != head {
                 let d = ring(q, false) + u64::from(i) * 16;
                 put(&mut dma, d, rx_buf(q, i));
@@ -188,6 +192,131 @@ fn main() {
     }
     let s = m.stats();
     assert_eq!(s.rx_packets, u64::from(sent), "every frame received ({s:?})");
+    assert_eq!(per_queue[..queues as usize].iter().sum::<u32>(), sent, "every frame written back");
+    assert!(per_queue[..queues as usize].iter().all(|&n| n > 0), "every queue has its share: {per_queue:?}");
     std::sync::atomic::fence(Ordering::SeqCst);
     println!("{sent} frames through the 82599 model ({} queue{})", queues, if queues > 1 { "s, RSS" } else { "" });
+}
+
+/// Sets the `width` bits of `v` at bit `lsb` of a context image (X710 HMC contexts).
+fn set_field(buf: &mut [u8], (lsb, width): (usize, usize), v: u64) {
+    for i in 0..width {
+        let bit = lsb + i;
+        if v >> i & 1 != 0 {
+            buf[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+}
+
+/// HMC memory of the X710 run: LAN TX contexts at FPM 0, RX contexts 8 KiB in.
+const HMC: u64 = BASE + 0xc0_0000;
+const RX_CTX_512: u32 = 16;
+
+/// The same run on the X710 model: HMC contexts for the rings, QENA handshakes, and with `rss`
+/// RSS by the hash key, lookup table and PFQF_HENA registers (UDP over IPv4).
+fn i40e(frames: u32, rss: bool, wire: Box<dyn Wire>) {
+    use x7::*;
+    let queues = if rss { QUEUES } else { 1 };
+    let mut dma = FakeDma::new(BASE, 0x100_0000);
+    let model = I40e::new(ModelConfig { bdf: "0000:00:06.0".into(), function: 0, mac: MAC, wire }).expect("model");
+    let mut m: Box<dyn DeviceModel> = std::hint::black_box(Box::new(model));
+    let m = m.as_mut();
+    m.config_write(4, &0x0006u16.to_le_bytes());
+    wr(m, glhmc_lantxbase(0), 0);
+    wr(m, glhmc_lantxcnt(0), PF_QUEUES);
+    wr(m, glhmc_lanrxbase(0), RX_CTX_512);
+    wr(m, glhmc_lanrxcnt(0), PF_QUEUES);
+    wr(m, PFHMC_SDDATAHIGH, (HMC >> 32) as u32);
+    wr(m, PFHMC_SDDATALOW, HMC as u32 | PFHMC_SDDATALOW_VALID | PFHMC_SDDATALOW_TYPE_DIRECT | (512 << 2));
+    wr(m, PFHMC_SDCMD, PFHMC_SDCMD_WR);
+    let mut c = [0u8; TX_CTX_LEN];
+    set_field(&mut c, TXC_NEW_CONTEXT, 1);
+    set_field(&mut c, TXC_BASE, ring(0, true) / 128);
+    set_field(&mut c, TXC_QLEN, u64::from(N));
+    dma.write(HMC, &c).expect("tx context");
+    for q in 0..queues {
+        let mut c = [0u8; RX_CTX_LEN];
+        set_field(&mut c, RXC_BASE, ring(q, false) / 128);
+        set_field(&mut c, RXC_QLEN, u64::from(N));
+        set_field(&mut c, RXC_DBUFF, 2048 / 128);
+        set_field(&mut c, RXC_CRCSTRIP, 1);
+        set_field(&mut c, RXC_RXMAX, 9728);
+        dma.write(HMC + u64::from(RX_CTX_512) * 512 + u64::from(q) * 32, &c).expect("rx context");
+        for i in 0..N {
+            put(&mut dma, ring(q, false) + u64::from(i) * 16, rx_buf(q, i));
+            put(&mut dma, ring(q, false) + u64::from(i) * 16 + 8, 0);
+        }
+        wr(m, qrx_tail(q), N - 1);
+        wr(m, qrx_ena(q), QENA_REQ);
+    }
+    if rss {
+        // Microsoft's verification key, then filler to the X710's 52 bytes.
+        let key: [u8; 52] = std::array::from_fn(|i| match i {
+            0..40 => MS_KEY[i],
+            _ => i as u8,
+        });
+        for n in 0..13u32 {
+            let k = 4 * n as usize;
+            wr(m, pfqf_hkey(n), u32::from_le_bytes([key[k], key[k + 1], key[k + 2], key[k + 3]]));
+        }
+        for n in 0..PFQF_HLUT_REGS {
+            let e = |k: u32| ((4 * n + k) % QUEUES) << (8 * k);
+            wr(m, pfqf_hlut(n), e(0) | e(1) | e(2) | e(3));
+        }
+        wr(m, pfqf_hena(0), 1 << PCTYPE_IPV4_UDP);
+    }
+    wr(m, qtx_ctl(0), 2);
+    wr(m, qtx_ena(0), QENA_REQ);
+    m.poll(&mut dma);
+    for q in 0..queues {
+        assert_eq!(rd(m, qrx_ena(q)) & QENA_STAT, QENA_STAT, "rx queue {q} enabled");
+    }
+    assert_eq!(rd(m, qtx_ena(0)) & QENA_STAT, QENA_STAT, "tx queue enabled");
+    let page = m.bar_memory(0).expect("BAR0 memory");
+    let flows: Vec<Vec<u8>> = (0..256).map(frame).collect();
+    for i in 0..BURST {
+        dma.write(tx_buf(i), &flows[0]).expect("tx buffer");
+    }
+    // Per burst: 32 TX descriptors, QTX_TAIL rung, one poll, then the descriptors each RX queue
+    // wrote back (DD) given back and QRX_TAIL moved, as a driver does.
+    let (mut sent, mut tail, mut next) = (0u32, 0u32, [0u32; QUEUES as usize]);
+    let mut per_queue = [0u32; QUEUES as usize];
+    while sent < frames {
+        for k in 0..BURST {
+            let i = (tail + k) % N;
+            if rss {
+                dma.write(tx_buf(i), &flows[((sent + k) % 256) as usize]).expect("tx buffer");
+            }
+            let d = ring(0, true) + u64::from(i) * 16;
+            put(&mut dma, d, tx_buf(i));
+            let rs = if k == BURST - 1 { TXD_CMD_RS } else { 0 };
+            let cmd = (TXD_CMD_EOP | rs | 0x4) << TXD_CMD_SHIFT;
+            put(&mut dma, d + 8, TXD_DTYPE_DATA | cmd | (60u64 << TXD_BSZ_SHIFT));
+        }
+        tail = (tail + BURST) % N;
+        page.write32(qtx_tail(0) as usize, tail);
+        m.poll(&mut dma);
+        for q in 0..queues {
+            let mut i = next[q as usize];
+            loop {
+                let d = ring(q, false) + u64::from(i) * 16;
+                if dma.read_u64(d + 8).expect("rx descriptor") & RXD_STATUS_DD == 0 {
+                    break;
+                }
+                put(&mut dma, d, rx_buf(q, i));
+                put(&mut dma, d + 8, 0);
+                i = (i + 1) % N;
+                per_queue[q as usize] += 1;
+            }
+            next[q as usize] = i;
+            page.write32(qrx_tail(q) as usize, (i + N - 1) % N);
+        }
+        sent += BURST;
+    }
+    let s = m.stats();
+    assert_eq!(s.rx_packets, u64::from(sent), "every frame received ({s:?})");
+    assert_eq!(per_queue[..queues as usize].iter().sum::<u32>(), sent, "every frame written back");
+    assert!(per_queue[..queues as usize].iter().all(|&n| n > 0), "every queue has its share: {per_queue:?}");
+    std::sync::atomic::fence(Ordering::SeqCst);
+    println!("{sent} frames through the X710 model ({} queue{})", queues, if queues > 1 { "s, RSS" } else { "" });
 }

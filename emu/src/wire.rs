@@ -266,6 +266,7 @@ impl FrameRing {
     }
 
     /// Appends a frame written in place by `fill` (see [`Wire::transmit_with`]).
+    #[inline]
     pub fn push_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
         if len > MAX_FRAME {
             return false;
