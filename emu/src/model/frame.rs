@@ -1,7 +1,6 @@
 //! What both NIC models need of a frame and of a descriptor ring, whatever the device: the FCS,
-//! the destination class for the counters, and descriptors fetched in bursts.
-
-use std::sync::atomic::Ordering;
+//! the destination class for the counters, counters and filter verdicts per burst, and descriptor
+//! lines prefetched ahead.
 
 use crate::dma::DmaView;
 
@@ -126,21 +125,39 @@ impl Tally {
     }
 }
 
-/// Starts loading the cache lines of `n` descriptors of `desc_len` bytes from index `from` of a
-/// ring of `count` (one prefetch per line).
-#[inline]
-pub fn prefetch_descs(ring: &DmaView<'_>, from: u32, count: u32, n: usize, desc_len: usize) {
-    if count == 0 || desc_len == 0 {
-        return;
+/// The receive filter's verdict (accepted, destination class) for the header key the last frame
+/// had: frames of a burst mostly share their destination, so a model's filter runs once per key
+/// rather than once per frame. Filters do not change within a poll (registers and admin
+/// commands are handled between polls).
+#[derive(Clone, Copy, Debug)]
+pub struct Verdict<K> {
+    last: Option<K>,
+    keep: bool,
+    class: Dest,
+}
+
+impl<K: Copy + Eq> Verdict<K> {
+    /// No verdict yet.
+    pub fn new() -> Self {
+        Verdict { last: None, keep: false, class: Dest::Unicast }
     }
-    let per_line = (64 / desc_len).max(1);
-    let mut d = from;
-    let mut i = 0;
-    while i < n {
-        ring.prefetch(d as usize * desc_len);
-        let step = per_line.min(n - i);
-        i += step;
-        d = ((d as usize + step) % count as usize) as u32;
+
+    /// The verdict on a frame whose filter key is `key` (`None`: not to be kept, such as a
+    /// runt's, whose verdict depends on its length): the last one if the key repeats, else what
+    /// `decide` says.
+    #[inline(always)]
+    pub fn judge(&mut self, key: Option<K>, decide: impl FnOnce() -> (bool, Dest)) -> (bool, Dest) {
+        if key.is_none() || key != self.last {
+            (self.keep, self.class) = decide();
+            self.last = key;
+        }
+        (self.keep, self.class)
+    }
+}
+
+impl<K: Copy + Eq> Default for Verdict<K> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -156,57 +173,6 @@ pub fn prefetch_ahead(ring: &DmaView<'_>, o: usize, owned: usize, desc_len: usiz
     if o.is_multiple_of(64) && owned * desc_len > PREFETCH_LINES * 64 {
         // Past the ring's end this is a no-op: only a hint is lost at the wrap.
         ring.prefetch(o + PREFETCH_LINES * 64);
-    }
-}
-
-/// Descriptors a transmit burst fetches at once.
-pub const FETCH: usize = 32;
-
-/// Transmit descriptors fetched in bursts, as the NICs do (descriptor prefetch thresholds): every
-/// load of a burst is issued before any frame is handled, so the lines the driver just wrote
-/// arrive together instead of one stall per line.
-pub struct DescFetch {
-    q: [(u64, u64); FETCH],
-    next: usize,
-    len: usize,
-}
-
-impl DescFetch {
-    /// Nothing fetched yet.
-    pub fn new() -> Self {
-        Self { q: [(0, 0); FETCH], next: 0, len: 0 }
-    }
-
-    /// The two quadwords of descriptor `head` of a ring of `count` descriptors of `desc_len`
-    /// bytes in `ring`, fetching `head..` (at most `avail`, at least one) when the last burst
-    /// is used up. Every descriptor index stays below `count`, so inside a view of the ring.
-    #[inline]
-    pub fn next(&mut self, ring: &DmaView<'_>, head: u32, count: u32, avail: usize, desc_len: usize) -> (u64, u64) {
-        if self.next == self.len {
-            let n = avail.clamp(1, FETCH);
-            let mut d = head;
-            for slot in &mut self.q[..n] {
-                let o = d as usize * desc_len;
-                *slot = (
-                    ring.load_u64(o, Ordering::Relaxed).unwrap_or_default(),
-                    ring.load_u64(o + 8, Ordering::Relaxed).unwrap_or_default(),
-                );
-                d = if d + 1 == count { 0 } else { d + 1 };
-            }
-            (self.next, self.len) = (0, n);
-            // The lines of the burst after this one, if the driver has written it already: they
-            // arrive while this burst is handled.
-            prefetch_descs(ring, d, count, avail.saturating_sub(n).min(FETCH), desc_len);
-        }
-        let v = self.q[self.next];
-        self.next += 1;
-        v
-    }
-}
-
-impl Default for DescFetch {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -229,7 +195,6 @@ pub(crate) fn mixed_frames(mac: [u8; 6], frame: impl Fn([u8; 6], usize, u8) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dma::{Dma, FakeDma};
 
     #[test]
     fn crc32_of_the_check_string() {
@@ -245,23 +210,5 @@ mod tests {
         assert_eq!(dest(&[0xff, 0xff]), Dest::Broadcast);
         assert_eq!(dest(&[0x03]), Dest::Multicast);
         assert_eq!(dest(&[]), Dest::Unicast);
-    }
-
-    #[test]
-    fn fetch_reads_bursts_in_ring_order_and_wraps() {
-        let mut dma = FakeDma::new(0x1000, 16 * 8);
-        for i in 0..8u64 {
-            dma.write_u64(0x1000 + i * 16, 100 + i).unwrap();
-            dma.write_u64(0x1000 + i * 16 + 8, 200 + i).unwrap();
-        }
-        let ring = dma.view(0x1000, 16 * 8).unwrap();
-        let mut f = DescFetch::new();
-        // Five descriptors from index 6: 6, 7, 0, 1, 2.
-        let got: Vec<(u64, u64)> = [6u32, 7, 0, 1, 2].iter().map(|&h| f.next(&ring, h, 8, 5, 16)).collect();
-        assert_eq!(got, vec![(106, 206), (107, 207), (100, 200), (101, 201), (102, 202)]);
-        // Used up: the next call fetches afresh from the head it is given.
-        dma.write_u64(0x1000 + 3 * 16, 7).unwrap();
-        let ring = dma.view(0x1000, 16 * 8).unwrap();
-        assert_eq!(f.next(&ring, 3, 8, 1, 16), (7, 203));
     }
 }

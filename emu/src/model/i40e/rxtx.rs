@@ -28,19 +28,17 @@
 
 use std::sync::atomic::Ordering;
 
-use super::hmc::RxContext;
+use super::hmc::{RxContext, TxContext};
 use super::regs::*;
 use super::rss::RSS_HEADER;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_descs, DescFetch, Dest};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, Tally, Verdict};
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
 pub const BUDGET: u32 = 256;
 const TX_DESC: u64 = 16;
-/// RX descriptors whose buffer address is read ahead at once.
-const READ_AHEAD: usize = 32;
 /// RX write-backs held back and then stored together (see [`RxBatch::wb`]).
 const WB_BATCH: usize = 32;
 /// Header bytes the receive filters look at: the destination address and a VLAN tag's TCI.
@@ -83,20 +81,16 @@ pub(super) struct RxBatch<'d> {
     free: u32,
     /// The head moved (stored back after the batch).
     moved: bool,
-    dma_checked: bool,
     delivered: bool,
-    /// Buffer addresses of the descriptors from `head` on, read ahead in one go (loads only), so
-    /// reading descriptors does not interleave with writing them back on lines the driver polls.
-    ahead: [u64; READ_AHEAD],
-    /// `ahead[next..len]` are valid, for descriptors `head..`.
-    ahead_next: usize,
-    ahead_len: usize,
-    /// Write-backs not yet stored: (descriptor byte offset in the ring, qword0, qword1). A device writes
-    /// completed descriptors back in bursts, whole cache lines at a time; one store per descriptor
-    /// as each frame lands would hand the line the driver is polling back and forth once per frame
-    /// instead of once per burst.
-    wb: [(u32, u64, u64); WB_BATCH],
+    /// Write-backs not yet stored, for the descriptors from `wb_first` on: (qword0, qword1). A
+    /// device writes completed descriptors back in bursts, whole cache lines at a time; one store
+    /// per descriptor as each frame lands would hand the line the driver is polling back and forth
+    /// once per frame instead of once per burst.
+    wb: [(u64, u64); WB_BATCH],
     wb_len: usize,
+    wb_first: u32,
+    /// Frames delivered to this queue this poll, counted into the registers by `rx_finish`.
+    got: Tally,
 }
 
 impl I40e {
@@ -151,19 +145,29 @@ impl I40e {
             return false;
         };
         let (mut n, mut completed) = (0, false);
-        // Descriptors are fetched in bursts, as the X710 does.
-        let mut fetch = DescFetch::new();
+        let mut sent = Tally::default();
         let todo = ((tail + ctx.qlen - head) % ctx.qlen).min(BUDGET);
         while n < todo {
-            let (buf, qw1) = fetch.next(&descs, head, ctx.qlen, (todo - n) as usize, TX_DESC as usize);
+            if self.tx_frame.is_empty() && links.internal.is_empty() && links.wire.loops_back_idle() {
+                let (k, rs) = self.tx_cut_run(xl, &descs, &ctx, head, todo - n, rx, &mut sent);
+                head = (head + k) % ctx.qlen;
+                n += k;
+                completed |= rs;
+                if n == todo {
+                    break;
+                }
+            }
             let o = head as usize * TX_DESC as usize;
+            prefetch_ahead(&descs, o, (todo - n) as usize, TX_DESC as usize);
+            // Inside the ring view by construction (head < qlen).
+            let (buf, qw1) = descs.load_u64_pair(o).unwrap_or_default();
             let addr = ctx.base.wrapping_add(o as u64);
             let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;
             match qw1 & TXD_DTYPE_MASK {
                 TXD_DTYPE_DATA => {
                     let len = ((qw1 >> TXD_BSZ_SHIFT) & TXD_BSZ_MASK) as usize;
                     if cmd & TXD_CMD_EOP != 0 && self.tx_frame.is_empty() && self.tx_direct_ok(len) {
-                        self.tx_direct(xl, links, buf, len, rx);
+                        self.tx_direct(xl, links, buf, len, rx, &mut sent);
                     } else {
                         self.tx_gather(xl, buf, len);
                         if cmd & TXD_CMD_EOP != 0 {
@@ -184,6 +188,7 @@ impl I40e {
             head = if head + 1 == ctx.qlen { 0 } else { head + 1 };
             n += 1;
         }
+        self.count_tx(sent);
         if n > 0 {
             self.txq[q as usize].head = head;
             // The written-back head: one 32-bit Release store after the buffer reads.
@@ -200,6 +205,104 @@ impl I40e {
         n > 0
     }
 
+    /// The cut-through fast path of an idle loopback wire (nothing waiting in the internal
+    /// loopback ring either, no internal loopback mode, the link up): from descriptor `head` on,
+    /// at most `todo`, as long as each is a one-descriptor data frame of 14 bytes or more whose TX
+    /// buffer translates and whose receive queue takes it as is (a context stripping the FCS, one
+    /// buffer, a usable ring, within the largest frame), it goes from its TX buffer straight into
+    /// an RX buffer, with the filters, counters, misses, faults and write-backs of
+    /// [`I40e::tx_direct`] and [`I40e::rx_cut_through`]: one loop, the filter verdict kept while
+    /// the header repeats ([`Verdict`]). The first descriptor that is anything else is left to
+    /// the general path. Returns how many descriptors it handled and whether one asked for a
+    /// status write-back (RS).
+    #[allow(clippy::too_many_arguments)]
+    fn tx_cut_run<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        descs: &DmaView<'d>,
+        ctx: &TxContext,
+        head: u32,
+        todo: u32,
+        rx: &mut RxSet<'d>,
+        sent: &mut Tally,
+    ) -> (u32, bool) {
+        if self.fw.lb_mode & (LB_PHY_LOCAL | LB_MAC_LOCAL) != 0 || !self.link_up() {
+            return (0, false);
+        }
+        let max_frame = u64::from(self.fw.max_frame);
+        let mut tx = Tally::default();
+        // The filters look at the destination address and a VLAN tag (bytes 12..16).
+        let mut v: Verdict<(u64, u32)> = Verdict::new();
+        let (mut h, mut n, mut rs) = (head, 0, false);
+        while n < todo {
+            let o = h as usize * TX_DESC as usize;
+            prefetch_ahead(descs, o, (todo - n) as usize, TX_DESC as usize);
+            let Some((buf, qw1)) = descs.load_u64_pair(o) else { break };
+            let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;
+            let len = ((qw1 >> TXD_BSZ_SHIFT) & TXD_BSZ_MASK) as usize;
+            if qw1 & TXD_DTYPE_MASK != TXD_DTYPE_DATA || cmd & TXD_CMD_EOP == 0 || !(14..=MAX_FRAME).contains(&len) {
+                break;
+            }
+            let wire_len = len.max(MIN_FRAME);
+            let Some(src) = xl.view(buf, len as u64) else { break };
+            let mut hdr = [0u8; HDR];
+            if !src.read(0, &mut hdr[..len.min(HDR)]) {
+                break;
+            }
+            let (q, qw0, qw1_rss) = if self.rss.on {
+                // The headers RSS hashes (zeros past a short frame, as padding).
+                let mut head = [0u8; RSS_HEADER];
+                if !src.read(0, &mut head[..len.min(RSS_HEADER)]) {
+                    break;
+                }
+                self.rx_target(&head[..wire_len.min(RSS_HEADER)], rx)
+            } else {
+                self.rx_target(&hdr, rx)
+            };
+            let Some(q) = q else { break };
+            let b = self.batch(rx, q);
+            let Some(c) = b.ctx else { break };
+            // Within the port's and the queue's largest frame (RXMAX 0: no limit of its own).
+            let len_fcs = wire_len as u64 + FCS;
+            let fits = len_fcs <= max_frame && (c.rxmax == 0 || len_fcs <= u64::from(c.rxmax));
+            if !(c.crcstrip && wire_len <= c.dbuff && fits) {
+                break;
+            }
+            if b.state == TailState::Unread {
+                self.rx_read_tail(b, &c);
+            }
+            if b.state != TailState::Usable {
+                break;
+            }
+            let key = (wire_len >= HDR).then(|| {
+                let w = u64::from_le_bytes(hdr[..8].try_into().unwrap_or_default());
+                (w & 0xffff_ffff_ffff, u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]))
+            });
+            let (keep, class) = v.judge(key, || (self.accept(&hdr, wire_len), dest(&hdr)));
+            tx.add(wire_len as u64, class);
+            if !keep {
+                self.totals.rx_filtered += 1;
+            } else if !self.rx_room(b, &c, 1) {
+                self.count_missed();
+            } else if self.rx_place(xl, b, &c, wire_len, (true, qw0, qw1_rss), |d| {
+                d.copy_from(0, &src, 0, len) && (wire_len == len || d.fill(len, wire_len - len, 0))
+            }) {
+                b.got.add(wire_len as u64, class);
+                b.delivered = true;
+            }
+            if cmd & TXD_CMD_RS != 0 {
+                if !ctx.head_wb_ena && !Self::tx_writeback(descs, o) {
+                    self.faults.record(ctx.base.wrapping_add(o as u64 + 8), 8, "tx descriptor write-back");
+                }
+                rs = true;
+            }
+            h = if h + 1 == ctx.qlen { 0 } else { h + 1 };
+            n += 1;
+        }
+        sent.merge(tx);
+        (n, rs)
+    }
+
     /// True if a one-descriptor frame of `len` bytes goes out (on the wire or looped back) as is.
     fn tx_direct_ok(&self, len: usize) -> bool {
         (14..=MAX_FRAME).contains(&len) && (self.link_up() || self.fw.lb_mode != 0)
@@ -208,7 +311,15 @@ impl I40e {
     /// A one-descriptor frame (14 bytes or more), padded to 60: guest buffer -> wire buffer (or
     /// internal loopback ring), one copy; or, on an idle loopback wire, guest buffer -> RX buffer
     /// (see [`Wire::loops_back_idle`] and [`I40e::rx_cut_through`]).
-    fn tx_direct<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, buf: u64, len: usize, rx: &mut RxSet<'d>) {
+    fn tx_direct<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        links: &mut Links,
+        buf: u64,
+        len: usize,
+        rx: &mut RxSet<'d>,
+        sent: &mut Tally,
+    ) {
         let wire_len = len.max(MIN_FRAME);
         let src = xl.view(buf, len as u64);
         let internal = self.fw.lb_mode & (LB_PHY_LOCAL | LB_MAC_LOCAL) != 0;
@@ -220,7 +331,7 @@ impl I40e {
                 let mut hdr = [0u8; HDR];
                 src.read(0, &mut hdr[..len.min(HDR)]);
                 if self.rx_cut_through(xl, src, len, wire_len, &hdr, rx) {
-                    self.count_tx(wire_len as u64, dest(&hdr));
+                    sent.add(wire_len as u64, dest(&hdr));
                     return;
                 }
             }
@@ -232,7 +343,9 @@ impl I40e {
                 read_ok = false;
                 return false;
             }
-            slot[len..].fill(0);
+            if len < wire_len {
+                slot[len..].fill(0);
+            }
             class = Some(dest(slot));
             true
         };
@@ -245,20 +358,23 @@ impl I40e {
             self.faults.record(buf, len as u64, "tx buffer read");
         }
         if let Some(d) = class {
-            self.count_tx(wire_len as u64, d);
+            sent.add(wire_len as u64, d);
         }
     }
 
-    fn count_tx(&mut self, len: u64, d: Dest) {
-        let c = &mut self.counters;
-        c.gotc += len + FCS;
-        match d {
-            Dest::Broadcast => c.bptc += 1,
-            Dest::Multicast => c.mptc += 1,
-            Dest::Unicast => c.uptc += 1,
+    /// Adds a burst's transmitted frames to the counters (GOTC with the FCS, UPTC, MPTC, BPTC)
+    /// and the totals.
+    fn count_tx(&mut self, t: Tally) {
+        if t.frames == 0 {
+            return;
         }
-        self.totals.tx_packets += 1;
-        self.totals.tx_bytes += len;
+        let c = &mut self.counters;
+        c.gotc += t.bytes + FCS * u64::from(t.frames);
+        c.bptc += u64::from(t.bcast);
+        c.mptc += u64::from(t.mcast);
+        c.uptc += u64::from(t.frames - t.bcast - t.mcast);
+        self.totals.tx_packets += u64::from(t.frames);
+        self.totals.tx_bytes += t.bytes;
     }
 
     fn tx_gather(&mut self, xl: &mut Xlate<'_>, buf: u64, len: usize) {
@@ -284,7 +400,9 @@ impl I40e {
             if !self.link_up() && self.fw.lb_mode == 0 {
                 self.counters.tdold += 1;
             } else {
-                self.count_tx(frame.len() as u64, dest(&frame));
+                let mut one = Tally::default();
+                one.add(frame.len() as u64, dest(&frame));
+                self.count_tx(one);
                 if self.fw.lb_mode & (LB_PHY_LOCAL | LB_MAC_LOCAL) != 0 {
                     links.internal.push(&frame);
                 } else {
@@ -371,13 +489,11 @@ impl I40e {
             tail: 0,
             free: 0,
             moved: false,
-            dma_checked: false,
             delivered: false,
-            ahead: [0; READ_AHEAD],
-            ahead_next: 0,
-            ahead_len: 0,
-            wb: [(0, 0, 0); WB_BATCH],
+            wb: [(0, 0); WB_BATCH],
             wb_len: 0,
+            wb_first: 0,
+            got: Tally::default(),
         }
     }
 
@@ -429,6 +545,7 @@ impl I40e {
     pub(super) fn rx_finish(&mut self, set: &mut RxSet<'_>) {
         for b in set.batches.iter_mut() {
             self.rx_flush(b);
+            self.count_rx(b.got.take());
             if b.moved {
                 self.rxq[b.q as usize].head = b.head;
             }
@@ -486,7 +603,7 @@ impl I40e {
             |dst: &DmaView<'_>| dst.copy_from(0, src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0));
         if self.rx_place(xl, b, &ctx, wire_len, (true, qw0, qw1), fill) {
             b.delivered = true;
-            self.count_rx(wire_len as u64, dest(hdr));
+            b.got.add(wire_len as u64, dest(hdr));
         }
         true
     }
@@ -522,7 +639,7 @@ impl I40e {
         };
         if ok {
             b.delivered = true;
-            self.count_rx(len as u64, dest(frame));
+            b.got.add(len as u64, dest(frame));
         }
     }
 
@@ -560,16 +677,19 @@ impl I40e {
         Some(ctx)
     }
 
-    fn count_rx(&mut self, len: u64, class: Dest) {
-        let c = &mut self.counters;
-        c.gorc += len + FCS;
-        match class {
-            Dest::Broadcast => c.bprc += 1,
-            Dest::Multicast => c.mprc += 1,
-            Dest::Unicast => c.uprc += 1,
+    /// Adds a queue's received frames of a poll to the counters (GORC with the FCS, UPRC, MPRC,
+    /// BPRC) and the totals.
+    fn count_rx(&mut self, t: Tally) {
+        if t.frames == 0 {
+            return;
         }
-        self.totals.rx_packets += 1;
-        self.totals.rx_bytes += len;
+        let c = &mut self.counters;
+        c.gorc += t.bytes + FCS * u64::from(t.frames);
+        c.bprc += u64::from(t.bcast);
+        c.mprc += u64::from(t.mcast);
+        c.uprc += u64::from(t.frames - t.bcast - t.mcast);
+        self.totals.rx_packets += u64::from(t.frames);
+        self.totals.rx_bytes += t.bytes;
     }
 
     fn count_missed(&mut self) {
@@ -634,47 +754,85 @@ impl I40e {
     /// length 0 if the buffer is not writable). The caller checked there is a free descriptor.
     /// Returns whether the buffer was written; false without using the descriptor if the ring
     /// cannot be read (a fault; the queue stalls).
+    #[inline(always)]
     fn rx_place<'d>(
         &mut self,
         xl: &mut Xlate<'d>,
         b: &mut RxBatch<'d>,
         ctx: &RxContext,
         len: usize,
+        wb: (bool, u64, u64),
+        fill: impl FnOnce(&DmaView<'_>) -> bool,
+    ) -> bool {
+        let Some(descs) = self.rx_descs(xl, b, ctx) else { return false };
+        self.rx_put(xl, &descs, b, ctx, len, wb, fill)
+    }
+
+    /// The queue's descriptor ring, translated once per poll when the first frame needs it (a
+    /// ring not wholly inside one DMA map faults before any of it is read, and the queue stalls).
+    #[inline(always)]
+    fn rx_descs<'d>(&mut self, xl: &mut Xlate<'d>, b: &mut RxBatch<'d>, ctx: &RxContext) -> Option<DmaView<'d>> {
+        match b.descs {
+            Some(d) => Some(d),
+            None => self.rx_descs_translate(xl, b, ctx),
+        }
+    }
+
+    /// [`I40e::rx_descs`] the first time in a poll.
+    #[inline(never)]
+    fn rx_descs_translate<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        b: &mut RxBatch<'d>,
+        ctx: &RxContext,
+    ) -> Option<DmaView<'d>> {
+        let dlen = ctx.desc_len();
+        let Some(d) = xl.view(ctx.base, u64::from(ctx.qlen) * dlen) else {
+            self.faults.record(ctx.base.wrapping_add(u64::from(b.head) * dlen), dlen, "rx descriptor read");
+            self.rxq[b.q as usize].stalled_at_tail = Some(b.tail);
+            b.state = TailState::Unusable;
+            return None;
+        };
+        self.check_dma_allowed();
+        b.descs = Some(d);
+        Some(d)
+    }
+
+    /// [`I40e::rx_place`] on the ring `descs` ([`I40e::rx_descs`]).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn rx_put<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        descs: &DmaView<'d>,
+        b: &mut RxBatch<'d>,
+        ctx: &RxContext,
+        len: usize,
         (last, qw0, qw1_rss): (bool, u64, u64),
         fill: impl FnOnce(&DmaView<'_>) -> bool,
     ) -> bool {
-        if !b.dma_checked {
-            self.check_dma_allowed();
-            b.dma_checked = true;
-        }
-        let dlen = ctx.desc_len();
-        let descs = match b.descs {
-            Some(d) => d,
-            None => match xl.view(ctx.base, u64::from(ctx.qlen) * dlen) {
-                Some(d) => *b.descs.insert(d),
-                None => {
-                    self.faults.record(ctx.base.wrapping_add(u64::from(b.head) * dlen), dlen, "rx descriptor read");
-                    self.rxq[b.q as usize].stalled_at_tail = Some(b.tail);
-                    b.state = TailState::Unusable;
-                    return false;
-                }
-            },
-        };
         if b.wb_len == WB_BATCH {
             self.rx_flush(b);
         }
-        let o = b.head as usize * dlen as usize;
-        let pkt = Self::rx_buffer_addr(&descs, b, ctx);
-        let mut qw1 = RXD_STATUS_DD
-            | if last { RXD_STATUS_EOF } else { 0 }
-            | qw1_rss
-            | ((len as u64 & RXD_LEN_PBUF_MASK) << RXD_LEN_PBUF_SHIFT);
-        let ok = xl.view(pkt, len as u64).is_some_and(|v| fill(&v));
-        if !ok {
-            self.faults.record(pkt, len as u64, "rx buffer write");
-            qw1 = RXD_STATUS_DD | RXD_STATUS_EOF | (RXD_ERROR_RXE << RXD_ERROR_SHIFT);
+        if b.wb_len == 0 {
+            b.wb_first = b.head;
         }
-        b.wb[b.wb_len] = (o as u32, if ok { qw0 } else { 0 }, qw1);
+        let dlen = ctx.desc_len() as usize;
+        let o = b.head as usize * dlen;
+        prefetch_ahead(descs, o, b.free as usize, dlen);
+        // Inside the ring view by construction (head < qlen).
+        let pkt = descs.load_u64(o, Ordering::Relaxed).unwrap_or_default();
+        let ok = xl.view(pkt, len as u64).is_some_and(|v| fill(&v));
+        b.wb[b.wb_len] = if ok {
+            let qw1 = RXD_STATUS_DD
+                | if last { RXD_STATUS_EOF } else { 0 }
+                | qw1_rss
+                | ((len as u64 & RXD_LEN_PBUF_MASK) << RXD_LEN_PBUF_SHIFT);
+            (qw0, qw1)
+        } else {
+            self.faults.record(pkt, len as u64, "rx buffer write");
+            (0, RXD_STATUS_DD | RXD_STATUS_EOF | (RXD_ERROR_RXE << RXD_ERROR_SHIFT))
+        };
         b.wb_len += 1;
         b.head = if b.head + 1 == ctx.qlen { 0 } else { b.head + 1 };
         b.free -= 1;
@@ -682,47 +840,34 @@ impl I40e {
         ok
     }
 
-    /// Stores the held-back write-backs, in ring order, each with its DD qword last.
+    /// Stores the held-back write-backs, in ring order from `wb_first`, each with its DD qword
+    /// last: qword0 (the RSS hash in bits 63:32; and qwords 2/3 of 32-byte descriptors), then
+    /// qword1 with DD and the length as one 64-bit Release store. 16-byte descriptors go as runs
+    /// of quadword pairs (two where the ring wraps).
     fn rx_flush(&mut self, b: &mut RxBatch<'_>) {
         let n = std::mem::take(&mut b.wb_len);
         let (Some(descs), Some(ctx)) = (b.descs, b.ctx) else { return };
         let dlen = ctx.desc_len();
-        for &(o, qw0, qw1) in &b.wb[..n] {
-            if !Self::rx_writeback(&descs, o as usize, dlen, qw0, qw1) {
-                self.faults.record(ctx.base.wrapping_add(u64::from(o)), dlen, "rx descriptor write-back");
+        let (first, qlen) = (b.wb_first as usize, ctx.qlen as usize);
+        let ok = if dlen == 16 {
+            let run = n.min(qlen - first);
+            descs.store_u64_pairs(first * 16, &b.wb[..run], Ordering::Release)
+                && descs.store_u64_pairs(0, &b.wb[run..n], Ordering::Release)
+        } else {
+            let mut ok = true;
+            for (i, &(qw0, qw1)) in b.wb[..n].iter().enumerate() {
+                let o = (first + i) % qlen * dlen as usize;
+                ok &= descs.store_u64(o, qw0, Ordering::Relaxed)
+                    && descs.store_u64(o + 16, 0, Ordering::Relaxed)
+                    && descs.store_u64(o + 24, 0, Ordering::Relaxed)
+                    && descs.store_u64(o + 8, qw1, Ordering::Release);
             }
+            ok
+        };
+        if !ok {
+            // Only a ring view shorter than its descriptor count could do this.
+            self.faults.record(ctx.base.wrapping_add(first as u64 * dlen), dlen, "rx descriptor write-back");
         }
-    }
-
-    /// The buffer address of descriptor `b.head`: from the read-ahead, refilled with up to
-    /// [`READ_AHEAD`] descriptors the device owns (loads only).
-    fn rx_buffer_addr(descs: &DmaView<'_>, b: &mut RxBatch<'_>, ctx: &RxContext) -> u64 {
-        if b.ahead_next == b.ahead_len {
-            let n = (b.free as usize).clamp(1, READ_AHEAD);
-            let dlen = ctx.desc_len() as usize;
-            let mut d = b.head;
-            for slot in &mut b.ahead[..n] {
-                // Inside the ring view by construction (d < qlen).
-                *slot = descs.load_u64(d as usize * dlen, Ordering::Relaxed).unwrap_or_default();
-                d = if d + 1 == ctx.qlen { 0 } else { d + 1 };
-            }
-            (b.ahead_next, b.ahead_len) = (0, n);
-            // The next read-ahead's lines arrive while this one is used.
-            prefetch_descs(descs, d, ctx.qlen, (b.free as usize).saturating_sub(n).min(READ_AHEAD), dlen);
-        }
-        let a = b.ahead[b.ahead_next];
-        b.ahead_next += 1;
-        a
-    }
-
-    /// Write-back of the descriptor at `o` of the ring: qword0 (the RSS hash in bits 63:32; and
-    /// qwords 2/3 of 32-byte descriptors), then qword1 with DD and the length as one 64-bit
-    /// Release store, the last store to the descriptor. False if outside the ring.
-    fn rx_writeback(descs: &DmaView<'_>, o: usize, dlen: u64, qw0: u64, qw1: u64) -> bool {
-        descs.store_u64(o, qw0, Ordering::Relaxed)
-            && (dlen != 32
-                || (descs.store_u64(o + 16, 0, Ordering::Relaxed) && descs.store_u64(o + 24, 0, Ordering::Relaxed)))
-            && descs.store_u64(o + 8, qw1, Ordering::Release)
     }
 
     /// Descriptor write-back of the transmit descriptor at `o` of the ring: qword1 becomes DTYPE 0xF

@@ -579,7 +579,7 @@ impl DeviceModel for Ixgbe {
                 cut: wire.loops_back_idle(),
                 batches: arrayvec::ArrayVec::new(),
                 index: [u8::MAX; RSS_QUEUES],
-                verdict: rxtx::Verdict::new(0),
+                verdict: Default::default(),
             };
             self.rx_start(&mut rx);
             did |= self.process_tx(&mut xl, wire.as_mut(), &mut rx);

@@ -30,7 +30,7 @@ use super::{Ixgbe, Ring};
 use std::sync::atomic::Ordering;
 
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, Dest, Tally};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, Dest, Tally, Verdict};
 use crate::wire::{Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -64,7 +64,7 @@ pub(super) struct RxSet<'d> {
     pub(super) batches: arrayvec::ArrayVec<RxBatch<'d>, { RSS_QUEUES }>,
     pub(super) index: [u8; RSS_QUEUES],
     /// The receive filter's verdict on the last destination address off the wire.
-    pub(super) verdict: Verdict,
+    pub(super) verdict: Verdict<u64>,
 }
 
 /// One RX queue as one poll sees it: the head the device owns, the free descriptors it knows of.
@@ -115,36 +115,16 @@ fn pad_copy(dst: &DmaView<'_>, src: &DmaView<'_>, len: usize, wire_len: usize) -
     dst.copy_from(0, src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0))
 }
 
-/// The receive filter's verdict (accepted, destination class) for the destination address the
-/// last frame of a burst had: frames of a burst mostly share it, so [`Ixgbe::accept`] and
-/// [`dest`] run once per address rather than once per frame. Filters do not change within a
-/// poll (registers are written between polls).
-pub(super) struct Verdict {
-    fctrl: u32,
-    /// The last 48-bit address (all-ones in 64 bits: none).
-    last: u64,
-    keep: bool,
-    class: Dest,
-}
-
-impl Verdict {
-    pub(super) fn new(fctrl: u32) -> Self {
-        Verdict { fctrl, last: u64::MAX, keep: false, class: Dest::Unicast }
-    }
-
-    /// The verdict on a frame of `wire_len` bytes whose first 8 bytes are `w` (little-endian).
-    #[inline(always)]
-    fn judge(&mut self, m: &Ixgbe, w: u64, wire_len: usize) -> (bool, Dest) {
-        let dst = w & 0xffff_ffff_ffff;
-        if dst != self.last || wire_len < 14 {
-            let hdr = w.to_le_bytes();
-            self.keep = m.accept(&hdr, wire_len, self.fctrl);
-            self.class = dest(&hdr[..6]);
-            // A runt's verdict depends on its length: not kept.
-            self.last = if wire_len < 14 { u64::MAX } else { dst };
-        }
-        (self.keep, self.class)
-    }
+/// The receive filter's verdict on a frame of `wire_len` bytes whose first 8 bytes are `w`
+/// (little-endian), kept in `v` while the destination address repeats (FCTRL `fctrl`).
+#[inline(always)]
+fn judge(v: &mut Verdict<u64>, m: &Ixgbe, fctrl: u32, w: u64, wire_len: usize) -> (bool, Dest) {
+    // A runt's verdict depends on its length: not kept.
+    let key = (wire_len >= 14).then_some(w & 0xffff_ffff_ffff);
+    v.judge(key, || {
+        let hdr = w.to_le_bytes();
+        (m.accept(&hdr, wire_len, fctrl), dest(&hdr[..6]))
+    })
 }
 
 impl Ixgbe {
@@ -364,7 +344,7 @@ impl Ixgbe {
         let (mut rh, mut free, mut wbn) = (b.head, b.free, b.wb_len);
         // Frames sent, and the ones of them not delivered (filtered, missed, a faulting buffer).
         let (mut tx, mut lost) = (Tally::default(), Tally::default());
-        let mut v = Verdict::new(b.cfg.fctrl);
+        let (mut v, fctrl) = (Verdict::new(), b.cfg.fctrl);
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
             let o = h as usize * DESC as usize;
@@ -372,7 +352,7 @@ impl Ixgbe {
             let Some((buf, ctl, len, wire_len)) = cut_desc(descs, o, pad, max) else { break };
             let Some(src) = xl.view(buf, len as u64) else { break };
             let Some(w) = src.load_u64(0, Ordering::Relaxed) else { break };
-            let (keep, class) = v.judge(self, w, wire_len);
+            let (keep, class) = judge(&mut v, self, fctrl, w, wire_len);
             tx.add(wire_len as u64, class);
             if !keep {
                 self.totals.rx_filtered += 1;
@@ -443,7 +423,7 @@ impl Ixgbe {
         sent: &mut Tally,
     ) -> (u32, bool) {
         // FCTRL is one register for every queue (`rx_cfg`).
-        let mut v = Verdict::new(self.reg(FCTRL));
+        let (mut v, fctrl) = (Verdict::new(), self.reg(FCTRL));
         let mut tx = Tally::default();
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
@@ -462,7 +442,7 @@ impl Ixgbe {
             if !(b.ready && b.usable && b.cfg.strip && wire_len <= b.cfg.bsize) {
                 break;
             }
-            let (keep, class) = v.judge(self, w, wire_len);
+            let (keep, class) = judge(&mut v, self, fctrl, w, wire_len);
             tx.add(wire_len as u64, class);
             if !keep {
                 self.totals.rx_filtered += 1;
@@ -600,7 +580,7 @@ impl Ixgbe {
     pub(super) fn rx_start(&mut self, set: &mut RxSet<'_>) {
         set.batches.push(self.rx_batch(0));
         set.index[0] = 0;
-        set.verdict = Verdict::new(self.reg(FCTRL));
+        set.verdict = Verdict::new();
     }
 
     /// Queue `q` of `set`, set up on first use.
@@ -820,7 +800,7 @@ impl Ixgbe {
             Some(h) => u64::from_le_bytes(*h),
             None => frame.iter().rev().fold(0, |w, b| w << 8 | u64::from(*b)),
         };
-        let (keep, class) = set.verdict.judge(self, w, frame.len());
+        let (keep, class) = judge(&mut set.verdict, self, self.reg(FCTRL), w, frame.len());
         let b = self.batch(set, q);
         if !b.ready || !keep {
             self.totals.rx_filtered += 1;
