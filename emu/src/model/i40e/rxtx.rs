@@ -230,6 +230,11 @@ impl I40e {
             return (0, false);
         }
         let max_frame = u64::from(self.fw.max_frame);
+        // Without RSS every frame goes to the VSI's first queue.
+        let fixed = (!self.rss.on).then(|| self.rx_target(&[], rx));
+        // The receive context of the last frame's queue, checked for this path (copied once per
+        // queue change, not per frame).
+        let mut cur: Option<(u32, RxContext)> = None;
         let mut tx = Tally::default();
         // The filters look at the destination address and a VLAN tag (bytes 12..16).
         let mut v: Verdict<(u64, u32)> = Verdict::new();
@@ -249,19 +254,27 @@ impl I40e {
             if !src.read(0, &mut hdr[..len.min(HDR)]) {
                 break;
             }
-            let (q, qw0, qw1_rss) = if self.rss.on {
-                // The headers RSS hashes (zeros past a short frame, as padding).
-                let mut head = [0u8; RSS_HEADER];
-                if !src.read(0, &mut head[..len.min(RSS_HEADER)]) {
-                    break;
+            let (q, qw0, qw1_rss) = match fixed {
+                Some(t) => t,
+                None => {
+                    // The headers RSS hashes (zeros past a short frame, as padding).
+                    let mut head = [0u8; RSS_HEADER];
+                    if !src.read(0, &mut head[..len.min(RSS_HEADER)]) {
+                        break;
+                    }
+                    self.rx_target(&head[..wire_len.min(RSS_HEADER)], rx)
                 }
-                self.rx_target(&head[..wire_len.min(RSS_HEADER)], rx)
-            } else {
-                self.rx_target(&hdr, rx)
             };
             let Some(q) = q else { break };
             let b = self.batch(rx, q);
-            let Some(c) = b.ctx else { break };
+            let c = match cur {
+                Some((cq, c)) if cq == q => c,
+                _ => {
+                    let Some(c) = b.ctx else { break };
+                    cur = Some((q, c));
+                    c
+                }
+            };
             // Within the port's and the queue's largest frame (RXMAX 0: no limit of its own).
             let len_fcs = wire_len as u64 + FCS;
             let fits = len_fcs <= max_frame && (c.rxmax == 0 || len_fcs <= u64::from(c.rxmax));
@@ -453,7 +466,7 @@ impl I40e {
 
     /// Where a frame goes: its PF queue (`None` if the VSI's mapping names no queue for it), the
     /// write-back's qword0 and the qword1 bits RSS sets (PTYPE, FLTSTAT).
-    #[inline]
+    #[inline(always)]
     fn rx_target(&self, head: &[u8], set: &RxSet<'_>) -> (Option<u32>, u64, u64) {
         let (q, qw0, qw1) = if self.rss.on {
             let (vq, qw0, qw1) = self.rss_pick(head);
