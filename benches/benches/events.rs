@@ -1,5 +1,5 @@
-//! Group `events`: `lsc/N`, the link of an emulated 82599 taken down at lab-nic (its control
-//! socket) until the link-down callback has run in every one of N processes (this primary and
+//! Group `events`: `lsc/N`, the link of an emulated 82599 taken down at lab-nic (a command on
+//! its control socket, the session kept open) until the link-down callback has run in every one of N processes (this primary and
 //! N-1 secondaries, each told through its own interrupt), beside `raw_dgram_rtt`, a raw unix
 //! datagram round trip between two processes, in the same run (the floor: an event needs at
 //! least one cross-process wake-up).
@@ -74,6 +74,9 @@ fn main() {
             std::thread::yield_now();
         }
     };
+    // One control session for the whole run: a connect per command would put lab-nic's accept
+    // and its session thread's start into every figure.
+    let mut ctl = nic.session();
     for n in [1usize, 4] {
         while peers.len() + 1 < n {
             peers.push(PeerProc::spawn(PEER, &peer_args, xdg.path()));
@@ -86,11 +89,11 @@ fn main() {
                 for _ in 0..iters {
                     let before = mine.load(Ordering::Acquire);
                     let t = Instant::now();
-                    assert!(nic.command(&format!("link down {BDF}")).starts_with("ok"));
+                    assert!(ctl.command(&format!("link down {BDF}")).starts_with("ok"));
                     wait_all(n, before);
                     spent += t.elapsed();
                     let before = mine.load(Ordering::Acquire);
-                    assert!(nic.command(&format!("link up {BDF}")).starts_with("ok"));
+                    assert!(ctl.command(&format!("link up {BDF}")).starts_with("ok"));
                     wait_all(n, before);
                 }
                 spent

@@ -205,6 +205,15 @@ impl LabNic {
         self.child.id()
     }
 
+    /// A control session kept open: commands one after another on one connection, without a
+    /// connect (and lab-nic's session thread) per command.
+    pub fn session(&self) -> ControlSession {
+        let w = UnixStream::connect(&self.control).expect("control socket");
+        w.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let r = BufReader::new(w.try_clone().expect("control socket clone"));
+        ControlSession { w, r }
+    }
+
     /// One control command, its one-line answer (trimmed).
     pub fn command(&self, line: &str) -> String {
         let mut s = UnixStream::connect(&self.control).expect("control socket");
@@ -257,6 +266,22 @@ impl LabNic {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.kill();
+    }
+}
+
+/// An open control connection to a lab-nic ([`LabNic::session`]).
+pub struct ControlSession {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl ControlSession {
+    /// One control command, its one-line answer (trimmed).
+    pub fn command(&mut self, line: &str) -> String {
+        writeln!(self.w, "{line}").expect("send command");
+        let mut r = String::new();
+        self.r.read_line(&mut r).expect("reply");
+        r.trim_end().to_string()
     }
 }
 
