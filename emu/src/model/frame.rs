@@ -131,33 +131,31 @@ impl Tally {
 /// commands are handled between polls).
 #[derive(Clone, Copy, Debug)]
 pub struct Verdict<K> {
-    last: Option<K>,
+    /// The last key, or `none`.
+    last: K,
+    /// A value no frame's key takes.
+    none: K,
     keep: bool,
     class: Dest,
 }
 
 impl<K: Copy + Eq> Verdict<K> {
-    /// No verdict yet.
-    pub fn new() -> Self {
-        Verdict { last: None, keep: false, class: Dest::Unicast }
+    /// No verdict yet; `none` is a key no frame has (a plain value rather than an `Option`, so
+    /// the repeat check is one compare).
+    pub fn new(none: K) -> Self {
+        Verdict { last: none, none, keep: false, class: Dest::Unicast }
     }
 
-    /// The verdict on a frame whose filter key is `key` (`None`: not to be kept, such as a
-    /// runt's, whose verdict depends on its length): the last one if the key repeats, else what
-    /// `decide` says.
+    /// The verdict on a frame whose filter key is `key`, kept for the next frame if `keep_key`
+    /// (not for a runt's, which depends on its length): the last one if the key repeats, else
+    /// what `decide` says.
     #[inline(always)]
-    pub fn judge(&mut self, key: Option<K>, decide: impl FnOnce() -> (bool, Dest)) -> (bool, Dest) {
-        if key.is_none() || key != self.last {
+    pub fn judge(&mut self, key: K, keep_key: bool, decide: impl FnOnce() -> (bool, Dest)) -> (bool, Dest) {
+        if key != self.last {
             (self.keep, self.class) = decide();
-            self.last = key;
+            self.last = if keep_key { key } else { self.none };
         }
         (self.keep, self.class)
-    }
-}
-
-impl<K: Copy + Eq> Default for Verdict<K> {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

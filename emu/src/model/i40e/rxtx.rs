@@ -237,7 +237,8 @@ impl I40e {
         let mut cur: Option<(u32, RxContext)> = None;
         let mut tx = Tally::default();
         // The filters look at the destination address and a VLAN tag (bytes 12..16).
-        let mut v: Verdict<(u64, u32)> = Verdict::new();
+        // (No frame has an all-ones 64-bit address word: the address is 48 bits.)
+        let mut v: Verdict<(u64, u32)> = Verdict::new((u64::MAX, 0));
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
             let o = h as usize * TX_DESC as usize;
@@ -281,17 +282,17 @@ impl I40e {
             if !(c.crcstrip && wire_len <= c.dbuff && fits) {
                 break;
             }
-            if b.state == TailState::Unread {
+            let w = u64::from_le_bytes(hdr[..8].try_into().unwrap_or_default());
+            let key = (w & 0xffff_ffff_ffff, u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]));
+            let (keep, class) = v.judge(key, wire_len >= HDR, || (self.accept(&hdr, wire_len), dest(&hdr)));
+            // The tail is read for a frame the filters take (as `rx_admit` does).
+            let b = self.batch(rx, q);
+            if keep && b.state == TailState::Unread {
                 self.rx_read_tail(b, &c);
             }
-            if b.state != TailState::Usable {
+            if keep && b.state != TailState::Usable {
                 break;
             }
-            let key = (wire_len >= HDR).then(|| {
-                let w = u64::from_le_bytes(hdr[..8].try_into().unwrap_or_default());
-                (w & 0xffff_ffff_ffff, u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]))
-            });
-            let (keep, class) = v.judge(key, || (self.accept(&hdr, wire_len), dest(&hdr)));
             tx.add(wire_len as u64, class);
             if !keep {
                 self.totals.rx_filtered += 1;
@@ -799,6 +800,7 @@ impl I40e {
         b: &mut RxBatch<'d>,
         ctx: &RxContext,
     ) -> Option<DmaView<'d>> {
+        self.check_dma_allowed();
         let dlen = ctx.desc_len();
         let Some(d) = xl.view(ctx.base, u64::from(ctx.qlen) * dlen) else {
             self.faults.record(ctx.base.wrapping_add(u64::from(b.head) * dlen), dlen, "rx descriptor read");
@@ -806,7 +808,6 @@ impl I40e {
             b.state = TailState::Unusable;
             return None;
         };
-        self.check_dma_allowed();
         b.descs = Some(d);
         Some(d)
     }
@@ -863,9 +864,15 @@ impl I40e {
         let dlen = ctx.desc_len();
         let (first, qlen) = (b.wb_first as usize, ctx.qlen as usize);
         let ok = if dlen == 16 {
-            let run = n.min(qlen - first);
-            descs.store_u64_pairs(first * 16, &b.wb[..run], Ordering::Release)
-                && descs.store_u64_pairs(0, &b.wb[run..n], Ordering::Release)
+            let (mut i, mut d, mut ok) = (0, first, true);
+            // Runs up to the ring's end, as many as it takes (a batch is longer than the ring
+            // only if the driver handed descriptors back before their write-backs).
+            while i < n && qlen > 0 {
+                let run = (n - i).min(qlen - d);
+                ok &= descs.store_u64_pairs(d * 16, &b.wb[i..i + run], Ordering::Release);
+                (i, d) = (i + run, 0);
+            }
+            ok
         } else {
             let mut ok = true;
             for (i, &(qw0, qw1)) in b.wb[..n].iter().enumerate() {

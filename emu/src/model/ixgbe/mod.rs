@@ -579,7 +579,7 @@ impl DeviceModel for Ixgbe {
                 cut: wire.loops_back_idle(),
                 batches: arrayvec::ArrayVec::new(),
                 index: [u8::MAX; RSS_QUEUES],
-                verdict: Default::default(),
+                verdict: crate::model::frame::Verdict::new(u64::MAX),
             };
             self.rx_start(&mut rx);
             did |= self.process_tx(&mut xl, wire.as_mut(), &mut rx);

@@ -109,6 +109,20 @@ fn cut_desc(descs: &DmaView<'_>, o: usize, pad: bool, max: usize) -> Option<(u64
     (!ctxt && ctl & TXD_CMD_EOP != 0 && len >= 8 && wire_len <= max).then_some((buf, ctl, len, wire_len))
 }
 
+/// Stores write-backs `wb` (quadword pairs) into the descriptors of `desc_len` bytes from index
+/// `first` of a ring of `count` in `descs`, in ring order: runs up to the ring's end, as many as
+/// it takes (a batch is longer than the ring only if the driver handed descriptors back before
+/// their write-backs; each one is still stored, a later one over an earlier).
+fn store_runs(descs: &DmaView<'_>, first: usize, count: usize, desc_len: usize, wb: &[(u64, u64)]) -> bool {
+    let (mut i, mut d, mut ok) = (0, first, true);
+    while i < wb.len() && count > 0 {
+        let run = (wb.len() - i).min(count - d);
+        ok &= descs.store_u64_pairs(d * desc_len, &wb[i..i + run], Ordering::Release);
+        (i, d) = (i + run, 0);
+    }
+    ok
+}
+
 /// Copies a frame of `len` bytes from `src` into `dst` and zero-fills it to `wire_len` (TXPADEN).
 #[inline(always)]
 fn pad_copy(dst: &DmaView<'_>, src: &DmaView<'_>, len: usize, wire_len: usize) -> bool {
@@ -119,9 +133,9 @@ fn pad_copy(dst: &DmaView<'_>, src: &DmaView<'_>, len: usize, wire_len: usize) -
 /// (little-endian), kept in `v` while the destination address repeats (FCTRL `fctrl`).
 #[inline(always)]
 fn judge(v: &mut Verdict<u64>, m: &Ixgbe, fctrl: u32, w: u64, wire_len: usize) -> (bool, Dest) {
-    // A runt's verdict depends on its length: not kept.
-    let key = (wire_len >= 14).then_some(w & 0xffff_ffff_ffff);
-    v.judge(key, || {
+    // The 48-bit address (never all-ones in 64 bits, the `none` of every verdict here); a runt's
+    // verdict depends on its length: not kept.
+    v.judge(w & 0xffff_ffff_ffff, wire_len >= 14, || {
         let hdr = w.to_le_bytes();
         (m.accept(&hdr, wire_len, fctrl), dest(&hdr[..6]))
     })
@@ -338,13 +352,21 @@ impl Ixgbe {
         b: &mut RxBatch<'d>,
         sent: &mut Tally,
     ) -> (u32, bool) {
-        let Some(rx_ring) = self.rx_descs(xl, b) else { return (0, false) };
+        // The ring's translation, taken as the queue's (`rx_descs`: the bus master check) when
+        // the first frame needs a descriptor, as in `rx_place`; a ring outside the DMA maps is
+        // left to the general path, which records the fault when a frame needs it.
+        let mut taken = b.descs.is_some();
+        let Some(rx_ring) = b.descs.or_else(|| xl.view(b.ring.base, u64::from(b.ring.count) * DESC)) else {
+            return (0, false);
+        };
+        // RDT went bad in a refresh: the run ends after this descriptor.
+        let mut stop = false;
         let max = b.cfg.bsize.min(MAX_FRAME);
         let rx_count = b.ring.count;
         let (mut rh, mut free, mut wbn) = (b.head, b.free, b.wb_len);
         // Frames sent, and the ones of them not delivered (filtered, missed, a faulting buffer).
         let (mut tx, mut lost) = (Tally::default(), Tally::default());
-        let (mut v, fctrl) = (Verdict::new(), b.cfg.fctrl);
+        let (mut v, fctrl) = (Verdict::new(u64::MAX), b.cfg.fctrl);
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
             let o = h as usize * DESC as usize;
@@ -363,12 +385,19 @@ impl Ixgbe {
                     (b.head, b.free) = (rh, free);
                     if self.rx_refresh(b) {
                         free = b.free;
+                    } else {
+                        stop = true;
                     }
                 }
                 if free == 0 {
                     self.count_missed();
                     lost.add(wire_len as u64, class);
                 } else {
+                    if !taken {
+                        self.check_dma_allowed();
+                        b.descs = Some(rx_ring);
+                        taken = true;
+                    }
                     if wbn == WB_BATCH {
                         b.wb_len = wbn;
                         self.rx_flush(b);
@@ -398,6 +427,11 @@ impl Ixgbe {
             rs |= self.tx_status(descs, ring, o, ctl);
             h = if h + 1 == ring.count { 0 } else { h + 1 };
             n += 1;
+            if stop {
+                // The queue is unusable now: the rest of the burst takes the general path, which
+                // counts its frames missed.
+                break;
+            }
         }
         (b.head, b.free, b.wb_len) = (rh, free, wbn);
         let got = tx.minus(lost);
@@ -423,7 +457,7 @@ impl Ixgbe {
         sent: &mut Tally,
     ) -> (u32, bool) {
         // FCTRL is one register for every queue (`rx_cfg`).
-        let (mut v, fctrl) = (Verdict::new(), self.reg(FCTRL));
+        let (mut v, fctrl) = (Verdict::new(u64::MAX), self.reg(FCTRL));
         let mut tx = Tally::default();
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
@@ -580,7 +614,7 @@ impl Ixgbe {
     pub(super) fn rx_start(&mut self, set: &mut RxSet<'_>) {
         set.batches.push(self.rx_batch(0));
         set.index[0] = 0;
-        set.verdict = Verdict::new();
+        set.verdict = Verdict::new(u64::MAX);
     }
 
     /// Queue `q` of `set`, set up on first use.
@@ -974,10 +1008,8 @@ impl Ixgbe {
             // Advanced (7.1.6.2): qw0 (RSS type in bits 3:0, packet type 0, the RSS hash in the
             // upper dword), then STATUS/ERROR with DD together with the length (VLAN 0) as the
             // last store, one 64-bit Release store per descriptor (a driver that sees DD sees the
-            // length in the same load or after it). In two runs where the ring wraps.
-            let run = n.min(count - first);
-            descs.store_u64_pairs(first * DESC as usize, &b.wb[..run], Ordering::Release)
-                && descs.store_u64_pairs(0, &b.wb[run..n], Ordering::Release)
+            // length in the same load or after it). In runs up to the ring's end.
+            store_runs(&descs, first, count, DESC as usize, &b.wb[..n])
         };
         if !ok {
             // Only a ring view shorter than its descriptor count could do this.
