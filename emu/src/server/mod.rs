@@ -540,15 +540,17 @@ pub enum IdleStep {
     Sleep(Duration),
 }
 
-/// Idle back-off of the device thread after `idle` empty polls: a bounded spin first (a driver
-/// between two bursts rings again within microseconds, and a spin costs no system call), then
-/// yields, then sleeps growing to [`MAX_IDLE_SLEEP`]; after about 100 ms without work, 1 ms
+/// Idle back-off of the device thread after `idle` empty polls: a short bounded spin first (a
+/// driver between two bursts rings again within microseconds, and a spin costs no system call;
+/// kept short because on a machine with fewer cores than busy threads a spin takes the core from
+/// the very processes that would give it work: 512 spins made `events/lsc/1` 2.5x slower here),
+/// then yields, then sleeps growing to [`MAX_IDLE_SLEEP`]; after about 100 ms without work, 1 ms
 /// sleeps, after about 1.5 s [`DEEP_IDLE_SLEEP`], and after about 5 s more
 /// [`DEEPEST_IDLE_SLEEP`], so an idle lab costs no CPU. Any trapped register access (and
 /// `link up|down`) kicks the thread back to spinning; the only cost of a deep sleep is the
 /// latency of the first doorbell after a long silence.
 pub fn idle_back_off(idle: u32) -> IdleStep {
-    const SPINS: u32 = 512;
+    const SPINS: u32 = 32;
     const YIELDS: u32 = SPINS + 64;
     const RAMP: u32 = YIELDS + 16 * 8;
     const SHALLOW: u32 = RAMP + 500;
@@ -614,13 +616,13 @@ mod tests {
     #[test]
     fn idle_back_off_spins_then_yields_then_sleeps_longer() {
         assert_eq!(idle_back_off(1), IdleStep::Spin);
-        assert_eq!(idle_back_off(511), IdleStep::Spin);
-        assert_eq!(idle_back_off(512), IdleStep::Yield);
-        assert_eq!(idle_back_off(576), IdleStep::Sleep(Duration::from_micros(10)));
-        assert_eq!(idle_back_off(702), IdleStep::Sleep(MAX_IDLE_SLEEP));
+        assert_eq!(idle_back_off(31), IdleStep::Spin);
+        assert_eq!(idle_back_off(32), IdleStep::Yield);
+        assert_eq!(idle_back_off(96), IdleStep::Sleep(Duration::from_micros(10)));
+        assert_eq!(idle_back_off(222), IdleStep::Sleep(MAX_IDLE_SLEEP));
         assert_eq!(idle_back_off(u32::MAX), IdleStep::Sleep(DEEPEST_IDLE_SLEEP));
         let mut last = Duration::ZERO;
-        for i in 576..6000 {
+        for i in 96..6000 {
             let IdleStep::Sleep(d) = idle_back_off(i) else { panic!("poll {i} does not sleep") };
             assert!(d >= last);
             last = d;
