@@ -225,6 +225,7 @@ impl FrameRing {
     }
 
     /// Finds room for `len` bytes, dropping the oldest frames if needed. `None` if `len` can never fit.
+    #[inline(always)]
     fn place(&mut self, len: usize) -> Option<usize> {
         let need = len.max(1).next_multiple_of(SLOT_ALIGN);
         if need > self.data.len() {
@@ -256,6 +257,7 @@ impl FrameRing {
         }
     }
 
+    #[inline(always)]
     fn commit(&mut self, off: usize, len: usize) {
         // head < len and count < len (`place` made room), so one subtraction wraps it.
         let slot = self.head + self.count;
@@ -266,7 +268,7 @@ impl FrameRing {
     }
 
     /// Appends a frame written in place by `fill` (see [`Wire::transmit_with`]).
-    #[inline]
+    #[inline(always)]
     pub fn push_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
         if len > MAX_FRAME {
             return false;

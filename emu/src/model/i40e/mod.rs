@@ -590,8 +590,12 @@ impl DeviceModel for I40e {
             // deliver straight into the receive ring (an idle loopback), receive then takes what the
             // internal loopback and the wire hold, and the batch's write-backs are stored at the end.
             let mut xl = Xlate::new(&*dma);
-            let mut rx =
-                rxtx::RxSet { batches: arrayvec::ArrayVec::new(), index: [u8::MAX; PF_QUEUES as usize], first: 0 };
+            let mut rx = rxtx::RxSet {
+                batches: arrayvec::ArrayVec::new(),
+                index: [u8::MAX; PF_QUEUES as usize],
+                first: 0,
+                verdict: crate::model::frame::Verdict::new(rxtx::NO_KEY),
+            };
             self.rx_start(&mut rx);
             did |= self.process_tx(&mut xl, &mut l, &mut rx);
             did |= self.process_rx(&mut xl, &mut l, &mut rx);

@@ -66,7 +66,21 @@ pub(super) struct RxSet<'d> {
     pub(super) index: [u8; PF_QUEUES as usize],
     /// The VSI's first queue (where frames go without RSS).
     pub(super) first: u32,
+    /// The receive filter's verdict on the last header off the wire ([`filter_key`]).
+    pub(super) verdict: Verdict<(u64, u32)>,
 }
+
+/// What the receive filters look at of a frame whose first `HDR` bytes are `hdr` (zeros past a
+/// shorter one): the destination address and the bytes of a VLAN tag (12..16). No frame has the
+/// key `(u64::MAX, 0)` (the address is 48 bits), which is [`Verdict`]'s `none` here.
+#[inline(always)]
+pub(super) fn filter_key(hdr: &[u8; HDR]) -> (u64, u32) {
+    let w = u64::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7]]);
+    (w & 0xffff_ffff_ffff, u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]))
+}
+
+/// The `none` key of the filter verdicts ([`filter_key`]).
+pub(super) const NO_KEY: (u64, u32) = (u64::MAX, 0);
 
 /// One receive queue as one poll sees it.
 pub(super) struct RxBatch<'d> {
@@ -237,8 +251,7 @@ impl I40e {
         let mut cur: Option<(u32, RxContext)> = None;
         let mut tx = Tally::default();
         // The filters look at the destination address and a VLAN tag (bytes 12..16).
-        // (No frame has an all-ones 64-bit address word: the address is 48 bits.)
-        let mut v: Verdict<(u64, u32)> = Verdict::new((u64::MAX, 0));
+        let mut v = Verdict::new(NO_KEY);
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
             let o = h as usize * TX_DESC as usize;
@@ -282,9 +295,8 @@ impl I40e {
             if !(c.crcstrip && wire_len <= c.dbuff && fits) {
                 break;
             }
-            let w = u64::from_le_bytes(hdr[..8].try_into().unwrap_or_default());
-            let key = (w & 0xffff_ffff_ffff, u32::from_le_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]));
-            let (keep, class) = v.judge(key, wire_len >= HDR, || (self.accept(&hdr, wire_len), dest(&hdr)));
+            let (keep, class) =
+                v.judge(filter_key(&hdr), wire_len >= HDR, || (self.accept(&hdr, wire_len), dest(&hdr)));
             // The tail is read for a frame the filters take (as `rx_admit` does).
             let b = self.batch(rx, q);
             if keep && b.state == TailState::Unread {
@@ -606,7 +618,7 @@ impl I40e {
             Some(c) if c.crcstrip && wire_len <= c.dbuff => {}
             _ => return false,
         }
-        let Some(ctx) = self.rx_admit(hdr, wire_len, b) else {
+        let Some(ctx) = self.rx_admit(self.accept(hdr, wire_len), wire_len, b) else {
             return true;
         };
         if !self.rx_room(b, &ctx, 1) {
@@ -624,11 +636,17 @@ impl I40e {
 
     /// One frame for the VSI: filtered, dropped as oversize, missed, or delivered (to the VSI's
     /// first queue, or the one RSS picks).
+    #[inline(always)]
     fn rx_frame_in<'d>(&mut self, xl: &mut Xlate<'d>, frame: &[u8], set: &mut RxSet<'d>) {
         let len = frame.len();
         let (q, qw0, qw1) = self.rx_target(frame, set);
+        // The filters' verdict, kept while the header repeats (zeros past a short frame).
+        let mut hdr = [0u8; HDR];
+        hdr[..len.min(HDR)].copy_from_slice(&frame[..len.min(HDR)]);
+        let (accepted, class) =
+            set.verdict.judge(filter_key(&hdr), len >= HDR, || (self.accept(&frame[..len.min(HDR)], len), dest(frame)));
         let Some(q) = q else {
-            if self.accept(&frame[..len.min(HDR)], len) {
+            if accepted {
                 self.count_missed();
             } else {
                 self.totals.rx_filtered += 1;
@@ -636,7 +654,7 @@ impl I40e {
             return;
         };
         let b = self.batch(set, q);
-        let Some(ctx) = self.rx_admit(&frame[..len.min(HDR)], len, b) else {
+        let Some(ctx) = self.rx_admit(accepted, len, b) else {
             return;
         };
         let wb = (qw0, qw1);
@@ -653,15 +671,16 @@ impl I40e {
         };
         if ok {
             b.delivered = true;
-            b.got.add(len as u64, dest(frame));
+            b.got.add(len as u64, class);
         }
     }
 
-    /// The checks before a frame of `len` bytes (`head` its first `len.min(HDR)`) is written: the
-    /// receive filters, the port's and the queue's largest frame, a receive context and a usable
+    /// The checks before a frame of `len` bytes is written: the receive filters (`accepted`,
+    /// their verdict), the port's and the queue's largest frame, a receive context and a usable
     /// ring. Counts a frame that fails one (filtered, oversize or missed); the context otherwise.
-    fn rx_admit(&mut self, head: &[u8], len: usize, b: &mut RxBatch<'_>) -> Option<RxContext> {
-        if !self.accept(head, len) {
+    #[inline(always)]
+    fn rx_admit(&mut self, accepted: bool, len: usize, b: &mut RxBatch<'_>) -> Option<RxContext> {
+        if !accepted {
             self.totals.rx_filtered += 1;
             return None;
         }
@@ -742,6 +761,7 @@ impl I40e {
     }
 
     /// Writes `data` (the frame, with its FCS unless stripped) into descriptors from `b.head` on.
+    #[inline(always)]
     fn rx_write<'d>(
         &mut self,
         xl: &mut Xlate<'d>,

@@ -826,7 +826,7 @@ impl Ixgbe {
     }
 
     /// One frame off the wire: filtered, missed, or delivered (to queue 0, or the one RSS picks).
-    #[inline]
+    #[inline(always)]
     fn rx_frame_in<'d>(&mut self, xl: &mut Xlate<'d>, frame: &[u8], set: &mut RxSet<'d>) {
         let (q, qw0) = if self.rss.on { self.rss_pick(frame) } else { (0, 0) };
         // The first 8 bytes (zeros past a shorter frame, which no filter accepts).
@@ -884,7 +884,7 @@ impl Ixgbe {
 
     /// Writes `data` (the frame, with its FCS unless stripped) into the queue's free buffers, with
     /// `qw0` (RSS type and hash) in each write-back. Returns true if it was delivered.
-    #[inline]
+    #[inline(always)]
     fn rx_deliver<'d>(&mut self, xl: &mut Xlate<'d>, data: &[u8], qw0: u64, b: &mut RxBatch<'d>) -> bool {
         let bsize = b.cfg.bsize;
         if data.len() <= bsize {
