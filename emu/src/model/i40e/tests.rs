@@ -632,6 +632,40 @@ fn unicast_filter_drops_foreign_mac_unless_promiscuous() {
     assert_eq!(m.stats().rx_packets, 1);
 }
 
+/// A MAC+VLAN filter (VLAN 5 for a second address): within one poll, frames to that address
+/// tagged 5, 6 and 5 again are taken, filtered and taken, on the cut-through path and on the
+/// wire path alike (the filter's verdict is kept per header, the VLAN tag part of it).
+#[test]
+fn a_vlan_filter_decides_per_frame_within_a_burst() {
+    const M2: [u8; 6] = [0x02, 0, 0, 0, 0x40, 0x02];
+    for wire in [Box::new(Loopback::default()) as Box<dyn Wire>, Box::new(QueuedLoopback::default())] {
+        let mut m = nic(wire);
+        let mut dma = dma();
+        bring_up(&mut m, &mut dma, false, false);
+        let mut e = [0u8; 16];
+        e[0..6].copy_from_slice(&M2);
+        e[6..8].copy_from_slice(&5u16.to_le_bytes());
+        let seid = SEID_MAIN_VSI | MACVLAN_CMD_SEID_VALID;
+        ok(&aq(&mut m, &mut dma, AQC_ADD_MACVLAN, params(&[(0, 1), (2, seid)]), Some(&e), 0));
+        let tagged = |vlan: u16| {
+            let mut f = frame(M2, 64, 7);
+            f[12..14].copy_from_slice(&[0x81, 0x00]);
+            f[14..16].copy_from_slice(&vlan.to_be_bytes());
+            f
+        };
+        for (i, vlan) in [5u16, 6, 5].into_iter().enumerate() {
+            queue_tx(&mut m, &mut dma, i as u32, &tagged(vlan));
+        }
+        m.poll(&mut dma);
+        m.poll(&mut dma);
+        let s = m.stats();
+        assert_eq!((s.tx_packets, s.rx_packets, s.rx_filtered), (3, 2, 1), "{s:?}");
+        assert_eq!(rx_wb(&mut dma, 0, false), (true, true, 64));
+        assert_eq!(rx_wb(&mut dma, 1, false), (true, true, 64));
+        assert!(!rx_wb(&mut dma, 2, false).0, "two frames delivered");
+    }
+}
+
 #[test]
 fn full_rx_ring_counts_discards() {
     let mut m = nic(Box::new(Loopback::default()));
