@@ -2,6 +2,8 @@
 //! the destination class for the counters, counters and filter verdicts per burst, and descriptor
 //! lines prefetched ahead.
 
+use std::sync::atomic::Ordering;
+
 use crate::dma::DmaView;
 
 /// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320) lookup table.
@@ -172,6 +174,20 @@ pub fn prefetch_ahead(ring: &DmaView<'_>, o: usize, owned: usize, desc_len: usiz
         // Past the ring's end this is a no-op: only a hint is lost at the wrap.
         ring.prefetch(o + PREFETCH_LINES * 64);
     }
+}
+
+/// Stores write-backs `wb` (quadword pairs) into the descriptors of `desc_len` bytes from index
+/// `first` of a ring of `count` in `descs`, in ring order: runs up to the ring's end, as many as
+/// it takes (a batch is longer than the ring only if the driver handed descriptors back before
+/// their write-backs; each one is still stored, a later one over an earlier).
+pub fn store_runs(descs: &DmaView<'_>, first: usize, count: usize, desc_len: usize, wb: &[(u64, u64)]) -> bool {
+    let (mut i, mut d, mut ok) = (0, first, true);
+    while i < wb.len() && count > 0 {
+        let run = (wb.len() - i).min(count - d);
+        ok &= descs.store_u64_pairs(d * desc_len, &wb[i..i + run], Ordering::Release);
+        (i, d) = (i + run, 0);
+    }
+    ok
 }
 
 /// Unit tests of both models: the first poll of their mixed traffic, built with the test's own

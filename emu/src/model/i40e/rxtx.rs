@@ -33,7 +33,7 @@ use super::regs::*;
 use super::rss::RSS_HEADER;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, Tally, Verdict};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, store_runs, Tally, Verdict};
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -884,15 +884,7 @@ impl I40e {
         let dlen = ctx.desc_len();
         let (first, qlen) = (b.wb_first as usize, ctx.qlen as usize);
         let ok = if dlen == 16 {
-            let (mut i, mut d, mut ok) = (0, first, true);
-            // Runs up to the ring's end, as many as it takes (a batch is longer than the ring
-            // only if the driver handed descriptors back before their write-backs).
-            while i < n && qlen > 0 {
-                let run = (n - i).min(qlen - d);
-                ok &= descs.store_u64_pairs(d * 16, &b.wb[i..i + run], Ordering::Release);
-                (i, d) = (i + run, 0);
-            }
-            ok
+            store_runs(&descs, first, qlen, 16, &b.wb[..n])
         } else {
             let mut ok = true;
             for (i, &(qw0, qw1)) in b.wb[..n].iter().enumerate() {

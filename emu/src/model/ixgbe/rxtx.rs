@@ -30,7 +30,7 @@ use super::{Ixgbe, Ring};
 use std::sync::atomic::Ordering;
 
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, Dest, Tally, Verdict};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, store_runs, Dest, Tally, Verdict};
 use crate::wire::{Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -107,20 +107,6 @@ fn cut_desc(descs: &DmaView<'_>, o: usize, pad: bool, max: usize) -> Option<(u64
     let ctxt = ctl & TXD_CMD_DEXT != 0 && (ctl >> TXD_DTYP_SHIFT) & 0xf == TXD_DTYP_CTXT;
     let wire_len = if pad { len.max(MIN_FRAME) } else { len };
     (!ctxt && ctl & TXD_CMD_EOP != 0 && len >= 8 && wire_len <= max).then_some((buf, ctl, len, wire_len))
-}
-
-/// Stores write-backs `wb` (quadword pairs) into the descriptors of `desc_len` bytes from index
-/// `first` of a ring of `count` in `descs`, in ring order: runs up to the ring's end, as many as
-/// it takes (a batch is longer than the ring only if the driver handed descriptors back before
-/// their write-backs; each one is still stored, a later one over an earlier).
-fn store_runs(descs: &DmaView<'_>, first: usize, count: usize, desc_len: usize, wb: &[(u64, u64)]) -> bool {
-    let (mut i, mut d, mut ok) = (0, first, true);
-    while i < wb.len() && count > 0 {
-        let run = (wb.len() - i).min(count - d);
-        ok &= descs.store_u64_pairs(d * desc_len, &wb[i..i + run], Ordering::Release);
-        (i, d) = (i + run, 0);
-    }
-    ok
 }
 
 /// Copies a frame of `len` bytes from `src` into `dst` and zero-fills it to `wire_len` (TXPADEN).
