@@ -74,6 +74,41 @@ fn frame(f: u32) -> Vec<u8> {
     x
 }
 
+/// The flow mix (256 UDP flows), the first written into every TX buffer.
+fn flows(dma: &mut FakeDma) -> Vec<Vec<u8>> {
+    let flows: Vec<Vec<u8>> = (0..256).map(frame).collect();
+    for i in 0..BURST {
+        dma.write(tx_buf(i), &flows[0]).expect("tx buffer");
+    }
+    flows
+}
+
+/// A burst of 32 one-buffer TX descriptors from `tail` on, in both models' 16-byte layout (buffer
+/// address, then `qw1`, whose argument says the burst's last: status is reported there only, as
+/// the drivers do). With `rss`, each buffer gets the next flow of the mix.
+fn post_tx(dma: &mut FakeDma, flows: &[Vec<u8>], tail: u32, sent: u32, rss: bool, qw1: impl Fn(bool) -> u64) {
+    for k in 0..BURST {
+        let i = (tail + k) % N;
+        if rss {
+            dma.write(tx_buf(i), &flows[((sent + k) % 256) as usize]).expect("tx buffer");
+        }
+        let d = ring(0, true) + u64::from(i) * 16;
+        put(dma, d, tx_buf(i));
+        put(dma, d + 8, qw1(k == BURST - 1));
+    }
+}
+
+/// The run's checks: every frame received and written back, and each queue with its share.
+fn finish(m: &dyn DeviceModel, model: &str, sent: u32, per_queue: &[u32]) {
+    let s = m.stats();
+    assert_eq!(s.rx_packets, u64::from(sent), "every frame received ({s:?})");
+    assert_eq!(per_queue.iter().sum::<u32>(), sent, "every frame written back");
+    assert!(per_queue.iter().all(|&n| n > 0), "every queue has its share: {per_queue:?}");
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let queues = per_queue.len();
+    println!("{sent} frames through the {model} model ({queues} queue{})", if queues > 1 { "s, RSS" } else { "" });
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut frames: u32 = 20_000;
@@ -150,28 +185,18 @@ fn main() {
     // Tails and heads in the loop go through the queue pages, as a driver's mmapped doorbells
     // do (a trapped write would also make the device rescan its queue enables).
     let page = m.bar_memory(0).expect("BAR0 memory");
-    let flows: Vec<Vec<u8>> = (0..256).map(frame).collect();
-    for i in 0..BURST {
-        dma.write(tx_buf(i), &flows[0]).expect("tx buffer");
-    }
+    let flows = flows(&mut dma);
 
     // Per burst: 32 TX descriptors (one buffer each), TDT rung, one poll, then each RX queue's
     // consumed descriptors given back (buffer address again, DD cleared) and RDT moved.
     let (mut sent, mut tail, mut next) = (0u32, 0u32, [0u32; QUEUES as usize]);
     let mut per_queue = [0u32; QUEUES as usize];
     while sent < frames {
-        for k in 0..BURST {
-            let i = (tail + k) % N;
-            if rss {
-                dma.write(tx_buf(i), &flows[((sent + k) % 256) as usize]).expect("tx buffer");
-            }
-            let d = ring(0, true) + u64::from(i) * 16;
-            put(&mut dma, d, tx_buf(i));
-            // Report status on the burst's last descriptor only, as the driver does (every 32nd).
-            let rs = if k == BURST - 1 { TXD_CMD_RS } else { 0 };
+        post_tx(&mut dma, &flows, tail, sent, rss, |last| {
+            let rs = if last { TXD_CMD_RS } else { 0 };
             let cmd = 60u32 | (0x3 << TXD_DTYP_SHIFT) | TXD_CMD_EOP | TXD_CMD_IFCS | rs | TXD_CMD_DEXT;
-            put(&mut dma, d + 8, u64::from(cmd) | (60u64 << 46));
-        }
+            u64::from(cmd) | (60u64 << 46)
+        });
         tail = (tail + BURST) % N;
         page.write32(tdt(0) as usize, tail);
         m.poll(&mut dma);
@@ -190,12 +215,7 @@ fn main() {
         }
         sent += BURST;
     }
-    let s = m.stats();
-    assert_eq!(s.rx_packets, u64::from(sent), "every frame received ({s:?})");
-    assert_eq!(per_queue[..queues as usize].iter().sum::<u32>(), sent, "every frame written back");
-    assert!(per_queue[..queues as usize].iter().all(|&n| n > 0), "every queue has its share: {per_queue:?}");
-    std::sync::atomic::fence(Ordering::SeqCst);
-    println!("{sent} frames through the 82599 model ({} queue{})", queues, if queues > 1 { "s, RSS" } else { "" });
+    finish(m, "82599", sent, &per_queue[..queues as usize]);
 }
 
 /// Sets the `width` bits of `v` at bit `lsb` of a context image (X710 HMC contexts).
@@ -273,26 +293,16 @@ fn i40e(frames: u32, rss: bool, wire: Box<dyn Wire>) {
     }
     assert_eq!(rd(m, qtx_ena(0)) & QENA_STAT, QENA_STAT, "tx queue enabled");
     let page = m.bar_memory(0).expect("BAR0 memory");
-    let flows: Vec<Vec<u8>> = (0..256).map(frame).collect();
-    for i in 0..BURST {
-        dma.write(tx_buf(i), &flows[0]).expect("tx buffer");
-    }
+    let flows = flows(&mut dma);
     // Per burst: 32 TX descriptors, QTX_TAIL rung, one poll, then the descriptors each RX queue
     // wrote back (DD) given back and QRX_TAIL moved, as a driver does.
     let (mut sent, mut tail, mut next) = (0u32, 0u32, [0u32; QUEUES as usize]);
     let mut per_queue = [0u32; QUEUES as usize];
     while sent < frames {
-        for k in 0..BURST {
-            let i = (tail + k) % N;
-            if rss {
-                dma.write(tx_buf(i), &flows[((sent + k) % 256) as usize]).expect("tx buffer");
-            }
-            let d = ring(0, true) + u64::from(i) * 16;
-            put(&mut dma, d, tx_buf(i));
-            let rs = if k == BURST - 1 { TXD_CMD_RS } else { 0 };
-            let cmd = (TXD_CMD_EOP | rs | 0x4) << TXD_CMD_SHIFT;
-            put(&mut dma, d + 8, TXD_DTYPE_DATA | cmd | (60u64 << TXD_BSZ_SHIFT));
-        }
+        post_tx(&mut dma, &flows, tail, sent, rss, |last| {
+            let rs = if last { TXD_CMD_RS } else { 0 };
+            TXD_DTYPE_DATA | (TXD_CMD_EOP | rs | 0x4) << TXD_CMD_SHIFT | (60u64 << TXD_BSZ_SHIFT)
+        });
         tail = (tail + BURST) % N;
         page.write32(qtx_tail(0) as usize, tail);
         m.poll(&mut dma);
@@ -313,10 +323,5 @@ fn i40e(frames: u32, rss: bool, wire: Box<dyn Wire>) {
         }
         sent += BURST;
     }
-    let s = m.stats();
-    assert_eq!(s.rx_packets, u64::from(sent), "every frame received ({s:?})");
-    assert_eq!(per_queue[..queues as usize].iter().sum::<u32>(), sent, "every frame written back");
-    assert!(per_queue[..queues as usize].iter().all(|&n| n > 0), "every queue has its share: {per_queue:?}");
-    std::sync::atomic::fence(Ordering::SeqCst);
-    println!("{sent} frames through the X710 model ({} queue{})", queues, if queues > 1 { "s, RSS" } else { "" });
+    finish(m, "X710", sent, &per_queue[..queues as usize]);
 }
