@@ -271,7 +271,9 @@ pub trait EthDev: Send {
         None
     }
     /// Acknowledges the link-status interrupt after [`EthDev::link_event_fd`] fired (clears
-    /// the cause and arms it again), so the device signals the next change.
+    /// the cause and arms it again), so the device signals the next change. Called before
+    /// [`EthDev::link`] is read: a change after the read then signals again, where an
+    /// acknowledgement after the read would clear a change that read did not see.
     fn link_irq_ack(&mut self) {}
     /// Arms receive queue `queue`'s interrupt (`rte_eth_dev_rx_intr_enable`) and gives an
     /// eventfd it signals when the queue receives, so the application can sleep on it instead

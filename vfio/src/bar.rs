@@ -125,6 +125,20 @@ impl Bar {
         self.dev.region_write(self.index, off, &value.to_le_bytes())
     }
 
+    /// Writes the register at `off` as a posted write ([`DeviceIo::region_write_posted`]):
+    /// over vfio-user a trapped write then costs a message, not a round trip; the next read of
+    /// this device flushes it, as a PCI read does. For writes a read follows (an interrupt's
+    /// acknowledgement before the status read); a failed access is dropped and logged once.
+    pub fn write32_posted(&self, off: u64, value: u32) {
+        let r = self.check_aligned(off).and_then(|()| match self.mapped_ptr(off) {
+            Some(_) => self.try_write32(off, value),
+            None => self.dev.region_write_posted(self.index, off, &value.to_le_bytes()),
+        });
+        if let Err(e) = r {
+            self.log_once("register write", off, &e);
+        }
+    }
+
     /// Reads the `N`-byte register at `off` (`N` = 1 or 2, naturally aligned): virtio's common
     /// configuration has 8- and 16-bit fields a 32-bit access would spill over.
     fn try_read_small<const N: usize>(&self, off: u64) -> Result<[u8; N], VfioError> {

@@ -135,6 +135,13 @@ pub trait DeviceIo: Send + Sync {
     fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), VfioError>;
     /// Trapped write of `data` at `offset` in region `index`.
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), VfioError>;
+    /// Posted trapped write: returns once the write is on its way, not once the device took it
+    /// (PCI memory writes are posted). A later `region_read` on the same device sees it. A
+    /// transport without posting (kernel VFIO's `pwrite` returns when the device has it) writes
+    /// as [`DeviceIo::region_write`] does.
+    fn region_write_posted(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), VfioError> {
+        self.region_write(index, offset, data)
+    }
     /// Read PCI config space (region 7).
     fn config_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VfioError> {
         self.region_read(CONFIG_REGION_INDEX, offset, buf)

@@ -166,8 +166,13 @@ impl HeaderRepr {
 
 /// A whole command message: header plus `body`.
 pub fn command(id: u16, cmd: Command, body: &[u8]) -> Vec<u8> {
+    command_with_flags(id, cmd, body, TYPE_COMMAND)
+}
+
+/// A command message with `flags` in its header ([`FLAG_NO_REPLY`] for a posted write).
+pub fn command_with_flags(id: u16, cmd: Command, body: &[u8], flags: u32) -> Vec<u8> {
     let size = (HEADER_LEN + body.len()) as u32;
-    let h = HeaderRepr { id, command: cmd as u16, size, flags: TYPE_COMMAND, error: 0 };
+    let h = HeaderRepr { id, command: cmd as u16, size, flags, error: 0 };
     let mut m = Vec::with_capacity(size as usize);
     m.extend_from_slice(&h.emit());
     m.extend_from_slice(body);

@@ -65,6 +65,10 @@ fn with_short_path<T>(path: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) 
 struct ConnState {
     next_id: u16,
     poisoned: Option<String>,
+    /// The first id posted (sent with *No_reply*) since the last reply was read: a server may
+    /// still answer a posted write that failed with an error reply, which then comes before
+    /// the next reply and carries an id in `[posted_from, that request's id)`.
+    posted_from: Option<u16>,
 }
 
 /// A reply: its body (after the header) and the fds that came with it.
@@ -102,7 +106,7 @@ impl UserDevice {
         let mut dev = UserDevice {
             name: name.to_string(),
             sock,
-            state: Mutex::new(ConnState { next_id: 0, poisoned: None }),
+            state: Mutex::new(ConnState { next_id: 0, poisoned: None, posted_from: None }),
             alive: AtomicBool::new(true),
             timeout,
             max_send_fds: 1,
@@ -255,7 +259,8 @@ impl UserDevice {
         st.next_id = st.next_id.wrapping_add(1);
         let started = Instant::now();
         let deadline = started + self.timeout;
-        let r = self.exchange(cmd, id, body, fds, deadline, started);
+        let posted_from = st.posted_from.take();
+        let r = self.exchange(cmd, id, body, fds, posted_from, (deadline, started));
         match &r {
             Ok(_) | Err(VfioError::ErrorReply { .. }) => {}
             Err(e) => self.poison(&mut st, &e.to_string()),
@@ -263,16 +268,8 @@ impl UserDevice {
         r
     }
 
-    fn exchange(
-        &self,
-        cmd: Command,
-        id: u16,
-        body: &[u8],
-        fds: &[RawFd],
-        deadline: Instant,
-        started: Instant,
-    ) -> Result<Reply, VfioError> {
-        let msg = proto::command(id, cmd, body);
+    /// Sends one whole message (the fds with its first byte).
+    fn send_message(&self, cmd: Command, msg: &[u8], fds: &[RawFd], started: Instant) -> Result<(), VfioError> {
         let mut sent = 0;
         while sent < msg.len() {
             let fds_now = if sent == 0 { fds } else { &[] };
@@ -285,17 +282,60 @@ impl UserDevice {
                 Err(e) => return Err(self.io_error(cmd, e, started.elapsed())),
             }
         }
-        tracing::trace!(device = %self.name, command = cmd.name(), id, size = msg.len(), "sent");
+        Ok(())
+    }
 
-        let mut fds_in = Vec::new();
-        let mut head = [0u8; HEADER_LEN];
-        self.recv_exact(cmd, &mut head, &mut fds_in, deadline, started)?;
-        let h =
-            HeaderRepr::parse(&head).map_err(|e| VfioError::BadReply { command: cmd.name(), reason: e.to_string() })?;
-        let bad = |reason: String| VfioError::BadReply { command: cmd.name(), reason };
-        if h.id != id {
-            return Err(bad(format!("reply id {} does not match request id {id}", h.id)));
+    /// Sends one command with *No_reply* set, under the connection lock, and returns at once.
+    /// A failed or partial send poisons the connection (the stream may hold half a message).
+    fn post(&self, cmd: Command, body: &[u8]) -> Result<(), VfioError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = &st.poisoned {
+            return Err(VfioError::Poisoned { device: self.name.clone(), reason: reason.clone() });
         }
+        let id = st.next_id;
+        st.next_id = st.next_id.wrapping_add(1);
+        st.posted_from.get_or_insert(id);
+        let msg = proto::command_with_flags(id, cmd, body, proto::TYPE_COMMAND | proto::FLAG_NO_REPLY);
+        let r = self.send_message(cmd, &msg, &[], Instant::now());
+        if let Err(e) = &r {
+            self.poison(&mut st, &e.to_string());
+        }
+        r
+    }
+
+    fn exchange(
+        &self,
+        cmd: Command,
+        id: u16,
+        body: &[u8],
+        fds: &[RawFd],
+        posted_from: Option<u16>,
+        (deadline, started): (Instant, Instant),
+    ) -> Result<Reply, VfioError> {
+        self.send_message(cmd, &proto::command(id, cmd, body), fds, started)?;
+        tracing::trace!(device = %self.name, command = cmd.name(), id, "sent");
+
+        let bad = |reason: String| VfioError::BadReply { command: cmd.name(), reason };
+        let (h, mut fds_in) = loop {
+            let mut fds_in = Vec::new();
+            let mut head = [0u8; HEADER_LEN];
+            self.recv_exact(cmd, &mut head, &mut fds_in, deadline, started)?;
+            let h = HeaderRepr::parse(&head).map_err(|e| bad(e.to_string()))?;
+            if h.id == id {
+                break (h, fds_in);
+            }
+            // An error reply (header only) to a posted write sent before this request.
+            let stray = posted_from.is_some_and(|first| {
+                h.is_error()
+                    && h.command == Command::RegionWrite as u16
+                    && h.size as usize == HEADER_LEN
+                    && h.id.wrapping_sub(first) < id.wrapping_sub(first)
+            });
+            if !stray {
+                return Err(bad(format!("reply id {} does not match request id {id}", h.id)));
+            }
+            tracing::warn!(device = %self.name, id = h.id, errno = h.error, "a posted register write failed at the device");
+        };
         // Servers before rust-vmm/vfio#144 sent error replies with the command type; the Error
         // flag alone identifies those.
         if h.msg_type() != proto::TYPE_REPLY && !h.is_error() {
@@ -423,6 +463,22 @@ impl DeviceIo for UserDevice {
             if r.count != count {
                 return Err(self.bad_reply(cmd, format!("wrote {count} bytes, reply says {}", r.count)));
             }
+            done += chunk.len();
+        }
+        Ok(())
+    }
+
+    /// A posted write: REGION_WRITE with *No_reply*, not waited for. The server processes a
+    /// connection's commands in order (the spec's Command Concurrency), so any later command's
+    /// reply, a read's say, comes after this write took effect, as a PCI read flushes the
+    /// posted writes before it. An access the server refuses is dropped there unanswered, as a
+    /// posted write to nowhere is on a bus.
+    fn region_write_posted(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), VfioError> {
+        check_access(&self.name, &self.regions, index, offset, data.len())?;
+        let mut done = 0usize;
+        for chunk in data.chunks(self.max_xfer) {
+            let off = offset + done as u64;
+            self.post(Command::RegionWrite, &proto::region_access_request(index, off, chunk.len() as u32, chunk))?;
             done += chunk.len();
         }
         Ok(())

@@ -69,8 +69,10 @@ fn run(w: &Weak<Inner>, epoll: &Epoll) {
             let Ok(mut slot) = inner.ports.slot_within(*p, SLOT_WAIT) else { continue };
             wt.pending = false;
             let Some(l) = slot.as_mut() else { continue };
-            let up = l.dev.link().up;
+            // Acknowledged first, then read: a change after the read raises the interrupt
+            // again (acknowledged after the read, it would be cleared unseen).
             l.dev.link_irq_ack();
+            let up = l.dev.link().up;
             drop(slot);
             if up != wt.up {
                 wt.up = up;

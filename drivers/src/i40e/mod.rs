@@ -744,7 +744,7 @@ impl EthDev for Port {
         // The causes read (and so cleared), vector 0 enabled again with its pending bit cleared.
         let bar = self.bar();
         let _ = bar.read32(PFINT_ICR0);
-        bar.write32(PFINT_DYN_CTL0, PFINT_DYN_CTL0_INTENA | PFINT_DYN_CTL0_CLEARPBA);
+        bar.write32_posted(PFINT_DYN_CTL0, PFINT_DYN_CTL0_INTENA | PFINT_DYN_CTL0_CLEARPBA);
     }
 
     crate::pci::pci_rss_and_queues!(NAME);
