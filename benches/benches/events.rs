@@ -2,7 +2,8 @@
 //! its control socket, the session kept open) until the link-down callback has run in every one of N processes (this primary and
 //! N-1 secondaries, each told through its own interrupt), beside `raw_dgram_rtt`, a raw unix
 //! datagram round trip between two processes, in the same run (the floor: an event needs at
-//! least one cross-process wake-up).
+//! least one cross-process wake-up), and `raw_dgram_fanout/4`, datagrams to three processes and
+//! their three answers (the floor of an event that reaches three other processes).
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,31 @@ fn main() {
             b.iter(|| {
                 me.send_to(&buf, &srv).expect("send");
                 me.recv(&mut rb).expect("recv")
+            })
+        });
+    }
+
+    // The same floor for four processes: one datagram to each of three echo processes and
+    // their three answers (what any event reaching three other processes and reported back
+    // costs at least, on this machine's cores).
+    {
+        let peers: Vec<_> = (0..3)
+            .map(|i| {
+                let srv = xdg.path().join(format!("raw-echo-{i}"));
+                let p = PeerProc::spawn(PEER, &["raw-echo".into(), srv.display().to_string()], xdg.path());
+                (srv, p)
+            })
+            .collect();
+        let me = UnixDatagram::bind(xdg.path().join("raw-fanout")).expect("bind");
+        let (buf, mut rb) = ([7u8; 96], [0u8; 8192]);
+        g.bench_function(BenchmarkId::new("raw_dgram_fanout", 4), |b| {
+            b.iter(|| {
+                for (srv, _) in &peers {
+                    me.send_to(&buf, srv).expect("send");
+                }
+                for _ in &peers {
+                    me.recv(&mut rb).expect("recv");
+                }
             })
         });
     }
@@ -109,4 +135,5 @@ fn main() {
     for n in [1, 4] {
         print_ratio(&format!("lsc/{n} vs floor"), "events", &format!("lsc/{n}"), "raw_dgram_rtt", Some(2.0));
     }
+    print_ratio("lsc/4 vs fan-out floor", "events", "lsc/4", "raw_dgram_fanout/4", Some(2.0));
 }

@@ -15,8 +15,11 @@
 //! knows exactly how many clients are live, refuses the one beyond the pool, and can close every client
 //! of an unplugged function (by shutting down the relay's sockets). The relay also drops malformed
 //! messages the crate would panic on or lose sync over (bad VERSION strings, unsupported commands),
-//! answering them with an error reply itself. Doorbells are mmapped, so the extra hop costs only
-//! trapped (control-path) accesses.
+//! answering them with an error reply itself. Doorbells are mmapped, and the relay does the
+//! trapped region accesses (REGION_READ/WRITE) on the model itself, so a register access costs
+//! client -> relay -> client, no more than without a relay; it forwards an access to the worker
+//! only while a forwarded request may still be in the worker's hands, so every request keeps its
+//! order. A posted write (*No_reply*) is done and not answered.
 //!
 //! The relay is also where the protocol is checked as the spec says (negotiation first, sizes
 //! from argsz, flags, ranges against the regions and the connection's DMA maps, deadlines for

@@ -115,6 +115,10 @@ pub(super) const MAX_MAPS: usize = 1024;
 
 enum Verdict {
     Forward,
+    /// A region access: done by the relay itself on the model (one hop less each way than
+    /// through the worker) while no forwarded request may still be in the worker's hands,
+    /// otherwise forwarded behind them, so accesses keep their order with everything else.
+    Access,
     /// Answered by the relay itself (DEVICE_FEATURE), after the worker's pending replies.
     Local,
     /// Forward this message instead (the request in the shape the crate's server reads).
@@ -146,6 +150,9 @@ pub(super) struct ConnCheck {
     msix: u32,
     /// The capability names the client's VERSION proposed: the reply's must be among them.
     proposed: Vec<String>,
+    /// A request was forwarded with *No_reply* and no reply from the worker has come since:
+    /// the worker may not have done it yet, so the relay does not overtake it with an access.
+    unfenced: bool,
 }
 
 pub(super) fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -175,6 +182,7 @@ impl ConnCheck {
             region_sizes,
             msix,
             proposed: Vec::new(),
+            unfenced: false,
         }
     }
 
@@ -355,7 +363,7 @@ impl ConnCheck {
                 if off.checked_add(u64::from(count)).is_none_or(|e| e > size) {
                     return einval; // past the region's end (or an empty region)
                 }
-                (Forward, Op::Other)
+                (Verdict::Access, Op::Other)
             }
             DEVICE_RESET if n == 0 => (Forward, Op::Other),
             DEVICE_FEATURE | MIG_DATA_READ | MIG_DATA_WRITE if n >= 8 && h.flags & NO_REPLY == 0 => {
@@ -372,6 +380,8 @@ impl ConnCheck {
     /// proposed (the spec: "a subset of those proposed"); a region info whose capability chain
     /// did not fit the client's argsz says so with cap_offset 0, as vfio-pci does.
     fn reply(&mut self, buf: &mut Vec<u8>) {
+        // The worker answers in order: everything forwarded before this reply is done.
+        self.unfenced = false;
         let h = MsgHeader::parse(buf[..HEADER].try_into().expect("a whole header"));
         let pos = self.pending.iter().position(|(id, _)| *id == h.id);
         let op = pos.and_then(|p| self.pending.remove(p)).map(|(_, op)| op);
@@ -504,6 +514,23 @@ fn send_message(to: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> Result<(), Rela
     Ok(())
 }
 
+/// Does a region access the relay checked (`buf`: a whole REGION_READ or REGION_WRITE, its
+/// range inside the region) on the model, as the worker would, and returns the reply.
+fn access(local: &mut ConnBackend, h: &MsgHeader, buf: &[u8]) -> Vec<u8> {
+    let body = &buf[HEADER..];
+    let (off, region, count) =
+        (u64_at(body, 0).unwrap_or(0), u32_at(body, 8).unwrap_or(0), u32_at(body, 12).unwrap_or(0) as usize);
+    let mut out = body[..16].to_vec();
+    // The backend never fails (an access it cannot do reads all-ones and is recorded).
+    if h.command == REGION_READ {
+        out.resize(16 + count, 0);
+        let _ = local.region_read(region, off, &mut out[16..]);
+    } else {
+        let _ = local.region_write(region, off, &body[16..]);
+    }
+    reply(h, &out)
+}
+
 /// A successful reply to `h` carrying `body`.
 fn reply(h: &MsgHeader, body: &[u8]) -> Vec<u8> {
     let mut r = vec![0u8; HEADER];
@@ -528,7 +555,9 @@ fn error_reply(h: &MsgHeader, errno: i32) -> [u8; HEADER] {
 /// Moves messages both ways until either side closes or the client misses a deadline (no
 /// VERSION within [`NEGOTIATE_TIMEOUT`], a message not whole within [`MESSAGE_TIMEOUT`]).
 /// Returns why it ended.
-fn relay(s: &Shared, conn: u64, client: &UnixStream, worker: &UnixStream, check: &mut ConnCheck) -> RelayEnd {
+fn relay(s: &Arc<Shared>, conn: u64, client: &UnixStream, worker: &UnixStream, check: &mut ConnCheck) -> RelayEnd {
+    // The relay's own way to the model, for the region accesses it does itself.
+    let mut local = ConnBackend { shared: s.clone(), conn };
     let max = HEADER + 16 + MAX_DATA_XFER as usize + 4096;
     // Each read of a started message waits at most this long (the deadline bounds them all).
     if let Err(e) = client.set_read_timeout(Some(MESSAGE_TIMEOUT)) {
@@ -557,19 +586,32 @@ fn relay(s: &Shared, conn: u64, client: &UnixStream, worker: &UnixStream, check:
             let deadline = Some(Instant::now() + MESSAGE_TIMEOUT);
             let step = read_message(client, max, || RelayEnd::ClientClosed, deadline).and_then(|(h, buf, fds)| {
                 let (verdict, op) = check.check(&h, &buf, &fds);
+                let may_overtake = check.pending.is_empty() && !check.unfenced;
                 let mut forward = |msg: &[u8]| {
                     if op == Op::Version {
                         check.negotiated = true; // until an error reply says otherwise
                     }
                     if h.flags & NO_REPLY == 0 {
                         check.pending.push_back((h.id, op));
-                    } else if let Op::Map(a, s) = op {
-                        check.maps.push((a, s)); // no reply will confirm it
+                    } else {
+                        check.unfenced = true;
+                        if let Op::Map(a, s) = op {
+                            check.maps.push((a, s)); // no reply will confirm it
+                        }
                     }
                     send_message(worker, msg, &fds)
                 };
                 match verdict {
                     Verdict::Forward => forward(&buf),
+                    Verdict::Access if may_overtake => {
+                        let answer = access(&mut local, &h, &buf);
+                        if h.flags & NO_REPLY == 0 {
+                            send_message(client, &answer, &[])
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Verdict::Access => forward(&buf),
                     Verdict::Rewrite(msg) => forward(&msg),
                     Verdict::Local => {
                         // Replies keep the order of the requests: the worker's come first.
@@ -672,7 +714,7 @@ mod tests {
         let (h, m) = rd(0, 1, 4);
         assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL);
         let (h, m) = rd(4092, 0, 4);
-        assert!(matches!(c.check(&h, &m, &[]).0, Verdict::Forward));
+        assert!(matches!(c.check(&h, &m, &[]).0, Verdict::Access));
         // GET_REGION_INFO re-ask padded to argsz 80: cut to the 32 bytes the server reads.
         let mut b = vec![0u8; 80];
         b[0] = 80;
