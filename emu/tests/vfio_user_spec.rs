@@ -26,6 +26,7 @@ const SET_IRQS: u16 = 8;
 const REGION_READ: u16 = 9;
 const REGION_WRITE: u16 = 10;
 const DEVICE_RESET: u16 = 13;
+const NO_REPLY: u32 = 1 << 4;
 const ERROR: u32 = 1 << 5;
 const MSIX: u32 = 2; // VFIO_PCI_MSIX_IRQ_INDEX
 const INTX: u32 = 0; // VFIO_PCI_INTX_IRQ_INDEX
@@ -85,9 +86,14 @@ impl Raw {
     }
 
     fn send(&mut self, command: u16, body: &[u8], fds: &[RawFd]) -> u16 {
+        self.send_flags(command, body, fds, 0)
+    }
+
+    fn send_flags(&mut self, command: u16, body: &[u8], fds: &[RawFd], flags: u32) -> u16 {
         let id = self.next;
         self.next += 1;
-        let mut m = le(&[(id as u64, 2), (command as u64, 2), ((16 + body.len()) as u64, 4), (0, 4), (0, 4)]);
+        let mut m =
+            le(&[(id as u64, 2), (command as u64, 2), ((16 + body.len()) as u64, 4), (flags as u64, 4), (0, 4)]);
         m.extend_from_slice(body);
         let cmsg = [ControlMessage::ScmRights(fds)];
         let c: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
@@ -272,6 +278,40 @@ fn region_accesses_are_bounded_by_the_region() {
     assert_eq!(c.read32(0, 0x00820), Ok(0x0c80));
     assert_eq!(c.call(DEVICE_RESET, &[], &[]).err(), None);
     assert_eq!(c.read32(0, 0x00820), Ok(0), "reset clears it");
+}
+
+#[test]
+fn posted_and_pipelined_requests_keep_their_order() {
+    let nic = start();
+    let mut c = Raw::connect(&nic);
+    c.negotiate();
+    let eitr0 = |v: u32| le(&[(0x00820, 8), (0, 4), (4, 4), (v as u64, 4)]);
+    for i in 1..=50u32 {
+        // A posted write (No_reply: never answered), then a reset with No_reply, which the
+        // server does elsewhere than the register accesses: the read after both must see the
+        // reset done, and its reply is the next message on the stream.
+        c.send_flags(REGION_WRITE, &eitr0(0x0c80), &[], NO_REPLY);
+        assert_eq!(c.read32(0, 0x00820), Ok(0x0c80), "round {i}: the posted write was done");
+        c.send_flags(DEVICE_RESET, &[], &[], NO_REPLY);
+        assert_eq!(c.read32(0, 0x00820), Ok(0), "round {i}: a read does not overtake the reset");
+        c.send_flags(REGION_WRITE, &eitr0(8 * i), &[], NO_REPLY);
+        assert_eq!(c.read32(0, 0x00820), Ok(8 * i), "round {i}");
+    }
+    // Pipelined: requests sent without waiting are answered in order, the ones the relay does
+    // itself (region accesses) and the ones the server does (GET_IRQ_INFO) interleaved.
+    let read = le(&[(0x00820, 8), (0, 4), (4, 4)]);
+    let ids = [
+        c.send(REGION_READ, &read, &[]),
+        c.send(GET_IRQ_INFO, &le(&[(16, 4), (0, 4), (MSIX as u64, 4), (0, 4)]), &[]),
+        c.send(REGION_WRITE, &eitr0(0x40), &[]),
+        c.send(REGION_READ, &read, &[]),
+    ];
+    let replies: Vec<Reply> = ids.iter().map(|_| c.recv()).collect();
+    assert_eq!(replies.iter().map(|r| r.id).collect::<Vec<_>>(), ids, "replies in request order");
+    assert!(replies.iter().all(|r| r.err().is_none()));
+    assert_eq!(u32_at(&replies[0].body, 16), 400);
+    assert_eq!(u32_at(&replies[1].body, 12), 64, "the 82599's 64 MSI-X vectors");
+    assert_eq!(u32_at(&replies[3].body, 16), 0x40);
 }
 
 #[test]
