@@ -7,6 +7,13 @@
 //! (a key write, not the data path): a frame's hash is one lookup and one XOR per input byte, 12
 //! for IPv4 with ports, 36 for IPv6 with ports.
 
+/// Frame bytes the parse looks at: Ethernet, two VLAN tags, the IPv6 header and up to
+/// [`MAX_EXT`] bytes of its extension headers (the longest IPv4 header, 60 with options, fits
+/// too), the ports. A chain of extension headers longer than that hashes on the addresses.
+pub const HEADER_BYTES: usize = 14 + 8 + 40 + MAX_EXT + 4;
+/// IPv6 extension header bytes walked at most.
+pub const MAX_EXT: usize = 160;
+
 /// Input bytes at most: IPv6 source and destination addresses and the two ports.
 pub const MAX_INPUT: usize = 36;
 /// Key bytes the hash of [`MAX_INPUT`] bytes reads (the window slides one bit per input bit).
@@ -90,6 +97,17 @@ impl Toeplitz {
         }
     }
 
+    /// The hash of a flow as the "IPv6 EX" types take it: [`Flow::ex_addrs`], then the ports
+    /// if `with_ports` and it has them. For IPv4, [`Toeplitz::hash_flow`].
+    pub fn hash_flow_ex(&self, flow: &Flow<'_>, with_ports: bool) -> u32 {
+        let Some((src, dst)) = flow.ex_addrs() else { return self.hash_flow(flow, with_ports) };
+        let h = self.hash_at(0, src) ^ self.hash_at(16, dst);
+        match flow.ports {
+            Some(p) if with_ports => h ^ self.hash_at(32, p),
+            _ => h,
+        }
+    }
+
     /// The part of a hash that `N` input bytes `b` at input offset `at` contribute (0 past
     /// [`MAX_INPUT`]).
     #[inline(always)]
@@ -128,6 +146,11 @@ pub struct Flow<'a> {
     addrs: &'a [u8],
     /// Source and destination port: TCP, UDP and SCTP whose ports the frame holds whole.
     ports: Option<&'a [u8; 4]>,
+    /// IPv6 only: the addresses the "IPv6 EX" hashes take (Microsoft's NDIS_HASH_IPV6_EX): the
+    /// Home Address option of a destination options header instead of the source, the address
+    /// of a type 2 routing header instead of the destination, each when the frame has one.
+    ex_src: Option<&'a [u8; 16]>,
+    ex_dst: Option<&'a [u8; 16]>,
 }
 
 impl Flow<'_> {
@@ -140,6 +163,14 @@ impl Flow<'_> {
     pub fn ports(&self) -> Option<&[u8; 4]> {
         self.ports
     }
+
+    /// The source and destination addresses of an "IPv6 EX" hash: the Home Address option's
+    /// and the type 2 routing header's where the frame has them, else the IPv6 header's.
+    /// `None` for IPv4.
+    pub fn ex_addrs(&self) -> Option<(&[u8; 16], &[u8; 16])> {
+        let (src, dst) = (self.addrs.first_chunk::<16>()?, self.addrs.get(16..)?.first_chunk::<16>()?);
+        self.v6.then(|| (self.ex_src.unwrap_or(src), self.ex_dst.unwrap_or(dst)))
+    }
 }
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -149,7 +180,16 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+const IPV6_MOBILITY: u8 = 135;
+/// The Home Address destination option (RFC 6275 6.3) and its data length.
+const OPT_HOME_ADDRESS: u8 = 0xc9;
+/// Pad1, the one option without a length byte (RFC 8200 4.2).
+const OPT_PAD1: u8 = 0;
 
 fn be16(f: &[u8], o: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*f.get(o)?, *f.get(o + 1)?]))
@@ -174,7 +214,7 @@ pub fn parse(frame: &[u8]) -> Option<Flow<'_>> {
             let frag = u16::from_be_bytes([h[8], h[9]]) & 0x3fff != 0;
             let l4 = if frag { L4::Fragment } else { l4_of(h[11]) };
             let ports = if matches!(l4, L4::Tcp | L4::Udp | L4::Sctp) { h[22..].first_chunk::<4>() } else { None };
-            return Some(Flow { v6: false, l4, addrs: &h[14..22], ports });
+            return Some(Flow { v6: false, l4, addrs: &h[14..22], ports, ex_src: None, ex_dst: None });
         }
     }
     parse_any(frame)
@@ -192,6 +232,7 @@ fn parse_any(frame: &[u8]) -> Option<Flow<'_>> {
         ethertype = be16(frame, o)?;
     }
     let ip = o + 2;
+    let (mut ex_src, mut ex_dst) = (None, None);
     let (v6, mut l4, addrs, l4_at) = match ethertype {
         ETH_P_IPV4 => {
             let h = frame.get(ip..ip + 20)?;
@@ -210,8 +251,9 @@ fn parse_any(frame: &[u8]) -> Option<Flow<'_>> {
             if h[0] >> 4 != 6 {
                 return None;
             }
-            let l4 = if h[6] == IPV6_FRAGMENT { L4::Fragment } else { l4_of(h[6]) };
-            (true, l4, &h[8..40], ip + 40)
+            let ext = walk_ipv6_ext(frame, h[6], ip + 40);
+            (ex_src, ex_dst) = (ext.home, ext.routed);
+            (true, ext.l4, &h[8..40], ext.at)
         }
         _ => return None,
     };
@@ -222,7 +264,81 @@ fn parse_any(frame: &[u8]) -> Option<Flow<'_>> {
             None => l4 = L4::Other,
         }
     }
-    Some(Flow { v6, l4, addrs, ports })
+    Some(Flow { v6, l4, addrs, ports, ex_src, ex_dst })
+}
+
+/// What a walk over an IPv6 header's extension headers found.
+struct Ext<'a> {
+    /// The transport after them (a fragment header anywhere: [`L4::Fragment`]; a chain not whole
+    /// within [`MAX_EXT`] bytes: [`L4::Other`], so the addresses alone are hashed).
+    l4: L4,
+    /// Where the transport header starts.
+    at: usize,
+    /// A Home Address option's address, and a type 2 routing header's.
+    home: Option<&'a [u8; 16]>,
+    routed: Option<&'a [u8; 16]>,
+}
+
+/// Skips the extension headers starting at `at` with next header `nh`, as the hashes of
+/// TCP/UDP over IPv6 require (Microsoft: skip any extension headers; hash on the addresses when
+/// that cannot be done). Hop-by-hop, routing, destination options and mobility headers are
+/// (length + 1) * 8 bytes (RFC 8200 4.3-4.6, RFC 6275 6.1), a fragment header 8, an AH
+/// (length + 2) * 4 (RFC 4302 2.2). ESP, "no next header" and anything else end the walk as the
+/// transport. A type 2 routing header (RFC 6275 6.4: length 2, one segment left) gives the
+/// destination an EX hash takes, a destination options header's Home Address option the
+/// source (a later destination options header without one drops it, as QEMU's e1000e does).
+fn walk_ipv6_ext(frame: &[u8], mut nh: u8, start: usize) -> Ext<'_> {
+    let (mut at, mut frag) = (start, false);
+    let (mut home, mut routed) = (None, None);
+    let end = frame.len().min(start + MAX_EXT);
+    loop {
+        let len = match nh {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY | IPV6_FRAGMENT | IPPROTO_AH => {
+                match frame.get(at..at + 2) {
+                    Some(e) if nh == IPV6_FRAGMENT => (e[0], 8),
+                    Some(e) if nh == IPPROTO_AH => (e[0], (usize::from(e[1]) + 2) * 4),
+                    Some(e) => (e[0], (usize::from(e[1]) + 1) * 8),
+                    None => (0, usize::MAX),
+                }
+            }
+            _ => break,
+        };
+        let (next, len) = len;
+        let Some(hdr) = at.checked_add(len).filter(|&e| e <= end).and_then(|e| frame.get(at..e)) else {
+            return Ext { l4: L4::Other, at, home: None, routed: None };
+        };
+        match nh {
+            // What follows is a fragment's payload (the headers every fragment carries, the
+            // home address option's among them, come before it: RFC 8200 4.5, RFC 6275 6.3).
+            IPV6_FRAGMENT => {
+                frag = true;
+                break;
+            }
+            IPV6_ROUTING if hdr[1] == 2 && hdr[2] == 2 && hdr[3] == 1 => routed = hdr[8..].first_chunk::<16>(),
+            IPV6_DEST_OPTS => home = home_address(&hdr[2..]),
+            _ => {}
+        }
+        nh = next;
+        at += len;
+    }
+    Ext { l4: if frag { L4::Fragment } else { l4_of(nh) }, at, home, routed }
+}
+
+/// The address of a Home Address option among a destination options header's options.
+fn home_address(mut opts: &[u8]) -> Option<&[u8; 16]> {
+    while let Some((&ty, rest)) = opts.split_first() {
+        if ty == OPT_PAD1 {
+            opts = rest;
+            continue;
+        }
+        let len = usize::from(*rest.first()?);
+        let data = rest.get(1..1 + len)?;
+        if ty == OPT_HOME_ADDRESS && len == 16 {
+            return data.first_chunk::<16>();
+        }
+        opts = &rest[1 + len..];
+    }
+    None
 }
 
 #[cfg(test)]
@@ -280,6 +396,101 @@ pub(crate) mod tests {
         let mut l4 = [sport.to_be_bytes(), dport.to_be_bytes()].concat();
         l4.resize(20, 0);
         eth(ETH_P_IPV6, 0, &ip, &l4)
+    }
+
+    /// Extension headers for [`ipv6_ext_frame`]: (its type, the whole header; byte 0, its next
+    /// header, is filled in).
+    pub(crate) fn hop_by_hop() -> (u8, Vec<u8>) {
+        (IPV6_HOP_BY_HOP, vec![0, 0, 1, 4, 0, 0, 0, 0]) // a PadN option of 4
+    }
+    pub(crate) fn home_address_opt(a: Ipv6Addr) -> (u8, Vec<u8>) {
+        // Pad1, PadN of 2, then the option at 8n+6 as RFC 6275 aligns it: 24 bytes, length 2.
+        let mut h = vec![0, 2, OPT_PAD1, 1, 1, 0, OPT_HOME_ADDRESS, 16];
+        h.extend_from_slice(&a.octets());
+        (IPV6_DEST_OPTS, h)
+    }
+    pub(crate) fn routing_type2(a: Ipv6Addr, ty: u8) -> (u8, Vec<u8>) {
+        let mut h = vec![0, 2, ty, 1, 0, 0, 0, 0];
+        h.extend_from_slice(&a.octets());
+        (IPV6_ROUTING, h)
+    }
+
+    /// An IPv6 frame with the extension headers `ext`, in order, before the transport.
+    pub(crate) fn ipv6_ext_frame(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        ext: &[(u8, Vec<u8>)],
+        nh: u8,
+        sport: u16,
+        dport: u16,
+    ) -> Vec<u8> {
+        let mut f = ipv6_frame(src, dst, ext.first().map_or(nh, |e| e.0), sport, dport);
+        let mut chain = Vec::new();
+        for (i, (_, h)) in ext.iter().enumerate() {
+            let mut h = h.clone();
+            h[0] = ext.get(i + 1).map_or(nh, |e| e.0);
+            chain.extend_from_slice(&h);
+        }
+        f.splice(14 + 40..14 + 40, chain);
+        f
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_skipped_to_the_ports() {
+        let t = Toeplitz::new(&MS_KEY);
+        let pad = (IPV6_DEST_OPTS, vec![0, 0, 1, 4, 0, 0, 0, 0]);
+        let auth = (IPPROTO_AH, vec![0, 4, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for (dst, dport, src, sport, ip_only, with_ports) in V6 {
+            let (s, d) = (src.parse().unwrap(), dst.parse().unwrap());
+            for ext in [vec![hop_by_hop()], vec![hop_by_hop(), pad.clone(), auth.clone()], vec![auth.clone()]] {
+                let f = ipv6_ext_frame(s, d, &ext, IPPROTO_TCP, sport, dport);
+                let flow = parse(&f).unwrap();
+                assert_eq!((flow.v6, flow.l4), (true, L4::Tcp), "{} extension headers", ext.len());
+                assert_eq!(t.hash_flow(&flow, true), with_ports, "{src}:{sport} -> {dst}:{dport}, ports after them");
+                assert_eq!(t.hash_flow(&flow, false), ip_only);
+                assert_eq!(t.hash_flow_ex(&flow, true), with_ports, "no EX addresses: the header's");
+            }
+        }
+        let (s, d) = ("3ffe:2501:200:1fff::7".parse().unwrap(), "3ffe:2501:200:3::1".parse().unwrap());
+        // A fragment header anywhere in the chain: addresses only.
+        let frag = (IPV6_FRAGMENT, vec![0, 0, 0, 1, 0, 0, 0, 9]);
+        let f = ipv6_ext_frame(s, d, &[hop_by_hop(), frag], IPPROTO_UDP, 1, 2);
+        assert_eq!((parse(&f).unwrap().l4, parse(&f).unwrap().ports()), (L4::Fragment, None));
+        // A chain cut short, or longer than the walk looks: addresses only, never a panic.
+        let f = ipv6_ext_frame(s, d, &[hop_by_hop(), home_address_opt(s)], IPPROTO_TCP, 1, 2);
+        for cut in 14 + 40..f.len() {
+            let flow = parse(&f[..cut]).unwrap();
+            assert!(flow.ports().is_none() || cut >= 14 + 40 + 32 + 4, "cut at {cut}");
+        }
+        let long: Vec<_> = (0..(MAX_EXT / 8 + 1)).map(|_| hop_by_hop()).collect();
+        let f = ipv6_ext_frame(s, d, &long, IPPROTO_TCP, 1, 2);
+        assert_eq!(parse(&f).unwrap().l4, L4::Other, "past MAX_EXT");
+    }
+
+    #[test]
+    fn the_ex_hash_takes_the_home_address_and_the_type_2_routing_address() {
+        let t = Toeplitz::new(&MS_KEY);
+        // The header carries other addresses; the EX hash must give the vector's hash for the
+        // home address (source) and the routed address (destination).
+        let (hs, hd) = ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        for (dst, dport, src, sport, ip_only, with_ports) in V6 {
+            let (s, d) = (src.parse().unwrap(), dst.parse().unwrap());
+            let ext = [hop_by_hop(), routing_type2(d, 2), home_address_opt(s)];
+            let f = ipv6_ext_frame(hs, hd, &ext, IPPROTO_UDP, sport, dport);
+            let flow = parse(&f).unwrap();
+            assert_eq!(flow.l4, L4::Udp);
+            assert_eq!(t.hash_flow_ex(&flow, true), with_ports, "{src}:{sport} -> {dst}:{dport}");
+            assert_eq!(t.hash_flow_ex(&flow, false), ip_only, "{src} -> {dst}");
+            assert_ne!(t.hash_flow(&flow, true), with_ports, "the plain hash takes the header's addresses");
+            // Only one of the two: the other from the header.
+            let f = ipv6_ext_frame(hs, d, &[home_address_opt(s)], IPPROTO_UDP, sport, dport);
+            assert_eq!(t.hash_flow_ex(&parse(&f).unwrap(), true), with_ports, "home address only");
+            let f = ipv6_ext_frame(s, hd, &[routing_type2(d, 2)], IPPROTO_UDP, sport, dport);
+            assert_eq!(t.hash_flow_ex(&parse(&f).unwrap(), true), with_ports, "routed address only");
+            // A routing header of another type gives no address.
+            let f = ipv6_ext_frame(s, hd, &[routing_type2(d, 0)], IPPROTO_UDP, sport, dport);
+            assert_ne!(t.hash_flow_ex(&parse(&f).unwrap(), true), with_ports, "type 0 routing header");
+        }
     }
 
     #[test]

@@ -15,9 +15,8 @@ use super::regs::*;
 use super::I40e;
 use crate::model::rss::{parse, Toeplitz, L4};
 
-/// Frame bytes RSS looks at: Ethernet, two VLAN tags, the longest IP header (IPv4 with
-/// options; IPv6 is 40), the ports.
-pub(super) const RSS_HEADER: usize = 14 + 8 + 60 + 4;
+/// Frame bytes RSS looks at ([`crate::model::rss::HEADER_BYTES`]).
+pub(super) const RSS_HEADER: usize = crate::model::rss::HEADER_BYTES;
 /// Lookup table entries at most.
 pub(super) const LUT_MAX: usize = 512;
 

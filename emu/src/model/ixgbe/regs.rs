@@ -155,6 +155,11 @@ pub const MRQC_RSS_IPV6: u32 = 1 << 20;
 pub const MRQC_RSS_TCPIPV6: u32 = 1 << 21;
 pub const MRQC_RSS_UDPIPV4: u32 = 1 << 22;
 pub const MRQC_RSS_UDPIPV6: u32 = 1 << 23;
+pub const MRQC_RSS_TCPIPV6_EX: u32 = 1 << 18;
+pub const MRQC_RSS_IPV6_EX: u32 = 1 << 19;
+pub const MRQC_RSS_UDPIPV6_EX: u32 = 1 << 24;
+/// Any of the three "IPv6 EX" hash types.
+pub const MRQC_RSS_IPV6_EX_ALL: u32 = MRQC_RSS_TCPIPV6_EX | MRQC_RSS_IPV6_EX | MRQC_RSS_UDPIPV6_EX;
 /// RSS Random Key: 10 registers, 40 bytes, key byte 4n+k in bits 8k+7:8k of RSSRK(n).
 pub const fn rssrk(n: u32) -> u32 {
     0x05c80 + 4 * n
@@ -179,6 +184,9 @@ pub const RSS_TYPE_TCPIPV6: u32 = 0x3;
 pub const RSS_TYPE_IPV6: u32 = 0x5;
 pub const RSS_TYPE_UDPIPV4: u32 = 0x7;
 pub const RSS_TYPE_UDPIPV6: u32 = 0x8;
+pub const RSS_TYPE_IPV6_EX: u32 = 0x4;
+pub const RSS_TYPE_TCPIPV6_EX: u32 = 0x6;
+pub const RSS_TYPE_UDPIPV6_EX: u32 = 0x9;
 /// Queues RSS can spread over.
 pub const RSS_QUEUES: usize = 16;
 

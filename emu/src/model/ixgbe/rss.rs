@@ -2,9 +2,13 @@
 //! types, RSSRK holds the 40-byte key, RETA the 128-entry redirection table indexed by the
 //! hash's 7 low bits, whose entries' 4 low bits name the queue. A frame no enabled type covers
 //! (or not IP) gets hash 0, type 0, and so RETA entry 0. TCP and UDP hashes are taken on
-//! unfragmented datagrams only; a fragment hashes as IP. SCTP ports and IPv6 extension headers
-//! (the "IPv6 EX" types) are not hashed: such frames hash as IP. The write-back carries the type
-//! in dword 0 and, with RXCSUM.PCSD set, the hash in dword 1.
+//! unfragmented datagrams only; a fragment hashes as IP. SCTP ports are not hashed. IPv6
+//! extension headers are skipped to the transport (`rss::walk_ipv6_ext`). The "IPv6 EX" types
+//! (MRQC bits 18, 19, 24; Microsoft's NDIS_HASH_*IPV6_EX) hash every IPv6 frame, the source
+//! taken from a Home Address option and the destination from a type 2 routing header where
+//! the frame has them; enabled beside the plain IPv6 types, they win (checked first, as QEMU's
+//! e1000e and igb models check them). The write-back carries the type in dword 0 and, with
+//! RXCSUM.PCSD set, the hash in dword 1.
 //!
 //! The configuration is decoded when the driver writes one of those registers (never on the
 //! data path); the Toeplitz tables are rebuilt only when the key changes.
@@ -13,9 +17,8 @@ use super::regs::*;
 use super::Ixgbe;
 use crate::model::rss::{parse, Toeplitz, L4};
 
-/// Frame bytes RSS looks at: Ethernet, two VLAN tags, the longest IP header (IPv4 with
-/// options; IPv6 is 40), the ports.
-pub(super) const RSS_HEADER: usize = 14 + 8 + 60 + 4;
+/// Frame bytes RSS looks at ([`crate::model::rss::HEADER_BYTES`]).
+pub(super) const RSS_HEADER: usize = crate::model::rss::HEADER_BYTES;
 
 /// The decoded RSS configuration.
 pub(super) struct Rss {
@@ -97,6 +100,22 @@ impl Ixgbe {
     pub(super) fn rss_pick(&self, frame: &[u8]) -> (u32, u64) {
         let r = &self.rss;
         let (ty, hash) = match parse(frame) {
+            Some(flow) if flow.v6 && r.fields & MRQC_RSS_IPV6_EX_ALL != 0 => {
+                let f = r.fields;
+                match (flow.l4, flow.ports().is_some()) {
+                    (L4::Tcp, true) if f & MRQC_RSS_TCPIPV6_EX != 0 => {
+                        (RSS_TYPE_TCPIPV6_EX, r.hash.hash_flow_ex(&flow, true))
+                    }
+                    (L4::Tcp, true) if f & MRQC_RSS_TCPIPV6 != 0 => (RSS_TYPE_TCPIPV6, r.hash.hash_flow(&flow, true)),
+                    (L4::Udp, true) if f & MRQC_RSS_UDPIPV6_EX != 0 => {
+                        (RSS_TYPE_UDPIPV6_EX, r.hash.hash_flow_ex(&flow, true))
+                    }
+                    (L4::Udp, true) if f & MRQC_RSS_UDPIPV6 != 0 => (RSS_TYPE_UDPIPV6, r.hash.hash_flow(&flow, true)),
+                    _ if f & MRQC_RSS_IPV6_EX != 0 => (RSS_TYPE_IPV6_EX, r.hash.hash_flow_ex(&flow, false)),
+                    _ if f & MRQC_RSS_IPV6 != 0 => (RSS_TYPE_IPV6, r.hash.hash_flow(&flow, false)),
+                    _ => (RSS_TYPE_NONE, 0),
+                }
+            }
             Some(flow) => {
                 let (tcp, udp, ip, t_tcp, t_udp, t_ip) = if flow.v6 {
                     (

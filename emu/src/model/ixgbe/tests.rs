@@ -807,6 +807,43 @@ fn rss_spreads_flows_by_the_datasheet_hash_on_the_cut_through_path() {
 }
 
 #[test]
+fn ipv6_ex_types_hash_the_home_and_routed_addresses_and_plain_types_skip_extension_headers() {
+    use crate::model::rss::tests::{home_address_opt, hop_by_hop, ipv6_ext_frame, routing_type2, V6};
+    let (hs, hd) = ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+    for ex in [false, true] {
+        let mut m = nic(Box::new(Loopback::default()));
+        let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+        let plain = MRQC_RSS_TCPIPV6 | MRQC_RSS_UDPIPV6 | MRQC_RSS_IPV6;
+        bring_up_rss(&mut m, &mut dma, if ex { plain | MRQC_RSS_IPV6_EX_ALL } else { plain });
+        let mut want = vec![Vec::new(); 4];
+        for (i, (dst, dport, src, sport, ip_only, with_ports)) in V6.iter().enumerate() {
+            let (s, d) = (src.parse().unwrap(), dst.parse().unwrap());
+            let nh = [6u8, 17, 58][i % 3]; // TCP, UDP, ICMPv6
+                                           // With EX on, the header carries other addresses: the vector's come from the
+                                           // options. With EX off, the header carries the vector's, behind a hop-by-hop header.
+            let f = if ex {
+                let ext = [hop_by_hop(), routing_type2(d, 2), home_address_opt(s)];
+                ipv6_ext_frame(hs, hd, &ext, nh, *sport, *dport)
+            } else {
+                ipv6_ext_frame(s, d, &[hop_by_hop()], nh, *sport, *dport)
+            };
+            let (ty, hash) = match (nh, ex) {
+                (6, true) => (RSS_TYPE_TCPIPV6_EX, *with_ports),
+                (17, true) => (RSS_TYPE_UDPIPV6_EX, *with_ports),
+                (_, true) => (RSS_TYPE_IPV6_EX, *ip_only),
+                (6, false) => (RSS_TYPE_TCPIPV6, *with_ports),
+                (17, false) => (RSS_TYPE_UDPIPV6, *with_ports),
+                _ => (RSS_TYPE_IPV6, *ip_only),
+            };
+            want[(hash & 0x7f) as usize % 3].push((ty, hash));
+            queue_tx(&mut m, &mut dma, i as u32, &f);
+            m.poll(&mut dma);
+        }
+        assert_eq!(received(&mut dma, &mut m), want, "EX {ex}: per queue (type, hash)");
+    }
+}
+
+#[test]
 fn without_pcsd_the_hash_stays_out_of_the_write_back_and_mrqe_0_keeps_queue_0() {
     use crate::model::rss::tests::{ipv4_frame, V4};
     let mut m = nic(Box::new(Loopback::default()));
