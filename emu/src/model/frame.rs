@@ -226,3 +226,23 @@ mod tests {
         assert_eq!(dest(&[]), Dest::Unicast);
     }
 }
+
+/// A model's buffer for the first bytes of a frame RSS parses, reused frame after frame (no
+/// zeroing per frame).
+pub(crate) type RssHead = [u8; crate::model::rss::HEADER_BYTES];
+
+/// Reads the first bytes of the frame in `src` (`len` bytes in memory, `wire_len` on the wire)
+/// into `buf`, zeros past the frame up to `wire_len` (a short frame's padding), and returns how
+/// many bytes of `buf` RSS parses; `None` if `src` cannot be read.
+#[inline]
+pub(crate) fn rss_head(buf: &mut RssHead, src: &DmaView<'_>, len: usize, wire_len: usize) -> Option<usize> {
+    let n = len.min(buf.len());
+    if !src.read(0, &mut buf[..n]) {
+        return None;
+    }
+    let w = wire_len.min(buf.len());
+    if w > n {
+        buf[n..w].fill(0);
+    }
+    Some(w)
+}

@@ -237,6 +237,8 @@ pub struct I40e {
     faults: FaultLog,
     tx_frame: Vec<u8>,
     rx_frame: Vec<u8>,
+    /// The frame bytes RSS parses (`frame::rss_head`).
+    rss_head: crate::model::frame::RssHead,
     dma_without_bme_recorded: bool,
 }
 
@@ -307,6 +309,7 @@ impl I40e {
             faults: FaultLog::default(),
             tx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
             rx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
+            rss_head: [0; crate::model::rss::HEADER_BYTES],
             dma_without_bme_recorded: false,
         };
         m.pf_reset();

@@ -15,8 +15,6 @@ use super::regs::*;
 use super::I40e;
 use crate::model::rss::{parse, Toeplitz, L4};
 
-/// Frame bytes RSS looks at ([`crate::model::rss::HEADER_BYTES`]).
-pub(super) const RSS_HEADER: usize = crate::model::rss::HEADER_BYTES;
 /// Lookup table entries at most.
 pub(super) const LUT_MAX: usize = 512;
 

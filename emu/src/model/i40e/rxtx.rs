@@ -30,10 +30,9 @@ use std::sync::atomic::Ordering;
 
 use super::hmc::{RxContext, TxContext};
 use super::regs::*;
-use super::rss::RSS_HEADER;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, store_runs, Tally, Verdict};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, rss_head, store_runs, Tally, Verdict};
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -272,11 +271,8 @@ impl I40e {
                 Some(t) => t,
                 None => {
                     // The headers RSS hashes (zeros past a short frame, as padding).
-                    let mut head = [0u8; RSS_HEADER];
-                    if !src.read(0, &mut head[..len.min(RSS_HEADER)]) {
-                        break;
-                    }
-                    self.rx_target(&head[..wire_len.min(RSS_HEADER)], rx)
+                    let Some(n) = rss_head(&mut self.rss_head, &src, len, wire_len) else { break };
+                    self.rx_target(&self.rss_head[..n], rx)
                 }
             };
             let Some(q) = q else { break };
@@ -596,11 +592,8 @@ impl I40e {
     ) -> bool {
         let (q, qw0, qw1) = if self.rss.on {
             // The headers RSS hashes (zeros past a short frame, as padding).
-            let mut head = [0u8; RSS_HEADER];
-            if !src.read(0, &mut head[..len.min(RSS_HEADER)]) {
-                return false;
-            }
-            self.rx_target(&head[..wire_len.min(RSS_HEADER)], set)
+            let Some(n) = rss_head(&mut self.rss_head, src, len, wire_len) else { return false };
+            self.rx_target(&self.rss_head[..n], set)
         } else {
             self.rx_target(hdr, set)
         };

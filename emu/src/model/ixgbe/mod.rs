@@ -101,6 +101,8 @@ pub struct Ixgbe {
     faults: FaultLog,
     tx_frame: Vec<u8>,
     rx_frame: Vec<u8>,
+    /// The frame bytes RSS parses (`frame::rss_head`).
+    rss_head: crate::model::frame::RssHead,
     dma_without_bme_recorded: bool,
 }
 
@@ -170,6 +172,7 @@ impl Ixgbe {
             faults: FaultLog::default(),
             tx_frame: Vec::with_capacity(crate::wire::MAX_FRAME),
             rx_frame: Vec::with_capacity(crate::wire::MAX_FRAME + 4),
+            rss_head: [0; crate::model::rss::HEADER_BYTES],
             dma_without_bme_recorded: false,
         };
         m.reset_state();

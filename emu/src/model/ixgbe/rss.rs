@@ -17,9 +17,6 @@ use super::regs::*;
 use super::Ixgbe;
 use crate::model::rss::{parse, Toeplitz, L4};
 
-/// Frame bytes RSS looks at ([`crate::model::rss::HEADER_BYTES`]).
-pub(super) const RSS_HEADER: usize = crate::model::rss::HEADER_BYTES;
-
 /// The decoded RSS configuration.
 pub(super) struct Rss {
     /// MRQE selects RSS.

@@ -25,12 +25,11 @@
 //! batch, after its write-backs.
 
 use super::regs::*;
-use super::rss::RSS_HEADER;
 use super::{Ixgbe, Ring};
 use std::sync::atomic::Ordering;
 
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, store_runs, Dest, Tally, Verdict};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, rss_head, store_runs, Dest, Tally, Verdict};
 use crate::wire::{Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -453,11 +452,8 @@ impl Ixgbe {
             let Some(src) = xl.view(buf, len as u64) else { break };
             let Some(w) = src.load_u64(0, Ordering::Relaxed) else { break };
             // The headers RSS hashes (zeros past a short frame, as padding).
-            let mut hdrs = [0u8; RSS_HEADER];
-            if !src.read(0, &mut hdrs[..len.min(RSS_HEADER)]) {
-                break;
-            }
-            let (q, qw0) = self.rss_pick(&hdrs[..wire_len.min(RSS_HEADER)]);
+            let Some(hn) = rss_head(&mut self.rss_head, &src, len, wire_len) else { break };
+            let (q, qw0) = self.rss_pick(&self.rss_head[..hn]);
             let b = self.batch(rx, q);
             if !(b.ready && b.usable && b.cfg.strip && wire_len <= b.cfg.bsize) {
                 break;
@@ -783,12 +779,8 @@ impl Ixgbe {
     ) -> bool {
         let (q, qw0) = if self.rss.on {
             // The headers RSS hashes (zeros past a short frame, as padding).
-            let mut head = [0u8; RSS_HEADER];
-            let n = len.min(RSS_HEADER);
-            if !src.read(0, &mut head[..n]) {
-                return false;
-            }
-            self.rss_pick(&head[..wire_len.min(RSS_HEADER)])
+            let Some(n) = rss_head(&mut self.rss_head, src, len, wire_len) else { return false };
+            self.rss_pick(&self.rss_head[..n])
         } else {
             (0, 0)
         };
