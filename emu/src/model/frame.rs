@@ -206,6 +206,26 @@ pub(crate) fn mixed_frames(mac: [u8; 6], frame: impl Fn([u8; 6], usize, u8) -> V
     ]
 }
 
+/// A model's buffer for the first bytes of a frame RSS parses, reused frame after frame (no
+/// zeroing per frame).
+pub(crate) type RssHead = [u8; crate::model::rss::HEADER_BYTES];
+
+/// Reads the first bytes of the frame in `src` (`len` bytes in memory, `wire_len` on the wire)
+/// into `buf`, zeros past the frame up to `wire_len` (a short frame's padding), and returns how
+/// many bytes of `buf` RSS parses; `None` if `src` cannot be read.
+#[inline]
+pub(crate) fn rss_head(buf: &mut RssHead, src: &DmaView<'_>, len: usize, wire_len: usize) -> Option<usize> {
+    let n = len.min(buf.len());
+    if !src.read(0, &mut buf[..n]) {
+        return None;
+    }
+    let w = wire_len.min(buf.len());
+    if w > n {
+        buf[n..w].fill(0);
+    }
+    Some(w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,24 +245,4 @@ mod tests {
         assert_eq!(dest(&[0x03]), Dest::Multicast);
         assert_eq!(dest(&[]), Dest::Unicast);
     }
-}
-
-/// A model's buffer for the first bytes of a frame RSS parses, reused frame after frame (no
-/// zeroing per frame).
-pub(crate) type RssHead = [u8; crate::model::rss::HEADER_BYTES];
-
-/// Reads the first bytes of the frame in `src` (`len` bytes in memory, `wire_len` on the wire)
-/// into `buf`, zeros past the frame up to `wire_len` (a short frame's padding), and returns how
-/// many bytes of `buf` RSS parses; `None` if `src` cannot be read.
-#[inline]
-pub(crate) fn rss_head(buf: &mut RssHead, src: &DmaView<'_>, len: usize, wire_len: usize) -> Option<usize> {
-    let n = len.min(buf.len());
-    if !src.read(0, &mut buf[..n]) {
-        return None;
-    }
-    let w = wire_len.min(buf.len());
-    if w > n {
-        buf[n..w].fill(0);
-    }
-    Some(w)
 }

@@ -291,19 +291,13 @@ fn walk_ipv6_ext(frame: &[u8], mut nh: u8, start: usize) -> Ext<'_> {
     let (mut at, mut frag) = (start, false);
     let (mut home, mut routed) = (None, None);
     let end = frame.len().min(start + MAX_EXT);
-    loop {
-        let len = match nh {
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY | IPV6_FRAGMENT | IPPROTO_AH => {
-                match frame.get(at..at + 2) {
-                    Some(e) if nh == IPV6_FRAGMENT => (e[0], 8),
-                    Some(e) if nh == IPPROTO_AH => (e[0], (usize::from(e[1]) + 2) * 4),
-                    Some(e) => (e[0], (usize::from(e[1]) + 1) * 8),
-                    None => (0, usize::MAX),
-                }
-            }
-            _ => break,
+    while let IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY | IPV6_FRAGMENT | IPPROTO_AH = nh {
+        let (next, len) = match frame.get(at..at + 2) {
+            Some(e) if nh == IPV6_FRAGMENT => (e[0], 8),
+            Some(e) if nh == IPPROTO_AH => (e[0], (usize::from(e[1]) + 2) * 4),
+            Some(e) => (e[0], (usize::from(e[1]) + 1) * 8),
+            None => (0, usize::MAX),
         };
-        let (next, len) = len;
         let Some(hdr) = at.checked_add(len).filter(|&e| e <= end).and_then(|e| frame.get(at..e)) else {
             return Ext { l4: L4::Other, at, home: None, routed: None };
         };
