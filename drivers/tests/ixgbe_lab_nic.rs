@@ -378,6 +378,73 @@ fn rss_spreads_flows_over_four_queues_with_the_datasheet_hash_and_follows_runtim
     port.close(Release::Shared);
 }
 
+/// A TCP/IPv6 frame to `dst`, its header carrying `hdr` (source, destination), then a
+/// hop-by-hop header, a type 2 routing header with `routed` and a destination options header
+/// with the Home Address option `home` (Mobile IPv6, RFC 6275), then TCP `sport` -> `dport`.
+fn mip6_tcp_frame(
+    dst: [u8; 6],
+    hdr: ([u8; 16], [u8; 16]),
+    home: [u8; 16],
+    routed: [u8; 16],
+    ports: (u16, u16),
+) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0xee, 0x01, 0x86, 0xdd]);
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8 + 24 + 24 + 20, 0, 64]); // next: hop-by-hop
+    f.extend_from_slice(&hdr.0);
+    f.extend_from_slice(&hdr.1);
+    f.extend_from_slice(&[43, 0, 1, 4, 0, 0, 0, 0]); // hop-by-hop (PadN), next: routing
+    f.extend_from_slice(&[60, 2, 2, 1, 0, 0, 0, 0]); // routing type 2, one segment left
+    f.extend_from_slice(&routed);
+    f.extend_from_slice(&[6, 2, 0, 1, 1, 0, 0xc9, 16]); // Pad1, PadN, Home Address; next: TCP
+    f.extend_from_slice(&home);
+    f.extend_from_slice(&ports.0.to_be_bytes());
+    f.extend_from_slice(&ports.1.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0, 0, 0, 0, 0, 0, 0]);
+    f
+}
+
+#[test]
+fn ipv6_tcp_ex_hashes_the_home_and_routed_addresses_into_the_mbuf() {
+    use lab_core::rss::{hf, RssConf};
+    use std::net::Ipv6Addr;
+    // Microsoft's RSS verification suite, TCP/IPv6 (destination, port, source, port, hash
+    // with the default key).
+    const V6: [(&str, u16, &str, u16, u32); 3] = [
+        ("3ffe:2501:200:3::1", 1766, "3ffe:2501:200:1fff::7", 2794, 0x4020_7d3d),
+        ("ff02::1", 4739, "3ffe:501:8::260:97ff:fe40:efab", 14230, 0xdde5_1bbf),
+        ("fe80::200:f8ff:fe21:67cf", 38024, "3ffe:1900:4545:3:200:f8ff:fe21:67cf", 44251, 0x02d1_feef),
+    ];
+    let mut lab = Lab::new("ixgbe-rss-ex");
+    let nic = LabNic::start(&[&format!("{BDF},model=ixgbe,wire=loopback")]);
+    let rss = RssConf { key: None, hf: hf::IPV6_TCP_EX | hf::NONFRAG_IPV6_TCP };
+    let conf = PortConf { nb_rxq: 1, nb_txq: 1, nb_desc: 128, rss: Some(rss), ..PortConf::default() };
+    let mut port = lab.probe_conf(&IxgbeDriver, &nic, BDF, 0, &conf);
+    wait_link(port.as_mut());
+    let mac = port.info().mac;
+    let other: ([u8; 16], [u8; 16]) = ([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0x20; 16]);
+    let mut rx: Vec<Option<Mbuf>> = (0..32).map(|_| None).collect();
+    for (dst, dport, src, sport, want) in V6 {
+        let (s, d) = (src.parse::<Ipv6Addr>().unwrap().octets(), dst.parse::<Ipv6Addr>().unwrap().octets());
+        let mut m = lab.pool.alloc().expect("mbuf");
+        assert!(m.copy_from(&mip6_tcp_frame(mac, other, s, d, (sport, dport))));
+        assert_eq!(port.tx_burst(0, &mut [Some(m)]), 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let n = loop {
+            let n = port.rx_burst(0, &mut rx);
+            if n > 0 || Instant::now() > deadline {
+                break n;
+            }
+        };
+        assert_eq!(n, 1, "{src} -> {dst}: the frame came back");
+        let h = rx[0].as_mut().unwrap().hdr_mut();
+        assert_ne!(h.ol_flags & lab_core::mbuf::RX_RSS_HASH, 0, "{src} -> {dst}: hashed");
+        assert_eq!(h.rss_hash, want, "{src}:{sport} -> {dst}:{dport} by the home and routed addresses");
+        lab.pool.free_bulk(&mut rx[..n]);
+    }
+    port.close(Release::Shared);
+}
+
 #[test]
 fn queues_stop_and_start_at_runtime_as_dts_queue_start_stop() {
     let mut lab = Lab::new("ixgbe-qss");
