@@ -1257,6 +1257,31 @@ fn rss_by_registers_hashes_the_enabled_types_and_spreads_them_by_the_lookup_tabl
 }
 
 #[test]
+fn tcp_over_ipv6_behind_extension_headers_is_hashed_with_its_ports() {
+    use crate::model::rss::tests::{hop_by_hop, ipv6_ext_frame, MS_KEY, V6};
+    let mut m = nic(Box::new(QueuedLoopback::default()));
+    let mut dma = dma();
+    bring_up_queues(&mut m, &mut dma);
+    for n in 0..10u32 {
+        let k = 4 * n as usize;
+        wr(&mut m, pfqf_hkey(n), u32::from_le_bytes([MS_KEY[k], MS_KEY[k + 1], MS_KEY[k + 2], MS_KEY[k + 3]]));
+    }
+    for n in 0..PFQF_HLUT_REGS {
+        let e = |k: u32| ((4 * n + k) % 3) << (8 * k);
+        wr(&mut m, pfqf_hlut(n), e(0) | e(1) | e(2) | e(3));
+    }
+    wr(&mut m, pfqf_hena(PCTYPE_IPV6_TCP / 32), 1 << (PCTYPE_IPV6_TCP % 32));
+    let mut want = vec![Vec::new(); 4];
+    for (i, (dst, dport, src, sport, _, with_ports)) in V6.iter().enumerate() {
+        let f = ipv6_ext_frame(src.parse().unwrap(), dst.parse().unwrap(), &[hop_by_hop()], 6, *sport, *dport);
+        want[(with_ports & 0x7f) as usize % 3].push((*with_ports, RXD_FLTSTAT_RSS, PTYPE_IPV6_TCP));
+        queue_tx(&mut m, &mut dma, i as u32, &f);
+        m.poll(&mut dma);
+    }
+    assert_eq!(rss_received(&m, &mut dma), want, "per queue: (hash, FLTSTAT, PTYPE)");
+}
+
+#[test]
 fn rss_key_and_lut_set_through_the_admin_queue_read_back_and_steer() {
     use crate::model::rss::tests::{ipv4_frame, MS_KEY, V4};
     let mut m = nic(Box::new(Loopback::default()));
