@@ -275,6 +275,12 @@ pub trait EthDev: Send {
     /// [`EthDev::link`] is read: a change after the read then signals again, where an
     /// acknowledgement after the read would clear a change that read did not see.
     fn link_irq_ack(&mut self) {}
+    /// After [`EthDev::link_event_fd`] fired: [`EthDev::link_irq_ack`], then [`EthDev::link`]
+    /// (a driver may do both in one exchange with the device).
+    fn link_after_irq(&mut self) -> LinkStatus {
+        self.link_irq_ack();
+        self.link()
+    }
     /// Arms receive queue `queue`'s interrupt (`rte_eth_dev_rx_intr_enable`) and gives an
     /// eventfd it signals when the queue receives, so the application can sleep on it instead
     /// of polling; the interrupt stays armed until [`EthDev::rx_intr_disable`].

@@ -139,6 +139,40 @@ impl Bar {
         }
     }
 
+    /// Posted writes of `writes` (offset, value) and then a read of the register at `off`,
+    /// which sees them ([`DeviceIo::posted_writes_then_read`]: one round trip over vfio-user
+    /// for all of them). An interrupt's acknowledgement and the status read after it. Writes
+    /// to mmapped offsets are stores, done first; a failed access reads `0xFFFF_FFFF`, logged
+    /// once.
+    pub fn read32_after_posted(&self, writes: &[(u64, u32)], off: u64) -> u32 {
+        let r = (|| {
+            self.check_aligned(off)?;
+            let mut trapped: Vec<(u32, u64, [u8; 4])> = Vec::with_capacity(writes.len());
+            for &(o, v) in writes {
+                self.check_aligned(o)?;
+                match self.mapped_ptr(o) {
+                    Some(_) => self.try_write32(o, v)?,
+                    None => trapped.push((self.index, o, v.to_le_bytes())),
+                }
+            }
+            if self.mapped_ptr(off).is_some() {
+                // A load from the mapping flushes nothing: the writes are waited for.
+                for (i, o, d) in &trapped {
+                    self.dev.region_write(*i, *o, d)?;
+                }
+                return self.try_read32(off);
+            }
+            let w: Vec<(u32, u64, &[u8])> = trapped.iter().map(|(i, o, d)| (*i, *o, &d[..])).collect();
+            let mut b = [0u8; 4];
+            self.dev.posted_writes_then_read(&w, self.index, off, &mut b)?;
+            Ok(u32::from_le_bytes(b))
+        })();
+        r.unwrap_or_else(|e: VfioError| {
+            self.log_once("register read", off, &e);
+            u32::MAX
+        })
+    }
+
     /// Reads the `N`-byte register at `off` (`N` = 1 or 2, naturally aligned): virtio's common
     /// configuration has 8- and 16-bit fields a 32-bit access would spill over.
     fn try_read_small<const N: usize>(&self, off: u64) -> Result<[u8; N], VfioError> {

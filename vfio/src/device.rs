@@ -142,6 +142,21 @@ pub trait DeviceIo: Send + Sync {
     fn region_write_posted(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), VfioError> {
         self.region_write(index, offset, data)
     }
+    /// Posted writes `writes` (region, offset, data) and then a read of `buf.len()` bytes at
+    /// `offset` in region `index`, which sees them: over vfio-user all in one send and one
+    /// round trip.
+    fn posted_writes_then_read(
+        &self,
+        writes: &[(u32, u64, &[u8])],
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), VfioError> {
+        for (i, o, d) in writes {
+            self.region_write_posted(*i, *o, d)?;
+        }
+        self.region_read(index, offset, buf)
+    }
     /// Read PCI config space (region 7).
     fn config_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VfioError> {
         self.region_read(CONFIG_REGION_INDEX, offset, buf)

@@ -260,7 +260,7 @@ impl UserDevice {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let posted_from = st.posted_from.take();
-        let r = self.exchange(cmd, id, body, fds, posted_from, (deadline, started));
+        let r = self.exchange(Vec::new(), (cmd, id, body, fds), posted_from, (deadline, started));
         match &r {
             Ok(_) | Err(VfioError::ErrorReply { .. }) => {}
             Err(e) => self.poison(&mut st, &e.to_string()),
@@ -303,16 +303,17 @@ impl UserDevice {
         r
     }
 
+    /// Sends `prefix` (whole messages sent with *No_reply*, or nothing) and the command in one
+    /// send, then waits for the command's reply.
     fn exchange(
         &self,
-        cmd: Command,
-        id: u16,
-        body: &[u8],
-        fds: &[RawFd],
+        mut prefix: Vec<u8>,
+        (cmd, id, body, fds): (Command, u16, &[u8], &[RawFd]),
         posted_from: Option<u16>,
         (deadline, started): (Instant, Instant),
     ) -> Result<Reply, VfioError> {
-        self.send_message(cmd, &proto::command(id, cmd, body), fds, started)?;
+        prefix.extend_from_slice(&proto::command(id, cmd, body));
+        self.send_message(cmd, &prefix, fds, started)?;
         tracing::trace!(device = %self.name, command = cmd.name(), id, "sent");
 
         let bad = |reason: String| VfioError::BadReply { command: cmd.name(), reason };
@@ -481,6 +482,71 @@ impl DeviceIo for UserDevice {
             self.post(Command::RegionWrite, &proto::region_access_request(index, off, chunk.len() as u32, chunk))?;
             done += chunk.len();
         }
+        Ok(())
+    }
+
+    /// The writes as *No_reply* messages and the read, in one send: one round trip, and the
+    /// server sees all of them at once.
+    fn posted_writes_then_read(
+        &self,
+        writes: &[(u32, u64, &[u8])],
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), VfioError> {
+        for (i, o, d) in writes {
+            check_access(&self.name, &self.regions, *i, *o, d.len())?;
+        }
+        check_access(&self.name, &self.regions, index, offset, buf.len())?;
+        if buf.len() > self.max_xfer || writes.iter().any(|w| w.2.len() > self.max_xfer) {
+            for (i, o, d) in writes {
+                self.region_write_posted(*i, *o, d)?;
+            }
+            return self.region_read(index, offset, buf);
+        }
+        let cmd = Command::RegionRead;
+        let count = buf.len() as u32;
+        let reply = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(reason) = &st.poisoned {
+                return Err(VfioError::Poisoned { device: self.name.clone(), reason: reason.clone() });
+            }
+            let mut prefix = Vec::new();
+            for (i, o, d) in writes {
+                let id = st.next_id;
+                st.next_id = st.next_id.wrapping_add(1);
+                st.posted_from.get_or_insert(id);
+                let body = proto::region_access_request(*i, *o, d.len() as u32, d);
+                prefix.extend_from_slice(&proto::command_with_flags(
+                    id,
+                    Command::RegionWrite,
+                    &body,
+                    proto::TYPE_COMMAND | proto::FLAG_NO_REPLY,
+                ));
+            }
+            let id = st.next_id;
+            st.next_id = st.next_id.wrapping_add(1);
+            let started = Instant::now();
+            let posted_from = st.posted_from.take();
+            let body = proto::region_access_request(index, offset, count, &[]);
+            let r = self.exchange(prefix, (cmd, id, &body, &[]), posted_from, (started + self.timeout, started));
+            match &r {
+                Ok(_) | Err(VfioError::ErrorReply { .. }) => {}
+                Err(e) => self.poison(&mut st, &e.to_string()),
+            }
+            r?
+        };
+        let r = proto::RegionAccessRepr::parse(&reply.body, true).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
+        if r.count != count || r.region != index || r.offset != offset {
+            return Err(self.bad_reply(
+                cmd,
+                format!(
+                    "asked region {index} {offset:#x}+{count}, reply says region {} {:#x}+{}",
+                    r.region, r.offset, r.count
+                ),
+            ));
+        }
+        buf.copy_from_slice(r.data);
         Ok(())
     }
 

@@ -259,6 +259,13 @@ fn posted_writes_are_not_answered_and_a_later_read_sees_them_in_order() {
     dev.region_write(0, 0x90, &5u32.to_le_bytes()).unwrap();
     assert_eq!(bar0.try_read32(0x90).unwrap(), 5);
     assert!(dev.poisoned().is_none());
+    // Writes and the read after them in one send: the read sees them.
+    for v in 0..100u32 {
+        assert_eq!(bar0.read32_after_posted(&[(0xa0, v), (0xa4, v + 1)], 0xa4), v + 1);
+        assert_eq!(bar0.try_read32(0xa0).unwrap(), v);
+    }
+    assert_eq!(bar0.read32_after_posted(&[(0xa0, 7)], BAR0_SIZE), u32::MAX, "a read out of range");
+    assert_eq!(bar0.try_read32(0xa0).unwrap(), 99, "and nothing of it was sent");
     // Out of range is still refused locally, before anything is sent.
     assert!(matches!(dev.region_write_posted(0, BAR0_SIZE, &[0; 4]), Err(VfioError::OutOfRange { .. })));
     // A posted write the backend fails: the crate's server still sends an error reply for it

@@ -71,8 +71,7 @@ fn run(w: &Weak<Inner>, epoll: &Epoll) {
             let Some(l) = slot.as_mut() else { continue };
             // Acknowledged first, then read: a change after the read raises the interrupt
             // again (acknowledged after the read, it would be cleared unseen).
-            l.dev.link_irq_ack();
-            let up = l.dev.link().up;
+            let up = l.dev.link_after_irq().up;
             drop(slot);
             if up != wt.up {
                 wt.up = up;

@@ -561,18 +561,13 @@ impl EthDev for Port {
     }
 
     fn link(&mut self) -> LinkStatus {
-        // 8.2.3.22.20 LINKS: LINK_UP, speed 01 = 100 Mb/s, 10 = 1 Gb/s, 11 = 10 Gb/s.
-        let v = self.bar().read32(LINKS);
-        if v == u32::MAX || v & LINKS_UP == 0 {
-            return LinkStatus::default();
-        }
-        let speed_mbps = match (v & LINKS_SPEED_MASK) >> LINKS_SPEED_SHIFT {
-            1 => 100,
-            2 => 1000,
-            3 => 10_000,
-            _ => 0,
-        };
-        LinkStatus { up: true, speed_mbps }
+        links_status(self.bar().read32(LINKS))
+    }
+
+    fn link_after_irq(&mut self) -> LinkStatus {
+        // The acknowledgement (`link_irq_ack`'s two writes, posted) and the LINKS read in one
+        // exchange: one send, one round trip.
+        links_status(self.bar().read32_after_posted(&[(EICR, EICR_LSC), (EIMS, EICR_LSC)], LINKS))
     }
 
     fn stats(&mut self) -> PortStats {
@@ -670,4 +665,19 @@ impl EthDev for Port {
     crate::pci::pci_rss_and_queues!(NAME);
 
     crate::pci::pci_ethdev_common!("ixgbe");
+}
+
+/// The link as LINKS says (8.2.3.22.20: LINK_UP, speed 01 = 100 Mb/s, 10 = 1 Gb/s, 11 =
+/// 10 Gb/s); all-ones (a device gone) is down.
+fn links_status(v: u32) -> LinkStatus {
+    if v == u32::MAX || v & LINKS_UP == 0 {
+        return LinkStatus::default();
+    }
+    let speed_mbps = match (v & LINKS_SPEED_MASK) >> LINKS_SPEED_SHIFT {
+        1 => 100,
+        2 => 1000,
+        3 => 10_000,
+        _ => 0,
+    };
+    LinkStatus { up: true, speed_mbps }
 }
