@@ -297,6 +297,17 @@ fn posted_and_pipelined_requests_keep_their_order() {
         c.send_flags(REGION_WRITE, &eitr0(8 * i), &[], NO_REPLY);
         assert_eq!(c.read32(0, 0x00820), Ok(8 * i), "round {i}");
     }
+    // A request that wants a reply, then a No_reply reset, both forwarded to the server: the
+    // first one's reply must not let a read after it overtake the reset.
+    let irq_info = le(&[(16, 4), (0, 4), (MSIX as u64, 4), (0, 4)]);
+    for i in 1..=50u32 {
+        c.send_flags(REGION_WRITE, &eitr0(0x0c80), &[], NO_REPLY);
+        let id = c.send(GET_IRQ_INFO, &irq_info, &[]);
+        c.send_flags(DEVICE_RESET, &[], &[], NO_REPLY);
+        let r = c.recv();
+        assert_eq!((r.id, r.command, r.err()), (id, GET_IRQ_INFO, None), "round {i}");
+        assert_eq!(c.read32(0, 0x00820), Ok(0), "round {i}: the read came after the reset");
+    }
     // Pipelined: requests sent without waiting are answered in order, the ones the relay does
     // itself (region accesses) and the ones the server does (GET_IRQ_INFO) interleaved.
     let read = le(&[(0x00820, 8), (0, 4), (4, 4)]);
@@ -309,7 +320,7 @@ fn posted_and_pipelined_requests_keep_their_order() {
     let replies: Vec<Reply> = ids.iter().map(|_| c.recv()).collect();
     assert_eq!(replies.iter().map(|r| r.id).collect::<Vec<_>>(), ids, "replies in request order");
     assert!(replies.iter().all(|r| r.err().is_none()));
-    assert_eq!(u32_at(&replies[0].body, 16), 400);
+    assert_eq!(u32_at(&replies[0].body, 16), 0, "as the last reset left it");
     assert_eq!(u32_at(&replies[1].body, 12), 64, "the 82599's 64 MSI-X vectors");
     assert_eq!(u32_at(&replies[3].body, 16), 0x40);
 }

@@ -141,27 +141,23 @@ impl Bar {
 
     /// Posted writes of `writes` (offset, value) and then a read of the register at `off`,
     /// which sees them ([`DeviceIo::posted_writes_then_read`]: one round trip over vfio-user
-    /// for all of them). An interrupt's acknowledgement and the status read after it. Writes
-    /// to mmapped offsets are stores, done first; a failed access reads `0xFFFF_FFFF`, logged
-    /// once.
+    /// for all of them). An interrupt's acknowledgement and the status read after it. If any of
+    /// them is an mmapped offset (a store, which a message cannot order), each write is done
+    /// and waited for in turn instead. A failed access reads `0xFFFF_FFFF`, logged once.
     pub fn read32_after_posted(&self, writes: &[(u64, u32)], off: u64) -> u32 {
         let r = (|| {
             self.check_aligned(off)?;
-            let mut trapped: Vec<(u32, u64, [u8; 4])> = Vec::with_capacity(writes.len());
-            for &(o, v) in writes {
+            for &(o, _) in writes {
                 self.check_aligned(o)?;
-                match self.mapped_ptr(o) {
-                    Some(_) => self.try_write32(o, v)?,
-                    None => trapped.push((self.index, o, v.to_le_bytes())),
-                }
             }
-            if self.mapped_ptr(off).is_some() {
-                // A load from the mapping flushes nothing: the writes are waited for.
-                for (i, o, d) in &trapped {
-                    self.dev.region_write(*i, *o, d)?;
+            if self.mapped_ptr(off).is_some() || writes.iter().any(|&(o, _)| self.mapped_ptr(o).is_some()) {
+                for &(o, v) in writes {
+                    self.try_write32(o, v)?;
                 }
                 return self.try_read32(off);
             }
+            let trapped: Vec<(u32, u64, [u8; 4])> =
+                writes.iter().map(|&(o, v)| (self.index, o, v.to_le_bytes())).collect();
             let w: Vec<(u32, u64, &[u8])> = trapped.iter().map(|(i, o, d)| (*i, *o, &d[..])).collect();
             let mut b = [0u8; 4];
             self.dev.posted_writes_then_read(&w, self.index, off, &mut b)?;

@@ -54,6 +54,8 @@ enum RelayEnd {
     Timeout(&'static str),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the device model panicked on a register access")]
+    ModelPanic,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,15 +146,14 @@ pub(super) struct ConnCheck {
     negotiated: bool,
     /// This connection's DMA maps (iova, size), as confirmed by the server's replies.
     maps: Vec<(u64, u64)>,
-    /// Forwarded requests in order, by message id, until their replies pass.
-    pending: std::collections::VecDeque<(u16, Op)>,
+    /// Forwarded requests in order, by message id, until their replies pass; `true` for one
+    /// the client sent with *No_reply*: forwarded asking for a reply, which the relay drops, so
+    /// it knows when the worker has done it.
+    pending: std::collections::VecDeque<(u16, Op, bool)>,
     region_sizes: Vec<u64>,
     msix: u32,
     /// The capability names the client's VERSION proposed: the reply's must be among them.
     proposed: Vec<String>,
-    /// A request was forwarded with *No_reply* and no reply from the worker has come since:
-    /// the worker may not have done it yet, so the relay does not overtake it with an access.
-    unfenced: bool,
 }
 
 pub(super) fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -182,7 +183,6 @@ impl ConnCheck {
             region_sizes,
             msix,
             proposed: Vec::new(),
-            unfenced: false,
         }
     }
 
@@ -379,17 +379,21 @@ impl ConnCheck {
     /// without an errno gets one; a VERSION reply keeps only the capabilities the client
     /// proposed (the spec: "a subset of those proposed"); a region info whose capability chain
     /// did not fit the client's argsz says so with cap_offset 0, as vfio-pci does.
-    fn reply(&mut self, buf: &mut Vec<u8>) {
-        // The worker answers in order: everything forwarded before this reply is done.
-        self.unfenced = false;
+    /// Returns whether the reply goes to the client (not for a request it sent with
+    /// *No_reply*).
+    fn reply(&mut self, buf: &mut Vec<u8>) -> bool {
         let h = MsgHeader::parse(buf[..HEADER].try_into().expect("a whole header"));
-        let pos = self.pending.iter().position(|(id, _)| *id == h.id);
-        let op = pos.and_then(|p| self.pending.remove(p)).map(|(_, op)| op);
+        // The worker answers in order: the oldest pending request with this id.
+        let pos = self.pending.iter().position(|(id, _, _)| *id == h.id);
+        let (op, silent) = pos.and_then(|p| self.pending.remove(p)).map_or((None, false), |(_, op, s)| (Some(op), s));
         if h.flags & ERROR != 0 {
             if u32_at(buf, 12) == Some(0) {
                 buf[12..16].copy_from_slice(&(libc::EINVAL as u32).to_le_bytes());
             }
-            return;
+            if silent {
+                tracing::debug!(command = h.command, "a request sent with No_reply failed in the server");
+            }
+            return !silent;
         }
         match op {
             Some(Op::Version) => {
@@ -406,6 +410,7 @@ impl ConnCheck {
             Some(Op::UnmapAll) => self.maps.clear(),
             Some(Op::Other) | None => {}
         }
+        !silent
     }
 
     /// Drops from a VERSION reply's JSON the capabilities the client did not propose.
@@ -586,25 +591,32 @@ fn relay(s: &Arc<Shared>, conn: u64, client: &UnixStream, worker: &UnixStream, c
             let deadline = Some(Instant::now() + MESSAGE_TIMEOUT);
             let step = read_message(client, max, || RelayEnd::ClientClosed, deadline).and_then(|(h, buf, fds)| {
                 let (verdict, op) = check.check(&h, &buf, &fds);
-                let may_overtake = check.pending.is_empty() && !check.unfenced;
+                // Nothing forwarded is still in the worker's hands (a No_reply request too is
+                // pending until its dropped reply): an access cannot overtake one.
+                let may_overtake = check.pending.is_empty();
                 let mut forward = |msg: &[u8]| {
                     if op == Op::Version {
                         check.negotiated = true; // until an error reply says otherwise
                     }
-                    if h.flags & NO_REPLY == 0 {
-                        check.pending.push_back((h.id, op));
-                    } else {
-                        check.unfenced = true;
-                        if let Op::Map(a, s) = op {
-                            check.maps.push((a, s)); // no reply will confirm it
-                        }
+                    let silent = h.flags & NO_REPLY != 0;
+                    check.pending.push_back((h.id, op, silent));
+                    if silent {
+                        // Forwarded asking for a reply (dropped here), so the relay knows when
+                        // it is done.
+                        let mut m = msg.to_vec();
+                        let flags = u32_at(&m, 8).unwrap_or(0) & !NO_REPLY;
+                        m[8..12].copy_from_slice(&flags.to_le_bytes());
+                        return send_message(worker, &m, &fds);
                     }
                     send_message(worker, msg, &fds)
                 };
                 match verdict {
                     Verdict::Forward => forward(&buf),
                     Verdict::Access if may_overtake => {
-                        let answer = access(&mut local, &h, &buf);
+                        // A model that panics ends this connection, as it would in the worker.
+                        let answer =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| access(&mut local, &h, &buf)))
+                                .map_err(|_| RelayEnd::ModelPanic)?;
                         if h.flags & NO_REPLY == 0 {
                             send_message(client, &answer, &[])
                         } else {
@@ -617,8 +629,9 @@ fn relay(s: &Arc<Shared>, conn: u64, client: &UnixStream, worker: &UnixStream, c
                         // Replies keep the order of the requests: the worker's come first.
                         while !check.pending.is_empty() {
                             let (_, mut r, rfds) = read_message(worker, max, || RelayEnd::ServerClosed, None)?;
-                            check.reply(&mut r);
-                            send_message(client, &r, &rfds)?;
+                            if check.reply(&mut r) {
+                                send_message(client, &r, &rfds)?;
+                            }
                         }
                         let body = &buf[HEADER..];
                         let answer = match h.command {
@@ -647,13 +660,16 @@ fn relay(s: &Arc<Shared>, conn: u64, client: &UnixStream, worker: &UnixStream, c
         }
         if w_ready {
             let step = read_message(worker, max, || RelayEnd::ServerClosed, None).and_then(|(_, mut buf, fds)| {
-                if let Some((_, Op::Version)) = check.pending.front() {
+                if let Some((_, Op::Version, _)) = check.pending.front() {
                     if u32_at(&buf, 8).is_some_and(|f| f & ERROR != 0) {
                         check.negotiated = false;
                     }
                 }
-                check.reply(&mut buf);
-                send_message(client, &buf, &fds)
+                if check.reply(&mut buf) {
+                    send_message(client, &buf, &fds)
+                } else {
+                    Ok(())
+                }
             });
             if let Err(e) = step {
                 return e;
@@ -753,12 +769,12 @@ mod tests {
         let (h, m) = msg(SET_IRQS, &b);
         assert_eq!(errno(&c.check(&h, &m, &[]).0), libc::EINVAL);
         // Replies: a confirmed map is known; an error reply without errno gets one.
-        c.pending.push_back((9, Op::Map(0x1000, 0x2000)));
+        c.pending.push_back((9, Op::Map(0x1000, 0x2000), false));
         let mut r = error_reply(&MsgHeader { id: 9, command: DMA_MAP, size: 16, flags: 0 }, 0).to_vec();
         r[8..12].copy_from_slice(&1u32.to_le_bytes());
         c.reply(&mut r);
         assert_eq!(c.maps, vec![(0x1000, 0x2000)], "the server confirmed the map");
-        c.pending.push_back((10, Op::Map(0x8000, 0x1000)));
+        c.pending.push_back((10, Op::Map(0x8000, 0x1000), false));
         let mut e = error_reply(&MsgHeader { id: 10, command: DMA_MAP, size: 16, flags: 0 }, 0).to_vec();
         c.reply(&mut e);
         assert_eq!(u32_at(&e, 12), Some(libc::EINVAL as u32), "errno filled in");
