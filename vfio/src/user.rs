@@ -251,16 +251,32 @@ impl UserDevice {
 
     /// Send one command and wait for its reply, all under the connection lock.
     fn transact(&self, cmd: Command, body: &[u8], fds: &[RawFd]) -> Result<Reply, VfioError> {
+        self.transact_after(&[], cmd, body, fds)
+    }
+
+    /// [`UserDevice::transact`] with the region writes `posted` (region, offset, data) sent
+    /// with *No_reply* before the command, in the same send.
+    fn transact_after(
+        &self,
+        posted: &[(u32, u64, &[u8])],
+        cmd: Command,
+        body: &[u8],
+        fds: &[RawFd],
+    ) -> Result<Reply, VfioError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(reason) = &st.poisoned {
             return Err(VfioError::Poisoned { device: self.name.clone(), reason: reason.clone() });
+        }
+        let mut prefix = Vec::new();
+        for (i, o, d) in posted {
+            prefix.extend_from_slice(&Self::posted_write(&mut st, *i, *o, d));
         }
         let id = st.next_id;
         st.next_id = st.next_id.wrapping_add(1);
         let started = Instant::now();
         let deadline = started + self.timeout;
         let posted_from = st.posted_from.take();
-        let r = self.exchange(Vec::new(), (cmd, id, body, fds), posted_from, (deadline, started));
+        let r = self.exchange(prefix, (cmd, id, body, fds), posted_from, (deadline, started));
         match &r {
             Ok(_) | Err(VfioError::ErrorReply { .. }) => {}
             Err(e) => self.poison(&mut st, &e.to_string()),
@@ -287,20 +303,45 @@ impl UserDevice {
 
     /// Sends one command with *No_reply* set, under the connection lock, and returns at once.
     /// A failed or partial send poisons the connection (the stream may hold half a message).
-    fn post(&self, cmd: Command, body: &[u8]) -> Result<(), VfioError> {
+    fn post(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), VfioError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(reason) = &st.poisoned {
             return Err(VfioError::Poisoned { device: self.name.clone(), reason: reason.clone() });
         }
-        let id = st.next_id;
-        st.next_id = st.next_id.wrapping_add(1);
-        st.posted_from.get_or_insert(id);
-        let msg = proto::command_with_flags(id, cmd, body, proto::TYPE_COMMAND | proto::FLAG_NO_REPLY);
-        let r = self.send_message(cmd, &msg, &[], Instant::now());
+        let msg = Self::posted_write(&mut st, index, offset, data);
+        let r = self.send_message(Command::RegionWrite, &msg, &[], Instant::now());
         if let Err(e) = &r {
             self.poison(&mut st, &e.to_string());
         }
         r
+    }
+
+    /// A REGION_WRITE with *No_reply*, its id taken from `st` (and remembered as posted).
+    fn posted_write(st: &mut ConnState, index: u32, offset: u64, data: &[u8]) -> Vec<u8> {
+        let id = st.next_id;
+        st.next_id = st.next_id.wrapping_add(1);
+        st.posted_from.get_or_insert(id);
+        let body = proto::region_access_request(index, offset, data.len() as u32, data);
+        proto::command_with_flags(id, Command::RegionWrite, &body, proto::TYPE_COMMAND | proto::FLAG_NO_REPLY)
+    }
+
+    /// Checks a REGION_READ reply against the request (region `index`, `off`, `chunk.len()`
+    /// bytes) and copies its data into `chunk`.
+    fn read_reply_into(&self, reply: &Reply, index: u32, off: u64, chunk: &mut [u8]) -> Result<(), VfioError> {
+        let cmd = Command::RegionRead;
+        let count = chunk.len() as u32;
+        let r = proto::RegionAccessRepr::parse(&reply.body, true).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
+        if r.count != count || r.region != index || r.offset != off {
+            return Err(self.bad_reply(
+                cmd,
+                format!(
+                    "asked region {index} {off:#x}+{count}, reply says region {} {:#x}+{}",
+                    r.region, r.offset, r.count
+                ),
+            ));
+        }
+        chunk.copy_from_slice(r.data);
+        Ok(())
     }
 
     /// Sends `prefix` (whole messages sent with *No_reply*, or nothing) and the command in one
@@ -434,18 +475,7 @@ impl DeviceIo for UserDevice {
             let off = offset + done as u64;
             let count = chunk.len() as u32;
             let reply = self.transact(cmd, &proto::region_access_request(index, off, count, &[]), &[])?;
-            let r =
-                proto::RegionAccessRepr::parse(&reply.body, true).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
-            if r.count != count || r.region != index || r.offset != off {
-                return Err(self.bad_reply(
-                    cmd,
-                    format!(
-                        "asked region {index} {off:#x}+{count}, reply says region {} {:#x}+{}",
-                        r.region, r.offset, r.count
-                    ),
-                ));
-            }
-            chunk.copy_from_slice(r.data);
+            self.read_reply_into(&reply, index, off, chunk)?;
             done += chunk.len();
         }
         Ok(())
@@ -479,7 +509,7 @@ impl DeviceIo for UserDevice {
         let mut done = 0usize;
         for chunk in data.chunks(self.max_xfer) {
             let off = offset + done as u64;
-            self.post(Command::RegionWrite, &proto::region_access_request(index, off, chunk.len() as u32, chunk))?;
+            self.post(index, off, chunk)?;
             done += chunk.len();
         }
         Ok(())
@@ -504,50 +534,9 @@ impl DeviceIo for UserDevice {
             }
             return self.region_read(index, offset, buf);
         }
-        let cmd = Command::RegionRead;
-        let count = buf.len() as u32;
-        let reply = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(reason) = &st.poisoned {
-                return Err(VfioError::Poisoned { device: self.name.clone(), reason: reason.clone() });
-            }
-            let mut prefix = Vec::new();
-            for (i, o, d) in writes {
-                let id = st.next_id;
-                st.next_id = st.next_id.wrapping_add(1);
-                st.posted_from.get_or_insert(id);
-                let body = proto::region_access_request(*i, *o, d.len() as u32, d);
-                prefix.extend_from_slice(&proto::command_with_flags(
-                    id,
-                    Command::RegionWrite,
-                    &body,
-                    proto::TYPE_COMMAND | proto::FLAG_NO_REPLY,
-                ));
-            }
-            let id = st.next_id;
-            st.next_id = st.next_id.wrapping_add(1);
-            let started = Instant::now();
-            let posted_from = st.posted_from.take();
-            let body = proto::region_access_request(index, offset, count, &[]);
-            let r = self.exchange(prefix, (cmd, id, &body, &[]), posted_from, (started + self.timeout, started));
-            match &r {
-                Ok(_) | Err(VfioError::ErrorReply { .. }) => {}
-                Err(e) => self.poison(&mut st, &e.to_string()),
-            }
-            r?
-        };
-        let r = proto::RegionAccessRepr::parse(&reply.body, true).map_err(|e| self.bad_reply(cmd, e.to_string()))?;
-        if r.count != count || r.region != index || r.offset != offset {
-            return Err(self.bad_reply(
-                cmd,
-                format!(
-                    "asked region {index} {offset:#x}+{count}, reply says region {} {:#x}+{}",
-                    r.region, r.offset, r.count
-                ),
-            ));
-        }
-        buf.copy_from_slice(r.data);
-        Ok(())
+        let body = proto::region_access_request(index, offset, buf.len() as u32, &[]);
+        let reply = self.transact_after(writes, Command::RegionRead, &body, &[])?;
+        self.read_reply_into(&reply, index, offset, buf)
     }
 
     fn map_region(&self, index: u32) -> Result<RegionMap, VfioError> {
