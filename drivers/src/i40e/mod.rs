@@ -744,7 +744,16 @@ impl EthDev for Port {
         // The causes read (and so cleared), vector 0 enabled again with its pending bit cleared.
         let bar = self.bar();
         let _ = bar.read32(PFINT_ICR0);
+        bar.write32(PFINT_DYN_CTL0, PFINT_DYN_CTL0_INTENA | PFINT_DYN_CTL0_CLEARPBA);
+    }
+
+    fn link_after_irq(&mut self) -> LinkStatus {
+        // The re-arm posted: the get_link_status command's trapped PF_ATQT write after it
+        // (only the queue tail pages are mmapped) comes after it on the same connection.
+        let bar = self.bar();
+        let _ = bar.read32(PFINT_ICR0);
         bar.write32_posted(PFINT_DYN_CTL0, PFINT_DYN_CTL0_INTENA | PFINT_DYN_CTL0_CLEARPBA);
+        self.link_status()
     }
 
     crate::pci::pci_rss_and_queues!(NAME);

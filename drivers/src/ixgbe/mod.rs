@@ -655,11 +655,11 @@ impl EthDev for Port {
     }
 
     fn link_irq_ack(&mut self) {
-        // 7.3.1: the LSC cause cleared (write 1 to clear) and enabled again. Posted: the
-        // link read that follows flushes them (one round trip for the three accesses).
+        // 7.3.1: the LSC cause cleared (write 1 to clear) and enabled again. Waited for: a
+        // caller may do anything next (`link_after_irq` posts them before its LINKS read).
         let bar = self.bar();
-        bar.write32_posted(EICR, EICR_LSC);
-        bar.write32_posted(EIMS, EICR_LSC);
+        bar.write32(EICR, EICR_LSC);
+        bar.write32(EIMS, EICR_LSC);
     }
 
     crate::pci::pci_rss_and_queues!(NAME);
