@@ -240,11 +240,18 @@ impl Channel {
         }
         let n = self.inner.next_reply.fetch_add(1, Ordering::Relaxed);
         let path = self.inner.cfg.dir.join(format!("mp_reply_{}_{}", std::process::id(), n));
+        // Bound and recorded under the lock `close` drains under, after it checked `closed`:
+        // a socket bound while the channel closes would be left in the runtime dir (and keep
+        // the last process out from removing it).
+        let mut paths = self.inner.reply_paths.lock().unwrap_or_else(|e| e.into_inner());
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(IpcError::Closed);
+        }
         let _ = std::fs::remove_file(&path);
         let fd = sys::dgram_bind(&path).map_err(|source| IpcError::Socket { path: path.clone(), source })?;
         let _ = sys::set_send_timeout(fd.as_fd(), 1000);
         let _ = sys::set_recv_timeout(fd.as_fd(), LIVENESS_POLL_MS as u64);
-        self.inner.reply_paths.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+        paths.push(path);
         Ok(ReplySock { fd, buf: vec![0u8; MAX_DGRAM + 1].into_boxed_slice() })
     }
 
