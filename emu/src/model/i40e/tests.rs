@@ -1212,20 +1212,26 @@ fn rss_received(m: &I40e, dma: &mut FakeDma) -> Vec<Vec<(u32, u64, u64)>> {
         .collect()
 }
 
-#[test]
-fn rss_by_registers_hashes_the_enabled_types_and_spreads_them_by_the_lookup_table() {
-    use crate::model::rss::tests::{ipv4_frame, MS_KEY, V4};
-    let mut m = nic(Box::new(QueuedLoopback::default()));
-    let mut dma = dma();
-    bring_up_queues(&mut m, &mut dma);
+/// Microsoft's key in PFQF_HKEY, and a lookup table spreading over queues 0..3 by registers.
+fn rss_key_and_lut_by_registers(m: &mut I40e) {
+    use crate::model::rss::tests::MS_KEY;
     for n in 0..10u32 {
         let k = 4 * n as usize;
-        wr(&mut m, pfqf_hkey(n), u32::from_le_bytes([MS_KEY[k], MS_KEY[k + 1], MS_KEY[k + 2], MS_KEY[k + 3]]));
+        wr(m, pfqf_hkey(n), u32::from_le_bytes([MS_KEY[k], MS_KEY[k + 1], MS_KEY[k + 2], MS_KEY[k + 3]]));
     }
     for n in 0..PFQF_HLUT_REGS {
         let e = |k: u32| ((4 * n + k) % 3) << (8 * k);
-        wr(&mut m, pfqf_hlut(n), e(0) | e(1) | e(2) | e(3));
+        wr(m, pfqf_hlut(n), e(0) | e(1) | e(2) | e(3));
     }
+}
+
+#[test]
+fn rss_by_registers_hashes_the_enabled_types_and_spreads_them_by_the_lookup_table() {
+    use crate::model::rss::tests::{ipv4_frame, V4};
+    let mut m = nic(Box::new(QueuedLoopback::default()));
+    let mut dma = dma();
+    bring_up_queues(&mut m, &mut dma);
+    rss_key_and_lut_by_registers(&mut m);
     wr(&mut m, pfqf_hena(1), 1 << (PCTYPE_IPV4_TCP - 32));
     let mut want = vec![Vec::new(); 4];
     for (i, (dst, dport, src, sport, _, with_ports)) in V4.iter().enumerate() {
@@ -1258,18 +1264,11 @@ fn rss_by_registers_hashes_the_enabled_types_and_spreads_them_by_the_lookup_tabl
 
 #[test]
 fn tcp_over_ipv6_behind_extension_headers_is_hashed_with_its_ports() {
-    use crate::model::rss::tests::{hop_by_hop, ipv6_ext_frame, MS_KEY, V6};
+    use crate::model::rss::tests::{hop_by_hop, ipv6_ext_frame, V6};
     let mut m = nic(Box::new(QueuedLoopback::default()));
     let mut dma = dma();
     bring_up_queues(&mut m, &mut dma);
-    for n in 0..10u32 {
-        let k = 4 * n as usize;
-        wr(&mut m, pfqf_hkey(n), u32::from_le_bytes([MS_KEY[k], MS_KEY[k + 1], MS_KEY[k + 2], MS_KEY[k + 3]]));
-    }
-    for n in 0..PFQF_HLUT_REGS {
-        let e = |k: u32| ((4 * n + k) % 3) << (8 * k);
-        wr(&mut m, pfqf_hlut(n), e(0) | e(1) | e(2) | e(3));
-    }
+    rss_key_and_lut_by_registers(&mut m);
     wr(&mut m, pfqf_hena(PCTYPE_IPV6_TCP / 32), 1 << (PCTYPE_IPV6_TCP % 32));
     let mut want = vec![Vec::new(); 4];
     for (i, (dst, dport, src, sport, _, with_ports)) in V6.iter().enumerate() {
