@@ -85,6 +85,20 @@ pub trait Wire: Send {
         }
         n
     }
+    /// Runs `burst` once with the ring frames transmitted now go onto, for a whole burst (a wire
+    /// behind a lock takes it once, not per frame, and the model's loop puts each frame in with
+    /// [`FrameRing::push_in`], inlined). False, without calling `burst`, on a wire that keeps no
+    /// such ring (a TAP, a pcap, no cable): the model then uses [`Wire::transmit_with`].
+    fn tx_ring(&mut self, _burst: &mut dyn FnMut(&mut FrameRing)) -> bool {
+        false
+    }
+    /// Runs `burst` once with the ring received frames come from, for a whole burst: the model
+    /// takes each frame with [`FrameRing::front`] and [`FrameRing::pop`] (and must take every
+    /// frame it looks at, as with [`Wire::receive_burst`]). False, without calling `burst`, on a
+    /// wire that keeps no such ring.
+    fn rx_ring(&mut self, _burst: &mut dyn FnMut(&mut FrameRing)) -> bool {
+        false
+    }
     /// True if a frame transmitted now would be the very next frame this same device receives: a
     /// loopback wire with nothing queued. The model may then move the frame from its transmit
     /// buffer straight into its receive ring (cut-through) instead of through the wire's buffer;
@@ -202,6 +216,7 @@ impl FrameRing {
     }
 
     /// Drops the oldest frame.
+    #[inline(always)]
     pub fn pop(&mut self) {
         if self.count == 0 {
             return;
@@ -216,6 +231,7 @@ impl FrameRing {
     }
 
     /// The oldest frame.
+    #[inline(always)]
     pub fn front(&self) -> Option<&[u8]> {
         if self.count == 0 {
             return None;
@@ -270,6 +286,14 @@ impl FrameRing {
     /// Appends a frame written in place by `fill` (see [`Wire::transmit_with`]).
     #[inline(always)]
     pub fn push_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        self.push_in(len, fill)
+    }
+
+    /// [`FrameRing::push_with`] for a burst loop ([`Wire::tx_ring`]): `fill` inlined, no call
+    /// per frame. `fill` gets exactly `len` bytes (stale contents) and returns false to abandon
+    /// the frame; false also if `len` is longer than [`MAX_FRAME`].
+    #[inline(always)]
+    pub fn push_in(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
         if len > MAX_FRAME {
             return false;
         }
@@ -302,6 +326,13 @@ impl FrameRing {
     /// Hands up to `max` of the oldest frames to `deliver`, oldest first, and drops them. Returns
     /// how many.
     pub fn pop_burst(&mut self, max: usize, deliver: &mut dyn FnMut(&[u8])) -> usize {
+        self.drain_in(max, deliver)
+    }
+
+    /// [`FrameRing::pop_burst`] for a burst loop ([`Wire::rx_ring`]): `deliver` inlined, no
+    /// call per frame.
+    #[inline(always)]
+    pub fn drain_in(&mut self, max: usize, mut deliver: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
         while n < max {
             match self.front() {
@@ -349,6 +380,14 @@ impl Wire for Loopback {
     fn receive_burst(&mut self, max: usize, deliver: &mut dyn FnMut(&[u8])) -> usize {
         self.q.pop_burst(max, deliver)
     }
+    fn tx_ring(&mut self, burst: &mut dyn FnMut(&mut FrameRing)) -> bool {
+        burst(&mut self.q);
+        true
+    }
+    fn rx_ring(&mut self, burst: &mut dyn FnMut(&mut FrameRing)) -> bool {
+        burst(&mut self.q);
+        true
+    }
     fn loops_back_idle(&self) -> bool {
         self.q.is_empty()
     }
@@ -379,8 +418,47 @@ impl Wire for QueuedLoopback {
     fn receive_burst(&mut self, max: usize, deliver: &mut dyn FnMut(&[u8])) -> usize {
         self.0.receive_burst(max, deliver)
     }
+    fn tx_ring(&mut self, burst: &mut dyn FnMut(&mut FrameRing)) -> bool {
+        self.0.tx_ring(burst)
+    }
+    fn rx_ring(&mut self, burst: &mut dyn FnMut(&mut FrameRing)) -> bool {
+        self.0.rx_ring(burst)
+    }
     fn describe(&self) -> String {
         "queued loopback".into()
+    }
+}
+
+/// A wire with its rings hidden ([`Wire::tx_ring`], [`Wire::rx_ring`]): the model moves every
+/// frame through [`Wire::transmit_with`] and [`Wire::receive_burst`], as on a wire that keeps no
+/// ring (a TAP). The reference the models' burst loops are compared with in the unit tests.
+#[derive(Default)]
+pub struct FrameByFrame<W>(pub W);
+
+impl<W: Wire> Wire for FrameByFrame<W> {
+    fn transmit(&mut self, frame: &[u8]) {
+        self.0.transmit(frame);
+    }
+    fn receive(&mut self, buf: &mut Vec<u8>) -> bool {
+        self.0.receive(buf)
+    }
+    fn transmit_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
+        self.0.transmit_with(len, fill)
+    }
+    fn receive_with(&mut self, deliver: &mut dyn FnMut(&[u8])) -> bool {
+        self.0.receive_with(deliver)
+    }
+    fn receive_burst(&mut self, max: usize, deliver: &mut dyn FnMut(&[u8])) -> usize {
+        self.0.receive_burst(max, deliver)
+    }
+    fn loops_back_idle(&self) -> bool {
+        self.0.loops_back_idle()
+    }
+    fn backpressure(&self) -> bool {
+        self.0.backpressure()
+    }
+    fn describe(&self) -> String {
+        format!("{} (frame by frame)", self.0.describe())
     }
 }
 
@@ -427,6 +505,14 @@ impl Wire for PeerEnd {
     }
     fn receive_burst(&mut self, max: usize, deliver: &mut dyn FnMut(&[u8])) -> usize {
         lock(&self.from_peer).pop_burst(max, deliver)
+    }
+    fn tx_ring(&mut self, burst: &mut dyn FnMut(&mut FrameRing)) -> bool {
+        burst(&mut lock(&self.to_peer));
+        true
+    }
+    fn rx_ring(&mut self, burst: &mut dyn FnMut(&mut FrameRing)) -> bool {
+        burst(&mut lock(&self.from_peer));
+        true
     }
     fn describe(&self) -> String {
         format!("peer={}", self.peer)

@@ -120,3 +120,47 @@ fn pcap_tx_output_replays_as_rx_input() {
     assert!(!r.receive(&mut b));
     assert!(PcapWire::open(&d.path().join("missing"), &second).is_err());
 }
+
+/// A burst through the rings (`tx_ring`, `rx_ring`) is the same stream as frame by frame: a
+/// peer's frames arrive at the other end in order, an abandoned or oversize frame is not sent,
+/// a loopback's come back, and wires without a ring (or with it hidden) say so and call nothing.
+#[test]
+fn bursts_through_the_rings_carry_the_frames_in_order() {
+    let (mut a, mut z) = peer_pair("a", "z");
+    assert!(a.tx_ring(&mut |r| {
+        for i in 0..10u8 {
+            assert!(r.push_in(60 + usize::from(i), |b| {
+                b.fill(i);
+                true
+            }));
+        }
+        assert!(!r.push_in(60, |_| false), "abandoned");
+        assert!(!r.push_in(MAX_FRAME + 1, |_| panic!("not called")));
+    }));
+    // The sender's own receive ring holds nothing; the other end has the ten, in order.
+    assert!(a.rx_ring(&mut |r| assert!(r.is_empty())));
+    let mut got = Vec::new();
+    assert!(z.rx_ring(&mut |r| {
+        assert_eq!(r.drain_in(4, |f| got.push((f.len(), f[0]))), 4, "at most the burst asked for");
+    }));
+    // The rest, frame by frame.
+    let mut b = Vec::new();
+    while z.receive(&mut b) {
+        got.push((b.len(), b[0]));
+    }
+    assert_eq!(got, (0..10u8).map(|i| (60 + usize::from(i), i)).collect::<Vec<_>>());
+
+    let mut l = Loopback::default();
+    assert!(l.tx_ring(&mut |r| assert!(r.push_in(3, |b| {
+        b.copy_from_slice(&[7, 8, 9]);
+        true
+    }))));
+    assert!(!l.loops_back_idle());
+    assert!(l.receive(&mut b));
+    assert_eq!(b, [7, 8, 9]);
+
+    let mut hidden = FrameByFrame(QueuedLoopback::default());
+    assert!(!hidden.tx_ring(&mut |_| panic!("no ring")));
+    assert!(!hidden.rx_ring(&mut |_| panic!("no ring")));
+    assert!(!NullWire::default().tx_ring(&mut |_| panic!("no ring")));
+}

@@ -32,7 +32,7 @@ use super::hmc::{RxContext, TxContext};
 use super::regs::*;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, rss_head, store_runs, Tally, Verdict};
+use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, rss_head, store_runs, Dest, Tally, Verdict};
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -160,9 +160,29 @@ impl I40e {
         let (mut n, mut completed) = (0, false);
         let mut sent = Tally::default();
         let todo = ((tail + ctx.qlen - head) % ctx.qlen).min(BUDGET);
+        // Whether the frames' ring (the internal loopback's, or the wire's) can take a burst loop.
+        let mut ringed = true;
+        let internal = self.fw.lb_mode & (LB_PHY_LOCAL | LB_MAC_LOCAL) != 0;
+        let sends = self.link_up() || self.fw.lb_mode != 0;
         while n < todo {
             if self.tx_frame.is_empty() && links.internal.is_empty() && links.wire.loops_back_idle() {
                 let (k, rs) = self.tx_cut_run(xl, &descs, &ctx, head, todo - n, rx, &mut sent);
+                head = (head + k) % ctx.qlen;
+                n += k;
+                completed |= rs;
+                if n == todo {
+                    break;
+                }
+            } else if ringed && sends && self.tx_frame.is_empty() {
+                let (mut k, mut rs) = (0, false);
+                let mut run = |r: &mut FrameRing| {
+                    (k, rs) = self.tx_ring_run(xl, &descs, &ctx, head, todo - n, r, &mut sent);
+                };
+                if internal {
+                    run(&mut links.internal);
+                } else {
+                    ringed = links.wire.tx_ring(&mut run);
+                }
                 head = (head + k) % ctx.qlen;
                 n += k;
                 completed |= rs;
@@ -312,6 +332,66 @@ impl I40e {
                 b.got.add(wire_len as u64, class);
                 b.delivered = true;
             }
+            if cmd & TXD_CMD_RS != 0 {
+                if !ctx.head_wb_ena && !Self::tx_writeback(descs, o) {
+                    self.faults.record(ctx.base.wrapping_add(o as u64 + 8), 8, "tx descriptor write-back");
+                }
+                rs = true;
+            }
+            h = if h + 1 == ctx.qlen { 0 } else { h + 1 };
+            n += 1;
+        }
+        sent.merge(tx);
+        (n, rs)
+    }
+
+    /// The burst loop of frames that go onto a ring (the wire's, [`Wire::tx_ring`], or the
+    /// internal loopback's): from descriptor `head` on, at most `todo`, each one-descriptor data
+    /// frame of 14 bytes or more whose TX buffer translates goes from there into `r`, padded to
+    /// 60 bytes, one copy, with the counters and write-backs of [`I40e::tx_direct`]. The caller
+    /// checked that frames go out (the link, or a loopback mode). The first descriptor that is
+    /// anything else is left to the general path. Returns how many descriptors it handled and
+    /// whether one asked for a status write-back (RS).
+    #[allow(clippy::too_many_arguments)]
+    fn tx_ring_run(
+        &mut self,
+        xl: &mut Xlate<'_>,
+        descs: &DmaView<'_>,
+        ctx: &TxContext,
+        head: u32,
+        todo: u32,
+        r: &mut FrameRing,
+        sent: &mut Tally,
+    ) -> (u32, bool) {
+        let mut tx = Tally::default();
+        let (mut h, mut n, mut rs) = (head, 0, false);
+        while n < todo {
+            let o = h as usize * TX_DESC as usize;
+            prefetch_ahead(descs, o, (todo - n) as usize, TX_DESC as usize);
+            let Some((buf, qw1)) = descs.load_u64_pair(o) else { break };
+            let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;
+            let len = ((qw1 >> TXD_BSZ_SHIFT) & TXD_BSZ_MASK) as usize;
+            if qw1 & TXD_DTYPE_MASK != TXD_DTYPE_DATA || cmd & TXD_CMD_EOP == 0 || !(14..=MAX_FRAME).contains(&len) {
+                break;
+            }
+            let wire_len = len.max(MIN_FRAME);
+            let Some(src) = xl.view(buf, len as u64) else { break };
+            let mut class = Dest::Unicast;
+            let put = r.push_in(wire_len, |slot| {
+                let (data, pad) = slot.split_at_mut(len);
+                if !pad.is_empty() {
+                    pad.fill(0);
+                }
+                if !src.read(0, data) {
+                    return false;
+                }
+                class = dest(data);
+                true
+            });
+            if !put {
+                break;
+            }
+            tx.add(wire_len as u64, class);
             if cmd & TXD_CMD_RS != 0 {
                 if !ctx.head_wb_ena && !Self::tx_writeback(descs, o) {
                     self.faults.record(ctx.base.wrapping_add(o as u64 + 8), 8, "tx descriptor write-back");
@@ -522,9 +602,35 @@ impl I40e {
     /// Moves frames from the internal loopback and the wire into the VSI's receive queues.
     pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, links: &mut Links, set: &mut RxSet<'d>) -> bool {
         let internal: &mut FrameRing = &mut links.internal;
-        let mut n = internal.pop_burst(BUDGET as usize, &mut |f: &[u8]| self.rx_frame_in(xl, f, set));
+        let mut n = internal.drain_in(BUDGET as usize, |f: &[u8]| self.rx_frame_in(xl, f, set));
         let link = self.link_up();
         let wire: &mut dyn Wire = links.wire.as_mut();
+        if !wire.backpressure() && n < BUDGET as usize {
+            // Every frame is taken (delivered, filtered or missed): one burst through the
+            // wire's ring when it has one (one lock, no call per frame).
+            let ringed = wire.rx_ring(&mut |r| {
+                let mut fast = link;
+                while n < BUDGET as usize {
+                    if fast {
+                        let (k, again) = self.rx_ring_run_first(xl, r, BUDGET as usize - n, set);
+                        n += k;
+                        fast = again;
+                        if n == BUDGET as usize {
+                            break;
+                        }
+                    }
+                    let Some(f) = r.front() else { break };
+                    if link {
+                        self.rx_frame_in(xl, f, set);
+                    }
+                    r.pop();
+                    n += 1;
+                }
+            });
+            if ringed {
+                return n > 0;
+            }
+        }
         // Nothing can be received now: leave frames on a wire that can hold them.
         let hold = wire.backpressure() && !(link && self.rx_contexts_loaded(set));
         let mut take = |f: &[u8]| {
@@ -541,6 +647,116 @@ impl I40e {
             n += 1;
         }
         n > 0
+    }
+
+    /// The receive burst loop off a ring ([`Wire::rx_ring`]) for the VSI's first queue (RSS off,
+    /// the link up, a receive context that strips the FCS, a usable ring): each frame of 16
+    /// bytes or more that fits one buffer and the largest frame goes from the ring into an RX
+    /// buffer as [`I40e::rx_frame_in`] takes it, with the filter verdict kept while the header
+    /// repeats and the queue's state in locals (written back before anything else looks at
+    /// it). Stops at the first other frame, leaving it in `r`. Returns how many frames it took
+    /// and whether the loop may take more this poll (false once the queue cannot).
+    fn rx_ring_run_first<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        r: &mut FrameRing,
+        max: usize,
+        set: &mut RxSet<'d>,
+    ) -> (usize, bool) {
+        let first = set.first;
+        if self.rss.on || first >= PF_QUEUES {
+            return (0, false);
+        }
+        let (mut v, port_max) = (set.verdict, u64::from(self.fw.max_frame));
+        let b = self.batch(set, first);
+        let Some(c) = b.ctx.filter(|c| c.crcstrip) else { return (0, false) };
+        if b.state == TailState::Unread {
+            self.rx_read_tail(b, &c);
+        }
+        if b.state != TailState::Usable {
+            return (0, false);
+        }
+        // The ring's translation, taken as the queue's (`rx_descs`: the bus master check) when
+        // the first frame needs a descriptor; a ring outside the DMA maps is left to the
+        // general path, which records the fault when a frame needs it.
+        let dlen = c.desc_len() as usize;
+        let mut taken = b.descs.is_some();
+        let Some(ring) = b.descs.or_else(|| xl.view(c.base, u64::from(c.qlen) * dlen as u64)) else {
+            return (0, false);
+        };
+        // The largest frame this loop takes: one buffer, within the port's and the queue's
+        // largest frame with the FCS (RXMAX 0: no limit of its own).
+        let mut limit = (c.dbuff as u64).min(port_max.saturating_sub(FCS));
+        if c.rxmax != 0 {
+            limit = limit.min(u64::from(c.rxmax).saturating_sub(FCS));
+        }
+        let qw1_fixed = RXD_STATUS_DD | RXD_STATUS_EOF | PTYPE_L2 << RXD_PTYPE_SHIFT;
+        let (mut rh, mut free, mut wbn) = (b.head, b.free, b.wb_len);
+        let (mut got, mut n, mut stop) = (Tally::default(), 0, false);
+        while n < max {
+            let Some(frame) = r.front() else { break };
+            let len = frame.len();
+            let Some(hdr) = frame.first_chunk::<HDR>() else { break };
+            if len as u64 > limit {
+                break;
+            }
+            let (accepted, class) = v.judge(filter_key(hdr), true, || (self.accept(hdr, len), dest(frame)));
+            if !accepted {
+                self.totals.rx_filtered += 1;
+            } else {
+                if free == 0 {
+                    // QRX_TAIL again (the driver refills while we deliver).
+                    (b.head, b.free) = (rh, free);
+                    if self.rx_room(b, &c, 1) {
+                        free = b.free;
+                    }
+                    stop = b.state != TailState::Usable;
+                }
+                if free == 0 {
+                    self.count_missed();
+                } else {
+                    if !taken {
+                        self.check_dma_allowed();
+                        b.descs = Some(ring);
+                        taken = true;
+                    }
+                    if wbn == WB_BATCH {
+                        b.wb_len = wbn;
+                        self.rx_flush(b);
+                        wbn = 0;
+                    }
+                    if wbn == 0 {
+                        b.wb_first = rh;
+                    }
+                    let o = rh as usize * dlen;
+                    prefetch_ahead(&ring, o, free as usize, dlen);
+                    // Inside the ring view by construction (rh < qlen).
+                    let pkt = ring.load_u64(o, Ordering::Relaxed).unwrap_or_default();
+                    b.wb[wbn] = if xl.view(pkt, len as u64).is_some_and(|d| d.write(0, frame)) {
+                        got.add(len as u64, class);
+                        (0, qw1_fixed | (len as u64 & RXD_LEN_PBUF_MASK) << RXD_LEN_PBUF_SHIFT)
+                    } else {
+                        self.faults.record(pkt, len as u64, "rx buffer write");
+                        (0, RXD_STATUS_DD | RXD_STATUS_EOF | (RXD_ERROR_RXE << RXD_ERROR_SHIFT))
+                    };
+                    wbn += 1;
+                    rh = if rh + 1 == c.qlen { 0 } else { rh + 1 };
+                    free -= 1;
+                    b.moved = true;
+                }
+            }
+            r.pop();
+            n += 1;
+            if stop {
+                // The queue is unusable now: `rx_frame_in` takes the rest (missed).
+                break;
+            }
+        }
+        (b.head, b.free, b.wb_len) = (rh, free, wbn);
+        b.got.merge(got);
+        b.delivered |= got.frames > 0;
+        set.verdict = v;
+        (n, !stop)
     }
 
     /// Whether every queue a frame may go to (the first, and those the RSS table names) has its

@@ -4,7 +4,7 @@ use super::*;
 use crate::dma::FakeDma;
 use crate::model::snapshot::SnapshotError;
 use crate::model::DeviceModel;
-use crate::wire::{Loopback, NullWire, QueuedLoopback};
+use crate::wire::{FrameByFrame, Loopback, NullWire, QueuedLoopback};
 
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0x40, 0x01];
 const BASE: u64 = 0x1_0000_0000;
@@ -638,7 +638,11 @@ fn unicast_filter_drops_foreign_mac_unless_promiscuous() {
 #[test]
 fn a_vlan_filter_decides_per_frame_within_a_burst() {
     const M2: [u8; 6] = [0x02, 0, 0, 0, 0x40, 0x02];
-    for wire in [Box::new(Loopback::default()) as Box<dyn Wire>, Box::new(QueuedLoopback::default())] {
+    for wire in [
+        Box::new(Loopback::default()) as Box<dyn Wire>,
+        Box::new(QueuedLoopback::default()),
+        Box::new(FrameByFrame(QueuedLoopback::default())),
+    ] {
         let mut m = nic(wire);
         let mut dma = dma();
         bring_up(&mut m, &mut dma, false, false);
@@ -1013,10 +1017,14 @@ fn cut_through_on_an_idle_loopback_matches_the_wire_path() {
     for dsize32 in [false, true] {
         let cut = mixed_traffic(Box::new(Loopback::default()), dsize32);
         let wire = mixed_traffic(Box::new(QueuedLoopback::default()), dsize32);
-        assert_eq!(cut.0, wire.0, "stats ({dsize32})");
-        assert_eq!(cut.1, wire.1, "GLPRT counters ({dsize32})");
-        assert_eq!(cut.2, wire.2, "faults ({dsize32})");
-        assert!(cut.3 == wire.3, "rings and buffers ({dsize32})");
+        // The wire path twice: the burst loops over the wire's ring, and frame by frame.
+        let single = mixed_traffic(Box::new(FrameByFrame(QueuedLoopback::default())), dsize32);
+        for (name, other) in [("wire ring", &wire), ("frame by frame", &single)] {
+            assert_eq!(cut.0, other.0, "stats ({dsize32}, {name})");
+            assert_eq!(cut.1, other.1, "GLPRT counters ({dsize32}, {name})");
+            assert_eq!(cut.2, other.2, "faults ({dsize32}, {name})");
+            assert!(cut.3 == other.3, "rings and buffers ({dsize32}, {name})");
+        }
         // And the traffic did what it says.
         let s = cut.0;
         assert_eq!((s.tx_packets, s.rx_packets, s.rx_filtered, s.rx_missed), (13, 7, 1, 4), "{s:?}");

@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering;
 
 use crate::dma::{DmaView, Xlate};
 use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, rss_head, store_runs, Dest, Tally, Verdict};
-use crate::wire::{Wire, MAX_FRAME};
+use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
 pub const BUDGET: u32 = 256;
@@ -254,6 +254,8 @@ impl Ixgbe {
         let mut n = 0;
         let mut sent = Tally::default();
         let todo = ((tail + ring.count - head) % ring.count).min(BUDGET);
+        // Whether the wire keeps a ring the burst loop can fill (`Wire::tx_ring`).
+        let mut wire_ring = true;
         while n < todo {
             if rx.cut && link && self.tx_frame.is_empty() {
                 let (k, rs) = if self.rss.on {
@@ -266,6 +268,17 @@ impl Ixgbe {
                         (0, false)
                     }
                 };
+                head = (head + k) % ring.count;
+                n += k;
+                completed |= rs;
+                if n == todo {
+                    break;
+                }
+            } else if wire_ring && link && self.tx_frame.is_empty() {
+                let (mut k, mut rs) = (0, false);
+                wire_ring = wire.tx_ring(&mut |r| {
+                    (k, rs) = self.tx_wire_run(xl, &descs, ring, head, todo - n, pad, r, &mut sent);
+                });
                 head = (head + k) % ring.count;
                 n += k;
                 completed |= rs;
@@ -423,6 +436,51 @@ impl Ixgbe {
         sent.merge(tx);
         b.got.merge(got);
         b.delivered |= got.frames > 0;
+        (n, rs)
+    }
+
+    /// The wire path's burst loop: from descriptor `head` on, at most `todo`, each one-descriptor
+    /// data frame ([`cut_desc`]) whose TX buffer translates goes from there into the wire's ring
+    /// `r` (padded to 60 bytes if `pad`), one copy, with the counters and status write-backs of
+    /// [`Ixgbe::tx_direct`]. The first descriptor that is anything else is left to the general
+    /// path. Returns how many descriptors it handled and whether one asked for a status
+    /// write-back (RS).
+    #[allow(clippy::too_many_arguments)]
+    fn tx_wire_run(
+        &mut self,
+        xl: &mut Xlate<'_>,
+        descs: &DmaView<'_>,
+        ring: Ring,
+        head: u32,
+        todo: u32,
+        pad: bool,
+        r: &mut FrameRing,
+        sent: &mut Tally,
+    ) -> (u32, bool) {
+        let mut tx = Tally::default();
+        let (mut h, mut n, mut rs) = (head, 0, false);
+        while n < todo {
+            let o = h as usize * DESC as usize;
+            prefetch_ahead(descs, o, (todo - n) as usize, DESC as usize);
+            let Some((buf, ctl, len, wire_len)) = cut_desc(descs, o, pad, MAX_FRAME) else { break };
+            let Some(src) = xl.view(buf, len as u64) else { break };
+            let Some(w) = src.load_u64(0, Ordering::Relaxed) else { break };
+            let put = r.push_in(wire_len, |slot| {
+                let (data, pad) = slot.split_at_mut(len);
+                if !pad.is_empty() {
+                    pad.fill(0);
+                }
+                src.read(0, data)
+            });
+            if !put {
+                break;
+            }
+            tx.add(wire_len as u64, dest(&w.to_le_bytes()[..6]));
+            rs |= self.tx_status(descs, ring, o, ctl);
+            h = if h + 1 == ring.count { 0 } else { h + 1 };
+            n += 1;
+        }
+        sent.merge(tx);
         (n, rs)
     }
 
@@ -704,7 +762,12 @@ impl Ixgbe {
     /// queue it may go to has room for it.
     pub(super) fn process_rx<'d>(&mut self, xl: &mut Xlate<'d>, wire: &mut dyn Wire, set: &mut RxSet<'d>) -> bool {
         if !wire.backpressure() {
-            // Every frame is taken (delivered, filtered or missed): one burst.
+            // Every frame is taken (delivered, filtered or missed): one burst, through the
+            // wire's ring when it has one (one lock, no call per frame).
+            let mut n = 0;
+            if wire.rx_ring(&mut |r| n = self.rx_wire_run(xl, r, BUDGET as usize, set)) {
+                return n > 0;
+            }
             return wire.receive_burst(BUDGET as usize, &mut |frame: &[u8]| self.rx_frame_in(xl, frame, set)) > 0;
         }
         let queues = if self.rss.on { self.rss.queues } else { 1 };
@@ -719,6 +782,123 @@ impl Ixgbe {
             did = true;
         }
         did
+    }
+
+    /// Up to `max` frames from the wire's ring `r`, each taken (delivered, filtered or missed) as
+    /// [`Ixgbe::rx_frame_in`] takes it: one-buffer frames for queue 0 (RSS off, the FCS
+    /// stripped) by [`Ixgbe::rx_wire_run_q0`], any other through `rx_frame_in`. Returns how
+    /// many it took.
+    fn rx_wire_run<'d>(&mut self, xl: &mut Xlate<'d>, r: &mut FrameRing, max: usize, set: &mut RxSet<'d>) -> usize {
+        let (mut n, mut fast) = (0, !self.rss.on);
+        while n < max {
+            if fast {
+                let (k, again) = self.rx_wire_run_q0(xl, r, max - n, set);
+                n += k;
+                fast = again;
+                if n == max {
+                    break;
+                }
+            }
+            let Some(frame) = r.front() else { break };
+            self.rx_frame_in(xl, frame, set);
+            r.pop();
+            n += 1;
+        }
+        n
+    }
+
+    /// [`Ixgbe::rx_wire_run`]'s loop for queue 0, [`Ixgbe::tx_cut_run`]'s receive half: while
+    /// queue 0 is ready and strips the FCS, each frame of 8 bytes up to one buffer goes from the
+    /// ring into an RX buffer, with the filter verdict taken once per destination and the
+    /// queue's state in locals (written back to the queue before anything else looks at it).
+    /// Stops at the first other frame, leaving it in `r`. Returns how many frames it took and
+    /// whether the loop may take more this poll (false once the queue cannot).
+    fn rx_wire_run_q0<'d>(
+        &mut self,
+        xl: &mut Xlate<'d>,
+        r: &mut FrameRing,
+        max: usize,
+        set: &mut RxSet<'d>,
+    ) -> (usize, bool) {
+        let mut v = set.verdict;
+        let b = self.batch(set, 0);
+        if !(b.ready && b.usable && b.cfg.strip) {
+            return (0, false);
+        }
+        // The ring's translation, as in `tx_cut_run`: taken as the queue's when the first frame
+        // needs a descriptor; a ring outside the DMA maps is left to `rx_frame_in`'s fault.
+        let mut taken = b.descs.is_some();
+        let Some(rx_ring) = b.descs.or_else(|| xl.view(b.ring.base, u64::from(b.ring.count) * DESC)) else {
+            return (0, false);
+        };
+        let (bsize, fctrl, rx_count) = (b.cfg.bsize, b.cfg.fctrl, b.ring.count);
+        let (mut rh, mut free, mut wbn) = (b.head, b.free, b.wb_len);
+        let (mut got, mut n, mut stop) = (Tally::default(), 0, false);
+        while n < max {
+            let Some(frame) = r.front() else { break };
+            let len = frame.len();
+            let Some(h8) = frame.first_chunk::<8>() else { break };
+            if len > bsize {
+                break;
+            }
+            let (keep, class) = judge(&mut v, self, fctrl, u64::from_le_bytes(*h8), len);
+            if !keep {
+                self.totals.rx_filtered += 1;
+            } else {
+                if free == 0 {
+                    // RDT again (the driver refills while we deliver).
+                    (b.head, b.free) = (rh, free);
+                    if self.rx_refresh(b) {
+                        free = b.free;
+                    } else {
+                        stop = true;
+                    }
+                }
+                if free == 0 {
+                    self.count_missed();
+                } else {
+                    if !taken {
+                        self.check_dma_allowed();
+                        b.descs = Some(rx_ring);
+                        taken = true;
+                    }
+                    if wbn == WB_BATCH {
+                        b.wb_len = wbn;
+                        self.rx_flush(b);
+                        wbn = 0;
+                    }
+                    if wbn == 0 {
+                        b.wb_first = rh;
+                    }
+                    let ro = rh as usize * DESC as usize;
+                    prefetch_ahead(&rx_ring, ro, free as usize, DESC as usize);
+                    // Inside the ring view by construction (rh < count).
+                    let pkt = rx_ring.load_u64(ro, Ordering::Relaxed).unwrap_or_default();
+                    b.wb[wbn] = if xl.view(pkt, len as u64).is_some_and(|d| d.write(0, frame)) {
+                        got.add(len as u64, class);
+                        (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP) | (len as u64) << 32)
+                    } else {
+                        self.faults.record(pkt, len as u64, "rx buffer write");
+                        (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE))
+                    };
+                    wbn += 1;
+                    rh = if rh + 1 == rx_count { 0 } else { rh + 1 };
+                    free -= 1;
+                    b.moved = true;
+                }
+            }
+            r.pop();
+            n += 1;
+            if stop {
+                // The queue is unusable now: `rx_frame_in` takes the rest (missed).
+                break;
+            }
+        }
+        (b.head, b.free, b.wb_len) = (rh, free, wbn);
+        b.got.merge(got);
+        b.delivered |= got.frames > 0;
+        set.verdict = v;
+        (n, !stop)
     }
 
     /// Whether each queue in the `queues` mask can take a largest frame now. A queue the driver
