@@ -240,10 +240,9 @@ impl FrameRing {
         self.data.get(off as usize..off as usize + len as usize)
     }
 
-    /// Finds room for `len` bytes, dropping the oldest frames if needed. `None` if `len` can never fit.
+    /// Finds room for `need` bytes (whole slots), dropping the oldest frames if needed. `None` if it can never fit.
     #[inline(always)]
-    fn place(&mut self, len: usize) -> Option<usize> {
-        let need = len.max(1).next_multiple_of(SLOT_ALIGN);
+    fn place(&mut self, need: usize) -> Option<usize> {
         if need > self.data.len() {
             return None;
         }
@@ -273,14 +272,20 @@ impl FrameRing {
         }
     }
 
+    /// The bytes a frame of `len` bytes takes: a whole number of slots, at least one.
     #[inline(always)]
-    fn commit(&mut self, off: usize, len: usize) {
+    fn slot_bytes(len: usize) -> usize {
+        (len.max(1) + SLOT_ALIGN - 1) & !(SLOT_ALIGN - 1)
+    }
+
+    #[inline(always)]
+    fn commit(&mut self, off: usize, len: usize, need: usize) {
         // head < len and count < len (`place` made room), so one subtraction wraps it.
         let slot = self.head + self.count;
         let slot = if slot >= self.frames.len() { slot - self.frames.len() } else { slot };
         self.frames[slot] = (off as u32, len as u32);
         self.count += 1;
-        self.write = off + len.max(1).next_multiple_of(SLOT_ALIGN);
+        self.write = off + need;
     }
 
     /// Appends a frame written in place by `fill` (see [`Wire::transmit_with`]).
@@ -297,11 +302,12 @@ impl FrameRing {
         if len > MAX_FRAME {
             return false;
         }
-        let Some(off) = self.place(len) else { return false };
+        let need = Self::slot_bytes(len);
+        let Some(off) = self.place(need) else { return false };
         if !fill(&mut self.data[off..off + len]) {
             return false;
         }
-        self.commit(off, len);
+        self.commit(off, len, need);
         true
     }
 

@@ -10,8 +10,10 @@
 //! copy. A failed access is recorded as a fault and never stops the model.
 //!
 //! Per frame, nothing is allocated: a one-descriptor TX frame is read from guest memory straight
-//! into the wire's buffer (or the internal loopback ring) with [`Wire::transmit_with`], and a
-//! received frame goes from there straight into RX buffers ([`Wire::receive_with`]). On an idle
+//! into the wire's ring (or the internal loopback ring), and a received frame goes from there
+//! straight into RX buffers; a wire with a ring hands it over once per burst ([`Wire::tx_ring`],
+//! [`Wire::rx_ring`]) and burst loops fill and drain it, one without goes frame by frame
+//! ([`Wire::transmit_with`], [`Wire::receive_burst`]). On an idle
 //! loopback wire ([`Wire::loops_back_idle`], and nothing waiting in the internal loopback ring) a
 //! one-descriptor frame goes from its TX buffer straight into an RX buffer (cut-through), with the
 //! same filters, counters and misses as on the wire; a frame the receive queue cannot take that way

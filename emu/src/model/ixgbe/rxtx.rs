@@ -9,8 +9,10 @@
 //! Per frame, nothing is allocated and the bytes are copied once or twice. On an idle loopback
 //! (see [`Wire::loops_back_idle`]) a one-descriptor frame goes from its TX buffer straight into
 //! an RX buffer, with the same filters, counters and misses as the wire path (cut-through);
-//! otherwise a TX buffer is copied into the wire's buffer ([`Wire::transmit_with`]) and from there
-//! into an RX buffer ([`Wire::receive_with`]). Frames spanning several TX descriptors (and
+//! otherwise a TX buffer is copied into the wire's buffer and from there into an RX buffer: by
+//! burst loops over the wire's ring when it has one ([`Wire::tx_ring`], [`Wire::rx_ring`]: one
+//! lock per burst on a peer cable), else frame by frame ([`Wire::transmit_with`],
+//! [`Wire::receive_burst`]). Frames spanning several TX descriptors (and
 //! link-down transmits) go through the model's staging buffer.
 //!
 //! Descriptors are read one at a time, with the ring lines a few ahead prefetched
