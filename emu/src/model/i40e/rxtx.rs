@@ -373,33 +373,36 @@ impl I40e {
             let Some((buf, qw1)) = descs.load_u64_pair(o) else { break };
             let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;
             let len = ((qw1 >> TXD_BSZ_SHIFT) & TXD_BSZ_MASK) as usize;
-            if qw1 & TXD_DTYPE_MASK != TXD_DTYPE_DATA || cmd & TXD_CMD_EOP == 0 || !(14..=MAX_FRAME).contains(&len) {
+            if qw1 & TXD_DTYPE_MASK == TXD_DTYPE_DATA && cmd & TXD_CMD_EOP != 0 && (14..=MAX_FRAME).contains(&len) {
+                let wire_len = len.max(MIN_FRAME);
+                let Some(src) = xl.view(buf, len as u64) else { break };
+                let mut class = Dest::Unicast;
+                let put = r.push_in(wire_len, |slot| {
+                    let (data, pad) = slot.split_at_mut(len);
+                    if !pad.is_empty() {
+                        pad.fill(0);
+                    }
+                    if !src.read(0, data) {
+                        return false;
+                    }
+                    class = dest(data);
+                    true
+                });
+                if !put {
+                    break;
+                }
+                tx.add(wire_len as u64, class);
+                if cmd & TXD_CMD_RS != 0 {
+                    if !ctx.head_wb_ena && !Self::tx_writeback(descs, o) {
+                        self.faults.record(ctx.base.wrapping_add(o as u64 + 8), 8, "tx descriptor write-back");
+                    }
+                    rs = true;
+                }
+            } else if !matches!(qw1 & TXD_DTYPE_MASK, TXD_DTYPE_CONTEXT | TXD_DTYPE_FDIR) {
                 break;
             }
-            let wire_len = len.max(MIN_FRAME);
-            let Some(src) = xl.view(buf, len as u64) else { break };
-            let mut class = Dest::Unicast;
-            let put = r.push_in(wire_len, |slot| {
-                let (data, pad) = slot.split_at_mut(len);
-                if !pad.is_empty() {
-                    pad.fill(0);
-                }
-                if !src.read(0, data) {
-                    return false;
-                }
-                class = dest(data);
-                true
-            });
-            if !put {
-                break;
-            }
-            tx.add(wire_len as u64, class);
-            if cmd & TXD_CMD_RS != 0 {
-                if !ctx.head_wb_ena && !Self::tx_writeback(descs, o) {
-                    self.faults.record(ctx.base.wrapping_add(o as u64 + 8), 8, "tx descriptor write-back");
-                }
-                rs = true;
-            }
+            // (A context or flow director descriptor: offloads we do not model, no write-back,
+            // as on the general path; one before each frame keeps the burst in this loop.)
             h = if h + 1 == ctx.qlen { 0 } else { h + 1 };
             n += 1;
         }
@@ -672,10 +675,9 @@ impl I40e {
         let (mut v, port_max) = (set.verdict, u64::from(self.fw.max_frame));
         let b = self.batch(set, first);
         let Some(c) = b.ctx.filter(|c| c.crcstrip) else { return (0, false) };
-        if b.state == TailState::Unread {
-            self.rx_read_tail(b, &c);
-        }
-        if b.state != TailState::Usable {
+        // The tail is read for the first frame the filters take, as `rx_admit` reads it (not
+        // before: an empty or wholly filtered burst reads nothing from the driver).
+        if b.state == TailState::Unusable {
             return (0, false);
         }
         // The ring's translation, taken as the queue's (`rx_descs`: the bus master check) when
@@ -707,7 +709,8 @@ impl I40e {
                 self.totals.rx_filtered += 1;
             } else {
                 if free == 0 {
-                    // QRX_TAIL again (the driver refills while we deliver).
+                    // QRX_TAIL, the first time this poll or again (the driver refills while
+                    // we deliver).
                     (b.head, b.free) = (rh, free);
                     if self.rx_room(b, &c, 1) {
                         free = b.free;

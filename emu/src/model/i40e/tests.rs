@@ -1321,3 +1321,72 @@ fn rss_key_and_lut_set_through_the_admin_queue_read_back_and_steer() {
         assert_eq!(got[q as usize].last().map(|e| e.0), Some(*with_ports), "flow {i} in queue {q}");
     }
 }
+
+/// Every path a frame can take into the first queue: cut-through, the burst loops over the
+/// wire's ring, frame by frame.
+fn every_path() -> [(&'static str, Box<dyn Wire>); 3] {
+    [
+        ("cut-through", Box::new(Loopback::default())),
+        ("wire ring", Box::new(QueuedLoopback::default())),
+        ("frame by frame", Box::new(FrameByFrame(QueuedLoopback::default()))),
+    ]
+}
+
+/// Context and flow director descriptors (no write-back, offloads not modelled) before every
+/// frame are skipped alike on every path: the same frames, counters, faults and memory.
+#[test]
+fn context_descriptors_before_each_frame_are_skipped_alike_on_every_path() {
+    let mut outcomes: Vec<(&str, Outcome)> = Vec::new();
+    for (name, wire) in every_path() {
+        let mut m = nic(wire);
+        let mut dma = dma();
+        bring_up(&mut m, &mut dma, false, false);
+        for k in 0..3u32 {
+            let d = TX_RING + u64::from(2 * k) * 16;
+            put_u64(&mut dma, d, 0);
+            let dtype = if k == 1 { TXD_DTYPE_FDIR } else { TXD_DTYPE_CONTEXT };
+            put_u64(&mut dma, d + 8, dtype | (TXD_CMD_RS << TXD_CMD_SHIFT));
+            queue_tx(&mut m, &mut dma, 2 * k + 1, &frame(MAC, 64 + k as usize, k as u8));
+        }
+        m.poll(&mut dma);
+        m.poll(&mut dma);
+        let faults = m.faults().last(100).iter().map(|f| (f.iova, f.len, f.what)).collect();
+        let mut mem = vec![0u8; 0x10_0000];
+        dma.read(TX_RING, &mut mem).unwrap();
+        for k in 0..3u64 {
+            let qw1 = get_u64(&mut dma, TX_RING + 2 * k * 16 + 8);
+            assert_ne!(qw1 & TXD_DTYPE_MASK, 0xf, "no write-back of descriptor {} ({name})", 2 * k);
+        }
+        outcomes.push((name, (m.stats(), Vec::new(), faults, mem)));
+    }
+    let (_, cut) = &outcomes[0];
+    assert_eq!((cut.0.tx_packets, cut.0.rx_packets), (3, 3), "{:?}", cut.0);
+    for (name, other) in &outcomes[1..] {
+        assert_eq!(cut.0, other.0, "stats, {name}");
+        assert_eq!(cut.2, other.2, "faults, {name}");
+        assert!(cut.3 == other.3, "rings and buffers, {name}");
+    }
+}
+
+/// A receive tail beyond the ring is read, and recorded as a fault, only when a frame the
+/// filters take needs a descriptor, on every path: frames for another address read nothing.
+#[test]
+fn an_rx_tail_beyond_the_ring_faults_only_for_a_frame_the_filters_take() {
+    for (name, wire) in every_path() {
+        let mut m = nic(wire);
+        let mut dma = dma();
+        bring_up(&mut m, &mut dma, false, false);
+        wr(&mut m, qrx_tail(0), N + 3);
+        queue_tx(&mut m, &mut dma, 0, &frame([0x02, 9, 9, 9, 9, 9], 64, 1));
+        m.poll(&mut dma);
+        m.poll(&mut dma);
+        assert!(m.faults().last(10).is_empty(), "{name}: {:?}", m.faults().last(10));
+        assert_eq!(m.stats().rx_filtered, 1, "{name}");
+        queue_tx(&mut m, &mut dma, 1, &frame(MAC, 64, 2));
+        m.poll(&mut dma);
+        m.poll(&mut dma);
+        let what: Vec<_> = m.faults().last(10).iter().map(|f| f.what).collect();
+        assert_eq!(what, ["rx tail beyond ring"], "{name}");
+        assert_eq!((m.stats().rx_missed, m.stats().rx_packets), (1, 0), "{name}");
+    }
+}

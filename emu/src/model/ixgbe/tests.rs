@@ -868,3 +868,47 @@ fn without_pcsd_the_hash_stays_out_of_the_write_back_and_mrqe_0_keeps_queue_0() 
     assert_eq!(got[0].last(), Some(&(0, 0)));
     assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 2);
 }
+
+/// Context descriptors (offloads the model does not carry out, no write-back even with RS)
+/// before every frame are skipped alike on the cut-through path, in the burst loop over the
+/// wire's ring and frame by frame: the same frames delivered, counters, faults and memory.
+#[test]
+fn context_descriptors_before_each_frame_are_skipped_alike_on_every_path() {
+    let run = |wire: Box<dyn Wire>| -> Outcome {
+        let mut m = nic(wire);
+        let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+        bring_up(&mut m, &mut dma);
+        for k in 0..3u32 {
+            let d = TX_RING + u64::from(2 * k) * 16;
+            put_u64(&mut dma, d, 0);
+            let ctl = (TXD_DTYP_CTXT << TXD_DTYP_SHIFT) | TXD_CMD_DEXT | TXD_CMD_RS;
+            put_u64(&mut dma, d + 8, u64::from(ctl));
+            queue_tx(&mut m, &mut dma, 2 * k + 1, &frame(MAC, 64 + k as usize, k as u8));
+        }
+        m.poll(&mut dma);
+        m.poll(&mut dma);
+        let regs = [GPRC, GPTC, GOTCL, GORCL, rdh(0), tdh(0)].map(|r| rd(&mut m, r));
+        let faults = m.faults().last(100).iter().map(|f| (f.iova, f.len, f.what)).collect();
+        let mut mem = vec![0u8; 0x80000];
+        dma.read(DMA_BASE, &mut mem).unwrap();
+        (m.stats(), regs.to_vec(), faults, mem)
+    };
+    let cut = run(Box::<Loopback>::default());
+    assert_eq!((cut.0.tx_packets, cut.0.rx_packets), (3, 3), "{:?}", cut.0);
+    assert_eq!(cut.1[5], 6, "TDH past the three context descriptors and the three frames");
+    for k in 0..3u64 {
+        let ctx_status =
+            u32::from_le_bytes(cut.3[(TX_RING - DMA_BASE + 2 * k * 16 + 12) as usize..][..4].try_into().unwrap());
+        assert_eq!(ctx_status & TXD_STAT_DD, 0, "no write-back of context descriptor {}", 2 * k);
+    }
+    for (name, wire) in [
+        ("wire ring", Box::new(QueuedLoopback::default()) as Box<dyn Wire>),
+        ("frame by frame", Box::new(FrameByFrame(QueuedLoopback::default()))),
+    ] {
+        let other = run(wire);
+        assert_eq!(cut.0, other.0, "stats, {name}");
+        assert_eq!(cut.1, other.1, "counters, {name}");
+        assert_eq!(cut.2, other.2, "faults, {name}");
+        assert!(cut.3 == other.3, "rings and buffers, {name}");
+    }
+}
