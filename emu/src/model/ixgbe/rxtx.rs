@@ -96,6 +96,95 @@ pub(super) struct RxBatch<'d> {
     got: Tally,
 }
 
+/// Queue 0 as a burst loop delivers to it, one-buffer frames only: the ring's translation and
+/// the queue's head, free descriptors and held write-backs in locals, written back to the
+/// queue ([`Q0Run::close`]) before anything else looks at it. Shared by the cut-through loop
+/// ([`Ixgbe::tx_cut_run`]) and the wire's receive loop ([`Ixgbe::rx_wire_run_q0`]).
+struct Q0Run<'d> {
+    ring: DmaView<'d>,
+    /// Descriptors in the ring.
+    count: u32,
+    /// The translation is the queue's already (the bus master check done).
+    taken: bool,
+    head: u32,
+    free: u32,
+    wbn: usize,
+    /// RDT went bad in a refresh: the loop ends after this frame.
+    stop: bool,
+}
+
+impl<'d> Q0Run<'d> {
+    /// Starts on `b`: `None` if its ring does not translate (left to the general path, which
+    /// records the fault when a frame needs it).
+    #[inline(always)]
+    fn open(xl: &mut Xlate<'d>, b: &RxBatch<'d>) -> Option<Self> {
+        let ring = b.descs.or_else(|| xl.view(b.ring.base, u64::from(b.ring.count) * DESC))?;
+        let taken = b.descs.is_some();
+        Some(Q0Run { ring, count: b.ring.count, taken, head: b.head, free: b.free, wbn: b.wb_len, stop: false })
+    }
+
+    /// Delivers a frame of `len` bytes written into its buffer by `fill`, as [`Ixgbe::rx_put`]
+    /// does: `None` if no descriptor is free (RDT read again first; the caller counts it
+    /// missed), else whether the buffer was written (a fault and an RXE write-back if not).
+    #[inline(always)]
+    fn put(
+        &mut self,
+        m: &mut Ixgbe,
+        xl: &mut Xlate<'d>,
+        b: &mut RxBatch<'d>,
+        len: usize,
+        fill: impl FnOnce(&DmaView<'_>) -> bool,
+    ) -> Option<bool> {
+        if self.free == 0 {
+            // RDT again (the driver refills while we deliver).
+            (b.head, b.free) = (self.head, 0);
+            if m.rx_refresh(b) {
+                self.free = b.free;
+            } else {
+                self.stop = true;
+            }
+            if self.free == 0 {
+                return None;
+            }
+        }
+        if !self.taken {
+            m.check_dma_allowed();
+            b.descs = Some(self.ring);
+            self.taken = true;
+        }
+        if self.wbn == WB_BATCH {
+            b.wb_len = self.wbn;
+            m.rx_flush(b);
+            self.wbn = 0;
+        }
+        if self.wbn == 0 {
+            b.wb_first = self.head;
+        }
+        let ro = self.head as usize * DESC as usize;
+        prefetch_ahead(&self.ring, ro, self.free as usize, DESC as usize);
+        // Inside the ring view by construction (head < count).
+        let pkt = self.ring.load_u64(ro, Ordering::Relaxed).unwrap_or_default();
+        let ok = xl.view(pkt, len as u64).is_some_and(|d| fill(&d));
+        b.wb[self.wbn] = if ok {
+            (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP) | (len as u64) << 32)
+        } else {
+            m.faults.record(pkt, len as u64, "rx buffer write");
+            (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE))
+        };
+        self.wbn += 1;
+        self.head = if self.head + 1 == self.count { 0 } else { self.head + 1 };
+        self.free -= 1;
+        b.moved = true;
+        Some(ok)
+    }
+
+    /// Writes the locals back to the queue.
+    #[inline(always)]
+    fn close(self, b: &mut RxBatch<'d>) {
+        (b.head, b.free, b.wb_len) = (self.head, self.free, self.wbn);
+    }
+}
+
 /// A transmit descriptor at `o` of `descs` that the cut-through loops take: a one-descriptor data
 /// frame (not a context descriptor, EOP set) of 8 bytes or more whose length on the wire (padded
 /// to 60 bytes if `pad`) is at most `max`. Its buffer address, command word, length and length on
@@ -363,15 +452,8 @@ impl Ixgbe {
         // The ring's translation, taken as the queue's (`rx_descs`: the bus master check) when
         // the first frame needs a descriptor, as in `rx_place`; a ring outside the DMA maps is
         // left to the general path, which records the fault when a frame needs it.
-        let mut taken = b.descs.is_some();
-        let Some(rx_ring) = b.descs.or_else(|| xl.view(b.ring.base, u64::from(b.ring.count) * DESC)) else {
-            return (0, false);
-        };
-        // RDT went bad in a refresh: the run ends after this descriptor.
-        let mut stop = false;
+        let Some(mut q) = Q0Run::open(xl, b) else { return (0, false) };
         let max = b.cfg.bsize.min(MAX_FRAME);
-        let rx_count = b.ring.count;
-        let (mut rh, mut free, mut wbn) = (b.head, b.free, b.wb_len);
         // Frames sent, and the ones of them not delivered (filtered, missed, a faulting buffer).
         let (mut tx, mut lost) = (Tally::default(), Tally::default());
         let (mut v, fctrl) = (Verdict::new(u64::MAX), b.cfg.fctrl);
@@ -388,60 +470,25 @@ impl Ixgbe {
                 self.totals.rx_filtered += 1;
                 lost.add(wire_len as u64, class);
             } else {
-                if free == 0 {
-                    // RDT again (the driver refills while we deliver).
-                    (b.head, b.free) = (rh, free);
-                    if self.rx_refresh(b) {
-                        free = b.free;
-                    } else {
-                        stop = true;
-                    }
-                }
-                if free == 0 {
-                    self.count_missed();
-                    lost.add(wire_len as u64, class);
-                } else {
-                    if !taken {
-                        self.check_dma_allowed();
-                        b.descs = Some(rx_ring);
-                        taken = true;
-                    }
-                    if wbn == WB_BATCH {
-                        b.wb_len = wbn;
-                        self.rx_flush(b);
-                        wbn = 0;
-                    }
-                    if wbn == 0 {
-                        b.wb_first = rh;
-                    }
-                    let ro = rh as usize * DESC as usize;
-                    prefetch_ahead(&rx_ring, ro, free as usize, DESC as usize);
-                    // Inside the ring view by construction (rh < count).
-                    let pkt = rx_ring.load_u64(ro, Ordering::Relaxed).unwrap_or_default();
-                    let ok = xl.view(pkt, wire_len as u64).is_some_and(|d| pad_copy(&d, &src, len, wire_len));
-                    b.wb[wbn] = if ok {
-                        (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP) | (wire_len as u64) << 32)
-                    } else {
-                        self.faults.record(pkt, wire_len as u64, "rx buffer write");
+                match q.put(self, xl, b, wire_len, |d| pad_copy(d, &src, len, wire_len)) {
+                    Some(true) => {}
+                    Some(false) => lost.add(wire_len as u64, class),
+                    None => {
+                        self.count_missed();
                         lost.add(wire_len as u64, class);
-                        (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE))
-                    };
-                    wbn += 1;
-                    rh = if rh + 1 == rx_count { 0 } else { rh + 1 };
-                    free -= 1;
-                    b.moved = true;
+                    }
                 }
             }
             rs |= self.tx_status(descs, ring, o, ctl);
             h = if h + 1 == ring.count { 0 } else { h + 1 };
             n += 1;
-            if stop {
+            if q.stop {
                 // The queue is unusable now: the rest of the burst takes the general path, which
                 // counts its frames missed.
                 break;
             }
         }
-        (b.head, b.free, b.wb_len) = (rh, free, wbn);
+        q.close(b);
         let got = tx.minus(lost);
         sent.merge(tx);
         b.got.merge(got);
@@ -844,13 +891,9 @@ impl Ixgbe {
         }
         // The ring's translation, as in `tx_cut_run`: taken as the queue's when the first frame
         // needs a descriptor; a ring outside the DMA maps is left to `rx_frame_in`'s fault.
-        let mut taken = b.descs.is_some();
-        let Some(rx_ring) = b.descs.or_else(|| xl.view(b.ring.base, u64::from(b.ring.count) * DESC)) else {
-            return (0, false);
-        };
-        let (bsize, fctrl, rx_count) = (b.cfg.bsize, b.cfg.fctrl, b.ring.count);
-        let (mut rh, mut free, mut wbn) = (b.head, b.free, b.wb_len);
-        let (mut got, mut n, mut stop) = (Tally::default(), 0, false);
+        let Some(mut q) = Q0Run::open(xl, b) else { return (0, false) };
+        let (bsize, fctrl) = (b.cfg.bsize, b.cfg.fctrl);
+        let (mut got, mut n) = (Tally::default(), 0);
         while n < max {
             let Some(frame) = r.front() else { break };
             let len = frame.len();
@@ -862,60 +905,25 @@ impl Ixgbe {
             if !keep {
                 self.totals.rx_filtered += 1;
             } else {
-                if free == 0 {
-                    // RDT again (the driver refills while we deliver).
-                    (b.head, b.free) = (rh, free);
-                    if self.rx_refresh(b) {
-                        free = b.free;
-                    } else {
-                        stop = true;
-                    }
-                }
-                if free == 0 {
-                    self.count_missed();
-                } else {
-                    if !taken {
-                        self.check_dma_allowed();
-                        b.descs = Some(rx_ring);
-                        taken = true;
-                    }
-                    if wbn == WB_BATCH {
-                        b.wb_len = wbn;
-                        self.rx_flush(b);
-                        wbn = 0;
-                    }
-                    if wbn == 0 {
-                        b.wb_first = rh;
-                    }
-                    let ro = rh as usize * DESC as usize;
-                    prefetch_ahead(&rx_ring, ro, free as usize, DESC as usize);
-                    // Inside the ring view by construction (rh < count).
-                    let pkt = rx_ring.load_u64(ro, Ordering::Relaxed).unwrap_or_default();
-                    b.wb[wbn] = if xl.view(pkt, len as u64).is_some_and(|d| d.write(0, frame)) {
-                        got.add(len as u64, class);
-                        (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP) | (len as u64) << 32)
-                    } else {
-                        self.faults.record(pkt, len as u64, "rx buffer write");
-                        (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP | RXD_ERR_RXE))
-                    };
-                    wbn += 1;
-                    rh = if rh + 1 == rx_count { 0 } else { rh + 1 };
-                    free -= 1;
-                    b.moved = true;
+                match q.put(self, xl, b, len, |d| d.write(0, frame)) {
+                    Some(true) => got.add(len as u64, class),
+                    Some(false) => {}
+                    None => self.count_missed(),
                 }
             }
             r.pop();
             n += 1;
-            if stop {
+            if q.stop {
                 // The queue is unusable now: `rx_frame_in` takes the rest (missed).
                 break;
             }
         }
-        (b.head, b.free, b.wb_len) = (rh, free, wbn);
+        let again = !q.stop;
+        q.close(b);
         b.got.merge(got);
         b.delivered |= got.frames > 0;
         set.verdict = v;
-        (n, !stop)
+        (n, again)
     }
 
     /// Whether each queue in the `queues` mask can take a largest frame now. A queue the driver
