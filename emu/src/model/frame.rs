@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::dma::DmaView;
+use crate::wire::FrameRing;
 
 /// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320) lookup table.
 const CRC_TABLE: [u32; 256] = {
@@ -204,6 +205,27 @@ pub(crate) fn mixed_frames(mac: [u8; 6], frame: impl Fn([u8; 6], usize, u8) -> V
         frame(mac, 2500, 5),
         frame(mac, 70, 6),
     ]
+}
+
+/// Puts the frame in `src` (`len` bytes) onto the wire's ring `r`, zero-filled to `wire_len`
+/// (the padding of a short frame): one copy. Its first 8 bytes (little-endian; zeros past a
+/// shorter frame), which hold the destination address; `None` if it did not go (`src`
+/// unreadable).
+#[inline(always)]
+pub(crate) fn push_padded(r: &mut FrameRing, src: &DmaView<'_>, len: usize, wire_len: usize) -> Option<u64> {
+    let mut head = 0;
+    let put = r.push_in(wire_len, |slot| {
+        let (data, pad) = slot.split_at_mut(len);
+        if !pad.is_empty() {
+            pad.fill(0);
+        }
+        if !src.read(0, data) {
+            return false;
+        }
+        head = slot.first_chunk::<8>().map_or(0, |h| u64::from_le_bytes(*h));
+        true
+    });
+    put.then_some(head)
 }
 
 /// A model's buffer for the first bytes of a frame RSS parses, reused frame after frame (no

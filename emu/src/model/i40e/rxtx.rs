@@ -34,7 +34,9 @@ use super::hmc::{RxContext, TxContext};
 use super::regs::*;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, rss_head, store_runs, Dest, Tally, Verdict};
+use crate::model::frame::{
+    crc32, dest, is_broadcast, prefetch_ahead, push_padded, rss_head, store_runs, Tally, Verdict,
+};
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -69,6 +71,16 @@ pub(super) struct RxSet<'d> {
     pub(super) first: u32,
     /// The receive filter's verdict on the last header off the wire ([`filter_key`]).
     pub(super) verdict: Verdict<(u64, u32)>,
+}
+
+/// The command bits and length of a transmit descriptor (qword1 `qw1`) that the burst loops
+/// take: a one-descriptor data frame (EOP) of 14 bytes up to [`MAX_FRAME`].
+#[inline(always)]
+fn one_desc_frame(qw1: u64) -> Option<(u64, usize)> {
+    let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;
+    let len = ((qw1 >> TXD_BSZ_SHIFT) & TXD_BSZ_MASK) as usize;
+    (qw1 & TXD_DTYPE_MASK == TXD_DTYPE_DATA && cmd & TXD_CMD_EOP != 0 && (14..=MAX_FRAME).contains(&len))
+        .then_some((cmd, len))
 }
 
 /// What the receive filters look at of a frame whose first `HDR` bytes are `hdr` (zeros past a
@@ -278,11 +290,7 @@ impl I40e {
             let o = h as usize * TX_DESC as usize;
             prefetch_ahead(descs, o, (todo - n) as usize, TX_DESC as usize);
             let Some((buf, qw1)) = descs.load_u64_pair(o) else { break };
-            let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;
-            let len = ((qw1 >> TXD_BSZ_SHIFT) & TXD_BSZ_MASK) as usize;
-            if qw1 & TXD_DTYPE_MASK != TXD_DTYPE_DATA || cmd & TXD_CMD_EOP == 0 || !(14..=MAX_FRAME).contains(&len) {
-                break;
-            }
+            let Some((cmd, len)) = one_desc_frame(qw1) else { break };
             let wire_len = len.max(MIN_FRAME);
             let Some(src) = xl.view(buf, len as u64) else { break };
             let mut hdr = [0u8; HDR];
@@ -371,27 +379,11 @@ impl I40e {
             let o = h as usize * TX_DESC as usize;
             prefetch_ahead(descs, o, (todo - n) as usize, TX_DESC as usize);
             let Some((buf, qw1)) = descs.load_u64_pair(o) else { break };
-            let cmd = (qw1 >> TXD_CMD_SHIFT) & 0x3ff;
-            let len = ((qw1 >> TXD_BSZ_SHIFT) & TXD_BSZ_MASK) as usize;
-            if qw1 & TXD_DTYPE_MASK == TXD_DTYPE_DATA && cmd & TXD_CMD_EOP != 0 && (14..=MAX_FRAME).contains(&len) {
+            if let Some((cmd, len)) = one_desc_frame(qw1) {
                 let wire_len = len.max(MIN_FRAME);
                 let Some(src) = xl.view(buf, len as u64) else { break };
-                let mut class = Dest::Unicast;
-                let put = r.push_in(wire_len, |slot| {
-                    let (data, pad) = slot.split_at_mut(len);
-                    if !pad.is_empty() {
-                        pad.fill(0);
-                    }
-                    if !src.read(0, data) {
-                        return false;
-                    }
-                    class = dest(data);
-                    true
-                });
-                if !put {
-                    break;
-                }
-                tx.add(wire_len as u64, class);
+                let Some(w) = push_padded(r, &src, len, wire_len) else { break };
+                tx.add(wire_len as u64, dest(&w.to_le_bytes()[..6]));
                 if cmd & TXD_CMD_RS != 0 {
                     if !ctx.head_wb_ena && !Self::tx_writeback(descs, o) {
                         self.faults.record(ctx.base.wrapping_add(o as u64 + 8), 8, "tx descriptor write-back");

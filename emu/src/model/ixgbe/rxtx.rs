@@ -31,7 +31,9 @@ use super::{Ixgbe, Ring};
 use std::sync::atomic::Ordering;
 
 use crate::dma::{DmaView, Xlate};
-use crate::model::frame::{crc32, dest, is_broadcast, prefetch_ahead, rss_head, store_runs, Dest, Tally, Verdict};
+use crate::model::frame::{
+    crc32, dest, is_broadcast, prefetch_ahead, push_padded, rss_head, store_runs, Dest, Tally, Verdict,
+};
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
 /// Descriptors (TX) or frames (RX) handled per queue per poll.
@@ -522,17 +524,7 @@ impl Ixgbe {
             match cut_desc(descs, o, pad, MAX_FRAME) {
                 Some((buf, ctl, len, wire_len)) => {
                     let Some(src) = xl.view(buf, len as u64) else { break };
-                    let Some(w) = src.load_u64(0, Ordering::Relaxed) else { break };
-                    let put = r.push_in(wire_len, |slot| {
-                        let (data, pad) = slot.split_at_mut(len);
-                        if !pad.is_empty() {
-                            pad.fill(0);
-                        }
-                        src.read(0, data)
-                    });
-                    if !put {
-                        break;
-                    }
+                    let Some(w) = push_padded(r, &src, len, wire_len) else { break };
                     tx.add(wire_len as u64, dest(&w.to_le_bytes()[..6]));
                     rs |= self.tx_status(descs, ring, o, ctl);
                 }
