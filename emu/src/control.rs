@@ -9,6 +9,7 @@
 //! | `faults BDF` | `ok count=N` then the last few records `[time_us=.. iova=.. len=.. what=".."]` |
 //! | `connections BDF` | `ok connections=N refused=M` and `id:AGEms:pid=PID` of each |
 //! | `list` | `ok` and the served functions |
+//! | `threads` | `ok` and `BDF=THREAD` for each served function: the device thread that polls it |
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read as _, Write};
@@ -188,9 +189,16 @@ pub fn execute(ports: &Ports, plug: Option<&Plugger>, line: &str) -> String {
             }
             r
         }
+        ["threads"] => {
+            let mut r = "ok".to_owned();
+            for (k, p) in lock(ports).iter() {
+                r.push_str(&format!(" {k}={}", p.function.device_thread()));
+            }
+            r
+        }
         [] => "error: empty command".to_owned(),
         _ => format!(
-            "error: unknown command \"{}\" (commands: link up|down BDF, unplug BDF, plug BDF, stats BDF, faults BDF, connections BDF, list)",
+            "error: unknown command \"{}\" (commands: link up|down BDF, unplug BDF, plug BDF, stats BDF, faults BDF, connections BDF, list, threads)",
             line.trim()
         ),
     };

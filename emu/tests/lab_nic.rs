@@ -353,6 +353,90 @@ fn peer_ports_exchange_frames() {
     assert_eq!(lab.stat(b, "rx_packets"), 2);
 }
 
+/// Names of lab-nic's device threads (`/proc/PID/task/*/comm`), sorted.
+fn device_thread_names(pid: u32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .filter(|c| c == "device" || c.starts_with("device-"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn device_threads_run_as_many_as_asked_and_carry_cabled_traffic() {
+    let (a, b, c) = ("0000:00:05.0", "0000:00:06.0", "0000:00:07.0");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let auto = (cores / 2).clamp(1, 3);
+    let pool = |n: usize| (0..n).map(|i| format!("device-{i}")).collect::<Vec<_>>();
+    // The thread each function polls on: the one with the fewest functions when it started.
+    let cases: [(&str, Vec<String>, [&str; 3]); 4] = [
+        ("1", pool(1), ["device-0"; 3]),
+        ("2", pool(2), ["device-0", "device-1", "device-0"]),
+        ("per-function", vec!["device".into(); 3], ["device"; 3]),
+        ("auto", pool(auto), if auto == 1 { ["device-0"; 3] } else { ["device-0", "device-1", "device-2"] }),
+    ];
+    for (arg, threads, on) in cases {
+        let lab = spawn(
+            &[
+                &format!("{a},model=ixgbe,peer={b},mac=02:00:00:00:00:0a"),
+                &format!("{b},model=ixgbe,mac=02:00:00:00:00:0b"),
+                &format!("{c},model=ixgbe,wire=loopback"),
+            ],
+            &["--device-threads", arg],
+        );
+        assert_eq!(device_thread_names(lab.nic.pid()), threads, "--device-threads {arg}");
+        assert_eq!(lab.ctl("threads"), format!("ok {a}={} {b}={} {c}={}\n", on[0], on[1], on[2]), "{arg}");
+        let mut ca = Client::new(&lab.sock(a)).unwrap();
+        let mut cb = Client::new(&lab.sock(b)).unwrap();
+        let mut pa = bring_up(&mut ca);
+        let mut pb = bring_up(&mut cb);
+        let to_b = test_frames([0x02, 0, 0, 0, 0, 0x0b], 3);
+        pa.send(&to_b);
+        assert!(wait_until(Duration::from_secs(5), || pb.rxp.read32(0x10) == Some(3)), "{arg}: a -> b");
+        assert_eq!(pb.received(2).1, to_b[2], "{arg}");
+        let to_a = test_frames([0x02, 0, 0, 0, 0, 0x0a], 2);
+        pb.send(&to_a);
+        assert!(wait_until(Duration::from_secs(5), || pa.rxp.read32(0x10) == Some(2)), "{arg}: b -> a");
+        assert_eq!(pa.received(1).1, to_a[1], "{arg}");
+        assert_eq!((lab.stat(a, "tx_packets"), lab.stat(b, "rx_packets")), (3, 3), "{arg}");
+    }
+}
+
+#[test]
+fn a_function_plugged_back_joins_the_least_busy_shared_thread_and_works() {
+    let (a, b, c) = ("0000:00:05.0", "0000:00:06.0", "0000:00:07.0");
+    let lab = spawn(
+        &[
+            &format!("{a},model=ixgbe,wire=loopback,mac=02:00:00:00:00:01"),
+            &format!("{b},model=ixgbe,wire=loopback"),
+            &format!("{c},model=ixgbe,wire=loopback"),
+        ],
+        &["--device-threads", "2"],
+    );
+    assert_eq!(lab.ctl("threads"), format!("ok {a}=device-0 {b}=device-1 {c}=device-0\n"));
+    // A thread that loses a function keeps polling the others.
+    assert_eq!(lab.ctl(&format!("unplug {c}")), "ok\n");
+    assert_eq!(lab.ctl("threads"), format!("ok {a}=device-0 {b}=device-1\n"));
+    let mut ca = Client::new(&lab.sock(a)).unwrap();
+    let mut pa = bring_up(&mut ca);
+    pa.send(&test_frames(MAC, 2));
+    assert!(wait_until(Duration::from_secs(5), || pa.rxp.read32(0x10) == Some(2)), "device-0 still polls {a}");
+    // Back in: on the thread with the fewest functions (a tie: the first), no thread more.
+    assert_eq!(lab.ctl(&format!("unplug {b}")), "ok\n");
+    assert_eq!(lab.ctl(&format!("plug {c}")), "ok\n");
+    assert_eq!(lab.ctl("threads"), format!("ok {a}=device-0 {c}=device-1\n"));
+    assert_eq!(device_thread_names(lab.nic.pid()), ["device-0", "device-1"]);
+    let mut cc = Client::new(&lab.sock(c)).unwrap();
+    let mut pc = bring_up(&mut cc);
+    let own = [0x02, 0, 0, 0, 7, 0];
+    pc.send(&test_frames(own, 3));
+    assert!(wait_until(Duration::from_secs(5), || pc.rxp.read32(0x10) == Some(3)), "device-1 polls {c}");
+    assert_eq!(lab.stat(c, "rx_packets"), 3);
+}
+
 #[test]
 fn ninth_client_is_refused_quickly_and_a_freed_slot_is_reused() {
     let lab = spawn(&[&format!("{BDF},model=ixgbe")], &[]);

@@ -3,11 +3,17 @@
 //! ```text
 //! lab-nic --sysfs-root DIR --dev 0000:00:05.0,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX]
 //!         [,mac=02:00:00:00:00:01][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK]
-//!         [--pool N] [--log-level LEVEL]   (LEVEL: a tracing filter, default "info,vfio_user=warn")
+//!         [--pool N] [--device-threads auto|per-function|N]
+//!         [--log-level LEVEL]   (LEVEL: a tracing filter, default "info,vfio_user=warn")
 //!         [--exit-with-parent[=PID]]
 //! ```
 //! Prints `lab-nic ready` once every socket listens; SIGTERM/SIGINT remove sockets, sysfs entries and
 //! TAP devices it created, then exit 0. Bad arguments: one error line, exit 2, nothing created.
+//! `--device-threads`: how many threads poll the functions' rings and wires. `auto` (the default)
+//! is half the cores lab-nic may run on, at least one and no more than the functions, so on a
+//! 2-core machine one thread polls every function and the other core is the application's; `N`
+//! shares N threads, each function on the one with the fewest; `per-function` gives each
+//! function a thread of its own.
 //! `--exit-with-parent`: the same clean shutdown when the process that started lab-nic dies, even
 //! by SIGKILL (a harness that is killed leaves no emulator, socket or TAP device behind). The
 //! parent is watched every 100 ms from before start-up; this is a poll of `getppid`, not
@@ -22,12 +28,12 @@ use std::sync::{Arc, Mutex};
 
 use lab_emu::control::{ControlServer, PlugError, Plugger, Port, Ports};
 use lab_emu::model::{self, ModelConfig};
-use lab_emu::server::{Function, DEFAULT_POOL};
+use lab_emu::server::{DeviceThreads, Function, ThreadCount, DEFAULT_POOL};
 use lab_emu::sysfs::{Bdf, FunctionSpec, SysfsFunction};
 use lab_emu::wire::{self, Wire};
 use nix::sys::signal::{SigSet, Signal};
 
-const USAGE: &str = "usage: lab-nic --sysfs-root DIR --dev BDF,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX][,mac=XX:XX:XX:XX:XX:XX][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK] [--pool N] [--log-level LEVEL] [--exit-with-parent[=PID]]";
+const USAGE: &str = "usage: lab-nic --sysfs-root DIR --dev BDF,model=ixgbe|i40e[,wire=loopback|none|peer=BDF|tap=NAME|pcap=RX:TX][,mac=XX:XX:XX:XX:XX:XX][,numa=N][,iommu_group=N] [--dev ...] [--control SOCK] [--pool N] [--device-threads auto|per-function|N] [--log-level LEVEL] [--exit-with-parent[=PID]]";
 
 #[derive(Debug, Clone, PartialEq)]
 enum WireSpec {
@@ -54,6 +60,7 @@ struct Args {
     devs: Vec<DevSpec>,
     control: Option<PathBuf>,
     pool: usize,
+    device_threads: ThreadCount,
     log_level: String,
     /// Shut down (as on SIGTERM) when the process that started us is gone.
     /// Watch the parent: `Some(None)` the one we find at start, `Some(Some(pid))` that pid (the
@@ -153,6 +160,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut devs = Vec::new();
     let mut control = None;
     let mut pool = DEFAULT_POOL;
+    let mut device_threads = ThreadCount::Auto;
     let mut log_level = "info,vfio_user=warn".to_owned();
     let mut exit_with_parent = None;
     let mut it = argv.iter();
@@ -177,6 +185,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
                     .filter(|n| (1..=1024).contains(n))
                     .ok_or_else(|| format!("invalid --pool {v} (1-1024)"))?;
             }
+            "--device-threads" => device_threads = ThreadCount::parse(&value()?)?,
             "--log-level" => log_level = value()?,
             "--exit-with-parent" => {
                 exit_with_parent = Some(match &inline {
@@ -217,7 +226,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         }
     }
     tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| format!("invalid --log-level {log_level}: {e}"))?;
-    Ok(Args { root, devs, control, pool, log_level, exit_with_parent })
+    Ok(Args { root, devs, control, pool, device_threads, log_level, exit_with_parent })
 }
 
 /// Builds the wires: peers are cabled in pairs (a function named as a peer gets the other end).
@@ -271,7 +280,24 @@ fn make_wires(devs: &[DevSpec]) -> Result<BTreeMap<String, Box<dyn Wire>>, Start
 }
 
 /// One function: its model on `wire`, its fake sysfs entry and vfio-user socket, its threads.
-fn serve(root: &Path, d: &DevSpec, wire: Box<dyn Wire>, pool: usize) -> Result<Port, StartError> {
+/// The device threads of this lab-nic: a shared pool, or none (each function starts its own).
+type Pool = Option<Arc<DeviceThreads>>;
+
+/// The device threads `args` ask for (`--device-threads`), sized for the functions on the
+/// command line and the cores this process may use.
+fn device_threads(args: &Args) -> Result<Pool, StartError> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    match args.device_threads.resolve(args.devs.len(), cores) {
+        None => Ok(None),
+        Some(n) => {
+            let t = DeviceThreads::start(n).map_err(ctx(format!("{n} device threads")))?;
+            tracing::info!(threads = n, functions = args.devs.len(), cores, "device threads");
+            Ok(Some(Arc::new(t)))
+        }
+    }
+}
+
+fn serve(root: &Path, d: &DevSpec, wire: Box<dyn Wire>, pool: usize, threads: &Pool) -> Result<Port, StartError> {
     let bdf = d.bdf.to_string();
     let describe = wire.describe();
     let m = model::create(&d.model, ModelConfig { bdf: bdf.clone(), function: d.bdf.func, mac: d.mac, wire })
@@ -290,8 +316,11 @@ fn serve(root: &Path, d: &DevSpec, wire: Box<dyn Wire>, pool: usize) -> Result<P
     };
     let sysfs = SysfsFunction::create(root, &bdf, &spec).map_err(ctx(format!("{bdf}: fake sysfs entry")))?;
     let listener = sysfs.bind_socket().map_err(ctx(format!("{bdf}: vfio-user socket")))?;
-    let function =
-        Function::start(&bdf, m, listener, pool, sysfs.dir()).map_err(ctx(format!("{bdf}: device threads")))?;
+    let function = match threads {
+        Some(t) => Function::start_on(&bdf, m, listener, pool, sysfs.dir(), t),
+        None => Function::start(&bdf, m, listener, pool, sysfs.dir()),
+    }
+    .map_err(ctx(format!("{bdf}: device threads")))?;
     tracing::info!(bdf, model = %d.model, wire = %describe, socket = %sysfs.socket_path().display(), "serving");
     Ok(Port { function, sysfs })
 }
@@ -299,8 +328,8 @@ fn serve(root: &Path, d: &DevSpec, wire: Box<dyn Wire>, pool: usize) -> Result<P
 /// `plug BDF` of the control socket: a function of the command line, unplugged before, comes back
 /// fresh (power-on state, a new wire of the same kind). A peer-cabled one cannot: the other end
 /// of its cable is the peer's and went on without it.
-fn plugger(args: &Args) -> Plugger {
-    let (root, devs, pool) = (args.root.clone(), args.devs.clone(), args.pool);
+fn plugger(args: &Args, threads: &Pool) -> Plugger {
+    let (root, devs, pool, threads) = (args.root.clone(), args.devs.clone(), args.pool, threads.clone());
     Arc::new(move |bdf: &str| {
         let d = devs.iter().find(|d| d.bdf.to_string() == bdf).ok_or_else(|| PlugError::Unknown {
             bdf: bdf.into(),
@@ -311,17 +340,17 @@ fn plugger(args: &Args) -> Plugger {
         }
         let start = |e: StartError| PlugError::Start { bdf: bdf.into(), source: Box::new(e) };
         let wire = lone_wire(d).map_err(start)?;
-        serve(&root, d, wire, pool).map_err(start)
+        serve(&root, d, wire, pool, &threads).map_err(start)
     })
 }
 
-fn start(args: &Args) -> Result<Ports, StartError> {
+fn start(args: &Args, threads: &Pool) -> Result<Ports, StartError> {
     let ports: Ports = Arc::new(Mutex::new(BTreeMap::new()));
     let mut wires = make_wires(&args.devs)?;
     for d in &args.devs {
         let bdf = d.bdf.to_string();
         let wire = wires.remove(&bdf).unwrap_or_else(|| Box::new(wire::NullWire::default()));
-        let port = serve(&args.root, d, wire, args.pool)?;
+        let port = serve(&args.root, d, wire, args.pool, threads)?;
         ports.lock().unwrap_or_else(|e| e.into_inner()).insert(bdf, port);
     }
     Ok(ports)
@@ -389,7 +418,10 @@ fn main() -> ExitCode {
         watch_parent(parent);
     }
 
-    let ports = match start(&args) {
+    // The device threads first: every function joins one of them (a function still in the pool
+    // when it stops is simply no longer polled, so the drop order does not matter).
+    let started = device_threads(&args).and_then(|t| Ok((start(&args, &t)?, t)));
+    let (ports, threads) = match started {
         Ok(p) => p,
         Err(e) => {
             let mut chain = e.to_string();
@@ -403,7 +435,7 @@ fn main() -> ExitCode {
         }
     };
     let mut control = match &args.control {
-        Some(path) => match ControlServer::start(path, ports.clone(), Some(plugger(&args))) {
+        Some(path) => match ControlServer::start(path, ports.clone(), Some(plugger(&args, &threads))) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("lab-nic: error: {e}");
@@ -465,9 +497,17 @@ mod tests {
             "--dev=0000:00:09.0,model=ixgbe,tap=lab0",
             "--pool",
             "4",
+            "--device-threads",
+            "per-function",
         ])
         .unwrap();
         assert_eq!(a.pool, 4);
+        assert_eq!(a.device_threads, ThreadCount::PerFunction);
+        assert_eq!(args(&["--dev", "0000:00:05.0,model=ixgbe"]).unwrap().device_threads, ThreadCount::Auto);
+        assert_eq!(
+            args(&["--dev", "0000:00:05.0,model=ixgbe", "--device-threads=3"]).unwrap().device_threads,
+            ThreadCount::Fixed(3)
+        );
         assert_eq!(a.devs[0].wire, WireSpec::Loopback);
         assert_eq!(a.devs[0].mac, [2, 0, 0, 0, 0, 1]);
         assert_eq!(a.devs[1].wire, WireSpec::Peer("0000:00:07.0".into()));
@@ -495,6 +535,8 @@ mod tests {
             ),
             (vec!["--dev", "0000:00:05.0,model=ixgbe", "--dev", "0000:00:05.0,model=ixgbe"], "twice"),
             (vec!["--dev", "0000:00:05.0,model=ixgbe", "--pool", "0"], "--pool"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe", "--device-threads", "0"], "--device-threads 0"),
+            (vec!["--dev", "0000:00:05.0,model=ixgbe", "--device-threads=many"], "--device-threads many"),
             (vec!["--dev", "0000:00:05.0,model=ixgbe", "--log-level", "[["], "--log-level"),
             (vec!["--dev", "0000:00:05.0,model=ixgbe", "--exit-with-parent=me"], "--exit-with-parent=me"),
             (vec!["--dev", "0000:00:05.0,model=ixgbe", "--exit-with-parent=0"], "--exit-with-parent=0"),

@@ -59,9 +59,12 @@ mod backend;
 mod feature;
 mod migration;
 mod relay;
+mod threads;
 
 use self::backend::ConnBackend;
 use self::relay::start_relay;
+use self::threads::Poller;
+pub use self::threads::{DeviceThreads, ThreadCount};
 
 /// Name of the workers' socket in the function's directory (the relays' only way in).
 pub const WORKER_SOCKET: &str = "worker.sock";
@@ -194,7 +197,8 @@ struct Shared {
     accept_wake: UnixListener,
     kick: AtomicBool,
     waiting: AtomicUsize,
-    device_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// The device thread that polls this function.
+    poller: Arc<Poller>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,9 +218,7 @@ impl Shared {
     /// Wakes the device thread out of an idle sleep (a driver is active).
     fn kick(&self) {
         self.kick.store(true, Ordering::Release);
-        if let Some(t) = self.device_thread.get() {
-            t.unpark();
-        }
+        self.poller.unpark();
     }
 }
 
@@ -227,6 +229,8 @@ pub struct Function {
     wake: UnixStream,
     _server: Arc<Server>,
     _bar_memory: Vec<Arc<Mapping>>,
+    /// The device thread of this function alone, when it was started without a pool.
+    own_threads: Option<DeviceThreads>,
     stopped: bool,
 }
 
@@ -259,14 +263,30 @@ fn region(index: u32, size: u64, mmap: bool) -> vfio_region_info {
 
 impl Function {
     /// Starts serving `model` on `listener` (already bound and listening, usually by
-    /// [`crate::sysfs::SysfsFunction`]) with `pool` concurrent connections; the workers' own
-    /// socket ([`WORKER_SOCKET`], owner-only) goes in `private_dir` (the function's directory).
+    /// [`crate::sysfs::SysfsFunction`]) with `pool` concurrent connections and a device thread of
+    /// its own; the workers' own socket ([`WORKER_SOCKET`], owner-only) goes in `private_dir`
+    /// (the function's directory).
     pub fn start(
         bdf: &str,
         model: Box<dyn DeviceModel>,
         listener: UnixListener,
         pool: usize,
         private_dir: &std::path::Path,
+    ) -> Result<Self, ServerError> {
+        let own = DeviceThreads::own().map_err(|source| ServerError::Spawn { bdf: bdf.to_owned(), source })?;
+        let mut f = Self::start_on(bdf, model, listener, pool, private_dir, &own)?;
+        f.own_threads = Some(own);
+        Ok(f)
+    }
+
+    /// [`Function::start`], polled by the device thread of `threads` with the fewest functions.
+    pub fn start_on(
+        bdf: &str,
+        model: Box<dyn DeviceModel>,
+        listener: UnixListener,
+        pool: usize,
+        private_dir: &std::path::Path,
+        threads: &DeviceThreads,
     ) -> Result<Self, ServerError> {
         let pool = pool.max(1);
         let mut regions = Vec::with_capacity(NUM_REGIONS);
@@ -351,7 +371,7 @@ impl Function {
             accept_wake,
             kick: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
-            device_thread: std::sync::OnceLock::new(),
+            poller: threads.pick(),
         });
         let (wake, wake_rx) = UnixStream::pair().map_err(perr)?;
         let mut f = Self {
@@ -360,6 +380,7 @@ impl Function {
             wake,
             _server: server.clone(),
             _bar_memory: bar_memory,
+            own_threads: None,
             stopped: false,
         };
         let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
@@ -373,11 +394,15 @@ impl Function {
             f.threads.push(spawn(format!("vfu-{i}"), Box::new(move || worker(&s, &srv)))?);
         }
         let s = shared.clone();
-        f.threads.push(spawn("device".into(), Box::new(move || device_loop(&s)))?);
-        let s = shared;
         f.threads.push(spawn("gatekeeper".into(), Box::new(move || gatekeeper(&s, &listener, &wake_rx)))?);
-        tracing::info!(bdf, pool, "function serving");
+        shared.poller.join(shared.clone());
+        tracing::info!(bdf, pool, device_thread = shared.poller.name(), "function serving");
         Ok(f)
+    }
+
+    /// The name of the device thread that polls this function (`device`, or `device-N` in a pool).
+    pub fn device_thread(&self) -> &str {
+        self.shared.poller.name()
     }
 
     /// PCI address.
@@ -433,7 +458,8 @@ impl Function {
         self.stopped = true;
         let s = &self.shared;
         s.stop.store(true, Ordering::SeqCst);
-        s.kick();
+        // Off the device thread first: when this returns the model is not polled any more.
+        s.poller.leave(s);
         let _ = self.wake.write(&[1]);
         for c in lock(&s.conns).values() {
             let _ = c.client.shutdown(std::net::Shutdown::Both);
@@ -446,6 +472,7 @@ impl Function {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.own_threads = None;
         tracing::info!(bdf = %s.bdf, "function stopped");
     }
 }
@@ -569,47 +596,6 @@ pub fn idle_back_off(idle: u32) -> IdleStep {
         _ => DEEPEST_IDLE_SLEEP.as_micros() as u64,
     };
     IdleStep::Sleep(Duration::from_micros(us))
-}
-
-/// The device thread: polls the model, spins while there is work, backs off to sleeping when idle.
-fn device_loop(s: &Arc<Shared>) {
-    let _ = s.device_thread.set(std::thread::current());
-    let mut idle: u32 = 0;
-    while !s.stop.load(Ordering::Relaxed) {
-        let did = {
-            let mut guard = lock(&s.dev);
-            let d = &mut *guard;
-            // A stopped device (migration) does no DMA and raises nothing.
-            if d.mig.running() {
-                let did = d.model.poll(&mut d.dma);
-                let irqs = d.model.take_irqs();
-                if irqs != 0 {
-                    d.raise(irqs);
-                }
-                d.raise_intx();
-                did
-            } else {
-                false
-            }
-        };
-        if did || s.kick.swap(false, Ordering::AcqRel) {
-            idle = 0;
-            if did {
-                if s.waiting.load(Ordering::Acquire) > 0 {
-                    std::thread::yield_now();
-                }
-                continue;
-            }
-        }
-        idle = idle.saturating_add(1);
-        match idle_back_off(idle) {
-            // A thread waiting for the model's lock (a trapped access) gets the CPU rather than
-            // a spin beside it.
-            IdleStep::Spin if s.waiting.load(Ordering::Acquire) == 0 => std::hint::spin_loop(),
-            IdleStep::Spin | IdleStep::Yield => std::thread::yield_now(),
-            IdleStep::Sleep(d) => std::thread::park_timeout(d),
-        }
-    }
 }
 
 #[cfg(test)]
