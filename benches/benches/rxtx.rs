@@ -8,6 +8,9 @@
 //! device N - 4 bytes; the device strips the FCS on receive). One iteration sends a burst of 32
 //! and receives a burst's worth, with at most `WINDOW` frames in flight, so the figure is
 //! steady-state throughput, not the latency of one round trip.
+//!
+//! `cabled/{per-function,shared}`: from one 82599 to another over a cable inside one lab-nic,
+//! with a device thread per function and with one shared thread (`--device-threads`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -54,12 +57,18 @@ struct LabNic {
 impl LabNic {
     /// lab-nic serving one function, `dev` as its `--dev` argument.
     fn start(root: &Path, dev: &str) -> LabNic {
+        Self::start_with(root, &["--dev", dev])
+    }
+
+    /// lab-nic with `args` (its `--dev`s and options).
+    fn start_with(root: &Path, args: &[&str]) -> LabNic {
         // The child inherits this thread's affinity: pin to the peer CPU for the spawn only.
         pin_to(peer_cpu());
         let child = Command::new(lab_nic_bin())
             .arg("--sysfs-root")
             .arg(root)
-            .args(["--dev", dev, "--log-level", "warn"])
+            .args(args)
+            .args(["--log-level", "warn"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn();
@@ -156,6 +165,25 @@ impl Loop {
         self.in_flight += BURST;
         while self.in_flight > WINDOW - BURST {
             self.drain(port);
+        }
+    }
+
+    /// One burst out of `tx` and a burst's worth in on `rx` (two cabled ports).
+    fn iter_cabled(&mut self, tx: &mut dyn EthDev, rx: &mut dyn EthDev, len: usize) {
+        assert!(self.pool.alloc_bulk(&mut self.txb), "pool empty");
+        for m in self.txb.iter_mut().flatten() {
+            m.set_len(len);
+        }
+        let mut off = 0;
+        while off < BURST {
+            off += tx.tx_burst(0, &mut self.txb[off..]);
+            if off < BURST {
+                self.drain(rx);
+            }
+        }
+        self.in_flight += BURST;
+        while self.in_flight > WINDOW - BURST {
+            self.drain(rx);
         }
     }
 
@@ -256,6 +284,7 @@ fn main() {
         NicCase { name: "i40e", bdf: "0000:00:09.0", port: 1, driver: &I40eDriver },
     ));
     report.extend(bench_rss(&mut c, &rt, &pool));
+    report.extend(bench_cabled(&mut c, &rt, &pool));
     drop(rt);
 
     c.final_summary();
@@ -358,6 +387,76 @@ fn bench_rss(c: &mut Criterion, rt: &Runtime, pool: &Mempool) -> Vec<String> {
         if let Some(ns) = mean_ns("rxtx", &format!("rss_queues/{q}")) {
             let ratio = one.map(|o| format!(", {:.2}x the single queue's time", ns / o)).unwrap_or_default();
             out.push(format!("rate rxtx/rss_queues/{q}: {:.2} Mpps{ratio}", BURST as f64 / ns * 1e3));
+        }
+    }
+    out
+}
+
+/// Probes `driver` on `bdf` of a running lab-nic as port `port` (promiscuous) and waits for its link.
+fn probe_on(rt: &Runtime, driver: &dyn Driver, root: &Path, bdf: &str, port: u16) -> Box<dyn EthDev> {
+    let pci = scan_one(&root.join(bdf)).expect("scan");
+    let devargs = Devargs::parse(&format!("{bdf},promisc=1")).expect("devargs");
+    let kvargs = devargs.validate(driver.name(), driver.keys()).expect("kvargs");
+    let conf = PortConf { nb_desc: 1024, ..PortConf::default() };
+    let ctx = ProbeCtx {
+        runtime: rt,
+        port: PortId(port),
+        name: bdf,
+        devargs: &devargs,
+        kvargs: &kvargs,
+        pci: Some(&pci),
+        conf: &conf,
+        ports: None,
+    };
+    let mut dev = driver.probe(&ctx).unwrap_or_else(|e| panic!("probe {bdf}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dev.link().up {
+        assert!(Instant::now() < deadline, "{bdf} link down");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    dev
+}
+
+/// `cabled/{per-function,shared}`: 64-byte frames from one 82599 to another over a cable inside
+/// one lab-nic (TX on port A, RX on port B), the two functions polled by a device thread each
+/// (`--device-threads per-function`, what lab-nic did before the pool) and by one shared thread
+/// (`--device-threads 1`, what `auto` picks on a 2-core machine). lab-nic runs on one core, as
+/// on a 2-core machine where the other is the application's.
+fn bench_cabled(c: &mut Criterion, rt: &Runtime, pool: &Mempool) -> Vec<String> {
+    const A: &str = "0000:00:0a.0";
+    const B: &str = "0000:00:0b.0";
+    let mut out = Vec::new();
+    let mut g = c.benchmark_group("rxtx");
+    for (i, (name, threads)) in [("per-function", "per-function"), ("shared", "1")].into_iter().enumerate() {
+        let sysfs = tempfile::tempdir().expect("sysfs root");
+        let (da, db) = (format!("{A},model=ixgbe,peer={B}"), format!("{B},model=ixgbe"));
+        let nic = LabNic::start_with(sysfs.path(), &["--dev", &da, "--dev", &db, "--device-threads", threads]);
+        let mut a = probe_on(rt, &IxgbeDriver, sysfs.path(), A, 20 + 2 * i as u16);
+        let mut b = probe_on(rt, &IxgbeDriver, sysfs.path(), B, 21 + 2 * i as u16);
+        let mut lp = Loop::new(pool, 1, Vec::new());
+        g.throughput(Throughput::Elements(BURST as u64));
+        g.bench_with_input(BenchmarkId::new("cabled", name), &name, |bch, _| {
+            bch.iter(|| lp.iter_cabled(a.as_mut(), b.as_mut(), 60))
+        });
+        let until = Instant::now() + Duration::from_millis(500);
+        while lp.in_flight > 0 && Instant::now() < until {
+            lp.drain(b.as_mut());
+        }
+        let (sa, sb) = (a.stats(), b.stats());
+        a.close(Release::Shared);
+        b.close(Release::Shared);
+        drop(nic);
+        out.push(format!(
+            "cabled/{name}: A opackets={} B ipackets={} imissed={}; frames the bench loop gave up on: {}",
+            sa.opackets, sb.ipackets, sb.imissed, lp.lost
+        ));
+    }
+    g.finish();
+    let per = mean_ns("rxtx", "cabled/per-function");
+    for name in ["per-function", "shared"] {
+        if let Some(ns) = mean_ns("rxtx", &format!("cabled/{name}")) {
+            let ratio = per.map(|p| format!(", {:.2}x the per-function threads' rate", p / ns)).unwrap_or_default();
+            out.push(format!("rate rxtx/cabled/{name}: {:.2} Mpps{ratio}", BURST as f64 / ns * 1e3));
         }
     }
     out
