@@ -376,9 +376,12 @@ fn device_threads_run_as_many_as_asked_and_carry_cabled_traffic() {
         ("1", pool(1), ["device-0"; 3]),
         ("2", pool(2), ["device-0", "device-1", "device-0"]),
         ("per-function", vec!["device".into(); 3], ["device"; 3]),
-        ("auto", pool(auto), if auto == 1 { ["device-0"; 3] } else { ["device-0", "device-1", "device-2"] }),
+        ("auto", pool(auto), ["0", "1", "2"]),
     ];
     for (arg, threads, on) in cases {
+        // auto: function i on device-(i mod threads).
+        let auto_on = (0..3).map(|i| format!("device-{}", i % auto)).collect::<Vec<_>>();
+        let on: Vec<&str> = if arg == "auto" { auto_on.iter().map(String::as_str).collect() } else { on.to_vec() };
         let lab = spawn(
             &[
                 &format!("{a},model=ixgbe,peer={b},mac=02:00:00:00:00:0a"),

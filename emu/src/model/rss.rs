@@ -220,8 +220,8 @@ pub fn parse(frame: &[u8]) -> Option<Flow<'_>> {
     parse_any(frame)
 }
 
-/// [`parse`] for any frame: VLAN tags, IPv4 options, IPv6, ports not whole.
-fn parse_any(frame: &[u8]) -> Option<Flow<'_>> {
+/// The frame's last ethertype, after up to two VLAN tags (802.1Q, 802.1ad), and its offset.
+pub fn last_ethertype(frame: &[u8]) -> Option<(u16, usize)> {
     let mut o = 12;
     let mut ethertype = be16(frame, o)?;
     for _ in 0..2 {
@@ -231,6 +231,17 @@ fn parse_any(frame: &[u8]) -> Option<Flow<'_>> {
         o += 4;
         ethertype = be16(frame, o)?;
     }
+    Some((ethertype, o))
+}
+
+/// Whether `ethertype` is IPv4's or IPv6's.
+pub fn is_ip(ethertype: u16) -> bool {
+    ethertype == ETH_P_IPV4 || ethertype == ETH_P_IPV6
+}
+
+/// [`parse`] for any frame: VLAN tags, IPv4 options, IPv6, ports not whole.
+fn parse_any(frame: &[u8]) -> Option<Flow<'_>> {
+    let (ethertype, o) = last_ethertype(frame)?;
     let ip = o + 2;
     let (mut ex_src, mut ex_dst) = (None, None);
     let (v6, mut l4, addrs, l4_at) = match ethertype {

@@ -199,6 +199,8 @@ struct Shared {
     waiting: AtomicUsize,
     /// The device thread that polls this function.
     poller: Arc<Poller>,
+    /// The model panicked in a poll: it is not polled again.
+    dead: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -372,6 +374,7 @@ impl Function {
             kick: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             poller: threads.pick(),
+            dead: AtomicBool::new(false),
         });
         let (wake, wake_rx) = UnixStream::pair().map_err(perr)?;
         let mut f = Self {

@@ -98,15 +98,17 @@ impl Poller {
 struct Round {
     /// A model did work.
     did: bool,
-    /// A function was kicked (a driver is active) or its state was held by a control path.
+    /// A function was kicked (a driver is active).
     busy: bool,
     /// A control path waits for a function's lock.
     waiting: bool,
 }
 
-/// Polls one function once, unless its state is held (then it counts as busy, not idle).
+/// Polls one function once, unless a control path holds its state (then the round yields to it;
+/// the holder kicks the thread when it is done). A model that panics is never polled again (its
+/// function stays served, its traffic stopped, as a hung NIC's), and the thread polls the others.
 fn poll_one(s: &Shared, r: &mut Round) {
-    if s.stop.load(Ordering::Relaxed) {
+    if s.stop.load(Ordering::Relaxed) || s.dead.load(Ordering::Relaxed) {
         return;
     }
     r.busy |= s.kick.swap(false, Ordering::AcqRel);
@@ -114,7 +116,6 @@ fn poll_one(s: &Shared, r: &mut Round) {
         Ok(g) => g,
         Err(TryLockError::Poisoned(e)) => e.into_inner(),
         Err(TryLockError::WouldBlock) => {
-            r.busy = true;
             r.waiting = true;
             return;
         }
@@ -122,20 +123,43 @@ fn poll_one(s: &Shared, r: &mut Round) {
     let d = &mut *guard;
     // A stopped device (migration) does no DMA and raises nothing.
     if d.mig.running() {
-        r.did |= d.model.poll(&mut d.dma);
-        let irqs = d.model.take_irqs();
-        if irqs != 0 {
-            d.raise(irqs);
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let did = d.model.poll(&mut d.dma);
+            (did, d.model.take_irqs())
+        }));
+        match polled {
+            Ok((did, irqs)) => {
+                r.did |= did;
+                if irqs != 0 {
+                    d.raise(irqs);
+                }
+                d.raise_intx();
+            }
+            Err(_) => {
+                s.dead.store(true, Ordering::Relaxed);
+                tracing::error!(bdf = %s.bdf, "the device model panicked: the function is no longer polled");
+            }
         }
-        d.raise_intx();
     }
     drop(guard);
     r.waiting |= s.waiting.load(Ordering::Acquire) > 0;
 }
 
+/// Sets [`Poller::exited`] when the thread ends, by return or by unwinding.
+struct Exited<'a>(&'a Poller);
+
+impl Drop for Exited<'_> {
+    fn drop(&mut self) {
+        self.0.exited.store(true, Ordering::Release);
+    }
+}
+
 /// The device thread: polls its functions in turn, spins while there is work, backs off to
 /// sleeping when all are idle (see [`idle_back_off`]); with no function it parks until one joins.
 fn run(p: &Poller) {
+    // Declared before `members`, so dropped after it: `exited` tells a waiting `leave` that the
+    // thread holds no function any more.
+    let _exited = Exited(p);
     let mut members: Vec<Arc<Shared>> = Vec::new();
     let mut seen = 0;
     let mut idle: u32 = 0;
@@ -173,8 +197,6 @@ fn run(p: &Poller) {
             IdleStep::Sleep(d) => std::thread::park_timeout(d),
         }
     }
-    drop(members);
-    p.exited.store(true, Ordering::Release);
 }
 
 /// How many device threads to run, as `lab-nic --device-threads` takes it.
@@ -287,6 +309,173 @@ impl Drop for DeviceThreads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{self, BarDef, DeviceModel, ModelConfig, PciIds, PortStats};
+    use crate::server::Function;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Instant;
+
+    /// An 82599 that counts its polls, panics in the poll numbered `panic_at`, and says when it
+    /// is dropped.
+    struct Probe {
+        inner: Box<dyn DeviceModel>,
+        polls: Arc<AtomicU32>,
+        panic_at: Option<u32>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl DeviceModel for Probe {
+        fn name(&self) -> &'static str {
+            self.inner.name()
+        }
+        fn ids(&self) -> PciIds {
+            self.inner.ids()
+        }
+        fn bars(&self) -> [BarDef; 6] {
+            self.inner.bars()
+        }
+        fn config_size(&self) -> u64 {
+            self.inner.config_size()
+        }
+        fn config_read(&mut self, off: u64, data: &mut [u8]) {
+            self.inner.config_read(off, data)
+        }
+        fn config_write(&mut self, off: u64, data: &[u8]) {
+            self.inner.config_write(off, data)
+        }
+        fn bar_read(&mut self, bar: u32, off: u64, data: &mut [u8]) {
+            self.inner.bar_read(bar, off, data)
+        }
+        fn bar_write(&mut self, bar: u32, off: u64, data: &[u8]) {
+            self.inner.bar_write(bar, off, data)
+        }
+        fn sparse_areas(&self, bar: u32) -> Vec<(u64, u64)> {
+            self.inner.sparse_areas(bar)
+        }
+        fn bar_memory(&self, bar: u32) -> Option<Arc<crate::mem::Mapping>> {
+            self.inner.bar_memory(bar)
+        }
+        fn msix_count(&self) -> u32 {
+            self.inner.msix_count()
+        }
+        fn poll(&mut self, dma: &mut dyn crate::dma::Dma) -> bool {
+            let n = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+            assert!(self.panic_at != Some(n), "a model bug in poll {n}");
+            self.inner.poll(dma)
+        }
+        fn take_irqs(&mut self) -> u64 {
+            self.inner.take_irqs()
+        }
+        fn intx_asserted(&self) -> bool {
+            self.inner.intx_asserted()
+        }
+        fn reset(&mut self) {
+            self.inner.reset()
+        }
+        fn link_set(&mut self, up: bool) {
+            self.inner.link_set(up)
+        }
+        fn stats(&self) -> PortStats {
+            self.inner.stats()
+        }
+        fn faults(&self) -> &crate::fault::FaultLog {
+            self.inner.faults()
+        }
+        fn faults_mut(&mut self) -> &mut crate::fault::FaultLog {
+            self.inner.faults_mut()
+        }
+    }
+
+    struct Probed {
+        f: Function,
+        polls: Arc<AtomicU32>,
+        dropped: Arc<AtomicBool>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn probed(bdf: &str, panic_at: Option<u32>, threads: &DeviceThreads) -> Probed {
+        let cfg = ModelConfig {
+            bdf: bdf.into(),
+            function: 0,
+            mac: [2, 0, 0, 0, 0, 1],
+            wire: Box::new(crate::wire::NullWire::default()),
+        };
+        let (polls, dropped) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicBool::new(false)));
+        let inner = model::create("ixgbe", cfg).unwrap();
+        let m = Box::new(Probe { inner, polls: polls.clone(), panic_at, dropped: dropped.clone() });
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("s.sock")).unwrap();
+        let f = Function::start_on(bdf, m, listener, 1, dir.path(), threads).unwrap();
+        Probed { f, polls, dropped, _dir: dir }
+    }
+
+    fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_panicking_model_stops_alone_and_every_stop_returns() {
+        let threads = DeviceThreads::start(1).unwrap();
+        let mut bad = probed("0000:00:05.0", Some(3), &threads);
+        let mut good = probed("0000:00:06.0", None, &threads);
+        assert_eq!((bad.f.device_thread(), good.f.device_thread()), ("device-0", "device-0"));
+        // Kicks keep the thread polling rather than sleeping.
+        let kick = |p: &Probed| p.f.link_set(true);
+        wait_for("the bad model's panic", || {
+            kick(&bad);
+            bad.polls.load(Ordering::SeqCst) >= 3
+        });
+        let at = good.polls.load(Ordering::SeqCst);
+        wait_for("the good model polled on", || {
+            kick(&good);
+            good.polls.load(Ordering::SeqCst) > at + 50
+        });
+        assert_eq!(bad.polls.load(Ordering::SeqCst), 3, "a model that panicked is not polled again");
+        // Its control path still answers (the lock the panic poisoned is recovered).
+        assert_eq!(bad.f.stats(), PortStats::default());
+        bad.f.stop();
+        drop(bad.f);
+        assert!(bad.dropped.load(Ordering::SeqCst), "the thread holds nothing of a stopped function");
+        // A function that leaves is not polled once `stop` has returned.
+        good.f.stop();
+        let n = good.polls.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(good.polls.load(Ordering::SeqCst), n);
+        drop(good.f);
+        assert!(good.dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn functions_spread_over_the_threads_with_the_fewest() {
+        let threads = DeviceThreads::start(2).unwrap();
+        let a = probed("0000:00:05.0", None, &threads);
+        let b = probed("0000:00:06.0", None, &threads);
+        let c = probed("0000:00:07.0", None, &threads);
+        let on = |p: &Probed| p.f.device_thread().to_owned();
+        assert_eq!([on(&a), on(&b), on(&c)], ["device-0", "device-1", "device-0"]);
+        drop(a);
+        let d = probed("0000:00:08.0", None, &threads);
+        assert_eq!(on(&d), "device-0", "device-0 lost one: the first of the least busy");
+        for p in [&b, &c, &d] {
+            let at = p.polls.load(Ordering::SeqCst);
+            wait_for("every function polled", || {
+                p.f.link_set(true);
+                p.polls.load(Ordering::SeqCst) > at + 10
+            });
+        }
+        // A pool dropped first only stops polling: the functions still stop.
+        drop(threads);
+        drop((b, c, d));
+    }
 
     #[test]
     fn thread_counts_parse_and_resolve() {

@@ -165,8 +165,13 @@ pub const PCTYPE_IPV6_TCP: u32 = 43;
 pub const PCTYPE_IPV6_SCTP: u32 = 44;
 pub const PCTYPE_IPV6_OTHER: u32 = 45;
 pub const PCTYPE_FRAG_IPV6: u32 = 46;
+/// Frames that are not IP (hashed on their last ethertype, see `rss::rss_pick_l2`).
+pub const PCTYPE_L2_PAYLOAD: u32 = 63;
 /// Hardware packet types in the RX write-back's PTYPE field (qword1 bits 37:30).
+/// L2, no IP (L2 MAC PAY2).
 pub const PTYPE_L2: u64 = 1;
+/// ARP (L2 ARP).
+pub const PTYPE_L2_ARP: u64 = 11;
 pub const PTYPE_IPV4_FRAG: u64 = 22;
 pub const PTYPE_IPV4_OTHER: u64 = 23;
 pub const PTYPE_IPV4_UDP: u64 = 24;

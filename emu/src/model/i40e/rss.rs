@@ -3,8 +3,12 @@
 //! (addresses and ports for TCP, UDP and SCTP; addresses for other IP and fragments); the hash's
 //! low bits index the PF's lookup table (PFQF_HLUT, 128 or 512 entries as PFQF_CTL_0.HASHLUTSIZE
 //! says), whose entry is a queue of the main VSI (counted from TC0's first queue in the VSI's
-//! queue map); a frame whose type is not enabled, or not IP, goes to that first queue. The write-back carries the hash in qword0 bits 63:32 with FLTSTAT 3, and the
-//! packet type (PTYPE) in either case. The key and table can also be set and read through the
+//! queue map); a frame whose type is not enabled goes to that first queue. A frame that is not IP
+//! is of type L2_PAYLOAD (63) and is hashed on its last ethertype (after its VLAN tags): the input
+//! set DPDK programs for that type at start-up (GLQF_HASH_INSET: LAST_ETHER_TYPE), as the
+//! register that selects it is not modelled; all frames of one ethertype go to one queue. The
+//! write-back carries the hash in qword0 bits 63:32 with FLTSTAT 3, and the packet type (PTYPE)
+//! in either case (L2 PAY2, or ARP). The key and table can also be set and read through the
 //! admin queue (set/get_rss_key, set/get_rss_lut; the PF and VSI tables are one table here),
 //! which writes the same registers.
 //!
@@ -13,7 +17,7 @@
 
 use super::regs::*;
 use super::I40e;
-use crate::model::rss::{parse, Toeplitz, L4};
+use crate::model::rss::{is_ip, last_ethertype, parse, Toeplitz, L4};
 
 /// Lookup table entries at most.
 pub(super) const LUT_MAX: usize = 512;
@@ -128,9 +132,8 @@ impl I40e {
     #[inline]
     pub(super) fn rss_pick(&self, frame: &[u8]) -> (u32, u64, u64) {
         let r = &self.rss;
-        // A frame the hash does not cover goes to the VSI's first queue.
         let Some(flow) = parse(frame) else {
-            return (0, 0, PTYPE_L2 << RXD_PTYPE_SHIFT);
+            return self.rss_pick_l2(frame);
         };
         let (pctype, ptype) = match (flow.v6, flow.l4) {
             (false, L4::Tcp) => (PCTYPE_IPV4_TCP, PTYPE_IPV4_TCP),
@@ -149,6 +152,28 @@ impl I40e {
             return (0, 0, qw1);
         }
         let hash = r.hash.hash_flow(&flow, true);
+        let q = u32::from(r.lut[hash as usize & (r.lut_size - 1)]);
+        (q, u64::from(hash) << 32, qw1 | RXD_FLTSTAT_RSS << RXD_FLTSTAT_SHIFT)
+    }
+
+    /// [`I40e::rss_pick`] for a frame that is not IP (or an IP frame too short to parse, which
+    /// the hash does not cover): L2_PAYLOAD, hashed on its last ethertype in wire order when
+    /// PFQF_HENA enables that type; ARP (0x0806) gets PTYPE ARP, the rest PTYPE L2 PAY2.
+    #[cold]
+    fn rss_pick_l2(&self, frame: &[u8]) -> (u32, u64, u64) {
+        let r = &self.rss;
+        let Some((ethertype, _)) = last_ethertype(frame) else {
+            return (0, 0, PTYPE_L2 << RXD_PTYPE_SHIFT);
+        };
+        if is_ip(ethertype) {
+            return (0, 0, PTYPE_L2 << RXD_PTYPE_SHIFT);
+        }
+        let ptype = if ethertype == 0x0806 { PTYPE_L2_ARP } else { PTYPE_L2 };
+        let qw1 = ptype << RXD_PTYPE_SHIFT;
+        if r.hena & (1 << PCTYPE_L2_PAYLOAD) == 0 {
+            return (0, 0, qw1);
+        }
+        let hash = r.hash.hash(&ethertype.to_be_bytes());
         let q = u32::from(r.lut[hash as usize & (r.lut_size - 1)]);
         (q, u64::from(hash) << 32, qw1 | RXD_FLTSTAT_RSS << RXD_FLTSTAT_SHIFT)
     }
