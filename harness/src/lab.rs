@@ -145,6 +145,7 @@ pub struct LabBuilder {
     process_eal: Vec<(String, String)>,
     interfaces: Vec<String>,
     bin_dir: Option<PathBuf>,
+    device_threads: Option<String>,
 }
 
 impl LabBuilder {
@@ -155,6 +156,11 @@ impl LabBuilder {
         if let Some(t) = wire.strip_prefix("tap=") {
             self.interfaces.push(t.into());
         }
+        self
+    }
+    /// lab-nic's `--device-threads` (`auto`, `per-function` or a count; default `auto`).
+    pub fn device_threads(mut self, threads: &str) -> Self {
+        self.device_threads = Some(threads.into());
         self
     }
     /// A `--vdev` the primary probes at start.
@@ -239,7 +245,8 @@ impl LabBuilder {
         lab.mem_file = mem["mem_file"].as_str().map(PathBuf::from);
         if !self.nics.is_empty() {
             let bin = need(&bin_dir, "lab-nic", "cargo build -p lab-emu --bin lab-nic")?;
-            lab.nic = Some(spawn_lab_nic(&bin, &lab.sysfs, &lab.control, &self.nics)?);
+            let extra: Vec<String> = self.device_threads.iter().map(|t| format!("--device-threads={t}")).collect();
+            lab.nic = Some(spawn_lab_nic(&bin, &lab.sysfs, &lab.control, &self.nics, &extra)?);
         }
         for i in 1..=self.secondaries {
             lab.spawn_prompt(&format!("s{i}"), &["--proc-type=secondary".to_string()])?;
@@ -268,15 +275,17 @@ fn need(dir: &Path, name: &'static str, build: &'static str) -> Result<PathBuf, 
 }
 
 /// Starts lab-nic serving `nics` (bdf, model, wire) under `sysfs` with its control socket at
-/// `control`, and waits for "lab-nic ready". It exits with the lab's process if that is killed.
+/// `control` (and `extra` arguments), and waits for "lab-nic ready". It exits with the lab's
+/// process if that is killed.
 pub(crate) fn spawn_lab_nic(
     bin: &Path,
     sysfs: &Path,
     control: &Path,
     nics: &[(String, String, String)],
+    extra: &[String],
 ) -> Result<Child, LabError> {
     let mut c = Command::new(bin);
-    c.arg("--sysfs-root").arg(sysfs).arg("--control").arg(control).args(["--log-level", "warn"]);
+    c.arg("--sysfs-root").arg(sysfs).arg("--control").arg(control).args(["--log-level", "warn"]).args(extra);
     c.arg(format!("--exit-with-parent={}", std::process::id()));
     for (bdf, model, wire) in nics {
         c.arg("--dev").arg(format!("{bdf},model={model},wire={wire}"));

@@ -15,6 +15,7 @@
 //! settle_ms = 3000                         # how long the views may take to agree after a step (default 3000)
 //! taps = ["lt${run}"]                      # interfaces to delete at teardown (net_tap iface= are added)
 //! requires = ["net_ring"]                  # drivers needed beyond those the devices name
+//! device_threads = "auto"                  # lab-nic --device-threads: auto | per-function | 1-256
 //!
 //! [[lab.nic]]                              # one emulated function each, all served by one lab-nic
 //! bdf = "0000:00:05.0"
@@ -192,6 +193,34 @@ pub struct LabSpec {
     /// Drivers needed (beyond those named by the devices).
     #[serde(default)]
     pub requires: Vec<String>,
+    /// lab-nic's `--device-threads` (`auto`, `per-function` or a count); default lab-nic's.
+    #[serde(default, deserialize_with = "device_threads")]
+    pub device_threads: Option<String>,
+}
+
+/// Largest `device_threads` count (lab-nic's limit).
+pub const MAX_DEVICE_THREADS: i64 = 256;
+
+/// `device_threads = "auto" | "per-function" | N` (N also as a string), checked here so a bad
+/// value is an error at its line, not a lab-nic that refuses to start.
+fn device_threads<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        S(String),
+        N(i64),
+    }
+    let bad = |v: &dyn fmt::Display| {
+        serde::de::Error::custom(format!(
+            "device_threads = {v}: expected \"auto\", \"per-function\" or 1-{MAX_DEVICE_THREADS}"
+        ))
+    };
+    let count = |n: i64| (1..=MAX_DEVICE_THREADS).contains(&n).then(|| n.to_string());
+    match V::deserialize(d).map_err(|_: D::Error| bad(&"that"))? {
+        V::S(s) if s == "auto" || s == "per-function" => Ok(Some(s)),
+        V::S(s) => s.parse().ok().and_then(count).map(Some).ok_or_else(|| bad(&format!("{s:?}"))),
+        V::N(n) => count(n).map(Some).ok_or_else(|| bad(&n)),
+    }
 }
 
 fn one() -> usize {

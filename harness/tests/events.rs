@@ -46,8 +46,10 @@ impl Seen {
     }
 }
 
-fn link_changes_and_a_surprise_removal_reach_every_process_as_events(model: &str) {
-    let mut lab = Lab::builder().secondaries(2).nic(BDF, model, "loopback").start().expect("lab");
+fn link_changes_and_a_surprise_removal_reach_every_process_as_events(model: &str, threads: &str, thread: &str) {
+    let mut lab =
+        Lab::builder().secondaries(2).nic(BDF, model, "loopback").device_threads(threads).start().expect("lab");
+    assert_eq!(lab.nic_command("threads").unwrap().trim(), format!("{BDF}={thread}"), "--device-threads {threads}");
     let port = lab.attach("s1", BDF).expect("attach").0;
     let mut seen = Seen::default();
     seen.every_process(&lab, port, "new", 1);
@@ -69,10 +71,10 @@ fn link_changes_and_a_surprise_removal_reach_every_process_as_events(model: &str
 
 #[test]
 fn an_82599s_link_changes_and_removal_reach_every_process_as_events() {
-    link_changes_and_a_surprise_removal_reach_every_process_as_events("ixgbe");
+    link_changes_and_a_surprise_removal_reach_every_process_as_events("ixgbe", "1", "device-0");
 }
 
 #[test]
 fn an_x710s_link_changes_and_removal_reach_every_process_as_events() {
-    link_changes_and_a_surprise_removal_reach_every_process_as_events("i40e");
+    link_changes_and_a_surprise_removal_reach_every_process_as_events("i40e", "per-function", "device");
 }

@@ -241,6 +241,9 @@ impl<'e> Lab<'e> {
         c.arg("--sysfs-root").arg(&self.sysfs).arg("--control").arg(&control).arg("--log-level").arg("warn");
         // A killed `lab` must not leave the emulator (and its sockets, TAP devices) behind.
         c.arg(format!("--exit-with-parent={}", std::process::id()));
+        if let Some(t) = &self.sc.lab.device_threads {
+            c.arg(format!("--device-threads={t}"));
+        }
         for n in &self.sc.lab.nics {
             let mut d = format!("{},model={}", n.bdf, n.model);
             if let Some(w) = &n.wire {

@@ -59,6 +59,26 @@ fn real_addresses_replace_emulated_ones_once() {
 }
 
 #[test]
+fn device_threads_take_lab_nics_forms_and_refuse_the_rest() {
+    let lab = |v: &str| parse(&format!("[lab]\ndevice_threads = {v}\n[[step]]\nwait_ms = 1\n"));
+    for (v, want) in [("\"auto\"", "auto"), ("\"per-function\"", "per-function"), ("2", "2"), ("\"3\"", "3")] {
+        assert_eq!(lab(v).unwrap().lab.device_threads.as_deref(), Some(want), "{v}");
+    }
+    assert_eq!(parse("[lab]\n[[step]]\nwait_ms = 1\n").unwrap().lab.device_threads, None);
+    for (v, want) in [
+        ("0", "device_threads = 0: expected"),
+        ("257", "device_threads = 257"),
+        ("\"many\"", "device_threads = \"many\""),
+        ("1.5", "device_threads = that"),
+    ] {
+        match lab(v) {
+            Err(ScenarioError::Invalid { line: 2, message, .. }) => assert!(message.contains(want), "{v}: {message}"),
+            other => panic!("{v}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn errors_name_the_line_and_what_was_expected() {
     let cases = [
         ("[lab]\n[[step]]\nattach = \"a\"\ndetach = \"b\"\n", 2, "exactly one"),
