@@ -7,7 +7,8 @@
 //!          relay thread per connection ──► private socket (0600) ──► worker (pool of N threads,
 //!          (frames messages, checks sizes,                              each looping Server::run with
 //!           passes fds through)                                         a per-connection ConnBackend)
-//!                                                        device thread: model.poll(dma) + interrupts
+//!                                         device thread (a pool's, see [`DeviceThreads`]):
+//!                                         model.poll(dma) + interrupts, its functions in turn
 //! ```
 //!
 //! Why a relay: `vfio_user::Server::run` accepts on its own listener and never exposes the connection,

@@ -2,7 +2,7 @@
 //!
 //! A lab-nic runs a fixed number of them ([`DeviceThreads`]), each polling the functions given to
 //! it in turn; a function joins the thread with the fewest functions when it starts and leaves
-//! when it stops. One thread per function ([`DeviceThreads::per_function`]) was the only form
+//! when it stops. One thread per function ([`ThreadCount::PerFunction`]) was the only form
 //! before; on a machine with fewer cores than functions it put more spinning threads than cores
 //! beside the applications that poll the same devices. With several functions on one thread, a
 //! function whose state a control path holds (a trapped register access, a reset, a migration
