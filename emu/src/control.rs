@@ -9,7 +9,7 @@
 //! | `faults BDF` | `ok count=N` then the last few records `[time_us=.. iova=.. len=.. what=".."]` |
 //! | `connections BDF` | `ok connections=N refused=M` and `id:AGEms:pid=PID` of each |
 //! | `list` | `ok` and the served functions |
-//! | `threads` | `ok` and `BDF=THREAD` for each served function: the device thread that polls it |
+//! | `threads` | `ok` and `BDF=THREAD` for each served function: the device thread that polls it, `(dead)` after the model panicked |
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read as _, Write};
@@ -192,7 +192,8 @@ pub fn execute(ports: &Ports, plug: Option<&Plugger>, line: &str) -> String {
         ["threads"] => {
             let mut r = "ok".to_owned();
             for (k, p) in lock(ports).iter() {
-                r.push_str(&format!(" {k}={}", p.function.device_thread()));
+                let dead = if p.function.is_dead() { "(dead)" } else { "" };
+                r.push_str(&format!(" {k}={}{dead}", p.function.device_thread()));
             }
             r
         }

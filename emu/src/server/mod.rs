@@ -409,6 +409,11 @@ impl Function {
         self.shared.poller.name()
     }
 
+    /// Whether the model panicked (in a poll or an access) and is no longer polled.
+    pub fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Relaxed)
+    }
+
     /// PCI address.
     pub fn bdf(&self) -> &str {
         &self.shared.bdf

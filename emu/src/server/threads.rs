@@ -93,6 +93,10 @@ impl Poller {
     }
 }
 
+/// The longest idle sleep of a thread that passed over a function whose state a control path
+/// held: it looks again this soon, as the old blocking `lock` resumed at once.
+const PASSED_OVER_SLEEP: Duration = Duration::from_micros(50);
+
 /// What one look at a function gave.
 #[derive(Default)]
 struct Round {
@@ -102,24 +106,33 @@ struct Round {
     busy: bool,
     /// A control path waits for a function's lock.
     waiting: bool,
+    /// A function was passed over: a control path held its state.
+    passed_over: bool,
 }
 
-/// Polls one function once, unless a control path holds its state (then the round yields to it;
-/// the holder kicks the thread when it is done). A model that panics is never polled again (its
-/// function stays served, its traffic stopped, as a hung NIC's), and the thread polls the others.
+/// Polls one function once, unless a control path holds its state: then the round passes it over
+/// (its kick, if any, kept for the next round) and the thread sleeps no longer than
+/// [`PASSED_OVER_SLEEP`]. A model that panics (in a poll, or in a control path's access, which
+/// leaves its lock poisoned) is never polled again: its function stays served, its traffic
+/// stopped, as a hung NIC's, `threads` says `(dead)`, and the thread polls the others.
 fn poll_one(s: &Shared, r: &mut Round) {
     if s.stop.load(Ordering::Relaxed) || s.dead.load(Ordering::Relaxed) {
         return;
     }
-    r.busy |= s.kick.swap(false, Ordering::AcqRel);
     let mut guard = match s.dev.try_lock() {
         Ok(g) => g,
-        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(TryLockError::Poisoned(_)) => {
+            s.dead.store(true, Ordering::Relaxed);
+            tracing::error!(bdf = %s.bdf, "the device model panicked in an access: the function is no longer polled");
+            return;
+        }
         Err(TryLockError::WouldBlock) => {
             r.waiting = true;
+            r.passed_over = true;
             return;
         }
     };
+    r.busy |= s.kick.swap(false, Ordering::AcqRel);
     let d = &mut *guard;
     // A stopped device (migration) does no DMA and raises nothing.
     if d.mig.running() {
@@ -194,6 +207,7 @@ fn run(p: &Poller) {
             // spin beside it.
             IdleStep::Spin if !r.waiting => std::hint::spin_loop(),
             IdleStep::Spin | IdleStep::Yield => std::thread::yield_now(),
+            IdleStep::Sleep(d) if r.passed_over => std::thread::park_timeout(d.min(PASSED_OVER_SLEEP)),
             IdleStep::Sleep(d) => std::thread::park_timeout(d),
         }
     }
@@ -440,8 +454,9 @@ mod tests {
             good.polls.load(Ordering::SeqCst) > at + 50
         });
         assert_eq!(bad.polls.load(Ordering::SeqCst), 3, "a model that panicked is not polled again");
-        // Its control path still answers (the lock the panic poisoned is recovered).
+        // Its control path still answers.
         assert_eq!(bad.f.stats(), PortStats::default());
+        assert!(bad.f.is_dead() && !good.f.is_dead());
         bad.f.stop();
         drop(bad.f);
         assert!(bad.dropped.load(Ordering::SeqCst), "the thread holds nothing of a stopped function");
@@ -452,6 +467,30 @@ mod tests {
         assert_eq!(good.polls.load(Ordering::SeqCst), n);
         drop(good.f);
         assert!(good.dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_model_that_panicked_in_an_access_is_no_longer_polled() {
+        let threads = DeviceThreads::start(1).unwrap();
+        let p = probed("0000:00:05.0", None, &threads);
+        wait_for("a first poll", || {
+            p.f.link_set(true);
+            p.polls.load(Ordering::SeqCst) > 0
+        });
+        // A control path's access panics with the device lock held (a model bug): the lock is
+        // left poisoned, the model half-updated.
+        let hit = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.f.with_device(|_| panic!("a model bug in an access"));
+        }));
+        assert!(hit.is_err());
+        wait_for("the thread to see it", || p.f.is_dead());
+        let n = p.polls.load(Ordering::SeqCst);
+        for _ in 0..20 {
+            p.f.link_set(true);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(p.polls.load(Ordering::SeqCst), n, "not polled after the panic");
+        drop(p);
     }
 
     #[test]

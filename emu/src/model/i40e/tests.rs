@@ -1282,47 +1282,52 @@ fn l2_frame(ethertype: u16, tagged: bool, fill: u8) -> Vec<u8> {
     f
 }
 
+/// On every path (cut-through, the ring loops, frame by frame).
 #[test]
 fn frames_that_are_not_ip_hash_on_their_last_ethertype_when_l2_payload_is_enabled() {
     use crate::model::rss::tests::MS_KEY;
     use crate::model::rss::Toeplitz;
-    let mut m = nic(Box::new(QueuedLoopback::default()));
-    let mut dma = dma();
-    bring_up_queues(&mut m, &mut dma);
-    rss_key_and_lut_by_registers(&mut m);
     let (arp, custom) = (0x0806u16, 0x88b5u16);
-    let mut sent = 0;
-    let mut send = |m: &mut I40e, dma: &mut FakeDma, f: &[u8]| {
-        queue_tx(m, dma, sent, f);
-        m.poll(dma);
-        sent += 1;
-    };
-    // L2_PAYLOAD off (TCP on): not hashed, the first queue; ARP typed as ARP.
-    wr(&mut m, pfqf_hena(1), 1 << (PCTYPE_IPV4_TCP - 32));
-    send(&mut m, &mut dma, &l2_frame(arp, false, 0));
-    send(&mut m, &mut dma, &l2_frame(custom, false, 0));
-    let mut want = vec![Vec::new(); 4];
-    want[0].extend([(0, 0, PTYPE_L2_ARP), (0, 0, PTYPE_L2)]);
-    assert_eq!(rss_received(&m, &mut dma), want, "L2_PAYLOAD off");
-    // On (bit 63, PFQF_HENA(1) bit 31): the hash of the ethertype alone, in wire order; a VLAN
-    // tag or other payload bytes change nothing. An IPv4 frame too short to parse is not hashed.
-    wr(&mut m, pfqf_hena(1), 1 << (PCTYPE_IPV4_TCP - 32) | 1 << (PCTYPE_L2_PAYLOAD - 32));
     let h = |et: u16| Toeplitz::new(&MS_KEY).hash(&et.to_be_bytes());
     assert_ne!(h(arp), h(custom));
-    for (et, tagged, fill, ptype) in [
-        (arp, false, 1, PTYPE_L2_ARP),
-        (arp, true, 2, PTYPE_L2_ARP),
-        (custom, false, 3, PTYPE_L2),
-        (custom, true, 9, PTYPE_L2),
-    ] {
-        send(&mut m, &mut dma, &l2_frame(et, tagged, fill));
-        want[(h(et) & 0x7f) as usize % 3].push((h(et), RXD_FLTSTAT_RSS, ptype));
+    for (path, wire) in every_path() {
+        let mut m = nic(wire);
+        let mut dma = dma();
+        bring_up_queues(&mut m, &mut dma);
+        rss_key_and_lut_by_registers(&mut m);
+        let mut sent = 0;
+        let mut send = |m: &mut I40e, dma: &mut FakeDma, f: &[u8]| {
+            queue_tx(m, dma, sent, f);
+            m.poll(dma);
+            sent += 1;
+        };
+        // L2_PAYLOAD off (TCP on): not hashed, the first queue; ARP typed as ARP.
+        wr(&mut m, pfqf_hena(1), 1 << (PCTYPE_IPV4_TCP - 32));
+        send(&mut m, &mut dma, &l2_frame(arp, false, 0));
+        send(&mut m, &mut dma, &l2_frame(custom, false, 0));
+        let mut want = vec![Vec::new(); 4];
+        want[0].extend([(0, 0, PTYPE_L2_ARP), (0, 0, PTYPE_L2)]);
+        assert_eq!(rss_received(&m, &mut dma), want, "{path}: L2_PAYLOAD off");
+        // On (bit 63, PFQF_HENA(1) bit 31): the hash of the ethertype alone, in wire order; a
+        // VLAN tag or other payload bytes change nothing. An IPv4 ethertype whose header does
+        // not parse (version 0) is not hashed.
+        wr(&mut m, pfqf_hena(1), 1 << (PCTYPE_IPV4_TCP - 32) | 1 << (PCTYPE_L2_PAYLOAD - 32));
+        for (et, tagged, fill, ptype) in [
+            (arp, false, 1, PTYPE_L2_ARP),
+            (arp, true, 2, PTYPE_L2_ARP),
+            (custom, false, 3, PTYPE_L2),
+            (custom, true, 9, PTYPE_L2),
+        ] {
+            send(&mut m, &mut dma, &l2_frame(et, tagged, fill));
+            want[(h(et) & 0x7f) as usize % 3].push((h(et), RXD_FLTSTAT_RSS, ptype));
+        }
+        let mut bad_ip = frame(MAC, 64, 0);
+        bad_ip[14..].fill(0);
+        send(&mut m, &mut dma, &bad_ip);
+        want[0].push((0, 0, PTYPE_L2));
+        assert_eq!(rss_received(&m, &mut dma), want, "{path}: L2_PAYLOAD on: per queue (hash, FLTSTAT, PTYPE)");
+        assert_eq!(m.stats().rx_packets, 7, "{path}");
     }
-    let mut short_ip = frame(MAC, 64, 0);
-    short_ip[14..].fill(0);
-    send(&mut m, &mut dma, &short_ip);
-    want[0].push((0, 0, PTYPE_L2));
-    assert_eq!(rss_received(&m, &mut dma), want, "L2_PAYLOAD on: per queue (hash, FLTSTAT, PTYPE)");
 }
 
 #[test]
