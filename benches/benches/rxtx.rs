@@ -146,6 +146,11 @@ impl Loop {
     }
 
     fn iter(&mut self, port: &mut dyn EthDev, len: usize) {
+        self.iter_to(port, None, len)
+    }
+
+    /// One burst out of `tx` and a burst's worth in on `rx` (two cabled ports), or on `tx` itself.
+    fn iter_to(&mut self, tx: &mut dyn EthDev, mut rx: Option<&mut dyn EthDev>, len: usize) {
         assert!(self.pool.alloc_bulk(&mut self.txb), "pool empty");
         for m in self.txb.iter_mut().flatten() {
             if self.flows.is_empty() {
@@ -157,33 +162,22 @@ impl Loop {
         }
         let mut off = 0;
         while off < BURST {
-            off += port.tx_burst(0, &mut self.txb[off..]);
+            off += tx.tx_burst(0, &mut self.txb[off..]);
             if off < BURST {
-                self.drain(port);
+                self.drain_on(tx, rx.as_deref_mut());
             }
         }
         self.in_flight += BURST;
         while self.in_flight > WINDOW - BURST {
-            self.drain(port);
+            self.drain_on(tx, rx.as_deref_mut());
         }
     }
 
-    /// One burst out of `tx` and a burst's worth in on `rx` (two cabled ports).
-    fn iter_cabled(&mut self, tx: &mut dyn EthDev, rx: &mut dyn EthDev, len: usize) {
-        assert!(self.pool.alloc_bulk(&mut self.txb), "pool empty");
-        for m in self.txb.iter_mut().flatten() {
-            m.set_len(len);
-        }
-        let mut off = 0;
-        while off < BURST {
-            off += tx.tx_burst(0, &mut self.txb[off..]);
-            if off < BURST {
-                self.drain(rx);
-            }
-        }
-        self.in_flight += BURST;
-        while self.in_flight > WINDOW - BURST {
-            self.drain(rx);
+    /// [`Loop::drain`] on `rx`, or on `tx` when there is no second port.
+    fn drain_on(&mut self, tx: &mut dyn EthDev, rx: Option<&mut (dyn EthDev + '_)>) {
+        match rx {
+            Some(r) => self.drain(r),
+            None => self.drain(tx),
         }
     }
 
@@ -436,7 +430,7 @@ fn bench_cabled(c: &mut Criterion, rt: &Runtime, pool: &Mempool) -> Vec<String> 
         let mut lp = Loop::new(pool, 1, Vec::new());
         g.throughput(Throughput::Elements(BURST as u64));
         g.bench_with_input(BenchmarkId::new("cabled", name), &name, |bch, _| {
-            bch.iter(|| lp.iter_cabled(a.as_mut(), b.as_mut(), 60))
+            bch.iter(|| lp.iter_to(a.as_mut(), Some(b.as_mut()), 60))
         });
         let until = Instant::now() + Duration::from_millis(500);
         while lp.in_flight > 0 && Instant::now() < until {

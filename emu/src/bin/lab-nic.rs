@@ -185,7 +185,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
                     .filter(|n| (1..=1024).contains(n))
                     .ok_or_else(|| format!("invalid --pool {v} (1-1024)"))?;
             }
-            "--device-threads" => device_threads = ThreadCount::parse(&value()?)?,
+            "--device-threads" => device_threads = ThreadCount::parse(&value()?).map_err(|e| e.to_string())?,
             "--log-level" => log_level = value()?,
             "--exit-with-parent" => {
                 exit_with_parent = Some(match &inline {

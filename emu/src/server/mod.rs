@@ -65,7 +65,7 @@ mod threads;
 use self::backend::ConnBackend;
 use self::relay::start_relay;
 use self::threads::Poller;
-pub use self::threads::{DeviceThreads, ThreadCount};
+pub use self::threads::{DeviceThreads, ThreadCount, ThreadCountError};
 
 /// Name of the workers' socket in the function's directory (the relays' only way in).
 pub const WORKER_SOCKET: &str = "worker.sock";

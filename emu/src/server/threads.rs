@@ -213,6 +213,14 @@ fn run(p: &Poller) {
     }
 }
 
+/// A `--device-threads` value that is none of the accepted forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid --device-threads {value} (auto, per-function or 1-{max})", max = ThreadCount::MAX)]
+pub struct ThreadCountError {
+    /// The value as given.
+    pub value: String,
+}
+
 /// How many device threads to run, as `lab-nic --device-threads` takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadCount {
@@ -230,7 +238,7 @@ impl ThreadCount {
     pub const MAX: usize = 256;
 
     /// Parses `auto`, `per-function` or a count 1..=[`ThreadCount::MAX`]; the error names the value.
-    pub fn parse(v: &str) -> Result<Self, String> {
+    pub fn parse(v: &str) -> Result<Self, ThreadCountError> {
         match v {
             "auto" => Ok(Self::Auto),
             "per-function" => Ok(Self::PerFunction),
@@ -239,7 +247,7 @@ impl ThreadCount {
                 .ok()
                 .filter(|n| (1..=Self::MAX).contains(n))
                 .map(Self::Fixed)
-                .ok_or_else(|| format!("invalid --device-threads {v} (auto, per-function or 1-{})", Self::MAX)),
+                .ok_or_else(|| ThreadCountError { value: v.to_owned() }),
         }
     }
 
@@ -523,7 +531,8 @@ mod tests {
         assert_eq!(ThreadCount::parse("3"), Ok(ThreadCount::Fixed(3)));
         for bad in ["0", "257", "-1", "two", ""] {
             let e = ThreadCount::parse(bad).unwrap_err();
-            assert!(e.contains(&format!("--device-threads {bad} ")), "{e}");
+            assert_eq!(e.value, bad);
+            assert!(e.to_string().contains(&format!("--device-threads {bad} ")), "{e}");
         }
         // Auto: half the cores, at least one, no more than the functions.
         assert_eq!(ThreadCount::Auto.resolve(4, 2), Some(1));
