@@ -310,25 +310,7 @@ fn probe_loopback(
 ) -> (tempfile::TempDir, LabNic, Box<dyn EthDev>) {
     let sysfs = tempfile::tempdir().expect("sysfs root");
     let nic = LabNic::start(sysfs.path(), &format!("{bdf},model={model},wire=loopback"));
-    let pci = scan_one(&sysfs.path().join(bdf)).expect("scan");
-    let devargs = Devargs::parse(&format!("{bdf}{extra}")).expect("devargs");
-    let kvargs = devargs.validate(driver.name(), driver.keys()).expect("kvargs");
-    let ctx = ProbeCtx {
-        runtime: rt,
-        port: PortId(port),
-        name: bdf,
-        devargs: &devargs,
-        kvargs: &kvargs,
-        pci: Some(&pci),
-        conf,
-        ports: None,
-    };
-    let mut dev = driver.probe(&ctx).unwrap_or_else(|e| panic!("probe {model}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !dev.link().up {
-        assert!(Instant::now() < deadline, "{model} link down");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let dev = probe_on(rt, driver, sysfs.path(), (bdf, extra), port, conf);
     (sysfs, nic, dev)
 }
 
@@ -386,12 +368,19 @@ fn bench_rss(c: &mut Criterion, rt: &Runtime, pool: &Mempool) -> Vec<String> {
     out
 }
 
-/// Probes `driver` on `bdf` of a running lab-nic as port `port` (promiscuous) and waits for its link.
-fn probe_on(rt: &Runtime, driver: &dyn Driver, root: &Path, bdf: &str, port: u16) -> Box<dyn EthDev> {
+/// Probes `driver` on `bdf` of a running lab-nic under `root` as port `port`, with devargs
+/// `bdf` + `extra`, and waits for its link.
+fn probe_on(
+    rt: &Runtime,
+    driver: &dyn Driver,
+    root: &Path,
+    (bdf, extra): (&str, &str),
+    port: u16,
+    conf: &PortConf,
+) -> Box<dyn EthDev> {
     let pci = scan_one(&root.join(bdf)).expect("scan");
-    let devargs = Devargs::parse(&format!("{bdf},promisc=1")).expect("devargs");
+    let devargs = Devargs::parse(&format!("{bdf}{extra}")).expect("devargs");
     let kvargs = devargs.validate(driver.name(), driver.keys()).expect("kvargs");
-    let conf = PortConf { nb_desc: 1024, ..PortConf::default() };
     let ctx = ProbeCtx {
         runtime: rt,
         port: PortId(port),
@@ -399,7 +388,7 @@ fn probe_on(rt: &Runtime, driver: &dyn Driver, root: &Path, bdf: &str, port: u16
         devargs: &devargs,
         kvargs: &kvargs,
         pci: Some(&pci),
-        conf: &conf,
+        conf,
         ports: None,
     };
     let mut dev = driver.probe(&ctx).unwrap_or_else(|e| panic!("probe {bdf}: {e}"));
@@ -425,8 +414,9 @@ fn bench_cabled(c: &mut Criterion, rt: &Runtime, pool: &Mempool) -> Vec<String> 
         let sysfs = tempfile::tempdir().expect("sysfs root");
         let (da, db) = (format!("{A},model=ixgbe,peer={B}"), format!("{B},model=ixgbe"));
         let nic = LabNic::start_with(sysfs.path(), &["--dev", &da, "--dev", &db, "--device-threads", threads]);
-        let mut a = probe_on(rt, &IxgbeDriver, sysfs.path(), A, 20 + 2 * i as u16);
-        let mut b = probe_on(rt, &IxgbeDriver, sysfs.path(), B, 21 + 2 * i as u16);
+        let conf = PortConf { nb_desc: 1024, ..PortConf::default() };
+        let mut a = probe_on(rt, &IxgbeDriver, sysfs.path(), (A, ",promisc=1"), 20 + 2 * i as u16, &conf);
+        let mut b = probe_on(rt, &IxgbeDriver, sysfs.path(), (B, ",promisc=1"), 21 + 2 * i as u16, &conf);
         let mut lp = Loop::new(pool, 1, Vec::new());
         g.throughput(Throughput::Elements(BURST as u64));
         g.bench_with_input(BenchmarkId::new("cabled", name), &name, |bch, _| {
