@@ -201,6 +201,22 @@ impl<'a> DmaView<'a> {
         })
     }
 
+    /// This view as one whose stores are known to mark no dirty log (so a burst loop carries
+    /// no check for one), if its map logs none; in unit tests, also none if it records stores.
+    #[inline(always)]
+    pub fn unlogged(&self) -> Option<DmaView<'a>> {
+        #[cfg(test)]
+        if self.rec.is_some() {
+            return None;
+        }
+        self.log.is_none().then_some(DmaView {
+            win: self.win,
+            log: None,
+            #[cfg(test)]
+            rec: None,
+        })
+    }
+
     /// Fills `n` bytes at `o` with `byte`. False (nothing written) if outside.
     #[inline]
     pub fn fill(&self, o: usize, n: usize, byte: u8) -> bool {
@@ -309,6 +325,30 @@ impl<'a> DmaView<'a> {
     }
 }
 
+/// The map an [`Xlate`] used last, as a burst loop holds it in registers (see
+/// [`Xlate::region`]): a translation inside it is a subtraction and a compare, and its views
+/// carry no dirty log (a region is only handed out while the map logs none).
+#[derive(Clone, Copy, Debug)]
+pub struct Region<'d> {
+    base: u64,
+    win: Window<'d>,
+}
+
+impl<'d> Region<'d> {
+    /// The window `[iova, iova + len)` if it lies inside this map.
+    #[inline(always)]
+    pub fn view(&self, iova: u64, len: usize) -> Option<DmaView<'d>> {
+        // An address below the base wraps to an offset past any window: `sub` refuses it.
+        let o = usize::try_from(iova.wrapping_sub(self.base)).ok()?;
+        Some(DmaView {
+            win: self.win.sub(o, len)?,
+            log: None,
+            #[cfg(test)]
+            rec: None,
+        })
+    }
+}
+
 /// Translates the addresses of one poll with as few [`Dma`] calls as possible: the map the last
 /// address fell in is kept, and an address inside it becomes a sub-window with no call at all
 /// (the runtime's shared memory is one map, so a whole burst of buffers costs one lookup).
@@ -335,6 +375,18 @@ impl<'d> Xlate<'d> {
             }
         }
         self.miss(iova, len)
+    }
+
+    /// The map the last translation fell in, as a [`Region`], unless it logs dirty pages (a
+    /// store through a region marks nothing) or, in unit tests, records its stores.
+    #[inline]
+    pub fn region(&self) -> Option<Region<'d>> {
+        let (base, map) = self.last?;
+        #[cfg(test)]
+        if map.rec.is_some() {
+            return None;
+        }
+        map.log.is_none().then_some(Region { base, win: map.win })
     }
 
     #[cold]

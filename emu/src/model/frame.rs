@@ -149,12 +149,20 @@ impl<K: Copy + Eq> Verdict<K> {
         Verdict { last: none, none, keep: false, class: Dest::Unicast }
     }
 
+    /// The verdict kept for `key`, if it is the last key judged and `keep_key` (not a runt;
+    /// see [`Verdict::judge`]): the fast path's one compare.
+    #[inline(always)]
+    pub fn hit(&self, key: K, keep_key: bool) -> Option<(bool, Dest)> {
+        (keep_key && key == self.last).then_some((self.keep, self.class))
+    }
+
     /// The verdict on a frame whose filter key is `key`, kept for the next frame if `keep_key`
     /// (not for a runt's, which depends on its length): the last one if the key repeats, else
     /// what `decide` says.
     #[inline(always)]
     pub fn judge(&mut self, key: K, keep_key: bool, decide: impl FnOnce() -> (bool, Dest)) -> (bool, Dest) {
-        if key != self.last {
+        // A runt is judged afresh even when its key repeats: its verdict depends on its length.
+        if !keep_key || key != self.last {
             (self.keep, self.class) = decide();
             self.last = if keep_key { key } else { self.none };
         }
@@ -181,6 +189,7 @@ pub fn prefetch_ahead(ring: &DmaView<'_>, o: usize, owned: usize, desc_len: usiz
 /// `first` of a ring of `count` in `descs`, in ring order: runs up to the ring's end, as many as
 /// it takes (a batch is longer than the ring only if the driver handed descriptors back before
 /// their write-backs; each one is still stored, a later one over an earlier).
+#[inline]
 pub fn store_runs(descs: &DmaView<'_>, first: usize, count: usize, desc_len: usize, wb: &[(u64, u64)]) -> bool {
     let (mut i, mut d, mut ok) = (0, first, true);
     while i < wb.len() && count > 0 {

@@ -180,6 +180,17 @@ impl<'d> Q0Run<'d> {
         Some(ok)
     }
 
+    /// How many of the next frames (at most `todo`, `tx_left` before the TX ring's end) can go
+    /// as a span ([`Ixgbe::cut_span`]): the queue's ring taken, and that many descriptors free
+    /// before the RX ring's end with write-back room for all of them.
+    #[inline(always)]
+    fn span(&self, todo: u32, tx_left: u32) -> u32 {
+        if !self.taken {
+            return 0;
+        }
+        todo.min(tx_left).min(self.free).min(self.count - self.head).min((WB_BATCH - self.wbn) as u32)
+    }
+
     /// Writes the locals back to the queue.
     #[inline(always)]
     fn close(self, b: &mut RxBatch<'d>) {
@@ -461,6 +472,20 @@ impl Ixgbe {
         let (mut v, fctrl) = (Verdict::new(u64::MAX), b.cfg.fctrl);
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
+            // A span first: the descriptors up to either ring's end, as many as are free, with
+            // write-back room for them all, so no frame of it checks for a wrap, a refresh or a
+            // flush. It stops at the first frame that needs anything else, which the per-frame
+            // work below takes.
+            let k = q.span(todo - n, ring.count - h);
+            if k > 0 {
+                let (done, span_rs) = Self::cut_span(xl, descs, h, k, &mut q, b, pad, max, &v, &mut tx);
+                rs |= span_rs;
+                n += done;
+                h = if h + done == ring.count { 0 } else { h + done };
+                if done == k {
+                    continue;
+                }
+            }
             let o = h as usize * DESC as usize;
             prefetch_ahead(descs, o, (todo - n) as usize, DESC as usize);
             let Some((buf, ctl, len, wire_len)) = cut_desc(descs, o, pad, max) else { break };
@@ -496,6 +521,83 @@ impl Ixgbe {
         b.got.merge(got);
         b.delivered |= got.frames > 0;
         (n, rs)
+    }
+
+    /// The cut-through loop's span ([`Q0Run::span`]): `k` frames from TX descriptor `h` on into
+    /// the RX descriptors from `q.head` on, neither ring wrapping, every RX descriptor free and
+    /// write-back room for all. Per frame: the descriptor loads, the filter's verdict (the
+    /// last one, [`Verdict::hit`]), the translations (inside the map the last one fell in,
+    /// [`Region`]), the copy and the write-back. No call and few live values, so the loop
+    /// keeps its state in registers. Stops before the first frame that is not a plain kept
+    /// one-buffer frame whose buffers lie in that map with the verdict repeating, leaving it
+    /// untouched for the caller's per-frame work. Returns the frames done and whether one asked
+    /// for a status write-back (RS).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn cut_span<'d>(
+        xl: &Xlate<'d>,
+        descs: &DmaView<'d>,
+        h: u32,
+        k: u32,
+        q: &mut Q0Run<'d>,
+        b: &mut RxBatch<'d>,
+        pad: bool,
+        max: usize,
+        v: &Verdict<u64>,
+        tx: &mut Tally,
+    ) -> (u32, bool) {
+        let (t0, r0) = (h as usize * DESC as usize, q.head as usize * DESC as usize);
+        let bytes = k as usize * DESC as usize;
+        // The span's descriptors as windows of their own, and no dirty log on the maps (stores
+        // through them mark nothing): a map that logs leaves the frames to the caller.
+        let (Some(map), Some(txd), Some(rxd)) = (
+            xl.region(),
+            descs.unlogged().and_then(|d| d.sub(t0, bytes)),
+            q.ring.unlogged().and_then(|d| d.sub(r0, bytes)),
+        ) else {
+            return (0, false);
+        };
+        if q.wbn == 0 {
+            b.wb_first = q.head;
+        }
+        let wb = &mut b.wb[q.wbn..q.wbn + k as usize];
+        // All the span's descriptor lines asked for before the first is read (a device fetches
+        // descriptors ahead in bursts too).
+        for line in (0..bytes).step_by(64) {
+            txd.prefetch(line);
+            rxd.prefetch(line);
+        }
+        let (mut i, mut rs, mut bytes_sent) = (0, false, 0u64);
+        while i < wb.len() {
+            let o = i * DESC as usize;
+            let Some((buf, ctl, len, wire_len)) = cut_desc(&txd, o, pad, max) else { break };
+            let Some(src) = map.view(buf, len) else { break };
+            let Some(w) = src.load_u64(0, Ordering::Relaxed) else { break };
+            if v.hit(w & 0xffff_ffff_ffff, wire_len >= 14) != Some((true, Dest::Unicast)) {
+                break;
+            }
+            let Some(pkt) = rxd.load_u64(o, Ordering::Relaxed) else { break };
+            let Some(dst) = map.view(pkt, wire_len) else { break };
+            if !pad_copy(&dst, &src, len, wire_len) {
+                break;
+            }
+            wb[i] = (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP) | (wire_len as u64) << 32);
+            bytes_sent += wire_len as u64;
+            // In range: the descriptor was just read at `o`.
+            if ctl & TXD_CMD_RS != 0 && txd.store_u32(o + 12, TXD_STAT_DD, Ordering::Release) {
+                rs = true;
+            }
+            i += 1;
+        }
+        let done = i as u32;
+        tx.merge(Tally { frames: done, bytes: bytes_sent, bcast: 0, mcast: 0 });
+        if done > 0 {
+            q.wbn += i;
+            q.head = if q.head + done == q.count { 0 } else { q.head + done };
+            q.free -= done;
+            b.moved = true;
+        }
+        (done, rs)
     }
 
     /// The wire path's burst loop: from descriptor `head` on, at most `todo`, each one-descriptor
