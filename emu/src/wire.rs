@@ -230,6 +230,31 @@ impl FrameRing {
         }
     }
 
+    /// Drops the `n` oldest frames (all of them if fewer wait).
+    #[inline(always)]
+    pub fn pop_n(&mut self, n: usize) {
+        let n = n.min(self.count);
+        // head < len and n <= count <= len: one subtraction wraps it.
+        let h = self.head + n;
+        self.head = if h >= self.frames.len() { h - self.frames.len() } else { h };
+        self.count -= n;
+        if self.count == 0 {
+            self.head = 0;
+            self.write = 0;
+        }
+    }
+
+    /// The `i`-th oldest frame (0 is [`FrameRing::front`]).
+    #[inline(always)]
+    pub fn peek(&self, i: usize) -> Option<&[u8]> {
+        if i >= self.count {
+            return None;
+        }
+        let s = self.head + i;
+        let (off, len) = self.frames[if s >= self.frames.len() { s - self.frames.len() } else { s }];
+        self.data.get(off as usize..off as usize + len as usize)
+    }
+
     /// The oldest frame.
     #[inline(always)]
     pub fn front(&self) -> Option<&[u8]> {

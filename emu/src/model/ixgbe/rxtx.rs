@@ -600,6 +600,46 @@ impl Ixgbe {
         (done, rs)
     }
 
+    /// [`Ixgbe::tx_wire_run`]'s span: `k` descriptors from `h` on, before the ring's end, each
+    /// a plain one-buffer frame whose buffer lies in the map the last translation fell in
+    /// ([`Region`]), onto the wire's ring `r`: descriptor load, one copy, the status write-back.
+    /// No call and few live values, as in [`Ixgbe::cut_span`]. Stops before the first other
+    /// descriptor, leaving it for the per-frame work. Returns the frames done and whether one
+    /// asked for a status write-back (RS).
+    #[inline(never)]
+    fn wire_tx_span(
+        xl: &Xlate<'_>,
+        descs: &DmaView<'_>,
+        h: u32,
+        k: u32,
+        pad: bool,
+        r: &mut FrameRing,
+        tx: &mut Tally,
+    ) -> (u32, bool) {
+        let (t0, bytes) = (h as usize * DESC as usize, k as usize * DESC as usize);
+        let (Some(map), Some(txd)) = (xl.region(), descs.unlogged().and_then(|d| d.sub(t0, bytes))) else {
+            return (0, false);
+        };
+        for line in (0..bytes).step_by(64) {
+            txd.prefetch(line);
+        }
+        let (mut i, mut rs, mut sent) = (0, false, Tally::default());
+        while i < k as usize {
+            let o = i * DESC as usize;
+            let Some((buf, ctl, len, wire_len)) = cut_desc(&txd, o, pad, MAX_FRAME) else { break };
+            let Some(src) = map.view(buf, len) else { break };
+            let Some(w) = push_padded(r, &src, len, wire_len) else { break };
+            sent.add(wire_len as u64, dest(&w.to_le_bytes()[..6]));
+            // In range: the descriptor was just read at `o`.
+            if ctl & TXD_CMD_RS != 0 && txd.store_u32(o + 12, TXD_STAT_DD, Ordering::Release) {
+                rs = true;
+            }
+            i += 1;
+        }
+        tx.merge(sent);
+        (i as u32, rs)
+    }
+
     /// The wire path's burst loop: from descriptor `head` on, at most `todo`, each one-descriptor
     /// data frame ([`cut_desc`]) whose TX buffer translates goes from there into the wire's ring
     /// `r` (padded to 60 bytes if `pad`), one copy, with the counters and status write-backs of
@@ -621,6 +661,16 @@ impl Ixgbe {
         let mut tx = Tally::default();
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
+            // A span first (up to the ring's end, see `wire_tx_span`); the frame it stops at
+            // takes the per-frame work below.
+            let k = (todo - n).min(ring.count - h);
+            let (done, span_rs) = Self::wire_tx_span(xl, descs, h, k, pad, r, &mut tx);
+            rs |= span_rs;
+            n += done;
+            h = if h + done == ring.count { 0 } else { h + done };
+            if done == k {
+                continue;
+            }
             let o = h as usize * DESC as usize;
             prefetch_ahead(descs, o, (todo - n) as usize, DESC as usize);
             match cut_desc(descs, o, pad, MAX_FRAME) {
@@ -989,6 +1039,15 @@ impl Ixgbe {
         let (bsize, fctrl) = (b.cfg.bsize, b.cfg.fctrl);
         let (mut got, mut n) = (Tally::default(), 0);
         while n < max {
+            // A span first (see `wire_rx_span`); the frame it stops at takes the per-frame work.
+            let k = q.span((max - n).min(r.len()) as u32, u32::MAX);
+            if k > 0 {
+                let done = Self::wire_rx_span(xl, r, k, &mut q, b, &v, &mut got);
+                n += done as usize;
+                if done == k {
+                    continue;
+                }
+            }
             let Some(frame) = r.front() else { break };
             let len = frame.len();
             let Some(h8) = frame.first_chunk::<8>() else { break };
@@ -1018,6 +1077,65 @@ impl Ixgbe {
         b.delivered |= got.frames > 0;
         set.verdict = v;
         (n, again)
+    }
+
+    /// [`Ixgbe::rx_wire_run_q0`]'s span: the `k` oldest frames of `r` into the RX descriptors
+    /// from `q.head` on ([`Q0Run::span`]: free, before the ring's end, with write-back room),
+    /// each of 8 bytes up to one buffer, kept by the last verdict (unicast) and with a buffer in
+    /// the map the last translation fell in: descriptor load, one copy, the write-back, and the
+    /// frames taken off the ring once at the end. Stops before the first other frame, leaving
+    /// it in `r`. Returns the frames taken.
+    #[inline(never)]
+    fn wire_rx_span<'d>(
+        xl: &Xlate<'d>,
+        r: &mut FrameRing,
+        k: u32,
+        q: &mut Q0Run<'d>,
+        b: &mut RxBatch<'d>,
+        v: &Verdict<u64>,
+        got: &mut Tally,
+    ) -> u32 {
+        let (r0, bytes) = (q.head as usize * DESC as usize, k as usize * DESC as usize);
+        let (Some(map), Some(rxd)) = (xl.region(), q.ring.unlogged().and_then(|d| d.sub(r0, bytes))) else {
+            return 0;
+        };
+        if q.wbn == 0 {
+            b.wb_first = q.head;
+        }
+        let bsize = b.cfg.bsize;
+        let wb = &mut b.wb[q.wbn..q.wbn + k as usize];
+        for line in (0..bytes).step_by(64) {
+            rxd.prefetch(line);
+        }
+        let (mut i, mut bytes_got) = (0, 0u64);
+        while i < wb.len() {
+            let Some(frame) = r.peek(i) else { break };
+            let len = frame.len();
+            let Some(h8) = frame.first_chunk::<8>() else { break };
+            if len > bsize
+                || v.hit(u64::from_le_bytes(*h8) & 0xffff_ffff_ffff, len >= 14) != Some((true, Dest::Unicast))
+            {
+                break;
+            }
+            let Some(pkt) = rxd.load_u64(i * DESC as usize, Ordering::Relaxed) else { break };
+            let Some(dst) = map.view(pkt, len) else { break };
+            if !dst.write(0, frame) {
+                break;
+            }
+            wb[i] = (0, u64::from(RXD_STAT_DD | RXD_STAT_EOP) | (len as u64) << 32);
+            bytes_got += len as u64;
+            i += 1;
+        }
+        r.pop_n(i);
+        let done = i as u32;
+        got.merge(Tally { frames: done, bytes: bytes_got, bcast: 0, mcast: 0 });
+        if done > 0 {
+            q.wbn += i;
+            q.head = if q.head + done == q.count { 0 } else { q.head + done };
+            q.free -= done;
+            b.moved = true;
+        }
+        done
     }
 
     /// Whether each queue in the `queues` mask can take a largest frame now. A queue the driver
