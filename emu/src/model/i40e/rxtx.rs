@@ -35,7 +35,7 @@ use super::regs::*;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
 use crate::model::frame::{
-    crc32, dest, is_broadcast, prefetch_ahead, push_padded, rss_head, store_runs, Tally, Verdict,
+    crc32, dest, is_broadcast, prefetch_ahead, push_padded, rss_head, store_runs, Dest, Tally, Verdict,
 };
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
@@ -48,6 +48,20 @@ const WB_BATCH: usize = 32;
 const HDR: usize = 16;
 const MIN_FRAME: usize = 60;
 const FCS: u64 = 4;
+
+/// What [`I40e::cut_span`] works within: the TX ring's context and the span's first descriptor
+/// `h` and length `k`, the receive queue's context `c` and write-back words (`qw0`, the RSS bits
+/// `qw1_rss`), and the port's largest frame (with FCS).
+#[derive(Clone, Copy)]
+struct Span<'a> {
+    ctx: &'a TxContext,
+    h: u32,
+    k: u32,
+    c: &'a RxContext,
+    qw0: u64,
+    qw1_rss: u64,
+    max_frame: u64,
+}
 
 /// Whether the RX ring's tail has been read this poll and what it allowed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -287,6 +301,23 @@ impl I40e {
         let mut v = Verdict::new(NO_KEY);
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
+            // Without RSS, once the queue is known to take frames this way, a span first (see
+            // `cut_span`); the frame it stops at takes the per-frame work below.
+            if let (Some((Some(q), qw0, qw1_rss)), Some((cq, c))) = (fixed, cur) {
+                let b = self.batch(rx, q);
+                if cq == q && b.state == TailState::Usable && b.descs.is_some() {
+                    let k =
+                        (todo - n).min(ctx.qlen - h).min(b.free).min(c.qlen - b.head).min((WB_BATCH - b.wb_len) as u32);
+                    let span = Span { ctx, h, k, c: &c, qw0, qw1_rss, max_frame };
+                    let (done, span_rs) = Self::cut_span(xl, descs, span, b, &v, &mut tx);
+                    rs |= span_rs;
+                    n += done;
+                    h = if h + done == ctx.qlen { 0 } else { h + done };
+                    if done == k {
+                        continue;
+                    }
+                }
+            }
             let o = h as usize * TX_DESC as usize;
             prefetch_ahead(descs, o, (todo - n) as usize, TX_DESC as usize);
             let Some((buf, qw1)) = descs.load_u64_pair(o) else { break };
@@ -353,6 +384,101 @@ impl I40e {
         }
         sent.merge(tx);
         (n, rs)
+    }
+
+    /// [`I40e::tx_cut_run`]'s span without RSS: `k` frames from TX descriptor `h` on (before the
+    /// ring's end) into the fixed queue's descriptors from `b.head` on (free, before the ring's
+    /// end, with write-back room for all), each a one-descriptor data frame of 16 bytes or more
+    /// that fits the queue as is, kept by the last verdict (unicast), with both buffers in the
+    /// map the last translation fell in ([`crate::dma::Region`]). Per frame: the descriptor
+    /// loads, one copy, the write-back. No call and few live values. Stops before the first
+    /// other frame, leaving it for the per-frame work. Returns the frames done and whether one
+    /// asked for a status write-back (RS).
+    #[inline(never)]
+    fn cut_span<'d>(
+        xl: &Xlate<'d>,
+        descs: &DmaView<'d>,
+        sp: Span<'_>,
+        b: &mut RxBatch<'d>,
+        v: &Verdict<(u64, u32)>,
+        tx: &mut Tally,
+    ) -> (u32, bool) {
+        let Some(ring) = b.descs else { return (0, false) };
+        let dlen = sp.c.desc_len() as usize;
+        let (t0, r0, k) = (sp.h as usize * TX_DESC as usize, b.head as usize * dlen, sp.k as usize);
+        let (Some(map), Some(txd), Some(rxd)) = (
+            xl.region(),
+            descs.unlogged().and_then(|d| d.sub(t0, k * TX_DESC as usize)),
+            ring.unlogged().and_then(|d| d.sub(r0, k * dlen)),
+        ) else {
+            return (0, false);
+        };
+        // The largest frame the port and the queue take as is, and a buffer holds, FCS stripped.
+        let mut lim = sp.c.dbuff.min((sp.max_frame.saturating_sub(FCS)) as usize);
+        if sp.c.rxmax != 0 {
+            lim = lim.min((u64::from(sp.c.rxmax).saturating_sub(FCS)) as usize);
+        }
+        if b.wb_len == 0 {
+            b.wb_first = b.head;
+        }
+        let wb = &mut b.wb[b.wb_len..b.wb_len + k];
+        for line in (0..k * TX_DESC as usize).step_by(64) {
+            txd.prefetch(line);
+        }
+        for line in (0..k * dlen).step_by(64) {
+            rxd.prefetch(line);
+        }
+        let (mut i, mut rs, mut bytes) = (0, false, 0u64);
+        while i < wb.len() {
+            let o = i * TX_DESC as usize;
+            let Some((buf, qw1)) = txd.load_u64_pair(o) else { break };
+            let Some((cmd, len)) = one_desc_frame(qw1) else { break };
+            let wire_len = len.max(MIN_FRAME);
+            if len < HDR || wire_len > lim {
+                break;
+            }
+            let Some(src) = map.view(buf, len) else { break };
+            let (Some(w0), Some(w1)) = (src.load_u64(0, Ordering::Relaxed), src.load_u64(8, Ordering::Relaxed)) else {
+                break;
+            };
+            // `filter_key` of the header's 16 bytes.
+            if v.hit((w0 & 0xffff_ffff_ffff, (w1 >> 32) as u32), true) != Some((true, Dest::Unicast)) {
+                break;
+            }
+            let Some(pkt) = rxd.load_u64(i * dlen, Ordering::Relaxed) else { break };
+            let Some(dst) = map.view(pkt, wire_len) else { break };
+            if !(dst.copy_from(0, &src, 0, len) && (wire_len == len || dst.fill(len, wire_len - len, 0))) {
+                break;
+            }
+            wb[i] = (
+                sp.qw0,
+                RXD_STATUS_DD
+                    | RXD_STATUS_EOF
+                    | sp.qw1_rss
+                    | ((wire_len as u64 & RXD_LEN_PBUF_MASK) << RXD_LEN_PBUF_SHIFT),
+            );
+            bytes += wire_len as u64;
+            if cmd & TXD_CMD_RS != 0 {
+                // In range: the descriptor was just read at `o`.
+                if !sp.ctx.head_wb_ena {
+                    Self::tx_writeback(&txd, o);
+                }
+                rs = true;
+            }
+            i += 1;
+        }
+        let done = i as u32;
+        if done > 0 {
+            let t = Tally { frames: done, bytes, bcast: 0, mcast: 0 };
+            tx.merge(t);
+            b.got.merge(t);
+            b.delivered = true;
+            b.wb_len += i;
+            b.head = if b.head + done == sp.c.qlen { 0 } else { b.head + done };
+            b.free -= done;
+            b.moved = true;
+        }
+        (done, rs)
     }
 
     /// The burst loop of frames that go onto a ring (the wire's, [`Wire::tx_ring`], or the
