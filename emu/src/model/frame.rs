@@ -216,6 +216,53 @@ pub(crate) fn mixed_frames(mac: [u8; 6], frame: impl Fn([u8; 6], usize, u8) -> V
     ]
 }
 
+/// Either model's span of transmit descriptors onto a wire's ring `r`: the `k` 16-byte
+/// descriptors from byte `first` of the ring `descs` on (none past its end), each a plain
+/// one-buffer frame as `frame` decodes its second quadword (length, length on the wire, whether
+/// it asks for a status write-back) with a buffer in the map the last translation fell in
+/// ([`Region`](crate::dma::Region)): descriptor load, one copy onto the ring (zero-filled to
+/// its length on the wire), the tallies, and `done` for the status write-back of the descriptor
+/// at a byte offset of the span. No call per frame and few live values. Stops before the first
+/// other descriptor, leaving it to the model's per-frame work; a map or ring that logs dirty
+/// pages leaves them all. Returns the frames done and whether one asked for a status
+/// write-back.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tx_ring_span(
+    xl: &crate::dma::Xlate<'_>,
+    descs: &DmaView<'_>,
+    first: usize,
+    k: usize,
+    r: &mut FrameRing,
+    tx: &mut Tally,
+    frame: impl Fn(u64) -> Option<(usize, usize, bool)>,
+    done: impl Fn(&DmaView<'_>, usize),
+) -> (u32, bool) {
+    let (Some(map), Some(txd)) = (xl.region(), descs.unlogged().and_then(|d| d.sub(first, k * 16))) else {
+        return (0, false);
+    };
+    for line in (0..k * 16).step_by(64) {
+        txd.prefetch(line);
+    }
+    let (mut i, mut rs, mut sent) = (0, false, Tally::default());
+    while i < k {
+        let o = i * 16;
+        let Some((buf, qw1)) = txd.load_u64_pair(o) else { break };
+        let Some((len, wire_len, status)) = frame(qw1) else { break };
+        let Some(src) = map.view(buf, len) else { break };
+        let Some(w) = push_padded(r, &src, len, wire_len) else { break };
+        sent.add(wire_len as u64, dest(&w.to_le_bytes()[..6]));
+        if status {
+            // In range: the descriptor was just read at `o`.
+            done(&txd, o);
+            rs = true;
+        }
+        i += 1;
+    }
+    tx.merge(sent);
+    (i as u32, rs)
+}
+
 /// Puts the frame in `src` (`len` bytes) onto the wire's ring `r`, zero-filled to `wire_len`
 /// (the padding of a short frame): one copy. Its first 8 bytes (little-endian; zeros past a
 /// shorter frame), which hold the destination address; `None` if it did not go (`src`

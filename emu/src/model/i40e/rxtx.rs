@@ -35,7 +35,7 @@ use super::regs::*;
 use super::{I40e, Links};
 use crate::dma::{DmaView, Xlate};
 use crate::model::frame::{
-    crc32, dest, is_broadcast, prefetch_ahead, push_padded, rss_head, store_runs, Dest, Tally, Verdict,
+    crc32, dest, is_broadcast, prefetch_ahead, push_padded, rss_head, store_runs, tx_ring_span, Dest, Tally, Verdict,
 };
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
@@ -502,6 +502,16 @@ impl I40e {
         let mut tx = Tally::default();
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
+            // A span first (up to the ring's end, see `tx_ring_span`); the descriptor it stops
+            // at takes the per-descriptor work below.
+            let k = (todo - n).min(ctx.qlen - h);
+            let (done, span_rs) = Self::wire_tx_span(xl, descs, ctx, h, k, r, &mut tx);
+            rs |= span_rs;
+            n += done;
+            h = if h + done == ctx.qlen { 0 } else { h + done };
+            if done == k {
+                continue;
+            }
             let o = h as usize * TX_DESC as usize;
             prefetch_ahead(descs, o, (todo - n) as usize, TX_DESC as usize);
             let Some((buf, qw1)) = descs.load_u64_pair(o) else { break };
@@ -526,6 +536,35 @@ impl I40e {
         }
         sent.merge(tx);
         (n, rs)
+    }
+
+    /// [`I40e::tx_ring_run`]'s span ([`tx_ring_span`]): `k` descriptors from `h` on, before the
+    /// ring's end, onto `r`, each status write-back the done DTYPE (none with head write-back).
+    #[inline(never)]
+    fn wire_tx_span(
+        xl: &Xlate<'_>,
+        descs: &DmaView<'_>,
+        ctx: &TxContext,
+        h: u32,
+        k: u32,
+        r: &mut FrameRing,
+        tx: &mut Tally,
+    ) -> (u32, bool) {
+        let head_wb = ctx.head_wb_ena;
+        tx_ring_span(
+            xl,
+            descs,
+            h as usize * TX_DESC as usize,
+            k as usize,
+            r,
+            tx,
+            |qw1| one_desc_frame(qw1).map(|(cmd, len)| (len, len.max(MIN_FRAME), cmd & TXD_CMD_RS != 0)),
+            |txd, o| {
+                if !head_wb {
+                    Self::tx_writeback(txd, o);
+                }
+            },
+        )
     }
 
     /// True if a one-descriptor frame of `len` bytes goes out (on the wire or looped back) as is.
@@ -816,6 +855,28 @@ impl I40e {
         let (mut rh, mut free, mut wbn) = (b.head, b.free, b.wb_len);
         let (mut got, mut n, mut stop) = (Tally::default(), 0, false);
         while n < max {
+            // A span first, once the ring is the queue's and descriptors are known free (see
+            // `wire_rx_span`); the frame it stops at takes the per-frame work below.
+            let k = (max - n).min(r.len()).min(free as usize).min((c.qlen - rh) as usize).min(WB_BATCH - wbn);
+            if taken && k > 0 {
+                if wbn == 0 {
+                    b.wb_first = rh;
+                }
+                let wb = &mut b.wb[wbn..wbn + k];
+                let (done, bytes) =
+                    Self::wire_rx_span(xl, r, &ring, rh as usize * dlen, dlen, limit, qw1_fixed, &v, wb);
+                if done > 0 {
+                    got.merge(Tally { frames: done as u32, bytes, bcast: 0, mcast: 0 });
+                    wbn += done;
+                    rh = if rh as usize + done == c.qlen as usize { 0 } else { rh + done as u32 };
+                    free -= done as u32;
+                    b.moved = true;
+                    n += done;
+                }
+                if done == k {
+                    continue;
+                }
+            }
             let Some(frame) = r.front() else { break };
             let len = frame.len();
             let Some(hdr) = frame.first_chunk::<HDR>() else { break };
@@ -880,6 +941,53 @@ impl I40e {
         b.delivered |= got.frames > 0;
         set.verdict = v;
         (n, !stop)
+    }
+
+    /// [`I40e::rx_ring_run_first`]'s span: the oldest frames of `r` (as many as `wb` holds) into
+    /// the ring `ring`'s descriptors of `dlen` bytes from byte `first` on (free, before the
+    /// ring's end), each of one buffer up to `limit` bytes, kept by the last verdict (unicast),
+    /// with a buffer in the map the last translation fell in: descriptor load, one copy, the
+    /// write-back into `wb` (`qw1_fixed` and the length), the frames taken off the ring once at
+    /// the end. Stops before the first other frame, leaving it in `r`. Returns the frames taken
+    /// and their bytes.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn wire_rx_span(
+        xl: &Xlate<'_>,
+        r: &mut FrameRing,
+        ring: &DmaView<'_>,
+        first: usize,
+        dlen: usize,
+        limit: u64,
+        qw1_fixed: u64,
+        v: &Verdict<(u64, u32)>,
+        wb: &mut [(u64, u64)],
+    ) -> (usize, u64) {
+        let (Some(map), Some(rxd)) = (xl.region(), ring.unlogged().and_then(|d| d.sub(first, wb.len() * dlen))) else {
+            return (0, 0);
+        };
+        for line in (0..wb.len() * dlen).step_by(64) {
+            rxd.prefetch(line);
+        }
+        let (mut i, mut bytes) = (0, 0u64);
+        while i < wb.len() {
+            let Some(frame) = r.peek(i) else { break };
+            let len = frame.len();
+            let Some(hdr) = frame.first_chunk::<HDR>() else { break };
+            if len as u64 > limit || v.hit(filter_key(hdr), true) != Some((true, Dest::Unicast)) {
+                break;
+            }
+            let Some(pkt) = rxd.load_u64(i * dlen, Ordering::Relaxed) else { break };
+            let Some(dst) = map.view(pkt, len) else { break };
+            if !dst.write(0, frame) {
+                break;
+            }
+            wb[i] = (0, qw1_fixed | (len as u64 & RXD_LEN_PBUF_MASK) << RXD_LEN_PBUF_SHIFT);
+            bytes += len as u64;
+            i += 1;
+        }
+        r.pop_n(i);
+        (i, bytes)
     }
 
     /// Whether every queue a frame may go to (the first, and those the RSS table names) has its

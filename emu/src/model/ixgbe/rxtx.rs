@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering;
 
 use crate::dma::{DmaView, Xlate};
 use crate::model::frame::{
-    crc32, dest, is_broadcast, prefetch_ahead, push_padded, rss_head, store_runs, Dest, Tally, Verdict,
+    crc32, dest, is_broadcast, prefetch_ahead, push_padded, rss_head, store_runs, tx_ring_span, Dest, Tally, Verdict,
 };
 use crate::wire::{FrameRing, Wire, MAX_FRAME};
 
@@ -205,11 +205,19 @@ impl<'d> Q0Run<'d> {
 #[inline(always)]
 fn cut_desc(descs: &DmaView<'_>, o: usize, pad: bool, max: usize) -> Option<(u64, u32, usize, usize)> {
     let (buf, qw1) = descs.load_u64_pair(o)?;
+    let (ctl, len, wire_len) = cut_ctl(qw1, pad, max)?;
+    Some((buf, ctl, len, wire_len))
+}
+
+/// [`cut_desc`] on a descriptor's second quadword `qw1`: its command word, length and length on
+/// the wire.
+#[inline(always)]
+fn cut_ctl(qw1: u64, pad: bool, max: usize) -> Option<(u32, usize, usize)> {
     let ctl = qw1 as u32;
     let len = (ctl & TXD_DTALEN_MASK) as usize;
     let ctxt = ctl & TXD_CMD_DEXT != 0 && (ctl >> TXD_DTYP_SHIFT) & 0xf == TXD_DTYP_CTXT;
     let wire_len = if pad { len.max(MIN_FRAME) } else { len };
-    (!ctxt && ctl & TXD_CMD_EOP != 0 && len >= 8 && wire_len <= max).then_some((buf, ctl, len, wire_len))
+    (!ctxt && ctl & TXD_CMD_EOP != 0 && len >= 8 && wire_len <= max).then_some((ctl, len, wire_len))
 }
 
 /// Whether the transmit descriptor at `o` of `descs` is a context descriptor (out of line: the
@@ -600,12 +608,8 @@ impl Ixgbe {
         (done, rs)
     }
 
-    /// [`Ixgbe::tx_wire_run`]'s span: `k` descriptors from `h` on, before the ring's end, each
-    /// a plain one-buffer frame whose buffer lies in the map the last translation fell in
-    /// ([`Region`]), onto the wire's ring `r`: descriptor load, one copy, the status write-back.
-    /// No call and few live values, as in [`Ixgbe::cut_span`]. Stops before the first other
-    /// descriptor, leaving it for the per-frame work. Returns the frames done and whether one
-    /// asked for a status write-back (RS).
+    /// [`Ixgbe::tx_wire_run`]'s span ([`tx_ring_span`]): `k` descriptors from `h` on, before the
+    /// ring's end, onto the wire's ring `r`, each status write-back DD in the last dword.
     #[inline(never)]
     fn wire_tx_span(
         xl: &Xlate<'_>,
@@ -616,28 +620,17 @@ impl Ixgbe {
         r: &mut FrameRing,
         tx: &mut Tally,
     ) -> (u32, bool) {
-        let (t0, bytes) = (h as usize * DESC as usize, k as usize * DESC as usize);
-        let (Some(map), Some(txd)) = (xl.region(), descs.unlogged().and_then(|d| d.sub(t0, bytes))) else {
-            return (0, false);
-        };
-        for line in (0..bytes).step_by(64) {
-            txd.prefetch(line);
-        }
-        let (mut i, mut rs, mut sent) = (0, false, Tally::default());
-        while i < k as usize {
-            let o = i * DESC as usize;
-            let Some((buf, ctl, len, wire_len)) = cut_desc(&txd, o, pad, MAX_FRAME) else { break };
-            let Some(src) = map.view(buf, len) else { break };
-            let Some(w) = push_padded(r, &src, len, wire_len) else { break };
-            sent.add(wire_len as u64, dest(&w.to_le_bytes()[..6]));
-            // In range: the descriptor was just read at `o`.
-            if ctl & TXD_CMD_RS != 0 && txd.store_u32(o + 12, TXD_STAT_DD, Ordering::Release) {
-                rs = true;
-            }
-            i += 1;
-        }
-        tx.merge(sent);
-        (i as u32, rs)
+        let first = h as usize * DESC as usize;
+        tx_ring_span(
+            xl,
+            descs,
+            first,
+            k as usize,
+            r,
+            tx,
+            |qw1| cut_ctl(qw1, pad, MAX_FRAME).map(|(ctl, len, wire_len)| (len, wire_len, ctl & TXD_CMD_RS != 0)),
+            |txd, o| _ = txd.store_u32(o + 12, TXD_STAT_DD, Ordering::Release),
+        )
     }
 
     /// The wire path's burst loop: from descriptor `head` on, at most `todo`, each one-descriptor
