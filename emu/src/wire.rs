@@ -169,6 +169,60 @@ pub struct FrameRing {
     dropped: u64,
 }
 
+/// A burst of frames appended to a [`FrameRing`] (see [`FrameRing::writer`]).
+pub struct RingWriter<'r> {
+    data: &'r mut [u8],
+    frames: &'r mut [(u32, u32)],
+    count: &'r mut usize,
+    write: &'r mut usize,
+    /// Where the next frame goes, and the end of the bytes free from there.
+    at: usize,
+    end: usize,
+    /// The bytes free at the front (before the oldest frame) while the writer has not wrapped
+    /// there yet: 0 once it has, or when the free bytes do not wrap.
+    front: usize,
+    /// The next frame's record, and the records free.
+    slot: usize,
+    room: usize,
+    added: usize,
+}
+
+impl RingWriter<'_> {
+    /// [`FrameRing::push_in`] within the writer's room: false (nothing written) if the frame
+    /// does not fit there (the ring's own `push_in` makes room for it) or `fill` abandons it.
+    #[inline(always)]
+    pub fn push_in(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
+        let need = FrameRing::slot_bytes(len);
+        if self.room == 0 || len > MAX_FRAME {
+            return false;
+        }
+        if need > self.end - self.at {
+            // To the front, as `place` goes, if the frame fits before the oldest one.
+            if need > self.front {
+                return false;
+            }
+            (self.at, self.end, self.front) = (0, self.front, 0);
+        }
+        let off = self.at;
+        if !fill(&mut self.data[off..off + len]) {
+            return false;
+        }
+        self.frames[self.slot] = (off as u32, len as u32);
+        self.slot = if self.slot + 1 == self.frames.len() { 0 } else { self.slot + 1 };
+        (self.at, self.room, self.added) = (off + need, self.room - 1, self.added + 1);
+        true
+    }
+}
+
+impl Drop for RingWriter<'_> {
+    fn drop(&mut self) {
+        if self.added > 0 {
+            *self.count += self.added;
+            *self.write = self.at;
+        }
+    }
+}
+
 impl std::fmt::Debug for FrameRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrameRing").field("frames", &self.count).field("dropped", &self.dropped).finish()
@@ -317,6 +371,30 @@ impl FrameRing {
     #[inline(always)]
     pub fn push_with(&mut self, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> bool) -> bool {
         self.push_in(len, fill)
+    }
+
+    /// A writer of a burst of frames: as many as fit now without dropping a frame (where
+    /// [`FrameRing::push_in`] would put them: at the write position, or at the front once the
+    /// bytes to the end run short), with the ring's state in the writer's locals (registers, in
+    /// a burst loop), stored back once when it is dropped.
+    #[inline(always)]
+    pub fn writer(&mut self) -> RingWriter<'_> {
+        let FrameRing { data, frames, head, count, write, .. } = self;
+        let (end, front) = if *count == 0 {
+            (*head, *write) = (0, 0);
+            (data.len(), 0)
+        } else {
+            let oldest = frames[*head].0 as usize;
+            // Live bytes run from `oldest` to `write`, wrapping (equal with frames in: full).
+            if *write > oldest {
+                (data.len(), oldest)
+            } else {
+                (oldest, 0)
+            }
+        };
+        let slot = *head + *count;
+        let slot = if slot >= frames.len() { slot - frames.len() } else { slot };
+        RingWriter { room: frames.len() - *count, at: *write, end, front, slot, data, frames, count, write, added: 0 }
     }
 
     /// [`FrameRing::push_with`] for a burst loop ([`Wire::tx_ring`]): `fill` inlined, no call

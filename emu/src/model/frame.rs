@@ -245,12 +245,13 @@ pub(crate) fn tx_ring_span(
         txd.prefetch(line);
     }
     let (mut i, mut rs, mut sent) = (0, false, Tally::default());
+    let mut r = r.writer();
     while i < k {
         let o = i * 16;
         let Some((buf, qw1)) = txd.load_u64_pair(o) else { break };
         let Some((len, wire_len, status)) = frame(qw1) else { break };
         let Some(src) = map.view(buf, len) else { break };
-        let Some(w) = push_padded(r, &src, len, wire_len) else { break };
+        let Some(w) = push_padded(&mut r, &src, len, wire_len) else { break };
         sent.add(wire_len as u64, dest(&w.to_le_bytes()[..6]));
         if status {
             // In range: the descriptor was just read at `o`.
@@ -263,12 +264,32 @@ pub(crate) fn tx_ring_span(
     (i as u32, rs)
 }
 
+/// Where [`push_padded`] appends: a wire's ring, or a burst's writer of one.
+pub(crate) trait PushIn {
+    /// Appends a frame of `len` bytes written in place by `fill` (false abandons it).
+    fn push_in(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool;
+}
+
+impl PushIn for FrameRing {
+    #[inline(always)]
+    fn push_in(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
+        FrameRing::push_in(self, len, fill)
+    }
+}
+
+impl PushIn for crate::wire::RingWriter<'_> {
+    #[inline(always)]
+    fn push_in(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
+        crate::wire::RingWriter::push_in(self, len, fill)
+    }
+}
+
 /// Puts the frame in `src` (`len` bytes) onto the wire's ring `r`, zero-filled to `wire_len`
 /// (the padding of a short frame): one copy. Its first 8 bytes (little-endian; zeros past a
 /// shorter frame), which hold the destination address; `None` if it did not go (`src`
 /// unreadable).
 #[inline(always)]
-pub(crate) fn push_padded(r: &mut FrameRing, src: &DmaView<'_>, len: usize, wire_len: usize) -> Option<u64> {
+pub(crate) fn push_padded(r: &mut impl PushIn, src: &DmaView<'_>, len: usize, wire_len: usize) -> Option<u64> {
     let mut head = 0;
     let put = r.push_in(wire_len, |slot| {
         let (data, pad) = slot.split_at_mut(len);

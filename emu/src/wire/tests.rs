@@ -92,6 +92,68 @@ fn frame_ring_keeps_order_wraps_and_drops_the_oldest_when_full() {
 }
 
 #[test]
+fn a_burst_writer_appends_in_order_only_where_it_drops_nothing_and_peek_and_pop_n_read_it_back() {
+    let bytes = MAX_FRAME.next_multiple_of(64);
+    // An empty ring: the writer starts at the front and stops at the end of the bytes (100-byte
+    // frames take 128), without dropping or wrapping.
+    let mut r = FrameRing::new(1000, 0);
+    let fits = bytes / 128;
+    {
+        let mut w = r.writer();
+        for i in 0..fits {
+            assert!(w.push_in(100, |b| {
+                b.fill(i as u8);
+                true
+            }));
+        }
+        assert!(!w.push_in(100, |_| true), "no room left before the end");
+        assert!(!w.push_in(64, |_| false), "an abandoned frame");
+    }
+    assert_eq!((r.len(), r.dropped()), (fits, 0));
+    for i in [0, 1, fits - 1] {
+        assert_eq!(r.peek(i), Some(&[i as u8; 100][..]), "frame {i}");
+    }
+    assert_eq!(r.peek(fits), None);
+    // The ring's own push makes room (dropping the oldest); the writer never does. With the
+    // end of the bytes taken, it goes on at the front, before the oldest frame (two slots).
+    r.pop_n(2);
+    assert_eq!(r.front(), Some(&[2u8; 100][..]));
+    {
+        let mut w = r.writer();
+        assert!(w.push_in(100, |b| {
+            b.fill(0xa0);
+            true
+        }));
+        assert!(w.push_in(128, |b| {
+            b.fill(0xa1);
+            true
+        }));
+        assert!(!w.push_in(1, |_| true), "the gap is full");
+    }
+    assert_eq!((r.len(), r.dropped()), (fits, 0));
+    assert_eq!(r.peek(fits - 2), Some(&[0xa0u8; 100][..]));
+    assert_eq!(r.peek(fits - 1), Some(&[0xa1u8; 128][..]));
+    r.push(&[0xb0; 100]);
+    assert_eq!(r.dropped(), 1, "the ring's push drops the oldest");
+    r.pop_n(r.len() - 3);
+    let rest: Vec<_> = (0..3).map(|i| r.peek(i).unwrap()[0]).collect();
+    assert_eq!(rest, [0xa0, 0xa1, 0xb0]);
+    r.pop_n(10);
+    assert!(r.is_empty());
+    // Full by count: the writer's room is the records free.
+    let mut r = FrameRing::new(4, 0);
+    for i in 0..3u8 {
+        r.push(&[i; 60]);
+    }
+    {
+        let mut w = r.writer();
+        assert!(w.push_in(60, |_| true));
+        assert!(!w.push_in(60, |_| true), "no record free");
+    }
+    assert_eq!((r.len(), r.dropped()), (4, 0));
+}
+
+#[test]
 fn pcap_tx_output_replays_as_rx_input() {
     let d = tempfile::tempdir().unwrap();
     let first = d.path().join("a.pcap");

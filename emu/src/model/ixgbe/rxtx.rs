@@ -990,6 +990,10 @@ impl Ixgbe {
     /// stripped) by [`Ixgbe::rx_wire_run_q0`], any other through `rx_frame_in`. Returns how
     /// many it took.
     fn rx_wire_run<'d>(&mut self, xl: &mut Xlate<'d>, r: &mut FrameRing, max: usize, set: &mut RxSet<'d>) -> usize {
+        if r.is_empty() {
+            // The usual poll of a cut-through loopback: nothing to set up.
+            return 0;
+        }
         let (mut n, mut fast) = (0, !self.rss.on);
         while n < max {
             if fast {
