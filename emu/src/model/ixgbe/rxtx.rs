@@ -705,6 +705,15 @@ impl Ixgbe {
         let mut tx = Tally::default();
         let (mut h, mut n, mut rs) = (head, 0, false);
         while n < todo {
+            // A span first (see `cut_span_rss`); the frame it stops at takes the per-frame work.
+            let k = (todo - n).min(ring.count - h);
+            let (done, span_rs) = self.cut_span_rss(xl, descs, h, k, pad, rx, &v, &mut tx);
+            rs |= span_rs;
+            n += done;
+            h = if h + done == ring.count { 0 } else { h + done };
+            if done == k {
+                continue;
+            }
             let o = h as usize * DESC as usize;
             prefetch_ahead(descs, o, (todo - n) as usize, DESC as usize);
             let Some((buf, ctl, len, wire_len)) = cut_desc(descs, o, pad, MAX_FRAME) else { break };
@@ -733,6 +742,80 @@ impl Ixgbe {
         }
         sent.merge(tx);
         (n, rs)
+    }
+
+    /// [`Ixgbe::tx_cut_run_rss`]'s span: `k` frames from TX descriptor `h` on (before the ring's
+    /// end), each a plain one-buffer unicast frame kept by the last verdict, with its buffer in
+    /// the map the last translation fell in, into the queue RSS picks, as long as that queue is
+    /// set up this poll, takes the frame in one buffer as is, has a free descriptor known and
+    /// write-back room, and a buffer in that map too. Per frame: the descriptor loads, the hash
+    /// (over the headers, as the per-frame path), one copy and the write-back; the queue's state
+    /// stays in its batch. Stops before the first other frame, leaving it for the per-frame
+    /// work. Returns the frames done and whether one asked for a status write-back (RS).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn cut_span_rss<'d>(
+        &mut self,
+        xl: &Xlate<'d>,
+        descs: &DmaView<'d>,
+        h: u32,
+        k: u32,
+        pad: bool,
+        rx: &mut RxSet<'d>,
+        v: &Verdict<u64>,
+        tx: &mut Tally,
+    ) -> (u32, bool) {
+        let (t0, k) = (h as usize * DESC as usize, k as usize);
+        let (Some(map), Some(txd)) = (xl.region(), descs.unlogged().and_then(|d| d.sub(t0, k * DESC as usize))) else {
+            return (0, false);
+        };
+        for line in (0..k * DESC as usize).step_by(64) {
+            txd.prefetch(line);
+        }
+        let (mut i, mut rs, mut sent) = (0, false, Tally::default());
+        while i < k {
+            let o = i * DESC as usize;
+            let Some((buf, qw1)) = txd.load_u64_pair(o) else { break };
+            let Some((ctl, len, wire_len)) = cut_ctl(qw1, pad, MAX_FRAME) else { break };
+            let Some(src) = map.view(buf, len) else { break };
+            let Some(w) = src.load_u64(0, Ordering::Relaxed) else { break };
+            if v.hit(w & 0xffff_ffff_ffff, wire_len >= 14) != Some((true, Dest::Unicast)) {
+                break;
+            }
+            // The headers RSS hashes (zeros past a short frame, as padding).
+            let Some(hn) = rss_head(&mut self.rss_head, &src, len, wire_len) else { break };
+            let (q, qw0) = self.rss_pick(&self.rss_head[..hn]);
+            let Some(b) = rx.batches.get_mut(usize::from(rx.index[q as usize % RSS_QUEUES])) else { break };
+            let ready = b.ready && b.usable && b.cfg.strip && !b.cfg.legacy && wire_len <= b.cfg.bsize;
+            let (Some(ring), true) = (b.descs.and_then(|d| d.unlogged()), ready && b.free > 0 && b.wb_len < WB_BATCH)
+            else {
+                break;
+            };
+            let ro = b.head as usize * DESC as usize;
+            let Some(pkt) = ring.load_u64(ro, Ordering::Relaxed) else { break };
+            let Some(dst) = map.view(pkt, wire_len) else { break };
+            if !pad_copy(&dst, &src, len, wire_len) {
+                break;
+            }
+            if b.wb_len == 0 {
+                b.wb_first = b.head;
+            }
+            b.wb[b.wb_len] = (qw0, u64::from(RXD_STAT_DD | RXD_STAT_EOP) | (wire_len as u64) << 32);
+            b.wb_len += 1;
+            b.head = if b.head + 1 == b.ring.count { 0 } else { b.head + 1 };
+            b.free -= 1;
+            (b.moved, b.delivered) = (true, true);
+            b.got.add(wire_len as u64, Dest::Unicast);
+            sent.add(wire_len as u64, Dest::Unicast);
+            if ctl & TXD_CMD_RS != 0 {
+                // In range: the descriptor was just read at `o`.
+                _ = txd.store_u32(o + 12, TXD_STAT_DD, Ordering::Release);
+                rs = true;
+            }
+            i += 1;
+        }
+        tx.merge(sent);
+        (i as u32, rs)
     }
 
     /// The status write-back of a transmitted descriptor at `o` if it asks for one (RS): DD,

@@ -875,6 +875,71 @@ fn rss_spreads_flows_by_the_datasheet_hash(wire: Box<dyn Wire>) {
     assert_ne!(b, [0; 4], "queue {q}'s first buffer holds the frame (its source address)");
 }
 
+/// Bursts of UDP flows spread by RSS over three queues, broken up by a VLAN-tagged frame, a
+/// frame to another address and a queue that runs out of descriptors (the driver gives it two
+/// and none back before the third poll): three polls of seven frames over `wire`; what a driver
+/// can observe afterwards.
+fn rss_bursts(wire: Box<dyn Wire>) -> Outcome {
+    use crate::model::rss::tests::ipv4_frame;
+    let mut m = nic(wire);
+    let mut dma = FakeDma::new(DMA_BASE, 0x80000);
+    bring_up_rss(&mut m, &mut dma, MRQC_RSS_UDPIPV4 | MRQC_RSS_TCPIPV4 | MRQC_RSS_IPV4);
+    let mut idx = 0u32;
+    for p in 0..3u16 {
+        for j in 0..7u16 {
+            let (src, dst) = ([10, 0, p as u8, j as u8].into(), [10, 1, 0, 1].into());
+            let mut f = ipv4_frame(src, dst, 17, 1000 + 7 * p + j, 53, usize::from((p, j) == (0, 3)));
+            if (p, j) == (1, 2) {
+                f[5] = 0x99;
+            }
+            queue_tx(&mut m, &mut dma, idx, &f);
+            idx = (idx + 1) % N;
+        }
+        m.poll(&mut dma);
+        if p == 1 {
+            continue;
+        }
+        // The driver takes what arrived on each queue and gives every descriptor but one back,
+        // but only two to queue 1.
+        for q in 0..4u32 {
+            let (ring, head) = (if q == 0 { RX_RING } else { rx_ring_q(q) }, rd(&mut m, rdh(q)));
+            for i in 0..u64::from(N) {
+                let buf = if q == 0 { RX_BUFS + i * 2048 } else { rx_buf_q(q, i) };
+                put_u64(&mut dma, ring + i * 16, buf);
+                put_u64(&mut dma, ring + i * 16 + 8, 0);
+            }
+            wr(&mut m, rdt(q), (head + if q == 1 { 2 } else { N - 1 }) % N);
+        }
+    }
+    let regs =
+        [GPRC, GPTC, GORCL, GOTCL, TPR, TPT, mpc(0), rdh(0), rdh(1), rdh(2), rdh(3), tdh(0)].map(|r| rd(&mut m, r));
+    let faults = m.faults().last(100).iter().map(|f| (f.iova, f.len, f.what)).collect();
+    let mut mem = vec![0u8; 0x80000];
+    dma.read(DMA_BASE, &mut mem).unwrap();
+    (m.stats(), regs.to_vec(), faults, mem)
+}
+
+#[test]
+fn rss_bursts_match_the_wire_path_and_a_queue_out_of_descriptors_misses_alone() {
+    let cut = rss_bursts(Box::new(Loopback::default()));
+    let wire = rss_bursts(Box::new(QueuedLoopback::default()));
+    let single = rss_bursts(Box::new(FrameByFrame(QueuedLoopback::default())));
+    for (name, other) in [("wire ring", &wire), ("frame by frame", &single)] {
+        assert_eq!(cut.0, other.0, "stats, {name}");
+        assert_eq!(cut.1, other.1, "counters, {name}");
+        assert_eq!(cut.2, other.2, "faults, {name}");
+        assert!(cut.3 == other.3, "rings and buffers, {name}");
+    }
+    let s = cut.0;
+    assert_eq!((s.tx_packets, s.rx_filtered), (21, 1), "{s:?}");
+    assert!(s.rx_missed > 0, "a queue ran out in the third poll: {s:?}");
+    assert_eq!(s.rx_packets + s.rx_filtered + s.rx_missed, 21, "{s:?}");
+    assert!(cut.2.is_empty(), "no faults: {:?}", cut.2);
+    let heads = &cut.1[7..11];
+    assert_eq!(heads[3], 0, "RETA spreads over queues 0..3 only");
+    assert!(heads[..3].iter().all(|&h| h > 0), "three queues took frames: {heads:?}");
+}
+
 #[test]
 fn rss_spreads_flows_by_the_datasheet_hash_on_the_wire_path() {
     rss_spreads_flows_by_the_datasheet_hash(Box::new(QueuedLoopback::default()));
