@@ -308,13 +308,17 @@ impl I40e {
                 if cq == q && b.state == TailState::Usable && b.descs.is_some() {
                     let k =
                         (todo - n).min(ctx.qlen - h).min(b.free).min(c.qlen - b.head).min((WB_BATCH - b.wb_len) as u32);
-                    let span = Span { ctx, h, k, c: &c, qw0, qw1_rss, max_frame };
-                    let (done, span_rs) = Self::cut_span(xl, descs, span, b, &v, &mut tx);
-                    rs |= span_rs;
-                    n += done;
-                    h = if h + done == ctx.qlen { 0 } else { h + done };
-                    if done == k {
-                        continue;
+                    // None free known (the tail is read again below) or the write-backs held
+                    // are a whole batch (flushed below): the per-frame work.
+                    if k > 0 {
+                        let span = Span { ctx, h, k, c: &c, qw0, qw1_rss, max_frame };
+                        let (done, span_rs) = Self::cut_span(xl, descs, span, b, &v, &mut tx);
+                        rs |= span_rs;
+                        n += done;
+                        h = if h + done == ctx.qlen { 0 } else { h + done };
+                        if done == k {
+                            continue;
+                        }
                     }
                 }
             }
