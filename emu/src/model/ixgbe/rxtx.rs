@@ -191,6 +191,18 @@ impl<'d> Q0Run<'d> {
         todo.min(tx_left).min(self.free).min(self.count - self.head).min((WB_BATCH - self.wbn) as u32)
     }
 
+    /// Counts `n` descriptors a span filled (their write-backs in `b.wb` after the held ones):
+    /// the head past them, that many fewer free.
+    #[inline(always)]
+    fn took(&mut self, b: &mut RxBatch<'d>, n: u32) {
+        if n > 0 {
+            self.wbn += n as usize;
+            self.head = if self.head + n == self.count { 0 } else { self.head + n };
+            self.free -= n;
+            b.moved = true;
+        }
+    }
+
     /// Writes the locals back to the queue.
     #[inline(always)]
     fn close(self, b: &mut RxBatch<'d>) {
@@ -599,12 +611,7 @@ impl Ixgbe {
         }
         let done = i as u32;
         tx.merge(Tally { frames: done, bytes: bytes_sent, bcast: 0, mcast: 0 });
-        if done > 0 {
-            q.wbn += i;
-            q.head = if q.head + done == q.count { 0 } else { q.head + done };
-            q.free -= done;
-            b.moved = true;
-        }
+        q.took(b, done);
         (done, rs)
     }
 
@@ -1209,12 +1216,7 @@ impl Ixgbe {
         r.pop_n(i);
         let done = i as u32;
         got.merge(Tally { frames: done, bytes: bytes_got, bcast: 0, mcast: 0 });
-        if done > 0 {
-            q.wbn += i;
-            q.head = if q.head + done == q.count { 0 } else { q.head + done };
-            q.free -= done;
-            b.moved = true;
-        }
+        q.took(b, done);
         done
     }
 
