@@ -196,16 +196,18 @@ impl RingWriter<'_> {
         if self.room == 0 || len > MAX_FRAME {
             return false;
         }
-        if need > self.end - self.at {
-            // To the front, as `place` goes, if the frame fits before the oldest one.
-            if need > self.front {
-                return false;
-            }
-            (self.at, self.end, self.front) = (0, self.front, 0);
+        // At the write position, or at the front (as `place` goes) if the frame fits before the
+        // oldest one there; the wrap stands only once the frame is written.
+        let wrap = need > self.end - self.at;
+        if wrap && need > self.front {
+            return false;
         }
-        let off = self.at;
+        let off = if wrap { 0 } else { self.at };
         if !fill(&mut self.data[off..off + len]) {
             return false;
+        }
+        if wrap {
+            (self.end, self.front) = (self.front, 0);
         }
         self.frames[self.slot] = (off as u32, len as u32);
         self.slot = if self.slot + 1 == self.frames.len() { 0 } else { self.slot + 1 };

@@ -120,6 +120,7 @@ fn a_burst_writer_appends_in_order_only_where_it_drops_nothing_and_peek_and_pop_
     assert_eq!(r.front(), Some(&[2u8; 100][..]));
     {
         let mut w = r.writer();
+        assert!(!w.push_in(100, |_| false), "abandoned where it would wrap: no wrap");
         assert!(w.push_in(100, |b| {
             b.fill(0xa0);
             true

@@ -407,6 +407,8 @@ impl I40e {
         v: &Verdict<(u64, u32)>,
         tx: &mut Tally,
     ) -> (u32, bool) {
+        // The caller keeps `c` only once it passed the per-frame checks (FCS stripped).
+        debug_assert!(sp.c.crcstrip);
         let Some(ring) = b.descs else { return (0, false) };
         let dlen = sp.c.desc_len() as usize;
         let (t0, r0, k) = (sp.h as usize * TX_DESC as usize, b.head as usize * dlen, sp.k as usize);
