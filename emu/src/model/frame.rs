@@ -200,6 +200,29 @@ pub fn store_runs(descs: &DmaView<'_>, first: usize, count: usize, desc_len: usi
     ok
 }
 
+/// What a unit test's driver can observe after a run of traffic: stats, counter registers,
+/// faults (address, length, what), and the rings and buffers.
+#[cfg(test)]
+pub(crate) type Outcome = (crate::model::PortStats, Vec<u32>, Vec<(u64, u64, &'static str)>, Vec<u8>);
+
+/// Runs `traffic` three ways: cut-through on an idle loopback, the burst loops over the wire's
+/// ring, and frame by frame (the ring hidden); asserts every observable matches the
+/// cut-through run (`what` names the case in messages), and returns that run.
+#[cfg(test)]
+pub(crate) fn alike_on_every_path(what: &str, traffic: impl Fn(Box<dyn crate::wire::Wire>) -> Outcome) -> Outcome {
+    use crate::wire::{FrameByFrame, Loopback, QueuedLoopback};
+    let cut = traffic(Box::new(Loopback::default()));
+    let wire = traffic(Box::new(QueuedLoopback::default()));
+    let single = traffic(Box::new(FrameByFrame(QueuedLoopback::default())));
+    for (name, other) in [("wire ring", &wire), ("frame by frame", &single)] {
+        assert_eq!(cut.0, other.0, "stats ({what}, {name})");
+        assert_eq!(cut.1, other.1, "counters ({what}, {name})");
+        assert_eq!(cut.2, other.2, "faults ({what}, {name})");
+        assert!(cut.3 == other.3, "rings and buffers ({what}, {name})");
+    }
+    cut
+}
+
 /// Unit tests of both models: the first poll of their mixed traffic, built with the test's own
 /// `frame(dst, len, fill)`: delivered, padded from 20 bytes, broadcast, filtered (another
 /// address), a frame spanning two buffers (which takes the wire path, so what follows it in the

@@ -947,7 +947,7 @@ fn random_admin_descriptors_contexts_and_ring_descriptors_never_panic() {
     assert_eq!(rx_wb(&mut dma, 0, false), (true, true, 100));
 }
 
-type Outcome = (crate::model::PortStats, Vec<u32>, Vec<(u64, u64, &'static str)>, Vec<u8>);
+use crate::model::frame::{alike_on_every_path, Outcome};
 
 /// Mixed traffic over `wire`: what the driver can observe afterwards (stats, GLPRT counters,
 /// faults, rings and buffers).
@@ -1015,16 +1015,7 @@ fn mixed_traffic(wire: Box<dyn Wire>, dsize32: bool) -> Outcome {
 #[test]
 fn cut_through_on_an_idle_loopback_matches_the_wire_path() {
     for dsize32 in [false, true] {
-        let cut = mixed_traffic(Box::new(Loopback::default()), dsize32);
-        let wire = mixed_traffic(Box::new(QueuedLoopback::default()), dsize32);
-        // The wire path twice: the burst loops over the wire's ring, and frame by frame.
-        let single = mixed_traffic(Box::new(FrameByFrame(QueuedLoopback::default())), dsize32);
-        for (name, other) in [("wire ring", &wire), ("frame by frame", &single)] {
-            assert_eq!(cut.0, other.0, "stats ({dsize32}, {name})");
-            assert_eq!(cut.1, other.1, "GLPRT counters ({dsize32}, {name})");
-            assert_eq!(cut.2, other.2, "faults ({dsize32}, {name})");
-            assert!(cut.3 == other.3, "rings and buffers ({dsize32}, {name})");
-        }
+        let cut = alike_on_every_path(&format!("dsize32 {dsize32}"), |w| mixed_traffic(w, dsize32));
         // And the traffic did what it says.
         let s = cut.0;
         assert_eq!((s.tx_packets, s.rx_packets, s.rx_filtered, s.rx_missed), (13, 7, 1, 4), "{s:?}");
@@ -1091,15 +1082,7 @@ fn unicast_bursts(wire: Box<dyn Wire>, dsize32: bool) -> Outcome {
 #[test]
 fn bursts_of_unicast_frames_match_the_wire_path() {
     for dsize32 in [false, true] {
-        let cut = unicast_bursts(Box::new(Loopback::default()), dsize32);
-        let wire = unicast_bursts(Box::new(QueuedLoopback::default()), dsize32);
-        let single = unicast_bursts(Box::new(FrameByFrame(QueuedLoopback::default())), dsize32);
-        for (name, other) in [("wire ring", &wire), ("frame by frame", &single)] {
-            assert_eq!(cut.0, other.0, "stats ({dsize32}, {name})");
-            assert_eq!(cut.1, other.1, "GLPRT counters ({dsize32}, {name})");
-            assert_eq!(cut.2, other.2, "faults ({dsize32}, {name})");
-            assert!(cut.3 == other.3, "rings and buffers ({dsize32}, {name})");
-        }
+        let cut = alike_on_every_path(&format!("dsize32 {dsize32}"), |w| unicast_bursts(w, dsize32));
         let s = cut.0;
         // The last poll's frames after the tenth are missed.
         assert_eq!((s.tx_packets, s.rx_packets, s.rx_filtered, s.rx_missed), (60, 48, 2, 10), "{s:?}");

@@ -533,7 +533,7 @@ fn a_torn_or_stale_tail_cannot_make_the_device_pass_it() {
     assert_eq!(get_u32(&mut dma, RX_RING + 2 * 16 + 8), 0, "descriptor 2 (the tail) untouched");
 }
 
-type Outcome = (crate::model::PortStats, Vec<u32>, Vec<(u64, u64, &'static str)>, Vec<u8>);
+use crate::model::frame::{alike_on_every_path, Outcome};
 
 /// Mixed traffic over `wire`: what a driver can observe afterwards (stats, counters, faults,
 /// rings and buffers).
@@ -578,16 +578,7 @@ fn mixed_traffic(wire: Box<dyn Wire>) -> Outcome {
 
 #[test]
 fn cut_through_on_an_idle_loopback_matches_the_wire_path() {
-    let cut = mixed_traffic(Box::new(Loopback::default()));
-    let wire = mixed_traffic(Box::new(QueuedLoopback::default()));
-    // The wire path twice: the burst loops over the wire's ring, and frame by frame.
-    let single = mixed_traffic(Box::new(FrameByFrame(QueuedLoopback::default())));
-    for (name, other) in [("wire ring", &wire), ("frame by frame", &single)] {
-        assert_eq!(cut.0, other.0, "stats, {name}");
-        assert_eq!(cut.1, other.1, "counters, {name}");
-        assert_eq!(cut.2, other.2, "faults, {name}");
-        assert!(cut.3 == other.3, "rings and buffers, {name}");
-    }
+    let cut = alike_on_every_path("mixed traffic", mixed_traffic);
     // And the traffic did what it says.
     let s = cut.0;
     assert_eq!((s.tx_packets, s.rx_packets, s.rx_filtered, s.rx_missed), (11, 8, 1, 2), "{s:?}");
@@ -642,15 +633,7 @@ fn unicast_bursts(wire: Box<dyn Wire>) -> Outcome {
 
 #[test]
 fn bursts_of_unicast_frames_match_the_wire_path_and_a_runt_to_a_repeated_address_is_dropped() {
-    let cut = unicast_bursts(Box::new(Loopback::default()));
-    let wire = unicast_bursts(Box::new(QueuedLoopback::default()));
-    let single = unicast_bursts(Box::new(FrameByFrame(QueuedLoopback::default())));
-    for (name, other) in [("wire ring", &wire), ("frame by frame", &single)] {
-        assert_eq!(cut.0, other.0, "stats, {name}");
-        assert_eq!(cut.1, other.1, "counters, {name}");
-        assert_eq!(cut.2, other.2, "faults, {name}");
-        assert!(cut.3 == other.3, "rings and buffers, {name}");
-    }
+    let cut = alike_on_every_path("unicast bursts", unicast_bursts);
     let s = cut.0;
     // 21 sent; the two runts and the foreign frame filtered, the broadcast kept (BAM).
     assert_eq!((s.tx_packets, s.rx_packets, s.rx_filtered, s.rx_missed), (21, 18, 3, 0), "{s:?}");
@@ -921,15 +904,7 @@ fn rss_bursts(wire: Box<dyn Wire>) -> Outcome {
 
 #[test]
 fn rss_bursts_match_the_wire_path_and_a_queue_out_of_descriptors_misses_alone() {
-    let cut = rss_bursts(Box::new(Loopback::default()));
-    let wire = rss_bursts(Box::new(QueuedLoopback::default()));
-    let single = rss_bursts(Box::new(FrameByFrame(QueuedLoopback::default())));
-    for (name, other) in [("wire ring", &wire), ("frame by frame", &single)] {
-        assert_eq!(cut.0, other.0, "stats, {name}");
-        assert_eq!(cut.1, other.1, "counters, {name}");
-        assert_eq!(cut.2, other.2, "faults, {name}");
-        assert!(cut.3 == other.3, "rings and buffers, {name}");
-    }
+    let cut = alike_on_every_path("rss bursts", rss_bursts);
     let s = cut.0;
     assert_eq!((s.tx_packets, s.rx_filtered), (21, 1), "{s:?}");
     assert!(s.rx_missed > 0, "a queue ran out in the third poll: {s:?}");
